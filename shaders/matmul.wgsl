@@ -1,0 +1,198 @@
+// Batched GEMM: C[b] = alpha * op(A[b]) * op(B[b]) + beta * C[b], row-major, f32.
+//
+// op(A) is M x K: A is stored M x K (row stride lda), or K x M when TRANS_A.
+// op(B) is K x N: B is stored K x N (row stride ldb), or N x K when TRANS_B.
+// Every operand is bound as array<vec4<f32>> so aligned data loads 16 bytes at once; unaligned
+// data (odd leading dimensions or offsets, the host sets ALIGNED = false) is read element by
+// element through the same binding. Offsets are in elements, relative to the binding.
+//
+// Entry points:
+//   matmul         the tuned kernel: 128 x 128 tile per workgroup of 16 x 16 threads, each
+//                  thread accumulates an 8 x 8 block in registers; K advances 8 at a time
+//                  through workgroup memory read as vec4.
+//   matmul_tile16  the baseline: a plain 16 x 16 shared-memory tile, one output per thread.
+
+struct Meta {
+    m: u32, n: u32, k: u32, batch: u32,
+    lda: u32, ldb: u32, ldc: u32, _pad0: u32,
+    a_off: u32, b_off: u32, c_off: u32, _pad1: u32,
+    a_bstride: u32, b_bstride: u32, c_bstride: u32, _pad2: u32,
+    alpha: f32, beta: f32, _pad3: u32, _pad4: u32,
+}
+
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+override ALIGNED: bool = false;
+
+@group(0) @binding(0) var<uniform> p: Meta;
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
+
+fn a_at(i: u32) -> f32 { return a[i >> 2u][i & 3u]; }
+fn b_at(i: u32) -> f32 { return b[i >> 2u][i & 3u]; }
+
+// Elements i..i+3 of A, of which the first `valid` exist; the rest read as zero.
+fn a4(i: u32, valid: u32) -> vec4<f32> {
+    if (ALIGNED && valid >= 4u) { return a[i >> 2u]; }
+    var v = vec4<f32>(0.0);
+    for (var t = 0u; t < 4u; t++) {
+        if (t < valid) { v[t] = a_at(i + t); }
+    }
+    return v;
+}
+
+fn b4(i: u32, valid: u32) -> vec4<f32> {
+    if (ALIGNED && valid >= 4u) { return b[i >> 2u]; }
+    var v = vec4<f32>(0.0);
+    for (var t = 0u; t < 4u; t++) {
+        if (t < valid) { v[t] = b_at(i + t); }
+    }
+    return v;
+}
+
+// How many of 4 elements starting at `start` lie below `end`.
+fn valid4(start: u32, end: u32) -> u32 {
+    return select(0u, min(4u, end - start), end > start);
+}
+
+fn store(i: u32, v: f32) {
+    if (p.beta != 0.0) {
+        c[i >> 2u][i & 3u] = p.alpha * v + p.beta * c[i >> 2u][i & 3u];
+    } else {
+        c[i >> 2u][i & 3u] = p.alpha * v;
+    }
+}
+
+const BM: u32 = 128u;
+const BN: u32 = 128u;
+const BK: u32 = 8u;
+
+// Tiles in workgroup memory, [k][m] and [k][n], as vec4 along m and n: 32 vec4 per k.
+var<workgroup> As: array<vec4<f32>, 256>;
+var<workgroup> Bs: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // Each of the 256 threads fills one vec4 of each tile.
+        if (TRANS_A) {
+            let kk = t / 32u;
+            let mq = t % 32u;
+            let m = m0 + mq * 4u;
+            let k = k0 + kk;
+            var v = vec4<f32>(0.0);
+            if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
+            As[kk * 32u + mq] = v;
+        } else {
+            let mm = t / 2u;
+            let kq = t % 2u;
+            let m = m0 + mm;
+            let k = k0 + kq * 4u;
+            var v = vec4<f32>(0.0);
+            if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
+            for (var i = 0u; i < 4u; i++) { As[(kq * 4u + i) * 32u + mm / 4u][mm % 4u] = v[i]; }
+        }
+        if (TRANS_B) {
+            let nn = t / 2u;
+            let kq = t % 2u;
+            let n = n0 + nn;
+            let k = k0 + kq * 4u;
+            var v = vec4<f32>(0.0);
+            if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
+            for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * 32u + nn / 4u][nn % 4u] = v[i]; }
+        } else {
+            let kk = t / 32u;
+            let nq = t % 32u;
+            let n = n0 + nq * 4u;
+            let k = k0 + kk;
+            var v = vec4<f32>(0.0);
+            if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
+            Bs[kk * 32u + nq] = v;
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = As[kk * 32u + ty];
+            let a1 = As[kk * 32u + 16u + ty];
+            let b0 = Bs[kk * 32u + tx];
+            let b1 = Bs[kk * 32u + 16u + tx];
+            for (var r = 0u; r < 4u; r++) {
+                acc[r * 2u] = fma(vec4<f32>(a0[r]), b0, acc[r * 2u]);
+                acc[r * 2u + 1u] = fma(vec4<f32>(a0[r]), b1, acc[r * 2u + 1u]);
+                acc[8u + r * 2u] = fma(vec4<f32>(a1[r]), b0, acc[8u + r * 2u]);
+                acc[8u + r * 2u + 1u] = fma(vec4<f32>(a1[r]), b1, acc[8u + r * 2u + 1u]);
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // Thread rows: m0 + ty*4 + r and m0 + 64 + ty*4 + r; columns n0 + tx*4 and n0 + 64 + tx*4.
+    for (var r = 0u; r < 8u; r++) {
+        let m = m0 + (r / 4u) * 64u + ty * 4u + (r % 4u);
+        if (m >= p.m) { continue; }
+        for (var g = 0u; g < 2u; g++) {
+            let n = n0 + g * 64u + tx * 4u;
+            let ci = cbase + m * p.ldc + n;
+            let v = acc[r * 2u + g];
+            if (ALIGNED && n + 4u <= p.n) {
+                if (p.beta != 0.0) {
+                    c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
+                } else {
+                    c[ci >> 2u] = p.alpha * v;
+                }
+            } else {
+                for (var j = 0u; j < 4u; j++) {
+                    if (n + j < p.n) { store(ci + j, v[j]); }
+                }
+            }
+        }
+    }
+}
+
+var<workgroup> As16: array<f32, 256>;
+var<workgroup> Bs16: array<f32, 256>;
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tile16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wg.y * 16u + lid.y;
+    let col = wg.x * 16u + lid.x;
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+    var acc = 0.0;
+    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+        let ka = k0 + lid.x;
+        var av = 0.0;
+        if (row < p.m && ka < p.k) {
+            if (TRANS_A) { av = a_at(abase + ka * p.lda + row); } else { av = a_at(abase + row * p.lda + ka); }
+        }
+        As16[lid.y * 16u + lid.x] = av;
+        let kb = k0 + lid.y;
+        var bv = 0.0;
+        if (kb < p.k && col < p.n) {
+            if (TRANS_B) { bv = b_at(bbase + col * p.ldb + kb); } else { bv = b_at(bbase + kb * p.ldb + col); }
+        }
+        Bs16[lid.y * 16u + lid.x] = bv;
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            acc = fma(As16[lid.y * 16u + kk], Bs16[kk * 16u + lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    if (row < p.m && col < p.n) {
+        store(cbase + row * p.ldc + col, acc);
+    }
+}

@@ -1,0 +1,10 @@
+//! The CPU oracle: plain-loop f64 references of every GPU op, written for clarity, not speed.
+//! GPU results are checked against these.
+
+pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
+
+pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, softmax_rows};
+pub use matmul::gemm;
+pub use reduce::{reduce_all, reduce_rows};

@@ -1,0 +1,36 @@
+//! The crate's error type: every failure names what it was about (the backend, the tensor, the
+//! shape, the field), so a user can act on it without a backtrace.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("unknown backend '{0}': expected one of auto, vulkan, metal, dx12, gl")]
+    UnknownBackend(String),
+
+    #[error("no GPU adapter found (tried: {tried}). {hint}")]
+    NoAdapter { tried: String, hint: String },
+
+    #[error("could not open a device on adapter '{adapter}': {reason}")]
+    Device { adapter: String, reason: String },
+
+    #[error("shape error in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op}: work cannot be split to fit this adapter: {detail}")]
+    TooLarge { op: &'static str, detail: String },
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error("shader '{shader}' entry '{entry}' failed to build: {reason}")]
+    Shader { shader: String, entry: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape { op, detail: detail.into() }
+    }
+}

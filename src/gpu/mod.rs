@@ -1,0 +1,11 @@
+//! The GPU runtime: adapter and device choice, tensors, buffer pool, pipeline cache, timing.
+
+mod backend;
+mod context;
+mod pool;
+mod tensor;
+
+pub use backend::BackendChoice;
+pub use context::{AdapterSummary, Bind, Gpu, SplitLimits, Timing};
+pub use pool::{BufferPool, PoolStats};
+pub use tensor::{DType, Tensor};

@@ -1,0 +1,137 @@
+//! GPU tensors: a shape, an element type and a pooled buffer. Row-major and contiguous; strided
+//! views are made by the ops that need them (copy with strides).
+
+use super::context::{Bind, Gpu};
+use super::pool::PooledBuffer;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+#[derive(Clone)]
+pub struct Tensor {
+    buf: Arc<PooledBuffer>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.dtype, self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buf.buffer()
+    }
+    /// The same data under another shape with as many elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(Error::shape("reshape", format!("{:?} -> {:?} changes the element count", self.shape, shape)));
+        }
+        Ok(Tensor { buf: self.buf.clone(), shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// Binds elements `[start, start + len)`: the binding starts at the aligned offset at or
+    /// below `start`, and the returned residual (in elements) says where `start` lies in it.
+    pub fn bind(&self, gpu: &Gpu, start: usize, len: usize) -> Result<(Bind<'_>, u32)> {
+        let align = gpu.binding_alignment();
+        let first = start as u64 * 4;
+        let offset = first - first % align;
+        let end = ((start + len.max(1)) as u64 * 4).div_ceil(16) * 16;
+        let size = end.min(self.buf.size()) - offset;
+        let max = gpu.split_limits().max_binding_bytes;
+        if size > max {
+            return Err(Error::TooLarge {
+                op: "bind",
+                detail: format!("a range of {size} bytes of a {:?} tensor exceeds the {max}-byte binding limit", self.shape),
+            });
+        }
+        Ok((Bind { buffer: self.buf.buffer(), offset, size }, ((first - offset) / 4) as u32))
+    }
+
+    /// The largest element count a binding may cover here, leaving room for the alignment slack.
+    pub fn max_binding_elems(gpu: &Gpu) -> usize {
+        let limits = gpu.split_limits();
+        ((limits.max_binding_bytes - gpu.binding_alignment() - 16) / 4) as usize
+    }
+}
+
+fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if len != n {
+        return Err(Error::shape(op, format!("{len} values for shape {shape:?} ({n} elements)")));
+    }
+    Ok(())
+}
+
+impl Gpu {
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let bytes = n as u64 * 4;
+        if bytes > self.limits().max_buffer_size {
+            return Err(Error::TooLarge {
+                op: "alloc",
+                detail: format!("{shape:?} needs {bytes} bytes; this adapter's largest buffer is {}", self.limits().max_buffer_size),
+            });
+        }
+        let (buf, _) = self.pool().acquire(self.device(), bytes);
+        Ok(Tensor { buf: Arc::new(buf), shape: shape.to_vec(), dtype })
+    }
+
+    /// A new f32 tensor whose contents are unspecified (NaN when poisoning is on).
+    pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        let t = self.alloc(shape, DType::F32)?;
+        if self.poison() {
+            let nan = vec![f32::NAN; t.buf.size() as usize / 4];
+            self.write(t.buffer(), 0, bytemuck::cast_slice(&nan))?;
+        }
+        Ok(t)
+    }
+
+    pub fn full(&self, shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = self.alloc(shape, DType::F32)?;
+        let data = vec![value; t.buf.size() as usize / 4];
+        self.write(t.buffer(), 0, bytemuck::cast_slice(&data))?;
+        Ok(t)
+    }
+
+    pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        check_len("upload", data.len(), shape)?;
+        let t = self.alloc(shape, DType::F32)?;
+        self.write(t.buffer(), 0, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    pub fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        check_len("upload_u32", data.len(), shape)?;
+        let t = self.alloc(shape, DType::U32)?;
+        self.write(t.buffer(), 0, bytemuck::cast_slice(data))?;
+        Ok(t)
+    }
+
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.dtype != DType::F32 {
+            return Err(Error::shape("download", format!("{t:?} is not f32")));
+        }
+        Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), 0, t.numel() as u64 * 4)?))
+    }
+
+    pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), 0, t.numel() as u64 * 4)?))
+    }
+}

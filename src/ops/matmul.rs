@@ -1,0 +1,287 @@
+//! Batched GEMM, C = alpha * op(A) * op(B) + beta * C (shaders/matmul.wgsl).
+//!
+//! Problems larger than one dispatch (workgroups per dimension) or one binding are cut into
+//! pieces along batch, M, N and K; pieces along K accumulate into C with beta = 1.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::shaders::MATMUL;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Register-tiled 128x128 kernel with vector loads.
+    Tuned,
+    /// Plain 16x16 shared-memory tile: the baseline the tuned kernel must beat.
+    Tile16,
+}
+
+impl Kernel {
+    fn entry(self) -> &'static str {
+        match self {
+            Kernel::Tuned => "matmul",
+            Kernel::Tile16 => "matmul_tile16",
+        }
+    }
+    fn tile(self) -> usize {
+        match self {
+            Kernel::Tuned => 128,
+            Kernel::Tile16 => 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub kernel: Kernel,
+}
+
+impl Default for Gemm {
+    fn default() -> Self {
+        Gemm { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, kernel: Kernel::Tuned }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    _pad0: u32,
+    a_off: u32,
+    b_off: u32,
+    c_off: u32,
+    _pad1: u32,
+    a_bstride: u32,
+    b_bstride: u32,
+    c_bstride: u32,
+    _pad2: u32,
+    alpha: f32,
+    beta: f32,
+    _pad3: [u32; 2],
+}
+
+/// The layout of one problem, in elements.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    a_bs: usize,
+    b_bs: usize,
+    c_bs: usize,
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl Layout {
+    fn a_at(&self, b: usize, m: usize, k: usize) -> usize {
+        b * self.a_bs + if self.trans_a { k * self.lda + m } else { m * self.lda + k }
+    }
+    fn b_at(&self, b: usize, k: usize, n: usize) -> usize {
+        b * self.b_bs + if self.trans_b { n * self.ldb + k } else { k * self.ldb + n }
+    }
+    fn c_at(&self, b: usize, m: usize, n: usize) -> usize {
+        b * self.c_bs + m * self.ldc + n
+    }
+}
+
+/// One piece of the problem: half-open ranges along batch, M, N, K.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    b: (usize, usize),
+    m: (usize, usize),
+    n: (usize, usize),
+    k: (usize, usize),
+}
+
+impl Piece {
+    /// [first, last] element offsets each operand touches (strides are non-negative, so the
+    /// extremes sit at the low and high corners).
+    fn spans(&self, l: &Layout) -> [(usize, usize); 3] {
+        let (b0, b1, m0, m1, n0, n1, k0, k1) =
+            (self.b.0, self.b.1 - 1, self.m.0, self.m.1 - 1, self.n.0, self.n.1 - 1, self.k.0, self.k.1 - 1);
+        [
+            (l.a_at(b0, m0, k0), l.a_at(b1, m1, k1)),
+            (l.b_at(b0, k0, n0), l.b_at(b1, k1, n1)),
+            (l.c_at(b0, m0, n0), l.c_at(b1, m1, n1)),
+        ]
+    }
+}
+
+/// Sizes of the pieces along (batch, M, N, K) so each fits one dispatch and one binding.
+fn piece_sizes(l: &Layout, tile: usize, max_groups: usize, max_elems: usize) -> Result<[usize; 4]> {
+    let mut s = [l.batch, l.m, l.n, l.k];
+    let shrink = |x: usize, quantum: usize| -> usize {
+        let h = x.div_ceil(2);
+        if h > quantum { h.div_ceil(quantum) * quantum } else { h }
+    };
+    for _ in 0..256 {
+        let p = Piece { b: (0, s[0]), m: (0, s[1]), n: (0, s[2]), k: (0, s[3]) };
+        let [a, b, c] = p.spans(l).map(|(lo, hi)| hi - lo + 1 <= max_elems);
+        let groups_ok = [s[0], s[1].div_ceil(tile), s[2].div_ceil(tile)].iter().all(|&g| g <= max_groups);
+        if a && b && c && groups_ok {
+            return Ok(s);
+        }
+        // Batch first: it costs nothing in efficiency. Then the dimension that makes the
+        // offending operand large, by its storage order.
+        let before = s;
+        if s[0] > 1 {
+            s[0] = s[0].div_ceil(2);
+        } else if s[1].div_ceil(tile) > max_groups {
+            s[1] = shrink(s[1], tile);
+        } else if s[2].div_ceil(tile) > max_groups {
+            s[2] = shrink(s[2], tile);
+        } else if !c {
+            if s[1] > 1 { s[1] = shrink(s[1], tile) } else { s[2] = shrink(s[2], tile) }
+        } else if !a {
+            let (outer, inner) = if l.trans_a { (3, 1) } else { (1, 3) };
+            let q = |d: usize| if d == 3 { 8 } else { tile };
+            if s[outer] > 1 { s[outer] = shrink(s[outer], q(outer)) } else { s[inner] = shrink(s[inner], q(inner)) }
+        } else if !b {
+            let (outer, inner) = if l.trans_b { (2, 3) } else { (3, 2) };
+            let q = |d: usize| if d == 3 { 8 } else { tile };
+            if s[outer] > 1 { s[outer] = shrink(s[outer], q(outer)) } else { s[inner] = shrink(s[inner], q(inner)) }
+        }
+        if s == before {
+            break;
+        }
+    }
+    Err(Error::TooLarge { op: "matmul", detail: format!("cannot split {l:?} to fit {max_elems} elements per binding") })
+}
+
+/// Splits a 2-D or 3-D shape into (batch, rows, cols).
+fn dims(op: &'static str, name: &str, shape: &[usize]) -> Result<(Option<usize>, usize, usize)> {
+    match *shape {
+        [r, c] => Ok((None, r, c)),
+        [b, r, c] => Ok((Some(b), r, c)),
+        _ => Err(Error::shape(op, format!("{name} has shape {shape:?}; expected 2-D or 3-D"))),
+    }
+}
+
+/// C = alpha * op(A) * op(B) + beta * C. A is [M, K] ([K, M] when transposed), optionally with
+/// a leading batch dimension; likewise B. A 2-D operand is shared by every batch. With `c`,
+/// the result is written into it (and beta applies); without, a new tensor is returned.
+pub fn gemm(gpu: &Gpu, a: &Tensor, b: &Tensor, c: Option<&Tensor>, g: Gemm) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let (ba, ar, ac) = dims(OP, "A", a.shape())?;
+    let (bb, br, bc) = dims(OP, "B", b.shape())?;
+    let (m, ka) = if g.trans_a { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if g.trans_b { (bc, br) } else { (br, bc) };
+    if ka != kb {
+        return Err(Error::shape(OP, format!("inner dimensions differ: op(A) is {m}x{ka}, op(B) is {kb}x{n} (A {:?}, B {:?})", a.shape(), b.shape())));
+    }
+    let batch = match (ba, bb) {
+        (Some(x), Some(y)) if x != y => {
+            return Err(Error::shape(OP, format!("batch sizes differ: {x} vs {y}")));
+        }
+        (Some(x), _) | (_, Some(x)) => Some(x),
+        (None, None) => None,
+    };
+    let out_shape: Vec<usize> = match batch {
+        Some(bs) => vec![bs, m, n],
+        None => vec![m, n],
+    };
+    let out = match c {
+        Some(c) => {
+            if c.shape() != out_shape.as_slice() {
+                return Err(Error::shape(OP, format!("C is {:?}, the product is {:?}", c.shape(), out_shape)));
+            }
+            c.clone()
+        }
+        None if g.beta != 0.0 => return Err(Error::shape(OP, "beta != 0 needs a C to accumulate into")),
+        None => gpu.empty(&out_shape)?,
+    };
+    if ka == 0 {
+        return Err(Error::shape(OP, "the inner dimension K is 0"));
+    }
+    if m == 0 || n == 0 || batch == Some(0) {
+        return Ok(out);
+    }
+    let layout = Layout {
+        batch: batch.unwrap_or(1),
+        m,
+        n,
+        k: ka,
+        lda: ac,
+        ldb: bc,
+        ldc: n,
+        a_bs: if ba.is_some() { ar * ac } else { 0 },
+        b_bs: if bb.is_some() { br * bc } else { 0 },
+        c_bs: m * n,
+        trans_a: g.trans_a,
+        trans_b: g.trans_b,
+    };
+    run(gpu, a, b, &out, &layout, g)?;
+    Ok(out)
+}
+
+/// op(A) * op(B) with the tuned kernel.
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    gemm(gpu, a, b, None, Gemm::default())
+}
+
+fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
+    let tile = g.kernel.tile();
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
+    let ranges = |total: usize, step: usize| super::chunks(total, step).map(|(s, n)| (s, s + n)).collect::<Vec<_>>();
+    let lds_aligned = [l.lda, l.ldb, l.ldc, l.a_bs, l.b_bs, l.c_bs].iter().all(|x| x % 4 == 0);
+    for bpart in ranges(l.batch, sb) {
+        for mpart in ranges(l.m, sm) {
+            for npart in ranges(l.n, sn) {
+                for (ki, kpart) in ranges(l.k, sk).into_iter().enumerate() {
+                    let piece = Piece { b: bpart, m: mpart, n: npart, k: kpart };
+                    let [sa, sbb, sc] = piece.spans(l);
+                    let (a_bind, a_off) = a.bind(gpu, sa.0, sa.1 - sa.0 + 1)?;
+                    let (b_bind, b_off) = b.bind(gpu, sbb.0, sbb.1 - sbb.0 + 1)?;
+                    let (c_bind, c_off) = c.bind(gpu, sc.0, sc.1 - sc.0 + 1)?;
+                    let aligned = lds_aligned && [a_off, b_off, c_off].iter().all(|o| o % 4 == 0);
+                    let (pb, pm, pn) = (bpart.1 - bpart.0, mpart.1 - mpart.0, npart.1 - npart.0);
+                    let meta = Meta {
+                        m: pm as u32,
+                        n: pn as u32,
+                        k: (kpart.1 - kpart.0) as u32,
+                        batch: pb as u32,
+                        lda: l.lda as u32,
+                        ldb: l.ldb as u32,
+                        ldc: l.ldc as u32,
+                        a_off,
+                        b_off,
+                        c_off,
+                        a_bstride: l.a_bs as u32,
+                        b_bstride: l.b_bs as u32,
+                        c_bstride: l.c_bs as u32,
+                        alpha: g.alpha,
+                        // Later K pieces add onto what the earlier ones wrote.
+                        beta: if ki == 0 { g.beta } else { 1.0 },
+                        _pad0: 0,
+                        _pad1: 0,
+                        _pad2: 0,
+                        _pad3: [0; 2],
+                    };
+                    let constants = [
+                        ("TRANS_A", g.trans_a as u8 as f64),
+                        ("TRANS_B", g.trans_b as u8 as f64),
+                        ("ALIGNED", aligned as u8 as f64),
+                    ];
+                    let groups = [pn.div_ceil(tile) as u32, pm.div_ceil(tile) as u32, pb as u32];
+                    gpu.dispatch(MATMUL, g.kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! Host side of each op family: shape checks, splitting into dispatches that fit the adapter,
+//! bind groups. One module per shader file.
+
+pub mod elementwise;
+pub mod gather;
+pub mod matmul;
+pub mod reduce;
+pub mod softmax;
+
+use crate::gpu::{Gpu, Tensor};
+
+/// Threads per workgroup of the 1-D kernels.
+pub(crate) const WG: usize = 256;
+
+/// Elements one dispatch of a 1-D kernel may cover: bounded by the workgroup count and by the
+/// binding size (with alignment slack).
+pub(crate) fn max_elems_per_dispatch(gpu: &Gpu, threads_per_group: usize) -> usize {
+    let by_groups = gpu.split_limits().max_workgroups as usize * threads_per_group;
+    by_groups.min(Tensor::max_binding_elems(gpu)).max(1)
+}
+
+/// `[start, start + len)` pieces covering `0..total`, each at most `chunk` long.
+pub(crate) fn chunks(total: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    let chunk = chunk.max(1);
+    (0..total.div_ceil(chunk)).map(move |i| (i * chunk, chunk.min(total - i * chunk)))
+}
+
+pub(crate) fn groups(n: usize, per_group: usize) -> u32 {
+    n.div_ceil(per_group) as u32
+}

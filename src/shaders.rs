@@ -1,0 +1,41 @@
+//! The WGSL sources, one op family per file under `shaders/`. They are compiled into the binary
+//! so the program runs from anywhere; `ALL` lets a test translate every one through naga.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($ident:ident, $name:literal) => {
+        pub const $ident: Shader =
+            Shader { name: $name, source: include_str!(concat!("../shaders/", $name, ".wgsl")) };
+    };
+}
+
+shader!(MATMUL, "matmul");
+shader!(REDUCE, "reduce");
+shader!(ELEMENTWISE, "elementwise");
+shader!(SOFTMAX, "softmax");
+shader!(GATHER, "gather");
+
+/// Every shader with the override-constant sets the host uses with it, so a translation test
+/// covers each pipeline variant that can be built at run time.
+pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
+    let mut v = vec![];
+    for ta in [0.0, 1.0] {
+        for tb in [0.0, 1.0] {
+            for aligned in [0.0, 1.0] {
+                v.push((MATMUL, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned)]));
+            }
+        }
+    }
+    for op in [0.0, 1.0, 2.0] {
+        v.push((REDUCE, vec![("OP", op)]));
+    }
+    v.push((ELEMENTWISE, vec![]));
+    v.push((SOFTMAX, vec![]));
+    v.push((GATHER, vec![]));
+    v
+}

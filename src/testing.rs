@@ -1,0 +1,68 @@
+//! Helpers shared by the tests and benchmarks: seeded random data and the GPU-vs-oracle
+//! comparison with a failure message that says where and by how much.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-1, 1).
+pub fn random_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    pub atol: f64,
+    pub rtol: f64,
+    /// Bound on ||got - want|| / ||want||.
+    pub rel_norm: f64,
+}
+
+impl Tolerance {
+    pub const F32: Tolerance = Tolerance { atol: 1e-5, rtol: 1e-5, rel_norm: 1e-5 };
+    pub fn new(atol: f64, rtol: f64, rel_norm: f64) -> Self {
+        Tolerance { atol, rtol, rel_norm }
+    }
+}
+
+/// Checks `got` against the oracle: every element within atol + rtol*|want|, the relative
+/// norm of the difference within rel_norm, and no NaN or infinity anywhere.
+pub fn compare(what: &str, got: &[f32], want: &[f64], tol: Tolerance) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, expected {}", got.len(), want.len()));
+    }
+    let mut bad = 0usize;
+    let mut worst: Option<(usize, f64)> = None;
+    let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = g as f64;
+        let err = (g - w).abs();
+        let ok = g.is_finite() && err <= tol.atol + tol.rtol * w.abs();
+        if !ok {
+            bad += 1;
+        }
+        let excess = if g.is_finite() { err - (tol.atol + tol.rtol * w.abs()) } else { f64::INFINITY };
+        if worst.is_none_or(|(_, e)| excess > e) {
+            worst = Some((i, excess));
+        }
+        diff2 += if g.is_finite() { err * err } else { f64::INFINITY };
+        ref2 += w * w;
+    }
+    let rel = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
+    if bad > 0 || !(rel <= tol.rel_norm) {
+        let (i, _) = worst.unwrap_or((0, 0.0));
+        return Err(format!(
+            "{what}: {bad} of {} elements out of tolerance (atol {:e}, rtol {:e}); worst at index {i}: got {} expected {}; ||diff||/||ref|| = {rel:e} (bound {:e})",
+            got.len(),
+            tol.atol,
+            tol.rtol,
+            got[i],
+            want[i],
+            tol.rel_norm
+        ));
+    }
+    Ok(())
+}

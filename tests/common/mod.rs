@@ -1,0 +1,51 @@
+//! Test harness: every GPU test body runs once per adapter present (here lavapipe on Vulkan and
+//! llvmpipe on GL). `REVIVE_REQUIRE_BACKENDS=vulkan,gl` (set by .ci/run) makes a missing backend
+//! a failure instead of a silent skip.
+#![allow(dead_code)]
+
+use revive::gpu::Gpu;
+use std::sync::OnceLock;
+
+pub use revive::testing::{compare, random_vec, rng, Tolerance};
+
+static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
+
+pub fn gpus() -> &'static [Gpu] {
+    GPUS.get_or_init(|| {
+        let mut gpus = vec![];
+        for g in Gpu::all() {
+            match g {
+                // Poison on: every tensor an op allocates starts as NaN.
+                Ok(g) => gpus.push(g.with_poison(true)),
+                Err(e) => panic!("an adapter is present but its device failed to open: {e}"),
+            }
+        }
+        assert!(
+            !gpus.is_empty(),
+            "no GPU adapter: install mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri"
+        );
+        if let Ok(req) = std::env::var("REVIVE_REQUIRE_BACKENDS") {
+            for want in req.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let found = gpus.iter().any(|g| format!("{:?}", g.info().backend).eq_ignore_ascii_case(want));
+                assert!(found, "backend '{want}' is required (REVIVE_REQUIRE_BACKENDS) but no adapter offers it");
+            }
+        }
+        gpus
+    })
+}
+
+/// Runs `body` on every adapter; a failure names the adapter.
+pub fn for_each_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
+    let mut failures = vec![];
+    for gpu in gpus() {
+        if let Err(e) = body(gpu) {
+            failures.push(format!("[{}] {e}", gpu.label()));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Turns a revive error into a test failure message.
+pub fn ok<T>(r: revive::Result<T>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
