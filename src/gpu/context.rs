@@ -336,8 +336,7 @@ impl Gpu {
         let mut r = self.shared.recorder.lock().unwrap();
         r.pending += 1;
         if r.pending >= DISPATCHES_PER_SUBMIT {
-            drop(r);
-            self.flush()?;
+            self.submit_pending(&mut r);
         }
         Ok(())
     }
@@ -352,15 +351,17 @@ impl Gpu {
 
     /// Submits recorded work without waiting for it.
     pub fn flush(&self) -> Result<()> {
-        let enc = {
-            let mut r = self.shared.recorder.lock().unwrap();
-            r.pending = 0;
-            r.encoder.take()
-        };
-        if let Some(enc) = enc {
+        self.submit_pending(&mut self.shared.recorder.lock().unwrap());
+        self.check_errors()
+    }
+
+    /// Submits under the recorder's lock, so no other thread's host write can slip in between
+    /// taking the encoder and submitting it (it would run before the commands recorded earlier).
+    fn submit_pending(&self, r: &mut Recorder) {
+        r.pending = 0;
+        if let Some(enc) = r.encoder.take() {
             self.shared.queue.submit(Some(enc.finish()));
         }
-        self.check_errors()
     }
 
     /// Submits recorded work and waits until the GPU has finished it.
@@ -387,9 +388,11 @@ impl Gpu {
     /// Host -> buffer. Pending work is submitted first: `write_buffer` would otherwise run before
     /// it and could overwrite a pooled buffer that recorded commands still read.
     pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.flush()?;
+        let mut r = self.shared.recorder.lock().unwrap();
+        self.submit_pending(&mut r);
         self.shared.queue.write_buffer(buffer, offset, bytes);
-        Ok(())
+        drop(r);
+        self.check_errors()
     }
 
     /// Buffer -> host, waiting for all recorded work.
