@@ -1,0 +1,136 @@
+//! The runtime itself: both backends present where required, the pool and its switch, the
+//! pipeline cache, poisoning, timing, and clear errors instead of panics.
+
+mod common;
+use common::*;
+use revive::gpu::{BackendChoice, Gpu};
+use revive::ops::elementwise;
+
+#[test]
+fn adapters_are_found_and_labelled() {
+    let gpus = gpus();
+    assert!(!gpus.is_empty());
+    for g in gpus {
+        assert!(!g.info().name.is_empty());
+        // The device was opened with the adapter's own limits, not wgpu's lower defaults.
+        assert!(g.limits().max_storage_buffer_binding_size >= 128 << 20, "{}", g.label());
+    }
+}
+
+#[test]
+fn pool_reuses_buffers_and_can_be_switched_off() {
+    for_each_gpu(|gpu| {
+        let gpu = gpu.with_split_limits(gpu.split_limits());
+        let size = 12_345;
+        let first = ok(gpu.empty(&[size]))?;
+        let addr = format!("{:?}", first.buffer());
+        drop(first);
+        let again = ok(gpu.empty(&[size]))?;
+        if gpu.pool().reuse() && format!("{:?}", again.buffer()) != addr {
+            return Err("a freed buffer of the same size was not reused".into());
+        }
+        drop(again);
+        let before = gpu.pool_stats();
+        if before.pooled_bytes == 0 && gpu.pool().reuse() {
+            return Err("freed buffers are not kept".into());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn results_are_identical_with_and_without_reuse() {
+    // A separate device so switching reuse off cannot affect other tests.
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let gpu = Gpu::open(adapter).unwrap().with_poison(true);
+        let mut results = vec![];
+        for reuse in [true, false] {
+            gpu.pool().set_reuse(reuse);
+            let mut r = rng(5);
+            let x = random_vec(&mut r, 1000);
+            let mut t = gpu.upload(&x, &[1000]).unwrap();
+            for _ in 0..5 {
+                let s = elementwise::scale(&gpu, &t, 1.5).unwrap();
+                t = elementwise::add(&gpu, &s, &t).unwrap();
+            }
+            results.push(gpu.download(&t).unwrap());
+            if !reuse {
+                assert_eq!(gpu.pool_stats().pooled_bytes, 0, "reuse off keeps nothing");
+            }
+        }
+        assert_eq!(results[0], results[1], "{}", gpu.label());
+    }
+}
+
+#[test]
+fn pipelines_are_cached_by_shader_entry_and_constants() {
+    for_each_gpu(|gpu| {
+        let s = revive::shaders::REDUCE;
+        let a = ok(gpu.pipeline(s, "reduce_rows", &[("OP", 0.0)]))?;
+        let b = ok(gpu.pipeline(s, "reduce_rows", &[("OP", 0.0)]))?;
+        let c = ok(gpu.pipeline(s, "reduce_rows", &[("OP", 1.0)]))?;
+        if !std::sync::Arc::ptr_eq(&a, &b) {
+            return Err("same key built twice".into());
+        }
+        if std::sync::Arc::ptr_eq(&a, &c) {
+            return Err("different constants share a pipeline".into());
+        }
+        let err = gpu.pipeline(s, "no_such_entry", &[]).err().ok_or("a missing entry point was accepted")?;
+        if !err.to_string().contains("no_such_entry") {
+            return Err(format!("error does not name the entry: {err}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn poison_marks_new_tensors_nan() {
+    for_each_gpu(|gpu| {
+        let t = ok(gpu.empty(&[37]))?;
+        let v = ok(gpu.download(&t))?;
+        if !v.iter().all(|x| x.is_nan()) {
+            return Err("poisoned tensor is not all NaN".into());
+        }
+        // And the comparison rejects NaN wherever it appears.
+        if compare("nan", &[0.0, f32::NAN], &[0.0, 1.0], Tolerance::F32).is_ok() {
+            return Err("compare accepted NaN".into());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn timing_reports_a_positive_duration() {
+    for_each_gpu(|gpu| {
+        let mut r = rng(9);
+        let x = ok(gpu.upload(&random_vec(&mut r, 1 << 16), &[1 << 16]))?;
+        let t = ok(gpu.time(|| elementwise::scale(gpu, &x, 2.0).map(|_| ())))?;
+        if t.wall.is_zero() || t.best().is_zero() {
+            return Err(format!("zero duration: {t:?}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_backend_and_missing_adapter_are_clear_errors() {
+    let err = BackendChoice::resolve(Some("cuda")).unwrap_err().to_string();
+    assert!(err.contains("cuda") && err.contains("vulkan"), "{err}");
+    // No Metal or DX12 on Linux: the error names what was tried and what to install.
+    #[cfg(target_os = "linux")]
+    {
+        let err = Gpu::new(BackendChoice::Metal).err().expect("no Metal on Linux").to_string();
+        assert!(err.contains("metal") && err.contains("macOS"), "{err}");
+    }
+}
+
+#[test]
+fn upload_with_wrong_length_is_an_error() {
+    for_each_gpu(|gpu| {
+        let err = gpu.upload(&[1.0, 2.0, 3.0], &[2, 2]).err().ok_or("accepted 3 values for 2x2")?;
+        if !err.to_string().contains("[2, 2]") {
+            return Err(format!("error does not name the shape: {err}"));
+        }
+        Ok(())
+    });
+}
