@@ -23,6 +23,9 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    #[error("{file}: {detail}")]
+    Model { file: String, detail: String },
+
     #[error("shader '{shader}' entry '{entry}' failed to build: {reason}")]
     Shader { shader: String, entry: String, reason: String },
 }
