@@ -3,6 +3,7 @@
 
 pub mod elementwise;
 pub mod matmul;
+pub mod model;
 pub mod reduce;
 
 pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, softmax_rows};

@@ -23,6 +23,9 @@
 //! | `lm_head` | [vocab, d] | only when embeddings are not tied |
 
 pub mod config;
+pub mod probe;
+pub mod random;
+pub mod safetensors;
 pub mod weights;
 
 pub use config::{Arch, Config, RopeStyle};

@@ -1,0 +1,187 @@
+//! The f64 oracle of the whole model (Llama and GPT-2 families): plain loops in the spirit of
+//! llm.c's train_gpt2.c. Slow and clear; the GPU forward is tested against it.
+
+use crate::model::probe::{Captured, Probes};
+use crate::model::{Arch, Config, RopeStyle, Weights};
+use std::collections::HashMap;
+
+pub struct CpuModel {
+    pub config: Config,
+    w: HashMap<String, Vec<f64>>,
+}
+
+/// y[o] = Σ_i W[o, i] x[i] (+ b[o]); W is [out, in].
+fn linear(w: &[f64], b: Option<&[f64]>, x: &[f64], out: usize) -> Vec<f64> {
+    let n = x.len();
+    (0..out)
+        .map(|o| {
+            let row = &w[o * n..(o + 1) * n];
+            row.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + b.map_or(0.0, |b| b[o])
+        })
+        .collect()
+}
+
+pub fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
+}
+
+pub fn layer_norm(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    x.iter().zip(w).zip(b).map(|((v, g), b)| (v - mean) * inv * g + b).collect()
+}
+
+/// Rotates one head vector in place for position `pos`.
+pub fn rope_head(x: &mut [f64], pos: usize, theta: f64, style: RopeStyle) {
+    let d = x.len();
+    for i in 0..d / 2 {
+        let freq = theta.powf(-2.0 * i as f64 / d as f64);
+        let (sin, cos) = (pos as f64 * freq).sin_cos();
+        let (ia, ib) = match style {
+            RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+            RopeStyle::Half => (i, i + d / 2),
+        };
+        let (a, b) = (x[ia], x[ib]);
+        x[ia] = a * cos - b * sin;
+        x[ib] = a * sin + b * cos;
+    }
+}
+
+pub fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GPT-2's tanh approximation of GELU ("gelu_new").
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+impl CpuModel {
+    pub fn new(weights: &Weights) -> Self {
+        let w = weights.tensors.iter().map(|(k, t)| (k.clone(), t.data.iter().map(|&v| v as f64).collect())).collect();
+        CpuModel { config: weights.config.clone(), w }
+    }
+
+    fn t(&self, name: &str) -> &[f64] {
+        &self.w[name]
+    }
+
+    fn l(&self, i: usize, name: &str) -> &[f64] {
+        &self.w[&format!("layers.{i}.{name}")]
+    }
+
+    /// Logits [T, V] for each sequence of the batch, plus what `probes` asked for.
+    pub fn forward(&self, batch: &[Vec<u32>], probes: &Probes) -> (Vec<Vec<Vec<f64>>>, Captured) {
+        let mut captured = Captured {
+            residual: vec![vec![]; probes.residual.len()],
+            down_in: vec![vec![]; probes.down_in.len()],
+        };
+        let logits = batch
+            .iter()
+            .enumerate()
+            .map(|(s, tokens)| self.forward_one(s, tokens, probes, &mut captured))
+            .collect();
+        (logits, captured)
+    }
+
+    fn forward_one(&self, seq: usize, tokens: &[u32], probes: &Probes, cap: &mut Captured) -> Vec<Vec<f64>> {
+        let c = &self.config;
+        let (d, hd) = (c.hidden, c.head_dim);
+        let eps = c.norm_eps as f64;
+        let gpt2 = c.arch == Arch::Gpt2;
+        let norm = |x: &[f64], name: &str| -> Vec<f64> {
+            if gpt2 {
+                layer_norm(x, self.t(&format!("{name}.weight")), self.t(&format!("{name}.bias")), eps)
+            } else {
+                rms_norm(x, self.t(&format!("{name}.weight")), eps)
+            }
+        };
+        let mut x: Vec<Vec<f64>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(p, &tok)| {
+                let mut e = self.t("embed")[tok as usize * d..(tok as usize + 1) * d].to_vec();
+                if gpt2 {
+                    let pe = &self.t("pos_embed")[p * d..(p + 1) * d];
+                    e.iter_mut().zip(pe).for_each(|(a, b)| *a += b);
+                }
+                e
+            })
+            .collect();
+        let bias = |i: usize, name: &str| if gpt2 { Some(self.l(i, name)) } else { None };
+        for i in 0..c.n_layers {
+            let ln = format!("layers.{i}.attn_norm");
+            let mut qs = vec![];
+            let mut ks = vec![];
+            let mut vs = vec![];
+            for (p, xt) in x.iter().enumerate() {
+                let h = norm(xt, &ln);
+                let mut q = linear(self.l(i, "wq"), bias(i, "bq"), &h, c.n_heads * hd);
+                let mut k = linear(self.l(i, "wk"), bias(i, "bk"), &h, c.n_kv_heads * hd);
+                if !gpt2 {
+                    let theta = c.rope_theta as f64;
+                    q.chunks_mut(hd).for_each(|head| rope_head(head, p, theta, c.rope_style));
+                    k.chunks_mut(hd).for_each(|head| rope_head(head, p, theta, c.rope_style));
+                }
+                qs.push(q);
+                ks.push(k);
+                vs.push(linear(self.l(i, "wv"), bias(i, "bv"), &h, c.n_kv_heads * hd));
+            }
+            let scale = 1.0 / (hd as f64).sqrt();
+            for t in 0..x.len() {
+                let mut o = vec![0.0; c.n_heads * hd];
+                for h in 0..c.n_heads {
+                    let kvh = h / c.group_size();
+                    let q = &qs[t][h * hd..(h + 1) * hd];
+                    let scores: Vec<f64> = (0..=t)
+                        .map(|j| q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() * scale)
+                        .collect();
+                    let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for (j, ej) in e.iter().enumerate() {
+                        for dd in 0..hd {
+                            o[h * hd + dd] += ej / z * vs[j][kvh * hd + dd];
+                        }
+                    }
+                }
+                let proj = linear(self.l(i, "wo"), bias(i, "bo"), &o, d);
+                x[t].iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            }
+            let mn = format!("layers.{i}.mlp_norm");
+            for (p, xt) in x.iter_mut().enumerate() {
+                let h = norm(xt, &mn);
+                let up = linear(self.l(i, "w_up"), bias(i, "b_up"), &h, c.ffn_hidden);
+                let key: Vec<f64> = if gpt2 {
+                    up.iter().map(|&u| gelu(u)).collect()
+                } else {
+                    let gate = linear(self.l(i, "w_gate"), None, &h, c.ffn_hidden);
+                    gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect()
+                };
+                for (k, site) in probes.down_in.iter().enumerate() {
+                    if (site.layer, site.seq, site.pos) == (i, seq, p) {
+                        cap.down_in[k] = key.iter().map(|&v| v as f32).collect();
+                    }
+                }
+                let down = linear(self.l(i, "w_down"), bias(i, "b_down"), &key, d);
+                xt.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+                for (site, v) in &probes.add {
+                    if (site.layer, site.seq, site.pos) == (i, seq, p) {
+                        xt.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+                    }
+                }
+                for (k, site) in probes.residual.iter().enumerate() {
+                    if (site.layer, site.seq, site.pos) == (i, seq, p) {
+                        cap.residual[k] = xt.iter().map(|&v| v as f32).collect();
+                    }
+                }
+            }
+        }
+        let head = if c.tied_embeddings { self.t("embed") } else { self.t("lm_head") };
+        x.iter().map(|xt| linear(head, None, &norm(xt, "final_norm"), c.vocab_size)).collect()
+    }
+}

@@ -1,0 +1,31 @@
+//! What editing needs from a forward pass besides logits: reading the residual stream and the
+//! input of each MLP down-projection at chosen places, and adding a vector to the residual
+//! stream. Shared by the CPU oracle and the GPU forward.
+
+/// A place in a batch: layer, sequence in the batch, token position in that sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Site {
+    pub layer: usize,
+    pub seq: usize,
+    pub pos: usize,
+}
+
+/// Requests for one forward pass.
+#[derive(Debug, Clone, Default)]
+pub struct Probes {
+    /// Read the residual stream after the block of `layer` (its output, what the next layer
+    /// reads) at these sites.
+    pub residual: Vec<Site>,
+    /// Read the down-projection input of `layer` (the MLP key k, width ffn_hidden).
+    pub down_in: Vec<Site>,
+    /// Add a vector (width d) to the residual stream after the block of `layer`, before any
+    /// later layer reads it (ROME's and MEMIT's δ).
+    pub add: Vec<(Site, Vec<f32>)>,
+}
+
+/// What a forward pass captured, in the order of the requests.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub residual: Vec<Vec<f32>>,
+    pub down_in: Vec<Vec<f32>>,
+}
