@@ -23,6 +23,7 @@
 //! | `lm_head` | [vocab, d] | only when embeddings are not tied |
 
 pub mod config;
+pub mod fetch;
 pub mod probe;
 pub mod random;
 pub mod safetensors;

