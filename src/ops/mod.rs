@@ -4,6 +4,7 @@
 pub mod elementwise;
 pub mod gather;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 pub mod softmax;
 
