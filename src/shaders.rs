@@ -20,6 +20,7 @@ shader!(ELEMENTWISE, "elementwise");
 shader!(SOFTMAX, "softmax");
 shader!(GATHER, "gather");
 shader!(NORM, "norm");
+shader!(ROPE, "rope");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -39,5 +40,6 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((SOFTMAX, vec![]));
     v.push((GATHER, vec![]));
     v.push((NORM, vec![]));
+    v.push((ROPE, vec![]));
     v
 }

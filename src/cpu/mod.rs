@@ -5,8 +5,10 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod rope;
 
 pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, softmax_rows};
 pub use matmul::gemm;
 pub use norm::{layer_norm, rms_norm};
 pub use reduce::{reduce_all, reduce_rows};
+pub use rope::rope;

@@ -6,6 +6,7 @@ pub mod gather;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod rope;
 pub mod softmax;
 
 use crate::gpu::{Gpu, Tensor};
