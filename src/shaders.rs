@@ -20,6 +20,7 @@ shader!(ELEMENTWISE, "elementwise");
 shader!(SOFTMAX, "softmax");
 shader!(GATHER, "gather");
 shader!(NORM, "norm");
+shader!(ATTENTION, "attention");
 shader!(ROPE, "rope");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
@@ -41,5 +42,6 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((GATHER, vec![]));
     v.push((NORM, vec![]));
     v.push((ROPE, vec![]));
+    v.push((ATTENTION, vec![]));
     v
 }
