@@ -20,6 +20,7 @@ shader!(ELEMENTWISE, "elementwise");
 shader!(SOFTMAX, "softmax");
 shader!(GATHER, "gather");
 shader!(NORM, "norm");
+shader!(ACTIVATION, "activation");
 shader!(ATTENTION, "attention");
 shader!(ROPE, "rope");
 
@@ -43,5 +44,6 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((NORM, vec![]));
     v.push((ROPE, vec![]));
     v.push((ATTENTION, vec![]));
+    v.push((ACTIVATION, vec![]));
     v
 }

@@ -1,6 +1,7 @@
 //! Host side of each op family: shape checks, splitting into dispatches that fit the adapter,
 //! bind groups. One module per shader file.
 
+pub mod activation;
 pub mod attention;
 pub mod elementwise;
 pub mod gather;
