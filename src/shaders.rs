@@ -19,6 +19,10 @@ shader!(REDUCE, "reduce");
 shader!(ELEMENTWISE, "elementwise");
 shader!(SOFTMAX, "softmax");
 shader!(GATHER, "gather");
+shader!(NORM, "norm");
+shader!(ACTIVATION, "activation");
+shader!(ATTENTION, "attention");
+shader!(ROPE, "rope");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -37,5 +41,9 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((ELEMENTWISE, vec![]));
     v.push((SOFTMAX, vec![]));
     v.push((GATHER, vec![]));
+    v.push((NORM, vec![]));
+    v.push((ROPE, vec![]));
+    v.push((ATTENTION, vec![]));
+    v.push((ACTIVATION, vec![]));
     v
 }

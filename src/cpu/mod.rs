@@ -1,11 +1,19 @@
 //! The CPU oracle: plain-loop f64 references of every GPU op, written for clarity, not speed.
 //! GPU results are checked against these.
 
+pub mod activation;
+pub mod attention;
 pub mod elementwise;
 pub mod matmul;
 pub mod model;
+pub mod norm;
 pub mod reduce;
+pub mod rope;
 
+pub use activation::{add_bias, gelu, silu_mul};
+pub use attention::attention;
 pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, softmax_rows};
 pub use matmul::gemm;
+pub use norm::{layer_norm, rms_norm};
 pub use reduce::{reduce_all, reduce_rows};
+pub use rope::rope;

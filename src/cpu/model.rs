@@ -2,7 +2,10 @@
 //! llm.c's train_gpt2.c. Slow and clear; the GPU forward is tested against it.
 
 use crate::model::probe::{Captured, Probes};
-use crate::model::{Arch, Config, RopeStyle, Weights};
+use super::activation::{gelu_scalar as gelu, silu};
+use super::norm::{layer_norm_row as layer_norm, rms_norm_row as rms_norm};
+use super::rope::rope_head;
+use crate::model::{Arch, Config, Weights};
 use std::collections::HashMap;
 
 pub struct CpuModel {
@@ -19,45 +22,6 @@ fn linear(w: &[f64], b: Option<&[f64]>, x: &[f64], out: usize) -> Vec<f64> {
             row.iter().zip(x).map(|(a, b)| a * b).sum::<f64>() + b.map_or(0.0, |b| b[o])
         })
         .collect()
-}
-
-pub fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
-    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-    let inv = 1.0 / (ms + eps).sqrt();
-    x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
-}
-
-pub fn layer_norm(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
-    let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    x.iter().zip(w).zip(b).map(|((v, g), b)| (v - mean) * inv * g + b).collect()
-}
-
-/// Rotates one head vector in place for position `pos`.
-pub fn rope_head(x: &mut [f64], pos: usize, theta: f64, style: RopeStyle) {
-    let d = x.len();
-    for i in 0..d / 2 {
-        let freq = theta.powf(-2.0 * i as f64 / d as f64);
-        let (sin, cos) = (pos as f64 * freq).sin_cos();
-        let (ia, ib) = match style {
-            RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-            RopeStyle::Half => (i, i + d / 2),
-        };
-        let (a, b) = (x[ia], x[ib]);
-        x[ia] = a * cos - b * sin;
-        x[ib] = a * sin + b * cos;
-    }
-}
-
-pub fn silu(x: f64) -> f64 {
-    x / (1.0 + (-x).exp())
-}
-
-/// GPT-2's tanh approximation of GELU ("gelu_new").
-pub fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
 }
 
 impl CpuModel {

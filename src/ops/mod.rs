@@ -1,10 +1,14 @@
 //! Host side of each op family: shape checks, splitting into dispatches that fit the adapter,
 //! bind groups. One module per shader file.
 
+pub mod activation;
+pub mod attention;
 pub mod elementwise;
 pub mod gather;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
+pub mod rope;
 pub mod softmax;
 
 use crate::gpu::{Gpu, Tensor};

@@ -1,0 +1,58 @@
+// Row normalisation over the last dimension; one workgroup (256 threads) per row.
+//   rms_norm    out = x / sqrt(mean(x^2) + eps) * w
+//   layer_norm  out = (x - mean) / sqrt(var + eps) * w + b   (biased variance)
+// Binding 3 is the bias (read) in layer_norm and the output in rms_norm: no entry uses both.
+
+struct Meta {
+    rows: u32, cols: u32, x_off: u32, out_off: u32,
+    eps: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Meta;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out_rms: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+// Sum of `v` over the workgroup; every thread gets the result.
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { partial[lid] += partial[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    // The next call overwrites `partial`: everyone must have read the total first.
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let base_in = p.x_off + wg.x * p.cols;
+    let base_out = p.out_off + wg.x * p.cols;
+    var sq = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { let v = x[base_in + j]; sq += v * v; }
+    let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / f32(p.cols) + p.eps);
+    for (var j = lid.x; j < p.cols; j += WG) { out_rms[base_out + j] = x[base_in + j] * inv * w[j]; }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let base_in = p.x_off + wg.x * p.cols;
+    let base_out = p.out_off + wg.x * p.cols;
+    let n = f32(p.cols);
+    var s = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { s += x[base_in + j]; }
+    let mean = workgroup_sum(lid.x, s) / n;
+    // Two passes: the variance of the centred values does not cancel the way E[x^2] - mean^2 does.
+    var sq = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { let c = x[base_in + j] - mean; sq += c * c; }
+    let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / n + p.eps);
+    for (var j = lid.x; j < p.cols; j += WG) { out[base_out + j] = (x[base_in + j] - mean) * inv * w[j] + b[j]; }
+}

@@ -1,0 +1,31 @@
+//! Reference rotary position embedding in f64.
+
+use crate::model::RopeStyle;
+
+/// Rotates one head vector in place for position `pos`, in f64.
+pub fn rope_head(x: &mut [f64], pos: usize, theta: f64, style: RopeStyle) {
+    let d = x.len();
+    for i in 0..d / 2 {
+        let angle = pos as f64 * theta.powf(-2.0 * i as f64 / d as f64);
+        let (sin, cos) = angle.sin_cos();
+        let (ia, ib) = match style {
+            RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+            RopeStyle::Half => (i, i + d / 2),
+        };
+        let (a, b) = (x[ia], x[ib]);
+        x[ia] = a * cos - b * sin;
+        x[ib] = a * sin + b * cos;
+    }
+}
+
+/// x: [B, T, H, D] as `shape`; token t at position pos0 + t.
+pub fn rope(x: &[f32], shape: [usize; 4], pos0: usize, theta: f64, style: RopeStyle) -> Vec<f64> {
+    let [_, t, _, d] = shape;
+    let mut out: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    // Rows are [B, T, H] in order: row r is token (r / H) % T.
+    let h = shape[2];
+    for (r, head) in out.chunks_mut(d).enumerate() {
+        rope_head(head, pos0 + (r / h) % t, theta, style);
+    }
+    out
+}

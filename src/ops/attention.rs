@@ -1,0 +1,127 @@
+//! Causal grouped-query attention over a KV cache, and KV-cache writes
+//! (shaders/attention.wgsl; the cache write is a strided copy).
+
+use super::chunks;
+use super::elementwise::{copy_strided, View};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::shaders::ATTENTION;
+
+/// The largest head dimension: one thread per output element of a head.
+pub const MAX_HEAD_DIM: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    heads: u32,
+    group: u32,
+    d: u32,
+    q_tstride: u32,
+    kv_hstride: u32,
+    pos: u32,
+    h0: u32,
+    kv0: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    out_off: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+fn dims4(op: &'static str, name: &str, t: &Tensor, layout: &str) -> Result<[usize; 4]> {
+    t.shape().try_into().map_err(|_| Error::shape(op, format!("{name} {:?} is not {layout}", t.shape())))
+}
+
+/// out = softmax(scale · q kᵀ) v, causally: q: [B, T, Hq, D], caches: [B, Hkv, S, D].
+/// Query t of sequence b is at position pos0 + t and sees cache rows 0 ..= pos0 + t of its
+/// own sequence; query head h reads kv head h / (Hq / Hkv). Returns [B, T, Hq, D].
+pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32) -> Result<Tensor> {
+    const OP: &str = "attention";
+    let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
+    let [kb, hkv, s, kd] = dims4(OP, "k_cache", k_cache, "[B, Hkv, S, D]")?;
+    if v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape(OP, format!("v_cache {:?} differs from k_cache {:?}", v_cache.shape(), k_cache.shape())));
+    }
+    if kb != b || kd != d {
+        return Err(Error::shape(OP, format!("q {:?} and k_cache {:?} differ in batch or head dimension", q.shape(), k_cache.shape())));
+    }
+    if hkv == 0 || hq % hkv != 0 {
+        return Err(Error::shape(OP, format!("{hq} query heads are not a multiple of {hkv} kv heads")));
+    }
+    if pos0 + t > s {
+        return Err(Error::shape(OP, format!("positions up to {} do not fit a cache of {s} rows", pos0 + t)));
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(Error::shape(OP, format!("head dimension {d} is above the kernel's {MAX_HEAD_DIM}")));
+    }
+    let out = gpu.empty(q.shape())?;
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let group = hq / hkv;
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let max_wg = gpu.split_limits().max_workgroups as usize;
+    // kv rows one dispatch binds for `heads` query heads: the kv heads they can straddle, each
+    // [S, D] block whole except the last, cut after the last position.
+    let kv_span = |kv_heads: usize| (kv_heads - 1) * s * d + (pos0 + t) * d;
+    let fits = |heads: usize| heads <= max_wg && heads * d <= max_elems && kv_span((heads - 1).div_ceil(group) + 1) <= max_elems;
+    let Some(mut heads_per) = (1..=hq).rev().find(|&n| fits(n)) else {
+        return Err(Error::TooLarge { op: OP, detail: format!("{} keys of width {d} exceed one binding ({max_elems} values)", pos0 + t) });
+    };
+    if heads_per >= group {
+        // Whole kv groups per dispatch: no kv block is bound twice.
+        heads_per -= heads_per % group;
+    }
+    let tokens_per = (max_wg / heads_per).min((max_elems - heads_per * d) / (hq * d) + 1).max(1);
+    for bi in 0..b {
+        for (h0, hn) in chunks(hq, heads_per) {
+            let (kv0, kv1) = (h0 / group, (h0 + hn - 1) / group);
+            for (t0, tn) in chunks(t, tokens_per) {
+                let q_start = ((bi * t + t0) * hq + h0) * d;
+                let q_len = (tn - 1) * hq * d + hn * d;
+                let kv_start = (bi * hkv + kv0) * s * d;
+                let kv_len = (kv1 - kv0) * s * d + (pos0 + t0 + tn) * d;
+                let (qb, q_off) = q.bind(gpu, q_start, q_len)?;
+                let (kb, k_off) = k_cache.bind(gpu, kv_start, kv_len)?;
+                let (vb, v_off) = v_cache.bind(gpu, kv_start, kv_len)?;
+                let (ob, out_off) = out.bind(gpu, q_start, q_len)?;
+                let meta = Meta {
+                    heads: hn as u32,
+                    group: group as u32,
+                    d: d as u32,
+                    q_tstride: (hq * d) as u32,
+                    kv_hstride: (s * d) as u32,
+                    pos: (pos0 + t0) as u32,
+                    h0: h0 as u32,
+                    kv0: kv0 as u32,
+                    q_off,
+                    k_off,
+                    v_off,
+                    out_off,
+                    scale,
+                    _pad: [0; 3],
+                };
+                let groups = [(tn * hn) as u32, 1, 1];
+                gpu.dispatch(ATTENTION, "attention", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, ob], groups)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes src: [B, T, Hkv, D] (new keys or values in projection layout) into rows
+/// pos0 .. pos0 + T of cache: [B, Hkv, S, D].
+pub fn write_kv(gpu: &Gpu, src: &Tensor, cache: &Tensor, pos0: usize) -> Result<()> {
+    const OP: &str = "write_kv";
+    let [b, t, h, d] = dims4(OP, "src", src, "[B, T, Hkv, D]")?;
+    let [cb, ch, s, cd] = dims4(OP, "cache", cache, "[B, Hkv, S, D]")?;
+    if (cb, ch, cd) != (b, h, d) {
+        return Err(Error::shape(OP, format!("src {:?} does not match cache {:?}", src.shape(), cache.shape())));
+    }
+    if pos0 + t > s {
+        return Err(Error::shape(OP, format!("rows {pos0}..{} do not fit a cache of {s} rows", pos0 + t)));
+    }
+    let dst = View { offset: pos0 * d, strides: [h * s * d, d, s * d, 1] };
+    copy_strided(gpu, src, View::dense(src.shape()), cache, dst, src.shape())
+}

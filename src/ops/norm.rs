@@ -1,0 +1,64 @@
+//! RMSNorm and LayerNorm over the last dimension (shaders/norm.wgsl).
+
+use super::chunks;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::shaders::NORM;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    rows: u32,
+    cols: u32,
+    x_off: u32,
+    out_off: u32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// x / sqrt(mean(x²) + eps) * w over the last dimension; x of any rank, w of shape [d].
+pub fn rms_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    run(gpu, "rms_norm", x, w, None, eps)
+}
+
+/// (x − mean) / sqrt(var + eps) * w + b over the last dimension (biased variance); x of any
+/// rank, w and b of shape [d].
+pub fn layer_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    run(gpu, "layer_norm", x, w, Some(b), eps)
+}
+
+fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    let Some(&cols) = x.shape().last() else {
+        return Err(Error::shape(op, "a 0-D tensor has no rows"));
+    };
+    for (name, t) in [("weight", Some(w)), ("bias", b)] {
+        if let Some(t) = t {
+            if t.shape() != [cols] {
+                return Err(Error::shape(op, format!("{name} {:?} does not match x {:?}: expected [{cols}]", t.shape(), x.shape())));
+            }
+        }
+    }
+    let out = gpu.empty(x.shape())?;
+    if cols == 0 || x.numel() == 0 {
+        return Ok(out);
+    }
+    let rows = x.numel() / cols;
+    let max_elems = Tensor::max_binding_elems(gpu);
+    if cols > max_elems {
+        return Err(Error::TooLarge { op, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
+    }
+    let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
+    let (wb, _) = w.bind(gpu, 0, cols)?;
+    let bb = b.map(|b| b.bind(gpu, 0, cols)).transpose()?;
+    for (r0, r) in chunks(rows, rows_per) {
+        let (xb, x_off) = x.bind(gpu, r0 * cols, r * cols)?;
+        let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, _pad: [0; 3] };
+        let binds = match bb {
+            Some((bb, _)) => vec![xb, wb, bb, ob],
+            None => vec![xb, wb, ob],
+        };
+        gpu.dispatch(NORM, op, &[], bytemuck::bytes_of(&meta), &binds, [r as u32, 1, 1])?;
+    }
+    Ok(out)
+}

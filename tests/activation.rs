@@ -1,0 +1,68 @@
+//! SwiGLU, GELU and bias broadcast on every adapter against the f64 oracle.
+
+mod common;
+use common::*;
+use revive::cpu;
+use revive::gpu::{Gpu, SplitLimits};
+use revive::ops::activation::{add_bias, gelu, silu_mul};
+
+const SHAPES: &[&[usize]] = &[&[1], &[1, 1], &[7, 1], &[13, 257], &[3, 4099], &[500, 3], &[2, 5, 1536], &[257, 256]];
+
+fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
+    let n: usize = shape.iter().product();
+    let cols = *shape.last().unwrap();
+    let mut r = rng(seed);
+    // Inputs in [-8, 8) reach both saturated tails of the sigmoid and of tanh.
+    let x: Vec<f32> = random_vec(&mut r, n).into_iter().map(|v| 8.0 * v).collect();
+    let y = random_vec(&mut r, n);
+    let b = random_vec(&mut r, cols);
+    let (tx, ty, tb) = (ok(gpu.upload(&x, shape))?, ok(gpu.upload(&y, shape))?, ok(gpu.upload(&b, &[cols]))?);
+    let got = ok(gpu.download(&ok(silu_mul(gpu, &tx, &ty))?))?;
+    compare(&format!("silu_mul {shape:?}"), &got, &cpu::silu_mul(&x, &y), Tolerance::F32)?;
+    let got = ok(gpu.download(&ok(gelu(gpu, &tx))?))?;
+    compare(&format!("gelu {shape:?}"), &got, &cpu::gelu(&x), Tolerance::F32)?;
+    let got = ok(gpu.download(&ok(add_bias(gpu, &tx, &tb))?))?;
+    compare(&format!("add_bias {shape:?}"), &got, &cpu::add_bias(&x, &b), Tolerance::F32)
+}
+
+#[test]
+fn activations_match_oracle() {
+    for_each_gpu(|gpu| {
+        for (i, shape) in SHAPES.iter().enumerate() {
+            check(gpu, shape, 800 + i as u64)?;
+        }
+        // Far tails: no NaN where exp overflows.
+        let x = [-100.0f32, -30.0, -0.0, 0.0, 1e-7, 30.0, 100.0];
+        let t = ok(gpu.upload(&x, &[x.len()]))?;
+        compare("gelu tails", &ok(gpu.download(&ok(gelu(gpu, &t))?))?, &cpu::gelu(&x), Tolerance::F32)?;
+        compare("silu_mul tails", &ok(gpu.download(&ok(silu_mul(gpu, &t, &t))?))?, &cpu::silu_mul(&x, &x), Tolerance::F32)?;
+        Ok(())
+    });
+}
+
+#[test]
+fn activations_split_across_dispatches() {
+    for_each_gpu(|gpu| {
+        let gpu = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        // Pieces of about 1000 elements that start mid-row: the bias column must follow.
+        check(gpu, &[50, 37], 900)?;
+        check(gpu, &[3, 1001], 901)
+    });
+}
+
+#[test]
+fn activations_reject_bad_shapes() {
+    for_each_gpu(|gpu| {
+        let x = ok(gpu.full(&[3, 4], 0.0))?;
+        let b = ok(gpu.full(&[3], 0.0))?;
+        let err = add_bias(gpu, &x, &b).err().ok_or("a [3] bias for rows of 4 accepted")?;
+        if !err.to_string().contains("bias") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        let err = silu_mul(gpu, &x, &ok(gpu.full(&[4, 3], 0.0))?).err().ok_or("mismatched gate and up accepted")?;
+        if !err.to_string().contains("gate") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,145 @@
+//! Causal grouped-query attention and KV-cache writes on every adapter against the f64 oracle.
+
+mod common;
+use common::*;
+use revive::cpu;
+use revive::gpu::{Gpu, SplitLimits};
+use revive::ops::attention::{attention, write_kv};
+use revive::ops::elementwise::View;
+
+struct Case {
+    b: usize,
+    t: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    s: usize,
+    pos0: usize,
+}
+
+fn check(gpu: &Gpu, c: &Case, seed: u64) -> Result<(), String> {
+    let Case { b, t, hq, hkv, d, s, pos0 } = *c;
+    let mut r = rng(seed);
+    let q = random_vec(&mut r, b * t * hq * d);
+    let mut k = random_vec(&mut r, b * hkv * s * d);
+    let mut v = random_vec(&mut r, b * hkv * s * d);
+    // Rows past the last position are not keys yet: NaN there catches a kernel that reads them.
+    for (i, (kx, vx)) in k.iter_mut().zip(v.iter_mut()).enumerate() {
+        if (i / d) % s >= pos0 + t {
+            (*kx, *vx) = (f32::NAN, f32::NAN);
+        }
+    }
+    let (qs, kvs) = ([b, t, hq, d], [b, hkv, s, d]);
+    let (tq, tk, tv) = (ok(gpu.upload(&q, &qs))?, ok(gpu.upload(&k, &kvs))?, ok(gpu.upload(&v, &kvs))?);
+    let scale = 1.0 / (d as f32).sqrt();
+    let got = ok(gpu.download(&ok(attention(gpu, &tq, &tk, &tv, pos0, scale))?))?;
+    let want = cpu::attention(&q, qs, &k, &v, kvs, pos0, scale as f64);
+    compare(&format!("attention b={b} t={t} hq={hq} hkv={hkv} d={d} s={s} pos0={pos0}"), &got, &want, Tolerance::F32)
+}
+
+#[test]
+fn attention_matches_oracle() {
+    for_each_gpu(|gpu| {
+        let cases = [
+            // Decode steps: one token at position 7; SmolLM2's 9 query heads over 3 kv heads.
+            Case { b: 2, t: 1, hq: 9, hkv: 3, d: 64, s: 20, pos0: 7 },
+            Case { b: 2, t: 1, hq: 4, hkv: 4, d: 64, s: 9, pos0: 7 },
+            // Prefill from position 0.
+            Case { b: 2, t: 13, hq: 9, hkv: 3, d: 64, s: 29, pos0: 0 },
+            Case { b: 2, t: 13, hq: 5, hkv: 5, d: 64, s: 13, pos0: 0 },
+            // Odd head dims, a single head, a chunk after a cached prefix.
+            Case { b: 1, t: 1, hq: 1, hkv: 1, d: 1, s: 1, pos0: 0 },
+            Case { b: 3, t: 7, hq: 6, hkv: 2, d: 6, s: 31, pos0: 11 },
+            // Past one 256-key tile: the online softmax rescales across tiles.
+            Case { b: 1, t: 3, hq: 3, hkv: 1, d: 64, s: 700, pos0: 600 },
+            // Longer than 4096 keys: there is no key limit.
+            Case { b: 1, t: 2, hq: 2, hkv: 1, d: 8, s: 5003, pos0: 5001 },
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            check(gpu, c, 500 + i as u64)?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn attention_splits_heads_and_tokens_across_dispatches() {
+    for_each_gpu(|gpu| {
+        let gpu = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        // Whole kv groups per dispatch, several token ranges.
+        check(gpu, &Case { b: 2, t: 5, hq: 6, hkv: 2, d: 8, s: 12, pos0: 4 }, 600)?;
+        // Groups of 4 query heads with 3 workgroups per dispatch: a dispatch straddles kv heads.
+        check(gpu, &Case { b: 2, t: 4, hq: 8, hkv: 2, d: 8, s: 9, pos0: 3 }, 601)?;
+        // Caches larger than one binding: each dispatch binds only its kv heads' rows.
+        check(gpu, &Case { b: 1, t: 2, hq: 3, hkv: 3, d: 16, s: 40, pos0: 30 }, 602)
+    });
+}
+
+/// Decoding the last token against a cache filled by write_kv equals the last row of a prefill
+/// of the whole sequence.
+#[test]
+fn decode_with_cache_equals_prefill() {
+    for_each_gpu(|gpu| {
+        let (b, n, hq, hkv, d, s) = (2, 9, 9, 3, 64, 16);
+        let mut r = rng(700);
+        let q = random_vec(&mut r, b * n * hq * d);
+        let k_new = random_vec(&mut r, b * n * hkv * d);
+        let v_new = random_vec(&mut r, b * n * hkv * d);
+        let scale = 0.125;
+        // Rows for tokens t0..t1 of every sequence, as a [B, t1 - t0, H, D] tensor.
+        let rows = |x: &[f32], h: usize, t0: usize, t1: usize| -> Result<_, String> {
+            let data: Vec<f32> = (0..b).flat_map(|bi| x[(bi * n + t0) * h * d..(bi * n + t1) * h * d].to_vec()).collect();
+            ok(gpu.upload(&data, &[b, t1 - t0, h, d]))
+        };
+
+        let kc = ok(gpu.empty(&[b, hkv, s, d]))?;
+        let vc = ok(gpu.empty(&[b, hkv, s, d]))?;
+        ok(write_kv(gpu, &rows(&k_new, hkv, 0, n)?, &kc, 0))?;
+        ok(write_kv(gpu, &rows(&v_new, hkv, 0, n)?, &vc, 0))?;
+        let full = ok(gpu.download(&ok(attention(gpu, &rows(&q, hq, 0, n)?, &kc, &vc, 0, scale))?))?;
+
+        // The cache holds the new rows, in its own layout.
+        let cache = ok(gpu.download(&kc))?;
+        let dst = View { offset: 0, strides: [hkv * s * d, d, s * d, 1] };
+        let want = cpu::copy_strided(&k_new, View::dense(&[b, n, hkv, d]), &cache, dst, &[b, n, hkv, d]);
+        let written: Vec<usize> = (0..cache.len()).filter(|i| (i / d) % s < n).collect();
+        let pick = |xs: &[f64]| written.iter().map(|&i| xs[i]).collect::<Vec<f64>>();
+        let got_rows: Vec<f32> = written.iter().map(|&i| cache[i]).collect();
+        compare("write_kv rows", &got_rows, &pick(&want), Tolerance::F32)?;
+
+        // Prefill n - 1 tokens, then decode the last one at position n - 1.
+        let kc2 = ok(gpu.empty(&[b, hkv, s, d]))?;
+        let vc2 = ok(gpu.empty(&[b, hkv, s, d]))?;
+        ok(write_kv(gpu, &rows(&k_new, hkv, 0, n - 1)?, &kc2, 0))?;
+        ok(write_kv(gpu, &rows(&v_new, hkv, 0, n - 1)?, &vc2, 0))?;
+        ok(write_kv(gpu, &rows(&k_new, hkv, n - 1, n)?, &kc2, n - 1))?;
+        ok(write_kv(gpu, &rows(&v_new, hkv, n - 1, n)?, &vc2, n - 1))?;
+        let step = ok(gpu.download(&ok(attention(gpu, &rows(&q, hq, n - 1, n)?, &kc2, &vc2, n - 1, scale))?))?;
+        let last: Vec<f64> =
+            (0..b).flat_map(|bi| full[(bi * n + n - 1) * hq * d..(bi * n + n) * hq * d].iter().map(|&x| x as f64)).collect();
+        compare("decode vs prefill", &step, &last, Tolerance::F32)
+    });
+}
+
+#[test]
+fn attention_rejects_bad_shapes() {
+    for_each_gpu(|gpu| {
+        let q = ok(gpu.full(&[1, 4, 4, 8], 0.0))?;
+        let kv = ok(gpu.full(&[1, 3, 6, 8], 0.0))?;
+        let err = attention(gpu, &q, &kv, &kv, 0, 1.0).err().ok_or("4 query heads over 3 kv heads accepted")?;
+        if !err.to_string().contains("multiple") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        let kv = ok(gpu.full(&[1, 2, 6, 8], 0.0))?;
+        let err = attention(gpu, &q, &kv, &kv, 3, 1.0).err().ok_or("positions past the cache accepted")?;
+        if !err.to_string().contains("do not fit") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        let src = ok(gpu.full(&[1, 4, 2, 8], 0.0))?;
+        let err = write_kv(gpu, &src, &kv, 3).err().ok_or("write past the cache accepted")?;
+        if !err.to_string().contains("do not fit") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}

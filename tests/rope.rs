@@ -1,0 +1,71 @@
+//! RoPE on every adapter against the f64 oracle: both pairings, head dims 64, 2 and 6, pos0 > 0.
+
+mod common;
+use common::*;
+use revive::cpu;
+use revive::gpu::{Gpu, SplitLimits};
+use revive::model::RopeStyle;
+use revive::ops::rope::rope;
+
+fn check(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64) -> Result<(), String> {
+    check_tol(gpu, shape, pos0, theta, seed, Tolerance::F32)
+}
+
+fn check_tol(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64, tol: Tolerance) -> Result<(), String> {
+    let mut r = rng(seed);
+    let x = random_vec(&mut r, shape.iter().product());
+    let tx = ok(gpu.upload(&x, &shape))?;
+    for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+        let got = ok(gpu.download(&ok(rope(gpu, &tx, pos0, theta, style))?))?;
+        let want = cpu::rope(&x, shape, pos0, theta as f64, style);
+        compare(&format!("rope {style:?} {shape:?} pos0={pos0}"), &got, &want, tol)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn rope_matches_oracle() {
+    for_each_gpu(|gpu| {
+        // The f32 angle pos * inv_freq is off by at most pos * 2^-23 rad (product and inv_freq
+        // roundings), under 1e-5 while positions stay below 80.
+        let cases: &[([usize; 4], usize, f32)] = &[
+            ([1, 1, 1, 2], 3, 10_000.0),
+            ([2, 13, 9, 64], 0, 100_000.0),
+            ([2, 13, 3, 64], 7, 10_000.0),
+            ([1, 1, 9, 64], 60, 10_000.0),
+            ([3, 5, 7, 6], 11, 10_000.0),
+            ([2, 31, 1, 2], 1, 500.0),
+            ([1, 17, 5, 128], 40, 1_000_000.0),
+        ];
+        for (i, &(shape, pos0, theta)) in cases.iter().enumerate() {
+            check(gpu, shape, pos0, theta, 300 + i as u64)?;
+        }
+        // A decode step deep into a long context: positions near 4096 allow 4096 * 2^-23 = 5e-4
+        // rad of angle error, the inherent cost of f32 angles (Hugging Face's are f32 too).
+        check_tol(gpu, [1, 1, 9, 64], 4095, 10_000.0, 310, Tolerance::new(1e-3, 1e-5, 1e-3))?;
+        Ok(())
+    });
+}
+
+#[test]
+fn rope_splits_rows_across_dispatches() {
+    for_each_gpu(|gpu| {
+        let gpu = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        // Each dispatch covers at most 3 * 256 pairs (24 rows of 64), so 2*13*3 rows take several.
+        check(gpu, [2, 13, 3, 64], 5, 10_000.0, 400)?;
+        // More rows than workgroups x threads when rows are tiny: the token index must follow row0.
+        check(gpu, [2, 500, 2, 6], 3, 10_000.0, 401)
+    });
+}
+
+#[test]
+fn rope_rejects_odd_head_dim() {
+    for_each_gpu(|gpu| {
+        let x = ok(gpu.upload(&[0.0; 15], &[1, 1, 3, 5]))?;
+        let err = rope(gpu, &x, 0, 10_000.0, RopeStyle::Half).err().ok_or("odd head dim accepted")?;
+        if !err.to_string().contains("even") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}
