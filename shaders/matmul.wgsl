@@ -196,3 +196,32 @@ fn matmul_tile16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
         store(cbase + row * p.ldc + col, acc);
     }
 }
+
+// One output element per workgroup: 64 threads split K and reduce. For products with very few
+// rows (a decode step multiplies one token by every weight matrix), where a 128-row tile would
+// compute 127 rows for nothing.
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn matmul_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = wg.x;
+    let m = wg.y;
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+    var acc = 0.0;
+    for (var k = lid.x; k < p.k; k += 64u) {
+        var av: f32;
+        var bv: f32;
+        if (TRANS_A) { av = a_at(abase + k * p.lda + m); } else { av = a_at(abase + m * p.lda + k); }
+        if (TRANS_B) { bv = b_at(bbase + n * p.ldb + k); } else { bv = b_at(bbase + k * p.ldb + n); }
+        acc = fma(av, bv, acc);
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) { store(cbase + m * p.ldc + n, red[0]); }
+}

@@ -95,9 +95,26 @@ fn tile16_matches_oracle_all_transposes() {
 }
 
 #[test]
+fn dot_matches_oracle_all_transposes() {
+    for_each_gpu(|gpu| {
+        for (i, &c) in CASES.iter().enumerate() {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    check(gpu, c, ta, tb, Kernel::Dot, 1.0, 0.0, 400 + i as u64)?;
+                }
+            }
+        }
+        // Auto picks the dot kernel for a single row: the decode-step shape.
+        check(gpu, case(1, 1, 577, 576), false, true, Kernel::Auto, 1.0, 0.0, 450)?;
+        check(gpu, case(2, 3, 100, 64), false, true, Kernel::Auto, 1.0, 0.0, 451)?;
+        Ok(())
+    });
+}
+
+#[test]
 fn alpha_beta_accumulate_into_c() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Tile16] {
+        for kernel in [Kernel::Tuned, Kernel::Tile16, Kernel::Dot] {
             for (i, &c) in CASES.iter().enumerate() {
                 check(gpu, c, i % 2 == 0, i % 3 == 0, kernel, -1.5, 0.5, 200 + i as u64)?;
             }

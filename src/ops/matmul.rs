@@ -13,19 +13,36 @@ pub enum Kernel {
     Tuned,
     /// Plain 16x16 shared-memory tile: the baseline the tuned kernel must beat.
     Tile16,
+    /// One output per workgroup, threads split K: for products of a few rows (decoding).
+    Dot,
+    /// Dot when op(A) has at most `DOT_MAX_ROWS` rows, else Tuned.
+    Auto,
 }
 
+/// Up to this many rows the dot-product kernel wastes less than a 128-row tile does.
+pub const DOT_MAX_ROWS: usize = 4;
+
 impl Kernel {
-    fn entry(self) -> &'static str {
+    fn resolve(self, m: usize) -> Kernel {
         match self {
-            Kernel::Tuned => "matmul",
-            Kernel::Tile16 => "matmul_tile16",
+            Kernel::Auto if m <= DOT_MAX_ROWS => Kernel::Dot,
+            Kernel::Auto => Kernel::Tuned,
+            k => k,
         }
     }
+    fn entry(self) -> &'static str {
+        match self {
+            Kernel::Tuned | Kernel::Auto => "matmul",
+            Kernel::Tile16 => "matmul_tile16",
+            Kernel::Dot => "matmul_dot",
+        }
+    }
+    /// Output rows and columns per workgroup.
     fn tile(self) -> usize {
         match self {
-            Kernel::Tuned => 128,
+            Kernel::Tuned | Kernel::Auto => 128,
             Kernel::Tile16 => 16,
+            Kernel::Dot => 1,
         }
     }
 }
@@ -41,7 +58,7 @@ pub struct Gemm {
 
 impl Default for Gemm {
     fn default() -> Self {
-        Gemm { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, kernel: Kernel::Tuned }
+        Gemm { trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, kernel: Kernel::Auto }
     }
 }
 
@@ -228,13 +245,14 @@ pub fn gemm(gpu: &Gpu, a: &Tensor, b: &Tensor, c: Option<&Tensor>, g: Gemm) -> R
     Ok(out)
 }
 
-/// op(A) * op(B) with the tuned kernel.
+/// op(A) * op(B) with the kernel that suits the shape.
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     gemm(gpu, a, b, None, Gemm::default())
 }
 
 fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
-    let tile = g.kernel.tile();
+    let kernel = g.kernel.resolve(l.m);
+    let tile = kernel.tile();
     let max_elems = Tensor::max_binding_elems(gpu);
     let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
     let ranges = |total: usize, step: usize| super::chunks(total, step).map(|(s, n)| (s, s + n)).collect::<Vec<_>>();
@@ -278,7 +296,7 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
                         ("ALIGNED", aligned as u8 as f64),
                     ];
                     let groups = [pn.div_ceil(tile) as u32, pm.div_ceil(tile) as u32, pb as u32];
-                    gpu.dispatch(MATMUL, g.kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
+                    gpu.dispatch(MATMUL, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
                 }
             }
         }
