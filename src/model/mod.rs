@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod fetch;
+pub mod forward;
 pub mod probe;
 pub mod random;
 pub mod safetensors;

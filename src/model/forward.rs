@@ -1,0 +1,274 @@
+//! The forward pass on the GPU, both families: embedding gather, RMSNorm / LayerNorm, RoPE,
+//! causal grouped-query attention through a KV cache, SwiGLU / GELU MLP, tied or untied
+//! unembedding. A batch of prompts of different lengths is right-padded to the longest: with
+//! causal attention, real tokens never see the padding after them, so no mask is needed.
+
+use super::config::{Arch, Config};
+use super::probe::{Captured, Probes, Site};
+use super::weights::{HostTensor, Weights};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::{activation, attention, elementwise, gather::gather_rows, matmul, norm, rope};
+use std::collections::HashMap;
+
+/// Keys and values of every layer for a batch: [B, Hkv, capacity, D] each.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Positions filled so far: the next forward starts at this position.
+    pub len: usize,
+    pub capacity: usize,
+    pub batch: usize,
+}
+
+pub struct GpuModel {
+    pub config: Config,
+    gpu: Gpu,
+    w: HashMap<String, Tensor>,
+}
+
+/// Token ids padded to the longest sequence; `lens` are the real lengths.
+pub struct Batch {
+    pub ids: Vec<u32>,
+    pub lens: Vec<usize>,
+    pub t: usize,
+}
+
+impl Batch {
+    pub fn new(seqs: &[Vec<u32>]) -> Result<Batch> {
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        if seqs.is_empty() || t == 0 {
+            return Err(Error::shape("forward", "an empty batch or an empty sequence"));
+        }
+        let ids = seqs.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(0, t - s.len()))).collect();
+        Ok(Batch { ids, lens: seqs.iter().map(Vec::len).collect(), t })
+    }
+    pub fn b(&self) -> usize {
+        self.lens.len()
+    }
+    /// Row of (sequence, position) in [B·T, ·] activations.
+    pub fn row(&self, seq: usize, pos: usize) -> usize {
+        seq * self.t + pos
+    }
+    /// Each sequence's last real token.
+    pub fn last_rows(&self) -> Vec<usize> {
+        self.lens.iter().enumerate().map(|(s, &l)| self.row(s, l - 1)).collect()
+    }
+}
+
+/// Which rows of [B·T] get logits.
+pub enum LogitRows {
+    All,
+    Rows(Vec<usize>),
+}
+
+impl GpuModel {
+    pub fn new(gpu: &Gpu, weights: &Weights) -> Result<GpuModel> {
+        let mut w = HashMap::new();
+        for (name, t) in &weights.tensors {
+            w.insert(name.clone(), gpu.upload(&t.data, &t.shape)?);
+        }
+        Ok(GpuModel { config: weights.config.clone(), gpu: gpu.clone(), w })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<&Tensor> {
+        self.w.get(name).ok_or_else(|| Error::Model { file: "model".into(), detail: format!("no tensor '{name}'") })
+    }
+
+    /// Replaces a weight (an edit writes its new down-projection here).
+    pub fn set_tensor(&mut self, name: &str, t: Tensor) -> Result<()> {
+        let old = self.tensor(name)?;
+        if old.shape() != t.shape() {
+            return Err(Error::shape("set_tensor", format!("'{name}' is {:?}, the new value {:?}", old.shape(), t.shape())));
+        }
+        self.w.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    /// All weights back on the host, to save.
+    pub fn to_weights(&self) -> Result<Weights> {
+        let mut tensors = std::collections::BTreeMap::new();
+        for (name, t) in &self.w {
+            tensors.insert(name.clone(), HostTensor::new(t.shape().to_vec(), self.gpu.download(t)?));
+        }
+        Ok(Weights { config: self.config.clone(), tensors })
+    }
+
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
+        let c = &self.config;
+        let shape = [batch, c.n_kv_heads, capacity, c.head_dim];
+        let mut k = vec![];
+        let mut v = vec![];
+        for _ in 0..c.n_layers {
+            k.push(self.gpu.empty(&shape)?);
+            v.push(self.gpu.empty(&shape)?);
+        }
+        Ok(KvCache { k, v, len: 0, capacity, batch })
+    }
+
+    fn l(&self, i: usize, name: &str) -> Result<&Tensor> {
+        self.tensor(&format!("layers.{i}.{name}"))
+    }
+
+    /// x · Wᵀ (+ b): every canonical matrix is [out, in].
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = matmul::gemm(&self.gpu, x, w, None, matmul::Gemm { trans_b: true, ..Default::default() })?;
+        match b {
+            Some(b) => activation::add_bias(&self.gpu, &y, b),
+            None => Ok(y),
+        }
+    }
+
+    fn norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+        let eps = self.config.norm_eps;
+        let w = self.tensor(&format!("{prefix}.weight"))?;
+        match self.config.arch {
+            Arch::Llama => norm::rms_norm(&self.gpu, x, w, eps),
+            Arch::Gpt2 => norm::layer_norm(&self.gpu, x, w, self.tensor(&format!("{prefix}.bias"))?, eps),
+        }
+    }
+
+    /// Runs the batch from position `cache.len` (0 without a cache) and returns logits for
+    /// `rows` ([rows, V]) plus what the probes asked for. With a cache, its length advances by T.
+    pub fn forward(&self, batch: &Batch, probes: &Probes, rows: LogitRows, cache: Option<&mut KvCache>) -> Result<(Tensor, Captured)> {
+        let c = &self.config;
+        let gpu = &self.gpu;
+        let (b, t, d, hd) = (batch.b(), batch.t, c.hidden, c.head_dim);
+        let mut own_cache;
+        let cache = match cache {
+            Some(cache) => {
+                if cache.batch != b || cache.len + t > cache.capacity {
+                    return Err(Error::shape(
+                        "forward",
+                        format!("cache for {} sequences with {}/{} positions used cannot take {b} x {t}", cache.batch, cache.len, cache.capacity),
+                    ));
+                }
+                cache
+            }
+            None => {
+                own_cache = self.new_cache(b, t)?;
+                &mut own_cache
+            }
+        };
+        let pos0 = cache.len;
+        if pos0 + t > c.max_seq_len {
+            return Err(Error::shape("forward", format!("{} positions exceed the model's {}", pos0 + t, c.max_seq_len)));
+        }
+        for site in probes.residual.iter().chain(&probes.down_in).chain(probes.add.iter().map(|(s, _)| s)) {
+            check_site(c, batch, site)?;
+        }
+        if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        }
+
+        let mut x = gather_rows(gpu, self.tensor("embed")?, &batch.ids)?;
+        if c.arch == Arch::Gpt2 {
+            let pos: Vec<u32> = (0..b).flat_map(|_| (0..t).map(|p| (pos0 + p) as u32)).collect();
+            x = elementwise::add(gpu, &x, &gather_rows(gpu, self.tensor("pos_embed")?, &pos)?)?;
+        }
+        let mut residual_caps = vec![];
+        let mut down_caps = vec![];
+        let gpt2 = c.arch == Arch::Gpt2;
+        let bias = |i: usize, name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
+        for i in 0..c.n_layers {
+            let h = self.norm(&x, &format!("layers.{i}.attn_norm"))?;
+            let q = self.linear(&h, self.l(i, "wq")?, bias(i, "bq")?)?.reshape(&[b, t, c.n_heads, hd])?;
+            let k = self.linear(&h, self.l(i, "wk")?, bias(i, "bk")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
+            let v = self.linear(&h, self.l(i, "wv")?, bias(i, "bv")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
+            let (q, k) = if gpt2 {
+                (q, k)
+            } else {
+                (rope::rope(gpu, &q, pos0, c.rope_theta, c.rope_style)?, rope::rope(gpu, &k, pos0, c.rope_theta, c.rope_style)?)
+            };
+            attention::write_kv(gpu, &k, &cache.k[i], pos0)?;
+            attention::write_kv(gpu, &v, &cache.v[i], pos0)?;
+            let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
+            let o = o.reshape(&[b * t, c.n_heads * hd])?;
+            x = elementwise::add(gpu, &x, &self.linear(&o, self.l(i, "wo")?, bias(i, "bo")?)?)?;
+
+            let h = self.norm(&x, &format!("layers.{i}.mlp_norm"))?;
+            let up = self.linear(&h, self.l(i, "w_up")?, bias(i, "b_up")?)?;
+            let key = if gpt2 {
+                activation::gelu(gpu, &up)?
+            } else {
+                activation::silu_mul(gpu, &self.linear(&h, self.l(i, "w_gate")?, None)?, &up)?
+            };
+            capture(gpu, &key, batch, &probes.down_in, i, &mut down_caps)?;
+            x = elementwise::add(gpu, &x, &self.linear(&key, self.l(i, "w_down")?, bias(i, "b_down")?)?)?;
+            let adds: Vec<_> = probes.add.iter().filter(|(s, _)| s.layer == i).collect();
+            if !adds.is_empty() {
+                let mut delta = vec![0.0f32; b * t * d];
+                for (s, v) in adds {
+                    if v.len() != d {
+                        return Err(Error::shape("forward", format!("an added vector has {} values, the residual stream {d}", v.len())));
+                    }
+                    let r = batch.row(s.seq, s.pos);
+                    delta[r * d..(r + 1) * d].iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                }
+                x = elementwise::add(gpu, &x, &gpu.upload(&delta, &[b * t, d])?)?;
+            }
+            capture(gpu, &x, batch, &probes.residual, i, &mut residual_caps)?;
+        }
+        cache.len += t;
+        let x = match rows {
+            LogitRows::All => x,
+            LogitRows::Rows(r) => gather_rows(gpu, &x, &r.iter().map(|&r| r as u32).collect::<Vec<_>>())?,
+        };
+        let x = self.norm(&x, "final_norm")?;
+        let head = if c.tied_embeddings { self.tensor("embed")? } else { self.tensor("lm_head")? };
+        let logits = self.linear(&x, head, None)?;
+        let captured = Captured {
+            residual: collect(gpu, probes.residual.len(), residual_caps)?,
+            down_in: collect(gpu, probes.down_in.len(), down_caps)?,
+        };
+        Ok((logits, captured))
+    }
+
+    /// Logits of each sequence's last real token: [B, V].
+    pub fn last_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let batch = Batch::new(seqs)?;
+        let (logits, _) = self.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), None)?;
+        let v = self.config.vocab_size;
+        Ok(self.gpu.download(&logits)?.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+}
+
+fn check_site(c: &Config, batch: &Batch, s: &Site) -> Result<()> {
+    if s.layer >= c.n_layers || s.seq >= batch.b() || s.pos >= batch.lens[s.seq] {
+        return Err(Error::shape(
+            "forward",
+            format!("probe {s:?} is outside the batch ({} layers, lengths {:?})", c.n_layers, batch.lens),
+        ));
+    }
+    Ok(())
+}
+
+/// Gathers the rows the probes of `layer` ask for, with the probe index of each row; they are
+/// downloaded once at the end of the pass.
+fn capture(gpu: &Gpu, x: &Tensor, batch: &Batch, sites: &[Site], layer: usize, out: &mut Vec<(Vec<usize>, Tensor)>) -> Result<()> {
+    let (idx, rows): (Vec<usize>, Vec<u32>) = sites
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.layer == layer)
+        .map(|(k, s)| (k, batch.row(s.seq, s.pos) as u32))
+        .unzip();
+    if !rows.is_empty() {
+        out.push((idx, gather_rows(gpu, x, &rows)?));
+    }
+    Ok(())
+}
+
+fn collect(gpu: &Gpu, n: usize, caps: Vec<(Vec<usize>, Tensor)>) -> Result<Vec<Vec<f32>>> {
+    let mut out = vec![vec![]; n];
+    for (idx, t) in caps {
+        let width = t.shape()[1];
+        for (k, row) in idx.into_iter().zip(gpu.download(&t)?.chunks(width)) {
+            out[k] = row.to_vec();
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,121 @@
+//! The GPU forward against the f64 oracle on tiny random models of both families, written by
+//! the real saver and read back by the real loader: logits, probes, added vectors, padding of
+//! batches with different lengths, and decoding with the KV cache.
+
+mod common;
+use common::*;
+use revive::cpu::model::CpuModel;
+use revive::model::forward::{Batch, GpuModel, LogitRows};
+use revive::model::probe::{Probes, Site};
+use revive::model::random::random_weights;
+use revive::model::safetensors::{load_dir, save_dir, SaveDtype};
+use revive::model::{Config, RopeStyle, Weights};
+
+/// Logits are sums over many f32 products; 1e-4 relative to the largest logit is the bound the
+/// issue sets for a whole forward pass.
+fn logit_tol(want: &[f64]) -> Tolerance {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    Tolerance::new(1e-4 * scale, 1e-4, 1e-4)
+}
+
+fn through_disk(w: &Weights, tag: &str) -> Weights {
+    let dir = std::env::temp_dir().join(format!("revive-fwd-{}-{tag}", std::process::id()));
+    save_dir(w, &dir, SaveDtype::F32, None).unwrap();
+    let back = load_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    back
+}
+
+fn models() -> Vec<(&'static str, Weights)> {
+    let mut adjacent = Config::tiny_llama();
+    adjacent.rope_style = RopeStyle::Adjacent;
+    adjacent.tied_embeddings = true;
+    vec![
+        ("llama", through_disk(&random_weights(&Config::tiny_llama(), 11), "llama")),
+        ("gpt2", through_disk(&random_weights(&Config::tiny_gpt2(), 12), "gpt2")),
+        // GGUF's RoPE pairing and tied embeddings, as SmolLM2 has them.
+        ("llama-adjacent", random_weights(&adjacent, 13)),
+    ]
+}
+
+#[test]
+fn logits_and_probes_match_the_oracle() {
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let cpu = CpuModel::new(&w);
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let v = w.config.vocab_size as u32;
+            let seqs = vec![vec![5, 17, 3, 60 % v, 2, 9, 33, 41], vec![7, 1, 88 % v], vec![4]];
+            let last = w.config.n_layers - 1;
+            let probes = Probes {
+                residual: vec![Site { layer: 0, seq: 0, pos: 3 }, Site { layer: last, seq: 1, pos: 2 }],
+                down_in: vec![Site { layer: 1, seq: 0, pos: 7 }, Site { layer: 0, seq: 2, pos: 0 }],
+                add: vec![(Site { layer: 0, seq: 0, pos: 2 }, (0..w.config.hidden).map(|i| (i as f32 * 0.37).sin()).collect())],
+            };
+            let batch = ok(Batch::new(&seqs))?;
+            let (logits, cap) = ok(gm.forward(&batch, &probes, LogitRows::All, None))?;
+            let got = ok(gpu.download(&logits))?;
+            let (want, want_cap) = cpu.forward(&seqs, &probes);
+            // Compare only real tokens: padded rows are never read.
+            for (s, seq) in seqs.iter().enumerate() {
+                for p in 0..seq.len() {
+                    let r = batch.row(s, p) * w.config.vocab_size;
+                    let g = &got[r..r + w.config.vocab_size];
+                    compare(&format!("{name} logits seq {s} pos {p}"), g, &want[s][p], logit_tol(&want[s][p]))?;
+                }
+            }
+            for (k, (g, c)) in cap.residual.iter().zip(&want_cap.residual).enumerate() {
+                let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                compare(&format!("{name} residual probe {k}"), g, &c, logit_tol(&c))?;
+            }
+            for (k, (g, c)) in cap.down_in.iter().zip(&want_cap.down_in).enumerate() {
+                let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                compare(&format!("{name} down_in probe {k}"), g, &c, logit_tol(&c))?;
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn decoding_with_the_cache_matches_a_full_pass() {
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let seq: Vec<u32> = vec![3, 14, 15, 9, 26, 5, 35];
+            let full = ok(gm.last_logits(std::slice::from_ref(&seq)))?;
+            let mut cache = ok(gm.new_cache(1, 16))?;
+            let prefill = ok(Batch::new(&[seq[..4].to_vec()]))?;
+            ok(gm.forward(&prefill, &Probes::default(), LogitRows::Rows(vec![3]), Some(&mut cache)))?;
+            let mut last = vec![];
+            for &tok in &seq[4..] {
+                let step = ok(Batch::new(&[vec![tok]]))?;
+                let (l, _) = ok(gm.forward(&step, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                last = ok(gpu.download(&l))?;
+            }
+            let want: Vec<f64> = full[0].iter().map(|&x| x as f64).collect();
+            compare(&format!("{name} cached decode"), &last, &want, logit_tol(&want))?;
+            if cache.len != seq.len() {
+                return Err(format!("cache length {} after {} tokens", cache.len, seq.len()));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    for_each_gpu(|gpu| {
+        let w = random_weights(&Config::tiny_gpt2(), 14);
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let batch = ok(Batch::new(&[vec![1, 2, 3]]))?;
+        let far = Probes { residual: vec![Site { layer: 0, seq: 0, pos: 3 }], ..Default::default() };
+        gm.forward(&batch, &far, LogitRows::All, None).err().ok_or("probe past the sequence accepted")?;
+        let oov = ok(Batch::new(&[vec![1, 5000]]))?;
+        gm.forward(&oov, &Probes::default(), LogitRows::All, None).err().ok_or("token outside the vocabulary accepted")?;
+        let long = ok(Batch::new(&[vec![1; 40]]))?;
+        gm.forward(&long, &Probes::default(), LogitRows::All, None).err().ok_or("sequence past max_seq_len accepted")?;
+        Batch::new(&[]).err().ok_or("empty batch accepted")?;
+        Ok(())
+    });
+}
