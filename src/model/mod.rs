@@ -25,6 +25,7 @@
 pub mod config;
 pub mod fetch;
 pub mod forward;
+pub mod generate;
 pub mod probe;
 pub mod random;
 pub mod safetensors;

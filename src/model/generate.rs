@@ -1,0 +1,103 @@
+//! Text generation with the KV cache, and scoring of a continuation.
+
+use super::forward::{Batch, GpuModel, LogitRows};
+use super::probe::Probes;
+use crate::error::{Error, Result};
+use rand::Rng;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Sample among the k most likely tokens; 0 means all.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.0, top_k: 0, seed: 0 }
+    }
+}
+
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn sample(logits: &[f32], s: &Sampling, rng: &mut impl Rng) -> u32 {
+    if s.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    if s.top_k > 0 && s.top_k < idx.len() {
+        idx.select_nth_unstable_by(s.top_k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+        idx.truncate(s.top_k);
+    }
+    let m = idx.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = idx.iter().map(|&i| (((logits[i] - m) / s.temperature) as f64).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let mut u = rng.random_range(0.0..total);
+    for (k, &wk) in w.iter().enumerate() {
+        if u < wk {
+            return idx[k] as u32;
+        }
+        u -= wk;
+    }
+    idx[idx.len() - 1] as u32
+}
+
+/// Generates up to `n` tokens after `prompt`, stopping at `eos`; `on_token` sees each one.
+pub fn generate(
+    model: &GpuModel,
+    prompt: &[u32],
+    n: usize,
+    sampling: Sampling,
+    eos: Option<u32>,
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        return Err(Error::shape("generate", "the prompt has no tokens"));
+    }
+    let mut rng = crate::testing::rng(sampling.seed);
+    let mut cache = model.new_cache(1, prompt.len() + n)?;
+    let batch = Batch::new(&[prompt.to_vec()])?;
+    let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![prompt.len() - 1]), Some(&mut cache))?;
+    let mut out = vec![];
+    for _ in 0..n {
+        let tok = sample(&model.gpu().download(&logits)?, &sampling, &mut rng);
+        out.push(tok);
+        on_token(tok);
+        if Some(tok) == eos || out.len() == n {
+            break;
+        }
+        let step = Batch::new(&[vec![tok]])?;
+        logits = model.forward(&step, &Probes::default(), LogitRows::All, Some(&mut cache))?.0;
+    }
+    Ok(out)
+}
+
+/// log p(x) for every entry of a row of logits, in f64.
+pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let z = logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln() + m;
+    logits.iter().map(|&x| x as f64 - z).collect()
+}
+
+/// Per-token log-probabilities of `continuation` after `prompt`.
+pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<Vec<f64>> {
+    if prompt.is_empty() || continuation.is_empty() {
+        return Err(Error::shape("score", "prompt and continuation need at least one token each"));
+    }
+    let seq: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
+    let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
+    let (logits, _) = model.forward(&Batch::new(&[seq])?, &Probes::default(), LogitRows::Rows(rows), None)?;
+    let v = model.config.vocab_size;
+    let all = model.gpu().download(&logits)?;
+    Ok(continuation.iter().enumerate().map(|(i, &tok)| log_softmax(&all[i * v..(i + 1) * v])[tok as usize]).collect())
+}
