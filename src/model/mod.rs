@@ -23,7 +23,11 @@
 //! | `lm_head` | [vocab, d] | only when embeddings are not tied |
 
 pub mod config;
+pub mod gguf;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, Config, RopeStyle};
+pub use gguf::{load_gguf, GgufMeta};
+pub use tokenizer::Tok;
 pub use weights::{HostTensor, Weights};
