@@ -26,10 +26,14 @@ pub mod config;
 pub mod fetch;
 pub mod forward;
 pub mod generate;
+pub mod gguf;
 pub mod probe;
 pub mod random;
 pub mod safetensors;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, Config, RopeStyle};
+pub use gguf::{load_gguf, GgufMeta};
+pub use tokenizer::Tok;
 pub use weights::{HostTensor, Weights};

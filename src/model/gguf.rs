@@ -1,0 +1,734 @@
+//! GGUF reader (versions 2 and 3) and a loader for llama-architecture models.
+//!
+//! Weights are dequantised to f32 on the host at load time: knowledge edits rewrite matrices in
+//! f32 anyway, the model is small (135M parameters, about 540 MB as f32), and the GPU kernels then
+//! need only one element type.
+//!
+//! The file is untrusted input: every length, count and offset read from it is checked against the
+//! bytes that remain, so a truncated or bit-flipped file gives an `Error::Model` naming the file
+//! and the field, never a panic, a huge allocation or a hang.
+//!
+//! Layout (all little-endian): magic "GGUF", u32 version, u64 tensor count, u64 key/value count,
+//! the key/values, the tensor infos (name, u32 n_dims, u64 dims with ne[0] the fastest, u32 type,
+//! u64 offset), padding to `general.alignment` (default 32), then the tensor data; each tensor's
+//! offset is relative to the start of the data section.
+
+use super::config::{Arch, Config, RopeStyle};
+use super::weights::{HostTensor, Weights};
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const MAGIC: &[u8; 4] = b"GGUF";
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// ggml tensors have at most 4 dimensions.
+const MAX_DIMS: u32 = 4;
+/// Arrays may nest; a bound keeps a corrupt file from recursing until the stack overflows.
+const MAX_ARRAY_DEPTH: usize = 8;
+
+/// A metadata value, one variant per GGUF value type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    Str(String),
+    Array(Vec<Value>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl Value {
+    /// The GGUF type number of this value.
+    pub fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::Str(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    /// Any integer type holding a non-negative value (writers differ in which width they use).
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// Any numeric type.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v.into()),
+            Value::F64(v) => Some(v),
+            Value::I8(v) => Some(v.into()),
+            Value::I16(v) => Some(v.into()),
+            Value::I32(v) => Some(v.into()),
+            Value::I64(v) => Some(v as f64),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// The tensor element types this reader dequantises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    BF16,
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::BF16 => 30,
+        }
+    }
+
+    /// (elements, bytes) of one block; rows (ne[0]) are a whole number of blocks.
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::BF16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ne[0] (the fastest-varying, the input width of a matrix) first.
+    pub dims: Vec<usize>,
+    pub ty: GgmlType,
+    /// Absolute byte offset in the file (data section start + the stored offset).
+    pub offset: usize,
+    pub n_bytes: usize,
+}
+
+impl TensorInfo {
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// Everything in a GGUF file except the tensor data: what the tokenizer and reports need.
+#[derive(Debug, Clone, Default)]
+pub struct GgufMeta {
+    pub version: u32,
+    pub alignment: u64,
+    pub kv: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl GgufMeta {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.kv.get(key)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// A required non-negative integer that fits in usize.
+    pub fn usize(&self, key: &str, file: &str) -> Result<usize> {
+        let v = self.get(key).ok_or_else(|| model_err(file, format!("metadata key '{key}' is missing")))?;
+        v.as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| model_err(file, format!("metadata key '{key}' is {v:?}, expected a non-negative integer")))
+    }
+
+    /// A required number.
+    pub fn f64(&self, key: &str, file: &str) -> Result<f64> {
+        let v = self.get(key).ok_or_else(|| model_err(file, format!("metadata key '{key}' is missing")))?;
+        v.as_f64().ok_or_else(|| model_err(file, format!("metadata key '{key}' is {v:?}, expected a number")))
+    }
+
+    /// A required string.
+    pub fn str(&self, key: &str, file: &str) -> Result<&str> {
+        let v = self.get(key).ok_or_else(|| model_err(file, format!("metadata key '{key}' is missing")))?;
+        v.as_str().ok_or_else(|| model_err(file, format!("metadata key '{key}' has type {}, expected a string", v.type_id())))
+    }
+
+    /// A required array.
+    pub fn array(&self, key: &str, file: &str) -> Result<&[Value]> {
+        let v = self.get(key).ok_or_else(|| model_err(file, format!("metadata key '{key}' is missing")))?;
+        v.as_array().ok_or_else(|| model_err(file, format!("metadata key '{key}' has type {}, expected an array", v.type_id())))
+    }
+}
+
+/// A parsed GGUF file: its metadata and its bytes, from which tensors are dequantised on demand.
+pub struct GgufFile {
+    pub file: String,
+    pub meta: GgufMeta,
+    bytes: Vec<u8>,
+}
+
+fn model_err(file: &str, detail: impl Into<String>) -> Error {
+    Error::Model { file: file.into(), detail: detail.into() }
+}
+
+/// Reads little-endian fields, each bounded by the bytes that remain.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    file: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(model_err(
+                self.file,
+                format!("truncated: {} at byte {} needs {n} bytes, {} remain", what(), self.pos, self.remaining()),
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N]> {
+        Ok(self.take(N, what)?.try_into().expect("took N bytes"))
+    }
+
+    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A count of items each at least `min_size` bytes long: more than the remaining bytes can
+    /// hold means the file is corrupt, and checking first keeps allocations bounded by the file.
+    fn count(&mut self, min_size: usize, what: &dyn Fn() -> String) -> Result<usize> {
+        let at = self.pos;
+        let n = self.u64(what)?;
+        let fits = usize::try_from(n).ok().filter(|&n| n.checked_mul(min_size).is_some_and(|b| b <= self.remaining()));
+        fits.ok_or_else(|| {
+            model_err(self.file, format!("{} at byte {at} is {n}, more than the {} remaining bytes can hold", what(), self.remaining()))
+        })
+    }
+
+    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
+        let len = self.count(1, &|| format!("length of {}", what()))?;
+        let at = self.pos;
+        let bytes = self.take(len, what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| model_err(self.file, format!("{} at byte {at} is not valid UTF-8", what())))
+    }
+
+    fn value(&mut self, ty: u32, depth: usize, key: &str) -> Result<Value> {
+        let what = || format!("value of '{key}'");
+        Ok(match ty {
+            0 => Value::U8(self.array::<1>(&what)?[0]),
+            1 => Value::I8(self.array::<1>(&what)?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.array(&what)?)),
+            3 => Value::I16(i16::from_le_bytes(self.array(&what)?)),
+            4 => Value::U32(self.u32(&what)?),
+            5 => Value::I32(i32::from_le_bytes(self.array(&what)?)),
+            6 => Value::F32(f32::from_le_bytes(self.array(&what)?)),
+            7 => match self.array::<1>(&what)?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(model_err(self.file, format!("metadata key '{key}': bool byte is {b}, expected 0 or 1"))),
+            },
+            8 => Value::Str(self.string(&what)?),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(model_err(self.file, format!("metadata key '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                }
+                let elem = self.u32(&|| format!("array element type of '{key}'"))?;
+                let min_size = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 10..=12 => 8,
+                    9 => 12,
+                    t => return Err(model_err(self.file, format!("metadata key '{key}': unknown array element type {t}"))),
+                };
+                let n = self.count(min_size, &|| format!("array length of '{key}'"))?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(elem, depth + 1, key)?);
+                }
+                Value::Array(items)
+            }
+            10 => Value::U64(self.u64(&what)?),
+            11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
+            12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
+            t => return Err(model_err(self.file, format!("metadata key '{key}': unknown value type {t}"))),
+        })
+    }
+}
+
+impl GgufFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| model_err(&file, format!("cannot read: {e}")))?;
+        Self::parse(bytes, &file)
+    }
+
+    /// Parses the header, metadata and tensor infos of `bytes`; `file` names it in errors.
+    pub fn parse(bytes: Vec<u8>, file: &str) -> Result<Self> {
+        let mut r = Reader { buf: &bytes, pos: 0, file };
+        let magic = r.array::<4>(&|| "magic".into())?;
+        if &magic != MAGIC {
+            return Err(model_err(file, format!("not a GGUF file: magic is {magic:02x?}, expected \"GGUF\"")));
+        }
+        let version = r.u32(&|| "version".into())?;
+        if !(2..=3).contains(&version) {
+            let hint = if version.swap_bytes() <= 3 { " (a big-endian file?)" } else { "" };
+            return Err(model_err(file, format!("GGUF version {version} is not supported, only 2 and 3{hint}")));
+        }
+        // Smallest tensor info: empty name (8) + n_dims (4) + type (4) + offset (8);
+        // smallest key/value: empty key (8) + type (4) + one byte.
+        let n_tensors = r.count(24, &|| "tensor count".into())?;
+        let n_kv = r.count(13, &|| "metadata count".into())?;
+
+        let mut kv = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = r.string(&|| format!("key of metadata entry {i}"))?;
+            let ty = r.u32(&|| format!("type of metadata key '{key}'"))?;
+            let value = r.value(ty, 0, &key)?;
+            if kv.insert(key.clone(), value).is_some() {
+                return Err(model_err(file, format!("metadata key '{key}' appears twice")));
+            }
+        }
+
+        let alignment = match kv.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| {
+                model_err(file, format!("metadata key 'general.alignment' is {v:?}, expected a power of two"))
+            })?,
+        };
+
+        // Tensor infos first; offsets become absolute once the data section start is known.
+        let mut raw = Vec::with_capacity(n_tensors);
+        for i in 0..n_tensors {
+            let name = r.string(&|| format!("name of tensor {i}"))?;
+            let n_dims = r.u32(&|| format!("dimension count of tensor '{name}'"))?;
+            if n_dims > MAX_DIMS {
+                return Err(model_err(file, format!("tensor '{name}' has {n_dims} dimensions, at most {MAX_DIMS} allowed")));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for d in 0..n_dims {
+                let v = r.u64(&|| format!("dimension {d} of tensor '{name}'"))?;
+                dims.push(usize::try_from(v).map_err(|_| model_err(file, format!("tensor '{name}' dimension {d} is {v}"))));
+            }
+            let dims = dims.into_iter().collect::<Result<Vec<_>>>()?;
+            let type_id = r.u32(&|| format!("type of tensor '{name}'"))?;
+            let ty = GgmlType::from_id(type_id).ok_or_else(|| {
+                model_err(file, format!("tensor '{name}' has type {type_id}, which is not supported (F32 0, F16 1, Q4_0 2, Q4_1 3, Q8_0 8, BF16 30)"))
+            })?;
+            let offset = r.u64(&|| format!("data offset of tensor '{name}'"))?;
+            raw.push((name, dims, ty, offset));
+        }
+
+        let data_start = (r.pos as u64).next_multiple_of(alignment);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors);
+        let mut names = std::collections::HashSet::new();
+        for (name, dims, ty, offset) in raw {
+            if !names.insert(name.clone()) {
+                return Err(model_err(file, format!("tensor '{name}' appears twice")));
+            }
+            let bad = |why: String| model_err(file, format!("tensor '{name}' ({ty:?}, dims {dims:?}): {why}"));
+            let (block_elems, block_bytes) = ty.block();
+            let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| bad("element count overflows".into()))?;
+            if dims.first().copied().unwrap_or(1) % block_elems != 0 {
+                return Err(bad(format!("ne[0] is not a multiple of the block size {block_elems}")));
+            }
+            let n_bytes = (n / block_elems).checked_mul(block_bytes).ok_or_else(|| bad("byte size overflows".into()))?;
+            if offset % alignment != 0 {
+                return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+            }
+            let start = data_start.checked_add(offset).filter(|s| *s <= bytes.len() as u64);
+            let end = start.and_then(|s| s.checked_add(n_bytes as u64)).filter(|e| *e <= bytes.len() as u64);
+            let Some(start) = start.filter(|_| end.is_some()) else {
+                return Err(bad(format!(
+                    "data at offset {offset} + {n_bytes} bytes lies past the end of the file ({} bytes, data section at {data_start})",
+                    bytes.len()
+                )));
+            };
+            tensors.push(TensorInfo { name, dims, ty, offset: start as usize, n_bytes });
+        }
+
+        let meta = GgufMeta { version, alignment, kv, tensors };
+        Ok(GgufFile { file: file.into(), meta, bytes })
+    }
+
+    /// Dequantises one tensor to f32, in file order (ne[0] fastest).
+    pub fn dequantize(&self, t: &TensorInfo) -> Vec<f32> {
+        dequantize(t.ty, &self.bytes[t.offset..t.offset + t.n_bytes])
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Decodes `bytes` (a whole number of blocks of `ty`) to f32.
+pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let (block_elems, block_bytes) = ty.block();
+    let mut out = Vec::with_capacity(bytes.len() / block_bytes * block_elems);
+    for b in bytes.chunks_exact(block_bytes) {
+        match ty {
+            GgmlType::F32 => out.push(f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            GgmlType::F16 => out.push(f16_at(b, 0)),
+            GgmlType::BF16 => out.push(bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            // Nibble order: byte j holds element j (low) and element j + 16 (high).
+            GgmlType::Q4_0 => {
+                let d = f16_at(b, 0);
+                let qs = &b[2..18];
+                out.extend(qs.iter().map(|&q| d * ((q & 0xf) as i32 - 8) as f32));
+                out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
+            }
+            GgmlType::Q4_1 => {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let qs = &b[4..20];
+                out.extend(qs.iter().map(|&q| d * (q & 0xf) as f32 + m));
+                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
+            }
+            GgmlType::Q8_0 => {
+                let d = f16_at(b, 0);
+                out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
+            }
+        }
+    }
+    out
+}
+
+/// The canonical name of a llama GGUF tensor (see the table in `model`).
+pub fn canonical_name(gguf: &str) -> Option<String> {
+    let base = gguf.strip_suffix(".weight")?;
+    let fixed = match base {
+        "token_embd" => Some("embed"),
+        "output_norm" => Some("final_norm.weight"),
+        "output" => Some("lm_head"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.into());
+    }
+    let (idx, field) = base.strip_prefix("blk.")?.split_once('.')?;
+    let idx: usize = idx.parse().ok()?;
+    let field = match field {
+        "attn_norm" => "attn_norm.weight",
+        "attn_q" => "wq",
+        "attn_k" => "wk",
+        "attn_v" => "wv",
+        "attn_output" => "wo",
+        "ffn_norm" => "mlp_norm.weight",
+        "ffn_gate" => "w_gate",
+        "ffn_up" => "w_up",
+        "ffn_down" => "w_down",
+        _ => return None,
+    };
+    Some(format!("layers.{idx}.{field}"))
+}
+
+/// The configuration of a llama-architecture GGUF, from its `llama.*` and tokenizer keys.
+pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
+    let arch = meta.str("general.architecture", file)?;
+    if arch != "llama" {
+        return Err(model_err(file, format!("general.architecture is '{arch}'; only 'llama' GGUF models are supported")));
+    }
+    let hidden = meta.usize("llama.embedding_length", file)?;
+    let n_layers = meta.usize("llama.block_count", file)?;
+    let n_heads = meta.usize("llama.attention.head_count", file)?;
+    let n_kv_heads = match meta.get("llama.attention.head_count_kv") {
+        Some(_) => meta.usize("llama.attention.head_count_kv", file)?,
+        None => n_heads,
+    };
+    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
+        return Err(model_err(
+            file,
+            format!("inconsistent heads: embedding_length {hidden}, head_count {n_heads}, head_count_kv {n_kv_heads}"),
+        ));
+    }
+    // A corrupt block_count must not make us enumerate billions of tensor names.
+    if n_layers.saturating_mul(9) > meta.tensors.len() {
+        return Err(model_err(file, format!("llama.block_count is {n_layers} but the file holds only {} tensors", meta.tensors.len())));
+    }
+    let head_dim = match meta.get("llama.attention.key_length") {
+        Some(_) => meta.usize("llama.attention.key_length", file)?,
+        None => hidden / n_heads,
+    };
+    let vocab_size = match meta.get("tokenizer.ggml.tokens") {
+        Some(_) => meta.array("tokenizer.ggml.tokens", file)?.len(),
+        None => meta.usize("llama.vocab_size", file)?,
+    };
+    let token_id = |key: &str| -> Result<Option<u32>> {
+        match meta.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(|| model_err(file, format!("metadata key '{key}' is {v:?}, expected a token id"))),
+        }
+    };
+    Ok(Config {
+        arch: Arch::Llama,
+        vocab_size,
+        hidden,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn_hidden: meta.usize("llama.feed_forward_length", file)?,
+        norm_eps: meta.f64("llama.attention.layer_norm_rms_epsilon", file)? as f32,
+        rope_theta: match meta.get("llama.rope.freq_base") {
+            Some(_) => meta.f64("llama.rope.freq_base", file)? as f32,
+            None => 10000.0,
+        },
+        // llama.cpp's converter permutes Q/K rows so that RoPE rotates adjacent pairs.
+        rope_style: RopeStyle::Adjacent,
+        max_seq_len: meta.usize("llama.context_length", file)?,
+        tied_embeddings: meta.tensor("output.weight").is_none(),
+        bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
+        eos_token_id: token_id("tokenizer.ggml.eos_token_id")?,
+    })
+}
+
+/// Loads a llama-architecture GGUF as canonical f32 weights, plus its metadata (for the
+/// tokenizer). Every tensor is checked against the configuration before it is dequantised.
+pub fn load_gguf(path: &Path) -> Result<(Weights, GgufMeta)> {
+    let g = GgufFile::read(path)?;
+    weights_from(g)
+}
+
+/// As [`load_gguf`], from bytes already in memory; `file` names them in errors.
+pub fn load_gguf_bytes(bytes: Vec<u8>, file: &str) -> Result<(Weights, GgufMeta)> {
+    weights_from(GgufFile::parse(bytes, file)?)
+}
+
+fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
+    let file = g.file.as_str();
+    let config = llama_config(&g.meta, file)?;
+    let mut tensors = BTreeMap::new();
+    for t in &g.meta.tensors {
+        let name = canonical_name(&t.name)
+            .ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama model", t.name)))?;
+        // GGUF lists ne[0] (the input width) first; canonical matrices are [out, in].
+        let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
+        let want = config
+            .expected_shape(&name)
+            .ok_or_else(|| model_err(file, format!("tensor '{}' ({name}) is not part of this configuration", t.name)))?;
+        if shape != want {
+            return Err(model_err(
+                file,
+                format!("tensor '{}' ({name}) has shape {shape:?}, the config implies {want:?}", t.name),
+            ));
+        }
+        tensors.insert(name, HostTensor::new(shape, g.dequantize(t)));
+    }
+    let weights = Weights { config, tensors };
+    weights.validate(file)?;
+    Ok((weights, g.meta))
+}
+
+/// A GGUF writer: for tests and for tools that build small models. Tensors are given already
+/// encoded (see [`write::quantize`]) so tests can check the reader against hand-built blocks.
+pub mod write {
+    use super::{GgmlType, Value, MAGIC};
+    use half::{bf16, f16};
+
+    pub struct Tensor {
+        pub name: String,
+        /// ne[0] first, as stored in the file.
+        pub dims: Vec<usize>,
+        pub type_id: u32,
+        pub data: Vec<u8>,
+    }
+
+    #[derive(Default)]
+    pub struct GgufWriter {
+        pub kv: Vec<(String, Value)>,
+        pub tensors: Vec<Tensor>,
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend(x.to_le_bytes()),
+            Value::I16(x) => out.extend(x.to_le_bytes()),
+            Value::U32(x) => out.extend(x.to_le_bytes()),
+            Value::I32(x) => out.extend(x.to_le_bytes()),
+            Value::F32(x) => out.extend(x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::Str(s) => put_str(out, s),
+            Value::Array(items) => {
+                // An empty array's element type is unknowable here; u8 is as good as any.
+                out.extend(items.first().map_or(0, Value::type_id).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| put_value(out, i));
+            }
+            Value::U64(x) => out.extend(x.to_le_bytes()),
+            Value::I64(x) => out.extend(x.to_le_bytes()),
+            Value::F64(x) => out.extend(x.to_le_bytes()),
+        }
+    }
+
+    impl GgufWriter {
+        pub fn kv(&mut self, key: &str, v: Value) -> &mut Self {
+            self.kv.push((key.into(), v));
+            self
+        }
+
+        pub fn tensor(&mut self, name: &str, dims: &[usize], ty: GgmlType, data: Vec<u8>) -> &mut Self {
+            self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), type_id: ty.id(), data });
+            self
+        }
+
+        /// The alignment written in `general.alignment`, else the default.
+        fn alignment(&self) -> usize {
+            self.kv
+                .iter()
+                .find(|(k, _)| k == "general.alignment")
+                .and_then(|(_, v)| v.as_u64())
+                .map_or(super::DEFAULT_ALIGNMENT as usize, |a| a as usize)
+        }
+
+        pub fn to_bytes(&self, version: u32) -> Vec<u8> {
+            let align = self.alignment();
+            let mut out = Vec::new();
+            out.extend(MAGIC);
+            out.extend(version.to_le_bytes());
+            out.extend((self.tensors.len() as u64).to_le_bytes());
+            out.extend((self.kv.len() as u64).to_le_bytes());
+            for (k, v) in &self.kv {
+                put_str(&mut out, k);
+                out.extend(v.type_id().to_le_bytes());
+                put_value(&mut out, v);
+            }
+            let mut offset = 0usize;
+            for t in &self.tensors {
+                put_str(&mut out, &t.name);
+                out.extend((t.dims.len() as u32).to_le_bytes());
+                t.dims.iter().for_each(|d| out.extend((*d as u64).to_le_bytes()));
+                out.extend(t.type_id.to_le_bytes());
+                out.extend((offset as u64).to_le_bytes());
+                offset = (offset + t.data.len()).next_multiple_of(align);
+            }
+            for t in &self.tensors {
+                out.resize(out.len().next_multiple_of(align), 0);
+                out.extend(&t.data);
+            }
+            out
+        }
+    }
+
+    /// Encodes f32 values (a whole number of blocks) with llama.cpp's reference quantisers.
+    pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (block, _) = ty.block();
+        assert!(x.len() % block == 0, "{} values are not a whole number of {ty:?} blocks", x.len());
+        for b in x.chunks_exact(block) {
+            match ty {
+                GgmlType::F32 => out.extend(b[0].to_le_bytes()),
+                GgmlType::F16 => out.extend(f16::from_f32(b[0]).to_le_bytes()),
+                GgmlType::BF16 => out.extend(bf16::from_f32(b[0]).to_le_bytes()),
+                GgmlType::Q4_0 => {
+                    // The value of largest magnitude maps to -8.
+                    let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let d = max / -8.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+                }
+                GgmlType::Q4_1 => {
+                    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
+                    let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let d = (max - min) / 15.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    out.extend(f16::from_f32(min).to_le_bytes());
+                    out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+                }
+                GgmlType::Q8_0 => {
+                    let amax = b.iter().fold(0f32, |m, &v| m.max(v.abs()));
+                    let d = amax / 127.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(f16::from_f32(d).to_le_bytes());
+                    out.extend(b.iter().map(|&v| (v * id).round() as i8 as u8));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,164 @@
+//! Tokenizer: a Hugging Face `tokenizers::Tokenizer`, built either from GGUF metadata or from a
+//! `tokenizer.json`.
+//!
+//! From GGUF only byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported. The pre-tokenizer
+//! is chosen by `tokenizer.ggml.pre`: SmolLM2's `smollm` splits every digit on its own before the
+//! GPT-2 byte-level split (as its tokenizer.json does); no BOS is added and no space is prefixed.
+
+use super::gguf::{GgufMeta, Value};
+use crate::error::{Error, Result};
+use std::path::Path;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_CONTROL: i64 = 3;
+const TOKEN_USER_DEFINED: i64 = 4;
+
+pub struct Tok {
+    inner: Tokenizer,
+    eos: Option<u32>,
+    /// Named in errors.
+    source: String,
+}
+
+fn err(file: &str, detail: impl Into<String>) -> Error {
+    Error::Model { file: file.into(), detail: detail.into() }
+}
+
+impl Tok {
+    /// Builds the tokenizer stored in a GGUF file's metadata; `file` names it in errors.
+    pub fn from_gguf(meta: &GgufMeta, file: &str) -> Result<Self> {
+        let model = meta.str("tokenizer.ggml.model", file)?;
+        if model != "gpt2" {
+            return Err(err(file, format!("tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) is supported")));
+        }
+        let strings = |key: &str| -> Result<Vec<&str>> {
+            meta.array(key, file)?
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_str().ok_or_else(|| err(file, format!("{key}[{i}] is not a string"))))
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] '{m}' is not two tokens separated by a space")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
+            None => vec![],
+            Some(_) => meta
+                .array("tokenizer.ggml.token_type", file)?
+                .iter()
+                .map(|v| match v {
+                    Value::I32(t) => i64::from(*t),
+                    other => other.as_f64().map_or(0, |f| f as i64),
+                })
+                .collect(),
+        };
+
+        let mut vocab = Vocab::with_capacity(tokens.len());
+        for (id, t) in tokens.iter().enumerate() {
+            if vocab.insert(t.to_string(), id as u32).is_some() {
+                return Err(err(file, format!("tokenizer.ggml.tokens holds '{t}' twice")));
+            }
+        }
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
+
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre: PreTokenizerWrapper = match meta.get("tokenizer.ggml.pre").and_then(Value::as_str) {
+            Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+            None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
+            Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, default)"))),
+        };
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+        // Control tokens (<|im_start|>, ...) must match whole in the text rather than be split
+        // into bytes; they already have ids in the vocabulary, so adding them reuses those.
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED)
+            .map(|(s, &t)| AddedToken::from(s.to_string(), t == TOKEN_CONTROL))
+            .collect();
+        inner.add_tokens(&added);
+
+        let eos = match meta.get("tokenizer.ggml.eos_token_id") {
+            None => None,
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|&v| (v as usize) < tokens.len())
+                    .ok_or_else(|| err(file, format!("tokenizer.ggml.eos_token_id is {v:?}, not a token id")))?,
+            ),
+        };
+        Ok(Tok { inner, eos, source: file.into() })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token comes from a
+    /// `tokenizer_config.json` beside it when there is one.
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let inner = Tokenizer::from_file(path).map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
+        let eos = path
+            .with_file_name("tokenizer_config.json")
+            .exists()
+            .then(|| std::fs::read_to_string(path.with_file_name("tokenizer_config.json")).ok())
+            .flatten()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|cfg| {
+                let eos = &cfg["eos_token"];
+                eos.as_str().or_else(|| eos["content"].as_str()).map(str::to_string)
+            })
+            .and_then(|s| inner.token_to_id(&s));
+        Ok(Tok { inner, eos, source: file })
+    }
+
+    /// Token ids of `text`; no BOS or other special tokens are added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| err(&self.source, format!("cannot encode {text:?}: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens included, so that decode(encode(s)) == s.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
+            return Err(err(&self.source, format!("token id {bad} is outside the vocabulary of {}", self.vocab_size())));
+        }
+        self.inner.decode(ids, false).map_err(|e| err(&self.source, format!("cannot decode {ids:?}: {e}")))
+    }
+
+    /// The vocabulary entry of `id` in its byte-level form (" Paris" is "ĠParis"); use
+    /// [`Tok::decode`] for text.
+    pub fn token_str(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn eos(&self) -> Option<u32> {
+        self.eos
+    }
+
+    /// The underlying Hugging Face tokenizer, e.g. to save it as tokenizer.json.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}

@@ -1,0 +1,460 @@
+//! GGUF reader and tokenizer: a tiny model written with every supported tensor type and read back
+//! exactly; corrupt files give errors naming the file, never panics; the real SmolLM2 when present.
+
+use half::{bf16, f16};
+use rand::{Rng, RngCore};
+use revive::model::gguf::write::{quantize, GgufWriter};
+use revive::model::gguf::{dequantize, load_gguf, load_gguf_bytes, GgmlType, GgufMeta, Value};
+use revive::model::{Arch, RopeStyle, Tok, Weights};
+use revive::testing::rng;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const FILE: &str = "tiny-test.gguf";
+const TYPES: [GgmlType; 6] = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+// Tiny llama: d 64, 4 heads of 16, 2 kv heads, MLP 96, 2 layers.
+const D: usize = 64;
+const FFN: usize = 96;
+const KV: usize = 32;
+const LAYERS: usize = 2;
+
+/// Encodes random values of `ty` by hand from the format's definition (not with the crate's
+/// quantiser) and returns (bytes, the values they must decode to).
+fn encode(ty: GgmlType, n: usize, rng: &mut impl Rng) -> (Vec<u8>, Vec<f32>) {
+    let (mut bytes, mut want) = (vec![], vec![]);
+    let scale = |rng: &mut dyn RngCore| f16::from_f32(rng.random_range(-0.05..0.05));
+    for _ in 0..n / ty.block().0 {
+        match ty {
+            GgmlType::F32 => {
+                let v: f32 = rng.random_range(-1.0..1.0);
+                bytes.extend(v.to_le_bytes());
+                want.push(v);
+            }
+            GgmlType::F16 => {
+                let v = f16::from_f32(rng.random_range(-1.0..1.0));
+                bytes.extend(v.to_le_bytes());
+                want.push(v.to_f32());
+            }
+            GgmlType::BF16 => {
+                let v = bf16::from_f32(rng.random_range(-1.0..1.0));
+                bytes.extend(v.to_le_bytes());
+                want.push(v.to_f32());
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let d = scale(rng);
+                let m = scale(rng);
+                let q: Vec<u8> = (0..32).map(|_| rng.random_range(0..16)).collect();
+                bytes.extend(d.to_le_bytes());
+                if ty == GgmlType::Q4_1 {
+                    bytes.extend(m.to_le_bytes());
+                }
+                // Byte j: element j in the low nibble, element j + 16 in the high one.
+                bytes.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+                want.extend(q.iter().map(|&q| match ty {
+                    GgmlType::Q4_0 => d.to_f32() * (q as i32 - 8) as f32,
+                    _ => d.to_f32() * q as f32 + m.to_f32(),
+                }));
+            }
+            GgmlType::Q8_0 => {
+                let d = scale(rng);
+                let q: Vec<i8> = (0..32).map(|_| rng.random()).collect();
+                bytes.extend(d.to_le_bytes());
+                bytes.extend(q.iter().map(|&q| q as u8));
+                want.extend(q.iter().map(|&q| d.to_f32() * q as f32));
+            }
+        }
+    }
+    (bytes, want)
+}
+
+/// Byte-level BPE vocabulary: a control token, the 256 byte symbols, two merges.
+fn vocab() -> (Vec<String>, Vec<String>) {
+    let mut bytes: Vec<String> =
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().map(String::from).collect();
+    bytes.sort();
+    let mut tokens = vec!["<|endoftext|>".to_string()];
+    tokens.extend(bytes);
+    tokens.extend(["he".into(), "Ġt".into()]);
+    (tokens, vec!["h e".into(), "Ġ t".into()])
+}
+
+fn strs(v: &[String]) -> Value {
+    Value::Array(v.iter().map(|s| Value::Str(s.clone())).collect())
+}
+
+/// A tiny llama GGUF with each matrix in a different type, and the canonical tensors it holds.
+fn tiny(seed: u64) -> (GgufWriter, BTreeMap<String, Vec<f32>>) {
+    let mut rng = rng(seed);
+    let (tokens, merges) = vocab();
+    let vocab_size = tokens.len();
+    let mut w = GgufWriter::default();
+    w.kv("general.architecture", Value::Str("llama".into()))
+        .kv("llama.embedding_length", Value::U32(D as u32))
+        .kv("llama.block_count", Value::U32(LAYERS as u32))
+        .kv("llama.attention.head_count", Value::U32(4))
+        .kv("llama.attention.head_count_kv", Value::U32(2))
+        .kv("llama.feed_forward_length", Value::U32(FFN as u32))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .kv("llama.rope.freq_base", Value::F32(10000.0))
+        .kv("llama.context_length", Value::U64(128))
+        .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+        .kv("tokenizer.ggml.pre", Value::Str("smollm".into()))
+        .kv("tokenizer.ggml.tokens", strs(&tokens))
+        .kv("tokenizer.ggml.merges", strs(&merges))
+        .kv("tokenizer.ggml.token_type", Value::Array((0..vocab_size).map(|i| Value::I32(if i == 0 { 3 } else { 1 })).collect()))
+        .kv("tokenizer.ggml.bos_token_id", Value::U32(0))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(0));
+    let mut want = BTreeMap::new();
+    let mut kinds = TYPES.iter().cycle();
+    let mut add = |w: &mut GgufWriter, gguf: &str, canon: String, dims: &[usize], ty: GgmlType| {
+        let (bytes, values) = encode(ty, dims.iter().product(), &mut rng);
+        w.tensor(gguf, dims, ty, bytes);
+        want.insert(canon, values);
+    };
+    add(&mut w, "token_embd.weight", "embed".into(), &[D, vocab_size], GgmlType::F32);
+    for i in 0..LAYERS {
+        add(&mut w, &format!("blk.{i}.attn_norm.weight"), format!("layers.{i}.attn_norm.weight"), &[D], GgmlType::F32);
+        for (g, c, dims) in [
+            ("attn_q", "wq", [D, D]),
+            ("attn_k", "wk", [D, KV]),
+            ("attn_v", "wv", [D, KV]),
+            ("attn_output", "wo", [D, D]),
+            ("ffn_gate", "w_gate", [D, FFN]),
+            ("ffn_up", "w_up", [D, FFN]),
+            ("ffn_down", "w_down", [FFN, D]),
+        ] {
+            add(&mut w, &format!("blk.{i}.{g}.weight"), format!("layers.{i}.{c}"), &dims, *kinds.next().unwrap());
+        }
+        add(&mut w, &format!("blk.{i}.ffn_norm.weight"), format!("layers.{i}.mlp_norm.weight"), &[D], GgmlType::F16);
+    }
+    add(&mut w, "output_norm.weight", "final_norm.weight".into(), &[D], GgmlType::BF16);
+    (w, want)
+}
+
+/// Every GGUF value type, nested arrays and arrays of strings included.
+fn all_value_types() -> Vec<(&'static str, Value)> {
+    vec![
+        ("t.u8", Value::U8(200)),
+        ("t.i8", Value::I8(-100)),
+        ("t.u16", Value::U16(60000)),
+        ("t.i16", Value::I16(-30000)),
+        ("t.u32", Value::U32(4_000_000_000)),
+        ("t.i32", Value::I32(-2_000_000_000)),
+        ("t.f32", Value::F32(1.5e-7)),
+        ("t.bool", Value::Bool(true)),
+        ("t.str", Value::Str("héllo ✓".into())),
+        ("t.u64", Value::U64(u64::MAX)),
+        ("t.i64", Value::I64(i64::MIN)),
+        ("t.f64", Value::F64(-2.5e300)),
+        ("t.strs", Value::Array(vec![Value::Str("a".into()), Value::Str("".into()), Value::Str("ĠParis".into())])),
+        ("t.nested", Value::Array(vec![Value::Array(vec![Value::I16(1), Value::I16(-2)]), Value::Array(vec![Value::I16(3)])])),
+        ("t.bools", Value::Array(vec![Value::Bool(false), Value::Bool(true)])),
+    ]
+}
+
+fn load(bytes: Vec<u8>) -> revive::error::Result<(Weights, GgufMeta)> {
+    load_gguf_bytes(bytes, FILE)
+}
+
+/// Loads `bytes`, asserting that the loader does not panic; returns its error message, if any.
+fn try_load(bytes: Vec<u8>, what: &str) -> Option<String> {
+    match catch_unwind(AssertUnwindSafe(|| load(bytes))) {
+        Err(_) => panic!("{what}: the loader panicked"),
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            assert!(msg.contains(FILE), "{what}: the error does not name the file: {msg}");
+            Some(msg)
+        }
+    }
+}
+
+fn expect_err(bytes: Vec<u8>, what: &str) -> String {
+    try_load(bytes, what).unwrap_or_else(|| panic!("{what}: loaded without error"))
+}
+
+#[test]
+fn tiny_model_round_trips_exactly() {
+    for (version, alignment) in [(2, None), (3, None), (3, Some(64u32)), (2, Some(128))] {
+        let (mut w, want) = tiny(1);
+        for (k, v) in all_value_types() {
+            w.kv(k, v);
+        }
+        if let Some(a) = alignment {
+            w.kv("general.alignment", Value::U32(a));
+        }
+        let (weights, meta) = load(w.to_bytes(version)).unwrap_or_else(|e| panic!("v{version}: {e}"));
+        assert_eq!(meta.version, version);
+        assert_eq!(meta.alignment, alignment.map_or(32, u64::from));
+        for (k, v) in all_value_types() {
+            assert_eq!(meta.get(k), Some(&v), "metadata {k}");
+        }
+        let c = &weights.config;
+        assert_eq!((c.arch, c.hidden, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim), (Arch::Llama, D, LAYERS, 4, 2, 16));
+        assert_eq!((c.ffn_hidden, c.vocab_size, c.max_seq_len, c.rope_style), (FFN, 259, 128, RopeStyle::Adjacent));
+        assert_eq!((c.norm_eps, c.rope_theta, c.tied_embeddings), (1e-5, 10000.0, true));
+        assert_eq!((c.bos_token_id, c.eos_token_id), (Some(0), Some(0)));
+        assert_eq!(weights.tensors.len(), want.len());
+        for (name, values) in &want {
+            let t = &weights.tensors[name];
+            assert_eq!(t.shape, c.expected_shape(name).unwrap(), "{name}");
+            // Exact: the reader must apply the format's formula, nothing else.
+            assert!(t.data == *values, "{name}: dequantised values differ (v{version})");
+        }
+        for ty in TYPES {
+            assert!(meta.tensors.iter().any(|t| t.ty == ty), "{ty:?} not exercised");
+        }
+    }
+}
+
+#[test]
+fn loads_from_a_file_and_names_it_in_errors() {
+    let dir = std::env::temp_dir().join(format!("revive-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.gguf");
+    let (w, want) = tiny(2);
+    std::fs::write(&path, w.to_bytes(3)).unwrap();
+    let (weights, _) = load_gguf(&path).unwrap();
+    assert_eq!(weights.tensors["layers.1.w_down"].data, want["layers.1.w_down"]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] = b'X';
+    std::fs::write(&path, bytes).unwrap();
+    let msg = load_gguf(&path).unwrap_err().to_string();
+    assert!(msg.contains(&path.display().to_string()) && msg.contains("magic"), "{msg}");
+    let missing = dir.join("absent.gguf");
+    let msg = load_gguf(&missing).unwrap_err().to_string();
+    assert!(msg.contains("absent.gguf"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn quantisers_invert_the_dequantisers() {
+    let mut r = rng(3);
+    let x: Vec<f32> = (0..32 * 64).map(|_| r.random_range(-2.0..2.0)).collect();
+    for ty in TYPES {
+        let y = dequantize(ty, &quantize(ty, &x));
+        assert_eq!(y.len(), x.len());
+        for (b, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = match ty {
+                GgmlType::F32 => 0.0,
+                GgmlType::F16 => amax / 1024.0,
+                GgmlType::BF16 => amax / 128.0,
+                GgmlType::Q4_0 => amax / 8.0,
+                GgmlType::Q4_1 => 2.0 * amax / 15.0,
+                GgmlType::Q8_0 => amax / 127.0,
+            };
+            // Q4_0 maps the largest magnitude to -8, so the opposite extreme clamps at +7:
+            // up to a whole step off there, as in llama.cpp.
+            let tol = if ty == GgmlType::Q4_0 { step } else { step * 0.51 } + amax * 2e-3;
+            for (a, b2) in xb.iter().zip(yb) {
+                assert!((a - b2).abs() <= tol, "{ty:?} block {b}: {a} -> {b2}, step {step}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_tokenizer_from_metadata() {
+    let (w, _) = tiny(4);
+    let (_, meta) = load(w.to_bytes(3)).unwrap();
+    let tok = Tok::from_gguf(&meta, FILE).unwrap();
+    assert_eq!(tok.vocab_size(), 259);
+    assert_eq!(tok.eos(), Some(0));
+    let he = tok.encode("he").unwrap();
+    assert_eq!(he, vec![257]);
+    assert_eq!(tok.token_str(258).as_deref(), Some("Ġt"));
+    // The control token matches whole; digits split one by one; bytes round-trip.
+    let ids = tok.encode("<|endoftext|> the 42 é").unwrap();
+    assert_eq!(ids[0], 0);
+    assert!(ids.contains(&258));
+    for text in ["he the 42 é", "<|endoftext|> the 42 é", "", "\n\t  x"] {
+        assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
+    }
+    assert!(tok.decode(&[9999]).unwrap_err().to_string().contains(FILE));
+}
+
+#[test]
+fn corrupt_headers_are_errors() {
+    let (w, _) = tiny(5);
+    let good = w.to_bytes(3);
+
+    let mut b = good.clone();
+    b[..4].copy_from_slice(b"GGML");
+    assert!(expect_err(b, "magic").contains("magic"));
+    for v in [0u32, 1, 4, 3u32.swap_bytes()] {
+        let mut b = good.clone();
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        assert!(expect_err(b, "version").contains("version"));
+    }
+    // Counts and lengths larger than the file: tensor count (8..16), key/value count (16..24),
+    // the first key's length (24..32).
+    for (at, what) in [(8, "tensor count"), (16, "metadata count"), (24, "length")] {
+        // (A length of len/8 would fit a string, so only the counts get that one.)
+        let ns = if at == 24 { vec![u64::MAX, 1 << 40, good.len() as u64] } else { vec![u64::MAX, 1 << 40, good.len() as u64 / 8] };
+        for n in ns {
+            let mut b = good.clone();
+            b[at..at + 8].copy_from_slice(&n.to_le_bytes());
+            let msg = expect_err(b, what);
+            assert!(msg.contains(what) || msg.contains("truncated"), "{what} = {n}: {msg}");
+        }
+    }
+    // The token list's length: key, type 9, element type 8, then the u64 count.
+    let key = b"tokenizer.ggml.tokens";
+    let at = good.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 8;
+    for n in [u64::MAX, 1 << 33, good.len() as u64 / 8 + 1] {
+        let mut b = good.clone();
+        b[at..at + 8].copy_from_slice(&n.to_le_bytes());
+        let msg = expect_err(b, "array length");
+        assert!(msg.contains("tokenizer.ggml.tokens"), "{msg}");
+    }
+    // A string in the token list with a huge length.
+    let mut b = good.clone();
+    b[at + 8..at + 16].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    assert!(expect_err(b, "string length").contains("tokenizer.ggml.tokens"));
+}
+
+#[test]
+fn truncated_files_are_errors() {
+    let (w, _) = tiny(6);
+    let good = w.to_bytes(3);
+    let (_, meta) = load(good.clone()).unwrap();
+    let data_start = meta.tensors.iter().map(|t| t.offset).min().unwrap();
+    // Every byte of the header, metadata and tensor infos, then every 1/50 of the file.
+    let cuts = (0..data_start).chain((0..50).map(|i| i * good.len() / 50)).chain([good.len() - 1]);
+    for cut in cuts {
+        expect_err(good[..cut].to_vec(), &format!("truncated at {cut}"));
+    }
+}
+
+#[test]
+fn bit_flips_never_panic() {
+    let (w, _) = tiny(7);
+    let good = w.to_bytes(3);
+    let (_, meta) = load(good.clone()).unwrap();
+    let data_start = meta.tensors.iter().map(|t| t.offset).min().unwrap();
+    let mut r = rng(8);
+    let (mut errors, mut header_errors, n) = (0, 0, 3000);
+    for i in 0..n {
+        // Half the flips land in the header and metadata, where they change structure.
+        let at = if i % 2 == 0 { r.random_range(0..data_start) } else { r.random_range(0..good.len()) };
+        let mut b = good.clone();
+        b[at] ^= 1 << r.random_range(0..8);
+        let t = Instant::now();
+        if try_load(b, &format!("bit flip at byte {at}")).is_some() {
+            errors += 1;
+            header_errors += (at < 24) as usize;
+        }
+        assert!(t.elapsed().as_secs() < 5, "bit flip at byte {at}: load took {:?}", t.elapsed());
+    }
+    // Flips inside token strings or weights can leave a valid file, so not every flip errs.
+    println!("{errors} of {n} bit flips gave errors ({header_errors} in the fixed header)");
+    assert!(errors > n / 10);
+}
+
+#[test]
+fn inconsistent_models_are_errors() {
+    let build = |edit: &dyn Fn(&mut GgufWriter)| {
+        let (mut w, _) = tiny(9);
+        edit(&mut w);
+        w.to_bytes(3)
+    };
+    let set = |key: &'static str, v: Value| {
+        move |w: &mut GgufWriter| w.kv.iter_mut().filter(|(k, _)| k == key).for_each(|(_, x)| *x = v.clone())
+    };
+    let cases: Vec<(&str, Box<dyn Fn(&mut GgufWriter)>, &str)> = vec![
+        ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "99"),
+        ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "blk.0.attn_k.weight"),
+        ("missing tensor", Box::new(|w| w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight")), "layers.1.w_down"),
+        ("transposed tensor", Box::new(|w| w.tensors.iter_mut().filter(|t| t.name == "blk.1.ffn_down.weight").for_each(|t| t.dims.reverse())), "blk.1.ffn_down.weight"),
+        ("config disagrees", Box::new(set("llama.feed_forward_length", Value::U32(128))), "ffn_gate"),
+        ("unknown architecture", Box::new(set("general.architecture", Value::Str("gptneox".into()))), "gptneox"),
+        ("absurd block count", Box::new(set("llama.block_count", Value::U64(1 << 40))), "block_count"),
+        ("missing key", Box::new(|w| w.kv.retain(|(k, _)| k != "llama.embedding_length")), "llama.embedding_length"),
+        ("wrong key type", Box::new(set("llama.attention.head_count", Value::Str("4".into()))), "head_count"),
+        ("bad heads", Box::new(set("llama.attention.head_count_kv", Value::U32(3))), "head_count_kv"),
+        ("bad alignment", Box::new(|w| { w.kv("general.alignment", Value::U32(48)); }), "alignment"),
+        ("unknown tensor name", Box::new(|w| w.tensors[1].name = "blk.0.attn_q.bias".into()), "attn_q.bias"),
+        ("layer out of range", Box::new(|w| w.tensors[1].name = "blk.7.attn_norm.weight".into()), "blk.7"),
+        ("duplicate tensor", Box::new(|w| w.tensors[2].name = w.tensors[1].name.clone()), "twice"),
+        ("duplicate key", Box::new(|w| { w.kv("llama.block_count", Value::U32(2)); }), "twice"),
+        ("not a multiple of the block", Box::new(|w| w.tensors[0].dims = vec![D + 1, 259]), "token_embd"),
+        ("non-finite weight", Box::new(|w| w.tensors[0].data[4..8].copy_from_slice(&f32::NAN.to_le_bytes())), "non-finite"),
+        ("deeply nested array", Box::new(|w| {
+            let mut v = Value::Array(vec![Value::U8(1)]);
+            for _ in 0..10 { v = Value::Array(vec![v]); }
+            w.kv("t.deep", v);
+        }), "nested"),
+    ];
+    for (what, edit, needle) in cases {
+        let msg = expect_err(build(&*edit), what);
+        assert!(msg.contains(needle), "{what}: '{needle}' not in: {msg}");
+    }
+    // A tensor's data offset past the end of the file.
+    let mut b = build(&|_| {});
+    let name = b"output_norm.weight";
+    let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 8 + 4;
+    b[at..at + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    assert!(expect_err(b, "offset past the end").contains("output_norm.weight"));
+}
+
+/// The real model: `$REVIVE_SMOLLM2`, else `$REVIVE_CACHE/` or `~/.cache/revive/`.
+fn real_model() -> Option<PathBuf> {
+    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    let path = match std::env::var_os("REVIVE_SMOLLM2") {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("REVIVE_CACHE") {
+            Some(dir) => PathBuf::from(dir).join(NAME),
+            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/revive").join(NAME),
+        },
+    };
+    path.exists().then_some(path)
+}
+
+#[test]
+fn smollm2_real_model() {
+    let Some(path) = real_model() else {
+        println!("SKIPPED: SmolLM2 GGUF not found (set REVIVE_SMOLLM2 or put it in $REVIVE_CACHE or ~/.cache/revive)");
+        assert!(std::env::var("REVIVE_REQUIRE_MODEL").as_deref() != Ok("1"), "REVIVE_REQUIRE_MODEL=1 but the SmolLM2 GGUF is absent");
+        return;
+    };
+    let t = Instant::now();
+    let (w, meta) = load_gguf(&path).unwrap();
+    println!("loaded {} in {:.2?}", path.display(), t.elapsed());
+    let c = &w.config;
+    assert_eq!((c.arch, c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim), (Arch::Llama, 30, 576, 9, 3, 64));
+    assert_eq!((c.ffn_hidden, c.vocab_size, c.norm_eps, c.rope_theta), (1536, 49152, 1e-5, 100000.0));
+    assert!(c.tied_embeddings && !w.tensors.contains_key("lm_head"));
+    assert_eq!(c.rope_style, RopeStyle::Adjacent);
+    assert_eq!(w.tensors["embed"].shape, [49152, 576]);
+    assert_eq!(w.tensors["layers.3.w_down"].shape, [576, 1536]);
+    assert_eq!(w.tensors["layers.3.wk"].shape, [192, 576]);
+    assert_eq!(w.tensors["layers.29.mlp_norm.weight"].shape, [576]);
+    assert_eq!(meta.tensor("token_embd.weight").unwrap().ty, GgmlType::Q8_0);
+    let matrices: Vec<_> = meta.tensors.iter().filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight").collect();
+    let q41 = matrices.iter().filter(|t| t.ty == GgmlType::Q4_1).count();
+    let mut types = BTreeMap::new();
+    meta.tensors.iter().for_each(|t| *types.entry(format!("{:?}", t.ty)).or_insert(0) += 1);
+    println!("tensor types: {types:?}; config: {c:?}");
+    assert!(q41 * 2 > matrices.len(), "{q41} of {} matrices are Q4_1", matrices.len());
+
+    let tok = Tok::from_gguf(&meta, &path.display().to_string()).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!(tok.eos(), c.eos_token_id);
+    for (text, ids) in [
+        ("The capital of France is", vec![504, 3575, 282, 4649, 314]),
+        (" Paris", vec![7042]),
+        ("In 2024, 17 cats", vec![788, 216, 34, 32, 34, 36, 28, 216, 33, 39, 7680]),
+    ] {
+        assert_eq!(tok.encode(text).unwrap(), ids, "{text:?}");
+        assert_eq!(tok.decode(&ids).unwrap(), text);
+    }
+    assert_eq!(tok.token_str(7042).as_deref(), Some("ĠParis"));
+    let chat = "<|im_start|>user\nWhat is 2+2? Ünïcödé ✓ 漢字<|im_end|>\n";
+    let ids = tok.encode(chat).unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), chat);
+    assert_eq!(Some(ids[0]), tok.encode("<|im_start|>").unwrap().first().copied());
+    assert_eq!(tok.encode("<|im_start|>").unwrap().len(), 1);
+}
