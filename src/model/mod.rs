@@ -26,6 +26,7 @@ pub mod config;
 pub mod fetch;
 pub mod forward;
 pub mod generate;
+pub mod load;
 pub mod gguf;
 pub mod probe;
 pub mod random;

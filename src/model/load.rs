@@ -1,0 +1,40 @@
+//! One entry point for `-m MODEL`: weights and tokenizer from the cached SmolLM2, a .gguf file
+//! or a Hugging Face directory; and saving an (edited) model with its tokenizer.
+
+use super::fetch::{resolve, ModelSource};
+use super::safetensors::{load_dir, save_dir, SaveDtype};
+use super::{gguf, Tok, Weights};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+pub struct LoadedModel {
+    pub weights: Weights,
+    pub tok: Tok,
+    /// The file or directory it came from.
+    pub source: String,
+}
+
+pub fn load(spec: &str) -> Result<LoadedModel> {
+    match resolve(spec)? {
+        ModelSource::Gguf(path) => {
+            let (weights, meta) = gguf::load_gguf(&path)?;
+            let source = path.display().to_string();
+            let tok = Tok::from_gguf(&meta, &source)?;
+            Ok(LoadedModel { weights, tok, source })
+        }
+        ModelSource::Safetensors(dir) => {
+            let weights = load_dir(&dir)?;
+            let tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"))?;
+            Ok(LoadedModel { weights, tok, source: dir.display().to_string() })
+        }
+    }
+}
+
+/// Writes model.safetensors, config.json and tokenizer.json into `dir`.
+pub fn save(weights: &Weights, tok: &Tok, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    save_dir(weights, dir, dtype, None)?;
+    let path = dir.join("tokenizer.json");
+    tok.inner()
+        .save(&path, true)
+        .map_err(|e| Error::Model { file: path.display().to_string(), detail: format!("cannot write the tokenizer: {e}") })
+}
