@@ -364,7 +364,8 @@ fn inconsistent_models_are_errors() {
     let set = |key: &'static str, v: Value| {
         move |w: &mut GgufWriter| w.kv.iter_mut().filter(|(k, _)| k == key).for_each(|(_, x)| *x = v.clone())
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut GgufWriter)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut GgufWriter)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "99"),
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "blk.0.attn_k.weight"),
         ("missing tensor", Box::new(|w| w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight")), "layers.1.w_down"),

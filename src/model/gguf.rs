@@ -705,7 +705,7 @@ pub mod write {
     pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
         let mut out = Vec::new();
         let (block, _) = ty.block();
-        assert!(x.len() % block == 0, "{} values are not a whole number of {ty:?} blocks", x.len());
+        assert!(x.len().is_multiple_of(block), "{} values are not a whole number of {ty:?} blocks", x.len());
         for b in x.chunks_exact(block) {
             match ty {
                 GgmlType::F32 => out.extend(b[0].to_le_bytes()),
