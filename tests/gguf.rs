@@ -364,7 +364,8 @@ fn inconsistent_models_are_errors() {
     let set = |key: &'static str, v: Value| {
         move |w: &mut GgufWriter| w.kv.iter_mut().filter(|(k, _)| k == key).for_each(|(_, x)| *x = v.clone())
     };
-    let cases: Vec<(&str, Box<dyn Fn(&mut GgufWriter)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut GgufWriter)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "99"),
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "blk.0.attn_k.weight"),
         ("missing tensor", Box::new(|w| w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight")), "layers.1.w_down"),
@@ -375,6 +376,8 @@ fn inconsistent_models_are_errors() {
         ("missing key", Box::new(|w| w.kv.retain(|(k, _)| k != "llama.embedding_length")), "llama.embedding_length"),
         ("wrong key type", Box::new(set("llama.attention.head_count", Value::Str("4".into()))), "head_count"),
         ("bad heads", Box::new(set("llama.attention.head_count_kv", Value::U32(3))), "head_count_kv"),
+        ("partial rotary", Box::new(|w| { w.kv("llama.rope.dimension_count", Value::U32(8)); }), "dimension_count"),
+        ("vocab size disagrees", Box::new(|w| { w.kv("llama.vocab_size", Value::U32(300)); }), "vocab_size"),
         ("bad alignment", Box::new(|w| { w.kv("general.alignment", Value::U32(48)); }), "alignment"),
         ("unknown tensor name", Box::new(|w| w.tensors[1].name = "blk.0.attn_q.bias".into()), "attn_q.bias"),
         ("layer out of range", Box::new(|w| w.tensors[1].name = "blk.7.attn_norm.weight".into()), "blk.7"),
@@ -400,17 +403,15 @@ fn inconsistent_models_are_errors() {
     assert!(expect_err(b, "offset past the end").contains("output_norm.weight"));
 }
 
-/// The real model: `$REVIVE_SMOLLM2`, else `$REVIVE_CACHE/` or `~/.cache/revive/`.
+/// The real model: the first that exists of `$REVIVE_SMOLLM2`, `$REVIVE_CACHE/NAME` and
+/// `~/.cache/revive/NAME`.
 fn real_model() -> Option<PathBuf> {
     const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let path = match std::env::var_os("REVIVE_SMOLLM2") {
-        Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("REVIVE_CACHE") {
-            Some(dir) => PathBuf::from(dir).join(NAME),
-            None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/revive").join(NAME),
-        },
-    };
-    path.exists().then_some(path)
+    let var = |k| std::env::var_os(k).map(PathBuf::from);
+    [var("REVIVE_SMOLLM2"), var("REVIVE_CACHE").map(|d| d.join(NAME)), var("HOME").map(|h| h.join(".cache/revive").join(NAME))]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
 }
 
 #[test]
@@ -457,4 +458,13 @@ fn smollm2_real_model() {
     assert_eq!(tok.decode(&ids).unwrap(), chat);
     assert_eq!(Some(ids[0]), tok.encode("<|im_start|>").unwrap().first().copied());
     assert_eq!(tok.encode("<|im_start|>").unwrap().len(), 1);
+
+    // Saved as tokenizer.json and loaded back, it encodes the same.
+    let json = std::env::temp_dir().join(format!("revive-tok-{}.json", std::process::id()));
+    tok.inner().save(&json, false).unwrap();
+    let back = Tok::from_tokenizer_json(&json).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    assert_eq!(back.encode(chat).unwrap(), ids);
+    assert_eq!(back.encode("In 2024, 17 cats").unwrap(), tok.encode("In 2024, 17 cats").unwrap());
+    assert_eq!(back.vocab_size(), 49152);
 }

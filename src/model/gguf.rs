@@ -520,10 +520,20 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         Some(_) => meta.usize("llama.attention.key_length", file)?,
         None => hidden / n_heads,
     };
+    // Partial rotary embeddings are not implemented: RoPE must cover the whole head.
+    if meta.get("llama.rope.dimension_count").is_some() {
+        let rot = meta.usize("llama.rope.dimension_count", file)?;
+        if rot != head_dim {
+            return Err(model_err(file, format!("llama.rope.dimension_count is {rot}, but only RoPE over the whole head ({head_dim}) is supported")));
+        }
+    }
     let vocab_size = match meta.get("tokenizer.ggml.tokens") {
         Some(_) => meta.array("tokenizer.ggml.tokens", file)?.len(),
         None => meta.usize("llama.vocab_size", file)?,
     };
+    if meta.get("llama.vocab_size").is_some() && meta.usize("llama.vocab_size", file)? != vocab_size {
+        return Err(model_err(file, format!("llama.vocab_size disagrees with the {vocab_size} tokens of tokenizer.ggml.tokens")));
+    }
     let token_id = |key: &str| -> Result<Option<u32>> {
         match meta.get(key) {
             None => Ok(None),
@@ -695,7 +705,7 @@ pub mod write {
     pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
         let mut out = Vec::new();
         let (block, _) = ty.block();
-        assert!(x.len() % block == 0, "{} values are not a whole number of {ty:?} blocks", x.len());
+        assert!(x.len().is_multiple_of(block), "{} values are not a whole number of {ty:?} blocks", x.len());
         for b in x.chunks_exact(block) {
             match ty {
                 GgmlType::F32 => out.extend(b[0].to_le_bytes()),
