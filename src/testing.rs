@@ -66,3 +66,22 @@ pub fn compare(what: &str, got: &[f32], want: &[f64], tol: Tolerance) -> Result<
     }
     Ok(())
 }
+
+/// The real model for tests: `$REVIVE_SMOLLM2` if set, else the cached file `revive setup`
+/// writes. None (the test prints that it is skipped) unless `REVIVE_REQUIRE_MODEL=1`, which CI
+/// sets after `revive setup`: then a missing model fails the test.
+pub fn smollm2_for_tests() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("REVIVE_SMOLLM2")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([crate::model::fetch::smollm2_path()])
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("REVIVE_REQUIRE_MODEL").as_deref() != Ok("1"),
+            "REVIVE_REQUIRE_MODEL=1 but the SmolLM2 GGUF is absent: run `revive setup`"
+        );
+        println!("SKIPPED: SmolLM2 not found (run `revive setup` or set REVIVE_SMOLLM2)");
+    }
+    found
+}

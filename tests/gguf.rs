@@ -9,7 +9,6 @@ use revive::model::{Arch, RopeStyle, Tok, Weights};
 use revive::testing::rng;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::time::Instant;
 
 const FILE: &str = "tiny-test.gguf";
@@ -403,22 +402,10 @@ fn inconsistent_models_are_errors() {
     assert!(expect_err(b, "offset past the end").contains("output_norm.weight"));
 }
 
-/// The real model: the first that exists of `$REVIVE_SMOLLM2`, `$REVIVE_CACHE/NAME` and
-/// `~/.cache/revive/NAME`.
-fn real_model() -> Option<PathBuf> {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let var = |k| std::env::var_os(k).map(PathBuf::from);
-    [var("REVIVE_SMOLLM2"), var("REVIVE_CACHE").map(|d| d.join(NAME)), var("HOME").map(|h| h.join(".cache/revive").join(NAME))]
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-}
 
 #[test]
 fn smollm2_real_model() {
-    let Some(path) = real_model() else {
-        println!("SKIPPED: SmolLM2 GGUF not found (set REVIVE_SMOLLM2 or put it in $REVIVE_CACHE or ~/.cache/revive)");
-        assert!(std::env::var("REVIVE_REQUIRE_MODEL").as_deref() != Ok("1"), "REVIVE_REQUIRE_MODEL=1 but the SmolLM2 GGUF is absent");
+    let Some(path) = revive::testing::smollm2_for_tests() else {
         return;
     };
     let t = Instant::now();
