@@ -52,6 +52,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Save a model as Hugging Face safetensors + config.json + tokenizer.json (loads in transformers).
+    Export {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Last-token logits of each prompt in a file (one per line), as JSON, for comparisons
+    /// with other implementations (benches/baselines/compare_transformers.py).
+    Logits {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(long)]
+        prompts: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Measure speed against a baseline run in the same process.
     Bench {
         #[command(subcommand)]
@@ -131,6 +148,27 @@ fn run(cli: Cli) -> Result<()> {
                 }
             })?;
             println!();
+            Ok(())
+        }
+        Command::Export { model, out } => {
+            let m = load(&model)?;
+            revive::model::load::save(&m.weights, &m.tok, &out, revive::model::safetensors::SaveDtype::F32)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Command::Logits { model, prompts, out } => {
+            let m = load(&model)?;
+            let gpu = Gpu::new(choice)?;
+            let gm = GpuModel::new(&gpu, &m.weights)?;
+            let text = std::fs::read_to_string(&prompts).with_context(|| format!("reading {}", prompts.display()))?;
+            let mut rows = vec![];
+            for prompt in text.lines().filter(|l| !l.trim().is_empty()) {
+                let ids = m.tok.encode(prompt)?;
+                let logits = gm.last_logits(std::slice::from_ref(&ids))?.remove(0);
+                rows.push(serde_json::json!({ "prompt": prompt, "ids": ids, "logits": logits }));
+            }
+            let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "rows": rows });
+            std::fs::write(&out, serde_json::to_string(&doc)?).with_context(|| format!("writing {}", out.display()))?;
             Ok(())
         }
         Command::Score { model, prompt, continuation, json } => {

@@ -136,6 +136,11 @@ pub fn parse_config(path: &Path) -> Result<Config> {
     Ok(config)
 }
 
+/// An f32 as the decimal it was written as (1e-5, not 9.999999747378752e-6).
+fn short(x: f32) -> f64 {
+    x.to_string().parse().expect("an f32 prints as a number")
+}
+
 pub fn config_json(c: &Config) -> Value {
     match c.arch {
         Arch::Llama => json!({
@@ -148,8 +153,8 @@ pub fn config_json(c: &Config) -> Value {
             "num_hidden_layers": c.n_layers,
             "head_dim": c.head_dim,
             "hidden_act": "silu",
-            "rms_norm_eps": c.norm_eps,
-            "rope_theta": c.rope_theta,
+            "rms_norm_eps": short(c.norm_eps),
+            "rope_theta": short(c.rope_theta),
             "max_position_embeddings": c.max_seq_len,
             "vocab_size": c.vocab_size,
             "tie_word_embeddings": c.tied_embeddings,
@@ -169,7 +174,7 @@ pub fn config_json(c: &Config) -> Value {
             "n_positions": c.max_seq_len,
             "n_ctx": c.max_seq_len,
             "vocab_size": c.vocab_size,
-            "layer_norm_epsilon": c.norm_eps,
+            "layer_norm_epsilon": short(c.norm_eps),
             "activation_function": "gelu_new",
             "tie_word_embeddings": c.tied_embeddings,
             "bos_token_id": c.bos_token_id,
