@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod edit;
 pub mod error;
 pub mod gpu;
 pub mod model;

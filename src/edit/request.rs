@@ -1,0 +1,167 @@
+//! Edit requests in a CounterFact-style JSON: a list of records
+//!
+//! ```json
+//! {"case_id": 0, "subject": "Danielle Darrieux", "prompt": "The mother tongue of {} is",
+//!  "target_new": " English", "target_true": " French",
+//!  "paraphrase_prompts": ["..."], "neighborhood_prompts": ["..."], "generation_prompts": ["..."]}
+//! ```
+//!
+//! The original CounterFact layout (`requested_rewrite: {prompt, subject, target_new: {str},
+//! target_true: {str}}` beside the prompt lists) reads too. Targets are continuations, so a
+//! target without a leading space gets one, as ROME and EasyEdit do when they tokenize.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditRequest {
+    #[serde(default)]
+    pub case_id: Option<u64>,
+    pub subject: String,
+    /// The relation with `{}` where the subject goes.
+    pub prompt: String,
+    pub target_new: String,
+    #[serde(default)]
+    pub target_true: Option<String>,
+    #[serde(default)]
+    pub paraphrase_prompts: Vec<String>,
+    #[serde(default)]
+    pub neighborhood_prompts: Vec<String>,
+    #[serde(default)]
+    pub generation_prompts: Vec<String>,
+}
+
+impl EditRequest {
+    /// The prompt with the subject filled in.
+    pub fn full_prompt(&self) -> String {
+        self.prompt.replacen("{}", &self.subject, 1)
+    }
+}
+
+fn field_err(file: &str, index: usize, field: &str, detail: impl std::fmt::Display) -> Error {
+    Error::Model { file: file.to_string(), detail: format!("record {index}, field '{field}': {detail}") }
+}
+
+fn with_space(s: &str) -> String {
+    if s.starts_with(char::is_whitespace) { s.to_string() } else { format!(" {s}") }
+}
+
+fn strings(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<String>> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| field_err(file, index, field, "expected a list of strings")))
+            .collect(),
+        Some(_) => Err(field_err(file, index, field, "expected a list of strings")),
+    }
+}
+
+fn string(v: &Value, file: &str, index: usize, field: &str) -> Result<Option<String>> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        // CounterFact writes targets as {"str": ..., "id": ...}.
+        Some(Value::Object(o)) => match o.get("str") {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            _ => Err(field_err(file, index, field, "expected a string or {\"str\": ...}")),
+        },
+        Some(_) => Err(field_err(file, index, field, "expected a string")),
+    }
+}
+
+fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
+    if !v.is_object() {
+        return Err(field_err(file, index, "(record)", "expected a JSON object"));
+    }
+    // CounterFact keeps the rewrite itself in "requested_rewrite".
+    let rw = v.get("requested_rewrite").unwrap_or(v);
+    let need = |field: &str| -> Result<String> {
+        string(rw, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing"))
+    };
+    let subject = need("subject")?;
+    let prompt = need("prompt")?;
+    let target_new = with_space(&need("target_new")?);
+    let target_true = string(rw, file, index, "target_true")?.map(|s| with_space(&s));
+    if subject.trim().is_empty() {
+        return Err(field_err(file, index, "subject", "is empty"));
+    }
+    if prompt.matches("{}").count() != 1 {
+        return Err(field_err(file, index, "prompt", format!("{prompt:?} must contain exactly one {{}} for the subject")));
+    }
+    if target_new.trim().is_empty() {
+        return Err(field_err(file, index, "target_new", "is empty"));
+    }
+    if target_true.as_deref() == Some(target_new.as_str()) {
+        return Err(field_err(file, index, "target_new", "equals target_true: nothing to edit"));
+    }
+    let case_id = v.get("case_id").and_then(Value::as_u64);
+    Ok(EditRequest {
+        case_id,
+        subject,
+        prompt,
+        target_new,
+        target_true,
+        paraphrase_prompts: strings(v, file, index, "paraphrase_prompts")?,
+        neighborhood_prompts: strings(v, file, index, "neighborhood_prompts")?,
+        generation_prompts: strings(v, file, index, "generation_prompts")?,
+    })
+}
+
+/// Parses a JSON array of records (or a single record); `file` names the source in errors.
+pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
+    let v: Value = serde_json::from_str(text).map_err(|e| Error::Model { file: file.into(), detail: format!("not valid JSON: {e}") })?;
+    match v {
+        Value::Array(records) => records.iter().enumerate().map(|(i, r)| parse_record(r, file, i)).collect(),
+        obj @ Value::Object(_) => Ok(vec![parse_record(&obj, file, 0)?]),
+        _ => Err(Error::Model { file: file.into(), detail: "expected a list of edit records".into() }),
+    }
+}
+
+pub fn load_requests(path: &Path) -> Result<Vec<EditRequest>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+    parse_requests(&text, &file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_layouts() {
+        let ours = r#"[{"subject": "Danielle Darrieux", "prompt": "The mother tongue of {} is",
+            "target_new": " English", "target_true": "French", "paraphrase_prompts": ["p"]}]"#;
+        let r = &parse_requests(ours, "ours.json").unwrap()[0];
+        assert_eq!(r.full_prompt(), "The mother tongue of Danielle Darrieux is");
+        assert_eq!(r.target_true.as_deref(), Some(" French"));
+        let cf = r#"[{"case_id": 0, "pararel_idx": 2796, "requested_rewrite": {"prompt": "The mother tongue of {} is",
+            "relation_id": "P103", "target_new": {"str": "English", "id": "Q1860"},
+            "target_true": {"str": "French", "id": "Q150"}, "subject": "Danielle Darrieux"},
+            "paraphrase_prompts": ["a", "b"], "neighborhood_prompts": ["c"], "attribute_prompts": [],
+            "generation_prompts": ["d"]}]"#;
+        let c = &parse_requests(cf, "cf.json").unwrap()[0];
+        assert_eq!((c.case_id, c.target_new.as_str(), c.paraphrase_prompts.len()), (Some(0), " English", 2));
+        assert_eq!(c.subject, r.subject);
+    }
+
+    #[test]
+    fn bad_records_name_the_file_record_and_field() {
+        let cases = [
+            ("{", "not valid JSON"),
+            ("[1]", "record 0"),
+            (r#"[{"prompt": "x {} y", "target_new": "a"}]"#, "'subject': missing"),
+            (r#"[{"subject": "S", "prompt": "no slot", "target_new": "a"}]"#, "'prompt'"),
+            (r#"[{"subject": "S", "prompt": "{} {}", "target_new": "a"}]"#, "exactly one"),
+            (r#"[{"subject": "S", "prompt": "{} is", "target_new": " a", "target_true": "a"}]"#, "equals target_true"),
+            (r#"[{"subject": "S", "prompt": "{} is", "target_new": "a", "paraphrase_prompts": "p"}]"#, "'paraphrase_prompts'"),
+            (r#"[{"subject": "S", "prompt": "{} is", "target_new": 3}]"#, "'target_new'"),
+        ];
+        for (text, want) in cases {
+            let e = parse_requests(text, "edits.json").unwrap_err().to_string();
+            assert!(e.contains("edits.json") && e.contains(want), "{text}: {e}");
+        }
+    }
+}
