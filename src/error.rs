@@ -26,6 +26,12 @@ pub enum Error {
     #[error("{file}: {detail}")]
     Model { file: String, detail: String },
 
+    #[error("numerical error: {0}")]
+    Numeric(String),
+
+    #[error("edit: {0}")]
+    Edit(String),
+
     #[error("shader '{shader}' entry '{entry}' failed to build: {reason}")]
     Shader { shader: String, entry: String, reason: String },
 }

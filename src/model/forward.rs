@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 /// Keys and values of every layer for a batch: [B, Hkv, capacity, D] each.
 pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    pub(crate) k: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
     /// Positions filled so far: the next forward starts at this position.
     pub len: usize,
     pub capacity: usize,
@@ -54,6 +54,25 @@ impl Batch {
     pub fn last_rows(&self) -> Vec<usize> {
         self.lens.iter().enumerate().map(|(s, &l)| self.row(s, l - 1)).collect()
     }
+}
+
+/// What one block hands on: its output, its MLP keys and, when asked, its tape.
+pub(crate) struct BlockOut {
+    pub x: Tensor,
+    pub key: Tensor,
+    pub tape: Option<BlockTape>,
+}
+
+/// The activations of one block that its backward pass reads (the KV cache holds the rest).
+pub(crate) struct BlockTape {
+    pub x_in: Tensor,
+    /// Queries after RoPE: [B, T, Hq, D].
+    pub q: Tensor,
+    pub x_mid: Tensor,
+    /// SwiGLU's gate projection (Llama); GPT-2 has none.
+    pub gate: Option<Tensor>,
+    /// The up projection: SwiGLU's second input, or GELU's input.
+    pub up: Tensor,
 }
 
 /// Which rows of [B·T] get logits.
@@ -98,6 +117,11 @@ impl GpuModel {
         Ok(Weights { config: self.config.clone(), tensors })
     }
 
+    /// The unembedding matrix [vocab, d]: the embedding when tied.
+    pub fn head(&self) -> Result<&Tensor> {
+        if self.config.tied_embeddings { self.tensor("embed") } else { self.tensor("lm_head") }
+    }
+
     pub fn new_cache(&self, batch: usize, capacity: usize) -> Result<KvCache> {
         let c = &self.config;
         let shape = [batch, c.n_kv_heads, capacity, c.head_dim];
@@ -110,12 +134,12 @@ impl GpuModel {
         Ok(KvCache { k, v, len: 0, capacity, batch })
     }
 
-    fn l(&self, i: usize, name: &str) -> Result<&Tensor> {
+    pub(crate) fn l(&self, i: usize, name: &str) -> Result<&Tensor> {
         self.tensor(&format!("layers.{i}.{name}"))
     }
 
     /// x · Wᵀ (+ b): every canonical matrix is [out, in].
-    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    pub(crate) fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let y = matmul::gemm(&self.gpu, x, w, None, matmul::Gemm { trans_b: true, ..Default::default() })?;
         match b {
             Some(b) => activation::add_bias(&self.gpu, &y, b),
@@ -123,7 +147,7 @@ impl GpuModel {
         }
     }
 
-    fn norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
+    pub(crate) fn norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let eps = self.config.norm_eps;
         let w = self.tensor(&format!("{prefix}.weight"))?;
         match self.config.arch {
@@ -137,7 +161,7 @@ impl GpuModel {
     pub fn forward(&self, batch: &Batch, probes: &Probes, rows: LogitRows, cache: Option<&mut KvCache>) -> Result<(Tensor, Captured)> {
         let c = &self.config;
         let gpu = &self.gpu;
-        let (b, t, d, hd) = (batch.b(), batch.t, c.hidden, c.head_dim);
+        let (b, t, d) = (batch.b(), batch.t, c.hidden);
         let mut own_cache;
         let cache = match cache {
             Some(cache) => {
@@ -161,44 +185,14 @@ impl GpuModel {
         for site in probes.residual.iter().chain(&probes.down_in).chain(probes.add.iter().map(|(s, _)| s)) {
             check_site(c, batch, site)?;
         }
-        if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
-        }
-
-        let mut x = gather_rows(gpu, self.tensor("embed")?, &batch.ids)?;
-        if c.arch == Arch::Gpt2 {
-            let pos: Vec<u32> = (0..b).flat_map(|_| (0..t).map(|p| (pos0 + p) as u32)).collect();
-            x = elementwise::add(gpu, &x, &gather_rows(gpu, self.tensor("pos_embed")?, &pos)?)?;
-        }
+        check_ids(c, batch)?;
+        let mut x = self.embed(batch, pos0)?;
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
-        let gpt2 = c.arch == Arch::Gpt2;
-        let bias = |i: usize, name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
         for i in 0..c.n_layers {
-            let h = self.norm(&x, &format!("layers.{i}.attn_norm"))?;
-            let q = self.linear(&h, self.l(i, "wq")?, bias(i, "bq")?)?.reshape(&[b, t, c.n_heads, hd])?;
-            let k = self.linear(&h, self.l(i, "wk")?, bias(i, "bk")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
-            let v = self.linear(&h, self.l(i, "wv")?, bias(i, "bv")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
-            let (q, k) = if gpt2 {
-                (q, k)
-            } else {
-                (rope::rope(gpu, &q, pos0, c.rope_theta, c.rope_style)?, rope::rope(gpu, &k, pos0, c.rope_theta, c.rope_style)?)
-            };
-            attention::write_kv(gpu, &k, &cache.k[i], pos0)?;
-            attention::write_kv(gpu, &v, &cache.v[i], pos0)?;
-            let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
-            let o = o.reshape(&[b * t, c.n_heads * hd])?;
-            x = elementwise::add(gpu, &x, &self.linear(&o, self.l(i, "wo")?, bias(i, "bo")?)?)?;
-
-            let h = self.norm(&x, &format!("layers.{i}.mlp_norm"))?;
-            let up = self.linear(&h, self.l(i, "w_up")?, bias(i, "b_up")?)?;
-            let key = if gpt2 {
-                activation::gelu(gpu, &up)?
-            } else {
-                activation::silu_mul(gpu, &self.linear(&h, self.l(i, "w_gate")?, None)?, &up)?
-            };
-            capture(gpu, &key, batch, &probes.down_in, i, &mut down_caps)?;
-            x = elementwise::add(gpu, &x, &self.linear(&key, self.l(i, "w_down")?, bias(i, "b_down")?)?)?;
+            let out = self.block(i, &x, cache, pos0, b, t, false)?;
+            x = out.x;
+            capture(gpu, &out.key, batch, &probes.down_in, i, &mut down_caps)?;
             let adds: Vec<_> = probes.add.iter().filter(|(s, _)| s.layer == i).collect();
             if !adds.is_empty() {
                 let mut delta = vec![0.0f32; b * t * d];
@@ -219,13 +213,95 @@ impl GpuModel {
             LogitRows::Rows(r) => gather_rows(gpu, &x, &r.iter().map(|&r| r as u32).collect::<Vec<_>>())?,
         };
         let x = self.norm(&x, "final_norm")?;
-        let head = if c.tied_embeddings { self.tensor("embed")? } else { self.tensor("lm_head")? };
-        let logits = self.linear(&x, head, None)?;
+        let logits = self.linear(&x, self.head()?, None)?;
         let captured = Captured {
             residual: collect(gpu, probes.residual.len(), residual_caps)?,
             down_in: collect(gpu, probes.down_in.len(), down_caps)?,
         };
         Ok((logits, captured))
+    }
+
+    /// The MLP down-projection inputs (keys) of `layer` for every row of the batch:
+    /// [B·T, ffn]. Runs only layers 0..=layer; padding rows hold keys of padding tokens.
+    pub fn layer_keys(&self, batch: &Batch, layer: usize) -> Result<Tensor> {
+        let c = &self.config;
+        if layer >= c.n_layers {
+            return Err(Error::shape("layer_keys", format!("layer {layer} of a model with {} layers", c.n_layers)));
+        }
+        let (mut x, mut cache) = self.start(batch)?;
+        for i in 0..layer {
+            x = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?.x;
+        }
+        Ok(self.block(layer, &x, &mut cache, 0, batch.b(), batch.t, false)?.key)
+    }
+
+    /// The residual stream after the block of `layer`, every row: [B·T, d] (what layer + 1
+    /// reads), from a fresh pass.
+    pub fn residual_after(&self, batch: &Batch, layer: usize) -> Result<Tensor> {
+        if layer >= self.config.n_layers {
+            return Err(Error::shape("residual_after", format!("layer {layer} of a model with {} layers", self.config.n_layers)));
+        }
+        let (mut x, mut cache) = self.start(batch)?;
+        for i in 0..=layer {
+            x = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?.x;
+        }
+        Ok(x)
+    }
+
+    /// Checks a batch for a fresh pass and embeds it, with a cache sized to it.
+    pub(crate) fn start(&self, batch: &Batch) -> Result<(Tensor, KvCache)> {
+        let c = &self.config;
+        if batch.t > c.max_seq_len {
+            return Err(Error::shape("forward", format!("{} positions exceed the model's {}", batch.t, c.max_seq_len)));
+        }
+        check_ids(c, batch)?;
+        Ok((self.embed(batch, 0)?, self.new_cache(batch.b(), batch.t)?))
+    }
+
+    fn embed(&self, batch: &Batch, pos0: usize) -> Result<Tensor> {
+        let gpu = &self.gpu;
+        let x = gather_rows(gpu, self.tensor("embed")?, &batch.ids)?;
+        if self.config.arch != Arch::Gpt2 {
+            return Ok(x);
+        }
+        let pos: Vec<u32> = (0..batch.b()).flat_map(|_| (0..batch.t).map(|p| (pos0 + p) as u32)).collect();
+        elementwise::add(gpu, &x, &gather_rows(gpu, self.tensor("pos_embed")?, &pos)?)
+    }
+
+    /// One transformer block on x: [B·T, d] at positions pos0.., writing this layer's keys and
+    /// values into the cache. With `record`, keeps what the backward pass needs.
+    pub(crate) fn block(&self, i: usize, x: &Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, record: bool) -> Result<BlockOut> {
+        let c = &self.config;
+        let gpu = &self.gpu;
+        let hd = c.head_dim;
+        let gpt2 = c.arch == Arch::Gpt2;
+        let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
+        let h = self.norm(x, &format!("layers.{i}.attn_norm"))?;
+        let q = self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&[b, t, c.n_heads, hd])?;
+        let k = self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
+        let v = self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
+        let (q, k) = if gpt2 {
+            (q, k)
+        } else {
+            (rope::rope(gpu, &q, pos0, c.rope_theta, c.rope_style)?, rope::rope(gpu, &k, pos0, c.rope_theta, c.rope_style)?)
+        };
+        attention::write_kv(gpu, &k, &cache.k[i], pos0)?;
+        attention::write_kv(gpu, &v, &cache.v[i], pos0)?;
+        let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
+        let o = o.reshape(&[b * t, c.n_heads * hd])?;
+        let x_mid = elementwise::add(gpu, x, &self.linear(&o, self.l(i, "wo")?, bias("bo")?)?)?;
+
+        let h = self.norm(&x_mid, &format!("layers.{i}.mlp_norm"))?;
+        let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
+        let (key, gate) = if gpt2 {
+            (activation::gelu(gpu, &up)?, None)
+        } else {
+            let gate = self.linear(&h, self.l(i, "w_gate")?, None)?;
+            (activation::silu_mul(gpu, &gate, &up)?, Some(gate))
+        };
+        let x_out = elementwise::add(gpu, &x_mid, &self.linear(&key, self.l(i, "w_down")?, bias("b_down")?)?)?;
+        let tape = record.then(|| BlockTape { x_in: x.clone(), q, x_mid, gate, up });
+        Ok(BlockOut { x: x_out, key, tape })
     }
 
     /// Logits of each sequence's last real token: [B, V].
@@ -237,7 +313,14 @@ impl GpuModel {
     }
 }
 
-fn check_site(c: &Config, batch: &Batch, s: &Site) -> Result<()> {
+fn check_ids(c: &Config, batch: &Batch) -> Result<()> {
+    if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+        return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_site(c: &Config, batch: &Batch, s: &Site) -> Result<()> {
     if s.layer >= c.n_layers || s.seq >= batch.b() || s.pos >= batch.lens[s.seq] {
         return Err(Error::shape(
             "forward",
