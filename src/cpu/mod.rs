@@ -12,7 +12,7 @@ pub mod reduce;
 pub mod rope;
 
 pub use activation::{add_bias, gelu, gelu_bwd, silu_mul, silu_mul_bwd};
-pub use attention::attention;
+pub use attention::{attention, attention_bwd};
 pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, softmax_rows};
 pub use loss::{log_softmax_bwd, log_softmax_rows, softmax_bwd};
 pub use matmul::gemm;
