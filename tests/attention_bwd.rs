@@ -11,11 +11,10 @@ use revive::ops::attention::attention_bwd;
 /// (B, T, Hq, Hkv, D, pos0, S)
 type Case = (usize, usize, usize, usize, usize, usize, usize);
 
-/// Each gradient element sums up to (pos0 + T) · group products of O(1) terms after a softmax
-/// whose f32 exp and log-sum-exp carry ~1e-7 relative error each; dS = P (dO.v − Dr) also
-/// subtracts two similar numbers. 1e-4 relative (and 1e-5 absolute) leaves room for that at a
-/// few hundred keys; f32 elementwise ops elsewhere hold 1e-5.
-const TOL: Tolerance = Tolerance { atol: 1e-5, rtol: 1e-4, rel_norm: 1e-4 };
+/// Each gradient element sums up to (pos0 + T) · group products after a softmax recomputed in
+/// f32; at these sizes (up to 303 keys, 280 rows per key) that stays within the forward's 1e-5.
+/// Much longer contexts would accumulate more rounding and may need ~1e-4.
+const TOL: Tolerance = Tolerance::F32;
 
 fn check(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64) -> Result<(), String> {
     let mut r = rng(seed);

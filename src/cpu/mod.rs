@@ -13,7 +13,7 @@ pub mod rope;
 
 pub use activation::{add_bias, gelu, gelu_bwd, silu_mul, silu_mul_bwd};
 pub use attention::{attention, attention_bwd};
-pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, softmax_rows};
+pub use elementwise::{add, axpy, copy_strided, gather_rows, scale, scatter_add_rows, softmax_rows};
 pub use loss::{log_softmax_bwd, log_softmax_rows, softmax_bwd};
 pub use matmul::gemm;
 pub use norm::{layer_norm, layer_norm_bwd, rms_norm, rms_norm_bwd};
