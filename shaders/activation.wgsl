@@ -2,11 +2,15 @@
 //   silu_mul  out = gate * sigmoid(gate) * up          (x = gate, y = up; SwiGLU)
 //   gelu      dst = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's gelu_new)
 //   add_bias  out = x + y[(col0 + i) % cols]           (y = bias of one row, bound whole)
-// Binding 2 is `y` (read) in silu_mul and add_bias and `dst` (read_write) in gelu.
+//   silu_mul_bwd  out_a = dz * up * s (1 + g (1 - s)), out_b = dz * g * s   (s = sigmoid(g);
+//                 x = gate, y = up, z = dy; d_gate into out_a, d_up into out_b)
+//   gelu_bwd      out = y * gelu'(x)                  (y = dy)
+// Binding 2 is `y` (read) in silu_mul, add_bias and the backward entries, and `dst`
+// (read_write) in gelu; binding 3 is `out` except in silu_mul_bwd, which reads dy there.
 
 struct Meta {
     n: u32, x_off: u32, y_off: u32, out_off: u32,
-    cols: u32, col0: u32, _pad0: u32, _pad1: u32,
+    cols: u32, col0: u32, z_off: u32, out2_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -14,6 +18,9 @@ struct Meta {
 @group(0) @binding(2) var<storage, read> y: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(3) var<storage, read> z: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out_a: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out_b: array<f32>;
 
 @compute @workgroup_size(256, 1, 1)
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -40,4 +47,33 @@ fn add_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
     if (i >= p.n) { return; }
     out[p.out_off + i] = x[p.x_off + i] + y[p.y_off + (p.col0 + i) % p.cols];
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn silu_mul_bwd(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) { return; }
+    let g = x[p.x_off + i];
+    let d = z[p.z_off + i];
+    // exp(-g) = inf gives s = 0: d_up = -0 and d_gate = 0, the right limits, with no NaN
+    // since 1 + g (1 - s) stays finite.
+    let s = 1.0 / (1.0 + exp(-g));
+    // 1 - s from its own exp: the subtraction would lose its digits where s is close to 1.
+    let sm = 1.0 / (1.0 + exp(g));
+    out_a[p.out_off + i] = d * y[p.y_off + i] * s * (1.0 + g * sm);
+    out_b[p.out2_off + i] = d * g * s;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) { return; }
+    let v = x[p.x_off + i];
+    let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    let du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v);
+    // s = 0.5 (1 + tanh u) as in the forward and 1 - tanh^2 u = 4 s (1 - s); 1 - s comes from
+    // its own exp (no cancellation where s is close to 1), and both saturate without NaN.
+    let s = 1.0 / (1.0 + exp(-2.0 * u));
+    let sm = 1.0 / (1.0 + exp(2.0 * u));
+    out[p.out_off + i] = y[p.y_off + i] * (s + v * 2.0 * s * sm * du);
 }

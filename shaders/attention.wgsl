@@ -98,3 +98,159 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     }
     if (lid < p.d) { out[p.out_off + tl * p.q_tstride + hl * p.d + lid] = acc / l; }
 }
+
+// ---- Backward --------------------------------------------------------------------------------
+// Both entries recompute the scores; nothing of the forward is saved. With P the softmax of
+// s_j = scale q.k_j over the visible keys, o = sum_j P_j v_j and dO the upstream gradient:
+//   dv_j += P_j dO,  dS_j = P_j (dO.v_j - Dr) with Dr = dO.o = sum_j P_j dO.v_j,
+//   dq = scale sum_j dS_j k_j,  dk_j += scale dS_j q.
+// attention_bwd_dq (one workgroup per (query token, head) of one kv group) also writes each
+// row's log-sum-exp and Dr into `stats`; attention_bwd_dkv (one workgroup per key row of one kv
+// head) loops over the queries that see the key, in a fixed order, and sums over the group's
+// query heads: no atomics, so the result is deterministic.
+
+struct BwdMeta {
+    group: u32, d: u32, q_tstride: u32, o_tstride: u32,
+    pos: u32, t_count: u32, t_first: u32, j0: u32,
+    q_off: u32, k_off: u32, v_off: u32, do_off: u32,
+    st_off: u32, a_off: u32, b_off: u32, scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> pb: BwdMeta;
+@group(0) @binding(4) var<storage, read> dout: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats_w: array<f32>;
+@group(0) @binding(5) var<storage, read> stats: array<f32>;
+@group(0) @binding(6) var<storage, read_write> grad_a: array<f32>;
+@group(0) @binding(7) var<storage, read_write> grad_b: array<f32>;
+
+var<workgroup> row_b: array<f32, 256>;
+var<workgroup> dss: array<f32, 256>;
+
+// dq for the query at local token wg.x / group, head wg.x % group of the bound kv group; the
+// bound k/v start at row 0 of that head's block and the query sits at position pos + token.
+@compute @workgroup_size(256, 1, 1)
+fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let tl = wg.x / pb.group;
+    let hh = wg.x % pb.group;
+    let row = tl * pb.q_tstride + hh * pb.d;
+    let n_keys = pb.pos + tl + 1u;
+    if (lid < pb.d) {
+        qs[lid] = q[pb.q_off + row + lid];
+        row_b[lid] = dout[pb.do_off + row + lid];
+    }
+    workgroupBarrier();
+
+    // Pass 1, online as in the forward: max m, l = sum e^(s - m), u = sum e^(s - m) dO.v.
+    var m = 0.0;
+    var l = 0.0;
+    var u = 0.0;
+    for (var t0 = 0u; t0 < n_keys; t0 += WG) {
+        let j = t0 + lid;
+        var s = bitcast<f32>(0xff800000u);
+        var dp = 0.0;
+        if (j < n_keys) {
+            var dot = 0.0;
+            for (var i = 0u; i < pb.d; i++) {
+                dot = fma(qs[i], k[pb.k_off + j * pb.d + i], dot);
+                dp = fma(row_b[i], v[pb.v_off + j * pb.d + i], dp);
+            }
+            s = pb.scale * dot;
+        }
+        let tile_max = workgroup_max(lid, s);
+        let m_new = select(tile_max, max(m, tile_max), t0 > 0u);
+        let alpha = select(0.0, exp(m - m_new), t0 > 0u);
+        let e = select(0.0, exp(s - m_new), j < n_keys);
+        l = l * alpha + workgroup_sum(lid, e);
+        u = u * alpha + workgroup_sum(lid, e * dp);
+        m = m_new;
+    }
+    let lse = m + log(l);
+    let dr = u / l;
+    let st = pb.st_off + (tl * (pb.q_tstride / pb.d) + hh) * 2u;
+    if (lid == 0u) {
+        stats_w[st] = lse;
+        stats_w[st + 1u] = dr;
+    }
+
+    // Pass 2: dS_j per key, folded into dq[i] by thread i.
+    var acc = 0.0;
+    for (var t0 = 0u; t0 < n_keys; t0 += WG) {
+        let j = t0 + lid;
+        var ds = 0.0;
+        if (j < n_keys) {
+            var dot = 0.0;
+            var dp = 0.0;
+            for (var i = 0u; i < pb.d; i++) {
+                dot = fma(qs[i], k[pb.k_off + j * pb.d + i], dot);
+                dp = fma(row_b[i], v[pb.v_off + j * pb.d + i], dp);
+            }
+            ds = exp(pb.scale * dot - lse) * (dp - dr);
+        }
+        dss[lid] = ds;
+        workgroupBarrier();
+        if (lid < pb.d) {
+            let n = min(WG, n_keys - t0);
+            for (var i = 0u; i < n; i++) { acc = fma(dss[i], k[pb.k_off + (t0 + i) * pb.d + lid], acc); }
+        }
+        // The next tile overwrites `dss`.
+        workgroupBarrier();
+    }
+    if (lid < pb.d) { grad_a[pb.a_off + row + lid] = pb.scale * acc; }
+}
+
+// dk and dv of key row j0 + wg.x of one kv head. The bound q, dout and stats start at query
+// token t_first (head 0 of the group); queries t_lo .. t_count - 1 (tokens, counted from the
+// sequence start) see the key, each with `group` heads, taken in (token, head) order. dk and
+// dv rows are o_tstride apart (token-major output).
+@compute @workgroup_size(256, 1, 1)
+fn attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let j = pb.j0 + wg.x;
+    if (lid < pb.d) {
+        qs[lid] = k[pb.k_off + wg.x * pb.d + lid];
+        row_b[lid] = v[pb.v_off + wg.x * pb.d + lid];
+    }
+    workgroupBarrier();
+    let t_lo = max(j, pb.pos) - pb.pos;
+    let n_rows = (pb.t_count - t_lo) * pb.group;
+    let hq = pb.q_tstride / pb.d;
+    var acc_k = 0.0;
+    var acc_v = 0.0;
+    for (var r0 = 0u; r0 < n_rows; r0 += WG) {
+        let r = r0 + lid;
+        var pj = 0.0;
+        var ds = 0.0;
+        if (r < n_rows) {
+            let tl = t_lo - pb.t_first + r / pb.group;
+            let hh = r % pb.group;
+            let row = tl * pb.q_tstride + hh * pb.d;
+            var dot = 0.0;
+            var dp = 0.0;
+            for (var i = 0u; i < pb.d; i++) {
+                dot = fma(q[pb.q_off + row + i], qs[i], dot);
+                dp = fma(dout[pb.do_off + row + i], row_b[i], dp);
+            }
+            let st = pb.st_off + (tl * hq + hh) * 2u;
+            pj = exp(pb.scale * dot - stats[st]);
+            ds = pj * (dp - stats[st + 1u]);
+        }
+        probs[lid] = pj;
+        dss[lid] = ds;
+        workgroupBarrier();
+        if (lid < pb.d) {
+            let n = min(WG, n_rows - r0);
+            for (var i = 0u; i < n; i++) {
+                let ri = r0 + i;
+                let row = (t_lo - pb.t_first + ri / pb.group) * pb.q_tstride + (ri % pb.group) * pb.d;
+                acc_v = fma(probs[i], dout[pb.do_off + row + lid], acc_v);
+                acc_k = fma(dss[i], q[pb.q_off + row + lid], acc_k);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid < pb.d) {
+        grad_a[pb.a_off + wg.x * pb.o_tstride + lid] = pb.scale * acc_k;
+        grad_b[pb.b_off + wg.x * pb.o_tstride + lid] = acc_v;
+    }
+}

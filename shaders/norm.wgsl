@@ -1,17 +1,20 @@
 // Row normalisation over the last dimension; one workgroup (256 threads) per row.
 //   rms_norm    out = x / sqrt(mean(x^2) + eps) * w
 //   layer_norm  out = (x - mean) / sqrt(var + eps) * w + b   (biased variance)
-// Binding 3 is the bias (read) in layer_norm and the output in rms_norm: no entry uses both.
+//   *_bwd       dx from x, w and dy (binding 3 read as dy); the bias does not affect dx
+// Binding 3 is the bias (read) in layer_norm, dy in the backward entries and the output in
+// rms_norm: no entry uses two of them.
 
 struct Meta {
     rows: u32, cols: u32, x_off: u32, out_off: u32,
-    eps: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+    eps: f32, dy_off: u32, _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out_rms: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -55,4 +58,52 @@ fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     for (var j = lid.x; j < p.cols; j += WG) { let c = x[base_in + j] - mean; sq += c * c; }
     let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / n + p.eps);
     for (var j = lid.x; j < p.cols; j += WG) { out[base_out + j] = (x[base_in + j] - mean) * inv * w[j] + b[j]; }
+}
+
+// y = x r w with r = (mean(x^2) + eps)^(-1/2):
+// dx_j = r w_j dy_j - x_j r^3 sum_k(dy_k w_k x_k) / n.
+@compute @workgroup_size(256, 1, 1)
+fn rms_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let bx = p.x_off + wg.x * p.cols;
+    let bd = p.dy_off + wg.x * p.cols;
+    let bo = p.out_off + wg.x * p.cols;
+    let n = f32(p.cols);
+    var sq = 0.0;
+    var dot = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let v = x[bx + j];
+        sq += v * v;
+        dot += dy[bd + j] * w[j] * v;
+    }
+    let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / n + p.eps);
+    let c = workgroup_sum(lid.x, dot) * inv * inv * inv / n;
+    for (var j = lid.x; j < p.cols; j += WG) { out[bo + j] = inv * w[j] * dy[bd + j] - c * x[bx + j]; }
+}
+
+// With xhat = (x - mean) r and g = dy w: dx = r (g - mean(g) - xhat mean(g xhat)).
+@compute @workgroup_size(256, 1, 1)
+fn layer_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let bx = p.x_off + wg.x * p.cols;
+    let bd = p.dy_off + wg.x * p.cols;
+    let bo = p.out_off + wg.x * p.cols;
+    let n = f32(p.cols);
+    var s = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { s += x[bx + j]; }
+    let mean = workgroup_sum(lid.x, s) / n;
+    var sq = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { let c = x[bx + j] - mean; sq += c * c; }
+    let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / n + p.eps);
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let g = dy[bd + j] * w[j];
+        sg += g;
+        sgx += g * (x[bx + j] - mean) * inv;
+    }
+    let mg = workgroup_sum(lid.x, sg) / n;
+    let mgx = workgroup_sum(lid.x, sgx) / n;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let xhat = (x[bx + j] - mean) * inv;
+        out[bo + j] = inv * (dy[bd + j] * w[j] - mg - xhat * mgx);
+    }
 }

@@ -1,7 +1,8 @@
 // Rotary position embedding of x: [B, T, H, D] (rows of D, one row per (b, t, h)), into out.
 // One thread per rotated pair. The host covers rows row0 .. row0 + pairs / half; token t of a
 // row sits at position pos0 + t. Pairs are (2i, 2i+1) when `adjacent` (GGUF) and (i, i + D/2)
-// otherwise (Hugging Face rotate_half); both use frequency i.
+// otherwise (Hugging Face rotate_half); both use frequency i. With `inverse` the rotation is by
+// -angle: the transpose, which is the backward of the rotation (rope_bwd).
 //
 // Precision: inv_freq comes from the host, computed in f64 and rounded once to f32. The angle
 // pos * inv_freq is one f32 product (relative error 2^-24, so about 6e-5 rad at position 1000),
@@ -10,7 +11,7 @@
 struct Meta {
     pairs: u32, half: u32, heads: u32, seq: u32,
     row0: u32, pos0: u32, in_off: u32, out_off: u32,
-    adjacent: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    adjacent: u32, inverse: u32, _pad1: u32, _pad2: u32,
     // Uniform arrays need a 16-byte stride: frequency i is inv_freq[i / 4][i % 4].
     inv_freq: array<vec4<f32>, 64>,
 }
@@ -28,7 +29,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = ((p.row0 + row) / p.heads) % p.seq;
     let angle = f32(p.pos0 + t) * p.inv_freq[i / 4u][i % 4u];
     let c = cos(angle);
-    let s = sin(angle);
+    let s = select(sin(angle), -sin(angle), p.inverse != 0u);
     var ia = row * 2u * p.half + i;
     var ib = ia + p.half;
     if (p.adjacent != 0u) {

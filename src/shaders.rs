@@ -23,6 +23,7 @@ shader!(NORM, "norm");
 shader!(ACTIVATION, "activation");
 shader!(ATTENTION, "attention");
 shader!(ROPE, "rope");
+shader!(LOSS, "loss");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -45,5 +46,6 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((ROPE, vec![]));
     v.push((ATTENTION, vec![]));
     v.push((ACTIVATION, vec![]));
+    v.push((LOSS, vec![]));
     v
 }

@@ -85,3 +85,41 @@ pub fn smollm2_for_tests() -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// Checks an analytic gradient of the scalar function `f` at `x` against central differences
+/// (step `h`, O(h²) truncation) on up to `samples` coordinates spread evenly over `x`. Each
+/// sampled coordinate must satisfy |fd − grad| ≤ tol · max(1, |fd|). Written for f64 oracles:
+/// with h ≈ 1e-5 the difference quotient is good to ~1e-9, so a tol of 1e-6 leaves margin
+/// while still catching a gradient that is off by 0.1% anywhere it is sampled.
+pub fn check_gradient(
+    what: &str,
+    f: impl Fn(&[f64]) -> f64,
+    x: &[f64],
+    grad: &[f64],
+    samples: usize,
+    h: f64,
+    tol: f64,
+) -> Result<(), String> {
+    if grad.len() != x.len() {
+        return Err(format!("{what}: gradient has {} values for {} inputs", grad.len(), x.len()));
+    }
+    let n = x.len();
+    let take = samples.min(n);
+    let mut xp = x.to_vec();
+    for s in 0..take {
+        // Evenly spread, always including the first and last coordinate.
+        let i = if take == 1 { 0 } else { s * (n - 1) / (take - 1) };
+        let old = xp[i];
+        xp[i] = old + h;
+        let fp = f(&xp);
+        xp[i] = old - h;
+        let fm = f(&xp);
+        xp[i] = old;
+        let fd = (fp - fm) / (2.0 * h);
+        let err = (fd - grad[i]).abs();
+        if err.is_nan() || err > tol * fd.abs().max(1.0) {
+            return Err(format!("{what}: coordinate {i}: analytic {} vs central difference {fd} (error {err:e}, bound {:e})", grad[i], tol * fd.abs().max(1.0)));
+        }
+    }
+    Ok(())
+}

@@ -48,3 +48,15 @@ pub fn gather_rows(table: &[f32], cols: usize, ids: &[u32]) -> Vec<f64> {
         .flat_map(|&id| table[id as usize * cols..(id as usize + 1) * cols].iter().map(|&v| v as f64))
         .collect()
 }
+
+/// The gradient of `gather_rows` w.r.t. the table: [vocab, cols], row id summing the rows of
+/// d_rows at the positions holding id.
+pub fn scatter_add_rows(d_rows: &[f32], cols: usize, ids: &[u32], vocab: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; vocab * cols];
+    for (i, &id) in ids.iter().enumerate() {
+        for j in 0..cols {
+            out[id as usize * cols + j] += d_rows[i * cols + j] as f64;
+        }
+    }
+    out
+}

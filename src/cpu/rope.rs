@@ -29,3 +29,29 @@ pub fn rope(x: &[f32], shape: [usize; 4], pos0: usize, theta: f64, style: RopeSt
     }
     out
 }
+
+/// The transpose of `rope_head`'s rotation (its gradient w.r.t. the input), in place.
+pub fn rope_head_bwd(dy: &mut [f64], pos: usize, theta: f64, style: RopeStyle) {
+    let d = dy.len();
+    for i in 0..d / 2 {
+        let angle = pos as f64 * theta.powf(-2.0 * i as f64 / d as f64);
+        let (sin, cos) = angle.sin_cos();
+        let (ia, ib) = match style {
+            RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+            RopeStyle::Half => (i, i + d / 2),
+        };
+        let (a, b) = (dy[ia], dy[ib]);
+        dy[ia] = a * cos + b * sin;
+        dy[ib] = -a * sin + b * cos;
+    }
+}
+
+/// dx of `rope` for dy: [B, T, H, D] as `shape`.
+pub fn rope_bwd(dy: &[f32], shape: [usize; 4], pos0: usize, theta: f64, style: RopeStyle) -> Vec<f64> {
+    let [_, t, h, d] = shape;
+    let mut out: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
+    for (r, head) in out.chunks_mut(d).enumerate() {
+        rope_head_bwd(head, pos0 + (r / h) % t, theta, style);
+    }
+    out
+}

@@ -15,7 +15,8 @@ struct Meta {
     out_off: u32,
     cols: u32,
     col0: u32,
-    _pad: [u32; 2],
+    z_off: u32,
+    out2_off: u32,
 }
 
 /// Runs an entry point over all elements of `x`, in pieces that fit one dispatch and one
@@ -29,7 +30,7 @@ fn run_1d(gpu: &Gpu, entry: &'static str, x: &Tensor, y: Option<&Tensor>, out: &
     for (start, len) in chunks(x.numel(), max_elems_per_dispatch(gpu, WG)) {
         let (xb, x_off) = x.bind(gpu, start, len)?;
         let (ob, out_off) = out.bind(gpu, start, len)?;
-        let mut meta = Meta { n: len as u32, x_off, y_off: 0, out_off, cols: cols as u32, col0: (start % cols) as u32, _pad: [0; 2] };
+        let mut meta = Meta { n: len as u32, x_off, y_off: 0, out_off, cols: cols as u32, col0: (start % cols) as u32, z_off: 0, out2_off: 0 };
         let binds = match (y, bias) {
             (_, Some(bb)) => vec![xb, bb, ob],
             (Some(y), None) => {
@@ -76,4 +77,56 @@ pub fn add_bias(gpu: &Gpu, x: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     run_1d(gpu, "add_bias", x, Some(b), &out, Some(cols))?;
     Ok(out)
+}
+
+/// Runs a backward entry over all elements: `ins` (x, y[, z]) and `outs` (out[, out2]) are all
+/// bound over the same element range.
+fn run_bwd(gpu: &Gpu, entry: &'static str, ins: &[&Tensor], outs: &[&Tensor]) -> Result<()> {
+    for (start, len) in chunks(ins[0].numel(), max_elems_per_dispatch(gpu, WG)) {
+        let mut binds = vec![];
+        let mut offs = [0u32; 5];
+        for (i, t) in ins.iter().chain(outs).enumerate() {
+            let (b, off) = t.bind(gpu, start, len)?;
+            binds.push(b);
+            offs[i] = off;
+        }
+        let (z_off, out_i) = if ins.len() == 3 { (offs[2], 3) } else { (0, 2) };
+        let meta = Meta {
+            n: len as u32,
+            x_off: offs[0],
+            y_off: offs[1],
+            out_off: offs[out_i],
+            cols: 1,
+            col0: 0,
+            z_off,
+            out2_off: offs.get(out_i + 1).copied().unwrap_or(0),
+        };
+        gpu.dispatch(ACTIVATION, entry, &[], bytemuck::bytes_of(&meta), &binds, [groups(len, WG), 1, 1])?;
+    }
+    Ok(())
+}
+
+fn same_shape(op: &'static str, a: (&str, &Tensor), b: (&str, &Tensor)) -> Result<()> {
+    if a.1.shape() != b.1.shape() {
+        return Err(Error::shape(op, format!("{} {:?} does not match {} {:?}", b.0, b.1.shape(), a.0, a.1.shape())));
+    }
+    Ok(())
+}
+
+/// Gradients of y = silu(gate) · up: returns (d_gate, d_up) for the upstream gradient dy.
+pub fn silu_mul_bwd(gpu: &Gpu, gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "silu_mul_bwd";
+    same_shape(OP, ("gate", gate), ("up", up))?;
+    same_shape(OP, ("gate", gate), ("dy", dy))?;
+    let (dg, du) = (gpu.empty(gate.shape())?, gpu.empty(gate.shape())?);
+    run_bwd(gpu, OP, &[gate, up, dy], &[&dg, &du])?;
+    Ok((dg, du))
+}
+
+/// dx of `gelu` (the tanh form) for the upstream gradient dy.
+pub fn gelu_bwd(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    same_shape("gelu_bwd", ("x", x), ("dy", dy))?;
+    let dx = gpu.empty(x.shape())?;
+    run_bwd(gpu, "gelu_bwd", &[x, dy], &[&dx])?;
+    Ok(dx)
 }

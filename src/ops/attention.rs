@@ -125,3 +125,152 @@ pub fn write_kv(gpu: &Gpu, src: &Tensor, cache: &Tensor, pos0: usize) -> Result<
     let dst = View { offset: pos0 * d, strides: [h * s * d, d, s * d, 1] };
     copy_strided(gpu, src, View::dense(src.shape()), cache, dst, src.shape())
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BwdMeta {
+    group: u32,
+    d: u32,
+    q_tstride: u32,
+    o_tstride: u32,
+    pos: u32,
+    t_count: u32,
+    t_first: u32,
+    j0: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    do_off: u32,
+    st_off: u32,
+    a_off: u32,
+    b_off: u32,
+    scale: f32,
+}
+
+/// Gradients of `attention` w.r.t. q and the keys/values, for the upstream gradient d_out:
+/// [B, T, Hq, D]. Returns (dq [B, T, Hq, D], dk [B, L, Hkv, D], dv [B, L, Hkv, D]) with
+/// L = pos0 + T: dk and dv are token-major, as the K/V projections produce them (cache rows
+/// at and past L are not seen by any query and get no gradient). dk and dv sum over the query
+/// heads of each kv group. The scores are recomputed; the result is deterministic.
+pub fn attention_bwd(
+    gpu: &Gpu,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos0: usize,
+    scale: f32,
+    d_out: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    const OP: &str = "attention_bwd";
+    let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
+    let [kb, hkv, s, kd] = dims4(OP, "k_cache", k_cache, "[B, Hkv, S, D]")?;
+    if v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape(OP, format!("v_cache {:?} differs from k_cache {:?}", v_cache.shape(), k_cache.shape())));
+    }
+    if d_out.shape() != q.shape() {
+        return Err(Error::shape(OP, format!("d_out {:?} does not match q {:?}", d_out.shape(), q.shape())));
+    }
+    if kb != b || kd != d {
+        return Err(Error::shape(OP, format!("q {:?} and k_cache {:?} differ in batch or head dimension", q.shape(), k_cache.shape())));
+    }
+    if hkv == 0 || hq % hkv != 0 {
+        return Err(Error::shape(OP, format!("{hq} query heads are not a multiple of {hkv} kv heads")));
+    }
+    if pos0 + t > s {
+        return Err(Error::shape(OP, format!("positions up to {} do not fit a cache of {s} rows", pos0 + t)));
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(Error::shape(OP, format!("head dimension {d} is above the kernel's {MAX_HEAD_DIM}")));
+    }
+    let l = pos0 + t;
+    let dq = gpu.empty(q.shape())?;
+    let dk = gpu.empty(&[b, l, hkv, d])?;
+    let dv = gpu.empty(&[b, l, hkv, d])?;
+    if q.numel() == 0 {
+        return Ok((dq, dk, dv));
+    }
+    // Per query row: log-sum-exp and dO.o, written by the dq pass and read by the dk/dv pass.
+    let stats = gpu.empty(&[b, t, hq, 2])?;
+    let group = hq / hkv;
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let max_wg = gpu.split_limits().max_workgroups as usize;
+    // One dispatch covers one kv group of one sequence: its key block up to L, and all its
+    // query rows (the dk/dv pass needs every query that sees a key).
+    let q_span = |tn: usize| (tn - 1) * hq * d + group * d;
+    if group > max_wg || l * d > max_elems || q_span(t) > max_elems {
+        return Err(Error::TooLarge {
+            op: OP,
+            detail: format!("{t} queries x {group} heads and {l} keys of width {d} do not fit one dispatch and binding"),
+        });
+    }
+    let tokens_per = (max_wg / group).max(1);
+    let meta0 = BwdMeta {
+        group: group as u32,
+        d: d as u32,
+        q_tstride: (hq * d) as u32,
+        o_tstride: (hkv * d) as u32,
+        pos: 0,
+        t_count: t as u32,
+        t_first: 0,
+        j0: 0,
+        q_off: 0,
+        k_off: 0,
+        v_off: 0,
+        do_off: 0,
+        st_off: 0,
+        a_off: 0,
+        b_off: 0,
+        scale,
+    };
+    for bi in 0..b {
+        for g in 0..hkv {
+            let kv_start = (bi * hkv + g) * s * d;
+            let h0 = g * group;
+            for (t0, tn) in chunks(t, tokens_per) {
+                let q_start = ((bi * t + t0) * hq + h0) * d;
+                let st_start = ((bi * t + t0) * hq + h0) * 2;
+                let (qb, q_off) = q.bind(gpu, q_start, q_span(tn))?;
+                let (db, do_off) = d_out.bind(gpu, q_start, q_span(tn))?;
+                let (kb, k_off) = k_cache.bind(gpu, kv_start, (pos0 + t0 + tn) * d)?;
+                let (vb, v_off) = v_cache.bind(gpu, kv_start, (pos0 + t0 + tn) * d)?;
+                let (sb, st_off) = stats.bind(gpu, st_start, (tn - 1) * hq * 2 + group * 2)?;
+                let (ab, a_off) = dq.bind(gpu, q_start, q_span(tn))?;
+                let meta = BwdMeta { pos: (pos0 + t0) as u32, q_off, k_off, v_off, do_off, st_off, a_off, ..meta0 };
+                let binds = [qb, kb, vb, db, sb, ab];
+                gpu.dispatch(ATTENTION, "attention_bwd_dq", &[], bytemuck::bytes_of(&meta), &binds, [(tn * group) as u32, 1, 1])?;
+            }
+            let keys_per = max_wg.min((max_elems - d) / (hkv * d) + 1);
+            for (j0, jn) in chunks(l, keys_per) {
+                // Queries at or after the first key of this piece see it.
+                let t_first = j0.saturating_sub(pos0);
+                let q_start = ((bi * t + t_first) * hq + h0) * d;
+                let st_start = ((bi * t + t_first) * hq + h0) * 2;
+                let (qb, q_off) = q.bind(gpu, q_start, q_span(t - t_first))?;
+                let (db, do_off) = d_out.bind(gpu, q_start, q_span(t - t_first))?;
+                let (kb, k_off) = k_cache.bind(gpu, kv_start + j0 * d, jn * d)?;
+                let (vb, v_off) = v_cache.bind(gpu, kv_start + j0 * d, jn * d)?;
+                let (sb, st_off) = stats.bind(gpu, st_start, (t - t_first - 1) * hq * 2 + group * 2)?;
+                let o_start = ((bi * l + j0) * hkv + g) * d;
+                let o_len = (jn - 1) * hkv * d + d;
+                let (ab, a_off) = dk.bind(gpu, o_start, o_len)?;
+                let (bb, b_off) = dv.bind(gpu, o_start, o_len)?;
+                let meta = BwdMeta {
+                    pos: pos0 as u32,
+                    t_first: t_first as u32,
+                    j0: j0 as u32,
+                    q_off,
+                    k_off,
+                    v_off,
+                    do_off,
+                    st_off,
+                    a_off,
+                    b_off,
+                    ..meta0
+                };
+                let binds = [qb, kb, vb, db, sb, ab, bb];
+                gpu.dispatch(ATTENTION, "attention_bwd_dkv", &[], bytemuck::bytes_of(&meta), &binds, [jn as u32, 1, 1])?;
+            }
+        }
+    }
+    Ok((dq, dk, dv))
+}

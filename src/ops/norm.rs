@@ -13,21 +13,44 @@ struct Meta {
     x_off: u32,
     out_off: u32,
     eps: f32,
-    _pad: [u32; 3],
+    dy_off: u32,
+    _pad: [u32; 2],
 }
 
 /// x / sqrt(mean(x²) + eps) * w over the last dimension; x of any rank, w of shape [d].
 pub fn rms_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    run(gpu, "rms_norm", x, w, None, eps)
+    run(gpu, "rms_norm", x, w, None, None, eps)
 }
 
 /// (x − mean) / sqrt(var + eps) * w + b over the last dimension (biased variance); x of any
 /// rank, w and b of shape [d].
 pub fn layer_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-    run(gpu, "layer_norm", x, w, Some(b), eps)
+    run(gpu, "layer_norm", x, w, Some(b), None, eps)
 }
 
-fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+/// dx of `rms_norm` given the upstream gradient dy (same shape as x).
+pub fn rms_norm_bwd(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32) -> Result<Tensor> {
+    check_dy("rms_norm_bwd", x, dy)?;
+    run(gpu, "rms_norm_bwd", x, w, None, Some(dy), eps)
+}
+
+/// dx of `layer_norm` given the upstream gradient dy (same shape as x); the bias does not
+/// enter dx.
+pub fn layer_norm_bwd(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32) -> Result<Tensor> {
+    check_dy("layer_norm_bwd", x, dy)?;
+    run(gpu, "layer_norm_bwd", x, w, None, Some(dy), eps)
+}
+
+fn check_dy(op: &'static str, x: &Tensor, dy: &Tensor) -> Result<()> {
+    if dy.shape() != x.shape() {
+        return Err(Error::shape(op, format!("dy {:?} does not match x {:?}", dy.shape(), x.shape())));
+    }
+    Ok(())
+}
+
+/// One entry point over all rows: `b` (layer_norm's bias) is bound whole like w, `dy` (the
+/// backward entries') row by row like x; both sit at binding 3, so at most one is given.
+fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dy: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     let Some(&cols) = x.shape().last() else {
         return Err(Error::shape(op, "a 0-D tensor has no rows"));
     };
@@ -53,10 +76,15 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
     for (r0, r) in chunks(rows, rows_per) {
         let (xb, x_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, _pad: [0; 3] };
-        let binds = match bb {
-            Some((bb, _)) => vec![xb, wb, bb, ob],
-            None => vec![xb, wb, ob],
+        let mut meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, dy_off: 0, _pad: [0; 2] };
+        let binds = match (bb, dy) {
+            (Some((bb, _)), _) => vec![xb, wb, bb, ob],
+            (None, Some(dy)) => {
+                let (db, dy_off) = dy.bind(gpu, r0 * cols, r * cols)?;
+                meta.dy_off = dy_off;
+                vec![xb, wb, db, ob]
+            }
+            (None, None) => vec![xb, wb, ob],
         };
         gpu.dispatch(NORM, op, &[], bytemuck::bytes_of(&meta), &binds, [r as u32, 1, 1])?;
     }

@@ -6,7 +6,8 @@
 use revive::gpu::Gpu;
 use std::sync::OnceLock;
 
-pub use revive::testing::{compare, random_vec, rng, Tolerance};
+#[allow(unused_imports)] // each test binary uses its own subset
+pub use revive::testing::{check_gradient, compare, random_vec, rng, Tolerance};
 
 static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
 

@@ -1,0 +1,69 @@
+// Row log-softmax and its backward, over the last dimension; one workgroup (256 threads) per
+// row, the row looped over in strides of 256 so rows may be as wide as a vocabulary.
+//   log_softmax_rows  out = x - max - log(sum(exp(x - max)))          (a = x)
+//   log_softmax_bwd   out = dlogp - exp(logp) * sum(dlogp)             (a = logp, b = dlogp)
+// Binding 2 is the output of log_softmax_rows and dlogp (read) in log_softmax_bwd.
+
+struct Meta {
+    rows: u32, cols: u32, a_off: u32, b_off: u32,
+    out_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Meta;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out_fwd: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+var<workgroup> partial: array<f32, 256>;
+
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { partial[lid] += partial[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    // The next call overwrites `partial`: everyone must have read the total first.
+    workgroupBarrier();
+    return total;
+}
+
+fn workgroup_max(lid: u32, v: f32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { partial[lid] = max(partial[lid], partial[lid + s]); }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn log_softmax_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let base = p.a_off + wg.x * p.cols;
+    let base_out = p.out_off + wg.x * p.cols;
+    var m = bitcast<f32>(0xff800000u); // -inf
+    for (var j = lid.x; j < p.cols; j += WG) { m = max(m, a[base + j]); }
+    let row_max = workgroup_max(lid.x, m);
+    var s = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { s += exp(a[base + j] - row_max); }
+    // The sum is at least 1 (the max's own term), so the log is finite.
+    let lse = log(workgroup_sum(lid.x, s));
+    for (var j = lid.x; j < p.cols; j += WG) { out_fwd[base_out + j] = (a[base + j] - row_max) - lse; }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn log_softmax_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ba = p.a_off + wg.x * p.cols;
+    let bb = p.b_off + wg.x * p.cols;
+    let bo = p.out_off + wg.x * p.cols;
+    var s = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { s += b[bb + j]; }
+    let total = workgroup_sum(lid.x, s);
+    for (var j = lid.x; j < p.cols; j += WG) { out[bo + j] = b[bb + j] - exp(a[ba + j]) * total; }
+}

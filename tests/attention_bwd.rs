@@ -1,0 +1,142 @@
+//! Attention backward (dq, dk, dv) on every adapter against the f64 oracle, and the oracle
+//! against central differences of the f64 forward.
+
+mod common;
+use common::*;
+use revive::cpu;
+use revive::cpu::attention::{attention64, attention_bwd64};
+use revive::gpu::{Gpu, SplitLimits};
+use revive::ops::attention::attention_bwd;
+
+/// (B, T, Hq, Hkv, D, pos0, S)
+type Case = (usize, usize, usize, usize, usize, usize, usize);
+
+/// Each gradient element sums up to (pos0 + T) · group products after a softmax recomputed in
+/// f32; at these sizes (up to 303 keys, 280 rows per key) that stays within the forward's 1e-5.
+/// Much longer contexts would accumulate more rounding and may need ~1e-4.
+const TOL: Tolerance = Tolerance::F32;
+
+fn check(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64) -> Result<(), String> {
+    let mut r = rng(seed);
+    let q = random_vec(&mut r, b * t * hq * d);
+    let k = random_vec(&mut r, b * hkv * s * d);
+    let v = random_vec(&mut r, b * hkv * s * d);
+    let dout = random_vec(&mut r, b * t * hq * d);
+    let (qs, kvs) = ([b, t, hq, d], [b, hkv, s, d]);
+    let tq = ok(gpu.upload(&q, &qs))?;
+    let (tk, tv) = (ok(gpu.upload(&k, &kvs))?, ok(gpu.upload(&v, &kvs))?);
+    let td = ok(gpu.upload(&dout, &qs))?;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (dq, dk, dv) = ok(attention_bwd(gpu, &tq, &tk, &tv, pos0, scale, &td))?;
+    let l = pos0 + t;
+    if dk.shape() != [b, l, hkv, d] || dv.shape() != [b, l, hkv, d] {
+        return Err(format!("dk {:?} / dv {:?}, expected [{b}, {l}, {hkv}, {d}]", dk.shape(), dv.shape()));
+    }
+    let (wq, wk, wv) = cpu::attention_bwd(&q, qs, &k, &v, kvs, pos0, scale as f64, &dout);
+    let what = format!("B={b} T={t} Hq={hq} Hkv={hkv} D={d} pos0={pos0} S={s}");
+    compare(&format!("attention_bwd dq {what}"), &ok(gpu.download(&dq))?, &wq, TOL)?;
+    compare(&format!("attention_bwd dk {what}"), &ok(gpu.download(&dk))?, &wk, TOL)?;
+    compare(&format!("attention_bwd dv {what}"), &ok(gpu.download(&dv))?, &wv, TOL)
+}
+
+#[test]
+fn attention_bwd_matches_oracle() {
+    let cases: &[Case] = &[
+        (1, 1, 1, 1, 1, 0, 1),
+        (1, 7, 4, 2, 16, 0, 7),
+        (2, 5, 6, 3, 13, 3, 11),
+        // More than one 256-key tile per query, and a cache longer than pos0 + T.
+        (1, 3, 9, 3, 64, 300, 310),
+        // More than 256 (query, head) rows per key in the dk/dv pass.
+        (1, 70, 4, 1, 8, 0, 70),
+        (2, 17, 4, 4, 32, 2, 19),
+    ];
+    for_each_gpu(|gpu| {
+        for (i, &c) in cases.iter().enumerate() {
+            check(gpu, c, 5100 + i as u64)?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn attention_bwd_splits_across_dispatches() {
+    for_each_gpu(|gpu| {
+        let gpu = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        // Queries in pieces of one token (group 2 of 3 workgroups), keys in pieces of 3, later
+        // key pieces binding only the queries that see them.
+        check(gpu, (2, 5, 4, 2, 8, 3, 9), 5200)?;
+        check(gpu, (1, 11, 3, 3, 6, 0, 11), 5201)
+    });
+}
+
+#[test]
+fn attention_bwd_is_deterministic() {
+    for_each_gpu(|gpu| {
+        let (b, t, hq, hkv, d, s) = (1, 9, 6, 2, 16, 9);
+        let mut r = rng(5300);
+        let up = |n: usize, shape: &[usize], r: &mut _| ok(gpu.upload(&random_vec(r, n), shape));
+        let q = up(b * t * hq * d, &[b, t, hq, d], &mut r)?;
+        let k = up(b * hkv * s * d, &[b, hkv, s, d], &mut r)?;
+        let v = up(b * hkv * s * d, &[b, hkv, s, d], &mut r)?;
+        let dout = up(b * t * hq * d, &[b, t, hq, d], &mut r)?;
+        let run = || -> Result<Vec<Vec<f32>>, String> {
+            let (a, bb, c) = ok(attention_bwd(gpu, &q, &k, &v, 0, 0.25, &dout))?;
+            Ok(vec![ok(gpu.download(&a))?, ok(gpu.download(&bb))?, ok(gpu.download(&c))?])
+        };
+        let first = run()?;
+        if run()? != first {
+            return Err("two runs gave different bits".into());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn attention_bwd_oracle_matches_finite_differences() {
+    let (b, t, hq, hkv, d, pos0, s) = (2, 3, 4, 2, 5, 2, 6);
+    let (qs, kvs) = ([b, t, hq, d], [b, hkv, s, d]);
+    let mut r = rng(5400);
+    let mut vec = |n: usize| random_vec(&mut r, n).into_iter().map(f64::from).collect::<Vec<f64>>();
+    let (q, k, v, dout) = (vec(b * t * hq * d), vec(b * hkv * s * d), vec(b * hkv * s * d), vec(b * t * hq * d));
+    let scale = 0.7;
+    let (dq, dk, dv) = attention_bwd64(&q, qs, &k, &v, kvs, pos0, scale, &dout);
+    let loss = |q: &[f64], k: &[f64], v: &[f64]| attention64(q, qs, k, v, kvs, pos0, scale).iter().zip(&dout).map(|(a, b)| a * b).sum::<f64>();
+    // dk/dv are token-major [B, L, Hkv, D]; the finite differences run over the cache
+    // [B, Hkv, S, D], where rows at and past L = pos0 + T have zero gradient.
+    let l = pos0 + t;
+    let to_cache = |g: &[f64]| {
+        let mut c = vec![0.0; b * hkv * s * d];
+        for bi in 0..b {
+            for j in 0..l {
+                for h in 0..hkv {
+                    for i in 0..d {
+                        c[((bi * hkv + h) * s + j) * d + i] = g[((bi * l + j) * hkv + h) * d + i];
+                    }
+                }
+            }
+        }
+        c
+    };
+    check_gradient("attention dq", |x| loss(x, &k, &v), &q, &dq, 200, 1e-5, 1e-6).unwrap();
+    check_gradient("attention dk", |x| loss(&q, x, &v), &k, &to_cache(&dk), 200, 1e-5, 1e-6).unwrap();
+    check_gradient("attention dv", |x| loss(&q, &k, x), &v, &to_cache(&dv), 200, 1e-5, 1e-6).unwrap();
+}
+
+#[test]
+fn attention_bwd_rejects_mismatched_shapes() {
+    for_each_gpu(|gpu| {
+        let q = ok(gpu.upload(&[0.0; 16], &[1, 2, 2, 4]))?;
+        let kv = ok(gpu.upload(&[0.0; 16], &[1, 1, 4, 4]))?;
+        let bad = ok(gpu.upload(&[0.0; 16], &[1, 2, 4, 2]))?;
+        let err = attention_bwd(gpu, &q, &kv, &kv, 0, 0.5, &bad).err().ok_or("attention_bwd accepted d_out [1, 2, 4, 2]")?.to_string();
+        if !(err.contains("attention_bwd") && err.contains("d_out")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        let err = attention_bwd(gpu, &q, &kv, &bad, 0, 0.5, &q).err().ok_or("attention_bwd accepted a v_cache unlike k_cache")?.to_string();
+        if !(err.contains("attention_bwd") && err.contains("v_cache")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}

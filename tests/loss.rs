@@ -1,0 +1,119 @@
+//! Row log-softmax, its backward and softmax's backward on every adapter against the f64
+//! oracle; cross-entropy and KL gradients built from them; the oracle against central
+//! differences of the f64 forward.
+
+mod common;
+use common::*;
+use revive::cpu;
+use revive::cpu::loss::{log_softmax_bwd_row, log_softmax_row, softmax_bwd_row};
+use revive::gpu::{Gpu, SplitLimits};
+use revive::ops::loss::{log_softmax_bwd, log_softmax_rows};
+use revive::ops::softmax::{softmax_bwd, softmax_rows};
+
+/// Includes a vocabulary-wide row (49152) and one of 4099 (> 4096, not a multiple of 256).
+const SHAPES: &[&[usize]] = &[&[1, 1], &[1, 7], &[7, 1], &[13, 257], &[3, 4099], &[500, 3], &[2, 49152]];
+
+/// Long rows sum up to 49152 f32 terms (192 per thread, then a tree), yet log-sum-exp and
+/// Σ dlogp stay within the forward ops' 1e-5 relative; logp ~ −11 there, so rtol dominates.
+fn tol(_cols: usize) -> Tolerance {
+    Tolerance::F32
+}
+
+fn logits(seed: u64, n: usize) -> Vec<f32> {
+    random_vec(&mut rng(seed), n).into_iter().map(|v| 6.0 * v).collect()
+}
+
+fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
+    let cols = *shape.last().unwrap();
+    let n: usize = shape.iter().product();
+    let x = logits(seed, n);
+    let dl = random_vec(&mut rng(seed + 1), n);
+    let (tx, tdl) = (ok(gpu.upload(&x, shape))?, ok(gpu.upload(&dl, shape))?);
+    let tlogp = ok(log_softmax_rows(gpu, &tx))?;
+    let logp = ok(gpu.download(&tlogp))?;
+    compare(&format!("log_softmax_rows {shape:?}"), &logp, &cpu::log_softmax_rows(&x, cols), tol(cols))?;
+    let got = ok(gpu.download(&ok(log_softmax_bwd(gpu, &tlogp, &tdl))?))?;
+    compare(&format!("log_softmax_bwd {shape:?}"), &got, &cpu::log_softmax_bwd(&logp, &dl, cols), tol(cols))?;
+    let ty = ok(softmax_rows(gpu, &tx))?;
+    let y = ok(gpu.download(&ty))?;
+    let got = ok(gpu.download(&ok(softmax_bwd(gpu, &ty, &tdl))?))?;
+    compare(&format!("softmax_bwd {shape:?}"), &got, &cpu::softmax_bwd(&y, &dl, cols), tol(cols))?;
+
+    // Cross-entropy: dlogits = softmax(x) − onehot(target); KL(p_orig ‖ p): p − p_orig.
+    let rows = n / cols;
+    let targets: Vec<usize> = (0..rows).map(|r| (r * 7919 + 3) % cols).collect();
+    let mut onehot = vec![0.0f32; n];
+    for (r, &t) in targets.iter().enumerate() {
+        onehot[r * cols + t] = 1.0;
+    }
+    let p_orig: Vec<f32> = cpu::softmax_rows(&logits(seed + 2, n), cols).into_iter().map(|v| v as f32).collect();
+    let p_want = cpu::softmax_rows(&x, cols);
+    for (name, target) in [("cross-entropy", &onehot), ("kl", &p_orig)] {
+        let neg: Vec<f32> = target.iter().map(|v| -v).collect();
+        let got = ok(gpu.download(&ok(log_softmax_bwd(gpu, &tlogp, &ok(gpu.upload(&neg, shape))?))?))?;
+        let want: Vec<f64> = p_want.iter().zip(target.iter()).map(|(p, t)| p - *t as f64).collect();
+        compare(&format!("{name} gradient {shape:?}"), &got, &want, tol(cols))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn loss_matches_oracle() {
+    for_each_gpu(|gpu| {
+        for (i, shape) in SHAPES.iter().enumerate() {
+            check(gpu, shape, 4100 + 10 * i as u64)?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn loss_splits_rows_across_dispatches() {
+    for_each_gpu(|gpu| {
+        let gpu = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        check(gpu, &[50, 37], 4200)?;
+        check(gpu, &[2, 7, 300], 4210)
+    });
+}
+
+#[test]
+fn loss_oracle_matches_finite_differences() {
+    for cols in [1, 5, 31] {
+        let x: Vec<f64> = logits(4300 + cols as u64, cols).into_iter().map(f64::from).collect();
+        let dl: Vec<f64> = random_vec(&mut rng(4400 + cols as u64), cols).into_iter().map(f64::from).collect();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+        let g = log_softmax_bwd_row(&log_softmax_row(&x), &dl);
+        check_gradient(&format!("log_softmax {cols}"), |x| dot(&log_softmax_row(x), &dl), &x, &g, 64, 1e-5, 1e-6).unwrap();
+        let softmax = |x: &[f64]| log_softmax_row(x).iter().map(|l| l.exp()).collect::<Vec<f64>>();
+        let g = softmax_bwd_row(&softmax(&x), &dl);
+        check_gradient(&format!("softmax {cols}"), |x| dot(&softmax(x), &dl), &x, &g, 64, 1e-5, 1e-6).unwrap();
+        // Cross-entropy of target 0 and KL(q ‖ softmax(x)) through log_softmax_bwd.
+        let ce = |x: &[f64]| -log_softmax_row(x)[0];
+        let mut neg_onehot = vec![0.0; cols];
+        neg_onehot[0] = -1.0;
+        let g = log_softmax_bwd_row(&log_softmax_row(&x), &neg_onehot);
+        check_gradient(&format!("cross-entropy {cols}"), ce, &x, &g, 64, 1e-5, 1e-6).unwrap();
+        let q = softmax(&dl);
+        let kl = |x: &[f64]| q.iter().zip(log_softmax_row(x)).map(|(q, l)| q * (q.ln() - l)).sum::<f64>();
+        let neg_q: Vec<f64> = q.iter().map(|v| -v).collect();
+        let g = log_softmax_bwd_row(&log_softmax_row(&x), &neg_q);
+        check_gradient(&format!("kl {cols}"), kl, &x, &g, 64, 1e-5, 1e-6).unwrap();
+    }
+}
+
+#[test]
+fn loss_rejects_mismatched_shapes() {
+    for_each_gpu(|gpu| {
+        let a = ok(gpu.upload(&[0.0; 12], &[3, 4]))?;
+        let b = ok(gpu.upload(&[0.0; 12], &[4, 3]))?;
+        let err = log_softmax_bwd(gpu, &a, &b).err().ok_or("log_softmax_bwd accepted dlogp [4, 3]")?.to_string();
+        if !(err.contains("log_softmax_bwd") && err.contains("dlogp")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        let err = softmax_bwd(gpu, &a, &b).err().ok_or("softmax_bwd accepted dy [4, 3]")?.to_string();
+        if !(err.contains("softmax_bwd") && err.contains("dy")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}

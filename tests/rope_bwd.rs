@@ -1,0 +1,79 @@
+//! RoPE backward (rotation by −angle) on every adapter against the f64 oracle, and the oracle
+//! against central differences of the f64 forward.
+
+mod common;
+use common::*;
+use revive::cpu;
+use revive::cpu::rope::{rope_head, rope_head_bwd};
+use revive::gpu::{Gpu, SplitLimits};
+use revive::model::RopeStyle;
+use revive::ops::rope::{rope, rope_bwd};
+
+fn check(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64) -> Result<(), String> {
+    let mut r = rng(seed);
+    let dy = random_vec(&mut r, shape.iter().product());
+    let t = ok(gpu.upload(&dy, &shape))?;
+    for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+        let got = ok(gpu.download(&ok(rope_bwd(gpu, &t, pos0, theta, style))?))?;
+        let want = cpu::rope_bwd(&dy, shape, pos0, theta as f64, style);
+        // Same f32 angle error as the forward (positions stay below 80 here, see tests/rope.rs).
+        compare(&format!("rope_bwd {style:?} {shape:?} pos0={pos0}"), &got, &want, Tolerance::F32)?;
+        // The transpose of a rotation is its inverse: rope_bwd(rope(x)) = x.
+        let back = ok(gpu.download(&ok(rope_bwd(gpu, &ok(rope(gpu, &t, pos0, theta, style))?, pos0, theta, style))?))?;
+        let want: Vec<f64> = dy.iter().map(|&v| v as f64).collect();
+        compare(&format!("rope_bwd(rope) {style:?} {shape:?}"), &back, &want, Tolerance::F32)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn rope_bwd_matches_oracle() {
+    for_each_gpu(|gpu| {
+        let cases: &[([usize; 4], usize, f32)] =
+            &[([1, 1, 1, 2], 3, 10_000.0), ([2, 13, 9, 64], 0, 100_000.0), ([3, 5, 7, 6], 11, 10_000.0), ([1, 17, 5, 128], 40, 1_000_000.0)];
+        for (i, &(shape, pos0, theta)) in cases.iter().enumerate() {
+            check(gpu, shape, pos0, theta, 3100 + i as u64)?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn rope_bwd_splits_rows_across_dispatches() {
+    for_each_gpu(|gpu| {
+        let gpu = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        check(gpu, [2, 13, 3, 64], 5, 10_000.0, 3200)?;
+        check(gpu, [2, 500, 2, 6], 3, 10_000.0, 3201)
+    });
+}
+
+#[test]
+fn rope_bwd_oracle_matches_finite_differences() {
+    let mut r = rng(3300);
+    for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+        for (d, pos) in [(2, 3), (6, 11), (64, 70)] {
+            let x: Vec<f64> = random_vec(&mut r, d).into_iter().map(f64::from).collect();
+            let dy: Vec<f64> = random_vec(&mut r, d).into_iter().map(f64::from).collect();
+            let f = |x: &[f64]| {
+                let mut y = x.to_vec();
+                rope_head(&mut y, pos, 10_000.0, style);
+                y.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>()
+            };
+            let mut g = dy.clone();
+            rope_head_bwd(&mut g, pos, 10_000.0, style);
+            check_gradient(&format!("rope {style:?} d={d}"), f, &x, &g, 64, 1e-5, 1e-6).unwrap();
+        }
+    }
+}
+
+#[test]
+fn rope_bwd_rejects_bad_shapes() {
+    for_each_gpu(|gpu| {
+        let dy = ok(gpu.upload(&[0.0; 15], &[3, 5]))?;
+        let err = rope_bwd(gpu, &dy, 0, 10_000.0, RopeStyle::Half).err().ok_or("rope_bwd accepted a 2-D dy")?.to_string();
+        if !(err.contains("rope_bwd") && err.contains("dy")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}
