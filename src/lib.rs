@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cpu;
 pub mod edit;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod model;
 pub mod ops;

@@ -101,3 +101,50 @@ pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<V
     let all = model.gpu().download(&logits)?;
     Ok(continuation.iter().enumerate().map(|(i, &tok)| log_softmax(&all[i * v..(i + 1) * v])[tok as usize]).collect())
 }
+
+/// Samples `n` tokens after each prompt, all prompts in one batch through one KV cache.
+/// Prompts of different lengths are grouped by length, since a batch step writes the same
+/// position in every sequence.
+pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: Sampling) -> Result<Vec<Vec<u32>>> {
+    let mut out = vec![vec![]; prompts.len()];
+    let mut rng = crate::testing::rng(sampling.seed);
+    let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for len in lengths {
+        let group: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
+        let seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
+        let batch = Batch::new(&seqs)?;
+        let mut cache = model.new_cache(group.len(), len + n)?;
+        let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
+        let v = model.config.vocab_size;
+        for step in 0..n {
+            let all = model.gpu().download(&logits)?;
+            let next: Vec<u32> = all.chunks(v).map(|row| sample(row, &sampling, &mut rng)).collect();
+            for (&i, &tok) in group.iter().zip(&next) {
+                out[i].push(tok);
+            }
+            if step + 1 == n {
+                break;
+            }
+            let step_batch = Batch::new(&next.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
+            logits = model.forward(&step_batch, &Probes::default(), LogitRows::All, Some(&mut cache))?.0;
+        }
+    }
+    Ok(out)
+}
+
+/// Per-token log-probabilities of each (prompt, continuation) pair, in one batched pass.
+pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f64>>> {
+    if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
+        return Err(Error::shape("score", "prompt and continuation need at least one token each"));
+    }
+    let seqs: Vec<Vec<u32>> = pairs.iter().map(|(p, c)| p.iter().chain(c).copied().collect()).collect();
+    let batch = Batch::new(&seqs)?;
+    let rows: Vec<usize> = pairs.iter().enumerate().flat_map(|(s, (p, c))| (p.len() - 1..p.len() - 1 + c.len()).map(move |pos| (s, pos))).map(|(s, pos)| batch.row(s, pos)).collect();
+    let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(rows), None)?;
+    let v = model.config.vocab_size;
+    let all = model.gpu().download(&logits)?;
+    let mut rows = all.chunks(v);
+    Ok(pairs.iter().map(|(_, c)| c.iter().map(|&tok| log_softmax(rows.next().expect("one row per token"))[tok as usize]).collect()).collect())
+}

@@ -22,6 +22,7 @@
 //! | `final_norm.weight`, `.bias` | [d] | bias: GPT-2 |
 //! | `lm_head` | [vocab, d] | only when embeddings are not tied |
 
+pub mod backward;
 pub mod config;
 pub mod fetch;
 pub mod forward;

@@ -1,0 +1,154 @@
+//! ROME (Meng et al. 2022): one fact, one layer, a rank-one update of the MLP down-projection
+//! W (d × ffn) so that the subject's key maps to the target value:
+//! ΔW = δ uᵀ / (uᵀ k_p), u = C0⁻¹ k*,
+//! where k* is the subject key averaged over the context templates, δ = v* − W k_p the target
+//! found by optimise_target, and k_p the key of the plain prompt. With k_p in the denominator,
+//! as in ROME's reference code, the edited layer returns exactly v* at the prompt itself
+//! (DESIGN.md writes k* there; the two agree when the only template is "{}").
+
+use super::hparams::RomeHparams;
+use super::keys::{context_templates, mean_key, subject_keys, subject_prompt, SubjectPrompt};
+use super::request::EditRequest;
+use super::target::{optimise_target, target_batch, Step, Target, TargetBatch};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::model::forward::GpuModel;
+use crate::model::Tok;
+use crate::ops::elementwise::axpy;
+use crate::ops::matmul::{gemm, Gemm};
+use crate::ops::reduce;
+use faer::prelude::*;
+use faer::{Mat, Side};
+use serde::Serialize;
+
+/// C0 of one layer, factorised once and reused by every edit of that layer.
+pub struct CovSolver {
+    pub layer: usize,
+    pub tokens: usize,
+    llt: faer::linalg::solvers::Llt<f64>,
+    dim: usize,
+}
+
+impl CovSolver {
+    /// `c0`: row-major dim × dim, symmetric positive definite.
+    pub fn new(layer: usize, tokens: usize, c0: &[f32], dim: usize) -> Result<Self> {
+        if c0.len() != dim * dim {
+            return Err(Error::shape("rome", format!("C0 has {} values, expected {dim}²", c0.len())));
+        }
+        if let Some(i) = c0.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Numeric(format!("C0 of layer {layer} has a non-finite entry at {i}")));
+        }
+        let m = Mat::<f64>::from_fn(dim, dim, |i, j| 0.5 * (c0[i * dim + j] as f64 + c0[j * dim + i] as f64));
+        let llt = m.llt(Side::Lower).map_err(|e| Error::Numeric(format!("C0 of layer {layer} is not positive definite ({e:?}); use more covariance tokens")))?;
+        Ok(CovSolver { layer, tokens, llt, dim })
+    }
+
+    /// C0⁻¹ k.
+    pub fn solve(&self, k: &[f32]) -> Vec<f64> {
+        let rhs = Mat::<f64>::from_fn(self.dim, 1, |i, _| k[i] as f64);
+        let x = self.llt.solve(&rhs);
+        (0..self.dim).map(|i| x[(i, 0)]).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RomeReport {
+    pub layer: usize,
+    pub templates: Vec<String>,
+    pub target: Target,
+    /// ‖ΔW‖_F.
+    pub update_norm: f64,
+    /// ‖W‖_F before the edit.
+    pub weight_norm: f64,
+    /// uᵀ k_p / ‖u‖ — how well the key stands out from the covariance.
+    pub key_alignment: f64,
+}
+
+/// The down-projection name of a layer.
+pub fn down_name(layer: usize) -> String {
+    format!("layers.{layer}.w_down")
+}
+
+/// Computes ROME's ΔW for one request without writing it: [d, ffn] on the GPU.
+pub fn rome_update(
+    model: &GpuModel,
+    tok: &Tok,
+    req: &EditRequest,
+    hp: &RomeHparams,
+    templates: &[String],
+    cov: &CovSolver,
+    on_step: impl FnMut(&Step),
+) -> Result<(Tensor, RomeReport)> {
+    let prompts = templates.iter().map(|t| subject_prompt(tok, t, &req.prompt, &req.subject)).collect::<Result<Vec<_>>>()?;
+    let plain = subject_prompt(tok, "{}", &req.prompt, &req.subject)?;
+    let tb = target_batch(tok, templates, &req.prompt, &req.subject, &req.target_new)?;
+    let (dw, mut report) = rome_update_ids(model, &prompts, &plain, &tb, hp, cov, on_step)?;
+    report.templates = templates.to_vec();
+    Ok((dw, report))
+}
+
+/// ROME on token ids: `prompts` are the context prompts for k*, `plain` the bare prompt, `tb`
+/// the batch the target is optimised on.
+pub fn rome_update_ids(
+    model: &GpuModel,
+    prompts: &[SubjectPrompt],
+    plain: &SubjectPrompt,
+    tb: &TargetBatch,
+    hp: &RomeHparams,
+    cov: &CovSolver,
+    on_step: impl FnMut(&Step),
+) -> Result<(Tensor, RomeReport)> {
+    let gpu = model.gpu();
+    let c = &model.config;
+    let layer = hp.layer;
+    if layer >= c.n_layers || cov.layer != layer {
+        return Err(Error::Edit(format!("layer {layer} (model has {}, covariance is of layer {})", c.n_layers, cov.layer)));
+    }
+    let k_star = mean_key(&subject_keys(model, prompts, layer)?);
+    let plain = subject_keys(model, std::slice::from_ref(plain), layer)?.remove(0);
+
+    // h = W k_p (+ b): the MLP output δ is measured against.
+    let w = model.tensor(&down_name(layer))?;
+    let kp = gpu.upload(&plain, &[1, plain.len()])?;
+    let bias = model.tensor(&format!("layers.{layer}.b_down")).ok();
+    let h = gpu.download(&model.linear(&kp, w, bias)?)?;
+    let target = optimise_target(model, tb, &h, hp, on_step)?;
+
+    let u = cov.solve(&k_star);
+    let denom: f64 = u.iter().zip(&plain).map(|(a, &b)| a * b as f64).sum();
+    let u_norm = u.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if !(denom.is_finite() && denom.abs() > 1e-12 * u_norm * norm(&plain)) {
+        return Err(Error::Numeric(format!("ROME's denominator uᵀk = {denom:e} is zero or not finite")));
+    }
+    let left: Vec<f32> = target.delta.iter().map(|&x| (x as f64 / denom) as f32).collect();
+    let right: Vec<f32> = u.iter().map(|&x| x as f32).collect();
+    let dw = gemm(gpu, &gpu.upload(&left, &[left.len(), 1])?, &gpu.upload(&right, &[1, right.len()])?, None, Gemm::default())?;
+    let update_norm = frobenius(model, &dw)?;
+    let weight_norm = frobenius(model, w)?;
+    let report = RomeReport { layer, templates: vec![], target, update_norm, weight_norm, key_alignment: denom / u_norm };
+    Ok((dw, report))
+}
+
+fn norm(x: &[f32]) -> f64 {
+    x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// ‖x‖_F on the GPU.
+pub fn frobenius(model: &GpuModel, x: &Tensor) -> Result<f64> {
+    let s = reduce::reduce_all_value(model.gpu(), x, reduce::ReduceOp::SumSq)?;
+    Ok((s as f64).sqrt())
+}
+
+/// W ← W + ΔW for the down-projection of `layer`, refusing an update that is not finite.
+pub fn apply_update(model: &GpuModel, layer: usize, dw: &Tensor) -> Result<()> {
+    let n = frobenius(model, dw)?;
+    if !n.is_finite() {
+        return Err(Error::Numeric(format!("the update of layer {layer} is not finite (‖ΔW‖ = {n}); the weights were left unchanged")));
+    }
+    axpy(model.gpu(), 1.0, dw, model.tensor(&down_name(layer))?)
+}
+
+/// Context templates for a run (sampled once, shared by its edits).
+pub fn templates(model: &GpuModel, tok: &Tok, hp: &RomeHparams) -> Result<Vec<String>> {
+    context_templates(model, tok, &hp.templates)
+}

@@ -1,0 +1,74 @@
+//! A sequential ROME run: requests applied one after another to the same model, each measured
+//! before and after, everything recorded.
+
+use super::hparams::RomeHparams;
+use super::request::EditRequest;
+use super::rome::{apply_update, rome_update, templates, CovSolver, RomeReport};
+use crate::error::Result;
+use crate::eval::counterfact::{fact_metrics, FactMetrics};
+use crate::model::forward::GpuModel;
+use crate::model::Tok;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EditRecord {
+    pub index: usize,
+    pub request: EditRequest,
+    pub before: FactMetrics,
+    pub after: FactMetrics,
+    pub rome: RomeReport,
+    /// Wall time of the edit itself (keys, target, update), without the metrics.
+    pub edit_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub method: &'static str,
+    pub model: String,
+    pub adapter: String,
+    pub hparams: RomeHparams,
+    pub covariance_tokens: usize,
+    pub covariance_seconds: f64,
+    pub templates: Vec<String>,
+    pub edits: Vec<EditRecord>,
+    pub total_seconds: f64,
+}
+
+/// Applies `requests` in order with ROME. `cov` is C0 of `hp.layer` of the original model;
+/// `on_edit` sees each record as it completes (to print it).
+pub fn run_rome(
+    model: &GpuModel,
+    tok: &Tok,
+    requests: &[EditRequest],
+    hp: &RomeHparams,
+    cov: &CovSolver,
+    progress: bool,
+    mut on_edit: impl FnMut(&EditRecord),
+) -> Result<(Vec<String>, Vec<EditRecord>)> {
+    let bar = ProgressBar::with_draw_target(Some(requests.len() as u64), if progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    bar.set_style(ProgressStyle::with_template("{spinner} edit {pos}/{len} [{elapsed_precise}] {wide_msg}").expect("valid template"));
+    bar.set_message("sampling context templates");
+    let templates = templates(model, tok, hp)?;
+    let mut records = vec![];
+    for (index, req) in requests.iter().enumerate() {
+        bar.set_message(format!("{} → {:?}", req.full_prompt(), req.target_new));
+        let before = fact_metrics(model, tok, req)?;
+        let start = Instant::now();
+        let (dw, rome) = rome_update(model, tok, req, hp, &templates, cov, |s| {
+            bar.set_message(format!("{:?}: step {} nll {:.3} p {:.3}", req.target_new, s.step, s.nll, s.p_target));
+            bar.tick();
+        })?;
+        apply_update(model, hp.layer, &dw)?;
+        model.gpu().sync()?;
+        let edit_seconds = start.elapsed().as_secs_f64();
+        let after = fact_metrics(model, tok, req)?;
+        let rec = EditRecord { index, request: req.clone(), before, after, rome, edit_seconds };
+        bar.suspend(|| on_edit(&rec));
+        records.push(rec);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((templates, records))
+}

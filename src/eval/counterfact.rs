@@ -1,0 +1,73 @@
+//! CounterFact metrics of one request: the probabilities of target_new and target_true after
+//! the rewrite prompt, and the success rates on paraphrases and neighbourhood prompts. A prompt
+//! "prefers" a target when that target's mean per-token NLL is lower (CounterFact's rule, which
+//! does not favour short targets).
+
+use crate::edit::request::EditRequest;
+use crate::error::Result;
+use crate::model::forward::GpuModel;
+use crate::model::generate::score_many;
+use crate::model::Tok;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TargetScore {
+    /// p(target | prompt): the product over its tokens.
+    pub p: f64,
+    /// Mean NLL per token.
+    pub nll: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FactMetrics {
+    pub new: TargetScore,
+    pub true_: Option<TargetScore>,
+    /// Rewrite prompt prefers target_new (needs target_true).
+    pub efficacy: Option<bool>,
+    /// Share of paraphrase prompts preferring target_new.
+    pub paraphrase: Option<f64>,
+    /// Share of neighbourhood prompts still preferring target_true.
+    pub neighborhood: Option<f64>,
+}
+
+fn score(lp: &[f64]) -> TargetScore {
+    let sum: f64 = lp.iter().sum();
+    TargetScore { p: sum.exp(), nll: -sum / lp.len() as f64 }
+}
+
+/// Scores every prompt of the request against both targets in one batched pass.
+pub fn fact_metrics(model: &GpuModel, tok: &Tok, req: &EditRequest) -> Result<FactMetrics> {
+    let new = tok.encode(&req.target_new)?;
+    let truth = req.target_true.as_deref().map(|t| tok.encode(t)).transpose()?;
+    let mut pairs = vec![];
+    let prompts: Vec<String> = std::iter::once(req.full_prompt())
+        .chain(req.paraphrase_prompts.iter().cloned())
+        .chain(req.neighborhood_prompts.iter().cloned())
+        .collect();
+    for p in &prompts {
+        let ids = tok.encode(p)?;
+        pairs.push((ids.clone(), new.clone()));
+        if let Some(t) = &truth {
+            pairs.push((ids, t.clone()));
+        }
+    }
+    let lps = score_many(model, &pairs)?;
+    let per = if truth.is_some() { 2 } else { 1 };
+    let scores: Vec<(TargetScore, Option<TargetScore>)> =
+        lps.chunks(per).map(|c| (score(&c[0]), c.get(1).map(|t| score(t)))).collect();
+    let prefers_new = |s: &(TargetScore, Option<TargetScore>)| s.1.as_ref().map(|t| s.0.nll < t.nll);
+    let share = |xs: &[(TargetScore, Option<TargetScore>)], want_new: bool| -> Option<f64> {
+        if xs.is_empty() || truth.is_none() {
+            return None;
+        }
+        Some(xs.iter().filter(|s| prefers_new(s) == Some(want_new)).count() as f64 / xs.len() as f64)
+    };
+    let n_para = req.paraphrase_prompts.len();
+    Ok(FactMetrics {
+        new: scores[0].0.clone(),
+        true_: scores[0].1.clone(),
+        efficacy: prefers_new(&scores[0]),
+        paraphrase: share(&scores[1..1 + n_para], true),
+        neighborhood: share(&scores[1 + n_para..], false),
+    })
+}

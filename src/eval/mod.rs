@@ -1,0 +1,3 @@
+//! Evaluation: CounterFact metrics of edits (more to come: fluency, perplexity, spectra).
+
+pub mod counterfact;

@@ -1,0 +1,251 @@
+//! The gradient of a loss with respect to one vector δ added to the residual stream after a
+//! layer (ROME's and MEMIT's free variable), through every layer above it, on the GPU.
+//!
+//! The layers up to the edited one do not depend on δ, so their output is computed once
+//! ([`DeltaPass::new`]); each evaluation runs only the upper layers, keeping their activations,
+//! then walks back through them with the backward kernels. The loss itself is a handful of
+//! log-probabilities of a few rows, so it is taken on the host in f64 from the downloaded logits
+//! — a [rows, vocab] download per step, small next to the upper layers' work.
+
+use super::config::Arch;
+use super::forward::{Batch, BlockTape, GpuModel, KvCache};
+use crate::error::{Error, Result};
+use crate::gpu::Tensor;
+use crate::ops::matmul::{gemm, Gemm};
+use crate::ops::{activation, attention, elementwise, gather::gather_rows, norm, rope};
+
+/// One term of the loss, on the logits of one row of the batch.
+#[derive(Debug, Clone)]
+pub enum Term {
+    /// weight · −log p(token).
+    Nll { row: usize, token: u32, weight: f64 },
+    /// weight · KL(p_ref ‖ p) = weight · Σ p_ref (log p_ref − log p); `p_ref` sums to 1.
+    Kl { row: usize, p_ref: Vec<f64>, weight: f64 },
+}
+
+impl Term {
+    fn row(&self) -> usize {
+        match self {
+            Term::Nll { row, .. } | Term::Kl { row, .. } => *row,
+        }
+    }
+}
+
+/// The loss, its gradient with respect to δ, and the log-probabilities of every row a term
+/// looked at (in the order of first appearance in the terms).
+pub struct LossGrad {
+    pub loss: f64,
+    /// Each term's share of the loss, in the order given.
+    pub terms: Vec<f64>,
+    pub grad: Vec<f32>,
+    pub rows: Vec<usize>,
+    pub logp: Vec<Vec<f64>>,
+}
+
+/// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
+pub struct DeltaPass<'m> {
+    model: &'m GpuModel,
+    batch: Batch,
+    layer: usize,
+    sites: Vec<usize>,
+    base: Tensor,
+}
+
+impl<'m> DeltaPass<'m> {
+    /// `sites`: (sequence, position) pairs that all receive the same δ.
+    pub fn new(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[(usize, usize)]) -> Result<Self> {
+        let c = &model.config;
+        if layer >= c.n_layers {
+            return Err(Error::shape("delta pass", format!("layer {layer} of a model with {} layers", c.n_layers)));
+        }
+        let mut rows = vec![];
+        for &(seq, pos) in sites {
+            super::forward::check_site(c, &batch, &super::probe::Site { layer, seq, pos })?;
+            rows.push(batch.row(seq, pos));
+        }
+        let base = model.residual_after(&batch, layer)?;
+        Ok(DeltaPass { model, batch, layer, sites: rows, base })
+    }
+
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// Log-probabilities of `rows` with δ added: no backward pass.
+    pub fn logprobs(&self, delta: &[f32], rows: &[usize]) -> Result<Vec<Vec<f64>>> {
+        let (x, _, _) = self.upper(delta, false)?;
+        let (logits, _) = self.head(&x, rows)?;
+        Ok(log_softmax(&self.model.gpu().download(&logits)?, self.model.config.vocab_size))
+    }
+
+    /// The loss of δ and its gradient.
+    pub fn loss_and_grad(&self, delta: &[f32], terms: &[Term]) -> Result<LossGrad> {
+        let m = self.model;
+        let gpu = m.gpu();
+        let (d, vocab, n) = (m.config.hidden, m.config.vocab_size, self.batch.ids.len());
+        let mut rows: Vec<usize> = vec![];
+        for t in terms {
+            if t.row() >= n {
+                return Err(Error::shape("delta loss", format!("a term reads row {} of a batch of {n} rows", t.row())));
+            }
+            if !rows.contains(&t.row()) {
+                rows.push(t.row());
+            }
+        }
+        if rows.is_empty() {
+            return Err(Error::shape("delta loss", "no loss terms"));
+        }
+        let (x, tapes, cache) = self.upper(delta, true)?;
+        let (logits, normed_in) = self.head(&x, &rows)?;
+        let logp = log_softmax(&gpu.download(&logits)?, vocab);
+
+        // d loss / d log p, then through the log-softmax: dz = g − softmax · Σ g.
+        let mut parts = Vec::with_capacity(terms.len());
+        let mut dlogp = vec![vec![0.0f64; vocab]; rows.len()];
+        for t in terms {
+            let r = rows.iter().position(|&r| r == t.row()).expect("row listed above");
+            match t {
+                Term::Nll { token, weight, .. } => {
+                    let tok = *token as usize;
+                    if tok >= vocab {
+                        return Err(Error::shape("delta loss", format!("target token {tok} is outside the vocabulary of {vocab}")));
+                    }
+                    parts.push(-weight * logp[r][tok]);
+                    dlogp[r][tok] -= weight;
+                }
+                Term::Kl { p_ref, weight, .. } => {
+                    if p_ref.len() != vocab {
+                        return Err(Error::shape("delta loss", format!("a KL reference has {} values, the vocabulary {vocab}", p_ref.len())));
+                    }
+                    let mut kl = 0.0;
+                    for (j, &p) in p_ref.iter().enumerate() {
+                        if p > 0.0 {
+                            kl += p * (p.ln() - logp[r][j]);
+                            dlogp[r][j] -= weight * p;
+                        }
+                    }
+                    parts.push(weight * kl);
+                }
+            }
+        }
+        let mut dlogits = Vec::with_capacity(rows.len() * vocab);
+        for (g, lp) in dlogp.iter().zip(&logp) {
+            let sum: f64 = g.iter().sum();
+            dlogits.extend(g.iter().zip(lp).map(|(g, l)| (g - l.exp() * sum) as f32));
+        }
+        let dlogits = gpu.upload(&dlogits, &[rows.len(), vocab])?;
+
+        // Back through the unembedding and the final norm, then scatter the rows into the
+        // whole batch with a one-hot product (rows are few; no scatter kernel needed).
+        let dh = gemm(gpu, &dlogits, m.head()?, None, Gemm::default())?;
+        let dxr = self.norm_bwd(&normed_in, "final_norm", &dh)?;
+        let mut onehot = vec![0.0f32; rows.len() * n];
+        for (i, &r) in rows.iter().enumerate() {
+            onehot[i * n + r] = 1.0;
+        }
+        let onehot = gpu.upload(&onehot, &[rows.len(), n])?;
+        let mut dx = gemm(gpu, &onehot, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
+        for (i, tape) in tapes.iter().enumerate().rev() {
+            dx = self.block_bwd(self.layer + 1 + i, tape, &cache, &dx)?;
+        }
+        let dx = gpu.download(&dx)?;
+        let mut grad = vec![0.0f32; d];
+        for &r in &self.sites {
+            grad.iter_mut().zip(&dx[r * d..(r + 1) * d]).for_each(|(g, v)| *g += v);
+        }
+        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows, logp })
+    }
+
+    /// Runs the layers above the edited one on base + δ at the sites.
+    fn upper(&self, delta: &[f32], record: bool) -> Result<(Tensor, Vec<BlockTape>, KvCache)> {
+        let m = self.model;
+        let gpu = m.gpu();
+        let d = m.config.hidden;
+        if delta.len() != d {
+            return Err(Error::shape("delta pass", format!("δ has {} values, the residual stream {d}", delta.len())));
+        }
+        if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Numeric(format!("δ[{i}] is {}", delta[i])));
+        }
+        let mut add = vec![0.0f32; self.batch.ids.len() * d];
+        for &r in &self.sites {
+            add[r * d..(r + 1) * d].iter_mut().zip(delta).for_each(|(a, v)| *a += v);
+        }
+        let mut x = elementwise::add(gpu, &self.base, &gpu.upload(&add, self.base.shape())?)?;
+        let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;
+        let mut tapes = vec![];
+        for i in self.layer + 1..m.config.n_layers {
+            let out = m.block(i, &x, &mut cache, 0, self.batch.b(), self.batch.t, record)?;
+            x = out.x;
+            tapes.extend(out.tape);
+        }
+        Ok((x, tapes, cache))
+    }
+
+    /// Logits of `rows` and the final norm's input rows.
+    fn head(&self, x: &Tensor, rows: &[usize]) -> Result<(Tensor, Tensor)> {
+        let m = self.model;
+        let xr = gather_rows(m.gpu(), x, &rows.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
+        let h = m.norm(&xr, "final_norm")?;
+        Ok((m.linear(&h, m.head()?, None)?, xr))
+    }
+
+    fn norm_bwd(&self, x: &Tensor, prefix: &str, dy: &Tensor) -> Result<Tensor> {
+        let m = self.model;
+        let w = m.tensor(&format!("{prefix}.weight"))?;
+        let eps = m.config.norm_eps;
+        match m.config.arch {
+            Arch::Llama => norm::rms_norm_bwd(m.gpu(), x, w, dy, eps),
+            Arch::Gpt2 => norm::layer_norm_bwd(m.gpu(), x, w, dy, eps),
+        }
+    }
+
+    /// d(block output) → d(block input) for block `i`: the residual paths plus the MLP and
+    /// attention branches, each through its backward kernels.
+    fn block_bwd(&self, i: usize, tape: &BlockTape, cache: &KvCache, dy: &Tensor) -> Result<Tensor> {
+        let m = self.model;
+        let c = &m.config;
+        let gpu = m.gpu();
+        let (b, t, hd) = (self.batch.b(), self.batch.t, c.head_dim);
+        let w = |name: &str| m.l(i, name);
+        let plain = Gemm::default();
+        let acc = Gemm { beta: 1.0, ..Default::default() };
+
+        // MLP: x_out = x_mid + down(act(norm(x_mid))).
+        let dkey = gemm(gpu, dy, w("w_down")?, None, plain)?;
+        let dh = match &tape.gate {
+            Some(gate) => {
+                let (dgate, dup) = activation::silu_mul_bwd(gpu, gate, &tape.up, &dkey)?;
+                let dh = gemm(gpu, &dgate, w("w_gate")?, None, plain)?;
+                gemm(gpu, &dup, w("w_up")?, Some(&dh), acc)?
+            }
+            None => gemm(gpu, &activation::gelu_bwd(gpu, &tape.up, &dkey)?, w("w_up")?, None, plain)?,
+        };
+        let dx_mid = elementwise::add(gpu, dy, &self.norm_bwd(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh)?)?;
+
+        // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
+        let d_o = gemm(gpu, &dx_mid, w("wo")?, None, plain)?.reshape(&[b, t, c.n_heads, hd])?;
+        let (dq, dk, dv) = attention::attention_bwd(gpu, &tape.q, &cache.k[i], &cache.v[i], 0, 1.0 / (hd as f32).sqrt(), &d_o)?;
+        let (dq, dk) = match c.arch {
+            Arch::Gpt2 => (dq, dk),
+            Arch::Llama => (rope::rope_bwd(gpu, &dq, 0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, 0, c.rope_theta, c.rope_style)?),
+        };
+        let rows = b * t;
+        let dh = gemm(gpu, &dq.reshape(&[rows, c.n_heads * hd])?, w("wq")?, None, plain)?;
+        gemm(gpu, &dk.reshape(&[rows, c.n_kv_heads * hd])?, w("wk")?, Some(&dh), acc)?;
+        gemm(gpu, &dv.reshape(&[rows, c.n_kv_heads * hd])?, w("wv")?, Some(&dh), acc)?;
+        elementwise::add(gpu, &dx_mid, &self.norm_bwd(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh)?)
+    }
+}
+
+/// Row-wise log-softmax in f64 of [rows, vocab] logits.
+pub fn log_softmax(logits: &[f32], vocab: usize) -> Vec<Vec<f64>> {
+    logits
+        .chunks(vocab)
+        .map(|row| {
+            let max = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            row.iter().map(|&v| v as f64 - lse).collect()
+        })
+        .collect()
+}

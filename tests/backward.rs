@@ -1,0 +1,128 @@
+//! The gradient of a loss with respect to a vector δ added to the residual stream, through every
+//! layer above, on the GPU, against central finite differences of the f64 oracle's loss, on tiny
+//! random models of both families and batches of prompts of different lengths.
+
+mod common;
+use common::*;
+use revive::cpu::model::CpuModel;
+use revive::model::backward::{DeltaPass, Term};
+use revive::model::forward::{Batch, GpuModel};
+use revive::model::probe::{Probes, Site};
+use revive::model::random::random_weights;
+use revive::model::{Config, RopeStyle, Weights};
+
+fn models() -> Vec<(&'static str, Weights)> {
+    let mut adjacent = Config::tiny_llama();
+    adjacent.rope_style = RopeStyle::Adjacent;
+    adjacent.tied_embeddings = true;
+    vec![
+        ("llama", random_weights(&Config::tiny_llama(), 21)),
+        ("llama-adjacent-tied", random_weights(&adjacent, 22)),
+        ("gpt2", random_weights(&Config::tiny_gpt2(), 23)),
+    ]
+}
+
+/// The same loss as DeltaPass, in f64 from the oracle's logits.
+fn cpu_loss(cpu: &CpuModel, seqs: &[Vec<u32>], layer: usize, sites: &[(usize, usize)], delta: &[f32], terms: &[Term], t: usize) -> f64 {
+    let probes = Probes { add: sites.iter().map(|&(seq, pos)| (Site { layer, seq, pos }, delta.to_vec())).collect(), ..Default::default() };
+    let (logits, _) = cpu.forward(seqs, &probes);
+    let logp = |row: usize| -> Vec<f64> {
+        let z = &logits[row / t][row % t];
+        let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        z.iter().map(|v| v - lse).collect()
+    };
+    terms
+        .iter()
+        .map(|term| match term {
+            Term::Nll { row, token, weight } => -weight * logp(*row)[*token as usize],
+            Term::Kl { row, p_ref, weight } => {
+                let lp = logp(*row);
+                weight * p_ref.iter().zip(&lp).filter(|(p, _)| **p > 0.0).map(|(p, l)| p * (p.ln() - l)).sum::<f64>()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn delta_gradient_matches_finite_differences() {
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let c = &w.config;
+            let (d, v) = (c.hidden, c.vocab_size as u32);
+            let cpu = CpuModel::new(&w);
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let seqs = vec![vec![5, 17, 3, 60 % v, 2, 9, 33], vec![7, 1, 88 % v], vec![4, 8, 15, 16, 23]];
+            let t = 7;
+            let sites = [(0, 2), (1, 1), (2, 3)];
+            let mut r = rng(7);
+            // Multiples of 2⁻¹², so δ ± h is exact in f32 and the oracle sees the intended step.
+            let delta: Vec<f32> = random_vec(&mut r, d).iter().map(|x| (x * 0.5 * 4096.0).round() / 4096.0).collect();
+            let p_ref: Vec<f64> = {
+                let e: Vec<f64> = random_vec(&mut r, c.vocab_size).iter().map(|x| (2.0 * *x as f64).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.iter().map(|x| x / s).collect()
+            };
+            let terms = vec![
+                Term::Nll { row: 4, token: 11, weight: 0.5 },
+                Term::Nll { row: 6, token: 3, weight: 0.25 },
+                Term::Nll { row: t + 2, token: 40 % v, weight: 1.0 },
+                Term::Kl { row: 2 * t + 3, p_ref, weight: 0.3 },
+            ];
+            for layer in 0..c.n_layers {
+                let pass = ok(DeltaPass::new(&gm, ok(Batch::new(&seqs))?, layer, &sites))?;
+                let got = ok(pass.loss_and_grad(&delta, &terms))?;
+                let want_loss = cpu_loss(&cpu, &seqs, layer, &sites, &delta, &terms, t);
+                if (got.loss - want_loss).abs() > 1e-4 * want_loss.abs() {
+                    return Err(format!("{name} layer {layer}: loss {} vs oracle {want_loss}", got.loss));
+                }
+                let h = 1.0f32 / 128.0;
+                let fd: Vec<f64> = (0..d)
+                    .map(|i| {
+                        let (mut up, mut dn) = (delta.clone(), delta.clone());
+                        up[i] += h;
+                        dn[i] -= h;
+                        (cpu_loss(&cpu, &seqs, layer, &sites, &up, &terms, t) - cpu_loss(&cpu, &seqs, layer, &sites, &dn, &terms, t)) / (2.0 * h as f64)
+                    })
+                    .collect();
+                let diff: f64 = got.grad.iter().zip(&fd).map(|(g, f)| (*g as f64 - f).powi(2)).sum::<f64>().sqrt();
+                let norm: f64 = fd.iter().map(|f| f * f).sum::<f64>().sqrt();
+                if !(diff <= 1e-3 * norm) || norm == 0.0 {
+                    return Err(format!("{name} layer {layer}: ‖grad − fd‖/‖fd‖ = {:e} (‖fd‖ = {norm:e})", diff / norm));
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn delta_pass_rejects_bad_input() {
+    for_each_gpu(|gpu| {
+        let w = random_weights(&Config::tiny_llama(), 3);
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let batch = || Batch::new(&[vec![1, 2, 3]]).unwrap();
+        if DeltaPass::new(&gm, batch(), 1, &[(0, 3)]).is_ok() {
+            return Err("a site past the sequence was accepted".into());
+        }
+        if DeltaPass::new(&gm, batch(), 9, &[(0, 1)]).is_ok() {
+            return Err("a layer past the model was accepted".into());
+        }
+        let pass = ok(DeltaPass::new(&gm, batch(), 0, &[(0, 1)]))?;
+        let d = w.config.hidden;
+        let nll = [Term::Nll { row: 2, token: 5, weight: 1.0 }];
+        let checks: Vec<(&str, revive::Result<_>)> = vec![
+            ("a short δ", pass.loss_and_grad(&vec![0.0; d - 1], &nll)),
+            ("a NaN in δ", pass.loss_and_grad(&[vec![0.0; d - 1], vec![f32::NAN]].concat(), &nll)),
+            ("a row outside the batch", pass.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 3, token: 5, weight: 1.0 }])),
+            ("a token outside the vocabulary", pass.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 2, token: 500, weight: 1.0 }])),
+            ("no terms", pass.loss_and_grad(&vec![0.0; d], &[])),
+        ];
+        for (what, r) in checks {
+            if r.is_ok() {
+                return Err(format!("{what} was accepted"));
+            }
+        }
+        Ok(())
+    });
+}
