@@ -69,11 +69,127 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Edit facts into the model (ROME), print the probabilities before and after, and save
+    /// the edited model (Hugging Face safetensors) with a JSON record of every edit.
+    Edit(EditArgs),
+    /// Which known facts the model answers (greedy next token), e.g. after edits.
+    Facts {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        /// A JSON list of {"prompt", "answer"}.
+        #[arg(long, default_value = "assets/facts/known.json")]
+        facts: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure speed against a baseline run in the same process.
     Bench {
         #[command(subcommand)]
         what: Bench,
     },
+}
+
+#[derive(clap::Args)]
+struct EditArgs {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    #[arg(long, value_enum, default_value_t = Method::Rome)]
+    method: Method,
+    /// The subject, e.g. "Danielle Darrieux".
+    #[arg(long, requires_all = ["prompt", "target"], conflicts_with = "edits")]
+    subject: Option<String>,
+    /// The relation with {} where the subject goes, e.g. "The mother tongue of {} is".
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The new answer, e.g. " English".
+    #[arg(long, alias = "target-new")]
+    target: Option<String>,
+    /// The current answer, to compare against (optional).
+    #[arg(long)]
+    target_true: Option<String>,
+    /// A CounterFact-style JSON list of edits, applied one after another.
+    #[arg(long)]
+    edits: Option<std::path::PathBuf>,
+    /// Apply only the first N edits of the file.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    hp: HpArgs,
+    /// Output directory: the edited model and edits.json.
+    #[arg(long, default_value = "runs/edit")]
+    out: std::path::PathBuf,
+    /// Do not write the edited weights (the record is still written).
+    #[arg(long)]
+    no_save: bool,
+    /// Precision of the saved weights.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+}
+
+/// ROME's hyper-parameters: a file, then single overrides.
+#[derive(clap::Args)]
+struct HpArgs {
+    /// Hyper-parameters (JSON); default assets/hparams/rome/smollm2.json.
+    #[arg(long)]
+    hparams: Option<std::path::PathBuf>,
+    /// Override the edited layer.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Override the Adam steps of the target.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override the sampled context templates per prefix (0: only "{}").
+    #[arg(long)]
+    templates: Option<usize>,
+    /// Override the corpus tokens for the covariance C0 (cached per model, layer and count).
+    #[arg(long)]
+    cov_tokens: Option<usize>,
+}
+
+impl HpArgs {
+    fn resolve(&self) -> Result<revive::edit::hparams::RomeHparams> {
+        let mut hp = match &self.hparams {
+            Some(path) => revive::edit::hparams::RomeHparams::load(path)?,
+            None => revive::edit::hparams::RomeHparams::smollm2(),
+        };
+        if let Some(l) = self.layer {
+            hp.layer = l;
+        }
+        if let Some(s) = self.steps {
+            hp.v_steps = s.max(1);
+        }
+        if let Some(t) = self.templates {
+            hp.templates.per_prefix = t;
+        }
+        if let Some(n) = self.cov_tokens {
+            hp.mom2_tokens = n.max(1);
+        }
+        Ok(hp)
+    }
+}
+
+/// The model on the GPU with C0 of the edited layer, factorised.
+fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::hparams::RomeHparams) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
+    let m = load(model)?;
+    let gpu = Gpu::new(choice)?;
+    let gm = GpuModel::new(&gpu, &m.weights)?;
+    eprintln!("model {} on {}; ROME at layer {}", m.source, gpu.label(), hp.layer);
+    let start = std::time::Instant::now();
+    let c0 = revive::edit::covariance::layer_second_moment(&gm, &m.tok, hp.layer, hp.mom2_tokens, true)?;
+    let cov = revive::edit::rome::CovSolver::new(hp.layer, c0.tokens, &c0.c0, c0.dim)?;
+    Ok((m, gpu, gm, cov, start.elapsed().as_secs_f64()))
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Method {
+    Rome,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +203,23 @@ enum Bench {
         #[arg(long)]
         no_cpu: bool,
         /// Also write the rows as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Time per ROME edit, edits applied one after another, with efficacy and the retention of
+    /// known facts; one forward pass measured in the same run as the baseline.
+    Edit {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(long, default_value = "assets/facts/edits.json")]
+        edits: std::path::PathBuf,
+        #[arg(long, default_value = "assets/facts/known.json")]
+        known: std::path::PathBuf,
+        /// Only the first N edits.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        hp: HpArgs,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
@@ -189,6 +322,23 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Edit(args) => edit(choice, args),
+        Command::Facts { model, facts, json } => {
+            let facts = revive::eval::retention::load_facts(&facts)?;
+            let m = load(&model)?;
+            let gpu = Gpu::new(choice)?;
+            let gm = GpuModel::new(&gpu, &m.weights)?;
+            let checks = revive::eval::retention::check_facts(&gm, &m.tok, &facts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for c in &checks {
+                    println!("{} {}{:?} (expected {:?}, log p {:.2})", if c.correct { "ok  " } else { "MISS" }, c.prompt, c.got, c.answer, c.logp);
+                }
+            }
+            println!("{}/{} correct", checks.iter().filter(|c| c.correct).count(), checks.len());
+            Ok(())
+        }
         Command::Bench { what: Bench::Forward { model, random_weights: random, prefill, decode, cpu_tokens, reps, json } } => {
             let (weights, name) = if random {
                 (revive::model::random::random_weights(&revive::model::Config::smollm2_135m(), 0), "SmolLM2-135M shapes, random weights".to_string())
@@ -206,6 +356,36 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench { what: Bench::Edit { model, edits, known, limit, hp, json } } => {
+            let requests = revive::edit::request::load_requests(&edits)?;
+            let requests = &requests[..limit.unwrap_or(requests.len()).min(requests.len())];
+            let known = revive::eval::retention::load_facts(&known)?;
+            let hp = hp.resolve()?;
+            let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &model, &hp)?;
+            let n = requests.len();
+            let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, |r| print_edit(r, n))?;
+            println!("adapter {}; layer {}, {} Adam steps at most, {} context templates, C0 from {} tokens ({cov_seconds:.0} s)", gpu.label(), hp.layer, hp.v_steps, 1 + hp.templates.prefixes.len() * hp.templates.per_prefix, cov.tokens);
+            println!(
+                "time per edit: mean {:.1} s, median {:.1} s = {:.0} forward passes of the prompt ({:.3} s each)",
+                b.seconds_per_edit_mean,
+                b.seconds_per_edit_median,
+                b.seconds_per_edit_median / b.forward_seconds,
+                b.forward_seconds
+            );
+            println!("efficacy: {}/{} right after each edit, {}/{} after all edits", b.efficacy_after_each, b.edits, b.efficacy_at_end, b.edits);
+            if let Some(p) = b.paraphrase_mean_at_end {
+                println!("paraphrases preferring the new target after all edits: {:.0}%", 100.0 * p);
+            }
+            println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
+            for c in &b.known_lost {
+                println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
+            }
+            if let Some(path) = json {
+                let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "bench": b });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Command::Bench { what: Bench::Matmul { sizes, no_cpu, json } } => {
             let gpu = Gpu::new(choice)?;
             let rows = revive::bench::matmul::run(&gpu, &sizes, no_cpu)?;
@@ -217,6 +397,86 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn edit(choice: BackendChoice, a: EditArgs) -> Result<()> {
+    use revive::edit::{request, run::{run_rome, RunRecord}};
+    let Method::Rome = a.method;
+    let requests = match (&a.edits, &a.subject) {
+        (Some(path), _) => request::load_requests(path)?,
+        (None, Some(subject)) => {
+            // Through the same parser as a file, so the same checks apply.
+            let record = serde_json::json!({
+                "subject": subject,
+                "prompt": a.prompt.as_deref().context("--prompt is required with --subject")?,
+                "target_new": a.target.as_deref().context("--target is required with --subject")?,
+                "target_true": a.target_true,
+            });
+            request::parse_requests(&record.to_string(), "the command line")?
+        }
+        (None, None) => anyhow::bail!("give an edit (--subject, --prompt, --target) or a file (--edits FILE)"),
+    };
+    let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
+    let hp = a.hp.resolve()?;
+    let start = std::time::Instant::now();
+    let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
+    let n = requests.len();
+    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, true, |r| print_edit(r, n))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    if !a.no_save {
+        let dtype = match a.dtype {
+            Dtype::F32 => revive::model::safetensors::SaveDtype::F32,
+            Dtype::F16 => revive::model::safetensors::SaveDtype::F16,
+            Dtype::Bf16 => revive::model::safetensors::SaveDtype::BF16,
+        };
+        revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, dtype)?;
+    }
+    let record = RunRecord {
+        method: "rome",
+        model: m.source.clone(),
+        adapter: gpu.label(),
+        hparams: hp,
+        covariance_tokens: cov.tokens,
+        covariance_seconds,
+        templates,
+        edits,
+        total_seconds: start.elapsed().as_secs_f64(),
+    };
+    let path = a.out.join("edits.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", path.display()))?;
+    let ok = record.edits.iter().filter(|e| e.after.efficacy.unwrap_or(e.after.new.p > 0.5)).count();
+    println!(
+        "{ok}/{} edits succeeded; {} written to {}",
+        record.edits.len(),
+        if a.no_save { "the record" } else { "the edited model and the record" },
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
+    let q = &r.request;
+    let was = q.target_true.as_deref().map(|t| format!(" (was {t:?})")).unwrap_or_default();
+    println!("[{}/{n}] {} → {:?}{was}", r.index + 1, q.full_prompt(), q.target_new);
+    for (when, m) in [("before", &r.before), ("after ", &r.after)] {
+        let truth = m.true_.as_ref().map(|t| format!("   P(true) {:.4}", t.p)).unwrap_or_default();
+        let extra = [("paraphrase", m.paraphrase), ("neighborhood", m.neighborhood)]
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("   {k} {:.0}%", 100.0 * v)))
+            .collect::<String>();
+        println!("  {when}: P(new) {:.4}{truth}{extra}", m.new.p);
+    }
+    let t = &r.rome.target;
+    println!(
+        "  target: {} steps, NLL {:.3}, ‖δ‖ {:.2} (‖h‖ {:.2}); ‖ΔW‖ {:.3} of ‖W‖ {:.1}; {:.1} s",
+        t.history.len(),
+        t.history.last().map_or(f64::NAN, |s| s.nll),
+        t.history.last().map_or(f64::NAN, |s| s.delta_norm),
+        t.h_norm,
+        r.rome.update_norm,
+        r.rome.weight_norm,
+        r.edit_seconds
+    );
 }
 
 fn info(choice: BackendChoice) -> Result<()> {

@@ -139,7 +139,7 @@ impl GpuModel {
     }
 
     /// x · Wᵀ (+ b): every canonical matrix is [out, in].
-    pub(crate) fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    pub fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let y = matmul::gemm(&self.gpu, x, w, None, matmul::Gemm { trans_b: true, ..Default::default() })?;
         match b {
             Some(b) => activation::add_bias(&self.gpu, &y, b),

@@ -1,0 +1,66 @@
+//! `revive bench edit`: time per ROME edit, applied one after another, with what the edits did:
+//! efficacy right after each edit and after all of them, paraphrases, and the retention of
+//! known facts that were not edited. The baseline in the same run is one forward pass of the
+//! edit's own prompt on the same adapter, so the time of an edit reads as a number of passes.
+
+use crate::edit::hparams::RomeHparams;
+use crate::edit::request::EditRequest;
+use crate::edit::rome::CovSolver;
+use crate::edit::run::{run_rome, EditRecord};
+use crate::error::Result;
+use crate::eval::counterfact::fact_metrics;
+use crate::eval::retention::{check_facts, Fact, FactCheck};
+use crate::model::forward::GpuModel;
+use crate::model::Tok;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EditBench {
+    pub edits: usize,
+    pub seconds_per_edit_mean: f64,
+    pub seconds_per_edit_median: f64,
+    /// One forward pass of a rewrite prompt, the same-run baseline.
+    pub forward_seconds: f64,
+    pub efficacy_after_each: usize,
+    pub efficacy_at_end: usize,
+    pub paraphrase_mean_at_end: Option<f64>,
+    pub known_before: usize,
+    pub known_after: usize,
+    pub known_lost: Vec<FactCheck>,
+    pub records: Vec<EditRecord>,
+}
+
+pub fn run(model: &GpuModel, tok: &Tok, requests: &[EditRequest], known: &[Fact], hp: &RomeHparams, cov: &CovSolver, mut on_edit: impl FnMut(&EditRecord)) -> Result<EditBench> {
+    let ids = tok.encode(&requests[0].full_prompt())?;
+    let mut passes = vec![];
+    for _ in 0..3 {
+        let t = Instant::now();
+        model.last_logits(std::slice::from_ref(&ids))?;
+        passes.push(t.elapsed().as_secs_f64());
+    }
+    passes.sort_by(f64::total_cmp);
+    let known_before = check_facts(model, tok, known)?;
+    let (_, records) = run_rome(model, tok, requests, hp, cov, true, |r| on_edit(r))?;
+    let known_after = check_facts(model, tok, known)?;
+    let mut at_end = vec![];
+    for r in requests {
+        at_end.push(fact_metrics(model, tok, r)?);
+    }
+    let mut times: Vec<f64> = records.iter().map(|r| r.edit_seconds).collect();
+    times.sort_by(f64::total_cmp);
+    let paraphrases: Vec<f64> = at_end.iter().filter_map(|m| m.paraphrase).collect();
+    Ok(EditBench {
+        edits: records.len(),
+        seconds_per_edit_mean: times.iter().sum::<f64>() / times.len() as f64,
+        seconds_per_edit_median: times[times.len() / 2],
+        forward_seconds: passes[1],
+        efficacy_after_each: records.iter().filter(|r| r.after.efficacy == Some(true)).count(),
+        efficacy_at_end: at_end.iter().filter(|m| m.efficacy == Some(true)).count(),
+        paraphrase_mean_at_end: (!paraphrases.is_empty()).then(|| paraphrases.iter().sum::<f64>() / paraphrases.len() as f64),
+        known_before: known_before.iter().filter(|c| c.correct).count(),
+        known_after: known_after.iter().filter(|c| c.correct).count(),
+        known_lost: known_before.iter().zip(&known_after).filter(|(b, a)| b.correct && !a.correct).map(|(_, a)| a.clone()).collect(),
+        records,
+    })
+}

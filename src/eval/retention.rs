@@ -1,0 +1,59 @@
+//! Retention of known facts: does the model's greedy next token after a prompt start the
+//! expected answer? Used to pick facts the unedited model knows and to see what edits did to
+//! them.
+
+use crate::error::{Error, Result};
+use crate::model::forward::GpuModel;
+use crate::model::generate::argmax;
+use crate::model::Tok;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    pub prompt: String,
+    /// The expected continuation, e.g. " Paris".
+    pub answer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FactCheck {
+    pub prompt: String,
+    pub answer: String,
+    /// The model's greedy next token.
+    pub got: String,
+    pub correct: bool,
+    /// log p of the answer's first token.
+    pub logp: f64,
+}
+
+pub fn load_facts(path: &Path) -> Result<Vec<Fact>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+    let facts: Vec<Fact> = serde_json::from_str(&text).map_err(|e| Error::Model { file: file.clone(), detail: format!("expected a list of {{\"prompt\", \"answer\"}}: {e}") })?;
+    for (i, f) in facts.iter().enumerate() {
+        if f.prompt.trim().is_empty() || f.answer.trim().is_empty() {
+            return Err(Error::Model { file: file.clone(), detail: format!("fact {i}: empty prompt or answer") });
+        }
+    }
+    Ok(facts)
+}
+
+/// Checks every fact in one batched pass.
+pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<FactCheck>> {
+    let prompts = facts.iter().map(|f| tok.encode(&f.prompt)).collect::<Result<Vec<_>>>()?;
+    let logits = model.last_logits(&prompts)?;
+    let mut out = vec![];
+    for (f, row) in facts.iter().zip(&logits) {
+        let first = *tok.encode(&f.answer)?.first().ok_or_else(|| Error::Edit(format!("the answer {:?} has no tokens", f.answer)))?;
+        let top = argmax(row);
+        out.push(FactCheck {
+            prompt: f.prompt.clone(),
+            answer: f.answer.clone(),
+            got: tok.decode(&[top])?,
+            correct: top == first,
+            logp: crate::model::generate::log_softmax(row)[first as usize],
+        });
+    }
+    Ok(out)
+}

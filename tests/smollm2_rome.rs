@@ -1,0 +1,59 @@
+//! One ROME edit on the real model: "The mother tongue of Danielle Darrieux is" → " English"
+//! flips the answer, and "The capital of France is" still answers " Paris".
+//!
+//! CI's budget on a software adapter sets the settings, which this test names: only the plain
+//! "{}" context, at most 12 Adam steps, C0 from 2,048 corpus tokens; the shipped hparams (11
+//! contexts, 25 steps, 20k tokens) run in `revive edit` and `revive bench edit`. It runs on the
+//! first adapter only: every kernel it uses is tested on each adapter, and the tiny-model ROME
+//! test runs the whole edit on each.
+
+mod common;
+use common::*;
+use revive::edit::covariance::layer_second_moment;
+use revive::edit::hparams::RomeHparams;
+use revive::edit::request::parse_requests;
+use revive::edit::rome::CovSolver;
+use revive::edit::run::run_rome;
+use revive::eval::retention::{check_facts, Fact};
+use revive::model::forward::GpuModel;
+
+fn fact(prompt: &str, answer: &str) -> Fact {
+    Fact { prompt: prompt.into(), answer: answer.into() }
+}
+
+#[test]
+fn rome_flips_darrieux_and_keeps_paris() {
+    let Some(path) = revive::testing::smollm2_for_tests() else { return };
+    let m = revive::model::load::load(path.to_str().unwrap()).unwrap();
+    let gpu = &gpus()[0];
+    let gm = GpuModel::new(gpu, &m.weights).unwrap();
+    let mut hp = RomeHparams::smollm2();
+    hp.templates.per_prefix = 0;
+    hp.v_steps = 12;
+    hp.mom2_tokens = 2048;
+
+    let facts = [
+        fact("The mother tongue of Danielle Darrieux is", " French"),
+        fact("The mother tongue of Danielle Darrieux is", " English"),
+        fact("The capital of France is", " Paris"),
+    ];
+    let before = check_facts(&gm, &m.tok, &facts).unwrap();
+    assert!(before[0].correct && before[2].correct, "the unedited model should know both facts: {before:?}");
+
+    let c0 = layer_second_moment(&gm, &m.tok, hp.layer, hp.mom2_tokens, false).unwrap();
+    let cov = CovSolver::new(hp.layer, c0.tokens, &c0.c0, c0.dim).unwrap();
+    let req = parse_requests(
+        r#"{"subject": "Danielle Darrieux", "prompt": "The mother tongue of {} is", "target_new": "English", "target_true": "French"}"#,
+        "test",
+    )
+    .unwrap();
+    let (_, records) = run_rome(&gm, &m.tok, &req, &hp, &cov, false, |_| {}).unwrap();
+    let r = &records[0];
+    println!("before {:?}\nafter {:?}\ntarget {:?}", r.before, r.after, r.rome.target.history.last());
+
+    let after = check_facts(&gm, &m.tok, &facts).unwrap();
+    assert!(after[1].correct, "the edit did not flip the answer: {:?}", after[1]);
+    assert!(after[2].correct, "the edit broke an unrelated fact: {:?}", after[2]);
+    assert_eq!(r.after.efficacy, Some(true));
+    assert!(r.after.new.p > 10.0 * r.before.new.p, "P(new) {} → {}", r.before.new.p, r.after.new.p);
+}
