@@ -1,1 +1,4 @@
+pub mod corpus;
+pub mod cov_cache;
+pub mod covariance;
 pub mod request;
