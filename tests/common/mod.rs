@@ -6,6 +6,7 @@
 use revive::gpu::Gpu;
 use std::sync::OnceLock;
 
+#[allow(unused_imports)] // each test crate uses a different subset
 pub use revive::testing::{compare, random_vec, rng, Tolerance};
 
 static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
