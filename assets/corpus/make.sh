@@ -21,7 +21,7 @@ wn="$work/x/usr/share/wordnet"
 # are 9 MB); the Rust side shuffles sequences by seed, so the POS order does not bias a prefix.
 for pos in noun verb adj adv; do
     grep -v '^  ' "$wn/data.$pos" | sed -n 's/^[^|]*| //p'
-done | sed 's/[[:space:]]*$//' | LC_ALL=C grep -v '^$' | awk 'NR % 5 == 1' > "$here/wordnet.txt.partial"
+done | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | LC_ALL=C grep -v '^$' | awk 'NR % 5 == 1' > "$here/wordnet.txt.partial"
 mv "$here/wordnet.txt.partial" "$here/wordnet.txt"
 # The WordNet licence asks that its notice appear on all copies.
 awk '/^License: WordNet3.0/{on=1; next} on && /^Files:/{exit} on' \
