@@ -58,7 +58,8 @@ pub fn sequences(tok: &Tok, text: &str, seq_len: usize, seed: Option<u64>, max_t
     }
     let mut lines = lines(text);
     shuffle(&mut lines, seed);
-    let mut stream = Vec::with_capacity(max_tokens + seq_len);
+    // A hint only: max_tokens may be usize::MAX for "the whole corpus".
+    let mut stream = Vec::with_capacity(max_tokens.min(text.len()).saturating_add(seq_len));
     for line in lines {
         if stream.len() >= max_tokens {
             break;
