@@ -87,7 +87,9 @@ pub fn model_hash(model: &GpuModel, layer: usize) -> Result<String> {
         let t = model.tensor(&name)?;
         h.update(name.as_bytes());
         h.update(format!("{:?}", t.shape()).as_bytes());
-        h.update(f32_bytes(&model.gpu().download(t)?));
+        // Host byte order, without a copy: the same bytes as little-endian on every platform
+        // revive runs on, and a big-endian host would only miss the cache, never misread it.
+        h.update(bytemuck::cast_slice::<f32, u8>(&model.gpu().download(t)?));
     }
     Ok(format!("{:x}", h.finalize()))
 }
