@@ -1,6 +1,7 @@
 //! Measurements behind `revive bench`: every speed is reported next to a baseline measured in
 //! the same run on the same machine, as a ratio.
 
+pub mod covariance;
 pub mod edit;
 pub mod forward;
 pub mod matmul;

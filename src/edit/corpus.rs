@@ -1,0 +1,104 @@
+//! The natural-text corpus behind the key statistics (C0): WordNet 3.0 glosses and example
+//! sentences (assets/corpus, see its README), cut into fixed-length token sequences.
+//!
+//! Sequences are all the same length (the last may be shorter) and never padded, so no key of
+//! a padding token reaches C0. The text is embedded in the binary so the corpus is the same
+//! from any working directory and for an installed binary.
+
+use crate::error::{Error, Result};
+use crate::model::Tok;
+
+/// One gloss per line, ~1.8 MB.
+pub const WORDNET: &str = include_str!("../../assets/corpus/wordnet.txt");
+
+/// Tokens per sequence: long enough that most keys see real context, short enough that the
+/// attention cost per token stays small.
+pub const SEQ_LEN: usize = 128;
+
+/// The shuffle seed the cached statistics use.
+pub const SEED: u64 = 0;
+
+/// The corpus lines, in file order.
+pub fn lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+/// SplitMix64: a few lines that give the same stream on every platform and every version of
+/// the `rand` crate, so a shuffle (and so a cache key) never changes under a dependency update.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Fisher–Yates with SplitMix64; `None` keeps the order.
+pub fn shuffle<T>(items: &mut [T], seed: Option<u64>) {
+    let Some(seed) = seed else { return };
+    let mut r = SplitMix(seed);
+    for i in (1..items.len()).rev() {
+        let j = (r.next() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// The token stream of `text`'s lines (shuffled by `seed`, each line ending in a newline), cut
+/// into sequences of `seq_len` tokens, `max_tokens` tokens in all (fewer when the text runs
+/// out); only the last sequence may be shorter. Lines are shuffled before tokenizing, not the
+/// sequences after, so a small budget tokenizes only the lines it needs and still samples the
+/// whole corpus (the file is in part-of-speech order).
+pub fn sequences(tok: &Tok, text: &str, seq_len: usize, seed: Option<u64>, max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    if seq_len == 0 {
+        return Err(Error::Edit("corpus: the sequence length must be positive".into()));
+    }
+    let mut lines = lines(text);
+    shuffle(&mut lines, seed);
+    // A hint only: max_tokens may be usize::MAX for "the whole corpus".
+    let mut stream = Vec::with_capacity(max_tokens.min(text.len()).saturating_add(seq_len));
+    for line in lines {
+        if stream.len() >= max_tokens {
+            break;
+        }
+        stream.extend(tok.encode(&format!("{line}\n"))?);
+    }
+    stream.truncate(max_tokens);
+    Ok(stream.chunks(seq_len).map(<[u32]>::to_vec).collect())
+}
+
+/// The WordNet corpus with the defaults the cached statistics use.
+pub fn wordnet_sequences(tok: &Tok, max_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    sequences(tok, WORDNET, SEQ_LEN, Some(SEED), max_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_corpus_is_one_gloss_per_line() {
+        let l = lines(WORDNET);
+        assert_eq!(l.len(), WORDNET.lines().count(), "no empty lines");
+        assert!(l.len() > 20_000, "{} lines", l.len());
+        assert!(l.iter().all(|s| !s.contains('|') && s.trim() == *s), "a line keeps WordNet's pointer fields or blanks");
+    }
+
+    #[test]
+    fn the_shuffle_is_a_fixed_permutation() {
+        let mut a: Vec<u32> = (0..100).collect();
+        shuffle(&mut a, Some(7));
+        let mut b: Vec<u32> = (0..100).collect();
+        shuffle(&mut b, Some(7));
+        assert_eq!(a, b);
+        assert_ne!(a, (0..100).collect::<Vec<_>>());
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        // Pinned: a change here changes every cache key of the corpus statistics.
+        assert_eq!(SplitMix(0).next(), 0xE220_A839_7B1D_CDAF);
+    }
+}
