@@ -10,6 +10,8 @@
 //   matmul         the tuned kernel: 128 x 128 tile per workgroup of 16 x 16 threads, each
 //                  thread accumulates an 8 x 8 block in registers; K advances 8 at a time
 //                  through workgroup memory read as vec4.
+//   matmul_rows32  the same scheme on a 32 x 128 tile (16 x 4 threads, 8 x 8 each), for
+//                  products of a few dozen rows, where a 128-row tile would mostly idle.
 //   matmul_tile16  the baseline: a plain 16 x 16 shared-memory tile, one output per thread.
 
 struct Meta {
@@ -142,6 +144,102 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     // Thread rows: m0 + ty*4 + r and m0 + 64 + ty*4 + r; columns n0 + tx*4 and n0 + 64 + tx*4.
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + (r / 4u) * 64u + ty * 4u + (r % 4u);
+        if (m >= p.m) { continue; }
+        for (var g = 0u; g < 2u; g++) {
+            let n = n0 + g * 64u + tx * 4u;
+            let ci = cbase + m * p.ldc + n;
+            let v = acc[r * 2u + g];
+            if (ALIGNED && n + 4u <= p.n) {
+                if (p.beta != 0.0) {
+                    c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
+                } else {
+                    c[ci >> 2u] = p.alpha * v;
+                }
+            } else {
+                for (var j = 0u; j < 4u; j++) {
+                    if (n + j < p.n) { store(ci + j, v[j]); }
+                }
+            }
+        }
+    }
+}
+
+// The A tile of matmul_rows32, [k][m] as vec4 along m: 8 vec4 per k.
+var<workgroup> As32: array<vec4<f32>, 64>;
+
+@compute @workgroup_size(16, 4, 1)
+fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let m0 = wg.y * 32u;
+    let n0 = wg.x * BN;
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // 64 threads: one vec4 of the A tile each, four of the B tile.
+        if (TRANS_A) {
+            let kk = t / 8u;
+            let mq = t % 8u;
+            let m = m0 + mq * 4u;
+            let k = k0 + kk;
+            var v = vec4<f32>(0.0);
+            if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
+            As32[kk * 8u + mq] = v;
+        } else {
+            let mm = t / 2u;
+            let kq = t % 2u;
+            let m = m0 + mm;
+            let k = k0 + kq * 4u;
+            var v = vec4<f32>(0.0);
+            if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
+            for (var i = 0u; i < 4u; i++) { As32[(kq * 4u + i) * 8u + mm / 4u][mm % 4u] = v[i]; }
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let u = t + 64u * j;
+            if (TRANS_B) {
+                let nn = u / 2u;
+                let kq = u % 2u;
+                let n = n0 + nn;
+                let k = k0 + kq * 4u;
+                var v = vec4<f32>(0.0);
+                if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
+                for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * 32u + nn / 4u][nn % 4u] = v[i]; }
+            } else {
+                let kk = u / 32u;
+                let nq = u % 32u;
+                let n = n0 + nq * 4u;
+                let k = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
+                Bs[kk * 32u + nq] = v;
+            }
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < BK; kk++) {
+            let a0 = As32[kk * 8u + ty];
+            let a1 = As32[kk * 8u + 4u + ty];
+            let b0 = Bs[kk * 32u + tx];
+            let b1 = Bs[kk * 32u + 16u + tx];
+            for (var r = 0u; r < 4u; r++) {
+                acc[r * 2u] = fma(vec4<f32>(a0[r]), b0, acc[r * 2u]);
+                acc[r * 2u + 1u] = fma(vec4<f32>(a0[r]), b1, acc[r * 2u + 1u]);
+                acc[8u + r * 2u] = fma(vec4<f32>(a1[r]), b0, acc[8u + r * 2u]);
+                acc[8u + r * 2u + 1u] = fma(vec4<f32>(a1[r]), b1, acc[8u + r * 2u + 1u]);
+            }
+        }
+        workgroupBarrier();
+    }
+
+    // Thread rows: m0 + ty*4 + r and m0 + 16 + ty*4 + r; columns n0 + tx*4 and n0 + 64 + tx*4.
+    for (var r = 0u; r < 8u; r++) {
+        let m = m0 + (r / 4u) * 16u + ty * 4u + (r % 4u);
         if (m >= p.m) { continue; }
         for (var g = 0u; g < 2u; g++) {
             let n = n0 + g * 64u + tx * 4u;

@@ -81,6 +81,22 @@ fn tuned_matches_oracle_all_transposes() {
 }
 
 #[test]
+fn rows32_matches_oracle_all_transposes() {
+    for_each_gpu(|gpu| {
+        for (i, &c) in CASES.iter().enumerate() {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    check(gpu, c, ta, tb, Kernel::Rows32, 1.0, 0.0, 500 + i as u64)?;
+                }
+            }
+        }
+        // Auto picks it for a few dozen rows: the prompts of an edit.
+        check(gpu, case(1, 37, 131, 576), false, true, Kernel::Auto, 1.0, 0.0, 550)?;
+        Ok(())
+    });
+}
+
+#[test]
 fn tile16_matches_oracle_all_transposes() {
     for_each_gpu(|gpu| {
         for (i, &c) in CASES.iter().enumerate() {
@@ -114,7 +130,7 @@ fn dot_matches_oracle_all_transposes() {
 #[test]
 fn alpha_beta_accumulate_into_c() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Tile16, Kernel::Dot] {
+        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot] {
             for (i, &c) in CASES.iter().enumerate() {
                 check(gpu, c, i % 2 == 0, i % 3 == 0, kernel, -1.5, 0.5, 200 + i as u64)?;
             }
@@ -126,7 +142,7 @@ fn alpha_beta_accumulate_into_c() {
 #[test]
 fn shared_operand_broadcasts_over_the_batch() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Tile16] {
+        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16] {
             let a_only = Case { a_batched: true, b_batched: false, ..case(4, 33, 29, 70) };
             let b_only = Case { a_batched: false, b_batched: true, ..case(3, 40, 52, 16) };
             check(gpu, a_only, false, true, kernel, 1.0, 0.0, 300)?;

@@ -11,21 +11,27 @@ use crate::shaders::MATMUL;
 pub enum Kernel {
     /// Register-tiled 128x128 kernel with vector loads.
     Tuned,
+    /// The tuned kernel's scheme on a 32x128 tile: for products of a few dozen rows (the
+    /// prompts of an edit), which would leave most of a 128-row tile idle.
+    Rows32,
     /// Plain 16x16 shared-memory tile: the baseline the tuned kernel must beat.
     Tile16,
     /// One output per workgroup, threads split K: for products of a few rows (decoding).
     Dot,
-    /// Dot when op(A) has at most `DOT_MAX_ROWS` rows, else Tuned.
+    /// Dot when op(A) has at most `DOT_MAX_ROWS` rows, Rows32 up to `ROWS32_MAX_ROWS`, else Tuned.
     Auto,
 }
 
 /// Up to this many rows the dot-product kernel wastes less than a 128-row tile does.
 pub const DOT_MAX_ROWS: usize = 4;
+/// Above this many rows the 128-row tile wastes little and reuses B four times as much.
+pub const ROWS32_MAX_ROWS: usize = 64;
 
 impl Kernel {
     fn resolve(self, m: usize) -> Kernel {
         match self {
             Kernel::Auto if m <= DOT_MAX_ROWS => Kernel::Dot,
+            Kernel::Auto if m <= ROWS32_MAX_ROWS => Kernel::Rows32,
             Kernel::Auto => Kernel::Tuned,
             k => k,
         }
@@ -33,16 +39,18 @@ impl Kernel {
     fn entry(self) -> &'static str {
         match self {
             Kernel::Tuned | Kernel::Auto => "matmul",
+            Kernel::Rows32 => "matmul_rows32",
             Kernel::Tile16 => "matmul_tile16",
             Kernel::Dot => "matmul_dot",
         }
     }
     /// Output rows and columns per workgroup.
-    fn tile(self) -> usize {
+    fn tile(self) -> (usize, usize) {
         match self {
-            Kernel::Tuned | Kernel::Auto => 128,
-            Kernel::Tile16 => 16,
-            Kernel::Dot => 1,
+            Kernel::Tuned | Kernel::Auto => (128, 128),
+            Kernel::Rows32 => (32, 128),
+            Kernel::Tile16 => (16, 16),
+            Kernel::Dot => (1, 1),
         }
     }
 }
@@ -139,7 +147,13 @@ impl Piece {
 }
 
 /// Sizes of the pieces along (batch, M, N, K) so each fits one dispatch and one binding.
-fn piece_sizes(l: &Layout, tile: usize, max_groups: usize, max_elems: usize) -> Result<[usize; 4]> {
+fn piece_sizes(l: &Layout, (tm, tn): (usize, usize), max_groups: usize, max_elems: usize) -> Result<[usize; 4]> {
+    // The step each dimension is cut by: whole tiles along M and N, BK along K.
+    let q = |d: usize| match d {
+        1 => tm,
+        2 => tn,
+        _ => 8,
+    };
     let mut s = [l.batch, l.m, l.n, l.k];
     let shrink = |x: usize, quantum: usize| -> usize {
         let h = x.div_ceil(2);
@@ -148,7 +162,7 @@ fn piece_sizes(l: &Layout, tile: usize, max_groups: usize, max_elems: usize) -> 
     for _ in 0..256 {
         let p = Piece { b: (0, s[0]), m: (0, s[1]), n: (0, s[2]), k: (0, s[3]) };
         let [a, b, c] = p.spans(l).map(|(lo, hi)| hi - lo + 1 <= max_elems);
-        let groups_ok = [s[0], s[1].div_ceil(tile), s[2].div_ceil(tile)].iter().all(|&g| g <= max_groups);
+        let groups_ok = [s[0], s[1].div_ceil(tm), s[2].div_ceil(tn)].iter().all(|&g| g <= max_groups);
         if a && b && c && groups_ok {
             return Ok(s);
         }
@@ -157,19 +171,17 @@ fn piece_sizes(l: &Layout, tile: usize, max_groups: usize, max_elems: usize) -> 
         let before = s;
         if s[0] > 1 {
             s[0] = s[0].div_ceil(2);
-        } else if s[1].div_ceil(tile) > max_groups {
-            s[1] = shrink(s[1], tile);
-        } else if s[2].div_ceil(tile) > max_groups {
-            s[2] = shrink(s[2], tile);
+        } else if s[1].div_ceil(tm) > max_groups {
+            s[1] = shrink(s[1], tm);
+        } else if s[2].div_ceil(tn) > max_groups {
+            s[2] = shrink(s[2], tn);
         } else if !c {
-            if s[1] > 1 { s[1] = shrink(s[1], tile) } else { s[2] = shrink(s[2], tile) }
+            if s[1] > 1 { s[1] = shrink(s[1], tm) } else { s[2] = shrink(s[2], tn) }
         } else if !a {
             let (outer, inner) = if l.trans_a { (3, 1) } else { (1, 3) };
-            let q = |d: usize| if d == 3 { 8 } else { tile };
             if s[outer] > 1 { s[outer] = shrink(s[outer], q(outer)) } else { s[inner] = shrink(s[inner], q(inner)) }
         } else if !b {
             let (outer, inner) = if l.trans_b { (2, 3) } else { (3, 2) };
-            let q = |d: usize| if d == 3 { 8 } else { tile };
             if s[outer] > 1 { s[outer] = shrink(s[outer], q(outer)) } else { s[inner] = shrink(s[inner], q(inner)) }
         }
         if s == before {
@@ -295,7 +307,7 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
                         ("TRANS_B", g.trans_b as u8 as f64),
                         ("ALIGNED", aligned as u8 as f64),
                     ];
-                    let groups = [pn.div_ceil(tile) as u32, pm.div_ceil(tile) as u32, pb as u32];
+                    let groups = [pn.div_ceil(tile.1) as u32, pm.div_ceil(tile.0) as u32, pb as u32];
                     gpu.dispatch(MATMUL, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
                 }
             }
