@@ -74,6 +74,62 @@ const BK: u32 = 8u;
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
 
+// One vec4 of the B tile ([k][n] as vec4 along n, 32 per k): index u of 256.
+fn load_b(u: u32, k0: u32, n0: u32, bbase: u32) {
+    if (TRANS_B) {
+        let nn = u / 2u;
+        let kq = u % 2u;
+        let n = n0 + nn;
+        let k = k0 + kq * 4u;
+        var v = vec4<f32>(0.0);
+        if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
+        for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * 32u + nn / 4u][nn % 4u] = v[i]; }
+    } else {
+        let kk = u / 32u;
+        let nq = u % 32u;
+        let n = n0 + nq * 4u;
+        let k = k0 + kk;
+        var v = vec4<f32>(0.0);
+        if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
+        Bs[kk * 32u + nq] = v;
+    }
+}
+
+// acc += a ⊗ b for a thread's 8 x 8 block: rows a0 (4) and a1 (4), columns b0 (4) and b1 (4).
+fn fma_block(acc: ptr<function, array<vec4<f32>, 16>>, a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) {
+    for (var r = 0u; r < 4u; r++) {
+        (*acc)[r * 2u] = fma(vec4<f32>(a0[r]), b0, (*acc)[r * 2u]);
+        (*acc)[r * 2u + 1u] = fma(vec4<f32>(a0[r]), b1, (*acc)[r * 2u + 1u]);
+        (*acc)[8u + r * 2u] = fma(vec4<f32>(a1[r]), b0, (*acc)[8u + r * 2u]);
+        (*acc)[8u + r * 2u + 1u] = fma(vec4<f32>(a1[r]), b1, (*acc)[8u + r * 2u + 1u]);
+    }
+}
+
+// Writes a thread's block: rows m0 + ty*4 + r and m0 + half + ty*4 + r, columns n0 + tx*4 and
+// n0 + 64 + tx*4.
+fn store_block(acc: ptr<function, array<vec4<f32>, 16>>, m0: u32, half: u32, n0: u32, ty: u32, tx: u32, cbase: u32) {
+    for (var r = 0u; r < 8u; r++) {
+        let m = m0 + (r / 4u) * half + ty * 4u + (r % 4u);
+        if (m >= p.m) { continue; }
+        for (var g = 0u; g < 2u; g++) {
+            let n = n0 + g * 64u + tx * 4u;
+            let ci = cbase + m * p.ldc + n;
+            let v = (*acc)[r * 2u + g];
+            if (ALIGNED && n + 4u <= p.n) {
+                if (p.beta != 0.0) {
+                    c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
+                } else {
+                    c[ci >> 2u] = p.alpha * v;
+                }
+            } else {
+                for (var j = 0u; j < 4u; j++) {
+                    if (n + j < p.n) { store(ci + j, v[j]); }
+                }
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tx = lid.x;
@@ -107,61 +163,16 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
             for (var i = 0u; i < 4u; i++) { As[(kq * 4u + i) * 32u + mm / 4u][mm % 4u] = v[i]; }
         }
-        if (TRANS_B) {
-            let nn = t / 2u;
-            let kq = t % 2u;
-            let n = n0 + nn;
-            let k = k0 + kq * 4u;
-            var v = vec4<f32>(0.0);
-            if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
-            for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * 32u + nn / 4u][nn % 4u] = v[i]; }
-        } else {
-            let kk = t / 32u;
-            let nq = t % 32u;
-            let n = n0 + nq * 4u;
-            let k = k0 + kk;
-            var v = vec4<f32>(0.0);
-            if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
-            Bs[kk * 32u + nq] = v;
-        }
+        load_b(t, k0, n0, bbase);
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = As[kk * 32u + ty];
-            let a1 = As[kk * 32u + 16u + ty];
-            let b0 = Bs[kk * 32u + tx];
-            let b1 = Bs[kk * 32u + 16u + tx];
-            for (var r = 0u; r < 4u; r++) {
-                acc[r * 2u] = fma(vec4<f32>(a0[r]), b0, acc[r * 2u]);
-                acc[r * 2u + 1u] = fma(vec4<f32>(a0[r]), b1, acc[r * 2u + 1u]);
-                acc[8u + r * 2u] = fma(vec4<f32>(a1[r]), b0, acc[8u + r * 2u]);
-                acc[8u + r * 2u + 1u] = fma(vec4<f32>(a1[r]), b1, acc[8u + r * 2u + 1u]);
-            }
+            fma_block(&acc, As[kk * 32u + ty], As[kk * 32u + 16u + ty], Bs[kk * 32u + tx], Bs[kk * 32u + 16u + tx]);
         }
         workgroupBarrier();
     }
 
-    // Thread rows: m0 + ty*4 + r and m0 + 64 + ty*4 + r; columns n0 + tx*4 and n0 + 64 + tx*4.
-    for (var r = 0u; r < 8u; r++) {
-        let m = m0 + (r / 4u) * 64u + ty * 4u + (r % 4u);
-        if (m >= p.m) { continue; }
-        for (var g = 0u; g < 2u; g++) {
-            let n = n0 + g * 64u + tx * 4u;
-            let ci = cbase + m * p.ldc + n;
-            let v = acc[r * 2u + g];
-            if (ALIGNED && n + 4u <= p.n) {
-                if (p.beta != 0.0) {
-                    c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
-                } else {
-                    c[ci >> 2u] = p.alpha * v;
-                }
-            } else {
-                for (var j = 0u; j < 4u; j++) {
-                    if (n + j < p.n) { store(ci + j, v[j]); }
-                }
-            }
-        }
-    }
+    store_block(&acc, m0, 64u, n0, ty, tx, cbase);
 }
 
 // The A tile of matmul_rows32, [k][m] as vec4 along m: 8 vec4 per k.
@@ -200,64 +211,16 @@ fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
             if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
             for (var i = 0u; i < 4u; i++) { As32[(kq * 4u + i) * 8u + mm / 4u][mm % 4u] = v[i]; }
         }
-        for (var j = 0u; j < 4u; j++) {
-            let u = t + 64u * j;
-            if (TRANS_B) {
-                let nn = u / 2u;
-                let kq = u % 2u;
-                let n = n0 + nn;
-                let k = k0 + kq * 4u;
-                var v = vec4<f32>(0.0);
-                if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
-                for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * 32u + nn / 4u][nn % 4u] = v[i]; }
-            } else {
-                let kk = u / 32u;
-                let nq = u % 32u;
-                let n = n0 + nq * 4u;
-                let k = k0 + kk;
-                var v = vec4<f32>(0.0);
-                if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
-                Bs[kk * 32u + nq] = v;
-            }
-        }
+        for (var j = 0u; j < 4u; j++) { load_b(t + 64u * j, k0, n0, bbase); }
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
-            let a0 = As32[kk * 8u + ty];
-            let a1 = As32[kk * 8u + 4u + ty];
-            let b0 = Bs[kk * 32u + tx];
-            let b1 = Bs[kk * 32u + 16u + tx];
-            for (var r = 0u; r < 4u; r++) {
-                acc[r * 2u] = fma(vec4<f32>(a0[r]), b0, acc[r * 2u]);
-                acc[r * 2u + 1u] = fma(vec4<f32>(a0[r]), b1, acc[r * 2u + 1u]);
-                acc[8u + r * 2u] = fma(vec4<f32>(a1[r]), b0, acc[8u + r * 2u]);
-                acc[8u + r * 2u + 1u] = fma(vec4<f32>(a1[r]), b1, acc[8u + r * 2u + 1u]);
-            }
+            fma_block(&acc, As32[kk * 8u + ty], As32[kk * 8u + 4u + ty], Bs[kk * 32u + tx], Bs[kk * 32u + 16u + tx]);
         }
         workgroupBarrier();
     }
 
-    // Thread rows: m0 + ty*4 + r and m0 + 16 + ty*4 + r; columns n0 + tx*4 and n0 + 64 + tx*4.
-    for (var r = 0u; r < 8u; r++) {
-        let m = m0 + (r / 4u) * 16u + ty * 4u + (r % 4u);
-        if (m >= p.m) { continue; }
-        for (var g = 0u; g < 2u; g++) {
-            let n = n0 + g * 64u + tx * 4u;
-            let ci = cbase + m * p.ldc + n;
-            let v = acc[r * 2u + g];
-            if (ALIGNED && n + 4u <= p.n) {
-                if (p.beta != 0.0) {
-                    c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
-                } else {
-                    c[ci >> 2u] = p.alpha * v;
-                }
-            } else {
-                for (var j = 0u; j < 4u; j++) {
-                    if (n + j < p.n) { store(ci + j, v[j]); }
-                }
-            }
-        }
-    }
+    store_block(&acc, m0, 16u, n0, ty, tx, cbase);
 }
 
 var<workgroup> As16: array<f32, 256>;

@@ -52,6 +52,8 @@ pub fn compare(what: &str, got: &[f32], want: &[f64], tol: Tolerance) -> Result<
         ref2 += w * w;
     }
     let rel = if ref2 > 0.0 { (diff2 / ref2).sqrt() } else { diff2.sqrt() };
+    // Negated on purpose: a NaN norm must fail.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     if bad > 0 || !(rel <= tol.rel_norm) {
         let (i, _) = worst.unwrap_or((0, 0.0));
         return Err(format!(

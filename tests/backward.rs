@@ -87,6 +87,8 @@ fn delta_gradient_matches_finite_differences() {
                     .collect();
                 let diff: f64 = got.grad.iter().zip(&fd).map(|(g, f)| (*g as f64 - f).powi(2)).sum::<f64>().sqrt();
                 let norm: f64 = fd.iter().map(|f| f * f).sum::<f64>().sqrt();
+                // Negated on purpose: a NaN must fail.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 if !(diff <= 1e-3 * norm) || norm == 0.0 {
                     return Err(format!("{name} layer {layer}: ‖grad − fd‖/‖fd‖ = {:e} (‖fd‖ = {norm:e})", diff / norm));
                 }

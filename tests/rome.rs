@@ -64,7 +64,7 @@ fn rome_makes_the_target_the_top_prediction() {
         };
         let plain = with(&[]);
         let contexts = vec![plain.clone(), with(&[7, 8, 9]), with(&[60, 3])];
-        let before = ok(gm.last_logits(&[plain.ids.clone()]))?.remove(0);
+        let before = ok(gm.last_logits(std::slice::from_ref(&plain.ids)))?.remove(0);
         // The fifth most likely token as the new answer: not the answer by accident, yet within
         // reach of a random model in which δ reaches the last token through only two layers.
         let mut ranked: Vec<u32> = (0..before.len() as u32).collect();

@@ -79,7 +79,7 @@ fn broken_checkpoints_are_errors_naming_the_file() {
     for cut in (0..bytes.len()).step_by(bytes.len() / 40).chain([1, 7, 8, 9, 100]) {
         std::fs::write(&model, &bytes[..cut]).unwrap();
         let r = std::panic::catch_unwind(|| load_dir(&dir));
-        let e = r.expect("loader panicked on a truncated file").err().expect("truncated file accepted");
+        let e = r.expect("loader panicked on a truncated file").expect_err("truncated file accepted");
         assert!(e.to_string().contains("model.safetensors") || e.to_string().contains("missing"), "{e}");
     }
     let mut rng = revive::testing::rng(5);

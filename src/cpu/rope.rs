@@ -4,9 +4,14 @@ use crate::model::RopeStyle;
 
 /// Rotates one head vector in place for position `pos`, in f64.
 pub fn rope_head(x: &mut [f64], pos: usize, theta: f64, style: RopeStyle) {
+    rotate(x, pos, theta, style, 1.0);
+}
+
+/// Rotation by `sign` × the position's angles: −1 is the transpose.
+fn rotate(x: &mut [f64], pos: usize, theta: f64, style: RopeStyle, sign: f64) {
     let d = x.len();
     for i in 0..d / 2 {
-        let angle = pos as f64 * theta.powf(-2.0 * i as f64 / d as f64);
+        let angle = sign * pos as f64 * theta.powf(-2.0 * i as f64 / d as f64);
         let (sin, cos) = angle.sin_cos();
         let (ia, ib) = match style {
             RopeStyle::Adjacent => (2 * i, 2 * i + 1),
@@ -32,18 +37,7 @@ pub fn rope(x: &[f32], shape: [usize; 4], pos0: usize, theta: f64, style: RopeSt
 
 /// The transpose of `rope_head`'s rotation (its gradient w.r.t. the input), in place.
 pub fn rope_head_bwd(dy: &mut [f64], pos: usize, theta: f64, style: RopeStyle) {
-    let d = dy.len();
-    for i in 0..d / 2 {
-        let angle = pos as f64 * theta.powf(-2.0 * i as f64 / d as f64);
-        let (sin, cos) = angle.sin_cos();
-        let (ia, ib) = match style {
-            RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-            RopeStyle::Half => (i, i + d / 2),
-        };
-        let (a, b) = (dy[ia], dy[ib]);
-        dy[ia] = a * cos + b * sin;
-        dy[ib] = -a * sin + b * cos;
-    }
+    rotate(dy, pos, theta, style, -1.0);
 }
 
 /// dx of `rope` for dy: [B, T, H, D] as `shape`.

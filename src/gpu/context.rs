@@ -148,7 +148,7 @@ impl Gpu {
         let reuse = std::env::var("REVIVE_NO_POOL").map(|v| v.is_empty() || v == "0").unwrap_or(true);
         let split = SplitLimits {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
-            max_binding_bytes: (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size),
+            max_binding_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size),
         };
         let poison = std::env::var("REVIVE_POISON").map(|v| !v.is_empty() && v != "0").unwrap_or(false);
         Ok(Gpu {
@@ -206,7 +206,7 @@ impl Gpu {
     pub fn with_split_limits(&self, split: SplitLimits) -> Gpu {
         let hard = SplitLimits {
             max_workgroups: self.shared.limits.max_compute_workgroups_per_dimension,
-            max_binding_bytes: self.shared.limits.max_storage_buffer_binding_size as u64,
+            max_binding_bytes: self.shared.limits.max_storage_buffer_binding_size,
         };
         Gpu {
             shared: self.shared.clone(),

@@ -33,28 +33,35 @@ fn dims4(op: &'static str, name: &str, t: &Tensor, layout: &str) -> Result<[usiz
     t.shape().try_into().map_err(|_| Error::shape(op, format!("{name} {:?} is not {layout}", t.shape())))
 }
 
+/// Checks the caches against q ([B, T, Hq, D]) and returns [Hkv, S].
+fn check_caches(op: &'static str, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize) -> Result<[usize; 2]> {
+    let [b, t, hq, d] = dims4(op, "q", q, "[B, T, Hq, D]")?;
+    let [kb, hkv, s, kd] = dims4(op, "k_cache", k_cache, "[B, Hkv, S, D]")?;
+    if v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape(op, format!("v_cache {:?} differs from k_cache {:?}", v_cache.shape(), k_cache.shape())));
+    }
+    if kb != b || kd != d {
+        return Err(Error::shape(op, format!("q {:?} and k_cache {:?} differ in batch or head dimension", q.shape(), k_cache.shape())));
+    }
+    if hkv == 0 || hq % hkv != 0 {
+        return Err(Error::shape(op, format!("{hq} query heads are not a multiple of {hkv} kv heads")));
+    }
+    if pos0 + t > s {
+        return Err(Error::shape(op, format!("positions up to {} do not fit a cache of {s} rows", pos0 + t)));
+    }
+    if d > MAX_HEAD_DIM {
+        return Err(Error::shape(op, format!("head dimension {d} is above the kernel's {MAX_HEAD_DIM}")));
+    }
+    Ok([hkv, s])
+}
+
 /// out = softmax(scale · q kᵀ) v, causally: q: [B, T, Hq, D], caches: [B, Hkv, S, D].
 /// Query t of sequence b is at position pos0 + t and sees cache rows 0 ..= pos0 + t of its
 /// own sequence; query head h reads kv head h / (Hq / Hkv). Returns [B, T, Hq, D].
 pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32) -> Result<Tensor> {
     const OP: &str = "attention";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
-    let [kb, hkv, s, kd] = dims4(OP, "k_cache", k_cache, "[B, Hkv, S, D]")?;
-    if v_cache.shape() != k_cache.shape() {
-        return Err(Error::shape(OP, format!("v_cache {:?} differs from k_cache {:?}", v_cache.shape(), k_cache.shape())));
-    }
-    if kb != b || kd != d {
-        return Err(Error::shape(OP, format!("q {:?} and k_cache {:?} differ in batch or head dimension", q.shape(), k_cache.shape())));
-    }
-    if hkv == 0 || hq % hkv != 0 {
-        return Err(Error::shape(OP, format!("{hq} query heads are not a multiple of {hkv} kv heads")));
-    }
-    if pos0 + t > s {
-        return Err(Error::shape(OP, format!("positions up to {} do not fit a cache of {s} rows", pos0 + t)));
-    }
-    if d > MAX_HEAD_DIM {
-        return Err(Error::shape(OP, format!("head dimension {d} is above the kernel's {MAX_HEAD_DIM}")));
-    }
+    let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
     let out = gpu.empty(q.shape())?;
     if out.numel() == 0 {
         return Ok(out);
@@ -163,24 +170,9 @@ pub fn attention_bwd(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_bwd";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
-    let [kb, hkv, s, kd] = dims4(OP, "k_cache", k_cache, "[B, Hkv, S, D]")?;
-    if v_cache.shape() != k_cache.shape() {
-        return Err(Error::shape(OP, format!("v_cache {:?} differs from k_cache {:?}", v_cache.shape(), k_cache.shape())));
-    }
+    let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
     if d_out.shape() != q.shape() {
         return Err(Error::shape(OP, format!("d_out {:?} does not match q {:?}", d_out.shape(), q.shape())));
-    }
-    if kb != b || kd != d {
-        return Err(Error::shape(OP, format!("q {:?} and k_cache {:?} differ in batch or head dimension", q.shape(), k_cache.shape())));
-    }
-    if hkv == 0 || hq % hkv != 0 {
-        return Err(Error::shape(OP, format!("{hq} query heads are not a multiple of {hkv} kv heads")));
-    }
-    if pos0 + t > s {
-        return Err(Error::shape(OP, format!("positions up to {} do not fit a cache of {s} rows", pos0 + t)));
-    }
-    if d > MAX_HEAD_DIM {
-        return Err(Error::shape(OP, format!("head dimension {d} is above the kernel's {MAX_HEAD_DIM}")));
     }
     let l = pos0 + t;
     let dq = gpu.empty(q.shape())?;

@@ -161,7 +161,7 @@ fn piece_sizes(l: &Layout, (tm, tn): (usize, usize), max_groups: usize, max_elem
     };
     for _ in 0..256 {
         let p = Piece { b: (0, s[0]), m: (0, s[1]), n: (0, s[2]), k: (0, s[3]) };
-        let [a, b, c] = p.spans(l).map(|(lo, hi)| hi - lo + 1 <= max_elems);
+        let [a, b, c] = p.spans(l).map(|(lo, hi)| hi - lo < max_elems);
         let groups_ok = [s[0], s[1].div_ceil(tm), s[2].div_ceil(tn)].iter().all(|&g| g <= max_groups);
         if a && b && c && groups_ok {
             return Ok(s);
