@@ -14,6 +14,7 @@ use revive::edit::hparams::RomeHparams;
 use revive::edit::request::parse_requests;
 use revive::edit::rome::CovSolver;
 use revive::edit::run::run_rome;
+use revive::edit::keys::subject_prompt;
 use revive::eval::retention::{check_facts, Fact};
 use revive::model::forward::GpuModel;
 
@@ -56,4 +57,19 @@ fn rome_flips_darrieux_and_keeps_paris() {
     assert!(after[2].correct, "the edit broke an unrelated fact: {:?}", after[2]);
     assert_eq!(r.after.efficacy, Some(true));
     assert!(r.after.new.p > 10.0 * r.before.new.p, "P(new) {} → {}", r.before.new.p, r.after.new.p);
+}
+
+#[test]
+fn the_subjects_last_token_is_found_in_context() {
+    let Some(path) = revive::testing::smollm2_for_tests() else { return };
+    let (_, meta) = revive::model::load_gguf(&path).unwrap();
+    let tok = revive::model::Tok::from_gguf(&meta, "smollm2").unwrap();
+    for template in ["{}", "Because it rained all day. {}"] {
+        let p = subject_prompt(&tok, template, "The mother tongue of {} is", "Danielle Darrieux").unwrap();
+        let upto = tok.decode(&p.ids[..=p.subject_last]).unwrap();
+        assert!(upto.ends_with("Danielle Darrieux"), "{template}: tokens up to the subject read {upto:?}");
+        assert!(tok.decode(&p.ids[p.subject_last + 1..]).unwrap() == " is", "{template}: {:?}", p.ids);
+    }
+    assert!(subject_prompt(&tok, "{}", "no slot here", "Danielle Darrieux").is_err());
+    assert!(subject_prompt(&tok, "{}", "The mother tongue of {} is", " ").is_err());
 }

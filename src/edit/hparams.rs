@@ -90,3 +90,37 @@ impl RomeHparams {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_parse() {
+        let hp = RomeHparams::smollm2();
+        assert!(hp.layer < 30 && hp.v_steps > 0 && hp.why.contains_key("layer"));
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_field() {
+        let good = serde_json::to_value(RomeHparams::smollm2()).unwrap();
+        let with = |field: &str, v: serde_json::Value| {
+            let mut x = good.clone();
+            x[field] = v;
+            x.to_string()
+        };
+        let cases = [
+            ("{".to_string(), "bad ROME hparams"),
+            (with("v_lr", serde_json::json!(-1.0)), "'v_lr'"),
+            (with("v_steps", serde_json::json!(0)), "'v_steps'"),
+            (with("kl_factor", serde_json::json!(-0.5)), "'kl_factor'"),
+            (with("mom2_tokens", serde_json::json!(0)), "'mom2_tokens'"),
+            (with("layer", serde_json::json!("five")), "bad ROME hparams"),
+            (with("surprise", serde_json::json!(1)), "unknown field"),
+        ];
+        for (text, want) in cases {
+            let e = RomeHparams::parse(&text, "h.json").unwrap_err().to_string();
+            assert!(e.contains("h.json") && e.contains(want), "{want}: {e}");
+        }
+    }
+}
