@@ -222,6 +222,9 @@ enum Bench {
         hp: HpArgs,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
+        /// Draw the probabilities before and after each edit (SVG).
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
     },
     /// Prefill and decode tokens/s of the forward pass, against the f64 CPU oracle.
     Forward {
@@ -356,7 +359,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: Bench::Edit { model, edits, known, limit, hp, json } } => {
+        Command::Bench { what: Bench::Edit { model, edits, known, limit, hp, json, plot } } => {
             let requests = revive::edit::request::load_requests(&edits)?;
             let requests = &requests[..limit.unwrap_or(requests.len()).min(requests.len())];
             let known = revive::eval::retention::load_facts(&known)?;
@@ -379,6 +382,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
             for c in &b.known_lost {
                 println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
+            }
+            if let Some(path) = plot {
+                revive::eval::plot::edit_probabilities(&b.records, &path)?;
             }
             if let Some(path) = json {
                 let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "bench": b });
@@ -442,6 +448,7 @@ fn edit(choice: BackendChoice, a: EditArgs) -> Result<()> {
         edits,
         total_seconds: start.elapsed().as_secs_f64(),
     };
+    revive::eval::plot::edit_probabilities(&record.edits, &a.out.join("edits.svg"))?;
     let path = a.out.join("edits.json");
     std::fs::write(&path, serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", path.display()))?;
     let ok = record.edits.iter().filter(|e| e.after.efficacy.unwrap_or(e.after.new.p > 0.5)).count();

@@ -2,3 +2,4 @@
 
 pub mod counterfact;
 pub mod retention;
+pub mod plot;
