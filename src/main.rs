@@ -226,6 +226,18 @@ enum Bench {
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
     },
+    /// How C0 converges with the corpus token count: ‖C0(N) − C0(N_max)‖/‖C0(N_max)‖ for
+    /// N = 1k, 2k, 4k, …, the mean diagonal, and the time per 1000 tokens.
+    Covariance {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(long, default_value_t = 5)]
+        layer: usize,
+        #[arg(long, default_value_t = 16384)]
+        tokens: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Prefill and decode tokens/s of the forward pass, against the f64 CPU oracle.
     Forward {
         #[arg(short, long, default_value = "smollm2")]
@@ -388,6 +400,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(path) = json {
                 let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "bench": b });
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        Command::Bench { what: Bench::Covariance { model, layer, tokens, json } } => {
+            let m = load(&model)?;
+            let gpu = Gpu::new(choice)?;
+            let gm = GpuModel::new(&gpu, &m.weights)?;
+            let report = revive::bench::covariance::run(&gm, &m.tok, layer, tokens, true)?;
+            println!("{}", revive::bench::covariance::table(&gpu.label(), &m.source, &report));
+            if let Some(path) = json {
+                let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "report": report });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
