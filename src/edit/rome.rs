@@ -9,7 +9,7 @@
 use super::hparams::RomeHparams;
 use super::keys::{context_templates, mean_key, subject_keys, subject_prompt, SubjectPrompt};
 use super::request::EditRequest;
-use super::target::{optimise_target, target_batch, Step, Target, TargetBatch};
+use super::target::{norm, optimise_target, target_batch, Step, Target, TargetBatch};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::model::forward::GpuModel;
@@ -127,10 +127,6 @@ pub fn rome_update_ids(
     let weight_norm = frobenius(model, w)?;
     let report = RomeReport { layer, templates: vec![], target, update_norm, weight_norm, key_alignment: denom / u_norm };
     Ok((dw, report))
-}
-
-fn norm(x: &[f32]) -> f64 {
-    x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()
 }
 
 /// ‖x‖_F on the GPU.

@@ -57,7 +57,8 @@ impl Adam {
     }
 }
 
-fn norm(x: &[f32]) -> f64 {
+/// ‖x‖₂ in f64.
+pub(crate) fn norm(x: &[f32]) -> f64 {
     x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()
 }
 

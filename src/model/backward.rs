@@ -240,12 +240,5 @@ impl<'m> DeltaPass<'m> {
 
 /// Row-wise log-softmax in f64 of [rows, vocab] logits.
 pub fn log_softmax(logits: &[f32], vocab: usize) -> Vec<Vec<f64>> {
-    logits
-        .chunks(vocab)
-        .map(|row| {
-            let max = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            row.iter().map(|&v| v as f64 - lse).collect()
-        })
-        .collect()
+    logits.chunks(vocab).map(super::generate::log_softmax).collect()
 }
