@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod shaders;
+pub mod spectral;
 pub mod testing;
 
 pub use error::{Error, Result};

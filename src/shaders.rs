@@ -24,6 +24,8 @@ shader!(ACTIVATION, "activation");
 shader!(ATTENTION, "attention");
 shader!(ROPE, "rope");
 shader!(LOSS, "loss");
+shader!(ORTHO, "ortho");
+shader!(PROJECT, "project");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -47,5 +49,7 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((ATTENTION, vec![]));
     v.push((ACTIVATION, vec![]));
     v.push((LOSS, vec![]));
+    v.push((ORTHO, vec![]));
+    v.push((PROJECT, vec![]));
     v
 }

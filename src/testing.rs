@@ -125,3 +125,46 @@ pub fn check_gradient(
     }
     Ok(())
 }
+
+/// An n×k matrix (row-major, f64) with orthonormal columns: Gram–Schmidt, twice, of Gaussian
+/// columns.
+pub fn random_orthonormal(rng: &mut StdRng, n: usize, k: usize) -> Vec<f64> {
+    assert!(k <= n, "{k} orthonormal columns do not fit in dimension {n}");
+    let mut cols: Vec<Vec<f64>> = vec![];
+    while cols.len() < k {
+        let mut c: Vec<f64> = (0..n).map(|_| gaussian(rng)).collect();
+        for _ in 0..2 {
+            for q in &cols {
+                let d: f64 = q.iter().zip(&c).map(|(a, b)| a * b).sum();
+                c.iter_mut().zip(q).for_each(|(x, q)| *x -= d * q);
+            }
+        }
+        let norm = c.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm > 1e-8 {
+            cols.push(c.into_iter().map(|x| x / norm).collect());
+        }
+    }
+    (0..n).flat_map(|i| cols.iter().map(move |c| c[i])).collect()
+}
+
+/// A standard normal value (Box–Muller).
+pub fn gaussian(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// An m×n matrix (row-major f32) with the given singular values (at most min(m, n), the rest
+/// zero) and random singular vectors.
+pub fn matrix_with_spectrum(rng: &mut StdRng, m: usize, n: usize, sigma: &[f64]) -> Vec<f32> {
+    let r = sigma.len();
+    let u = random_orthonormal(rng, m, r);
+    let v = random_orthonormal(rng, n, r);
+    let mut w = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            w[i * n + j] = (0..r).map(|c| u[i * r + c] * sigma[c] * v[j * r + c]).sum::<f64>() as f32;
+        }
+    }
+    w
+}

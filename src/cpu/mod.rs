@@ -8,6 +8,7 @@ pub mod loss;
 pub mod matmul;
 pub mod model;
 pub mod norm;
+pub mod ortho;
 pub mod reduce;
 pub mod rope;
 

@@ -8,6 +8,8 @@ pub mod gather;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod ortho;
+pub mod project;
 pub mod reduce;
 pub mod rope;
 pub mod softmax;
@@ -28,6 +30,11 @@ pub(crate) fn max_elems_per_dispatch(gpu: &Gpu, threads_per_group: usize) -> usi
 pub(crate) fn chunks(total: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     let chunk = chunk.max(1);
     (0..total.div_ceil(chunk)).map(move |i| (i * chunk, chunk.min(total - i * chunk)))
+}
+
+/// A binding of the whole tensor (callers check it fits one binding).
+pub(crate) fn whole<'a>(gpu: &Gpu, t: &'a Tensor) -> crate::error::Result<crate::gpu::Bind<'a>> {
+    Ok(t.bind(gpu, 0, t.numel())?.0)
 }
 
 pub(crate) fn groups(n: usize, per_group: usize) -> u32 {

@@ -1,0 +1,108 @@
+//! Orthonormalisation of a tall matrix's columns by Cholesky QR on the GPU (shaders/ortho.wgsl),
+//! and the Ritz residuals the subspace iteration checks its convergence with.
+//!
+//! One pass: G = YᵀY (matmul), L = chol(G) (one workgroup), Q = Y L⁻ᵀ (matmul with the
+//! triangular inverse). Two passes (CholeskyQR2) give orthonormality to working precision
+//! when Y is not too ill-conditioned after column scaling; columns that are linearly dependent
+//! to working precision are detected by the factorisation, replaced by random directions and
+//! orthonormalised against the rest in the next pass, so the result always has full rank.
+
+use super::{groups, whole};
+use super::matmul::{gemm, Gemm};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::shaders::ORTHO;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Meta {
+    n: u32,
+    m: u32,
+    k: u32,
+    seed: u32,
+    tol: f32,
+    ld: u32,
+    _pad: [u32; 2],
+}
+
+fn meta(n: usize, m: usize, k: usize, ld: usize, seed: u32, tol: f32) -> Meta {
+    Meta { n: n as u32, m: m as u32, k: k as u32, seed, tol, ld: ld as u32, _pad: [0; 2] }
+}
+
+/// A pivot below this fraction of its column's squared norm means the column is dependent on
+/// the earlier ones: f32 Cholesky loses the remaining digits of such a column to rounding
+/// (about n·ε relative), so it is safer to replace it than to normalise noise.
+pub fn dead_tolerance(n: usize) -> f32 {
+    (64.0 * n as f32 * f32::EPSILON).max(1e-5)
+}
+
+/// The lower Cholesky factor of a symmetric n×n matrix, and the dead-column flags
+/// (`aux` = [original diagonal | flags], 2n values; flag 1.0 = dead).
+pub fn cholesky(gpu: &Gpu, g: &Tensor, tol: f32) -> Result<(Tensor, Tensor)> {
+    let &[n, n2] = g.shape() else { return Err(Error::shape("cholesky", format!("{:?} is not 2-D", g.shape()))) };
+    if n != n2 || n == 0 {
+        return Err(Error::shape("cholesky", format!("{:?} is not a non-empty square matrix", g.shape())));
+    }
+    let l = gpu.empty(&[n, n])?;
+    super::elementwise::copy_strided(gpu, g, super::elementwise::View::dense(&[n, n]), &l, super::elementwise::View::dense(&[n, n]), &[n, n])?;
+    let aux = gpu.empty(&[2 * n])?;
+    let m = meta(n, 0, 0, 0, 0, tol);
+    gpu.dispatch(ORTHO, "cholesky", &[], bytemuck::bytes_of(&m), &[whole(gpu, &l)?, whole(gpu, &aux)?], [1, 1, 1])?;
+    Ok((l, aux))
+}
+
+/// L⁻¹ of a lower-triangular factor from [`cholesky`]; dead columns get a zero diagonal.
+pub fn tri_inverse(gpu: &Gpu, l: &Tensor, aux: &Tensor) -> Result<Tensor> {
+    let n = l.shape()[0];
+    let inv = gpu.empty(&[n, n])?;
+    let m = meta(n, 0, 0, 0, 0, 0.0);
+    gpu.dispatch(ORTHO, "tri_inverse", &[], bytemuck::bytes_of(&m), &[whole(gpu, l)?, whole(gpu, aux)?, whole(gpu, &inv)?], [groups(n, 64), 1, 1])?;
+    Ok(inv)
+}
+
+/// One Cholesky QR pass: (Q, aux) with Q = Y L⁻ᵀ; dead columns of Q are zero.
+pub fn cholesky_qr_pass(gpu: &Gpu, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = y.shape()[1];
+    let g = gemm(gpu, y, y, None, Gemm { trans_a: true, ..Gemm::default() })?;
+    let (l, aux) = cholesky(gpu, &g, dead_tolerance(n))?;
+    let inv = tri_inverse(gpu, &l, &aux)?;
+    let q = gemm(gpu, y, &inv, None, Gemm { trans_b: true, ..Gemm::default() })?;
+    Ok((q, aux))
+}
+
+/// Fills the dead columns (per `aux`) of an m×n matrix with values in [-1, 1) from `seed`.
+pub fn fill_dead(gpu: &Gpu, q: &Tensor, aux: &Tensor, seed: u32) -> Result<()> {
+    let (m, n) = (q.shape()[0], q.shape()[1]);
+    let total = m * n;
+    if total > gpu.split_limits().max_workgroups as usize * 256 {
+        return Err(Error::TooLarge { op: "fill_dead", detail: format!("{m}×{n} needs more workgroups than one dispatch has") });
+    }
+    let meta = meta(n, m, 0, 0, seed, 0.0);
+    gpu.dispatch(ORTHO, "fill_dead", &[], bytemuck::bytes_of(&meta), &[whole(gpu, aux)?, whole(gpu, q)?], [groups(total, 256), 1, 1])
+}
+
+/// Orthonormal columns spanning those of Y (m×n, m ≥ n), with dependent columns replaced by
+/// random directions: CholeskyQR2 plus one more pass for the refilled columns.
+pub fn orthonormalize(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
+    let &[m, n] = y.shape() else { return Err(Error::shape("orthonormalize", format!("{:?} is not 2-D", y.shape()))) };
+    if n == 0 || n > m {
+        return Err(Error::shape("orthonormalize", format!("{m}×{n}: need 1 ≤ columns ≤ rows")));
+    }
+    let (q, aux) = cholesky_qr_pass(gpu, y)?;
+    fill_dead(gpu, &q, &aux, seed)?;
+    let (q, aux) = cholesky_qr_pass(gpu, &q)?;
+    fill_dead(gpu, &q, &aux, seed.wrapping_add(0x9e37_79b9))?;
+    Ok(cholesky_qr_pass(gpu, &q)?.0)
+}
+
+/// Eᵀ (k×m) with E = Y[:, :k] − U[:, :k] diag(σ): Y and U are m×ld.
+pub fn ritz_residual(gpu: &Gpu, y: &Tensor, u: &Tensor, sigma: &Tensor, k: usize) -> Result<Tensor> {
+    let (m, ld) = (y.shape()[0], y.shape()[1]);
+    if u.shape() != y.shape() || sigma.numel() < k || k > ld {
+        return Err(Error::shape("ritz_residual", format!("Y {:?}, U {:?}, σ {:?}, k {k}", y.shape(), u.shape(), sigma.shape())));
+    }
+    let out = gpu.empty(&[k, m])?;
+    let meta = meta(0, m, k, ld, 0, 0.0);
+    gpu.dispatch(ORTHO, "ritz_residual", &[], bytemuck::bytes_of(&meta), &[whole(gpu, y)?, whole(gpu, sigma)?, whole(gpu, &out)?, whole(gpu, u)?], [groups(m * k, 256), 1, 1])?;
+    Ok(out)
+}

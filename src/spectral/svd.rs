@@ -1,0 +1,223 @@
+//! Top-k singular triplets on the GPU by block power (subspace) iteration with a Rayleigh–Ritz
+//! step every iteration:
+//!
+//!   Y = W Z;  Q = orth(Y);  X = Wᵀ Q;  Z' = orth(X);  S = Xᵀ Z' (= Qᵀ W Z', p×p)
+//!   S = Ũ Σ Ṽᵀ (host, f64);  U = Q Ũ;  Z ← Z' Ṽ;  next Y = W Z
+//!
+//! The block has p = k + oversampling columns (at most min(m, n)), so the k-th triplet
+//! converges at the rate (σ_{p+1}/σ_k)² per iteration rather than (σ_{k+1}/σ_k)². Rotating Z
+//! onto the Ritz vectors keeps the columns of Y nearly orthogonal, which is what lets Cholesky
+//! QR in f32 stay accurate. Convergence is judged on the true residuals of the first k
+//! triplets, ‖W v_i − σ_i u_i‖ ≤ tol · σ_1, computed from the Y the next iteration needs
+//! anyway. At the iteration cap the result is an error that says how far it got, never a
+//! silently unconverged basis.
+//!
+//! The same routine gives the top eigenpairs of a symmetric positive semi-definite matrix
+//! (U = V, σ = λ): [`top_eigen`].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::elementwise::{copy_strided, View};
+use crate::ops::matmul::{gemm, Gemm};
+use crate::ops::ortho::{orthonormalize, ritz_residual};
+use crate::ops::reduce::{reduce_all_value, reduce_rows, ReduceOp};
+use faer::Mat;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SvdOptions {
+    /// Converged when every one of the top k residuals ‖W v_i − σ_i u_i‖ is at most tol · σ_1.
+    pub tol: f64,
+    pub max_iters: usize,
+    /// Extra block columns; None: max(16, k / 2).
+    pub oversample: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for SvdOptions {
+    fn default() -> Self {
+        SvdOptions { tol: 2e-5, max_iters: 300, oversample: None, seed: 0x5eed }
+    }
+}
+
+/// The top k singular triplets of an m×n matrix: W ≈ U diag(σ) Vᵀ on those k.
+#[derive(Debug, Clone)]
+pub struct TopK {
+    /// m×k, orthonormal columns.
+    pub u: Tensor,
+    /// n×k, orthonormal columns.
+    pub v: Tensor,
+    /// Non-increasing.
+    pub sigma: Vec<f64>,
+    pub iterations: usize,
+    /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at the end.
+    pub residual: f64,
+    /// The block width used.
+    pub block: usize,
+}
+
+fn dims(w: &Tensor) -> Result<(usize, usize)> {
+    match *w.shape() {
+        [m, n] if m > 0 && n > 0 => Ok((m, n)),
+        _ => Err(Error::shape("svd", format!("{:?} is not a non-empty matrix", w.shape()))),
+    }
+}
+
+/// The first `k` columns of an r×c matrix, as a dense r×k tensor.
+pub fn leading_columns(gpu: &Gpu, x: &Tensor, k: usize) -> Result<Tensor> {
+    let (r, c) = (x.shape()[0], x.shape()[1]);
+    if k == c {
+        return Ok(x.clone());
+    }
+    let out = gpu.empty(&[r, k])?;
+    copy_strided(gpu, x, View { offset: 0, strides: [0, 0, c, 1] }, &out, View::dense(&[r, k]), &[r, k])?;
+    Ok(out)
+}
+
+fn random_block(gpu: &Gpu, rows: usize, cols: usize, seed: u64, keep: Option<&[f32]>) -> Result<Tensor> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    // A warm start: the given leading columns (rows × kept) replace the first random ones.
+    if let Some(prev) = keep {
+        let kept = prev.len() / rows;
+        for r in 0..rows {
+            data[r * cols..r * cols + kept].copy_from_slice(&prev[r * kept..(r + 1) * kept]);
+        }
+    }
+    gpu.upload(&data, &[rows, cols])
+}
+
+/// Top-k singular triplets of `w` (m×n, f32 on the GPU), 1 ≤ k ≤ min(m, n).
+pub fn top_k(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions) -> Result<TopK> {
+    top_k_from(gpu, w, k, opts, None)
+}
+
+/// [`top_k`] starting from `start` (n×j, j ≤ block) as the leading block columns.
+pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Option<&Tensor>) -> Result<TopK> {
+    let (m, n) = dims(w)?;
+    let min_dim = m.min(n);
+    if k == 0 || k > min_dim {
+        return Err(Error::shape("svd", format!("rank {k} is outside 1..={min_dim} for a {m}×{n} matrix")));
+    }
+    let sumsq = reduce_all_value(gpu, w, ReduceOp::SumSq)?;
+    if !sumsq.is_finite() {
+        return Err(Error::Numeric(format!("svd: the {m}×{n} matrix has non-finite entries")));
+    }
+    if sumsq == 0.0 {
+        return Err(Error::Numeric(format!("svd: the {m}×{n} matrix is zero; it has no dominant subspace")));
+    }
+    let p = (k + opts.oversample.unwrap_or((k / 2).max(16))).min(min_dim);
+    let keep = match start {
+        Some(s) if s.shape().len() == 2 && s.shape()[0] == n && s.shape()[1] <= p => Some(gpu.download(s)?),
+        Some(s) => return Err(Error::shape("svd", format!("start block {:?} does not fit {n}×{p}", s.shape()))),
+        None => None,
+    };
+    let seed32 = |i: u64| (opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i) >> 16) as u32;
+    let mut z = orthonormalize(gpu, &random_block(gpu, n, p, opts.seed, keep.as_deref())?, seed32(0))?;
+    let mut y = gemm(gpu, w, &z, None, Gemm::default())?;
+    let mut last = f64::NAN;
+    for it in 1..=opts.max_iters {
+        let q = orthonormalize(gpu, &y, seed32(2 * it as u64))?;
+        let x = gemm(gpu, w, &q, None, Gemm { trans_a: true, ..Gemm::default() })?;
+        let zn = orthonormalize(gpu, &x, seed32(2 * it as u64 + 1))?;
+        let s = gemm(gpu, &x, &zn, None, Gemm { trans_a: true, ..Gemm::default() })?;
+        let (u_small, sigma, v_small) = small_svd(&gpu.download(&s)?, p)?;
+        let u = gemm(gpu, &q, &gpu.upload(&u_small, &[p, p])?, None, Gemm::default())?;
+        z = gemm(gpu, &zn, &gpu.upload(&v_small, &[p, p])?, None, Gemm::default())?;
+        y = gemm(gpu, w, &z, None, Gemm::default())?;
+        let sig = gpu.upload(&sigma.iter().map(|&s| s as f32).collect::<Vec<_>>(), &[p])?;
+        let e = ritz_residual(gpu, &y, &u, &sig, k)?;
+        let norms = gpu.download(&reduce_rows(gpu, &e, ReduceOp::SumSq)?)?;
+        let worst = norms.iter().map(|&r| (r as f64).sqrt()).fold(0.0, f64::max) / sigma[0];
+        if !worst.is_finite() {
+            return Err(Error::Numeric(format!("svd: the residual became non-finite at iteration {it}")));
+        }
+        last = worst;
+        if worst <= opts.tol {
+            return Ok(TopK {
+                u: leading_columns(gpu, &u, k)?,
+                v: leading_columns(gpu, &z, k)?,
+                sigma: sigma[..k].to_vec(),
+                iterations: it,
+                residual: worst,
+                block: p,
+            });
+        }
+    }
+    Err(Error::Numeric(format!(
+        "svd: top-{k} of a {m}×{n} matrix did not converge in {} iterations (block {p}): residual {last:.2e} σ₁, tolerance {:.2e}; raise the iteration cap or the oversampling",
+        opts.max_iters, opts.tol
+    )))
+}
+
+/// SVD of the p×p Rayleigh quotient in f64: (Ũ, σ, Ṽ) as row-major f32 with columns sorted by
+/// non-increasing σ.
+fn small_svd(s: &[f32], p: usize) -> Result<(Vec<f32>, Vec<f64>, Vec<f32>)> {
+    if let Some(i) = s.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Numeric(format!("svd: the projected {p}×{p} matrix has a non-finite entry at {i}")));
+    }
+    let mat = Mat::<f64>::from_fn(p, p, |i, j| s[i * p + j] as f64);
+    let svd = mat.svd().map_err(|e| Error::Numeric(format!("svd: the {p}×{p} Rayleigh–Ritz SVD failed: {e:?}")))?;
+    let sv = svd.S().column_vector();
+    let mut order: Vec<usize> = (0..p).collect();
+    order.sort_by(|&a, &b| sv[b].total_cmp(&sv[a]));
+    let (u, v) = (svd.U(), svd.V());
+    let mut us = vec![0f32; p * p];
+    let mut vs = vec![0f32; p * p];
+    for (col, &src) in order.iter().enumerate() {
+        for r in 0..p {
+            us[r * p + col] = u[(r, src)] as f32;
+            vs[r * p + col] = v[(r, src)] as f32;
+        }
+    }
+    Ok((us, order.iter().map(|&i| sv[i]).collect(), vs))
+}
+
+/// The top-k eigenpairs of a symmetric positive semi-definite n×n matrix (e.g. C0): the
+/// eigenvectors (n×k) and eigenvalues, non-increasing.
+pub fn top_eigen(gpu: &Gpu, a: &Tensor, k: usize, opts: &SvdOptions) -> Result<(Tensor, Vec<f64>)> {
+    let (m, n) = dims(a)?;
+    if m != n {
+        return Err(Error::shape("top_eigen", format!("{m}×{n} is not square")));
+    }
+    let r = top_k(gpu, a, k, opts)?;
+    Ok((r.u, r.sigma))
+}
+
+/// The smallest k whose leading energy Σ_{i≤k} σ_i² reaches `tau` of `total` (‖W‖_F²), if the
+/// given values reach it.
+pub fn rank_for_energy(sigma: &[f64], total: f64, tau: f64) -> Option<usize> {
+    let mut acc = 0.0;
+    for (i, s) in sigma.iter().enumerate() {
+        acc += s * s;
+        if acc >= tau * total {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// The top triplets whose energy reaches τ of ‖W‖_F², 0 < τ ≤ 1: the block grows (doubling,
+/// warm-started from the last basis) until the converged values cover τ.
+pub fn top_energy(gpu: &Gpu, w: &Tensor, tau: f64, opts: &SvdOptions) -> Result<(TopK, f64)> {
+    let (m, n) = dims(w)?;
+    if !(tau > 0.0 && tau <= 1.0) {
+        return Err(Error::Edit(format!("the energy fraction τ must be in (0, 1], got {tau}")));
+    }
+    let total = reduce_all_value(gpu, w, ReduceOp::SumSq)? as f64;
+    let min_dim = m.min(n);
+    let mut k = ((tau * tau * min_dim as f64).ceil() as usize).clamp(1.min(min_dim), min_dim).max(8.min(min_dim));
+    let mut start: Option<Tensor> = None;
+    loop {
+        let r = top_k_from(gpu, w, k, opts, start.as_ref())?;
+        // At full rank the values are all of the energy, whatever rounding says.
+        let found = rank_for_energy(&r.sigma, total, tau).or((k == min_dim).then_some(k));
+        if let Some(kk) = found {
+            let out = TopK { u: leading_columns(gpu, &r.u, kk)?, v: leading_columns(gpu, &r.v, kk)?, sigma: r.sigma[..kk].to_vec(), ..r };
+            return Ok((out, total));
+        }
+        start = Some(r.v);
+        k = (2 * k).min(min_dim);
+    }
+}

@@ -1,0 +1,317 @@
+//! The spectral kernels and the subspace-iteration SVD on every adapter:
+//! Cholesky QR pieces against the f64 reference, orthonormalisation of ill-conditioned and
+//! rank-deficient blocks, the complement-projector filter and its properties, and top-k
+//! singular triplets against faer's SVD on matrices with known spectra.
+
+mod common;
+use common::*;
+use revive::cpu::ortho as reference;
+use revive::ops::matmul::{gemm, Gemm};
+use revive::ops::ortho::{cholesky, dead_tolerance, orthonormalize, tri_inverse};
+use revive::ops::project::complement;
+use revive::spectral::svd::{rank_for_energy, top_eigen, top_energy, top_k, SvdOptions};
+use revive::testing::{matrix_with_spectrum, random_orthonormal};
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// max |QᵀQ − I| for an m×n row-major Q.
+fn orthogonality_error(q: &[f32], m: usize, n: usize) -> f64 {
+    let mut worst = 0f64;
+    for a in 0..n {
+        for b in 0..n {
+            let d: f64 = (0..m).map(|i| q[i * n + a] as f64 * q[i * n + b] as f64).sum();
+            worst = worst.max((d - if a == b { 1.0 } else { 0.0 }).abs());
+        }
+    }
+    worst
+}
+
+fn gram(y: &[f32], m: usize, n: usize) -> Vec<f64> {
+    let mut g = vec![0.0; n * n];
+    for a in 0..n {
+        for b in 0..n {
+            g[a * n + b] = (0..m).map(|i| y[i * n + a] as f64 * y[i * n + b] as f64).sum();
+        }
+    }
+    g
+}
+
+#[test]
+fn cholesky_and_triangular_inverse_match_the_reference() {
+    // 300 > one workgroup's 256 threads; 1 and primes; a block with dependent columns.
+    for_each_gpu(|gpu| {
+        for (m, n, dependent) in [(1, 1, false), (9, 7, false), (80, 64, false), (301, 257, false), (320, 300, false), (50, 13, true)] {
+            let mut y = random_vec(&mut rng(n as u64), m * n);
+            if dependent {
+                // Column 5 = column 2, column 9 = 0.5 · column 2 + column 3.
+                for i in 0..m {
+                    y[i * n + 5] = y[i * n + 2];
+                    y[i * n + 9] = 0.5 * y[i * n + 2] + y[i * n + 3];
+                }
+            }
+            let g = gram(&y, m, n);
+            let tol = dead_tolerance(n);
+            let (l, aux) = ok(cholesky(gpu, &ok(gpu.upload(&f32s(&g), &[n, n]))?, tol))?;
+            let (want_l, want_dead) = reference::cholesky(&g, n, tol as f64);
+            let flags = ok(gpu.download(&aux))?;
+            let dead: Vec<bool> = flags[n..].iter().map(|&f| f == 1.0).collect();
+            if dead != want_dead {
+                return Err(format!("{m}×{n}: dead columns {:?}, expected {:?}", idx(&dead), idx(&want_dead)));
+            }
+            if dependent && idx(&dead) != [5, 9] {
+                return Err(format!("dependent columns 5 and 9 not found: {:?}", idx(&dead)));
+            }
+            let got_l = ok(gpu.download(&l))?;
+            compare(&format!("cholesky {n}"), &got_l, &want_l, Tolerance::new(2e-5, 1e-4, 5e-5))?;
+            let inv = ok(gpu.download(&ok(tri_inverse(gpu, &l, &aux))?))?;
+            let want_inv = reference::tri_inverse(&f64s(&got_l), n, &dead);
+            let scale = want_inv.iter().fold(0f64, |a, b| a.max(b.abs()));
+            compare(&format!("tri_inverse {n}"), &inv, &want_inv, Tolerance::new(1e-5 * scale, 1e-4, 1e-4))?;
+        }
+        Ok(())
+    });
+}
+
+fn idx(flags: &[bool]) -> Vec<usize> {
+    flags.iter().enumerate().filter(|(_, &d)| d).map(|(i, _)| i).collect()
+}
+
+#[test]
+fn orthonormalize_keeps_the_span_and_full_rank() {
+    for_each_gpu(|gpu| {
+        for (m, n, case) in [(1, 1, "plain"), (7, 7, "plain"), (100, 37, "plain"), (1000, 129, "plain"), (300, 40, "graded"), (300, 40, "deficient"), (64, 20, "zero")] {
+            let mut r = rng(m as u64 * 31 + n as u64);
+            let mut y = random_vec(&mut r, m * n);
+            match case {
+                // Columns scaled over 6 decades and leaning towards the first (cosines near 0.9):
+                // what the rotated blocks of the subspace iteration look like at worst.
+                "graded" => {
+                    for i in 0..m {
+                        for j in 1..n {
+                            y[i * n + j] = (y[i * n] + 0.5 * y[i * n + j]) * 10f32.powf(-(j as f32) * 6.0 / n as f32);
+                        }
+                    }
+                }
+                // Rank 10: the rest are combinations of the first 10.
+                "deficient" => {
+                    for i in 0..m {
+                        for j in 10..n {
+                            y[i * n + j] = y[i * n + j % 10] - 0.5 * y[i * n + (j + 3) % 10];
+                        }
+                    }
+                }
+                "zero" => {
+                    for i in 0..m {
+                        y[i * n + 3] = 0.0;
+                        y[i * n + 11] = 0.0;
+                    }
+                }
+                _ => {}
+            }
+            let q = ok(gpu.download(&ok(orthonormalize(gpu, &ok(gpu.upload(&y, &[m, n]))?, 7))?))?;
+            if q.iter().any(|v| !v.is_finite()) {
+                return Err(format!("{case} {m}×{n}: non-finite output"));
+            }
+            let e = orthogonality_error(&q, m, n);
+            if e > 2e-6 * (n as f64).sqrt().max(1.0) {
+                return Err(format!("{case} {m}×{n}: |QᵀQ − I| = {e:e}"));
+            }
+            // span(Y) ⊆ span(Q): Y − Q QᵀY = 0 (relative to ‖Y‖).
+            let qd = f64s(&q);
+            let yd = f64s(&y);
+            let res = reference::complement(&yd, m, n, &qd, n, &[], 0);
+            let rel = res.iter().map(|x| x * x).sum::<f64>().sqrt() / yd.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if rel > 1e-4 {
+                return Err(format!("{case} {m}×{n}: Y leaves span(Q) by {rel:e}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+fn frob(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+#[test]
+fn the_filter_matches_the_reference_and_is_a_projector() {
+    for_each_gpu(|gpu| {
+        for (m, n, kl, kr) in [(1, 1, 0, 0), (1, 5, 0, 2), (7, 13, 3, 5), (97, 33, 16, 17), (300, 257, 40, 0), (64, 300, 0, 64), (576, 200, 129, 31)] {
+            let mut r = rng((m * n + kl) as u64);
+            let x = random_vec(&mut r, m * n);
+            let u = random_orthonormal(&mut r, m, kl);
+            let v = random_orthonormal(&mut r, n, kr);
+            let tu = ok(gpu.upload(&f32s(&u), &[m, kl]))?;
+            let tv = ok(gpu.upload(&f32s(&v), &[n, kr]))?;
+            let (bu, bv) = ((kl > 0).then_some(&tu), (kr > 0).then_some(&tv));
+            let tx = ok(gpu.upload(&x, &[m, n]))?;
+            let out_t = ok(complement(gpu, &tx, bu, bv))?;
+            let out = ok(gpu.download(&out_t))?;
+            let want = reference::complement(&f64s(&x), m, n, &f32s_to_f64(&u), kl, &f32s_to_f64(&v), kr);
+            compare(&format!("complement {m}×{n} ranks {kl},{kr}"), &out, &want, Tolerance::new(2e-5, 1e-4, 1e-5))?;
+            // ‖Uᵀ out‖ and ‖out V‖ vanish to 1e-5 ‖X‖.
+            let xn = frob(&f64s(&x));
+            let od = f64s(&out);
+            let left_leak = frob(&reference::complement(&od, m, n, &[], 0, &[], 0).iter().zip(&reference::complement(&od, m, n, &f32s_to_f64(&u), kl, &[], 0)).map(|(a, b)| a - b).collect::<Vec<_>>());
+            let right_leak = frob(&od.iter().zip(&reference::complement(&od, m, n, &[], 0, &f32s_to_f64(&v), kr)).map(|(a, b)| a - b).collect::<Vec<_>>());
+            if !(left_leak <= 1e-5 * xn && right_leak <= 1e-5 * xn) {
+                return Err(format!("{m}×{n}: leak into the protected subspaces {left_leak:e}, {right_leak:e} (‖X‖ = {xn:e})"));
+            }
+            // Idempotent.
+            let twice = ok(gpu.download(&ok(complement(gpu, &out_t, bu, bv))?))?;
+            compare("complement twice", &twice, &od, Tolerance::new(1e-6, 1e-5, 1e-5))?;
+            // An update already outside both subspaces passes unchanged.
+            let outside = reference::complement(&f64s(&x), m, n, &f32s_to_f64(&u), kl, &f32s_to_f64(&v), kr);
+            let same = ok(gpu.download(&ok(complement(gpu, &ok(gpu.upload(&f32s(&outside), &[m, n]))?, bu, bv))?))?;
+            compare("outside passes", &same, &outside, Tolerance::new(1e-6, 1e-5, 1e-5))?;
+        }
+        Ok(())
+    });
+}
+
+/// The bases as the GPU sees them (rounded to f32), for the f64 reference.
+fn f32s_to_f64(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| x as f32 as f64).collect()
+}
+
+struct Case {
+    name: &'static str,
+    m: usize,
+    n: usize,
+    sigma: Vec<f64>,
+    k: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let geometric = |r: usize, lo: f64| (0..r).map(|i| lo.powf(i as f64 / (r - 1).max(1) as f64)).collect::<Vec<_>>();
+    vec![
+        Case { name: "separated", m: 120, n: 90, sigma: geometric(90, 1e-3), k: 10 },
+        Case { name: "one", m: 1, n: 17, sigma: vec![3.0], k: 1 },
+        Case { name: "clustered", m: 200, n: 150, sigma: (0..150).map(|i| if i < 6 { 1.0 - 1e-3 * i as f64 } else if i < 12 { 0.5 - 1e-3 * i as f64 } else { 0.2 * 0.97f64.powi(i as i32) }).collect(), k: 12 },
+        Case { name: "repeated", m: 130, n: 130, sigma: (0..130).map(|i| if i < 5 { 2.0 } else if i < 9 { 1.0 } else { 0.3 / (1.0 + i as f64) }).collect(), k: 9 },
+        Case { name: "rank-deficient", m: 160, n: 100, sigma: geometric(7, 0.05), k: 7 },
+        Case { name: "tall", m: 577, n: 31, sigma: geometric(31, 0.01), k: 31 },
+        Case { name: "wide", m: 23, n: 611, sigma: geometric(23, 0.02), k: 20 },
+        Case { name: "flat", m: 301, n: 257, sigma: (0..257).map(|i| 1.0 - 0.6 * i as f64 / 257.0).collect(), k: 61 },
+    ]
+}
+
+#[test]
+fn top_k_matches_the_cpu_svd_on_known_spectra() {
+    for_each_gpu(|gpu| {
+        for c in cases() {
+            let mut r = rng(c.m as u64 * 7 + c.n as u64);
+            let w = matrix_with_spectrum(&mut r, c.m, c.n, &c.sigma);
+            let (ru, rs, rv) = reference::svd(&w, c.m, c.n);
+            let got = ok(top_k(gpu, &ok(gpu.upload(&w, &[c.m, c.n]))?, c.k, &SvdOptions::default()))?;
+            for i in 0..c.k {
+                let rel = (got.sigma[i] - rs[i]).abs() / rs[i];
+                if !(rel <= 1e-4) {
+                    return Err(format!("{}: σ_{i} = {} vs {} (relative {rel:e})", c.name, got.sigma[i], rs[i]));
+                }
+            }
+            let rdim = c.m.min(c.n);
+            let take = |v: &[f64], rows: usize| -> Vec<f64> { (0..rows).flat_map(|i| v[i * rdim..i * rdim + c.k].to_vec()).collect() };
+            let (u, v) = (f64s(&ok(gpu.download(&got.u))?), f64s(&ok(gpu.download(&got.v))?));
+            for (side, mine, theirs, rows) in [("left", &u, take(&ru, c.m), c.m), ("right", &v, take(&rv, c.n), c.n)] {
+                let sines = reference::principal_sines(&theirs, c.k, mine, c.k, rows);
+                if !(sines[0] <= 2e-3) {
+                    return Err(format!("{}: the {side} top-{} subspace is {:.2e} (sine of the largest principal angle) from the reference", c.name, c.k, sines[0]));
+                }
+            }
+            if orthogonality_error(&ok(gpu.download(&got.u))?, c.m, c.k) > 1e-5 {
+                return Err(format!("{}: U is not orthonormal", c.name));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn every_rank_up_to_the_full_one_and_the_energy_rule() {
+    for_each_gpu(|gpu| {
+        let (m, n) = (70, 45);
+        let sigma: Vec<f64> = (0..45).map(|i| 1.0 / (1.0 + 0.2 * i as f64)).collect();
+        let w = matrix_with_spectrum(&mut rng(3), m, n, &sigma);
+        let tw = ok(gpu.upload(&w, &[m, n]))?;
+        let (_, rs, _) = reference::svd(&w, m, n);
+        let full = ok(top_k(gpu, &tw, n, &SvdOptions::default()))?;
+        for i in 0..n {
+            if (full.sigma[i] - rs[i]).abs() > 1e-4 * rs[i] {
+                return Err(format!("full rank: σ_{i} {} vs {}", full.sigma[i], rs[i]));
+            }
+        }
+        let total: f64 = rs.iter().map(|s| s * s).sum();
+        for tau in [0.1, 0.5, 0.9, 1.0] {
+            let want = rank_for_energy(&rs, total * (1.0 - 1e-12), tau).unwrap();
+            let (got, t) = ok(top_energy(gpu, &tw, tau, &SvdOptions::default()))?;
+            if (t - total).abs() > 1e-5 * total {
+                return Err(format!("‖W‖_F² {t} vs {total}"));
+            }
+            // Near a boundary the f32 total may tip the count by one.
+            if got.sigma.len().abs_diff(want) > 1 || got.u.shape() != [m, got.sigma.len()] {
+                return Err(format!("τ = {tau}: k = {} ({:?}), expected {want}", got.sigma.len(), got.u.shape()));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn top_eigen_of_a_covariance() {
+    for_each_gpu(|gpu| {
+        // C = AᵀA / rows: PSD, like C0.
+        let (rows, n, k) = (400, 96, 8);
+        let a = matrix_with_spectrum(&mut rng(11), rows, n, &(0..n).map(|i| 3.0 * 0.93f64.powi(i as i32)).collect::<Vec<_>>());
+        let ta = ok(gpu.upload(&a, &[rows, n]))?;
+        let c = ok(gemm(gpu, &ta, &ta, None, Gemm { trans_a: true, alpha: 1.0 / rows as f32, ..Gemm::default() }))?;
+        let cv = ok(gpu.download(&c))?;
+        let (ru, rs, _) = reference::svd(&cv, n, n);
+        let (vecs, vals) = ok(top_eigen(gpu, &c, k, &SvdOptions::default()))?;
+        for i in 0..k {
+            if (vals[i] - rs[i]).abs() > 1e-4 * rs[i] {
+                return Err(format!("λ_{i} {} vs {}", vals[i], rs[i]));
+            }
+        }
+        let theirs: Vec<f64> = (0..n).flat_map(|i| ru[i * n..i * n + k].to_vec()).collect();
+        let s = reference::principal_sines(&theirs, k, &f64s(&ok(gpu.download(&vecs))?), k, n);
+        if s[0] > 2e-3 {
+            return Err(format!("eigenvectors {:.2e} from the reference", s[0]));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn non_convergence_and_bad_input_are_errors() {
+    for_each_gpu(|gpu| {
+        let sigma: Vec<f64> = (0..60).map(|i| 1.0 - 0.001 * i as f64).collect();
+        let w = ok(gpu.upload(&matrix_with_spectrum(&mut rng(5), 80, 60, &sigma), &[80, 60]))?;
+        let opts = SvdOptions { max_iters: 2, oversample: Some(2), ..SvdOptions::default() };
+        match top_k(gpu, &w, 10, &opts) {
+            Err(e) if e.to_string().contains("did not converge") => {}
+            other => return Err(format!("a 2-iteration cap on a flat spectrum: {other:?}")),
+        }
+        let mut bad = vec![0.5f32; 12];
+        bad[7] = f32::NAN;
+        match top_k(gpu, &ok(gpu.upload(&bad, &[3, 4]))?, 1, &SvdOptions::default()) {
+            Err(e) if e.to_string().contains("non-finite") => {}
+            other => return Err(format!("NaN input: {other:?}")),
+        }
+        for k in [0, 4] {
+            if top_k(gpu, &ok(gpu.upload(&[1.0; 12], &[3, 4]))?, k, &SvdOptions::default()).is_ok() {
+                return Err(format!("rank {k} of a 3×4 matrix was accepted"));
+            }
+        }
+        if top_k(gpu, &ok(gpu.upload(&[0.0; 12], &[3, 4]))?, 1, &SvdOptions::default()).is_ok() {
+            return Err("a zero matrix was given a dominant subspace".into());
+        }
+        Ok(())
+    });
+}
