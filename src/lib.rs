@@ -14,6 +14,7 @@ pub mod model;
 pub mod ops;
 pub mod shaders;
 pub mod spectral;
+pub mod store;
 pub mod testing;
 
 pub use error::{Error, Result};

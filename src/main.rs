@@ -82,6 +82,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The singular spectrum of the MLP down-projections, and against the original model how
+    /// far an edited model's moved: top-k subspace similarity, top σ, ‖W‖_F, ‖W − W0‖_F.
+    Spectrum {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        /// The original model; only the layers whose down-projection differs are reported.
+        #[arg(long)]
+        against: Option<String>,
+        /// Only these layers (repeat the flag).
+        #[arg(long = "layer")]
+        layers: Vec<usize>,
+        /// k from this energy fraction of the original weight (as REVIVE's guard).
+        #[arg(long, default_value_t = 0.5, conflicts_with = "rank")]
+        tau: f64,
+        #[arg(long)]
+        rank: Option<usize>,
+        /// The spectra and similarities as SVG.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Measure speed against a baseline run in the same process.
     Bench {
         #[command(subcommand)]
@@ -115,6 +137,8 @@ struct EditArgs {
     limit: Option<usize>,
     #[command(flatten)]
     hp: HpArgs,
+    #[command(flatten)]
+    revive: ReviveArgs,
     /// Output directory: the edited model and edits.json.
     #[arg(long, default_value = "runs/edit")]
     out: std::path::PathBuf,
@@ -124,6 +148,52 @@ struct EditArgs {
     /// Precision of the saved weights.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
+}
+
+/// REVIVE's spectral guard on the edited matrix.
+#[derive(clap::Args)]
+struct ReviveArgs {
+    /// REVIVE: filter every update out of the top singular subspaces of the original weight
+    /// that hold this fraction τ of its energy ‖W‖_F² (e.g. 0.5).
+    #[arg(long, value_name = "TAU", conflicts_with = "revive_rank")]
+    revive: Option<f64>,
+    /// REVIVE with a fixed number k of protected directions instead of τ.
+    #[arg(long, value_name = "K")]
+    revive_rank: Option<usize>,
+    /// Convergence tolerance of the power-iteration SVD (residual relative to σ₁).
+    #[arg(long, default_value_t = revive::spectral::svd::SvdOptions::default().tol)]
+    svd_tol: f64,
+}
+
+impl ReviveArgs {
+    fn rule(&self) -> Option<revive::spectral::guard::RankRule> {
+        use revive::spectral::guard::RankRule;
+        self.revive.map(RankRule::Energy).or(self.revive_rank.map(RankRule::Rank))
+    }
+    fn svd(&self) -> revive::spectral::svd::SvdOptions {
+        revive::spectral::svd::SvdOptions { tol: self.svd_tol, ..Default::default() }
+    }
+}
+
+/// The guard of the edited layer's down-projection, from the model's current (original)
+/// weights, cached on disk.
+fn make_guard(gm: &GpuModel, layer: usize, rule: revive::spectral::guard::RankRule, opts: &revive::spectral::svd::SvdOptions) -> Result<revive::spectral::guard::SpectralGuard> {
+    let name = revive::edit::rome::down_name(layer);
+    eprintln!("REVIVE: top singular subspaces of {name} ({rule:?}) …");
+    let (g, _) = revive::spectral::guard::SpectralGuard::cached(gm.gpu(), gm.tensor(&name)?, &name, rule, opts, &revive::spectral::guard::guard_dir())?;
+    let i = &g.info;
+    eprintln!(
+        "REVIVE: protecting k = {} of {} directions of {name} ({:.1}% of ‖W‖_F²; σ₁ {:.3}, σ_k {:.3}; {} iterations, residual {:.1e}; {})",
+        i.k,
+        i.shape[0].min(i.shape[1]),
+        100.0 * i.energy_fraction,
+        i.sigma[0],
+        i.sigma[i.k - 1],
+        i.iterations,
+        i.residual,
+        i.cache.as_deref().unwrap_or("not cached")
+    );
+    Ok(g)
 }
 
 /// ROME's hyper-parameters: a file, then single overrides.
@@ -220,11 +290,38 @@ enum Bench {
         limit: Option<usize>,
         #[command(flatten)]
         hp: HpArgs,
+        #[command(flatten)]
+        revive: ReviveArgs,
+        /// Run the edits twice from the original weights: plain ROME, then with the REVIVE
+        /// guard (--revive τ, default 0.5).
+        #[arg(long)]
+        both: bool,
+        /// After every edit: the spectrum of the edited matrix against the original (top-k from
+        /// τ, as the guard's) and the known facts.
+        #[arg(long)]
+        track: bool,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
-        /// Draw the probabilities before and after each edit (SVG).
+        /// Draw the probabilities before and after each edit (SVG); with --track, also the
+        /// known facts and the spectral diagnostics per edit (FILE-track.svg).
         #[arg(long)]
         plot: Option<std::path::PathBuf>,
+    },
+    /// Time to the top-k singular triplets (GPU power iteration) against the CPU SVD, with
+    /// the accuracy reached.
+    Svd {
+        /// MxN:k1,k2,… (repeat the flag); default 576x1536:32,128,512 and 4096x4096:64,256.
+        #[arg(long = "case")]
+        cases: Vec<String>,
+        #[arg(long)]
+        no_cpu: bool,
+        #[arg(long, default_value_t = revive::spectral::svd::SvdOptions::default().tol)]
+        tol: f64,
+        /// Write the matrices here (safetensors) for benches/baselines/torch_svd.py.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// How C0 converges with the corpus token count: ‖C0(N) − C0(N_max)‖/‖C0(N_max)‖ for
     /// N = 1k, 2k, 4k, …, the mean diagonal, and the time per 1000 tokens.
@@ -371,39 +468,30 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: Bench::Edit { model, edits, known, limit, hp, json, plot } } => {
-            let requests = revive::edit::request::load_requests(&edits)?;
-            let requests = &requests[..limit.unwrap_or(requests.len()).min(requests.len())];
-            let known = revive::eval::retention::load_facts(&known)?;
-            let hp = hp.resolve()?;
-            let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &model, &hp)?;
-            let n = requests.len();
-            let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, |r| print_edit(r, n))?;
-            println!("adapter {}; layer {}, {} Adam steps at most, {} context templates, C0 from {} tokens ({cov_seconds:.0} s)", gpu.label(), hp.layer, hp.v_steps, 1 + hp.templates.prefixes.len() * hp.templates.per_prefix, cov.tokens);
-            println!(
-                "time per edit: mean {:.1} s, median {:.1} s = {:.0} forward passes of the prompt ({:.3} s each)",
-                b.seconds_per_edit_mean,
-                b.seconds_per_edit_median,
-                b.seconds_per_edit_median / b.forward_seconds,
-                b.forward_seconds
-            );
-            println!("efficacy: {}/{} right after each edit, {}/{} after all edits", b.efficacy_after_each, b.edits, b.efficacy_at_end, b.edits);
-            if let Some(p) = b.paraphrase_mean_at_end {
-                println!("paraphrases preferring the new target after all edits: {:.0}%", 100.0 * p);
+        Command::Bench { what: Bench::Edit { model, edits, known, limit, hp, revive, both, track, json, plot } } => {
+            bench_edit(choice, BenchEditArgs { model, edits, known, limit, hp, revive, both, track, json, plot })
+        }
+        Command::Bench { what: Bench::Svd { cases, no_cpu, tol, save, json } } => {
+            let gpu = Gpu::new(choice)?;
+            let cases = if cases.is_empty() { vec!["576x1536:32,128,512".to_string(), "4096x4096:64,256".to_string()] } else { cases };
+            if let Some(dir) = &save {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
-            for c in &b.known_lost {
-                println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
+            let opts = revive::spectral::svd::SvdOptions { tol, ..Default::default() };
+            let mut rows = vec![];
+            for c in &cases {
+                let (m, n, ks) = parse_svd_case(c)?;
+                eprintln!("{m}×{n}, k = {ks:?} …");
+                rows.extend(revive::bench::svd::run(&gpu, m, n, &ks, !no_cpu, &opts, save.as_deref())?);
             }
-            if let Some(path) = plot {
-                revive::eval::plot::edit_probabilities(&b.records, &path)?;
-            }
+            println!("{}", revive::bench::svd::table(&gpu.label(), &rows));
             if let Some(path) = json {
-                let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "bench": b });
+                let doc = serde_json::json!({ "adapter": gpu.label(), "driver": gpu.info().driver_info, "tol": tol, "rows": rows });
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }
+        Command::Spectrum { model, against, layers, tau, rank, plot, json } => spectrum(choice, model, against, layers, tau, rank, plot, json),
         Command::Bench { what: Bench::Covariance { model, layer, tokens, json } } => {
             let m = load(&model)?;
             let gpu = Gpu::new(choice)?;
@@ -432,6 +520,9 @@ fn run(cli: Cli) -> Result<()> {
 fn edit(choice: BackendChoice, a: EditArgs) -> Result<()> {
     use revive::edit::{request, run::{run_rome, RunRecord}};
     let Method::Rome = a.method;
+    if let Some(t) = a.revive.revive {
+        anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
+    }
     let requests = match (&a.edits, &a.subject) {
         (Some(path), _) => request::load_requests(path)?,
         (None, Some(subject)) => {
@@ -451,7 +542,8 @@ fn edit(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
     let n = requests.len();
-    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, true, |r| print_edit(r, n))?;
+    let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
+    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref(), true, |_| Ok(None), |r| print_edit(r, n))?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     if !a.no_save {
         let dtype = match a.dtype {
@@ -466,6 +558,7 @@ fn edit(choice: BackendChoice, a: EditArgs) -> Result<()> {
         model: m.source.clone(),
         adapter: gpu.label(),
         hparams: hp,
+        revive: guard.map(|g| g.info),
         covariance_tokens: cov.tokens,
         covariance_seconds,
         templates,
@@ -496,6 +589,20 @@ fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
             .filter_map(|(k, v)| v.map(|v| format!("   {k} {:.0}%", 100.0 * v)))
             .collect::<String>();
         println!("  {when}: P(new) {:.4}{truth}{extra}", m.new.p);
+    }
+    if let Some(f) = &r.filter {
+        println!(
+            "  REVIVE: kept {:.1}% of ‖ΔW‖; in the protected subspaces before {:.3} (left) {:.3} (right), after {:.1e} {:.1e}",
+            100.0 * f.kept,
+            f.before.left,
+            f.before.right,
+            f.after.left,
+            f.after.right
+        );
+    }
+    if let Some(t) = &r.tracking {
+        let d = t.diagnostics.as_ref().map(|d| format!("; top-{} similarity {:.4} (left) {:.4} (right), ‖W − W0‖ {:.3}", d.k, d.left_similarity, d.right_similarity, d.drift)).unwrap_or_default();
+        println!("  known facts {}/{}{d}", t.known_correct, t.known_total);
     }
     let t = &r.rome.target;
     println!(
@@ -538,6 +645,162 @@ fn info(choice: BackendChoice) -> Result<()> {
             "            {} invocations/workgroup, {} workgroups/dimension, storage offset alignment {} B",
             l.max_compute_invocations_per_workgroup, l.max_compute_workgroups_per_dimension, l.min_storage_buffer_offset_alignment
         );
+    }
+    Ok(())
+}
+
+fn parse_svd_case(c: &str) -> Result<(usize, usize, Vec<usize>)> {
+    let bad = || anyhow::anyhow!("--case {c:?}: expected MxN:k1,k2,… (e.g. 576x1536:32,128)");
+    let (dims, ks) = c.split_once(':').ok_or_else(bad)?;
+    let (m, n) = dims.split_once('x').ok_or_else(bad)?;
+    let (m, n): (usize, usize) = (m.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    let ks = ks.split(',').map(|k| k.trim().parse::<usize>().map_err(|_| bad())).collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(m > 0 && n > 0 && !ks.is_empty() && ks.iter().all(|&k| k >= 1 && k <= m.min(n)), "--case {c:?}: need 1 ≤ k ≤ min(M, N)");
+    Ok((m, n, ks))
+}
+
+struct BenchEditArgs {
+    model: String,
+    edits: std::path::PathBuf,
+    known: std::path::PathBuf,
+    limit: Option<usize>,
+    hp: HpArgs,
+    revive: ReviveArgs,
+    both: bool,
+    track: bool,
+    json: Option<std::path::PathBuf>,
+    plot: Option<std::path::PathBuf>,
+}
+
+fn bench_edit(choice: BackendChoice, a: BenchEditArgs) -> Result<()> {
+    use revive::spectral::guard::RankRule;
+    let requests = revive::edit::request::load_requests(&a.edits)?;
+    let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
+    let known = revive::eval::retention::load_facts(&a.known)?;
+    let hp = a.hp.resolve()?;
+    let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &a.model, &hp)?;
+    let rule = a.revive.rule();
+    let opts = a.revive.svd();
+    // The guard doubles as the original's top-k basis for the diagnostics.
+    let guard = if rule.is_some() || a.both || a.track { Some(make_guard(&gm, hp.layer, rule.unwrap_or(RankRule::Energy(0.5)), &opts)?) } else { None };
+    let basis = guard.as_ref().map(|g| g.basis());
+    let down = revive::edit::rome::down_name(hp.layer);
+    let arms: Vec<bool> = if a.both { vec![false, true] } else { vec![rule.is_some()] };
+    let n = requests.len();
+    let mut results = vec![];
+    let mut first = Some(gm);
+    for with_guard in arms {
+        // Every arm starts from the original weights.
+        let gm = match first.take() {
+            Some(g) => g,
+            None => GpuModel::new(&gpu, &m.weights)?,
+        };
+        let track = match (&basis, a.track) {
+            (Some(basis), true) => Some(revive::bench::edit::Track { w0: revive::ops::elementwise::scale(&gpu, gm.tensor(&down)?, 1.0)?, basis, opts }),
+            _ => None,
+        };
+        let g = if with_guard { guard.as_ref() } else { None };
+        println!("== {} ==", if with_guard { "ROME + REVIVE" } else { "ROME" });
+        let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g, track.as_ref(), |r| print_edit(r, n))?;
+        print_bench_edit(&gpu, &hp, &cov, cov_seconds, &known, &b);
+        results.push(b);
+    }
+    if results.len() > 1 {
+        println!("\n{:<12} {:>9} {:>9} {:>11} {:>12} {:>10}", "arm", "efficacy", "at end", "paraphrase", "known facts", "s/edit");
+        for b in &results {
+            println!(
+                "{:<12} {:>6}/{:<2} {:>6}/{:<2} {:>10.0}% {:>8}/{:<3} {:>10.1}",
+                b.arm,
+                b.efficacy_after_each,
+                b.edits,
+                b.efficacy_at_end,
+                b.edits,
+                100.0 * b.paraphrase_mean_at_end.unwrap_or(f64::NAN),
+                b.known_after,
+                known.len(),
+                b.seconds_per_edit_median
+            );
+        }
+    }
+    if let Some(path) = &a.plot {
+        for b in &results {
+            let p = if results.len() > 1 { path.with_file_name(format!("{}-{}.svg", path.file_stem().unwrap_or_default().to_string_lossy(), b.arm.replace('+', "-"))) } else { path.clone() };
+            revive::eval::plot::edit_probabilities(&b.records, &p)?;
+        }
+        if a.track {
+            let p = path.with_file_name(format!("{}-track.svg", path.file_stem().unwrap_or_default().to_string_lossy()));
+            revive::eval::plot::tracking(&results, &p)?;
+            println!("plots: {} and the probabilities next to it", p.display());
+        }
+    }
+    if let Some(path) = a.json {
+        let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "arms": results });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_bench_edit(gpu: &Gpu, hp: &revive::edit::hparams::RomeHparams, cov: &revive::edit::rome::CovSolver, cov_seconds: f64, known: &[revive::eval::retention::Fact], b: &revive::bench::edit::EditBench) {
+    println!("adapter {}; layer {}, {} Adam steps at most, {} context templates, C0 from {} tokens ({cov_seconds:.0} s)", gpu.label(), hp.layer, hp.v_steps, 1 + hp.templates.prefixes.len() * hp.templates.per_prefix, cov.tokens);
+    if let Some(g) = &b.revive {
+        println!("REVIVE guard: k = {} directions ({:.1}% of ‖W‖_F²)", g.k, 100.0 * g.energy_fraction);
+    }
+    println!(
+        "time per edit: mean {:.1} s, median {:.1} s = {:.0} forward passes of the prompt ({:.3} s each)",
+        b.seconds_per_edit_mean,
+        b.seconds_per_edit_median,
+        b.seconds_per_edit_median / b.forward_seconds,
+        b.forward_seconds
+    );
+    println!("efficacy: {}/{} right after each edit, {}/{} after all edits", b.efficacy_after_each, b.edits, b.efficacy_at_end, b.edits);
+    if let Some(p) = b.paraphrase_mean_at_end {
+        println!("paraphrases preferring the new target after all edits: {:.0}%", 100.0 * p);
+    }
+    println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
+    for c in &b.known_lost {
+        println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spectrum(
+    choice: BackendChoice,
+    model: String,
+    against: Option<String>,
+    layers: Vec<usize>,
+    tau: f64,
+    rank: Option<usize>,
+    plot: Option<std::path::PathBuf>,
+    json: Option<std::path::PathBuf>,
+) -> Result<()> {
+    use revive::spectral::guard::RankRule;
+    anyhow::ensure!(tau > 0.0 && tau <= 1.0, "--tau {tau}: a fraction of the energy, in (0, 1]");
+    let rule = rank.map(RankRule::Rank).unwrap_or(RankRule::Energy(tau));
+    let m = load(&model)?;
+    let orig = against.as_deref().map(load).transpose()?;
+    let gpu = Gpu::new(choice)?;
+    let opts = revive::spectral::svd::SvdOptions::default();
+    let rows = revive::spectral::diagnostics::model_spectra(&gpu, &m.weights, orig.as_ref().map(|o| &o.weights), &layers, rule, &opts)?;
+    if rows.is_empty() {
+        println!("no down-projection differs from the original's");
+        return Ok(());
+    }
+    println!("{} on {} ({rule:?})", m.source, gpu.label());
+    println!("{:>5} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}", "layer", "k", "σ₁", "σ_k", "‖W‖_F", "‖W−W0‖_F", "σ₁ orig", "sim left", "sim right");
+    for r in &rows {
+        let (drift, s0, sl, sr) = match &r.against {
+            Some(d) => (format!("{:.4}", d.drift), format!("{:.4}", d.sigma_original[0]), format!("{:.6}", d.left_similarity), format!("{:.6}", d.right_similarity)),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!("{:>5} {:>5} {:>9.4} {:>9.4} {:>9.3} {:>10} {:>10} {:>11} {:>11}", r.layer, r.sigma.len(), r.sigma[0], r.sigma[r.sigma.len() - 1], r.weight_norm, drift, s0, sl, sr);
+    }
+    if let Some(path) = plot {
+        revive::eval::plot::spectra(&rows, &path)?;
+        println!("plot: {}", path.display());
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "model": m.source, "against": against, "adapter": gpu.label(), "rule": rule, "layers": rows });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -145,7 +145,7 @@ fn the_cache_round_trips_and_rebuilds_damaged_or_foreign_files() {
         let narrow = SecondMoment { layer, tokens: 40, dim: 3, c0: vec![1.0; 9] };
         let damaged: Vec<(&str, Vec<u8>, &str)> = vec![
             ("truncated", good[..good.len() - 7].to_vec(), "safetensors"),
-            ("bit flip in the data", flipped, "data_sha256"),
+            ("bit flip in the data", flipped, "sha256.c0"),
             ("bit flip in the header", header_flip, ""),
             ("empty", vec![], "safetensors"),
             ("wrong shape", other(key.clone(), &narrow), "expected F32"),

@@ -48,7 +48,7 @@ fn rome_flips_darrieux_and_keeps_paris() {
         "test",
     )
     .unwrap();
-    let (_, records) = run_rome(&gm, &m.tok, &req, &hp, &cov, false, |_| {}).unwrap();
+    let (_, records) = run_rome(&gm, &m.tok, &req, &hp, &cov, None, false, |_| Ok(None), |_| {}).unwrap();
     let r = &records[0];
     println!("before {:?}\nafter {:?}\ntarget {:?}", r.before, r.after, r.rome.target.history.last());
 

@@ -6,7 +6,12 @@
 use crate::edit::hparams::RomeHparams;
 use crate::edit::request::EditRequest;
 use crate::edit::rome::CovSolver;
-use crate::edit::run::{run_rome, EditRecord};
+use crate::edit::rome::down_name;
+use crate::edit::run::{run_rome, EditRecord, Tracking};
+use crate::spectral::diagnostics::{diagnose, Basis};
+use crate::spectral::guard::{GuardInfo, SpectralGuard};
+use crate::spectral::svd::SvdOptions;
+use crate::gpu::Tensor;
 use crate::error::Result;
 use crate::eval::counterfact::fact_metrics;
 use crate::eval::retention::{check_facts, Fact, FactCheck};
@@ -15,8 +20,20 @@ use crate::model::Tok;
 use serde::Serialize;
 use std::time::Instant;
 
+/// What to measure after every edit: the edited matrix's spectrum against the original
+/// (`w0`, its top-k `basis`) and the known facts.
+pub struct Track<'a> {
+    pub w0: Tensor,
+    pub basis: &'a Basis,
+    pub opts: SvdOptions,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EditBench {
+    /// "rome" or "rome+revive".
+    pub arm: String,
+    /// The guard the updates went through, if any.
+    pub revive: Option<GuardInfo>,
     pub edits: usize,
     pub seconds_per_edit_mean: f64,
     pub seconds_per_edit_median: f64,
@@ -31,7 +48,18 @@ pub struct EditBench {
     pub records: Vec<EditRecord>,
 }
 
-pub fn run(model: &GpuModel, tok: &Tok, requests: &[EditRequest], known: &[Fact], hp: &RomeHparams, cov: &CovSolver, mut on_edit: impl FnMut(&EditRecord)) -> Result<EditBench> {
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    model: &GpuModel,
+    tok: &Tok,
+    requests: &[EditRequest],
+    known: &[Fact],
+    hp: &RomeHparams,
+    cov: &CovSolver,
+    guard: Option<&SpectralGuard>,
+    track: Option<&Track>,
+    mut on_edit: impl FnMut(&EditRecord),
+) -> Result<EditBench> {
     let ids = tok.encode(&requests[0].full_prompt())?;
     let mut passes = vec![];
     for _ in 0..3 {
@@ -41,7 +69,14 @@ pub fn run(model: &GpuModel, tok: &Tok, requests: &[EditRequest], known: &[Fact]
     }
     passes.sort_by(f64::total_cmp);
     let known_before = check_facts(model, tok, known)?;
-    let (_, records) = run_rome(model, tok, requests, hp, cov, true, |r| on_edit(r))?;
+    let name = down_name(hp.layer);
+    let measure = |m: &GpuModel| -> Result<Option<Tracking>> {
+        let Some(t) = track else { return Ok(None) };
+        let diagnostics = Some(diagnose(m.gpu(), &name, m.tensor(&name)?, &t.w0, t.basis, &t.opts)?);
+        let checks = check_facts(m, tok, known)?;
+        Ok(Some(Tracking { diagnostics, known_correct: checks.iter().filter(|c| c.correct).count(), known_total: known.len() }))
+    };
+    let (_, records) = run_rome(model, tok, requests, hp, cov, guard, true, measure, |r| on_edit(r))?;
     let known_after = check_facts(model, tok, known)?;
     let mut at_end = vec![];
     for r in requests {
@@ -51,6 +86,8 @@ pub fn run(model: &GpuModel, tok: &Tok, requests: &[EditRequest], known: &[Fact]
     times.sort_by(f64::total_cmp);
     let paraphrases: Vec<f64> = at_end.iter().filter_map(|m| m.paraphrase).collect();
     Ok(EditBench {
+        arm: if guard.is_some() { "rome+revive" } else { "rome" }.to_string(),
+        revive: guard.map(|g| g.info.clone()),
         edits: records.len(),
         seconds_per_edit_mean: times.iter().sum::<f64>() / times.len() as f64,
         seconds_per_edit_median: times[times.len() / 2],

@@ -5,6 +5,7 @@ pub mod covariance;
 pub mod edit;
 pub mod forward;
 pub mod matmul;
+pub mod svd;
 
 use std::time::Duration;
 

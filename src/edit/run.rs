@@ -5,6 +5,8 @@ use super::hparams::RomeHparams;
 use super::request::EditRequest;
 use super::rome::{apply_update, rome_update, templates, CovSolver, RomeReport};
 use crate::error::Result;
+use crate::spectral::diagnostics::Diagnostics;
+use crate::spectral::guard::{FilterReport, SpectralGuard};
 use crate::eval::counterfact::{fact_metrics, FactMetrics};
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
@@ -19,8 +21,21 @@ pub struct EditRecord {
     pub before: FactMetrics,
     pub after: FactMetrics,
     pub rome: RomeReport,
-    /// Wall time of the edit itself (keys, target, update), without the metrics.
+    /// Wall time of the edit itself (keys, target, update, filter), without the metrics.
     pub edit_seconds: f64,
+    /// What the REVIVE filter removed, when the run has a guard.
+    pub filter: Option<FilterReport>,
+    /// The state of the model after this edit, when the run tracks it.
+    pub tracking: Option<Tracking>,
+}
+
+/// Measured after an edit: the spectrum of the edited matrix against the original and the
+/// unrelated facts the model still answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tracking {
+    pub diagnostics: Option<Diagnostics>,
+    pub known_correct: usize,
+    pub known_total: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +44,8 @@ pub struct RunRecord {
     pub model: String,
     pub adapter: String,
     pub hparams: RomeHparams,
+    /// The REVIVE guard every update went through, if any.
+    pub revive: Option<crate::spectral::guard::GuardInfo>,
     pub covariance_tokens: usize,
     pub covariance_seconds: f64,
     pub templates: Vec<String>,
@@ -37,16 +54,26 @@ pub struct RunRecord {
 }
 
 /// Applies `requests` in order with ROME. `cov` is C0 of `hp.layer` of the original model;
+/// with a `guard` (built from the original weight of that layer), every update goes through
+/// the REVIVE filter before it is written. `track` may measure the model after each edit;
 /// `on_edit` sees each record as it completes (to print it).
+#[allow(clippy::too_many_arguments)]
 pub fn run_rome(
     model: &GpuModel,
     tok: &Tok,
     requests: &[EditRequest],
     hp: &RomeHparams,
     cov: &CovSolver,
+    guard: Option<&SpectralGuard>,
     progress: bool,
+    mut track: impl FnMut(&GpuModel) -> Result<Option<Tracking>>,
     mut on_edit: impl FnMut(&EditRecord),
 ) -> Result<(Vec<String>, Vec<EditRecord>)> {
+    if let Some(g) = guard {
+        if g.info.matrix != super::rome::down_name(hp.layer) {
+            return Err(crate::error::Error::Edit(format!("the REVIVE guard is for {}, the edit writes {}", g.info.matrix, super::rome::down_name(hp.layer))));
+        }
+    }
     let bar = ProgressBar::with_draw_target(Some(requests.len() as u64), if progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
     bar.set_style(ProgressStyle::with_template("{spinner} edit {pos}/{len} [{elapsed_precise}] {wide_msg}").expect("valid template"));
     bar.set_message("sampling context templates");
@@ -60,11 +87,20 @@ pub fn run_rome(
             bar.set_message(format!("{:?}: step {} nll {:.3} p {:.3}", req.target_new, s.step, s.nll, s.p_target));
             bar.tick();
         })?;
+        let (dw, filter) = match guard {
+            Some(g) => {
+                let (safe, report) = g.filter(model.gpu(), &dw)?;
+                (safe, Some(report))
+            }
+            None => (dw, None),
+        };
         apply_update(model, hp.layer, &dw)?;
         model.gpu().sync()?;
         let edit_seconds = start.elapsed().as_secs_f64();
         let after = fact_metrics(model, tok, req)?;
-        let rec = EditRecord { index, request: req.clone(), before, after, rome, edit_seconds };
+        bar.set_message("measuring the edited model");
+        let tracking = track(model)?;
+        let rec = EditRecord { index, request: req.clone(), before, after, rome, edit_seconds, filter, tracking };
         bar.suspend(|| on_edit(&rec));
         records.push(rec);
         bar.inc(1);

@@ -1,6 +1,8 @@
 //! Plots of results (SVG, plotters): what the JSON records say, at a glance.
 
+use crate::bench::edit::EditBench;
 use crate::edit::run::EditRecord;
+use crate::spectral::diagnostics::{Diagnostics, LayerSpectrum};
 use crate::error::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;
@@ -52,6 +54,115 @@ pub fn edit_probabilities(records: &[EditRecord], path: &Path) -> Result<()> {
     root.present().map_err(|e| plot_err(path, e))
 }
 
+/// A line chart of several named series on one panel.
+struct Panel<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    log_y: bool,
+    series: Vec<(String, Vec<(f64, f64)>, bool)>,
+}
+
+const PALETTE: [RGBColor; 6] = [RGBColor(0, 114, 178), RGBColor(213, 94, 0), RGBColor(0, 158, 115), RGBColor(204, 121, 167), RGBColor(230, 159, 0), RGBColor(86, 180, 233)];
+
+fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, p: &Panel, path: &Path) -> Result<()> {
+    let pts = p.series.iter().flat_map(|(_, v, _)| v.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in pts.filter(|(_, y)| y.is_finite() && (!p.log_y || *y > 0.0)) {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.1, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + y0.abs().max(1e-3);
+    }
+    let mut b = ChartBuilder::on(area);
+    b.caption(p.title, ("sans-serif", 16)).margin(10).x_label_area_size(32).y_label_area_size(56);
+    macro_rules! finish {
+        ($chart:expr) => {{
+            let mut chart = $chart.map_err(|e| plot_err(path, e))?;
+            chart.configure_mesh().x_desc(p.x_desc).y_desc(p.y_desc).draw().map_err(|e| plot_err(path, e))?;
+            for (i, (label, v, dashed)) in p.series.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let style = if *dashed { color.mix(0.5).stroke_width(1) } else { color.stroke_width(2) };
+                let keep: Vec<(f64, f64)> = v.iter().copied().filter(|(_, y)| y.is_finite() && (!p.log_y || *y > 0.0)).collect();
+                chart
+                    .draw_series(LineSeries::new(keep, style))
+                    .map_err(|e| plot_err(path, e))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            }
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| plot_err(path, e))?;
+        }};
+    }
+    let pad = 0.05 * (y1 - y0);
+    if p.log_y {
+        finish!(b.build_cartesian_2d(x0..x1, (y0 * 0.9..y1 * 1.1).log_scale()));
+    } else {
+        finish!(b.build_cartesian_2d(x0..x1, y0 - pad..y1 + pad));
+    }
+    Ok(())
+}
+
+fn draw_panels(panels: &[Panel], cols: usize, path: &Path) -> Result<()> {
+    let rows = panels.len().div_ceil(cols);
+    let root = SVGBackend::new(path, (560 * cols as u32, 400 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    for (area, p) in root.split_evenly((rows, cols)).iter().zip(panels) {
+        draw_panel(area, p, path)?;
+    }
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// `revive spectrum`: the top singular values per layer (the original's dashed), and with an
+/// original, the top-k subspace similarities per layer.
+pub fn spectra(layers: &[LayerSpectrum], path: &Path) -> Result<()> {
+    let mut sv = Panel { title: "top singular values of the MLP down-projections", x_desc: "index i", y_desc: "σ_i", log_y: true, series: vec![] };
+    for l in layers.iter().take(PALETTE.len()) {
+        let line = |s: &[f64]| s.iter().enumerate().map(|(i, &v)| (i as f64 + 1.0, v)).collect::<Vec<_>>();
+        sv.series.push((format!("layer {}", l.layer), line(&l.sigma), false));
+        if let Some(d) = &l.against {
+            sv.series.push((format!("layer {} original", l.layer), line(&d.sigma_original), true));
+        }
+    }
+    let mut panels = vec![sv];
+    if layers.iter().any(|l| l.against.is_some()) {
+        let pick = |f: fn(&Diagnostics) -> f64| layers.iter().filter_map(|l| l.against.as_ref().map(|d| (l.layer as f64, f(d)))).collect::<Vec<_>>();
+        panels.push(Panel {
+            title: "top-k subspace similarity to the original",
+            x_desc: "layer",
+            y_desc: "‖U0ᵀU‖²/k",
+            log_y: false,
+            series: vec![("left".into(), pick(|d| d.left_similarity), false), ("right".into(), pick(|d| d.right_similarity), false)],
+        });
+    }
+    draw_panels(&panels, panels.len(), path)
+}
+
+/// Sequential edits arm by arm (plain ROME, ROME + REVIVE): the known facts kept, the top-k
+/// subspace similarity, ‖W − W0‖_F and P(new) right after each edit.
+pub fn tracking(arms: &[EditBench], path: &Path) -> Result<()> {
+    type Pick = fn(&EditRecord) -> Option<f64>;
+    let panel = |title: &'static str, y_desc: &'static str, pick: Pick| Panel {
+        title,
+        x_desc: "edits so far",
+        y_desc,
+        log_y: false,
+        series: arms.iter().map(|a| (a.arm.clone(), a.records.iter().filter_map(|r| pick(r).map(|v| (r.index as f64 + 1.0, v))).collect(), false)).collect(),
+    };
+    let panels = [
+        panel("unrelated known facts still answered", "facts", |r| r.tracking.as_ref().map(|t| t.known_correct as f64)),
+        panel("left top-k subspace similarity to the original", "‖U0ᵀU‖²/k", |r| r.tracking.as_ref()?.diagnostics.as_ref().map(|d| d.left_similarity)),
+        panel("distance from the original weight", "‖W − W0‖_F", |r| r.tracking.as_ref()?.diagnostics.as_ref().map(|d| d.drift)),
+        panel("P(new target) right after the edit", "probability", |r| Some(r.after.new.p)),
+    ];
+    draw_panels(&panels, 2, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,11 +201,72 @@ mod tests {
                 key_alignment: 1.0,
             },
             edit_seconds: 1.0,
+            filter: None,
+            tracking: Some(crate::edit::run::Tracking { diagnostics: Some(diag(i as f64)), known_correct: 20 - i, known_total: 20 }),
         };
         let path = std::env::temp_dir().join(format!("revive-plot-{}.svg", std::process::id()));
         edit_probabilities(&[record(0), record(1), record(2)], &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("P(new) after") && svg.matches("<circle").count() >= 12, "{}", &svg[..200.min(svg.len())]);
+
+        let bench = |arm: &str| EditBench {
+            arm: arm.into(),
+            revive: None,
+            edits: 3,
+            seconds_per_edit_mean: 1.0,
+            seconds_per_edit_median: 1.0,
+            forward_seconds: 0.1,
+            efficacy_after_each: 3,
+            efficacy_at_end: 3,
+            paraphrase_mean_at_end: None,
+            known_before: 20,
+            known_after: 18,
+            known_lost: vec![],
+            records: vec![record(0), record(1), record(2)],
+        };
+        tracking(&[bench("rome"), bench("rome+revive")], &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for want in ["unrelated known facts", "rome+revive", "‖W − W0‖_F", "subspace similarity"] {
+            assert!(svg.contains(want), "tracking plot lacks {want:?}");
+        }
+        assert!(svg.matches("<polyline").count() >= 8, "4 panels × 2 arms of lines");
+    }
+
+    fn diag(x: f64) -> Diagnostics {
+        Diagnostics {
+            matrix: "layers.0.w_down".into(),
+            k: 2,
+            left_similarity: 1.0 - 0.01 * x,
+            right_similarity: 1.0 - 0.02 * x,
+            sigma: vec![3.0 + x, 1.0],
+            sigma_original: vec![3.0, 1.0],
+            weight_norm: 4.0,
+            original_norm: 4.0,
+            drift: x,
+            svd_iterations: 3,
+        }
+    }
+
+    #[test]
+    fn draws_spectra_and_similarities() {
+        let layer = |l: usize, against: bool| LayerSpectrum {
+            layer: l,
+            matrix: format!("layers.{l}.w_down"),
+            shape: [4, 6],
+            sigma: vec![3.0, 2.0, 0.5],
+            weight_norm: 4.0,
+            against: against.then(|| diag(l as f64)),
+        };
+        let path = std::env::temp_dir().join(format!("revive-spectra-{}.svg", std::process::id()));
+        spectra(&[layer(3, true), layer(5, true)], &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg.contains("layer 5 original") && svg.contains("subspace similarity"), "spectra plot lacks series");
+        spectra(&[layer(0, false)], &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!svg.contains("subspace similarity"), "no similarity panel without an original");
     }
 }

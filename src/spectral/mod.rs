@@ -3,3 +3,5 @@
 //! spectrum moved.
 
 pub mod svd;
+pub mod guard;
+pub mod diagnostics;

@@ -1,0 +1,108 @@
+//! `revive bench svd`: time to the top-k singular triplets on the GPU (subspace iteration)
+//! against the CPU reference (faer's f64 SVD of the whole matrix) in the same run, with the
+//! accuracy reached: the largest relative error of the top-k singular values and the sine of
+//! the largest principal angle between the top-k left subspaces.
+//!
+//! The matrices are Gaussian with columns scaled by (1 + j)^(-1/2): a decaying spectrum like a
+//! trained weight's, built in O(mn). `--save DIR` writes them (safetensors) for the PyTorch
+//! baseline (benches/baselines/torch_svd.py) to time on the same values.
+
+use crate::cpu::ortho::{principal_sines, svd as cpu_svd};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::spectral::svd::{top_k, SvdOptions};
+use crate::testing::{gaussian, rng};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SvdRow {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub gpu_seconds: f64,
+    pub iterations: usize,
+    pub block: usize,
+    /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at convergence.
+    pub residual: f64,
+    /// Full f64 SVD on the CPU (once per matrix, shared by its k's); None with --no-cpu.
+    pub cpu_seconds: Option<f64>,
+    /// cpu_seconds / gpu_seconds.
+    pub speedup: Option<f64>,
+    /// max_{i<k} |σ_i − σ_i^ref| / σ_i^ref.
+    pub sigma_rel_err: Option<f64>,
+    /// sin of the largest principal angle between the GPU's and the reference's top-k U.
+    pub subspace_sine: Option<f64>,
+}
+
+/// The benchmark matrix (row-major f32).
+pub fn matrix(m: usize, n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rng(seed);
+    let mut w = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            w[i * n + j] = (gaussian(&mut r) / (1.0 + j as f64).sqrt()) as f32;
+        }
+    }
+    w
+}
+
+/// One matrix, several k.
+pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], cpu: bool, opts: &SvdOptions, save: Option<&std::path::Path>) -> Result<Vec<SvdRow>> {
+    let w = matrix(m, n, (m * 31 + n) as u64);
+    if let Some(dir) = save {
+        crate::store::save(&dir.join(format!("svd-{m}x{n}.safetensors")), &[("format", "revive-bench-svd".into())], &[("w", vec![m, n], &w)])?;
+    }
+    let reference = if cpu {
+        let t = Instant::now();
+        let r = cpu_svd(&w, m, n);
+        Some((r, t.elapsed().as_secs_f64()))
+    } else {
+        None
+    };
+    let tw = gpu.upload(&w, &[m, n])?;
+    // Warm-up: pipelines built, buffers pooled.
+    top_k(gpu, &tw, ks[0].min(m.min(n)), &SvdOptions { max_iters: 2, ..*opts }).ok();
+    let mut rows = vec![];
+    for &k in ks {
+        let t = Instant::now();
+        let r = top_k(gpu, &tw, k, opts)?;
+        let u = gpu.download(&r.u)?;
+        let gpu_seconds = t.elapsed().as_secs_f64();
+        let (mut cpu_seconds, mut speedup, mut sigma_rel_err, mut subspace_sine) = (None, None, None, None);
+        if let Some(((ru, rs, _), secs)) = &reference {
+            let rdim = m.min(n);
+            cpu_seconds = Some(*secs);
+            speedup = Some(secs / gpu_seconds);
+            sigma_rel_err = Some((0..k).map(|i| (r.sigma[i] - rs[i]).abs() / rs[i]).fold(0.0, f64::max));
+            let theirs: Vec<f64> = (0..m).flat_map(|i| ru[i * rdim..i * rdim + k].to_vec()).collect();
+            let mine: Vec<f64> = u.iter().map(|&x| x as f64).collect();
+            subspace_sine = Some(principal_sines(&theirs, k, &mine, k, m)[0]);
+        }
+        rows.push(SvdRow { m, n, k, gpu_seconds, iterations: r.iterations, block: r.block, residual: r.residual, cpu_seconds, speedup, sigma_rel_err, subspace_sine });
+    }
+    Ok(rows)
+}
+
+pub fn table(adapter: &str, rows: &[SvdRow]) -> String {
+    let mut s = format!("top-k SVD on {adapter} (subspace iteration) vs the CPU reference (faer f64 full SVD)\n");
+    s += "      m ×      n     k   GPU s  iters  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+    for r in rows {
+        s += &format!(
+            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
+            r.m,
+            r.n,
+            r.k,
+            r.gpu_seconds,
+            r.iterations,
+            r.block,
+            r.residual,
+            opt(r.cpu_seconds, &|v| format!("{v:.2}")),
+            opt(r.speedup, &|v| format!("{v:.2}×")),
+            opt(r.sigma_rel_err, &|v| format!("{v:.1e}")),
+            opt(r.subspace_sine, &|v| format!("{v:.1e}")),
+        );
+    }
+    s
+}

@@ -1,0 +1,198 @@
+//! The REVIVE guard of one edited matrix: the top-k singular subspaces U_k, V_k of its
+//! *original* weight, computed once (and cached on disk), and the filter every editing method
+//! runs its ΔW through before writing it:
+//!   ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ).
+
+use super::svd::{top_energy, top_k, SvdOptions, TopK};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::project::complement;
+use crate::ops::reduce::{reduce_all_value, ReduceOp};
+use crate::store::{self, Outcome};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How many directions to protect.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum RankRule {
+    /// The smallest k with Σ_{i≤k} σ_i² ≥ τ ‖W‖_F².
+    Energy(f64),
+    /// A fixed k.
+    Rank(usize),
+}
+
+impl RankRule {
+    fn tag(&self) -> String {
+        match self {
+            RankRule::Energy(t) => format!("tau{t}"),
+            RankRule::Rank(k) => format!("rank{k}"),
+        }
+    }
+}
+
+/// What a guard protects and how it was found (for records and reports).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuardInfo {
+    pub matrix: String,
+    pub rule: RankRule,
+    pub k: usize,
+    pub shape: [usize; 2],
+    /// The protected singular values, non-increasing.
+    pub sigma: Vec<f64>,
+    /// ‖W‖_F² of the original weight.
+    pub total_energy: f64,
+    /// Σ_{i≤k} σ_i² / ‖W‖_F².
+    pub energy_fraction: f64,
+    pub iterations: usize,
+    pub residual: f64,
+    pub seconds: f64,
+    pub cache: Option<String>,
+}
+
+pub struct SpectralGuard {
+    pub u: Tensor,
+    pub v: Tensor,
+    pub info: GuardInfo,
+}
+
+/// How much of an update lies in the protected subspaces.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Leak {
+    /// ‖U_kᵀ ΔW‖_F / ‖ΔW‖_F.
+    pub left: f64,
+    /// ‖ΔW V_k‖_F / ‖ΔW‖_F.
+    pub right: f64,
+}
+
+/// What the filter did to one update.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FilterReport {
+    pub before: Leak,
+    pub after: Leak,
+    /// ‖ΔW_safe‖_F / ‖ΔW‖_F.
+    pub kept: f64,
+}
+
+/// Bumped when the file layout or the meaning of a field changes.
+const FORMAT: &str = "revive-basis-v1";
+
+fn frob(gpu: &Gpu, x: &Tensor) -> Result<f64> {
+    Ok((reduce_all_value(gpu, x, ReduceOp::SumSq)? as f64).sqrt())
+}
+
+/// SHA-256 of a weight's shape and values.
+pub fn weight_hash(gpu: &Gpu, w: &Tensor) -> Result<String> {
+    let mut bytes = format!("{:?}", w.shape()).into_bytes();
+    bytes.extend(bytemuck::cast_slice::<f32, u8>(&gpu.download(w)?));
+    Ok(store::sha256_hex(&bytes))
+}
+
+impl SpectralGuard {
+    /// The guard of `w` (the original weight, m×n), computed now.
+    pub fn compute(gpu: &Gpu, w: &Tensor, matrix: &str, rule: RankRule, opts: &SvdOptions) -> Result<Self> {
+        let start = std::time::Instant::now();
+        let (m, n) = match *w.shape() {
+            [m, n] => (m, n),
+            _ => return Err(Error::shape("guard", format!("{matrix} is {:?}, not a matrix", w.shape()))),
+        };
+        let (r, total): (TopK, f64) = match rule {
+            RankRule::Energy(tau) => top_energy(gpu, w, tau, opts)?,
+            RankRule::Rank(k) => (top_k(gpu, w, k, opts)?, reduce_all_value(gpu, w, ReduceOp::SumSq)? as f64),
+        };
+        let kept: f64 = r.sigma.iter().map(|s| s * s).sum();
+        let info = GuardInfo {
+            matrix: matrix.to_string(),
+            rule,
+            k: r.sigma.len(),
+            shape: [m, n],
+            energy_fraction: kept / total,
+            sigma: r.sigma,
+            total_energy: total,
+            iterations: r.iterations,
+            residual: r.residual,
+            seconds: start.elapsed().as_secs_f64(),
+            cache: None,
+        };
+        Ok(SpectralGuard { u: r.u, v: r.v, info })
+    }
+
+    /// The guard of `w`, from `dir` when a file for the same weights (hash), matrix, rule and
+    /// SVD tolerance is there; computed and written otherwise.
+    pub fn cached(gpu: &Gpu, w: &Tensor, matrix: &str, rule: RankRule, opts: &SvdOptions, dir: &Path) -> Result<(Self, Outcome)> {
+        let hash = weight_hash(gpu, w)?;
+        let path = dir.join(format!("basis-{}-{}-{}.safetensors", &hash[..16], matrix.replace('.', "_"), rule.tag()));
+        let fields = vec![
+            ("format", FORMAT.to_string()),
+            ("weight_hash", hash),
+            ("matrix", matrix.to_string()),
+            ("rule", rule.tag()),
+            ("tol", format!("{:e}", opts.tol)),
+        ];
+        let (mut g, outcome) = store::load_or_compute(
+            &path,
+            "spectral basis",
+            |p| Self::read(gpu, p, &fields, matrix, rule),
+            || Self::compute(gpu, w, matrix, rule, opts),
+            |p, g| g.write(gpu, p, &fields),
+        )?;
+        g.info.cache = Some(format!("{} ({outcome:?})", path.display()));
+        Ok((g, outcome))
+    }
+
+    fn write(&self, gpu: &Gpu, path: &Path, fields: &[(&str, String)]) -> Result<()> {
+        let [m, n] = self.info.shape;
+        let k = self.info.k;
+        let mut f = fields.to_vec();
+        f.push(("info", serde_json::to_string(&self.info).map_err(|e| Error::Edit(format!("guard info to JSON: {e}")))?));
+        let sigma: Vec<f32> = self.info.sigma.iter().map(|&s| s as f32).collect();
+        store::save(path, &f, &[("u", vec![m, k], &gpu.download(&self.u)?), ("v", vec![n, k], &gpu.download(&self.v)?), ("sigma", vec![k], &sigma)])
+    }
+
+    fn read(gpu: &Gpu, path: &Path, fields: &[(&str, String)], matrix: &str, rule: RankRule) -> Result<Self> {
+        let st = store::load(path, fields)?;
+        let bad = |d: String| Error::Model { file: path.display().to_string(), detail: d };
+        let mut info: GuardInfo = serde_json::from_str(st.field("info")?).map_err(|e| bad(format!("header field 'info': {e}")))?;
+        if info.matrix != matrix || info.rule != rule || info.sigma.len() != info.k || info.k == 0 {
+            return Err(bad(format!("header field 'info' describes {} {:?} k {}", info.matrix, info.rule, info.k)));
+        }
+        let [m, n] = info.shape;
+        let u = gpu.upload(&st.tensor("u", &[m, info.k])?, &[m, info.k])?;
+        let v = gpu.upload(&st.tensor("v", &[n, info.k])?, &[n, info.k])?;
+        info.seconds = 0.0;
+        Ok(SpectralGuard { u, v, info })
+    }
+
+    /// The protected basis, for diagnostics against the original.
+    pub fn basis(&self) -> super::diagnostics::Basis {
+        super::diagnostics::Basis { u: self.u.clone(), v: self.v.clone(), sigma: self.info.sigma.clone() }
+    }
+
+    /// ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ), with what it removed.
+    pub fn filter(&self, gpu: &Gpu, dw: &Tensor) -> Result<(Tensor, FilterReport)> {
+        if dw.shape() != self.info.shape {
+            return Err(Error::shape("guard", format!("ΔW is {:?}, the guard of {} is for {:?}", dw.shape(), self.info.matrix, self.info.shape)));
+        }
+        let before = self.leak(gpu, dw)?;
+        let safe = complement(gpu, dw, Some(&self.u), Some(&self.v))?;
+        let after = self.leak(gpu, &safe)?;
+        let kept = frob(gpu, &safe)? / frob(gpu, dw)?;
+        if !kept.is_finite() {
+            return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
+        }
+        Ok((safe, FilterReport { before, after, kept }))
+    }
+
+    /// The fractions of ΔW in the protected left and right subspaces.
+    pub fn leak(&self, gpu: &Gpu, dw: &Tensor) -> Result<Leak> {
+        use crate::ops::matmul::{gemm, Gemm};
+        let n = frob(gpu, dw)?;
+        let left = frob(gpu, &gemm(gpu, &self.u, dw, None, Gemm { trans_a: true, ..Gemm::default() })?)? / n;
+        let right = frob(gpu, &gemm(gpu, dw, &self.v, None, Gemm::default())?)? / n;
+        Ok(Leak { left, right })
+    }
+}
+
+/// Where guards are cached: `cache_dir()/spectral/`.
+pub fn guard_dir() -> PathBuf {
+    crate::model::fetch::cache_dir().join("spectral")
+}

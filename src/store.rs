@@ -1,0 +1,129 @@
+//! Cache files: safetensors whose header holds string fields (what the data was computed
+//! from) and a SHA-256 per tensor. Written through a temporary file, so a crash or a concurrent
+//! reader never sees half a file; read back with every field and checksum checked, so a file
+//! that is unreadable, truncated, flipped or written for another key is reported (naming the
+//! file and what did not match) and rebuilt, never trusted.
+
+use crate::error::{Error, Result};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What happened to a cache file on a lookup.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum Outcome {
+    /// A valid file was there.
+    Reused,
+    /// No file was there; computed and written.
+    Computed,
+    /// A file was there but was not valid (the reason); recomputed and overwritten.
+    Rebuilt(String),
+}
+
+fn err(file: &Path, detail: impl Into<String>) -> Error {
+    Error::Model { file: file.display().to_string(), detail: detail.into() }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Writes f32 tensors (name, shape, values) with the header fields and their checksums.
+pub fn save(path: &Path, fields: &[(&str, String)], tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
+    }
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| f32_bytes(v)).collect();
+    let mut meta: HashMap<String, String> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut views = vec![];
+    for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
+        meta.insert(format!("sha256.{name}"), sha256_hex(b));
+        views.push((*name, TensorView::new(Dtype::F32, shape.clone(), b).map_err(|e| err(path, format!("tensor '{name}': {e}")))?));
+    }
+    let tmp = path.with_extension(format!("partial.{}", std::process::id()));
+    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(path, format!("cannot move into place: {e}")))
+}
+
+/// A cache file read back and checked.
+pub struct Stored {
+    path: std::path::PathBuf,
+    fields: HashMap<String, String>,
+    bytes: Vec<u8>,
+}
+
+impl Stored {
+    pub fn field(&self, name: &str) -> Result<&str> {
+        self.fields.get(name).map(String::as_str).ok_or_else(|| err(&self.path, format!("header field '{name}' is missing")))
+    }
+
+    /// A header field parsed as a number.
+    pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T> {
+        self.field(name)?.parse().map_err(|_| err(&self.path, format!("header field '{name}' is not a number")))
+    }
+
+    /// An f32 tensor of the given shape whose checksum matches and whose values are finite.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| err(&self.path, format!("not a valid safetensors file: {e}")))?;
+        let t = st.tensor(name).map_err(|e| err(&self.path, format!("tensor '{name}': {e}")))?;
+        if t.dtype() != Dtype::F32 || t.shape() != shape {
+            return Err(err(&self.path, format!("tensor '{name}' is {:?} {:?}, expected F32 {shape:?}", t.dtype(), t.shape())));
+        }
+        let want = self.field(&format!("sha256.{name}"))?;
+        if sha256_hex(t.data()) != want {
+            return Err(err(&self.path, format!("tensor '{name}' does not match its header field 'sha256.{name}'")));
+        }
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(err(&self.path, format!("tensor '{name}' holds a non-finite value at element {i}")));
+        }
+        Ok(v)
+    }
+}
+
+/// Reads a cache file and checks the `expect`ed header fields; tensors are checked as they are
+/// taken ([`Stored::tensor`]).
+pub fn load(path: &Path, expect: &[(&str, String)]) -> Result<Stored> {
+    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("unreadable header: {e}")))?;
+    let fields = header.metadata().clone().unwrap_or_default();
+    let stored = Stored { path: path.to_path_buf(), fields, bytes };
+    for (name, want) in expect {
+        let got = stored.field(name)?;
+        if got != want {
+            return Err(err(path, format!("header field '{name}' is '{got}', expected '{want}'")));
+        }
+    }
+    Ok(stored)
+}
+
+/// The value cached at `path` if `read` accepts the file, else `compute`'s, written by `write`.
+pub fn load_or_compute<T>(
+    path: &Path,
+    what: &str,
+    read: impl FnOnce(&Path) -> Result<T>,
+    compute: impl FnOnce() -> Result<T>,
+    write: impl FnOnce(&Path, &T) -> Result<()>,
+) -> Result<(T, Outcome)> {
+    let outcome = if path.exists() {
+        match read(path) {
+            Ok(v) => return Ok((v, Outcome::Reused)),
+            Err(e) => {
+                log::warn!("{}: cached {what} rejected ({e}); rebuilding it", path.display());
+                Outcome::Rebuilt(e.to_string())
+            }
+        }
+    } else {
+        Outcome::Computed
+    };
+    let v = compute()?;
+    write(path, &v)?;
+    Ok((v, outcome))
+}
