@@ -1,5 +1,7 @@
 //! One ROME edit on the real model: "The mother tongue of Danielle Darrieux is" → " English"
-//! flips the answer, and "The capital of France is" still answers " Paris".
+//! flips the answer, and "The capital of France is" still answers " Paris" — plain, and again
+//! from the original weights through the REVIVE guard (τ = 0.5), whose written update must stay
+//! out of the protected singular subspaces of layer 5's down-projection.
 //!
 //! CI's budget on a software adapter sets the settings, which this test names: only the plain
 //! "{}" context, at most 12 Adam steps, C0 from 2,048 corpus tokens; the shipped hparams (11
@@ -17,6 +19,8 @@ use revive::edit::run::run_rome;
 use revive::edit::keys::subject_prompt;
 use revive::eval::retention::{check_facts, Fact};
 use revive::model::forward::GpuModel;
+use revive::spectral::guard::{RankRule, SpectralGuard};
+use revive::spectral::svd::SvdOptions;
 
 fn fact(prompt: &str, answer: &str) -> Fact {
     Fact { prompt: prompt.into(), answer: answer.into() }
@@ -57,6 +61,28 @@ fn rome_flips_darrieux_and_keeps_paris() {
     assert!(after[2].correct, "the edit broke an unrelated fact: {:?}", after[2]);
     assert_eq!(r.after.efficacy, Some(true));
     assert!(r.after.new.p > 10.0 * r.before.new.p, "P(new) {} → {}", r.before.new.p, r.after.new.p);
+
+    // Again from the original weights, through the guard. Measured on 2026-11-27: k = 136 of
+    // 576 directions hold half of ‖W‖_F²; the filtered update keeps ~80 % of its norm and still
+    // flips the answer (P(English) 0.82 instead of 0.96).
+    let gm = GpuModel::new(gpu, &m.weights).unwrap();
+    let name = revive::edit::rome::down_name(hp.layer);
+    let guard = SpectralGuard::compute(gpu, gm.tensor(&name).unwrap(), &name, RankRule::Energy(0.5), &SvdOptions::default()).unwrap();
+    let k = guard.info.k;
+    assert!((60..=250).contains(&k) && guard.info.energy_fraction >= 0.5, "k = {k}, energy {}", guard.info.energy_fraction);
+    let w_before = gpu.download(gm.tensor(&name).unwrap()).unwrap();
+    let (_, records) = run_rome(&gm, &m.tok, &req, &hp, &cov, Some(&guard), false, |_| Ok(None), |_| {}).unwrap();
+    let r = &records[0];
+    let f = r.filter.expect("a guarded run reports the filter");
+    println!("REVIVE k {k}: {f:?}\nafter {:?}", r.after);
+    let w_after = gpu.download(gm.tensor(&name).unwrap()).unwrap();
+    let written: Vec<f32> = w_after.iter().zip(&w_before).map(|(a, b)| a - b).collect();
+    let leak = guard.leak(gpu, &gpu.upload(&written, &guard.info.shape).unwrap()).unwrap();
+    // The f32 subtraction W_after − W_before carries rounding of ‖W‖ ≈ 170 against ‖ΔW‖ ≈ 9.
+    assert!(leak.left < 1e-3 && leak.right < 1e-3, "the written update reaches the protected subspaces: {leak:?}");
+    assert!(f.after.left <= 1e-5 && f.after.right <= 1e-5 && f.before.left > 0.1, "{f:?}");
+    let after = check_facts(&gm, &m.tok, &facts).unwrap();
+    assert!(after[1].correct && after[2].correct, "with REVIVE: {after:?}");
 }
 
 #[test]

@@ -315,3 +315,90 @@ fn non_convergence_and_bad_input_are_errors() {
         Ok(())
     });
 }
+
+#[test]
+fn the_guard_is_cached_by_weight_and_rule_and_filters_updates() {
+    use revive::spectral::guard::{RankRule, SpectralGuard};
+    use revive::store::Outcome;
+    for_each_gpu(|gpu| {
+        let dir = std::env::temp_dir().join(format!("revive-guard-{}-{}", std::process::id(), gpu.label().len()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (m, n) = (48, 70);
+        let sigma: Vec<f64> = (0..48).map(|i| 2.0 * 0.9f64.powi(i)).collect();
+        let w = ok(gpu.upload(&matrix_with_spectrum(&mut rng(21), m, n, &sigma), &[m, n]))?;
+        let opts = SvdOptions::default();
+        let rule = RankRule::Energy(0.5);
+        let (g, o) = ok(SpectralGuard::cached(gpu, &w, "layers.0.w_down", rule, &opts, &dir))?;
+        let total: f64 = sigma.iter().map(|s| s * s).sum();
+        let want_k = rank_for_energy(&sigma, total, 0.5).unwrap();
+        if o != Outcome::Computed || g.info.k.abs_diff(want_k) > 1 || g.info.energy_fraction < 0.5 {
+            return Err(format!("first lookup: {o:?}, k {} (expected {want_k}), energy {}", g.info.k, g.info.energy_fraction));
+        }
+        let (again, o) = ok(SpectralGuard::cached(gpu, &w, "layers.0.w_down", rule, &opts, &dir))?;
+        if o != Outcome::Reused || ok(gpu.download(&again.u))? != ok(gpu.download(&g.u))? || again.info.sigma != g.info.sigma {
+            return Err(format!("second lookup: {o:?} or a different basis"));
+        }
+        // Another rule or other weights: another file.
+        let (_, o) = ok(SpectralGuard::cached(gpu, &w, "layers.0.w_down", RankRule::Rank(3), &opts, &dir))?;
+        if o != Outcome::Computed {
+            return Err(format!("rank 3 after τ 0.5: {o:?}"));
+        }
+        // A damaged file is rebuilt, naming the file.
+        let file = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().contains("tau0.5")).unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        match ok(SpectralGuard::cached(gpu, &w, "layers.0.w_down", rule, &opts, &dir))?.1 {
+            Outcome::Rebuilt(why) if why.contains(&file.display().to_string()) && why.contains("sha256") => {}
+            o => return Err(format!("a flipped byte: {o:?}")),
+        }
+        // The filter: nothing left in the protected subspaces, most of a random update kept.
+        let dw = ok(gpu.upload(&random_vec(&mut rng(4), m * n), &[m, n]))?;
+        let (safe, report) = ok(g.filter(gpu, &dw))?;
+        if !(report.after.left <= 1e-5 && report.after.right <= 1e-5 && report.before.left > 0.1 && report.kept > 0.3 && report.kept < 1.0) {
+            return Err(format!("filter report {report:?}"));
+        }
+        let leak = ok(g.leak(gpu, &safe))?;
+        if leak.left > 1e-5 || leak.right > 1e-5 {
+            return Err(format!("leak after filtering {leak:?}"));
+        }
+        if g.filter(gpu, &ok(gpu.upload(&[0.0; 6], &[2, 3]))?).is_ok() {
+            return Err("a ΔW of the wrong shape was filtered".into());
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        Ok(())
+    });
+}
+
+#[test]
+fn diagnostics_see_an_edit_move_the_spectrum() {
+    use revive::ops::elementwise::axpy;
+    use revive::spectral::diagnostics::diagnose;
+    use revive::spectral::guard::{RankRule, SpectralGuard};
+    for_each_gpu(|gpu| {
+        let (m, n) = (40, 64);
+        let sigma: Vec<f64> = (0..40).map(|i| 1.0 / (1.0 + i as f64)).collect();
+        let w0v = matrix_with_spectrum(&mut rng(8), m, n, &sigma);
+        let w0 = ok(gpu.upload(&w0v, &[m, n]))?;
+        let g = ok(SpectralGuard::compute(gpu, &w0, "w", RankRule::Rank(4), &SvdOptions::default()))?;
+        let same = ok(diagnose(gpu, "w", &w0, &w0, &g.basis(), &SvdOptions::default()))?;
+        if (same.left_similarity - 1.0).abs() > 1e-4 || same.drift != 0.0 {
+            return Err(format!("unchanged weight: similarity {} drift {}", same.left_similarity, same.drift));
+        }
+        // A rank-one update inside the protected subspace moves it; filtered, it does not.
+        let (u, v) = (ok(gpu.download(&g.u))?, ok(gpu.download(&g.v))?);
+        let bump: Vec<f32> = (0..m * n).map(|i| 3.0 * (u[(i / n) * 4 + 3] * v[(i % n) * 4 + 1] + 0.5 * u[(i / n) * 4] * v[(i % n) * 4 + 2])).collect();
+        let dw = ok(gpu.upload(&bump, &[m, n]))?;
+        let w = ok(gpu.upload(&w0v, &[m, n]))?;
+        ok(axpy(gpu, 1.0, &dw, &w))?;
+        let moved = ok(diagnose(gpu, "w", &w, &w0, &g.basis(), &SvdOptions::default()))?;
+        let (safe, _) = ok(g.filter(gpu, &dw))?;
+        let w_safe = ok(gpu.upload(&w0v, &[m, n]))?;
+        ok(axpy(gpu, 1.0, &safe, &w_safe))?;
+        let kept = ok(diagnose(gpu, "w", &w_safe, &w0, &g.basis(), &SvdOptions::default()))?;
+        if !(moved.left_similarity < 0.95 && (kept.left_similarity - 1.0).abs() < 1e-4 && (moved.drift - 3.0 * 1.25f64.sqrt()).abs() < 1e-3) {
+            return Err(format!("similarity edited {} filtered {}; drift {}", moved.left_similarity, kept.left_similarity, moved.drift));
+        }
+        Ok(())
+    });
+}
