@@ -14,7 +14,7 @@
 
 struct Meta {
     n: u32, m: u32, k: u32, seed: u32,
-    tol: f32, ld: u32, _pad0: u32, _pad1: u32,
+    tol: f32, ld: u32, base: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -92,10 +92,11 @@ fn pcg(v: u32) -> u32 {
     return (w >> 22u) ^ w;
 }
 
+// The 1-D kernels below run in pieces of at most one dispatch; `base` is the piece's first element.
 @compute @workgroup_size(256, 1, 1)
 fn fill_dead(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.n;
-    let i = gid.x;
+    let i = p.base + gid.x;
     if (i >= p.m * n) { return; }
     let col = i % n;
     if (lower[n + col] == 1.0) {
@@ -106,7 +107,7 @@ fn fill_dead(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 @compute @workgroup_size(256, 1, 1)
 fn ritz_residual(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let i = gid.x;
+    let i = p.base + gid.x;
     if (i >= p.m * p.k) { return; }
     let col = i / p.m;
     let row = i % p.m;

@@ -3,6 +3,9 @@
 //! rank-deficient blocks, the complement-projector filter and its properties, and top-k
 //! singular triplets against faer's SVD on matrices with known spectra.
 
+// Negated comparisons on purpose: a NaN must fail them. Index loops compare two lists.
+#![allow(clippy::neg_cmp_op_on_partial_ord, clippy::needless_range_loop)]
+
 mod common;
 use common::*;
 use revive::cpu::ortho as reference;
@@ -193,7 +196,7 @@ fn cases() -> Vec<Case> {
     vec![
         Case { name: "separated", m: 120, n: 90, sigma: geometric(90, 1e-3), k: 10 },
         Case { name: "one", m: 1, n: 17, sigma: vec![3.0], k: 1 },
-        Case { name: "clustered", m: 200, n: 150, sigma: (0..150).map(|i| if i < 6 { 1.0 - 1e-3 * i as f64 } else if i < 12 { 0.5 - 1e-3 * i as f64 } else { 0.2 * 0.97f64.powi(i as i32) }).collect(), k: 12 },
+        Case { name: "clustered", m: 200, n: 150, sigma: (0..150).map(|i| if i < 6 { 1.0 - 1e-3 * i as f64 } else if i < 12 { 0.5 - 1e-3 * i as f64 } else { 0.2 * 0.97f64.powi(i) }).collect(), k: 12 },
         Case { name: "repeated", m: 130, n: 130, sigma: (0..130).map(|i| if i < 5 { 2.0 } else if i < 9 { 1.0 } else { 0.3 / (1.0 + i as f64) }).collect(), k: 9 },
         Case { name: "rank-deficient", m: 160, n: 100, sigma: geometric(7, 0.05), k: 7 },
         Case { name: "tall", m: 577, n: 31, sigma: geometric(31, 0.01), k: 31 },
@@ -398,6 +401,35 @@ fn diagnostics_see_an_edit_move_the_spectrum() {
         let kept = ok(diagnose(gpu, "w", &w_safe, &w0, &g.basis(), &SvdOptions::default()))?;
         if !(moved.left_similarity < 0.95 && (kept.left_similarity - 1.0).abs() < 1e-4 && (moved.drift - 3.0 * 1.25f64.sqrt()).abs() < 1e-3) {
             return Err(format!("similarity edited {} filtered {}; drift {}", moved.left_similarity, kept.left_similarity, moved.drift));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn top_k_is_the_same_when_every_kernel_is_split() {
+    use revive::gpu::SplitLimits;
+    for_each_gpu(|gpu| {
+        // Three workgroups per dimension: the matmuls and the 1-D ortho kernels run in pieces.
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        let (m, n, k) = (203, 97, 7);
+        let sigma: Vec<f64> = (0..97).map(|i| 0.9f64.powi(i)).collect();
+        let w = matrix_with_spectrum(&mut rng(17), m, n, &sigma);
+        let (_, rs, _) = reference::svd(&w, m, n);
+        let got = ok(top_k(&small, &ok(small.upload(&w, &[m, n]))?, k, &SvdOptions::default()))?;
+        for i in 0..k {
+            if (got.sigma[i] - rs[i]).abs() > 1e-4 * rs[i] {
+                return Err(format!("split: σ_{i} {} vs {}", got.sigma[i], rs[i]));
+            }
+        }
+        // Dead columns in a block past 3 × 256 elements are refilled piece by piece.
+        let mut y = random_vec(&mut rng(2), 300 * 12);
+        for i in 0..300 {
+            y[i * 12 + 4] = y[i * 12 + 1];
+        }
+        let q = ok(small.download(&ok(orthonormalize(&small, &ok(small.upload(&y, &[300, 12]))?, 3))?))?;
+        if orthogonality_error(&q, 300, 12) > 1e-5 {
+            return Err("split: the refilled block is not orthonormal".into());
         }
         Ok(())
     });

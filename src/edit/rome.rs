@@ -16,7 +16,7 @@ use crate::model::forward::GpuModel;
 use crate::model::Tok;
 use crate::ops::elementwise::axpy;
 use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::reduce;
+use crate::ops::reduce::frobenius;
 use faer::prelude::*;
 use faer::{Mat, Side};
 use serde::Serialize;
@@ -123,21 +123,15 @@ pub fn rome_update_ids(
     let left: Vec<f32> = target.delta.iter().map(|&x| (x as f64 / denom) as f32).collect();
     let right: Vec<f32> = u.iter().map(|&x| x as f32).collect();
     let dw = gemm(gpu, &gpu.upload(&left, &[left.len(), 1])?, &gpu.upload(&right, &[1, right.len()])?, None, Gemm::default())?;
-    let update_norm = frobenius(model, &dw)?;
-    let weight_norm = frobenius(model, w)?;
+    let update_norm = frobenius(gpu, &dw)?;
+    let weight_norm = frobenius(gpu, w)?;
     let report = RomeReport { layer, templates: vec![], target, update_norm, weight_norm, key_alignment: denom / u_norm };
     Ok((dw, report))
 }
 
-/// ‖x‖_F on the GPU.
-pub fn frobenius(model: &GpuModel, x: &Tensor) -> Result<f64> {
-    let s = reduce::reduce_all_value(model.gpu(), x, reduce::ReduceOp::SumSq)?;
-    Ok((s as f64).sqrt())
-}
-
 /// W ← W + ΔW for the down-projection of `layer`, refusing an update that is not finite.
 pub fn apply_update(model: &GpuModel, layer: usize, dw: &Tensor) -> Result<()> {
-    let n = frobenius(model, dw)?;
+    let n = frobenius(model.gpu(), dw)?;
     if !n.is_finite() {
         return Err(Error::Numeric(format!("the update of layer {layer} is not finite (‖ΔW‖ = {n}); the weights were left unchanged")));
     }

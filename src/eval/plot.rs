@@ -54,13 +54,16 @@ pub fn edit_probabilities(records: &[EditRecord], path: &Path) -> Result<()> {
     root.present().map_err(|e| plot_err(path, e))
 }
 
+/// A named line: its points and whether it is drawn dashed (a reference).
+type Series = (String, Vec<(f64, f64)>, bool);
+
 /// A line chart of several named series on one panel.
 struct Panel<'a> {
     title: &'a str,
     x_desc: &'a str,
     y_desc: &'a str,
     log_y: bool,
-    series: Vec<(String, Vec<(f64, f64)>, bool)>,
+    series: Vec<Series>,
 }
 
 const PALETTE: [RGBColor; 6] = [RGBColor(0, 114, 178), RGBColor(213, 94, 0), RGBColor(0, 158, 115), RGBColor(204, 121, 167), RGBColor(230, 159, 0), RGBColor(86, 180, 233)];

@@ -22,11 +22,22 @@ struct Meta {
     seed: u32,
     tol: f32,
     ld: u32,
-    _pad: [u32; 2],
+    base: u32,
+    _pad: u32,
 }
 
 fn meta(n: usize, m: usize, k: usize, ld: usize, seed: u32, tol: f32) -> Meta {
-    Meta { n: n as u32, m: m as u32, k: k as u32, seed, tol, ld: ld as u32, _pad: [0; 2] }
+    Meta { n: n as u32, m: m as u32, k: k as u32, seed, tol, ld: ld as u32, base: 0, _pad: 0 }
+}
+
+/// Runs a 1-D entry point over `n` elements in pieces of at most one dispatch each (the whole
+/// tensors stay bound; `base` tells each piece where it starts).
+fn run_pieces(gpu: &Gpu, entry: &'static str, mut m: Meta, n: usize, binds: &[crate::gpu::Bind<'_>]) -> Result<()> {
+    for (start, len) in super::chunks(n, gpu.split_limits().max_workgroups as usize * 256) {
+        m.base = start as u32;
+        gpu.dispatch(ORTHO, entry, &[], bytemuck::bytes_of(&m), binds, [groups(len, 256), 1, 1])?;
+    }
+    Ok(())
 }
 
 /// A pivot below this fraction of its column's squared norm means the column is dependent on
@@ -73,12 +84,7 @@ pub fn cholesky_qr_pass(gpu: &Gpu, y: &Tensor) -> Result<(Tensor, Tensor)> {
 /// Fills the dead columns (per `aux`) of an m×n matrix with values in [-1, 1) from `seed`.
 pub fn fill_dead(gpu: &Gpu, q: &Tensor, aux: &Tensor, seed: u32) -> Result<()> {
     let (m, n) = (q.shape()[0], q.shape()[1]);
-    let total = m * n;
-    if total > gpu.split_limits().max_workgroups as usize * 256 {
-        return Err(Error::TooLarge { op: "fill_dead", detail: format!("{m}×{n} needs more workgroups than one dispatch has") });
-    }
-    let meta = meta(n, m, 0, 0, seed, 0.0);
-    gpu.dispatch(ORTHO, "fill_dead", &[], bytemuck::bytes_of(&meta), &[whole(gpu, aux)?, whole(gpu, q)?], [groups(total, 256), 1, 1])
+    run_pieces(gpu, "fill_dead", meta(n, m, 0, 0, seed, 0.0), m * n, &[whole(gpu, aux)?, whole(gpu, q)?])
 }
 
 /// Orthonormal columns spanning those of Y (m×n, m ≥ n), with dependent columns replaced by
@@ -102,7 +108,6 @@ pub fn ritz_residual(gpu: &Gpu, y: &Tensor, u: &Tensor, sigma: &Tensor, k: usize
         return Err(Error::shape("ritz_residual", format!("Y {:?}, U {:?}, σ {:?}, k {k}", y.shape(), u.shape(), sigma.shape())));
     }
     let out = gpu.empty(&[k, m])?;
-    let meta = meta(0, m, k, ld, 0, 0.0);
-    gpu.dispatch(ORTHO, "ritz_residual", &[], bytemuck::bytes_of(&meta), &[whole(gpu, y)?, whole(gpu, sigma)?, whole(gpu, &out)?, whole(gpu, u)?], [groups(m * k, 256), 1, 1])?;
+    run_pieces(gpu, "ritz_residual", meta(0, m, k, ld, 0, 0.0), m * k, &[whole(gpu, y)?, whole(gpu, sigma)?, whole(gpu, &out)?, whole(gpu, u)?])?;
     Ok(out)
 }

@@ -117,3 +117,8 @@ pub fn reduce_all(gpu: &Gpu, x: &Tensor, op: ReduceOp) -> Result<Tensor> {
 pub fn reduce_all_value(gpu: &Gpu, x: &Tensor, op: ReduceOp) -> Result<f32> {
     Ok(gpu.download(&reduce_all(gpu, x, op)?)?[0])
 }
+
+/// ‖x‖_F (or the 2-norm of a vector), summed on the GPU in f32 and read back.
+pub fn frobenius(gpu: &Gpu, x: &Tensor) -> Result<f64> {
+    Ok((reduce_all_value(gpu, x, ReduceOp::SumSq)? as f64).sqrt())
+}

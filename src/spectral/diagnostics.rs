@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::elementwise::{axpy, scale};
 use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::reduce::{reduce_all_value, ReduceOp};
+use crate::ops::reduce::{frobenius, reduce_all_value, ReduceOp};
 use serde::Serialize;
 
 /// The top-k singular triplets of an original weight.
@@ -35,10 +35,6 @@ pub struct Diagnostics {
     pub svd_iterations: usize,
 }
 
-fn frob(gpu: &Gpu, x: &Tensor) -> Result<f64> {
-    Ok((reduce_all_value(gpu, x, ReduceOp::SumSq)? as f64).sqrt())
-}
-
 /// ‖Aᵀ B‖²_F / k for two n×k orthonormal bases.
 pub fn subspace_similarity(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<f64> {
     let k = a.shape()[1];
@@ -63,9 +59,9 @@ pub fn diagnose(gpu: &Gpu, matrix: &str, w: &Tensor, w0: &Tensor, basis: &Basis,
         right_similarity: subspace_similarity(gpu, &basis.v, &now.v)?,
         sigma: now.sigma,
         sigma_original: basis.sigma.clone(),
-        weight_norm: frob(gpu, w)?,
-        original_norm: frob(gpu, w0)?,
-        drift: frob(gpu, &diff)?,
+        weight_norm: frobenius(gpu, w)?,
+        original_norm: frobenius(gpu, w0)?,
+        drift: frobenius(gpu, &diff)?,
         svd_iterations: now.iterations,
     })
 }

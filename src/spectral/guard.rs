@@ -7,7 +7,7 @@ use super::svd::{top_energy, top_k, SvdOptions, TopK};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::project::complement;
-use crate::ops::reduce::{reduce_all_value, ReduceOp};
+use crate::ops::reduce::{frobenius, reduce_all_value, ReduceOp};
 use crate::store::{self, Outcome};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -75,10 +75,6 @@ pub struct FilterReport {
 
 /// Bumped when the file layout or the meaning of a field changes.
 const FORMAT: &str = "revive-basis-v1";
-
-fn frob(gpu: &Gpu, x: &Tensor) -> Result<f64> {
-    Ok((reduce_all_value(gpu, x, ReduceOp::SumSq)? as f64).sqrt())
-}
 
 /// SHA-256 of a weight's shape and values.
 pub fn weight_hash(gpu: &Gpu, w: &Tensor) -> Result<String> {
@@ -175,7 +171,7 @@ impl SpectralGuard {
         let before = self.leak(gpu, dw)?;
         let safe = complement(gpu, dw, Some(&self.u), Some(&self.v))?;
         let after = self.leak(gpu, &safe)?;
-        let kept = frob(gpu, &safe)? / frob(gpu, dw)?;
+        let kept = frobenius(gpu, &safe)? / frobenius(gpu, dw)?;
         if !kept.is_finite() {
             return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
         }
@@ -185,9 +181,9 @@ impl SpectralGuard {
     /// The fractions of ΔW in the protected left and right subspaces.
     pub fn leak(&self, gpu: &Gpu, dw: &Tensor) -> Result<Leak> {
         use crate::ops::matmul::{gemm, Gemm};
-        let n = frob(gpu, dw)?;
-        let left = frob(gpu, &gemm(gpu, &self.u, dw, None, Gemm { trans_a: true, ..Gemm::default() })?)? / n;
-        let right = frob(gpu, &gemm(gpu, dw, &self.v, None, Gemm::default())?)? / n;
+        let n = frobenius(gpu, dw)?;
+        let left = frobenius(gpu, &gemm(gpu, &self.u, dw, None, Gemm { trans_a: true, ..Gemm::default() })?)? / n;
+        let right = frobenius(gpu, &gemm(gpu, dw, &self.v, None, Gemm::default())?)? / n;
         Ok(Leak { left, right })
     }
 }
