@@ -10,10 +10,10 @@ pub mod edit;
 pub mod error;
 pub mod eval;
 pub mod gpu;
+pub mod linalg;
 pub mod model;
 pub mod ops;
 pub mod shaders;
-pub mod spectral;
 pub mod store;
 pub mod testing;
 

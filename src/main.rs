@@ -161,26 +161,26 @@ struct ReviveArgs {
     #[arg(long, value_name = "K")]
     revive_rank: Option<usize>,
     /// Convergence tolerance of the power-iteration SVD (residual relative to σ₁).
-    #[arg(long, default_value_t = revive::spectral::svd::SvdOptions::default().tol)]
+    #[arg(long, default_value_t = revive::linalg::svd::SvdOptions::default().tol)]
     svd_tol: f64,
 }
 
 impl ReviveArgs {
-    fn rule(&self) -> Option<revive::spectral::guard::RankRule> {
-        use revive::spectral::guard::RankRule;
+    fn rule(&self) -> Option<revive::edit::guard::RankRule> {
+        use revive::edit::guard::RankRule;
         self.revive.map(RankRule::Energy).or(self.revive_rank.map(RankRule::Rank))
     }
-    fn svd(&self) -> revive::spectral::svd::SvdOptions {
-        revive::spectral::svd::SvdOptions { tol: self.svd_tol, ..Default::default() }
+    fn svd(&self) -> revive::linalg::svd::SvdOptions {
+        revive::linalg::svd::SvdOptions { tol: self.svd_tol, ..Default::default() }
     }
 }
 
 /// The guard of the edited layer's down-projection, from the model's current (original)
 /// weights, cached on disk.
-fn make_guard(gm: &GpuModel, layer: usize, rule: revive::spectral::guard::RankRule, opts: &revive::spectral::svd::SvdOptions) -> Result<revive::spectral::guard::SpectralGuard> {
+fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard::RankRule, opts: &revive::linalg::svd::SvdOptions) -> Result<revive::edit::guard::SpectralGuard> {
     let name = revive::edit::rome::down_name(layer);
     eprintln!("REVIVE: top singular subspaces of {name} ({rule:?}) …");
-    let (g, _) = revive::spectral::guard::SpectralGuard::cached(gm.gpu(), gm.tensor(&name)?, &name, rule, opts, &revive::spectral::guard::guard_dir())?;
+    let (g, _) = revive::edit::guard::SpectralGuard::cached(gm.gpu(), gm.tensor(&name)?, &name, rule, opts, &revive::edit::guard::guard_dir())?;
     let i = &g.info;
     eprintln!(
         "REVIVE: protecting k = {} of {} directions of {name} ({:.1}% of ‖W‖_F²; σ₁ {:.3}, σ_k {:.3}; {} iterations, residual {:.1e}; {})",
@@ -315,7 +315,7 @@ enum Bench {
         cases: Vec<String>,
         #[arg(long)]
         no_cpu: bool,
-        #[arg(long, default_value_t = revive::spectral::svd::SvdOptions::default().tol)]
+        #[arg(long, default_value_t = revive::linalg::svd::SvdOptions::default().tol)]
         tol: f64,
         /// Write the matrices here (safetensors) for benches/baselines/torch_svd.py.
         #[arg(long)]
@@ -477,7 +477,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(dir) = &save {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            let opts = revive::spectral::svd::SvdOptions { tol, ..Default::default() };
+            let opts = revive::linalg::svd::SvdOptions { tol, ..Default::default() };
             let mut rows = vec![];
             for c in &cases {
                 let (m, n, ks) = parse_svd_case(c)?;
@@ -601,7 +601,11 @@ fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
         );
     }
     if let Some(t) = &r.tracking {
-        let d = t.diagnostics.as_ref().map(|d| format!("; top-{} similarity {:.4} (left) {:.4} (right), ‖W − W0‖ {:.3}", d.k, d.left_similarity, d.right_similarity, d.drift)).unwrap_or_default();
+        let d = t
+            .diagnostics
+            .as_ref()
+            .map(|d| format!("; top-{} similarity {:.4} (left) {:.4} (right), ‖W − W0‖ {:.3}, its share in the original top-{}: {:.1e} (left) {:.1e} (right)", d.k, d.left_similarity, d.right_similarity, d.drift, d.k, d.leak.left, d.leak.right))
+            .unwrap_or_default();
         println!("  known facts {}/{}{d}", t.known_correct, t.known_total);
     }
     let t = &r.rome.target;
@@ -673,7 +677,7 @@ struct BenchEditArgs {
 }
 
 fn bench_edit(choice: BackendChoice, a: BenchEditArgs) -> Result<()> {
-    use revive::spectral::guard::RankRule;
+    use revive::edit::guard::RankRule;
     let requests = revive::edit::request::load_requests(&a.edits)?;
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let known = revive::eval::retention::load_facts(&a.known)?;
@@ -773,26 +777,37 @@ fn spectrum(
     plot: Option<std::path::PathBuf>,
     json: Option<std::path::PathBuf>,
 ) -> Result<()> {
-    use revive::spectral::guard::RankRule;
+    use revive::edit::guard::RankRule;
     anyhow::ensure!(tau > 0.0 && tau <= 1.0, "--tau {tau}: a fraction of the energy, in (0, 1]");
     let rule = rank.map(RankRule::Rank).unwrap_or(RankRule::Energy(tau));
     let m = load(&model)?;
     let orig = against.as_deref().map(load).transpose()?;
     let gpu = Gpu::new(choice)?;
-    let opts = revive::spectral::svd::SvdOptions::default();
-    let rows = revive::spectral::diagnostics::model_spectra(&gpu, &m.weights, orig.as_ref().map(|o| &o.weights), &layers, rule, &opts)?;
+    let opts = revive::linalg::svd::SvdOptions::default();
+    let rows = revive::eval::spectrum::model_spectra(&gpu, &m.weights, orig.as_ref().map(|o| &o.weights), &layers, rule, &opts)?;
     if rows.is_empty() {
         println!("no down-projection differs from the original's");
         return Ok(());
     }
     println!("{} on {} ({rule:?})", m.source, gpu.label());
-    println!("{:>5} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11}", "layer", "k", "σ₁", "σ_k", "‖W‖_F", "‖W−W0‖_F", "σ₁ orig", "sim left", "sim right");
+    println!(
+        "{:>5} {:>5} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>11} {:>10} {:>10}",
+        "layer", "k", "σ₁", "σ_k", "‖W‖_F", "‖W−W0‖_F", "σ₁ orig", "sim left", "sim right", "leak left", "leak right"
+    );
     for r in &rows {
-        let (drift, s0, sl, sr) = match &r.against {
-            Some(d) => (format!("{:.4}", d.drift), format!("{:.4}", d.sigma_original[0]), format!("{:.6}", d.left_similarity), format!("{:.6}", d.right_similarity)),
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        let cols = match &r.against {
+            Some(d) => [
+                format!("{:.4}", d.drift),
+                format!("{:.4}", d.sigma_original[0]),
+                format!("{:.6}", d.left_similarity),
+                format!("{:.6}", d.right_similarity),
+                format!("{:.1e}", d.leak.left),
+                format!("{:.1e}", d.leak.right),
+            ],
+            None => std::array::from_fn(|_| "-".to_string()),
         };
-        println!("{:>5} {:>5} {:>9.4} {:>9.4} {:>9.3} {:>10} {:>10} {:>11} {:>11}", r.layer, r.sigma.len(), r.sigma[0], r.sigma[r.sigma.len() - 1], r.weight_norm, drift, s0, sl, sr);
+        let [drift, s0, sl, sr, ll, lr] = cols;
+        println!("{:>5} {:>5} {:>9.4} {:>9.4} {:>9.3} {:>10} {:>10} {:>11} {:>11} {:>10} {:>10}", r.layer, r.sigma.len(), r.sigma[0], r.sigma[r.sigma.len() - 1], r.weight_norm, drift, s0, sl, sr, ll, lr);
     }
     if let Some(path) = plot {
         revive::eval::plot::spectra(&rows, &path)?;

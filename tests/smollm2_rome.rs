@@ -19,8 +19,8 @@ use revive::edit::run::run_rome;
 use revive::edit::keys::subject_prompt;
 use revive::eval::retention::{check_facts, Fact};
 use revive::model::forward::GpuModel;
-use revive::spectral::guard::{RankRule, SpectralGuard};
-use revive::spectral::svd::SvdOptions;
+use revive::edit::guard::{RankRule, SpectralGuard};
+use revive::linalg::svd::SvdOptions;
 
 fn fact(prompt: &str, answer: &str) -> Fact {
     Fact { prompt: prompt.into(), answer: answer.into() }

@@ -12,7 +12,7 @@ use revive::cpu::ortho as reference;
 use revive::ops::matmul::{gemm, Gemm};
 use revive::ops::ortho::{cholesky, dead_tolerance, orthonormalize, tri_inverse};
 use revive::ops::project::complement;
-use revive::spectral::svd::{rank_for_energy, top_eigen, top_energy, top_k, SvdOptions};
+use revive::linalg::svd::{rank_for_energy, top_eigen, top_energy, top_k, SvdOptions};
 use revive::testing::{matrix_with_spectrum, random_orthonormal};
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -321,7 +321,7 @@ fn non_convergence_and_bad_input_are_errors() {
 
 #[test]
 fn the_guard_is_cached_by_weight_and_rule_and_filters_updates() {
-    use revive::spectral::guard::{RankRule, SpectralGuard};
+    use revive::edit::guard::{RankRule, SpectralGuard};
     use revive::store::Outcome;
     for_each_gpu(|gpu| {
         let dir = std::env::temp_dir().join(format!("revive-guard-{}-{}", std::process::id(), gpu.label().len()));
@@ -376,8 +376,8 @@ fn the_guard_is_cached_by_weight_and_rule_and_filters_updates() {
 #[test]
 fn diagnostics_see_an_edit_move_the_spectrum() {
     use revive::ops::elementwise::axpy;
-    use revive::spectral::diagnostics::diagnose;
-    use revive::spectral::guard::{RankRule, SpectralGuard};
+    use revive::eval::spectrum::diagnose;
+    use revive::edit::guard::{RankRule, SpectralGuard};
     for_each_gpu(|gpu| {
         let (m, n) = (40, 64);
         let sigma: Vec<f64> = (0..40).map(|i| 1.0 / (1.0 + i as f64)).collect();
@@ -401,6 +401,15 @@ fn diagnostics_see_an_edit_move_the_spectrum() {
         let kept = ok(diagnose(gpu, "w", &w_safe, &w0, &g.basis(), &SvdOptions::default()))?;
         if !(moved.left_similarity < 0.95 && (kept.left_similarity - 1.0).abs() < 1e-4 && (moved.drift - 3.0 * 1.25f64.sqrt()).abs() < 1e-3) {
             return Err(format!("similarity edited {} filtered {}; drift {}", moved.left_similarity, kept.left_similarity, moved.drift));
+        }
+        // The in-subspace update lies wholly in the protected subspaces; a filtered random
+        // update not at all (to the rounding of W0 + ΔW − W0 in f32).
+        let (safe, _) = ok(g.filter(gpu, &ok(gpu.upload(&random_vec(&mut rng(9), m * n), &[m, n]))?))?;
+        let w_rand = ok(gpu.upload(&w0v, &[m, n]))?;
+        ok(axpy(gpu, 1.0, &safe, &w_rand))?;
+        let outside = ok(diagnose(gpu, "w", &w_rand, &w0, &g.basis(), &SvdOptions::default()))?;
+        if !((moved.leak.left - 1.0).abs() < 1e-4 && (moved.leak.right - 1.0).abs() < 1e-4 && outside.leak.left < 1e-5 && outside.leak.right < 1e-5 && same.leak.left == 0.0) {
+            return Err(format!("leak: edited {:?}, filtered random {:?}, unchanged {:?}", moved.leak, outside.leak, same.leak));
         }
         Ok(())
     });

@@ -10,7 +10,7 @@
 use crate::cpu::ortho::{principal_sines, svd as cpu_svd};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::spectral::svd::{top_k, SvdOptions};
+use crate::linalg::svd::{top_k, SvdOptions};
 use crate::testing::{gaussian, rng};
 use serde::Serialize;
 use std::time::Instant;

@@ -1,9 +1,10 @@
-//! Knowledge editing: requests, hyper-parameters, keys, targets, covariance statistics, and
-//! the methods.
+//! Knowledge editing: requests, hyper-parameters, keys, targets, covariance statistics, the
+//! methods, and the REVIVE guard every method's update goes through.
 
 pub mod corpus;
 pub mod cov_cache;
 pub mod covariance;
+pub mod guard;
 pub mod hparams;
 pub mod keys;
 pub mod request;

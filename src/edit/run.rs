@@ -5,8 +5,8 @@ use super::hparams::RomeHparams;
 use super::request::EditRequest;
 use super::rome::{apply_update, rome_update, templates, CovSolver, RomeReport};
 use crate::error::Result;
-use crate::spectral::diagnostics::Diagnostics;
-use crate::spectral::guard::{FilterReport, SpectralGuard};
+use crate::eval::spectrum::Diagnostics;
+use crate::edit::guard::{FilterReport, SpectralGuard};
 use crate::eval::counterfact::{fact_metrics, FactMetrics};
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
@@ -45,7 +45,7 @@ pub struct RunRecord {
     pub adapter: String,
     pub hparams: RomeHparams,
     /// The REVIVE guard every update went through, if any.
-    pub revive: Option<crate::spectral::guard::GuardInfo>,
+    pub revive: Option<crate::edit::guard::GuardInfo>,
     pub covariance_tokens: usize,
     pub covariance_seconds: f64,
     pub templates: Vec<String>,

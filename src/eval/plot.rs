@@ -2,7 +2,7 @@
 
 use crate::bench::edit::EditBench;
 use crate::edit::run::EditRecord;
-use crate::spectral::diagnostics::{Diagnostics, LayerSpectrum};
+use crate::eval::spectrum::{Diagnostics, LayerSpectrum};
 use crate::error::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;
@@ -248,6 +248,7 @@ mod tests {
             weight_norm: 4.0,
             original_norm: 4.0,
             drift: x,
+            leak: crate::edit::guard::Leak { left: 0.1, right: 0.2 },
             svd_iterations: 3,
         }
     }

@@ -2,12 +2,13 @@
 //! singular subspaces (‖U⁰_kᵀ U_k‖²_F / k, 1 = unchanged, k/min(m, n) ≈ random), the top
 //! singular values, ‖W‖_F and ‖W − W0‖_F.
 
-use super::svd::{top_k_from, SvdOptions};
+use crate::linalg::svd::{top_k_from, SvdOptions};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::elementwise::{axpy, scale};
 use crate::ops::matmul::{gemm, Gemm};
 use crate::ops::reduce::{frobenius, reduce_all_value, ReduceOp};
+use crate::edit::guard::Leak;
 use serde::Serialize;
 
 /// The top-k singular triplets of an original weight.
@@ -32,6 +33,11 @@ pub struct Diagnostics {
     pub original_norm: f64,
     /// ‖W − W0‖_F.
     pub drift: f64,
+    /// How much of the accumulated update W − W0 lies in the original top-k subspaces:
+    /// ‖U⁰_kᵀ(W − W0)‖/‖W − W0‖ and ‖(W − W0)V⁰_k‖/‖W − W0‖ (0 when W = W0). REVIVE keeps these
+    /// near f32 rounding; the similarity above can fall anyway, when the update's own
+    /// directions outgrow σ_k and enter the current top k.
+    pub leak: Leak,
     pub svd_iterations: usize,
 }
 
@@ -52,6 +58,14 @@ pub fn diagnose(gpu: &Gpu, matrix: &str, w: &Tensor, w0: &Tensor, basis: &Basis,
     let now = top_k_from(gpu, w, k, opts, Some(&basis.v))?;
     let diff = scale(gpu, w, 1.0)?;
     axpy(gpu, -1.0, w0, &diff)?;
+    let drift = frobenius(gpu, &diff)?;
+    let leak = if drift > 0.0 {
+        let left = frobenius(gpu, &gemm(gpu, &basis.u, &diff, None, Gemm { trans_a: true, ..Gemm::default() })?)? / drift;
+        let right = frobenius(gpu, &gemm(gpu, &diff, &basis.v, None, Gemm::default())?)? / drift;
+        Leak { left, right }
+    } else {
+        Leak { left: 0.0, right: 0.0 }
+    };
     Ok(Diagnostics {
         matrix: matrix.to_string(),
         k,
@@ -61,7 +75,8 @@ pub fn diagnose(gpu: &Gpu, matrix: &str, w: &Tensor, w0: &Tensor, basis: &Basis,
         sigma_original: basis.sigma.clone(),
         weight_norm: frobenius(gpu, w)?,
         original_norm: frobenius(gpu, w0)?,
-        drift: frobenius(gpu, &diff)?,
+        drift,
+        leak,
         svd_iterations: now.iterations,
     })
 }
@@ -86,10 +101,10 @@ pub fn model_spectra(
     weights: &crate::model::Weights,
     original: Option<&crate::model::Weights>,
     layers: &[usize],
-    rule: super::guard::RankRule,
+    rule: crate::edit::guard::RankRule,
     opts: &SvdOptions,
 ) -> Result<Vec<LayerSpectrum>> {
-    use super::guard::SpectralGuard;
+    use crate::edit::guard::SpectralGuard;
     let n_layers = weights.config.n_layers;
     let mut chosen: Vec<usize> = if layers.is_empty() { (0..n_layers).collect() } else { layers.to_vec() };
     if let Some(&bad) = chosen.iter().find(|&&l| l >= n_layers) {

@@ -3,7 +3,7 @@
 //! runs its ΔW through before writing it:
 //!   ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ).
 
-use super::svd::{top_energy, top_k, SvdOptions, TopK};
+use crate::linalg::svd::{top_energy, top_k, SvdOptions, TopK};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::project::complement;
@@ -159,8 +159,8 @@ impl SpectralGuard {
     }
 
     /// The protected basis, for diagnostics against the original.
-    pub fn basis(&self) -> super::diagnostics::Basis {
-        super::diagnostics::Basis { u: self.u.clone(), v: self.v.clone(), sigma: self.info.sigma.clone() }
+    pub fn basis(&self) -> crate::eval::spectrum::Basis {
+        crate::eval::spectrum::Basis { u: self.u.clone(), v: self.v.clone(), sigma: self.info.sigma.clone() }
     }
 
     /// ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ), with what it removed.
