@@ -708,6 +708,11 @@ fn bench_edit(choice: BackendChoice, a: BenchEditArgs) -> Result<()> {
         let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g, track.as_ref(), |r| print_edit(r, n))?;
         print_bench_edit(&gpu, &hp, &cov, cov_seconds, &known, &b);
         results.push(b);
+        // After every arm, so a run stopped in a later arm keeps the earlier ones.
+        if let Some(path) = &a.json {
+            let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "arms": results });
+            std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        }
     }
     if results.len() > 1 {
         println!("\n{:<12} {:>9} {:>9} {:>11} {:>12} {:>10}", "arm", "efficacy", "at end", "paraphrase", "known facts", "s/edit");
@@ -736,10 +741,6 @@ fn bench_edit(choice: BackendChoice, a: BenchEditArgs) -> Result<()> {
             revive::eval::plot::tracking(&results, &p)?;
             println!("plots: {} and the probabilities next to it", p.display());
         }
-    }
-    if let Some(path) = a.json {
-        let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "arms": results });
-        std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
