@@ -113,7 +113,8 @@ impl SpectralGuard {
     }
 
     /// The guard of `w`, from `dir` when a file for the same weights (hash), matrix, rule and
-    /// SVD tolerance is there; computed and written otherwise.
+    /// SVD tolerance is there; computed and written otherwise. The seed and oversampling are not
+    /// in the key: they change the basis only within the tolerance.
     pub fn cached(gpu: &Gpu, w: &Tensor, matrix: &str, rule: RankRule, opts: &SvdOptions, dir: &Path) -> Result<(Self, Outcome)> {
         let hash = weight_hash(gpu, w)?;
         let path = dir.join(format!("basis-{}-{}-{}.safetensors", &hash[..16], matrix.replace('.', "_"), rule.tag()));
