@@ -161,7 +161,7 @@ fn the_filter_matches_the_reference_and_is_a_projector() {
             // ‖Uᵀ out‖ and ‖out V‖ vanish to 1e-5 ‖X‖.
             let xn = frob(&f64s(&x));
             let od = f64s(&out);
-            let left_leak = frob(&reference::complement(&od, m, n, &[], 0, &[], 0).iter().zip(&reference::complement(&od, m, n, &f32s_to_f64(&u), kl, &[], 0)).map(|(a, b)| a - b).collect::<Vec<_>>());
+            let left_leak = frob(&od.iter().zip(&reference::complement(&od, m, n, &f32s_to_f64(&u), kl, &[], 0)).map(|(a, b)| a - b).collect::<Vec<_>>());
             let right_leak = frob(&od.iter().zip(&reference::complement(&od, m, n, &[], 0, &f32s_to_f64(&v), kr)).map(|(a, b)| a - b).collect::<Vec<_>>());
             if !(left_leak <= 1e-5 * xn && right_leak <= 1e-5 * xn) {
                 return Err(format!("{m}×{n}: leak into the protected subspaces {left_leak:e}, {right_leak:e} (‖X‖ = {xn:e})"));

@@ -97,13 +97,7 @@ pub fn svd(w: &[f32], m: usize, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
 /// The sines of the principal angles between the column spans of A (n×ka) and B (n×kb), both
 /// with orthonormal columns, largest first: the singular values of (I − A Aᵀ) B.
 pub fn principal_sines(a: &[f64], ka: usize, b: &[f64], kb: usize, n: usize) -> Vec<f64> {
-    let mut r = b.to_vec();
-    for c in 0..kb {
-        let coef: Vec<f64> = (0..ka).map(|j| (0..n).map(|i| a[i * ka + j] * b[i * kb + c]).sum()).collect();
-        for i in 0..n {
-            r[i * kb + c] -= (0..ka).map(|j| a[i * ka + j] * coef[j]).sum::<f64>();
-        }
-    }
+    let r = complement(b, n, kb, a, ka, &[], 0);
     let mat = Mat::<f64>::from_fn(n, kb, |i, j| r[i * kb + j]);
     let mut s: Vec<f64> = mat.singular_values().expect("faer singular values of a finite matrix");
     s.sort_by(|a, b| b.total_cmp(a));

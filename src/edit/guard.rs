@@ -6,6 +6,7 @@
 use crate::linalg::svd::{top_energy, top_k, SvdOptions, TopK};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::ops::matmul::{gemm, Gemm};
 use crate::ops::project::complement;
 use crate::ops::reduce::{frobenius, reduce_all_value, ReduceOp};
 use crate::store::{self, Outcome};
@@ -62,6 +63,16 @@ pub struct Leak {
     pub left: f64,
     /// ‖ΔW V_k‖_F / ‖ΔW‖_F.
     pub right: f64,
+}
+
+impl Leak {
+    /// The shares of `x` (‖x‖_F = `norm`) in the column span of `u` and the row span of `vᵀ`:
+    /// ‖uᵀx‖_F / norm and ‖x v‖_F / norm.
+    pub fn of(gpu: &Gpu, u: &Tensor, v: &Tensor, x: &Tensor, norm: f64) -> Result<Leak> {
+        let left = frobenius(gpu, &gemm(gpu, u, x, None, Gemm { trans_a: true, ..Gemm::default() })?)? / norm;
+        let right = frobenius(gpu, &gemm(gpu, x, v, None, Gemm::default())?)? / norm;
+        Ok(Leak { left, right })
+    }
 }
 
 /// What the filter did to one update.
@@ -169,10 +180,12 @@ impl SpectralGuard {
         if dw.shape() != self.info.shape {
             return Err(Error::shape("guard", format!("ΔW is {:?}, the guard of {} is for {:?}", dw.shape(), self.info.matrix, self.info.shape)));
         }
-        let before = self.leak(gpu, dw)?;
+        let norm = frobenius(gpu, dw)?;
+        let before = Leak::of(gpu, &self.u, &self.v, dw, norm)?;
         let safe = complement(gpu, dw, Some(&self.u), Some(&self.v))?;
-        let after = self.leak(gpu, &safe)?;
-        let kept = frobenius(gpu, &safe)? / frobenius(gpu, dw)?;
+        let safe_norm = frobenius(gpu, &safe)?;
+        let after = Leak::of(gpu, &self.u, &self.v, &safe, safe_norm)?;
+        let kept = safe_norm / norm;
         if !kept.is_finite() {
             return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
         }
@@ -181,11 +194,7 @@ impl SpectralGuard {
 
     /// The fractions of ΔW in the protected left and right subspaces.
     pub fn leak(&self, gpu: &Gpu, dw: &Tensor) -> Result<Leak> {
-        use crate::ops::matmul::{gemm, Gemm};
-        let n = frobenius(gpu, dw)?;
-        let left = frobenius(gpu, &gemm(gpu, &self.u, dw, None, Gemm { trans_a: true, ..Gemm::default() })?)? / n;
-        let right = frobenius(gpu, &gemm(gpu, dw, &self.v, None, Gemm::default())?)? / n;
-        Ok(Leak { left, right })
+        Leak::of(gpu, &self.u, &self.v, dw, frobenius(gpu, dw)?)
     }
 }
 

@@ -59,13 +59,7 @@ pub fn diagnose(gpu: &Gpu, matrix: &str, w: &Tensor, w0: &Tensor, basis: &Basis,
     let diff = scale(gpu, w, 1.0)?;
     axpy(gpu, -1.0, w0, &diff)?;
     let drift = frobenius(gpu, &diff)?;
-    let leak = if drift > 0.0 {
-        let left = frobenius(gpu, &gemm(gpu, &basis.u, &diff, None, Gemm { trans_a: true, ..Gemm::default() })?)? / drift;
-        let right = frobenius(gpu, &gemm(gpu, &diff, &basis.v, None, Gemm::default())?)? / drift;
-        Leak { left, right }
-    } else {
-        Leak { left: 0.0, right: 0.0 }
-    };
+    let leak = if drift > 0.0 { Leak::of(gpu, &basis.u, &basis.v, &diff, drift)? } else { Leak { left: 0.0, right: 0.0 } };
     Ok(Diagnostics {
         matrix: matrix.to_string(),
         k,

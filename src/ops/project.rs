@@ -40,12 +40,12 @@ pub fn complement(gpu: &Gpu, x: &Tensor, u: Option<&Tensor>, v: Option<&Tensor>)
     if m.div_ceil(16) > limit || n.div_ceil(16) > limit {
         return Err(Error::TooLarge { op: OP, detail: format!("{m}×{n} needs more than {limit} workgroups per dimension") });
     }
-    let dummy;
+    // An absent side binds a one-value placeholder its loop never reads.
     let (u_t, t) = match u {
         Some(u) if kl > 0 => (u.clone(), gemm(gpu, u, x, None, Gemm { trans_a: true, ..Gemm::default() })?),
         _ => {
-            dummy = gpu.full(&[1], 0.0)?;
-            (dummy.clone(), dummy.clone())
+            let d = gpu.full(&[1], 0.0)?;
+            (d.clone(), d)
         }
     };
     let (s, v_t) = match v {
