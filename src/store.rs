@@ -48,7 +48,31 @@ pub fn save(path: &Path, fields: &[(&str, String)], tensors: &[(&str, Vec<usize>
     }
     let tmp = path.with_extension(format!("partial.{}", std::process::id()));
     safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, format!("cannot move into place: {e}")))
+    sync_and_rename(&tmp, path)
+}
+
+/// Flushes `tmp` to the disk, moves it to `path` and flushes the directory entry, so after a
+/// crash (power loss included) `path` holds either the old file or the whole new one.
+pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| err(tmp, format!("cannot flush to disk: {e}")))?;
+    std::fs::rename(tmp, path).map_err(|e| err(path, format!("cannot move into place: {e}")))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Directories cannot be opened for syncing on every platform; the rename stands anyway.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Writes bytes atomically and durably (a temporary file, flushed, then renamed).
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
+    }
+    let tmp = path.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
+    sync_and_rename(&tmp, path)
 }
 
 /// A cache file read back and checked.
@@ -66,6 +90,12 @@ impl Stored {
     /// A header field parsed as a number.
     pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T> {
         self.field(name)?.parse().map_err(|_| err(&self.path, format!("header field '{name}' is not a number")))
+    }
+
+    /// The shape of a stored tensor, if there is one by that name.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        let st = SafeTensors::deserialize(&self.bytes).ok()?;
+        st.tensor(name).ok().map(|t| t.shape().to_vec())
     }
 
     /// An f32 tensor of the given shape whose checksum matches and whose values are finite.

@@ -18,6 +18,7 @@ use revive::model::Config;
 /// and a loose clamp.
 fn hparams(layer: usize) -> RomeHparams {
     RomeHparams {
+        method: None,
         layer,
         v_steps: 60,
         v_lr: 1.0,

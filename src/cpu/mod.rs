@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod edit;
 pub mod elementwise;
 pub mod loss;
 pub mod matmul;

@@ -30,6 +30,14 @@ impl CpuModel {
         CpuModel { config: weights.config.clone(), w }
     }
 
+    /// W ← W + Δ for one weight (row-major, the weight's own layout); the edit references
+    /// update the oracle with it.
+    pub fn add_to(&mut self, name: &str, delta: &[f64]) {
+        let w = self.w.get_mut(name).unwrap_or_else(|| panic!("the CPU model has no weight '{name}'"));
+        assert_eq!(w.len(), delta.len(), "Δ of {name} has the wrong size");
+        w.iter_mut().zip(delta).for_each(|(a, b)| *a += b);
+    }
+
     fn t(&self, name: &str) -> &[f64] {
         &self.w[name]
     }

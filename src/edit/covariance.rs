@@ -163,13 +163,18 @@ pub fn batches(seqs: &[Vec<u32>], max_tokens: usize, batch_tokens: usize) -> Vec
 /// The keys of `layer` for the real tokens of a batch: [tokens, ffn]. Rows of padding (when
 /// the sequences differ in length) are dropped before they can reach the sum.
 pub fn real_keys(model: &GpuModel, seqs: &[Vec<u32>], layer: usize) -> Result<Tensor> {
+    Ok(real_keys_of(model, seqs, &[layer])?.remove(0))
+}
+
+/// [`real_keys`] of several layers from one forward pass.
+pub fn real_keys_of(model: &GpuModel, seqs: &[Vec<u32>], layers: &[usize]) -> Result<Vec<Tensor>> {
     let batch = Batch::new(seqs)?;
-    let keys = model.layer_keys(&batch, layer)?;
+    let keys = model.layers_keys(&batch, layers)?;
     if batch.lens.iter().all(|&l| l == batch.t) {
         return Ok(keys);
     }
     let rows: Vec<u32> = batch.lens.iter().enumerate().flat_map(|(s, &l)| (0..l).map(move |p| (s * batch.t + p) as u32)).collect();
-    gather_rows(model.gpu(), &keys, &rows)
+    keys.iter().map(|k| gather_rows(model.gpu(), k, &rows)).collect()
 }
 
 pub(crate) fn progress_bar(total: u64, layer: usize, show: bool) -> indicatif::ProgressBar {
@@ -225,4 +230,46 @@ pub fn layer_second_moment(model: &GpuModel, tok: &Tok, layer: usize, tokens: us
     }
     let opts = Accumulate { progress, ..Default::default() };
     Ok(cached_second_moment(&cov_cache::stats_dir(), model, &seqs, layer, tokens, &opts)?.0)
+}
+
+/// C0 of each of `layers` over `tokens` tokens of the WordNet corpus (MEMIT and AlphaEdit edit
+/// several layers): every layer's file is looked up in the cache, and the missing ones are
+/// computed together from one pass over the corpus (one forward up to the highest of them).
+pub fn layers_second_moment(model: &GpuModel, tok: &Tok, layers: &[usize], tokens: usize, progress: bool) -> Result<Vec<SecondMoment>> {
+    let seqs = corpus::wordnet_sequences(tok, tokens)?;
+    let dir = cov_cache::stats_dir();
+    let mut keys = vec![];
+    let mut found: Vec<Option<SecondMoment>> = vec![];
+    for &layer in layers {
+        let key = cov_cache::CacheKey { model_hash: cov_cache::model_hash(model, layer)?, layer, tokens, corpus_hash: cov_cache::tokens_hash(&seqs, tokens) };
+        let path = dir.join(key.file_name());
+        found.push(if path.exists() {
+            cov_cache::load(&path, &key, model.config.ffn_hidden).map_err(|e| log::warn!("{}: cached C0 rejected ({e}); rebuilding it", path.display())).ok()
+        } else {
+            None
+        });
+        keys.push(key);
+    }
+    let missing: Vec<usize> = layers.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(&l, _)| l).collect();
+    if !missing.is_empty() {
+        let opts = Accumulate { progress, ..Default::default() };
+        let batches = batches(&seqs, tokens, opts.batch_tokens);
+        let total: usize = batches.iter().flatten().map(Vec::len).sum();
+        let bar = progress_bar(total as u64, missing[0], opts.progress);
+        let mut accs = missing.iter().map(|_| Accumulator::new(model.gpu(), model.config.ffn_hidden, opts.fold_every)).collect::<Result<Vec<_>>>()?;
+        for b in &batches {
+            for (acc, k) in accs.iter_mut().zip(real_keys_of(model, b, &missing)?) {
+                acc.add(&k)?;
+            }
+            bar.set_position(accs[0].tokens() as u64);
+        }
+        bar.finish_and_clear();
+        for (acc, &layer) in accs.iter_mut().zip(&missing) {
+            let m = acc.moment(layer)?;
+            let i = layers.iter().position(|&l| l == layer).expect("a missing layer is one of the layers");
+            cov_cache::save(&dir.join(keys[i].file_name()), &keys[i], &m)?;
+            found[i] = Some(m);
+        }
+    }
+    Ok(found.into_iter().map(|f| f.expect("every layer found or computed")).collect())
 }

@@ -57,7 +57,7 @@ pub struct SpectralGuard {
 }
 
 /// How much of an update lies in the protected subspaces.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Leak {
     /// ‖U_kᵀ ΔW‖_F / ‖ΔW‖_F.
     pub left: f64,
@@ -76,7 +76,7 @@ impl Leak {
 }
 
 /// What the filter did to one update.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct FilterReport {
     pub before: Leak,
     pub after: Leak,
@@ -190,6 +190,35 @@ impl SpectralGuard {
             return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
         }
         Ok((safe, FilterReport { before, after, kept }))
+    }
+
+    /// The filter of an update in either form; factors stay factors (each projected on its
+    /// side), so a rank-r update stays rank r. The report is measured on the dense product.
+    pub fn filter_delta(&self, gpu: &Gpu, delta: &crate::edit::update::Delta) -> Result<(crate::edit::update::Delta, FilterReport)> {
+        use crate::edit::update::Delta;
+        match delta {
+            Delta::Dense(dw) => {
+                let (safe, report) = self.filter(gpu, dw)?;
+                Ok((Delta::Dense(safe), report))
+            }
+            Delta::LowRank { left, right } => {
+                if delta.shape()? != self.info.shape {
+                    return Err(Error::shape("guard", format!("ΔW is {:?}, the guard of {} is for {:?}", delta.shape()?, self.info.matrix, self.info.shape)));
+                }
+                let dense = delta.dense(gpu)?;
+                let norm = frobenius(gpu, &dense)?;
+                let before = Leak::of(gpu, &self.u, &self.v, &dense, norm)?;
+                let safe = Delta::LowRank { left: complement(gpu, left, Some(&self.u), None)?, right: complement(gpu, right, Some(&self.v), None)? };
+                let safe_dense = safe.dense(gpu)?;
+                let safe_norm = frobenius(gpu, &safe_dense)?;
+                let after = Leak::of(gpu, &self.u, &self.v, &safe_dense, safe_norm)?;
+                let kept = safe_norm / norm;
+                if !kept.is_finite() {
+                    return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
+                }
+                Ok((safe, FilterReport { before, after, kept }))
+            }
+        }
     }
 
     /// The fractions of ΔW in the protected left and right subspaces.

@@ -21,6 +21,9 @@ pub struct Templates {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RomeHparams {
+    /// "rome" (optional in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// The layer whose MLP down-projection is rewritten.
     pub layer: usize,
     /// Adam steps for the target δ.
@@ -78,6 +81,9 @@ impl RomeHparams {
                 return bad(name, "must be a number ≥ 0");
             }
         }
+        if self.method.as_deref().is_some_and(|m| m != "rome") {
+            return bad("method", "ROME's hyper-parameters must say \"rome\"");
+        }
         if self.v_steps == 0 {
             return bad("v_steps", "must be at least 1");
         }
@@ -91,6 +97,165 @@ impl RomeHparams {
     }
 }
 
+/// The batch methods, all built on MEMIT's multi-layer update (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchMethod {
+    Memit,
+    AlphaEdit,
+    Rect,
+    Prune,
+}
+
+impl BatchMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BatchMethod::Memit => "memit",
+            BatchMethod::AlphaEdit => "alphaedit",
+            BatchMethod::Rect => "rect",
+            BatchMethod::Prune => "prune",
+        }
+    }
+}
+
+/// Hyper-parameters of MEMIT, AlphaEdit, RECT and PRUNE: the layer range, the target
+/// optimisation (as ROME's) and each method's own values, which only that method may set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchHparams {
+    pub method: BatchMethod,
+    /// Edited layers, ascending; the target is the residual stream after the last.
+    pub layers: Vec<usize>,
+    pub v_steps: usize,
+    pub v_lr: f64,
+    pub v_weight_decay: f64,
+    pub clamp_norm_factor: f64,
+    pub kl_factor: f64,
+    pub nll_stop: f64,
+    pub templates: Templates,
+    pub mom2_tokens: usize,
+    /// λ in ΔW = R Kᵀ(λ C0 + K Kᵀ)⁻¹ (MEMIT, RECT, PRUNE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mom2_update_weight: Option<f64>,
+    /// AlphaEdit: C0's eigenvectors with eigenvalue below this fraction of the largest span
+    /// the null space the update is projected into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nullspace_threshold: Option<f64>,
+    /// AlphaEdit's α (its "L2"): the ridge on the projected normal equations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f64>,
+    /// RECT: the fraction of ΔW's entries kept, the largest by |ΔW| / |W|.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_fraction: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub why: BTreeMap<String, String>,
+}
+
+const SMOLLM2_BATCH: [(&str, &str); 4] = [
+    ("memit", include_str!("../../assets/hparams/memit/smollm2.json")),
+    ("alphaedit", include_str!("../../assets/hparams/alphaedit/smollm2.json")),
+    ("rect", include_str!("../../assets/hparams/rect/smollm2.json")),
+    ("prune", include_str!("../../assets/hparams/prune/smollm2.json")),
+];
+
+impl BatchHparams {
+    /// The shipped defaults for SmolLM2.
+    pub fn smollm2(method: BatchMethod) -> Self {
+        let (name, text) = SMOLLM2_BATCH.iter().find(|(n, _)| *n == method.name()).expect("every method ships hparams");
+        Self::parse(text, &format!("assets/hparams/{name}/smollm2.json")).expect("the shipped hparams parse")
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self> {
+        let hp: BatchHparams = serde_json::from_str(text).map_err(|e| Error::Model { file: file.into(), detail: format!("bad hparams: {e}") })?;
+        hp.validate(file)?;
+        Ok(hp)
+    }
+
+    /// The target optimisation's knobs, at the last edited layer.
+    pub fn target(&self) -> super::target::TargetParams {
+        super::target::TargetParams {
+            layer: *self.layers.last().expect("validated: at least one layer"),
+            steps: self.v_steps,
+            lr: self.v_lr,
+            weight_decay: self.v_weight_decay,
+            clamp_norm_factor: self.clamp_norm_factor,
+            kl_factor: self.kl_factor,
+            nll_stop: self.nll_stop,
+        }
+    }
+
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |field: &str, why: String| Err(Error::Model { file: file.into(), detail: format!("field '{field}': {why}") });
+        if self.layers.is_empty() {
+            return bad("layers", "name at least one layer".into());
+        }
+        if self.layers.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("layers", format!("{:?} must be strictly ascending", self.layers));
+        }
+        for (name, v) in [("v_lr", self.v_lr), ("clamp_norm_factor", self.clamp_norm_factor), ("nll_stop", self.nll_stop)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(name, "must be a positive number".into());
+            }
+        }
+        for (name, v) in [("v_weight_decay", self.v_weight_decay), ("kl_factor", self.kl_factor)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(name, "must be a number ≥ 0".into());
+            }
+        }
+        if self.v_steps == 0 {
+            return bad("v_steps", "must be at least 1".into());
+        }
+        if self.mom2_tokens == 0 {
+            return bad("mom2_tokens", "must be at least 1".into());
+        }
+        if self.templates.per_prefix > 0 && (self.templates.prefixes.is_empty() || self.templates.length == 0) {
+            return bad("templates", "sampled templates need prefixes and a length > 0".into());
+        }
+        use BatchMethod::*;
+        let m = self.method;
+        // (field, value, whether this method uses it, its valid range, the range in words)
+        type Own<'a> = (&'a str, Option<f64>, bool, fn(f64) -> bool, &'a str);
+        let own: [Own; 4] = [
+            ("mom2_update_weight", self.mom2_update_weight, matches!(m, Memit | Rect | Prune), |v| v > 0.0, "a positive number"),
+            ("nullspace_threshold", self.nullspace_threshold, m == AlphaEdit, |v| v > 0.0 && v < 1.0, "a fraction of C0's largest eigenvalue, in (0, 1)"),
+            ("l2", self.l2, m == AlphaEdit, |v| v > 0.0, "a positive number"),
+            ("keep_fraction", self.keep_fraction, m == Rect, |v| v > 0.0 && v <= 1.0, "a fraction in (0, 1]"),
+        ];
+        for (name, value, wanted, ok, what) in own {
+            match (value, wanted) {
+                (None, true) => return bad(name, format!("{} needs it", m.name())),
+                (Some(_), false) => return bad(name, format!("{} does not use it", m.name())),
+                (Some(v), true) if !(v.is_finite() && ok(v)) => return bad(name, format!("{v} is not {what}")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Corpus tokens and layers: the reduced-settings overrides of the command line.
+    pub fn with_overrides(mut self, steps: Option<usize>, templates: Option<usize>, cov_tokens: Option<usize>, layers: Option<Vec<usize>>) -> Self {
+        if let Some(s) = steps {
+            self.v_steps = s.max(1);
+        }
+        if let Some(t) = templates {
+            self.templates.per_prefix = t;
+        }
+        if let Some(n) = cov_tokens {
+            self.mom2_tokens = n.max(1);
+        }
+        if let Some(l) = layers {
+            self.layers = l;
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +264,44 @@ mod tests {
     fn shipped_defaults_parse() {
         let hp = RomeHparams::smollm2();
         assert!(hp.layer < 30 && hp.v_steps > 0 && hp.why.contains_key("layer"));
+    }
+
+    #[test]
+    fn batch_defaults_parse_and_name_their_method() {
+        for m in [BatchMethod::Memit, BatchMethod::AlphaEdit, BatchMethod::Rect, BatchMethod::Prune] {
+            let hp = BatchHparams::smollm2(m);
+            assert_eq!(hp.method, m);
+            assert!(!hp.layers.is_empty());
+            for field in ["layers", "v_steps", "v_lr", "mom2_tokens", "templates"] {
+                assert!(hp.why.contains_key(field), "{}: no why for {field}", m.name());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_batch_files_name_the_file_and_field() {
+        let good = serde_json::to_value(BatchHparams::smollm2(BatchMethod::Memit)).unwrap();
+        let with = |field: &str, v: serde_json::Value| {
+            let mut x = good.clone();
+            x[field] = v;
+            x.to_string()
+        };
+        let cases = [
+            (with("layers", serde_json::json!([])), "'layers'"),
+            (with("layers", serde_json::json!([5, 4])), "'layers'"),
+            (with("mom2_update_weight", serde_json::json!(-3.0)), "'mom2_update_weight'"),
+            (with("l2", serde_json::json!(10.0)), "'l2'"),
+            (with("method", serde_json::json!("nse")), "bad hparams"),
+            (with("surprise", serde_json::json!(1)), "unknown field"),
+        ];
+        for (text, want) in cases {
+            let e = BatchHparams::parse(&text, "m.json").unwrap_err().to_string();
+            assert!(e.contains("m.json") && e.contains(want), "{want}: {e}");
+        }
+        let mut no_lambda = good.clone();
+        no_lambda.as_object_mut().unwrap().remove("mom2_update_weight");
+        let e = BatchHparams::parse(&no_lambda.to_string(), "m.json").unwrap_err().to_string();
+        assert!(e.contains("'mom2_update_weight'") && e.contains("needs"), "{e}");
     }
 
     #[test]

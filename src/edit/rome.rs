@@ -11,11 +11,10 @@ use super::keys::{context_templates, mean_key, subject_keys, subject_prompt, Sub
 use super::request::EditRequest;
 use super::target::{norm, optimise_target, target_batch, Step, Target, TargetBatch};
 use crate::error::{Error, Result};
-use crate::gpu::Tensor;
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
-use crate::ops::elementwise::axpy;
-use crate::ops::matmul::{gemm, Gemm};
+use super::method::{Method, MethodRecord, Writer};
+use super::update::{Delta, Update};
 use crate::ops::reduce::frobenius;
 use faer::prelude::*;
 use faer::{Mat, Side};
@@ -41,6 +40,14 @@ impl CovSolver {
         let m = Mat::<f64>::from_fn(dim, dim, |i, j| 0.5 * (c0[i * dim + j] as f64 + c0[j * dim + i] as f64));
         let llt = m.llt(Side::Lower).map_err(|e| Error::Numeric(format!("C0 of layer {layer} is not positive definite ({e:?}); use more covariance tokens")))?;
         Ok(CovSolver { layer, tokens, llt, dim })
+    }
+
+    /// C0⁻¹ K for the columns of K (dim × n), in f64.
+    pub fn solve_mat(&self, k: &Mat<f64>) -> Result<Mat<f64>> {
+        if k.nrows() != self.dim {
+            return Err(Error::shape("covariance solve", format!("keys of width {}, C0 of {}", k.nrows(), self.dim)));
+        }
+        Ok(self.llt.solve(k))
     }
 
     /// C0⁻¹ k.
@@ -69,7 +76,8 @@ pub fn down_name(layer: usize) -> String {
     format!("layers.{layer}.w_down")
 }
 
-/// Computes ROME's ΔW for one request without writing it: [d, ffn] on the GPU.
+/// Computes ROME's ΔW for one request without writing it: δ/(uᵀk_p) · uᵀ, as its two factors
+/// (d×1 and ffn×1).
 pub fn rome_update(
     model: &GpuModel,
     tok: &Tok,
@@ -78,7 +86,7 @@ pub fn rome_update(
     templates: &[String],
     cov: &CovSolver,
     on_step: impl FnMut(&Step),
-) -> Result<(Tensor, RomeReport)> {
+) -> Result<(Delta, RomeReport)> {
     let prompts = templates.iter().map(|t| subject_prompt(tok, t, &req.prompt, &req.subject)).collect::<Result<Vec<_>>>()?;
     let plain = subject_prompt(tok, "{}", &req.prompt, &req.subject)?;
     let tb = target_batch(tok, templates, &req.prompt, &req.subject, &req.target_new)?;
@@ -97,7 +105,7 @@ pub fn rome_update_ids(
     hp: &RomeHparams,
     cov: &CovSolver,
     on_step: impl FnMut(&Step),
-) -> Result<(Tensor, RomeReport)> {
+) -> Result<(Delta, RomeReport)> {
     let gpu = model.gpu();
     let c = &model.config;
     let layer = hp.layer;
@@ -122,23 +130,71 @@ pub fn rome_update_ids(
     }
     let left: Vec<f32> = target.delta.iter().map(|&x| (x as f64 / denom) as f32).collect();
     let right: Vec<f32> = u.iter().map(|&x| x as f32).collect();
-    let dw = gemm(gpu, &gpu.upload(&left, &[left.len(), 1])?, &gpu.upload(&right, &[1, right.len()])?, None, Gemm::default())?;
-    let update_norm = frobenius(gpu, &dw)?;
+    let dw = Delta::LowRank { left: gpu.upload(&left, &[left.len(), 1])?, right: gpu.upload(&right, &[right.len(), 1])? };
+    let update_norm = dw.norm(gpu)?;
     let weight_norm = frobenius(gpu, w)?;
     let report = RomeReport { layer, templates: vec![], target, update_norm, weight_norm, key_alignment: denom / u_norm };
     Ok((dw, report))
 }
 
 /// W ← W + ΔW for the down-projection of `layer`, refusing an update that is not finite.
-pub fn apply_update(model: &GpuModel, layer: usize, dw: &Tensor) -> Result<()> {
-    let n = frobenius(model.gpu(), dw)?;
+pub fn apply_update(model: &GpuModel, layer: usize, dw: &Delta) -> Result<()> {
+    let n = dw.norm(model.gpu())?;
     if !n.is_finite() {
         return Err(Error::Numeric(format!("the update of layer {layer} is not finite (‖ΔW‖ = {n}); the weights were left unchanged")));
     }
-    axpy(model.gpu(), 1.0, dw, model.tensor(&down_name(layer))?)
+    dw.add_to(model.gpu(), model.tensor(&down_name(layer))?)
 }
 
 /// Context templates for a run (sampled once, shared by its edits).
 pub fn templates(model: &GpuModel, tok: &Tok, hp: &RomeHparams) -> Result<Vec<String>> {
     context_templates(model, tok, &hp.templates)
+}
+
+/// ROME behind the method interface: each request of a batch is one rank-one edit, written
+/// before the next request is computed (as a sequence of single edits).
+pub struct RomeMethod<'t> {
+    hp: RomeHparams,
+    templates: Vec<String>,
+    cov: CovSolver,
+    tok: &'t Tok,
+}
+
+impl<'t> RomeMethod<'t> {
+    pub fn new(hp: RomeHparams, templates: Vec<String>, cov: CovSolver, tok: &'t Tok) -> Self {
+        RomeMethod { hp, templates, cov, tok }
+    }
+}
+
+impl Method for RomeMethod<'_> {
+    fn name(&self) -> &'static str {
+        "rome"
+    }
+
+    fn matrices(&self) -> Vec<String> {
+        vec![down_name(self.hp.layer)]
+    }
+
+    fn edit(&mut self, writer: &mut Writer, requests: &[EditRequest], progress: &mut dyn FnMut(&str)) -> Result<MethodRecord> {
+        let mut reports = vec![];
+        for (i, req) in requests.iter().enumerate() {
+            let (dw, report) = rome_update(writer.model(), self.tok, req, &self.hp, &self.templates, &self.cov, |s| progress(&format!("request {i}: step {} nll {:.3}", s.step, s.nll)))
+                .map_err(|e| Error::Edit(format!("request {i} ({:?}): {e}", req.full_prompt())))?;
+            writer.write(Update { matrix: down_name(self.hp.layer), delta: dw })?;
+            let last = report.target.history.last();
+            reports.push(serde_json::json!({
+                "steps": report.target.history.len(),
+                "nll": last.map(|s| s.nll),
+                "delta_norm": last.map(|s| s.delta_norm),
+                "h_norm": report.target.h_norm,
+                "update_norm": report.update_norm,
+                "key_alignment": report.key_alignment,
+            }));
+        }
+        Ok(MethodRecord { record: serde_json::json!({ "requests": reports }), state: vec![] })
+    }
+
+    fn observe(&mut self, _: &crate::gpu::Gpu, _: &[Update], _: &[(String, crate::model::weights::HostTensor)]) -> Result<()> {
+        Ok(())
+    }
 }

@@ -89,7 +89,7 @@ pub fn run_rome(
         })?;
         let (dw, filter) = match guard {
             Some(g) => {
-                let (safe, report) = g.filter(model.gpu(), &dw)?;
+                let (safe, report) = g.filter_delta(model.gpu(), &dw)?;
                 (safe, Some(report))
             }
             None => (dw, None),

@@ -88,60 +88,169 @@ pub fn target_batch(tok: &Tok, templates: &[String], prompt: &str, subject: &str
     Ok(TargetBatch { prompts, target, prompt_lens })
 }
 
+/// The knobs of the target optimisation, shared by ROME and the MEMIT family.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TargetParams {
+    /// δ is added to the residual stream after this layer.
+    pub layer: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub clamp_norm_factor: f64,
+    pub kl_factor: f64,
+    pub nll_stop: f64,
+}
+
+impl From<&RomeHparams> for TargetParams {
+    fn from(hp: &RomeHparams) -> Self {
+        TargetParams {
+            layer: hp.layer,
+            steps: hp.v_steps,
+            lr: hp.v_lr,
+            weight_decay: hp.v_weight_decay,
+            clamp_norm_factor: hp.clamp_norm_factor,
+            kl_factor: hp.kl_factor,
+            nll_stop: hp.nll_stop,
+        }
+    }
+}
+
 /// Finds δ for one request at `hp.layer`; `h` is the MLP output it rewrites.
 pub fn optimise_target(model: &GpuModel, tb: &TargetBatch, h: &[f32], hp: &RomeHparams, mut on_step: impl FnMut(&Step)) -> Result<Target> {
+    let mut t = optimise_targets(model, std::slice::from_ref(tb), &[h.to_vec()], &TargetParams::from(hp), |_, s| on_step(s))?;
+    Ok(t.remove(0))
+}
+
+/// Rows of one batched pass of the target optimisation: the upper layers keep their
+/// activations for the backward pass (about 5·(d + ffn) values a row and layer), so a large
+/// batch of requests is cut into passes of about this many rows.
+pub const TARGET_PASS_ROWS: usize = 2048;
+
+/// Finds each request's δ (`tbs[r]`, rewriting a vector of norm ‖`hs[r]`‖), several requests
+/// per forward/backward pass: each has its own δ, Adam state, clamp and early stop (a request
+/// that reached `nll_stop` keeps its δ while the others go on). `on_step(r, step)` sees each
+/// request's steps.
+pub fn optimise_targets(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, mut on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
+    if tbs.len() != hs.len() {
+        return Err(Error::shape("target", format!("{} requests but {} rewritten vectors", tbs.len(), hs.len())));
+    }
+    let mut out = Vec::with_capacity(tbs.len());
+    let mut start = 0;
+    while start < tbs.len() {
+        let mut end = start;
+        let mut rows = 0;
+        while end < tbs.len() {
+            let r = tbs[end].prompts.len() * tbs[end].prompts.iter().map(|q| q.ids.len()).max().unwrap_or(0);
+            if end > start && rows + r > TARGET_PASS_ROWS {
+                break;
+            }
+            rows += r;
+            end += 1;
+        }
+        out.extend(optimise_chunk(model, &tbs[start..end], &hs[start..end], p, |r, s| on_step(start + r, s))?);
+        start = end;
+    }
+    Ok(out)
+}
+
+fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, mut on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
     let d = model.config.hidden;
-    let n_ctx = tb.prompt_lens.len();
-    let batch = Batch::new(&tb.prompts.iter().map(|p| p.ids.clone()).collect::<Vec<_>>())?;
-    let sites: Vec<(usize, usize)> = tb.prompts.iter().enumerate().map(|(s, p)| (s, p.subject_last)).collect();
-    let kl_row = batch.row(n_ctx, tb.prompts[n_ctx].subject_last);
-    let pass = DeltaPass::new(model, batch, hp.layer, &sites)?;
+    let n = tbs.len();
+    let mut seqs = vec![];
+    let mut sites = vec![];
+    let mut first_seq = vec![];
+    for (r, tb) in tbs.iter().enumerate() {
+        if tb.prompt_lens.len() + 1 != tb.prompts.len() {
+            return Err(Error::shape("target", format!("request {r}: {} prompts for {} contexts and the KL prompt", tb.prompts.len(), tb.prompt_lens.len())));
+        }
+        first_seq.push(seqs.len());
+        for q in &tb.prompts {
+            sites.push(((seqs.len(), q.subject_last), r));
+            seqs.push(q.ids.clone());
+        }
+    }
+    let batch = Batch::new(&seqs)?;
+    let kl_rows: Vec<usize> = tbs.iter().enumerate().map(|(r, tb)| {
+        let n_ctx = tb.prompt_lens.len();
+        batch.row(first_seq[r] + n_ctx, tb.prompts[n_ctx].subject_last)
+    }).collect();
+    let pass = DeltaPass::with_deltas(model, batch, p.layer, &sites, n)?;
 
-    let mut delta = vec![0.0f32; d];
-    let p_ref: Vec<f64> = pass.logprobs(&delta, &[kl_row])?.remove(0).into_iter().map(f64::exp).collect();
-    let per_token = 1.0 / (n_ctx * tb.target.len()) as f64;
+    let mut delta = vec![0.0f32; n * d];
+    let p_refs = pass.logprobs(&delta, &kl_rows)?;
+    // Each request's terms: its NLL terms, then its KL term; `spans[r]` is where they sit.
     let mut terms = vec![];
-    for (s, &len) in tb.prompt_lens.iter().enumerate() {
-        for (j, &token) in tb.target.iter().enumerate() {
-            terms.push(Term::Nll { row: pass.batch().row(s, len - 1 + j), token, weight: per_token });
+    let mut spans = vec![];
+    for (r, tb) in tbs.iter().enumerate() {
+        let n_ctx = tb.prompt_lens.len();
+        let per_token = 1.0 / (n_ctx * tb.target.len()) as f64;
+        let from = terms.len();
+        for (s, &len) in tb.prompt_lens.iter().enumerate() {
+            for (j, &token) in tb.target.iter().enumerate() {
+                terms.push(Term::Nll { row: pass.batch().row(first_seq[r] + s, len - 1 + j), token, weight: per_token });
+            }
         }
+        let p_ref = p_refs[r].iter().map(|&l| l.exp()).collect();
+        terms.push(Term::Kl { row: kl_rows[r], p_ref, weight: p.kl_factor });
+        spans.push(from..terms.len());
     }
-    let n_nll = terms.len();
-    terms.push(Term::Kl { row: kl_row, p_ref, weight: hp.kl_factor });
 
-    let h_norm = norm(h);
-    if !(h_norm.is_finite() && h_norm > 0.0) {
-        return Err(Error::Numeric(format!("the rewritten MLP output has norm {h_norm}")));
+    let mut h_norms = vec![];
+    for (r, h) in hs.iter().enumerate() {
+        let h_norm = norm(h);
+        if !(h_norm.is_finite() && h_norm > 0.0) {
+            return Err(Error::Numeric(format!("request {r}: the rewritten vector has norm {h_norm}")));
+        }
+        h_norms.push(h_norm);
     }
-    let max_norm = hp.clamp_norm_factor * h_norm;
-    let mut adam = Adam::new(d, hp.v_lr);
-    let mut history = vec![];
-    let mut stopped_early = false;
-    for step in 0..hp.v_steps {
+    let mut adams: Vec<Adam> = (0..n).map(|_| Adam::new(d, p.lr)).collect();
+    let mut histories: Vec<Vec<Step>> = vec![vec![]; n];
+    let mut stopped = vec![false; n];
+    for step in 0..p.steps {
         let lg = pass.loss_and_grad(&delta, &terms)?;
-        let nll: f64 = lg.terms[..n_nll].iter().sum();
-        let dn = norm(&delta);
-        let wd = hp.v_weight_decay * dn * dn / (h_norm * h_norm);
-        let p_target = (0..n_ctx).map(|c| (-lg.terms[c * tb.target.len()..(c + 1) * tb.target.len()].iter().sum::<f64>() * n_ctx as f64).exp()).sum::<f64>() / n_ctx as f64;
-        let rec = Step { step, nll, kl: lg.terms[n_nll], weight_decay: wd, p_target, delta_norm: dn };
-        on_step(&rec);
-        history.push(rec);
         if !lg.loss.is_finite() || lg.grad.iter().any(|g| !g.is_finite()) {
-            return Err(Error::Numeric(format!("the target loss or its gradient is not finite at step {step} (loss {})", lg.loss)));
+            let bad: Vec<usize> = (0..n).filter(|&r| lg.terms[spans[r].clone()].iter().any(|t| !t.is_finite()) || lg.grad[r * d..(r + 1) * d].iter().any(|g| !g.is_finite())).collect();
+            return Err(Error::Numeric(format!("the target loss or its gradient is not finite at step {step} (loss {}; requests {bad:?} of the pass)", lg.loss)));
         }
-        if nll < hp.nll_stop {
-            stopped_early = true;
+        let mut active = false;
+        for r in 0..n {
+            if stopped[r] {
+                continue;
+            }
+            let tb = &tbs[r];
+            let n_ctx = tb.prompt_lens.len();
+            let parts = &lg.terms[spans[r].clone()];
+            let n_nll = parts.len() - 1;
+            let nll: f64 = parts[..n_nll].iter().sum();
+            let x = &mut delta[r * d..(r + 1) * d];
+            let dn = norm(x);
+            let hn2 = h_norms[r] * h_norms[r];
+            let wd = p.weight_decay * dn * dn / hn2;
+            let p_target = (0..n_ctx).map(|c| (-parts[c * tb.target.len()..(c + 1) * tb.target.len()].iter().sum::<f64>() * n_ctx as f64).exp()).sum::<f64>() / n_ctx as f64;
+            let rec = Step { step, nll, kl: parts[n_nll], weight_decay: wd, p_target, delta_norm: dn };
+            on_step(r, &rec);
+            histories[r].push(rec);
+            if nll < p.nll_stop {
+                stopped[r] = true;
+                continue;
+            }
+            if step + 1 == p.steps {
+                continue;
+            }
+            active = true;
+            let g: Vec<f64> = lg.grad[r * d..(r + 1) * d].iter().zip(x.iter()).map(|(&g, &x)| g as f64 + 2.0 * p.weight_decay * x as f64 / hn2).collect();
+            adams[r].step(x, &g);
+            let dn = norm(x);
+            let max_norm = p.clamp_norm_factor * h_norms[r];
+            if dn > max_norm {
+                x.iter_mut().for_each(|v| *v = (*v as f64 * max_norm / dn) as f32);
+            }
+        }
+        if !active {
             break;
-        }
-        if step + 1 == hp.v_steps {
-            break;
-        }
-        let g: Vec<f64> = lg.grad.iter().zip(&delta).map(|(&g, &x)| g as f64 + 2.0 * hp.v_weight_decay * x as f64 / (h_norm * h_norm)).collect();
-        adam.step(&mut delta, &g);
-        let dn = norm(&delta);
-        if dn > max_norm {
-            delta.iter_mut().for_each(|x| *x = (*x as f64 * max_norm / dn) as f32);
         }
     }
-    Ok(Target { delta, h_norm, history, stopped_early })
+    Ok((0..n)
+        .map(|r| Target { delta: delta[r * d..(r + 1) * d].to_vec(), h_norm: h_norms[r], history: std::mem::take(&mut histories[r]), stopped_early: stopped[r] })
+        .collect())
 }

@@ -71,3 +71,35 @@ pub fn fact_metrics(model: &GpuModel, tok: &Tok, req: &EditRequest) -> Result<Fa
         neighborhood: share(&scores[1 + n_para..], false),
     })
 }
+
+/// The session's measure (edit::session::Measure): CounterFact metrics of every request of a
+/// batch, their means, and optionally the known facts the model still answers.
+pub struct BatchMetrics {
+    pub known: Vec<crate::eval::retention::Fact>,
+}
+
+impl crate::edit::session::Measure for BatchMetrics {
+    fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest]) -> Result<serde_json::Value> {
+        let per: Vec<FactMetrics> = requests.iter().map(|r| fact_metrics(model, tok, r)).collect::<Result<_>>()?;
+        let mean = |xs: Vec<f64>| if xs.is_empty() { None } else { Some(xs.iter().sum::<f64>() / xs.len() as f64) };
+        let efficacy = mean(per.iter().filter_map(|m| m.efficacy.map(|e| if e { 1.0 } else { 0.0 })).collect());
+        let paraphrase = mean(per.iter().filter_map(|m| m.paraphrase).collect());
+        let neighborhood = mean(per.iter().filter_map(|m| m.neighborhood).collect());
+        let p_new = mean(per.iter().map(|m| m.new.p).collect());
+        let known = if self.known.is_empty() {
+            None
+        } else {
+            let checks = crate::eval::retention::check_facts(model, tok, &self.known)?;
+            Some(checks.iter().filter(|c| c.correct).count())
+        };
+        Ok(serde_json::json!({
+            "efficacy": efficacy,
+            "paraphrase": paraphrase,
+            "neighborhood": neighborhood,
+            "p_new": p_new,
+            "known_correct": known,
+            "known_total": self.known.len(),
+            "requests": per,
+        }))
+    }
+}

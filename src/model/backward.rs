@@ -37,34 +37,57 @@ pub struct LossGrad {
     pub loss: f64,
     /// Each term's share of the loss, in the order given.
     pub terms: Vec<f64>,
+    /// With several δ ([`DeltaPass::with_deltas`]), their gradients one after another (n·d).
     pub grad: Vec<f32>,
     pub rows: Vec<usize>,
     pub logp: Vec<Vec<f64>>,
 }
 
 /// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
+///
+/// Several independent δ can share one pass (MEMIT optimises the targets of a whole batch of
+/// requests together): each site names the δ it receives, and δ is then the n·d values of all
+/// of them one after another. Sequences do not see each other, so when each request's sites and
+/// loss terms sit in its own sequences, the gradient of the summed loss with respect to δ_r is
+/// the gradient of request r's own loss.
 pub struct DeltaPass<'m> {
     model: &'m GpuModel,
     batch: Batch,
     layer: usize,
-    sites: Vec<usize>,
+    /// (row, which δ).
+    sites: Vec<(usize, usize)>,
+    n_deltas: usize,
     base: Tensor,
 }
 
 impl<'m> DeltaPass<'m> {
     /// `sites`: (sequence, position) pairs that all receive the same δ.
     pub fn new(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[(usize, usize)]) -> Result<Self> {
+        let tagged: Vec<((usize, usize), usize)> = sites.iter().map(|&s| (s, 0)).collect();
+        Self::with_deltas(model, batch, layer, &tagged, 1)
+    }
+
+    /// `sites`: ((sequence, position), δ index < n_deltas).
+    pub fn with_deltas(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize) -> Result<Self> {
         let c = &model.config;
         if layer >= c.n_layers {
             return Err(Error::shape("delta pass", format!("layer {layer} of a model with {} layers", c.n_layers)));
         }
         let mut rows = vec![];
-        for &(seq, pos) in sites {
+        for &((seq, pos), which) in sites {
             super::forward::check_site(c, &batch, &super::probe::Site { layer, seq, pos })?;
-            rows.push(batch.row(seq, pos));
+            if which >= n_deltas {
+                return Err(Error::shape("delta pass", format!("a site receives δ {which} of {n_deltas}")));
+            }
+            rows.push((batch.row(seq, pos), which));
         }
         let base = model.residual_after(&batch, layer)?;
-        Ok(DeltaPass { model, batch, layer, sites: rows, base })
+        Ok(DeltaPass { model, batch, layer, sites: rows, n_deltas, base })
+    }
+
+    /// The residual stream after the edited layer, before any δ: [B·T, d].
+    pub fn base(&self) -> &Tensor {
+        &self.base
     }
 
     pub fn batch(&self) -> &Batch {
@@ -149,9 +172,9 @@ impl<'m> DeltaPass<'m> {
             dx = self.block_bwd(self.layer + 1 + i, tape, &cache, &dx)?;
         }
         let dx = gpu.download(&dx)?;
-        let mut grad = vec![0.0f32; d];
-        for &r in &self.sites {
-            grad.iter_mut().zip(&dx[r * d..(r + 1) * d]).for_each(|(g, v)| *g += v);
+        let mut grad = vec![0.0f32; d * self.n_deltas];
+        for &(r, which) in &self.sites {
+            grad[which * d..(which + 1) * d].iter_mut().zip(&dx[r * d..(r + 1) * d]).for_each(|(g, v)| *g += v);
         }
         Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows, logp })
     }
@@ -161,15 +184,15 @@ impl<'m> DeltaPass<'m> {
         let m = self.model;
         let gpu = m.gpu();
         let d = m.config.hidden;
-        if delta.len() != d {
-            return Err(Error::shape("delta pass", format!("δ has {} values, the residual stream {d}", delta.len())));
+        if delta.len() != d * self.n_deltas {
+            return Err(Error::shape("delta pass", format!("δ has {} values, {} residual vectors of {d} need {}", delta.len(), self.n_deltas, d * self.n_deltas)));
         }
         if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
             return Err(Error::Numeric(format!("δ[{i}] is {}", delta[i])));
         }
         let mut add = vec![0.0f32; self.batch.ids.len() * d];
-        for &r in &self.sites {
-            add[r * d..(r + 1) * d].iter_mut().zip(delta).for_each(|(a, v)| *a += v);
+        for &(r, which) in &self.sites {
+            add[r * d..(r + 1) * d].iter_mut().zip(&delta[which * d..(which + 1) * d]).for_each(|(a, v)| *a += v);
         }
         let mut x = elementwise::add(gpu, &self.base, &gpu.upload(&add, self.base.shape())?)?;
         let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;

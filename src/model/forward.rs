@@ -235,6 +235,50 @@ impl GpuModel {
         Ok(self.block(layer, &x, &mut cache, 0, batch.b(), batch.t, false)?.key)
     }
 
+    /// The keys of several layers from one pass (up to the highest of them), in the order asked.
+    pub fn layers_keys(&self, batch: &Batch, layers: &[usize]) -> Result<Vec<Tensor>> {
+        let c = &self.config;
+        let top = match layers.iter().max() {
+            Some(&l) if l < c.n_layers => l,
+            Some(&l) => return Err(Error::shape("layer_keys", format!("layer {l} of a model with {} layers", c.n_layers))),
+            None => return Ok(vec![]),
+        };
+        let (mut x, mut cache) = self.start(batch)?;
+        let mut keys = std::collections::HashMap::new();
+        for i in 0..=top {
+            let out = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?;
+            if layers.contains(&i) {
+                keys.insert(i, out.key);
+            }
+            x = out.x;
+        }
+        Ok(layers.iter().map(|l| keys[l].clone()).collect())
+    }
+
+    /// From one pass: the keys of `key_layer` and the residual stream after `residual_layer`
+    /// (MEMIT reads both for every edited layer), every row.
+    pub fn keys_and_residual(&self, batch: &Batch, key_layer: usize, residual_layer: usize) -> Result<(Tensor, Tensor)> {
+        let c = &self.config;
+        let top = key_layer.max(residual_layer);
+        if top >= c.n_layers {
+            return Err(Error::shape("keys_and_residual", format!("layer {top} of a model with {} layers", c.n_layers)));
+        }
+        let (mut x, mut cache) = self.start(batch)?;
+        let mut key = None;
+        let mut residual = None;
+        for i in 0..=top {
+            let out = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?;
+            if i == key_layer {
+                key = Some(out.key);
+            }
+            x = out.x;
+            if i == residual_layer {
+                residual = Some(x.clone());
+            }
+        }
+        Ok((key.expect("key layer ≤ top"), residual.expect("residual layer ≤ top")))
+    }
+
     /// The residual stream after the block of `layer`, every row: [B·T, d] (what layer + 1
     /// reads), from a fresh pass.
     pub fn residual_after(&self, batch: &Batch, layer: usize) -> Result<Tensor> {

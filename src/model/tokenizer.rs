@@ -129,6 +129,19 @@ impl Tok {
         Ok(Tok { inner, eos, source: file })
     }
 
+    /// A word-level tokenizer over `words` (id = position; anything else is id 0, which
+    /// should be an unknown-word marker): whitespace splits words. For tiny test models, which
+    /// have no tokenizer of their own, so that text-level APIs (requests, templates) run on them.
+    pub fn word_level(words: &[&str]) -> Result<Self> {
+        use tokenizers::models::wordlevel::WordLevel;
+        use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+        let vocab = words.iter().enumerate().map(|(i, w)| (w.to_string(), i as u32)).collect();
+        let model = WordLevel::builder().vocab(vocab).unk_token(words.first().copied().unwrap_or("[UNK]").to_string()).build().map_err(|e| err("word-level tokenizer", e.to_string()))?;
+        let mut inner = Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(WhitespaceSplit));
+        Ok(Tok { inner, eos: None, source: "word-level tokenizer".into() })
+    }
+
     /// Token ids of `text`; no BOS or other special tokens are added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| err(&self.source, format!("cannot encode {text:?}: {e}")))?;

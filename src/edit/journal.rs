@@ -1,0 +1,266 @@
+//! The journal of an editing session: an append-only directory of records, one file each,
+//! numbered in order — a `batch` record (the requests, every update as written, stored as its
+//! factors or as a dense tensor, the filter reports, the method's record and state, the
+//! metrics before) written before the batch touches the weights, then a `metrics` record (the
+//! metrics after). Each file is a checksummed safetensors file (crate::store) written to a
+//! temporary name, flushed to disk and renamed, so a record is either whole or absent; each
+//! header carries the chain hash of the record before it, so a record that was removed,
+//! reordered or altered is reported, naming the file.
+//!
+//! The base model plus the batch records is the edited model: [`Journal::replay`] rebuilds it
+//! at any batch (resume, roll back).
+
+use super::guard::FilterReport;
+use super::update::{Delta, Update};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use super::method::StateTensors;
+use crate::model::weights::HostTensor;
+use crate::store;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const FORMAT: &str = "revive-journal-v1";
+
+/// How one update was written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateMeta {
+    pub matrix: String,
+    /// Low-rank updates store their factors; `None` for a dense one.
+    pub rank: Option<usize>,
+    pub shape: [usize; 2],
+    /// ‖ΔW‖_F as proposed by the method and as written.
+    pub proposed_norm: f64,
+    pub norm: f64,
+    pub filter: Option<FilterReport>,
+}
+
+/// What a batch record says (its tensors are read on demand).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// 0-based batch number.
+    pub batch: usize,
+    /// The requests of the batch: indices into the session's requests.json, [start, end).
+    pub requests: [usize; 2],
+    pub case_ids: Vec<Option<u64>>,
+    pub updates: Vec<UpdateMeta>,
+    /// Names of the method's state tensors.
+    pub state: Vec<String>,
+    pub method: serde_json::Value,
+    pub before: serde_json::Value,
+    /// Time the method took on the batch.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsHeader {
+    pub batch: usize,
+    pub after: serde_json::Value,
+    /// Wall time of the whole batch including the metrics.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Record {
+    Batch(BatchHeader),
+    Metrics(MetricsHeader),
+}
+
+/// One record on disk.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: usize,
+    pub path: PathBuf,
+    pub chain: String,
+    pub record: Record,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    pub entries: Vec<Entry>,
+}
+
+fn bad(path: &Path, detail: impl Into<String>) -> Error {
+    Error::Model { file: path.display().to_string(), detail: detail.into() }
+}
+
+fn chain_of(prev: &str, kind: &str, record: &str, tensor_sums: &[(String, String)]) -> String {
+    let mut text = format!("{prev}\n{kind}\n{record}\n");
+    for (n, s) in tensor_sums {
+        text.push_str(&format!("{n}={s}\n"));
+    }
+    store::sha256_hex(text.as_bytes())
+}
+
+impl Journal {
+    /// Where the records of a session directory live.
+    pub fn dir_of(session: &Path) -> PathBuf {
+        session.join("journal")
+    }
+
+    /// Opens (or starts) the journal of a session directory, checking every record and the
+    /// chain. Leftovers of a write that was interrupted (temporary files) are removed.
+    pub fn open(session: &Path) -> Result<Journal> {
+        let dir = Self::dir_of(session);
+        std::fs::create_dir_all(&dir).map_err(|e| bad(&dir, format!("cannot create: {e}")))?;
+        let mut files = vec![];
+        for e in std::fs::read_dir(&dir).map_err(|e| bad(&dir, format!("cannot list: {e}")))? {
+            let path = e.map_err(|e| bad(&dir, format!("cannot list: {e}")))?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            if name.contains(".partial.") {
+                log::warn!("{}: removing an interrupted write", path.display());
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some((seq, kind)) = name.strip_suffix(".safetensors").and_then(|s| s.split_once('-')) else {
+                return Err(bad(&path, "not a journal record (expected NNNNNN-batch.safetensors or NNNNNN-metrics.safetensors)"));
+            };
+            let seq: usize = seq.parse().map_err(|_| bad(&path, "the record number is not a number"))?;
+            files.push((seq, kind.to_string(), path));
+        }
+        files.sort_by_key(|f| f.0);
+        let mut entries: Vec<Entry> = vec![];
+        for (i, (seq, kind, path)) in files.into_iter().enumerate() {
+            if seq != i + 1 {
+                return Err(bad(&path, format!("record {seq} follows record {i}: a record is missing")));
+            }
+            let prev = entries.last().map_or(String::new(), |e| e.chain.clone());
+            let st = store::load(&path, &[("format", FORMAT.to_string()), ("kind", kind.clone()), ("prev", prev.clone())])?;
+            let text = st.field("record")?.to_string();
+            let names: Vec<String> = serde_json::from_str(st.field("tensors")?).map_err(|e| bad(&path, format!("header field 'tensors': {e}")))?;
+            let sums = names.iter().map(|n| Ok((n.clone(), st.field(&format!("sha256.{n}"))?.to_string()))).collect::<Result<Vec<_>>>()?;
+            let chain = chain_of(&prev, &kind, &text, &sums);
+            if st.field("chain")? != chain {
+                return Err(bad(&path, "header field 'chain' does not match the record: it was altered"));
+            }
+            let record = match kind.as_str() {
+                "batch" => Record::Batch(serde_json::from_str(&text).map_err(|e| bad(&path, format!("header field 'record': {e}")))?),
+                "metrics" => Record::Metrics(serde_json::from_str(&text).map_err(|e| bad(&path, format!("header field 'record': {e}")))?),
+                k => return Err(bad(&path, format!("unknown record kind '{k}'"))),
+            };
+            entries.push(Entry { seq, path, chain, record });
+        }
+        let j = Journal { dir, entries };
+        j.check_order()?;
+        Ok(j)
+    }
+
+    /// Batches are numbered 0, 1, … and each metrics record follows its batch.
+    fn check_order(&self) -> Result<()> {
+        let mut next = 0;
+        let mut open: Option<usize> = None;
+        for e in &self.entries {
+            match &e.record {
+                Record::Batch(b) => {
+                    if b.batch != next {
+                        return Err(bad(&e.path, format!("batch {} where batch {next} was due", b.batch)));
+                    }
+                    next += 1;
+                    open = Some(b.batch);
+                }
+                Record::Metrics(m) => {
+                    if open != Some(m.batch) {
+                        return Err(bad(&e.path, format!("metrics of batch {} do not follow that batch", m.batch)));
+                    }
+                    open = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn batches(&self) -> impl Iterator<Item = (&Entry, &BatchHeader)> {
+        self.entries.iter().filter_map(|e| match &e.record {
+            Record::Batch(b) => Some((e, b)),
+            _ => None,
+        })
+    }
+
+    pub fn metrics_of(&self, batch: usize) -> Option<&MetricsHeader> {
+        self.entries.iter().find_map(|e| match &e.record {
+            Record::Metrics(m) if m.batch == batch => Some(m),
+            _ => None,
+        })
+    }
+
+    pub fn n_batches(&self) -> usize {
+        self.batches().count()
+    }
+
+    fn append(&mut self, kind: &str, record: String, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+        let seq = self.entries.len() + 1;
+        let path = self.dir.join(format!("{seq:06}-{kind}.safetensors"));
+        let prev = self.entries.last().map_or(String::new(), |e| e.chain.clone());
+        let sums: Vec<(String, String)> = tensors.iter().map(|(n, _, v)| (n.clone(), store::sha256_hex(bytemuck::cast_slice(v)))).collect();
+        let chain = chain_of(&prev, kind, &record, &sums);
+        let names = serde_json::to_string(&tensors.iter().map(|t| t.0.clone()).collect::<Vec<_>>()).expect("names serialise");
+        let fields = vec![
+            ("format", FORMAT.to_string()),
+            ("kind", kind.to_string()),
+            ("prev", prev),
+            ("chain", chain.clone()),
+            ("record", record.clone()),
+            ("tensors", names),
+        ];
+        let views: Vec<(&str, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice())).collect();
+        store::save(&path, &fields, &views)?;
+        let record = match kind {
+            "batch" => Record::Batch(serde_json::from_str(&record).expect("just serialised")),
+            _ => Record::Metrics(serde_json::from_str(&record).expect("just serialised")),
+        };
+        self.entries.push(Entry { seq, path, chain, record });
+        Ok(())
+    }
+
+    /// Appends a batch record: the header, each update's values, the method's state tensors.
+    pub fn append_batch(&mut self, gpu: &Gpu, header: &BatchHeader, updates: &[Update], state: &[(String, HostTensor)]) -> Result<()> {
+        if header.updates.len() != updates.len() || header.state.len() != state.len() {
+            return Err(Error::Edit("journal: the batch header does not list its updates and state".into()));
+        }
+        let mut tensors = vec![];
+        for (i, u) in updates.iter().enumerate() {
+            for (part, shape, values) in u.delta.to_host(gpu)? {
+                tensors.push((format!("u{i}.{part}"), shape, values));
+            }
+        }
+        for (name, t) in state {
+            tensors.push((format!("state.{name}"), t.shape.clone(), t.data.clone()));
+        }
+        let text = serde_json::to_string(header).map_err(|e| Error::Edit(format!("journal record to JSON: {e}")))?;
+        self.append("batch", text, &tensors)
+    }
+
+    pub fn append_metrics(&mut self, m: &MetricsHeader) -> Result<()> {
+        let text = serde_json::to_string(m).map_err(|e| Error::Edit(format!("journal record to JSON: {e}")))?;
+        self.append("metrics", text, &[])
+    }
+
+    /// A batch's updates and state tensors, read back and checked.
+    pub fn load_batch(&self, gpu: &Gpu, entry: &Entry) -> Result<(Vec<Update>, StateTensors)> {
+        let Record::Batch(h) = &entry.record else { return Err(bad(&entry.path, "not a batch record")) };
+        let st = store::load(&entry.path, &[("format", FORMAT.to_string()), ("chain", entry.chain.clone())])?;
+        let mut updates = vec![];
+        for (i, u) in h.updates.iter().enumerate() {
+            let [m, n] = u.shape;
+            let delta = match u.rank {
+                None => Delta::Dense(gpu.upload(&st.tensor(&format!("u{i}.dense"), &[m, n])?, &[m, n])?),
+                Some(r) => Delta::LowRank {
+                    left: gpu.upload(&st.tensor(&format!("u{i}.left"), &[m, r])?, &[m, r])?,
+                    right: gpu.upload(&st.tensor(&format!("u{i}.right"), &[n, r])?, &[n, r])?,
+                },
+            };
+            updates.push(Update { matrix: u.matrix.clone(), delta });
+        }
+        let mut state = vec![];
+        for name in &h.state {
+            let key = format!("state.{name}");
+            let shape = shape_of(&st, &entry.path, &key)?;
+            state.push((name.clone(), HostTensor::new(shape.clone(), st.tensor(&key, &shape)?)));
+        }
+        Ok((updates, state))
+    }
+}
+
+fn shape_of(st: &store::Stored, path: &Path, name: &str) -> Result<Vec<usize>> {
+    st.shape(name).ok_or_else(|| bad(path, format!("tensor '{name}' is missing")))
+}

@@ -1,0 +1,272 @@
+//! MEMIT (Meng et al. 2023) and the methods built on its multi-layer update: AlphaEdit, RECT
+//! and PRUNE differ only in how one layer's update is solved or shaped (DESIGN.md §3, written
+//! out in docs/architecture.md).
+//!
+//! For a batch of n requests, edited layers l₁ < … < l_L:
+//! 1. the targets z*_r = h_r + δ_r at the residual stream after l_L, all δ_r optimised together
+//!    (one batched forward/backward per Adam step, [`optimise_targets`]);
+//! 2. for each layer l_i in ascending order, with the weights as written so far: the keys K
+//!    (m×n, each the mean over the context templates of the subject's last-token key), the
+//!    current residual z_r at l_L, R = (z* − z)/(L − i); the [`Solver`] gives the right factor X
+//!    of ΔW = R Xᵀ (MEMIT: X = (λC0 + KKᵀ)⁻¹K); an optional [`Shaper`] rewrites it (RECT's
+//!    sparsity, PRUNE's singular-value restraint); the writer filters and writes it.
+//!
+//! Keys, residuals, targets and the writes run on the GPU; the m×m solves run on the host in
+//! f64 (as MEMIT's reference solves in f64): they are a few hundred MFLOP per layer and the
+//! conditioning of λC0 + KKᵀ is beyond f32.
+
+use super::hparams::{BatchHparams, BatchMethod};
+use super::keys::{subject_prompt, SubjectPrompt};
+use super::method::{Method, MethodRecord, Writer};
+use super::request::EditRequest;
+use super::rome::{down_name, CovSolver};
+use super::target::{optimise_targets, target_batch, Target};
+use super::update::{Delta, Update};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::forward::{Batch, GpuModel};
+use crate::model::weights::HostTensor;
+use crate::model::Tok;
+use crate::ops::gather::gather_rows;
+use faer::prelude::*;
+use faer::{Mat, Side};
+use serde::Serialize;
+
+/// One layer's solve: the right factor X (m×n) of ΔW = R Xᵀ from the keys K (m×n) and the
+/// residuals R (d×n), plus what is worth recording.
+pub trait Solver {
+    fn solve(&mut self, i: usize, k: &Mat<f64>, r: &Mat<f64>) -> Result<(Mat<f64>, serde_json::Value)>;
+    /// Keys of the batch, measured after all its updates, for methods that remember them.
+    fn wants_final_keys(&self) -> bool {
+        false
+    }
+    /// Rebuilds state from a batch's final keys (`keys[i]` for the i-th edited layer).
+    fn observe_keys(&mut self, _keys: &[Mat<f64>]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Rewrites a proposed update before the writer sees it (RECT, PRUNE).
+pub trait Shaper {
+    fn shape(&mut self, gpu: &Gpu, i: usize, w: &Tensor, delta: Delta) -> Result<(Delta, serde_json::Value)>;
+    /// The i-th layer's update as written.
+    fn observe(&mut self, _gpu: &Gpu, _i: usize, _written: &Delta) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// MEMIT's solve, X = (λC0 + KKᵀ)⁻¹K, through Woodbury with C0 factorised once per layer:
+/// (λC0 + KKᵀ)⁻¹K = Y(λI + KᵀY)⁻¹ with Y = C0⁻¹K, so a batch costs an m×n triangular solve and
+/// an n×n factorisation instead of an m×m one.
+pub struct MemitSolver {
+    pub covs: Vec<CovSolver>,
+    pub lambda: f64,
+}
+
+impl Solver for MemitSolver {
+    fn solve(&mut self, i: usize, k: &Mat<f64>, _r: &Mat<f64>) -> Result<(Mat<f64>, serde_json::Value)> {
+        let y = self.covs[i].solve_mat(k)?;
+        let n = k.ncols();
+        let s = Mat::<f64>::from_fn(n, n, |a, b| {
+            let dot: f64 = (0..k.nrows()).map(|j| k[(j, a)] * y[(j, b)]).sum();
+            let dot_t: f64 = (0..k.nrows()).map(|j| k[(j, b)] * y[(j, a)]).sum();
+            0.5 * (dot + dot_t) + if a == b { self.lambda } else { 0.0 }
+        });
+        let llt = s.llt(Side::Lower).map_err(|e| Error::Numeric(format!("MEMIT: λI + KᵀC0⁻¹K is not positive definite ({e:?})")))?;
+        // X = Y S⁻¹ = (S⁻¹ Yᵀ)ᵀ, S symmetric.
+        let x = llt.solve(y.transpose()).transpose().to_owned();
+        let key_c0_key: Vec<f64> = (0..n).map(|a| (0..k.nrows()).map(|j| k[(j, a)] * y[(j, a)]).sum()).collect();
+        Ok((x, serde_json::json!({ "k_c0inv_k_mean": key_c0_key.iter().sum::<f64>() / n as f64 })))
+    }
+}
+
+/// The per-request part of a batch record.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSummary {
+    pub steps: usize,
+    pub nll: f64,
+    pub p_target: f64,
+    pub delta_norm: f64,
+    pub h_norm: f64,
+}
+
+impl From<&Target> for TargetSummary {
+    fn from(t: &Target) -> Self {
+        let last = t.history.last();
+        TargetSummary {
+            steps: t.history.len(),
+            nll: last.map_or(f64::NAN, |s| s.nll),
+            p_target: last.map_or(f64::NAN, |s| s.p_target),
+            delta_norm: last.map_or(f64::NAN, |s| s.delta_norm),
+            h_norm: t.h_norm,
+        }
+    }
+}
+
+/// MEMIT, AlphaEdit, RECT or PRUNE: the layer loop with a solver and an optional shaper.
+pub struct BatchEditor<'t> {
+    pub method: BatchMethod,
+    pub hp: BatchHparams,
+    pub templates: Vec<String>,
+    tok: &'t Tok,
+    solver: Box<dyn Solver + 't>,
+    shaper: Option<Box<dyn Shaper + 't>>,
+}
+
+impl<'t> BatchEditor<'t> {
+    pub fn new(hp: BatchHparams, templates: Vec<String>, tok: &'t Tok, solver: Box<dyn Solver + 't>, shaper: Option<Box<dyn Shaper + 't>>) -> Self {
+        BatchEditor { method: hp.method, hp, templates, tok, solver, shaper }
+    }
+}
+
+/// Per request, its context prompts (template × relation) for the keys; the first template
+/// is "{}", so prompt 0 is the plain prompt whose residual the target rewrites.
+fn context_prompts(tok: &Tok, templates: &[String], reqs: &[EditRequest]) -> Result<Vec<Vec<SubjectPrompt>>> {
+    reqs.iter()
+        .enumerate()
+        .map(|(r, q)| {
+            templates
+                .iter()
+                .map(|t| subject_prompt(tok, t, &q.prompt, &q.subject))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| Error::Edit(format!("request {r} ({:?}): {e}", q.full_prompt())))
+        })
+        .collect()
+}
+
+/// Keys of `layer` (mean over each request's contexts; m×n) and the residual after
+/// `res_layer` at each plain prompt's subject token (d×n), from one forward pass.
+pub fn keys_and_residuals(model: &GpuModel, prompts: &[Vec<SubjectPrompt>], layer: usize, res_layer: usize) -> Result<(Mat<f64>, Mat<f64>)> {
+    let seqs: Vec<Vec<u32>> = prompts.iter().flatten().map(|p| p.ids.clone()).collect();
+    let batch = Batch::new(&seqs)?;
+    let (keys, res) = model.keys_and_residual(&batch, layer, res_layer)?;
+    let gpu = model.gpu();
+    let mut rows = vec![];
+    let mut plain_rows = vec![];
+    let mut s = 0;
+    for ps in prompts {
+        plain_rows.push(batch.row(s, ps[0].subject_last) as u32);
+        for p in ps {
+            rows.push(batch.row(s, p.subject_last) as u32);
+            s += 1;
+        }
+    }
+    let k = gpu.download(&gather_rows(gpu, &keys, &rows)?)?;
+    let z = gpu.download(&gather_rows(gpu, &res, &plain_rows)?)?;
+    let (m, d, n) = (keys.shape()[1], res.shape()[1], prompts.len());
+    let mut kmat = Mat::<f64>::zeros(m, n);
+    let mut row = 0;
+    for (r, ps) in prompts.iter().enumerate() {
+        for _ in ps {
+            for j in 0..m {
+                kmat[(j, r)] += k[row * m + j] as f64;
+            }
+            row += 1;
+        }
+        for j in 0..m {
+            kmat[(j, r)] /= ps.len() as f64;
+        }
+    }
+    Ok((kmat, Mat::<f64>::from_fn(d, n, |j, r| z[r * d + j] as f64)))
+}
+
+pub(crate) fn to_f32(m: &Mat<f64>) -> Vec<f32> {
+    // Row-major m×n.
+    (0..m.nrows()).flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32)).collect()
+}
+
+pub(crate) fn upload_mat(gpu: &Gpu, m: &Mat<f64>) -> Result<Tensor> {
+    gpu.upload(&to_f32(m), &[m.nrows(), m.ncols()])
+}
+
+pub(crate) fn from_host(t: &HostTensor) -> Result<Mat<f64>> {
+    match *t.shape.as_slice() {
+        [m, n] => Ok(Mat::<f64>::from_fn(m, n, |i, j| t.data[i * n + j] as f64)),
+        _ => Err(Error::shape("state", format!("a state tensor of shape {:?}", t.shape))),
+    }
+}
+
+impl Method for BatchEditor<'_> {
+    fn name(&self) -> &'static str {
+        self.method.name()
+    }
+
+    fn matrices(&self) -> Vec<String> {
+        self.hp.layers.iter().map(|&l| down_name(l)).collect()
+    }
+
+    fn edit(&mut self, writer: &mut Writer, reqs: &[EditRequest], progress: &mut dyn FnMut(&str)) -> Result<MethodRecord> {
+        let hp = &self.hp;
+        let last = *hp.layers.last().expect("validated");
+        let prompts = context_prompts(self.tok, &self.templates, reqs)?;
+        let tbs = reqs
+            .iter()
+            .enumerate()
+            .map(|(r, q)| target_batch(self.tok, &self.templates, &q.prompt, &q.subject, &q.target_new).map_err(|e| Error::Edit(format!("request {r} ({:?}): {e}", q.full_prompt()))))
+            .collect::<Result<Vec<_>>>()?;
+
+        // 1. Targets at the last edited layer, all requests together.
+        progress("targets");
+        let (_, z0) = keys_and_residuals(writer.model(), &prompts, hp.layers[0], last)?;
+        let d = z0.nrows();
+        let hs: Vec<Vec<f32>> = (0..reqs.len()).map(|r| (0..d).map(|j| z0[(j, r)] as f32).collect()).collect();
+        let n_req = reqs.len();
+        let targets = optimise_targets(writer.model(), &tbs, &hs, &hp.target(), |r, s| {
+            if r + 1 == n_req {
+                progress(&format!("targets: step {} nll {:.3}", s.step, s.nll));
+            }
+        })?;
+        let zstar = Mat::<f64>::from_fn(d, reqs.len(), |j, r| z0[(j, r)] + targets[r].delta[j] as f64);
+
+        // 2. The layers in ascending order, each seeing the earlier ones' written updates.
+        let mut layers = vec![];
+        for (i, &layer) in hp.layers.iter().enumerate() {
+            progress(&format!("layer {layer}"));
+            let gpu = writer.model().gpu().clone();
+            let (k, z) = keys_and_residuals(writer.model(), &prompts, layer, last)?;
+            let spread = (hp.layers.len() - i) as f64;
+            let r = Mat::<f64>::from_fn(d, reqs.len(), |j, q| (zstar[(j, q)] - z[(j, q)]) / spread);
+            let (x, solve) = self.solver.solve(i, &k, &r)?;
+            let mut delta = Delta::LowRank { left: upload_mat(&gpu, &r)?, right: upload_mat(&gpu, &x)? };
+            let mut shaped = serde_json::Value::Null;
+            if let Some(s) = self.shaper.as_mut() {
+                (delta, shaped) = s.shape(&gpu, i, writer.model().tensor(&down_name(layer))?, delta)?;
+            }
+            let residual_norm = r.norm_l2() * spread;
+            writer.write(Update { matrix: down_name(layer), delta })?;
+            layers.push(serde_json::json!({ "layer": layer, "residual_to_go": residual_norm, "solve": solve, "shape": shaped }));
+        }
+
+        // 3. The keys after the batch, for methods that remember them (AlphaEdit's K_pK_pᵀ).
+        let mut state = vec![];
+        if self.solver.wants_final_keys() {
+            progress("final keys");
+            for (i, &layer) in hp.layers.iter().enumerate() {
+                let (k, _) = keys_and_residuals(writer.model(), &prompts, layer, layer)?;
+                state.push((format!("keys.{i}"), HostTensor::new(vec![k.nrows(), k.ncols()], to_f32(&k))));
+            }
+        }
+        state.push(("targets".to_string(), HostTensor::new(vec![d, reqs.len()], to_f32(&zstar))));
+        let summaries: Vec<TargetSummary> = targets.iter().map(TargetSummary::from).collect();
+        Ok(MethodRecord { record: serde_json::json!({ "targets": summaries, "layers": layers }), state })
+    }
+
+    fn observe(&mut self, gpu: &Gpu, written: &[Update], state: &[(String, HostTensor)]) -> Result<()> {
+        if let Some(s) = self.shaper.as_mut() {
+            for u in written {
+                let i = self.hp.layers.iter().position(|&l| down_name(l) == u.matrix).ok_or_else(|| Error::Edit(format!("{}: a batch wrote {}, outside its layers", self.method.name(), u.matrix)))?;
+                s.observe(gpu, i, &u.delta)?;
+            }
+        }
+        if self.solver.wants_final_keys() {
+            let keys = (0..self.hp.layers.len())
+                .map(|i| {
+                    let t = state.iter().find(|(n, _)| *n == format!("keys.{i}")).ok_or_else(|| Error::Edit(format!("{}: the batch record has no keys of layer {}", self.name(), self.hp.layers[i])))?;
+                    from_host(&t.1)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.solver.observe_keys(&keys)?;
+        }
+        Ok(())
+    }
+}
