@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod linalg;
 pub mod model;
 pub mod ops;
+pub mod progress;
 pub mod shaders;
 pub mod store;
 pub mod testing;

@@ -9,7 +9,7 @@ use revive::model::load::load;
 /// The guard of the edited layer's down-projection, from the model's current (original)
 /// weights, cached on disk.
 pub(super) fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard::RankRule, opts: &revive::linalg::svd::SvdOptions) -> Result<revive::edit::guard::SpectralGuard> {
-    let name = revive::edit::rome::down_name(layer);
+    let name = revive::model::names::down_name(layer);
     eprintln!("REVIVE: top singular subspaces of {name} ({rule:?}) …");
     let (g, _) = revive::edit::guard::SpectralGuard::cached(gm.gpu(), gm.tensor(&name)?, &name, rule, opts, &revive::edit::guard::guard_dir())?;
     let i = &g.info;

@@ -7,6 +7,7 @@ pub mod covariance;
 pub mod guard;
 pub mod hparams;
 pub mod keys;
+pub mod moment;
 pub mod request;
 pub mod rome;
 pub mod run;

@@ -13,6 +13,7 @@ use super::target::{norm, optimise_target, target_batch, Step, Target, TargetBat
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::model::forward::GpuModel;
+use crate::model::names::{down_bias_name, down_name};
 use crate::model::Tok;
 use crate::ops::elementwise::axpy;
 use crate::ops::matmul::{gemm, Gemm};
@@ -64,11 +65,6 @@ pub struct RomeReport {
     pub key_alignment: f64,
 }
 
-/// The down-projection name of a layer.
-pub fn down_name(layer: usize) -> String {
-    format!("layers.{layer}.w_down")
-}
-
 /// Computes ROME's ΔW for one request without writing it: [d, ffn] on the GPU.
 pub fn rome_update(
     model: &GpuModel,
@@ -110,7 +106,7 @@ pub fn rome_update_ids(
     // h = W k_p (+ b): the MLP output δ is measured against.
     let w = model.tensor(&down_name(layer))?;
     let kp = gpu.upload(&plain, &[1, plain.len()])?;
-    let bias = model.tensor(&format!("layers.{layer}.b_down")).ok();
+    let bias = model.tensor(&down_bias_name(layer)).ok();
     let h = gpu.download(&model.linear(&kp, w, bias)?)?;
     let target = optimise_target(model, tb, &h, hp, on_step)?;
 

@@ -51,7 +51,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     // The guard doubles as the original's top-k basis for the diagnostics.
     let guard = if rule.is_some() || a.both || a.track { Some(make_guard(&gm, hp.layer, rule.unwrap_or(RankRule::Energy(0.5)), &opts)?) } else { None };
     let basis = guard.as_ref().map(|g| g.basis());
-    let down = revive::edit::rome::down_name(hp.layer);
+    let down = revive::model::names::down_name(hp.layer);
     let arms: Vec<bool> = if a.both { vec![false, true] } else { vec![rule.is_some()] };
     let n = requests.len();
     let mut results = vec![];
