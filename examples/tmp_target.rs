@@ -12,7 +12,7 @@ fn main() {
     let tb = target::target_batch(&m.tok, &templates, "The mother tongue of {} is", "Danielle Darrieux", " English").unwrap();
     let plain = keys::subject_prompt(&m.tok, "{}", "The mother tongue of {} is", "Danielle Darrieux").unwrap();
     let k = keys::subject_keys(&gm, &[plain], hp.layer).unwrap().remove(0);
-    let w = gm.tensor(&format!("layers.{}.w_down", hp.layer)).unwrap();
+    let w = gm.tensor(&revive::model::names::down_name(hp.layer)).unwrap();
     let h = gpu.download(&gm.linear(&gpu.upload(&k, &[1, k.len()]).unwrap(), w, None).unwrap()).unwrap();
     let t0 = std::time::Instant::now();
     let r = target::optimise_target(&gm, &tb, &h, &hp, |s| println!("{:?} {:.1}s", s, t0.elapsed().as_secs_f64())).unwrap();

@@ -9,7 +9,7 @@ use faer::Mat;
 use revive::cpu::edit::{layer_loop, RefRequest, RefSolve};
 use revive::cpu::model::CpuModel;
 use revive::edit::alphaedit::{AlphaEditSolver, NullSpace};
-use revive::edit::covariance::SecondMoment;
+use revive::edit::moment::SecondMoment;
 use revive::edit::guard::{RankRule, SpectralGuard};
 use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
 use revive::edit::keys::subject_prompt;

@@ -66,7 +66,7 @@ fn rome_flips_darrieux_and_keeps_paris() {
     // 576 directions hold half of ‖W‖_F²; the filtered update keeps ~80 % of its norm and still
     // flips the answer (P(English) 0.82 instead of 0.96).
     let gm = GpuModel::new(gpu, &m.weights).unwrap();
-    let name = revive::edit::rome::down_name(hp.layer);
+    let name = revive::model::names::down_name(hp.layer);
     let guard = SpectralGuard::compute(gpu, gm.tensor(&name).unwrap(), &name, RankRule::Energy(0.5), &SvdOptions::default()).unwrap();
     let k = guard.info.k;
     assert!((60..=250).contains(&k) && guard.info.energy_fraction >= 0.5, "k = {k}, energy {}", guard.info.energy_fraction);

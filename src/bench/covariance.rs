@@ -3,7 +3,8 @@
 //! per 1000 tokens. One pass: C0(N) is read off the running sum at each N.
 
 use crate::edit::corpus;
-use crate::edit::covariance::{batches, progress_bar, real_keys, Accumulator, SecondMoment};
+use crate::edit::covariance::{batches, progress_bar, real_keys, Accumulator};
+use crate::edit::moment::SecondMoment;
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
 use crate::model::Tok;

@@ -1,7 +1,7 @@
 //! `revive bench forward`: prefill and decode tokens/s of the GPU forward, with the f64 CPU
 //! oracle's prefill measured in the same run for the ratio.
 
-use super::{median, progress_bar};
+use super::median;
 use crate::cpu::model::CpuModel;
 use crate::error::Result;
 use crate::model::forward::{Batch, GpuModel, LogitRows};
@@ -29,7 +29,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize, cpu_tokens: usize, reps: usize) -> Result<ForwardReport> {
     let gpu = model.gpu();
     let v = model.config.vocab_size;
-    let bar = progress_bar((prefill.len() * reps + 2) as u64, "forward");
+    let bar = crate::progress::bar((prefill.len() * reps + 2) as u64, "forward");
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
     for &n in prefill {

@@ -2,7 +2,7 @@
 //! (matrixmultiply, multithreaded) on the same square problems, with their ratios and the
 //! accuracy reached (sampled entries against an f64 dot product).
 
-use super::{median, progress_bar};
+use super::median;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::ops::matmul::{gemm, Gemm, Kernel};
@@ -58,7 +58,7 @@ fn sampled_error(a: &[f32], b: &[f32], c: &[f32], n: usize) -> f64 {
 }
 
 pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>> {
-    let bar = progress_bar(sizes.len() as u64 * 3, "matmul");
+    let bar = crate::progress::bar(sizes.len() as u64 * 3, "matmul");
     let mut rows = vec![];
     for &n in sizes {
         let mut r = rng(n as u64);

@@ -9,7 +9,7 @@
 //! threshold needs the whole spectrum to count the null space, and 1536² is seconds of work
 //! against a session of minutes. The solve is a dense m×m LU in f64 (P breaks the symmetry).
 
-use super::covariance::SecondMoment;
+use super::moment::SecondMoment;
 use super::memit::Solver;
 use crate::error::{Error, Result};
 use faer::prelude::*;

@@ -10,9 +10,10 @@
 //! weights should share statistics. Leaving out the layer's own down-projection is deliberate:
 //! ROME and MEMIT rewrite exactly that matrix, and its C0 does not change when they do.
 
-use super::covariance::SecondMoment;
+use super::moment::SecondMoment;
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
+use crate::model::names::{down_bias_name, down_name};
 use crate::store;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -50,7 +51,7 @@ pub fn model_hash(model: &GpuModel, layer: usize) -> Result<String> {
     let c = &model.config;
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(c).map_err(|e| Error::Edit(format!("config to JSON: {e}")))?);
-    let own_down = [format!("layers.{layer}.w_down"), format!("layers.{layer}.b_down")];
+    let own_down = [down_name(layer), down_bias_name(layer)];
     let mut names: Vec<String> = c
         .tensor_names()
         .into_iter()

@@ -4,6 +4,7 @@
 
 use super::corpus;
 use super::cov_cache::{self, Outcome};
+use super::moment::SecondMoment;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::forward::{Batch, GpuModel};
@@ -11,37 +12,6 @@ use crate::model::Tok;
 use crate::ops::gather::gather_rows;
 use crate::ops::matmul::{gemm, Gemm};
 use std::path::Path;
-
-/// E[k kᵀ] of one layer's keys, row-major [dim, dim].
-#[derive(Debug, Clone, PartialEq)]
-pub struct SecondMoment {
-    pub layer: usize,
-    /// Tokens (keys) averaged over.
-    pub tokens: usize,
-    pub dim: usize,
-    pub c0: Vec<f32>,
-}
-
-impl SecondMoment {
-    pub fn at(&self, i: usize, j: usize) -> f32 {
-        self.c0[i * self.dim + j]
-    }
-
-    /// The mean of the diagonal: the mean squared key component.
-    pub fn mean_diag(&self) -> f64 {
-        (0..self.dim).map(|i| self.at(i, i) as f64).sum::<f64>() / self.dim.max(1) as f64
-    }
-
-    pub fn frobenius(&self) -> f64 {
-        self.c0.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()
-    }
-
-    /// ‖self − other‖_F / ‖other‖_F.
-    pub fn rel_diff(&self, other: &SecondMoment) -> f64 {
-        let d: f64 = self.c0.iter().zip(&other.c0).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum();
-        d.sqrt() / other.frobenius().max(f64::MIN_POSITIVE)
-    }
-}
 
 /// How the sum is batched.
 #[derive(Debug, Clone, Copy)]
@@ -178,13 +148,7 @@ pub fn real_keys_of(model: &GpuModel, seqs: &[Vec<u32>], layers: &[usize]) -> Re
 }
 
 pub(crate) fn progress_bar(total: u64, layer: usize, show: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !show || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = crate::bench::progress_bar(total, &format!("C0 layer {layer} (tokens)"));
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    bar
+    crate::progress::terminal_bar(total, &format!("C0 layer {layer} (tokens)"), show)
 }
 
 /// C0 of `layer` over the first `max_tokens` tokens of `seqs`, uncached.

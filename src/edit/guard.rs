@@ -3,10 +3,10 @@
 //! runs its ΔW through before writing it:
 //!   ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ).
 
+use crate::linalg::subspace::{Basis, Leak};
 use crate::linalg::svd::{top_energy, top_k, SvdOptions, TopK};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::matmul::{gemm, Gemm};
 use crate::ops::project::complement;
 use crate::ops::reduce::{frobenius, reduce_all_value, ReduceOp};
 use crate::store::{self, Outcome};
@@ -54,25 +54,6 @@ pub struct SpectralGuard {
     pub u: Tensor,
     pub v: Tensor,
     pub info: GuardInfo,
-}
-
-/// How much of an update lies in the protected subspaces.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Leak {
-    /// ‖U_kᵀ ΔW‖_F / ‖ΔW‖_F.
-    pub left: f64,
-    /// ‖ΔW V_k‖_F / ‖ΔW‖_F.
-    pub right: f64,
-}
-
-impl Leak {
-    /// The shares of `x` (‖x‖_F = `norm`) in the column span of `u` and the row span of `vᵀ`:
-    /// ‖uᵀx‖_F / norm and ‖x v‖_F / norm.
-    pub fn of(gpu: &Gpu, u: &Tensor, v: &Tensor, x: &Tensor, norm: f64) -> Result<Leak> {
-        let left = frobenius(gpu, &gemm(gpu, u, x, None, Gemm { trans_a: true, ..Gemm::default() })?)? / norm;
-        let right = frobenius(gpu, &gemm(gpu, x, v, None, Gemm::default())?)? / norm;
-        Ok(Leak { left, right })
-    }
 }
 
 /// What the filter did to one update.
@@ -171,8 +152,8 @@ impl SpectralGuard {
     }
 
     /// The protected basis, for diagnostics against the original.
-    pub fn basis(&self) -> crate::eval::spectrum::Basis {
-        crate::eval::spectrum::Basis { u: self.u.clone(), v: self.v.clone(), sigma: self.info.sigma.clone() }
+    pub fn basis(&self) -> Basis {
+        Basis { u: self.u.clone(), v: self.v.clone(), sigma: self.info.sigma.clone() }
     }
 
     /// ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ), with what it removed.

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod keys;
 pub mod memit;
 pub mod method;
+pub mod moment;
 pub mod prune;
 pub mod rect;
 pub mod request;

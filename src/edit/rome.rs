@@ -12,6 +12,7 @@ use super::request::EditRequest;
 use super::target::{norm, optimise_target, target_batch, Step, Target, TargetBatch};
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
+use crate::model::names::{down_bias_name, down_name};
 use crate::model::Tok;
 use super::method::{Method, MethodRecord, Writer};
 use super::update::{Delta, Update};
@@ -71,11 +72,6 @@ pub struct RomeReport {
     pub key_alignment: f64,
 }
 
-/// The down-projection name of a layer.
-pub fn down_name(layer: usize) -> String {
-    format!("layers.{layer}.w_down")
-}
-
 /// Computes ROME's ΔW for one request without writing it: δ/(uᵀk_p) · uᵀ, as its two factors
 /// (d×1 and ffn×1).
 pub fn rome_update(
@@ -118,7 +114,7 @@ pub fn rome_update_ids(
     // h = W k_p (+ b): the MLP output δ is measured against.
     let w = model.tensor(&down_name(layer))?;
     let kp = gpu.upload(&plain, &[1, plain.len()])?;
-    let bias = model.tensor(&format!("layers.{layer}.b_down")).ok();
+    let bias = model.tensor(&down_bias_name(layer)).ok();
     let h = gpu.download(&model.linear(&kp, w, bias)?)?;
     let target = optimise_target(model, tb, &h, hp, on_step)?;
 

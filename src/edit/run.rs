@@ -10,7 +10,6 @@ use crate::edit::guard::{FilterReport, SpectralGuard};
 use crate::eval::counterfact::{fact_metrics, FactMetrics};
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -70,12 +69,11 @@ pub fn run_rome(
     mut on_edit: impl FnMut(&EditRecord),
 ) -> Result<(Vec<String>, Vec<EditRecord>)> {
     if let Some(g) = guard {
-        if g.info.matrix != super::rome::down_name(hp.layer) {
-            return Err(crate::error::Error::Edit(format!("the REVIVE guard is for {}, the edit writes {}", g.info.matrix, super::rome::down_name(hp.layer))));
+        if g.info.matrix != crate::model::names::down_name(hp.layer) {
+            return Err(crate::error::Error::Edit(format!("the REVIVE guard is for {}, the edit writes {}", g.info.matrix, crate::model::names::down_name(hp.layer))));
         }
     }
-    let bar = ProgressBar::with_draw_target(Some(requests.len() as u64), if progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
-    bar.set_style(ProgressStyle::with_template("{spinner} edit {pos}/{len} [{elapsed_precise}] {wide_msg}").expect("valid template"));
+    let bar = crate::progress::edits(requests.len() as u64, progress);
     bar.set_message("sampling context templates");
     let templates = templates(model, tok, hp)?;
     let mut records = vec![];

@@ -12,7 +12,8 @@
 //! weights and the journal as they were, and the error names the batch and its requests.
 
 use super::alphaedit::{AlphaEditSolver, NullSpace, NullSpaceReport};
-use super::covariance::{layers_second_moment, SecondMoment};
+use super::covariance::layers_second_moment;
+use super::moment::SecondMoment;
 use super::guard::{guard_dir, RankRule, SpectralGuard};
 use super::hparams::{BatchHparams, BatchMethod, RomeHparams};
 use super::journal::{BatchHeader, Journal, MetricsHeader, UpdateMeta};
@@ -150,13 +151,41 @@ pub fn build_method<'t>(model: &GpuModel, tok: &'t Tok, spec: &MethodSpec, templ
             let shaper: Option<Box<dyn Shaper>> = match hparams.method {
                 BatchMethod::Rect => Some(Box::new(RectShaper { keep_fraction: hparams.keep_fraction.expect("validated") })),
                 BatchMethod::Prune => {
-                    let ws: Vec<&Tensor> = hparams.layers.iter().map(|&l| model.tensor(&super::rome::down_name(l))).collect::<Result<_>>()?;
+                    let ws: Vec<&Tensor> = hparams.layers.iter().map(|&l| model.tensor(&crate::model::names::down_name(l))).collect::<Result<_>>()?;
                     Some(Box::new(PruneShaper::new(model.gpu(), &ws)?))
                 }
                 _ => None,
             };
             Ok((Box::new(BatchEditor::new(hparams.clone(), templates.to_vec(), tok, solver, shaper)), reports))
         }
+    }
+}
+
+/// A stand-in for the method when a journal is only replayed (`revive apply`): it names the
+/// matrices and refuses to edit; replaying adds the recorded updates and needs no method state.
+pub struct ReplayOnly {
+    pub matrices: Vec<String>,
+}
+
+impl Method for ReplayOnly {
+    fn name(&self) -> &'static str {
+        "replay"
+    }
+    fn matrices(&self) -> Vec<String> {
+        self.matrices.clone()
+    }
+    fn edit(&mut self, _: &mut Writer, _: &[EditRequest], _: &mut dyn FnMut(&str)) -> Result<super::method::MethodRecord> {
+        Err(Error::Edit("a replay-only session cannot edit".into()))
+    }
+    fn observe(&mut self, _: &crate::gpu::Gpu, _: &[super::update::Update], _: &[(String, crate::model::weights::HostTensor)]) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl MethodSpec {
+    /// The matrices a method of this spec writes.
+    pub fn matrices(&self) -> Vec<String> {
+        self.layers().iter().map(|&l| crate::model::names::down_name(l)).collect()
     }
 }
 
@@ -231,7 +260,7 @@ impl<'a> Session<'a> {
         if batch == 0 {
             return Err(Error::Edit("the batch size must be at least 1".into()));
         }
-        let matrices: Vec<String> = spec.layers().iter().map(|&l| super::rome::down_name(l)).collect();
+        let matrices: Vec<String> = spec.layers().iter().map(|&l| crate::model::names::down_name(l)).collect();
         let templates = context_templates(model, tok, spec.templates())?;
         let bytes = serde_json::to_vec(requests).map_err(|e| Error::Edit(format!("requests to JSON: {e}")))?;
         Ok(SessionConfig {
@@ -272,9 +301,6 @@ impl<'a> Session<'a> {
         let matrices = method.matrices();
         if base_hash(model, &matrices)? != config.base_hash {
             return Err(Error::Edit(format!("the model '{}' is not the base this session in {} started from (its edited matrices differ)", config.model, dir.display())));
-        }
-        if config.revive.is_some() && matrices.iter().any(|m| !guards.contains_key(m)) {
-            return Err(Error::Edit("REVIVE is on but not every edited matrix has a guard".into()));
         }
         let journal = Journal::open(dir)?;
         Ok(Session { dir: dir.to_path_buf(), config, requests, journal, method, guards })
@@ -321,9 +347,12 @@ impl<'a> Session<'a> {
 
     /// Runs the remaining batches; `on_batch` sees each as it completes.
     pub fn run(&mut self, model: &mut GpuModel, tok: &Tok, measure: &mut dyn Measure, opts: &RunOptions, mut on_batch: impl FnMut(&BatchDone)) -> Result<()> {
+        if self.config.revive.is_some() && self.method.matrices().iter().any(|m| !self.guards.contains_key(m)) {
+            return Err(Error::Edit("REVIVE is on but not every edited matrix has a guard".into()));
+        }
         let total = self.batches_total();
         let start_batch = self.batches_done();
-        let bar = crate::progress::bar(total as u64, &format!("{} batches", self.method.name()), opts.progress);
+        let bar = crate::progress::batches(total as u64, &format!("{} batches", self.method.name()), opts.progress);
         bar.set_position(start_batch as u64);
         let started = Instant::now();
         for (done_here, b) in (start_batch..total).enumerate() {

@@ -239,7 +239,7 @@ mod tests {
 
     fn diag(x: f64) -> Diagnostics {
         Diagnostics {
-            matrix: "layers.0.w_down".into(),
+            matrix: crate::model::names::down_name(0),
             k: 2,
             left_similarity: 1.0 - 0.01 * x,
             right_similarity: 1.0 - 0.02 * x,
@@ -248,7 +248,7 @@ mod tests {
             weight_norm: 4.0,
             original_norm: 4.0,
             drift: x,
-            leak: crate::edit::guard::Leak { left: 0.1, right: 0.2 },
+            leak: crate::linalg::subspace::Leak { left: 0.1, right: 0.2 },
             svd_iterations: 3,
         }
     }
@@ -257,7 +257,7 @@ mod tests {
     fn draws_spectra_and_similarities() {
         let layer = |l: usize, against: bool| LayerSpectrum {
             layer: l,
-            matrix: format!("layers.{l}.w_down"),
+            matrix: crate::model::names::down_name(l),
             shape: [4, 6],
             sigma: vec![3.0, 2.0, 0.5],
             weight_norm: 4.0,

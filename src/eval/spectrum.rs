@@ -2,21 +2,14 @@
 //! singular subspaces (‖U⁰_kᵀ U_k‖²_F / k, 1 = unchanged, k/min(m, n) ≈ random), the top
 //! singular values, ‖W‖_F and ‖W − W0‖_F.
 
+use crate::linalg::subspace::{subspace_similarity, Basis, Leak};
 use crate::linalg::svd::{top_k_from, SvdOptions};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::model::names::down_name;
 use crate::ops::elementwise::{axpy, scale};
-use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::reduce::{frobenius, reduce_all_value, ReduceOp};
-use crate::edit::guard::Leak;
+use crate::ops::reduce::frobenius;
 use serde::Serialize;
-
-/// The top-k singular triplets of an original weight.
-pub struct Basis {
-    pub u: Tensor,
-    pub v: Tensor,
-    pub sigma: Vec<f64>,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Diagnostics {
@@ -39,13 +32,6 @@ pub struct Diagnostics {
     /// directions outgrow σ_k and enter the current top k.
     pub leak: Leak,
     pub svd_iterations: usize,
-}
-
-/// ‖Aᵀ B‖²_F / k for two n×k orthonormal bases.
-pub fn subspace_similarity(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<f64> {
-    let k = a.shape()[1];
-    let p = gemm(gpu, a, b, None, Gemm { trans_a: true, ..Gemm::default() })?;
-    Ok(reduce_all_value(gpu, &p, ReduceOp::SumSq)? as f64 / k as f64)
 }
 
 /// Diagnostics of `w` against the original `w0` and its top-k `basis`; the SVD of `w` starts
@@ -109,7 +95,7 @@ pub fn model_spectra(
             return Err(Error::Edit(format!("the original has {} layers, the model {n_layers}", orig.config.n_layers)));
         }
         if layers.is_empty() {
-            let name = |l: usize| crate::edit::rome::down_name(l);
+            let name = down_name;
             let mut differ = vec![];
             for l in chosen {
                 if weights.get(&name(l))?.data != orig.get(&name(l))?.data {
@@ -119,10 +105,10 @@ pub fn model_spectra(
             chosen = differ;
         }
     }
-    let bar = crate::bench::progress_bar(chosen.len() as u64, "singular spectra");
+    let bar = crate::progress::bar(chosen.len() as u64, "singular spectra");
     let mut out = vec![];
     for l in chosen {
-        let matrix = crate::edit::rome::down_name(l);
+        let matrix = down_name(l);
         let host = weights.get(&matrix)?;
         let w = gpu.upload(&host.data, &host.shape)?;
         let shape = [host.shape[0], host.shape[1]];

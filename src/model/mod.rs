@@ -29,6 +29,7 @@ pub mod forward;
 pub mod generate;
 pub mod load;
 pub mod gguf;
+pub mod names;
 pub mod probe;
 pub mod random;
 pub mod safetensors;

@@ -1,0 +1,131 @@
+//! `revive bench edit`: time per ROME edit, edits applied one after another, with efficacy and
+//! the retention of known facts; plain ROME against ROME + REVIVE with --both.
+
+use crate::cli::common::{edit_setup, make_guard};
+use crate::cli::edit::print_edit;
+use crate::cli::{HpArgs, ReviveArgs};
+use anyhow::{Context, Result};
+use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+
+#[derive(clap::Args)]
+pub(in crate::cli) struct Args {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    #[arg(long, default_value = "assets/facts/edits.json")]
+    edits: std::path::PathBuf,
+    #[arg(long, default_value = "assets/facts/known.json")]
+    known: std::path::PathBuf,
+    /// Only the first N edits.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    hp: HpArgs,
+    #[command(flatten)]
+    revive: ReviveArgs,
+    /// Run the edits twice from the original weights: plain ROME, then with the REVIVE
+    /// guard (--revive τ, default 0.5).
+    #[arg(long)]
+    both: bool,
+    /// After every edit: the spectrum of the edited matrix against the original (top-k from
+    /// τ, as the guard's) and the known facts.
+    #[arg(long)]
+    track: bool,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Draw the probabilities before and after each edit (SVG); with --track, also the
+    /// known facts and the spectral diagnostics per edit (FILE-track.svg).
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+}
+
+pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
+    use revive::edit::guard::RankRule;
+    let requests = revive::edit::request::load_requests(&a.edits)?;
+    let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
+    let known = revive::eval::retention::load_facts(&a.known)?;
+    let hp = a.hp.resolve()?;
+    let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &a.model, &hp)?;
+    let rule = a.revive.rule();
+    let opts = a.revive.svd();
+    // The guard doubles as the original's top-k basis for the diagnostics.
+    let guard = if rule.is_some() || a.both || a.track { Some(make_guard(&gm, hp.layer, rule.unwrap_or(RankRule::Energy(0.5)), &opts)?) } else { None };
+    let basis = guard.as_ref().map(|g| g.basis());
+    let down = revive::model::names::down_name(hp.layer);
+    let arms: Vec<bool> = if a.both { vec![false, true] } else { vec![rule.is_some()] };
+    let n = requests.len();
+    let mut results = vec![];
+    let mut first = Some(gm);
+    for with_guard in arms {
+        // Every arm starts from the original weights.
+        let gm = match first.take() {
+            Some(g) => g,
+            None => GpuModel::new(&gpu, &m.weights)?,
+        };
+        let track = match (&basis, a.track) {
+            (Some(basis), true) => Some(revive::bench::edit::Track { w0: revive::ops::elementwise::scale(&gpu, gm.tensor(&down)?, 1.0)?, basis, opts }),
+            _ => None,
+        };
+        let g = if with_guard { guard.as_ref() } else { None };
+        println!("== {} ==", if with_guard { "ROME + REVIVE" } else { "ROME" });
+        let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g, track.as_ref(), |r| print_edit(r, n))?;
+        print_bench_edit(&gpu, &hp, &cov, cov_seconds, &known, &b);
+        results.push(b);
+        // After every arm, so a run stopped in a later arm keeps the earlier ones.
+        if let Some(path) = &a.json {
+            let doc = serde_json::json!({ "adapter": gpu.label(), "model": m.source, "hparams": hp, "covariance_seconds": cov_seconds, "arms": results });
+            std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    if results.len() > 1 {
+        println!("\n{:<12} {:>9} {:>9} {:>11} {:>12} {:>10}", "arm", "efficacy", "at end", "paraphrase", "known facts", "s/edit");
+        for b in &results {
+            println!(
+                "{:<12} {:>6}/{:<2} {:>6}/{:<2} {:>10.0}% {:>8}/{:<3} {:>10.1}",
+                b.arm,
+                b.efficacy_after_each,
+                b.edits,
+                b.efficacy_at_end,
+                b.edits,
+                100.0 * b.paraphrase_mean_at_end.unwrap_or(f64::NAN),
+                b.known_after,
+                known.len(),
+                b.seconds_per_edit_median
+            );
+        }
+    }
+    if let Some(path) = &a.plot {
+        for b in &results {
+            let p = if results.len() > 1 { path.with_file_name(format!("{}-{}.svg", path.file_stem().unwrap_or_default().to_string_lossy(), b.arm.replace('+', "-"))) } else { path.clone() };
+            revive::eval::plot::edit_probabilities(&b.records, &p)?;
+        }
+        if a.track {
+            let p = path.with_file_name(format!("{}-track.svg", path.file_stem().unwrap_or_default().to_string_lossy()));
+            revive::eval::plot::tracking(&results, &p)?;
+            println!("plots: {} and the probabilities next to it", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_bench_edit(gpu: &Gpu, hp: &revive::edit::hparams::RomeHparams, cov: &revive::edit::rome::CovSolver, cov_seconds: f64, known: &[revive::eval::retention::Fact], b: &revive::bench::edit::EditBench) {
+    println!("adapter {}; layer {}, {} Adam steps at most, {} context templates, C0 from {} tokens ({cov_seconds:.0} s)", gpu.label(), hp.layer, hp.v_steps, 1 + hp.templates.prefixes.len() * hp.templates.per_prefix, cov.tokens);
+    if let Some(g) = &b.revive {
+        println!("REVIVE guard: k = {} directions ({:.1}% of ‖W‖_F²)", g.k, 100.0 * g.energy_fraction);
+    }
+    println!(
+        "time per edit: mean {:.1} s, median {:.1} s = {:.0} forward passes of the prompt ({:.3} s each)",
+        b.seconds_per_edit_mean,
+        b.seconds_per_edit_median,
+        b.seconds_per_edit_median / b.forward_seconds,
+        b.forward_seconds
+    );
+    println!("efficacy: {}/{} right after each edit, {}/{} after all edits", b.efficacy_after_each, b.edits, b.efficacy_at_end, b.edits);
+    if let Some(p) = b.paraphrase_mean_at_end {
+        println!("paraphrases preferring the new target after all edits: {:.0}%", 100.0 * p);
+    }
+    println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
+    for c in &b.known_lost {
+        println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
+    }
+}

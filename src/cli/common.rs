@@ -1,0 +1,40 @@
+//! What `revive edit` and `revive bench edit` share: the model on the GPU with C0 of the edited
+//! layer, and the REVIVE guard.
+
+use anyhow::Result;
+use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+use revive::model::load::load;
+
+/// The guard of the edited layer's down-projection, from the model's current (original)
+/// weights, cached on disk.
+pub(super) fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard::RankRule, opts: &revive::linalg::svd::SvdOptions) -> Result<revive::edit::guard::SpectralGuard> {
+    let name = revive::model::names::down_name(layer);
+    eprintln!("REVIVE: top singular subspaces of {name} ({rule:?}) …");
+    let (g, _) = revive::edit::guard::SpectralGuard::cached(gm.gpu(), gm.tensor(&name)?, &name, rule, opts, &revive::edit::guard::guard_dir())?;
+    let i = &g.info;
+    eprintln!(
+        "REVIVE: protecting k = {} of {} directions of {name} ({:.1}% of ‖W‖_F²; σ₁ {:.3}, σ_k {:.3}; {} iterations, residual {:.1e}; {})",
+        i.k,
+        i.shape[0].min(i.shape[1]),
+        100.0 * i.energy_fraction,
+        i.sigma[0],
+        i.sigma[i.k - 1],
+        i.iterations,
+        i.residual,
+        i.cache.as_deref().unwrap_or("not cached")
+    );
+    Ok(g)
+}
+
+/// The model on the GPU with C0 of the edited layer, factorised.
+pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::hparams::RomeHparams) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
+    let m = load(model)?;
+    let gpu = Gpu::new(choice)?;
+    let gm = GpuModel::new(&gpu, &m.weights)?;
+    eprintln!("model {} on {}; ROME at layer {}", m.source, gpu.label(), hp.layer);
+    let start = std::time::Instant::now();
+    let c0 = revive::edit::covariance::layer_second_moment(&gm, &m.tok, hp.layer, hp.mom2_tokens, true)?;
+    let cov = revive::edit::rome::CovSolver::new(hp.layer, c0.tokens, &c0.c0, c0.dim)?;
+    Ok((m, gpu, gm, cov, start.elapsed().as_secs_f64()))
+}

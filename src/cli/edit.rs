@@ -1,0 +1,210 @@
+//! `revive edit`: facts edited into the model (ROME, optionally through the REVIVE guard), the
+//! probabilities before and after, the edited model and a JSON record of every edit.
+
+use super::common::{edit_setup, make_guard};
+use super::{Dtype, HpArgs, ReviveArgs};
+use anyhow::{Context, Result};
+use revive::gpu::BackendChoice;
+
+#[derive(clap::Args)]
+pub(super) struct EditArgs {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    #[arg(long, value_enum, default_value_t = Method::Rome)]
+    method: Method,
+    /// The subject, e.g. "Danielle Darrieux".
+    #[arg(long, requires_all = ["prompt", "target"], conflicts_with = "edits")]
+    subject: Option<String>,
+    /// The relation with {} where the subject goes, e.g. "The mother tongue of {} is".
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The new answer, e.g. " English".
+    #[arg(long, alias = "target-new")]
+    target: Option<String>,
+    /// The current answer, to compare against (optional).
+    #[arg(long)]
+    target_true: Option<String>,
+    /// A CounterFact-style JSON list of edits, applied one after another.
+    #[arg(long)]
+    edits: Option<std::path::PathBuf>,
+    /// Apply only the first N edits of the file.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[command(flatten)]
+    hp: HpArgs,
+    #[command(flatten)]
+    revive: ReviveArgs,
+    /// Output directory: the edited model and edits.json.
+    #[arg(long, default_value = "runs/edit")]
+    out: std::path::PathBuf,
+    /// Do not write the edited weights (the record is still written).
+    #[arg(long)]
+    no_save: bool,
+    /// Precision of the saved weights.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    dtype: Dtype,
+    /// Edit in batches of N requests in a journaled session in --out (MEMIT, AlphaEdit, RECT
+    /// and PRUNE always run as sessions; default batch 1 for them).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Continue the session in DIR after a crash or kill (its settings come from DIR).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["subject", "edits", "batch"])]
+    resume: Option<std::path::PathBuf>,
+    /// The edited layers of a batch method, e.g. 3,4,5,6,7.
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    /// What a session writes at the end: the changed matrices (delta), the whole model (full).
+    #[arg(long, value_enum, default_value_t = super::session::Save::Delta)]
+    save: super::session::Save,
+    /// Refuse an update with ‖ΔW‖_F above this multiple of ‖W‖_F (an exploding batch).
+    #[arg(long, default_value_t = revive::edit::update::DEFAULT_MAX_UPDATE_RATIO)]
+    max_update: f64,
+    /// Known facts checked after every batch of a session (retention).
+    #[arg(long)]
+    known: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Method {
+    Rome,
+    Memit,
+    Alphaedit,
+    Rect,
+    Prune,
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::Rome => "rome",
+            Method::Memit => "memit",
+            Method::Alphaedit => "alphaedit",
+            Method::Rect => "rect",
+            Method::Prune => "prune",
+        }
+    }
+}
+
+pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
+    use revive::edit::{request, run::{run_rome, RunRecord}};
+    if let Some(t) = a.revive.revive {
+        anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
+    }
+    if let Some(dir) = &a.resume {
+        return super::session::run(choice, dir, None, a.save, a.dtype, a.known.as_deref());
+    }
+    let requests = match (&a.edits, &a.subject) {
+        (Some(path), _) => request::load_requests(path)?,
+        (None, Some(subject)) => {
+            // Through the same parser as a file, so the same checks apply.
+            let record = serde_json::json!({
+                "subject": subject,
+                "prompt": a.prompt.as_deref().context("--prompt is required with --subject")?,
+                "target_new": a.target.as_deref().context("--target is required with --subject")?,
+                "target_true": a.target_true,
+            });
+            request::parse_requests(&record.to_string(), "the command line")?
+        }
+        (None, None) => anyhow::bail!("give an edit (--subject, --prompt, --target) or a file (--edits FILE)"),
+    };
+    let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
+    if a.method != Method::Rome || a.batch.is_some() {
+        let new = super::session::NewSession {
+            model: a.model.clone(),
+            method: a.method.name().into(),
+            hparams: a.hp.hparams.clone(),
+            layers: a.layers.clone(),
+            layer: a.hp.layer,
+            steps: a.hp.steps,
+            templates: a.hp.templates,
+            cov_tokens: a.hp.cov_tokens,
+            requests: requests.to_vec(),
+            batch: a.batch.unwrap_or(1),
+            revive: a.revive.rule(),
+            svd_tol: a.revive.svd_tol,
+            max_update_ratio: a.max_update,
+        };
+        return super::session::run(choice, &a.out, Some(new), a.save, a.dtype, a.known.as_deref());
+    }
+    let hp = a.hp.resolve()?;
+    let start = std::time::Instant::now();
+    let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
+    let n = requests.len();
+    let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
+    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref(), true, |_| Ok(None), |r| print_edit(r, n))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    if !a.no_save {
+        let dtype = match a.dtype {
+            Dtype::F32 => revive::model::safetensors::SaveDtype::F32,
+            Dtype::F16 => revive::model::safetensors::SaveDtype::F16,
+            Dtype::Bf16 => revive::model::safetensors::SaveDtype::BF16,
+        };
+        revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, dtype)?;
+    }
+    let record = RunRecord {
+        method: "rome",
+        model: m.source.clone(),
+        adapter: gpu.label(),
+        hparams: hp,
+        revive: guard.map(|g| g.info),
+        covariance_tokens: cov.tokens,
+        covariance_seconds,
+        templates,
+        edits,
+        total_seconds: start.elapsed().as_secs_f64(),
+    };
+    revive::eval::plot::edit_probabilities(&record.edits, &a.out.join("edits.svg"))?;
+    let path = a.out.join("edits.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", path.display()))?;
+    let ok = record.edits.iter().filter(|e| e.after.efficacy.unwrap_or(e.after.new.p > 0.5)).count();
+    println!(
+        "{ok}/{} edits succeeded; {} written to {}",
+        record.edits.len(),
+        if a.no_save { "the record" } else { "the edited model and the record" },
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub(super) fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
+    let q = &r.request;
+    let was = q.target_true.as_deref().map(|t| format!(" (was {t:?})")).unwrap_or_default();
+    println!("[{}/{n}] {} → {:?}{was}", r.index + 1, q.full_prompt(), q.target_new);
+    for (when, m) in [("before", &r.before), ("after ", &r.after)] {
+        let truth = m.true_.as_ref().map(|t| format!("   P(true) {:.4}", t.p)).unwrap_or_default();
+        let extra = [("paraphrase", m.paraphrase), ("neighborhood", m.neighborhood)]
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("   {k} {:.0}%", 100.0 * v)))
+            .collect::<String>();
+        println!("  {when}: P(new) {:.4}{truth}{extra}", m.new.p);
+    }
+    if let Some(f) = &r.filter {
+        println!(
+            "  REVIVE: kept {:.1}% of ‖ΔW‖; in the protected subspaces before {:.3} (left) {:.3} (right), after {:.1e} {:.1e}",
+            100.0 * f.kept,
+            f.before.left,
+            f.before.right,
+            f.after.left,
+            f.after.right
+        );
+    }
+    if let Some(t) = &r.tracking {
+        let d = t
+            .diagnostics
+            .as_ref()
+            .map(|d| format!("; top-{} similarity {:.4} (left) {:.4} (right), ‖W − W0‖ {:.3}, its share in the original top-{}: {:.1e} (left) {:.1e} (right)", d.k, d.left_similarity, d.right_similarity, d.drift, d.k, d.leak.left, d.leak.right))
+            .unwrap_or_default();
+        println!("  known facts {}/{}{d}", t.known_correct, t.known_total);
+    }
+    let t = &r.rome.target;
+    println!(
+        "  target: {} steps, NLL {:.3}, ‖δ‖ {:.2} (‖h‖ {:.2}); ‖ΔW‖ {:.3} of ‖W‖ {:.1}; {:.1} s",
+        t.history.len(),
+        t.history.last().map_or(f64::NAN, |s| s.nll),
+        t.history.last().map_or(f64::NAN, |s| s.delta_norm),
+        t.h_norm,
+        r.rome.update_norm,
+        r.rome.weight_norm,
+        r.edit_seconds
+    );
+}

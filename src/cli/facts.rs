@@ -1,0 +1,35 @@
+//! `revive facts`: which known facts the model answers (greedy next token).
+
+use anyhow::Result;
+use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+use revive::model::load::load;
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    /// A JSON list of {"prompt", "answer"}.
+    #[arg(long, default_value = "assets/facts/known.json")]
+    facts: std::path::PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
+    let Args { model, facts, json } = a;
+    let facts = revive::eval::retention::load_facts(&facts)?;
+    let m = load(&model)?;
+    let gpu = Gpu::new(choice)?;
+    let gm = GpuModel::new(&gpu, &m.weights)?;
+    let checks = revive::eval::retention::check_facts(&gm, &m.tok, &facts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!("{} {}{:?} (expected {:?}, log p {:.2})", if c.correct { "ok  " } else { "MISS" }, c.prompt, c.got, c.answer, c.logp);
+        }
+    }
+    println!("{}/{} correct", checks.iter().filter(|c| c.correct).count(), checks.len());
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `revive generate`: text after a prompt, printed as it comes.
+
+use anyhow::Result;
+use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+use revive::model::generate::{generate, Sampling};
+use revive::model::load::load;
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    /// 'smollm2', a .gguf file or a Hugging Face safetensors directory.
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    #[arg(short, long)]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 16)]
+    tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
+    let Args { model, prompt, tokens, temperature, top_k, seed } = a;
+    let m = load(&model)?;
+    let gpu = Gpu::new(choice)?;
+    let gm = GpuModel::new(&gpu, &m.weights)?;
+    let ids = m.tok.encode(&prompt)?;
+    let sampling = Sampling { temperature, top_k, seed };
+    let mut shown = String::new();
+    print!("{prompt}");
+    let mut out = vec![];
+    generate(&gm, &ids, tokens, sampling, m.tok.eos(), |t| {
+        out.push(t);
+        // Decode the whole continuation each time: a token may be half a character.
+        if let Ok(text) = m.tok.decode(&out) {
+            print!("{}", &text[shown.len().min(text.len())..]);
+            shown = text;
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    })?;
+    println!();
+    Ok(())
+}

