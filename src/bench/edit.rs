@@ -50,6 +50,19 @@ pub struct EditBench {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// The median of three forward passes of `prompt`: the baseline an edit's time is read against.
+pub fn forward_pass_seconds(model: &GpuModel, tok: &Tok, prompt: &str) -> Result<f64> {
+    let ids = tok.encode(prompt)?;
+    let mut passes = vec![];
+    for _ in 0..3 {
+        let t = Instant::now();
+        model.last_logits(std::slice::from_ref(&ids))?;
+        passes.push(t.elapsed().as_secs_f64());
+    }
+    passes.sort_by(f64::total_cmp);
+    Ok(passes[1])
+}
+
 pub fn run(
     model: &GpuModel,
     tok: &Tok,
@@ -61,14 +74,7 @@ pub fn run(
     track: Option<&Track>,
     mut on_edit: impl FnMut(&EditRecord),
 ) -> Result<EditBench> {
-    let ids = tok.encode(&requests[0].full_prompt())?;
-    let mut passes = vec![];
-    for _ in 0..3 {
-        let t = Instant::now();
-        model.last_logits(std::slice::from_ref(&ids))?;
-        passes.push(t.elapsed().as_secs_f64());
-    }
-    passes.sort_by(f64::total_cmp);
+    let forward_seconds = forward_pass_seconds(model, tok, &requests[0].full_prompt())?;
     let known_before = check_facts(model, tok, known)?;
     let name = down_name(hp.layer);
     let measure = |m: &GpuModel| -> Result<Option<Tracking>> {
@@ -92,7 +98,7 @@ pub fn run(
         edits: records.len(),
         seconds_per_edit_mean: times.iter().sum::<f64>() / times.len() as f64,
         seconds_per_edit_median: times[times.len() / 2],
-        forward_seconds: passes[1],
+        forward_seconds,
         efficacy_after_each: records.iter().filter(|r| r.after.efficacy == Some(true)).count(),
         efficacy_at_end: at_end.iter().filter(|m| m.efficacy == Some(true)).count(),
         paraphrase_mean_at_end: (!paraphrases.is_empty()).then(|| paraphrases.iter().sum::<f64>() / paraphrases.len() as f64),

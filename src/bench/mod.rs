@@ -4,6 +4,7 @@
 pub mod covariance;
 pub mod edit;
 pub mod forward;
+pub mod session;
 pub mod matmul;
 pub mod svd;
 

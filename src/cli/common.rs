@@ -6,6 +6,24 @@ use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::load::load;
 
+static DELTA: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// The global `--delta FILE`, set once when the command line is parsed.
+pub(super) fn set_delta(delta: Option<std::path::PathBuf>) {
+    let _ = DELTA.set(delta);
+}
+
+/// A model by name (`-m`), with the global `--delta` file of an editing session loaded over it.
+pub(super) fn load_model(spec: &str) -> Result<revive::model::load::LoadedModel> {
+    let mut m = load(spec)?;
+    if let Some(Some(path)) = DELTA.get() {
+        let names = revive::edit::session::apply_delta(&mut m.weights, path)?;
+        eprintln!("{}: {} matrices loaded over {}", path.display(), names.len(), m.source);
+        m.source = format!("{} + {}", m.source, path.display());
+    }
+    Ok(m)
+}
+
 /// The guard of the edited layer's down-projection, from the model's current (original)
 /// weights, cached on disk.
 pub(super) fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard::RankRule, opts: &revive::linalg::svd::SvdOptions) -> Result<revive::edit::guard::SpectralGuard> {

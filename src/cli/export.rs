@@ -1,7 +1,6 @@
 //! `revive export`: a model saved as Hugging Face safetensors + config.json + tokenizer.json.
 
 use anyhow::Result;
-use revive::model::load::load;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -13,7 +12,7 @@ pub(super) struct Args {
 
 pub(super) fn run(a: Args) -> Result<()> {
     let Args { model, out } = a;
-    let m = load(&model)?;
+    let m = super::common::load_model(&model)?;
     revive::model::load::save(&m.weights, &m.tok, &out, revive::model::safetensors::SaveDtype::F32)?;
     println!("{}", out.display());
     Ok(())

@@ -3,7 +3,6 @@
 use anyhow::Result;
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
-use revive::model::load::load;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -19,7 +18,7 @@ pub(super) struct Args {
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, facts, json } = a;
     let facts = revive::eval::retention::load_facts(&facts)?;
-    let m = load(&model)?;
+    let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let checks = revive::eval::retention::check_facts(&gm, &m.tok, &facts)?;

@@ -4,7 +4,6 @@ use anyhow::Result;
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::generate::{generate, Sampling};
-use revive::model::load::load;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -27,7 +26,7 @@ pub(super) struct Args {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, prompt, tokens, temperature, top_k, seed } = a;
-    let m = load(&model)?;
+    let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let ids = m.tok.encode(&prompt)?;

@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
-use revive::model::load::load;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -17,7 +16,7 @@ pub(super) struct Args {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, prompts, out } = a;
-    let m = load(&model)?;
+    let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let text = std::fs::read_to_string(&prompts).with_context(|| format!("reading {}", prompts.display()))?;

@@ -24,6 +24,10 @@ pub struct Cli {
     /// GPU backend: auto, vulkan, metal, dx12 or gl.
     #[arg(long, global = true, env = "REVIVE_BACKEND")]
     backend: Option<String>,
+    /// Load an editing session's delta file (`revive edit … --save delta`) over the model given
+    /// with -m (generate, score, facts, logits, export, spectrum).
+    #[arg(long, global = true, value_name = "FILE")]
+    delta: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,6 +175,7 @@ impl From<Dtype> for revive::model::safetensors::SaveDtype {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let choice = BackendChoice::resolve(cli.backend.as_deref())?;
+    common::set_delta(cli.delta.clone());
     match cli.command {
         Command::Info => info::run(choice),
         Command::Setup => setup::run(),

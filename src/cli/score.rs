@@ -4,7 +4,6 @@ use anyhow::Result;
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::generate::score;
-use revive::model::load::load;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -20,7 +19,7 @@ pub(super) struct Args {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, prompt, continuation, json } = a;
-    let m = load(&model)?;
+    let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let (p, c) = (m.tok.encode(&prompt)?, m.tok.encode(&continuation)?);

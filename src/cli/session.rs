@@ -84,6 +84,24 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
 
 /// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
 pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>) -> Result<()> {
+    with_session(choice, dir, new, known, |session, gm, tok, measure, _| {
+        let total = session.batches_total();
+        session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
+        write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, save, dtype)?;
+        print_summary(session);
+        Ok(())
+    })
+}
+
+/// Opens the session in `dir` (new or resumed), replays its journal, and hands it to `body`
+/// with the model, the tokenizer, the metrics and the seconds the statistics (C0) took.
+pub(super) fn with_session<R>(
+    choice: BackendChoice,
+    dir: &Path,
+    new: Option<NewSession>,
+    known: Option<&Path>,
+    body: impl FnOnce(&mut Session, &mut GpuModel, &revive::model::Tok, &mut BatchMetrics, f64) -> Result<R>,
+) -> Result<R> {
     let gpu = Gpu::new(choice)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Bit-identical resumes need the host solves to add in the same order every time.
@@ -105,7 +123,9 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, sa
     };
     let mut gm = GpuModel::new(&gpu, &m.weights)?;
     eprintln!("model {} on {}; {} on layers {:?}, {} requests in batches of {}", m.source, gpu.label(), config.spec.name(), config.spec.layers(), requests.len(), config.batch);
+    let t = std::time::Instant::now();
     let moments = Session::statistics(&gm, &m.tok, &config.spec, true)?;
+    let stats_seconds = t.elapsed().as_secs_f64();
     let (method, spaces) = build_method(&gm, &m.tok, &config.spec, &config.templates, &moments)?;
     for s in &spaces {
         eprintln!("AlphaEdit: layer {} null space {} of {} dimensions (eigenvalues < {:e} × λ_max {:.4e})", s.layer, s.null_dim, s.dim, s.threshold, s.lambda_max);
@@ -127,14 +147,10 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, sa
     if replayed > 0 {
         eprintln!("resumed: {replayed} batches replayed from {}", revive::edit::journal::Journal::dir_of(dir).display());
     }
-    let total = session.batches_total();
-    session.run(&mut gm, &m.tok, &mut measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
-    write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, dir, save, dtype)?;
-    print_summary(&session);
-    Ok(())
+    body(&mut session, &mut gm, &m.tok, &mut measure, stats_seconds)
 }
 
-fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_json::Value, seconds: f64, total: usize) {
+pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_json::Value, seconds: f64, total: usize) {
     let pct = |k: &str, v: &serde_json::Value| v[k].as_f64().map(|x| format!(" {k} {:.0}%", 100.0 * x)).unwrap_or_default();
     let kept: Vec<String> = h.updates.iter().filter_map(|u| u.filter.map(|f| format!("{:.0}%", 100.0 * f.kept))).collect();
     let kept = if kept.is_empty() { String::new() } else { format!("; REVIVE kept {} of ‖ΔW‖", kept.join(" ")) };

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result};
 use revive::gpu::{BackendChoice, Gpu};
-use revive::model::load::load;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -32,8 +31,8 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, against, layers, tau, rank, plot, json } = a;
     anyhow::ensure!(tau > 0.0 && tau <= 1.0, "--tau {tau}: a fraction of the energy, in (0, 1]");
     let rule = rank.map(RankRule::Rank).unwrap_or(RankRule::Energy(tau));
-    let m = load(&model)?;
-    let orig = against.as_deref().map(load).transpose()?;
+    let m = super::common::load_model(&model)?;
+    let orig = against.as_deref().map(revive::model::load::load).transpose()?;
     let gpu = Gpu::new(choice)?;
     let opts = revive::linalg::svd::SvdOptions::default();
     let rows = revive::eval::spectrum::model_spectra(&gpu, &m.weights, orig.as_ref().map(|o| &o.weights), &layers, rule, &opts)?;

@@ -81,6 +81,17 @@ impl Solver for MemitSolver {
     }
 }
 
+/// Seconds a batch spent in each phase: the targets (Adam on all requests), the keys and
+/// residuals of every layer, the solves (and RECT's / PRUNE's shaping), the writes (the
+/// REVIVE filter, the checks, the weight update).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    pub targets: f64,
+    pub keys: f64,
+    pub solve: f64,
+    pub write: f64,
+}
+
 /// The per-request part of a batch record.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetSummary {
@@ -206,6 +217,9 @@ impl Method for BatchEditor<'_> {
             .map(|(r, q)| target_batch(self.tok, &self.templates, &q.prompt, &q.subject, &q.target_new).map_err(|e| Error::Edit(format!("request {r} ({:?}): {e}", q.full_prompt()))))
             .collect::<Result<Vec<_>>>()?;
 
+        // Where the batch's time goes (each phase ends in a download, so the GPU work is in it).
+        let mut timing = Timing::default();
+        let clock = std::time::Instant::now();
         // 1. Targets at the last edited layer, all requests together.
         progress("targets");
         let (_, z0) = keys_and_residuals(writer.model(), &prompts, hp.layers[0], last)?;
@@ -218,13 +232,17 @@ impl Method for BatchEditor<'_> {
             }
         })?;
         let zstar = Mat::<f64>::from_fn(d, reqs.len(), |j, r| z0[(j, r)] + targets[r].delta[j] as f64);
+        timing.targets = clock.elapsed().as_secs_f64();
 
         // 2. The layers in ascending order, each seeing the earlier ones' written updates.
         let mut layers = vec![];
         for (i, &layer) in hp.layers.iter().enumerate() {
             progress(&format!("layer {layer}"));
             let gpu = writer.model().gpu().clone();
+            let t = std::time::Instant::now();
             let (k, z) = keys_and_residuals(writer.model(), &prompts, layer, last)?;
+            timing.keys += t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
             let spread = (hp.layers.len() - i) as f64;
             let r = Mat::<f64>::from_fn(d, reqs.len(), |j, q| (zstar[(j, q)] - z[(j, q)]) / spread);
             let (x, solve) = self.solver.solve(i, &k, &r)?;
@@ -234,12 +252,16 @@ impl Method for BatchEditor<'_> {
                 (delta, shaped) = s.shape(&gpu, i, writer.model().tensor(&down_name(layer))?, delta)?;
             }
             let residual_norm = r.norm_l2() * spread;
+            timing.solve += t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
             writer.write(Update { matrix: down_name(layer), delta })?;
+            timing.write += t.elapsed().as_secs_f64();
             layers.push(serde_json::json!({ "layer": layer, "residual_to_go": residual_norm, "solve": solve, "shape": shaped }));
         }
 
         // 3. The keys after the batch, for methods that remember them (AlphaEdit's K_pK_pᵀ).
         let mut state = vec![];
+        let t = std::time::Instant::now();
         if self.solver.wants_final_keys() {
             progress("final keys");
             for (i, &layer) in hp.layers.iter().enumerate() {
@@ -247,9 +269,10 @@ impl Method for BatchEditor<'_> {
                 state.push((format!("keys.{i}"), HostTensor::new(vec![k.nrows(), k.ncols()], to_f32(&k))));
             }
         }
+        timing.keys += t.elapsed().as_secs_f64();
         state.push(("targets".to_string(), HostTensor::new(vec![d, reqs.len()], to_f32(&zstar))));
         let summaries: Vec<TargetSummary> = targets.iter().map(TargetSummary::from).collect();
-        Ok(MethodRecord { record: serde_json::json!({ "targets": summaries, "layers": layers }), state })
+        Ok(MethodRecord { record: serde_json::json!({ "targets": summaries, "layers": layers, "timing": timing }), state })
     }
 
     fn observe(&mut self, gpu: &Gpu, written: &[Update], state: &[(String, HostTensor)]) -> Result<()> {

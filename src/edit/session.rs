@@ -438,20 +438,35 @@ pub fn save_delta(model: &GpuModel, matrices: &[String], base_hash: &str, path: 
 
 const DELTA_FORMAT: &str = "revive-delta-v1";
 
-/// Loads a delta file over a base model: the matrices it holds replace the base's, after the
-/// base is checked to be the one the delta was made from.
+/// Loads a delta file over a base model on the GPU (see [`apply_delta`]).
 pub fn load_delta(model: &mut GpuModel, path: &Path) -> Result<Vec<String>> {
+    let mut w = model.to_weights()?;
+    let matrices = apply_delta(&mut w, path)?;
+    for m in &matrices {
+        let t = &w.tensors[m];
+        let g = model.gpu().upload(&t.data, &t.shape)?;
+        model.set_tensor(m, g)?;
+    }
+    Ok(matrices)
+}
+
+/// Loads a delta file over base weights: the matrices it holds replace the base's, after the
+/// base is checked to be the one the delta was made from (the hash of those matrices).
+pub fn apply_delta(weights: &mut crate::model::Weights, path: &Path) -> Result<Vec<String>> {
     let st = store::load(path, &[("format", DELTA_FORMAT.to_string())])?;
     let matrices: Vec<String> = serde_json::from_str(st.field("matrices")?).map_err(|e| io_err(path, format!("header field 'matrices': {e}")))?;
-    let want = st.field("base_hash")?;
-    if base_hash(model, &matrices)? != want {
+    let mut bytes = vec![];
+    for m in &matrices {
+        let t = weights.tensors.get(m).ok_or_else(|| io_err(path, format!("holds '{m}', which the base model does not have")))?;
+        bytes.extend(m.as_bytes());
+        bytes.extend(bytemuck::cast_slice::<f32, u8>(&t.data));
+    }
+    if store::sha256_hex(&bytes) != st.field("base_hash")? {
         return Err(io_err(path, "was made over another base model (the base values of its matrices differ)"));
     }
     for m in &matrices {
-        let shape = model.tensor(m)?.shape().to_vec();
-        let values = st.tensor(m, &shape)?;
-        let t = model.gpu().upload(&values, &shape)?;
-        model.set_tensor(m, t)?;
+        let t = weights.tensors.get_mut(m).expect("checked above");
+        t.data = st.tensor(m, &t.shape)?;
     }
     Ok(matrices)
 }

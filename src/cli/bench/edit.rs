@@ -37,10 +37,26 @@ pub(in crate::cli) struct Args {
     /// known facts and the spectral diagnostics per edit (FILE-track.svg).
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
+    /// rome (one edit at a time, as above) or a batch method run as a journaled session per
+    /// arm in --out: time per batch by phase against one forward pass.
+    #[arg(long, default_value = "rome")]
+    method: String,
+    /// Requests per batch (batch methods).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Edited layers of a batch method, e.g. 3,4,5,6,7.
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    /// Where the batch methods' sessions go (one directory per arm, replaced).
+    #[arg(long, default_value = "runs/bench-edit")]
+    out: std::path::PathBuf,
 }
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     use revive::edit::guard::RankRule;
+    if a.method != "rome" {
+        return run_batch(choice, a);
+    }
     let requests = revive::edit::request::load_requests(&a.edits)?;
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let known = revive::eval::retention::load_facts(&a.known)?;
@@ -128,4 +144,72 @@ fn print_bench_edit(gpu: &Gpu, hp: &revive::edit::hparams::RomeHparams, cov: &re
     for c in &b.known_lost {
         println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
     }
+}
+
+/// A batch method: one session per arm (plain, and with REVIVE under --both or --revive), each
+/// from the original weights, then where the batch time went.
+fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
+    use crate::cli::session::{print_batch, spec_of, with_session, NewSession};
+    use revive::edit::guard::RankRule;
+    let requests = revive::edit::request::load_requests(&a.edits)?;
+    let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
+    let rule = a.revive.rule();
+    let arms: Vec<Option<RankRule>> = if a.both { vec![None, Some(rule.unwrap_or(RankRule::Energy(0.5)))] } else { vec![rule] };
+    let mut results = vec![];
+    for arm in arms {
+        let name = format!("{}{}", a.method, if arm.is_some() { "+revive" } else { "" });
+        let dir = a.out.join(&name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        let new = NewSession {
+            model: a.model.clone(),
+            method: a.method.clone(),
+            hparams: a.hp.hparams.clone(),
+            layers: a.layers.clone(),
+            layer: a.hp.layer,
+            steps: a.hp.steps,
+            templates: a.hp.templates,
+            cov_tokens: a.hp.cov_tokens,
+            requests: requests.to_vec(),
+            batch: a.batch,
+            revive: arm,
+            svd_tol: a.revive.svd_tol,
+            max_update_ratio: revive::edit::update::DEFAULT_MAX_UPDATE_RATIO,
+        };
+        spec_of(&new)?;
+        println!("== {name} ==");
+        let b = with_session(choice, &dir, Some(new), Some(&a.known), |session, gm, tok, measure, stats| {
+            let forward = revive::bench::edit::forward_pass_seconds(gm, tok, &session.requests[0].full_prompt())?;
+            let total = session.batches_total();
+            session.run(gm, tok, measure, &revive::edit::session::RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
+            Ok(revive::bench::session::summarize(&name, session, stats, forward))
+        })?;
+        print_batch_bench(&b);
+        results.push(b);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "arms": results }))?).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    if results.len() > 1 {
+        println!("\n{:<16} {:>9} {:>11} {:>13} {:>12} {:>10}", "arm", "efficacy", "paraphrase", "neighborhood", "known facts", "s/batch");
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
+        for b in &results {
+            let known = b.known_correct_at_end.zip(b.known_total).map_or("-".into(), |(c, t)| format!("{c}/{t}"));
+            println!("{:<16} {:>9} {:>11} {:>13} {:>12} {:>10.1}", b.arm, pct(b.efficacy), pct(b.paraphrase), pct(b.neighborhood), known, b.batch_seconds);
+        }
+    }
+    Ok(())
+}
+
+fn print_batch_bench(b: &revive::bench::session::BatchBench) {
+    let f = b.forward_seconds;
+    println!(
+        "{}: {} batches of {}; median batch {:.1} s = {:.0} forward passes ({:.3} s each); {:.2} edits/s",
+        b.arm, b.batches, b.batch_size, b.batch_seconds, b.batch_seconds / f, f, b.edits_per_second
+    );
+    println!(
+        "  targets {:.1} s ({:.0} passes), keys {:.1} s, solves {:.1} s, writes (guard, checks) {:.2} s, metrics {:.1} s; C0 {:.1} s once",
+        b.targets_seconds, b.targets_seconds / f, b.keys_seconds, b.solve_seconds, b.write_seconds, b.metrics_seconds, b.statistics_seconds
+    );
 }

@@ -1,0 +1,93 @@
+//! `revive bench edit --method memit|alphaedit|rect|prune --batch N`: where a batch's time goes
+//! (targets, keys, solves, writes through the guard, metrics), next to one forward pass of a
+//! prompt measured in the same run, with the efficacy the batches reached.
+
+use crate::edit::session::Session;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchBench {
+    pub arm: String,
+    pub method: String,
+    pub batches: usize,
+    pub batch_size: usize,
+    /// Seconds to the statistics (C0 of every edited layer; near 0 when cached).
+    pub statistics_seconds: f64,
+    /// Median seconds per batch, whole and by phase.
+    pub batch_seconds: f64,
+    pub targets_seconds: f64,
+    pub keys_seconds: f64,
+    pub solve_seconds: f64,
+    pub write_seconds: f64,
+    pub metrics_seconds: f64,
+    /// One forward pass of a short prompt, measured in the same run (the baseline).
+    pub forward_seconds: f64,
+    pub edits_per_second: f64,
+    /// Mean over batches of the efficacy, paraphrase and neighbourhood right after each.
+    pub efficacy: Option<f64>,
+    pub paraphrase: Option<f64>,
+    pub neighborhood: Option<f64>,
+    pub known_correct_at_end: Option<u64>,
+    pub known_total: Option<u64>,
+    /// The REVIVE filter's kept share of ‖ΔW‖, mean over all writes.
+    pub revive_kept: Option<f64>,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn mean(xs: &[f64]) -> Option<f64> {
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+/// The bench of a session's journal.
+pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_seconds: f64) -> BatchBench {
+    let j = &session.journal;
+    let (mut whole, mut targets, mut keys, mut solve, mut write, mut metrics) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut eff, mut para, mut neigh, mut kept) = (vec![], vec![], vec![], vec![]);
+    let mut last_after = serde_json::Value::Null;
+    for (_, h) in j.batches() {
+        let t = &h.method["timing"];
+        let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+        targets.push(f("targets"));
+        keys.push(f("keys"));
+        solve.push(f("solve"));
+        write.push(f("write"));
+        kept.extend(h.updates.iter().filter_map(|u| u.filter.map(|r| r.kept)));
+        if let Some(m) = j.metrics_of(h.batch) {
+            whole.push(m.seconds);
+            metrics.push(m.seconds - h.seconds);
+            eff.extend(m.after["efficacy"].as_f64());
+            para.extend(m.after["paraphrase"].as_f64());
+            neigh.extend(m.after["neighborhood"].as_f64());
+            last_after = m.after.clone();
+        }
+    }
+    let batch_seconds = median(whole.clone());
+    BatchBench {
+        arm: arm.into(),
+        method: session.config.spec.name().into(),
+        batches: j.n_batches(),
+        batch_size: session.config.batch,
+        statistics_seconds,
+        batch_seconds,
+        targets_seconds: median(targets),
+        keys_seconds: median(keys),
+        solve_seconds: median(solve),
+        write_seconds: median(write),
+        metrics_seconds: median(metrics),
+        forward_seconds,
+        edits_per_second: session.config.batch as f64 / batch_seconds,
+        efficacy: mean(&eff),
+        paraphrase: mean(&para),
+        neighborhood: mean(&neigh),
+        known_correct_at_end: last_after["known_correct"].as_u64(),
+        known_total: last_after["known_total"].as_u64(),
+        revive_kept: mean(&kept),
+    }
+}
