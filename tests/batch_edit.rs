@@ -2,6 +2,8 @@
 //! for a real one): MEMIT and AlphaEdit against their f64 references, AlphaEdit's preserved
 //! keys, the REVIVE guard in every layer, batched targets, RECT and PRUNE, and the journal —
 //! kill -9 and resume, roll back, refused batches, the delta file.
+// `!(err < tol)` on purpose: a NaN error must fail.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 mod common;
 use common::*;
@@ -125,9 +127,11 @@ fn rel_err(got: &[f32], want: &Mat<f64>) -> f64 {
     (num / den).sqrt()
 }
 
-/// Runs one batch of `method` through a writer; returns the dense updates as written and the
-/// method's state tensors.
-fn edit_batch(gm: &GpuModel, method: &mut dyn Method, reqs: &[EditRequest], guards: &BTreeMap<String, SpectralGuard>) -> Result<(Vec<Vec<f32>>, Vec<(String, revive::model::weights::HostTensor)>, Vec<revive::edit::method::Written>), String> {
+/// The dense updates as written, the method's state tensors, the writes with their reports.
+type BatchOutcome = (Vec<Vec<f32>>, revive::edit::method::StateTensors, Vec<revive::edit::method::Written>);
+
+/// Runs one batch of `method` through a writer.
+fn edit_batch(gm: &GpuModel, method: &mut dyn Method, reqs: &[EditRequest], guards: &BTreeMap<String, SpectralGuard>) -> Result<BatchOutcome, String> {
     let mut writer = Writer::new(gm, guards, 1e3);
     let rec = ok(method.edit(&mut writer, reqs, &mut |_| {}))?;
     let written = writer.into_written();

@@ -50,7 +50,7 @@ enum Command {
     /// Edit facts into the model. ROME one fact at a time (the probabilities before and after,
     /// the edited model and a JSON record of every edit), or a journaled session in batches
     /// (--method memit|alphaedit|rect|prune, or rome with --batch): resumable with --resume.
-    Edit(edit::EditArgs),
+    Edit(Box<edit::EditArgs>),
     /// The batches an editing session has written (its journal).
     Journal {
         /// The session directory (`revive edit … --out DIR`).
@@ -183,7 +183,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Logits(args) => logits::run(choice, args),
         Command::Score(args) => score::run(choice, args),
-        Command::Edit(args) => edit::run(choice, args),
+        Command::Edit(args) => edit::run(choice, *args),
         Command::Journal { dir, json } => session::journal(&dir, json),
         Command::Apply { model, journal, upto, out, save, dtype } => session::apply(choice, &model, &journal, upto, &out, save, dtype),
         Command::Facts(args) => facts::run(choice, args),

@@ -16,7 +16,7 @@ pub(super) enum Bench {
     Matmul(matmul::Args),
     /// Time per ROME edit, edits applied one after another, with efficacy and the retention of
     /// known facts; one forward pass measured in the same run as the baseline.
-    Edit(edit::Args),
+    Edit(Box<edit::Args>),
     /// Time to the top-k singular triplets (GPU power iteration) against the CPU SVD, with
     /// the accuracy reached.
     Svd(svd::Args),
@@ -30,7 +30,7 @@ pub(super) enum Bench {
 pub(super) fn run(choice: BackendChoice, what: Bench) -> Result<()> {
     match what {
         Bench::Forward(args) => forward::run(choice, args),
-        Bench::Edit(args) => edit::run(choice, args),
+        Bench::Edit(args) => edit::run(choice, *args),
         Bench::Svd(args) => svd::run(choice, args),
         Bench::Covariance(args) => covariance::run(choice, args),
         Bench::Matmul(args) => matmul::run(choice, args),
