@@ -112,12 +112,8 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
         let new = super::session::NewSession {
             model: a.model.clone(),
             method: a.method.name().into(),
-            hparams: a.hp.hparams.clone(),
+            hp: a.hp.clone(),
             layers: a.layers.clone(),
-            layer: a.hp.layer,
-            steps: a.hp.steps,
-            templates: a.hp.templates,
-            cov_tokens: a.hp.cov_tokens,
             requests: requests.to_vec(),
             batch: a.batch.unwrap_or(1),
             revive: a.revive.rule(),

@@ -114,7 +114,7 @@ impl ReviveArgs {
 }
 
 /// ROME's hyper-parameters: a file, then single overrides.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct HpArgs {
     /// Hyper-parameters (JSON); default assets/hparams/rome/smollm2.json.
     #[arg(long)]

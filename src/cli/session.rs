@@ -4,14 +4,14 @@
 use super::Dtype;
 use anyhow::{Context, Result};
 use revive::edit::guard::RankRule;
-use revive::edit::hparams::{BatchHparams, BatchMethod, RomeHparams};
+use revive::edit::hparams::{BatchHparams, BatchMethod};
 use revive::edit::request::EditRequest;
 use revive::edit::session::{build_guards, build_method, save_delta, MethodSpec, RunOptions, Session};
 use revive::eval::counterfact::BatchMetrics;
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::load::load;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What a session writes when it ends.
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -27,12 +27,10 @@ pub(super) enum Save {
 pub(super) struct NewSession {
     pub model: String,
     pub method: String,
-    pub hparams: Option<PathBuf>,
+    /// The hyper-parameter file and single overrides (`--layer` is ROME's, `layers` the batch
+    /// methods').
+    pub hp: super::HpArgs,
     pub layers: Option<Vec<usize>>,
-    pub layer: Option<usize>,
-    pub steps: Option<usize>,
-    pub templates: Option<usize>,
-    pub cov_tokens: Option<usize>,
     pub requests: Vec<EditRequest>,
     pub batch: usize,
     pub revive: Option<RankRule>,
@@ -51,31 +49,19 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
     };
     Ok(match batch_method {
         None => {
-            let mut hp = match &s.hparams {
-                Some(p) => RomeHparams::load(p)?,
-                None => RomeHparams::smollm2(),
-            };
-            if let Some(l) = s.layer.or(s.layers.as_ref().and_then(|l| l.first().copied())) {
+            let mut hp = s.hp.resolve()?;
+            if let (None, Some(&l)) = (s.hp.layer, s.layers.as_ref().and_then(|l| l.first())) {
                 hp.layer = l;
-            }
-            if let Some(n) = s.steps {
-                hp.v_steps = n.max(1);
-            }
-            if let Some(t) = s.templates {
-                hp.templates.per_prefix = t;
-            }
-            if let Some(n) = s.cov_tokens {
-                hp.mom2_tokens = n.max(1);
             }
             MethodSpec::Rome { hparams: hp }
         }
         Some(m) => {
-            let hp = match &s.hparams {
+            let hp = match &s.hp.hparams {
                 Some(p) => BatchHparams::load(p)?,
                 None => BatchHparams::smollm2(m),
             };
             anyhow::ensure!(hp.method == m, "the hyper-parameters are for {}, not {}", hp.method.name(), m.name());
-            let hp = hp.with_overrides(s.steps, s.templates, s.cov_tokens, s.layers.clone());
+            let hp = hp.with_overrides(s.hp.steps, s.hp.templates, s.hp.cov_tokens, s.layers.clone().or(s.hp.layer.map(|l| vec![l])));
             hp.validate("the command line")?;
             MethodSpec::Batch { hparams: hp }
         }

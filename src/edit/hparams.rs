@@ -53,8 +53,7 @@ impl RomeHparams {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+        let (text, file) = read(path)?;
         Self::parse(&text, &file)
     }
 
@@ -65,36 +64,46 @@ impl RomeHparams {
     }
 
     fn validate(&self, file: &str) -> Result<()> {
-        let bad = |field: &str, why: &str| Err(Error::Model { file: file.into(), detail: format!("field '{field}': {why}") });
-        let positive = [
-            ("v_lr", self.v_lr),
-            ("clamp_norm_factor", self.clamp_norm_factor),
-            ("nll_stop", self.nll_stop),
-        ];
-        for (name, v) in positive {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(name, "must be a positive number");
-            }
-        }
-        for (name, v) in [("v_weight_decay", self.v_weight_decay), ("kl_factor", self.kl_factor)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(name, "must be a number ≥ 0");
-            }
-        }
         if self.method.as_deref().is_some_and(|m| m != "rome") {
-            return bad("method", "ROME's hyper-parameters must say \"rome\"");
+            return Err(field_error(file, "method", "ROME's hyper-parameters must say \"rome\""));
         }
-        if self.v_steps == 0 {
-            return bad("v_steps", "must be at least 1");
-        }
-        if self.mom2_tokens == 0 {
-            return bad("mom2_tokens", "must be at least 1");
-        }
-        if self.templates.per_prefix > 0 && (self.templates.prefixes.is_empty() || self.templates.length == 0) {
-            return bad("templates", "sampled templates need prefixes and a length > 0");
-        }
-        Ok(())
+        check_shared(file, &super::target::TargetParams::from(self), &self.templates, self.mom2_tokens)
     }
+}
+
+fn field_error(file: &str, field: &str, why: &str) -> Error {
+    Error::Model { file: file.into(), detail: format!("field '{field}': {why}") }
+}
+
+/// The file's text, or an error naming it.
+fn read(path: &Path) -> Result<(String, String)> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+    Ok((text, file))
+}
+
+/// The checks every method's file shares: the target optimisation, the templates, C0's tokens.
+fn check_shared(file: &str, t: &super::target::TargetParams, templates: &Templates, mom2_tokens: usize) -> Result<()> {
+    for (name, v) in [("v_lr", t.lr), ("clamp_norm_factor", t.clamp_norm_factor), ("nll_stop", t.nll_stop)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(field_error(file, name, "must be a positive number"));
+        }
+    }
+    for (name, v) in [("v_weight_decay", t.weight_decay), ("kl_factor", t.kl_factor)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(field_error(file, name, "must be a number ≥ 0"));
+        }
+    }
+    if t.steps == 0 {
+        return Err(field_error(file, "v_steps", "must be at least 1"));
+    }
+    if mom2_tokens == 0 {
+        return Err(field_error(file, "mom2_tokens", "must be at least 1"));
+    }
+    if templates.per_prefix > 0 && (templates.prefixes.is_empty() || templates.length == 0) {
+        return Err(field_error(file, "templates", "sampled templates need prefixes and a length > 0"));
+    }
+    Ok(())
 }
 
 /// The batch methods, all built on MEMIT's multi-layer update (DESIGN.md §3).
@@ -166,8 +175,7 @@ impl BatchHparams {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+        let (text, file) = read(path)?;
         Self::parse(&text, &file)
     }
 
@@ -191,32 +199,14 @@ impl BatchHparams {
     }
 
     pub fn validate(&self, file: &str) -> Result<()> {
-        let bad = |field: &str, why: String| Err(Error::Model { file: file.into(), detail: format!("field '{field}': {why}") });
+        let bad = |field: &str, why: String| Err(field_error(file, field, &why));
         if self.layers.is_empty() {
             return bad("layers", "name at least one layer".into());
         }
         if self.layers.windows(2).any(|w| w[0] >= w[1]) {
             return bad("layers", format!("{:?} must be strictly ascending", self.layers));
         }
-        for (name, v) in [("v_lr", self.v_lr), ("clamp_norm_factor", self.clamp_norm_factor), ("nll_stop", self.nll_stop)] {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(name, "must be a positive number".into());
-            }
-        }
-        for (name, v) in [("v_weight_decay", self.v_weight_decay), ("kl_factor", self.kl_factor)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(name, "must be a number ≥ 0".into());
-            }
-        }
-        if self.v_steps == 0 {
-            return bad("v_steps", "must be at least 1".into());
-        }
-        if self.mom2_tokens == 0 {
-            return bad("mom2_tokens", "must be at least 1".into());
-        }
-        if self.templates.per_prefix > 0 && (self.templates.prefixes.is_empty() || self.templates.length == 0) {
-            return bad("templates", "sampled templates need prefixes and a length > 0".into());
-        }
+        check_shared(file, &self.target(), &self.templates, self.mom2_tokens)?;
         use BatchMethod::*;
         let m = self.method;
         // (field, value, whether this method uses it, its valid range, the range in words)

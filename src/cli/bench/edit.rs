@@ -165,12 +165,8 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
         let new = NewSession {
             model: a.model.clone(),
             method: a.method.clone(),
-            hparams: a.hp.hparams.clone(),
+            hp: a.hp.clone(),
             layers: a.layers.clone(),
-            layer: a.hp.layer,
-            steps: a.hp.steps,
-            templates: a.hp.templates,
-            cov_tokens: a.hp.cov_tokens,
             requests: requests.to_vec(),
             batch: a.batch,
             revive: arm,
