@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU-host measurements of issues 4 and 5, in one command (see ../shared/gpu-host/README.md):
+# The GPU-host measurements of issues 4 and 5, in one command (run on a GPU machine with the release binary, the Vulkan loader and the model staged beside the working tree):
 #   . .device/env.sh && bash benches/device/run.sh MODEL_FILE [STEP,STEP…]
 # Writes everything under $OUT (logs, JSON, SVG). Each step has its own time limit so that a
 # slow step cannot take the others down with it; the log of a step that ran out is kept.
