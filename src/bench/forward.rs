@@ -4,6 +4,7 @@
 use super::median;
 use crate::cpu::model::CpuModel;
 use crate::error::Result;
+use crate::gpu::RuntimeStats;
 use crate::model::forward::{Batch, GpuModel, LogitRows};
 use crate::model::probe::Probes;
 use crate::model::Weights;
@@ -15,6 +16,12 @@ pub struct ForwardReport {
     /// (tokens, tokens/s) of a single-sequence prefill.
     pub prefill: Vec<(usize, f64)>,
     pub decode_tokens_per_s: f64,
+    /// What the runtime did for one decoded token (the mean over the decode steps, rounded
+    /// down) and for one prefill of the first length.
+    pub decode_runtime: RuntimeStats,
+    pub prefill_runtime: RuntimeStats,
+    /// With `REVIVE_PROFILE=1`: (entry point, dispatches, ms) over the decode steps.
+    pub decode_profile: Vec<(String, u64, f64)>,
     /// The f64 oracle's prefill rate and the length it was measured on.
     pub cpu_tokens: usize,
     pub cpu_tokens_per_s: f64,
@@ -32,11 +39,16 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     let bar = crate::progress::bar((prefill.len() * reps + 2) as u64, "forward");
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
-    for &n in prefill {
+    let mut prefill_runtime = RuntimeStats::default();
+    for (i, &n) in prefill.iter().enumerate() {
         let batch = Batch::new(&[tokens(n, v, n as u64)])?;
         let mut times = vec![];
-        for _ in 0..reps {
+        for rep in 0..reps {
+            let before = gpu.runtime_stats();
             let t = gpu.time(|| model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![n - 1]), None).map(|_| ()))?;
+            if i == 0 && rep + 1 == reps {
+                prefill_runtime = gpu.runtime_stats() - before;
+            }
             times.push(t.best());
             bar.inc(1);
         }
@@ -46,9 +58,21 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     model.forward(&Batch::new(&[tokens(16, v, 1)])?, &Probes::default(), LogitRows::Rows(vec![15]), Some(&mut cache))?;
     let steps: Vec<Batch> = tokens(decode, v, 2).into_iter().map(|t| Batch::new(&[vec![t]])).collect::<Result<_>>()?;
     let mut decode_time = Duration::ZERO;
+    gpu.reset_profile();
+    let before = gpu.runtime_stats();
     for step in &steps {
         decode_time += gpu.time(|| model.forward(step, &Probes::default(), LogitRows::All, Some(&mut cache)).map(|_| ()))?.best();
     }
+    let total = gpu.runtime_stats() - before;
+    let per = |x: u64| x / decode.max(1) as u64;
+    let decode_runtime = RuntimeStats {
+        dispatches: per(total.dispatches),
+        passes: per(total.passes),
+        submits: per(total.submits),
+        buffers: per(total.buffers),
+        bind_groups: per(total.bind_groups),
+    };
+    let decode_profile = gpu.profile().into_iter().map(|(e, n, t)| (e.to_string(), n, t.as_secs_f64() * 1e3)).collect();
     bar.inc(1);
     let cpu = CpuModel::new(weights);
     let seq = tokens(cpu_tokens, v, 3);
@@ -59,6 +83,9 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     Ok(ForwardReport {
         prefill: rates,
         decode_tokens_per_s: decode as f64 / decode_time.as_secs_f64(),
+        decode_runtime,
+        prefill_runtime,
+        decode_profile,
         cpu_tokens,
         cpu_tokens_per_s: cpu_tokens as f64 / cpu_time.as_secs_f64(),
         timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
@@ -72,5 +99,17 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         s += &format!("| prefill {n} tokens | {rate:.1} | {:.2} (on {} tokens) | {:.1}x |\n", r.cpu_tokens_per_s, r.cpu_tokens, rate / r.cpu_tokens_per_s);
     }
     s += &format!("| decode (1 token, KV cache) | {:.1} | | |\n", r.decode_tokens_per_s);
+    s += "\n| runtime work | dispatches | compute passes | submits | buffers created | bind groups created |\n|---|---:|---:|---:|---:|---:|\n";
+    let row = |name: String, x: &RuntimeStats| format!("| {name} | {} | {} | {} | {} | {} |\n", x.dispatches, x.passes, x.submits, x.buffers, x.bind_groups);
+    if let Some((n, _)) = r.prefill.first() {
+        s += &row(format!("prefill of {n} tokens"), &r.prefill_runtime);
+    }
+    s += &row("one decoded token".into(), &r.decode_runtime);
+    if !r.decode_profile.is_empty() {
+        s += "\n| kernel (REVIVE_PROFILE, decode) | dispatches | ms |\n|---|---:|---:|\n";
+        for (e, n, ms) in &r.decode_profile {
+            s += &format!("| {e} | {n} | {ms:.1} |\n");
+        }
+    }
     s
 }

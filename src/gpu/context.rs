@@ -2,13 +2,14 @@
 //! command recording, host <-> device copies and timing.
 
 use super::backend::BackendChoice;
+use super::binding::{reflect, GroupCache, Layouts, Signature};
 use super::pool::{BufferPool, PoolStats};
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wgpu::util::DeviceExt;
 
 /// How large one dispatch and one binding may be. Work beyond either is split into pieces.
 /// Defaults come from the adapter; tests shrink them to exercise the splitting on small data.
@@ -36,6 +37,13 @@ pub struct AdapterSummary {
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
+/// A compute pipeline with the storage signature its bind groups follow.
+#[derive(Clone)]
+pub struct Kernel {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    signature: Signature,
+}
+
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -43,20 +51,73 @@ struct Shared {
     limits: wgpu::Limits,
     timestamps: bool,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
+    layouts: Mutex<Layouts>,
+    groups: Mutex<GroupCache>,
+    /// Every dispatch's parameters live here, one slot each, written once per submit.
+    params: wgpu::Buffer,
+    params_align: u64,
     pool: Arc<BufferPool>,
     recorder: Mutex<Recorder>,
+    readback: Mutex<Option<wgpu::Buffer>>,
+    timer: Mutex<Option<(wgpu::QuerySet, wgpu::Buffer)>>,
+    counters: Counters,
+    profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(Default)]
 struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
+    /// The open compute pass: consecutive dispatches share it; anything else recorded into the
+    /// encoder (copies, timestamps) ends it first.
+    pass: Option<wgpu::ComputePass<'static>>,
     pending: usize,
+    /// The parameters of the dispatches recorded since the last submit, slot by slot.
+    params: Vec<u8>,
 }
 
 /// Submitting every few dozen dispatches lets the GPU start while the host records the rest.
 const DISPATCHES_PER_SUBMIT: usize = 64;
+/// The bytes of parameters one dispatch may have: every kernel's `Meta` fits (rope's, with its
+/// frequency table, is the largest). Each dispatch's slot is its own size rounded up to the
+/// offset alignment; the binding window is this size.
+pub const PARAMS_SIZE: u64 = 2048;
+/// The parameter buffer: when a submit's parameters would overflow it, the submit goes early.
+const PARAMS_ARENA: u64 = 64 * 1024;
+
+#[derive(Default)]
+struct Counters {
+    dispatches: AtomicU64,
+    passes: AtomicU64,
+    submits: AtomicU64,
+    buffers: AtomicU64,
+}
+
+/// What the runtime has done since the device was opened: compare two snapshots to see what a
+/// piece of work cost (`revive bench forward` reports them per token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuntimeStats {
+    pub dispatches: u64,
+    pub passes: u64,
+    pub submits: u64,
+    /// Buffers created (tensors the pool could not serve, readback and parameter buffers).
+    pub buffers: u64,
+    pub bind_groups: u64,
+}
+
+impl std::ops::Sub for RuntimeStats {
+    type Output = RuntimeStats;
+    fn sub(self, o: RuntimeStats) -> RuntimeStats {
+        RuntimeStats {
+            dispatches: self.dispatches - o.dispatches,
+            passes: self.passes - o.passes,
+            submits: self.submits - o.submits,
+            buffers: self.buffers - o.buffers,
+            bind_groups: self.bind_groups - o.bind_groups,
+        }
+    }
+}
 
 /// A handle to one device. Clones share the device, queue, caches and pool; each clone has its
 /// own split limits and poison switch.
@@ -151,6 +212,14 @@ impl Gpu {
             max_binding_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size),
         };
         let poison = std::env::var("REVIVE_POISON").map(|v| !v.is_empty() && v != "0").unwrap_or(false);
+        let params_align = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        let params = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kernel parameters"),
+            size: PARAMS_ARENA,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let profile = std::env::var("REVIVE_PROFILE").ok().filter(|v| !v.is_empty() && v != "0").map(|_| Mutex::default());
         Ok(Gpu {
             shared: Arc::new(Shared {
                 device,
@@ -160,8 +229,16 @@ impl Gpu {
                 timestamps,
                 modules: Mutex::default(),
                 pipelines: Mutex::default(),
+                layouts: Mutex::new(Layouts::new(PARAMS_SIZE)),
+                groups: Mutex::default(),
+                params,
+                params_align,
                 pool: BufferPool::new(reuse),
                 recorder: Mutex::default(),
+                readback: Mutex::default(),
+                timer: Mutex::default(),
+                counters: Counters::default(),
+                profile,
                 errors,
             }),
             split,
@@ -190,6 +267,33 @@ impl Gpu {
     pub fn pool_stats(&self) -> PoolStats {
         self.shared.pool.stats()
     }
+    /// Counts of dispatches, passes, submits and created objects so far.
+    pub fn runtime_stats(&self) -> RuntimeStats {
+        let c = &self.shared.counters;
+        RuntimeStats {
+            dispatches: c.dispatches.load(Ordering::Relaxed),
+            passes: c.passes.load(Ordering::Relaxed),
+            submits: c.submits.load(Ordering::Relaxed),
+            buffers: c.buffers.load(Ordering::Relaxed) + self.shared.pool.created(),
+            bind_groups: self.shared.groups.lock().unwrap().created,
+        }
+    }
+
+    /// With `REVIVE_PROFILE=1` every dispatch waits for the GPU and its wall time is charged to
+    /// its entry point: (entry, dispatches, time), most expensive first. Empty otherwise.
+    pub fn profile(&self) -> Vec<(&'static str, u64, Duration)> {
+        let Some(p) = &self.shared.profile else { return vec![] };
+        let mut v: Vec<_> = p.lock().unwrap().iter().map(|(k, (n, t))| (*k, *n, *t)).collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.2));
+        v
+    }
+
+    pub fn reset_profile(&self) {
+        if let Some(p) = &self.shared.profile {
+            p.lock().unwrap().clear();
+        }
+    }
+
     pub fn split_limits(&self) -> SplitLimits {
         self.split
     }
@@ -250,23 +354,21 @@ impl Gpu {
         Ok(module)
     }
 
-    /// The compute pipeline for (shader, entry point, override constants), built once.
-    pub fn pipeline(
-        &self,
-        shader: Shader,
-        entry: &'static str,
-        constants: &[(&'static str, f64)],
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+    /// The compute pipeline for (shader, entry point, override constants), built once, with
+    /// the layout its signature shares with every other kernel of the same signature.
+    pub fn pipeline(&self, shader: Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Kernel> {
         let key: PipelineKey =
             (shader.name, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())).collect());
         if let Some(p) = self.shared.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
         let module = self.module(shader)?;
+        let signature = reflect(shader, entry)?;
+        let layout = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature).1.clone();
         let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self.shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
-            layout: None,
+            layout: Some(&layout),
             module: &module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
@@ -279,9 +381,9 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
-        let pipeline = Arc::new(pipeline);
-        self.shared.pipelines.lock().unwrap().insert(key, pipeline.clone());
-        Ok(pipeline)
+        let kernel = Kernel { pipeline: Arc::new(pipeline), signature };
+        self.shared.pipelines.lock().unwrap().insert(key, kernel.clone());
+        Ok(kernel)
     }
 
     /// Records one dispatch: binding 0 is the metadata uniform, bindings 1.. the storage ranges.
@@ -304,49 +406,85 @@ impl Gpu {
                 detail: format!("{entry}: {groups:?} workgroups exceed {max} per dimension (a splitting bug)"),
             });
         }
-        let pipeline = self.pipeline(shader, entry, constants)?;
-        let device = &self.shared.device;
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("meta"),
-            contents: meta,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        for (i, b) in binds.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.buffer,
-                    offset: b.offset,
-                    size: wgpu::BufferSize::new(b.size),
-                }),
+        let kernel = self.pipeline(shader, entry, constants)?;
+        if binds.len() != kernel.signature.len() || meta.len() as u64 > PARAMS_SIZE {
+            return Err(Error::Shader {
+                shader: shader.name.into(),
+                entry: entry.into(),
+                reason: format!(
+                    "the host bound {} storage ranges and {} bytes of parameters; the kernel declares {} ranges (parameters ≤ {PARAMS_SIZE} bytes)",
+                    binds.len(),
+                    meta.len(),
+                    kernel.signature.len()
+                ),
             });
         }
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        });
+        let group = {
+            let layout = self.shared.layouts.lock().unwrap().get(&self.shared.device, &kernel.signature).0.clone();
+            self.shared.groups.lock().unwrap().get(
+                &self.shared.device,
+                &layout,
+                &kernel.signature,
+                &self.shared.params,
+                PARAMS_SIZE,
+                binds,
+                self.shared.pool.reuse(),
+            )
+        };
+        let profile_start = self.shared.profile.as_ref().map(|_| Instant::now());
         let mut r = self.shared.recorder.lock().unwrap();
+        if r.params.len() as u64 + PARAMS_SIZE > PARAMS_ARENA {
+            self.submit_pending(&mut r);
+        }
+        let offset = r.params.len();
+        r.params.extend_from_slice(meta);
+        r.params.resize(offset + (meta.len() as u64).div_ceil(self.shared.params_align) as usize * self.shared.params_align as usize, 0);
+        let pass = self.open_pass(&mut r);
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.shared.counters.dispatches.fetch_add(1, Ordering::Relaxed);
         r.pending += 1;
         if r.pending >= DISPATCHES_PER_SUBMIT {
             self.submit_pending(&mut r);
         }
+        drop(r);
+        if let (Some(start), Some(profile)) = (profile_start, &self.shared.profile) {
+            self.sync()?;
+            let mut p = profile.lock().unwrap();
+            let e = p.entry(entry).or_default();
+            e.0 += 1;
+            e.1 += start.elapsed();
+        }
         Ok(())
     }
 
+    /// The recorder's compute pass, begun if none is open.
+    fn open_pass<'r>(&self, r: &'r mut Recorder) -> &'r mut wgpu::ComputePass<'static> {
+        if r.pass.is_none() {
+            let enc = r.encoder.get_or_insert_with(|| {
+                self.shared.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("revive") })
+            });
+            let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kernels"), timestamp_writes: None });
+            r.pass = Some(pass.forget_lifetime());
+            self.shared.counters.passes.fetch_add(1, Ordering::Relaxed);
+        }
+        r.pass.as_mut().expect("just opened")
+    }
+
+    /// Records non-dispatch commands; they end the open compute pass.
     fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) {
         let mut r = self.shared.recorder.lock().unwrap();
+        r.pass = None;
         let enc = r.encoder.get_or_insert_with(|| {
             self.shared.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("revive") })
         });
         f(enc);
+    }
+
+    fn create_buffer(&self, label: &'static str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.shared.counters.buffers.fetch_add(1, Ordering::Relaxed);
+        self.shared.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
     }
 
     /// Submits recorded work without waiting for it.
@@ -357,10 +495,18 @@ impl Gpu {
 
     /// Submits under the recorder's lock, so no other thread's host write can slip in between
     /// taking the encoder and submitting it (it would run before the commands recorded earlier).
+    /// The parameters go to their buffer first: a queue write lands after the work submitted
+    /// before it, so the previous submit has read its parameters by then.
     fn submit_pending(&self, r: &mut Recorder) {
         r.pending = 0;
+        r.pass = None;
+        if !r.params.is_empty() {
+            self.shared.queue.write_buffer(&self.shared.params, 0, &r.params);
+            r.params.clear();
+        }
         if let Some(enc) = r.encoder.take() {
             self.shared.queue.submit(Some(enc.finish()));
+            self.shared.counters.submits.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -401,15 +547,15 @@ impl Gpu {
             return Ok(vec![]);
         }
         let padded = size.div_ceil(4) * 4;
-        let staging = self.shared.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: padded,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // One staging buffer, grown to the largest read so far, serves every read.
+        let mut readback = self.shared.readback.lock().unwrap();
+        if readback.as_ref().is_none_or(|b| b.size() < padded) {
+            *readback = Some(self.create_buffer("readback", padded.next_power_of_two(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST));
+        }
+        let staging = readback.as_ref().expect("just made").clone();
         self.record(|enc| enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded));
         self.flush()?;
-        let slice = staging.slice(..);
+        let slice = staging.slice(..padded);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -430,13 +576,22 @@ impl Gpu {
     /// and wall-clock time from submit to completion always.
     pub fn time(&self, f: impl FnOnce() -> Result<()>) -> Result<Timing> {
         self.sync()?;
-        let queries = self.shared.timestamps.then(|| {
-            self.shared.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("timing"),
-                ty: wgpu::QueryType::Timestamp,
-                count: 2,
-            })
+        let timer = self.shared.timestamps.then(|| {
+            self.shared
+                .timer
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| {
+                    let q = self.shared.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("timing"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: 2,
+                    });
+                    (q, self.create_buffer("timestamps", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC))
+                })
+                .clone()
         });
+        let queries = timer.as_ref().map(|t| &t.0);
         let mark = |index: u32| {
             if let Some(q) = &queries {
                 self.record(|enc| {
@@ -458,14 +613,9 @@ impl Gpu {
         mark(1);
         let gpu = match &queries {
             Some(q) => {
-                let resolve = self.shared.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("timestamps"),
-                    size: 16,
-                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                    mapped_at_creation: false,
-                });
-                self.record(|enc| enc.resolve_query_set(q, 0..2, &resolve, 0));
-                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read(&resolve, 0, 16)?);
+                let resolve = &timer.as_ref().expect("with queries").1;
+                self.record(|enc| enc.resolve_query_set(q, 0..2, resolve, 0));
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read(resolve, 0, 16)?);
                 let period = self.shared.queue.get_timestamp_period() as f64;
                 (ticks[1] > ticks[0]).then(|| Duration::from_nanos(((ticks[1] - ticks[0]) as f64 * period) as u64))
             }

@@ -1,11 +1,12 @@
 //! The GPU runtime: adapter and device choice, tensors, buffer pool, pipeline cache, timing.
 
 mod backend;
+mod binding;
 mod context;
 mod pool;
 mod tensor;
 
 pub use backend::BackendChoice;
-pub use context::{AdapterSummary, Bind, Gpu, SplitLimits, Timing};
+pub use context::{AdapterSummary, Bind, Gpu, Kernel, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
 pub use pool::{BufferPool, PoolStats};
 pub use tensor::{DType, Tensor};

@@ -23,6 +23,7 @@ struct PoolState {
 pub struct BufferPool {
     state: Mutex<PoolState>,
     reuse: std::sync::atomic::AtomicBool,
+    created: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,6 +61,7 @@ impl BufferPool {
         Arc::new(BufferPool {
             state: Mutex::new(PoolState::default()),
             reuse: std::sync::atomic::AtomicBool::new(reuse),
+            created: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -93,6 +95,7 @@ impl BufferPool {
             }
         }
         drop(s);
+        self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("revive tensor"),
             size,
@@ -109,6 +112,11 @@ impl BufferPool {
             s.pooled_bytes += size;
             s.free.entry(size).or_default().push(buffer);
         }
+    }
+
+    /// Buffers this pool has had to create.
+    pub fn created(&self) -> u64 {
+        self.created.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn stats(&self) -> PoolStats {
