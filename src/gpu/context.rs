@@ -44,6 +44,16 @@ pub struct Kernel {
     signature: Signature,
 }
 
+impl Kernel {
+    pub fn pipeline(&self) -> &Arc<wgpu::ComputePipeline> {
+        &self.pipeline
+    }
+    /// Storage bindings 1..=n: `true` where the kernel only reads.
+    pub fn signature(&self) -> &[bool] {
+        &self.signature
+    }
+}
+
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,

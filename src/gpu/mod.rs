@@ -2,6 +2,7 @@
 
 mod backend;
 mod binding;
+pub use binding::reflect;
 mod context;
 mod pool;
 mod tensor;
