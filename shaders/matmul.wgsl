@@ -34,9 +34,16 @@ override ALIGNED: bool = false;
 fn a_at(i: u32) -> f32 { return a[i >> 2u][i & 3u]; }
 fn b_at(i: u32) -> f32 { return b[i >> 2u][i & 3u]; }
 
-// Elements i..i+3 of A, of which the first `valid` exist; the rest read as zero.
+// Elements i..i+3 of A, of which the first `valid` exist; the rest read as zero. Aligned
+// kernels (ALIGNED: every leading dimension and offset a multiple of 4) load one vec4.
 fn a4(i: u32, valid: u32) -> vec4<f32> {
-    if (ALIGNED && valid >= 4u) { return a[i >> 2u]; }
+    if (ALIGNED) {
+        // i is a multiple of 4, so the vec4 holding it lies inside the binding (bindings
+        // cover whole 16-byte blocks): one load, the missing tail masked to zero.
+        if (valid == 0u) { return vec4<f32>(0.0); }
+        let v = a[i >> 2u];
+        return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid));
+    }
     var v = vec4<f32>(0.0);
     for (var t = 0u; t < 4u; t++) {
         if (t < valid) { v[t] = a_at(i + t); }
@@ -45,7 +52,13 @@ fn a4(i: u32, valid: u32) -> vec4<f32> {
 }
 
 fn b4(i: u32, valid: u32) -> vec4<f32> {
-    if (ALIGNED && valid >= 4u) { return b[i >> 2u]; }
+    if (ALIGNED) {
+        // i is a multiple of 4, so the vec4 holding it lies inside the binding (bindings
+        // cover whole 16-byte blocks): one load, the missing tail masked to zero.
+        if (valid == 0u) { return vec4<f32>(0.0); }
+        let v = b[i >> 2u];
+        return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid));
+    }
     var v = vec4<f32>(0.0);
     for (var t = 0u; t < 4u; t++) {
         if (t < valid) { v[t] = b_at(i + t); }
@@ -285,4 +298,74 @@ fn matmul_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
         workgroupBarrier();
     }
     if (lid.x == 0u) { store(cbase + m * p.ldc + n, red[0]); }
+}
+
+// One thread per output column, up to 4 rows of op(A) per workgroup row, no workgroup memory
+// and no barriers: each thread walks K alone, four values at a time, with one named vec4
+// accumulator per row. For decode-sized products; on adapters that run a workgroup as one CPU
+// thread (lavapipe) it avoids matmul_dot's barrier per reduction step, and on GPUs the
+// autotune decides between the two per shape.
+fn gemv_a4(base: u32, m: u32, k: u32, valid: u32) -> vec4<f32> {
+    if (TRANS_A) {
+        var v = vec4<f32>(0.0);
+        for (var t = 0u; t < 4u; t++) {
+            if (t < valid) { v[t] = a_at(base + (k + t) * p.lda + m); }
+        }
+        return v;
+    }
+    return a4(base + m * p.lda + k, valid);
+}
+
+fn gemv_b4(base: u32, n: u32, k: u32, valid: u32) -> vec4<f32> {
+    if (TRANS_B) { return b4(base + n * p.ldb + k, valid); }
+    var v = vec4<f32>(0.0);
+    for (var t = 0u; t < 4u; t++) {
+        if (t < valid) { v[t] = b_at(base + (k + t) * p.ldb + n); }
+    }
+    return v;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn matmul_gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>) {
+    let n = gid.x;
+    let m0 = wg.y * 4u;
+    if (n >= p.n || m0 >= p.m) { return; }
+    let rows = min(4u, p.m - m0);
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var k = 0u;
+    if (ALIGNED && TRANS_B && !TRANS_A) {
+        // The common case (x · Wᵀ) as straight vec4 loads: no per-element fallback for the
+        // compiler to keep beside them.
+        let ws = (bbase + n * p.ldb) >> 2u;
+        let xs = (abase + m0 * p.lda) >> 2u;
+        let lda4 = p.lda >> 2u;
+        let k4 = p.k >> 2u;
+        for (var q = 0u; q < k4; q++) {
+            let w = b[ws + q];
+            acc0 = fma(a[xs + q], w, acc0);
+            if (rows > 1u) { acc1 = fma(a[xs + lda4 + q], w, acc1); }
+            if (rows > 2u) { acc2 = fma(a[xs + 2u * lda4 + q], w, acc2); }
+            if (rows > 3u) { acc3 = fma(a[xs + 3u * lda4 + q], w, acc3); }
+        }
+        k = k4 * 4u;
+    }
+    for (; k < p.k; k += 4u) {
+        let valid = min(4u, p.k - k);
+        let w = gemv_b4(bbase, n, k, valid);
+        acc0 = fma(gemv_a4(abase, m0, k, valid), w, acc0);
+        if (rows > 1u) { acc1 = fma(gemv_a4(abase, m0 + 1u, k, valid), w, acc1); }
+        if (rows > 2u) { acc2 = fma(gemv_a4(abase, m0 + 2u, k, valid), w, acc2); }
+        if (rows > 3u) { acc3 = fma(gemv_a4(abase, m0 + 3u, k, valid), w, acc3); }
+    }
+    let ones = vec4<f32>(1.0);
+    store(cbase + m0 * p.ldc + n, dot(acc0, ones));
+    if (rows > 1u) { store(cbase + (m0 + 1u) * p.ldc + n, dot(acc1, ones)); }
+    if (rows > 2u) { store(cbase + (m0 + 2u) * p.ldc + n, dot(acc2, ones)); }
+    if (rows > 3u) { store(cbase + (m0 + 3u) * p.ldc + n, dot(acc3, ones)); }
 }

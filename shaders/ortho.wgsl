@@ -4,6 +4,9 @@
 //                  dependent on the earlier ones (to working precision): it is marked dead
 //                  (flags[j] = 1) and its row and column of L become e_j, so the other columns
 //                  factor as if it were absent. A NaN pivot is not "dead": it propagates.
+//                  With shift > 0 the diagonal first grows by shift × trace(G) (shifted
+//                  Cholesky QR: the factorisation cannot break down however ill-conditioned
+//                  the columns, and the Q it gives is conditioned well enough for plain passes).
 //   tri_inverse    L⁻¹ by forward substitution, one thread per column; the diagonal of a dead
 //                  column is set to 0, so Q = Y L⁻ᵀ gets a zero column there.
 //   fill_dead      Writes hash-random values into the dead columns of Q (m×n), so the next pass
@@ -14,7 +17,7 @@
 
 struct Meta {
     n: u32, m: u32, k: u32, seed: u32,
-    tol: f32, ld: u32, base: u32, _pad1: u32,
+    tol: f32, ld: u32, base: u32, shift: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -31,11 +34,24 @@ struct Meta {
 
 const WG: u32 = 256u;
 
+var<workgroup> partial: array<f32, 256>;
+
 @compute @workgroup_size(256, 1, 1)
 fn cholesky(@builtin(local_invocation_index) t: u32) {
     let n = p.n;
+    var tr = 0.0;
+    for (var i = t; i < n; i += WG) { tr += gram[i * n + i]; }
+    partial[t] = tr;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (t < s) { partial[t] += partial[t + s]; }
+        workgroupBarrier();
+    }
+    let add = p.shift * partial[0];
     for (var i = t; i < n; i += WG) {
-        aux[i] = gram[i * n + i];
+        let d = gram[i * n + i] + add;
+        gram[i * n + i] = d;
+        aux[i] = d;
         aux[n + i] = 0.0;
     }
     storageBarrier();

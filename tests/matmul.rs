@@ -111,12 +111,13 @@ fn tile16_matches_oracle_all_transposes() {
 }
 
 #[test]
-fn dot_matches_oracle_all_transposes() {
+fn dot_and_gemv_match_oracle_all_transposes() {
     for_each_gpu(|gpu| {
         for (i, &c) in CASES.iter().enumerate() {
             for ta in [false, true] {
                 for tb in [false, true] {
                     check(gpu, c, ta, tb, Kernel::Dot, 1.0, 0.0, 400 + i as u64)?;
+                    check(gpu, c, ta, tb, Kernel::Gemv, 1.0, 0.0, 600 + i as u64)?;
                 }
             }
         }
@@ -130,7 +131,7 @@ fn dot_matches_oracle_all_transposes() {
 #[test]
 fn alpha_beta_accumulate_into_c() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot] {
+        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv] {
             for (i, &c) in CASES.iter().enumerate() {
                 check(gpu, c, i % 2 == 0, i % 3 == 0, kernel, -1.5, 0.5, 200 + i as u64)?;
             }
@@ -142,7 +143,7 @@ fn alpha_beta_accumulate_into_c() {
 #[test]
 fn shared_operand_broadcasts_over_the_batch() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16] {
+        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Gemv] {
             let a_only = Case { a_batched: true, b_batched: false, ..case(4, 33, 29, 70) };
             let b_only = Case { a_batched: false, b_batched: true, ..case(3, 40, 52, 16) };
             check(gpu, a_only, false, true, kernel, 1.0, 0.0, 300)?;

@@ -88,7 +88,9 @@ fn idx(flags: &[bool]) -> Vec<usize> {
 #[test]
 fn orthonormalize_keeps_the_span_and_full_rank() {
     for_each_gpu(|gpu| {
-        for (m, n, case) in [(1, 1, "plain"), (7, 7, "plain"), (100, 37, "plain"), (1000, 129, "plain"), (300, 40, "graded"), (300, 40, "deficient"), (64, 20, "zero")] {
+        // Blocks wider than GPU_FACTOR_MAX take the host factorisation: 1000×576 and a graded
+        // 600×400 (the kernels' factors went wrong from 384 columns on llvmpipe).
+        for (m, n, case) in [(1, 1, "plain"), (7, 7, "plain"), (100, 37, "plain"), (1000, 129, "plain"), (300, 40, "graded"), (300, 40, "deficient"), (64, 20, "zero"), (1000, 576, "plain"), (600, 400, "graded")] {
             let mut r = rng(m as u64 * 31 + n as u64);
             let mut y = random_vec(&mut r, m * n);
             match case {
@@ -441,5 +443,43 @@ fn top_k_is_the_same_when_every_kernel_is_split() {
             return Err("split: the refilled block is not orthonormal".into());
         }
         Ok(())
+    });
+}
+
+#[test]
+fn a_block_as_wide_as_the_matrix_converges() {
+    // `revive bench svd --case 576x1536:512` (and :400) failed on llvmpipe with "the projected
+    // 576×576 matrix has a non-finite entry": the block (k + oversampling, capped at 576) was
+    // square, and Cholesky QR of a square f32 block lost directions. The benchmark's matrix,
+    // checked against the f64 SVD.
+    let (m, n) = (576, 1536);
+    let w = revive::bench::svd::matrix(m, n, (m * 31 + n) as u64);
+    let (_, rs, _) = reference::svd(&w, m, n);
+    for_each_gpu(|gpu| {
+        let tw = ok(gpu.upload(&w, &[m, n]))?;
+        for k in [400, 512] {
+            let got = ok(top_k(gpu, &tw, k, &SvdOptions::default()))?;
+            let worst = (0..k).map(|i| (got.sigma[i] - rs[i]).abs() / rs[i]).fold(0.0, f64::max);
+            if !(worst <= 1e-4) {
+                return Err(format!("k = {k}: σ off by {worst:e} (relative)"));
+            }
+            if orthogonality_error(&ok(gpu.download(&got.u))?, m, k) > 1e-5 || orthogonality_error(&ok(gpu.download(&got.v))?, n, k) > 1e-5 {
+                return Err(format!("k = {k}: U or V is not orthonormal"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn the_gpu_factorisation_refuses_blocks_it_cannot_do() {
+    for_each_gpu(|gpu| {
+        let n = revive::ops::ortho::GPU_FACTOR_MAX + 1;
+        let g = ok(gpu.upload(&vec![1.0; n * n], &[n, n]))?;
+        match cholesky(gpu, &g, 1e-3) {
+            Err(e) if e.to_string().contains("cholesky") => Ok(()),
+            Err(e) => Err(format!("the error does not name the op: {e}")),
+            Ok(_) => Err(format!("a {n}×{n} factorisation ran on the GPU")),
+        }
     });
 }

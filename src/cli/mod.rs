@@ -13,6 +13,7 @@ mod score;
 mod session;
 mod setup;
 mod spectrum;
+mod tune;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -81,6 +82,10 @@ enum Command {
     /// The singular spectrum of the MLP down-projections, and against the original model how
     /// far an edited model's moved: top-k subspace similarity, top σ, ‖W‖_F, ‖W − W0‖_F.
     Spectrum(spectrum::Args),
+    /// Measure which matmul kernel is fastest for each product shape of a model on this
+    /// adapter and keep the choices (the default kernel choice reads them; REVIVE_TUNE=0
+    /// ignores them).
+    Tune(tune::Args),
     /// Measure speed against a baseline run in the same process.
     Bench {
         #[command(subcommand)]
@@ -188,6 +193,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Apply { model, journal, upto, out, save, dtype } => session::apply(choice, &model, &journal, upto, &out, save, dtype),
         Command::Facts(args) => facts::run(choice, args),
         Command::Spectrum(args) => spectrum::run(choice, args),
+        Command::Tune(args) => tune::run(choice, args),
         Command::Bench { what } => bench::run(choice, what),
     }
 }

@@ -73,6 +73,10 @@ struct Shared {
     timer: Mutex<Option<(wgpu::QuerySet, wgpu::Buffer)>>,
     counters: Counters,
     profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
+    /// Shader modules keep naga's injected bounds checks and loop bounding (REVIVE_CHECKED=1).
+    checked: bool,
+    /// Kernel choices measured on this adapter (`revive tune`): key → choice.
+    choices: Mutex<Choices>,
     errors: Arc<Mutex<Vec<String>>>,
 }
 
@@ -211,6 +215,7 @@ impl Gpu {
         }))
         .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let choices = Mutex::new(Choices::load(&info));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             log::error!("wgpu: {e}");
@@ -249,6 +254,8 @@ impl Gpu {
                 timer: Mutex::default(),
                 counters: Counters::default(),
                 profile,
+                checked: checked_shaders(),
+                choices,
                 errors,
             }),
             split,
@@ -304,6 +311,21 @@ impl Gpu {
         }
     }
 
+    /// The measured choice for `key` on this adapter, if `revive tune` has made one.
+    pub fn choice(&self, key: &str) -> Option<String> {
+        self.shared.choices.lock().unwrap().table.get(key).cloned()
+    }
+
+    /// Records a measured choice (kept in memory; `save_choices` writes the table).
+    pub fn set_choice(&self, key: &str, value: &str) {
+        self.shared.choices.lock().unwrap().table.insert(key.to_string(), value.to_string());
+    }
+
+    /// Writes this adapter's choices to its file (atomically) and returns the path.
+    pub fn save_choices(&self) -> Result<std::path::PathBuf> {
+        self.shared.choices.lock().unwrap().save(&self.shared.info)
+    }
+
     pub fn split_limits(&self) -> SplitLimits {
         self.split
     }
@@ -353,10 +375,16 @@ impl Gpu {
             let _ = std::fs::write(format!("{dir}/{}.wgsl", shader.name), shader.source);
         }
         let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.shared.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-        });
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(shader.source.into()) };
+        let module = if self.shared.checked {
+            self.shared.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every kernel keeps its indices inside its bindings and its loops finite
+            // by construction (the host sizes each dispatch and binding from the same shapes
+            // it passes in the parameters); the kernel tests run in both modes in CI, and
+            // REVIVE_CHECKED=1 turns the checks back on when a kernel is in doubt.
+            unsafe { self.shared.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+        };
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: "*".into(), reason: e.to_string() });
         }
@@ -650,6 +678,67 @@ impl Timing {
     pub fn best(&self) -> Duration {
         self.gpu.unwrap_or(self.wall)
     }
+}
+
+/// Kernel choices measured on one adapter and driver, kept in
+/// `<cache>/tune/<adapter>-<hash of name, driver, backend>.json`. `REVIVE_TUNE=0` ignores the
+/// file (the fixed rules apply), so a run can be compared with and without tuning.
+#[derive(Default)]
+struct Choices {
+    table: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChoicesFile {
+    adapter: String,
+    driver: String,
+    backend: String,
+    choices: std::collections::BTreeMap<String, String>,
+}
+
+impl Choices {
+    fn path(info: &wgpu::AdapterInfo) -> std::path::PathBuf {
+        use sha2::Digest;
+        let id = format!("{}|{}|{}|{:?}|{:x}|{:x}", info.name, info.driver, info.driver_info, info.backend, info.vendor, info.device);
+        let hash: String = sha2::Sha256::digest(id.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let name: String = info.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+        crate::model::fetch::cache_dir().join("tune").join(format!("{name}-{hash}.json"))
+    }
+
+    fn load(info: &wgpu::AdapterInfo) -> Choices {
+        if std::env::var("REVIVE_TUNE").is_ok_and(|v| v == "0") {
+            return Choices::default();
+        }
+        let path = Self::path(info);
+        let Ok(text) = std::fs::read_to_string(&path) else { return Choices::default() };
+        match serde_json::from_str::<ChoicesFile>(&text) {
+            Ok(f) => Choices { table: f.choices },
+            Err(e) => {
+                // A damaged table only costs speed: say so and use the fixed rules.
+                log::warn!("ignoring the kernel choices in {}: {e}", path.display());
+                Choices::default()
+            }
+        }
+    }
+
+    fn save(&self, info: &wgpu::AdapterInfo) -> Result<std::path::PathBuf> {
+        let path = Self::path(info);
+        let file = ChoicesFile {
+            adapter: info.name.clone(),
+            driver: format!("{} {}", info.driver, info.driver_info),
+            backend: format!("{:?}", info.backend),
+            choices: self.table.clone(),
+        };
+        let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Gpu(format!("kernel choices: {e}")))?;
+        crate::store::write_durable(&path, text.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// `REVIVE_CHECKED=1`: build shader modules with wgpu's runtime checks (bounds checks, loop
+/// bounding). Off by default: they cost speed and every kernel is in bounds by construction.
+pub fn checked_shaders() -> bool {
+    std::env::var("REVIVE_CHECKED").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
 }
 
 fn backend_names(choice: BackendChoice) -> String {

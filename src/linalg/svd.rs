@@ -114,13 +114,13 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
         None => None,
     };
     let seed32 = |i: u64| (opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i) >> 16) as u32;
-    let mut z = orthonormalize(gpu, &random_block(gpu, n, p, opts.seed, keep.as_deref())?, seed32(0))?;
+    let mut z = block_basis(gpu, &random_block(gpu, n, p, opts.seed, keep.as_deref())?, seed32(0))?;
     let mut y = gemm(gpu, w, &z, None, Gemm::default())?;
     let mut last = f64::NAN;
     for it in 1..=opts.max_iters {
-        let q = orthonormalize(gpu, &y, seed32(2 * it as u64))?;
+        let q = block_basis(gpu, &y, seed32(2 * it as u64))?;
         let x = gemm(gpu, w, &q, None, Gemm { trans_a: true, ..Gemm::default() })?;
-        let zn = orthonormalize(gpu, &x, seed32(2 * it as u64 + 1))?;
+        let zn = block_basis(gpu, &x, seed32(2 * it as u64 + 1))?;
         let s = gemm(gpu, &x, &zn, None, Gemm { trans_a: true, ..Gemm::default() })?;
         let (u_small, sigma, v_small) = small_svd(&gpu.download(&s)?, p)?;
         let u = gemm(gpu, &q, &gpu.upload(&u_small, &[p, p])?, None, Gemm::default())?;
@@ -149,6 +149,21 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
         "svd: top-{k} of a {m}×{n} matrix did not converge in {} iterations (block {p}): residual {last:.2e} σ₁, tolerance {:.2e}; raise the iteration cap or the oversampling",
         opts.max_iters, opts.tol
     )))
+}
+
+/// An orthonormal basis of a space containing the block's columns. A square block (the block is
+/// as wide as the matrix is tall or wide: k near min(m, n)) spans the whole space, so the
+/// identity is such a basis, and Rayleigh–Ritz on it is exact; orthonormalising it instead
+/// would ask f32 Cholesky QR to resolve directions the square block barely reaches.
+fn block_basis(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
+    match *y.shape() {
+        [r, c] if r == c => {
+            let mut eye = vec![0f32; r * r];
+            (0..r).for_each(|i| eye[i * r + i] = 1.0);
+            gpu.upload(&eye, &[r, r])
+        }
+        _ => orthonormalize(gpu, y, seed),
+    }
 }
 
 /// SVD of the p×p Rayleigh quotient in f64: (Ũ, σ, Ṽ) as row-major f32 with columns sorted by

@@ -18,7 +18,12 @@ pub enum Kernel {
     Tile16,
     /// One output per workgroup, threads split K: for products of a few rows (decoding).
     Dot,
-    /// Dot when op(A) has at most `DOT_MAX_ROWS` rows, Rows32 up to `ROWS32_MAX_ROWS`, else Tuned.
+    /// One output column per thread, up to 4 rows per workgroup row, no barriers: the other
+    /// decode kernel (far faster than Dot where a workgroup runs as one CPU thread).
+    Gemv,
+    /// The kernel `revive tune` measured fastest for this shape class on this adapter; without
+    /// a measurement, Gemv up to `DOT_MAX_ROWS` rows of op(A), Rows32 up to
+    /// `ROWS32_MAX_ROWS`, else Tuned.
     Auto,
 }
 
@@ -27,21 +32,57 @@ pub const DOT_MAX_ROWS: usize = 4;
 /// Above this many rows the 128-row tile wastes little and reuses B four times as much.
 pub const ROWS32_MAX_ROWS: usize = 64;
 
+/// Every concrete kernel, for the autotune and the tests.
+pub const KERNELS: [Kernel; 5] = [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv];
+
+/// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
+/// the transposes and whether the product is batched.
+pub fn tune_key(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, batched: bool) -> String {
+    let p = |x: usize| x.max(1).next_power_of_two();
+    format!("matmul/{}{}{}/m{}/n{}/k{}", if trans_a { "t" } else { "n" }, if trans_b { "t" } else { "n" }, if batched { "b" } else { "" }, p(m), p(n), p(k))
+}
+
 impl Kernel {
-    fn resolve(self, m: usize) -> Kernel {
+    pub fn name(self) -> &'static str {
         match self {
-            Kernel::Auto if m <= DOT_MAX_ROWS => Kernel::Dot,
-            Kernel::Auto if m <= ROWS32_MAX_ROWS => Kernel::Rows32,
-            Kernel::Auto => Kernel::Tuned,
-            k => k,
+            Kernel::Tuned => "tuned",
+            Kernel::Rows32 => "rows32",
+            Kernel::Tile16 => "tile16",
+            Kernel::Dot => "dot",
+            Kernel::Gemv => "gemv",
+            Kernel::Auto => "auto",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        KERNELS.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The fixed rule, where nothing was measured.
+    fn by_rule(m: usize) -> Kernel {
+        match m {
+            m if m <= DOT_MAX_ROWS => Kernel::Gemv,
+            m if m <= ROWS32_MAX_ROWS => Kernel::Rows32,
+            _ => Kernel::Tuned,
+        }
+    }
+
+    fn resolve_for(self, gpu: &Gpu, l: &Layout) -> Kernel {
+        if self != Kernel::Auto {
+            return self;
+        }
+        gpu.choice(&tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1))
+            .and_then(|c| Kernel::from_name(&c))
+            .unwrap_or_else(|| Kernel::by_rule(l.m))
+    }
+
     fn entry(self) -> &'static str {
         match self {
             Kernel::Tuned | Kernel::Auto => "matmul",
             Kernel::Rows32 => "matmul_rows32",
             Kernel::Tile16 => "matmul_tile16",
             Kernel::Dot => "matmul_dot",
+            Kernel::Gemv => "matmul_gemv",
         }
     }
     /// Output rows and columns per workgroup.
@@ -51,6 +92,7 @@ impl Kernel {
             Kernel::Rows32 => (32, 128),
             Kernel::Tile16 => (16, 16),
             Kernel::Dot => (1, 1),
+            Kernel::Gemv => (4, 64),
         }
     }
 }
@@ -263,7 +305,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
-    let kernel = g.kernel.resolve(l.m);
+    let kernel = g.kernel.resolve_for(gpu, l);
     let tile = kernel.tile();
     let max_elems = Tensor::max_binding_elems(gpu);
     let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
@@ -314,4 +356,88 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
         }
     }
     Ok(())
+}
+
+/// One product shape to tune: op(A) is m×k, op(B) k×n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Shape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// What the autotune measured for one shape class.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TuneRow {
+    pub key: String,
+    pub shape: Shape,
+    /// (kernel, median ms); a candidate dropped after its first run (over 3× the best so far)
+    /// shows that one run.
+    pub times: Vec<(String, f64)>,
+    pub best: String,
+    /// What the fixed rule would have used, and how much slower it is than the best.
+    pub rule: String,
+    pub rule_over_best: f64,
+}
+
+/// The kernels worth trying at m rows: the decode kernels only where few rows leave the tiles
+/// idle, the 128-row tile only where it can be filled.
+fn candidates(m: usize) -> Vec<Kernel> {
+    let mut v = vec![Kernel::Gemv, Kernel::Rows32, Kernel::Tile16];
+    if m <= 16 {
+        v.push(Kernel::Dot);
+    }
+    if m > 16 {
+        v.push(Kernel::Tuned);
+    }
+    v
+}
+
+/// Measures every candidate kernel on each shape (random operands; the median of `reps`
+/// timed runs after a warm-up) and records the fastest as this adapter's choice for the
+/// shape's class. Shapes of a class already measured in this call are skipped. The choices
+/// take effect at once; `Gpu::save_choices` keeps them for later runs.
+pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&TuneRow)) -> Result<Vec<TuneRow>> {
+    let mut rows: Vec<TuneRow> = vec![];
+    let mut r = crate::testing::rng(7);
+    for &s in shapes {
+        let key = tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, false);
+        if rows.iter().any(|row| row.key == key) {
+            continue;
+        }
+        let (ar, ac) = if s.trans_a { (s.k, s.m) } else { (s.m, s.k) };
+        let (br, bc) = if s.trans_b { (s.n, s.k) } else { (s.k, s.n) };
+        let a = gpu.upload(&crate::testing::random_vec(&mut r, ar * ac), &[ar, ac])?;
+        let b = gpu.upload(&crate::testing::random_vec(&mut r, br * bc), &[br, bc])?;
+        let c = gpu.empty(&[s.m, s.n])?;
+        let mut times = vec![];
+        let mut best: Option<(Kernel, f64)> = None;
+        for kernel in candidates(s.m) {
+            let g = Gemm { trans_a: s.trans_a, trans_b: s.trans_b, kernel, ..Gemm::default() };
+            gemm(gpu, &a, &b, Some(&c), g)?;
+            let mut runs = vec![];
+            for _ in 0..reps.max(1) {
+                runs.push(gpu.time(|| gemm(gpu, &a, &b, Some(&c), g).map(|_| ()))?.best().as_secs_f64() * 1e3);
+                if best.is_some_and(|(_, t)| runs[0] > 3.0 * t) {
+                    break;
+                }
+            }
+            runs.sort_by(f64::total_cmp);
+            let ms = runs[runs.len() / 2];
+            times.push((kernel.name().to_string(), ms));
+            if best.is_none_or(|(_, t)| ms < t) {
+                best = Some((kernel, ms));
+            }
+        }
+        let (winner, best_ms) = best.expect("at least one candidate");
+        let rule = Kernel::by_rule(s.m);
+        let rule_ms = times.iter().find(|(n, _)| n == rule.name()).map(|t| t.1).unwrap_or(f64::NAN);
+        gpu.set_choice(&key, winner.name());
+        let row = TuneRow { key, shape: s, times, best: winner.name().into(), rule: rule.name().into(), rule_over_best: rule_ms / best_ms };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
 }
