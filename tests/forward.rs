@@ -119,3 +119,33 @@ fn bad_requests_are_errors() {
         Ok(())
     });
 }
+
+#[test]
+fn shaders_with_and_without_runtime_checks_agree_bit_for_bit() {
+    // Kernels run without wgpu's injected bounds checks unless REVIVE_CHECKED=1; they must be
+    // in bounds by construction, so both modes compute the same bits (a read past a binding
+    // would differ: clamped in one, not in the other). A batch of two prompts of different
+    // lengths and a cached decode step, on each adapter.
+    use revive::gpu::{BackendChoice, Gpu};
+    let w = random_weights(&Config::tiny_llama(), 21);
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let info = adapter.get_info();
+        let run = |checked: bool| -> Vec<f32> {
+            let gpu = Gpu::open_with_checks(adapter.clone(), checked).unwrap().with_poison(true);
+            assert_eq!(gpu.checked(), checked);
+            let gm = GpuModel::new(&gpu, &w).unwrap();
+            let batch = Batch::new(&[vec![3, 14, 15, 9, 26], vec![5, 35]]).unwrap();
+            let (all, _) = gm.forward(&batch, &Probes::default(), LogitRows::All, None).unwrap();
+            let mut out = gpu.download(&all).unwrap();
+            let mut cache = gm.new_cache(1, 8).unwrap();
+            gm.forward(&Batch::new(&[vec![3, 14, 15]]).unwrap(), &Probes::default(), LogitRows::Rows(vec![2]), Some(&mut cache)).unwrap();
+            let (step, _) = gm.forward(&Batch::new(&[vec![9]]).unwrap(), &Probes::default(), LogitRows::All, Some(&mut cache)).unwrap();
+            out.extend(gpu.download(&step).unwrap());
+            out
+        };
+        let (checked, unchecked) = (run(true), run(false));
+        assert!(checked.iter().all(|v| v.is_finite()), "{}: non-finite logits", info.name);
+        let differ = checked.iter().zip(&unchecked).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{} ({:?}): {differ} of {} logits differ between checked and unchecked shaders", info.name, info.backend, checked.len());
+    }
+}

@@ -28,6 +28,11 @@ step revive-50 280 $bin bench edit -m "$model" --both --revive 0.5 --track --tem
   --json "$out/revive-50.json" --plot "$out/revive-50.svg"
 # Issue 4.7: time per ROME edit at the full settings (11 contexts, 25 steps, C0 from 20k tokens).
 step rome-full 60 $bin bench edit -m "$model" --limit 5 --json "$out/rome-full-5.json"
+# Issue 11: the kernel choice measured on this GPU, then the forward pass with the fixed rule
+# and with the tuned choices (runtime counts per token in each log).
+step tune 150 $bin tune -m "$model" --json "$out/tune.json"
+step forward-rule 90 env REVIVE_TUNE=0 $bin bench forward -m "$model" --json "$out/forward-rule.json"
+step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
 # Issue 2's open comparison: the tuned matmul against cuBLAS SGEMM (TF32 off) in the same run.
 step matmul 25 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul.json"
 step torch-matmul 25 python3 benches/baselines/torch_matmul.py --size 1024 --size 4096 --json "$out/torch-matmul.json"

@@ -198,6 +198,12 @@ impl Gpu {
     }
 
     pub fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
+        Self::open_with_checks(adapter, checked_shaders())
+    }
+
+    /// Opens the adapter with shader runtime checks on or off (`open` follows REVIVE_CHECKED):
+    /// tests compare the two modes.
+    pub fn open_with_checks(adapter: wgpu::Adapter, checked: bool) -> Result<Gpu> {
         let info = adapter.get_info();
         // wgpu's default limits are far below real hardware (e.g. 128 MiB bindings);
         // ask for what the adapter has.
@@ -254,7 +260,7 @@ impl Gpu {
                 timer: Mutex::default(),
                 counters: Counters::default(),
                 profile,
-                checked: checked_shaders(),
+                checked,
                 choices,
                 errors,
             }),
@@ -274,6 +280,10 @@ impl Gpu {
     }
     pub fn limits(&self) -> &wgpu::Limits {
         &self.shared.limits
+    }
+    /// Whether shader modules keep wgpu's runtime checks (see `checked_shaders`).
+    pub fn checked(&self) -> bool {
+        self.shared.checked
     }
     pub fn has_timestamps(&self) -> bool {
         self.shared.timestamps

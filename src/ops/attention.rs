@@ -88,7 +88,11 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
                 let q_start = ((bi * t + t0) * hq + h0) * d;
                 let q_len = (tn - 1) * hq * d + hn * d;
                 let kv_start = (bi * hkv + kv0) * s * d;
-                let kv_len = (kv1 - kv0) * s * d + (pos0 + t0 + tn) * d;
+                // Whole kv blocks where they fit one binding: the range then does not move as
+                // decoding advances, so each step reuses the last step's bind group.
+                let tight = (kv1 - kv0) * s * d + (pos0 + t0 + tn) * d;
+                let whole = (kv1 - kv0 + 1) * s * d;
+                let kv_len = if whole <= max_elems { whole } else { tight };
                 let (qb, q_off) = q.bind(gpu, q_start, q_len)?;
                 let (kb, k_off) = k_cache.bind(gpu, kv_start, kv_len)?;
                 let (vb, v_off) = v_cache.bind(gpu, kv_start, kv_len)?;
