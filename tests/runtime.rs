@@ -155,44 +155,49 @@ fn every_entry_point_follows_the_binding_convention() {
 #[test]
 fn steady_state_creates_nothing_and_shares_passes() {
     // The same chain twice: the second run reuses every buffer and bind group, records all
-    // its dispatches into few passes, and gives the same bits. (Poisoning writes every new
-    // tensor from the host, which ends the pass, so it is off here.)
-    for_each_gpu(|gpu| {
-        let gpu = &gpu.with_poison(false);
-        if !gpu.pool().reuse() {
-            return Ok(());
-        }
-        let mut r = rng(11);
-        let x = random_vec(&mut r, 3 * 577);
-        let w = random_vec(&mut r, 577);
-        let chain = |gpu: &Gpu| -> revive::Result<Vec<f32>> {
-            let mut t = gpu.upload(&x, &[3, 577])?;
-            let wt = gpu.upload(&w, &[577])?;
-            for _ in 0..100 {
-                let n = revive::ops::norm::rms_norm(gpu, &t, &wt, 1e-5)?;
-                t = elementwise::add(gpu, &n, &t)?;
-                t = elementwise::scale(gpu, &t, 0.5)?;
+    // its dispatches into few passes, and gives the same bits. Each adapter gets a device of
+    // its own: the counters are per device, and the other tests of this binary run alongside
+    // on the shared ones. (Poisoning writes every new tensor from the host, which ends the
+    // pass, so it is off here.)
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let gpu = &Gpu::open(adapter).unwrap().with_poison(false);
+        gpu.pool().set_reuse(true);
+        let check = || -> Result<(), String> {
+            let mut r = rng(11);
+            let x = random_vec(&mut r, 3 * 577);
+            let w = random_vec(&mut r, 577);
+            let chain = |gpu: &Gpu| -> revive::Result<Vec<f32>> {
+                let mut t = gpu.upload(&x, &[3, 577])?;
+                let wt = gpu.upload(&w, &[577])?;
+                for _ in 0..100 {
+                    let n = revive::ops::norm::rms_norm(gpu, &t, &wt, 1e-5)?;
+                    t = elementwise::add(gpu, &n, &t)?;
+                    t = elementwise::scale(gpu, &t, 0.5)?;
+                }
+                gpu.download(&t)
+            };
+            let first = ok(chain(gpu))?;
+            let before = gpu.runtime_stats();
+            let second = ok(chain(gpu))?;
+            let d = gpu.runtime_stats() - before;
+            if first.iter().zip(&second).any(|(a, b)| a.to_bits() != b.to_bits()) || first.iter().any(|v| !v.is_finite()) {
+                return Err("the repeated chain gave other or non-finite values".into());
             }
-            gpu.download(&t)
+            if d.dispatches < 300 {
+                return Err(format!("expected ≥ 300 dispatches, counted {}", d.dispatches));
+            }
+            if d.buffers != 0 || d.bind_groups != 0 {
+                return Err(format!("steady state created {} buffers and {} bind groups", d.buffers, d.bind_groups));
+            }
+            if d.passes * 16 > d.dispatches {
+                return Err(format!("{} dispatches in {} passes", d.dispatches, d.passes));
+            }
+            Ok(())
         };
-        let first = ok(chain(gpu))?;
-        let before = gpu.runtime_stats();
-        let second = ok(chain(gpu))?;
-        let d = gpu.runtime_stats() - before;
-        if first.iter().zip(&second).any(|(a, b)| a.to_bits() != b.to_bits()) || first.iter().any(|v| !v.is_finite()) {
-            return Err("the repeated chain gave other or non-finite values".into());
+        if let Err(e) = check() {
+            panic!("[{}] {e}", gpu.label());
         }
-        if d.dispatches < 300 {
-            return Err(format!("expected ≥ 300 dispatches, counted {}", d.dispatches));
-        }
-        if d.buffers != 0 || d.bind_groups != 0 {
-            return Err(format!("steady state created {} buffers and {} bind groups", d.buffers, d.bind_groups));
-        }
-        if d.passes * 16 > d.dispatches {
-            return Err(format!("{} dispatches in {} passes", d.dispatches, d.passes));
-        }
-        Ok(())
-    });
+    }
 }
 
 #[test]
