@@ -36,13 +36,16 @@ fn b_at(i: u32) -> f32 { return b[i >> 2u][i & 3u]; }
 
 // Elements i..i+3 of A, of which the first `valid` exist; the rest read as zero. Aligned
 // kernels (ALIGNED: every leading dimension and offset a multiple of 4) load one vec4.
+// With ALIGNED, i is a multiple of 4, so the vec4 holding it lies inside the binding (bindings
+// cover whole 16-byte blocks): one load, the missing tail masked to zero by `first`.
+fn first(v: vec4<f32>, valid: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid));
+}
+
 fn a4(i: u32, valid: u32) -> vec4<f32> {
     if (ALIGNED) {
-        // i is a multiple of 4, so the vec4 holding it lies inside the binding (bindings
-        // cover whole 16-byte blocks): one load, the missing tail masked to zero.
         if (valid == 0u) { return vec4<f32>(0.0); }
-        let v = a[i >> 2u];
-        return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid));
+        return first(a[i >> 2u], valid);
     }
     var v = vec4<f32>(0.0);
     for (var t = 0u; t < 4u; t++) {
@@ -53,11 +56,8 @@ fn a4(i: u32, valid: u32) -> vec4<f32> {
 
 fn b4(i: u32, valid: u32) -> vec4<f32> {
     if (ALIGNED) {
-        // i is a multiple of 4, so the vec4 holding it lies inside the binding (bindings
-        // cover whole 16-byte blocks): one load, the missing tail masked to zero.
         if (valid == 0u) { return vec4<f32>(0.0); }
-        let v = b[i >> 2u];
-        return select(vec4<f32>(0.0), v, vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(valid));
+        return first(b[i >> 2u], valid);
     }
     var v = vec4<f32>(0.0);
     for (var t = 0u; t < 4u; t++) {

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use revive::cpu::ortho as reference;
 use revive::ops::matmul::{gemm, Gemm};
-use revive::ops::ortho::{cholesky, dead_tolerance, orthonormalize, tri_inverse};
+use revive::ops::ortho::{cholesky, cholesky_shifted, dead_tolerance, orthonormalize, tri_inverse};
 use revive::ops::project::complement;
 use revive::linalg::svd::{rank_for_energy, top_eigen, top_energy, top_k, SvdOptions};
 use revive::testing::{matrix_with_spectrum, random_orthonormal};
@@ -76,6 +76,35 @@ fn cholesky_and_triangular_inverse_match_the_reference() {
             let want_inv = reference::tri_inverse(&f64s(&got_l), n, &dead);
             let scale = want_inv.iter().fold(0f64, |a, b| a.max(b.abs()));
             compare(&format!("tri_inverse {n}"), &inv, &want_inv, Tolerance::new(1e-5 * scale, 1e-4, 1e-4))?;
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn the_shifted_cholesky_matches_the_reference_of_the_shifted_matrix() {
+    // The first pass of orthonormalize factorises YᵀY + s·trace·I; the kernel adds the shift
+    // itself (a reduction over the diagonal in one workgroup). Sizes below, at and above the
+    // workgroup's 256 threads; a rank-deficient block, where the shift is what keeps every
+    // column alive.
+    for_each_gpu(|gpu| {
+        for (m, n, shift) in [(1usize, 1usize, 1e-3f64), (40, 37, 7.5e-4), (300, 256, 1e-4), (320, 300, 2e-3), (30, 40, 1e-3)] {
+            let y = random_vec(&mut rng(3 * n as u64), m * n);
+            let mut g = gram(&y, m, n);
+            let tol = dead_tolerance(n);
+            let (l, aux) = ok(cholesky_shifted(gpu, &ok(gpu.upload(&f32s(&g), &[n, n]))?, tol, shift as f32))?;
+            let trace: f64 = (0..n).map(|i| g[i * n + i]).sum();
+            (0..n).for_each(|i| g[i * n + i] += shift * trace);
+            let (want_l, want_dead) = reference::cholesky(&g, n, tol as f64);
+            let flags = ok(gpu.download(&aux))?;
+            let dead: Vec<bool> = flags[n..].iter().map(|&f| f == 1.0).collect();
+            if dead != want_dead {
+                return Err(format!("{m}×{n} shift {shift}: dead columns {:?}, expected {:?}", idx(&dead), idx(&want_dead)));
+            }
+            if dead.iter().any(|&d| d) {
+                return Err(format!("{m}×{n} shift {shift}: the shifted matrix lost columns {:?}", idx(&dead)));
+            }
+            compare(&format!("shifted cholesky {m}×{n}"), &ok(gpu.download(&l))?, &want_l, Tolerance::new(2e-5, 1e-4, 5e-5))?;
         }
         Ok(())
     });

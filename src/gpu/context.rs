@@ -37,11 +37,13 @@ pub struct AdapterSummary {
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
-/// A compute pipeline with the storage signature its bind groups follow.
+/// A compute pipeline with the storage signature its bind groups follow and the layout they
+/// are built for (shared with every kernel of the same signature).
 #[derive(Clone)]
 pub struct Kernel {
     pipeline: Arc<wgpu::ComputePipeline>,
     signature: Signature,
+    layout: wgpu::BindGroupLayout,
 }
 
 impl Kernel {
@@ -227,12 +229,12 @@ impl Gpu {
             log::error!("wgpu: {e}");
             sink.lock().unwrap().push(e.to_string());
         }));
-        let reuse = std::env::var("REVIVE_NO_POOL").map(|v| v.is_empty() || v == "0").unwrap_or(true);
+        let reuse = !env_flag("REVIVE_NO_POOL");
         let split = SplitLimits {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             max_binding_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size),
         };
-        let poison = std::env::var("REVIVE_POISON").map(|v| !v.is_empty() && v != "0").unwrap_or(false);
+        let poison = env_flag("REVIVE_POISON");
         let params_align = (limits.min_uniform_buffer_offset_alignment as u64).max(16);
         let params = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kernel parameters"),
@@ -240,7 +242,7 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let profile = std::env::var("REVIVE_PROFILE").ok().filter(|v| !v.is_empty() && v != "0").map(|_| Mutex::default());
+        let profile = env_flag("REVIVE_PROFILE").then(Mutex::default);
         Ok(Gpu {
             shared: Arc::new(Shared {
                 device,
@@ -412,7 +414,7 @@ impl Gpu {
         }
         let module = self.module(shader)?;
         let signature = reflect(shader, entry)?;
-        let layout = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature).1.clone();
+        let (group_layout, layout) = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature).clone();
         let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self.shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
@@ -429,7 +431,7 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
-        let kernel = Kernel { pipeline: Arc::new(pipeline), signature };
+        let kernel = Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout };
         self.shared.pipelines.lock().unwrap().insert(key, kernel.clone());
         Ok(kernel)
     }
@@ -467,18 +469,15 @@ impl Gpu {
                 ),
             });
         }
-        let group = {
-            let layout = self.shared.layouts.lock().unwrap().get(&self.shared.device, &kernel.signature).0.clone();
-            self.shared.groups.lock().unwrap().get(
-                &self.shared.device,
-                &layout,
-                &kernel.signature,
-                &self.shared.params,
-                PARAMS_SIZE,
-                binds,
-                self.shared.pool.reuse(),
-            )
-        };
+        let group = self.shared.groups.lock().unwrap().get(
+            &self.shared.device,
+            &kernel.layout,
+            &kernel.signature,
+            &self.shared.params,
+            PARAMS_SIZE,
+            binds,
+            self.shared.pool.reuse(),
+        );
         let profile_start = self.shared.profile.as_ref().map(|_| Instant::now());
         let mut r = self.shared.recorder.lock().unwrap();
         if r.params.len() as u64 + PARAMS_SIZE > PARAMS_ARENA {
@@ -748,7 +747,12 @@ impl Choices {
 /// `REVIVE_CHECKED=1`: build shader modules with wgpu's runtime checks (bounds checks, loop
 /// bounding). Off by default: they cost speed and every kernel is in bounds by construction.
 pub fn checked_shaders() -> bool {
-    std::env::var("REVIVE_CHECKED").map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+    env_flag("REVIVE_CHECKED")
+}
+
+/// A debugging switch: set to anything but empty or "0".
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 fn backend_names(choice: BackendChoice) -> String {

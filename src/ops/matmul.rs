@@ -385,14 +385,8 @@ pub struct TuneRow {
 /// The kernels worth trying at m rows: the decode kernels only where few rows leave the tiles
 /// idle, the 128-row tile only where it can be filled.
 fn candidates(m: usize) -> Vec<Kernel> {
-    let mut v = vec![Kernel::Gemv, Kernel::Rows32, Kernel::Tile16];
-    if m <= 16 {
-        v.push(Kernel::Dot);
-    }
-    if m > 16 {
-        v.push(Kernel::Tuned);
-    }
-    v
+    let wide = if m <= 16 { Kernel::Dot } else { Kernel::Tuned };
+    vec![Kernel::Gemv, Kernel::Rows32, Kernel::Tile16, wide]
 }
 
 /// Measures every candidate kernel on each shape (random operands; the median of `reps`
