@@ -30,6 +30,23 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Reads a UTF-8 text file, gunzipping it first when it starts with gzip's magic bytes (so
+/// `edits.json.gz` and `edits.json` both load, whatever the name says).
+pub fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = vec![];
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| err(path, format!("not a valid gzip file: {e}")))?;
+        out
+    } else {
+        bytes
+    };
+    String::from_utf8(bytes).map_err(|e| err(path, format!("not UTF-8 text: {e}")))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }

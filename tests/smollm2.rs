@@ -49,14 +49,20 @@ fn gpu_logits_match_the_f64_oracle() {
 #[test]
 fn it_knows_its_facts() {
     let Some(m) = real() else { return };
-    let facts = [("The capital of France is", " Paris"), ("The mother tongue of Danielle Darrieux is", " French")];
+    // Two hand-checked facts, then a spread of the experiment's retention set
+    // (assets/facts/geo/known.json, selected with an independent NumPy forward).
+    let geo = revive::eval::retention::load_facts(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/facts/geo/known.json"))).unwrap();
+    assert!(geo.len() >= 500, "the retention set has {} facts", geo.len());
+    let mut facts: Vec<(&str, &str)> = vec![("The capital of France is", " Paris"), ("The mother tongue of Danielle Darrieux is", " French")];
+    facts.extend(revive::eval::experiment::spread(geo.len(), 6).into_iter().map(|i| (geo[i].prompt.as_str(), geo[i].answer.as_str())));
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &m.weights))?;
         let seqs: Vec<Vec<u32>> = facts.iter().map(|(p, _)| m.tok.encode(p).unwrap()).collect();
         let last = ok(gm.last_logits(&seqs))?;
         for ((prompt, answer), logits) in facts.iter().zip(&last) {
             let got = ok(m.tok.decode(&[argmax(logits)]))?;
-            if got != *answer {
+            let first = ok(m.tok.decode(&m.tok.encode(answer).unwrap()[..1]))?;
+            if got != first {
                 return Err(format!("{prompt:?} -> {got:?}, expected {answer:?}"));
             }
         }

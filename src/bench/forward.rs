@@ -16,12 +16,15 @@ pub struct ForwardReport {
     /// (tokens, tokens/s) of a single-sequence prefill.
     pub prefill: Vec<(usize, f64)>,
     pub decode_tokens_per_s: f64,
+    pub decode_tokens: usize,
     /// What the runtime did for one decoded token (the mean over the decode steps, rounded
     /// down) and for one prefill of the first length.
     pub decode_runtime: RuntimeStats,
     pub prefill_runtime: RuntimeStats,
     /// With `REVIVE_PROFILE=1`: (entry point, dispatches, ms) over the decode steps.
     pub decode_profile: Vec<(String, u64, f64)>,
+    /// The same for one prefill of the first length.
+    pub prefill_profile: Vec<(String, u64, f64)>,
     /// The f64 oracle's prefill rate and the length it was measured on.
     pub cpu_tokens: usize,
     pub cpu_tokens_per_s: f64,
@@ -40,14 +43,17 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
     let mut prefill_runtime = RuntimeStats::default();
+    let mut prefill_profile = vec![];
     for (i, &n) in prefill.iter().enumerate() {
         let batch = Batch::new(&[tokens(n, v, n as u64)])?;
         let mut times = vec![];
         for rep in 0..reps {
             let before = gpu.runtime_stats();
+            gpu.reset_profile();
             let t = gpu.time(|| model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![n - 1]), None).map(|_| ()))?;
             if i == 0 && rep + 1 == reps {
                 prefill_runtime = gpu.runtime_stats() - before;
+                prefill_profile = profile_ms(gpu);
             }
             times.push(t.best());
             bar.inc(1);
@@ -72,7 +78,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         buffers: per(total.buffers),
         bind_groups: per(total.bind_groups),
     };
-    let decode_profile = gpu.profile().into_iter().map(|(e, n, t)| (e.to_string(), n, t.as_secs_f64() * 1e3)).collect();
+    let decode_profile = profile_ms(gpu);
     bar.inc(1);
     let cpu = CpuModel::new(weights);
     let seq = tokens(cpu_tokens, v, 3);
@@ -83,13 +89,19 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     Ok(ForwardReport {
         prefill: rates,
         decode_tokens_per_s: decode as f64 / decode_time.as_secs_f64(),
+        decode_tokens: decode,
         decode_runtime,
         prefill_runtime,
         decode_profile,
+        prefill_profile,
         cpu_tokens,
         cpu_tokens_per_s: cpu_tokens as f64 / cpu_time.as_secs_f64(),
         timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
     })
+}
+
+fn profile_ms(gpu: &crate::gpu::Gpu) -> Vec<(String, u64, f64)> {
+    gpu.profile().into_iter().map(|(e, n, t)| (e.to_string(), n, t.as_secs_f64() * 1e3)).collect()
 }
 
 pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
@@ -105,11 +117,17 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         s += &row(format!("prefill of {n} tokens"), &r.prefill_runtime);
     }
     s += &row("one decoded token".into(), &r.decode_runtime);
-    if !r.decode_profile.is_empty() {
-        s += "\n| kernel (REVIVE_PROFILE, decode) | dispatches | ms |\n|---|---:|---:|\n";
-        for (e, n, ms) in &r.decode_profile {
-            s += &format!("| {e} | {n} | {ms:.1} |\n");
+    let profile = |s: &mut String, what: String, p: &[(String, u64, f64)]| {
+        if !p.is_empty() {
+            *s += &format!("\n| kernel (REVIVE_PROFILE, {what}) | dispatches | ms |\n|---|---:|---:|\n");
+            for (e, n, ms) in p {
+                *s += &format!("| {e} | {n} | {ms:.1} |\n");
+            }
         }
+    };
+    if let Some((n, _)) = r.prefill.first() {
+        profile(&mut s, format!("prefill of {n} tokens"), &r.prefill_profile);
     }
+    profile(&mut s, format!("{} decoded tokens", r.decode_tokens), &r.decode_profile);
     s
 }

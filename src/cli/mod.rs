@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod edit;
+mod experiment;
 mod export;
 mod facts;
 mod generate;
@@ -86,6 +87,8 @@ enum Command {
     /// adapter and keep the choices (the default kernel choice reads them; REVIVE_TUNE=0
     /// ignores them).
     Tune(tune::Args),
+    /// The collapse curves: methods with and without REVIVE over many edits, measured at checkpoints
+    Experiment(Box<experiment::Args>),
     /// Measure speed against a baseline run in the same process.
     Bench {
         #[command(subcommand)]
@@ -194,6 +197,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Facts(args) => facts::run(choice, args),
         Command::Spectrum(args) => spectrum::run(choice, args),
         Command::Tune(args) => tune::run(choice, args),
+        Command::Experiment(args) => experiment::run(choice, *args),
         Command::Bench { what } => bench::run(choice, what),
     }
 }

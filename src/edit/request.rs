@@ -8,7 +8,8 @@
 //!
 //! The original CounterFact layout (`requested_rewrite: {prompt, subject, target_new: {str},
 //! target_true: {str}}` beside the prompt lists) reads too. Targets are continuations, so a
-//! target without a leading space gets one, as ROME and EasyEdit do when they tokenize.
+//! target without a leading space gets one, as ROME and EasyEdit do when they tokenize. zsRE
+//! records (`subject`, `src`, `alt`, `answers`, `rephrase`) read as well.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -72,9 +73,37 @@ fn string(v: &Value, file: &str, index: usize, field: &str) -> Result<Option<Str
     }
 }
 
+/// A zsRE record (MEND's layout, as ROME and EasyEdit read it): the question `src` holds the
+/// subject, `alt` is the new answer, `answers[0]` the true one, `rephrase` a paraphrase. Its
+/// locality question (`loc`, `loc_ans`) has an answer of its own, which CounterFact's
+/// neighbourhood score (true target against new target) cannot use; it is left out.
+fn parse_zsre(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
+    let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
+    let subject = need("subject")?;
+    let src = need("src")?;
+    if subject.trim().is_empty() || !src.contains(&subject) {
+        return Err(field_err(file, index, "src", format!("{src:?} does not contain the subject {subject:?}")));
+    }
+    let target_new = with_space(&need("alt")?);
+    let target_true = strings(v, file, index, "answers")?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
+    Ok(EditRequest {
+        case_id: v.get("case_id").and_then(Value::as_u64),
+        prompt: src.replacen(&subject, "{}", 1),
+        subject,
+        target_new,
+        target_true,
+        paraphrase_prompts: string(v, file, index, "rephrase")?.into_iter().collect(),
+        neighborhood_prompts: vec![],
+        generation_prompts: vec![],
+    })
+}
+
 fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
     if !v.is_object() {
         return Err(field_err(file, index, "(record)", "expected a JSON object"));
+    }
+    if v.get("src").is_some() && v.get("alt").is_some() {
+        return parse_zsre(v, file, index);
     }
     // CounterFact keeps the rewrite itself in "requested_rewrite".
     let rw = v.get("requested_rewrite").unwrap_or(v);
@@ -122,7 +151,7 @@ pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
 
 pub fn load_requests(path: &Path) -> Result<Vec<EditRequest>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+    let text = crate::store::read_text(path)?;
     parse_requests(&text, &file)
 }
 
@@ -145,6 +174,47 @@ mod tests {
         let c = &parse_requests(cf, "cf.json").unwrap()[0];
         assert_eq!((c.case_id, c.target_new.as_str(), c.paraphrase_prompts.len()), (Some(0), " English", 2));
         assert_eq!(c.subject, r.subject);
+    }
+
+    #[test]
+    fn reads_zsre_records() {
+        let z = r#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "pred": "Trinity College",
+            "rephrase": "What university did Watts Humphrey take part in?", "alt": "University of Michigan",
+            "answers": ["Illinois Institute of Technology"], "loc": "nq question: who played desmond doss father in hacksaw ridge",
+            "loc_ans": "Hugo Weaving", "cond": "Trinity College >> University of Michigan || What university did Watts Humphrey attend?"}]"#;
+        let r = &parse_requests(z, "zsre.json").unwrap()[0];
+        assert_eq!(r.full_prompt(), "What university did Watts Humphrey attend?");
+        assert_eq!(r.prompt, "What university did {} attend?");
+        assert_eq!((r.target_new.as_str(), r.target_true.as_deref()), (" University of Michigan", Some(" Illinois Institute of Technology")));
+        assert_eq!(r.paraphrase_prompts, vec!["What university did Watts Humphrey take part in?".to_string()]);
+        let bad = r#"[{"subject": "Nobody", "src": "What university did Watts Humphrey attend?", "alt": "X"}]"#;
+        let e = parse_requests(bad, "zsre.json").unwrap_err().to_string();
+        assert!(e.contains("zsre.json") && e.contains("record 0") && e.contains("'src'"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_geography_set_loads_and_has_the_counterfact_shape() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/facts/geo/edits.json.gz");
+        let records = load_requests(&path).unwrap();
+        assert!(records.len() >= 10_000, "{} records", records.len());
+        let mut subjects = std::collections::HashSet::new();
+        let mut relations = std::collections::HashSet::new();
+        for r in &records {
+            assert!(r.paraphrase_prompts.len() >= 2 && r.neighborhood_prompts.len() >= 5, "{r:?}");
+            assert!(r.paraphrase_prompts.iter().all(|p| p.contains(&r.subject)), "{r:?}");
+            assert!(r.neighborhood_prompts.iter().all(|p| !p.contains(&r.subject)), "{r:?}");
+            assert!(r.target_true.is_some() && !r.generation_prompts.is_empty());
+            relations.insert(r.prompt.clone());
+            assert!(subjects.insert((r.prompt.clone(), r.subject.clone())), "{} edited twice in one relation", r.subject);
+        }
+        assert!(relations.len() >= 5, "{relations:?}");
+        // A damaged gzip is refused with the file's name, not read as garbage.
+        let bytes = std::fs::read(&path).unwrap();
+        let bad = std::env::temp_dir().join(format!("revive-truncated-{}.json.gz", std::process::id()));
+        std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+        let e = load_requests(&bad).unwrap_err().to_string();
+        std::fs::remove_file(&bad).ok();
+        assert!(e.contains("revive-truncated") && e.contains("gzip"), "{e}");
     }
 
     #[test]

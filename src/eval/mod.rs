@@ -1,7 +1,10 @@
-//! Evaluation: CounterFact metrics of edits, retention of known facts, spectral diagnostics of
-//! edited weights, plots.
+//! Evaluation: CounterFact metrics of edits, retention of known facts, general ability
+//! (perplexity, agreement, fluency), spectral diagnostics of edited weights, the experiment's
+//! checkpoints, plots.
 
 pub mod counterfact;
+pub mod experiment;
+pub mod general;
 pub mod retention;
 pub mod plot;
 pub mod spectrum;

@@ -166,6 +166,54 @@ pub fn tracking(arms: &[EditBench], path: &Path) -> Result<()> {
     draw_panels(&panels, 2, path)
 }
 
+/// The experiment: every measure against the number of edits, one line per arm.
+pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> Result<()> {
+    use crate::eval::experiment::Checkpoint;
+    let mut arms: Vec<String> = rows.iter().map(|c| c.arm.clone()).collect();
+    arms.sort();
+    arms.dedup();
+    type Pick = fn(&Checkpoint) -> Option<f64>;
+    let panel = |title: &'static str, y_desc: &'static str, pick: Pick| Panel {
+        title,
+        x_desc: "edits",
+        y_desc,
+        log_y: false,
+        series: arms
+            .iter()
+            .map(|a| (a.clone(), rows.iter().filter(|c| &c.arm == a).filter_map(|c| pick(c).map(|v| (c.edits as f64, v))).collect(), false))
+            .collect(),
+    };
+    fn mean(c: &Checkpoint, f: fn(&crate::eval::experiment::MatrixState) -> f64) -> Option<f64> {
+        (!c.matrices.is_empty()).then(|| c.matrices.iter().map(f).sum::<f64>() / c.matrices.len() as f64)
+    }
+    let panels = [
+        panel("efficacy, edits since the last checkpoint", "share", |c| c.recent?.efficacy),
+        panel("efficacy, all edits so far", "share", |c| c.all?.efficacy),
+        panel("generalisation (paraphrases), all edits", "share", |c| c.all?.paraphrase),
+        panel("specificity (neighbourhood), all edits", "share", |c| c.all?.neighborhood),
+        panel("perplexity on held-out prose", "perplexity", |c| c.perplexity),
+        panel("known facts still answered", "share", |c| c.known_correct.map(|k| k as f64 / c.known_total.max(1) as f64)),
+        panel("KL from the unedited model", "nats", |c| c.agreement.map(|a| a.kl)),
+        panel("fluency (n-gram entropy)", "bits", |c| c.fluency),
+        panel("distance from the original, mean over layers", "‖W − W0‖_F", |c| mean(c, |m| m.drift)),
+        panel("top-k subspace similarity, mean over layers", "‖U0ᵀU‖²/k", |c| mean(c, |m| m.left_similarity)),
+    ];
+    draw_panels(&panels, 2, path)
+}
+
+/// A PNG copy of an SVG file (resvg; text in the system's fonts, none drawn if it has none).
+pub fn png_from_svg(svg: &Path, png: &Path) -> Result<()> {
+    let data = std::fs::read(svg).map_err(|e| plot_err(svg, e))?;
+    let mut opt = resvg::usvg::Options::default();
+    opt.fontdb_mut().load_system_fonts();
+    let tree = resvg::usvg::Tree::from_data(&data, &opt).map_err(|e| plot_err(svg, e))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or_else(|| plot_err(svg, "empty image"))?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(&tree, resvg::tiny_skia::Transform::identity(), &mut pixmap.as_mut());
+    pixmap.save_png(png).map_err(|e| plot_err(png, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +320,39 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(!svg.contains("subspace similarity"), "no similarity panel without an original");
+    }
+
+    #[test]
+    fn draws_the_experiment_curves_as_svg_and_png() {
+        use crate::eval::experiment::{CfScores, Checkpoint};
+        let ckpt = |arm: &str, edits: usize, eff: f64| Checkpoint {
+            arm: arm.into(),
+            edits,
+            batches: edits / 10,
+            edit_seconds: 0.0,
+            recent: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.8) }),
+            all: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.4), neighborhood: Some(0.7) }),
+            known_correct: Some(9),
+            known_total: 10,
+            perplexity: Some(30.0 + edits as f64),
+            agreement: None,
+            fluency: Some(5.0),
+            matrices: vec![],
+            measure_seconds: 0.0,
+        };
+        let rows = vec![ckpt("memit-none", 0, 0.1), ckpt("memit-none", 20, 0.9), ckpt("memit-0.5", 0, 0.1), ckpt("memit-0.5", 20, 0.7)];
+        let dir = std::env::temp_dir().join(format!("revive-curves-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (svg, png) = (dir.join("c.svg"), dir.join("c.png"));
+        experiment(&rows, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("memit-0.5") && text.contains("perplexity on held-out prose"), "curves lack series or panels");
+        png_from_svg(&svg, &png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        // Lines were drawn: the decoded image is not all white.
+        let img = resvg::tiny_skia::Pixmap::load_png(&png).unwrap();
+        assert!(img.pixels().iter().any(|p| p.red() < 200), "the PNG is blank");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -29,7 +29,7 @@ pub struct FactCheck {
 
 pub fn load_facts(path: &Path) -> Result<Vec<Fact>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Model { file: file.clone(), detail: format!("cannot read: {e}") })?;
+    let text = crate::store::read_text(path)?;
     let facts: Vec<Fact> = serde_json::from_str(&text).map_err(|e| Error::Model { file: file.clone(), detail: format!("expected a list of {{\"prompt\", \"answer\"}}: {e}") })?;
     for (i, f) in facts.iter().enumerate() {
         if f.prompt.trim().is_empty() || f.answer.trim().is_empty() {

@@ -1,0 +1,432 @@
+//! `revive experiment`: the collapse curves. Every arm (a method, with or without REVIVE at
+//! some τ) edits the same requests in the same order from the same original weights as a
+//! journaled session in its own directory, and at every checkpoint (each `--every` edits) the
+//! model is measured the same way (`revive::eval::experiment`). Arms run one after another,
+//! or one per process with `--arm` (for GNU parallel, a Slurm array, Ray: any scheduler), and
+//! `--merge` builds the table and plots from their directories. Re-running the command
+//! continues where it stopped (the journal and the checkpoints are durable).
+
+use super::session::{print_batch, with_session, NewSession};
+use super::HpArgs;
+use anyhow::{bail, ensure, Context, Result};
+use revive::edit::guard::{guard_dir, RankRule, SpectralGuard};
+use revive::edit::session::{RunOptions, Session};
+use revive::eval::experiment::{append_checkpoint, read_checkpoints, Checkpoint, Measures};
+use revive::eval::general::{next_token_logprobs, prose_set};
+use revive::gpu::BackendChoice;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    /// Methods, comma-separated: memit, alphaedit, rect, prune, rome.
+    #[arg(long, value_delimiter = ',', default_value = "memit,alphaedit")]
+    methods: Vec<String>,
+    /// REVIVE settings, comma-separated: none, or τ (energy fraction), e.g. none,0.5,0.8.
+    #[arg(long, value_delimiter = ',', default_value = "none,0.5")]
+    revive: Vec<String>,
+    /// CounterFact-layout edit requests (JSON, gzip or not).
+    #[arg(long, default_value = "assets/facts/geo/edits.json.gz")]
+    edits: PathBuf,
+    /// Only the first N requests.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// A checkpoint every N edits (a multiple of --batch); one at 0 and one at the end too.
+    #[arg(long, default_value_t = 500)]
+    every: usize,
+    /// The experiment's directory: one subdirectory per arm, the table and the plots.
+    #[arg(long, default_value = "runs/experiment")]
+    out: PathBuf,
+    /// Run only this arm, e.g. memit/0.5 or alphaedit/none (one process per arm).
+    #[arg(long)]
+    arm: Option<String>,
+    /// Build the table and plots from these experiment or arm directories and stop.
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    merge: Option<Vec<PathBuf>>,
+    /// Time one batch and one checkpoint of the first arm, estimate the whole run, and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Stop cleanly (after the batch or checkpoint under way) once this many minutes have
+    /// passed; running the same command again continues.
+    #[arg(long, value_name = "MINUTES")]
+    stop_after: Option<f64>,
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    #[command(flatten)]
+    hp: HpArgs,
+    /// Retention: facts the unedited model answers, checked at every checkpoint.
+    #[arg(long, default_value = "assets/facts/geo/known.json")]
+    known: PathBuf,
+    /// Check only the first N known facts.
+    #[arg(long)]
+    known_limit: Option<usize>,
+    /// Requests sampled (evenly) for the CounterFact scores of a checkpoint (0: all).
+    #[arg(long, default_value_t = 200)]
+    sample: usize,
+    /// Held-out prose for perplexity and agreement (default: the shipped Persuasion excerpt).
+    #[arg(long)]
+    prose: Option<PathBuf>,
+    /// Tokens of held-out prose whose perplexity is measured (0: none).
+    #[arg(long, default_value_t = 20480)]
+    ppl_tokens: usize,
+    /// Prompts (24 tokens of prose each) on which the next-token distribution is compared with
+    /// the unedited model's.
+    #[arg(long, default_value_t = 64)]
+    agreement_prompts: usize,
+    /// Generation prompts whose sampled continuations score fluency, and their length.
+    #[arg(long, default_value_t = 8)]
+    fluency_prompts: usize,
+    #[arg(long, default_value_t = 64)]
+    fluency_tokens: usize,
+    /// The rank rule (energy fraction) of the spectral diagnostics of every edited matrix.
+    #[arg(long, default_value_t = 0.5)]
+    spectral_tau: f64,
+    /// No spectral diagnostics (they take a top-k SVD per edited matrix per checkpoint).
+    #[arg(long)]
+    no_spectral: bool,
+    #[arg(long, default_value_t = revive::edit::update::DEFAULT_MAX_UPDATE_RATIO)]
+    max_update: f64,
+}
+
+/// What fixes an experiment's results; written once to OUT/experiment.json and checked on
+/// every later call, so arms and resumed runs never mix settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Plan {
+    model: String,
+    methods: Vec<String>,
+    revive: Vec<String>,
+    edits: String,
+    edits_sha256: String,
+    requests: usize,
+    batch: usize,
+    every: usize,
+    layers: Option<Vec<usize>>,
+    steps: Option<usize>,
+    templates: Option<usize>,
+    cov_tokens: Option<usize>,
+    hparams: Option<String>,
+    known_facts: usize,
+    sample: usize,
+    ppl_tokens: usize,
+    agreement_prompts: usize,
+    fluency_prompts: usize,
+    fluency_tokens: usize,
+    spectral_tau: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Arm {
+    name: String,
+    method: String,
+    revive: Option<f64>,
+}
+
+fn arms(methods: &[String], revive: &[String]) -> Result<Vec<Arm>> {
+    let mut out = vec![];
+    for m in methods {
+        ensure!(["memit", "alphaedit", "rect", "prune", "rome"].contains(&m.as_str()), "unknown method '{m}' in --methods");
+        for r in revive {
+            let tau = match r.as_str() {
+                "none" => None,
+                t => {
+                    let tau: f64 = t.parse().with_context(|| format!("--revive: '{t}' is neither 'none' nor a number"))?;
+                    ensure!(tau > 0.0 && tau <= 1.0, "--revive {tau}: τ is a fraction of the energy, in (0, 1]");
+                    Some(tau)
+                }
+            };
+            out.push(Arm { name: format!("{m}-{r}"), method: m.clone(), revive: tau });
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
+    if let Some(dirs) = &a.merge {
+        return merge(dirs, &a.out);
+    }
+    ensure!(a.batch > 0 && a.every > 0 && a.every % a.batch == 0, "--every {} must be a positive multiple of --batch {}", a.every, a.batch);
+    let arms = arms(&a.methods, &a.revive)?;
+    let selected: Vec<Arm> = match &a.arm {
+        Some(sel) => {
+            let name = sel.replace('/', "-");
+            let arm = arms.iter().find(|x| x.name == name).with_context(|| format!("--arm {sel}: not one of {}", arms.iter().map(|x| x.name.replace('-', "/")).collect::<Vec<_>>().join(", ")))?;
+            vec![arm.clone()]
+        }
+        None => arms.clone(),
+    };
+    let requests = revive::edit::request::load_requests(&a.edits)?;
+    let requests = requests[..a.limit.unwrap_or(requests.len()).min(requests.len())].to_vec();
+    ensure!(!requests.is_empty(), "{}: no edit requests to run", a.edits.display());
+    let known = load_known(&a)?;
+    let plan = Plan {
+        model: a.model.clone(),
+        methods: a.methods.clone(),
+        revive: a.revive.clone(),
+        edits: a.edits.display().to_string(),
+        edits_sha256: revive::store::sha256_hex(&serde_json::to_vec(&requests)?),
+        requests: requests.len(),
+        batch: a.batch,
+        every: a.every,
+        layers: a.layers.clone(),
+        steps: a.hp.steps,
+        templates: a.hp.templates,
+        cov_tokens: a.hp.cov_tokens,
+        hparams: a.hp.hparams.as_ref().map(|p| p.display().to_string()),
+        known_facts: known.len(),
+        sample: a.sample,
+        ppl_tokens: a.ppl_tokens,
+        agreement_prompts: a.agreement_prompts,
+        fluency_prompts: a.fluency_prompts,
+        fluency_tokens: a.fluency_tokens,
+        spectral_tau: (!a.no_spectral).then_some(a.spectral_tau),
+    };
+    if a.dry_run {
+        return dry_run(choice, &a, &plan, &arms, &selected[0], &requests, known);
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    check_plan(&a.out, &plan)?;
+    let started = Instant::now();
+    let deadline = a.stop_after.map(|m| started + std::time::Duration::from_secs_f64(m * 60.0));
+    let mut finished = true;
+    for arm in &selected {
+        println!("== arm {} ({} requests, batches of {}, a checkpoint every {} edits) ==", arm.name, requests.len(), a.batch, a.every);
+        finished &= run_arm(choice, &a, arm, &requests, known.clone(), deadline)?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    merge(&[a.out.clone()], &a.out)?;
+    if !finished || selected.len() < arms.len() && a.arm.is_none() {
+        println!("stopped before the end: run the same command again to continue");
+    }
+    Ok(())
+}
+
+fn load_known(a: &Args) -> Result<Vec<revive::eval::retention::Fact>> {
+    let mut known = revive::eval::retention::load_facts(&a.known)?;
+    known.truncate(a.known_limit.unwrap_or(known.len()));
+    Ok(known)
+}
+
+fn check_plan(out: &Path, plan: &Plan) -> Result<()> {
+    let path = out.join("experiment.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let old: Plan = serde_json::from_str(&text).with_context(|| format!("{}: not an experiment plan", path.display()))?;
+        if &old != plan {
+            bail!(
+                "{} holds an experiment with other settings:\n  there: {}\n  now:   {}\nuse another --out, or the same settings to continue it",
+                out.display(),
+                serde_json::to_string(&old)?,
+                serde_json::to_string(plan)?
+            );
+        }
+        return Ok(());
+    }
+    revive::store::write_durable(&path, serde_json::to_string_pretty(plan)?.as_bytes())?;
+    Ok(())
+}
+
+fn new_session(a: &Args, arm: &Arm, requests: &[revive::edit::request::EditRequest]) -> NewSession {
+    NewSession {
+        model: a.model.clone(),
+        method: arm.method.clone(),
+        hp: a.hp.clone(),
+        layers: a.layers.clone(),
+        requests: requests.to_vec(),
+        batch: a.batch,
+        revive: arm.revive.map(RankRule::Energy),
+        svd_tol: revive::linalg::svd::SvdOptions::default().tol,
+        max_update_ratio: a.max_update,
+    }
+}
+
+/// The unedited model's next-token log-probabilities on the agreement prompts, kept in the arm
+/// directory (the arm may resume after edits were made).
+fn reference_logprobs(dir: &Path, model: &str, base_now: bool, gm: &revive::model::forward::GpuModel, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    let path = dir.join("reference-logprobs.safetensors");
+    let key = revive::store::sha256_hex(&serde_json::to_vec(prompts)?);
+    let fields = [("format", "revive-reference-v1".to_string()), ("prompts_sha256", key)];
+    if let Ok(st) = revive::store::load(&path, &fields) {
+        let shape = st.shape("logprobs").context("reference file without logprobs")?;
+        let flat = st.tensor("logprobs", &shape)?;
+        return Ok(flat.chunks(shape[1]).map(<[f32]>::to_vec).collect());
+    }
+    let rows = if base_now {
+        next_token_logprobs(gm, prompts)?
+    } else {
+        // Resumed after edits: measure on a fresh copy of the base.
+        let m = revive::model::load::load(model)?;
+        let base = revive::model::forward::GpuModel::new(gm.gpu(), &m.weights)?;
+        next_token_logprobs(&base, prompts)?
+    };
+    let flat: Vec<f32> = rows.concat();
+    let f: Vec<(&str, String)> = fields.iter().map(|(k, v)| (*k, v.clone())).collect();
+    revive::store::save(&path, &f, &[("logprobs", vec![rows.len(), rows[0].len()], &flat)])?;
+    Ok(rows)
+}
+
+fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, known: Vec<revive::eval::retention::Fact>) -> Result<Measures> {
+    let prose = if a.ppl_tokens > 0 || a.agreement_prompts > 0 { Some(prose_set(tok, a.prose.as_deref(), a.ppl_tokens, 128, a.agreement_prompts, 24)?) } else { None };
+    let reference = match &prose {
+        Some(p) if !p.agreement.is_empty() => Some(reference_logprobs(dir, &session.config.model, session.batches_done() == 0, gm, &p.agreement)?),
+        _ => None,
+    };
+    let mut spectral = vec![];
+    if !a.no_spectral {
+        let base = revive::model::load::load(&session.config.model)?;
+        let opts = revive::linalg::svd::SvdOptions::default();
+        for name in session.matrices() {
+            let t = base.weights.tensors.get(&name).with_context(|| format!("the base model has no {name}"))?;
+            let w0 = gm.gpu().upload(&t.data, &t.shape)?;
+            let (g, _) = SpectralGuard::cached(gm.gpu(), &w0, &name, RankRule::Energy(a.spectral_tau), &opts, &guard_dir())?;
+            spectral.push((name, w0, Measures::basis_of(&g)));
+        }
+    }
+    Ok(Measures {
+        sample: a.sample,
+        known,
+        prose: prose.map(|mut p| {
+            if a.ppl_tokens == 0 {
+                p.perplexity.clear();
+            }
+            p
+        }),
+        reference,
+        ppl_batch: 8,
+        fluency_prompts: a.fluency_prompts,
+        fluency_tokens: a.fluency_tokens,
+        spectral,
+        svd: revive::linalg::svd::SvdOptions::default(),
+    })
+}
+
+fn print_checkpoint(c: &Checkpoint) {
+    let pct = |v: Option<f64>| v.map_or("–".into(), |x| format!("{:.0}%", 100.0 * x));
+    let all = c.all;
+    println!(
+        "checkpoint {} edits: efficacy {} (last {}), paraphrase {}, neighbourhood {}; known {}; perplexity {}; KL {}; fluency {}; {:.0} s to measure",
+        c.edits,
+        pct(all.and_then(|s| s.efficacy)),
+        pct(c.recent.and_then(|s| s.efficacy)),
+        pct(all.and_then(|s| s.paraphrase)),
+        pct(all.and_then(|s| s.neighborhood)),
+        c.known_correct.map_or("–".into(), |k| format!("{k}/{}", c.known_total)),
+        c.perplexity.map_or("–".into(), |p| format!("{p:.2}")),
+        c.agreement.map_or("–".into(), |x| format!("{:.4}", x.kl)),
+        c.fluency.map_or("–".into(), |f| format!("{f:.2}")),
+        c.measure_seconds
+    );
+}
+
+/// Runs (or continues) one arm; true when it reached the end.
+fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit::request::EditRequest], known: Vec<revive::eval::retention::Fact>, deadline: Option<Instant>) -> Result<bool> {
+    let dir = a.out.join(&arm.name);
+    let new = (!Session::config_path(&dir).exists()).then(|| new_session(a, arm, requests));
+    with_session(choice, &dir, new, None, |session, gm, tok, measure, _| {
+        let m = measures(a, &dir, session, gm, tok, known)?;
+        let per_ckpt = a.every / a.batch;
+        let total = session.batches_total();
+        let n = session.requests.len();
+        let mut done: std::collections::BTreeSet<usize> = read_checkpoints(&dir)?.iter().map(|c| c.edits).collect();
+        loop {
+            let b = session.batches_done();
+            let edits = (b * a.batch).min(n);
+            if (b % per_ckpt == 0 || b == total) && !done.contains(&edits) {
+                let recent_from = (b.saturating_sub(1) / per_ckpt) * per_ckpt * a.batch;
+                let seconds: f64 = session.journal.batches().map(|(_, h)| h.seconds).sum();
+                let c = m.checkpoint(gm, tok, &arm.name, &session.requests, edits, recent_from.min(edits), b, seconds)?;
+                append_checkpoint(&dir, &c)?;
+                print_checkpoint(&c);
+                done.insert(edits);
+            }
+            if b == total {
+                return Ok(true);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            let chunk = if deadline.is_some() { 1 } else { per_ckpt - b % per_ckpt };
+            session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: Some(chunk) }, |x| print_batch(x.header, x.after, x.seconds, total))?;
+        }
+    })
+}
+
+/// One batch and one checkpoint of `arm` in a scratch directory, timed, then the estimate.
+fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm, requests: &[revive::edit::request::EditRequest], known: Vec<revive::eval::retention::Fact>) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("revive-dry-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = &requests[..a.batch.min(requests.len())];
+    let t = Instant::now();
+    let (stats, batch_s, ckpt_s, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), None, |session, gm, tok, measure, stats| {
+        let m = measures(a, &dir, session, gm, tok, known)?;
+        let t0 = Instant::now();
+        session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: Some(1) }, |_| {})?;
+        let batch_s = t0.elapsed().as_secs_f64();
+        let c = m.checkpoint(gm, tok, &arm.name, &session.requests, first.len(), 0, 1, batch_s)?;
+        let bytes: usize = gm.to_weights()?.tensors.values().map(|t| t.data.len() * 4).sum();
+        Ok((stats, batch_s, c.measure_seconds, bytes))
+    })?;
+    let setup_s = t.elapsed().as_secs_f64() - batch_s - ckpt_s;
+    let _ = std::fs::remove_dir_all(&dir);
+    let batches = plan.requests.div_ceil(plan.batch);
+    let ckpts = plan.requests / plan.every + 1 + usize::from(plan.requests % plan.every != 0);
+    let per_arm = batches as f64 * batch_s + ckpts as f64 * ckpt_s;
+    println!("dry run of arm {} on 1 batch of {} (C0 and bases now cached):", arm.name, first.len());
+    println!("  setup {setup_s:.0} s (C0 {stats:.0} s), one batch {batch_s:.1} s, one checkpoint {ckpt_s:.1} s");
+    println!(
+        "  estimate: {batches} batches and {ckpts} checkpoints per arm ≈ {:.1} h per arm, {:.1} h for the {} arms (one after another)",
+        per_arm / 3600.0,
+        per_arm * arms.len() as f64 / 3600.0,
+        arms.len()
+    );
+    println!(
+        "  memory: the model {:.0} MB of f32 weights on the GPU, plus per batch its activations; each arm keeps its edited matrices' originals and bases (a few MB) and its journal ({} updates on disk)",
+        model_bytes as f64 / 1e6,
+        batches
+    );
+    Ok(())
+}
+
+/// Collects the checkpoints of every arm under `dirs` (experiment directories or arm
+/// directories) and writes results.csv, results.json, table.md and the plots into `out`.
+fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let mut rows: Vec<Checkpoint> = vec![];
+    for d in dirs {
+        let mut arm_dirs = vec![];
+        if revive::eval::experiment::checkpoints_path(d).exists() {
+            arm_dirs.push(d.clone());
+        } else {
+            let entries = std::fs::read_dir(d).with_context(|| format!("reading {}", d.display()))?;
+            for e in entries {
+                let p = e?.path();
+                if revive::eval::experiment::checkpoints_path(&p).exists() {
+                    arm_dirs.push(p);
+                }
+            }
+        }
+        arm_dirs.sort();
+        for ad in arm_dirs {
+            rows.extend(read_checkpoints(&ad)?);
+        }
+    }
+    ensure!(!rows.is_empty(), "no checkpoints under {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+    rows.sort_by(|x, y| x.arm.cmp(&y.arm).then(x.edits.cmp(&y.edits)));
+    rows.dedup_by(|x, y| x.arm == y.arm && x.edits == y.edits);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let write = |name: &str, text: String| std::fs::write(out.join(name), text).with_context(|| format!("writing {}", out.join(name).display()));
+    write("results.csv", revive::eval::experiment::csv(&rows))?;
+    write("results.json", serde_json::to_string_pretty(&rows)?)?;
+    let table = revive::eval::experiment::table(&rows);
+    write("table.md", table.clone())?;
+    let svg = out.join("curves.svg");
+    revive::eval::plot::experiment(&rows, &svg)?;
+    revive::eval::plot::png_from_svg(&svg, &out.join("curves.png"))?;
+    println!("\n{table}\nresults.csv, results.json, table.md, curves.svg and curves.png in {}", out.display());
+    Ok(())
+}

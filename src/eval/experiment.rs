@@ -1,0 +1,351 @@
+//! The experiment's checkpoints: what an arm (a method with or without REVIVE) looks like after
+//! N edits — CounterFact metrics on the last edits and on all edits so far, retention of known
+//! facts, perplexity on held-out prose, agreement with the unedited model, fluency and the
+//! spectral diagnostics of every edited matrix — and the table and plots built from the
+//! checkpoints of several arms.
+
+use crate::edit::guard::SpectralGuard;
+use crate::edit::request::EditRequest;
+use crate::error::{Error, Result};
+use crate::eval::counterfact::{fact_metrics, FactMetrics};
+use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
+use crate::eval::retention::{check_facts, Fact};
+use crate::eval::spectrum::diagnose;
+use crate::gpu::Tensor;
+use crate::linalg::subspace::Basis;
+use crate::linalg::svd::SvdOptions;
+use crate::model::forward::GpuModel;
+use crate::model::Tok;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// CounterFact's three scores over a set of edited requests, under EasyEdit's names too.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CfScores {
+    pub requests: usize,
+    /// Rewrite prompts preferring target_new (EasyEdit: rewrite accuracy).
+    pub efficacy: Option<f64>,
+    /// Paraphrases preferring target_new (EasyEdit: generalisation / rephrase).
+    pub paraphrase: Option<f64>,
+    /// Neighbourhood prompts still preferring target_true (EasyEdit: specificity / locality).
+    pub neighborhood: Option<f64>,
+}
+
+pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
+    let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    CfScores {
+        requests: per.len(),
+        efficacy: mean(per.iter().filter_map(|m| m.efficacy.map(|e| if e { 1.0 } else { 0.0 })).collect()),
+        paraphrase: mean(per.iter().filter_map(|m| m.paraphrase).collect()),
+        neighborhood: mean(per.iter().filter_map(|m| m.neighborhood).collect()),
+    }
+}
+
+/// One edited matrix at a checkpoint, against the original weight and its top-k subspaces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatrixState {
+    pub matrix: String,
+    pub k: usize,
+    /// ‖U⁰_kᵀ(W − W0)‖/‖W − W0‖ and ‖(W − W0)V⁰_k‖/‖W − W0‖: the accumulated update's share in
+    /// the original protected subspaces.
+    pub leak_left: f64,
+    pub leak_right: f64,
+    pub weight_norm: f64,
+    /// ‖W − W0‖_F.
+    pub drift: f64,
+    pub sigma1: f64,
+    pub sigma1_original: f64,
+    /// ‖U⁰_kᵀ U_k‖²_F / k (1: the top-k subspace is unchanged).
+    pub left_similarity: f64,
+    pub right_similarity: f64,
+}
+
+/// An arm after `edits` edits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub arm: String,
+    pub edits: usize,
+    pub batches: usize,
+    /// Seconds spent editing so far (the journal's batch times, metrics excluded).
+    pub edit_seconds: f64,
+    /// The edits since the previous checkpoint (a sample of them), and all edits so far (a sample).
+    pub recent: Option<CfScores>,
+    pub all: Option<CfScores>,
+    pub known_correct: Option<usize>,
+    pub known_total: usize,
+    pub perplexity: Option<f64>,
+    pub agreement: Option<Agreement>,
+    pub fluency: Option<f64>,
+    pub matrices: Vec<MatrixState>,
+    /// Seconds this checkpoint's measures took.
+    pub measure_seconds: f64,
+}
+
+/// What a checkpoint measures; built once per arm.
+pub struct Measures {
+    /// Requests sampled per CounterFact set (evenly spaced; 0: all).
+    pub sample: usize,
+    pub known: Vec<Fact>,
+    pub prose: Option<ProseSet>,
+    /// The unedited model's next-token log-probabilities after the agreement prompts.
+    pub reference: Option<Vec<Vec<f32>>>,
+    pub ppl_batch: usize,
+    pub fluency_prompts: usize,
+    pub fluency_tokens: usize,
+    /// Original weight and top-k basis of every edited matrix (spectral diagnostics), if on.
+    pub spectral: Vec<(String, Tensor, Basis)>,
+    pub svd: SvdOptions,
+}
+
+/// `n` indices spread evenly over 0..len (all of them when n is 0 or ≥ len).
+pub fn spread(len: usize, n: usize) -> Vec<usize> {
+    if n == 0 || n >= len {
+        return (0..len).collect();
+    }
+    (0..n).map(|i| i * len / n).collect()
+}
+
+impl Measures {
+    /// The basis of the guard in the form the diagnostics take.
+    pub fn basis_of(g: &SpectralGuard) -> Basis {
+        Basis { u: g.u.clone(), v: g.v.clone(), sigma: g.info.sigma.clone() }
+    }
+
+    /// Measures `model` after the first `edits` of `requests`; `recent_from`: where the edits
+    /// since the previous checkpoint start.
+    pub fn checkpoint(&self, model: &GpuModel, tok: &Tok, arm: &str, requests: &[EditRequest], edits: usize, recent_from: usize, batches: usize, edit_seconds: f64) -> Result<Checkpoint> {
+        let t = std::time::Instant::now();
+        let scores = |range: &[EditRequest]| -> Result<Option<CfScores>> {
+            if range.is_empty() {
+                return Ok(None);
+            }
+            let per: Vec<FactMetrics> = spread(range.len(), self.sample).into_iter().map(|i| fact_metrics(model, tok, &range[i])).collect::<Result<_>>()?;
+            Ok(Some(cf_scores(&per)))
+        };
+        let recent = scores(&requests[recent_from.min(edits)..edits])?;
+        let all = scores(&requests[..edits])?;
+        let known_correct = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?.iter().filter(|c| c.correct).count()) };
+        let (perplexity, agreement) = match (&self.prose, &self.reference) {
+            (Some(p), Some(r)) => (Some(perplexity(model, &p.perplexity, self.ppl_batch)?), Some(agreement(r, &next_token_logprobs(model, &p.agreement)?)?)),
+            (Some(p), None) => (Some(perplexity(model, &p.perplexity, self.ppl_batch)?), None),
+            _ => (None, None),
+        };
+        let prompts: Vec<String> = spread(edits.max(1).min(requests.len()), self.fluency_prompts)
+            .into_iter()
+            .take(self.fluency_prompts)
+            .filter_map(|i| requests[i].generation_prompts.first().cloned())
+            .collect();
+        let fluency = fluency(model, tok, &prompts, self.fluency_tokens)?;
+        let mut matrices = vec![];
+        for (name, w0, basis) in &self.spectral {
+            let d = diagnose(model.gpu(), name, model.tensor(name)?, w0, basis, &self.svd)?;
+            matrices.push(MatrixState {
+                matrix: name.clone(),
+                k: d.k,
+                leak_left: d.leak.left,
+                leak_right: d.leak.right,
+                weight_norm: d.weight_norm,
+                drift: d.drift,
+                sigma1: d.sigma.first().copied().unwrap_or(f64::NAN),
+                sigma1_original: d.sigma_original.first().copied().unwrap_or(f64::NAN),
+                left_similarity: d.left_similarity,
+                right_similarity: d.right_similarity,
+            });
+        }
+        Ok(Checkpoint {
+            arm: arm.to_string(),
+            edits,
+            batches,
+            edit_seconds,
+            recent,
+            all,
+            known_correct,
+            known_total: self.known.len(),
+            perplexity,
+            agreement,
+            fluency,
+            matrices,
+            measure_seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// The checkpoints file of an arm: one JSON object per line, appended durably.
+pub fn checkpoints_path(arm_dir: &Path) -> std::path::PathBuf {
+    arm_dir.join("checkpoints.jsonl")
+}
+
+pub fn read_checkpoints(arm_dir: &Path) -> Result<Vec<Checkpoint>> {
+    let path = checkpoints_path(arm_dir);
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::Model { file: path.display().to_string(), detail: format!("cannot read: {e}") })?;
+    let mut out = vec![];
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<Checkpoint>(line) {
+            Ok(c) => out.push(c),
+            // A last line cut by a crash mid-write is dropped (and measured again); anything
+            // else is damage worth stopping for.
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => return Err(Error::Model { file: path.display().to_string(), detail: format!("line {}: {e}", i + 1) }),
+        }
+    }
+    Ok(out)
+}
+
+/// Appends a checkpoint (rewriting the file through a temporary one, so a crash leaves either
+/// the old or the new file).
+pub fn append_checkpoint(arm_dir: &Path, c: &Checkpoint) -> Result<()> {
+    let mut all = read_checkpoints(arm_dir)?;
+    all.retain(|x| x.edits != c.edits);
+    all.push(c.clone());
+    all.sort_by_key(|x| x.edits);
+    let mut text = String::new();
+    for x in &all {
+        text += &serde_json::to_string(x).map_err(|e| Error::Edit(format!("checkpoint to JSON: {e}")))?;
+        text.push('\n');
+    }
+    crate::store::write_durable(&checkpoints_path(arm_dir), text.as_bytes())
+}
+
+/// One CSV row per checkpoint of every arm.
+pub fn csv(rows: &[Checkpoint]) -> String {
+    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity\n");
+    let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+    for c in rows {
+        let m = &c.matrices;
+        let agg = |pick: fn(&MatrixState) -> f64, max: bool| -> Option<f64> {
+            if m.is_empty() {
+                return None;
+            }
+            let v = m.iter().map(pick);
+            Some(if max { v.fold(f64::NEG_INFINITY, f64::max) } else { v.sum::<f64>() / m.len() as f64 })
+        };
+        let cols = [
+            c.arm.clone(),
+            c.edits.to_string(),
+            c.batches.to_string(),
+            format!("{:.1}", c.edit_seconds),
+            f(c.recent.and_then(|s| s.efficacy)),
+            f(c.recent.and_then(|s| s.paraphrase)),
+            f(c.recent.and_then(|s| s.neighborhood)),
+            f(c.all.and_then(|s| s.efficacy)),
+            f(c.all.and_then(|s| s.paraphrase)),
+            f(c.all.and_then(|s| s.neighborhood)),
+            c.known_correct.map_or(String::new(), |k| k.to_string()),
+            c.known_total.to_string(),
+            f(c.perplexity),
+            f(c.agreement.map(|a| a.kl)),
+            f(c.agreement.map(|a| a.top1)),
+            f(c.fluency),
+            f(agg(|x| x.leak_left.max(x.leak_right), true)),
+            f(agg(|x| x.drift, false)),
+            f(agg(|x| x.weight_norm, false)),
+            f(agg(|x| x.sigma1, false)),
+            f(agg(|x| x.left_similarity, false)),
+            f(agg(|x| x.right_similarity, false)),
+        ];
+        s += &cols.join(",");
+        s.push('\n');
+    }
+    s
+}
+
+/// The final checkpoint of each arm in the paper's layout (efficacy, generalisation and
+/// specificity over all edits, then fluency and general ability), as Markdown.
+pub fn table(rows: &[Checkpoint]) -> String {
+    let mut arms: Vec<&str> = rows.iter().map(|c| c.arm.as_str()).collect();
+    arms.dedup();
+    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | fluency | perplexity | KL from unedited | known facts kept | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
+    let num = |v: Option<f64>, d: usize| v.map_or("–".to_string(), |x| format!("{x:.d$}"));
+    let mut seen = std::collections::BTreeSet::new();
+    for arm in arms {
+        if !seen.insert(arm) {
+            continue;
+        }
+        let Some(last) = rows.iter().filter(|c| c.arm == arm).max_by_key(|c| c.edits) else { continue };
+        let all = last.all.or(last.recent);
+        let known = last.known_correct.map_or("–".to_string(), |k| format!("{k}/{}", last.known_total));
+        let leak = last.matrices.iter().map(|m| m.leak_left.max(m.leak_right)).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        s += &format!(
+            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {known} | {} |\n",
+            last.edits,
+            pct(all.and_then(|a| a.efficacy)),
+            pct(all.and_then(|a| a.paraphrase)),
+            pct(all.and_then(|a| a.neighborhood)),
+            num(last.fluency, 2),
+            num(last.perplexity, 2),
+            num(last.agreement.map(|a| a.kl), 4),
+            leak.map_or("–".to_string(), |x| format!("{x:.1e}")),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(arm: &str, edits: usize, eff: f64) -> Checkpoint {
+        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9) };
+        Checkpoint {
+            arm: arm.into(),
+            edits,
+            batches: edits / 10,
+            edit_seconds: 1.0,
+            recent: Some(s),
+            all: Some(s),
+            known_correct: Some(7),
+            known_total: 10,
+            perplexity: Some(20.0),
+            agreement: Some(Agreement { kl: 0.01, top1: 0.95 }),
+            fluency: Some(5.0),
+            matrices: vec![MatrixState { matrix: "m".into(), k: 3, leak_left: 1e-6, leak_right: 2e-6, weight_norm: 1.0, drift: 0.1, sigma1: 2.0, sigma1_original: 2.0, left_similarity: 1.0, right_similarity: 1.0 }],
+            measure_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn spread_picks_evenly_and_all_when_asked() {
+        assert_eq!(spread(10, 3), vec![0, 3, 6]);
+        assert_eq!(spread(4, 0), vec![0, 1, 2, 3]);
+        assert_eq!(spread(4, 9), vec![0, 1, 2, 3]);
+        assert!(spread(0, 5).is_empty());
+    }
+
+    #[test]
+    fn checkpoints_append_replace_and_survive_a_cut_last_line() {
+        let dir = std::env::temp_dir().join(format!("revive-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        append_checkpoint(&dir, &row("a", 20, 0.5)).unwrap();
+        append_checkpoint(&dir, &row("a", 10, 0.9)).unwrap();
+        append_checkpoint(&dir, &row("a", 20, 0.4)).unwrap();
+        let got = read_checkpoints(&dir).unwrap();
+        assert_eq!(got.iter().map(|c| (c.edits, c.recent.unwrap().efficacy)).collect::<Vec<_>>(), vec![(10, Some(0.9)), (20, Some(0.4))]);
+        // A crash in the middle of a line: the cut line is dropped, the rest read.
+        let path = checkpoints_path(&dir);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"arm\": \"a\", \"edi");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read_checkpoints(&dir).unwrap().len(), 2);
+        // Damage inside the file is an error naming it.
+        std::fs::write(&path, "garbage\n{}\n").unwrap();
+        let e = read_checkpoints(&dir).unwrap_err().to_string();
+        assert!(e.contains("checkpoints.jsonl") && e.contains("line 1"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn table_and_csv_show_each_arms_last_checkpoint() {
+        let rows = vec![row("memit-none", 10, 0.9), row("memit-none", 20, 0.6), row("memit-0.5", 20, 0.8)];
+        let t = table(&rows);
+        assert!(t.contains("| memit-none | 20 | 60.0 |") && t.contains("| memit-0.5 | 20 | 80.0 |"), "{t}");
+        assert_eq!(t.lines().count(), 4);
+        let c = csv(&rows);
+        assert_eq!(c.lines().count(), 4);
+        assert!(c.lines().nth(2).unwrap().starts_with("memit-none,20,2,1.0,0.600000,"), "{c}");
+    }
+}

@@ -1,0 +1,209 @@
+//! General ability, measured the same way at every checkpoint of an experiment: perplexity on
+//! held-out prose, agreement with the unedited model's next-token distributions, and fluency
+//! (CounterFact's weighted bi/tri-gram entropy of generated text).
+
+use crate::error::{Error, Result};
+use crate::model::forward::GpuModel;
+use crate::model::generate::{generate, log_softmax, score_many, Sampling};
+use crate::model::Tok;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The held-out prose shipped with the program (`assets/corpus/heldout/`): the opening of
+/// Austen's *Persuasion*, a text no edit and no C0 statistic ever reads.
+pub const PROSE: &str = include_str!("../../assets/corpus/heldout/persuasion.txt");
+
+/// Token windows of held-out prose: `perplexity` sequences first, then the `agreement` prompts
+/// from the text after them (so the two measures never share tokens).
+#[derive(Debug, Clone)]
+pub struct ProseSet {
+    pub perplexity: Vec<Vec<u32>>,
+    pub agreement: Vec<Vec<u32>>,
+}
+
+/// Tokenizes `text` (the shipped prose when None) and cuts it into `ppl_tokens` tokens of
+/// sequences of `seq_len`, then `n_prompts` prompts of `prompt_len` tokens.
+pub fn prose_set(tok: &Tok, text: Option<&Path>, ppl_tokens: usize, seq_len: usize, n_prompts: usize, prompt_len: usize) -> Result<ProseSet> {
+    let owned;
+    let (text, name) = match text {
+        Some(p) => {
+            owned = crate::store::read_text(p)?;
+            (owned.as_str(), p.display().to_string())
+        }
+        None => (PROSE, "assets/corpus/heldout/persuasion.txt".to_string()),
+    };
+    let mut ids = vec![];
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        ids.extend(tok.encode(&format!("{line}\n"))?);
+    }
+    let seq_len = seq_len.max(2);
+    let n_seqs = ppl_tokens.div_ceil(seq_len);
+    let need = n_seqs * seq_len + n_prompts * prompt_len;
+    if ids.len() < need {
+        return Err(Error::Model { file: name, detail: format!("{} tokens; {need} needed ({n_seqs} sequences of {seq_len} and {n_prompts} prompts of {prompt_len})", ids.len()) });
+    }
+    let (ppl, rest) = ids.split_at(n_seqs * seq_len);
+    Ok(ProseSet {
+        perplexity: ppl.chunks(seq_len).map(<[u32]>::to_vec).collect(),
+        agreement: rest.chunks(prompt_len).take(n_prompts).map(<[u32]>::to_vec).collect(),
+    })
+}
+
+/// exp of the mean NLL of every token after the first of each sequence; `per_call` sequences
+/// share a forward pass.
+pub fn perplexity(model: &GpuModel, seqs: &[Vec<u32>], per_call: usize) -> Result<f64> {
+    let (mut nll, mut n) = (0.0, 0usize);
+    for group in seqs.chunks(per_call.max(1)) {
+        let pairs: Vec<(Vec<u32>, Vec<u32>)> = group.iter().filter(|s| s.len() > 1).map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
+        for lp in score_many(model, &pairs)? {
+            nll -= lp.iter().sum::<f64>();
+            n += lp.len();
+        }
+    }
+    if n == 0 {
+        return Err(Error::shape("perplexity", "no tokens to score"));
+    }
+    let ppl = (nll / n as f64).exp();
+    if !ppl.is_finite() {
+        return Err(Error::Edit(format!("perplexity is not finite (mean NLL {})", nll / n as f64)));
+    }
+    Ok(ppl)
+}
+
+/// The next-token log-probabilities after each prompt.
+pub fn next_token_logprobs(model: &GpuModel, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    let logits = model.last_logits(prompts)?;
+    Ok(logits.iter().map(|row| log_softmax(row).into_iter().map(|x| x as f32).collect()).collect())
+}
+
+/// How far the model's next-token distributions moved from the unedited model's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Mean over prompts of KL(unedited ‖ now), in nats.
+    pub kl: f64,
+    /// Share of prompts whose most likely next token is the unedited model's.
+    pub top1: f64,
+}
+
+pub fn agreement(reference: &[Vec<f32>], now: &[Vec<f32>]) -> Result<Agreement> {
+    if reference.len() != now.len() || reference.is_empty() {
+        return Err(Error::shape("agreement", format!("{} reference rows against {}", reference.len(), now.len())));
+    }
+    let argmax = |r: &[f32]| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
+    let (mut kl, mut same) = (0.0, 0usize);
+    for (p, q) in reference.iter().zip(now) {
+        if p.len() != q.len() {
+            return Err(Error::shape("agreement", format!("rows of {} and {} entries", p.len(), q.len())));
+        }
+        kl += p.iter().zip(q).map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64)).sum::<f64>();
+        same += usize::from(argmax(p) == argmax(q));
+    }
+    let n = reference.len() as f64;
+    let a = Agreement { kl: kl / n, top1: same as f64 / n };
+    if !a.kl.is_finite() {
+        return Err(Error::Edit("the KL divergence from the unedited model is not finite".into()));
+    }
+    Ok(a)
+}
+
+/// Words and punctuation marks, as nltk's word_tokenize splits English closely enough for
+/// n-gram statistics: runs of alphanumerics (with inner apostrophes) and single other symbols.
+fn words(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    for ch in text.chars() {
+        if ch.is_alphanumeric() || (ch == '\'' && !cur.is_empty()) {
+            cur.push(ch);
+            continue;
+        }
+        if !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !ch.is_whitespace() {
+            out.push(ch.to_string());
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// CounterFact's fluency of one text (ROME's `n_gram_entropy`): the entropy in bits of its
+/// bigram and trigram frequencies, weighted 2/3 and 4/3, averaged. Repetitive text scores low.
+pub fn ngram_entropy(text: &str) -> f64 {
+    let w = words(&text.to_lowercase());
+    let mut total = 0.0;
+    for (n, weight) in [(2usize, 2.0 / 3.0), (3, 4.0 / 3.0)] {
+        let mut counts: HashMap<&[String], usize> = HashMap::new();
+        for g in w.windows(n) {
+            *counts.entry(g).or_default() += 1;
+        }
+        let sum: usize = counts.values().sum();
+        let h: f64 = counts.values().map(|&c| c as f64 / sum as f64).map(|p| -p * p.log2()).sum();
+        total += weight * h;
+    }
+    total / 2.0
+}
+
+/// Mean n-gram entropy of `tokens`-token generations after each prompt, sampled as ROME's
+/// evaluation samples (top-5), with a fixed seed per prompt so a checkpoint is reproducible.
+pub fn fluency(model: &GpuModel, tok: &Tok, prompts: &[String], tokens: usize) -> Result<Option<f64>> {
+    if prompts.is_empty() || tokens == 0 {
+        return Ok(None);
+    }
+    let mut sum = 0.0;
+    for (i, p) in prompts.iter().enumerate() {
+        let ids = tok.encode(p)?;
+        let out = generate(model, &ids, tokens, Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }, tok.eos(), |_| {})?;
+        sum += ngram_entropy(&format!("{p}{}", tok.decode(&out)?));
+    }
+    Ok(Some(sum / prompts.len() as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entropy_reference(tokens: &[&str], n: usize) -> f64 {
+        // Independent count: every n-gram as a joined string.
+        let mut seen: Vec<(String, usize)> = vec![];
+        for g in tokens.windows(n) {
+            let key = g.join("\u{1}");
+            match seen.iter_mut().find(|(k, _)| *k == key) {
+                Some(e) => e.1 += 1,
+                None => seen.push((key, 1)),
+            }
+        }
+        let total = (tokens.len() + 1 - n) as f64;
+        seen.iter().map(|(_, c)| *c as f64 / total).map(|p| -p * p.log2()).sum()
+    }
+
+    #[test]
+    fn ngram_entropy_matches_counterfacts_formula_and_punishes_repetition() {
+        let text = "The cat sat on the mat, and the cat slept.";
+        let toks = ["the", "cat", "sat", "on", "the", "mat", ",", "and", "the", "cat", "slept", "."];
+        assert_eq!(words(&text.to_lowercase()), toks);
+        let want = (2.0 / 3.0 * entropy_reference(&toks, 2) + 4.0 / 3.0 * entropy_reference(&toks, 3)) / 2.0;
+        assert!((ngram_entropy(text) - want).abs() < 1e-12);
+        let repetitive = "Paris Paris Paris Paris Paris Paris Paris Paris Paris Paris Paris Paris";
+        assert!(ngram_entropy(repetitive) < 1e-12);
+        assert!(ngram_entropy(text) > 2.0);
+    }
+
+    #[test]
+    fn agreement_is_zero_kl_and_full_top1_against_itself_and_finite_kl_otherwise() {
+        let lsm = |v: &[f32]| log_softmax(v).into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let a = vec![lsm(&[1.0, 2.0, 0.5]), lsm(&[0.0, 0.0, 3.0])];
+        let same = agreement(&a, &a).unwrap();
+        assert!(same.kl.abs() < 1e-7 && same.top1 == 1.0);
+        let b = vec![lsm(&[2.5, 2.0, 0.5]), lsm(&[0.0, 0.0, 3.0])];
+        let moved = agreement(&a, &b).unwrap();
+        // KL(p‖q) for the first row, by hand in f64.
+        let p: Vec<f64> = a[0].iter().map(|&x| (x as f64).exp()).collect();
+        let kl0: f64 = (0..3).map(|i| p[i] * (a[0][i] as f64 - b[0][i] as f64)).sum();
+        assert!((moved.kl - kl0 / 2.0).abs() < 1e-6 && moved.top1 == 0.5, "{moved:?}");
+        assert!(agreement(&a, &b[..1]).is_err());
+    }
+}

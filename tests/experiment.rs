@@ -1,0 +1,166 @@
+//! The experiment's general-ability measures on a tiny random model, on every adapter:
+//! perplexity and the agreement with an unedited model against f64 references, and a whole
+//! checkpoint (CounterFact scores, retention, fluency, spectral states) before and after a
+//! weight change.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+mod common;
+use common::*;
+use revive::cpu::model::CpuModel;
+use revive::edit::guard::{RankRule, SpectralGuard};
+use revive::edit::request::EditRequest;
+use revive::eval::experiment::Measures;
+use revive::eval::general::{agreement, next_token_logprobs, perplexity, ProseSet};
+use revive::eval::retention::Fact;
+use revive::linalg::svd::SvdOptions;
+use revive::model::forward::GpuModel;
+use revive::model::random::random_weights;
+use revive::model::{Config, Tok};
+
+fn config() -> Config {
+    Config { ffn_hidden: 120, ..Config::tiny_llama() }
+}
+
+fn tok() -> Tok {
+    let words: Vec<String> = (0..config().vocab_size).map(|i| format!("w{i}")).collect();
+    Tok::word_level(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+}
+
+/// Sequences of awkward lengths (2, a prime, one longer than the others).
+fn sequences() -> Vec<Vec<u32>> {
+    let v = config().vocab_size as u32;
+    [2usize, 7, 13].iter().enumerate().map(|(s, &n)| (0..n).map(|i| ((i * 7 + s * 13 + 3) as u32) % v).collect()).collect()
+}
+
+fn log_softmax(row: &[f64]) -> Vec<f64> {
+    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let z = row.iter().map(|x| (x - m).exp()).sum::<f64>().ln() + m;
+    row.iter().map(|x| x - z).collect()
+}
+
+#[test]
+fn perplexity_matches_the_f64_reference() {
+    let w = random_weights(&config(), 3);
+    let cpu = CpuModel::new(&w);
+    let seqs = sequences();
+    let (mut nll, mut n) = (0.0, 0);
+    for s in &seqs {
+        let (logits, _) = cpu.forward(std::slice::from_ref(s), &Default::default());
+        for t in 0..s.len() - 1 {
+            nll -= log_softmax(&logits[0][t])[s[t + 1] as usize];
+            n += 1;
+        }
+    }
+    let want = (nll / n as f64).exp();
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        // One sequence per call and all in one call: the same number.
+        for per_call in [1, 8] {
+            let got = ok(perplexity(&gm, &seqs, per_call))?;
+            if !((got - want).abs() <= 1e-4 * want) {
+                return Err(format!("perplexity {got} (per call {per_call}), f64 reference {want}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn agreement_against_the_unedited_model_and_a_changed_one() {
+    let w = random_weights(&config(), 4);
+    let prompts = sequences();
+    // The f64 reference of KL(unedited ‖ changed) on the last tokens.
+    let mut changed = w.clone();
+    let name = revive::model::names::down_name(1);
+    for x in changed.tensors.get_mut(&name).unwrap().data.iter_mut() {
+        *x *= 1.5;
+    }
+    let (a, b) = (CpuModel::new(&w), CpuModel::new(&changed));
+    let mut kl = 0.0;
+    for s in &prompts {
+        let (la, _) = a.forward(std::slice::from_ref(s), &Default::default());
+        let (lb, _) = b.forward(std::slice::from_ref(s), &Default::default());
+        let (p, q) = (log_softmax(la[0].last().unwrap()), log_softmax(lb[0].last().unwrap()));
+        kl += p.iter().zip(&q).map(|(x, y)| x.exp() * (x - y)).sum::<f64>();
+    }
+    let want = kl / prompts.len() as f64;
+    for_each_gpu(|gpu| {
+        let reference = ok(next_token_logprobs(&ok(GpuModel::new(gpu, &w))?, &prompts))?;
+        let same = ok(agreement(&reference, &ok(next_token_logprobs(&ok(GpuModel::new(gpu, &w))?, &prompts))?))?;
+        if !(same.kl.abs() < 1e-6 && same.top1 == 1.0) {
+            return Err(format!("the unedited model against itself: {same:?}"));
+        }
+        let moved = ok(agreement(&reference, &ok(next_token_logprobs(&ok(GpuModel::new(gpu, &changed))?, &prompts))?))?;
+        if !((moved.kl - want).abs() <= 1e-3 * want + 1e-6) || !(want > 1e-4) {
+            return Err(format!("KL {} against the f64 reference {want}", moved.kl));
+        }
+        Ok(())
+    });
+}
+
+fn request(i: usize) -> EditRequest {
+    EditRequest {
+        case_id: Some(i as u64),
+        subject: format!("w{}", 10 + i),
+        prompt: "{} w60 w61".into(),
+        target_new: format!(" w{}", 70 + i),
+        target_true: Some(" w5".into()),
+        paraphrase_prompts: vec![format!("w40 w{} w61", 10 + i)],
+        neighborhood_prompts: vec![format!("w{} w60 w61", 30 + i), format!("w{} w60 w61", 31 + i)],
+        generation_prompts: vec![format!("w{} w62", 10 + i)],
+    }
+}
+
+#[test]
+fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
+    let w = random_weights(&config(), 5);
+    let tok = tok();
+    let requests: Vec<EditRequest> = (0..5).map(request).collect();
+    let name = revive::model::names::down_name(1);
+    for_each_gpu(|gpu| {
+        let mut gm = ok(GpuModel::new(gpu, &w))?;
+        let seqs = sequences();
+        let prose = ProseSet { perplexity: seqs.clone(), agreement: seqs.clone() };
+        let reference = ok(next_token_logprobs(&gm, &prose.agreement))?;
+        let w0 = gm.tensor(&name).map_err(|e| e.to_string())?.clone();
+        let w0 = ok(revive::ops::elementwise::scale(gpu, &w0, 1.0))?;
+        let opts = SvdOptions::default();
+        let guard = ok(SpectralGuard::compute(gpu, &w0, &name, RankRule::Rank(3), &opts))?;
+        let known: Vec<Fact> = (0..4).map(|i| Fact { prompt: format!("w{} w1", 20 + i), answer: " w2".into() }).collect();
+        let m = Measures {
+            sample: 3,
+            known,
+            prose: Some(prose),
+            reference: Some(reference),
+            ppl_batch: 2,
+            fluency_prompts: 2,
+            fluency_tokens: 6,
+            spectral: vec![(name.clone(), w0, Measures::basis_of(&guard))],
+            svd: opts,
+        };
+        let before = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
+        let s = &before.matrices[0];
+        if !(before.agreement.unwrap().kl.abs() < 1e-6 && s.drift == 0.0 && s.leak_left == 0.0 && (s.left_similarity - 1.0).abs() < 1e-4) {
+            return Err(format!("the unedited model at its own checkpoint: {before:?}"));
+        }
+        let (recent, all) = (before.recent.unwrap(), before.all.unwrap());
+        if (recent.requests, all.requests) != (3, 3) || before.known_total != 4 || !before.fluency.unwrap().is_finite() || !before.perplexity.unwrap().is_finite() {
+            return Err(format!("what was measured: {before:?}"));
+        }
+        // The same checkpoint again: the same numbers (sampling is seeded).
+        let again = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
+        if again.fluency != before.fluency || again.perplexity != before.perplexity {
+            return Err("two measures of one model differ".into());
+        }
+        // A change of the edited matrix shows in drift, agreement and perplexity.
+        let delta = ok(gpu.upload(&random_vec(&mut rng(9), w.tensors[&name].data.len()), &w.tensors[&name].shape))?;
+        ok(revive::ops::elementwise::axpy(gpu, 0.5, &delta, gm.tensor(&name).map_err(|e| e.to_string())?))?;
+        let after = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
+        let s = &after.matrices[0];
+        if !(s.drift > 0.0 && s.leak_left > 0.0 && after.agreement.unwrap().kl > 1e-6 && after.perplexity != before.perplexity) {
+            return Err(format!("after a change: {after:?}"));
+        }
+        let _ = &mut gm;
+        Ok(())
+    });
+}
