@@ -35,8 +35,7 @@ fn config() -> Config {
 }
 
 fn tok() -> Tok {
-    let words: Vec<String> = (0..config().vocab_size).map(|i| format!("w{i}")).collect();
-    Tok::word_level(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+    word_tokenizer(config().vocab_size)
 }
 
 /// Request i: subject "w{10+2i} w{11+2i}", relation "{} w60 w61", new target " w{70+i}".

@@ -22,8 +22,7 @@ fn config() -> Config {
 }
 
 fn tok() -> Tok {
-    let words: Vec<String> = (0..config().vocab_size).map(|i| format!("w{i}")).collect();
-    Tok::word_level(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+    word_tokenizer(config().vocab_size)
 }
 
 /// Sequences of awkward lengths (2, a prime, one longer than the others).

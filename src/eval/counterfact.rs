@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::forward::GpuModel;
 use crate::model::generate::score_many;
 use crate::model::Tok;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TargetScore {
@@ -72,6 +72,28 @@ pub fn fact_metrics(model: &GpuModel, tok: &Tok, req: &EditRequest) -> Result<Fa
     })
 }
 
+/// CounterFact's three scores over a set of edited requests, under EasyEdit's names too.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CfScores {
+    pub requests: usize,
+    /// Rewrite prompts preferring target_new (EasyEdit: rewrite accuracy).
+    pub efficacy: Option<f64>,
+    /// Paraphrases preferring target_new (EasyEdit: generalisation / rephrase).
+    pub paraphrase: Option<f64>,
+    /// Neighbourhood prompts still preferring target_true (EasyEdit: specificity / locality).
+    pub neighborhood: Option<f64>,
+}
+
+pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
+    let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    CfScores {
+        requests: per.len(),
+        efficacy: mean(per.iter().filter_map(|m| m.efficacy.map(|e| if e { 1.0 } else { 0.0 })).collect()),
+        paraphrase: mean(per.iter().filter_map(|m| m.paraphrase).collect()),
+        neighborhood: mean(per.iter().filter_map(|m| m.neighborhood).collect()),
+    }
+}
+
 /// The session's measure (edit::session::Measure): CounterFact metrics of every request of a
 /// batch, their means, and optionally the known facts the model still answers.
 pub struct BatchMetrics {
@@ -81,11 +103,8 @@ pub struct BatchMetrics {
 impl crate::edit::session::Measure for BatchMetrics {
     fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest]) -> Result<serde_json::Value> {
         let per: Vec<FactMetrics> = requests.iter().map(|r| fact_metrics(model, tok, r)).collect::<Result<_>>()?;
-        let mean = |xs: Vec<f64>| if xs.is_empty() { None } else { Some(xs.iter().sum::<f64>() / xs.len() as f64) };
-        let efficacy = mean(per.iter().filter_map(|m| m.efficacy.map(|e| if e { 1.0 } else { 0.0 })).collect());
-        let paraphrase = mean(per.iter().filter_map(|m| m.paraphrase).collect());
-        let neighborhood = mean(per.iter().filter_map(|m| m.neighborhood).collect());
-        let p_new = mean(per.iter().map(|m| m.new.p).collect());
+        let CfScores { efficacy, paraphrase, neighborhood, .. } = cf_scores(&per);
+        let p_new = (!per.is_empty()).then(|| per.iter().map(|m| m.new.p).sum::<f64>() / per.len() as f64);
         let known = if self.known.is_empty() {
             None
         } else {

@@ -7,7 +7,8 @@
 use crate::edit::guard::SpectralGuard;
 use crate::edit::request::EditRequest;
 use crate::error::{Error, Result};
-use crate::eval::counterfact::{fact_metrics, FactMetrics};
+use crate::eval::counterfact::{cf_scores, fact_metrics, FactMetrics};
+pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
 use crate::eval::retention::{check_facts, Fact};
 use crate::eval::spectrum::diagnose;
@@ -18,28 +19,6 @@ use crate::model::forward::GpuModel;
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-/// CounterFact's three scores over a set of edited requests, under EasyEdit's names too.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CfScores {
-    pub requests: usize,
-    /// Rewrite prompts preferring target_new (EasyEdit: rewrite accuracy).
-    pub efficacy: Option<f64>,
-    /// Paraphrases preferring target_new (EasyEdit: generalisation / rephrase).
-    pub paraphrase: Option<f64>,
-    /// Neighbourhood prompts still preferring target_true (EasyEdit: specificity / locality).
-    pub neighborhood: Option<f64>,
-}
-
-pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
-    let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
-    CfScores {
-        requests: per.len(),
-        efficacy: mean(per.iter().filter_map(|m| m.efficacy.map(|e| if e { 1.0 } else { 0.0 })).collect()),
-        paraphrase: mean(per.iter().filter_map(|m| m.paraphrase).collect()),
-        neighborhood: mean(per.iter().filter_map(|m| m.neighborhood).collect()),
-    }
-}
 
 /// One edited matrix at a checkpoint, against the original weight and its top-k subspaces.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

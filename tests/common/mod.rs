@@ -50,3 +50,10 @@ pub fn for_each_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
 pub fn ok<T>(r: revive::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
+
+/// A word-level tokenizer whose tokens are "w0" … "w{n-1}" (the tiny models' stand-in for a
+/// real tokenizer).
+pub fn word_tokenizer(n: usize) -> revive::model::Tok {
+    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    revive::model::Tok::word_level(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap()
+}
