@@ -26,6 +26,7 @@ pub(super) struct Args {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, prompt, tokens, temperature, top_k, seed } = a;
+    anyhow::ensure!(temperature.is_finite() && temperature >= 0.0, "--temperature {temperature}: give a finite number ≥ 0 (0 is greedy)");
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;

@@ -30,8 +30,12 @@ pub fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
+/// The next token: the argmax when greedy, else drawn from the softmax of the top-k logits at
+/// the temperature. Total on any input: a temperature that is not a positive finite number
+/// means greedy, and weights that do not sum to a positive finite number (NaN logits) fall
+/// back to the argmax instead of panicking in the draw.
 fn sample(logits: &[f32], s: &Sampling, rng: &mut impl Rng) -> u32 {
-    if s.temperature <= 0.0 {
+    if !(s.temperature > 0.0 && s.temperature.is_finite()) {
         return argmax(logits);
     }
     let mut idx: Vec<usize> = (0..logits.len()).collect();
@@ -42,6 +46,9 @@ fn sample(logits: &[f32], s: &Sampling, rng: &mut impl Rng) -> u32 {
     let m = idx.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
     let w: Vec<f64> = idx.iter().map(|&i| (((logits[i] - m) / s.temperature) as f64).exp()).collect();
     let total: f64 = w.iter().sum();
+    if !(total > 0.0 && total.is_finite()) {
+        return argmax(logits);
+    }
     let mut u = rng.random_range(0.0..total);
     for (k, &wk) in w.iter().enumerate() {
         if u < wk {
@@ -69,8 +76,12 @@ pub fn generate(
     let batch = Batch::new(&[prompt.to_vec()])?;
     let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![prompt.len() - 1]), Some(&mut cache))?;
     let mut out = vec![];
-    for _ in 0..n {
-        let tok = sample(&model.gpu().download(&logits)?, &sampling, &mut rng);
+    for step in 0..n {
+        let row = model.gpu().download(&logits)?;
+        if let Some(i) = row.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Numeric(format!("the model's logits are not finite (token {i} at generated position {step}): its weights or settings hold NaN or Inf")));
+        }
+        let tok = sample(&row, &sampling, &mut rng);
         out.push(tok);
         on_token(tok);
         if Some(tok) == eos || out.len() == n {
@@ -147,4 +158,25 @@ pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Ve
     let all = model.gpu().download(&logits)?;
     let mut rows = all.chunks(v);
     Ok(pairs.iter().map(|(_, c)| c.iter().map(|&tok| log_softmax(rows.next().expect("one row per token"))[tok as usize]).collect()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_is_total_on_nan_temperatures_and_logits() {
+        let mut rng = crate::testing::rng(1);
+        let logits = [0.5f32, 2.0, -1.0];
+        for t in [f32::NAN, f32::INFINITY, -1.0, 0.0] {
+            assert_eq!(sample(&logits, &Sampling { temperature: t, top_k: 0, seed: 0 }, &mut rng), 1, "temperature {t}");
+        }
+        let bad = [f32::NAN, 1.0, f32::NAN];
+        let got = sample(&bad, &Sampling { temperature: 1.0, top_k: 2, seed: 0 }, &mut rng);
+        assert!(got < 3);
+        // An ordinary draw stays among the top k.
+        for _ in 0..50 {
+            assert_ne!(sample(&logits, &Sampling { temperature: 1.0, top_k: 2, seed: 0 }, &mut rng), 2);
+        }
+    }
 }
