@@ -205,7 +205,15 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
 pub fn png_from_svg(svg: &Path, png: &Path) -> Result<()> {
     let data = std::fs::read(svg).map_err(|e| plot_err(svg, e))?;
     let mut opt = resvg::usvg::Options::default();
-    opt.fontdb_mut().load_system_fonts();
+    let db = opt.fontdb_mut();
+    db.load_system_fonts();
+    // The SVG asks for the generic "sans-serif", which fontdb maps to Arial; use a sans face
+    // this machine has (DejaVu on Debian), else any face at all.
+    let families: Vec<String> = db.faces().flat_map(|f| f.families.iter().map(|(name, _)| name.clone())).collect();
+    let pick = ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"].iter().map(|s| s.to_string()).find(|s| families.contains(s)).or_else(|| families.first().cloned());
+    if let Some(family) = pick {
+        db.set_sans_serif_family(family);
+    }
     let tree = resvg::usvg::Tree::from_data(&data, &opt).map_err(|e| plot_err(svg, e))?;
     let size = tree.size().to_int_size();
     let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or_else(|| plot_err(svg, "empty image"))?;
