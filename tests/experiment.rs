@@ -126,7 +126,7 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         let opts = SvdOptions::default();
         let guard = ok(SpectralGuard::compute(gpu, &w0, &name, RankRule::Rank(3), &opts))?;
         let known: Vec<Fact> = (0..4).map(|i| Fact { prompt: format!("w{} w1", 20 + i), answer: " w2".into() }).collect();
-        let m = Measures {
+        let mut m = Measures {
             sample: 3,
             known,
             prose: Some(prose),
@@ -158,6 +158,12 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         let s = &after.matrices[0];
         if !(s.drift > 0.0 && s.leak_left > 0.0 && after.agreement.unwrap().kl > 1e-6 && after.perplexity != before.perplexity) {
             return Err(format!("after a change: {after:?}"));
+        }
+        // No perplexity tokens asked for (--ppl-tokens 0): no perplexity, the agreement still.
+        m.prose.as_mut().unwrap().perplexity.clear();
+        let no_ppl = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
+        if no_ppl.perplexity.is_some() || no_ppl.agreement != after.agreement {
+            return Err(format!("without perplexity sequences: {no_ppl:?}"));
         }
         let _ = &mut gm;
         Ok(())

@@ -247,8 +247,8 @@ fn new_session(a: &Args, arm: &Arm, requests: &[revive::edit::request::EditReque
 }
 
 /// The unedited model's next-token log-probabilities on the agreement prompts, kept in the arm
-/// directory (the arm may resume after edits were made).
-fn reference_logprobs(dir: &Path, model: &str, base_now: bool, gm: &revive::model::forward::GpuModel, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+/// directory (the arm may resume after edits were made). `base`: the weights before any edit.
+fn reference_logprobs(dir: &Path, base_now: bool, gm: &revive::model::forward::GpuModel, base: &revive::model::Weights, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
     let path = dir.join("reference-logprobs.safetensors");
     let key = revive::store::sha256_hex(&serde_json::to_vec(prompts)?);
     let fields = [("format", "revive-reference-v1".to_string()), ("prompts_sha256", key)];
@@ -260,10 +260,8 @@ fn reference_logprobs(dir: &Path, model: &str, base_now: bool, gm: &revive::mode
     let rows = if base_now {
         next_token_logprobs(gm, prompts)?
     } else {
-        // Resumed after edits: measure on a fresh copy of the base.
-        let m = revive::model::load::load(model)?;
-        let base = revive::model::forward::GpuModel::new(gm.gpu(), &m.weights)?;
-        next_token_logprobs(&base, prompts)?
+        // Resumed after edits: measure on a copy of the base.
+        next_token_logprobs(&revive::model::forward::GpuModel::new(gm.gpu(), base)?, prompts)?
     };
     let flat: Vec<f32> = rows.concat();
     let f: Vec<(&str, String)> = fields.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -271,18 +269,17 @@ fn reference_logprobs(dir: &Path, model: &str, base_now: bool, gm: &revive::mode
     Ok(rows)
 }
 
-fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, known: Vec<revive::eval::retention::Fact>) -> Result<Measures> {
+fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, base: &revive::model::Weights, known: Vec<revive::eval::retention::Fact>) -> Result<Measures> {
     let prose = if a.ppl_tokens > 0 || a.agreement_prompts > 0 { Some(prose_set(tok, a.prose.as_deref(), a.ppl_tokens, 128, a.agreement_prompts, 24)?) } else { None };
     let reference = match &prose {
-        Some(p) if !p.agreement.is_empty() => Some(reference_logprobs(dir, &session.config.model, session.batches_done() == 0, gm, &p.agreement)?),
+        Some(p) if !p.agreement.is_empty() => Some(reference_logprobs(dir, session.batches_done() == 0, gm, base, &p.agreement)?),
         _ => None,
     };
     let mut spectral = vec![];
     if !a.no_spectral {
-        let base = revive::model::load::load(&session.config.model)?;
         let opts = revive::linalg::svd::SvdOptions::default();
         for name in session.matrices() {
-            let t = base.weights.tensors.get(&name).with_context(|| format!("the base model has no {name}"))?;
+            let t = base.tensors.get(&name).with_context(|| format!("the base model has no {name}"))?;
             let w0 = gm.gpu().upload(&t.data, &t.shape)?;
             let (g, _) = SpectralGuard::cached(gm.gpu(), &w0, &name, RankRule::Energy(a.spectral_tau), &opts, &guard_dir())?;
             spectral.push((name, w0, Measures::basis_of(&g)));
@@ -291,12 +288,7 @@ fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward
     Ok(Measures {
         sample: a.sample,
         known,
-        prose: prose.map(|mut p| {
-            if a.ppl_tokens == 0 {
-                p.perplexity.clear();
-            }
-            p
-        }),
+        prose,
         reference,
         ppl_batch: 8,
         fluency_prompts: a.fluency_prompts,
@@ -328,8 +320,8 @@ fn print_checkpoint(c: &Checkpoint) {
 fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit::request::EditRequest], known: Vec<revive::eval::retention::Fact>, deadline: Option<Instant>) -> Result<bool> {
     let dir = a.out.join(&arm.name);
     let new = (!Session::config_path(&dir).exists()).then(|| new_session(a, arm, requests));
-    with_session(choice, &dir, new, None, |session, gm, tok, measure, _| {
-        let m = measures(a, &dir, session, gm, tok, known)?;
+    with_session(choice, &dir, new, None, |session, gm, tok, measure, _, base| {
+        let m = measures(a, &dir, session, gm, tok, base, known)?;
         let per_ckpt = a.every / a.batch;
         let total = session.batches_total();
         let n = session.requests.len();
@@ -363,13 +355,13 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     let _ = std::fs::remove_dir_all(&dir);
     let first = &requests[..a.batch.min(requests.len())];
     let t = Instant::now();
-    let (stats, batch_s, ckpt_s, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), None, |session, gm, tok, measure, stats| {
-        let m = measures(a, &dir, session, gm, tok, known)?;
+    let (stats, batch_s, ckpt_s, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), None, |session, gm, tok, measure, stats, base| {
+        let m = measures(a, &dir, session, gm, tok, base, known)?;
         let t0 = Instant::now();
         session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: Some(1) }, |_| {})?;
         let batch_s = t0.elapsed().as_secs_f64();
         let c = m.checkpoint(gm, tok, &arm.name, &session.requests, first.len(), 0, 1, batch_s)?;
-        let bytes: usize = gm.to_weights()?.tensors.values().map(|t| t.data.len() * 4).sum();
+        let bytes: usize = base.tensors.values().map(|t| t.data.len() * 4).sum();
         Ok((stats, batch_s, c.measure_seconds, bytes))
     })?;
     let setup_s = t.elapsed().as_secs_f64() - batch_s - ckpt_s;

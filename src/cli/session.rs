@@ -70,7 +70,7 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
 
 /// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
 pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>) -> Result<()> {
-    with_session(choice, dir, new, known, |session, gm, tok, measure, _| {
+    with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
         let total = session.batches_total();
         session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
         write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, save, dtype)?;
@@ -80,13 +80,14 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, sa
 }
 
 /// Opens the session in `dir` (new or resumed), replays its journal, and hands it to `body`
-/// with the model, the tokenizer, the metrics and the seconds the statistics (C0) took.
+/// with the model, the tokenizer, the metrics, the seconds the statistics (C0) took and the
+/// base weights as loaded (the model itself holds the replayed edits).
 pub(super) fn with_session<R>(
     choice: BackendChoice,
     dir: &Path,
     new: Option<NewSession>,
     known: Option<&Path>,
-    body: impl FnOnce(&mut Session, &mut GpuModel, &revive::model::Tok, &mut BatchMetrics, f64) -> Result<R>,
+    body: impl FnOnce(&mut Session, &mut GpuModel, &revive::model::Tok, &mut BatchMetrics, f64, &revive::model::Weights) -> Result<R>,
 ) -> Result<R> {
     let gpu = Gpu::new(choice)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -133,7 +134,7 @@ pub(super) fn with_session<R>(
     if replayed > 0 {
         eprintln!("resumed: {replayed} batches replayed from {}", revive::edit::journal::Journal::dir_of(dir).display());
     }
-    body(&mut session, &mut gm, &m.tok, &mut measure, stats_seconds)
+    body(&mut session, &mut gm, &m.tok, &mut measure, stats_seconds, &m.weights)
 }
 
 pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_json::Value, seconds: f64, total: usize) {

@@ -104,10 +104,13 @@ impl Measures {
         let recent = scores(&requests[recent_from.min(edits)..edits])?;
         let all = scores(&requests[..edits])?;
         let known_correct = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?.iter().filter(|c| c.correct).count()) };
-        let (perplexity, agreement) = match (&self.prose, &self.reference) {
-            (Some(p), Some(r)) => (Some(perplexity(model, &p.perplexity, self.ppl_batch)?), Some(agreement(r, &next_token_logprobs(model, &p.agreement)?)?)),
-            (Some(p), None) => (Some(perplexity(model, &p.perplexity, self.ppl_batch)?), None),
-            _ => (None, None),
+        let perplexity = match &self.prose {
+            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, self.ppl_batch)?),
+            _ => None,
+        };
+        let agreement = match (&self.prose, &self.reference) {
+            (Some(p), Some(r)) => Some(agreement(r, &next_token_logprobs(model, &p.agreement)?)?),
+            _ => None,
         };
         let prompts: Vec<String> = spread(edits.max(1).min(requests.len()), self.fluency_prompts)
             .into_iter()

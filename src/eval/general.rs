@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
-use crate::model::generate::{generate, log_softmax, score_many, Sampling};
+use crate::model::generate::{argmax, generate, log_softmax, score_many, Sampling};
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -90,7 +90,6 @@ pub fn agreement(reference: &[Vec<f32>], now: &[Vec<f32>]) -> Result<Agreement> 
     if reference.len() != now.len() || reference.is_empty() {
         return Err(Error::shape("agreement", format!("{} reference rows against {}", reference.len(), now.len())));
     }
-    let argmax = |r: &[f32]| r.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
     let (mut kl, mut same) = (0.0, 0usize);
     for (p, q) in reference.iter().zip(now) {
         if p.len() != q.len() {
