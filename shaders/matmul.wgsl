@@ -369,3 +369,101 @@ fn matmul_gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup
     if (rows > 2u) { store(cbase + (m0 + 2u) * p.ldc + n, dot(acc2, ones)); }
     if (rows > 3u) { store(cbase + (m0 + 3u) * p.ldc + n, dot(acc3, ones)); }
 }
+
+// Each thread a ROWS x 8 block of C, no workgroup memory, no barriers, and no load whose
+// address depends on anything but the thread: per four steps of K it loads ROWS + 8 vec4s
+// (a block stored the other way round is turned over in registers) for 32·ROWS multiply-adds.
+// For adapters where a load costs far more than arithmetic: llvmpipe runs a load lane by lane
+// in a loop, whatever its width, so its speed is set by load instructions per multiply-add
+// (gemv: one per two). Rows and columns past the edge load a clamped, in-range neighbour and
+// are never stored; only the K tail is zeroed.
+override ROWS: u32 = 4u;
+
+@compute @workgroup_size(16, 1, 1)
+fn matmul_block(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n0 = gid.x * 8u;
+    let m0 = gid.y * ROWS;
+    if (n0 >= p.n || m0 >= p.m) { return; }
+    let rows = min(ROWS, p.m - m0);
+    let cols = min(8u, p.n - n0);
+    let abase = p.a_off + gid.z * p.a_bstride;
+    let bbase = p.b_off + gid.z * p.b_bstride;
+    let cbase = p.c_off + gid.z * p.c_bstride;
+    // acc{row}{half}[j]: output (m0 + row, n0 + 4·half + j), four partial sums over K.
+    var acc0a = mat4x4<f32>();
+    var acc0b = mat4x4<f32>();
+    var acc1a = mat4x4<f32>();
+    var acc1b = mat4x4<f32>();
+    var acc2a = mat4x4<f32>();
+    var acc2b = mat4x4<f32>();
+    var acc3a = mat4x4<f32>();
+    var acc3b = mat4x4<f32>();
+    // Column `hi` starts the second half of the columns (the first again when there is none).
+    let hi = n0 + select(0u, 4u, cols > 4u);
+    for (var k = 0u; k < p.k; k += 4u) {
+        let valid = min(4u, p.k - k);
+        // x[i] = op(A)[m0 + i, k..k+3].
+        var x = mat4x4<f32>();
+        if (TRANS_A) {
+            var t = mat4x4<f32>();
+            for (var s = 0u; s < 4u; s++) {
+                let ks = k + min(s, valid - 1u);
+                t[s] = select(vec4<f32>(0.0), a4(abase + ks * p.lda + m0, rows), s < valid);
+            }
+            x = transpose(t);
+        } else {
+            for (var i = 0u; i < ROWS; i++) {
+                x[i] = a4(abase + (m0 + min(i, rows - 1u)) * p.lda + k, valid);
+            }
+        }
+        // wa[j] = op(B)[k..k+3, n0 + j], wb[j] = op(B)[k..k+3, hi + j].
+        var wa = mat4x4<f32>();
+        var wb = mat4x4<f32>();
+        if (TRANS_B) {
+            for (var j = 0u; j < 4u; j++) {
+                wa[j] = b4(bbase + (n0 + min(j, cols - 1u)) * p.ldb + k, valid);
+                wb[j] = b4(bbase + (n0 + min(j + 4u, cols - 1u)) * p.ldb + k, valid);
+            }
+        } else {
+            var ta = mat4x4<f32>();
+            var tb = mat4x4<f32>();
+            for (var s = 0u; s < 4u; s++) {
+                let row = bbase + (k + min(s, valid - 1u)) * p.ldb;
+                ta[s] = select(vec4<f32>(0.0), b4(row + n0, min(cols, 4u)), s < valid);
+                tb[s] = select(vec4<f32>(0.0), b4(row + hi, cols - (hi - n0)), s < valid);
+            }
+            wa = transpose(ta);
+            wb = transpose(tb);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            acc0a[j] = fma(x[0], wa[j], acc0a[j]);
+            acc0b[j] = fma(x[0], wb[j], acc0b[j]);
+            if (ROWS > 1u) {
+                acc1a[j] = fma(x[1], wa[j], acc1a[j]);
+                acc1b[j] = fma(x[1], wb[j], acc1b[j]);
+            }
+            if (ROWS > 2u) {
+                acc2a[j] = fma(x[2], wa[j], acc2a[j]);
+                acc2b[j] = fma(x[2], wb[j], acc2b[j]);
+                acc3a[j] = fma(x[3], wa[j], acc3a[j]);
+                acc3b[j] = fma(x[3], wb[j], acc3b[j]);
+            }
+        }
+    }
+    let ones = vec4<f32>(1.0);
+    for (var j = 0u; j < 4u; j++) {
+        let o = cbase + m0 * p.ldc + n0 + j;
+        if (j < cols) {
+            store(o, dot(acc0a[j], ones));
+            if (rows > 1u) { store(o + p.ldc, dot(acc1a[j], ones)); }
+            if (rows > 2u) { store(o + 2u * p.ldc, dot(acc2a[j], ones)); }
+            if (rows > 3u) { store(o + 3u * p.ldc, dot(acc3a[j], ones)); }
+        }
+        if (j + 4u < cols) {
+            store(o + 4u, dot(acc0b[j], ones));
+            if (rows > 1u) { store(o + 4u + p.ldc, dot(acc1b[j], ones)); }
+            if (rows > 2u) { store(o + 4u + 2u * p.ldc, dot(acc2b[j], ones)); }
+            if (rows > 3u) { store(o + 4u + 3u * p.ldc, dot(acc3b[j], ones)); }
+        }
+    }
+}

@@ -1,10 +1,10 @@
-//! GEMM on every adapter against the f64 oracle: both kernels, all transposes, batches,
+//! GEMM on every adapter against the f64 oracle: every kernel, all transposes, batches,
 //! broadcasting, alpha/beta, aligned and awkward shapes.
 
 mod common;
 use common::*;
 use revive::cpu;
-use revive::ops::matmul::{gemm, Gemm, Kernel};
+use revive::ops::matmul::{gemm, Gemm, Kernel, KERNELS};
 
 /// f32 dot products of length k with entries in [-1, 1]: entries of C are ~sqrt(k/9) and the
 /// rounding error grows like sqrt(k) * eps, so atol scales with sqrt(k).
@@ -32,6 +32,8 @@ const CASES: &[Case] = &[
     case(1, 1, 1, 1),
     case(1, 1, 7, 13),
     case(1, 17, 1, 5),
+    case(1, 2, 9, 6),
+    case(2, 3, 12, 10),
     case(1, 31, 37, 41),
     case(1, 128, 128, 8),
     case(1, 129, 127, 131),
@@ -111,17 +113,18 @@ fn tile16_matches_oracle_all_transposes() {
 }
 
 #[test]
-fn dot_and_gemv_match_oracle_all_transposes() {
+fn dot_gemv_and_block_match_oracle_all_transposes() {
     for_each_gpu(|gpu| {
         for (i, &c) in CASES.iter().enumerate() {
             for ta in [false, true] {
                 for tb in [false, true] {
                     check(gpu, c, ta, tb, Kernel::Dot, 1.0, 0.0, 400 + i as u64)?;
                     check(gpu, c, ta, tb, Kernel::Gemv, 1.0, 0.0, 600 + i as u64)?;
+                    check(gpu, c, ta, tb, Kernel::Block, 1.0, 0.0, 700 + i as u64)?;
                 }
             }
         }
-        // Auto picks the dot kernel for a single row: the decode-step shape.
+        // Auto's choice for a single row (the decode step) and for a few.
         check(gpu, case(1, 1, 577, 576), false, true, Kernel::Auto, 1.0, 0.0, 450)?;
         check(gpu, case(2, 3, 100, 64), false, true, Kernel::Auto, 1.0, 0.0, 451)?;
         Ok(())
@@ -131,7 +134,7 @@ fn dot_and_gemv_match_oracle_all_transposes() {
 #[test]
 fn alpha_beta_accumulate_into_c() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv] {
+        for kernel in KERNELS {
             for (i, &c) in CASES.iter().enumerate() {
                 check(gpu, c, i % 2 == 0, i % 3 == 0, kernel, -1.5, 0.5, 200 + i as u64)?;
             }
@@ -143,7 +146,7 @@ fn alpha_beta_accumulate_into_c() {
 #[test]
 fn shared_operand_broadcasts_over_the_batch() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Gemv] {
+        for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Gemv, Kernel::Block] {
             let a_only = Case { a_batched: true, b_batched: false, ..case(4, 33, 29, 70) };
             let b_only = Case { a_batched: false, b_batched: true, ..case(3, 40, 52, 16) };
             check(gpu, a_only, false, true, kernel, 1.0, 0.0, 300)?;

@@ -8,7 +8,7 @@ use revive::cpu;
 use revive::gpu::SplitLimits;
 use revive::ops::elementwise::{self, View};
 use revive::ops::gather::gather_rows;
-use revive::ops::matmul::{gemm, Gemm, Kernel};
+use revive::ops::matmul::{gemm, Gemm, KERNELS};
 use revive::ops::reduce::{reduce_all, reduce_rows, ReduceOp};
 use revive::ops::softmax::softmax_rows;
 
@@ -20,7 +20,7 @@ fn every_op_splits_under_tiny_limits() {
         let gpu = &gpu.with_split_limits(TINY);
         let mut r = rng(1);
         for &(batch, m, n, k) in &[(1usize, 37usize, 41usize, 53usize), (5, 9, 130, 7), (2, 300, 3, 11)] {
-            for kernel in [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv] {
+            for kernel in KERNELS {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     let sa = if ta { [batch, k, m] } else { [batch, m, k] };
                     let sb = if tb { [batch, n, k] } else { [batch, k, n] };

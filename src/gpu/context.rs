@@ -345,6 +345,12 @@ impl Gpu {
         self.poison
     }
 
+    /// Whether the adapter is software on the CPU (lavapipe, llvmpipe, WARP): there a load
+    /// costs far more than arithmetic and the kernel choices differ.
+    pub fn is_cpu(&self) -> bool {
+        self.shared.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// A name for messages and tables: "llvmpipe (Vulkan)".
     pub fn label(&self) -> String {
         format!("{} ({:?})", self.shared.info.name, self.shared.info.backend)

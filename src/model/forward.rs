@@ -344,6 +344,7 @@ impl GpuModel {
             (activation::silu_mul(gpu, &gate, &up)?, Some(gate))
         };
         let x_out = elementwise::add(gpu, &x_mid, &self.linear(&key, self.l(i, "w_down")?, bias("b_down")?)?)?;
+        for _ in 0..std::env::var("EXTRA_ADDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0) { let _ = elementwise::add(gpu, &x_mid, &x_out)?; }
         let tape = record.then(|| BlockTape { x_in: x.clone(), q, x_mid, gate, up });
         Ok(BlockOut { x: x_out, key, tape })
     }

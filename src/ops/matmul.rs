@@ -21,9 +21,13 @@ pub enum Kernel {
     /// One output column per thread, up to 4 rows per workgroup row, no barriers: the other
     /// decode kernel (far faster than Dot where a workgroup runs as one CPU thread).
     Gemv,
+    /// Each thread a block of up to 4 x 8 outputs, no workgroup memory: few load
+    /// instructions per multiply-add, for adapters where a load costs far more than
+    /// arithmetic (llvmpipe).
+    Block,
     /// The kernel `revive tune` measured fastest for this shape class on this adapter; without
-    /// a measurement, Gemv up to `DOT_MAX_ROWS` rows of op(A), Rows32 up to
-    /// `ROWS32_MAX_ROWS`, else Tuned.
+    /// a measurement, Block on a CPU adapter, else Gemv up to `DOT_MAX_ROWS` rows of op(A),
+    /// Rows32 up to `ROWS32_MAX_ROWS`, else Tuned.
     Auto,
 }
 
@@ -33,7 +37,7 @@ pub const DOT_MAX_ROWS: usize = 4;
 pub const ROWS32_MAX_ROWS: usize = 64;
 
 /// Every concrete kernel, for the autotune and the tests.
-pub const KERNELS: [Kernel; 5] = [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv];
+pub const KERNELS: [Kernel; 6] = [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
 
 /// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
 /// the transposes and whether the product is batched.
@@ -50,6 +54,7 @@ impl Kernel {
             Kernel::Tile16 => "tile16",
             Kernel::Dot => "dot",
             Kernel::Gemv => "gemv",
+            Kernel::Block => "block",
             Kernel::Auto => "auto",
         }
     }
@@ -58,9 +63,12 @@ impl Kernel {
         KERNELS.into_iter().find(|k| k.name() == name)
     }
 
-    /// The fixed rule, where nothing was measured.
-    fn by_rule(m: usize) -> Kernel {
+    /// The fixed rule, where nothing was measured. On a software adapter (llvmpipe) the block
+    /// kernel was 1.4–6× faster than every other on every shape of SmolLM2's forward and
+    /// backward passes (docs/results.md); on GPUs the tiles' data reuse matters more.
+    fn by_rule(m: usize, cpu: bool) -> Kernel {
         match m {
+            _ if cpu => Kernel::Block,
             m if m <= DOT_MAX_ROWS => Kernel::Gemv,
             m if m <= ROWS32_MAX_ROWS => Kernel::Rows32,
             _ => Kernel::Tuned,
@@ -73,7 +81,7 @@ impl Kernel {
         }
         gpu.choice(&tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1))
             .and_then(|c| Kernel::from_name(&c))
-            .unwrap_or_else(|| Kernel::by_rule(l.m))
+            .unwrap_or_else(|| Kernel::by_rule(l.m, gpu.is_cpu()))
     }
 
     fn entry(self) -> &'static str {
@@ -83,11 +91,13 @@ impl Kernel {
             Kernel::Tile16 => "matmul_tile16",
             Kernel::Dot => "matmul_dot",
             Kernel::Gemv => "matmul_gemv",
+            Kernel::Block => "matmul_block",
         }
     }
     /// Output rows and columns per workgroup.
-    fn tile(self) -> (usize, usize) {
+    fn tile(self, l: &Layout) -> (usize, usize) {
         match self {
+            Kernel::Block => (block_rows(l), 8 * 16),
             Kernel::Tuned | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
             Kernel::Tile16 => (16, 16),
@@ -134,6 +144,12 @@ struct Meta {
     alpha: f32,
     beta: f32,
     _pad3: [u32; 2],
+}
+
+/// Rows of C per thread of the block kernel: as many as op(A) has, up to 4 (always 4 when A
+/// is transposed: its loads then run along M, four rows at once).
+fn block_rows(l: &Layout) -> usize {
+    if l.trans_a { 4 } else { l.m.clamp(1, 4).next_power_of_two().min(4) }
 }
 
 /// The layout of one problem, in elements.
@@ -306,7 +322,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
     let kernel = g.kernel.resolve_for(gpu, l);
-    let tile = kernel.tile();
+    let tile = kernel.tile(l);
     let max_elems = Tensor::max_binding_elems(gpu);
     let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
     let ranges = |total: usize, step: usize| super::chunks(total, step).map(|(s, n)| (s, s + n)).collect::<Vec<_>>();
@@ -344,11 +360,14 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
                         _pad2: 0,
                         _pad3: [0; 2],
                     };
-                    let constants = [
+                    let mut constants = vec![
                         ("TRANS_A", g.trans_a as u8 as f64),
                         ("TRANS_B", g.trans_b as u8 as f64),
                         ("ALIGNED", aligned as u8 as f64),
                     ];
+                    if kernel == Kernel::Block {
+                        constants.push(("ROWS", tile.0 as f64));
+                    }
                     let groups = [pn.div_ceil(tile.1) as u32, pm.div_ceil(tile.0) as u32, pb as u32];
                     gpu.dispatch(MATMUL, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
                 }
@@ -386,7 +405,7 @@ pub struct TuneRow {
 /// idle, the 128-row tile only where it can be filled.
 fn candidates(m: usize) -> Vec<Kernel> {
     let wide = if m <= 16 { Kernel::Dot } else { Kernel::Tuned };
-    vec![Kernel::Gemv, Kernel::Rows32, Kernel::Tile16, wide]
+    vec![Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16, wide]
 }
 
 /// Measures every candidate kernel on each shape (random operands; the median of `reps`
@@ -426,7 +445,7 @@ pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&
             }
         }
         let (winner, best_ms) = best.expect("at least one candidate");
-        let rule = Kernel::by_rule(s.m);
+        let rule = Kernel::by_rule(s.m, gpu.is_cpu());
         let rule_ms = times.iter().find(|(n, _)| n == rule.name()).map(|t| t.1).unwrap_or(f64::NAN);
         gpu.set_choice(&key, winner.name());
         let row = TuneRow { key, shape: s, times, best: winner.name().into(), rule: rule.name().into(), rule_over_best: rule_ms / best_ms };
