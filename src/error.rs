@@ -11,6 +11,9 @@ pub enum Error {
     #[error("no GPU adapter found (tried: {tried}). {hint}")]
     NoAdapter { tried: String, hint: String },
 
+    #[error("REVIVE_ADAPTER='{want}' matches none of the adapters found: {found}")]
+    AdapterNotFound { want: String, found: String },
+
     #[error("could not open a device on adapter '{adapter}': {reason}")]
     Device { adapter: String, reason: String },
 

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod edit;
 pub mod error;
 pub mod eval;
+pub mod fuzz;
 pub mod gpu;
 pub mod linalg;
 pub mod model;

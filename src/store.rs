@@ -9,7 +9,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What happened to a cache file on a lookup.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,8 +64,12 @@ pub fn save(path: &Path, fields: &[(&str, String)], tensors: &[(&str, Vec<usize>
         views.push((*name, TensorView::new(Dtype::F32, shape.clone(), b).map_err(|e| err(path, format!("tensor '{name}': {e}")))?));
     }
     let tmp = path.with_extension(format!("partial.{}", std::process::id()));
-    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
-    sync_and_rename(&tmp, path)
+    let written = safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| err(&tmp, format!("cannot write: {e}")));
+    let moved = written.and_then(|_| sync_and_rename(&tmp, path));
+    if moved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    moved
 }
 
 /// Flushes `tmp` to the disk, moves it to `path` and flushes the directory entry, so after a
@@ -82,14 +86,26 @@ pub fn sync_and_rename(tmp: &Path, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A temporary name beside `path` that no other writer uses: two processes, or two threads of
+/// one, computing the same cache file at once each write their own and the last rename wins
+/// (both files are whole and valid). Journal readers skip `.partial.` names.
+fn temp_name(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("partial.{}.{n}", std::process::id()))
+}
+
 /// Writes bytes atomically and durably (a temporary file, flushed, then renamed).
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
     }
-    let tmp = path.with_extension(format!("partial.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
-    sync_and_rename(&tmp, path)
+    let tmp = temp_name(path);
+    let written = std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, format!("cannot write: {e}"))).and_then(|_| sync_and_rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// A cache file read back and checked.
@@ -171,6 +187,63 @@ pub fn load_or_compute<T>(
         Outcome::Computed
     };
     let v = compute()?;
-    write(path, &v)?;
+    // The value is good whether or not it can be kept: a cache that cannot be written (read-only,
+    // full, invalid REVIVE_CACHE) costs the next run the computation, never this run its result.
+    if let Err(e) = write(path, &v) {
+        log::warn!("{}: the {what} could not be cached ({e}); it will be computed again next time", path.display());
+    }
     Ok((v, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache that cannot be written (here: its directory would have to be inside a file)
+    /// loses the next run the computation, not this run its result; nothing is left behind.
+    #[test]
+    fn an_unwritable_cache_is_not_a_failure() {
+        let root = std::env::temp_dir().join(format!("revive-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let blocker = root.join("not-a-dir");
+        std::fs::write(&blocker, b"").unwrap();
+        let path = blocker.join("value.safetensors");
+        let write = |p: &Path, v: &Vec<f32>| save(p, &[("format", "test".into())], &[("v", vec![v.len()], v)]);
+        let (v, outcome) = load_or_compute(&path, "test value", |_| Err(Error::Edit("unreadable".into())), || Ok(vec![1.0f32, 2.0]), write).unwrap();
+        assert_eq!(v, [1.0, 2.0]);
+        assert!(matches!(outcome, Outcome::Computed));
+        // And where it can be written, it is, with no temporary left.
+        let ok_path = root.join("ok.safetensors");
+        load_or_compute(&ok_path, "test value", |_| Err(Error::Edit("unreadable".into())), || Ok(vec![3.0f32]), write).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Writers racing on one cache file (as two processes sharing REVIVE_CACHE computing the
+    /// same C0 do) all succeed, and what is left is one whole, valid file.
+    #[test]
+    fn concurrent_writers_leave_one_valid_file() {
+        let root = std::env::temp_dir().join(format!("revive-store-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let path = root.join("c0.safetensors");
+        let fields = [("format", "race".to_string())];
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (path, fields) = (&path, &fields);
+                s.spawn(move || {
+                    let value: Vec<f32> = (0..50_000).map(|i| (i * (t + 1)) as f32).collect();
+                    let write = |p: &Path, v: &Vec<f32>| save(p, fields, &[("v", vec![v.len()], v)]);
+                    let (got, _) = load_or_compute(path, "race", |p| load(p, fields).and_then(|st| st.tensor("v", &[50_000])), || Ok(value.clone()), write).unwrap();
+                    assert_eq!(got.len(), 50_000);
+                });
+            }
+        });
+        let back = load(&path, &fields).unwrap().tensor("v", &[50_000]).unwrap();
+        assert!((1..=4).any(|t| back.iter().enumerate().all(|(i, &x)| x == (i * t) as f32)), "a mix of writers");
+        let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "temporaries left: {names:?}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -477,3 +477,26 @@ fn a_bad_batch_is_refused_and_changes_nothing() {
         Ok(())
     });
 }
+
+/// An empty request list, and a request whose prompt cannot fit the model's context, are
+/// refused when the session is configured: before C0, the guard or any edit (issue 13).
+#[test]
+fn empty_and_overlong_requests_are_refused_up_front() {
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &weights(21)))?;
+        let tok = tok();
+        let spec = MethodSpec::Batch { hparams: hparams(BatchMethod::Memit) };
+        let e = Session::config_for(&gm, &tok, "tiny", spec.clone(), &[], 2, None, 2e-5, 2.0).err().ok_or("an empty list accepted")?;
+        if !e.to_string().contains("no requests") {
+            return Err(format!("empty list: {e}"));
+        }
+        let mut long = requests(3);
+        long[2].neighborhood_prompts = vec!["w7 ".repeat(config().max_seq_len)];
+        let e = Session::config_for(&gm, &tok, "tiny", spec, &long, 2, None, 2e-5, 2.0).err().ok_or("an overlong prompt accepted")?;
+        let msg = e.to_string();
+        if !(msg.contains("request 2") && msg.contains("case_id 2") && msg.contains("context")) {
+            return Err(format!("overlong prompt: {msg}"));
+        }
+        Ok(())
+    });
+}

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use revive::cpu::model::CpuModel;
 use revive::model::forward::{Batch, GpuModel, LogitRows};
+use revive::model::generate::{generate, Sampling};
 use revive::model::probe::{Probes, Site};
 use revive::model::random::random_weights;
 use revive::model::safetensors::{load_dir, save_dir, SaveDtype};
@@ -116,6 +117,14 @@ fn bad_requests_are_errors() {
         let long = ok(Batch::new(&[vec![1; 40]]))?;
         gm.forward(&long, &Probes::default(), LogitRows::All, None).err().ok_or("sequence past max_seq_len accepted")?;
         Batch::new(&[]).err().ok_or("empty batch accepted")?;
+        // Generation is bounded by the context before any cache is allocated, without overflow.
+        for n in [100usize, 1 << 40, usize::MAX] {
+            let e = generate(&gm, &[1, 2, 3], n, Sampling::default(), None, |_| {}).err().ok_or(format!("{n} new tokens past the context accepted"))?;
+            if !e.to_string().contains("context") {
+                return Err(format!("{n} tokens: {e}"));
+            }
+        }
+        ok(generate(&gm, &[1, 2, 3], 2, Sampling::default(), None, |_| {}))?;
         Ok(())
     });
 }

@@ -384,6 +384,11 @@ fn inconsistent_models_are_errors() {
         ("duplicate key", Box::new(|w| { w.kv("llama.block_count", Value::U32(2)); }), "twice"),
         ("not a multiple of the block", Box::new(|w| w.tensors[0].dims = vec![D + 1, 259]), "token_embd"),
         ("non-finite weight", Box::new(|w| w.tensors[0].data[4..8].copy_from_slice(&f32::NAN.to_le_bytes())), "non-finite"),
+        ("NaN norm epsilon", Box::new(set("llama.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN))), "layer_norm_rms_epsilon"),
+        ("negative norm epsilon", Box::new(set("llama.attention.layer_norm_rms_epsilon", Value::F32(-1e-5))), "layer_norm_rms_epsilon"),
+        ("NaN RoPE base", Box::new(set("llama.rope.freq_base", Value::F32(f32::NAN))), "freq_base"),
+        ("zero RoPE base", Box::new(set("llama.rope.freq_base", Value::F32(0.0))), "freq_base"),
+        ("zero context", Box::new(set("llama.context_length", Value::U64(0))), "context_length"),
         ("deeply nested array", Box::new(|w| {
             let mut v = Value::Array(vec![Value::U8(1)]);
             for _ in 0..10 { v = Value::Array(vec![v]); }

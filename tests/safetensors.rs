@@ -111,3 +111,131 @@ fn broken_checkpoints_are_errors_naming_the_file() {
     assert!(e.contains("missing") && e.contains("layers.3"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Settings that used to load silently and give NaN or other outputs: wrong types, values out
+/// of range, fewer layers than the tensors hold. Each is an error naming the key or tensor.
+#[test]
+fn inconsistent_settings_are_refused_naming_the_key() {
+    let w = random_weights(&Config::tiny_llama(), 6);
+    let dir = tmp("settings");
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let cfg_path = dir.join("config.json");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let with = |key: &str, v: serde_json::Value| {
+        let mut c = cfg.clone();
+        c[key] = v;
+        std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
+        load_dir(&dir).map(|_| ()).map_err(|e| e.to_string())
+    };
+    for (key, v) in [
+        ("rms_norm_eps", serde_json::json!(-1.0)),
+        ("rms_norm_eps", serde_json::json!(0.0)),
+        ("rope_theta", serde_json::json!(0.0)),
+        ("rope_theta", serde_json::json!("100000")),
+        ("tie_word_embeddings", serde_json::json!("true")),
+        ("num_key_value_heads", serde_json::json!("2")),
+        ("max_position_embeddings", serde_json::json!(-5)),
+        ("eos_token_id", serde_json::json!("2")),
+    ] {
+        let e = with(key, v.clone()).expect_err(&format!("{key} = {v} accepted"));
+        assert!(e.contains(key) && e.contains("config.json"), "{key} = {v}: {e}");
+    }
+    // Fewer layers than the checkpoint holds: the rest would be ignored without a word.
+    let e = with("num_hidden_layers", serde_json::json!(2)).expect_err("2 of 3 layers accepted");
+    assert!(e.contains("not used") && e.contains("model.layers.2."), "{e}");
+    // Absent optional keys (and null) still take their defaults.
+    let mut c = cfg.clone();
+    c.as_object_mut().unwrap().remove("rope_theta");
+    c["head_dim"] = serde_json::Value::Null;
+    std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(load_dir(&dir).unwrap().config.rope_theta, 10000.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A second, stale shard that repeats tensors is refused; an index is followed (a file it does
+/// not name is not read) and checked.
+#[test]
+fn shards_are_unambiguous_and_follow_the_index() {
+    let w = random_weights(&Config::tiny_llama(), 7);
+    let dir = tmp("shards");
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let model = dir.join("model.safetensors");
+    std::fs::copy(&model, dir.join("model-old.safetensors")).unwrap();
+    let e = load_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("also in") && e.contains("model-old.safetensors"), "{e}");
+
+    // An index naming model.safetensors for every tensor: the stale file is ignored.
+    let bytes = std::fs::read(&model).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(str::to_string).collect();
+    let map: serde_json::Map<String, serde_json::Value> = names.iter().map(|n| (n.clone(), serde_json::json!("model.safetensors"))).collect();
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::write(&index, serde_json::json!({ "metadata": {}, "weight_map": map }).to_string()).unwrap();
+    let back = load_dir(&dir).unwrap();
+    assert_eq!(back.tensors, w.tensors);
+
+    // The index puts a tensor in a file it is not in, or lists one that exists nowhere.
+    let mut wrong = map.clone();
+    wrong.insert(names[0].clone(), serde_json::json!("model-old.safetensors"));
+    std::fs::write(&index, serde_json::json!({ "weight_map": wrong }).to_string()).unwrap();
+    let e = load_dir(&dir).unwrap_err().to_string();
+    // model-old.safetensors holds every tensor, of which the index now gives it just one.
+    assert!(e.contains("is here, but model.safetensors.index.json puts it in"), "{e}");
+    let mut extra = map.clone();
+    extra.insert("model.layers.9.mlp.up_proj.weight".into(), serde_json::json!("model.safetensors"));
+    std::fs::write(&index, serde_json::json!({ "weight_map": extra }).to_string()).unwrap();
+    let e = load_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("model.layers.9.mlp.up_proj.weight") && e.contains("missing"), "{e}");
+    std::fs::write(&index, "{\"weight_map\": 3}").unwrap();
+    let e = load_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("weight_map") && e.contains("index.json"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A save over an earlier one replaces both files; temporaries of an interrupted save are gone.
+#[test]
+fn saves_leave_no_temporaries() {
+    let dir = tmp("resave");
+    save_dir(&random_weights(&Config::tiny_llama(), 8), &dir, SaveDtype::F32, None).unwrap();
+    std::fs::write(dir.join("model.safetensors.partial"), b"half a model").unwrap();
+    let w = random_weights(&Config::tiny_llama(), 9);
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["config.json", "model.safetensors"]);
+    assert_eq!(load_dir(&dir).unwrap().tensors, w.tensors);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Not a test of its own: the child process of the full-disk test, run under a file-size limit.
+#[test]
+fn child_save_under_a_file_size_limit() {
+    let Ok(dir) = std::env::var("REVIVE_TEST_FULL_DISK_DIR") else { return };
+    let r = save_dir(&random_weights(&Config::tiny_llama(), 11), std::path::Path::new(&dir), SaveDtype::F32, None);
+    println!("SAVE-RESULT {}", r.map(|_| "ok".to_string()).unwrap_or_else(|e| format!("error: {e}")));
+}
+
+/// A disk that fills during a save (a file-size limit makes every write past 32 KB fail, as a
+/// full disk does): a clear error, the previous model intact, no temporary left behind.
+#[test]
+fn a_full_disk_during_a_save_keeps_the_previous_model() {
+    let dir = tmp("full-disk");
+    let old = random_weights(&Config::tiny_llama(), 10);
+    save_dir(&old, &dir, SaveDtype::F32, None).unwrap();
+    // SIGXFSZ ignored (inherited through exec) turns the limit into EFBIG errors, as on a full disk.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" --exact child_save_under_a_file_size_limit --nocapture --test-threads 1")
+        .arg(std::env::current_exe().unwrap())
+        .env("REVIVE_TEST_FULL_DISK_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.split("SAVE-RESULT").nth(1).unwrap_or_else(|| panic!("child said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(line.contains("error") && line.contains("model.safetensors"), "{line}");
+    let back = load_dir(&dir).unwrap();
+    assert_eq!(back.tensors, old.tensors, "the previous model changed");
+    let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["config.json", "model.safetensors"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

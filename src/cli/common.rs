@@ -1,7 +1,7 @@
 //! What `revive edit` and `revive bench edit` share: the model on the GPU with C0 of the edited
 //! layer, and the REVIVE guard.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::load::load;
@@ -55,4 +55,17 @@ pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::
     let c0 = revive::edit::covariance::layer_second_moment(&gm, &m.tok, hp.layer, hp.mom2_tokens, true)?;
     let cov = revive::edit::rome::CovSolver::new(hp.layer, c0.tokens, &c0.c0, c0.dim)?;
     Ok((m, gpu, gm, cov, start.elapsed().as_secs_f64()))
+}
+
+/// Creates the output directory and proves it can be written, before any expensive step: an
+/// --out that is a file or read-only must fail at once, not after the edits ran.
+pub(super) fn prepare_out(dir: &std::path::Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!("--out {}: this is a file, not a directory", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+    let probe = dir.join(format!(".revive-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("the output directory {} cannot be written", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

@@ -108,6 +108,10 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
         (None, None) => anyhow::bail!("give an edit (--subject, --prompt, --target) or a file (--edits FILE)"),
     };
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
+    anyhow::ensure!(!requests.is_empty(), "there are no requests to edit (the list is empty, or --limit is 0)");
+    if a.resume.is_none() {
+        super::common::prepare_out(&a.out)?;
+    }
     if a.method != Method::Rome || a.batch.is_some() {
         let new = super::session::NewSession {
             model: a.model.clone(),
@@ -128,7 +132,6 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let n = requests.len();
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
     let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref(), true, |_| Ok(None), |r| print_edit(r, n))?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     if !a.no_save {
         let dtype = match a.dtype {
             Dtype::F32 => revive::model::safetensors::SaveDtype::F32,

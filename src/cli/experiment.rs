@@ -188,7 +188,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     if a.dry_run {
         return dry_run(choice, &a, &plan, &arms, &selected[0], &requests, known);
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    super::common::prepare_out(&a.out)?;
     check_plan(&a.out, &plan)?;
     let started = Instant::now();
     let deadline = a.stop_after.map(|m| started + std::time::Duration::from_secs_f64(m * 60.0));

@@ -18,8 +18,9 @@ pub(super) struct Args {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    /// Sample among the k most likely tokens only (k ≥ 1; without it, among all).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    top_k: Option<u64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -31,7 +32,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let ids = m.tok.encode(&prompt)?;
-    let sampling = Sampling { temperature, top_k, seed };
+    let sampling = Sampling { temperature, top_k: top_k.map_or(0, |k| k as usize), seed };
     let mut shown = String::new();
     print!("{prompt}");
     let mut out = vec![];

@@ -2,7 +2,7 @@
 //! session), `revive edit --resume DIR`, `revive journal DIR` and `revive apply`.
 
 use super::Dtype;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use revive::edit::guard::RankRule;
 use revive::edit::hparams::{BatchHparams, BatchMethod};
 use revive::edit::request::EditRequest;
@@ -90,7 +90,7 @@ pub(super) fn with_session<R>(
     body: impl FnOnce(&mut Session, &mut GpuModel, &revive::model::Tok, &mut BatchMetrics, f64, &revive::model::Weights) -> Result<R>,
 ) -> Result<R> {
     let gpu = Gpu::new(choice)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    super::common::prepare_out(dir)?;
     // Bit-identical resumes need the host solves to add in the same order every time.
     faer::set_global_parallelism(faer::Par::Seq);
     let (config, requests, m) = match new {
@@ -210,6 +210,7 @@ pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
 /// `revive apply -m BASE --journal DIR [--upto B] --out OUT`: the model at any batch.
 pub(super) fn apply(choice: BackendChoice, model: &str, dir: &Path, upto: Option<usize>, out: &Path, save: Save, dtype: Dtype) -> Result<()> {
     let (config, requests) = Session::read_config(dir)?;
+    super::common::prepare_out(out)?;
     let gpu = Gpu::new(choice)?;
     faer::set_global_parallelism(faer::Par::Seq);
     let m = load(model)?;
@@ -217,7 +218,6 @@ pub(super) fn apply(choice: BackendChoice, model: &str, dir: &Path, upto: Option
     let method = Box::new(revive::edit::session::ReplayOnly { matrices: config.spec.matrices() });
     let mut session = Session::open(dir, &gm, config, requests, method, Default::default())?;
     let n = session.replay(&mut gm, &m.tok, upto, None)?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, out, save, dtype)?;
     println!("{n} of {} batches applied to {model}", session.batches_done());
     Ok(())

@@ -260,8 +260,12 @@ impl<'a> Session<'a> {
         if batch == 0 {
             return Err(Error::Edit("the batch size must be at least 1".into()));
         }
+        if requests.is_empty() {
+            return Err(Error::Edit("there are no requests to edit (the list is empty)".into()));
+        }
         let matrices: Vec<String> = spec.layers().iter().map(|&l| crate::model::names::down_name(l)).collect();
         let templates = context_templates(model, tok, spec.templates())?;
+        check_lengths(model.config.max_seq_len, tok, requests, &templates)?;
         let bytes = serde_json::to_vec(requests).map_err(|e| Error::Edit(format!("requests to JSON: {e}")))?;
         Ok(SessionConfig {
             format: FORMAT.into(),
@@ -469,4 +473,26 @@ pub fn apply_delta(weights: &mut crate::model::Weights, path: &Path) -> Result<V
         t.data = st.tensor(m, &t.shape)?;
     }
     Ok(matrices)
+}
+
+/// Refuses a request whose longest sequence (a context template around its prompt and target,
+/// or one of its paraphrase and neighbourhood prompts) does not fit the model's context,
+/// naming it, before any statistics or GPU work.
+fn check_lengths(context: usize, tok: &Tok, requests: &[EditRequest], templates: &[String]) -> Result<()> {
+    let template = templates.iter().map(|t| tok.encode(&t.replace("{}", "")).map(|ids| ids.len())).try_fold(0, |m, n| n.map(|n| m.max(n)))?;
+    for (i, r) in requests.iter().enumerate() {
+        let targets = [Some(&r.target_new), r.target_true.as_ref()].into_iter().flatten();
+        let mut longest = 0;
+        for target in targets {
+            longest = longest.max(template + tok.encode(&format!("{} {}", r.full_prompt(), target.trim_start()))?.len());
+        }
+        for p in r.paraphrase_prompts.iter().chain(&r.neighborhood_prompts) {
+            longest = longest.max(tok.encode(p)?.len() + tok.encode(&r.target_new)?.len().max(1));
+        }
+        if longest > context {
+            let id = r.case_id.map(|c| format!(" (case_id {c})")).unwrap_or_default();
+            return Err(Error::Edit(format!("request {i}{id}: its prompts take up to {longest} tokens, more than the model's context of {context} positions")));
+        }
+    }
+    Ok(())
 }

@@ -184,8 +184,11 @@ impl Gpu {
     pub fn new(choice: BackendChoice) -> Result<Gpu> {
         let mut adapters = Self::adapters(choice);
         if let Ok(want) = std::env::var("REVIVE_ADAPTER") {
-            let want = want.to_lowercase();
-            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+            let found: Vec<String> = adapters.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want.to_lowercase()));
+            if adapters.is_empty() && !found.is_empty() {
+                return Err(Error::AdapterNotFound { want, found: found.join(", ") });
+            }
         }
         let adapter = adapters.into_iter().next().ok_or_else(|| Error::NoAdapter {
             tried: backend_names(choice),

@@ -42,6 +42,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every numeric setting in range: an epsilon or RoPE base that is NaN, negative or zero
+    /// loads fine and then yields NaN logits, so it is refused at load. On failure: the field
+    /// (loaders name their own key for it) and what is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return Err(("norm_eps", format!("the norm epsilon is {}; expected a small positive number", self.norm_eps)));
+        }
+        if self.arch == Arch::Llama && !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(("rope_theta", format!("the RoPE base is {}; expected a finite number above 1", self.rope_theta)));
+        }
+        for (field, v) in [("vocab_size", self.vocab_size), ("n_layers", self.n_layers), ("ffn_hidden", self.ffn_hidden), ("head_dim", self.head_dim), ("max_seq_len", self.max_seq_len)] {
+            if v == 0 {
+                return Err((field, "is 0".into()));
+            }
+        }
+        if self.arch == Arch::Llama && self.head_dim % 2 != 0 {
+            return Err(("head_dim", format!("is {}; RoPE needs an even head width", self.head_dim)));
+        }
+        Ok(())
+    }
+
     /// Query heads per key/value head.
     pub fn group_size(&self) -> usize {
         self.n_heads / self.n_kv_heads.max(1)

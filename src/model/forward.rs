@@ -162,6 +162,11 @@ impl GpuModel {
         let c = &self.config;
         let gpu = &self.gpu;
         let (b, t, d) = (batch.b(), batch.t, c.hidden);
+        // Before any allocation: a cache for a prompt past the context can be gigabytes.
+        let pos0 = cache.as_ref().map_or(0, |c| c.len);
+        if pos0 + t > c.max_seq_len {
+            return Err(Error::shape("forward", format!("{} positions exceed the model's context of {}", pos0 + t, c.max_seq_len)));
+        }
         let mut own_cache;
         let cache = match cache {
             Some(cache) => {
@@ -178,10 +183,6 @@ impl GpuModel {
                 &mut own_cache
             }
         };
-        let pos0 = cache.len;
-        if pos0 + t > c.max_seq_len {
-            return Err(Error::shape("forward", format!("{} positions exceed the model's {}", pos0 + t, c.max_seq_len)));
-        }
         for site in probes.residual.iter().chain(&probes.down_in).chain(probes.add.iter().map(|(s, _)| s)) {
             check_site(c, batch, site)?;
         }
@@ -296,7 +297,7 @@ impl GpuModel {
     pub(crate) fn start(&self, batch: &Batch) -> Result<(Tensor, KvCache)> {
         let c = &self.config;
         if batch.t > c.max_seq_len {
-            return Err(Error::shape("forward", format!("{} positions exceed the model's {}", batch.t, c.max_seq_len)));
+            return Err(Error::shape("forward", format!("{} positions exceed the model's context of {}", batch.t, c.max_seq_len)));
         }
         check_ids(c, batch)?;
         Ok((self.embed(batch, 0)?, self.new_cache(batch.b(), batch.t)?))

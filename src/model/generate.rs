@@ -71,6 +71,13 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(Error::shape("generate", "the prompt has no tokens"));
     }
+    let context = model.config.max_seq_len;
+    if prompt.len().checked_add(n).is_none_or(|total| total > context) {
+        return Err(Error::shape(
+            "generate",
+            format!("the prompt's {} tokens and {n} new ones exceed the model's context of {context} positions; ask for at most {}", prompt.len(), context.saturating_sub(prompt.len())),
+        ));
+    }
     let mut rng = crate::testing::rng(sampling.seed);
     let mut cache = model.new_cache(1, prompt.len() + n)?;
     let batch = Batch::new(&[prompt.to_vec()])?;

@@ -544,7 +544,7 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
                 .ok_or_else(|| model_err(file, format!("metadata key '{key}' is {v:?}, expected a token id"))),
         }
     };
-    Ok(Config {
+    let config = Config {
         arch: Arch::Llama,
         vocab_size,
         hidden,
@@ -564,7 +564,18 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         tied_embeddings: meta.tensor("output.weight").is_none(),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: token_id("tokenizer.ggml.eos_token_id")?,
-    })
+    };
+    let key = |field: &str| match field {
+        "norm_eps" => "llama.attention.layer_norm_rms_epsilon",
+        "rope_theta" => "llama.rope.freq_base",
+        "max_seq_len" => "llama.context_length",
+        "ffn_hidden" => "llama.feed_forward_length",
+        "n_layers" => "llama.block_count",
+        "vocab_size" => "tokenizer.ggml.tokens",
+        _ => "llama.embedding_length / llama.attention.head_count",
+    };
+    config.check().map_err(|(field, detail)| model_err(file, format!("metadata key '{}': {detail}", key(field))))?;
+    Ok(config)
 }
 
 /// Loads a llama-architecture GGUF as canonical f32 weights, plus its metadata (for the

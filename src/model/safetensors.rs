@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn err(file: &Path, detail: impl Into<String>) -> Error {
     Error::Model { file: file.display().to_string(), detail: detail.into() }
@@ -57,22 +57,46 @@ pub fn permute_rope_rows(w: &HostTensor, head_dim: usize, to_half: bool) -> Host
     HostTensor::new(w.shape.clone(), out)
 }
 
+/// The first of `keys` present (null counts as absent), checked to be a whole number ≥ 0: a
+/// value of the wrong type is an error that names the key, never a silent default.
+fn opt_usize(cfg: &Value, file: &Path, keys: &[&str]) -> Result<Option<usize>> {
+    let Some((key, v)) = keys.iter().find_map(|k| cfg.get(*k).filter(|v| !v.is_null()).map(|v| (k, v))) else { return Ok(None) };
+    v.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| err(file, format!("field '{key}' is {v}; expected a whole number ≥ 0")))
+}
+
 fn get_usize(cfg: &Value, file: &Path, keys: &[&str]) -> Result<usize> {
-    keys.iter()
-        .find_map(|k| cfg.get(*k).and_then(Value::as_u64))
-        .map(|v| v as usize)
-        .ok_or_else(|| err(file, format!("field '{}' is missing or not a number", keys[0])))
+    opt_usize(cfg, file, keys)?.ok_or_else(|| err(file, format!("field '{}' is missing", keys[0])))
 }
 
-fn get_f32(cfg: &Value, keys: &[&str], default: f32) -> f32 {
-    keys.iter().find_map(|k| cfg.get(*k).and_then(Value::as_f64)).map(|v| v as f32).unwrap_or(default)
+/// A finite number under `key`, or `default` when the key is absent or null.
+fn get_f32(cfg: &Value, file: &Path, key: &str, default: f32) -> Result<f32> {
+    match cfg.get(key).filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .map(|x| x as f32)
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| err(file, format!("field '{key}' is {v}; expected a finite number"))),
+    }
 }
 
-fn get_id(cfg: &Value, key: &str) -> Option<u32> {
-    match cfg.get(key)? {
-        Value::Number(n) => n.as_u64().map(|v| v as u32),
-        Value::Array(a) => a.first().and_then(Value::as_u64).map(|v| v as u32),
-        _ => None,
+fn get_bool(cfg: &Value, file: &Path, key: &str, default: bool) -> Result<bool> {
+    match cfg.get(key).filter(|v| !v.is_null()) {
+        None => Ok(default),
+        Some(v) => v.as_bool().ok_or_else(|| err(file, format!("field '{key}' is {v}; expected true or false"))),
+    }
+}
+
+fn get_id(cfg: &Value, file: &Path, key: &str) -> Result<Option<u32>> {
+    let bad = |v: &Value| err(file, format!("field '{key}' is {v}; expected a token id"));
+    let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| bad(v));
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a.first().map(id).transpose(),
+        Some(v) => id(v).map(Some),
     }
 }
 
@@ -96,16 +120,16 @@ pub fn parse_config(path: &Path) -> Result<Config> {
                 hidden,
                 n_layers: get_usize(&cfg, path, &["num_hidden_layers"])?,
                 n_heads,
-                n_kv_heads: get_usize(&cfg, path, &["num_key_value_heads"]).unwrap_or(n_heads),
-                head_dim: get_usize(&cfg, path, &["head_dim"]).unwrap_or(hidden / n_heads.max(1)),
+                n_kv_heads: opt_usize(&cfg, path, &["num_key_value_heads"])?.unwrap_or(n_heads),
+                head_dim: opt_usize(&cfg, path, &["head_dim"])?.unwrap_or(hidden / n_heads.max(1)),
                 ffn_hidden: get_usize(&cfg, path, &["intermediate_size"])?,
-                norm_eps: get_f32(&cfg, &["rms_norm_eps"], 1e-6),
-                rope_theta: get_f32(&cfg, &["rope_theta"], 10000.0),
+                norm_eps: get_f32(&cfg, path, "rms_norm_eps", 1e-6)?,
+                rope_theta: get_f32(&cfg, path, "rope_theta", 10000.0)?,
                 rope_style: RopeStyle::Half,
-                max_seq_len: get_usize(&cfg, path, &["max_position_embeddings"]).unwrap_or(2048),
-                tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-                bos_token_id: get_id(&cfg, "bos_token_id"),
-                eos_token_id: get_id(&cfg, "eos_token_id"),
+                max_seq_len: opt_usize(&cfg, path, &["max_position_embeddings"])?.unwrap_or(2048),
+                tied_embeddings: get_bool(&cfg, path, "tie_word_embeddings", false)?,
+                bos_token_id: get_id(&cfg, path, "bos_token_id")?,
+                eos_token_id: get_id(&cfg, path, "eos_token_id")?,
             }
         }
         Arch::Gpt2 => {
@@ -119,20 +143,32 @@ pub fn parse_config(path: &Path) -> Result<Config> {
                 n_heads,
                 n_kv_heads: n_heads,
                 head_dim: hidden / n_heads.max(1),
-                ffn_hidden: get_usize(&cfg, path, &["n_inner"]).unwrap_or(4 * hidden),
-                norm_eps: get_f32(&cfg, &["layer_norm_epsilon"], 1e-5),
+                ffn_hidden: opt_usize(&cfg, path, &["n_inner"])?.unwrap_or(4 * hidden),
+                norm_eps: get_f32(&cfg, path, "layer_norm_epsilon", 1e-5)?,
                 rope_theta: 0.0,
                 rope_style: RopeStyle::Half,
                 max_seq_len: get_usize(&cfg, path, &["n_positions", "n_ctx"])?,
-                tied_embeddings: cfg.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
-                bos_token_id: get_id(&cfg, "bos_token_id"),
-                eos_token_id: get_id(&cfg, "eos_token_id"),
+                tied_embeddings: get_bool(&cfg, path, "tie_word_embeddings", true)?,
+                bos_token_id: get_id(&cfg, path, "bos_token_id")?,
+                eos_token_id: get_id(&cfg, path, "eos_token_id")?,
             }
         }
     };
     if config.n_heads == 0 || config.n_kv_heads == 0 || config.n_heads % config.n_kv_heads != 0 || config.hidden == 0 {
         return Err(err(path, format!("inconsistent head counts: {} query heads, {} key/value heads", config.n_heads, config.n_kv_heads)));
     }
+    let key = |field: &str| match (field, config.arch) {
+        ("norm_eps", Arch::Gpt2) => "layer_norm_epsilon",
+        ("norm_eps", _) => "rms_norm_eps",
+        ("rope_theta", _) => "rope_theta",
+        ("max_seq_len", Arch::Gpt2) => "n_positions",
+        ("max_seq_len", _) => "max_position_embeddings",
+        ("vocab_size", _) => "vocab_size",
+        ("n_layers", _) => "num_hidden_layers",
+        ("ffn_hidden", _) => "intermediate_size",
+        (_, _) => "head_dim",
+    };
+    config.check().map_err(|(field, detail)| err(path, format!("field '{}': {detail}", key(field))))?;
     Ok(config)
 }
 
@@ -193,8 +229,37 @@ fn to_f32(file: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32
     })
 }
 
-/// Every tensor of every *.safetensors file in `dir`, by its file name.
-fn read_tensors(dir: &Path) -> Result<HashMap<String, HostTensor>> {
+/// The shard files of a checkpoint and, where `model.safetensors.index.json` exists, which file
+/// each tensor must come from. Without an index every *.safetensors file is a shard; with one,
+/// only the files it names (a stale extra file in the directory is not read).
+fn shards(dir: &Path) -> Result<(Vec<PathBuf>, Option<HashMap<String, String>>)> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| err(&index, format!("cannot read: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| err(&index, format!("not valid JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| err(&index, "field 'weight_map' is missing or not an object"))?;
+        let mut weight_map = HashMap::new();
+        for (tensor, file) in map {
+            let file = file.as_str().ok_or_else(|| err(&index, format!("weight_map['{tensor}'] is {file}; expected a file name")))?;
+            if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                return Err(err(&index, format!("weight_map['{tensor}'] names '{file}', not a file of this directory")));
+            }
+            weight_map.insert(tensor.clone(), file.to_string());
+        }
+        let mut files: Vec<PathBuf> = weight_map.values().map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        if let Some(gone) = files.iter().find(|f| !f.is_file()) {
+            return Err(err(&index, format!("weight_map names {}, which is not a file of this directory", gone.file_name().unwrap_or_default().to_string_lossy())));
+        }
+        if files.is_empty() {
+            return Err(err(&index, "weight_map is empty"));
+        }
+        return Ok((files, Some(weight_map)));
+    }
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| err(dir, format!("cannot list: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -204,28 +269,84 @@ fn read_tensors(dir: &Path) -> Result<HashMap<String, HostTensor>> {
     if files.is_empty() {
         return Err(err(dir, "no .safetensors file in this directory"));
     }
+    Ok((files, None))
+}
+
+/// Every tensor of the checkpoint's shards, by its file name. A tensor in two shards, or in
+/// another shard than the index says, is an error: one would silently override the other.
+fn read_tensors(dir: &Path) -> Result<(HashMap<String, HostTensor>, Vec<PathBuf>)> {
+    let (files, index) = shards(dir)?;
     let mut out = HashMap::new();
-    for file in files {
+    let mut origin: HashMap<String, PathBuf> = HashMap::new();
+    for file in &files {
+        let file = file.clone();
         let bytes = std::fs::read(&file).map_err(|e| err(&file, format!("cannot read: {e}")))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| err(&file, format!("not a valid safetensors file: {e}")))?;
+        let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         for (name, view) in st.tensors() {
+            if let Some(first) = origin.get(&name) {
+                return Err(err(&file, format!("tensor '{name}' is also in {}: which one is meant is unclear", first.display())));
+            }
+            if let Some(map) = &index {
+                match map.get(&name) {
+                    Some(f) if *f == file_name => {}
+                    Some(f) => return Err(err(&file, format!("tensor '{name}' is here, but model.safetensors.index.json puts it in {f}"))),
+                    None => return Err(err(&file, format!("tensor '{name}' is not listed in model.safetensors.index.json"))),
+                }
+            }
             let data = to_f32(&file, &name, view.dtype(), view.data())?;
-            out.insert(name, HostTensor::new(view.shape().to_vec(), data));
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                return Err(err(&file, format!("tensor '{name}' holds a non-finite value at element {i}")));
+            }
+            out.insert(name.clone(), HostTensor::new(view.shape().to_vec(), data));
+            origin.insert(name, file.clone());
         }
     }
-    Ok(out)
+    if let Some(map) = &index {
+        if let Some((name, f)) = map.iter().find(|(name, _)| !out.contains_key(*name)) {
+            return Err(err(&dir.join(f), format!("tensor '{name}', which model.safetensors.index.json puts here, is missing")));
+        }
+    }
+    Ok((out, files))
+}
+
+/// Refuses tensors the configuration does not use: 30 layers of tensors under a config that
+/// says 2 would otherwise load as a 2-layer model answering nonsense. Buffers some exporters
+/// keep (RoPE frequencies, GPT-2's causal masks) and a tied head equal to the embedding are
+/// not weights and are allowed.
+fn check_unused(dir: &Path, config: &Config, left: HashMap<String, HostTensor>, embed: &HostTensor) -> Result<()> {
+    let mut unused: Vec<String> = left
+        .into_iter()
+        .filter(|(name, t)| {
+            let buffer = name.ends_with("rotary_emb.inv_freq") || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
+            let tied_copy = config.tied_embeddings && name == "lm_head.weight" && t.shape == embed.shape && t.data == embed.data;
+            !buffer && !tied_copy
+        })
+        .map(|(name, _)| name)
+        .collect();
+    if unused.is_empty() {
+        return Ok(());
+    }
+    unused.sort();
+    let hint = if unused.iter().any(|n| n == "lm_head.weight") {
+        "tie_word_embeddings is true, but lm_head.weight differs from the embedding".to_string()
+    } else {
+        format!("config.json says {} layers", config.n_layers)
+    };
+    Err(err(dir, format!("{} tensors are not used by the configuration ({hint}): {}{}", unused.len(), unused.iter().take(4).cloned().collect::<Vec<_>>().join(", "), if unused.len() > 4 { ", …" } else { "" })))
 }
 
 /// Loads a Hugging Face checkpoint directory into canonical weights.
 pub fn load_dir(dir: &Path) -> Result<Weights> {
     let config = parse_config(&dir.join("config.json"))?;
-    let mut hf = read_tensors(dir)?;
-    let source = dir.display().to_string();
+    let (mut hf, files) = read_tensors(dir)?;
+    let shard_names = files.iter().map(|f| f.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect::<Vec<_>>().join(", ");
+    let cfg_path = dir.join("config.json");
     let mut take = |names: &[String]| -> Result<HostTensor> {
         names
             .iter()
             .find_map(|n| hf.remove(n))
-            .ok_or_else(|| err(dir, format!("tensor '{}' is missing", names[0])))
+            .ok_or_else(|| err(&cfg_path, format!("tensor '{}' is missing: config.json implies it, and it is in none of {shard_names}", names[0])))
     };
     let mut t = BTreeMap::new();
     match config.arch {
@@ -296,8 +417,10 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
             }
         }
     }
+    check_unused(dir, &config, hf, &t["embed"])?;
     let weights = Weights { config, tensors: t };
-    weights.validate(&source)?;
+    // Shapes are what config.json implies: a disagreement names it.
+    weights.validate(&dir.join("config.json").display().to_string())?;
     Ok(weights)
 }
 
@@ -410,21 +533,33 @@ pub fn to_hf(w: &Weights) -> Vec<(String, HostTensor)> {
 }
 
 /// Writes `dir/model.safetensors` and `dir/config.json` (plus `extra` metadata in the header).
+/// Each goes to a temporary name, is flushed and renamed; the model first, so an interrupted save
+/// never pairs a new config.json with an old model. A failed write removes its temporary file,
+/// and temporaries an earlier interrupted save left are removed first.
 pub fn save_dir(w: &Weights, dir: &Path, dtype: SaveDtype, extra: Option<HashMap<String, String>>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
+    let path = dir.join("model.safetensors");
+    let cfg_path = dir.join("config.json");
+    let tmp = dir.join("model.safetensors.partial");
+    let cfg_tmp = dir.join("config.json.partial");
+    for stale in [&tmp, &cfg_tmp] {
+        let _ = std::fs::remove_file(stale);
+    }
     let mut config = w.config.clone();
     config.rope_style = RopeStyle::Half;
-    let cfg_path = dir.join("config.json");
     let cfg_text = serde_json::to_string_pretty(&config_json(&config)).expect("JSON of plain values");
-    std::fs::write(&cfg_path, cfg_text).map_err(|e| err(&cfg_path, format!("cannot write: {e}")))?;
     let owned: Vec<(String, Owned)> = to_hf(w).into_iter().map(|(n, t)| (n, encode(&t, dtype))).collect();
     let mut meta = extra.unwrap_or_default();
     meta.insert("format".into(), "pt".into());
-    let path = dir.join("model.safetensors");
-    // Write to a temporary name first so a failure never leaves a half-written model behind.
-    let tmp = dir.join("model.safetensors.partial");
-    safetensors::serialize_to_file(owned.iter().map(|(n, o)| (n.as_str(), o)), Some(meta), &tmp)
-        .map_err(|e| err(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(&path, format!("cannot move into place: {e}")))?;
-    Ok(())
+    let written = safetensors::serialize_to_file(owned.iter().map(|(n, o)| (n.as_str(), o)), Some(meta), &tmp)
+        .map_err(|e| err(&tmp, format!("cannot write: {e}")))
+        .and_then(|_| crate::store::sync_and_rename(&tmp, &path))
+        .and_then(|_| std::fs::write(&cfg_tmp, cfg_text).map_err(|e| err(&cfg_tmp, format!("cannot write: {e}"))))
+        .and_then(|_| crate::store::sync_and_rename(&cfg_tmp, &cfg_path));
+    if written.is_err() {
+        for t in [&tmp, &cfg_tmp] {
+            let _ = std::fs::remove_file(t);
+        }
+    }
+    written
 }

@@ -114,7 +114,11 @@ impl Tok {
     /// `tokenizer_config.json` beside it when there is one.
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
         let file = path.display().to_string();
-        let inner = Tokenizer::from_file(path).map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
+        // tokenizers 0.22 panics (an `expect` in its decoder deserialiser) on some malformed
+        // files instead of returning an error; the fuzz harness found it.
+        let inner = std::panic::catch_unwind(|| Tokenizer::from_file(path))
+            .map_err(|_| err(&file, "cannot load tokenizer: its 'decoder' (or another part) is malformed"))?
+            .map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
         let eos = path
             .with_file_name("tokenizer_config.json")
             .exists()

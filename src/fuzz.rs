@@ -1,0 +1,382 @@
+//! Mutational fuzzing of every parser of outside data: GGUF, safetensors (one file, shards with
+//! an index), config.json, tokenizer.json, edit requests (CounterFact and zsRE layouts),
+//! hyper-parameters, facts files and cache files. Stable Rust has no coverage-guided fuzzer
+//! here (cargo-fuzz needs nightly), so this is a plain mutator over real seed files: bit flips,
+//! byte insertions and deletions, truncations, lying lengths and counts, spliced seeds, and in
+//! JSON wrong types and NaN/Inf. `tests/fuzz.rs` runs it briefly on fixed seeds;
+//! `cargo run --release --example fuzz -- --seconds 600 --target gguf` runs it long.
+//!
+//! Pass condition for an input: the loader returns (no panic), an error names the file it was
+//! reading, and no single allocation exceeds a bound derived from the input's size (the caller's
+//! global allocator measures that; see `Limits`).
+
+use crate::error::{Error, Result};
+use crate::model::gguf::write::{GgufWriter, Tensor as GgufTensor};
+use crate::model::gguf::{GgmlType, Value};
+use crate::model::random::random_weights;
+use crate::model::safetensors::{save_dir, SaveDtype};
+use crate::model::Config;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+type Loader = Box<dyn Fn(&Path, &[u8]) -> Result<()>>;
+
+/// One parser under test: where its input goes and how it is loaded.
+pub struct Target {
+    pub name: &'static str,
+    /// The file name the mutated bytes are written as; every error must name it.
+    pub file: &'static str,
+    pub seeds: Vec<Vec<u8>>,
+    load: Loader,
+}
+
+/// What a run found.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    pub target: String,
+    pub inputs: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    /// Inputs that panicked: the panic message.
+    pub panics: Vec<String>,
+    /// Errors that do not name the file.
+    pub unnamed: Vec<String>,
+    /// Inputs whose largest single allocation exceeded the bound: (bytes, input size).
+    pub oversized: Vec<(usize, usize)>,
+    /// Seeds the loader refused unmutated: a harness whose seeds fail tests nothing past the
+    /// first check.
+    pub bad_seeds: Vec<String>,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn clean(&self) -> bool {
+        self.panics.is_empty() && self.unnamed.is_empty() && self.oversized.is_empty() && self.bad_seeds.is_empty()
+    }
+}
+
+/// The caller's allocation probe: reset before an input, the largest single allocation after.
+pub struct Limits<'a> {
+    pub reset: &'a dyn Fn(),
+    pub peak: &'a dyn Fn() -> usize,
+}
+
+/// The largest single allocation an input of `len` bytes may cause: dequantised weights are up
+/// to 8× their 4-bit encoding, and a parser may hold a few copies.
+pub fn allocation_bound(len: usize) -> usize {
+    64 * len + (64 << 20)
+}
+
+/// Every target, its seeds written under `work` (a scratch directory it owns).
+pub fn targets(work: &Path) -> Result<Vec<Target>> {
+    std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
+    let tiny = Config { vocab_size: 259, ..Config::tiny_llama() };
+    let weights = random_weights(&tiny, 3);
+    let model_dir = work.join("seed-model");
+    save_dir(&weights, &model_dir, SaveDtype::F32, None)?;
+    let st_bytes = read(&model_dir.join("model.safetensors"))?;
+    let cfg_bytes = read(&model_dir.join("config.json"))?;
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&st_bytes).map_err(|e| Error::Edit(e.to_string()))?.names().into_iter().map(str::to_string).collect();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": names.iter().map(|n| (n.clone(), serde_json::json!("model.safetensors"))).collect::<serde_json::Map<_, _>>() });
+
+    let st_dir = work.join("st");
+    let cfg_dir = work.join("cfg");
+    let idx_dir = work.join("idx");
+    let file_loader = |dir: &Path, file: &'static str, load: fn(&Path) -> Result<()>| -> Loader {
+        let path = dir.join(file);
+        Box::new(move |_: &Path, bytes: &[u8]| {
+            std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+            load(&path)
+        })
+    };
+
+    let tok_json = crate::model::Tok::word_level(&(0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>())?
+        .inner()
+        .to_string(false)
+        .map_err(|e| Error::Edit(e.to_string()))?;
+    let mut tok_seeds = vec![tok_json.into_bytes()];
+    let real_tok = crate::model::fetch::cache_dir().join("fuzz-seed-tokenizer.json");
+    if let Ok(b) = std::fs::read(&real_tok) {
+        tok_seeds.push(b);
+    }
+    let zsre = br#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "alt": "University of Michigan", "answers": ["Trinity College"], "rephrase": "What university did Watts Humphrey take part in?", "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"}]"#.to_vec();
+
+    let out = vec![
+        Target {
+            name: "gguf",
+            file: "fuzz.gguf",
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?],
+            load: Box::new(|_, bytes| {
+                let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
+                crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
+            }),
+        },
+        // The three parts of a checkpoint directory, each mutated with the other two intact.
+        Target {
+            name: "safetensors",
+            file: "model.safetensors",
+            seeds: vec![st_bytes.clone()],
+            load: dir_loader(st_dir, "model.safetensors", vec![("config.json", cfg_bytes.clone())]),
+        },
+        Target {
+            name: "config",
+            file: "config.json",
+            seeds: vec![cfg_bytes.clone()],
+            load: dir_loader(cfg_dir, "config.json", vec![("model.safetensors", st_bytes.clone())]),
+        },
+        Target {
+            name: "index",
+            file: "model.safetensors.index.json",
+            seeds: vec![index.to_string().into_bytes()],
+            load: dir_loader(idx_dir, "model.safetensors.index.json", vec![("config.json", cfg_bytes), ("model.safetensors", st_bytes)]),
+        },
+        Target {
+            name: "tokenizer",
+            file: "tokenizer.json",
+            seeds: tok_seeds,
+            load: file_loader(work, "tokenizer.json", |p| crate::model::Tok::from_tokenizer_json(p).map(|_| ())),
+        },
+        Target {
+            name: "requests",
+            file: "requests.json",
+            seeds: vec![include_bytes!("../assets/facts/edits.json").to_vec(), zsre],
+            load: file_loader(work, "requests.json", |p| crate::edit::request::load_requests(p).map(|_| ())),
+        },
+        Target {
+            name: "hparams",
+            file: "hparams.json",
+            seeds: vec![
+                include_bytes!("../assets/hparams/memit/smollm2.json").to_vec(),
+                include_bytes!("../assets/hparams/alphaedit/smollm2.json").to_vec(),
+                include_bytes!("../assets/hparams/rome/smollm2.json").to_vec(),
+            ],
+            load: file_loader(work, "hparams.json", |p| {
+                // The file says which kind it is; both parsers must refuse what they cannot read.
+                let batch = crate::edit::hparams::BatchHparams::load(p).map(|_| ());
+                let rome = crate::edit::hparams::RomeHparams::load(p).map(|_| ());
+                batch.or(rome)
+            }),
+        },
+        Target {
+            name: "facts",
+            file: "facts.json",
+            seeds: vec![include_bytes!("../assets/facts/known.json").to_vec()],
+            load: file_loader(work, "facts.json", |p| crate::eval::retention::load_facts(p).map(|_| ())),
+        },
+        Target {
+            name: "cache",
+            file: "cache.safetensors",
+            seeds: vec![cache_seed(work)?],
+            load: file_loader(work, "cache.safetensors", |p| crate::store::load(p, &cache_fields()).and_then(|s| s.tensor("c0", &[8, 8]).map(|_| ()))),
+        },
+    ];
+    Ok(out)
+}
+
+/// A loader that writes the mutated bytes as `file` in `dir` beside the fixed files, then loads
+/// the directory as a checkpoint.
+fn dir_loader(dir: PathBuf, file: &'static str, fixed: Vec<(&'static str, Vec<u8>)>) -> Loader {
+    Box::new(move |_: &Path, bytes: &[u8]| {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        for (name, b) in &fixed {
+            std::fs::write(dir.join(name), b).map_err(|e| io(&dir, e))?;
+        }
+        std::fs::write(dir.join(file), bytes).map_err(|e| io(&dir, e))?;
+        crate::model::safetensors::load_dir(&dir).map(|_| ())
+    })
+}
+
+fn cache_fields() -> Vec<(&'static str, String)> {
+    vec![("format", "revive-fuzz-cache".into()), ("layer", "3".into())]
+}
+
+fn cache_seed(work: &Path) -> Result<Vec<u8>> {
+    let path = work.join("seed-cache.safetensors");
+    let c0: Vec<f32> = (0..64).map(|i| i as f32 / 7.0).collect();
+    crate::store::save(&path, &cache_fields(), &[("c0", vec![8, 8], &c0)])?;
+    read(&path)
+}
+
+/// A complete small llama GGUF of format `version` (byte-level BPE vocabulary of 259 tokens,
+/// F32 tensors), as llama.cpp lays one out.
+pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
+    let c = &w.config;
+    let mut bytes: Vec<String> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().map(String::from).collect();
+    bytes.sort();
+    let mut tokens = vec!["<|endoftext|>".to_string()];
+    tokens.extend(bytes);
+    tokens.extend(["he".into(), "Ġt".into()]);
+    if tokens.len() != c.vocab_size {
+        return Err(Error::Edit(format!("tiny_gguf: {} tokens for a vocabulary of {}", tokens.len(), c.vocab_size)));
+    }
+    let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::Str(s.clone())).collect());
+    let mut g = GgufWriter::default();
+    g.kv("general.architecture", Value::Str("llama".into()))
+        .kv("llama.embedding_length", Value::U32(c.hidden as u32))
+        .kv("llama.block_count", Value::U32(c.n_layers as u32))
+        .kv("llama.attention.head_count", Value::U32(c.n_heads as u32))
+        .kv("llama.attention.head_count_kv", Value::U32(c.n_kv_heads as u32))
+        .kv("llama.feed_forward_length", Value::U32(c.ffn_hidden as u32))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(c.norm_eps))
+        .kv("llama.rope.freq_base", Value::F32(c.rope_theta))
+        .kv("llama.context_length", Value::U64(c.max_seq_len as u64))
+        .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+        .kv("tokenizer.ggml.pre", Value::Str("smollm".into()))
+        .kv("tokenizer.ggml.tokens", strs(&tokens))
+        .kv("tokenizer.ggml.merges", strs(&["h e".into(), "Ġ t".into()]))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(0));
+    for (name, t) in &w.tensors {
+        let gguf = match name.as_str() {
+            "embed" => "token_embd".to_string(),
+            "final_norm.weight" => "output_norm".to_string(),
+            "lm_head" => "output".to_string(),
+            other => {
+                let (i, field) = other.strip_prefix("layers.").and_then(|r| r.split_once('.')).ok_or_else(|| Error::Edit(format!("tiny_gguf: tensor {other}")))?;
+                let f = match field {
+                    "attn_norm.weight" => "attn_norm",
+                    "mlp_norm.weight" => "ffn_norm",
+                    "wq" => "attn_q",
+                    "wk" => "attn_k",
+                    "wv" => "attn_v",
+                    "wo" => "attn_output",
+                    "w_gate" => "ffn_gate",
+                    "w_up" => "ffn_up",
+                    "w_down" => "ffn_down",
+                    f => return Err(Error::Edit(format!("tiny_gguf: field {f}"))),
+                };
+                format!("blk.{i}.{f}")
+            }
+        };
+        let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
+        let data = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        g.tensors.push(GgufTensor { name: format!("{gguf}.weight"), dims, type_id: GgmlType::F32 as u32, data });
+    }
+    Ok(g.to_bytes(version))
+}
+
+/// Values that make lengths and counts lie.
+const LIES: [u64; 9] = [0, 1, 7, 255, 0xFFFF, 0x7FFF_FFFF, 0xFFFF_FFFF, 1 << 40, u64::MAX];
+/// JSON values of the wrong type or out of range.
+const JSON_LIES: [&str; 10] = ["NaN", "Infinity", "-Infinity", "1e309", "-1", "\"1\"", "null", "[]", "{}", "18446744073709551616"];
+
+/// One to three mutations of `seed`; `other` is spliced from.
+pub fn mutate(rng: &mut StdRng, seed: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    for _ in 0..rng.random_range(1..=3) {
+        let n = b.len();
+        match rng.random_range(0..8) {
+            0 if n > 0 => {
+                let at = rng.random_range(0..n);
+                b[at] ^= 1 << rng.random_range(0..8);
+            }
+            1 => {
+                let at = rng.random_range(0..=n);
+                let k = rng.random_range(1..=16);
+                let ins: Vec<u8> = (0..k).map(|_| rng.random()).collect();
+                b.splice(at..at, ins);
+            }
+            2 if n > 0 => {
+                let at = rng.random_range(0..n);
+                let k = rng.random_range(1..=(n - at).min(64));
+                b.drain(at..at + k);
+            }
+            3 => b.truncate(rng.random_range(0..=n)),
+            4 if n >= 8 => {
+                // A lying length or count, little-endian, at a random offset (GGUF and
+                // safetensors both lead with u64 lengths).
+                let at = rng.random_range(0..=n - 8);
+                let v = LIES[rng.random_range(0..LIES.len())];
+                if rng.random_bool(0.5) {
+                    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                } else {
+                    b[at..at + 4].copy_from_slice(&(v as u32).to_le_bytes());
+                }
+            }
+            5 => {
+                // A JSON number or string replaced by a value of the wrong type.
+                if let Some(at) = json_value_at(&b, rng) {
+                    let end = at + b[at..].iter().position(|c| matches!(c, b',' | b'}' | b']' | b'\n')).unwrap_or(b.len() - at);
+                    let lie = JSON_LIES[rng.random_range(0..JSON_LIES.len())];
+                    b.splice(at..end, lie.bytes());
+                }
+            }
+            6 if !other.is_empty() => {
+                let from = rng.random_range(0..other.len());
+                let k = rng.random_range(1..=(other.len() - from).min(256));
+                let at = rng.random_range(0..=n);
+                b.splice(at..at, other[from..from + k].iter().copied());
+            }
+            _ if n > 0 => {
+                // A chunk repeated (duplicate keys, records, tensors).
+                let at = rng.random_range(0..n);
+                let k = rng.random_range(1..=(n - at).min(128));
+                let chunk = b[at..at + k].to_vec();
+                b.splice(at..at, chunk);
+            }
+            _ => b.push(rng.random()),
+        }
+    }
+    b
+}
+
+/// The start of a random JSON value after a ':' (None in binary data without one).
+fn json_value_at(b: &[u8], rng: &mut StdRng) -> Option<usize> {
+    let colons: Vec<usize> = b.iter().enumerate().filter(|(_, &c)| c == b':').map(|(i, _)| i).take(4096).collect();
+    let &c = colons.get(rng.random_range(0..colons.len().max(1)))?;
+    let at = c + 1 + b[c + 1..].iter().position(|x| !x.is_ascii_whitespace())?;
+    Some(at)
+}
+
+/// Runs `target` on mutated seeds until `budget` or `max_inputs`, whichever comes first.
+pub fn run(target: &Target, seed: u64, budget: Duration, max_inputs: usize, limits: &Limits) -> Report {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut report = Report { target: target.name.into(), ..Default::default() };
+    let start = Instant::now();
+    let work = std::env::temp_dir();
+    for seed in &target.seeds {
+        if let Err(e) = (target.load)(&work, seed) {
+            report.bad_seeds.push(e.to_string());
+        }
+    }
+    while report.inputs < max_inputs && start.elapsed() < budget {
+        let s = &target.seeds[rng.random_range(0..target.seeds.len())];
+        let o = &target.seeds[rng.random_range(0..target.seeds.len())];
+        let input = mutate(&mut rng, s, o);
+        (limits.reset)();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (target.load)(&work, &input)));
+        let peak = (limits.peak)();
+        report.inputs += 1;
+        if peak > allocation_bound(input.len()) {
+            report.oversized.push((peak, input.len()));
+        }
+        match outcome {
+            Ok(Ok(())) => report.accepted += 1,
+            Ok(Err(e)) => {
+                report.rejected += 1;
+                let msg = e.to_string();
+                if !msg.contains(target.file) && report.unnamed.len() < 20 {
+                    report.unnamed.push(msg);
+                }
+            }
+            Err(p) => {
+                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                if report.panics.len() < 20 {
+                    report.panics.push(msg);
+                }
+            }
+        }
+    }
+    report.seconds = start.elapsed().as_secs_f64();
+    report
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io(path, e))
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Model { file: path.display().to_string(), detail: e.to_string() }
+}
