@@ -344,6 +344,7 @@ fn child_session_for_the_kill_test() {
     let tok = tok();
     let mut gm = GpuModel::new(&gpu, &weights(9)).unwrap();
     let mut s = session(&gm, &tok, std::path::Path::new(&dir), &requests(6), true).unwrap();
+    s.replay(&mut gm, &tok, None, None).unwrap();
     s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}).unwrap();
 }
 
@@ -364,43 +365,45 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights() {
         ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
         let want = down_values(&gm)?;
 
-        // A child process runs the same session and is killed (SIGKILL) once batch 3 is
-        // journaled, wherever it is then.
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child_session_for_the_kill_test", "--nocapture", "--test-threads=1"])
-            .env("REVIVE_TEST_CHILD_DIR", &killed)
-            .env("REVIVE_TEST_CHILD_BACKEND", format!("{:?}", gpu.info().backend))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        // A child process runs the same session and is killed (SIGKILL) five times: once the
+        // journal holds 1, 2, 3, 4 and 5 batches, each after a further random 0–100 ms, so the
+        // kills land in different phases (targets, solves, a journal write). Each child resumes
+        // what the one before left.
         let journal = killed.join("journal");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-        loop {
-            let n = std::fs::read_dir(&journal).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with("-batch.safetensors")).count()).unwrap_or(0);
-            if n >= 3 {
-                break;
+        let batches_written = || std::fs::read_dir(&journal).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with("-batch.safetensors")).count()).unwrap_or(0);
+        let mut r = rng(77);
+        for round in 1..=5 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_session_for_the_kill_test", "--nocapture", "--test-threads=1"])
+                .env("REVIVE_TEST_CHILD_DIR", &killed)
+                .env("REVIVE_TEST_CHILD_BACKEND", format!("{:?}", gpu.info().backend))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while batches_written() < round {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("round {round}: the child session ended ({status}) before it was killed"));
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    return Err(format!("round {round}: the child did not write batch {round} in 10 minutes"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("the child session ended ({status}) before it was killed"));
+            std::thread::sleep(std::time::Duration::from_millis(rand::Rng::random_range(&mut r, 0..100)));
+            child.kill().unwrap();
+            if child.wait().unwrap().success() {
+                return Err(format!("round {round}: the child finished before the kill"));
             }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                return Err("the child session did not reach batch 3 in 10 minutes".into());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        if status.success() {
-            return Err("the child finished before the kill".into());
         }
 
         // Resume: replay the journal onto the base, run the rest.
         let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
         let mut s = session(&gm, &tok, &killed, &reqs, true)?;
         let replayed = ok(s.replay(&mut gm, &tok, None, None))?;
-        if !(3..6).contains(&replayed) {
-            return Err(format!("{replayed} batches in the journal after the kill"));
+        if !(5..=6).contains(&replayed) {
+            return Err(format!("{replayed} batches in the journal after the last kill"));
         }
         ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
         if s.batches_done() != 6 {
@@ -497,6 +500,66 @@ fn empty_and_overlong_requests_are_refused_up_front() {
         if !(msg.contains("request 2") && msg.contains("case_id 2") && msg.contains("context")) {
             return Err(format!("overlong prompt: {msg}"));
         }
+        Ok(())
+    });
+}
+
+/// A journal whose last record was damaged (a write the disk lost the end of) resumes: the
+/// record is set aside and its batch done again, to the same bits. A damaged earlier record is
+/// refused: the history after it cannot be trusted.
+#[test]
+fn a_damaged_last_record_is_redone_and_an_earlier_one_refused() {
+    for_each_gpu(|gpu| {
+        let tok = tok();
+        let reqs = requests(3);
+        let root = std::env::temp_dir().join(format!("revive-torn-{}-{:?}", std::process::id(), gpu.info().backend));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("session");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, &dir, &reqs, false)?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
+        let want = down_values(&gm)?;
+        drop(s);
+
+        let records = || {
+            let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("journal")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+            v.sort();
+            v
+        };
+        // The crash came while the last batch's record was being written: nothing after it.
+        let all = records();
+        let last_batch = all.iter().rposition(|p| p.to_string_lossy().ends_with("-batch.safetensors")).unwrap();
+        for later in &all[last_batch + 1..] {
+            std::fs::remove_file(later).unwrap();
+        }
+        let bytes = std::fs::read(&all[last_batch]).unwrap();
+        std::fs::write(&all[last_batch], &bytes[..bytes.len() / 2]).unwrap();
+
+        let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, &dir, &reqs, false)?;
+        let replayed = ok(s.replay(&mut gm, &tok, None, None))?;
+        if replayed != 2 {
+            return Err(format!("{replayed} batches replayed after the damaged third"));
+        }
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
+        if s.batches_done() != 3 || down_values(&gm)? != want {
+            return Err(format!("after redoing the damaged batch: {} batches, weights equal: {}", s.batches_done(), down_values(&gm)? == want));
+        }
+        drop(s);
+
+        // A bit flipped in the first record's header: refused when the journal is opened,
+        // naming it (its tensors' checksums are checked when a replay reads them).
+        let first = records()[0].clone();
+        let mut b = std::fs::read(&first).unwrap();
+        b[40] ^= 0x10;
+        std::fs::write(&first, &b).unwrap();
+        let gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let e = session(&gm, &tok, &dir, &reqs, false).err().ok_or("a damaged first record accepted")?;
+        if !e.contains(&first.file_name().unwrap().to_string_lossy().to_string()) {
+            return Err(format!("the error does not name the record: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&root);
         Ok(())
     });
 }

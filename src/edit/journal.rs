@@ -112,6 +112,9 @@ impl Journal {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
+            if name.ends_with(".torn") {
+                continue;
+            }
             let Some((seq, kind)) = name.strip_suffix(".safetensors").and_then(|s| s.split_once('-')) else {
                 return Err(bad(&path, "not a journal record (expected NNNNNN-batch.safetensors or NNNNNN-metrics.safetensors)"));
             };
@@ -119,30 +122,47 @@ impl Journal {
             files.push((seq, kind.to_string(), path));
         }
         files.sort_by_key(|f| f.0);
+        let n = files.len();
         let mut entries: Vec<Entry> = vec![];
         for (i, (seq, kind, path)) in files.into_iter().enumerate() {
             if seq != i + 1 {
                 return Err(bad(&path, format!("record {seq} follows record {i}: a record is missing")));
             }
-            let prev = entries.last().map_or(String::new(), |e| e.chain.clone());
-            let st = store::load(&path, &[("format", FORMAT.to_string()), ("kind", kind.clone()), ("prev", prev.clone())])?;
-            let text = st.field("record")?.to_string();
-            let names: Vec<String> = serde_json::from_str(st.field("tensors")?).map_err(|e| bad(&path, format!("header field 'tensors': {e}")))?;
-            let sums = names.iter().map(|n| Ok((n.clone(), st.field(&format!("sha256.{n}"))?.to_string()))).collect::<Result<Vec<_>>>()?;
-            let chain = chain_of(&prev, &kind, &text, &sums);
-            if st.field("chain")? != chain {
-                return Err(bad(&path, "header field 'chain' does not match the record: it was altered"));
+            match Self::read_record(&entries, &kind, seq, &path) {
+                Ok(e) => entries.push(e),
+                // The last record alone may be damaged (a disk that lost the end of a write):
+                // it is set aside and its batch done again, which gives the same bits. A damaged
+                // record anywhere else means the history is not trustworthy.
+                Err(e) if i + 1 == n => {
+                    let aside = path.with_extension("safetensors.torn");
+                    log::warn!("{}: the last journal record is damaged ({e}); it is moved to {} and redone", path.display(), aside.display());
+                    std::fs::rename(&path, &aside).map_err(|e| bad(&path, format!("cannot move a damaged record aside: {e}")))?;
+                }
+                Err(e) => return Err(e),
             }
-            let record = match kind.as_str() {
-                "batch" => Record::Batch(serde_json::from_str(&text).map_err(|e| bad(&path, format!("header field 'record': {e}")))?),
-                "metrics" => Record::Metrics(serde_json::from_str(&text).map_err(|e| bad(&path, format!("header field 'record': {e}")))?),
-                k => return Err(bad(&path, format!("unknown record kind '{k}'"))),
-            };
-            entries.push(Entry { seq, path, chain, record });
         }
         let j = Journal { dir, entries };
         j.check_order()?;
         Ok(j)
+    }
+
+    /// One record, checked against the chain of the records before it.
+    fn read_record(entries: &[Entry], kind: &str, seq: usize, path: &Path) -> Result<Entry> {
+        let prev = entries.last().map_or(String::new(), |e| e.chain.clone());
+        let st = store::load(path, &[("format", FORMAT.to_string()), ("kind", kind.to_string()), ("prev", prev.clone())])?;
+        let text = st.field("record")?.to_string();
+        let names: Vec<String> = serde_json::from_str(st.field("tensors")?).map_err(|e| bad(path, format!("header field 'tensors': {e}")))?;
+        let sums = names.iter().map(|n| Ok((n.clone(), st.field(&format!("sha256.{n}"))?.to_string()))).collect::<Result<Vec<_>>>()?;
+        let chain = chain_of(&prev, kind, &text, &sums);
+        if st.field("chain")? != chain {
+            return Err(bad(path, "header field 'chain' does not match the record: it was altered"));
+        }
+        let record = match kind {
+            "batch" => Record::Batch(serde_json::from_str(&text).map_err(|e| bad(path, format!("header field 'record': {e}")))?),
+            "metrics" => Record::Metrics(serde_json::from_str(&text).map_err(|e| bad(path, format!("header field 'record': {e}")))?),
+            k => return Err(bad(path, format!("unknown record kind '{k}'"))),
+        };
+        Ok(Entry { seq, path: path.to_path_buf(), chain, record })
     }
 
     /// Batches are numbered 0, 1, … and each metrics record follows its batch.
