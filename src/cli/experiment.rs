@@ -310,7 +310,7 @@ fn print_checkpoint(c: &Checkpoint) {
         pct(all.and_then(|s| s.neighborhood)),
         c.known_correct.map_or("–".into(), |k| format!("{k}/{}", c.known_total)),
         c.perplexity.map_or("–".into(), |p| format!("{p:.2}")),
-        c.agreement.map_or("–".into(), |x| format!("{:.4}", x.kl)),
+        c.agreement.map_or("–".into(), |x| format!("{:.1e}", x.kl)),
         c.fluency.map_or("–".into(), |f| format!("{f:.2}")),
         c.measure_seconds
     );

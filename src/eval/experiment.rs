@@ -260,7 +260,7 @@ pub fn table(rows: &[Checkpoint]) -> String {
             pct(all.and_then(|a| a.neighborhood)),
             num(last.fluency, 2),
             num(last.perplexity, 2),
-            num(last.agreement.map(|a| a.kl), 4),
+            last.agreement.map_or("–".to_string(), |a| format!("{:.1e}", a.kl)),
             leak.map_or("–".to_string(), |x| format!("{x:.1e}")),
         );
     }
