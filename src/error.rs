@@ -23,6 +23,9 @@ pub enum Error {
     #[error("{op}: work cannot be split to fit this adapter: {detail}")]
     TooLarge { op: &'static str, detail: String },
 
+    #[error("out of GPU memory: {detail}")]
+    OutOfMemory { detail: String },
+
     #[error("GPU error: {0}")]
     Gpu(String),
 

@@ -1,6 +1,7 @@
 //! Mutational fuzzing of every parser of outside data: GGUF, safetensors (one file, shards with
 //! an index), config.json, tokenizer.json, edit requests (CounterFact and zsRE layouts),
-//! hyper-parameters, facts files and cache files. Stable Rust has no coverage-guided fuzzer
+//! hyper-parameters, facts files, cache files and journal records (as whole files, and as
+//! re-signed record texts so that mutations reach past the checksums). Stable Rust has no coverage-guided fuzzer
 //! here (cargo-fuzz needs nightly), so this is a plain mutator over real seed files: bit flips,
 //! byte insertions and deletions, truncations, lying lengths and counts, spliced seeds, and in
 //! JSON wrong types and NaN/Inf. `tests/fuzz.rs` runs it briefly on fixed seeds;
@@ -103,6 +104,9 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
     }
     let zsre = br#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "alt": "University of Michigan", "answers": ["Trinity College"], "rephrase": "What university did Watts Humphrey take part in?", "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"}]"#.to_vec();
 
+    let journal_seed = work.join("journal-seed");
+    write_journal(&journal_seed, &journal_record_text())?;
+
     let out = vec![
         Target {
             name: "gguf",
@@ -166,6 +170,18 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
             load: file_loader(work, "facts.json", |p| crate::eval::retention::load_facts(p).map(|_| ())),
         },
         Target {
+            name: "journal",
+            file: JOURNAL_RECORD,
+            seeds: vec![read(&journal_seed.join("journal").join(JOURNAL_RECORD))?],
+            load: journal_file_loader(work.join("journal-file"), read(&journal_seed.join("journal").join("000002-metrics.safetensors"))?),
+        },
+        Target {
+            name: "journal-record",
+            file: JOURNAL_RECORD,
+            seeds: vec![journal_record_text().into_bytes()],
+            load: journal_text_loader(work.join("journal-record")),
+        },
+        Target {
             name: "cache",
             file: "cache.safetensors",
             seeds: vec![cache_seed(work)?],
@@ -186,6 +202,81 @@ fn dir_loader(dir: PathBuf, file: &'static str, fixed: Vec<(&'static str, Vec<u8
         }
         std::fs::write(dir.join(file), bytes).map_err(|e| io(&dir, e))?;
         crate::model::safetensors::load_dir(&dir).map(|_| ())
+    })
+}
+
+/// The journal record the journal targets mutate: a session's first batch record.
+const JOURNAL_RECORD: &str = "000001-batch.safetensors";
+
+/// A batch record's text: a rank-one update with its filter report, a dense one, a state tensor.
+fn journal_record_text() -> String {
+    use crate::edit::guard::FilterReport;
+    use crate::edit::journal::{BatchHeader, UpdateMeta};
+    use crate::linalg::subspace::Leak;
+    let filter = FilterReport { before: Leak { left: 0.5, right: 0.25 }, after: Leak { left: 1e-7, right: 2e-7 }, kept: 0.75 };
+    let header = BatchHeader {
+        batch: 0,
+        requests: [0, 2],
+        case_ids: vec![Some(17), None],
+        updates: vec![
+            UpdateMeta { matrix: "layers.3.w_down".into(), rank: Some(1), shape: [4, 3], proposed_norm: 2.0, norm: 1.5, filter: Some(filter) },
+            UpdateMeta { matrix: "layers.4.w_down".into(), rank: None, shape: [2, 3], proposed_norm: 1.0, norm: 1.0, filter: None },
+        ],
+        state: vec!["kpkt".into()],
+        method: serde_json::json!({ "layers": [3, 4], "v_loss": 0.25 }),
+        before: serde_json::json!({ "efficacy": 0.5 }),
+        seconds: 1.25,
+    };
+    serde_json::to_string(&header).expect("a header serialises")
+}
+
+fn journal_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let v = |n: usize| (0..n).map(|i| i as f32 * 0.25 - 1.0).collect::<Vec<f32>>();
+    vec![
+        ("u0.left".into(), vec![4, 1], v(4)),
+        ("u0.right".into(), vec![3, 1], v(3)),
+        ("u1.dense".into(), vec![2, 3], v(6)),
+        ("state.kpkt".into(), vec![3, 3], v(9)),
+    ]
+}
+
+/// A session directory whose journal holds a batch record with `text` and its metrics record.
+fn write_journal(session: &Path, text: &str) -> Result<()> {
+    let _ = std::fs::remove_dir_all(session);
+    let dir = crate::edit::journal::Journal::dir_of(session);
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let (_, chain) = crate::edit::journal::write_record(&dir, 1, "batch", "", text, &journal_tensors())?;
+    crate::edit::journal::write_record(&dir, 2, "metrics", &chain, r#"{"batch":0,"after":{"efficacy":1.0},"seconds":2.5}"#, &[])?;
+    Ok(())
+}
+
+/// Opens a session's journal and reads every batch back, as a resume does.
+fn read_journal(session: &Path) -> Result<()> {
+    let j = crate::edit::journal::Journal::open(session)?;
+    for (entry, _) in j.batches() {
+        j.read_batch(entry)?;
+    }
+    Ok(())
+}
+
+/// The mutated bytes are the first record's file; the second record is intact after it.
+fn journal_file_loader(session: PathBuf, metrics: Vec<u8>) -> Loader {
+    Box::new(move |_: &Path, bytes: &[u8]| {
+        let _ = std::fs::remove_dir_all(&session);
+        let dir = crate::edit::journal::Journal::dir_of(&session);
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        std::fs::write(dir.join(JOURNAL_RECORD), bytes).map_err(|e| io(&dir, e))?;
+        std::fs::write(dir.join("000002-metrics.safetensors"), &metrics).map_err(|e| io(&dir, e))?;
+        read_journal(&session)
+    })
+}
+
+/// The mutated bytes are the first record's text, signed as the writer would (what a writer
+/// with a bug, or a hand edit followed by a re-sign, would leave).
+fn journal_text_loader(session: PathBuf) -> Loader {
+    Box::new(move |_: &Path, bytes: &[u8]| {
+        write_journal(&session, &String::from_utf8_lossy(bytes))?;
+        read_journal(&session)
     })
 }
 

@@ -63,8 +63,8 @@ pub fn save(path: &Path, fields: &[(&str, String)], tensors: &[(&str, Vec<usize>
         meta.insert(format!("sha256.{name}"), sha256_hex(b));
         views.push((*name, TensorView::new(Dtype::F32, shape.clone(), b).map_err(|e| err(path, format!("tensor '{name}': {e}")))?));
     }
-    let tmp = path.with_extension(format!("partial.{}", std::process::id()));
-    let written = safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| err(&tmp, format!("cannot write: {e}")));
+    let tmp = temp_name(path);
+    let written = safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| err(path, format!("cannot write (its temporary {}): {e}", tmp.display())));
     let moved = written.and_then(|_| sync_and_rename(&tmp, path));
     if moved.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -481,6 +481,129 @@ fn a_bad_batch_is_refused_and_changes_nothing() {
     });
 }
 
+/// Not a test of its own: the child of the full-disk test, resuming a session under a file-size
+/// limit. It prints what the session said rather than panicking.
+#[test]
+fn child_session_under_a_file_size_limit() {
+    let (Ok(dir), Some(gpu)) = (std::env::var("REVIVE_TEST_FULL_DISK_DIR"), gpu_for_child()) else { return };
+    let outcome = (|| -> Result<usize, String> {
+        let tok = tok();
+        let mut gm = ok(GpuModel::new(&gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, std::path::Path::new(&dir), &requests(3), true)?;
+        ok(s.replay(&mut gm, &tok, None, None))?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
+        Ok(s.batches_done())
+    })();
+    println!("SESSION-RESULT {}", outcome.map_or_else(|e| format!("error: {e}"), |n| format!("ok, {n} batches")));
+}
+
+/// The journal files of a session directory: name and bytes, in order.
+fn journal_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("journal")).unwrap().map(|e| e.unwrap().path()).map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())).collect();
+    v.sort();
+    v
+}
+
+/// A disk that fills while a batch record is written (a file-size limit makes writes past
+/// 1–2 KB fail, as a full disk does; a batch record here is ~3.9 KB): the session stops with an
+/// error naming the record, the journal holds exactly what it held before — no partial record
+/// left behind — and a resume with room on the disk ends with the weights of a session that
+/// never ran short (issue 13).
+#[test]
+fn a_full_disk_during_a_journal_write_keeps_the_journal() {
+    for_each_gpu(|gpu| {
+        let tok = tok();
+        let reqs = requests(3);
+        let root = std::env::temp_dir().join(format!("revive-journal-disk-{}-{:?}", std::process::id(), gpu.info().backend));
+        let _ = std::fs::remove_dir_all(&root);
+        let (dir, whole) = (root.join("session"), root.join("whole"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&whole).unwrap();
+        let run = |max_batches| RunOptions { progress: false, max_batches };
+
+        let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, &whole, &reqs, true)?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &run(None), |_| {}))?;
+        let want = down_values(&gm)?;
+        drop(s);
+
+        let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, &dir, &reqs, true)?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &run(Some(1)), |_| {}))?;
+        drop(s);
+        let before = journal_files(&dir);
+
+        // SIGXFSZ ignored (inherited through exec) turns the limit into EFBIG write errors.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 2; exec \"$0\" --exact child_session_under_a_file_size_limit --nocapture --test-threads 1")
+            .arg(std::env::current_exe().unwrap())
+            .env("REVIVE_TEST_FULL_DISK_DIR", &dir)
+            .env("REVIVE_TEST_CHILD_BACKEND", format!("{:?}", gpu.info().backend))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.split("SESSION-RESULT").nth(1).ok_or_else(|| format!("child said: {stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+        let line = line.lines().next().unwrap_or_default();
+        if !(line.contains("batch 1 was not applied") && line.contains("000003-batch.safetensors")) {
+            return Err(format!("a record write past the disk's room: {line}"));
+        }
+        println!("[{}] the session said: {line}", gpu.label());
+        let after = journal_files(&dir);
+        if after != before {
+            let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+            return Err(format!("the journal changed: {:?} -> {:?}", names(&before), names(&after)));
+        }
+
+        let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, &dir, &reqs, true)?;
+        ok(s.replay(&mut gm, &tok, None, None))?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &run(None), |_| {}))?;
+        if s.batches_done() != 3 || down_values(&gm)? != want {
+            return Err(format!("after the resume: {} batches, weights equal: {}", s.batches_done(), down_values(&gm)? == want));
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    });
+}
+
+/// A batch that needs more GPU memory than there is (here a budget set just above what the
+/// session holds) is refused with what to lower; nothing is written, and once memory is there
+/// the same session runs to the same weights as one that never ran short (issue 13).
+#[test]
+fn a_batch_without_memory_is_refused_with_what_to_lower() {
+    for adapter in Gpu::adapters(revive::gpu::BackendChoice::Auto) {
+        // A device of its own: the budget must not reach the other tests' allocations.
+        let gpu = Gpu::open(adapter).unwrap().with_poison(true);
+        let tok = tok();
+        let reqs = requests(4);
+        let root = std::env::temp_dir().join(format!("revive-oom-{}-{:?}", std::process::id(), gpu.info().backend));
+        let _ = std::fs::remove_dir_all(&root);
+        let (short, plenty) = (root.join("short"), root.join("plenty"));
+        std::fs::create_dir_all(&short).unwrap();
+        std::fs::create_dir_all(&plenty).unwrap();
+        let run = RunOptions { progress: false, max_batches: None };
+
+        let mut gm = GpuModel::new(&gpu, &weights(13)).unwrap();
+        let mut s = session(&gm, &tok, &short, &reqs, true).unwrap();
+        let before = down_values(&gm).unwrap();
+        let stats = gpu.pool_stats();
+        gpu.pool().set_budget(Some(stats.live_bytes + (4 << 10)));
+        let e = s.run(&mut gm, &tok, &mut NoMeasure, &run, |_| {}).err().expect("a batch ran past the memory budget").to_string();
+        assert!(e.contains("out of GPU memory") && e.contains("--batch") && e.contains("batch 0"), "{e}");
+        assert_eq!(s.batches_done(), 0, "a refused batch was journaled");
+        assert_eq!(down_values(&gm).unwrap(), before, "a refused batch changed the weights");
+
+        gpu.pool().set_budget(None);
+        s.run(&mut gm, &tok, &mut NoMeasure, &run, |_| {}).unwrap();
+        let mut fresh = GpuModel::new(&gpu, &weights(13)).unwrap();
+        let mut s2 = session(&fresh, &tok, &plenty, &reqs, true).unwrap();
+        s2.run(&mut fresh, &tok, &mut NoMeasure, &run, |_| {}).unwrap();
+        assert_eq!(down_values(&gm).unwrap(), down_values(&fresh).unwrap(), "the session after a shortage differs");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
 /// An empty request list, and a request whose prompt cannot fit the model's context, are
 /// refused when the session is configured: before C0, the guard or any edit (issue 13).
 #[test]

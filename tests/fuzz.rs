@@ -22,7 +22,7 @@ fn every_parser_survives_mutated_inputs() {
     let mut failures = vec![];
     for (i, t) in targets.iter().enumerate() {
         let r = revive::fuzz::run(t, 1000 + i as u64, Duration::from_secs(6), 1000, &limits);
-        println!("{:<12} {:>5} inputs, {:>5} accepted, {:>5} rejected, {:.1} s", r.target, r.inputs, r.accepted, r.rejected, r.seconds);
+        println!("{:<14} {:>5} inputs, {:>5} accepted, {:>5} rejected, {:.1} s", r.target, r.inputs, r.accepted, r.rejected, r.seconds);
         assert!(r.inputs >= 20, "{}: only {} inputs ran", r.target, r.inputs);
         if !r.clean() {
             failures.push(format!("{}: bad seeds {:?}; panics {:?}; errors not naming {}: {:?}; oversized allocations {:?}", r.target, r.bad_seeds, r.panics, t.file, r.unnamed, r.oversized));

@@ -38,6 +38,32 @@ fn pool_reuses_buffers_and_can_be_switched_off() {
     });
 }
 
+/// A memory budget (REVIVE_MEMORY_LIMIT) is kept: an allocation past it is an OutOfMemory
+/// error that says so, idle pooled buffers are given back before refusing, and the device works
+/// on afterwards.
+#[test]
+fn the_memory_budget_refuses_cleanly_and_trims_the_pool_first() {
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let gpu = Gpu::open(adapter).unwrap().with_poison(true);
+        let base = gpu.pool_stats().live_bytes + gpu.pool_stats().pooled_bytes;
+        gpu.pool().set_budget(Some(base + (64 << 10)));
+        // 40 KiB fits, then a second 40 KiB does not.
+        let a = gpu.empty(&[10 << 10]).unwrap();
+        let e = gpu.empty(&[10 << 10]).err().expect("an allocation past the budget succeeded");
+        assert!(matches!(e, revive::Error::OutOfMemory { .. }), "{e}");
+        assert!(e.to_string().contains("REVIVE_MEMORY_LIMIT"), "{e}");
+        // Freed, the first buffer idles in the pool; a buffer of another size needs its room.
+        drop(a);
+        assert!(gpu.pool_stats().pooled_bytes >= 40 << 10 || !gpu.pool().reuse());
+        let b = gpu.upload(&vec![2.0; 12 << 10], &[12 << 10]).expect("the idle buffer was not given back");
+        assert_eq!(gpu.download(&b).unwrap(), vec![2.0; 12 << 10]);
+        assert_eq!(gpu.pool_stats().pooled_bytes, 0);
+        drop(b);
+        gpu.pool().set_budget(None);
+        assert!(gpu.empty(&[1 << 20]).is_ok());
+    }
+}
+
 #[test]
 fn results_are_identical_with_and_without_reuse() {
     // A separate device so switching reuse off cannot affect other tests.

@@ -92,6 +92,26 @@ fn chain_of(prev: &str, kind: &str, record: &str, tensor_sums: &[(String, String
     store::sha256_hex(text.as_bytes())
 }
 
+/// Writes record `seq` of `kind` into the journal directory `dir`, chained on the record
+/// before it (`prev`, its chain hash): the one writer of records. Returns the path and chain.
+pub(crate) fn write_record(dir: &Path, seq: usize, kind: &str, prev: &str, record: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(PathBuf, String)> {
+    let path = dir.join(format!("{seq:06}-{kind}.safetensors"));
+    let sums: Vec<(String, String)> = tensors.iter().map(|(n, _, v)| (n.clone(), store::sha256_hex(bytemuck::cast_slice(v)))).collect();
+    let chain = chain_of(prev, kind, record, &sums);
+    let names = serde_json::to_string(&tensors.iter().map(|t| t.0.clone()).collect::<Vec<_>>()).map_err(|e| bad(&path, format!("tensor names: {e}")))?;
+    let fields = vec![
+        ("format", FORMAT.to_string()),
+        ("kind", kind.to_string()),
+        ("prev", prev.to_string()),
+        ("chain", chain.clone()),
+        ("record", record.to_string()),
+        ("tensors", names),
+    ];
+    let views: Vec<(&str, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice())).collect();
+    store::save(&path, &fields, &views)?;
+    Ok((path, chain))
+}
+
 impl Journal {
     /// Where the records of a session directory live.
     pub fn dir_of(session: &Path) -> PathBuf {
@@ -209,25 +229,13 @@ impl Journal {
 
     fn append(&mut self, kind: &str, record: String, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
         let seq = self.entries.len() + 1;
-        let path = self.dir.join(format!("{seq:06}-{kind}.safetensors"));
         let prev = self.entries.last().map_or(String::new(), |e| e.chain.clone());
-        let sums: Vec<(String, String)> = tensors.iter().map(|(n, _, v)| (n.clone(), store::sha256_hex(bytemuck::cast_slice(v)))).collect();
-        let chain = chain_of(&prev, kind, &record, &sums);
-        let names = serde_json::to_string(&tensors.iter().map(|t| t.0.clone()).collect::<Vec<_>>()).expect("names serialise");
-        let fields = vec![
-            ("format", FORMAT.to_string()),
-            ("kind", kind.to_string()),
-            ("prev", prev),
-            ("chain", chain.clone()),
-            ("record", record.clone()),
-            ("tensors", names),
-        ];
-        let views: Vec<(&str, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice())).collect();
-        store::save(&path, &fields, &views)?;
-        let record = match kind {
-            "batch" => Record::Batch(serde_json::from_str(&record).expect("just serialised")),
-            _ => Record::Metrics(serde_json::from_str(&record).expect("just serialised")),
+        let (path, chain) = write_record(&self.dir, seq, kind, &prev, &record, tensors)?;
+        let parsed = match kind {
+            "batch" => serde_json::from_str(&record).map(Record::Batch),
+            _ => serde_json::from_str(&record).map(Record::Metrics),
         };
+        let record = parsed.map_err(|e| bad(&path, format!("header field 'record': {e}")))?;
         self.entries.push(Entry { seq, path, chain, record });
         Ok(())
     }
@@ -255,21 +263,37 @@ impl Journal {
         self.append("metrics", text, &[])
     }
 
-    /// A batch's updates and state tensors, read back and checked.
+    /// A batch's updates and state tensors, read back, checked and put on the GPU.
     pub fn load_batch(&self, gpu: &Gpu, entry: &Entry) -> Result<(Vec<Update>, StateTensors)> {
+        let (host, state) = self.read_batch(entry)?;
+        let up = |t: &HostTensor| gpu.upload(&t.data, &t.shape);
+        let updates = host
+            .iter()
+            .map(|(matrix, d)| {
+                let delta = match d {
+                    HostDelta::Dense(t) => Delta::Dense(up(t)?),
+                    HostDelta::LowRank { left, right } => Delta::LowRank { left: up(left)?, right: up(right)? },
+                };
+                Ok(Update { matrix: matrix.clone(), delta })
+            })
+            .collect::<Result<_>>()?;
+        Ok((updates, state))
+    }
+
+    /// A batch's updates (matrix name and values) and state tensors, read back and checked
+    /// against the header's shapes and checksums.
+    pub fn read_batch(&self, entry: &Entry) -> Result<(Vec<(String, HostDelta)>, StateTensors)> {
         let Record::Batch(h) = &entry.record else { return Err(bad(&entry.path, "not a batch record")) };
         let st = store::load(&entry.path, &[("format", FORMAT.to_string()), ("chain", entry.chain.clone())])?;
+        let take = |name: String, shape: [usize; 2]| -> Result<HostTensor> { Ok(HostTensor::new(shape.to_vec(), st.tensor(&name, &shape)?)) };
         let mut updates = vec![];
         for (i, u) in h.updates.iter().enumerate() {
             let [m, n] = u.shape;
             let delta = match u.rank {
-                None => Delta::Dense(gpu.upload(&st.tensor(&format!("u{i}.dense"), &[m, n])?, &[m, n])?),
-                Some(r) => Delta::LowRank {
-                    left: gpu.upload(&st.tensor(&format!("u{i}.left"), &[m, r])?, &[m, r])?,
-                    right: gpu.upload(&st.tensor(&format!("u{i}.right"), &[n, r])?, &[n, r])?,
-                },
+                None => HostDelta::Dense(take(format!("u{i}.dense"), [m, n])?),
+                Some(r) => HostDelta::LowRank { left: take(format!("u{i}.left"), [m, r])?, right: take(format!("u{i}.right"), [n, r])? },
             };
-            updates.push(Update { matrix: u.matrix.clone(), delta });
+            updates.push((u.matrix.clone(), delta));
         }
         let mut state = vec![];
         for name in &h.state {
@@ -279,6 +303,13 @@ impl Journal {
         }
         Ok((updates, state))
     }
+}
+
+/// An update as stored in a record.
+pub enum HostDelta {
+    Dense(HostTensor),
+    /// ΔW = left · rightᵀ.
+    LowRank { left: HostTensor, right: HostTensor },
 }
 
 fn shape_of(st: &store::Stored, path: &Path, name: &str) -> Result<Vec<usize>> {

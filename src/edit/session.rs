@@ -366,15 +366,25 @@ impl<'a> Session<'a> {
             let t0 = Instant::now();
             let range = [b * self.config.batch, ((b + 1) * self.config.batch).min(self.requests.len())];
             let reqs = self.requests[range[0]..range[1]].to_vec();
+            let batch_size = self.config.batch;
             let name = |e: Error| {
                 let ids: Vec<String> = reqs.iter().enumerate().map(|(i, r)| r.case_id.map_or(format!("#{}", range[0] + i), |c| format!("case {c}"))).collect();
-                Error::Edit(format!("batch {b} (requests {}) was refused; the weights and the journal are as they were: {e}", ids.join(", ")))
+                let hint = match e {
+                    Error::OutOfMemory { .. } | Error::TooLarge { .. } => format!(
+                        " — the batch does not fit this adapter: start a session with a smaller --batch (now {}) or fewer contexts per request (--templates)",
+                        batch_size
+                    ),
+                    _ => String::new(),
+                };
+                Error::Edit(format!("batch {b} (requests {}) was refused; the weights and the journal are as they were: {e}{hint}", ids.join(", ")))
             };
             let before = measure.measure(model, tok, &reqs)?;
             let (header, written, state) = self.edit_batch(model, b, range, &reqs, before, &bar).map_err(name)?;
             let gpu = model.gpu().clone();
             let updates: Vec<_> = written.iter().map(|w| w.update.clone()).collect();
-            self.journal.append_batch(&gpu, &header, &updates, &state)?;
+            self.journal.append_batch(&gpu, &header, &updates, &state).map_err(|e| {
+                Error::Edit(format!("batch {b} was not applied: its journal record could not be written ({e}); the weights and the journal are as they were, and --resume continues from here"))
+            })?;
             for u in &updates {
                 u.delta.add_to(&gpu, model.tensor(&u.matrix)?)?;
             }

@@ -233,6 +233,8 @@ impl Gpu {
             sink.lock().unwrap().push(e.to_string());
         }));
         let reuse = !env_flag("REVIVE_NO_POOL");
+        let pool = BufferPool::new(reuse);
+        pool.set_budget(memory_limit()?);
         let split = SplitLimits {
             max_workgroups: limits.max_compute_workgroups_per_dimension,
             max_binding_bytes: limits.max_storage_buffer_binding_size.min(limits.max_buffer_size),
@@ -259,7 +261,7 @@ impl Gpu {
                 groups: Mutex::default(),
                 params,
                 params_align,
-                pool: BufferPool::new(reuse),
+                pool,
                 recorder: Mutex::default(),
                 readback: Mutex::default(),
                 timer: Mutex::default(),
@@ -760,6 +762,16 @@ pub fn checked_shaders() -> bool {
 }
 
 /// A debugging switch: set to anything but empty or "0".
+/// `REVIVE_MEMORY_LIMIT`: the most GPU memory the tensors may hold (e.g. `1.5GiB`).
+fn memory_limit() -> Result<Option<u64>> {
+    match std::env::var("REVIVE_MEMORY_LIMIT") {
+        Ok(v) if !v.trim().is_empty() => super::pool::parse_size(&v)
+            .map(Some)
+            .ok_or_else(|| Error::Gpu(format!("REVIVE_MEMORY_LIMIT='{v}' is not a size (e.g. 2GiB, 512MiB or a number of bytes)"))),
+        _ => Ok(None),
+    }
+}
+
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }

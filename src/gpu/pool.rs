@@ -1,11 +1,17 @@
 //! A buffer pool: freed tensors hand their buffer back for reuse by the next tensor of the same
 //! size. Reuse can be switched off (`REVIVE_NO_POOL=1`) to rule it out when debugging.
 //!
+//! Running out of memory is an error of the allocation that caused it, not a log line: buffers
+//! are created inside an out-of-memory error scope (a failure first drops the idle pooled
+//! buffers and tries once more), and an optional budget (`REVIVE_MEMORY_LIMIT`, e.g. `2GiB`)
+//! caps what the pool holds, for a GPU shared with other work.
+//!
 //! Reuse is safe because all work goes through one queue in order: a buffer freed while a
 //! recorded command still reads it can only be written by commands recorded later. The one
 //! exception, `Queue::write_buffer`, runs before the pending encoder, so the runtime submits
 //! pending work before every host write (see `Gpu::write`).
 
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +30,8 @@ pub struct BufferPool {
     state: Mutex<PoolState>,
     reuse: std::sync::atomic::AtomicBool,
     created: std::sync::atomic::AtomicU64,
+    /// Bytes the pool may hold (live and idle together); `u64::MAX` when unbounded.
+    budget: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,7 +70,24 @@ impl BufferPool {
             state: Mutex::new(PoolState::default()),
             reuse: std::sync::atomic::AtomicBool::new(reuse),
             created: std::sync::atomic::AtomicU64::new(0),
+            budget: std::sync::atomic::AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Caps the bytes of GPU memory the pool holds (`None`: no cap).
+    pub fn set_budget(&self, bytes: Option<u64>) {
+        self.budget.store(bytes.unwrap_or(u64::MAX), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn budget(&self) -> Option<u64> {
+        Some(self.budget.load(std::sync::atomic::Ordering::SeqCst)).filter(|&b| b != u64::MAX)
+    }
+
+    /// Drops the idle buffers, giving their memory back to the device.
+    pub fn trim(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.free.clear();
+        s.pooled_bytes = 0;
     }
 
     /// Sizes are rounded to 16 bytes so every buffer can be bound as `array<vec4<f32>>`.
@@ -73,9 +98,7 @@ impl BufferPool {
     pub fn set_reuse(&self, reuse: bool) {
         self.reuse.store(reuse, std::sync::atomic::Ordering::SeqCst);
         if !reuse {
-            let mut s = self.state.lock().unwrap();
-            s.free.clear();
-            s.pooled_bytes = 0;
+            self.trim();
         }
     }
 
@@ -83,26 +106,66 @@ impl BufferPool {
         self.reuse.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Returns a buffer of at least `size` bytes and whether it was reused.
-    pub fn acquire(self: &Arc<Self>, device: &wgpu::Device, size: u64) -> (PooledBuffer, bool) {
+    /// Returns a buffer of at least `size` bytes and whether it was reused, or
+    /// [`Error::OutOfMemory`] when neither the budget nor the device has room for it.
+    pub fn acquire(self: &Arc<Self>, device: &wgpu::Device, size: u64) -> Result<(PooledBuffer, bool)> {
         let size = Self::rounded(size);
         let mut s = self.state.lock().unwrap();
-        s.live_bytes += size;
         if self.reuse() {
             if let Some(buffer) = s.free.get_mut(&size).and_then(|v| v.pop()) {
                 s.pooled_bytes -= size;
-                return (PooledBuffer { buffer: Some(buffer), size, pool: self.clone() }, true);
+                s.live_bytes += size;
+                return Ok((PooledBuffer { buffer: Some(buffer), size, pool: self.clone() }, true));
             }
         }
+        let budget = self.budget.load(std::sync::atomic::Ordering::SeqCst);
+        if s.live_bytes.saturating_add(s.pooled_bytes).saturating_add(size) > budget {
+            s.free.clear();
+            s.pooled_bytes = 0;
+        }
+        if s.live_bytes.saturating_add(size) > budget {
+            return Err(out_of_memory(size, s.live_bytes, format!("the memory budget of {} (REVIVE_MEMORY_LIMIT) is reached", mib(budget))));
+        }
+        s.live_bytes += size;
         drop(s);
+        let buffer = match self.create(device, size) {
+            Some(b) => b,
+            None => {
+                // The device may still hold our idle buffers: give them back and try once more.
+                self.trim();
+                match self.create(device, size) {
+                    Some(b) => b,
+                    None => {
+                        let live = {
+                            let mut s = self.state.lock().unwrap();
+                            s.live_bytes -= size;
+                            s.live_bytes
+                        };
+                        return Err(out_of_memory(size, live, "the device is out of memory".into()));
+                    }
+                }
+            }
+        };
+        Ok((PooledBuffer { buffer: Some(buffer), size, pool: self.clone() }, false))
+    }
+
+    /// A new buffer, or `None` when the device reports that it is out of memory.
+    fn create(&self, device: &wgpu::Device, size: u64) -> Option<wgpu::Buffer> {
         self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("revive tensor"),
             size,
             usage: USAGE,
             mapped_at_creation: false,
         });
-        (PooledBuffer { buffer: Some(buffer), size, pool: self.clone() }, false)
+        match pollster::block_on(scope.pop()) {
+            None => Some(buffer),
+            Some(e) => {
+                log::debug!("buffer of {size} bytes: {e}");
+                None
+            }
+        }
     }
 
     fn release(&self, buffer: wgpu::Buffer, size: u64) {
@@ -122,5 +185,49 @@ impl BufferPool {
     pub fn stats(&self) -> PoolStats {
         let s = self.state.lock().unwrap();
         PoolStats { live_bytes: s.live_bytes, pooled_bytes: s.pooled_bytes }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn out_of_memory(size: u64, live: u64, why: String) -> Error {
+    Error::OutOfMemory { detail: format!("{} more were needed with {} in use: {why}", mib(size), mib(live)) }
+}
+
+/// Parses a memory size: a number of bytes or one with a unit (KiB, MiB, GiB, KB, MB, GB).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().ok()?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        _ => return None,
+    };
+    let bytes = value * scale;
+    (bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Some(1 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("1.5 MiB"), Some(3 << 19));
+        assert_eq!(parse_size("3gb"), Some(3_000_000_000));
+        for bad in ["", "0", "-1", "1 parsec", "NaN", "GiB", "1e400"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
     }
 }

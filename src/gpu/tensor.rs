@@ -89,7 +89,7 @@ impl Gpu {
                 detail: format!("{shape:?} needs {bytes} bytes; this adapter's largest buffer is {}", self.limits().max_buffer_size),
             });
         }
-        let (buf, _) = self.pool().acquire(self.device(), bytes);
+        let (buf, _) = self.pool().acquire(self.device(), bytes)?;
         Ok(Tensor { buf: Arc::new(buf), shape: shape.to_vec(), dtype })
     }
 
