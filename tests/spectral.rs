@@ -512,3 +512,83 @@ fn the_gpu_factorisation_refuses_blocks_it_cannot_do() {
         }
     });
 }
+
+/// The weight both processes of the cache race compute a basis of.
+fn race_weight(gpu: &revive::gpu::Gpu) -> revive::Result<revive::Tensor> {
+    let sigma: Vec<f64> = (0..160).map(|i| 3.0 * 0.97f64.powi(i)).collect();
+    gpu.upload(&matrix_with_spectrum(&mut rng(31), 160, 230, &sigma), &[160, 230])
+}
+
+/// Not a test of its own: one of the two processes of the cache race. It waits for the
+/// parent's signal so that both compute at once, then prints its outcome and basis checksum.
+#[test]
+fn child_computes_a_cached_basis() {
+    use revive::edit::guard::{RankRule, SpectralGuard};
+    let (Ok(dir), Ok(backend)) = (std::env::var("REVIVE_TEST_RACE_DIR"), std::env::var("REVIVE_TEST_CHILD_BACKEND")) else { return };
+    let dir = std::path::PathBuf::from(dir);
+    let gpu = gpus().iter().find(|g| format!("{:?}", g.info().backend) == backend).expect("the parent's adapter");
+    let w = race_weight(gpu).unwrap();
+    std::fs::write(dir.join(format!("ready-{}", std::process::id())), b"").unwrap();
+    while !dir.join("go").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (g, o) = SpectralGuard::cached(gpu, &w, "layers.0.w_down", RankRule::Rank(12), &SvdOptions::default(), &dir.join("cache")).unwrap();
+    println!("RACE-RESULT {o:?} {}", revive::store::sha256_hex(bytemuck::cast_slice(&gpu.download(&g.u).unwrap())));
+}
+
+/// Two processes sharing one cache directory compute the same spectral basis at the same
+/// moment: both succeed with the same basis, and the cache is left with one valid file that a
+/// third lookup reuses (issue 13).
+#[test]
+fn two_processes_computing_one_basis_share_the_cache() {
+    use revive::edit::guard::{RankRule, SpectralGuard};
+    use revive::store::Outcome;
+    for_each_gpu(|gpu| {
+        let dir = std::env::temp_dir().join(format!("revive-cache-race-{}-{:?}", std::process::id(), gpu.info().backend));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spawn = || {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "child_computes_a_cached_basis", "--nocapture", "--test-threads", "1"])
+                .env("REVIVE_TEST_RACE_DIR", &dir)
+                .env("REVIVE_TEST_CHILD_BACKEND", format!("{:?}", gpu.info().backend))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let children = [spawn(), spawn()];
+        let waited = std::time::Instant::now();
+        while std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("ready-")).count() < 2 {
+            if waited.elapsed().as_secs() > 300 {
+                return Err("the children did not get ready".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::fs::write(dir.join("go"), b"").unwrap();
+        let mut results = vec![];
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let line = stdout.split("RACE-RESULT ").nth(1).ok_or_else(|| format!("a child failed: {stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+            results.push(line.lines().next().unwrap_or_default().to_string());
+        }
+        let sums: Vec<&str> = results.iter().map(|r| r.rsplit(' ').next().unwrap_or_default()).collect();
+        if sums[0] != sums[1] {
+            return Err(format!("the two processes got different bases: {results:?}"));
+        }
+        let files: Vec<String> = std::fs::read_dir(dir.join("cache")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        if files.len() != 1 {
+            return Err(format!("the cache holds {files:?}: one basis file expected, no temporaries"));
+        }
+        let w = ok(race_weight(gpu))?;
+        let (g, o) = ok(SpectralGuard::cached(gpu, &w, "layers.0.w_down", RankRule::Rank(12), &SvdOptions::default(), &dir.join("cache")))?;
+        let sum = revive::store::sha256_hex(bytemuck::cast_slice(&ok(gpu.download(&g.u))?));
+        if o != Outcome::Reused || sum != sums[0] {
+            return Err(format!("a third lookup: {o:?}, same basis: {}", sum == sums[0]));
+        }
+        println!("[{}] both processes: {results:?}", gpu.label());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    });
+}
