@@ -158,3 +158,32 @@ fn shaders_with_and_without_runtime_checks_agree_bit_for_bit() {
         assert_eq!(differ, 0, "{} ({:?}): {differ} of {} logits differ between checked and unchecked shaders", info.name, info.backend, checked.len());
     }
 }
+
+/// One non-finite logit anywhere is an error, never a score or a token: the last-token logits,
+/// scoring (one pair and a batch), sampling and generation all refuse it (issue 13).
+#[test]
+fn a_non_finite_logit_is_an_error_everywhere() {
+    use revive::model::generate::{sample_batch, score, score_many};
+    for_each_gpu(|gpu| {
+        let mut w = random_weights(&Config::tiny_llama(), 17);
+        let head = w.tensors.get_mut("lm_head").ok_or("no lm_head")?;
+        let hidden = head.shape[1];
+        // Row 5 of the head: token 5's logit is NaN, every other one finite.
+        for x in &mut head.data[5 * hidden..6 * hidden] {
+            *x = f32::NAN;
+        }
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let mut said = vec![];
+        said.push(gm.last_logits(&[vec![1, 2, 3]]).err().ok_or("last_logits accepted a NaN")?.to_string());
+        said.push(score(&gm, &[1, 2], &[3]).err().ok_or("score accepted a NaN")?.to_string());
+        said.push(score_many(&gm, &[(vec![1, 2], vec![3]), (vec![4], vec![5, 6])]).err().ok_or("score_many accepted a NaN")?.to_string());
+        said.push(sample_batch(&gm, &[vec![1, 2]], 2, Sampling::default()).err().ok_or("sample_batch accepted a NaN")?.to_string());
+        said.push(generate(&gm, &[1, 2, 3], 2, Sampling::default(), None, |_| {}).err().ok_or("generate accepted a NaN")?.to_string());
+        for s in &said {
+            if !(s.contains("not finite") && s.contains("token 5")) {
+                return Err(format!("the error does not say which logit: {s}"));
+            }
+        }
+        Ok(())
+    });
+}

@@ -17,6 +17,7 @@ for all layers); its time is reported apart, as revive reports C0 apart.
 Needs torch and transformers (eager, float32, TF32 off).
 """
 import argparse
+import gzip
 import json
 import time
 from pathlib import Path
@@ -80,7 +81,8 @@ def main():
     for p in model.parameters():
         p.requires_grad_(False)
     blocks = model.model.layers
-    reqs = json.loads(Path(a.edits).read_text())[: a.limit]
+    raw = Path(a.edits).read_bytes()
+    reqs = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)[: a.limit]
     record = {"device": str(torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"), "batches": []}
 
     # C0 of every edited layer from one pass over the corpus.

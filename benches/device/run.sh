@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# The GPU-host measurements of issues 4 and 5, in one command (run on a GPU machine with the release binary, the Vulkan loader and the model staged beside the working tree):
-#   . .device/env.sh && bash benches/device/run.sh MODEL_FILE [STEP,STEP…]
+# Every GPU-machine measurement the open issues ask for, in one command (run on a GPU machine
+# with the release binary, the Vulkan loader and the model staged beside the working tree;
+# python3 with torch and transformers there for the baselines):
+#   . .device/env.sh && bash benches/device/run.sh MODEL_FILE [STEP,STEP…|SET]
+# SET is one of: speed (issue 11: forward, matmul and SVD against PyTorch, one ROME edit at
+# full settings), batch (issue 10/11: a MEMIT batch of 100 against PyTorch's same step),
+# experiment (issue 12: the collapse curves, 2,000 edits), all. The PyTorch baselines run in
+# the same call as the revive numbers they are read against.
 # Writes everything under $OUT (logs, JSON, SVG). Each step has its own time limit so that a
 # slow step cannot take the others down with it; the log of a step that ran out is kept.
 set -u
 model=${1:?model file}
 out=${OUT:-/tmp/out}
 bin=.device/bin/revive
+hf=/tmp/smollm2-hf
 mkdir -p "$out"
-only=${2:-all}   # a comma-separated list of step names, or all
+case ${2:-speed} in
+  speed) only=export,forward,torch-forward,matmul,torch-matmul,svd,torch-svd,rome-full ;;
+  batch) only=export,memit-100,torch-memit-100 ;;
+  experiment) only=experiment ;;
+  all) only=all ;;
+  *) only=$2 ;;
+esac
 step() { # name seconds command...
   local name=$1 secs=$2; shift 2
   [ "$only" = all ] || [[ ",$only," == *",$name,"* ]] || return 0
@@ -19,20 +32,31 @@ step() { # name seconds command...
   echo "   rc $rc after $((SECONDS - t0)) s"
   tail -n 25 "$out/$name.log"
 }
-# Issue 5.7: top-k SVD against the CPU reference, then PyTorch on the same matrices.
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv" 2>&1
+# The f32 checkpoint the PyTorch baselines load (the same weights revive runs on).
+step export 60 $bin export -m "$model" --out $hf
+# Issue 11: prefill (128, 512 tokens) and decode through the KV cache, revive then transformers
+# eager f32 on the same protocol (goals: decode ≤ 1.5 ms/token, prefill 128 ≤ 8 ms).
+step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
+step torch-forward 90 python3 benches/baselines/torch_forward.py --model $hf --json "$out/torch-forward.json"
+# Issue 11: the tuned matmul against cuBLAS SGEMM (TF32 off) at 1024³ and 4096³ (goal ≥ 0.5×).
+step matmul 40 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul.json"
+step torch-matmul 40 python3 benches/baselines/torch_matmul.py --size 1024 --size 4096 --json "$out/torch-matmul.json"
+# Issue 11: top-k SVD against the CPU reference, then torch.svd_lowrank on the same matrices.
 step svd 100 $bin bench svd --save /tmp/svd-mats --json "$out/svd.json"
 step torch-svd 60 python3 benches/baselines/torch_svd.py --dir /tmp/svd-mats --revive "$out/svd.json" --json "$out/torch-svd.json"
-# Issue 5.6: 50 sequential ROME edits, plain and with REVIVE τ = 0.5, tracked after every edit
-# (the settings of the 20-fact lavapipe baseline: plain context, ≤ 12 steps, C0 from 4,096 tokens).
-step revive-50 280 $bin bench edit -m "$model" --both --revive 0.5 --track --templates 0 --steps 12 --cov-tokens 4096 \
-  --json "$out/revive-50.json" --plot "$out/revive-50.svg"
-# Issue 4.7: time per ROME edit at the full settings (11 contexts, 25 steps, C0 from 20k tokens).
-step rome-full 60 $bin bench edit -m "$model" --limit 5 --json "$out/rome-full-5.json"
-# Issue 11: the kernel choice measured on this GPU, then the forward pass with the fixed rule
-# and with the tuned choices (runtime counts per token in each log).
+# Issue 11: time per ROME edit at full settings (11 contexts, 25 steps, C0 from 20k tokens).
+step rome-full 90 $bin bench edit -m "$model" --limit 5 --json "$out/rome-full-5.json"
+# Issue 10/11: one MEMIT batch of 100 geography edits (reduced settings as the baseline), by
+# phase, then the same step in PyTorch.
+step memit-100 240 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit --json "$out/memit-100.json"
+step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --json "$out/torch-memit-100.json"
+# Issue 12: MEMIT and AlphaEdit with and without REVIVE over 2,000 edits in batches of 100;
+# --stop-after leaves a resumable run (re-run the same command to continue) if time runs out.
+step experiment 570 $bin experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --limit 2000 \
+  --batch 100 --every 500 --templates 0 --steps 12 --cov-tokens 4096 --stop-after 9 --out "$out/experiment"
+# Kernel choices measured on this GPU (`revive tune`), for a later forward with them.
 step tune 150 $bin tune -m "$model" --json "$out/tune.json"
-step forward-rule 90 env REVIVE_TUNE=0 $bin bench forward -m "$model" --json "$out/forward-rule.json"
-step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
-# Issue 2's open comparison: the tuned matmul against cuBLAS SGEMM (TF32 off) in the same run.
-step matmul 25 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul.json"
-step torch-matmul 25 python3 benches/baselines/torch_matmul.py --size 1024 --size 4096 --json "$out/torch-matmul.json"
+exit 0

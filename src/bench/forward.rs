@@ -13,9 +13,14 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ForwardReport {
-    /// (tokens, tokens/s) of a single-sequence prefill.
+    /// (tokens, tokens/s) of a single-sequence prefill, by the best timer (GPU timestamps
+    /// where the adapter has them).
     pub prefill: Vec<(usize, f64)>,
     pub decode_tokens_per_s: f64,
+    /// The same as a user sees them: wall clock from the call to the finished GPU work (host
+    /// recording and submits included), median over the repetitions: (tokens, ms).
+    pub prefill_wall_ms: Vec<(usize, f64)>,
+    pub decode_wall_ms_per_token: f64,
     pub decode_tokens: usize,
     /// What the runtime did for one decoded token (the mean over the decode steps, rounded
     /// down) and for one prefill of the first length.
@@ -42,11 +47,13 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     let bar = crate::progress::bar((prefill.len() * reps + 2) as u64, "forward");
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
+    let mut walls = vec![];
     let mut prefill_runtime = RuntimeStats::default();
     let mut prefill_profile = vec![];
     for (i, &n) in prefill.iter().enumerate() {
         let batch = Batch::new(&[tokens(n, v, n as u64)])?;
         let mut times = vec![];
+        let mut wall = vec![];
         for rep in 0..reps {
             let before = gpu.runtime_stats();
             gpu.reset_profile();
@@ -56,18 +63,23 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
                 prefill_profile = profile_ms(gpu);
             }
             times.push(t.best());
+            wall.push(t.wall);
             bar.inc(1);
         }
         rates.push((n, n as f64 / median(times).as_secs_f64()));
+        walls.push((n, median(wall).as_secs_f64() * 1e3));
     }
     let mut cache = model.new_cache(1, 16 + decode)?;
     model.forward(&Batch::new(&[tokens(16, v, 1)])?, &Probes::default(), LogitRows::Rows(vec![15]), Some(&mut cache))?;
     let steps: Vec<Batch> = tokens(decode, v, 2).into_iter().map(|t| Batch::new(&[vec![t]])).collect::<Result<_>>()?;
     let mut decode_time = Duration::ZERO;
+    let mut decode_wall = Duration::ZERO;
     gpu.reset_profile();
     let before = gpu.runtime_stats();
     for step in &steps {
-        decode_time += gpu.time(|| model.forward(step, &Probes::default(), LogitRows::All, Some(&mut cache)).map(|_| ()))?.best();
+        let t = gpu.time(|| model.forward(step, &Probes::default(), LogitRows::All, Some(&mut cache)).map(|_| ()))?;
+        decode_time += t.best();
+        decode_wall += t.wall;
     }
     let total = gpu.runtime_stats() - before;
     let per = |x: u64| x / decode.max(1) as u64;
@@ -89,6 +101,8 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     Ok(ForwardReport {
         prefill: rates,
         decode_tokens_per_s: decode as f64 / decode_time.as_secs_f64(),
+        prefill_wall_ms: walls,
+        decode_wall_ms_per_token: decode_wall.as_secs_f64() * 1e3 / decode.max(1) as f64,
         decode_tokens: decode,
         decode_runtime,
         prefill_runtime,
@@ -111,6 +125,11 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         s += &format!("| prefill {n} tokens | {rate:.1} | {:.2} (on {} tokens) | {:.1}x |\n", r.cpu_tokens_per_s, r.cpu_tokens, rate / r.cpu_tokens_per_s);
     }
     s += &format!("| decode (1 token, KV cache) | {:.1} | | |\n", r.decode_tokens_per_s);
+    s += "\n| wall clock (host work included) | ms |\n|---|---:|\n";
+    for (n, ms) in &r.prefill_wall_ms {
+        s += &format!("| prefill {n} tokens | {ms:.2} |\n");
+    }
+    s += &format!("| decode, per token | {:.2} |\n", r.decode_wall_ms_per_token);
     s += "\n| runtime work | dispatches | compute passes | submits | buffers created | bind groups created |\n|---|---:|---:|---:|---:|---:|\n";
     let row = |name: String, x: &RuntimeStats| format!("| {name} | {} | {} | {} | {} | {} |\n", x.dispatches, x.passes, x.submits, x.buffers, x.bind_groups);
     if let Some((n, _)) = r.prefill.first() {

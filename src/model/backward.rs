@@ -98,7 +98,7 @@ impl<'m> DeltaPass<'m> {
     pub fn logprobs(&self, delta: &[f32], rows: &[usize]) -> Result<Vec<Vec<f64>>> {
         let (x, _, _) = self.upper(delta, false)?;
         let (logits, _) = self.head(&x, rows)?;
-        Ok(log_softmax(&self.model.gpu().download(&logits)?, self.model.config.vocab_size))
+        Ok(log_softmax(&self.model.host_logits(&logits)?, self.model.config.vocab_size))
     }
 
     /// The loss of δ and its gradient.
@@ -120,7 +120,7 @@ impl<'m> DeltaPass<'m> {
         }
         let (x, tapes, cache) = self.upper(delta, true)?;
         let (logits, normed_in) = self.head(&x, &rows)?;
-        let logp = log_softmax(&gpu.download(&logits)?, vocab);
+        let logp = log_softmax(&m.host_logits(&logits)?, vocab);
 
         // d loss / d log p, then through the log-softmax: dz = g − softmax · Σ g.
         let mut parts = Vec::with_capacity(terms.len());

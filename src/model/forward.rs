@@ -345,7 +345,6 @@ impl GpuModel {
             (activation::silu_mul(gpu, &gate, &up)?, Some(gate))
         };
         let x_out = elementwise::add(gpu, &x_mid, &self.linear(&key, self.l(i, "w_down")?, bias("b_down")?)?)?;
-        for _ in 0..std::env::var("EXTRA_ADDS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0) { let _ = elementwise::add(gpu, &x_mid, &x_out)?; }
         let tape = record.then(|| BlockTape { x_in: x.clone(), q, x_mid, gate, up });
         Ok(BlockOut { x: x_out, key, tape })
     }
@@ -355,7 +354,23 @@ impl GpuModel {
         let batch = Batch::new(seqs)?;
         let (logits, _) = self.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), None)?;
         let v = self.config.vocab_size;
-        Ok(self.gpu.download(&logits)?.chunks(v).map(<[f32]>::to_vec).collect())
+        Ok(self.host_logits(&logits)?.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Logits read back to the host, refused when one is NaN or infinite: a model whose weights
+    /// went bad (or that an edit made overflow) must not answer or score as if nothing happened.
+    pub fn host_logits(&self, logits: &Tensor) -> Result<Vec<f32>> {
+        let values = self.gpu.download(logits)?;
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            let v = self.config.vocab_size;
+            return Err(Error::Numeric(format!(
+                "the model's logits are not finite (row {}, token {}: {}): its weights or settings hold NaN or Inf, or an edit made them overflow",
+                i / v,
+                i % v,
+                values[i]
+            )));
+        }
+        Ok(values)
     }
 }
 

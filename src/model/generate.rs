@@ -84,10 +84,7 @@ pub fn generate(
     let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![prompt.len() - 1]), Some(&mut cache))?;
     let mut out = vec![];
     for step in 0..n {
-        let row = model.gpu().download(&logits)?;
-        if let Some(i) = row.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Numeric(format!("the model's logits are not finite (token {i} at generated position {step}): its weights or settings hold NaN or Inf")));
-        }
+        let row = model.host_logits(&logits).map_err(|e| Error::Numeric(format!("at generated position {step}: {e}")))?;
         let tok = sample(&row, &sampling, &mut rng);
         out.push(tok);
         on_token(tok);
@@ -116,7 +113,7 @@ pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<V
     let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
     let (logits, _) = model.forward(&Batch::new(&[seq])?, &Probes::default(), LogitRows::Rows(rows), None)?;
     let v = model.config.vocab_size;
-    let all = model.gpu().download(&logits)?;
+    let all = model.host_logits(&logits)?;
     Ok(continuation.iter().enumerate().map(|(i, &tok)| log_softmax(&all[i * v..(i + 1) * v])[tok as usize]).collect())
 }
 
@@ -137,7 +134,7 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
         let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
         let v = model.config.vocab_size;
         for step in 0..n {
-            let all = model.gpu().download(&logits)?;
+            let all = model.host_logits(&logits)?;
             let next: Vec<u32> = all.chunks(v).map(|row| sample(row, &sampling, &mut rng)).collect();
             for (&i, &tok) in group.iter().zip(&next) {
                 out[i].push(tok);
@@ -162,7 +159,7 @@ pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Ve
     let rows: Vec<usize> = pairs.iter().enumerate().flat_map(|(s, (p, c))| (p.len() - 1..p.len() - 1 + c.len()).map(move |pos| (s, pos))).map(|(s, pos)| batch.row(s, pos)).collect();
     let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(rows), None)?;
     let v = model.config.vocab_size;
-    let all = model.gpu().download(&logits)?;
+    let all = model.host_logits(&logits)?;
     let mut rows = all.chunks(v);
     Ok(pairs.iter().map(|(_, c)| c.iter().map(|&tok| log_softmax(rows.next().expect("one row per token"))[tok as usize]).collect()).collect())
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""The forward pass `revive bench forward` measures, in Hugging Face transformers (PyTorch
+eager, float32, TF32 off), on the same weights and the same protocol: a single-sequence prefill
+of each length (the median of --reps runs, logits of the last token only), then --decode steps
+of one token each through the KV cache after a 16-token prompt. Times are wall clock with the
+device synchronised before and after each measured call, as a user of either program sees them.
+
+    revive export -m smollm2 --out /tmp/smollm2-hf
+    python3 benches/baselines/torch_forward.py --model /tmp/smollm2-hf --prefill 128 512 \
+        --decode 32 --device cuda --json torch-forward.json
+
+Token ids are random (seeded), as in revive's benchmark: the cost of a forward pass does not
+depend on which tokens it reads.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a Hugging Face checkpoint directory (revive export)")
+    p.add_argument("--prefill", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json")
+    return p.parse_args()
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(device, f):
+    sync(device)
+    t0 = time.perf_counter()
+    out = f()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def main():
+    a = args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:  # transformers ≥ 4.56 names it dtype; earlier ones torch_dtype
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager")
+    except TypeError:
+        model = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=torch.float32, attn_implementation="eager")
+    model = model.to(a.device).eval()
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, vocab, (1, n), generator=gen).to(a.device)
+
+    with torch.no_grad():
+        model(ids(8), logits_to_keep=1)  # warm-up: kernels loaded, allocator primed
+        prefill = []
+        for n in a.prefill:
+            x = ids(n)
+            times = [timed(a.device, lambda: model(x, logits_to_keep=1))[0] for _ in range(a.reps)]
+            prefill.append({"tokens": n, "ms": 1e3 * statistics.median(times), "tokens_per_s": n / statistics.median(times)})
+
+        out = model(ids(16), use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
+        steps = ids(a.decode)
+        per_token = []
+        for i in range(a.decode):
+            dt, out = timed(a.device, lambda: model(steps[:, i : i + 1], past_key_values=past, use_cache=True))
+            past = out.past_key_values
+            per_token.append(dt)
+
+    report = {
+        "framework": f"transformers (torch {torch.__version__}, eager attention, float32, TF32 off)",
+        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device,
+        "prefill": prefill,
+        "decode_tokens": a.decode,
+        "decode_ms_per_token": 1e3 * sum(per_token) / len(per_token),
+        "decode_ms_per_token_median": 1e3 * statistics.median(per_token),
+        "decode_tokens_per_s": len(per_token) / sum(per_token),
+    }
+    print(json.dumps(report, indent=2))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
