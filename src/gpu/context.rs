@@ -761,7 +761,6 @@ pub fn checked_shaders() -> bool {
     env_flag("REVIVE_CHECKED")
 }
 
-/// A debugging switch: set to anything but empty or "0".
 /// `REVIVE_MEMORY_LIMIT`: the most GPU memory the tensors may hold (e.g. `1.5GiB`).
 fn memory_limit() -> Result<Option<u64>> {
     match std::env::var("REVIVE_MEMORY_LIMIT") {
@@ -772,6 +771,7 @@ fn memory_limit() -> Result<Option<u64>> {
     }
 }
 
+/// A debugging switch: set to anything but empty or "0".
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }

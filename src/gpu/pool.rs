@@ -26,6 +26,13 @@ struct PoolState {
     pooled_bytes: u64,
 }
 
+impl PoolState {
+    fn drop_idle(&mut self) {
+        self.free.clear();
+        self.pooled_bytes = 0;
+    }
+}
+
 pub struct BufferPool {
     state: Mutex<PoolState>,
     reuse: std::sync::atomic::AtomicBool,
@@ -79,15 +86,9 @@ impl BufferPool {
         self.budget.store(bytes.unwrap_or(u64::MAX), std::sync::atomic::Ordering::SeqCst);
     }
 
-    pub fn budget(&self) -> Option<u64> {
-        Some(self.budget.load(std::sync::atomic::Ordering::SeqCst)).filter(|&b| b != u64::MAX)
-    }
-
     /// Drops the idle buffers, giving their memory back to the device.
     pub fn trim(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.free.clear();
-        s.pooled_bytes = 0;
+        self.state.lock().unwrap().drop_idle();
     }
 
     /// Sizes are rounded to 16 bytes so every buffer can be bound as `array<vec4<f32>>`.
@@ -120,8 +121,7 @@ impl BufferPool {
         }
         let budget = self.budget.load(std::sync::atomic::Ordering::SeqCst);
         if s.live_bytes.saturating_add(s.pooled_bytes).saturating_add(size) > budget {
-            s.free.clear();
-            s.pooled_bytes = 0;
+            s.drop_idle();
         }
         if s.live_bytes.saturating_add(size) > budget {
             return Err(out_of_memory(size, s.live_bytes, format!("the memory budget of {} (REVIVE_MEMORY_LIMIT) is reached", mib(budget))));
