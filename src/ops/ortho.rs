@@ -1,8 +1,11 @@
 //! Orthonormalisation of a tall matrix's columns by Cholesky QR on the GPU (shaders/ortho.wgsl),
 //! and the Ritz residuals the subspace iteration checks its convergence with.
 //!
-//! One pass: G = YᵀY (matmul), L = chol(G) (one workgroup), Q = Y L⁻ᵀ (matmul with the
-//! triangular inverse). Two passes (CholeskyQR2) give orthonormality to working precision
+//! One pass: G = YᵀY (matmul), L = chol(G), Q = Y L⁻ᵀ (matmul with the triangular inverse).
+//! The factorisation and the inverse are blocked in tiles of [`TILE`] columns: per tile one
+//! small single-workgroup factorisation, then the panel below it and the trailing update (or
+//! the inverse's block row) over as many workgroups as the matrix needs. Nothing comes back to
+//! the host, whatever the block's width. Two passes (CholeskyQR2) give orthonormality to working precision
 //! when Y is not too ill-conditioned after column scaling; columns that are linearly dependent
 //! to working precision are detected by the factorisation, replaced by random directions and
 //! orthonormalised against the rest in the next pass, so the result always has full rank.
@@ -24,11 +27,19 @@ struct Meta {
     ld: u32,
     base: u32,
     shift: f32,
+    /// First row and column of the tile a blocked step works on.
+    block: u32,
+    /// First column of a 2-D piece (`base` is its first row).
+    col_base: u32,
+    pad: [u32; 2],
 }
 
 fn meta(n: usize, m: usize, k: usize, ld: usize, seed: u32, tol: f32) -> Meta {
-    Meta { n: n as u32, m: m as u32, k: k as u32, seed, tol, ld: ld as u32, base: 0, shift: 0.0 }
+    Meta { n: n as u32, m: m as u32, k: k as u32, seed, tol, ld: ld as u32, base: 0, shift: 0.0, block: 0, col_base: 0, pad: [0; 2] }
 }
+
+/// The tile width of the blocked factorisation and inverse (`NB` in shaders/ortho.wgsl).
+pub const TILE: usize = 32;
 
 /// The shift of the first pass, relative to trace(YᵀY) for an m×n block: Fukaya et al.'s
 /// 11(mn + n(n+1))·u·‖Y‖₂², with ‖Y‖₂² bounded below by trace/n. Large enough that the f32
@@ -47,12 +58,6 @@ fn run_pieces(gpu: &Gpu, entry: &'static str, mut m: Meta, n: usize, binds: &[cr
     }
     Ok(())
 }
-
-/// The largest block the one-workgroup GPU factorisation takes. Above it the kernels gave wrong
-/// factors on llvmpipe (tri_inverse from n = 384, cholesky from n = 512, on Vulkan and GL alike;
-/// the cause was not found), so wider blocks are factorised on the host in f64: one p×p
-/// download and upload per pass, the same traffic as the Rayleigh–Ritz step.
-pub const GPU_FACTOR_MAX: usize = 320;
 
 /// A pivot below this fraction of its column's squared norm means the column is dependent on
 /// the earlier ones: f32 Cholesky loses the remaining digits of such a column to rounding
@@ -73,26 +78,58 @@ pub fn cholesky_shifted(gpu: &Gpu, g: &Tensor, tol: f32, shift: f32) -> Result<(
     if n != n2 || n == 0 {
         return Err(Error::shape("cholesky", format!("{:?} is not a non-empty square matrix", g.shape())));
     }
-    if n > GPU_FACTOR_MAX {
-        return Err(Error::TooLarge { op: "cholesky", detail: format!("{n}×{n} is wider than the GPU factorisation's {GPU_FACTOR_MAX}") });
-    }
     let l = gpu.empty(&[n, n])?;
     super::elementwise::copy_strided(gpu, g, super::elementwise::View::dense(&[n, n]), &l, super::elementwise::View::dense(&[n, n]), &[n, n])?;
     let aux = gpu.empty(&[2 * n])?;
-    let m = Meta { shift, ..meta(n, 0, 0, 0, 0, tol) };
-    gpu.dispatch(ORTHO, "cholesky", &[], bytemuck::bytes_of(&m), &[whole(gpu, &l)?, whole(gpu, &aux)?], [1, 1, 1])?;
+    let base = Meta { shift, ..meta(n, 0, 0, 0, 0, tol) };
+    let binds = [whole(gpu, &l)?, whole(gpu, &aux)?];
+    gpu.dispatch(ORTHO, "chol_shift", &[], bytemuck::bytes_of(&base), &binds, [1, 1, 1])?;
+    let max_groups = gpu.split_limits().max_workgroups as usize;
+    for jb in (0..n).step_by(TILE) {
+        let tile = Meta { block: jb as u32, ..base };
+        gpu.dispatch(ORTHO, "chol_diag", &[], bytemuck::bytes_of(&tile), &binds, [1, 1, 1])?;
+        let rest = jb + TILE;
+        if rest >= n {
+            break;
+        }
+        for (start, len) in super::chunks(n - rest, max_groups * 64) {
+            let m = Meta { base: (rest + start) as u32, ..tile };
+            gpu.dispatch(ORTHO, "chol_panel", &[], bytemuck::bytes_of(&m), &binds, [groups(len, 64), 1, 1])?;
+        }
+        for (rows, row_len) in super::chunks(n - rest, max_groups * 16) {
+            for (cols, col_len) in super::chunks(n - rest, max_groups * 16) {
+                if cols >= rows + row_len {
+                    break; // above the diagonal
+                }
+                let m = Meta { base: (rest + rows) as u32, col_base: (rest + cols) as u32, ..tile };
+                gpu.dispatch(ORTHO, "chol_update", &[], bytemuck::bytes_of(&m), &binds[..1], [groups(col_len, 16), groups(row_len, 16), 1])?;
+            }
+        }
+    }
     Ok((l, aux))
 }
 
 /// L⁻¹ of a lower-triangular factor from [`cholesky`]; dead columns get a zero diagonal.
 pub fn tri_inverse(gpu: &Gpu, l: &Tensor, aux: &Tensor) -> Result<Tensor> {
-    let n = l.shape()[0];
-    if n > GPU_FACTOR_MAX {
-        return Err(Error::TooLarge { op: "tri_inverse", detail: format!("{n}×{n} is wider than the GPU factorisation's {GPU_FACTOR_MAX}") });
+    let &[n, n2] = l.shape() else { return Err(Error::shape("tri_inverse", format!("{:?} is not 2-D", l.shape()))) };
+    if n != n2 || aux.numel() != 2 * n {
+        return Err(Error::shape("tri_inverse", format!("L {:?} with {} flags", l.shape(), aux.numel())));
     }
     let inv = gpu.empty(&[n, n])?;
-    let m = meta(n, 0, 0, 0, 0, 0.0);
-    gpu.dispatch(ORTHO, "tri_inverse", &[], bytemuck::bytes_of(&m), &[whole(gpu, l)?, whole(gpu, aux)?, whole(gpu, &inv)?], [groups(n, 64), 1, 1])?;
+    let binds = [whole(gpu, l)?, whole(gpu, aux)?, whole(gpu, &inv)?];
+    let base = meta(n, 0, 0, 0, 0, 0.0);
+    let max_groups = gpu.split_limits().max_workgroups as usize;
+    for (start, len) in super::chunks(n, max_groups * 64) {
+        let m = Meta { base: start as u32, ..base };
+        gpu.dispatch(ORTHO, "tri_diag_inv", &[], bytemuck::bytes_of(&m), &binds, [groups(len, 64), 1, 1])?;
+    }
+    // Block row by block row: each reads the rows above it, final by then.
+    for ib in (TILE..n).step_by(TILE) {
+        for (start, len) in super::chunks(ib, max_groups * 8) {
+            let m = Meta { block: ib as u32, col_base: start as u32, ..base };
+            gpu.dispatch(ORTHO, "tri_rows", &[], bytemuck::bytes_of(&m), &binds, [groups(len, 8), 1, 1])?;
+        }
+    }
     Ok(inv)
 }
 
@@ -105,30 +142,10 @@ pub fn cholesky_qr_pass(gpu: &Gpu, y: &Tensor) -> Result<(Tensor, Tensor)> {
 fn shifted_qr_pass(gpu: &Gpu, y: &Tensor, shift: f32) -> Result<(Tensor, Tensor)> {
     let n = y.shape()[1];
     let g = gemm(gpu, y, y, None, Gemm { trans_a: true, ..Gemm::default() })?;
-    let (inv, aux) = if n <= GPU_FACTOR_MAX {
-        let (l, aux) = cholesky_shifted(gpu, &g, dead_tolerance(n), shift)?;
-        (tri_inverse(gpu, &l, &aux)?, aux)
-    } else {
-        host_factor(gpu, &g, shift)?
-    };
+    let (l, aux) = cholesky_shifted(gpu, &g, dead_tolerance(n), shift)?;
+    let inv = tri_inverse(gpu, &l, &aux)?;
     let q = gemm(gpu, y, &inv, None, Gemm { trans_b: true, ..Gemm::default() })?;
     Ok((q, aux))
-}
-
-/// The same factorisation as the kernels (shift, dead columns, L⁻¹ with zero diagonal at dead
-/// columns), on the host in f64: (L⁻¹, aux) as the GPU path gives them.
-fn host_factor(gpu: &Gpu, g: &Tensor, shift: f32) -> Result<(Tensor, Tensor)> {
-    let n = g.shape()[0];
-    let mut gd: Vec<f64> = gpu.download(g)?.into_iter().map(f64::from).collect();
-    if let Some(i) = gd.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Numeric(format!("orthonormalize: the {n}×{n} Gram matrix has a non-finite entry at {i}")));
-    }
-    let add = shift as f64 * (0..n).map(|i| gd[i * n + i]).sum::<f64>();
-    (0..n).for_each(|i| gd[i * n + i] += add);
-    let (l, dead) = crate::cpu::ortho::cholesky(&gd, n, dead_tolerance(n) as f64);
-    let inv = crate::cpu::ortho::tri_inverse(&l, n, &dead);
-    let aux: Vec<f32> = (0..n).map(|i| gd[i * n + i] as f32).chain(dead.iter().map(|&d| if d { 1.0 } else { 0.0 })).collect();
-    Ok((gpu.upload(&inv.iter().map(|&v| v as f32).collect::<Vec<_>>(), &[n, n])?, gpu.upload(&aux, &[2 * n])?))
 }
 
 /// Fills the dead columns (per `aux`) of an m×n matrix with values in [-1, 1) from `seed`.
