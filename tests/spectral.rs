@@ -606,3 +606,34 @@ fn two_processes_computing_one_basis_share_the_cache() {
         Ok(())
     });
 }
+
+#[test]
+fn the_subspace_iteration_reads_back_only_at_its_checks() {
+    // A fresh device per adapter, so the readback counter sees this work alone. Between two
+    // Rayleigh–Ritz checks the iteration stays on the GPU, wide blocks included (their
+    // Cholesky QR used to be factorised on the host); a check reads back the p×p Rayleigh
+    // quotient and the k residual norms, and the start one reduction.
+    let fresh = revive::gpu::Gpu::all();
+    assert_eq!(fresh.len(), gpus().len(), "every adapter the other tests use");
+    for gpu in fresh {
+        let gpu = gpu.expect("an adapter is present but its device failed to open").with_poison(true);
+        let (m, n, k) = (300, 200, 10);
+        let sigma: Vec<f64> = (0..200).map(|i| 0.985f64.powi(i)).collect();
+        let w = ok(gpu.upload(&matrix_with_spectrum(&mut rng(41), m, n, &sigma), &[m, n])).unwrap();
+        let before = gpu.runtime_stats();
+        let got = top_k(&gpu, &w, k, &SvdOptions::default()).unwrap();
+        let reads = (gpu.runtime_stats() - before).readbacks;
+        eprintln!("{}: {} iterations, {} checks, {reads} readbacks", gpu.label(), got.iterations, got.checks);
+        assert!(got.iterations >= 10, "{}: converged in {} iterations; the case should need more", gpu.label(), got.iterations);
+        assert!(2 * got.checks <= got.iterations, "{}: {} checks in {} iterations", gpu.label(), got.checks, got.iterations);
+        assert_eq!(reads, 1 + 2 * got.checks as u64, "{}: {reads} readbacks for {} checks", gpu.label(), got.checks);
+        for (i, s) in got.sigma.iter().enumerate() {
+            assert!((s - sigma[i]).abs() <= 1e-4 * sigma[i], "{}: σ_{i} {s} vs {}", gpu.label(), sigma[i]);
+        }
+        let y = ok(gpu.upload(&random_vec(&mut rng(5), 1000 * 400), &[1000, 400])).unwrap();
+        let before = gpu.runtime_stats();
+        let q = orthonormalize(&gpu, &y, 1).unwrap();
+        assert_eq!((gpu.runtime_stats() - before).readbacks, 0, "{}: orthonormalising 1000×400 read back", gpu.label());
+        assert!(orthogonality_error(&gpu.download(&q).unwrap(), 1000, 400) < 1e-5, "{}: 1000×400 not orthonormal", gpu.label());
+    }
+}

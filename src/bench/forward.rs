@@ -89,6 +89,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         submits: per(total.submits),
         buffers: per(total.buffers),
         bind_groups: per(total.bind_groups),
+        readbacks: per(total.readbacks),
     };
     let decode_profile = profile_ms(gpu);
     bar.inc(1);
@@ -130,8 +131,8 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         s += &format!("| prefill {n} tokens | {ms:.2} |\n");
     }
     s += &format!("| decode, per token | {:.2} |\n", r.decode_wall_ms_per_token);
-    s += "\n| runtime work | dispatches | compute passes | submits | buffers created | bind groups created |\n|---|---:|---:|---:|---:|---:|\n";
-    let row = |name: String, x: &RuntimeStats| format!("| {name} | {} | {} | {} | {} | {} |\n", x.dispatches, x.passes, x.submits, x.buffers, x.bind_groups);
+    s += "\n| runtime work | dispatches | compute passes | submits | buffers created | bind groups created | readbacks |\n|---|---:|---:|---:|---:|---:|---:|\n";
+    let row = |name: String, x: &RuntimeStats| format!("| {name} | {} | {} | {} | {} | {} | {} |\n", x.dispatches, x.passes, x.submits, x.buffers, x.bind_groups, x.readbacks);
     if let Some((n, _)) = r.prefill.first() {
         s += &row(format!("prefill of {n} tokens"), &r.prefill_runtime);
     }

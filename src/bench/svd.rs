@@ -22,6 +22,8 @@ pub struct SvdRow {
     pub k: usize,
     pub gpu_seconds: f64,
     pub iterations: usize,
+    /// Rayleigh–Ritz checks (the only host round trips) among the iterations.
+    pub checks: usize,
     pub block: usize,
     /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at convergence.
     pub residual: f64,
@@ -79,23 +81,24 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], cpu: bool, opts: &SvdOpt
             let mine: Vec<f64> = u.iter().map(|&x| x as f64).collect();
             subspace_sine = Some(principal_sines(&theirs, k, &mine, k, m)[0]);
         }
-        rows.push(SvdRow { m, n, k, gpu_seconds, iterations: r.iterations, block: r.block, residual: r.residual, cpu_seconds, speedup, sigma_rel_err, subspace_sine });
+        rows.push(SvdRow { m, n, k, gpu_seconds, iterations: r.iterations, checks: r.checks, block: r.block, residual: r.residual, cpu_seconds, speedup, sigma_rel_err, subspace_sine });
     }
     Ok(rows)
 }
 
 pub fn table(adapter: &str, rows: &[SvdRow]) -> String {
     let mut s = format!("top-k SVD on {adapter} (subspace iteration) vs the CPU reference (faer f64 full SVD)\n");
-    s += "      m ×      n     k   GPU s  iters  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
+    s += "      m ×      n     k   GPU s  iters  checks  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
     for r in rows {
         s += &format!(
-            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>7} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
             r.m,
             r.n,
             r.k,
             r.gpu_seconds,
             r.iterations,
+            r.checks,
             r.block,
             r.residual,
             opt(r.cpu_seconds, &|v| format!("{v:.2}")),

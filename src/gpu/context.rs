@@ -108,6 +108,7 @@ struct Counters {
     passes: AtomicU64,
     submits: AtomicU64,
     buffers: AtomicU64,
+    readbacks: AtomicU64,
 }
 
 /// What the runtime has done since the device was opened: compare two snapshots to see what a
@@ -120,6 +121,8 @@ pub struct RuntimeStats {
     /// Buffers created (tensors the pool could not serve, readback and parameter buffers).
     pub buffers: u64,
     pub bind_groups: u64,
+    /// Reads back to the host: each waits for the GPU to finish what was recorded before it.
+    pub readbacks: u64,
 }
 
 impl std::ops::Sub for RuntimeStats {
@@ -131,6 +134,7 @@ impl std::ops::Sub for RuntimeStats {
             submits: self.submits - o.submits,
             buffers: self.buffers - o.buffers,
             bind_groups: self.bind_groups - o.bind_groups,
+            readbacks: self.readbacks - o.readbacks,
         }
     }
 }
@@ -310,6 +314,7 @@ impl Gpu {
             submits: c.submits.load(Ordering::Relaxed),
             buffers: c.buffers.load(Ordering::Relaxed) + self.shared.pool.created(),
             bind_groups: self.shared.groups.lock().unwrap().created,
+            readbacks: c.readbacks.load(Ordering::Relaxed),
         }
     }
 
@@ -604,6 +609,7 @@ impl Gpu {
         if size == 0 {
             return Ok(vec![]);
         }
+        self.shared.counters.readbacks.fetch_add(1, Ordering::Relaxed);
         let padded = size.div_ceil(4) * 4;
         // One staging buffer, grown to the largest read so far, serves every read.
         let mut readback = self.shared.readback.lock().unwrap();

@@ -1,16 +1,20 @@
-//! Top-k singular triplets on the GPU by block power (subspace) iteration with a Rayleigh–Ritz
-//! step every iteration:
+//! Top-k singular triplets on the GPU by block power (subspace) iteration, with a Rayleigh–Ritz
+//! step every few iterations:
 //!
-//!   Y = W Z;  Q = orth(Y);  X = Wᵀ Q;  Z' = orth(X);  S = Xᵀ Z' (= Qᵀ W Z', p×p)
-//!   S = Ũ Σ Ṽᵀ (host, f64);  U = Q Ũ;  Z ← Z' Ṽ;  next Y = W Z
+//!   each iteration:  Y = W Z;  Q = orth(Y);  X = Wᵀ Q;  Z ← orth(X)       (all on the GPU)
+//!   at a check:      S = Xᵀ Z (= Qᵀ W Z, p×p);  S = Ũ Σ Ṽᵀ (host, f64);
+//!                    U = Q Ũ;  Z ← Z Ṽ;  Y = W Z;  converged when max_i ‖Y_i − σ_i U_i‖ ≤ tol·σ₁
 //!
 //! The block has p = k + oversampling columns (at most min(m, n)), so the k-th triplet
-//! converges at the rate (σ_{p+1}/σ_k)² per iteration rather than (σ_{k+1}/σ_k)². Rotating Z
-//! onto the Ritz vectors keeps the columns of Y nearly orthogonal, which is what lets Cholesky
-//! QR in f32 stay accurate. Convergence is judged on the true residuals of the first k
-//! triplets, ‖W v_i − σ_i u_i‖ ≤ tol · σ_1, computed from the Y the next iteration needs
-//! anyway. At the iteration cap the result is an error that says how far it got, never a
-//! silently unconverged basis.
+//! converges at the rate (σ_{p+1}/σ_k)² per iteration rather than (σ_{k+1}/σ_k)². Between checks
+//! nothing is read back: the span is what converges, and rotating Z inside it changes neither
+//! the next span nor the conditioning of W Z (Z stays orthonormal), so Rayleigh–Ritz is only
+//! needed to read the triplets off. A check costs one p×p round trip and reads back the worst
+//! residuals (k values); the next check is placed where the residual's decay rate so far says it
+//! will reach the tolerance, at most [`MAX_CHECK_GAP`] iterations on. Convergence is judged on
+//! the true residuals of the first k triplets, ‖W v_i − σ_i u_i‖ ≤ tol · σ_1, computed from the Y
+//! the next iteration needs anyway. At the iteration cap the result is an error that says how
+//! far it got, never a silently unconverged basis.
 //!
 //! The same routine gives the top eigenpairs of a symmetric positive semi-definite matrix
 //! (U = V, σ = λ): [`top_eigen`].
@@ -51,6 +55,8 @@ pub struct TopK {
     /// Non-increasing.
     pub sigma: Vec<f64>,
     pub iterations: usize,
+    /// Rayleigh–Ritz checks (host round trips) among those iterations.
+    pub checks: usize,
     /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at the end.
     pub residual: f64,
     /// The block width used.
@@ -116,11 +122,19 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
     let seed32 = |i: u64| (opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i) >> 16) as u32;
     let mut z = block_basis(gpu, &random_block(gpu, n, p, opts.seed, keep.as_deref())?, seed32(0))?;
     let mut y = gemm(gpu, w, &z, None, Gemm::default())?;
-    let mut last = f64::NAN;
+    let mut last: Option<(usize, f64)> = None;
+    let mut next_check = 1;
+    let mut checks = 0;
     for it in 1..=opts.max_iters {
         let q = block_basis(gpu, &y, seed32(2 * it as u64))?;
         let x = gemm(gpu, w, &q, None, Gemm { trans_a: true, ..Gemm::default() })?;
         let zn = block_basis(gpu, &x, seed32(2 * it as u64 + 1))?;
+        if it < next_check && it < opts.max_iters {
+            z = zn;
+            y = gemm(gpu, w, &z, None, Gemm::default())?;
+            continue;
+        }
+        checks += 1;
         let s = gemm(gpu, &x, &zn, None, Gemm { trans_a: true, ..Gemm::default() })?;
         let (u_small, sigma, v_small) = small_svd(&gpu.download(&s)?, p)?;
         let u = gemm(gpu, &q, &gpu.upload(&u_small, &[p, p])?, None, Gemm::default())?;
@@ -128,27 +142,48 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
         y = gemm(gpu, w, &z, None, Gemm::default())?;
         let sig = gpu.upload(&sigma.iter().map(|&s| s as f32).collect::<Vec<_>>(), &[p])?;
         let e = ritz_residual(gpu, &y, &u, &sig, k)?;
+        // k squared norms (a max on the GPU could drop a NaN: WGSL leaves max(NaN, x) open).
         let norms = gpu.download(&reduce_rows(gpu, &e, ReduceOp::SumSq)?)?;
-        let worst = norms.iter().map(|&r| (r as f64).sqrt()).fold(0.0, f64::max) / sigma[0];
+        let worst = norms.iter().map(|&r| (r as f64).sqrt()).fold(0.0, |a: f64, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }) / sigma[0];
         if !worst.is_finite() {
             return Err(Error::Numeric(format!("svd: the residual became non-finite at iteration {it}")));
         }
-        last = worst;
         if worst <= opts.tol {
             return Ok(TopK {
                 u: leading_columns(gpu, &u, k)?,
                 v: leading_columns(gpu, &z, k)?,
                 sigma: sigma[..k].to_vec(),
                 iterations: it,
+                checks,
                 residual: worst,
                 block: p,
             });
         }
+        next_check = it + check_gap(last, it, worst, opts.tol);
+        last = Some((it, worst));
     }
+    let last = last.map_or(f64::NAN, |(_, r)| r);
     Err(Error::Numeric(format!(
         "svd: top-{k} of a {m}×{n} matrix did not converge in {} iterations (block {p}): residual {last:.2e} σ₁, tolerance {:.2e}; raise the iteration cap or the oversampling",
         opts.max_iters, opts.tol
     )))
+}
+
+/// The most iterations between two Rayleigh–Ritz checks: a slower prediction than the truth
+/// costs at most this many iterations more than checking every time.
+pub const MAX_CHECK_GAP: usize = 8;
+
+/// Iterations until the next check, from the residual's geometric decay between the previous
+/// check (`last`: iteration, residual) and this one: enough to reach `tol` at that rate, at
+/// least 1 and at most [`MAX_CHECK_GAP`]; 2 while there is no rate yet (or it is not falling).
+fn check_gap(last: Option<(usize, f64)>, it: usize, worst: f64, tol: f64) -> usize {
+    let Some((then, before)) = last else { return 2 };
+    let rate = (worst / before).powf(1.0 / (it - then) as f64);
+    if !(rate > 0.0 && rate < 1.0) {
+        return 2;
+    }
+    let needed = ((tol / worst).ln() / rate.ln()).ceil();
+    if needed.is_finite() { (needed as usize).clamp(1, MAX_CHECK_GAP) } else { MAX_CHECK_GAP }
 }
 
 /// An orthonormal basis of a space containing the block's columns. A square block (the block is
