@@ -130,18 +130,21 @@ fn bad_requests_are_errors() {
 }
 
 #[test]
-fn shaders_with_and_without_runtime_checks_agree_bit_for_bit() {
+fn every_kernel_mode_computes_the_same_bits() {
     // Kernels run without wgpu's injected bounds checks unless REVIVE_CHECKED=1; they must be
     // in bounds by construction, so both modes compute the same bits (a read past a binding
-    // would differ: clamped in one, not in the other). A batch of two prompts of different
-    // lengths and a cached decode step, on each adapter.
-    use revive::gpu::{BackendChoice, Gpu};
+    // would differ: clamped in one, not in the other). Parameters come as immediates where the
+    // device has them and from the uniform arena otherwise: the same bits again. A batch of two
+    // prompts of different lengths and a cached decode step, on each adapter.
+    use revive::gpu::{BackendChoice, Gpu, KernelModes, Params};
     let w = random_weights(&Config::tiny_llama(), 21);
     for adapter in Gpu::adapters(BackendChoice::Auto) {
         let info = adapter.get_info();
-        let run = |checked: bool| -> Vec<f32> {
-            let gpu = Gpu::open_with_checks(adapter.clone(), checked).unwrap().with_poison(true);
-            assert_eq!(gpu.checked(), checked);
+        let has_immediates = adapter.features().contains(wgpu::Features::IMMEDIATES);
+        let run = |modes: KernelModes| -> Vec<f32> {
+            let gpu = Gpu::open_with(adapter.clone(), modes).unwrap().with_poison(true);
+            assert_eq!(gpu.checked(), modes.checked);
+            assert_eq!(gpu.immediates() > 0, modes.immediates && has_immediates, "{}: immediates {}", info.name, gpu.immediates());
             let gm = GpuModel::new(&gpu, &w).unwrap();
             let batch = Batch::new(&[vec![3, 14, 15, 9, 26], vec![5, 35]]).unwrap();
             let (all, _) = gm.forward(&batch, &Probes::default(), LogitRows::All, None).unwrap();
@@ -150,12 +153,18 @@ fn shaders_with_and_without_runtime_checks_agree_bit_for_bit() {
             gm.forward(&Batch::new(&[vec![3, 14, 15]]).unwrap(), &Probes::default(), LogitRows::Rows(vec![2]), Some(&mut cache)).unwrap();
             let (step, _) = gm.forward(&Batch::new(&[vec![9]]).unwrap(), &Probes::default(), LogitRows::All, Some(&mut cache)).unwrap();
             out.extend(gpu.download(&step).unwrap());
+            // The matmul's parameters fit every device's immediates (Vulkan guarantees 128 bytes).
+            let matmul = gpu.pipeline(revive::shaders::MATMUL, "matmul_tile16", &[("TRANS_A", 0.0), ("TRANS_B", 0.0), ("ALIGNED", 0.0)]).unwrap();
+            assert_eq!(matches!(matmul.params(), Params::Immediate(_)), gpu.immediates() > 0, "{}: matmul takes {:?}", info.name, matmul.params());
             out
         };
-        let (checked, unchecked) = (run(true), run(false));
-        assert!(checked.iter().all(|v| v.is_finite()), "{}: non-finite logits", info.name);
-        let differ = checked.iter().zip(&unchecked).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-        assert_eq!(differ, 0, "{} ({:?}): {differ} of {} logits differ between checked and unchecked shaders", info.name, info.backend, checked.len());
+        let reference = run(KernelModes { checked: true, immediates: false });
+        assert!(reference.iter().all(|v| v.is_finite()), "{}: non-finite logits", info.name);
+        for modes in [KernelModes { checked: false, immediates: false }, KernelModes { checked: false, immediates: true }, KernelModes { checked: true, immediates: true }] {
+            let got = run(modes);
+            let differ = reference.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(differ, 0, "{} ({:?}): {differ} of {} logits differ between {modes:?} and checked shaders with the uniform arena", info.name, info.backend, got.len());
+        }
     }
 }
 

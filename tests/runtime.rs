@@ -169,11 +169,12 @@ fn every_entry_point_follows_the_binding_convention() {
     for shader in shaders {
         let module = naga::front::wgsl::parse_str(shader.source).unwrap();
         for ep in &module.entry_points {
-            let sig = revive::gpu::reflect(shader, &ep.name).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!sig.is_empty(), "{}::{} binds no storage", shader.name, ep.name);
+            let r = revive::gpu::reflect(shader, &ep.name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!r.signature.is_empty(), "{}::{} binds no storage", shader.name, ep.name);
+            assert!(r.params_size > 0 && r.params_size % 4 == 0, "{}::{} has {} bytes of parameters", shader.name, ep.name, r.params_size);
         }
     }
-    let reduce = revive::gpu::reflect(revive::shaders::REDUCE, "reduce_rows").unwrap();
+    let reduce = revive::gpu::reflect(revive::shaders::REDUCE, "reduce_rows").unwrap().signature;
     assert_eq!(reduce.last(), Some(&false), "the output is read_write");
     assert_eq!(reduce.first(), Some(&true), "the input is read-only");
 }

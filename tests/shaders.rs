@@ -2,11 +2,14 @@
 //! SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), one entry point at a time as wgpu
 //! does. Metal and DX12 cannot run here, so this is how a shader that would break on a Mac or on
 //! Windows fails CI. Where spirv-val and glslangValidator are installed (.ci/run installs them),
-//! the SPIR-V and GLSL are also checked by the Khronos tools.
+//! the SPIR-V and GLSL are also checked by the Khronos tools. Each shader also translates in
+//! the variant that reads its parameters as immediates (push constants), as built on devices
+//! that have them.
 
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::ShaderStage;
+use revive::gpu::immediate_source;
 use revive::shaders::all_variants;
 use std::process::Command;
 
@@ -34,18 +37,38 @@ fn every_shader_translates_to_every_backend() {
     }
     let mut failures = vec![];
     let mut translated = 0;
-    for (shader, constants) in all_variants() {
-        let module = naga::front::wgsl::parse_str(shader.source)
-            .unwrap_or_else(|e| panic!("{}.wgsl does not parse:\n{}", shader.name, e.emit_to_string(shader.source)));
-        let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    // The immediates variant exists where every parameter struct of the shader fits 256 bytes
+    // (what GPUs offer; rope's frequency table does not and always uses the uniform arena).
+    let immediates_fit = |shader: revive::shaders::Shader| {
+        let module = naga::front::wgsl::parse_str(shader.source).expect("parses (checked below)");
+        let first = module.entry_points[0].name.clone();
+        revive::gpu::reflect(shader, &first).is_ok_and(|r| r.shader_params_max <= 256)
+    };
+    let mut fitting = vec![];
+    let variants = all_variants().into_iter().flat_map(|(shader, constants)| {
+        let mut v = vec![(shader, shader.source.to_string(), false, constants.clone())];
+        if immediates_fit(shader) {
+            fitting.push(shader.name);
+            v.push((shader, immediate_source(shader.source), true, constants));
+        }
+        v
+    }).collect::<Vec<_>>();
+    fitting.dedup();
+    assert!(fitting.len() >= 10, "only {fitting:?} have an immediates variant");
+    for (shader, source, immediate, constants) in variants {
+        let name = format!("{}{}", shader.name, if immediate { " (immediates)" } else { "" });
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(&source)));
+        let caps = if immediate { Capabilities::IMMEDIATES } else { Capabilities::empty() };
+        let info = Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{}.wgsl does not validate: {e:?}", shader.name));
+            .unwrap_or_else(|e| panic!("{name} does not validate: {e:?}"));
         let pipeline_constants: naga::back::PipelineConstants =
             constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let entries: Vec<String> = module.entry_points.iter().map(|e| e.name.clone()).collect();
-        assert!(!entries.is_empty(), "{} has no entry points", shader.name);
+        assert!(!entries.is_empty(), "{name} has no entry points");
         for entry in entries {
-            let what = format!("{}:{entry} {constants:?}", shader.name);
+            let what = format!("{name}:{entry} {constants:?}");
             let (module, info) = match naga::back::pipeline_constants::process_overrides(
                 &module,
                 &info,
@@ -75,7 +98,9 @@ fn every_shader_translates_to_every_backend() {
             if let Err(e) = msl::write_string(&module, &info, &msl_opts, &msl_pipe) {
                 failures.push(format!("{what}: MSL: {e:?}"));
             }
-            let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, ..Default::default() };
+            // DX12 puts immediates in root constants; wgpu gives them a register of their own.
+            let immediates_target = Some(hlsl::BindTarget { space: 0, register: 15, ..Default::default() });
+            let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, immediates_target, ..Default::default() };
             let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())) };
             let mut hlsl_out = String::new();
             if let Err(e) = hlsl::Writer::new(&mut hlsl_out, &hlsl_opts, &hlsl_pipe).write(&module, &info, None) {
@@ -102,5 +127,5 @@ fn every_shader_translates_to_every_backend() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert!(translated >= 20, "only {translated} entry points translated");
+    assert!(translated >= 40, "only {translated} entry points translated");
 }

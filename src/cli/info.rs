@@ -17,6 +17,8 @@ pub(super) fn run(choice: BackendChoice) -> Result<()> {
             (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
             (wgpu::Features::SHADER_F16, "shader-f16"),
             (wgpu::Features::SUBGROUP, "subgroup"),
+            (wgpu::Features::IMMEDIATES, "immediates"),
+            (wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "cooperative-matrix"),
         ];
         let have: Vec<&str> = feats.iter().filter(|(f, _)| a.features.contains(*f)).map(|(_, n)| *n).collect();
         println!("    features: {}", if have.is_empty() { "-".into() } else { have.join(", ") });
@@ -28,8 +30,8 @@ pub(super) fn run(choice: BackendChoice) -> Result<()> {
             l.max_storage_buffers_per_shader_stage
         );
         println!(
-            "            {} invocations/workgroup, {} workgroups/dimension, storage offset alignment {} B",
-            l.max_compute_invocations_per_workgroup, l.max_compute_workgroups_per_dimension, l.min_storage_buffer_offset_alignment
+            "            {} invocations/workgroup, {} workgroups/dimension, storage offset alignment {} B, immediates {} B",
+            l.max_compute_invocations_per_workgroup, l.max_compute_workgroups_per_dimension, l.min_storage_buffer_offset_alignment, l.max_immediate_size
         );
     }
     Ok(())

@@ -2,7 +2,10 @@
 //! wgpu objects.
 //!
 //! Every kernel binds its parameters at binding 0 (a uniform, read at a dynamic offset into the
-//! submit's uniform arena) and its storage ranges at bindings 1... The layout of an entry point
+//! submit's uniform arena) and its storage ranges at bindings 1... Where the device has
+//! immediates (push constants) and a kernel's parameters fit them, the kernel is built from a
+//! variant of its shader that reads them as `var<immediate>` instead, with no binding 0:
+//! nothing is written to a buffer for them at all. The layout of an entry point
 //! is read from the shader itself (naga reflection: which globals the entry uses and whether
 //! each is declared `read` or `read_write`), so one layout serves every entry point with the
 //! same signature and a bind group built for one kernel is reused by the next kernel that binds
@@ -16,8 +19,20 @@ use std::collections::HashMap;
 /// The storage bindings 1..=n of an entry point: `true` where declared `read`.
 pub type Signature = Vec<bool>;
 
-/// The signature of `entry` in `shader`, from naga's analysis of which globals it uses.
-pub fn reflect(shader: Shader, entry: &str) -> Result<Signature> {
+/// What the host needs to know of an entry point to bind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reflection {
+    pub signature: Signature,
+    /// The size in bytes of its parameter struct (binding 0).
+    pub params_size: u32,
+    /// The largest parameter struct of any entry point of the shader: the shader's immediates
+    /// variant declares them all as immediates, so it is built only where all of them fit.
+    pub shader_params_max: u32,
+}
+
+/// The signature of `entry` in `shader` and the size of its parameters, from naga's analysis of
+/// which globals it uses.
+pub fn reflect(shader: Shader, entry: &str) -> Result<Reflection> {
     let fail = |reason: String| Error::Shader { shader: shader.name.into(), entry: entry.into(), reason };
     let module = naga::front::wgsl::parse_str(shader.source).map_err(|e| fail(e.emit_to_string(shader.source)))?;
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
@@ -26,9 +41,13 @@ pub fn reflect(shader: Shader, entry: &str) -> Result<Signature> {
     let index = module.entry_points.iter().position(|e| e.name == entry).ok_or_else(|| fail("no such entry point".into()))?;
     let uses = info.get_entry_point(index);
     let mut storage: HashMap<u32, bool> = HashMap::new();
-    let mut has_params = false;
+    let mut params_size = None;
+    let mut shader_params_max = 0;
     for (handle, var) in module.global_variables.iter() {
         let Some(binding) = &var.binding else { continue };
+        if (binding.group, binding.binding, var.space) == (0, 0, naga::AddressSpace::Uniform) {
+            shader_params_max = shader_params_max.max(module.types[var.ty].inner.size(module.to_ctx()));
+        }
         if uses[handle].is_empty() {
             continue;
         }
@@ -36,24 +55,39 @@ pub fn reflect(shader: Shader, entry: &str) -> Result<Signature> {
             return Err(fail(format!("binding group {} (all kernels use group 0)", binding.group)));
         }
         match (binding.binding, var.space) {
-            (0, naga::AddressSpace::Uniform) => has_params = true,
+            (0, naga::AddressSpace::Uniform) => params_size = Some(module.types[var.ty].inner.size(module.to_ctx())),
             (b, naga::AddressSpace::Storage { access }) if b > 0 => {
                 storage.insert(b, !access.contains(naga::StorageAccess::STORE));
             }
             (b, space) => return Err(fail(format!("binding {b} in address space {space:?} (0 must be the uniform parameters, 1.. storage)"))),
         }
     }
-    if !has_params {
+    let Some(params_size) = params_size else {
         return Err(fail("does not read its parameters at binding 0".into()));
-    }
-    (1..=storage.len() as u32)
+    };
+    let signature = (1..=storage.len() as u32)
         .map(|b| storage.get(&b).copied().ok_or_else(|| fail(format!("storage bindings are not 1..={}: {b} is missing", storage.len()))))
-        .collect()
+        .collect::<Result<Signature>>()?;
+    Ok(Reflection { signature, params_size, shader_params_max })
+}
+
+/// The shader's source with its parameters read as immediates: each `@group(0) @binding(0)
+/// var<uniform>` declaration becomes `var<immediate>` (an entry point uses at most one of them).
+pub fn immediate_source(source: &str) -> String {
+    source.replace("@group(0) @binding(0) var<uniform> ", "var<immediate> ")
+}
+
+/// How a kernel receives its parameters: at a dynamic offset of the uniform arena, or as this
+/// many bytes of immediates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Params {
+    Arena,
+    Immediate(u32),
 }
 
 /// One layout per signature, shared by every pipeline with it.
 pub struct Layouts {
-    by_signature: HashMap<Signature, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    by_signature: HashMap<(Signature, Params), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     params_size: u64,
 }
 
@@ -63,19 +97,22 @@ impl Layouts {
         Layouts { by_signature: HashMap::new(), params_size }
     }
 
-    pub fn get(&mut self, device: &wgpu::Device, sig: &Signature) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    pub fn get(&mut self, device: &wgpu::Device, sig: &Signature, params: Params) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         let params_size = self.params_size;
-        self.by_signature.entry(sig.clone()).or_insert_with(|| {
-            let mut entries = vec![wgpu::BindGroupLayoutEntry {
-                binding: 0,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(params_size),
-                },
-                count: None,
-            }];
+        self.by_signature.entry((sig.clone(), params)).or_insert_with(|| {
+            let mut entries = vec![];
+            if params == Params::Arena {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: wgpu::BufferSize::new(params_size),
+                    },
+                    count: None,
+                });
+            }
             for (i, &read_only) in sig.iter().enumerate() {
                 entries.push(wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
@@ -92,16 +129,19 @@ impl Layouts {
             let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some("revive kernel"),
                 bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
+                immediate_size: match params {
+                    Params::Arena => 0,
+                    Params::Immediate(size) => size,
+                },
             });
             (bgl, pl)
         })
     }
 }
 
-/// What a bind group binds: the signature and each storage range. Holding the buffers keeps
-/// them alive while the group may still be used.
-type GroupKey = (Signature, Vec<(wgpu::Buffer, u64, u64)>);
+/// What a bind group binds: the signature, whether the uniform arena is bound, and each storage
+/// range. Holding the buffers keeps them alive while the group may still be used.
+type GroupKey = (Signature, bool, Vec<(wgpu::Buffer, u64, u64)>);
 
 /// Bind groups by what they bind. Pooled buffers come back with the same ranges, so in steady
 /// state every lookup hits. Bounded: past `CAPACITY` groups the cache starts over, so buffers
@@ -120,19 +160,21 @@ impl GroupCache {
         device: &wgpu::Device,
         layout: &wgpu::BindGroupLayout,
         sig: &Signature,
-        params: &wgpu::Buffer,
-        params_size: u64,
+        arena: Option<(&wgpu::Buffer, u64)>,
         binds: &[super::Bind<'_>],
         keep: bool,
     ) -> wgpu::BindGroup {
-        let key: GroupKey = (sig.clone(), binds.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect());
+        let key: GroupKey = (sig.clone(), arena.is_some(), binds.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect());
         if let Some(g) = self.groups.get(&key) {
             return g.clone();
         }
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: params, offset: 0, size: wgpu::BufferSize::new(params_size) }),
-        }];
+        let mut entries = vec![];
+        if let Some((params, params_size)) = arena {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: params, offset: 0, size: wgpu::BufferSize::new(params_size) }),
+            });
+        }
         for (i, b) in binds.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,

@@ -2,7 +2,7 @@
 //! command recording, host <-> device copies and timing.
 
 use super::backend::BackendChoice;
-use super::binding::{reflect, GroupCache, Layouts, Signature};
+use super::binding::{immediate_source, reflect, GroupCache, Layouts, Params, Reflection, Signature};
 use super::pool::{BufferPool, PoolStats};
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
@@ -44,6 +44,7 @@ pub struct Kernel {
     pipeline: Arc<wgpu::ComputePipeline>,
     signature: Signature,
     layout: wgpu::BindGroupLayout,
+    params: Params,
 }
 
 impl Kernel {
@@ -54,6 +55,10 @@ impl Kernel {
     pub fn signature(&self) -> &[bool] {
         &self.signature
     }
+    /// How it receives its parameters.
+    pub fn params(&self) -> Params {
+        self.params
+    }
 }
 
 struct Shared {
@@ -62,7 +67,8 @@ struct Shared {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     timestamps: bool,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    /// By shader name and whether it is the immediates variant.
+    modules: Mutex<HashMap<(&'static str, bool), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
     layouts: Mutex<Layouts>,
     groups: Mutex<GroupCache>,
@@ -77,6 +83,10 @@ struct Shared {
     profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
     /// Shader modules keep naga's injected bounds checks and loop bounding (REVIVE_CHECKED=1).
     checked: bool,
+    /// Bytes of immediates a kernel may take its parameters in (0: every kernel reads them from
+    /// the uniform arena): the device's limit where it has the feature, unless
+    /// REVIVE_NO_IMMEDIATES=1.
+    immediates: u32,
     /// Kernel choices measured on this adapter (`revive tune`): key → choice.
     choices: Mutex<Choices>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -99,6 +109,9 @@ const DISPATCHES_PER_SUBMIT: usize = 64;
 /// frequency table, is the largest). Each dispatch's slot is its own size rounded up to the
 /// offset alignment; the binding window is this size.
 pub const PARAMS_SIZE: u64 = 2048;
+/// The most bytes of immediates a kernel takes its parameters in: Vulkan guarantees 128, GPUs
+/// offer 256; a larger `Meta` (rope's frequency table) uses the uniform arena.
+const MAX_IMMEDIATES: usize = 256;
 /// The parameter buffer: when a submit's parameters would overflow it, the submit goes early.
 const PARAMS_ARENA: u64 = 64 * 1024;
 
@@ -207,19 +220,30 @@ impl Gpu {
     }
 
     pub fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
-        Self::open_with_checks(adapter, checked_shaders())
+        Self::open_with(adapter, KernelModes::from_env())
     }
 
-    /// Opens the adapter with shader runtime checks on or off (`open` follows REVIVE_CHECKED):
-    /// tests compare the two modes.
-    pub fn open_with_checks(adapter: wgpu::Adapter, checked: bool) -> Result<Gpu> {
+    /// Opens the adapter with the kernels built as `modes` says (`open` follows the
+    /// environment): tests compare the modes.
+    pub fn open_with(adapter: wgpu::Adapter, modes: KernelModes) -> Result<Gpu> {
+        let checked = modes.checked;
         let info = adapter.get_info();
         // wgpu's default limits are far below real hardware (e.g. 128 MiB bindings);
         // ask for what the adapter has.
         let limits = adapter.limits();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let required_features =
-            if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let immediates = if adapter.features().contains(wgpu::Features::IMMEDIATES) && modes.immediates {
+            limits.max_immediate_size.min(MAX_IMMEDIATES as u32)
+        } else {
+            0
+        };
+        let mut required_features = wgpu::Features::empty();
+        if timestamps {
+            required_features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if immediates > 0 {
+            required_features |= wgpu::Features::IMMEDIATES;
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("revive"),
             required_features,
@@ -272,6 +296,7 @@ impl Gpu {
                 counters: Counters::default(),
                 profile,
                 checked,
+                immediates,
                 choices,
                 errors,
             }),
@@ -393,17 +418,23 @@ impl Gpu {
         (self.shared.limits.min_storage_buffer_offset_alignment as u64).max(16)
     }
 
-    fn module(&self, shader: Shader) -> Result<wgpu::ShaderModule> {
+    /// Whether kernels take their parameters as immediates where they fit (see `Shared`).
+    pub fn immediates(&self) -> u32 {
+        self.shared.immediates
+    }
+
+    fn module(&self, shader: Shader, immediate: bool) -> Result<wgpu::ShaderModule> {
         let mut modules = self.shared.modules.lock().unwrap();
-        if let Some(m) = modules.get(shader.name) {
+        if let Some(m) = modules.get(&(shader.name, immediate)) {
             return Ok(m.clone());
         }
+        let source = if immediate { immediate_source(shader.source).into() } else { std::borrow::Cow::Borrowed(shader.source) };
         if let Ok(dir) = std::env::var("REVIVE_DUMP_WGSL") {
             let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::write(format!("{dir}/{}.wgsl", shader.name), shader.source);
+            let _ = std::fs::write(format!("{dir}/{}{}.wgsl", shader.name, if immediate { "-immediate" } else { "" }), source.as_ref());
         }
         let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(shader.source.into()) };
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(source) };
         let module = if self.shared.checked {
             self.shared.device.create_shader_module(desc)
         } else {
@@ -416,7 +447,7 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: "*".into(), reason: e.to_string() });
         }
-        modules.insert(shader.name, module.clone());
+        modules.insert((shader.name, immediate), module.clone());
         Ok(module)
     }
 
@@ -428,9 +459,10 @@ impl Gpu {
         if let Some(p) = self.shared.pipelines.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let module = self.module(shader)?;
-        let signature = reflect(shader, entry)?;
-        let (group_layout, layout) = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature).clone();
+        let Reflection { signature, params_size, shader_params_max } = reflect(shader, entry)?;
+        let params = if shader_params_max.div_ceil(4) * 4 <= self.shared.immediates { Params::Immediate(params_size.div_ceil(4) * 4) } else { Params::Arena };
+        let module = self.module(shader, params != Params::Arena)?;
+        let (group_layout, layout) = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature, params).clone();
         let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self.shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
@@ -447,7 +479,7 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
-        let kernel = Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout };
+        let kernel = Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params };
         self.shared.pipelines.lock().unwrap().insert(key, kernel.clone());
         Ok(kernel)
     }
@@ -473,38 +505,49 @@ impl Gpu {
             });
         }
         let kernel = self.pipeline(shader, entry, constants)?;
-        if binds.len() != kernel.signature.len() || meta.len() as u64 > PARAMS_SIZE {
+        let params_room = match kernel.params {
+            Params::Arena => PARAMS_SIZE,
+            Params::Immediate(size) => size as u64,
+        };
+        if binds.len() != kernel.signature.len() || meta.len() as u64 > params_room {
             return Err(Error::Shader {
                 shader: shader.name.into(),
                 entry: entry.into(),
                 reason: format!(
-                    "the host bound {} storage ranges and {} bytes of parameters; the kernel declares {} ranges (parameters ≤ {PARAMS_SIZE} bytes)",
+                    "the host bound {} storage ranges and {} bytes of parameters; the kernel declares {} ranges (parameters ≤ {params_room} bytes)",
                     binds.len(),
                     meta.len(),
                     kernel.signature.len()
                 ),
             });
         }
-        let group = self.shared.groups.lock().unwrap().get(
-            &self.shared.device,
-            &kernel.layout,
-            &kernel.signature,
-            &self.shared.params,
-            PARAMS_SIZE,
-            binds,
-            self.shared.pool.reuse(),
-        );
+        let arena = (kernel.params == Params::Arena).then_some((&self.shared.params, PARAMS_SIZE));
+        let group = self.shared.groups.lock().unwrap().get(&self.shared.device, &kernel.layout, &kernel.signature, arena, binds, self.shared.pool.reuse());
         let profile_start = self.shared.profile.as_ref().map(|_| Instant::now());
         let mut r = self.shared.recorder.lock().unwrap();
-        if r.params.len() as u64 + PARAMS_SIZE > PARAMS_ARENA {
-            self.submit_pending(&mut r);
+        match kernel.params {
+            Params::Arena => {
+                if r.params.len() as u64 + PARAMS_SIZE > PARAMS_ARENA {
+                    self.submit_pending(&mut r);
+                }
+                let offset = r.params.len();
+                r.params.extend_from_slice(meta);
+                r.params.resize(offset + (meta.len() as u64).div_ceil(self.shared.params_align) as usize * self.shared.params_align as usize, 0);
+                let pass = self.open_pass(&mut r);
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, &group, &[offset as u32]);
+            }
+            Params::Immediate(size) => {
+                // The whole declared block, zero past what the host gave (its trailing padding).
+                let mut bytes = [0u8; MAX_IMMEDIATES];
+                bytes[..meta.len()].copy_from_slice(meta);
+                let pass = self.open_pass(&mut r);
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.set_immediates(0, &bytes[..size as usize]);
+            }
         }
-        let offset = r.params.len();
-        r.params.extend_from_slice(meta);
-        r.params.resize(offset + (meta.len() as u64).div_ceil(self.shared.params_align) as usize * self.shared.params_align as usize, 0);
-        let pass = self.open_pass(&mut r);
-        pass.set_pipeline(&kernel.pipeline);
-        pass.set_bind_group(0, &group, &[offset as u32]);
+        let pass = r.pass.as_mut().expect("opened above");
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         self.shared.counters.dispatches.fetch_add(1, Ordering::Relaxed);
         r.pending += 1;
@@ -765,6 +808,22 @@ impl Choices {
 /// bounding). Off by default: they cost speed and every kernel is in bounds by construction.
 pub fn checked_shaders() -> bool {
     env_flag("REVIVE_CHECKED")
+}
+
+/// How kernels are built on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelModes {
+    /// Keep wgpu's injected runtime checks in the shaders (see `checked_shaders`).
+    pub checked: bool,
+    /// Take parameters as immediates where the device has them and they fit; otherwise (and
+    /// with REVIVE_NO_IMMEDIATES=1) from the uniform arena.
+    pub immediates: bool,
+}
+
+impl KernelModes {
+    pub fn from_env() -> KernelModes {
+        KernelModes { checked: checked_shaders(), immediates: !env_flag("REVIVE_NO_IMMEDIATES") }
+    }
 }
 
 /// `REVIVE_MEMORY_LIMIT`: the most GPU memory the tensors may hold (e.g. `1.5GiB`).

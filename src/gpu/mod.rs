@@ -2,12 +2,12 @@
 
 mod backend;
 mod binding;
-pub use binding::reflect;
+pub use binding::{immediate_source, reflect, Params, Reflection};
 mod context;
 mod pool;
 mod tensor;
 
 pub use backend::BackendChoice;
-pub use context::{AdapterSummary, Bind, Gpu, Kernel, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
+pub use context::{AdapterSummary, Bind, Gpu, Kernel, KernelModes, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
 pub use pool::{BufferPool, PoolStats};
 pub use tensor::{DType, Tensor};
