@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
         let a = gpu.upload(&av, &[n, n]).unwrap();
         let b = gpu.upload(&bv, &[n, n]).unwrap();
         let out = gpu.empty(&[n, n]).unwrap();
-        for (name, kernel) in [("tuned", Kernel::Tuned), ("tile16", Kernel::Tile16)] {
+        for (name, kernel) in [("tuned", Kernel::Tuned), ("pipelined", Kernel::Pipelined), ("tile16", Kernel::Tile16)] {
             group.bench_with_input(BenchmarkId::new(name, n), &n, |bench, _| {
                 bench.iter(|| {
                     gemm(&gpu, &a, &b, Some(&out), Gemm { kernel, ..Gemm::default() }).unwrap();

@@ -12,6 +12,8 @@
 //                  through workgroup memory read as vec4.
 //   matmul_rows32  the same scheme on a 32 x 128 tile (16 x 4 threads, 8 x 8 each), for
 //                  products of a few dozen rows, where a 128-row tile would mostly idle.
+//   matmul_pipelined  the tuned kernel's tiles with named accumulators and double-buffered
+//                  workgroup tiles (the next K step's loads overlap this step's arithmetic).
 //   matmul_tile16  the baseline: a plain 16 x 16 shared-memory tile, one output per thread.
 
 struct Meta {
@@ -186,6 +188,159 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     }
 
     store_block(&acc, m0, 64u, n0, ty, tx, cbase);
+}
+
+// matmul_pipelined: the tuned kernel's 128 x 128 tile and 8 x 8 block per thread, with the
+// block's sixteen vec4 accumulators as named variables (no array a compiler might keep in
+// memory) and two buffers per tile in workgroup memory: while the threads multiply out one
+// K step from one buffer, the next step's operands are already on their way from global memory
+// into registers, and go to the other buffer afterwards; one barrier per step.
+var<workgroup> Ad: array<vec4<f32>, 512>;
+var<workgroup> Bd: array<vec4<f32>, 512>;
+
+// The vec4 of the A tile thread t loads for the K step at k0, in the order it was read.
+fn fetch_a(t: u32, k0: u32, m0: u32, abase: u32) -> vec4<f32> {
+    if (TRANS_A) {
+        let m = m0 + (t % 32u) * 4u;
+        let k = k0 + t / 32u;
+        if (k < p.k) { return a4(abase + k * p.lda + m, valid4(m, p.m)); }
+    } else {
+        let m = m0 + t / 2u;
+        let k = k0 + (t % 2u) * 4u;
+        if (m < p.m) { return a4(abase + m * p.lda + k, valid4(k, p.k)); }
+    }
+    return vec4<f32>(0.0);
+}
+
+// Puts that vec4 into buffer `buf` of the A tile, [k][m] as vec4 along m (32 per k).
+fn put_a(t: u32, v: vec4<f32>, buf: u32) {
+    let base = buf * 256u;
+    if (TRANS_A) {
+        Ad[base + (t / 32u) * 32u + t % 32u] = v;
+    } else {
+        let mm = t / 2u;
+        let kq = t % 2u;
+        Ad[base + (kq * 4u) * 32u + mm / 4u][mm % 4u] = v.x;
+        Ad[base + (kq * 4u + 1u) * 32u + mm / 4u][mm % 4u] = v.y;
+        Ad[base + (kq * 4u + 2u) * 32u + mm / 4u][mm % 4u] = v.z;
+        Ad[base + (kq * 4u + 3u) * 32u + mm / 4u][mm % 4u] = v.w;
+    }
+}
+
+fn fetch_b(t: u32, k0: u32, n0: u32, bbase: u32) -> vec4<f32> {
+    if (TRANS_B) {
+        let n = n0 + t / 2u;
+        let k = k0 + (t % 2u) * 4u;
+        if (n < p.n) { return b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
+    } else {
+        let n = n0 + (t % 32u) * 4u;
+        let k = k0 + t / 32u;
+        if (k < p.k) { return b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
+    }
+    return vec4<f32>(0.0);
+}
+
+fn put_b(t: u32, v: vec4<f32>, buf: u32) {
+    let base = buf * 256u;
+    if (TRANS_B) {
+        let nn = t / 2u;
+        let kq = t % 2u;
+        Bd[base + (kq * 4u) * 32u + nn / 4u][nn % 4u] = v.x;
+        Bd[base + (kq * 4u + 1u) * 32u + nn / 4u][nn % 4u] = v.y;
+        Bd[base + (kq * 4u + 2u) * 32u + nn / 4u][nn % 4u] = v.z;
+        Bd[base + (kq * 4u + 3u) * 32u + nn / 4u][nn % 4u] = v.w;
+    } else {
+        Bd[base + (t / 32u) * 32u + t % 32u] = v;
+    }
+}
+
+// Four outputs of row m from column n on, as the other kernels store them.
+fn store4(m: u32, n: u32, v: vec4<f32>, cbase: u32) {
+    if (m >= p.m) { return; }
+    let ci = cbase + m * p.ldc + n;
+    if (ALIGNED && n + 4u <= p.n) {
+        if (p.beta != 0.0) {
+            c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
+        } else {
+            c[ci >> 2u] = p.alpha * v;
+        }
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            if (n + j < p.n) { store(ci + j, v[j]); }
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_pipelined(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 16u + tx;
+    let m0 = wg.y * BM;
+    let n0 = wg.x * BN;
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+
+    // r0..r3: rows ty*4 + 0..3 of the tile, r4..r7: rows 64 + ty*4 + 0..3; a: columns tx*4..,
+    // b: columns 64 + tx*4...
+    var r0a = vec4<f32>(0.0); var r0b = vec4<f32>(0.0);
+    var r1a = vec4<f32>(0.0); var r1b = vec4<f32>(0.0);
+    var r2a = vec4<f32>(0.0); var r2b = vec4<f32>(0.0);
+    var r3a = vec4<f32>(0.0); var r3b = vec4<f32>(0.0);
+    var r4a = vec4<f32>(0.0); var r4b = vec4<f32>(0.0);
+    var r5a = vec4<f32>(0.0); var r5b = vec4<f32>(0.0);
+    var r6a = vec4<f32>(0.0); var r6b = vec4<f32>(0.0);
+    var r7a = vec4<f32>(0.0); var r7b = vec4<f32>(0.0);
+
+    var va = fetch_a(t, 0u, m0, abase);
+    var vb = fetch_b(t, 0u, n0, bbase);
+    put_a(t, va, 0u);
+    put_b(t, vb, 0u);
+    workgroupBarrier();
+    var buf = 0u;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        let more = k0 + BK < p.k;
+        if (more) {
+            va = fetch_a(t, k0 + BK, m0, abase);
+            vb = fetch_b(t, k0 + BK, n0, bbase);
+        }
+        let base = buf * 256u;
+        for (var kk = 0u; kk < BK; kk++) {
+            let row = base + kk * 32u;
+            let a0 = Ad[row + ty];
+            let a1 = Ad[row + 16u + ty];
+            let b0 = Bd[row + tx];
+            let b1 = Bd[row + 16u + tx];
+            r0a = fma(vec4<f32>(a0.x), b0, r0a); r0b = fma(vec4<f32>(a0.x), b1, r0b);
+            r1a = fma(vec4<f32>(a0.y), b0, r1a); r1b = fma(vec4<f32>(a0.y), b1, r1b);
+            r2a = fma(vec4<f32>(a0.z), b0, r2a); r2b = fma(vec4<f32>(a0.z), b1, r2b);
+            r3a = fma(vec4<f32>(a0.w), b0, r3a); r3b = fma(vec4<f32>(a0.w), b1, r3b);
+            r4a = fma(vec4<f32>(a1.x), b0, r4a); r4b = fma(vec4<f32>(a1.x), b1, r4b);
+            r5a = fma(vec4<f32>(a1.y), b0, r5a); r5b = fma(vec4<f32>(a1.y), b1, r5b);
+            r6a = fma(vec4<f32>(a1.z), b0, r6a); r6b = fma(vec4<f32>(a1.z), b1, r6b);
+            r7a = fma(vec4<f32>(a1.w), b0, r7a); r7b = fma(vec4<f32>(a1.w), b1, r7b);
+        }
+        if (more) {
+            put_a(t, va, 1u - buf);
+            put_b(t, vb, 1u - buf);
+        }
+        workgroupBarrier();
+        buf = 1u - buf;
+    }
+
+    let top = m0 + ty * 4u;
+    let bottom = m0 + 64u + ty * 4u;
+    let na = n0 + tx * 4u;
+    let nb = n0 + 64u + tx * 4u;
+    store4(top, na, r0a, cbase); store4(top, nb, r0b, cbase);
+    store4(top + 1u, na, r1a, cbase); store4(top + 1u, nb, r1b, cbase);
+    store4(top + 2u, na, r2a, cbase); store4(top + 2u, nb, r2b, cbase);
+    store4(top + 3u, na, r3a, cbase); store4(top + 3u, nb, r3b, cbase);
+    store4(bottom, na, r4a, cbase); store4(bottom, nb, r4b, cbase);
+    store4(bottom + 1u, na, r5a, cbase); store4(bottom + 1u, nb, r5b, cbase);
+    store4(bottom + 2u, na, r6a, cbase); store4(bottom + 2u, nb, r6b, cbase);
+    store4(bottom + 3u, na, r7a, cbase); store4(bottom + 3u, nb, r7b, cbase);
 }
 
 // The A tile of matmul_rows32, [k][m] as vec4 along m: 8 vec4 per k.

@@ -1,4 +1,5 @@
-//! `revive bench matmul`: GFLOP/s of the tuned kernel, the 16x16-tile baseline and a CPU SGEMM
+//! `revive bench matmul`: GFLOP/s of the tuned kernel, its pipelined variant (named
+//! accumulators, double-buffered tiles), the 16x16-tile baseline and a CPU SGEMM
 //! (matrixmultiply, multithreaded) on the same square problems, with their ratios and the
 //! accuracy reached (sampled entries against an f64 dot product).
 
@@ -14,11 +15,13 @@ use std::time::{Duration, Instant};
 pub struct MatmulRow {
     pub size: usize,
     pub tuned_gflops: f64,
+    pub pipelined_gflops: f64,
     pub tile16_gflops: f64,
     pub cpu_gflops: f64,
     /// Largest |C - C_f64| / (|A_i| |B_j|) over sampled entries: the error relative to the
     /// scale of the dot product, which stays meaningful where C_ij cancels to near zero.
     pub tuned_max_rel_err: f64,
+    pub pipelined_max_rel_err: f64,
     pub timer: &'static str,
 }
 
@@ -58,7 +61,7 @@ fn sampled_error(a: &[f32], b: &[f32], c: &[f32], n: usize) -> f64 {
 }
 
 pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>> {
-    let bar = crate::progress::bar(sizes.len() as u64 * 3, "matmul");
+    let bar = crate::progress::bar(sizes.len() as u64 * 4, "matmul");
     let mut rows = vec![];
     for &n in sizes {
         let mut r = rng(n as u64);
@@ -81,6 +84,9 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
         let tuned = time_kernel(Kernel::Tuned)?;
         let err = sampled_error(&av, &bv, &gpu.download(&c)?, n);
         bar.inc(1);
+        let pipelined = time_kernel(Kernel::Pipelined)?;
+        let pipelined_err = sampled_error(&av, &bv, &gpu.download(&c)?, n);
+        bar.inc(1);
         let cpu = if skip_cpu {
             None
         } else {
@@ -102,9 +108,11 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
         rows.push(MatmulRow {
             size: n,
             tuned_gflops: gflops(n, tuned),
+            pipelined_gflops: gflops(n, pipelined),
             tile16_gflops: gflops(n, tile16),
             cpu_gflops: cpu.map(|t| gflops(n, t)).unwrap_or(f64::NAN),
             tuned_max_rel_err: err,
+            pipelined_max_rel_err: pipelined_err,
             timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
         });
     }
@@ -115,18 +123,20 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
 /// A Markdown table of the rows, as the README shows it.
 pub fn table(gpu_label: &str, rows: &[MatmulRow]) -> String {
     let mut s = format!("matmul f32, C = A·B, square; adapter: {gpu_label}\n\n");
-    s += "| n | tuned GFLOP/s | 16x16 tile GFLOP/s | CPU sgemm GFLOP/s | tuned / tile | tuned / CPU | max rel err |\n";
-    s += "|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| n | tuned GFLOP/s | pipelined GFLOP/s | 16x16 tile GFLOP/s | CPU sgemm GFLOP/s | tuned / tile | tuned / CPU | max rel err (tuned, pipelined) |\n";
+    s += "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
         s += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1e} |\n",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1e}, {:.1e} |\n",
             r.size,
             r.tuned_gflops,
+            r.pipelined_gflops,
             r.tile16_gflops,
             r.cpu_gflops,
             r.tuned_vs_tile16(),
             r.tuned_vs_cpu(),
-            r.tuned_max_rel_err
+            r.tuned_max_rel_err,
+            r.pipelined_max_rel_err
         );
     }
     s

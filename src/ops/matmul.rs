@@ -11,6 +11,10 @@ use crate::shaders::MATMUL;
 pub enum Kernel {
     /// Register-tiled 128x128 kernel with vector loads.
     Tuned,
+    /// The same tile with named accumulators and double-buffered workgroup tiles, so the next
+    /// K step's global loads overlap this step's arithmetic (issue 11's GPU scheme; `revive
+    /// tune` decides per adapter whether it beats Tuned).
+    Pipelined,
     /// The tuned kernel's scheme on a 32x128 tile: for products of a few dozen rows (the
     /// prompts of an edit), which would leave most of a 128-row tile idle.
     Rows32,
@@ -37,7 +41,7 @@ pub const DOT_MAX_ROWS: usize = 4;
 pub const ROWS32_MAX_ROWS: usize = 64;
 
 /// Every concrete kernel, for the autotune and the tests.
-pub const KERNELS: [Kernel; 6] = [Kernel::Tuned, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
+pub const KERNELS: [Kernel; 7] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
 
 /// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
 /// the transposes and whether the product is batched.
@@ -50,6 +54,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Tuned => "tuned",
+            Kernel::Pipelined => "pipelined",
             Kernel::Rows32 => "rows32",
             Kernel::Tile16 => "tile16",
             Kernel::Dot => "dot",
@@ -87,6 +92,7 @@ impl Kernel {
     fn entry(self) -> &'static str {
         match self {
             Kernel::Tuned | Kernel::Auto => "matmul",
+            Kernel::Pipelined => "matmul_pipelined",
             Kernel::Rows32 => "matmul_rows32",
             Kernel::Tile16 => "matmul_tile16",
             Kernel::Dot => "matmul_dot",
@@ -98,7 +104,7 @@ impl Kernel {
     fn tile(self, l: &Layout) -> (usize, usize) {
         match self {
             Kernel::Block => (block_rows(l), 8 * 16),
-            Kernel::Tuned | Kernel::Auto => (128, 128),
+            Kernel::Tuned | Kernel::Pipelined | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
             Kernel::Tile16 => (16, 16),
             Kernel::Dot => (1, 1),
@@ -402,10 +408,10 @@ pub struct TuneRow {
 }
 
 /// The kernels worth trying at m rows: the decode kernels only where few rows leave the tiles
-/// idle, the 128-row tile only where it can be filled.
+/// idle, the 128-row tiles only where they can be filled.
 fn candidates(m: usize) -> Vec<Kernel> {
-    let wide = if m <= 16 { Kernel::Dot } else { Kernel::Tuned };
-    vec![Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16, wide]
+    let wide: &[Kernel] = if m <= 16 { &[Kernel::Dot] } else { &[Kernel::Tuned, Kernel::Pipelined] };
+    [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], wide].concat()
 }
 
 /// Measures every candidate kernel on each shape (random operands; the median of `reps`
