@@ -120,27 +120,30 @@ fn fma_block(acc: ptr<function, array<vec4<f32>, 16>>, a0: vec4<f32>, a1: vec4<f
     }
 }
 
+// Four outputs of row m from column n on: one vec4 store where aligned and inside C.
+fn store4(m: u32, n: u32, v: vec4<f32>, cbase: u32) {
+    if (m >= p.m) { return; }
+    let ci = cbase + m * p.ldc + n;
+    if (ALIGNED && n + 4u <= p.n) {
+        if (p.beta != 0.0) {
+            c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
+        } else {
+            c[ci >> 2u] = p.alpha * v;
+        }
+    } else {
+        for (var j = 0u; j < 4u; j++) {
+            if (n + j < p.n) { store(ci + j, v[j]); }
+        }
+    }
+}
+
 // Writes a thread's block: rows m0 + ty*4 + r and m0 + half + ty*4 + r, columns n0 + tx*4 and
 // n0 + 64 + tx*4.
 fn store_block(acc: ptr<function, array<vec4<f32>, 16>>, m0: u32, half: u32, n0: u32, ty: u32, tx: u32, cbase: u32) {
     for (var r = 0u; r < 8u; r++) {
         let m = m0 + (r / 4u) * half + ty * 4u + (r % 4u);
-        if (m >= p.m) { continue; }
         for (var g = 0u; g < 2u; g++) {
-            let n = n0 + g * 64u + tx * 4u;
-            let ci = cbase + m * p.ldc + n;
-            let v = (*acc)[r * 2u + g];
-            if (ALIGNED && n + 4u <= p.n) {
-                if (p.beta != 0.0) {
-                    c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
-                } else {
-                    c[ci >> 2u] = p.alpha * v;
-                }
-            } else {
-                for (var j = 0u; j < 4u; j++) {
-                    if (n + j < p.n) { store(ci + j, v[j]); }
-                }
-            }
+            store4(m, n0 + g * 64u + tx * 4u, (*acc)[r * 2u + g], cbase);
         }
     }
 }
@@ -251,23 +254,6 @@ fn put_b(t: u32, v: vec4<f32>, buf: u32) {
         Bd[base + (kq * 4u + 3u) * 32u + nn / 4u][nn % 4u] = v.w;
     } else {
         Bd[base + (t / 32u) * 32u + t % 32u] = v;
-    }
-}
-
-// Four outputs of row m from column n on, as the other kernels store them.
-fn store4(m: u32, n: u32, v: vec4<f32>, cbase: u32) {
-    if (m >= p.m) { return; }
-    let ci = cbase + m * p.ldc + n;
-    if (ALIGNED && n + 4u <= p.n) {
-        if (p.beta != 0.0) {
-            c[ci >> 2u] = p.alpha * v + p.beta * c[ci >> 2u];
-        } else {
-            c[ci >> 2u] = p.alpha * v;
-        }
-    } else {
-        for (var j = 0u; j < 4u; j++) {
-            if (n + j < p.n) { store(ci + j, v[j]); }
-        }
     }
 }
 

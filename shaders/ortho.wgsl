@@ -74,18 +74,23 @@ fn chol_shift(@builtin(local_invocation_index) t: u32) {
     }
 }
 
-@compute @workgroup_size(32, 1, 1)
-fn chol_diag(@builtin(local_invocation_index) t: u32) {
-    let n = p.n;
-    let jb = p.block;
-    let nb = min(NB, n - jb);
-    for (var e = t; e < NB * NB; e += NB) {
+// The nb × nb diagonal tile at (jb, jb) into `tile` (zero outside it), by `threads` threads.
+fn load_diagonal_tile(t: u32, threads: u32, n: u32, jb: u32, nb: u32) {
+    for (var e = t; e < NB * NB; e += threads) {
         let i = e / NB;
         let c = e % NB;
         var v = 0.0;
         if (i < nb && c < nb) { v = gram[(jb + i) * n + jb + c]; }
         tile[e] = v;
     }
+}
+
+@compute @workgroup_size(32, 1, 1)
+fn chol_diag(@builtin(local_invocation_index) t: u32) {
+    let n = p.n;
+    let jb = p.block;
+    let nb = min(NB, n - jb);
+    load_diagonal_tile(t, NB, n, jb, nb);
     workgroupBarrier();
     for (var j = 0u; j < nb; j++) {
         let d = tile[j * NB + j];
@@ -119,13 +124,7 @@ fn chol_panel(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invo
     let n = p.n;
     let jb = p.block;
     let nb = min(NB, n - jb);
-    for (var e = t; e < NB * NB; e += 64u) {
-        let i = e / NB;
-        let c = e % NB;
-        var v = 0.0;
-        if (i < nb && c < nb) { v = gram[(jb + i) * n + jb + c]; }
-        tile[e] = v;
-    }
+    load_diagonal_tile(t, 64u, n, jb, nb);
     workgroupBarrier();
     let r = p.base + gid.x;
     if (r < n) {
