@@ -16,7 +16,7 @@ bin=.device/bin/revive
 hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
-  speed) only=export,forward,torch-forward,matmul,torch-matmul,svd,torch-svd,rome-full ;;
+  speed) only=export,forward,torch-forward,matmul,torch-matmul,svd,torch-svd,tune,forward-tuned,rome-full ;;
   batch) only=export,memit-100,torch-memit-100 ;;
   experiment) only=experiment ;;
   all) only=all ;;
@@ -45,6 +45,10 @@ step torch-matmul 40 python3 benches/baselines/torch_matmul.py --size 1024 --siz
 # Issue 11: top-k SVD against the CPU reference, then torch.svd_lowrank on the same matrices.
 step svd 100 $bin bench svd --save /tmp/svd-mats --json "$out/svd.json"
 step torch-svd 60 python3 benches/baselines/torch_svd.py --dir /tmp/svd-mats --revive "$out/svd.json" --json "$out/torch-svd.json"
+# Kernel choices measured on this GPU (`revive tune`: the tuned tile, the pipelined one, …),
+# then the forward pass again with them.
+step tune 90 $bin tune -m "$model" --rows 1 --rows 16 --rows 128 --json "$out/tune.json"
+step forward-tuned 90 $bin bench forward -m "$model" --json "$out/forward-tuned.json"
 # Issue 11: time per ROME edit at full settings (11 contexts, 25 steps, C0 from 20k tokens).
 step rome-full 90 $bin bench edit -m "$model" --limit 5 --json "$out/rome-full-5.json"
 # Issue 10/11: one MEMIT batch of 100 geography edits (reduced settings as the baseline), by
@@ -57,6 +61,4 @@ step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --
 # --stop-after leaves a resumable run (re-run the same command to continue) if time runs out.
 step experiment 570 $bin experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --limit 2000 \
   --batch 100 --every 500 --templates 0 --steps 12 --cov-tokens 4096 --stop-after 9 --out "$out/experiment"
-# Kernel choices measured on this GPU (`revive tune`), for a later forward with them.
-step tune 150 $bin tune -m "$model" --json "$out/tune.json"
 exit 0
