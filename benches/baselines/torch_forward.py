@@ -20,6 +20,7 @@ import statistics
 import time
 
 import torch
+from common import add_device_and_json, sync
 from transformers import AutoModelForCausalLM
 
 
@@ -29,14 +30,8 @@ def args():
     p.add_argument("--prefill", type=int, nargs="+", default=[128, 512])
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json")
+    add_device_and_json(p)
     return p.parse_args()
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed(device, f):

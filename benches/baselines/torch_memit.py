@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_device_and_json, sync
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,14 +38,8 @@ def args():
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--cov-tokens", type=int, default=4096)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--json")
+    add_device_and_json(p)
     return p.parse_args()
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def with_space(s):
