@@ -273,3 +273,21 @@ pub fn top_energy(gpu: &Gpu, w: &Tensor, tau: f64, opts: &SvdOptions) -> Result<
         k = (2 * k).min(min_dim);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{check_gap, MAX_CHECK_GAP};
+
+    #[test]
+    fn the_next_check_follows_the_residual_decay() {
+        // No rate yet, or a residual that did not fall: check again soon.
+        assert_eq!(check_gap(None, 1, 1e-2, 1e-5), 2);
+        assert_eq!(check_gap(Some((1, 1e-3)), 3, 2e-3, 1e-5), 2);
+        assert_eq!(check_gap(Some((1, f64::NAN)), 3, 1e-3, 1e-5), 2);
+        // Halving per iteration from 1.6e-4 to 2e-5 takes 3 more iterations.
+        assert_eq!(check_gap(Some((1, 6.4e-4)), 3, 1.6e-4, 2e-5), 3);
+        // A slow decay is capped; a fast one waits at least one iteration.
+        assert_eq!(check_gap(Some((1, 1.0)), 2, 0.99, 1e-5), MAX_CHECK_GAP);
+        assert_eq!(check_gap(Some((1, 1.0)), 2, 1e-4, 9e-5), 1);
+    }
+}
