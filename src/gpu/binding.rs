@@ -45,8 +45,10 @@ pub fn reflect(shader: Shader, entry: &str) -> Result<Reflection> {
     let mut shader_params_max = 0;
     for (handle, var) in module.global_variables.iter() {
         let Some(binding) = &var.binding else { continue };
-        if (binding.group, binding.binding, var.space) == (0, 0, naga::AddressSpace::Uniform) {
-            shader_params_max = shader_params_max.max(module.types[var.ty].inner.size(module.to_ctx()));
+        let params = ((binding.group, binding.binding, var.space) == (0, 0, naga::AddressSpace::Uniform))
+            .then(|| module.types[var.ty].inner.size(module.to_ctx()));
+        if let Some(size) = params {
+            shader_params_max = shader_params_max.max(size);
         }
         if uses[handle].is_empty() {
             continue;
@@ -55,7 +57,7 @@ pub fn reflect(shader: Shader, entry: &str) -> Result<Reflection> {
             return Err(fail(format!("binding group {} (all kernels use group 0)", binding.group)));
         }
         match (binding.binding, var.space) {
-            (0, naga::AddressSpace::Uniform) => params_size = Some(module.types[var.ty].inner.size(module.to_ctx())),
+            (0, naga::AddressSpace::Uniform) => params_size = params,
             (b, naga::AddressSpace::Storage { access }) if b > 0 => {
                 storage.insert(b, !access.contains(naga::StorageAccess::STORE));
             }

@@ -525,29 +525,28 @@ impl Gpu {
         let group = self.shared.groups.lock().unwrap().get(&self.shared.device, &kernel.layout, &kernel.signature, arena, binds, self.shared.pool.reuse());
         let profile_start = self.shared.profile.as_ref().map(|_| Instant::now());
         let mut r = self.shared.recorder.lock().unwrap();
-        match kernel.params {
-            Params::Arena => {
-                if r.params.len() as u64 + PARAMS_SIZE > PARAMS_ARENA {
-                    self.submit_pending(&mut r);
-                }
-                let offset = r.params.len();
-                r.params.extend_from_slice(meta);
-                r.params.resize(offset + (meta.len() as u64).div_ceil(self.shared.params_align) as usize * self.shared.params_align as usize, 0);
-                let pass = self.open_pass(&mut r);
-                pass.set_pipeline(&kernel.pipeline);
-                pass.set_bind_group(0, &group, &[offset as u32]);
+        // Arena parameters take a slot of the submit's arena (which may first have to go).
+        let offset = (kernel.params == Params::Arena).then(|| {
+            if r.params.len() as u64 + PARAMS_SIZE > PARAMS_ARENA {
+                self.submit_pending(&mut r);
             }
-            Params::Immediate(size) => {
+            let offset = r.params.len();
+            r.params.extend_from_slice(meta);
+            r.params.resize(offset + (meta.len() as u64).div_ceil(self.shared.params_align) as usize * self.shared.params_align as usize, 0);
+            offset as u32
+        });
+        let pass = self.open_pass(&mut r);
+        pass.set_pipeline(&kernel.pipeline);
+        match (kernel.params, offset) {
+            (Params::Immediate(size), _) => {
                 // The whole declared block, zero past what the host gave (its trailing padding).
                 let mut bytes = [0u8; MAX_IMMEDIATES];
                 bytes[..meta.len()].copy_from_slice(meta);
-                let pass = self.open_pass(&mut r);
-                pass.set_pipeline(&kernel.pipeline);
                 pass.set_bind_group(0, &group, &[]);
                 pass.set_immediates(0, &bytes[..size as usize]);
             }
+            (Params::Arena, offset) => pass.set_bind_group(0, &group, &[offset.expect("an arena slot was taken above")]),
         }
-        let pass = r.pass.as_mut().expect("opened above");
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         self.shared.counters.dispatches.fetch_add(1, Ordering::Relaxed);
         r.pending += 1;
