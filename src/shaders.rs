@@ -26,6 +26,7 @@ shader!(ROPE, "rope");
 shader!(LOSS, "loss");
 shader!(ORTHO, "ortho");
 shader!(PROJECT, "project");
+shader!(JACOBI, "jacobi");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -51,5 +52,6 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((LOSS, vec![]));
     v.push((ORTHO, vec![]));
     v.push((PROJECT, vec![]));
+    v.push((JACOBI, vec![]));
     v
 }

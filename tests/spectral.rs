@@ -12,7 +12,8 @@ use revive::cpu::ortho as reference;
 use revive::ops::matmul::{gemm, Gemm};
 use revive::ops::ortho::{cholesky, cholesky_shifted, dead_tolerance, orthonormalize, tri_inverse};
 use revive::ops::project::complement;
-use revive::linalg::svd::{rank_for_energy, top_eigen, top_energy, top_k, SvdOptions};
+use revive::linalg::svd::{rank_for_energy, top_eigen, top_energy, top_k, Ritz, SvdOptions};
+use revive::ops::jacobi::{jacobi_svd, jacobi_svd_with, jacobi_tolerance, MAX_SWEEPS};
 use revive::testing::{matrix_with_spectrum, random_orthonormal};
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -238,6 +239,7 @@ fn f32s_to_f64(v: &[f64]) -> Vec<f64> {
     v.iter().map(|&x| x as f32 as f64).collect()
 }
 
+#[derive(Clone)]
 struct Case {
     name: &'static str,
     m: usize,
@@ -262,12 +264,19 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn top_k_matches_the_cpu_svd_on_known_spectra() {
+    // The Rayleigh–Ritz step's small SVD both ways: on the GPU (Jacobi) and on the host (faer).
     for_each_gpu(|gpu| {
-        for c in cases() {
+        for (c, ritz) in cases().into_iter().flat_map(|c| [Ritz::Gpu, Ritz::Host].map(|r| (c.clone(), r))) {
             let mut r = rng(c.m as u64 * 7 + c.n as u64);
             let w = matrix_with_spectrum(&mut r, c.m, c.n, &c.sigma);
             let (ru, rs, rv) = reference::svd(&w, c.m, c.n);
-            let got = ok(top_k(gpu, &ok(gpu.upload(&w, &[c.m, c.n]))?, c.k, &SvdOptions::default()))?;
+            let got = ok(top_k(gpu, &ok(gpu.upload(&w, &[c.m, c.n]))?, c.k, &SvdOptions { ritz, ..SvdOptions::default() }))?;
+            let name = format!("{} ({ritz:?})", c.name);
+            let want_host = if ritz == Ritz::Host { got.checks } else { 0 };
+            if got.host_checks != want_host || (ritz == Ritz::Gpu) != (got.sweeps > 0) {
+                return Err(format!("{name}: {} of {} checks on the host, {} sweeps", got.host_checks, got.checks, got.sweeps));
+            }
+            let c = Case { name: Box::leak(name.into_boxed_str()), ..c };
             for i in 0..c.k {
                 let rel = (got.sigma[i] - rs[i]).abs() / rs[i];
                 if !(rel <= 1e-4) {
@@ -630,10 +639,157 @@ fn the_subspace_iteration_reads_back_only_at_its_checks() {
         for (i, s) in got.sigma.iter().enumerate() {
             assert!((s - sigma[i]).abs() <= 1e-4 * sigma[i], "{}: σ_{i} {s} vs {}", gpu.label(), sigma[i]);
         }
+        // With the small SVD on the GPU a check reads back 4 bytes per Jacobi sweep, σ (p values)
+        // and the k residual norms: never the p×p quotient.
+        let before = gpu.runtime_stats();
+        let on_gpu = top_k(&gpu, &w, k, &SvdOptions { ritz: Ritz::Gpu, ..SvdOptions::default() }).unwrap();
+        let used = gpu.runtime_stats() - before;
+        let checks = on_gpu.checks as u64;
+        eprintln!("{}: Jacobi: {checks} checks, {} sweeps, {} readbacks, {} bytes", gpu.label(), on_gpu.sweeps, used.readbacks, used.readback_bytes);
+        assert_eq!(on_gpu.host_checks, 0, "{}", gpu.label());
+        assert_eq!(used.readbacks, 1 + 2 * checks + on_gpu.sweeps as u64, "{}", gpu.label());
+        assert_eq!(used.readback_bytes, 4 + checks * 4 * (on_gpu.block + k) as u64 + 4 * on_gpu.sweeps as u64, "{}", gpu.label());
+        assert!(on_gpu.sweeps as u64 <= 6 * checks, "{}: {} sweeps in {checks} checks", gpu.label(), on_gpu.sweeps);
+        for (i, s) in on_gpu.sigma.iter().enumerate() {
+            assert!((s - sigma[i]).abs() <= 1e-4 * sigma[i], "{}: σ_{i} {s} vs {}", gpu.label(), sigma[i]);
+        }
         let y = ok(gpu.upload(&random_vec(&mut rng(5), 1000 * 400), &[1000, 400])).unwrap();
         let before = gpu.runtime_stats();
         let q = orthonormalize(&gpu, &y, 1).unwrap();
         assert_eq!((gpu.runtime_stats() - before).readbacks, 0, "{}: orthonormalising 1000×400 read back", gpu.label());
         assert!(orthogonality_error(&gpu.download(&q).unwrap(), 1000, 400) < 1e-5, "{}: 1000×400 not orthonormal", gpu.label());
     }
+}
+
+/// max |S − U diag(σ) Vᵀ| for p×p row-major factors.
+fn reconstruction_error(s: &[f32], u: &[f32], sigma: &[f32], v: &[f32], p: usize) -> f64 {
+    let mut worst = 0f64;
+    for r in 0..p {
+        for c in 0..p {
+            let x: f64 = (0..p).map(|k| u[r * p + k] as f64 * sigma[k] as f64 * v[c * p + k] as f64).sum();
+            worst = worst.max((x - s[r * p + c] as f64).abs());
+        }
+    }
+    worst
+}
+
+/// The Jacobi test matrices: (name, p, values).
+fn jacobi_cases() -> Vec<(String, usize, Vec<f32>)> {
+    let mut cases = vec![];
+    for p in [1, 2, 3, 7, 31, 64, 65, 97, 130] {
+        let sigma: Vec<f64> = (0..p).map(|i| 1e-3f64.powf(i as f64 / (p.max(2) - 1) as f64)).collect();
+        cases.push((format!("graded {p}"), p, matrix_with_spectrum(&mut rng(p as u64 + 100), p, p, &sigma)));
+    }
+    // Three exactly zero columns: σ = 0 three times, U's columns there zero.
+    let mut z = random_vec(&mut rng(7), 13 * 13);
+    for r in 0..13 {
+        for c in [2, 5, 12] {
+            z[r * 13 + c] = 0.0;
+        }
+    }
+    cases.push(("zero columns 13".into(), 13, z));
+    let repeated: Vec<f64> = (0..20).map(|i| if i < 4 { 2.0 } else if i < 9 { 1.0 } else { 0.1 }).collect();
+    cases.push(("repeated 20".into(), 20, matrix_with_spectrum(&mut rng(8), 20, 20, &repeated)));
+    cases
+}
+
+#[test]
+fn jacobi_svd_matches_the_f64_reference() {
+    for_each_gpu(|gpu| {
+        for (name, p, s) in jacobi_cases() {
+            let (_, want, _) = reference::svd(&s, p, p);
+            let got = ok(jacobi_svd(gpu, &ok(gpu.upload(&s, &[p, p]))?))?;
+            if !got.converged || got.sweeps >= MAX_SWEEPS {
+                return Err(format!("{name}: {} sweeps, converged {}", got.sweeps, got.converged));
+            }
+            let (u, sigma, v) = (ok(gpu.download(&got.u))?, ok(gpu.download(&got.sigma))?, ok(gpu.download(&got.v))?);
+            let top = want[0].max(f64::MIN_POSITIVE);
+            for i in 0..p {
+                if !((sigma[i] as f64 - want[i]).abs() <= 1e-6 * top) {
+                    return Err(format!("{name}: σ_{i} = {} vs {} (σ₁ {top})", sigma[i], want[i]));
+                }
+            }
+            let rec = reconstruction_error(&s, &u, &sigma, &v, p);
+            if !(rec <= 1e-6 * top) {
+                return Err(format!("{name}: |S − UΣVᵀ| = {rec:e} (σ₁ {top})"));
+            }
+            if !(orthogonality_error(&v, p, p) <= 2e-6) {
+                return Err(format!("{name}: V is {:e} from orthogonal", orthogonality_error(&v, p, p)));
+            }
+            // U's columns with σ > 0 are orthonormal; those with σ = 0 are zero.
+            let live = sigma.iter().filter(|&&x| x > 0.0).count();
+            let u_live: Vec<f32> = (0..p).flat_map(|r| u[r * p..r * p + live].to_vec()).collect();
+            if !(orthogonality_error(&u_live, p, live) <= jacobi_tolerance(p) as f64 + 5e-7) {
+                return Err(format!("{name}: U's {live} columns are {:e} from orthonormal", orthogonality_error(&u_live, p, live)));
+            }
+            if (0..p).any(|r| u[r * p + live..r * p + p].iter().any(|&x| x != 0.0)) || (name.starts_with("zero") && live != p - 3) {
+                return Err(format!("{name}: {live} columns with σ > 0, the rest of U not zero"));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn jacobi_sweeps_follow_the_reference_and_split_dispatches_agree() {
+    use revive::gpu::SplitLimits;
+    for_each_gpu(|gpu| {
+        // Three workgroups per dispatch: the rounds' pairs, the norms and the scatter in pieces.
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        for (name, p, s) in jacobi_cases().into_iter().filter(|(_, p, _)| [7, 31, 65].contains(p)) {
+            // After one and two sweeps (not converged), the same rotations as the f64 reference
+            // in the same order: the pair schedule, the angle and the skip rule.
+            for sweeps in [1, 2] {
+                let (_, want_sigma, want_v, _) = revive::cpu::jacobi::one_sided_jacobi(&f64s(&s), p, jacobi_tolerance(p) as f64, sweeps);
+                for g in [gpu, &small] {
+                    let got = ok(jacobi_svd_with(g, &ok(g.upload(&s, &[p, p]))?, sweeps))?;
+                    if got.sweeps != sweeps || got.converged {
+                        return Err(format!("{name}: {sweeps}-sweep limit ran {} sweeps, converged {}", got.sweeps, got.converged));
+                    }
+                    let (sigma, v) = (ok(g.download(&got.sigma))?, ok(g.download(&got.v))?);
+                    let ds = (0..p).map(|i| (sigma[i] as f64 - want_sigma[i]).abs()).fold(0.0, f64::max);
+                    let dv = (0..p * p).map(|i| (v[i] as f64 - want_v[i]).abs()).fold(0.0, f64::max);
+                    if !(ds <= 1e-5 * want_sigma[0] && dv <= 1e-3) {
+                        return Err(format!("{name} after {sweeps} sweeps ({}): σ off by {ds:e}, V by {dv:e}", g.label()));
+                    }
+                }
+            }
+        }
+        // A NaN reaches the host at the front of σ, whatever the other values.
+        let mut s = random_vec(&mut rng(3), 25);
+        s[17] = f32::NAN;
+        let got = ok(jacobi_svd(gpu, &ok(gpu.upload(&s, &[5, 5]))?))?;
+        let sigma = ok(gpu.download(&got.sigma))?;
+        if !sigma[0].is_nan() {
+            return Err(format!("a NaN in S gave σ {sigma:?}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_rank_deficient_square_block_falls_back_to_the_host() {
+    // W = S itself (the block is square, so Q = Z = I): exact zero columns give σ_k = 0, where
+    // the GPU's U column is undefined; that check runs on the host and U stays orthonormal.
+    for_each_gpu(|gpu| {
+        let (n, zero) = (6, [1, 4]);
+        let mut w = random_vec(&mut rng(9), n * n);
+        for r in 0..n {
+            for c in zero {
+                w[r * n + c] = 0.0;
+            }
+        }
+        let got = ok(top_k(gpu, &ok(gpu.upload(&w, &[n, n]))?, n, &SvdOptions { ritz: Ritz::Gpu, ..SvdOptions::default() }))?;
+        if got.host_checks == 0 || got.sweeps == 0 {
+            return Err(format!("{} checks, {} on the host, {} sweeps", got.checks, got.host_checks, got.sweeps));
+        }
+        let (_, want, _) = reference::svd(&w, n, n);
+        if (0..n).any(|i| (got.sigma[i] - want[i]).abs() > 1e-5 * want[0]) {
+            return Err(format!("σ {:?} vs {want:?}", got.sigma));
+        }
+        if orthogonality_error(&ok(gpu.download(&got.u))?, n, n) > 1e-5 {
+            return Err("U is not orthonormal".into());
+        }
+        Ok(())
+    });
 }

@@ -90,6 +90,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         buffers: per(total.buffers),
         bind_groups: per(total.bind_groups),
         readbacks: per(total.readbacks),
+        readback_bytes: per(total.readback_bytes),
     };
     let decode_profile = profile_ms(gpu);
     bar.inc(1);

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod attention;
 pub mod edit;
 pub mod elementwise;
+pub mod jacobi;
 pub mod loss;
 pub mod matmul;
 pub mod model;

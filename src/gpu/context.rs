@@ -122,6 +122,7 @@ struct Counters {
     submits: AtomicU64,
     buffers: AtomicU64,
     readbacks: AtomicU64,
+    readback_bytes: AtomicU64,
 }
 
 /// What the runtime has done since the device was opened: compare two snapshots to see what a
@@ -136,6 +137,7 @@ pub struct RuntimeStats {
     pub bind_groups: u64,
     /// Reads back to the host: each waits for the GPU to finish what was recorded before it.
     pub readbacks: u64,
+    pub readback_bytes: u64,
 }
 
 impl std::ops::Sub for RuntimeStats {
@@ -148,6 +150,7 @@ impl std::ops::Sub for RuntimeStats {
             buffers: self.buffers - o.buffers,
             bind_groups: self.bind_groups - o.bind_groups,
             readbacks: self.readbacks - o.readbacks,
+            readback_bytes: self.readback_bytes - o.readback_bytes,
         }
     }
 }
@@ -340,6 +343,7 @@ impl Gpu {
             buffers: c.buffers.load(Ordering::Relaxed) + self.shared.pool.created(),
             bind_groups: self.shared.groups.lock().unwrap().created,
             readbacks: c.readbacks.load(Ordering::Relaxed),
+            readback_bytes: c.readback_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -652,6 +656,7 @@ impl Gpu {
             return Ok(vec![]);
         }
         self.shared.counters.readbacks.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.readback_bytes.fetch_add(size, Ordering::Relaxed);
         let padded = size.div_ceil(4) * 4;
         // One staging buffer, grown to the largest read so far, serves every read.
         let mut readback = self.shared.readback.lock().unwrap();

@@ -134,4 +134,14 @@ impl Gpu {
     pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), 0, t.numel() as u64 * 4)?))
     }
+
+    /// Element `i` of a 32-bit tensor as u32: four bytes read back, e.g. a counter a kernel
+    /// wrote.
+    pub fn read_u32(&self, t: &Tensor, i: usize) -> Result<u32> {
+        if i >= t.numel() {
+            return Err(Error::shape("read_u32", format!("element {i} of {t:?}")));
+        }
+        let bytes = self.read(t.buffer(), i as u64 * 4, 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
 }

@@ -2,16 +2,19 @@
 //! step every few iterations:
 //!
 //!   each iteration:  Y = W Z;  Q = orth(Y);  X = Wᵀ Q;  Z ← orth(X)       (all on the GPU)
-//!   at a check:      S = Xᵀ Z (= Qᵀ W Z, p×p);  S = Ũ Σ Ṽᵀ (host, f64);
+//!   at a check:      S = Xᵀ Z (= Qᵀ W Z, p×p);  S = Ũ Σ Ṽᵀ (GPU Jacobi, or host f64);
 //!                    U = Q Ũ;  Z ← Z Ṽ;  Y = W Z;  converged when max_i ‖Y_i − σ_i U_i‖ ≤ tol·σ₁
 //!
 //! The block has p = k + oversampling columns (at most min(m, n)), so the k-th triplet
 //! converges at the rate (σ_{p+1}/σ_k)² per iteration rather than (σ_{k+1}/σ_k)². Between checks
 //! nothing is read back: the span is what converges, and rotating Z inside it changes neither
 //! the next span nor the conditioning of W Z (Z stays orthonormal), so Rayleigh–Ritz is only
-//! needed to read the triplets off. A check costs one p×p round trip and reads back the worst
-//! residuals (k values); the next check is placed where the residual's decay rate so far says it
-//! will reach the tolerance, at most [`MAX_CHECK_GAP`] iterations on. Convergence is judged on
+//! needed to read the triplets off. On a GPU a check's small SVD runs there too (one-sided
+//! Jacobi, src/ops/jacobi.rs): it reads back 4 bytes per Jacobi sweep, then σ (p values) and
+//! the k residual norms; on a CPU adapter, where a round trip is a copy within host memory, the
+//! p×p quotient goes to faer's f64 SVD instead ([`Ritz`]). The next check is placed where the
+//! residual's decay rate so far says it will reach the tolerance, at most [`MAX_CHECK_GAP`]
+//! iterations on. Convergence is judged on
 //! the true residuals of the first k triplets, ‖W v_i − σ_i u_i‖ ≤ tol · σ_1, computed from the Y
 //! the next iteration needs anyway. At the iteration cap the result is an error that says how
 //! far it got, never a silently unconverged basis.
@@ -22,6 +25,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::elementwise::{copy_strided, View};
+use crate::ops::jacobi::jacobi_svd;
 use crate::ops::matmul::{gemm, Gemm};
 use crate::ops::ortho::{orthonormalize, ritz_residual};
 use crate::ops::reduce::{reduce_all_value, reduce_rows, ReduceOp};
@@ -37,11 +41,50 @@ pub struct SvdOptions {
     /// Extra block columns; None: max(16, k / 2).
     pub oversample: Option<usize>,
     pub seed: u64,
+    /// Where a check's p×p SVD runs.
+    pub ritz: Ritz,
 }
 
 impl Default for SvdOptions {
     fn default() -> Self {
-        SvdOptions { tol: 2e-5, max_iters: 300, oversample: None, seed: 0x5eed }
+        SvdOptions { tol: 2e-5, max_iters: 300, oversample: None, seed: 0x5eed, ritz: Ritz::Auto }
+    }
+}
+
+/// Where the Rayleigh–Ritz step's small SVD runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ritz {
+    /// On the GPU, unless the adapter is a CPU (lavapipe, llvmpipe): there the "GPU" is the
+    /// host, the round trip is a copy, and faer's SVD beats p' − 1 emulated dispatches per sweep.
+    Auto,
+    /// One-sided Jacobi on the GPU (src/ops/jacobi.rs); a check that it cannot finish (no
+    /// convergence in its sweep limit, or σ_k = 0: a matrix of rank below k) falls back to the
+    /// host and is counted in [`TopK::host_checks`].
+    Gpu,
+    /// faer's f64 SVD of the downloaded p×p quotient.
+    Host,
+}
+
+impl std::str::FromStr for Ritz {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Ritz::Auto),
+            "gpu" => Ok(Ritz::Gpu),
+            "host" => Ok(Ritz::Host),
+            _ => Err(format!("{s:?}: expected auto, gpu or host")),
+        }
+    }
+}
+
+impl Ritz {
+    fn on_gpu(self, gpu: &Gpu) -> bool {
+        match self {
+            Ritz::Auto => !gpu.is_cpu(),
+            Ritz::Gpu => true,
+            Ritz::Host => false,
+        }
     }
 }
 
@@ -55,8 +98,12 @@ pub struct TopK {
     /// Non-increasing.
     pub sigma: Vec<f64>,
     pub iterations: usize,
-    /// Rayleigh–Ritz checks (host round trips) among those iterations.
+    /// Rayleigh–Ritz checks (the iteration's only readbacks) among those iterations.
     pub checks: usize,
+    /// Checks whose small SVD ran on the host.
+    pub host_checks: usize,
+    /// Jacobi sweeps of the checks that ran on the GPU, together.
+    pub sweeps: usize,
     /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at the end.
     pub residual: f64,
     /// The block width used.
@@ -125,6 +172,7 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
     let mut last: Option<(usize, f64)> = None;
     let mut next_check = 1;
     let mut checks = 0;
+    let (mut host_checks, mut sweeps) = (0, 0);
     for it in 1..=opts.max_iters {
         let q = block_basis(gpu, &y, seed32(2 * it as u64))?;
         let x = gemm(gpu, w, &q, None, Gemm { trans_a: true, ..Gemm::default() })?;
@@ -136,12 +184,14 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
         }
         checks += 1;
         let s = gemm(gpu, &x, &zn, None, Gemm { trans_a: true, ..Gemm::default() })?;
-        let (u_small, sigma, v_small) = small_svd(&gpu.download(&s)?, p)?;
-        let u = gemm(gpu, &q, &gpu.upload(&u_small, &[p, p])?, None, Gemm::default())?;
-        z = gemm(gpu, &zn, &gpu.upload(&v_small, &[p, p])?, None, Gemm::default())?;
+        let small = ritz_svd(gpu, &s, k, opts.ritz)?;
+        host_checks += small.on_host as usize;
+        sweeps += small.sweeps;
+        let sigma = small.sigma;
+        let u = gemm(gpu, &q, &small.u, None, Gemm::default())?;
+        z = gemm(gpu, &zn, &small.v, None, Gemm::default())?;
         y = gemm(gpu, w, &z, None, Gemm::default())?;
-        let sig = gpu.upload(&sigma.iter().map(|&s| s as f32).collect::<Vec<_>>(), &[p])?;
-        let e = ritz_residual(gpu, &y, &u, &sig, k)?;
+        let e = ritz_residual(gpu, &y, &u, &small.sigma_gpu, k)?;
         // k squared norms (a max on the GPU could drop a NaN: WGSL leaves max(NaN, x) open).
         let norms = gpu.download(&reduce_rows(gpu, &e, ReduceOp::SumSq)?)?;
         let worst = norms.iter().map(|&r| (r as f64).sqrt()).fold(0.0, |a: f64, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }) / sigma[0];
@@ -155,6 +205,8 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
                 sigma: sigma[..k].to_vec(),
                 iterations: it,
                 checks,
+                host_checks,
+                sweeps,
                 residual: worst,
                 block: p,
             });
@@ -199,6 +251,38 @@ fn block_basis(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
         }
         _ => orthonormalize(gpu, y, seed),
     }
+}
+
+/// The small SVD of a check: Ũ, Ṽ (p×p) and σ (on the GPU and read back), columns by
+/// non-increasing σ.
+struct RitzSvd {
+    u: Tensor,
+    v: Tensor,
+    sigma_gpu: Tensor,
+    sigma: Vec<f64>,
+    sweeps: usize,
+    on_host: bool,
+}
+
+/// The SVD of the p×p Rayleigh quotient `s` where `ritz` says, falling back to the host when
+/// the GPU's Jacobi does not converge or leaves σ_k at zero (U's column k is then undefined).
+fn ritz_svd(gpu: &Gpu, s: &Tensor, k: usize, ritz: Ritz) -> Result<RitzSvd> {
+    let p = s.shape()[0];
+    let mut sweeps = 0;
+    if ritz.on_gpu(gpu) {
+        let j = jacobi_svd(gpu, s)?;
+        let sigma: Vec<f64> = gpu.download(&j.sigma)?.into_iter().map(f64::from).collect();
+        if let Some(i) = sigma.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Numeric(format!("svd: the projected {p}×{p} matrix has a non-finite singular value ({} at place {i})", sigma[i])));
+        }
+        if j.converged && sigma[k - 1] > 0.0 {
+            return Ok(RitzSvd { u: j.u, v: j.v, sigma_gpu: j.sigma, sigma, sweeps: j.sweeps, on_host: false });
+        }
+        sweeps = j.sweeps;
+    }
+    let (u, sigma, v) = small_svd(&gpu.download(s)?, p)?;
+    let sigma_gpu = gpu.upload(&sigma.iter().map(|&s| s as f32).collect::<Vec<_>>(), &[p])?;
+    Ok(RitzSvd { u: gpu.upload(&u, &[p, p])?, v: gpu.upload(&v, &[p, p])?, sigma_gpu, sigma, sweeps, on_host: true })
 }
 
 /// SVD of the p×p Rayleigh quotient in f64: (Ũ, σ, Ṽ) as row-major f32 with columns sorted by

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod attention;
 pub mod elementwise;
 pub mod gather;
+pub mod jacobi;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
