@@ -10,7 +10,7 @@
 use crate::cpu::ortho::{principal_sines, svd as cpu_svd};
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::linalg::svd::{top_k, SvdOptions};
+use crate::linalg::svd::{top_k, Ritz, SvdOptions};
 use crate::testing::{gaussian, rng};
 use serde::Serialize;
 use std::time::Instant;
@@ -22,8 +22,16 @@ pub struct SvdRow {
     pub k: usize,
     pub gpu_seconds: f64,
     pub iterations: usize,
-    /// Rayleigh–Ritz checks (the only host round trips) among the iterations.
+    /// Rayleigh–Ritz checks (the only readbacks) among the iterations.
     pub checks: usize,
+    /// Where the checks' small SVD was asked to run (auto: GPU unless the adapter is a CPU).
+    pub ritz: Ritz,
+    /// Checks whose small SVD ran on the host.
+    pub host_checks: usize,
+    /// Jacobi sweeps of the checks that ran on the GPU.
+    pub sweeps: usize,
+    /// Bytes read back by the SVD (not counting the result's download).
+    pub readback_bytes: u64,
     pub block: usize,
     /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at convergence.
     pub residual: f64,
@@ -49,8 +57,8 @@ pub fn matrix(m: usize, n: usize, seed: u64) -> Vec<f32> {
     w
 }
 
-/// One matrix, several k.
-pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], cpu: bool, opts: &SvdOptions, save: Option<&std::path::Path>) -> Result<Vec<SvdRow>> {
+/// One matrix, several k, each with the small SVD where each of `ritz` says.
+pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], ritz: &[Ritz], cpu: bool, opts: &SvdOptions, save: Option<&std::path::Path>) -> Result<Vec<SvdRow>> {
     let w = matrix(m, n, (m * 31 + n) as u64);
     if let Some(dir) = save {
         crate::store::save(&dir.join(format!("svd-{m}x{n}.safetensors")), &[("format", "revive-bench-svd".into())], &[("w", vec![m, n], &w)])?;
@@ -64,11 +72,15 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], cpu: bool, opts: &SvdOpt
     };
     let tw = gpu.upload(&w, &[m, n])?;
     // Warm-up: pipelines built, buffers pooled.
-    top_k(gpu, &tw, ks[0].min(m.min(n)), &SvdOptions { max_iters: 2, ..*opts }).ok();
+    for &ritz in ritz {
+        top_k(gpu, &tw, ks[0].min(m.min(n)), &SvdOptions { max_iters: 2, ritz, ..*opts }).ok();
+    }
     let mut rows = vec![];
-    for &k in ks {
+    for (&k, &ritz) in ks.iter().flat_map(|k| ritz.iter().map(move |r| (k, r))) {
+        let before = gpu.runtime_stats();
         let t = Instant::now();
-        let r = top_k(gpu, &tw, k, opts)?;
+        let r = top_k(gpu, &tw, k, &SvdOptions { ritz, ..*opts })?;
+        let readback_bytes = (gpu.runtime_stats() - before).readback_bytes;
         let u = gpu.download(&r.u)?;
         let gpu_seconds = t.elapsed().as_secs_f64();
         let (mut cpu_seconds, mut speedup, mut sigma_rel_err, mut subspace_sine) = (None, None, None, None);
@@ -81,24 +93,37 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], cpu: bool, opts: &SvdOpt
             let mine: Vec<f64> = u.iter().map(|&x| x as f64).collect();
             subspace_sine = Some(principal_sines(&theirs, k, &mine, k, m)[0]);
         }
-        rows.push(SvdRow { m, n, k, gpu_seconds, iterations: r.iterations, checks: r.checks, block: r.block, residual: r.residual, cpu_seconds, speedup, sigma_rel_err, subspace_sine });
+        rows.push(SvdRow {
+            m,
+            n,
+            k,
+            gpu_seconds,
+            iterations: r.iterations,
+            checks: r.checks,
+            ritz,
+            host_checks: r.host_checks,
+            sweeps: r.sweeps,
+            readback_bytes,
+            block: r.block, residual: r.residual, cpu_seconds, speedup, sigma_rel_err, subspace_sine });
     }
     Ok(rows)
 }
 
 pub fn table(adapter: &str, rows: &[SvdRow]) -> String {
     let mut s = format!("top-k SVD on {adapter} (subspace iteration) vs the CPU reference (faer f64 full SVD)\n");
-    s += "      m ×      n     k   GPU s  iters  checks  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
+    s += "      m ×      n     k   GPU s  iters  checks  small SVD (sweeps)  read back  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
     for r in rows {
         s += &format!(
-            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>7} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>7} {:>19} {:>10} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
             r.m,
             r.n,
             r.k,
             r.gpu_seconds,
             r.iterations,
             r.checks,
+            small_svd_label(r),
+            format!("{:.1} KB", r.readback_bytes as f64 / 1024.0),
             r.block,
             r.residual,
             opt(r.cpu_seconds, &|v| format!("{v:.2}")),
@@ -108,4 +133,13 @@ pub fn table(adapter: &str, rows: &[SvdRow]) -> String {
         );
     }
     s
+}
+
+/// Where the checks' small SVDs ran: "host", "GPU (23)" (Jacobi sweeps), "GPU (23) + 1 host".
+fn small_svd_label(r: &SvdRow) -> String {
+    match (r.host_checks, r.checks) {
+        (h, c) if h == c && r.sweeps == 0 => "host".into(),
+        (0, _) => format!("GPU ({})", r.sweeps),
+        (h, _) => format!("GPU ({}) + {h} host", r.sweeps),
+    }
 }

@@ -11,6 +11,10 @@ pub(in crate::cli) struct Args {
     cases: Vec<String>,
     #[arg(long)]
     no_cpu: bool,
+    /// Where each check's small (p×p) SVD runs: auto (the GPU unless the adapter is a CPU), gpu
+    /// (one-sided Jacobi), host (faer, f64); a list runs each k once per entry.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    ritz: Vec<revive::linalg::svd::Ritz>,
     #[arg(long, default_value_t = revive::linalg::svd::SvdOptions::default().tol)]
     tol: f64,
     /// Write the matrices here (safetensors) for benches/baselines/torch_svd.py.
@@ -21,7 +25,7 @@ pub(in crate::cli) struct Args {
 }
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
-    let Args { cases, no_cpu, tol, save, json } = a;
+    let Args { cases, no_cpu, ritz, tol, save, json } = a;
     let gpu = Gpu::new(choice)?;
     let cases = if cases.is_empty() { vec!["576x1536:32,128,512".to_string(), "4096x4096:64,256".to_string()] } else { cases };
     if let Some(dir) = &save {
@@ -32,7 +36,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     for c in &cases {
         let (m, n, ks) = parse_svd_case(c)?;
         eprintln!("{m}×{n}, k = {ks:?} …");
-        rows.extend(revive::bench::svd::run(&gpu, m, n, &ks, !no_cpu, &opts, save.as_deref())?);
+        rows.extend(revive::bench::svd::run(&gpu, m, n, &ks, &ritz, !no_cpu, &opts, save.as_deref())?);
     }
     println!("{}", revive::bench::svd::table(&gpu.label(), &rows));
     if let Some(path) = json {
