@@ -43,7 +43,7 @@ step torch-forward 90 python3 benches/baselines/torch_forward.py --model $hf --j
 step matmul 40 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul.json"
 step torch-matmul 40 python3 benches/baselines/torch_matmul.py --size 1024 --size 4096 --json "$out/torch-matmul.json"
 # Issue 11: top-k SVD against the CPU reference, then torch.svd_lowrank on the same matrices.
-step svd 100 $bin bench svd --save /tmp/svd-mats --json "$out/svd.json"
+step svd 150 $bin bench svd --ritz gpu,host --save /tmp/svd-mats --json "$out/svd.json"
 step torch-svd 60 python3 benches/baselines/torch_svd.py --dir /tmp/svd-mats --revive "$out/svd.json" --json "$out/torch-svd.json"
 # Kernel choices measured on this GPU (`revive tune`: the tuned tile, the pipelined one, …),
 # then the forward pass again with them.
