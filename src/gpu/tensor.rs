@@ -110,6 +110,13 @@ impl Gpu {
         Ok(t)
     }
 
+    /// The n×n identity.
+    pub fn identity(&self, n: usize) -> Result<Tensor> {
+        let mut eye = vec![0f32; n * n];
+        (0..n).for_each(|i| eye[i * n + i] = 1.0);
+        self.upload(&eye, &[n, n])
+    }
+
     pub fn upload(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         check_len("upload", data.len(), shape)?;
         let t = self.alloc(shape, DType::F32)?;

@@ -244,11 +244,7 @@ fn check_gap(last: Option<(usize, f64)>, it: usize, worst: f64, tol: f64) -> usi
 /// would ask f32 Cholesky QR to resolve directions the square block barely reaches.
 fn block_basis(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
     match *y.shape() {
-        [r, c] if r == c => {
-            let mut eye = vec![0f32; r * r];
-            (0..r).for_each(|i| eye[i * r + i] = 1.0);
-            gpu.upload(&eye, &[r, r])
-        }
+        [r, c] if r == c => gpu.identity(r),
         _ => orthonormalize(gpu, y, seed),
     }
 }

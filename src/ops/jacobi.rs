@@ -83,24 +83,20 @@ pub fn jacobi_svd_with(gpu: &Gpu, s: &Tensor, max_sweeps: usize) -> Result<Jacob
     let cols = gpu.empty(&[p, p])?;
     // Transposed: row i of `cols` is column i of S.
     copy_strided(gpu, s, View { offset: 0, strides: [0, 0, 1, p] }, &cols, View::dense(&[p, p]), &[p, p])?;
-    let mut eye = vec![0f32; p * p];
-    (0..p).for_each(|i| eye[i * p + i] = 1.0);
-    let vecs = gpu.upload(&eye, &[p, p])?;
+    let vecs = gpu.identity(p)?;
     let rotations = gpu.full(&[max_sweeps], 0.0)?;
     let base = Meta { p: p as u32, base: 0, round: 0, sweep: 0, tol: jacobi_tolerance(p), pad: [0; 3] };
     let last = p + p % 2 - 1;
     let mut sweeps = 0;
     let mut converged = false;
-    {
-        let binds = [whole(gpu, &cols)?, whole(gpu, &vecs)?, whole(gpu, &rotations)?];
-        while sweeps < max_sweeps && !converged {
-            for round in 0..last {
-                let m = Meta { round: round as u32, sweep: sweeps as u32, ..base };
-                run_pieces(gpu, "jacobi_rotate", m, last.div_ceil(2), 1, &binds)?;
-            }
-            converged = gpu.read_u32(&rotations, sweeps)? == 0;
-            sweeps += 1;
+    let binds = [whole(gpu, &cols)?, whole(gpu, &vecs)?, whole(gpu, &rotations)?];
+    while sweeps < max_sweeps && !converged {
+        for round in 0..last {
+            let m = Meta { round: round as u32, sweep: sweeps as u32, ..base };
+            run_pieces(gpu, "jacobi_rotate", m, last.div_ceil(2), 1, &binds)?;
         }
+        converged = gpu.read_u32(&rotations, sweeps)? == 0;
+        sweeps += 1;
     }
     let norms = gpu.empty(&[p])?;
     run_pieces(gpu, "jacobi_norms", base, p, 1, &[whole(gpu, &cols)?, whole(gpu, &norms)?])?;
