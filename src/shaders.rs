@@ -27,6 +27,8 @@ shader!(LOSS, "loss");
 shader!(ORTHO, "ortho");
 shader!(PROJECT, "project");
 shader!(JACOBI, "jacobi");
+// Built only where the device has cooperative matrices and f16 (`Gpu::cooperative_matrix`).
+shader!(MATMUL_COOP, "matmul_coop");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -53,5 +55,17 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((ORTHO, vec![]));
     v.push((PROJECT, vec![]));
     v.push((JACOBI, vec![]));
+    v
+}
+
+/// The shaders that need optional device features, with their override-constant sets: they
+/// translate only for the backends that offer those features (SPIR-V and MSL).
+pub fn cooperative_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
+    let mut v = vec![];
+    for ta in [0.0, 1.0] {
+        for tb in [0.0, 1.0] {
+            v.push((MATMUL_COOP, vec![("TRANS_A", ta), ("TRANS_B", tb)]));
+        }
+    }
     v
 }

@@ -158,9 +158,9 @@ fn every_kernel_mode_computes_the_same_bits() {
             assert_eq!(matches!(matmul.params(), Params::Immediate(_)), gpu.immediates() > 0, "{}: matmul takes {:?}", info.name, matmul.params());
             out
         };
-        let reference = run(KernelModes { checked: true, immediates: false });
+        let reference = run(KernelModes { checked: true, immediates: false, cooperative: false });
         assert!(reference.iter().all(|v| v.is_finite()), "{}: non-finite logits", info.name);
-        for modes in [KernelModes { checked: false, immediates: false }, KernelModes { checked: false, immediates: true }, KernelModes { checked: true, immediates: true }] {
+        for modes in [KernelModes { checked: false, immediates: false, cooperative: false }, KernelModes { checked: false, immediates: true, cooperative: false }, KernelModes { checked: true, immediates: true, cooperative: false }] {
             let got = run(modes);
             let differ = reference.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             assert_eq!(differ, 0, "{} ({:?}): {differ} of {} logits differ between {modes:?} and checked shaders with the uniform arena", info.name, info.backend, got.len());

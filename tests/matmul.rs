@@ -44,6 +44,12 @@ const CASES: &[Case] = &[
 ];
 
 fn check(gpu: &revive::Gpu, c: Case, trans_a: bool, trans_b: bool, kernel: Kernel, alpha: f32, beta: f32, seed: u64) -> Result<(), String> {
+    check_with(gpu, c, Gemm { trans_a, trans_b, alpha, beta, kernel }, seed, |x| x)
+}
+
+/// [`check`] against the reference on the operands as the kernel rounds them (`operand`).
+fn check_with(gpu: &revive::Gpu, c: Case, g: Gemm, seed: u64, operand: impl Fn(f32) -> f32) -> Result<(), String> {
+    let Gemm { trans_a, trans_b, alpha, beta, kernel } = g;
     let mut r = rng(seed);
     let a_shape = |rows, cols| if c.a_batched { vec![c.batch, rows, cols] } else { vec![rows, cols] };
     let b_shape = |rows, cols| if c.b_batched { vec![c.batch, rows, cols] } else { vec![rows, cols] };
@@ -56,7 +62,6 @@ fn check(gpu: &revive::Gpu, c: Case, trans_a: bool, trans_b: bool, kernel: Kerne
     let b = ok(gpu.upload(&bv, &sb))?;
     let batched = c.a_batched || c.b_batched;
     let out_shape = if batched { vec![c.batch, c.m, c.n] } else { vec![c.m, c.n] };
-    let g = Gemm { trans_a, trans_b, alpha, beta, kernel };
     let out = if beta != 0.0 {
         let ct = ok(gpu.upload(&cv, &out_shape))?;
         ok(gemm(gpu, &a, &b, Some(&ct), g))?
@@ -64,6 +69,7 @@ fn check(gpu: &revive::Gpu, c: Case, trans_a: bool, trans_b: bool, kernel: Kerne
         ok(gemm(gpu, &a, &b, None, g))?
     };
     let got = ok(gpu.download(&out))?;
+    let (av, bv): (Vec<f32>, Vec<f32>) = (av.iter().map(|&x| operand(x)).collect(), bv.iter().map(|&x| operand(x)).collect());
     let want = cpu::gemm(&av, &bv, Some(&cv), c.batch, c.m, c.n, c.k, trans_a, trans_b, c.a_batched, c.b_batched, alpha as f64, beta as f64);
     compare(&format!("{kernel:?} {c:?} ta={trans_a} tb={trans_b} alpha={alpha} beta={beta}"), &got, &want, tol(c.k))
 }
@@ -172,4 +178,37 @@ fn shape_errors_are_reported_not_panics() {
         gemm(gpu, &a, &a, None, Gemm { beta: 1.0, ..Gemm::default() }).err().ok_or("beta without C accepted")?;
         Ok(())
     });
+}
+
+#[test]
+fn the_cooperative_kernel_matches_the_reference_where_offered() {
+    use revive::gpu::{offers_cooperative_matrices, BackendChoice, Gpu, KernelModes};
+    // Opened as REVIVE_COOPERATIVE=1 opens it. Where the adapter has no f16 cooperative matrices
+    // (lavapipe and llvmpipe here) the kernel is refused with a clear error; where it has them
+    // the kernel is checked like the others, against the f64 product of the f16-rounded
+    // operands it multiplies (f16 × f16 products are exact in f32, so only the f32
+    // accumulation differs).
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let offered = offers_cooperative_matrices(&adapter);
+        let gpu = Gpu::open_with(adapter, KernelModes { cooperative: true, ..KernelModes::from_env() }).unwrap().with_poison(true);
+        assert_eq!(gpu.cooperative_matrix(), offered, "{}", gpu.label());
+        let coop = Gemm { kernel: Kernel::Coop, ..Gemm::default() };
+        if !offered {
+            let a = gpu.upload(&[1.0; 6], &[2, 3]).unwrap();
+            let b = gpu.upload(&[1.0; 12], &[3, 4]).unwrap();
+            match gemm(&gpu, &a, &b, None, coop) {
+                Err(e) if e.to_string().contains("REVIVE_COOPERATIVE") => eprintln!("{}: no f16 cooperative matrices: {e}", gpu.label()),
+                other => panic!("{}: the cooperative kernel without cooperative matrices: {other:?}", gpu.label()),
+            }
+            continue;
+        }
+        let f16 = |x: f32| half::f16::from_f32(x).to_f32();
+        for (i, &c) in CASES.iter().enumerate() {
+            for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+                let (alpha, beta) = if i % 2 == 0 { (1.0, 0.0) } else { (-1.5, 0.5) };
+                check_with(&gpu, c, Gemm { trans_a: ta, trans_b: tb, alpha, beta, ..coop }, 900 + i as u64, f16)
+                    .unwrap_or_else(|e| panic!("{}: {e}", gpu.label()));
+            }
+        }
+    }
 }

@@ -16,7 +16,7 @@ bin=.device/bin/revive
 hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
-  speed) only=export,forward,torch-forward,matmul,torch-matmul,svd,torch-svd,tune,forward-tuned,rome-full ;;
+  speed) only=export,forward,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,tune,forward-tuned,rome-full ;;
   batch) only=export,memit-100,torch-memit-100 ;;
   experiment) only=experiment ;;
   all) only=all ;;
@@ -41,6 +41,10 @@ step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
 step torch-forward 90 python3 benches/baselines/torch_forward.py --model $hf --json "$out/torch-forward.json"
 # Issue 11: the tuned matmul against cuBLAS SGEMM (TF32 off) at 1024³ and 4096³ (goal ≥ 0.5×).
 step matmul 40 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul.json"
+# The optional cooperative-matrix kernel (f16 operands, f32 accumulation) with its error, on a
+# device opened with wgpu's experimental feature: a step of its own, so a failure there cannot
+# cost the f32 numbers above.
+step matmul-coop 40 env REVIVE_COOPERATIVE=1 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul-coop.json"
 step torch-matmul 40 python3 benches/baselines/torch_matmul.py --size 1024 --size 4096 --json "$out/torch-matmul.json"
 # Issue 11: top-k SVD against the CPU reference, then torch.svd_lowrank on the same matrices.
 step svd 150 $bin bench svd --ritz gpu,host --save /tmp/svd-mats --json "$out/svd.json"

@@ -1,7 +1,8 @@
 //! `revive bench matmul`: GFLOP/s of the tuned kernel, its pipelined variant (named
 //! accumulators, double-buffered tiles), the 16x16-tile baseline and a CPU SGEMM
 //! (matrixmultiply, multithreaded) on the same square problems, with their ratios and the
-//! accuracy reached (sampled entries against an f64 dot product).
+//! accuracy reached (sampled entries against an f64 dot product); with REVIVE_COOPERATIVE=1 on an
+//! adapter with f16 cooperative matrices, also the cooperative-matrix kernel.
 
 use super::median;
 use crate::error::Result;
@@ -22,6 +23,10 @@ pub struct MatmulRow {
     /// scale of the dot product, which stays meaningful where C_ij cancels to near zero.
     pub tuned_max_rel_err: f64,
     pub pipelined_max_rel_err: f64,
+    /// The cooperative-matrix kernel (f16 operands, f32 accumulation), where the device was
+    /// opened with it (REVIVE_COOPERATIVE=1 on an adapter that offers it): GFLOP/s and error.
+    pub coop_gflops: Option<f64>,
+    pub coop_max_rel_err: Option<f64>,
     pub timer: &'static str,
 }
 
@@ -86,6 +91,10 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
         bar.inc(1);
         let pipelined = time_kernel(Kernel::Pipelined)?;
         let pipelined_err = sampled_error(&av, &bv, &gpu.download(&c)?, n);
+        let coop = match gpu.cooperative_matrix() {
+            true => Some((time_kernel(Kernel::Coop)?, sampled_error(&av, &bv, &gpu.download(&c)?, n))),
+            false => None,
+        };
         bar.inc(1);
         let cpu = if skip_cpu {
             None
@@ -113,6 +122,8 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
             cpu_gflops: cpu.map(|t| gflops(n, t)).unwrap_or(f64::NAN),
             tuned_max_rel_err: err,
             pipelined_max_rel_err: pipelined_err,
+            coop_gflops: coop.map(|(t, _)| gflops(n, t)),
+            coop_max_rel_err: coop.map(|(_, e)| e),
             timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
         });
     }
@@ -123,11 +134,15 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
 /// A Markdown table of the rows, as the README shows it.
 pub fn table(gpu_label: &str, rows: &[MatmulRow]) -> String {
     let mut s = format!("matmul f32, C = A·B, square; adapter: {gpu_label}\n\n");
-    s += "| n | tuned GFLOP/s | pipelined GFLOP/s | 16x16 tile GFLOP/s | CPU sgemm GFLOP/s | tuned / tile | tuned / CPU | max rel err (tuned, pipelined) |\n";
-    s += "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| n | tuned GFLOP/s | pipelined GFLOP/s | 16x16 tile GFLOP/s | CPU sgemm GFLOP/s | tuned / tile | tuned / CPU | max rel err (tuned, pipelined) | cooperative f16: GFLOP/s, max rel err |\n";
+    s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
+        let coop = match (r.coop_gflops, r.coop_max_rel_err) {
+            (Some(g), Some(e)) => format!("{g:.1}, {e:.1e}"),
+            _ => "not enabled".into(),
+        };
         s += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1e}, {:.1e} |\n",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1e}, {:.1e} | {coop} |\n",
             r.size,
             r.tuned_gflops,
             r.pipelined_gflops,

@@ -22,6 +22,8 @@ pub(super) fn run(choice: BackendChoice) -> Result<()> {
         ];
         let have: Vec<&str> = feats.iter().filter(|(f, _)| a.features.contains(*f)).map(|(_, n)| *n).collect();
         println!("    features: {}", if have.is_empty() { "-".into() } else { have.join(", ") });
+        let coop = if a.cooperative_matmul { "available (REVIVE_COOPERATIVE=1 enables it)" } else { "no (needs f16 16×16×16 cooperative matrices with f32 accumulators and 32-wide subgroups)" };
+        println!("    cooperative-matrix matmul: {coop}");
         println!(
             "    limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} storage buffers/stage",
             l.max_storage_buffer_binding_size / (1 << 20),

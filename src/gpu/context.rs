@@ -33,6 +33,8 @@ pub struct AdapterSummary {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Whether the cooperative-matrix matmul can run here ([`offers_cooperative_matrices`]).
+    pub cooperative_matmul: bool,
 }
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
@@ -87,6 +89,8 @@ struct Shared {
     /// the uniform arena): the device's limit where it has the feature, unless
     /// REVIVE_NO_IMMEDIATES=1.
     immediates: u32,
+    /// Whether f16 16×16 cooperative matrices (f32 accumulators) were enabled (`KernelModes`).
+    cooperative: bool,
     /// Kernel choices measured on this adapter (`revive tune`): key → choice.
     choices: Mutex<Choices>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -196,7 +200,7 @@ impl Gpu {
     pub fn summaries(choice: BackendChoice) -> Vec<AdapterSummary> {
         Self::adapters(choice)
             .into_iter()
-            .map(|a| AdapterSummary { info: a.get_info(), features: a.features(), limits: a.limits() })
+            .map(|a| AdapterSummary { info: a.get_info(), features: a.features(), limits: a.limits(), cooperative_matmul: offers_cooperative_matrices(&a) })
             .collect()
     }
 
@@ -240,7 +244,11 @@ impl Gpu {
         } else {
             0
         };
+        let cooperative = modes.cooperative && offers_cooperative_matrices(&adapter);
         let mut required_features = wgpu::Features::empty();
+        if cooperative {
+            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        }
         if timestamps {
             required_features |= wgpu::Features::TIMESTAMP_QUERY;
         }
@@ -251,7 +259,10 @@ impl Gpu {
             label: Some("revive"),
             required_features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            // SAFETY: wgpu's experimental features may have bugs with undefined behaviour; only
+            // cooperative matrices are experimental here, asked for only on the user's request
+            // (REVIVE_COOPERATIVE=1), and used by one kernel that is off by default.
+            experimental_features: if cooperative { unsafe { wgpu::ExperimentalFeatures::enabled() } } else { wgpu::ExperimentalFeatures::disabled() },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -300,6 +311,7 @@ impl Gpu {
                 profile,
                 checked,
                 immediates,
+                cooperative,
                 choices,
                 errors,
             }),
@@ -425,6 +437,11 @@ impl Gpu {
     /// Whether kernels take their parameters as immediates where they fit (see `Shared`).
     pub fn immediates(&self) -> u32 {
         self.shared.immediates
+    }
+
+    /// Whether the cooperative-matrix matmul (`Kernel::Coop`) can run: asked for and offered.
+    pub fn cooperative_matrix(&self) -> bool {
+        self.shared.cooperative
     }
 
     fn module(&self, shader: Shader, immediate: bool) -> Result<wgpu::ShaderModule> {
@@ -822,12 +839,27 @@ pub struct KernelModes {
     /// Take parameters as immediates where the device has them and they fit; otherwise (and
     /// with REVIVE_NO_IMMEDIATES=1) from the uniform arena.
     pub immediates: bool,
+    /// Enable f16 cooperative matrices where the adapter offers them (REVIVE_COOPERATIVE=1): an
+    /// experimental wgpu feature, so never by default.
+    pub cooperative: bool,
 }
 
 impl KernelModes {
     pub fn from_env() -> KernelModes {
-        KernelModes { checked: checked_shaders(), immediates: !env_flag("REVIVE_NO_IMMEDIATES") }
+        KernelModes { checked: checked_shaders(), immediates: !env_flag("REVIVE_NO_IMMEDIATES"), cooperative: env_flag("REVIVE_COOPERATIVE") }
     }
+}
+
+/// Whether the adapter can run shaders/matmul_coop.wgsl: cooperative matrices with an f16
+/// 16×16×16 configuration accumulating in f32, f16 arithmetic, and subgroups exactly 32 wide
+/// (the kernel gives each 32 invocations of a workgroup one quadrant of the tile).
+pub fn offers_cooperative_matrices(adapter: &wgpu::Adapter) -> bool {
+    use wgpu::CooperativeScalarType::{F16, F32};
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    let info = adapter.get_info();
+    adapter.features().contains(needed)
+        && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
+        && adapter.cooperative_matrix_properties().iter().any(|c| (c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type) == (16, 16, 16, F16, F32))
 }
 
 /// `REVIVE_MEMORY_LIMIT`: the most GPU memory the tensors may hold (e.g. `1.5GiB`).

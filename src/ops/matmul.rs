@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::shaders::MATMUL;
+use crate::shaders::{MATMUL, MATMUL_COOP};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -29,6 +29,11 @@ pub enum Kernel {
     /// instructions per multiply-add, for adapters where a load costs far more than
     /// arithmetic (llvmpipe).
     Block,
+    /// Cooperative matrices (tensor cores) on f16-rounded operands with f32 accumulation
+    /// (shaders/matmul_coop.wgsl): only on a device opened with them (`Gpu::cooperative_matrix`,
+    /// REVIVE_COOPERATIVE=1), never chosen by Auto or the autotune, since it changes the result
+    /// by about 1e-3 relative.
+    Coop,
     /// The kernel `revive tune` measured fastest for this shape class on this adapter; without
     /// a measurement, Block on a CPU adapter, else Gemv up to `DOT_MAX_ROWS` rows of op(A),
     /// Rows32 up to `ROWS32_MAX_ROWS`, else Tuned.
@@ -60,6 +65,7 @@ impl Kernel {
             Kernel::Dot => "dot",
             Kernel::Gemv => "gemv",
             Kernel::Block => "block",
+            Kernel::Coop => "coop",
             Kernel::Auto => "auto",
         }
     }
@@ -98,6 +104,7 @@ impl Kernel {
             Kernel::Dot => "matmul_dot",
             Kernel::Gemv => "matmul_gemv",
             Kernel::Block => "matmul_block",
+            Kernel::Coop => "matmul_coop",
         }
     }
     /// Output rows and columns per workgroup.
@@ -109,6 +116,7 @@ impl Kernel {
             Kernel::Tile16 => (16, 16),
             Kernel::Dot => (1, 1),
             Kernel::Gemv => (4, 64),
+            Kernel::Coop => (64, 64),
         }
     }
 }
@@ -328,6 +336,14 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
     let kernel = g.kernel.resolve_for(gpu, l);
+    if kernel == Kernel::Coop && !gpu.cooperative_matrix() {
+        return Err(Error::Gpu(format!(
+            "matmul: the cooperative-matrix kernel needs a device opened with REVIVE_COOPERATIVE=1 on an adapter with f16 16×16 cooperative matrices and 32-wide subgroups; {} has {}",
+            gpu.label(),
+            if gpu.info().device_type == wgpu::DeviceType::Cpu { "none (a CPU adapter)" } else { "them off or missing" }
+        )));
+    }
+    let (shader, aligned_constant) = if kernel == Kernel::Coop { (MATMUL_COOP, false) } else { (MATMUL, true) };
     let tile = kernel.tile(l);
     let max_elems = Tensor::max_binding_elems(gpu);
     let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
@@ -366,16 +382,15 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
                         _pad2: 0,
                         _pad3: [0; 2],
                     };
-                    let mut constants = vec![
-                        ("TRANS_A", g.trans_a as u8 as f64),
-                        ("TRANS_B", g.trans_b as u8 as f64),
-                        ("ALIGNED", aligned as u8 as f64),
-                    ];
+                    let mut constants = vec![("TRANS_A", g.trans_a as u8 as f64), ("TRANS_B", g.trans_b as u8 as f64)];
+                    if aligned_constant {
+                        constants.push(("ALIGNED", aligned as u8 as f64));
+                    }
                     if kernel == Kernel::Block {
                         constants.push(("ROWS", tile.0 as f64));
                     }
                     let groups = [pn.div_ceil(tile.1) as u32, pm.div_ceil(tile.0) as u32, pb as u32];
-                    gpu.dispatch(MATMUL, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
+                    gpu.dispatch(shader, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
                 }
             }
         }
