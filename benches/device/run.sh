@@ -22,9 +22,18 @@ case ${2:-speed} in
   all) only=all ;;
   *) only=$2 ;;
 esac
+# One device call may run 600 s: the steps together stop by BUDGET seconds (default 570), each
+# cut to what is left, so the logs and JSON of the finished steps always come back.
+budget=${BUDGET:-570}
 step() { # name seconds command...
   local name=$1 secs=$2; shift 2
   [ "$only" = all ] || [[ ",$only," == *",$name,"* ]] || return 0
+  local left=$((budget - SECONDS))
+  if [ "$left" -lt 15 ]; then
+    echo "== $name skipped: ${left}s of the ${budget}s budget left (run it in the next call)"
+    return 0
+  fi
+  [ "$secs" -gt "$left" ] && secs=$left
   local t0=$SECONDS
   echo "== $name (limit ${secs}s)"
   timeout "$secs" "$@" > "$out/$name.log" 2>&1
