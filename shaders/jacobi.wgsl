@@ -84,7 +84,9 @@ fn jacobi_rotate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let alpha = sums.x;
     let beta = sums.y;
     let gamma = sums.z;
-    // Negated, so a NaN rotates nothing (it reaches σ and the host sees it there).
+    // A NaN rotates nothing (it reaches σ and the host sees it there). Tested on the bits, since
+    // a driver's fast-math may fold a negated comparison into the plain one.
+    if (is_nan(gamma) || is_nan(alpha) || is_nan(beta)) { return; }
     if (!(abs(gamma) > m.tol * sqrt(alpha) * sqrt(beta))) { return; }
     let zeta = (beta - alpha) / (2.0 * gamma);
     let az = abs(zeta);

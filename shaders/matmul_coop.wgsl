@@ -3,9 +3,15 @@
 // shaders/matmul.wgsl. An optional path (src/ops/matmul.rs `Kernel::Coop`), off by default:
 // the operands are rounded to f16 on their way into workgroup memory and the products
 // accumulate in f32, so it trades accuracy (about 1e-3 relative per operand) for speed; the
-// benchmark reports its error next to its speed. Its own file because `enable f16` and
-// `enable wgpu_cooperative_matrix` apply to a whole module and only devices with both features
-// (Vulkan with VK_KHR_cooperative_matrix, Metal) can build it.
+// benchmark reports its error next to its speed. Operands must lie in f16's range: past 65504
+// an operand becomes ∞ and its products ∞ or NaN (the activations and weights of an edit are
+// far inside it; a caller with other data keeps the f32 kernels). Its own file because
+// `enable f16` and `enable wgpu_cooperative_matrix` apply to a whole module and only devices
+// with both features and 16 × 16 f16 matrices can build it: Vulkan with
+// VK_KHR_cooperative_matrix (Metal's simdgroup matrices are 8 × 8, which this kernel does not
+// use). Subgroup membership is taken as local_invocation_index / 32, which is how Vulkan
+// drivers with 32-wide subgroups (NVIDIA, AMD in wave32) form them for a 1-D workgroup; the
+// `subgroup_id` built-in would make it explicit but needs the subgroups feature on top.
 //
 //   matmul_coop  A 64 × 64 tile of C per workgroup of 128 threads: four subgroups of 32 (the
 //                host uses it only where subgroups are exactly 32 wide), each owning a 32 × 32

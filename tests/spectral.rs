@@ -699,6 +699,13 @@ fn jacobi_cases() -> Vec<(String, usize, Vec<f32>)> {
         }
     }
     cases.push(("zero columns 13".into(), 13, z));
+    // Columns 1 and 6 opposite: round 0 pairs them with equal norms and γ < 0, so ζ = −0, where
+    // the kernel's sign rule (ζ ≥ 0 turns the positive way) must be the reference's too.
+    let mut o = random_vec(&mut rng(6), 7 * 7);
+    for r in 0..7 {
+        o[r * 7 + 6] = -o[r * 7 + 1];
+    }
+    cases.push(("opposite columns 7".into(), 7, o));
     let repeated: Vec<f64> = (0..20).map(|i| if i < 4 { 2.0 } else if i < 9 { 1.0 } else { 0.1 }).collect();
     cases.push(("repeated 20".into(), 20, matrix_with_spectrum(&mut rng(8), 20, 20, &repeated)));
     cases

@@ -34,9 +34,14 @@ pub fn one_sided_jacobi(s: &[f64], p: usize, tol: f64, max_sweeps: usize) -> (Ve
                     continue;
                 }
                 let zeta = (beta - alpha) / (2.0 * gamma);
-                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                // The kernel's sign rule: ζ = −0 (equal norms, γ < 0) turns the positive way.
+                let sign = if zeta >= 0.0 { 1.0 } else { -1.0 };
+                let t = sign / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
                 let c = 1.0 / (1.0 + t * t).sqrt();
                 let sn = c * t;
+                if sn == 0.0 {
+                    continue;
+                }
                 // The kernel's form of (c x − s y, s x + c y), which f32 needs (see the shader).
                 let tau = sn / (1.0 + c);
                 for m in [&mut a, &mut v] {
