@@ -9,9 +9,8 @@
 // `enable f16` and `enable wgpu_cooperative_matrix` apply to a whole module and only devices
 // with both features and 16 × 16 f16 matrices can build it: Vulkan with
 // VK_KHR_cooperative_matrix (Metal's simdgroup matrices are 8 × 8, which this kernel does not
-// use). Subgroup membership is taken as local_invocation_index / 32, which is how Vulkan
-// drivers with 32-wide subgroups (NVIDIA, AMD in wave32) form them for a 1-D workgroup; the
-// `subgroup_id` built-in would make it explicit but needs the subgroups feature on top.
+// use), and subgroups (the built-ins subgroup_id and subgroup_invocation_id say which quadrant
+// an invocation works on, rather than assuming a driver groups invocations 32 by 32 in order).
 //
 //   matmul_coop  A 64 × 64 tile of C per workgroup of 128 threads: four subgroups of 32 (the
 //                host uses it only where subgroups are exactly 32 wide), each owning a 32 × 32
@@ -74,14 +73,17 @@ fn store_fragment(acc: coop_mat16x16<f32, C>, sg: u32, lane: u32, m0: u32, n0: u
 }
 
 @compute @workgroup_size(128, 1, 1)
-fn matmul_coop(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+fn matmul_coop(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+    @builtin(subgroup_id) sg: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
     let m0 = wg.y * TM;
     let n0 = wg.x * TN;
     let abase = p.a_off + wg.z * p.a_bstride;
     let bbase = p.b_off + wg.z * p.b_bstride;
     let cbase = p.c_off + wg.z * p.c_bstride;
-    let sg = t / 32u;
-    let lane = t % 32u;
     // The subgroup's quadrant: rows qm..qm+32 and columns qn..qn+32 of the tile.
     let qm = (sg / 2u) * 32u;
     let qn = (sg % 2u) * 32u;

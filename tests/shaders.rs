@@ -143,7 +143,7 @@ fn the_cooperative_matrix_shader_translates_for_vulkan_and_metal() {
         for (source, immediate) in [(shader.source.to_string(), false), (immediate_source(shader.source), true)] {
             let name = format!("{}{} {constants:?}", shader.name, if immediate { " (immediates)" } else { "" });
             let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(&source)));
-            let caps = Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16 | if immediate { Capabilities::IMMEDIATES } else { Capabilities::empty() };
+            let caps = Capabilities::COOPERATIVE_MATRIX | Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | if immediate { Capabilities::IMMEDIATES } else { Capabilities::empty() };
             let info = Validator::new(ValidationFlags::all(), caps).validate(&module).unwrap_or_else(|e| panic!("{name} does not validate: {e:?}"));
             let overrides: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
             let entry = "matmul_coop".to_string();

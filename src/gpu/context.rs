@@ -247,7 +247,7 @@ impl Gpu {
         let cooperative = modes.cooperative && offers_cooperative_matrices(&adapter);
         let mut required_features = wgpu::Features::empty();
         if cooperative {
-            required_features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+            required_features |= COOPERATIVE_FEATURES;
         }
         if timestamps {
             required_features |= wgpu::Features::TIMESTAMP_QUERY;
@@ -850,14 +850,17 @@ impl KernelModes {
     }
 }
 
+/// What shaders/matmul_coop.wgsl needs of a device.
+const COOPERATIVE_FEATURES: wgpu::Features =
+    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16).union(wgpu::Features::SUBGROUP);
+
 /// Whether the adapter can run shaders/matmul_coop.wgsl: cooperative matrices with an f16
 /// 16×16×16 configuration accumulating in f32, f16 arithmetic, and subgroups exactly 32 wide
-/// (the kernel gives each 32 invocations of a workgroup one quadrant of the tile).
+/// (the kernel gives each of the four subgroups of its 128 invocations one quadrant of the tile).
 pub fn offers_cooperative_matrices(adapter: &wgpu::Adapter) -> bool {
     use wgpu::CooperativeScalarType::{F16, F32};
-    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
     let info = adapter.get_info();
-    adapter.features().contains(needed)
+    adapter.features().contains(COOPERATIVE_FEATURES)
         && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
         && adapter.cooperative_matrix_properties().iter().any(|c| (c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type) == (16, 16, 16, F16, F32))
 }
