@@ -589,7 +589,7 @@ fn a_batch_without_memory_is_refused_with_what_to_lower() {
         let before = down_values(&gm).unwrap();
         let stats = gpu.pool_stats();
         gpu.pool().set_budget(Some(stats.live_bytes + (4 << 10)));
-        let e = s.run(&mut gm, &tok, &mut NoMeasure, &run, |_| {}).err().expect("a batch ran past the memory budget").to_string();
+        let e = s.run(&mut gm, &tok, &mut NoMeasure, &run, |_| {}).expect_err("a batch ran past the memory budget").to_string();
         assert!(e.contains("out of GPU memory") && e.contains("--batch") && e.contains("batch 0"), "{e}");
         assert_eq!(s.batches_done(), 0, "a refused batch was journaled");
         assert_eq!(down_values(&gm).unwrap(), before, "a refused batch changed the weights");

@@ -49,7 +49,7 @@ fn the_memory_budget_refuses_cleanly_and_trims_the_pool_first() {
         gpu.pool().set_budget(Some(base + (64 << 10)));
         // 40 KiB fits, then a second 40 KiB does not.
         let a = gpu.empty(&[10 << 10]).unwrap();
-        let e = gpu.empty(&[10 << 10]).err().expect("an allocation past the budget succeeded");
+        let e = gpu.empty(&[10 << 10]).expect_err("an allocation past the budget succeeded");
         assert!(matches!(e, revive::Error::OutOfMemory { .. }), "{e}");
         assert!(e.to_string().contains("REVIVE_MEMORY_LIMIT"), "{e}");
         // Freed, the first buffer idles in the pool; a buffer of another size needs its room.
@@ -171,7 +171,7 @@ fn every_entry_point_follows_the_binding_convention() {
         for ep in &module.entry_points {
             let r = revive::gpu::reflect(shader, &ep.name).unwrap_or_else(|e| panic!("{e}"));
             assert!(!r.signature.is_empty(), "{}::{} binds no storage", shader.name, ep.name);
-            assert!(r.params_size > 0 && r.params_size % 4 == 0, "{}::{} has {} bytes of parameters", shader.name, ep.name, r.params_size);
+            assert!(r.params_size > 0 && r.params_size.is_multiple_of(4), "{}::{} has {} bytes of parameters", shader.name, ep.name, r.params_size);
         }
     }
     let reduce = revive::gpu::reflect(revive::shaders::REDUCE, "reduce_rows").unwrap().signature;

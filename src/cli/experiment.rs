@@ -149,7 +149,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     if let Some(dirs) = &a.merge {
         return merge(dirs, &a.out);
     }
-    ensure!(a.batch > 0 && a.every > 0 && a.every % a.batch == 0, "--every {} must be a positive multiple of --batch {}", a.every, a.batch);
+    ensure!(a.batch > 0 && a.every > 0 && a.every.is_multiple_of(a.batch), "--every {} must be a positive multiple of --batch {}", a.every, a.batch);
     let arms = arms(&a.methods, &a.revive)?;
     let selected: Vec<Arm> = match &a.arm {
         Some(sel) => {
@@ -200,7 +200,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
             break;
         }
     }
-    merge(&[a.out.clone()], &a.out)?;
+    merge(std::slice::from_ref(&a.out), &a.out)?;
     if !finished || selected.len() < arms.len() && a.arm.is_none() {
         println!("stopped before the end: run the same command again to continue");
     }
@@ -367,7 +367,7 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     let setup_s = t.elapsed().as_secs_f64() - batch_s - ckpt_s;
     let _ = std::fs::remove_dir_all(&dir);
     let batches = plan.requests.div_ceil(plan.batch);
-    let ckpts = plan.requests / plan.every + 1 + usize::from(plan.requests % plan.every != 0);
+    let ckpts = plan.requests / plan.every + 1 + usize::from(!plan.requests.is_multiple_of(plan.every));
     let per_arm = batches as f64 * batch_s + ckpts as f64 * ckpt_s;
     println!("dry run of arm {} on 1 batch of {} (C0 and bases now cached):", arm.name, first.len());
     println!("  setup {setup_s:.0} s (C0 {stats:.0} s), one batch {batch_s:.1} s, one checkpoint {ckpt_s:.1} s");

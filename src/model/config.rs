@@ -57,7 +57,7 @@ impl Config {
                 return Err((field, "is 0".into()));
             }
         }
-        if self.arch == Arch::Llama && self.head_dim % 2 != 0 {
+        if self.arch == Arch::Llama && !self.head_dim.is_multiple_of(2) {
             return Err(("head_dim", format!("is {}; RoPE needs an even head width", self.head_dim)));
         }
         Ok(())

@@ -229,10 +229,13 @@ fn to_f32(file: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32
     })
 }
 
+/// Shard files, and the index's tensor → file map where there is one.
+type Shards = (Vec<PathBuf>, Option<HashMap<String, String>>);
+
 /// The shard files of a checkpoint and, where `model.safetensors.index.json` exists, which file
 /// each tensor must come from. Without an index every *.safetensors file is a shard; with one,
 /// only the files it names (a stale extra file in the directory is not read).
-fn shards(dir: &Path) -> Result<(Vec<PathBuf>, Option<HashMap<String, String>>)> {
+fn shards(dir: &Path) -> Result<Shards> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| err(&index, format!("cannot read: {e}")))?;
