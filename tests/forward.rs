@@ -196,3 +196,45 @@ fn a_non_finite_logit_is_an_error_everywhere() {
         Ok(())
     });
 }
+
+/// The residual stream's x + h·Wᵀ: into x's own buffer where nothing else holds x (one
+/// dispatch), a fresh tensor otherwise (a matmul and an add) — the same bits either way, and a
+/// held copy of x is never written (the tape and probes rely on it). Odd row counts, on every
+/// adapter, with poisoned new buffers.
+#[test]
+fn the_residual_accumulates_in_place_only_when_x_is_not_shared() {
+    use revive::testing::{random_vec, rng};
+    for_each_gpu(|gpu| {
+        let w = random_weights(&Config::tiny_llama(), 5);
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let (d, ffn) = (w.config.hidden, w.config.ffn_hidden);
+        let w_down = ok(gm.tensor("layers.1.w_down"))?.clone();
+        for rows in [1, 7, 67] {
+            let xv = random_vec(&mut rng(rows as u64), rows * d);
+            let h = ok(gpu.upload(&random_vec(&mut rng(rows as u64 + 1), rows * ffn), &[rows, ffn]))?;
+            // Shared: a copy of x is kept, so the sum goes to a new tensor and x stays as it was.
+            let x = ok(gpu.upload(&xv, &[rows, d]))?;
+            let kept = x.clone();
+            let before = gpu.runtime_stats();
+            let shared = ok(gm.residual_linear(x, &h, &w_down, None))?;
+            let shared_dispatches = (gpu.runtime_stats() - before).dispatches;
+            if ok(gpu.download(&kept))? != xv {
+                return Err(format!("{rows} rows: the kept copy of x was written"));
+            }
+            // Unique: accumulated in place.
+            let x = ok(gpu.upload(&xv, &[rows, d]))?;
+            let before = gpu.runtime_stats();
+            let fused = ok(gm.residual_linear(x, &h, &w_down, None))?;
+            let fused_dispatches = (gpu.runtime_stats() - before).dispatches;
+            if (shared_dispatches, fused_dispatches) != (2, 1) {
+                return Err(format!("{rows} rows: {shared_dispatches} dispatches shared, {fused_dispatches} unique (want 2 and 1)"));
+            }
+            let (a, b) = (ok(gpu.download(&shared))?, ok(gpu.download(&fused))?);
+            let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            if differ > 0 || a.iter().any(|v| !v.is_finite()) {
+                return Err(format!("{rows} rows: {differ} of {} values differ between the shared and the in-place sum (or one is not finite)", a.len()));
+            }
+        }
+        Ok(())
+    });
+}

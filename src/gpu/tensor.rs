@@ -38,6 +38,12 @@ impl Tensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buf.buffer()
     }
+    /// Whether this is the only handle on the buffer (no clone, reshape or tape shares it), so
+    /// that an op may write into it in place without another holder seeing the change.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.buf) == 1 && Arc::weak_count(&self.buf) == 0
+    }
+
     /// The same data under another shape with as many elements.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if shape.iter().product::<usize>() != self.numel() {

@@ -198,7 +198,7 @@ impl<'m> DeltaPass<'m> {
         let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;
         let mut tapes = vec![];
         for i in self.layer + 1..m.config.n_layers {
-            let out = m.block(i, &x, &mut cache, 0, self.batch.b(), self.batch.t, record)?;
+            let out = m.block(i, x, &mut cache, 0, self.batch.b(), self.batch.t, record)?;
             x = out.x;
             tapes.extend(out.tape);
         }

@@ -147,6 +147,17 @@ impl GpuModel {
         }
     }
 
+    /// x + h · Wᵀ (+ b), the residual stream plus a block's output. Where nothing else holds x
+    /// (no tape, probe or caller keeps a copy) and there is no bias, the product accumulates
+    /// into x's buffer (the matmul's beta = 1): one dispatch instead of a matmul and an add, with
+    /// the same bits, since both round x + (h · Wᵀ) once.
+    pub fn residual_linear(&self, x: Tensor, h: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        if b.is_none() && x.is_unique() {
+            return matmul::gemm(&self.gpu, h, w, Some(&x), matmul::Gemm { trans_b: true, beta: 1.0, ..Default::default() });
+        }
+        elementwise::add(&self.gpu, &x, &self.linear(h, w, b)?)
+    }
+
     pub(crate) fn norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let eps = self.config.norm_eps;
         let w = self.tensor(&format!("{prefix}.weight"))?;
@@ -191,7 +202,7 @@ impl GpuModel {
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
         for i in 0..c.n_layers {
-            let out = self.block(i, &x, cache, pos0, b, t, false)?;
+            let out = self.block(i, x, cache, pos0, b, t, false)?;
             x = out.x;
             capture(gpu, &out.key, batch, &probes.down_in, i, &mut down_caps)?;
             let adds: Vec<_> = probes.add.iter().filter(|(s, _)| s.layer == i).collect();
@@ -231,9 +242,9 @@ impl GpuModel {
         }
         let (mut x, mut cache) = self.start(batch)?;
         for i in 0..layer {
-            x = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?.x;
+            x = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?.x;
         }
-        Ok(self.block(layer, &x, &mut cache, 0, batch.b(), batch.t, false)?.key)
+        Ok(self.block(layer, x, &mut cache, 0, batch.b(), batch.t, false)?.key)
     }
 
     /// The keys of several layers from one pass (up to the highest of them), in the order asked.
@@ -247,7 +258,7 @@ impl GpuModel {
         let (mut x, mut cache) = self.start(batch)?;
         let mut keys = std::collections::HashMap::new();
         for i in 0..=top {
-            let out = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?;
+            let out = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?;
             if layers.contains(&i) {
                 keys.insert(i, out.key);
             }
@@ -268,7 +279,7 @@ impl GpuModel {
         let mut key = None;
         let mut residual = None;
         for i in 0..=top {
-            let out = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?;
+            let out = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?;
             if i == key_layer {
                 key = Some(out.key);
             }
@@ -288,7 +299,7 @@ impl GpuModel {
         }
         let (mut x, mut cache) = self.start(batch)?;
         for i in 0..=layer {
-            x = self.block(i, &x, &mut cache, 0, batch.b(), batch.t, false)?.x;
+            x = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?.x;
         }
         Ok(x)
     }
@@ -315,13 +326,13 @@ impl GpuModel {
 
     /// One transformer block on x: [B·T, d] at positions pos0.., writing this layer's keys and
     /// values into the cache. With `record`, keeps what the backward pass needs.
-    pub(crate) fn block(&self, i: usize, x: &Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, record: bool) -> Result<BlockOut> {
+    pub(crate) fn block(&self, i: usize, x: Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, record: bool) -> Result<BlockOut> {
         let c = &self.config;
         let gpu = &self.gpu;
         let hd = c.head_dim;
         let gpt2 = c.arch == Arch::Gpt2;
         let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
-        let h = self.norm(x, &format!("layers.{i}.attn_norm"))?;
+        let h = self.norm(&x, &format!("layers.{i}.attn_norm"))?;
         let q = self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&[b, t, c.n_heads, hd])?;
         let k = self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
         let v = self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
@@ -334,7 +345,9 @@ impl GpuModel {
         attention::write_kv(gpu, &v, &cache.v[i], pos0)?;
         let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
         let o = o.reshape(&[b * t, c.n_heads * hd])?;
-        let x_mid = elementwise::add(gpu, x, &self.linear(&o, self.l(i, "wo")?, bias("bo")?)?)?;
+        // The tape's copy of x (and of x_mid below) keeps residual_linear from writing over it.
+        let x_in = record.then(|| x.clone());
+        let x_mid = self.residual_linear(x, &o, self.l(i, "wo")?, bias("bo")?)?;
 
         let h = self.norm(&x_mid, &format!("layers.{i}.mlp_norm"))?;
         let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
@@ -344,8 +357,12 @@ impl GpuModel {
             let gate = self.linear(&h, self.l(i, "w_gate")?, None)?;
             (activation::silu_mul(gpu, &gate, &up)?, Some(gate))
         };
-        let x_out = elementwise::add(gpu, &x_mid, &self.linear(&key, self.l(i, "w_down")?, bias("b_down")?)?)?;
-        let tape = record.then(|| BlockTape { x_in: x.clone(), q, x_mid, gate, up });
+        let x_mid_kept = record.then(|| x_mid.clone());
+        let x_out = self.residual_linear(x_mid, &key, self.l(i, "w_down")?, bias("b_down")?)?;
+        let tape = match (x_in, x_mid_kept) {
+            (Some(x_in), Some(x_mid)) => Some(BlockTape { x_in, q, x_mid, gate, up }),
+            _ => None,
+        };
         Ok(BlockOut { x: x_out, key, tape })
     }
 
