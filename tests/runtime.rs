@@ -228,6 +228,44 @@ fn steady_state_creates_nothing_and_shares_passes() {
 }
 
 #[test]
+fn decoding_creates_no_buffers_or_bind_groups_in_steady_state() {
+    // Each decoded token writes its keys and values one cache row further on: the write binds
+    // the whole cache (not the moving row), so after the first one-token step every step reuses
+    // the last step's buffers and bind groups. A tiny Llama, every adapter, a device each.
+    use revive::model::forward::{Batch, GpuModel, LogitRows};
+    use revive::model::probe::Probes;
+    use revive::model::random::random_weights;
+    use revive::model::Config;
+    let w = random_weights(&Config::tiny_llama(), 3);
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let gpu = &Gpu::open(adapter).unwrap().with_poison(false);
+        gpu.pool().set_reuse(true);
+        let check = || -> Result<(), String> {
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let mut cache = ok(gm.new_cache(1, 16))?;
+            let step = |t: u32, cache: &mut revive::model::forward::KvCache| -> Result<(), String> {
+                ok(gm.forward(&ok(Batch::new(&[vec![t]]))?, &Probes::default(), LogitRows::All, Some(cache)))?;
+                Ok(())
+            };
+            ok(gm.forward(&ok(Batch::new(&[vec![3, 14, 15]]))?, &Probes::default(), LogitRows::Rows(vec![2]), Some(&mut cache)))?;
+            step(9, &mut cache)?;
+            let before = gpu.runtime_stats();
+            for t in [26, 5, 35, 8] {
+                step(t, &mut cache)?;
+            }
+            let d = gpu.runtime_stats() - before;
+            if d.dispatches == 0 || d.buffers != 0 || d.bind_groups != 0 {
+                return Err(format!("4 decoded tokens: {} dispatches, {} buffers and {} bind groups created", d.dispatches, d.buffers, d.bind_groups));
+            }
+            Ok(())
+        };
+        if let Err(e) = check() {
+            panic!("[{}] {e}", gpu.label());
+        }
+    }
+}
+
+#[test]
 fn a_dispatch_that_binds_the_wrong_ranges_is_refused() {
     for_each_gpu(|gpu| {
         let t = ok(gpu.empty(&[16]))?;

@@ -69,8 +69,11 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         rates.push((n, n as f64 / median(times).as_secs_f64()));
         walls.push((n, median(wall).as_secs_f64() * 1e3));
     }
-    let mut cache = model.new_cache(1, 16 + decode)?;
+    let mut cache = model.new_cache(1, 17 + decode)?;
     model.forward(&Batch::new(&[tokens(16, v, 1)])?, &Probes::default(), LogitRows::Rows(vec![15]), Some(&mut cache))?;
+    // One untimed step first: the first one-token pass meets shapes the prefill did not (its
+    // pipelines, its bind groups), and the counts below are meant per token in steady state.
+    model.forward(&Batch::new(&[vec![tokens(1, v, 4)[0]]])?, &Probes::default(), LogitRows::All, Some(&mut cache))?;
     let steps: Vec<Batch> = tokens(decode, v, 2).into_iter().map(|t| Batch::new(&[vec![t]])).collect::<Result<_>>()?;
     let mut decode_time = Duration::ZERO;
     let mut decode_wall = Duration::ZERO;

@@ -2,7 +2,7 @@
 
 use super::{chunks, groups, max_elems_per_dispatch, WG};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Bind, Gpu, Tensor};
 use crate::shaders::ELEMENTWISE;
 
 #[repr(C)]
@@ -126,6 +126,17 @@ pub fn copy_strided(gpu: &Gpu, src: &Tensor, src_view: View, dst: &Tensor, dst_v
     copy_split(gpu, src, src_view, dst, dst_view, dims)
 }
 
+/// Binds `len` elements from `start`: the whole tensor where it fits one binding, so that the
+/// binding does not move with the view (a decoding step's write into the KV cache then reuses
+/// the last step's bind group instead of creating one per layer and token), else the range.
+fn bind_steady<'a>(gpu: &Gpu, t: &'a Tensor, start: usize, len: usize) -> Result<(Bind<'a>, u32)> {
+    if t.numel() <= Tensor::max_binding_elems(gpu) {
+        let (b, _) = t.bind(gpu, 0, t.numel())?;
+        return Ok((b, start as u32));
+    }
+    t.bind(gpu, start, len)
+}
+
 /// Halves the outermost non-unit dimension until each piece fits one dispatch and one binding.
 fn copy_split(gpu: &Gpu, src: &Tensor, sv: View, dst: &Tensor, dv: View, dims: [usize; 4]) -> Result<()> {
     let n: usize = dims.iter().product();
@@ -134,8 +145,8 @@ fn copy_split(gpu: &Gpu, src: &Tensor, sv: View, dst: &Tensor, dv: View, dims: [
     let max = Tensor::max_binding_elems(gpu);
     let fits = n <= max_elems_per_dispatch(gpu, WG) && s_len <= max && d_len <= max;
     if fits {
-        let (sb, s_res) = src.bind(gpu, s_start, s_len)?;
-        let (db, d_res) = dst.bind(gpu, d_start, d_len)?;
+        let (sb, s_res) = bind_steady(gpu, src, s_start, s_len)?;
+        let (db, d_res) = bind_steady(gpu, dst, d_start, d_len)?;
         let meta = CopyMeta {
             shape: dims.map(|d| d as u32),
             src_strides: sv.strides.map(|s| s as u32),
