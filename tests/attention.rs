@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use revive::cpu;
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::attention::{attention, write_kv};
+use revive::ops::attention::{attention, write_kv, write_kv_pair};
 use revive::ops::elementwise::View;
 
 struct Case {
@@ -118,6 +118,35 @@ fn decode_with_cache_equals_prefill() {
         let last: Vec<f64> =
             (0..b).flat_map(|bi| full[(bi * n + n - 1) * hq * d..(bi * n + n) * hq * d].iter().map(|&x| x as f64)).collect();
         compare("decode vs prefill", &step, &last, Tolerance::F32)
+    });
+}
+
+/// Keys and values written in one dispatch land where two `write_kv` calls put them (the f64
+/// copy oracle), and every other cache row keeps its value: a prefill, a decode step at the
+/// cache's last row, and shapes past a 3-workgroup dispatch limit (two copies then).
+#[test]
+fn keys_and_values_written_together_match_the_oracle() {
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        for (b, t, hkv, d, s, pos0) in [(2, 7, 3, 5, 13, 4), (1, 1, 3, 64, 9, 8), (2, 7, 3, 11, 13, 6)] {
+            for g in [gpu, &small] {
+                let mut r = rng((b * t * d + pos0) as u64);
+                let (k, v) = (random_vec(&mut r, b * t * hkv * d), random_vec(&mut r, b * t * hkv * d));
+                let (k0, v0) = (random_vec(&mut r, b * hkv * s * d), random_vec(&mut r, b * hkv * s * d));
+                let kc = ok(g.upload(&k0, &[b, hkv, s, d]))?;
+                let vc = ok(g.upload(&v0, &[b, hkv, s, d]))?;
+                ok(write_kv_pair(g, &ok(g.upload(&k, &[b, t, hkv, d]))?, &ok(g.upload(&v, &[b, t, hkv, d]))?, &kc, &vc, pos0))?;
+                let dst = View { offset: pos0 * d, strides: [hkv * s * d, d, s * d, 1] };
+                for (name, src, before, cache) in [("keys", &k, &k0, &kc), ("values", &v, &v0, &vc)] {
+                    let want = cpu::copy_strided(src, View::dense(&[b, t, hkv, d]), before, dst, &[b, t, hkv, d]);
+                    let got = ok(g.download(cache))?;
+                    if let Some(i) = (0..got.len()).find(|&i| got[i] as f64 != want[i]) {
+                        return Err(format!("{name} {b}x{t}x{hkv}x{d} into {s} rows at {pos0} ({}): element {i} is {} not {}", g.label(), got[i], want[i]));
+                    }
+                }
+            }
+        }
+        Ok(())
     });
 }
 

@@ -341,8 +341,7 @@ impl GpuModel {
         } else {
             (rope::rope(gpu, &q, pos0, c.rope_theta, c.rope_style)?, rope::rope(gpu, &k, pos0, c.rope_theta, c.rope_style)?)
         };
-        attention::write_kv(gpu, &k, &cache.k[i], pos0)?;
-        attention::write_kv(gpu, &v, &cache.v[i], pos0)?;
+        attention::write_kv_pair(gpu, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
         let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
         let o = o.reshape(&[b * t, c.n_heads * hd])?;
         // The tape's copy of x (and of x_mid below) keeps residual_linear from writing over it.

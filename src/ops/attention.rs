@@ -2,7 +2,7 @@
 //! (shaders/attention.wgsl; the cache write is a strided copy).
 
 use super::chunks;
-use super::elementwise::{copy_strided, View};
+use super::elementwise::{copy_strided, copy_strided_pair, View};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::shaders::ATTENTION;
@@ -124,6 +124,21 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
 /// Writes src: [B, T, Hkv, D] (new keys or values in projection layout) into rows
 /// pos0 .. pos0 + T of cache: [B, Hkv, S, D].
 pub fn write_kv(gpu: &Gpu, src: &Tensor, cache: &Tensor, pos0: usize) -> Result<()> {
+    let dst = cache_rows(src, cache, pos0)?;
+    copy_strided(gpu, src, View::dense(src.shape()), cache, dst, src.shape())
+}
+
+/// `write_kv` of a layer's keys and values at once: one dispatch where they fit.
+pub fn write_kv_pair(gpu: &Gpu, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize) -> Result<()> {
+    if v.shape() != k.shape() || v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape("write_kv", format!("values {:?} and keys {:?}, or their caches {:?} and {:?}, differ", v.shape(), k.shape(), v_cache.shape(), k_cache.shape())));
+    }
+    let dst = cache_rows(k, k_cache, pos0)?;
+    copy_strided_pair(gpu, [k, v], View::dense(k.shape()), [k_cache, v_cache], dst, k.shape())
+}
+
+/// Where rows pos0 .. pos0 + T of src: [B, T, Hkv, D] go in cache: [B, Hkv, S, D].
+fn cache_rows(src: &Tensor, cache: &Tensor, pos0: usize) -> Result<View> {
     const OP: &str = "write_kv";
     let [b, t, h, d] = dims4(OP, "src", src, "[B, T, Hkv, D]")?;
     let [cb, ch, s, cd] = dims4(OP, "cache", cache, "[B, Hkv, S, D]")?;
@@ -133,8 +148,7 @@ pub fn write_kv(gpu: &Gpu, src: &Tensor, cache: &Tensor, pos0: usize) -> Result<
     if pos0 + t > s {
         return Err(Error::shape(OP, format!("rows {pos0}..{} do not fit a cache of {s} rows", pos0 + t)));
     }
-    let dst = View { offset: pos0 * d, strides: [h * s * d, d, s * d, 1] };
-    copy_strided(gpu, src, View::dense(src.shape()), cache, dst, src.shape())
+    Ok(View { offset: pos0 * d, strides: [h * s * d, d, s * d, 1] })
 }
 
 #[repr(C)]

@@ -126,6 +126,52 @@ pub fn copy_strided(gpu: &Gpu, src: &Tensor, src_view: View, dst: &Tensor, dst_v
     copy_split(gpu, src, src_view, dst, dst_view, dims)
 }
 
+/// Two copies of the same shape and views in one dispatch: `srcs[0]` → `dsts[0]` and `srcs[1]`
+/// → `dsts[1]` (a layer's new keys and values into their caches). Where the four tensors do not
+/// each fit one binding with the same offsets, or 2·n threads do not fit one dispatch, two
+/// `copy_strided` calls do it.
+pub fn copy_strided_pair(gpu: &Gpu, srcs: [&Tensor; 2], src_view: View, dsts: [&Tensor; 2], dst_view: View, shape: &[usize]) -> Result<()> {
+    let fallback = |gpu: &Gpu| -> Result<()> {
+        copy_strided(gpu, srcs[0], src_view, dsts[0], dst_view, shape)?;
+        copy_strided(gpu, srcs[1], src_view, dsts[1], dst_view, shape)
+    };
+    if shape.len() > 4 || srcs[0].numel() != srcs[1].numel() || dsts[0].numel() != dsts[1].numel() {
+        return fallback(gpu);
+    }
+    let dims = pad4(shape);
+    let n: usize = dims.iter().product();
+    let max = Tensor::max_binding_elems(gpu);
+    let whole = srcs.iter().chain(&dsts).all(|t| t.numel() <= max);
+    if n == 0 || !whole || 2 * n > max_elems_per_dispatch(gpu, WG) {
+        return fallback(gpu);
+    }
+    for (name, t, v) in [("source", srcs[0], src_view), ("destination", dsts[0], dst_view)] {
+        let (start, len) = v.span(&dims);
+        if start + len > t.numel() {
+            return Err(Error::shape(
+                "copy_strided",
+                format!("the {name} view {v:?} over {shape:?} reaches element {} of a {:?} tensor", start + len - 1, t.shape()),
+            ));
+        }
+    }
+    let (s_start, _) = src_view.span(&dims);
+    let (d_start, _) = dst_view.span(&dims);
+    let meta = CopyMeta {
+        shape: dims.map(|d| d as u32),
+        src_strides: src_view.strides.map(|s| s as u32),
+        dst_strides: dst_view.strides.map(|s| s as u32),
+        n: n as u32,
+        src_off: s_start as u32,
+        dst_off: d_start as u32,
+        _pad: 0,
+    };
+    let mut binds = Vec::with_capacity(4);
+    for t in srcs.into_iter().chain(dsts) {
+        binds.push(t.bind(gpu, 0, t.numel())?.0);
+    }
+    gpu.dispatch(ELEMENTWISE, "copy_strided_pair", &[], bytemuck::bytes_of(&meta), &binds, [groups(2 * n, WG), 1, 1])
+}
+
 /// Binds `len` elements from `start`: the whole tensor where it fits one binding, so that the
 /// binding does not move with the view (a decoding step's write into the KV cache then reuses
 /// the last step's bind group instead of creating one per layer and token), else the range.
