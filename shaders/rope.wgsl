@@ -3,6 +3,9 @@
 // row sits at position pos0 + t. Pairs are (2i, 2i+1) when `adjacent` (GGUF) and (i, i + D/2)
 // otherwise (Hugging Face rotate_half); both use frequency i. With `inverse` the rotation is by
 // -angle: the transpose, which is the backward of the rotation (rope_bwd).
+// rope_pair rotates two tensors of the same B, T and D in one dispatch (a layer's queries and
+// keys): threads below `pairs` work on x → out (`heads` heads), the next `pairs2` on x2 → out2
+// (`heads2` heads); the host uses it only where both are bound whole from element 0.
 //
 // Precision: inv_freq comes from the host, computed in f64 and rounded once to f32. The angle
 // pos * inv_freq is one f32 product (relative error 2^-24, so about 6e-5 rad at position 1000),
@@ -11,7 +14,7 @@
 struct Meta {
     pairs: u32, half: u32, heads: u32, seq: u32,
     row0: u32, pos0: u32, in_off: u32, out_off: u32,
-    adjacent: u32, inverse: u32, _pad1: u32, _pad2: u32,
+    adjacent: u32, inverse: u32, pairs2: u32, heads2: u32,
     // Uniform arrays need a 16-byte stride: frequency i is inv_freq[i / 4][i % 4].
     inv_freq: array<vec4<f32>, 64>,
 }
@@ -19,25 +22,54 @@ struct Meta {
 @group(0) @binding(0) var<uniform> p: Meta;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> x2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out2: array<f32>;
+
+// Rotated pair k of a tensor with `heads` heads: its two indices and the angle's cos and sin.
+struct Rotation { ia: u32, ib: u32, c: f32, s: f32 }
+
+fn rotation(k: u32, heads: u32) -> Rotation {
+    let row = k / p.half;
+    let i = k % p.half;
+    let t = ((p.row0 + row) / heads) % p.seq;
+    let angle = f32(p.pos0 + t) * p.inv_freq[i / 4u][i % 4u];
+    var r: Rotation;
+    r.c = cos(angle);
+    r.s = select(sin(angle), -sin(angle), p.inverse != 0u);
+    r.ia = row * 2u * p.half + i;
+    r.ib = r.ia + p.half;
+    if (p.adjacent != 0u) {
+        r.ia = row * 2u * p.half + 2u * i;
+        r.ib = r.ia + 1u;
+    }
+    return r;
+}
 
 @compute @workgroup_size(256, 1, 1)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
     if (k >= p.pairs) { return; }
-    let row = k / p.half;
-    let i = k % p.half;
-    let t = ((p.row0 + row) / p.heads) % p.seq;
-    let angle = f32(p.pos0 + t) * p.inv_freq[i / 4u][i % 4u];
-    let c = cos(angle);
-    let s = select(sin(angle), -sin(angle), p.inverse != 0u);
-    var ia = row * 2u * p.half + i;
-    var ib = ia + p.half;
-    if (p.adjacent != 0u) {
-        ia = row * 2u * p.half + 2u * i;
-        ib = ia + 1u;
+    let r = rotation(k, p.heads);
+    let a = x[p.in_off + r.ia];
+    let b = x[p.in_off + r.ib];
+    out[p.out_off + r.ia] = a * r.c - b * r.s;
+    out[p.out_off + r.ib] = a * r.s + b * r.c;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn rope_pair(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = gid.x;
+    if (k < p.pairs) {
+        let r = rotation(k, p.heads);
+        let a = x[r.ia];
+        let b = x[r.ib];
+        out[r.ia] = a * r.c - b * r.s;
+        out[r.ib] = a * r.s + b * r.c;
+    } else if (k < p.pairs + p.pairs2) {
+        let r = rotation(k - p.pairs, p.heads2);
+        let a = x2[r.ia];
+        let b = x2[r.ib];
+        out2[r.ia] = a * r.c - b * r.s;
+        out2[r.ib] = a * r.s + b * r.c;
     }
-    let a = x[p.in_off + ia];
-    let b = x[p.in_off + ib];
-    out[p.out_off + ia] = a * c - b * s;
-    out[p.out_off + ib] = a * s + b * c;
 }

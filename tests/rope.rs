@@ -5,7 +5,7 @@ use common::*;
 use revive::cpu;
 use revive::gpu::{Gpu, SplitLimits};
 use revive::model::RopeStyle;
-use revive::ops::rope::rope;
+use revive::ops::rope::{rope, rope_pair};
 
 fn check(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64) -> Result<(), String> {
     check_tol(gpu, shape, pos0, theta, seed, Tolerance::F32)
@@ -65,6 +65,36 @@ fn rope_rejects_odd_head_dim() {
         let err = rope(gpu, &x, 0, 10_000.0, RopeStyle::Half).err().ok_or("odd head dim accepted")?;
         if !err.to_string().contains("even") {
             return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}
+
+/// Queries and keys rotated in one dispatch: the oracle's rotation of each, and the same bits as
+/// two `rope` calls; at a 3-workgroup dispatch limit (two dispatches then) too. Head counts
+/// 9/3 (SmolLM2), 5/1 and 2/2, both pairings, pos0 > 0.
+#[test]
+fn queries_and_keys_rotated_together_match_the_oracle() {
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        for (b, t, hq, hk, d, pos0) in [(2, 13, 9, 3, 64, 7), (1, 1, 5, 1, 6, 40), (3, 5, 2, 2, 2, 0)] {
+            for g in [gpu, &small] {
+                let mut r = rng((b * t * hq + pos0) as u64);
+                let (q, k) = (random_vec(&mut r, b * t * hq * d), random_vec(&mut r, b * t * hk * d));
+                let (tq, tk) = (ok(g.upload(&q, &[b, t, hq, d]))?, ok(g.upload(&k, &[b, t, hk, d]))?);
+                for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+                    let (qo, ko) = ok(rope_pair(g, &tq, &tk, pos0, 10_000.0, style))?;
+                    for (name, x, h, got, alone) in [("q", &q, hq, &qo, &tq), ("k", &k, hk, &ko, &tk)] {
+                        let got = ok(g.download(got))?;
+                        let label = format!("rope_pair {name} {style:?} [{b}, {t}, {h}, {d}] pos0={pos0} ({})", g.label());
+                        compare(&label, &got, &cpu::rope(x, [b, t, h, d], pos0, 10_000.0, style), Tolerance::F32)?;
+                        let one = ok(g.download(&ok(rope(g, alone, pos0, 10_000.0, style))?))?;
+                        if got.iter().zip(&one).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                            return Err(format!("{label}: not the bits of rope alone"));
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     });

@@ -339,7 +339,7 @@ impl GpuModel {
         let (q, k) = if gpt2 {
             (q, k)
         } else {
-            (rope::rope(gpu, &q, pos0, c.rope_theta, c.rope_style)?, rope::rope(gpu, &k, pos0, c.rope_theta, c.rope_style)?)
+            rope::rope_pair(gpu, &q, &k, pos0, c.rope_theta, c.rope_style)?
         };
         attention::write_kv_pair(gpu, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
         let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;

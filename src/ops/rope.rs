@@ -22,7 +22,8 @@ struct Meta {
     out_off: u32,
     adjacent: u32,
     inverse: u32,
-    _pad: [u32; 2],
+    pairs2: u32,
+    heads2: u32,
     inv_freq: [f32; MAX_HEAD_DIM / 2],
 }
 
@@ -38,20 +39,46 @@ pub fn rope_bwd(gpu: &Gpu, dy: &Tensor, pos0: usize, theta: f32, style: RopeStyl
     rotate(gpu, "rope_bwd", "dy", dy, pos0, theta, style)
 }
 
-fn rotate(gpu: &Gpu, op: &'static str, name: &str, x: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
-    let &[_, t, h, d] = x.shape() else {
+/// `rope` of a layer's queries q: [B, T, Hq, D] and keys k: [B, T, Hkv, D] at once: one
+/// dispatch where both fit one binding and their pairs one dispatch, else one each. The same
+/// bits as two `rope` calls.
+pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<(Tensor, Tensor)> {
+    let [bq, tq, hq, dq] = check("rope", "q", q, pos0)?;
+    let [bk, tk, hk, dk] = check("rope", "k", k, pos0)?;
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let pairs = (q.numel() + k.numel()) / 2;
+    let fits = q.numel() <= max_elems && k.numel() <= max_elems && pairs <= gpu.split_limits().max_workgroups as usize * WG;
+    if (bq, tq, dq) != (bk, tk, dk) || !fits || q.numel() == 0 || k.numel() == 0 {
+        return Ok((rope(gpu, q, pos0, theta, style)?, rope(gpu, k, pos0, theta, style)?));
+    }
+    let (qo, ko) = (gpu.empty(q.shape())?, gpu.empty(k.shape())?);
+    let meta = Meta { pairs: (q.numel() / 2) as u32, pairs2: (k.numel() / 2) as u32, heads2: hk as u32, ..meta("rope", tq, hq, dq, pos0, theta, style) };
+    let mut binds = Vec::with_capacity(4);
+    for t in [q, &qo, k, &ko] {
+        binds.push(t.bind(gpu, 0, t.numel())?.0);
+    }
+    gpu.dispatch(ROPE, "rope_pair", &[], bytemuck::bytes_of(&meta), &binds, [groups(pairs, WG), 1, 1])?;
+    Ok((qo, ko))
+}
+
+/// x's [B, T, H, D], checked: an even head dimension the uniform can hold, positions an f32
+/// holds exactly.
+fn check(op: &'static str, name: &str, x: &Tensor, pos0: usize) -> Result<[usize; 4]> {
+    let &[b, t, h, d] = x.shape() else {
         return Err(Error::shape(op, format!("{name} {:?} is not [B, T, H, D]", x.shape())));
     };
     if d % 2 != 0 || d > MAX_HEAD_DIM {
         return Err(Error::shape(op, format!("{name}: head dimension {d} must be even and at most {MAX_HEAD_DIM}")));
     }
-    let out = gpu.empty(x.shape())?;
-    if x.numel() == 0 {
-        return Ok(out);
-    }
-    if pos0 + t > 1 << 24 {
+    if x.numel() > 0 && pos0 + t > 1 << 24 {
         return Err(Error::shape(op, format!("position {} is past the 2^24 an f32 holds exactly", pos0 + t - 1)));
     }
+    Ok([b, t, h, d])
+}
+
+/// The parameters of a rotation of T tokens of H heads of width D from position pos0 (pairs,
+/// the row range and offsets are set per dispatch).
+fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: RopeStyle) -> Meta {
     let half = d / 2;
     let mut meta = Meta {
         pairs: 0,
@@ -64,12 +91,24 @@ fn rotate(gpu: &Gpu, op: &'static str, name: &str, x: &Tensor, pos0: usize, thet
         out_off: 0,
         adjacent: (style == RopeStyle::Adjacent) as u32,
         inverse: (op == "rope_bwd") as u32,
-        _pad: [0; 2],
+        pairs2: 0,
+        heads2: 0,
         inv_freq: [0.0; MAX_HEAD_DIM / 2],
     };
     for (i, f) in meta.inv_freq[..half].iter_mut().enumerate() {
         *f = (theta as f64).powf(-2.0 * i as f64 / d as f64) as f32;
     }
+    meta
+}
+
+fn rotate(gpu: &Gpu, op: &'static str, name: &str, x: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
+    let [_, t, h, d] = check(op, name, x, pos0)?;
+    let out = gpu.empty(x.shape())?;
+    if x.numel() == 0 {
+        return Ok(out);
+    }
+    let half = d / 2;
+    let mut meta = meta(op, t, h, d, pos0, theta, style);
     let rows = x.numel() / d;
     let max_elems = Tensor::max_binding_elems(gpu);
     if d > max_elems {
