@@ -11,6 +11,8 @@
 // VK_KHR_cooperative_matrix (Metal's simdgroup matrices are 8 × 8, which this kernel does not
 // use), and subgroups (the built-ins subgroup_id and subgroup_invocation_id say which quadrant
 // an invocation works on, rather than assuming a driver groups invocations 32 by 32 in order).
+// It still needs the four subgroups full (subgroup_id < 4): the host runs it only where the
+// subgroup size is exactly 32, which with 128 invocations gives four.
 //
 //   matmul_coop  A 64 × 64 tile of C per workgroup of 128 threads: four subgroups of 32 (the
 //                host uses it only where subgroups are exactly 32 wide), each owning a 32 × 32

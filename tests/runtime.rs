@@ -280,3 +280,33 @@ fn a_dispatch_that_binds_the_wrong_ranges_is_refused() {
         Ok(())
     });
 }
+
+#[test]
+fn paired_ops_take_one_dispatch_where_they_fit() {
+    // rope_pair and write_kv_pair are one dispatch each for a decoding step's shapes (the
+    // oracle tests check their values; this checks that the paired kernel is what ran). A
+    // device each: the counters are per device.
+    use revive::model::RopeStyle;
+    use revive::ops::{attention::write_kv_pair, rope::rope_pair};
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let gpu = &Gpu::open(adapter).unwrap().with_poison(false);
+        let check = || -> Result<(), String> {
+            let q = ok(gpu.upload(&random_vec(&mut rng(1), 9 * 64), &[1, 1, 9, 64]))?;
+            let k = ok(gpu.upload(&random_vec(&mut rng(2), 3 * 64), &[1, 1, 3, 64]))?;
+            let cache = [ok(gpu.full(&[1, 3, 8, 64], 0.0))?, ok(gpu.full(&[1, 3, 8, 64], 0.0))?];
+            let before = gpu.runtime_stats();
+            ok(rope_pair(gpu, &q, &k, 5, 10_000.0, RopeStyle::Half))?;
+            let rope = (gpu.runtime_stats() - before).dispatches;
+            let before = gpu.runtime_stats();
+            ok(write_kv_pair(gpu, &k, &k, &cache[0], &cache[1], 5))?;
+            let write = (gpu.runtime_stats() - before).dispatches;
+            if (rope, write) != (1, 1) {
+                return Err(format!("rope_pair took {rope} dispatches, write_kv_pair {write} (want 1 each)"));
+            }
+            Ok(())
+        };
+        if let Err(e) = check() {
+            panic!("[{}] {e}", gpu.label());
+        }
+    }
+}

@@ -150,9 +150,11 @@ impl GpuModel {
     /// x + h · Wᵀ (+ b), the residual stream plus a block's output. Where nothing else holds x
     /// (no tape, probe or caller keeps a copy) and there is no bias, the product accumulates
     /// into x's buffer (the matmul's beta = 1): one dispatch instead of a matmul and an add, with
-    /// the same bits, since both round x + (h · Wᵀ) once.
+    /// the same bits, since both round x + (h · Wᵀ) once. Only where h and W fit one binding
+    /// each: the matmul then never splits K, which would add x to partial sums.
     pub fn residual_linear(&self, x: Tensor, h: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        if b.is_none() && x.is_unique() {
+        let max = Tensor::max_binding_elems(&self.gpu);
+        if b.is_none() && x.is_unique() && h.numel() <= max && w.numel() <= max {
             return matmul::gemm(&self.gpu, h, w, Some(&x), matmul::Gemm { trans_b: true, beta: 1.0, ..Default::default() });
         }
         elementwise::add(&self.gpu, &x, &self.linear(h, w, b)?)
