@@ -360,10 +360,7 @@ impl GpuModel {
         };
         let x_mid_kept = record.then(|| x_mid.clone());
         let x_out = self.residual_linear(x_mid, &key, self.l(i, "w_down")?, bias("b_down")?)?;
-        let tape = match (x_in, x_mid_kept) {
-            (Some(x_in), Some(x_mid)) => Some(BlockTape { x_in, q, x_mid, gate, up }),
-            _ => None,
-        };
+        let tape = x_in.zip(x_mid_kept).map(|(x_in, x_mid)| BlockTape { x_in, q, x_mid, gate, up });
         Ok(BlockOut { x: x_out, key, tape })
     }
 

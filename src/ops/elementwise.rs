@@ -107,12 +107,21 @@ pub fn pad4(shape: &[usize]) -> [usize; 4] {
 /// Copies the elements of `shape` (up to 4 dims) from a strided view of `src` into a strided
 /// view of `dst`. Transposes and slices are copies with strides.
 pub fn copy_strided(gpu: &Gpu, src: &Tensor, src_view: View, dst: &Tensor, dst_view: View, shape: &[usize]) -> Result<()> {
+    match copy_dims(src, src_view, dst, dst_view, shape)? {
+        Some(dims) => copy_split(gpu, src, src_view, dst, dst_view, dims),
+        None => Ok(()),
+    }
+}
+
+/// The copy's 4-D index space, once both views are checked to stay inside their tensors; None
+/// when it is empty.
+fn copy_dims(src: &Tensor, src_view: View, dst: &Tensor, dst_view: View, shape: &[usize]) -> Result<Option<[usize; 4]>> {
     if shape.len() > 4 {
         return Err(Error::shape("copy_strided", format!("{shape:?} has more than 4 dims")));
     }
     let dims = pad4(shape);
     if dims.contains(&0) {
-        return Ok(());
+        return Ok(None);
     }
     for (name, t, v) in [("source", src, src_view), ("destination", dst, dst_view)] {
         let (start, len) = v.span(&dims);
@@ -123,7 +132,21 @@ pub fn copy_strided(gpu: &Gpu, src: &Tensor, src_view: View, dst: &Tensor, dst_v
             ));
         }
     }
-    copy_split(gpu, src, src_view, dst, dst_view, dims)
+    Ok(Some(dims))
+}
+
+impl CopyMeta {
+    fn new(dims: [usize; 4], sv: View, dv: View, src_off: u32, dst_off: u32) -> CopyMeta {
+        CopyMeta {
+            shape: dims.map(|d| d as u32),
+            src_strides: sv.strides.map(|s| s as u32),
+            dst_strides: dv.strides.map(|s| s as u32),
+            n: dims.iter().product::<usize>() as u32,
+            src_off,
+            dst_off,
+            _pad: 0,
+        }
+    }
 }
 
 /// Two copies of the same shape and views in one dispatch: `srcs[0]` → `dsts[0]` and `srcs[1]`
@@ -135,36 +158,20 @@ pub fn copy_strided_pair(gpu: &Gpu, srcs: [&Tensor; 2], src_view: View, dsts: [&
         copy_strided(gpu, srcs[0], src_view, dsts[0], dst_view, shape)?;
         copy_strided(gpu, srcs[1], src_view, dsts[1], dst_view, shape)
     };
-    if shape.len() > 4 || srcs[0].numel() != srcs[1].numel() || dsts[0].numel() != dsts[1].numel() {
+    if srcs[0].numel() != srcs[1].numel() || dsts[0].numel() != dsts[1].numel() {
         return fallback(gpu);
     }
-    let dims = pad4(shape);
+    // The second pair has the first's sizes, so the first's check covers both.
+    let Some(dims) = copy_dims(srcs[0], src_view, dsts[0], dst_view, shape)? else {
+        return Ok(());
+    };
     let n: usize = dims.iter().product();
     let max = Tensor::max_binding_elems(gpu);
     let whole = srcs.iter().chain(&dsts).all(|t| t.numel() <= max);
-    if n == 0 || !whole || 2 * n > max_elems_per_dispatch(gpu, WG) {
+    if !whole || 2 * n > max_elems_per_dispatch(gpu, WG) {
         return fallback(gpu);
     }
-    for (name, t, v) in [("source", srcs[0], src_view), ("destination", dsts[0], dst_view)] {
-        let (start, len) = v.span(&dims);
-        if start + len > t.numel() {
-            return Err(Error::shape(
-                "copy_strided",
-                format!("the {name} view {v:?} over {shape:?} reaches element {} of a {:?} tensor", start + len - 1, t.shape()),
-            ));
-        }
-    }
-    let (s_start, _) = src_view.span(&dims);
-    let (d_start, _) = dst_view.span(&dims);
-    let meta = CopyMeta {
-        shape: dims.map(|d| d as u32),
-        src_strides: src_view.strides.map(|s| s as u32),
-        dst_strides: dst_view.strides.map(|s| s as u32),
-        n: n as u32,
-        src_off: s_start as u32,
-        dst_off: d_start as u32,
-        _pad: 0,
-    };
+    let meta = CopyMeta::new(dims, src_view, dst_view, src_view.span(&dims).0 as u32, dst_view.span(&dims).0 as u32);
     let mut binds = Vec::with_capacity(4);
     for t in srcs.into_iter().chain(dsts) {
         binds.push(t.bind(gpu, 0, t.numel())?.0);
@@ -193,15 +200,7 @@ fn copy_split(gpu: &Gpu, src: &Tensor, sv: View, dst: &Tensor, dv: View, dims: [
     if fits {
         let (sb, s_res) = bind_steady(gpu, src, s_start, s_len)?;
         let (db, d_res) = bind_steady(gpu, dst, d_start, d_len)?;
-        let meta = CopyMeta {
-            shape: dims.map(|d| d as u32),
-            src_strides: sv.strides.map(|s| s as u32),
-            dst_strides: dv.strides.map(|s| s as u32),
-            n: n as u32,
-            src_off: s_res,
-            dst_off: d_res,
-            _pad: 0,
-        };
+        let meta = CopyMeta::new(dims, sv, dv, s_res, d_res);
         return gpu.dispatch(ELEMENTWISE, "copy_strided", &[], bytemuck::bytes_of(&meta), &[sb, db], [groups(n, WG), 1, 1]);
     }
     let Some(d) = (0..4).find(|&d| dims[d] > 1) else {
