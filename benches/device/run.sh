@@ -36,7 +36,7 @@ step() { # name seconds command...
   [ "$secs" -gt "$left" ] && secs=$left
   local t0=$SECONDS
   echo "== $name (limit ${secs}s)"
-  timeout "$secs" "$@" > "$out/$name.log" 2>&1
+  timeout -k 10 "$secs" "$@" > "$out/$name.log" 2>&1
   local rc=$?
   echo "   rc $rc after $((SECONDS - t0)) s"
   tail -n 25 "$out/$name.log"
