@@ -212,3 +212,50 @@ fn the_cooperative_kernel_matches_the_reference_where_offered() {
         }
     }
 }
+
+#[test]
+fn the_fixed_rule_takes_the_kernels_that_won_on_a_gpu_and_block_on_a_cpu() {
+    use Kernel::*;
+    // (rows, columns) → kernel on a hardware adapter: a decoded token, a prompt's products,
+    // the vocabulary head at 16 and 128 rows, and a large square product.
+    let gpu_cases = [((1, 576), Dot), ((4, 49152), Dot), ((5, 576), Tile16), ((128, 1536), Tile16), ((16, 49152), Tile16), ((128, 49152), Pipelined), ((1536, 576), Pipelined), ((4096, 4096), Pipelined), ((4096, 96), Tile16)];
+    for ((m, n), want) in gpu_cases {
+        assert_eq!(Kernel::by_rule(m, n, false), want, "{m}×{n} on a GPU");
+        assert_eq!(Kernel::by_rule(m, n, true), Block, "{m}×{n} on a CPU adapter");
+    }
+}
+
+#[test]
+fn tuning_measures_each_unmeasured_class_once_and_auto_then_runs_the_winner() {
+    use revive::model::tuning::{tune_on_first_use, unmeasured};
+    use revive::ops::matmul::{tune, tune_key};
+    let config = revive::model::Config::tiny_llama();
+    for_each_gpu(|gpu| {
+        // A software adapter keeps the fixed rule: nothing is measured behind the user's back.
+        if gpu.is_cpu() {
+            ok(tune_on_first_use(gpu, &config))?.is_empty().then_some(()).ok_or("measured on a software adapter")?;
+        }
+        let rows = [3, 5];
+        let shapes = unmeasured(gpu, &config, &rows);
+        if shapes.is_empty() {
+            return Err("a fresh shape class counted as measured".into());
+        }
+        let measured = ok(tune(gpu, &shapes, 1, |_| {}))?;
+        if measured.len() != shapes.len() {
+            return Err(format!("{} classes measured for {} unmeasured ones", measured.len(), shapes.len()));
+        }
+        if !unmeasured(gpu, &config, &rows).is_empty() {
+            return Err("classes left unmeasured after tuning".into());
+        }
+        for row in &measured {
+            let s = row.shape;
+            let auto = Kernel::auto_choice(gpu, &tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, false), s.m, s.n);
+            if auto.name() != row.best {
+                return Err(format!("{}: Auto runs {} where {} was measured fastest", row.key, auto.name(), row.best));
+            }
+            // The winner computes the product right.
+            check(gpu, case(1, s.m, s.n, s.k), s.trans_a, s.trans_b, Kernel::Auto, 1.0, 0.0, 900)?;
+        }
+        Ok(())
+    });
+}

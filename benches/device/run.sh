@@ -5,7 +5,8 @@
 #   . .device/env.sh && bash benches/device/run.sh MODEL_FILE [STEP,STEP…|SET]
 # SET is one of: speed (issue 11: forward, matmul and SVD against PyTorch, one ROME edit at
 # full settings), batch (issue 10/11: a MEMIT batch of 100 against PyTorch's same step),
-# experiment (issue 12: the collapse curves, 2,000 edits), all. The PyTorch baselines run in
+# experiment (issue 12: the collapse curves, 2,000 edits), table (issue 10: the 200-edit table and
+# the 2,000-edit estimate), all. The PyTorch baselines run in
 # the same call as the revive numbers they are read against.
 # Writes everything under $OUT (logs, JSON, SVG). Each step has its own time limit so that a
 # slow step cannot take the others down with it; the log of a step that ran out is kept.
@@ -16,9 +17,10 @@ bin=.device/bin/revive
 hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
-  speed) only=export,forward,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,tune,forward-tuned,rome-full ;;
+  speed) only=export,forward,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,tune,forward-tuned,rome-full ;;
   batch) only=export,memit-100,torch-memit-100 ;;
   experiment) only=experiment ;;
+  table) only=exp200,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
@@ -47,6 +49,9 @@ step export 60 $bin export -m "$model" --out $hf
 # Issue 11: prefill (128, 512 tokens) and decode through the KV cache, revive then transformers
 # eager f32 on the same protocol (goals: decode ≤ 1.5 ms/token, prefill 128 ≤ 8 ms).
 step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
+# Where the decode time goes: every dispatch waited for and charged to its kernel (slower
+# overall; read the shares, not the totals).
+step forward-profile 60 env REVIVE_PROFILE=1 $bin bench forward -m "$model" --decode 16 --json "$out/forward-profile.json"
 step torch-forward 90 python3 benches/baselines/torch_forward.py --model $hf --json "$out/torch-forward.json"
 # Issue 11: the tuned matmul against cuBLAS SGEMM (TF32 off) at 1024³ and 4096³ (goal ≥ 0.5×).
 step matmul 40 $bin bench matmul --size 1024 --size 4096 --no-cpu --json "$out/matmul.json"
@@ -70,6 +75,16 @@ step memit-100 240 $bin bench edit -m "$model" --method memit --edits assets/fac
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit --json "$out/memit-100.json"
 step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --json "$out/torch-memit-100.json"
+# Issue 10: the first table (200 edits in batches of 20, reduced settings), its four arms in
+# parallel; the plots, CSV and table come back, the journals stay.
+step exp200 240 bash benches/device/arms.sh $bin "$model" /tmp/exp200 3 --limit 200 --batch 20 --every 100 \
+  --templates 0 --steps 12 --cov-tokens 4096 --sample 100 --known-limit 100 --ppl-tokens 2048 \
+  --agreement-prompts 16 --fluency-prompts 4 --fluency-tokens 32
+[ -d /tmp/exp200 ] && (cd /tmp && tar czf "$out/exp200.tgz" --exclude=journal --exclude="*.safetensors" exp200 exp200-*.log)
+# Issue 12: what 2,000 edits in batches of 100 will cost on this GPU (one batch and one
+# checkpoint measured, the rest estimated), for planning the full run.
+step experiment-dry 120 $bin experiment -m "$model" --dry-run --limit 2000 --batch 100 --every 500 \
+  --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/exp-dry
 # Issue 12: MEMIT and AlphaEdit with and without REVIVE over 2,000 edits in batches of 100;
 # --stop-after leaves a resumable run (re-run the same command to continue) if time runs out.
 step experiment 570 $bin experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --limit 2000 \

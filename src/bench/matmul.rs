@@ -1,4 +1,5 @@
-//! `revive bench matmul`: GFLOP/s of the tuned kernel, its pipelined variant (named
+//! `revive bench matmul`: GFLOP/s of what `Kernel::Auto` runs on this adapter (the measured
+//! choice, else the fixed rule), the tuned kernel, its pipelined variant (named
 //! accumulators, double-buffered tiles), the 16x16-tile baseline and a CPU SGEMM
 //! (matrixmultiply, multithreaded) on the same square problems, with their ratios and the
 //! accuracy reached (sampled entries against an f64 dot product); with REVIVE_COOPERATIVE=1 on an
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Serialize)]
 pub struct MatmulRow {
     pub size: usize,
+    /// The kernel `Auto` chose for this size, and its speed.
+    pub auto_kernel: &'static str,
+    pub auto_gflops: f64,
     pub tuned_gflops: f64,
     pub pipelined_gflops: f64,
     pub tile16_gflops: f64,
@@ -66,7 +70,7 @@ fn sampled_error(a: &[f32], b: &[f32], c: &[f32], n: usize) -> f64 {
 }
 
 pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>> {
-    let bar = crate::progress::bar(sizes.len() as u64 * 4, "matmul");
+    let bar = crate::progress::bar(sizes.len() as u64 * 5, "matmul");
     let mut rows = vec![];
     for &n in sizes {
         let mut r = rng(n as u64);
@@ -84,6 +88,9 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
             }
             Ok(median(times))
         };
+        let auto_kernel = Kernel::auto_choice(gpu, &crate::ops::matmul::tune_key(n, n, n, false, false, false), n, n);
+        let auto = time_kernel(Kernel::Auto)?;
+        bar.inc(1);
         let tile16 = time_kernel(Kernel::Tile16)?;
         bar.inc(1);
         let tuned = time_kernel(Kernel::Tuned)?;
@@ -116,6 +123,8 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
         bar.inc(1);
         rows.push(MatmulRow {
             size: n,
+            auto_kernel: auto_kernel.name(),
+            auto_gflops: gflops(n, auto),
             tuned_gflops: gflops(n, tuned),
             pipelined_gflops: gflops(n, pipelined),
             tile16_gflops: gflops(n, tile16),
@@ -134,16 +143,18 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
 /// A Markdown table of the rows, as the README shows it.
 pub fn table(gpu_label: &str, rows: &[MatmulRow]) -> String {
     let mut s = format!("matmul f32, C = A·B, square; adapter: {gpu_label}\n\n");
-    s += "| n | tuned GFLOP/s | pipelined GFLOP/s | 16x16 tile GFLOP/s | CPU sgemm GFLOP/s | tuned / tile | tuned / CPU | max rel err (tuned, pipelined) | cooperative f16: GFLOP/s, max rel err |\n";
-    s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| n | auto (kernel) GFLOP/s | tuned GFLOP/s | pipelined GFLOP/s | 16x16 tile GFLOP/s | CPU sgemm GFLOP/s | tuned / tile | tuned / CPU | max rel err (tuned, pipelined) | cooperative f16: GFLOP/s, max rel err |\n";
+    s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for r in rows {
         let coop = match (r.coop_gflops, r.coop_max_rel_err) {
             (Some(g), Some(e)) => format!("{g:.1}, {e:.1e}"),
             _ => "not enabled".into(),
         };
         s += &format!(
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1e}, {:.1e} | {coop} |\n",
+            "| {} | {:.1} ({}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {:.1e}, {:.1e} | {coop} |\n",
             r.size,
+            r.auto_gflops,
+            r.auto_kernel,
             r.tuned_gflops,
             r.pipelined_gflops,
             r.tile16_gflops,

@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use revive::gpu::{BackendChoice, Gpu};
-use revive::model::Config;
-use revive::ops::matmul::{tune, Shape, TuneRow};
+use revive::model::tuning::model_shapes;
+use revive::ops::matmul::{tune, TuneRow};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -22,26 +22,6 @@ pub(super) struct Args {
     dry_run: bool,
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-/// The products of a forward and backward pass at `rows` tokens, and of the covariance: every
-/// linear map forward (x·Wᵀ), its input gradient (dy·W) and weight gradient (dyᵀ·x, not for
-/// the vocabulary head, which is never trained), and the keys' second moment KᵀK.
-pub fn model_shapes(c: &Config, rows: &[usize]) -> Vec<Shape> {
-    let kv = c.n_kv_heads * c.head_dim;
-    let linear = [(c.hidden, c.hidden), (kv, c.hidden), (c.ffn_hidden, c.hidden), (c.hidden, c.ffn_hidden), (c.vocab_size, c.hidden)];
-    let mut v = vec![];
-    for &m in rows {
-        for &(out, inp) in &linear {
-            v.push(Shape { m, n: out, k: inp, trans_a: false, trans_b: true });
-            v.push(Shape { m, n: inp, k: out, trans_a: false, trans_b: false });
-            if out != c.vocab_size {
-                v.push(Shape { m: out, n: inp, k: m, trans_a: true, trans_b: false });
-            }
-        }
-        v.push(Shape { m: c.ffn_hidden, n: c.ffn_hidden, k: m, trans_a: true, trans_b: false });
-    }
-    v
 }
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {

@@ -796,7 +796,7 @@ impl Choices {
     }
 
     fn load(info: &wgpu::AdapterInfo) -> Choices {
-        if std::env::var("REVIVE_TUNE").is_ok_and(|v| v == "0") {
+        if !tuning_enabled() {
             return Choices::default();
         }
         let path = Self::path(info);
@@ -823,6 +823,11 @@ impl Choices {
         crate::store::write_durable(&path, text.as_bytes())?;
         Ok(path)
     }
+}
+
+/// `REVIVE_TUNE=0` turns measured kernel choices off: none are read, none measured on first use.
+pub fn tuning_enabled() -> bool {
+    !std::env::var("REVIVE_TUNE").is_ok_and(|v| v == "0")
 }
 
 /// `REVIVE_CHECKED=1`: build shader modules with wgpu's runtime checks (bounds checks, loop

@@ -87,6 +87,7 @@ impl GpuModel {
         for (name, t) in &weights.tensors {
             w.insert(name.clone(), gpu.upload(&t.data, &t.shape)?);
         }
+        crate::model::tuning::tune_on_first_use(gpu, &weights.config)?;
         Ok(GpuModel { config: weights.config.clone(), gpu: gpu.clone(), w })
     }
 

@@ -34,6 +34,7 @@ pub mod probe;
 pub mod random;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod tuning;
 pub mod weights;
 
 pub use config::{Arch, Config, RopeStyle};

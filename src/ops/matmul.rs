@@ -34,16 +34,19 @@ pub enum Kernel {
     /// REVIVE_COOPERATIVE=1), never chosen by Auto or the autotune, since it changes the result
     /// by about 1e-3 relative.
     Coop,
-    /// The kernel `revive tune` measured fastest for this shape class on this adapter; without
-    /// a measurement, Block on a CPU adapter, else Gemv up to `DOT_MAX_ROWS` rows of op(A),
-    /// Rows32 up to `ROWS32_MAX_ROWS`, else Tuned.
+    /// The kernel the autotune measured fastest for this shape class on this adapter; without
+    /// a measurement, the fixed rule (`Kernel::by_rule`).
     Auto,
 }
 
-/// Up to this many rows the dot-product kernel wastes less than a 128-row tile does.
+/// Up to this many rows of op(A) a GPU's fixed rule takes the dot-product kernel.
 pub const DOT_MAX_ROWS: usize = 4;
-/// Above this many rows the 128-row tile wastes little and reuses B four times as much.
-pub const ROWS32_MAX_ROWS: usize = 64;
+/// From this many 128×128 output tiles on, a GPU's fixed rule takes the pipelined kernel: fewer
+/// leave most of the GPU's multiprocessors idle, where the small tile's many workgroups win.
+pub const PIPELINED_MIN_TILES: usize = 48;
+/// Nor does it take the pipelined kernel for fewer rows than this, which would leave most of
+/// each 128-row tile idle.
+pub const PIPELINED_MIN_ROWS: usize = 65;
 
 /// Every concrete kernel, for the autotune and the tests.
 pub const KERNELS: [Kernel; 7] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
@@ -74,15 +77,21 @@ impl Kernel {
         KERNELS.into_iter().find(|k| k.name() == name)
     }
 
-    /// The fixed rule, where nothing was measured. On a software adapter (llvmpipe) the block
-    /// kernel was 1.4–6× faster than every other on every shape of SmolLM2's forward and
-    /// backward passes (docs/results.md); on GPUs the tiles' data reuse matters more.
-    fn by_rule(m: usize, cpu: bool) -> Kernel {
-        match m {
-            _ if cpu => Kernel::Block,
-            m if m <= DOT_MAX_ROWS => Kernel::Gemv,
-            m if m <= ROWS32_MAX_ROWS => Kernel::Rows32,
-            _ => Kernel::Tuned,
+    /// The fixed rule, where nothing was measured for an m×n output. On a software adapter
+    /// (llvmpipe) the block kernel was 1.4–6× faster than every other on every shape of
+    /// SmolLM2's forward and backward passes. On the H200 (docs/results.md, 2026-12-04) the
+    /// dot kernel won every single-row product, the 16×16 tile nearly every product of up to a
+    /// few hundred rows (by 2–30× over the 128-row tiles, which leave most multiprocessors
+    /// idle there), and the pipelined 128×128 tile the large ones (0.53× cuBLAS at 4096³).
+    pub fn by_rule(m: usize, n: usize, cpu: bool) -> Kernel {
+        if cpu {
+            Kernel::Block
+        } else if m <= DOT_MAX_ROWS {
+            Kernel::Dot
+        } else if m >= PIPELINED_MIN_ROWS && m.div_ceil(128) * n.div_ceil(128) >= PIPELINED_MIN_TILES {
+            Kernel::Pipelined
+        } else {
+            Kernel::Tile16
         }
     }
 
@@ -90,9 +99,12 @@ impl Kernel {
         if self != Kernel::Auto {
             return self;
         }
-        gpu.choice(&tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1))
-            .and_then(|c| Kernel::from_name(&c))
-            .unwrap_or_else(|| Kernel::by_rule(l.m, gpu.is_cpu()))
+        Kernel::auto_choice(gpu, &tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1), l.m, l.n)
+    }
+
+    /// What `Auto` runs for the shape class `key` (see `tune_key`) of an m×n output.
+    pub fn auto_choice(gpu: &Gpu, key: &str, m: usize, n: usize) -> Kernel {
+        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).unwrap_or_else(|| Kernel::by_rule(m, n, gpu.is_cpu()))
     }
 
     fn entry(self) -> &'static str {
@@ -423,10 +435,12 @@ pub struct TuneRow {
 }
 
 /// The kernels worth trying at m rows: the decode kernels only where few rows leave the tiles
-/// idle, the 128-row tiles only where they can be filled.
-fn candidates(m: usize) -> Vec<Kernel> {
+/// idle, the 128-row tiles only where they can be filled. The rule's choice goes first, so that
+/// a slow candidate is dropped after one run (over 3× the best so far).
+fn candidates(m: usize, rule: Kernel) -> Vec<Kernel> {
     let wide: &[Kernel] = if m <= 16 { &[Kernel::Dot] } else { &[Kernel::Tuned, Kernel::Pipelined] };
-    [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], wide].concat()
+    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], wide].concat();
+    std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
 }
 
 /// Measures every candidate kernel on each shape (random operands; the median of `reps`
@@ -446,9 +460,10 @@ pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&
         let a = gpu.upload(&crate::testing::random_vec(&mut r, ar * ac), &[ar, ac])?;
         let b = gpu.upload(&crate::testing::random_vec(&mut r, br * bc), &[br, bc])?;
         let c = gpu.empty(&[s.m, s.n])?;
+        let rule = Kernel::by_rule(s.m, s.n, gpu.is_cpu());
         let mut times = vec![];
         let mut best: Option<(Kernel, f64)> = None;
-        for kernel in candidates(s.m) {
+        for kernel in candidates(s.m, rule) {
             let g = Gemm { trans_a: s.trans_a, trans_b: s.trans_b, kernel, ..Gemm::default() };
             gemm(gpu, &a, &b, Some(&c), g)?;
             let mut runs = vec![];
@@ -466,7 +481,6 @@ pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&
             }
         }
         let (winner, best_ms) = best.expect("at least one candidate");
-        let rule = Kernel::by_rule(s.m, gpu.is_cpu());
         let rule_ms = times.iter().find(|(n, _)| n == rule.name()).map(|t| t.1).unwrap_or(f64::NAN);
         gpu.set_choice(&key, winner.name());
         let row = TuneRow { key, shape: s, times, best: winner.name().into(), rule: rule.name().into(), rule_over_best: rule_ms / best_ms };

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The four arms of `revive experiment` (MEMIT and AlphaEdit, without REVIVE and with τ = 0.5) as
+# parallel processes on one GPU, then the table and plots from their directories:
+#   bash benches/device/arms.sh BIN MODEL DIR MINUTES [experiment flags…]
+# Each arm is bound by dispatches and host work rather than by the GPU's arithmetic, so four
+# share one GPU well. Every arm stops cleanly after MINUTES (running the same command again
+# continues it); each arm's log is DIR-<method>-<τ>.log.
+set -u
+bin=$1 model=$2 dir=$3 minutes=$4
+shift 4
+mkdir -p "$dir"
+for arm in memit/none memit/0.5 alphaedit/none alphaedit/0.5; do
+  "$bin" experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --arm "$arm" \
+    --stop-after "$minutes" --out "$dir" "$@" > "$dir-${arm/\//-}.log" 2>&1 &
+done
+wait
+tail -n 4 "$dir"-*.log
+"$bin" experiment --merge "$dir" --out "$dir"
