@@ -2,11 +2,16 @@
 // row, the row looped over in strides of 256 so rows may be as wide as a vocabulary.
 //   log_softmax_rows  out = x - max - log(sum(exp(x - max)))          (a = x)
 //   log_softmax_bwd   out = dlogp - exp(logp) * sum(dlogp)             (a = logp, b = dlogp)
-// Binding 2 is the output of log_softmax_rows and dlogp (read) in log_softmax_bwd.
+//   weighted_nll      out = softmax(x) * sum(t) - t, row_loss = -sum(t * log_softmax(x))
+//                     (a = x, b = t ≥ 0): the gradient and value of a loss that puts weight t_j
+//                     on -log p_j — cross-entropy for a one-hot t, KL(p_ref ‖ p) up to the
+//                     constant sum(p_ref log p_ref) for t = w p_ref — with no log-softmax stored.
+//   token_logprob     out[row] = log_softmax(x)[token]  (a = x, b = each row's token id, as f32)
+// Binding 2 is the output of log_softmax_rows and dlogp / t / tokens (read) in the others.
 
 struct Meta {
     rows: u32, cols: u32, a_off: u32, b_off: u32,
-    out_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    out_off: u32, loss_off: u32, _pad1: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -14,6 +19,7 @@ struct Meta {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out_fwd: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> row_loss: array<f32>;
 
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, 256>;
@@ -66,4 +72,47 @@ fn log_softmax_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     for (var j = lid.x; j < p.cols; j += WG) { s += b[bb + j]; }
     let total = workgroup_sum(lid.x, s);
     for (var j = lid.x; j < p.cols; j += WG) { out[bo + j] = b[bb + j] - exp(a[ba + j]) * total; }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ba = p.a_off + wg.x * p.cols;
+    let bb = p.b_off + wg.x * p.cols;
+    let bo = p.out_off + wg.x * p.cols;
+    var m = bitcast<f32>(0xff800000u); // -inf
+    for (var j = lid.x; j < p.cols; j += WG) { m = max(m, a[ba + j]); }
+    let row_max = workgroup_max(lid.x, m);
+    var s = 0.0;
+    var tw = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        s += exp(a[ba + j] - row_max);
+        tw += b[bb + j];
+    }
+    let lse = log(workgroup_sum(lid.x, s));
+    let total = workgroup_sum(lid.x, tw);
+    // Each term's own log p, not sum(t·x) − sum(t)·lse: the latter cancels in f32 where the
+    // loss is small and the logits are large.
+    var loss = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let logp = (a[ba + j] - row_max) - lse;
+        let t = b[bb + j];
+        out[bo + j] = exp(logp) * total - t;
+        loss -= t * logp;
+    }
+    let row = workgroup_sum(lid.x, loss);
+    if (lid.x == 0u) { row_loss[p.loss_off + wg.x] = row; }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn token_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ba = p.a_off + wg.x * p.cols;
+    var m = bitcast<f32>(0xff800000u); // -inf
+    for (var j = lid.x; j < p.cols; j += WG) { m = max(m, a[ba + j]); }
+    let row_max = workgroup_max(lid.x, m);
+    var s = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) { s += exp(a[ba + j] - row_max); }
+    let lse = log(workgroup_sum(lid.x, s));
+    // The host checked every token against the row width.
+    let token = u32(b[p.b_off + wg.x]);
+    if (lid.x == 0u) { out[p.out_off + wg.x] = (a[ba + token] - row_max) - lse; }
 }

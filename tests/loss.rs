@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::loss::{log_softmax_bwd_row, log_softmax_row, softmax_bwd_row};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::loss::{log_softmax_bwd, log_softmax_rows};
+use revive::ops::loss::{log_softmax_bwd, log_softmax_rows, token_logprobs, weighted_nll};
 use revive::ops::softmax::{softmax_bwd, softmax_rows};
 
 /// Includes a vocabulary-wide row (49152) and one of 4099 (> 4096, not a multiple of 256).
@@ -54,6 +54,22 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
         let want: Vec<f64> = p_want.iter().zip(target.iter()).map(|(p, t)| p - *t as f64).collect();
         compare(&format!("{name} gradient {shape:?}"), &got, &want, tol(cols))?;
     }
+
+    // The fused loss: one-hot rows of weight 0.7, KL rows of weight 0.3, rows with no weight.
+    let weights: Vec<f32> = (0..n)
+        .map(|i| match (i / cols) % 3 {
+            0 => 0.7 * onehot[i],
+            1 => 0.3 * p_orig[i],
+            _ => 0.0,
+        })
+        .collect();
+    let (grad, loss) = ok(weighted_nll(gpu, &tx, &ok(gpu.upload(&weights, shape))?))?;
+    let (want_grad, want_loss) = cpu::loss::weighted_nll(&x, &weights, cols);
+    compare(&format!("weighted_nll gradient {shape:?}"), &ok(gpu.download(&grad))?, &want_grad, tol(cols))?;
+    compare(&format!("weighted_nll loss {shape:?}"), &ok(gpu.download(&loss))?, &want_loss, tol(cols))?;
+
+    let got = ok(gpu.download(&ok(token_logprobs(gpu, &tx, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>()))?))?;
+    compare(&format!("token_logprobs {shape:?}"), &got, &cpu::loss::token_logprobs(&x, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>(), cols), tol(cols))?;
     Ok(())
 }
 
@@ -113,6 +129,16 @@ fn loss_rejects_mismatched_shapes() {
         let err = softmax_bwd(gpu, &a, &b).err().ok_or("softmax_bwd accepted dy [4, 3]")?.to_string();
         if !(err.contains("softmax_bwd") && err.contains("dy")) {
             return Err(format!("unexpected message: {err}"));
+        }
+        let err = weighted_nll(gpu, &a, &b).err().ok_or("weighted_nll accepted weights [4, 3]")?.to_string();
+        if !(err.contains("weighted_nll") && err.contains("weights")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        for (tokens, what) in [(vec![0, 1], "two tokens for three rows"), (vec![0, 4, 1], "token 4 of rows of 4")] {
+            let err = token_logprobs(gpu, &a, &tokens).err().ok_or(format!("token_logprobs accepted {what}"))?.to_string();
+            if !err.contains("token_logprob") {
+                return Err(format!("unexpected message: {err}"));
+            }
         }
         Ok(())
     });

@@ -19,6 +19,30 @@ pub fn softmax_bwd_row(y: &[f64], dy: &[f64]) -> Vec<f64> {
     y.iter().zip(dy).map(|(y, d)| y * (d - s)).collect()
 }
 
+/// The loss −Σ t_j log softmax(x)_j of one row and its gradient softmax(x) · Σ t − t.
+pub fn weighted_nll_row(x: &[f64], t: &[f64]) -> (Vec<f64>, f64) {
+    let logp = log_softmax_row(x);
+    let total: f64 = t.iter().sum();
+    let loss = -t.iter().zip(&logp).map(|(t, l)| t * l).sum::<f64>();
+    (logp.iter().zip(t).map(|(l, t)| l.exp() * total - t).collect(), loss)
+}
+
+/// `weighted_nll_row` over the rows of [rows, cols]: the gradients, then each row's loss.
+pub fn weighted_nll(x: &[f32], t: &[f32], cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut grad, mut loss) = (vec![], vec![]);
+    for (x, t) in x.chunks(cols).zip(t.chunks(cols)) {
+        let (g, l) = weighted_nll_row(&f64s(x), &f64s(t));
+        grad.extend(g);
+        loss.push(l);
+    }
+    (grad, loss)
+}
+
+/// log softmax(x)[token] of each row of [rows, cols].
+pub fn token_logprobs(x: &[f32], tokens: &[u32], cols: usize) -> Vec<f64> {
+    x.chunks(cols).zip(tokens).map(|(row, &t)| log_softmax_row(&f64s(row))[t as usize]).collect()
+}
+
 fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }

@@ -12,7 +12,7 @@ use super::forward::{Batch, BlockTape, GpuModel, KvCache};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::{activation, attention, elementwise, gather::gather_rows, norm, rope};
+use crate::ops::{activation, attention, elementwise, gather::gather_rows, loss::weighted_nll, norm, rope};
 
 /// One term of the loss, on the logits of one row of the batch.
 #[derive(Debug, Clone)]
@@ -39,8 +39,8 @@ pub struct LossGrad {
     pub terms: Vec<f64>,
     /// With several δ ([`DeltaPass::with_deltas`]), their gradients one after another (n·d).
     pub grad: Vec<f32>,
+    /// The batch row each term read, in the order given.
     pub rows: Vec<usize>,
-    pub logp: Vec<Vec<f64>>,
 }
 
 /// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
@@ -101,62 +101,52 @@ impl<'m> DeltaPass<'m> {
         Ok(log_softmax(&self.model.host_logits(&logits)?, self.model.config.vocab_size))
     }
 
-    /// The loss of δ and its gradient.
+    /// The loss of δ and its gradient. The loss and its gradient at the logits are computed on
+    /// the GPU (`weighted_nll`): only one number per term is read back, not the logits.
     pub fn loss_and_grad(&self, delta: &[f32], terms: &[Term]) -> Result<LossGrad> {
         let m = self.model;
         let gpu = m.gpu();
         let (d, vocab, n) = (m.config.hidden, m.config.vocab_size, self.batch.ids.len());
-        let mut rows: Vec<usize> = vec![];
-        for t in terms {
+        if terms.is_empty() {
+            return Err(Error::shape("delta loss", "no loss terms"));
+        }
+        // Each term's weights on −log p of its row: w at the token for an NLL term, w·p_ref for
+        // a KL term, whose loss is that plus the constant w Σ p_ref log p_ref.
+        let mut weights = vec![0.0f32; terms.len() * vocab];
+        let mut constants = vec![0.0f64; terms.len()];
+        for (i, t) in terms.iter().enumerate() {
             if t.row() >= n {
                 return Err(Error::shape("delta loss", format!("a term reads row {} of a batch of {n} rows", t.row())));
             }
-            if !rows.contains(&t.row()) {
-                rows.push(t.row());
-            }
-        }
-        if rows.is_empty() {
-            return Err(Error::shape("delta loss", "no loss terms"));
-        }
-        let (x, tapes, cache) = self.upper(delta, true)?;
-        let (logits, normed_in) = self.head(&x, &rows)?;
-        let logp = log_softmax(&m.host_logits(&logits)?, vocab);
-
-        // d loss / d log p, then through the log-softmax: dz = g − softmax · Σ g.
-        let mut parts = Vec::with_capacity(terms.len());
-        let mut dlogp = vec![vec![0.0f64; vocab]; rows.len()];
-        for t in terms {
-            let r = rows.iter().position(|&r| r == t.row()).expect("row listed above");
+            let w = &mut weights[i * vocab..(i + 1) * vocab];
             match t {
                 Term::Nll { token, weight, .. } => {
                     let tok = *token as usize;
                     if tok >= vocab {
                         return Err(Error::shape("delta loss", format!("target token {tok} is outside the vocabulary of {vocab}")));
                     }
-                    parts.push(-weight * logp[r][tok]);
-                    dlogp[r][tok] -= weight;
+                    w[tok] = *weight as f32;
                 }
                 Term::Kl { p_ref, weight, .. } => {
                     if p_ref.len() != vocab {
                         return Err(Error::shape("delta loss", format!("a KL reference has {} values, the vocabulary {vocab}", p_ref.len())));
                     }
-                    let mut kl = 0.0;
-                    for (j, &p) in p_ref.iter().enumerate() {
+                    for (w, &p) in w.iter_mut().zip(p_ref) {
                         if p > 0.0 {
-                            kl += p * (p.ln() - logp[r][j]);
-                            dlogp[r][j] -= weight * p;
+                            *w = (weight * p) as f32;
+                            constants[i] += weight * p * p.ln();
                         }
                     }
-                    parts.push(weight * kl);
                 }
             }
         }
-        let mut dlogits = Vec::with_capacity(rows.len() * vocab);
-        for (g, lp) in dlogp.iter().zip(&logp) {
-            let sum: f64 = g.iter().sum();
-            dlogits.extend(g.iter().zip(lp).map(|(g, l)| (g - l.exp() * sum) as f32));
-        }
-        let dlogits = gpu.upload(&dlogits, &[rows.len(), vocab])?;
+        let (x, tapes, cache) = self.upper(delta, true)?;
+        // One row of logits per term (a row two terms read is gathered twice), so that each
+        // term's loss is its own row's.
+        let rows: Vec<usize> = terms.iter().map(Term::row).collect();
+        let (logits, normed_in) = self.head(&x, &rows)?;
+        let (dlogits, row_loss) = weighted_nll(gpu, &logits, &gpu.upload(&weights, &[terms.len(), vocab])?)?;
+        let parts: Vec<f64> = gpu.download(&row_loss)?.iter().zip(&constants).map(|(&l, c)| l as f64 + c).collect();
 
         // Back through the unembedding and the final norm, then scatter the rows into the
         // whole batch with a one-hot product (rows are few; no scatter kernel needed).
@@ -176,7 +166,7 @@ impl<'m> DeltaPass<'m> {
         for &(r, which) in &self.sites {
             grad[which * d..(which + 1) * d].iter_mut().zip(&dx[r * d..(r + 1) * d]).for_each(|(g, v)| *g += v);
         }
-        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows, logp })
+        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows })
     }
 
     /// Runs the layers above the edited one on base + δ at the sites.

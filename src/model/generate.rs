@@ -3,6 +3,7 @@
 use super::forward::{Batch, GpuModel, LogitRows};
 use super::probe::Probes;
 use crate::error::{Error, Result};
+use crate::gpu::Tensor;
 use rand::Rng;
 
 #[derive(Debug, Clone, Copy)]
@@ -112,9 +113,18 @@ pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<V
     let seq: Vec<u32> = prompt.iter().chain(continuation).copied().collect();
     let rows: Vec<usize> = (prompt.len() - 1..seq.len() - 1).collect();
     let (logits, _) = model.forward(&Batch::new(&[seq])?, &Probes::default(), LogitRows::Rows(rows), None)?;
-    let v = model.config.vocab_size;
-    let all = model.host_logits(&logits)?;
-    Ok(continuation.iter().enumerate().map(|(i, &tok)| log_softmax(&all[i * v..(i + 1) * v])[tok as usize]).collect())
+    token_logprobs(model, &logits, continuation)
+}
+
+/// log p(tokens[r]) at each row r of `logits`, computed on the GPU: a vocabulary-wide row is
+/// never read back, except to name the bad logit where a result is not finite.
+fn token_logprobs(model: &GpuModel, logits: &Tensor, tokens: &[u32]) -> Result<Vec<f64>> {
+    let lp = model.gpu().download(&crate::ops::loss::token_logprobs(model.gpu(), logits, tokens)?)?;
+    if lp.iter().any(|v| !v.is_finite()) {
+        model.host_logits(logits)?;
+        return Err(Error::Numeric(format!("a log-probability is not finite though the logits are: {lp:?}")));
+    }
+    Ok(lp.into_iter().map(f64::from).collect())
 }
 
 /// Samples `n` tokens after each prompt, all prompts in one batch through one KV cache.
@@ -158,10 +168,9 @@ pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Ve
     let batch = Batch::new(&seqs)?;
     let rows: Vec<usize> = pairs.iter().enumerate().flat_map(|(s, (p, c))| (p.len() - 1..p.len() - 1 + c.len()).map(move |pos| (s, pos))).map(|(s, pos)| batch.row(s, pos)).collect();
     let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(rows), None)?;
-    let v = model.config.vocab_size;
-    let all = model.host_logits(&logits)?;
-    let mut rows = all.chunks(v);
-    Ok(pairs.iter().map(|(_, c)| c.iter().map(|&tok| log_softmax(rows.next().expect("one row per token"))[tok as usize]).collect()).collect())
+    let tokens: Vec<u32> = pairs.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+    let mut lp = token_logprobs(model, &logits, &tokens)?.into_iter();
+    Ok(pairs.iter().map(|(_, c)| lp.by_ref().take(c.len()).collect()).collect())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Row log-softmax and its backward (shaders/loss.wgsl): the pieces of cross-entropy and KL
 //! gradients. Cross-entropy's dlogits is log_softmax_bwd(logp, −onehot); KL(p_orig ‖ p)'s is
-//! log_softmax_bwd(logp, −p_orig).
+//! log_softmax_bwd(logp, −p_orig). `weighted_nll` does both in one pass from the logits, with
+//! each row's loss.
 
 use super::chunks;
 use crate::error::{Error, Result};
@@ -15,7 +16,8 @@ struct Meta {
     a_off: u32,
     b_off: u32,
     out_off: u32,
-    _pad: [u32; 3],
+    loss_off: u32,
+    _pad: [u32; 2],
 }
 
 /// log softmax over the last dimension of a tensor of any rank (max-subtracted).
@@ -51,7 +53,7 @@ fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Resu
     for (r0, r) in chunks(rows, rows_per) {
         let (ab, a_off) = a.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, _pad: [0; 3] };
+        let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, _pad: [0; 2] };
         let binds = match b {
             Some(b) => {
                 let (bb, b_off) = b.bind(gpu, r0 * cols, r * cols)?;
@@ -61,6 +63,78 @@ fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Resu
             None => vec![ab, ob],
         };
         gpu.dispatch(LOSS, op, &[], bytemuck::bytes_of(&meta), &binds, [r as u32, 1, 1])?;
+    }
+    Ok(out)
+}
+
+/// For logits x [rows, cols] and weights t ≥ 0 of the same shape, the loss −Σ_j t_j log p_j of
+/// each row (p = softmax(x)) and its gradient dx = p · Σ_j t_j − t, in one pass: [rows, cols]
+/// and [rows]. A one-hot t of weight w gives w times the cross-entropy; t = w p_ref gives
+/// w KL(p_ref ‖ p) − w Σ p_ref log p_ref. Nothing of the size of the logits is read back.
+pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "weighted_nll";
+    if t.shape() != x.shape() {
+        return Err(Error::shape(OP, format!("weights {:?} do not match the logits {:?}", t.shape(), x.shape())));
+    }
+    let Some(&cols) = x.shape().last() else {
+        return Err(Error::shape(OP, "a 0-D tensor has no rows"));
+    };
+    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let grad = gpu.empty(x.shape())?;
+    let loss = gpu.empty(&[rows])?;
+    if rows == 0 {
+        return Ok((grad, loss));
+    }
+    let max_elems = Tensor::max_binding_elems(gpu);
+    if cols > max_elems {
+        return Err(Error::TooLarge { op: OP, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
+    }
+    let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
+    for (r0, r) in chunks(rows, rows_per) {
+        let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
+        let (tb, b_off) = t.bind(gpu, r0 * cols, r * cols)?;
+        let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
+        let (lb, loss_off) = loss.bind(gpu, r0, r)?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, _pad: [0; 2] };
+        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, tb, gb, lb], [r as u32, 1, 1])?;
+    }
+    Ok((grad, loss))
+}
+
+/// log softmax(x)[token_r] of each row r of logits x [rows, cols], without the log-softmax
+/// itself: [rows]. Scoring reads these few numbers back instead of whole rows of a vocabulary.
+pub fn token_logprobs(gpu: &Gpu, x: &Tensor, tokens: &[u32]) -> Result<Tensor> {
+    const OP: &str = "token_logprob";
+    let Some(&cols) = x.shape().last() else {
+        return Err(Error::shape(OP, "a 0-D tensor has no rows"));
+    };
+    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    if tokens.len() != rows {
+        return Err(Error::shape(OP, format!("{} tokens for {rows} rows", tokens.len())));
+    }
+    if let Some(&t) = tokens.iter().find(|&&t| t as usize >= cols) {
+        return Err(Error::shape(OP, format!("token {t} is outside rows of {cols} values")));
+    }
+    // Token ids travel as f32, exact below 2^24.
+    if cols > 1 << 24 {
+        return Err(Error::TooLarge { op: OP, detail: format!("rows of {cols} values (token ids must stay below 2^24)") });
+    }
+    let out = gpu.empty(&[rows])?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    let ids = gpu.upload(&tokens.iter().map(|&t| t as f32).collect::<Vec<_>>(), &[rows])?;
+    let max_elems = Tensor::max_binding_elems(gpu);
+    if cols > max_elems {
+        return Err(Error::TooLarge { op: OP, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
+    }
+    let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
+    for (r0, r) in chunks(rows, rows_per) {
+        let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
+        let (ib, b_off) = ids.bind(gpu, r0, r)?;
+        let (ob, out_off) = out.bind(gpu, r0, r)?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off: 0, _pad: [0; 2] };
+        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ib, ob], [r as u32, 1, 1])?;
     }
     Ok(out)
 }
