@@ -1,5 +1,8 @@
 // MLP activations over n elements; offsets are in elements, relative to each binding.
 //   silu_mul  out = gate * sigmoid(gate) * up          (x = gate, y = up; SwiGLU)
+//   silu_mul_halves  the same with gate and up the two halves of each row of x = y =
+//             [rows, 2·cols] (one product with the gate and up weights stacked); out is
+//             [rows, cols]
 //   gelu      dst = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's gelu_new)
 //   add_bias  out = x + y[(col0 + i) % cols]           (y = bias of one row, bound whole)
 //   silu_mul_bwd  out_a = dz * up * s (1 + g (1 - s)), out_b = dz * g * s   (s = sigmoid(g);
@@ -29,6 +32,15 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let g = x[p.x_off + i];
     // For very negative g, exp(-g) overflows to inf and g / inf = -0, the right limit.
     out[p.out_off + i] = g / (1.0 + exp(-g)) * y[p.y_off + i];
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn silu_mul_halves(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) { return; }
+    let row = 2u * p.cols * (i / p.cols) + i % p.cols;
+    let g = x[p.x_off + row];
+    out[p.out_off + i] = g / (1.0 + exp(-g)) * y[p.y_off + row + p.cols];
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use revive::cpu;
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::activation::{add_bias, gelu, silu_mul};
+use revive::ops::activation::{add_bias, gelu, silu_mul, silu_mul_halves};
 
 const SHAPES: &[&[usize]] = &[&[1], &[1, 1], &[7, 1], &[13, 257], &[3, 4099], &[500, 3], &[2, 5, 1536], &[257, 256]];
 
@@ -23,6 +23,41 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
     compare(&format!("gelu {shape:?}"), &got, &cpu::gelu(&x), Tolerance::F32)?;
     let got = ok(gpu.download(&ok(add_bias(gpu, &tx, &tb))?))?;
     compare(&format!("add_bias {shape:?}"), &got, &cpu::add_bias(&x, &b), Tolerance::F32)
+}
+
+/// SwiGLU on the stacked gate/up product [rows, 2F], read through a view that starts `pad`
+/// elements into its buffer (how a fused weight's output would never be, but a view may).
+fn check_halves(gpu: &Gpu, rows: usize, f: usize, pad: usize, seed: u64) -> Result<(), String> {
+    let mut r = rng(seed);
+    let x: Vec<f32> = random_vec(&mut r, pad + rows * 2 * f).into_iter().map(|v| 8.0 * v).collect();
+    let whole = ok(gpu.upload(&x, &[x.len()]))?;
+    let gate_up = ok(whole.view(pad, &[rows, 2 * f]))?;
+    let (mut gate, mut up) = (vec![], vec![]);
+    for row in x[pad..].chunks(2 * f) {
+        gate.extend_from_slice(&row[..f]);
+        up.extend_from_slice(&row[f..]);
+    }
+    let out = ok(silu_mul_halves(gpu, &gate_up))?;
+    if out.shape() != [rows, f] {
+        return Err(format!("silu_mul_halves {rows}×2·{f}: output {:?}", out.shape()));
+    }
+    compare(&format!("silu_mul_halves {rows}×2·{f} at {pad}"), &ok(gpu.download(&out))?, &cpu::silu_mul(&gate, &up), Tolerance::F32)
+}
+
+#[test]
+fn swiglu_of_stacked_halves_matches_oracle() {
+    for_each_gpu(|gpu| {
+        for (i, &(rows, f, pad)) in [(1, 1, 0), (7, 3, 5), (13, 257, 1), (3, 1536, 0), (500, 2, 3)].iter().enumerate() {
+            check_halves(gpu, rows, f, pad, 950 + i as u64)?;
+        }
+        let small = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        check_halves(small, 50, 37, 2, 960)?;
+        let err = silu_mul_halves(gpu, &ok(gpu.full(&[2, 3], 0.0))?).err().ok_or("an odd row accepted")?;
+        if !err.to_string().contains("even") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
 }
 
 #[test]

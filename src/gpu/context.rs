@@ -667,6 +667,14 @@ impl Gpu {
         self.check_errors()
     }
 
+    /// Buffer -> buffer, recorded after the work before it.
+    pub(crate) fn copy_buffer(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) -> Result<()> {
+        if size > 0 {
+            self.record(|enc| enc.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size));
+        }
+        self.check_errors()
+    }
+
     /// Buffer -> host, waiting for all recorded work.
     pub fn read(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         if size == 0 {

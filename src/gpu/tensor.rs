@@ -1,5 +1,7 @@
-//! GPU tensors: a shape, an element type and a pooled buffer. Row-major and contiguous; strided
-//! views are made by the ops that need them (copy with strides).
+//! GPU tensors: a shape, an element type and a pooled buffer. Row-major and contiguous; a
+//! tensor may be a contiguous view into another's buffer (`Tensor::view`: a fused weight's
+//! parts), and every op reaches the data through `Tensor::bind`, which adds the view's start.
+//! Strided views are made by the ops that need them (copy with strides).
 
 use super::context::{Bind, Gpu};
 use super::pool::PooledBuffer;
@@ -15,6 +17,8 @@ pub enum DType {
 #[derive(Clone)]
 pub struct Tensor {
     buf: Arc<PooledBuffer>,
+    /// Where the tensor starts in its buffer, in elements (0 except for views).
+    start: usize,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -49,16 +53,31 @@ impl Tensor {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::shape("reshape", format!("{:?} -> {:?} changes the element count", self.shape, shape)));
         }
-        Ok(Tensor { buf: self.buf.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor { buf: self.buf.clone(), start: self.start, shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// Elements `[first, first + Π shape)` of this tensor as a tensor of `shape`, sharing the
+    /// buffer: writes through either are seen by both.
+    pub fn view(&self, first: usize, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if first + n > self.numel() {
+            return Err(Error::shape("view", format!("elements {first}..{} of a {:?} tensor", first + n, self.shape)));
+        }
+        Ok(Tensor { buf: self.buf.clone(), start: self.start + first, shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// The first byte of the tensor in its buffer.
+    fn byte_start(&self) -> u64 {
+        self.start as u64 * 4
     }
 
     /// Binds elements `[start, start + len)`: the binding starts at the aligned offset at or
     /// below `start`, and the returned residual (in elements) says where `start` lies in it.
     pub fn bind(&self, gpu: &Gpu, start: usize, len: usize) -> Result<(Bind<'_>, u32)> {
         let align = gpu.binding_alignment();
-        let first = start as u64 * 4;
+        let first = (self.start + start) as u64 * 4;
         let offset = first - first % align;
-        let end = ((start + len.max(1)) as u64 * 4).div_ceil(16) * 16;
+        let end = ((self.start + start + len.max(1)) as u64 * 4).div_ceil(16) * 16;
         let size = end.min(self.buf.size()) - offset;
         let max = gpu.split_limits().max_binding_bytes;
         if size > max {
@@ -96,7 +115,7 @@ impl Gpu {
             });
         }
         let (buf, _) = self.pool().acquire(self.device(), bytes)?;
-        Ok(Tensor { buf: Arc::new(buf), shape: shape.to_vec(), dtype })
+        Ok(Tensor { buf: Arc::new(buf), start: 0, shape: shape.to_vec(), dtype })
     }
 
     /// A new f32 tensor whose contents are unspecified (NaN when poisoning is on).
@@ -141,11 +160,19 @@ impl Gpu {
         if t.dtype != DType::F32 {
             return Err(Error::shape("download", format!("{t:?} is not f32")));
         }
-        Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), 0, t.numel() as u64 * 4)?))
+        Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), t.byte_start(), t.numel() as u64 * 4)?))
     }
 
     pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), 0, t.numel() as u64 * 4)?))
+        Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), t.byte_start(), t.numel() as u64 * 4)?))
+    }
+
+    /// Copies `src` into `dst` (same element count; either may be a view) on the GPU.
+    pub fn copy_into(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.numel() != dst.numel() || src.dtype != dst.dtype {
+            return Err(Error::shape("copy_into", format!("{src:?} into {dst:?}")));
+        }
+        self.copy_buffer(src.buffer(), src.byte_start(), dst.buffer(), dst.byte_start(), src.numel() as u64 * 4)
     }
 
     /// Element `i` of a 32-bit tensor as u32: four bytes read back, e.g. a counter a kernel
@@ -154,7 +181,7 @@ impl Gpu {
         if i >= t.numel() {
             return Err(Error::shape("read_u32", format!("element {i} of {t:?}")));
         }
-        let bytes = self.read(t.buffer(), i as u64 * 4, 4)?;
+        let bytes = self.read(t.buffer(), t.byte_start() + i as u64 * 4, 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 }

@@ -25,6 +25,63 @@ pub struct GpuModel {
     pub config: Config,
     gpu: Gpu,
     w: HashMap<String, Tensor>,
+    /// Per layer (Llama): the projections that read the same input, stacked so that one
+    /// product computes them; `w` holds views into these under the usual names.
+    stacks: Vec<LayerStacks>,
+}
+
+/// Weights stacked by rows, each part a view under its own name in `GpuModel::w`.
+struct Stack {
+    tensor: Tensor,
+    /// (name, first element, shape) of each part.
+    parts: Vec<(String, usize, Vec<usize>)>,
+}
+
+struct LayerStacks {
+    /// wq, wk, wv: one product gives a decoded token's queries, keys and values.
+    qkv: Stack,
+    /// w_gate, w_up: one product gives both halves of SwiGLU's input.
+    gate_up: Stack,
+}
+
+impl Stack {
+    /// Uploads the named weights stacked by rows (they must share their column count) and
+    /// puts a view of each into `w`.
+    fn upload(gpu: &Gpu, weights: &Weights, names: Vec<String>, w: &mut HashMap<String, Tensor>) -> Result<Stack> {
+        let model_err = |detail: String| Error::Model { file: "model".into(), detail };
+        let mut parts = vec![];
+        let mut data = vec![];
+        let mut cols = None;
+        for name in names {
+            let t = weights.tensors.get(&name).ok_or_else(|| model_err(format!("no tensor '{name}'")))?;
+            if t.shape.len() != 2 || cols.is_some_and(|c| c != t.shape[1]) {
+                return Err(model_err(format!("'{name}' is {:?}; the projections of one input must share their columns", t.shape)));
+            }
+            cols = Some(t.shape[1]);
+            parts.push((name, data.len(), t.shape.clone()));
+            data.extend_from_slice(&t.data);
+        }
+        let cols = cols.unwrap_or(0);
+        let tensor = gpu.upload(&data, &[data.len() / cols.max(1), cols])?;
+        for (name, first, shape) in &parts {
+            w.insert(name.clone(), tensor.view(*first, shape)?);
+        }
+        Ok(Stack { tensor, parts })
+    }
+
+    /// Replaces one part: into a copy of the stack, so that a tensor someone still holds (the
+    /// old stack or one of its views) keeps the values it had.
+    fn replace(&mut self, gpu: &Gpu, name: &str, t: &Tensor, w: &mut HashMap<String, Tensor>) -> Result<bool> {
+        let Some((_, first, shape)) = self.parts.iter().find(|(n, _, _)| n == name) else { return Ok(false) };
+        let fresh = gpu.empty(self.tensor.shape())?;
+        gpu.copy_into(&self.tensor, &fresh)?;
+        gpu.copy_into(t, &fresh.view(*first, shape)?)?;
+        self.tensor = fresh;
+        for (name, first, shape) in &self.parts {
+            w.insert(name.clone(), self.tensor.view(*first, shape)?);
+        }
+        Ok(true)
+    }
 }
 
 /// Token ids padded to the longest sequence; `lens` are the real lengths.
@@ -83,12 +140,24 @@ pub enum LogitRows {
 
 impl GpuModel {
     pub fn new(gpu: &Gpu, weights: &Weights) -> Result<GpuModel> {
+        let c = &weights.config;
+        let layer_names = |i: usize, parts: &[&str]| -> Vec<String> { parts.iter().map(|p| format!("layers.{i}.{p}")).collect() };
         let mut w = HashMap::new();
-        for (name, t) in &weights.tensors {
-            w.insert(name.clone(), gpu.upload(&t.data, &t.shape)?);
+        let mut stacks = vec![];
+        if c.arch == Arch::Llama {
+            for i in 0..c.n_layers {
+                let qkv = Stack::upload(gpu, weights, layer_names(i, &["wq", "wk", "wv"]), &mut w)?;
+                let gate_up = Stack::upload(gpu, weights, layer_names(i, &["w_gate", "w_up"]), &mut w)?;
+                stacks.push(LayerStacks { qkv, gate_up });
+            }
         }
-        crate::model::tuning::tune_on_first_use(gpu, &weights.config)?;
-        Ok(GpuModel { config: weights.config.clone(), gpu: gpu.clone(), w })
+        for (name, t) in &weights.tensors {
+            if !w.contains_key(name) {
+                w.insert(name.clone(), gpu.upload(&t.data, &t.shape)?);
+            }
+        }
+        crate::model::tuning::tune_on_first_use(gpu, c)?;
+        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks })
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -104,6 +173,11 @@ impl GpuModel {
         let old = self.tensor(name)?;
         if old.shape() != t.shape() {
             return Err(Error::shape("set_tensor", format!("'{name}' is {:?}, the new value {:?}", old.shape(), t.shape())));
+        }
+        for layer in &mut self.stacks {
+            if layer.qkv.replace(&self.gpu, name, &t, &mut self.w)? || layer.gate_up.replace(&self.gpu, name, &t, &mut self.w)? {
+                return Ok(());
+            }
         }
         self.w.insert(name.to_string(), t);
         Ok(())
@@ -336,9 +410,21 @@ impl GpuModel {
         let gpt2 = c.arch == Arch::Gpt2;
         let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
         let h = self.norm(&x, &format!("layers.{i}.attn_norm"))?;
-        let q = self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&[b, t, c.n_heads, hd])?;
-        let k = self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
-        let v = self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&[b, t, c.n_kv_heads, hd])?;
+        let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
+        let stacks = self.stacks.get(i).filter(|_| !record);
+        let (q, k, v) = match stacks {
+            // One row: its queries, keys and values are consecutive in the stacked product.
+            Some(s) if b * t == 1 => {
+                let qkv = self.linear(&h, &s.qkv.tensor, None)?;
+                let (nq, nkv) = (c.n_heads * hd, c.n_kv_heads * hd);
+                (qkv.view(0, &q_shape)?, qkv.view(nq, &kv_shape)?, qkv.view(nq + nkv, &kv_shape)?)
+            }
+            _ => (
+                self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
+                self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
+                self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
+            ),
+        };
         let (q, k) = if gpt2 {
             (q, k)
         } else {
@@ -352,16 +438,25 @@ impl GpuModel {
         let x_mid = self.residual_linear(x, &o, self.l(i, "wo")?, bias("bo")?)?;
 
         let h = self.norm(&x_mid, &format!("layers.{i}.mlp_norm"))?;
-        let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
-        let (key, gate) = if gpt2 {
-            (activation::gelu(gpu, &up)?, None)
-        } else {
-            let gate = self.linear(&h, self.l(i, "w_gate")?, None)?;
-            (activation::silu_mul(gpu, &gate, &up)?, Some(gate))
+        let (key, gate, up) = match stacks {
+            // Without a tape, gate and up are never needed apart.
+            Some(s) => (activation::silu_mul_halves(gpu, &self.linear(&h, &s.gate_up.tensor, None)?)?, None, None),
+            None => {
+                let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
+                if gpt2 {
+                    (activation::gelu(gpu, &up)?, None, Some(up))
+                } else {
+                    let gate = self.linear(&h, self.l(i, "w_gate")?, None)?;
+                    (activation::silu_mul(gpu, &gate, &up)?, Some(gate), Some(up))
+                }
+            }
         };
         let x_mid_kept = record.then(|| x_mid.clone());
         let x_out = self.residual_linear(x_mid, &key, self.l(i, "w_down")?, bias("b_down")?)?;
-        let tape = x_in.zip(x_mid_kept).map(|(x_in, x_mid)| BlockTape { x_in, q, x_mid, gate, up });
+        let tape = match (x_in, x_mid_kept, up) {
+            (Some(x_in), Some(x_mid), Some(up)) => Some(BlockTape { x_in, q, x_mid, gate, up }),
+            _ => None,
+        };
         Ok(BlockOut { x: x_out, key, tape })
     }
 
