@@ -49,17 +49,24 @@ fn workgroup_max(lid: u32, v: f32) -> f32 {
     return total;
 }
 
+// (max, log Σ exp(x − max)) of the row of a starting at `base`; every thread gets both.
+fn row_max_lse(base: u32, lid: u32) -> vec2<f32> {
+    var m = bitcast<f32>(0xff800000u); // -inf
+    for (var j = lid; j < p.cols; j += WG) { m = max(m, a[base + j]); }
+    let row_max = workgroup_max(lid, m);
+    var s = 0.0;
+    for (var j = lid; j < p.cols; j += WG) { s += exp(a[base + j] - row_max); }
+    // The sum is at least 1 (the max's own term), so the log is finite.
+    return vec2<f32>(row_max, log(workgroup_sum(lid, s)));
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn log_softmax_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let base = p.a_off + wg.x * p.cols;
     let base_out = p.out_off + wg.x * p.cols;
-    var m = bitcast<f32>(0xff800000u); // -inf
-    for (var j = lid.x; j < p.cols; j += WG) { m = max(m, a[base + j]); }
-    let row_max = workgroup_max(lid.x, m);
-    var s = 0.0;
-    for (var j = lid.x; j < p.cols; j += WG) { s += exp(a[base + j] - row_max); }
-    // The sum is at least 1 (the max's own term), so the log is finite.
-    let lse = log(workgroup_sum(lid.x, s));
+    let ml = row_max_lse(base, lid.x);
+    let row_max = ml.x;
+    let lse = ml.y;
     for (var j = lid.x; j < p.cols; j += WG) { out_fwd[base_out + j] = (a[base + j] - row_max) - lse; }
 }
 
@@ -79,16 +86,11 @@ fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let ba = p.a_off + wg.x * p.cols;
     let bb = p.b_off + wg.x * p.cols;
     let bo = p.out_off + wg.x * p.cols;
-    var m = bitcast<f32>(0xff800000u); // -inf
-    for (var j = lid.x; j < p.cols; j += WG) { m = max(m, a[ba + j]); }
-    let row_max = workgroup_max(lid.x, m);
-    var s = 0.0;
+    let ml = row_max_lse(ba, lid.x);
+    let row_max = ml.x;
+    let lse = ml.y;
     var tw = 0.0;
-    for (var j = lid.x; j < p.cols; j += WG) {
-        s += exp(a[ba + j] - row_max);
-        tw += b[bb + j];
-    }
-    let lse = log(workgroup_sum(lid.x, s));
+    for (var j = lid.x; j < p.cols; j += WG) { tw += b[bb + j]; }
     let total = workgroup_sum(lid.x, tw);
     // Each term's own log p, not sum(t·x) − sum(t)·lse: the latter cancels in f32 where the
     // loss is small and the logits are large.
@@ -106,13 +108,8 @@ fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 @compute @workgroup_size(256, 1, 1)
 fn token_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ba = p.a_off + wg.x * p.cols;
-    var m = bitcast<f32>(0xff800000u); // -inf
-    for (var j = lid.x; j < p.cols; j += WG) { m = max(m, a[ba + j]); }
-    let row_max = workgroup_max(lid.x, m);
-    var s = 0.0;
-    for (var j = lid.x; j < p.cols; j += WG) { s += exp(a[ba + j] - row_max); }
-    let lse = log(workgroup_sum(lid.x, s));
+    let ml = row_max_lse(ba, lid.x);
     // The host checked every token against the row width.
     let token = u32(b[p.b_off + wg.x]);
-    if (lid.x == 0u) { out[p.out_off + wg.x] = (a[ba + token] - row_max) - lse; }
+    if (lid.x == 0u) { out[p.out_off + wg.x] = (a[ba + token] - ml.x) - ml.y; }
 }

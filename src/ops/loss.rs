@@ -34,23 +34,34 @@ pub fn log_softmax_bwd(gpu: &Gpu, logp: &Tensor, dlogp: &Tensor) -> Result<Tenso
     run_rows(gpu, "log_softmax_bwd", logp, Some(dlogp))
 }
 
-/// One workgroup per row, rows split into dispatches that fit the workgroup and binding
-/// limits; `b`, when given, is bound like `a`.
-fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let Some(&cols) = a.shape().last() else {
+/// A tensor's row width and row count, for the ops that run one workgroup per row.
+fn rows_of(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+    let Some(&cols) = x.shape().last() else {
         return Err(Error::shape(op, "a 0-D tensor has no rows"));
     };
-    let out = gpu.empty(a.shape())?;
-    if cols == 0 || a.numel() == 0 {
-        return Ok(out);
-    }
-    let rows = a.numel() / cols;
+    Ok((cols, x.numel().checked_div(cols).unwrap_or(0)))
+}
+
+/// Pieces (first row, rows) of `rows` rows of `cols` values, each fitting one dispatch (a
+/// workgroup per row) and one binding.
+fn row_pieces(gpu: &Gpu, op: &'static str, rows: usize, cols: usize) -> Result<Vec<(usize, usize)>> {
     let max_elems = Tensor::max_binding_elems(gpu);
     if cols > max_elems {
         return Err(Error::TooLarge { op, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
     }
-    let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
-    for (r0, r) in chunks(rows, rows_per) {
+    let rows_per = (max_elems / cols.max(1)).min(gpu.split_limits().max_workgroups as usize).max(1);
+    Ok(chunks(rows, rows_per).collect())
+}
+
+/// One workgroup per row, rows split into dispatches that fit the workgroup and binding
+/// limits; `b`, when given, is bound like `a`.
+fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (cols, rows) = rows_of(op, a)?;
+    let out = gpu.empty(a.shape())?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    for (r0, r) in row_pieces(gpu, op, rows, cols)? {
         let (ab, a_off) = a.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
         let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, _pad: [0; 2] };
@@ -76,21 +87,13 @@ pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor
     if t.shape() != x.shape() {
         return Err(Error::shape(OP, format!("weights {:?} do not match the logits {:?}", t.shape(), x.shape())));
     }
-    let Some(&cols) = x.shape().last() else {
-        return Err(Error::shape(OP, "a 0-D tensor has no rows"));
-    };
-    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let (cols, rows) = rows_of(OP, x)?;
     let grad = gpu.empty(x.shape())?;
     let loss = gpu.empty(&[rows])?;
     if rows == 0 {
         return Ok((grad, loss));
     }
-    let max_elems = Tensor::max_binding_elems(gpu);
-    if cols > max_elems {
-        return Err(Error::TooLarge { op: OP, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
-    }
-    let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
-    for (r0, r) in chunks(rows, rows_per) {
+    for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (tb, b_off) = t.bind(gpu, r0 * cols, r * cols)?;
         let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
@@ -105,10 +108,7 @@ pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor
 /// itself: [rows]. Scoring reads these few numbers back instead of whole rows of a vocabulary.
 pub fn token_logprobs(gpu: &Gpu, x: &Tensor, tokens: &[u32]) -> Result<Tensor> {
     const OP: &str = "token_logprob";
-    let Some(&cols) = x.shape().last() else {
-        return Err(Error::shape(OP, "a 0-D tensor has no rows"));
-    };
-    let rows = if cols == 0 { 0 } else { x.numel() / cols };
+    let (cols, rows) = rows_of(OP, x)?;
     if tokens.len() != rows {
         return Err(Error::shape(OP, format!("{} tokens for {rows} rows", tokens.len())));
     }
@@ -124,12 +124,7 @@ pub fn token_logprobs(gpu: &Gpu, x: &Tensor, tokens: &[u32]) -> Result<Tensor> {
         return Ok(out);
     }
     let ids = gpu.upload(&tokens.iter().map(|&t| t as f32).collect::<Vec<_>>(), &[rows])?;
-    let max_elems = Tensor::max_binding_elems(gpu);
-    if cols > max_elems {
-        return Err(Error::TooLarge { op: OP, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
-    }
-    let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
-    for (r0, r) in chunks(rows, rows_per) {
+    for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ib, b_off) = ids.bind(gpu, r0, r)?;
         let (ob, out_off) = out.bind(gpu, r0, r)?;

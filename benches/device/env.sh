@@ -1,0 +1,20 @@
+# Sourced first in every command on the remote GPU host (`. .device/env.sh`): installs the Vulkan
+# loader, quiets Mesa's device-select layer, reassembles a staged model. Copy it over the
+# .device/env.sh that the shared prepare.sh writes: that one's `rm -f model.*` also deleted the
+# model.gguf it had just reassembled (seen 2026-12-04), and sourcing it a second time would
+# truncate the model (cat model.* > model.gguf, model.gguf among the inputs).
+for f in .device/gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export NODEVICE_SELECT=1 REVIVE_CACHE=/root/revive-cache
+mkdir -p "$REVIVE_CACHE"
+if ls "$REVIVE_CACHE"/model.a? >/dev/null 2>&1; then
+  cat "$REVIVE_CACHE"/model.a? > "$REVIVE_CACHE/model.gguf" && rm -f "$REVIVE_CACHE"/model.a?
+fi
+if [ -f "$REVIVE_CACHE/model.gguf" ] && [ -f .device/bin/model.sha256 ]; then
+  if [ "$(sha256sum "$REVIVE_CACHE/model.gguf" | cut -d' ' -f1)" = "$(cat .device/bin/model.sha256)" ]; then
+    echo "model: $REVIVE_CACHE/model.gguf (sha256 ok)"
+  else
+    echo "model: $REVIVE_CACHE/model.gguf has the WRONG sha256: a part is missing; stage again" >&2
+  fi
+fi
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || true
