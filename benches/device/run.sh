@@ -88,8 +88,13 @@ step exp200 240 bash benches/device/arms.sh $bin "$model" /tmp/exp200 3 --limit 
 # checkpoint measured, the rest estimated), for planning the full run.
 step experiment-dry 120 $bin experiment -m "$model" --dry-run --limit 2000 --batch 100 --every 500 \
   --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/exp-dry
-# Issue 12: MEMIT and AlphaEdit with and without REVIVE over 2,000 edits in batches of 100;
-# --stop-after leaves a resumable run (re-run the same command to continue) if time runs out.
-step experiment 570 $bin experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --limit 2000 \
-  --batch 100 --every 500 --templates 0 --steps 12 --cov-tokens 4096 --stop-after 9 --out "$out/experiment"
+# Issue 12: MEMIT and AlphaEdit with and without REVIVE over 2,000 edits in batches of 100, the
+# four arms in parallel, checkpoints every 500 edits on 100 sampled requests. Each arm stops
+# cleanly after EXP_MINUTES (default 8) and the journals stay in /tmp/exp2000 on the machine:
+# while it is still warm, running this step again continues every arm where it stopped.
+exp_minutes=${EXP_MINUTES:-8}
+step experiment 570 bash benches/device/arms.sh $bin "$model" /tmp/exp2000 "$exp_minutes" --limit 2000 --batch 100 \
+  --every 500 --templates 0 --steps 12 --cov-tokens 4096 --sample 100 --known-limit 100 --ppl-tokens 4096 \
+  --agreement-prompts 32 --fluency-prompts 4 --fluency-tokens 32
+[ -d /tmp/exp2000 ] && (cd /tmp && tar czf "$out/exp2000.tgz" --exclude=journal --exclude="*.safetensors" exp2000 exp2000-*.log)
 exit 0
