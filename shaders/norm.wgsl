@@ -2,12 +2,15 @@
 //   rms_norm    out = x / sqrt(mean(x^2) + eps) * w
 //   layer_norm  out = (x - mean) / sqrt(var + eps) * w + b   (biased variance)
 //   *_bwd       dx from x, w and dy (binding 3 read as dy); the bias does not affect dx
-// Binding 3 is the bias (read) in layer_norm, dy in the backward entries and the output in
-// rms_norm: no entry uses two of them.
+//   rms_norm_matvec  out[r, n] = rms_norm(x)[r, :] · m[n, :] (binding 3 read as the matrix m,
+//               [n_out, cols], from dy_off; out [rows, n_out]): the norm and the product that
+//               reads it in one dispatch, for a few rows (a decoded token)
+// Binding 3 is the bias (read) in layer_norm, dy in the backward entries, the matrix in
+// rms_norm_matvec and the output in rms_norm: no entry uses two of them.
 
 struct Meta {
     rows: u32, cols: u32, x_off: u32, out_off: u32,
-    eps: f32, dy_off: u32, _pad1: u32, _pad2: u32,
+    eps: f32, dy_off: u32, n_out: u32, _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -43,6 +46,25 @@ fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) 
     for (var j = lid.x; j < p.cols; j += WG) { let v = x[base_in + j]; sq += v * v; }
     let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / f32(p.cols) + p.eps);
     for (var j = lid.x; j < p.cols; j += WG) { out_rms[base_out + j] = x[base_in + j] * inv * w[j]; }
+}
+
+// One workgroup per output (n, r), like matmul_dot: the row's sum of squares rides along the
+// dot product, so the normalised row is never stored. Rounds differently from rms_norm then a
+// product (inv · Σ x w m instead of Σ (x inv w) m), within f32 rounding of it.
+@compute @workgroup_size(256, 1, 1)
+fn rms_norm_matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let base_x = p.x_off + wg.y * p.cols;
+    let base_m = p.dy_off + wg.x * p.cols;
+    var sq = 0.0;
+    var acc = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let v = x[base_x + j];
+        sq += v * v;
+        acc = fma(v * w[j], b[base_m + j], acc);
+    }
+    let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / f32(p.cols) + p.eps);
+    let dot = workgroup_sum(lid.x, acc);
+    if (lid.x == 0u) { out[p.out_off + wg.y * p.n_out + wg.x] = dot * inv; }
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -204,7 +204,8 @@ fn a_non_finite_logit_is_an_error_everywhere() {
 #[test]
 fn the_residual_accumulates_in_place_only_when_x_is_not_shared() {
     use revive::testing::{random_vec, rng};
-    for_each_gpu(|gpu| {
+    // Counts dispatches: a device of its own, which no other test of this binary uses.
+    for_each_fresh_gpu(|gpu| {
         let w = random_weights(&Config::tiny_llama(), 5);
         let gm = ok(GpuModel::new(gpu, &w))?;
         let (d, ffn) = (w.config.hidden, w.config.ffn_hidden);
@@ -283,6 +284,51 @@ fn replacing_a_stacked_weight_reaches_every_path() {
         for (name, t) in &edited.tensors {
             if saved.tensors[name].data != t.data {
                 return Err(format!("'{name}' saved back differs"));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The RMS norm folded into the product that reads it (the default on hardware adapters for a
+/// few rows) gives the logits of the separate norm and product within f32 rounding: decoded
+/// tokens (q/k/v, gate/up and the head each one dispatch with their norm) and a short prompt.
+#[test]
+fn norms_folded_into_products_give_the_same_logits() {
+    // Counts dispatches too: a device of its own.
+    for_each_fresh_gpu(|gpu| {
+        for (name, w) in models() {
+            let apart = {
+                let mut m = ok(GpuModel::new(gpu, &w))?;
+                m.set_norm_into_product(false);
+                m
+            };
+            let mut folded = ok(GpuModel::new(gpu, &w))?;
+            folded.set_norm_into_product(true);
+            let run = |m: &GpuModel| -> Result<Vec<f32>, String> {
+                let mut cache = ok(m.new_cache(1, 8))?;
+                let mut out = vec![];
+                for tok in [3u32, 14, 15, 9] {
+                    let (l, _) = ok(m.forward(&ok(Batch::new(&[vec![tok]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                    out.extend(ok(gpu.download(&l))?);
+                }
+                out.extend(ok(m.last_logits(&[vec![5, 6, 7], vec![8, 9]]))?.concat());
+                Ok(out)
+            };
+            let want: Vec<f64> = run(&apart)?.iter().map(|&x| x as f64).collect();
+            compare(&format!("{name} with norms folded"), &run(&folded)?, &want, logit_tol(&want))?;
+            // A Llama's decoded token: two norms per layer and the final one fold away.
+            let per_token = |m: &GpuModel| -> Result<u64, String> {
+                let mut cache = ok(m.new_cache(1, 4))?;
+                ok(m.forward(&ok(Batch::new(&[vec![3]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                let before = gpu.runtime_stats();
+                ok(m.forward(&ok(Batch::new(&[vec![4]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                Ok((gpu.runtime_stats() - before).dispatches)
+            };
+            let (a, f) = (per_token(&apart)?, per_token(&folded)?);
+            let saved = if w.config.arch == revive::model::Arch::Llama { 2 * w.config.n_layers as u64 + 1 } else { 0 };
+            if a - f != saved {
+                return Err(format!("{name}: {a} dispatches per token apart, {f} folded (want {saved} fewer)"));
             }
         }
         Ok(())

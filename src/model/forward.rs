@@ -28,6 +28,10 @@ pub struct GpuModel {
     /// Per layer (Llama): the projections that read the same input, stacked so that one
     /// product computes them; `w` holds views into these under the usual names.
     stacks: Vec<LayerStacks>,
+    /// For a few rows (a decoded token), RMS norms fold into the product that reads them
+    /// (`norm::rms_norm_matvec`): on GPUs, where each dispatch has a fixed cost; not on
+    /// software adapters, whose fastest decode product is another kernel (the block kernel).
+    norm_into_product: bool,
 }
 
 /// Weights stacked by rows, each part a view under its own name in `GpuModel::w`.
@@ -157,7 +161,24 @@ impl GpuModel {
             }
         }
         crate::model::tuning::tune_on_first_use(gpu, c)?;
-        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks })
+        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, norm_into_product: !gpu.is_cpu() })
+    }
+
+    /// Whether RMS norms fold into the product that reads them for a few rows (by default on
+    /// hardware adapters only); the result differs only by f32 rounding.
+    pub fn set_norm_into_product(&mut self, on: bool) {
+        self.norm_into_product = on;
+    }
+
+    /// rms_norm(x) · Wᵀ in one dispatch where `norm_into_product` allows it for x's rows,
+    /// else the norm and the product apart.
+    fn norm_linear(&self, x: &Tensor, prefix: &str, w: &Tensor) -> Result<Tensor> {
+        let rows = x.numel() / self.config.hidden.max(1);
+        if self.norm_into_product && self.config.arch == Arch::Llama && rows <= matmul::DOT_MAX_ROWS {
+            let g = self.tensor(&format!("{prefix}.weight"))?;
+            return norm::rms_norm_matvec(&self.gpu, &x.reshape(&[rows, self.config.hidden])?, g, w, self.config.norm_eps);
+        }
+        self.linear(&self.norm(x, prefix)?, w, None)
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -301,8 +322,7 @@ impl GpuModel {
             LogitRows::All => x,
             LogitRows::Rows(r) => gather_rows(gpu, &x, &r.iter().map(|&r| r as u32).collect::<Vec<_>>())?,
         };
-        let x = self.norm(&x, "final_norm")?;
-        let logits = self.linear(&x, self.head()?, None)?;
+        let logits = self.norm_linear(&x, "final_norm", self.head()?)?;
         let captured = Captured {
             residual: collect(gpu, probes.residual.len(), residual_caps)?,
             down_in: collect(gpu, probes.down_in.len(), down_caps)?,
@@ -409,21 +429,24 @@ impl GpuModel {
         let hd = c.head_dim;
         let gpt2 = c.arch == Arch::Gpt2;
         let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
-        let h = self.norm(&x, &format!("layers.{i}.attn_norm"))?;
+        let attn_norm = format!("layers.{i}.attn_norm");
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
         let stacks = self.stacks.get(i).filter(|_| !record);
         let (q, k, v) = match stacks {
             // One row: its queries, keys and values are consecutive in the stacked product.
             Some(s) if b * t == 1 => {
-                let qkv = self.linear(&h, &s.qkv.tensor, None)?;
+                let qkv = self.norm_linear(&x, &attn_norm, &s.qkv.tensor)?;
                 let (nq, nkv) = (c.n_heads * hd, c.n_kv_heads * hd);
                 (qkv.view(0, &q_shape)?, qkv.view(nq, &kv_shape)?, qkv.view(nq + nkv, &kv_shape)?)
             }
-            _ => (
-                self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
-                self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
-                self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
-            ),
+            _ => {
+                let h = self.norm(&x, &attn_norm)?;
+                (
+                    self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
+                    self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
+                    self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
+                )
+            }
         };
         let (q, k) = if gpt2 {
             (q, k)
@@ -437,11 +460,12 @@ impl GpuModel {
         let x_in = record.then(|| x.clone());
         let x_mid = self.residual_linear(x, &o, self.l(i, "wo")?, bias("bo")?)?;
 
-        let h = self.norm(&x_mid, &format!("layers.{i}.mlp_norm"))?;
+        let mlp_norm = format!("layers.{i}.mlp_norm");
         let (key, gate, up) = match stacks {
             // Without a tape, gate and up are never needed apart.
-            Some(s) => (activation::silu_mul_halves(gpu, &self.linear(&h, &s.gate_up.tensor, None)?)?, None, None),
+            Some(s) => (activation::silu_mul_halves(gpu, &self.norm_linear(&x_mid, &mlp_norm, &s.gate_up.tensor)?)?, None, None),
             None => {
+                let h = self.norm(&x_mid, &mlp_norm)?;
                 let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
                 if gpt2 {
                     (activation::gelu(gpu, &up)?, None, Some(up))

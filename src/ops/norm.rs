@@ -13,8 +13,10 @@ struct Meta {
     x_off: u32,
     out_off: u32,
     eps: f32,
+    /// dy's offset in the backward entries, the matrix's in rms_norm_matvec.
     dy_off: u32,
-    _pad: [u32; 2],
+    n_out: u32,
+    _pad: u32,
 }
 
 /// x / sqrt(mean(x²) + eps) * w over the last dimension; x of any rank, w of shape [d].
@@ -26,6 +28,39 @@ pub fn rms_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
 /// rank, w and b of shape [d].
 pub fn layer_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
     run(gpu, "layer_norm", x, w, Some(b), None, eps)
+}
+
+/// rms_norm(x, w, eps) · mᵀ for x [rows, d] and m [n, d], without storing the normalised rows:
+/// [rows, n]. One workgroup per output: meant for the few rows of a decoded token, where the
+/// separate norm would be a dispatch of its own.
+pub fn rms_norm_matvec(gpu: &Gpu, x: &Tensor, w: &Tensor, m: &Tensor, eps: f32) -> Result<Tensor> {
+    const OP: &str = "rms_norm_matvec";
+    let (&[rows, cols], &[n, m_cols]) = (x.shape(), m.shape()) else {
+        return Err(Error::shape(OP, format!("x {:?} and the matrix {:?} must both be 2-D", x.shape(), m.shape())));
+    };
+    if m_cols != cols || w.shape() != [cols] {
+        return Err(Error::shape(OP, format!("x {:?}, weight {:?} and matrix {:?} do not agree", x.shape(), w.shape(), m.shape())));
+    }
+    let out = gpu.empty(&[rows, n])?;
+    if rows == 0 || n == 0 || cols == 0 {
+        return Ok(out);
+    }
+    let limits = gpu.split_limits();
+    let max_elems = Tensor::max_binding_elems(gpu);
+    if rows * cols > max_elems || rows * n > max_elems || rows > limits.max_workgroups as usize {
+        return Err(Error::TooLarge { op: OP, detail: format!("{rows} rows of {cols} into {n} outputs: meant for a few rows") });
+    }
+    let (xb, x_off) = x.bind(gpu, 0, rows * cols)?;
+    let (wb, _) = w.bind(gpu, 0, cols)?;
+    let (ob, out_base) = out.bind(gpu, 0, rows * n)?;
+    // Pieces of the matrix's rows that fit one binding and one dispatch.
+    let per = (max_elems / cols).min(limits.max_workgroups as usize).max(1);
+    for (n0, nn) in chunks(n, per) {
+        let (mb, m_off) = m.bind(gpu, n0 * cols, nn * cols)?;
+        let meta = Meta { rows: rows as u32, cols: cols as u32, x_off, out_off: out_base + n0 as u32, eps, dy_off: m_off, n_out: n as u32, _pad: 0 };
+        gpu.dispatch(NORM, OP, &[], bytemuck::bytes_of(&meta), &[xb, wb, mb, ob], [nn as u32, rows as u32, 1])?;
+    }
+    Ok(out)
 }
 
 /// dx of `rms_norm` given the upstream gradient dy (same shape as x).
@@ -76,7 +111,7 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
     for (r0, r) in chunks(rows, rows_per) {
         let (xb, x_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let mut meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, dy_off: 0, _pad: [0; 2] };
+        let mut meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, dy_off: 0, n_out: 0, _pad: 0 };
         let binds = match (bb, dy) {
             (Some((bb, _)), _) => vec![xb, wb, bb, ob],
             (None, Some(dy)) => {

@@ -46,6 +46,19 @@ pub fn for_each_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// Runs `body` on a device of every adapter opened for it alone, so that its runtime counters
+/// (dispatches, bind groups, …) see no other test's work: the tests of one binary run at once.
+pub fn for_each_fresh_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
+    let mut failures = vec![];
+    for g in Gpu::all() {
+        let gpu = g.expect("the adapter opened once for the shared devices").with_poison(true);
+        if let Err(e) = body(&gpu) {
+            failures.push(format!("[{}] {e}", gpu.label()));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
 /// Turns a revive error into a test failure message.
 pub fn ok<T>(r: revive::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
