@@ -49,22 +49,33 @@ fn workgroup_max(lid: u32, v: f32) -> f32 {
     return total;
 }
 
-// (max, log Σ exp(x − max)) of the row of a starting at `base`; every thread gets both.
-fn row_max_lse(base: u32, lid: u32) -> vec2<f32> {
+// (max, log Σ exp(x − max)) of the row of a starting at `base`; every thread gets both. With
+// `strict`, a row holding a NaN or an infinity gets a NaN log-sum-exp, so that whatever is
+// computed from it is NaN and refused by the host: a -inf logit would otherwise vanish into a
+// finite score or loss.
+fn row_max_lse(base: u32, lid: u32, strict: bool) -> vec2<f32> {
     var m = bitcast<f32>(0xff800000u); // -inf
-    for (var j = lid; j < p.cols; j += WG) { m = max(m, a[base + j]); }
+    var bad = 0.0;
+    for (var j = lid; j < p.cols; j += WG) {
+        let v = a[base + j];
+        m = max(m, v);
+        // Written so that a NaN fails the comparison, whatever max() does with it.
+        if (!(abs(v) <= 3.4028235e38)) { bad = 1.0; }
+    }
     let row_max = workgroup_max(lid, m);
+    let row_bad = workgroup_max(lid, bad);
     var s = 0.0;
     for (var j = lid; j < p.cols; j += WG) { s += exp(a[base + j] - row_max); }
     // The sum is at least 1 (the max's own term), so the log is finite.
-    return vec2<f32>(row_max, log(workgroup_sum(lid, s)));
+    let lse = log(workgroup_sum(lid, s));
+    return vec2<f32>(row_max, select(lse, bitcast<f32>(0x7fc00000u), strict && row_bad > 0.0));
 }
 
 @compute @workgroup_size(256, 1, 1)
 fn log_softmax_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let base = p.a_off + wg.x * p.cols;
     let base_out = p.out_off + wg.x * p.cols;
-    let ml = row_max_lse(base, lid.x);
+    let ml = row_max_lse(base, lid.x, false);
     let row_max = ml.x;
     let lse = ml.y;
     for (var j = lid.x; j < p.cols; j += WG) { out_fwd[base_out + j] = (a[base + j] - row_max) - lse; }
@@ -86,7 +97,7 @@ fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let ba = p.a_off + wg.x * p.cols;
     let bb = p.b_off + wg.x * p.cols;
     let bo = p.out_off + wg.x * p.cols;
-    let ml = row_max_lse(ba, lid.x);
+    let ml = row_max_lse(ba, lid.x, true);
     let row_max = ml.x;
     let lse = ml.y;
     var tw = 0.0;
@@ -108,7 +119,7 @@ fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 @compute @workgroup_size(256, 1, 1)
 fn token_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ba = p.a_off + wg.x * p.cols;
-    let ml = row_max_lse(ba, lid.x);
+    let ml = row_max_lse(ba, lid.x, true);
     // The host checked every token against the row width.
     let token = u32(b[p.b_off + wg.x]);
     if (lid.x == 0u) { out[p.out_off + wg.x] = (a[ba + token] - ml.x) - ml.y; }

@@ -117,6 +117,30 @@ fn loss_oracle_matches_finite_differences() {
     }
 }
 
+/// A logit that is −∞, +∞ or NaN anywhere in a row makes that row's score and loss NaN (which
+/// the host refuses), never a finite number: a −∞ would otherwise vanish into the sum.
+#[test]
+fn a_non_finite_logit_poisons_its_row_only() {
+    for_each_gpu(|gpu| {
+        for bad in [f32::NEG_INFINITY, f32::INFINITY, f32::NAN] {
+            let mut x = logits(4300, 3 * 300);
+            x[300 + 17] = bad;
+            let t = ok(gpu.upload(&x, &[3, 300]))?;
+            let lp = ok(gpu.download(&ok(token_logprobs(gpu, &t, &[1, 2, 3]))?))?;
+            let mut w = vec![0.0f32; 900];
+            (0..3).for_each(|r| w[r * 300 + 5] = 1.0);
+            let (_, loss) = ok(weighted_nll(gpu, &t, &ok(gpu.upload(&w, &[3, 300]))?))?;
+            let loss = ok(gpu.download(&loss))?;
+            for (what, v) in [("token_logprobs", &lp), ("weighted_nll", &loss)] {
+                if !(v[0].is_finite() && v[1].is_nan() && v[2].is_finite()) {
+                    return Err(format!("{what} with a {bad} logit in row 1: {v:?}"));
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn loss_rejects_mismatched_shapes() {
     for_each_gpu(|gpu| {

@@ -310,3 +310,51 @@ fn paired_ops_take_one_dispatch_where_they_fit() {
         }
     }
 }
+
+/// Views that start off a binding boundary (3 elements into a buffer) give every op that may
+/// read them — the paired rope and KV write, the norm, the matmul, the folded norm·product,
+/// the copy into the cache — the values of the same data in a tensor of its own, and a view
+/// given where a kernel takes a tensor whole is refused, not read from the wrong place.
+#[test]
+fn ops_read_views_that_start_off_a_binding_boundary() {
+    use revive::model::RopeStyle;
+    use revive::ops::{attention::write_kv_pair, matmul, norm, rope::rope_pair};
+    for_each_gpu(|gpu| {
+        let (hq, hk, d) = (3, 1, 8);
+        let (nq, nk) = (hq * d, hk * d);
+        let data = random_vec(&mut rng(70), 3 + nq + 2 * nk);
+        let whole = ok(gpu.upload(&data, &[data.len()]))?;
+        let view = |first: usize, shape: &[usize]| ok(whole.view(3 + first, shape));
+        let copy = |first: usize, shape: &[usize]| ok(gpu.upload(&data[3 + first..3 + first + shape.iter().product::<usize>()], shape));
+        let (q, k, v) = (view(0, &[1, 1, hq, d])?, view(nq, &[1, 1, hk, d])?, view(nq + nk, &[1, 1, hk, d])?);
+        let (qc, kc, vc) = (copy(0, &[1, 1, hq, d])?, copy(nq, &[1, 1, hk, d])?, copy(nq + nk, &[1, 1, hk, d])?);
+        let bits = |what: &str, a: &revive::Tensor, b: &revive::Tensor| -> Result<(), String> {
+            if ok(gpu.download(a))? != ok(gpu.download(b))? {
+                return Err(format!("{what}: the view and the copy disagree"));
+            }
+            Ok(())
+        };
+        let (rq, rk) = ok(rope_pair(gpu, &q, &k, 5, 10000.0, RopeStyle::Half))?;
+        let (rqc, rkc) = ok(rope_pair(gpu, &qc, &kc, 5, 10000.0, RopeStyle::Half))?;
+        bits("rope_pair q", &rq, &rqc)?;
+        bits("rope_pair k", &rk, &rkc)?;
+        let caches = || -> Result<[revive::Tensor; 2], String> { Ok([ok(gpu.full(&[1, hk, 4, d], 0.0))?, ok(gpu.full(&[1, hk, 4, d], 0.0))?]) };
+        let ([kv, vv], [kcc, vcc]) = (caches()?, caches()?);
+        ok(write_kv_pair(gpu, &k, &v, &kv, &vv, 2))?;
+        ok(write_kv_pair(gpu, &kc, &vc, &kcc, &vcc, 2))?;
+        bits("write_kv_pair keys", &kv, &kcc)?;
+        bits("write_kv_pair values", &vv, &vcc)?;
+        let (x, xc) = (view(0, &[nq / d, d])?, copy(0, &[nq / d, d])?);
+        let g = ok(gpu.upload(&random_vec(&mut rng(71), d), &[d]))?;
+        bits("rms_norm", &ok(norm::rms_norm(gpu, &x, &g, 1e-5))?, &ok(norm::rms_norm(gpu, &xc, &g, 1e-5))?)?;
+        let m = ok(gpu.upload(&random_vec(&mut rng(72), 5 * d), &[5, d]))?;
+        let t = matmul::Gemm { trans_b: true, ..Default::default() };
+        bits("matmul", &ok(matmul::gemm(gpu, &x, &m, None, t))?, &ok(matmul::gemm(gpu, &xc, &m, None, t))?)?;
+        bits("rms_norm_matvec", &ok(norm::rms_norm_matvec(gpu, &x, &g, &m, 1e-5))?, &ok(norm::rms_norm_matvec(gpu, &xc, &g, &m, 1e-5))?)?;
+        let err = norm::rms_norm(gpu, &xc, &view(0, &[d])?, 1e-5).err().ok_or("a norm weight off the binding boundary was read")?;
+        if !err.to_string().contains("binding boundary") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}

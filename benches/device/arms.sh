@@ -9,6 +9,10 @@ set -u
 bin=$1 model=$2 dir=$3 minutes=$4
 shift 4
 mkdir -p "$dir"
+# The kernel choices first, once: four arms measuring at the same time on a fresh machine would
+# each time the others' work and save different tables, and an arm continued later would load
+# another table than it started with (its results would no longer be bit-identical).
+"$bin" tune -m "$model" --rows 1 --rows 16 --rows 128 --rows 512 --rows 2048 > "$dir-tune.log" 2>&1
 for arm in memit/none memit/0.5 alphaedit/none alphaedit/0.5; do
   "$bin" experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --arm "$arm" \
     --stop-after "$minutes" --out "$dir" "$@" > "$dir-${arm/\//-}.log" 2>&1 &

@@ -148,7 +148,9 @@ impl GpuModel {
         let layer_names = |i: usize, parts: &[&str]| -> Vec<String> { parts.iter().map(|p| format!("layers.{i}.{p}")).collect() };
         let mut w = HashMap::new();
         let mut stacks = vec![];
-        if c.arch == Arch::Llama {
+        // A stack is one buffer: where the largest would not fit one, the weights stay apart.
+        let largest_stack = 4 * c.hidden.max(1) as u64 * ((c.n_heads + 2 * c.n_kv_heads) * c.head_dim).max(2 * c.ffn_hidden) as u64;
+        if c.arch == Arch::Llama && largest_stack <= gpu.limits().max_buffer_size {
             for i in 0..c.n_layers {
                 let qkv = Stack::upload(gpu, weights, layer_names(i, &["wq", "wk", "wv"]), &mut w)?;
                 let gate_up = Stack::upload(gpu, weights, layer_names(i, &["w_gate", "w_up"]), &mut w)?;
@@ -160,7 +162,11 @@ impl GpuModel {
                 w.insert(name.clone(), gpu.upload(&t.data, &t.shape)?);
             }
         }
-        crate::model::tuning::tune_on_first_use(gpu, c)?;
+        // A measurement that fails (no memory for the largest shapes, a lost device) costs
+        // speed, not the run: the fixed rule serves whatever was not measured.
+        if let Err(e) = crate::model::tuning::tune_on_first_use(gpu, c) {
+            log::warn!("measuring the matmul kernels on {} failed ({e}); the fixed rule applies where nothing was measured", gpu.label());
+        }
         Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, norm_into_product: !gpu.is_cpu() })
     }
 
@@ -479,7 +485,8 @@ impl GpuModel {
         let x_out = self.residual_linear(x_mid, &key, self.l(i, "w_down")?, bias("b_down")?)?;
         let tape = match (x_in, x_mid_kept, up) {
             (Some(x_in), Some(x_mid), Some(up)) => Some(BlockTape { x_in, q, x_mid, gate, up }),
-            _ => None,
+            (None, None, _) => None,
+            _ => return Err(Error::shape("forward", format!("layer {i}: a tape was asked for but the block ran the stacked path, which keeps none"))),
         };
         Ok(BlockOut { x: x_out, key, tape })
     }

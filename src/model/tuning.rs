@@ -17,7 +17,8 @@ pub const FIRST_USE_ROWS: [usize; 5] = [1, 16, 128, 512, 2048];
 
 /// The products of a forward and backward pass at `rows` tokens, and of the covariance: every
 /// linear map forward (x·Wᵀ), its input gradient (dy·W) and weight gradient (dyᵀ·x, not for
-/// the vocabulary head, which is never trained), and the keys' second moment KᵀK.
+/// the vocabulary head, which is never trained), the keys' second moment KᵀK, and the
+/// stacked q/k/v and gate/up products of a pass without a tape.
 pub fn model_shapes(c: &Config, rows: &[usize]) -> Vec<Shape> {
     let kv = c.n_kv_heads * c.head_dim;
     let linear = [(c.hidden, c.hidden), (kv, c.hidden), (c.ffn_hidden, c.hidden), (c.hidden, c.ffn_hidden), (c.vocab_size, c.hidden)];
@@ -31,6 +32,9 @@ pub fn model_shapes(c: &Config, rows: &[usize]) -> Vec<Shape> {
             }
         }
         v.push(Shape { m: c.ffn_hidden, n: c.ffn_hidden, k: m, trans_a: true, trans_b: false });
+        // The stacked forward products (q/k/v, gate/up) where no tape is kept.
+        v.push(Shape { m, n: c.hidden + 2 * kv, k: c.hidden, trans_a: false, trans_b: true });
+        v.push(Shape { m, n: 2 * c.ffn_hidden, k: c.hidden, trans_a: false, trans_b: true });
     }
     v
 }

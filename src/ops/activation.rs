@@ -23,7 +23,7 @@ struct Meta {
 /// binding. `y` is bound over the same range as `x`, or whole when `bias_cols` is set.
 fn run_1d(gpu: &Gpu, entry: &'static str, x: &Tensor, y: Option<&Tensor>, out: &Tensor, bias_cols: Option<usize>) -> Result<()> {
     let bias = match (y, bias_cols) {
-        (Some(b), Some(cols)) => Some(b.bind(gpu, 0, cols)?.0),
+        (Some(b), Some(_)) => Some(super::whole(gpu, b)?),
         _ => None,
     };
     let cols = bias_cols.unwrap_or(1);

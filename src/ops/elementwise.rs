@@ -174,7 +174,12 @@ pub fn copy_strided_pair(gpu: &Gpu, srcs: [&Tensor; 2], src_view: View, dsts: [&
     let meta = CopyMeta::new(dims, src_view, dst_view, src_view.span(&dims).0 as u32, dst_view.span(&dims).0 as u32);
     let mut binds = Vec::with_capacity(4);
     for t in srcs.into_iter().chain(dsts) {
-        binds.push(t.bind(gpu, 0, t.numel())?.0);
+        // The paired kernel has one offset per side: a tensor that starts inside its binding
+        // (a view off the alignment) takes the two separate copies, which have one each.
+        match t.bind(gpu, 0, t.numel())? {
+            (b, 0) => binds.push(b),
+            _ => return fallback(gpu),
+        }
     }
     gpu.dispatch(ELEMENTWISE, "copy_strided_pair", &[], bytemuck::bytes_of(&meta), &binds, [groups(2 * n, WG), 1, 1])
 }
@@ -184,8 +189,8 @@ pub fn copy_strided_pair(gpu: &Gpu, srcs: [&Tensor; 2], src_view: View, dsts: [&
 /// the last step's bind group instead of creating one per layer and token), else the range.
 fn bind_steady<'a>(gpu: &Gpu, t: &'a Tensor, start: usize, len: usize) -> Result<(Bind<'a>, u32)> {
     if t.numel() <= Tensor::max_binding_elems(gpu) {
-        let (b, _) = t.bind(gpu, 0, t.numel())?;
-        return Ok((b, start as u32));
+        let (b, off) = t.bind(gpu, 0, t.numel())?;
+        return Ok((b, off + start as u32));
     }
     t.bind(gpu, start, len)
 }

@@ -33,9 +33,14 @@ pub(crate) fn chunks(total: usize, chunk: usize) -> impl Iterator<Item = (usize,
     (0..total.div_ceil(chunk)).map(move |i| (i * chunk, chunk.min(total - i * chunk)))
 }
 
-/// A binding of the whole tensor (callers check it fits one binding).
+/// A binding of the whole tensor (callers check it fits one binding), for kernels that take
+/// no offset for it: a view that does not start on a binding boundary is refused, never read
+/// from the wrong place.
 pub(crate) fn whole<'a>(gpu: &Gpu, t: &'a Tensor) -> crate::error::Result<crate::gpu::Bind<'a>> {
-    Ok(t.bind(gpu, 0, t.numel())?.0)
+    match t.bind(gpu, 0, t.numel())? {
+        (b, 0) => Ok(b),
+        (_, off) => Err(crate::error::Error::shape("bind", format!("a {:?} view starts {off} elements past a binding boundary, where the kernel takes it whole", t.shape()))),
+    }
 }
 
 pub(crate) fn groups(n: usize, per_group: usize) -> u32 {

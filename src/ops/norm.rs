@@ -51,7 +51,7 @@ pub fn rms_norm_matvec(gpu: &Gpu, x: &Tensor, w: &Tensor, m: &Tensor, eps: f32) 
         return Err(Error::TooLarge { op: OP, detail: format!("{rows} rows of {cols} into {n} outputs: meant for a few rows") });
     }
     let (xb, x_off) = x.bind(gpu, 0, rows * cols)?;
-    let (wb, _) = w.bind(gpu, 0, cols)?;
+    let wb = super::whole(gpu, w)?;
     let (ob, out_base) = out.bind(gpu, 0, rows * n)?;
     // Pieces of the matrix's rows that fit one binding and one dispatch.
     let per = (max_elems / cols).min(limits.max_workgroups as usize).max(1);
@@ -106,7 +106,7 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
         return Err(Error::TooLarge { op, detail: format!("a row of {cols} values is larger than one binding ({max_elems} values)") });
     }
     let rows_per = (max_elems / cols).min(gpu.split_limits().max_workgroups as usize).max(1);
-    let (wb, _) = w.bind(gpu, 0, cols)?;
+    let wb = super::whole(gpu, w)?;
     let bb = b.map(|b| b.bind(gpu, 0, cols)).transpose()?;
     for (r0, r) in chunks(rows, rows_per) {
         let (xb, x_off) = x.bind(gpu, r0 * cols, r * cols)?;

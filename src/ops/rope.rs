@@ -55,7 +55,12 @@ pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, sty
     let meta = Meta { pairs: (q.numel() / 2) as u32, pairs2: (k.numel() / 2) as u32, heads2: hk as u32, ..meta("rope", tq, hq, dq, pos0, theta, style) };
     let mut binds = Vec::with_capacity(4);
     for t in [q, &qo, k, &ko] {
-        binds.push(t.bind(gpu, 0, t.numel())?.0);
+        // The paired kernel takes no offsets: a view off the binding alignment goes the
+        // separate way.
+        match t.bind(gpu, 0, t.numel())? {
+            (b, 0) => binds.push(b),
+            _ => return Ok((rope(gpu, q, pos0, theta, style)?, rope(gpu, k, pos0, theta, style)?)),
+        }
     }
     gpu.dispatch(ROPE, "rope_pair", &[], bytemuck::bytes_of(&meta), &binds, [groups(pairs, WG), 1, 1])?;
     Ok((qo, ko))
