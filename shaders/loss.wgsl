@@ -2,10 +2,10 @@
 // row, the row looped over in strides of 256 so rows may be as wide as a vocabulary.
 //   log_softmax_rows  out = x - max - log(sum(exp(x - max)))          (a = x)
 //   log_softmax_bwd   out = dlogp - exp(logp) * sum(dlogp)             (a = logp, b = dlogp)
-//   weighted_nll      out = softmax(x) * sum(t) - t, row_loss = -sum(t * log_softmax(x))
-//                     (a = x, b = t ≥ 0): the gradient and value of a loss that puts weight t_j
-//                     on -log p_j — cross-entropy for a one-hot t, KL(p_ref ‖ p) up to the
-//                     constant sum(p_ref log p_ref) for t = w p_ref — with no log-softmax stored.
+//   weighted_nll      out = softmax(x) * T - t, row_loss = sum_{t>0} t (log(t / T) - log_softmax(x))
+//                     (a = x, b = t ≥ 0, T = sum(t)): T · KL(t / T ‖ p) and its gradient — w times
+//                     the cross-entropy for t one-hot of weight w, w KL(p_ref ‖ p) for t = w p_ref
+//                     — with no log-softmax stored, each term small where p is near t / T.
 //   token_logprob     out[row] = log_softmax(x)[token]  (a = x, b = each row's token id, as f32)
 // Binding 2 is the output of log_softmax_rows and dlogp / t / tokens (read) in the others.
 
@@ -103,14 +103,14 @@ fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var tw = 0.0;
     for (var j = lid.x; j < p.cols; j += WG) { tw += b[bb + j]; }
     let total = workgroup_sum(lid.x, tw);
-    // Each term's own log p, not sum(t·x) − sum(t)·lse: the latter cancels in f32 where the
-    // loss is small and the logits are large.
+    // Term by term, t (log(t/T) − log p): small where p is near t/T, so the sum does not
+    // cancel two entropy-sized totals in f32 (cross-entropy minus Σ t log t/T).
     var loss = 0.0;
     for (var j = lid.x; j < p.cols; j += WG) {
         let logp = (a[ba + j] - row_max) - lse;
         let t = b[bb + j];
         out[bo + j] = exp(logp) * total - t;
-        loss -= t * logp;
+        if (t > 0.0) { loss += t * (log(t / total) - logp); }
     }
     let row = workgroup_sum(lid.x, loss);
     if (lid.x == 0u) { row_loss[p.loss_off + wg.x] = row; }

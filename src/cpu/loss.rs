@@ -19,11 +19,12 @@ pub fn softmax_bwd_row(y: &[f64], dy: &[f64]) -> Vec<f64> {
     y.iter().zip(dy).map(|(y, d)| y * (d - s)).collect()
 }
 
-/// The loss −Σ t_j log softmax(x)_j of one row and its gradient softmax(x) · Σ t − t.
+/// The loss Σ_{t_j>0} t_j (log(t_j / T) − log softmax(x)_j) of one row (T = Σ t: T times
+/// KL(t/T ‖ softmax(x))) and its gradient softmax(x) · T − t.
 pub fn weighted_nll_row(x: &[f64], t: &[f64]) -> (Vec<f64>, f64) {
     let logp = log_softmax_row(x);
     let total: f64 = t.iter().sum();
-    let loss = -t.iter().zip(&logp).map(|(t, l)| t * l).sum::<f64>();
+    let loss = t.iter().zip(&logp).filter(|(t, _)| **t > 0.0).map(|(t, l)| t * ((t / total).ln() - l)).sum::<f64>();
     (logp.iter().zip(t).map(|(l, t)| l.exp() * total - t).collect(), loss)
 }
 

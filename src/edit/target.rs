@@ -206,8 +206,9 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
     let mut adams: Vec<Adam> = (0..n).map(|_| Adam::new(d, p.lr)).collect();
     let mut histories: Vec<Vec<Step>> = vec![vec![]; n];
     let mut stopped = vec![false; n];
+    let prepared = pass.prepare_terms(&terms)?;
     for step in 0..p.steps {
-        let lg = pass.loss_and_grad(&delta, &terms)?;
+        let lg = pass.loss_and_grad_with(&delta, &prepared)?;
         if !lg.loss.is_finite() || lg.grad.iter().any(|g| !g.is_finite()) {
             let bad: Vec<usize> = (0..n).filter(|&r| lg.terms[spans[r].clone()].iter().any(|t| !t.is_finite()) || lg.grad[r * d..(r + 1) * d].iter().any(|g| !g.is_finite())).collect();
             return Err(Error::Numeric(format!("the target loss or its gradient is not finite at step {step} (loss {}; requests {bad:?} of the pass)", lg.loss)));

@@ -43,6 +43,13 @@ pub struct LossGrad {
     pub rows: Vec<usize>,
 }
 
+/// Loss terms checked against a pass and laid out on the GPU: each term's row and its weights
+/// over the vocabulary (see `ops::loss::weighted_nll`).
+pub struct PreparedTerms {
+    weights: Tensor,
+    rows: Vec<usize>,
+}
+
 /// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
 ///
 /// Several independent δ can share one pass (MEMIT optimises the targets of a whole batch of
@@ -104,16 +111,19 @@ impl<'m> DeltaPass<'m> {
     /// The loss of δ and its gradient. The loss and its gradient at the logits are computed on
     /// the GPU (`weighted_nll`): only one number per term is read back, not the logits.
     pub fn loss_and_grad(&self, delta: &[f32], terms: &[Term]) -> Result<LossGrad> {
-        let m = self.model;
-        let gpu = m.gpu();
-        let (d, vocab, n) = (m.config.hidden, m.config.vocab_size, self.batch.ids.len());
+        self.loss_and_grad_with(delta, &self.prepare_terms(terms)?)
+    }
+
+    /// Checks the terms against this pass and puts their weights on the GPU, once for all the
+    /// steps of an optimisation that evaluates the same terms ([`Self::loss_and_grad_with`]).
+    pub fn prepare_terms(&self, terms: &[Term]) -> Result<PreparedTerms> {
+        let (vocab, n) = (self.model.config.vocab_size, self.batch.ids.len());
         if terms.is_empty() {
             return Err(Error::shape("delta loss", "no loss terms"));
         }
-        // Each term's weights on −log p of its row: w at the token for an NLL term, w·p_ref for
-        // a KL term, whose loss is that plus the constant w Σ p_ref log p_ref.
+        // Each term's weights over its row: w at the token for an NLL term (w times the
+        // cross-entropy), w·p_ref for a KL term (w KL(p_ref ‖ p)).
         let mut weights = vec![0.0f32; terms.len() * vocab];
-        let mut constants = vec![0.0f64; terms.len()];
         for (i, t) in terms.iter().enumerate() {
             if t.row() >= n {
                 return Err(Error::shape("delta loss", format!("a term reads row {} of a batch of {n} rows", t.row())));
@@ -132,21 +142,27 @@ impl<'m> DeltaPass<'m> {
                         return Err(Error::shape("delta loss", format!("a KL reference has {} values, the vocabulary {vocab}", p_ref.len())));
                     }
                     for (w, &p) in w.iter_mut().zip(p_ref) {
-                        if p > 0.0 {
-                            *w = (weight * p) as f32;
-                            constants[i] += weight * p * p.ln();
-                        }
+                        *w = (weight * p.max(0.0)) as f32;
                     }
                 }
             }
         }
-        let (x, tapes, cache) = self.upper(delta, true)?;
         // One row of logits per term (a row two terms read is gathered twice), so that each
         // term's loss is its own row's.
         let rows: Vec<usize> = terms.iter().map(Term::row).collect();
+        Ok(PreparedTerms { weights: self.model.gpu().upload(&weights, &[terms.len(), vocab])?, rows })
+    }
+
+    /// The loss of δ and its gradient for terms prepared by [`Self::prepare_terms`].
+    pub fn loss_and_grad_with(&self, delta: &[f32], prepared: &PreparedTerms) -> Result<LossGrad> {
+        let m = self.model;
+        let gpu = m.gpu();
+        let (d, n) = (m.config.hidden, self.batch.ids.len());
+        let rows = prepared.rows.clone();
+        let (x, tapes, cache) = self.upper(delta, true)?;
         let (logits, normed_in) = self.head(&x, &rows)?;
-        let (dlogits, row_loss) = weighted_nll(gpu, &logits, &gpu.upload(&weights, &[terms.len(), vocab])?)?;
-        let parts: Vec<f64> = gpu.download(&row_loss)?.iter().zip(&constants).map(|(&l, c)| l as f64 + c).collect();
+        let (dlogits, row_loss) = weighted_nll(gpu, &logits, &prepared.weights)?;
+        let parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
 
         // Back through the unembedding and the final norm, then scatter the rows into the
         // whole batch with a one-hot product (rows are few; no scatter kernel needed).

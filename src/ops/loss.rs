@@ -78,10 +78,11 @@ fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Resu
     Ok(out)
 }
 
-/// For logits x [rows, cols] and weights t ≥ 0 of the same shape, the loss −Σ_j t_j log p_j of
-/// each row (p = softmax(x)) and its gradient dx = p · Σ_j t_j − t, in one pass: [rows, cols]
-/// and [rows]. A one-hot t of weight w gives w times the cross-entropy; t = w p_ref gives
-/// w KL(p_ref ‖ p) − w Σ p_ref log p_ref. Nothing of the size of the logits is read back.
+/// For logits x [rows, cols] and weights t ≥ 0 of the same shape, each row's loss
+/// T·KL(t/T ‖ p) = Σ_{t_j>0} t_j (log(t_j/T) − log p_j) (p = softmax(x), T = Σ_j t_j) and its
+/// gradient dx = p·T − t, in one pass: [rows, cols] and [rows]. A one-hot t of weight w gives w
+/// times the cross-entropy; t = w p_ref gives w KL(p_ref ‖ p). Nothing of the size of the
+/// logits is read back.
 pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
     const OP: &str = "weighted_nll";
     if t.shape() != x.shape() {
