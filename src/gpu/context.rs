@@ -160,12 +160,13 @@ impl std::ops::Sub for RuntimeStats {
 }
 
 /// A handle to one device. Clones share the device, queue, caches and pool; each clone has its
-/// own split limits and poison switch.
+/// own split limits, poison switch and first-use measurement switch.
 #[derive(Clone)]
 pub struct Gpu {
     shared: Arc<Shared>,
     split: SplitLimits,
     poison: bool,
+    measure_on_first_use: bool,
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -317,6 +318,7 @@ impl Gpu {
             }),
             split,
             poison,
+            measure_on_first_use: true,
         })
     }
 
@@ -419,7 +421,7 @@ impl Gpu {
                 max_workgroups: split.max_workgroups.clamp(1, hard.max_workgroups),
                 max_binding_bytes: split.max_binding_bytes.clamp(256, hard.max_binding_bytes),
             },
-            poison: self.poison,
+            ..self.clone()
         }
     }
 
@@ -427,6 +429,18 @@ impl Gpu {
     /// an element unwritten is caught.
     pub fn with_poison(&self, poison: bool) -> Gpu {
         Gpu { poison, ..self.clone() }
+    }
+
+    /// A handle on which loading a model does not measure the matmul kernels
+    /// (`model::tuning::tune_on_first_use`): for tests that share one device, where a
+    /// measurement in one would change the kernel choices under another.
+    pub fn without_first_use_measurement(&self) -> Gpu {
+        Gpu { measure_on_first_use: false, ..self.clone() }
+    }
+
+    /// Whether loading a model may measure the matmul kernels first (see above).
+    pub fn measures_on_first_use(&self) -> bool {
+        self.measure_on_first_use
     }
 
     /// Byte alignment of a storage binding's offset (at least 16, for vec4 arrays).

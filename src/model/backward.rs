@@ -103,7 +103,9 @@ impl<'m> DeltaPass<'m> {
 
     /// Log-probabilities of `rows` with δ added: no backward pass.
     pub fn logprobs(&self, delta: &[f32], rows: &[usize]) -> Result<Vec<Vec<f64>>> {
-        let (x, _, _) = self.upper(delta, false)?;
+        // The same products as `loss_and_grad` (the taped ones, not the stacked), so that a KL
+        // against these log-probabilities is 0 to the bit at this δ.
+        let (x, _, _) = self.upper(delta, true)?;
         let (logits, _) = self.head(&x, rows)?;
         Ok(log_softmax(&self.model.host_logits(&logits)?, self.model.config.vocab_size))
     }

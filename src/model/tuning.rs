@@ -55,7 +55,7 @@ pub fn unmeasured(gpu: &Gpu, c: &Config, rows: &[usize]) -> Vec<Shape> {
 /// model's shape classes that have no choice yet and keeps the choices; returns what it
 /// measured (nothing where all were known, or on a software adapter).
 pub fn tune_on_first_use(gpu: &Gpu, c: &Config) -> Result<Vec<TuneRow>> {
-    if gpu.is_cpu() || !tuning_enabled() {
+    if gpu.is_cpu() || !tuning_enabled() || !gpu.measures_on_first_use() {
         return Ok(vec![]);
     }
     let shapes = unmeasured(gpu, c, &FIRST_USE_ROWS);

@@ -16,8 +16,10 @@ pub fn gpus() -> &'static [Gpu] {
         let mut gpus = vec![];
         for g in Gpu::all() {
             match g {
-                // Poison on: every tensor an op allocates starts as NaN.
-                Ok(g) => gpus.push(g.with_poison(true)),
+                // Poison on: every tensor an op allocates starts as NaN. No kernel measurement
+                // on model load: the tests share these devices, and one test's measurement
+                // would change the kernels under another's bit-for-bit comparison.
+                Ok(g) => gpus.push(g.with_poison(true).without_first_use_measurement()),
                 Err(e) => panic!("an adapter is present but its device failed to open: {e}"),
             }
         }
@@ -51,7 +53,7 @@ pub fn for_each_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
 pub fn for_each_fresh_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
     let mut failures = vec![];
     for g in Gpu::all() {
-        let gpu = g.expect("the adapter opened once for the shared devices").with_poison(true);
+        let gpu = g.expect("the adapter opened once for the shared devices").with_poison(true).without_first_use_measurement();
         if let Err(e) = body(&gpu) {
             failures.push(format!("[{}] {e}", gpu.label()));
         }
