@@ -6,7 +6,7 @@
 # SET is one of: speed (issue 11: forward, matmul and SVD against PyTorch, one ROME edit at
 # full settings), batch (issue 10/11: a MEMIT batch of 100 against PyTorch's same step),
 # experiment (issue 12: the collapse curves, 2,000 edits), table (issue 10: the 200-edit table and
-# the 2,000-edit estimate), all. The PyTorch baselines run in
+# the 2,000-edit estimate), remeasure (what changed since the last GPU session), all. The PyTorch baselines run in
 # the same call as the revive numbers they are read against.
 # Setup here: ../shared/gpu-host/prepare.sh --model FILE, then cp benches/device/env.sh .device/env.sh
 # (the shared env.sh deletes the model it reassembles), stage the model parts, then one call.
@@ -24,6 +24,9 @@ case ${2:-speed} in
   batch) only=export,memit-100,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
+  # What changed since the last GPU session and has not been measured there: the decode
+  # dispatches (242), the targets' loss on the GPU (MEMIT-100 against PyTorch), ROME.
+  remeasure) only=export,forward,forward-profile,torch-forward,rome-full,memit-100,torch-memit-100 ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
