@@ -205,7 +205,7 @@ fn a_non_finite_logit_is_an_error_everywhere() {
 fn the_residual_accumulates_in_place_only_when_x_is_not_shared() {
     use revive::testing::{random_vec, rng};
     // Counts dispatches: a device of its own, which no other test of this binary uses.
-    for_each_fresh_gpu(|gpu| {
+    for_each_fresh_gpu(true, |gpu| {
         let w = random_weights(&Config::tiny_llama(), 5);
         let gm = ok(GpuModel::new(gpu, &w))?;
         let (d, ffn) = (w.config.hidden, w.config.ffn_hidden);
@@ -296,7 +296,7 @@ fn replacing_a_stacked_weight_reaches_every_path() {
 #[test]
 fn norms_folded_into_products_give_the_same_logits() {
     // Counts dispatches too: a device of its own.
-    for_each_fresh_gpu(|gpu| {
+    for_each_fresh_gpu(true, |gpu| {
         for (name, w) in models() {
             let apart = {
                 let mut m = ok(GpuModel::new(gpu, &w))?;

@@ -186,45 +186,39 @@ fn steady_state_creates_nothing_and_shares_passes() {
     // its own: the counters are per device, and the other tests of this binary run alongside
     // on the shared ones. (Poisoning writes every new tensor from the host, which ends the
     // pass, so it is off here.)
-    for adapter in Gpu::adapters(BackendChoice::Auto) {
-        let gpu = &Gpu::open(adapter).unwrap().with_poison(false);
+    for_each_fresh_gpu(false, |gpu| {
         gpu.pool().set_reuse(true);
-        let check = || -> Result<(), String> {
-            let mut r = rng(11);
-            let x = random_vec(&mut r, 3 * 577);
-            let w = random_vec(&mut r, 577);
-            let chain = |gpu: &Gpu| -> revive::Result<Vec<f32>> {
-                let mut t = gpu.upload(&x, &[3, 577])?;
-                let wt = gpu.upload(&w, &[577])?;
-                for _ in 0..100 {
-                    let n = revive::ops::norm::rms_norm(gpu, &t, &wt, 1e-5)?;
-                    t = elementwise::add(gpu, &n, &t)?;
-                    t = elementwise::scale(gpu, &t, 0.5)?;
-                }
-                gpu.download(&t)
-            };
-            let first = ok(chain(gpu))?;
-            let before = gpu.runtime_stats();
-            let second = ok(chain(gpu))?;
-            let d = gpu.runtime_stats() - before;
-            if first.iter().zip(&second).any(|(a, b)| a.to_bits() != b.to_bits()) || first.iter().any(|v| !v.is_finite()) {
-                return Err("the repeated chain gave other or non-finite values".into());
+        let mut r = rng(11);
+        let x = random_vec(&mut r, 3 * 577);
+        let w = random_vec(&mut r, 577);
+        let chain = |gpu: &Gpu| -> revive::Result<Vec<f32>> {
+            let mut t = gpu.upload(&x, &[3, 577])?;
+            let wt = gpu.upload(&w, &[577])?;
+            for _ in 0..100 {
+                let n = revive::ops::norm::rms_norm(gpu, &t, &wt, 1e-5)?;
+                t = elementwise::add(gpu, &n, &t)?;
+                t = elementwise::scale(gpu, &t, 0.5)?;
             }
-            if d.dispatches < 300 {
-                return Err(format!("expected ≥ 300 dispatches, counted {}", d.dispatches));
-            }
-            if d.buffers != 0 || d.bind_groups != 0 {
-                return Err(format!("steady state created {} buffers and {} bind groups", d.buffers, d.bind_groups));
-            }
-            if d.passes * 16 > d.dispatches {
-                return Err(format!("{} dispatches in {} passes", d.dispatches, d.passes));
-            }
-            Ok(())
+            gpu.download(&t)
         };
-        if let Err(e) = check() {
-            panic!("[{}] {e}", gpu.label());
+        let first = ok(chain(gpu))?;
+        let before = gpu.runtime_stats();
+        let second = ok(chain(gpu))?;
+        let d = gpu.runtime_stats() - before;
+        if first.iter().zip(&second).any(|(a, b)| a.to_bits() != b.to_bits()) || first.iter().any(|v| !v.is_finite()) {
+            return Err("the repeated chain gave other or non-finite values".into());
         }
-    }
+        if d.dispatches < 300 {
+            return Err(format!("expected ≥ 300 dispatches, counted {}", d.dispatches));
+        }
+        if d.buffers != 0 || d.bind_groups != 0 {
+            return Err(format!("steady state created {} buffers and {} bind groups", d.buffers, d.bind_groups));
+        }
+        if d.passes * 16 > d.dispatches {
+            return Err(format!("{} dispatches in {} passes", d.dispatches, d.passes));
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -237,32 +231,26 @@ fn decoding_creates_no_buffers_or_bind_groups_in_steady_state() {
     use revive::model::random::random_weights;
     use revive::model::Config;
     let w = random_weights(&Config::tiny_llama(), 3);
-    for adapter in Gpu::adapters(BackendChoice::Auto) {
-        let gpu = &Gpu::open(adapter).unwrap().with_poison(false);
+    for_each_fresh_gpu(false, |gpu| {
         gpu.pool().set_reuse(true);
-        let check = || -> Result<(), String> {
-            let gm = ok(GpuModel::new(gpu, &w))?;
-            let mut cache = ok(gm.new_cache(1, 16))?;
-            let step = |t: u32, cache: &mut revive::model::forward::KvCache| -> Result<(), String> {
-                ok(gm.forward(&ok(Batch::new(&[vec![t]]))?, &Probes::default(), LogitRows::All, Some(cache)))?;
-                Ok(())
-            };
-            ok(gm.forward(&ok(Batch::new(&[vec![3, 14, 15]]))?, &Probes::default(), LogitRows::Rows(vec![2]), Some(&mut cache)))?;
-            step(9, &mut cache)?;
-            let before = gpu.runtime_stats();
-            for t in [26, 5, 35, 8] {
-                step(t, &mut cache)?;
-            }
-            let d = gpu.runtime_stats() - before;
-            if d.dispatches == 0 || d.buffers != 0 || d.bind_groups != 0 {
-                return Err(format!("4 decoded tokens: {} dispatches, {} buffers and {} bind groups created", d.dispatches, d.buffers, d.bind_groups));
-            }
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let mut cache = ok(gm.new_cache(1, 16))?;
+        let step = |t: u32, cache: &mut revive::model::forward::KvCache| -> Result<(), String> {
+            ok(gm.forward(&ok(Batch::new(&[vec![t]]))?, &Probes::default(), LogitRows::All, Some(cache)))?;
             Ok(())
         };
-        if let Err(e) = check() {
-            panic!("[{}] {e}", gpu.label());
+        ok(gm.forward(&ok(Batch::new(&[vec![3, 14, 15]]))?, &Probes::default(), LogitRows::Rows(vec![2]), Some(&mut cache)))?;
+        step(9, &mut cache)?;
+        let before = gpu.runtime_stats();
+        for t in [26, 5, 35, 8] {
+            step(t, &mut cache)?;
         }
-    }
+        let d = gpu.runtime_stats() - before;
+        if d.dispatches == 0 || d.buffers != 0 || d.bind_groups != 0 {
+            return Err(format!("4 decoded tokens: {} dispatches, {} buffers and {} bind groups created", d.dispatches, d.buffers, d.bind_groups));
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -288,27 +276,21 @@ fn paired_ops_take_one_dispatch_where_they_fit() {
     // device each: the counters are per device.
     use revive::model::RopeStyle;
     use revive::ops::{attention::write_kv_pair, rope::rope_pair};
-    for adapter in Gpu::adapters(BackendChoice::Auto) {
-        let gpu = &Gpu::open(adapter).unwrap().with_poison(false);
-        let check = || -> Result<(), String> {
-            let q = ok(gpu.upload(&random_vec(&mut rng(1), 9 * 64), &[1, 1, 9, 64]))?;
-            let k = ok(gpu.upload(&random_vec(&mut rng(2), 3 * 64), &[1, 1, 3, 64]))?;
-            let cache = [ok(gpu.full(&[1, 3, 8, 64], 0.0))?, ok(gpu.full(&[1, 3, 8, 64], 0.0))?];
-            let before = gpu.runtime_stats();
-            ok(rope_pair(gpu, &q, &k, 5, 10_000.0, RopeStyle::Half))?;
-            let rope = (gpu.runtime_stats() - before).dispatches;
-            let before = gpu.runtime_stats();
-            ok(write_kv_pair(gpu, &k, &k, &cache[0], &cache[1], 5))?;
-            let write = (gpu.runtime_stats() - before).dispatches;
-            if (rope, write) != (1, 1) {
-                return Err(format!("rope_pair took {rope} dispatches, write_kv_pair {write} (want 1 each)"));
-            }
-            Ok(())
-        };
-        if let Err(e) = check() {
-            panic!("[{}] {e}", gpu.label());
+    for_each_fresh_gpu(false, |gpu| {
+        let q = ok(gpu.upload(&random_vec(&mut rng(1), 9 * 64), &[1, 1, 9, 64]))?;
+        let k = ok(gpu.upload(&random_vec(&mut rng(2), 3 * 64), &[1, 1, 3, 64]))?;
+        let cache = [ok(gpu.full(&[1, 3, 8, 64], 0.0))?, ok(gpu.full(&[1, 3, 8, 64], 0.0))?];
+        let before = gpu.runtime_stats();
+        ok(rope_pair(gpu, &q, &k, 5, 10_000.0, RopeStyle::Half))?;
+        let rope = (gpu.runtime_stats() - before).dispatches;
+        let before = gpu.runtime_stats();
+        ok(write_kv_pair(gpu, &k, &k, &cache[0], &cache[1], 5))?;
+        let write = (gpu.runtime_stats() - before).dispatches;
+        if (rope, write) != (1, 1) {
+            return Err(format!("rope_pair took {rope} dispatches, write_kv_pair {write} (want 1 each)"));
         }
-    }
+        Ok(())
+    });
 }
 
 /// Views that start off a binding boundary (3 elements into a buffer) give every op that may

@@ -49,11 +49,13 @@ pub fn for_each_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
 }
 
 /// Runs `body` on a device of every adapter opened for it alone, so that its runtime counters
-/// (dispatches, bind groups, …) see no other test's work: the tests of one binary run at once.
-pub fn for_each_fresh_gpu(body: impl Fn(&Gpu) -> Result<(), String>) {
+/// (dispatches, passes, bind groups, …) see no other test's work: the tests of one binary run
+/// at once. `poison` as for the shared devices; off where a test counts passes (poisoning
+/// writes every new tensor from the host, which ends the pass).
+pub fn for_each_fresh_gpu(poison: bool, body: impl Fn(&Gpu) -> Result<(), String>) {
     let mut failures = vec![];
     for g in Gpu::all() {
-        let gpu = g.expect("the adapter opened once for the shared devices").with_poison(true).without_first_use_measurement();
+        let gpu = g.expect("the adapter opened once for the shared devices").with_poison(poison).without_first_use_measurement();
         if let Err(e) = body(&gpu) {
             failures.push(format!("[{}] {e}", gpu.label()));
         }
