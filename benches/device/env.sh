@@ -1,8 +1,7 @@
 # Sourced first in every command on the remote GPU host (`. .device/env.sh`): installs the Vulkan
-# loader, quiets Mesa's device-select layer, reassembles a staged model. Copy it over the
-# .device/env.sh that the shared prepare.sh writes: that one's `rm -f model.*` also deleted the
-# model.gguf it had just reassembled (seen 2026-12-04), and sourcing it a second time would
-# truncate the model (cat model.* > model.gguf, model.gguf among the inputs).
+# loader, quiets Mesa's device-select layer, reassembles a staged model (benches/device/prepare.sh
+# copies it to .device/). Only the parts model.a? are joined and removed: a wider glob would
+# delete the model.gguf just made, or truncate it when sourced a second time.
 for f in .device/gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export NODEVICE_SELECT=1 REVIVE_CACHE=/root/revive-cache

@@ -8,8 +8,9 @@
 # experiment (issue 12: the collapse curves, 2,000 edits), table (issue 10: the 200-edit table and
 # the 2,000-edit estimate), remeasure (what changed since the last GPU session), all. The PyTorch baselines run in
 # the same call as the revive numbers they are read against.
-# Setup here: ../shared/gpu-host/prepare.sh --model FILE, then cp benches/device/env.sh .device/env.sh
-# (the shared env.sh deletes the model it reassembles), stage the model parts, then one call.
+# Setup here: benches/device/prepare.sh --model FILE (the release build, the Vulkan loader,
+# benches/device/env.sh and the model in parts of at most 48 MiB under .device/), stage the model
+# parts one call each, then one call of this script (docs/device.md).
 # At most 8 files come back from $OUT: run with OUT=/tmp/res and tar /tmp/res into the real $OUT.
 # Writes everything under $OUT (logs, JSON, SVG). Each step has its own time limit so that a
 # slow step cannot take the others down with it; the log of a step that ran out is kept.
