@@ -3,6 +3,10 @@
 //   silu_mul_halves  the same with gate and up the two halves of each row of x = y =
 //             [rows, 2·cols] (one product with the gate and up weights stacked); out is
 //             [rows, cols]
+//   silu_mul_matvec  out[r, n] (+)= silu_mul_halves(x)[r, :] · y[n, :] for x = [rows, 2·cols]
+//             and the matrix y = [n_out, cols] (the MLP's down-projection of a decoded token),
+//             the activation never stored; with `accumulate`, added to what out holds (the
+//             residual stream), like the matmul's beta = 1. One workgroup per output.
 //   gelu      dst = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (GPT-2's gelu_new)
 //   add_bias  out = x + y[(col0 + i) % cols]           (y = bias of one row, bound whole)
 //   silu_mul_bwd  out_a = dz * up * s (1 + g (1 - s)), out_b = dz * g * s   (s = sigmoid(g);
@@ -14,6 +18,7 @@
 struct Meta {
     n: u32, x_off: u32, y_off: u32, out_off: u32,
     cols: u32, col0: u32, z_off: u32, out2_off: u32,
+    n_out: u32, accumulate: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -41,6 +46,30 @@ fn silu_mul_halves(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = 2u * p.cols * (i / p.cols) + i % p.cols;
     let g = x[p.x_off + row];
     out[p.out_off + i] = g / (1.0 + exp(-g)) * y[p.y_off + row + p.cols];
+}
+
+const DOT_WG: u32 = 64u;
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn silu_mul_matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let base_x = p.x_off + wg.y * 2u * p.cols;
+    let base_m = p.y_off + wg.x * p.cols;
+    var acc = 0.0;
+    for (var j = lid.x; j < p.cols; j += DOT_WG) {
+        let g = x[base_x + j];
+        acc = fma(g / (1.0 + exp(-g)) * x[base_x + p.cols + j], y[base_m + j], acc);
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = DOT_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid.x < s) { red[lid.x] += red[lid.x + s]; }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        let o = p.out_off + wg.y * p.n_out + wg.x;
+        if (p.accumulate != 0u) { out[o] = out[o] + red[0]; } else { out[o] = red[0]; }
+    }
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -6,6 +6,10 @@
 // rope_pair rotates two tensors of the same B, T and D in one dispatch (a layer's queries and
 // keys): threads below `pairs` work on x → out (`heads` heads), the next `pairs2` on x2 → out2
 // (`heads2` heads); the host uses it only where both are bound whole from element 0.
+// rope_kv is a layer's whole step before attention in one dispatch: the queries x → out as
+// rope does, the keys x2 rotated straight into their cache out2: [B, heads2, cap, D] at rows
+// pos0.. (threads pairs .. pairs + pairs2), and the values v copied into theirs, vc (the next
+// pairs2 threads, two values each). Every binding carries its offset, so views need no care.
 //
 // Precision: inv_freq comes from the host, computed in f64 and rounded once to f32. The angle
 // pos * inv_freq is one f32 product (relative error 2^-24, so about 6e-5 rad at position 1000),
@@ -15,6 +19,8 @@ struct Meta {
     pairs: u32, half: u32, heads: u32, seq: u32,
     row0: u32, pos0: u32, in_off: u32, out_off: u32,
     adjacent: u32, inverse: u32, pairs2: u32, heads2: u32,
+    cap: u32, in2_off: u32, out2_off: u32, v_off: u32,
+    vc_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
     // Uniform arrays need a 16-byte stride: frequency i is inv_freq[i / 4][i % 4].
     inv_freq: array<vec4<f32>, 64>,
 }
@@ -24,6 +30,8 @@ struct Meta {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> x2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out2: array<f32>;
+@group(0) @binding(5) var<storage, read> v: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vc: array<f32>;
 
 // Rotated pair k of a tensor with `heads` heads: its two indices and the angle's cos and sin.
 struct Rotation { ia: u32, ib: u32, c: f32, s: f32 }
@@ -71,5 +79,45 @@ fn rope_pair(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b = x2[r.ib];
         out2[r.ia] = a * r.c - b * r.s;
         out2[r.ib] = a * r.s + b * r.c;
+    }
+}
+
+// Element `col` of row `row` of a [B, T, heads2, D] tensor, in its [B, heads2, cap, D] cache at
+// position pos0 + t.
+fn cache_index(row: u32, col: u32) -> u32 {
+    let h = row % p.heads2;
+    let bt = row / p.heads2;
+    let b = bt / p.seq;
+    let t = bt % p.seq;
+    return ((b * p.heads2 + h) * p.cap + p.pos0 + t) * (2u * p.half) + col;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = gid.x;
+    if (k < p.pairs) {
+        let r = rotation(k, p.heads);
+        let a = x[p.in_off + r.ia];
+        let b = x[p.in_off + r.ib];
+        out[p.out_off + r.ia] = a * r.c - b * r.s;
+        out[p.out_off + r.ib] = a * r.s + b * r.c;
+    } else if (k < p.pairs + p.pairs2) {
+        let j = k - p.pairs;
+        let r = rotation(j, p.heads2);
+        let row = j / p.half;
+        let a = x2[p.in2_off + r.ia];
+        let b = x2[p.in2_off + r.ib];
+        let d = 2u * p.half;
+        out2[p.out2_off + cache_index(row, r.ia - row * d)] = a * r.c - b * r.s;
+        out2[p.out2_off + cache_index(row, r.ib - row * d)] = a * r.s + b * r.c;
+    } else if (k < p.pairs + 2u * p.pairs2) {
+        // Two consecutive values of a row (D is even): no rotation.
+        let j = k - p.pairs - p.pairs2;
+        let row = j / p.half;
+        let col = 2u * (j % p.half);
+        let src = p.v_off + row * 2u * p.half + col;
+        let dst = p.vc_off + cache_index(row, col);
+        vc[dst] = v[src];
+        vc[dst + 1u] = v[src + 1u];
     }
 }

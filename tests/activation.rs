@@ -101,3 +101,46 @@ fn activations_reject_bad_shapes() {
         Ok(())
     });
 }
+
+/// silu(gate)·up times a matrix in one dispatch (`silu_mul_matvec`, a decoded token's MLP
+/// down-projection) against the f64 oracle: with and without a residual added in place, rows
+/// 1–4, activation widths 1, 7, 63, 1536 (SmolLM2) and 4099, outputs 1 to 3,000; at a
+/// 3-workgroup, 4 KiB limit (several dispatches) too; a residual held elsewhere or a matrix of
+/// the wrong width is refused.
+#[test]
+fn silu_mul_and_product_in_one_dispatch_match_oracle() {
+    use revive::ops::activation::silu_mul_matvec;
+    fn check(gpu: &Gpu, rows: usize, f: usize, n: usize, seed: u64) -> Result<(), String> {
+        let mut r = rng(seed);
+        let gate_up: Vec<f32> = random_vec(&mut r, rows * 2 * f).into_iter().map(|v| 4.0 * v).collect();
+        let m = random_vec(&mut r, n * f);
+        let res = random_vec(&mut r, rows * n);
+        let (gate, up): (Vec<f32>, Vec<f32>) = (0..rows * f).map(|i| (gate_up[(i / f) * 2 * f + i % f], gate_up[(i / f) * 2 * f + f + i % f])).unzip();
+        let act = cpu::silu_mul(&gate, &up);
+        let product: Vec<f64> = (0..rows * n).map(|i| (0..f).map(|k| act[(i / n) * f + k] * m[(i % n) * f + k] as f64).sum()).collect();
+        let tol = Tolerance::new(1e-5 * (f as f64).sqrt(), 1e-5, 1e-5);
+        let (tg, tm) = (ok(gpu.upload(&gate_up, &[rows, 2 * f]))?, ok(gpu.upload(&m, &[n, f]))?);
+        let label = format!("silu_mul_matvec {rows}×{f} · {n} ({})", gpu.label());
+        compare(&label, &ok(gpu.download(&ok(silu_mul_matvec(gpu, &tg, &tm, None))?))?, &product, tol)?;
+        let with_res: Vec<f64> = product.iter().zip(&res).map(|(p, &x)| p + x as f64).collect();
+        let out = ok(silu_mul_matvec(gpu, &tg, &tm, Some(ok(gpu.upload(&res, &[rows, n]))?)))?;
+        compare(&format!("{label} + residual"), &ok(gpu.download(&out))?, &with_res, tol)
+    }
+    for_each_gpu(|gpu| {
+        for (i, &(rows, f, n)) in [(1, 1, 1), (1, 7, 13), (4, 1536, 576), (3, 63, 1), (2, 4099, 5), (1, 64, 3000)].iter().enumerate() {
+            check(gpu, rows, f, n, 1300 + i as u64)?;
+        }
+        check(&gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 }), 2, 37, 50, 1310)?;
+        let res = ok(gpu.full(&[1, 3], 1.0))?;
+        let _other_holder = res.clone();
+        let gu = ok(gpu.full(&[1, 8], 1.0))?;
+        let shared = silu_mul_matvec(gpu, &gu, &ok(gpu.full(&[3, 4], 1.0))?, Some(res)).err().ok_or("a residual held elsewhere was written in place")?;
+        let narrow = silu_mul_matvec(gpu, &gu, &ok(gpu.full(&[3, 5], 1.0))?, None).err().ok_or("a [3, 5] matrix for halves of 4 accepted")?;
+        for err in [shared, narrow] {
+            if !err.to_string().contains("silu_mul_matvec") {
+                return Err(format!("unexpected message: {err}"));
+            }
+        }
+        Ok(())
+    });
+}

@@ -290,9 +290,10 @@ fn replacing_a_stacked_weight_reaches_every_path() {
     });
 }
 
-/// The RMS norm folded into the product that reads it (the default on hardware adapters for a
-/// few rows) gives the logits of the separate norm and product within f32 rounding: decoded
-/// tokens (q/k/v, gate/up and the head each one dispatch with their norm) and a short prompt.
+/// The RMS norms and the SwiGLU activation folded into the products that read them (the
+/// default on hardware adapters for a few rows) give the logits of the separate kernels within
+/// f32 rounding: decoded tokens (q/k/v, gate/up and the head each one dispatch with their
+/// norm, the down-projection one with the activation and the residual) and a short prompt.
 #[test]
 fn norms_folded_into_products_give_the_same_logits() {
     // Counts dispatches too: a device of its own.
@@ -300,11 +301,11 @@ fn norms_folded_into_products_give_the_same_logits() {
         for (name, w) in models() {
             let apart = {
                 let mut m = ok(GpuModel::new(gpu, &w))?;
-                m.set_norm_into_product(false);
+                m.set_fold_into_products(false);
                 m
             };
             let mut folded = ok(GpuModel::new(gpu, &w))?;
-            folded.set_norm_into_product(true);
+            folded.set_fold_into_products(true);
             let run = |m: &GpuModel| -> Result<Vec<f32>, String> {
                 let mut cache = ok(m.new_cache(1, 8))?;
                 let mut out = vec![];
@@ -317,7 +318,19 @@ fn norms_folded_into_products_give_the_same_logits() {
             };
             let want: Vec<f64> = run(&apart)?.iter().map(|&x| x as f64).collect();
             compare(&format!("{name} with norms folded"), &run(&folded)?, &want, logit_tol(&want))?;
-            // A Llama's decoded token: two norms per layer and the final one fold away.
+            // A decoded token's MLP keys asked for by a probe are still there (that layer then
+            // keeps its activation apart).
+            let keys = |m: &GpuModel| -> Result<Vec<f32>, String> {
+                let mut cache = ok(m.new_cache(1, 4))?;
+                ok(m.forward(&ok(Batch::new(&[vec![3]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                let probes = Probes { down_in: vec![Site { layer: 1, seq: 0, pos: 0 }], ..Default::default() };
+                let (_, cap) = ok(m.forward(&ok(Batch::new(&[vec![4]]))?, &probes, LogitRows::All, Some(&mut cache)))?;
+                Ok(cap.down_in.concat())
+            };
+            let want: Vec<f64> = keys(&apart)?.iter().map(|&x| x as f64).collect();
+            compare(&format!("{name}: a decoded token's keys with the activation folded"), &keys(&folded)?, &want, logit_tol(&want))?;
+            // A Llama's decoded token: two norms and the SwiGLU activation per layer and the
+            // final norm fold away.
             let per_token = |m: &GpuModel| -> Result<u64, String> {
                 let mut cache = ok(m.new_cache(1, 4))?;
                 ok(m.forward(&ok(Batch::new(&[vec![3]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
@@ -326,7 +339,7 @@ fn norms_folded_into_products_give_the_same_logits() {
                 Ok((gpu.runtime_stats() - before).dispatches)
             };
             let (a, f) = (per_token(&apart)?, per_token(&folded)?);
-            let saved = if w.config.arch == revive::model::Arch::Llama { 2 * w.config.n_layers as u64 + 1 } else { 0 };
+            let saved = if w.config.arch == revive::model::Arch::Llama { 3 * w.config.n_layers as u64 + 1 } else { 0 };
             if a - f != saved {
                 return Err(format!("{name}: {a} dispatches per token apart, {f} folded (want {saved} fewer)"));
             }

@@ -99,3 +99,56 @@ fn queries_and_keys_rotated_together_match_the_oracle() {
         Ok(())
     });
 }
+
+/// A layer's queries rotated, keys rotated into their cache and values copied into theirs in
+/// one dispatch (`rope_kv`): the oracle's rotations at the right cache rows, every other cache
+/// entry left as it was (the caches start as NaN), for q/k/v given as views into one stacked
+/// buffer 3 elements off a binding boundary (a decoded token's stacked product) and as tensors
+/// of their own; at a 3-workgroup dispatch limit (the separate kernels then) too. Head counts
+/// 9/3 (SmolLM2), 5/1 and 2/2, several sequences, prompts and single tokens, pos0 > 0.
+#[test]
+fn rope_kv_rotates_into_the_caches_like_the_oracle() {
+    use revive::ops::rope::rope_kv;
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        for (b, t, hq, hk, d, pos0, cap) in [(1, 1, 9, 3, 64, 5, 8), (2, 13, 9, 3, 64, 7, 23), (1, 1, 5, 1, 6, 40, 41), (3, 5, 2, 2, 2, 0, 6)] {
+            let (nq, nk) = (b * t * hq * d, b * t * hk * d);
+            let mut r = rng((b * t * hq + pos0) as u64);
+            let data = random_vec(&mut r, 3 + nq + 2 * nk);
+            let (q, k, v) = (&data[3..3 + nq], &data[3 + nq..3 + nq + nk], &data[3 + nq + nk..]);
+            for g in [gpu, &small] {
+                let whole = ok(g.upload(&data, &[data.len()]))?;
+                let views = [ok(whole.view(3, &[b, t, hq, d]))?, ok(whole.view(3 + nq, &[b, t, hk, d]))?, ok(whole.view(3 + nq + nk, &[b, t, hk, d]))?];
+                let own = [ok(g.upload(q, &[b, t, hq, d]))?, ok(g.upload(k, &[b, t, hk, d]))?, ok(g.upload(v, &[b, t, hk, d]))?];
+                for (layout, [tq, tk, tv]) in [("views", &views), ("tensors", &own)] {
+                    for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+                        let label = format!("rope_kv {style:?} {layout} [{b}, {t}, {hq}/{hk}, {d}] pos0={pos0} ({})", g.label());
+                        let kc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
+                        let vc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
+                        let qo = ok(rope_kv(g, tq, tk, tv, &kc, &vc, pos0, 10_000.0, style))?;
+                        compare(&format!("{label} q"), &ok(g.download(&qo))?, &cpu::rope(q, [b, t, hq, d], pos0, 10_000.0, style), Tolerance::F32)?;
+                        let rk = cpu::rope(k, [b, t, hk, d], pos0, 10_000.0, style);
+                        let vv: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+                        for (name, cache, want) in [("k cache", &kc, &rk), ("v cache", &vc, &vv)] {
+                            let got = ok(g.download(cache))?;
+                            let mut written = vec![];
+                            let mut wanted = vec![];
+                            for (i, &x) in got.iter().enumerate() {
+                                let (row, col) = (i / d, i % d);
+                                let (s, h, bi) = (row % cap, (row / cap) % hk, row / (cap * hk));
+                                if (pos0..pos0 + t).contains(&s) {
+                                    written.push(x);
+                                    wanted.push(want[((bi * t + s - pos0) * hk + h) * d + col]);
+                                } else if !x.is_nan() {
+                                    return Err(format!("{label}: {name} entry {i} (row {s}) written: {x}"));
+                                }
+                            }
+                            compare(&format!("{label} {name}"), &written, &wanted, Tolerance::F32)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+}

@@ -271,7 +271,7 @@ fn a_dispatch_that_binds_the_wrong_ranges_is_refused() {
 
 #[test]
 fn paired_ops_take_one_dispatch_where_they_fit() {
-    // rope_pair and write_kv_pair are one dispatch each for a decoding step's shapes (the
+    // rope_pair, write_kv_pair and rope_kv are one dispatch each for a decoding step's shapes (the
     // oracle tests check their values; this checks that the paired kernel is what ran). A
     // device each: the counters are per device.
     use revive::model::RopeStyle;
@@ -286,8 +286,11 @@ fn paired_ops_take_one_dispatch_where_they_fit() {
         let before = gpu.runtime_stats();
         ok(write_kv_pair(gpu, &k, &k, &cache[0], &cache[1], 5))?;
         let write = (gpu.runtime_stats() - before).dispatches;
-        if (rope, write) != (1, 1) {
-            return Err(format!("rope_pair took {rope} dispatches, write_kv_pair {write} (want 1 each)"));
+        let before = gpu.runtime_stats();
+        ok(revive::ops::rope::rope_kv(gpu, &q, &k, &k, &cache[0], &cache[1], 6, 10_000.0, RopeStyle::Half))?;
+        let fused = (gpu.runtime_stats() - before).dispatches;
+        if (rope, write, fused) != (1, 1, 1) {
+            return Err(format!("rope_pair took {rope} dispatches, write_kv_pair {write}, rope_kv {fused} (want 1 each)"));
         }
         Ok(())
     });

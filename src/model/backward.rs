@@ -8,7 +8,7 @@
 //! — a [rows, vocab] download per step, small next to the upper layers' work.
 
 use super::config::Arch;
-use super::forward::{Batch, BlockTape, GpuModel, KvCache};
+use super::forward::{Batch, BlockTape, GpuModel, Keep, KvCache};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::ops::matmul::{gemm, Gemm};
@@ -206,7 +206,8 @@ impl<'m> DeltaPass<'m> {
         let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;
         let mut tapes = vec![];
         for i in self.layer + 1..m.config.n_layers {
-            let out = m.block(i, x, &mut cache, 0, self.batch.b(), self.batch.t, record)?;
+            let keep = if record { Keep::Tape } else { Keep::Output };
+            let out = m.block(i, x, &mut cache, 0, self.batch.b(), self.batch.t, keep)?;
             x = out.x;
             tapes.extend(out.tape);
         }

@@ -31,7 +31,7 @@ pub struct GpuModel {
     /// For a few rows (a decoded token), RMS norms fold into the product that reads them
     /// (`norm::rms_norm_matvec`): on GPUs, where each dispatch has a fixed cost; not on
     /// software adapters, whose fastest decode product is another kernel (the block kernel).
-    norm_into_product: bool,
+    fold_into_products: bool,
 }
 
 /// Weights stacked by rows, each part a view under its own name in `GpuModel::w`.
@@ -117,11 +117,28 @@ impl Batch {
     }
 }
 
-/// What one block hands on: its output, its MLP keys and, when asked, its tape.
+/// What one block hands on: its output, and when asked its MLP keys and its tape.
 pub(crate) struct BlockOut {
     pub x: Tensor,
-    pub key: Tensor,
+    pub key: Option<Tensor>,
     pub tape: Option<BlockTape>,
+}
+
+impl BlockOut {
+    /// The keys a block was asked to keep.
+    pub(crate) fn kept_key(&mut self) -> Result<Tensor> {
+        self.key.take().ok_or_else(|| Error::shape("forward", "a block's keys were read but not kept"))
+    }
+}
+
+/// What a block must keep beyond its output: the MLP keys (probes, key statistics) or the
+/// whole tape of a backward pass (which includes the keys). Kept values rule out the fused
+/// kernels that never store them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    Output,
+    Key,
+    Tape,
 }
 
 /// The activations of one block that its backward pass reads (the KV cache holds the rest).
@@ -167,20 +184,22 @@ impl GpuModel {
         if let Err(e) = crate::model::tuning::tune_on_first_use(gpu, c) {
             log::warn!("measuring the matmul kernels on {} failed ({e}); the fixed rule applies where nothing was measured", gpu.label());
         }
-        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, norm_into_product: !gpu.is_cpu() })
+        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, fold_into_products: !gpu.is_cpu() })
     }
 
-    /// Whether RMS norms fold into the product that reads them for a few rows (by default on
-    /// hardware adapters only); the result differs only by f32 rounding.
-    pub fn set_norm_into_product(&mut self, on: bool) {
-        self.norm_into_product = on;
+    /// Whether, for a few rows (a decoded token), RMS norms and the SwiGLU activation fold into
+    /// the products that read them (`norm::rms_norm_matvec`, `activation::silu_mul_matvec`):
+    /// by default on hardware adapters only, where a dispatch costs more than its arithmetic;
+    /// the result differs only by f32 rounding.
+    pub fn set_fold_into_products(&mut self, on: bool) {
+        self.fold_into_products = on;
     }
 
-    /// rms_norm(x) · Wᵀ in one dispatch where `norm_into_product` allows it for x's rows,
+    /// rms_norm(x) · Wᵀ in one dispatch where `fold_into_products` allows it for x's rows,
     /// else the norm and the product apart.
     fn norm_linear(&self, x: &Tensor, prefix: &str, w: &Tensor) -> Result<Tensor> {
         let rows = x.numel() / self.config.hidden.max(1);
-        if self.norm_into_product && self.config.arch == Arch::Llama && rows <= matmul::DOT_MAX_ROWS {
+        if self.fold_into_products && self.config.arch == Arch::Llama && rows <= matmul::DOT_MAX_ROWS {
             let g = self.tensor(&format!("{prefix}.weight"))?;
             return norm::rms_norm_matvec(&self.gpu, &x.reshape(&[rows, self.config.hidden])?, g, w, self.config.norm_eps);
         }
@@ -306,9 +325,12 @@ impl GpuModel {
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
         for i in 0..c.n_layers {
-            let out = self.block(i, x, cache, pos0, b, t, false)?;
+            let keep = if probes.down_in.iter().any(|s| s.layer == i) { Keep::Key } else { Keep::Output };
+            let out = self.block(i, x, cache, pos0, b, t, keep)?;
             x = out.x;
-            capture(gpu, &out.key, batch, &probes.down_in, i, &mut down_caps)?;
+            if let Some(key) = &out.key {
+                capture(gpu, key, batch, &probes.down_in, i, &mut down_caps)?;
+            }
             let adds: Vec<_> = probes.add.iter().filter(|(s, _)| s.layer == i).collect();
             if !adds.is_empty() {
                 let mut delta = vec![0.0f32; b * t * d];
@@ -345,9 +367,9 @@ impl GpuModel {
         }
         let (mut x, mut cache) = self.start(batch)?;
         for i in 0..layer {
-            x = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?.x;
+            x = self.block(i, x, &mut cache, 0, batch.b(), batch.t, Keep::Output)?.x;
         }
-        Ok(self.block(layer, x, &mut cache, 0, batch.b(), batch.t, false)?.key)
+        self.block(layer, x, &mut cache, 0, batch.b(), batch.t, Keep::Key)?.kept_key()
     }
 
     /// The keys of several layers from one pass (up to the highest of them), in the order asked.
@@ -361,9 +383,10 @@ impl GpuModel {
         let (mut x, mut cache) = self.start(batch)?;
         let mut keys = std::collections::HashMap::new();
         for i in 0..=top {
-            let out = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?;
+            let keep = if layers.contains(&i) { Keep::Key } else { Keep::Output };
+            let mut out = self.block(i, x, &mut cache, 0, batch.b(), batch.t, keep)?;
             if layers.contains(&i) {
-                keys.insert(i, out.key);
+                keys.insert(i, out.kept_key()?);
             }
             x = out.x;
         }
@@ -382,9 +405,9 @@ impl GpuModel {
         let mut key = None;
         let mut residual = None;
         for i in 0..=top {
-            let out = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?;
+            let mut out = self.block(i, x, &mut cache, 0, batch.b(), batch.t, if i == key_layer { Keep::Key } else { Keep::Output })?;
             if i == key_layer {
-                key = Some(out.key);
+                key = Some(out.kept_key()?);
             }
             x = out.x;
             if i == residual_layer {
@@ -402,7 +425,7 @@ impl GpuModel {
         }
         let (mut x, mut cache) = self.start(batch)?;
         for i in 0..=layer {
-            x = self.block(i, x, &mut cache, 0, batch.b(), batch.t, false)?.x;
+            x = self.block(i, x, &mut cache, 0, batch.b(), batch.t, Keep::Output)?.x;
         }
         Ok(x)
     }
@@ -428,8 +451,9 @@ impl GpuModel {
     }
 
     /// One transformer block on x: [B·T, d] at positions pos0.., writing this layer's keys and
-    /// values into the cache. With `record`, keeps what the backward pass needs.
-    pub(crate) fn block(&self, i: usize, x: Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, record: bool) -> Result<BlockOut> {
+    /// values into the cache, keeping what `keep` asks for.
+    pub(crate) fn block(&self, i: usize, x: Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, keep: Keep) -> Result<BlockOut> {
+        let record = keep == Keep::Tape;
         let c = &self.config;
         let gpu = &self.gpu;
         let hd = c.head_dim;
@@ -454,12 +478,12 @@ impl GpuModel {
                 )
             }
         };
-        let (q, k) = if gpt2 {
-            (q, k)
+        let q = if gpt2 {
+            attention::write_kv_pair(gpu, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
+            q
         } else {
-            rope::rope_pair(gpu, &q, &k, pos0, c.rope_theta, c.rope_style)?
+            rope::rope_kv(gpu, &q, &k, &v, &cache.k[i], &cache.v[i], pos0, c.rope_theta, c.rope_style)?
         };
-        attention::write_kv_pair(gpu, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
         let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
         let o = o.reshape(&[b * t, c.n_heads * hd])?;
         // The tape's copy of x (and of x_mid below) keeps residual_linear from writing over it.
@@ -468,8 +492,16 @@ impl GpuModel {
 
         let mlp_norm = format!("layers.{i}.mlp_norm");
         let (key, gate, up) = match stacks {
-            // Without a tape, gate and up are never needed apart.
-            Some(s) => (activation::silu_mul_halves(gpu, &self.norm_linear(&x_mid, &mlp_norm, &s.gate_up.tensor)?)?, None, None),
+            // Without a tape, gate and up are never needed apart; without keys kept, a few
+            // rows' activation folds into the down-projection, which adds into x_mid.
+            Some(s) => {
+                let gate_up = self.norm_linear(&x_mid, &mlp_norm, &s.gate_up.tensor)?;
+                if keep == Keep::Output && self.fold_into_products && b * t <= matmul::DOT_MAX_ROWS && x_mid.is_unique() {
+                    let x_out = activation::silu_mul_matvec(gpu, &gate_up, self.l(i, "w_down")?, Some(x_mid))?;
+                    return Ok(BlockOut { x: x_out, key: None, tape: None });
+                }
+                (activation::silu_mul_halves(gpu, &gate_up)?, None, None)
+            }
             None => {
                 let h = self.norm(&x_mid, &mlp_norm)?;
                 let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
@@ -488,7 +520,7 @@ impl GpuModel {
             (None, None, _) => None,
             _ => return Err(Error::shape("forward", format!("layer {i}: a tape was asked for but the block ran the stacked path, which keeps none"))),
         };
-        Ok(BlockOut { x: x_out, key, tape })
+        Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
     }
 
     /// Logits of each sequence's last real token: [B, V].

@@ -17,6 +17,15 @@ struct Meta {
     col0: u32,
     z_off: u32,
     out2_off: u32,
+    n_out: u32,
+    accumulate: u32,
+    _pad: [u32; 2],
+}
+
+impl Meta {
+    fn elementwise(n: usize, x_off: u32, y_off: u32, out_off: u32) -> Meta {
+        Meta { n: n as u32, x_off, y_off, out_off, cols: 1, col0: 0, z_off: 0, out2_off: 0, n_out: 0, accumulate: 0, _pad: [0; 2] }
+    }
 }
 
 /// Runs an entry point over all elements of `x`, in pieces that fit one dispatch and one
@@ -30,7 +39,7 @@ fn run_1d(gpu: &Gpu, entry: &'static str, x: &Tensor, y: Option<&Tensor>, out: &
     for (start, len) in chunks(x.numel(), max_elems_per_dispatch(gpu, WG)) {
         let (xb, x_off) = x.bind(gpu, start, len)?;
         let (ob, out_off) = out.bind(gpu, start, len)?;
-        let mut meta = Meta { n: len as u32, x_off, y_off: 0, out_off, cols: cols as u32, col0: (start % cols) as u32, z_off: 0, out2_off: 0 };
+        let mut meta = Meta { cols: cols as u32, col0: (start % cols) as u32, ..Meta::elementwise(len, x_off, 0, out_off) };
         let binds = match (y, bias) {
             (_, Some(bb)) => vec![xb, bb, ob],
             (Some(y), None) => {
@@ -74,8 +83,48 @@ pub fn silu_mul_halves(gpu: &Gpu, gate_up: &Tensor) -> Result<Tensor> {
         let (xb, x_off) = gate_up.bind(gpu, r0 * both, r * both)?;
         let (yb, y_off) = gate_up.bind(gpu, r0 * both, r * both)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let meta = Meta { n: (r * cols) as u32, x_off, y_off, out_off, cols: cols as u32, col0: 0, z_off: 0, out2_off: 0 };
+        let meta = Meta { cols: cols as u32, ..Meta::elementwise(r * cols, x_off, y_off, out_off) };
         gpu.dispatch(ACTIVATION, "silu_mul_halves", &[], bytemuck::bytes_of(&meta), &[xb, yb, ob], [groups(r * cols, WG), 1, 1])?;
+    }
+    Ok(out)
+}
+
+/// `silu_mul_halves(gate_up)` · mᵀ for gate_up [rows, 2·F] and m [n, F], without storing the
+/// activation: [rows, n]. With `residual` ([rows, n], held nowhere else), the product is added
+/// to it in place and it is returned (the residual stream after the MLP). One workgroup per
+/// output: meant for the few rows of a decoded token, where the activation would be a
+/// dispatch of its own.
+pub fn silu_mul_matvec(gpu: &Gpu, gate_up: &Tensor, m: &Tensor, residual: Option<Tensor>) -> Result<Tensor> {
+    const OP: &str = "silu_mul_matvec";
+    let (&[rows, both], &[n, cols]) = (gate_up.shape(), m.shape()) else {
+        return Err(Error::shape(OP, format!("gate_up {:?} and the matrix {:?} must both be 2-D", gate_up.shape(), m.shape())));
+    };
+    if both != 2 * cols {
+        return Err(Error::shape(OP, format!("gate_up {:?} is not two halves of the matrix's {cols} columns", gate_up.shape())));
+    }
+    let accumulate = residual.is_some();
+    let out = match residual {
+        Some(r) if r.shape() != [rows, n] => return Err(Error::shape(OP, format!("the residual {:?} is not [{rows}, {n}]", r.shape()))),
+        Some(r) if !r.is_unique() => return Err(Error::shape(OP, "the residual is held elsewhere too: adding in place would change it there")),
+        Some(r) => r,
+        None => gpu.empty(&[rows, n])?,
+    };
+    if rows == 0 || n == 0 {
+        return Ok(out);
+    }
+    let limits = gpu.split_limits();
+    let max_elems = Tensor::max_binding_elems(gpu);
+    if rows * both > max_elems || rows * n > max_elems || rows > limits.max_workgroups as usize {
+        return Err(Error::TooLarge { op: OP, detail: format!("{rows} rows of {cols} into {n} outputs: meant for a few rows") });
+    }
+    let (xb, x_off) = gate_up.bind(gpu, 0, rows * both)?;
+    let (ob, out_base) = out.bind(gpu, 0, rows * n)?;
+    // Pieces of the matrix's rows that fit one binding and one dispatch.
+    let per = (max_elems / cols.max(1)).min(limits.max_workgroups as usize).max(1);
+    for (n0, nn) in chunks(n, per) {
+        let (mb, m_off) = m.bind(gpu, n0 * cols, nn * cols)?;
+        let meta = Meta { cols: cols as u32, n_out: n as u32, accumulate: accumulate as u32, ..Meta::elementwise(0, x_off, m_off, out_base + n0 as u32) };
+        gpu.dispatch(ACTIVATION, OP, &[], bytemuck::bytes_of(&meta), &[xb, mb, ob], [nn as u32, rows as u32, 1])?;
     }
     Ok(out)
 }
@@ -116,16 +165,7 @@ fn run_bwd(gpu: &Gpu, entry: &'static str, ins: &[&Tensor], outs: &[&Tensor]) ->
             offs[i] = off;
         }
         let (z_off, out_i) = if ins.len() == 3 { (offs[2], 3) } else { (0, 2) };
-        let meta = Meta {
-            n: len as u32,
-            x_off: offs[0],
-            y_off: offs[1],
-            out_off: offs[out_i],
-            cols: 1,
-            col0: 0,
-            z_off,
-            out2_off: offs.get(out_i + 1).copied().unwrap_or(0),
-        };
+        let meta = Meta { z_off, out2_off: offs.get(out_i + 1).copied().unwrap_or(0), ..Meta::elementwise(len, offs[0], offs[1], offs[out_i]) };
         gpu.dispatch(ACTIVATION, entry, &[], bytemuck::bytes_of(&meta), &binds, [groups(len, WG), 1, 1])?;
     }
     Ok(())

@@ -130,11 +130,17 @@ pub fn write_kv(gpu: &Gpu, src: &Tensor, cache: &Tensor, pos0: usize) -> Result<
 
 /// `write_kv` of a layer's keys and values at once: one dispatch where they fit.
 pub fn write_kv_pair(gpu: &Gpu, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize) -> Result<()> {
+    let dst = check_kv_write(k, v, k_cache, v_cache, pos0)?;
+    copy_strided_pair(gpu, [k, v], View::dense(k.shape()), [k_cache, v_cache], dst, k.shape())
+}
+
+/// Checks a write of keys and values [B, T, Hkv, D] into their caches [B, Hkv, S, D] at rows
+/// pos0 .. pos0 + T; returns where they go.
+pub(crate) fn check_kv_write(k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize) -> Result<View> {
     if v.shape() != k.shape() || v_cache.shape() != k_cache.shape() {
         return Err(Error::shape("write_kv", format!("values {:?} and keys {:?}, or their caches {:?} and {:?}, differ", v.shape(), k.shape(), v_cache.shape(), k_cache.shape())));
     }
-    let dst = cache_rows(k, k_cache, pos0)?;
-    copy_strided_pair(gpu, [k, v], View::dense(k.shape()), [k_cache, v_cache], dst, k.shape())
+    cache_rows(k, k_cache, pos0)
 }
 
 /// Where rows pos0 .. pos0 + T of src: [B, T, Hkv, D] go in cache: [B, Hkv, S, D].

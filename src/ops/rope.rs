@@ -1,6 +1,6 @@
 //! Rotary position embedding (shaders/rope.wgsl).
 
-use super::{chunks, groups, WG};
+use super::{attention, chunks, groups, WG};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::RopeStyle;
@@ -24,6 +24,12 @@ struct Meta {
     inverse: u32,
     pairs2: u32,
     heads2: u32,
+    cap: u32,
+    in2_off: u32,
+    out2_off: u32,
+    v_off: u32,
+    vc_off: u32,
+    _pad: [u32; 3],
     inv_freq: [f32; MAX_HEAD_DIM / 2],
 }
 
@@ -66,6 +72,49 @@ pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, sty
     Ok((qo, ko))
 }
 
+/// A layer's step before attention: the queries q: [B, T, Hq, D] rotated into a new tensor
+/// (returned), the keys k: [B, T, Hkv, D] rotated into rows pos0 .. pos0 + T of k_cache:
+/// [B, Hkv, S, D], the values v (k's shape) copied into v_cache. One dispatch where every
+/// tensor fits one binding and the work one dispatch; else `rope_pair` and
+/// `attention::write_kv_pair`. The same values either way: the rotation's arithmetic is the
+/// same, the copies exact.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
+    let [bq, tq, hq, dq] = check("rope_kv", "q", q, pos0)?;
+    let [bk, tk, hk, dk] = check("rope_kv", "k", k, pos0)?;
+    attention::check_kv_write(k, v, k_cache, v_cache, pos0)?;
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let threads = q.numel() / 2 + k.numel();
+    let fits = [q, k, v, k_cache].iter().all(|t| t.numel() <= max_elems) && threads <= gpu.split_limits().max_workgroups as usize * WG;
+    if (bq, tq, dq) != (bk, tk, dk) || !fits || q.numel() == 0 || k.numel() == 0 {
+        let (qo, ko) = rope_pair(gpu, q, k, pos0, theta, style)?;
+        attention::write_kv_pair(gpu, &ko, v, k_cache, v_cache, pos0)?;
+        return Ok(qo);
+    }
+    let qo = gpu.empty(q.shape())?;
+    let (qb, in_off) = q.bind(gpu, 0, q.numel())?;
+    let (ob, out_off) = qo.bind(gpu, 0, qo.numel())?;
+    let (kb, in2_off) = k.bind(gpu, 0, k.numel())?;
+    let (kcb, out2_off) = k_cache.bind(gpu, 0, k_cache.numel())?;
+    let (vb, v_off) = v.bind(gpu, 0, v.numel())?;
+    let (vcb, vc_off) = v_cache.bind(gpu, 0, v_cache.numel())?;
+    let meta = Meta {
+        pairs: (q.numel() / 2) as u32,
+        pairs2: (k.numel() / 2) as u32,
+        heads2: hk as u32,
+        cap: k_cache.shape()[2] as u32,
+        in_off,
+        out_off,
+        in2_off,
+        out2_off,
+        v_off,
+        vc_off,
+        ..meta("rope", tq, hq, dq, pos0, theta, style)
+    };
+    gpu.dispatch(ROPE, "rope_kv", &[], bytemuck::bytes_of(&meta), &[qb, ob, kb, kcb, vb, vcb], [groups(threads, WG), 1, 1])?;
+    Ok(qo)
+}
+
 /// x's [B, T, H, D], checked: an even head dimension the uniform can hold, positions an f32
 /// holds exactly.
 fn check(op: &'static str, name: &str, x: &Tensor, pos0: usize) -> Result<[usize; 4]> {
@@ -98,6 +147,12 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
         inverse: (op == "rope_bwd") as u32,
         pairs2: 0,
         heads2: 0,
+        cap: 0,
+        in2_off: 0,
+        out2_off: 0,
+        v_off: 0,
+        vc_off: 0,
+        _pad: [0; 3],
         inv_freq: [0.0; MAX_HEAD_DIM / 2],
     };
     for (i, f) in meta.inv_freq[..half].iter_mut().enumerate() {
