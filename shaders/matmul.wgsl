@@ -14,6 +14,11 @@
 //                  products of a few dozen rows, where a 128-row tile would mostly idle.
 //   matmul_pipelined  the tuned kernel's tiles with named accumulators and double-buffered
 //                  workgroup tiles (the next K step's loads overlap this step's arithmetic).
+//   matmul_tile32  a 32 x 32 tile per workgroup of 8 x 8 threads, each a 4 x 4 block in four
+//                  named vec4 accumulators, K advancing 16 at a time: for products of a
+//                  hundred to a few thousand rows by a few hundred columns (a prefill, an
+//                  edit's batch), too small to fill a GPU with 128-row tiles but worth more
+//                  work per thread than the 16 x 16 tile gives.
 //   matmul_tile16  the baseline: a plain 16 x 16 shared-memory tile, one output per thread.
 
 struct Meta {
@@ -375,6 +380,83 @@ fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     }
 
     store_block(&acc, m0, 16u, n0, ty, tx, cbase);
+}
+
+// matmul_tile32's tiles, [k][m] and [k][n] as vec4 along m and n: 8 vec4 per k, 16 k.
+var<workgroup> At32: array<vec4<f32>, 128>;
+var<workgroup> Bt32: array<vec4<f32>, 128>;
+
+@compute @workgroup_size(8, 8, 1)
+fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tx = lid.x;
+    let ty = lid.y;
+    let t = ty * 8u + tx;
+    let m0 = wg.y * 32u;
+    let n0 = wg.x * 32u;
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
+        // 64 threads, 128 vec4 per tile: two of each tile per thread.
+        for (var j = 0u; j < 2u; j++) {
+            let u = t + 64u * j;
+            if (TRANS_A) {
+                let kk = u / 8u;
+                let mq = u % 8u;
+                let m = m0 + mq * 4u;
+                let k = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
+                At32[kk * 8u + mq] = v;
+            } else {
+                let mm = u / 4u;
+                let kq = u % 4u;
+                let m = m0 + mm;
+                let k = k0 + kq * 4u;
+                var v = vec4<f32>(0.0);
+                if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
+                for (var i = 0u; i < 4u; i++) { At32[(kq * 4u + i) * 8u + mm / 4u][mm % 4u] = v[i]; }
+            }
+            if (TRANS_B) {
+                let nn = u / 4u;
+                let kq = u % 4u;
+                let n = n0 + nn;
+                let k = k0 + kq * 4u;
+                var v = vec4<f32>(0.0);
+                if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
+                for (var i = 0u; i < 4u; i++) { Bt32[(kq * 4u + i) * 8u + nn / 4u][nn % 4u] = v[i]; }
+            } else {
+                let kk = u / 8u;
+                let nq = u % 8u;
+                let n = n0 + nq * 4u;
+                let k = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
+                Bt32[kk * 8u + nq] = v;
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let av = At32[kk * 8u + ty];
+            let bv = Bt32[kk * 8u + tx];
+            acc0 = fma(vec4<f32>(av.x), bv, acc0);
+            acc1 = fma(vec4<f32>(av.y), bv, acc1);
+            acc2 = fma(vec4<f32>(av.z), bv, acc2);
+            acc3 = fma(vec4<f32>(av.w), bv, acc3);
+        }
+        workgroupBarrier();
+    }
+    let m = m0 + ty * 4u;
+    let n = n0 + tx * 4u;
+    store4(m, n, acc0, cbase);
+    store4(m + 1u, n, acc1, cbase);
+    store4(m + 2u, n, acc2, cbase);
+    store4(m + 3u, n, acc3, cbase);
 }
 
 var<workgroup> As16: array<f32, 256>;

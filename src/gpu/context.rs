@@ -800,12 +800,25 @@ struct Choices {
     table: std::collections::BTreeMap<String, String>,
 }
 
+/// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
+/// added or changed, so that a table measured without it (or with its old form) is measured
+/// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
+/// the 32×32 tile.
+const CHOICES_VERSION: u32 = 2;
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ChoicesFile {
+    /// Absent in the first tables: version 1.
+    #[serde(default = "first_version")]
+    kernels_version: u32,
     adapter: String,
     driver: String,
     backend: String,
     choices: std::collections::BTreeMap<String, String>,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 impl Choices {
@@ -821,10 +834,17 @@ impl Choices {
         if !tuning_enabled() {
             return Choices::default();
         }
-        let path = Self::path(info);
-        let Ok(text) = std::fs::read_to_string(&path) else { return Choices::default() };
+        Self::load_from(&Self::path(info))
+    }
+
+    fn load_from(path: &std::path::Path) -> Choices {
+        let Ok(text) = std::fs::read_to_string(path) else { return Choices::default() };
         match serde_json::from_str::<ChoicesFile>(&text) {
-            Ok(f) => Choices { table: f.choices },
+            Ok(f) if f.kernels_version == CHOICES_VERSION => Choices { table: f.choices },
+            Ok(f) => {
+                log::info!("the kernel choices in {} were measured for kernel family {}, this build has {CHOICES_VERSION}: measuring again", path.display(), f.kernels_version);
+                Choices::default()
+            }
             Err(e) => {
                 // A damaged table only costs speed: say so and use the fixed rules.
                 log::warn!("ignoring the kernel choices in {}: {e}", path.display());
@@ -836,6 +856,7 @@ impl Choices {
     fn save(&self, info: &wgpu::AdapterInfo) -> Result<std::path::PathBuf> {
         let path = Self::path(info);
         let file = ChoicesFile {
+            kernels_version: CHOICES_VERSION,
             adapter: info.name.clone(),
             driver: format!("{} {}", info.driver, info.driver_info),
             backend: format!("{:?}", info.backend),
@@ -844,6 +865,34 @@ impl Choices {
         let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Gpu(format!("kernel choices: {e}")))?;
         crate::store::write_durable(&path, text.as_bytes())?;
         Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod choices_tests {
+    use super::*;
+
+    fn table_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A table is read only when measured with this build's kernel family: the first tables
+    /// (no version field, measured before the 32×32 tile) and damaged files are measured again.
+    #[test]
+    fn tables_of_another_kernel_family_or_damaged_are_not_read() {
+        let dir = std::env::temp_dir().join(format!("revive-choices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = r#""adapter": "x", "driver": "y", "backend": "Vulkan", "choices": {"matmul/nt/m1/n1024/k1024": "dot"}"#;
+        let current = table_file(&dir, "current.json", &format!("{{\"kernels_version\": {CHOICES_VERSION}, {body}}}"));
+        let first = table_file(&dir, "first.json", &format!("{{{body}}}"));
+        let damaged = table_file(&dir, "damaged.json", "{\"adapter\": ");
+        assert_eq!(Choices::load_from(&current).table.get("matmul/nt/m1/n1024/k1024").map(String::as_str), Some("dot"));
+        assert!(Choices::load_from(&first).table.is_empty());
+        assert!(Choices::load_from(&damaged).table.is_empty());
+        assert!(Choices::load_from(&dir.join("absent.json")).table.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

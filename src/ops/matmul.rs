@@ -18,6 +18,10 @@ pub enum Kernel {
     /// The tuned kernel's scheme on a 32x128 tile: for products of a few dozen rows (the
     /// prompts of an edit), which would leave most of a 128-row tile idle.
     Rows32,
+    /// 32x32 tile, each thread a 4x4 block: for products of a hundred to a few thousand rows
+    /// by a few hundred columns, too few 128-row tiles to fill a GPU (a prefill, an edit's
+    /// batch), with more work per thread than Tile16.
+    Tile32,
     /// Plain 16x16 shared-memory tile: the baseline the tuned kernel must beat.
     Tile16,
     /// One output per workgroup, threads split K: for products of a few rows (decoding).
@@ -49,7 +53,7 @@ pub const PIPELINED_MIN_TILES: usize = 48;
 pub const PIPELINED_MIN_ROWS: usize = 65;
 
 /// Every concrete kernel, for the autotune and the tests.
-pub const KERNELS: [Kernel; 7] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
+pub const KERNELS: [Kernel; 8] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
 
 /// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
 /// the transposes and whether the product is batched.
@@ -64,6 +68,7 @@ impl Kernel {
             Kernel::Tuned => "tuned",
             Kernel::Pipelined => "pipelined",
             Kernel::Rows32 => "rows32",
+            Kernel::Tile32 => "tile32",
             Kernel::Tile16 => "tile16",
             Kernel::Dot => "dot",
             Kernel::Gemv => "gemv",
@@ -112,6 +117,7 @@ impl Kernel {
             Kernel::Tuned | Kernel::Auto => "matmul",
             Kernel::Pipelined => "matmul_pipelined",
             Kernel::Rows32 => "matmul_rows32",
+            Kernel::Tile32 => "matmul_tile32",
             Kernel::Tile16 => "matmul_tile16",
             Kernel::Dot => "matmul_dot",
             Kernel::Gemv => "matmul_gemv",
@@ -125,6 +131,7 @@ impl Kernel {
             Kernel::Block => (block_rows(l), 8 * 16),
             Kernel::Tuned | Kernel::Pipelined | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
+            Kernel::Tile32 => (32, 32),
             Kernel::Tile16 => (16, 16),
             Kernel::Dot => (1, 1),
             Kernel::Gemv => (4, 64),
@@ -439,7 +446,7 @@ pub struct TuneRow {
 /// a slow candidate is dropped after one run (over 3× the best so far).
 fn candidates(m: usize, rule: Kernel) -> Vec<Kernel> {
     let wide: &[Kernel] = if m <= 16 { &[Kernel::Dot] } else { &[Kernel::Tuned, Kernel::Pipelined] };
-    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], wide].concat();
+    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile32, Kernel::Tile16], wide].concat();
     std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
 }
 
