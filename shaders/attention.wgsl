@@ -1,6 +1,7 @@
-// Causal grouped-query attention, one workgroup per (query token, query head) of one sequence.
-// q and out: rows of D, token stride q_tstride; k and v: one [S, D] block per kv head, stride
-// kv_hstride. Workgroup w is local token w / heads and local head w % heads (global head
+// Causal grouped-query attention, one workgroup per (query token, query head) of a sequence;
+// workgroup row wg.y is the sequence, q_bstride and kv_bstride apart in q/out and k/v (several
+// sequences in one dispatch: an edit's batch of prompts). q and out: rows of D, token stride
+// q_tstride; k and v: one [S, D] block per kv head, stride kv_hstride. Workgroup w is local token w / heads and local head w % heads (global head
 // h0 + w % heads, kv head (h0 + w % heads) / group, counted from kv0 in the k/v bindings); the
 // query at local token tl sits at position pos + tl and sees keys 0 ..= pos + tl.
 //
@@ -12,7 +13,7 @@ struct Meta {
     heads: u32, group: u32, d: u32, q_tstride: u32,
     kv_hstride: u32, pos: u32, h0: u32, kv0: u32,
     q_off: u32, k_off: u32, v_off: u32, out_off: u32,
-    scale: f32, _pad0: u32, _pad1: u32, _pad2: u32,
+    scale: f32, q_bstride: u32, kv_bstride: u32, _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -59,9 +60,10 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let tl = wg.x / p.heads;
     let hl = wg.x % p.heads;
     let kvh = (p.h0 + hl) / p.group - p.kv0;
-    let q_base = p.q_off + tl * p.q_tstride + hl * p.d;
-    let k_base = p.k_off + kvh * p.kv_hstride;
-    let v_base = p.v_off + kvh * p.kv_hstride;
+    let q_row = wg.y * p.q_bstride + tl * p.q_tstride + hl * p.d;
+    let q_base = p.q_off + q_row;
+    let k_base = p.k_off + wg.y * p.kv_bstride + kvh * p.kv_hstride;
+    let v_base = p.v_off + wg.y * p.kv_bstride + kvh * p.kv_hstride;
     let n_keys = p.pos + tl + 1u;
 
     if (lid < p.d) { qs[lid] = q[q_base + lid]; }
@@ -96,7 +98,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         // No barrier needed before the next tile's write to `probs`: it comes after the next
         // workgroup_max, which every thread reaches only once done reading this tile.
     }
-    if (lid < p.d) { out[p.out_off + tl * p.q_tstride + hl * p.d + lid] = acc / l; }
+    if (lid < p.d) { out[p.out_off + q_row + lid] = acc / l; }
 }
 
 // ---- Backward --------------------------------------------------------------------------------
@@ -108,12 +110,36 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 // row's log-sum-exp and Dr into `stats`; attention_bwd_dkv (one workgroup per key row of one kv
 // head) loops over the queries that see the key, in a fixed order, and sums over the group's
 // query heads: no atomics, so the result is deterministic.
+// Workgroup y is the kv group and z the sequence (all of a batch in one dispatch where it
+// fits): each binding's offset moves by z·(its sequence stride) + y·(its group stride), from
+// `Bwd*Stride` (q, dout and dq share a layout, as do k and v).
 
 struct BwdMeta {
     group: u32, d: u32, q_tstride: u32, o_tstride: u32,
     pos: u32, t_count: u32, t_first: u32, j0: u32,
     q_off: u32, k_off: u32, v_off: u32, do_off: u32,
     st_off: u32, a_off: u32, b_off: u32, scale: f32,
+    // Per sequence (wg.z) and per kv group (wg.y): q/dout/dq, k/v, stats, dk/dv.
+    q_bs: u32, kv_bs: u32, st_bs: u32, o_bs: u32,
+    q_gs: u32, kv_gs: u32, st_gs: u32, o_gs: u32,
+}
+
+// The offsets of one (sequence, kv group) workgroup's rows in each binding.
+struct Offsets { q: u32, dout: u32, k: u32, v: u32, st: u32, a: u32, b: u32 }
+
+fn offsets(wg: vec3<u32>, out_q_layout: bool) -> Offsets {
+    let sq = wg.z * pb.q_bs + wg.y * pb.q_gs;
+    let skv = wg.z * pb.kv_bs + wg.y * pb.kv_gs;
+    let so = wg.z * pb.o_bs + wg.y * pb.o_gs;
+    var o: Offsets;
+    o.q = pb.q_off + sq;
+    o.dout = pb.do_off + sq;
+    o.k = pb.k_off + skv;
+    o.v = pb.v_off + skv;
+    o.st = pb.st_off + wg.z * pb.st_bs + wg.y * pb.st_gs;
+    o.a = pb.a_off + select(so, sq, out_q_layout);
+    o.b = pb.b_off + so;
+    return o;
 }
 
 @group(0) @binding(0) var<uniform> pb: BwdMeta;
@@ -131,13 +157,14 @@ var<workgroup> dss: array<f32, 256>;
 @compute @workgroup_size(256, 1, 1)
 fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let o = offsets(wg, true);
     let tl = wg.x / pb.group;
     let hh = wg.x % pb.group;
     let row = tl * pb.q_tstride + hh * pb.d;
     let n_keys = pb.pos + tl + 1u;
     if (lid < pb.d) {
-        qs[lid] = q[pb.q_off + row + lid];
-        row_b[lid] = dout[pb.do_off + row + lid];
+        qs[lid] = q[o.q + row + lid];
+        row_b[lid] = dout[o.dout + row + lid];
     }
     workgroupBarrier();
 
@@ -152,8 +179,8 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         if (j < n_keys) {
             var dot = 0.0;
             for (var i = 0u; i < pb.d; i++) {
-                dot = fma(qs[i], k[pb.k_off + j * pb.d + i], dot);
-                dp = fma(row_b[i], v[pb.v_off + j * pb.d + i], dp);
+                dot = fma(qs[i], k[o.k + j * pb.d + i], dot);
+                dp = fma(row_b[i], v[o.v + j * pb.d + i], dp);
             }
             s = pb.scale * dot;
         }
@@ -167,7 +194,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     }
     let lse = m + log(l);
     let dr = u / l;
-    let st = pb.st_off + (tl * (pb.q_tstride / pb.d) + hh) * 2u;
+    let st = o.st + (tl * (pb.q_tstride / pb.d) + hh) * 2u;
     if (lid == 0u) {
         stats_w[st] = lse;
         stats_w[st + 1u] = dr;
@@ -182,8 +209,8 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
             var dot = 0.0;
             var dp = 0.0;
             for (var i = 0u; i < pb.d; i++) {
-                dot = fma(qs[i], k[pb.k_off + j * pb.d + i], dot);
-                dp = fma(row_b[i], v[pb.v_off + j * pb.d + i], dp);
+                dot = fma(qs[i], k[o.k + j * pb.d + i], dot);
+                dp = fma(row_b[i], v[o.v + j * pb.d + i], dp);
             }
             ds = exp(pb.scale * dot - lse) * (dp - dr);
         }
@@ -191,12 +218,12 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         workgroupBarrier();
         if (lid < pb.d) {
             let n = min(WG, n_keys - t0);
-            for (var i = 0u; i < n; i++) { acc = fma(dss[i], k[pb.k_off + (t0 + i) * pb.d + lid], acc); }
+            for (var i = 0u; i < n; i++) { acc = fma(dss[i], k[o.k + (t0 + i) * pb.d + lid], acc); }
         }
         // The next tile overwrites `dss`.
         workgroupBarrier();
     }
-    if (lid < pb.d) { grad_a[pb.a_off + row + lid] = pb.scale * acc; }
+    if (lid < pb.d) { grad_a[o.a + row + lid] = pb.scale * acc; }
 }
 
 // dk and dv of key row j0 + wg.x of one kv head. The bound q, dout and stats start at query
@@ -206,10 +233,11 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 @compute @workgroup_size(256, 1, 1)
 fn attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let o = offsets(wg, false);
     let j = pb.j0 + wg.x;
     if (lid < pb.d) {
-        qs[lid] = k[pb.k_off + wg.x * pb.d + lid];
-        row_b[lid] = v[pb.v_off + wg.x * pb.d + lid];
+        qs[lid] = k[o.k + wg.x * pb.d + lid];
+        row_b[lid] = v[o.v + wg.x * pb.d + lid];
     }
     workgroupBarrier();
     let t_lo = max(j, pb.pos) - pb.pos;
@@ -228,10 +256,10 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             var dot = 0.0;
             var dp = 0.0;
             for (var i = 0u; i < pb.d; i++) {
-                dot = fma(q[pb.q_off + row + i], qs[i], dot);
-                dp = fma(dout[pb.do_off + row + i], row_b[i], dp);
+                dot = fma(q[o.q + row + i], qs[i], dot);
+                dp = fma(dout[o.dout + row + i], row_b[i], dp);
             }
-            let st = pb.st_off + (tl * hq + hh) * 2u;
+            let st = o.st + (tl * hq + hh) * 2u;
             pj = exp(pb.scale * dot - stats[st]);
             ds = pj * (dp - stats[st + 1u]);
         }
@@ -243,14 +271,14 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invoca
             for (var i = 0u; i < n; i++) {
                 let ri = r0 + i;
                 let row = (t_lo - pb.t_first + ri / pb.group) * pb.q_tstride + (ri % pb.group) * pb.d;
-                acc_v = fma(probs[i], dout[pb.do_off + row + lid], acc_v);
-                acc_k = fma(dss[i], q[pb.q_off + row + lid], acc_k);
+                acc_v = fma(probs[i], dout[o.dout + row + lid], acc_v);
+                acc_k = fma(dss[i], q[o.q + row + lid], acc_k);
             }
         }
         workgroupBarrier();
     }
     if (lid < pb.d) {
-        grad_a[pb.a_off + wg.x * pb.o_tstride + lid] = pb.scale * acc_k;
-        grad_b[pb.b_off + wg.x * pb.o_tstride + lid] = acc_v;
+        grad_a[o.a + wg.x * pb.o_tstride + lid] = pb.scale * acc_k;
+        grad_b[o.b + wg.x * pb.o_tstride + lid] = acc_v;
     }
 }

@@ -54,6 +54,9 @@ fn attention_matches_oracle() {
             Case { b: 1, t: 3, hq: 3, hkv: 1, d: 64, s: 700, pos0: 600 },
             // Longer than 4096 keys: there is no key limit.
             Case { b: 1, t: 2, hq: 2, hkv: 1, d: 8, s: 5003, pos0: 5001 },
+            // An edit's batch: many short sequences, one dispatch (a workgroup row each).
+            Case { b: 37, t: 5, hq: 9, hkv: 3, d: 64, s: 5, pos0: 0 },
+            Case { b: 11, t: 2, hq: 4, hkv: 2, d: 6, s: 9, pos0: 6 },
         ];
         for (i, c) in cases.iter().enumerate() {
             check(gpu, c, 500 + i as u64)?;
@@ -71,7 +74,9 @@ fn attention_splits_heads_and_tokens_across_dispatches() {
         // Groups of 4 query heads with 3 workgroups per dispatch: a dispatch straddles kv heads.
         check(gpu, &Case { b: 2, t: 4, hq: 8, hkv: 2, d: 8, s: 9, pos0: 3 }, 601)?;
         // Caches larger than one binding: each dispatch binds only its kv heads' rows.
-        check(gpu, &Case { b: 1, t: 2, hq: 3, hkv: 3, d: 16, s: 40, pos0: 30 }, 602)
+        check(gpu, &Case { b: 1, t: 2, hq: 3, hkv: 3, d: 16, s: 40, pos0: 30 }, 602)?;
+        // Whole sequences per dispatch, at most 3 (the workgroup limit) at a time.
+        check(gpu, &Case { b: 8, t: 1, hq: 2, hkv: 1, d: 8, s: 4, pos0: 2 }, 603)
     });
 }
 

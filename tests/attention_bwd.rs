@@ -50,6 +50,9 @@ fn attention_bwd_matches_oracle() {
         // More than 256 (query, head) rows per key in the dk/dv pass.
         (1, 70, 4, 1, 8, 0, 70),
         (2, 17, 4, 4, 32, 2, 19),
+        // An edit's batch: many short sequences, two dispatches for all of them.
+        (37, 3, 9, 3, 16, 0, 3),
+        (6, 4, 4, 2, 8, 2, 7),
     ];
     for_each_gpu(|gpu| {
         for (i, &c) in cases.iter().enumerate() {
@@ -66,7 +69,9 @@ fn attention_bwd_splits_across_dispatches() {
         // Queries in pieces of one token (group 2 of 3 workgroups), keys in pieces of 3, later
         // key pieces binding only the queries that see them.
         check(gpu, (2, 5, 4, 2, 8, 3, 9), 5200)?;
-        check(gpu, (1, 11, 3, 3, 6, 0, 11), 5201)
+        check(gpu, (1, 11, 3, 3, 6, 0, 11), 5201)?;
+        // Whole sequences per dispatch (3 queries, 3 keys, 2 kv groups), 3 sequences at a time.
+        check(gpu, (5, 1, 2, 2, 8, 2, 4), 5202)
     });
 }
 

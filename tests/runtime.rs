@@ -343,3 +343,26 @@ fn ops_read_views_that_start_off_a_binding_boundary() {
         Ok(())
     });
 }
+
+/// An edit's batch of short sequences is one attention dispatch per layer forward and two
+/// backward, however many sequences it has (before, one per sequence and two per sequence and
+/// kv head); the oracle tests check the values.
+#[test]
+fn a_batch_of_sequences_takes_one_attention_dispatch() {
+    use revive::ops::attention::{attention, attention_bwd};
+    for_each_fresh_gpu(false, |gpu| {
+        let (b, t, hq, hkv, d) = (40, 6, 9, 3, 64);
+        let q = ok(gpu.upload(&random_vec(&mut rng(3), b * t * hq * d), &[b, t, hq, d]))?;
+        let kv = ok(gpu.upload(&random_vec(&mut rng(4), b * hkv * t * d), &[b, hkv, t, d]))?;
+        let before = gpu.runtime_stats();
+        ok(attention(gpu, &q, &kv, &kv, 0, 0.125))?;
+        let forward = (gpu.runtime_stats() - before).dispatches;
+        let before = gpu.runtime_stats();
+        ok(attention_bwd(gpu, &q, &kv, &kv, 0, 0.125, &q))?;
+        let backward = (gpu.runtime_stats() - before).dispatches;
+        if (forward, backward) != (1, 2) {
+            return Err(format!("{b} sequences: attention took {forward} dispatches, its backward {backward} (want 1 and 2)"));
+        }
+        Ok(())
+    });
+}

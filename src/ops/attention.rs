@@ -26,7 +26,9 @@ struct Meta {
     v_off: u32,
     out_off: u32,
     scale: f32,
-    _pad: [u32; 3],
+    q_bstride: u32,
+    kv_bstride: u32,
+    _pad: u32,
 }
 
 fn dims4(op: &'static str, name: &str, t: &Tensor, layout: &str) -> Result<[usize; 4]> {
@@ -81,17 +83,21 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
         heads_per -= heads_per % group;
     }
     let tokens_per = (max_wg / heads_per).min((max_elems - heads_per * d) / (hq * d) + 1).max(1);
-    for bi in 0..b {
+    // Where one sequence is one dispatch, several go in one (a row of workgroups each): an
+    // edit's batch of a few hundred prompts is then a dispatch per layer, not hundreds.
+    let (seq_q, seq_kv) = (t * hq * d, hkv * s * d);
+    let seqs_per = if heads_per == hq && tokens_per >= t { max_wg.min(max_elems / seq_q).min(max_elems / seq_kv).max(1) } else { 1 };
+    for (b0, bn) in chunks(b, seqs_per) {
         for (h0, hn) in chunks(hq, heads_per) {
             let (kv0, kv1) = (h0 / group, (h0 + hn - 1) / group);
             for (t0, tn) in chunks(t, tokens_per) {
-                let q_start = ((bi * t + t0) * hq + h0) * d;
-                let q_len = (tn - 1) * hq * d + hn * d;
-                let kv_start = (bi * hkv + kv0) * s * d;
+                let q_start = ((b0 * t + t0) * hq + h0) * d;
+                let q_len = (bn - 1) * seq_q + (tn - 1) * hq * d + hn * d;
+                let kv_start = (b0 * hkv + kv0) * s * d;
                 // Whole kv blocks where they fit one binding: the range then does not move as
                 // decoding advances, so each step reuses the last step's bind group.
-                let tight = (kv1 - kv0) * s * d + (pos0 + t0 + tn) * d;
-                let whole = (kv1 - kv0 + 1) * s * d;
+                let tight = (bn - 1) * seq_kv + (kv1 - kv0) * s * d + (pos0 + t0 + tn) * d;
+                let whole = (bn - 1) * seq_kv + (kv1 - kv0 + 1) * s * d;
                 let kv_len = if whole <= max_elems { whole } else { tight };
                 let (qb, q_off) = q.bind(gpu, q_start, q_len)?;
                 let (kb, k_off) = k_cache.bind(gpu, kv_start, kv_len)?;
@@ -111,9 +117,11 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
                     v_off,
                     out_off,
                     scale,
-                    _pad: [0; 3],
+                    q_bstride: seq_q as u32,
+                    kv_bstride: seq_kv as u32,
+                    _pad: 0,
                 };
-                let groups = [(tn * hn) as u32, 1, 1];
+                let groups = [(tn * hn) as u32, bn as u32, 1];
                 gpu.dispatch(ATTENTION, "attention", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, ob], groups)?;
             }
         }
@@ -176,6 +184,9 @@ struct BwdMeta {
     a_off: u32,
     b_off: u32,
     scale: f32,
+    /// Per sequence (workgroup z) and per kv group (workgroup y), in elements: q/dout/dq,
+    /// k/v, stats, dk/dv. Zero where a dispatch covers one sequence's one group.
+    strides: [u32; 8],
 }
 
 /// Gradients of `attention` w.r.t. q and the keys/values, for the upstream gradient d_out:
@@ -220,6 +231,11 @@ pub fn attention_bwd(
         });
     }
     let tokens_per = (max_wg / group).max(1);
+    // Where a sequence's queries and keys each fit one dispatch's row of workgroups, the whole
+    // batch goes in two dispatches (z the sequence, y the kv group): an edit's batch of a few
+    // hundred prompts is otherwise 2 × sequences × kv heads dispatches per layer.
+    let per_seq = [t * hq * d, hkv * s * d, t * hq * 2, l * hkv * d];
+    let whole_seqs = t * group <= max_wg && l <= max_wg && hkv <= max_wg && per_seq.iter().all(|&n| n <= max_elems);
     let meta0 = BwdMeta {
         group: group as u32,
         d: d as u32,
@@ -237,7 +253,29 @@ pub fn attention_bwd(
         a_off: 0,
         b_off: 0,
         scale,
+        strides: [0; 8],
     };
+    if whole_seqs {
+        let seqs_per = max_wg.min(per_seq.iter().map(|&n| max_elems / n).min().unwrap_or(1)).max(1);
+        let strides = [t * hq * d, hkv * s * d, t * hq * 2, l * hkv * d, group * d, s * d, group * 2, d].map(|x| x as u32);
+        for (b0, bn) in chunks(b, seqs_per) {
+            let (qb, q_off) = q.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;
+            let (db, do_off) = d_out.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;
+            let (kb, k_off) = k_cache.bind(gpu, b0 * per_seq[1], bn * per_seq[1])?;
+            let (vb, v_off) = v_cache.bind(gpu, b0 * per_seq[1], bn * per_seq[1])?;
+            let (sb, st_off) = stats.bind(gpu, b0 * per_seq[2], bn * per_seq[2])?;
+            let (qgb, qg_off) = dq.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;
+            let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off: qg_off, strides, ..meta0 };
+            let groups = [(t * group) as u32, hkv as u32, bn as u32];
+            gpu.dispatch(ATTENTION, "attention_bwd_dq", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], groups)?;
+            let (ab, a_off) = dk.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
+            let (bb, b_off) = dv.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
+            let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
+            let groups = [l as u32, hkv as u32, bn as u32];
+            gpu.dispatch(ATTENTION, "attention_bwd_dkv", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], groups)?;
+        }
+        return Ok((dq, dk, dv));
+    }
     for bi in 0..b {
         for g in 0..hkv {
             let kv_start = (bi * hkv + g) * s * d;
