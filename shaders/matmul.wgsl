@@ -14,11 +14,11 @@
 //                  products of a few dozen rows, where a 128-row tile would mostly idle.
 //   matmul_pipelined  the tuned kernel's tiles with named accumulators and double-buffered
 //                  workgroup tiles (the next K step's loads overlap this step's arithmetic).
-//   matmul_tile32  a 32 x 32 tile per workgroup of 8 x 8 threads, each a 4 x 4 block in four
-//                  named vec4 accumulators, K advancing 16 at a time: for products of a
-//                  hundred to a few thousand rows by a few hundred columns (a prefill, an
-//                  edit's batch), too small to fill a GPU with 128-row tiles but worth more
-//                  work per thread than the 16 x 16 tile gives.
+//   matmul_tile32, matmul_tile64  a 32 x 32 (64 x 64) tile per workgroup of 8 x 8 (16 x 16)
+//                  threads, each a 4 x 4 block in four named vec4 accumulators, K advancing
+//                  16 at a time: for products of a hundred to a few thousand rows by a few
+//                  hundred columns (a prefill, an edit's batch), too small to fill a GPU with
+//                  128-row tiles but worth more work per thread than the 16 x 16 tile gives.
 //   matmul_tile16  the baseline: a plain 16 x 16 shared-memory tile, one output per thread.
 
 struct Meta {
@@ -382,17 +382,20 @@ fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     store_block(&acc, m0, 16u, n0, ty, tx, cbase);
 }
 
-// matmul_tile32's tiles, [k][m] and [k][n] as vec4 along m and n: 8 vec4 per k, 16 k.
-var<workgroup> At32: array<vec4<f32>, 128>;
-var<workgroup> Bt32: array<vec4<f32>, 128>;
+// matmul_tile32 and matmul_tile64: a T x T tile (T = 32 or 64) per workgroup of T/4 x T/4
+// threads, each a 4 x 4 block in four named vec4 accumulators; K advances 16 at a time. The
+// tiles in workgroup memory are [k][m] and [k][n] as vec4 along m and n, T/4 vec4 per k (the
+// arrays are sized for T = 64; T = 32 uses half).
+var<workgroup> AtT: array<vec4<f32>, 256>;
+var<workgroup> BtT: array<vec4<f32>, 256>;
 
-@compute @workgroup_size(8, 8, 1)
-fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn tile_square(wg: vec3<u32>, lid: vec3<u32>, tile: u32) {
+    let q = tile / 4u;
     let tx = lid.x;
     let ty = lid.y;
-    let t = ty * 8u + tx;
-    let m0 = wg.y * 32u;
-    let n0 = wg.x * 32u;
+    let t = ty * q + tx;
+    let m0 = wg.y * tile;
+    let n0 = wg.x * tile;
     let abase = p.a_off + wg.z * p.a_bstride;
     let bbase = p.b_off + wg.z * p.b_bstride;
     let cbase = p.c_off + wg.z * p.c_bstride;
@@ -402,17 +405,16 @@ fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     var acc3 = vec4<f32>(0.0);
 
     for (var k0 = 0u; k0 < p.k; k0 += 16u) {
-        // 64 threads, 128 vec4 per tile: two of each tile per thread.
-        for (var j = 0u; j < 2u; j++) {
-            let u = t + 64u * j;
+        // q * q threads, 16 * q vec4 per tile: 64 / tile of each tile per thread.
+        for (var u = t; u < 16u * q; u += q * q) {
             if (TRANS_A) {
-                let kk = u / 8u;
-                let mq = u % 8u;
+                let kk = u / q;
+                let mq = u % q;
                 let m = m0 + mq * 4u;
                 let k = k0 + kk;
                 var v = vec4<f32>(0.0);
                 if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
-                At32[kk * 8u + mq] = v;
+                AtT[kk * q + mq] = v;
             } else {
                 let mm = u / 4u;
                 let kq = u % 4u;
@@ -420,7 +422,7 @@ fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
                 let k = k0 + kq * 4u;
                 var v = vec4<f32>(0.0);
                 if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
-                for (var i = 0u; i < 4u; i++) { At32[(kq * 4u + i) * 8u + mm / 4u][mm % 4u] = v[i]; }
+                for (var i = 0u; i < 4u; i++) { AtT[(kq * 4u + i) * q + mm / 4u][mm % 4u] = v[i]; }
             }
             if (TRANS_B) {
                 let nn = u / 4u;
@@ -429,21 +431,21 @@ fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
                 let k = k0 + kq * 4u;
                 var v = vec4<f32>(0.0);
                 if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
-                for (var i = 0u; i < 4u; i++) { Bt32[(kq * 4u + i) * 8u + nn / 4u][nn % 4u] = v[i]; }
+                for (var i = 0u; i < 4u; i++) { BtT[(kq * 4u + i) * q + nn / 4u][nn % 4u] = v[i]; }
             } else {
-                let kk = u / 8u;
-                let nq = u % 8u;
+                let kk = u / q;
+                let nq = u % q;
                 let n = n0 + nq * 4u;
                 let k = k0 + kk;
                 var v = vec4<f32>(0.0);
                 if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
-                Bt32[kk * 8u + nq] = v;
+                BtT[kk * q + nq] = v;
             }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
-            let av = At32[kk * 8u + ty];
-            let bv = Bt32[kk * 8u + tx];
+            let av = AtT[kk * q + ty];
+            let bv = BtT[kk * q + tx];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);
@@ -457,6 +459,16 @@ fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     store4(m + 1u, n, acc1, cbase);
     store4(m + 2u, n, acc2, cbase);
     store4(m + 3u, n, acc3, cbase);
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn matmul_tile32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile_square(wg, lid, 32u);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tile64(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    tile_square(wg, lid, 64u);
 }
 
 var<workgroup> As16: array<f32, 256>;

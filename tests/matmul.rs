@@ -106,13 +106,14 @@ fn rows32_matches_oracle_all_transposes() {
 }
 
 #[test]
-fn tile16_and_tile32_match_oracle_all_transposes() {
+fn tile16_tile32_and_tile64_match_oracle_all_transposes() {
     for_each_gpu(|gpu| {
         for (i, &c) in CASES.iter().enumerate() {
             for ta in [false, true] {
                 for tb in [false, true] {
                     check(gpu, c, ta, tb, Kernel::Tile16, 1.0, 0.0, 100 + i as u64)?;
                     check(gpu, c, ta, tb, Kernel::Tile32, 1.0, 0.0, 800 + i as u64)?;
+                    check(gpu, c, ta, tb, Kernel::Tile64, 1.0, 0.0, 900 + i as u64)?;
                 }
             }
         }
@@ -154,7 +155,7 @@ fn alpha_beta_accumulate_into_c() {
 #[test]
 fn shared_operand_broadcasts_over_the_batch() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile32, Kernel::Tile16, Kernel::Gemv, Kernel::Block] {
+        for kernel in [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Gemv, Kernel::Block] {
             let a_only = Case { a_batched: true, b_batched: false, ..case(4, 33, 29, 70) };
             let b_only = Case { a_batched: false, b_batched: true, ..case(3, 40, 52, 16) };
             check(gpu, a_only, false, true, kernel, 1.0, 0.0, 300)?;

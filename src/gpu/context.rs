@@ -803,7 +803,7 @@ struct Choices {
 /// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
 /// added or changed, so that a table measured without it (or with its old form) is measured
 /// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
-/// the 32×32 tile.
+/// the 32×32 and 64×64 tiles.
 const CHOICES_VERSION: u32 = 2;
 
 #[derive(serde::Serialize, serde::Deserialize)]

@@ -22,6 +22,8 @@ pub enum Kernel {
     /// by a few hundred columns, too few 128-row tiles to fill a GPU (a prefill, an edit's
     /// batch), with more work per thread than Tile16.
     Tile32,
+    /// The same scheme on a 64x64 tile (16x16 threads): between Tile32 and the 128-row tiles.
+    Tile64,
     /// Plain 16x16 shared-memory tile: the baseline the tuned kernel must beat.
     Tile16,
     /// One output per workgroup, threads split K: for products of a few rows (decoding).
@@ -53,7 +55,7 @@ pub const PIPELINED_MIN_TILES: usize = 48;
 pub const PIPELINED_MIN_ROWS: usize = 65;
 
 /// Every concrete kernel, for the autotune and the tests.
-pub const KERNELS: [Kernel; 8] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
+pub const KERNELS: [Kernel; 9] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
 
 /// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
 /// the transposes and whether the product is batched.
@@ -69,6 +71,7 @@ impl Kernel {
             Kernel::Pipelined => "pipelined",
             Kernel::Rows32 => "rows32",
             Kernel::Tile32 => "tile32",
+            Kernel::Tile64 => "tile64",
             Kernel::Tile16 => "tile16",
             Kernel::Dot => "dot",
             Kernel::Gemv => "gemv",
@@ -118,6 +121,7 @@ impl Kernel {
             Kernel::Pipelined => "matmul_pipelined",
             Kernel::Rows32 => "matmul_rows32",
             Kernel::Tile32 => "matmul_tile32",
+            Kernel::Tile64 => "matmul_tile64",
             Kernel::Tile16 => "matmul_tile16",
             Kernel::Dot => "matmul_dot",
             Kernel::Gemv => "matmul_gemv",
@@ -132,6 +136,7 @@ impl Kernel {
             Kernel::Tuned | Kernel::Pipelined | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
             Kernel::Tile32 => (32, 32),
+            Kernel::Tile64 => (64, 64),
             Kernel::Tile16 => (16, 16),
             Kernel::Dot => (1, 1),
             Kernel::Gemv => (4, 64),
@@ -446,7 +451,8 @@ pub struct TuneRow {
 /// a slow candidate is dropped after one run (over 3× the best so far).
 fn candidates(m: usize, rule: Kernel) -> Vec<Kernel> {
     let wide: &[Kernel] = if m <= 16 { &[Kernel::Dot] } else { &[Kernel::Tuned, Kernel::Pipelined] };
-    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile32, Kernel::Tile16], wide].concat();
+    let mid: &[Kernel] = if m <= 16 { &[Kernel::Tile32] } else { &[Kernel::Tile32, Kernel::Tile64] };
+    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], mid, wide].concat();
     std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
 }
 
