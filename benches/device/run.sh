@@ -26,7 +26,9 @@ case ${2:-speed} in
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
   # What changed since the last GPU session and has not been measured there: the decode
-  # dispatches (242), the targets' loss on the GPU (MEMIT-100 against PyTorch), ROME.
+  # dispatches (393 → 182), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
+  # an edit batch's attention in 1 + 2 dispatches per layer and the targets' loss on the GPU
+  # (MEMIT-100 against PyTorch), ROME.
   remeasure) only=export,forward,forward-profile,torch-forward,rome-full,memit-100,torch-memit-100 ;;
   all) only=all ;;
   *) only=$2 ;;
@@ -56,6 +58,8 @@ step export 60 $bin export -m "$model" --out $hf
 # Issue 11: prefill (128, 512 tokens) and decode through the KV cache, revive then transformers
 # eager f32 on the same protocol (goals: decode ≤ 1.5 ms/token, prefill 128 ≤ 8 ms).
 step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
+# What the first model load measured: the kernel chosen per product class.
+cp "${REVIVE_CACHE:-$HOME/.cache/revive}"/tune/*.json "$out/" 2>/dev/null
 # Where the decode time goes: every dispatch waited for and charged to its kernel (slower
 # overall; read the shares, not the totals).
 step forward-profile 60 env REVIVE_PROFILE=1 $bin bench forward -m "$model" --decode 16 --json "$out/forward-profile.json"
