@@ -71,6 +71,12 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], ritz: &[Ritz], cpu: bool
         None
     };
     let tw = gpu.upload(&w, &[m, n])?;
+    // On a hardware adapter, the kernels for these products measured first, as a model's are
+    // on first use: the timings below are what a user gets after that one measurement.
+    let shapes = ks.iter().flat_map(|&k| crate::linalg::svd::product_shapes(m, n, crate::linalg::svd::block_width(k, m.min(n), opts))).collect();
+    if let Err(e) = crate::model::tuning::measure_before_use(gpu, shapes) {
+        log::warn!("measuring the matmul kernels for the SVD's products failed ({e}); the fixed rule applies");
+    }
     // Warm-up: pipelines built, buffers pooled.
     for &ritz in ritz {
         top_k(gpu, &tw, ks[0].min(m.min(n)), &SvdOptions { max_iters: 2, ritz, ..*opts }).ok();

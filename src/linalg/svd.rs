@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::elementwise::{copy_strided, View};
 use crate::ops::jacobi::jacobi_svd;
-use crate::ops::matmul::{gemm, Gemm};
+use crate::ops::matmul::{gemm, Gemm, Shape};
 use crate::ops::ortho::{orthonormalize, ritz_residual};
 use crate::ops::reduce::{reduce_all_value, reduce_rows, ReduceOp};
 use faer::Mat;
@@ -160,7 +160,7 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
     if sumsq == 0.0 {
         return Err(Error::Numeric(format!("svd: the {m}×{n} matrix is zero; it has no dominant subspace")));
     }
-    let p = (k + opts.oversample.unwrap_or((k / 2).max(16))).min(min_dim);
+    let p = block_width(k, min_dim, opts);
     let keep = match start {
         Some(s) if s.shape().len() == 2 && s.shape()[0] == n && s.shape()[1] <= p => Some(gpu.download(s)?),
         Some(s) => return Err(Error::shape("svd", format!("start block {:?} does not fit {n}×{p}", s.shape()))),
@@ -219,6 +219,30 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
         "svd: top-{k} of a {m}×{n} matrix did not converge in {} iterations (block {p}): residual {last:.2e} σ₁, tolerance {:.2e}; raise the iteration cap or the oversampling",
         opts.max_iters, opts.tol
     )))
+}
+
+/// Columns of the iterated block for the top k of a matrix whose smaller side is `min_dim`:
+/// k plus the oversampling (by default k/2, at least 16).
+pub fn block_width(k: usize, min_dim: usize, opts: &SvdOptions) -> usize {
+    (k + opts.oversample.unwrap_or((k / 2).max(16))).min(min_dim)
+}
+
+/// The products one iteration and one check of [`top_k`] run on an m×n matrix with a block of
+/// p columns, for measuring the matmul kernels before use (`model::tuning`, `revive bench
+/// svd`): W·Z and Wᵀ·Q, the Gram matrices of the two orthonormalisations, their solves
+/// Y·L⁻ᵀ, the Rayleigh quotient and the rotations by the small SVD's factors.
+pub fn product_shapes(m: usize, n: usize, p: usize) -> Vec<Shape> {
+    let s = |m, n, k, trans_a, trans_b| Shape { m, n, k, trans_a, trans_b };
+    vec![
+        s(m, p, n, false, false),
+        s(n, p, m, true, false),
+        s(p, p, m, true, false),
+        s(p, p, n, true, false),
+        s(m, p, p, false, true),
+        s(n, p, p, false, true),
+        s(m, p, p, false, false),
+        s(n, p, p, false, false),
+    ]
 }
 
 /// The most iterations between two Rayleigh–Ritz checks: a slower prediction than the truth

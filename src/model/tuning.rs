@@ -15,10 +15,17 @@ use crate::ops::matmul::{tune, tune_key, Shape, TuneRow};
 /// long prefill and a batch edit's few thousand rows.
 pub const FIRST_USE_ROWS: [usize; 5] = [1, 16, 128, 512, 2048];
 
+/// Block widths of the REVIVE guard's SVD measured on first use: the top k of SmolLM2's
+/// down-projections at τ 0.5 (k 136, block 204) and beyond fall in the 256 and 512 classes,
+/// a small explicit rank in the 64 class.
+pub const FIRST_USE_SVD_BLOCKS: [usize; 3] = [64, 256, 512];
+
 /// The products of a forward and backward pass at `rows` tokens, and of the covariance: every
 /// linear map forward (x·Wᵀ), its input gradient (dy·W) and weight gradient (dyᵀ·x, not for
 /// the vocabulary head, which is never trained), the keys' second moment KᵀK, and the
-/// stacked q/k/v and gate/up products of a pass without a tape.
+/// stacked q/k/v and gate/up products of a pass without a tape; then the guard's SVD of an
+/// edited down-projection (`svd::product_shapes`) at the block widths of
+/// [`FIRST_USE_SVD_BLOCKS`].
 pub fn model_shapes(c: &Config, rows: &[usize]) -> Vec<Shape> {
     let kv = c.n_kv_heads * c.head_dim;
     let linear = [(c.hidden, c.hidden), (kv, c.hidden), (c.ffn_hidden, c.hidden), (c.hidden, c.ffn_hidden), (c.vocab_size, c.hidden)];
@@ -36,13 +43,22 @@ pub fn model_shapes(c: &Config, rows: &[usize]) -> Vec<Shape> {
         v.push(Shape { m, n: c.hidden + 2 * kv, k: c.hidden, trans_a: false, trans_b: true });
         v.push(Shape { m, n: 2 * c.ffn_hidden, k: c.hidden, trans_a: false, trans_b: true });
     }
+    let (w_rows, w_cols) = (c.hidden, c.ffn_hidden);
+    for p in FIRST_USE_SVD_BLOCKS {
+        v.extend(crate::linalg::svd::product_shapes(w_rows, w_cols, p.min(w_rows.min(w_cols))));
+    }
     v
 }
 
 /// The shapes of `model_shapes(c, rows)` whose class this adapter has no measured choice for.
 pub fn unmeasured(gpu: &Gpu, c: &Config, rows: &[usize]) -> Vec<Shape> {
+    unmeasured_of(gpu, model_shapes(c, rows))
+}
+
+/// Those of `shapes` whose class this adapter has no measured choice for, one per class.
+pub fn unmeasured_of(gpu: &Gpu, shapes: Vec<Shape>) -> Vec<Shape> {
     let mut seen = std::collections::BTreeSet::new();
-    model_shapes(c, rows)
+    shapes
         .into_iter()
         .filter(|s| {
             let key = tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, false);
@@ -55,10 +71,20 @@ pub fn unmeasured(gpu: &Gpu, c: &Config, rows: &[usize]) -> Vec<Shape> {
 /// model's shape classes that have no choice yet and keeps the choices; returns what it
 /// measured (nothing where all were known, or on a software adapter).
 pub fn tune_on_first_use(gpu: &Gpu, c: &Config) -> Result<Vec<TuneRow>> {
-    if gpu.is_cpu() || !tuning_enabled() || !gpu.measures_on_first_use() {
+    if !gpu.measures_on_first_use() {
         return Ok(vec![]);
     }
-    let shapes = unmeasured(gpu, c, &FIRST_USE_ROWS);
+    measure_before_use(gpu, model_shapes(c, &FIRST_USE_ROWS))
+}
+
+/// On a hardware adapter with tuning on (not `REVIVE_TUNE=0`), measures the kernels for the
+/// classes of `shapes` that have no choice yet and keeps the choices (the first-use
+/// measurement of a model, and of `revive bench svd`'s matrices).
+pub fn measure_before_use(gpu: &Gpu, shapes: Vec<Shape>) -> Result<Vec<TuneRow>> {
+    if gpu.is_cpu() || !tuning_enabled() {
+        return Ok(vec![]);
+    }
+    let shapes = unmeasured_of(gpu, shapes);
     if shapes.is_empty() {
         return Ok(vec![]);
     }

@@ -446,11 +446,21 @@ pub struct TuneRow {
     pub rule_over_best: f64,
 }
 
-/// The kernels worth trying at m rows: the decode kernels only where few rows leave the tiles
-/// idle, the 128-row tiles only where they can be filled. The rule's choice goes first, so that
-/// a slow candidate is dropped after one run (over 3× the best so far).
-fn candidates(m: usize, rule: Kernel) -> Vec<Kernel> {
-    let wide: &[Kernel] = if m <= 16 { &[Kernel::Dot] } else { &[Kernel::Tuned, Kernel::Pipelined] };
+/// Up to this many outputs the dot kernel (a workgroup per output, K split over its threads)
+/// is a candidate whatever the rows: a skinny product with a long K (the SVD's W·Z, 576×48
+/// outputs over K = 1536) gives the tiles few workgroups each walking all of K.
+const DOT_MAX_OUTPUTS: usize = 1 << 16;
+
+/// The kernels worth trying for an m×n output: the decode kernels only where few rows leave the
+/// tiles idle (or few outputs leave them few workgroups), the 128-row tiles only where they can
+/// be filled. The rule's choice goes first, so that a slow candidate is dropped after one run
+/// (over 3× the best so far).
+fn candidates(m: usize, n: usize, rule: Kernel) -> Vec<Kernel> {
+    let wide: &[Kernel] = match (m <= 16, m * n <= DOT_MAX_OUTPUTS) {
+        (true, _) => &[Kernel::Dot],
+        (false, true) => &[Kernel::Tuned, Kernel::Pipelined, Kernel::Dot],
+        (false, false) => &[Kernel::Tuned, Kernel::Pipelined],
+    };
     let mid: &[Kernel] = if m <= 16 { &[Kernel::Tile32] } else { &[Kernel::Tile32, Kernel::Tile64] };
     let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], mid, wide].concat();
     std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
@@ -476,7 +486,7 @@ pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&
         let rule = Kernel::by_rule(s.m, s.n, gpu.is_cpu());
         let mut times = vec![];
         let mut best: Option<(Kernel, f64)> = None;
-        for kernel in candidates(s.m, rule) {
+        for kernel in candidates(s.m, s.n, rule) {
             let g = Gemm { trans_a: s.trans_a, trans_b: s.trans_b, kernel, ..Gemm::default() };
             gemm(gpu, &a, &b, Some(&c), g)?;
             let mut runs = vec![];
