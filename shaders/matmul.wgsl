@@ -90,28 +90,52 @@ const BM: u32 = 128u;
 const BN: u32 = 128u;
 const BK: u32 = 8u;
 
-// Tiles in workgroup memory, [k][m] and [k][n], as vec4 along m and n: 32 vec4 per k.
+// Tiles in workgroup memory, [k][m] and [k][n], as vec4 along m and n: 32 vec4 per k in the
+// 128-wide kernels (fewer in matmul_rows32's A tile and the 32- and 64-wide tiles).
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
 
-// One vec4 of the B tile ([k][n] as vec4 along n, 32 per k): index u of 256.
-fn load_b(u: u32, k0: u32, n0: u32, bbase: u32) {
+// One vec4 of a tile in workgroup memory, index u: the A tile in As as [k][m], the B tile in
+// Bs as [k][n], q vec4 along m (n) per k, a K step of 4·kq4 values. The kernels with 128-wide
+// tiles take q = 32 and 8-value K steps (kq4 = 2), matmul_rows32's A tile q = 8, the 32- and
+// 64-wide tiles q = 8 and 16 with 16-value K steps.
+fn load_a(u: u32, k0: u32, m0: u32, abase: u32, q: u32, kq4: u32) {
+    if (TRANS_A) {
+        let kk = u / q;
+        let mq = u % q;
+        let m = m0 + mq * 4u;
+        let k = k0 + kk;
+        var v = vec4<f32>(0.0);
+        if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
+        As[kk * q + mq] = v;
+    } else {
+        let mm = u / kq4;
+        let kq = u % kq4;
+        let m = m0 + mm;
+        let k = k0 + kq * 4u;
+        var v = vec4<f32>(0.0);
+        if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
+        for (var i = 0u; i < 4u; i++) { As[(kq * 4u + i) * q + mm / 4u][mm % 4u] = v[i]; }
+    }
+}
+
+fn load_b(u: u32, k0: u32, n0: u32, bbase: u32, q: u32, kq4: u32) {
     if (TRANS_B) {
-        let nn = u / 2u;
-        let kq = u % 2u;
+        let nn = u / kq4;
+        let kq = u % kq4;
         let n = n0 + nn;
         let k = k0 + kq * 4u;
         var v = vec4<f32>(0.0);
         if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
-        for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * 32u + nn / 4u][nn % 4u] = v[i]; }
+        for (var i = 0u; i < 4u; i++) { Bs[(kq * 4u + i) * q + nn / 4u][nn % 4u] = v[i]; }
     } else {
-        let kk = u / 32u;
-        let nq = u % 32u;
+        let kk = u / q;
+        let nq = u % q;
         let n = n0 + nq * 4u;
         let k = k0 + kk;
         var v = vec4<f32>(0.0);
         if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
-        Bs[kk * 32u + nq] = v;
+        Bs[kk * q + nq] = v;
     }
 }
 
@@ -169,24 +193,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         // Each of the 256 threads fills one vec4 of each tile.
-        if (TRANS_A) {
-            let kk = t / 32u;
-            let mq = t % 32u;
-            let m = m0 + mq * 4u;
-            let k = k0 + kk;
-            var v = vec4<f32>(0.0);
-            if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
-            As[kk * 32u + mq] = v;
-        } else {
-            let mm = t / 2u;
-            let kq = t % 2u;
-            let m = m0 + mm;
-            let k = k0 + kq * 4u;
-            var v = vec4<f32>(0.0);
-            if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
-            for (var i = 0u; i < 4u; i++) { As[(kq * 4u + i) * 32u + mm / 4u][mm % 4u] = v[i]; }
-        }
-        load_b(t, k0, n0, bbase);
+        load_a(t, k0, m0, abase, 32u, 2u);
+        load_b(t, k0, n0, bbase, 32u, 2u);
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
@@ -334,9 +342,6 @@ fn matmul_pipelined(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     store4(bottom + 3u, na, r7a, cbase); store4(bottom + 3u, nb, r7b, cbase);
 }
 
-// The A tile of matmul_rows32, [k][m] as vec4 along m: 8 vec4 per k.
-var<workgroup> As32: array<vec4<f32>, 64>;
-
 @compute @workgroup_size(16, 4, 1)
 fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tx = lid.x;
@@ -352,29 +357,14 @@ fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     for (var i = 0u; i < 16u; i++) { acc[i] = vec4<f32>(0.0); }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // 64 threads: one vec4 of the A tile each, four of the B tile.
-        if (TRANS_A) {
-            let kk = t / 8u;
-            let mq = t % 8u;
-            let m = m0 + mq * 4u;
-            let k = k0 + kk;
-            var v = vec4<f32>(0.0);
-            if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
-            As32[kk * 8u + mq] = v;
-        } else {
-            let mm = t / 2u;
-            let kq = t % 2u;
-            let m = m0 + mm;
-            let k = k0 + kq * 4u;
-            var v = vec4<f32>(0.0);
-            if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
-            for (var i = 0u; i < 4u; i++) { As32[(kq * 4u + i) * 8u + mm / 4u][mm % 4u] = v[i]; }
-        }
-        for (var j = 0u; j < 4u; j++) { load_b(t + 64u * j, k0, n0, bbase); }
+        // 64 threads: one vec4 of the A tile each (8 per k: the first 64 of As), four of the
+        // B tile.
+        load_a(t, k0, m0, abase, 8u, 2u);
+        for (var j = 0u; j < 4u; j++) { load_b(t + 64u * j, k0, n0, bbase, 32u, 2u); }
         workgroupBarrier();
 
         for (var kk = 0u; kk < BK; kk++) {
-            fma_block(&acc, As32[kk * 8u + ty], As32[kk * 8u + 4u + ty], Bs[kk * 32u + tx], Bs[kk * 32u + 16u + tx]);
+            fma_block(&acc, As[kk * 8u + ty], As[kk * 8u + 4u + ty], Bs[kk * 32u + tx], Bs[kk * 32u + 16u + tx]);
         }
         workgroupBarrier();
     }
@@ -384,10 +374,8 @@ fn matmul_rows32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 
 // matmul_tile32 and matmul_tile64: a T x T tile (T = 32 or 64) per workgroup of T/4 x T/4
 // threads, each a 4 x 4 block in four named vec4 accumulators; K advances 16 at a time. The
-// tiles in workgroup memory are [k][m] and [k][n] as vec4 along m and n, T/4 vec4 per k (the
-// arrays are sized for T = 64; T = 32 uses half).
-var<workgroup> AtT: array<vec4<f32>, 256>;
-var<workgroup> BtT: array<vec4<f32>, 256>;
+// tiles in workgroup memory are the 128-wide kernels' As and Bs with T/4 vec4 per k (T = 64
+// fills them; T = 32 uses half).
 
 fn tile_square(wg: vec3<u32>, lid: vec3<u32>, tile: u32) {
     let q = tile / 4u;
@@ -407,45 +395,13 @@ fn tile_square(wg: vec3<u32>, lid: vec3<u32>, tile: u32) {
     for (var k0 = 0u; k0 < p.k; k0 += 16u) {
         // q * q threads, 16 * q vec4 per tile: 64 / tile of each tile per thread.
         for (var u = t; u < 16u * q; u += q * q) {
-            if (TRANS_A) {
-                let kk = u / q;
-                let mq = u % q;
-                let m = m0 + mq * 4u;
-                let k = k0 + kk;
-                var v = vec4<f32>(0.0);
-                if (k < p.k) { v = a4(abase + k * p.lda + m, valid4(m, p.m)); }
-                AtT[kk * q + mq] = v;
-            } else {
-                let mm = u / 4u;
-                let kq = u % 4u;
-                let m = m0 + mm;
-                let k = k0 + kq * 4u;
-                var v = vec4<f32>(0.0);
-                if (m < p.m) { v = a4(abase + m * p.lda + k, valid4(k, p.k)); }
-                for (var i = 0u; i < 4u; i++) { AtT[(kq * 4u + i) * q + mm / 4u][mm % 4u] = v[i]; }
-            }
-            if (TRANS_B) {
-                let nn = u / 4u;
-                let kq = u % 4u;
-                let n = n0 + nn;
-                let k = k0 + kq * 4u;
-                var v = vec4<f32>(0.0);
-                if (n < p.n) { v = b4(bbase + n * p.ldb + k, valid4(k, p.k)); }
-                for (var i = 0u; i < 4u; i++) { BtT[(kq * 4u + i) * q + nn / 4u][nn % 4u] = v[i]; }
-            } else {
-                let kk = u / q;
-                let nq = u % q;
-                let n = n0 + nq * 4u;
-                let k = k0 + kk;
-                var v = vec4<f32>(0.0);
-                if (k < p.k) { v = b4(bbase + k * p.ldb + n, valid4(n, p.n)); }
-                BtT[kk * q + nq] = v;
-            }
+            load_a(u, k0, m0, abase, q, 4u);
+            load_b(u, k0, n0, bbase, q, 4u);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
-            let av = AtT[kk * q + ty];
-            let bv = BtT[kk * q + tx];
+            let av = As[kk * q + ty];
+            let bv = Bs[kk * q + tx];
             acc0 = fma(vec4<f32>(av.x), bv, acc0);
             acc1 = fma(vec4<f32>(av.y), bv, acc1);
             acc2 = fma(vec4<f32>(av.z), bv, acc2);
