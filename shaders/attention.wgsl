@@ -1,9 +1,10 @@
 // Causal grouped-query attention, one workgroup per (query token, query head) of a sequence;
 // workgroup row wg.y is the sequence, q_bstride and kv_bstride apart in q/out and k/v (several
 // sequences in one dispatch: an edit's batch of prompts). q and out: rows of D, token stride
-// q_tstride; k and v: one [S, D] block per kv head, stride kv_hstride. Workgroup w is local token w / heads and local head w % heads (global head
-// h0 + w % heads, kv head (h0 + w % heads) / group, counted from kv0 in the k/v bindings); the
-// query at local token tl sits at position pos + tl and sees keys 0 ..= pos + tl.
+// q_tstride; k and v: one [S, D] block per kv head, stride kv_hstride. Workgroup w is local
+// token w / heads and local head w % heads (global head h0 + w % heads, kv head
+// (h0 + w % heads) / group, counted from kv0 in the k/v bindings); the query at local token tl
+// sits at position pos + tl and sees keys 0 ..= pos + tl.
 //
 // Keys go in tiles of 256 with an online softmax (running max m and sum l, rescaled by
 // exp(m_old - m_new) as the max grows), so the number of keys is not limited by workgroup

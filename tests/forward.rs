@@ -328,6 +328,9 @@ fn norms_folded_into_products_give_the_same_logits() {
                 Ok(cap.down_in.concat())
             };
             let want: Vec<f64> = keys(&apart)?.iter().map(|&x| x as f64).collect();
+            if want.len() != w.config.ffn_hidden {
+                return Err(format!("{name}: a decoded token's probe read {} keys, not {}", want.len(), w.config.ffn_hidden));
+            }
             compare(&format!("{name}: a decoded token's keys with the activation folded"), &keys(&folded)?, &want, logit_tol(&want))?;
             // A Llama's decoded token: two norms and the SwiGLU activation per layer and the
             // final norm fold away.

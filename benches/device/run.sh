@@ -59,7 +59,7 @@ step export 60 $bin export -m "$model" --out $hf
 # eager f32 on the same protocol (goals: decode ≤ 1.5 ms/token, prefill 128 ≤ 8 ms).
 step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
 # What the first model load measured: the kernel chosen per product class.
-cp "${REVIVE_CACHE:-$HOME/.cache/revive}"/tune/*.json "$out/" 2>/dev/null
+{ [ "$only" = all ] || [[ ",$only," == *",forward,"* ]]; } && cp "${REVIVE_CACHE:-$HOME/.cache/revive}"/tune/*.json "$out/" 2>/dev/null
 # Where the decode time goes: every dispatch waited for and charged to its kernel (slower
 # overall; read the shares, not the totals).
 step forward-profile 60 env REVIVE_PROFILE=1 $bin bench forward -m "$model" --decode 16 --json "$out/forward-profile.json"

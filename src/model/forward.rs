@@ -28,9 +28,10 @@ pub struct GpuModel {
     /// Per layer (Llama): the projections that read the same input, stacked so that one
     /// product computes them; `w` holds views into these under the usual names.
     stacks: Vec<LayerStacks>,
-    /// For a few rows (a decoded token), RMS norms fold into the product that reads them
-    /// (`norm::rms_norm_matvec`): on GPUs, where each dispatch has a fixed cost; not on
-    /// software adapters, whose fastest decode product is another kernel (the block kernel).
+    /// For a few rows (a decoded token), RMS norms and SwiGLU's activation fold into the
+    /// products that read them (`norm::rms_norm_matvec`, `activation::silu_mul_matvec`): on
+    /// GPUs, where each dispatch has a fixed cost; not on software adapters, whose fastest
+    /// decode product is another kernel (the block kernel).
     fold_into_products: bool,
 }
 

@@ -93,7 +93,7 @@ pub fn silu_mul_halves(gpu: &Gpu, gate_up: &Tensor) -> Result<Tensor> {
 /// activation: [rows, n]. With `residual` ([rows, n], held nowhere else), the product is added
 /// to it in place and it is returned (the residual stream after the MLP). One workgroup per
 /// output: meant for the few rows of a decoded token, where the activation would be a
-/// dispatch of its own.
+/// dispatch of its own; more rows than one dispatch's workgroups are refused, not split.
 pub fn silu_mul_matvec(gpu: &Gpu, gate_up: &Tensor, m: &Tensor, residual: Option<Tensor>) -> Result<Tensor> {
     const OP: &str = "silu_mul_matvec";
     let (&[rows, both], &[n, cols]) = (gate_up.shape(), m.shape()) else {
