@@ -20,6 +20,11 @@ pub struct BatchBench {
     pub solve_seconds: f64,
     pub write_seconds: f64,
     pub metrics_seconds: f64,
+    /// The runtime's work in the targets, median per batch: dispatches, bind groups created,
+    /// reads back to the host.
+    pub targets_dispatches: Option<u64>,
+    pub targets_bind_groups: Option<u64>,
+    pub targets_readbacks: Option<u64>,
     /// One forward pass of a short prompt, measured in the same run (the baseline).
     pub forward_seconds: f64,
     pub edits_per_second: f64,
@@ -41,6 +46,12 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+fn median_count(xs: &[u64]) -> Option<u64> {
+    let mut xs = xs.to_vec();
+    xs.sort_unstable();
+    xs.get(xs.len() / 2).copied()
+}
+
 fn mean(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
@@ -50,6 +61,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
     let j = &session.journal;
     let (mut whole, mut targets, mut keys, mut solve, mut write, mut metrics) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut eff, mut para, mut neigh, mut kept) = (vec![], vec![], vec![], vec![]);
+    let mut work: [Vec<u64>; 3] = Default::default();
     let mut last_after = serde_json::Value::Null;
     for (_, h) in j.batches() {
         let t = &h.method["timing"];
@@ -58,6 +70,9 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         keys.push(f("keys"));
         solve.push(f("solve"));
         write.push(f("write"));
+        for (counts, key) in work.iter_mut().zip(["dispatches", "bind_groups", "readbacks"]) {
+            counts.extend(t["targets_work"][key].as_u64());
+        }
         kept.extend(h.updates.iter().filter_map(|u| u.filter.map(|r| r.kept)));
         if let Some(m) = j.metrics_of(h.batch) {
             whole.push(m.seconds);
@@ -81,6 +96,9 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         solve_seconds: median(solve),
         write_seconds: median(write),
         metrics_seconds: median(metrics),
+        targets_dispatches: median_count(&work[0]),
+        targets_bind_groups: median_count(&work[1]),
+        targets_readbacks: median_count(&work[2]),
         forward_seconds,
         edits_per_second: session.config.batch as f64 / batch_seconds,
         efficacy: mean(&eff),

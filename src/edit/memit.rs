@@ -90,6 +90,9 @@ pub struct Timing {
     pub keys: f64,
     pub solve: f64,
     pub write: f64,
+    /// What the targets cost the runtime (dispatches, bind groups, readbacks …): where a GPU
+    /// spends the targets' time beside their arithmetic.
+    pub targets_work: crate::gpu::RuntimeStats,
 }
 
 /// The per-request part of a batch record.
@@ -220,6 +223,7 @@ impl Method for BatchEditor<'_> {
         // Where the batch's time goes (each phase ends in a download, so the GPU work is in it).
         let mut timing = Timing::default();
         let clock = std::time::Instant::now();
+        let work = writer.model().gpu().runtime_stats();
         // 1. Targets at the last edited layer, all requests together.
         progress("targets");
         let (_, z0) = keys_and_residuals(writer.model(), &prompts, hp.layers[0], last)?;
@@ -233,6 +237,7 @@ impl Method for BatchEditor<'_> {
         })?;
         let zstar = Mat::<f64>::from_fn(d, reqs.len(), |j, r| z0[(j, r)] + targets[r].delta[j] as f64);
         timing.targets = clock.elapsed().as_secs_f64();
+        timing.targets_work = writer.model().gpu().runtime_stats() - work;
 
         // 2. The layers in ascending order, each seeing the earlier ones' written updates.
         let mut layers = vec![];

@@ -208,4 +208,7 @@ fn print_batch_bench(b: &revive::bench::session::BatchBench) {
         "  targets {:.1} s ({:.0} passes), keys {:.1} s, solves {:.1} s, writes (guard, checks) {:.2} s, metrics {:.1} s; C0 {:.1} s once",
         b.targets_seconds, b.targets_seconds / f, b.keys_seconds, b.solve_seconds, b.write_seconds, b.metrics_seconds, b.statistics_seconds
     );
+    if let (Some(d), Some(g), Some(r)) = (b.targets_dispatches, b.targets_bind_groups, b.targets_readbacks) {
+        println!("  targets' runtime work per batch: {d} dispatches, {g} bind groups created, {r} reads back");
+    }
 }
