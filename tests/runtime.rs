@@ -366,3 +366,42 @@ fn a_batch_of_sequences_takes_one_attention_dispatch() {
         Ok(())
     });
 }
+
+/// An Adam step of the targets (the taped upper layers, the loss, the backward pass) repeated
+/// from the same idle buffers gets the same buffers, so its bind groups are all cached: the
+/// third evaluation creates none and gives the second's bits. (Handing out the last-freed
+/// buffer permuted them from step to step: most dispatches created a bind group.)
+#[test]
+fn a_repeated_backward_pass_creates_no_bind_groups() {
+    use revive::model::backward::{DeltaPass, Term};
+    use revive::model::forward::{Batch, GpuModel};
+    use revive::model::random::random_weights;
+    use revive::model::Config;
+    let w = random_weights(&Config::tiny_llama(), 5);
+    for_each_fresh_gpu(false, |gpu| {
+        gpu.pool().set_reuse(true);
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let seqs = vec![vec![3, 14, 15, 9, 2], vec![6, 5, 3, 5], vec![8, 9, 7]];
+        let pass = ok(DeltaPass::new(&gm, ok(Batch::new(&seqs))?, 0, &[(0, 2), (1, 1), (2, 2)]))?;
+        let terms = vec![Term::Nll { row: 4, token: 11, weight: 0.5 }, Term::Nll { row: 7, token: 3, weight: 1.0 }];
+        let prepared = ok(pass.prepare_terms(&terms))?;
+        let delta = random_vec(&mut rng(6), w.config.hidden);
+        let mut last = None;
+        for i in 0..3 {
+            let before = gpu.runtime_stats();
+            let lg = ok(pass.loss_and_grad_with(&delta, &prepared))?;
+            let d = gpu.runtime_stats() - before;
+            if i == 2 {
+                if d.bind_groups != 0 {
+                    return Err(format!("the third evaluation created {} bind groups for {} dispatches", d.bind_groups, d.dispatches));
+                }
+                let (loss, grad): (f64, Vec<f32>) = last.take().ok_or("no second evaluation")?;
+                if loss.to_bits() != lg.loss.to_bits() || grad.iter().zip(&lg.grad).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                    return Err("the third evaluation's loss or gradient differs from the second's".into());
+                }
+            }
+            last = Some((lg.loss, lg.grad));
+        }
+        Ok(())
+    });
+}
