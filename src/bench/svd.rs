@@ -32,6 +32,10 @@ pub struct SvdRow {
     pub sweeps: usize,
     /// Bytes read back by the SVD (not counting the result's download).
     pub readback_bytes: u64,
+    /// Dispatches the SVD recorded, in all and per iteration: where a GPU's time per
+    /// iteration goes beside the arithmetic.
+    pub dispatches: u64,
+    pub dispatches_per_iteration: f64,
     pub block: usize,
     /// max_i ‖W v_i − σ_i u_i‖ / σ_1 at convergence.
     pub residual: f64,
@@ -86,7 +90,8 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], ritz: &[Ritz], cpu: bool
         let before = gpu.runtime_stats();
         let t = Instant::now();
         let r = top_k(gpu, &tw, k, &SvdOptions { ritz, ..*opts })?;
-        let readback_bytes = (gpu.runtime_stats() - before).readback_bytes;
+        let work = gpu.runtime_stats() - before;
+        let readback_bytes = work.readback_bytes;
         let u = gpu.download(&r.u)?;
         let gpu_seconds = t.elapsed().as_secs_f64();
         let (mut cpu_seconds, mut speedup, mut sigma_rel_err, mut subspace_sine) = (None, None, None, None);
@@ -110,6 +115,8 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], ritz: &[Ritz], cpu: bool
             host_checks: r.host_checks,
             sweeps: r.sweeps,
             readback_bytes,
+            dispatches: work.dispatches,
+            dispatches_per_iteration: work.dispatches as f64 / r.iterations.max(1) as f64,
             block: r.block, residual: r.residual, cpu_seconds, speedup, sigma_rel_err, subspace_sine });
     }
     Ok(rows)
@@ -117,16 +124,17 @@ pub fn run(gpu: &Gpu, m: usize, n: usize, ks: &[usize], ritz: &[Ritz], cpu: bool
 
 pub fn table(adapter: &str, rows: &[SvdRow]) -> String {
     let mut s = format!("top-k SVD on {adapter} (subspace iteration) vs the CPU reference (faer f64 full SVD)\n");
-    s += "      m ×      n     k   GPU s  iters  checks  small SVD (sweeps)  read back  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
+    s += "      m ×      n     k   GPU s  iters  dispatches/iter  checks  small SVD (sweeps)  read back  block  residual     CPU s   speed-up  σ rel err  sin θ_max\n";
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
     for r in rows {
         s += &format!(
-            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>7} {:>19} {:>10} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:>7} × {:>6} {:>5} {:>7.3} {:>6} {:>16.0} {:>7} {:>19} {:>10} {:>6} {:>9.1e} {:>9} {:>10} {:>10} {:>10}\n",
             r.m,
             r.n,
             r.k,
             r.gpu_seconds,
             r.iterations,
+            r.dispatches_per_iteration,
             r.checks,
             small_svd_label(r),
             format!("{:.1} KB", r.readback_bytes as f64 / 1024.0),
