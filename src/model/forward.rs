@@ -67,11 +67,17 @@ impl Stack {
             data.extend_from_slice(&t.data);
         }
         let cols = cols.unwrap_or(0);
-        let tensor = gpu.upload(&data, &[data.len() / cols.max(1), cols])?;
-        for (name, first, shape) in &parts {
-            w.insert(name.clone(), tensor.view(*first, shape)?);
+        let stack = Stack { tensor: gpu.upload(&data, &[data.len() / cols.max(1), cols])?, parts };
+        stack.publish(w)?;
+        Ok(stack)
+    }
+
+    /// Puts a view of each part into `w` under its name.
+    fn publish(&self, w: &mut HashMap<String, Tensor>) -> Result<()> {
+        for (name, first, shape) in &self.parts {
+            w.insert(name.clone(), self.tensor.view(*first, shape)?);
         }
-        Ok(Stack { tensor, parts })
+        Ok(())
     }
 
     /// Replaces one part: into a copy of the stack, so that a tensor someone still holds (the
@@ -82,9 +88,7 @@ impl Stack {
         gpu.copy_into(&self.tensor, &fresh)?;
         gpu.copy_into(t, &fresh.view(*first, shape)?)?;
         self.tensor = fresh;
-        for (name, first, shape) in &self.parts {
-            w.insert(name.clone(), self.tensor.view(*first, shape)?);
-        }
+        self.publish(w)?;
         Ok(true)
     }
 }
@@ -196,11 +200,17 @@ impl GpuModel {
         self.fold_into_products = on;
     }
 
+    /// Whether a norm or activation folds into the product that reads it for `rows` rows (see
+    /// the field `fold_into_products`).
+    fn folds(&self, rows: usize) -> bool {
+        self.fold_into_products && self.config.arch == Arch::Llama && rows <= matmul::DOT_MAX_ROWS
+    }
+
     /// rms_norm(x) · Wᵀ in one dispatch where `fold_into_products` allows it for x's rows,
     /// else the norm and the product apart.
     fn norm_linear(&self, x: &Tensor, prefix: &str, w: &Tensor) -> Result<Tensor> {
         let rows = x.numel() / self.config.hidden.max(1);
-        if self.fold_into_products && self.config.arch == Arch::Llama && rows <= matmul::DOT_MAX_ROWS {
+        if self.folds(rows) {
             let g = self.tensor(&format!("{prefix}.weight"))?;
             return norm::rms_norm_matvec(&self.gpu, &x.reshape(&[rows, self.config.hidden])?, g, w, self.config.norm_eps);
         }
@@ -497,7 +507,7 @@ impl GpuModel {
             // rows' activation folds into the down-projection, which adds into x_mid.
             Some(s) => {
                 let gate_up = self.norm_linear(&x_mid, &mlp_norm, &s.gate_up.tensor)?;
-                if keep == Keep::Output && self.fold_into_products && b * t <= matmul::DOT_MAX_ROWS && x_mid.is_unique() {
+                if keep == Keep::Output && self.folds(b * t) && x_mid.is_unique() {
                     let x_out = activation::silu_mul_matvec(gpu, &gate_up, self.l(i, "w_down")?, Some(x_mid))?;
                     return Ok(BlockOut { x: x_out, key: None, tape: None });
                 }

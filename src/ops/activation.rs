@@ -112,16 +112,10 @@ pub fn silu_mul_matvec(gpu: &Gpu, gate_up: &Tensor, m: &Tensor, residual: Option
     if rows == 0 || n == 0 {
         return Ok(out);
     }
-    let limits = gpu.split_limits();
-    let max_elems = Tensor::max_binding_elems(gpu);
-    if rows * both > max_elems || rows * n > max_elems || rows > limits.max_workgroups as usize {
-        return Err(Error::TooLarge { op: OP, detail: format!("{rows} rows of {cols} into {n} outputs: meant for a few rows") });
-    }
+    let pieces = super::matvec_pieces(gpu, OP, rows, both, n, cols)?;
     let (xb, x_off) = gate_up.bind(gpu, 0, rows * both)?;
     let (ob, out_base) = out.bind(gpu, 0, rows * n)?;
-    // Pieces of the matrix's rows that fit one binding and one dispatch.
-    let per = (max_elems / cols.max(1)).min(limits.max_workgroups as usize).max(1);
-    for (n0, nn) in chunks(n, per) {
+    for (n0, nn) in pieces {
         let (mb, m_off) = m.bind(gpu, n0 * cols, nn * cols)?;
         let meta = Meta { cols: cols as u32, n_out: n as u32, accumulate: accumulate as u32, ..Meta::elementwise(0, x_off, m_off, out_base + n0 as u32) };
         gpu.dispatch(ACTIVATION, OP, &[], bytemuck::bytes_of(&meta), &[xb, mb, ob], [nn as u32, rows as u32, 1])?;

@@ -257,7 +257,8 @@ pub fn attention_bwd(
     };
     if whole_seqs {
         let seqs_per = max_wg.min(per_seq.iter().map(|&n| max_elems / n).min().unwrap_or(1)).max(1);
-        let strides = [t * hq * d, hkv * s * d, t * hq * 2, l * hkv * d, group * d, s * d, group * 2, d].map(|x| x as u32);
+        let [q_seq, kv_seq, st_seq, o_seq] = per_seq;
+        let strides = [q_seq, kv_seq, st_seq, o_seq, group * d, s * d, group * 2, d].map(|x| x as u32);
         for (b0, bn) in chunks(b, seqs_per) {
             let (qb, q_off) = q.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;
             let (db, do_off) = d_out.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;

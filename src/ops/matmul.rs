@@ -456,13 +456,10 @@ const DOT_MAX_OUTPUTS: usize = 1 << 16;
 /// be filled. The rule's choice goes first, so that a slow candidate is dropped after one run
 /// (over 3× the best so far).
 fn candidates(m: usize, n: usize, rule: Kernel) -> Vec<Kernel> {
-    let wide: &[Kernel] = match (m <= 16, m * n <= DOT_MAX_OUTPUTS) {
-        (true, _) => &[Kernel::Dot],
-        (false, true) => &[Kernel::Tuned, Kernel::Pipelined, Kernel::Dot],
-        (false, false) => &[Kernel::Tuned, Kernel::Pipelined],
-    };
-    let mid: &[Kernel] = if m <= 16 { &[Kernel::Tile32] } else { &[Kernel::Tile32, Kernel::Tile64] };
-    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], mid, wide].concat();
+    let few_rows = m <= 16;
+    let tiles: &[Kernel] = if few_rows { &[Kernel::Tile32] } else { &[Kernel::Tile32, Kernel::Tile64, Kernel::Tuned, Kernel::Pipelined] };
+    let dot: &[Kernel] = if few_rows || m * n <= DOT_MAX_OUTPUTS { &[Kernel::Dot] } else { &[] };
+    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], tiles, dot].concat();
     std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
 }
 

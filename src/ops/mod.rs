@@ -33,6 +33,21 @@ pub(crate) fn chunks(total: usize, chunk: usize) -> impl Iterator<Item = (usize,
     (0..total.div_ceil(chunk)).map(move |i| (i * chunk, chunk.min(total - i * chunk)))
 }
 
+/// Pieces (first, count) of an n-row matrix for a kernel with one workgroup per output of a
+/// few input rows (`norm::rms_norm_matvec`, `activation::silu_mul_matvec`): each piece's
+/// matrix rows fit one binding and one dispatch. The input (`rows` of `row_elems` values), the
+/// output (`rows` × n) and the rows (a workgroup row each) must fit one binding and one
+/// dispatch whole: these kernels are for a decoded token's few rows, not split by row.
+pub(crate) fn matvec_pieces(gpu: &Gpu, op: &'static str, rows: usize, row_elems: usize, n: usize, cols: usize) -> crate::error::Result<Vec<(usize, usize)>> {
+    let limits = gpu.split_limits();
+    let max_elems = crate::gpu::Tensor::max_binding_elems(gpu);
+    if rows * row_elems > max_elems || rows * n > max_elems || rows > limits.max_workgroups as usize {
+        return Err(crate::error::Error::TooLarge { op, detail: format!("{rows} rows of {cols} into {n} outputs: meant for a few rows") });
+    }
+    let per = (max_elems / cols.max(1)).min(limits.max_workgroups as usize).max(1);
+    Ok(chunks(n, per).collect())
+}
+
 /// A binding of the whole tensor (callers check it fits one binding), for kernels that take
 /// no offset for it: a view that does not start on a binding boundary is refused, never read
 /// from the wrong place.

@@ -45,17 +45,11 @@ pub fn rms_norm_matvec(gpu: &Gpu, x: &Tensor, w: &Tensor, m: &Tensor, eps: f32) 
     if rows == 0 || n == 0 || cols == 0 {
         return Ok(out);
     }
-    let limits = gpu.split_limits();
-    let max_elems = Tensor::max_binding_elems(gpu);
-    if rows * cols > max_elems || rows * n > max_elems || rows > limits.max_workgroups as usize {
-        return Err(Error::TooLarge { op: OP, detail: format!("{rows} rows of {cols} into {n} outputs: meant for a few rows") });
-    }
+    let pieces = super::matvec_pieces(gpu, OP, rows, cols, n, cols)?;
     let (xb, x_off) = x.bind(gpu, 0, rows * cols)?;
     let wb = super::whole(gpu, w)?;
     let (ob, out_base) = out.bind(gpu, 0, rows * n)?;
-    // Pieces of the matrix's rows that fit one binding and one dispatch.
-    let per = (max_elems / cols).min(limits.max_workgroups as usize).max(1);
-    for (n0, nn) in chunks(n, per) {
+    for (n0, nn) in pieces {
         let (mb, m_off) = m.bind(gpu, n0 * cols, nn * cols)?;
         let meta = Meta { rows: rows as u32, cols: cols as u32, x_off, out_off: out_base + n0 as u32, eps, dy_off: m_off, n_out: n as u32, _pad: 0 };
         gpu.dispatch(NORM, OP, &[], bytemuck::bytes_of(&meta), &[xb, wb, mb, ob], [nn as u32, rows as u32, 1])?;
