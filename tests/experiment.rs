@@ -13,7 +13,7 @@ use revive::eval::experiment::Measures;
 use revive::eval::general::{agreement, next_token_logprobs, perplexity, ProseSet};
 use revive::eval::retention::Fact;
 use revive::linalg::svd::SvdOptions;
-use revive::model::forward::GpuModel;
+use revive::model::forward::{GpuModel, PassBudget};
 use revive::model::random::random_weights;
 use revive::model::{Config, Tok};
 
@@ -53,11 +53,11 @@ fn perplexity_matches_the_f64_reference() {
     let want = (nll / n as f64).exp();
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &w))?;
-        // One sequence per call and all in one call: the same number.
-        for per_call in [1, 8] {
-            let got = ok(perplexity(&gm, &seqs, per_call))?;
+        // One sequence per pass and all in one pass: the same number.
+        for budget in [PassBudget { tokens: 1, logit_rows: 1 }, PassBudget::default()] {
+            let got = ok(perplexity(&gm, &seqs, budget))?;
             if !((got - want).abs() <= 1e-4 * want) {
-                return Err(format!("perplexity {got} (per call {per_call}), f64 reference {want}"));
+                return Err(format!("perplexity {got} ({budget:?}), f64 reference {want}"));
             }
         }
         Ok(())
@@ -131,7 +131,6 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
             known,
             prose: Some(prose),
             reference: Some(reference),
-            ppl_batch: 2,
             fluency_prompts: 2,
             fluency_tokens: 6,
             spectral: vec![(name.clone(), w0, Measures::basis_of(&guard))],
@@ -166,6 +165,64 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
             return Err(format!("without perplexity sequences: {no_ppl:?}"));
         }
         let _ = &mut gm;
+        Ok(())
+    });
+}
+
+/// CounterFact metrics of many requests scored together (a few planned passes) against an f64
+/// reference of each prompt's target log-probabilities, with requests that differ in their
+/// number of paraphrases and neighbours and one without target_true, so that a result read
+/// from the wrong request or prompt shows; and the batch takes far fewer dispatches than the
+/// requests one by one.
+#[test]
+fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
+    use revive::eval::counterfact::{fact_metrics, facts_metrics};
+    let w = random_weights(&config(), 6);
+    let cpu = CpuModel::new(&w);
+    let tok = tok();
+    let mut requests: Vec<EditRequest> = (0..7).map(request).collect();
+    requests[2].paraphrase_prompts.push("w41 w12 w60 w61 w62".into());
+    requests[3].neighborhood_prompts.clear();
+    requests[4].target_true = None;
+    requests[5].target_new = " w71 w72".into();
+    let nll = |prompt: &str, target: &str| -> f64 {
+        let p = tok.encode(prompt).unwrap();
+        let t = tok.encode(target).unwrap();
+        let seq: Vec<u32> = p.iter().chain(&t).copied().collect();
+        let (logits, _) = cpu.forward(std::slice::from_ref(&seq), &Default::default());
+        -(0..t.len()).map(|j| log_softmax(&logits[0][p.len() - 1 + j])[t[j] as usize]).sum::<f64>() / t.len() as f64
+    };
+    for_each_fresh_gpu(true, |gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let before = gpu.runtime_stats();
+        let together = ok(facts_metrics(&gm, &tok, &requests))?;
+        let batched = (gpu.runtime_stats() - before).dispatches;
+        let before = gpu.runtime_stats();
+        let alone: Vec<_> = requests.iter().map(|r| ok(fact_metrics(&gm, &tok, r))).collect::<Result<_, _>>()?;
+        let one_by_one = (gpu.runtime_stats() - before).dispatches;
+        if together.len() != requests.len() || 3 * batched > one_by_one {
+            return Err(format!("{} metrics for {} requests; {batched} dispatches together against {one_by_one} one by one", together.len(), requests.len()));
+        }
+        for (i, (r, (m, a))) in requests.iter().zip(together.iter().zip(&alone)).enumerate() {
+            let want_new = nll(&r.full_prompt(), &r.target_new);
+            if !((m.new.nll - want_new).abs() <= 1e-4 * want_new.abs().max(1.0)) || !((m.new.nll - a.new.nll).abs() <= 1e-4) {
+                return Err(format!("request {i}: NLL of target_new {} together, {} alone, f64 reference {want_new}", m.new.nll, a.new.nll));
+            }
+            // Each share from the reference's preferences (a near-tie would be rounding's to decide).
+            let prefers_new = |prompt: &str| -> Option<bool> {
+                let t = r.target_true.as_deref()?;
+                let (n, t) = (nll(prompt, &r.target_new), nll(prompt, t));
+                ((n - t).abs() > 1e-3).then_some(n < t)
+            };
+            let share = |prompts: &[String], want: bool| -> Option<f64> {
+                let got: Vec<bool> = prompts.iter().filter_map(|p| prefers_new(p)).collect();
+                (r.target_true.is_some() && !prompts.is_empty()).then(|| got.iter().filter(|&&g| g == want).count() as f64 / prompts.len() as f64)
+            };
+            let expect = (prefers_new(&r.full_prompt()), share(&r.paraphrase_prompts, true), share(&r.neighborhood_prompts, false));
+            if (m.efficacy, m.paraphrase, m.neighborhood) != expect || m.true_.is_some() != r.target_true.is_some() {
+                return Err(format!("request {i}: (efficacy, paraphrase, neighbourhood) {:?}, f64 reference {expect:?}", (m.efficacy, m.paraphrase, m.neighborhood)));
+            }
+        }
         Ok(())
     });
 }

@@ -13,7 +13,7 @@ use crate::linalg::subspace::Basis;
 use crate::linalg::svd::SvdOptions;
 use crate::gpu::Tensor;
 use crate::error::Result;
-use crate::eval::counterfact::fact_metrics;
+use crate::eval::counterfact::facts_metrics;
 use crate::eval::retention::{check_facts, Fact, FactCheck};
 use crate::model::forward::GpuModel;
 use crate::model::names::down_name;
@@ -85,10 +85,7 @@ pub fn run(
     };
     let (_, records) = run_rome(model, tok, requests, hp, cov, guard, true, measure, |r| on_edit(r))?;
     let known_after = check_facts(model, tok, known)?;
-    let mut at_end = vec![];
-    for r in requests {
-        at_end.push(fact_metrics(model, tok, r)?);
-    }
+    let at_end = facts_metrics(model, tok, requests)?;
     let mut times: Vec<f64> = records.iter().map(|r| r.edit_seconds).collect();
     times.sort_by(f64::total_cmp);
     let paraphrases: Vec<f64> = at_end.iter().filter_map(|m| m.paraphrase).collect();

@@ -290,7 +290,6 @@ fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward
         known,
         prose,
         reference,
-        ppl_batch: 8,
         fluency_prompts: a.fluency_prompts,
         fluency_tokens: a.fluency_tokens,
         spectral,

@@ -7,7 +7,7 @@
 use crate::edit::guard::SpectralGuard;
 use crate::edit::request::EditRequest;
 use crate::error::{Error, Result};
-use crate::eval::counterfact::{cf_scores, fact_metrics, FactMetrics};
+use crate::eval::counterfact::{cf_scores, facts_metrics};
 pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
 use crate::eval::retention::{check_facts, Fact};
@@ -15,7 +15,7 @@ use crate::eval::spectrum::diagnose;
 use crate::gpu::Tensor;
 use crate::linalg::subspace::Basis;
 use crate::linalg::svd::SvdOptions;
-use crate::model::forward::GpuModel;
+use crate::model::forward::{GpuModel, PassBudget};
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -68,7 +68,6 @@ pub struct Measures {
     pub prose: Option<ProseSet>,
     /// The unedited model's next-token log-probabilities after the agreement prompts.
     pub reference: Option<Vec<Vec<f32>>>,
-    pub ppl_batch: usize,
     pub fluency_prompts: usize,
     pub fluency_tokens: usize,
     /// Original weight and top-k basis of every edited matrix (spectral diagnostics), if on.
@@ -98,14 +97,15 @@ impl Measures {
             if range.is_empty() {
                 return Ok(None);
             }
-            let per: Vec<FactMetrics> = spread(range.len(), self.sample).into_iter().map(|i| fact_metrics(model, tok, &range[i])).collect::<Result<_>>()?;
+            let sampled: Vec<EditRequest> = spread(range.len(), self.sample).into_iter().map(|i| range[i].clone()).collect();
+            let per = facts_metrics(model, tok, &sampled)?;
             Ok(Some(cf_scores(&per)))
         };
         let recent = scores(&requests[recent_from.min(edits)..edits])?;
         let all = scores(&requests[..edits])?;
         let known_correct = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?.iter().filter(|c| c.correct).count()) };
         let perplexity = match &self.prose {
-            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, self.ppl_batch)?),
+            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, PassBudget::default())?),
             _ => None,
         };
         let agreement = match (&self.prose, &self.reference) {

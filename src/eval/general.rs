@@ -3,8 +3,8 @@
 //! (CounterFact's weighted bi/tri-gram entropy of generated text).
 
 use crate::error::{Error, Result};
-use crate::model::forward::GpuModel;
-use crate::model::generate::{argmax, generate, log_softmax, score_many, Sampling};
+use crate::model::forward::{GpuModel, PassBudget};
+use crate::model::generate::{argmax, generate, log_softmax, score_many_within, Sampling};
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -50,13 +50,13 @@ pub fn prose_set(tok: &Tok, text: Option<&Path>, ppl_tokens: usize, seq_len: usi
     })
 }
 
-/// exp of the mean NLL of every token after the first of each sequence; `per_call` sequences
-/// share a forward pass.
-pub fn perplexity(model: &GpuModel, seqs: &[Vec<u32>], per_call: usize) -> Result<f64> {
+/// exp of the mean NLL of every token after the first of each sequence, scored in passes within
+/// `budget`.
+pub fn perplexity(model: &GpuModel, seqs: &[Vec<u32>], budget: PassBudget) -> Result<f64> {
     let (mut nll, mut n) = (0.0, 0usize);
-    for group in seqs.chunks(per_call.max(1)) {
-        let pairs: Vec<(Vec<u32>, Vec<u32>)> = group.iter().filter(|s| s.len() > 1).map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
-        for lp in score_many(model, &pairs)? {
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = seqs.iter().filter(|s| s.len() > 1).map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
+    if !pairs.is_empty() {
+        for lp in score_many_within(model, &pairs, budget)? {
             nll -= lp.iter().sum::<f64>();
             n += lp.len();
         }

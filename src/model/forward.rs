@@ -122,6 +122,47 @@ impl Batch {
     }
 }
 
+/// How much one forward pass over many short sequences takes: padded tokens (the activations,
+/// about 25 KB a token for SmolLM2) and logit rows (196 KB each at its 49,152-token vocabulary).
+/// The defaults keep a pass near 300 MB (as eight 128-token perplexity windows took before
+/// passes were planned) while a few passes cover a whole edit batch's CounterFact prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassBudget {
+    pub tokens: usize,
+    pub logit_rows: usize,
+}
+
+impl Default for PassBudget {
+    fn default() -> Self {
+        PassBudget { tokens: 4096, logit_rows: 1024 }
+    }
+}
+
+impl PassBudget {
+    /// Splits sequences of lengths `lens`, each needing `rows[i]` logit rows, into passes within
+    /// the budget: shortest first, so a pass pads its sequences little. A sequence larger than
+    /// the budget gets a pass of its own. Every index appears in exactly one pass.
+    pub fn plan(&self, lens: &[usize], rows: &[usize]) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..lens.len()).collect();
+        order.sort_by_key(|&i| (lens[i], i));
+        let mut passes: Vec<Vec<usize>> = vec![];
+        let (mut longest, mut logit_rows) = (0, 0);
+        for i in order {
+            let fits = passes.last().is_some_and(|p| {
+                (p.len() + 1) * longest.max(lens[i]) <= self.tokens && logit_rows + rows[i] <= self.logit_rows
+            });
+            if !fits {
+                passes.push(vec![]);
+                (longest, logit_rows) = (0, 0);
+            }
+            passes.last_mut().expect("a pass was just pushed").push(i);
+            longest = longest.max(lens[i]);
+            logit_rows += rows[i];
+        }
+        passes
+    }
+}
+
 /// What one block hands on: its output, and when asked its MLP keys and its tape.
 pub(crate) struct BlockOut {
     pub x: Tensor,
@@ -534,12 +575,22 @@ impl GpuModel {
         Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
     }
 
-    /// Logits of each sequence's last real token: [B, V].
+    /// Logits of each sequence's last real token: [B, V], in passes within the default budget.
     pub fn last_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        let batch = Batch::new(seqs)?;
-        let (logits, _) = self.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), None)?;
-        let v = self.config.vocab_size;
-        Ok(self.host_logits(&logits)?.chunks(v).map(<[f32]>::to_vec).collect())
+        if seqs.is_empty() {
+            return Err(Error::shape("forward", "an empty batch or an empty sequence"));
+        }
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let mut out = vec![vec![]; seqs.len()];
+        for pass in PassBudget::default().plan(&lens, &vec![1; seqs.len()]) {
+            let batch = Batch::new(&pass.iter().map(|&i| seqs[i].clone()).collect::<Vec<_>>())?;
+            let (logits, _) = self.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), None)?;
+            let v = self.config.vocab_size;
+            for (&i, row) in pass.iter().zip(self.host_logits(&logits)?.chunks(v)) {
+                out[i] = row.to_vec();
+            }
+        }
+        Ok(out)
     }
 
     /// Logits read back to the host, refused when one is NaN or infinite: a model whose weights
@@ -600,4 +651,35 @@ fn collect(gpu: &Gpu, n: usize, caps: Vec<(Vec<usize>, Tensor)>) -> Result<Vec<V
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PassBudget;
+    use rand::Rng;
+
+    /// Every sequence lands in exactly one pass, a pass of several stays within the budget, and
+    /// an oversized sequence goes alone; on random lengths including ones above the budget.
+    #[test]
+    fn planned_passes_cover_every_sequence_once_within_the_budget() {
+        let mut rng = crate::testing::rng(7);
+        for case in 0..200 {
+            let n = rng.random_range(1..60);
+            let budget = PassBudget { tokens: rng.random_range(1..200), logit_rows: rng.random_range(1..40) };
+            let lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..80)).collect();
+            let rows: Vec<usize> = lens.iter().map(|&l| rng.random_range(1..=l)).collect();
+            let passes = budget.plan(&lens, &rows);
+            let mut seen = vec![0; n];
+            for p in &passes {
+                assert!(!p.is_empty(), "case {case}: an empty pass");
+                let longest = p.iter().map(|&i| lens[i]).max().unwrap();
+                let logit_rows: usize = p.iter().map(|&i| rows[i]).sum();
+                assert!(p.len() == 1 || (p.len() * longest <= budget.tokens && logit_rows <= budget.logit_rows), "case {case}: pass {p:?} over {budget:?}");
+                p.iter().for_each(|&i| seen[i] += 1);
+            }
+            assert!(seen.iter().all(|&c| c == 1), "case {case}: {seen:?}");
+        }
+        // Short sequences share a pass: 10 of length 4 under 4096 tokens.
+        assert_eq!(PassBudget::default().plan(&[4; 10], &[1; 10]).len(), 1);
+    }
 }

@@ -1,6 +1,6 @@
 //! Text generation with the KV cache, and scoring of a continuation.
 
-use super::forward::{Batch, GpuModel, LogitRows};
+use super::forward::{Batch, GpuModel, LogitRows, PassBudget};
 use super::probe::Probes;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -159,18 +159,33 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
     Ok(out)
 }
 
-/// Per-token log-probabilities of each (prompt, continuation) pair, in one batched pass.
+/// Per-token log-probabilities of each (prompt, continuation) pair, in as few batched passes as
+/// the default `PassBudget` allows.
 pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f64>>> {
-    if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
+    score_many_within(model, pairs, PassBudget::default())
+}
+
+/// `score_many` in passes within `budget`; results in the order of `pairs`.
+pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<f64>>> {
+    if pairs.is_empty() || pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
         return Err(Error::shape("score", "prompt and continuation need at least one token each"));
     }
-    let seqs: Vec<Vec<u32>> = pairs.iter().map(|(p, c)| p.iter().chain(c).copied().collect()).collect();
-    let batch = Batch::new(&seqs)?;
-    let rows: Vec<usize> = pairs.iter().enumerate().flat_map(|(s, (p, c))| (p.len() - 1..p.len() - 1 + c.len()).map(move |pos| (s, pos))).map(|(s, pos)| batch.row(s, pos)).collect();
-    let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(rows), None)?;
-    let tokens: Vec<u32> = pairs.iter().flat_map(|(_, c)| c.iter().copied()).collect();
-    let mut lp = token_logprobs(model, &logits, &tokens)?.into_iter();
-    Ok(pairs.iter().map(|(_, c)| lp.by_ref().take(c.len()).collect()).collect())
+    let lens: Vec<usize> = pairs.iter().map(|(p, c)| p.len() + c.len()).collect();
+    let rows: Vec<usize> = pairs.iter().map(|(_, c)| c.len()).collect();
+    let mut out = vec![vec![]; pairs.len()];
+    for pass in budget.plan(&lens, &rows) {
+        let seqs: Vec<Vec<u32>> = pass.iter().map(|&i| pairs[i].0.iter().chain(&pairs[i].1).copied().collect()).collect();
+        let batch = Batch::new(&seqs)?;
+        let logit_rows: Vec<usize> =
+            pass.iter().enumerate().flat_map(|(s, &i)| (pairs[i].0.len() - 1..lens[i] - 1).map(move |pos| (s, pos))).map(|(s, pos)| batch.row(s, pos)).collect();
+        let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(logit_rows), None)?;
+        let tokens: Vec<u32> = pass.iter().flat_map(|&i| pairs[i].1.iter().copied()).collect();
+        let mut lp = token_logprobs(model, &logits, &tokens)?.into_iter();
+        for &i in &pass {
+            out[i] = lp.by_ref().take(rows[i]).collect();
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
