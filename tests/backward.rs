@@ -72,9 +72,14 @@ fn delta_gradient_matches_finite_differences() {
             for layer in 0..c.n_layers {
                 let pass = ok(DeltaPass::new(&gm, ok(Batch::new(&seqs))?, layer, &sites))?;
                 let got = ok(pass.loss_and_grad(&delta, &terms))?;
+                // A pass serves every step of an optimisation: the evaluation at δ must leave no
+                // trace in the next one.
+                let zero = vec![0.0f32; d];
+                let at_zero = ok(pass.loss_and_grad(&zero, &terms))?.loss;
+                let want_zero = cpu_loss(&cpu, &seqs, layer, &sites, &zero, &terms, t);
                 let want_loss = cpu_loss(&cpu, &seqs, layer, &sites, &delta, &terms, t);
-                if (got.loss - want_loss).abs() > 1e-4 * want_loss.abs() {
-                    return Err(format!("{name} layer {layer}: loss {} vs oracle {want_loss}", got.loss));
+                if (got.loss - want_loss).abs() > 1e-4 * want_loss.abs() || (at_zero - want_zero).abs() > 1e-4 * want_zero.abs() {
+                    return Err(format!("{name} layer {layer}: loss {} vs oracle {want_loss}; at δ = 0 {at_zero} vs {want_zero}", got.loss));
                 }
                 let h = 1.0f32 / 128.0;
                 let fd: Vec<f64> = (0..d)
@@ -109,6 +114,9 @@ fn delta_pass_rejects_bad_input() {
         }
         if DeltaPass::new(&gm, batch(), 9, &[(0, 1)]).is_ok() {
             return Err("a layer past the model was accepted".into());
+        }
+        if DeltaPass::new(&gm, batch(), 1, &[(0, 1), (0, 1)]).is_ok() {
+            return Err("a site given the same δ twice was accepted".into());
         }
         let pass = ok(DeltaPass::new(&gm, batch(), 0, &[(0, 1)]))?;
         let d = w.config.hidden;

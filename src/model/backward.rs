@@ -3,9 +3,9 @@
 //!
 //! The layers up to the edited one do not depend on δ, so their output is computed once
 //! ([`DeltaPass::new`]); each evaluation runs only the upper layers, keeping their activations,
-//! then walks back through them with the backward kernels. The loss itself is a handful of
-//! log-probabilities of a few rows, so it is taken on the host in f64 from the downloaded logits
-//! — a [rows, vocab] download per step, small next to the upper layers' work.
+//! then walks back through them with the backward kernels. The loss of the few rows the terms
+//! read and its gradient at their logits come from one kernel (`ops::loss::weighted_nll`); a
+//! step uploads δ and reads back one number per term and δ's gradient, nothing batch-sized.
 
 use super::config::Arch;
 use super::forward::{Batch, BlockTape, GpuModel, Keep, KvCache};
@@ -48,6 +48,9 @@ pub struct LossGrad {
 pub struct PreparedTerms {
     weights: Tensor,
     rows: Vec<usize>,
+    /// [terms, B·T]: a one at each term's row, scattering the terms' gradients back into the
+    /// batch with one product.
+    scatter: Tensor,
 }
 
 /// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
@@ -61,10 +64,12 @@ pub struct DeltaPass<'m> {
     model: &'m GpuModel,
     batch: Batch,
     layer: usize,
-    /// (row, which δ).
-    sites: Vec<(usize, usize)>,
     n_deltas: usize,
     base: Tensor,
+    /// [B·T, n_deltas]: a one where a row receives a δ. Adding the δ is one product with it
+    /// (base + S·δ, exact: each row sums one δ and zeros), and so is summing each δ's gradient
+    /// over its sites (Sᵀ·dx): a step uploads n·d values and reads n·d back, not B·T·d.
+    sites: Tensor,
 }
 
 impl<'m> DeltaPass<'m> {
@@ -80,16 +85,21 @@ impl<'m> DeltaPass<'m> {
         if layer >= c.n_layers {
             return Err(Error::shape("delta pass", format!("layer {layer} of a model with {} layers", c.n_layers)));
         }
-        let mut rows = vec![];
+        let mut onehot = vec![0.0f32; batch.ids.len() * n_deltas];
         for &((seq, pos), which) in sites {
             super::forward::check_site(c, &batch, &super::probe::Site { layer, seq, pos })?;
             if which >= n_deltas {
                 return Err(Error::shape("delta pass", format!("a site receives δ {which} of {n_deltas}")));
             }
-            rows.push((batch.row(seq, pos), which));
+            let cell = &mut onehot[batch.row(seq, pos) * n_deltas + which];
+            if *cell != 0.0 {
+                return Err(Error::shape("delta pass", format!("site ({seq}, {pos}) is given δ {which} twice")));
+            }
+            *cell = 1.0;
         }
+        let sites = model.gpu().upload(&onehot, &[batch.ids.len(), n_deltas])?;
         let base = model.residual_after(&batch, layer)?;
-        Ok(DeltaPass { model, batch, layer, sites: rows, n_deltas, base })
+        Ok(DeltaPass { model, batch, layer, n_deltas, base, sites })
     }
 
     /// The residual stream after the edited layer, before any δ: [B·T, d].
@@ -152,14 +162,18 @@ impl<'m> DeltaPass<'m> {
         // One row of logits per term (a row two terms read is gathered twice), so that each
         // term's loss is its own row's.
         let rows: Vec<usize> = terms.iter().map(Term::row).collect();
-        Ok(PreparedTerms { weights: self.model.gpu().upload(&weights, &[terms.len(), vocab])?, rows })
+        let mut scatter = vec![0.0f32; rows.len() * n];
+        for (i, &r) in rows.iter().enumerate() {
+            scatter[i * n + r] = 1.0;
+        }
+        let gpu = self.model.gpu();
+        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, scatter: gpu.upload(&scatter, &[rows.len(), n])?, rows })
     }
 
     /// The loss of δ and its gradient for terms prepared by [`Self::prepare_terms`].
     pub fn loss_and_grad_with(&self, delta: &[f32], prepared: &PreparedTerms) -> Result<LossGrad> {
         let m = self.model;
         let gpu = m.gpu();
-        let (d, n) = (m.config.hidden, self.batch.ids.len());
         let rows = prepared.rows.clone();
         let (x, tapes, cache) = self.upper(delta, true)?;
         let (logits, normed_in) = self.head(&x, &rows)?;
@@ -170,20 +184,11 @@ impl<'m> DeltaPass<'m> {
         // whole batch with a one-hot product (rows are few; no scatter kernel needed).
         let dh = gemm(gpu, &dlogits, m.head()?, None, Gemm::default())?;
         let dxr = self.norm_bwd(&normed_in, "final_norm", &dh)?;
-        let mut onehot = vec![0.0f32; rows.len() * n];
-        for (i, &r) in rows.iter().enumerate() {
-            onehot[i * n + r] = 1.0;
-        }
-        let onehot = gpu.upload(&onehot, &[rows.len(), n])?;
-        let mut dx = gemm(gpu, &onehot, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
+        let mut dx = gemm(gpu, &prepared.scatter, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
         for (i, tape) in tapes.iter().enumerate().rev() {
             dx = self.block_bwd(self.layer + 1 + i, tape, &cache, &dx)?;
         }
-        let dx = gpu.download(&dx)?;
-        let mut grad = vec![0.0f32; d * self.n_deltas];
-        for &(r, which) in &self.sites {
-            grad[which * d..(which + 1) * d].iter_mut().zip(&dx[r * d..(r + 1) * d]).for_each(|(g, v)| *g += v);
-        }
+        let grad = gpu.download(&gemm(gpu, &self.sites, &dx, None, Gemm { trans_a: true, ..Default::default() })?)?;
         Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows })
     }
 
@@ -198,11 +203,11 @@ impl<'m> DeltaPass<'m> {
         if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
             return Err(Error::Numeric(format!("δ[{i}] is {}", delta[i])));
         }
-        let mut add = vec![0.0f32; self.batch.ids.len() * d];
-        for &(r, which) in &self.sites {
-            add[r * d..(r + 1) * d].iter_mut().zip(&delta[which * d..(which + 1) * d]).for_each(|(a, v)| *a += v);
-        }
-        let mut x = elementwise::add(gpu, &self.base, &gpu.upload(&add, self.base.shape())?)?;
+        // x = base + S·δ, accumulated into a copy: `gemm` writes into its C, and the base
+        // serves every step.
+        let mut x = gpu.empty(self.base.shape())?;
+        gpu.copy_into(&self.base, &x)?;
+        gemm(gpu, &self.sites, &gpu.upload(delta, &[self.n_deltas, d])?, Some(&x), Gemm { beta: 1.0, ..Default::default() })?;
         let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;
         let mut tapes = vec![];
         for i in self.layer + 1..m.config.n_layers {
