@@ -155,7 +155,8 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         ok(revive::ops::elementwise::axpy(gpu, 0.5, &delta, gm.tensor(&name).map_err(|e| e.to_string())?))?;
         let after = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
         let s = &after.matrices[0];
-        if !(s.drift > 0.0 && s.leak_left > 0.0 && after.agreement.unwrap().kl > 1e-6 && after.perplexity != before.perplexity) {
+        let lost = after.known_loss.map(|l| l.lost);
+        if !(s.drift > 0.0 && s.leak_left > 0.0 && after.agreement.unwrap().kl > 1e-6 && after.perplexity != before.perplexity) || lost != after.known_correct.map(|k| after.known_total - k) {
             return Err(format!("after a change: {after:?}"));
         }
         // No perplexity tokens asked for (--ppl-tokens 0): no perplexity, the agreement still.
@@ -225,4 +226,26 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
         }
         Ok(())
     });
+}
+
+/// The known facts' losses split by cause: a fact sharing an edited request's old answer, a fact
+/// now answering with an edit's new target, both, neither, and a fact still answered.
+#[test]
+fn known_facts_lost_are_attributed_to_the_edits() {
+    use revive::eval::retention::{known_loss, FactCheck, KnownLoss};
+    let tok = tok();
+    let edited: Vec<EditRequest> = (0..3).map(request).collect(); // true " w5", new " w70" … " w72"
+    let got = |answer: &str| tok.decode(&tok.encode(answer).unwrap()[..1]).unwrap();
+    let check = |answer: &str, now: &str| FactCheck { prompt: "p".into(), answer: answer.into(), got: got(now), correct: got(answer) == got(now), logp: 0.0 };
+    let checks = [
+        check(" w5", " w71"),  // shares the old answer and went to a new target
+        check(" w5", " w9"),   // shares the old answer only
+        check(" w6", " w72"),  // went to a new target only
+        check(" w6", " w8"),   // neither
+        check(" w5", " w5"),   // still answered
+        check(" w6", " w73"),  // w73 is no edit's target (request 3 is not edited)
+    ];
+    let want = KnownLoss { lost: 5, sharing_an_edited_answer: 2, to_an_edit_target: 2 };
+    assert_eq!(known_loss(&tok, &checks, &edited).unwrap(), want);
+    assert_eq!(known_loss(&tok, &checks, &[]).unwrap(), KnownLoss { lost: 5, ..Default::default() });
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::eval::counterfact::{cf_scores, facts_metrics};
 pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
-use crate::eval::retention::{check_facts, Fact};
+use crate::eval::retention::{check_facts, known_loss, Fact, KnownLoss};
 use crate::eval::spectrum::diagnose;
 use crate::gpu::Tensor;
 use crate::linalg::subspace::Basis;
@@ -52,6 +52,9 @@ pub struct Checkpoint {
     pub all: Option<CfScores>,
     pub known_correct: Option<usize>,
     pub known_total: usize,
+    /// Where the lost known facts went (absent from checkpoints written before it was measured).
+    #[serde(default)]
+    pub known_loss: Option<KnownLoss>,
     pub perplexity: Option<f64>,
     pub agreement: Option<Agreement>,
     pub fluency: Option<f64>,
@@ -103,7 +106,9 @@ impl Measures {
         };
         let recent = scores(&requests[recent_from.min(edits)..edits])?;
         let all = scores(&requests[..edits])?;
-        let known_correct = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?.iter().filter(|c| c.correct).count()) };
+        let known_checks = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?) };
+        let known_correct = known_checks.as_ref().map(|c| c.iter().filter(|c| c.correct).count());
+        let known_loss = known_checks.map(|c| known_loss(tok, &c, &requests[..edits.min(requests.len())])).transpose()?;
         let perplexity = match &self.prose {
             Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, PassBudget::default())?),
             _ => None,
@@ -143,6 +148,7 @@ impl Measures {
             all,
             known_correct,
             known_total: self.known.len(),
+            known_loss,
             perplexity,
             agreement,
             fluency,
@@ -194,7 +200,7 @@ pub fn append_checkpoint(arm_dir: &Path, c: &Checkpoint) -> Result<()> {
 
 /// One CSV row per checkpoint of every arm.
 pub fn csv(rows: &[Checkpoint]) -> String {
-    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity\n");
+    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for c in rows {
         let m = &c.matrices;
@@ -228,6 +234,8 @@ pub fn csv(rows: &[Checkpoint]) -> String {
             f(agg(|x| x.sigma1, false)),
             f(agg(|x| x.left_similarity, false)),
             f(agg(|x| x.right_similarity, false)),
+            c.known_loss.map_or(String::new(), |k| k.sharing_an_edited_answer.to_string()),
+            c.known_loss.map_or(String::new(), |k| k.to_an_edit_target.to_string()),
         ];
         s += &cols.join(",");
         s.push('\n');

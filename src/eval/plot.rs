@@ -342,6 +342,7 @@ mod tests {
             all: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.4), neighborhood: Some(0.7) }),
             known_correct: Some(9),
             known_total: 10,
+            known_loss: None,
             perplexity: Some(30.0 + edits as f64),
             agreement: None,
             fluency: Some(5.0),

@@ -57,3 +57,36 @@ pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<Fa
     }
     Ok(out)
 }
+
+/// Where the known facts a model no longer answers went, against the edits made so far: an
+/// edit pushes its new target and pulls its old answer, and a known fact that shares that old
+/// answer (another city of the same country) or now answers with a new target was most likely
+/// moved by the edits rather than by damage to the model at large.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownLoss {
+    /// Known facts not answered any more.
+    pub lost: usize,
+    /// … whose answer is the old answer (target_true) of an edited request.
+    pub sharing_an_edited_answer: usize,
+    /// … whose greedy token now is the first token of an edited request's target_new.
+    pub to_an_edit_target: usize,
+}
+
+pub fn known_loss(tok: &Tok, checks: &[FactCheck], edited: &[crate::edit::request::EditRequest]) -> Result<KnownLoss> {
+    let mut old_answers = std::collections::HashSet::new();
+    let mut new_first = std::collections::HashSet::new();
+    for r in edited {
+        if let Some(t) = &r.target_true {
+            old_answers.insert(t.trim());
+        }
+        if let Some(&first) = tok.encode(&r.target_new)?.first() {
+            new_first.insert(tok.decode(&[first])?);
+        }
+    }
+    let lost: Vec<&FactCheck> = checks.iter().filter(|c| !c.correct).collect();
+    Ok(KnownLoss {
+        lost: lost.len(),
+        sharing_an_edited_answer: lost.iter().filter(|c| old_answers.contains(c.answer.trim())).count(),
+        to_an_edit_target: lost.iter().filter(|c| new_first.contains(&c.got)).count(),
+    })
+}
