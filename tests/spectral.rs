@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use revive::cpu::ortho as reference;
 use revive::ops::matmul::{gemm, Gemm};
-use revive::ops::ortho::{cholesky, cholesky_shifted, dead_tolerance, orthonormalize, tri_inverse};
+use revive::ops::ortho::{cholesky, cholesky_shifted, dead_tolerance, orthonormalize, span_basis, tri_inverse};
 use revive::ops::project::complement;
 use revive::linalg::svd::{rank_for_energy, top_eigen, top_energy, top_k, Ritz, SvdOptions};
 use revive::ops::jacobi::{jacobi_svd, jacobi_svd_with, jacobi_tolerance, MAX_SWEEPS};
@@ -173,6 +173,21 @@ fn orthonormalize_keeps_the_span_and_full_rank() {
                 }
                 _ => {}
             }
+            // The cheap basis first: the same span and full rank, orthonormal or not.
+            let b = ok(gpu.download(&ok(span_basis(gpu, &ok(gpu.upload(&y, &[m, n]))?, 7))?))?;
+            if b.iter().any(|v| !v.is_finite()) {
+                return Err(format!("{case} {m}×{n}: non-finite span basis"));
+            }
+            let (bq, kept) = gram_schmidt(&f64s(&b), m, n);
+            if !(kept >= 1e-4) {
+                return Err(format!("{case} {m}×{n}: the span basis is rank-deficient (a column keeps {kept:e} of its norm against the others)"));
+            }
+            let yd = f64s(&y);
+            let res = reference::complement(&yd, m, n, &bq, n, &[], 0);
+            let rel = frob(&res) / frob(&yd);
+            if rel > 1e-4 {
+                return Err(format!("{case} {m}×{n}: Y leaves the span basis by {rel:e}"));
+            }
             let q = ok(gpu.download(&ok(orthonormalize(gpu, &ok(gpu.upload(&y, &[m, n]))?, 7))?))?;
             if q.iter().any(|v| !v.is_finite()) {
                 return Err(format!("{case} {m}×{n}: non-finite output"));
@@ -192,6 +207,26 @@ fn orthonormalize_keeps_the_span_and_full_rank() {
         }
         Ok(())
     });
+}
+
+/// Orthonormal columns of the same span by Gram–Schmidt twice in f64 (m×n, row-major), and the
+/// smallest share of its norm a column kept after removing the earlier ones (0: dependent).
+fn gram_schmidt(a: &[f64], m: usize, n: usize) -> (Vec<f64>, f64) {
+    let mut q = a.to_vec();
+    let mut kept = f64::INFINITY;
+    for j in 0..n {
+        let norm0 = (0..m).map(|i| q[i * n + j].powi(2)).sum::<f64>().sqrt();
+        for _ in 0..2 {
+            for p in 0..j {
+                let d: f64 = (0..m).map(|i| q[i * n + p] * q[i * n + j]).sum();
+                (0..m).for_each(|i| q[i * n + j] -= d * q[i * n + p]);
+            }
+        }
+        let norm = (0..m).map(|i| q[i * n + j].powi(2)).sum::<f64>().sqrt();
+        kept = kept.min(norm / norm0);
+        (0..m).for_each(|i| q[i * n + j] /= norm);
+    }
+    (q, kept)
 }
 
 fn frob(v: &[f64]) -> f64 {
@@ -259,6 +294,9 @@ fn cases() -> Vec<Case> {
         Case { name: "tall", m: 577, n: 31, sigma: geometric(31, 0.01), k: 31 },
         Case { name: "wide", m: 23, n: 611, sigma: geometric(23, 0.02), k: 20 },
         Case { name: "flat", m: 301, n: 257, sigma: (0..257).map(|i| 1.0 - 0.6 * i as f64 / 257.0).collect(), k: 61 },
+        // Top directions over three decades, then a gap: the last ones sit far below the
+        // orthonormalisation's shift, so a basis that let them fade between checks fails here.
+        Case { name: "steep", m: 220, n: 160, sigma: (0..160).map(|i| if i < 24 { 10f64.powf(-3.0 * i as f64 / 23.0) } else { 2e-4 * 0.9f64.powi(i - 24) }).collect(), k: 24 },
     ]
 }
 

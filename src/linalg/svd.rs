@@ -27,7 +27,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::ops::elementwise::{copy_strided, View};
 use crate::ops::jacobi::jacobi_svd;
 use crate::ops::matmul::{gemm, Gemm, Shape};
-use crate::ops::ortho::{orthonormalize, ritz_residual};
+use crate::ops::ortho::{orthonormalize, ritz_residual, span_basis};
 use crate::ops::reduce::{reduce_all_value, reduce_rows, ReduceOp};
 use faer::Mat;
 use rand::{Rng, SeedableRng};
@@ -167,17 +167,20 @@ pub fn top_k_from(gpu: &Gpu, w: &Tensor, k: usize, opts: &SvdOptions, start: Opt
         None => None,
     };
     let seed32 = |i: u64| (opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i) >> 16) as u32;
-    let mut z = block_basis(gpu, &random_block(gpu, n, p, opts.seed, keep.as_deref())?, seed32(0))?;
+    let mut z = block_basis(gpu, &random_block(gpu, n, p, opts.seed, keep.as_deref())?, seed32(0), BasisKind::Orthonormal)?;
     let mut y = gemm(gpu, w, &z, None, Gemm::default())?;
     let mut last: Option<(usize, f64)> = None;
     let mut next_check = 1;
     let mut checks = 0;
     let (mut host_checks, mut sweeps) = (0, 0);
     for it in 1..=opts.max_iters {
-        let q = block_basis(gpu, &y, seed32(2 * it as u64))?;
+        // Between checks the iteration carries a span, not a projection: a cheaper basis does.
+        let check = it >= next_check || it == opts.max_iters;
+        let basis = if check { BasisKind::Orthonormal } else { BasisKind::Span };
+        let q = block_basis(gpu, &y, seed32(2 * it as u64), basis)?;
         let x = gemm(gpu, w, &q, None, Gemm { trans_a: true, ..Gemm::default() })?;
-        let zn = block_basis(gpu, &x, seed32(2 * it as u64 + 1))?;
-        if it < next_check && it < opts.max_iters {
+        let zn = block_basis(gpu, &x, seed32(2 * it as u64 + 1), basis)?;
+        if !check {
             z = zn;
             y = gemm(gpu, w, &z, None, Gemm::default())?;
             continue;
@@ -262,15 +265,25 @@ fn check_gap(last: Option<(usize, f64)>, it: usize, worst: f64, tol: f64) -> usi
     if needed.is_finite() { (needed as usize).clamp(1, MAX_CHECK_GAP) } else { MAX_CHECK_GAP }
 }
 
-/// An orthonormal basis of a space containing the block's columns. A square block (the block is
+/// A basis of a space containing the block's columns, orthonormal or only of the right span as
+/// `basis` asks. A square block (the block is
 /// as wide as the matrix is tall or wide: k near min(m, n)) spans the whole space, so the
 /// identity is such a basis, and Rayleigh–Ritz on it is exact; orthonormalising it instead
 /// would ask f32 Cholesky QR to resolve directions the square block barely reaches.
-fn block_basis(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
-    match *y.shape() {
-        [r, c] if r == c => gpu.identity(r),
-        _ => orthonormalize(gpu, y, seed),
+fn block_basis(gpu: &Gpu, y: &Tensor, seed: u32, basis: BasisKind) -> Result<Tensor> {
+    match (y.shape(), basis) {
+        (&[r, c], _) if r == c => gpu.identity(r),
+        (_, BasisKind::Orthonormal) => orthonormalize(gpu, y, seed),
+        (_, BasisKind::Span) => span_basis(gpu, y, seed),
     }
+}
+
+/// What an iteration needs of its bases: orthonormal where Rayleigh–Ritz projects on them,
+/// only full rank over the right span in between.
+#[derive(Clone, Copy)]
+enum BasisKind {
+    Orthonormal,
+    Span,
 }
 
 /// The small SVD of a check: Ũ, Ṽ (p×p) and σ (on the GPU and read back), columns by

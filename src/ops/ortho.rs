@@ -158,6 +158,16 @@ pub fn fill_dead(gpu: &Gpu, q: &Tensor, aux: &Tensor, seed: u32) -> Result<()> {
 /// random directions: a shifted Cholesky QR pass (it cannot break down, whatever Y's
 /// condition), then CholeskyQR2, the second pass also for the refilled columns.
 pub fn orthonormalize(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
+    Ok(cholesky_qr_pass(gpu, &span_basis(gpu, y, seed)?)?.0)
+}
+
+/// A full-rank basis of the span of Y's columns with unit-scale columns, orthonormal to
+/// O(κ²ε) rather than to working precision: [`orthonormalize`] without its last pass. The
+/// shifted pass cannot break down but leaves directions below its shift short (by σ/√shift);
+/// the plain pass after it scales them back, so a subspace iteration that carries its block
+/// through many of these (between its Rayleigh–Ritz checks, where only the span matters)
+/// does not let small directions fade. Dependent columns are replaced by random directions.
+pub fn span_basis(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
     let &[m, n] = y.shape() else { return Err(Error::shape("orthonormalize", format!("{:?} is not 2-D", y.shape()))) };
     if n == 0 || n > m {
         return Err(Error::shape("orthonormalize", format!("{m}×{n}: need 1 ≤ columns ≤ rows")));
@@ -166,7 +176,7 @@ pub fn orthonormalize(gpu: &Gpu, y: &Tensor, seed: u32) -> Result<Tensor> {
     fill_dead(gpu, &q, &aux, seed)?;
     let (q, aux) = cholesky_qr_pass(gpu, &q)?;
     fill_dead(gpu, &q, &aux, seed.wrapping_add(0x9e37_79b9))?;
-    Ok(cholesky_qr_pass(gpu, &q)?.0)
+    Ok(q)
 }
 
 /// Eᵀ (k×m) with E = Y[:, :k] − U[:, :k] diag(σ): Y and U are m×ld.
