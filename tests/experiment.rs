@@ -54,7 +54,7 @@ fn perplexity_matches_the_f64_reference() {
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &w))?;
         // One sequence per pass and all in one pass: the same number.
-        for budget in [PassBudget { tokens: 1, logit_rows: 1 }, PassBudget::default()] {
+        for budget in [PassBudget { tokens: 1, logit_rows: 1 }, PassBudget { tokens: 4096, logit_rows: 1024 }] {
             let got = ok(perplexity(&gm, &seqs, budget))?;
             if !((got - want).abs() <= 1e-4 * want) {
                 return Err(format!("perplexity {got} ({budget:?}), f64 reference {want}"));
@@ -142,6 +142,11 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
             return Err(format!("the unedited model at its own checkpoint: {before:?}"));
         }
         let (recent, all) = (before.recent.unwrap(), before.all.unwrap());
+        let split = before.measure_split.ok_or("no time per measure")?;
+        let parts = [split.counterfact, split.known, split.perplexity, split.agreement, split.fluency, split.spectral];
+        if parts.iter().any(|&t| !(t >= 0.0)) || parts.iter().sum::<f64>() > before.measure_seconds + 1e-3 {
+            return Err(format!("time per measure {split:?} against {} s in all", before.measure_seconds));
+        }
         if (recent.requests, all.requests) != (3, 3) || before.known_total != 4 || !before.fluency.unwrap().is_finite() || !before.perplexity.unwrap().is_finite() {
             return Err(format!("what was measured: {before:?}"));
         }

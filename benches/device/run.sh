@@ -27,9 +27,10 @@ case ${2:-speed} in
   table) only=exp200,experiment-dry ;;
   # What changed since the last GPU session and has not been measured there: the decode
   # dispatches (393 → 182), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
-  # an edit batch's attention in 1 + 2 dispatches per layer and the targets' loss on the GPU
-  # (MEMIT-100 against PyTorch), ROME.
-  remeasure) only=export,forward,forward-profile,torch-forward,rome-full,memit-100,torch-memit-100 ;;
+  # an edit batch's attention in 1 + 2 dispatches per layer, the targets' loss on the GPU and
+  # the metrics in planned passes (MEMIT-100 against PyTorch), the SVD's span bases between
+  # checks and its tuned products (against svd_lowrank), and what 2,000 edits now cost.
+  remeasure) only=export,forward,torch-forward,memit-100,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac

@@ -364,6 +364,9 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
         let batch_s = t0.elapsed().as_secs_f64();
         let c = m.checkpoint(gm, tok, &arm.name, &session.requests, first.len(), 0, 1, batch_s)?;
         let bytes: usize = base.tensors.values().map(|t| t.data.len() * 4).sum();
+        if let Some(split) = c.measure_split {
+            println!("checkpoint by measure: {split}");
+        }
         Ok((stats, batch_s, c.measure_seconds, bytes))
     })?;
     let setup_s = t.elapsed().as_secs_f64() - batch_s - ckpt_s;

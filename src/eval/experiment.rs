@@ -61,6 +61,30 @@ pub struct Checkpoint {
     pub matrices: Vec<MatrixState>,
     /// Seconds this checkpoint's measures took.
     pub measure_seconds: f64,
+    /// … and measure by measure (absent from checkpoints written before it was recorded).
+    #[serde(default)]
+    pub measure_split: Option<MeasureTimes>,
+}
+
+/// Seconds a checkpoint spent on each measure: where a checkpoint's time goes on a new GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeasureTimes {
+    pub counterfact: f64,
+    pub known: f64,
+    pub perplexity: f64,
+    pub agreement: f64,
+    pub fluency: f64,
+    pub spectral: f64,
+}
+
+impl std::fmt::Display for MeasureTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CounterFact {:.1} s, known facts {:.1} s, perplexity {:.1} s, agreement {:.1} s, fluency {:.1} s, spectral {:.1} s",
+            self.counterfact, self.known, self.perplexity, self.agreement, self.fluency, self.spectral
+        )
+    }
 }
 
 /// What a checkpoint measures; built once per arm.
@@ -96,6 +120,9 @@ impl Measures {
     /// since the previous checkpoint start.
     pub fn checkpoint(&self, model: &GpuModel, tok: &Tok, arm: &str, requests: &[EditRequest], edits: usize, recent_from: usize, batches: usize, edit_seconds: f64) -> Result<Checkpoint> {
         let t = std::time::Instant::now();
+        let mut split = MeasureTimes::default();
+        let mut lap = std::time::Instant::now();
+        let mut lap_into = |slot: &mut f64| *slot = std::mem::replace(&mut lap, std::time::Instant::now()).elapsed().as_secs_f64();
         let scores = |range: &[EditRequest]| -> Result<Option<CfScores>> {
             if range.is_empty() {
                 return Ok(None);
@@ -106,23 +133,28 @@ impl Measures {
         };
         let recent = scores(&requests[recent_from.min(edits)..edits])?;
         let all = scores(&requests[..edits])?;
+        lap_into(&mut split.counterfact);
         let known_checks = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?) };
         let known_correct = known_checks.as_ref().map(|c| c.iter().filter(|c| c.correct).count());
         let known_loss = known_checks.map(|c| known_loss(tok, &c, &requests[..edits.min(requests.len())])).transpose()?;
+        lap_into(&mut split.known);
         let perplexity = match &self.prose {
-            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, PassBudget::default())?),
+            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, PassBudget::for_gpu(model.gpu()))?),
             _ => None,
         };
+        lap_into(&mut split.perplexity);
         let agreement = match (&self.prose, &self.reference) {
             (Some(p), Some(r)) => Some(agreement(r, &next_token_logprobs(model, &p.agreement)?)?),
             _ => None,
         };
+        lap_into(&mut split.agreement);
         let prompts: Vec<String> = spread(edits.max(1).min(requests.len()), self.fluency_prompts)
             .into_iter()
             .take(self.fluency_prompts)
             .filter_map(|i| requests[i].generation_prompts.first().cloned())
             .collect();
         let fluency = fluency(model, tok, &prompts, self.fluency_tokens)?;
+        lap_into(&mut split.fluency);
         let mut matrices = vec![];
         for (name, w0, basis) in &self.spectral {
             let d = diagnose(model.gpu(), name, model.tensor(name)?, w0, basis, &self.svd)?;
@@ -139,6 +171,7 @@ impl Measures {
                 right_similarity: d.right_similarity,
             });
         }
+        lap_into(&mut split.spectral);
         Ok(Checkpoint {
             arm: arm.to_string(),
             edits,
@@ -154,6 +187,7 @@ impl Measures {
             fluency,
             matrices,
             measure_seconds: t.elapsed().as_secs_f64(),
+            measure_split: Some(split),
         })
     }
 }
@@ -290,12 +324,27 @@ mod tests {
             all: Some(s),
             known_correct: Some(7),
             known_total: 10,
+            known_loss: Some(KnownLoss { lost: 3, sharing_an_edited_answer: 2, to_an_edit_target: 1 }),
             perplexity: Some(20.0),
             agreement: Some(Agreement { kl: 0.01, top1: 0.95 }),
             fluency: Some(5.0),
             matrices: vec![MatrixState { matrix: "m".into(), k: 3, leak_left: 1e-6, leak_right: 2e-6, weight_norm: 1.0, drift: 0.1, sigma1: 2.0, sigma1_original: 2.0, left_similarity: 1.0, right_similarity: 1.0 }],
             measure_seconds: 0.0,
+            measure_split: Some(MeasureTimes { counterfact: 1.0, ..Default::default() }),
         }
+    }
+
+    /// A checkpoints file written before the lost facts' attribution and the time per measure
+    /// were recorded still reads (an experiment continues across the change).
+    #[test]
+    fn a_checkpoint_without_the_newer_fields_reads() {
+        let mut v = serde_json::to_value(row("a", 10, 0.9)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("known_loss");
+        o.remove("measure_split");
+        let back: Checkpoint = serde_json::from_value(v).unwrap();
+        assert_eq!((back.known_loss, back.measure_split), (None, None));
+        assert_eq!(back.edits, 10);
     }
 
     #[test]

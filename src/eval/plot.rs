@@ -348,6 +348,7 @@ mod tests {
             fluency: Some(5.0),
             matrices: vec![],
             measure_seconds: 0.0,
+            measure_split: None,
         };
         let rows = vec![ckpt("memit-none", 0, 0.1), ckpt("memit-none", 20, 0.9), ckpt("memit-0.5", 0, 0.1), ckpt("memit-0.5", 20, 0.7)];
         let dir = std::env::temp_dir().join(format!("revive-curves-{}", std::process::id()));

@@ -124,17 +124,21 @@ impl Batch {
 
 /// How much one forward pass over many short sequences takes: padded tokens (the activations,
 /// about 25 KB a token for SmolLM2) and logit rows (196 KB each at its 49,152-token vocabulary).
-/// The defaults keep a pass near 300 MB (as eight 128-token perplexity windows took before
-/// passes were planned) while a few passes cover a whole edit batch's CounterFact prompts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassBudget {
     pub tokens: usize,
     pub logit_rows: usize,
 }
 
-impl Default for PassBudget {
-    fn default() -> Self {
-        PassBudget { tokens: 4096, logit_rows: 1024 }
+impl PassBudget {
+    /// The budget for an adapter. A GPU pays per dispatch, so a pass is as large as memory
+    /// allows comfortably (4,096 tokens: a whole edit batch's CounterFact prompts in a few
+    /// passes, ~300 MB with its logits). A software adapter pays per byte moved, and passes
+    /// that stay in the CPU's caches win: on lavapipe, 104 CounterFact prompts (1,280 tokens)
+    /// scored in 31 s in passes of 128–256 tokens, 35–37 s in passes of 512–1,024 or one
+    /// request at a time, and 49 s in one pass (`docs/results.md`).
+    pub fn for_gpu(gpu: &Gpu) -> PassBudget {
+        PassBudget { tokens: if gpu.is_cpu() { 256 } else { 4096 }, logit_rows: 1024 }
     }
 }
 
@@ -575,14 +579,14 @@ impl GpuModel {
         Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
     }
 
-    /// Logits of each sequence's last real token: [B, V], in passes within the default budget.
+    /// Logits of each sequence's last real token: [B, V], in passes within the adapter's budget.
     pub fn last_logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         if seqs.is_empty() {
             return Err(Error::shape("forward", "an empty batch or an empty sequence"));
         }
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
         let mut out = vec![vec![]; seqs.len()];
-        for pass in PassBudget::default().plan(&lens, &vec![1; seqs.len()]) {
+        for pass in PassBudget::for_gpu(&self.gpu).plan(&lens, &vec![1; seqs.len()]) {
             let batch = Batch::new(&pass.iter().map(|&i| seqs[i].clone()).collect::<Vec<_>>())?;
             let (logits, _) = self.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), None)?;
             let v = self.config.vocab_size;
@@ -680,6 +684,6 @@ mod tests {
             assert!(seen.iter().all(|&c| c == 1), "case {case}: {seen:?}");
         }
         // Short sequences share a pass: 10 of length 4 under 4096 tokens.
-        assert_eq!(PassBudget::default().plan(&[4; 10], &[1; 10]).len(), 1);
+        assert_eq!(PassBudget { tokens: 4096, logit_rows: 1024 }.plan(&[4; 10], &[1; 10]).len(), 1);
     }
 }

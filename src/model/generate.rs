@@ -160,9 +160,9 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
 }
 
 /// Per-token log-probabilities of each (prompt, continuation) pair, in as few batched passes as
-/// the default `PassBudget` allows.
+/// the adapter's `PassBudget` allows.
 pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f64>>> {
-    score_many_within(model, pairs, PassBudget::default())
+    score_many_within(model, pairs, PassBudget::for_gpu(model.gpu()))
 }
 
 /// `score_many` in passes within `budget`; results in the order of `pairs`.
