@@ -78,7 +78,8 @@ fn delta_gradient_matches_finite_differences() {
                 let at_zero = ok(pass.loss_and_grad(&zero, &terms))?.loss;
                 let want_zero = cpu_loss(&cpu, &seqs, layer, &sites, &zero, &terms, t);
                 let want_loss = cpu_loss(&cpu, &seqs, layer, &sites, &delta, &terms, t);
-                if (got.loss - want_loss).abs() > 1e-4 * want_loss.abs() || (at_zero - want_zero).abs() > 1e-4 * want_zero.abs() {
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                if !((got.loss - want_loss).abs() <= 1e-4 * want_loss.abs()) || !((at_zero - want_zero).abs() <= 1e-4 * want_zero.abs()) {
                     return Err(format!("{name} layer {layer}: loss {} vs oracle {want_loss}; at δ = 0 {at_zero} vs {want_zero}", got.loss));
                 }
                 let h = 1.0f32 / 128.0;

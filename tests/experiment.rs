@@ -214,17 +214,21 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
             if !((m.new.nll - want_new).abs() <= 1e-4 * want_new.abs().max(1.0)) || !((m.new.nll - a.new.nll).abs() <= 1e-4) {
                 return Err(format!("request {i}: NLL of target_new {} together, {} alone, f64 reference {want_new}", m.new.nll, a.new.nll));
             }
-            // Each share from the reference's preferences (a near-tie would be rounding's to decide).
-            let prefers_new = |prompt: &str| -> Option<bool> {
-                let t = r.target_true.as_deref()?;
+            // Each share from the reference's preferences. A near-tie (none at these seeds) is
+            // refused outright: rounding would decide it, so the test must choose other inputs.
+            let prefers_new = |prompt: &str| -> Result<Option<bool>, String> {
+                let Some(t) = r.target_true.as_deref() else { return Ok(None) };
                 let (n, t) = (nll(prompt, &r.target_new), nll(prompt, t));
-                ((n - t).abs() > 1e-3).then_some(n < t)
+                if !((n - t).abs() > 1e-3) {
+                    return Err(format!("request {i}: {prompt:?} is a near-tie ({n} vs {t}); pick other test inputs"));
+                }
+                Ok(Some(n < t))
             };
-            let share = |prompts: &[String], want: bool| -> Option<f64> {
-                let got: Vec<bool> = prompts.iter().filter_map(|p| prefers_new(p)).collect();
-                (r.target_true.is_some() && !prompts.is_empty()).then(|| got.iter().filter(|&&g| g == want).count() as f64 / prompts.len() as f64)
+            let share = |prompts: &[String], want: bool| -> Result<Option<f64>, String> {
+                let got = prompts.iter().map(|p| prefers_new(p)).collect::<Result<Vec<_>, _>>()?;
+                Ok((r.target_true.is_some() && !prompts.is_empty()).then(|| got.iter().filter(|&&g| g == Some(want)).count() as f64 / prompts.len() as f64))
             };
-            let expect = (prefers_new(&r.full_prompt()), share(&r.paraphrase_prompts, true), share(&r.neighborhood_prompts, false));
+            let expect = (prefers_new(&r.full_prompt())?, share(&r.paraphrase_prompts, true)?, share(&r.neighborhood_prompts, false)?);
             if (m.efficacy, m.paraphrase, m.neighborhood) != expect || m.true_.is_some() != r.target_true.is_some() {
                 return Err(format!("request {i}: (efficacy, paraphrase, neighbourhood) {:?}, f64 reference {expect:?}", (m.efficacy, m.paraphrase, m.neighborhood)));
             }

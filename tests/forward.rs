@@ -117,6 +117,8 @@ fn bad_requests_are_errors() {
         let long = ok(Batch::new(&[vec![1; 40]]))?;
         gm.forward(&long, &Probes::default(), LogitRows::All, None).err().ok_or("sequence past max_seq_len accepted")?;
         Batch::new(&[]).err().ok_or("empty batch accepted")?;
+        Batch::new(&[vec![1, 2], vec![]]).err().ok_or("an empty sequence beside others accepted")?;
+        gm.last_logits(&[vec![1, 2], vec![]]).err().ok_or("last_logits took an empty sequence")?;
         // Generation is bounded by the context before any cache is allocated, without overflow.
         for n in [100usize, 1 << 40, usize::MAX] {
             let e = generate(&gm, &[1, 2, 3], n, Sampling::default(), None, |_| {}).err().ok_or(format!("{n} new tokens past the context accepted"))?;

@@ -185,7 +185,7 @@ fn orthonormalize_keeps_the_span_and_full_rank() {
             let yd = f64s(&y);
             let res = reference::complement(&yd, m, n, &bq, n, &[], 0);
             let rel = frob(&res) / frob(&yd);
-            if rel > 1e-4 {
+            if !(rel <= 1e-4) {
                 return Err(format!("{case} {m}×{n}: Y leaves the span basis by {rel:e}"));
             }
             let q = ok(gpu.download(&ok(orthonormalize(gpu, &ok(gpu.upload(&y, &[m, n]))?, 7))?))?;
@@ -223,7 +223,8 @@ fn gram_schmidt(a: &[f64], m: usize, n: usize) -> (Vec<f64>, f64) {
             }
         }
         let norm = (0..m).map(|i| q[i * n + j].powi(2)).sum::<f64>().sqrt();
-        kept = kept.min(norm / norm0);
+        // A zero column keeps nothing (0/0 would be NaN, which `min` skips).
+        kept = kept.min(if norm0 > 0.0 { norm / norm0 } else { 0.0 });
         (0..m).for_each(|i| q[i * n + j] /= norm);
     }
     (q, kept)

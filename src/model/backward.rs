@@ -85,6 +85,9 @@ impl<'m> DeltaPass<'m> {
         if layer >= c.n_layers {
             return Err(Error::shape("delta pass", format!("layer {layer} of a model with {} layers", c.n_layers)));
         }
+        if n_deltas == 0 {
+            return Err(Error::shape("delta pass", "no δ to optimise"));
+        }
         let mut onehot = vec![0.0f32; batch.ids.len() * n_deltas];
         for &((seq, pos), which) in sites {
             super::forward::check_site(c, &batch, &super::probe::Site { layer, seq, pos })?;

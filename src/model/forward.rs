@@ -103,7 +103,7 @@ pub struct Batch {
 impl Batch {
     pub fn new(seqs: &[Vec<u32>]) -> Result<Batch> {
         let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        if seqs.is_empty() || t == 0 {
+        if seqs.is_empty() || seqs.iter().any(Vec::is_empty) {
             return Err(Error::shape("forward", "an empty batch or an empty sequence"));
         }
         let ids = seqs.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(0, t - s.len()))).collect();
