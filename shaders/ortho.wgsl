@@ -19,6 +19,11 @@
 //                  0, so Q = Y L⁻ᵀ gets a zero column there.
 //   tri_rows       The block row at `block` of L⁻¹ left of its diagonal tile:
 //                  X_IJ = −X_II · Σ_{K<I} L_IK X_KJ, tile rows before it already final.
+//   chol_inv_small One workgroup, n ≤ SMALL: chol_shift, the whole factorisation (as chol_diag
+//                  on one tile) and L⁻¹ (as tri_diag_inv) in workgroup memory, one dispatch.
+//                  For the narrow blocks of a small-k SVD, where the blocked kernels' eight
+//                  dispatches per pass cost more than their arithmetic. Reads G (binding 1),
+//                  writes aux and L⁻¹ (binding 3); L itself is not kept.
 //   fill_dead      Writes hash-random values into the dead columns of Q (m×n), so the next pass
 //                  turns them into fresh directions instead of losing rank.
 //   ritz_residual  Eᵀ (k×m) with E[r][i] = Y[r][i] − σ_i U[r][i] for the first k columns of the
@@ -204,6 +209,63 @@ fn tri_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id)
         var acc = 0.0;
         for (var j = 0u; j <= lid.x; j++) { acc += out[row + ib + j] * tile[j * 8u + lid.y]; }
         out[row + c] = select(-acc, 0.0, !live);
+    }
+}
+
+// The widest matrix chol_inv_small takes (`ortho::SMALL` on the host): 9 KB of workgroup
+// memory, so that no entry point of this module needs more than WebGPU's default 16 KB.
+const SMALL: u32 = 48u;
+var<workgroup> small: array<f32, 2304>;
+// The shifted diagonal before factorisation, and the dead flags.
+var<workgroup> small_diag: array<f32, 48>;
+var<workgroup> small_dead: array<f32, 48>;
+
+@compute @workgroup_size(64, 1, 1)
+fn chol_inv_small(@builtin(local_invocation_index) t: u32) {
+    let n = min(p.n, SMALL);
+    for (var e = t; e < n * n; e += 64u) { small[e] = lower[e]; }
+    workgroupBarrier();
+    // n ≤ 48 adds per thread: cheaper than a reduction, and every thread has the same sum.
+    var tr = 0.0;
+    for (var i = 0u; i < n; i++) { tr += small[i * n + i]; }
+    workgroupBarrier();
+    if (t < n) {
+        let d = small[t * n + t] + p.shift * tr;
+        small[t * n + t] = d;
+        small_diag[t] = d;
+        small_dead[t] = 0.0;
+    }
+    workgroupBarrier();
+    for (var j = 0u; j < n; j++) {
+        let d = small[j * n + j];
+        let dead = d <= p.tol * small_diag[j];
+        let l = select(sqrt(d), 1.0, dead);
+        workgroupBarrier();
+        if (t > j && t < n) { small[t * n + j] = select(small[t * n + j] / l, 0.0, dead); }
+        if (t == j) {
+            small[j * n + j] = l;
+            small_dead[j] = select(0.0, 1.0, dead);
+        }
+        if (dead && t < j) { small[j * n + t] = 0.0; }
+        workgroupBarrier();
+        if (!dead && t > j && t < n) {
+            let lij = small[t * n + j];
+            for (var c = j + 1u; c <= t; c++) { small[t * n + c] -= lij * small[c * n + j]; }
+        }
+        workgroupBarrier();
+    }
+    if (t < n) {
+        aux[t] = small_diag[t];
+        aux[n + t] = small_dead[t];
+        // Column t of L⁻¹ by forward substitution; this invocation reads back only its own writes.
+        let c = t;
+        for (var r = 0u; r < c; r++) { out[r * n + c] = 0.0; }
+        out[c * n + c] = select(1.0 / small[c * n + c], 0.0, small_dead[c] == 1.0);
+        for (var r = c + 1u; r < n; r++) {
+            var s = 0.0;
+            for (var i = c; i < r; i++) { s += small[r * n + i] * out[i * n + c]; }
+            out[r * n + c] = -s / small[r * n + r];
+        }
     }
 }
 

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use revive::cpu::ortho as reference;
 use revive::ops::matmul::{gemm, Gemm};
-use revive::ops::ortho::{cholesky, cholesky_shifted, dead_tolerance, orthonormalize, span_basis, tri_inverse};
+use revive::ops::ortho::{chol_inverse_small, cholesky, cholesky_shifted, dead_tolerance, orthonormalize, span_basis, tri_inverse};
 use revive::ops::project::complement;
 use revive::linalg::svd::{rank_for_energy, top_eigen, top_energy, top_k, Ritz, SvdOptions};
 use revive::ops::jacobi::{jacobi_svd, jacobi_svd_with, jacobi_tolerance, MAX_SWEEPS};
@@ -102,6 +102,39 @@ fn cholesky_and_triangular_inverse_match_the_reference() {
         for (m, n, dependent) in [(1, 1, false), (9, 7, false), (40, 33, false), (80, 64, false), (301, 257, false), (50, 13, true), (120, 101, true), (600, 577, false)] {
             check_factorisation(gpu, m, n, dependent)?;
         }
+        Ok(())
+    });
+}
+
+/// The one-dispatch factorisation and inverse of narrow Gram matrices (n ≤ 48: a top-32 SVD's
+/// block) against the f64 reference of the shifted matrix: 1, primes, one tile (32) and one
+/// more column, the widest (48); dependent columns with and without a shift; and one dispatch.
+#[test]
+fn the_small_factorisation_and_inverse_match_the_reference() {
+    for_each_fresh_gpu(true, |gpu| {
+        for (m, n, dependent, shift) in [(1usize, 1usize, false, 0.0f64), (5, 2, false, 1e-3), (9, 7, false, 0.0), (50, 13, true, 0.0), (50, 13, true, 1e-6), (40, 31, false, 7.5e-4), (40, 32, false, 0.0), (60, 33, false, 2e-3), (80, 47, true, 0.0), (100, 48, false, 4e-4)] {
+            let (y, expect_dead) = block_with_dependencies(m, n, dependent);
+            let mut g = gram(&y, m, n);
+            let tol = dead_tolerance(n);
+            let before = gpu.runtime_stats();
+            let (inv, aux) = ok(chol_inverse_small(gpu, &ok(gpu.upload(&f32s(&g), &[n, n]))?, tol, shift as f32))?;
+            let dispatches = (gpu.runtime_stats() - before).dispatches;
+            let trace: f64 = (0..n).map(|i| g[i * n + i]).sum();
+            (0..n).for_each(|i| g[i * n + i] += shift * trace);
+            let (want_l, want_dead) = reference::cholesky(&g, n, tol as f64);
+            let flags = ok(gpu.download(&aux))?;
+            let dead: Vec<bool> = flags[n..].iter().map(|&f| f == 1.0).collect();
+            let case = format!("{m}×{n} shift {shift}");
+            if dispatches != 1 || dead != want_dead || (dependent && shift == 0.0 && idx(&dead) != expect_dead) {
+                return Err(format!("{case}: {dispatches} dispatches; dead columns {:?}, expected {:?}", idx(&dead), idx(&want_dead)));
+            }
+            compare(&format!("{case}: shifted diagonal"), &flags[..n], &(0..n).map(|i| g[i * n + i]).collect::<Vec<_>>(), Tolerance::new(1e-6, 1e-5, 1e-5))?;
+            let want_inv = reference::tri_inverse(&want_l, n, &dead);
+            let scale = want_inv.iter().fold(0f64, |a, b| a.max(b.abs()));
+            compare(&format!("{case}: L⁻¹"), &ok(gpu.download(&inv))?, &want_inv, Tolerance::new(1e-4 * scale, 1e-3, 1e-3))?;
+        }
+        let wide = ok(gpu.upload(&vec![1.0; 49 * 49], &[49, 49]))?;
+        chol_inverse_small(gpu, &wide, 1e-5, 0.0).err().ok_or("a 49-column matrix was taken")?;
         Ok(())
     });
 }

@@ -133,6 +133,24 @@ pub fn tri_inverse(gpu: &Gpu, l: &Tensor, aux: &Tensor) -> Result<Tensor> {
     Ok(inv)
 }
 
+/// The widest Gram matrix [`chol_inverse_small`] takes (`SMALL` in shaders/ortho.wgsl): a
+/// top-32 SVD's 48-column block.
+pub const SMALL: usize = 48;
+
+/// (L⁻¹, aux) of G + shift·trace(G)·I for n ≤ [`SMALL`] in one dispatch: what
+/// [`cholesky_shifted`] and [`tri_inverse`] compute in eight, without L.
+pub fn chol_inverse_small(gpu: &Gpu, g: &Tensor, tol: f32, shift: f32) -> Result<(Tensor, Tensor)> {
+    let n = match *g.shape() {
+        [n, n2] if n == n2 && (1..=SMALL).contains(&n) => n,
+        _ => return Err(Error::shape("chol_inverse_small", format!("{:?} is not a square matrix of 1..={SMALL} columns", g.shape()))),
+    };
+    let inv = gpu.empty(&[n, n])?;
+    let aux = gpu.empty(&[2 * n])?;
+    let m = Meta { shift, ..meta(n, 0, 0, 0, 0, tol) };
+    gpu.dispatch(ORTHO, "chol_inv_small", &[], bytemuck::bytes_of(&m), &[whole(gpu, g)?, whole(gpu, &aux)?, whole(gpu, &inv)?], [1, 1, 1])?;
+    Ok((inv, aux))
+}
+
 /// One Cholesky QR pass: (Q, aux) with Q = Y L⁻ᵀ; dead columns of Q are zero.
 pub fn cholesky_qr_pass(gpu: &Gpu, y: &Tensor) -> Result<(Tensor, Tensor)> {
     shifted_qr_pass(gpu, y, 0.0)
@@ -142,8 +160,12 @@ pub fn cholesky_qr_pass(gpu: &Gpu, y: &Tensor) -> Result<(Tensor, Tensor)> {
 fn shifted_qr_pass(gpu: &Gpu, y: &Tensor, shift: f32) -> Result<(Tensor, Tensor)> {
     let n = y.shape()[1];
     let g = gemm(gpu, y, y, None, Gemm { trans_a: true, ..Gemm::default() })?;
-    let (l, aux) = cholesky_shifted(gpu, &g, dead_tolerance(n), shift)?;
-    let inv = tri_inverse(gpu, &l, &aux)?;
+    let (inv, aux) = if n <= SMALL {
+        chol_inverse_small(gpu, &g, dead_tolerance(n), shift)?
+    } else {
+        let (l, aux) = cholesky_shifted(gpu, &g, dead_tolerance(n), shift)?;
+        (tri_inverse(gpu, &l, &aux)?, aux)
+    };
     let q = gemm(gpu, y, &inv, None, Gemm { trans_b: true, ..Gemm::default() })?;
     Ok((q, aux))
 }
