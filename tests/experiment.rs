@@ -125,7 +125,7 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         let w0 = ok(revive::ops::elementwise::scale(gpu, &w0, 1.0))?;
         let opts = SvdOptions::default();
         let guard = ok(SpectralGuard::compute(gpu, &w0, &name, RankRule::Rank(3), &opts))?;
-        let known: Vec<Fact> = (0..4).map(|i| Fact { prompt: format!("w{} w1", 20 + i), answer: " w2".into() }).collect();
+        let known: Vec<Fact> = (0..4).map(|i| Fact { prompt: format!("w{} w1", 20 + i), answer: " w2".into(), relation_id: Some(if i < 3 { "P17" } else { "P36" }.into()) }).collect();
         let mut m = Measures {
             sample: 3,
             known,
@@ -142,6 +142,11 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
             return Err(format!("the unedited model at its own checkpoint: {before:?}"));
         }
         let (recent, all) = (before.recent.unwrap(), before.all.unwrap());
+        let rel: Vec<(String, usize)> = before.known_by_relation.iter().map(|r| (r.relation.clone(), r.total)).collect();
+        let correct: usize = before.known_by_relation.iter().map(|r| r.correct).sum();
+        if rel != [("P17".to_string(), 3), ("P36".to_string(), 1)] || Some(correct) != before.known_correct {
+            return Err(format!("known facts by relation {:?} against {:?} in all", before.known_by_relation, before.known_correct));
+        }
         let split = before.measure_split.ok_or("no time per measure")?;
         let parts = [split.counterfact, split.known, split.perplexity, split.agreement, split.fluency, split.spectral];
         if parts.iter().any(|&t| !(t >= 0.0)) || parts.iter().sum::<f64>() > before.measure_seconds + 1e-3 {
@@ -245,7 +250,7 @@ fn known_facts_lost_are_attributed_to_the_edits() {
     let tok = tok();
     let edited: Vec<EditRequest> = (0..3).map(request).collect(); // true " w5", new " w70" … " w72"
     let got = |answer: &str| tok.decode(&tok.encode(answer).unwrap()[..1]).unwrap();
-    let check = |answer: &str, now: &str| FactCheck { prompt: "p".into(), answer: answer.into(), got: got(now), correct: got(answer) == got(now), logp: 0.0 };
+    let check = |answer: &str, now: &str| FactCheck { prompt: "p".into(), answer: answer.into(), relation_id: None, got: got(now), correct: got(answer) == got(now), logp: 0.0 };
     let checks = [
         check(" w5", " w71"),  // shares the old answer and went to a new target
         check(" w5", " w9"),   // shares the old answer only

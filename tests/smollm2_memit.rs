@@ -35,7 +35,7 @@ fn a_memit_batch_flips_its_facts_with_and_without_revive() {
         "test",
     )
     .unwrap();
-    let paris = [Fact { prompt: "The capital of France is".into(), answer: " Paris".into() }];
+    let paris = [Fact { prompt: "The capital of France is".into(), answer: " Paris".into(), relation_id: None }];
     let root = std::env::temp_dir().join(format!("revive-smollm2-memit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
 

@@ -23,7 +23,7 @@ use revive::edit::guard::{RankRule, SpectralGuard};
 use revive::linalg::svd::SvdOptions;
 
 fn fact(prompt: &str, answer: &str) -> Fact {
-    Fact { prompt: prompt.into(), answer: answer.into() }
+    Fact { prompt: prompt.into(), answer: answer.into(), relation_id: None }
 }
 
 #[test]

@@ -103,7 +103,7 @@ step experiment-dry 120 $bin experiment -m "$model" --dry-run --limit 2000 --bat
 # while it is still warm, running this step again continues every arm where it stopped.
 exp_minutes=${EXP_MINUTES:-8}
 step experiment 570 bash benches/device/arms.sh $bin "$model" /tmp/exp2000 "$exp_minutes" --limit 2000 --batch 100 \
-  --every 500 --templates 0 --steps 12 --cov-tokens 4096 --sample 100 --known-limit 100 --ppl-tokens 4096 \
+  --every 500 --templates 0 --steps 12 --cov-tokens 4096 --sample 100 --ppl-tokens 4096 \
   --agreement-prompts 32 --fluency-prompts 4 --fluency-tokens 32
 [ -d /tmp/exp2000 ] && (cd /tmp && tar czf "$out/exp2000.tgz" --exclude=journal --exclude="*.safetensors" exp2000 exp2000-*.log)
 exit 0

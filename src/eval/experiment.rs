@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::eval::counterfact::{cf_scores, facts_metrics};
 pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
-use crate::eval::retention::{check_facts, known_loss, Fact, KnownLoss};
+use crate::eval::retention::{by_relation, check_facts, known_loss, Fact, KnownLoss, RelationRetention};
 use crate::eval::spectrum::diagnose;
 use crate::gpu::Tensor;
 use crate::linalg::subspace::Basis;
@@ -55,6 +55,10 @@ pub struct Checkpoint {
     /// Where the lost known facts went (absent from checkpoints written before it was measured).
     #[serde(default)]
     pub known_loss: Option<KnownLoss>,
+    /// The known facts still answered, relation by relation (the capitals are a relation no
+    /// edit touches).
+    #[serde(default)]
+    pub known_by_relation: Vec<RelationRetention>,
     pub perplexity: Option<f64>,
     pub agreement: Option<Agreement>,
     pub fluency: Option<f64>,
@@ -136,6 +140,7 @@ impl Measures {
         lap_into(&mut split.counterfact);
         let known_checks = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?) };
         let known_correct = known_checks.as_ref().map(|c| c.iter().filter(|c| c.correct).count());
+        let known_by_relation = known_checks.as_deref().map(by_relation).unwrap_or_default();
         let known_loss = known_checks.map(|c| known_loss(tok, &c, &requests[..edits.min(requests.len())])).transpose()?;
         lap_into(&mut split.known);
         let perplexity = match &self.prose {
@@ -182,6 +187,7 @@ impl Measures {
             known_correct,
             known_total: self.known.len(),
             known_loss,
+            known_by_relation,
             perplexity,
             agreement,
             fluency,
@@ -234,7 +240,7 @@ pub fn append_checkpoint(arm_dir: &Path, c: &Checkpoint) -> Result<()> {
 
 /// One CSV row per checkpoint of every arm.
 pub fn csv(rows: &[Checkpoint]) -> String {
-    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target\n");
+    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for c in rows {
         let m = &c.matrices;
@@ -270,6 +276,7 @@ pub fn csv(rows: &[Checkpoint]) -> String {
             f(agg(|x| x.right_similarity, false)),
             c.known_loss.map_or(String::new(), |k| k.sharing_an_edited_answer.to_string()),
             c.known_loss.map_or(String::new(), |k| k.to_an_edit_target.to_string()),
+            c.known_by_relation.iter().map(|r| format!("{}:{}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(";"),
         ];
         s += &cols.join(",");
         s.push('\n');
@@ -325,6 +332,7 @@ mod tests {
             known_correct: Some(7),
             known_total: 10,
             known_loss: Some(KnownLoss { lost: 3, sharing_an_edited_answer: 2, to_an_edit_target: 1 }),
+            known_by_relation: vec![RelationRetention { relation: "P36".into(), correct: 2, total: 3 }],
             perplexity: Some(20.0),
             agreement: Some(Agreement { kl: 0.01, top1: 0.95 }),
             fluency: Some(5.0),
@@ -342,8 +350,10 @@ mod tests {
         let o = v.as_object_mut().unwrap();
         o.remove("known_loss");
         o.remove("measure_split");
+        o.remove("known_by_relation");
         let back: Checkpoint = serde_json::from_value(v).unwrap();
         assert_eq!((back.known_loss, back.measure_split), (None, None));
+        assert!(back.known_by_relation.is_empty());
         assert_eq!(back.edits, 10);
     }
 

@@ -343,6 +343,7 @@ mod tests {
             known_correct: Some(9),
             known_total: 10,
             known_loss: None,
+            known_by_relation: vec![],
             perplexity: Some(30.0 + edits as f64),
             agreement: None,
             fluency: Some(5.0),

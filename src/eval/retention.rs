@@ -14,12 +14,17 @@ pub struct Fact {
     pub prompt: String,
     /// The expected continuation, e.g. " Paris".
     pub answer: String,
+    /// Wikidata's id of the relation ("P17" a city's country, "P36" a country's capital), where
+    /// the file gives it: retention is reported per relation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FactCheck {
     pub prompt: String,
     pub answer: String,
+    pub relation_id: Option<String>,
     /// The model's greedy next token.
     pub got: String,
     pub correct: bool,
@@ -50,6 +55,7 @@ pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<Fa
         out.push(FactCheck {
             prompt: f.prompt.clone(),
             answer: f.answer.clone(),
+            relation_id: f.relation_id.clone(),
             got: tok.decode(&[top])?,
             correct: top == first,
             logp: crate::model::generate::log_softmax(row)[first as usize],
@@ -89,4 +95,22 @@ pub fn known_loss(tok: &Tok, checks: &[FactCheck], edited: &[crate::edit::reques
         sharing_an_edited_answer: lost.iter().filter(|c| old_answers.contains(c.answer.trim())).count(),
         to_an_edit_target: lost.iter().filter(|c| new_first.contains(&c.got)).count(),
     })
+}
+
+/// Known facts still answered, per relation (facts without one count as "other").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelationRetention {
+    pub relation: String,
+    pub correct: usize,
+    pub total: usize,
+}
+
+pub fn by_relation(checks: &[FactCheck]) -> Vec<RelationRetention> {
+    let mut counts: std::collections::BTreeMap<&str, (usize, usize)> = std::collections::BTreeMap::new();
+    for c in checks {
+        let e = counts.entry(c.relation_id.as_deref().unwrap_or("other")).or_default();
+        e.0 += usize::from(c.correct);
+        e.1 += 1;
+    }
+    counts.into_iter().map(|(r, (correct, total))| RelationRetention { relation: r.to_string(), correct, total }).collect()
 }

