@@ -311,9 +311,11 @@ fn print_checkpoint(c: &Checkpoint) {
         pct(all.and_then(|s| s.neighborhood)),
         c.known_correct.map_or("–".into(), |k| format!("{k}/{}", c.known_total))
             + &c.known_loss.filter(|l| l.lost > 0).map_or(String::new(), |l| format!(" (of the {} lost, {} share an edited fact's old answer, {} now answer an edit's new target)", l.lost, l.sharing_an_edited_answer, l.to_an_edit_target))
-            + &(c.known_by_relation.len() > 1)
-                .then(|| format!(" [{}]", c.known_by_relation.iter().map(|r| format!("{} {}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(", ")))
-                .unwrap_or_default(),
+            + &if c.known_by_relation.len() > 1 {
+                format!(" [{}]", c.known_by_relation.iter().map(|r| format!("{} {}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(", "))
+            } else {
+                String::new()
+            },
         c.perplexity.map_or("–".into(), |p| format!("{p:.2}")),
         c.agreement.map_or("–".into(), |x| format!("{:.1e}", x.kl)),
         c.fluency.map_or("–".into(), |f| format!("{f:.2}")),
