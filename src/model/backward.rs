@@ -64,7 +64,6 @@ pub struct DeltaPass<'m> {
     model: &'m GpuModel,
     batch: Batch,
     layer: usize,
-    n_deltas: usize,
     base: Tensor,
     /// [B·T, n_deltas]: a one where a row receives a δ. Adding the δ is one product with it
     /// (base + S·δ, exact: each row sums one δ and zeros), and so is summing each δ's gradient
@@ -102,7 +101,7 @@ impl<'m> DeltaPass<'m> {
         }
         let sites = model.gpu().upload(&onehot, &[batch.ids.len(), n_deltas])?;
         let base = model.residual_after(&batch, layer)?;
-        Ok(DeltaPass { model, batch, layer, n_deltas, base, sites })
+        Ok(DeltaPass { model, batch, layer, base, sites })
     }
 
     /// The residual stream after the edited layer, before any δ: [B·T, d].
@@ -199,9 +198,9 @@ impl<'m> DeltaPass<'m> {
     fn upper(&self, delta: &[f32], record: bool) -> Result<(Tensor, Vec<BlockTape>, KvCache)> {
         let m = self.model;
         let gpu = m.gpu();
-        let d = m.config.hidden;
-        if delta.len() != d * self.n_deltas {
-            return Err(Error::shape("delta pass", format!("δ has {} values, {} residual vectors of {d} need {}", delta.len(), self.n_deltas, d * self.n_deltas)));
+        let (d, n_deltas) = (m.config.hidden, self.sites.shape()[1]);
+        if delta.len() != d * n_deltas {
+            return Err(Error::shape("delta pass", format!("δ has {} values, {n_deltas} residual vectors of {d} need {}", delta.len(), d * n_deltas)));
         }
         if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
             return Err(Error::Numeric(format!("δ[{i}] is {}", delta[i])));
@@ -210,7 +209,7 @@ impl<'m> DeltaPass<'m> {
         // serves every step.
         let mut x = gpu.empty(self.base.shape())?;
         gpu.copy_into(&self.base, &x)?;
-        gemm(gpu, &self.sites, &gpu.upload(delta, &[self.n_deltas, d])?, Some(&x), Gemm { beta: 1.0, ..Default::default() })?;
+        gemm(gpu, &self.sites, &gpu.upload(delta, &[n_deltas, d])?, Some(&x), Gemm { beta: 1.0, ..Default::default() })?;
         let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;
         let mut tapes = vec![];
         for i in self.layer + 1..m.config.n_layers {

@@ -140,9 +140,7 @@ impl PassBudget {
     pub fn for_gpu(gpu: &Gpu) -> PassBudget {
         PassBudget { tokens: if gpu.is_cpu() { 256 } else { 4096 }, logit_rows: 1024 }
     }
-}
 
-impl PassBudget {
     /// Splits sequences of lengths `lens`, each needing `rows[i]` logit rows, into passes within
     /// the budget: shortest first, so a pass pads its sequences little. A sequence larger than
     /// the budget gets a pass of its own. Every index appears in exactly one pass.

@@ -167,7 +167,10 @@ pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Ve
 
 /// `score_many` in passes within `budget`; results in the order of `pairs`.
 pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<f64>>> {
-    if pairs.is_empty() || pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
+    if pairs.is_empty() {
+        return Err(Error::shape("score", "no (prompt, continuation) pairs to score"));
+    }
+    if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
         return Err(Error::shape("score", "prompt and continuation need at least one token each"));
     }
     let lens: Vec<usize> = pairs.iter().map(|(p, c)| p.len() + c.len()).collect();
