@@ -14,7 +14,7 @@ struct Meta {
     heads: u32, group: u32, d: u32, q_tstride: u32,
     kv_hstride: u32, pos: u32, h0: u32, kv0: u32,
     q_off: u32, k_off: u32, v_off: u32, out_off: u32,
-    scale: f32, q_bstride: u32, kv_bstride: u32, _pad0: u32,
+    scale: f32, q_bstride: u32, kv_bstride: u32, tokens: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -100,6 +100,114 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         // workgroup_max, which every thread reaches only once done reading this tile.
     }
     if (lid < p.d) { out[p.out_off + q_row + lid] = acc / l; }
+}
+
+// ---- Query-tiled forward ---------------------------------------------------------------------
+// For prefills, where the kernel above would read every key once per (query, head): a workgroup
+// takes TR query rows of one kv head of one sequence and reads each key once for all of them.
+// Workgroup x is the tile, y the kv head (every query head of the sequence is in the dispatch:
+// h0 = kv0 = 0), z the sequence. Row ρ of a kv head is (local token ρ / group, query head
+// y·group + ρ % group), ρ < tokens·group. Keys go in tiles of TK, loaded into workgroup memory
+// with coalesced reads; thread (r, c) = (lid / TK, lid % TK) scores key c of the tile for row r
+// and owns output elements c, c + 16, c + 32 and c + 48 of row r (head dimension ≤ TD). Each
+// row keeps an online softmax (max m, sum l), the same in its TK threads.
+
+const TR: u32 = 16u;
+const TK: u32 = 16u;
+const TD: u32 = 64u;
+// Row stride of the q and k tiles: with 65 the TK keys of a score step sit in distinct banks.
+const TDP: u32 = 65u;
+const TSP: u32 = 17u; // row stride of the score tile
+
+var<workgroup> tile_q: array<f32, 1040>; // TR * TDP
+var<workgroup> tile_k: array<f32, 1040>; // TK * TDP
+var<workgroup> tile_v: array<f32, 1024>; // TK * TD
+var<workgroup> tile_s: array<f32, 272>;  // TR * TSP
+
+@compute @workgroup_size(256, 1, 1)
+fn attention_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let r = lid / TK;
+    let c = lid % TK;
+    let rows = p.tokens * p.group;
+    let rho0 = wg.x * TR;
+    let q_seq = p.q_off + wg.z * p.q_bstride;
+    let k_base = p.k_off + wg.z * p.kv_bstride + wg.y * p.kv_hstride;
+    let v_base = p.v_off + wg.z * p.kv_bstride + wg.y * p.kv_hstride;
+    // Where row ρ of this kv head sits in q and out, relative to the sequence.
+    let row_at = wg.y * p.group * p.d;
+
+    for (var e = lid; e < TR * p.d; e += 256u) {
+        let rr = rho0 + e / p.d;
+        var x = 0.0;
+        if (rr < rows) { x = q[q_seq + (rr / p.group) * p.q_tstride + row_at + (rr % p.group) * p.d + e % p.d]; }
+        tile_q[(e / p.d) * TDP + e % p.d] = x;
+    }
+
+    // Keys up to the tile's last row's position; row r sees keys 0 ..= pos + its token.
+    let n_keys = p.pos + (min(rho0 + TR, rows) - 1u) / p.group + 1u;
+    let rho = rho0 + r;
+    let my_keys = p.pos + rho / p.group + 1u;
+    var m = 0.0;
+    var l = 0.0;
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    var acc2 = 0.0;
+    var acc3 = 0.0;
+    for (var t0 = 0u; t0 < n_keys; t0 += TK) {
+        // The last tile's readers are done (and, first time round, the q tile is written).
+        workgroupBarrier();
+        for (var e = lid; e < TK * p.d; e += 256u) {
+            let j = e / p.d;
+            let i = e % p.d;
+            var kx = 0.0;
+            var vx = 0.0;
+            if (t0 + j < n_keys) {
+                kx = k[k_base + (t0 + j) * p.d + i];
+                vx = v[v_base + (t0 + j) * p.d + i];
+            }
+            tile_k[j * TDP + i] = kx;
+            tile_v[j * TD + i] = vx;
+        }
+        workgroupBarrier();
+        var dot = 0.0;
+        for (var i = 0u; i < p.d; i++) { dot = fma(tile_q[r * TDP + i], tile_k[c * TDP + i], dot); }
+        tile_s[r * TSP + c] = p.scale * dot;
+        workgroupBarrier();
+
+        // Only visible keys enter the max and the sums, so no infinity is ever formed: key 0
+        // (the first tile) is visible to every row.
+        let n_vis = min(TK, max(my_keys, t0) - t0);
+        var m_new = select(m, tile_s[r * TSP], t0 == 0u);
+        for (var j = 0u; j < n_vis; j++) { m_new = max(m_new, tile_s[r * TSP + j]); }
+        let alpha = select(1.0, exp(m - m_new), t0 > 0u);
+        var sum = 0.0;
+        var a0 = 0.0;
+        var a1 = 0.0;
+        var a2 = 0.0;
+        var a3 = 0.0;
+        for (var j = 0u; j < n_vis; j++) {
+            let pj = exp(tile_s[r * TSP + j] - m_new);
+            sum += pj;
+            a0 = fma(pj, tile_v[j * TD + c], a0);
+            a1 = fma(pj, tile_v[j * TD + c + 16u], a1);
+            a2 = fma(pj, tile_v[j * TD + c + 32u], a2);
+            a3 = fma(pj, tile_v[j * TD + c + 48u], a3);
+        }
+        l = l * alpha + sum;
+        acc0 = acc0 * alpha + a0;
+        acc1 = acc1 * alpha + a1;
+        acc2 = acc2 * alpha + a2;
+        acc3 = acc3 * alpha + a3;
+        m = m_new;
+    }
+    if (rho < rows) {
+        let o = p.out_off + wg.z * p.q_bstride + (rho / p.group) * p.q_tstride + row_at + (rho % p.group) * p.d;
+        if (c < p.d) { out[o + c] = acc0 / l; }
+        if (c + 16u < p.d) { out[o + c + 16u] = acc1 / l; }
+        if (c + 32u < p.d) { out[o + c + 32u] = acc2 / l; }
+        if (c + 48u < p.d) { out[o + c + 48u] = acc3 / l; }
+    }
 }
 
 // ---- Backward --------------------------------------------------------------------------------
@@ -225,6 +333,146 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         workgroupBarrier();
     }
     if (lid < pb.d) { grad_a[o.a + row + lid] = pb.scale * acc; }
+}
+
+// attention_bwd_dq for TR (token, head) rows of one kv group at a time: workgroup x is the tile
+// (row ρ = local token · group + head, ρ < t_count · group), y and z as above; each key and
+// value is read once for all TR rows, and the same stats are written. Key tiles are held
+// transposed ([dim][key]) so that thread (r, c)'s dot products over the dims read TK consecutive
+// words; the keys are also swizzled (dim i of key j at i·TK + (j ^ ((i >> 1) & 15))) so that
+// the dq sum, where the row's threads read dims c, c + 16, … of one key, hits TK distinct banks
+// as well. Four 4 KiB tiles: the 16 KiB every adapter offers; a key tile's scores (and then its
+// dS) take the place of its values once those are read.
+
+var<workgroup> bwd_q: array<f32, 1024>;   // TR × TD
+var<workgroup> bwd_do: array<f32, 1024>;  // TR × TD
+var<workgroup> bwd_kt: array<f32, 1024>;  // TD × TK, swizzled
+var<workgroup> bwd_vt: array<f32, 1024>;  // TD × TK; then TR × TK scores or dS
+
+fn kt_at(i: u32, j: u32) -> u32 {
+    return i * TK + (j ^ ((i >> 1u) & 15u));
+}
+
+// Loads keys t0 .. t0 + TK (zeros past n_keys) into bwd_kt and bwd_vt.
+fn load_key_tile(lid: u32, o: Offsets, t0: u32, n_keys: u32) {
+    for (var e = lid; e < TK * pb.d; e += 256u) {
+        let j = e / pb.d;
+        let i = e % pb.d;
+        var kx = 0.0;
+        var vx = 0.0;
+        if (t0 + j < n_keys) {
+            kx = k[o.k + (t0 + j) * pb.d + i];
+            vx = v[o.v + (t0 + j) * pb.d + i];
+        }
+        bwd_kt[kt_at(i, j)] = kx;
+        bwd_vt[i * TK + j] = vx;
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let r = lid / TK;
+    let c = lid % TK;
+    let o = offsets(wg, true);
+    let rows = pb.t_count * pb.group;
+    let rho0 = wg.x * TR;
+    for (var e = lid; e < TR * pb.d; e += 256u) {
+        let rr = rho0 + e / pb.d;
+        var qx = 0.0;
+        var dx = 0.0;
+        if (rr < rows) {
+            let at = (rr / pb.group) * pb.q_tstride + (rr % pb.group) * pb.d + e % pb.d;
+            qx = q[o.q + at];
+            dx = dout[o.dout + at];
+        }
+        bwd_q[(e / pb.d) * TD + e % pb.d] = qx;
+        bwd_do[(e / pb.d) * TD + e % pb.d] = dx;
+    }
+    let n_keys = pb.pos + (min(rho0 + TR, rows) - 1u) / pb.group + 1u;
+    let rho = rho0 + r;
+    let my_keys = pb.pos + rho / pb.group + 1u;
+
+    // Pass 1, online as in the forward: max m, l = sum e^(s - m), u = sum e^(s - m) dO.v,
+    // over the visible keys only (key 0 is visible to every row).
+    var m = 0.0;
+    var l = 0.0;
+    var u = 0.0;
+    for (var t0 = 0u; t0 < n_keys; t0 += TK) {
+        workgroupBarrier();
+        load_key_tile(lid, o, t0, n_keys);
+        workgroupBarrier();
+        var dot = 0.0;
+        var dp = 0.0;
+        for (var i = 0u; i < pb.d; i++) {
+            dot = fma(bwd_q[r * TD + i], bwd_kt[kt_at(i, c)], dot);
+            dp = fma(bwd_do[r * TD + i], bwd_vt[i * TK + c], dp);
+        }
+        workgroupBarrier();
+        bwd_kt[r * TK + c] = pb.scale * dot;
+        bwd_vt[r * TK + c] = dp;
+        workgroupBarrier();
+        let n_vis = min(TK, max(my_keys, t0) - t0);
+        var m_new = select(m, bwd_kt[r * TK], t0 == 0u);
+        for (var j = 0u; j < n_vis; j++) { m_new = max(m_new, bwd_kt[r * TK + j]); }
+        let alpha = select(1.0, exp(m - m_new), t0 > 0u);
+        var sl = 0.0;
+        var su = 0.0;
+        for (var j = 0u; j < n_vis; j++) {
+            let e = exp(bwd_kt[r * TK + j] - m_new);
+            sl += e;
+            su = fma(e, bwd_vt[r * TK + j], su);
+        }
+        l = l * alpha + sl;
+        u = u * alpha + su;
+        m = m_new;
+    }
+    let lse = m + log(l);
+    let dr = u / l;
+    if (c == 0u && rho < rows) {
+        let st = o.st + ((rho / pb.group) * (pb.q_tstride / pb.d) + rho % pb.group) * 2u;
+        stats_w[st] = lse;
+        stats_w[st + 1u] = dr;
+    }
+
+    // Pass 2: dS per (row, key), then dq_r = scale sum_j dS_rj k_j; thread (r, c) owns dims
+    // c, c + 16, c + 32 and c + 48 of row r.
+    var acc0 = 0.0;
+    var acc1 = 0.0;
+    var acc2 = 0.0;
+    var acc3 = 0.0;
+    for (var t0 = 0u; t0 < n_keys; t0 += TK) {
+        workgroupBarrier();
+        load_key_tile(lid, o, t0, n_keys);
+        workgroupBarrier();
+        var ds = 0.0;
+        if (t0 + c < my_keys) {
+            var dot = 0.0;
+            var dp = 0.0;
+            for (var i = 0u; i < pb.d; i++) {
+                dot = fma(bwd_q[r * TD + i], bwd_kt[kt_at(i, c)], dot);
+                dp = fma(bwd_do[r * TD + i], bwd_vt[i * TK + c], dp);
+            }
+            ds = exp(pb.scale * dot - lse) * (dp - dr);
+        }
+        workgroupBarrier();
+        bwd_vt[r * TK + c] = ds;
+        workgroupBarrier();
+        for (var j = 0u; j < TK; j++) {
+            let dsj = bwd_vt[r * TK + j];
+            acc0 = fma(dsj, bwd_kt[kt_at(c, j)], acc0);
+            acc1 = fma(dsj, bwd_kt[kt_at(c + 16u, j)], acc1);
+            acc2 = fma(dsj, bwd_kt[kt_at(c + 32u, j)], acc2);
+            acc3 = fma(dsj, bwd_kt[kt_at(c + 48u, j)], acc3);
+        }
+    }
+    if (rho < rows) {
+        let a = o.a + (rho / pb.group) * pb.q_tstride + (rho % pb.group) * pb.d;
+        if (c < pb.d) { grad_a[a + c] = pb.scale * acc0; }
+        if (c + 16u < pb.d) { grad_a[a + c + 16u] = pb.scale * acc1; }
+        if (c + 32u < pb.d) { grad_a[a + c + 32u] = pb.scale * acc2; }
+        if (c + 48u < pb.d) { grad_a[a + c + 48u] = pb.scale * acc3; }
+    }
 }
 
 // dk and dv of key row j0 + wg.x of one kv head. The bound q, dout and stats start at query

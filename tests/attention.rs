@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use revive::cpu;
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::attention::{attention, write_kv, write_kv_pair};
+use revive::ops::attention::{attention, attention_with, write_kv, write_kv_pair, AttentionKernel};
 use revive::ops::elementwise::View;
 
 struct Case {
@@ -18,6 +18,13 @@ struct Case {
 }
 
 fn check(gpu: &Gpu, c: &Case, seed: u64) -> Result<(), String> {
+    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled] {
+        check_with(gpu, c, seed, kernel)?;
+    }
+    Ok(())
+}
+
+fn check_with(gpu: &Gpu, c: &Case, seed: u64, kernel: AttentionKernel) -> Result<(), String> {
     let Case { b, t, hq, hkv, d, s, pos0 } = *c;
     let mut r = rng(seed);
     let q = random_vec(&mut r, b * t * hq * d);
@@ -32,9 +39,9 @@ fn check(gpu: &Gpu, c: &Case, seed: u64) -> Result<(), String> {
     let (qs, kvs) = ([b, t, hq, d], [b, hkv, s, d]);
     let (tq, tk, tv) = (ok(gpu.upload(&q, &qs))?, ok(gpu.upload(&k, &kvs))?, ok(gpu.upload(&v, &kvs))?);
     let scale = 1.0 / (d as f32).sqrt();
-    let got = ok(gpu.download(&ok(attention(gpu, &tq, &tk, &tv, pos0, scale))?))?;
+    let got = ok(gpu.download(&ok(attention_with(gpu, &tq, &tk, &tv, pos0, scale, kernel))?))?;
     let want = cpu::attention(&q, qs, &k, &v, kvs, pos0, scale as f64);
-    compare(&format!("attention b={b} t={t} hq={hq} hkv={hkv} d={d} s={s} pos0={pos0}"), &got, &want, Tolerance::F32)
+    compare(&format!("attention ({kernel:?}) b={b} t={t} hq={hq} hkv={hkv} d={d} s={s} pos0={pos0}"), &got, &want, Tolerance::F32)
 }
 
 #[test]
@@ -57,6 +64,16 @@ fn attention_matches_oracle() {
             // An edit's batch: many short sequences, one dispatch (a workgroup row each).
             Case { b: 37, t: 5, hq: 9, hkv: 3, d: 64, s: 5, pos0: 0 },
             Case { b: 11, t: 2, hq: 4, hkv: 2, d: 6, s: 9, pos0: 6 },
+            // Prefills over many 16-key tiles with a partial last tile of (token, head) rows
+            // (37 · 3 = 111 rows), after a cached prefix; a 128-token SmolLM2 prefill; head
+            // dimensions of 17, 63 and 64 (a thread's 4 elements partly or fully used); one
+            // query head per kv head.
+            Case { b: 2, t: 37, hq: 9, hkv: 3, d: 64, s: 50, pos0: 5 },
+            Case { b: 1, t: 128, hq: 9, hkv: 3, d: 64, s: 128, pos0: 0 },
+            Case { b: 3, t: 19, hq: 6, hkv: 2, d: 17, s: 41, pos0: 22 },
+            Case { b: 1, t: 23, hq: 4, hkv: 4, d: 63, s: 23, pos0: 0 },
+            // Above the tiled kernel's head dimension: it falls back to the per-query kernel.
+            Case { b: 1, t: 9, hq: 2, hkv: 1, d: 80, s: 12, pos0: 3 },
         ];
         for (i, c) in cases.iter().enumerate() {
             check(gpu, c, 500 + i as u64)?;

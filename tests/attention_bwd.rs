@@ -6,7 +6,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::attention::{attention64, attention_bwd64};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::attention::attention_bwd;
+use revive::ops::attention::{attention_bwd, attention_bwd_with, AttentionKernel};
 
 /// (B, T, Hq, Hkv, D, pos0, S)
 type Case = (usize, usize, usize, usize, usize, usize, usize);
@@ -16,7 +16,15 @@ type Case = (usize, usize, usize, usize, usize, usize, usize);
 /// Much longer contexts would accumulate more rounding and may need ~1e-4.
 const TOL: Tolerance = Tolerance::F32;
 
-fn check(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64) -> Result<(), String> {
+/// Both dq kernels (the dk/dv pass reads the stats the dq pass writes, so it is checked twice).
+fn check(gpu: &Gpu, case: Case, seed: u64) -> Result<(), String> {
+    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled] {
+        check_with(gpu, case, seed, kernel)?;
+    }
+    Ok(())
+}
+
+fn check_with(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64, kernel: AttentionKernel) -> Result<(), String> {
     let mut r = rng(seed);
     let q = random_vec(&mut r, b * t * hq * d);
     let k = random_vec(&mut r, b * hkv * s * d);
@@ -27,13 +35,13 @@ fn check(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64) -> Result<(), 
     let (tk, tv) = (ok(gpu.upload(&k, &kvs))?, ok(gpu.upload(&v, &kvs))?);
     let td = ok(gpu.upload(&dout, &qs))?;
     let scale = 1.0 / (d as f32).sqrt();
-    let (dq, dk, dv) = ok(attention_bwd(gpu, &tq, &tk, &tv, pos0, scale, &td))?;
+    let (dq, dk, dv) = ok(attention_bwd_with(gpu, &tq, &tk, &tv, pos0, scale, &td, kernel))?;
     let l = pos0 + t;
     if dk.shape() != [b, l, hkv, d] || dv.shape() != [b, l, hkv, d] {
         return Err(format!("dk {:?} / dv {:?}, expected [{b}, {l}, {hkv}, {d}]", dk.shape(), dv.shape()));
     }
     let (wq, wk, wv) = cpu::attention_bwd(&q, qs, &k, &v, kvs, pos0, scale as f64, &dout);
-    let what = format!("B={b} T={t} Hq={hq} Hkv={hkv} D={d} pos0={pos0} S={s}");
+    let what = format!("({kernel:?}) B={b} T={t} Hq={hq} Hkv={hkv} D={d} pos0={pos0} S={s}");
     compare(&format!("attention_bwd dq {what}"), &ok(gpu.download(&dq))?, &wq, TOL)?;
     compare(&format!("attention_bwd dk {what}"), &ok(gpu.download(&dk))?, &wk, TOL)?;
     compare(&format!("attention_bwd dv {what}"), &ok(gpu.download(&dv))?, &wv, TOL)
@@ -53,6 +61,13 @@ fn attention_bwd_matches_oracle() {
         // An edit's batch: many short sequences, two dispatches for all of them.
         (37, 3, 9, 3, 16, 0, 3),
         (6, 4, 4, 2, 8, 2, 7),
+        // The tiled dq kernel: several 16-key tiles and a partial last tile of (token, head)
+        // rows (37 · 3 = 111), SmolLM2's shape, head dimensions of 17 and 63, and above its 64
+        // (the per-query kernel then).
+        (2, 37, 9, 3, 64, 5, 45),
+        (3, 19, 6, 2, 17, 0, 19),
+        (1, 23, 4, 4, 63, 4, 30),
+        (1, 9, 2, 1, 80, 0, 9),
     ];
     for_each_gpu(|gpu| {
         for (i, &c) in cases.iter().enumerate() {

@@ -28,6 +28,21 @@ fn check_with(tool: &str, args: &[&str], bytes: &[u8], ext: &str, what: &str) ->
     Ok(())
 }
 
+/// The workgroup memory WebGPU and Vulkan guarantee (`maxComputeWorkgroupStorageSize`): a
+/// kernel above it would fail to build on some adapter (Metal and DX12 offer 32 KiB).
+const PORTABLE_WORKGROUP_BYTES: u32 = 16384;
+
+/// Bytes of workgroup memory entry point `index` uses (the variables it reaches).
+fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo, index: usize) -> u32 {
+    let uses = info.get_entry_point(index);
+    module
+        .global_variables
+        .iter()
+        .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+        .map(|(_, g)| module.types[g.ty].inner.size(module.to_ctx()))
+        .sum()
+}
+
 #[test]
 fn every_shader_translates_to_every_backend() {
     let spirv_val = tool("spirv-val");
@@ -81,6 +96,11 @@ fn every_shader_translates_to_every_backend() {
                     continue;
                 }
             };
+            let index = module.entry_points.iter().position(|e| e.name == entry).expect("the entry point is listed");
+            let shared = workgroup_bytes(&module, &info, index);
+            if shared > PORTABLE_WORKGROUP_BYTES {
+                failures.push(format!("{what}: {shared} bytes of workgroup memory, above the {PORTABLE_WORKGROUP_BYTES} every adapter offers"));
+            }
             let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
             let spv_pipe = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.clone() };
             match spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)) {

@@ -21,7 +21,7 @@ bin=.device/bin/revive
 hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
-  speed) only=export,forward,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
+  speed) only=export,forward,forward-per-query,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
   batch) only=export,memit-100,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
@@ -29,8 +29,9 @@ case ${2:-speed} in
   # dispatches (393 → 182), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
   # an edit batch's attention in 1 + 2 dispatches per layer, the targets' loss on the GPU and
   # the metrics in planned passes (MEMIT-100 against PyTorch), the SVD's span bases between
-  # checks and its tuned products (against svd_lowrank), and what 2,000 edits now cost.
-  remeasure) only=export,forward,torch-forward,memit-100,torch-memit-100,svd,torch-svd,experiment-dry ;;
+  # checks and its tuned products (against svd_lowrank), what 2,000 edits now cost, and the
+  # query-tiled attention of prefills (forward-per-query: the same bench on the old kernel).
+  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
@@ -61,6 +62,9 @@ step export 60 $bin export -m "$model" --out $hf
 step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
 # What the first model load measured: the kernel chosen per product class.
 { [ "$only" = all ] || [[ ",$only," == *",forward,"* ]]; } && cp "${REVIVE_CACHE:-$HOME/.cache/revive}"/tune/*.json "$out/" 2>/dev/null
+# The same with the per-query attention kernel for prefills too: the query-tiled kernel's gain
+# (prefill 128 and 512) measured in the same call.
+step forward-per-query 60 env REVIVE_PER_QUERY_ATTENTION=1 $bin bench forward -m "$model" --decode 8 --json "$out/forward-per-query.json"
 # Where the decode time goes: every dispatch waited for and charged to its kernel (slower
 # overall; read the shares, not the totals).
 step forward-profile 60 env REVIVE_PROFILE=1 $bin bench forward -m "$model" --decode 16 --json "$out/forward-profile.json"

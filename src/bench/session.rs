@@ -25,6 +25,8 @@ pub struct BatchBench {
     pub targets_dispatches: Option<u64>,
     pub targets_bind_groups: Option<u64>,
     pub targets_readbacks: Option<u64>,
+    /// With `REVIVE_PROFILE=1`: the last batch's targets per kernel.
+    pub targets_profile: Vec<crate::edit::memit::KernelTime>,
     /// One forward pass of a short prompt, measured in the same run (the baseline).
     pub forward_seconds: f64,
     pub edits_per_second: f64,
@@ -63,6 +65,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
     let (mut eff, mut para, mut neigh, mut kept) = (vec![], vec![], vec![], vec![]);
     let mut work: [Vec<u64>; 3] = Default::default();
     let mut last_after = serde_json::Value::Null;
+    let mut targets_profile = vec![];
     for (_, h) in j.batches() {
         let t = &h.method["timing"];
         let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
@@ -73,6 +76,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         for (counts, key) in work.iter_mut().zip(["dispatches", "bind_groups", "readbacks"]) {
             counts.extend(t["targets_work"][key].as_u64());
         }
+        targets_profile = serde_json::from_value(t["targets_profile"].clone()).unwrap_or_default();
         kept.extend(h.updates.iter().filter_map(|u| u.filter.map(|r| r.kept)));
         if let Some(m) = j.metrics_of(h.batch) {
             whole.push(m.seconds);
@@ -99,6 +103,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         targets_dispatches: median_count(&work[0]),
         targets_bind_groups: median_count(&work[1]),
         targets_readbacks: median_count(&work[2]),
+        targets_profile,
         forward_seconds,
         edits_per_second: session.config.batch as f64 / batch_seconds,
         efficacy: mean(&eff),

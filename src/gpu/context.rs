@@ -370,6 +370,21 @@ impl Gpu {
         v
     }
 
+    /// What `profile` gained since `before` (an earlier `profile`), most expensive first.
+    pub fn profile_since(&self, before: &[(&'static str, u64, Duration)]) -> Vec<(&'static str, u64, Duration)> {
+        let mut v: Vec<_> = self
+            .profile()
+            .into_iter()
+            .map(|(k, n, t)| match before.iter().find(|b| b.0 == k) {
+                Some(&(_, n0, t0)) => (k, n - n0, t.saturating_sub(t0)),
+                None => (k, n, t),
+            })
+            .filter(|x| x.1 > 0)
+            .collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.2));
+        v
+    }
+
     pub fn reset_profile(&self) {
         if let Some(p) = &self.shared.profile {
             p.lock().unwrap().clear();

@@ -10,6 +10,9 @@ use crate::shaders::ATTENTION;
 /// The largest head dimension: one thread per output element of a head.
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// Query rows (token, head pairs of one kv head) per workgroup of the tiled kernel.
+const TILE_ROWS: usize = 16;
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Meta {
@@ -28,7 +31,8 @@ struct Meta {
     scale: f32,
     q_bstride: u32,
     kv_bstride: u32,
-    _pad: u32,
+    /// Query tokens in the dispatch (the tiled kernel's rows are tokens × group).
+    tokens: u32,
 }
 
 fn dims4(op: &'static str, name: &str, t: &Tensor, layout: &str) -> Result<[usize; 4]> {
@@ -57,10 +61,51 @@ fn check_caches(op: &'static str, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor
     Ok([hkv, s])
 }
 
+/// Which forward kernel computes attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// One workgroup per (query token, query head), keys spread over its threads: the most
+    /// parallel for a decoded token, whose one query row per head would leave a tile idle.
+    PerQuery,
+    /// One workgroup per 16 (token, head) rows of a kv head, each key read once for all of
+    /// them; needs every query head in one dispatch and a head dimension of at most 64.
+    Tiled,
+}
+
+/// Head dimensions the tiled kernel handles (its threads own 4 elements of a row of 16 threads).
+pub const TILED_MAX_HEAD_DIM: usize = 64;
+
+/// The fewest query tokens per sequence for which `attention` takes the tiled kernel: from
+/// there a tile of 16 rows is full for any group of ≥ 2 query heads per kv head.
+pub const TILED_MIN_TOKENS: usize = 8;
+
 /// out = softmax(scale · q kᵀ) v, causally: q: [B, T, Hq, D], caches: [B, Hkv, S, D].
 /// Query t of sequence b is at position pos0 + t and sees cache rows 0 ..= pos0 + t of its
 /// own sequence; query head h reads kv head h / (Hq / Hkv). Returns [B, T, Hq, D].
 pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32) -> Result<Tensor> {
+    attention_with(gpu, q, k_cache, v_cache, pos0, scale, kernel_for(q))
+}
+
+/// The kernel for q: [B, T, Hq, D] — tiled from TILED_MIN_TOKENS query tokens per sequence.
+fn kernel_for(q: &Tensor) -> AttentionKernel {
+    let tokens = q.shape().get(1).copied().unwrap_or(0);
+    if tokens >= TILED_MIN_TOKENS && !per_query_only() {
+        AttentionKernel::Tiled
+    } else {
+        AttentionKernel::PerQuery
+    }
+}
+
+/// `REVIVE_PER_QUERY_ATTENTION=1`: the per-query kernel everywhere, to compare the two in one
+/// run (`revive bench forward` with and without it).
+fn per_query_only() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| std::env::var("REVIVE_PER_QUERY_ATTENTION").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// `attention` with the kernel named; `Tiled` falls back to `PerQuery` where the head
+/// dimension is above 64 or the query heads do not fit one dispatch.
+pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel) -> Result<Tensor> {
     const OP: &str = "attention";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
     let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
@@ -83,6 +128,9 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
         heads_per -= heads_per % group;
     }
     let tokens_per = (max_wg / heads_per).min((max_elems - heads_per * d) / (hq * d) + 1).max(1);
+    // The tiled kernel's workgroups: (token, head) tiles × kv heads × sequences, every head
+    // in the dispatch (tokens_per · group ≤ max_wg · group / hq tiles when heads_per = hq).
+    let tiled = kernel == AttentionKernel::Tiled && d <= TILED_MAX_HEAD_DIM && heads_per == hq;
     // Where one sequence is one dispatch, several go in one (a row of workgroups each): an
     // edit's batch of a few hundred prompts is then a dispatch per layer, not hundreds.
     let (seq_q, seq_kv) = (t * hq * d, hkv * s * d);
@@ -119,10 +167,14 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
                     scale,
                     q_bstride: seq_q as u32,
                     kv_bstride: seq_kv as u32,
-                    _pad: 0,
+                    tokens: tn as u32,
                 };
-                let groups = [(tn * hn) as u32, bn as u32, 1];
-                gpu.dispatch(ATTENTION, "attention", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, ob], groups)?;
+                let (entry, groups) = if tiled {
+                    ("attention_tiled", [(tn * group).div_ceil(TILE_ROWS) as u32, hkv as u32, bn as u32])
+                } else {
+                    ("attention", [(tn * hn) as u32, bn as u32, 1])
+                };
+                gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, ob], groups)?;
             }
         }
     }
@@ -203,6 +255,22 @@ pub fn attention_bwd(
     scale: f32,
     d_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let kernel = kernel_for(q);
+    attention_bwd_with(gpu, q, k_cache, v_cache, pos0, scale, d_out, kernel)
+}
+
+/// `attention_bwd` with the dq kernel named (`Tiled` where the head dimension is at most 64).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_with(
+    gpu: &Gpu,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos0: usize,
+    scale: f32,
+    d_out: &Tensor,
+    kernel: AttentionKernel,
+) -> Result<(Tensor, Tensor, Tensor)> {
     const OP: &str = "attention_bwd";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
     let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
@@ -231,6 +299,10 @@ pub fn attention_bwd(
         });
     }
     let tokens_per = (max_wg / group).max(1);
+    // The tiled dq kernel: tiles of (token, head) rows of one kv group along x; t_count is the
+    // dispatch's tokens.
+    let tiled = kernel == AttentionKernel::Tiled && d <= TILED_MAX_HEAD_DIM;
+    let dq_kernel = |tn: usize| if tiled { ("attention_bwd_dq_tiled", (tn * group).div_ceil(TILE_ROWS) as u32) } else { ("attention_bwd_dq", (tn * group) as u32) };
     // Where a sequence's queries and keys each fit one dispatch's row of workgroups, the whole
     // batch goes in two dispatches (z the sequence, y the kv group): an edit's batch of a few
     // hundred prompts is otherwise 2 × sequences × kv heads dispatches per layer.
@@ -267,8 +339,8 @@ pub fn attention_bwd(
             let (sb, st_off) = stats.bind(gpu, b0 * per_seq[2], bn * per_seq[2])?;
             let (qgb, qg_off) = dq.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;
             let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off: qg_off, strides, ..meta0 };
-            let groups = [(t * group) as u32, hkv as u32, bn as u32];
-            gpu.dispatch(ATTENTION, "attention_bwd_dq", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], groups)?;
+            let (entry, x) = dq_kernel(t);
+            gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], [x, hkv as u32, bn as u32])?;
             let (ab, a_off) = dk.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             let (bb, b_off) = dv.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
@@ -290,9 +362,10 @@ pub fn attention_bwd(
                 let (vb, v_off) = v_cache.bind(gpu, kv_start, (pos0 + t0 + tn) * d)?;
                 let (sb, st_off) = stats.bind(gpu, st_start, (tn - 1) * hq * 2 + group * 2)?;
                 let (ab, a_off) = dq.bind(gpu, q_start, q_span(tn))?;
-                let meta = BwdMeta { pos: (pos0 + t0) as u32, q_off, k_off, v_off, do_off, st_off, a_off, ..meta0 };
+                let meta = BwdMeta { pos: (pos0 + t0) as u32, t_count: tn as u32, q_off, k_off, v_off, do_off, st_off, a_off, ..meta0 };
                 let binds = [qb, kb, vb, db, sb, ab];
-                gpu.dispatch(ATTENTION, "attention_bwd_dq", &[], bytemuck::bytes_of(&meta), &binds, [(tn * group) as u32, 1, 1])?;
+                let (entry, x) = dq_kernel(tn);
+                gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &binds, [x, 1, 1])?;
             }
             let keys_per = max_wg.min((max_elems - d) / (hkv * d) + 1);
             for (j0, jn) in chunks(l, keys_per) {

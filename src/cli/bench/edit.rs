@@ -211,4 +211,10 @@ fn print_batch_bench(b: &revive::bench::session::BatchBench) {
     if let (Some(d), Some(g), Some(r)) = (b.targets_dispatches, b.targets_bind_groups, b.targets_readbacks) {
         println!("  targets' runtime work per batch: {d} dispatches, {g} bind groups created, {r} reads back");
     }
+    if !b.targets_profile.is_empty() {
+        println!("  targets by kernel (REVIVE_PROFILE, last batch; every dispatch waited for):");
+        for k in &b.targets_profile {
+            println!("    {:<28} {:>7} dispatches {:>10.1} ms", k.kernel, k.dispatches, k.ms);
+        }
+    }
 }
