@@ -344,10 +344,13 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 // as well. Four 4 KiB tiles: the 16 KiB every adapter offers; a key tile's scores (and then its
 // dS) take the place of its values once those are read.
 
-var<workgroup> bwd_q: array<f32, 1024>;   // TR × TD
-var<workgroup> bwd_do: array<f32, 1024>;  // TR × TD
-var<workgroup> bwd_kt: array<f32, 1024>;  // TD × TK, swizzled
-var<workgroup> bwd_vt: array<f32, 1024>;  // TD × TK; then TR × TK scores or dS
+// In attention_bwd_dq_tiled: q and dO rows, keys (transposed, swizzled) and values
+// (transposed; then the tile's scores or dS). In attention_bwd_dkv_tiled: q and dO rows
+// (transposed, swizzled), keys and values (transposed; then the tile's P and dS).
+var<workgroup> bwd_q: array<f32, 1024>;
+var<workgroup> bwd_do: array<f32, 1024>;
+var<workgroup> bwd_kt: array<f32, 1024>;
+var<workgroup> bwd_vt: array<f32, 1024>;
 
 fn kt_at(i: u32, j: u32) -> u32 {
     return i * TK + (j ^ ((i >> 1u) & 15u));
@@ -472,6 +475,100 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
         if (c + 16u < pb.d) { grad_a[a + c + 16u] = pb.scale * acc1; }
         if (c + 32u < pb.d) { grad_a[a + c + 32u] = pb.scale * acc2; }
         if (c + 48u < pb.d) { grad_a[a + c + 48u] = pb.scale * acc3; }
+    }
+}
+
+// attention_bwd_dkv for TK keys of one kv head at a time (workgroup x the key tile, y and z as
+// above), for a dispatch that binds whole sequences (j0 = t_first = 0; keys < pos + t_count).
+// The query rows that see any of the tile's keys go by in tiles of TR, each row's q and dO
+// read once for all TK keys, in a fixed order (deterministic). Thread (key jj, row r) forms
+// P and dS; then thread (key jj, c) adds them up into dims c, c + 16, c + 32, c + 48 of its
+// key's dk and dv. The q and dO tiles are transposed and swizzled as bwd_kt above.
+@compute @workgroup_size(256, 1, 1)
+fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let jj = lid / TK;
+    let rc = lid % TK; // the row r in the score phase, the dim c in the sums
+    let o = offsets(wg, false);
+    let hq = pb.q_tstride / pb.d;
+    let rows = pb.t_count * pb.group;
+    let n_keys = pb.pos + pb.t_count;
+    let k0 = wg.x * TK;
+    let j = k0 + jj;
+    // The first query that sees key k0 is at token max(k0, pos) - pos.
+    let rho_lo = (max(k0, pb.pos) - pb.pos) * pb.group;
+    var dk0 = 0.0;
+    var dk1 = 0.0;
+    var dk2 = 0.0;
+    var dk3 = 0.0;
+    var dv0 = 0.0;
+    var dv1 = 0.0;
+    var dv2 = 0.0;
+    var dv3 = 0.0;
+    for (var rho0 = rho_lo; rho0 < rows; rho0 += TR) {
+        workgroupBarrier();
+        for (var e = lid; e < TR * pb.d; e += 256u) {
+            let rr = e / pb.d;
+            let i = e % pb.d;
+            let rho = rho0 + rr;
+            var qx = 0.0;
+            var dx = 0.0;
+            if (rho < rows) {
+                let at = (rho / pb.group) * pb.q_tstride + (rho % pb.group) * pb.d + i;
+                qx = q[o.q + at];
+                dx = dout[o.dout + at];
+            }
+            bwd_q[kt_at(i, rr)] = qx;
+            bwd_do[kt_at(i, rr)] = dx;
+            let kj = k0 + rr;
+            var kx = 0.0;
+            var vx = 0.0;
+            if (kj < n_keys) {
+                kx = k[o.k + kj * pb.d + i];
+                vx = v[o.v + kj * pb.d + i];
+            }
+            bwd_kt[i * TK + rr] = kx;
+            bwd_vt[i * TK + rr] = vx;
+        }
+        workgroupBarrier();
+        let rho = rho0 + rc;
+        var pj = 0.0;
+        var ds = 0.0;
+        if (rho < rows && j < n_keys && j <= pb.pos + rho / pb.group) {
+            var dot = 0.0;
+            var dp = 0.0;
+            for (var i = 0u; i < pb.d; i++) {
+                dot = fma(bwd_q[kt_at(i, rc)], bwd_kt[i * TK + jj], dot);
+                dp = fma(bwd_do[kt_at(i, rc)], bwd_vt[i * TK + jj], dp);
+            }
+            let st = o.st + ((rho / pb.group) * hq + rho % pb.group) * 2u;
+            pj = exp(pb.scale * dot - stats[st]);
+            ds = pj * (dp - stats[st + 1u]);
+        }
+        workgroupBarrier();
+        bwd_kt[jj * TR + rc] = pj;
+        bwd_vt[jj * TR + rc] = ds;
+        workgroupBarrier();
+        for (var r = 0u; r < TR; r++) {
+            let pr = bwd_kt[jj * TR + r];
+            let dsr = bwd_vt[jj * TR + r];
+            dv0 = fma(pr, bwd_do[kt_at(rc, r)], dv0);
+            dv1 = fma(pr, bwd_do[kt_at(rc + 16u, r)], dv1);
+            dv2 = fma(pr, bwd_do[kt_at(rc + 32u, r)], dv2);
+            dv3 = fma(pr, bwd_do[kt_at(rc + 48u, r)], dv3);
+            dk0 = fma(dsr, bwd_q[kt_at(rc, r)], dk0);
+            dk1 = fma(dsr, bwd_q[kt_at(rc + 16u, r)], dk1);
+            dk2 = fma(dsr, bwd_q[kt_at(rc + 32u, r)], dk2);
+            dk3 = fma(dsr, bwd_q[kt_at(rc + 48u, r)], dk3);
+        }
+    }
+    if (j < n_keys) {
+        let a = o.a + j * pb.o_tstride;
+        let b = o.b + j * pb.o_tstride;
+        if (rc < pb.d) { grad_a[a + rc] = pb.scale * dk0; grad_b[b + rc] = dv0; }
+        if (rc + 16u < pb.d) { grad_a[a + rc + 16u] = pb.scale * dk1; grad_b[b + rc + 16u] = dv1; }
+        if (rc + 32u < pb.d) { grad_a[a + rc + 32u] = pb.scale * dk2; grad_b[b + rc + 32u] = dv2; }
+        if (rc + 48u < pb.d) { grad_a[a + rc + 48u] = pb.scale * dk3; grad_b[b + rc + 48u] = dv3; }
     }
 }
 

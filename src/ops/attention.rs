@@ -259,7 +259,8 @@ pub fn attention_bwd(
     attention_bwd_with(gpu, q, k_cache, v_cache, pos0, scale, d_out, kernel)
 }
 
-/// `attention_bwd` with the dq kernel named (`Tiled` where the head dimension is at most 64).
+/// `attention_bwd` with the kernels named (`Tiled` where the head dimension is at most 64; the
+/// dk/dv pass tiled where whole sequences fit a dispatch).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd_with(
     gpu: &Gpu,
@@ -299,8 +300,8 @@ pub fn attention_bwd_with(
         });
     }
     let tokens_per = (max_wg / group).max(1);
-    // The tiled dq kernel: tiles of (token, head) rows of one kv group along x; t_count is the
-    // dispatch's tokens.
+    // The tiled kernels: dq in tiles of (token, head) rows of one kv group along x (t_count is
+    // the dispatch's tokens), dk/dv in tiles of keys where a dispatch binds whole sequences.
     let tiled = kernel == AttentionKernel::Tiled && d <= TILED_MAX_HEAD_DIM;
     let dq_kernel = |tn: usize| if tiled { ("attention_bwd_dq_tiled", (tn * group).div_ceil(TILE_ROWS) as u32) } else { ("attention_bwd_dq", (tn * group) as u32) };
     // Where a sequence's queries and keys each fit one dispatch's row of workgroups, the whole
@@ -344,8 +345,8 @@ pub fn attention_bwd_with(
             let (ab, a_off) = dk.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             let (bb, b_off) = dv.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
-            let groups = [l as u32, hkv as u32, bn as u32];
-            gpu.dispatch(ATTENTION, "attention_bwd_dkv", &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], groups)?;
+            let (entry, x) = if tiled { ("attention_bwd_dkv_tiled", l.div_ceil(TILE_ROWS) as u32) } else { ("attention_bwd_dkv", l as u32) };
+            gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], [x, hkv as u32, bn as u32])?;
         }
         return Ok((dq, dk, dv));
     }
