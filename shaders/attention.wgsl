@@ -111,18 +111,49 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 // with coalesced reads; thread (r, c) = (lid / TK, lid % TK) scores key c of the tile for row r
 // and owns output elements c, c + 16, c + 32 and c + 48 of row r (head dimension ≤ TD). Each
 // row keeps an online softmax (max m, sum l), the same in its TK threads.
+//
+// The tiled kernels (this one and the backward's below) share four 4 KiB tiles — the 16 KiB
+// every adapter offers. Tiles read along the head dimension by TK threads at once are held
+// transposed ([dim][key or row]) and swizzled (element (i, j) at i·TK + (j ^ ((i >> 1) & 15)))
+// so that both those reads and the reads of one key's or row's dims c, c + 16, … by the TK
+// threads of a row hit distinct banks. A tile's scores replace its keys once they are read.
 
 const TR: u32 = 16u;
 const TK: u32 = 16u;
 const TD: u32 = 64u;
-// Row stride of the q and k tiles: with 65 the TK keys of a score step sit in distinct banks.
-const TDP: u32 = 65u;
-const TSP: u32 = 17u; // row stride of the score tile
 
-var<workgroup> tile_q: array<f32, 1040>; // TR * TDP
-var<workgroup> tile_k: array<f32, 1040>; // TK * TDP
-var<workgroup> tile_v: array<f32, 1024>; // TK * TD
-var<workgroup> tile_s: array<f32, 272>;  // TR * TSP
+var<workgroup> tile_a: array<f32, 1024>;
+var<workgroup> tile_b: array<f32, 1024>;
+var<workgroup> tile_kt: array<f32, 1024>;
+var<workgroup> tile_c: array<f32, 1024>;
+
+fn kt_at(i: u32, j: u32) -> u32 {
+    return i * TK + (j ^ ((i >> 1u) & 15u));
+}
+
+// Where row ρ (token ρ / group, head ρ % group of a kv group) starts, from the group's first.
+fn row_offset(rho: u32, group: u32, q_tstride: u32, d: u32) -> u32 {
+    return (rho / group) * q_tstride + (rho % group) * d;
+}
+
+// Keys the rows rho0 .. rho0 + TR (of `rows`) see together: up to the last row's position.
+fn tile_keys(pos: u32, rho0: u32, rows: u32, group: u32) -> u32 {
+    return pos + (min(rho0 + TR, rows) - 1u) / group + 1u;
+}
+
+// The row's running maximum over the visible scores of a key tile (in tile_kt[r·TK + j]), and
+// the factor exp(m - m_new) that rescales what it has summed. Only visible keys enter, so no
+// infinity is ever formed: key 0 (the first tile) is visible to every row.
+fn online_max(r: u32, n_vis: u32, t0: u32, m: f32) -> vec2<f32> {
+    var m_new = select(m, tile_kt[r * TK], t0 == 0u);
+    for (var j = 0u; j < n_vis; j++) { m_new = max(m_new, tile_kt[r * TK + j]); }
+    return vec2<f32>(m_new, select(1.0, exp(m - m_new), t0 > 0u));
+}
+
+// Visible keys of the tile at t0 for a row that sees my_keys keys.
+fn visible(my_keys: u32, t0: u32) -> u32 {
+    return min(TK, max(my_keys, t0) - t0);
+}
 
 @compute @workgroup_size(256, 1, 1)
 fn attention_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
@@ -131,21 +162,19 @@ fn attention_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     let c = lid % TK;
     let rows = p.tokens * p.group;
     let rho0 = wg.x * TR;
-    let q_seq = p.q_off + wg.z * p.q_bstride;
+    // Row ρ of this kv head sits at row_offset(ρ) + `heads` in q and out (past their offsets).
+    let heads = wg.z * p.q_bstride + wg.y * p.group * p.d;
     let k_base = p.k_off + wg.z * p.kv_bstride + wg.y * p.kv_hstride;
     let v_base = p.v_off + wg.z * p.kv_bstride + wg.y * p.kv_hstride;
-    // Where row ρ of this kv head sits in q and out, relative to the sequence.
-    let row_at = wg.y * p.group * p.d;
 
+    // tile_a: the q rows; tile_kt: keys, then scores; tile_b: values ([key][dim]).
     for (var e = lid; e < TR * p.d; e += 256u) {
         let rr = rho0 + e / p.d;
         var x = 0.0;
-        if (rr < rows) { x = q[q_seq + (rr / p.group) * p.q_tstride + row_at + (rr % p.group) * p.d + e % p.d]; }
-        tile_q[(e / p.d) * TDP + e % p.d] = x;
+        if (rr < rows) { x = q[p.q_off + heads + row_offset(rr, p.group, p.q_tstride, p.d) + e % p.d]; }
+        tile_a[(e / p.d) * TD + e % p.d] = x;
     }
-
-    // Keys up to the tile's last row's position; row r sees keys 0 ..= pos + its token.
-    let n_keys = p.pos + (min(rho0 + TR, rows) - 1u) / p.group + 1u;
+    let n_keys = tile_keys(p.pos, rho0, rows, p.group);
     let rho = rho0 + r;
     let my_keys = p.pos + rho / p.group + 1u;
     var m = 0.0;
@@ -166,43 +195,40 @@ fn attention_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
                 kx = k[k_base + (t0 + j) * p.d + i];
                 vx = v[v_base + (t0 + j) * p.d + i];
             }
-            tile_k[j * TDP + i] = kx;
-            tile_v[j * TD + i] = vx;
+            tile_kt[kt_at(i, j)] = kx;
+            tile_b[j * TD + i] = vx;
         }
         workgroupBarrier();
         var dot = 0.0;
-        for (var i = 0u; i < p.d; i++) { dot = fma(tile_q[r * TDP + i], tile_k[c * TDP + i], dot); }
-        tile_s[r * TSP + c] = p.scale * dot;
+        for (var i = 0u; i < p.d; i++) { dot = fma(tile_a[r * TD + i], tile_kt[kt_at(i, c)], dot); }
+        workgroupBarrier();
+        tile_kt[r * TK + c] = p.scale * dot;
         workgroupBarrier();
 
-        // Only visible keys enter the max and the sums, so no infinity is ever formed: key 0
-        // (the first tile) is visible to every row.
-        let n_vis = min(TK, max(my_keys, t0) - t0);
-        var m_new = select(m, tile_s[r * TSP], t0 == 0u);
-        for (var j = 0u; j < n_vis; j++) { m_new = max(m_new, tile_s[r * TSP + j]); }
-        let alpha = select(1.0, exp(m - m_new), t0 > 0u);
+        let n_vis = visible(my_keys, t0);
+        let mm = online_max(r, n_vis, t0, m);
         var sum = 0.0;
         var a0 = 0.0;
         var a1 = 0.0;
         var a2 = 0.0;
         var a3 = 0.0;
         for (var j = 0u; j < n_vis; j++) {
-            let pj = exp(tile_s[r * TSP + j] - m_new);
+            let pj = exp(tile_kt[r * TK + j] - mm.x);
             sum += pj;
-            a0 = fma(pj, tile_v[j * TD + c], a0);
-            a1 = fma(pj, tile_v[j * TD + c + 16u], a1);
-            a2 = fma(pj, tile_v[j * TD + c + 32u], a2);
-            a3 = fma(pj, tile_v[j * TD + c + 48u], a3);
+            a0 = fma(pj, tile_b[j * TD + c], a0);
+            a1 = fma(pj, tile_b[j * TD + c + 16u], a1);
+            a2 = fma(pj, tile_b[j * TD + c + 32u], a2);
+            a3 = fma(pj, tile_b[j * TD + c + 48u], a3);
         }
-        l = l * alpha + sum;
-        acc0 = acc0 * alpha + a0;
-        acc1 = acc1 * alpha + a1;
-        acc2 = acc2 * alpha + a2;
-        acc3 = acc3 * alpha + a3;
-        m = m_new;
+        l = l * mm.y + sum;
+        acc0 = acc0 * mm.y + a0;
+        acc1 = acc1 * mm.y + a1;
+        acc2 = acc2 * mm.y + a2;
+        acc3 = acc3 * mm.y + a3;
+        m = mm.x;
     }
     if (rho < rows) {
-        let o = p.out_off + wg.z * p.q_bstride + (rho / p.group) * p.q_tstride + row_at + (rho % p.group) * p.d;
+        let o = p.out_off + heads + row_offset(rho, p.group, p.q_tstride, p.d);
         if (c < p.d) { out[o + c] = acc0 / l; }
         if (c + 16u < p.d) { out[o + c + 16u] = acc1 / l; }
         if (c + 32u < p.d) { out[o + c + 32u] = acc2 / l; }
@@ -338,25 +364,10 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
 // attention_bwd_dq for TR (token, head) rows of one kv group at a time: workgroup x is the tile
 // (row ρ = local token · group + head, ρ < t_count · group), y and z as above; each key and
 // value is read once for all TR rows, and the same stats are written. Key tiles are held
-// transposed ([dim][key]) so that thread (r, c)'s dot products over the dims read TK consecutive
-// words; the keys are also swizzled (dim i of key j at i·TK + (j ^ ((i >> 1) & 15))) so that
-// the dq sum, where the row's threads read dims c, c + 16, … of one key, hits TK distinct banks
-// as well. Four 4 KiB tiles: the 16 KiB every adapter offers; a key tile's scores (and then its
-// dS) take the place of its values once those are read.
+// transposed (the keys swizzled, see the forward's tiles): tile_a holds the q rows, tile_b the
+// dO rows, tile_kt the keys and then the scores, tile_c the values and then dO·v or dS.
 
-// In attention_bwd_dq_tiled: q and dO rows, keys (transposed, swizzled) and values
-// (transposed; then the tile's scores or dS). In attention_bwd_dkv_tiled: q and dO rows
-// (transposed, swizzled), keys and values (transposed; then the tile's P and dS).
-var<workgroup> bwd_q: array<f32, 1024>;
-var<workgroup> bwd_do: array<f32, 1024>;
-var<workgroup> bwd_kt: array<f32, 1024>;
-var<workgroup> bwd_vt: array<f32, 1024>;
-
-fn kt_at(i: u32, j: u32) -> u32 {
-    return i * TK + (j ^ ((i >> 1u) & 15u));
-}
-
-// Loads keys t0 .. t0 + TK (zeros past n_keys) into bwd_kt and bwd_vt.
+// Loads keys t0 .. t0 + TK (zeros past n_keys) into tile_kt and tile_c.
 fn load_key_tile(lid: u32, o: Offsets, t0: u32, n_keys: u32) {
     for (var e = lid; e < TK * pb.d; e += 256u) {
         let j = e / pb.d;
@@ -367,8 +378,8 @@ fn load_key_tile(lid: u32, o: Offsets, t0: u32, n_keys: u32) {
             kx = k[o.k + (t0 + j) * pb.d + i];
             vx = v[o.v + (t0 + j) * pb.d + i];
         }
-        bwd_kt[kt_at(i, j)] = kx;
-        bwd_vt[i * TK + j] = vx;
+        tile_kt[kt_at(i, j)] = kx;
+        tile_c[i * TK + j] = vx;
     }
 }
 
@@ -385,19 +396,18 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
         var qx = 0.0;
         var dx = 0.0;
         if (rr < rows) {
-            let at = (rr / pb.group) * pb.q_tstride + (rr % pb.group) * pb.d + e % pb.d;
+            let at = row_offset(rr, pb.group, pb.q_tstride, pb.d) + e % pb.d;
             qx = q[o.q + at];
             dx = dout[o.dout + at];
         }
-        bwd_q[(e / pb.d) * TD + e % pb.d] = qx;
-        bwd_do[(e / pb.d) * TD + e % pb.d] = dx;
+        tile_a[(e / pb.d) * TD + e % pb.d] = qx;
+        tile_b[(e / pb.d) * TD + e % pb.d] = dx;
     }
-    let n_keys = pb.pos + (min(rho0 + TR, rows) - 1u) / pb.group + 1u;
+    let n_keys = tile_keys(pb.pos, rho0, rows, pb.group);
     let rho = rho0 + r;
     let my_keys = pb.pos + rho / pb.group + 1u;
 
-    // Pass 1, online as in the forward: max m, l = sum e^(s - m), u = sum e^(s - m) dO.v,
-    // over the visible keys only (key 0 is visible to every row).
+    // Pass 1, online as in the forward: max m, l = sum e^(s - m), u = sum e^(s - m) dO.v.
     var m = 0.0;
     var l = 0.0;
     var u = 0.0;
@@ -408,32 +418,30 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
         var dot = 0.0;
         var dp = 0.0;
         for (var i = 0u; i < pb.d; i++) {
-            dot = fma(bwd_q[r * TD + i], bwd_kt[kt_at(i, c)], dot);
-            dp = fma(bwd_do[r * TD + i], bwd_vt[i * TK + c], dp);
+            dot = fma(tile_a[r * TD + i], tile_kt[kt_at(i, c)], dot);
+            dp = fma(tile_b[r * TD + i], tile_c[i * TK + c], dp);
         }
         workgroupBarrier();
-        bwd_kt[r * TK + c] = pb.scale * dot;
-        bwd_vt[r * TK + c] = dp;
+        tile_kt[r * TK + c] = pb.scale * dot;
+        tile_c[r * TK + c] = dp;
         workgroupBarrier();
-        let n_vis = min(TK, max(my_keys, t0) - t0);
-        var m_new = select(m, bwd_kt[r * TK], t0 == 0u);
-        for (var j = 0u; j < n_vis; j++) { m_new = max(m_new, bwd_kt[r * TK + j]); }
-        let alpha = select(1.0, exp(m - m_new), t0 > 0u);
+        let n_vis = visible(my_keys, t0);
+        let mm = online_max(r, n_vis, t0, m);
         var sl = 0.0;
         var su = 0.0;
         for (var j = 0u; j < n_vis; j++) {
-            let e = exp(bwd_kt[r * TK + j] - m_new);
+            let e = exp(tile_kt[r * TK + j] - mm.x);
             sl += e;
-            su = fma(e, bwd_vt[r * TK + j], su);
+            su = fma(e, tile_c[r * TK + j], su);
         }
-        l = l * alpha + sl;
-        u = u * alpha + su;
-        m = m_new;
+        l = l * mm.y + sl;
+        u = u * mm.y + su;
+        m = mm.x;
     }
     let lse = m + log(l);
     let dr = u / l;
     if (c == 0u && rho < rows) {
-        let st = o.st + ((rho / pb.group) * (pb.q_tstride / pb.d) + rho % pb.group) * 2u;
+        let st = o.st + row_offset(rho, pb.group, pb.q_tstride, pb.d) / pb.d * 2u;
         stats_w[st] = lse;
         stats_w[st + 1u] = dr;
     }
@@ -453,24 +461,24 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
             var dot = 0.0;
             var dp = 0.0;
             for (var i = 0u; i < pb.d; i++) {
-                dot = fma(bwd_q[r * TD + i], bwd_kt[kt_at(i, c)], dot);
-                dp = fma(bwd_do[r * TD + i], bwd_vt[i * TK + c], dp);
+                dot = fma(tile_a[r * TD + i], tile_kt[kt_at(i, c)], dot);
+                dp = fma(tile_b[r * TD + i], tile_c[i * TK + c], dp);
             }
             ds = exp(pb.scale * dot - lse) * (dp - dr);
         }
         workgroupBarrier();
-        bwd_vt[r * TK + c] = ds;
+        tile_c[r * TK + c] = ds;
         workgroupBarrier();
         for (var j = 0u; j < TK; j++) {
-            let dsj = bwd_vt[r * TK + j];
-            acc0 = fma(dsj, bwd_kt[kt_at(c, j)], acc0);
-            acc1 = fma(dsj, bwd_kt[kt_at(c + 16u, j)], acc1);
-            acc2 = fma(dsj, bwd_kt[kt_at(c + 32u, j)], acc2);
-            acc3 = fma(dsj, bwd_kt[kt_at(c + 48u, j)], acc3);
+            let dsj = tile_c[r * TK + j];
+            acc0 = fma(dsj, tile_kt[kt_at(c, j)], acc0);
+            acc1 = fma(dsj, tile_kt[kt_at(c + 16u, j)], acc1);
+            acc2 = fma(dsj, tile_kt[kt_at(c + 32u, j)], acc2);
+            acc3 = fma(dsj, tile_kt[kt_at(c + 48u, j)], acc3);
         }
     }
     if (rho < rows) {
-        let a = o.a + (rho / pb.group) * pb.q_tstride + (rho % pb.group) * pb.d;
+        let a = o.a + row_offset(rho, pb.group, pb.q_tstride, pb.d);
         if (c < pb.d) { grad_a[a + c] = pb.scale * acc0; }
         if (c + 16u < pb.d) { grad_a[a + c + 16u] = pb.scale * acc1; }
         if (c + 32u < pb.d) { grad_a[a + c + 32u] = pb.scale * acc2; }
@@ -483,14 +491,13 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
 // The query rows that see any of the tile's keys go by in tiles of TR, each row's q and dO
 // read once for all TK keys, in a fixed order (deterministic). Thread (key jj, row r) forms
 // P and dS; then thread (key jj, c) adds them up into dims c, c + 16, c + 32, c + 48 of its
-// key's dk and dv. The q and dO tiles are transposed and swizzled as bwd_kt above.
+// key's dk and dv. The q and dO tiles are transposed and swizzled as tile_kt above.
 @compute @workgroup_size(256, 1, 1)
 fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
     let jj = lid / TK;
     let rc = lid % TK; // the row r in the score phase, the dim c in the sums
     let o = offsets(wg, false);
-    let hq = pb.q_tstride / pb.d;
     let rows = pb.t_count * pb.group;
     let n_keys = pb.pos + pb.t_count;
     let k0 = wg.x * TK;
@@ -514,12 +521,12 @@ fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
             var qx = 0.0;
             var dx = 0.0;
             if (rho < rows) {
-                let at = (rho / pb.group) * pb.q_tstride + (rho % pb.group) * pb.d + i;
+                let at = row_offset(rho, pb.group, pb.q_tstride, pb.d) + i;
                 qx = q[o.q + at];
                 dx = dout[o.dout + at];
             }
-            bwd_q[kt_at(i, rr)] = qx;
-            bwd_do[kt_at(i, rr)] = dx;
+            tile_a[kt_at(i, rr)] = qx;
+            tile_b[kt_at(i, rr)] = dx;
             let kj = k0 + rr;
             var kx = 0.0;
             var vx = 0.0;
@@ -527,8 +534,8 @@ fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
                 kx = k[o.k + kj * pb.d + i];
                 vx = v[o.v + kj * pb.d + i];
             }
-            bwd_kt[i * TK + rr] = kx;
-            bwd_vt[i * TK + rr] = vx;
+            tile_kt[i * TK + rr] = kx;
+            tile_c[i * TK + rr] = vx;
         }
         workgroupBarrier();
         let rho = rho0 + rc;
@@ -538,28 +545,28 @@ fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
             var dot = 0.0;
             var dp = 0.0;
             for (var i = 0u; i < pb.d; i++) {
-                dot = fma(bwd_q[kt_at(i, rc)], bwd_kt[i * TK + jj], dot);
-                dp = fma(bwd_do[kt_at(i, rc)], bwd_vt[i * TK + jj], dp);
+                dot = fma(tile_a[kt_at(i, rc)], tile_kt[i * TK + jj], dot);
+                dp = fma(tile_b[kt_at(i, rc)], tile_c[i * TK + jj], dp);
             }
-            let st = o.st + ((rho / pb.group) * hq + rho % pb.group) * 2u;
+            let st = o.st + row_offset(rho, pb.group, pb.q_tstride, pb.d) / pb.d * 2u;
             pj = exp(pb.scale * dot - stats[st]);
             ds = pj * (dp - stats[st + 1u]);
         }
         workgroupBarrier();
-        bwd_kt[jj * TR + rc] = pj;
-        bwd_vt[jj * TR + rc] = ds;
+        tile_kt[jj * TR + rc] = pj;
+        tile_c[jj * TR + rc] = ds;
         workgroupBarrier();
         for (var r = 0u; r < TR; r++) {
-            let pr = bwd_kt[jj * TR + r];
-            let dsr = bwd_vt[jj * TR + r];
-            dv0 = fma(pr, bwd_do[kt_at(rc, r)], dv0);
-            dv1 = fma(pr, bwd_do[kt_at(rc + 16u, r)], dv1);
-            dv2 = fma(pr, bwd_do[kt_at(rc + 32u, r)], dv2);
-            dv3 = fma(pr, bwd_do[kt_at(rc + 48u, r)], dv3);
-            dk0 = fma(dsr, bwd_q[kt_at(rc, r)], dk0);
-            dk1 = fma(dsr, bwd_q[kt_at(rc + 16u, r)], dk1);
-            dk2 = fma(dsr, bwd_q[kt_at(rc + 32u, r)], dk2);
-            dk3 = fma(dsr, bwd_q[kt_at(rc + 48u, r)], dk3);
+            let pr = tile_kt[jj * TR + r];
+            let dsr = tile_c[jj * TR + r];
+            dv0 = fma(pr, tile_b[kt_at(rc, r)], dv0);
+            dv1 = fma(pr, tile_b[kt_at(rc + 16u, r)], dv1);
+            dv2 = fma(pr, tile_b[kt_at(rc + 32u, r)], dv2);
+            dv3 = fma(pr, tile_b[kt_at(rc + 48u, r)], dv3);
+            dk0 = fma(dsr, tile_a[kt_at(rc, r)], dk0);
+            dk1 = fma(dsr, tile_a[kt_at(rc + 16u, r)], dk1);
+            dk2 = fma(dsr, tile_a[kt_at(rc + 32u, r)], dk2);
+            dk3 = fma(dsr, tile_a[kt_at(rc + 48u, r)], dk3);
         }
     }
     if (j < n_keys) {
