@@ -30,8 +30,9 @@ case ${2:-speed} in
   # an edit batch's attention in 1 + 2 dispatches per layer, the targets' loss on the GPU and
   # the metrics in planned passes (MEMIT-100 against PyTorch), the SVD's span bases between
   # checks and its tuned products (against svd_lowrank), what 2,000 edits now cost, and the
-  # query-tiled attention of prefills (forward-per-query: the same bench on the old kernel).
-  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,torch-memit-100,svd,torch-svd,experiment-dry ;;
+  # query-tiled attention of prefills (forward-per-query: the same bench on the old kernel),
+  # and the targets' time per kernel (memit-100-profile).
+  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
@@ -89,6 +90,10 @@ step rome-full 90 $bin bench edit -m "$model" --limit 5 --json "$out/rome-full-5
 # phase, then the same step in PyTorch.
 step memit-100 240 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit --json "$out/memit-100.json"
+# The same batch with every dispatch waited for and charged to its kernel: where the targets'
+# time goes (read the shares; the totals include the waits).
+step memit-100-profile 150 env REVIVE_PROFILE=1 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-profile --json "$out/memit-100-profile.json"
 step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --json "$out/torch-memit-100.json"
 # Issue 10: the first table (200 edits in batches of 20, reduced settings), its four arms in
