@@ -26,7 +26,7 @@ pub struct BatchBench {
     pub targets_bind_groups: Option<u64>,
     pub targets_readbacks: Option<u64>,
     /// With `REVIVE_PROFILE=1`: the last batch's targets per kernel.
-    pub targets_profile: Vec<crate::edit::memit::KernelTime>,
+    pub targets_profile: Vec<crate::gpu::KernelTime>,
     /// One forward pass of a short prompt, measured in the same run (the baseline).
     pub forward_seconds: f64,
     pub edits_per_second: f64,

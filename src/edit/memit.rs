@@ -95,21 +95,7 @@ pub struct Timing {
     pub targets_work: crate::gpu::RuntimeStats,
     /// With `REVIVE_PROFILE=1`: the targets' time per kernel (every dispatch waited for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub targets_profile: Vec<KernelTime>,
-}
-
-/// One kernel's share of a profiled phase.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct KernelTime {
-    pub kernel: String,
-    pub dispatches: u64,
-    pub ms: f64,
-}
-
-impl KernelTime {
-    pub fn list(profile: Vec<(&'static str, u64, std::time::Duration)>) -> Vec<KernelTime> {
-        profile.into_iter().map(|(k, n, t)| KernelTime { kernel: k.to_string(), dispatches: n, ms: t.as_secs_f64() * 1e3 }).collect()
-    }
+    pub targets_profile: Vec<crate::gpu::KernelTime>,
 }
 
 /// The per-request part of a batch record.
@@ -256,7 +242,7 @@ impl Method for BatchEditor<'_> {
         let zstar = Mat::<f64>::from_fn(d, reqs.len(), |j, r| z0[(j, r)] + targets[r].delta[j] as f64);
         timing.targets = clock.elapsed().as_secs_f64();
         timing.targets_work = writer.model().gpu().runtime_stats() - work;
-        timing.targets_profile = KernelTime::list(writer.model().gpu().profile_since(&profile));
+        timing.targets_profile = writer.model().gpu().profile_since(&profile);
 
         // 2. The layers in ascending order, each seeing the earlier ones' written updates.
         let mut layers = vec![];

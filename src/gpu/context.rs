@@ -144,6 +144,15 @@ pub struct RuntimeStats {
     pub readback_bytes: u64,
 }
 
+/// One kernel's share of a profiled piece of work (`REVIVE_PROFILE=1`: every dispatch waited
+/// for, so read the shares rather than the totals).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub dispatches: u64,
+    pub ms: f64,
+}
+
 impl std::ops::Sub for RuntimeStats {
     type Output = RuntimeStats;
     fn sub(self, o: RuntimeStats) -> RuntimeStats {
@@ -371,7 +380,7 @@ impl Gpu {
     }
 
     /// What `profile` gained since `before` (an earlier `profile`), most expensive first.
-    pub fn profile_since(&self, before: &[(&'static str, u64, Duration)]) -> Vec<(&'static str, u64, Duration)> {
+    pub fn profile_since(&self, before: &[(&'static str, u64, Duration)]) -> Vec<KernelTime> {
         let mut v: Vec<_> = self
             .profile()
             .into_iter()
@@ -382,7 +391,7 @@ impl Gpu {
             .filter(|x| x.1 > 0)
             .collect();
         v.sort_by_key(|x| std::cmp::Reverse(x.2));
-        v
+        v.into_iter().map(|(k, n, t)| KernelTime { kernel: k.to_string(), dispatches: n, ms: t.as_secs_f64() * 1e3 }).collect()
     }
 
     pub fn reset_profile(&self) {

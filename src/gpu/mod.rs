@@ -8,6 +8,6 @@ mod pool;
 mod tensor;
 
 pub use backend::BackendChoice;
-pub use context::{offers_cooperative_matrices, tuning_enabled, AdapterSummary, Bind, Gpu, Kernel, KernelModes, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
+pub use context::{offers_cooperative_matrices, tuning_enabled, AdapterSummary, Bind, Gpu, Kernel, KernelModes, KernelTime, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
 pub use pool::{BufferPool, PoolStats};
 pub use tensor::{DType, Tensor};
