@@ -147,7 +147,8 @@ fn tile_keys(pos: u32, rho0: u32, rows: u32, group: u32) -> u32 {
 fn online_max(r: u32, n_vis: u32, t0: u32, m: f32) -> vec2<f32> {
     var m_new = select(m, tile_kt[r * TK], t0 == 0u);
     for (var j = 0u; j < n_vis; j++) { m_new = max(m_new, tile_kt[r * TK + j]); }
-    return vec2<f32>(m_new, select(1.0, exp(m - m_new), t0 > 0u));
+    // At t0 = 0 there is nothing to rescale (and m is not a maximum yet): exp(0).
+    return vec2<f32>(m_new, exp(select(0.0, m - m_new, t0 > 0u)));
 }
 
 // Visible keys of the tile at t0 for a row that sees my_keys keys.

@@ -93,7 +93,11 @@ fn attention_splits_heads_and_tokens_across_dispatches() {
         // Caches larger than one binding: each dispatch binds only its kv heads' rows.
         check(gpu, &Case { b: 1, t: 2, hq: 3, hkv: 3, d: 16, s: 40, pos0: 30 }, 602)?;
         // Whole sequences per dispatch, at most 3 (the workgroup limit) at a time.
-        check(gpu, &Case { b: 8, t: 1, hq: 2, hkv: 1, d: 8, s: 4, pos0: 2 }, 603)
+        check(gpu, &Case { b: 8, t: 1, hq: 2, hkv: 1, d: 8, s: 4, pos0: 2 }, 603)?;
+        // Every head in one dispatch and a sequence's tokens split across dispatches (3 and 1
+        // per dispatch): the tiled kernel at a later chunk's position and offsets.
+        check(gpu, &Case { b: 2, t: 10, hq: 1, hkv: 1, d: 8, s: 14, pos0: 2 }, 604)?;
+        check(gpu, &Case { b: 2, t: 9, hq: 2, hkv: 1, d: 5, s: 11, pos0: 1 }, 605)
     });
 }
 

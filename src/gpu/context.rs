@@ -385,7 +385,7 @@ impl Gpu {
             .profile()
             .into_iter()
             .map(|(k, n, t)| match before.iter().find(|b| b.0 == k) {
-                Some(&(_, n0, t0)) => (k, n - n0, t.saturating_sub(t0)),
+                Some(&(_, n0, t0)) => (k, n.saturating_sub(n0), t.saturating_sub(t0)),
                 None => (k, n, t),
             })
             .filter(|x| x.1 > 0)
