@@ -84,7 +84,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         // Every tile holds at least one visible key, so the maxima are finite.
         let tile_max = workgroup_max(lid, s);
         let m_new = select(tile_max, max(m, tile_max), t0 > 0u);
-        let alpha = select(0.0, exp(m - m_new), t0 > 0u);
+        let alpha = select(0.0, exp(min(m - m_new, 0.0)), t0 > 0u); // no overflow at t0 = 0, where m is not a max yet
         let pj = select(0.0, exp(s - m_new), j < n_keys);
         probs[lid] = pj;
         // The sum's barriers also publish `probs` to the whole workgroup.
@@ -322,7 +322,7 @@ fn attention_bwd_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
         }
         let tile_max = workgroup_max(lid, s);
         let m_new = select(tile_max, max(m, tile_max), t0 > 0u);
-        let alpha = select(0.0, exp(m - m_new), t0 > 0u);
+        let alpha = select(0.0, exp(min(m - m_new, 0.0)), t0 > 0u); // no overflow at t0 = 0, where m is not a max yet
         let e = select(0.0, exp(s - m_new), j < n_keys);
         l = l * alpha + workgroup_sum(lid, e);
         u = u * alpha + workgroup_sum(lid, e * dp);
