@@ -492,7 +492,9 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
 // The query rows that see any of the tile's keys go by in tiles of TR, each row's q and dO
 // read once for all TK keys, in a fixed order (deterministic). Thread (key jj, row r) forms
 // P and dS; then thread (key jj, c) adds them up into dims c, c + 16, c + 32, c + 48 of its
-// key's dk and dv. The q and dO tiles are transposed and swizzled as tile_kt above.
+// key's dk and dv. The q and dO tiles are transposed and swizzled as tile_kt above. The
+// tile's keys and values are read again with every row tile: P and dS take their place, as
+// 16 KiB hold no fifth tile.
 @compute @workgroup_size(256, 1, 1)
 fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
@@ -515,6 +517,7 @@ fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     var dv3 = 0.0;
     for (var rho0 = rho_lo; rho0 < rows; rho0 += TR) {
         workgroupBarrier();
+        // Row rr of the q/dO tiles and key rr of the k/v tiles in one loop (TR = TK).
         for (var e = lid; e < TR * pb.d; e += 256u) {
             let rr = e / pb.d;
             let i = e % pb.d;

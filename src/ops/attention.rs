@@ -61,7 +61,7 @@ fn check_caches(op: &'static str, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor
     Ok([hkv, s])
 }
 
-/// Which forward kernel computes attention.
+/// Which kernels compute attention, forward and backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// One workgroup per (query token, query head), keys spread over its threads: the most
