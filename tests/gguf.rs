@@ -377,6 +377,8 @@ fn inconsistent_models_are_errors() {
         ("bad heads", Box::new(set("llama.attention.head_count_kv", Value::U32(3))), "head_count_kv"),
         ("partial rotary", Box::new(|w| { w.kv("llama.rope.dimension_count", Value::U32(8)); }), "dimension_count"),
         ("vocab size disagrees", Box::new(|w| { w.kv("llama.vocab_size", Value::U32(300)); }), "vocab_size"),
+        ("scaled RoPE", Box::new(|w| { w.kv("llama.rope.scaling.type", Value::Str("linear".into())); }), "llama.rope.scaling.type is 'linear'"),
+        ("Llama 3.1 RoPE factors", Box::new(|w| { w.tensor("rope_freqs.weight", &[D / 8], GgmlType::F32, vec![0; D / 2]); }), "rope_freqs.weight' scales"),
         ("bad alignment", Box::new(|w| { w.kv("general.alignment", Value::U32(48)); }), "alignment"),
         ("unknown tensor name", Box::new(|w| w.tensors[1].name = "blk.0.attn_q.bias".into()), "attn_q.bias"),
         ("layer out of range", Box::new(|w| w.tensors[1].name = "blk.7.attn_norm.weight".into()), "blk.7"),
@@ -399,6 +401,11 @@ fn inconsistent_models_are_errors() {
         let msg = expect_err(build(&*edit), what);
         assert!(msg.contains(needle), "{what}: '{needle}' not in: {msg}");
     }
+    // Unscaled RoPE said explicitly loads.
+    load(build(&|w| {
+        w.kv("llama.rope.scaling.type", Value::Str("none".into()));
+    }))
+    .unwrap();
     // A tensor's data offset past the end of the file.
     let mut b = build(&|_| {});
     let name = b"output_norm.weight";

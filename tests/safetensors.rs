@@ -136,6 +136,14 @@ fn inconsistent_settings_are_refused_naming_the_key() {
         ("num_key_value_heads", serde_json::json!("2")),
         ("max_position_embeddings", serde_json::json!(-5)),
         ("eos_token_id", serde_json::json!("2")),
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+        ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0})),
+        ("rope_scaling", serde_json::json!("yarn")),
+        ("hidden_act", serde_json::json!("gelu")),
+        ("attention_bias", serde_json::json!(true)),
+        ("mlp_bias", serde_json::json!(true)),
+        ("sliding_window", serde_json::json!(16)),
+        ("sliding_window", serde_json::json!("4096")),
     ] {
         let e = with(key, v.clone()).expect_err(&format!("{key} = {v} accepted"));
         assert!(e.contains(key) && e.contains("config.json"), "{key} = {v}: {e}");
@@ -147,6 +155,10 @@ fn inconsistent_settings_are_refused_naming_the_key() {
     let mut c = cfg.clone();
     c.as_object_mut().unwrap().remove("rope_theta");
     c["head_dim"] = serde_json::Value::Null;
+    // Settings that say what this runtime does anyway load too.
+    c["rope_scaling"] = serde_json::json!({"rope_type": "default"});
+    c["sliding_window"] = serde_json::Value::Null;
+    c["mlp_bias"] = serde_json::json!(false);
     std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(load_dir(&dir).unwrap().config.rope_theta, 10000.0);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -527,6 +527,17 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
             return Err(model_err(file, format!("llama.rope.dimension_count is {rot}, but only RoPE over the whole head ({head_dim}) is supported")));
         }
     }
+    // Scaled RoPE (linear, YaRN, or Llama 3.1's per-frequency factors in `rope_freqs.weight`)
+    // rotates positions differently even in short prompts: refused rather than run unscaled.
+    if meta.get("llama.rope.scaling.type").is_some() {
+        let kind = meta.str("llama.rope.scaling.type", file)?;
+        if kind != "none" {
+            return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled RoPE is supported")));
+        }
+    }
+    if meta.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+        return Err(model_err(file, "tensor 'rope_freqs.weight' scales RoPE's frequencies (Llama 3.1 and later); only unscaled RoPE is supported".to_string()));
+    }
     let vocab_size = match meta.get("tokenizer.ggml.tokens") {
         Some(_) => meta.array("tokenizer.ggml.tokens", file)?.len(),
         None => meta.usize("llama.vocab_size", file)?,

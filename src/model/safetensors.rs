@@ -100,6 +100,38 @@ fn get_id(cfg: &Value, file: &Path, key: &str) -> Result<Option<u32>> {
     }
 }
 
+/// Llama-family settings this runtime does not implement. Each would run without an error and
+/// give wrong logits, so it is refused, naming the key.
+fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
+    let present = |key: &str| cfg.get(key).filter(|v| !v.is_null());
+    if let Some(v) = present("rope_scaling") {
+        let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str);
+        if kind != Some("default") {
+            return Err(err(path, format!("rope_scaling is {v}: scaled RoPE (linear, dynamic, YaRN, Llama 3.1's) is not supported, only unscaled")));
+        }
+    }
+    if let Some(v) = present("hidden_act") {
+        if v.as_str() != Some("silu") {
+            return Err(err(path, format!("hidden_act is {v}: the Llama MLP here is SwiGLU with SiLU")));
+        }
+    }
+    for key in ["attention_bias", "mlp_bias"] {
+        if let Some(v) = present(key) {
+            if v.as_bool() != Some(false) {
+                return Err(err(path, format!("{key} is {v}: projections with biases are not supported")));
+            }
+        }
+    }
+    if let Some(v) = present("sliding_window") {
+        let window = v.as_u64().ok_or_else(|| err(path, format!("sliding_window is {v}, expected a token count or null")))?;
+        let longest = cfg.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(u64::MAX);
+        if window < longest {
+            return Err(err(path, format!("sliding_window is {window} (under max_position_embeddings {longest}): windowed attention is not supported")));
+        }
+    }
+    Ok(())
+}
+
 /// Reads config.json into a `Config`.
 pub fn parse_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
@@ -110,6 +142,9 @@ pub fn parse_config(path: &Path) -> Result<Config> {
         "gpt2" => Arch::Gpt2,
         other => return Err(err(path, format!("model_type '{other}' is not supported (llama, gpt2)"))),
     };
+    if arch == Arch::Llama {
+        refuse_unsupported_llama_settings(&cfg, path)?;
+    }
     let config = match arch {
         Arch::Llama => {
             let hidden = get_usize(&cfg, path, &["hidden_size"])?;
