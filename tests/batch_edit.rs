@@ -50,6 +50,7 @@ fn requests(n: usize) -> Vec<EditRequest> {
             paraphrase_prompts: vec![],
             neighborhood_prompts: vec![],
             generation_prompts: vec![],
+            relation_id: None,
         })
         .collect()
 }

@@ -107,6 +107,7 @@ fn request(i: usize) -> EditRequest {
         paraphrase_prompts: vec![format!("w40 w{} w61", 10 + i)],
         neighborhood_prompts: vec![format!("w{} w60 w61", 30 + i), format!("w{} w60 w61", 31 + i)],
         generation_prompts: vec![format!("w{} w62", 10 + i)],
+        relation_id: None,
     }
 }
 

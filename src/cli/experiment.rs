@@ -315,7 +315,8 @@ fn print_checkpoint(c: &Checkpoint) {
                 format!(" [{}]", c.known_by_relation.iter().map(|r| format!("{} {}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(", "))
             } else {
                 String::new()
-            },
+            }
+            + &c.known_untouched.map_or(String::new(), |k| format!(", of relations no edit touches {}/{}", k.correct, k.total)),
         c.perplexity.map_or("–".into(), |p| format!("{p:.2}")),
         c.agreement.map_or("–".into(), |x| format!("{:.1e}", x.kl)),
         c.fluency.map_or("–".into(), |f| format!("{f:.2}")),

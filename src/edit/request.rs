@@ -32,6 +32,11 @@ pub struct EditRequest {
     pub neighborhood_prompts: Vec<String>,
     #[serde(default)]
     pub generation_prompts: Vec<String>,
+    /// Wikidata's id of the relation (CounterFact's `relation_id`, e.g. "P17"), where the file
+    /// gives it: an experiment tells the known facts of relations no request edits (its
+    /// control) from the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation_id: Option<String>,
 }
 
 impl EditRequest {
@@ -95,6 +100,7 @@ fn parse_zsre(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
         paraphrase_prompts: string(v, file, index, "rephrase")?.into_iter().collect(),
         neighborhood_prompts: vec![],
         generation_prompts: vec![],
+        relation_id: None,
     })
 }
 
@@ -136,6 +142,7 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
         paraphrase_prompts: strings(v, file, index, "paraphrase_prompts")?,
         neighborhood_prompts: strings(v, file, index, "neighborhood_prompts")?,
         generation_prompts: strings(v, file, index, "generation_prompts")?,
+        relation_id: string(rw, file, index, "relation_id")?,
     })
 }
 
@@ -173,6 +180,7 @@ mod tests {
             "generation_prompts": ["d"]}]"#;
         let c = &parse_requests(cf, "cf.json").unwrap()[0];
         assert_eq!((c.case_id, c.target_new.as_str(), c.paraphrase_prompts.len()), (Some(0), " English", 2));
+        assert_eq!((c.relation_id.as_deref(), r.relation_id.as_deref()), (Some("P103"), None));
         assert_eq!(c.subject, r.subject);
     }
 
@@ -203,7 +211,7 @@ mod tests {
             assert!(r.paraphrase_prompts.len() >= 2 && r.neighborhood_prompts.len() >= 5, "{r:?}");
             assert!(r.paraphrase_prompts.iter().all(|p| p.contains(&r.subject)), "{r:?}");
             assert!(r.neighborhood_prompts.iter().all(|p| !p.contains(&r.subject)), "{r:?}");
-            assert!(r.target_true.is_some() && !r.generation_prompts.is_empty());
+            assert!(r.target_true.is_some() && !r.generation_prompts.is_empty() && r.relation_id.is_some());
             relations.insert(r.prompt.clone());
             assert!(subjects.insert((r.prompt.clone(), r.subject.clone())), "{} edited twice in one relation", r.subject);
         }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::eval::counterfact::{cf_scores, facts_metrics};
 pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
-use crate::eval::retention::{by_relation, check_facts, known_loss, Fact, KnownLoss, RelationRetention};
+use crate::eval::retention::{by_relation, check_facts, known_loss, untouched_relations, Fact, KnownLoss, RelationRetention, Retained};
 use crate::eval::spectrum::diagnose;
 use crate::gpu::Tensor;
 use crate::linalg::subspace::Basis;
@@ -59,6 +59,10 @@ pub struct Checkpoint {
     /// edit touches).
     #[serde(default)]
     pub known_by_relation: Vec<RelationRetention>,
+    /// The known facts of relations no request of the run edits (capitals, element symbols,
+    /// opposites in the shipped set): the control for damage beyond the edits' neighbourhood.
+    #[serde(default)]
+    pub known_untouched: Option<Retained>,
     pub perplexity: Option<f64>,
     pub agreement: Option<Agreement>,
     pub fluency: Option<f64>,
@@ -141,6 +145,7 @@ impl Measures {
         let known_checks = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?) };
         let known_correct = known_checks.as_ref().map(|c| c.iter().filter(|c| c.correct).count());
         let known_by_relation = known_checks.as_deref().map(by_relation).unwrap_or_default();
+        let known_untouched = known_checks.as_deref().and_then(|c| untouched_relations(c, requests));
         let known_loss = known_checks.map(|c| known_loss(tok, &c, &requests[..edits.min(requests.len())])).transpose()?;
         lap_into(&mut split.known);
         let perplexity = match &self.prose {
@@ -188,6 +193,7 @@ impl Measures {
             known_total: self.known.len(),
             known_loss,
             known_by_relation,
+            known_untouched,
             perplexity,
             agreement,
             fluency,
@@ -240,7 +246,7 @@ pub fn append_checkpoint(arm_dir: &Path, c: &Checkpoint) -> Result<()> {
 
 /// One CSV row per checkpoint of every arm.
 pub fn csv(rows: &[Checkpoint]) -> String {
-    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation\n");
+    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation,untouched_correct,untouched_total\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for c in rows {
         let m = &c.matrices;
@@ -277,6 +283,8 @@ pub fn csv(rows: &[Checkpoint]) -> String {
             c.known_loss.map_or(String::new(), |k| k.sharing_an_edited_answer.to_string()),
             c.known_loss.map_or(String::new(), |k| k.to_an_edit_target.to_string()),
             c.known_by_relation.iter().map(|r| format!("{}:{}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(";"),
+            c.known_untouched.map_or(String::new(), |k| k.correct.to_string()),
+            c.known_untouched.map_or(String::new(), |k| k.total.to_string()),
         ];
         s += &cols.join(",");
         s.push('\n');
@@ -289,7 +297,7 @@ pub fn csv(rows: &[Checkpoint]) -> String {
 pub fn table(rows: &[Checkpoint]) -> String {
     let mut arms: Vec<&str> = rows.iter().map(|c| c.arm.as_str()).collect();
     arms.dedup();
-    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | fluency | perplexity | KL from unedited | known facts kept | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | fluency | perplexity | KL from unedited | known facts kept | … of relations no edit touches | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
     let num = |v: Option<f64>, d: usize| v.map_or("–".to_string(), |x| format!("{x:.d$}"));
     let mut seen = std::collections::BTreeSet::new();
@@ -300,9 +308,10 @@ pub fn table(rows: &[Checkpoint]) -> String {
         let Some(last) = rows.iter().filter(|c| c.arm == arm).max_by_key(|c| c.edits) else { continue };
         let all = last.all.or(last.recent);
         let known = last.known_correct.map_or("–".to_string(), |k| format!("{k}/{}", last.known_total));
+        let untouched = last.known_untouched.map_or("–".to_string(), |k| format!("{}/{}", k.correct, k.total));
         let leak = last.matrices.iter().map(|m| m.leak_left.max(m.leak_right)).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
         s += &format!(
-            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {known} | {} |\n",
+            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {known} | {untouched} | {} |\n",
             last.edits,
             pct(all.and_then(|a| a.efficacy)),
             pct(all.and_then(|a| a.paraphrase)),
@@ -333,6 +342,7 @@ mod tests {
             known_total: 10,
             known_loss: Some(KnownLoss { lost: 3, sharing_an_edited_answer: 2, to_an_edit_target: 1 }),
             known_by_relation: vec![RelationRetention { relation: "P36".into(), correct: 2, total: 3 }],
+            known_untouched: Some(Retained { correct: 2, total: 3 }),
             perplexity: Some(20.0),
             agreement: Some(Agreement { kl: 0.01, top1: 0.95 }),
             fluency: Some(5.0),
@@ -351,8 +361,9 @@ mod tests {
         o.remove("known_loss");
         o.remove("measure_split");
         o.remove("known_by_relation");
+        o.remove("known_untouched");
         let back: Checkpoint = serde_json::from_value(v).unwrap();
-        assert_eq!((back.known_loss, back.measure_split), (None, None));
+        assert_eq!((back.known_loss, back.measure_split, back.known_untouched), (None, None, None));
         assert!(back.known_by_relation.is_empty());
         assert_eq!(back.edits, 10);
     }
@@ -392,9 +403,11 @@ mod tests {
         let rows = vec![row("memit-none", 10, 0.9), row("memit-none", 20, 0.6), row("memit-0.5", 20, 0.8)];
         let t = table(&rows);
         assert!(t.contains("| memit-none | 20 | 60.0 |") && t.contains("| memit-0.5 | 20 | 80.0 |"), "{t}");
+        assert!(t.contains("| 7/10 | 2/3 |"), "{t}");
         assert_eq!(t.lines().count(), 4);
         let c = csv(&rows);
         assert_eq!(c.lines().count(), 4);
         assert!(c.lines().nth(2).unwrap().starts_with("memit-none,20,2,1.0,0.600000,"), "{c}");
+        assert!(c.lines().nth(2).unwrap().ends_with(",P36:2/3,2,3"), "{c}");
     }
 }

@@ -193,6 +193,7 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
         panel("specificity (neighbourhood), all edits", "share", |c| c.all?.neighborhood),
         panel("perplexity on held-out prose", "perplexity", |c| c.perplexity),
         panel("known facts still answered", "share", |c| c.known_correct.map(|k| k as f64 / c.known_total.max(1) as f64)),
+        panel("known facts of relations no edit touches", "share", |c| c.known_untouched.map(|k| k.correct as f64 / k.total.max(1) as f64)),
         panel("KL from the unedited model", "nats", |c| c.agreement.map(|a| a.kl)),
         panel("fluency (n-gram entropy)", "bits", |c| c.fluency),
         panel("distance from the original, mean over layers", "‖W − W0‖_F", |c| mean(c, |m| m.drift)),
@@ -248,6 +249,7 @@ mod tests {
                 paraphrase_prompts: vec![],
                 neighborhood_prompts: vec![],
                 generation_prompts: vec![],
+                relation_id: None,
             },
             before: metrics(0.01, 0.6),
             after: metrics(0.9, 0.02),
@@ -344,6 +346,7 @@ mod tests {
             known_total: 10,
             known_loss: None,
             known_by_relation: vec![],
+            known_untouched: Some(crate::eval::retention::Retained { correct: 5, total: 8 }),
             perplexity: Some(30.0 + edits as f64),
             agreement: None,
             fluency: Some(5.0),
@@ -357,7 +360,7 @@ mod tests {
         let (svg, png) = (dir.join("c.svg"), dir.join("c.png"));
         experiment(&rows, &svg).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
-        assert!(text.contains("memit-0.5") && text.contains("perplexity on held-out prose"), "curves lack series or panels");
+        assert!(text.contains("memit-0.5") && text.contains("perplexity on held-out prose") && text.contains("relations no edit touches"), "curves lack series or panels");
         png_from_svg(&svg, &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");

@@ -97,6 +97,25 @@ pub fn known_loss(tok: &Tok, checks: &[FactCheck], edited: &[crate::edit::reques
     })
 }
 
+/// Known facts still answered of the relations none of `edited` has (facts without a relation
+/// are not counted): knowledge the edits never aimed at. None when there is no such fact, or
+/// when no edited request says its relation (then nothing is known to be untouched).
+pub fn untouched_relations(checks: &[FactCheck], edited: &[crate::edit::request::EditRequest]) -> Option<Retained> {
+    let relations: std::collections::HashSet<&str> = edited.iter().filter_map(|r| r.relation_id.as_deref()).collect();
+    if relations.is_empty() {
+        return None;
+    }
+    let control: Vec<&FactCheck> = checks.iter().filter(|c| c.relation_id.as_deref().is_some_and(|r| !relations.contains(r))).collect();
+    (!control.is_empty()).then(|| Retained { correct: control.iter().filter(|c| c.correct).count(), total: control.len() })
+}
+
+/// How many of a set of facts are still answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retained {
+    pub correct: usize,
+    pub total: usize,
+}
+
 /// Known facts still answered, per relation (facts without one count as "other").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelationRetention {
@@ -113,4 +132,39 @@ pub fn by_relation(checks: &[FactCheck]) -> Vec<RelationRetention> {
         e.1 += 1;
     }
     counts.into_iter().map(|(r, (correct, total))| RelationRetention { relation: r.to_string(), correct, total }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edit::request::EditRequest;
+
+    fn check(relation: Option<&str>, correct: bool) -> FactCheck {
+        FactCheck { prompt: "p".into(), answer: " a".into(), relation_id: relation.map(str::to_string), got: " a".into(), correct, logp: 0.0 }
+    }
+
+    fn edit(relation: Option<&str>) -> EditRequest {
+        EditRequest {
+            case_id: None,
+            subject: "S".into(),
+            prompt: "{} is".into(),
+            target_new: " b".into(),
+            target_true: None,
+            paraphrase_prompts: vec![],
+            neighborhood_prompts: vec![],
+            generation_prompts: vec![],
+            relation_id: relation.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn untouched_relations_are_those_no_edit_has() {
+        let checks = [check(Some("P17"), false), check(Some("P36"), true), check(Some("P36"), false), check(Some("P246"), true), check(None, false)];
+        // P17 is edited; P36 and P246 are not; a fact without a relation is not counted.
+        assert_eq!(untouched_relations(&checks, &[edit(Some("P17")), edit(None)]), Some(Retained { correct: 2, total: 3 }));
+        assert_eq!(untouched_relations(&checks, &[edit(Some("P17")), edit(Some("P36"))]), Some(Retained { correct: 1, total: 1 }));
+        // Edits that do not say their relation: nothing is known to be untouched.
+        assert_eq!(untouched_relations(&checks, &[edit(None)]), None);
+        assert_eq!(untouched_relations(&checks[..1], &[edit(Some("P17"))]), None);
+    }
 }
