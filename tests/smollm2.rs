@@ -55,10 +55,12 @@ fn it_knows_its_facts() {
     assert!(geo.len() >= 500, "the retention set has {} facts", geo.len());
     let mut facts: Vec<(&str, &str)> = vec![("The capital of France is", " Paris"), ("The mother tongue of Danielle Darrieux is", " French")];
     facts.extend(revive::eval::experiment::spread(geo.len(), 6).into_iter().map(|i| (geo[i].prompt.as_str(), geo[i].answer.as_str())));
-    // And of its capitals, the control relation no edit touches.
-    let capitals: Vec<&revive::eval::retention::Fact> = geo.iter().filter(|f| f.relation_id.as_deref() == Some("P36")).collect();
-    assert!(capitals.len() >= 40, "the retention set has {} capitals", capitals.len());
-    facts.extend(revive::eval::experiment::spread(capitals.len(), 3).into_iter().map(|i| (capitals[i].prompt.as_str(), capitals[i].answer.as_str())));
+    // And of each control relation no edit touches (capitals, element symbols, opposites).
+    for (relation, at_least) in [("P36", 40), ("P246", 30), ("P461", 40)] {
+        let of: Vec<&revive::eval::retention::Fact> = geo.iter().filter(|f| f.relation_id.as_deref() == Some(relation)).collect();
+        assert!(of.len() >= at_least, "the retention set has {} facts of {relation}", of.len());
+        facts.extend(revive::eval::experiment::spread(of.len(), 3).into_iter().map(|i| (of[i].prompt.as_str(), of[i].answer.as_str())));
+    }
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &m.weights))?;
         let seqs: Vec<Vec<u32>> = facts.iter().map(|(p, _)| m.tok.encode(p).unwrap()).collect();

