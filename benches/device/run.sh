@@ -6,7 +6,7 @@
 # SET is one of: speed (issue 11: forward, matmul and SVD against PyTorch, one ROME edit at
 # full settings), batch (issue 10/11: a MEMIT batch of 100 against PyTorch's same step),
 # experiment (issue 12: the collapse curves, 2,000 edits), table (issue 10: the 200-edit table and
-# the 2,000-edit estimate), remeasure (what changed since the last GPU session), all. The PyTorch baselines run in
+# the 2,000-edit estimate), sweep (issue 10: MEMIT's layers and AlphaEdit's threshold), remeasure (what changed since the last GPU session), all. The PyTorch baselines run in
 # the same call as the revive numbers they are read against.
 # Setup here: benches/device/prepare.sh --model FILE (the release build, the Vulkan loader,
 # benches/device/env.sh and the model in parts of at most 48 MiB under .device/), stage the model
@@ -25,6 +25,7 @@ case ${2:-speed} in
   batch) only=export,memit-100,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
+  sweep) only=sweep ;;
   # What changed since the last GPU session and has not been measured there: the decode
   # dispatches (393 → 182), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
   # an edit batch's attention in 1 + 2 dispatches per layer, the targets' loss on the GPU and
@@ -96,6 +97,10 @@ step memit-100-profile 150 env REVIVE_PROFILE=1 $bin bench edit -m "$model" --me
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-profile --json "$out/memit-100-profile.json"
 step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --json "$out/torch-memit-100.json"
+# Issue 10: the batch methods' defaults measured where batches of 100 are cheap: MEMIT's layer
+# window (3-7, 1-5, 6-10) and AlphaEdit's null-space threshold (1e-2, 1e-3, 1e-1), 200 edits
+# each, every known fact checked (benches/sweep.sh; on lavapipe it ran with 8 edits).
+step sweep 330 bash benches/sweep.sh $bin "$model" "$out/sweep" 200 100
 # Issue 10: the first table (200 edits in batches of 20, reduced settings), its four arms in
 # parallel; the plots, CSV and table come back, the journals stay.
 step exp200 240 bash benches/device/arms.sh $bin "$model" /tmp/exp200 3 --limit 200 --batch 20 --every 100 \
