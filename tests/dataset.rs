@@ -62,16 +62,9 @@ fn compare_runs(a: &Path, b: &Path) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(serde::Deserialize, PartialEq, Debug)]
-struct Fact {
-    prompt: String,
-    answer: String,
-    relation_id: String,
-}
-
 #[test]
 fn the_retention_set_is_the_candidates_in_order() {
-    let read = |file: &str| -> Vec<Fact> { serde_json::from_slice(&std::fs::read(geo().join(file)).unwrap()).unwrap() };
+    let read = |file: &str| revive::eval::retention::load_facts(&geo().join(file)).unwrap();
     let (candidates, known) = (read("candidates.json"), read("known.json"));
     assert!(known.len() >= 500, "{} known facts", known.len());
     // Every known fact is a candidate, in the candidates' order, each prompt once.
@@ -81,21 +74,20 @@ fn the_retention_set_is_the_candidates_in_order() {
         let found = candidates[at..].iter().position(|c| c == k).unwrap_or_else(|| panic!("{k:?} is not a candidate after position {at}"));
         at += found + 1;
         assert!(prompts.insert(k.prompt.as_str()), "{:?} is in the retention set twice", k.prompt);
+        assert!(k.relation_id.is_some(), "{k:?}: no relation");
         assert!(k.answer.starts_with(' ') && k.answer.trim().len() == k.answer.len() - 1, "{k:?}: the answer is one leading space and a word");
     }
     // The controls are relations no edit record has, and no record's answer is a control answer.
-    let gz = std::fs::File::open(geo().join("edits.json.gz")).unwrap();
-    let edits: Vec<serde_json::Value> = serde_json::from_reader(flate2::read::GzDecoder::new(gz)).unwrap();
-    let field = |r: &serde_json::Value, f: &str| r[f].as_str().map(str::to_string);
-    let edited: std::collections::HashSet<String> = edits.iter().filter_map(|r| field(r, "relation_id")).collect();
-    let answers: std::collections::HashSet<String> = edits.iter().flat_map(|r| [field(r, "target_new"), field(r, "target_true")]).flatten().collect();
+    let edits = revive::edit::request::load_requests(&geo().join("edits.json.gz")).unwrap();
+    let edited: std::collections::HashSet<&str> = edits.iter().filter_map(|r| r.relation_id.as_deref()).collect();
+    let answers: std::collections::HashSet<&str> = edits.iter().flat_map(|r| [Some(r.target_new.as_str()), r.target_true.as_deref()]).flatten().collect();
     assert!(edited.contains("P17") && answers.contains(" China"), "the edit records' fields were not read");
     for relation in ["P36", "P246", "P461"] {
         assert!(!edited.contains(relation), "{relation} is edited");
-        let of: Vec<&Fact> = known.iter().filter(|k| k.relation_id == relation).collect();
+        let of: Vec<&revive::eval::retention::Fact> = known.iter().filter(|k| k.relation_id.as_deref() == Some(relation)).collect();
         assert!(!of.is_empty(), "no known fact of {relation}");
         for k in of {
-                assert!(!answers.contains(&k.answer), "{k:?}: an edit uses this answer");
+            assert!(!answers.contains(k.answer.as_str()), "{k:?}: an edit uses this answer");
         }
     }
 }

