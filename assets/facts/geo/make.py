@@ -246,6 +246,7 @@ def main():
     ap.add_argument("--out", help="where to write (default: next to this file)")
     args = ap.parse_args()
     here = args.out or os.path.dirname(os.path.abspath(__file__))
+    os.makedirs(here, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if args.wheels:
             wheels = open_wheels(args.wheels)
