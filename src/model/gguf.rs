@@ -535,7 +535,7 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
             return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled RoPE is supported")));
         }
     }
-    if meta.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
+    if meta.tensor("rope_freqs.weight").is_some() {
         return Err(model_err(file, "tensor 'rope_freqs.weight' scales RoPE's frequencies (Llama 3.1 and later); only unscaled RoPE is supported".to_string()));
     }
     let vocab_size = match meta.get("tokenizer.ggml.tokens") {
