@@ -69,8 +69,15 @@ fn delta_gradient_matches_finite_differences() {
                 Term::Nll { row: t + 2, token: 40 % v, weight: 1.0 },
                 Term::Kl { row: 2 * t + 3, p_ref, weight: 0.3 },
             ];
+            let tagged: Vec<((usize, usize), usize)> = sites.iter().map(|&s| (s, 0)).collect();
             for layer in 0..c.n_layers {
-                let pass = ok(DeltaPass::new(&gm, ok(Batch::new(&seqs))?, layer, &sites))?;
+                // Every length in a group of its own at even layers (the rows of the batch
+                // as given mapped into three groups), the whole batch as one at odd layers.
+                let overhead = if layer % 2 == 0 { 0 } else { usize::MAX };
+                let pass = ok(DeltaPass::grouped(&gm, ok(Batch::new(&seqs))?, layer, &tagged, 1, overhead))?;
+                if pass.group_batches().len() != if overhead == 0 { 3 } else { 1 } {
+                    return Err(format!("{name} layer {layer}: {} groups at overhead {overhead}", pass.group_batches().len()));
+                }
                 let got = ok(pass.loss_and_grad(&delta, &terms))?;
                 // A pass serves every step of an optimisation: the evaluation at δ must leave no
                 // trace in the next one.
@@ -104,6 +111,55 @@ fn delta_gradient_matches_finite_differences() {
     });
 }
 
+/// Several δ over sequences of many lengths: the pass run in one group per length, in a few
+/// groups and as one padded batch gives the same loss, terms and gradients (to f32 rounding:
+/// the products see other row counts), and the groups hold no padding beyond their longest.
+#[test]
+fn grouped_delta_pass_equals_one_padded_batch() {
+    for_each_gpu(|gpu| {
+        let w = random_weights(&Config::tiny_llama(), 31);
+        let c = &w.config;
+        let (d, v) = (c.hidden, c.vocab_size as u32);
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let mut r = rng(32);
+        let lens = [9usize, 2, 5, 9, 3, 11, 1, 6, 5, 13, 4];
+        let seqs: Vec<Vec<u32>> = lens.iter().enumerate().map(|(s, &l)| (0..l).map(|p| ((s * 31 + p * 7 + 3) as u32) % v).collect()).collect();
+        let t = 13;
+        // Three δ, each at sites in sequences of different lengths (so in different groups).
+        let n = 3;
+        let sites: Vec<((usize, usize), usize)> = (0..seqs.len()).map(|s| ((s, (s * 5) % lens[s]), s % n)).collect();
+        let terms: Vec<Term> = (0..seqs.len())
+            .map(|s| Term::Nll { row: s * t + lens[s] - 1, token: (s as u32 * 13 + 1) % v, weight: 0.1 + s as f64 / 10.0 })
+            .chain([Term::Kl { row: 5 * t + 7, p_ref: vec![1.0 / c.vocab_size as f64; c.vocab_size], weight: 0.5 }])
+            .collect();
+        let delta: Vec<f32> = random_vec(&mut r, n * d).iter().map(|x| x * 0.3).collect();
+        let mut runs = vec![];
+        for overhead in [0, 4, usize::MAX] {
+            let pass = ok(DeltaPass::grouped(&gm, ok(Batch::new(&seqs))?, 1, &sites, n, overhead))?;
+            for g in pass.group_batches() {
+                if g.lens.iter().min() == Some(&0) || g.ids.len() != g.b() * g.t {
+                    return Err(format!("overhead {overhead}: a malformed group {:?}", g.lens));
+                }
+            }
+            runs.push((overhead, pass.group_batches().len(), ok(pass.loss_and_grad(&delta, &terms))?));
+        }
+        let (_, groups0, ref want) = runs[2];
+        if groups0 != 1 || runs[0].1 != 9 {
+            return Err(format!("groups: {} at overhead 0 (9 distinct lengths), {groups0} as one batch", runs[0].1));
+        }
+        for (overhead, groups, got) in &runs[..2] {
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-3);
+            let gdiff: f64 = got.grad.iter().zip(&want.grad).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+            let gnorm: f64 = want.grad.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            if !close(got.loss, want.loss) || got.terms.iter().zip(&want.terms).any(|(a, b)| !close(*a, *b)) || !(gdiff <= 1e-5 * gnorm) || gnorm == 0.0 || got.rows != want.rows {
+                return Err(format!("{groups} groups (overhead {overhead}): loss {} vs {}, ‖Δgrad‖/‖grad‖ {:e}", got.loss, want.loss, gdiff / gnorm));
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn delta_pass_rejects_bad_input() {
     for_each_gpu(|gpu| {
@@ -129,6 +185,9 @@ fn delta_pass_rejects_bad_input() {
             ("a token outside the vocabulary", pass.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 2, token: 500, weight: 1.0 }])),
             ("no terms", pass.loss_and_grad(&vec![0.0; d], &[])),
         ];
+        let ragged = ok(DeltaPass::new(&gm, ok(Batch::new(&[vec![1, 2, 3], vec![4]]))?, 0, &[(0, 1)]))?;
+        let padding = ragged.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 4, token: 5, weight: 1.0 }]);
+        let checks = checks.into_iter().chain([("a padding row", padding)]);
         for (what, r) in checks {
             if r.is_ok() {
                 return Err(format!("{what} was accepted"));

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use revive::cpu;
 use revive::ops::elementwise::{self, View};
-use revive::ops::gather::gather_rows;
+use revive::ops::gather::{gather_rows, gather_rows_from};
 use revive::ops::reduce::{reduce_all, reduce_rows, ReduceOp};
 use revive::ops::softmax::softmax_rows;
 
@@ -130,6 +130,22 @@ fn gather_matches_oracle_and_rejects_bad_ids() {
             let err = gather_rows(gpu, &t, &[rows as u32]).err().ok_or("out-of-range id accepted")?;
             if !err.to_string().contains("out of range") {
                 return Err(format!("unexpected message: {err}"));
+            }
+            // From three tables stacked (one of a single row): ids across all of them.
+            let (r2, r3) = (1, rows + 2);
+            let (t2v, t3v) = (random_vec(&mut r, r2 * cols), random_vec(&mut r, r3 * cols));
+            let stacked: Vec<f32> = [table.clone(), t2v.clone(), t3v.clone()].concat();
+            let total = rows + r2 + r3;
+            let ids: Vec<u32> = (0..(total + 3)).map(|j| ((j * 11 + i) % total) as u32).collect();
+            let (t2, t3) = (ok(gpu.upload(&t2v, &[r2, cols]))?, ok(gpu.upload(&t3v, &[r3, cols]))?);
+            let got = ok(gpu.download(&ok(gather_rows_from(gpu, &[&t, &t2, &t3], &ids))?))?;
+            compare(&format!("gather from 3 tables, {total}x{cols}"), &got, &cpu::gather_rows(&stacked, cols, &ids), Tolerance::F32)?;
+            if gather_rows_from(gpu, &[&t, &t2], &[(rows + r2) as u32]).is_ok() {
+                return Err("an id past the stacked tables was accepted".into());
+            }
+            let wide = ok(gpu.upload(&random_vec(&mut r, cols + 1), &[1, cols + 1]))?;
+            if gather_rows_from(gpu, &[&t, &wide], &[0]).is_ok() {
+                return Err("tables of different widths were accepted".into());
             }
         }
         Ok(())

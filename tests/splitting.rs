@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::gpu::SplitLimits;
 use revive::ops::elementwise::{self, View};
-use revive::ops::gather::gather_rows;
+use revive::ops::gather::{gather_rows, gather_rows_from};
 use revive::ops::matmul::{gemm, Gemm, KERNELS};
 use revive::ops::reduce::{reduce_all, reduce_rows, ReduceOp};
 use revive::ops::softmax::softmax_rows;
@@ -61,6 +61,12 @@ fn every_op_splits_under_tiny_limits() {
         // The table is larger than one binding: it is read in row ranges.
         let ids: Vec<u32> = (0..23).map(|i| (i * 17 % 50) as u32).collect();
         compare("split gather", &ok(gpu.download(&ok(gather_rows(gpu, &t, &ids))?))?, &cpu::gather_rows(&x, 37, &ids), Tolerance::F32)?;
+        // Two tables, each larger than one binding, stacked: rows from both sides of the seam.
+        let x2 = random_vec(&mut r, 45 * 37);
+        let t2 = ok(gpu.upload(&x2, &[45, 37]))?;
+        let ids: Vec<u32> = (0..41).map(|i| (i * 23 % 95) as u32).collect();
+        let want = cpu::gather_rows(&[x.clone(), x2].concat(), 37, &ids);
+        compare("split gather from two tables", &ok(gpu.download(&ok(gather_rows_from(gpu, &[&t, &t2], &ids))?))?, &want, Tolerance::F32)?;
         Ok(())
     });
 }

@@ -121,9 +121,10 @@ pub fn optimise_target(model: &GpuModel, tb: &TargetBatch, h: &[f32], hp: &RomeH
     Ok(t.remove(0))
 }
 
-/// Rows of one batched pass of the target optimisation: the upper layers keep their
+/// Tokens of one batched pass of the target optimisation: the upper layers keep their
 /// activations for the backward pass (about 5·(d + ffn) values a row and layer), so a large
-/// batch of requests is cut into passes of about this many rows.
+/// batch of requests is cut into passes of about this many tokens (a pass runs its prompts in
+/// groups of similar length, `DeltaPass`, so its rows are its tokens and a little padding).
 pub const TARGET_PASS_ROWS: usize = 2048;
 
 /// Finds each request's δ (`tbs[r]`, rewriting a vector of norm ‖`hs[r]`‖), several requests
@@ -140,7 +141,7 @@ pub fn optimise_targets(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], 
         let mut end = start;
         let mut rows = 0;
         while end < tbs.len() {
-            let r = tbs[end].prompts.len() * tbs[end].prompts.iter().map(|q| q.ids.len()).max().unwrap_or(0);
+            let r: usize = tbs[end].prompts.iter().map(|q| q.ids.len()).sum();
             if end > start && rows + r > TARGET_PASS_ROWS {
                 break;
             }

@@ -8,11 +8,11 @@
 //! step uploads δ and reads back one number per term and δ's gradient, nothing batch-sized.
 
 use super::config::Arch;
-use super::forward::{Batch, BlockTape, GpuModel, Keep, KvCache};
+use super::forward::{length_groups, Batch, BlockTape, GpuModel, Keep, KvCache};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::{activation, attention, elementwise, gather::gather_rows, loss::weighted_nll, norm, rope};
+use crate::ops::{activation, attention, elementwise, gather::gather_rows_from, loss::weighted_nll, norm, rope};
 
 /// One term of the loss, on the logits of one row of the batch.
 #[derive(Debug, Clone)]
@@ -48,9 +48,22 @@ pub struct LossGrad {
 pub struct PreparedTerms {
     weights: Tensor,
     rows: Vec<usize>,
-    /// [terms, B·T]: a one at each term's row, scattering the terms' gradients back into the
-    /// batch with one product.
-    scatter: Tensor,
+    /// Each term's row among the groups' rows stacked in group order (what the head gathers).
+    stacked: Vec<u32>,
+    /// Per group, [terms, group rows]: a one at each term's row there, scattering the terms'
+    /// gradients back into the group with one product (None: no term reads the group).
+    scatter: Vec<Option<Tensor>>,
+}
+
+/// One group of a pass's sequences, of similar lengths, run as a dense batch of its own.
+struct Group {
+    batch: Batch,
+    /// The residual stream after the edited layer, before any δ: [rows, d].
+    base: Tensor,
+    /// [rows, n_deltas]: a one where a row receives a δ. Adding the δ is one product with it
+    /// (base + S·δ, exact: each row sums one δ and zeros), and so is summing each δ's gradient
+    /// over its sites (Sᵀ·dx): a step uploads n·d values and reads n·d back, not rows·d.
+    sites: Tensor,
 }
 
 /// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
@@ -60,15 +73,32 @@ pub struct PreparedTerms {
 /// of them one after another. Sequences do not see each other, so when each request's sites and
 /// loss terms sit in its own sequences, the gradient of the summed loss with respect to δ_r is
 /// the gradient of request r's own loss.
+///
+/// Rows are named as in the batch given (`batch().row(seq, pos)`), but the sequences run in
+/// groups of similar length ([`length_groups`]), each padded only to its own longest, so that
+/// short prompts beside long ones cost their own length.
 pub struct DeltaPass<'m> {
     model: &'m GpuModel,
     batch: Batch,
     layer: usize,
-    base: Tensor,
-    /// [B·T, n_deltas]: a one where a row receives a δ. Adding the δ is one product with it
-    /// (base + S·δ, exact: each row sums one δ and zeros), and so is summing each δ's gradient
-    /// over its sites (Sᵀ·dx): a step uploads n·d values and reads n·d back, not B·T·d.
-    sites: Tensor,
+    n_deltas: usize,
+    groups: Vec<Group>,
+    /// For each sequence of the batch: its group and its index there.
+    place: Vec<(usize, usize)>,
+    /// Where each group's rows start among the groups' rows stacked in order.
+    first_row: Vec<usize>,
+}
+
+/// What one more group costs, in padded tokens' worth of work. A GPU pays each group's
+/// dispatches (about 30 per layer and step, ~7 µs each on the H200 of 2026-12-04, where a
+/// token of an edit batch's step cost ~0.2 ms) and runs small products below its width; a
+/// software adapter pays per token and little per dispatch (`docs/results.md`).
+pub fn group_overhead_tokens(gpu: &crate::gpu::Gpu) -> usize {
+    if gpu.is_cpu() {
+        16
+    } else {
+        128
+    }
 }
 
 impl<'m> DeltaPass<'m> {
@@ -80,6 +110,12 @@ impl<'m> DeltaPass<'m> {
 
     /// `sites`: ((sequence, position), δ index < n_deltas).
     pub fn with_deltas(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize) -> Result<Self> {
+        Self::grouped(model, batch, layer, sites, n_deltas, group_overhead_tokens(model.gpu()))
+    }
+
+    /// [`Self::with_deltas`] with the sequences grouped at a given cost per group
+    /// ([`length_groups`]): 0 runs each distinct length apart, `usize::MAX` the whole batch as one.
+    pub fn grouped(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize, overhead_tokens: usize) -> Result<Self> {
         let c = &model.config;
         if layer >= c.n_layers {
             return Err(Error::shape("delta pass", format!("layer {layer} of a model with {} layers", c.n_layers)));
@@ -87,38 +123,76 @@ impl<'m> DeltaPass<'m> {
         if n_deltas == 0 {
             return Err(Error::shape("delta pass", "no δ to optimise"));
         }
-        let mut onehot = vec![0.0f32; batch.ids.len() * n_deltas];
+        let mut seen = std::collections::HashSet::new();
         for &((seq, pos), which) in sites {
             super::forward::check_site(c, &batch, &super::probe::Site { layer, seq, pos })?;
             if which >= n_deltas {
                 return Err(Error::shape("delta pass", format!("a site receives δ {which} of {n_deltas}")));
             }
-            let cell = &mut onehot[batch.row(seq, pos) * n_deltas + which];
-            if *cell != 0.0 {
+            if !seen.insert((seq, pos, which)) {
                 return Err(Error::shape("delta pass", format!("site ({seq}, {pos}) is given δ {which} twice")));
             }
-            *cell = 1.0;
         }
-        let sites = model.gpu().upload(&onehot, &[batch.ids.len(), n_deltas])?;
-        let base = model.residual_after(&batch, layer)?;
-        Ok(DeltaPass { model, batch, layer, base, sites })
-    }
-
-    /// The residual stream after the edited layer, before any δ: [B·T, d].
-    pub fn base(&self) -> &Tensor {
-        &self.base
+        let plan = length_groups(&batch.lens, overhead_tokens);
+        let mut place = vec![(0, 0); batch.b()];
+        for (g, members) in plan.iter().enumerate() {
+            for (k, &seq) in members.iter().enumerate() {
+                place[seq] = (g, k);
+            }
+        }
+        let mut groups = vec![];
+        let mut first_row = vec![];
+        let mut rows = 0;
+        for (g, members) in plan.iter().enumerate() {
+            let seqs: Vec<Vec<u32>> = members.iter().map(|&s| batch.ids[batch.row(s, 0)..batch.row(s, batch.lens[s])].to_vec()).collect();
+            let gb = Batch::new(&seqs)?;
+            let mut onehot = vec![0.0f32; gb.ids.len() * n_deltas];
+            for &((seq, pos), which) in sites.iter().filter(|((seq, _), _)| place[*seq].0 == g) {
+                onehot[gb.row(place[seq].1, pos) * n_deltas + which] = 1.0;
+            }
+            let sites = model.gpu().upload(&onehot, &[gb.ids.len(), n_deltas])?;
+            let base = model.residual_after(&gb, layer)?;
+            first_row.push(rows);
+            rows += gb.ids.len();
+            groups.push(Group { batch: gb, base, sites });
+        }
+        Ok(DeltaPass { model, batch, layer, n_deltas, groups, place, first_row })
     }
 
     pub fn batch(&self) -> &Batch {
         &self.batch
     }
 
+    /// The groups' batches (shortest first): how the pass runs its sequences.
+    pub fn group_batches(&self) -> Vec<&Batch> {
+        self.groups.iter().map(|g| &g.batch).collect()
+    }
+
+    /// A row of the batch given → (its group, its row there). Padding rows are refused: they
+    /// belong to no group.
+    fn locate(&self, row: usize) -> Result<(usize, usize)> {
+        let (seq, pos) = (row / self.batch.t.max(1), row % self.batch.t.max(1));
+        if seq >= self.batch.b() {
+            return Err(Error::shape("delta loss", format!("a term reads row {row} of a batch of {} rows", self.batch.ids.len())));
+        }
+        if pos >= self.batch.lens[seq] {
+            return Err(Error::shape("delta loss", format!("row {row} is padding: position {pos} of sequence {seq}, which has {} tokens", self.batch.lens[seq])));
+        }
+        let (g, k) = self.place[seq];
+        Ok((g, self.groups[g].batch.row(k, pos)))
+    }
+
+    /// `rows` of the batch as rows of the groups stacked in order.
+    fn stacked_rows(&self, rows: &[usize]) -> Result<Vec<u32>> {
+        rows.iter().map(|&r| self.locate(r).map(|(g, local)| (self.first_row[g] + local) as u32)).collect()
+    }
+
     /// Log-probabilities of `rows` with δ added: no backward pass.
     pub fn logprobs(&self, delta: &[f32], rows: &[usize]) -> Result<Vec<Vec<f64>>> {
         // The same products as `loss_and_grad` (the taped ones, not the stacked), so that a KL
         // against these log-probabilities is 0 to the bit at this δ.
-        let (x, _, _) = self.upper(delta, true)?;
-        let (logits, _) = self.head(&x, rows)?;
+        let upper = self.upper(delta, true)?;
+        let (logits, _) = self.head(&upper, &self.stacked_rows(rows)?)?;
         Ok(log_softmax(&self.model.host_logits(&logits)?, self.model.config.vocab_size))
     }
 
@@ -131,7 +205,7 @@ impl<'m> DeltaPass<'m> {
     /// Checks the terms against this pass and puts their weights on the GPU, once for all the
     /// steps of an optimisation that evaluates the same terms ([`Self::loss_and_grad_with`]).
     pub fn prepare_terms(&self, terms: &[Term]) -> Result<PreparedTerms> {
-        let (vocab, n) = (self.model.config.vocab_size, self.batch.ids.len());
+        let vocab = self.model.config.vocab_size;
         if terms.is_empty() {
             return Err(Error::shape("delta loss", "no loss terms"));
         }
@@ -139,9 +213,7 @@ impl<'m> DeltaPass<'m> {
         // cross-entropy), w·p_ref for a KL term (w KL(p_ref ‖ p)).
         let mut weights = vec![0.0f32; terms.len() * vocab];
         for (i, t) in terms.iter().enumerate() {
-            if t.row() >= n {
-                return Err(Error::shape("delta loss", format!("a term reads row {} of a batch of {n} rows", t.row())));
-            }
+            self.locate(t.row())?;
             let w = &mut weights[i * vocab..(i + 1) * vocab];
             match t {
                 Term::Nll { token, weight, .. } => {
@@ -164,67 +236,95 @@ impl<'m> DeltaPass<'m> {
         // One row of logits per term (a row two terms read is gathered twice), so that each
         // term's loss is its own row's.
         let rows: Vec<usize> = terms.iter().map(Term::row).collect();
-        let mut scatter = vec![0.0f32; rows.len() * n];
-        for (i, &r) in rows.iter().enumerate() {
-            scatter[i * n + r] = 1.0;
-        }
         let gpu = self.model.gpu();
-        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, scatter: gpu.upload(&scatter, &[rows.len(), n])?, rows })
+        let mut scatter = vec![];
+        for (g, group) in self.groups.iter().enumerate() {
+            let n = group.batch.ids.len();
+            let mut onehot = vec![0.0f32; rows.len() * n];
+            let mut any = false;
+            for (i, &r) in rows.iter().enumerate() {
+                let (gr, local) = self.locate(r)?;
+                if gr == g {
+                    onehot[i * n + local] = 1.0;
+                    any = true;
+                }
+            }
+            scatter.push(if any { Some(gpu.upload(&onehot, &[rows.len(), n])?) } else { None });
+        }
+        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, stacked: self.stacked_rows(&rows)?, scatter, rows })
     }
 
     /// The loss of δ and its gradient for terms prepared by [`Self::prepare_terms`].
     pub fn loss_and_grad_with(&self, delta: &[f32], prepared: &PreparedTerms) -> Result<LossGrad> {
         let m = self.model;
         let gpu = m.gpu();
-        let rows = prepared.rows.clone();
-        let (x, tapes, cache) = self.upper(delta, true)?;
-        let (logits, normed_in) = self.head(&x, &rows)?;
+        if prepared.scatter.len() != self.groups.len() {
+            return Err(Error::shape("delta loss", format!("terms prepared for {} groups, the pass has {}", prepared.scatter.len(), self.groups.len())));
+        }
+        let upper = self.upper(delta, true)?;
+        let (logits, normed_in) = self.head(&upper, &prepared.stacked)?;
         let (dlogits, row_loss) = weighted_nll(gpu, &logits, &prepared.weights)?;
         let parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
 
-        // Back through the unembedding and the final norm, then scatter the rows into the
-        // whole batch with a one-hot product (rows are few; no scatter kernel needed).
+        // Back through the unembedding and the final norm, then scatter the rows into each
+        // group with a one-hot product (rows are few; no scatter kernel needed), down its
+        // layers, and each δ's gradient summed over its sites in every group.
         let dh = gemm(gpu, &dlogits, m.head()?, None, Gemm::default())?;
         let dxr = self.norm_bwd(&normed_in, "final_norm", &dh)?;
-        let mut dx = gemm(gpu, &prepared.scatter, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
-        for (i, tape) in tapes.iter().enumerate().rev() {
-            dx = self.block_bwd(self.layer + 1 + i, tape, &cache, &dx)?;
+        let mut grad: Option<Tensor> = None;
+        for ((group, (_, tapes, cache)), scatter) in self.groups.iter().zip(&upper).zip(&prepared.scatter) {
+            let Some(scatter) = scatter else { continue };
+            let mut dx = gemm(gpu, scatter, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
+            for (i, tape) in tapes.iter().enumerate().rev() {
+                dx = self.block_bwd(self.layer + 1 + i, &group.batch, tape, cache, &dx)?;
+            }
+            let sum_sites = Gemm { trans_a: true, beta: if grad.is_some() { 1.0 } else { 0.0 }, ..Default::default() };
+            grad = Some(gemm(gpu, &group.sites, &dx, grad.as_ref(), sum_sites)?);
         }
-        let grad = gpu.download(&gemm(gpu, &self.sites, &dx, None, Gemm { trans_a: true, ..Default::default() })?)?;
-        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows })
+        let grad = grad.ok_or_else(|| Error::shape("delta loss", "no term reads a row of the pass"))?;
+        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad: gpu.download(&grad)?, rows: prepared.rows.clone() })
     }
 
-    /// Runs the layers above the edited one on base + δ at the sites.
-    fn upper(&self, delta: &[f32], record: bool) -> Result<(Tensor, Vec<BlockTape>, KvCache)> {
+    /// Runs the layers above the edited one on base + δ at the sites, group by group: each
+    /// group's output, tapes and cache.
+    fn upper(&self, delta: &[f32], record: bool) -> Result<Vec<(Tensor, Vec<BlockTape>, KvCache)>> {
         let m = self.model;
         let gpu = m.gpu();
-        let (d, n_deltas) = (m.config.hidden, self.sites.shape()[1]);
+        let (d, n_deltas) = (m.config.hidden, self.n_deltas);
         if delta.len() != d * n_deltas {
             return Err(Error::shape("delta pass", format!("δ has {} values, {n_deltas} residual vectors of {d} need {}", delta.len(), d * n_deltas)));
         }
         if let Some(i) = delta.iter().position(|v| !v.is_finite()) {
             return Err(Error::Numeric(format!("δ[{i}] is {}", delta[i])));
         }
-        // x = base + S·δ, accumulated into a copy: `gemm` writes into its C, and the base
-        // serves every step.
-        let mut x = gpu.empty(self.base.shape())?;
-        gpu.copy_into(&self.base, &x)?;
-        gemm(gpu, &self.sites, &gpu.upload(delta, &[n_deltas, d])?, Some(&x), Gemm { beta: 1.0, ..Default::default() })?;
-        let mut cache = m.new_cache(self.batch.b(), self.batch.t)?;
-        let mut tapes = vec![];
-        for i in self.layer + 1..m.config.n_layers {
-            let keep = if record { Keep::Tape } else { Keep::Output };
-            let out = m.block(i, x, &mut cache, 0, self.batch.b(), self.batch.t, keep)?;
-            x = out.x;
-            tapes.extend(out.tape);
+        let delta = gpu.upload(delta, &[n_deltas, d])?;
+        let mut out = vec![];
+        for group in &self.groups {
+            // x = base + S·δ, accumulated into a copy: `gemm` writes into its C, and the base
+            // serves every step.
+            let mut x = gpu.empty(group.base.shape())?;
+            gpu.copy_into(&group.base, &x)?;
+            gemm(gpu, &group.sites, &delta, Some(&x), Gemm { beta: 1.0, ..Default::default() })?;
+            let (b, t) = (group.batch.b(), group.batch.t);
+            let mut cache = m.new_cache(b, t)?;
+            let mut tapes = vec![];
+            for i in self.layer + 1..m.config.n_layers {
+                let keep = if record { Keep::Tape } else { Keep::Output };
+                let out = m.block(i, x, &mut cache, 0, b, t, keep)?;
+                x = out.x;
+                tapes.extend(out.tape);
+            }
+            out.push((x, tapes, cache));
         }
-        Ok((x, tapes, cache))
+        Ok(out)
     }
 
-    /// Logits of `rows` and the final norm's input rows.
-    fn head(&self, x: &Tensor, rows: &[usize]) -> Result<(Tensor, Tensor)> {
+    /// Logits of the rows `stacked` (among the groups' rows in order) and the final norm's
+    /// input rows.
+    fn head(&self, upper: &[(Tensor, Vec<BlockTape>, KvCache)], stacked: &[u32]) -> Result<(Tensor, Tensor)> {
         let m = self.model;
-        let xr = gather_rows(m.gpu(), x, &rows.iter().map(|&r| r as u32).collect::<Vec<_>>())?;
+        let xs: Vec<&Tensor> = upper.iter().map(|(x, _, _)| x).collect();
+        let xr = gather_rows_from(m.gpu(), &xs, stacked)?;
         let h = m.norm(&xr, "final_norm")?;
         Ok((m.linear(&h, m.head()?, None)?, xr))
     }
@@ -241,11 +341,11 @@ impl<'m> DeltaPass<'m> {
 
     /// d(block output) → d(block input) for block `i`: the residual paths plus the MLP and
     /// attention branches, each through its backward kernels.
-    fn block_bwd(&self, i: usize, tape: &BlockTape, cache: &KvCache, dy: &Tensor) -> Result<Tensor> {
+    fn block_bwd(&self, i: usize, batch: &Batch, tape: &BlockTape, cache: &KvCache, dy: &Tensor) -> Result<Tensor> {
         let m = self.model;
         let c = &m.config;
         let gpu = m.gpu();
-        let (b, t, hd) = (self.batch.b(), self.batch.t, c.head_dim);
+        let (b, t, hd) = (batch.b(), batch.t, c.head_dim);
         let w = |name: &str| m.l(i, name);
         let plain = Gemm::default();
         let acc = Gemm { beta: 1.0, ..Default::default() };

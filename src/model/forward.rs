@@ -165,6 +165,44 @@ impl PassBudget {
     }
 }
 
+/// Splits sequences of lengths `lens` into groups of similar length, each to run as a dense
+/// batch of its own, minimising the padded tokens of all groups plus `overhead_tokens` for each
+/// group (what another batch's dispatches cost, in tokens' worth of work). A pass padded to its
+/// longest sequence wastes much when lengths vary: an edit batch's prompts (4–21 tokens, a
+/// KL prompt beside each longer rewriting prompt) are more than half padding.
+/// Groups come shortest first, each listing its indices in increasing order; every index is
+/// in exactly one group. Exact (dynamic programming over the lengths in order), O(n²).
+pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    let n = order.len();
+    // best[j]: the cheapest split of the j shortest sequences; cut[j]: where its last group starts.
+    let mut best = vec![0usize; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    for j in 1..=n {
+        let longest = lens[order[j - 1]];
+        best[j] = usize::MAX;
+        for i in 0..j {
+            let cost = best[i].saturating_add((j - i) * longest).saturating_add(overhead_tokens);
+            // Equal lengths are never split: a cut between them only adds a group.
+            if cost < best[j] && (i == 0 || lens[order[i - 1]] < lens[order[i]]) {
+                best[j] = cost;
+                cut[j] = i;
+            }
+        }
+    }
+    let mut groups = vec![];
+    let mut j = n;
+    while j > 0 {
+        let mut g = order[cut[j]..j].to_vec();
+        g.sort_unstable();
+        groups.push(g);
+        j = cut[j];
+    }
+    groups.reverse();
+    groups
+}
+
 /// What one block hands on: its output, and when asked its MLP keys and its tape.
 pub(crate) struct BlockOut {
     pub x: Tensor,
@@ -657,7 +695,7 @@ fn collect(gpu: &Gpu, n: usize, caps: Vec<(Vec<usize>, Tensor)>) -> Result<Vec<V
 
 #[cfg(test)]
 mod tests {
-    use super::PassBudget;
+    use super::{length_groups, PassBudget};
     use rand::Rng;
 
     /// Every sequence lands in exactly one pass, a pass of several stays within the budget, and
@@ -683,5 +721,60 @@ mod tests {
         }
         // Short sequences share a pass: 10 of length 4 under 4096 tokens.
         assert_eq!(PassBudget { tokens: 4096, logit_rows: 1024 }.plan(&[4; 10], &[1; 10]).len(), 1);
+    }
+
+    fn grouping_cost(lens: &[usize], groups: &[Vec<usize>], overhead: usize) -> usize {
+        groups.iter().map(|g| g.len() * g.iter().map(|&i| lens[i]).max().unwrap() + overhead).sum()
+    }
+
+    /// Every sequence in exactly one group, groups shortest first with sorted indices, and the
+    /// cost no higher than the best of every split of the sorted lengths into runs (brute force
+    /// over all 2^(n−1) of them); the extremes: no overhead runs each length apart, an infinite
+    /// one keeps one group.
+    #[test]
+    fn length_groups_are_a_cheapest_split() {
+        let mut rng = crate::testing::rng(11);
+        for case in 0..300 {
+            let n = rng.random_range(1..11);
+            let overhead = [0, 1, 7, 16, 128, usize::MAX][case % 6];
+            let lens: Vec<usize> = (0..n).map(|_| rng.random_range(1..30)).collect();
+            let groups = length_groups(&lens, overhead);
+            let mut seen = vec![0; n];
+            for g in &groups {
+                assert!(!g.is_empty() && g.windows(2).all(|w| w[0] < w[1]), "case {case}: group {g:?}");
+                g.iter().for_each(|&i| seen[i] += 1);
+            }
+            assert!(seen.iter().all(|&c| c == 1), "case {case}: {groups:?}");
+            for w in groups.windows(2) {
+                let longest = w[0].iter().map(|&i| lens[i]).max().unwrap();
+                assert!(w[1].iter().all(|&i| lens[i] > longest), "case {case}: groups out of order {groups:?} for {lens:?}");
+            }
+            if overhead == usize::MAX {
+                assert_eq!(groups.len(), 1, "case {case}");
+                continue;
+            }
+            let mut sorted = lens.clone();
+            sorted.sort_unstable();
+            let best = (0..1usize << (n - 1))
+                .map(|cuts| {
+                    let (mut cost, mut start) = (0, 0);
+                    for j in 1..=n {
+                        if j == n || cuts >> (j - 1) & 1 == 1 {
+                            cost += (j - start) * sorted[j - 1] + overhead;
+                            start = j;
+                        }
+                    }
+                    cost
+                })
+                .min()
+                .unwrap();
+            assert_eq!(grouping_cost(&lens, &groups, overhead), best, "case {case}: {lens:?} overhead {overhead} → {groups:?}");
+            if overhead == 0 {
+                let mut distinct = sorted.clone();
+                distinct.dedup();
+                assert_eq!(groups.len(), distinct.len(), "case {case}");
+            }
+        }
+        assert!(length_groups(&[], 16).is_empty());
     }
 }

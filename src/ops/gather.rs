@@ -20,8 +20,26 @@ struct Meta {
 
 /// out[i, :] = table[ids[i], :]. Ids are checked on the host against the table's row count.
 pub fn gather_rows(gpu: &Gpu, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    let &[rows, cols] = table.shape() else {
-        return Err(Error::shape("gather_rows", format!("table {:?} is not 2-D", table.shape())));
+    gather_rows_from(gpu, &[table], ids)
+}
+
+/// out[i, :] = row ids[i] of the tables stacked one after another (without forming the
+/// stack): rows of several batches gathered into one tensor. Every table has the same columns.
+pub fn gather_rows_from(gpu: &Gpu, tables: &[&Tensor], ids: &[u32]) -> Result<Tensor> {
+    let mut cols = None;
+    let mut rows = 0;
+    for (k, table) in tables.iter().enumerate() {
+        let &[r, c] = table.shape() else {
+            return Err(Error::shape("gather_rows", format!("table {k} {:?} is not 2-D", table.shape())));
+        };
+        if cols.is_some_and(|cols| cols != c) {
+            return Err(Error::shape("gather_rows", format!("table {k} has {c} columns, table 0 {}", cols.unwrap_or(0))));
+        }
+        cols = Some(c);
+        rows += r;
+    }
+    let Some(cols) = cols else {
+        return Err(Error::shape("gather_rows", "no table to gather from"));
     };
     if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= rows) {
         return Err(Error::shape("gather_rows", format!("id {bad} at position {i} is out of range for {rows} rows")));
@@ -43,23 +61,30 @@ pub fn gather_rows(gpu: &Gpu, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     }
     let ids_per = (max_elems / cols).min(limits.max_workgroups as usize).max(1);
     let table_rows_per = (max_elems / cols).max(1);
-    for (t0, tn) in chunks(rows, table_rows_per) {
-        let (tb, table_off) = table.bind(gpu, t0 * cols, tn * cols)?;
-        for (i0, n) in chunks(ids.len(), ids_per) {
-            let (ib, ids_off) = ids_t.bind(gpu, i0, n)?;
-            let (ob, out_off) = out.bind(gpu, i0 * cols, n * cols)?;
-            let meta = Meta {
-                n_ids: n as u32,
-                cols: cols as u32,
-                row_start: t0 as u32,
-                table_rows: tn as u32,
-                ids_off,
-                table_off,
-                out_off,
-                _pad: 0,
-            };
-            gpu.dispatch(GATHER, "gather_rows", &[], bytemuck::bytes_of(&meta), &[ib, tb, ob], [col_groups, n as u32, 1])?;
+    // Each dispatch sees one range of one table's rows and writes the output rows whose id
+    // falls there, so every output row is written by exactly one dispatch.
+    let mut first_row = 0;
+    for table in tables {
+        let table_rows = table.shape()[0];
+        for (t0, tn) in chunks(table_rows, table_rows_per) {
+            let (tb, table_off) = table.bind(gpu, t0 * cols, tn * cols)?;
+            for (i0, n) in chunks(ids.len(), ids_per) {
+                let (ib, ids_off) = ids_t.bind(gpu, i0, n)?;
+                let (ob, out_off) = out.bind(gpu, i0 * cols, n * cols)?;
+                let meta = Meta {
+                    n_ids: n as u32,
+                    cols: cols as u32,
+                    row_start: (first_row + t0) as u32,
+                    table_rows: tn as u32,
+                    ids_off,
+                    table_off,
+                    out_off,
+                    _pad: 0,
+                };
+                gpu.dispatch(GATHER, "gather_rows", &[], bytemuck::bytes_of(&meta), &[ib, tb, ob], [col_groups, n as u32, 1])?;
+            }
         }
+        first_row += table_rows;
     }
     Ok(out)
 }
