@@ -193,6 +193,15 @@ fn batched_targets_equal_one_request_at_a_time() {
         let tok = tok();
         let reqs = requests(3);
         let tbs = reqs.iter().map(|q| ok(target_batch(&tok, &templates(), &q.prompt, &q.subject, &q.target_new))).collect::<Result<Vec<_>, _>>()?;
+        // The KL prompt stops at the subject, where its term and δ's site are: the start of
+        // "{subject} is a" up to the subject's last token.
+        for (q, tb) in reqs.iter().zip(&tbs) {
+            let kl = tb.prompts.last().ok_or("no KL prompt")?;
+            let full = ok(tok.encode(&format!("{} is a", q.subject)))?;
+            if kl.ids.len() != kl.subject_last + 1 || !full.starts_with(&kl.ids) || full.len() <= kl.ids.len() {
+                return Err(format!("KL prompt {:?} (subject ends at {}) for {:?}", kl.ids, kl.subject_last, full));
+            }
+        }
         let hs: Vec<Vec<f32>> = (0..3).map(|i| vec![1.0 + i as f32; gm.config.hidden]).collect();
         let p = TargetParams { layer: 1, steps: 6, lr: 0.5, weight_decay: 0.1, clamp_norm_factor: 4.0, kl_factor: 0.0625, nll_stop: 1e-9 };
         let together = ok(optimise_targets(&gm, &tbs, &hs, &p, |_, _| {}))?;

@@ -84,7 +84,11 @@ pub fn target_batch(tok: &Tok, templates: &[String], prompt: &str, subject: &str
         p.ids.extend_from_slice(&target[..target.len() - 1]);
         prompts.push(p);
     }
-    prompts.push(subject_prompt(tok, "{}", "{} is a", subject)?);
+    let mut kl = subject_prompt(tok, "{}", "{} is a", subject)?;
+    // The KL term and δ's site are both at the subject's last token, and under causal attention
+    // nothing after it reaches that row: " is a" would only be computed and thrown away.
+    kl.ids.truncate(kl.subject_last + 1);
+    prompts.push(kl);
     Ok(TargetBatch { prompts, target, prompt_lens })
 }
 
