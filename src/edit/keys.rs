@@ -63,9 +63,18 @@ pub fn subject_prompt(tok: &Tok, template: &str, prompt: &str, subject: &str) ->
     Ok(SubjectPrompt { ids, subject_last: upto - 1 })
 }
 
+impl SubjectPrompt {
+    /// The tokens up to the subject's last: all that reaches its row under causal attention,
+    /// so all a key or a residual at the subject needs (the relation's words after it are most
+    /// of a short prompt).
+    pub fn up_to_subject(&self) -> Vec<u32> {
+        self.ids[..=self.subject_last].to_vec()
+    }
+}
+
 /// The keys of `layer` at each prompt's subject token: one row of width ffn per prompt.
 pub fn subject_keys(model: &GpuModel, prompts: &[SubjectPrompt], layer: usize) -> Result<Vec<Vec<f32>>> {
-    let batch = Batch::new(&prompts.iter().map(|p| p.ids.clone()).collect::<Vec<_>>())?;
+    let batch = Batch::new(&prompts.iter().map(SubjectPrompt::up_to_subject).collect::<Vec<_>>())?;
     let keys = model.layer_keys(&batch, layer)?;
     let rows: Vec<u32> = prompts.iter().enumerate().map(|(s, p)| batch.row(s, p.subject_last) as u32).collect();
     let got = model.gpu().download(&gather_rows(model.gpu(), &keys, &rows)?)?;

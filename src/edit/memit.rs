@@ -155,7 +155,7 @@ fn context_prompts(tok: &Tok, templates: &[String], reqs: &[EditRequest]) -> Res
 /// Keys of `layer` (mean over each request's contexts; m×n) and the residual after
 /// `res_layer` at each plain prompt's subject token (d×n), from one forward pass.
 pub fn keys_and_residuals(model: &GpuModel, prompts: &[Vec<SubjectPrompt>], layer: usize, res_layer: usize) -> Result<(Mat<f64>, Mat<f64>)> {
-    let seqs: Vec<Vec<u32>> = prompts.iter().flatten().map(|p| p.ids.clone()).collect();
+    let seqs: Vec<Vec<u32>> = prompts.iter().flatten().map(SubjectPrompt::up_to_subject).collect();
     let batch = Batch::new(&seqs)?;
     let (keys, res) = model.keys_and_residual(&batch, layer, res_layer)?;
     let gpu = model.gpu();

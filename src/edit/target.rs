@@ -84,11 +84,10 @@ pub fn target_batch(tok: &Tok, templates: &[String], prompt: &str, subject: &str
         p.ids.extend_from_slice(&target[..target.len() - 1]);
         prompts.push(p);
     }
-    let mut kl = subject_prompt(tok, "{}", "{} is a", subject)?;
-    // The KL term and δ's site are both at the subject's last token, and under causal attention
-    // nothing after it reaches that row: " is a" would only be computed and thrown away.
-    kl.ids.truncate(kl.subject_last + 1);
-    prompts.push(kl);
+    let kl = subject_prompt(tok, "{}", "{} is a", subject)?;
+    // The KL term and δ's site are both at the subject's last token: " is a" would only be
+    // computed and thrown away.
+    prompts.push(SubjectPrompt { ids: kl.up_to_subject(), ..kl });
     Ok(TargetBatch { prompts, target, prompt_lens })
 }
 
