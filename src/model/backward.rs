@@ -93,8 +93,13 @@ pub struct DeltaPass<'m> {
 /// dispatches (about 30 per layer and step, ~7 µs each on the H200 of 2026-12-04, where a
 /// token of an edit batch's step cost ~0.2 ms) and runs small products below its width; a
 /// software adapter pays per token and little per dispatch (`docs/results.md`).
+/// `REVIVE_PADDED_TARGETS=1` runs every pass as one padded batch, as before the groups, so that
+/// one device call can measure both.
 pub fn group_overhead_tokens(gpu: &crate::gpu::Gpu) -> usize {
-    if gpu.is_cpu() {
+    static PADDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *PADDED.get_or_init(|| std::env::var("REVIVE_PADDED_TARGETS").is_ok_and(|v| !v.is_empty() && v != "0")) {
+        usize::MAX
+    } else if gpu.is_cpu() {
         16
     } else {
         128
