@@ -352,3 +352,51 @@ fn norms_folded_into_products_give_the_same_logits() {
         Ok(())
     });
 }
+
+/// Batched scoring runs each distinct sequence once: pairs whose prompt and continuation (less
+/// its last token) coincide share it, even where they split it differently. Every pair's
+/// log-probabilities match the f64 reference, in passes of any size.
+#[test]
+fn score_many_shares_sequences_and_matches_the_reference() {
+    use revive::model::forward::PassBudget;
+    use revive::model::generate::score_many_within;
+    let w = random_weights(&Config::tiny_llama(), 41);
+    let cpu = CpuModel::new(&w);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = vec![
+        (vec![1, 2], vec![3]),
+        (vec![1, 2], vec![4]),
+        (vec![1], vec![2, 5]),
+        (vec![1, 2, 3], vec![6, 7]),
+        (vec![9], vec![8]),
+        (vec![1, 2], vec![3]),
+        (vec![7, 7, 7, 7, 7], vec![1, 2, 3]),
+    ];
+    let want: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|(p, c)| {
+            let seq: Vec<u32> = p.iter().chain(c).copied().collect();
+            let (logits, _) = cpu.forward(std::slice::from_ref(&seq), &Default::default());
+            c.iter()
+                .enumerate()
+                .map(|(j, &t)| {
+                    let z = &logits[0][p.len() - 1 + j];
+                    let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    z[t as usize] - m - z.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+                })
+                .collect()
+        })
+        .collect();
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        for budget in [PassBudget { tokens: 1, logit_rows: 1 }, PassBudget { tokens: 8, logit_rows: 4 }, PassBudget { tokens: 4096, logit_rows: 1024 }] {
+            let got = ok(score_many_within(&gm, &pairs, budget))?;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                if g.len() != w.len() || g.iter().zip(w).any(|(a, b)| !((a - b).abs() <= 1e-4 * b.abs().max(1.0))) {
+                    return Err(format!("{budget:?}: pair {i} {:?}: {g:?}, f64 reference {w:?}", pairs[i]));
+                }
+            }
+        }
+        Ok(())
+    });
+}

@@ -166,6 +166,11 @@ pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Ve
 }
 
 /// `score_many` in passes within `budget`; results in the order of `pairs`.
+///
+/// A pair's sequence is its prompt and its continuation without the last token: nothing reads
+/// past the last row scored. Pairs with the same sequence share one (CounterFact scores each
+/// prompt against two targets, most of them one token long: the same sequence twice), so the
+/// model runs each distinct sequence once and reads every pair's tokens from its rows.
 pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<f64>>> {
     if pairs.is_empty() {
         return Err(Error::shape("score", "no (prompt, continuation) pairs to score"));
@@ -173,19 +178,39 @@ pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budge
     if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
         return Err(Error::shape("score", "prompt and continuation need at least one token each"));
     }
-    let lens: Vec<usize> = pairs.iter().map(|(p, c)| p.len() + c.len()).collect();
-    let rows: Vec<usize> = pairs.iter().map(|(_, c)| c.len()).collect();
+    let mut seqs: Vec<Vec<u32>> = vec![];
+    let mut readers: Vec<Vec<usize>> = vec![];
+    let mut index = std::collections::HashMap::new();
+    for (i, (p, c)) in pairs.iter().enumerate() {
+        let seq: Vec<u32> = p.iter().chain(&c[..c.len() - 1]).copied().collect();
+        let s = *index.entry(seq.clone()).or_insert_with(|| {
+            seqs.push(seq);
+            readers.push(vec![]);
+            seqs.len() - 1
+        });
+        readers[s].push(i);
+    }
+    let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+    let rows: Vec<usize> = readers.iter().map(|r| r.iter().map(|&i| pairs[i].1.len()).sum()).collect();
     let mut out = vec![vec![]; pairs.len()];
     for pass in budget.plan(&lens, &rows) {
-        let seqs: Vec<Vec<u32>> = pass.iter().map(|&i| pairs[i].0.iter().chain(&pairs[i].1).copied().collect()).collect();
-        let batch = Batch::new(&seqs)?;
-        let logit_rows: Vec<usize> =
-            pass.iter().enumerate().flat_map(|(s, &i)| (pairs[i].0.len() - 1..lens[i] - 1).map(move |pos| (s, pos))).map(|(s, pos)| batch.row(s, pos)).collect();
+        let batch = Batch::new(&pass.iter().map(|&s| seqs[s].clone()).collect::<Vec<_>>())?;
+        // Each reader's rows (a row two pairs read appears twice: one token per logit row).
+        let mut logit_rows = vec![];
+        let mut tokens = vec![];
+        for (b, &s) in pass.iter().enumerate() {
+            for &i in &readers[s] {
+                let (p, c) = &pairs[i];
+                logit_rows.extend((p.len() - 1..p.len() - 1 + c.len()).map(|pos| batch.row(b, pos)));
+                tokens.extend_from_slice(c);
+            }
+        }
         let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(logit_rows), None)?;
-        let tokens: Vec<u32> = pass.iter().flat_map(|&i| pairs[i].1.iter().copied()).collect();
         let mut lp = token_logprobs(model, &logits, &tokens)?.into_iter();
-        for &i in &pass {
-            out[i] = lp.by_ref().take(rows[i]).collect();
+        for &s in &pass {
+            for &i in &readers[s] {
+                out[i] = lp.by_ref().take(pairs[i].1.len()).collect();
+            }
         }
     }
     Ok(out)
