@@ -7,7 +7,7 @@
 use super::hparams::RomeHparams;
 use super::keys::{subject_prompt, SubjectPrompt};
 use crate::error::{Error, Result};
-use crate::model::backward::{DeltaPass, Term};
+use crate::model::backward::{padded_targets, DeltaPass, Term};
 use crate::model::forward::Batch;
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
@@ -144,7 +144,8 @@ pub fn optimise_targets(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], 
         let mut end = start;
         let mut rows = 0;
         while end < tbs.len() {
-            let r: usize = tbs[end].prompts.iter().map(|q| q.ids.len()).sum();
+            let lens = tbs[end].prompts.iter().map(|q| q.ids.len());
+            let r: usize = if padded_targets() { tbs[end].prompts.len() * lens.max().unwrap_or(0) } else { lens.sum() };
             if end > start && rows + r > TARGET_PASS_ROWS {
                 break;
             }

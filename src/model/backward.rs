@@ -93,17 +93,21 @@ pub struct DeltaPass<'m> {
 /// dispatches (about 30 per layer and step, ~7 µs each on the H200 of 2026-12-04, where a
 /// token of an edit batch's step cost ~0.2 ms) and runs small products below its width; a
 /// software adapter pays per token and little per dispatch (`docs/results.md`).
-/// `REVIVE_PADDED_TARGETS=1` runs every pass as one padded batch, as before the groups, so that
-/// one device call can measure both.
 pub fn group_overhead_tokens(gpu: &crate::gpu::Gpu) -> usize {
-    static PADDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *PADDED.get_or_init(|| std::env::var("REVIVE_PADDED_TARGETS").is_ok_and(|v| !v.is_empty() && v != "0")) {
+    if padded_targets() {
         usize::MAX
     } else if gpu.is_cpu() {
         16
     } else {
         128
     }
+}
+
+/// `REVIVE_PADDED_TARGETS=1`: the targets as before the groups (each pass one padded batch,
+/// passes cut at 2,048 padded rows), so that one device call can measure both layouts.
+pub fn padded_targets() -> bool {
+    static PADDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PADDED.get_or_init(|| std::env::var("REVIVE_PADDED_TARGETS").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
 impl<'m> DeltaPass<'m> {
