@@ -976,7 +976,7 @@ fn memory_limit() -> Result<Option<u64>> {
 }
 
 /// A debugging switch: set to anything but empty or "0".
-fn env_flag(name: &str) -> bool {
+pub(crate) fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 

@@ -107,7 +107,7 @@ pub fn group_overhead_tokens(gpu: &crate::gpu::Gpu) -> usize {
 /// passes cut at 2,048 padded rows), so that one device call can measure both layouts.
 pub fn padded_targets() -> bool {
     static PADDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PADDED.get_or_init(|| std::env::var("REVIVE_PADDED_TARGETS").is_ok_and(|v| !v.is_empty() && v != "0"))
+    *PADDED.get_or_init(|| crate::gpu::env_flag("REVIVE_PADDED_TARGETS"))
 }
 
 impl<'m> DeltaPass<'m> {
@@ -193,7 +193,12 @@ impl<'m> DeltaPass<'m> {
 
     /// `rows` of the batch as rows of the groups stacked in order.
     fn stacked_rows(&self, rows: &[usize]) -> Result<Vec<u32>> {
-        rows.iter().map(|&r| self.locate(r).map(|(g, local)| (self.first_row[g] + local) as u32)).collect()
+        rows.iter().map(|&r| self.locate(r).map(|at| self.stacked_row(at))).collect()
+    }
+
+    /// A (group, row there) as a row of the groups stacked in order.
+    fn stacked_row(&self, (g, local): (usize, usize)) -> u32 {
+        (self.first_row[g] + local) as u32
     }
 
     /// Log-probabilities of `rows` with δ added: no backward pass.
@@ -222,7 +227,6 @@ impl<'m> DeltaPass<'m> {
         // cross-entropy), w·p_ref for a KL term (w KL(p_ref ‖ p)).
         let mut weights = vec![0.0f32; terms.len() * vocab];
         for (i, t) in terms.iter().enumerate() {
-            self.locate(t.row())?;
             let w = &mut weights[i * vocab..(i + 1) * vocab];
             match t {
                 Term::Nll { token, weight, .. } => {
@@ -245,22 +249,21 @@ impl<'m> DeltaPass<'m> {
         // One row of logits per term (a row two terms read is gathered twice), so that each
         // term's loss is its own row's.
         let rows: Vec<usize> = terms.iter().map(Term::row).collect();
+        let located = rows.iter().map(|&r| self.locate(r)).collect::<Result<Vec<_>>>()?;
         let gpu = self.model.gpu();
         let mut scatter = vec![];
         for (g, group) in self.groups.iter().enumerate() {
             let n = group.batch.ids.len();
             let mut onehot = vec![0.0f32; rows.len() * n];
             let mut any = false;
-            for (i, &r) in rows.iter().enumerate() {
-                let (gr, local) = self.locate(r)?;
-                if gr == g {
-                    onehot[i * n + local] = 1.0;
-                    any = true;
-                }
+            for (i, _) in located.iter().enumerate().filter(|(_, (gr, _))| *gr == g) {
+                onehot[i * n + located[i].1] = 1.0;
+                any = true;
             }
             scatter.push(if any { Some(gpu.upload(&onehot, &[rows.len(), n])?) } else { None });
         }
-        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, stacked: self.stacked_rows(&rows)?, scatter, rows })
+        let stacked = located.iter().map(|&at| self.stacked_row(at)).collect();
+        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, stacked, scatter, rows })
     }
 
     /// The loss of δ and its gradient for terms prepared by [`Self::prepare_terms`].

@@ -100,7 +100,7 @@ fn kernel_for(q: &Tensor) -> AttentionKernel {
 /// run (`revive bench forward` with and without it).
 fn per_query_only() -> bool {
     static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| std::env::var("REVIVE_PER_QUERY_ATTENTION").is_ok_and(|v| !v.is_empty() && v != "0"))
+    *FLAG.get_or_init(|| crate::gpu::env_flag("REVIVE_PER_QUERY_ATTENTION"))
 }
 
 /// `attention` with the kernel named; `Tiled` falls back to `PerQuery` where the head
