@@ -7,6 +7,8 @@
 //                     the cross-entropy for t one-hot of weight w, w KL(p_ref ‖ p) for t = w p_ref
 //                     — with no log-softmax stored, each term small where p is near t / T.
 //   token_logprob     out[row] = log_softmax(x)[token]  (a = x, b = each row's token id, as f32)
+//   row_argmax        out[row] = the first index of the row's largest value, as f32 (a = x), NaN
+//                     where the row holds a NaN or an infinity: teacher-forced predictions
 // Binding 2 is the output of log_softmax_rows and dlogp / t / tokens (read) in the others.
 
 struct Meta {
@@ -123,4 +125,40 @@ fn token_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     // The host checked every token against the row width.
     let token = u32(b[p.b_off + wg.x]);
     if (lid.x == 0u) { out[p.out_off + wg.x] = (a[ba + token] - ml.x) - ml.y; }
+}
+
+var<workgroup> partial_index: array<u32, 256>;
+
+// torch.argmax's answer (the first of equal maxima), so that token accuracies match what
+// PyTorch-based tools report even where two logits tie.
+@compute @workgroup_size(256, 1, 1)
+fn row_argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ba = p.a_off + wg.x * p.cols;
+    var m = bitcast<f32>(0xff800000u); // -inf
+    var at = p.cols;
+    var bad = 0.0;
+    // j grows, so a strict > keeps each thread's first maximum.
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let v = a[ba + j];
+        if (!(abs(v) <= 3.4028235e38)) { bad = 1.0; }
+        if (v > m) { m = v; at = j; }
+    }
+    let row_bad = workgroup_max(lid.x, bad);
+    partial[lid.x] = m;
+    partial_index[lid.x] = at;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            let v = partial[lid.x + s];
+            let i = partial_index[lid.x + s];
+            if (v > partial[lid.x] || (v == partial[lid.x] && i < partial_index[lid.x])) {
+                partial[lid.x] = v;
+                partial_index[lid.x] = i;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        out_fwd[p.out_off + wg.x] = select(f32(partial_index[0]), bitcast<f32>(0x7fc00000u), row_bad > 0.0);
+    }
 }

@@ -51,6 +51,7 @@ fn requests(n: usize) -> Vec<EditRequest> {
             neighborhood_prompts: vec![],
             generation_prompts: vec![],
             relation_id: None,
+            locality: vec![],
         })
         .collect()
 }

@@ -108,6 +108,7 @@ fn request(i: usize) -> EditRequest {
         neighborhood_prompts: vec![format!("w{} w60 w61", 30 + i), format!("w{} w60 w61", 31 + i)],
         generation_prompts: vec![format!("w{} w62", 10 + i)],
         relation_id: None,
+        locality: vec![],
     }
 }
 
@@ -185,10 +186,16 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
 /// reference of each prompt's target log-probabilities, with requests that differ in their
 /// number of paraphrases and neighbours and one without target_true, so that a result read
 /// from the wrong request or prompt shows; and the batch takes far fewer dispatches than the
-/// requests one by one.
+/// requests one by one. EasyEdit's token metrics likewise: rewrite and rephrase accuracy from
+/// the reference's argmax at each target position, the locality predictions along each
+/// locality answer (a request's own pairs, or its neighbours with target_true), and locality
+/// against a reference: 1 against the same model, below 1 after a weight change, and
+/// through the session's measure (before → after).
 #[test]
 fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
-    use revive::eval::counterfact::{fact_metrics, facts_metrics};
+    use revive::edit::request::LocalityPrompt;
+    use revive::edit::session::Measure;
+    use revive::eval::counterfact::{fact_metrics, facts_metrics, facts_metrics_against, BatchMetrics};
     let w = random_weights(&config(), 6);
     let cpu = CpuModel::new(&w);
     let tok = tok();
@@ -197,6 +204,30 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
     requests[3].neighborhood_prompts.clear();
     requests[4].target_true = None;
     requests[5].target_new = " w71 w72".into();
+    requests[6].locality = vec![LocalityPrompt { prompt: "w20 w21".into(), answer: " w22 w23 w24".into() }, LocalityPrompt { prompt: "w25".into(), answer: " w26".into() }];
+    // The reference's top token at each position of `target` after `prompt`; a near-tie
+    // between the first two is refused (rounding would decide it).
+    let tops = |prompt: &str, target: &str| -> Result<Vec<u32>, String> {
+        let p = tok.encode(prompt).unwrap();
+        let t = tok.encode(target).unwrap();
+        let seq: Vec<u32> = p.iter().chain(&t).copied().collect();
+        let (logits, _) = cpu.forward(std::slice::from_ref(&seq), &Default::default());
+        (0..t.len())
+            .map(|j| {
+                let z = &logits[0][p.len() - 1 + j];
+                let mut order: Vec<usize> = (0..z.len()).collect();
+                order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+                if !(z[order[0]] - z[order[1]] > 1e-3) {
+                    return Err(format!("{prompt:?} + {target:?}: a near-tie at position {j}; pick other test inputs"));
+                }
+                Ok(order[0] as u32)
+            })
+            .collect()
+    };
+    let accuracy = |prompt: &str, target: &str| -> Result<f64, String> {
+        let t = tok.encode(target).unwrap();
+        Ok(tops(prompt, target)?.iter().zip(&t).filter(|(a, b)| a == b).count() as f64 / t.len() as f64)
+    };
     let nll = |prompt: &str, target: &str| -> f64 {
         let p = tok.encode(prompt).unwrap();
         let t = tok.encode(target).unwrap();
@@ -238,6 +269,40 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
             if (m.efficacy, m.paraphrase, m.neighborhood) != expect || m.true_.is_some() != r.target_true.is_some() {
                 return Err(format!("request {i}: (efficacy, paraphrase, neighbourhood) {:?}, f64 reference {expect:?}", (m.efficacy, m.paraphrase, m.neighborhood)));
             }
+            let rephrase = r.paraphrase_prompts.iter().map(|p| accuracy(p, &r.target_new)).collect::<Result<Vec<_>, _>>()?;
+            let want_rephrase = (!rephrase.is_empty()).then(|| rephrase.iter().sum::<f64>() / rephrase.len() as f64);
+            let want_locality: Vec<Vec<u32>> = if !r.locality.is_empty() {
+                r.locality.iter().map(|l| tops(&l.prompt, &l.answer)).collect::<Result<_, _>>()?
+            } else if let Some(t) = r.target_true.as_deref() {
+                r.neighborhood_prompts.iter().map(|p| tops(p, t)).collect::<Result<_, _>>()?
+            } else {
+                vec![]
+            };
+            if m.rewrite_acc != accuracy(&r.full_prompt(), &r.target_new)? || m.rephrase_acc != want_rephrase || m.locality_top != want_locality || m.locality.is_some() {
+                return Err(format!("request {i}: rewrite/rephrase accuracy {:?}, locality predictions {:?} ({:?}); f64 reference {:?} {want_locality:?}", (m.rewrite_acc, m.rephrase_acc), m.locality_top, m.locality, want_rephrase));
+            }
+        }
+        // Locality against the model itself: everything kept.
+        let reference: Vec<Vec<Vec<u32>>> = together.iter().map(|m| m.locality_top.clone()).collect();
+        let same = ok(facts_metrics_against(&gm, &tok, &requests, Some(&reference)))?;
+        let with_locality = |ms: &[revive::eval::counterfact::FactMetrics]| -> Vec<f64> { ms.iter().filter_map(|m| m.locality).collect() };
+        if with_locality(&same).len() != 5 || with_locality(&same).iter().any(|&l| l != 1.0) {
+            return Err(format!("locality against the same model: {:?}", with_locality(&same)));
+        }
+        // The session's measure: the one after a batch reads the one before.
+        let mut measure = BatchMetrics { known: vec![] };
+        let before = ok(measure.measure(&gm, &tok, &requests, None))?;
+        let after = ok(measure.measure(&gm, &tok, &requests, Some(&before)))?;
+        if before["locality"] != serde_json::Value::Null || after["locality"].as_f64() != Some(1.0) || after["rewrite_acc"].as_f64().is_none() {
+            return Err(format!("the session's locality: before {}, after {}", before["locality"], after["locality"]));
+        }
+        // A weight change moves some predictions.
+        let mut changed = w.clone();
+        changed.tensors.get_mut("layers.1.w_down").unwrap().data.iter_mut().for_each(|v| *v *= -3.0);
+        let moved = ok(facts_metrics_against(&ok(GpuModel::new(gpu, &changed))?, &tok, &requests, Some(&reference)))?;
+        let l = with_locality(&moved);
+        if l.len() != 5 || !(l.iter().sum::<f64>() < 5.0) || l.iter().any(|&x| !(0.0..=1.0).contains(&x)) {
+            return Err(format!("locality after a weight change: {l:?}"));
         }
         Ok(())
     });

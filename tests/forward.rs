@@ -355,11 +355,12 @@ fn norms_folded_into_products_give_the_same_logits() {
 
 /// Batched scoring runs each distinct sequence once: pairs whose prompt and continuation (less
 /// its last token) coincide share it, even where they split it differently. Every pair's
-/// log-probabilities match the f64 reference, in passes of any size.
+/// log-probabilities match the f64 reference, and each token's top prediction its argmax, in
+/// passes of any size.
 #[test]
 fn score_many_shares_sequences_and_matches_the_reference() {
     use revive::model::forward::PassBudget;
-    use revive::model::generate::score_many_within;
+    use revive::model::generate::{score_many_within, score_tokens_within};
     let w = random_weights(&Config::tiny_llama(), 41);
     let cpu = CpuModel::new(&w);
     let pairs: Vec<(Vec<u32>, Vec<u32>)> = vec![
@@ -371,15 +372,17 @@ fn score_many_shares_sequences_and_matches_the_reference() {
         (vec![1, 2], vec![3]),
         (vec![7, 7, 7, 7, 7], vec![1, 2, 3]),
     ];
+    let mut want_top: Vec<Vec<u32>> = vec![];
     let want: Vec<Vec<f64>> = pairs
         .iter()
         .map(|(p, c)| {
             let seq: Vec<u32> = p.iter().chain(c).copied().collect();
             let (logits, _) = cpu.forward(std::slice::from_ref(&seq), &Default::default());
+            let rows = &logits[0][p.len() - 1..p.len() - 1 + c.len()];
+            want_top.push(rows.iter().map(|z| (0..z.len()).fold(0, |at, j| if z[j] > z[at] { j } else { at }) as u32).collect());
             c.iter()
-                .enumerate()
-                .map(|(j, &t)| {
-                    let z = &logits[0][p.len() - 1 + j];
+                .zip(rows)
+                .map(|(&t, z)| {
                     let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
                     z[t as usize] - m - z.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
                 })
@@ -389,11 +392,17 @@ fn score_many_shares_sequences_and_matches_the_reference() {
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &w))?;
         for budget in [PassBudget { tokens: 1, logit_rows: 1 }, PassBudget { tokens: 8, logit_rows: 4 }, PassBudget { tokens: 4096, logit_rows: 1024 }] {
-            let got = ok(score_many_within(&gm, &pairs, budget))?;
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let got = ok(score_tokens_within(&gm, &pairs, budget))?;
+            let logprobs = ok(score_many_within(&gm, &pairs, budget))?;
+            for (i, ((g, w), t)) in got.iter().zip(&want).zip(&want_top).enumerate() {
+                let lp: Vec<f64> = g.iter().map(|s| s.logprob).collect();
+                let top: Vec<u32> = g.iter().map(|s| s.top).collect();
                 #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                if g.len() != w.len() || g.iter().zip(w).any(|(a, b)| !((a - b).abs() <= 1e-4 * b.abs().max(1.0))) {
-                    return Err(format!("{budget:?}: pair {i} {:?}: {g:?}, f64 reference {w:?}", pairs[i]));
+                if lp.len() != w.len() || lp.iter().zip(w).any(|(a, b)| !((a - b).abs() <= 1e-4 * b.abs().max(1.0))) || lp != logprobs[i] {
+                    return Err(format!("{budget:?}: pair {i} {:?}: {lp:?}, f64 reference {w:?}", pairs[i]));
+                }
+                if top != *t {
+                    return Err(format!("{budget:?}: pair {i} {:?}: predicted {top:?}, the f64 reference's argmax {t:?}", pairs[i]));
                 }
             }
         }

@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::loss::{log_softmax_bwd_row, log_softmax_row, softmax_bwd_row};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::loss::{log_softmax_bwd, log_softmax_rows, token_logprobs, weighted_nll};
+use revive::ops::loss::{log_softmax_bwd, log_softmax_rows, row_argmax, token_logprobs, weighted_nll};
 use revive::ops::softmax::{softmax_bwd, softmax_rows};
 
 /// Includes a vocabulary-wide row (49152) and one of 4099 (> 4096, not a multiple of 256).
@@ -70,7 +70,50 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
 
     let got = ok(gpu.download(&ok(token_logprobs(gpu, &tx, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>()))?))?;
     compare(&format!("token_logprobs {shape:?}"), &got, &cpu::loss::token_logprobs(&x, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>(), cols), tol(cols))?;
+    check_argmax(gpu, &x, shape)
+}
+
+/// row_argmax against the oracle, exactly: an index is right or wrong.
+fn check_argmax(gpu: &Gpu, x: &[f32], shape: &[usize]) -> Result<(), String> {
+    let cols = *shape.last().unwrap();
+    let got = ok(gpu.download(&ok(row_argmax(gpu, &ok(gpu.upload(x, shape))?))?))?;
+    let want = cpu::loss::row_argmax(x, cols);
+    if got.len() != want.len() {
+        return Err(format!("row_argmax {shape:?}: {} results for {} rows", got.len(), want.len()));
+    }
+    for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+        let same = match w {
+            Some(w) => *g == *w as f32,
+            None => g.is_nan(),
+        };
+        if !same {
+            return Err(format!("row_argmax {shape:?}: row {r} gave {g}, the oracle {w:?}"));
+        }
+    }
     Ok(())
+}
+
+/// Equal maxima: the first index wins, as in torch.argmax, whichever thread holds it (the
+/// kernel strides rows by 256) — in one thread's stride, in a lower thread after a higher one,
+/// and all equal.
+#[test]
+fn row_argmax_takes_the_first_of_equal_maxima() {
+    for_each_gpu(|gpu| {
+        let cols = 1000;
+        let mut x = logits(4500, 4 * cols);
+        for (r, at) in [[5usize, 261], [260, 513], [999, 700]].iter().enumerate() {
+            for &j in at {
+                x[r * cols + j] = 100.0;
+            }
+        }
+        x[3 * cols..].iter_mut().for_each(|v| *v = -2.5);
+        check_argmax(gpu, &x, &[4, cols])?;
+        let got = ok(gpu.download(&ok(row_argmax(gpu, &ok(gpu.upload(&x, &[4, cols]))?))?))?;
+        if got != [5.0, 260.0, 700.0, 0.0] {
+            return Err(format!("row_argmax of rows with equal maxima: {got:?}"));
+        }
+        Ok(())
+    });
 }
 
 #[test]
@@ -131,7 +174,8 @@ fn a_non_finite_logit_poisons_its_row_only() {
             (0..3).for_each(|r| w[r * 300 + 5] = 1.0);
             let (_, loss) = ok(weighted_nll(gpu, &t, &ok(gpu.upload(&w, &[3, 300]))?))?;
             let loss = ok(gpu.download(&loss))?;
-            for (what, v) in [("token_logprobs", &lp), ("weighted_nll", &loss)] {
+            let top = ok(gpu.download(&ok(row_argmax(gpu, &t))?))?;
+            for (what, v) in [("token_logprobs", &lp), ("weighted_nll", &loss), ("row_argmax", &top)] {
                 if !(v[0].is_finite() && v[1].is_nan() && v[2].is_finite()) {
                     return Err(format!("{what} with a {bad} logit in row 1: {v:?}"));
                 }

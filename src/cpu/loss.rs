@@ -44,6 +44,24 @@ pub fn token_logprobs(x: &[f32], tokens: &[u32], cols: usize) -> Vec<f64> {
     x.chunks(cols).zip(tokens).map(|(row, &t)| log_softmax_row(&f64s(row))[t as usize]).collect()
 }
 
+/// The first index of each row's largest value; None for a row holding a NaN or an infinity.
+pub fn row_argmax(x: &[f32], cols: usize) -> Vec<Option<u32>> {
+    x.chunks(cols)
+        .map(|row| {
+            if row.iter().any(|v| !v.is_finite()) {
+                return None;
+            }
+            let mut at = 0;
+            for (j, &v) in row.iter().enumerate() {
+                if v > row[at] {
+                    at = j;
+                }
+            }
+            Some(at as u32)
+        })
+        .collect()
+}
+
 fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }

@@ -9,7 +9,9 @@
 //! The original CounterFact layout (`requested_rewrite: {prompt, subject, target_new: {str},
 //! target_true: {str}}` beside the prompt lists) reads too. Targets are continuations, so a
 //! target without a leading space gets one, as ROME and EasyEdit do when they tokenize. zsRE
-//! records (`subject`, `src`, `alt`, `answers`, `rephrase`) read as well.
+//! records (MEND's `subject`, `src`, `alt`, `answers`, `rephrase`, `loc`, `loc_ans`) and
+//! EasyEdit's flat records (`prompt` with the subject written in, `ground_truth`,
+//! `rephrase_prompt`, `locality_prompt`, `locality_ground_truth`) read as well.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,19 @@ pub struct EditRequest {
     /// control) from the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relation_id: Option<String>,
+    /// Prompts whose answers the edit should leave alone, each with its answer (zsRE's question
+    /// from Natural Questions; EasyEdit's locality prompts). Without them, EasyEdit's locality
+    /// reads the neighbourhood prompts with target_true, as it does for CounterFact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locality: Vec<LocalityPrompt>,
+}
+
+/// A prompt and the continuation read after it for EasyEdit's locality: the model's own
+/// predictions along the answer, before and after an edit, should agree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalityPrompt {
+    pub prompt: String,
+    pub answer: String,
 }
 
 impl EditRequest {
@@ -78,22 +93,63 @@ fn string(v: &Value, file: &str, index: usize, field: &str) -> Result<Option<Str
     }
 }
 
+/// A string or a list of strings (EasyEdit writes either), as a list.
+fn one_or_many(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<String>> {
+    match v.get(field) {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        _ => strings(v, file, index, field),
+    }
+}
+
+/// `prompt` with the subject's first occurrence as `{}`.
+fn template(prompt: &str, subject: &str, file: &str, index: usize, field: &str) -> Result<String> {
+    if subject.trim().is_empty() || !prompt.contains(subject) {
+        return Err(field_err(file, index, field, format!("{prompt:?} does not contain the subject {subject:?}")));
+    }
+    Ok(prompt.replacen(subject, "{}", 1))
+}
+
+/// Locality prompts and their answers, paired one to one.
+fn locality(v: &Value, file: &str, index: usize, prompts: &str, answers: &str) -> Result<Vec<LocalityPrompt>> {
+    let (p, a) = (one_or_many(v, file, index, prompts)?, one_or_many(v, file, index, answers)?);
+    if p.len() != a.len() {
+        return Err(field_err(file, index, answers, format!("{} answers for {} prompts in '{prompts}'", a.len(), p.len())));
+    }
+    p.into_iter().zip(a).map(|(prompt, answer)| locality_pair(prompt, &answer, file, index, answers)).collect()
+}
+
+/// A locality pair, its answer a continuation (with a leading space) and not empty.
+fn locality_pair(prompt: String, answer: &str, file: &str, index: usize, field: &str) -> Result<LocalityPrompt> {
+    if answer.trim().is_empty() || prompt.trim().is_empty() {
+        return Err(field_err(file, index, field, "a locality prompt or answer is empty"));
+    }
+    Ok(LocalityPrompt { prompt, answer: with_space(answer) })
+}
+
+/// This program's own layout: `locality: [{"prompt", "answer"}]`.
+fn own_locality(v: &Value, file: &str, index: usize) -> Result<Vec<LocalityPrompt>> {
+    let Some(list) = v.get("locality") else { return Ok(vec![]) };
+    let pairs: Vec<LocalityPrompt> = serde_json::from_value(list.clone()).map_err(|e| field_err(file, index, "locality", format!("expected a list of {{\"prompt\", \"answer\"}}: {e}")))?;
+    pairs.into_iter().map(|l| locality_pair(l.prompt, &l.answer, file, index, "locality")).collect()
+}
+
 /// A zsRE record (MEND's layout, as ROME and EasyEdit read it): the question `src` holds the
-/// subject, `alt` is the new answer, `answers[0]` the true one, `rephrase` a paraphrase. Its
-/// locality question (`loc`, `loc_ans`) has an answer of its own, which CounterFact's
-/// neighbourhood score (true target against new target) cannot use; it is left out.
+/// subject, `alt` is the new answer, `answers[0]` the true one, `rephrase` a paraphrase, and
+/// `loc` a question from Natural Questions with its answer `loc_ans` (locality).
 fn parse_zsre(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
     let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
     let subject = need("subject")?;
     let src = need("src")?;
-    if subject.trim().is_empty() || !src.contains(&subject) {
-        return Err(field_err(file, index, "src", format!("{src:?} does not contain the subject {subject:?}")));
+    let prompt = template(&src, &subject, file, index, "src")?;
+    let alt = need("alt")?;
+    if alt.trim().is_empty() {
+        return Err(field_err(file, index, "alt", "is empty"));
     }
-    let target_new = with_space(&need("alt")?);
+    let target_new = with_space(&alt);
     let target_true = strings(v, file, index, "answers")?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
     Ok(EditRequest {
         case_id: v.get("case_id").and_then(Value::as_u64),
-        prompt: src.replacen(&subject, "{}", 1),
+        prompt,
         subject,
         target_new,
         target_true,
@@ -101,6 +157,33 @@ fn parse_zsre(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
         neighborhood_prompts: vec![],
         generation_prompts: vec![],
         relation_id: None,
+        locality: if v.get("loc").is_some() { locality(v, file, index, "loc", "loc_ans")? } else { vec![] },
+    })
+}
+
+/// EasyEdit's flat record: `prompt` is the whole prompt with the subject written in,
+/// `ground_truth` the true answer, `rephrase_prompt` the paraphrases, `locality_prompt` and
+/// `locality_ground_truth` the locality pairs (each a string or a list).
+fn parse_easyedit(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
+    let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
+    let subject = need("subject")?;
+    let prompt = template(&need("prompt")?, &subject, file, index, "prompt")?;
+    let target_new = with_space(&need("target_new")?);
+    if target_new.trim().is_empty() {
+        return Err(field_err(file, index, "target_new", "is empty"));
+    }
+    let target_true = one_or_many(v, file, index, "ground_truth")?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
+    Ok(EditRequest {
+        case_id: v.get("case_id").and_then(Value::as_u64),
+        prompt,
+        subject,
+        target_new,
+        target_true,
+        paraphrase_prompts: one_or_many(v, file, index, "rephrase_prompt")?,
+        neighborhood_prompts: vec![],
+        generation_prompts: vec![],
+        relation_id: None,
+        locality: locality(v, file, index, "locality_prompt", "locality_ground_truth")?,
     })
 }
 
@@ -110,6 +193,9 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
     }
     if v.get("src").is_some() && v.get("alt").is_some() {
         return parse_zsre(v, file, index);
+    }
+    if v.get("requested_rewrite").is_none() && ["ground_truth", "rephrase_prompt", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) {
+        return parse_easyedit(v, file, index);
     }
     // CounterFact keeps the rewrite itself in "requested_rewrite".
     let rw = v.get("requested_rewrite").unwrap_or(v);
@@ -143,6 +229,7 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
         neighborhood_prompts: strings(v, file, index, "neighborhood_prompts")?,
         generation_prompts: strings(v, file, index, "generation_prompts")?,
         relation_id: string(rw, file, index, "relation_id")?,
+        locality: own_locality(v, file, index)?,
     })
 }
 
@@ -150,7 +237,18 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
 pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
     let v: Value = serde_json::from_str(text).map_err(|e| Error::Model { file: file.into(), detail: format!("not valid JSON: {e}") })?;
     match v {
-        Value::Array(records) => records.iter().enumerate().map(|(i, r)| parse_record(r, file, i)).collect(),
+        Value::Array(records) => {
+            // EasyEdit drops zsRE records without a new answer (MEND's files hold some); so does
+            // this, saying which, rather than refusing the whole file.
+            let no_answer = |r: &Value| r.get("src").is_some() && r.get("alt").and_then(Value::as_str).is_some_and(|a| a.trim().is_empty());
+            let skipped: Vec<usize> = records.iter().enumerate().filter(|(_, r)| no_answer(r)).map(|(i, _)| i).collect();
+            if !skipped.is_empty() {
+                let shown: Vec<String> = skipped.iter().take(10).map(usize::to_string).collect();
+                let more = if skipped.len() > 10 { ", …" } else { "" };
+                log::warn!("{file}: {} zsRE records with an empty 'alt' skipped, as EasyEdit does (records {}{more})", skipped.len(), shown.join(", "));
+            }
+            records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i)).collect()
+        }
         obj @ Value::Object(_) => Ok(vec![parse_record(&obj, file, 0)?]),
         _ => Err(Error::Model { file: file.into(), detail: "expected a list of edit records".into() }),
     }
@@ -195,9 +293,44 @@ mod tests {
         assert_eq!(r.prompt, "What university did {} attend?");
         assert_eq!((r.target_new.as_str(), r.target_true.as_deref()), (" University of Michigan", Some(" Illinois Institute of Technology")));
         assert_eq!(r.paraphrase_prompts, vec!["What university did Watts Humphrey take part in?".to_string()]);
+        assert_eq!(r.locality, vec![LocalityPrompt { prompt: "nq question: who played desmond doss father in hacksaw ridge".into(), answer: " Hugo Weaving".into() }]);
         let bad = r#"[{"subject": "Nobody", "src": "What university did Watts Humphrey attend?", "alt": "X"}]"#;
         let e = parse_requests(bad, "zsre.json").unwrap_err().to_string();
         assert!(e.contains("zsre.json") && e.contains("record 0") && e.contains("'src'"), "{e}");
+        // Records without a new answer are skipped (EasyEdit does the same); the others keep
+        // their record numbers in errors.
+        let mixed = r#"[{"subject": "A", "src": "Where is A?", "alt": ""}, {"subject": "B", "src": "Where is B?", "alt": "C", "loc": "q", "loc_ans": "a"},
+            {"subject": "D", "src": "Where is D?", "alt": "E", "loc": "q"}]"#;
+        let e = parse_requests(mixed, "zsre.json").unwrap_err().to_string();
+        assert!(e.contains("record 2") && e.contains("'loc_ans'"), "{e}");
+        let two = parse_requests(&mixed.replace(r#", "loc": "q"}]"#, "}]"), "zsre.json").unwrap();
+        assert_eq!(two.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>(), ["B", "D"]);
+        assert!(parse_requests(r#"{"subject": "A", "src": "Where is A?", "alt": " "}"#, "zsre.json").unwrap_err().to_string().contains("'alt'"));
+    }
+
+    #[test]
+    fn reads_easyedit_records() {
+        let e = r#"[{"case_id": 3, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux", "target_new": "English",
+            "ground_truth": "French", "rephrase_prompt": "Danielle Darrieux was born speaking",
+            "locality_prompt": ["The mother tongue of Léon Blum is", "Paris is in"], "locality_ground_truth": ["French", "France"]}]"#;
+        let r = &parse_requests(e, "easyedit.json").unwrap()[0];
+        assert_eq!((r.prompt.as_str(), r.case_id), ("The mother tongue of {} is", Some(3)));
+        assert_eq!((r.target_new.as_str(), r.target_true.as_deref()), (" English", Some(" French")));
+        assert_eq!(r.paraphrase_prompts, ["Danielle Darrieux was born speaking"]);
+        assert_eq!(r.locality.iter().map(|l| (l.prompt.as_str(), l.answer.as_str())).collect::<Vec<_>>(), [("The mother tongue of Léon Blum is", " French"), ("Paris is in", " France")]);
+        for (text, want) in [
+            (e.replace(r#", "France"]"#, "]"), "1 answers for 2 prompts"),
+            (e.replace("of Danielle Darrieux is", "of her is"), "does not contain the subject"),
+            (e.replace(r#""French", "France""#, r#""French", " ""#), "empty"),
+        ] {
+            let err = parse_requests(&text, "easyedit.json").unwrap_err().to_string();
+            assert!(err.contains("easyedit.json") && err.contains("record 0") && err.contains(want), "{err}");
+        }
+        // This program's layout carries locality pairs too.
+        let ours = r#"[{"subject": "S", "prompt": "{} is", "target_new": "a", "locality": [{"prompt": "T is", "answer": "b"}]}]"#;
+        assert_eq!(parse_requests(ours, "o.json").unwrap()[0].locality, vec![LocalityPrompt { prompt: "T is".into(), answer: " b".into() }]);
+        let err = parse_requests(&ours.replace(r#""answer": "b""#, r#""answer": 2"#), "o.json").unwrap_err().to_string();
+        assert!(err.contains("'locality'"), "{err}");
     }
 
     #[test]

@@ -104,16 +104,18 @@ pub fn base_hash(model: &GpuModel, matrices: &[String]) -> Result<String> {
 }
 
 /// What the session measures before and after each batch (CounterFact metrics, from the eval
-/// layer); a JSON object, whose "efficacy" the progress line shows when there is one.
+/// layer); a JSON object, whose "efficacy" the progress line shows when there is one. The
+/// measure after a batch is given the one before it (`before`), for what compares the two
+/// models (EasyEdit's locality).
 pub trait Measure {
-    fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest]) -> Result<serde_json::Value>;
+    fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest], before: Option<&serde_json::Value>) -> Result<serde_json::Value>;
 }
 
 /// No metrics.
 pub struct NoMeasure;
 
 impl Measure for NoMeasure {
-    fn measure(&mut self, _: &GpuModel, _: &Tok, _: &[EditRequest]) -> Result<serde_json::Value> {
+    fn measure(&mut self, _: &GpuModel, _: &Tok, _: &[EditRequest], _: Option<&serde_json::Value>) -> Result<serde_json::Value> {
         Ok(serde_json::Value::Null)
     }
 }
@@ -340,7 +342,7 @@ impl<'a> Session<'a> {
             if let Some(m) = measure.as_deref_mut() {
                 if self.journal.metrics_of(header.batch).is_none() {
                     let reqs = &self.requests[header.requests[0]..header.requests[1]];
-                    let after = m.measure(model, tok, reqs)?;
+                    let after = m.measure(model, tok, reqs, Some(&header.before))?;
                     self.journal.append_metrics(&MetricsHeader { batch: header.batch, after, seconds: 0.0 })?;
                 }
             }
@@ -378,7 +380,7 @@ impl<'a> Session<'a> {
                 };
                 Error::Edit(format!("batch {b} (requests {}) was refused; the weights and the journal are as they were: {e}{hint}", ids.join(", ")))
             };
-            let before = measure.measure(model, tok, &reqs)?;
+            let before = measure.measure(model, tok, &reqs, None)?;
             let (header, written, state) = self.edit_batch(model, b, range, &reqs, before, &bar).map_err(name)?;
             let gpu = model.gpu().clone();
             let updates: Vec<_> = written.iter().map(|w| w.update.clone()).collect();
@@ -389,7 +391,7 @@ impl<'a> Session<'a> {
                 u.delta.add_to(&gpu, model.tensor(&u.matrix)?)?;
             }
             self.method.observe(&gpu, &updates, &state)?;
-            let after = measure.measure(model, tok, &reqs)?;
+            let after = measure.measure(model, tok, &reqs, Some(&header.before))?;
             let seconds = t0.elapsed().as_secs_f64();
             self.journal.append_metrics(&MetricsHeader { batch: b, after: after.clone(), seconds })?;
             bar.set_position((b + 1) as u64);

@@ -2,11 +2,20 @@
 //! the rewrite prompt, and the success rates on paraphrases and neighbourhood prompts. A prompt
 //! "prefers" a target when that target's mean per-token NLL is lower (CounterFact's rule, which
 //! does not favour short targets).
+//!
+//! Beside them, EasyEdit's token metrics, as its `token_em` evaluation defines them: rewrite and
+//! rephrase accuracy, the share of target_new's tokens the model ranks first when each is read
+//! after the prompt and the tokens before it (teacher forcing); and locality, the share of the
+//! model's teacher-forced predictions along each locality prompt's answer that an edit left as
+//! they were (the request's locality pairs, or else its neighbourhood prompts with target_true,
+//! which is how EasyEdit reads CounterFact). EasyEdit tokenizes prompt + " " + target as one
+//! string; here the prompt and the target (which carries its leading space) are tokenized
+//! apart, as every other score of this program does.
 
 use crate::edit::request::EditRequest;
 use crate::error::Result;
 use crate::model::forward::GpuModel;
-use crate::model::generate::score_many;
+use crate::model::generate::{score_tokens, TokenScore};
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 
@@ -28,11 +37,41 @@ pub struct FactMetrics {
     pub paraphrase: Option<f64>,
     /// Share of neighbourhood prompts still preferring target_true.
     pub neighborhood: Option<f64>,
+    /// EasyEdit's rewrite accuracy: the share of target_new's tokens ranked first after the
+    /// rewrite prompt.
+    pub rewrite_acc: f64,
+    /// EasyEdit's rephrase accuracy: the same, averaged over the paraphrases.
+    pub rephrase_acc: Option<f64>,
+    /// The model's top token at each answer position of each locality prompt: what locality
+    /// compares before and after an edit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locality_top: Vec<Vec<u32>>,
+    /// EasyEdit's locality against a reference's `locality_top` (the model before the edit):
+    /// per prompt the share of positions predicted the same, averaged over the prompts.
+    pub locality: Option<f64>,
 }
 
-fn score(lp: &[f64]) -> TargetScore {
-    let sum: f64 = lp.iter().sum();
-    TargetScore { p: sum.exp(), nll: -sum / lp.len() as f64 }
+fn score(tokens: &[TokenScore]) -> TargetScore {
+    let sum: f64 = tokens.iter().map(|t| t.logprob).sum();
+    TargetScore { p: sum.exp(), nll: -sum / tokens.len() as f64 }
+}
+
+/// The share of `tokens` that the model ranked first where each was read.
+fn token_accuracy(scored: &[TokenScore], tokens: &[u32]) -> f64 {
+    scored.iter().zip(tokens).filter(|(s, &t)| s.top == t).count() as f64 / tokens.len() as f64
+}
+
+/// EasyEdit's locality: per prompt the share of positions where `now` predicts what `before`
+/// did (a prompt whose answer length differs counts as changed), averaged over the prompts.
+pub fn locality_agreement(before: &[Vec<u32>], now: &[Vec<u32>]) -> Option<f64> {
+    if now.is_empty() {
+        return None;
+    }
+    let per_prompt = now.iter().enumerate().map(|(i, n)| match before.get(i) {
+        Some(b) if b.len() == n.len() && !n.is_empty() => b.iter().zip(n).filter(|(x, y)| x == y).count() as f64 / n.len() as f64,
+        _ => 0.0,
+    });
+    Some(per_prompt.sum::<f64>() / now.len() as f64)
 }
 
 /// Scores every prompt of one request against both targets.
@@ -41,11 +80,20 @@ pub fn fact_metrics(model: &GpuModel, tok: &Tok, req: &EditRequest) -> Result<Fa
 }
 
 /// Scores every prompt of every request against both targets, all requests' prompts together in
-/// as few forward passes as `score_many`'s budget allows (a MEMIT batch of 100 took 200 passes
-/// before and after its edit when each request had its own).
+/// as few forward passes as `score_tokens`'s budget allows (a MEMIT batch of 100 took 200 passes
+/// before and after its edit when each request had its own). No locality without a reference.
 pub fn facts_metrics(model: &GpuModel, tok: &Tok, reqs: &[EditRequest]) -> Result<Vec<FactMetrics>> {
+    facts_metrics_against(model, tok, reqs, None)
+}
+
+/// `facts_metrics` with each request's locality measured against `reference[r]`, the
+/// `locality_top` of request r measured on the model before the edit.
+pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], reference: Option<&[Vec<Vec<u32>>]>) -> Result<Vec<FactMetrics>> {
+    if reference.is_some_and(|r| r.len() != reqs.len()) {
+        return Err(crate::error::Error::shape("locality", format!("{} references for {} requests", reference.map_or(0, <[_]>::len), reqs.len())));
+    }
     let mut pairs = vec![];
-    let mut prompts_of = vec![];
+    let mut layout = vec![];
     for req in reqs {
         let new = tok.encode(&req.target_new)?;
         let truth = req.target_true.as_deref().map(|t| tok.encode(t)).transpose()?;
@@ -60,28 +108,33 @@ pub fn facts_metrics(model: &GpuModel, tok: &Tok, reqs: &[EditRequest]) -> Resul
                 pairs.push((ids, t.clone()));
             }
         }
-        prompts_of.push(prompts.len());
+        for l in &req.locality {
+            pairs.push((tok.encode(&l.prompt)?, tok.encode(&l.answer)?));
+        }
+        layout.push((prompts.len(), new));
     }
     if pairs.is_empty() {
         return Ok(vec![]);
     }
-    let mut lps = score_many(model, &pairs)?.into_iter();
+    let mut scored = score_tokens(model, &pairs)?.into_iter();
     Ok(reqs
         .iter()
-        .zip(prompts_of)
-        .map(|(req, n_prompts)| {
+        .zip(layout)
+        .enumerate()
+        .map(|(r, (req, (n_prompts, new)))| {
             let per = if req.target_true.is_some() { 2 } else { 1 };
-            let lp: Vec<Vec<f64>> = lps.by_ref().take(n_prompts * per).collect();
-            metrics_of(req, &lp, per)
+            let main: Vec<Vec<TokenScore>> = scored.by_ref().take(n_prompts * per).collect();
+            let locality: Vec<Vec<TokenScore>> = scored.by_ref().take(req.locality.len()).collect();
+            metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()))
         })
         .collect())
 }
 
 /// One request's metrics from its scores: per prompt (rewrite, paraphrases, neighbours) the
-/// log-probabilities of target_new and, when `per` is 2, of target_true.
-fn metrics_of(req: &EditRequest, lps: &[Vec<f64>], per: usize) -> FactMetrics {
+/// tokens of target_new (`new`) and, when `per` is 2, of target_true; then its locality pairs.
+fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[u32], locality: &[Vec<TokenScore>], reference: Option<&[Vec<u32>]>) -> FactMetrics {
     let scores: Vec<(TargetScore, Option<TargetScore>)> =
-        lps.chunks(per).map(|c| (score(&c[0]), c.get(1).map(|t| score(t)))).collect();
+        scored.chunks(per).map(|c| (score(&c[0]), c.get(1).map(|t| score(t)))).collect();
     let prefers_new = |s: &(TargetScore, Option<TargetScore>)| s.1.as_ref().map(|t| s.0.nll < t.nll);
     let share = |xs: &[(TargetScore, Option<TargetScore>)], want_new: bool| -> Option<f64> {
         if xs.is_empty() || per == 1 {
@@ -90,17 +143,33 @@ fn metrics_of(req: &EditRequest, lps: &[Vec<f64>], per: usize) -> FactMetrics {
         Some(xs.iter().filter(|s| prefers_new(s) == Some(want_new)).count() as f64 / xs.len() as f64)
     };
     let n_para = req.paraphrase_prompts.len();
+    let paraphrases = &scored[per..per * (1 + n_para)];
+    let rephrase_acc = (n_para > 0).then(|| paraphrases.chunks(per).map(|c| token_accuracy(&c[0], new)).sum::<f64>() / n_para as f64);
+    let tops = |xs: &[Vec<TokenScore>]| -> Vec<Vec<u32>> { xs.iter().map(|t| t.iter().map(|s| s.top).collect()).collect() };
+    // Without locality pairs, the neighbourhood prompts read with target_true (EasyEdit's
+    // CounterFact); their scores are already here.
+    let locality_top = if !req.locality.is_empty() {
+        tops(locality)
+    } else if per == 2 {
+        tops(&scored[per * (1 + n_para)..].chunks(2).map(|c| c[1].clone()).collect::<Vec<_>>())
+    } else {
+        vec![]
+    };
     FactMetrics {
         new: scores[0].0.clone(),
         true_: scores[0].1.clone(),
         efficacy: prefers_new(&scores[0]),
         paraphrase: share(&scores[1..1 + n_para], true),
         neighborhood: share(&scores[1 + n_para..], false),
+        rewrite_acc: token_accuracy(&scored[0], new),
+        rephrase_acc,
+        locality: reference.and_then(|r| locality_agreement(r, &locality_top)),
+        locality_top,
     }
 }
 
 /// CounterFact's three scores over a set of edited requests, under EasyEdit's names too.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct CfScores {
     pub requests: usize,
     /// Rewrite prompts preferring target_new (EasyEdit: rewrite accuracy).
@@ -109,6 +178,14 @@ pub struct CfScores {
     pub paraphrase: Option<f64>,
     /// Neighbourhood prompts still preferring target_true (EasyEdit: specificity / locality).
     pub neighborhood: Option<f64>,
+    /// EasyEdit's token metrics, as its own evaluation computes them (module comment); absent
+    /// from results written before they were measured.
+    #[serde(default)]
+    pub rewrite_acc: Option<f64>,
+    #[serde(default)]
+    pub rephrase_acc: Option<f64>,
+    #[serde(default)]
+    pub locality: Option<f64>,
 }
 
 pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
@@ -118,6 +195,9 @@ pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
         efficacy: mean(per.iter().filter_map(|m| m.efficacy.map(|e| if e { 1.0 } else { 0.0 })).collect()),
         paraphrase: mean(per.iter().filter_map(|m| m.paraphrase).collect()),
         neighborhood: mean(per.iter().filter_map(|m| m.neighborhood).collect()),
+        rewrite_acc: mean(per.iter().map(|m| m.rewrite_acc).collect()),
+        rephrase_acc: mean(per.iter().filter_map(|m| m.rephrase_acc).collect()),
+        locality: mean(per.iter().filter_map(|m| m.locality).collect()),
     }
 }
 
@@ -127,10 +207,21 @@ pub struct BatchMetrics {
     pub known: Vec<crate::eval::retention::Fact>,
 }
 
+/// The `locality_top` of each request in a measure's JSON (`requests[r].locality_top`), if it
+/// has one for each of `n` requests.
+fn locality_tops(measured: &serde_json::Value, n: usize) -> Option<Vec<Vec<Vec<u32>>>> {
+    let reqs = measured.get("requests")?.as_array()?;
+    if reqs.len() != n {
+        return None;
+    }
+    reqs.iter().map(|r| r.get("locality_top").map_or(Some(vec![]), |t| serde_json::from_value(t.clone()).ok())).collect()
+}
+
 impl crate::edit::session::Measure for BatchMetrics {
-    fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest]) -> Result<serde_json::Value> {
-        let per = facts_metrics(model, tok, requests)?;
-        let CfScores { efficacy, paraphrase, neighborhood, .. } = cf_scores(&per);
+    fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest], before: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+        let reference = before.and_then(|b| locality_tops(b, requests.len()));
+        let per = facts_metrics_against(model, tok, requests, reference.as_deref())?;
+        let CfScores { efficacy, paraphrase, neighborhood, rewrite_acc, rephrase_acc, locality, .. } = cf_scores(&per);
         let p_new = (!per.is_empty()).then(|| per.iter().map(|m| m.new.p).sum::<f64>() / per.len() as f64);
         let known = if self.known.is_empty() {
             None
@@ -142,6 +233,9 @@ impl crate::edit::session::Measure for BatchMetrics {
             "efficacy": efficacy,
             "paraphrase": paraphrase,
             "neighborhood": neighborhood,
+            "rewrite_acc": rewrite_acc,
+            "rephrase_acc": rephrase_acc,
+            "locality": locality,
             "p_new": p_new,
             "known_correct": known,
             "known_total": self.known.len(),

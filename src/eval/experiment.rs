@@ -330,7 +330,7 @@ mod tests {
     use super::*;
 
     fn row(arm: &str, edits: usize, eff: f64) -> Checkpoint {
-        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9) };
+        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9), ..Default::default() };
         Checkpoint {
             arm: arm.into(),
             edits,

@@ -233,7 +233,7 @@ mod tests {
 
     fn metrics(new: f64, truth: f64) -> FactMetrics {
         let s = |p: f64| TargetScore { p, nll: -p.ln() };
-        FactMetrics { new: s(new), true_: Some(s(truth)), efficacy: Some(new > truth), paraphrase: None, neighborhood: None }
+        FactMetrics { new: s(new), true_: Some(s(truth)), efficacy: Some(new > truth), paraphrase: None, neighborhood: None, rewrite_acc: 0.0, rephrase_acc: None, locality_top: vec![], locality: None }
     }
 
     #[test]
@@ -250,6 +250,7 @@ mod tests {
                 neighborhood_prompts: vec![],
                 generation_prompts: vec![],
                 relation_id: None,
+                locality: vec![],
             },
             before: metrics(0.01, 0.6),
             after: metrics(0.9, 0.02),
@@ -340,8 +341,8 @@ mod tests {
             edits,
             batches: edits / 10,
             edit_seconds: 0.0,
-            recent: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.8) }),
-            all: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.4), neighborhood: Some(0.7) }),
+            recent: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.8), ..Default::default() }),
+            all: Some(CfScores { requests: 5, efficacy: Some(eff), paraphrase: Some(0.4), neighborhood: Some(0.7), ..Default::default() }),
             known_correct: Some(9),
             known_total: 10,
             known_loss: None,

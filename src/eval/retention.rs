@@ -154,6 +154,7 @@ mod tests {
             neighborhood_prompts: vec![],
             generation_prompts: vec![],
             relation_id: relation.map(str::to_string),
+            locality: vec![],
         }
     }
 

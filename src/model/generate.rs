@@ -166,12 +166,32 @@ pub fn score_many(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Ve
 }
 
 /// `score_many` in passes within `budget`; results in the order of `pairs`.
+pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<f64>>> {
+    Ok(score_tokens_within(model, pairs, budget)?.into_iter().map(|t| t.iter().map(|s| s.logprob).collect()).collect())
+}
+
+/// One continuation token read in context (teacher forcing): its log-probability and the
+/// token the model itself ranks first at that position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenScore {
+    pub logprob: f64,
+    /// The first token of largest logit there (torch.argmax's choice among ties).
+    pub top: u32,
+}
+
+/// `score_tokens_within` under the adapter's `PassBudget`.
+pub fn score_tokens(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<TokenScore>>> {
+    score_tokens_within(model, pairs, PassBudget::for_gpu(model.gpu()))
+}
+
+/// Each (prompt, continuation) pair's tokens scored in context, in passes within `budget`;
+/// results in the order of `pairs`.
 ///
 /// A pair's sequence is its prompt and its continuation without the last token: nothing reads
 /// past the last row scored. Pairs with the same sequence share one (CounterFact scores each
 /// prompt against two targets, most of them one token long: the same sequence twice), so the
 /// model runs each distinct sequence once and reads every pair's tokens from its rows.
-pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<f64>>> {
+pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<TokenScore>>> {
     if pairs.is_empty() {
         return Err(Error::shape("score", "no (prompt, continuation) pairs to score"));
     }
@@ -206,10 +226,13 @@ pub fn score_many_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budge
             }
         }
         let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(logit_rows), None)?;
-        let mut lp = token_logprobs(model, &logits, &tokens)?.into_iter();
+        let lp = token_logprobs(model, &logits, &tokens)?;
+        let top = model.gpu().download(&crate::ops::loss::row_argmax(model.gpu(), &logits)?)?;
+        // The log-probabilities are finite here, so the rows are: an index is exact in f32.
+        let mut scored = lp.into_iter().zip(top).map(|(logprob, top)| TokenScore { logprob, top: top as u32 });
         for &s in &pass {
             for &i in &readers[s] {
-                out[i] = lp.by_ref().take(pairs[i].1.len()).collect();
+                out[i] = scored.by_ref().take(pairs[i].1.len()).collect();
             }
         }
     }

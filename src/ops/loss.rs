@@ -105,6 +105,29 @@ pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor
     Ok((grad, loss))
 }
 
+/// The index of the largest value of each row of x [rows, cols] (the first where several are
+/// equal, as torch.argmax), as f32: [rows]; NaN for a row holding a NaN or an infinity. What a
+/// model predicts at each teacher-forced position, read back as one number a row.
+pub fn row_argmax(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "row_argmax";
+    let (cols, rows) = rows_of(OP, x)?;
+    // Indices travel as f32, exact below 2^24.
+    if cols > 1 << 24 {
+        return Err(Error::TooLarge { op: OP, detail: format!("rows of {cols} values (indices must stay below 2^24)") });
+    }
+    let out = gpu.empty(&[rows])?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
+        let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
+        let (ob, out_off) = out.bind(gpu, r0, r)?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, _pad: [0; 2] };
+        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ob], [r as u32, 1, 1])?;
+    }
+    Ok(out)
+}
+
 /// log softmax(x)[token_r] of each row r of logits x [rows, cols], without the log-softmax
 /// itself: [rows]. Scoring reads these few numbers back instead of whole rows of a vocabulary.
 pub fn token_logprobs(gpu: &Gpu, x: &Tensor, tokens: &[u32]) -> Result<Tensor> {
