@@ -137,8 +137,20 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
             fluency_tokens: 6,
             spectral: vec![(name.clone(), w0, Measures::basis_of(&guard))],
             svd: opts,
+            locality_reference: Default::default(),
         };
+        // EasyEdit's locality against the unedited model, for the requests the checkpoint
+        // samples (all of them but one: a set missing a reference has no locality).
+        let sampled = m.sampled(2, 5);
+        if sampled != [vec![2, 3, 4], vec![0, 1, 3]] {
+            return Err(format!("sampled {sampled:?}"));
+        }
+        let tops = ok(revive::eval::counterfact::locality_tops(&gm, &tok, &requests))?;
+        m.locality_reference = tops.into_iter().enumerate().filter(|(i, _)| *i != 4).collect();
         let before = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
+        if before.recent.unwrap().locality.is_some() || before.all.unwrap().locality != Some(1.0) || before.all.unwrap().rewrite_acc.is_none() {
+            return Err(format!("locality of the unedited model: recent {:?}, all {:?}", before.recent, before.all));
+        }
         let s = &before.matrices[0];
         if !(before.agreement.unwrap().kl.abs() < 1e-6 && s.drift == 0.0 && s.leak_left == 0.0 && (s.left_similarity - 1.0).abs() < 1e-4) {
             return Err(format!("the unedited model at its own checkpoint: {before:?}"));
@@ -166,6 +178,9 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         let delta = ok(gpu.upload(&random_vec(&mut rng(9), w.tensors[&name].data.len()), &w.tensors[&name].shape))?;
         ok(revive::ops::elementwise::axpy(gpu, 0.5, &delta, gm.tensor(&name).map_err(|e| e.to_string())?))?;
         let after = ok(m.checkpoint(&gm, &tok, "arm", &requests, 5, 2, 1, 0.0))?;
+        if !(after.all.unwrap().locality.unwrap() < 1.0) {
+            return Err(format!("locality after a weight change: {:?}", after.all));
+        }
         let s = &after.matrices[0];
         let lost = after.known_loss.map(|l| l.lost);
         if !(s.drift > 0.0 && s.leak_left > 0.0 && after.agreement.unwrap().kl > 1e-6 && after.perplexity != before.perplexity) || lost != after.known_correct.map(|k| after.known_total - k) {
@@ -284,6 +299,9 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
         }
         // Locality against the model itself: everything kept.
         let reference: Vec<Vec<Vec<u32>>> = together.iter().map(|m| m.locality_top.clone()).collect();
+        if ok(revive::eval::counterfact::locality_tops(&gm, &tok, &requests))? != reference {
+            return Err("locality_tops differs from the measure's own locality predictions".into());
+        }
         let same = ok(facts_metrics_against(&gm, &tok, &requests, Some(&reference)))?;
         let with_locality = |ms: &[revive::eval::counterfact::FactMetrics]| -> Vec<f64> { ms.iter().filter_map(|m| m.locality).collect() };
         if with_locality(&same).len() != 5 || with_locality(&same).iter().any(|&l| l != 1.0) {

@@ -271,6 +271,45 @@ fn reference_logprobs(dir: &Path, base_now: bool, gm: &revive::model::forward::G
     Ok(rows)
 }
 
+/// Where the checkpoint after `b` batches starts its recent edits and how many edits it has
+/// seen, if `b` is a checkpoint (every `--every` edits, and at the end).
+fn checkpoint_at(a: &Args, b: usize, total: usize, n: usize) -> Option<(usize, usize)> {
+    let per_ckpt = a.every / a.batch;
+    let edits = (b * a.batch).min(n);
+    let recent_from = (b.saturating_sub(1) / per_ckpt) * per_ckpt * a.batch;
+    (b % per_ckpt == 0 || b == total).then_some((recent_from.min(edits), edits))
+}
+
+/// The unedited model's locality predictions of every request a checkpoint of this arm will
+/// sample, kept in the arm directory (the arm may resume after edits were made; then they come
+/// from a copy of the base).
+fn locality_reference(dir: &Path, base_now: bool, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, base: &revive::model::Weights, requests: &[revive::edit::request::EditRequest], wanted: &std::collections::BTreeSet<usize>) -> Result<std::collections::BTreeMap<usize, Vec<Vec<u32>>>> {
+    #[derive(Serialize, Deserialize)]
+    struct Cached {
+        requests_sha256: String,
+        tops: std::collections::BTreeMap<usize, Vec<Vec<u32>>>,
+    }
+    let path = dir.join("reference-locality.json");
+    let chosen: Vec<(usize, &revive::edit::request::EditRequest)> = wanted.iter().map(|&i| (i, &requests[i])).collect();
+    let key = revive::store::sha256_hex(&serde_json::to_vec(&chosen)?);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        match serde_json::from_str::<Cached>(&text) {
+            Ok(c) if c.requests_sha256 == key => return Ok(c.tops),
+            Ok(_) => {}
+            Err(e) => log::warn!("{}: not a locality reference ({e}); measuring it again", path.display()),
+        }
+    }
+    let reqs: Vec<_> = chosen.iter().map(|(_, r)| (*r).clone()).collect();
+    let tops = if base_now {
+        revive::eval::counterfact::locality_tops(gm, tok, &reqs)?
+    } else {
+        revive::eval::counterfact::locality_tops(&revive::model::forward::GpuModel::new(gm.gpu(), base)?, tok, &reqs)?
+    };
+    let cached = Cached { requests_sha256: key, tops: wanted.iter().copied().zip(tops).collect() };
+    revive::store::write_durable(&path, &serde_json::to_vec(&cached)?)?;
+    Ok(cached.tops)
+}
+
 fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, base: &revive::model::Weights, known: Vec<revive::eval::retention::Fact>) -> Result<Measures> {
     let prose = if a.ppl_tokens > 0 || a.agreement_prompts > 0 { Some(prose_set(tok, a.prose.as_deref(), a.ppl_tokens, 128, a.agreement_prompts, 24)?) } else { None };
     let reference = match &prose {
@@ -287,7 +326,7 @@ fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward
             spectral.push((name, w0, Measures::basis_of(&g)));
         }
     }
-    Ok(Measures {
+    let mut m = Measures {
         sample: a.sample,
         known,
         prose,
@@ -296,19 +335,27 @@ fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward
         fluency_tokens: a.fluency_tokens,
         spectral,
         svd: revive::linalg::svd::SvdOptions::default(),
-    })
+        locality_reference: Default::default(),
+    };
+    let (total, n) = (session.batches_total(), session.requests.len());
+    let wanted = (0..=total).filter_map(|b| checkpoint_at(a, b, total, n)).flat_map(|(from, edits)| m.sampled(from, edits).concat()).collect();
+    m.locality_reference = locality_reference(dir, session.batches_done() == 0, gm, tok, base, &session.requests, &wanted)?;
+    Ok(m)
 }
 
 fn print_checkpoint(c: &Checkpoint) {
     let pct = |v: Option<f64>| v.map_or("–".into(), |x| format!("{:.0}%", 100.0 * x));
     let all = c.all;
     println!(
-        "checkpoint {} edits: efficacy {} (last {}), paraphrase {}, neighbourhood {}; known {}; perplexity {}; KL {}; fluency {}; {:.0} s to measure",
+        "checkpoint {} edits: efficacy {} (last {}), paraphrase {}, neighbourhood {}; EasyEdit: rewrite {}, rephrase {}, locality {}; known {}; perplexity {}; KL {}; fluency {}; {:.0} s to measure",
         c.edits,
         pct(all.and_then(|s| s.efficacy)),
         pct(c.recent.and_then(|s| s.efficacy)),
         pct(all.and_then(|s| s.paraphrase)),
         pct(all.and_then(|s| s.neighborhood)),
+        pct(all.and_then(|s| s.rewrite_acc)),
+        pct(all.and_then(|s| s.rephrase_acc)),
+        pct(all.and_then(|s| s.locality)),
         c.known_correct.map_or("–".into(), |k| format!("{k}/{}", c.known_total))
             + &c.known_loss.filter(|l| l.lost > 0).map_or(String::new(), |l| format!(" (of the {} lost, {} share an edited fact's old answer, {} now answer an edit's new target)", l.lost, l.sharing_an_edited_answer, l.to_an_edit_target))
             + &if c.known_by_relation.len() > 1 {
@@ -336,11 +383,9 @@ fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit:
         let mut done: std::collections::BTreeSet<usize> = read_checkpoints(&dir)?.iter().map(|c| c.edits).collect();
         loop {
             let b = session.batches_done();
-            let edits = (b * a.batch).min(n);
-            if (b % per_ckpt == 0 || b == total) && !done.contains(&edits) {
-                let recent_from = (b.saturating_sub(1) / per_ckpt) * per_ckpt * a.batch;
+            if let Some((recent_from, edits)) = checkpoint_at(a, b, total, n).filter(|(_, edits)| !done.contains(edits)) {
                 let seconds: f64 = session.journal.batches().map(|(_, h)| h.seconds).sum();
-                let c = m.checkpoint(gm, tok, &arm.name, &session.requests, edits, recent_from.min(edits), b, seconds)?;
+                let c = m.checkpoint(gm, tok, &arm.name, &session.requests, edits, recent_from, b, seconds)?;
                 append_checkpoint(&dir, &c)?;
                 print_checkpoint(&c);
                 done.insert(edits);

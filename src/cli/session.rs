@@ -142,7 +142,7 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
     let kept: Vec<String> = h.updates.iter().filter_map(|u| u.filter.map(|f| format!("{:.0}%", 100.0 * f.kept))).collect();
     let kept = if kept.is_empty() { String::new() } else { format!("; REVIVE kept {} of ‖ΔW‖", kept.join(" ")) };
     println!(
-        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; {:.1} s{kept}",
+        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; EasyEdit:{}{}{}; {:.1} s{kept}",
         h.batch + 1,
         h.requests[0],
         h.requests[1],
@@ -151,6 +151,9 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
         pct("efficacy", after),
         pct("paraphrase", after),
         pct("neighborhood", after),
+        pct("rewrite_acc", after),
+        pct("rephrase_acc", after),
+        pct("locality", after),
         seconds
     );
 }

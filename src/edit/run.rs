@@ -7,7 +7,7 @@ use super::rome::{apply_update, rome_update, templates, CovSolver, RomeReport};
 use crate::error::Result;
 use crate::eval::spectrum::Diagnostics;
 use crate::edit::guard::{FilterReport, SpectralGuard};
-use crate::eval::counterfact::{fact_metrics, FactMetrics};
+use crate::eval::counterfact::{fact_metrics, facts_metrics_against, FactMetrics};
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
 use serde::Serialize;
@@ -95,7 +95,7 @@ pub fn run_rome(
         apply_update(model, hp.layer, &dw)?;
         model.gpu().sync()?;
         let edit_seconds = start.elapsed().as_secs_f64();
-        let after = fact_metrics(model, tok, req)?;
+        let after = facts_metrics_against(model, tok, std::slice::from_ref(req), Some(std::slice::from_ref(&before.locality_top)))?.remove(0);
         bar.set_message("measuring the edited model");
         let tracking = track(model)?;
         let rec = EditRecord { index, request: req.clone(), before, after, rome, edit_seconds, filter, tracking };

@@ -108,10 +108,11 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
                 pairs.push((ids, t.clone()));
             }
         }
-        for l in &req.locality {
-            pairs.push((tok.encode(&l.prompt)?, tok.encode(&l.answer)?));
+        let locality = locality_pairs(req);
+        for (prompt, answer) in &locality {
+            pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
         }
-        layout.push((prompts.len(), new));
+        layout.push((prompts.len(), new, locality.len()));
     }
     if pairs.is_empty() {
         return Ok(vec![]);
@@ -121,17 +122,51 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
         .iter()
         .zip(layout)
         .enumerate()
-        .map(|(r, (req, (n_prompts, new)))| {
+        .map(|(r, (req, (n_prompts, new, n_locality)))| {
             let per = if req.target_true.is_some() { 2 } else { 1 };
             let main: Vec<Vec<TokenScore>> = scored.by_ref().take(n_prompts * per).collect();
-            let locality: Vec<Vec<TokenScore>> = scored.by_ref().take(req.locality.len()).collect();
+            let locality: Vec<Vec<TokenScore>> = scored.by_ref().take(n_locality).collect();
             metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()))
         })
         .collect())
 }
 
+/// What EasyEdit's locality reads of a request: its locality pairs, or else its neighbourhood
+/// prompts with target_true (EasyEdit's CounterFact). Scored beside the neighbourhood's own
+/// pairs, these share their sequences and cost only their logit rows.
+fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str)> {
+    if !req.locality.is_empty() {
+        return req.locality.iter().map(|l| (l.prompt.as_str(), l.answer.as_str())).collect();
+    }
+    match &req.target_true {
+        Some(t) => req.neighborhood_prompts.iter().map(|p| (p.as_str(), t.as_str())).collect(),
+        None => vec![],
+    }
+}
+
+fn tops(scored: &[Vec<TokenScore>]) -> Vec<Vec<u32>> {
+    scored.iter().map(|t| t.iter().map(|s| s.top).collect()).collect()
+}
+
+/// Each request's `locality_top` alone, without its other scores: the reference a later
+/// measure's locality compares against.
+pub fn locality_tops(model: &GpuModel, tok: &Tok, reqs: &[EditRequest]) -> Result<Vec<Vec<Vec<u32>>>> {
+    let mut pairs = vec![];
+    let mut counts = vec![];
+    for req in reqs {
+        let locality = locality_pairs(req);
+        for (prompt, answer) in &locality {
+            pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
+        }
+        counts.push(locality.len());
+    }
+    let mut scored = if pairs.is_empty() { vec![] } else { score_tokens(model, &pairs)? }.into_iter();
+    Ok(counts.into_iter().map(|n| tops(&scored.by_ref().take(n).collect::<Vec<_>>())).collect())
+}
+
 /// One request's metrics from its scores: per prompt (rewrite, paraphrases, neighbours) the
-/// tokens of target_new (`new`) and, when `per` is 2, of target_true; then its locality pairs.
+/// tokens of target_new (`new`) and, when `per` is 2, of target_true; then its locality pairs
+/// (`locality_pairs`).
 fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[u32], locality: &[Vec<TokenScore>], reference: Option<&[Vec<u32>]>) -> FactMetrics {
     let scores: Vec<(TargetScore, Option<TargetScore>)> =
         scored.chunks(per).map(|c| (score(&c[0]), c.get(1).map(|t| score(t)))).collect();
@@ -145,16 +180,7 @@ fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[
     let n_para = req.paraphrase_prompts.len();
     let paraphrases = &scored[per..per * (1 + n_para)];
     let rephrase_acc = (n_para > 0).then(|| paraphrases.chunks(per).map(|c| token_accuracy(&c[0], new)).sum::<f64>() / n_para as f64);
-    let tops = |xs: &[Vec<TokenScore>]| -> Vec<Vec<u32>> { xs.iter().map(|t| t.iter().map(|s| s.top).collect()).collect() };
-    // Without locality pairs, the neighbourhood prompts read with target_true (EasyEdit's
-    // CounterFact); their scores are already here.
-    let locality_top = if !req.locality.is_empty() {
-        tops(locality)
-    } else if per == 2 {
-        tops(&scored[per * (1 + n_para)..].chunks(2).map(|c| c[1].clone()).collect::<Vec<_>>())
-    } else {
-        vec![]
-    };
+    let locality_top = tops(locality);
     FactMetrics {
         new: scores[0].0.clone(),
         true_: scores[0].1.clone(),
@@ -209,7 +235,7 @@ pub struct BatchMetrics {
 
 /// The `locality_top` of each request in a measure's JSON (`requests[r].locality_top`), if it
 /// has one for each of `n` requests.
-fn locality_tops(measured: &serde_json::Value, n: usize) -> Option<Vec<Vec<Vec<u32>>>> {
+fn measured_locality_tops(measured: &serde_json::Value, n: usize) -> Option<Vec<Vec<Vec<u32>>>> {
     let reqs = measured.get("requests")?.as_array()?;
     if reqs.len() != n {
         return None;
@@ -219,7 +245,7 @@ fn locality_tops(measured: &serde_json::Value, n: usize) -> Option<Vec<Vec<Vec<u
 
 impl crate::edit::session::Measure for BatchMetrics {
     fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest], before: Option<&serde_json::Value>) -> Result<serde_json::Value> {
-        let reference = before.and_then(|b| locality_tops(b, requests.len()));
+        let reference = before.and_then(|b| measured_locality_tops(b, requests.len()));
         let per = facts_metrics_against(model, tok, requests, reference.as_deref())?;
         let CfScores { efficacy, paraphrase, neighborhood, rewrite_acc, rephrase_acc, locality, .. } = cf_scores(&per);
         let p_new = (!per.is_empty()).then(|| per.iter().map(|m| m.new.p).sum::<f64>() / per.len() as f64);

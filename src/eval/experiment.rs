@@ -7,7 +7,7 @@
 use crate::edit::guard::SpectralGuard;
 use crate::edit::request::EditRequest;
 use crate::error::{Error, Result};
-use crate::eval::counterfact::{cf_scores, facts_metrics};
+use crate::eval::counterfact::{cf_scores, facts_metrics_against};
 pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
 use crate::eval::retention::{by_relation, check_facts, known_loss, untouched_relations, Fact, KnownLoss, RelationRetention, Retained};
@@ -108,6 +108,9 @@ pub struct Measures {
     /// Original weight and top-k basis of every edited matrix (spectral diagnostics), if on.
     pub spectral: Vec<(String, Tensor, Basis)>,
     pub svd: SvdOptions,
+    /// The unedited model's `locality_top` of the requests checkpoints sample, by request index
+    /// (EasyEdit's locality of a sampled set is measured when all of its requests are here).
+    pub locality_reference: std::collections::BTreeMap<usize, Vec<Vec<u32>>>,
 }
 
 /// `n` indices spread evenly over 0..len (all of them when n is 0 or ≥ len).
@@ -124,6 +127,13 @@ impl Measures {
         Basis { u: g.u.clone(), v: g.v.clone(), sigma: g.info.sigma.clone() }
     }
 
+    /// The request indices a checkpoint after `edits` samples (the edits since `recent_from`,
+    /// then all edits so far).
+    pub fn sampled(&self, recent_from: usize, edits: usize) -> [Vec<usize>; 2] {
+        let from = recent_from.min(edits);
+        [spread(edits - from, self.sample).into_iter().map(|i| from + i).collect(), spread(edits, self.sample)]
+    }
+
     /// Measures `model` after the first `edits` of `requests`; `recent_from`: where the edits
     /// since the previous checkpoint start.
     pub fn checkpoint(&self, model: &GpuModel, tok: &Tok, arm: &str, requests: &[EditRequest], edits: usize, recent_from: usize, batches: usize, edit_seconds: f64) -> Result<Checkpoint> {
@@ -131,16 +141,17 @@ impl Measures {
         let mut split = MeasureTimes::default();
         let mut lap = std::time::Instant::now();
         let mut lap_into = |slot: &mut f64| *slot = std::mem::replace(&mut lap, std::time::Instant::now()).elapsed().as_secs_f64();
-        let scores = |range: &[EditRequest]| -> Result<Option<CfScores>> {
-            if range.is_empty() {
+        let scores = |indices: &[usize]| -> Result<Option<CfScores>> {
+            if indices.is_empty() {
                 return Ok(None);
             }
-            let sampled: Vec<EditRequest> = spread(range.len(), self.sample).into_iter().map(|i| range[i].clone()).collect();
-            let per = facts_metrics(model, tok, &sampled)?;
+            let sampled: Vec<EditRequest> = indices.iter().map(|&i| requests[i].clone()).collect();
+            let reference: Option<Vec<Vec<Vec<u32>>>> = indices.iter().map(|i| self.locality_reference.get(i).cloned()).collect();
+            let per = facts_metrics_against(model, tok, &sampled, reference.as_deref())?;
             Ok(Some(cf_scores(&per)))
         };
-        let recent = scores(&requests[recent_from.min(edits)..edits])?;
-        let all = scores(&requests[..edits])?;
+        let [recent, all] = self.sampled(recent_from, edits.min(requests.len()));
+        let (recent, all) = (scores(&recent)?, scores(&all)?);
         lap_into(&mut split.counterfact);
         let known_checks = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?) };
         let known_correct = known_checks.as_ref().map(|c| c.iter().filter(|c| c.correct).count());
@@ -246,7 +257,7 @@ pub fn append_checkpoint(arm_dir: &Path, c: &Checkpoint) -> Result<()> {
 
 /// One CSV row per checkpoint of every arm.
 pub fn csv(rows: &[Checkpoint]) -> String {
-    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation,untouched_correct,untouched_total\n");
+    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation,untouched_correct,untouched_total,rewrite_acc,rephrase_acc,locality,rewrite_acc_all,rephrase_acc_all,locality_all\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for c in rows {
         let m = &c.matrices;
@@ -285,6 +296,12 @@ pub fn csv(rows: &[Checkpoint]) -> String {
             c.known_by_relation.iter().map(|r| format!("{}:{}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(";"),
             c.known_untouched.map_or(String::new(), |k| k.correct.to_string()),
             c.known_untouched.map_or(String::new(), |k| k.total.to_string()),
+            f(c.recent.and_then(|s| s.rewrite_acc)),
+            f(c.recent.and_then(|s| s.rephrase_acc)),
+            f(c.recent.and_then(|s| s.locality)),
+            f(c.all.and_then(|s| s.rewrite_acc)),
+            f(c.all.and_then(|s| s.rephrase_acc)),
+            f(c.all.and_then(|s| s.locality)),
         ];
         s += &cols.join(",");
         s.push('\n');
@@ -293,11 +310,12 @@ pub fn csv(rows: &[Checkpoint]) -> String {
 }
 
 /// The final checkpoint of each arm in the paper's layout (efficacy, generalisation and
-/// specificity over all edits, then fluency and general ability), as Markdown.
+/// specificity over all edits, EasyEdit's token metrics beside them, then fluency and general
+/// ability), as Markdown.
 pub fn table(rows: &[Checkpoint]) -> String {
     let mut arms: Vec<&str> = rows.iter().map(|c| c.arm.as_str()).collect();
     arms.dedup();
-    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | fluency | perplexity | KL from unedited | known facts kept | … of relations no edit touches | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | rewrite acc. | rephrase acc. | locality | fluency | perplexity | KL from unedited | known facts kept | … of relations no edit touches | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
     let num = |v: Option<f64>, d: usize| v.map_or("–".to_string(), |x| format!("{x:.d$}"));
     let mut seen = std::collections::BTreeSet::new();
@@ -311,11 +329,14 @@ pub fn table(rows: &[Checkpoint]) -> String {
         let untouched = last.known_untouched.map_or("–".to_string(), |k| format!("{}/{}", k.correct, k.total));
         let leak = last.matrices.iter().map(|m| m.leak_left.max(m.leak_right)).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
         s += &format!(
-            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {known} | {untouched} | {} |\n",
+            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {known} | {untouched} | {} |\n",
             last.edits,
             pct(all.and_then(|a| a.efficacy)),
             pct(all.and_then(|a| a.paraphrase)),
             pct(all.and_then(|a| a.neighborhood)),
+            pct(all.and_then(|a| a.rewrite_acc)),
+            pct(all.and_then(|a| a.rephrase_acc)),
+            pct(all.and_then(|a| a.locality)),
             num(last.fluency, 2),
             num(last.perplexity, 2),
             last.agreement.map_or("–".to_string(), |a| format!("{:.1e}", a.kl)),
