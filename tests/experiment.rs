@@ -347,3 +347,33 @@ fn known_facts_lost_are_attributed_to_the_edits() {
     assert_eq!(known_loss(&tok, &checks, &edited).unwrap(), want);
     assert_eq!(known_loss(&tok, &checks, &[]).unwrap(), KnownLoss { lost: 5, ..Default::default() });
 }
+
+/// Known facts checked on the GPU (greedy token and the answer's log-probability, from the
+/// logits there) against the f64 reference, with prompts of different lengths, a repeated
+/// prompt and answers of several tokens (only the first is checked).
+#[test]
+fn known_facts_match_the_f64_reference() {
+    use revive::eval::retention::check_facts;
+    let w = random_weights(&config(), 8);
+    let cpu = CpuModel::new(&w);
+    let tok = tok();
+    let facts: Vec<Fact> = [("w20 w21", " w3"), ("w22", " w4 w5"), ("w20 w21", " w6"), ("w23 w24 w25 w26 w27", " w7")]
+        .iter()
+        .map(|(p, a)| Fact { prompt: p.to_string(), answer: a.to_string(), relation_id: None })
+        .collect();
+    for_each_gpu(|gpu| {
+        let got = ok(check_facts(&ok(GpuModel::new(gpu, &w))?, &tok, &facts))?;
+        for (f, g) in facts.iter().zip(&got) {
+            let p = tok.encode(&f.prompt).unwrap();
+            let first = tok.encode(&f.answer).unwrap()[0];
+            let (logits, _) = cpu.forward(std::slice::from_ref(&p), &Default::default());
+            let z = &logits[0][p.len() - 1];
+            let top = (0..z.len()).fold(0, |at, j| if z[j] > z[at] { j } else { at }) as u32;
+            let logp = log_softmax(z)[first as usize];
+            if g.got != tok.decode(&[top]).unwrap() || g.correct != (top == first) || !((g.logp - logp).abs() <= 1e-4 * logp.abs().max(1.0)) {
+                return Err(format!("{f:?}: got {g:?}; f64 reference top {top}, log p {logp}"));
+            }
+        }
+        Ok(())
+    });
+}

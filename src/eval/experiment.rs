@@ -351,7 +351,7 @@ mod tests {
     use super::*;
 
     fn row(arm: &str, edits: usize, eff: f64) -> Checkpoint {
-        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9), ..Default::default() };
+        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9), rewrite_acc: Some(0.7), rephrase_acc: Some(0.6), locality: Some(0.95) };
         Checkpoint {
             arm: arm.into(),
             edits,
@@ -423,12 +423,12 @@ mod tests {
     fn table_and_csv_show_each_arms_last_checkpoint() {
         let rows = vec![row("memit-none", 10, 0.9), row("memit-none", 20, 0.6), row("memit-0.5", 20, 0.8)];
         let t = table(&rows);
-        assert!(t.contains("| memit-none | 20 | 60.0 |") && t.contains("| memit-0.5 | 20 | 80.0 |"), "{t}");
+        assert!(t.contains("| memit-none | 20 | 60.0 | 50.0 | 90.0 | 70.0 | 60.0 | 95.0 |") && t.contains("| memit-0.5 | 20 | 80.0 |"), "{t}");
         assert!(t.contains("| 7/10 | 2/3 |"), "{t}");
         assert_eq!(t.lines().count(), 4);
         let c = csv(&rows);
         assert_eq!(c.lines().count(), 4);
         assert!(c.lines().nth(2).unwrap().starts_with("memit-none,20,2,1.0,0.600000,"), "{c}");
-        assert!(c.lines().nth(2).unwrap().ends_with(",P36:2/3,2,3"), "{c}");
+        assert!(c.lines().nth(2).unwrap().ends_with(",P36:2/3,2,3,0.700000,0.600000,0.950000,0.700000,0.600000,0.950000"), "{c}");
     }
 }

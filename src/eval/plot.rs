@@ -191,6 +191,7 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
         panel("efficacy, all edits so far", "share", |c| c.all?.efficacy),
         panel("generalisation (paraphrases), all edits", "share", |c| c.all?.paraphrase),
         panel("specificity (neighbourhood), all edits", "share", |c| c.all?.neighborhood),
+        panel("EasyEdit locality against the unedited model, all edits", "share", |c| c.all?.locality),
         panel("perplexity on held-out prose", "perplexity", |c| c.perplexity),
         panel("known facts still answered", "share", |c| c.known_correct.map(|k| k as f64 / c.known_total.max(1) as f64)),
         panel("known facts of relations no edit touches", "share", |c| c.known_untouched.map(|k| k.correct as f64 / k.total.max(1) as f64)),

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
-use crate::model::generate::argmax;
+use crate::model::generate::score_tokens;
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,24 +44,36 @@ pub fn load_facts(path: &Path) -> Result<Vec<Fact>> {
     Ok(facts)
 }
 
-/// Checks every fact in one batched pass.
+/// Checks every fact in planned passes; the greedy token and the answer's log-probability
+/// come from the logits on the GPU (a vocabulary-wide row is never read back).
 pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<FactCheck>> {
-    let prompts = facts.iter().map(|f| tok.encode(&f.prompt)).collect::<Result<Vec<_>>>()?;
-    let logits = model.last_logits(&prompts)?;
-    let mut out = vec![];
-    for (f, row) in facts.iter().zip(&logits) {
-        let first = *tok.encode(&f.answer)?.first().ok_or_else(|| Error::Edit(format!("the answer {:?} has no tokens", f.answer)))?;
-        let top = argmax(row);
-        out.push(FactCheck {
-            prompt: f.prompt.clone(),
-            answer: f.answer.clone(),
-            relation_id: f.relation_id.clone(),
-            got: tok.decode(&[top])?,
-            correct: top == first,
-            logp: crate::model::generate::log_softmax(row)[first as usize],
-        });
+    if facts.is_empty() {
+        return Ok(vec![]);
     }
-    Ok(out)
+    let mut pairs = vec![];
+    for f in facts {
+        let first = *tok.encode(&f.answer)?.first().ok_or_else(|| Error::Edit(format!("the answer {:?} has no tokens", f.answer)))?;
+        let prompt = tok.encode(&f.prompt)?;
+        if prompt.is_empty() {
+            return Err(Error::Edit(format!("the prompt {:?} has no tokens", f.prompt)));
+        }
+        pairs.push((prompt, vec![first]));
+    }
+    let scored = score_tokens(model, &pairs)?;
+    facts
+        .iter()
+        .zip(pairs.iter().zip(scored))
+        .map(|(f, ((_, first), s))| {
+            Ok(FactCheck {
+                prompt: f.prompt.clone(),
+                answer: f.answer.clone(),
+                relation_id: f.relation_id.clone(),
+                got: tok.decode(&[s[0].top])?,
+                correct: s[0].top == first[0],
+                logp: s[0].logprob,
+            })
+        })
+        .collect()
 }
 
 /// Where the known facts a model no longer answers went, against the edits made so far: an
