@@ -104,6 +104,8 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
     }
     let zsre = br#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "alt": "University of Michigan", "answers": ["Trinity College"], "rephrase": "What university did Watts Humphrey take part in?", "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"}]"#.to_vec();
 
+    let easyedit = br#"[{"case_id": 0, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux", "target_new": "English", "ground_truth": "French", "rephrase_prompt": ["Danielle Darrieux was born speaking"], "locality_prompt": "The mother tongue of Leon Blum is", "locality_ground_truth": "French"}]"#.to_vec();
+
     let journal_seed = work.join("journal-seed");
     write_journal(&journal_seed, &journal_record_text())?;
 
@@ -145,7 +147,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "requests",
             file: "requests.json",
-            seeds: vec![include_bytes!("../assets/facts/edits.json").to_vec(), zsre],
+            seeds: vec![include_bytes!("../assets/facts/edits.json").to_vec(), zsre, easyedit],
             load: file_loader(work, "requests.json", |p| crate::edit::request::load_requests(p).map(|_| ())),
         },
         Target {

@@ -314,6 +314,15 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
         if before["locality"] != serde_json::Value::Null || after["locality"].as_f64() != Some(1.0) || after["rewrite_acc"].as_f64().is_none() {
             return Err(format!("the session's locality: before {}, after {}", before["locality"], after["locality"]));
         }
+        // A measure written before locality was measured (an older journal's) is no reference.
+        let mut old = before.clone();
+        old["requests"].as_array_mut().unwrap().iter_mut().for_each(|r| {
+            r.as_object_mut().unwrap().remove("locality_top");
+        });
+        let after_old = ok(measure.measure(&gm, &tok, &requests, Some(&old)))?;
+        if after_old["locality"] != serde_json::Value::Null {
+            return Err(format!("locality against a measure without predictions: {}", after_old["locality"]));
+        }
         // A weight change moves some predictions.
         let mut changed = w.clone();
         changed.tensors.get_mut("layers.1.w_down").unwrap().data.iter_mut().for_each(|v| *v *= -3.0);

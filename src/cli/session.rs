@@ -196,12 +196,23 @@ pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{}: {} on {} (layers {:?}), {} requests in batches of {}, REVIVE {:?}", dir.display(), config.spec.name(), config.model, config.spec.layers(), requests.len(), config.batch, config.revive);
-    println!("{:>6} {:>12} {:>8} {:>10} {:>10} {:>10} {:>9}  updates", "batch", "requests", "seconds", "eff before", "eff after", "paraphr.", "neighb.");
+    println!("{:>6} {:>12} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9}  updates", "batch", "requests", "seconds", "eff before", "eff after", "paraphr.", "neighb.", "locality");
     for (_, h) in j.batches() {
         let after = j.metrics_of(h.batch).map(|m| m.after.clone()).unwrap_or_default();
         let f = |v: &serde_json::Value, k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
         let ups: Vec<String> = h.updates.iter().map(|u| format!("{} ‖ΔW‖ {:.3}{}", u.matrix, u.norm, u.rank.map_or(" dense".into(), |r| format!(" rank {r}")))).collect();
-        println!("{:>6} {:>12} {:>8.1} {:>10} {:>10} {:>10} {:>9}  {}", h.batch, format!("{}..{}", h.requests[0], h.requests[1]), h.seconds, f(&h.before, "efficacy"), f(&after, "efficacy"), f(&after, "paraphrase"), f(&after, "neighborhood"), ups.join(", "));
+        println!(
+            "{:>6} {:>12} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>9}  {}",
+            h.batch,
+            format!("{}..{}", h.requests[0], h.requests[1]),
+            h.seconds,
+            f(&h.before, "efficacy"),
+            f(&after, "efficacy"),
+            f(&after, "paraphrase"),
+            f(&after, "neighborhood"),
+            f(&after, "locality"),
+            ups.join(", ")
+        );
     }
     let total = requests.len().div_ceil(config.batch);
     if j.n_batches() < total {

@@ -233,19 +233,27 @@ pub struct BatchMetrics {
     pub known: Vec<crate::eval::retention::Fact>,
 }
 
-/// The `locality_top` of each request in a measure's JSON (`requests[r].locality_top`), if it
-/// has one for each of `n` requests.
-fn measured_locality_tops(measured: &serde_json::Value, n: usize) -> Option<Vec<Vec<Vec<u32>>>> {
-    let reqs = measured.get("requests")?.as_array()?;
-    if reqs.len() != n {
+/// The `locality_top` of each request in a measure's JSON (`requests[r].locality_top`), if the
+/// measure has it for every request that reads locality pairs (a measure written before
+/// locality was measured has none: then there is no reference).
+fn measured_locality_tops(measured: &serde_json::Value, requests: &[EditRequest]) -> Option<Vec<Vec<Vec<u32>>>> {
+    let measured = measured.get("requests")?.as_array()?;
+    if measured.len() != requests.len() {
         return None;
     }
-    reqs.iter().map(|r| r.get("locality_top").map_or(Some(vec![]), |t| serde_json::from_value(t.clone()).ok())).collect()
+    measured
+        .iter()
+        .zip(requests)
+        .map(|(m, req)| match m.get("locality_top") {
+            Some(t) => serde_json::from_value(t.clone()).ok(),
+            None => locality_pairs(req).is_empty().then(Vec::new),
+        })
+        .collect()
 }
 
 impl crate::edit::session::Measure for BatchMetrics {
     fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest], before: Option<&serde_json::Value>) -> Result<serde_json::Value> {
-        let reference = before.and_then(|b| measured_locality_tops(b, requests.len()));
+        let reference = before.and_then(|b| measured_locality_tops(b, requests));
         let per = facts_metrics_against(model, tok, requests, reference.as_deref())?;
         let CfScores { efficacy, paraphrase, neighborhood, rewrite_acc, rephrase_acc, locality, .. } = cf_scores(&per);
         let p_new = (!per.is_empty()).then(|| per.iter().map(|m| m.new.p).sum::<f64>() / per.len() as f64);
