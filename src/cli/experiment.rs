@@ -277,7 +277,7 @@ fn checkpoint_at(a: &Args, b: usize, total: usize, n: usize) -> Option<(usize, u
     let per_ckpt = a.every / a.batch;
     let edits = (b * a.batch).min(n);
     let recent_from = (b.saturating_sub(1) / per_ckpt) * per_ckpt * a.batch;
-    (b % per_ckpt == 0 || b == total).then_some((recent_from.min(edits), edits))
+    (b.is_multiple_of(per_ckpt) || b == total).then_some((recent_from.min(edits), edits))
 }
 
 /// The unedited model's locality predictions of every request a checkpoint of this arm will

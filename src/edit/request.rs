@@ -133,57 +133,48 @@ fn own_locality(v: &Value, file: &str, index: usize) -> Result<Vec<LocalityPromp
     pairs.into_iter().map(|l| locality_pair(l.prompt, &l.answer, file, index, "locality")).collect()
 }
 
+/// Where a layout without neighbourhood or generation prompts keeps each part of a request.
+struct FlatKeys {
+    /// The whole prompt, the subject written in.
+    prompt: &'static str,
+    target_new: &'static str,
+    /// The true answer, or a list whose first entry is.
+    target_true: &'static str,
+    paraphrases: &'static str,
+    locality: [&'static str; 2],
+}
+
 /// A zsRE record (MEND's layout, as ROME and EasyEdit read it): the question `src` holds the
 /// subject, `alt` is the new answer, `answers[0]` the true one, `rephrase` a paraphrase, and
 /// `loc` a question from Natural Questions with its answer `loc_ans` (locality).
-fn parse_zsre(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
-    let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
-    let subject = need("subject")?;
-    let src = need("src")?;
-    let prompt = template(&src, &subject, file, index, "src")?;
-    let alt = need("alt")?;
-    if alt.trim().is_empty() {
-        return Err(field_err(file, index, "alt", "is empty"));
-    }
-    let target_new = with_space(&alt);
-    let target_true = strings(v, file, index, "answers")?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
-    Ok(EditRequest {
-        case_id: v.get("case_id").and_then(Value::as_u64),
-        prompt,
-        subject,
-        target_new,
-        target_true,
-        paraphrase_prompts: string(v, file, index, "rephrase")?.into_iter().collect(),
-        neighborhood_prompts: vec![],
-        generation_prompts: vec![],
-        relation_id: None,
-        locality: if v.get("loc").is_some() { locality(v, file, index, "loc", "loc_ans")? } else { vec![] },
-    })
-}
+const ZSRE: FlatKeys = FlatKeys { prompt: "src", target_new: "alt", target_true: "answers", paraphrases: "rephrase", locality: ["loc", "loc_ans"] };
 
 /// EasyEdit's flat record: `prompt` is the whole prompt with the subject written in,
 /// `ground_truth` the true answer, `rephrase_prompt` the paraphrases, `locality_prompt` and
 /// `locality_ground_truth` the locality pairs (each a string or a list).
-fn parse_easyedit(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
+const EASYEDIT: FlatKeys = FlatKeys { prompt: "prompt", target_new: "target_new", target_true: "ground_truth", paraphrases: "rephrase_prompt", locality: ["locality_prompt", "locality_ground_truth"] };
+
+fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<EditRequest> {
     let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
     let subject = need("subject")?;
-    let prompt = template(&need("prompt")?, &subject, file, index, "prompt")?;
-    let target_new = with_space(&need("target_new")?);
-    if target_new.trim().is_empty() {
-        return Err(field_err(file, index, "target_new", "is empty"));
+    let prompt = template(&need(keys.prompt)?, &subject, file, index, keys.prompt)?;
+    let new = need(keys.target_new)?;
+    if new.trim().is_empty() {
+        return Err(field_err(file, index, keys.target_new, "is empty"));
     }
-    let target_true = one_or_many(v, file, index, "ground_truth")?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
+    let target_new = with_space(&new);
+    let target_true = one_or_many(v, file, index, keys.target_true)?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
     Ok(EditRequest {
         case_id: v.get("case_id").and_then(Value::as_u64),
         prompt,
         subject,
         target_new,
         target_true,
-        paraphrase_prompts: one_or_many(v, file, index, "rephrase_prompt")?,
+        paraphrase_prompts: one_or_many(v, file, index, keys.paraphrases)?,
         neighborhood_prompts: vec![],
         generation_prompts: vec![],
         relation_id: None,
-        locality: locality(v, file, index, "locality_prompt", "locality_ground_truth")?,
+        locality: locality(v, file, index, keys.locality[0], keys.locality[1])?,
     })
 }
 
@@ -192,10 +183,10 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
         return Err(field_err(file, index, "(record)", "expected a JSON object"));
     }
     if v.get("src").is_some() && v.get("alt").is_some() {
-        return parse_zsre(v, file, index);
+        return parse_flat(v, file, index, &ZSRE);
     }
     if v.get("requested_rewrite").is_none() && ["ground_truth", "rephrase_prompt", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) {
-        return parse_easyedit(v, file, index);
+        return parse_flat(v, file, index, &EASYEDIT);
     }
     // CounterFact keeps the rewrite itself in "requested_rewrite".
     let rw = v.get("requested_rewrite").unwrap_or(v);

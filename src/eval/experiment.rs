@@ -268,17 +268,15 @@ pub fn csv(rows: &[Checkpoint]) -> String {
             let v = m.iter().map(pick);
             Some(if max { v.fold(f64::NEG_INFINITY, f64::max) } else { v.sum::<f64>() / m.len() as f64 })
         };
-        let cols = [
-            c.arm.clone(),
-            c.edits.to_string(),
-            c.batches.to_string(),
-            format!("{:.1}", c.edit_seconds),
-            f(c.recent.and_then(|s| s.efficacy)),
-            f(c.recent.and_then(|s| s.paraphrase)),
-            f(c.recent.and_then(|s| s.neighborhood)),
-            f(c.all.and_then(|s| s.efficacy)),
-            f(c.all.and_then(|s| s.paraphrase)),
-            f(c.all.and_then(|s| s.neighborhood)),
+        // CounterFact's three scores, or EasyEdit's three, of one sample.
+        let scores = |s: Option<CfScores>, easyedit: bool| -> Vec<String> {
+            let pick: [fn(&CfScores) -> Option<f64>; 3] = if easyedit { [|s| s.rewrite_acc, |s| s.rephrase_acc, |s| s.locality] } else { [|s| s.efficacy, |s| s.paraphrase, |s| s.neighborhood] };
+            pick.iter().map(|p| f(s.as_ref().and_then(p))).collect()
+        };
+        let mut cols = vec![c.arm.clone(), c.edits.to_string(), c.batches.to_string(), format!("{:.1}", c.edit_seconds)];
+        cols.extend(scores(c.recent, false));
+        cols.extend(scores(c.all, false));
+        cols.extend([
             c.known_correct.map_or(String::new(), |k| k.to_string()),
             c.known_total.to_string(),
             f(c.perplexity),
@@ -296,13 +294,9 @@ pub fn csv(rows: &[Checkpoint]) -> String {
             c.known_by_relation.iter().map(|r| format!("{}:{}/{}", r.relation, r.correct, r.total)).collect::<Vec<_>>().join(";"),
             c.known_untouched.map_or(String::new(), |k| k.correct.to_string()),
             c.known_untouched.map_or(String::new(), |k| k.total.to_string()),
-            f(c.recent.and_then(|s| s.rewrite_acc)),
-            f(c.recent.and_then(|s| s.rephrase_acc)),
-            f(c.recent.and_then(|s| s.locality)),
-            f(c.all.and_then(|s| s.rewrite_acc)),
-            f(c.all.and_then(|s| s.rephrase_acc)),
-            f(c.all.and_then(|s| s.locality)),
-        ];
+        ]);
+        cols.extend(scores(c.recent, true));
+        cols.extend(scores(c.all, true));
         s += &cols.join(",");
         s.push('\n');
     }
