@@ -192,6 +192,12 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         if no_ppl.perplexity.is_some() || no_ppl.agreement != after.agreement {
             return Err(format!("without perplexity sequences: {no_ppl:?}"));
         }
+        // Requests without generation prompts generate after their rewrite prompts.
+        let bare: Vec<EditRequest> = requests.iter().map(|r| EditRequest { generation_prompts: vec![], ..r.clone() }).collect();
+        let fluent = ok(m.checkpoint(&gm, &tok, "arm", &bare, 5, 2, 1, 0.0))?;
+        if !fluent.fluency.is_some_and(f64::is_finite) {
+            return Err(format!("fluency without generation prompts: {:?}", fluent.fluency));
+        }
         let _ = &mut gm;
         Ok(())
     });

@@ -132,8 +132,8 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
 }
 
 /// What EasyEdit's locality reads of a request: its locality pairs, or else its neighbourhood
-/// prompts with target_true (EasyEdit's CounterFact). Scored beside the neighbourhood's own
-/// pairs, these share their sequences and cost only their logit rows.
+/// prompts with target_true (EasyEdit's CounterFact). Those are the very pairs the
+/// neighbourhood score reads, and `score_tokens` scores a pair asked for twice once.
 fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str)> {
     if !req.locality.is_empty() {
         return req.locality.iter().map(|l| (l.prompt.as_str(), l.answer.as_str())).collect();

@@ -169,10 +169,12 @@ impl Measures {
             _ => None,
         };
         lap_into(&mut split.agreement);
+        // A request without generation prompts (zsRE's, EasyEdit's records) generates after its
+        // rewrite prompt, as EasyEdit's fluency does.
         let prompts: Vec<String> = spread(edits.max(1).min(requests.len()), self.fluency_prompts)
             .into_iter()
             .take(self.fluency_prompts)
-            .filter_map(|i| requests[i].generation_prompts.first().cloned())
+            .map(|i| requests[i].generation_prompts.first().cloned().unwrap_or_else(|| requests[i].full_prompt()))
             .collect();
         let fluency = fluency(model, tok, &prompts, self.fluency_tokens)?;
         lap_into(&mut split.fluency);
