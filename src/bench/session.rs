@@ -52,10 +52,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn median_count(xs: &[u64]) -> Option<u64> {
-    let mut xs = xs.to_vec();
-    xs.sort_unstable();
-    xs.get(xs.len() / 2).copied()
+/// The median of counts, as a count (none when there are none).
+fn median_of_counts(xs: &[u64]) -> Option<u64> {
+    (!xs.is_empty()).then(|| median(xs.iter().map(|&x| x as f64).collect()) as u64)
 }
 
 fn mean(xs: &[f64]) -> Option<f64> {
@@ -108,9 +107,9 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         solve_seconds: median(solve),
         write_seconds: median(write),
         metrics_seconds: median(metrics),
-        targets_dispatches: median_count(&work[0]),
-        targets_bind_groups: median_count(&work[1]),
-        targets_readbacks: median_count(&work[2]),
+        targets_dispatches: median_of_counts(&work[0]),
+        targets_bind_groups: median_of_counts(&work[1]),
+        targets_readbacks: median_of_counts(&work[2]),
         targets_profile,
         forward_seconds,
         edits_per_second: session.config.batch as f64 / batch_seconds,

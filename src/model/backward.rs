@@ -205,7 +205,7 @@ impl<'m> DeltaPass<'m> {
     pub fn logprobs(&self, delta: &[f32], rows: &[usize]) -> Result<Vec<Vec<f64>>> {
         // The same products as `loss_and_grad` (the taped ones, not the stacked), so that a KL
         // against these log-probabilities is 0 to the bit at this δ.
-        let upper = self.upper(delta, true)?;
+        let upper = self.upper(delta)?;
         let (logits, _) = self.head(&upper, &self.stacked_rows(rows)?)?;
         Ok(log_softmax(&self.model.host_logits(&logits)?, self.model.config.vocab_size))
     }
@@ -273,7 +273,7 @@ impl<'m> DeltaPass<'m> {
         if prepared.scatter.len() != self.groups.len() {
             return Err(Error::shape("delta loss", format!("terms prepared for {} groups, the pass has {}", prepared.scatter.len(), self.groups.len())));
         }
-        let upper = self.upper(delta, true)?;
+        let upper = self.upper(delta)?;
         let (logits, normed_in) = self.head(&upper, &prepared.stacked)?;
         let (dlogits, row_loss) = weighted_nll(gpu, &logits, &prepared.weights)?;
         let parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
@@ -298,8 +298,9 @@ impl<'m> DeltaPass<'m> {
     }
 
     /// Runs the layers above the edited one on base + δ at the sites, group by group: each
-    /// group's output, tapes and cache.
-    fn upper(&self, delta: &[f32], record: bool) -> Result<Vec<(Tensor, Vec<BlockTape>, KvCache)>> {
+    /// group's output, tapes and cache. Always taped, even where no backward follows
+    /// (`logprobs`): the taped products are the ones the loss reads.
+    fn upper(&self, delta: &[f32]) -> Result<Vec<(Tensor, Vec<BlockTape>, KvCache)>> {
         let m = self.model;
         let gpu = m.gpu();
         let (d, n_deltas) = (m.config.hidden, self.n_deltas);
@@ -321,8 +322,7 @@ impl<'m> DeltaPass<'m> {
             let mut cache = m.new_cache(b, t)?;
             let mut tapes = vec![];
             for i in self.layer + 1..m.config.n_layers {
-                let keep = if record { Keep::Tape } else { Keep::Output };
-                let out = m.block(i, x, &mut cache, 0, b, t, keep)?;
+                let out = m.block(i, x, &mut cache, 0, b, t, Keep::Tape)?;
                 x = out.x;
                 tapes.extend(out.tape);
             }
