@@ -13,7 +13,7 @@ use crate::linalg::subspace::Basis;
 use crate::linalg::svd::SvdOptions;
 use crate::gpu::Tensor;
 use crate::error::Result;
-use crate::eval::counterfact::facts_metrics;
+use crate::eval::counterfact::{cf_scores, facts_metrics_against, locality_tops, CfScores};
 use crate::eval::retention::{check_facts, Fact, FactCheck};
 use crate::model::forward::GpuModel;
 use crate::model::names::down_name;
@@ -43,6 +43,9 @@ pub struct EditBench {
     pub efficacy_after_each: usize,
     pub efficacy_at_end: usize,
     pub paraphrase_mean_at_end: Option<f64>,
+    /// After all edits: CounterFact's scores and EasyEdit's, its locality against the unedited
+    /// model (as EasyEdit's sequential editing measures it).
+    pub scores_at_end: CfScores,
     pub known_before: usize,
     pub known_after: usize,
     pub known_lost: Vec<FactCheck>,
@@ -76,6 +79,7 @@ pub fn run(
 ) -> Result<EditBench> {
     let forward_seconds = forward_pass_seconds(model, tok, &requests[0].full_prompt())?;
     let known_before = check_facts(model, tok, known)?;
+    let unedited = locality_tops(model, tok, requests)?;
     let name = down_name(hp.layer);
     let measure = |m: &GpuModel| -> Result<Option<Tracking>> {
         let Some(t) = track else { return Ok(None) };
@@ -85,7 +89,7 @@ pub fn run(
     };
     let (_, records) = run_rome(model, tok, requests, hp, cov, guard, true, measure, |r| on_edit(r))?;
     let known_after = check_facts(model, tok, known)?;
-    let at_end = facts_metrics(model, tok, requests)?;
+    let at_end = facts_metrics_against(model, tok, requests, Some(&unedited))?;
     let mut times: Vec<f64> = records.iter().map(|r| r.edit_seconds).collect();
     times.sort_by(f64::total_cmp);
     let paraphrases: Vec<f64> = at_end.iter().filter_map(|m| m.paraphrase).collect();
@@ -99,6 +103,7 @@ pub fn run(
         efficacy_after_each: records.iter().filter(|r| r.after.efficacy == Some(true)).count(),
         efficacy_at_end: at_end.iter().filter(|m| m.efficacy == Some(true)).count(),
         paraphrase_mean_at_end: (!paraphrases.is_empty()).then(|| paraphrases.iter().sum::<f64>() / paraphrases.len() as f64),
+        scores_at_end: cf_scores(&at_end),
         known_before: known_before.iter().filter(|c| c.correct).count(),
         known_after: known_after.iter().filter(|c| c.correct).count(),
         known_lost: known_before.iter().zip(&known_after).filter(|(b, a)| b.correct && !a.correct).map(|(_, a)| a.clone()).collect(),

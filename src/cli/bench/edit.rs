@@ -140,6 +140,9 @@ fn print_bench_edit(gpu: &Gpu, hp: &revive::edit::hparams::RomeHparams, cov: &re
     if let Some(p) = b.paraphrase_mean_at_end {
         println!("paraphrases preferring the new target after all edits: {:.0}%", 100.0 * p);
     }
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.0}%", 100.0 * x));
+    let e = &b.scores_at_end;
+    println!("EasyEdit after all edits: rewrite_acc {}, rephrase_acc {}, locality against the unedited model {}", pct(e.rewrite_acc), pct(e.rephrase_acc), pct(e.locality));
     println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
     for c in &b.known_lost {
         println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
