@@ -629,10 +629,17 @@ fn empty_and_overlong_requests_are_refused_up_front() {
         }
         let mut long = requests(3);
         long[2].neighborhood_prompts = vec!["w7 ".repeat(config().max_seq_len)];
-        let e = Session::config_for(&gm, &tok, "tiny", spec, &long, 2, None, 2e-5, 2.0).err().ok_or("an overlong prompt accepted")?;
+        let e = Session::config_for(&gm, &tok, "tiny", spec.clone(), &long, 2, None, 2e-5, 2.0).err().ok_or("an overlong prompt accepted")?;
         let msg = e.to_string();
         if !(msg.contains("request 2") && msg.contains("case_id 2") && msg.contains("context")) {
             return Err(format!("overlong prompt: {msg}"));
+        }
+        // A locality question and its answer are read as one sequence too.
+        let mut long = requests(3);
+        long[1].locality = vec![revive::edit::request::LocalityPrompt { prompt: "w7 ".repeat(config().max_seq_len - 1), answer: " w8 w9".into() }];
+        let e = Session::config_for(&gm, &tok, "tiny", spec, &long, 2, None, 2e-5, 2.0).err().ok_or("an overlong locality pair accepted")?;
+        if !e.to_string().contains("request 1") {
+            return Err(format!("overlong locality pair: {e}"));
         }
         Ok(())
     });

@@ -97,7 +97,7 @@ fn string(v: &Value, file: &str, index: usize, field: &str) -> Result<Option<Str
 fn one_or_many(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<String>> {
     match v.get(field) {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
-        _ => strings(v, file, index, field),
+        _ => strings(v, file, index, field).map_err(|_| field_err(file, index, field, "expected a string or a list of strings")),
     }
 }
 
@@ -115,13 +115,17 @@ fn locality(v: &Value, file: &str, index: usize, prompts: &str, answers: &str) -
     if p.len() != a.len() {
         return Err(field_err(file, index, answers, format!("{} answers for {} prompts in '{prompts}'", a.len(), p.len())));
     }
-    p.into_iter().zip(a).map(|(prompt, answer)| locality_pair(prompt, &answer, file, index, answers)).collect()
+    p.into_iter().zip(a).enumerate().map(|(i, (prompt, answer))| locality_pair(prompt, &answer, file, index, [prompts, answers], i)).collect()
 }
 
-/// A locality pair, its answer a continuation (with a leading space) and not empty.
-fn locality_pair(prompt: String, answer: &str, file: &str, index: usize, field: &str) -> Result<LocalityPrompt> {
-    if answer.trim().is_empty() || prompt.trim().is_empty() {
-        return Err(field_err(file, index, field, "a locality prompt or answer is empty"));
+/// Locality pair `i`, its answer a continuation (with a leading space); neither may be empty.
+/// `fields`: where the prompt and the answer came from, for errors.
+fn locality_pair(prompt: String, answer: &str, file: &str, index: usize, fields: [&str; 2], i: usize) -> Result<LocalityPrompt> {
+    if prompt.trim().is_empty() {
+        return Err(field_err(file, index, fields[0], format!("locality prompt {i} is empty")));
+    }
+    if answer.trim().is_empty() {
+        return Err(field_err(file, index, fields[1], format!("the answer of locality prompt {i} is empty")));
     }
     Ok(LocalityPrompt { prompt, answer: with_space(answer) })
 }
@@ -130,7 +134,7 @@ fn locality_pair(prompt: String, answer: &str, file: &str, index: usize, field: 
 fn own_locality(v: &Value, file: &str, index: usize) -> Result<Vec<LocalityPrompt>> {
     let Some(list) = v.get("locality") else { return Ok(vec![]) };
     let pairs: Vec<LocalityPrompt> = serde_json::from_value(list.clone()).map_err(|e| field_err(file, index, "locality", format!("expected a list of {{\"prompt\", \"answer\"}}: {e}")))?;
-    pairs.into_iter().map(|l| locality_pair(l.prompt, &l.answer, file, index, "locality")).collect()
+    pairs.into_iter().enumerate().map(|(i, l)| locality_pair(l.prompt, &l.answer, file, index, ["locality", "locality"], i)).collect()
 }
 
 /// Where a layout without neighbourhood or generation prompts keeps each part of a request.
@@ -155,6 +159,11 @@ const ZSRE: FlatKeys = FlatKeys { prompt: "src", target_new: "alt", target_true:
 const EASYEDIT: FlatKeys = FlatKeys { prompt: "prompt", target_new: "target_new", target_true: "ground_truth", paraphrases: "rephrase_prompt", locality: ["locality_prompt", "locality_ground_truth"] };
 
 fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<EditRequest> {
+    // KnowEdit nests its locality prompts in a dictionary this reader does not take: refused,
+    // not dropped, so that locality is never reported on prompts it did not read.
+    if v.get("locality").is_some() {
+        return Err(field_err(file, index, "locality", format!("a nested locality dictionary (KnowEdit's layout) is not read; give the pairs as '{}' and '{}'", keys.locality[0], keys.locality[1])));
+    }
     let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
     let subject = need("subject")?;
     let prompt = template(&need(keys.prompt)?, &subject, file, index, keys.prompt)?;
@@ -312,7 +321,10 @@ mod tests {
         for (text, want) in [
             (e.replace(r#", "France"]"#, "]"), "1 answers for 2 prompts"),
             (e.replace("of Danielle Darrieux is", "of her is"), "does not contain the subject"),
-            (e.replace(r#""French", "France""#, r#""French", " ""#), "empty"),
+            (e.replace(r#""French", "France""#, r#""French", " ""#), "'locality_ground_truth': the answer of locality prompt 1 is empty"),
+            (e.replace(r#""Paris is in""#, r#"" ""#), "'locality_prompt': locality prompt 1 is empty"),
+            (e.replace(r#""rephrase_prompt": "Danielle Darrieux was born speaking""#, r#""rephrase_prompt": 3"#), "'rephrase_prompt': expected a string or a list of strings"),
+            (e.replace(r#""case_id": 3,"#, r#""case_id": 3, "locality": {"Relation_Specificity": []},"#), "KnowEdit"),
         ] {
             let err = parse_requests(&text, "easyedit.json").unwrap_err().to_string();
             assert!(err.contains("easyedit.json") && err.contains("record 0") && err.contains(want), "{err}");

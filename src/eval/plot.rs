@@ -283,6 +283,7 @@ mod tests {
             efficacy_after_each: 3,
             efficacy_at_end: 3,
             paraphrase_mean_at_end: None,
+            scores_at_end: Default::default(),
             known_before: 20,
             known_after: 18,
             known_lost: vec![],

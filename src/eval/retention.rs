@@ -51,11 +51,11 @@ pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<Fa
         return Ok(vec![]);
     }
     let mut pairs = vec![];
-    for f in facts {
-        let first = *tok.encode(&f.answer)?.first().ok_or_else(|| Error::Edit(format!("the answer {:?} has no tokens", f.answer)))?;
+    for (i, f) in facts.iter().enumerate() {
+        let first = *tok.encode(&f.answer)?.first().ok_or_else(|| Error::Edit(format!("known fact {i}: the answer {:?} has no tokens", f.answer)))?;
         let prompt = tok.encode(&f.prompt)?;
         if prompt.is_empty() {
-            return Err(Error::Edit(format!("the prompt {:?} has no tokens", f.prompt)));
+            return Err(Error::Edit(format!("known fact {i}: the prompt {:?} has no tokens", f.prompt)));
         }
         pairs.push((prompt, vec![first]));
     }
