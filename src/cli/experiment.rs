@@ -248,9 +248,31 @@ fn new_session(a: &Args, arm: &Arm, requests: &[revive::edit::request::EditReque
     }
 }
 
+/// The unedited model, for the references checkpoints compare with: the session's own model
+/// while no batch is applied, else a copy of the base weights, uploaded once and only if a
+/// reference has to be measured (a resumed arm finds them in its directory).
+struct Unedited<'a> {
+    gm: &'a revive::model::forward::GpuModel,
+    base: &'a revive::model::Weights,
+    base_now: bool,
+    copy: std::cell::OnceCell<revive::model::forward::GpuModel>,
+}
+
+impl Unedited<'_> {
+    fn model(&self) -> Result<&revive::model::forward::GpuModel> {
+        if self.base_now {
+            return Ok(self.gm);
+        }
+        if self.copy.get().is_none() {
+            let _ = self.copy.set(revive::model::forward::GpuModel::new(self.gm.gpu(), self.base)?);
+        }
+        Ok(self.copy.get().expect("set above"))
+    }
+}
+
 /// The unedited model's next-token log-probabilities on the agreement prompts, kept in the arm
-/// directory (the arm may resume after edits were made). `base`: the weights before any edit.
-fn reference_logprobs(dir: &Path, base_now: bool, gm: &revive::model::forward::GpuModel, base: &revive::model::Weights, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+/// directory (the arm may resume after edits were made).
+fn reference_logprobs(dir: &Path, unedited: &Unedited, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
     let path = dir.join("reference-logprobs.safetensors");
     let key = revive::store::sha256_hex(&serde_json::to_vec(prompts)?);
     let fields = [("format", "revive-reference-v1".to_string()), ("prompts_sha256", key)];
@@ -259,12 +281,7 @@ fn reference_logprobs(dir: &Path, base_now: bool, gm: &revive::model::forward::G
         let flat = st.tensor("logprobs", &shape)?;
         return Ok(flat.chunks(shape[1]).map(<[f32]>::to_vec).collect());
     }
-    let rows = if base_now {
-        next_token_logprobs(gm, prompts)?
-    } else {
-        // Resumed after edits: measure on a copy of the base.
-        next_token_logprobs(&revive::model::forward::GpuModel::new(gm.gpu(), base)?, prompts)?
-    };
+    let rows = next_token_logprobs(unedited.model()?, prompts)?;
     let flat: Vec<f32> = rows.concat();
     let f: Vec<(&str, String)> = fields.iter().map(|(k, v)| (*k, v.clone())).collect();
     revive::store::save(&path, &f, &[("logprobs", vec![rows.len(), rows[0].len()], &flat)])?;
@@ -281,9 +298,8 @@ fn checkpoint_at(a: &Args, b: usize, total: usize, n: usize) -> Option<(usize, u
 }
 
 /// The unedited model's locality predictions of every request a checkpoint of this arm will
-/// sample, kept in the arm directory (the arm may resume after edits were made; then they come
-/// from a copy of the base).
-fn locality_reference(dir: &Path, base_now: bool, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, base: &revive::model::Weights, requests: &[revive::edit::request::EditRequest], wanted: &std::collections::BTreeSet<usize>) -> Result<std::collections::BTreeMap<usize, Vec<Vec<u32>>>> {
+/// sample, kept in the arm directory (the arm may resume after edits were made).
+fn locality_reference(dir: &Path, unedited: &Unedited, tok: &revive::model::Tok, requests: &[revive::edit::request::EditRequest], wanted: &std::collections::BTreeSet<usize>) -> Result<std::collections::BTreeMap<usize, Vec<Vec<u32>>>> {
     #[derive(Serialize, Deserialize)]
     struct Cached {
         requests_sha256: String,
@@ -300,20 +316,17 @@ fn locality_reference(dir: &Path, base_now: bool, gm: &revive::model::forward::G
         }
     }
     let reqs: Vec<_> = chosen.iter().map(|(_, r)| (*r).clone()).collect();
-    let tops = if base_now {
-        revive::eval::counterfact::locality_tops(gm, tok, &reqs)?
-    } else {
-        revive::eval::counterfact::locality_tops(&revive::model::forward::GpuModel::new(gm.gpu(), base)?, tok, &reqs)?
-    };
+    let tops = revive::eval::counterfact::locality_tops(unedited.model()?, tok, &reqs)?;
     let cached = Cached { requests_sha256: key, tops: wanted.iter().copied().zip(tops).collect() };
     revive::store::write_durable(&path, &serde_json::to_vec(&cached)?)?;
     Ok(cached.tops)
 }
 
 fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward::GpuModel, tok: &revive::model::Tok, base: &revive::model::Weights, known: Vec<revive::eval::retention::Fact>) -> Result<Measures> {
+    let unedited = Unedited { gm, base, base_now: session.batches_done() == 0, copy: Default::default() };
     let prose = if a.ppl_tokens > 0 || a.agreement_prompts > 0 { Some(prose_set(tok, a.prose.as_deref(), a.ppl_tokens, 128, a.agreement_prompts, 24)?) } else { None };
     let reference = match &prose {
-        Some(p) if !p.agreement.is_empty() => Some(reference_logprobs(dir, session.batches_done() == 0, gm, base, &p.agreement)?),
+        Some(p) if !p.agreement.is_empty() => Some(reference_logprobs(dir, &unedited, &p.agreement)?),
         _ => None,
     };
     let mut spectral = vec![];
@@ -339,7 +352,7 @@ fn measures(a: &Args, dir: &Path, session: &Session, gm: &revive::model::forward
     };
     let (total, n) = (session.batches_total(), session.requests.len());
     let wanted = (0..=total).filter_map(|b| checkpoint_at(a, b, total, n)).flat_map(|(from, edits)| m.sampled(from, edits).concat()).collect();
-    m.locality_reference = locality_reference(dir, session.batches_done() == 0, gm, tok, base, &session.requests, &wanted)?;
+    m.locality_reference = locality_reference(dir, &unedited, tok, &session.requests, &wanted)?;
     Ok(m)
 }
 

@@ -108,11 +108,7 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
                 pairs.push((ids, t.clone()));
             }
         }
-        let locality = locality_pairs(req);
-        for (prompt, answer) in &locality {
-            pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
-        }
-        layout.push((prompts.len(), new, locality.len()));
+        layout.push((prompts.len(), new, push_locality_pairs(tok, req, &mut pairs)?));
     }
     if pairs.is_empty() {
         return Ok(vec![]);
@@ -144,6 +140,15 @@ fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str)> {
     }
 }
 
+/// Appends `req`'s locality pairs, tokenized, to `pairs`; how many.
+fn push_locality_pairs(tok: &Tok, req: &EditRequest, pairs: &mut Vec<(Vec<u32>, Vec<u32>)>) -> Result<usize> {
+    let locality = locality_pairs(req);
+    for (prompt, answer) in &locality {
+        pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
+    }
+    Ok(locality.len())
+}
+
 fn tops(scored: &[Vec<TokenScore>]) -> Vec<Vec<u32>> {
     scored.iter().map(|t| t.iter().map(|s| s.top).collect()).collect()
 }
@@ -154,11 +159,7 @@ pub fn locality_tops(model: &GpuModel, tok: &Tok, reqs: &[EditRequest]) -> Resul
     let mut pairs = vec![];
     let mut counts = vec![];
     for req in reqs {
-        let locality = locality_pairs(req);
-        for (prompt, answer) in &locality {
-            pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
-        }
-        counts.push(locality.len());
+        counts.push(push_locality_pairs(tok, req, &mut pairs)?);
     }
     let mut scored = if pairs.is_empty() { vec![] } else { score_tokens(model, &pairs)? }.into_iter();
     Ok(counts.into_iter().map(|n| tops(&scored.by_ref().take(n).collect::<Vec<_>>())).collect())
@@ -194,15 +195,15 @@ fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[
     }
 }
 
-/// CounterFact's three scores over a set of edited requests, under EasyEdit's names too.
+/// CounterFact's three scores over a set of edited requests, and EasyEdit's three.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct CfScores {
     pub requests: usize,
-    /// Rewrite prompts preferring target_new (EasyEdit: rewrite accuracy).
+    /// Rewrite prompts preferring target_new (the role EasyEdit calls reliability).
     pub efficacy: Option<f64>,
-    /// Paraphrases preferring target_new (EasyEdit: generalisation / rephrase).
+    /// Paraphrases preferring target_new (generalisation).
     pub paraphrase: Option<f64>,
-    /// Neighbourhood prompts still preferring target_true (EasyEdit: specificity / locality).
+    /// Neighbourhood prompts still preferring target_true (specificity).
     pub neighborhood: Option<f64>,
     /// EasyEdit's token metrics, as its own evaluation computes them (module comment); absent
     /// from results written before they were measured.

@@ -198,27 +198,19 @@ pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], bud
     if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
         return Err(Error::shape("score", "prompt and continuation need at least one token each"));
     }
-    // A pair asked for twice (EasyEdit's locality reads the neighbourhood prompts with the true
-    // answer, which CounterFact's scores read too) is scored once.
-    let mut first_of = std::collections::HashMap::new();
-    let mut unique: Vec<(Vec<u32>, Vec<u32>)> = vec![];
-    let which: Vec<usize> = pairs
-        .iter()
-        .map(|pair| {
-            *first_of.entry(pair).or_insert_with(|| {
-                unique.push(pair.clone());
-                unique.len() - 1
-            })
-        })
-        .collect();
-    if unique.len() < pairs.len() {
-        let scored = score_tokens_within(model, &unique, budget)?;
-        return Ok(which.into_iter().map(|u| scored[u].clone()).collect());
-    }
     let mut seqs: Vec<Vec<u32>> = vec![];
     let mut readers: Vec<Vec<usize>> = vec![];
     let mut index = std::collections::HashMap::new();
-    for (i, (p, c)) in pairs.iter().enumerate() {
+    // A pair asked for twice (EasyEdit's locality reads the neighbourhood prompts with the true
+    // answer, which CounterFact's scores read too) is scored once and copied.
+    let mut first_of = std::collections::HashMap::new();
+    let mut copies = vec![];
+    for (i, pair @ (p, c)) in pairs.iter().enumerate() {
+        if let Some(&first) = first_of.get(pair) {
+            copies.push((i, first));
+            continue;
+        }
+        first_of.insert(pair, i);
         let seq: Vec<u32> = p.iter().chain(&c[..c.len() - 1]).copied().collect();
         let s = *index.entry(seq.clone()).or_insert_with(|| {
             seqs.push(seq);
@@ -252,6 +244,9 @@ pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], bud
                 out[i] = scored.by_ref().take(pairs[i].1.len()).collect();
             }
         }
+    }
+    for (i, first) in copies {
+        out[i] = out[first].clone();
     }
     Ok(out)
 }
