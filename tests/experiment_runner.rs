@@ -1,0 +1,241 @@
+//! `revive experiment` end to end, as a user runs it: the binary on a tiny model saved as a
+//! Hugging Face directory (random weights, a character-level tokenizer so that the WordNet
+//! corpus gives C0 real keys), on every adapter. It writes every file it promises; killed with
+//! SIGKILL at several points and run again, it ends with the same CSV as an uninterrupted run;
+//! one arm run alone (`--arm`) and merged (`--merge`) with the other gives that CSV too.
+
+mod common;
+use common::*;
+use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
+use revive::model::random::random_weights;
+use revive::model::safetensors::{save_dir, SaveDtype};
+use revive::model::Config;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn config() -> Config {
+    // Room for the corpus' 128-token sequences; the tokenizer below fills the 97 ids.
+    Config { ffn_hidden: 120, max_seq_len: 256, ..Config::tiny_llama() }
+}
+
+/// A tokenizer.json whose tokens are single characters: "<unk>", a newline and printable ASCII
+/// (97 ids, the tiny model's vocabulary), joined back without spaces.
+fn char_tokenizer_json() -> String {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 0.into());
+    vocab.insert("\n".into(), 1.into());
+    for (i, c) in (b' '..=b'~').enumerate() {
+        vocab.insert((c as char).to_string(), (i + 2).into());
+    }
+    assert_eq!(vocab.len(), config().vocab_size);
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+const NAMES: [&str; 8] = ["Ada", "Bea", "Cyd", "Dov", "Eli", "Fay", "Gus", "Hal"];
+const CITIES: [&str; 4] = ["Oslo", "Rome", "Lima", "Kyiv"];
+
+/// Eight CounterFact records: "{name} was born in" a city, rewritten to the next city.
+fn counterfact_records() -> serde_json::Value {
+    let records: Vec<serde_json::Value> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (old, new) = (CITIES[i % 4], CITIES[(i + 1) % 4]);
+            let others: Vec<String> = NAMES.iter().filter(|n| n != &name).take(5).map(|n| format!("{n} was born in")).collect();
+            serde_json::json!({
+                "case_id": i,
+                "requested_rewrite": {"prompt": "{} was born in", "subject": name, "target_new": {"str": new}, "target_true": {"str": old}, "relation_id": "P19"},
+                "paraphrase_prompts": [format!("Yes. {name} was born in"), format!("The birthplace of {name} is")],
+                "neighborhood_prompts": others,
+                "generation_prompts": [format!("{name} grew up in"), format!("{name} is from")],
+            })
+        })
+        .collect();
+    serde_json::Value::Array(records)
+}
+
+fn known_facts() -> serde_json::Value {
+    serde_json::json!([
+        {"prompt": "Ivy was born in", "answer": " Oslo", "relation_id": "P19"},
+        {"prompt": "Jo lives in", "answer": " Rome", "relation_id": "P551"},
+        {"prompt": "Kim speaks", "answer": " Welsh", "relation_id": "P1412"},
+    ])
+}
+
+const PROSE: &str = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife. \
+However little known the feelings or views of such a man may be on his first entering a neighbourhood, this truth is so well fixed \
+in the minds of the surrounding families, that he is considered the rightful property of some one or other of their daughters.\n";
+
+/// MEMIT on layers 0-1 with a short target optimisation; λ small enough that a random model's
+/// keys move its outputs.
+fn hparams() -> BatchHparams {
+    BatchHparams {
+        method: BatchMethod::Memit,
+        layers: vec![0, 1],
+        v_steps: 6,
+        v_lr: 0.5,
+        v_weight_decay: 1e-3,
+        clamp_norm_factor: 100.0,
+        kl_factor: 0.0625,
+        nll_stop: 0.05,
+        templates: Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 },
+        mom2_tokens: 2048,
+        mom2_update_weight: Some(2.0),
+        nullspace_threshold: None,
+        l2: None,
+        keep_fraction: None,
+        why: Default::default(),
+    }
+}
+
+/// The model directory and input files under `root`.
+fn write_inputs(root: &Path) {
+    let model = root.join("model");
+    save_dir(&random_weights(&config(), 21), &model, SaveDtype::F32, None).unwrap();
+    std::fs::write(model.join("tokenizer.json"), char_tokenizer_json()).unwrap();
+    std::fs::write(root.join("edits.json"), counterfact_records().to_string()).unwrap();
+    std::fs::write(root.join("known.json"), known_facts().to_string()).unwrap();
+    std::fs::write(root.join("prose.txt"), PROSE.repeat(4)).unwrap();
+    std::fs::write(root.join("memit.json"), serde_json::to_string(&hparams()).unwrap()).unwrap();
+}
+
+/// `revive experiment` over the inputs in `root` into `out`: 8 edits in batches of 2, a
+/// checkpoint every 4, MEMIT without and with REVIVE, every measure on.
+fn experiment(root: &Path, backend: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+    let path = |p: &str| root.join(p).display().to_string();
+    c.args(["--backend", backend, "experiment", "-m", &path("model"), "--methods", "memit", "--revive", "none,0.5"])
+        .args(["--edits", &path("edits.json"), "--known", &path("known.json"), "--prose", &path("prose.txt"), "--hparams", &path("memit.json")])
+        .args(["--batch", "2", "--every", "4", "--sample", "0", "--ppl-tokens", "256", "--agreement-prompts", "4"])
+        .args(["--fluency-prompts", "2", "--fluency-tokens", "8", "--out", &out.display().to_string()])
+        .args(extra)
+        // Its own cache: C0 and the guards' bases are measured in this test, not found.
+        .env("REVIVE_CACHE", root.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn run_to_end(mut c: Command, what: &str) -> Result<(), String> {
+    let out = c.output().map_err(|e| format!("{what}: cannot start revive: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what}: revive failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(())
+}
+
+/// The CSV without its one column of wall-clock time (edit_seconds), which no two runs share.
+fn csv_without_time(dir: &Path) -> Result<Vec<String>, String> {
+    let path = dir.join("results.csv");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let header: Vec<&str> = text.lines().next().unwrap_or("").split(',').collect();
+    let t = header.iter().position(|h| *h == "edit_seconds").ok_or("results.csv has no edit_seconds column")?;
+    Ok(text.lines().map(|l| l.split(',').enumerate().filter(|(i, _)| *i != t).map(|(_, x)| x).collect::<Vec<_>>().join(",")).collect())
+}
+
+/// Batches journaled and checkpoints written, over both arms: how far a run got.
+fn progress(out: &Path) -> usize {
+    let mut n = 0;
+    for arm in ["memit-none", "memit-0.5"] {
+        let dir = out.join(arm);
+        n += std::fs::read_dir(dir.join("journal")).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with("-batch.safetensors")).count()).unwrap_or(0);
+        n += std::fs::read_to_string(dir.join("checkpoints.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+    }
+    n
+}
+
+fn backend_name(gpu: &revive::gpu::Gpu) -> String {
+    format!("{:?}", gpu.info().backend).to_lowercase()
+}
+
+#[test]
+fn the_experiment_writes_its_files_and_resumes_after_kill_9_to_the_same_csv() {
+    for_each_gpu(|gpu| {
+        let backend = backend_name(gpu);
+        let root = std::env::temp_dir().join(format!("revive-experiment-{}-{backend}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        write_inputs(&root);
+
+        // Uninterrupted.
+        let whole = root.join("whole");
+        run_to_end(experiment(&root, &backend, &whole, &[]), "the uninterrupted run")?;
+        let mut files: Vec<PathBuf> = ["experiment.json", "results.csv", "results.json", "table.md", "curves.svg", "curves.png"].iter().map(|f| whole.join(f)).collect();
+        for arm in ["memit-none", "memit-0.5"] {
+            for f in ["checkpoints.jsonl", "reference-logprobs.safetensors", "reference-locality.json", "session.json"] {
+                files.push(whole.join(arm).join(f));
+            }
+        }
+        if let Some(missing) = files.iter().find(|f| std::fs::metadata(f).map_or(true, |m| m.len() == 0)) {
+            return Err(format!("the experiment did not write {}", missing.display()));
+        }
+        let want = csv_without_time(&whole)?;
+        // A header and checkpoints at 0, 4 and 8 edits for each arm, every measure present after
+        // edits.
+        if want.len() != 7 {
+            return Err(format!("{} CSV lines, expected 7:\n{}", want.len(), want.join("\n")));
+        }
+        let header: Vec<&str> = want[0].split(',').collect();
+        for row in want[1..].iter().filter(|r| r.split(',').nth(1) != Some("0")) {
+            for col in ["efficacy_all", "perplexity", "kl", "fluency", "known_total", "max_leak", "locality_all"] {
+                let i = header.iter().position(|h| *h == col).ok_or(format!("no column {col}"))?;
+                let v = row.split(',').nth(i).unwrap_or("");
+                if v.is_empty() || v.eq_ignore_ascii_case("nan") {
+                    return Err(format!("column {col} is '{v}' in {row}"));
+                }
+            }
+        }
+
+        // Killed (SIGKILL) five times at growing progress, each a random 0-150 ms later, so the
+        // kills land in different phases (C0, targets, a journal write, a checkpoint); each run
+        // continues what the one before left, and the last runs to the end.
+        let killed = root.join("killed");
+        let mut r = rng(5);
+        for (round, at) in [1usize, 3, 6, 9, 12].into_iter().enumerate() {
+            let mut child = experiment(&root, &backend, &killed, &[]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while progress(&killed) < at {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("round {round}: the run ended ({status}) before progress {at}"));
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    return Err(format!("round {round}: no progress {at} in 10 minutes"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rand::Rng::random_range(&mut r, 0..150)));
+            child.kill().unwrap();
+            if child.wait().unwrap().success() {
+                return Err(format!("round {round}: the run finished before the kill"));
+            }
+        }
+        run_to_end(experiment(&root, &backend, &killed, &[]), "the run after the last kill")?;
+        let got = csv_without_time(&killed)?;
+        if got != want {
+            return Err(format!("the resumed run's CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
+        }
+
+        // One arm alone, merged with the other arm of the uninterrupted run.
+        let split = root.join("split");
+        run_to_end(experiment(&root, &backend, &split, &["--arm", "memit/0.5"]), "the run of one arm")?;
+        let merged = root.join("merged");
+        let c = experiment(&root, &backend, &merged, &["--merge", &whole.join("memit-none").display().to_string(), &split.display().to_string()]);
+        run_to_end(c, "the merge")?;
+        let got = csv_without_time(&merged)?;
+        if got != want {
+            return Err(format!("the merged CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        Ok(())
+    });
+}
