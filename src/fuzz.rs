@@ -106,6 +106,8 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
 
     let easyedit = br#"[{"case_id": 0, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux", "target_new": "English", "ground_truth": "French", "rephrase_prompt": ["Danielle Darrieux was born speaking"], "locality_prompt": "The mother tongue of Leon Blum is", "locality_ground_truth": "French"}]"#.to_vec();
 
+    let knowedit = br#"[{"subject": "Leo Arons", "prompt": "The place of death of Leo Arons is", "target_new": "Berlin", "ground_truth": [["Potsdam"]], "portability": {"Reasoning": [{"prompt": "The continent of the place of death of Leo Arons is", "ground_truth": [["Europe", "Old Continent"]]}]}, "locality": {"Relation_Specificity": [{"prompt": "The father of Leo Arons is", "ground_truth": ["Albert Arons"]}]}}]"#.to_vec();
+
     let journal_seed = work.join("journal-seed");
     write_journal(&journal_seed, &journal_record_text())?;
 
@@ -147,7 +149,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "requests",
             file: "requests.json",
-            seeds: vec![include_bytes!("../assets/facts/edits.json").to_vec(), zsre, easyedit],
+            seeds: vec![include_bytes!("../assets/facts/edits.json").to_vec(), zsre, easyedit, knowedit],
             load: file_loader(work, "requests.json", |p| crate::edit::request::load_requests(p).map(|_| ())),
         },
         Target {

@@ -109,6 +109,7 @@ fn request(i: usize) -> EditRequest {
         generation_prompts: vec![format!("w{} w62", 10 + i)],
         relation_id: None,
         locality: vec![],
+        portability: vec![],
     }
 }
 
@@ -214,7 +215,7 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
 /// through the session's measure (before → after).
 #[test]
 fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
-    use revive::edit::request::LocalityPrompt;
+    use revive::edit::request::PromptAnswer;
     use revive::edit::session::Measure;
     use revive::eval::counterfact::{fact_metrics, facts_metrics, facts_metrics_against, BatchMetrics};
     let w = random_weights(&config(), 6);
@@ -225,7 +226,7 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
     requests[3].neighborhood_prompts.clear();
     requests[4].target_true = None;
     requests[5].target_new = " w71 w72".into();
-    requests[6].locality = vec![LocalityPrompt { prompt: "w20 w21".into(), answer: " w22 w23 w24".into() }, LocalityPrompt { prompt: "w25".into(), answer: " w26".into() }];
+    requests[6].locality = vec![PromptAnswer { prompt: "w20 w21".into(), answer: " w22 w23 w24".into() }, PromptAnswer { prompt: "w25".into(), answer: " w26".into() }];
     // The reference's top token at each position of `target` after `prompt`; a near-tie
     // between the first two is refused (rounding would decide it).
     let tops = |prompt: &str, target: &str| -> Result<Vec<u32>, String> {
@@ -245,6 +246,23 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
             })
             .collect()
     };
+    // The reference's greedy continuation of `prompt`, `n` tokens, as text.
+    let greedy = |prompt: &str, n: usize| -> String {
+        let mut ids = tok.encode(prompt).unwrap();
+        for _ in 0..n {
+            let (logits, _) = cpu.forward(std::slice::from_ref(&ids), &Default::default());
+            let z = logits[0].last().unwrap();
+            ids.push((0..z.len()).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap() as u32);
+        }
+        ids[ids.len() - n..].iter().map(|t| format!(" w{t}")).collect()
+    };
+    // Portability pairs on two requests, one of them repeating its own locality pair (scored
+    // once, read twice); answers the model gives (all, or all but the last token) so that an
+    // accuracy read from the wrong pair shows.
+    let given = greedy("w30 w31 w32", 3);
+    let half = format!("{} w96", greedy("w44", 2));
+    requests[6].portability = vec![PromptAnswer { prompt: "w25".into(), answer: " w26".into() }, PromptAnswer { prompt: "w30 w31 w32".into(), answer: given }];
+    requests[1].portability = vec![PromptAnswer { prompt: "w44".into(), answer: half }];
     let accuracy = |prompt: &str, target: &str| -> Result<f64, String> {
         let t = tok.encode(target).unwrap();
         Ok(tops(prompt, target)?.iter().zip(&t).filter(|(a, b)| a == b).count() as f64 / t.len() as f64)
@@ -302,6 +320,14 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
             if m.rewrite_acc != accuracy(&r.full_prompt(), &r.target_new)? || m.rephrase_acc != want_rephrase || m.locality_top != want_locality || m.locality.is_some() {
                 return Err(format!("request {i}: rewrite/rephrase accuracy {:?}, locality predictions {:?} ({:?}); f64 reference {:?} {want_locality:?}", (m.rewrite_acc, m.rephrase_acc), m.locality_top, m.locality, want_rephrase));
             }
+            let portable = r.portability.iter().map(|p| accuracy(&p.prompt, &p.answer)).collect::<Result<Vec<_>, _>>()?;
+            let want_portability = (!portable.is_empty()).then(|| portable.iter().sum::<f64>() / portable.len() as f64);
+            if !portable.is_empty() && !(portable.iter().sum::<f64>() > 0.5) {
+                return Err(format!("request {i}: the reference gives none of the portability answers ({portable:?}); the test reads nothing"));
+            }
+            if m.portability.map(|x| (x * 1e9).round()) != want_portability.map(|x| (x * 1e9).round()) || a.portability != m.portability {
+                return Err(format!("request {i}: portability {:?} together, {:?} alone, f64 reference {want_portability:?}", m.portability, a.portability));
+            }
         }
         // Locality against the model itself: everything kept.
         let reference: Vec<Vec<Vec<u32>>> = together.iter().map(|m| m.locality_top.clone()).collect();
@@ -317,7 +343,7 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
         let mut measure = BatchMetrics { known: vec![] };
         let before = ok(measure.measure(&gm, &tok, &requests, None))?;
         let after = ok(measure.measure(&gm, &tok, &requests, Some(&before)))?;
-        if before["locality"] != serde_json::Value::Null || after["locality"].as_f64() != Some(1.0) || after["rewrite_acc"].as_f64().is_none() {
+        if before["locality"] != serde_json::Value::Null || after["locality"].as_f64() != Some(1.0) || after["rewrite_acc"].as_f64().is_none() || after["portability"].as_f64().is_none() {
             return Err(format!("the session's locality: before {}, after {}", before["locality"], after["locality"]));
         }
         // A measure written before locality was measured (an older journal's) is no reference.

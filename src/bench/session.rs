@@ -34,10 +34,11 @@ pub struct BatchBench {
     pub efficacy: Option<f64>,
     pub paraphrase: Option<f64>,
     pub neighborhood: Option<f64>,
-    /// … and of EasyEdit's token metrics (rewrite and rephrase accuracy, locality).
+    /// … and of EasyEdit's token metrics (rewrite and rephrase accuracy, locality, portability).
     pub rewrite_acc: Option<f64>,
     pub rephrase_acc: Option<f64>,
     pub locality: Option<f64>,
+    pub portability: Option<f64>,
     pub known_correct_at_end: Option<u64>,
     pub known_total: Option<u64>,
     /// The REVIVE filter's kept share of ‖ΔW‖, mean over all writes.
@@ -66,7 +67,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
     let j = &session.journal;
     let (mut whole, mut targets, mut keys, mut solve, mut write, mut metrics) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut eff, mut para, mut neigh, mut kept) = (vec![], vec![], vec![], vec![]);
-    let mut easyedit: [Vec<f64>; 3] = Default::default();
+    let mut easyedit: [Vec<f64>; 4] = Default::default();
     let mut work: [Vec<u64>; 3] = Default::default();
     let mut last_after = serde_json::Value::Null;
     let mut targets_profile = vec![];
@@ -88,7 +89,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
             eff.extend(m.after["efficacy"].as_f64());
             para.extend(m.after["paraphrase"].as_f64());
             neigh.extend(m.after["neighborhood"].as_f64());
-            for (xs, key) in easyedit.iter_mut().zip(["rewrite_acc", "rephrase_acc", "locality"]) {
+            for (xs, key) in easyedit.iter_mut().zip(["rewrite_acc", "rephrase_acc", "locality", "portability"]) {
                 xs.extend(m.after[key].as_f64());
             }
             last_after = m.after.clone();
@@ -119,6 +120,7 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         rewrite_acc: mean(&easyedit[0]),
         rephrase_acc: mean(&easyedit[1]),
         locality: mean(&easyedit[2]),
+        portability: mean(&easyedit[3]),
         known_correct_at_end: last_after["known_correct"].as_u64(),
         known_total: last_after["known_total"].as_u64(),
         revive_kept: mean(&kept),

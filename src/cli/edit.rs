@@ -171,7 +171,7 @@ pub(super) fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
     println!("[{}/{n}] {} → {:?}{was}", r.index + 1, q.full_prompt(), q.target_new);
     for (when, m) in [("before", &r.before), ("after ", &r.after)] {
         let truth = m.true_.as_ref().map(|t| format!("   P(true) {:.4}", t.p)).unwrap_or_default();
-        let extra = [("paraphrase", m.paraphrase), ("neighborhood", m.neighborhood), ("rewrite_acc", Some(m.rewrite_acc)), ("rephrase_acc", m.rephrase_acc), ("locality", m.locality)]
+        let extra = [("paraphrase", m.paraphrase), ("neighborhood", m.neighborhood), ("rewrite_acc", Some(m.rewrite_acc)), ("rephrase_acc", m.rephrase_acc), ("locality", m.locality), ("portability", m.portability)]
             .iter()
             .filter_map(|(k, v)| v.map(|v| format!("   {k} {:.0}%", 100.0 * v)))
             .collect::<String>();

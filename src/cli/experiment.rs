@@ -360,7 +360,7 @@ fn print_checkpoint(c: &Checkpoint) {
     let pct = |v: Option<f64>| v.map_or("–".into(), |x| format!("{:.0}%", 100.0 * x));
     let all = c.all;
     println!(
-        "checkpoint {} edits: efficacy {} (last {}), paraphrase {}, neighbourhood {}; EasyEdit: rewrite {}, rephrase {}, locality {}; known {}; perplexity {}; KL {}; fluency {}; {:.0} s to measure",
+        "checkpoint {} edits: efficacy {} (last {}), paraphrase {}, neighbourhood {}; EasyEdit: rewrite {}, rephrase {}, locality {}, portability {}; known {}; perplexity {}; KL {}; fluency {}; {:.0} s to measure",
         c.edits,
         pct(all.and_then(|s| s.efficacy)),
         pct(c.recent.and_then(|s| s.efficacy)),
@@ -369,6 +369,7 @@ fn print_checkpoint(c: &Checkpoint) {
         pct(all.and_then(|s| s.rewrite_acc)),
         pct(all.and_then(|s| s.rephrase_acc)),
         pct(all.and_then(|s| s.locality)),
+        pct(all.and_then(|s| s.portability)),
         c.known_correct.map_or("–".into(), |k| format!("{k}/{}", c.known_total))
             + &c.known_loss.filter(|l| l.lost > 0).map_or(String::new(), |l| format!(" (of the {} lost, {} share an edited fact's old answer, {} now answer an edit's new target)", l.lost, l.sharing_an_edited_answer, l.to_an_edit_target))
             + &if c.known_by_relation.len() > 1 {

@@ -142,7 +142,7 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
     let kept: Vec<String> = h.updates.iter().filter_map(|u| u.filter.map(|f| format!("{:.0}%", 100.0 * f.kept))).collect();
     let kept = if kept.is_empty() { String::new() } else { format!("; REVIVE kept {} of ‖ΔW‖", kept.join(" ")) };
     println!(
-        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; EasyEdit:{}{}{}; {:.1} s{kept}",
+        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; EasyEdit:{}{}{}{}; {:.1} s{kept}",
         h.batch + 1,
         h.requests[0],
         h.requests[1],
@@ -154,6 +154,7 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
         pct("rewrite_acc", after),
         pct("rephrase_acc", after),
         pct("locality", after),
+        pct("portability", after),
         seconds
     );
 }
@@ -196,13 +197,13 @@ pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("{}: {} on {} (layers {:?}), {} requests in batches of {}, REVIVE {:?}", dir.display(), config.spec.name(), config.model, config.spec.layers(), requests.len(), config.batch, config.revive);
-    println!("{:>6} {:>12} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9}  updates", "batch", "requests", "seconds", "eff before", "eff after", "paraphr.", "neighb.", "locality");
+    println!("{:>6} {:>12} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}  updates", "batch", "requests", "seconds", "eff before", "eff after", "paraphr.", "neighb.", "locality", "portab.");
     for (_, h) in j.batches() {
         let after = j.metrics_of(h.batch).map(|m| m.after.clone()).unwrap_or_default();
         let f = |v: &serde_json::Value, k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
         let ups: Vec<String> = h.updates.iter().map(|u| format!("{} ‖ΔW‖ {:.3}{}", u.matrix, u.norm, u.rank.map_or(" dense".into(), |r| format!(" rank {r}")))).collect();
         println!(
-            "{:>6} {:>12} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>9}  {}",
+            "{:>6} {:>12} {:>8.1} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}  {}",
             h.batch,
             format!("{}..{}", h.requests[0], h.requests[1]),
             h.seconds,
@@ -211,6 +212,7 @@ pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
             f(&after, "paraphrase"),
             f(&after, "neighborhood"),
             f(&after, "locality"),
+            f(&after, "portability"),
             ups.join(", ")
         );
     }

@@ -11,7 +11,9 @@
 //! target without a leading space gets one, as ROME and EasyEdit do when they tokenize. zsRE
 //! records (MEND's `subject`, `src`, `alt`, `answers`, `rephrase`, `loc`, `loc_ans`) and
 //! EasyEdit's flat records (`prompt` with the subject written in, `ground_truth`,
-//! `rephrase_prompt`, `locality_prompt`, `locality_ground_truth`) read as well.
+//! `rephrase_prompt`, `locality_prompt`, `locality_ground_truth`) read as well, and so do
+//! KnowEdit's (the same keys, with `locality` and `portability` as dictionaries of
+//! `[{prompt, ground_truth}]` lists per category, answers given as aliases).
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -43,13 +45,19 @@ pub struct EditRequest {
     /// from Natural Questions; EasyEdit's locality prompts). Without them, EasyEdit's locality
     /// reads the neighbourhood prompts with target_true, as it does for CounterFact.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub locality: Vec<LocalityPrompt>,
+    pub locality: Vec<PromptAnswer>,
+    /// Questions whose answers follow from the new fact (KnowEdit's reasoning, subject-alias
+    /// and logical-generalisation prompts), each with the answer the edited model should give:
+    /// EasyEdit's portability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portability: Vec<PromptAnswer>,
 }
 
-/// A prompt and the continuation read after it for EasyEdit's locality: the model's own
-/// predictions along the answer, before and after an edit, should agree.
+/// A prompt and the continuation read after it: for locality, the model's own predictions
+/// along the answer, before and after an edit, should agree; for portability, the edited model
+/// should predict the answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LocalityPrompt {
+pub struct PromptAnswer {
     pub prompt: String,
     pub answer: String,
 }
@@ -110,31 +118,59 @@ fn template(prompt: &str, subject: &str, file: &str, index: usize, field: &str) 
 }
 
 /// Locality prompts and their answers, paired one to one.
-fn locality(v: &Value, file: &str, index: usize, prompts: &str, answers: &str) -> Result<Vec<LocalityPrompt>> {
+fn locality(v: &Value, file: &str, index: usize, prompts: &str, answers: &str) -> Result<Vec<PromptAnswer>> {
     let (p, a) = (one_or_many(v, file, index, prompts)?, one_or_many(v, file, index, answers)?);
     if p.len() != a.len() {
         return Err(field_err(file, index, answers, format!("{} answers for {} prompts in '{prompts}'", a.len(), p.len())));
     }
-    p.into_iter().zip(a).enumerate().map(|(i, (prompt, answer))| locality_pair(prompt, &answer, file, index, [prompts, answers], i)).collect()
+    p.into_iter().zip(a).enumerate().map(|(i, (prompt, answer))| prompt_answer(prompt, &answer, file, index, [prompts, answers], i)).collect()
 }
 
-/// Locality pair `i`, its answer a continuation (with a leading space); neither may be empty.
+/// Pair `i`, its answer a continuation (with a leading space); neither may be empty.
 /// `fields`: where the prompt and the answer came from, for errors.
-fn locality_pair(prompt: String, answer: &str, file: &str, index: usize, fields: [&str; 2], i: usize) -> Result<LocalityPrompt> {
+fn prompt_answer(prompt: String, answer: &str, file: &str, index: usize, fields: [&str; 2], i: usize) -> Result<PromptAnswer> {
     if prompt.trim().is_empty() {
-        return Err(field_err(file, index, fields[0], format!("locality prompt {i} is empty")));
+        return Err(field_err(file, index, fields[0], format!("prompt {i} is empty")));
     }
     if answer.trim().is_empty() {
-        return Err(field_err(file, index, fields[1], format!("the answer of locality prompt {i} is empty")));
+        return Err(field_err(file, index, fields[1], format!("the answer of prompt {i} is empty")));
     }
-    Ok(LocalityPrompt { prompt, answer: with_space(answer) })
+    Ok(PromptAnswer { prompt, answer: with_space(answer) })
 }
 
-/// This program's own layout: `locality: [{"prompt", "answer"}]`.
-fn own_locality(v: &Value, file: &str, index: usize) -> Result<Vec<LocalityPrompt>> {
-    let Some(list) = v.get("locality") else { return Ok(vec![]) };
-    let pairs: Vec<LocalityPrompt> = serde_json::from_value(list.clone()).map_err(|e| field_err(file, index, "locality", format!("expected a list of {{\"prompt\", \"answer\"}}: {e}")))?;
-    pairs.into_iter().enumerate().map(|(i, l)| locality_pair(l.prompt, &l.answer, file, index, ["locality", "locality"], i)).collect()
+/// This program's own layout: `locality` or `portability` as `[{"prompt", "answer"}]`.
+fn own_pairs(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<PromptAnswer>> {
+    let Some(list) = v.get(field) else { return Ok(vec![]) };
+    let pairs: Vec<PromptAnswer> = serde_json::from_value(list.clone()).map_err(|e| field_err(file, index, field, format!("expected a list of {{\"prompt\", \"answer\"}}: {e}")))?;
+    pairs.into_iter().enumerate().map(|(i, l)| prompt_answer(l.prompt, &l.answer, file, index, [field, field], i)).collect()
+}
+
+/// The first answer of a KnowEdit `ground_truth`: a string, a list of answers, or a list of
+/// alias lists (the first alias is the answer, as EasyEdit's KnowEdit runner takes it).
+fn first_answer(v: &Value) -> Option<&str> {
+    match v {
+        Value::String(s) => Some(s),
+        Value::Array(a) => a.first().and_then(first_answer),
+        _ => None,
+    }
+}
+
+/// KnowEdit's nested pairs, `{"Relation_Specificity": [{"prompt", "ground_truth"}], …}`: every
+/// category's pairs (categories in name order), each answer its first alias.
+fn nested_pairs(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<PromptAnswer>> {
+    let Some(Value::Object(categories)) = v.get(field) else { return Ok(vec![]) };
+    let mut out = vec![];
+    for (category, items) in categories {
+        let list = format!("{field}.{category}");
+        let where_ = |i: usize| format!("{list}[{i}]");
+        let items = items.as_array().ok_or_else(|| field_err(file, index, &list, "expected a list of {\"prompt\", \"ground_truth\"}"))?;
+        for (i, item) in items.iter().enumerate() {
+            let prompt = item.get("prompt").and_then(Value::as_str).ok_or_else(|| field_err(file, index, &where_(i), "no 'prompt' string"))?;
+            let answer = item.get("ground_truth").and_then(first_answer).ok_or_else(|| field_err(file, index, &where_(i), "no 'ground_truth' (a string, or a list whose first entry is one)"))?;
+            out.push(prompt_answer(prompt.to_string(), answer, file, index, [&list, &list], i)?);
+        }
+    }
+    Ok(out)
 }
 
 /// Where a layout without neighbourhood or generation prompts keeps each part of a request.
@@ -159,10 +195,12 @@ const ZSRE: FlatKeys = FlatKeys { prompt: "src", target_new: "alt", target_true:
 const EASYEDIT: FlatKeys = FlatKeys { prompt: "prompt", target_new: "target_new", target_true: "ground_truth", paraphrases: "rephrase_prompt", locality: ["locality_prompt", "locality_ground_truth"] };
 
 fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<EditRequest> {
-    // KnowEdit nests its locality prompts in a dictionary this reader does not take: refused,
-    // not dropped, so that locality is never reported on prompts it did not read.
-    if v.get("locality").is_some() {
-        return Err(field_err(file, index, "locality", format!("a nested locality dictionary (KnowEdit's layout) is not read; give the pairs as '{}' and '{}'", keys.locality[0], keys.locality[1])));
+    // KnowEdit nests locality and portability in dictionaries; anything else under those keys
+    // is refused, not dropped, so that no score is reported on prompts that were not read.
+    for field in ["locality", "portability"] {
+        if v.get(field).is_some_and(|x| !x.is_object() && !x.is_null()) {
+            return Err(field_err(file, index, field, "expected KnowEdit's dictionary of [{\"prompt\", \"ground_truth\"}] lists per category"));
+        }
     }
     let need = |field: &str| -> Result<String> { string(v, file, index, field)?.ok_or_else(|| field_err(file, index, field, "missing")) };
     let subject = need("subject")?;
@@ -172,7 +210,14 @@ fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<Ed
         return Err(field_err(file, index, keys.target_new, "is empty"));
     }
     let target_new = with_space(&new);
-    let target_true = one_or_many(v, file, index, keys.target_true)?.into_iter().next().map(|s| with_space(&s)).filter(|t| *t != target_new);
+    let target_true = match v.get(keys.target_true) {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(first_answer(t).ok_or_else(|| field_err(file, index, keys.target_true, "expected a string or a list whose first entry is one"))?),
+    }
+    .map(with_space)
+    .filter(|t| *t != target_new);
+    let mut locality = locality(v, file, index, keys.locality[0], keys.locality[1])?;
+    locality.extend(nested_pairs(v, file, index, "locality")?);
     Ok(EditRequest {
         case_id: v.get("case_id").and_then(Value::as_u64),
         prompt,
@@ -183,7 +228,8 @@ fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<Ed
         neighborhood_prompts: vec![],
         generation_prompts: vec![],
         relation_id: None,
-        locality: locality(v, file, index, keys.locality[0], keys.locality[1])?,
+        locality,
+        portability: nested_pairs(v, file, index, "portability")?,
     })
 }
 
@@ -194,8 +240,12 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
     if v.get("src").is_some() && v.get("alt").is_some() {
         return parse_flat(v, file, index, &ZSRE);
     }
-    if v.get("requested_rewrite").is_none() && ["ground_truth", "rephrase_prompt", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) {
+    let nested = |k: &str| v.get(k).is_some_and(Value::is_object);
+    if v.get("requested_rewrite").is_none() && (["ground_truth", "rephrase_prompt", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) || nested("locality") || nested("portability")) {
         return parse_flat(v, file, index, &EASYEDIT);
+    }
+    if v.get("concept").is_some() && v.get("labels").is_some() {
+        return Err(field_err(file, index, "concept", "a WikiBio record (a passage to continue) is not a fact to edit; only KnowEdit's ZsRE, WikiData counterfact and recent sets are read"));
     }
     // CounterFact keeps the rewrite itself in "requested_rewrite".
     let rw = v.get("requested_rewrite").unwrap_or(v);
@@ -229,7 +279,8 @@ fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
         neighborhood_prompts: strings(v, file, index, "neighborhood_prompts")?,
         generation_prompts: strings(v, file, index, "generation_prompts")?,
         relation_id: string(rw, file, index, "relation_id")?,
-        locality: own_locality(v, file, index)?,
+        locality: own_pairs(v, file, index, "locality")?,
+        portability: own_pairs(v, file, index, "portability")?,
     })
 }
 
@@ -293,7 +344,7 @@ mod tests {
         assert_eq!(r.prompt, "What university did {} attend?");
         assert_eq!((r.target_new.as_str(), r.target_true.as_deref()), (" University of Michigan", Some(" Illinois Institute of Technology")));
         assert_eq!(r.paraphrase_prompts, vec!["What university did Watts Humphrey take part in?".to_string()]);
-        assert_eq!(r.locality, vec![LocalityPrompt { prompt: "nq question: who played desmond doss father in hacksaw ridge".into(), answer: " Hugo Weaving".into() }]);
+        assert_eq!(r.locality, vec![PromptAnswer { prompt: "nq question: who played desmond doss father in hacksaw ridge".into(), answer: " Hugo Weaving".into() }]);
         let bad = r#"[{"subject": "Nobody", "src": "What university did Watts Humphrey attend?", "alt": "X"}]"#;
         let e = parse_requests(bad, "zsre.json").unwrap_err().to_string();
         assert!(e.contains("zsre.json") && e.contains("record 0") && e.contains("'src'"), "{e}");
@@ -321,19 +372,61 @@ mod tests {
         for (text, want) in [
             (e.replace(r#", "France"]"#, "]"), "1 answers for 2 prompts"),
             (e.replace("of Danielle Darrieux is", "of her is"), "does not contain the subject"),
-            (e.replace(r#""French", "France""#, r#""French", " ""#), "'locality_ground_truth': the answer of locality prompt 1 is empty"),
-            (e.replace(r#""Paris is in""#, r#"" ""#), "'locality_prompt': locality prompt 1 is empty"),
+            (e.replace(r#""French", "France""#, r#""French", " ""#), "'locality_ground_truth': the answer of prompt 1 is empty"),
+            (e.replace(r#""Paris is in""#, r#"" ""#), "'locality_prompt': prompt 1 is empty"),
             (e.replace(r#""rephrase_prompt": "Danielle Darrieux was born speaking""#, r#""rephrase_prompt": 3"#), "'rephrase_prompt': expected a string or a list of strings"),
-            (e.replace(r#""case_id": 3,"#, r#""case_id": 3, "locality": {"Relation_Specificity": []},"#), "KnowEdit"),
+            (e.replace(r#""case_id": 3,"#, r#""case_id": 3, "locality": [{"prompt": "a", "ground_truth": "b"}],"#), "'locality': expected KnowEdit's dictionary"),
         ] {
             let err = parse_requests(&text, "easyedit.json").unwrap_err().to_string();
             assert!(err.contains("easyedit.json") && err.contains("record 0") && err.contains(want), "{err}");
         }
         // This program's layout carries locality pairs too.
         let ours = r#"[{"subject": "S", "prompt": "{} is", "target_new": "a", "locality": [{"prompt": "T is", "answer": "b"}]}]"#;
-        assert_eq!(parse_requests(ours, "o.json").unwrap()[0].locality, vec![LocalityPrompt { prompt: "T is".into(), answer: " b".into() }]);
+        assert_eq!(parse_requests(ours, "o.json").unwrap()[0].locality, vec![PromptAnswer { prompt: "T is".into(), answer: " b".into() }]);
         let err = parse_requests(&ours.replace(r#""answer": "b""#, r#""answer": 2"#), "o.json").unwrap_err().to_string();
         assert!(err.contains("'locality'"), "{err}");
+    }
+
+    #[test]
+    fn reads_knowedit_records() {
+        // WikiData counterfact (answers as strings), ZsRE (lists) and recent (alias lists, no
+        // ground truth), as KnowEdit's files write them.
+        let k = r#"[{"subject": "Frederic Piesch", "prompt": "The name of the position held by Frederic Piesch is",
+            "target_new": "Archbishop of León, Mexico", "ground_truth": "mayor of Vienna",
+            "portability": {"Subject_Aliasing": [{"prompt": "The name of the position held by Frederic of Pieschen is", "ground_truth": "Archbishop of León, Mexico"}]},
+            "locality": {"Relation_Specificity": [{"prompt": "The gender of Frederic Piesch is", "ground_truth": "male"}],
+                         "Forgetfulness": [{"prompt": "The name of the position held by Frederic Piesch, which is not Archbishop of León, Mexico, is", "ground_truth": "mayor of Vienna"}]}},
+          {"subject": "Epaspidoceras", "target_new": "Noctuidae", "prompt": "Which family does Epaspidoceras belong to?",
+            "ground_truth": ["Aspidoceratidae"], "rephrase_prompt": "What family are Epaspidoceras?",
+            "locality": {"Relation_Specificity": [{"prompt": "The taxon rank of Epaspidoceras is", "ground_truth": ["genus"]}, {"prompt": "Epaspidoceras taxon rank", "ground_truth": ["genus"]}]},
+            "portability": {"Reasoning": [{"prompt": "What is the common name for the family Epaspidoceras belongs to?", "ground_truth": "Owlet moths"}]}},
+          {"subject": "Leo Arons", "prompt": "The place of death of Leo Arons is", "target_new": "Berlin",
+            "portability": {"Logical_Generalization": [{"prompt": "Is Leo Arons still alive?", "ground_truth": [["no"], ["incorrect"]]}],
+                            "Reasoning": [{"prompt": "The name of the continent which the place of death of Leo Arons is part of is", "ground_truth": [["Europe", "European continent"]]}]},
+            "locality": {"Relation_Specificity": [{"prompt": "The name of the father of Leo Arons is", "ground_truth": [["Albert Arons"]]}]}}]"#;
+        let r = parse_requests(k, "knowedit.json").unwrap();
+        let pairs = |p: &[PromptAnswer]| p.iter().map(|l| l.answer.clone()).collect::<Vec<_>>();
+        assert_eq!((r[0].prompt.as_str(), r[0].target_true.as_deref()), ("The name of the position held by {} is", Some(" mayor of Vienna")));
+        // Categories in name order: Forgetfulness before Relation_Specificity.
+        assert_eq!(pairs(&r[0].locality), [" mayor of Vienna", " male"]);
+        assert_eq!(pairs(&r[0].portability), [" Archbishop of León, Mexico"]);
+        assert_eq!((r[1].target_true.as_deref(), r[1].paraphrase_prompts.len()), (Some(" Aspidoceratidae"), 1));
+        assert_eq!((pairs(&r[1].locality), pairs(&r[1].portability)), (vec![" genus".to_string(), " genus".into()], vec![" Owlet moths".to_string()]));
+        assert_eq!(r[2].target_true, None);
+        assert_eq!(pairs(&r[2].portability), [" no", " Europe"]);
+        assert_eq!(r[2].portability[1].prompt, "The name of the continent which the place of death of Leo Arons is part of is");
+        assert_eq!(pairs(&r[2].locality), [" Albert Arons"]);
+        for (text, want) in [
+            (k.replace(r#""ground_truth": "male""#, r#""ground_truth": []"#), "'locality.Relation_Specificity[0]': no 'ground_truth'"),
+            (k.replace(r#""ground_truth": [["Albert Arons"]]"#, r#""ground_truth": [[" "]]"#), "'locality.Relation_Specificity': the answer of prompt 0 is empty"),
+            (k.replace(r#"{"prompt": "Is Leo Arons still alive?", "#, r#"{"#), "'portability.Logical_Generalization[0]': no 'prompt'"),
+            (k.replace(r#""Reasoning": [{"prompt": "What"#, r#""Reasoning": {"x": [{"prompt": "What"#).replace(r#""Owlet moths"}]}}"#, r#""Owlet moths"}]}}}"#), "'portability.Reasoning': expected a list"),
+        ] {
+            let err = parse_requests(&text, "knowedit.json").unwrap_err().to_string();
+            assert!(err.contains("knowedit.json") && err.contains(want), "{want}: {err}");
+        }
+        let wikibio = r#"[{"text": "This is a Wikipedia passage about john russell reynolds.", "labels": "He received", "concept": "john russell reynolds"}]"#;
+        assert!(parse_requests(wikibio, "wikibio.json").unwrap_err().to_string().contains("WikiBio"));
     }
 
     #[test]

@@ -488,8 +488,8 @@ pub fn apply_delta(weights: &mut crate::model::Weights, path: &Path) -> Result<V
 }
 
 /// Refuses a request whose longest sequence (a context template around its prompt and target,
-/// one of its paraphrase and neighbourhood prompts, or a locality prompt and answer) does not fit the model's context,
-/// naming it, before any statistics or GPU work.
+/// one of its paraphrase and neighbourhood prompts, or a locality or portability prompt and its
+/// answer) does not fit the model's context, naming it, before any statistics or GPU work.
 fn check_lengths(context: usize, tok: &Tok, requests: &[EditRequest], templates: &[String]) -> Result<()> {
     let template = templates.iter().map(|t| tok.encode(&t.replace("{}", "")).map(|ids| ids.len())).try_fold(0, |m, n| n.map(|n| m.max(n)))?;
     for (i, r) in requests.iter().enumerate() {
@@ -501,7 +501,7 @@ fn check_lengths(context: usize, tok: &Tok, requests: &[EditRequest], templates:
         for p in r.paraphrase_prompts.iter().chain(&r.neighborhood_prompts) {
             longest = longest.max(tok.encode(p)?.len() + tok.encode(&r.target_new)?.len().max(1));
         }
-        for l in &r.locality {
+        for l in r.locality.iter().chain(&r.portability) {
             longest = longest.max(tok.encode(&l.prompt)?.len() + tok.encode(&l.answer)?.len());
         }
         if longest > context {

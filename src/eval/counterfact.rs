@@ -8,7 +8,9 @@
 //! after the prompt and the tokens before it (teacher forcing); and locality, the share of the
 //! model's teacher-forced predictions along each locality prompt's answer that an edit left as
 //! they were (the request's locality pairs, or else its neighbourhood prompts with target_true,
-//! which is how EasyEdit reads CounterFact). EasyEdit tokenizes prompt + " " + target as one
+//! which is how EasyEdit reads CounterFact); and portability, the rewrite accuracy of the
+//! answers that follow from the new fact (KnowEdit's reasoning and alias prompts), averaged
+//! over a request's pairs. EasyEdit tokenizes prompt + " " + target as one
 //! string; here the prompt and the target (which carries its leading space) are tokenized
 //! apart, as every other score of this program does.
 
@@ -49,6 +51,9 @@ pub struct FactMetrics {
     /// EasyEdit's locality against a reference's `locality_top` (the model before the edit):
     /// per prompt the share of positions predicted the same, averaged over the prompts.
     pub locality: Option<f64>,
+    /// EasyEdit's portability: per portability pair the share of the answer's tokens ranked
+    /// first, averaged over the pairs (none without pairs).
+    pub portability: Option<f64>,
 }
 
 fn score(tokens: &[TokenScore]) -> TargetScore {
@@ -108,7 +113,13 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
                 pairs.push((ids, t.clone()));
             }
         }
-        layout.push((prompts.len(), new, push_locality_pairs(tok, req, &mut pairs)?));
+        let n_locality = push_locality_pairs(tok, req, &mut pairs)?;
+        let mut answers = vec![];
+        for p in &req.portability {
+            answers.push(tok.encode(&p.answer)?);
+            pairs.push((tok.encode(&p.prompt)?, answers.last().expect("pushed").clone()));
+        }
+        layout.push((prompts.len(), new, n_locality, answers));
     }
     if pairs.is_empty() {
         return Ok(vec![]);
@@ -118,11 +129,14 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
         .iter()
         .zip(layout)
         .enumerate()
-        .map(|(r, (req, (n_prompts, new, n_locality)))| {
+        .map(|(r, (req, (n_prompts, new, n_locality, answers)))| {
             let per = if req.target_true.is_some() { 2 } else { 1 };
             let main: Vec<Vec<TokenScore>> = scored.by_ref().take(n_prompts * per).collect();
             let locality: Vec<Vec<TokenScore>> = scored.by_ref().take(n_locality).collect();
-            metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()))
+            let mut m = metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()));
+            let accuracies: Vec<f64> = answers.iter().map(|a| token_accuracy(&scored.next().expect("one score per pair"), a)).collect();
+            m.portability = (!accuracies.is_empty()).then(|| accuracies.iter().sum::<f64>() / accuracies.len() as f64);
+            m
         })
         .collect())
 }
@@ -192,6 +206,7 @@ fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[
         rephrase_acc,
         locality: reference.and_then(|r| locality_agreement(r, &locality_top)),
         locality_top,
+        portability: None,
     }
 }
 
@@ -213,6 +228,8 @@ pub struct CfScores {
     pub rephrase_acc: Option<f64>,
     #[serde(default)]
     pub locality: Option<f64>,
+    #[serde(default)]
+    pub portability: Option<f64>,
 }
 
 pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
@@ -225,6 +242,7 @@ pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
         rewrite_acc: mean(per.iter().map(|m| m.rewrite_acc).collect()),
         rephrase_acc: mean(per.iter().filter_map(|m| m.rephrase_acc).collect()),
         locality: mean(per.iter().filter_map(|m| m.locality).collect()),
+        portability: mean(per.iter().filter_map(|m| m.portability).collect()),
     }
 }
 
@@ -256,7 +274,7 @@ impl crate::edit::session::Measure for BatchMetrics {
     fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest], before: Option<&serde_json::Value>) -> Result<serde_json::Value> {
         let reference = before.and_then(|b| measured_locality_tops(b, requests));
         let per = facts_metrics_against(model, tok, requests, reference.as_deref())?;
-        let CfScores { efficacy, paraphrase, neighborhood, rewrite_acc, rephrase_acc, locality, .. } = cf_scores(&per);
+        let CfScores { efficacy, paraphrase, neighborhood, rewrite_acc, rephrase_acc, locality, portability, .. } = cf_scores(&per);
         let p_new = (!per.is_empty()).then(|| per.iter().map(|m| m.new.p).sum::<f64>() / per.len() as f64);
         let known = if self.known.is_empty() {
             None
@@ -271,6 +289,7 @@ impl crate::edit::session::Measure for BatchMetrics {
             "rewrite_acc": rewrite_acc,
             "rephrase_acc": rephrase_acc,
             "locality": locality,
+            "portability": portability,
             "p_new": p_new,
             "known_correct": known,
             "known_total": self.known.len(),

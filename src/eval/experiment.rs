@@ -259,7 +259,7 @@ pub fn append_checkpoint(arm_dir: &Path, c: &Checkpoint) -> Result<()> {
 
 /// One CSV row per checkpoint of every arm.
 pub fn csv(rows: &[Checkpoint]) -> String {
-    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation,untouched_correct,untouched_total,rewrite_acc,rephrase_acc,locality,rewrite_acc_all,rephrase_acc_all,locality_all\n");
+    let mut s = String::from("arm,edits,batches,edit_seconds,efficacy,paraphrase,neighborhood,efficacy_all,paraphrase_all,neighborhood_all,known_correct,known_total,perplexity,kl,top1_agreement,fluency,max_leak,drift,weight_norm,sigma1,left_similarity,right_similarity,known_lost_sharing_an_edited_answer,known_lost_to_an_edit_target,known_by_relation,untouched_correct,untouched_total,rewrite_acc,rephrase_acc,locality,rewrite_acc_all,rephrase_acc_all,locality_all,portability,portability_all\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for c in rows {
         let m = &c.matrices;
@@ -299,6 +299,7 @@ pub fn csv(rows: &[Checkpoint]) -> String {
         ]);
         cols.extend(scores(c.recent, true));
         cols.extend(scores(c.all, true));
+        cols.extend([f(c.recent.and_then(|s| s.portability)), f(c.all.and_then(|s| s.portability))]);
         s += &cols.join(",");
         s.push('\n');
     }
@@ -311,7 +312,7 @@ pub fn csv(rows: &[Checkpoint]) -> String {
 pub fn table(rows: &[Checkpoint]) -> String {
     let mut arms: Vec<&str> = rows.iter().map(|c| c.arm.as_str()).collect();
     arms.dedup();
-    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | rewrite acc. | rephrase acc. | locality | fluency | perplexity | KL from unedited | known facts kept | … of relations no edit touches | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut s = String::from("| arm | edits | efficacy | generalisation | specificity | rewrite acc. | rephrase acc. | locality | portability | fluency | perplexity | KL from unedited | known facts kept | … of relations no edit touches | max leak into W0's top-k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.1}", 100.0 * x));
     let num = |v: Option<f64>, d: usize| v.map_or("–".to_string(), |x| format!("{x:.d$}"));
     let mut seen = std::collections::BTreeSet::new();
@@ -325,7 +326,7 @@ pub fn table(rows: &[Checkpoint]) -> String {
         let untouched = last.known_untouched.map_or("–".to_string(), |k| format!("{}/{}", k.correct, k.total));
         let leak = last.matrices.iter().map(|m| m.leak_left.max(m.leak_right)).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
         s += &format!(
-            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {known} | {untouched} | {} |\n",
+            "| {arm} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {known} | {untouched} | {} |\n",
             last.edits,
             pct(all.and_then(|a| a.efficacy)),
             pct(all.and_then(|a| a.paraphrase)),
@@ -333,6 +334,7 @@ pub fn table(rows: &[Checkpoint]) -> String {
             pct(all.and_then(|a| a.rewrite_acc)),
             pct(all.and_then(|a| a.rephrase_acc)),
             pct(all.and_then(|a| a.locality)),
+            pct(all.and_then(|a| a.portability)),
             num(last.fluency, 2),
             num(last.perplexity, 2),
             last.agreement.map_or("–".to_string(), |a| format!("{:.1e}", a.kl)),
@@ -347,7 +349,7 @@ mod tests {
     use super::*;
 
     fn row(arm: &str, edits: usize, eff: f64) -> Checkpoint {
-        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9), rewrite_acc: Some(0.7), rephrase_acc: Some(0.6), locality: Some(0.95) };
+        let s = CfScores { requests: 10, efficacy: Some(eff), paraphrase: Some(0.5), neighborhood: Some(0.9), rewrite_acc: Some(0.7), rephrase_acc: Some(0.6), locality: Some(0.95), portability: Some(0.4) };
         Checkpoint {
             arm: arm.into(),
             edits,
@@ -419,12 +421,12 @@ mod tests {
     fn table_and_csv_show_each_arms_last_checkpoint() {
         let rows = vec![row("memit-none", 10, 0.9), row("memit-none", 20, 0.6), row("memit-0.5", 20, 0.8)];
         let t = table(&rows);
-        assert!(t.contains("| memit-none | 20 | 60.0 | 50.0 | 90.0 | 70.0 | 60.0 | 95.0 |") && t.contains("| memit-0.5 | 20 | 80.0 |"), "{t}");
+        assert!(t.contains("| memit-none | 20 | 60.0 | 50.0 | 90.0 | 70.0 | 60.0 | 95.0 | 40.0 |") && t.contains("| memit-0.5 | 20 | 80.0 |"), "{t}");
         assert!(t.contains("| 7/10 | 2/3 |"), "{t}");
         assert_eq!(t.lines().count(), 4);
         let c = csv(&rows);
         assert_eq!(c.lines().count(), 4);
         assert!(c.lines().nth(2).unwrap().starts_with("memit-none,20,2,1.0,0.600000,"), "{c}");
-        assert!(c.lines().nth(2).unwrap().ends_with(",P36:2/3,2,3,0.700000,0.600000,0.950000,0.700000,0.600000,0.950000"), "{c}");
+        assert!(c.lines().nth(2).unwrap().ends_with(",P36:2/3,2,3,0.700000,0.600000,0.950000,0.700000,0.600000,0.950000,0.400000,0.400000"), "{c}");
     }
 }

@@ -234,7 +234,7 @@ mod tests {
 
     fn metrics(new: f64, truth: f64) -> FactMetrics {
         let s = |p: f64| TargetScore { p, nll: -p.ln() };
-        FactMetrics { new: s(new), true_: Some(s(truth)), efficacy: Some(new > truth), paraphrase: None, neighborhood: None, rewrite_acc: 0.0, rephrase_acc: None, locality_top: vec![], locality: None }
+        FactMetrics { new: s(new), true_: Some(s(truth)), efficacy: Some(new > truth), paraphrase: None, neighborhood: None, rewrite_acc: 0.0, rephrase_acc: None, locality_top: vec![], locality: None, portability: None }
     }
 
     #[test]
@@ -252,6 +252,7 @@ mod tests {
                 generation_prompts: vec![],
                 relation_id: None,
                 locality: vec![],
+                portability: vec![],
             },
             before: metrics(0.01, 0.6),
             after: metrics(0.9, 0.02),

@@ -167,6 +167,7 @@ mod tests {
             generation_prompts: vec![],
             relation_id: relation.map(str::to_string),
             locality: vec![],
+            portability: vec![],
         }
     }
 

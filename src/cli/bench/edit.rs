@@ -142,7 +142,7 @@ fn print_bench_edit(gpu: &Gpu, hp: &revive::edit::hparams::RomeHparams, cov: &re
     }
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |x| format!("{:.0}%", 100.0 * x));
     let e = &b.scores_at_end;
-    println!("EasyEdit after all edits: rewrite_acc {}, rephrase_acc {}, locality against the unedited model {}", pct(e.rewrite_acc), pct(e.rephrase_acc), pct(e.locality));
+    println!("EasyEdit after all edits: rewrite_acc {}, rephrase_acc {}, locality against the unedited model {}, portability {}", pct(e.rewrite_acc), pct(e.rephrase_acc), pct(e.locality), pct(e.portability));
     println!("known facts (not edited): {}/{} before, {}/{} after", b.known_before, known.len(), b.known_after, known.len());
     for c in &b.known_lost {
         println!("  lost: {}{:?} (expected {:?})", c.prompt, c.got, c.answer);
