@@ -186,7 +186,7 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
     fn mean(c: &Checkpoint, f: fn(&crate::eval::experiment::MatrixState) -> f64) -> Option<f64> {
         (!c.matrices.is_empty()).then(|| c.matrices.iter().map(f).sum::<f64>() / c.matrices.len() as f64)
     }
-    let panels = [
+    let mut panels = vec![
         panel("efficacy, edits since the last checkpoint", "share", |c| c.recent?.efficacy),
         panel("efficacy, all edits so far", "share", |c| c.all?.efficacy),
         panel("generalisation (paraphrases), all edits", "share", |c| c.all?.paraphrase),
@@ -200,6 +200,10 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
         panel("distance from the original, mean over layers", "‖W − W0‖_F", |c| mean(c, |m| m.drift)),
         panel("top-k subspace similarity, mean over layers", "‖U0ᵀU‖²/k", |c| mean(c, |m| m.left_similarity)),
     ];
+    // Only data with portability questions (KnowEdit's) has the curve: no empty panel otherwise.
+    if rows.iter().any(|c| c.all.and_then(|s| s.portability).is_some()) {
+        panels.insert(5, panel("EasyEdit portability, all edits", "share", |c| c.all?.portability));
+    }
     draw_panels(&panels, 2, path)
 }
 
@@ -371,6 +375,12 @@ mod tests {
         // Lines were drawn: the decoded image is not all white.
         let img = resvg::tiny_skia::Pixmap::load_png(&png).unwrap();
         assert!(img.pixels().iter().any(|p| p.red() < 200), "the PNG is blank");
+        // Portability has a panel only where some checkpoint measured it.
+        assert!(!text.contains("portability"), "a portability panel without portability data");
+        let mut with = rows.clone();
+        with[1].all.as_mut().unwrap().portability = Some(0.3);
+        experiment(&with, &svg).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("EasyEdit portability"), "no portability panel");
         std::fs::remove_dir_all(&dir).ok();
     }
 }
