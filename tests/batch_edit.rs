@@ -637,14 +637,14 @@ fn empty_and_overlong_requests_are_refused_up_front() {
         }
         // A locality question and its answer are read as one sequence too.
         let mut long = requests(3);
-        long[1].locality = vec![revive::edit::request::PromptAnswer { prompt: "w7 ".repeat(config().max_seq_len - 1), answer: " w8 w9".into() }];
+        long[1].locality = vec![revive::edit::request::PromptAnswer::new("w7 ".repeat(config().max_seq_len - 1), " w8 w9")];
         let e = Session::config_for(&gm, &tok, "tiny", spec.clone(), &long, 2, None, 2e-5, 2.0).err().ok_or("an overlong locality pair accepted")?;
         if !e.to_string().contains("request 1") {
             return Err(format!("overlong locality pair: {e}"));
         }
         // So are a portability question and its answer.
         let mut long = requests(3);
-        long[2].portability = vec![revive::edit::request::PromptAnswer { prompt: "w7 ".repeat(config().max_seq_len - 1), answer: " w8 w9".into() }];
+        long[2].portability = vec![revive::edit::request::PromptAnswer::new("w7 ".repeat(config().max_seq_len - 1), " w8 w9")];
         let e = Session::config_for(&gm, &tok, "tiny", spec, &long, 2, None, 2e-5, 2.0).err().ok_or("an overlong portability pair accepted")?;
         if !e.to_string().contains("request 2") {
             return Err(format!("overlong portability pair: {e}"));

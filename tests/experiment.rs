@@ -226,7 +226,7 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
     requests[3].neighborhood_prompts.clear();
     requests[4].target_true = None;
     requests[5].target_new = " w71 w72".into();
-    requests[6].locality = vec![PromptAnswer { prompt: "w20 w21".into(), answer: " w22 w23 w24".into() }, PromptAnswer { prompt: "w25".into(), answer: " w26".into() }];
+    requests[6].locality = vec![PromptAnswer::new("w20 w21", " w22 w23 w24"), PromptAnswer::new("w25", " w26")];
     // The reference's top token at each position of `target` after `prompt`; a near-tie
     // between the first two is refused (rounding would decide it).
     let tops = |prompt: &str, target: &str| -> Result<Vec<u32>, String> {
@@ -258,11 +258,17 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
     };
     // Portability pairs on two requests, one of them repeating its own locality pair (scored
     // once, read twice); answers the model gives (all, or all but the last token) so that an
-    // accuracy read from the wrong pair shows.
+    // accuracy read from the wrong pair shows. Request 6's pairs fall in two categories of
+    // unequal size: its score is the mean of the two categories' means, not of its pairs.
     let given = greedy("w30 w31 w32", 3);
     let half = format!("{} w96", greedy("w44", 2));
-    requests[6].portability = vec![PromptAnswer { prompt: "w25".into(), answer: " w26".into() }, PromptAnswer { prompt: "w30 w31 w32".into(), answer: given }];
-    requests[1].portability = vec![PromptAnswer { prompt: "w44".into(), answer: half }];
+    let in_category = |p: PromptAnswer, c: &str| PromptAnswer { category: Some(c.into()), ..p };
+    requests[6].portability = vec![
+        in_category(PromptAnswer::new("w25", " w26"), "Reasoning"),
+        in_category(PromptAnswer::new("w30 w31 w32", given), "Subject_Aliasing"),
+        in_category(PromptAnswer::new("w44", half.clone()), "Reasoning"),
+    ];
+    requests[1].portability = vec![PromptAnswer::new("w44", half)];
     let accuracy = |prompt: &str, target: &str| -> Result<f64, String> {
         let t = tok.encode(target).unwrap();
         Ok(tops(prompt, target)?.iter().zip(&t).filter(|(a, b)| a == b).count() as f64 / t.len() as f64)
@@ -321,7 +327,12 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
                 return Err(format!("request {i}: rewrite/rephrase accuracy {:?}, locality predictions {:?} ({:?}); f64 reference {:?} {want_locality:?}", (m.rewrite_acc, m.rephrase_acc), m.locality_top, m.locality, want_rephrase));
             }
             let portable = r.portability.iter().map(|p| accuracy(&p.prompt, &p.answer)).collect::<Result<Vec<_>, _>>()?;
-            let want_portability = (!portable.is_empty()).then(|| portable.iter().sum::<f64>() / portable.len() as f64);
+            let mut by_category: std::collections::HashMap<Option<String>, Vec<f64>> = Default::default();
+            for (p, a) in r.portability.iter().zip(&portable) {
+                by_category.entry(p.category.clone()).or_default().push(*a);
+            }
+            let means: Vec<f64> = by_category.values().map(|v| v.iter().sum::<f64>() / v.len() as f64).collect();
+            let want_portability = (!means.is_empty()).then(|| means.iter().sum::<f64>() / means.len() as f64);
             if !portable.is_empty() && !(portable.iter().sum::<f64>() > 0.5) {
                 return Err(format!("request {i}: the reference gives none of the portability answers ({portable:?}); the test reads nothing"));
             }

@@ -1,8 +1,10 @@
 //! `revive experiment` end to end, as a user runs it: the binary on a tiny model saved as a
 //! Hugging Face directory (random weights, a character-level tokenizer so that the WordNet
-//! corpus gives C0 real keys), on every adapter. It writes every file it promises; killed with
-//! SIGKILL at several points and run again, it ends with the same CSV as an uninterrupted run;
-//! one arm run alone (`--arm`) and merged (`--merge`) with the other gives that CSV too.
+//! corpus gives C0 real keys), once per backend (`--backend vulkan`, `gl`: the binary picks the
+//! adapter, so a machine with two Vulkan adapters runs one of them). It writes every file it
+//! promises; killed with SIGKILL at several points and run again, it continues (no batch done
+//! twice) and ends with the same CSV as an uninterrupted run; one arm run alone (`--arm`) and
+//! merged (`--merge`) with the other gives that CSV too.
 
 mod common;
 use common::*;
@@ -57,6 +59,7 @@ fn counterfact_records() -> serde_json::Value {
                 "paraphrase_prompts": [format!("Yes. {name} was born in"), format!("The birthplace of {name} is")],
                 "neighborhood_prompts": others,
                 "generation_prompts": [format!("{name} grew up in"), format!("{name} is from")],
+                "portability": [{"prompt": format!("The city where {name} was born is"), "answer": new}],
             })
         })
         .collect();
@@ -109,8 +112,9 @@ fn write_inputs(root: &Path) {
 }
 
 /// `revive experiment` over the inputs in `root` into `out`: 8 edits in batches of 2, a
-/// checkpoint every 4, MEMIT without and with REVIVE, every measure on.
-fn experiment(root: &Path, backend: &str, out: &Path, extra: &[&str]) -> Command {
+/// checkpoint every 4, MEMIT without and with REVIVE, every measure on; C0 and the guards'
+/// bases cached in `root/<cache>`.
+fn experiment(root: &Path, backend: &str, out: &Path, cache: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
     let path = |p: &str| root.join(p).display().to_string();
     c.args(["--backend", backend, "experiment", "-m", &path("model"), "--methods", "memit", "--revive", "none,0.5"])
@@ -119,18 +123,19 @@ fn experiment(root: &Path, backend: &str, out: &Path, extra: &[&str]) -> Command
         .args(["--fluency-prompts", "2", "--fluency-tokens", "8", "--out", &out.display().to_string()])
         .args(extra)
         // Its own cache: C0 and the guards' bases are measured in this test, not found.
-        .env("REVIVE_CACHE", root.join("cache"))
-        .stdout(Stdio::null())
+        .env("REVIVE_CACHE", root.join(cache))
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c
 }
 
-fn run_to_end(mut c: Command, what: &str) -> Result<(), String> {
+/// Runs `c` to its end; what it printed.
+fn run_to_end(mut c: Command, what: &str) -> Result<String, String> {
     let out = c.output().map_err(|e| format!("{what}: cannot start revive: {e}"))?;
     if !out.status.success() {
         return Err(format!("{what}: revive failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr)));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The CSV without its one column of wall-clock time (edit_seconds), which no two runs share.
@@ -153,89 +158,105 @@ fn progress(out: &Path) -> usize {
     n
 }
 
-fn backend_name(gpu: &revive::gpu::Gpu) -> String {
-    format!("{:?}", gpu.info().backend).to_lowercase()
-}
-
 #[test]
 fn the_experiment_writes_its_files_and_resumes_after_kill_9_to_the_same_csv() {
-    for_each_gpu(|gpu| {
-        let backend = backend_name(gpu);
-        let root = std::env::temp_dir().join(format!("revive-experiment-{}-{backend}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        write_inputs(&root);
+    let mut backends: Vec<String> = gpus().iter().map(|g| format!("{:?}", g.info().backend).to_lowercase()).collect();
+    backends.dedup();
+    let mut failures = vec![];
+    for backend in backends {
+        if let Err(e) = kill_and_resume(&backend) {
+            failures.push(format!("[{backend}] {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
 
-        // Uninterrupted.
-        let whole = root.join("whole");
-        run_to_end(experiment(&root, &backend, &whole, &[]), "the uninterrupted run")?;
-        let mut files: Vec<PathBuf> = ["experiment.json", "results.csv", "results.json", "table.md", "curves.svg", "curves.png"].iter().map(|f| whole.join(f)).collect();
-        for arm in ["memit-none", "memit-0.5"] {
-            for f in ["checkpoints.jsonl", "reference-logprobs.safetensors", "reference-locality.json", "session.json"] {
-                files.push(whole.join(arm).join(f));
-            }
-        }
-        if let Some(missing) = files.iter().find(|f| std::fs::metadata(f).map_or(true, |m| m.len() == 0)) {
-            return Err(format!("the experiment did not write {}", missing.display()));
-        }
-        let want = csv_without_time(&whole)?;
-        // A header and checkpoints at 0, 4 and 8 edits for each arm, every measure present after
-        // edits.
-        if want.len() != 7 {
-            return Err(format!("{} CSV lines, expected 7:\n{}", want.len(), want.join("\n")));
-        }
-        let header: Vec<&str> = want[0].split(',').collect();
-        for row in want[1..].iter().filter(|r| r.split(',').nth(1) != Some("0")) {
-            for col in ["efficacy_all", "perplexity", "kl", "fluency", "known_total", "max_leak", "locality_all"] {
-                let i = header.iter().position(|h| *h == col).ok_or(format!("no column {col}"))?;
-                let v = row.split(',').nth(i).unwrap_or("");
-                if v.is_empty() || v.eq_ignore_ascii_case("nan") {
-                    return Err(format!("column {col} is '{v}' in {row}"));
-                }
-            }
-        }
+fn kill_and_resume(backend: &str) -> Result<(), String> {
+    let root = std::env::temp_dir().join(format!("revive-experiment-{}-{backend}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    write_inputs(&root);
 
-        // Killed (SIGKILL) five times at growing progress, each a random 0-150 ms later, so the
-        // kills land in different phases (C0, targets, a journal write, a checkpoint); each run
-        // continues what the one before left, and the last runs to the end.
-        let killed = root.join("killed");
-        let mut r = rng(5);
-        for (round, at) in [1usize, 3, 6, 9, 12].into_iter().enumerate() {
-            let mut child = experiment(&root, &backend, &killed, &[]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while progress(&killed) < at {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("round {round}: the run ended ({status}) before progress {at}"));
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    return Err(format!("round {round}: no progress {at} in 10 minutes"));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            std::thread::sleep(Duration::from_millis(rand::Rng::random_range(&mut r, 0..150)));
-            child.kill().unwrap();
-            if child.wait().unwrap().success() {
-                return Err(format!("round {round}: the run finished before the kill"));
+    // Uninterrupted.
+    let whole = root.join("whole");
+    let printed = run_to_end(experiment(&root, backend, &whole, "cache", &[]), "the uninterrupted run")?;
+    if !printed.contains("[batch 1/4]") {
+        return Err(format!("the run does not print its batches as this test expects:\n{printed}"));
+    }
+    let mut files: Vec<PathBuf> = ["experiment.json", "results.csv", "results.json", "table.md", "curves.svg", "curves.png"].iter().map(|f| whole.join(f)).collect();
+    for arm in ["memit-none", "memit-0.5"] {
+        for f in ["checkpoints.jsonl", "reference-logprobs.safetensors", "reference-locality.json", "session.json"] {
+            files.push(whole.join(arm).join(f));
+        }
+    }
+    if let Some(missing) = files.iter().find(|f| std::fs::metadata(f).map_or(true, |m| m.len() == 0)) {
+        return Err(format!("the experiment did not write {}", missing.display()));
+    }
+    let want = csv_without_time(&whole)?;
+    // A header and checkpoints at 0, 4 and 8 edits for each arm, every measure present after
+    // edits.
+    if want.len() != 7 {
+        return Err(format!("{} CSV lines, expected 7:\n{}", want.len(), want.join("\n")));
+    }
+    let header: Vec<&str> = want[0].split(',').collect();
+    for row in want[1..].iter().filter(|r| r.split(',').nth(1) != Some("0")) {
+        for col in ["efficacy_all", "perplexity", "kl", "fluency", "known_total", "max_leak", "locality_all", "portability_all"] {
+            let i = header.iter().position(|h| *h == col).ok_or(format!("no column {col}"))?;
+            let v = row.split(',').nth(i).unwrap_or("");
+            if v.is_empty() || v.eq_ignore_ascii_case("nan") {
+                return Err(format!("column {col} is '{v}' in {row}"));
             }
         }
-        run_to_end(experiment(&root, &backend, &killed, &[]), "the run after the last kill")?;
-        let got = csv_without_time(&killed)?;
-        if got != want {
-            return Err(format!("the resumed run's CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
-        }
+    }
 
-        // One arm alone, merged with the other arm of the uninterrupted run.
-        let split = root.join("split");
-        run_to_end(experiment(&root, &backend, &split, &["--arm", "memit/0.5"]), "the run of one arm")?;
-        let merged = root.join("merged");
-        let c = experiment(&root, &backend, &merged, &["--merge", &whole.join("memit-none").display().to_string(), &split.display().to_string()]);
-        run_to_end(c, "the merge")?;
-        let got = csv_without_time(&merged)?;
-        if got != want {
-            return Err(format!("the merged CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
+    // Killed (SIGKILL) six times, in a cache of its own: first 50-500 ms after the start
+    // (setup: C0 and the guards' bases being measured and cached, or the first batch), then at
+    // growing progress, each a random 0-150 ms later, so the kills land in different phases
+    // (targets, solves, a journal write, a checkpoint). Each run continues what the one before
+    // left; the last runs to the end.
+    let killed = root.join("killed");
+    let mut r = rng(5);
+    for (round, at) in [0usize, 1, 3, 6, 9, 11].into_iter().enumerate() {
+        let mut child = experiment(&root, backend, &killed, "cache-killed", &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while progress(&killed) < at {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("round {round}: the run ended ({status}) before progress {at}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("round {round}: no progress {at} in 10 minutes"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = std::fs::remove_dir_all(&root);
-        Ok(())
-    });
+        let delay = if at == 0 { rand::Rng::random_range(&mut r, 50..500) } else { rand::Rng::random_range(&mut r, 0..150) };
+        std::thread::sleep(Duration::from_millis(delay));
+        child.kill().unwrap();
+        if child.wait().unwrap().success() {
+            return Err(format!("round {round}: the run finished before the kill"));
+        }
+    }
+    // By progress 11 the first arm is done and the second has its first two batches: the last
+    // run continues from there and does neither again.
+    let printed = run_to_end(experiment(&root, backend, &killed, "cache-killed", &[]), "the run after the last kill")?;
+    if printed.contains("[batch 1/4]") || printed.contains("[batch 2/4]") {
+        return Err(format!("the run after the kills did a journaled batch again:\n{printed}"));
+    }
+    let got = csv_without_time(&killed)?;
+    if got != want {
+        return Err(format!("the resumed run's CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
+    }
+
+    // One arm alone, merged with the other arm of the uninterrupted run.
+    let split = root.join("split");
+    run_to_end(experiment(&root, backend, &split, "cache", &["--arm", "memit/0.5"]), "the run of one arm")?;
+    let merged = root.join("merged");
+    let c = experiment(&root, backend, &merged, "cache", &["--merge", &whole.join("memit-none").display().to_string(), &split.display().to_string()]);
+    run_to_end(c, "the merge")?;
+    let got = csv_without_time(&merged)?;
+    if got != want {
+        return Err(format!("the merged CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(())
 }

@@ -60,6 +60,17 @@ pub struct EditRequest {
 pub struct PromptAnswer {
     pub prompt: String,
     pub answer: String,
+    /// KnowEdit's category (Relation_Specificity, Forgetfulness; Reasoning, Subject_Aliasing,
+    /// Logical_Generalization): a request's score is the mean over its categories of the mean
+    /// within each, as EasyEdit reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+impl PromptAnswer {
+    pub fn new(prompt: impl Into<String>, answer: impl Into<String>) -> Self {
+        PromptAnswer { prompt: prompt.into(), answer: answer.into(), category: None }
+    }
 }
 
 impl EditRequest {
@@ -135,7 +146,7 @@ fn prompt_answer(prompt: String, answer: &str, file: &str, index: usize, fields:
     if answer.trim().is_empty() {
         return Err(field_err(file, index, fields[1], format!("the answer of prompt {i} is empty")));
     }
-    Ok(PromptAnswer { prompt, answer: with_space(answer) })
+    Ok(PromptAnswer { prompt, answer: with_space(answer), category: None })
 }
 
 /// This program's own layout: `locality` or `portability` as `[{"prompt", "answer"}]`.
@@ -156,18 +167,29 @@ fn first_answer(v: &Value) -> Option<&str> {
 }
 
 /// KnowEdit's nested pairs, `{"Relation_Specificity": [{"prompt", "ground_truth"}], …}`: every
-/// category's pairs (categories in name order), each answer its first alias.
-fn nested_pairs(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<PromptAnswer>> {
+/// category's pairs (categories in name order; a null category is none), each prompt and answer
+/// the first of its list where a list is given. A pair whose answer is blank is skipped, as
+/// EasyEdit's KnowEdit runner skips it, and counted in `skipped`.
+fn nested_pairs(v: &Value, file: &str, index: usize, field: &str, skipped: &mut usize) -> Result<Vec<PromptAnswer>> {
     let Some(Value::Object(categories)) = v.get(field) else { return Ok(vec![]) };
     let mut out = vec![];
     for (category, items) in categories {
         let list = format!("{field}.{category}");
         let where_ = |i: usize| format!("{list}[{i}]");
-        let items = items.as_array().ok_or_else(|| field_err(file, index, &list, "expected a list of {\"prompt\", \"ground_truth\"}"))?;
+        let items: &[Value] = match items {
+            Value::Null => &[],
+            Value::Array(a) => a,
+            _ => return Err(field_err(file, index, &list, "expected a list of {\"prompt\", \"ground_truth\"}")),
+        };
         for (i, item) in items.iter().enumerate() {
-            let prompt = item.get("prompt").and_then(Value::as_str).ok_or_else(|| field_err(file, index, &where_(i), "no 'prompt' string"))?;
+            let prompt = item.get("prompt").and_then(first_answer).ok_or_else(|| field_err(file, index, &where_(i), "no 'prompt' (a string, or a list whose first entry is one)"))?;
             let answer = item.get("ground_truth").and_then(first_answer).ok_or_else(|| field_err(file, index, &where_(i), "no 'ground_truth' (a string, or a list whose first entry is one)"))?;
-            out.push(prompt_answer(prompt.to_string(), answer, file, index, [&list, &list], i)?);
+            if answer.trim().is_empty() {
+                *skipped += 1;
+                continue;
+            }
+            let pair = prompt_answer(prompt.to_string(), answer, file, index, [&list, &list], i)?;
+            out.push(PromptAnswer { category: Some(category.clone()), ..pair });
         }
     }
     Ok(out)
@@ -194,7 +216,7 @@ const ZSRE: FlatKeys = FlatKeys { prompt: "src", target_new: "alt", target_true:
 /// `locality_ground_truth` the locality pairs (each a string or a list).
 const EASYEDIT: FlatKeys = FlatKeys { prompt: "prompt", target_new: "target_new", target_true: "ground_truth", paraphrases: "rephrase_prompt", locality: ["locality_prompt", "locality_ground_truth"] };
 
-fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<EditRequest> {
+fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys, skipped: &mut usize) -> Result<EditRequest> {
     // KnowEdit nests locality and portability in dictionaries; anything else under those keys
     // is refused, not dropped, so that no score is reported on prompts that were not read.
     for field in ["locality", "portability"] {
@@ -212,12 +234,13 @@ fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<Ed
     let target_new = with_space(&new);
     let target_true = match v.get(keys.target_true) {
         None | Some(Value::Null) => None,
+        Some(Value::Array(a)) if a.is_empty() => None,
         Some(t) => Some(first_answer(t).ok_or_else(|| field_err(file, index, keys.target_true, "expected a string or a list whose first entry is one"))?),
     }
     .map(with_space)
     .filter(|t| *t != target_new);
     let mut locality = locality(v, file, index, keys.locality[0], keys.locality[1])?;
-    locality.extend(nested_pairs(v, file, index, "locality")?);
+    locality.extend(nested_pairs(v, file, index, "locality", skipped)?);
     Ok(EditRequest {
         case_id: v.get("case_id").and_then(Value::as_u64),
         prompt,
@@ -229,23 +252,24 @@ fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys) -> Result<Ed
         generation_prompts: vec![],
         relation_id: None,
         locality,
-        portability: nested_pairs(v, file, index, "portability")?,
+        portability: nested_pairs(v, file, index, "portability", skipped)?,
     })
 }
 
-fn parse_record(v: &Value, file: &str, index: usize) -> Result<EditRequest> {
+/// One record; `skipped` counts KnowEdit pairs with a blank answer left out.
+fn parse_record(v: &Value, file: &str, index: usize, skipped: &mut usize) -> Result<EditRequest> {
     if !v.is_object() {
         return Err(field_err(file, index, "(record)", "expected a JSON object"));
     }
+    if v.get("concept").is_some() && v.get("labels").is_some() {
+        return Err(field_err(file, index, "concept", "a WikiBio record (a passage to continue) is not a fact to edit; only KnowEdit's ZsRE, WikiData counterfact and recent sets are read"));
+    }
     if v.get("src").is_some() && v.get("alt").is_some() {
-        return parse_flat(v, file, index, &ZSRE);
+        return parse_flat(v, file, index, &ZSRE, skipped);
     }
     let nested = |k: &str| v.get(k).is_some_and(Value::is_object);
     if v.get("requested_rewrite").is_none() && (["ground_truth", "rephrase_prompt", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) || nested("locality") || nested("portability")) {
-        return parse_flat(v, file, index, &EASYEDIT);
-    }
-    if v.get("concept").is_some() && v.get("labels").is_some() {
-        return Err(field_err(file, index, "concept", "a WikiBio record (a passage to continue) is not a fact to edit; only KnowEdit's ZsRE, WikiData counterfact and recent sets are read"));
+        return parse_flat(v, file, index, &EASYEDIT, skipped);
     }
     // CounterFact keeps the rewrite itself in "requested_rewrite".
     let rw = v.get("requested_rewrite").unwrap_or(v);
@@ -298,9 +322,14 @@ pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
                 let more = if skipped.len() > 10 { ", …" } else { "" };
                 log::warn!("{file}: {} zsRE records with an empty 'alt' skipped, as EasyEdit does (records {}{more})", skipped.len(), shown.join(", "));
             }
-            records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i)).collect()
+            let mut blank = 0;
+            let out = records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i, &mut blank)).collect();
+            if blank > 0 {
+                log::warn!("{file}: {blank} KnowEdit locality or portability pairs with a blank answer skipped, as EasyEdit does");
+            }
+            out
         }
-        obj @ Value::Object(_) => Ok(vec![parse_record(&obj, file, 0)?]),
+        obj @ Value::Object(_) => Ok(vec![parse_record(&obj, file, 0, &mut 0)?]),
         _ => Err(Error::Model { file: file.into(), detail: "expected a list of edit records".into() }),
     }
 }
@@ -344,7 +373,7 @@ mod tests {
         assert_eq!(r.prompt, "What university did {} attend?");
         assert_eq!((r.target_new.as_str(), r.target_true.as_deref()), (" University of Michigan", Some(" Illinois Institute of Technology")));
         assert_eq!(r.paraphrase_prompts, vec!["What university did Watts Humphrey take part in?".to_string()]);
-        assert_eq!(r.locality, vec![PromptAnswer { prompt: "nq question: who played desmond doss father in hacksaw ridge".into(), answer: " Hugo Weaving".into() }]);
+        assert_eq!(r.locality, vec![PromptAnswer::new("nq question: who played desmond doss father in hacksaw ridge", " Hugo Weaving")]);
         let bad = r#"[{"subject": "Nobody", "src": "What university did Watts Humphrey attend?", "alt": "X"}]"#;
         let e = parse_requests(bad, "zsre.json").unwrap_err().to_string();
         assert!(e.contains("zsre.json") && e.contains("record 0") && e.contains("'src'"), "{e}");
@@ -382,7 +411,7 @@ mod tests {
         }
         // This program's layout carries locality pairs too.
         let ours = r#"[{"subject": "S", "prompt": "{} is", "target_new": "a", "locality": [{"prompt": "T is", "answer": "b"}]}]"#;
-        assert_eq!(parse_requests(ours, "o.json").unwrap()[0].locality, vec![PromptAnswer { prompt: "T is".into(), answer: " b".into() }]);
+        assert_eq!(parse_requests(ours, "o.json").unwrap()[0].locality, vec![PromptAnswer::new("T is", " b")]);
         let err = parse_requests(&ours.replace(r#""answer": "b""#, r#""answer": 2"#), "o.json").unwrap_err().to_string();
         assert!(err.contains("'locality'"), "{err}");
     }
@@ -416,16 +445,31 @@ mod tests {
         assert_eq!(pairs(&r[2].portability), [" no", " Europe"]);
         assert_eq!(r[2].portability[1].prompt, "The name of the continent which the place of death of Leo Arons is part of is");
         assert_eq!(pairs(&r[2].locality), [" Albert Arons"]);
+        let categories = |p: &[PromptAnswer]| p.iter().map(|l| l.category.clone().unwrap_or_default()).collect::<Vec<_>>();
+        assert_eq!(categories(&r[2].portability), ["Logical_Generalization", "Reasoning"]);
+        assert_eq!(categories(&r[0].locality), ["Forgetfulness", "Relation_Specificity"]);
+        // What published files hold besides: a blank answer (the pair is skipped, as EasyEdit
+        // skips it), a null category, a prompt given as a list, an empty ground truth.
+        let odd = k
+            .replace(r#""ground_truth": [["Albert Arons"]]"#, r#""ground_truth": [[" "]]"#)
+            .replace(r#""Subject_Aliasing": [{"prompt": "The name of the position held by Frederic of Pieschen is""#, r#""Subject_Aliasing": [{"prompt": ["The name of the position held by Frederic of Pieschen is"]"#)
+            .replace(r#""ground_truth": ["Aspidoceratidae"]"#, r#""ground_truth": []"#)
+            .replace(r#""Forgetfulness": [{"prompt": "The name of the position held by Frederic Piesch, which is not Archbishop of León, Mexico, is", "ground_truth": "mayor of Vienna"}]"#, r#""Forgetfulness": null"#);
+        let o = parse_requests(&odd, "knowedit.json").unwrap();
+        assert!(o[2].locality.is_empty() && o[1].target_true.is_none(), "{o:?}");
+        assert_eq!(o[0].portability[0].prompt, "The name of the position held by Frederic of Pieschen is");
+        assert_eq!(pairs(&o[0].locality), [" male"]);
         for (text, want) in [
             (k.replace(r#""ground_truth": "male""#, r#""ground_truth": []"#), "'locality.Relation_Specificity[0]': no 'ground_truth'"),
-            (k.replace(r#""ground_truth": [["Albert Arons"]]"#, r#""ground_truth": [[" "]]"#), "'locality.Relation_Specificity': the answer of prompt 0 is empty"),
+            (k.replace(r#""prompt": "The name of the father of Leo Arons is""#, r#""prompt": " ""#), "'locality.Relation_Specificity': prompt 0 is empty"),
             (k.replace(r#"{"prompt": "Is Leo Arons still alive?", "#, r#"{"#), "'portability.Logical_Generalization[0]': no 'prompt'"),
             (k.replace(r#""Reasoning": [{"prompt": "What"#, r#""Reasoning": {"x": [{"prompt": "What"#).replace(r#""Owlet moths"}]}}"#, r#""Owlet moths"}]}}}"#), "'portability.Reasoning': expected a list"),
         ] {
             let err = parse_requests(&text, "knowedit.json").unwrap_err().to_string();
             assert!(err.contains("knowedit.json") && err.contains(want), "{want}: {err}");
         }
-        let wikibio = r#"[{"text": "This is a Wikipedia passage about john russell reynolds.", "labels": "He received", "concept": "john russell reynolds"}]"#;
+        let wikibio = r#"[{"text": "This is a Wikipedia passage about john russell reynolds.", "labels": "He received", "concept": "john russell reynolds",
+            "locality": {"Relation_Specificity": [{"prompt": "The field of work of john russell reynolds is", "ground_truth": ["medicine"]}]}}]"#;
         assert!(parse_requests(wikibio, "wikibio.json").unwrap_err().to_string().contains("WikiBio"));
     }
 

@@ -66,17 +66,27 @@ fn token_accuracy(scored: &[TokenScore], tokens: &[u32]) -> f64 {
     scored.iter().zip(tokens).filter(|(s, &t)| s.top == t).count() as f64 / tokens.len() as f64
 }
 
-/// EasyEdit's locality: per prompt the share of positions where `now` predicts what `before`
-/// did (a prompt whose answer length differs counts as changed), averaged over the prompts.
-pub fn locality_agreement(before: &[Vec<u32>], now: &[Vec<u32>]) -> Option<f64> {
-    if now.is_empty() {
-        return None;
+/// EasyEdit's locality of each prompt: the share of positions where `now` predicts what
+/// `before` did (a prompt whose answer length differs counts as changed).
+fn locality_shares(before: &[Vec<u32>], now: &[Vec<u32>]) -> Vec<f64> {
+    now.iter()
+        .enumerate()
+        .map(|(i, n)| match before.get(i) {
+            Some(b) if b.len() == n.len() && !n.is_empty() => b.iter().zip(n).filter(|(x, y)| x == y).count() as f64 / n.len() as f64,
+            _ => 0.0,
+        })
+        .collect()
+}
+
+/// The mean over categories of the mean within each (pairs without a category are one), as
+/// EasyEdit reports KnowEdit's locality and portability; none without values.
+fn category_mean(values: &[f64], categories: &[Option<&str>]) -> Option<f64> {
+    let mut groups: std::collections::BTreeMap<Option<&str>, (f64, usize)> = Default::default();
+    for (v, c) in values.iter().zip(categories) {
+        let g = groups.entry(*c).or_default();
+        *g = (g.0 + v, g.1 + 1);
     }
-    let per_prompt = now.iter().enumerate().map(|(i, n)| match before.get(i) {
-        Some(b) if b.len() == n.len() && !n.is_empty() => b.iter().zip(n).filter(|(x, y)| x == y).count() as f64 / n.len() as f64,
-        _ => 0.0,
-    });
-    Some(per_prompt.sum::<f64>() / now.len() as f64)
+    (!groups.is_empty()).then(|| groups.values().map(|(s, n)| s / *n as f64).sum::<f64>() / groups.len() as f64)
 }
 
 /// Scores every prompt of one request against both targets.
@@ -135,7 +145,8 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
             let locality: Vec<Vec<TokenScore>> = scored.by_ref().take(n_locality).collect();
             let mut m = metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()));
             let accuracies: Vec<f64> = answers.iter().map(|a| token_accuracy(&scored.next().expect("one score per pair"), a)).collect();
-            m.portability = (!accuracies.is_empty()).then(|| accuracies.iter().sum::<f64>() / accuracies.len() as f64);
+            let categories: Vec<Option<&str>> = req.portability.iter().map(|p| p.category.as_deref()).collect();
+            m.portability = category_mean(&accuracies, &categories);
             m
         })
         .collect())
@@ -144,12 +155,12 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
 /// What EasyEdit's locality reads of a request: its locality pairs, or else its neighbourhood
 /// prompts with target_true (EasyEdit's CounterFact). Those are the very pairs the
 /// neighbourhood score reads, and `score_tokens` scores a pair asked for twice once.
-fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str)> {
+fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str, Option<&str>)> {
     if !req.locality.is_empty() {
-        return req.locality.iter().map(|l| (l.prompt.as_str(), l.answer.as_str())).collect();
+        return req.locality.iter().map(|l| (l.prompt.as_str(), l.answer.as_str(), l.category.as_deref())).collect();
     }
     match &req.target_true {
-        Some(t) => req.neighborhood_prompts.iter().map(|p| (p.as_str(), t.as_str())).collect(),
+        Some(t) => req.neighborhood_prompts.iter().map(|p| (p.as_str(), t.as_str(), None)).collect(),
         None => vec![],
     }
 }
@@ -157,7 +168,7 @@ fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str)> {
 /// Appends `req`'s locality pairs, tokenized, to `pairs`; how many.
 fn push_locality_pairs(tok: &Tok, req: &EditRequest, pairs: &mut Vec<(Vec<u32>, Vec<u32>)>) -> Result<usize> {
     let locality = locality_pairs(req);
-    for (prompt, answer) in &locality {
+    for (prompt, answer, _) in &locality {
         pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
     }
     Ok(locality.len())
@@ -204,7 +215,10 @@ fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[
         neighborhood: share(&scores[1 + n_para..], false),
         rewrite_acc: token_accuracy(&scored[0], new),
         rephrase_acc,
-        locality: reference.and_then(|r| locality_agreement(r, &locality_top)),
+        locality: reference.and_then(|r| {
+            let categories: Vec<Option<&str>> = locality_pairs(req).iter().map(|l| l.2).collect();
+            category_mean(&locality_shares(r, &locality_top), &categories)
+        }),
         locality_top,
         portability: None,
     }
@@ -295,5 +309,27 @@ impl crate::edit::session::Measure for BatchMetrics {
             "known_total": self.known.len(),
             "requests": per,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locality_and_portability_average_within_categories_first() {
+        // Two Relation_Specificity prompts kept whole and half, one Forgetfulness prompt lost:
+        // (1 + 0.5) / 2 and 0, averaged: 0.375, not the pooled 0.5.
+        let before = vec![vec![1, 2], vec![3, 4], vec![5]];
+        let now = vec![vec![1, 2], vec![3, 9], vec![6]];
+        let shares = locality_shares(&before, &now);
+        assert_eq!(shares, [1.0, 0.5, 0.0]);
+        let cats = [Some("Relation_Specificity"), Some("Relation_Specificity"), Some("Forgetfulness")];
+        assert_eq!(category_mean(&shares, &cats), Some(0.375));
+        // Without categories (CounterFact's neighbours), the plain mean; nothing, no score.
+        assert_eq!(category_mean(&shares, &[None; 3]), Some(0.5));
+        assert_eq!(category_mean(&[], &[]), None);
+        // A prompt whose answer length changed, or one the reference lacks, counts as changed.
+        assert_eq!(locality_shares(&before[..1], &[vec![1], vec![3, 4]]), [0.0, 0.0]);
     }
 }

@@ -191,12 +191,12 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
         }
     }
     if results.len() > 1 {
-        println!("\n{:<16} {:>9} {:>11} {:>13} {:>12} {:>13} {:>9} {:>12} {:>10}", "arm", "efficacy", "paraphrase", "neighborhood", "rewrite_acc", "rephrase_acc", "locality", "known facts", "s/batch");
+        println!("\n{:<16} {:>9} {:>11} {:>13} {:>12} {:>13} {:>9} {:>12} {:>12} {:>10}", "arm", "efficacy", "paraphrase", "neighborhood", "rewrite_acc", "rephrase_acc", "locality", "portability", "known facts", "s/batch");
         let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.0}%", 100.0 * x));
         for b in &results {
             let known = b.known_correct_at_end.zip(b.known_total).map_or("-".into(), |(c, t)| format!("{c}/{t}"));
             println!(
-                "{:<16} {:>9} {:>11} {:>13} {:>12} {:>13} {:>9} {:>12} {:>10.1}",
+                "{:<16} {:>9} {:>11} {:>13} {:>12} {:>13} {:>9} {:>12} {:>12} {:>10.1}",
                 b.arm,
                 pct(b.efficacy),
                 pct(b.paraphrase),
@@ -204,6 +204,7 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
                 pct(b.rewrite_acc),
                 pct(b.rephrase_acc),
                 pct(b.locality),
+                pct(b.portability),
                 known,
                 b.batch_seconds
             );
