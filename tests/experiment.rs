@@ -157,6 +157,16 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
             return Err(format!("the unedited model at its own checkpoint: {before:?}"));
         }
         let (recent, all) = (before.recent.unwrap(), before.all.unwrap());
+        // Both samples are scored in one call over their union; each equals its own set scored
+        // alone (locality against the same model: 1, and none for the set lacking a reference).
+        for (got, set) in [(recent, &sampled[0]), (all, &sampled[1])] {
+            let reqs: Vec<EditRequest> = set.iter().map(|&i| requests[i].clone()).collect();
+            let reference: Option<Vec<Vec<Vec<u32>>>> = set.iter().map(|i| m.locality_reference.get(i).cloned()).collect();
+            let want = revive::eval::counterfact::cf_scores(&ok(revive::eval::counterfact::facts_metrics_against(&gm, &tok, &reqs, reference.as_deref()))?);
+            if got != want {
+                return Err(format!("the checkpoint's scores of {set:?}: {got:?}, scored alone {want:?}"));
+            }
+        }
         let rel: Vec<(String, usize)> = before.known_by_relation.iter().map(|r| (r.relation.clone(), r.total)).collect();
         let correct: usize = before.known_by_relation.iter().map(|r| r.correct).sum();
         if rel != [("P17".to_string(), 3), ("P36".to_string(), 1)] || Some(correct) != before.known_correct {

@@ -7,7 +7,7 @@
 use crate::edit::guard::SpectralGuard;
 use crate::edit::request::EditRequest;
 use crate::error::{Error, Result};
-use crate::eval::counterfact::{cf_scores, facts_metrics_against};
+use crate::eval::counterfact::{cf_scores, facts_metrics_against, FactMetrics};
 pub use crate::eval::counterfact::CfScores;
 use crate::eval::general::{agreement, fluency, next_token_logprobs, perplexity, Agreement, ProseSet};
 use crate::eval::retention::{by_relation, check_facts, known_loss, untouched_relations, Fact, KnownLoss, RelationRetention, Retained};
@@ -141,17 +141,30 @@ impl Measures {
         let mut split = MeasureTimes::default();
         let mut lap = std::time::Instant::now();
         let mut lap_into = |slot: &mut f64| *slot = std::mem::replace(&mut lap, std::time::Instant::now()).elapsed().as_secs_f64();
-        let scores = |indices: &[usize]| -> Result<Option<CfScores>> {
-            if indices.is_empty() {
-                return Ok(None);
-            }
-            let sampled: Vec<EditRequest> = indices.iter().map(|&i| requests[i].clone()).collect();
-            let reference: Option<Vec<Vec<Vec<u32>>>> = indices.iter().map(|i| self.locality_reference.get(i).cloned()).collect();
-            let per = facts_metrics_against(model, tok, &sampled, reference.as_deref())?;
-            Ok(Some(cf_scores(&per)))
-        };
+        // The two samples share requests (at the first checkpoint they are the same): each
+        // request is scored once. A sample with a request that has no locality reference has
+        // no locality.
         let [recent, all] = self.sampled(recent_from, edits.min(requests.len()));
-        let (recent, all) = (scores(&recent)?, scores(&all)?);
+        let union: Vec<usize> = recent.iter().chain(&all).copied().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let has_reference = |i: &usize| self.locality_reference.contains_key(i);
+        let metrics: std::collections::BTreeMap<usize, FactMetrics> = if union.is_empty() {
+            Default::default()
+        } else {
+            let sampled: Vec<EditRequest> = union.iter().map(|&i| requests[i].clone()).collect();
+            let reference: Vec<Vec<Vec<u32>>> = union.iter().map(|i| self.locality_reference.get(i).cloned().unwrap_or_default()).collect();
+            union.iter().copied().zip(facts_metrics_against(model, tok, &sampled, Some(&reference))?).collect()
+        };
+        let scores = |indices: &[usize]| -> Option<CfScores> {
+            if indices.is_empty() {
+                return None;
+            }
+            let mut s = cf_scores(&indices.iter().map(|i| metrics[i].clone()).collect::<Vec<_>>());
+            if !indices.iter().all(has_reference) {
+                s.locality = None;
+            }
+            Some(s)
+        };
+        let (recent, all) = (scores(&recent), scores(&all));
         lap_into(&mut split.counterfact);
         let known_checks = if self.known.is_empty() { None } else { Some(check_facts(model, tok, &self.known)?) };
         let known_correct = known_checks.as_ref().map(|c| c.iter().filter(|c| c.correct).count());
