@@ -159,15 +159,17 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
     );
 }
 
+/// The mean of each score right after each batch, over the batches that have it.
 fn print_summary(s: &Session) {
-    let mut eff = vec![];
-    for (_, h) in s.journal.batches() {
-        if let Some(v) = s.journal.metrics_of(h.batch).and_then(|m| m.after["efficacy"].as_f64()) {
-            eff.push(v);
+    let keys = ["efficacy", "paraphrase", "neighborhood", "rewrite_acc", "rephrase_acc", "locality", "portability"];
+    let mut means = vec![];
+    for key in keys {
+        let v: Vec<f64> = s.journal.batches().filter_map(|(_, h)| s.journal.metrics_of(h.batch).and_then(|m| m.after[key].as_f64())).collect();
+        if !v.is_empty() {
+            means.push(format!("{key} {:.1}%", 100.0 * v.iter().sum::<f64>() / v.len() as f64));
         }
     }
-    let mean = eff.iter().sum::<f64>() / eff.len().max(1) as f64;
-    println!("{} batches in {}; mean efficacy right after each batch {:.1}%", s.batches_done(), s.dir.display(), 100.0 * mean);
+    println!("{} batches in {}; mean right after each batch: {}", s.batches_done(), s.dir.display(), if means.is_empty() { "no scores".into() } else { means.join(", ") });
 }
 
 fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], base_hash: &str, dir: &Path, save: Save, dtype: Dtype) -> Result<()> {
