@@ -161,6 +161,7 @@ fn progress(out: &Path) -> usize {
 #[test]
 fn the_experiment_writes_its_files_and_resumes_after_kill_9_to_the_same_csv() {
     let mut backends: Vec<String> = gpus().iter().map(|g| format!("{:?}", g.info().backend).to_lowercase()).collect();
+    backends.sort();
     backends.dedup();
     let mut failures = vec![];
     for backend in backends {

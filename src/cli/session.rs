@@ -162,9 +162,10 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
 /// The mean of each score right after each batch, over the batches that have it.
 fn print_summary(s: &Session) {
     let keys = ["efficacy", "paraphrase", "neighborhood", "rewrite_acc", "rephrase_acc", "locality", "portability"];
+    let after: Vec<&serde_json::Value> = s.journal.batches().filter_map(|(_, h)| s.journal.metrics_of(h.batch).map(|m| &m.after)).collect();
     let mut means = vec![];
     for key in keys {
-        let v: Vec<f64> = s.journal.batches().filter_map(|(_, h)| s.journal.metrics_of(h.batch).and_then(|m| m.after[key].as_f64())).collect();
+        let v: Vec<f64> = after.iter().filter_map(|a| a[key].as_f64()).collect();
         if !v.is_empty() {
             means.push(format!("{key} {:.1}%", 100.0 * v.iter().sum::<f64>() / v.len() as f64));
         }

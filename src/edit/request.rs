@@ -166,10 +166,15 @@ fn first_answer(v: &Value) -> Option<&str> {
     }
 }
 
+/// `[]`, `[[]]`, …: an answer list with nothing in it.
+fn empty_list(v: &Value) -> bool {
+    matches!(v, Value::Array(a) if a.first().is_none_or(empty_list))
+}
+
 /// KnowEdit's nested pairs, `{"Relation_Specificity": [{"prompt", "ground_truth"}], …}`: every
 /// category's pairs (categories in name order; a null category is none), each prompt and answer
-/// the first of its list where a list is given. A pair whose answer is blank is skipped, as
-/// EasyEdit's KnowEdit runner skips it, and counted in `skipped`.
+/// the first of its list where a list is given. A pair whose answer is blank or an empty list is
+/// skipped, as EasyEdit's KnowEdit runner skips it, and counted in `skipped`.
 fn nested_pairs(v: &Value, file: &str, index: usize, field: &str, skipped: &mut usize) -> Result<Vec<PromptAnswer>> {
     let Some(Value::Object(categories)) = v.get(field) else { return Ok(vec![]) };
     let mut out = vec![];
@@ -183,7 +188,10 @@ fn nested_pairs(v: &Value, file: &str, index: usize, field: &str, skipped: &mut 
         };
         for (i, item) in items.iter().enumerate() {
             let prompt = item.get("prompt").and_then(first_answer).ok_or_else(|| field_err(file, index, &where_(i), "no 'prompt' (a string, or a list whose first entry is one)"))?;
-            let answer = item.get("ground_truth").and_then(first_answer).ok_or_else(|| field_err(file, index, &where_(i), "no 'ground_truth' (a string, or a list whose first entry is one)"))?;
+            let answer = match item.get("ground_truth") {
+                Some(g) if empty_list(g) => "",
+                g => g.and_then(first_answer).ok_or_else(|| field_err(file, index, &where_(i), "no 'ground_truth' (a string, or a list whose first entry is one)"))?,
+            };
             if answer.trim().is_empty() {
                 *skipped += 1;
                 continue;
@@ -323,14 +331,23 @@ pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
                 log::warn!("{file}: {} zsRE records with an empty 'alt' skipped, as EasyEdit does (records {}{more})", skipped.len(), shown.join(", "));
             }
             let mut blank = 0;
-            let out = records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i, &mut blank)).collect();
-            if blank > 0 {
-                log::warn!("{file}: {blank} KnowEdit locality or portability pairs with a blank answer skipped, as EasyEdit does");
-            }
-            out
+            let out = records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i, &mut blank)).collect::<Result<Vec<_>>>()?;
+            warn_blank(file, blank);
+            Ok(out)
         }
-        obj @ Value::Object(_) => Ok(vec![parse_record(&obj, file, 0, &mut 0)?]),
+        obj @ Value::Object(_) => {
+            let mut blank = 0;
+            let one = parse_record(&obj, file, 0, &mut blank)?;
+            warn_blank(file, blank);
+            Ok(vec![one])
+        }
         _ => Err(Error::Model { file: file.into(), detail: "expected a list of edit records".into() }),
+    }
+}
+
+fn warn_blank(file: &str, blank: usize) {
+    if blank > 0 {
+        log::warn!("{file}: {blank} KnowEdit locality or portability pairs with a blank answer skipped, as EasyEdit does");
     }
 }
 
@@ -452,6 +469,7 @@ mod tests {
         // skips it), a null category, a prompt given as a list, an empty ground truth.
         let odd = k
             .replace(r#""ground_truth": [["Albert Arons"]]"#, r#""ground_truth": [[" "]]"#)
+            .replace(r#""ground_truth": [["Europe", "European continent"]]"#, r#""ground_truth": [[]]"#)
             .replace(r#""Subject_Aliasing": [{"prompt": "The name of the position held by Frederic of Pieschen is""#, r#""Subject_Aliasing": [{"prompt": ["The name of the position held by Frederic of Pieschen is"]"#)
             .replace(r#""ground_truth": ["Aspidoceratidae"]"#, r#""ground_truth": []"#)
             .replace(r#""Forgetfulness": [{"prompt": "The name of the position held by Frederic Piesch, which is not Archbishop of León, Mexico, is", "ground_truth": "mayor of Vienna"}]"#, r#""Forgetfulness": null"#);
@@ -459,8 +477,9 @@ mod tests {
         assert!(o[2].locality.is_empty() && o[1].target_true.is_none(), "{o:?}");
         assert_eq!(o[0].portability[0].prompt, "The name of the position held by Frederic of Pieschen is");
         assert_eq!(pairs(&o[0].locality), [" male"]);
+        assert_eq!(pairs(&o[2].portability), [" no"]);
         for (text, want) in [
-            (k.replace(r#""ground_truth": "male""#, r#""ground_truth": []"#), "'locality.Relation_Specificity[0]': no 'ground_truth'"),
+            (k.replace(r#""ground_truth": "male""#, r#""ground_truth": 3"#), "'locality.Relation_Specificity[0]': no 'ground_truth'"),
             (k.replace(r#""prompt": "The name of the father of Leo Arons is""#, r#""prompt": " ""#), "'locality.Relation_Specificity': prompt 0 is empty"),
             (k.replace(r#"{"prompt": "Is Leo Arons still alive?", "#, r#"{"#), "'portability.Logical_Generalization[0]': no 'prompt'"),
             (k.replace(r#""Reasoning": [{"prompt": "What"#, r#""Reasoning": {"x": [{"prompt": "What"#).replace(r#""Owlet moths"}]}}"#, r#""Owlet moths"}]}}}"#), "'portability.Reasoning': expected a list"),
