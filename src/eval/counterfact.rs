@@ -143,11 +143,9 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
             let per = if req.target_true.is_some() { 2 } else { 1 };
             let main: Vec<Vec<TokenScore>> = scored.by_ref().take(n_prompts * per).collect();
             let locality: Vec<Vec<TokenScore>> = scored.by_ref().take(n_locality).collect();
-            let mut m = metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()));
             let accuracies: Vec<f64> = answers.iter().map(|a| token_accuracy(&scored.next().expect("one score per pair"), a)).collect();
             let categories: Vec<Option<&str>> = req.portability.iter().map(|p| p.category.as_deref()).collect();
-            m.portability = category_mean(&accuracies, &categories);
-            m
+            metrics_of(req, &main, per, &new, &locality, reference.map(|x| x[r].as_slice()), category_mean(&accuracies, &categories))
         })
         .collect())
 }
@@ -192,8 +190,8 @@ pub fn locality_tops(model: &GpuModel, tok: &Tok, reqs: &[EditRequest]) -> Resul
 
 /// One request's metrics from its scores: per prompt (rewrite, paraphrases, neighbours) the
 /// tokens of target_new (`new`) and, when `per` is 2, of target_true; then its locality pairs
-/// (`locality_pairs`).
-fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[u32], locality: &[Vec<TokenScore>], reference: Option<&[Vec<u32>]>) -> FactMetrics {
+/// (`locality_pairs`); its portability, already averaged.
+fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[u32], locality: &[Vec<TokenScore>], reference: Option<&[Vec<u32>]>, portability: Option<f64>) -> FactMetrics {
     let scores: Vec<(TargetScore, Option<TargetScore>)> =
         scored.chunks(per).map(|c| (score(&c[0]), c.get(1).map(|t| score(t)))).collect();
     let prefers_new = |s: &(TargetScore, Option<TargetScore>)| s.1.as_ref().map(|t| s.0.nll < t.nll);
@@ -220,7 +218,7 @@ fn metrics_of(req: &EditRequest, scored: &[Vec<TokenScore>], per: usize, new: &[
             category_mean(&locality_shares(r, &locality_top), &categories)
         }),
         locality_top,
-        portability: None,
+        portability,
     }
 }
 
