@@ -8,14 +8,15 @@
 mod common;
 use common::*;
 use faer::Mat;
-use revive::cpu::edit::{layer_loop, RefRequest, RefSolve};
+use revive::cpu::edit::{layer_loop, nse_loop, RefNse, RefRequest, RefSolve};
 use revive::cpu::model::CpuModel;
 use revive::edit::alphaedit::{AlphaEditSolver, NullSpace};
 use revive::edit::moment::SecondMoment;
 use revive::edit::guard::{RankRule, SpectralGuard};
 use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
 use revive::edit::keys::subject_prompt;
-use revive::edit::memit::{BatchEditor, MemitSolver};
+use revive::edit::memit::{BatchEditor, MemitSolver, Passes};
+use revive::edit::nse::{BaseWeights, NseSolver};
 use revive::edit::method::{Method, Writer};
 use revive::edit::request::EditRequest;
 use revive::edit::rome::CovSolver;
@@ -79,10 +80,14 @@ fn hparams(method: BatchMethod) -> BatchHparams {
         nll_stop: 0.05,
         templates: Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 },
         mom2_tokens: 1,
-        mom2_update_weight: matches!(method, BatchMethod::Memit | BatchMethod::Rect | BatchMethod::Prune).then_some(2.0),
+        mom2_update_weight: matches!(method, BatchMethod::Memit | BatchMethod::Rect | BatchMethod::Prune | BatchMethod::Nse).then_some(2.0),
         nullspace_threshold: (method == BatchMethod::AlphaEdit).then_some(0.05),
         l2: (method == BatchMethod::AlphaEdit).then_some(1.0),
         keep_fraction: (method == BatchMethod::Rect).then_some(0.3),
+        alpha: (method == BatchMethod::Nse).then_some(0.0),
+        upper_bound: (method == BatchMethod::Nse).then_some(1e9),
+        max_iterations: (method == BatchMethod::Nse).then_some(3),
+        neuron_threshold: (method == BatchMethod::Nse).then_some(0.8),
         why: Default::default(),
     }
 }
@@ -130,7 +135,7 @@ fn rel_err(got: &[f32], want: &Mat<f64>) -> f64 {
 }
 
 /// The dense updates as written, the method's state tensors, the writes with their reports.
-type BatchOutcome = (Vec<Vec<f32>>, revive::edit::method::StateTensors, Vec<revive::edit::method::Written>);
+type BatchOutcome = (Vec<Vec<f32>>, revive::edit::method::StateTensors, Vec<revive::edit::method::Written>, serde_json::Value);
 
 /// Runs one batch of `method` through a writer.
 fn edit_batch(gm: &GpuModel, method: &mut dyn Method, reqs: &[EditRequest], guards: &BTreeMap<String, SpectralGuard>) -> Result<BatchOutcome, String> {
@@ -140,7 +145,7 @@ fn edit_batch(gm: &GpuModel, method: &mut dyn Method, reqs: &[EditRequest], guar
     let dense = written.iter().map(|w| ok(w.update.delta.dense(gm.gpu())).and_then(|t| ok(gm.gpu().download(&t)))).collect::<Result<Vec<_>, String>>()?;
     let updates: Vec<_> = written.iter().map(|w| w.update.clone()).collect();
     ok(method.observe(gm.gpu(), &updates, &rec.state))?;
-    Ok((dense, rec.state, written))
+    Ok((dense, rec.state, written, rec.record))
 }
 
 fn zstar_of(state: &[(String, revive::model::weights::HostTensor)]) -> Mat<f64> {
@@ -161,7 +166,7 @@ fn memit_matches_its_f64_reference() {
         let reqs = requests(3);
         let plain: Vec<Vec<u32>> = reqs.iter().map(|q| tok.encode(&q.full_prompt()).unwrap()).collect();
         let before = ok(gm.last_logits(&plain))?;
-        let (dense, state, _) = edit_batch(&gm, &mut method, &reqs, &BTreeMap::new())?;
+        let (dense, state, _, _) = edit_batch(&gm, &mut method, &reqs, &BTreeMap::new())?;
 
         let mut cpu = CpuModel::new(&w);
         let c0: Vec<Mat<f64>> = mo.iter().map(mat_of).collect();
@@ -238,7 +243,7 @@ fn alphaedit_matches_its_reference_and_keeps_preserved_keys() {
         let mut preserved: Vec<Mat<f64>> = ps.iter().map(|p| Mat::<f64>::zeros(p.nrows(), p.nrows())).collect();
         // Two batches: the second sees the first's keys in K_p K_pᵀ.
         for (b, batch) in [&reqs[..2], &reqs[2..]].into_iter().enumerate() {
-            let (dense, state, _) = edit_batch(&gm, &mut method, batch, &BTreeMap::new())?;
+            let (dense, state, _, _) = edit_batch(&gm, &mut method, batch, &BTreeMap::new())?;
             let want = layer_loop(&mut cpu, &ref_requests(&tok, batch)?, &zstar_of(&state), &LAYERS, &RefSolve::AlphaEdit { p: &ps, preserved: &preserved, alpha: 1.0 });
             for (i, (g, r)) in dense.iter().zip(&want).enumerate() {
                 let e = rel_err(g, r);
@@ -263,6 +268,123 @@ fn alphaedit_matches_its_reference_and_keeps_preserved_keys() {
     });
 }
 
+/// An NSE editor on `gm` (its base weights copied now) with λ = 2 and 80 % of the neurons' mass.
+fn nse_editor<'t>(gm: &GpuModel, tok: &'t Tok, c0: &[Mat<f64>], alpha: f64, upper_bound: f64) -> Result<BatchEditor<'t>, String> {
+    let matrices: Vec<String> = LAYERS.iter().map(|&l| revive::model::names::down_name(l)).collect();
+    let passes = Passes { alpha, upper_bound, max_iterations: 3 };
+    Ok(BatchEditor::new(hparams(BatchMethod::Nse), templates(), tok, Box::new(NseSolver::new(c0.to_vec(), 2.0, 0.8)), None).with_passes(passes, ok(BaseWeights::copy(gm, &matrices))?))
+}
+
+fn distances_of(record: &serde_json::Value) -> Vec<Vec<f64>> {
+    record["passes"].as_array().map(|ps| ps.iter().map(|p| p["distances"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap()).collect()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn nse_matches_its_reference_with_two_passes_selected_neurons_and_rewound_targets() {
+    for_each_gpu(|gpu| {
+        let w = weights(7);
+        let tok = tok();
+        let reqs = requests(7);
+        let (first, second) = (&reqs[..4], &reqs[4..]);
+        let probe_model = ok(GpuModel::new(gpu, &w))?;
+        let mo = moments(&probe_model)?;
+        let c0: Vec<Mat<f64>> = mo.iter().map(mat_of).collect();
+        // alpha from a first run where every request takes part: in the widest gap of the
+        // distances after the first pass, so that the second pass takes some requests, not all,
+        // with a margin f32 and f64 cannot cross.
+        let mut probe = nse_editor(&probe_model, &tok, &c0, 0.0, 1e9)?;
+        let (_, _, _, rec) = edit_batch(&probe_model, &mut probe, first, &BTreeMap::new())?;
+        let d = distances_of(&rec);
+        let mut after: Vec<f64> = d.get(1).ok_or("no second measurement")?.clone();
+        after.sort_by(f64::total_cmp);
+        let gap = (1..after.len()).max_by(|&a, &b| (after[a] - after[a - 1]).total_cmp(&(after[b] - after[b - 1]))).ok_or("one request")?;
+        let alpha = 0.5 * (after[gap] + after[gap - 1]);
+        if !(alpha < d[0].iter().cloned().fold(f64::MAX, f64::min)) {
+            return Err(format!("the first pass did not bring the requests nearer: {d:?}"));
+        }
+
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let mut nse = nse_editor(&gm, &tok, &c0, alpha, 1e9)?;
+        let mut cpu = CpuModel::new(&w);
+        let mut preserved: Vec<Mat<f64>> = c0.iter().map(|c| Mat::<f64>::zeros(c.nrows(), c.nrows())).collect();
+        for (b, batch) in [first, second].into_iter().enumerate() {
+            // Targets on the base weights: those of MEMIT on an unedited model, not on this one.
+            let mut memit_fresh = BatchEditor::new(hparams(BatchMethod::Memit), templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
+            let fresh_targets = zstar_of(&edit_batch(&ok(GpuModel::new(gpu, &w))?, &mut memit_fresh, batch, &BTreeMap::new())?.1);
+            let mut memit_now = BatchEditor::new(hparams(BatchMethod::Memit), templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
+            let drifted = zstar_of(&edit_batch(&ok(GpuModel::new(gpu, &ok(gm.to_weights())?))?, &mut memit_now, batch, &BTreeMap::new())?.1);
+
+            let (dense, state, _, rec) = edit_batch(&gm, &mut nse, batch, &BTreeMap::new())?;
+            let zstar = zstar_of(&state);
+            let off = (&zstar - &fresh_targets).norm_l2() / fresh_targets.norm_l2();
+            let drift = (&drifted - &fresh_targets).norm_l2() / fresh_targets.norm_l2();
+            if !(off < 1e-5) || (b == 1 && !(drift > 1e-3)) {
+                return Err(format!("batch {b}: targets {off:.2e} from the base model's (the edited model's are {drift:.2e} from them)"));
+            }
+
+            let nse_ref = RefNse { c0: &c0, preserved: &preserved, lambda: 2.0, alpha, upper_bound: 1e9, max_iterations: 3, neuron_threshold: 0.8 };
+            let (want, want_dist) = nse_loop(&mut cpu, &ref_requests(&tok, batch)?, &zstar, &LAYERS, &nse_ref);
+            let got_dist = distances_of(&rec);
+            if got_dist.len() != want_dist.len() || dense.len() != want.len() {
+                return Err(format!("batch {b}: {} measurements and {} updates, the reference {} and {}", got_dist.len(), dense.len(), want_dist.len(), want.len()));
+            }
+            for (g, r) in got_dist.iter().flatten().zip(want_dist.iter().flatten()) {
+                if !((g - r).abs() <= 1e-3 * r.abs().max(1.0)) || !((g - alpha).abs() > 1e-3 * alpha) {
+                    return Err(format!("batch {b}: distance {g} against the reference's {r} (alpha {alpha})"));
+                }
+            }
+            for (i, (g, r)) in dense.iter().zip(&want).enumerate() {
+                let e = rel_err(g, r);
+                if !(e < 2e-3) {
+                    return Err(format!("batch {b}, write {i}: ‖ΔW − ref‖/‖ref‖ = {e:.2e}"));
+                }
+            }
+            // What the batches must exercise: two passes, the second without some requests, and
+            // fewer neurons than the layer has.
+            let layers = rec["layers"].as_array().ok_or("no layers")?;
+            let neurons: Vec<u64> = layers.iter().map(|l| l["solve"]["neurons"].as_u64().unwrap_or(u64::MAX)).collect();
+            if neurons.iter().any(|&n| n == 0 || n >= config().ffn_hidden as u64) {
+                return Err(format!("batch {b}: neurons per write {neurons:?} of {}", config().ffn_hidden));
+            }
+            let passes = rec["passes"].as_array().ok_or("no passes")?;
+            let active: Vec<usize> = passes.iter().map(|p| p["active"].as_array().map_or(0, |a| a.len())).collect();
+            if b == 0 && !(dense.len() == 2 * LAYERS.len() && active[1] > 0 && active[1] < batch.len()) {
+                return Err(format!("batch {b}: {} writes, active requests per measurement {active:?}", dense.len()));
+            }
+            for (i, p) in preserved.iter_mut().enumerate() {
+                let t = &state.iter().find(|(n, _)| *n == format!("keys.{i}")).unwrap().1;
+                let k = Mat::<f64>::from_fn(t.shape[0], t.shape[1], |a, c| t.data[a * t.shape[1] + c] as f64);
+                *p += &k * k.transpose();
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn nse_leaves_requests_outside_its_band_alone() {
+    for_each_gpu(|gpu| {
+        let w = weights(7);
+        let tok = tok();
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let c0: Vec<Mat<f64>> = moments(&gm)?.iter().map(mat_of).collect();
+        let before = down_values(&gm)?;
+        // Every request nearer than alpha, then every one beyond the upper bound: nothing written.
+        for (alpha, upper) in [(1e6, 2e6), (0.0, 1e-6)] {
+            let mut nse = nse_editor(&gm, &tok, &c0, alpha, upper)?;
+            let (dense, _, _, rec) = edit_batch(&gm, &mut nse, &requests(3), &BTreeMap::new())?;
+            let passes = rec["passes"].as_array().ok_or("no passes")?;
+            if !dense.is_empty() || passes.len() != 1 || passes[0]["updated"] != false {
+                return Err(format!("alpha {alpha}, upper bound {upper}: {} writes, passes {passes:?}", dense.len()));
+            }
+        }
+        if down_values(&gm)? != before {
+            return Err("the weights changed".into());
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn the_guard_filters_every_memit_layer() {
     for_each_gpu(|gpu| {
@@ -277,7 +399,7 @@ fn the_guard_filters_every_memit_layer() {
         }
         let covs = mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?;
         let mut method = BatchEditor::new(hp, templates(), &tok, Box::new(MemitSolver { covs, lambda: 2.0 }), None);
-        let (_, _, written) = edit_batch(&gm, &mut method, &requests(3), &guards)?;
+        let (_, _, written, _) = edit_batch(&gm, &mut method, &requests(3), &guards)?;
         if written.len() != LAYERS.len() {
             return Err(format!("{} updates for {} layers", written.len(), LAYERS.len()));
         }
@@ -321,8 +443,13 @@ fn rect_keeps_its_fraction_and_prune_restrains_singular_values() {
 
 /// A session of 6 batches of 1 request with MEMIT in `dir`, from the base weights.
 fn session<'t>(gm: &GpuModel, tok: &'t Tok, dir: &std::path::Path, reqs: &[EditRequest], revive: bool) -> Result<Session<'t>, String> {
+    session_of(gm, tok, dir, reqs, revive, BatchMethod::Memit)
+}
+
+/// A session of `method` in `dir`: new, or the one there (resumed).
+fn session_of<'t>(gm: &GpuModel, tok: &'t Tok, dir: &std::path::Path, reqs: &[EditRequest], revive: bool, method: BatchMethod) -> Result<Session<'t>, String> {
     let mo = moments(gm)?;
-    let spec = MethodSpec::Batch { hparams: BatchHparams { v_steps: 8, ..hparams(BatchMethod::Memit) } };
+    let spec = MethodSpec::Batch { hparams: BatchHparams { v_steps: 8, ..hparams(method) } };
     let config = match Session::read_config(dir) {
         Ok((c, _)) => c,
         Err(_) => {
@@ -456,6 +583,44 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights() {
         }
         let _ = std::fs::remove_dir_all(&root);
         Ok(())
+    });
+}
+
+/// NSE's state between batches — the base weights its targets use, the earlier batches' keys
+/// — comes back on a resume: a session stopped after 2 of 3 batches, reopened on the base model
+/// and run to the end, ends with the uninterrupted session's weights, bit for bit.
+#[test]
+fn an_nse_session_resumes_to_the_same_weights() {
+    for_each_gpu(|gpu| {
+        let tok = tok();
+        let reqs = requests(3);
+        let root = std::env::temp_dir().join(format!("revive-nse-resume-{}-{:?}", std::process::id(), gpu.info().backend));
+        let _ = std::fs::remove_dir_all(&root);
+        let (whole, stopped) = (root.join("whole"), root.join("stopped"));
+        std::fs::create_dir_all(&whole).unwrap();
+        std::fs::create_dir_all(&stopped).unwrap();
+        let opts = |max_batches| RunOptions { progress: false, max_batches };
+        let mut gm = ok(GpuModel::new(gpu, &weights(11)))?;
+        let mut s = session_of(&gm, &tok, &whole, &reqs, true, BatchMethod::Nse)?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &opts(None), |_| {}))?;
+        let want = down_values(&gm)?;
+
+        let mut gm = ok(GpuModel::new(gpu, &weights(11)))?;
+        let mut s = session_of(&gm, &tok, &stopped, &reqs, true, BatchMethod::Nse)?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &opts(Some(2)), |_| {}))?;
+        let mut gm = ok(GpuModel::new(gpu, &weights(11)))?;
+        let mut s = session_of(&gm, &tok, &stopped, &reqs, true, BatchMethod::Nse)?;
+        if ok(s.replay(&mut gm, &tok, None, None))? != 2 {
+            return Err("the stopped session did not hold 2 batches".into());
+        }
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &opts(None), |_| {}))?;
+        let got = down_values(&gm)?;
+        let _ = std::fs::remove_dir_all(&root);
+        if got == want && want != down_values(&ok(GpuModel::new(gpu, &weights(11)))?)? {
+            Ok(())
+        } else {
+            Err("the resumed NSE session's weights differ from the uninterrupted one's (or nothing was written)".into())
+        }
     });
 }
 

@@ -1,4 +1,4 @@
-//! `revive bench edit --method memit|alphaedit|rect|prune --batch N`: where a batch's time goes
+//! `revive bench edit --method memit|alphaedit|rect|prune|nse --batch N`: where a batch's time goes
 //! (targets, keys, solves, writes through the guard, metrics), next to one forward pass of a
 //! prompt measured in the same run, with the efficacy the batches reached.
 

@@ -71,6 +71,7 @@ enum Method {
     Alphaedit,
     Rect,
     Prune,
+    Nse,
 }
 
 impl Method {
@@ -81,6 +82,7 @@ impl Method {
             Method::Alphaedit => "alphaedit",
             Method::Rect => "rect",
             Method::Prune => "prune",
+            Method::Nse => "nse",
         }
     }
 }

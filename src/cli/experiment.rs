@@ -131,7 +131,7 @@ struct Arm {
 fn arms(methods: &[String], revive: &[String]) -> Result<Vec<Arm>> {
     let mut out = vec![];
     for m in methods {
-        ensure!(["memit", "alphaedit", "rect", "prune", "rome"].contains(&m.as_str()), "unknown method '{m}' in --methods");
+        ensure!(m == "rome" || revive::edit::hparams::BatchMethod::from_name(m).is_some(), "unknown method '{m}' in --methods");
         for r in revive {
             let tau = match r.as_str() {
                 "none" => None,

@@ -51,7 +51,7 @@ enum Command {
     Logits(logits::Args),
     /// Edit facts into the model. ROME one fact at a time (the probabilities before and after,
     /// the edited model and a JSON record of every edit), or a journaled session in batches
-    /// (--method memit|alphaedit|rect|prune, or rome with --batch): resumable with --resume.
+    /// (--method memit|alphaedit|rect|prune|nse, or rome with --batch): resumable with --resume.
     Edit(Box<edit::EditArgs>),
     /// The batches an editing session has written (its journal).
     Journal {

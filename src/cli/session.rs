@@ -1,4 +1,4 @@
-//! `revive edit --method memit|alphaedit|rect|prune|rome --batch N --out DIR` (a journaled
+//! `revive edit --method memit|alphaedit|rect|prune|nse|rome --batch N --out DIR` (a journaled
 //! session), `revive edit --resume DIR`, `revive journal DIR` and `revive apply`.
 
 use super::Dtype;
@@ -41,11 +41,7 @@ pub(super) struct NewSession {
 pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
     let batch_method = match s.method.as_str() {
         "rome" => None,
-        "memit" => Some(BatchMethod::Memit),
-        "alphaedit" => Some(BatchMethod::AlphaEdit),
-        "rect" => Some(BatchMethod::Rect),
-        "prune" => Some(BatchMethod::Prune),
-        m => anyhow::bail!("unknown method '{m}'"),
+        m => Some(BatchMethod::from_name(m).ok_or_else(|| anyhow::anyhow!("unknown method '{m}'"))?),
     };
     Ok(match batch_method {
         None => {

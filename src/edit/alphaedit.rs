@@ -96,15 +96,21 @@ impl Solver for AlphaEditSolver {
     }
 
     fn observe_keys(&mut self, keys: &[Mat<f64>]) -> Result<()> {
-        if keys.len() != self.preserved.len() {
-            return Err(Error::Edit(format!("AlphaEdit: keys of {} layers for {} edited layers", keys.len(), self.preserved.len())));
-        }
-        for (p, k) in self.preserved.iter_mut().zip(keys) {
-            if k.nrows() != p.nrows() {
-                return Err(Error::shape("alphaedit", format!("keys of width {}, C0 of {}", k.nrows(), p.nrows())));
-            }
-            *p += k * k.transpose();
-        }
-        Ok(())
+        add_outer_products(&mut self.preserved, keys, "AlphaEdit")
     }
+}
+
+/// `preserved[i] += keys[i] keys[i]ᵀ` for every edited layer: the running K_pK_pᵀ of a
+/// session's earlier batches (AlphaEdit, NSE).
+pub fn add_outer_products(preserved: &mut [Mat<f64>], keys: &[Mat<f64>], method: &'static str) -> Result<()> {
+    if keys.len() != preserved.len() {
+        return Err(Error::Edit(format!("{method}: keys of {} layers for {} edited layers", keys.len(), preserved.len())));
+    }
+    for (p, k) in preserved.iter_mut().zip(keys) {
+        if k.nrows() != p.nrows() {
+            return Err(Error::shape(method, format!("keys of width {}, C0 of {}", k.nrows(), p.nrows())));
+        }
+        *p += k * k.transpose();
+    }
+    Ok(())
 }

@@ -114,20 +114,28 @@ pub enum BatchMethod {
     AlphaEdit,
     Rect,
     Prune,
+    Nse,
 }
 
 impl BatchMethod {
+    pub const ALL: [BatchMethod; 5] = [BatchMethod::Memit, BatchMethod::AlphaEdit, BatchMethod::Rect, BatchMethod::Prune, BatchMethod::Nse];
+
     pub fn name(&self) -> &'static str {
         match self {
             BatchMethod::Memit => "memit",
             BatchMethod::AlphaEdit => "alphaedit",
             BatchMethod::Rect => "rect",
             BatchMethod::Prune => "prune",
+            BatchMethod::Nse => "nse",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<BatchMethod> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
-/// Hyper-parameters of MEMIT, AlphaEdit, RECT and PRUNE: the layer range, the target
+/// Hyper-parameters of MEMIT, AlphaEdit, RECT, PRUNE and NSE: the layer range, the target
 /// optimisation (as ROME's) and each method's own values, which only that method may set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,7 +151,7 @@ pub struct BatchHparams {
     pub nll_stop: f64,
     pub templates: Templates,
     pub mom2_tokens: usize,
-    /// λ in ΔW = R Kᵀ(λ C0 + K Kᵀ)⁻¹ (MEMIT, RECT, PRUNE).
+    /// λ in ΔW = R Kᵀ(λ C0 + K Kᵀ)⁻¹ (MEMIT, RECT, PRUNE, NSE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mom2_update_weight: Option<f64>,
     /// AlphaEdit: C0's eigenvectors with eigenvalue below this fraction of the largest span
@@ -156,15 +164,31 @@ pub struct BatchHparams {
     /// RECT: the fraction of ΔW's entries kept, the largest by |ΔW| / |W|.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_fraction: Option<f64>,
+    /// NSE: a request takes part in a pass of the layer loop while its residual stream at the
+    /// last edited layer is farther than this from its target (‖z* − z‖, absolute) …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// … and nearer than this (NSE leaves out requests it cannot reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_bound: Option<f64>,
+    /// NSE: measurements of the distances, each but the last followed by a pass of the layer
+    /// loop (NSE's own count: 3 means at most two passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_iterations: Option<usize>,
+    /// NSE: the neurons (keys' components) a layer updates: the most active ones, by Σ|k| over
+    /// the batch, whose share of that sum stays within this fraction; 1 takes them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neuron_threshold: Option<f64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub why: BTreeMap<String, String>,
 }
 
-const SMOLLM2_BATCH: [(&str, &str); 4] = [
+const SMOLLM2_BATCH: [(&str, &str); 5] = [
     ("memit", include_str!("../../assets/hparams/memit/smollm2.json")),
     ("alphaedit", include_str!("../../assets/hparams/alphaedit/smollm2.json")),
     ("rect", include_str!("../../assets/hparams/rect/smollm2.json")),
     ("prune", include_str!("../../assets/hparams/prune/smollm2.json")),
+    ("nse", include_str!("../../assets/hparams/nse/smollm2.json")),
 ];
 
 impl BatchHparams {
@@ -211,11 +235,15 @@ impl BatchHparams {
         let m = self.method;
         // (field, value, whether this method uses it, its valid range, the range in words)
         type Own<'a> = (&'a str, Option<f64>, bool, fn(f64) -> bool, &'a str);
-        let own: [Own; 4] = [
-            ("mom2_update_weight", self.mom2_update_weight, matches!(m, Memit | Rect | Prune), |v| v > 0.0, "a positive number"),
+        let own: [Own; 8] = [
+            ("mom2_update_weight", self.mom2_update_weight, matches!(m, Memit | Rect | Prune | Nse), |v| v > 0.0, "a positive number"),
             ("nullspace_threshold", self.nullspace_threshold, m == AlphaEdit, |v| v > 0.0 && v < 1.0, "a fraction of C0's largest eigenvalue, in (0, 1)"),
             ("l2", self.l2, m == AlphaEdit, |v| v > 0.0, "a positive number"),
             ("keep_fraction", self.keep_fraction, m == Rect, |v| v > 0.0 && v <= 1.0, "a fraction in (0, 1]"),
+            ("alpha", self.alpha, m == Nse, |v| v >= 0.0, "a distance ≥ 0"),
+            ("upper_bound", self.upper_bound, m == Nse, |v| v > 0.0, "a positive distance"),
+            ("max_iterations", self.max_iterations.map(|v| v as f64), m == Nse, |v| v >= 2.0, "at least 2 (the last iteration only measures)"),
+            ("neuron_threshold", self.neuron_threshold, m == Nse, |v| v > 0.0 && v <= 1.0, "a fraction in (0, 1]"),
         ];
         for (name, value, wanted, ok, what) in own {
             match (value, wanted) {
@@ -223,6 +251,11 @@ impl BatchHparams {
                 (Some(_), false) => return bad(name, format!("{} does not use it", m.name())),
                 (Some(v), true) if !(v.is_finite() && ok(v)) => return bad(name, format!("{v} is not {what}")),
                 _ => {}
+            }
+        }
+        if let (Some(a), Some(u)) = (self.alpha, self.upper_bound) {
+            if a >= u {
+                return bad("upper_bound", format!("{u} must be above alpha ({a}), or no request takes part"));
             }
         }
         Ok(())
@@ -258,7 +291,7 @@ mod tests {
 
     #[test]
     fn batch_defaults_parse_and_name_their_method() {
-        for m in [BatchMethod::Memit, BatchMethod::AlphaEdit, BatchMethod::Rect, BatchMethod::Prune] {
+        for m in BatchMethod::ALL {
             let hp = BatchHparams::smollm2(m);
             assert_eq!(hp.method, m);
             assert!(!hp.layers.is_empty());
@@ -281,7 +314,8 @@ mod tests {
             (with("layers", serde_json::json!([5, 4])), "'layers'"),
             (with("mom2_update_weight", serde_json::json!(-3.0)), "'mom2_update_weight'"),
             (with("l2", serde_json::json!(10.0)), "'l2'"),
-            (with("method", serde_json::json!("nse")), "bad hparams"),
+            (with("method", serde_json::json!("rome")), "bad hparams"),
+            (with("alpha", serde_json::json!(2.5)), "'alpha'"),
             (with("surprise", serde_json::json!(1)), "unknown field"),
         ];
         for (text, want) in cases {

@@ -1,5 +1,6 @@
 //! MEMIT (Meng et al. 2023) and the methods built on its multi-layer update: AlphaEdit, RECT
-//! and PRUNE differ only in how one layer's update is solved or shaped (DESIGN.md §3, written
+//! and PRUNE differ only in how one layer's update is solved or shaped, NSE also in where its
+//! targets come from and in repeating the loop (DESIGN.md §3, written
 //! out in docs/architecture.md).
 //!
 //! For a batch of n requests, edited layers l₁ < … < l_L:
@@ -18,6 +19,7 @@
 use super::hparams::{BatchHparams, BatchMethod};
 use super::keys::{subject_prompt, SubjectPrompt};
 use super::method::{Method, MethodRecord, Writer};
+use super::nse::BaseWeights;
 use super::request::EditRequest;
 use super::rome::CovSolver;
 use crate::model::names::down_name;
@@ -121,7 +123,17 @@ impl From<&Target> for TargetSummary {
     }
 }
 
-/// MEMIT, AlphaEdit, RECT or PRUNE: the layer loop with a solver and an optional shaper.
+/// NSE's repeated layer loop (see [`super::nse`]): which requests take part in a pass, and how
+/// many times the distances to the targets are measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Passes {
+    pub alpha: f64,
+    pub upper_bound: f64,
+    pub max_iterations: usize,
+}
+
+/// MEMIT, AlphaEdit, RECT, PRUNE or NSE: the layer loop with a solver and an optional shaper;
+/// NSE adds passes and targets on the base weights.
 pub struct BatchEditor<'t> {
     pub method: BatchMethod,
     pub hp: BatchHparams,
@@ -129,11 +141,21 @@ pub struct BatchEditor<'t> {
     tok: &'t Tok,
     solver: Box<dyn Solver + 't>,
     shaper: Option<Box<dyn Shaper + 't>>,
+    passes: Option<Passes>,
+    rewind: Option<BaseWeights>,
 }
 
 impl<'t> BatchEditor<'t> {
     pub fn new(hp: BatchHparams, templates: Vec<String>, tok: &'t Tok, solver: Box<dyn Solver + 't>, shaper: Option<Box<dyn Shaper + 't>>) -> Self {
-        BatchEditor { method: hp.method, hp, templates, tok, solver, shaper }
+        BatchEditor { method: hp.method, hp, templates, tok, solver, shaper, passes: None, rewind: None }
+    }
+
+    /// NSE: the layer loop repeated while requests are far from their targets, the targets
+    /// optimised on `base` (the edited matrices' original values).
+    pub fn with_passes(mut self, passes: Passes, base: BaseWeights) -> Self {
+        self.passes = Some(passes);
+        self.rewind = Some(base);
+        self
     }
 }
 
@@ -228,45 +250,81 @@ impl Method for BatchEditor<'_> {
         let clock = std::time::Instant::now();
         let work = writer.model().gpu().runtime_stats();
         let profile = writer.model().gpu().profile();
-        // 1. Targets at the last edited layer, all requests together.
+        // 1. Targets at the last edited layer, all requests together (NSE: on the base weights).
         progress("targets");
-        let (_, z0) = keys_and_residuals(writer.model(), &prompts, hp.layers[0], last)?;
+        let mut optimise = || -> Result<(Mat<f64>, Vec<Target>)> {
+            let (_, z0) = keys_and_residuals(writer.model(), &prompts, hp.layers[0], last)?;
+            let d = z0.nrows();
+            let hs: Vec<Vec<f32>> = (0..reqs.len()).map(|r| (0..d).map(|j| z0[(j, r)] as f32).collect()).collect();
+            let n_req = reqs.len();
+            let targets = optimise_targets(writer.model(), &tbs, &hs, &hp.target(), |r, s| {
+                if r + 1 == n_req {
+                    progress(&format!("targets: step {} nll {:.3}", s.step, s.nll));
+                }
+            })?;
+            Ok((z0, targets))
+        };
+        let (z0, targets) = match &self.rewind {
+            Some(base) => base.with_base(writer.model(), optimise)?,
+            None => optimise()?,
+        };
         let d = z0.nrows();
-        let hs: Vec<Vec<f32>> = (0..reqs.len()).map(|r| (0..d).map(|j| z0[(j, r)] as f32).collect()).collect();
-        let n_req = reqs.len();
-        let targets = optimise_targets(writer.model(), &tbs, &hs, &hp.target(), |r, s| {
-            if r + 1 == n_req {
-                progress(&format!("targets: step {} nll {:.3}", s.step, s.nll));
-            }
-        })?;
         let zstar = Mat::<f64>::from_fn(d, reqs.len(), |j, r| z0[(j, r)] + targets[r].delta[j] as f64);
         timing.targets = clock.elapsed().as_secs_f64();
         timing.targets_work = writer.model().gpu().runtime_stats() - work;
         timing.targets_profile = writer.model().gpu().profile_since(&profile);
 
-        // 2. The layers in ascending order, each seeing the earlier ones' written updates.
+        // 2. The layers in ascending order, each seeing the earlier ones' written updates; once
+        //    (MEMIT and the methods on it) or in NSE's passes, for the requests still far from
+        //    their targets.
         let mut layers = vec![];
-        for (i, &layer) in hp.layers.iter().enumerate() {
-            progress(&format!("layer {layer}"));
-            let gpu = writer.model().gpu().clone();
-            let t = std::time::Instant::now();
-            let (k, z) = keys_and_residuals(writer.model(), &prompts, layer, last)?;
-            timing.keys += t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            let spread = (hp.layers.len() - i) as f64;
-            let r = Mat::<f64>::from_fn(d, reqs.len(), |j, q| (zstar[(j, q)] - z[(j, q)]) / spread);
-            let (x, solve) = self.solver.solve(i, &k, &r)?;
-            let mut delta = Delta::LowRank { left: upload_mat(&gpu, &r)?, right: upload_mat(&gpu, &x)? };
-            let mut shaped = serde_json::Value::Null;
-            if let Some(s) = self.shaper.as_mut() {
-                (delta, shaped) = s.shape(&gpu, i, writer.model().tensor(&down_name(layer))?, delta)?;
+        let mut passes = vec![];
+        for pass in 0.. {
+            let active: Vec<usize> = match self.passes {
+                None if pass == 0 => (0..reqs.len()).collect(),
+                None => break,
+                Some(p) => {
+                    let t = std::time::Instant::now();
+                    let (_, z) = keys_and_residuals(writer.model(), &prompts, last, last)?;
+                    timing.keys += t.elapsed().as_secs_f64();
+                    let dist: Vec<f64> = (0..reqs.len()).map(|r| (0..d).map(|j| (zstar[(j, r)] - z[(j, r)]).powi(2)).sum::<f64>().sqrt()).collect();
+                    let active: Vec<usize> = (0..reqs.len()).filter(|&r| dist[r] > p.alpha && dist[r] < p.upper_bound).collect();
+                    let done = active.is_empty() || pass + 1 == p.max_iterations;
+                    passes.push(serde_json::json!({ "distances": dist, "active": active, "updated": !done }));
+                    if done {
+                        break;
+                    }
+                    active
+                }
+            };
+            let prompts: Vec<Vec<SubjectPrompt>> = active.iter().map(|&r| prompts[r].clone()).collect();
+            let zstar = Mat::<f64>::from_fn(d, active.len(), |j, q| zstar[(j, active[q])]);
+            for (i, &layer) in hp.layers.iter().enumerate() {
+                progress(&if self.passes.is_some() { format!("pass {} layer {layer}", pass + 1) } else { format!("layer {layer}") });
+                let gpu = writer.model().gpu().clone();
+                let t = std::time::Instant::now();
+                let (k, z) = keys_and_residuals(writer.model(), &prompts, layer, last)?;
+                timing.keys += t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                let spread = (hp.layers.len() - i) as f64;
+                let r = Mat::<f64>::from_fn(d, active.len(), |j, q| (zstar[(j, q)] - z[(j, q)]) / spread);
+                let (x, solve) = self.solver.solve(i, &k, &r)?;
+                let mut delta = Delta::LowRank { left: upload_mat(&gpu, &r)?, right: upload_mat(&gpu, &x)? };
+                let mut shaped = serde_json::Value::Null;
+                if let Some(s) = self.shaper.as_mut() {
+                    (delta, shaped) = s.shape(&gpu, i, writer.model().tensor(&down_name(layer))?, delta)?;
+                }
+                let residual_norm = r.norm_l2() * spread;
+                timing.solve += t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                writer.write(Update { matrix: down_name(layer), delta })?;
+                timing.write += t.elapsed().as_secs_f64();
+                let mut entry = serde_json::json!({ "layer": layer, "residual_to_go": residual_norm, "solve": solve, "shape": shaped });
+                if self.passes.is_some() {
+                    entry["pass"] = pass.into();
+                }
+                layers.push(entry);
             }
-            let residual_norm = r.norm_l2() * spread;
-            timing.solve += t.elapsed().as_secs_f64();
-            let t = std::time::Instant::now();
-            writer.write(Update { matrix: down_name(layer), delta })?;
-            timing.write += t.elapsed().as_secs_f64();
-            layers.push(serde_json::json!({ "layer": layer, "residual_to_go": residual_norm, "solve": solve, "shape": shaped }));
         }
 
         // 3. The keys after the batch, for methods that remember them (AlphaEdit's K_pK_pᵀ).
@@ -282,7 +340,11 @@ impl Method for BatchEditor<'_> {
         timing.keys += t.elapsed().as_secs_f64();
         state.push(("targets".to_string(), HostTensor::new(vec![d, reqs.len()], to_f32(&zstar))));
         let summaries: Vec<TargetSummary> = targets.iter().map(TargetSummary::from).collect();
-        Ok(MethodRecord { record: serde_json::json!({ "targets": summaries, "layers": layers, "timing": timing }), state })
+        let mut record = serde_json::json!({ "targets": summaries, "layers": layers, "timing": timing });
+        if self.passes.is_some() {
+            record["passes"] = passes.into();
+        }
+        Ok(MethodRecord { record, state })
     }
 
     fn observe(&mut self, gpu: &Gpu, written: &[Update], state: &[(String, HostTensor)]) -> Result<()> {

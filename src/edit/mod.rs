@@ -12,6 +12,7 @@ pub mod keys;
 pub mod memit;
 pub mod method;
 pub mod moment;
+pub mod nse;
 pub mod prune;
 pub mod rect;
 pub mod request;

@@ -18,7 +18,8 @@ use super::guard::{guard_dir, RankRule, SpectralGuard};
 use super::hparams::{BatchHparams, BatchMethod, RomeHparams};
 use super::journal::{BatchHeader, Journal, MetricsHeader, UpdateMeta};
 use super::keys::context_templates;
-use super::memit::{BatchEditor, MemitSolver, Shaper};
+use super::memit::{BatchEditor, MemitSolver, Passes, Shaper};
+use super::nse::{BaseWeights, NseSolver};
 use super::method::{Method, Writer};
 use super::prune::PruneShaper;
 use super::rect::RectShaper;
@@ -31,6 +32,7 @@ use crate::model::forward::GpuModel;
 use crate::model::Tok;
 use crate::ops::elementwise::scale;
 use crate::store;
+use faer::Mat;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -148,6 +150,10 @@ pub fn build_method<'t>(model: &GpuModel, tok: &'t Tok, spec: &MethodSpec, templ
                     }
                     Box::new(AlphaEditSolver::new(spaces, hparams.l2.expect("validated")))
                 }
+                BatchMethod::Nse => {
+                    let c0 = moments.iter().map(|m| Mat::<f64>::from_fn(m.dim, m.dim, |i, j| 0.5 * (m.at(i, j) as f64 + m.at(j, i) as f64))).collect();
+                    Box::new(NseSolver::new(c0, hparams.mom2_update_weight.expect("validated"), hparams.neuron_threshold.expect("validated")))
+                }
                 _ => Box::new(MemitSolver { covs: covs(moments)?, lambda: hparams.mom2_update_weight.expect("validated") }),
             };
             let shaper: Option<Box<dyn Shaper>> = match hparams.method {
@@ -158,7 +164,12 @@ pub fn build_method<'t>(model: &GpuModel, tok: &'t Tok, spec: &MethodSpec, templ
                 }
                 _ => None,
             };
-            Ok((Box::new(BatchEditor::new(hparams.clone(), templates.to_vec(), tok, solver, shaper)), reports))
+            let mut editor = BatchEditor::new(hparams.clone(), templates.to_vec(), tok, solver, shaper);
+            if hparams.method == BatchMethod::Nse {
+                let passes = Passes { alpha: hparams.alpha.expect("validated"), upper_bound: hparams.upper_bound.expect("validated"), max_iterations: hparams.max_iterations.expect("validated") };
+                editor = editor.with_passes(passes, BaseWeights::copy(model, &spec.matrices())?);
+            }
+            Ok((Box::new(editor), reports))
         }
     }
 }
