@@ -96,6 +96,10 @@ fn hparams() -> BatchHparams {
         nullspace_threshold: None,
         l2: None,
         keep_fraction: None,
+        alpha: None,
+        upper_bound: None,
+        max_iterations: None,
+        neuron_threshold: None,
         why: Default::default(),
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The four arms of `revive experiment` (MEMIT and AlphaEdit, without REVIVE and with τ = 0.5) as
-# parallel processes on one GPU, then the table and plots from their directories:
-#   bash benches/device/arms.sh BIN MODEL DIR MINUTES [experiment flags…]
+# The arms of `revive experiment` (by default four: MEMIT and AlphaEdit, without REVIVE and with
+# τ = 0.5) as parallel processes on one GPU, then the table and plots from their directories:
+#   [ARMS="memit/none … nse/0.5"] bash benches/device/arms.sh BIN MODEL DIR MINUTES [experiment flags…]
 # Each arm is bound by dispatches and host work rather than by the GPU's arithmetic, so four
 # share one GPU well. Every arm stops cleanly after MINUTES (running the same command again
 # continues it); each arm's log is DIR-<method>-<τ>.log.
@@ -13,8 +13,12 @@ mkdir -p "$dir"
 # each time the others' work and save different tables, and an arm continued later would load
 # another table than it started with (its results would no longer be bit-identical).
 "$bin" tune -m "$model" --rows 1 --rows 16 --rows 128 --rows 512 --rows 2048 > "$dir-tune.log" 2>&1
-for arm in memit/none memit/0.5 alphaedit/none alphaedit/0.5; do
-  "$bin" experiment -m "$model" --methods memit,alphaedit --revive none,0.5 --arm "$arm" \
+arms=${ARMS:-memit/none memit/0.5 alphaedit/none alphaedit/0.5}
+# --methods and --revive name every arm's method and setting; --arm picks one of them.
+methods=$(for a in $arms; do echo "${a%/*}"; done | awk '!seen[$0]++' | paste -sd,)
+settings=$(for a in $arms; do echo "${a#*/}"; done | awk '!seen[$0]++' | paste -sd,)
+for arm in $arms; do
+  "$bin" experiment -m "$model" --methods "$methods" --revive "$settings" --arm "$arm" \
     --stop-after "$minutes" --out "$dir" "$@" > "$dir-${arm/\//-}.log" 2>&1 &
 done
 wait

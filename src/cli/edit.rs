@@ -43,8 +43,8 @@ pub(super) struct EditArgs {
     /// Precision of the saved weights.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
-    /// Edit in batches of N requests in a journaled session in --out (MEMIT, AlphaEdit, RECT
-    /// and PRUNE always run as sessions; default batch 1 for them).
+    /// Edit in batches of N requests in a journaled session in --out (the batch methods —
+    /// MEMIT, AlphaEdit, RECT, PRUNE, NSE — always run as sessions; default batch 1 for them).
     #[arg(long)]
     batch: Option<usize>,
     /// Continue the session in DIR after a crash or kill (its settings come from DIR).

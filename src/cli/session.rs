@@ -137,8 +137,9 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
     let pct = |k: &str, v: &serde_json::Value| v[k].as_f64().map(|x| format!(" {k} {:.0}%", 100.0 * x)).unwrap_or_default();
     let kept: Vec<String> = h.updates.iter().filter_map(|u| u.filter.map(|f| format!("{:.0}%", 100.0 * f.kept))).collect();
     let kept = if kept.is_empty() { String::new() } else { format!("; REVIVE kept {} of ‖ΔW‖", kept.join(" ")) };
+    let passes = nse_passes(&h.method);
     println!(
-        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; EasyEdit:{}{}{}{}; {:.1} s{kept}",
+        "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; EasyEdit:{}{}{}{}; {:.1} s{kept}{passes}",
         h.batch + 1,
         h.requests[0],
         h.requests[1],
@@ -153,6 +154,22 @@ pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_
         pct("portability", after),
         seconds
     );
+}
+
+/// NSE's passes in a batch record: how many requests each pass of the layer loop took and the
+/// median distance to the targets at the first and last measurement; empty for other methods.
+fn nse_passes(record: &serde_json::Value) -> String {
+    let Some(passes) = record["passes"].as_array() else { return String::new() };
+    let median = |p: &serde_json::Value| {
+        let mut d: Vec<f64> = p["distances"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+        d.sort_by(f64::total_cmp);
+        d.get(d.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let took: Vec<String> = passes.iter().filter(|p| p["updated"] == true).map(|p| p["active"].as_array().map_or(0, |a| a.len()).to_string()).collect();
+    match (passes.first(), passes.last()) {
+        (Some(first), Some(last)) => format!("; NSE: {} pass(es) of {} requests, median distance to the targets {:.1} → {:.1}", took.len(), took.join(" then "), median(first), median(last)),
+        _ => String::new(),
+    }
 }
 
 /// The mean of each score right after each batch, over the batches that have it.
