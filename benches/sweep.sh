@@ -24,19 +24,20 @@ with_value() { # hparams file $1 with field $2 set to $3, written to $4
     --out "$out/runs-$name" --json "$out/$name.json" > "$out/$name.log" 2>&1
   tail -n 4 "$out/$name.log"
 done
-[[ " $sets " == *" alphaedit "* ]] && for threshold in 0.01 0.001 0.1; do
-  name=alphaedit-threshold-$threshold
-  echo "== $name $(date -u +%T)"
-  with_value assets/hparams/alphaedit/smollm2.json nullspace_threshold "$threshold" "$out/$name.hparams.json"
-  "$bin" bench edit "${common[@]}" --method alphaedit --hparams "$out/$name.hparams.json" --batch $(( (edits + 1) / 2 )) \
-    --out "$out/runs-$name" --json "$out/$name.json" > "$out/$name.log" 2>&1
-  tail -n 4 "$out/$name.log"
-done
-[[ " $sets " == *" nse "* ]] && for alpha in 20 5 60; do
-  name=nse-alpha-$alpha
-  echo "== $name $(date -u +%T)"
-  with_value assets/hparams/nse/smollm2.json alpha "$alpha" "$out/$name.hparams.json"
-  "$bin" bench edit "${common[@]}" --method nse --hparams "$out/$name.hparams.json" --batch $(( (edits + 1) / 2 )) \
-    --out "$out/runs-$name" --json "$out/$name.json" > "$out/$name.log" 2>&1
-  tail -n 4 "$out/$name.log"
-done
+# One run per value of FIELD in METHOD's shipped file, in two batches of EDITS/2 (the second
+# sees the first's keys): sweep_field METHOD LABEL FIELD VALUE…
+sweep_field() {
+  local method=$1 label=$2 field=$3
+  shift 3
+  for value in "$@"; do
+    name=$method-$label-$value
+    echo "== $name $(date -u +%T)"
+    with_value "assets/hparams/$method/smollm2.json" "$field" "$value" "$out/$name.hparams.json"
+    "$bin" bench edit "${common[@]}" --method "$method" --hparams "$out/$name.hparams.json" --batch $(( (edits + 1) / 2 )) \
+      --out "$out/runs-$name" --json "$out/$name.json" > "$out/$name.log" 2>&1
+    tail -n 4 "$out/$name.log"
+  done
+}
+[[ " $sets " == *" alphaedit "* ]] && sweep_field alphaedit threshold nullspace_threshold 0.01 0.001 0.1
+[[ " $sets " == *" nse "* ]] && sweep_field nse alpha alpha 20 5 60
+exit 0

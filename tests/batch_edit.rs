@@ -467,6 +467,16 @@ fn session_of<'t>(gm: &GpuModel, tok: &'t Tok, dir: &std::path::Path, reqs: &[Ed
     ok(Session::open(dir, gm, config, reqs.to_vec(), method, guards))
 }
 
+/// A fresh temporary directory for this test and backend, with two empty subdirectories.
+fn fresh_dirs(tag: &str, gpu: &Gpu, a: &str, b: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let root = std::env::temp_dir().join(format!("revive-{tag}-{}-{:?}", std::process::id(), gpu.info().backend));
+    let _ = std::fs::remove_dir_all(&root);
+    let (a, b) = (root.join(a), root.join(b));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    (root, a, b)
+}
+
 fn down_values(gm: &GpuModel) -> Result<Vec<Vec<f32>>, String> {
     LAYERS.iter().map(|l| ok(gm.gpu().download(ok(gm.tensor(&format!("layers.{l}.w_down")))?))).collect()
 }
@@ -492,11 +502,7 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights() {
     for_each_gpu(|gpu| {
         let tok = tok();
         let reqs = requests(6);
-        let root = std::env::temp_dir().join(format!("revive-kill-{}-{:?}", std::process::id(), gpu.info().backend));
-        let _ = std::fs::remove_dir_all(&root);
-        let (killed, whole) = (root.join("killed"), root.join("whole"));
-        std::fs::create_dir_all(&killed).unwrap();
-        std::fs::create_dir_all(&whole).unwrap();
+        let (root, killed, whole) = fresh_dirs("kill", gpu, "killed", "whole");
 
         // Uninterrupted, in this process.
         let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
@@ -594,11 +600,7 @@ fn an_nse_session_resumes_to_the_same_weights() {
     for_each_gpu(|gpu| {
         let tok = tok();
         let reqs = requests(3);
-        let root = std::env::temp_dir().join(format!("revive-nse-resume-{}-{:?}", std::process::id(), gpu.info().backend));
-        let _ = std::fs::remove_dir_all(&root);
-        let (whole, stopped) = (root.join("whole"), root.join("stopped"));
-        std::fs::create_dir_all(&whole).unwrap();
-        std::fs::create_dir_all(&stopped).unwrap();
+        let (root, whole, stopped) = fresh_dirs("nse-resume", gpu, "whole", "stopped");
         let opts = |max_batches| RunOptions { progress: false, max_batches };
         let mut gm = ok(GpuModel::new(gpu, &weights(11)))?;
         let mut s = session_of(&gm, &tok, &whole, &reqs, true, BatchMethod::Nse)?;
@@ -691,11 +693,7 @@ fn a_full_disk_during_a_journal_write_keeps_the_journal() {
     for_each_gpu(|gpu| {
         let tok = tok();
         let reqs = requests(3);
-        let root = std::env::temp_dir().join(format!("revive-journal-disk-{}-{:?}", std::process::id(), gpu.info().backend));
-        let _ = std::fs::remove_dir_all(&root);
-        let (dir, whole) = (root.join("session"), root.join("whole"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::create_dir_all(&whole).unwrap();
+        let (root, dir, whole) = fresh_dirs("journal-disk", gpu, "session", "whole");
         let run = |max_batches| RunOptions { progress: false, max_batches };
 
         let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
@@ -754,11 +752,7 @@ fn a_batch_without_memory_is_refused_with_what_to_lower() {
         let gpu = Gpu::open(adapter).unwrap().with_poison(true);
         let tok = tok();
         let reqs = requests(4);
-        let root = std::env::temp_dir().join(format!("revive-oom-{}-{:?}", std::process::id(), gpu.info().backend));
-        let _ = std::fs::remove_dir_all(&root);
-        let (short, plenty) = (root.join("short"), root.join("plenty"));
-        std::fs::create_dir_all(&short).unwrap();
-        std::fs::create_dir_all(&plenty).unwrap();
+        let (root, short, plenty) = fresh_dirs("oom", &gpu, "short", "plenty");
         let run = RunOptions { progress: false, max_batches: None };
 
         let mut gm = GpuModel::new(&gpu, &weights(13)).unwrap();

@@ -105,7 +105,10 @@ step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --
 # Issue 10: the batch methods' defaults measured where batches of 100 are cheap: MEMIT's layer
 # window (3-7, 1-5, 6-10) and AlphaEdit's null-space threshold (1e-2, 1e-3, 1e-1), 200 edits
 # each, every known fact checked (benches/sweep.sh; on lavapipe it ran with 8 edits).
-step sweep 330 bash benches/sweep.sh $bin "$model" "$out/sweep" 200 100
+step sweep 330 env SETS="memit alphaedit" bash benches/sweep.sh $bin "$model" "$out/sweep" 200 100
+# NSE's alpha (20, 5, 60) the same way: a step of its own, not in a set, so the sets' time
+# budgets stay as they were.
+step sweep-nse 200 env SETS=nse bash benches/sweep.sh $bin "$model" "$out/sweep-nse" 200 100
 # Issue 10: the first table (200 edits in batches of 20, reduced settings), its four arms in
 # parallel; the plots, CSV and table come back, the journals stay.
 step exp200 240 bash benches/device/arms.sh $bin "$model" /tmp/exp200 3 --limit 200 --batch 20 --every 100 \
