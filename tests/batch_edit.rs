@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use faer::Mat;
-use revive::cpu::edit::{layer_loop, nse_loop, RefNse, RefRequest, RefSolve};
+use revive::cpu::edit::{batch_keys, layer_loop, nse_loop, RefNse, RefRequest, RefSolve};
 use revive::cpu::model::CpuModel;
 use revive::edit::alphaedit::{AlphaEditSolver, NullSpace};
 use revive::edit::moment::SecondMoment;
@@ -60,6 +60,12 @@ fn requests(n: usize) -> Vec<EditRequest> {
 
 fn templates() -> Vec<String> {
     vec!["{}".into(), "w40 w41 {}".into()]
+}
+
+/// Three contexts, so that the batch methods' keys (the plain prompt's half, the sampled
+/// contexts' mean the other half) differ from a plain mean over the contexts.
+fn three_templates() -> Vec<String> {
+    vec!["{}".into(), "w40 w41 {}".into(), "w42 {}".into()]
 }
 
 /// Random weights with the MLP outputs scaled up, so that a random model's δ can reach its
@@ -114,9 +120,13 @@ fn mat_of(m: &SecondMoment) -> Mat<f64> {
 }
 
 fn ref_requests(tok: &Tok, reqs: &[EditRequest]) -> Result<Vec<RefRequest>, String> {
+    ref_requests_with(tok, reqs, &templates())
+}
+
+fn ref_requests_with(tok: &Tok, reqs: &[EditRequest], templates: &[String]) -> Result<Vec<RefRequest>, String> {
     reqs.iter()
         .map(|q| {
-            let contexts = templates().iter().map(|t| ok(subject_prompt(tok, t, &q.prompt, &q.subject)).map(|p| (p.ids, p.subject_last))).collect::<Result<Vec<_>, String>>()?;
+            let contexts = templates.iter().map(|t| ok(subject_prompt(tok, t, &q.prompt, &q.subject)).map(|p| (p.ids, p.subject_last))).collect::<Result<Vec<_>, String>>()?;
             Ok(RefRequest { contexts })
         })
         .collect()
@@ -237,14 +247,14 @@ fn alphaedit_matches_its_reference_and_keeps_preserved_keys() {
         if spaces.iter().any(|s| s.null_dim == 0 || s.q.ncols() == 0) {
             return Err(format!("degenerate null spaces: {:?}", spaces.iter().map(|s| s.null_dim).collect::<Vec<_>>()));
         }
-        let mut method = BatchEditor::new(hparams(BatchMethod::AlphaEdit), templates(), &tok, Box::new(AlphaEditSolver::new(spaces, 1.0)), None);
+        let mut method = BatchEditor::new(hparams(BatchMethod::AlphaEdit), three_templates(), &tok, Box::new(AlphaEditSolver::new(spaces, 1.0)), None);
         let reqs = requests(4);
         let mut cpu = CpuModel::new(&w);
         let mut preserved: Vec<Mat<f64>> = ps.iter().map(|p| Mat::<f64>::zeros(p.nrows(), p.nrows())).collect();
         // Two batches: the second sees the first's keys in K_p K_pᵀ.
         for (b, batch) in [&reqs[..2], &reqs[2..]].into_iter().enumerate() {
             let (dense, state, _, _) = edit_batch(&gm, &mut method, batch, &BTreeMap::new())?;
-            let want = layer_loop(&mut cpu, &ref_requests(&tok, batch)?, &zstar_of(&state), &LAYERS, &RefSolve::AlphaEdit { p: &ps, preserved: &preserved, alpha: 1.0 });
+            let want = layer_loop(&mut cpu, &ref_requests_with(&tok, batch, &three_templates())?, &zstar_of(&state), &LAYERS, &RefSolve::AlphaEdit { p: &ps, preserved: &preserved, alpha: 1.0 });
             for (i, (g, r)) in dense.iter().zip(&want).enumerate() {
                 let e = rel_err(g, r);
                 if !(e < 2e-3) {
@@ -258,9 +268,15 @@ fn alphaedit_matches_its_reference_and_keeps_preserved_keys() {
                     return Err(format!("batch {b}, layer {}: the preserved keys moved by {moved:.2e} of ‖ΔW‖", LAYERS[i]));
                 }
             }
+            // K_pK_pᵀ grows by the keys of every request of the batch, measured after its last pass.
             for (i, p) in preserved.iter_mut().enumerate() {
                 let t = &state.iter().find(|(n, _)| *n == format!("keys.{i}")).unwrap().1;
                 let k = Mat::<f64>::from_fn(t.shape[0], t.shape[1], |a, c| t.data[a * t.shape[1] + c] as f64);
+                let want = batch_keys(&cpu, &ref_requests_with(&tok, batch, &three_templates())?, LAYERS[i]);
+                let e = (&k - &want).norm_l2() / want.norm_l2();
+                if k.ncols() != batch.len() || !(e < 2e-3) {
+                    return Err(format!("batch {b}, layer {}: keys of {} requests recorded, {e:.2e} from the reference's after the batch", LAYERS[i], k.ncols()));
+                }
                 *p += &k * k.transpose();
             }
         }
@@ -272,7 +288,7 @@ fn alphaedit_matches_its_reference_and_keeps_preserved_keys() {
 fn nse_editor<'t>(gm: &GpuModel, tok: &'t Tok, c0: &[Mat<f64>], alpha: f64, upper_bound: f64) -> Result<BatchEditor<'t>, String> {
     let matrices: Vec<String> = LAYERS.iter().map(|&l| revive::model::names::down_name(l)).collect();
     let passes = Passes { alpha, upper_bound, max_iterations: 3 };
-    Ok(BatchEditor::new(hparams(BatchMethod::Nse), templates(), tok, Box::new(NseSolver::new(c0.to_vec(), 2.0, 0.8)), None).with_passes(passes, ok(BaseWeights::copy(gm, &matrices))?))
+    Ok(BatchEditor::new(hparams(BatchMethod::Nse), three_templates(), tok, Box::new(NseSolver::new(c0.to_vec(), 2.0, 0.8)), None).with_passes(passes, ok(BaseWeights::copy(gm, &matrices))?))
 }
 
 fn distances_of(record: &serde_json::Value) -> Vec<Vec<f64>> {
@@ -309,9 +325,9 @@ fn nse_matches_its_reference_with_two_passes_selected_neurons_and_rewound_target
         let mut preserved: Vec<Mat<f64>> = c0.iter().map(|c| Mat::<f64>::zeros(c.nrows(), c.nrows())).collect();
         for (b, batch) in [first, second].into_iter().enumerate() {
             // Targets on the base weights: those of MEMIT on an unedited model, not on this one.
-            let mut memit_fresh = BatchEditor::new(hparams(BatchMethod::Memit), templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
+            let mut memit_fresh = BatchEditor::new(hparams(BatchMethod::Memit), three_templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
             let fresh_targets = zstar_of(&edit_batch(&ok(GpuModel::new(gpu, &w))?, &mut memit_fresh, batch, &BTreeMap::new())?.1);
-            let mut memit_now = BatchEditor::new(hparams(BatchMethod::Memit), templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
+            let mut memit_now = BatchEditor::new(hparams(BatchMethod::Memit), three_templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
             let drifted = zstar_of(&edit_batch(&ok(GpuModel::new(gpu, &ok(gm.to_weights())?))?, &mut memit_now, batch, &BTreeMap::new())?.1);
 
             let (dense, state, _, rec) = edit_batch(&gm, &mut nse, batch, &BTreeMap::new())?;
@@ -323,7 +339,7 @@ fn nse_matches_its_reference_with_two_passes_selected_neurons_and_rewound_target
             }
 
             let nse_ref = RefNse { c0: &c0, preserved: &preserved, lambda: 2.0, alpha, upper_bound: 1e9, max_iterations: 3, neuron_threshold: 0.8 };
-            let (want, want_dist) = nse_loop(&mut cpu, &ref_requests(&tok, batch)?, &zstar, &LAYERS, &nse_ref);
+            let (want, want_dist) = nse_loop(&mut cpu, &ref_requests_with(&tok, batch, &three_templates())?, &zstar, &LAYERS, &nse_ref);
             let got_dist = distances_of(&rec);
             if got_dist.len() != want_dist.len() || dense.len() != want.len() {
                 return Err(format!("batch {b}: {} measurements and {} updates, the reference {} and {}", got_dist.len(), dense.len(), want_dist.len(), want.len()));
@@ -351,9 +367,15 @@ fn nse_matches_its_reference_with_two_passes_selected_neurons_and_rewound_target
             if b == 0 && !(dense.len() == 2 * LAYERS.len() && active[1] > 0 && active[1] < batch.len()) {
                 return Err(format!("batch {b}: {} writes, active requests per measurement {active:?}", dense.len()));
             }
+            // K_pK_pᵀ grows by the keys of every request of the batch, measured after its last pass.
             for (i, p) in preserved.iter_mut().enumerate() {
                 let t = &state.iter().find(|(n, _)| *n == format!("keys.{i}")).unwrap().1;
                 let k = Mat::<f64>::from_fn(t.shape[0], t.shape[1], |a, c| t.data[a * t.shape[1] + c] as f64);
+                let want = batch_keys(&cpu, &ref_requests_with(&tok, batch, &three_templates())?, LAYERS[i]);
+                let e = (&k - &want).norm_l2() / want.norm_l2();
+                if k.ncols() != batch.len() || !(e < 2e-3) {
+                    return Err(format!("batch {b}, layer {}: keys of {} requests recorded, {e:.2e} from the reference's after the batch", LAYERS[i], k.ncols()));
+                }
                 *p += &k * k.transpose();
             }
         }

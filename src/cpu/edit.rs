@@ -33,16 +33,23 @@ fn keys_and_z(model: &CpuModel, reqs: &[RefRequest], layer: usize, last: usize) 
             add: vec![],
         };
         let (_, cap) = model.forward(&seqs, &probes);
-        for key in &cap.down_in {
-            for j in 0..m {
-                k[(j, r)] += key[j] as f64 / q.contexts.len() as f64;
-            }
+        // MEMIT's compute_ks: the mean within each kind of context (the plain prompt first, then
+        // the sampled ones), then the mean of the kinds' means.
+        let (plain, sampled) = cap.down_in.split_first().expect("a plain prompt");
+        for j in 0..m {
+            let plain = plain[j] as f64;
+            k[(j, r)] = if sampled.is_empty() { plain } else { 0.5 * (plain + sampled.iter().map(|s| s[j] as f64).sum::<f64>() / sampled.len() as f64) };
         }
         for j in 0..d {
             z[(j, r)] = cap.residual[0][j] as f64;
         }
     }
     (k, z)
+}
+
+/// The keys of `layer` (m×n) of every request, as the batch methods average them.
+pub fn batch_keys(model: &CpuModel, reqs: &[RefRequest], layer: usize) -> Mat<f64> {
+    keys_and_z(model, reqs, layer, layer).0
 }
 
 /// The updates (d×m, one per layer) the layer loop writes for targets `zstar` (d×n), applying

@@ -174,7 +174,18 @@ fn context_prompts(tok: &Tok, templates: &[String], reqs: &[EditRequest]) -> Res
         .collect()
 }
 
-/// Keys of `layer` (mean over each request's contexts; m×n) and the residual after
+/// The weight of a request's context `c` (of `n`) in its key. MEMIT's keys average within each
+/// kind of context — the plain prompt, the sampled contexts — and then over the kinds, so the
+/// plain prompt weighs one half however many contexts were sampled (ROME's key is a plain mean).
+pub fn context_weight(c: usize, n: usize) -> f64 {
+    match (c, n) {
+        (_, 1) => 1.0,
+        (0, _) => 0.5,
+        _ => 0.5 / (n - 1) as f64,
+    }
+}
+
+/// Keys of `layer` (each request's contexts weighted by [`context_weight`]; m×n) and the residual after
 /// `res_layer` at each plain prompt's subject token (d×n), from one forward pass.
 pub fn keys_and_residuals(model: &GpuModel, prompts: &[Vec<SubjectPrompt>], layer: usize, res_layer: usize) -> Result<(Mat<f64>, Mat<f64>)> {
     let seqs: Vec<Vec<u32>> = prompts.iter().flatten().map(SubjectPrompt::up_to_subject).collect();
@@ -197,14 +208,12 @@ pub fn keys_and_residuals(model: &GpuModel, prompts: &[Vec<SubjectPrompt>], laye
     let mut kmat = Mat::<f64>::zeros(m, n);
     let mut row = 0;
     for (r, ps) in prompts.iter().enumerate() {
-        for _ in ps {
+        for c in 0..ps.len() {
+            let w = context_weight(c, ps.len());
             for j in 0..m {
-                kmat[(j, r)] += k[row * m + j] as f64;
+                kmat[(j, r)] += w * k[row * m + j] as f64;
             }
             row += 1;
-        }
-        for j in 0..m {
-            kmat[(j, r)] /= ps.len() as f64;
         }
     }
     Ok((kmat, Mat::<f64>::from_fn(d, n, |j, r| z[r * d + j] as f64)))
@@ -289,7 +298,7 @@ impl Method for BatchEditor<'_> {
                     timing.keys += t.elapsed().as_secs_f64();
                     let dist: Vec<f64> = (0..reqs.len()).map(|r| (0..d).map(|j| (zstar[(j, r)] - z[(j, r)]).powi(2)).sum::<f64>().sqrt()).collect();
                     let active: Vec<usize> = (0..reqs.len()).filter(|&r| dist[r] > p.alpha && dist[r] < p.upper_bound).collect();
-                    let done = active.is_empty() || pass + 1 == p.max_iterations;
+                    let done = active.is_empty() || pass + 1 >= p.max_iterations;
                     passes.push(serde_json::json!({ "distances": dist, "active": active, "updated": !done }));
                     if done {
                         break;

@@ -23,8 +23,10 @@ use faer::{Mat, Side};
 
 /// The neurons a layer updates: indices into the key's components, most active first.
 /// Σ_requests |k_j| ranks them; NSE keeps the longest prefix whose running sum stays within
-/// `threshold` of the total (at least one neuron); a threshold of 1 keeps all of them, where
-/// NSE's float32 running sum would drop a few of the smallest by rounding.
+/// `threshold` of the total. Two departures, both at the edges: a threshold of 1 keeps all of
+/// them, where NSE's float32 running sum would drop a few of the smallest by rounding; and when
+/// even the most active neuron holds more than the threshold, it is kept alone (NSE's code
+/// fails there with an index error).
 pub fn select_neurons(k: &Mat<f64>, threshold: f64) -> Vec<usize> {
     let m = k.nrows();
     let scores: Vec<f64> = (0..m).map(|j| (0..k.ncols()).map(|r| k[(j, r)].abs()).sum()).collect();
