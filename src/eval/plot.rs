@@ -81,7 +81,9 @@ fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, p: &Panel,
         x1 = x0 + 1.0;
     }
     if y1 <= y0 {
-        y1 = y0 + y0.abs().max(1e-3);
+        // A flat series sits in the middle of its panel (a share of 1 between 0.5 and 1.5).
+        let half = 0.5 * y0.abs().max(1e-3);
+        (y0, y1) = (y0 - half, y1 + half);
     }
     let mut b = ChartBuilder::on(area);
     b.caption(p.title, ("sans-serif", 16)).margin(10).x_label_area_size(32).y_label_area_size(56);
