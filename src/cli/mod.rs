@@ -124,7 +124,7 @@ impl ReviveArgs {
 /// ROME's hyper-parameters: a file, then single overrides.
 #[derive(clap::Args, Clone)]
 struct HpArgs {
-    /// Hyper-parameters (JSON); default assets/hparams/rome/smollm2.json.
+    /// Hyper-parameters (JSON); default the method's assets/hparams/<method>/smollm2.json.
     #[arg(long)]
     hparams: Option<std::path::PathBuf>,
     /// Override the edited layer.
