@@ -268,20 +268,26 @@ fn alphaedit_matches_its_reference_and_keeps_preserved_keys() {
                     return Err(format!("batch {b}, layer {}: the preserved keys moved by {moved:.2e} of ‖ΔW‖", LAYERS[i]));
                 }
             }
-            // K_pK_pᵀ grows by the keys of every request of the batch, measured after its last pass.
-            for (i, p) in preserved.iter_mut().enumerate() {
-                let t = &state.iter().find(|(n, _)| *n == format!("keys.{i}")).unwrap().1;
-                let k = Mat::<f64>::from_fn(t.shape[0], t.shape[1], |a, c| t.data[a * t.shape[1] + c] as f64);
-                let want = batch_keys(&cpu, &ref_requests_with(&tok, batch, &three_templates())?, LAYERS[i]);
-                let e = (&k - &want).norm_l2() / want.norm_l2();
-                if k.ncols() != batch.len() || !(e < 2e-3) {
-                    return Err(format!("batch {b}, layer {}: keys of {} requests recorded, {e:.2e} from the reference's after the batch", LAYERS[i], k.ncols()));
-                }
-                *p += &k * k.transpose();
-            }
+            add_recorded_keys(&mut preserved, &state, &cpu, &ref_requests_with(&tok, batch, &three_templates())?).map_err(|e| format!("batch {b}: {e}"))?;
         }
         Ok(())
     });
+}
+
+/// K_pK_pᵀ grows by the keys a batch recorded: those of every request of the batch, measured
+/// after its last write — checked against the reference model's keys after the batch.
+fn add_recorded_keys(preserved: &mut [Mat<f64>], state: &revive::edit::method::StateTensors, cpu: &CpuModel, reqs: &[RefRequest]) -> Result<(), String> {
+    for (i, p) in preserved.iter_mut().enumerate() {
+        let t = &state.iter().find(|(n, _)| *n == format!("keys.{i}")).ok_or(format!("no keys.{i} recorded"))?.1;
+        let k = Mat::<f64>::from_fn(t.shape[0], t.shape[1], |a, c| t.data[a * t.shape[1] + c] as f64);
+        let want = batch_keys(cpu, reqs, LAYERS[i]);
+        let e = (&k - &want).norm_l2() / want.norm_l2();
+        if k.ncols() != reqs.len() || !(e < 2e-3) {
+            return Err(format!("layer {}: keys of {} requests recorded, {e:.2e} from the reference's after the batch", LAYERS[i], k.ncols()));
+        }
+        *p += &k * k.transpose();
+    }
+    Ok(())
 }
 
 /// An NSE editor on `gm` (its base weights copied now) with λ = 2 and 80 % of the neurons' mass.
@@ -367,17 +373,7 @@ fn nse_matches_its_reference_with_two_passes_selected_neurons_and_rewound_target
             if b == 0 && !(dense.len() == 2 * LAYERS.len() && active[1] > 0 && active[1] < batch.len()) {
                 return Err(format!("batch {b}: {} writes, active requests per measurement {active:?}", dense.len()));
             }
-            // K_pK_pᵀ grows by the keys of every request of the batch, measured after its last pass.
-            for (i, p) in preserved.iter_mut().enumerate() {
-                let t = &state.iter().find(|(n, _)| *n == format!("keys.{i}")).unwrap().1;
-                let k = Mat::<f64>::from_fn(t.shape[0], t.shape[1], |a, c| t.data[a * t.shape[1] + c] as f64);
-                let want = batch_keys(&cpu, &ref_requests_with(&tok, batch, &three_templates())?, LAYERS[i]);
-                let e = (&k - &want).norm_l2() / want.norm_l2();
-                if k.ncols() != batch.len() || !(e < 2e-3) {
-                    return Err(format!("batch {b}, layer {}: keys of {} requests recorded, {e:.2e} from the reference's after the batch", LAYERS[i], k.ncols()));
-                }
-                *p += &k * k.transpose();
-            }
+            add_recorded_keys(&mut preserved, &state, &cpu, &ref_requests_with(&tok, batch, &three_templates())?).map_err(|e| format!("batch {b}: {e}"))?;
         }
         Ok(())
     });
