@@ -38,7 +38,7 @@ impl NullSpace {
     /// `threshold` is relative to C0's largest eigenvalue.
     pub fn of(c0: &SecondMoment, threshold: f64) -> Result<NullSpace> {
         let m = c0.dim;
-        let a = Mat::<f64>::from_fn(m, m, |i, j| 0.5 * (c0.at(i, j) as f64 + c0.at(j, i) as f64));
+        let a = c0.symmetric();
         let evd = a.self_adjoint_eigen(Side::Lower).map_err(|e| Error::Numeric(format!("AlphaEdit: eigendecomposition of C0 of layer {} failed ({e:?})", c0.layer)))?;
         let s = evd.S();
         let lambda_max = (0..m).map(|i| s[i]).fold(f64::MIN, f64::max);

@@ -248,6 +248,8 @@ impl Method for BatchEditor<'_> {
         let hp = &self.hp;
         let last = *hp.layers.last().expect("validated");
         let prompts = context_prompts(self.tok, &self.templates, reqs)?;
+        // The residual the targets rewrite is read at the plain prompt alone.
+        let plain: Vec<Vec<SubjectPrompt>> = prompts.iter().map(|ps| ps[..1].to_vec()).collect();
         let tbs = reqs
             .iter()
             .enumerate()
@@ -262,7 +264,7 @@ impl Method for BatchEditor<'_> {
         // 1. Targets at the last edited layer, all requests together (NSE: on the base weights).
         progress("targets");
         let mut optimise = || -> Result<(Mat<f64>, Vec<Target>)> {
-            let (_, z0) = keys_and_residuals(writer.model(), &prompts, hp.layers[0], last)?;
+            let (_, z0) = keys_and_residuals(writer.model(), &plain, last, last)?;
             let d = z0.nrows();
             let hs: Vec<Vec<f32>> = (0..reqs.len()).map(|r| (0..d).map(|j| z0[(j, r)] as f32).collect()).collect();
             let n_req = reqs.len();
@@ -294,7 +296,7 @@ impl Method for BatchEditor<'_> {
                 None => break,
                 Some(p) => {
                     let t = std::time::Instant::now();
-                    let (_, z) = keys_and_residuals(writer.model(), &prompts, last, last)?;
+                    let (_, z) = keys_and_residuals(writer.model(), &plain, last, last)?;
                     timing.keys += t.elapsed().as_secs_f64();
                     let dist: Vec<f64> = (0..reqs.len()).map(|r| (0..d).map(|j| (zstar[(j, r)] - z[(j, r)]).powi(2)).sum::<f64>().sqrt()).collect();
                     let active: Vec<usize> = (0..reqs.len()).filter(|&r| dist[r] > p.alpha && dist[r] < p.upper_bound).collect();

@@ -1,5 +1,7 @@
 //! C0 = E[k kᵀ] as a value: what `covariance` computes and `cov_cache` stores.
 
+use faer::Mat;
+
 /// E[k kᵀ] of one layer's keys, row-major [dim, dim].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecondMoment {
@@ -13,6 +15,11 @@ pub struct SecondMoment {
 impl SecondMoment {
     pub fn at(&self, i: usize, j: usize) -> f32 {
         self.c0[i * self.dim + j]
+    }
+
+    /// C0 in f64, symmetrised (the f32 accumulation leaves it symmetric only to rounding).
+    pub fn symmetric(&self) -> Mat<f64> {
+        Mat::<f64>::from_fn(self.dim, self.dim, |i, j| 0.5 * (self.at(i, j) as f64 + self.at(j, i) as f64))
     }
 
     /// The mean of the diagonal: the mean squared key component.

@@ -29,11 +29,11 @@ use faer::{Mat, Side};
 /// fails there with an index error).
 pub fn select_neurons(k: &Mat<f64>, threshold: f64) -> Vec<usize> {
     let m = k.nrows();
-    let scores: Vec<f64> = (0..m).map(|j| (0..k.ncols()).map(|r| k[(j, r)].abs()).sum()).collect();
     let mut order: Vec<usize> = (0..m).collect();
     if threshold >= 1.0 {
         return order;
     }
+    let scores: Vec<f64> = (0..m).map(|j| (0..k.ncols()).map(|r| k[(j, r)].abs()).sum()).collect();
     // Ties keep index order, so the selection does not depend on the sort's stability.
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let total: f64 = scores.iter().sum();

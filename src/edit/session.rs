@@ -32,7 +32,6 @@ use crate::model::forward::GpuModel;
 use crate::model::Tok;
 use crate::ops::elementwise::scale;
 use crate::store;
-use faer::Mat;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,7 +150,7 @@ pub fn build_method<'t>(model: &GpuModel, tok: &'t Tok, spec: &MethodSpec, templ
                     Box::new(AlphaEditSolver::new(spaces, hparams.l2.expect("validated")))
                 }
                 BatchMethod::Nse => {
-                    let c0 = moments.iter().map(|m| Mat::<f64>::from_fn(m.dim, m.dim, |i, j| 0.5 * (m.at(i, j) as f64 + m.at(j, i) as f64))).collect();
+                    let c0 = moments.iter().map(SecondMoment::symmetric).collect();
                     Box::new(NseSolver::new(c0, hparams.mom2_update_weight.expect("validated"), hparams.neuron_threshold.expect("validated")))
                 }
                 _ => Box::new(MemitSolver { covs: covs(moments)?, lambda: hparams.mom2_update_weight.expect("validated") }),
