@@ -2,6 +2,7 @@
 //! held-out prose, agreement with the unedited model's next-token distributions, and fluency
 //! (CounterFact's weighted bi/tri-gram entropy of generated text).
 
+use crate::eval::word_tokenize::word_tokenize;
 use crate::error::{Error, Result};
 use crate::model::forward::{GpuModel, PassBudget};
 use crate::model::generate::{argmax, generate, log_softmax, score_many_within, Sampling};
@@ -106,33 +107,11 @@ pub fn agreement(reference: &[Vec<f32>], now: &[Vec<f32>]) -> Result<Agreement> 
     Ok(a)
 }
 
-/// Words and punctuation marks, as nltk's word_tokenize splits English closely enough for
-/// n-gram statistics: runs of alphanumerics (with inner apostrophes) and single other symbols.
-fn words(text: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut cur = String::new();
-    for ch in text.chars() {
-        if ch.is_alphanumeric() || (ch == '\'' && !cur.is_empty()) {
-            cur.push(ch);
-            continue;
-        }
-        if !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
-        }
-        if !ch.is_whitespace() {
-            out.push(ch.to_string());
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// CounterFact's fluency of one text (ROME's `n_gram_entropy`): the entropy in bits of its
-/// bigram and trigram frequencies, weighted 2/3 and 4/3, averaged. Repetitive text scores low.
+/// CounterFact's fluency of one text (ROME's `n_gram_entropy`): the entropy in bits of the
+/// frequencies of its bigrams and trigrams of nltk's words (case kept, as there), weighted 2/3
+/// and 4/3, averaged. Repetitive text scores low.
 pub fn ngram_entropy(text: &str) -> f64 {
-    let w = words(&text.to_lowercase());
+    let w = word_tokenize(text);
     let mut total = 0.0;
     for (n, weight) in [(2usize, 2.0 / 3.0), (3, 4.0 / 3.0)] {
         let mut counts: HashMap<&[String], usize> = HashMap::new();
@@ -182,8 +161,8 @@ mod tests {
     #[test]
     fn ngram_entropy_matches_counterfacts_formula_and_punishes_repetition() {
         let text = "The cat sat on the mat, and the cat slept.";
-        let toks = ["the", "cat", "sat", "on", "the", "mat", ",", "and", "the", "cat", "slept", "."];
-        assert_eq!(words(&text.to_lowercase()), toks);
+        let toks = ["The", "cat", "sat", "on", "the", "mat", ",", "and", "the", "cat", "slept", "."];
+        assert_eq!(word_tokenize(text), toks);
         let want = (2.0 / 3.0 * entropy_reference(&toks, 2) + 4.0 / 3.0 * entropy_reference(&toks, 3)) / 2.0;
         assert!((ngram_entropy(text) - want).abs() < 1e-12);
         let repetitive = "Paris Paris Paris Paris Paris Paris Paris Paris Paris Paris Paris Paris";

@@ -6,5 +6,6 @@ pub mod counterfact;
 pub mod experiment;
 pub mod general;
 pub mod retention;
+pub mod word_tokenize;
 pub mod plot;
 pub mod spectrum;
