@@ -6,6 +6,10 @@
 //                     (a = x, b = t ≥ 0, T = sum(t)): T · KL(t / T ‖ p) and its gradient — w times
 //                     the cross-entropy for t one-hot of weight w, w KL(p_ref ‖ p) for t = w p_ref
 //                     — with no log-softmax stored, each term small where p is near t / T.
+//   kl_from_reference out = w p (log p - log q - s), row_loss = w s, s = sum p (log p - log q)
+//                     (a = x, b = log q, w = the uniform's weight): w KL(p ‖ q), the direction
+//                     ROME's and MEMIT's code optimise (torch's kl_div(log q, log p)), term by
+//                     term small where p is near q.
 //   token_logprob     out[row] = log_softmax(x)[token]  (a = x, b = each row's token id, as f32)
 //   row_argmax        out[row] = the first index of the row's largest value, as f32 (a = x), NaN
 //                     where the row holds a NaN or an infinity: teacher-forced predictions
@@ -13,7 +17,7 @@
 
 struct Meta {
     rows: u32, cols: u32, a_off: u32, b_off: u32,
-    out_off: u32, loss_off: u32, _pad1: u32, _pad2: u32,
+    out_off: u32, loss_off: u32, weight: f32, _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -116,6 +120,27 @@ fn weighted_nll(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
     let row = workgroup_sum(lid.x, loss);
     if (lid.x == 0u) { row_loss[p.loss_off + wg.x] = row; }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn kl_from_reference(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let ba = p.a_off + wg.x * p.cols;
+    let bb = p.b_off + wg.x * p.cols;
+    let bo = p.out_off + wg.x * p.cols;
+    let ml = row_max_lse(ba, lid.x, true);
+    let row_max = ml.x;
+    let lse = ml.y;
+    var s = 0.0;
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let logp = (a[ba + j] - row_max) - lse;
+        s += exp(logp) * (logp - b[bb + j]);
+    }
+    let kl = workgroup_sum(lid.x, s);
+    for (var j = lid.x; j < p.cols; j += WG) {
+        let logp = (a[ba + j] - row_max) - lse;
+        out[bo + j] = p.weight * exp(logp) * ((logp - b[bb + j]) - kl);
+    }
+    if (lid.x == 0u) { row_loss[p.loss_off + wg.x] = p.weight * kl; }
 }
 
 @compute @workgroup_size(256, 1, 1)

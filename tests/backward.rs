@@ -40,6 +40,7 @@ fn cpu_loss(cpu: &CpuModel, seqs: &[Vec<u32>], layer: usize, sites: &[(usize, us
                 let lp = logp(*row);
                 weight * p_ref.iter().zip(&lp).filter(|(p, _)| **p > 0.0).map(|(p, l)| p * (p.ln() - l)).sum::<f64>()
             }
+            Term::KlFrom { row, log_q, weight } => weight * logp(*row).iter().zip(log_q).map(|(l, q)| l.exp() * (l - q)).sum::<f64>(),
         })
         .sum()
 }
@@ -67,7 +68,11 @@ fn delta_gradient_matches_finite_differences() {
                 Term::Nll { row: 4, token: 11, weight: 0.5 },
                 Term::Nll { row: 6, token: 3, weight: 0.25 },
                 Term::Nll { row: t + 2, token: 40 % v, weight: 1.0 },
-                Term::Kl { row: 2 * t + 3, p_ref, weight: 0.3 },
+                Term::Kl { row: 2 * t + 3, p_ref: p_ref.clone(), weight: 0.3 },
+                // The published code's direction, on a row another term reads too and one no
+                // other term reads.
+                Term::KlFrom { row: 2 * t + 3, log_q: p_ref.iter().map(|p| p.ln()).collect(), weight: 0.4 },
+                Term::KlFrom { row: t + 1, log_q: p_ref.iter().rev().map(|p| p.ln()).collect(), weight: 0.4 },
             ];
             let tagged: Vec<((usize, usize), usize)> = sites.iter().map(|&s| (s, 0)).collect();
             for layer in 0..c.n_layers {
@@ -178,12 +183,16 @@ fn delta_pass_rejects_bad_input() {
         let pass = ok(DeltaPass::new(&gm, batch(), 0, &[(0, 1)]))?;
         let d = w.config.hidden;
         let nll = [Term::Nll { row: 2, token: 5, weight: 1.0 }];
+        let kl_from = |weight: f64| Term::KlFrom { row: 2, log_q: vec![-(w.config.vocab_size as f64).ln(); w.config.vocab_size], weight };
         let checks: Vec<(&str, revive::Result<_>)> = vec![
             ("a short δ", pass.loss_and_grad(&vec![0.0; d - 1], &nll)),
             ("a NaN in δ", pass.loss_and_grad(&[vec![0.0; d - 1], vec![f32::NAN]].concat(), &nll)),
             ("a row outside the batch", pass.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 3, token: 5, weight: 1.0 }])),
             ("a token outside the vocabulary", pass.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 2, token: 500, weight: 1.0 }])),
             ("no terms", pass.loss_and_grad(&vec![0.0; d], &[])),
+            ("a KL-from-reference term before another term", pass.loss_and_grad(&vec![0.0; d], &[kl_from(0.5), nll[0].clone()])),
+            ("KL-from-reference terms of two weights", pass.loss_and_grad(&vec![0.0; d], &[nll[0].clone(), kl_from(0.5), kl_from(0.25)])),
+            ("a short KL reference", pass.loss_and_grad(&vec![0.0; d], &[Term::KlFrom { row: 2, log_q: vec![0.0; 3], weight: 1.0 }])),
         ];
         let ragged = ok(DeltaPass::new(&gm, ok(Batch::new(&[vec![1, 2, 3], vec![4]]))?, 0, &[(0, 1)]))?;
         let padding = ragged.loss_and_grad(&vec![0.0; d], &[Term::Nll { row: 4, token: 5, weight: 1.0 }]);

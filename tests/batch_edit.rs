@@ -21,7 +21,7 @@ use revive::edit::method::{Method, Writer};
 use revive::edit::request::EditRequest;
 use revive::edit::rome::CovSolver;
 use revive::edit::session::{build_method, load_delta, save_delta, MethodSpec, NoMeasure, RunOptions, Session};
-use revive::edit::target::{optimise_targets, target_batch, TargetParams};
+use revive::edit::target::{optimise_targets, target_batch, TargetLoss, TargetParams};
 use revive::gpu::Gpu;
 use revive::model::forward::{Batch, GpuModel};
 use revive::model::random::random_weights;
@@ -84,6 +84,7 @@ fn hparams(method: BatchMethod) -> BatchHparams {
         clamp_norm_factor: 100.0,
         kl_factor: 0.0625,
         nll_stop: 0.05,
+        target_loss: Default::default(),
         templates: Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 },
         mom2_tokens: 1,
         mom2_update_weight: matches!(method, BatchMethod::Memit | BatchMethod::Rect | BatchMethod::Prune | BatchMethod::Nse).then_some(2.0),
@@ -220,7 +221,7 @@ fn batched_targets_equal_one_request_at_a_time() {
             }
         }
         let hs: Vec<Vec<f32>> = (0..3).map(|i| vec![1.0 + i as f32; gm.config.hidden]).collect();
-        let p = TargetParams { layer: 1, steps: 6, lr: 0.5, weight_decay: 0.1, clamp_norm_factor: 4.0, kl_factor: 0.0625, nll_stop: 1e-9 };
+        let p = TargetParams { layer: 1, steps: 6, lr: 0.5, weight_decay: 0.1, clamp_norm_factor: 4.0, kl_factor: 0.0625, nll_stop: 1e-9, loss: Default::default() };
         let together = ok(optimise_targets(&gm, &tbs, &hs, &p, |_, _| {}))?;
         for r in 0..3 {
             let alone = ok(optimise_targets(&gm, &tbs[r..r + 1], &hs[r..r + 1], &p, |_, _| {}))?.remove(0);
@@ -228,6 +229,46 @@ fn batched_targets_equal_one_request_at_a_time() {
             let den: f64 = alone.delta.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
             if !(den > 0.0 && num / den < 1e-4) {
                 return Err(format!("request {r}: batched δ differs from its own by {:.2e} (‖δ‖ {den:.3})", num / den));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The published code's target loss (`TargetLoss::Published`): each step's decay is
+/// wd·‖δ‖/‖h‖², and a request stops at the first step whose NLL + KL + decay is below the
+/// threshold — not at the first whose NLL is, where the design's rule stops.
+#[test]
+fn published_target_loss_decays_linearly_and_stops_on_the_whole_loss() {
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &weights(4)))?;
+        let tok = tok();
+        let reqs = requests(2);
+        let tbs = reqs.iter().map(|q| ok(target_batch(&tok, &templates(), &q.prompt, &q.subject, &q.target_new))).collect::<Result<Vec<_>, _>>()?;
+        let hs: Vec<Vec<f32>> = (0..2).map(|i| vec![0.5 + i as f32; gm.config.hidden]).collect();
+        let free = TargetParams { layer: 1, steps: 8, lr: 0.5, weight_decay: 0.5, clamp_norm_factor: 4.0, kl_factor: 0.5, nll_stop: 1e-12, loss: TargetLoss::Published };
+        let runs = ok(optimise_targets(&gm, &tbs, &hs, &free, |_, _| {}))?;
+        for (r, t) in runs.iter().enumerate() {
+            for s in &t.history {
+                let want = free.weight_decay * s.delta_norm / (t.h_norm * t.h_norm);
+                if (s.weight_decay - want).abs() > 1e-9 * want.max(1e-12) {
+                    return Err(format!("request {r} step {}: decay {} where wd·‖δ‖/‖h‖² is {want}", s.step, s.weight_decay));
+                }
+            }
+        }
+        // A threshold that the whole loss of request 0 crosses after its NLL does.
+        let h = &runs[0].history;
+        let total = |s: &revive::edit::target::Step| s.nll + s.kl + s.weight_decay;
+        let stop = (1..h.len())
+            .map(|i| 0.5 * (total(&h[i]) + total(&h[i - 1])))
+            .find(|&x| h.iter().position(|s| s.nll < x) < h.iter().position(|s| total(s) < x) && h.iter().any(|s| total(s) < x))
+            .ok_or_else(|| format!("no threshold separates the two rules: {h:?}"))?;
+        for (loss, rule) in [(TargetLoss::Published, "the whole loss"), (TargetLoss::Design, "the NLL")] {
+            let p = TargetParams { nll_stop: stop, loss, ..free };
+            let t = ok(optimise_targets(&gm, &tbs[..1], &hs[..1], &p, |_, _| {}))?.remove(0);
+            let first = h.iter().position(|s| if loss == TargetLoss::Published { total(s) } else { s.nll } < stop).expect("found above");
+            if t.history.len() != first + 1 || !t.stopped_early {
+                return Err(format!("stop on {rule} below {stop}: {} steps (stopped early: {}), want {}", t.history.len(), t.stopped_early, first + 1));
             }
         }
         Ok(())

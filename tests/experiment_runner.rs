@@ -90,6 +90,7 @@ fn hparams() -> BatchHparams {
         clamp_norm_factor: 100.0,
         kl_factor: 0.0625,
         nll_stop: 0.05,
+        target_loss: Default::default(),
         templates: Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 },
         mom2_tokens: 2048,
         mom2_update_weight: Some(2.0),

@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::loss::{log_softmax_bwd_row, log_softmax_row, softmax_bwd_row};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::loss::{log_softmax_bwd, log_softmax_rows, row_argmax, token_logprobs, weighted_nll};
+use revive::ops::loss::{kl_from_reference, log_softmax_bwd, log_softmax_rows, row_argmax, token_logprobs, weighted_nll};
 use revive::ops::softmax::{softmax_bwd, softmax_rows};
 
 /// Includes a vocabulary-wide row (49152) and one of 4099 (> 4096, not a multiple of 256).
@@ -67,6 +67,13 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
     let (want_grad, want_loss) = cpu::loss::weighted_nll(&x, &weights, cols);
     compare(&format!("weighted_nll gradient {shape:?}"), &ok(gpu.download(&grad))?, &want_grad, tol(cols))?;
     compare(&format!("weighted_nll loss {shape:?}"), &ok(gpu.download(&loss))?, &want_loss, tol(cols))?;
+
+    // KL(p ‖ q) from reference log-probabilities, weight 0.3.
+    let log_q: Vec<f32> = cpu::log_softmax_rows(&logits(seed + 3, n), cols).into_iter().map(|v| v as f32).collect();
+    let (grad, loss) = ok(kl_from_reference(gpu, &tx, &ok(gpu.upload(&log_q, shape))?, 0.3))?;
+    let (want_grad, want_loss) = cpu::loss::kl_from_reference(&x, &log_q, 0.3, cols);
+    compare(&format!("kl_from_reference gradient {shape:?}"), &ok(gpu.download(&grad))?, &want_grad, tol(cols))?;
+    compare(&format!("kl_from_reference loss {shape:?}"), &ok(gpu.download(&loss))?, &want_loss, tol(cols))?;
 
     let got = ok(gpu.download(&ok(token_logprobs(gpu, &tx, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>()))?))?;
     compare(&format!("token_logprobs {shape:?}"), &got, &cpu::loss::token_logprobs(&x, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>(), cols), tol(cols))?;
@@ -157,6 +164,11 @@ fn loss_oracle_matches_finite_differences() {
         let neg_q: Vec<f64> = q.iter().map(|v| -v).collect();
         let g = log_softmax_bwd_row(&log_softmax_row(&x), &neg_q);
         check_gradient(&format!("kl {cols}"), kl, &x, &g, 64, 1e-5, 1e-6).unwrap();
+        // KL(softmax(x) ‖ q), the other direction, weighted.
+        let log_q: Vec<f64> = q.iter().map(|v| v.ln()).collect();
+        let (g, _) = cpu::loss::kl_from_reference_row(&x, &log_q, 0.7);
+        let reverse = |x: &[f64]| 0.7 * log_softmax_row(x).iter().zip(&log_q).map(|(l, q)| l.exp() * (l - q)).sum::<f64>();
+        check_gradient(&format!("kl from reference {cols}"), reverse, &x, &g, 64, 1e-5, 1e-6).unwrap();
     }
 }
 
@@ -174,8 +186,10 @@ fn a_non_finite_logit_poisons_its_row_only() {
             (0..3).for_each(|r| w[r * 300 + 5] = 1.0);
             let (_, loss) = ok(weighted_nll(gpu, &t, &ok(gpu.upload(&w, &[3, 300]))?))?;
             let loss = ok(gpu.download(&loss))?;
+            let uniform = ok(gpu.upload(&[-(300f32).ln(); 900], &[3, 300]))?;
+            let reverse = ok(gpu.download(&ok(kl_from_reference(gpu, &t, &uniform, 0.5))?.1))?;
             let top = ok(gpu.download(&ok(row_argmax(gpu, &t))?))?;
-            for (what, v) in [("token_logprobs", &lp), ("weighted_nll", &loss), ("row_argmax", &top)] {
+            for (what, v) in [("token_logprobs", &lp), ("weighted_nll", &loss), ("kl_from_reference", &reverse), ("row_argmax", &top)] {
                 if !(v[0].is_finite() && v[1].is_nan() && v[2].is_finite()) {
                     return Err(format!("{what} with a {bad} logit in row 1: {v:?}"));
                 }

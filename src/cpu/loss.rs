@@ -39,6 +39,25 @@ pub fn weighted_nll(x: &[f32], t: &[f32], cols: usize) -> (Vec<f64>, Vec<f64>) {
     (grad, loss)
 }
 
+/// w·KL(p ‖ q) of one row (p = softmax(x), `log_q` the reference's log-probabilities) and its
+/// gradient w p (log p − log q − KL).
+pub fn kl_from_reference_row(x: &[f64], log_q: &[f64], w: f64) -> (Vec<f64>, f64) {
+    let logp = log_softmax_row(x);
+    let kl: f64 = logp.iter().zip(log_q).map(|(l, q)| l.exp() * (l - q)).sum();
+    (logp.iter().zip(log_q).map(|(l, q)| w * l.exp() * (l - q - kl)).collect(), w * kl)
+}
+
+/// `kl_from_reference_row` over the rows of [rows, cols]: the gradients, then each row's loss.
+pub fn kl_from_reference(x: &[f32], log_q: &[f32], w: f64, cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut grad, mut loss) = (vec![], vec![]);
+    for (x, q) in x.chunks(cols).zip(log_q.chunks(cols)) {
+        let (g, l) = kl_from_reference_row(&f64s(x), &f64s(q), w);
+        grad.extend(g);
+        loss.push(l);
+    }
+    (grad, loss)
+}
+
 /// log softmax(x)[token] of each row of [rows, cols].
 pub fn token_logprobs(x: &[f32], tokens: &[u32], cols: usize) -> Vec<f64> {
     x.chunks(cols).zip(tokens).map(|(row, &t)| log_softmax_row(&f64s(row))[t as usize]).collect()

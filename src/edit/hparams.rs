@@ -2,6 +2,7 @@
 //! names exactly what it used. Defaults ship in assets/hparams/<method>/<model>.json with the
 //! reasoning for each value written next to it (the `why` object).
 
+use super::target::TargetLoss;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,8 +36,13 @@ pub struct RomeHparams {
     pub clamp_norm_factor: f64,
     /// Weight of KL(p_orig ‖ p_δ) on "{subject} is a".
     pub kl_factor: f64,
-    /// Stop once the mean NLL of the target is below this.
+    /// Stop once the mean NLL of the target is below this (with `target_loss` "published",
+    /// once the whole loss is).
     pub nll_stop: f64,
+    /// "design" (default) or "published": the weight decay and early stop of the design or of
+    /// ROME's, MEMIT's and EasyEdit's code (`edit::target::TargetLoss`).
+    #[serde(default, skip_serializing_if = "is_design")]
+    pub target_loss: TargetLoss,
     pub templates: Templates,
     /// Corpus tokens for the covariance C0.
     pub mom2_tokens: usize,
@@ -69,6 +75,10 @@ impl RomeHparams {
         }
         check_shared(file, &super::target::TargetParams::from(self), &self.templates, self.mom2_tokens)
     }
+}
+
+fn is_design(loss: &TargetLoss) -> bool {
+    *loss == TargetLoss::Design
 }
 
 fn field_error(file: &str, field: &str, why: &str) -> Error {
@@ -149,6 +159,9 @@ pub struct BatchHparams {
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
     pub nll_stop: f64,
+    /// As ROME's `target_loss`.
+    #[serde(default, skip_serializing_if = "is_design")]
+    pub target_loss: TargetLoss,
     pub templates: Templates,
     pub mom2_tokens: usize,
     /// λ in ΔW = R Kᵀ(λ C0 + K Kᵀ)⁻¹ (MEMIT, RECT, PRUNE, NSE).
@@ -219,6 +232,7 @@ impl BatchHparams {
             clamp_norm_factor: self.clamp_norm_factor,
             kl_factor: self.kl_factor,
             nll_stop: self.nll_stop,
+            loss: self.target_loss,
         }
     }
 

@@ -3,6 +3,8 @@
 //! L(δ) = mean_c NLL(target_new | c + prompt) + kl·KL(p_orig ‖ p_δ on "{subject} is a")
 //!        + wd·‖δ‖²/‖h‖², by Adam, with ‖δ‖ ≤ clamp·‖h‖ and an early stop on the NLL.
 //! h is the MLP output being rewritten (at the plain prompt's subject token).
+//! `TargetLoss::Published` gives ROME's, MEMIT's and EasyEdit's code instead: wd·‖δ‖/‖h‖², and
+//! the stop on the whole loss.
 
 use super::hparams::RomeHparams;
 use super::keys::{subject_prompt, SubjectPrompt};
@@ -92,6 +94,31 @@ pub fn target_batch(tok: &Tok, templates: &[String], prompt: &str, subject: &str
 }
 
 /// The knobs of the target optimisation, shared by ROME and the MEMIT family.
+/// Which weight decay and early stop the target's optimisation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetLoss {
+    /// The design's: wd·‖δ‖²/‖h‖², stop once the NLL is below `nll_stop`.
+    #[default]
+    Design,
+    /// The published code's (ROME `compute_v`, MEMIT and EasyEdit `compute_z`): wd·‖δ‖/‖h‖²,
+    /// stop once NLL + KL + decay is below `nll_stop`.
+    Published,
+}
+
+impl TargetLoss {
+    /// The decay of δ (`x`, of norm ‖x‖ = `dn`) and its gradient's factor on x: the gradient
+    /// is `factor`·x. At δ = 0 the linear form's gradient is 0, as torch's norm gives there.
+    pub fn decay(self, weight_decay: f64, dn: f64, h_norm: f64) -> (f64, f64) {
+        let hn2 = h_norm * h_norm;
+        match self {
+            TargetLoss::Design => (weight_decay * dn * dn / hn2, 2.0 * weight_decay / hn2),
+            TargetLoss::Published if dn > 0.0 => (weight_decay * dn / hn2, weight_decay / (dn * hn2)),
+            TargetLoss::Published => (0.0, 0.0),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetParams {
     /// δ is added to the residual stream after this layer.
@@ -102,6 +129,7 @@ pub struct TargetParams {
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
     pub nll_stop: f64,
+    pub loss: TargetLoss,
 }
 
 impl From<&RomeHparams> for TargetParams {
@@ -114,6 +142,7 @@ impl From<&RomeHparams> for TargetParams {
             clamp_norm_factor: hp.clamp_norm_factor,
             kl_factor: hp.kl_factor,
             nll_stop: hp.nll_stop,
+            loss: hp.target_loss,
         }
     }
 }
@@ -183,7 +212,8 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
 
     let mut delta = vec![0.0f32; n * d];
     let p_refs = pass.logprobs(&delta, &kl_rows)?;
-    // Each request's terms: its NLL terms, then its KL term; `spans[r]` is where they sit.
+    // Every request's NLL terms (`spans[r]` is where request r's sit), then one KL term per
+    // request, in request order after them (the published loss's KL terms must come last).
     let mut terms = vec![];
     let mut spans = vec![];
     for (r, tb) in tbs.iter().enumerate() {
@@ -195,9 +225,14 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
                 terms.push(Term::Nll { row: pass.batch().row(first_seq[r] + s, len - 1 + j), token, weight: per_token });
             }
         }
-        let p_ref = p_refs[r].iter().map(|&l| l.exp()).collect();
-        terms.push(Term::Kl { row: kl_rows[r], p_ref, weight: p.kl_factor });
         spans.push(from..terms.len());
+    }
+    let first_kl = terms.len();
+    for (r, log_p) in p_refs.into_iter().enumerate() {
+        terms.push(match p.loss {
+            TargetLoss::Design => Term::Kl { row: kl_rows[r], p_ref: log_p.iter().map(|&l| l.exp()).collect(), weight: p.kl_factor },
+            TargetLoss::Published => Term::KlFrom { row: kl_rows[r], log_q: log_p, weight: p.kl_factor },
+        });
     }
 
     let mut h_norms = vec![];
@@ -215,7 +250,7 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
     for step in 0..p.steps {
         let lg = pass.loss_and_grad_with(&delta, &prepared)?;
         if !lg.loss.is_finite() || lg.grad.iter().any(|g| !g.is_finite()) {
-            let bad: Vec<usize> = (0..n).filter(|&r| lg.terms[spans[r].clone()].iter().any(|t| !t.is_finite()) || lg.grad[r * d..(r + 1) * d].iter().any(|g| !g.is_finite())).collect();
+            let bad: Vec<usize> = (0..n).filter(|&r| lg.terms[spans[r].clone()].iter().chain([&lg.terms[first_kl + r]]).any(|t| !t.is_finite()) || lg.grad[r * d..(r + 1) * d].iter().any(|g| !g.is_finite())).collect();
             return Err(Error::Numeric(format!("the target loss or its gradient is not finite at step {step} (loss {}; requests {bad:?} of the pass)", lg.loss)));
         }
         let mut active = false;
@@ -226,17 +261,20 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
             let tb = &tbs[r];
             let n_ctx = tb.prompt_lens.len();
             let parts = &lg.terms[spans[r].clone()];
-            let n_nll = parts.len() - 1;
-            let nll: f64 = parts[..n_nll].iter().sum();
+            let nll: f64 = parts.iter().sum();
+            let kl = lg.terms[first_kl + r];
             let x = &mut delta[r * d..(r + 1) * d];
             let dn = norm(x);
-            let hn2 = h_norms[r] * h_norms[r];
-            let wd = p.weight_decay * dn * dn / hn2;
+            let (wd, wd_factor) = p.loss.decay(p.weight_decay, dn, h_norms[r]);
             let p_target = (0..n_ctx).map(|c| (-parts[c * tb.target.len()..(c + 1) * tb.target.len()].iter().sum::<f64>() * n_ctx as f64).exp()).sum::<f64>() / n_ctx as f64;
-            let rec = Step { step, nll, kl: parts[n_nll], weight_decay: wd, p_target, delta_norm: dn };
+            let rec = Step { step, nll, kl, weight_decay: wd, p_target, delta_norm: dn };
             on_step(r, &rec);
             histories[r].push(rec);
-            if nll < p.nll_stop {
+            let stop_on = match p.loss {
+                TargetLoss::Design => nll,
+                TargetLoss::Published => nll + kl + wd,
+            };
+            if stop_on < p.nll_stop {
                 stopped[r] = true;
                 continue;
             }
@@ -244,7 +282,7 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
                 continue;
             }
             active = true;
-            let g: Vec<f64> = lg.grad[r * d..(r + 1) * d].iter().zip(x.iter()).map(|(&g, &x)| g as f64 + 2.0 * p.weight_decay * x as f64 / hn2).collect();
+            let g: Vec<f64> = lg.grad[r * d..(r + 1) * d].iter().zip(x.iter()).map(|(&g, &x)| g as f64 + wd_factor * x as f64).collect();
             adams[r].step(x, &g);
             let dn = norm(x);
             let max_norm = p.clamp_norm_factor * h_norms[r];
@@ -259,4 +297,35 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
     Ok((0..n)
         .map(|r| Target { delta: delta[r * d..(r + 1) * d].to_vec(), h_norm: h_norms[r], history: std::mem::take(&mut histories[r]), stopped_early: stopped[r] })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TargetLoss;
+
+    /// Each decay's gradient factor against central differences of its value, in f64.
+    #[test]
+    fn decay_gradients_match_finite_differences() {
+        let x = [3.0f64, -1.5, 0.25, 2.0, -0.75];
+        let h_norm = 7.0;
+        let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        for loss in [TargetLoss::Design, TargetLoss::Published] {
+            let (value, factor) = loss.decay(0.5, norm(&x), h_norm);
+            let want = match loss {
+                TargetLoss::Design => 0.5 * norm(&x).powi(2) / 49.0,
+                TargetLoss::Published => 0.5 * norm(&x) / 49.0,
+            };
+            assert!((value - want).abs() < 1e-15, "{loss:?}: {value} vs {want}");
+            for i in 0..x.len() {
+                let step = 1e-6;
+                let mut up = x;
+                let mut down = x;
+                up[i] += step;
+                down[i] -= step;
+                let numeric = (loss.decay(0.5, norm(&up), h_norm).0 - loss.decay(0.5, norm(&down), h_norm).0) / (2.0 * step);
+                assert!((numeric - factor * x[i]).abs() < 1e-8, "{loss:?} component {i}: {numeric} vs {}", factor * x[i]);
+            }
+        }
+        assert_eq!(TargetLoss::Published.decay(0.5, 0.0, h_norm), (0.0, 0.0));
+    }
 }

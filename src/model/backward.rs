@@ -12,7 +12,7 @@ use super::forward::{length_groups, Batch, BlockTape, GpuModel, Keep, KvCache};
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::{activation, attention, elementwise, gather::gather_rows_from, loss::weighted_nll, norm, rope};
+use crate::ops::{activation, attention, elementwise, gather::gather_rows_from, loss::{kl_from_reference, weighted_nll}, norm, rope};
 
 /// One term of the loss, on the logits of one row of the batch.
 #[derive(Debug, Clone)]
@@ -21,12 +21,16 @@ pub enum Term {
     Nll { row: usize, token: u32, weight: f64 },
     /// weight · KL(p_ref ‖ p) = weight · Σ p_ref (log p_ref − log p); `p_ref` sums to 1.
     Kl { row: usize, p_ref: Vec<f64>, weight: f64 },
+    /// weight · KL(p ‖ q) = weight · Σ p (log p − log q), from the reference's log-probabilities
+    /// (the direction of ROME's and MEMIT's code). These terms come last in a term list, all
+    /// with one weight.
+    KlFrom { row: usize, log_q: Vec<f64>, weight: f64 },
 }
 
 impl Term {
     fn row(&self) -> usize {
         match self {
-            Term::Nll { row, .. } | Term::Kl { row, .. } => *row,
+            Term::Nll { row, .. } | Term::Kl { row, .. } | Term::KlFrom { row, .. } => *row,
         }
     }
 }
@@ -47,6 +51,8 @@ pub struct LossGrad {
 /// over the vocabulary (see `ops::loss::weighted_nll`).
 pub struct PreparedTerms {
     weights: Tensor,
+    /// The `KlFrom` terms: the first one's index, their weight and references [n, vocab].
+    from_reference: Option<(usize, f32, Tensor)>,
     rows: Vec<usize>,
     /// Each term's row among the groups' rows stacked in group order (what the head gathers).
     stacked: Vec<u32>,
@@ -244,8 +250,34 @@ impl<'m> DeltaPass<'m> {
                         *w = (weight * p.max(0.0)) as f32;
                     }
                 }
+                // No weights: `weighted_nll` gives these rows nothing; `kl_from_reference` does.
+                Term::KlFrom { log_q, .. } => {
+                    if log_q.len() != vocab {
+                        return Err(Error::shape("delta loss", format!("a KL reference has {} values, the vocabulary {vocab}", log_q.len())));
+                    }
+                }
             }
         }
+        let first = terms.iter().position(|t| matches!(t, Term::KlFrom { .. }));
+        let from_reference = match first {
+            None => None,
+            Some(first) => {
+                let mut log_q = vec![];
+                let mut weights_seen = vec![];
+                for t in &terms[first..] {
+                    let Term::KlFrom { log_q: q, weight, .. } = t else {
+                        return Err(Error::shape("delta loss", "KL-from-reference terms must come after every other term"));
+                    };
+                    log_q.extend(q.iter().map(|&v| v as f32));
+                    weights_seen.push(*weight);
+                }
+                if weights_seen.windows(2).any(|w| w[0] != w[1]) {
+                    return Err(Error::shape("delta loss", format!("KL-from-reference terms of different weights {weights_seen:?}")));
+                }
+                let n = terms.len() - first;
+                Some((first, weights_seen[0] as f32, self.model.gpu().upload(&log_q, &[n, vocab])?))
+            }
+        };
         // One row of logits per term (a row two terms read is gathered twice), so that each
         // term's loss is its own row's.
         let rows: Vec<usize> = terms.iter().map(Term::row).collect();
@@ -263,7 +295,7 @@ impl<'m> DeltaPass<'m> {
             scatter.push(if any { Some(gpu.upload(&onehot, &[rows.len(), n])?) } else { None });
         }
         let stacked = located.iter().map(|&at| self.stacked_row(at)).collect();
-        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, stacked, scatter, rows })
+        Ok(PreparedTerms { weights: gpu.upload(&weights, &[terms.len(), vocab])?, from_reference, stacked, scatter, rows })
     }
 
     /// The loss of δ and its gradient for terms prepared by [`Self::prepare_terms`].
@@ -276,12 +308,22 @@ impl<'m> DeltaPass<'m> {
         let upper = self.upper(delta)?;
         let (logits, normed_in) = self.head(&upper, &prepared.stacked)?;
         let (dlogits, row_loss) = weighted_nll(gpu, &logits, &prepared.weights)?;
-        let parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
+        let mut parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
 
         // Back through the unembedding and the final norm, then scatter the rows into each
         // group with a one-hot product (rows are few; no scatter kernel needed), down its
         // layers, and each δ's gradient summed over its sites in every group.
         let dh = gemm(gpu, &dlogits, m.head()?, None, Gemm::default())?;
+        if let Some((first, weight, log_q)) = &prepared.from_reference {
+            // Those rows' weights were zero above: their part and their rows of dh are added.
+            let (vocab, d) = (log_q.shape()[1], dh.shape()[1]);
+            let n = log_q.shape()[0];
+            let (dl, loss) = kl_from_reference(gpu, &logits.view(first * vocab, &[n, vocab])?, log_q, *weight)?;
+            gemm(gpu, &dl, m.head()?, Some(&dh.view(first * d, &[n, d])?), Gemm { beta: 1.0, ..Default::default() })?;
+            for (part, l) in parts[*first..].iter_mut().zip(gpu.download(&loss)?) {
+                *part += f64::from(l);
+            }
+        }
         let dxr = self.norm_bwd(&normed_in, "final_norm", &dh)?;
         let mut grad: Option<Tensor> = None;
         for ((group, (_, tapes, cache)), scatter) in self.groups.iter().zip(&upper).zip(&prepared.scatter) {

@@ -17,7 +17,9 @@ struct Meta {
     b_off: u32,
     out_off: u32,
     loss_off: u32,
-    _pad: [u32; 2],
+    /// kl_from_reference's w.
+    weight: f32,
+    _pad: u32,
 }
 
 /// log softmax over the last dimension of a tensor of any rank (max-subtracted).
@@ -64,7 +66,7 @@ fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Resu
     for (r0, r) in row_pieces(gpu, op, rows, cols)? {
         let (ab, a_off) = a.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, _pad: [0; 2] };
+        let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, weight: 0.0, _pad: 0 };
         let binds = match b {
             Some(b) => {
                 let (bb, b_off) = b.bind(gpu, r0 * cols, r * cols)?;
@@ -99,8 +101,37 @@ pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor
         let (tb, b_off) = t.bind(gpu, r0 * cols, r * cols)?;
         let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
         let (lb, loss_off) = loss.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, _pad: [0; 2] };
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight: 0.0, _pad: 0 };
         gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, tb, gb, lb], [r as u32, 1, 1])?;
+    }
+    Ok((grad, loss))
+}
+
+/// For logits x [rows, cols] and reference log-probabilities log q of the same shape, each
+/// row's w·KL(p ‖ q) = w Σ_j p_j (log p_j − log q_j) (p = softmax(x)) and its gradient
+/// w p (log p − log q − KL): [rows, cols] and [rows]. The direction of ROME's and MEMIT's
+/// code (`weighted_nll` gives the other, KL(q ‖ p)).
+pub fn kl_from_reference(gpu: &Gpu, x: &Tensor, log_q: &Tensor, weight: f32) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "kl_from_reference";
+    if log_q.shape() != x.shape() {
+        return Err(Error::shape(OP, format!("reference {:?} does not match the logits {:?}", log_q.shape(), x.shape())));
+    }
+    if !weight.is_finite() {
+        return Err(Error::Numeric(format!("{OP}: weight {weight}")));
+    }
+    let (cols, rows) = rows_of(OP, x)?;
+    let grad = gpu.empty(x.shape())?;
+    let loss = gpu.empty(&[rows])?;
+    if rows == 0 {
+        return Ok((grad, loss));
+    }
+    for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
+        let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
+        let (qb, b_off) = log_q.bind(gpu, r0 * cols, r * cols)?;
+        let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
+        let (lb, loss_off) = loss.bind(gpu, r0, r)?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight, _pad: 0 };
+        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, qb, gb, lb], [r as u32, 1, 1])?;
     }
     Ok((grad, loss))
 }
@@ -122,7 +153,7 @@ pub fn row_argmax(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, _pad: [0; 2] };
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, weight: 0.0, _pad: 0 };
         gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ob], [r as u32, 1, 1])?;
     }
     Ok(out)
@@ -152,7 +183,7 @@ pub fn token_logprobs(gpu: &Gpu, x: &Tensor, tokens: &[u32]) -> Result<Tensor> {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ib, b_off) = ids.bind(gpu, r0, r)?;
         let (ob, out_off) = out.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off: 0, _pad: [0; 2] };
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off: 0, weight: 0.0, _pad: 0 };
         gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ib, ob], [r as u32, 1, 1])?;
     }
     Ok(out)
