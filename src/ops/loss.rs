@@ -90,19 +90,25 @@ pub fn weighted_nll(gpu: &Gpu, x: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor
     if t.shape() != x.shape() {
         return Err(Error::shape(OP, format!("weights {:?} do not match the logits {:?}", t.shape(), x.shape())));
     }
-    let (cols, rows) = rows_of(OP, x)?;
+    gradient_and_row_loss(gpu, OP, x, t, 0.0)
+}
+
+/// The two losses' launch: one workgroup per row of the logits x and of b (same shape), a
+/// gradient of x's shape and one loss a row, rows split into dispatches within the limits.
+fn gradient_and_row_loss(gpu: &Gpu, op: &'static str, x: &Tensor, b: &Tensor, weight: f32) -> Result<(Tensor, Tensor)> {
+    let (cols, rows) = rows_of(op, x)?;
     let grad = gpu.empty(x.shape())?;
     let loss = gpu.empty(&[rows])?;
     if rows == 0 {
         return Ok((grad, loss));
     }
-    for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
+    for (r0, r) in row_pieces(gpu, op, rows, cols)? {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
-        let (tb, b_off) = t.bind(gpu, r0 * cols, r * cols)?;
+        let (bb, b_off) = b.bind(gpu, r0 * cols, r * cols)?;
         let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
         let (lb, loss_off) = loss.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight: 0.0, _pad: 0 };
-        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, tb, gb, lb], [r as u32, 1, 1])?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight, _pad: 0 };
+        gpu.dispatch(LOSS, op, &[], bytemuck::bytes_of(&meta), &[xb, bb, gb, lb], [r as u32, 1, 1])?;
     }
     Ok((grad, loss))
 }
@@ -119,21 +125,7 @@ pub fn kl_from_reference(gpu: &Gpu, x: &Tensor, log_q: &Tensor, weight: f32) -> 
     if !weight.is_finite() {
         return Err(Error::Numeric(format!("{OP}: weight {weight}")));
     }
-    let (cols, rows) = rows_of(OP, x)?;
-    let grad = gpu.empty(x.shape())?;
-    let loss = gpu.empty(&[rows])?;
-    if rows == 0 {
-        return Ok((grad, loss));
-    }
-    for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
-        let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
-        let (qb, b_off) = log_q.bind(gpu, r0 * cols, r * cols)?;
-        let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
-        let (lb, loss_off) = loss.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight, _pad: 0 };
-        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, qb, gb, lb], [r as u32, 1, 1])?;
-    }
-    Ok((grad, loss))
+    gradient_and_row_loss(gpu, OP, x, log_q, weight)
 }
 
 /// The index of the largest value of each row of x [rows, cols] (the first where several are

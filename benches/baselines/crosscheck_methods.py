@@ -1,6 +1,6 @@
-"""Cross-check revive's MEMIT and AlphaEdit against their published code (kmeng01/memit at
-80426fd, jianghoucheng/AlphaEdit at f5248d3): the same requests, hyper-parameters, C0 and
-model, then each layer's update compared.
+"""Cross-check revive's ROME, MEMIT and AlphaEdit against their published code (kmeng01/rome at
+0874014, kmeng01/memit at 80426fd, jianghoucheng/AlphaEdit at f5248d3): the same requests,
+hyper-parameters, C0 and model, then each layer's update compared.
 
 The published code runs from a copy of its repository with the changes it needs here, each
 listed in PATCHES: the CPU instead of CUDA, transformers 5's decoder layers (they return a
@@ -20,7 +20,7 @@ the KL's direction, `docs/architecture.md` §3); for a like-for-like run give th
     revive edit -m smollm2 --method memit --hparams HP.json --edits E.json --batch 4 \
         --templates 0 --steps 12 --cov-tokens 4096 --save delta --out S   # HP: target_loss published
     revive export -m smollm2 --out BEFORE
-    python3 benches/baselines/crosscheck_memit.py --method memit --repo MEMIT --model BEFORE \
+    python3 benches/baselines/crosscheck_methods.py --method memit --repo MEMIT --model BEFORE \
         --delta S/delta.safetensors --edits E.json --hparams HP.json --batch 4 --steps 12 --cov-tokens 4096
 
 Several batches (--batch) compare the sum of all of them: MEMIT's deltas written one batch after
@@ -47,12 +47,16 @@ PATCHES = {
         ("memit/compute_z.py", "cur_out[0][", "cur_out[", 2),
         ("memit/compute_z.py", ".output[0][", ".output[", 1),
     ]),
+    "rome": ("rome", [
+        ("rome/compute_v.py", "model.config.n_embd", "model.config.hidden_size", 1),
+    ]),
     "alphaedit": ("AlphaEdit", [
         ("AlphaEdit/compute_z.py", "cur_out[0]", "cur_out", 4),
         ("AlphaEdit/compute_z.py", "format(loss_layer)].output[0]", "format(loss_layer)].output", 1),
     ]),
 }
 CPU_FILES = {
+    "rome": ["rome/compute_v.py", "rome/compute_u.py", "rome/rome_main.py", "rome/repr_tools.py"],
     "memit": ["memit/compute_z.py", "memit/compute_ks.py", "memit/memit_main.py", "rome/repr_tools.py"],
     "alphaedit": ["AlphaEdit/compute_z.py", "AlphaEdit/compute_ks.py", "AlphaEdit/AlphaEdit_main.py", "rome/repr_tools.py"],
 }
@@ -61,7 +65,7 @@ CPU_FILES = {
 def prepare(method, repo):
     package, patches = PATCHES[method]
     work = Path(tempfile.mkdtemp(prefix=f"{method}-"))
-    for sub in [package, "rome", "util", "globals.yml"]:
+    for sub in dict.fromkeys([package, "rome", "util", "globals.yml"]):
         src = Path(repo) / sub
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / sub)
     for f, old, new, count in patches:
@@ -77,10 +81,10 @@ def prepare(method, repo):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--method", choices=["memit", "alphaedit"], default="memit")
-    ap.add_argument("--repo", required=True, help="a checkout of kmeng01/memit or jianghoucheng/AlphaEdit")
+    ap.add_argument("--method", choices=["rome", "memit", "alphaedit"], default="memit")
+    ap.add_argument("--repo", required=True, help="a checkout of kmeng01/rome, kmeng01/memit or jianghoucheng/AlphaEdit")
     ap.add_argument("--model", required=True, help="the unedited model, exported by revive export")
-    ap.add_argument("--delta", required=True, help="the session's delta file (--save delta)")
+    ap.add_argument("--delta", required=True, help="the session's delta file (--save delta), or ROME's edited model.safetensors")
     ap.add_argument("--edits", required=True)
     ap.add_argument("--hparams", required=True, help="revive's hyper-parameters of the session")
     ap.add_argument("--batch", type=int, help="the session's --batch (default: all edits in one)")
@@ -111,8 +115,9 @@ def main():
     def get_cov(model, tok, layer_name, *args, **kwargs):
         return c0(int(layer_name.split(".")[2]))
 
+    layers = hp["layers"] if "layers" in hp else [hp["layer"]]
     common = dict(
-        layers=hp["layers"], layer_selection="all", fact_token="subject_last",
+        layers=layers, layer_selection="all", fact_token="subject_last",
         v_num_grad_steps=a.steps or hp["v_steps"], v_lr=hp["v_lr"], v_loss_layer=n_layers - 1,
         v_weight_decay=hp["v_weight_decay"], clamp_norm_factor=hp["clamp_norm_factor"],
         kl_factor=hp["kl_factor"], mom2_adjustment=True, mom2_update_weight=hp.get("mom2_update_weight", 0.0),
@@ -126,9 +131,25 @@ def main():
                  "target_new": {"str": e["target_new"]}} for i, e in enumerate(edits)]
     size = a.batch or len(requests)
     batches = [requests[i : i + size] for i in range(0, len(requests), size)]
-    names = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in hp["layers"]]
+    names = [f"model.layers.{layer}.mlp.down_proj.weight" for layer in layers]
     before = {n: model.get_parameter(n).detach().double().clone() for n in names}
-    if a.method == "memit":
+    if a.method == "rome":
+        from rome import compute_u, rome_main as main
+        from rome.rome_hparams import ROMEHyperParams
+
+        # get_inv_cov's own computation, on revive's C0 instead of its Wikipedia statistics.
+        compute_u.get_inv_cov = lambda model, tok, layer_name, *args: torch.inverse(c0(int(layer_name.split(".")[2]))).float()
+        main.CONTEXT_TEMPLATES_CACHE = ["{}"]
+        common.pop("layer_selection"), common.pop("mom2_update_weight")
+        hparams = ROMEHyperParams(context_template_length_params=[], **common)
+        for request in requests:
+            # apply_rome_to_model's write, one edit after another.
+            deltas = main.execute_rome(model, tok, request, hparams)
+            with torch.no_grad():
+                for n in names:
+                    left, right = deltas[n]
+                    model.get_parameter(n)[...] += main.upd_matrix_match_shape(left.unsqueeze(1) @ right.unsqueeze(0), before[n].shape)
+    elif a.method == "memit":
         from memit import memit_main as main
         from memit.memit_hparams import MEMITHyperParams
 
@@ -149,7 +170,7 @@ def main():
         main.CONTEXT_TEMPLATES_CACHE = [["{}"]]
         # experiments/evaluate.py's get_project, with revive's relative threshold made absolute.
         projectors = []
-        for layer in hp["layers"]:
+        for layer in layers:
             U, S, _ = torch.linalg.svd(c0(layer), full_matrices=False)
             small = (S < hp["nullspace_threshold"] * S[0]).nonzero(as_tuple=True)[0]
             projectors.append(U[:, small] @ U[:, small].T)
@@ -163,7 +184,7 @@ def main():
 
     ours = load_file(a.delta)
     rows = []
-    for layer, name in zip(hp["layers"], names):
+    for layer, name in zip(layers, names):
         key = next((k for k in ours if k.endswith(f"layers.{layer}.w_down") or k == name), None)
         if key is None:
             sys.exit(f"{a.delta}: no matrix of layer {layer} among {sorted(ours)}")
