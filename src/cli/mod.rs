@@ -27,7 +27,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "REVIVE_BACKEND")]
     backend: Option<String>,
     /// Load an editing session's delta file (`revive edit … --save delta`) over the model given
-    /// with -m (generate, score, facts, logits, export, spectrum).
+    /// with -m (generate, score, facts, logits, export, spectrum; the other commands refuse it).
     #[arg(long, global = true, value_name = "FILE")]
     delta: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -183,6 +183,15 @@ impl From<Dtype> for revive::model::safetensors::SaveDtype {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let choice = BackendChoice::resolve(cli.backend.as_deref())?;
+    let reads_delta = matches!(cli.command, Command::Generate(_) | Command::Export(_) | Command::Logits(_) | Command::Score(_) | Command::Facts(_) | Command::Spectrum(_));
+    if let (Some(path), false) = (&cli.delta, reads_delta) {
+        // Accepting it would edit, apply or measure the base model while the user meant the
+        // edited one; a session's edits go on with --resume, its model is rebuilt by apply.
+        anyhow::bail!(
+            "--delta {}: only generate, score, facts, logits, export and spectrum load a delta file; to go on editing, `revive edit --resume DIR`, or export the edited model (`revive export -m BASE --delta FILE --out DIR`) and give that directory to -m",
+            path.display()
+        );
+    }
     common::set_delta(cli.delta.clone());
     match cli.command {
         Command::Info => info::run(choice),
