@@ -266,3 +266,36 @@ fn kill_and_resume(backend: &str) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
 }
+
+/// `--target-loss` reaches the hyper-parameters a session records (and so its resume), and a
+/// session without it keeps the design's loss.
+#[test]
+fn the_target_loss_flag_reaches_the_session() {
+    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
+    let root = std::env::temp_dir().join(format!("revive-target-loss-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_inputs(&root);
+    let path = |p: &str| root.join(p).display().to_string();
+    for (flag, want) in [(Some("published"), Some("published")), (None, None)] {
+        let out = root.join(format!("session-{}", flag.unwrap_or("default")));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+        c.args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "memit", "--hparams", &path("memit.json")])
+            .args(["--edits", &path("edits.json"), "--limit", "2", "--batch", "2", "--save", "none", "--out", &out.display().to_string()])
+            .args(flag.map(|f| vec!["--target-loss", f]).unwrap_or_default())
+            .env("REVIVE_CACHE", root.join("cache"));
+        run_to_end(c, "revive edit").unwrap();
+        let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("session.json")).unwrap()).unwrap();
+        let found = find_key(&session, "target_loss");
+        assert_eq!(found.as_ref().and_then(|v| v.as_str()), want, "{flag:?}: target_loss {found:?} in session.json");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The first value under `key` anywhere in a JSON document.
+fn find_key(v: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m.get(key).cloned().or_else(|| m.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
+}

@@ -139,6 +139,27 @@ struct HpArgs {
     /// Override the corpus tokens for the covariance C0 (cached per model, layer and count).
     #[arg(long)]
     cov_tokens: Option<usize>,
+    /// Override the target's loss: "design" (wd·‖δ‖²/‖h‖², stop on the NLL) or "published"
+    /// (ROME's, MEMIT's and EasyEdit's code: wd·‖δ‖/‖h‖², stop on the whole loss,
+    /// KL(p_δ ‖ p_orig)), to compare with numbers from their code.
+    #[arg(long, value_enum)]
+    target_loss: Option<TargetLossArg>,
+}
+
+/// `edit::target::TargetLoss` on the command line.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TargetLossArg {
+    Design,
+    Published,
+}
+
+impl From<TargetLossArg> for revive::edit::target::TargetLoss {
+    fn from(t: TargetLossArg) -> Self {
+        match t {
+            TargetLossArg::Design => Self::Design,
+            TargetLossArg::Published => Self::Published,
+        }
+    }
 }
 
 impl HpArgs {
@@ -158,6 +179,9 @@ impl HpArgs {
         }
         if let Some(n) = self.cov_tokens {
             hp.mom2_tokens = n.max(1);
+        }
+        if let Some(t) = self.target_loss {
+            hp.target_loss = t.into();
         }
         Ok(hp)
     }
