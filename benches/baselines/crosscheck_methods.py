@@ -109,7 +109,8 @@ def main():
     def c0(layer):
         files = glob.glob(os.path.join(a.stats, f"c0-*-layer{layer}-{a.cov_tokens}tok-*.safetensors"))
         if len(files) != 1:
-            sys.exit(f"{a.stats}: {len(files)} C0 files for layer {layer} at {a.cov_tokens} tokens (want 1)")
+            sys.exit(f"{a.stats}: {len(files)} C0 files for layer {layer} at {a.cov_tokens} tokens (want 1: "
+                     "point --stats at a folder holding only the unedited model's, e.g. a copy of its files)")
         return load_file(files[0])["c0"]
 
     def get_cov(model, tok, layer_name, *args, **kwargs):
@@ -140,7 +141,8 @@ def main():
         # get_inv_cov's own computation, on revive's C0 instead of its Wikipedia statistics.
         compute_u.get_inv_cov = lambda model, tok, layer_name, *args: torch.inverse(c0(int(layer_name.split(".")[2]))).float()
         main.CONTEXT_TEMPLATES_CACHE = ["{}"]
-        common.pop("layer_selection"), common.pop("mom2_update_weight")
+        # ROME's hyper-parameters have no layer selection and no λ.
+        del common["layer_selection"], common["mom2_update_weight"]
         hparams = ROMEHyperParams(context_template_length_params=[], **common)
         for request in requests:
             # apply_rome_to_model's write, one edit after another.

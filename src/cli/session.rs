@@ -57,10 +57,7 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
                 None => BatchHparams::smollm2(m),
             };
             anyhow::ensure!(hp.method == m, "the hyper-parameters are for {}, not {}", hp.method.name(), m.name());
-            let mut hp = hp.with_overrides(s.hp.steps, s.hp.templates, s.hp.cov_tokens, s.layers.clone().or(s.hp.layer.map(|l| vec![l])));
-            if let Some(t) = s.hp.target_loss {
-                hp.target_loss = t.into();
-            }
+            let hp = hp.with_overrides(s.hp.steps, s.hp.templates, s.hp.cov_tokens, s.layers.clone().or(s.hp.layer.map(|l| vec![l])), s.hp.target_loss.map(Into::into));
             hp.validate("the command line")?;
             MethodSpec::Batch { hparams: hp }
         }

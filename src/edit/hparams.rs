@@ -276,7 +276,7 @@ impl BatchHparams {
     }
 
     /// Corpus tokens and layers: the reduced-settings overrides of the command line.
-    pub fn with_overrides(mut self, steps: Option<usize>, templates: Option<usize>, cov_tokens: Option<usize>, layers: Option<Vec<usize>>) -> Self {
+    pub fn with_overrides(mut self, steps: Option<usize>, templates: Option<usize>, cov_tokens: Option<usize>, layers: Option<Vec<usize>>, target_loss: Option<TargetLoss>) -> Self {
         if let Some(s) = steps {
             self.v_steps = s.max(1);
         }
@@ -288,6 +288,9 @@ impl BatchHparams {
         }
         if let Some(l) = layers {
             self.layers = l;
+        }
+        if let Some(t) = target_loss {
+            self.target_loss = t;
         }
         self
     }

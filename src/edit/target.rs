@@ -3,8 +3,8 @@
 //! L(δ) = mean_c NLL(target_new | c + prompt) + kl·KL(p_orig ‖ p_δ on "{subject} is a")
 //!        + wd·‖δ‖²/‖h‖², by Adam, with ‖δ‖ ≤ clamp·‖h‖ and an early stop on the NLL.
 //! h is the MLP output being rewritten (at the plain prompt's subject token).
-//! `TargetLoss::Published` gives ROME's, MEMIT's and EasyEdit's code instead: wd·‖δ‖/‖h‖², and
-//! the stop on the whole loss.
+//! `TargetLoss::Published` gives ROME's, MEMIT's and EasyEdit's code instead: wd·‖δ‖/‖h‖², the
+//! stop on the whole loss and KL(p_δ ‖ p_orig).
 
 use super::hparams::RomeHparams;
 use super::keys::{subject_prompt, SubjectPrompt};
@@ -93,8 +93,7 @@ pub fn target_batch(tok: &Tok, templates: &[String], prompt: &str, subject: &str
     Ok(TargetBatch { prompts, target, prompt_lens })
 }
 
-/// The knobs of the target optimisation, shared by ROME and the MEMIT family.
-/// Which weight decay and early stop the target's optimisation uses.
+/// Which weight decay, early stop and KL direction the target's optimisation uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TargetLoss {
@@ -102,7 +101,7 @@ pub enum TargetLoss {
     #[default]
     Design,
     /// The published code's (ROME `compute_v`, MEMIT and EasyEdit `compute_z`): wd·‖δ‖/‖h‖²,
-    /// stop once NLL + KL + decay is below `nll_stop`.
+    /// stop once NLL + KL + decay is below `nll_stop`, KL(p_δ ‖ p_orig).
     Published,
 }
 
@@ -119,6 +118,7 @@ impl TargetLoss {
     }
 }
 
+/// The knobs of the target optimisation, shared by ROME and the MEMIT family.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetParams {
     /// δ is added to the residual stream after this layer.

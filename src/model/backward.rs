@@ -263,19 +263,18 @@ impl<'m> DeltaPass<'m> {
             None => None,
             Some(first) => {
                 let mut log_q = vec![];
-                let mut weights_seen = vec![];
+                let mut common = None;
                 for t in &terms[first..] {
                     let Term::KlFrom { log_q: q, weight, .. } = t else {
                         return Err(Error::shape("delta loss", "KL-from-reference terms must come after every other term"));
                     };
+                    if *common.get_or_insert(*weight) != *weight {
+                        return Err(Error::shape("delta loss", format!("KL-from-reference terms of different weights ({} and {weight})", common.expect("set"))));
+                    }
                     log_q.extend(q.iter().map(|&v| v as f32));
-                    weights_seen.push(*weight);
-                }
-                if weights_seen.windows(2).any(|w| w[0] != w[1]) {
-                    return Err(Error::shape("delta loss", format!("KL-from-reference terms of different weights {weights_seen:?}")));
                 }
                 let n = terms.len() - first;
-                Some((first, weights_seen[0] as f32, self.model.gpu().upload(&log_q, &[n, vocab])?))
+                Some((first, common.expect("at least the first") as f32, self.model.gpu().upload(&log_q, &[n, vocab])?))
             }
         };
         // One row of logits per term (a row two terms read is gathered twice), so that each
