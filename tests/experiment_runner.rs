@@ -291,6 +291,50 @@ fn the_target_loss_flag_reaches_the_session() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `--targets-through-guard` (edit) and a `τ+through` arm (experiment) reach the session a
+/// run records, and so its resume; without a guard to go through, the flag is refused before
+/// any work.
+#[test]
+fn targets_through_the_guard_reach_the_session() {
+    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
+    let root = std::env::temp_dir().join(format!("revive-through-guard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_inputs(&root);
+    let path = |p: &str| root.join(p).display().to_string();
+    let edit = |out: &Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+        c.args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "memit", "--hparams", &path("memit.json")])
+            .args(["--edits", &path("edits.json"), "--limit", "2", "--batch", "2", "--save", "none", "--out", &out.display().to_string()])
+            .args(extra)
+            .env("REVIVE_CACHE", root.join("cache"));
+        c
+    };
+    let refused = edit(&root.join("no-guard"), &["--targets-through-guard"]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("--targets-through-guard needs REVIVE's guard"), "{err}");
+    assert!(!root.join("no-guard").join("session.json").exists(), "a refused session was written");
+    let through = |dir: &Path| -> Option<bool> {
+        let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap();
+        session["targets_through_guard"].as_bool()
+    };
+    let out = root.join("edit-through");
+    run_to_end(edit(&out, &["--revive", "0.5", "--targets-through-guard"]), "revive edit").unwrap();
+    assert_eq!(through(&out), Some(true));
+    let out = root.join("experiment");
+    for arm in ["memit/0.5+through", "memit/0.5"] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+        c.args(["--backend", &backend, "experiment", "-m", &path("model"), "--methods", "memit", "--revive", "none,0.5,0.5+through", "--arm", arm])
+            .args(["--edits", &path("edits.json"), "--limit", "2", "--known", &path("known.json"), "--prose", &path("prose.txt"), "--hparams", &path("memit.json")])
+            .args(["--batch", "2", "--every", "2", "--sample", "0", "--ppl-tokens", "256", "--agreement-prompts", "2", "--fluency-prompts", "1", "--fluency-tokens", "4", "--no-spectral"])
+            .args(["--out", &out.display().to_string()])
+            .env("REVIVE_CACHE", root.join("cache"));
+        run_to_end(c, "revive experiment").unwrap();
+    }
+    assert_eq!(through(&out.join("memit-0.5+through")), Some(true));
+    assert_eq!(through(&out.join("memit-0.5")), Some(false));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// The first value under `key` anywhere in a JSON document.
 fn find_key(v: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
     match v {

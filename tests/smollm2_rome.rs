@@ -71,7 +71,7 @@ fn rome_flips_darrieux_and_keeps_paris() {
     let k = guard.info.k;
     assert!((60..=250).contains(&k) && guard.info.energy_fraction >= 0.5, "k = {k}, energy {}", guard.info.energy_fraction);
     let w_before = gpu.download(gm.tensor(&name).unwrap()).unwrap();
-    let (_, records) = run_rome(&gm, &m.tok, &req, &hp, &cov, Some(&guard), false, |_| Ok(None), |_| {}).unwrap();
+    let (_, records) = run_rome(&gm, &m.tok, &req, &hp, &cov, Some(revive::edit::run::Guarding { guard: &guard, targets_through: false }), false, |_| Ok(None), |_| {}).unwrap();
     let r = &records[0];
     let f = r.filter.expect("a guarded run reports the filter");
     println!("REVIVE k {k}: {f:?}\nafter {:?}", r.after);

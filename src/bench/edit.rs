@@ -6,9 +6,9 @@
 use crate::edit::hparams::RomeHparams;
 use crate::edit::request::EditRequest;
 use crate::edit::rome::CovSolver;
-use crate::edit::run::{run_rome, EditRecord, Tracking};
+use crate::edit::run::{run_rome, EditRecord, Guarding, Tracking};
 use crate::eval::spectrum::diagnose;
-use crate::edit::guard::{GuardInfo, SpectralGuard};
+use crate::edit::guard::GuardInfo;
 use crate::linalg::subspace::Basis;
 use crate::linalg::svd::SvdOptions;
 use crate::gpu::Tensor;
@@ -73,7 +73,7 @@ pub fn run(
     known: &[Fact],
     hp: &RomeHparams,
     cov: &CovSolver,
-    guard: Option<&SpectralGuard>,
+    guarding: Option<Guarding>,
     track: Option<&Track>,
     mut on_edit: impl FnMut(&EditRecord),
 ) -> Result<EditBench> {
@@ -87,15 +87,20 @@ pub fn run(
         let checks = check_facts(m, tok, known)?;
         Ok(Some(Tracking { diagnostics, known_correct: checks.iter().filter(|c| c.correct).count(), known_total: known.len() }))
     };
-    let (_, records) = run_rome(model, tok, requests, hp, cov, guard, true, measure, |r| on_edit(r))?;
+    let (_, records) = run_rome(model, tok, requests, hp, cov, guarding, true, measure, |r| on_edit(r))?;
     let known_after = check_facts(model, tok, known)?;
     let at_end = facts_metrics_against(model, tok, requests, Some(&unedited))?;
     let mut times: Vec<f64> = records.iter().map(|r| r.edit_seconds).collect();
     times.sort_by(f64::total_cmp);
     let paraphrases: Vec<f64> = at_end.iter().filter_map(|m| m.paraphrase).collect();
     Ok(EditBench {
-        arm: if guard.is_some() { "rome+revive" } else { "rome" }.to_string(),
-        revive: guard.map(|g| g.info.clone()),
+        arm: match guarding {
+            Some(Guarding { targets_through: true, .. }) => "rome+revive+through",
+            Some(_) => "rome+revive",
+            None => "rome",
+        }
+        .to_string(),
+        revive: guarding.map(|g| g.guard.info.clone()),
         edits: records.len(),
         seconds_per_edit_mean: times.iter().sum::<f64>() / times.len() as f64,
         seconds_per_edit_median: times[times.len() / 2],

@@ -88,7 +88,7 @@ impl Method {
 }
 
 pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
-    use revive::edit::{request, run::{run_rome, RunRecord}};
+    use revive::edit::{request, run::{run_rome, Guarding, RunRecord}};
     if let Some(t) = a.revive.revive {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
     }
@@ -123,17 +123,19 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
             requests: requests.to_vec(),
             batch: a.batch.unwrap_or(1),
             revive: a.revive.rule(),
+            targets_through_guard: a.revive.through_guard()?,
             svd_tol: a.revive.svd_tol,
             max_update_ratio: a.max_update,
         };
         return super::session::run(choice, &a.out, Some(new), a.save, a.dtype, a.known.as_deref());
     }
     let hp = a.hp.resolve()?;
+    let targets_through = a.revive.through_guard()?;
     let start = std::time::Instant::now();
     let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
     let n = requests.len();
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
-    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref(), true, |_| Ok(None), |r| print_edit(r, n))?;
+    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| print_edit(r, n))?;
     if !a.no_save {
         let dtype = match a.dtype {
             Dtype::F32 => revive::model::safetensors::SaveDtype::F32,

@@ -25,7 +25,8 @@ pub(super) struct Args {
     /// Methods, comma-separated: memit, alphaedit, rect, prune, rome.
     #[arg(long, value_delimiter = ',', default_value = "memit,alphaedit")]
     methods: Vec<String>,
-    /// REVIVE settings, comma-separated: none, or τ (energy fraction), e.g. none,0.5,0.8.
+    /// REVIVE settings, comma-separated: none, τ (energy fraction), or τ+through (targets
+    /// optimised through the guard), e.g. none,0.5,0.8,0.5+through.
     #[arg(long, value_delimiter = ',', default_value = "none,0.5")]
     revive: Vec<String>,
     /// CounterFact-layout edit requests (JSON, gzip or not).
@@ -126,6 +127,7 @@ struct Arm {
     name: String,
     method: String,
     revive: Option<f64>,
+    targets_through_guard: bool,
 }
 
 fn arms(methods: &[String], revive: &[String]) -> Result<Vec<Arm>> {
@@ -133,15 +135,17 @@ fn arms(methods: &[String], revive: &[String]) -> Result<Vec<Arm>> {
     for m in methods {
         ensure!(m == "rome" || revive::edit::hparams::BatchMethod::from_name(m).is_some(), "unknown method '{m}' in --methods");
         for r in revive {
-            let tau = match r.as_str() {
-                "none" => None,
+            let (tau, through) = match r.as_str() {
+                "none" => (None, false),
                 t => {
-                    let tau: f64 = t.parse().with_context(|| format!("--revive: '{t}' is neither 'none' nor a number"))?;
+                    let (t, through) = t.strip_suffix("+through").map_or((t, false), |t| (t, true));
+                    let tau: f64 = t.parse().with_context(|| format!("--revive: '{r}' is none, a number or a number+through"))?;
                     ensure!(tau > 0.0 && tau <= 1.0, "--revive {tau}: τ is a fraction of the energy, in (0, 1]");
-                    Some(tau)
+                    (Some(tau), through)
                 }
             };
-            out.push(Arm { name: format!("{m}-{r}"), method: m.clone(), revive: tau });
+            ensure!(!out.iter().any(|a: &Arm| a.name == format!("{m}-{r}")), "--revive {r} is given twice");
+            out.push(Arm { name: format!("{m}-{r}"), method: m.clone(), revive: tau, targets_through_guard: through });
         }
     }
     Ok(out)
@@ -243,6 +247,7 @@ fn new_session(a: &Args, arm: &Arm, requests: &[revive::edit::request::EditReque
         requests: requests.to_vec(),
         batch: a.batch,
         revive: arm.revive.map(RankRule::Energy),
+        targets_through_guard: arm.targets_through_guard,
         svd_tol: revive::linalg::svd::SvdOptions::default().tol,
         max_update_ratio: a.max_update,
     }

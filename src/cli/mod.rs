@@ -109,12 +109,22 @@ struct ReviveArgs {
     /// Convergence tolerance of the power-iteration SVD (residual relative to σ₁).
     #[arg(long, default_value_t = revive::linalg::svd::SvdOptions::default().tol)]
     svd_tol: f64,
+    /// Optimise each target through the guard: kept out of the protected output directions
+    /// of the layer that writes it, where the filtered update cannot go (ROME also scales its
+    /// update so that the filtered one still reaches the target at the prompt).
+    #[arg(long)]
+    targets_through_guard: bool,
 }
 
 impl ReviveArgs {
     fn rule(&self) -> Option<revive::edit::guard::RankRule> {
         use revive::edit::guard::RankRule;
         self.revive.map(RankRule::Energy).or(self.revive_rank.map(RankRule::Rank))
+    }
+    /// `--targets-through-guard` needs a guard to go through.
+    fn through_guard(&self) -> anyhow::Result<bool> {
+        anyhow::ensure!(!self.targets_through_guard || self.rule().is_some(), "--targets-through-guard needs REVIVE's guard: give --revive τ or --revive-rank K as well");
+        Ok(self.targets_through_guard)
     }
     fn svd(&self) -> revive::linalg::svd::SvdOptions {
         revive::linalg::svd::SvdOptions { tol: self.svd_tol, ..Default::default() }

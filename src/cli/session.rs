@@ -34,6 +34,7 @@ pub(super) struct NewSession {
     pub requests: Vec<EditRequest>,
     pub batch: usize,
     pub revive: Option<RankRule>,
+    pub targets_through_guard: bool,
     pub svd_tol: f64,
     pub max_update_ratio: f64,
 }
@@ -94,7 +95,7 @@ pub(super) fn with_session<R>(
             let spec = spec_of(&s)?;
             let m = load(&s.model)?;
             let gm = GpuModel::new(&gpu, &m.weights)?;
-            let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?;
+            let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?.with_targets_through_guard(s.targets_through_guard)?;
             Session::write_new(dir, &config, &s.requests)?;
             (config, s.requests, m)
         }

@@ -3,7 +3,7 @@
 //! runs its ΔW through before writing it:
 //!   ΔW_safe = (I − U_k U_kᵀ) ΔW (I − V_k V_kᵀ).
 
-use crate::linalg::subspace::{Basis, Leak};
+use crate::linalg::subspace::{Basis, HostComplement, Leak};
 use crate::linalg::svd::{top_energy, top_k, SvdOptions, TopK};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -63,6 +63,15 @@ pub struct FilterReport {
     pub after: Leak,
     /// ‖ΔW_safe‖_F / ‖ΔW‖_F.
     pub kept: f64,
+}
+
+/// What an update through the filter can still do, for targets optimised through it
+/// ("targets through the guard", DESIGN.md's suggested arm): a filtered update's output lies in
+/// `left` (I − U_kU_kᵀ), and it reads only the part of a key in `right` (I − V_kV_kᵀ). A target
+/// outside `left` cannot be reached by the filtered update of the layer that writes it.
+pub struct Reach {
+    pub left: HostComplement,
+    pub right: HostComplement,
 }
 
 /// Bumped when the file layout or the meaning of a field changes.
@@ -200,6 +209,12 @@ impl SpectralGuard {
                 Ok((safe, FilterReport { before, after, kept }))
             }
         }
+    }
+
+    /// The complements of the protected subspaces on the host, for methods that optimise their
+    /// targets through this filter ([`Reach`]).
+    pub fn reach(&self, gpu: &Gpu) -> Result<Reach> {
+        Ok(Reach { left: HostComplement::new(gpu, &self.u)?, right: HostComplement::new(gpu, &self.v)? })
     }
 
     /// The fractions of ΔW in the protected left and right subspaces.

@@ -5,7 +5,8 @@
 //!
 //! For a batch of n requests, edited layers l₁ < … < l_L:
 //! 1. the targets z*_r = h_r + δ_r at the residual stream after l_L, all δ_r optimised together
-//!    (one batched forward/backward per Adam step, [`optimise_targets`]);
+//!    (one batched forward/backward per Adam step, [`optimise_targets_within`]; with targets
+//!    through the guard, each δ_r kept out of l_L's protected output directions);
 //! 2. for each layer l_i in ascending order, with the weights as written so far: the keys K
 //!    (m×n, each the mean over the context templates of the subject's last-token key), the
 //!    current residual z_r at l_L, R = (z* − z)/(L − i); the [`Solver`] gives the right factor X
@@ -23,7 +24,7 @@ use super::nse::BaseWeights;
 use super::request::EditRequest;
 use super::rome::CovSolver;
 use crate::model::names::down_name;
-use super::target::{optimise_targets, target_batch, Target};
+use super::target::{optimise_targets_within, target_batch, Target};
 use super::update::{Delta, Update};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -263,12 +264,16 @@ impl Method for BatchEditor<'_> {
         let profile = writer.model().gpu().profile();
         // 1. Targets at the last edited layer, all requests together (NSE: on the base weights).
         progress("targets");
+        // Through the guard: the targets where the last layer's filtered update can put them
+        // (the earlier layers' updates reach z*'s layer through everything between, and the
+        // loop hands what they leave to the later ones).
+        let reach = writer.reach(&down_name(last))?;
         let mut optimise = || -> Result<(Mat<f64>, Vec<Target>)> {
             let (_, z0) = keys_and_residuals(writer.model(), &plain, last, last)?;
             let d = z0.nrows();
             let hs: Vec<Vec<f32>> = (0..reqs.len()).map(|r| (0..d).map(|j| z0[(j, r)] as f32).collect()).collect();
             let n_req = reqs.len();
-            let targets = optimise_targets(writer.model(), &tbs, &hs, &hp.target(), |r, s| {
+            let targets = optimise_targets_within(writer.model(), &tbs, &hs, &hp.target(), reach.as_ref().map(|r| &r.left), |r, s| {
                 if r + 1 == n_req {
                     progress(&format!("targets: step {} nll {:.3}", s.step, s.nll));
                 }

@@ -10,7 +10,7 @@
 //! state tensors the method put in its record. The session calls it after each batch and when it
 //! replays a journal, so a resumed session has the same state as one that never stopped.
 
-use super::guard::{FilterReport, SpectralGuard};
+use super::guard::{FilterReport, Reach, SpectralGuard};
 use super::request::EditRequest;
 use super::update::{check_update, Update};
 use crate::error::{Error, Result};
@@ -55,13 +55,30 @@ pub struct Writer<'a> {
     model: &'a GpuModel,
     guards: &'a BTreeMap<String, SpectralGuard>,
     max_ratio: f64,
+    targets_through_guard: bool,
     written: Vec<Written>,
 }
 
 impl<'a> Writer<'a> {
     /// `guards` empty: no REVIVE; otherwise every written matrix must have one.
     pub fn new(model: &'a GpuModel, guards: &'a BTreeMap<String, SpectralGuard>, max_ratio: f64) -> Self {
-        Writer { model, guards, max_ratio, written: vec![] }
+        Writer { model, guards, max_ratio, targets_through_guard: false, written: vec![] }
+    }
+
+    /// Methods optimise their targets through the guards ([`Writer::reach`]).
+    pub fn with_targets_through_guard(mut self, on: bool) -> Self {
+        self.targets_through_guard = on;
+        self
+    }
+
+    /// Where the filtered update of `matrix` can reach, when the session optimises targets
+    /// through the guard; None without REVIVE or without that setting.
+    pub fn reach(&self, matrix: &str) -> Result<Option<Reach>> {
+        if !self.targets_through_guard || self.guards.is_empty() {
+            return Ok(None);
+        }
+        let g = self.guards.get(matrix).ok_or_else(|| Error::Edit(format!("REVIVE is on but {matrix} has no guard; the session builds one for every matrix the method names")))?;
+        Ok(Some(g.reach(self.model.gpu())?))
     }
 
     /// The model as written so far (read-only: writes go through [`Writer::write`]).

@@ -9,6 +9,7 @@
 use super::hparams::RomeHparams;
 use super::keys::{context_templates, mean_key, subject_keys, subject_prompt, SubjectPrompt};
 use super::request::EditRequest;
+use super::guard::Reach;
 use super::target::{norm, optimise_target, target_batch, Step, Target, TargetBatch};
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
@@ -70,6 +71,11 @@ pub struct RomeReport {
     pub weight_norm: f64,
     /// uᵀ k_p / ‖u‖ — how well the key stands out from the covariance.
     pub key_alignment: f64,
+    /// With the target optimised through a REVIVE guard: uᵀ(I − V_kV_kᵀ)k_p / uᵀk_p, the share
+    /// of the update's effect at the prompt that the filter's right side lets through (the
+    /// update is scaled by its inverse, so the filtered update still returns v*).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_reach: Option<f64>,
 }
 
 /// Computes ROME's ΔW for one request without writing it: δ/(uᵀk_p) · uᵀ, as its two factors
@@ -81,18 +87,22 @@ pub fn rome_update(
     hp: &RomeHparams,
     templates: &[String],
     cov: &CovSolver,
+    reach: Option<&Reach>,
     on_step: impl FnMut(&Step),
 ) -> Result<(Delta, RomeReport)> {
     let prompts = templates.iter().map(|t| subject_prompt(tok, t, &req.prompt, &req.subject)).collect::<Result<Vec<_>>>()?;
     let plain = subject_prompt(tok, "{}", &req.prompt, &req.subject)?;
     let tb = target_batch(tok, templates, &req.prompt, &req.subject, &req.target_new)?;
-    let (dw, mut report) = rome_update_ids(model, &prompts, &plain, &tb, hp, cov, on_step)?;
+    let (dw, mut report) = rome_update_ids(model, &prompts, &plain, &tb, hp, cov, reach, on_step)?;
     report.templates = templates.to_vec();
     Ok((dw, report))
 }
 
 /// ROME on token ids: `prompts` are the context prompts for k*, `plain` the bare prompt, `tb`
-/// the batch the target is optimised on.
+/// the batch the target is optimised on. With `reach` (the layer's REVIVE guard, targets
+/// through it), δ stays where the filtered update can write it and the denominator is
+/// uᵀ(I − V_kV_kᵀ)k_p: after the filter, the update still maps k_p to exactly v*.
+#[allow(clippy::too_many_arguments)]
 pub fn rome_update_ids(
     model: &GpuModel,
     prompts: &[SubjectPrompt],
@@ -100,6 +110,7 @@ pub fn rome_update_ids(
     tb: &TargetBatch,
     hp: &RomeHparams,
     cov: &CovSolver,
+    reach: Option<&Reach>,
     on_step: impl FnMut(&Step),
 ) -> Result<(Delta, RomeReport)> {
     let gpu = model.gpu();
@@ -116,20 +127,31 @@ pub fn rome_update_ids(
     let kp = gpu.upload(&plain, &[1, plain.len()])?;
     let bias = model.tensor(&down_bias_name(layer)).ok();
     let h = gpu.download(&model.linear(&kp, w, bias)?)?;
-    let target = optimise_target(model, tb, &h, hp, on_step)?;
+    let target = optimise_target(model, tb, &h, hp, reach.map(|r| &r.left), on_step)?;
 
     let u = cov.solve(&k_star);
-    let denom: f64 = u.iter().zip(&plain).map(|(a, &b)| a * b as f64).sum();
+    let dot = |k: &[f32]| -> f64 { u.iter().zip(k).map(|(a, &b)| a * b as f64).sum() };
+    let plain_denom = dot(&plain);
+    let (denom, key_reach) = match reach {
+        None => (plain_denom, None),
+        Some(r) => {
+            let mut free = plain.clone();
+            r.right.project_f32(&mut free);
+            let d = dot(&free);
+            (d, Some(d / plain_denom))
+        }
+    };
     let u_norm = u.iter().map(|v| v * v).sum::<f64>().sqrt();
     if !(denom.is_finite() && denom.abs() > 1e-12 * u_norm * norm(&plain)) {
-        return Err(Error::Numeric(format!("ROME's denominator uᵀk = {denom:e} is zero or not finite")));
+        let why = if reach.is_some() { " (with the key's part in the guard's protected input directions removed)" } else { "" };
+        return Err(Error::Numeric(format!("ROME's denominator uᵀk = {denom:e}{why} is zero or not finite")));
     }
     let left: Vec<f32> = target.delta.iter().map(|&x| (x as f64 / denom) as f32).collect();
     let right: Vec<f32> = u.iter().map(|&x| x as f32).collect();
     let dw = Delta::LowRank { left: gpu.upload(&left, &[left.len(), 1])?, right: gpu.upload(&right, &[right.len(), 1])? };
     let update_norm = dw.norm(gpu)?;
     let weight_norm = frobenius(gpu, w)?;
-    let report = RomeReport { layer, templates: vec![], target, update_norm, weight_norm, key_alignment: denom / u_norm };
+    let report = RomeReport { layer, templates: vec![], target, update_norm, weight_norm, key_alignment: plain_denom / u_norm, key_reach };
     Ok((dw, report))
 }
 
@@ -173,8 +195,9 @@ impl Method for RomeMethod<'_> {
 
     fn edit(&mut self, writer: &mut Writer, requests: &[EditRequest], progress: &mut dyn FnMut(&str)) -> Result<MethodRecord> {
         let mut reports = vec![];
+        let reach = writer.reach(&down_name(self.hp.layer))?;
         for (i, req) in requests.iter().enumerate() {
-            let (dw, report) = rome_update(writer.model(), self.tok, req, &self.hp, &self.templates, &self.cov, |s| progress(&format!("request {i}: step {} nll {:.3}", s.step, s.nll)))
+            let (dw, report) = rome_update(writer.model(), self.tok, req, &self.hp, &self.templates, &self.cov, reach.as_ref(), |s| progress(&format!("request {i}: step {} nll {:.3}", s.step, s.nll)))
                 .map_err(|e| Error::Edit(format!("request {i} ({:?}): {e}", req.full_prompt())))?;
             writer.write(Update { matrix: down_name(self.hp.layer), delta: dw })?;
             let last = report.target.history.last();
@@ -185,6 +208,7 @@ impl Method for RomeMethod<'_> {
                 "h_norm": report.target.h_norm,
                 "update_norm": report.update_norm,
                 "key_alignment": report.key_alignment,
+                "key_reach": report.key_reach,
             }));
         }
         Ok(MethodRecord { record: serde_json::json!({ "requests": reports }), state: vec![] })

@@ -52,8 +52,16 @@ pub struct RunRecord {
     pub total_seconds: f64,
 }
 
+/// A ROME run's REVIVE guard, and whether its targets are optimised through it
+/// (`rome_update_ids`).
+#[derive(Clone, Copy)]
+pub struct Guarding<'a> {
+    pub guard: &'a SpectralGuard,
+    pub targets_through: bool,
+}
+
 /// Applies `requests` in order with ROME. `cov` is C0 of `hp.layer` of the original model;
-/// with a `guard` (built from the original weight of that layer), every update goes through
+/// with a guard (built from the original weight of that layer), every update goes through
 /// the REVIVE filter before it is written. `track` may measure the model after each edit;
 /// `on_edit` sees each record as it completes (to print it).
 #[allow(clippy::too_many_arguments)]
@@ -63,16 +71,18 @@ pub fn run_rome(
     requests: &[EditRequest],
     hp: &RomeHparams,
     cov: &CovSolver,
-    guard: Option<&SpectralGuard>,
+    guarding: Option<Guarding>,
     progress: bool,
     mut track: impl FnMut(&GpuModel) -> Result<Option<Tracking>>,
     mut on_edit: impl FnMut(&EditRecord),
 ) -> Result<(Vec<String>, Vec<EditRecord>)> {
+    let guard = guarding.map(|g| g.guard);
     if let Some(g) = guard {
         if g.info.matrix != crate::model::names::down_name(hp.layer) {
             return Err(crate::error::Error::Edit(format!("the REVIVE guard is for {}, the edit writes {}", g.info.matrix, crate::model::names::down_name(hp.layer))));
         }
     }
+    let reach = guarding.filter(|g| g.targets_through).map(|g| g.guard.reach(model.gpu())).transpose()?;
     let bar = crate::progress::edits(requests.len() as u64, progress);
     bar.set_message("sampling context templates");
     let templates = templates(model, tok, hp)?;
@@ -81,7 +91,7 @@ pub fn run_rome(
         bar.set_message(format!("{} → {:?}", req.full_prompt(), req.target_new));
         let before = fact_metrics(model, tok, req)?;
         let start = Instant::now();
-        let (dw, rome) = rome_update(model, tok, req, hp, &templates, cov, |s| {
+        let (dw, rome) = rome_update(model, tok, req, hp, &templates, cov, reach.as_ref(), |s| {
             bar.set_message(format!("{:?}: step {} nll {:.3} p {:.3}", req.target_new, s.step, s.nll, s.p_target));
             bar.tick();
         })?;

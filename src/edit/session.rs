@@ -84,6 +84,10 @@ pub struct SessionConfig {
     /// SHA-256 of the base values of every matrix the method may write.
     pub base_hash: String,
     pub revive: Option<RankRule>,
+    /// The methods optimise their targets through the guards (`Writer::reach`); false in
+    /// sessions written before the setting existed.
+    #[serde(default)]
+    pub targets_through_guard: bool,
     pub svd_tol: f64,
     pub batch: usize,
     pub n_requests: usize,
@@ -91,6 +95,16 @@ pub struct SessionConfig {
     /// The context templates, sampled once from the base model.
     pub templates: Vec<String>,
     pub max_update_ratio: f64,
+}
+
+impl SessionConfig {
+    /// Targets through the guards: only with REVIVE, which has the guards.
+    pub fn with_targets_through_guard(self, on: bool) -> Result<SessionConfig> {
+        if on && self.revive.is_none() {
+            return Err(Error::Edit("targets through the guard need REVIVE's guards: give --revive τ or --revive-rank K as well".into()));
+        }
+        Ok(SessionConfig { targets_through_guard: on, ..self })
+    }
 }
 
 /// Hash of the base values of the matrices a session writes: a resume or replay must start
@@ -284,6 +298,7 @@ impl<'a> Session<'a> {
             model: model_name.into(),
             base_hash: base_hash(model, &matrices)?,
             revive,
+            targets_through_guard: false,
             svd_tol,
             batch,
             n_requests: requests.len(),
@@ -422,7 +437,7 @@ impl<'a> Session<'a> {
         let saved: Vec<(String, Tensor)> = matrices.iter().map(|m| Ok((m.clone(), scale(&gpu, model.tensor(m)?, 1.0)?))).collect::<Result<_>>()?;
         let t0 = Instant::now();
         let outcome = {
-            let mut writer = Writer::new(model, &self.guards, self.config.max_update_ratio);
+            let mut writer = Writer::new(model, &self.guards, self.config.max_update_ratio).with_targets_through_guard(self.config.targets_through_guard);
             let mut progress = |s: &str| bar.set_message(format!("batch {b}: {s}"));
             self.method.edit(&mut writer, reqs, &mut progress).map(|rec| (rec, writer.into_written()))
         };

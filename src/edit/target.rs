@@ -9,6 +9,7 @@
 use super::hparams::RomeHparams;
 use super::keys::{subject_prompt, SubjectPrompt};
 use crate::error::{Error, Result};
+use crate::linalg::subspace::HostComplement;
 use crate::model::backward::{padded_targets, DeltaPass, Term};
 use crate::model::forward::Batch;
 use crate::model::forward::GpuModel;
@@ -148,8 +149,9 @@ impl From<&RomeHparams> for TargetParams {
 }
 
 /// Finds δ for one request at `hp.layer`; `h` is the MLP output it rewrites.
-pub fn optimise_target(model: &GpuModel, tb: &TargetBatch, h: &[f32], hp: &RomeHparams, mut on_step: impl FnMut(&Step)) -> Result<Target> {
-    let mut t = optimise_targets(model, std::slice::from_ref(tb), &[h.to_vec()], &TargetParams::from(hp), |_, s| on_step(s))?;
+/// `reach`: as [`optimise_targets_within`].
+pub fn optimise_target(model: &GpuModel, tb: &TargetBatch, h: &[f32], hp: &RomeHparams, reach: Option<&HostComplement>, mut on_step: impl FnMut(&Step)) -> Result<Target> {
+    let mut t = optimise_targets_within(model, std::slice::from_ref(tb), &[h.to_vec()], &TargetParams::from(hp), reach, |_, s| on_step(s))?;
     Ok(t.remove(0))
 }
 
@@ -163,7 +165,20 @@ pub const TARGET_PASS_ROWS: usize = 2048;
 /// per forward/backward pass: each has its own δ, Adam state, clamp and early stop (a request
 /// that reached `nll_stop` keeps its δ while the others go on). `on_step(r, step)` sees each
 /// request's steps.
-pub fn optimise_targets(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, mut on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
+pub fn optimise_targets(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
+    optimise_targets_within(model, tbs, hs, p, None, on_step)
+}
+
+/// [`optimise_targets`] with every δ kept in `reach` when given (the complement of a REVIVE
+/// guard's protected output directions, where the filtered update can put it): projected Adam,
+/// each gradient projected before the step and each δ after it, so the loss only ever sees a δ
+/// the guarded layer can write.
+pub fn optimise_targets_within(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, reach: Option<&HostComplement>, mut on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
+    if let Some(c) = reach {
+        if c.dim() != model.config.hidden {
+            return Err(Error::shape("target", format!("targets of width {} kept in a subspace of width {}", model.config.hidden, c.dim())));
+        }
+    }
     if tbs.len() != hs.len() {
         return Err(Error::shape("target", format!("{} requests but {} rewritten vectors", tbs.len(), hs.len())));
     }
@@ -181,13 +196,13 @@ pub fn optimise_targets(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], 
             rows += r;
             end += 1;
         }
-        out.extend(optimise_chunk(model, &tbs[start..end], &hs[start..end], p, |r, s| on_step(start + r, s))?);
+        out.extend(optimise_chunk(model, &tbs[start..end], &hs[start..end], p, reach, |r, s| on_step(start + r, s))?);
         start = end;
     }
     Ok(out)
 }
 
-fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, mut on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
+fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &TargetParams, reach: Option<&HostComplement>, mut on_step: impl FnMut(usize, &Step)) -> Result<Vec<Target>> {
     let d = model.config.hidden;
     let n = tbs.len();
     let mut seqs = vec![];
@@ -282,8 +297,15 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
                 continue;
             }
             active = true;
-            let g: Vec<f64> = lg.grad[r * d..(r + 1) * d].iter().zip(x.iter()).map(|(&g, &x)| g as f64 + wd_factor * x as f64).collect();
+            let mut g: Vec<f64> = lg.grad[r * d..(r + 1) * d].iter().zip(x.iter()).map(|(&g, &x)| g as f64 + wd_factor * x as f64).collect();
+            if let Some(c) = reach {
+                c.project(&mut g);
+            }
             adams[r].step(x, &g);
+            // Adam scales each coordinate on its own, which moves δ out of the subspace.
+            if let Some(c) = reach {
+                c.project_f32(x);
+            }
             let dn = norm(x);
             let max_norm = p.clamp_norm_factor * h_norms[r];
             if dn > max_norm {

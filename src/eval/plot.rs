@@ -269,6 +269,7 @@ mod tests {
                 update_norm: 1.0,
                 weight_norm: 1.0,
                 key_alignment: 1.0,
+                key_reach: None,
             },
             edit_seconds: 1.0,
             filter: None,

@@ -54,6 +54,7 @@ pub(in crate::cli) struct Args {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     use revive::edit::guard::RankRule;
+    use revive::edit::run::Guarding;
     if a.method != "rome" {
         return run_batch(choice, a);
     }
@@ -68,6 +69,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let guard = if rule.is_some() || a.both || a.track { Some(make_guard(&gm, hp.layer, rule.unwrap_or(RankRule::Energy(0.5)), &opts)?) } else { None };
     let basis = guard.as_ref().map(|g| g.basis());
     let down = revive::model::names::down_name(hp.layer);
+    anyhow::ensure!(!a.revive.targets_through_guard || guard.is_some() && (rule.is_some() || a.both), "--targets-through-guard needs REVIVE's guard: give --revive τ, --revive-rank K or --both");
     let arms: Vec<bool> = if a.both { vec![false, true] } else { vec![rule.is_some()] };
     let n = requests.len();
     let mut results = vec![];
@@ -84,7 +86,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         };
         let g = if with_guard { guard.as_ref() } else { None };
         println!("== {} ==", if with_guard { "ROME + REVIVE" } else { "ROME" });
-        let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g, track.as_ref(), |r| print_edit(r, n))?;
+        let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g.map(|guard| Guarding { guard, targets_through: a.revive.targets_through_guard }), track.as_ref(), |r| print_edit(r, n))?;
         print_bench_edit(&gpu, &hp, &cov, cov_seconds, &known, &b);
         results.push(b);
         // After every arm, so a run stopped in a later arm keeps the earlier ones.
@@ -157,10 +159,12 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
     let requests = revive::edit::request::load_requests(&a.edits)?;
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let rule = a.revive.rule();
+    anyhow::ensure!(!a.revive.targets_through_guard || rule.is_some() || a.both, "--targets-through-guard needs REVIVE's guard: give --revive τ, --revive-rank K or --both");
     let arms: Vec<Option<RankRule>> = if a.both { vec![None, Some(rule.unwrap_or(RankRule::Energy(0.5)))] } else { vec![rule] };
     let mut results = vec![];
     for arm in arms {
-        let name = format!("{}{}", a.method, if arm.is_some() { "+revive" } else { "" });
+        let through = arm.is_some() && a.revive.targets_through_guard;
+        let name = format!("{}{}{}", a.method, if arm.is_some() { "+revive" } else { "" }, if through { "+through" } else { "" });
         let dir = a.out.join(&name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -173,6 +177,7 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
             requests: requests.to_vec(),
             batch: a.batch,
             revive: arm,
+            targets_through_guard: through,
             svd_tol: a.revive.svd_tol,
             max_update_ratio: revive::edit::update::DEFAULT_MAX_UPDATE_RATIO,
         };
