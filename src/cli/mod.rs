@@ -173,27 +173,29 @@ impl From<TargetLossArg> for revive::edit::target::TargetLoss {
 }
 
 impl HpArgs {
+    /// ROME's hyper-parameters: the file (or the shipped ones) with the overrides.
     fn resolve(&self) -> Result<revive::edit::hparams::RomeHparams> {
-        let mut hp = match &self.hparams {
+        self.resolve_with(None)
+    }
+
+    /// [`Self::resolve`] with a batch method's `--layers` as well (ROME takes the first).
+    fn resolve_with(&self, layers: Option<Vec<usize>>) -> Result<revive::edit::hparams::RomeHparams> {
+        let hp = match &self.hparams {
             Some(path) => revive::edit::hparams::RomeHparams::load(path)?,
             None => revive::edit::hparams::RomeHparams::smollm2(),
         };
-        if let Some(l) = self.layer {
-            hp.layer = l;
+        Ok(hp.with_overrides(&self.overrides(layers)))
+    }
+
+    /// The single overrides; `layers` (a batch method's `--layers`) comes before `--layer`.
+    fn overrides(&self, layers: Option<Vec<usize>>) -> revive::edit::hparams::Overrides {
+        revive::edit::hparams::Overrides {
+            steps: self.steps,
+            templates: self.templates,
+            cov_tokens: self.cov_tokens,
+            layers: layers.or(self.layer.map(|l| vec![l])),
+            target_loss: self.target_loss.map(Into::into),
         }
-        if let Some(s) = self.steps {
-            hp.v_steps = s.max(1);
-        }
-        if let Some(t) = self.templates {
-            hp.templates.per_prefix = t;
-        }
-        if let Some(n) = self.cov_tokens {
-            hp.mom2_tokens = n.max(1);
-        }
-        if let Some(t) = self.target_loss {
-            hp.target_loss = t.into();
-        }
-        Ok(hp)
     }
 }
 

@@ -45,20 +45,14 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
         m => Some(BatchMethod::from_name(m).ok_or_else(|| anyhow::anyhow!("unknown method '{m}'"))?),
     };
     Ok(match batch_method {
-        None => {
-            let mut hp = s.hp.resolve()?;
-            if let (None, Some(&l)) = (s.hp.layer, s.layers.as_ref().and_then(|l| l.first())) {
-                hp.layer = l;
-            }
-            MethodSpec::Rome { hparams: hp }
-        }
+        None => MethodSpec::Rome { hparams: s.hp.resolve_with(s.layers.clone())? },
         Some(m) => {
             let hp = match &s.hp.hparams {
                 Some(p) => BatchHparams::load(p)?,
                 None => BatchHparams::smollm2(m),
             };
             anyhow::ensure!(hp.method == m, "the hyper-parameters are for {}, not {}", hp.method.name(), m.name());
-            let hp = hp.with_overrides(s.hp.steps, s.hp.templates, s.hp.cov_tokens, s.layers.clone().or(s.hp.layer.map(|l| vec![l])), s.hp.target_loss.map(Into::into));
+            let hp = hp.with_overrides(&s.hp.overrides(s.layers.clone()));
             hp.validate("the command line")?;
             MethodSpec::Batch { hparams: hp }
         }

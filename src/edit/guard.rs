@@ -66,7 +66,7 @@ pub struct FilterReport {
 }
 
 /// What an update through the filter can still do, for targets optimised through it
-/// ("targets through the guard", DESIGN.md's suggested arm): a filtered update's output lies in
+/// ("targets through the guard", docs/architecture.md §3): a filtered update's output lies in
 /// `left` (I − U_kU_kᵀ), and it reads only the part of a key in `right` (I − V_kV_kᵀ). A target
 /// outside `left` cannot be reached by the filtered update of the layer that writes it.
 pub struct Reach {

@@ -52,6 +52,17 @@ pub struct RomeHparams {
 
 const SMOLLM2_ROME: &str = include_str!("../../assets/hparams/rome/smollm2.json");
 
+/// Single values the command line puts over a hyper-parameter file: the reduced settings
+/// (`--steps`, `--templates`, `--cov-tokens`), the edited layers and the target loss.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub steps: Option<usize>,
+    pub templates: Option<usize>,
+    pub cov_tokens: Option<usize>,
+    pub layers: Option<Vec<usize>>,
+    pub target_loss: Option<TargetLoss>,
+}
+
 impl RomeHparams {
     /// The shipped defaults for SmolLM2.
     pub fn smollm2() -> Self {
@@ -67,6 +78,26 @@ impl RomeHparams {
         let hp: RomeHparams = serde_json::from_str(text).map_err(|e| Error::Model { file: file.into(), detail: format!("bad ROME hparams: {e}") })?;
         hp.validate(file)?;
         Ok(hp)
+    }
+
+    /// The command line's overrides (ROME edits one layer: the first of `layers`).
+    pub fn with_overrides(mut self, o: &Overrides) -> Self {
+        if let Some(&l) = o.layers.as_ref().and_then(|l| l.first()) {
+            self.layer = l;
+        }
+        if let Some(s) = o.steps {
+            self.v_steps = s.max(1);
+        }
+        if let Some(t) = o.templates {
+            self.templates.per_prefix = t;
+        }
+        if let Some(n) = o.cov_tokens {
+            self.mom2_tokens = n.max(1);
+        }
+        if let Some(t) = o.target_loss {
+            self.target_loss = t;
+        }
+        self
     }
 
     fn validate(&self, file: &str) -> Result<()> {
@@ -275,21 +306,21 @@ impl BatchHparams {
         Ok(())
     }
 
-    /// Corpus tokens and layers: the reduced-settings overrides of the command line.
-    pub fn with_overrides(mut self, steps: Option<usize>, templates: Option<usize>, cov_tokens: Option<usize>, layers: Option<Vec<usize>>, target_loss: Option<TargetLoss>) -> Self {
-        if let Some(s) = steps {
+    /// The command line's overrides.
+    pub fn with_overrides(mut self, o: &Overrides) -> Self {
+        if let Some(s) = o.steps {
             self.v_steps = s.max(1);
         }
-        if let Some(t) = templates {
+        if let Some(t) = o.templates {
             self.templates.per_prefix = t;
         }
-        if let Some(n) = cov_tokens {
+        if let Some(n) = o.cov_tokens {
             self.mom2_tokens = n.max(1);
         }
-        if let Some(l) = layers {
-            self.layers = l;
+        if let Some(l) = &o.layers {
+            self.layers = l.clone();
         }
-        if let Some(t) = target_loss {
+        if let Some(t) = o.target_loss {
             self.target_loss = t;
         }
         self
@@ -304,6 +335,20 @@ mod tests {
     fn shipped_defaults_parse() {
         let hp = RomeHparams::smollm2();
         assert!(hp.layer < 30 && hp.v_steps > 0 && hp.why.contains_key("layer"));
+    }
+
+    /// Every override reaches both kinds of hyper-parameters; ROME edits the first layer given;
+    /// no override leaves a value as it was.
+    #[test]
+    fn overrides_reach_rome_and_the_batch_methods() {
+        let o = Overrides { steps: Some(0), templates: Some(0), cov_tokens: Some(4096), layers: Some(vec![2, 3]), target_loss: Some(TargetLoss::Published) };
+        let r = RomeHparams::smollm2().with_overrides(&o);
+        assert_eq!((r.layer, r.v_steps, r.templates.per_prefix, r.mom2_tokens, r.target_loss), (2, 1, 0, 4096, TargetLoss::Published));
+        let b = BatchHparams::smollm2(BatchMethod::Memit).with_overrides(&o);
+        assert_eq!((b.layers.clone(), b.v_steps, b.templates.per_prefix, b.mom2_tokens, b.target_loss), (vec![2, 3], 1, 0, 4096, TargetLoss::Published));
+        let none = Overrides::default();
+        assert_eq!(format!("{:?}", RomeHparams::smollm2().with_overrides(&none)), format!("{:?}", RomeHparams::smollm2()));
+        assert_eq!(format!("{:?}", BatchHparams::smollm2(BatchMethod::Memit).with_overrides(&none)), format!("{:?}", BatchHparams::smollm2(BatchMethod::Memit)));
     }
 
     #[test]
