@@ -115,6 +115,9 @@ pub(super) fn with_session<R>(
         })?,
         None => Default::default(),
     };
+    if config.targets_through_guard {
+        eprintln!("REVIVE: targets optimised through the guard (kept out of the protected output directions)");
+    }
     let mut session = Session::open(dir, &gm, config, requests, method, guards)?;
     let known = match known {
         Some(p) => revive::eval::retention::load_facts(p)?,
@@ -207,7 +210,8 @@ pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{}: {} on {} (layers {:?}), {} requests in batches of {}, REVIVE {:?}", dir.display(), config.spec.name(), config.model, config.spec.layers(), requests.len(), config.batch, config.revive);
+    let through = if config.targets_through_guard { ", targets through the guard" } else { "" };
+    println!("{}: {} on {} (layers {:?}), {} requests in batches of {}, REVIVE {:?}{through}", dir.display(), config.spec.name(), config.model, config.spec.layers(), requests.len(), config.batch, config.revive);
     println!("{:>6} {:>12} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}  updates", "batch", "requests", "seconds", "eff before", "eff after", "paraphr.", "neighb.", "locality", "portab.");
     for (_, h) in j.batches() {
         let after = j.metrics_of(h.batch).map(|m| m.after.clone()).unwrap_or_default();

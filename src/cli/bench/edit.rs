@@ -85,7 +85,11 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
             _ => None,
         };
         let g = if with_guard { guard.as_ref() } else { None };
-        println!("== {} ==", if with_guard { "ROME + REVIVE" } else { "ROME" });
+        println!("== {} ==", match (with_guard, a.revive.targets_through_guard) {
+            (true, true) => "ROME + REVIVE, targets through the guard",
+            (true, false) => "ROME + REVIVE",
+            (false, _) => "ROME",
+        });
         let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g.map(|guard| Guarding { guard, targets_through: a.revive.targets_through_guard }), track.as_ref(), |r| print_edit(r, n))?;
         print_bench_edit(&gpu, &hp, &cov, cov_seconds, &known, &b);
         results.push(b);
@@ -96,10 +100,10 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         }
     }
     if results.len() > 1 {
-        println!("\n{:<12} {:>9} {:>9} {:>11} {:>12} {:>10}", "arm", "efficacy", "at end", "paraphrase", "known facts", "s/edit");
+        println!("\n{:<20} {:>9} {:>9} {:>11} {:>12} {:>10}", "arm", "efficacy", "at end", "paraphrase", "known facts", "s/edit");
         for b in &results {
             println!(
-                "{:<12} {:>6}/{:<2} {:>6}/{:<2} {:>10.0}% {:>8}/{:<3} {:>10.1}",
+                "{:<20} {:>6}/{:<2} {:>6}/{:<2} {:>10.0}% {:>8}/{:<3} {:>10.1}",
                 b.arm,
                 b.efficacy_after_each,
                 b.edits,
