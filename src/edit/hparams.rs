@@ -63,6 +63,24 @@ pub struct Overrides {
     pub target_loss: Option<TargetLoss>,
 }
 
+impl Overrides {
+    /// The overrides every method's hyper-parameters share (all but the layers).
+    fn apply_shared(&self, steps: &mut usize, templates: &mut Templates, mom2_tokens: &mut usize, target_loss: &mut TargetLoss) {
+        if let Some(s) = self.steps {
+            *steps = s.max(1);
+        }
+        if let Some(t) = self.templates {
+            templates.per_prefix = t;
+        }
+        if let Some(n) = self.cov_tokens {
+            *mom2_tokens = n.max(1);
+        }
+        if let Some(t) = self.target_loss {
+            *target_loss = t;
+        }
+    }
+}
+
 impl RomeHparams {
     /// The shipped defaults for SmolLM2.
     pub fn smollm2() -> Self {
@@ -85,18 +103,7 @@ impl RomeHparams {
         if let Some(&l) = o.layers.as_ref().and_then(|l| l.first()) {
             self.layer = l;
         }
-        if let Some(s) = o.steps {
-            self.v_steps = s.max(1);
-        }
-        if let Some(t) = o.templates {
-            self.templates.per_prefix = t;
-        }
-        if let Some(n) = o.cov_tokens {
-            self.mom2_tokens = n.max(1);
-        }
-        if let Some(t) = o.target_loss {
-            self.target_loss = t;
-        }
+        o.apply_shared(&mut self.v_steps, &mut self.templates, &mut self.mom2_tokens, &mut self.target_loss);
         self
     }
 
@@ -308,21 +315,10 @@ impl BatchHparams {
 
     /// The command line's overrides.
     pub fn with_overrides(mut self, o: &Overrides) -> Self {
-        if let Some(s) = o.steps {
-            self.v_steps = s.max(1);
-        }
-        if let Some(t) = o.templates {
-            self.templates.per_prefix = t;
-        }
-        if let Some(n) = o.cov_tokens {
-            self.mom2_tokens = n.max(1);
-        }
         if let Some(l) = &o.layers {
             self.layers = l.clone();
         }
-        if let Some(t) = o.target_loss {
-            self.target_loss = t;
-        }
+        o.apply_shared(&mut self.v_steps, &mut self.templates, &mut self.mom2_tokens, &mut self.target_loss);
         self
     }
 }
