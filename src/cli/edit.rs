@@ -10,8 +10,9 @@ use revive::gpu::BackendChoice;
 pub(super) struct EditArgs {
     #[arg(short, long, default_value = "smollm2")]
     model: String,
-    #[arg(long, value_enum, default_value_t = Method::Rome)]
-    method: Method,
+    /// The editing method: ROME one fact at a time, or a batch method.
+    #[arg(long, default_value = "rome", value_parser = method_names())]
+    method: String,
     /// The subject, e.g. "Danielle Darrieux".
     #[arg(long, requires_all = ["prompt", "target"], conflicts_with = "edits")]
     subject: Option<String>,
@@ -64,27 +65,9 @@ pub(super) struct EditArgs {
     known: Option<std::path::PathBuf>,
 }
 
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
-enum Method {
-    Rome,
-    Memit,
-    Alphaedit,
-    Rect,
-    Prune,
-    Nse,
-}
-
-impl Method {
-    fn name(&self) -> &'static str {
-        match self {
-            Method::Rome => "rome",
-            Method::Memit => "memit",
-            Method::Alphaedit => "alphaedit",
-            Method::Rect => "rect",
-            Method::Prune => "prune",
-            Method::Nse => "nse",
-        }
-    }
+/// ROME and the batch methods' names, as `--method` accepts them.
+fn method_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(std::iter::once("rome").chain(revive::edit::hparams::BatchMethod::ALL.iter().map(|m| m.name())))
 }
 
 pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
@@ -114,10 +97,10 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     if a.resume.is_none() {
         super::common::prepare_out(&a.out)?;
     }
-    if a.method != Method::Rome || a.batch.is_some() {
+    if a.method != "rome" || a.batch.is_some() {
         let new = super::session::NewSession {
             model: a.model.clone(),
-            method: a.method.name().into(),
+            method: a.method.clone(),
             hp: a.hp.clone(),
             layers: a.layers.clone(),
             requests: requests.to_vec(),
