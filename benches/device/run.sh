@@ -123,6 +123,8 @@ step experiment-dry 120 $bin experiment -m "$model" --dry-run --limit 2000 --bat
 # four arms in parallel, checkpoints every 500 edits on 100 sampled requests. Each arm stops
 # cleanly after EXP_MINUTES (default 8) and the journals stay in /tmp/exp2000 on the machine:
 # while it is still warm, running this step again continues every arm where it stopped.
+# ARMS (environment, as arms.sh reads it) adds or picks arms, e.g. REVIVE with the targets
+# through the guard: ARMS="memit/0.5 memit/0.5+through alphaedit/0.5 alphaedit/0.5+through".
 exp_minutes=${EXP_MINUTES:-8}
 step experiment 570 bash benches/device/arms.sh $bin "$model" /tmp/exp2000 "$exp_minutes" --limit 2000 --batch 100 \
   --every 500 --templates 0 --steps 12 --cov-tokens 4096 --sample 100 --ppl-tokens 4096 \
