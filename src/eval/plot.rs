@@ -78,15 +78,20 @@ fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, p: &Panel,
         (x0, x1, y0, y1) = (0.0, 1.0, 0.1, 1.0);
     }
     if x1 <= x0 {
-        x1 = x0 + 1.0;
+        // One x (a single checkpoint): the point in the middle, not on the left edge.
+        let half = 0.5 * x0.abs().max(1.0);
+        (x0, x1) = (x0 - half, x1 + half);
     }
     if y1 <= y0 {
         // A flat series sits in the middle of its panel (a share of 1 between 0.5 and 1.5).
         let half = 0.5 * y0.abs().max(1e-3);
         (y0, y1) = (y0 - half, y1 + half);
     }
+    // A panel with no value at all says so instead of drawing empty axes.
+    let measured = p.series.iter().any(|(_, v, _)| v.iter().any(|(_, y)| y.is_finite()));
+    let title = if measured { p.title.to_string() } else { format!("{} (not measured)", p.title) };
     let mut b = ChartBuilder::on(area);
-    b.caption(p.title, ("sans-serif", 16)).margin(10).x_label_area_size(32).y_label_area_size(56);
+    b.caption(title, ("sans-serif", 16)).margin(10).x_label_area_size(32).y_label_area_size(56);
     macro_rules! finish {
         ($chart:expr) => {{
             let mut chart = $chart.map_err(|e| plot_err(path, e))?;
@@ -95,6 +100,11 @@ fn draw_panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, p: &Panel,
                 let color = PALETTE[i % PALETTE.len()];
                 let style = if *dashed { color.mix(0.5).stroke_width(1) } else { color.stroke_width(2) };
                 let keep: Vec<(f64, f64)> = v.iter().copied().filter(|(_, y)| y.is_finite() && (!p.log_y || *y > 0.0)).collect();
+                // Markers too: a series of one point (an arm with one checkpoint after the
+                // start) has no line to draw.
+                if !*dashed {
+                    chart.draw_series(keep.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| plot_err(path, e))?;
+                }
                 chart
                     .draw_series(LineSeries::new(keep, style))
                     .map_err(|e| plot_err(path, e))?
@@ -378,6 +388,13 @@ mod tests {
         // Lines were drawn: the decoded image is not all white.
         let img = resvg::tiny_skia::Pixmap::load_png(&png).unwrap();
         assert!(img.pixels().iter().any(|p| p.red() < 200), "the PNG is blank");
+        // Agreement was not measured in these rows (`agreement: None`): its panel says so; the
+        // measured panels do not.
+        assert!(text.contains("KL from the unedited model (not measured)") && !text.contains("perplexity on held-out prose (not measured)"), "unmeasured panels unmarked");
+        // A series of one point (efficacy has none at 0 edits) still shows it: a marker.
+        let one = vec![ckpt("memit-0.5", 40, 0.95)];
+        experiment(&one, &svg).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().contains("<circle"), "a one-point series has no marker");
         // Portability has a panel only where some checkpoint measured it.
         assert!(!text.contains("portability"), "a portability panel without portability data");
         let mut with = rows.clone();
