@@ -267,6 +267,23 @@ fn kill_and_resume(backend: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `revive edit --method memit` over the inputs in `root`: 2 edits in one batch into `out`,
+/// nothing saved, with `extra` flags.
+fn memit_session(root: &Path, backend: &str, out: &Path, extra: &[&str]) -> Command {
+    let path = |p: &str| root.join(p).display().to_string();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+    c.args(["--backend", backend, "edit", "-m", &path("model"), "--method", "memit", "--hparams", &path("memit.json")])
+        .args(["--edits", &path("edits.json"), "--limit", "2", "--batch", "2", "--save", "none", "--out", &out.display().to_string()])
+        .args(extra)
+        .env("REVIVE_CACHE", root.join("cache"));
+    c
+}
+
+/// The `session.json` a session wrote in `dir`.
+fn session_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap()
+}
+
 /// `--target-loss` reaches the hyper-parameters a session records (and so its resume), and a
 /// session without it keeps the design's loss.
 #[test]
@@ -275,17 +292,10 @@ fn the_target_loss_flag_reaches_the_session() {
     let root = std::env::temp_dir().join(format!("revive-target-loss-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     write_inputs(&root);
-    let path = |p: &str| root.join(p).display().to_string();
     for (flag, want) in [(Some("published"), Some("published")), (None, None)] {
         let out = root.join(format!("session-{}", flag.unwrap_or("default")));
-        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
-        c.args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "memit", "--hparams", &path("memit.json")])
-            .args(["--edits", &path("edits.json"), "--limit", "2", "--batch", "2", "--save", "none", "--out", &out.display().to_string()])
-            .args(flag.map(|f| vec!["--target-loss", f]).unwrap_or_default())
-            .env("REVIVE_CACHE", root.join("cache"));
-        run_to_end(c, "revive edit").unwrap();
-        let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("session.json")).unwrap()).unwrap();
-        let found = find_key(&session, "target_loss");
+        run_to_end(memit_session(&root, &backend, &out, &flag.map(|f| vec!["--target-loss", f]).unwrap_or_default()), "revive edit").unwrap();
+        let found = find_key(&session_json(&out), "target_loss");
         assert_eq!(found.as_ref().and_then(|v| v.as_str()), want, "{flag:?}: target_loss {found:?} in session.json");
     }
     let _ = std::fs::remove_dir_all(&root);
@@ -301,24 +311,13 @@ fn targets_through_the_guard_reach_the_session() {
     let _ = std::fs::remove_dir_all(&root);
     write_inputs(&root);
     let path = |p: &str| root.join(p).display().to_string();
-    let edit = |out: &Path, extra: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
-        c.args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "memit", "--hparams", &path("memit.json")])
-            .args(["--edits", &path("edits.json"), "--limit", "2", "--batch", "2", "--save", "none", "--out", &out.display().to_string()])
-            .args(extra)
-            .env("REVIVE_CACHE", root.join("cache"));
-        c
-    };
-    let refused = edit(&root.join("no-guard"), &["--targets-through-guard"]).output().unwrap();
+    let refused = memit_session(&root, &backend, &root.join("no-guard"), &["--targets-through-guard"]).output().unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && err.contains("--targets-through-guard needs REVIVE's guard"), "{err}");
     assert!(!root.join("no-guard").join("session.json").exists(), "a refused session was written");
-    let through = |dir: &Path| -> Option<bool> {
-        let session: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap();
-        session["targets_through_guard"].as_bool()
-    };
+    let through = |dir: &Path| session_json(dir)["targets_through_guard"].as_bool();
     let out = root.join("edit-through");
-    run_to_end(edit(&out, &["--revive", "0.5", "--targets-through-guard"]), "revive edit").unwrap();
+    run_to_end(memit_session(&root, &backend, &out, &["--revive", "0.5", "--targets-through-guard"]), "revive edit").unwrap();
     assert_eq!(through(&out), Some(true));
     let out = root.join("experiment");
     for arm in ["memit/0.5+through", "memit/0.5"] {

@@ -106,14 +106,14 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
             requests: requests.to_vec(),
             batch: a.batch.unwrap_or(1),
             revive: a.revive.rule(),
-            targets_through_guard: a.revive.through_guard()?,
+            targets_through_guard: a.revive.through_guard(false)?,
             svd_tol: a.revive.svd_tol,
             max_update_ratio: a.max_update,
         };
         return super::session::run(choice, &a.out, Some(new), a.save, a.dtype, a.known.as_deref());
     }
     let hp = a.hp.resolve()?;
-    let targets_through = a.revive.through_guard()?;
+    let targets_through = a.revive.through_guard(false)?;
     let start = std::time::Instant::now();
     let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
     let n = requests.len();

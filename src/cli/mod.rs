@@ -121,9 +121,11 @@ impl ReviveArgs {
         use revive::edit::guard::RankRule;
         self.revive.map(RankRule::Energy).or(self.revive_rank.map(RankRule::Rank))
     }
-    /// `--targets-through-guard` needs a guard to go through.
-    fn through_guard(&self) -> anyhow::Result<bool> {
-        anyhow::ensure!(!self.targets_through_guard || self.rule().is_some(), "--targets-through-guard needs REVIVE's guard: give --revive τ or --revive-rank K as well");
+    /// `--targets-through-guard` needs a guard to go through: `--revive`, `--revive-rank`, or
+    /// where the command has one (`bench edit --both`), an arm that brings its own (`extra_arm`).
+    fn through_guard(&self, extra_arm: bool) -> anyhow::Result<bool> {
+        let alternatives = if extra_arm { "--revive τ, --revive-rank K or --both" } else { "--revive τ or --revive-rank K as well" };
+        anyhow::ensure!(!self.targets_through_guard || self.rule().is_some() || extra_arm, "--targets-through-guard needs REVIVE's guard: give {alternatives}");
         Ok(self.targets_through_guard)
     }
     fn svd(&self) -> revive::linalg::svd::SvdOptions {

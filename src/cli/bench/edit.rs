@@ -58,6 +58,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     if a.method != "rome" {
         return run_batch(choice, a);
     }
+    let targets_through = a.revive.through_guard(a.both)?;
     let requests = revive::edit::request::load_requests(&a.edits)?;
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let known = revive::eval::retention::load_facts(&a.known)?;
@@ -69,7 +70,6 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let guard = if rule.is_some() || a.both || a.track { Some(make_guard(&gm, hp.layer, rule.unwrap_or(RankRule::Energy(0.5)), &opts)?) } else { None };
     let basis = guard.as_ref().map(|g| g.basis());
     let down = revive::model::names::down_name(hp.layer);
-    anyhow::ensure!(!a.revive.targets_through_guard || guard.is_some() && (rule.is_some() || a.both), "--targets-through-guard needs REVIVE's guard: give --revive τ, --revive-rank K or --both");
     let arms: Vec<bool> = if a.both { vec![false, true] } else { vec![rule.is_some()] };
     let n = requests.len();
     let mut results = vec![];
@@ -85,12 +85,12 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
             _ => None,
         };
         let g = if with_guard { guard.as_ref() } else { None };
-        println!("== {} ==", match (with_guard, a.revive.targets_through_guard) {
+        println!("== {} ==", match (with_guard, targets_through) {
             (true, true) => "ROME + REVIVE, targets through the guard",
             (true, false) => "ROME + REVIVE",
             (false, _) => "ROME",
         });
-        let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g.map(|guard| Guarding { guard, targets_through: a.revive.targets_through_guard }), track.as_ref(), |r| print_edit(r, n))?;
+        let b = revive::bench::edit::run(&gm, &m.tok, requests, &known, &hp, &cov, g.map(|guard| Guarding { guard, targets_through }), track.as_ref(), |r| print_edit(r, n))?;
         print_bench_edit(&gpu, &hp, &cov, cov_seconds, &known, &b);
         results.push(b);
         // After every arm, so a run stopped in a later arm keeps the earlier ones.
@@ -163,11 +163,11 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
     let requests = revive::edit::request::load_requests(&a.edits)?;
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let rule = a.revive.rule();
-    anyhow::ensure!(!a.revive.targets_through_guard || rule.is_some() || a.both, "--targets-through-guard needs REVIVE's guard: give --revive τ, --revive-rank K or --both");
+    let targets_through = a.revive.through_guard(a.both)?;
     let arms: Vec<Option<RankRule>> = if a.both { vec![None, Some(rule.unwrap_or(RankRule::Energy(0.5)))] } else { vec![rule] };
     let mut results = vec![];
     for arm in arms {
-        let through = arm.is_some() && a.revive.targets_through_guard;
+        let through = arm.is_some() && targets_through;
         let name = format!("{}{}{}", a.method, if arm.is_some() { "+revive" } else { "" }, if through { "+through" } else { "" });
         let dir = a.out.join(&name);
         if dir.exists() {
