@@ -488,7 +488,8 @@ fn attention_bwd_dq_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_i
 }
 
 // attention_bwd_dkv for TK keys of one kv head at a time (workgroup x the key tile, y and z as
-// above), for a dispatch that binds whole sequences (j0 = t_first = 0; keys < pos + t_count).
+// above), for a dispatch that binds whole sequences (t_first = 0; keys < pos + t_count): the
+// keys from j0 on, written from row 0 of dk/dv (j0 > 0 where the earlier keys are constants).
 // The query rows that see any of the tile's keys go by in tiles of TR, each row's q and dO
 // read once for all TK keys, in a fixed order (deterministic). Thread (key jj, row r) forms
 // P and dS; then thread (key jj, c) adds them up into dims c, c + 16, c + 32, c + 48 of its
@@ -503,7 +504,7 @@ fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
     let o = offsets(wg, false);
     let rows = pb.t_count * pb.group;
     let n_keys = pb.pos + pb.t_count;
-    let k0 = wg.x * TK;
+    let k0 = pb.j0 + wg.x * TK;
     let j = k0 + jj;
     // The first query that sees key k0 is at token max(k0, pos) - pos.
     let rho_lo = (max(k0, pb.pos) - pb.pos) * pb.group;
@@ -574,8 +575,8 @@ fn attention_bwd_dkv_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_
         }
     }
     if (j < n_keys) {
-        let a = o.a + j * pb.o_tstride;
-        let b = o.b + j * pb.o_tstride;
+        let a = o.a + (j - pb.j0) * pb.o_tstride;
+        let b = o.b + (j - pb.j0) * pb.o_tstride;
         if (rc < pb.d) { grad_a[a + rc] = pb.scale * dk0; grad_b[b + rc] = dv0; }
         if (rc + 16u < pb.d) { grad_a[a + rc + 16u] = pb.scale * dk1; grad_b[b + rc + 16u] = dv1; }
         if (rc + 32u < pb.d) { grad_a[a + rc + 32u] = pb.scale * dk2; grad_b[b + rc + 32u] = dv2; }

@@ -35,16 +35,24 @@ fn check_with(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64, kernel: A
     let (tk, tv) = (ok(gpu.upload(&k, &kvs))?, ok(gpu.upload(&v, &kvs))?);
     let td = ok(gpu.upload(&dout, &qs))?;
     let scale = 1.0 / (d as f32).sqrt();
-    let (dq, dk, dv) = ok(attention_bwd_with(gpu, &tq, &tk, &tv, pos0, scale, &td, kernel))?;
     let l = pos0 + t;
-    if dk.shape() != [b, l, hkv, d] || dv.shape() != [b, l, hkv, d] {
-        return Err(format!("dk {:?} / dv {:?}, expected [{b}, {l}, {hkv}, {d}]", dk.shape(), dv.shape()));
-    }
     let (wq, wk, wv) = cpu::attention_bwd(&q, qs, &k, &v, kvs, pos0, scale as f64, &dout);
-    let what = format!("({kernel:?}) B={b} T={t} Hq={hq} Hkv={hkv} D={d} pos0={pos0} S={s}");
-    compare(&format!("attention_bwd dq {what}"), &ok(gpu.download(&dq))?, &wq, TOL)?;
-    compare(&format!("attention_bwd dk {what}"), &ok(gpu.download(&dk))?, &wk, TOL)?;
-    compare(&format!("attention_bwd dv {what}"), &ok(gpu.download(&dv))?, &wv, TOL)
+    // Every key's gradient, then (where the queries start past 0) only the keys the queries
+    // wrote: the oracle's rows from pos0 on of each sequence.
+    let from: &[usize] = if pos0 > 0 { &[0, pos0] } else { &[0] };
+    for &keys_from in from {
+        let (dq, dk, dv) = ok(attention_bwd_with(gpu, &tq, &tk, &tv, pos0, keys_from, scale, &td, kernel))?;
+        let lo = l - keys_from;
+        if dk.shape() != [b, lo, hkv, d] || dv.shape() != [b, lo, hkv, d] {
+            return Err(format!("dk {:?} / dv {:?}, expected [{b}, {lo}, {hkv}, {d}]", dk.shape(), dv.shape()));
+        }
+        let rows = |full: &[f64]| -> Vec<f64> { (0..b).flat_map(|bi| full[(bi * l + keys_from) * hkv * d..(bi + 1) * l * hkv * d].to_vec()).collect() };
+        let what = format!("({kernel:?}) B={b} T={t} Hq={hq} Hkv={hkv} D={d} pos0={pos0} S={s} keys from {keys_from}");
+        compare(&format!("attention_bwd dq {what}"), &ok(gpu.download(&dq))?, &wq, TOL)?;
+        compare(&format!("attention_bwd dk {what}"), &ok(gpu.download(&dk))?, &rows(&wk), TOL)?;
+        compare(&format!("attention_bwd dv {what}"), &ok(gpu.download(&dv))?, &rows(&wv), TOL)?;
+    }
+    Ok(())
 }
 
 #[test]
@@ -155,6 +163,10 @@ fn attention_bwd_rejects_mismatched_shapes() {
         }
         let err = attention_bwd(gpu, &q, &kv, &bad, 0, 0.5, &q).err().ok_or("attention_bwd accepted a v_cache unlike k_cache")?.to_string();
         if !(err.contains("attention_bwd") && err.contains("v_cache")) {
+            return Err(format!("unexpected message: {err}"));
+        }
+        let err = attention_bwd_with(gpu, &q, &kv, &kv, 1, 2, 0.5, &q, AttentionKernel::Tiled).err().ok_or("attention_bwd accepted keys from past pos0")?.to_string();
+        if !(err.contains("attention_bwd") && err.contains("keys from 2")) {
             return Err(format!("unexpected message: {err}"));
         }
         Ok(())

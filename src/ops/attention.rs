@@ -256,11 +256,29 @@ pub fn attention_bwd(
     d_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let kernel = kernel_for(q);
-    attention_bwd_with(gpu, q, k_cache, v_cache, pos0, scale, d_out, kernel)
+    attention_bwd_with(gpu, q, k_cache, v_cache, pos0, 0, scale, d_out, kernel)
+}
+
+/// `attention_bwd` where the cache rows before pos0 are constants (a prefix computed once):
+/// dk and dv only of the keys these queries wrote, [B, T, Hkv, D]. The earlier keys' share
+/// is neither computed nor allocated.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_new_keys(
+    gpu: &Gpu,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos0: usize,
+    scale: f32,
+    d_out: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let kernel = kernel_for(q);
+    attention_bwd_with(gpu, q, k_cache, v_cache, pos0, pos0, scale, d_out, kernel)
 }
 
 /// `attention_bwd` with the kernels named (`Tiled` where the head dimension is at most 64; the
-/// dk/dv pass tiled where whole sequences fit a dispatch).
+/// dk/dv pass tiled where whole sequences fit a dispatch) and dk/dv only of the keys from
+/// `keys_from` (≤ pos0) on: [B, L − keys_from, Hkv, D].
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd_with(
     gpu: &Gpu,
@@ -268,6 +286,7 @@ pub fn attention_bwd_with(
     k_cache: &Tensor,
     v_cache: &Tensor,
     pos0: usize,
+    keys_from: usize,
     scale: f32,
     d_out: &Tensor,
     kernel: AttentionKernel,
@@ -278,10 +297,15 @@ pub fn attention_bwd_with(
     if d_out.shape() != q.shape() {
         return Err(Error::shape(OP, format!("d_out {:?} does not match q {:?}", d_out.shape(), q.shape())));
     }
+    if keys_from > pos0 {
+        return Err(Error::shape(OP, format!("the gradient of keys from {keys_from} on was asked for, past the queries' first position {pos0}")));
+    }
     let l = pos0 + t;
+    // The keys whose gradients are wanted: rows keys_from .. l of the cache.
+    let lo = l - keys_from;
     let dq = gpu.empty(q.shape())?;
-    let dk = gpu.empty(&[b, l, hkv, d])?;
-    let dv = gpu.empty(&[b, l, hkv, d])?;
+    let dk = gpu.empty(&[b, lo, hkv, d])?;
+    let dv = gpu.empty(&[b, lo, hkv, d])?;
     if q.numel() == 0 {
         return Ok((dq, dk, dv));
     }
@@ -307,7 +331,7 @@ pub fn attention_bwd_with(
     // Where a sequence's queries and keys each fit one dispatch's row of workgroups, the whole
     // batch goes in two dispatches (z the sequence, y the kv group): an edit's batch of a few
     // hundred prompts is otherwise 2 × sequences × kv heads dispatches per layer.
-    let per_seq = [t * hq * d, hkv * s * d, t * hq * 2, l * hkv * d];
+    let per_seq = [t * hq * d, hkv * s * d, t * hq * 2, lo * hkv * d];
     let whole_seqs = t * group <= max_wg && l <= max_wg && hkv <= max_wg && per_seq.iter().all(|&n| n <= max_elems);
     let meta0 = BwdMeta {
         group: group as u32,
@@ -344,8 +368,11 @@ pub fn attention_bwd_with(
             gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], [x, hkv as u32, bn as u32])?;
             let (ab, a_off) = dk.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             let (bb, b_off) = dv.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
-            let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
-            let (entry, x) = if tiled { ("attention_bwd_dkv_tiled", l.div_ceil(TILE_ROWS) as u32) } else { ("attention_bwd_dkv", l as u32) };
+            // The tiled kernel reads key j at row j of its sequence's block; the other reads
+            // key j0 + x at row x, so its bindings start at key j0.
+            let (entry, x, kv_skip) = if tiled { ("attention_bwd_dkv_tiled", lo.div_ceil(TILE_ROWS) as u32, 0) } else { ("attention_bwd_dkv", lo as u32, keys_from * d) };
+            let (k_off, v_off) = (k_off + kv_skip as u32, v_off + kv_skip as u32);
+            let meta = BwdMeta { pos: pos0 as u32, j0: keys_from as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
             gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], [x, hkv as u32, bn as u32])?;
         }
         return Ok((dq, dk, dv));
@@ -369,7 +396,8 @@ pub fn attention_bwd_with(
                 gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &binds, [x, 1, 1])?;
             }
             let keys_per = max_wg.min((max_elems - d) / (hkv * d) + 1);
-            for (j0, jn) in chunks(l, keys_per) {
+            for (j0, jn) in chunks(lo, keys_per) {
+                let j0 = keys_from + j0;
                 // Queries at or after the first key of this piece see it.
                 let t_first = j0.saturating_sub(pos0);
                 let q_start = ((bi * t + t_first) * hq + h0) * d;
@@ -379,7 +407,7 @@ pub fn attention_bwd_with(
                 let (kb, k_off) = k_cache.bind(gpu, kv_start + j0 * d, jn * d)?;
                 let (vb, v_off) = v_cache.bind(gpu, kv_start + j0 * d, jn * d)?;
                 let (sb, st_off) = stats.bind(gpu, st_start, (t - t_first - 1) * hq * 2 + group * 2)?;
-                let o_start = ((bi * l + j0) * hkv + g) * d;
+                let o_start = ((bi * lo + j0 - keys_from) * hkv + g) * d;
                 let o_len = (jn - 1) * hkv * d + d;
                 let (ab, a_off) = dk.bind(gpu, o_start, o_len)?;
                 let (bb, b_off) = dv.bind(gpu, o_start, o_len)?;
