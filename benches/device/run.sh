@@ -22,7 +22,7 @@ hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
   speed) only=export,forward,forward-per-query,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
-  batch) only=export,memit-100,memit-100-padded,torch-memit-100 ;;
+  batch) only=export,memit-100,memit-100-noprefix,memit-100-padded,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
   sweep) only=sweep ;;
@@ -33,8 +33,9 @@ case ${2:-speed} in
   # checks and its tuned products (against svd_lowrank), what 2,000 edits now cost, and the
   # query-tiled attention of prefills (forward-per-query: the same bench on the old kernel),
   # the targets' time per kernel (memit-100-profile), and the targets' passes in groups of
-  # similar length (memit-100-padded: the same batch padded as one).
-  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
+  # similar length (memit-100-padded: the same batch padded as one), and the targets' prefixes
+  # computed once (memit-100-noprefix: whole prompts at every step).
+  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-noprefix,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
@@ -100,6 +101,10 @@ step memit-100-profile 150 env REVIVE_PROFILE=1 $bin bench edit -m "$model" --me
 # groups of similar length buy on this GPU, measured in the same call.
 step memit-100-padded 150 env REVIVE_PADDED_TARGETS=1 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-padded --json "$out/memit-100-padded.json"
+# The same batch with whole prompts at every Adam step of the targets (as before the prefixes
+# were computed once, 2026-12-05): what the split buys on this GPU, in the same call.
+step memit-100-noprefix 150 env REVIVE_NO_PREFIX=1 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-noprefix --json "$out/memit-100-noprefix.json"
 step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --json "$out/torch-memit-100.json"
 # Issue 10: the batch methods' defaults measured where batches of 100 are cheap: MEMIT's layer

@@ -2,13 +2,16 @@
 //! layer (ROME's and MEMIT's free variable), through every layer above it, on the GPU.
 //!
 //! The layers up to the edited one do not depend on δ, so their output is computed once
-//! ([`DeltaPass::new`]); each evaluation runs only the upper layers, keeping their activations,
+//! ([`DeltaPass::new`]); nor, attention being causal, do the upper layers at the positions
+//! before a sequence's first δ: they run once too, leaving their keys and values in a cache.
+//! Each evaluation runs only the upper layers from the first δ on, keeping their activations,
 //! then walks back through them with the backward kernels. The loss of the few rows the terms
 //! read and its gradient at their logits come from one kernel (`ops::loss::weighted_nll`); a
 //! step uploads δ and reads back one number per term and δ's gradient, nothing batch-sized.
 
 use super::config::Arch;
-use super::forward::{length_groups, Batch, BlockTape, GpuModel, Keep, KvCache};
+use super::forward::{span_groups, Batch, BlockTape, GpuModel, Keep, KvCache};
+use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::ops::matmul::{gemm, Gemm};
@@ -62,14 +65,44 @@ pub struct PreparedTerms {
 }
 
 /// One group of a pass's sequences, of similar lengths, run as a dense batch of its own.
+///
+/// Positions before `split` (the group's earliest δ) are the prefix, computed once; an
+/// evaluation runs the suffix, positions `split..t` of every sequence, at the edited layer's
+/// upper layers. "Rows" below are the suffix's, b·(t − split), unless named prefix rows.
 struct Group {
+    /// The whole sequences (rows of the pass are named in their positions).
     batch: Batch,
-    /// The residual stream after the edited layer, before any δ: [rows, d].
+    split: usize,
+    /// The residual stream after the edited layer at the suffix rows, before any δ: [rows, d].
     base: Tensor,
     /// [rows, n_deltas]: a one where a row receives a δ. Adding the δ is one product with it
     /// (base + S·δ, exact: each row sums one δ and zeros), and so is summing each δ's gradient
     /// over its sites (Sᵀ·dx): a step uploads n·d values and reads n·d back, not rows·d.
     sites: Tensor,
+    /// The upper layers' keys and values: the prefix's, written once, and the suffix's, written
+    /// again by every evaluation (always the same rows, so nothing of one evaluation is left for
+    /// the next) and read by its backward pass.
+    cache: RefCell<KvCache>,
+    /// The last layer's output at the prefix rows, [b·split, d], for terms that read them
+    /// (their loss does not depend on δ): None without a prefix.
+    prefix_out: Option<Tensor>,
+}
+
+impl Group {
+    fn suffix_len(&self) -> usize {
+        self.batch.t - self.split
+    }
+
+    fn rows(&self) -> usize {
+        self.batch.b() * self.suffix_len()
+    }
+}
+
+/// Where a row of the pass sits: a suffix row or a prefix row of its group.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Suffix(usize),
+    Prefix(usize),
 }
 
 /// A batch run up to `layer`, ready to evaluate losses of δ added at `sites` (rows of the batch).
@@ -81,7 +114,7 @@ struct Group {
 /// the gradient of request r's own loss.
 ///
 /// Rows are named as in the batch given (`batch().row(seq, pos)`), but the sequences run in
-/// groups of similar length ([`length_groups`]), each padded only to its own longest, so that
+/// groups of similar spans ([`span_groups`]), each padded only to its own longest, so that
 /// short prompts beside long ones cost their own length.
 pub struct DeltaPass<'m> {
     model: &'m GpuModel,
@@ -91,8 +124,10 @@ pub struct DeltaPass<'m> {
     groups: Vec<Group>,
     /// For each sequence of the batch: its group and its index there.
     place: Vec<(usize, usize)>,
-    /// Where each group's rows start among the groups' rows stacked in order.
+    /// Where each group's rows start among the groups' suffix rows stacked in order, then
+    /// where its prefix rows start among the prefix rows stacked after all of those.
     first_row: Vec<usize>,
+    first_prefix_row: Vec<usize>,
 }
 
 /// What one more group costs, in padded tokens' worth of work. A GPU pays each group's
@@ -116,6 +151,13 @@ pub fn padded_targets() -> bool {
     *PADDED.get_or_init(|| crate::gpu::env_flag("REVIVE_PADDED_TARGETS"))
 }
 
+/// `REVIVE_NO_PREFIX=1`: every evaluation runs whole sequences through the upper layers, as
+/// before the prefixes were computed once, so that one device call can measure both.
+pub fn no_prefix() -> bool {
+    static NO_PREFIX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *NO_PREFIX.get_or_init(|| crate::gpu::env_flag("REVIVE_NO_PREFIX"))
+}
+
 impl<'m> DeltaPass<'m> {
     /// `sites`: (sequence, position) pairs that all receive the same δ.
     pub fn new(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[(usize, usize)]) -> Result<Self> {
@@ -129,7 +171,7 @@ impl<'m> DeltaPass<'m> {
     }
 
     /// [`Self::with_deltas`] with the sequences grouped at a given cost per group
-    /// ([`length_groups`]): 0 runs each distinct length apart, `usize::MAX` the whole batch as one.
+    /// ([`span_groups`]): 0 runs each distinct span apart, `usize::MAX` the whole batch as one.
     pub fn grouped(model: &'m GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize, overhead_tokens: usize) -> Result<Self> {
         let c = &model.config;
         if layer >= c.n_layers {
@@ -148,7 +190,14 @@ impl<'m> DeltaPass<'m> {
                 return Err(Error::shape("delta pass", format!("site ({seq}, {pos}) is given δ {which} twice")));
             }
         }
-        let plan = length_groups(&batch.lens, overhead_tokens);
+        // Each sequence runs from its first δ on (from 0 without one, or without prefixes).
+        let spans: Vec<(usize, usize)> = (0..batch.b())
+            .map(|seq| {
+                let first = sites.iter().filter(|((s, _), _)| *s == seq).map(|((_, pos), _)| *pos).min();
+                (first.filter(|_| !no_prefix()).unwrap_or(0), batch.lens[seq])
+            })
+            .collect();
+        let plan = span_groups(&spans, overhead_tokens);
         let mut place = vec![(0, 0); batch.b()];
         for (g, members) in plan.iter().enumerate() {
             for (k, &seq) in members.iter().enumerate() {
@@ -156,22 +205,50 @@ impl<'m> DeltaPass<'m> {
             }
         }
         let mut groups = vec![];
-        let mut first_row = vec![];
-        let mut rows = 0;
         for (g, members) in plan.iter().enumerate() {
             let seqs: Vec<Vec<u32>> = members.iter().map(|&s| batch.ids[batch.row(s, 0)..batch.row(s, batch.lens[s])].to_vec()).collect();
-            let gb = Batch::new(&seqs)?;
-            let mut onehot = vec![0.0f32; gb.ids.len() * n_deltas];
-            for &((seq, pos), which) in sites.iter().filter(|((seq, _), _)| place[*seq].0 == g) {
-                onehot[gb.row(place[seq].1, pos) * n_deltas + which] = 1.0;
-            }
-            let sites = model.gpu().upload(&onehot, &[gb.ids.len(), n_deltas])?;
-            let base = model.residual_after(&gb, layer)?;
-            first_row.push(rows);
-            rows += gb.ids.len();
-            groups.push(Group { batch: gb, base, sites });
+            let group_sites: Vec<((usize, usize), usize)> = sites.iter().filter(|((seq, _), _)| place[*seq].0 == g).map(|&((seq, pos), which)| ((place[seq].1, pos), which)).collect();
+            groups.push(Self::group(model, Batch::new(&seqs)?, layer, &group_sites, n_deltas)?);
         }
-        Ok(DeltaPass { model, batch, layer, n_deltas, groups, place, first_row })
+        let mut first_row = vec![];
+        let mut first_prefix_row = vec![];
+        let suffix_rows: usize = groups.iter().map(Group::rows).sum();
+        let (mut rows, mut prefix_rows) = (0, suffix_rows);
+        for group in &groups {
+            first_row.push(rows);
+            first_prefix_row.push(prefix_rows);
+            rows += group.rows();
+            prefix_rows += group.batch.b() * group.split;
+        }
+        Ok(DeltaPass { model, batch, layer, n_deltas, groups, place, first_row, first_prefix_row })
+    }
+
+    /// One group: its sequences up to the edited layer, then its prefix (the positions before
+    /// its earliest δ; none where a sequence has no δ) through the upper layers, once.
+    /// `sites` are ((sequence in the group, position), δ).
+    fn group(model: &GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize) -> Result<Group> {
+        let gpu = model.gpu();
+        let (b, t) = (batch.b(), batch.t);
+        let first_site = |k: usize| sites.iter().filter(|((seq, _), _)| *seq == k).map(|((_, pos), _)| *pos).min().unwrap_or(0);
+        let split = if no_prefix() { 0 } else { (0..b).map(first_site).min().unwrap_or(0) };
+        let ts = t - split;
+        let mut onehot = vec![0.0f32; b * ts * n_deltas];
+        for &((k, pos), which) in sites {
+            onehot[(k * ts + pos - split) * n_deltas + which] = 1.0;
+        }
+        let sites = gpu.upload(&onehot, &[b * ts, n_deltas])?;
+        let lower = model.residual_after(&batch, layer)?;
+        let mut cache = model.new_cache(b, t)?;
+        if split == 0 {
+            return Ok(Group { batch, split, base: lower, sites, cache: RefCell::new(cache), prefix_out: None });
+        }
+        let rows = |from: usize, to: usize| -> Vec<u32> { (0..b).flat_map(|k| (from..to).map(move |pos| (k * t + pos) as u32)).collect() };
+        let base = gather_rows_from(gpu, &[&lower], &rows(split, t))?;
+        let mut x = gather_rows_from(gpu, &[&lower], &rows(0, split))?;
+        for i in layer + 1..model.config.n_layers {
+            x = model.block(i, x, &mut cache, 0, b, split, Keep::Output)?.x;
+        }
+        Ok(Group { batch, split, base, sites, cache: RefCell::new(cache), prefix_out: Some(x) })
     }
 
     pub fn batch(&self) -> &Batch {
@@ -183,9 +260,9 @@ impl<'m> DeltaPass<'m> {
         self.groups.iter().map(|g| &g.batch).collect()
     }
 
-    /// A row of the batch given → (its group, its row there). Padding rows are refused: they
+    /// A row of the batch given → (its group, its place there). Padding rows are refused: they
     /// belong to no group.
-    fn locate(&self, row: usize) -> Result<(usize, usize)> {
+    fn locate(&self, row: usize) -> Result<(usize, Place)> {
         let (seq, pos) = (row / self.batch.t.max(1), row % self.batch.t.max(1));
         if seq >= self.batch.b() {
             return Err(Error::shape("delta loss", format!("a term reads row {row} of a batch of {} rows", self.batch.ids.len())));
@@ -194,7 +271,8 @@ impl<'m> DeltaPass<'m> {
             return Err(Error::shape("delta loss", format!("row {row} is padding: position {pos} of sequence {seq}, which has {} tokens", self.batch.lens[seq])));
         }
         let (g, k) = self.place[seq];
-        Ok((g, self.groups[g].batch.row(k, pos)))
+        let group = &self.groups[g];
+        Ok((g, if pos >= group.split { Place::Suffix(k * group.suffix_len() + pos - group.split) } else { Place::Prefix(k * group.split + pos) }))
     }
 
     /// `rows` of the batch as rows of the groups stacked in order.
@@ -202,9 +280,13 @@ impl<'m> DeltaPass<'m> {
         rows.iter().map(|&r| self.locate(r).map(|at| self.stacked_row(at))).collect()
     }
 
-    /// A (group, row there) as a row of the groups stacked in order.
-    fn stacked_row(&self, (g, local): (usize, usize)) -> u32 {
-        (self.first_row[g] + local) as u32
+    /// A (group, place there) as a row of the groups' suffix rows stacked in order, then
+    /// their prefix rows.
+    fn stacked_row(&self, (g, place): (usize, Place)) -> u32 {
+        (match place {
+            Place::Suffix(local) => self.first_row[g] + local,
+            Place::Prefix(local) => self.first_prefix_row[g] + local,
+        }) as u32
     }
 
     /// Log-probabilities of `rows` with δ added: no backward pass.
@@ -284,11 +366,15 @@ impl<'m> DeltaPass<'m> {
         let gpu = self.model.gpu();
         let mut scatter = vec![];
         for (g, group) in self.groups.iter().enumerate() {
-            let n = group.batch.ids.len();
+            let n = group.rows();
             let mut onehot = vec![0.0f32; rows.len() * n];
             let mut any = false;
-            for (i, _) in located.iter().enumerate().filter(|(_, (gr, _))| *gr == g) {
-                onehot[i * n + located[i].1] = 1.0;
+            // A prefix row does not depend on δ: its term adds nothing to the gradient.
+            for (i, local) in located.iter().enumerate().filter_map(|(i, (gr, place))| match place {
+                Place::Suffix(local) if *gr == g => Some((i, *local)),
+                _ => None,
+            }) {
+                onehot[i * n + local] = 1.0;
                 any = true;
             }
             scatter.push(if any { Some(gpu.upload(&onehot, &[rows.len(), n])?) } else { None });
@@ -325,23 +411,29 @@ impl<'m> DeltaPass<'m> {
         }
         let dxr = self.norm_bwd(&normed_in, "final_norm", &dh)?;
         let mut grad: Option<Tensor> = None;
-        for ((group, (_, tapes, cache)), scatter) in self.groups.iter().zip(&upper).zip(&prepared.scatter) {
+        for ((group, (_, tapes)), scatter) in self.groups.iter().zip(&upper).zip(&prepared.scatter) {
             let Some(scatter) = scatter else { continue };
+            let cache = group.cache.borrow();
             let mut dx = gemm(gpu, scatter, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
             for (i, tape) in tapes.iter().enumerate().rev() {
-                dx = self.block_bwd(self.layer + 1 + i, &group.batch, tape, cache, &dx)?;
+                dx = self.block_bwd(self.layer + 1 + i, group, tape, &cache, &dx)?;
             }
             let sum_sites = Gemm { trans_a: true, beta: if grad.is_some() { 1.0 } else { 0.0 }, ..Default::default() };
             grad = Some(gemm(gpu, &group.sites, &dx, grad.as_ref(), sum_sites)?);
         }
-        let grad = grad.ok_or_else(|| Error::shape("delta loss", "no term reads a row of the pass"))?;
-        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad: gpu.download(&grad)?, rows: prepared.rows.clone() })
+        // No term reads a row after a δ: the loss does not depend on δ.
+        let grad = match grad {
+            Some(grad) => gpu.download(&grad)?,
+            None => vec![0.0; self.n_deltas * m.config.hidden],
+        };
+        Ok(LossGrad { loss: parts.iter().sum(), terms: parts, grad, rows: prepared.rows.clone() })
     }
 
-    /// Runs the layers above the edited one on base + δ at the sites, group by group: each
-    /// group's output, tapes and cache. Always taped, even where no backward follows
-    /// (`logprobs`): the taped products are the ones the loss reads.
-    fn upper(&self, delta: &[f32]) -> Result<Vec<(Tensor, Vec<BlockTape>, KvCache)>> {
+    /// Runs the layers above the edited one on base + δ at the sites, group by group, over
+    /// each group's suffix (its cache holds the prefix): each group's output and tapes. Always
+    /// taped, even where no backward follows (`logprobs`): the taped products are the ones the
+    /// loss reads.
+    fn upper(&self, delta: &[f32]) -> Result<Vec<(Tensor, Vec<BlockTape>)>> {
         let m = self.model;
         let gpu = m.gpu();
         let (d, n_deltas) = (m.config.hidden, self.n_deltas);
@@ -359,24 +451,24 @@ impl<'m> DeltaPass<'m> {
             let mut x = gpu.empty(group.base.shape())?;
             gpu.copy_into(&group.base, &x)?;
             gemm(gpu, &group.sites, &delta, Some(&x), Gemm { beta: 1.0, ..Default::default() })?;
-            let (b, t) = (group.batch.b(), group.batch.t);
-            let mut cache = m.new_cache(b, t)?;
+            let (b, ts) = (group.batch.b(), group.suffix_len());
+            let mut cache = group.cache.borrow_mut();
             let mut tapes = vec![];
             for i in self.layer + 1..m.config.n_layers {
-                let out = m.block(i, x, &mut cache, 0, b, t, Keep::Tape)?;
+                let out = m.block(i, x, &mut cache, group.split, b, ts, Keep::Tape)?;
                 x = out.x;
                 tapes.extend(out.tape);
             }
-            out.push((x, tapes, cache));
+            out.push((x, tapes));
         }
         Ok(out)
     }
 
-    /// Logits of the rows `stacked` (among the groups' rows in order) and the final norm's
-    /// input rows.
-    fn head(&self, upper: &[(Tensor, Vec<BlockTape>, KvCache)], stacked: &[u32]) -> Result<(Tensor, Tensor)> {
+    /// Logits of the rows `stacked` (among the groups' suffix rows in order, then their prefix
+    /// rows) and the final norm's input rows.
+    fn head(&self, upper: &[(Tensor, Vec<BlockTape>)], stacked: &[u32]) -> Result<(Tensor, Tensor)> {
         let m = self.model;
-        let xs: Vec<&Tensor> = upper.iter().map(|(x, _, _)| x).collect();
+        let xs: Vec<&Tensor> = upper.iter().map(|(x, _)| x).chain(self.groups.iter().filter_map(|g| g.prefix_out.as_ref())).collect();
         let xr = gather_rows_from(m.gpu(), &xs, stacked)?;
         let h = m.norm(&xr, "final_norm")?;
         Ok((m.linear(&h, m.head()?, None)?, xr))
@@ -392,13 +484,14 @@ impl<'m> DeltaPass<'m> {
         }
     }
 
-    /// d(block output) → d(block input) for block `i`: the residual paths plus the MLP and
-    /// attention branches, each through its backward kernels.
-    fn block_bwd(&self, i: usize, batch: &Batch, tape: &BlockTape, cache: &KvCache, dy: &Tensor) -> Result<Tensor> {
+    /// d(block output) → d(block input) for block `i` at a group's suffix rows: the residual
+    /// paths plus the MLP and attention branches, each through its backward kernels. The
+    /// prefix's keys and values are constants: only the suffix's get a gradient.
+    fn block_bwd(&self, i: usize, group: &Group, tape: &BlockTape, cache: &KvCache, dy: &Tensor) -> Result<Tensor> {
         let m = self.model;
         let c = &m.config;
         let gpu = m.gpu();
-        let (b, t, hd) = (batch.b(), batch.t, c.head_dim);
+        let (b, t, pos0, hd) = (group.batch.b(), group.suffix_len(), group.split, c.head_dim);
         let w = |name: &str| m.l(i, name);
         let plain = Gemm::default();
         let acc = Gemm { beta: 1.0, ..Default::default() };
@@ -417,10 +510,10 @@ impl<'m> DeltaPass<'m> {
 
         // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
         let d_o = gemm(gpu, &dx_mid, w("wo")?, None, plain)?.reshape(&[b, t, c.n_heads, hd])?;
-        let (dq, dk, dv) = attention::attention_bwd(gpu, &tape.q, &cache.k[i], &cache.v[i], 0, 1.0 / (hd as f32).sqrt(), &d_o)?;
+        let (dq, dk, dv) = attention::attention_bwd_new_keys(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt(), &d_o)?;
         let (dq, dk) = match c.arch {
             Arch::Gpt2 => (dq, dk),
-            Arch::Llama => (rope::rope_bwd(gpu, &dq, 0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, 0, c.rope_theta, c.rope_style)?),
+            Arch::Llama => (rope::rope_bwd(gpu, &dq, pos0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, pos0, c.rope_theta, c.rope_style)?),
         };
         let rows = b * t;
         let dh = gemm(gpu, &dq.reshape(&[rows, c.n_heads * hd])?, w("wq")?, None, plain)?;

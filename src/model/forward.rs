@@ -173,19 +173,51 @@ impl PassBudget {
 /// Groups come shortest first, each listing its indices in increasing order; every index is
 /// in exactly one group. Exact (dynamic programming over the lengths in order), O(n²).
 pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    order.sort_by_key(|&i| (lens[i], i));
+    let spans: Vec<(usize, usize)> = lens.iter().map(|&l| (0, l)).collect();
+    span_groups(&spans, overhead_tokens)
+}
+
+/// [`length_groups`] for sequences that each run only positions `from..len` of their
+/// `(from, len)` (the rest is computed once elsewhere): a group runs from its smallest `from`
+/// to its longest `len` in every sequence, so its cost is its size times that span, plus the
+/// overhead. The best split into runs of three orders (by length, as `length_groups`; by
+/// start; by span), each exact by dynamic programming, the cheapest kept, the first on ties:
+/// with every `from` 0 they coincide and this is `length_groups`. Sequences with the same
+/// span are never split apart.
+pub fn span_groups(spans: &[(usize, usize)], overhead_tokens: usize) -> Vec<Vec<usize>> {
+    let keys: [fn((usize, usize)) -> (usize, usize); 3] = [|(f, l)| (l, f), |(f, l)| (f, l), |(f, l)| (l - f.min(l), f)];
+    let mut best: Option<(usize, Vec<Vec<usize>>)> = None;
+    for key in keys {
+        let mut order: Vec<usize> = (0..spans.len()).collect();
+        order.sort_by_key(|&i| (key(spans[i]), i));
+        let found = runs_of(spans, &order, overhead_tokens);
+        if best.as_ref().is_none_or(|(cost, _)| found.0 < *cost) {
+            best = Some(found);
+        }
+    }
+    best.map(|(_, groups)| groups).unwrap_or_default()
+}
+
+/// The cheapest split of `order` into runs (see [`span_groups`]): its cost and the runs, each
+/// with its indices sorted.
+fn runs_of(spans: &[(usize, usize)], order: &[usize], overhead_tokens: usize) -> (usize, Vec<Vec<usize>>) {
     let n = order.len();
-    // best[j]: the cheapest split of the j shortest sequences; cut[j]: where its last group starts.
+    // best[j]: the cheapest split of the first j; cut[j]: where its last run starts.
     let mut best = vec![0usize; n + 1];
     let mut cut = vec![0usize; n + 1];
     for j in 1..=n {
-        let longest = lens[order[j - 1]];
         best[j] = usize::MAX;
-        for i in 0..j {
-            let cost = best[i].saturating_add((j - i) * longest).saturating_add(overhead_tokens);
-            // Equal lengths are never split: a cut between them only adds a group.
-            if cost < best[j] && (i == 0 || lens[order[i - 1]] < lens[order[i]]) {
+        let (mut from, mut to) = (usize::MAX, 0);
+        for i in (0..j).rev() {
+            let (f, l) = spans[order[i]];
+            from = from.min(f);
+            to = to.max(l);
+            // Equal spans are never split: a cut between them only adds a group.
+            if i > 0 && spans[order[i - 1]] == spans[order[i]] {
+                continue;
+            }
+            let cost = best[i].saturating_add((j - i).saturating_mul(to.saturating_sub(from))).saturating_add(overhead_tokens);
+            if cost < best[j] {
                 best[j] = cost;
                 cut[j] = i;
             }
@@ -200,7 +232,7 @@ pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> 
         j = cut[j];
     }
     groups.reverse();
-    groups
+    (best[n], groups)
 }
 
 /// What one block hands on: its output, and when asked its MLP keys and its tape.
@@ -695,7 +727,7 @@ fn collect(gpu: &Gpu, n: usize, caps: Vec<(Vec<usize>, Tensor)>) -> Result<Vec<V
 
 #[cfg(test)]
 mod tests {
-    use super::{length_groups, PassBudget};
+    use super::{length_groups, span_groups, PassBudget};
     use rand::Rng;
 
     /// Every sequence lands in exactly one pass, a pass of several stays within the budget, and
@@ -776,5 +808,60 @@ mod tests {
             }
         }
         assert!(length_groups(&[], 16).is_empty());
+    }
+
+    fn span_cost(spans: &[(usize, usize)], groups: &[Vec<usize>], overhead: usize) -> usize {
+        groups.iter().map(|g| g.len() * (g.iter().map(|&i| spans[i].1).max().unwrap() - g.iter().map(|&i| spans[i].0).min().unwrap()) + overhead).sum()
+    }
+
+    /// Every sequence in exactly one group; the cost that of the best split into runs of the
+    /// best of the three orders (brute force over every split of each); never above the
+    /// split by length alone, costed by spans; with every start 0, `length_groups`' groups.
+    #[test]
+    fn span_groups_are_the_cheapest_runs_of_three_orders() {
+        let mut rng = crate::testing::rng(12);
+        for case in 0..300 {
+            let n = rng.random_range(1..10);
+            let overhead = [0, 1, 7, 16, 128][case % 5];
+            let spans: Vec<(usize, usize)> = (0..n)
+                .map(|_| {
+                    let len = rng.random_range(1..25);
+                    (rng.random_range(0..len), len)
+                })
+                .collect();
+            let groups = span_groups(&spans, overhead);
+            let mut seen = vec![0; n];
+            groups.iter().flatten().for_each(|&i| seen[i] += 1);
+            assert!(seen.iter().all(|&c| c == 1), "case {case}: {groups:?}");
+            let keys: [fn((usize, usize)) -> (usize, usize); 3] = [|(f, l)| (l, f), |(f, l)| (f, l), |(f, l)| (l - f, f)];
+            let best = keys
+                .iter()
+                .map(|key| {
+                    let mut order: Vec<usize> = (0..n).collect();
+                    order.sort_by_key(|&i| (key(spans[i]), i));
+                    (0..1usize << (n - 1))
+                        .map(|cuts| {
+                            let (mut runs, mut start) = (vec![], 0);
+                            for j in 1..=n {
+                                if j == n || cuts >> (j - 1) & 1 == 1 {
+                                    runs.push(order[start..j].to_vec());
+                                    start = j;
+                                }
+                            }
+                            span_cost(&spans, &runs, overhead)
+                        })
+                        .min()
+                        .unwrap()
+                })
+                .min()
+                .unwrap();
+            let got = span_cost(&spans, &groups, overhead);
+            assert_eq!(got, best, "case {case}: {spans:?} overhead {overhead} → {groups:?}");
+            let lens: Vec<usize> = spans.iter().map(|s| s.1).collect();
+            assert!(got <= span_cost(&spans, &length_groups(&lens, overhead), overhead), "case {case}");
+            let from_start: Vec<(usize, usize)> = lens.iter().map(|&l| (0, l)).collect();
+            assert_eq!(span_groups(&from_start, overhead), length_groups(&lens, overhead), "case {case}");
+        }
+        assert_eq!(span_groups(&[(3, 9), (1, 4), (8, 9)], usize::MAX).len(), 1);
     }
 }
