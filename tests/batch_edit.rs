@@ -178,7 +178,7 @@ fn memit_matches_its_f64_reference() {
         let mo = moments(&gm)?;
         let hp = hparams(BatchMethod::Memit);
         let covs = mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?;
-        let mut method = BatchEditor::new(hp.clone(), templates(), &tok, Box::new(MemitSolver { covs, lambda: 2.0 }), None);
+        let mut method = BatchEditor::new(hp.clone(), templates(), &tok, Box::new(MemitSolver::new(covs, 2.0)), None);
         let reqs = requests(3);
         let plain: Vec<Vec<u32>> = reqs.iter().map(|q| tok.encode(&q.full_prompt()).unwrap()).collect();
         let before = ok(gm.last_logits(&plain))?;
@@ -377,9 +377,9 @@ fn nse_matches_its_reference_with_two_passes_selected_neurons_and_rewound_target
         let mut preserved: Vec<Mat<f64>> = c0.iter().map(|c| Mat::<f64>::zeros(c.nrows(), c.nrows())).collect();
         for (b, batch) in [first, second].into_iter().enumerate() {
             // Targets on the base weights: those of MEMIT on an unedited model, not on this one.
-            let mut memit_fresh = BatchEditor::new(hparams(BatchMethod::Memit), three_templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
+            let mut memit_fresh = BatchEditor::new(hparams(BatchMethod::Memit), three_templates(), &tok, Box::new(MemitSolver::new(mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, 2.0)), None);
             let fresh_targets = zstar_of(&edit_batch(&ok(GpuModel::new(gpu, &w))?, &mut memit_fresh, batch, &BTreeMap::new())?.1);
-            let mut memit_now = BatchEditor::new(hparams(BatchMethod::Memit), three_templates(), &tok, Box::new(MemitSolver { covs: mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, lambda: 2.0 }), None);
+            let mut memit_now = BatchEditor::new(hparams(BatchMethod::Memit), three_templates(), &tok, Box::new(MemitSolver::new(mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?, 2.0)), None);
             let drifted = zstar_of(&edit_batch(&ok(GpuModel::new(gpu, &ok(gm.to_weights())?))?, &mut memit_now, batch, &BTreeMap::new())?.1);
 
             let (dense, state, _, rec) = edit_batch(&gm, &mut nse, batch, &BTreeMap::new())?;
@@ -462,7 +462,7 @@ fn the_guard_filters_every_memit_layer() {
             guards.insert(name.clone(), ok(SpectralGuard::compute(gpu, ok(gm.tensor(&name))?, &name, RankRule::Rank(6), &Default::default()))?);
         }
         let covs = mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?;
-        let mut method = BatchEditor::new(hp, templates(), &tok, Box::new(MemitSolver { covs, lambda: 2.0 }), None);
+        let mut method = BatchEditor::new(hp, templates(), &tok, Box::new(MemitSolver::new(covs, 2.0)), None);
         let (_, _, written, _) = edit_batch(&gm, &mut method, &requests(3), &guards)?;
         if written.len() != LAYERS.len() {
             return Err(format!("{} updates for {} layers", written.len(), LAYERS.len()));
@@ -500,10 +500,18 @@ fn memit_targets_through_the_guard_avoid_the_last_layers_protected_directions() 
             let plain: Vec<Vec<_>> = reqs.iter().map(|q| ok(subject_prompt(&tok, "{}", &q.prompt, &q.subject)).map(|p| vec![p])).collect::<Result<_, _>>()?;
             let (_, z0) = ok(revive::edit::memit::keys_and_residuals(&gm, &plain, *LAYERS.last().unwrap(), *LAYERS.last().unwrap()))?;
             let covs = mo.iter().map(|m| ok(CovSolver::new(m.layer, m.tokens, &m.c0, m.dim))).collect::<Result<Vec<_>, _>>()?;
-            let mut method = BatchEditor::new(hparams(BatchMethod::Memit), templates(), &tok, Box::new(MemitSolver { covs, lambda: 2.0 }), None);
+            let mut method = BatchEditor::new(hparams(BatchMethod::Memit), templates(), &tok, Box::new(MemitSolver::new(covs, 2.0)), None);
             let (_, state, written, _) = edit_batch_with(&gm, &mut method, &reqs, &guards, through)?;
             if written.iter().any(|w| w.filter.is_none()) {
                 return Err("a write without the filter".into());
+            }
+            // Solved within the guard, no layer's update reads the protected input directions
+            // (uploaded in f32: rounding only); solved as usual, every one does.
+            let right: Vec<f64> = written.iter().filter_map(|w| w.filter.as_ref()).map(|f| f.before.right).collect();
+            let (worst, least) = (right.iter().copied().fold(0.0, f64::max), right.iter().copied().fold(f64::INFINITY, f64::min));
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            if through && !(worst < 1e-5) || !through && !(least > 1e-2) {
+                return Err(format!("through the guard {through}: the updates' shares in the protected input directions before the filter {right:?}"));
             }
             let reach = ok(guards[&last].reach(gpu))?;
             let zstar = zstar_of(&state);

@@ -111,7 +111,8 @@ struct ReviveArgs {
     svd_tol: f64,
     /// Optimise each target through the guard: kept out of the protected output directions
     /// of the layer that writes it, where the filtered update cannot go (ROME also scales its
-    /// update so that the filtered one still reaches the target at the prompt).
+    /// update so that the filtered one still reaches the target at the prompt; MEMIT, RECT,
+    /// PRUNE and NSE solve each layer's update among those the filter passes on the input side).
     #[arg(long)]
     targets_through_guard: bool,
 }

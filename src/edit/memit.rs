@@ -28,6 +28,7 @@ use super::target::{optimise_targets_within, target_batch, Target};
 use super::update::{Delta, Update};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
+use crate::linalg::subspace::HostComplement;
 use crate::model::forward::{Batch, GpuModel};
 use crate::model::weights::HostTensor;
 use crate::model::Tok;
@@ -40,6 +41,13 @@ use serde::Serialize;
 /// residuals R (d×n), plus what is worth recording.
 pub trait Solver {
     fn solve(&mut self, i: usize, k: &Mat<f64>, r: &Mat<f64>) -> Result<(Mat<f64>, serde_json::Value)>;
+    /// The solve with ΔW's rows kept in `right` (I − V_kV_kᵀ, the input directions the layer's
+    /// REVIVE filter lets through), so that the filter has nothing to remove on that side: the
+    /// best update among those it passes unchanged. None where the method has no such solve
+    /// (it then solves as usual, and the filter removes what it must).
+    fn solve_within(&mut self, _i: usize, _k: &Mat<f64>, _r: &Mat<f64>, _right: &HostComplement) -> Result<Option<(Mat<f64>, serde_json::Value)>> {
+        Ok(None)
+    }
     /// Keys of the batch, measured after all its updates, for methods that remember them.
     fn wants_final_keys(&self) -> bool {
         false
@@ -62,14 +70,33 @@ pub trait Shaper {
 /// MEMIT's solve, X = (λC0 + KKᵀ)⁻¹K, through Woodbury with C0 factorised once per layer:
 /// (λC0 + KKᵀ)⁻¹K = Y(λI + KᵀY)⁻¹ with Y = C0⁻¹K, so a batch costs an m×n triangular solve and
 /// an n×n factorisation instead of an m×m one.
+///
+/// Within the guard ([`Solver::solve_within`]): the same least squares with ΔW = ΔW·P, P =
+/// I − VVᵀ, is MEMIT's solve with K' = PK and C0 compressed to the complement, A = (PC0P on
+/// range P). Its inverse comes from C0's own factor by the Schur complement, A⁻¹y =
+/// P(C0⁻¹y − G H⁻¹ Gᵀy) for y in range P, with G = C0⁻¹V and H = VᵀC0⁻¹V (k×k) formed once per
+/// layer: no second m×m factorisation. X then lies in range P, so ΔW = RXᵀ has no rows in V.
 pub struct MemitSolver {
     pub covs: Vec<CovSolver>,
     pub lambda: f64,
+    within: Vec<Option<Compressed>>,
 }
 
-impl Solver for MemitSolver {
-    fn solve(&mut self, i: usize, k: &Mat<f64>, _r: &Mat<f64>) -> Result<(Mat<f64>, serde_json::Value)> {
-        let y = self.covs[i].solve_mat(k)?;
+/// C0 of one layer compressed to the complement of V: G = C0⁻¹V and H = VᵀC0⁻¹V factorised.
+struct Compressed {
+    v: Mat<f64>,
+    g: Mat<f64>,
+    h: faer::linalg::solvers::Llt<f64>,
+}
+
+impl MemitSolver {
+    pub fn new(covs: Vec<CovSolver>, lambda: f64) -> Self {
+        let within = covs.iter().map(|_| None).collect();
+        MemitSolver { covs, lambda, within }
+    }
+
+    /// X = Y(λI + KᵀY)⁻¹ for Y = C0⁻¹K (or its compressed form), and the mean kᵀC0⁻¹k.
+    fn woodbury(&self, k: &Mat<f64>, y: &Mat<f64>) -> Result<(Mat<f64>, f64)> {
         let n = k.ncols();
         let s = Mat::<f64>::from_fn(n, n, |a, b| {
             let dot: f64 = (0..k.nrows()).map(|j| k[(j, a)] * y[(j, b)]).sum();
@@ -79,8 +106,58 @@ impl Solver for MemitSolver {
         let llt = s.llt(Side::Lower).map_err(|e| Error::Numeric(format!("MEMIT: λI + KᵀC0⁻¹K is not positive definite ({e:?})")))?;
         // X = Y S⁻¹ = (S⁻¹ Yᵀ)ᵀ, S symmetric.
         let x = llt.solve(y.transpose()).transpose().to_owned();
-        let key_c0_key: Vec<f64> = (0..n).map(|a| (0..k.nrows()).map(|j| k[(j, a)] * y[(j, a)]).sum()).collect();
-        Ok((x, serde_json::json!({ "k_c0inv_k_mean": key_c0_key.iter().sum::<f64>() / n as f64 })))
+        let key_c0_key: f64 = (0..n).map(|a| (0..k.nrows()).map(|j| k[(j, a)] * y[(j, a)]).sum::<f64>()).sum();
+        Ok((x, key_c0_key / n as f64))
+    }
+
+    /// The i-th layer's C0 compressed to the complement of `v` (m×k), formed on first use and
+    /// kept while the basis stays the same (a session's guards are fixed).
+    fn compress(&mut self, i: usize, v: Mat<f64>) -> Result<()> {
+        let same = self.within[i].as_ref().is_some_and(|c| c.v.nrows() == v.nrows() && c.v.ncols() == v.ncols() && (&c.v - &v).norm_max() == 0.0);
+        if !same {
+            let g = self.covs[i].solve_mat(&v)?;
+            let kk = v.ncols();
+            let h = Mat::<f64>::from_fn(kk, kk, |a, b| {
+                let ab: f64 = (0..v.nrows()).map(|j| v[(j, a)] * g[(j, b)]).sum();
+                let ba: f64 = (0..v.nrows()).map(|j| v[(j, b)] * g[(j, a)]).sum();
+                0.5 * (ab + ba)
+            });
+            let h = h.llt(Side::Lower).map_err(|e| Error::Numeric(format!("MEMIT within the guard: VᵀC0⁻¹V of layer {} is not positive definite ({e:?})", self.covs[i].layer)))?;
+            self.within[i] = Some(Compressed { v, g, h });
+        }
+        Ok(())
+    }
+}
+
+/// x − V(Vᵀx) for every column of x.
+fn project_columns(v: &Mat<f64>, x: &Mat<f64>) -> Mat<f64> {
+    x - v * (v.transpose() * x)
+}
+
+impl Solver for MemitSolver {
+    fn solve(&mut self, i: usize, k: &Mat<f64>, _r: &Mat<f64>) -> Result<(Mat<f64>, serde_json::Value)> {
+        let y = self.covs[i].solve_mat(k)?;
+        let (x, kck) = self.woodbury(k, &y)?;
+        Ok((x, serde_json::json!({ "k_c0inv_k_mean": kck })))
+    }
+
+    fn solve_within(&mut self, i: usize, k: &Mat<f64>, r: &Mat<f64>, right: &HostComplement) -> Result<Option<(Mat<f64>, serde_json::Value)>> {
+        let v = right.basis();
+        if v.nrows() != k.nrows() {
+            return Err(Error::shape("MEMIT within the guard", format!("keys of width {}, a protected basis of width {}", k.nrows(), v.nrows())));
+        }
+        if v.ncols() == 0 {
+            return self.solve(i, k, r).map(Some);
+        }
+        self.compress(i, v)?;
+        let c = self.within[i].as_ref().expect("just compressed");
+        let kp = project_columns(&c.v, k);
+        let y0 = self.covs[i].solve_mat(&kp)?;
+        let y = project_columns(&c.v, &(&y0 - &c.g * c.h.solve(c.g.transpose() * &kp)));
+        let (x, kck) = self.woodbury(&kp, &y)?;
+        // How much of each key the filtered update can read.
+        let reach = (0..k.ncols()).map(|a| kp.col(a).norm_l2() / k.col(a).norm_l2().max(f64::MIN_POSITIVE)).sum::<f64>() / k.ncols() as f64;
+        Ok(Some((x, serde_json::json!({ "k_c0inv_k_mean": kck, "within_guard": true, "key_reach_mean": reach }))))
     }
 }
 
@@ -324,7 +401,15 @@ impl Method for BatchEditor<'_> {
                 let t = std::time::Instant::now();
                 let spread = (hp.layers.len() - i) as f64;
                 let r = Mat::<f64>::from_fn(d, active.len(), |j, q| (zstar[(j, q)] - z[(j, q)]) / spread);
-                let (x, solve) = self.solver.solve(i, &k, &r)?;
+                // Through the guard: solved among the updates the filter passes on the right.
+                let within = match writer.reach(&down_name(layer))? {
+                    Some(reach) => self.solver.solve_within(i, &k, &r, &reach.right)?,
+                    None => None,
+                };
+                let (x, solve) = match within {
+                    Some(solved) => solved,
+                    None => self.solver.solve(i, &k, &r)?,
+                };
                 let mut delta = Delta::LowRank { left: upload_mat(&gpu, &r)?, right: upload_mat(&gpu, &x)? };
                 let mut shaped = serde_json::Value::Null;
                 if let Some(s) = self.shaper.as_mut() {
@@ -380,5 +465,49 @@ impl Method for BatchEditor<'_> {
             self.solver.observe_keys(&keys)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Within the guard, against the constrained least squares formed densely — X = M⁻¹PK with
+    /// M = λ(PC0P + VVᵀ) + PKKᵀP, by an LU of M, not through C0's factor — at awkward sizes; X
+    /// has no part in V; an empty basis gives the plain solve.
+    #[test]
+    fn the_solve_within_the_guard_is_the_constrained_least_squares() {
+        let mut rng = crate::testing::rng(21);
+        let mut uniform = |rows: usize, cols: usize| Mat::<f64>::from_fn(rows, cols, |_, _| rand::Rng::random_range(&mut rng, -1.0..1.0));
+        for (m, n, k) in [(23usize, 5usize, 7usize), (17, 1, 1), (31, 4, 13)] {
+            let a = uniform(m, m);
+            let c0 = &a * a.transpose() * faer::Scale(1.0 / m as f64) + Mat::<f64>::identity(m, m) * faer::Scale(0.1);
+            let c0_f32: Vec<f32> = (0..m).flat_map(|i| (0..m).map(move |j| (i, j))).map(|(i, j)| c0[(i, j)] as f32).collect();
+            let keys = uniform(m, n);
+            let r = uniform(4, n);
+            let q = uniform(m, k).qr().compute_thin_Q();
+            let v_f32: Vec<f32> = (0..m).flat_map(|i| (0..k).map(move |j| (i, j))).map(|(i, j)| q[(i, j)] as f32).collect();
+            let right = HostComplement::from_rows(&v_f32, m, k);
+            let lambda = 3.0;
+            let mut solver = MemitSolver::new(vec![CovSolver::new(0, 100, &c0_f32, m).unwrap()], lambda);
+            let (x, rec) = solver.solve_within(0, &keys, &r, &right).unwrap().expect("MEMIT solves within the guard");
+            assert_eq!(rec["within_guard"], true);
+
+            let v = right.basis();
+            let c0 = Mat::<f64>::from_fn(m, m, |i, j| 0.5 * (c0_f32[i * m + j] as f64 + c0_f32[j * m + i] as f64));
+            let p = Mat::<f64>::identity(m, m) - &v * v.transpose();
+            let pk = &p * &keys;
+            let big = (&p * &c0 * &p + &v * v.transpose()) * faer::Scale(lambda) + &pk * pk.transpose();
+            let want = big.partial_piv_lu().solve(&pk);
+            let err = (&x - &want).norm_l2() / want.norm_l2();
+            assert!(err < 1e-5, "m {m} n {n} k {k}: ‖X − X_ref‖/‖X_ref‖ = {err:e}");
+            let leak = (v.transpose() * &x).norm_l2() / x.norm_l2();
+            assert!(leak < 1e-6, "m {m} n {n} k {k}: ‖VᵀX‖/‖X‖ = {leak:e}");
+
+            let none = HostComplement::from_rows(&[], m, 0);
+            let (plain, _) = solver.solve(0, &keys, &r).unwrap();
+            let (within, _) = solver.solve_within(0, &keys, &r, &none).unwrap().unwrap();
+            assert_eq!((&plain - &within).norm_max(), 0.0);
+        }
     }
 }

@@ -84,8 +84,10 @@ pub struct SessionConfig {
     /// SHA-256 of the base values of every matrix the method may write.
     pub base_hash: String,
     pub revive: Option<RankRule>,
-    /// The methods optimise their targets through the guards (`Writer::reach`); false in
-    /// sessions written before the setting existed.
+    /// The methods optimise their targets through the guards (`Writer::reach`), and MEMIT's
+    /// family solves within them; false in sessions written before the setting existed. (A
+    /// session of 2026-12-05 or earlier with it on, resumed now, solves its later batches
+    /// within the guard: correct, not bit-identical to its uninterrupted run.)
     #[serde(default)]
     pub targets_through_guard: bool,
     pub svd_tol: f64,
@@ -167,7 +169,7 @@ pub fn build_method<'t>(model: &GpuModel, tok: &'t Tok, spec: &MethodSpec, templ
                     let c0 = moments.iter().map(SecondMoment::symmetric).collect();
                     Box::new(NseSolver::new(c0, hparams.mom2_update_weight.expect("validated"), hparams.neuron_threshold.expect("validated")))
                 }
-                _ => Box::new(MemitSolver { covs: covs(moments)?, lambda: hparams.mom2_update_weight.expect("validated") }),
+                _ => Box::new(MemitSolver::new(covs(moments)?, hparams.mom2_update_weight.expect("validated"))),
             };
             let shaper: Option<Box<dyn Shaper>> = match hparams.method {
                 BatchMethod::Rect => Some(Box::new(RectShaper { keep_fraction: hparams.keep_fraction.expect("validated") })),

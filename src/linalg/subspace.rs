@@ -76,6 +76,12 @@ impl HostComplement {
         self.d
     }
 
+    /// U itself, d×k in f64.
+    pub fn basis(&self) -> faer::Mat<f64> {
+        let k = self.basis.len() / self.d.max(1);
+        faer::Mat::<f64>::from_fn(self.d, k, |i, j| self.basis[j * self.d + i])
+    }
+
     /// x − U(Uᵀx), in place: all coefficients first, as the guard's projector forms it (not
     /// one basis vector after another, which differs where U is orthonormal only to f32).
     pub fn project(&self, x: &mut [f64]) {
