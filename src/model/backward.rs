@@ -208,7 +208,8 @@ impl<'m> DeltaPass<'m> {
         for (g, members) in plan.iter().enumerate() {
             let seqs: Vec<Vec<u32>> = members.iter().map(|&s| batch.ids[batch.row(s, 0)..batch.row(s, batch.lens[s])].to_vec()).collect();
             let group_sites: Vec<((usize, usize), usize)> = sites.iter().filter(|((seq, _), _)| place[*seq].0 == g).map(|&((seq, pos), which)| ((place[seq].1, pos), which)).collect();
-            groups.push(Self::group(model, Batch::new(&seqs)?, layer, &group_sites, n_deltas)?);
+            let split = members.iter().map(|&s| spans[s].0).min().unwrap_or(0);
+            groups.push(Self::group(model, Batch::new(&seqs)?, layer, &group_sites, n_deltas, split)?);
         }
         let mut first_row = vec![];
         let mut first_prefix_row = vec![];
@@ -224,13 +225,11 @@ impl<'m> DeltaPass<'m> {
     }
 
     /// One group: its sequences up to the edited layer, then its prefix (the positions before
-    /// its earliest δ; none where a sequence has no δ) through the upper layers, once.
-    /// `sites` are ((sequence in the group, position), δ).
-    fn group(model: &GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize) -> Result<Group> {
+    /// `split`, at or before every δ of the group) through the upper layers, once. `sites` are
+    /// ((sequence in the group, position), δ).
+    fn group(model: &GpuModel, batch: Batch, layer: usize, sites: &[((usize, usize), usize)], n_deltas: usize, split: usize) -> Result<Group> {
         let gpu = model.gpu();
         let (b, t) = (batch.b(), batch.t);
-        let first_site = |k: usize| sites.iter().filter(|((seq, _), _)| *seq == k).map(|((_, pos), _)| *pos).min().unwrap_or(0);
-        let split = if no_prefix() { 0 } else { (0..b).map(first_site).min().unwrap_or(0) };
         let ts = t - split;
         let mut onehot = vec![0.0f32; b * ts * n_deltas];
         for &((k, pos), which) in sites {
@@ -510,7 +509,9 @@ impl<'m> DeltaPass<'m> {
 
         // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
         let d_o = gemm(gpu, &dx_mid, w("wo")?, None, plain)?.reshape(&[b, t, c.n_heads, hd])?;
-        let (dq, dk, dv) = attention::attention_bwd_new_keys(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt(), &d_o)?;
+        // The prefix's cached keys and values are constants: the gradients of the suffix's own.
+        let kernel = attention::kernel_for(&tape.q);
+        let (dq, dk, dv) = attention::attention_bwd_with(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, 1.0 / (hd as f32).sqrt(), &d_o, kernel)?;
         let (dq, dk) = match c.arch {
             Arch::Gpt2 => (dq, dk),
             Arch::Llama => (rope::rope_bwd(gpu, &dq, pos0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, pos0, c.rope_theta, c.rope_style)?),

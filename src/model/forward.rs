@@ -177,6 +177,12 @@ pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> 
     span_groups(&spans, overhead_tokens)
 }
 
+/// A sort key of a (from, len) span.
+type SpanKey = fn((usize, usize)) -> (usize, usize);
+
+/// The orders [`span_groups`] splits into runs: by length, by start, by span.
+const SPAN_ORDERS: [SpanKey; 3] = [|(f, l)| (l, f), |(f, l)| (f, l), |(f, l)| (l - f.min(l), f)];
+
 /// [`length_groups`] for sequences that each run only positions `from..len` of their
 /// `(from, len)` (the rest is computed once elsewhere): a group runs from its smallest `from`
 /// to its longest `len` in every sequence, so its cost is its size times that span, plus the
@@ -185,9 +191,8 @@ pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> 
 /// with every `from` 0 they coincide and this is `length_groups`. Sequences with the same
 /// span are never split apart.
 pub fn span_groups(spans: &[(usize, usize)], overhead_tokens: usize) -> Vec<Vec<usize>> {
-    let keys: [fn((usize, usize)) -> (usize, usize); 3] = [|(f, l)| (l, f), |(f, l)| (f, l), |(f, l)| (l - f.min(l), f)];
     let mut best: Option<(usize, Vec<Vec<usize>>)> = None;
-    for key in keys {
+    for key in SPAN_ORDERS {
         let mut order: Vec<usize> = (0..spans.len()).collect();
         order.sort_by_key(|&i| (key(spans[i]), i));
         let found = runs_of(spans, &order, overhead_tokens);
@@ -727,7 +732,7 @@ fn collect(gpu: &Gpu, n: usize, caps: Vec<(Vec<usize>, Tensor)>) -> Result<Vec<V
 
 #[cfg(test)]
 mod tests {
-    use super::{length_groups, span_groups, PassBudget};
+    use super::{length_groups, span_groups, PassBudget, SPAN_ORDERS};
     use rand::Rng;
 
     /// Every sequence lands in exactly one pass, a pass of several stays within the budget, and
@@ -833,8 +838,7 @@ mod tests {
             let mut seen = vec![0; n];
             groups.iter().flatten().for_each(|&i| seen[i] += 1);
             assert!(seen.iter().all(|&c| c == 1), "case {case}: {groups:?}");
-            let keys: [fn((usize, usize)) -> (usize, usize); 3] = [|(f, l)| (l, f), |(f, l)| (f, l), |(f, l)| (l - f, f)];
-            let best = keys
+            let best = SPAN_ORDERS
                 .iter()
                 .map(|key| {
                     let mut order: Vec<usize> = (0..n).collect();

@@ -87,7 +87,7 @@ pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0
 }
 
 /// The kernel for q: [B, T, Hq, D] — tiled from TILED_MIN_TOKENS query tokens per sequence.
-fn kernel_for(q: &Tensor) -> AttentionKernel {
+pub fn kernel_for(q: &Tensor) -> AttentionKernel {
     let tokens = q.shape().get(1).copied().unwrap_or(0);
     if tokens >= TILED_MIN_TOKENS && !per_query_only() {
         AttentionKernel::Tiled
@@ -259,26 +259,11 @@ pub fn attention_bwd(
     attention_bwd_with(gpu, q, k_cache, v_cache, pos0, 0, scale, d_out, kernel)
 }
 
-/// `attention_bwd` where the cache rows before pos0 are constants (a prefix computed once):
-/// dk and dv only of the keys these queries wrote, [B, T, Hkv, D]. The earlier keys' share
-/// is neither computed nor allocated.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd_new_keys(
-    gpu: &Gpu,
-    q: &Tensor,
-    k_cache: &Tensor,
-    v_cache: &Tensor,
-    pos0: usize,
-    scale: f32,
-    d_out: &Tensor,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let kernel = kernel_for(q);
-    attention_bwd_with(gpu, q, k_cache, v_cache, pos0, pos0, scale, d_out, kernel)
-}
-
 /// `attention_bwd` with the kernels named (`Tiled` where the head dimension is at most 64; the
 /// dk/dv pass tiled where whole sequences fit a dispatch) and dk/dv only of the keys from
-/// `keys_from` (≤ pos0) on: [B, L − keys_from, Hkv, D].
+/// `keys_from` (≤ pos0) on: [B, L − keys_from, Hkv, D]. With keys_from = pos0, where the cache
+/// rows before pos0 are constants (a prefix computed once), the earlier keys' share is neither
+/// computed nor allocated.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd_with(
     gpu: &Gpu,
