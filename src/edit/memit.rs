@@ -98,11 +98,7 @@ impl MemitSolver {
     /// X = Y(λI + KᵀY)⁻¹ for Y = C0⁻¹K (or its compressed form), and the mean kᵀC0⁻¹k.
     fn woodbury(&self, k: &Mat<f64>, y: &Mat<f64>) -> Result<(Mat<f64>, f64)> {
         let n = k.ncols();
-        let s = Mat::<f64>::from_fn(n, n, |a, b| {
-            let dot: f64 = (0..k.nrows()).map(|j| k[(j, a)] * y[(j, b)]).sum();
-            let dot_t: f64 = (0..k.nrows()).map(|j| k[(j, b)] * y[(j, a)]).sum();
-            0.5 * (dot + dot_t) + if a == b { self.lambda } else { 0.0 }
-        });
+        let s = symmetric_product(k, y, self.lambda);
         let llt = s.llt(Side::Lower).map_err(|e| Error::Numeric(format!("MEMIT: λI + KᵀC0⁻¹K is not positive definite ({e:?})")))?;
         // X = Y S⁻¹ = (S⁻¹ Yᵀ)ᵀ, S symmetric.
         let x = llt.solve(y.transpose()).transpose().to_owned();
@@ -116,17 +112,22 @@ impl MemitSolver {
         let same = self.within[i].as_ref().is_some_and(|c| c.v.nrows() == v.nrows() && c.v.ncols() == v.ncols() && (&c.v - &v).norm_max() == 0.0);
         if !same {
             let g = self.covs[i].solve_mat(&v)?;
-            let kk = v.ncols();
-            let h = Mat::<f64>::from_fn(kk, kk, |a, b| {
-                let ab: f64 = (0..v.nrows()).map(|j| v[(j, a)] * g[(j, b)]).sum();
-                let ba: f64 = (0..v.nrows()).map(|j| v[(j, b)] * g[(j, a)]).sum();
-                0.5 * (ab + ba)
-            });
-            let h = h.llt(Side::Lower).map_err(|e| Error::Numeric(format!("MEMIT within the guard: VᵀC0⁻¹V of layer {} is not positive definite ({e:?})", self.covs[i].layer)))?;
+            let h = symmetric_product(&v, &g, 0.0).llt(Side::Lower).map_err(|e| Error::Numeric(format!("MEMIT within the guard: VᵀC0⁻¹V of layer {} is not positive definite ({e:?})", self.covs[i].layer)))?;
             self.within[i] = Some(Compressed { v, g, h });
         }
         Ok(())
     }
+}
+
+/// ½(AᵀB + BᵀA) + shift·I, for AᵀB symmetric up to rounding (A = K, B = C0⁻¹K): symmetric to
+/// the bit, so that its Cholesky factorisation sees an exactly symmetric matrix.
+fn symmetric_product(a: &Mat<f64>, b: &Mat<f64>, shift: f64) -> Mat<f64> {
+    let n = a.ncols();
+    Mat::<f64>::from_fn(n, n, |i, j| {
+        let ij: f64 = (0..a.nrows()).map(|r| a[(r, i)] * b[(r, j)]).sum();
+        let ji: f64 = (0..a.nrows()).map(|r| a[(r, j)] * b[(r, i)]).sum();
+        0.5 * (ij + ji) + if i == j { shift } else { 0.0 }
+    })
 }
 
 /// x − V(Vᵀx) for every column of x.
