@@ -561,100 +561,112 @@ fn matmul_gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup
     if (rows > 3u) { store(cbase + (m0 + 3u) * p.ldc + n, dot(acc3, ones)); }
 }
 
-// Each thread a ROWS x 8 block of C, no workgroup memory, no barriers, and no load whose
-// address depends on anything but the thread: per four steps of K it loads ROWS + 8 vec4s
-// (a block stored the other way round is turned over in registers) for 32·ROWS multiply-adds.
+// Each thread a ROWS x 16 block of C, no workgroup memory, no barriers, and no load whose
+// address depends on anything but the thread: per four steps of K it loads ROWS + 16 vec4s
+// (a block stored the other way round is turned over in registers) for 64·ROWS multiply-adds.
 // For adapters where a load costs far more than arithmetic: llvmpipe runs a load lane by lane
 // in a loop, whatever its width, so its speed is set by load instructions per multiply-add
-// (gemv: one per two). Rows and columns past the edge load a clamped, in-range neighbour and
-// are never stored; only the K tail is zeroed.
+// (gemv: one per two; here 0.05 at eight rows). Each output keeps one running sum, to which a
+// four-step dot product is added at a time (`x * w`: component j is dot(x, w[j])), so that 128
+// outputs take the registers 32 took with a partial sum per step. Rows and columns past the
+// edge load a clamped, in-range neighbour and are never stored; only the K tail is zeroed.
 override ROWS: u32 = 4u;
+
+// x[i] = op(A)[m0 + first + i, k..k+3] for the block's rows first..first+3, of which `rows`
+// (counted from m0) exist.
+fn block_x(abase: u32, k: u32, valid: u32, m0: u32, first: u32, rows: u32) -> mat4x4<f32> {
+    var x = mat4x4<f32>();
+    if (TRANS_A) {
+        let have = select(0u, min(rows - first, 4u), rows > first);
+        for (var s = 0u; s < 4u; s++) {
+            let row = abase + (k + min(s, valid - 1u)) * p.lda + m0 + first;
+            x[s] = select(vec4<f32>(0.0), a4(row, have), s < valid);
+        }
+        return transpose(x);
+    }
+    for (var i = 0u; i < min(ROWS, 4u); i++) {
+        x[i] = a4(abase + (m0 + min(first + i, rows - 1u)) * p.lda + k, valid);
+    }
+    return x;
+}
+
+// w[j] = op(B)[k..k+3, n0 + 4q + j] for the block's column quarter q, of which `cols` columns
+// (counted from n0) exist. A quarter past the edge reads the last one that has a column.
+fn block_w(bbase: u32, k: u32, valid: u32, n0: u32, q: u32, cols: u32) -> mat4x4<f32> {
+    let c = min(4u * q, (cols - 1u) & ~3u);
+    let have = cols - c;
+    var w = mat4x4<f32>();
+    if (TRANS_B) {
+        for (var j = 0u; j < 4u; j++) {
+            w[j] = b4(bbase + (n0 + c + min(j, have - 1u)) * p.ldb + k, valid);
+        }
+        return w;
+    }
+    for (var s = 0u; s < 4u; s++) {
+        let row = bbase + (k + min(s, valid - 1u)) * p.ldb;
+        w[s] = select(vec4<f32>(0.0), b4(row + n0 + c, min(have, 4u)), s < valid);
+    }
+    return transpose(w);
+}
+
+// One row of the block: the first `cols` of its 16 outputs, starting at o.
+fn store_block_row(o: u32, q0: vec4<f32>, q1: vec4<f32>, q2: vec4<f32>, q3: vec4<f32>, cols: u32) {
+    for (var j = 0u; j < 4u; j++) {
+        if (j < cols) { store(o + j, q0[j]); }
+        if (j + 4u < cols) { store(o + 4u + j, q1[j]); }
+        if (j + 8u < cols) { store(o + 8u + j, q2[j]); }
+        if (j + 12u < cols) { store(o + 12u + j, q3[j]); }
+    }
+}
 
 @compute @workgroup_size(16, 1, 1)
 fn matmul_block(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let n0 = gid.x * 8u;
+    let n0 = gid.x * 16u;
     let m0 = gid.y * ROWS;
     if (n0 >= p.n || m0 >= p.m) { return; }
     let rows = min(ROWS, p.m - m0);
-    let cols = min(8u, p.n - n0);
+    let cols = min(16u, p.n - n0);
     let abase = p.a_off + gid.z * p.a_bstride;
     let bbase = p.b_off + gid.z * p.b_bstride;
     let cbase = p.c_off + gid.z * p.c_bstride;
-    // acc{row}{half}[j]: output (m0 + row, n0 + 4·half + j), four partial sums over K.
-    var acc0a = mat4x4<f32>();
-    var acc0b = mat4x4<f32>();
-    var acc1a = mat4x4<f32>();
-    var acc1b = mat4x4<f32>();
-    var acc2a = mat4x4<f32>();
-    var acc2b = mat4x4<f32>();
-    var acc3a = mat4x4<f32>();
-    var acc3b = mat4x4<f32>();
-    // Column `hi` starts the second half of the columns (the first again when there is none).
-    let hi = n0 + select(0u, 4u, cols > 4u);
+    // s{i}{q}[j]: output (m0 + i, n0 + 4q + j).
+    var s00 = vec4<f32>(); var s01 = vec4<f32>(); var s02 = vec4<f32>(); var s03 = vec4<f32>();
+    var s10 = vec4<f32>(); var s11 = vec4<f32>(); var s12 = vec4<f32>(); var s13 = vec4<f32>();
+    var s20 = vec4<f32>(); var s21 = vec4<f32>(); var s22 = vec4<f32>(); var s23 = vec4<f32>();
+    var s30 = vec4<f32>(); var s31 = vec4<f32>(); var s32 = vec4<f32>(); var s33 = vec4<f32>();
+    var s40 = vec4<f32>(); var s41 = vec4<f32>(); var s42 = vec4<f32>(); var s43 = vec4<f32>();
+    var s50 = vec4<f32>(); var s51 = vec4<f32>(); var s52 = vec4<f32>(); var s53 = vec4<f32>();
+    var s60 = vec4<f32>(); var s61 = vec4<f32>(); var s62 = vec4<f32>(); var s63 = vec4<f32>();
+    var s70 = vec4<f32>(); var s71 = vec4<f32>(); var s72 = vec4<f32>(); var s73 = vec4<f32>();
     for (var k = 0u; k < p.k; k += 4u) {
         let valid = min(4u, p.k - k);
-        // x[i] = op(A)[m0 + i, k..k+3].
-        var x = mat4x4<f32>();
-        if (TRANS_A) {
-            var t = mat4x4<f32>();
-            for (var s = 0u; s < 4u; s++) {
-                let ks = k + min(s, valid - 1u);
-                t[s] = select(vec4<f32>(0.0), a4(abase + ks * p.lda + m0, rows), s < valid);
-            }
-            x = transpose(t);
-        } else {
-            for (var i = 0u; i < ROWS; i++) {
-                x[i] = a4(abase + (m0 + min(i, rows - 1u)) * p.lda + k, valid);
-            }
+        let x = block_x(abase, k, valid, m0, 0u, rows);
+        var y = mat4x4<f32>();
+        if (ROWS > 4u) { y = block_x(abase, k, valid, m0, 4u, rows); }
+        let w0 = block_w(bbase, k, valid, n0, 0u, cols);
+        let w1 = block_w(bbase, k, valid, n0, 1u, cols);
+        let w2 = block_w(bbase, k, valid, n0, 2u, cols);
+        let w3 = block_w(bbase, k, valid, n0, 3u, cols);
+        s00 += x[0] * w0; s01 += x[0] * w1; s02 += x[0] * w2; s03 += x[0] * w3;
+        if (ROWS > 1u) { s10 += x[1] * w0; s11 += x[1] * w1; s12 += x[1] * w2; s13 += x[1] * w3; }
+        if (ROWS > 2u) {
+            s20 += x[2] * w0; s21 += x[2] * w1; s22 += x[2] * w2; s23 += x[2] * w3;
+            s30 += x[3] * w0; s31 += x[3] * w1; s32 += x[3] * w2; s33 += x[3] * w3;
         }
-        // wa[j] = op(B)[k..k+3, n0 + j], wb[j] = op(B)[k..k+3, hi + j].
-        var wa = mat4x4<f32>();
-        var wb = mat4x4<f32>();
-        if (TRANS_B) {
-            for (var j = 0u; j < 4u; j++) {
-                wa[j] = b4(bbase + (n0 + min(j, cols - 1u)) * p.ldb + k, valid);
-                wb[j] = b4(bbase + (n0 + min(j + 4u, cols - 1u)) * p.ldb + k, valid);
-            }
-        } else {
-            var ta = mat4x4<f32>();
-            var tb = mat4x4<f32>();
-            for (var s = 0u; s < 4u; s++) {
-                let row = bbase + (k + min(s, valid - 1u)) * p.ldb;
-                ta[s] = select(vec4<f32>(0.0), b4(row + n0, min(cols, 4u)), s < valid);
-                tb[s] = select(vec4<f32>(0.0), b4(row + hi, cols - (hi - n0)), s < valid);
-            }
-            wa = transpose(ta);
-            wb = transpose(tb);
-        }
-        for (var j = 0u; j < 4u; j++) {
-            acc0a[j] = fma(x[0], wa[j], acc0a[j]);
-            acc0b[j] = fma(x[0], wb[j], acc0b[j]);
-            if (ROWS > 1u) {
-                acc1a[j] = fma(x[1], wa[j], acc1a[j]);
-                acc1b[j] = fma(x[1], wb[j], acc1b[j]);
-            }
-            if (ROWS > 2u) {
-                acc2a[j] = fma(x[2], wa[j], acc2a[j]);
-                acc2b[j] = fma(x[2], wb[j], acc2b[j]);
-                acc3a[j] = fma(x[3], wa[j], acc3a[j]);
-                acc3b[j] = fma(x[3], wb[j], acc3b[j]);
-            }
+        if (ROWS > 4u) {
+            s40 += y[0] * w0; s41 += y[0] * w1; s42 += y[0] * w2; s43 += y[0] * w3;
+            s50 += y[1] * w0; s51 += y[1] * w1; s52 += y[1] * w2; s53 += y[1] * w3;
+            s60 += y[2] * w0; s61 += y[2] * w1; s62 += y[2] * w2; s63 += y[2] * w3;
+            s70 += y[3] * w0; s71 += y[3] * w1; s72 += y[3] * w2; s73 += y[3] * w3;
         }
     }
-    let ones = vec4<f32>(1.0);
-    for (var j = 0u; j < 4u; j++) {
-        let o = cbase + m0 * p.ldc + n0 + j;
-        if (j < cols) {
-            store(o, dot(acc0a[j], ones));
-            if (rows > 1u) { store(o + p.ldc, dot(acc1a[j], ones)); }
-            if (rows > 2u) { store(o + 2u * p.ldc, dot(acc2a[j], ones)); }
-            if (rows > 3u) { store(o + 3u * p.ldc, dot(acc3a[j], ones)); }
-        }
-        if (j + 4u < cols) {
-            store(o + 4u, dot(acc0b[j], ones));
-            if (rows > 1u) { store(o + 4u + p.ldc, dot(acc1b[j], ones)); }
-            if (rows > 2u) { store(o + 4u + 2u * p.ldc, dot(acc2b[j], ones)); }
-            if (rows > 3u) { store(o + 4u + 3u * p.ldc, dot(acc3b[j], ones)); }
-        }
-    }
+    let o = cbase + m0 * p.ldc + n0;
+    store_block_row(o, s00, s01, s02, s03, cols);
+    if (rows > 1u) { store_block_row(o + p.ldc, s10, s11, s12, s13, cols); }
+    if (rows > 2u) { store_block_row(o + 2u * p.ldc, s20, s21, s22, s23, cols); }
+    if (rows > 3u) { store_block_row(o + 3u * p.ldc, s30, s31, s32, s33, cols); }
+    if (rows > 4u) { store_block_row(o + 4u * p.ldc, s40, s41, s42, s43, cols); }
+    if (rows > 5u) { store_block_row(o + 5u * p.ldc, s50, s51, s52, s53, cols); }
+    if (rows > 6u) { store_block_row(o + 6u * p.ldc, s60, s61, s62, s63, cols); }
+    if (rows > 7u) { store_block_row(o + 7u * p.ldc, s70, s71, s72, s73, cols); }
 }

@@ -133,6 +133,15 @@ fn dot_gemv_and_block_match_oracle_all_transposes() {
                 }
             }
         }
+        // The block kernel's eight-row blocks cut short in each half (6 and 13 rows: 6 and 5
+        // in the last block) and its 16-column blocks with one to three quarters in range.
+        for (i, c) in [case(1, 6, 21, 9), case(1, 13, 50, 23), case(2, 12, 7, 4), case(1, 5, 16, 3)].into_iter().enumerate() {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    check(gpu, c, ta, tb, Kernel::Block, 1.0, 0.0, 750 + i as u64)?;
+                }
+            }
+        }
         // Auto's choice for a single row (the decode step) and for a few.
         check(gpu, case(1, 1, 577, 576), false, true, Kernel::Auto, 1.0, 0.0, 450)?;
         check(gpu, case(2, 3, 100, 64), false, true, Kernel::Auto, 1.0, 0.0, 451)?;

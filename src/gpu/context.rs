@@ -827,8 +827,8 @@ struct Choices {
 /// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
 /// added or changed, so that a table measured without it (or with its old form) is measured
 /// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
-/// the 32×32 and 64×64 tiles.
-const CHOICES_VERSION: u32 = 2;
+/// the 32×32 and 64×64 tiles; 3: the block kernel at up to 8×16 outputs per thread.
+const CHOICES_VERSION: u32 = 3;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ChoicesFile {
@@ -903,7 +903,8 @@ mod choices_tests {
     }
 
     /// A table is read only when measured with this build's kernel family: the first tables
-    /// (no version field, measured before the 32×32 tile) and damaged files are measured again.
+    /// (no version field, measured before the 32×32 tile), those of the family before this one
+    /// and damaged files are measured again.
     #[test]
     fn tables_of_another_kernel_family_or_damaged_are_not_read() {
         let dir = std::env::temp_dir().join(format!("revive-choices-{}", std::process::id()));
@@ -911,9 +912,11 @@ mod choices_tests {
         let body = r#""adapter": "x", "driver": "y", "backend": "Vulkan", "choices": {"matmul/nt/m1/n1024/k1024": "dot"}"#;
         let current = table_file(&dir, "current.json", &format!("{{\"kernels_version\": {CHOICES_VERSION}, {body}}}"));
         let first = table_file(&dir, "first.json", &format!("{{{body}}}"));
+        let previous = table_file(&dir, "previous.json", &format!("{{\"kernels_version\": {}, {body}}}", CHOICES_VERSION - 1));
         let damaged = table_file(&dir, "damaged.json", "{\"adapter\": ");
         assert_eq!(Choices::load_from(&current).table.get("matmul/nt/m1/n1024/k1024").map(String::as_str), Some("dot"));
         assert!(Choices::load_from(&first).table.is_empty());
+        assert!(Choices::load_from(&previous).table.is_empty());
         assert!(Choices::load_from(&damaged).table.is_empty());
         assert!(Choices::load_from(&dir.join("absent.json")).table.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();

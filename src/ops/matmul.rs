@@ -31,7 +31,7 @@ pub enum Kernel {
     /// One output column per thread, up to 4 rows per workgroup row, no barriers: the other
     /// decode kernel (far faster than Dot where a workgroup runs as one CPU thread).
     Gemv,
-    /// Each thread a block of up to 4 x 8 outputs, no workgroup memory: few load
+    /// Each thread a block of up to 8 x 16 outputs, no workgroup memory: few load
     /// instructions per multiply-add, for adapters where a load costs far more than
     /// arithmetic (llvmpipe).
     Block,
@@ -132,7 +132,7 @@ impl Kernel {
     /// Output rows and columns per workgroup.
     fn tile(self, l: &Layout) -> (usize, usize) {
         match self {
-            Kernel::Block => (block_rows(l), 8 * 16),
+            Kernel::Block => (block_rows(l), 16 * 16),
             Kernel::Tuned | Kernel::Pipelined | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
             Kernel::Tile32 => (32, 32),
@@ -184,10 +184,15 @@ struct Meta {
     _pad3: [u32; 2],
 }
 
-/// Rows of C per thread of the block kernel: as many as op(A) has, up to 4 (always 4 when A
-/// is transposed: its loads then run along M, four rows at once).
+/// Rows of C per thread of the block kernel: as many as op(A) has, up to 8, a power of two so
+/// that the unused accumulators compile away (8 when A is transposed and has more than 4 rows:
+/// its loads then run along M, four rows at once).
 fn block_rows(l: &Layout) -> usize {
-    if l.trans_a { 4 } else { l.m.clamp(1, 4).next_power_of_two().min(4) }
+    if l.trans_a {
+        if l.m > 4 { 8 } else { 4 }
+    } else {
+        l.m.clamp(1, 8).next_power_of_two()
+    }
 }
 
 /// The layout of one problem, in elements.
