@@ -29,6 +29,8 @@ shader!(PROJECT, "project");
 shader!(JACOBI, "jacobi");
 // Built only where the device has cooperative matrices and f16 (`Gpu::cooperative_matrix`).
 shader!(MATMUL_COOP, "matmul_coop");
+// Built only where the device has subgroups exactly 8 wide (`Gpu::subgroup_lanes`).
+shader!(MATMUL_LANES, "matmul_lanes");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -38,6 +40,8 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
         for tb in [0.0, 1.0] {
             for aligned in [0.0, 1.0] {
                 v.push((MATMUL, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned)]));
+                // The block kernel's eight-row form (the default, ROWS = 4, is the line above).
+                v.push((MATMUL, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned), ("ROWS", 8.0)]));
             }
         }
     }
@@ -65,6 +69,20 @@ pub fn cooperative_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     for ta in [0.0, 1.0] {
         for tb in [0.0, 1.0] {
             v.push((MATMUL_COOP, vec![("TRANS_A", ta), ("TRANS_B", tb)]));
+        }
+    }
+    v
+}
+
+/// The shaders that need subgroups, with their override-constant sets: they translate for the
+/// backends whose devices can offer subgroups (SPIR-V, MSL, HLSL; wgpu's GL has none).
+pub fn subgroup_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
+    let mut v = vec![];
+    for ta in [0.0, 1.0] {
+        for tb in [0.0, 1.0] {
+            for aligned in [0.0, 1.0] {
+                v.push((MATMUL_LANES, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned)]));
+            }
         }
     }
     v

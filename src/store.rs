@@ -199,6 +199,22 @@ pub fn load_or_compute<T>(
 mod tests {
     use super::*;
 
+    /// Numbers in the JSON of cache headers and journal records (σ of a guard's basis, metrics,
+    /// hyper-parameters) read back as the same f64, bit for bit: serde_json's default parser
+    /// may land one ulp away (it read σ = 1.8000003099441741 as 1.800000309944174, and a cached
+    /// basis then differed from the computed one), so the crate is built with float_roundtrip.
+    #[test]
+    fn f64_values_survive_json_bit_for_bit() {
+        let mut r = crate::testing::rng(5);
+        let mut values = vec![1.8000003099441741f64, 0.1, 1e-300, 5e-324, f64::MAX, 22.053145372867584];
+        values.extend((0..20_000).map(|_| f64::from_bits(rand::Rng::random::<u64>(&mut r) >> 2)));
+        values.extend((0..20_000).map(|_| rand::Rng::random_range(&mut r, -100.0..100.0)));
+        let text = serde_json::to_string(&values).unwrap();
+        let back: Vec<f64> = serde_json::from_str(&text).unwrap();
+        let differ = values.iter().zip(&back).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{differ} of {} values changed through JSON", values.len());
+    }
+
     /// A cache that cannot be written (here: its directory would have to be inside a file)
     /// loses the next run the computation, not this run its result; nothing is left behind.
     #[test]

@@ -150,9 +150,39 @@ fn dot_gemv_and_block_match_oracle_all_transposes() {
 }
 
 #[test]
+fn lanes_matches_oracle_all_transposes_where_subgroups_are_8_wide() {
+    // Blocks of 16 rows cut short in either half and with one row, 64-column workgroups with
+    // lanes past the last column, and the shapes of CASES.
+    let extra = [case(1, 6, 21, 9), case(1, 13, 50, 23), case(2, 12, 7, 4), case(1, 17, 65, 3), case(1, 24, 130, 19)];
+    let ran = std::cell::Cell::new(0);
+    for_each_gpu(|gpu| {
+        if !gpu.subgroup_lanes() {
+            let err = gemm(gpu, &ok(gpu.upload(&[1.0; 4], &[2, 2]))?, &ok(gpu.upload(&[1.0; 4], &[2, 2]))?, None, Gemm { kernel: Kernel::Lanes, ..Gemm::default() });
+            return match err {
+                Err(e) if e.to_string().contains("subgroups exactly 8 wide") => Ok(()),
+                other => Err(format!("the lanes kernel on a device without 8-wide subgroups: {other:?}")),
+            };
+        }
+        ran.set(ran.get() + 1);
+        for (i, &c) in CASES.iter().chain(&extra).enumerate() {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    check(gpu, c, ta, tb, Kernel::Lanes, 1.0, 0.0, 1000 + i as u64)?;
+                }
+            }
+        }
+        Ok(())
+    });
+    // lavapipe on a machine with AVX2 (this project's CI) has 8-wide subgroups.
+    if std::env::var("CI").is_ok() {
+        assert!(ran.get() > 0, "no adapter ran the lanes kernel");
+    }
+}
+
+#[test]
 fn alpha_beta_accumulate_into_c() {
     for_each_gpu(|gpu| {
-        for kernel in KERNELS {
+        for kernel in KERNELS.into_iter().filter(|k| k.runs_on(gpu)) {
             for (i, &c) in CASES.iter().enumerate() {
                 check(gpu, c, i % 2 == 0, i % 3 == 0, kernel, -1.5, 0.5, 200 + i as u64)?;
             }
@@ -164,7 +194,7 @@ fn alpha_beta_accumulate_into_c() {
 #[test]
 fn shared_operand_broadcasts_over_the_batch() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Gemv, Kernel::Block] {
+        for kernel in [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Gemv, Kernel::Block, Kernel::Lanes].into_iter().filter(|k| k.runs_on(gpu)) {
             let a_only = Case { a_batched: true, b_batched: false, ..case(4, 33, 29, 70) };
             let b_only = Case { a_batched: false, b_batched: true, ..case(3, 40, 52, 16) };
             check(gpu, a_only, false, true, kernel, 1.0, 0.0, 300)?;
@@ -225,14 +255,18 @@ fn the_cooperative_kernel_matches_the_reference_where_offered() {
 }
 
 #[test]
-fn the_fixed_rule_takes_the_kernels_that_won_on_a_gpu_and_block_on_a_cpu() {
+fn the_fixed_rule_takes_the_kernels_that_won_on_a_gpu_and_block_or_lanes_on_a_cpu() {
     use Kernel::*;
     // (rows, columns) → kernel on a hardware adapter: a decoded token, a prompt's products,
     // the vocabulary head at 16 and 128 rows, and a large square product.
     let gpu_cases = [((1, 576), Dot), ((4, 49152), Dot), ((5, 576), Tile16), ((128, 1536), Tile16), ((16, 49152), Tile16), ((128, 49152), Pipelined), ((1536, 576), Pipelined), ((4096, 4096), Pipelined), ((4096, 96), Tile16)];
     for ((m, n), want) in gpu_cases {
-        assert_eq!(Kernel::by_rule(m, n, false), want, "{m}×{n} on a GPU");
-        assert_eq!(Kernel::by_rule(m, n, true), Block, "{m}×{n} on a CPU adapter");
+        for lanes in [false, true] {
+            assert_eq!(Kernel::by_rule(m, n, false, lanes), want, "{m}×{n} on a GPU");
+        }
+        assert_eq!(Kernel::by_rule(m, n, true, false), Block, "{m}×{n} on a CPU adapter");
+        let on_lanes = if m >= revive::ops::matmul::LANES_MIN_ROWS { Lanes } else { Block };
+        assert_eq!(Kernel::by_rule(m, n, true, true), on_lanes, "{m}×{n} on a CPU adapter with 8-wide subgroups");
     }
 }
 

@@ -10,7 +10,7 @@ use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use naga::ShaderStage;
 use revive::gpu::immediate_source;
-use revive::shaders::{all_variants, cooperative_variants};
+use revive::shaders::{all_variants, cooperative_variants, subgroup_variants};
 use std::process::Command;
 
 fn tool(name: &str) -> bool {
@@ -195,4 +195,55 @@ fn the_cooperative_matrix_shader_translates_for_vulkan_and_metal() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn the_subgroup_shader_translates_for_vulkan_metal_and_dx12() {
+    // Subgroups exist on Vulkan, Metal and DX12 (wgpu's GL has none), so the lanes matmul must
+    // translate to SPIR-V, MSL and HLSL, in every override set and with immediates.
+    let spirv_val = tool("spirv-val");
+    let mut failures = vec![];
+    let mut translated = 0;
+    for (shader, constants) in subgroup_variants() {
+        for (source, immediate) in [(shader.source.to_string(), false), (immediate_source(shader.source), true)] {
+            let name = format!("{}{} {constants:?}", shader.name, if immediate { " (immediates)" } else { "" });
+            let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{name} does not parse:\n{}", e.emit_to_string(&source)));
+            let caps = Capabilities::SUBGROUP | if immediate { Capabilities::IMMEDIATES } else { Capabilities::empty() };
+            let info = Validator::new(ValidationFlags::all(), caps)
+                .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                .subgroup_operations(naga::valid::SubgroupOperationSet::all())
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("{name} does not validate: {e:?}"));
+            let overrides: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let entry = "matmul_lanes".to_string();
+            let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((ShaderStage::Compute, &entry)), &overrides)
+                .unwrap_or_else(|e| panic!("{name}: overrides: {e:?}"));
+            let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
+            let spv_pipe = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.clone() };
+            match spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)) {
+                Ok(words) if spirv_val => {
+                    if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &name) {
+                        failures.push(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failures.push(format!("{name}: SPIR-V: {e:?}")),
+            }
+            let msl_opts = msl::Options { lang_version: (2, 1), fake_missing_bindings: true, ..Default::default() };
+            let msl_pipe = msl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())), ..Default::default() };
+            if let Err(e) = msl::write_string(&module, &info, &msl_opts, &msl_pipe) {
+                failures.push(format!("{name}: MSL: {e:?}"));
+            }
+            let immediates_target = Some(hlsl::BindTarget { space: 0, register: 15, ..Default::default() });
+            let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, immediates_target, ..Default::default() };
+            let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())) };
+            let mut out = String::new();
+            if let Err(e) = hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl_pipe).write(&module, &info, None) {
+                failures.push(format!("{name}: HLSL: {e:?}"));
+            }
+            translated += 1;
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(translated, 16, "every override set, with and without immediates");
 }

@@ -35,6 +35,8 @@ pub struct AdapterSummary {
     pub limits: wgpu::Limits,
     /// Whether the cooperative-matrix matmul can run here ([`offers_cooperative_matrices`]).
     pub cooperative_matmul: bool,
+    /// Whether the lanes matmul runs here ([`offers_lanes`]).
+    pub lanes_matmul: bool,
 }
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
@@ -91,6 +93,8 @@ struct Shared {
     immediates: u32,
     /// Whether f16 16×16 cooperative matrices (f32 accumulators) were enabled (`KernelModes`).
     cooperative: bool,
+    /// Whether subgroups exactly 8 wide were enabled, for the lanes matmul ([`offers_lanes`]).
+    lanes: bool,
     /// Kernel choices measured on this adapter (`revive tune`): key → choice.
     choices: Mutex<Choices>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -210,7 +214,7 @@ impl Gpu {
     pub fn summaries(choice: BackendChoice) -> Vec<AdapterSummary> {
         Self::adapters(choice)
             .into_iter()
-            .map(|a| AdapterSummary { info: a.get_info(), features: a.features(), limits: a.limits(), cooperative_matmul: offers_cooperative_matrices(&a) })
+            .map(|a| AdapterSummary { info: a.get_info(), features: a.features(), limits: a.limits(), cooperative_matmul: offers_cooperative_matrices(&a), lanes_matmul: offers_lanes(&a) })
             .collect()
     }
 
@@ -255,9 +259,13 @@ impl Gpu {
             0
         };
         let cooperative = modes.cooperative && offers_cooperative_matrices(&adapter);
+        let lanes = offers_lanes(&adapter);
         let mut required_features = wgpu::Features::empty();
         if cooperative {
             required_features |= COOPERATIVE_FEATURES;
+        }
+        if lanes {
+            required_features |= wgpu::Features::SUBGROUP;
         }
         if timestamps {
             required_features |= wgpu::Features::TIMESTAMP_QUERY;
@@ -322,6 +330,7 @@ impl Gpu {
                 checked,
                 immediates,
                 cooperative,
+                lanes,
                 choices,
                 errors,
             }),
@@ -475,6 +484,11 @@ impl Gpu {
     /// Whether kernels take their parameters as immediates where they fit (see `Shared`).
     pub fn immediates(&self) -> u32 {
         self.shared.immediates
+    }
+
+    /// Whether the lanes matmul (`Kernel::Lanes`) can run: subgroups exactly 8 wide.
+    pub fn subgroup_lanes(&self) -> bool {
+        self.shared.lanes
     }
 
     /// Whether the cooperative-matrix matmul (`Kernel::Coop`) can run: asked for and offered.
@@ -827,7 +841,8 @@ struct Choices {
 /// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
 /// added or changed, so that a table measured without it (or with its old form) is measured
 /// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
-/// the 32×32 and 64×64 tiles; 3: the block kernel at up to 8×16 outputs per thread.
+/// the 32×32 and 64×64 tiles; 3: the block kernel at up to 8×16 outputs per thread, the lanes
+/// kernel.
 const CHOICES_VERSION: u32 = 3;
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -966,6 +981,15 @@ pub fn offers_cooperative_matrices(adapter: &wgpu::Adapter) -> bool {
     adapter.features().contains(COOPERATIVE_FEATURES)
         && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
         && adapter.cooperative_matrix_properties().iter().any(|c| (c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type) == (16, 16, 16, F16, F32))
+}
+
+/// Whether the adapter can run shaders/matmul_lanes.wgsl: subgroups, always exactly 8 wide, so
+/// that its workgroup of 8 is one subgroup. Asked for only then: a GPU with other subgroup
+/// sizes opens its device as before. `REVIVE_NO_LANES=1` leaves them off (to compare with the
+/// block kernel).
+pub fn offers_lanes(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    adapter.features().contains(wgpu::Features::SUBGROUP) && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8) && !env_flag("REVIVE_NO_LANES")
 }
 
 /// `REVIVE_MEMORY_LIMIT`: the most GPU memory the tensors may hold (e.g. `1.5GiB`).

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::shaders::{MATMUL, MATMUL_COOP};
+use crate::shaders::{MATMUL, MATMUL_COOP, MATMUL_LANES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
@@ -35,6 +35,10 @@ pub enum Kernel {
     /// instructions per multiply-add, for adapters where a load costs far more than
     /// arithmetic (llvmpipe).
     Block,
+    /// The block kernel's scheme with op(A) shared across a subgroup of 8 by broadcasts
+    /// (shaders/matmul_lanes.wgsl): 16 × 8 outputs per thread for fewer loads still. Only on
+    /// a device with subgroups exactly 8 wide (`Gpu::subgroup_lanes`: lavapipe on AVX2).
+    Lanes,
     /// Cooperative matrices (tensor cores) on f16-rounded operands with f32 accumulation
     /// (shaders/matmul_coop.wgsl): only on a device opened with them (`Gpu::cooperative_matrix`,
     /// REVIVE_COOPERATIVE=1), never chosen by Auto or the autotune, since it changes the result
@@ -53,9 +57,13 @@ pub const PIPELINED_MIN_TILES: usize = 48;
 /// Nor does it take the pipelined kernel for fewer rows than this, which would leave most of
 /// each 128-row tile idle.
 pub const PIPELINED_MIN_ROWS: usize = 65;
+/// From this many rows of op(A) on, a CPU adapter's fixed rule takes the lanes kernel where the
+/// device has it: its blocks are 16 rows high, and below this the block kernel's 8 waste less.
+pub const LANES_MIN_ROWS: usize = 9;
 
 /// Every concrete kernel, for the autotune and the tests.
-pub const KERNELS: [Kernel; 9] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block];
+/// Not every device runs every one (`Kernel::runs_on`).
+pub const KERNELS: [Kernel; 10] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block, Kernel::Lanes];
 
 /// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
 /// the transposes and whether the product is batched.
@@ -76,6 +84,7 @@ impl Kernel {
             Kernel::Dot => "dot",
             Kernel::Gemv => "gemv",
             Kernel::Block => "block",
+            Kernel::Lanes => "lanes",
             Kernel::Coop => "coop",
             Kernel::Auto => "auto",
         }
@@ -85,15 +94,26 @@ impl Kernel {
         KERNELS.into_iter().find(|k| k.name() == name)
     }
 
-    /// The fixed rule, where nothing was measured for an m×n output. On a software adapter
-    /// (llvmpipe) the block kernel was 1.4–6× faster than every other on every shape of
-    /// SmolLM2's forward and backward passes. On the H200 (docs/results.md, 2026-12-04) the
+    /// Whether `gpu` can run this kernel: the cooperative and lanes kernels need device
+    /// features, the others run anywhere.
+    pub fn runs_on(self, gpu: &Gpu) -> bool {
+        match self {
+            Kernel::Coop => gpu.cooperative_matrix(),
+            Kernel::Lanes => gpu.subgroup_lanes(),
+            _ => true,
+        }
+    }
+
+    /// The fixed rule, where nothing was measured for an m×n output (`lanes`: the device runs
+    /// the lanes kernel). On a software adapter (llvmpipe) the block kernel was 1.4–6× faster
+    /// than every other on every shape of SmolLM2's forward and backward passes, and the lanes
+    /// kernel 1.4–1.7× faster than it from a few dozen rows on (docs/results.md, 2026-12-05). On the H200 (docs/results.md, 2026-12-04) the
     /// dot kernel won every single-row product, the 16×16 tile nearly every product of up to a
     /// few hundred rows (by 2–30× over the 128-row tiles, which leave most multiprocessors
     /// idle there), and the pipelined 128×128 tile the large ones (0.53× cuBLAS at 4096³).
-    pub fn by_rule(m: usize, n: usize, cpu: bool) -> Kernel {
+    pub fn by_rule(m: usize, n: usize, cpu: bool, lanes: bool) -> Kernel {
         if cpu {
-            Kernel::Block
+            if lanes && m >= LANES_MIN_ROWS { Kernel::Lanes } else { Kernel::Block }
         } else if m <= DOT_MAX_ROWS {
             Kernel::Dot
         } else if m >= PIPELINED_MIN_ROWS && m.div_ceil(128) * n.div_ceil(128) >= PIPELINED_MIN_TILES {
@@ -112,7 +132,7 @@ impl Kernel {
 
     /// What `Auto` runs for the shape class `key` (see `tune_key`) of an m×n output.
     pub fn auto_choice(gpu: &Gpu, key: &str, m: usize, n: usize) -> Kernel {
-        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).unwrap_or_else(|| Kernel::by_rule(m, n, gpu.is_cpu()))
+        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).unwrap_or_else(|| Kernel::by_rule(m, n, gpu.is_cpu(), gpu.subgroup_lanes()))
     }
 
     fn entry(self) -> &'static str {
@@ -126,6 +146,7 @@ impl Kernel {
             Kernel::Dot => "matmul_dot",
             Kernel::Gemv => "matmul_gemv",
             Kernel::Block => "matmul_block",
+            Kernel::Lanes => "matmul_lanes",
             Kernel::Coop => "matmul_coop",
         }
     }
@@ -133,6 +154,7 @@ impl Kernel {
     fn tile(self, l: &Layout) -> (usize, usize) {
         match self {
             Kernel::Block => (block_rows(l), 16 * 16),
+            Kernel::Lanes => (16, 8 * 8),
             Kernel::Tuned | Kernel::Pipelined | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
             Kernel::Tile32 => (32, 32),
@@ -372,7 +394,20 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
             if gpu.info().device_type == wgpu::DeviceType::Cpu { "none (a CPU adapter)" } else { "them off or missing" }
         )));
     }
-    let (shader, aligned_constant) = if kernel == Kernel::Coop { (MATMUL_COOP, false) } else { (MATMUL, true) };
+    if kernel == Kernel::Lanes && !gpu.subgroup_lanes() {
+        return Err(Error::Gpu(format!(
+            "matmul: the lanes kernel needs subgroups exactly 8 wide; {} has subgroups of {}–{} lanes{}",
+            gpu.label(),
+            gpu.info().subgroup_min_size,
+            gpu.info().subgroup_max_size,
+            if gpu.info().backend == wgpu::Backend::Gl { " (none on GL)" } else { "" }
+        )));
+    }
+    let (shader, aligned_constant) = match kernel {
+        Kernel::Coop => (MATMUL_COOP, false),
+        Kernel::Lanes => (MATMUL_LANES, true),
+        _ => (MATMUL, true),
+    };
     let tile = kernel.tile(l);
     let max_elems = Tensor::max_binding_elems(gpu);
     let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
@@ -464,7 +499,7 @@ fn candidates(m: usize, n: usize, rule: Kernel) -> Vec<Kernel> {
     let few_rows = m <= 16;
     let tiles: &[Kernel] = if few_rows { &[Kernel::Tile32] } else { &[Kernel::Tile32, Kernel::Tile64, Kernel::Tuned, Kernel::Pipelined] };
     let dot: &[Kernel] = if few_rows || m * n <= DOT_MAX_OUTPUTS { &[Kernel::Dot] } else { &[] };
-    let rest = [&[Kernel::Block, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], tiles, dot].concat();
+    let rest = [&[Kernel::Block, Kernel::Lanes, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], tiles, dot].concat();
     std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
 }
 
@@ -485,10 +520,10 @@ pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&
         let a = gpu.upload(&crate::testing::random_vec(&mut r, ar * ac), &[ar, ac])?;
         let b = gpu.upload(&crate::testing::random_vec(&mut r, br * bc), &[br, bc])?;
         let c = gpu.empty(&[s.m, s.n])?;
-        let rule = Kernel::by_rule(s.m, s.n, gpu.is_cpu());
+        let rule = Kernel::by_rule(s.m, s.n, gpu.is_cpu(), gpu.subgroup_lanes());
         let mut times = vec![];
         let mut best: Option<(Kernel, f64)> = None;
-        for kernel in candidates(s.m, s.n, rule) {
+        for kernel in candidates(s.m, s.n, rule).into_iter().filter(|k| k.runs_on(gpu)) {
             let g = Gemm { trans_a: s.trans_a, trans_b: s.trans_b, kernel, ..Gemm::default() };
             gemm(gpu, &a, &b, Some(&c), g)?;
             let mut runs = vec![];
