@@ -12,9 +12,16 @@ macro_rules! shader {
         pub const $ident: Shader =
             Shader { name: $name, source: include_str!(concat!("../shaders/", $name, ".wgsl")) };
     };
+    // A shader after a prelude of declarations it shares with others (WGSL has no include).
+    ($ident:ident, $name:literal, after $prelude:literal) => {
+        pub const $ident: Shader = Shader {
+            name: $name,
+            source: concat!(include_str!(concat!("../shaders/", $prelude, ".wgsl")), "\n", include_str!(concat!("../shaders/", $name, ".wgsl"))),
+        };
+    };
 }
 
-shader!(MATMUL, "matmul");
+shader!(MATMUL, "matmul", after "matmul_common");
 shader!(REDUCE, "reduce");
 shader!(ELEMENTWISE, "elementwise");
 shader!(SOFTMAX, "softmax");
@@ -30,7 +37,7 @@ shader!(JACOBI, "jacobi");
 // Built only where the device has cooperative matrices and f16 (`Gpu::cooperative_matrix`).
 shader!(MATMUL_COOP, "matmul_coop");
 // Built only where the device has subgroups exactly 8 wide (`Gpu::subgroup_lanes`).
-shader!(MATMUL_LANES, "matmul_lanes");
+shader!(MATMUL_LANES, "matmul_lanes", after "matmul_common");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.

@@ -43,6 +43,30 @@ fn workgroup_bytes(module: &naga::Module, info: &naga::valid::ModuleInfo, index:
         .sum()
 }
 
+/// One entry point of a validated module written for Vulkan, Metal and DX12 as wgpu would
+/// (SPIR-V 1.3, MSL `msl_version`, HLSL shader model 6.0 with immediates in their own register).
+struct Translations {
+    spirv: Result<Vec<u32>, String>,
+    msl: Result<String, String>,
+    hlsl: Result<String, String>,
+}
+
+fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str, msl_version: (u8, u8)) -> Translations {
+    let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
+    let spv_pipe = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.to_string() };
+    let spirv = spv::write_vec(module, info, &spv_opts, Some(&spv_pipe)).map_err(|e| format!("SPIR-V: {e:?}"));
+    let msl_opts = msl::Options { lang_version: msl_version, fake_missing_bindings: true, ..Default::default() };
+    let msl_pipe = msl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.to_string())), ..Default::default() };
+    let msl = msl::write_string(module, info, &msl_opts, &msl_pipe).map(|(s, _)| s).map_err(|e| format!("MSL: {e:?}"));
+    // DX12 puts immediates in root constants; wgpu gives them a register of their own.
+    let immediates_target = Some(hlsl::BindTarget { space: 0, register: 15, ..Default::default() });
+    let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, immediates_target, ..Default::default() };
+    let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.to_string())) };
+    let mut out = String::new();
+    let hlsl = hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl_pipe).write(module, info, None).map(|_| out).map_err(|e| format!("HLSL: {e:?}"));
+    Translations { spirv, msl, hlsl }
+}
+
 #[test]
 fn every_shader_translates_to_every_backend() {
     let spirv_val = tool("spirv-val");
@@ -101,30 +125,18 @@ fn every_shader_translates_to_every_backend() {
             if shared > PORTABLE_WORKGROUP_BYTES {
                 failures.push(format!("{what}: {shared} bytes of workgroup memory, above the {PORTABLE_WORKGROUP_BYTES} every adapter offers"));
             }
-            let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
-            let spv_pipe = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.clone() };
-            match spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)) {
-                Ok(words) => {
-                    if spirv_val {
-                        if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &what) {
-                            failures.push(e);
-                        }
+            let out = translate(&module, &info, &entry, (2, 1));
+            match out.spirv {
+                Ok(words) if spirv_val => {
+                    if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &what) {
+                        failures.push(e);
                     }
                 }
-                Err(e) => failures.push(format!("{what}: SPIR-V: {e:?}")),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("{what}: {e}")),
             }
-            let msl_opts = msl::Options { lang_version: (2, 1), fake_missing_bindings: true, ..Default::default() };
-            let msl_pipe = msl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())), ..Default::default() };
-            if let Err(e) = msl::write_string(&module, &info, &msl_opts, &msl_pipe) {
-                failures.push(format!("{what}: MSL: {e:?}"));
-            }
-            // DX12 puts immediates in root constants; wgpu gives them a register of their own.
-            let immediates_target = Some(hlsl::BindTarget { space: 0, register: 15, ..Default::default() });
-            let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, immediates_target, ..Default::default() };
-            let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())) };
-            let mut hlsl_out = String::new();
-            if let Err(e) = hlsl::Writer::new(&mut hlsl_out, &hlsl_opts, &hlsl_pipe).write(&module, &info, None) {
-                failures.push(format!("{what}: HLSL: {e:?}"));
+            for e in [out.msl.err(), out.hlsl.err()].into_iter().flatten() {
+                failures.push(format!("{what}: {e}"));
             }
             for version in [glsl::Version::new_gles(310), glsl::Version::Desktop(430)] {
                 let opts = glsl::Options { version, ..Default::default() };
@@ -169,27 +181,20 @@ fn the_cooperative_matrix_shader_translates_for_vulkan_and_metal() {
             let entry = "matmul_coop".to_string();
             let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((ShaderStage::Compute, &entry)), &overrides)
                 .unwrap_or_else(|e| panic!("{name}: overrides: {e:?}"));
-            let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
-            let spv_pipe = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.clone() };
-            match spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)) {
+            let out = translate(&module, &info, &entry, (2, 3));
+            match out.spirv {
                 Ok(words) if spirv_val => match check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &name) {
                     Err(e) if e.contains("Invalid capability operand: 6022") => eprintln!("{name}: this spirv-val does not know SPV_KHR_cooperative_matrix"),
                     Err(e) => failures.push(e),
                     Ok(()) => {}
                 },
                 Ok(_) => {}
-                Err(e) => failures.push(format!("{name}: SPIR-V: {e:?}")),
+                Err(e) => failures.push(format!("{name}: {e}")),
             }
-            let msl_opts = msl::Options { lang_version: (2, 3), fake_missing_bindings: true, ..Default::default() };
-            let msl_pipe = msl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())), ..Default::default() };
-            if let Err(e) = msl::write_string(&module, &info, &msl_opts, &msl_pipe) {
-                failures.push(format!("{name}: MSL: {e:?}"));
+            if let Err(e) = out.msl {
+                failures.push(format!("{name}: {e}"));
             }
-            let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())) };
-            let mut out = String::new();
-            let immediates_target = Some(hlsl::BindTarget { space: 0, register: 15, ..Default::default() });
-            let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, immediates_target, ..Default::default() };
-            if hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl_pipe).write(&module, &info, None).is_ok() {
+            if out.hlsl.is_ok() {
                 failures.push(format!("{name}: naga now writes cooperative matrices in HLSL: DX12 could offer them"));
             }
         }
@@ -218,28 +223,18 @@ fn the_subgroup_shader_translates_for_vulkan_metal_and_dx12() {
             let entry = "matmul_lanes".to_string();
             let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((ShaderStage::Compute, &entry)), &overrides)
                 .unwrap_or_else(|e| panic!("{name}: overrides: {e:?}"));
-            let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
-            let spv_pipe = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.clone() };
-            match spv::write_vec(&module, &info, &spv_opts, Some(&spv_pipe)) {
+            let out = translate(&module, &info, &entry, (2, 1));
+            match out.spirv {
                 Ok(words) if spirv_val => {
                     if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &name) {
                         failures.push(e);
                     }
                 }
                 Ok(_) => {}
-                Err(e) => failures.push(format!("{name}: SPIR-V: {e:?}")),
+                Err(e) => failures.push(format!("{name}: {e}")),
             }
-            let msl_opts = msl::Options { lang_version: (2, 1), fake_missing_bindings: true, ..Default::default() };
-            let msl_pipe = msl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())), ..Default::default() };
-            if let Err(e) = msl::write_string(&module, &info, &msl_opts, &msl_pipe) {
-                failures.push(format!("{name}: MSL: {e:?}"));
-            }
-            let immediates_target = Some(hlsl::BindTarget { space: 0, register: 15, ..Default::default() });
-            let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, immediates_target, ..Default::default() };
-            let hlsl_pipe = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.clone())) };
-            let mut out = String::new();
-            if let Err(e) = hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl_pipe).write(&module, &info, None) {
-                failures.push(format!("{name}: HLSL: {e:?}"));
+            for e in [out.msl.err(), out.hlsl.err()].into_iter().flatten() {
+                failures.push(format!("{name}: {e}"));
             }
             translated += 1;
         }
