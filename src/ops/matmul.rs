@@ -107,7 +107,8 @@ impl Kernel {
     /// The fixed rule, where nothing was measured for an m×n output (`lanes`: the device runs
     /// the lanes kernel). On a software adapter (llvmpipe) the block kernel was 1.4–6× faster
     /// than every other on every shape of SmolLM2's forward and backward passes, and the lanes
-    /// kernel 1.4–1.7× faster than it from a few dozen rows on (docs/results.md, 2026-12-05). On the H200 (docs/results.md, 2026-12-04) the
+    /// kernel then 1.6–1.7× faster than it on square products of 512 and 1,024 and 1.2–1.4× on
+    /// a 128-token prefill (docs/results.md, 2026-12-05). On the H200 (2026-12-04) the
     /// dot kernel won every single-row product, the 16×16 tile nearly every product of up to a
     /// few hundred rows (by 2–30× over the 128-row tiles, which leave most multiprocessors
     /// idle there), and the pipelined 128×128 tile the large ones (0.53× cuBLAS at 4096³).
@@ -130,9 +131,11 @@ impl Kernel {
         Kernel::auto_choice(gpu, &tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1), l.m, l.n)
     }
 
-    /// What `Auto` runs for the shape class `key` (see `tune_key`) of an m×n output.
+    /// What `Auto` runs for the shape class `key` (see `tune_key`) of an m×n output. A measured
+    /// choice this device cannot run (the lanes kernel, measured before REVIVE_NO_LANES=1 was
+    /// set) gives way to the rule.
     pub fn auto_choice(gpu: &Gpu, key: &str, m: usize, n: usize) -> Kernel {
-        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).unwrap_or_else(|| Kernel::by_rule(m, n, gpu.is_cpu(), gpu.subgroup_lanes()))
+        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).filter(|k| k.runs_on(gpu)).unwrap_or_else(|| Kernel::by_rule(m, n, gpu.is_cpu(), gpu.subgroup_lanes()))
     }
 
     fn entry(self) -> &'static str {
