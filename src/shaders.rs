@@ -43,14 +43,10 @@ shader!(MATMUL_LANES, "matmul_lanes", after "matmul_common");
 /// covers each pipeline variant that can be built at run time.
 pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     let mut v = vec![];
-    for ta in [0.0, 1.0] {
-        for tb in [0.0, 1.0] {
-            for aligned in [0.0, 1.0] {
-                v.push((MATMUL, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned)]));
-                // The block kernel's eight-row form (the default, ROWS = 4, is the line above).
-                v.push((MATMUL, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned), ("ROWS", 8.0)]));
-            }
-        }
+    for constants in matmul_constants() {
+        v.push((MATMUL, constants.clone()));
+        // The block kernel's eight-row form (the default, ROWS = 4, is the line above).
+        v.push((MATMUL, [constants, vec![("ROWS", 8.0)]].concat()));
     }
     for op in [0.0, 1.0, 2.0] {
         v.push((REDUCE, vec![("OP", op)]));
@@ -84,11 +80,17 @@ pub fn cooperative_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
 /// The shaders that need subgroups, with their override-constant sets: they translate for the
 /// backends whose devices can offer subgroups (SPIR-V, MSL, HLSL; wgpu's GL has none).
 pub fn subgroup_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
+    matmul_constants().into_iter().map(|constants| (MATMUL_LANES, constants)).collect()
+}
+
+/// The override sets of the matmul kernels that share matmul_common.wgsl: every transpose, with
+/// and without aligned vec4 loads.
+fn matmul_constants() -> Vec<Vec<(&'static str, f64)>> {
     let mut v = vec![];
     for ta in [0.0, 1.0] {
         for tb in [0.0, 1.0] {
             for aligned in [0.0, 1.0] {
-                v.push((MATMUL_LANES, vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned)]));
+                v.push(vec![("TRANS_A", ta), ("TRANS_B", tb), ("ALIGNED", aligned)]);
             }
         }
     }

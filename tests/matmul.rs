@@ -47,6 +47,16 @@ fn check(gpu: &revive::Gpu, c: Case, trans_a: bool, trans_b: bool, kernel: Kerne
     check_with(gpu, c, Gemm { trans_a, trans_b, alpha, beta, kernel }, seed, |x| x)
 }
 
+/// [`check`] with every transpose of A and B.
+fn check_transposes(gpu: &revive::Gpu, c: Case, kernel: Kernel, seed: u64) -> Result<(), String> {
+    for ta in [false, true] {
+        for tb in [false, true] {
+            check(gpu, c, ta, tb, kernel, 1.0, 0.0, seed)?;
+        }
+    }
+    Ok(())
+}
+
 /// [`check`] against the reference on the operands as the kernel rounds them (`operand`).
 fn check_with(gpu: &revive::Gpu, c: Case, g: Gemm, seed: u64, operand: impl Fn(f32) -> f32) -> Result<(), String> {
     let Gemm { trans_a, trans_b, alpha, beta, kernel } = g;
@@ -136,11 +146,7 @@ fn dot_gemv_and_block_match_oracle_all_transposes() {
         // The block kernel's eight-row blocks cut short in each half (6 and 13 rows: 6 and 5
         // in the last block) and its 16-column blocks with one to three quarters in range.
         for (i, c) in [case(1, 6, 21, 9), case(1, 13, 50, 23), case(2, 12, 7, 4), case(1, 5, 16, 3)].into_iter().enumerate() {
-            for ta in [false, true] {
-                for tb in [false, true] {
-                    check(gpu, c, ta, tb, Kernel::Block, 1.0, 0.0, 750 + i as u64)?;
-                }
-            }
+            check_transposes(gpu, c, Kernel::Block, 750 + i as u64)?;
         }
         // Auto's choice for a single row (the decode step) and for a few.
         check(gpu, case(1, 1, 577, 576), false, true, Kernel::Auto, 1.0, 0.0, 450)?;
@@ -165,11 +171,7 @@ fn lanes_matches_oracle_all_transposes_where_subgroups_are_8_wide() {
         }
         ran.set(ran.get() + 1);
         for (i, &c) in CASES.iter().chain(&extra).enumerate() {
-            for ta in [false, true] {
-                for tb in [false, true] {
-                    check(gpu, c, ta, tb, Kernel::Lanes, 1.0, 0.0, 1000 + i as u64)?;
-                }
-            }
+            check_transposes(gpu, c, Kernel::Lanes, 1000 + i as u64)?;
         }
         Ok(())
     });

@@ -104,6 +104,27 @@ impl Kernel {
         }
     }
 
+    /// Why `gpu` cannot run this kernel (where `runs_on` says so): what it needs and what the
+    /// device has.
+    fn missing_on(self, gpu: &Gpu) -> String {
+        let info = gpu.info();
+        match self {
+            Kernel::Coop => format!(
+                "matmul: the cooperative-matrix kernel needs a device opened with REVIVE_COOPERATIVE=1 on an adapter with f16 16×16 cooperative matrices and 32-wide subgroups; {} has {}",
+                gpu.label(),
+                if info.device_type == wgpu::DeviceType::Cpu { "none (a CPU adapter)" } else { "them off or missing" }
+            ),
+            Kernel::Lanes => format!(
+                "matmul: the lanes kernel needs subgroups exactly 8 wide; {} has subgroups of {}–{} lanes{}",
+                gpu.label(),
+                info.subgroup_min_size,
+                info.subgroup_max_size,
+                if info.backend == wgpu::Backend::Gl { " (none on GL)" } else { "" }
+            ),
+            other => format!("matmul: {} cannot run the {} kernel", gpu.label(), other.name()),
+        }
+    }
+
     /// The fixed rule, where nothing was measured for an m×n output (`lanes`: the device runs
     /// the lanes kernel). On a software adapter (llvmpipe) the block kernel was 1.4–6× faster
     /// than every other on every shape of SmolLM2's forward and backward passes, and the lanes
@@ -390,21 +411,8 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
     let kernel = g.kernel.resolve_for(gpu, l);
-    if kernel == Kernel::Coop && !gpu.cooperative_matrix() {
-        return Err(Error::Gpu(format!(
-            "matmul: the cooperative-matrix kernel needs a device opened with REVIVE_COOPERATIVE=1 on an adapter with f16 16×16 cooperative matrices and 32-wide subgroups; {} has {}",
-            gpu.label(),
-            if gpu.info().device_type == wgpu::DeviceType::Cpu { "none (a CPU adapter)" } else { "them off or missing" }
-        )));
-    }
-    if kernel == Kernel::Lanes && !gpu.subgroup_lanes() {
-        return Err(Error::Gpu(format!(
-            "matmul: the lanes kernel needs subgroups exactly 8 wide; {} has subgroups of {}–{} lanes{}",
-            gpu.label(),
-            gpu.info().subgroup_min_size,
-            gpu.info().subgroup_max_size,
-            if gpu.info().backend == wgpu::Backend::Gl { " (none on GL)" } else { "" }
-        )));
+    if !kernel.runs_on(gpu) {
+        return Err(Error::Gpu(kernel.missing_on(gpu)));
     }
     let (shader, aligned_constant) = match kernel {
         Kernel::Coop => (MATMUL_COOP, false),
