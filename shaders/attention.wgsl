@@ -1,4 +1,7 @@
-// Causal grouped-query attention, one workgroup per (query token, query head) of a sequence;
+// Causal grouped-query attention, forward and backward, after the prelude
+// shaders/attention_common.wgsl (the forward's parameters, bindings and layout).
+//
+// The per-query forward: one workgroup per (query token, query head) of a sequence;
 // workgroup row wg.y is the sequence, q_bstride and kv_bstride apart in q/out and k/v (several
 // sequences in one dispatch: an edit's batch of prompts). q and out: rows of D, token stride
 // q_tstride; k and v: one [S, D] block per kv head, stride kv_hstride. Workgroup w is local
@@ -9,19 +12,6 @@
 // Keys go in tiles of 256 with an online softmax (running max m and sum l, rescaled by
 // exp(m_old - m_new) as the max grows), so the number of keys is not limited by workgroup
 // memory. Per tile: thread j scores key j, then thread i < D folds the tile's p_j v_j[i].
-
-struct Meta {
-    heads: u32, group: u32, d: u32, q_tstride: u32,
-    kv_hstride: u32, pos: u32, h0: u32, kv0: u32,
-    q_off: u32, k_off: u32, v_off: u32, out_off: u32,
-    scale: f32, q_bstride: u32, kv_bstride: u32, tokens: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Meta;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
 // Head dimensions up to 256: thread i owns output element i.
@@ -129,11 +119,6 @@ var<workgroup> tile_c: array<f32, 1024>;
 
 fn kt_at(i: u32, j: u32) -> u32 {
     return i * TK + (j ^ ((i >> 1u) & 15u));
-}
-
-// Where row ρ (token ρ / group, head ρ % group of a kv group) starts, from the group's first.
-fn row_offset(rho: u32, group: u32, q_tstride: u32, d: u32) -> u32 {
-    return (rho / group) * q_tstride + (rho % group) * d;
 }
 
 // Keys the rows rho0 .. rho0 + TR (of `rows`) see together: up to the last row's position.
@@ -247,43 +232,8 @@ fn attention_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
 // head) loops over the queries that see the key, in a fixed order, and sums over the group's
 // query heads: no atomics, so the result is deterministic.
 // Workgroup y is the kv group and z the sequence (all of a batch in one dispatch where it
-// fits): each binding's offset moves by z·(its sequence stride) + y·(its group stride), from
-// `Bwd*Stride` (q, dout and dq share a layout, as do k and v).
-
-struct BwdMeta {
-    group: u32, d: u32, q_tstride: u32, o_tstride: u32,
-    pos: u32, t_count: u32, t_first: u32, j0: u32,
-    q_off: u32, k_off: u32, v_off: u32, do_off: u32,
-    st_off: u32, a_off: u32, b_off: u32, scale: f32,
-    // Per sequence (wg.z) and per kv group (wg.y): q/dout/dq, k/v, stats, dk/dv.
-    q_bs: u32, kv_bs: u32, st_bs: u32, o_bs: u32,
-    q_gs: u32, kv_gs: u32, st_gs: u32, o_gs: u32,
-}
-
-// The offsets of one (sequence, kv group) workgroup's rows in each binding.
-struct Offsets { q: u32, dout: u32, k: u32, v: u32, st: u32, a: u32, b: u32 }
-
-fn offsets(wg: vec3<u32>, out_q_layout: bool) -> Offsets {
-    let sq = wg.z * pb.q_bs + wg.y * pb.q_gs;
-    let skv = wg.z * pb.kv_bs + wg.y * pb.kv_gs;
-    let so = wg.z * pb.o_bs + wg.y * pb.o_gs;
-    var o: Offsets;
-    o.q = pb.q_off + sq;
-    o.dout = pb.do_off + sq;
-    o.k = pb.k_off + skv;
-    o.v = pb.v_off + skv;
-    o.st = pb.st_off + wg.z * pb.st_bs + wg.y * pb.st_gs;
-    o.a = pb.a_off + select(so, sq, out_q_layout);
-    o.b = pb.b_off + so;
-    return o;
-}
-
-@group(0) @binding(0) var<uniform> pb: BwdMeta;
-@group(0) @binding(4) var<storage, read> dout: array<f32>;
-@group(0) @binding(5) var<storage, read_write> stats_w: array<f32>;
-@group(0) @binding(5) var<storage, read> stats: array<f32>;
-@group(0) @binding(6) var<storage, read_write> grad_a: array<f32>;
-@group(0) @binding(7) var<storage, read_write> grad_b: array<f32>;
+// fits): each binding's offset moves by z·(its sequence stride) + y·(its group stride)
+// (`BwdMeta` and `offsets` in the prelude).
 
 var<workgroup> row_b: array<f32, 256>;
 var<workgroup> dss: array<f32, 256>;

@@ -28,7 +28,7 @@ shader!(SOFTMAX, "softmax");
 shader!(GATHER, "gather");
 shader!(NORM, "norm");
 shader!(ACTIVATION, "activation");
-shader!(ATTENTION, "attention");
+shader!(ATTENTION, "attention", after "attention_common");
 shader!(ROPE, "rope");
 shader!(LOSS, "loss");
 shader!(ORTHO, "ortho");
@@ -38,6 +38,7 @@ shader!(JACOBI, "jacobi");
 shader!(MATMUL_COOP, "matmul_coop");
 // Built only where the device has subgroups exactly 8 wide (`Gpu::subgroup_lanes`).
 shader!(MATMUL_LANES, "matmul_lanes", after "matmul_common");
+shader!(ATTENTION_LANES, "attention_lanes", after "attention_common");
 
 /// Every shader with the override-constant sets the host uses with it, so a translation test
 /// covers each pipeline variant that can be built at run time.
@@ -80,7 +81,9 @@ pub fn cooperative_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
 /// The shaders that need subgroups, with their override-constant sets: they translate for the
 /// backends whose devices can offer subgroups (SPIR-V, MSL, HLSL; wgpu's GL has none).
 pub fn subgroup_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
-    matmul_constants().into_iter().map(|constants| (MATMUL_LANES, constants)).collect()
+    let mut v: Vec<_> = matmul_constants().into_iter().map(|constants| (MATMUL_LANES, constants)).collect();
+    v.push((ATTENTION_LANES, vec![]));
+    v
 }
 
 /// The override sets of the matmul kernels that share matmul_common.wgsl: every transpose, with

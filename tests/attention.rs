@@ -17,9 +17,12 @@ struct Case {
     pos0: usize,
 }
 
+/// Every kernel the device runs (the lanes kernel where subgroups are exactly 8 wide).
 fn check(gpu: &Gpu, c: &Case, seed: u64) -> Result<(), String> {
-    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled] {
-        check_with(gpu, c, seed, kernel)?;
+    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled, AttentionKernel::Lanes] {
+        if kernel.runs_on(gpu) {
+            check_with(gpu, c, seed, kernel)?;
+        }
     }
     Ok(())
 }
@@ -80,6 +83,42 @@ fn attention_matches_oracle() {
         }
         Ok(())
     });
+}
+
+#[test]
+fn lanes_matches_oracle_where_subgroups_are_8_wide() {
+    // Tiles of 16 rows cut short in either 8-row half or at one row; key blocks of 16 cut short
+    // (a lane's second key or both past the last); head dimensions that leave lanes' dims partly
+    // or wholly unused (1, 6, 17, 63) or fill them (64); many blocks after a cached prefix; one
+    // query head per kv head and groups of 3 and 4.
+    let cases = [
+        Case { b: 1, t: 1, hq: 1, hkv: 1, d: 1, s: 1, pos0: 0 },
+        Case { b: 2, t: 3, hq: 3, hkv: 1, d: 64, s: 9, pos0: 5 },
+        Case { b: 1, t: 13, hq: 1, hkv: 1, d: 17, s: 13, pos0: 0 },
+        Case { b: 3, t: 5, hq: 6, hkv: 2, d: 6, s: 30, pos0: 21 },
+        Case { b: 2, t: 11, hq: 9, hkv: 3, d: 64, s: 40, pos0: 17 },
+        Case { b: 1, t: 70, hq: 8, hkv: 2, d: 63, s: 70, pos0: 0 },
+        Case { b: 1, t: 4, hq: 4, hkv: 1, d: 32, s: 300, pos0: 290 },
+    ];
+    let ran = std::cell::Cell::new(0);
+    for_each_gpu(|gpu| {
+        if !AttentionKernel::Lanes.runs_on(gpu) {
+            let x = ok(gpu.upload(&[1.0; 4], &[1, 1, 1, 4]))?;
+            return match attention_with(gpu, &x, &x, &x, 0, 1.0, AttentionKernel::Lanes) {
+                Err(e) if e.to_string().contains("subgroups exactly 8 wide") => Ok(()),
+                other => Err(format!("the lanes kernel on a device without 8-wide subgroups: {other:?}")),
+            };
+        }
+        ran.set(ran.get() + 1);
+        for (i, c) in cases.iter().enumerate() {
+            check_with(gpu, c, 700 + i as u64, AttentionKernel::Lanes)?;
+        }
+        Ok(())
+    });
+    // lavapipe on a machine with AVX2 (this project's CI) has 8-wide subgroups.
+    if std::env::var("CI").is_ok() {
+        assert!(ran.get() > 0, "no adapter ran the lanes kernel");
+    }
 }
 
 #[test]

@@ -16,10 +16,13 @@ type Case = (usize, usize, usize, usize, usize, usize, usize);
 /// Much longer contexts would accumulate more rounding and may need ~1e-4.
 const TOL: Tolerance = Tolerance::F32;
 
-/// Both dq kernels (the dk/dv pass reads the stats the dq pass writes, so it is checked twice).
+/// Every kernel family the device runs (the dk/dv pass reads the stats the dq pass writes, so
+/// it is checked with each).
 fn check(gpu: &Gpu, case: Case, seed: u64) -> Result<(), String> {
-    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled] {
-        check_with(gpu, case, seed, kernel)?;
+    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled, AttentionKernel::Lanes] {
+        if kernel.runs_on(gpu) {
+            check_with(gpu, case, seed, kernel)?;
+        }
     }
     Ok(())
 }
@@ -83,6 +86,43 @@ fn attention_bwd_matches_oracle() {
         }
         Ok(())
     });
+}
+
+#[test]
+fn lanes_bwd_matches_oracle_where_subgroups_are_8_wide() {
+    // 16-row tiles cut short in either half or at one row; 16-key tiles cut short (dk/dv's last
+    // keys, dq's key blocks); dk/dv over many 16-row blocks of rows (70 · 4 = 280) and from a
+    // key tile whose first keys no query of a later block sees; head dimensions that leave
+    // lanes' dims partly or wholly unused (1, 6, 17, 63) or fill them (64); after a cached
+    // prefix (and dk/dv of the new keys only).
+    let cases: &[Case] = &[
+        (1, 1, 1, 1, 1, 0, 1),
+        (2, 3, 3, 1, 64, 5, 9),
+        (1, 13, 1, 1, 17, 0, 13),
+        (3, 5, 6, 2, 6, 21, 30),
+        (2, 11, 9, 3, 64, 17, 40),
+        (1, 70, 4, 1, 63, 0, 70),
+        (1, 40, 9, 3, 32, 3, 43),
+    ];
+    let ran = std::cell::Cell::new(0);
+    for_each_gpu(|gpu| {
+        if !AttentionKernel::Lanes.runs_on(gpu) {
+            let x = ok(gpu.upload(&[1.0; 4], &[1, 1, 1, 4]))?;
+            return match attention_bwd_with(gpu, &x, &x, &x, 0, 0, 1.0, &x, AttentionKernel::Lanes) {
+                Err(e) if e.to_string().contains("subgroups exactly 8 wide") => Ok(()),
+                other => Err(format!("the lanes kernels on a device without 8-wide subgroups: {:?}", other.map(|_| ()))),
+            };
+        }
+        ran.set(ran.get() + 1);
+        for (i, &c) in cases.iter().enumerate() {
+            check_with(gpu, c, 5500 + i as u64, AttentionKernel::Lanes)?;
+        }
+        Ok(())
+    });
+    // lavapipe on a machine with AVX2 (this project's CI) has 8-wide subgroups.
+    if std::env::var("CI").is_ok() {
+        assert!(ran.get() > 0, "no adapter ran the lanes kernels");
+    }
 }
 
 #[test]

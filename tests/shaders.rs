@@ -203,9 +203,10 @@ fn the_cooperative_matrix_shader_translates_for_vulkan_and_metal() {
 }
 
 #[test]
-fn the_subgroup_shader_translates_for_vulkan_metal_and_dx12() {
-    // Subgroups exist on Vulkan, Metal and DX12 (wgpu's GL has none), so the lanes matmul must
-    // translate to SPIR-V, MSL and HLSL, in every override set and with immediates.
+fn the_subgroup_shaders_translate_for_vulkan_metal_and_dx12() {
+    // Subgroups exist on Vulkan, Metal and DX12 (wgpu's GL has none), so the lanes kernels
+    // (matmul and attention) must translate to SPIR-V, MSL and HLSL, every entry point in every
+    // override set and with immediates.
     let spirv_val = tool("spirv-val");
     let mut failures = vec![];
     let mut translated = 0;
@@ -220,25 +221,29 @@ fn the_subgroup_shader_translates_for_vulkan_metal_and_dx12() {
                 .validate(&module)
                 .unwrap_or_else(|e| panic!("{name} does not validate: {e:?}"));
             let overrides: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-            let entry = "matmul_lanes".to_string();
-            let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((ShaderStage::Compute, &entry)), &overrides)
-                .unwrap_or_else(|e| panic!("{name}: overrides: {e:?}"));
-            let out = translate(&module, &info, &entry, (2, 1));
-            match out.spirv {
-                Ok(words) if spirv_val => {
-                    if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &name) {
-                        failures.push(e);
+            for entry in module.entry_points.iter().map(|e| e.name.clone()) {
+                let what = format!("{name}:{entry}");
+                let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((ShaderStage::Compute, &entry)), &overrides)
+                    .unwrap_or_else(|e| panic!("{what}: overrides: {e:?}"));
+                let out = translate(&module, &info, &entry, (2, 1));
+                match out.spirv {
+                    Ok(words) if spirv_val => {
+                        if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &what) {
+                            failures.push(e);
+                        }
                     }
+                    Ok(_) => {}
+                    Err(e) => failures.push(format!("{what}: {e}")),
                 }
-                Ok(_) => {}
-                Err(e) => failures.push(format!("{name}: {e}")),
+                for e in [out.msl.err(), out.hlsl.err()].into_iter().flatten() {
+                    failures.push(format!("{what}: {e}"));
+                }
+                translated += 1;
             }
-            for e in [out.msl.err(), out.hlsl.err()].into_iter().flatten() {
-                failures.push(format!("{name}: {e}"));
-            }
-            translated += 1;
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert_eq!(translated, 16, "every override set, with and without immediates");
+    // matmul_lanes in 8 override sets, attention's three lanes kernels; each with and without
+    // immediates.
+    assert_eq!(translated, 2 * (8 + 3), "every entry point in every override set, with and without immediates");
 }

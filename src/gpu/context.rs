@@ -486,9 +486,22 @@ impl Gpu {
         self.shared.immediates
     }
 
-    /// Whether the lanes matmul (`Kernel::Lanes`) can run: subgroups exactly 8 wide.
+    /// Whether the lanes kernels (the matmul's and attention's `Lanes`) can run: subgroups
+    /// exactly 8 wide.
     pub fn subgroup_lanes(&self) -> bool {
         self.shared.lanes
+    }
+
+    /// Why `kernel` (a lanes kernel) cannot run here, where `subgroup_lanes` says so.
+    pub fn lanes_missing(&self, kernel: &str) -> String {
+        let info = self.info();
+        format!(
+            "{kernel} needs subgroups exactly 8 wide; {} has subgroups of {}–{} lanes{}",
+            self.label(),
+            info.subgroup_min_size,
+            info.subgroup_max_size,
+            if info.backend == wgpu::Backend::Gl { " (none on GL)" } else { "" }
+        )
     }
 
     /// Whether the cooperative-matrix matmul (`Kernel::Coop`) can run: asked for and offered.

@@ -510,7 +510,7 @@ impl<'m> DeltaPass<'m> {
         // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
         let d_o = gemm(gpu, &dx_mid, w("wo")?, None, plain)?.reshape(&[b, t, c.n_heads, hd])?;
         // The prefix's cached keys and values are constants: the gradients of the suffix's own.
-        let kernel = attention::kernel_for(&tape.q);
+        let kernel = attention::kernel_for(gpu, &tape.q);
         let (dq, dk, dv) = attention::attention_bwd_with(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, 1.0 / (hd as f32).sqrt(), &d_o, kernel)?;
         let (dq, dk) = match c.arch {
             Arch::Gpt2 => (dq, dk),

@@ -5,7 +5,7 @@ use super::chunks;
 use super::elementwise::{copy_strided, copy_strided_pair, View};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::shaders::ATTENTION;
+use crate::shaders::{ATTENTION, ATTENTION_LANES};
 
 /// The largest head dimension: one thread per output element of a head.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -70,6 +70,17 @@ pub enum AttentionKernel {
     /// One workgroup per 16 (token, head) rows of a kv head, each key read once for all of
     /// them; needs every query head in one dispatch and a head dimension of at most 64.
     Tiled,
+    /// The tiled kernels' work split in one 8-lane subgroup, without workgroup memory
+    /// (shaders/attention_lanes.wgsl): for software adapters, where subgroups are exactly 8
+    /// wide (`Gpu::subgroup_lanes`).
+    Lanes,
+}
+
+impl AttentionKernel {
+    /// Whether the kernel's shader builds on this device.
+    pub fn runs_on(self, gpu: &Gpu) -> bool {
+        self != AttentionKernel::Lanes || gpu.subgroup_lanes()
+    }
 }
 
 /// Head dimensions the tiled kernel handles (its threads own 4 elements of a row of 16 threads).
@@ -83,16 +94,19 @@ pub const TILED_MIN_TOKENS: usize = 8;
 /// Query t of sequence b is at position pos0 + t and sees cache rows 0 ..= pos0 + t of its
 /// own sequence; query head h reads kv head h / (Hq / Hkv). Returns [B, T, Hq, D].
 pub fn attention(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32) -> Result<Tensor> {
-    attention_with(gpu, q, k_cache, v_cache, pos0, scale, kernel_for(q))
+    attention_with(gpu, q, k_cache, v_cache, pos0, scale, kernel_for(gpu, q))
 }
 
-/// The kernel for q: [B, T, Hq, D] — tiled from TILED_MIN_TOKENS query tokens per sequence.
-pub fn kernel_for(q: &Tensor) -> AttentionKernel {
+/// The kernel for q: [B, T, Hq, D] — tiled from TILED_MIN_TOKENS query tokens per sequence,
+/// in lanes where the device runs that.
+pub fn kernel_for(gpu: &Gpu, q: &Tensor) -> AttentionKernel {
     let tokens = q.shape().get(1).copied().unwrap_or(0);
-    if tokens >= TILED_MIN_TOKENS && !per_query_only() {
-        AttentionKernel::Tiled
-    } else {
+    if tokens < TILED_MIN_TOKENS || per_query_only() {
         AttentionKernel::PerQuery
+    } else if AttentionKernel::Lanes.runs_on(gpu) {
+        AttentionKernel::Lanes
+    } else {
+        AttentionKernel::Tiled
     }
 }
 
@@ -103,12 +117,16 @@ fn per_query_only() -> bool {
     *FLAG.get_or_init(|| crate::gpu::env_flag("REVIVE_PER_QUERY_ATTENTION"))
 }
 
-/// `attention` with the kernel named; `Tiled` falls back to `PerQuery` where the head
-/// dimension is above 64 or the query heads do not fit one dispatch.
+/// `attention` with the kernel named; `Tiled` and `Lanes` fall back to `PerQuery` where the
+/// head dimension is above 64 or the query heads do not fit one dispatch. `Lanes` on a device
+/// without 8-wide subgroups is an error.
 pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel) -> Result<Tensor> {
     const OP: &str = "attention";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
     let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
+    if !kernel.runs_on(gpu) {
+        return Err(Error::Gpu(gpu.lanes_missing("attention: the lanes kernel")));
+    }
     let out = gpu.empty(q.shape())?;
     if out.numel() == 0 {
         return Ok(out);
@@ -130,7 +148,7 @@ pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
     let tokens_per = (max_wg / heads_per).min((max_elems - heads_per * d) / (hq * d) + 1).max(1);
     // The tiled kernel's workgroups: (token, head) tiles × kv heads × sequences, every head
     // in the dispatch (tokens_per · group ≤ max_wg · group / hq tiles when heads_per = hq).
-    let tiled = kernel == AttentionKernel::Tiled && d <= TILED_MAX_HEAD_DIM && heads_per == hq;
+    let tiled = kernel != AttentionKernel::PerQuery && d <= TILED_MAX_HEAD_DIM && heads_per == hq;
     // Where one sequence is one dispatch, several go in one (a row of workgroups each): an
     // edit's batch of a few hundred prompts is then a dispatch per layer, not hundreds.
     let (seq_q, seq_kv) = (t * hq * d, hkv * s * d);
@@ -169,12 +187,13 @@ pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
                     kv_bstride: seq_kv as u32,
                     tokens: tn as u32,
                 };
-                let (entry, groups) = if tiled {
-                    ("attention_tiled", [(tn * group).div_ceil(TILE_ROWS) as u32, hkv as u32, bn as u32])
-                } else {
-                    ("attention", [(tn * hn) as u32, bn as u32, 1])
+                let tiles = [(tn * group).div_ceil(TILE_ROWS) as u32, hkv as u32, bn as u32];
+                let (shader, entry, groups) = match kernel {
+                    _ if !tiled => (ATTENTION, "attention", [(tn * hn) as u32, bn as u32, 1]),
+                    AttentionKernel::Lanes => (ATTENTION_LANES, "attention_lanes", tiles),
+                    _ => (ATTENTION, "attention_tiled", tiles),
                 };
-                gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, ob], groups)?;
+                gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, ob], groups)?;
             }
         }
     }
@@ -255,12 +274,12 @@ pub fn attention_bwd(
     scale: f32,
     d_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let kernel = kernel_for(q);
+    let kernel = kernel_for(gpu, q);
     attention_bwd_with(gpu, q, k_cache, v_cache, pos0, 0, scale, d_out, kernel)
 }
 
-/// `attention_bwd` with the kernels named (`Tiled` where the head dimension is at most 64; the
-/// dk/dv pass tiled where whole sequences fit a dispatch) and dk/dv only of the keys from
+/// `attention_bwd` with the kernels named (`Tiled` or `Lanes` where the head dimension is at
+/// most 64; the dk/dv pass so where whole sequences fit a dispatch) and dk/dv only of the keys from
 /// `keys_from` (≤ pos0) on: [B, L − keys_from, Hkv, D]. With keys_from = pos0, where the cache
 /// rows before pos0 are constants (a prefix computed once), the earlier keys' share is neither
 /// computed nor allocated.
@@ -281,6 +300,9 @@ pub fn attention_bwd_with(
     let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
     if d_out.shape() != q.shape() {
         return Err(Error::shape(OP, format!("d_out {:?} does not match q {:?}", d_out.shape(), q.shape())));
+    }
+    if !kernel.runs_on(gpu) {
+        return Err(Error::Gpu(gpu.lanes_missing("attention_bwd: the lanes kernels")));
     }
     if keys_from > pos0 {
         return Err(Error::shape(OP, format!("the gradient of keys from {keys_from} on was asked for, past the queries' first position {pos0}")));
@@ -311,8 +333,13 @@ pub fn attention_bwd_with(
     let tokens_per = (max_wg / group).max(1);
     // The tiled kernels: dq in tiles of (token, head) rows of one kv group along x (t_count is
     // the dispatch's tokens), dk/dv in tiles of keys where a dispatch binds whole sequences.
-    let tiled = kernel == AttentionKernel::Tiled && d <= TILED_MAX_HEAD_DIM;
-    let dq_kernel = |tn: usize| if tiled { ("attention_bwd_dq_tiled", (tn * group).div_ceil(TILE_ROWS) as u32) } else { ("attention_bwd_dq", (tn * group) as u32) };
+    let tiled = kernel != AttentionKernel::PerQuery && d <= TILED_MAX_HEAD_DIM;
+    let lanes = tiled && kernel == AttentionKernel::Lanes;
+    let dq_kernel = |tn: usize| match (tiled, lanes) {
+        (true, true) => (ATTENTION_LANES, "attention_bwd_dq_lanes", (tn * group).div_ceil(TILE_ROWS) as u32),
+        (true, false) => (ATTENTION, "attention_bwd_dq_tiled", (tn * group).div_ceil(TILE_ROWS) as u32),
+        _ => (ATTENTION, "attention_bwd_dq", (tn * group) as u32),
+    };
     // Where a sequence's queries and keys each fit one dispatch's row of workgroups, the whole
     // batch goes in two dispatches (z the sequence, y the kv group): an edit's batch of a few
     // hundred prompts is otherwise 2 × sequences × kv heads dispatches per layer.
@@ -349,16 +376,20 @@ pub fn attention_bwd_with(
             let (sb, st_off) = stats.bind(gpu, b0 * per_seq[2], bn * per_seq[2])?;
             let (qgb, qg_off) = dq.bind(gpu, b0 * per_seq[0], bn * per_seq[0])?;
             let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off: qg_off, strides, ..meta0 };
-            let (entry, x) = dq_kernel(t);
-            gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], [x, hkv as u32, bn as u32])?;
+            let (shader, entry, x) = dq_kernel(t);
+            gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], [x, hkv as u32, bn as u32])?;
             let (ab, a_off) = dk.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             let (bb, b_off) = dv.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
             // The tiled kernel reads key j at row j of its sequence's block; the other reads
             // key j0 + x at row x, so its bindings start at key j0.
-            let (entry, x, kv_skip) = if tiled { ("attention_bwd_dkv_tiled", lo.div_ceil(TILE_ROWS) as u32, 0) } else { ("attention_bwd_dkv", lo as u32, keys_from * d) };
+            let (shader, entry, x, kv_skip) = match (tiled, lanes) {
+                (true, true) => (ATTENTION_LANES, "attention_bwd_dkv_lanes", lo.div_ceil(TILE_ROWS) as u32, 0),
+                (true, false) => (ATTENTION, "attention_bwd_dkv_tiled", lo.div_ceil(TILE_ROWS) as u32, 0),
+                _ => (ATTENTION, "attention_bwd_dkv", lo as u32, keys_from * d),
+            };
             let (k_off, v_off) = (k_off + kv_skip as u32, v_off + kv_skip as u32);
             let meta = BwdMeta { pos: pos0 as u32, j0: keys_from as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
-            gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], [x, hkv as u32, bn as u32])?;
+            gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], [x, hkv as u32, bn as u32])?;
         }
         return Ok((dq, dk, dv));
     }
@@ -377,8 +408,8 @@ pub fn attention_bwd_with(
                 let (ab, a_off) = dq.bind(gpu, q_start, q_span(tn))?;
                 let meta = BwdMeta { pos: (pos0 + t0) as u32, t_count: tn as u32, q_off, k_off, v_off, do_off, st_off, a_off, ..meta0 };
                 let binds = [qb, kb, vb, db, sb, ab];
-                let (entry, x) = dq_kernel(tn);
-                gpu.dispatch(ATTENTION, entry, &[], bytemuck::bytes_of(&meta), &binds, [x, 1, 1])?;
+                let (shader, entry, x) = dq_kernel(tn);
+                gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &binds, [x, 1, 1])?;
             }
             let keys_per = max_wg.min((max_elems - d) / (hkv * d) + 1);
             for (j0, jn) in chunks(lo, keys_per) {

@@ -114,13 +114,7 @@ impl Kernel {
                 gpu.label(),
                 if info.device_type == wgpu::DeviceType::Cpu { "none (a CPU adapter)" } else { "them off or missing" }
             ),
-            Kernel::Lanes => format!(
-                "matmul: the lanes kernel needs subgroups exactly 8 wide; {} has subgroups of {}–{} lanes{}",
-                gpu.label(),
-                info.subgroup_min_size,
-                info.subgroup_max_size,
-                if info.backend == wgpu::Backend::Gl { " (none on GL)" } else { "" }
-            ),
+            Kernel::Lanes => gpu.lanes_missing("matmul: the lanes kernel"),
             other => format!("matmul: {} cannot run the {} kernel", gpu.label(), other.name()),
         }
     }
