@@ -1,7 +1,9 @@
 // Row normalisation over the last dimension; one workgroup (256 threads) per row.
 //   rms_norm    out = x / sqrt(mean(x^2) + eps) * w
 //   layer_norm  out = (x - mean) / sqrt(var + eps) * w + b   (biased variance)
-//   *_bwd       dx from x, w and dy (binding 3 read as dy); the bias does not affect dx
+//   *_bwd       dx from x, w and dy (binding 3 read as dy); the bias does not affect dx. With
+//               `accumulate` they add dx to what out holds (a residual path's gradient), so the
+//               backward of a block needs no separate add, with the add's rounding
 //   rms_norm_matvec  out[r, n] = rms_norm(x)[r, :] · m[n, :] (binding 3 read as the matrix m,
 //               [n_out, cols], from dy_off; out [rows, n_out]): the norm and the product that
 //               reads it in one dispatch, for a few rows (a decoded token)
@@ -10,7 +12,7 @@
 
 struct Meta {
     rows: u32, cols: u32, x_off: u32, out_off: u32,
-    eps: f32, dy_off: u32, n_out: u32, _pad2: u32,
+    eps: f32, dy_off: u32, n_out: u32, accumulate: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -82,6 +84,15 @@ fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
     for (var j = lid.x; j < p.cols; j += WG) { out[base_out + j] = (x[base_in + j] - mean) * inv * w[j] + b[j]; }
 }
 
+// A backward entry's dx_i: stored, or added to out's value.
+fn put(i: u32, dx: f32) {
+    if (p.accumulate != 0u) {
+        out[i] = out[i] + dx;
+    } else {
+        out[i] = dx;
+    }
+}
+
 // y = x r w with r = (mean(x^2) + eps)^(-1/2):
 // dx_j = r w_j dy_j - x_j r^3 sum_k(dy_k w_k x_k) / n.
 @compute @workgroup_size(256, 1, 1)
@@ -99,7 +110,7 @@ fn rms_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
     let inv = 1.0 / sqrt(workgroup_sum(lid.x, sq) / n + p.eps);
     let c = workgroup_sum(lid.x, dot) * inv * inv * inv / n;
-    for (var j = lid.x; j < p.cols; j += WG) { out[bo + j] = inv * w[j] * dy[bd + j] - c * x[bx + j]; }
+    for (var j = lid.x; j < p.cols; j += WG) { put(bo + j, inv * w[j] * dy[bd + j] - c * x[bx + j]); }
 }
 
 // With xhat = (x - mean) r and g = dy w: dx = r (g - mean(g) - xhat mean(g xhat)).
@@ -126,6 +137,6 @@ fn layer_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let mgx = workgroup_sum(lid.x, sgx) / n;
     for (var j = lid.x; j < p.cols; j += WG) {
         let xhat = (x[bx + j] - mean) * inv;
-        out[bo + j] = inv * (dy[bd + j] * w[j] - mg - xhat * mgx);
+        put(bo + j, inv * (dy[bd + j] * w[j] - mg - xhat * mgx));
     }
 }

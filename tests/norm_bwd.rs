@@ -6,7 +6,8 @@ use common::*;
 use revive::cpu;
 use revive::cpu::norm::{layer_norm_bwd_row, layer_norm_row, rms_norm_bwd_row, rms_norm_row};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::norm::{layer_norm_bwd, rms_norm_bwd};
+use revive::ops::elementwise::add;
+use revive::ops::norm::{layer_norm_bwd, layer_norm_bwd_into, rms_norm_bwd, rms_norm_bwd_into};
 
 const SHAPES: &[&[usize]] = &[&[1, 1], &[1, 7], &[7, 1], &[13, 257], &[3, 4099], &[500, 3], &[2, 5, 576], &[64, 768]];
 
@@ -38,6 +39,53 @@ fn norm_bwd_matches_oracle() {
             check(gpu, shape, 1100 + i as u64)?;
         }
         Ok(())
+    });
+}
+
+/// The accumulating entries: acc + dx, bit for bit what the separate kernel and an add give
+/// (the backward of a block relies on that), against the oracle too.
+fn check_into(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
+    let d = *shape.last().unwrap();
+    let n: usize = shape.iter().product();
+    let mut r = rng(seed);
+    let x: Vec<f32> = random_vec(&mut r, n).into_iter().map(|v| 3.0 * v + 0.5).collect();
+    let (w, dy, acc) = (random_vec(&mut r, d), random_vec(&mut r, n), random_vec(&mut r, n));
+    let (tx, tw, tdy) = (ok(gpu.upload(&x, shape))?, ok(gpu.upload(&w, &[d]))?, ok(gpu.upload(&dy, shape))?);
+    let eps = 1e-5;
+    let tol = Tolerance::new(1e-5, 1e-5, if d == 1 { f64::INFINITY } else { 1e-5 });
+    type Into = fn(&Gpu, &revive::Tensor, &revive::Tensor, &revive::Tensor, f32, &revive::Tensor) -> revive::Result<()>;
+    type Plain = fn(&Gpu, &revive::Tensor, &revive::Tensor, &revive::Tensor, f32) -> revive::Result<revive::Tensor>;
+    let kinds: [(&str, Into, Plain, Vec<f64>); 2] = [
+        ("rms_norm_bwd_into", rms_norm_bwd_into, rms_norm_bwd, cpu::rms_norm_bwd(&x, &w, &dy, eps as f64)),
+        ("layer_norm_bwd_into", layer_norm_bwd_into, layer_norm_bwd, cpu::layer_norm_bwd(&x, &w, &dy, eps as f64)),
+    ];
+    for (name, into, plain, dx) in kinds {
+        let tacc = ok(gpu.upload(&acc, shape))?;
+        ok(into(gpu, &tx, &tw, &tdy, eps, &tacc))?;
+        let got = ok(gpu.download(&tacc))?;
+        let want: Vec<f64> = acc.iter().zip(&dx).map(|(a, g)| *a as f64 + g).collect();
+        compare(&format!("{name} {shape:?}"), &got, &want, tol)?;
+        let separate = ok(gpu.download(&ok(add(gpu, &ok(gpu.upload(&acc, shape))?, &ok(plain(gpu, &tx, &tw, &tdy, eps))?))?))?;
+        if got.iter().zip(&separate).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(format!("{name} {shape:?} differs in its bits from the kernel and an add"));
+        }
+    }
+    // The gradient to add into may not be what the kernel reads.
+    let err = rms_norm_bwd_into(gpu, &tx, &tw, &tdy, eps, &tdy).err().ok_or("rms_norm_bwd_into accepted dy as its accumulator")?.to_string();
+    if !err.contains("shares a buffer") {
+        return Err(format!("unexpected message: {err}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn norm_bwd_into_adds_to_the_gradient_it_is_given() {
+    for_each_gpu(|gpu| {
+        for (i, shape) in SHAPES.iter().enumerate() {
+            check_into(gpu, shape, 1300 + i as u64)?;
+        }
+        // Rows split across dispatches.
+        check_into(&gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 }), &[50, 37], 1350)
     });
 }
 

@@ -33,6 +33,11 @@ impl Tensor {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Whether the two live in one buffer (a view of the other, or the same tensor): a kernel
+    /// may not read one while it writes the other.
+    pub fn shares_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
 use crate::ops::matmul::{gemm, Gemm};
-use crate::ops::{activation, attention, elementwise, gather::gather_rows_from, loss::{kl_from_reference, weighted_nll}, norm, rope};
+use crate::ops::{activation, attention, gather::gather_rows_from, loss::{kl_from_reference, weighted_nll}, norm, rope};
 
 /// One term of the loss, on the logits of one row of the batch.
 #[derive(Debug, Clone)]
@@ -415,7 +415,7 @@ impl<'m> DeltaPass<'m> {
             let cache = group.cache.borrow();
             let mut dx = gemm(gpu, scatter, &dxr, None, Gemm { trans_a: true, ..Default::default() })?;
             for (i, tape) in tapes.iter().enumerate().rev() {
-                dx = self.block_bwd(self.layer + 1 + i, group, tape, &cache, &dx)?;
+                dx = self.block_bwd(self.layer + 1 + i, group, tape, &cache, dx)?;
             }
             let sum_sites = Gemm { trans_a: true, beta: if grad.is_some() { 1.0 } else { 0.0 }, ..Default::default() };
             grad = Some(gemm(gpu, &group.sites, &dx, grad.as_ref(), sum_sites)?);
@@ -483,10 +483,23 @@ impl<'m> DeltaPass<'m> {
         }
     }
 
+    /// acc += the norm's dx: a residual path's gradient plus its branch's, in one dispatch.
+    fn norm_bwd_into(&self, x: &Tensor, prefix: &str, dy: &Tensor, acc: &Tensor) -> Result<()> {
+        let m = self.model;
+        let w = m.tensor(&format!("{prefix}.weight"))?;
+        let eps = m.config.norm_eps;
+        match m.config.arch {
+            Arch::Llama => norm::rms_norm_bwd_into(m.gpu(), x, w, dy, eps, acc),
+            Arch::Gpt2 => norm::layer_norm_bwd_into(m.gpu(), x, w, dy, eps, acc),
+        }
+    }
+
     /// d(block output) → d(block input) for block `i` at a group's suffix rows: the residual
     /// paths plus the MLP and attention branches, each through its backward kernels. The
-    /// prefix's keys and values are constants: only the suffix's get a gradient.
-    fn block_bwd(&self, i: usize, group: &Group, tape: &BlockTape, cache: &KvCache, dy: &Tensor) -> Result<Tensor> {
+    /// prefix's keys and values are constants: only the suffix's get a gradient. The branches'
+    /// gradients are added into dy (taken: the residual path carries it through), which is
+    /// returned.
+    fn block_bwd(&self, i: usize, group: &Group, tape: &BlockTape, cache: &KvCache, dy: Tensor) -> Result<Tensor> {
         let m = self.model;
         let c = &m.config;
         let gpu = m.gpu();
@@ -496,7 +509,7 @@ impl<'m> DeltaPass<'m> {
         let acc = Gemm { beta: 1.0, ..Default::default() };
 
         // MLP: x_out = x_mid + down(act(norm(x_mid))).
-        let dkey = gemm(gpu, dy, w("w_down")?, None, plain)?;
+        let dkey = gemm(gpu, &dy, w("w_down")?, None, plain)?;
         let dh = match &tape.gate {
             Some(gate) => {
                 let (dgate, dup) = activation::silu_mul_bwd(gpu, gate, &tape.up, &dkey)?;
@@ -505,7 +518,8 @@ impl<'m> DeltaPass<'m> {
             }
             None => gemm(gpu, &activation::gelu_bwd(gpu, &tape.up, &dkey)?, w("w_up")?, None, plain)?,
         };
-        let dx_mid = elementwise::add(gpu, dy, &self.norm_bwd(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh)?)?;
+        self.norm_bwd_into(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh, &dy)?;
+        let dx_mid = dy;
 
         // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
         let d_o = gemm(gpu, &dx_mid, w("wo")?, None, plain)?.reshape(&[b, t, c.n_heads, hd])?;
@@ -520,7 +534,8 @@ impl<'m> DeltaPass<'m> {
         let dh = gemm(gpu, &dq.reshape(&[rows, c.n_heads * hd])?, w("wq")?, None, plain)?;
         gemm(gpu, &dk.reshape(&[rows, c.n_kv_heads * hd])?, w("wk")?, Some(&dh), acc)?;
         gemm(gpu, &dv.reshape(&[rows, c.n_kv_heads * hd])?, w("wv")?, Some(&dh), acc)?;
-        elementwise::add(gpu, &dx_mid, &self.norm_bwd(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh)?)
+        self.norm_bwd_into(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh, &dx_mid)?;
+        Ok(dx_mid)
     }
 }
 

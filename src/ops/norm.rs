@@ -16,18 +16,19 @@ struct Meta {
     /// dy's offset in the backward entries, the matrix's in rms_norm_matvec.
     dy_off: u32,
     n_out: u32,
-    _pad: u32,
+    /// Backward entries: 1 adds dx to the output tensor's values.
+    accumulate: u32,
 }
 
 /// x / sqrt(mean(x²) + eps) * w over the last dimension; x of any rank, w of shape [d].
 pub fn rms_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
-    run(gpu, "rms_norm", x, w, None, None, eps)
+    run(gpu, "rms_norm", x, w, None, None, eps, None)
 }
 
 /// (x − mean) / sqrt(var + eps) * w + b over the last dimension (biased variance); x of any
 /// rank, w and b of shape [d].
 pub fn layer_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-    run(gpu, "layer_norm", x, w, Some(b), None, eps)
+    run(gpu, "layer_norm", x, w, Some(b), None, eps, None)
 }
 
 /// rms_norm(x, w, eps) · mᵀ for x [rows, d] and m [n, d], without storing the normalised rows:
@@ -51,7 +52,7 @@ pub fn rms_norm_matvec(gpu: &Gpu, x: &Tensor, w: &Tensor, m: &Tensor, eps: f32) 
     let (ob, out_base) = out.bind(gpu, 0, rows * n)?;
     for (n0, nn) in pieces {
         let (mb, m_off) = m.bind(gpu, n0 * cols, nn * cols)?;
-        let meta = Meta { rows: rows as u32, cols: cols as u32, x_off, out_off: out_base + n0 as u32, eps, dy_off: m_off, n_out: n as u32, _pad: 0 };
+        let meta = Meta { rows: rows as u32, cols: cols as u32, x_off, out_off: out_base + n0 as u32, eps, dy_off: m_off, n_out: n as u32, accumulate: 0 };
         gpu.dispatch(NORM, OP, &[], bytemuck::bytes_of(&meta), &[xb, wb, mb, ob], [nn as u32, rows as u32, 1])?;
     }
     Ok(out)
@@ -59,27 +60,46 @@ pub fn rms_norm_matvec(gpu: &Gpu, x: &Tensor, w: &Tensor, m: &Tensor, eps: f32) 
 
 /// dx of `rms_norm` given the upstream gradient dy (same shape as x).
 pub fn rms_norm_bwd(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32) -> Result<Tensor> {
-    check_dy("rms_norm_bwd", x, dy)?;
-    run(gpu, "rms_norm_bwd", x, w, None, Some(dy), eps)
+    backward(gpu, "rms_norm_bwd", x, w, dy, eps, None)
 }
 
 /// dx of `layer_norm` given the upstream gradient dy (same shape as x); the bias does not
 /// enter dx.
 pub fn layer_norm_bwd(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32) -> Result<Tensor> {
-    check_dy("layer_norm_bwd", x, dy)?;
-    run(gpu, "layer_norm_bwd", x, w, None, Some(dy), eps)
+    backward(gpu, "layer_norm_bwd", x, w, dy, eps, None)
 }
 
-fn check_dy(op: &'static str, x: &Tensor, dy: &Tensor) -> Result<()> {
+/// acc += dx of `rms_norm` (a residual path's gradient plus the norm's): one dispatch where
+/// `rms_norm_bwd` and an add would be two, with the add's rounding.
+pub fn rms_norm_bwd_into(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, acc: &Tensor) -> Result<()> {
+    backward(gpu, "rms_norm_bwd", x, w, dy, eps, Some(acc)).map(drop)
+}
+
+/// acc += dx of `layer_norm`, as `rms_norm_bwd_into`.
+pub fn layer_norm_bwd_into(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, acc: &Tensor) -> Result<()> {
+    backward(gpu, "layer_norm_bwd", x, w, dy, eps, Some(acc)).map(drop)
+}
+
+fn backward(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, acc: Option<&Tensor>) -> Result<Tensor> {
     if dy.shape() != x.shape() {
         return Err(Error::shape(op, format!("dy {:?} does not match x {:?}", dy.shape(), x.shape())));
     }
-    Ok(())
+    if let Some(acc) = acc {
+        if acc.shape() != x.shape() {
+            return Err(Error::shape(op, format!("the gradient to add into {:?} does not match x {:?}", acc.shape(), x.shape())));
+        }
+        if acc.shares_buffer(x) || acc.shares_buffer(dy) || acc.shares_buffer(w) {
+            return Err(Error::shape(op, "the gradient to add into shares a buffer with x, w or dy, which the kernel reads while it writes"));
+        }
+    }
+    run(gpu, op, x, w, None, Some(dy), eps, acc)
 }
 
 /// One entry point over all rows: `b` (layer_norm's bias) is bound whole like w, `dy` (the
-/// backward entries') row by row like x; both sit at binding 3, so at most one is given.
-fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dy: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+/// backward entries') row by row like x; both sit at binding 3, so at most one is given. The
+/// result goes to a new tensor, or is added to `acc` (backward entries).
+#[allow(clippy::too_many_arguments)]
+fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, dy: Option<&Tensor>, eps: f32, acc: Option<&Tensor>) -> Result<Tensor> {
     let Some(&cols) = x.shape().last() else {
         return Err(Error::shape(op, "a 0-D tensor has no rows"));
     };
@@ -90,7 +110,10 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
             }
         }
     }
-    let out = gpu.empty(x.shape())?;
+    let out = match acc {
+        Some(acc) => acc.clone(),
+        None => gpu.empty(x.shape())?,
+    };
     if cols == 0 || x.numel() == 0 {
         return Ok(out);
     }
@@ -105,7 +128,7 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
     for (r0, r) in chunks(rows, rows_per) {
         let (xb, x_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let mut meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, dy_off: 0, n_out: 0, _pad: 0 };
+        let mut meta = Meta { rows: r as u32, cols: cols as u32, x_off, out_off, eps, dy_off: 0, n_out: 0, accumulate: acc.is_some() as u32 };
         let binds = match (bb, dy) {
             (Some((bb, _)), _) => vec![xb, wb, bb, ob],
             (None, Some(dy)) => {
