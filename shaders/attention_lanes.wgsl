@@ -107,6 +107,15 @@ fn products(xsrc: u32, xa: u32, xb: u32, ysrc: u32, ya: u32, yb: u32, d: u32) ->
     return Pair(sa, sb);
 }
 
+// One key block's step of the online softmax for scores sa (keys kb + lane) and sb (kb + 8 +
+// lane): the rows' new running max, the factor exp(m_old - m_new) that rescales what they have
+// summed, and e^(s - m_new) of both keys.
+struct Step { m: Tile16, alpha: Tile16, ea: Tile16, eb: Tile16 }
+fn online_step(m: Tile16, sa: Tile16, sb: Tile16) -> Step {
+    let m_new = max16(m, subgroup_max16(max16(sa, sb)));
+    return Step(m_new, exp16(sub16(m, m_new)), exp16(sub16(sa, m_new)), exp16(sub16(sb, m_new)));
+}
+
 // Rows rho0..rho0+15 see keys 0 .. pos + token (rows past the last see more; they are not
 // stored).
 struct Seen16 { r0: vec4<u32>, r1: vec4<u32>, r2: vec4<u32>, r3: vec4<u32> }
@@ -250,16 +259,11 @@ fn attention_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
     for (var kb = 0u; kb < n_keys; kb += 16u) {
         let ja = kb + lane;
         let s = products(SRC_Q, qa, qb, SRC_K, k_base + min(ja, n_keys - 1u) * p.d, k_base + min(ja + 8u, n_keys - 1u) * p.d, p.d);
-        let sa = masked_rows(s.a, ja, sees, p.scale);
-        let sb = masked_rows(s.b, ja + 8u, sees, p.scale);
-        let m_new = max16(m, subgroup_max16(max16(sa, sb)));
-        let alpha = exp16(sub16(m, m_new));
-        let p_a = exp16(sub16(sa, m_new));
-        let p_b = exp16(sub16(sb, m_new));
-        l = add16(mul16(l, alpha), add16(p_a, p_b));
-        m = m_new;
-        rescale(&o, alpha);
-        add_keys(&o, p_a, p_b, SRC_V, v_base, kb, n_keys, dl, p.d);
+        let st = online_step(m, masked_rows(s.a, ja, sees, p.scale), masked_rows(s.b, ja + 8u, sees, p.scale));
+        l = add16(mul16(l, st.alpha), add16(st.ea, st.eb));
+        m = st.m;
+        rescale(&o, st.alpha);
+        add_keys(&o, st.ea, st.eb, SRC_V, v_base, kb, n_keys, dl, p.d);
     }
     // Each lane summed its own keys' share of every row.
     let sums = subgroup_add16(l);
@@ -270,6 +274,17 @@ fn attention_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
         store_out(base, rho0 + 8u, rows, dl, o.a2, o.b2, 1.0 / sums.r2);
         store_out(base, rho0 + 12u, rows, dl, o.a3, o.b3, 1.0 / sums.r3);
     }
+}
+
+// The dq pass's products of a key block (this lane's keys ja and ja + 8) with the rows that
+// start at ra and rb: the scores' q·k and dO·v.
+struct DqProducts { s: Pair, dp: Pair }
+fn dq_products(o: Offsets, ra: u32, rb: u32, ja: u32, n_keys: u32) -> DqProducts {
+    let k_a = min(ja, n_keys - 1u) * pb.d;
+    let k_b = min(ja + 8u, n_keys - 1u) * pb.d;
+    return DqProducts(
+        products(SRC_Q, o.q + ra, o.q + rb, SRC_K, o.k + k_a, o.k + k_b, pb.d),
+        products(SRC_DOUT, o.dout + ra, o.dout + rb, SRC_V, o.v + k_a, o.v + k_b, pb.d));
 }
 
 @compute @workgroup_size(8, 1, 1)
@@ -289,19 +304,13 @@ fn attention_bwd_dq_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgrou
     var u = Tile16();
     for (var kb = 0u; kb < n_keys; kb += 16u) {
         let ja = kb + lane;
-        let k_a = min(ja, n_keys - 1u) * pb.d;
-        let k_b = min(ja + 8u, n_keys - 1u) * pb.d;
-        let s = products(SRC_Q, o.q + ra, o.q + rb, SRC_K, o.k + k_a, o.k + k_b, pb.d);
-        let dp = products(SRC_DOUT, o.dout + ra, o.dout + rb, SRC_V, o.v + k_a, o.v + k_b, pb.d);
-        let sa = masked_rows(s.a, ja, sees, pb.scale);
-        let sb = masked_rows(s.b, ja + 8u, sees, pb.scale);
-        let m_new = max16(m, subgroup_max16(max16(sa, sb)));
-        let alpha = exp16(sub16(m, m_new));
-        let ea = exp16(sub16(sa, m_new));
-        let eb = exp16(sub16(sb, m_new));
-        l = add16(mul16(l, alpha), add16(ea, eb));
-        u = add16(mul16(u, alpha), add16(mul16(ea, dp.a), mul16(eb, dp.b)));
-        m = m_new;
+        let x = dq_products(o, ra, rb, ja, n_keys);
+        let s = x.s;
+        let dp = x.dp;
+        let st = online_step(m, masked_rows(s.a, ja, sees, pb.scale), masked_rows(s.b, ja + 8u, sees, pb.scale));
+        l = add16(mul16(l, st.alpha), add16(st.ea, st.eb));
+        u = add16(mul16(u, st.alpha), add16(mul16(st.ea, dp.a), mul16(st.eb, dp.b)));
+        m = st.m;
     }
     let sl = subgroup_add16(l);
     let su = subgroup_add16(u);
@@ -321,10 +330,9 @@ fn attention_bwd_dq_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgrou
     var acc: Out;
     for (var kb = 0u; kb < n_keys; kb += 16u) {
         let ja = kb + lane;
-        let k_a = min(ja, n_keys - 1u) * pb.d;
-        let k_b = min(ja + 8u, n_keys - 1u) * pb.d;
-        let s = products(SRC_Q, o.q + ra, o.q + rb, SRC_K, o.k + k_a, o.k + k_b, pb.d);
-        let dp = products(SRC_DOUT, o.dout + ra, o.dout + rb, SRC_V, o.v + k_a, o.v + k_b, pb.d);
+        let x = dq_products(o, ra, rb, ja, n_keys);
+        let s = x.s;
+        let dp = x.dp;
         // exp(NEG - lse) is 0: masked keys have dS 0.
         let dsa = mul16(exp16(sub16(masked_rows(s.a, ja, sees, pb.scale), lse)), sub16(dp.a, dr));
         let dsb = mul16(exp16(sub16(masked_rows(s.b, ja + 8u, sees, pb.scale), lse)), sub16(dp.b, dr));

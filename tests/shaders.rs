@@ -67,6 +67,25 @@ fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, entry: &str,
     Translations { spirv, msl, hlsl }
 }
 
+impl Translations {
+    /// What failed: a backend that could not write the entry point, or SPIR-V that spirv-val
+    /// (where installed) rejects.
+    fn problems(self, what: &str, spirv_val: bool) -> Vec<String> {
+        let mut out = vec![];
+        match self.spirv {
+            Ok(words) if spirv_val => {
+                if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", what) {
+                    out.push(e);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => out.push(format!("{what}: {e}")),
+        }
+        out.extend([self.msl.err(), self.hlsl.err()].into_iter().flatten().map(|e| format!("{what}: {e}")));
+        out
+    }
+}
+
 #[test]
 fn every_shader_translates_to_every_backend() {
     let spirv_val = tool("spirv-val");
@@ -125,19 +144,7 @@ fn every_shader_translates_to_every_backend() {
             if shared > PORTABLE_WORKGROUP_BYTES {
                 failures.push(format!("{what}: {shared} bytes of workgroup memory, above the {PORTABLE_WORKGROUP_BYTES} every adapter offers"));
             }
-            let out = translate(&module, &info, &entry, (2, 1));
-            match out.spirv {
-                Ok(words) if spirv_val => {
-                    if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &what) {
-                        failures.push(e);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => failures.push(format!("{what}: {e}")),
-            }
-            for e in [out.msl.err(), out.hlsl.err()].into_iter().flatten() {
-                failures.push(format!("{what}: {e}"));
-            }
+            failures.extend(translate(&module, &info, &entry, (2, 1)).problems(&what, spirv_val));
             for version in [glsl::Version::new_gles(310), glsl::Version::Desktop(430)] {
                 let opts = glsl::Options { version, ..Default::default() };
                 let pipe = glsl::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.clone(), multiview: None };
@@ -225,19 +232,7 @@ fn the_subgroup_shaders_translate_for_vulkan_metal_and_dx12() {
                 let what = format!("{name}:{entry}");
                 let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, Some((ShaderStage::Compute, &entry)), &overrides)
                     .unwrap_or_else(|e| panic!("{what}: overrides: {e:?}"));
-                let out = translate(&module, &info, &entry, (2, 1));
-                match out.spirv {
-                    Ok(words) if spirv_val => {
-                        if let Err(e) = check_with("spirv-val", &["--target-env", "vulkan1.1"], bytemuck::cast_slice(&words), "spv", &what) {
-                            failures.push(e);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => failures.push(format!("{what}: {e}")),
-                }
-                for e in [out.msl.err(), out.hlsl.err()].into_iter().flatten() {
-                    failures.push(format!("{what}: {e}"));
-                }
+                failures.extend(translate(&module, &info, &entry, (2, 1)).problems(&what, spirv_val));
                 translated += 1;
             }
         }

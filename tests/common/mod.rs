@@ -63,6 +63,27 @@ pub fn for_each_fresh_gpu(poison: bool, body: impl Fn(&Gpu) -> Result<(), String
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
+/// Runs `body` on every adapter with subgroups exactly 8 wide, where the lanes kernels run; on
+/// the others `refused` (asking for a lanes kernel) must fail saying why. lavapipe on a machine
+/// with AVX2 (this project's CI) has such subgroups, so under CI some adapter must run `body`.
+pub fn for_each_gpu_with_lanes<T>(refused: impl Fn(&Gpu) -> revive::Result<T>, body: impl Fn(&Gpu) -> Result<(), String>) {
+    let ran = std::cell::Cell::new(0);
+    for_each_gpu(|gpu| {
+        if !gpu.subgroup_lanes() {
+            return match refused(gpu) {
+                Err(e) if e.to_string().contains("subgroups exactly 8 wide") => Ok(()),
+                Err(e) => Err(format!("a lanes kernel without 8-wide subgroups: unexpected error {e}")),
+                Ok(_) => Err("a lanes kernel ran without 8-wide subgroups".into()),
+            };
+        }
+        ran.set(ran.get() + 1);
+        body(gpu)
+    });
+    if std::env::var("CI").is_ok() {
+        assert!(ran.get() > 0, "no adapter ran the lanes kernels");
+    }
+}
+
 /// Turns a revive error into a test failure message.
 pub fn ok<T>(r: revive::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
