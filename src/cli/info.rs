@@ -25,8 +25,8 @@ pub(super) fn run(choice: BackendChoice) -> Result<()> {
         let coop = if a.cooperative_matmul { "available (REVIVE_COOPERATIVE=1 enables it)" } else { "no (needs f16 16×16×16 cooperative matrices with f32 accumulators and 32-wide subgroups)" };
         println!("    cooperative-matrix matmul: {coop}");
         let subgroups = format!("{}–{} lanes", info.subgroup_min_size, info.subgroup_max_size);
-        let lanes = if a.lanes_matmul { "yes".to_string() } else { format!("no (needs subgroups of exactly 8 lanes; {})", if a.features.contains(wgpu::Features::SUBGROUP) { subgroups.as_str() } else { "no subgroups" }) };
-        println!("    lanes matmul (software adapters): {lanes}");
+        let lanes = if a.lanes_kernels { "yes".to_string() } else { format!("no (needs subgroups of exactly 8 lanes; {})", if a.features.contains(wgpu::Features::SUBGROUP) { subgroups.as_str() } else { "no subgroups" }) };
+        println!("    lanes kernels, matmul and attention (software adapters): {lanes}");
         println!(
             "    limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB, {} storage buffers/stage",
             l.max_storage_buffer_binding_size / (1 << 20),

@@ -35,8 +35,8 @@ pub struct AdapterSummary {
     pub limits: wgpu::Limits,
     /// Whether the cooperative-matrix matmul can run here ([`offers_cooperative_matrices`]).
     pub cooperative_matmul: bool,
-    /// Whether the lanes matmul runs here ([`offers_lanes`]).
-    pub lanes_matmul: bool,
+    /// Whether the lanes kernels (matmul, attention) run here ([`offers_lanes`]).
+    pub lanes_kernels: bool,
 }
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
@@ -93,7 +93,7 @@ struct Shared {
     immediates: u32,
     /// Whether f16 16×16 cooperative matrices (f32 accumulators) were enabled (`KernelModes`).
     cooperative: bool,
-    /// Whether subgroups exactly 8 wide were enabled, for the lanes matmul ([`offers_lanes`]).
+    /// Whether subgroups exactly 8 wide were enabled, for the lanes kernels ([`offers_lanes`]).
     lanes: bool,
     /// Kernel choices measured on this adapter (`revive tune`): key → choice.
     choices: Mutex<Choices>,
@@ -214,7 +214,7 @@ impl Gpu {
     pub fn summaries(choice: BackendChoice) -> Vec<AdapterSummary> {
         Self::adapters(choice)
             .into_iter()
-            .map(|a| AdapterSummary { info: a.get_info(), features: a.features(), limits: a.limits(), cooperative_matmul: offers_cooperative_matrices(&a), lanes_matmul: offers_lanes(&a) })
+            .map(|a| AdapterSummary { info: a.get_info(), features: a.features(), limits: a.limits(), cooperative_matmul: offers_cooperative_matrices(&a), lanes_kernels: offers_lanes(&a) })
             .collect()
     }
 
@@ -996,10 +996,10 @@ pub fn offers_cooperative_matrices(adapter: &wgpu::Adapter) -> bool {
         && adapter.cooperative_matrix_properties().iter().any(|c| (c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type) == (16, 16, 16, F16, F32))
 }
 
-/// Whether the adapter can run shaders/matmul_lanes.wgsl: subgroups, always exactly 8 wide, so
-/// that its workgroup of 8 is one subgroup. Asked for only then: a GPU with other subgroup
-/// sizes opens its device as before. `REVIVE_NO_LANES=1` leaves them off (to compare with the
-/// block kernel).
+/// Whether the adapter can run shaders/matmul_lanes.wgsl and shaders/attention_lanes.wgsl:
+/// subgroups, always exactly 8 wide, so that a workgroup of 8 is one subgroup. Asked for only
+/// then: a GPU with other subgroup sizes opens its device as before. `REVIVE_NO_LANES=1` leaves
+/// them off (to compare with the block matmul and the tiled attention).
 pub fn offers_lanes(adapter: &wgpu::Adapter) -> bool {
     let info = adapter.get_info();
     adapter.features().contains(wgpu::Features::SUBGROUP) && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8) && !env_flag("REVIVE_NO_LANES")
