@@ -1,4 +1,4 @@
-// Row normalisation over the last dimension; one workgroup (256 threads) per row.
+// Row normalisation over the last dimension; one workgroup (WG threads) per row.
 //   rms_norm    out = x / sqrt(mean(x^2) + eps) * w
 //   layer_norm  out = (x - mean) / sqrt(var + eps) * w + b   (biased variance)
 //   *_bwd       dx from x, w and dy (binding 3 read as dy); the bias does not affect dx. With
@@ -23,8 +23,9 @@ struct Meta {
 @group(0) @binding(3) var<storage, read_write> out_rms: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
+// Threads per row, a power of two: 256 on a GPU, 8 on a CPU adapter (`Gpu::row_threads`).
+override WG: u32 = 256u;
+var<workgroup> partial: array<f32, WG>;
 
 // Sum of `v` over the workgroup; every thread gets the result.
 fn workgroup_sum(lid: u32, v: f32) -> f32 {
@@ -40,7 +41,7 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
     return total;
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let base_in = p.x_off + wg.x * p.cols;
     let base_out = p.out_off + wg.x * p.cols;
@@ -53,7 +54,7 @@ fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) 
 // One workgroup per output (n, r), like matmul_dot: the row's sum of squares rides along the
 // dot product, so the normalised row is never stored. Rounds differently from rms_norm then a
 // product (inv · Σ x w m instead of Σ (x inv w) m), within f32 rounding of it.
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn rms_norm_matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let base_x = p.x_off + wg.y * p.cols;
     let base_m = p.dy_off + wg.x * p.cols;
@@ -69,7 +70,7 @@ fn rms_norm_matvec(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
     if (lid.x == 0u) { out[p.out_off + wg.y * p.n_out + wg.x] = dot * inv; }
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn layer_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let base_in = p.x_off + wg.x * p.cols;
     let base_out = p.out_off + wg.x * p.cols;
@@ -95,7 +96,7 @@ fn put(i: u32, dx: f32) {
 
 // y = x r w with r = (mean(x^2) + eps)^(-1/2):
 // dx_j = r w_j dy_j - x_j r^3 sum_k(dy_k w_k x_k) / n.
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn rms_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let bx = p.x_off + wg.x * p.cols;
     let bd = p.dy_off + wg.x * p.cols;
@@ -114,7 +115,7 @@ fn rms_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 }
 
 // With xhat = (x - mean) r and g = dy w: dx = r (g - mean(g) - xhat mean(g xhat)).
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(WG, 1, 1)
 fn layer_norm_bwd(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let bx = p.x_off + wg.x * p.cols;
     let bd = p.dy_off + wg.x * p.cols;

@@ -55,7 +55,9 @@ pub fn all_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
     v.push((ELEMENTWISE, vec![]));
     v.push((SOFTMAX, vec![]));
     v.push((GATHER, vec![]));
-    v.push((NORM, vec![]));
+    // Threads per row: a GPU's and a CPU adapter's (`Gpu::row_threads`).
+    v.push((NORM, vec![("WG", 256.0)]));
+    v.push((NORM, vec![("WG", 8.0)]));
     v.push((ROPE, vec![]));
     v.push((ATTENTION, vec![]));
     v.push((ACTIVATION, vec![]));

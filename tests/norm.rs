@@ -27,10 +27,12 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
 #[test]
 fn norms_match_oracle() {
     for_each_gpu(|gpu| {
-        for (i, shape) in SHAPES.iter().enumerate() {
-            check(gpu, shape, 100 + i as u64)?;
-        }
-        Ok(())
+        for_each_row_threads(gpu, |gpu| {
+            for (i, shape) in SHAPES.iter().enumerate() {
+                check(gpu, shape, 100 + i as u64)?;
+            }
+            Ok(())
+        })
     });
 }
 
@@ -79,9 +81,12 @@ fn check_matvec(gpu: &Gpu, rows: usize, d: usize, n: usize, seed: u64) -> Result
 #[test]
 fn norm_and_product_in_one_dispatch_match_oracle() {
     for_each_gpu(|gpu| {
-        for (i, &(rows, d, n)) in [(1, 1, 1), (1, 7, 13), (4, 576, 960), (3, 257, 1), (2, 4099, 5), (1, 64, 3000)].iter().enumerate() {
-            check_matvec(gpu, rows, d, n, 1200 + i as u64)?;
-        }
+        for_each_row_threads(gpu, |gpu| {
+            for (i, &(rows, d, n)) in [(1, 1, 1), (1, 7, 13), (4, 576, 960), (3, 257, 1), (2, 4099, 5), (1, 64, 3000)].iter().enumerate() {
+                check_matvec(gpu, rows, d, n, 1200 + i as u64)?;
+            }
+            Ok(())
+        })?;
         let small = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
         check_matvec(small, 2, 37, 50, 1210)?;
         let x = ok(gpu.full(&[2, 4], 1.0))?;

@@ -35,10 +35,12 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
 #[test]
 fn norm_bwd_matches_oracle() {
     for_each_gpu(|gpu| {
-        for (i, shape) in SHAPES.iter().enumerate() {
-            check(gpu, shape, 1100 + i as u64)?;
-        }
-        Ok(())
+        for_each_row_threads(gpu, |gpu| {
+            for (i, shape) in SHAPES.iter().enumerate() {
+                check(gpu, shape, 1100 + i as u64)?;
+            }
+            Ok(())
+        })
     });
 }
 
@@ -81,9 +83,12 @@ fn check_into(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
 #[test]
 fn norm_bwd_into_adds_to_the_gradient_it_is_given() {
     for_each_gpu(|gpu| {
-        for (i, shape) in SHAPES.iter().enumerate() {
-            check_into(gpu, shape, 1300 + i as u64)?;
-        }
+        for_each_row_threads(gpu, |gpu| {
+            for (i, shape) in SHAPES.iter().enumerate() {
+                check_into(gpu, shape, 1300 + i as u64)?;
+            }
+            Ok(())
+        })?;
         // Rows split across dispatches.
         check_into(&gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 }), &[50, 37], 1350)
     });

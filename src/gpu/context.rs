@@ -180,6 +180,8 @@ pub struct Gpu {
     split: SplitLimits,
     poison: bool,
     measure_on_first_use: bool,
+    /// Threads of a workgroup that reduces one row (`row_threads`), where set.
+    row_threads: Option<u32>,
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -337,6 +339,7 @@ impl Gpu {
             split,
             poison,
             measure_on_first_use: true,
+            row_threads: None,
         })
     }
 
@@ -462,6 +465,20 @@ impl Gpu {
     /// an element unwritten is caught.
     pub fn with_poison(&self, poison: bool) -> Gpu {
         Gpu { poison, ..self.clone() }
+    }
+
+    /// The threads of a workgroup that reduces one row (the norms): 256 on a GPU, 8 on a CPU
+    /// adapter, where a workgroup's invocations run as SIMD lanes in turn and every barrier of
+    /// the reduction switches between all of them (a 128-token prefill's RMS norms 3× faster
+    /// with 8; docs/results.md).
+    pub fn row_threads(&self) -> u32 {
+        self.row_threads.unwrap_or(if self.is_cpu() { 8 } else { 256 })
+    }
+
+    /// The same device with `threads` (a power of two, 1 to 256) per row-reducing workgroup:
+    /// tests run both sizes on every adapter.
+    pub fn with_row_threads(&self, threads: u32) -> Gpu {
+        Gpu { row_threads: Some(threads.clamp(1, 256).next_power_of_two().min(256)), ..self.clone() }
     }
 
     /// A handle on which loading a model does not measure the matmul kernels

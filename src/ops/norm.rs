@@ -20,6 +20,11 @@ struct Meta {
     accumulate: u32,
 }
 
+/// The shader's threads per row (its override `WG`).
+fn threads(gpu: &Gpu) -> [(&'static str, f64); 1] {
+    [("WG", gpu.row_threads() as f64)]
+}
+
 /// x / sqrt(mean(x²) + eps) * w over the last dimension; x of any rank, w of shape [d].
 pub fn rms_norm(gpu: &Gpu, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     run(gpu, "rms_norm", x, w, None, None, eps, None)
@@ -53,7 +58,7 @@ pub fn rms_norm_matvec(gpu: &Gpu, x: &Tensor, w: &Tensor, m: &Tensor, eps: f32) 
     for (n0, nn) in pieces {
         let (mb, m_off) = m.bind(gpu, n0 * cols, nn * cols)?;
         let meta = Meta { rows: rows as u32, cols: cols as u32, x_off, out_off: out_base + n0 as u32, eps, dy_off: m_off, n_out: n as u32, accumulate: 0 };
-        gpu.dispatch(NORM, OP, &[], bytemuck::bytes_of(&meta), &[xb, wb, mb, ob], [nn as u32, rows as u32, 1])?;
+        gpu.dispatch(NORM, OP, &threads(gpu), bytemuck::bytes_of(&meta), &[xb, wb, mb, ob], [nn as u32, rows as u32, 1])?;
     }
     Ok(out)
 }
@@ -138,7 +143,7 @@ fn run(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, 
             }
             (None, None) => vec![xb, wb, ob],
         };
-        gpu.dispatch(NORM, op, &[], bytemuck::bytes_of(&meta), &binds, [r as u32, 1, 1])?;
+        gpu.dispatch(NORM, op, &threads(gpu), bytemuck::bytes_of(&meta), &binds, [r as u32, 1, 1])?;
     }
     Ok(out)
 }

@@ -84,6 +84,15 @@ pub fn for_each_gpu_with_lanes<T>(refused: impl Fn(&Gpu) -> revive::Result<T>, b
     }
 }
 
+/// Runs `body` with every size of row-reducing workgroup (`Gpu::with_row_threads`): one
+/// thread, a CPU adapter's 8 and a GPU's 256, whatever the adapter picks by itself.
+pub fn for_each_row_threads(gpu: &Gpu, body: impl Fn(&Gpu) -> Result<(), String>) -> Result<(), String> {
+    for threads in [1, 8, 256] {
+        body(&gpu.with_row_threads(threads)).map_err(|e| format!("{threads} threads per row: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Turns a revive error into a test failure message.
 pub fn ok<T>(r: revive::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
