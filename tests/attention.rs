@@ -19,10 +19,8 @@ struct Case {
 
 /// Every kernel the device runs (the lanes kernel where subgroups are exactly 8 wide).
 fn check(gpu: &Gpu, c: &Case, seed: u64) -> Result<(), String> {
-    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled, AttentionKernel::Lanes] {
-        if kernel.runs_on(gpu) {
-            check_with(gpu, c, seed, kernel)?;
-        }
+    for kernel in AttentionKernel::ALL.into_iter().filter(|k| k.runs_on(gpu)) {
+        check_with(gpu, c, seed, kernel)?;
     }
     Ok(())
 }

@@ -19,10 +19,8 @@ const TOL: Tolerance = Tolerance::F32;
 /// Every kernel family the device runs (the dk/dv pass reads the stats the dq pass writes, so
 /// it is checked with each).
 fn check(gpu: &Gpu, case: Case, seed: u64) -> Result<(), String> {
-    for kernel in [AttentionKernel::PerQuery, AttentionKernel::Tiled, AttentionKernel::Lanes] {
-        if kernel.runs_on(gpu) {
-            check_with(gpu, case, seed, kernel)?;
-        }
+    for kernel in AttentionKernel::ALL.into_iter().filter(|k| k.runs_on(gpu)) {
+        check_with(gpu, case, seed, kernel)?;
     }
     Ok(())
 }

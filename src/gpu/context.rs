@@ -476,7 +476,7 @@ impl Gpu {
     }
 
     /// The same device with `threads` (a power of two, 1 to 256) per row-reducing workgroup:
-    /// tests run both sizes on every adapter.
+    /// tests run every size on every adapter.
     pub fn with_row_threads(&self, threads: u32) -> Gpu {
         Gpu { row_threads: Some(threads.clamp(1, 256).next_power_of_two().min(256)), ..self.clone() }
     }

@@ -77,6 +77,9 @@ pub enum AttentionKernel {
 }
 
 impl AttentionKernel {
+    /// Every kernel family, for the tests; not every device runs every one (`runs_on`).
+    pub const ALL: [AttentionKernel; 3] = [AttentionKernel::PerQuery, AttentionKernel::Tiled, AttentionKernel::Lanes];
+
     /// Whether the kernel's shader builds on this device.
     pub fn runs_on(self, gpu: &Gpu) -> bool {
         self != AttentionKernel::Lanes || gpu.subgroup_lanes()
