@@ -104,6 +104,93 @@ fn decoding_with_the_cache_matches_a_full_pass() {
     });
 }
 
+/// Sequences of different lengths decoded together, each token at its own position: every
+/// step's logits against the f64 oracle's full pass over that sequence so far, on both model
+/// families, with the norms and the activation folded into the products (a GPU's path) and
+/// not. Poisoned allocations: a query that read a cache row its sequence has not written
+/// (past its position) would see NaN.
+#[test]
+fn sequences_decoded_together_at_their_own_positions_match_full_passes() {
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let cpu = CpuModel::new(&w);
+            let v = w.config.vocab_size as u32;
+            // Prompt lengths 1, 5, 3 and 2 (one of them the longest, padded past the others),
+            // then three tokens each; the first step has every sequence at another position.
+            let prompts: Vec<Vec<u32>> = vec![vec![7], vec![3, 14, 15, 9, 26], vec![5, 35 % v, 8], vec![11, 2]];
+            let fed: Vec<Vec<u32>> = vec![vec![4, 19, 1], vec![6, 6, 30 % v], vec![2, 9, 13], vec![40 % v, 3, 5]];
+            for fold in [false, true] {
+                let mut gm = ok(GpuModel::new(gpu, &w))?;
+                gm.set_fold_into_products(fold);
+                let batch = ok(Batch::new(&prompts))?;
+                let mut cache = ok(gm.new_cache(prompts.len(), batch.t + 3))?;
+                ok(gm.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache)))?;
+                for step in 0..3 {
+                    let tokens: Vec<u32> = fed.iter().map(|f| f[step]).collect();
+                    let positions: Vec<usize> = prompts.iter().map(|p| p.len() + step).collect();
+                    let logits = ok(gpu.download(&ok(gm.decode_each(&tokens, &positions, &mut cache))?))?;
+                    for (s, prompt) in prompts.iter().enumerate() {
+                        let seq: Vec<u32> = prompt.iter().chain(&fed[s][..=step]).copied().collect();
+                        let (want, _) = cpu.forward(std::slice::from_ref(&seq), &Probes::default());
+                        let want = &want[0][seq.len() - 1];
+                        let vs = w.config.vocab_size;
+                        compare(&format!("{name} fold {fold} step {step} seq {s}"), &logits[s * vs..(s + 1) * vs], want, logit_tol(want))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// `generate_many` gives each prompt what `generate` gives it alone: greedy, and sampled with
+/// each prompt's own seed; a sequence that meets the end token stops there while the others
+/// go on; the sampling settings must match the prompts.
+#[test]
+fn prompts_generated_together_continue_as_each_alone() {
+    use revive::model::generate::generate_many;
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let prompts: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3], vec![12], vec![5, 17, 3, 2, 8, 1, 30], vec![12]];
+            let samplings = [
+                Sampling::default(),
+                Sampling { temperature: 1.0, top_k: 5, seed: 3 },
+                Sampling { temperature: 0.7, top_k: 0, seed: 4 },
+                Sampling { temperature: 1.0, top_k: 5, seed: 5 },
+            ];
+            let alone: Vec<Vec<u32>> = prompts.iter().zip(&samplings).map(|(p, s)| ok(generate(&gm, p, 6, *s, None, |_| {}))).collect::<Result<_, _>>()?;
+            let together = ok(generate_many(&gm, &prompts, 6, &samplings, None))?;
+            if together != alone {
+                return Err(format!("{name}: together {together:?}, alone {alone:?}"));
+            }
+            // The end token: the first token the greedy prompt produces.
+            let eos = alone[0][0];
+            let stopped = ok(generate_many(&gm, &prompts, 6, &samplings, Some(eos)))?;
+            for (i, (s, a)) in stopped.iter().zip(&alone).enumerate() {
+                let want: Vec<u32> = match a.iter().position(|&t| t == eos) {
+                    Some(at) => a[..=at].to_vec(),
+                    None => a.clone(),
+                };
+                if *s != want {
+                    return Err(format!("{name}: prompt {i} with end token {eos}: {s:?}, want {want:?}"));
+                }
+            }
+            generate_many(&gm, &prompts, 2, &samplings[..3], None).err().ok_or("fewer sampling settings than prompts accepted")?;
+            generate_many(&gm, &[vec![1], vec![]], 2, &samplings[..2], None).err().ok_or("an empty prompt accepted")?;
+            let long = w.config.max_seq_len - 3;
+            let e = generate_many(&gm, &[vec![1], vec![1; long]], 4, &samplings[..2], None).err().ok_or("a prompt past the context accepted")?;
+            if !e.to_string().contains("context") {
+                return Err(format!("{name}: {e}"));
+            }
+            if ok(generate_many(&gm, &prompts, 0, &samplings, None))? != vec![Vec::<u32>::new(); 4] {
+                return Err(format!("{name}: zero tokens asked, some given"));
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn bad_requests_are_errors() {
     for_each_gpu(|gpu| {

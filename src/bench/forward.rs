@@ -30,6 +30,12 @@ pub struct ForwardReport {
     pub decode_profile: Vec<(String, u64, f64)>,
     /// The same for one prefill of the first length.
     pub prefill_profile: Vec<(String, u64, f64)>,
+    /// Sequences decoded together, each at its own position (prompts of different lengths, as
+    /// `generate_many` runs them; 0: not measured), their tokens/s summed over the sequences
+    /// by the same timer as `decode_tokens_per_s`, and the runtime's work per step.
+    pub together: usize,
+    pub together_tokens_per_s: f64,
+    pub together_runtime: RuntimeStats,
     /// The f64 oracle's prefill rate and the length it was measured on.
     pub cpu_tokens: usize,
     pub cpu_tokens_per_s: f64,
@@ -41,10 +47,11 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rand::Rng::random_range(&mut r, 0..vocab as u32)).collect()
 }
 
-pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize, cpu_tokens: usize, reps: usize) -> Result<ForwardReport> {
+#[allow(clippy::too_many_arguments)]
+pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize, together: usize, cpu_tokens: usize, reps: usize) -> Result<ForwardReport> {
     let gpu = model.gpu();
     let v = model.config.vocab_size;
-    let bar = crate::progress::bar((prefill.len() * reps + 2) as u64, "forward");
+    let bar = crate::progress::bar((prefill.len() * reps + 3) as u64, "forward");
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
     let mut walls = vec![];
@@ -84,18 +91,10 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         decode_time += t.best();
         decode_wall += t.wall;
     }
-    let total = gpu.runtime_stats() - before;
-    let per = |x: u64| x / decode.max(1) as u64;
-    let decode_runtime = RuntimeStats {
-        dispatches: per(total.dispatches),
-        passes: per(total.passes),
-        submits: per(total.submits),
-        buffers: per(total.buffers),
-        bind_groups: per(total.bind_groups),
-        readbacks: per(total.readbacks),
-        readback_bytes: per(total.readback_bytes),
-    };
+    let decode_runtime = per_step(gpu.runtime_stats() - before, decode);
     let decode_profile = profile_ms(gpu);
+    bar.inc(1);
+    let (together_tokens_per_s, together_runtime) = if together == 0 { (0.0, RuntimeStats::default()) } else { decode_together(model, together, decode)? };
     bar.inc(1);
     let cpu = CpuModel::new(weights);
     let seq = tokens(cpu_tokens, v, 3);
@@ -113,10 +112,49 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         prefill_runtime,
         decode_profile,
         prefill_profile,
+        together,
+        together_tokens_per_s,
+        together_runtime,
         cpu_tokens,
         cpu_tokens_per_s: cpu_tokens as f64 / cpu_time.as_secs_f64(),
         timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
     })
+}
+
+/// The mean of `total` over `steps` steps, rounded down.
+fn per_step(total: RuntimeStats, steps: usize) -> RuntimeStats {
+    let per = |x: u64| x / steps.max(1) as u64;
+    RuntimeStats {
+        dispatches: per(total.dispatches),
+        passes: per(total.passes),
+        submits: per(total.submits),
+        buffers: per(total.buffers),
+        bind_groups: per(total.bind_groups),
+        readbacks: per(total.readbacks),
+        readback_bytes: per(total.readback_bytes),
+    }
+}
+
+/// `n` sequences with prompts of 9 to 8 + n tokens decoded together for `steps` steps, each
+/// at its own position: tokens/s over all sequences and the runtime's work per step.
+fn decode_together(model: &GpuModel, n: usize, steps: usize) -> Result<(f64, RuntimeStats)> {
+    let gpu = model.gpu();
+    let v = model.config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..n).map(|i| tokens(9 + i, v, 10 + i as u64)).collect();
+    let batch = Batch::new(&prompts)?;
+    let mut cache = model.new_cache(n, batch.t + steps + 1)?;
+    model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
+    let fed = |step: usize| -> (Vec<u32>, Vec<usize>) { (tokens(n, v, 100 + step as u64), prompts.iter().map(|p| p.len() + step).collect()) };
+    // The untimed first step, as for one sequence.
+    let (first, at) = fed(0);
+    model.decode_each(&first, &at, &mut cache)?;
+    let before = gpu.runtime_stats();
+    let mut time = Duration::ZERO;
+    for step in 1..=steps {
+        let (toks, at) = fed(step);
+        time += gpu.time(|| model.decode_each(&toks, &at, &mut cache).map(|_| ()))?.best();
+    }
+    Ok(((n * steps) as f64 / time.as_secs_f64(), per_step(gpu.runtime_stats() - before, steps)))
 }
 
 fn profile_ms(gpu: &crate::gpu::Gpu) -> Vec<(String, u64, f64)> {
@@ -130,6 +168,14 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         s += &format!("| prefill {n} tokens | {rate:.1} | {:.2} (on {} tokens) | {:.1}x |\n", r.cpu_tokens_per_s, r.cpu_tokens, rate / r.cpu_tokens_per_s);
     }
     s += &format!("| decode (1 token, KV cache) | {:.1} | | |\n", r.decode_tokens_per_s);
+    if r.together > 0 {
+        s += &format!(
+            "| decode, {} sequences together at their own positions (tokens of all) | {:.1} ({:.2}x one sequence's) | | |\n",
+            r.together,
+            r.together_tokens_per_s,
+            r.together_tokens_per_s / r.decode_tokens_per_s
+        );
+    }
     s += "\n| wall clock (host work included) | ms |\n|---|---:|\n";
     for (n, ms) in &r.prefill_wall_ms {
         s += &format!("| prefill {n} tokens | {ms:.2} |\n");
@@ -141,6 +187,9 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         s += &row(format!("prefill of {n} tokens"), &r.prefill_runtime);
     }
     s += &row("one decoded token".into(), &r.decode_runtime);
+    if r.together > 0 {
+        s += &row(format!("one step of {} sequences together", r.together), &r.together_runtime);
+    }
     let profile = |s: &mut String, what: String, p: &[(String, u64, f64)]| {
         if !p.is_empty() {
             *s += &format!("\n| kernel (REVIVE_PROFILE, {what}) | dispatches | ms |\n|---|---:|---:|\n");

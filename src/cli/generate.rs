@@ -1,17 +1,19 @@
-//! `revive generate`: text after a prompt, printed as it comes.
+//! `revive generate`: text after a prompt, printed as it comes; several prompts decode
+//! together and print when done.
 
 use anyhow::Result;
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
-use revive::model::generate::{generate, Sampling};
+use revive::model::generate::{generate, generate_many, Sampling};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
     /// 'smollm2', a .gguf file or a Hugging Face safetensors directory.
     #[arg(short, long, default_value = "smollm2")]
     model: String,
-    #[arg(short, long)]
-    prompt: String,
+    /// Repeat for several prompts: they decode together, prompt i sampled with seed + i.
+    #[arg(short, long, required = true)]
+    prompt: Vec<String>,
     /// Tokens to generate.
     #[arg(short = 'n', long, default_value_t = 16)]
     tokens: usize,
@@ -31,20 +33,32 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
-    let ids = m.tok.encode(&prompt)?;
     let sampling = Sampling { temperature, top_k: top_k.map_or(0, |k| k as usize), seed };
-    let mut shown = String::new();
-    print!("{prompt}");
-    let mut out = vec![];
-    generate(&gm, &ids, tokens, sampling, m.tok.eos(), |t| {
-        out.push(t);
-        // Decode the whole continuation each time: a token may be half a character.
-        if let Ok(text) = m.tok.decode(&out) {
-            print!("{}", &text[shown.len().min(text.len())..]);
-            shown = text;
-            let _ = std::io::Write::flush(&mut std::io::stdout());
+    if let [prompt] = prompt.as_slice() {
+        let ids = m.tok.encode(prompt)?;
+        let mut shown = String::new();
+        print!("{prompt}");
+        let mut out = vec![];
+        generate(&gm, &ids, tokens, sampling, m.tok.eos(), |t| {
+            out.push(t);
+            // Decode the whole continuation each time: a token may be half a character.
+            if let Ok(text) = m.tok.decode(&out) {
+                print!("{}", &text[shown.len().min(text.len())..]);
+                shown = text;
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+        })?;
+        println!();
+        return Ok(());
+    }
+    let ids: Vec<Vec<u32>> = prompt.iter().map(|p| m.tok.encode(p)).collect::<revive::Result<_>>()?;
+    let samplings: Vec<Sampling> = (0..prompt.len()).map(|i| Sampling { seed: seed.wrapping_add(i as u64), ..sampling }).collect();
+    let outs = generate_many(&gm, &ids, tokens, &samplings, m.tok.eos())?;
+    for (i, (p, out)) in prompt.iter().zip(outs).enumerate() {
+        if i > 0 {
+            println!();
         }
-    })?;
-    println!();
+        println!("{p}{}", m.tok.decode(&out)?);
+    }
     Ok(())
 }

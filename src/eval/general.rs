@@ -5,7 +5,7 @@
 use crate::eval::word_tokenize::word_tokenize;
 use crate::error::{Error, Result};
 use crate::model::forward::{GpuModel, PassBudget};
-use crate::model::generate::{argmax, generate, log_softmax, score_many_within, Sampling};
+use crate::model::generate::{argmax, generate_many, log_softmax, score_many_within, Sampling};
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -126,15 +126,16 @@ pub fn ngram_entropy(text: &str) -> f64 {
 }
 
 /// Mean n-gram entropy of `tokens`-token generations after each prompt, sampled as ROME's
-/// evaluation samples (top-5), with a fixed seed per prompt so a checkpoint is reproducible.
+/// evaluation samples (top-5), with a fixed seed per prompt so a checkpoint is reproducible;
+/// the prompts decode together (`generate_many`).
 pub fn fluency(model: &GpuModel, tok: &Tok, prompts: &[String], tokens: usize) -> Result<Option<f64>> {
     if prompts.is_empty() || tokens == 0 {
         return Ok(None);
     }
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect::<Result<_>>()?;
+    let samplings: Vec<Sampling> = (0..prompts.len()).map(|i| Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }).collect();
     let mut sum = 0.0;
-    for (i, p) in prompts.iter().enumerate() {
-        let ids = tok.encode(p)?;
-        let out = generate(model, &ids, tokens, Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }, tok.eos(), |_| {})?;
+    for (p, out) in prompts.iter().zip(generate_many(model, &ids, tokens, &samplings, tok.eos())?) {
         sum += ngram_entropy(&format!("{p}{}", tok.decode(&out)?));
     }
     Ok(Some(sum / prompts.len() as f64))

@@ -264,6 +264,15 @@ pub(crate) enum Keep {
     Tape,
 }
 
+/// Where a block's tokens sit in their sequences.
+#[derive(Debug, Clone, Copy)]
+enum At<'a> {
+    /// Every sequence's tokens from this position on.
+    From(usize),
+    /// One token per sequence, sequence s at position `[s]`.
+    Each(&'a [usize]),
+}
+
 /// The activations of one block that its backward pass reads (the KV cache holds the rest).
 pub(crate) struct BlockTape {
     pub x_in: Tensor,
@@ -570,19 +579,63 @@ impl GpuModel {
     }
 
     fn embed(&self, batch: &Batch, pos0: usize) -> Result<Tensor> {
+        let pos: Vec<u32> = (0..batch.b()).flat_map(|_| (0..batch.t).map(|p| (pos0 + p) as u32)).collect();
+        self.embed_at(&batch.ids, &pos)
+    }
+
+    /// The embeddings of `ids`, token i at position `pos[i]` (GPT-2 adds learned positions).
+    fn embed_at(&self, ids: &[u32], pos: &[u32]) -> Result<Tensor> {
         let gpu = &self.gpu;
-        let x = gather_rows(gpu, self.tensor("embed")?, &batch.ids)?;
+        let x = gather_rows(gpu, self.tensor("embed")?, ids)?;
         if self.config.arch != Arch::Gpt2 {
             return Ok(x);
         }
-        let pos: Vec<u32> = (0..batch.b()).flat_map(|_| (0..batch.t).map(|p| (pos0 + p) as u32)).collect();
-        elementwise::add(gpu, &x, &gather_rows(gpu, self.tensor("pos_embed")?, &pos)?)
+        elementwise::add(gpu, &x, &gather_rows(gpu, self.tensor("pos_embed")?, pos)?)
+    }
+
+    /// One decoding step of sequences that stand at different positions: token s of `tokens`
+    /// goes to position `positions[s]` of sequence s of `cache`, whose rows before it the
+    /// caller has filled (a right-padded prefill fills each sequence's real rows; padding rows
+    /// past a sequence's length are overwritten as it grows and never seen before that, since
+    /// a query sees only the rows up to its own position). Returns the logits [B, V]. Where
+    /// every sequence is at the cache's length, this is `forward` of one token each.
+    pub fn decode_each(&self, tokens: &[u32], positions: &[usize], cache: &mut KvCache) -> Result<Tensor> {
+        let c = &self.config;
+        let b = tokens.len();
+        if b != cache.batch || positions.len() != b {
+            return Err(Error::shape("decode", format!("{b} tokens at {} positions for a cache of {} sequences", positions.len(), cache.batch)));
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p >= cache.capacity || p >= c.max_seq_len) {
+            return Err(Error::shape("decode", format!("position {p} is past the cache's {} rows or the model's context of {}", cache.capacity, c.max_seq_len)));
+        }
+        if positions.iter().all(|&p| p == cache.len) {
+            let step = Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
+            return Ok(self.forward(&step, &Probes::default(), LogitRows::All, Some(cache))?.0);
+        }
+        check_ids(c, &Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?)?;
+        let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let mut x = self.embed_at(tokens, &pos)?;
+        for i in 0..c.n_layers {
+            x = self.block_at(i, x, cache, At::Each(positions), b, 1, Keep::Output)?.x;
+        }
+        cache.len = cache.len.max(positions.iter().max().map_or(0, |p| p + 1));
+        self.norm_linear(&x, "final_norm", self.head()?)
     }
 
     /// One transformer block on x: [B·T, d] at positions pos0.., writing this layer's keys and
     /// values into the cache, keeping what `keep` asks for.
     pub(crate) fn block(&self, i: usize, x: Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, keep: Keep) -> Result<BlockOut> {
+        self.block_at(i, x, cache, At::From(pos0), b, t, keep)
+    }
+
+    /// `block` with the tokens' positions: all sequences from one position, or one token per
+    /// sequence, each at its own.
+    #[allow(clippy::too_many_arguments)]
+    fn block_at(&self, i: usize, x: Tensor, cache: &mut KvCache, at: At, b: usize, t: usize, keep: Keep) -> Result<BlockOut> {
         let record = keep == Keep::Tape;
+        if matches!(at, At::Each(_)) && (t != 1 || record) {
+            return Err(Error::shape("forward", format!("layer {i}: sequences at their own positions take one token each and keep no tape ({t} tokens asked)")));
+        }
         let c = &self.config;
         let gpu = &self.gpu;
         let hd = c.head_dim;
@@ -607,13 +660,17 @@ impl GpuModel {
                 )
             }
         };
-        let q = if gpt2 {
-            attention::write_kv_pair(gpu, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
-            q
-        } else {
-            rope::rope_kv(gpu, &q, &k, &v, &cache.k[i], &cache.v[i], pos0, c.rope_theta, c.rope_style)?
+        let (q, o) = match at {
+            At::From(pos0) => {
+                let q = self.place_kv(q, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
+                let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
+                (q, o)
+            }
+            At::Each(positions) => {
+                let o = self.attend_each(i, &q, &k, &v, cache, positions)?;
+                (q, o)
+            }
         };
-        let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
         let o = o.reshape(&[b * t, c.n_heads * hd])?;
         // The tape's copy of x (and of x_mid below) keeps residual_linear from writing over it.
         let x_in = record.then(|| x.clone());
@@ -650,6 +707,37 @@ impl GpuModel {
             _ => return Err(Error::shape("forward", format!("layer {i}: a tape was asked for but the block ran the stacked path, which keeps none"))),
         };
         Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
+    }
+
+    /// Writes a layer's new keys and values into their cache rows from `pos0` (rotated where
+    /// the model rotates them) and returns the queries as attention reads them.
+    fn place_kv(&self, q: Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize) -> Result<Tensor> {
+        let c = &self.config;
+        if c.arch == Arch::Gpt2 {
+            attention::write_kv_pair(&self.gpu, k, v, k_cache, v_cache, pos0)?;
+            return Ok(q);
+        }
+        rope::rope_kv(&self.gpu, &q, k, v, k_cache, v_cache, pos0, c.rope_theta, c.rope_style)
+    }
+
+    /// Attention of one token per sequence, sequence s at `positions[s]`: its keys and values
+    /// go into its own cache rows and its query sees its own rows up to there. A dispatch of
+    /// each kind per sequence (the kernels take one position per dispatch); the products
+    /// around them still run every sequence at once.
+    fn attend_each(&self, i: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &KvCache, positions: &[usize]) -> Result<Tensor> {
+        let c = &self.config;
+        let (hd, hq, hkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let block = hkv * cache.capacity * hd;
+        let o = self.gpu.empty(q.shape())?;
+        for (s, &pos) in positions.iter().enumerate() {
+            let one = |t: &Tensor, heads: usize| t.view(s * heads * hd, &[1, 1, heads, hd]);
+            let k_cache = cache.k[i].view(s * block, &[1, hkv, cache.capacity, hd])?;
+            let v_cache = cache.v[i].view(s * block, &[1, hkv, cache.capacity, hd])?;
+            let q_s = self.place_kv(one(q, hq)?, &one(k, hkv)?, &one(v, hkv)?, &k_cache, &v_cache, pos)?;
+            let kernel = attention::kernel_for(&self.gpu, &q_s);
+            attention::attention_into(&self.gpu, &q_s, &k_cache, &v_cache, pos, 1.0 / (hd as f32).sqrt(), kernel, &one(&o, hq)?)?;
+        }
+        Ok(o)
     }
 
     /// Logits of each sequence's last real token: [B, V], in passes within the adapter's budget.

@@ -69,31 +69,83 @@ pub fn generate(
     eos: Option<u32>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::shape("generate", "the prompt has no tokens"));
-    }
-    let context = model.config.max_seq_len;
-    if prompt.len().checked_add(n).is_none_or(|total| total > context) {
-        return Err(Error::shape(
-            "generate",
-            format!("the prompt's {} tokens and {n} new ones exceed the model's context of {context} positions; ask for at most {}", prompt.len(), context.saturating_sub(prompt.len())),
-        ));
-    }
     let mut rng = crate::testing::rng(sampling.seed);
-    let mut cache = model.new_cache(1, prompt.len() + n)?;
-    let batch = Batch::new(&[prompt.to_vec()])?;
-    let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![prompt.len() - 1]), Some(&mut cache))?;
-    let mut out = vec![];
+    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, |_, row| sample(row, &sampling, &mut rng), |_, t| on_token(t))?;
+    Ok(out.remove(0))
+}
+
+/// Sequences decoded together at most: their KV cache grows with their number (SmolLM2: 46 KB
+/// per sequence and position), and each decoding step runs a rotation and an attention
+/// dispatch per sequence.
+const MAX_TOGETHER: usize = 16;
+
+/// Up to `n` tokens after each prompt, prompt i sampled with `samplings[i]` (its own seeded
+/// generator) and stopped at `eos`: what `generate` gives for each prompt alone, up to the
+/// rounding of products over several rows, in a fraction of the passes. Prompts of any
+/// lengths decode together, each at its own position, in groups of up to 16.
+pub fn generate_many(model: &GpuModel, prompts: &[Vec<u32>], n: usize, samplings: &[Sampling], eos: Option<u32>) -> Result<Vec<Vec<u32>>> {
+    if samplings.len() != prompts.len() {
+        return Err(Error::shape("generate", format!("{} prompts with {} sampling settings", prompts.len(), samplings.len())));
+    }
+    let mut out = Vec::with_capacity(prompts.len());
+    for (group, settings) in prompts.chunks(MAX_TOGETHER).zip(samplings.chunks(MAX_TOGETHER)) {
+        let mut rngs: Vec<_> = settings.iter().map(|s| crate::testing::rng(s.seed)).collect();
+        out.extend(decode_together(model, group, n, eos, |i, row| sample(row, &settings[i], &mut rngs[i]), |_, _| {})?);
+    }
+    Ok(out)
+}
+
+/// Prefills every prompt in one right-padded pass, then feeds each sequence's last token at its
+/// own position until each has `n` tokens or has produced `eos`. `pick(i, logits)` chooses
+/// sequence i's next token, called in sequence order at every step; `on_token(i, token)` sees
+/// each token kept. A sequence that has stopped keeps its row (its tokens are not kept).
+fn decode_together(
+    model: &GpuModel,
+    prompts: &[Vec<u32>],
+    n: usize,
+    eos: Option<u32>,
+    mut pick: impl FnMut(usize, &[f32]) -> u32,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>> {
+    let context = model.config.max_seq_len;
+    for prompt in prompts {
+        if prompt.is_empty() {
+            return Err(Error::shape("generate", "the prompt has no tokens"));
+        }
+        if prompt.len().checked_add(n).is_none_or(|total| total > context) {
+            return Err(Error::shape(
+                "generate",
+                format!("the prompt's {} tokens and {n} new ones exceed the model's context of {context} positions; ask for at most {}", prompt.len(), context.saturating_sub(prompt.len())),
+            ));
+        }
+    }
+    let mut out = vec![vec![]; prompts.len()];
+    if prompts.is_empty() || n == 0 {
+        return Ok(out);
+    }
+    let batch = Batch::new(prompts)?;
+    let mut cache = model.new_cache(prompts.len(), batch.t + n)?;
+    let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
+    let v = model.config.vocab_size;
+    let mut running = vec![true; prompts.len()];
+    let mut next = vec![0u32; prompts.len()];
     for step in 0..n {
-        let row = model.host_logits(&logits).map_err(|e| Error::Numeric(format!("at generated position {step}: {e}")))?;
-        let tok = sample(&row, &sampling, &mut rng);
-        out.push(tok);
-        on_token(tok);
-        if Some(tok) == eos || out.len() == n {
+        let rows = model.host_logits(&logits).map_err(|e| Error::Numeric(format!("at generated position {step}: {e}")))?;
+        for (i, row) in rows.chunks(v).enumerate() {
+            if !running[i] {
+                continue;
+            }
+            let tok = pick(i, row);
+            out[i].push(tok);
+            on_token(i, tok);
+            next[i] = tok;
+            running[i] = Some(tok) != eos && out[i].len() < n;
+        }
+        if !running.contains(&true) {
             break;
         }
-        let step = Batch::new(&[vec![tok]])?;
-        logits = model.forward(&step, &Probes::default(), LogitRows::All, Some(&mut cache))?.0;
+        let positions: Vec<usize> = prompts.iter().map(|p| p.len() + step).collect();
+        logits = model.decode_each(&next, &positions, &mut cache)?;
     }
     Ok(out)
 }
@@ -127,9 +179,8 @@ fn token_logprobs(model: &GpuModel, logits: &Tensor, tokens: &[u32]) -> Result<V
     Ok(lp.into_iter().map(f64::from).collect())
 }
 
-/// Samples `n` tokens after each prompt, all prompts in one batch through one KV cache.
-/// Prompts of different lengths are grouped by length, since a batch step writes the same
-/// position in every sequence.
+/// Samples `n` tokens after each prompt with one generator shared by all, prompts of one
+/// length decoded together (shortest first), the draws of each step in prompt order.
 pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: Sampling) -> Result<Vec<Vec<u32>>> {
     let mut out = vec![vec![]; prompts.len()];
     let mut rng = crate::testing::rng(sampling.seed);
@@ -139,21 +190,9 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
     for len in lengths {
         let group: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
         let seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
-        let batch = Batch::new(&seqs)?;
-        let mut cache = model.new_cache(group.len(), len + n)?;
-        let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
-        let v = model.config.vocab_size;
-        for step in 0..n {
-            let all = model.host_logits(&logits)?;
-            let next: Vec<u32> = all.chunks(v).map(|row| sample(row, &sampling, &mut rng)).collect();
-            for (&i, &tok) in group.iter().zip(&next) {
-                out[i].push(tok);
-            }
-            if step + 1 == n {
-                break;
-            }
-            let step_batch = Batch::new(&next.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
-            logits = model.forward(&step_batch, &Probes::default(), LogitRows::All, Some(&mut cache))?.0;
+        let tails = decode_together(model, &seqs, n, None, |_, row| sample(row, &sampling, &mut rng), |_, _| {})?;
+        for (&i, tail) in group.iter().zip(tails) {
+            out[i] = tail;
         }
     }
     Ok(out)

@@ -128,15 +128,29 @@ fn per_query_only() -> bool {
 /// head dimension is above 64 or the query heads do not fit one dispatch. `Lanes` on a device
 /// without 8-wide subgroups is an error.
 pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel) -> Result<Tensor> {
+    let out = gpu.empty(q.shape())?;
+    attention_into(gpu, q, k_cache, v_cache, pos0, scale, kernel, &out)?;
+    Ok(out)
+}
+
+/// `attention_with` writing into `out` (q's shape; a view of a larger tensor, such as one
+/// sequence's rows of a batch whose sequences sit at different positions).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel, out: &Tensor) -> Result<()> {
     const OP: &str = "attention";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
     let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
     if !kernel.runs_on(gpu) {
         return Err(Error::Gpu(gpu.lanes_missing("attention: the lanes kernel")));
     }
-    let out = gpu.empty(q.shape())?;
+    if out.shape() != q.shape() {
+        return Err(Error::shape(OP, format!("out {:?} is not q's shape {:?}", out.shape(), q.shape())));
+    }
+    if [q, k_cache, v_cache].iter().any(|t| t.shares_buffer(out)) {
+        return Err(Error::shape(OP, "out shares a buffer with q or a cache, which the kernel reads while it writes out"));
+    }
     if out.numel() == 0 {
-        return Ok(out);
+        return Ok(());
     }
     let group = hq / hkv;
     let max_elems = Tensor::max_binding_elems(gpu);
@@ -204,7 +218,7 @@ pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes src: [B, T, Hkv, D] (new keys or values in projection layout) into rows

@@ -18,6 +18,10 @@ pub(in crate::cli) struct Args {
     prefill: Vec<usize>,
     #[arg(long, default_value_t = 32)]
     decode: usize,
+    /// Sequences of different lengths decoded together, each at its own position, beside the
+    /// single sequence (as fluency generates; 0: not measured).
+    #[arg(long, default_value_t = 8)]
+    together: usize,
     /// Tokens the (slow) CPU oracle runs.
     #[arg(long, default_value_t = 16)]
     cpu_tokens: usize,
@@ -28,7 +32,7 @@ pub(in crate::cli) struct Args {
 }
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
-    let Args { model, random_weights: random, prefill, decode, cpu_tokens, reps, json } = a;
+    let Args { model, random_weights: random, prefill, decode, together, cpu_tokens, reps, json } = a;
     let (weights, name) = if random {
         (revive::model::random::random_weights(&revive::model::Config::smollm2_135m(), 0), "SmolLM2-135M shapes, random weights".to_string())
     } else {
@@ -37,7 +41,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     };
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &weights)?;
-    let report = revive::bench::forward::run(&gm, &weights, &prefill, decode, cpu_tokens, reps)?;
+    let report = revive::bench::forward::run(&gm, &weights, &prefill, decode, together, cpu_tokens, reps)?;
     println!("{}", revive::bench::forward::table(&gpu.label(), &name, &report));
     if let Some(path) = json {
         let doc = serde_json::json!({ "adapter": gpu.label(), "model": name, "report": report });
