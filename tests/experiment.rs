@@ -361,12 +361,26 @@ fn counterfact_metrics_of_many_requests_match_the_f64_reference() {
             return Err(format!("locality against the same model: {:?}", with_locality(&same)));
         }
         // The session's measure: the one after a batch reads the one before.
-        let mut measure = BatchMetrics { known: vec![] };
+        let mut measure = BatchMetrics::new(vec![]);
         let before = ok(measure.measure(&gm, &tok, &requests, None))?;
         let after = ok(measure.measure(&gm, &tok, &requests, Some(&before)))?;
         if before["locality"] != serde_json::Value::Null || after["locality"].as_f64() != Some(1.0) || after["rewrite_acc"].as_f64().is_none() || after["portability"].as_f64().is_none() {
             return Err(format!("the session's locality: before {}, after {}", before["locality"], after["locality"]));
         }
+        // Scopes: after only scores the batch after the edit (no locality: nothing before it);
+        // off scores nothing.
+        use revive::eval::counterfact::BatchScope;
+        measure.scope = BatchScope::After;
+        let skipped = ok(measure.measure(&gm, &tok, &requests, None))?;
+        let after_only = ok(measure.measure(&gm, &tok, &requests, Some(&skipped)))?;
+        if !skipped.is_null() || after_only["rewrite_acc"] != after["rewrite_acc"] || after_only["efficacy"] != after["efficacy"] || !after_only["locality"].is_null() {
+            return Err(format!("after only: before {skipped}, after efficacy {} rewrite {} locality {}", after_only["efficacy"], after_only["rewrite_acc"], after_only["locality"]));
+        }
+        measure.scope = BatchScope::Off;
+        if !ok(measure.measure(&gm, &tok, &requests, None))?.is_null() || !ok(measure.measure(&gm, &tok, &requests, Some(&before)))?.is_null() {
+            return Err("scores measured with the batch's metrics off".into());
+        }
+        measure.scope = BatchScope::BeforeAndAfter;
         // A measure written before locality was measured (an older journal's) is no reference.
         let mut old = before.clone();
         old["requests"].as_array_mut().unwrap().iter_mut().for_each(|r| {

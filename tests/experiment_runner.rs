@@ -253,9 +253,13 @@ fn kill_and_resume(backend: &str) -> Result<(), String> {
         return Err(format!("the resumed run's CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
     }
 
-    // One arm alone, merged with the other arm of the uninterrupted run.
+    // One arm alone, its batches not scored (only the checkpoints are), merged with the other
+    // arm of the uninterrupted run.
     let split = root.join("split");
-    run_to_end(experiment(&root, backend, &split, "cache", &["--arm", "memit/0.5"]), "the run of one arm")?;
+    let said = run_to_end(experiment(&root, backend, &split, "cache", &["--arm", "memit/0.5", "--batch-metrics", "none"]), "the run of one arm")?;
+    if !said.contains("not scored: --batch-metrics none") || said.contains("→ after efficacy") {
+        return Err(format!("--batch-metrics none: the batches were scored or said nothing:\n{said}"));
+    }
     let merged = root.join("merged");
     let c = experiment(&root, backend, &merged, "cache", &["--merge", &whole.join("memit-none").display().to_string(), &split.display().to_string()]);
     run_to_end(c, "the merge")?;

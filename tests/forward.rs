@@ -137,6 +137,10 @@ fn sequences_decoded_together_at_their_own_positions_match_full_passes() {
                         compare(&format!("{name} fold {fold} step {step} seq {s}"), &logits[s * vs..(s + 1) * vs], want, logit_tol(want))?;
                     }
                 }
+                // Refused: a token count that is not the cache's, a position past its rows.
+                gm.decode_each(&[1, 2], &[5, 6], &mut cache).err().ok_or("two tokens for a cache of four sequences accepted")?;
+                gm.decode_each(&[1, 2, 3, 4], &[5, 6, 7], &mut cache).err().ok_or("three positions for four tokens accepted")?;
+                gm.decode_each(&[1, 2, 3, 4], &[1, 2, batch.t + 3, 3], &mut cache).err().ok_or("a position past the cache accepted")?;
             }
         }
         Ok(())

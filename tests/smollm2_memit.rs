@@ -55,7 +55,7 @@ fn a_memit_batch_flips_its_facts_with_and_without_revive_and_so_does_nse() {
             None => Default::default(),
         };
         let mut session = Session::open(&dir, &gm, config, requests.clone(), method, guards).unwrap();
-        let mut measure = BatchMetrics { known: paris.to_vec() };
+        let mut measure = BatchMetrics::new(paris.to_vec());
         session.run(&mut gm, &m.tok, &mut measure, &RunOptions { progress: false, max_batches: None }, |_| {}).unwrap();
 
         let (_, header) = session.journal.batches().next().expect("one batch journaled");

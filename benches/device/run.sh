@@ -6,7 +6,8 @@
 # SET is one of: speed (issue 11: forward, matmul and SVD against PyTorch, one ROME edit at
 # full settings), batch (issue 10/11: a MEMIT batch of 100 against PyTorch's same step),
 # experiment (issue 12: the collapse curves, 2,000 edits), table (issue 10: the 200-edit table and
-# the 2,000-edit estimate), sweep (issue 10: MEMIT's layers and AlphaEdit's threshold), remeasure (what changed since the last GPU session), all. The PyTorch baselines run in
+# the 2,000-edit estimate), sweep (issue 10: MEMIT's layers and AlphaEdit's threshold), grouping
+# (the targets' group overhead), remeasure (what changed since the last GPU session), all. The PyTorch baselines run in
 # the same call as the revive numbers they are read against.
 # Setup here: benches/device/prepare.sh --model FILE (the release build, the Vulkan loader,
 # benches/device/env.sh and the model in parts of at most 48 MiB under .device/), stage the model
@@ -26,6 +27,7 @@ case ${2:-speed} in
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
   sweep) only=sweep ;;
+  grouping) only=memit-100,memit-100-overhead32,memit-100-overhead512 ;;
   # What changed since the last GPU session and has not been measured there: the decode
   # dispatches (393 → 182), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
   # an edit batch's attention in 1 + 2 dispatches per layer, the targets' loss on the GPU and
@@ -105,6 +107,14 @@ step memit-100-padded 150 env REVIVE_PADDED_TARGETS=1 $bin bench edit -m "$model
 # were computed once, 2026-12-05): what the split buys on this GPU, in the same call.
 step memit-100-noprefix 150 env REVIVE_NO_PREFIX=1 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-noprefix --json "$out/memit-100-noprefix.json"
+# The targets' grouping on this GPU: a group costs the padding of REVIVE_GROUP_OVERHEAD tokens
+# (128 on GPUs by default, an estimate from the dispatch cost of 2026-12-04; 16 on lavapipe,
+# where 48 and 128 were slower, docs/results.md): the same batch grouped more finely and more
+# coarsely, in the same call as memit-100 (set `grouping`).
+step memit-100-overhead32 150 env REVIVE_GROUP_OVERHEAD=32 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-o32 --json "$out/memit-100-overhead32.json"
+step memit-100-overhead512 150 env REVIVE_GROUP_OVERHEAD=512 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-o512 --json "$out/memit-100-overhead512.json"
 step torch-memit-100 180 python3 benches/baselines/torch_memit.py --model $hf --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --json "$out/torch-memit-100.json"
 # Issue 10: the batch methods' defaults measured where batches of 100 are cheap: MEMIT's layer
@@ -123,16 +133,18 @@ step exp200 240 bash benches/device/arms.sh $bin "$model" /tmp/exp200 3 --limit 
 # Issue 12: what 2,000 edits in batches of 100 will cost on this GPU (one batch and one
 # checkpoint measured, the rest estimated), for planning the full run.
 step experiment-dry 120 $bin experiment -m "$model" --dry-run --limit 2000 --batch 100 --every 500 \
-  --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/exp-dry
+  --templates 0 --steps 12 --cov-tokens 4096 --batch-metrics after --out /tmp/exp-dry
 # Issue 12: MEMIT and AlphaEdit with and without REVIVE over 2,000 edits in batches of 100, the
 # four arms in parallel, checkpoints every 500 edits on 100 sampled requests. Each arm stops
 # cleanly after EXP_MINUTES (default 8) and the journals stay in /tmp/exp2000 on the machine:
 # while it is still warm, running this step again continues every arm where it stopped.
 # ARMS (environment, as arms.sh reads it) adds or picks arms, e.g. REVIVE with the targets
 # through the guard: ARMS="memit/0.5 memit/0.5+through alphaedit/0.5 alphaedit/0.5+through".
+# Each batch is scored after its edit only (--batch-metrics after): the scores before it were
+# a quarter of a batch's time on the H200 and no result reads them.
 exp_minutes=${EXP_MINUTES:-8}
 step experiment 570 bash benches/device/arms.sh $bin "$model" /tmp/exp2000 "$exp_minutes" --limit 2000 --batch 100 \
   --every 500 --templates 0 --steps 12 --cov-tokens 4096 --sample 100 --ppl-tokens 4096 \
-  --agreement-prompts 32 --fluency-prompts 4 --fluency-tokens 32
+  --agreement-prompts 32 --fluency-prompts 4 --fluency-tokens 32 --batch-metrics after
 [ -d /tmp/exp2000 ] && (cd /tmp && tar czf "$out/exp2000.tgz" --exclude=journal --exclude="*.safetensors" exp2000 exp2000-*.log)
 exit 0

@@ -63,6 +63,10 @@ pub(super) struct EditArgs {
     /// Known facts checked after every batch of a session (retention).
     #[arg(long)]
     known: Option<std::path::PathBuf>,
+    /// Which scores each batch of a session records: before and after the edit, after only,
+    /// or none.
+    #[arg(long, value_enum, default_value_t = super::session::BatchMetricsArg::Both)]
+    batch_metrics: super::session::BatchMetricsArg,
 }
 
 /// ROME and the batch methods' names, as `--method` accepts them.
@@ -76,7 +80,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
     }
     if let Some(dir) = &a.resume {
-        return super::session::run(choice, dir, None, a.save, a.dtype, a.known.as_deref());
+        return super::session::run(choice, dir, None, a.save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
     }
     let requests = match (&a.edits, &a.subject) {
         (Some(path), _) => request::load_requests(path)?,
@@ -110,7 +114,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
             svd_tol: a.revive.svd_tol,
             max_update_ratio: a.max_update,
         };
-        return super::session::run(choice, &a.out, Some(new), a.save, a.dtype, a.known.as_deref());
+        return super::session::run(choice, &a.out, Some(new), a.save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
     }
     let hp = a.hp.resolve()?;
     let targets_through = a.revive.through_guard(false)?;

@@ -94,6 +94,11 @@ pub(super) struct Args {
     no_spectral: bool,
     #[arg(long, default_value_t = revive::edit::update::DEFAULT_MAX_UPDATE_RATIO)]
     max_update: f64,
+    /// Which scores each batch records besides the checkpoints: its requests before and after
+    /// the edit, after only, or none (the checkpoints score their own samples either way).
+    /// Not one of the experiment's settings: a resumed run may change it.
+    #[arg(long, value_enum, default_value_t = super::session::BatchMetricsArg::Both)]
+    batch_metrics: super::session::BatchMetricsArg,
 }
 
 /// What fixes an experiment's results; written once to OUT/experiment.json and checked on
@@ -395,6 +400,7 @@ fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit:
     let dir = a.out.join(&arm.name);
     let new = (!Session::config_path(&dir).exists()).then(|| new_session(a, arm, requests));
     with_session(choice, &dir, new, None, |session, gm, tok, measure, _, base| {
+        measure.scope = a.batch_metrics.scope();
         let m = measures(a, &dir, session, gm, tok, base, known)?;
         let per_ckpt = a.every / a.batch;
         let total = session.batches_total();
@@ -428,6 +434,7 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     let first = &requests[..a.batch.min(requests.len())];
     let t = Instant::now();
     let (stats, batch_s, ckpt_s, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), None, |session, gm, tok, measure, stats, base| {
+        measure.scope = a.batch_metrics.scope();
         let m = measures(a, &dir, session, gm, tok, base, known)?;
         let t0 = Instant::now();
         session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: Some(1) }, |_| {})?;

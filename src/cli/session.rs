@@ -7,7 +7,7 @@ use revive::edit::guard::RankRule;
 use revive::edit::hparams::{BatchHparams, BatchMethod};
 use revive::edit::request::EditRequest;
 use revive::edit::session::{build_guards, build_method, save_delta, MethodSpec, RunOptions, Session};
-use revive::eval::counterfact::BatchMetrics;
+use revive::eval::counterfact::{BatchMetrics, BatchScope};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::load::load;
@@ -21,6 +21,29 @@ pub(super) enum Save {
     /// The whole edited model as a Hugging Face safetensors directory (DIR/model/).
     Full,
     None,
+}
+
+/// `--batch-metrics`: which of a batch's scores (CounterFact's and EasyEdit's, and the known
+/// facts with `--known`) a session records in its journal and prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum BatchMetricsArg {
+    /// The batch's requests before and after the edit (locality against the model before it).
+    Both,
+    /// After the edit only (no locality: it needs the model before).
+    After,
+    /// None: about half of a MEMIT batch's time on a GPU, which an experiment's checkpoints,
+    /// scoring their own samples, can spare.
+    None,
+}
+
+impl BatchMetricsArg {
+    pub(super) fn scope(self) -> BatchScope {
+        match self {
+            BatchMetricsArg::Both => BatchScope::BeforeAndAfter,
+            BatchMetricsArg::After => BatchScope::After,
+            BatchMetricsArg::None => BatchScope::Off,
+        }
+    }
 }
 
 /// A new session's settings, from `revive edit`.
@@ -60,8 +83,9 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
 }
 
 /// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
-pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>) -> Result<()> {
+pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>, scope: BatchScope) -> Result<()> {
     with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
+        measure.scope = scope;
         let total = session.batches_total();
         session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
         write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, save, dtype)?;
@@ -123,7 +147,7 @@ pub(super) fn with_session<R>(
         Some(p) => revive::eval::retention::load_facts(p)?,
         None => vec![],
     };
-    let mut measure = BatchMetrics { known };
+    let mut measure = BatchMetrics::new(known);
     let replayed = session.replay(&mut gm, &m.tok, None, Some(&mut measure))?;
     if replayed > 0 {
         eprintln!("resumed: {replayed} batches replayed from {}", revive::edit::journal::Journal::dir_of(dir).display());
@@ -132,10 +156,14 @@ pub(super) fn with_session<R>(
 }
 
 pub(super) fn print_batch(h: &revive::edit::journal::BatchHeader, after: &serde_json::Value, seconds: f64, total: usize) {
-    let pct = |k: &str, v: &serde_json::Value| v[k].as_f64().map(|x| format!(" {k} {:.0}%", 100.0 * x)).unwrap_or_default();
     let kept: Vec<String> = h.updates.iter().filter_map(|u| u.filter.map(|f| format!("{:.0}%", 100.0 * f.kept))).collect();
     let kept = if kept.is_empty() { String::new() } else { format!("; REVIVE kept {} of ‖ΔW‖", kept.join(" ")) };
     let passes = nse_passes(&h.method);
+    if h.before.is_null() && after.is_null() {
+        println!("[batch {}/{total}] requests {}..{}: {seconds:.1} s (not scored: --batch-metrics none){kept}{passes}", h.batch + 1, h.requests[0], h.requests[1]);
+        return;
+    }
+    let pct = |k: &str, v: &serde_json::Value| v[k].as_f64().map(|x| format!(" {k} {:.0}%", 100.0 * x)).unwrap_or_default();
     println!(
         "[batch {}/{total}] requests {}..{}: before{}{} → after{}{}{}; EasyEdit:{}{}{}{}; {:.1} s{kept}{passes}",
         h.batch + 1,

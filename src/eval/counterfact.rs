@@ -262,6 +262,24 @@ pub fn cf_scores(per: &[FactMetrics]) -> CfScores {
 /// batch, their means, and optionally the known facts the model still answers.
 pub struct BatchMetrics {
     pub known: Vec<crate::eval::retention::Fact>,
+    pub scope: BatchScope,
+}
+
+/// When a batch's requests are scored: before the edit and after it, after it only (its
+/// locality then has no reference), or never (`null` in the journal). The scores take about
+/// half a MEMIT batch's time on a GPU, and an experiment's checkpoints score their own samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchScope {
+    #[default]
+    BeforeAndAfter,
+    After,
+    Off,
+}
+
+impl BatchMetrics {
+    pub fn new(known: Vec<crate::eval::retention::Fact>) -> BatchMetrics {
+        BatchMetrics { known, scope: BatchScope::default() }
+    }
 }
 
 /// The `locality_top` of each request in a measure's JSON (`requests[r].locality_top`), if the
@@ -284,6 +302,15 @@ fn measured_locality_tops(measured: &serde_json::Value, requests: &[EditRequest]
 
 impl crate::edit::session::Measure for BatchMetrics {
     fn measure(&mut self, model: &GpuModel, tok: &Tok, requests: &[EditRequest], before: Option<&serde_json::Value>) -> Result<serde_json::Value> {
+        // The session asks before the edit with no earlier measure, after it with the one before.
+        let skip = match self.scope {
+            BatchScope::BeforeAndAfter => false,
+            BatchScope::After => before.is_none(),
+            BatchScope::Off => true,
+        };
+        if skip {
+            return Ok(serde_json::Value::Null);
+        }
         let reference = before.and_then(|b| measured_locality_tops(b, requests));
         let per = facts_metrics_against(model, tok, requests, reference.as_deref())?;
         let CfScores { efficacy, paraphrase, neighborhood, rewrite_acc, rephrase_acc, locality, portability, .. } = cf_scores(&per);

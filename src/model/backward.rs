@@ -137,6 +137,8 @@ pub struct DeltaPass<'m> {
 pub fn group_overhead_tokens(gpu: &crate::gpu::Gpu) -> usize {
     if padded_targets() {
         usize::MAX
+    } else if let Some(n) = overhead_override() {
+        n
     } else if gpu.is_cpu() {
         16
     } else {
@@ -149,6 +151,13 @@ pub fn group_overhead_tokens(gpu: &crate::gpu::Gpu) -> usize {
 pub fn padded_targets() -> bool {
     static PADDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PADDED.get_or_init(|| crate::gpu::env_flag("REVIVE_PADDED_TARGETS"))
+}
+
+/// `REVIVE_GROUP_OVERHEAD=N`: N tokens per group instead of the adapter's value, to measure
+/// other values in one binary.
+fn overhead_override() -> Option<usize> {
+    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("REVIVE_GROUP_OVERHEAD").ok().and_then(|v| v.trim().parse().ok()))
 }
 
 /// `REVIVE_NO_PREFIX=1`: every evaluation runs whole sequences through the upper layers, as

@@ -608,11 +608,11 @@ impl GpuModel {
         if let Some(&p) = positions.iter().find(|&&p| p >= cache.capacity || p >= c.max_seq_len) {
             return Err(Error::shape("decode", format!("position {p} is past the cache's {} rows or the model's context of {}", cache.capacity, c.max_seq_len)));
         }
+        let step = Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
         if positions.iter().all(|&p| p == cache.len) {
-            let step = Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
             return Ok(self.forward(&step, &Probes::default(), LogitRows::All, Some(cache))?.0);
         }
-        check_ids(c, &Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?)?;
+        check_ids(c, &step)?;
         let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let mut x = self.embed_at(tokens, &pos)?;
         for i in 0..c.n_layers {
@@ -666,6 +666,7 @@ impl GpuModel {
                 let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
                 (q, o)
             }
+            // No tape here (checked above), so nothing reads the queries before rotation.
             At::Each(positions) => {
                 let o = self.attend_each(i, &q, &k, &v, cache, positions)?;
                 (q, o)
