@@ -20,3 +20,38 @@ fn commands_that_do_not_read_a_delta_refuse_one() {
         assert!(err.contains("--delta /nonexistent/delta.safetensors") && err.contains("only generate"), "{args:?}: {err}");
     }
 }
+
+/// `revive generate` with several prompts (`-p` and `--prompts FILE`) decodes them together and
+/// writes `--json`: greedy, each continuation is what the prompt gives alone; a prompt file
+/// without prompts is refused naming it. On the real model (CI fetches it).
+#[test]
+fn several_prompts_generate_as_each_alone() {
+    let Some(model) = revive::testing::smollm2_for_tests() else { return };
+    let dir = std::env::temp_dir().join(format!("revive-cli-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prompts.txt");
+    std::fs::write(&file, "The capital of France is\n\nThe mother tongue of Danielle Darrieux is\n").unwrap();
+    let revive = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_revive")).args(["generate", "-m", model.to_str().unwrap(), "-n", "6"]).args(args).output().expect("runs");
+    let json = dir.join("out.json");
+    let out = revive(&["-p", "Water boils at", "--prompts", file.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = doc["generations"].as_array().unwrap();
+    let prompts = ["Water boils at", "The capital of France is", "The mother tongue of Danielle Darrieux is"];
+    assert_eq!(rows.len(), 3, "{doc}");
+    for (row, prompt) in rows.iter().zip(prompts) {
+        assert_eq!(row["prompt"], prompt);
+        let alone = revive(&["-p", prompt]);
+        assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+        let text = String::from_utf8_lossy(&alone.stdout).trim_end().to_string();
+        let together = format!("{prompt}{}", row["continuation"].as_str().unwrap());
+        assert_eq!(together.trim_end(), text, "{prompt:?}: together {together:?}, alone {text:?}");
+        assert_eq!(row["ids"].as_array().unwrap().len(), 6, "{row}");
+    }
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "\n \n").unwrap();
+    let refused = revive(&["--prompts", empty.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("empty.txt") && err.contains("no prompts"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -69,3 +69,12 @@ pub(super) fn prepare_out(dir: &std::path::Path) -> Result<()> {
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
+
+/// The prompts of a file, one per line (blank lines skipped); an empty file is an error naming
+/// it and saying why the command needs some.
+pub(super) fn read_prompt_lines(path: &std::path::Path, needed_for: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    anyhow::ensure!(!lines.is_empty(), "{} holds no prompts (one per line): there is nothing to {needed_for}", path.display());
+    Ok(lines)
+}

@@ -1,7 +1,7 @@
-//! `revive generate`: text after a prompt, printed as it comes; several prompts decode
-//! together and print when done.
+//! `revive generate`: text after a prompt, printed as it comes; several prompts (`-p` repeated
+//! or `--prompts FILE`) decode together and print when done, or go to `--json FILE`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use revive::model::generate::{generate, generate_many, Sampling};
@@ -12,8 +12,14 @@ pub(super) struct Args {
     #[arg(short, long, default_value = "smollm2")]
     model: String,
     /// Repeat for several prompts: they decode together, prompt i sampled with seed + i.
-    #[arg(short, long, required = true)]
+    #[arg(short, long, required_unless_present = "prompts")]
     prompt: Vec<String>,
+    /// More prompts, one per line of FILE, after those of -p.
+    #[arg(long, value_name = "FILE")]
+    prompts: Option<std::path::PathBuf>,
+    /// Also write every prompt with its continuation (text and token ids) to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
     /// Tokens to generate.
     #[arg(short = 'n', long, default_value_t = 16)]
     tokens: usize,
@@ -28,13 +34,20 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
-    let Args { model, prompt, tokens, temperature, top_k, seed } = a;
+    let Args { model, mut prompt, prompts, json, tokens, temperature, top_k, seed } = a;
     anyhow::ensure!(temperature.is_finite() && temperature >= 0.0, "--temperature {temperature}: give a finite number ≥ 0 (0 is greedy)");
+    if let Some(file) = &prompts {
+        prompt.extend(super::common::read_prompt_lines(file, "generate after")?);
+    }
+    if let Some(path) = &json {
+        // Fail on an unwritable output before the model is loaded and run.
+        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("--json {} cannot be written", path.display()))?;
+    }
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let sampling = Sampling { temperature, top_k: top_k.map_or(0, |k| k as usize), seed };
-    if let [prompt] = prompt.as_slice() {
+    if let ([prompt], None) = (prompt.as_slice(), &json) {
         let ids = m.tok.encode(prompt)?;
         let mut shown = String::new();
         print!("{prompt}");
@@ -54,11 +67,18 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let ids: Vec<Vec<u32>> = prompt.iter().map(|p| m.tok.encode(p)).collect::<revive::Result<_>>()?;
     let samplings: Vec<Sampling> = (0..prompt.len()).map(|i| Sampling { seed: seed.wrapping_add(i as u64), ..sampling }).collect();
     let outs = generate_many(&gm, &ids, tokens, &samplings, m.tok.eos())?;
-    for (i, (p, out)) in prompt.iter().zip(outs).enumerate() {
+    let mut rows = vec![];
+    for (i, (p, out)) in prompt.iter().zip(&outs).enumerate() {
+        let text = m.tok.decode(out)?;
         if i > 0 {
             println!();
         }
-        println!("{p}{}", m.tok.decode(&out)?);
+        println!("{p}{text}");
+        rows.push(serde_json::json!({ "prompt": p, "seed": samplings[i].seed, "continuation": text, "ids": out }));
+    }
+    if let Some(path) = json {
+        let doc = serde_json::json!({ "model": m.source, "adapter": gpu.label(), "tokens": tokens, "temperature": temperature, "top_k": sampling.top_k, "generations": rows });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

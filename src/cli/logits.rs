@@ -16,16 +16,14 @@ pub(super) struct Args {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, prompts, out } = a;
-    let text = std::fs::read_to_string(&prompts).with_context(|| format!("reading {}", prompts.display()))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    anyhow::ensure!(!lines.is_empty(), "{} holds no prompts (one per line): there is nothing to score", prompts.display());
+    let lines = super::common::read_prompt_lines(&prompts, "score")?;
     // Fail on an unwritable output before the model is loaded and run.
     std::fs::OpenOptions::new().create(true).append(true).open(&out).with_context(|| format!("--out {} cannot be written", out.display()))?;
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let mut rows = vec![];
-    for prompt in lines {
+    for prompt in &lines {
         let ids = m.tok.encode(prompt)?;
         let logits = gm.last_logits(std::slice::from_ref(&ids))?.remove(0);
         rows.push(serde_json::json!({ "prompt": prompt, "ids": ids, "logits": logits }));
