@@ -118,3 +118,74 @@ fn matmul_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocati
         if (rows > 15u) { store_row8(o + 15u * p.ldc, s15a, s15b, cols); }
     }
 }
+
+// matmul_dot_lanes: products of a few rows (decoding), the subgroup splitting K. A workgroup
+// computes up to DOT_ROWS rows x 8 columns; per 32 steps of K, lane i takes steps 4i..4i+3 of
+// every row and column, so the subgroup reads each row of op(B) (B stored N x K: a row of W)
+// as one run of 128 bytes after another, and a subgroupAdd ends each sum. The block kernel's
+// one-row decode product instead has each lane stream 16 rows of W at once (128 per subgroup),
+// which a CPU's prefetchers do not follow.
+override DOT_ROWS: u32 = 1u;
+
+// op(A)[m, k..k+3], the first `valid` of them.
+fn op_a4(abase: u32, m: u32, k: u32, valid: u32) -> vec4<f32> {
+    if (TRANS_A) {
+        var v = vec4<f32>(0.0);
+        for (var t = 0u; t < 4u; t++) {
+            if (t < valid) { v[t] = a_at(abase + (k + t) * p.lda + m); }
+        }
+        return v;
+    }
+    return a4(abase + m * p.lda + k, valid);
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn matmul_dot_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+    let m0 = wg.y * DOT_ROWS;
+    let rows = min(DOT_ROWS, p.m - m0);
+    let n0 = wg.x * 8u;
+    let cols = min(8u, p.n - n0);
+    let abase = p.a_off + wg.z * p.a_bstride;
+    let bbase = p.b_off + wg.z * p.b_bstride;
+    let cbase = p.c_off + wg.z * p.c_bstride;
+    // Rows past the last one read it again (their sums are not stored).
+    let last = p.m - 1u;
+    // s{i}{h}[j]: this lane's part of output (m0 + i, n0 + 4h + j), h = a, b.
+    var s0a = vec4<f32>(); var s0b = vec4<f32>();
+    var s1a = vec4<f32>(); var s1b = vec4<f32>();
+    var s2a = vec4<f32>(); var s2b = vec4<f32>();
+    var s3a = vec4<f32>(); var s3b = vec4<f32>();
+    for (var k0 = 0u; k0 < p.k; k0 += 32u) {
+        let k = k0 + 4u * lane;
+        if (k < p.k) {
+            let valid = min(4u, p.k - k);
+            let w0 = block_w(bbase, k, valid, n0, 0u, cols);
+            let w1 = block_w(bbase, k, valid, n0, 1u, cols);
+            let x0 = op_a4(abase, m0, k, valid);
+            s0a += x0 * w0; s0b += x0 * w1;
+            if (DOT_ROWS > 1u) {
+                let x1 = op_a4(abase, min(m0 + 1u, last), k, valid);
+                s1a += x1 * w0; s1b += x1 * w1;
+            }
+            if (DOT_ROWS > 2u) {
+                let x2 = op_a4(abase, min(m0 + 2u, last), k, valid);
+                let x3 = op_a4(abase, min(m0 + 3u, last), k, valid);
+                s2a += x2 * w0; s2b += x2 * w1;
+                s3a += x3 * w0; s3b += x3 * w1;
+            }
+        }
+    }
+    let o = cbase + m0 * p.ldc + n0;
+    let t0a = subgroupAdd(s0a); let t0b = subgroupAdd(s0b);
+    if (lane == 0u) { store_row8(o, t0a, t0b, cols); }
+    if (DOT_ROWS > 1u) {
+        let t1a = subgroupAdd(s1a); let t1b = subgroupAdd(s1b);
+        if (lane == 0u && rows > 1u) { store_row8(o + p.ldc, t1a, t1b, cols); }
+    }
+    if (DOT_ROWS > 2u) {
+        let t2a = subgroupAdd(s2a); let t2b = subgroupAdd(s2b);
+        let t3a = subgroupAdd(s3a); let t3b = subgroupAdd(s3b);
+        if (lane == 0u && rows > 2u) { store_row8(o + 2u * p.ldc, t2a, t2b, cols); }
+        if (lane == 0u && rows > 3u) { store_row8(o + 3u * p.ldc, t3a, t3b, cols); }
+    }
+}

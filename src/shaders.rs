@@ -83,7 +83,12 @@ pub fn cooperative_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
 /// The shaders that need subgroups, with their override-constant sets: they translate for the
 /// backends whose devices can offer subgroups (SPIR-V, MSL, HLSL; wgpu's GL has none).
 pub fn subgroup_variants() -> Vec<(Shader, Vec<(&'static str, f64)>)> {
-    let mut v: Vec<_> = matmul_constants().into_iter().map(|constants| (MATMUL_LANES, constants)).collect();
+    let mut v = vec![];
+    for constants in matmul_constants() {
+        v.push((MATMUL_LANES, constants.clone()));
+        // The lanes dot kernel's four-row form (the default, DOT_ROWS = 1, is the line above).
+        v.push((MATMUL_LANES, [constants, vec![("DOT_ROWS", 4.0)]].concat()));
+    }
     v.push((ATTENTION_LANES, vec![]));
     v
 }

@@ -172,6 +172,25 @@ fn lanes_matches_oracle_all_transposes_where_subgroups_are_8_wide() {
 }
 
 #[test]
+fn dot_lanes_matches_oracle_all_transposes_where_subgroups_are_8_wide() {
+    // Row blocks of 1, 2 and 4 cut short (3, 5, 7 rows), 8-column blocks cut short (13, 17,
+    // 577), K below one step of 32, a step cut short and several steps (5, 33, 70, 576), a
+    // batch, and the shapes of CASES.
+    let extra = [case(1, 3, 13, 5), case(1, 5, 17, 33), case(2, 2, 9, 70), case(1, 7, 577, 576), case(1, 1, 2048, 576), case(3, 4, 40, 31)];
+    for_each_gpu_with_lanes(
+        |gpu| gemm(gpu, &gpu.upload(&[1.0; 4], &[2, 2])?, &gpu.upload(&[1.0; 4], &[2, 2])?, None, Gemm { kernel: Kernel::DotLanes, ..Gemm::default() }),
+        |gpu| {
+            for (i, &c) in CASES.iter().chain(&extra).enumerate() {
+                check_transposes(gpu, c, Kernel::DotLanes, 1100 + i as u64)?;
+            }
+            // Auto's choice for a decoded token's vocabulary head.
+            check(gpu, case(1, 1, 16411, 64), false, true, Kernel::Auto, 1.0, 0.0, 1150)?;
+            Ok(())
+        },
+    );
+}
+
+#[test]
 fn alpha_beta_accumulate_into_c() {
     for_each_gpu(|gpu| {
         for kernel in KERNELS.into_iter().filter(|k| k.runs_on(gpu)) {
@@ -186,7 +205,7 @@ fn alpha_beta_accumulate_into_c() {
 #[test]
 fn shared_operand_broadcasts_over_the_batch() {
     for_each_gpu(|gpu| {
-        for kernel in [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Gemv, Kernel::Block, Kernel::Lanes].into_iter().filter(|k| k.runs_on(gpu)) {
+        for kernel in [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Gemv, Kernel::Block, Kernel::Lanes, Kernel::DotLanes].into_iter().filter(|k| k.runs_on(gpu)) {
             let a_only = Case { a_batched: true, b_batched: false, ..case(4, 33, 29, 70) };
             let b_only = Case { a_batched: false, b_batched: true, ..case(3, 40, 52, 16) };
             check(gpu, a_only, false, true, kernel, 1.0, 0.0, 300)?;
@@ -253,12 +272,16 @@ fn the_fixed_rule_takes_the_kernels_that_won_on_a_gpu_and_block_or_lanes_on_a_cp
     // the vocabulary head at 16 and 128 rows, and a large square product.
     let gpu_cases = [((1, 576), Dot), ((4, 49152), Dot), ((5, 576), Tile16), ((128, 1536), Tile16), ((16, 49152), Tile16), ((128, 49152), Pipelined), ((1536, 576), Pipelined), ((4096, 4096), Pipelined), ((4096, 96), Tile16)];
     for ((m, n), want) in gpu_cases {
-        for lanes in [false, true] {
-            assert_eq!(Kernel::by_rule(m, n, false, lanes), want, "{m}×{n} on a GPU");
+        for (lanes, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+            assert_eq!(Kernel::by_rule(m, n, trans_b, false, lanes), want, "{m}×{n} on a GPU");
+            assert_eq!(Kernel::by_rule(m, n, trans_b, true, false), Block, "{m}×{n} on a CPU adapter");
         }
-        assert_eq!(Kernel::by_rule(m, n, true, false), Block, "{m}×{n} on a CPU adapter");
         let on_lanes = if m >= revive::ops::matmul::LANES_MIN_ROWS { Lanes } else { Block };
-        assert_eq!(Kernel::by_rule(m, n, true, true), on_lanes, "{m}×{n} on a CPU adapter with 8-wide subgroups");
+        assert_eq!(Kernel::by_rule(m, n, false, true, true), on_lanes, "{m}×{n} (B stored K × N) on a CPU adapter with 8-wide subgroups");
+    }
+    // With 8-wide subgroups, a few rows times a wide W (stored N × K): the lanes dot kernel.
+    for ((m, n), want) in [((1, 49152), DotLanes), ((1, 16384), DotLanes), ((2, 49152), Block), ((1, 3072), Block), ((16, 49152), Lanes)] {
+        assert_eq!(Kernel::by_rule(m, n, true, true, true), want, "{m}×{n} (B stored N × K) on a CPU adapter with 8-wide subgroups");
     }
 }
 
@@ -286,7 +309,7 @@ fn tuning_measures_each_unmeasured_class_once_and_auto_then_runs_the_winner() {
         }
         for row in &measured {
             let s = row.shape;
-            let auto = Kernel::auto_choice(gpu, &tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, false), s.m, s.n);
+            let auto = Kernel::auto_choice(gpu, &tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, false), s.m, s.n, s.trans_b);
             if auto.name() != row.best {
                 return Err(format!("{}: Auto runs {} where {} was measured fastest", row.key, auto.name(), row.best));
             }

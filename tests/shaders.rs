@@ -238,7 +238,7 @@ fn the_subgroup_shaders_translate_for_vulkan_metal_and_dx12() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    // matmul_lanes in 8 override sets, attention's three lanes kernels; each with and without
-    // immediates.
-    assert_eq!(translated, 2 * (8 + 3), "every entry point in every override set, with and without immediates");
+    // matmul_lanes' two kernels in 16 override sets (8 × two row counts of the dot kernel),
+    // attention's three lanes kernels; each with and without immediates.
+    assert_eq!(translated, 2 * (2 * 16 + 3), "every entry point in every override set, with and without immediates");
 }

@@ -88,7 +88,7 @@ pub fn run(gpu: &Gpu, sizes: &[usize], skip_cpu: bool) -> Result<Vec<MatmulRow>>
             }
             Ok(median(times))
         };
-        let auto_kernel = Kernel::auto_choice(gpu, &crate::ops::matmul::tune_key(n, n, n, false, false, false), n, n);
+        let auto_kernel = Kernel::auto_choice(gpu, &crate::ops::matmul::tune_key(n, n, n, false, false, false), n, n, false);
         let auto = time_kernel(Kernel::Auto)?;
         bar.inc(1);
         let tile16 = time_kernel(Kernel::Tile16)?;

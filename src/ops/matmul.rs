@@ -39,6 +39,10 @@ pub enum Kernel {
     /// (shaders/matmul_lanes.wgsl): 16 × 8 outputs per thread for fewer loads still. Only on
     /// a device with subgroups exactly 8 wide (`Gpu::subgroup_lanes`: lavapipe on AVX2).
     Lanes,
+    /// Products of a few rows on the same devices: a subgroup of 8 per up to 4 rows × 8
+    /// columns, each lane a quarter of every 32 steps of K, the sums ended by `subgroupAdd`
+    /// (shaders/matmul_lanes.wgsl), so the subgroup streams the rows of W one after another.
+    DotLanes,
     /// Cooperative matrices (tensor cores) on f16-rounded operands with f32 accumulation
     /// (shaders/matmul_coop.wgsl): only on a device opened with them (`Gpu::cooperative_matrix`,
     /// REVIVE_COOPERATIVE=1), never chosen by Auto or the autotune, since it changes the result
@@ -60,10 +64,18 @@ pub const PIPELINED_MIN_ROWS: usize = 65;
 /// From this many rows of op(A) on, a CPU adapter's fixed rule takes the lanes kernel where the
 /// device has it: its blocks are 16 rows high, and below this the block kernel's 8 waste less.
 pub const LANES_MIN_ROWS: usize = 9;
+/// Up to this many rows, and from `DOT_LANES_MIN_COLS` columns of a B stored N × K (a layer's
+/// W) on, the same devices' rule takes the lanes dot kernel. On lavapipe (2026-12-06,
+/// docs/results.md) it computed a decoded token's vocabulary head (1 × 49,152 × 576, 113 MB
+/// of weights, never in cache) 1.6–1.7× faster than the block kernel; at 4 rows the block
+/// kernel was faster, and on a layer's products (576–3,072 columns) it was no faster within a
+/// decoding step, where each layer's weights arrive cold.
+pub const DOT_LANES_MAX_ROWS: usize = 1;
+pub const DOT_LANES_MIN_COLS: usize = 16384;
 
 /// Every concrete kernel, for the autotune and the tests.
 /// Not every device runs every one (`Kernel::runs_on`).
-pub const KERNELS: [Kernel; 10] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block, Kernel::Lanes];
+pub const KERNELS: [Kernel; 11] = [Kernel::Tuned, Kernel::Pipelined, Kernel::Rows32, Kernel::Tile64, Kernel::Tile32, Kernel::Tile16, Kernel::Dot, Kernel::Gemv, Kernel::Block, Kernel::Lanes, Kernel::DotLanes];
 
 /// The shape class a tuned choice applies to: each dimension rounded up to a power of two,
 /// the transposes and whether the product is batched.
@@ -85,6 +97,7 @@ impl Kernel {
             Kernel::Gemv => "gemv",
             Kernel::Block => "block",
             Kernel::Lanes => "lanes",
+            Kernel::DotLanes => "dotlanes",
             Kernel::Coop => "coop",
             Kernel::Auto => "auto",
         }
@@ -99,7 +112,7 @@ impl Kernel {
     pub fn runs_on(self, gpu: &Gpu) -> bool {
         match self {
             Kernel::Coop => gpu.cooperative_matrix(),
-            Kernel::Lanes => gpu.subgroup_lanes(),
+            Kernel::Lanes | Kernel::DotLanes => gpu.subgroup_lanes(),
             _ => true,
         }
     }
@@ -114,7 +127,7 @@ impl Kernel {
                 gpu.label(),
                 if info.device_type == wgpu::DeviceType::Cpu { "none (a CPU adapter)" } else { "them off or missing" }
             ),
-            Kernel::Lanes => gpu.lanes_missing("matmul: the lanes kernel"),
+            Kernel::Lanes | Kernel::DotLanes => gpu.lanes_missing(&format!("matmul: the {} kernel", self.name())),
             other => format!("matmul: {} cannot run the {} kernel", gpu.label(), other.name()),
         }
     }
@@ -127,9 +140,15 @@ impl Kernel {
     /// dot kernel won every single-row product, the 16×16 tile nearly every product of up to a
     /// few hundred rows (by 2–30× over the 128-row tiles, which leave most multiprocessors
     /// idle there), and the pipelined 128×128 tile the large ones (0.53× cuBLAS at 4096³).
-    pub fn by_rule(m: usize, n: usize, cpu: bool, lanes: bool) -> Kernel {
+    pub fn by_rule(m: usize, n: usize, trans_b: bool, cpu: bool, lanes: bool) -> Kernel {
         if cpu {
-            if lanes && m >= LANES_MIN_ROWS { Kernel::Lanes } else { Kernel::Block }
+            if lanes && m <= DOT_LANES_MAX_ROWS && trans_b && n >= DOT_LANES_MIN_COLS {
+                Kernel::DotLanes
+            } else if lanes && m >= LANES_MIN_ROWS {
+                Kernel::Lanes
+            } else {
+                Kernel::Block
+            }
         } else if m <= DOT_MAX_ROWS {
             Kernel::Dot
         } else if m >= PIPELINED_MIN_ROWS && m.div_ceil(128) * n.div_ceil(128) >= PIPELINED_MIN_TILES {
@@ -143,14 +162,14 @@ impl Kernel {
         if self != Kernel::Auto {
             return self;
         }
-        Kernel::auto_choice(gpu, &tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1), l.m, l.n)
+        Kernel::auto_choice(gpu, &tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1), l.m, l.n, l.trans_b)
     }
 
     /// What `Auto` runs for the shape class `key` (see `tune_key`) of an m×n output. A measured
     /// choice this device cannot run (the lanes kernel, measured before REVIVE_NO_LANES=1 was
     /// set) gives way to the rule.
-    pub fn auto_choice(gpu: &Gpu, key: &str, m: usize, n: usize) -> Kernel {
-        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).filter(|k| k.runs_on(gpu)).unwrap_or_else(|| Kernel::by_rule(m, n, gpu.is_cpu(), gpu.subgroup_lanes()))
+    pub fn auto_choice(gpu: &Gpu, key: &str, m: usize, n: usize, trans_b: bool) -> Kernel {
+        gpu.choice(key).and_then(|c| Kernel::from_name(&c)).filter(|k| k.runs_on(gpu)).unwrap_or_else(|| Kernel::by_rule(m, n, trans_b, gpu.is_cpu(), gpu.subgroup_lanes()))
     }
 
     fn entry(self) -> &'static str {
@@ -165,6 +184,7 @@ impl Kernel {
             Kernel::Gemv => "matmul_gemv",
             Kernel::Block => "matmul_block",
             Kernel::Lanes => "matmul_lanes",
+            Kernel::DotLanes => "matmul_dot_lanes",
             Kernel::Coop => "matmul_coop",
         }
     }
@@ -173,6 +193,7 @@ impl Kernel {
         match self {
             Kernel::Block => (block_rows(l), 16 * 16),
             Kernel::Lanes => (16, 8 * 8),
+            Kernel::DotLanes => (dot_rows(l), 8),
             Kernel::Tuned | Kernel::Pipelined | Kernel::Auto => (128, 128),
             Kernel::Rows32 => (32, 128),
             Kernel::Tile32 => (32, 32),
@@ -233,6 +254,12 @@ fn block_rows(l: &Layout) -> usize {
     } else {
         l.m.clamp(1, 8).next_power_of_two()
     }
+}
+
+/// Rows of C per workgroup of the lanes dot kernel: as many as op(A) has, up to 4, a power of
+/// two (the unused sums compile away).
+fn dot_rows(l: &Layout) -> usize {
+    l.m.clamp(1, 4).next_power_of_two()
 }
 
 /// The layout of one problem, in elements.
@@ -410,7 +437,7 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
     }
     let (shader, aligned_constant) = match kernel {
         Kernel::Coop => (MATMUL_COOP, false),
-        Kernel::Lanes => (MATMUL_LANES, true),
+        Kernel::Lanes | Kernel::DotLanes => (MATMUL_LANES, true),
         _ => (MATMUL, true),
     };
     let tile = kernel.tile(l);
@@ -458,6 +485,9 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
                     if kernel == Kernel::Block {
                         constants.push(("ROWS", tile.0 as f64));
                     }
+                    if kernel == Kernel::DotLanes {
+                        constants.push(("DOT_ROWS", tile.0 as f64));
+                    }
                     let groups = [pn.div_ceil(tile.1) as u32, pm.div_ceil(tile.0) as u32, pb as u32];
                     gpu.dispatch(shader, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
                 }
@@ -503,7 +533,7 @@ const DOT_MAX_OUTPUTS: usize = 1 << 16;
 fn candidates(m: usize, n: usize, rule: Kernel) -> Vec<Kernel> {
     let few_rows = m <= 16;
     let tiles: &[Kernel] = if few_rows { &[Kernel::Tile32] } else { &[Kernel::Tile32, Kernel::Tile64, Kernel::Tuned, Kernel::Pipelined] };
-    let dot: &[Kernel] = if few_rows || m * n <= DOT_MAX_OUTPUTS { &[Kernel::Dot] } else { &[] };
+    let dot: &[Kernel] = if few_rows || m * n <= DOT_MAX_OUTPUTS { &[Kernel::Dot, Kernel::DotLanes] } else { &[] };
     let rest = [&[Kernel::Block, Kernel::Lanes, Kernel::Gemv, Kernel::Rows32, Kernel::Tile16], tiles, dot].concat();
     std::iter::once(rule).chain(rest.into_iter().filter(|&k| k != rule)).collect()
 }
@@ -525,7 +555,7 @@ pub fn tune(gpu: &Gpu, shapes: &[Shape], reps: usize, mut progress: impl FnMut(&
         let a = gpu.upload(&crate::testing::random_vec(&mut r, ar * ac), &[ar, ac])?;
         let b = gpu.upload(&crate::testing::random_vec(&mut r, br * bc), &[br, bc])?;
         let c = gpu.empty(&[s.m, s.n])?;
-        let rule = Kernel::by_rule(s.m, s.n, gpu.is_cpu(), gpu.subgroup_lanes());
+        let rule = Kernel::by_rule(s.m, s.n, s.trans_b, gpu.is_cpu(), gpu.subgroup_lanes());
         let mut times = vec![];
         let mut best: Option<(Kernel, f64)> = None;
         for kernel in candidates(s.m, s.n, rule).into_iter().filter(|k| k.runs_on(gpu)) {
