@@ -872,8 +872,8 @@ struct Choices {
 /// added or changed, so that a table measured without it (or with its old form) is measured
 /// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
 /// the 32×32 and 64×64 tiles; 3: the block kernel at up to 8×16 outputs per thread, the lanes
-/// kernel.
-const CHOICES_VERSION: u32 = 3;
+/// kernel; 4: the lanes dot kernel.
+const CHOICES_VERSION: u32 = 4;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ChoicesFile {
