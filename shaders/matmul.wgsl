@@ -438,17 +438,6 @@ fn matmul_dot(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id
 // accumulator per row. For decode-sized products; on adapters that run a workgroup as one CPU
 // thread (lavapipe) it avoids matmul_dot's barrier per reduction step, and on GPUs the
 // autotune decides between the two per shape.
-fn gemv_a4(base: u32, m: u32, k: u32, valid: u32) -> vec4<f32> {
-    if (TRANS_A) {
-        var v = vec4<f32>(0.0);
-        for (var t = 0u; t < 4u; t++) {
-            if (t < valid) { v[t] = a_at(base + (k + t) * p.lda + m); }
-        }
-        return v;
-    }
-    return a4(base + m * p.lda + k, valid);
-}
-
 fn gemv_b4(base: u32, n: u32, k: u32, valid: u32) -> vec4<f32> {
     if (TRANS_B) { return b4(base + n * p.ldb + k, valid); }
     var v = vec4<f32>(0.0);
@@ -491,10 +480,10 @@ fn matmul_gemv(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup
     for (; k < p.k; k += 4u) {
         let valid = min(4u, p.k - k);
         let w = gemv_b4(bbase, n, k, valid);
-        acc0 = fma(gemv_a4(abase, m0, k, valid), w, acc0);
-        if (rows > 1u) { acc1 = fma(gemv_a4(abase, m0 + 1u, k, valid), w, acc1); }
-        if (rows > 2u) { acc2 = fma(gemv_a4(abase, m0 + 2u, k, valid), w, acc2); }
-        if (rows > 3u) { acc3 = fma(gemv_a4(abase, m0 + 3u, k, valid), w, acc3); }
+        acc0 = fma(op_a4(abase, m0, k, valid), w, acc0);
+        if (rows > 1u) { acc1 = fma(op_a4(abase, m0 + 1u, k, valid), w, acc1); }
+        if (rows > 2u) { acc2 = fma(op_a4(abase, m0 + 2u, k, valid), w, acc2); }
+        if (rows > 3u) { acc3 = fma(op_a4(abase, m0 + 3u, k, valid), w, acc3); }
     }
     let ones = vec4<f32>(1.0);
     store(cbase + m0 * p.ldc + n, dot(acc0, ones));

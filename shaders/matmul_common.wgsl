@@ -55,6 +55,19 @@ fn b4(i: u32, valid: u32) -> vec4<f32> {
     return v;
 }
 
+// op(A)[m, k..k+3], the first `valid` of them: one load along a row of A, or four along a
+// column of A stored transposed (the decode kernels' rows).
+fn op_a4(abase: u32, m: u32, k: u32, valid: u32) -> vec4<f32> {
+    if (TRANS_A) {
+        var v = vec4<f32>(0.0);
+        for (var t = 0u; t < 4u; t++) {
+            if (t < valid) { v[t] = a_at(abase + (k + t) * p.lda + m); }
+        }
+        return v;
+    }
+    return a4(abase + m * p.lda + k, valid);
+}
+
 fn store(i: u32, v: f32) {
     if (p.beta != 0.0) {
         c[i >> 2u][i & 3u] = p.alpha * v + p.beta * c[i >> 2u][i & 3u];

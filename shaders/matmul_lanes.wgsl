@@ -127,18 +127,6 @@ fn matmul_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocati
 // which a CPU's prefetchers do not follow.
 override DOT_ROWS: u32 = 1u;
 
-// op(A)[m, k..k+3], the first `valid` of them.
-fn op_a4(abase: u32, m: u32, k: u32, valid: u32) -> vec4<f32> {
-    if (TRANS_A) {
-        var v = vec4<f32>(0.0);
-        for (var t = 0u; t < 4u; t++) {
-            if (t < valid) { v[t] = a_at(abase + (k + t) * p.lda + m); }
-        }
-        return v;
-    }
-    return a4(abase + m * p.lda + k, valid);
-}
-
 @compute @workgroup_size(8, 1, 1)
 fn matmul_dot_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let m0 = wg.y * DOT_ROWS;
