@@ -7,7 +7,7 @@
 // q_tstride; k and v: one [S, D] block per kv head, stride kv_hstride. Workgroup w is local
 // token w / heads and local head w % heads (global head h0 + w % heads, kv head
 // (h0 + w % heads) / group, counted from kv0 in the k/v bindings); the query at local token tl
-// sits at position pos + tl and sees keys 0 ..= pos + tl.
+// sits at position pos + tl and sees keys 0 ..= pos + tl (pos: the sequence's, `seq_pos`).
 //
 // Keys go in tiles of 256 with an online softmax (running max m and sum l, rescaled by
 // exp(m_old - m_new) as the max grows), so the number of keys is not limited by workgroup
@@ -55,7 +55,7 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     let q_base = p.q_off + q_row;
     let k_base = p.k_off + wg.y * p.kv_bstride + kvh * p.kv_hstride;
     let v_base = p.v_off + wg.y * p.kv_bstride + kvh * p.kv_hstride;
-    let n_keys = p.pos + tl + 1u;
+    let n_keys = seq_pos(wg.y) + tl + 1u;
 
     if (lid < p.d) { qs[lid] = q[q_base + lid]; }
     workgroupBarrier();
@@ -160,9 +160,10 @@ fn attention_tiled(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocati
         if (rr < rows) { x = q[p.q_off + heads + row_offset(rr, p.group, p.q_tstride, p.d) + e % p.d]; }
         tile_a[(e / p.d) * TD + e % p.d] = x;
     }
-    let n_keys = tile_keys(p.pos, rho0, rows, p.group);
+    let pos = seq_pos(wg.z);
+    let n_keys = tile_keys(pos, rho0, rows, p.group);
     let rho = rho0 + r;
-    let my_keys = p.pos + rho / p.group + 1u;
+    let my_keys = pos + rho / p.group + 1u;
     var m = 0.0;
     var l = 0.0;
     var acc0 = 0.0;

@@ -11,6 +11,9 @@ struct Meta {
     kv_hstride: u32, pos: u32, h0: u32, kv0: u32,
     q_off: u32, k_off: u32, v_off: u32, out_off: u32,
     scale: f32, q_bstride: u32, kv_bstride: u32, tokens: u32,
+    // Where `pos` is EACH, sequence z of the dispatch (one query token each) sits at position
+    // each[z / 4][z % 4], z < 16: sequences decoded together after prompts of different lengths.
+    each: array<vec4<u32>, 4>,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -18,6 +21,16 @@ struct Meta {
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const EACH: u32 = 0xffffffffu;
+
+// The position of sequence z's first query token in a forward dispatch.
+fn seq_pos(z: u32) -> u32 {
+    // Not a select: that would read each[] for every z, past its 16 where the dispatch holds
+    // more sequences at one position.
+    if (p.pos == EACH) { return p.each[z / 4u][z % 4u]; }
+    return p.pos;
+}
 
 // Where row ρ (token ρ / group, head ρ % group of a kv group) starts, from the group's first.
 fn row_offset(rho: u32, group: u32, q_tstride: u32, d: u32) -> u32 {

@@ -248,10 +248,11 @@ fn attention_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invoc
     let k_base = p.k_off + wg.z * p.kv_bstride + wg.y * p.kv_hstride;
     let v_base = p.v_off + wg.z * p.kv_bstride + wg.y * p.kv_hstride;
     // Up to the last row's position.
-    let n_keys = p.pos + (min(rho0 + 16u, rows) - 1u) / p.group + 1u;
+    let pos = seq_pos(wg.z);
+    let n_keys = pos + (min(rho0 + 16u, rows) - 1u) / p.group + 1u;
     let qa = p.q_off + heads + row_offset(min(rho0 + lane, rows - 1u), p.group, p.q_tstride, p.d);
     let qb = p.q_off + heads + row_offset(min(rho0 + 8u + lane, rows - 1u), p.group, p.q_tstride, p.d);
-    let sees = seen_rows(rho0, p.pos, p.group);
+    let sees = seen_rows(rho0, pos, p.group);
     let dl = 8u * lane;
     var m = splat16(NEG);
     var l = Tile16();

@@ -10,6 +10,8 @@
 // rope does, the keys x2 rotated straight into their cache out2: [B, heads2, cap, D] at rows
 // pos0.. (threads pairs .. pairs + pairs2), and the values v copied into theirs, vc (the next
 // pairs2 threads, two values each). Every binding carries its offset, so views need no care.
+// rope_kv also takes sequences decoded together at their own positions (one token each, up to
+// 16 per dispatch, `each`).
 //
 // Precision: inv_freq comes from the host, computed in f64 and rounded once to f32. The angle
 // pos * inv_freq is one f32 product (relative error 2^-24, so about 6e-5 rad at position 1000),
@@ -21,6 +23,9 @@ struct Meta {
     adjacent: u32, inverse: u32, pairs2: u32, heads2: u32,
     cap: u32, in2_off: u32, out2_off: u32, v_off: u32,
     vc_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    // Where pos0 is EACH (rope_kv only, one token per sequence): sequence b sits at position
+    // each[b / 4][b % 4], b < 16.
+    each: array<vec4<u32>, 4>,
     // Uniform arrays need a 16-byte stride: frequency i is inv_freq[i / 4][i % 4].
     inv_freq: array<vec4<f32>, 64>,
 }
@@ -33,14 +38,23 @@ struct Meta {
 @group(0) @binding(5) var<storage, read> v: array<f32>;
 @group(0) @binding(6) var<storage, read_write> vc: array<f32>;
 
+const EACH: u32 = 0xffffffffu;
+
+// The position of token t of sequence b.
+fn position(b: u32, t: u32) -> u32 {
+    // Not a select, which would read each[] past its 16 for the other dispatches' sequences.
+    if (p.pos0 == EACH) { return p.each[b / 4u][b % 4u]; }
+    return p.pos0 + t;
+}
+
 // Rotated pair k of a tensor with `heads` heads: its two indices and the angle's cos and sin.
 struct Rotation { ia: u32, ib: u32, c: f32, s: f32 }
 
 fn rotation(k: u32, heads: u32) -> Rotation {
     let row = k / p.half;
     let i = k % p.half;
-    let t = ((p.row0 + row) / heads) % p.seq;
-    let angle = f32(p.pos0 + t) * p.inv_freq[i / 4u][i % 4u];
+    let bt = (p.row0 + row) / heads;
+    let angle = f32(position(bt / p.seq, bt % p.seq)) * p.inv_freq[i / 4u][i % 4u];
     var r: Rotation;
     r.c = cos(angle);
     r.s = select(sin(angle), -sin(angle), p.inverse != 0u);
@@ -89,7 +103,7 @@ fn cache_index(row: u32, col: u32) -> u32 {
     let bt = row / p.heads2;
     let b = bt / p.seq;
     let t = bt % p.seq;
-    return ((b * p.heads2 + h) * p.cap + p.pos0 + t) * (2u * p.half) + col;
+    return ((b * p.heads2 + h) * p.cap + position(b, t)) * (2u * p.half) + col;
 }
 
 @compute @workgroup_size(256, 1, 1)

@@ -228,3 +228,56 @@ fn attention_rejects_bad_shapes() {
         Ok(())
     });
 }
+
+/// One query token per sequence, each at its own position (`attention_at_into` with
+/// `At::Each`): sequence s against the oracle's attention of its own query at positions[s]
+/// over its own cache rows 0 ..= positions[s]; rows past a sequence's position are NaN (a
+/// kernel that read one would show it). Every kernel the device runs; 1, 5, 16, 17 and 40
+/// sequences (the kernels take 16 per dispatch); SmolLM2's heads, odd head dims, one head;
+/// and with 3 workgroups per dispatch (heads split, a sequence per dispatch).
+#[test]
+fn attention_at_each_sequences_own_position_matches_the_oracle() {
+    use revive::ops::attention::attention_at_into;
+    use revive::ops::At;
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        let cases = [(1, 9, 3, 64, 20), (5, 9, 3, 64, 33), (16, 4, 2, 6, 9), (17, 6, 2, 17, 12), (40, 2, 1, 8, 300), (3, 1, 1, 1, 2)];
+        for (ci, &(b, hq, hkv, d, s)) in cases.iter().enumerate() {
+            let mut r = rng(900 + ci as u64);
+            let positions: Vec<usize> = (0..b).map(|i| if i == 1 { s - 1 } else { (i * 13 + 5 * ci) % s }).collect();
+            let q = random_vec(&mut r, b * hq * d);
+            let mut k = random_vec(&mut r, b * hkv * s * d);
+            let mut v = random_vec(&mut r, b * hkv * s * d);
+            for (i, (kx, vx)) in k.iter_mut().zip(v.iter_mut()).enumerate() {
+                if (i / d) % s > positions[i / (hkv * s * d)] {
+                    (*kx, *vx) = (f32::NAN, f32::NAN);
+                }
+            }
+            let scale = 1.0 / (d as f32).sqrt();
+            for g in [gpu, &small] {
+                if g.split_limits().max_binding_bytes < (hkv * s * d * 4) as u64 {
+                    continue;
+                }
+                let (tq, tk, tv) = (ok(g.upload(&q, &[b, 1, hq, d]))?, ok(g.upload(&k, &[b, hkv, s, d]))?, ok(g.upload(&v, &[b, hkv, s, d]))?);
+                for kernel in AttentionKernel::ALL.into_iter().filter(|k| k.runs_on(g)) {
+                    let out = ok(g.full(&[b, 1, hq, d], f32::NAN))?;
+                    ok(attention_at_into(g, &tq, &tk, &tv, At::Each(&positions), scale, kernel, &out))?;
+                    let got = ok(g.download(&out))?;
+                    for (si, &pos) in positions.iter().enumerate() {
+                        let (qs, kvs) = (si * hq * d..(si + 1) * hq * d, si * hkv * s * d..(si + 1) * hkv * s * d);
+                        let want = cpu::attention(&q[qs.clone()], [1, 1, hq, d], &k[kvs.clone()], &v[kvs], [1, hkv, s, d], pos, scale as f64);
+                        let label = format!("attention each ({kernel:?}, {}) b={b} hq={hq} hkv={hkv} d={d} s={s}: seq {si} at {pos}", g.label());
+                        compare(&label, &got[qs], &want, Tolerance::F32)?;
+                    }
+                }
+                // Refused: a position past the cache, a count that is not one per sequence.
+                let out = ok(g.empty(&[b, 1, hq, d]))?;
+                let mut past = positions.clone();
+                past[0] = s;
+                attention_at_into(g, &tq, &tk, &tv, At::Each(&past), scale, AttentionKernel::PerQuery, &out).err().ok_or("a position past the cache accepted")?;
+                attention_at_into(g, &tq, &tk, &tv, At::Each(&positions[1..]), scale, AttentionKernel::PerQuery, &out).err().ok_or("too few positions accepted")?;
+            }
+        }
+        Ok(())
+    });
+}

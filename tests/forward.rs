@@ -20,7 +20,10 @@ fn logit_tol(want: &[f64]) -> Tolerance {
 }
 
 fn through_disk(w: &Weights, tag: &str) -> Weights {
-    let dir = std::env::temp_dir().join(format!("revive-fwd-{}-{tag}", std::process::id()));
+    // Tests of this binary run in parallel, each calling `models()`: a directory per call.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("revive-fwd-{}-{call}-{tag}", std::process::id()));
     save_dir(w, &dir, SaveDtype::F32, None).unwrap();
     let back = load_dir(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -141,6 +144,42 @@ fn sequences_decoded_together_at_their_own_positions_match_full_passes() {
                 gm.decode_each(&[1, 2], &[5, 6], &mut cache).err().ok_or("two tokens for a cache of four sequences accepted")?;
                 gm.decode_each(&[1, 2, 3, 4], &[5, 6, 7], &mut cache).err().ok_or("three positions for four tokens accepted")?;
                 gm.decode_each(&[1, 2, 3, 4], &[1, 2, batch.t + 3, 3], &mut cache).err().ok_or("a position past the cache accepted")?;
+            }
+        }
+        Ok(())
+    });
+}
+
+/// A step of sequences at their own positions takes the dispatches of a step with all of them
+/// at one position: the rotation and the attention read each sequence's position from their
+/// parameters, 16 sequences a dispatch (so 20 sequences take one more of each per layer).
+/// GPT-2's unrotated keys are copied into place a sequence at a time.
+#[test]
+fn sequences_at_their_own_positions_take_the_dispatches_of_one_position() {
+    // Counts dispatches: a device of its own.
+    for_each_fresh_gpu(false, |gpu| {
+        for (name, w) in models() {
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let layers = w.config.n_layers as u64;
+            for b in [4usize, 20] {
+                let step = |positions: &[usize]| -> Result<u64, String> {
+                    let mut cache = ok(gm.new_cache(b, 8))?;
+                    let prompts: Vec<Vec<u32>> = (0..b).map(|s| vec![1 + s as u32 % 7; 4]).collect();
+                    ok(gm.forward(&ok(Batch::new(&prompts))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                    let before = gpu.runtime_stats();
+                    ok(gm.decode_each(&vec![3; b], positions, &mut cache))?;
+                    Ok((gpu.runtime_stats() - before).dispatches)
+                };
+                let together = step(&vec![4; b])?;
+                let each = step(&(0..b).map(|s| 1 + s % 4).collect::<Vec<_>>())?;
+                let extra_dispatches = b.div_ceil(16) as u64 - 1;
+                let more = match w.config.arch {
+                    revive::model::Arch::Gpt2 => (b as u64 - 1 + extra_dispatches) * layers,
+                    _ => 2 * extra_dispatches * layers,
+                };
+                if each != together + more {
+                    return Err(format!("{name}, {b} sequences: {each} dispatches at their own positions, {together} at one (want {more} more)"));
+                }
             }
         }
         Ok(())

@@ -153,3 +153,60 @@ fn rope_kv_rotates_into_the_caches_like_the_oracle() {
         Ok(())
     });
 }
+
+/// One token per sequence, each at its own position (`rope_kv_at` with `At::Each`): sequence s's
+/// query rotated by its position, its key rotated into row positions[s] of its own cache block
+/// and its value copied there; every other cache entry untouched (NaN). 1, 3 and 21 sequences
+/// (21: two dispatches of the kernel's 16), views 3 elements off a binding boundary; at a
+/// 1-workgroup dispatch limit too (a sequence at a time through the separate kernels); and the
+/// positions refused where they are not one per sequence of one token or past the cache.
+#[test]
+fn rope_kv_at_each_sequences_own_position_matches_the_oracle() {
+    use revive::ops::rope::rope_kv_at;
+    use revive::ops::At;
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 1, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        for (b, hq, hk, d, cap) in [(1, 9, 3, 64, 8), (3, 5, 1, 6, 41), (21, 2, 2, 4, 30)] {
+            let (nq, nk) = (b * hq * d, b * hk * d);
+            let mut r = rng((b * hq * d + cap) as u64);
+            let data = random_vec(&mut r, 3 + nq + 2 * nk);
+            let (q, k, v) = (&data[3..3 + nq], &data[3 + nq..3 + nq + nk], &data[3 + nq + nk..]);
+            // Positions spread over the cache, its last row among them.
+            let positions: Vec<usize> = (0..b).map(|s| if s == 0 { cap - 1 } else { (s * 7 + 3) % cap }).collect();
+            for g in [gpu, &small] {
+                let whole = ok(g.upload(&data, &[data.len()]))?;
+                let (tq, tk, tv) = (ok(whole.view(3, &[b, 1, hq, d]))?, ok(whole.view(3 + nq, &[b, 1, hk, d]))?, ok(whole.view(3 + nq + nk, &[b, 1, hk, d]))?);
+                for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+                    let label = format!("rope_kv_at each {style:?} [{b}, 1, {hq}/{hk}, {d}] cap {cap} ({})", g.label());
+                    let kc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
+                    let vc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
+                    let qo = ok(g.download(&ok(rope_kv_at(g, &tq, &tk, &tv, &kc, &vc, At::Each(&positions), 10_000.0, style))?))?;
+                    let (gk, gv) = (ok(g.download(&kc))?, ok(g.download(&vc))?);
+                    for (s, &pos) in positions.iter().enumerate() {
+                        let want_q = cpu::rope(&q[s * hq * d..(s + 1) * hq * d], [1, 1, hq, d], pos, 10_000.0, style);
+                        compare(&format!("{label} q of seq {s} at {pos}"), &qo[s * hq * d..(s + 1) * hq * d], &want_q, Tolerance::F32)?;
+                        let want_k = cpu::rope(&k[s * hk * d..(s + 1) * hk * d], [1, 1, hk, d], pos, 10_000.0, style);
+                        for (name, got, want) in [("k", &gk, want_k), ("v", &gv, v[s * hk * d..(s + 1) * hk * d].iter().map(|&x| x as f64).collect())] {
+                            let block = &got[s * hk * cap * d..(s + 1) * hk * cap * d];
+                            let mut written = vec![];
+                            for (i, &x) in block.iter().enumerate() {
+                                if (i / d) % cap == pos {
+                                    written.push(x);
+                                } else if !x.is_nan() {
+                                    return Err(format!("{label}: {name} cache of seq {s}: entry {i} (row {}) written: {x}", (i / d) % cap));
+                                }
+                            }
+                            compare(&format!("{label} {name} cache of seq {s} at {pos}"), &written, &want, Tolerance::F32)?;
+                        }
+                    }
+                }
+                let kc = ok(g.full(&[b, hk, cap, d], 0.0))?;
+                let mut past = positions.clone();
+                past[b - 1] = cap;
+                rope_kv_at(g, &tq, &tk, &tv, &kc, &kc, At::Each(&past), 10_000.0, RopeStyle::Half).err().ok_or(format!("{b} sequences: a position past the cache accepted"))?;
+                rope_kv_at(g, &tq, &tk, &tv, &kc, &kc, At::Each(&positions[1..]), 10_000.0, RopeStyle::Half).err().ok_or(format!("{b} sequences: {} positions accepted", b - 1))?;
+            }
+        }
+        Ok(())
+    });
+}

@@ -8,7 +8,7 @@ use super::probe::{Captured, Probes, Site};
 use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::{activation, attention, elementwise, gather::gather_rows, matmul, norm, rope};
+use crate::ops::{activation, attention, elementwise, gather::gather_rows, matmul, norm, rope, At};
 use std::collections::HashMap;
 
 /// Keys and values of every layer for a batch: [B, Hkv, capacity, D] each.
@@ -262,15 +262,6 @@ pub(crate) enum Keep {
     Output,
     Key,
     Tape,
-}
-
-/// Where a block's tokens sit in their sequences.
-#[derive(Debug, Clone, Copy)]
-enum At<'a> {
-    /// Every sequence's tokens from this position on.
-    From(usize),
-    /// One token per sequence, sequence s at position `[s]`.
-    Each(&'a [usize]),
 }
 
 /// The activations of one block that its backward pass reads (the KV cache holds the rest).
@@ -721,23 +712,28 @@ impl GpuModel {
         rope::rope_kv(&self.gpu, &q, k, v, k_cache, v_cache, pos0, c.rope_theta, c.rope_style)
     }
 
-    /// Attention of one token per sequence, sequence s at `positions[s]`: its keys and values
-    /// go into its own cache rows and its query sees its own rows up to there. A dispatch of
-    /// each kind per sequence (the kernels take one position per dispatch); the products
-    /// around them still run every sequence at once.
+    /// Attention of one token per sequence, sequence s at `positions[s]`: its key and value go
+    /// into its own cache rows and its query sees its own rows up to there. The kernels take
+    /// the positions in their parameters, 16 sequences a dispatch (GPT-2's keys, which are not
+    /// rotated, are copied into place a sequence at a time).
     fn attend_each(&self, i: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &KvCache, positions: &[usize]) -> Result<Tensor> {
         let c = &self.config;
-        let (hd, hq, hkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
-        let block = hkv * cache.capacity * hd;
+        let (hd, hkv) = (c.head_dim, c.n_kv_heads);
+        let (k_cache, v_cache) = (&cache.k[i], &cache.v[i]);
+        let q = if c.arch == Arch::Gpt2 {
+            let block = hkv * cache.capacity * hd;
+            for (s, &pos) in positions.iter().enumerate() {
+                let one = |t: &Tensor| t.view(s * hkv * hd, &[1, 1, hkv, hd]);
+                let cache_of = |t: &Tensor| t.view(s * block, &[1, hkv, cache.capacity, hd]);
+                attention::write_kv_pair(&self.gpu, &one(k)?, &one(v)?, &cache_of(k_cache)?, &cache_of(v_cache)?, pos)?;
+            }
+            q.clone()
+        } else {
+            rope::rope_kv_at(&self.gpu, q, k, v, k_cache, v_cache, At::Each(positions), c.rope_theta, c.rope_style)?
+        };
         let o = self.gpu.empty(q.shape())?;
-        for (s, &pos) in positions.iter().enumerate() {
-            let one = |t: &Tensor, heads: usize| t.view(s * heads * hd, &[1, 1, heads, hd]);
-            let k_cache = cache.k[i].view(s * block, &[1, hkv, cache.capacity, hd])?;
-            let v_cache = cache.v[i].view(s * block, &[1, hkv, cache.capacity, hd])?;
-            let q_s = self.place_kv(one(q, hq)?, &one(k, hkv)?, &one(v, hkv)?, &k_cache, &v_cache, pos)?;
-            let kernel = attention::kernel_for(&self.gpu, &q_s);
-            attention::attention_into(&self.gpu, &q_s, &k_cache, &v_cache, pos, 1.0 / (hd as f32).sqrt(), kernel, &one(&o, hq)?)?;
-        }
+        let kernel = attention::kernel_for(&self.gpu, &q);
+        attention::attention_at_into(&self.gpu, &q, k_cache, v_cache, At::Each(positions), 1.0 / (hd as f32).sqrt(), kernel, &o)?;
         Ok(o)
     }
 

@@ -1,7 +1,7 @@
 //! Causal grouped-query attention over a KV cache, and KV-cache writes
 //! (shaders/attention.wgsl; the cache write is a strided copy).
 
-use super::chunks;
+use super::{chunks, each_positions, At, EACH, EACH_PER_DISPATCH};
 use super::elementwise::{copy_strided, copy_strided_pair, View};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -33,6 +33,8 @@ struct Meta {
     kv_bstride: u32,
     /// Query tokens in the dispatch (the tiled kernel's rows are tokens × group).
     tokens: u32,
+    /// Sequence z's position where `pos` is `EACH`.
+    each: [u32; EACH_PER_DISPATCH],
 }
 
 fn dims4(op: &'static str, name: &str, t: &Tensor, layout: &str) -> Result<[usize; 4]> {
@@ -137,9 +139,25 @@ pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
 /// sequence's rows of a batch whose sequences sit at different positions).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel, out: &Tensor) -> Result<()> {
+    attention_at_into(gpu, q, k_cache, v_cache, At::From(pos0), scale, kernel, out)
+}
+
+/// `attention_into` with the queries' positions: from one position for all sequences, or one
+/// query token per sequence (q: [B, 1, Hq, D]), sequence s at `positions[s]` and seeing its
+/// own cache rows 0 ..= positions[s]. Those take one dispatch per `EACH_PER_DISPATCH`
+/// sequences where a sequence's heads fit one, else one per sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_at_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, at: At, scale: f32, kernel: AttentionKernel, out: &Tensor) -> Result<()> {
     const OP: &str = "attention";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
-    let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
+    if let At::Each(ps) = at {
+        if t != 1 || ps.len() != b {
+            return Err(Error::shape(OP, format!("{} positions for q {:?}: sequences at their own positions take one query token each", ps.len(), q.shape())));
+        }
+    }
+    // The caches must hold every query's rows: checked as for tokens up to the last position.
+    let last = at.end(t).saturating_sub(t);
+    let [hkv, s] = check_caches(OP, q, k_cache, v_cache, last)?;
     if !kernel.runs_on(gpu) {
         return Err(Error::Gpu(gpu.lanes_missing("attention: the lanes kernel")));
     }
@@ -157,10 +175,10 @@ pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
     let max_wg = gpu.split_limits().max_workgroups as usize;
     // kv rows one dispatch binds for `heads` query heads: the kv heads they can straddle, each
     // [S, D] block whole except the last, cut after the last position.
-    let kv_span = |kv_heads: usize| (kv_heads - 1) * s * d + (pos0 + t) * d;
+    let kv_span = |kv_heads: usize| (kv_heads - 1) * s * d + at.end(t) * d;
     let fits = |heads: usize| heads <= max_wg && heads * d <= max_elems && kv_span((heads - 1).div_ceil(group) + 1) <= max_elems;
     let Some(mut heads_per) = (1..=hq).rev().find(|&n| fits(n)) else {
-        return Err(Error::TooLarge { op: OP, detail: format!("{} keys of width {d} exceed one binding ({max_elems} values)", pos0 + t) });
+        return Err(Error::TooLarge { op: OP, detail: format!("{} keys of width {d} exceed one binding ({max_elems} values)", at.end(t)) });
     };
     if heads_per >= group {
         // Whole kv groups per dispatch: no kv block is bound twice.
@@ -174,7 +192,14 @@ pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
     // edit's batch of a few hundred prompts is then a dispatch per layer, not hundreds.
     let (seq_q, seq_kv) = (t * hq * d, hkv * s * d);
     let seqs_per = if heads_per == hq && tokens_per >= t { max_wg.min(max_elems / seq_q).min(max_elems / seq_kv).max(1) } else { 1 };
+    let seqs_per = if matches!(at, At::Each(_)) { seqs_per.min(EACH_PER_DISPATCH) } else { seqs_per };
     for (b0, bn) in chunks(b, seqs_per) {
+        // The dispatch's positions: one for all its sequences, or each its own.
+        let (pos, each, end) = match at {
+            At::From(pos0) => (pos0, [0; EACH_PER_DISPATCH], pos0 + t),
+            At::Each(ps) if bn == 1 => (ps[b0], [0; EACH_PER_DISPATCH], ps[b0] + 1),
+            At::Each(ps) => (EACH as usize, each_positions(ps, b0, bn), At::Each(&ps[b0..b0 + bn]).end(1)),
+        };
         for (h0, hn) in chunks(hq, heads_per) {
             let (kv0, kv1) = (h0 / group, (h0 + hn - 1) / group);
             for (t0, tn) in chunks(t, tokens_per) {
@@ -183,7 +208,7 @@ pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
                 let kv_start = (b0 * hkv + kv0) * s * d;
                 // Whole kv blocks where they fit one binding: the range then does not move as
                 // decoding advances, so each step reuses the last step's bind group.
-                let tight = (bn - 1) * seq_kv + (kv1 - kv0) * s * d + (pos0 + t0 + tn) * d;
+                let tight = (bn - 1) * seq_kv + (kv1 - kv0) * s * d + (end - t + t0 + tn) * d;
                 let whole = (bn - 1) * seq_kv + (kv1 - kv0 + 1) * s * d;
                 let kv_len = if whole <= max_elems { whole } else { tight };
                 let (qb, q_off) = q.bind(gpu, q_start, q_len)?;
@@ -196,7 +221,8 @@ pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
                     d: d as u32,
                     q_tstride: (hq * d) as u32,
                     kv_hstride: (s * d) as u32,
-                    pos: (pos0 + t0) as u32,
+                    // EACH only where the tokens are one chunk (t = 1), so t0 = 0.
+                    pos: (pos + t0) as u32,
                     h0: h0 as u32,
                     kv0: kv0 as u32,
                     q_off,
@@ -207,6 +233,7 @@ pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor,
                     q_bstride: seq_q as u32,
                     kv_bstride: seq_kv as u32,
                     tokens: tn as u32,
+                    each,
                 };
                 let tiles = [(tn * group).div_ceil(TILE_ROWS) as u32, hkv as u32, bn as u32];
                 let (shader, entry, groups) = match kernel {

@@ -17,6 +17,45 @@ pub mod softmax;
 
 use crate::gpu::{Gpu, Tensor};
 
+/// Where a batch's query tokens sit in their sequences: the kernels that place keys in a cache
+/// and attend (`rope::rope_kv_at`, `attention::attention_at_into`) take either.
+#[derive(Debug, Clone, Copy)]
+pub enum At<'a> {
+    /// Every sequence's tokens from this position on.
+    From(usize),
+    /// One token per sequence, sequence s at position `[s]` (sequences decoded together after
+    /// prompts of different lengths).
+    Each(&'a [usize]),
+}
+
+impl At<'_> {
+    /// One past the last position any of `t` tokens per sequence takes.
+    pub fn end(&self, t: usize) -> usize {
+        match *self {
+            At::From(pos0) => pos0 + t,
+            At::Each(ps) => ps.iter().max().map_or(0, |p| p + 1),
+        }
+    }
+}
+
+/// Sequences at their own positions that one dispatch of the rotation or the attention takes:
+/// the positions ride in the kernel's parameters (four vec4s, so that attention's stay within
+/// the 128 bytes of immediates every Vulkan device offers).
+pub(crate) const EACH_PER_DISPATCH: usize = 16;
+
+/// The marker in a kernel's position parameter that says "sequence z of the dispatch is at
+/// `each[z]`" (shaders/attention_common.wgsl, shaders/rope.wgsl).
+pub(crate) const EACH: u32 = u32::MAX;
+
+/// The positions of sequences first .. first + n (n ≤ EACH_PER_DISPATCH) as a kernel reads them.
+pub(crate) fn each_positions(ps: &[usize], first: usize, n: usize) -> [u32; EACH_PER_DISPATCH] {
+    let mut each = [0; EACH_PER_DISPATCH];
+    for (e, &p) in each.iter_mut().zip(&ps[first..first + n]) {
+        *e = p as u32;
+    }
+    each
+}
+
 /// Threads per workgroup of the 1-D kernels.
 pub(crate) const WG: usize = 256;
 

@@ -1,6 +1,6 @@
 //! Rotary position embedding (shaders/rope.wgsl).
 
-use super::{attention, chunks, groups, WG};
+use super::{attention, chunks, each_positions, groups, At, EACH, EACH_PER_DISPATCH, WG};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::RopeStyle;
@@ -30,6 +30,8 @@ struct Meta {
     v_off: u32,
     vc_off: u32,
     _pad: [u32; 3],
+    /// Sequence b's position where `pos0` is `EACH`.
+    each: [u32; EACH_PER_DISPATCH],
     inv_freq: [f32; MAX_HEAD_DIM / 2],
 }
 
@@ -80,18 +82,78 @@ pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, sty
 /// same, the copies exact.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
-    let [bq, tq, hq, dq] = check("rope_kv", "q", q, pos0)?;
-    let [bk, tk, hk, dk] = check("rope_kv", "k", k, pos0)?;
-    attention::check_kv_write(k, v, k_cache, v_cache, pos0)?;
-    let max_elems = Tensor::max_binding_elems(gpu);
-    let threads = q.numel() / 2 + k.numel();
-    let fits = [q, k, v, k_cache].iter().all(|t| t.numel() <= max_elems) && threads <= gpu.split_limits().max_workgroups as usize * WG;
-    if (bq, tq, dq) != (bk, tk, dk) || !fits || q.numel() == 0 || k.numel() == 0 {
+    rope_kv_at(gpu, q, k, v, k_cache, v_cache, At::From(pos0), theta, style)
+}
+
+/// `rope_kv` with the tokens' positions: from one position for all sequences, or one token per
+/// sequence (q, k, v: [B, 1, H, D]), sequence s at `positions[s]`, its key and value written
+/// to that row of its caches. Those take one dispatch per `EACH_PER_DISPATCH` sequences.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, at: At, theta: f32, style: RopeStyle) -> Result<Tensor> {
+    const OP: &str = "rope_kv";
+    let t = q.shape().get(1).copied().unwrap_or(0);
+    let last = at.end(t).saturating_sub(t);
+    let [bq, tq, hq, dq] = check(OP, "q", q, last)?;
+    let [bk, tk, hk, dk] = check(OP, "k", k, last)?;
+    attention::check_kv_write(k, v, k_cache, v_cache, last)?;
+    let ps = match at {
+        At::From(pos0) => return rope_kv_from(gpu, q, k, v, k_cache, v_cache, pos0, theta, style),
+        At::Each(ps) => ps,
+    };
+    if tq != 1 || ps.len() != bq {
+        return Err(Error::shape(OP, format!("{} positions for q {:?}: sequences at their own positions take one token each", ps.len(), q.shape())));
+    }
+    if (bq, tq, dq) != (bk, tk, dk) {
+        return Err(Error::shape(OP, format!("q {:?} and k {:?} differ in batch, tokens or head dimension", q.shape(), k.shape())));
+    }
+    let qo = gpu.empty(q.shape())?;
+    let cap = k_cache.shape()[2];
+    let (q_seq, kv_seq, cache_seq) = (hq * dq, hk * dk, hk * cap * dk);
+    // A dispatch's sequences: rows of q, k, v and blocks of the caches, each a contiguous range.
+    let part = |t: &Tensor, per: usize, b0: usize, bn: usize, shape: [usize; 4]| t.view(b0 * per, &[bn, shape[1], shape[2], shape[3]]);
+    let (qs, ks, cs) = ([bq, 1, hq, dq], [bq, 1, hk, dk], [bq, hk, cap, dk]);
+    for (b0, bn) in chunks(bq, EACH_PER_DISPATCH) {
+        let (q_part, o_part) = (part(q, q_seq, b0, bn, qs)?, part(&qo, q_seq, b0, bn, qs)?);
+        let (k_part, v_part) = (part(k, kv_seq, b0, bn, ks)?, part(v, kv_seq, b0, bn, ks)?);
+        let (kc_part, vc_part) = (part(k_cache, cache_seq, b0, bn, cs)?, part(v_cache, cache_seq, b0, bn, cs)?);
+        if !rope_kv_dispatch(gpu, [&q_part, &k_part, &v_part, &kc_part, &vc_part], &o_part, EACH as usize, each_positions(ps, b0, bn), theta, style)? {
+            // Too large for one dispatch: a sequence at a time at its own position.
+            for (s, &pos) in ps.iter().enumerate().skip(b0).take(bn) {
+                let one = |t: &Tensor, per: usize, shape: [usize; 4]| part(t, per, s, 1, shape);
+                let [q1, k1, v1] = [one(q, q_seq, qs)?, one(k, kv_seq, ks)?, one(v, kv_seq, ks)?];
+                let q1 = rope_kv_from(gpu, &q1, &k1, &v1, &one(k_cache, cache_seq, cs)?, &one(v_cache, cache_seq, cs)?, pos, theta, style)?;
+                gpu.copy_into(&q1, &one(&qo, q_seq, qs)?)?;
+            }
+        }
+    }
+    Ok(qo)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rope_kv_from(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
+    let (qs, ks) = (q.shape(), k.shape());
+    let qo = gpu.empty(qs)?;
+    if (qs[0], qs[1], qs[3]) != (ks[0], ks[1], ks[3]) || !rope_kv_dispatch(gpu, [q, k, v, k_cache, v_cache], &qo, pos0, [0; EACH_PER_DISPATCH], theta, style)? {
         let (qo, ko) = rope_pair(gpu, q, k, pos0, theta, style)?;
         attention::write_kv_pair(gpu, &ko, v, k_cache, v_cache, pos0)?;
         return Ok(qo);
     }
-    let qo = gpu.empty(q.shape())?;
+    Ok(qo)
+}
+
+/// The one dispatch of rope_kv over [q, k, v, k_cache, v_cache] into qo, tokens from `pos0`
+/// (or each sequence at `each[b]` where pos0 is EACH); false, with nothing done, where the
+/// tensors do not fit one binding each or the work one dispatch.
+fn rope_kv_dispatch(gpu: &Gpu, [q, k, v, k_cache, v_cache]: [&Tensor; 5], qo: &Tensor, pos0: usize, each: [u32; EACH_PER_DISPATCH], theta: f32, style: RopeStyle) -> Result<bool> {
+    let (&[_, tq, hq, dq], &[_, _, hk, _]) = (q.shape(), k.shape()) else {
+        return Err(Error::shape("rope_kv", format!("q {:?} or k {:?} is not [B, T, H, D]", q.shape(), k.shape())));
+    };
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let threads = q.numel() / 2 + k.numel();
+    let fits = [q, k, v, k_cache].iter().all(|t| t.numel() <= max_elems) && threads <= gpu.split_limits().max_workgroups as usize * WG;
+    if !fits || q.numel() == 0 || k.numel() == 0 {
+        return Ok(false);
+    }
     let (qb, in_off) = q.bind(gpu, 0, q.numel())?;
     let (ob, out_off) = qo.bind(gpu, 0, qo.numel())?;
     let (kb, in2_off) = k.bind(gpu, 0, k.numel())?;
@@ -109,10 +171,11 @@ pub fn rope_kv(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, 
         out2_off,
         v_off,
         vc_off,
+        each,
         ..meta("rope", tq, hq, dq, pos0, theta, style)
     };
     gpu.dispatch(ROPE, "rope_kv", &[], bytemuck::bytes_of(&meta), &[qb, ob, kb, kcb, vb, vcb], [groups(threads, WG), 1, 1])?;
-    Ok(qo)
+    Ok(true)
 }
 
 /// x's [B, T, H, D], checked: an even head dimension the uniform can hold, positions an f32
@@ -153,6 +216,7 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
         v_off: 0,
         vc_off: 0,
         _pad: [0; 3],
+        each: [0; EACH_PER_DISPATCH],
         inv_freq: [0.0; MAX_HEAD_DIM / 2],
     };
     for (i, f) in meta.inv_freq[..half].iter_mut().enumerate() {
