@@ -12,6 +12,8 @@
 // pairs2 threads, two values each). Every binding carries its offset, so views need no care.
 // rope_kv also takes sequences decoded together at their own positions (one token each, up to
 // 16 per dispatch, `each`).
+// norm_qkv_rope_kv is rms_norm → the stacked q/k/v product → rope_kv for a few rows (a decoded
+// token on a hardware adapter) in one dispatch: see its entry below.
 //
 // Precision: inv_freq comes from the host, computed in f64 and rounded once to f32. The angle
 // pos * inv_freq is one f32 product (relative error 2^-24, so about 6e-5 rad at position 1000),
@@ -22,7 +24,7 @@ struct Meta {
     row0: u32, pos0: u32, in_off: u32, out_off: u32,
     adjacent: u32, inverse: u32, pairs2: u32, heads2: u32,
     cap: u32, in2_off: u32, out2_off: u32, v_off: u32,
-    vc_off: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    vc_off: u32, cols: u32, eps: f32, _pad0: u32,
     // Where pos0 is EACH (rope_kv only, one token per sequence): sequence b sits at position
     // each[b / 4][b % 4], b < 16.
     each: array<vec4<u32>, 4>,
@@ -133,5 +135,76 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
         let dst = p.vc_off + cache_index(row, col);
         vc[dst] = v[src];
         vc[dst + 1u] = v[src + 1u];
+    }
+}
+
+// ---- The norm, the stacked q/k/v product and rope_kv in one dispatch --------------------------
+// Workgroup (j, r): rotated pair j of row r's stacked output [q | k | v] (heads + 2·heads2 heads
+// of D; pairs within a head as `rotation` pairs them). Bindings: the rows x (binding 1, from
+// in_off, `cols` values each), the norm's weight (binding 5 `v`, from v_off), the stacked
+// matrix [(heads + 2·heads2)·D, cols] (binding 3 `x2`, from in2_off), the rotated queries
+// [rows, heads, D] (binding 2 `out`, from out_off), the caches (bindings 4 `out2` and 6 `vc`,
+// [B, heads2, cap, D], from out2_off and vc_off); row r is token r % seq of sequence r / seq.
+// The pair's two dot products take the row's sum of squares along, as norm.wgsl's
+// rms_norm_matvec does (the same arithmetic and reduction order, so the same bits as that
+// kernel followed by rope_kv). The host runs it only where everything fits one binding.
+
+override RWG: u32 = 256u;
+var<workgroup> sums: array<vec3<f32>, 256>;
+
+// Sum over the workgroup (RWG ≤ 256 threads, a power of two); thread 0 gets the result.
+fn workgroup_sum3(lid: u32, v: vec3<f32>) -> vec3<f32> {
+    sums[lid] = v;
+    workgroupBarrier();
+    for (var s = RWG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) { sums[lid] += sums[lid + s]; }
+        workgroupBarrier();
+    }
+    return sums[0];
+}
+
+@compute @workgroup_size(RWG, 1, 1)
+fn norm_qkv_rope_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    let r = wg.y;
+    let d = 2u * p.half;
+    let head = wg.x / p.half;
+    let i = wg.x % p.half;
+    // The pair's columns within its head.
+    let ca = select(i, 2u * i, p.adjacent != 0u);
+    let cb = select(i + p.half, 2u * i + 1u, p.adjacent != 0u);
+    let xb = p.in_off + r * p.cols;
+    let ma = p.in2_off + (head * d + ca) * p.cols;
+    let mb = p.in2_off + (head * d + cb) * p.cols;
+    var sq = 0.0;
+    var da = 0.0;
+    var db = 0.0;
+    for (var c = lid; c < p.cols; c += RWG) {
+        let xv = x[xb + c];
+        sq += xv * xv;
+        let xw = xv * v[p.v_off + c];
+        da = fma(xw, x2[ma + c], da);
+        db = fma(xw, x2[mb + c], db);
+    }
+    let total = workgroup_sum3(lid, vec3<f32>(sq, da, db));
+    if (lid != 0u) { return; }
+    let inv = 1.0 / sqrt(total.x / f32(p.cols) + p.eps);
+    let a = total.y * inv;
+    let b = total.z * inv;
+    let angle = f32(position(r / p.seq, r % p.seq)) * p.inv_freq[i / 4u][i % 4u];
+    let cs = cos(angle);
+    let sn = sin(angle);
+    if (head < p.heads) {
+        let o = p.out_off + (r * p.heads + head) * d;
+        out[o + ca] = a * cs - b * sn;
+        out[o + cb] = a * sn + b * cs;
+    } else if (head < p.heads + p.heads2) {
+        let row = r * p.heads2 + head - p.heads;
+        out2[p.out2_off + cache_index(row, ca)] = a * cs - b * sn;
+        out2[p.out2_off + cache_index(row, cb)] = a * sn + b * cs;
+    } else {
+        let row = r * p.heads2 + head - p.heads - p.heads2;
+        vc[p.vc_off + cache_index(row, ca)] = a;
+        vc[p.vc_off + cache_index(row, cb)] = b;
     }
 }

@@ -210,3 +210,90 @@ fn rope_kv_at_each_sequences_own_position_matches_the_oracle() {
         Ok(())
     });
 }
+
+/// A few rows' attention norm, stacked q/k/v product, rotation and cache write in one dispatch
+/// (`norm_qkv_rope_kv`) against the f64 oracle composed of the same steps (rms_norm, the
+/// product, the rotation per head): the rotated queries, the keys and values at their cache
+/// rows, every other cache entry untouched (NaN). One row; two sequences of three tokens from
+/// pos0 > 0; three sequences at their own positions; SmolLM2's 9/3 heads of 64 and small odd
+/// shapes (2/1 heads of 6, 4/4 of 2); both pairings; and at a 1-workgroup dispatch limit (the
+/// separate norm-product and rotation then).
+#[test]
+fn norm_qkv_rope_kv_matches_the_composed_oracle() {
+    use revive::ops::rope::{norm_qkv_rope_kv, Heads};
+    use revive::ops::At;
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 1, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        let (theta, eps) = (10_000.0f32, 1e-5f32);
+        for (ci, &(b, t, hq, hk, d, cols, cap)) in [(1, 1, 9, 3, 64, 576, 9), (2, 3, 2, 1, 6, 13, 8), (3, 1, 4, 4, 2, 7, 6), (1, 1, 1, 1, 4, 1, 1)].iter().enumerate() {
+            let rows = b * t;
+            let n = (hq + 2 * hk) * d;
+            let mut r = rng(1100 + ci as u64);
+            let (x, g, m) = (random_vec(&mut r, rows * cols), random_vec(&mut r, cols), random_vec(&mut r, n * cols));
+            let each: Vec<usize> = (0..b).map(|s| (cap - 1 + s * 5) % cap).collect();
+            let pos0 = cap - t;
+            let ats: Vec<(String, At)> = if t == 1 { vec![(format!("from {pos0}"), At::From(pos0)), (format!("each {each:?}"), At::Each(&each))] } else { vec![(format!("from {pos0}"), At::From(pos0))] };
+            // The oracle: the stacked outputs of every row in f64, then each head rotated.
+            let g64: Vec<f64> = g.iter().map(|&v| v as f64).collect();
+            let stacked: Vec<Vec<f64>> = x
+                .chunks(cols)
+                .map(|row| {
+                    let h = cpu::norm::rms_norm_row(&row.iter().map(|&v| v as f64).collect::<Vec<_>>(), &g64, eps as f64);
+                    m.chunks(cols).map(|mr| mr.iter().zip(&h).map(|(&a, &b)| a as f64 * b).sum()).collect()
+                })
+                .collect();
+            for g_ in [gpu, &small] {
+                let (tx, tg, tm) = (ok(g_.upload(&x, &[rows, cols]))?, ok(g_.upload(&g, &[cols]))?, ok(g_.upload(&m, &[n, cols]))?);
+                for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+                    for (at_label, at) in &ats {
+                        let label = format!("norm_qkv_rope_kv {style:?} b={b} t={t} {hq}/{hk}x{d} cols={cols} {at_label} ({})", g_.label());
+                        let kc = ok(g_.full(&[b, hk, cap, d], f32::NAN))?;
+                        let vc = ok(g_.full(&[b, hk, cap, d], f32::NAN))?;
+                        let heads = Heads { q: hq, kv: hk, dim: d };
+                        let q = ok(g_.download(&ok(norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &vc, *at, theta, style))?))?;
+                        let (gk, gv) = (ok(g_.download(&kc))?, ok(g_.download(&vc))?);
+                        let (mut want_q, mut want_k, mut got_k, mut want_v, mut got_v) = (vec![], vec![], vec![], vec![], vec![]);
+                        let mut written = vec![false; gk.len()];
+                        for (row, out) in stacked.iter().enumerate() {
+                            let (s, tok) = (row / t, row % t);
+                            let pos = match at { At::From(p0) => p0 + tok, At::Each(ps) => ps[s] };
+                            for (h, head) in out.chunks(d).enumerate() {
+                                let mut head = head.to_vec();
+                                if h < hq + hk {
+                                    cpu::rope::rope_head(&mut head, pos, theta as f64, style);
+                                }
+                                if h < hq {
+                                    want_q.extend(head);
+                                    continue;
+                                }
+                                let kv = (h - hq) % hk;
+                                let at_cache = ((s * hk + kv) * cap + pos) * d;
+                                written[at_cache..at_cache + d].fill(true);
+                                if h < hq + hk {
+                                    want_k.extend(head);
+                                    got_k.extend_from_slice(&gk[at_cache..at_cache + d]);
+                                } else {
+                                    want_v.extend(head);
+                                    got_v.extend_from_slice(&gv[at_cache..at_cache + d]);
+                                }
+                            }
+                        }
+                        compare(&format!("{label}: queries"), &q, &want_q, Tolerance::F32)?;
+                        compare(&format!("{label}: keys"), &got_k, &want_k, Tolerance::F32)?;
+                        compare(&format!("{label}: values"), &got_v, &want_v, Tolerance::F32)?;
+                        if let Some(i) = (0..gk.len()).find(|&i| !written[i] && (!gk[i].is_nan() || !gv[i].is_nan())) {
+                            return Err(format!("{label}: cache entry {i} (row {}) written", (i / d) % cap));
+                        }
+                    }
+                }
+                // Refused: a matrix of the wrong height, positions past the caches.
+                let kc = ok(g_.full(&[b, hk, cap, d], 0.0))?;
+                let heads = Heads { q: hq, kv: hk + 1, dim: d };
+                norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(0), theta, RopeStyle::Half).err().ok_or(format!("{hq} + 2 × {} heads of {d} accepted for a matrix of {n} rows", hk + 1))?;
+                let heads = Heads { q: hq, kv: hk, dim: d };
+                norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(cap - t + 1), theta, RopeStyle::Half).err().ok_or("positions past the caches accepted")?;
+            }
+        }
+        Ok(())
+    });
+}

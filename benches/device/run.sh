@@ -29,7 +29,7 @@ case ${2:-speed} in
   sweep) only=sweep ;;
   grouping) only=memit-100,memit-100-overhead32,memit-100-overhead512 ;;
   # What changed since the last GPU session and has not been measured there: the decode
-  # dispatches (393 → 182), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
+  # dispatches (393 → 152), the 32×32 and 64×64 tiles in the first-use measurement (prefill),
   # an edit batch's attention in 1 + 2 dispatches per layer, the targets' loss on the GPU and
   # the metrics in planned passes (MEMIT-100 against PyTorch), the SVD's span bases between
   # checks and its tuned products (against svd_lowrank), what 2,000 edits now cost, and the

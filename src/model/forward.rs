@@ -635,32 +635,48 @@ impl GpuModel {
         let attn_norm = format!("layers.{i}.attn_norm");
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
         let stacks = self.stacks.get(i).filter(|_| !record);
-        let (q, k, v) = match stacks {
-            // One row: its queries, keys and values are consecutive in the stacked product.
-            Some(s) if b * t == 1 => {
-                let qkv = self.norm_linear(&x, &attn_norm, &s.qkv.tensor)?;
-                let (nq, nkv) = (c.n_heads * hd, c.n_kv_heads * hd);
-                (qkv.view(0, &q_shape)?, qkv.view(nq, &kv_shape)?, qkv.view(nq + nkv, &kv_shape)?)
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (q, o) = match stacks {
+            // A few rows (a decoded token, where folding pays): the norm, the stacked product,
+            // the rotation and the cache write in one dispatch.
+            Some(s) if self.folds(b * t) => {
+                let g = self.tensor(&format!("{attn_norm}.weight"))?;
+                let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
+                let x2 = x.reshape(&[b * t, c.hidden])?;
+                let q = rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?;
+                let o = gpu.empty(q.shape())?;
+                attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
+                (q, o)
             }
             _ => {
-                let h = self.norm(&x, &attn_norm)?;
-                (
-                    self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
-                    self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
-                    self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
-                )
-            }
-        };
-        let (q, o) = match at {
-            At::From(pos0) => {
-                let q = self.place_kv(q, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
-                let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, 1.0 / (hd as f32).sqrt())?;
-                (q, o)
-            }
-            // No tape here (checked above), so nothing reads the queries before rotation.
-            At::Each(positions) => {
-                let o = self.attend_each(i, &q, &k, &v, cache, positions)?;
-                (q, o)
+                let (q, k, v) = match stacks {
+                    // One row: its queries, keys and values are consecutive in the stacked product.
+                    Some(s) if b * t == 1 => {
+                        let qkv = self.norm_linear(&x, &attn_norm, &s.qkv.tensor)?;
+                        let (nq, nkv) = (c.n_heads * hd, c.n_kv_heads * hd);
+                        (qkv.view(0, &q_shape)?, qkv.view(nq, &kv_shape)?, qkv.view(nq + nkv, &kv_shape)?)
+                    }
+                    _ => {
+                        let h = self.norm(&x, &attn_norm)?;
+                        (
+                            self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
+                            self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
+                            self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
+                        )
+                    }
+                };
+                match at {
+                    At::From(pos0) => {
+                        let q = self.place_kv(q, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
+                        let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, scale)?;
+                        (q, o)
+                    }
+                    // No tape here (checked above), so nothing reads the queries before rotation.
+                    At::Each(positions) => {
+                        let o = self.attend_each(i, &q, &k, &v, cache, positions)?;
+                        (q, o)
+                    }
+                }
             }
         };
         let o = o.reshape(&[b * t, c.n_heads * hd])?;

@@ -5,6 +5,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::RopeStyle;
 use crate::shaders::ROPE;
+use super::elementwise::{copy_strided, View};
+use super::norm;
 
 /// The largest head dimension: the uniform holds D/2 frequencies.
 pub const MAX_HEAD_DIM: usize = 512;
@@ -29,7 +31,10 @@ struct Meta {
     out2_off: u32,
     v_off: u32,
     vc_off: u32,
-    _pad: [u32; 3],
+    /// norm_qkv_rope_kv: the rows' width and the norm's epsilon.
+    cols: u32,
+    eps: f32,
+    _pad: u32,
     /// Sequence b's position where `pos0` is `EACH`.
     each: [u32; EACH_PER_DISPATCH],
     inv_freq: [f32; MAX_HEAD_DIM / 2],
@@ -51,8 +56,8 @@ pub fn rope_bwd(gpu: &Gpu, dy: &Tensor, pos0: usize, theta: f32, style: RopeStyl
 /// dispatch where both fit one binding and their pairs one dispatch, else one each. The same
 /// bits as two `rope` calls.
 pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<(Tensor, Tensor)> {
-    let [bq, tq, hq, dq] = check("rope", "q", q, pos0)?;
-    let [bk, tk, hk, dk] = check("rope", "k", k, pos0)?;
+    let [bq, tq, hq, dq] = check("rope", "q", q.shape(), pos0)?;
+    let [bk, tk, hk, dk] = check("rope", "k", k.shape(), pos0)?;
     let max_elems = Tensor::max_binding_elems(gpu);
     let pairs = (q.numel() + k.numel()) / 2;
     let fits = q.numel() <= max_elems && k.numel() <= max_elems && pairs <= gpu.split_limits().max_workgroups as usize * WG;
@@ -93,8 +98,8 @@ pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tenso
     const OP: &str = "rope_kv";
     let t = q.shape().get(1).copied().unwrap_or(0);
     let last = at.end(t).saturating_sub(t);
-    let [bq, tq, hq, dq] = check(OP, "q", q, last)?;
-    let [bk, tk, hk, dk] = check(OP, "k", k, last)?;
+    let [bq, tq, hq, dq] = check(OP, "q", q.shape(), last)?;
+    let [bk, tk, hk, dk] = check(OP, "k", k.shape(), last)?;
     attention::check_kv_write(k, v, k_cache, v_cache, last)?;
     let ps = match at {
         At::From(pos0) => return rope_kv_from(gpu, q, k, v, k_cache, v_cache, pos0, theta, style),
@@ -126,6 +131,101 @@ pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tenso
             }
         }
     }
+    Ok(qo)
+}
+
+/// The heads of a stacked q/k/v product: query heads, kv heads, head dimension.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub q: usize,
+    pub kv: usize,
+    pub dim: usize,
+}
+
+/// A layer's step before attention for a few rows x: [B·T, cols] (a decoded token), on the
+/// stacked product: rms_norm(x, norm_w, eps) · qkvᵀ (qkv: [(Hq + 2·Hkv)·D, cols], queries then
+/// keys then values), then `rope_kv_at` (the queries rotated and returned as [B, T, Hq, D], the
+/// keys rotated and the values copied into their caches [B, Hkv, S, D]). One dispatch
+/// (`norm_qkv_rope_kv` in shaders/rope.wgsl, a workgroup per rotated pair of a row) where every
+/// tensor fits one binding and the rows one dispatch (at most 16 sequences at their own
+/// positions); else the norm, the product and `rope_kv_at` apart (the kernels that split to
+/// fit any adapter).
+#[allow(clippy::too_many_arguments)]
+pub fn norm_qkv_rope_kv(
+    gpu: &Gpu,
+    x: &Tensor,
+    norm_w: &Tensor,
+    eps: f32,
+    qkv: &Tensor,
+    heads: Heads,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    at: At,
+    theta: f32,
+    style: RopeStyle,
+) -> Result<Tensor> {
+    const OP: &str = "norm_qkv_rope_kv";
+    let Heads { q: hq, kv: hk, dim: d } = heads;
+    let &[b, hc, cap, cd] = k_cache.shape() else {
+        return Err(Error::shape(OP, format!("k_cache {:?} is not [B, Hkv, S, D]", k_cache.shape())));
+    };
+    let (&[rows, cols], &[n, m_cols]) = (x.shape(), qkv.shape()) else {
+        return Err(Error::shape(OP, format!("x {:?} and the stacked matrix {:?} must both be 2-D", x.shape(), qkv.shape())));
+    };
+    if n != (hq + 2 * hk) * d || m_cols != cols || norm_w.shape() != [cols] || (hc, cd) != (hk, d) || b == 0 || rows % b != 0 {
+        return Err(Error::shape(
+            OP,
+            format!("x {:?}, norm weight {:?}, matrix {:?} and cache {:?} do not agree with {hq} + 2 × {hk} heads of {d}", x.shape(), norm_w.shape(), qkv.shape(), k_cache.shape()),
+        ));
+    }
+    let t = rows / b;
+    let shape = |h: usize| [b, t, h, d];
+    // The checks of the separate path: positions, the caches' rows, the head dimension.
+    check(OP, "q", &shape(hq), at.end(t).saturating_sub(t))?;
+    let each = match at {
+        At::Each(ps) if t != 1 || ps.len() != b => {
+            return Err(Error::shape(OP, format!("{} positions for {b} sequences of {t} tokens: sequences at their own positions take one token each", ps.len())));
+        }
+        At::Each(ps) => Some(ps),
+        At::From(_) => None,
+    };
+    if at.end(t) > cap || v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape(OP, format!("positions up to {} for caches {:?} and {:?}", at.end(t), k_cache.shape(), v_cache.shape())));
+    }
+    let qo = gpu.empty(&shape(hq))?;
+    let pairs = n / 2;
+    let limits = gpu.split_limits();
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let fits = [x, qkv, k_cache, &qo].iter().all(|t| t.numel() <= max_elems)
+        && pairs <= limits.max_workgroups as usize
+        && rows <= limits.max_workgroups as usize
+        && each.is_none_or(|ps| ps.len() <= EACH_PER_DISPATCH);
+    if !fits || qo.numel() == 0 {
+        // The general kernels, which split to any limits.
+        let stacked = super::matmul::gemm(gpu, &norm::rms_norm(gpu, x, norm_w, eps)?, qkv, None, super::matmul::Gemm { trans_b: true, ..Default::default() })?;
+        let (nq, nkv) = (hq * d, hk * d);
+        // Each row's q, k and v are consecutive: views with the row stride of the stack.
+        let part = |from: usize, h: usize| -> Result<Tensor> {
+            let dense = gpu.empty(&shape(h))?;
+            copy_strided(gpu, &stacked, View { offset: from, strides: [t * n, n, d, 1] }, &dense, View::dense(&shape(h)), &shape(h))?;
+            Ok(dense)
+        };
+        let (q, k, v) = (part(0, hq)?, part(nq, hk)?, part(nq + nkv, hk)?);
+        return rope_kv_at(gpu, &q, &k, &v, k_cache, v_cache, at, theta, style);
+    }
+    let (xb, in_off) = x.bind(gpu, 0, x.numel())?;
+    let (wb, v_off) = norm_w.bind(gpu, 0, cols)?;
+    let (mb, in2_off) = qkv.bind(gpu, 0, qkv.numel())?;
+    let (ob, out_off) = qo.bind(gpu, 0, qo.numel())?;
+    let (kcb, out2_off) = k_cache.bind(gpu, 0, k_cache.numel())?;
+    let (vcb, vc_off) = v_cache.bind(gpu, 0, v_cache.numel())?;
+    let (pos0, each) = match each {
+        Some(ps) => (EACH as usize, each_positions(ps, 0, b)),
+        None => (at.end(t) - t, [0; EACH_PER_DISPATCH]),
+    };
+    let meta = Meta { heads2: hk as u32, cap: cap as u32, in_off, out_off, in2_off, out2_off, v_off, vc_off, cols: cols as u32, eps, each, ..meta("rope", t, hq, d, pos0, theta, style) };
+    let threads = [("RWG", gpu.row_threads() as f64)];
+    gpu.dispatch(ROPE, OP, &threads, bytemuck::bytes_of(&meta), &[xb, ob, mb, kcb, wb, vcb], [pairs as u32, rows as u32, 1])?;
     Ok(qo)
 }
 
@@ -180,14 +280,14 @@ fn rope_kv_dispatch(gpu: &Gpu, [q, k, v, k_cache, v_cache]: [&Tensor; 5], qo: &T
 
 /// x's [B, T, H, D], checked: an even head dimension the uniform can hold, positions an f32
 /// holds exactly.
-fn check(op: &'static str, name: &str, x: &Tensor, pos0: usize) -> Result<[usize; 4]> {
-    let &[b, t, h, d] = x.shape() else {
-        return Err(Error::shape(op, format!("{name} {:?} is not [B, T, H, D]", x.shape())));
+fn check(op: &'static str, name: &str, shape: &[usize], pos0: usize) -> Result<[usize; 4]> {
+    let &[b, t, h, d] = shape else {
+        return Err(Error::shape(op, format!("{name} {shape:?} is not [B, T, H, D]")));
     };
     if d % 2 != 0 || d > MAX_HEAD_DIM {
         return Err(Error::shape(op, format!("{name}: head dimension {d} must be even and at most {MAX_HEAD_DIM}")));
     }
-    if x.numel() > 0 && pos0 + t > 1 << 24 {
+    if shape.iter().product::<usize>() > 0 && pos0 + t > 1 << 24 {
         return Err(Error::shape(op, format!("position {} is past the 2^24 an f32 holds exactly", pos0 + t - 1)));
     }
     Ok([b, t, h, d])
@@ -215,7 +315,9 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
         out2_off: 0,
         v_off: 0,
         vc_off: 0,
-        _pad: [0; 3],
+        cols: 0,
+        eps: 0.0,
+        _pad: 0,
         each: [0; EACH_PER_DISPATCH],
         inv_freq: [0.0; MAX_HEAD_DIM / 2],
     };
@@ -226,7 +328,7 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
 }
 
 fn rotate(gpu: &Gpu, op: &'static str, name: &str, x: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
-    let [_, t, h, d] = check(op, name, x, pos0)?;
+    let [_, t, h, d] = check(op, name, x.shape(), pos0)?;
     let out = gpu.empty(x.shape())?;
     if x.numel() == 0 {
         return Ok(out);
