@@ -22,7 +22,7 @@ bin=.device/bin/revive
 hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
-  speed) only=export,forward,forward-per-query,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
+  speed) only=export,forward,forward-per-query,forward-nofold,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
   batch) only=export,memit-100,memit-100-noprefix,memit-100-padded,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
@@ -71,6 +71,9 @@ step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
 # The same with the per-query attention kernel for prefills too: the query-tiled kernel's gain
 # (prefill 128 and 512) measured in the same call.
 step forward-per-query 60 env REVIVE_PER_QUERY_ATTENTION=1 $bin bench forward -m "$model" --decode 8 --json "$out/forward-per-query.json"
+# The same with the norms, the rotation and the activation kept apart from the products
+# (REVIVE_FOLD=0; 273 dispatches a decoded token instead of 152): what the folded kernels buy here.
+step forward-nofold 45 env REVIVE_FOLD=0 $bin bench forward -m "$model" --decode 8 --together 0 --json "$out/forward-nofold.json"
 # Where the decode time goes: every dispatch waited for and charged to its kernel (slower
 # overall; read the shares, not the totals).
 step forward-profile 60 env REVIVE_PROFILE=1 $bin bench forward -m "$model" --decode 16 --json "$out/forward-profile.json"

@@ -307,7 +307,7 @@ impl GpuModel {
         if let Err(e) = crate::model::tuning::tune_on_first_use(gpu, c) {
             log::warn!("measuring the matmul kernels on {} failed ({e}); the fixed rule applies where nothing was measured", gpu.label());
         }
-        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, fold_into_products: !gpu.is_cpu() })
+        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, fold_into_products: fold_by_default(gpu) })
     }
 
     /// Whether, for a few rows (a decoded token), RMS norms and the SwiGLU activation fold into
@@ -785,6 +785,16 @@ impl GpuModel {
             )));
         }
         Ok(values)
+    }
+}
+
+/// Whether a model on `gpu` folds norms and activations into the products that read them:
+/// on hardware adapters; `REVIVE_FOLD=1` or `0` decides instead, to compare both in one run.
+fn fold_by_default(gpu: &Gpu) -> bool {
+    match std::env::var("REVIVE_FOLD").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => !gpu.is_cpu(),
     }
 }
 
