@@ -11,7 +11,8 @@
 // pos0.. (threads pairs .. pairs + pairs2), and the values v copied into theirs, vc (the next
 // pairs2 threads, two values each). Every binding carries its offset, so views need no care.
 // rope_kv also takes sequences decoded together at their own positions (one token each, up to
-// 16 per dispatch, `each`).
+// 16 per dispatch, `each`), and, where tstride is not 0, its three inputs as parts of one stacked
+// q/k/v product: a token's heads of each part consecutive, tokens tstride apart.
 // norm_qkv_rope_kv is rms_norm → the stacked q/k/v product → rope_kv for a few rows (a decoded
 // token on a hardware adapter) in one dispatch: see its entry below.
 //
@@ -24,7 +25,7 @@ struct Meta {
     row0: u32, pos0: u32, in_off: u32, out_off: u32,
     adjacent: u32, inverse: u32, pairs2: u32, heads2: u32,
     cap: u32, in2_off: u32, out2_off: u32, v_off: u32,
-    vc_off: u32, cols: u32, eps: f32, _pad0: u32,
+    vc_off: u32, cols: u32, eps: f32, tstride: u32,
     // Where pos0 is EACH (rope_kv only, one token per sequence): sequence b sits at position
     // each[b / 4][b % 4], b < 16.
     each: array<vec4<u32>, 4>,
@@ -108,21 +109,30 @@ fn cache_index(row: u32, col: u32) -> u32 {
     return ((b * p.heads2 + h) * p.cap + position(b, t)) * (2u * p.half) + col;
 }
 
+// Where element i of a dense [B, T, heads, D] input sits in rope_kv's binding (from its
+// offset): i itself, or in a stacked product's rows tstride apart.
+fn src(i: u32, heads: u32) -> u32 {
+    if (p.tstride == 0u) { return i; }
+    let d = 2u * p.half;
+    let row = i / d;
+    return (row / heads) * p.tstride + (row % heads) * d + i % d;
+}
+
 @compute @workgroup_size(256, 1, 1)
 fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
     if (k < p.pairs) {
         let r = rotation(k, p.heads);
-        let a = x[p.in_off + r.ia];
-        let b = x[p.in_off + r.ib];
+        let a = x[p.in_off + src(r.ia, p.heads)];
+        let b = x[p.in_off + src(r.ib, p.heads)];
         out[p.out_off + r.ia] = a * r.c - b * r.s;
         out[p.out_off + r.ib] = a * r.s + b * r.c;
     } else if (k < p.pairs + p.pairs2) {
         let j = k - p.pairs;
         let r = rotation(j, p.heads2);
         let row = j / p.half;
-        let a = x2[p.in2_off + r.ia];
-        let b = x2[p.in2_off + r.ib];
+        let a = x2[p.in2_off + src(r.ia, p.heads2)];
+        let b = x2[p.in2_off + src(r.ib, p.heads2)];
         let d = 2u * p.half;
         out2[p.out2_off + cache_index(row, r.ia - row * d)] = a * r.c - b * r.s;
         out2[p.out2_off + cache_index(row, r.ib - row * d)] = a * r.s + b * r.c;
@@ -131,10 +141,10 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
         let j = k - p.pairs - p.pairs2;
         let row = j / p.half;
         let col = 2u * (j % p.half);
-        let src = p.v_off + row * 2u * p.half + col;
+        let at = p.v_off + src(row * 2u * p.half + col, p.heads2);
         let dst = p.vc_off + cache_index(row, col);
-        vc[dst] = v[src];
-        vc[dst + 1u] = v[src + 1u];
+        vc[dst] = v[at];
+        vc[dst + 1u] = v[at + 1u];
     }
 }
 

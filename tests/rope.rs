@@ -251,39 +251,7 @@ fn norm_qkv_rope_kv_matches_the_composed_oracle() {
                         let vc = ok(g_.full(&[b, hk, cap, d], f32::NAN))?;
                         let heads = Heads { q: hq, kv: hk, dim: d };
                         let q = ok(g_.download(&ok(norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &vc, *at, theta, style))?))?;
-                        let (gk, gv) = (ok(g_.download(&kc))?, ok(g_.download(&vc))?);
-                        let (mut want_q, mut want_k, mut got_k, mut want_v, mut got_v) = (vec![], vec![], vec![], vec![], vec![]);
-                        let mut written = vec![false; gk.len()];
-                        for (row, out) in stacked.iter().enumerate() {
-                            let (s, tok) = (row / t, row % t);
-                            let pos = match at { At::From(p0) => p0 + tok, At::Each(ps) => ps[s] };
-                            for (h, head) in out.chunks(d).enumerate() {
-                                let mut head = head.to_vec();
-                                if h < hq + hk {
-                                    cpu::rope::rope_head(&mut head, pos, theta as f64, style);
-                                }
-                                if h < hq {
-                                    want_q.extend(head);
-                                    continue;
-                                }
-                                let kv = (h - hq) % hk;
-                                let at_cache = ((s * hk + kv) * cap + pos) * d;
-                                written[at_cache..at_cache + d].fill(true);
-                                if h < hq + hk {
-                                    want_k.extend(head);
-                                    got_k.extend_from_slice(&gk[at_cache..at_cache + d]);
-                                } else {
-                                    want_v.extend(head);
-                                    got_v.extend_from_slice(&gv[at_cache..at_cache + d]);
-                                }
-                            }
-                        }
-                        compare(&format!("{label}: queries"), &q, &want_q, Tolerance::F32)?;
-                        compare(&format!("{label}: keys"), &got_k, &want_k, Tolerance::F32)?;
-                        compare(&format!("{label}: values"), &got_v, &want_v, Tolerance::F32)?;
-                        if let Some(i) = (0..gk.len()).find(|&i| !written[i] && (!gk[i].is_nan() || !gv[i].is_nan())) {
-                            return Err(format!("{label}: cache entry {i} (row {}) written", (i / d) % cap));
-                        }
+                        check_placed(&label, &stacked, &q, (&ok(g_.download(&kc))?, &ok(g_.download(&vc))?), [b, t, hq, hk, d, cap], *at, style)?;
                     }
                 }
                 // Refused: a matrix of the wrong height, positions past the caches.
@@ -292,6 +260,93 @@ fn norm_qkv_rope_kv_matches_the_composed_oracle() {
                 norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(0), theta, RopeStyle::Half).err().ok_or(format!("{hq} + 2 × {} heads of {d} accepted for a matrix of {n} rows", hk + 1))?;
                 let heads = Heads { q: hq, kv: hk, dim: d };
                 norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(cap - t + 1), theta, RopeStyle::Half).err().ok_or("positions past the caches accepted")?;
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Checks what a stacked q/k/v step placed against the oracle: `stacked` holds each row's
+/// product [q | k | v] in f64; the queries must come back rotated, the keys rotated at their
+/// cache rows and the values copied there ([b, t, hq, hk, d, cap]), every other cache entry
+/// untouched (NaN).
+fn check_placed(label: &str, stacked: &[Vec<f64>], q: &[f32], (gk, gv): (&[f32], &[f32]), [b, t, hq, hk, d, cap]: [usize; 6], at: revive::ops::At, style: RopeStyle) -> Result<(), String> {
+    use revive::ops::At;
+    let (mut want_q, mut want_k, mut got_k, mut want_v, mut got_v) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut written = vec![false; gk.len()];
+    for (row, out) in stacked.iter().enumerate() {
+        let (s, tok) = (row / t, row % t);
+        let pos = match at {
+            At::From(p0) => p0 + tok,
+            At::Each(ps) => ps[s],
+        };
+        for (h, head) in out.chunks(d).enumerate() {
+            let mut head = head.to_vec();
+            if h < hq + hk {
+                cpu::rope::rope_head(&mut head, pos, 10_000.0, style);
+            }
+            if h < hq {
+                want_q.extend(head);
+                continue;
+            }
+            let at_cache = ((s * hk + (h - hq) % hk) * cap + pos) * d;
+            written[at_cache..at_cache + d].fill(true);
+            if h < hq + hk {
+                want_k.extend(head);
+                got_k.extend_from_slice(&gk[at_cache..at_cache + d]);
+            } else {
+                want_v.extend(head);
+                got_v.extend_from_slice(&gv[at_cache..at_cache + d]);
+            }
+        }
+    }
+    if want_q.len() != b * t * hq * d {
+        return Err(format!("{label}: {} rows for {b} sequences of {t}", stacked.len()));
+    }
+    compare(&format!("{label}: queries"), q, &want_q, Tolerance::F32)?;
+    compare(&format!("{label}: keys"), &got_k, &want_k, Tolerance::F32)?;
+    compare(&format!("{label}: values"), &got_v, &want_v, Tolerance::F32)?;
+    if let Some(i) = (0..gk.len()).find(|&i| !written[i] && (!gk[i].is_nan() || !gv[i].is_nan())) {
+        return Err(format!("{label}: cache entry {i} (row {}) written", (i / d) % cap));
+    }
+    Ok(())
+}
+
+/// The rotation and the cache write reading q, k and v from the rows of one stacked product
+/// (`rope_kv_stacked`, the layer step of a pass without a tape): against the oracle for two
+/// sequences of five tokens from a later position, one token, 3 and 21 sequences at their
+/// own positions (21: two dispatches), SmolLM2's heads and small odd shapes, both pairings, and
+/// at a 1-workgroup dispatch limit (the parts copied out, then the kernels that split).
+#[test]
+fn rope_kv_stacked_matches_the_oracle() {
+    use revive::ops::rope::{rope_kv_stacked, Heads};
+    use revive::ops::At;
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 1, max_binding_bytes: gpu.split_limits().max_binding_bytes });
+        for (ci, &(b, t, hq, hk, d, cap)) in [(2, 5, 9, 3, 64, 12), (1, 1, 2, 1, 6, 3), (3, 1, 4, 4, 2, 7), (21, 1, 2, 1, 4, 9)].iter().enumerate() {
+            let n = (hq + 2 * hk) * d;
+            let mut r = rng(1200 + ci as u64);
+            let x = random_vec(&mut r, b * t * n);
+            let stacked: Vec<Vec<f64>> = x.chunks(n).map(|row| row.iter().map(|&v| v as f64).collect()).collect();
+            let each: Vec<usize> = (0..b).map(|s| (s * 4 + 1) % cap).collect();
+            let mut ats = vec![(format!("from {}", cap - t), At::From(cap - t))];
+            if t == 1 {
+                ats.push((format!("each {each:?}"), At::Each(&each)));
+            }
+            for g in [gpu, &small] {
+                let tx = ok(g.upload(&x, &[b * t, n]))?;
+                for style in [RopeStyle::Adjacent, RopeStyle::Half] {
+                    for (at_label, at) in &ats {
+                        let label = format!("rope_kv_stacked {style:?} b={b} t={t} {hq}/{hk}x{d} {at_label} ({})", g.label());
+                        let kc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
+                        let vc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
+                        let q = ok(g.download(&ok(rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk, dim: d }, &kc, &vc, *at, 10_000.0, style))?))?;
+                        check_placed(&label, &stacked, &q, (&ok(g.download(&kc))?, &ok(g.download(&vc))?), [b, t, hq, hk, d, cap], *at, style)?;
+                    }
+                }
+                let kc = ok(g.full(&[b, hk, cap, d], 0.0))?;
+                rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk + 1, dim: d }, &kc, &kc, At::From(0), 10_000.0, RopeStyle::Half).err().ok_or("a stacked product of the wrong width accepted")?;
+                rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk, dim: d }, &kc, &kc, At::From(cap - t + 1), 10_000.0, RopeStyle::Half).err().ok_or("positions past the caches accepted")?;
             }
         }
         Ok(())

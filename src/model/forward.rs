@@ -648,23 +648,23 @@ impl GpuModel {
                 attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
                 (q, o)
             }
-            _ => {
-                let (q, k, v) = match stacks {
-                    // One row: its queries, keys and values are consecutive in the stacked product.
-                    Some(s) if b * t == 1 => {
-                        let qkv = self.norm_linear(&x, &attn_norm, &s.qkv.tensor)?;
-                        let (nq, nkv) = (c.n_heads * hd, c.n_kv_heads * hd);
-                        (qkv.view(0, &q_shape)?, qkv.view(nq, &kv_shape)?, qkv.view(nq + nkv, &kv_shape)?)
-                    }
-                    _ => {
-                        let h = self.norm(&x, &attn_norm)?;
-                        (
-                            self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
-                            self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
-                            self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
-                        )
-                    }
-                };
+            // Without a tape: one product for the queries, keys and values, which the rotation
+            // reads from its rows.
+            Some(s) => {
+                let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, None)?;
+                let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
+                let q = rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?;
+                let o = gpu.empty(q.shape())?;
+                attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
+                (q, o)
+            }
+            None => {
+                let h = self.norm(&x, &attn_norm)?;
+                let (q, k, v) = (
+                    self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
+                    self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
+                    self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
+                );
                 match at {
                     At::From(pos0) => {
                         let q = self.place_kv(q, &k, &v, &cache.k[i], &cache.v[i], pos0)?;

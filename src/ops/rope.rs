@@ -34,7 +34,8 @@ struct Meta {
     /// norm_qkv_rope_kv: the rows' width and the norm's epsilon.
     cols: u32,
     eps: f32,
-    _pad: u32,
+    /// rope_kv: where not 0, q, k and v are parts of one stacked product, rows this far apart.
+    tstride: u32,
     /// Sequence b's position where `pos0` is `EACH`.
     each: [u32; EACH_PER_DISPATCH],
     inv_freq: [f32; MAX_HEAD_DIM / 2],
@@ -121,7 +122,8 @@ pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tenso
         let (q_part, o_part) = (part(q, q_seq, b0, bn, qs)?, part(&qo, q_seq, b0, bn, qs)?);
         let (k_part, v_part) = (part(k, kv_seq, b0, bn, ks)?, part(v, kv_seq, b0, bn, ks)?);
         let (kc_part, vc_part) = (part(k_cache, cache_seq, b0, bn, cs)?, part(v_cache, cache_seq, b0, bn, cs)?);
-        if !rope_kv_dispatch(gpu, [&q_part, &k_part, &v_part, &kc_part, &vc_part], &o_part, EACH as usize, each_positions(ps, b0, bn), theta, style)? {
+        let ins = KvIn { q: (&q_part, 0), k: (&k_part, 0), v: (&v_part, 0), tstride: 0 };
+        if !rope_kv_dispatch(gpu, &ins, [bn, 1, hq, hk, dq], [&kc_part, &vc_part], &o_part, EACH as usize, each_positions(ps, b0, bn), theta, style)? {
             // Too large for one dispatch: a sequence at a time at its own position.
             for (s, &pos) in ps.iter().enumerate().skip(b0).take(bn) {
                 let one = |t: &Tensor, per: usize, shape: [usize; 4]| part(t, per, s, 1, shape);
@@ -203,15 +205,7 @@ pub fn norm_qkv_rope_kv(
     if !fits || qo.numel() == 0 {
         // The general kernels, which split to any limits.
         let stacked = super::matmul::gemm(gpu, &norm::rms_norm(gpu, x, norm_w, eps)?, qkv, None, super::matmul::Gemm { trans_b: true, ..Default::default() })?;
-        let (nq, nkv) = (hq * d, hk * d);
-        // Each row's q, k and v are consecutive: views with the row stride of the stack.
-        let part = |from: usize, h: usize| -> Result<Tensor> {
-            let dense = gpu.empty(&shape(h))?;
-            copy_strided(gpu, &stacked, View { offset: from, strides: [t * n, n, d, 1] }, &dense, View::dense(&shape(h)), &shape(h))?;
-            Ok(dense)
-        };
-        let (q, k, v) = (part(0, hq)?, part(nq, hk)?, part(nq + nkv, hk)?);
-        return rope_kv_at(gpu, &q, &k, &v, k_cache, v_cache, at, theta, style);
+        return rope_kv_stacked(gpu, &stacked, heads, k_cache, v_cache, at, theta, style);
     }
     let (xb, in_off) = x.bind(gpu, 0, x.numel())?;
     let (wb, v_off) = norm_w.bind(gpu, 0, cols)?;
@@ -233,7 +227,9 @@ pub fn norm_qkv_rope_kv(
 fn rope_kv_from(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
     let (qs, ks) = (q.shape(), k.shape());
     let qo = gpu.empty(qs)?;
-    if (qs[0], qs[1], qs[3]) != (ks[0], ks[1], ks[3]) || !rope_kv_dispatch(gpu, [q, k, v, k_cache, v_cache], &qo, pos0, [0; EACH_PER_DISPATCH], theta, style)? {
+    let ins = KvIn { q: (q, 0), k: (k, 0), v: (v, 0), tstride: 0 };
+    let dims = [qs[0], qs[1], qs[2], ks[2], qs[3]];
+    if (qs[0], qs[1], qs[3]) != (ks[0], ks[1], ks[3]) || !rope_kv_dispatch(gpu, &ins, dims, [k_cache, v_cache], &qo, pos0, [0; EACH_PER_DISPATCH], theta, style)? {
         let (qo, ko) = rope_pair(gpu, q, k, pos0, theta, style)?;
         attention::write_kv_pair(gpu, &ko, v, k_cache, v_cache, pos0)?;
         return Ok(qo);
@@ -241,28 +237,40 @@ fn rope_kv_from(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor,
     Ok(qo)
 }
 
-/// The one dispatch of rope_kv over [q, k, v, k_cache, v_cache] into qo, tokens from `pos0`
-/// (or each sequence at `each[b]` where pos0 is EACH); false, with nothing done, where the
-/// tensors do not fit one binding each or the work one dispatch.
-fn rope_kv_dispatch(gpu: &Gpu, [q, k, v, k_cache, v_cache]: [&Tensor; 5], qo: &Tensor, pos0: usize, each: [u32; EACH_PER_DISPATCH], theta: f32, style: RopeStyle) -> Result<bool> {
-    let (&[_, tq, hq, dq], &[_, _, hk, _]) = (q.shape(), k.shape()) else {
-        return Err(Error::shape("rope_kv", format!("q {:?} or k {:?} is not [B, T, H, D]", q.shape(), k.shape())));
-    };
+/// rope_kv's inputs, each a tensor and the element its part starts at: three dense tensors
+/// [B, T, H, D] (tstride 0), or one stacked product [B·T, (Hq + 2·Hkv)·D] three times, its rows
+/// tstride apart.
+struct KvIn<'a> {
+    q: (&'a Tensor, usize),
+    k: (&'a Tensor, usize),
+    v: (&'a Tensor, usize),
+    tstride: usize,
+}
+
+/// The one dispatch of rope_kv over `ins` of [B, T, Hq | Hkv, D] (`dims`: B, T, Hq, Hkv, D) into
+/// qo and the caches [B, Hkv, S, D], tokens from `pos0` (or each sequence at `each[b]` where
+/// pos0 is EACH); false, with nothing done, where the tensors do not fit one binding each or
+/// the work one dispatch.
+#[allow(clippy::too_many_arguments)]
+fn rope_kv_dispatch(gpu: &Gpu, ins: &KvIn, dims: [usize; 5], [k_cache, v_cache]: [&Tensor; 2], qo: &Tensor, pos0: usize, each: [u32; EACH_PER_DISPATCH], theta: f32, style: RopeStyle) -> Result<bool> {
+    let [b, t, hq, hk, d] = dims;
+    let (nq, nk) = (b * t * hq * d, b * t * hk * d);
     let max_elems = Tensor::max_binding_elems(gpu);
-    let threads = q.numel() / 2 + k.numel();
-    let fits = [q, k, v, k_cache].iter().all(|t| t.numel() <= max_elems) && threads <= gpu.split_limits().max_workgroups as usize * WG;
-    if !fits || q.numel() == 0 || k.numel() == 0 {
+    let threads = nq / 2 + nk;
+    let fits = [ins.q.0, ins.k.0, ins.v.0, k_cache].iter().all(|t| t.numel() <= max_elems) && threads <= gpu.split_limits().max_workgroups as usize * WG;
+    if !fits || nq == 0 || nk == 0 {
         return Ok(false);
     }
-    let (qb, in_off) = q.bind(gpu, 0, q.numel())?;
+    fn whole<'t>(gpu: &Gpu, (t, start): (&'t Tensor, usize)) -> Result<(crate::gpu::Bind<'t>, u32)> {
+        t.bind(gpu, 0, t.numel()).map(|(b, off)| (b, off + start as u32))
+    }
+    let ((qb, in_off), (kb, in2_off), (vb, v_off)) = (whole(gpu, ins.q)?, whole(gpu, ins.k)?, whole(gpu, ins.v)?);
     let (ob, out_off) = qo.bind(gpu, 0, qo.numel())?;
-    let (kb, in2_off) = k.bind(gpu, 0, k.numel())?;
     let (kcb, out2_off) = k_cache.bind(gpu, 0, k_cache.numel())?;
-    let (vb, v_off) = v.bind(gpu, 0, v.numel())?;
     let (vcb, vc_off) = v_cache.bind(gpu, 0, v_cache.numel())?;
     let meta = Meta {
-        pairs: (q.numel() / 2) as u32,
-        pairs2: (k.numel() / 2) as u32,
+        pairs: (nq / 2) as u32,
+        pairs2: (nk / 2) as u32,
         heads2: hk as u32,
         cap: k_cache.shape()[2] as u32,
         in_off,
@@ -271,11 +279,64 @@ fn rope_kv_dispatch(gpu: &Gpu, [q, k, v, k_cache, v_cache]: [&Tensor; 5], qo: &T
         out2_off,
         v_off,
         vc_off,
+        tstride: ins.tstride as u32,
         each,
-        ..meta("rope", tq, hq, dq, pos0, theta, style)
+        ..meta("rope", t, hq, d, pos0, theta, style)
     };
     gpu.dispatch(ROPE, "rope_kv", &[], bytemuck::bytes_of(&meta), &[qb, ob, kb, kcb, vb, vcb], [groups(threads, WG), 1, 1])?;
     Ok(true)
+}
+
+/// `rope_kv_at` reading the queries, keys and values straight from one stacked product qkv:
+/// [B·T, (Hq + 2·Hkv)·D] (each row a token's queries, then keys, then values), the caches
+/// [B, Hkv, S, D] giving B. One dispatch (per `EACH_PER_DISPATCH` sequences at their own
+/// positions) where it fits; else the parts are copied out and go through `rope_kv_at`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, v_cache: &Tensor, at: At, theta: f32, style: RopeStyle) -> Result<Tensor> {
+    const OP: &str = "rope_kv_stacked";
+    let Heads { q: hq, kv: hk, dim: d } = heads;
+    let (&[rows, n], &[b, hc, cap, cd]) = (qkv.shape(), k_cache.shape()) else {
+        return Err(Error::shape(OP, format!("the stacked product {:?} is not 2-D or k_cache {:?} not [B, Hkv, S, D]", qkv.shape(), k_cache.shape())));
+    };
+    if n != (hq + 2 * hk) * d || (hc, cd) != (hk, d) || b == 0 || rows % b != 0 || v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape(OP, format!("the stacked product {:?} and caches {:?}, {:?} do not agree with {hq} + 2 × {hk} heads of {d}", qkv.shape(), k_cache.shape(), v_cache.shape())));
+    }
+    let t = rows / b;
+    check(OP, "q", &[b, t, hq, d], at.end(t).saturating_sub(t))?;
+    let each = match at {
+        At::Each(ps) if t != 1 || ps.len() != b => {
+            return Err(Error::shape(OP, format!("{} positions for {b} sequences of {t} tokens: sequences at their own positions take one token each", ps.len())));
+        }
+        At::Each(ps) => Some(ps),
+        At::From(_) => None,
+    };
+    if at.end(t) > cap {
+        return Err(Error::shape(OP, format!("positions up to {} do not fit caches of {cap} rows", at.end(t))));
+    }
+    let qo = gpu.empty(&[b, t, hq, d])?;
+    let (nq, nkv) = (hq * d, hk * d);
+    for (b0, bn) in chunks(b, if each.is_some() { EACH_PER_DISPATCH } else { b }) {
+        let part = qkv.view(b0 * t * n, &[bn * t, n])?;
+        let cache_of = |c: &Tensor| c.view(b0 * hk * cap * d, &[bn, hk, cap, d]);
+        let (kc, vc, q_out) = (cache_of(k_cache)?, cache_of(v_cache)?, qo.view(b0 * t * nq, &[bn, t, hq, d])?);
+        let (pos0, each_part, at_part) = match each {
+            Some(ps) => (EACH as usize, each_positions(ps, b0, bn), At::Each(&ps[b0..b0 + bn])),
+            None => (at.end(t) - t, [0; EACH_PER_DISPATCH], at),
+        };
+        let ins = KvIn { q: (&part, 0), k: (&part, nq), v: (&part, nq + nkv), tstride: n };
+        if !rope_kv_dispatch(gpu, &ins, [bn, t, hq, hk, d], [&kc, &vc], &q_out, pos0, each_part, theta, style)? {
+            // Too large for one dispatch: the parts copied out, then the kernels that split.
+            let dense = |from: usize, h: usize| -> Result<Tensor> {
+                let shape = [bn, t, h, d];
+                let out = gpu.empty(&shape)?;
+                copy_strided(gpu, &part, View { offset: from, strides: [t * n, n, d, 1] }, &out, View::dense(&shape), &shape)?;
+                Ok(out)
+            };
+            let q1 = rope_kv_at(gpu, &dense(0, hq)?, &dense(nq, hk)?, &dense(nq + nkv, hk)?, &kc, &vc, at_part, theta, style)?;
+            gpu.copy_into(&q1, &q_out)?;
+        }
+    }
+    Ok(qo)
 }
 
 /// x's [B, T, H, D], checked: an even head dimension the uniform can hold, positions an f32
@@ -317,7 +378,7 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
         vc_off: 0,
         cols: 0,
         eps: 0.0,
-        _pad: 0,
+        tstride: 0,
         each: [0; EACH_PER_DISPATCH],
         inv_freq: [0.0; MAX_HEAD_DIM / 2],
     };
