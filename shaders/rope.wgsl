@@ -109,31 +109,31 @@ fn cache_index(row: u32, col: u32) -> u32 {
     return ((b * p.heads2 + h) * p.cap + position(b, t)) * (2u * p.half) + col;
 }
 
-// Where element i of a dense [B, T, heads, D] input sits in rope_kv's binding (from its
-// offset): i itself, or in a stacked product's rows tstride apart.
-fn src(i: u32, heads: u32) -> u32 {
-    if (p.tstride == 0u) { return i; }
+// Where element `col` of row `row` (a token's head) of a dense [B, T, heads, D] input sits in
+// rope_kv's binding (from its offset): rows D apart, or a stacked product's tokens tstride apart.
+fn src(row: u32, col: u32, heads: u32) -> u32 {
     let d = 2u * p.half;
-    let row = i / d;
-    return (row / heads) * p.tstride + (row % heads) * d + i % d;
+    if (p.tstride == 0u) { return row * d + col; }
+    return (row / heads) * p.tstride + (row % heads) * d + col;
 }
 
 @compute @workgroup_size(256, 1, 1)
 fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
+    let d = 2u * p.half;
     if (k < p.pairs) {
         let r = rotation(k, p.heads);
-        let a = x[p.in_off + src(r.ia, p.heads)];
-        let b = x[p.in_off + src(r.ib, p.heads)];
+        let row = k / p.half;
+        let a = x[p.in_off + src(row, r.ia - row * d, p.heads)];
+        let b = x[p.in_off + src(row, r.ib - row * d, p.heads)];
         out[p.out_off + r.ia] = a * r.c - b * r.s;
         out[p.out_off + r.ib] = a * r.s + b * r.c;
     } else if (k < p.pairs + p.pairs2) {
         let j = k - p.pairs;
         let r = rotation(j, p.heads2);
         let row = j / p.half;
-        let a = x2[p.in2_off + src(r.ia, p.heads2)];
-        let b = x2[p.in2_off + src(r.ib, p.heads2)];
-        let d = 2u * p.half;
+        let a = x2[p.in2_off + src(row, r.ia - row * d, p.heads2)];
+        let b = x2[p.in2_off + src(row, r.ib - row * d, p.heads2)];
         out2[p.out2_off + cache_index(row, r.ia - row * d)] = a * r.c - b * r.s;
         out2[p.out2_off + cache_index(row, r.ib - row * d)] = a * r.s + b * r.c;
     } else if (k < p.pairs + 2u * p.pairs2) {
@@ -141,7 +141,7 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
         let j = k - p.pairs - p.pairs2;
         let row = j / p.half;
         let col = 2u * (j % p.half);
-        let at = p.v_off + src(row * 2u * p.half + col, p.heads2);
+        let at = p.v_off + src(row, col, p.heads2);
         let dst = p.vc_off + cache_index(row, col);
         vc[dst] = v[at];
         vc[dst + 1u] = v[at + 1u];
