@@ -634,12 +634,16 @@ impl GpuModel {
         let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
         let attn_norm = format!("layers.{i}.attn_norm");
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
-        let stacks = self.stacks.get(i).filter(|_| !record);
+        // The stacked q/k/v product serves every pass (the tape keeps the rotated queries,
+        // which the rotation returns either way); the stacked gate/up only passes without a
+        // tape, whose backward needs gate and up apart.
+        let qkv_stack = self.stacks.get(i);
+        let stacks = qkv_stack.filter(|_| !record);
         let scale = 1.0 / (hd as f32).sqrt();
-        let (q, o) = match stacks {
+        let (q, o) = match (stacks, qkv_stack) {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
-            Some(s) if self.folds(b * t) => {
+            (Some(s), _) if self.folds(b * t) => {
                 let g = self.tensor(&format!("{attn_norm}.weight"))?;
                 let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
                 let x2 = x.reshape(&[b * t, c.hidden])?;
@@ -648,9 +652,9 @@ impl GpuModel {
                 attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
                 (q, o)
             }
-            // Without a tape: one product for the queries, keys and values, which the rotation
-            // reads from its rows.
-            Some(s) => {
+            // One product for the queries, keys and values, which the rotation reads from its
+            // rows.
+            (_, Some(s)) => {
                 let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, None)?;
                 let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
                 let q = rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?;
@@ -658,7 +662,7 @@ impl GpuModel {
                 attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
                 (q, o)
             }
-            None => {
+            _ => {
                 let h = self.norm(&x, &attn_norm)?;
                 let (q, k, v) = (
                     self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
