@@ -167,46 +167,31 @@ pub fn norm_qkv_rope_kv(
     style: RopeStyle,
 ) -> Result<Tensor> {
     const OP: &str = "norm_qkv_rope_kv";
-    let Heads { q: hq, kv: hk, dim: d } = heads;
-    let &[b, hc, cap, cd] = k_cache.shape() else {
-        return Err(Error::shape(OP, format!("k_cache {:?} is not [B, Hkv, S, D]", k_cache.shape())));
-    };
     let (&[rows, cols], &[n, m_cols]) = (x.shape(), qkv.shape()) else {
         return Err(Error::shape(OP, format!("x {:?} and the stacked matrix {:?} must both be 2-D", x.shape(), qkv.shape())));
     };
-    if n != (hq + 2 * hk) * d || m_cols != cols || norm_w.shape() != [cols] || (hc, cd) != (hk, d) || b == 0 || rows % b != 0 {
-        return Err(Error::shape(
-            OP,
-            format!("x {:?}, norm weight {:?}, matrix {:?} and cache {:?} do not agree with {hq} + 2 × {hk} heads of {d}", x.shape(), norm_w.shape(), qkv.shape(), k_cache.shape()),
-        ));
+    if m_cols != cols || norm_w.shape() != [cols] {
+        return Err(Error::shape(OP, format!("x {:?}, norm weight {:?} and matrix {:?} do not agree", x.shape(), norm_w.shape(), qkv.shape())));
     }
-    let t = rows / b;
-    let shape = |h: usize| [b, t, h, d];
-    // The checks of the separate path: positions, the caches' rows, the head dimension.
-    check(OP, "q", &shape(hq), at.end(t).saturating_sub(t))?;
-    let each = match at {
-        At::Each(ps) if t != 1 || ps.len() != b => {
-            return Err(Error::shape(OP, format!("{} positions for {b} sequences of {t} tokens: sequences at their own positions take one token each", ps.len())));
-        }
-        At::Each(ps) => Some(ps),
-        At::From(_) => None,
-    };
-    if at.end(t) > cap || v_cache.shape() != k_cache.shape() {
-        return Err(Error::shape(OP, format!("positions up to {} for caches {:?} and {:?}", at.end(t), k_cache.shape(), v_cache.shape())));
+    let Stacked { b, t, cap, each } = check_stacked(OP, rows, n, heads, k_cache, v_cache, at)?;
+    let Heads { q: hq, kv: hk, dim: d } = heads;
+    let q_elems = rows * hq * d;
+    if q_elems == 0 {
+        return gpu.empty(&[b, t, hq, d]);
     }
-    let qo = gpu.empty(&shape(hq))?;
     let pairs = n / 2;
     let limits = gpu.split_limits();
     let max_elems = Tensor::max_binding_elems(gpu);
-    let fits = [x, qkv, k_cache, &qo].iter().all(|t| t.numel() <= max_elems)
+    let fits = [x.numel(), qkv.numel(), k_cache.numel(), q_elems].iter().all(|&n| n <= max_elems)
         && pairs <= limits.max_workgroups as usize
         && rows <= limits.max_workgroups as usize
         && each.is_none_or(|ps| ps.len() <= EACH_PER_DISPATCH);
-    if !fits || qo.numel() == 0 {
+    if !fits {
         // The general kernels, which split to any limits.
         let stacked = super::matmul::gemm(gpu, &norm::rms_norm(gpu, x, norm_w, eps)?, qkv, None, super::matmul::Gemm { trans_b: true, ..Default::default() })?;
         return rope_kv_stacked(gpu, &stacked, heads, k_cache, v_cache, at, theta, style);
     }
+    let qo = gpu.empty(&[b, t, hq, d])?;
     let (xb, in_off) = x.bind(gpu, 0, x.numel())?;
     let (wb, v_off) = norm_w.bind(gpu, 0, cols)?;
     let (mb, in2_off) = qkv.bind(gpu, 0, qkv.numel())?;
@@ -221,6 +206,40 @@ pub fn norm_qkv_rope_kv(
     let threads = [("RWG", gpu.row_threads() as f64)];
     gpu.dispatch(ROPE, OP, &threads, bytemuck::bytes_of(&meta), &[xb, ob, mb, kcb, wb, vcb], [pairs as u32, rows as u32, 1])?;
     Ok(qo)
+}
+
+/// What `check_stacked` finds: the sequences, their tokens, the caches' rows and, for
+/// sequences at their own positions, those positions.
+struct Stacked<'a> {
+    b: usize,
+    t: usize,
+    cap: usize,
+    each: Option<&'a [usize]>,
+}
+
+/// Checks a stacked q/k/v product of `rows` rows of `n` values against the heads, the caches
+/// [B, Hkv, S, D] and the positions.
+fn check_stacked<'a>(op: &'static str, rows: usize, n: usize, heads: Heads, k_cache: &Tensor, v_cache: &Tensor, at: At<'a>) -> Result<Stacked<'a>> {
+    let Heads { q: hq, kv: hk, dim: d } = heads;
+    let &[b, hc, cap, cd] = k_cache.shape() else {
+        return Err(Error::shape(op, format!("k_cache {:?} is not [B, Hkv, S, D]", k_cache.shape())));
+    };
+    if n != (hq + 2 * hk) * d || (hc, cd) != (hk, d) || b == 0 || rows % b != 0 || v_cache.shape() != k_cache.shape() {
+        return Err(Error::shape(op, format!("{rows} rows of {n} and caches {:?}, {:?} do not agree with {hq} + 2 × {hk} heads of {d}", k_cache.shape(), v_cache.shape())));
+    }
+    let t = rows / b;
+    check(op, "q", &[b, t, hq, d], at.end(t).saturating_sub(t))?;
+    let each = match at {
+        At::Each(ps) if t != 1 || ps.len() != b => {
+            return Err(Error::shape(op, format!("{} positions for {b} sequences of {t} tokens: sequences at their own positions take one token each", ps.len())));
+        }
+        At::Each(ps) => Some(ps),
+        At::From(_) => None,
+    };
+    if at.end(t) > cap {
+        return Err(Error::shape(op, format!("positions up to {} do not fit caches of {cap} rows", at.end(t))));
+    }
+    Ok(Stacked { b, t, cap, each })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -294,26 +313,15 @@ fn rope_kv_dispatch(gpu: &Gpu, ins: &KvIn, dims: [usize; 5], [k_cache, v_cache]:
 #[allow(clippy::too_many_arguments)]
 pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, v_cache: &Tensor, at: At, theta: f32, style: RopeStyle) -> Result<Tensor> {
     const OP: &str = "rope_kv_stacked";
+    let &[rows, n] = qkv.shape() else {
+        return Err(Error::shape(OP, format!("the stacked product {:?} is not 2-D", qkv.shape())));
+    };
+    let Stacked { b, t, cap, each } = check_stacked(OP, rows, n, heads, k_cache, v_cache, at)?;
     let Heads { q: hq, kv: hk, dim: d } = heads;
-    let (&[rows, n], &[b, hc, cap, cd]) = (qkv.shape(), k_cache.shape()) else {
-        return Err(Error::shape(OP, format!("the stacked product {:?} is not 2-D or k_cache {:?} not [B, Hkv, S, D]", qkv.shape(), k_cache.shape())));
-    };
-    if n != (hq + 2 * hk) * d || (hc, cd) != (hk, d) || b == 0 || rows % b != 0 || v_cache.shape() != k_cache.shape() {
-        return Err(Error::shape(OP, format!("the stacked product {:?} and caches {:?}, {:?} do not agree with {hq} + 2 × {hk} heads of {d}", qkv.shape(), k_cache.shape(), v_cache.shape())));
-    }
-    let t = rows / b;
-    check(OP, "q", &[b, t, hq, d], at.end(t).saturating_sub(t))?;
-    let each = match at {
-        At::Each(ps) if t != 1 || ps.len() != b => {
-            return Err(Error::shape(OP, format!("{} positions for {b} sequences of {t} tokens: sequences at their own positions take one token each", ps.len())));
-        }
-        At::Each(ps) => Some(ps),
-        At::From(_) => None,
-    };
-    if at.end(t) > cap {
-        return Err(Error::shape(OP, format!("positions up to {} do not fit caches of {cap} rows", at.end(t))));
-    }
     let qo = gpu.empty(&[b, t, hq, d])?;
+    if qo.numel() == 0 {
+        return Ok(qo);
+    }
     let (nq, nkv) = (hq * d, hk * d);
     for (b0, bn) in chunks(b, if each.is_some() { EACH_PER_DISPATCH } else { b }) {
         let part = qkv.view(b0 * t * n, &[bn * t, n])?;
