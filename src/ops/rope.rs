@@ -224,7 +224,7 @@ fn check_stacked<'a>(op: &'static str, rows: usize, n: usize, heads: Heads, k_ca
     let &[b, hc, cap, cd] = k_cache.shape() else {
         return Err(Error::shape(op, format!("k_cache {:?} is not [B, Hkv, S, D]", k_cache.shape())));
     };
-    if n != (hq + 2 * hk) * d || (hc, cd) != (hk, d) || b == 0 || rows % b != 0 || v_cache.shape() != k_cache.shape() {
+    if n != (hq + 2 * hk) * d || (hc, cd) != (hk, d) || b == 0 || !rows.is_multiple_of(b) || v_cache.shape() != k_cache.shape() {
         return Err(Error::shape(op, format!("{rows} rows of {n} and caches {:?}, {:?} do not agree with {hq} + 2 × {hk} heads of {d}", k_cache.shape(), v_cache.shape())));
     }
     let t = rows / b;
