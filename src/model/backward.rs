@@ -417,7 +417,7 @@ impl<'m> DeltaPass<'m> {
                 *part += f64::from(l);
             }
         }
-        let dxr = self.norm_bwd(&normed_in, "final_norm", &dh)?;
+        let dxr = self.norm_bwd(&normed_in, "final_norm", &dh, None)?;
         let mut grad: Option<Tensor> = None;
         for ((group, (_, tapes)), scatter) in self.groups.iter().zip(&upper).zip(&prepared.scatter) {
             let Some(scatter) = scatter else { continue };
@@ -482,25 +482,15 @@ impl<'m> DeltaPass<'m> {
         Ok((m.linear(&h, m.head()?, None)?, xr))
     }
 
-    fn norm_bwd(&self, x: &Tensor, prefix: &str, dy: &Tensor) -> Result<Tensor> {
+    /// The dx of norm `prefix` for dy; with `acc`, added into it in the same dispatch (a
+    /// residual path's gradient plus its branch's).
+    fn norm_bwd(&self, x: &Tensor, prefix: &str, dy: &Tensor, acc: Option<&Tensor>) -> Result<Tensor> {
         let m = self.model;
-        let w = m.tensor(&format!("{prefix}.weight"))?;
-        let eps = m.config.norm_eps;
-        match m.config.arch {
-            Arch::Llama => norm::rms_norm_bwd(m.gpu(), x, w, dy, eps),
-            Arch::Gpt2 => norm::layer_norm_bwd(m.gpu(), x, w, dy, eps),
-        }
-    }
-
-    /// acc += the norm's dx: a residual path's gradient plus its branch's, in one dispatch.
-    fn norm_bwd_into(&self, x: &Tensor, prefix: &str, dy: &Tensor, acc: &Tensor) -> Result<()> {
-        let m = self.model;
-        let w = m.tensor(&format!("{prefix}.weight"))?;
-        let eps = m.config.norm_eps;
-        match m.config.arch {
-            Arch::Llama => norm::rms_norm_bwd_into(m.gpu(), x, w, dy, eps, acc),
-            Arch::Gpt2 => norm::layer_norm_bwd_into(m.gpu(), x, w, dy, eps, acc),
-        }
+        let kind = match m.config.arch {
+            Arch::Llama => norm::NormKind::Rms,
+            Arch::Gpt2 => norm::NormKind::Layer,
+        };
+        norm::norm_bwd(m.gpu(), kind, x, m.tensor(&format!("{prefix}.weight"))?, dy, m.config.norm_eps, acc)
     }
 
     /// d(block output) → d(block input) for block `i` at a group's suffix rows: the residual
@@ -527,7 +517,7 @@ impl<'m> DeltaPass<'m> {
             }
             None => gemm(gpu, &activation::gelu_bwd(gpu, &tape.up, &dkey)?, w("w_up")?, None, plain)?,
         };
-        self.norm_bwd_into(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh, &dy)?;
+        self.norm_bwd(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh, Some(&dy))?;
         let dx_mid = dy;
 
         // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
@@ -543,7 +533,7 @@ impl<'m> DeltaPass<'m> {
         let dh = gemm(gpu, &dq.reshape(&[rows, c.n_heads * hd])?, w("wq")?, None, plain)?;
         gemm(gpu, &dk.reshape(&[rows, c.n_kv_heads * hd])?, w("wk")?, Some(&dh), acc)?;
         gemm(gpu, &dv.reshape(&[rows, c.n_kv_heads * hd])?, w("wv")?, Some(&dh), acc)?;
-        self.norm_bwd_into(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh, &dx_mid)?;
+        self.norm_bwd(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh, Some(&dx_mid))?;
         Ok(dx_mid)
     }
 }

@@ -85,6 +85,22 @@ pub fn layer_norm_bwd_into(gpu: &Gpu, x: &Tensor, w: &Tensor, dy: &Tensor, eps: 
     backward(gpu, "layer_norm_bwd", x, w, dy, eps, Some(acc)).map(drop)
 }
 
+/// A model's norm: RMSNorm (Llama) or LayerNorm (GPT-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
+/// dx of the `kind` norm for dy: a new tensor, or added into `acc` (and returned) where given.
+pub fn norm_bwd(gpu: &Gpu, kind: NormKind, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, acc: Option<&Tensor>) -> Result<Tensor> {
+    let op = match kind {
+        NormKind::Rms => "rms_norm_bwd",
+        NormKind::Layer => "layer_norm_bwd",
+    };
+    backward(gpu, op, x, w, dy, eps, acc)
+}
+
 fn backward(gpu: &Gpu, op: &'static str, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, acc: Option<&Tensor>) -> Result<Tensor> {
     if dy.shape() != x.shape() {
         return Err(Error::shape(op, format!("dy {:?} does not match x {:?}", dy.shape(), x.shape())));
