@@ -152,14 +152,16 @@ fn sequences_decoded_together_at_their_own_positions_match_full_passes() {
 
 /// A step of sequences at their own positions takes the dispatches of a step with all of them
 /// at one position: the rotation and the attention read each sequence's position from their
-/// parameters, 16 sequences a dispatch (so 20 sequences take one more of each per layer).
-/// GPT-2's unrotated keys are copied into place a sequence at a time.
+/// parameters, 16 sequences a dispatch (so 20 sequences take one more of each per layer), with
+/// the norm and q/k/v folded in (4 sequences on a GPU's path) or not. GPT-2's unrotated keys are
+/// copied into place a sequence at a time.
 #[test]
 fn sequences_at_their_own_positions_take_the_dispatches_of_one_position() {
     // Counts dispatches: a device of its own.
     for_each_fresh_gpu(false, |gpu| {
-        for (name, w) in models() {
-            let gm = ok(GpuModel::new(gpu, &w))?;
+        for ((name, w), fold) in models().into_iter().flat_map(|m| [(m.clone(), false), (m, true)]) {
+            let mut gm = ok(GpuModel::new(gpu, &w))?;
+            gm.set_fold_into_products(fold);
             let layers = w.config.n_layers as u64;
             for b in [4usize, 20] {
                 let step = |positions: &[usize]| -> Result<u64, String> {
@@ -178,7 +180,7 @@ fn sequences_at_their_own_positions_take_the_dispatches_of_one_position() {
                     _ => 2 * extra_dispatches * layers,
                 };
                 if each != together + more {
-                    return Err(format!("{name}, {b} sequences: {each} dispatches at their own positions, {together} at one (want {more} more)"));
+                    return Err(format!("{name} (fold {fold}), {b} sequences: {each} dispatches at their own positions, {together} at one (want {more} more)"));
                 }
             }
         }
