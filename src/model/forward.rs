@@ -639,50 +639,33 @@ impl GpuModel {
         // tape, whose backward needs gate and up apart.
         let qkv_stack = self.stacks.get(i);
         let stacks = qkv_stack.filter(|_| !record);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let (q, o) = match (stacks, qkv_stack) {
+        // The queries as attention reads them, this layer's keys and values in the cache.
+        let q = match (stacks, qkv_stack) {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
             (Some(s), _) if self.folds(b * t) => {
                 let g = self.tensor(&format!("{attn_norm}.weight"))?;
                 let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
                 let x2 = x.reshape(&[b * t, c.hidden])?;
-                let q = rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?;
-                let o = gpu.empty(q.shape())?;
-                attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
-                (q, o)
+                rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
             }
             // One product for the queries, keys and values, which the rotation reads from its
             // rows.
             (_, Some(s)) => {
                 let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, None)?;
                 let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
-                let q = rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?;
-                let o = gpu.empty(q.shape())?;
-                attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, scale, attention::kernel_for(gpu, &q), &o)?;
-                (q, o)
+                rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
             }
             _ => {
                 let h = self.norm(&x, &attn_norm)?;
-                let (q, k, v) = (
-                    self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?,
-                    self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?,
-                    self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?,
-                );
-                match at {
-                    At::From(pos0) => {
-                        let q = self.place_kv(q, &k, &v, &cache.k[i], &cache.v[i], pos0)?;
-                        let o = attention::attention(gpu, &q, &cache.k[i], &cache.v[i], pos0, scale)?;
-                        (q, o)
-                    }
-                    // No tape here (checked above), so nothing reads the queries before rotation.
-                    At::Each(positions) => {
-                        let o = self.attend_each(i, &q, &k, &v, cache, positions)?;
-                        (q, o)
-                    }
-                }
+                let q = self.linear(&h, self.l(i, "wq")?, bias("bq")?)?.reshape(&q_shape)?;
+                let k = self.linear(&h, self.l(i, "wk")?, bias("bk")?)?.reshape(&kv_shape)?;
+                let v = self.linear(&h, self.l(i, "wv")?, bias("bv")?)?.reshape(&kv_shape)?;
+                self.place_kv(q, &k, &v, i, cache, at)?
             }
         };
+        let o = gpu.empty(q.shape())?;
+        attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, 1.0 / (hd as f32).sqrt(), attention::kernel_for(gpu, &q), &o)?;
         let o = o.reshape(&[b * t, c.n_heads * hd])?;
         // The tape's copy of x (and of x_mid below) keeps residual_linear from writing over it.
         let x_in = record.then(|| x.clone());
@@ -721,40 +704,29 @@ impl GpuModel {
         Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
     }
 
-    /// Writes a layer's new keys and values into their cache rows from `pos0` (rotated where
-    /// the model rotates them) and returns the queries as attention reads them.
-    fn place_kv(&self, q: Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize) -> Result<Tensor> {
+    /// Writes layer i's new keys and values into their cache rows at `at` (rotated where the
+    /// model rotates them) and returns the queries as attention reads them. Sequences at their
+    /// own positions take the positions in the rotation's parameters, 16 a dispatch; GPT-2's
+    /// keys, which are not rotated, are copied into place a sequence at a time there.
+    fn place_kv(&self, q: Tensor, k: &Tensor, v: &Tensor, i: usize, cache: &KvCache, at: At) -> Result<Tensor> {
         let c = &self.config;
-        if c.arch == Arch::Gpt2 {
-            attention::write_kv_pair(&self.gpu, k, v, k_cache, v_cache, pos0)?;
-            return Ok(q);
-        }
-        rope::rope_kv(&self.gpu, &q, k, v, k_cache, v_cache, pos0, c.rope_theta, c.rope_style)
-    }
-
-    /// Attention of one token per sequence, sequence s at `positions[s]`: its key and value go
-    /// into its own cache rows and its query sees its own rows up to there. The kernels take
-    /// the positions in their parameters, 16 sequences a dispatch (GPT-2's keys, which are not
-    /// rotated, are copied into place a sequence at a time).
-    fn attend_each(&self, i: usize, q: &Tensor, k: &Tensor, v: &Tensor, cache: &KvCache, positions: &[usize]) -> Result<Tensor> {
-        let c = &self.config;
-        let (hd, hkv) = (c.head_dim, c.n_kv_heads);
         let (k_cache, v_cache) = (&cache.k[i], &cache.v[i]);
-        let q = if c.arch == Arch::Gpt2 {
-            let block = hkv * cache.capacity * hd;
-            for (s, &pos) in positions.iter().enumerate() {
-                let one = |t: &Tensor| t.view(s * hkv * hd, &[1, 1, hkv, hd]);
-                let cache_of = |t: &Tensor| t.view(s * block, &[1, hkv, cache.capacity, hd]);
-                attention::write_kv_pair(&self.gpu, &one(k)?, &one(v)?, &cache_of(k_cache)?, &cache_of(v_cache)?, pos)?;
+        if c.arch != Arch::Gpt2 {
+            return rope::rope_kv_at(&self.gpu, &q, k, v, k_cache, v_cache, at, c.rope_theta, c.rope_style);
+        }
+        match at {
+            At::From(pos0) => attention::write_kv_pair(&self.gpu, k, v, k_cache, v_cache, pos0)?,
+            At::Each(positions) => {
+                let (hd, hkv) = (c.head_dim, c.n_kv_heads);
+                let block = hkv * cache.capacity * hd;
+                for (s, &pos) in positions.iter().enumerate() {
+                    let one = |t: &Tensor| t.view(s * hkv * hd, &[1, 1, hkv, hd]);
+                    let cache_of = |t: &Tensor| t.view(s * block, &[1, hkv, cache.capacity, hd]);
+                    attention::write_kv_pair(&self.gpu, &one(k)?, &one(v)?, &cache_of(k_cache)?, &cache_of(v_cache)?, pos)?;
+                }
             }
-            q.clone()
-        } else {
-            rope::rope_kv_at(&self.gpu, q, k, v, k_cache, v_cache, At::Each(positions), c.rope_theta, c.rope_style)?
-        };
-        let o = self.gpu.empty(q.shape())?;
-        let kernel = attention::kernel_for(&self.gpu, &q);
-        attention::attention_at_into(&self.gpu, &q, k_cache, v_cache, At::Each(positions), 1.0 / (hd as f32).sqrt(), kernel, &o)?;
-        Ok(o)
+        }
+        Ok(q)
     }
 
     /// Logits of each sequence's last real token: [B, V], in passes within the adapter's budget.

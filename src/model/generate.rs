@@ -75,8 +75,8 @@ pub fn generate(
 }
 
 /// Sequences decoded together at most: their KV cache grows with their number (SmolLM2: 46 KB
-/// per sequence and position), and each decoding step runs a rotation and an attention
-/// dispatch per sequence.
+/// per sequence and position), and the rotation and attention kernels take the positions of
+/// 16 sequences per dispatch.
 const MAX_TOGETHER: usize = 16;
 
 /// Up to `n` tokens after each prompt, prompt i sampled with `samplings[i]` (its own seeded

@@ -131,21 +131,15 @@ fn per_query_only() -> bool {
 /// without 8-wide subgroups is an error.
 pub fn attention_with(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel) -> Result<Tensor> {
     let out = gpu.empty(q.shape())?;
-    attention_into(gpu, q, k_cache, v_cache, pos0, scale, kernel, &out)?;
+    attention_at_into(gpu, q, k_cache, v_cache, At::From(pos0), scale, kernel, &out)?;
     Ok(out)
 }
 
-/// `attention_with` writing into `out` (q's shape; a view of a larger tensor, such as one
-/// sequence's rows of a batch whose sequences sit at different positions).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, scale: f32, kernel: AttentionKernel, out: &Tensor) -> Result<()> {
-    attention_at_into(gpu, q, k_cache, v_cache, At::From(pos0), scale, kernel, out)
-}
-
-/// `attention_into` with the queries' positions: from one position for all sequences, or one
-/// query token per sequence (q: [B, 1, Hq, D]), sequence s at `positions[s]` and seeing its
-/// own cache rows 0 ..= positions[s]. Those take one dispatch per `EACH_PER_DISPATCH`
-/// sequences where a sequence's heads fit one, else one per sequence.
+/// `attention_with` writing into `out` (q's shape, or a view of a larger tensor), with the
+/// queries' positions: from one position for all sequences, or one query token per sequence
+/// (q: [B, 1, Hq, D]), sequence s at `positions[s]` and seeing its own cache rows
+/// 0 ..= positions[s]. Those take one dispatch per `EACH_PER_DISPATCH` sequences where a
+/// sequence's heads fit one, else one per sequence.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_at_into(gpu: &Gpu, q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, at: At, scale: f32, kernel: AttentionKernel, out: &Tensor) -> Result<()> {
     const OP: &str = "attention";
