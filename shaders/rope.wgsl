@@ -156,8 +156,8 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
 // [rows, heads, D] (binding 2 `out`, from out_off), the caches (bindings 4 `out2` and 6 `vc`,
 // [B, heads2, cap, D], from out2_off and vc_off); row r is token r % seq of sequence r / seq.
 // The pair's two dot products take the row's sum of squares along, as norm.wgsl's
-// rms_norm_matvec does (the same arithmetic and reduction order, so the same bits as that
-// kernel followed by rope_kv). The host runs it only where everything fits one binding.
+// rms_norm_matvec does (the same arithmetic and reduction order as that kernel followed by
+// rope_kv). The host runs it only where everything fits one binding.
 
 override RWG: u32 = 256u;
 var<workgroup> sums: array<vec3<f32>, 256>;
@@ -179,10 +179,13 @@ fn norm_qkv_rope_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let r = wg.y;
     let d = 2u * p.half;
     let head = wg.x / p.half;
-    let i = wg.x % p.half;
+    // The pair as `rotation` sees it: (token, head) row `row` of the stacked output, whose
+    // heads + 2·heads2 heads make token r.
+    let row = r * (p.heads + 2u * p.heads2) + head;
+    let rot = rotation(row * p.half + wg.x % p.half, p.heads + 2u * p.heads2);
     // The pair's columns within its head.
-    let ca = select(i, 2u * i, p.adjacent != 0u);
-    let cb = select(i + p.half, 2u * i + 1u, p.adjacent != 0u);
+    let ca = rot.ia - row * d;
+    let cb = rot.ib - row * d;
     let xb = p.in_off + r * p.cols;
     let ma = p.in2_off + (head * d + ca) * p.cols;
     let mb = p.in2_off + (head * d + cb) * p.cols;
@@ -201,20 +204,17 @@ fn norm_qkv_rope_kv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocat
     let inv = 1.0 / sqrt(total.x / f32(p.cols) + p.eps);
     let a = total.y * inv;
     let b = total.z * inv;
-    let angle = f32(position(r / p.seq, r % p.seq)) * p.inv_freq[i / 4u][i % 4u];
-    let cs = cos(angle);
-    let sn = sin(angle);
     if (head < p.heads) {
         let o = p.out_off + (r * p.heads + head) * d;
-        out[o + ca] = a * cs - b * sn;
-        out[o + cb] = a * sn + b * cs;
+        out[o + ca] = a * rot.c - b * rot.s;
+        out[o + cb] = a * rot.s + b * rot.c;
     } else if (head < p.heads + p.heads2) {
-        let row = r * p.heads2 + head - p.heads;
-        out2[p.out2_off + cache_index(row, ca)] = a * cs - b * sn;
-        out2[p.out2_off + cache_index(row, cb)] = a * sn + b * cs;
+        let kv_row = r * p.heads2 + head - p.heads;
+        out2[p.out2_off + cache_index(kv_row, ca)] = a * rot.c - b * rot.s;
+        out2[p.out2_off + cache_index(kv_row, cb)] = a * rot.s + b * rot.c;
     } else {
-        let row = r * p.heads2 + head - p.heads - p.heads2;
-        vc[p.vc_off + cache_index(row, ca)] = a;
-        vc[p.vc_off + cache_index(row, cb)] = b;
+        let kv_row = r * p.heads2 + head - p.heads - p.heads2;
+        vc[p.vc_off + cache_index(kv_row, ca)] = a;
+        vc[p.vc_off + cache_index(kv_row, cb)] = b;
     }
 }
