@@ -78,3 +78,10 @@ pub(super) fn read_prompt_lines(path: &std::path::Path, needed_for: &str) -> Res
     anyhow::ensure!(!lines.is_empty(), "{} holds no prompts (one per line): there is nothing to {needed_for}", path.display());
     Ok(lines)
 }
+
+/// Proves an output file can be written (creating it empty if absent) before the model is
+/// loaded and run: an unwritable `flag` value fails at once, not after the work.
+pub(super) fn ensure_writable(path: &std::path::Path, flag: &str) -> Result<()> {
+    std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{flag} {} cannot be written", path.display()))?;
+    Ok(())
+}

@@ -40,8 +40,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         prompt.extend(super::common::read_prompt_lines(file, "generate after")?);
     }
     if let Some(path) = &json {
-        // Fail on an unwritable output before the model is loaded and run.
-        std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("--json {} cannot be written", path.display()))?;
+        super::common::ensure_writable(path, "--json")?;
     }
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;

@@ -17,8 +17,7 @@ pub(super) struct Args {
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let Args { model, prompts, out } = a;
     let lines = super::common::read_prompt_lines(&prompts, "score")?;
-    // Fail on an unwritable output before the model is loaded and run.
-    std::fs::OpenOptions::new().create(true).append(true).open(&out).with_context(|| format!("--out {} cannot be written", out.display()))?;
+    super::common::ensure_writable(&out, "--out")?;
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
