@@ -11,6 +11,10 @@
 //   add_bias  out = x + y[(col0 + i) % cols]           (y = bias of one row, bound whole)
 //   silu_mul_bwd  out_a = dz * up * s (1 + g (1 - s)), out_b = dz * g * s   (s = sigmoid(g);
 //                 x = gate, y = up, z = dy; d_gate into out_a, d_up into out_b)
+//   silu_mul_bwd_halves  silu_mul_bwd with gate and up the two halves of each row of x = y =
+//                 [rows, 2·cols] (silu_mul_halves' input) and their gradients the two halves of
+//                 each row of out_a (z = dy: [rows, cols]), ready for one product with the
+//                 stacked weights
 //   gelu_bwd      out = y * gelu'(x)                  (y = dy)
 // Binding 2 is `y` (read) in silu_mul, add_bias and the backward entries, and `dst`
 // (read_write) in gelu; binding 3 is `out` except in silu_mul_bwd, which reads dy there.
@@ -103,6 +107,21 @@ fn silu_mul_bwd(@builtin(global_invocation_id) gid: vec3<u32>) {
     let sm = 1.0 / (1.0 + exp(g));
     out_a[p.out_off + i] = d * y[p.y_off + i] * s * (1.0 + g * sm);
     out_b[p.out2_off + i] = d * g * s;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn silu_mul_bwd_halves(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) { return; }
+    let row = 2u * p.cols * (i / p.cols) + i % p.cols;
+    let g = x[p.x_off + row];
+    let u = y[p.y_off + row + p.cols];
+    let d = z[p.z_off + i];
+    // As silu_mul_bwd, element for element.
+    let s = 1.0 / (1.0 + exp(-g));
+    let sm = 1.0 / (1.0 + exp(g));
+    out_a[p.out_off + row] = d * u * s * (1.0 + g * sm);
+    out_a[p.out_off + row + p.cols] = d * g * s;
 }
 
 @compute @workgroup_size(256, 1, 1)

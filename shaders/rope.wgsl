@@ -13,6 +13,10 @@
 // rope_kv also takes sequences decoded together at their own positions (one token each, up to
 // 16 per dispatch, `each`), and, where tstride is not 0, its three inputs as parts of one stacked
 // q/k/v product: a token's heads of each part consecutive, tokens tstride apart.
+// rope_bwd_stacked is the backward of rope_kv's rotation on a stacked q/k/v gradient `out`
+// (rows tstride apart, from out_off): the queries' gradient x (dense, from in_off) rotated back
+// into each row's query columns, and the keys' columns, which attention's backward wrote there
+// (from element in2_off of the binding), rotated back in place; the values' columns are left.
 // norm_qkv_rope_kv is rms_norm → the stacked q/k/v product → rope_kv for a few rows (a decoded
 // token on a hardware adapter) in one dispatch: see its entry below.
 //
@@ -145,6 +149,30 @@ fn rope_kv(@builtin(global_invocation_id) gid: vec3<u32>) {
         let dst = p.vc_off + cache_index(row, col);
         vc[dst] = v[at];
         vc[dst + 1u] = v[at + 1u];
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn rope_bwd_stacked(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = gid.x;
+    let d = 2u * p.half;
+    if (k < p.pairs) {
+        let r = rotation(k, p.heads);
+        let row = k / p.half;
+        let a = x[p.in_off + r.ia];
+        let b = x[p.in_off + r.ib];
+        out[p.out_off + src(row, r.ia - row * d, p.heads)] = a * r.c - b * r.s;
+        out[p.out_off + src(row, r.ib - row * d, p.heads)] = a * r.s + b * r.c;
+    } else if (k < p.pairs + p.pairs2) {
+        let j = k - p.pairs;
+        let r = rotation(j, p.heads2);
+        let row = j / p.half;
+        let ia = p.in2_off + src(row, r.ia - row * d, p.heads2);
+        let ib = p.in2_off + src(row, r.ib - row * d, p.heads2);
+        let a = out[ia];
+        let b = out[ib];
+        out[ia] = a * r.c - b * r.s;
+        out[ib] = a * r.s + b * r.c;
     }
 }
 

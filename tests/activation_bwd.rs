@@ -6,7 +6,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::activation::{gelu_grad, gelu_scalar, silu, silu_grad};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::activation::{gelu_bwd, silu_mul_bwd};
+use revive::ops::activation::{gelu_bwd, silu_mul_bwd, silu_mul_bwd_halves};
 
 const SHAPES: &[&[usize]] = &[&[1], &[1, 1], &[7, 1], &[13, 257], &[3, 4099], &[500, 3], &[2, 5, 1536]];
 
@@ -24,6 +24,40 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
     compare(&format!("silu_mul_bwd d_up {shape:?}"), &ok(gpu.download(&du))?, &wu, Tolerance::F32)?;
     let got = ok(gpu.download(&ok(gelu_bwd(gpu, &tx, &td))?))?;
     compare(&format!("gelu_bwd {shape:?}"), &got, &cpu::gelu_bwd(&x, &dy), GELU_BWD)
+}
+
+/// `silu_mul_bwd_halves` on gate and up stacked in each row's halves, against the oracle of the
+/// separate tensors (poisoned output: every element must be written).
+fn check_halves(gpu: &Gpu, rows: usize, cols: usize, seed: u64) -> Result<(), String> {
+    let mut r = rng(seed);
+    let gate: Vec<f32> = random_vec(&mut r, rows * cols).into_iter().map(|v| 8.0 * v).collect();
+    let up = random_vec(&mut r, rows * cols);
+    let dy = random_vec(&mut r, rows * cols);
+    let gate_up: Vec<f32> = (0..rows).flat_map(|i| gate[i * cols..(i + 1) * cols].iter().chain(&up[i * cols..(i + 1) * cols]).copied().collect::<Vec<_>>()).collect();
+    let t = ok(gpu.upload(&gate_up, &[rows, 2 * cols]))?;
+    let got = ok(gpu.download(&ok(silu_mul_bwd_halves(gpu, &t, &ok(gpu.upload(&dy, &[rows, cols]))?))?))?;
+    let (wg, wu) = cpu::silu_mul_bwd(&gate, &up, &dy);
+    let want: Vec<f64> = (0..rows).flat_map(|i| wg[i * cols..(i + 1) * cols].iter().chain(&wu[i * cols..(i + 1) * cols]).copied().collect::<Vec<_>>()).collect();
+    compare(&format!("silu_mul_bwd_halves {rows}x{cols}"), &got, &want, Tolerance::F32)
+}
+
+#[test]
+fn silu_mul_bwd_halves_matches_oracle() {
+    for_each_gpu(|gpu| {
+        for (i, &(rows, cols)) in [(1, 1), (7, 1), (1, 257), (13, 37), (5, 1536), (300, 3)].iter().enumerate() {
+            check_halves(gpu, rows, cols, 2400 + i as u64)?;
+        }
+        // Pieces of whole rows, across dispatches and bindings.
+        let small = &gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        check_halves(small, 50, 37, 2410)?;
+        check_halves(small, 3, 301, 2411)?;
+        let t = ok(gpu.upload(&[0.0; 6], &[2, 3]))?;
+        let bad = ok(gpu.upload(&[0.0; 6], &[2, 3]))?;
+        match silu_mul_bwd_halves(gpu, &t, &bad) {
+            Err(e) if e.to_string().contains("silu_mul_bwd_halves") => Ok(()),
+            other => Err(format!("gate_up of an odd last dimension: {:?}", other.map(|_| ()))),
+        }
+    });
 }
 
 /// Deep in the negative tail gelu' ~ exp(−2u) is ~1e-13 and f32 exp of an argument ~35 is off

@@ -6,7 +6,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::attention::{attention64, attention_bwd64};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::attention::{attention_bwd, attention_bwd_with, AttentionKernel};
+use revive::ops::attention::{attention_bwd, attention_bwd_into, attention_bwd_with, AttentionKernel, KvGrads};
 
 /// (B, T, Hq, Hkv, D, pos0, S)
 type Case = (usize, usize, usize, usize, usize, usize, usize);
@@ -52,6 +52,17 @@ fn check_with(gpu: &Gpu, (b, t, hq, hkv, d, pos0, s): Case, seed: u64, kernel: A
         compare(&format!("attention_bwd dq {what}"), &ok(gpu.download(&dq))?, &wq, TOL)?;
         compare(&format!("attention_bwd dk {what}"), &ok(gpu.download(&dk))?, &rows(&wk), TOL)?;
         compare(&format!("attention_bwd dv {what}"), &ok(gpu.download(&dv))?, &rows(&wv), TOL)?;
+        // dk and dv into their columns of a stacked q/k/v gradient (poisoned: every value of
+        // those columns must be written), as the targets' backward pass takes them.
+        let n = (hq + 2 * hkv) * d;
+        let (stacked, dq2) = (ok(gpu.empty(&[b * lo, n]))?, ok(gpu.empty(&qs))?);
+        let out = KvGrads { k: (&stacked, hq * d), v: (&stacked, (hq + hkv) * d), tstride: n };
+        ok(attention_bwd_into(gpu, &tq, &tk, &tv, pos0, keys_from, scale, &td, kernel, &dq2, out))?;
+        let all = ok(gpu.download(&stacked))?;
+        let cols = |from: usize| -> Vec<f32> { all.chunks(n).flat_map(|row| row[from..from + hkv * d].to_vec()).collect() };
+        compare(&format!("attention_bwd_into dq {what}"), &ok(gpu.download(&dq2))?, &wq, TOL)?;
+        compare(&format!("attention_bwd_into stacked dk {what}"), &cols(hq * d), &rows(&wk), TOL)?;
+        compare(&format!("attention_bwd_into stacked dv {what}"), &cols((hq + hkv) * d), &rows(&wv), TOL)?;
     }
     Ok(())
 }

@@ -11,14 +11,17 @@ use revive::model::probe::{Probes, Site};
 use revive::model::random::random_weights;
 use revive::model::{Config, RopeStyle, Weights};
 
-fn models() -> Vec<(&'static str, Weights)> {
+/// (name, weights, whether the model keeps its q/k/v and gate/up weights stacked).
+fn models() -> Vec<(&'static str, Weights, bool)> {
     let mut adjacent = Config::tiny_llama();
     adjacent.rope_style = RopeStyle::Adjacent;
     adjacent.tied_embeddings = true;
     vec![
-        ("llama", random_weights(&Config::tiny_llama(), 21)),
-        ("llama-adjacent-tied", random_weights(&adjacent, 22)),
-        ("gpt2", random_weights(&Config::tiny_gpt2(), 23)),
+        ("llama", random_weights(&Config::tiny_llama(), 21), true),
+        // The separate products' way back (a model too large to stack).
+        ("llama-unstacked", random_weights(&Config::tiny_llama(), 21), false),
+        ("llama-adjacent-tied", random_weights(&adjacent, 22), true),
+        ("gpt2", random_weights(&Config::tiny_gpt2(), 23), true),
     ]
 }
 
@@ -48,11 +51,14 @@ fn cpu_loss(cpu: &CpuModel, seqs: &[Vec<u32>], layer: usize, sites: &[(usize, us
 #[test]
 fn delta_gradient_matches_finite_differences() {
     for_each_gpu(|gpu| {
-        for (name, w) in models() {
+        for (name, w, stacked) in models() {
             let c = &w.config;
             let (d, v) = (c.hidden, c.vocab_size as u32);
             let cpu = CpuModel::new(&w);
-            let gm = ok(GpuModel::new(gpu, &w))?;
+            let mut gm = ok(GpuModel::new(gpu, &w))?;
+            if !stacked {
+                gm.unstack();
+            }
             let seqs = vec![vec![5, 17, 3, 60 % v, 2, 9, 33], vec![7, 1, 88 % v], vec![4, 8, 15, 16, 23]];
             let t = 7;
             let sites = [(0, 2), (1, 1), (2, 3)];

@@ -10,7 +10,7 @@
 //! step uploads δ and reads back one number per term and δ's gradient, nothing batch-sized.
 
 use super::config::Arch;
-use super::forward::{span_groups, Batch, BlockTape, GpuModel, Keep, KvCache};
+use super::forward::{span_groups, Batch, BlockTape, GpuModel, Keep, KvCache, MlpTape};
 use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -509,13 +509,17 @@ impl<'m> DeltaPass<'m> {
 
         // MLP: x_out = x_mid + down(act(norm(x_mid))).
         let dkey = gemm(gpu, &dy, w("w_down")?, None, plain)?;
-        let dh = match &tape.gate {
-            Some(gate) => {
-                let (dgate, dup) = activation::silu_mul_bwd(gpu, gate, &tape.up, &dkey)?;
+        let dh = match &tape.mlp {
+            MlpTape::Stacked(gate_up) => {
+                let (_, stacked) = m.stacked(i).ok_or_else(|| Error::shape("delta pass", format!("layer {i}: a stacked tape without stacked weights")))?;
+                gemm(gpu, &activation::silu_mul_bwd_halves(gpu, gate_up, &dkey)?, stacked, None, plain)?
+            }
+            MlpTape::Apart { gate, up } => {
+                let (dgate, dup) = activation::silu_mul_bwd(gpu, gate, up, &dkey)?;
                 let dh = gemm(gpu, &dgate, w("w_gate")?, None, plain)?;
                 gemm(gpu, &dup, w("w_up")?, Some(&dh), acc)?
             }
-            None => gemm(gpu, &activation::gelu_bwd(gpu, &tape.up, &dkey)?, w("w_up")?, None, plain)?,
+            MlpTape::Gelu(up) => gemm(gpu, &activation::gelu_bwd(gpu, up, &dkey)?, w("w_up")?, None, plain)?,
         };
         self.norm_bwd(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh, Some(&dy))?;
         let dx_mid = dy;
@@ -524,15 +528,32 @@ impl<'m> DeltaPass<'m> {
         let d_o = gemm(gpu, &dx_mid, w("wo")?, None, plain)?.reshape(&[b, t, c.n_heads, hd])?;
         // The prefix's cached keys and values are constants: the gradients of the suffix's own.
         let kernel = attention::kernel_for(gpu, &tape.q);
-        let (dq, dk, dv) = attention::attention_bwd_with(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, 1.0 / (hd as f32).sqrt(), &d_o, kernel)?;
-        let (dq, dk) = match c.arch {
-            Arch::Gpt2 => (dq, dk),
-            Arch::Llama => (rope::rope_bwd(gpu, &dq, pos0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, pos0, c.rope_theta, c.rope_style)?),
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (rows, (hq, hkv)) = (b * t, (c.n_heads, c.n_kv_heads));
+        let dh = match (c.arch, m.stacked(i)) {
+            // Attention's backward writes dk and dv into their columns of one stacked gradient,
+            // the rotation's backward fills the queries' and turns the keys' back in place, and
+            // one product with the stacked weights follows.
+            (Arch::Llama, Some((qkv, _))) => {
+                let dqkv = gpu.empty(&[rows, (hq + 2 * hkv) * hd])?;
+                let dq = gpu.empty(tape.q.shape())?;
+                let out = attention::KvGrads { k: (&dqkv, hq * hd), v: (&dqkv, (hq + hkv) * hd), tstride: (hq + 2 * hkv) * hd };
+                attention::attention_bwd_into(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, scale, &d_o, kernel, &dq, out)?;
+                rope::rope_bwd_stacked(gpu, &dq, &dqkv, rope::Heads { q: hq, kv: hkv, dim: hd }, pos0, c.rope_theta, c.rope_style)?;
+                gemm(gpu, &dqkv, qkv, None, plain)?
+            }
+            _ => {
+                let (dq, dk, dv) = attention::attention_bwd_with(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, scale, &d_o, kernel)?;
+                let (dq, dk) = match c.arch {
+                    Arch::Gpt2 => (dq, dk),
+                    Arch::Llama => (rope::rope_bwd(gpu, &dq, pos0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, pos0, c.rope_theta, c.rope_style)?),
+                };
+                let dh = gemm(gpu, &dq.reshape(&[rows, hq * hd])?, w("wq")?, None, plain)?;
+                gemm(gpu, &dk.reshape(&[rows, hkv * hd])?, w("wk")?, Some(&dh), acc)?;
+                gemm(gpu, &dv.reshape(&[rows, hkv * hd])?, w("wv")?, Some(&dh), acc)?;
+                dh
+            }
         };
-        let rows = b * t;
-        let dh = gemm(gpu, &dq.reshape(&[rows, c.n_heads * hd])?, w("wq")?, None, plain)?;
-        gemm(gpu, &dk.reshape(&[rows, c.n_kv_heads * hd])?, w("wk")?, Some(&dh), acc)?;
-        gemm(gpu, &dv.reshape(&[rows, c.n_kv_heads * hd])?, w("wv")?, Some(&dh), acc)?;
         self.norm_bwd(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh, Some(&dx_mid))?;
         Ok(dx_mid)
     }

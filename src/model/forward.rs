@@ -270,10 +270,18 @@ pub(crate) struct BlockTape {
     /// Queries after RoPE: [B, T, Hq, D].
     pub q: Tensor,
     pub x_mid: Tensor,
-    /// SwiGLU's gate projection (Llama); GPT-2 has none.
-    pub gate: Option<Tensor>,
-    /// The up projection: SwiGLU's second input, or GELU's input.
-    pub up: Tensor,
+    pub mlp: MlpTape,
+}
+
+/// The MLP activation's inputs as the forward pass computed them.
+pub(crate) enum MlpTape {
+    /// SwiGLU's gate and up projections from two products (no stacked weights).
+    Apart { gate: Tensor, up: Tensor },
+    /// SwiGLU's gate and up as the two halves of each row of one product with the stacked
+    /// weights: the backward pass goes back through that one product too.
+    Stacked(Tensor),
+    /// GELU's input (GPT-2).
+    Gelu(Tensor),
 }
 
 /// Which rows of [B·T] get logits.
@@ -339,6 +347,18 @@ impl GpuModel {
         &self.gpu
     }
 
+    /// From here on, q/k/v and gate/up as separate products, as a model whose stacks would not
+    /// fit one buffer runs them: to compare the two ways (the weights stay where they are).
+    pub fn unstack(&mut self) {
+        self.stacks.clear();
+    }
+
+    /// Layer i's stacked weights, q/k/v then gate/up (`[(Hq + 2·Hkv)·D, d]` and `[2·F, d]`),
+    /// where the model keeps them stacked.
+    pub(crate) fn stacked(&self, i: usize) -> Option<(&Tensor, &Tensor)> {
+        self.stacks.get(i).map(|s| (&s.qkv.tensor, &s.gate_up.tensor))
+    }
+
     pub fn tensor(&self, name: &str) -> Result<&Tensor> {
         self.w.get(name).ok_or_else(|| Error::Model { file: "model".into(), detail: format!("no tensor '{name}'") })
     }
@@ -397,15 +417,23 @@ impl GpuModel {
         }
     }
 
-    /// x + h · Wᵀ (+ b), the residual stream plus a block's output. Where nothing else holds x
-    /// (no tape, probe or caller keeps a copy) and there is no bias, the product accumulates
-    /// into x's buffer (the matmul's beta = 1): one dispatch instead of a matmul and an add, with
-    /// the same bits, since both round x + (h · Wᵀ) once. Only where h and W fit one binding
-    /// each: the matmul then never splits K, which would add x to partial sums.
+    /// x + h · Wᵀ (+ b), the residual stream plus a block's output. Without a bias the product
+    /// accumulates into x's buffer (the matmul's beta = 1) — or, where something else holds x
+    /// (a tape, a probe), into a copy of it, a buffer copy rather than a dispatch: one dispatch
+    /// instead of a matmul and an add, with the same bits, since both round x + (h · Wᵀ) once.
+    /// Only where h and W fit one binding each: the matmul then never splits K, which would add
+    /// x to partial sums.
     pub fn residual_linear(&self, x: Tensor, h: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let max = Tensor::max_binding_elems(&self.gpu);
-        if b.is_none() && x.is_unique() && h.numel() <= max && w.numel() <= max {
-            return matmul::gemm(&self.gpu, h, w, Some(&x), matmul::Gemm { trans_b: true, beta: 1.0, ..Default::default() });
+        if b.is_none() && h.numel() <= max && w.numel() <= max {
+            let acc = if x.is_unique() {
+                x
+            } else {
+                let copy = self.gpu.empty(x.shape())?;
+                self.gpu.copy_into(&x, &copy)?;
+                copy
+            };
+            return matmul::gemm(&self.gpu, h, w, Some(&acc), matmul::Gemm { trans_b: true, beta: 1.0, ..Default::default() });
         }
         elementwise::add(&self.gpu, &x, &self.linear(h, w, b)?)
     }
@@ -634,13 +662,11 @@ impl GpuModel {
         let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
         let attn_norm = format!("layers.{i}.attn_norm");
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
-        // The stacked q/k/v product serves every pass (the tape keeps the rotated queries,
-        // which the rotation returns either way); the stacked gate/up only passes without a
-        // tape, whose backward needs gate and up apart.
+        // The stacked products serve every pass: the tape keeps the rotated queries, which the
+        // rotation returns either way, and gate/up as the one product's halves.
         let qkv_stack = self.stacks.get(i);
-        let stacks = qkv_stack.filter(|_| !record);
         // The queries as attention reads them, this layer's keys and values in the cache.
-        let q = match (stacks, qkv_stack) {
+        let q = match (qkv_stack.filter(|_| !record), qkv_stack) {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
             (Some(s), _) if self.folds(b * t) => {
@@ -672,34 +698,33 @@ impl GpuModel {
         let x_mid = self.residual_linear(x, &o, self.l(i, "wo")?, bias("bo")?)?;
 
         let mlp_norm = format!("layers.{i}.mlp_norm");
-        let (key, gate, up) = match stacks {
-            // Without a tape, gate and up are never needed apart; without keys kept, a few
-            // rows' activation folds into the down-projection, which adds into x_mid.
+        let (key, mlp) = match qkv_stack {
             Some(s) => {
                 let gate_up = self.norm_linear(&x_mid, &mlp_norm, &s.gate_up.tensor)?;
+                // Without keys kept, a few rows' activation folds into the down-projection,
+                // which adds into x_mid.
                 if keep == Keep::Output && self.folds(b * t) && x_mid.is_unique() {
                     let x_out = activation::silu_mul_matvec(gpu, &gate_up, self.l(i, "w_down")?, Some(x_mid))?;
                     return Ok(BlockOut { x: x_out, key: None, tape: None });
                 }
-                (activation::silu_mul_halves(gpu, &gate_up)?, None, None)
+                (activation::silu_mul_halves(gpu, &gate_up)?, MlpTape::Stacked(gate_up))
             }
             None => {
                 let h = self.norm(&x_mid, &mlp_norm)?;
                 let up = self.linear(&h, self.l(i, "w_up")?, bias("b_up")?)?;
                 if gpt2 {
-                    (activation::gelu(gpu, &up)?, None, Some(up))
+                    (activation::gelu(gpu, &up)?, MlpTape::Gelu(up))
                 } else {
                     let gate = self.linear(&h, self.l(i, "w_gate")?, None)?;
-                    (activation::silu_mul(gpu, &gate, &up)?, Some(gate), Some(up))
+                    (activation::silu_mul(gpu, &gate, &up)?, MlpTape::Apart { gate, up })
                 }
             }
         };
         let x_mid_kept = record.then(|| x_mid.clone());
         let x_out = self.residual_linear(x_mid, &key, self.l(i, "w_down")?, bias("b_down")?)?;
-        let tape = match (x_in, x_mid_kept, up) {
-            (Some(x_in), Some(x_mid), Some(up)) => Some(BlockTape { x_in, q, x_mid, gate, up }),
-            (None, None, _) => None,
-            _ => return Err(Error::shape("forward", format!("layer {i}: a tape was asked for but the block ran the stacked path, which keeps none"))),
+        let tape = match (x_in, x_mid_kept) {
+            (Some(x_in), Some(x_mid)) => Some(BlockTape { x_in, q, x_mid, mlp }),
+            _ => None,
         };
         Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
     }

@@ -182,6 +182,38 @@ pub fn silu_mul_bwd(gpu: &Gpu, gate: &Tensor, up: &Tensor, dy: &Tensor) -> Resul
     Ok((dg, du))
 }
 
+/// Gradients of `silu_mul_halves(gate_up)` for the upstream gradient dy [.., F]: d(gate_up)
+/// [.., 2·F], d_gate and d_up the two halves of each row as gate and up are in gate_up, so
+/// that one product with the stacked weights gives the gradient at the MLP's input. The same
+/// arithmetic per element as `silu_mul_bwd`.
+pub fn silu_mul_bwd_halves(gpu: &Gpu, gate_up: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    const OP: &str = "silu_mul_bwd_halves";
+    let shape = gate_up.shape();
+    let (Some((&both, outer)), true) = (shape.split_last(), shape.last().is_some_and(|&c| c % 2 == 0)) else {
+        return Err(Error::shape(OP, format!("gate_up {shape:?} has no last dimension of even size")));
+    };
+    let cols = both / 2;
+    if dy.shape() != [outer, &[cols]].concat() {
+        return Err(Error::shape(OP, format!("dy {:?} is not gate_up {shape:?} with half its last dimension", dy.shape())));
+    }
+    let out = gpu.empty(shape)?;
+    let rows = outer.iter().product::<usize>();
+    if rows == 0 || cols == 0 {
+        return Ok(out);
+    }
+    // Pieces of whole rows, as in silu_mul_halves.
+    let rows_per = (max_elems_per_dispatch(gpu, WG) / cols).min(Tensor::max_binding_elems(gpu) / both).max(1);
+    for (r0, r) in chunks(rows, rows_per) {
+        let (xb, x_off) = gate_up.bind(gpu, r0 * both, r * both)?;
+        let (yb, y_off) = gate_up.bind(gpu, r0 * both, r * both)?;
+        let (zb, z_off) = dy.bind(gpu, r0 * cols, r * cols)?;
+        let (ob, out_off) = out.bind(gpu, r0 * both, r * both)?;
+        let meta = Meta { cols: cols as u32, z_off, ..Meta::elementwise(r * cols, x_off, y_off, out_off) };
+        gpu.dispatch(ACTIVATION, OP, &[], bytemuck::bytes_of(&meta), &[xb, yb, zb, ob], [groups(r * cols, WG), 1, 1])?;
+    }
+    Ok(out)
+}
+
 /// dx of `gelu` (the tanh form) for the upstream gradient dy.
 pub fn gelu_bwd(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("gelu_bwd", ("x", x), ("dy", dy))?;

@@ -337,11 +337,49 @@ pub fn attention_bwd_with(
     d_out: &Tensor,
     kernel: AttentionKernel,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let [b, t, _, d] = dims4("attention_bwd", "q", q, "[B, T, Hq, D]")?;
+    let hkv = k_cache.shape().get(1).copied().unwrap_or(0);
+    let lo = (pos0 + t).saturating_sub(keys_from);
+    let dq = gpu.empty(q.shape())?;
+    let dk = gpu.empty(&[b, lo, hkv, d])?;
+    let dv = gpu.empty(&[b, lo, hkv, d])?;
+    let out = KvGrads { k: (&dk, 0), v: (&dv, 0), tstride: hkv * d };
+    attention_bwd_into(gpu, q, k_cache, v_cache, pos0, keys_from, scale, d_out, kernel, &dq, out)?;
+    Ok((dq, dk, dv))
+}
+
+/// Where `attention_bwd_into` writes the keys' and values' gradients: token (b, j)'s Hkv heads
+/// of D at element `k.1 + (b·L' + j)·tstride` of `k.0` (dk) and likewise in `v` (dv), L' the
+/// keys asked for. Dense [B, L', Hkv, D] tensors have tstride Hkv·D; a stacked q/k/v gradient
+/// [B·L', (Hq + 2·Hkv)·D] takes both at its rows' key and value columns, so that one product
+/// with the stacked weights follows.
+pub struct KvGrads<'a> {
+    pub k: (&'a Tensor, usize),
+    pub v: (&'a Tensor, usize),
+    pub tstride: usize,
+}
+
+/// `attention_bwd_with` into given outputs: dq (q's shape) and the keys' and values' gradients
+/// placed as `out` says.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd_into(
+    gpu: &Gpu,
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos0: usize,
+    keys_from: usize,
+    scale: f32,
+    d_out: &Tensor,
+    kernel: AttentionKernel,
+    dq: &Tensor,
+    out: KvGrads,
+) -> Result<()> {
     const OP: &str = "attention_bwd";
     let [b, t, hq, d] = dims4(OP, "q", q, "[B, T, Hq, D]")?;
     let [hkv, s] = check_caches(OP, q, k_cache, v_cache, pos0)?;
-    if d_out.shape() != q.shape() {
-        return Err(Error::shape(OP, format!("d_out {:?} does not match q {:?}", d_out.shape(), q.shape())));
+    if d_out.shape() != q.shape() || dq.shape() != q.shape() {
+        return Err(Error::shape(OP, format!("d_out {:?} and dq {:?} must match q {:?}", d_out.shape(), dq.shape(), q.shape())));
     }
     if !kernel.runs_on(gpu) {
         return Err(Error::Gpu(gpu.lanes_missing("attention_bwd: the lanes kernels")));
@@ -352,11 +390,16 @@ pub fn attention_bwd_with(
     let l = pos0 + t;
     // The keys whose gradients are wanted: rows keys_from .. l of the cache.
     let lo = l - keys_from;
-    let dq = gpu.empty(q.shape())?;
-    let dk = gpu.empty(&[b, lo, hkv, d])?;
-    let dv = gpu.empty(&[b, lo, hkv, d])?;
+    let ts = out.tstride;
+    let rows = b * lo;
+    for (name, (tensor, at)) in [("dk", out.k), ("dv", out.v)] {
+        if ts < hkv * d || (rows > 0 && at + (rows - 1) * ts + hkv * d > tensor.numel()) {
+            return Err(Error::shape(OP, format!("{name}: {rows} rows of {hkv} heads of {d}, {ts} apart from element {at}, do not fit {:?}", tensor.shape())));
+        }
+    }
+    let ((dk, k_at), (dv, v_at)) = (out.k, out.v);
     if q.numel() == 0 {
-        return Ok((dq, dk, dv));
+        return Ok(());
     }
     // Per query row: log-sum-exp and dO.o, written by the dq pass and read by the dk/dv pass.
     let stats = gpu.empty(&[b, t, hq, 2])?;
@@ -385,13 +428,13 @@ pub fn attention_bwd_with(
     // Where a sequence's queries and keys each fit one dispatch's row of workgroups, the whole
     // batch goes in two dispatches (z the sequence, y the kv group): an edit's batch of a few
     // hundred prompts is otherwise 2 × sequences × kv heads dispatches per layer.
-    let per_seq = [t * hq * d, hkv * s * d, t * hq * 2, lo * hkv * d];
+    let per_seq = [t * hq * d, hkv * s * d, t * hq * 2, lo * ts];
     let whole_seqs = t * group <= max_wg && l <= max_wg && hkv <= max_wg && per_seq.iter().all(|&n| n <= max_elems);
     let meta0 = BwdMeta {
         group: group as u32,
         d: d as u32,
         q_tstride: (hq * d) as u32,
-        o_tstride: (hkv * d) as u32,
+        o_tstride: ts as u32,
         pos: 0,
         t_count: t as u32,
         t_first: 0,
@@ -420,8 +463,10 @@ pub fn attention_bwd_with(
             let meta = BwdMeta { pos: pos0 as u32, q_off, k_off, v_off, do_off, st_off, a_off: qg_off, strides, ..meta0 };
             let (shader, entry, x) = dq_kernel(t);
             gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, qgb], [x, hkv as u32, bn as u32])?;
-            let (ab, a_off) = dk.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
-            let (bb, b_off) = dv.bind(gpu, b0 * per_seq[3], bn * per_seq[3])?;
+            // The chunk's output rows: the last one ends at its kv heads.
+            let o_len = (bn * lo - 1) * ts + hkv * d;
+            let (ab, a_off) = dk.bind(gpu, k_at + b0 * per_seq[3], o_len)?;
+            let (bb, b_off) = dv.bind(gpu, v_at + b0 * per_seq[3], o_len)?;
             // The tiled kernel reads key j at row j of its sequence's block; the other reads
             // key j0 + x at row x, so its bindings start at key j0.
             let (shader, entry, x, kv_skip) = match (tiled, lanes) {
@@ -433,7 +478,7 @@ pub fn attention_bwd_with(
             let meta = BwdMeta { pos: pos0 as u32, j0: keys_from as u32, q_off, k_off, v_off, do_off, st_off, a_off, b_off, strides, ..meta0 };
             gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &[qb, kb, vb, db, sb, ab, bb], [x, hkv as u32, bn as u32])?;
         }
-        return Ok((dq, dk, dv));
+        return Ok(());
     }
     for bi in 0..b {
         for g in 0..hkv {
@@ -453,7 +498,7 @@ pub fn attention_bwd_with(
                 let (shader, entry, x) = dq_kernel(tn);
                 gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&meta), &binds, [x, 1, 1])?;
             }
-            let keys_per = max_wg.min((max_elems - d) / (hkv * d) + 1);
+            let keys_per = max_wg.min((max_elems - d) / ts + 1);
             for (j0, jn) in chunks(lo, keys_per) {
                 let j0 = keys_from + j0;
                 // Queries at or after the first key of this piece see it.
@@ -465,10 +510,10 @@ pub fn attention_bwd_with(
                 let (kb, k_off) = k_cache.bind(gpu, kv_start + j0 * d, jn * d)?;
                 let (vb, v_off) = v_cache.bind(gpu, kv_start + j0 * d, jn * d)?;
                 let (sb, st_off) = stats.bind(gpu, st_start, (t - t_first - 1) * hq * 2 + group * 2)?;
-                let o_start = ((bi * lo + j0 - keys_from) * hkv + g) * d;
-                let o_len = (jn - 1) * hkv * d + d;
-                let (ab, a_off) = dk.bind(gpu, o_start, o_len)?;
-                let (bb, b_off) = dv.bind(gpu, o_start, o_len)?;
+                let o_start = (bi * lo + j0 - keys_from) * ts + g * d;
+                let o_len = (jn - 1) * ts + d;
+                let (ab, a_off) = dk.bind(gpu, k_at + o_start, o_len)?;
+                let (bb, b_off) = dv.bind(gpu, v_at + o_start, o_len)?;
                 let meta = BwdMeta {
                     pos: pos0 as u32,
                     t_first: t_first as u32,
@@ -487,5 +532,5 @@ pub fn attention_bwd_with(
             }
         }
     }
-    Ok((dq, dk, dv))
+    Ok(())
 }

@@ -347,6 +347,51 @@ pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, 
     Ok(qo)
 }
 
+/// The backward of the rotation `rope_kv_stacked` applies, into a stacked q/k/v gradient
+/// dqkv: [B·T, (Hq + 2·Hkv)·D] (each row a token's, queries then keys then values): dq
+/// [B, T, Hq, D] rotated back into the query columns, and the key columns — which
+/// `attention::attention_bwd_into` wrote there — rotated back in place; the value columns are
+/// left as they are. One product of dqkv with the stacked weights then gives the gradient at
+/// the projections' input. One dispatch where both fit a binding and the pairs a dispatch;
+/// else `rope_bwd` on dense copies.
+pub fn rope_bwd_stacked(gpu: &Gpu, dq: &Tensor, dqkv: &Tensor, heads: Heads, pos0: usize, theta: f32, style: RopeStyle) -> Result<()> {
+    const OP: &str = "rope_bwd_stacked";
+    let Heads { q: hq, kv: hk, dim: d } = heads;
+    let [b, t, _, _] = check(OP, "dq", dq.shape(), pos0)?;
+    let n = (hq + 2 * hk) * d;
+    if dq.shape() != [b, t, hq, d] || dqkv.shape() != [b * t, n] {
+        return Err(Error::shape(OP, format!("dq {:?} and the stacked gradient {:?} do not agree with {hq} + 2 × {hk} heads of {d}", dq.shape(), dqkv.shape())));
+    }
+    let (nq, nk) = (b * t * hq * d, b * t * hk * d);
+    if nq == 0 {
+        return Ok(());
+    }
+    let max_elems = Tensor::max_binding_elems(gpu);
+    let fits = dq.numel() <= max_elems && dqkv.numel() <= max_elems && (nq + nk) / 2 <= gpu.split_limits().max_workgroups as usize * WG;
+    if !fits {
+        let part = |from: usize, h: usize| (View { offset: from, strides: [t * n, n, d, 1] }, [b, t, h, d]);
+        let (q_view, q_shape) = part(0, hq);
+        copy_strided(gpu, &rope_bwd(gpu, dq, pos0, theta, style)?, View::dense(&q_shape), dqkv, q_view, &q_shape)?;
+        let (k_view, k_shape) = part(hq * d, hk);
+        let dk = gpu.empty(&k_shape)?;
+        copy_strided(gpu, dqkv, k_view, &dk, View::dense(&k_shape), &k_shape)?;
+        return copy_strided(gpu, &rope_bwd(gpu, &dk, pos0, theta, style)?, View::dense(&k_shape), dqkv, k_view, &k_shape);
+    }
+    let (xb, in_off) = dq.bind(gpu, 0, dq.numel())?;
+    let (ob, out_off) = dqkv.bind(gpu, 0, dqkv.numel())?;
+    let meta = Meta {
+        pairs: (nq / 2) as u32,
+        pairs2: (nk / 2) as u32,
+        heads2: hk as u32,
+        in_off,
+        out_off,
+        in2_off: out_off + (hq * d) as u32,
+        tstride: n as u32,
+        ..meta("rope_bwd", t, hq, d, pos0, theta, style)
+    };
+    gpu.dispatch(ROPE, OP, &[], bytemuck::bytes_of(&meta), &[xb, ob], [groups((nq + nk) / 2, WG), 1, 1])
+}
+
 /// x's [B, T, H, D], checked: an even head dimension the uniform can hold, positions an f32
 /// holds exactly.
 fn check(op: &'static str, name: &str, shape: &[usize], pos0: usize) -> Result<[usize; 4]> {
