@@ -401,21 +401,21 @@ impl<'m> DeltaPass<'m> {
         let upper = self.upper(delta)?;
         let (logits, normed_in) = self.head(&upper, &prepared.stacked)?;
         let (dlogits, row_loss) = weighted_nll(gpu, &logits, &prepared.weights)?;
-        let mut parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
+        // Every loss is read back after the backward pass is recorded: a read waits for the
+        // GPU, which would otherwise sit idle while the host records the rest of the step.
 
         // Back through the unembedding and the final norm, then scatter the rows into each
         // group with a one-hot product (rows are few; no scatter kernel needed), down its
         // layers, and each δ's gradient summed over its sites in every group.
         let dh = gemm(gpu, &dlogits, m.head()?, None, Gemm::default())?;
+        let mut from_reference_loss = None;
         if let Some((first, weight, log_q)) = &prepared.from_reference {
             // Those rows' weights were zero above: their part and their rows of dh are added.
             let (vocab, d) = (log_q.shape()[1], dh.shape()[1]);
             let n = log_q.shape()[0];
             let (dl, loss) = kl_from_reference(gpu, &logits.view(first * vocab, &[n, vocab])?, log_q, *weight)?;
             gemm(gpu, &dl, m.head()?, Some(&dh.view(first * d, &[n, d])?), Gemm { beta: 1.0, ..Default::default() })?;
-            for (part, l) in parts[*first..].iter_mut().zip(gpu.download(&loss)?) {
-                *part += f64::from(l);
-            }
+            from_reference_loss = Some((*first, loss));
         }
         let dxr = self.norm_bwd(&normed_in, "final_norm", &dh, None)?;
         let mut grad: Option<Tensor> = None;
@@ -428,6 +428,12 @@ impl<'m> DeltaPass<'m> {
             }
             let sum_sites = Gemm { trans_a: true, beta: if grad.is_some() { 1.0 } else { 0.0 }, ..Default::default() };
             grad = Some(gemm(gpu, &group.sites, &dx, grad.as_ref(), sum_sites)?);
+        }
+        let mut parts: Vec<f64> = gpu.download(&row_loss)?.into_iter().map(f64::from).collect();
+        if let Some((first, loss)) = from_reference_loss {
+            for (part, l) in parts[first..].iter_mut().zip(gpu.download(&loss)?) {
+                *part += f64::from(l);
+            }
         }
         // No term reads a row after a δ: the loss does not depend on δ.
         let grad = match grad {
