@@ -218,3 +218,37 @@ fn delta_pass_rejects_bad_input() {
         Ok(())
     });
 }
+
+/// An Adam step of the targets on a Llama model: each upper layer costs 19 dispatches with the
+/// stacked q/k/v and gate/up products (9 forward with the tape, 10 back) and 26 with separate
+/// ones. Counted as the difference between passes edited one layer apart, so that what runs
+/// once per step (the head, the loss, δ's sites) drops out.
+#[test]
+fn an_adam_step_takes_19_dispatches_per_upper_layer() {
+    // Counts dispatches: a device of its own, which no other test of this binary uses.
+    for_each_fresh_gpu(false, |gpu| {
+        let w = random_weights(&Config::tiny_llama(), 41);
+        let d = w.config.hidden;
+        for (stacked, want) in [(true, 19), (false, 26)] {
+            let mut gm = ok(GpuModel::new(gpu, &w))?;
+            if !stacked {
+                gm.unstack();
+            }
+            let step = |layer: usize| -> Result<u64, String> {
+                // One group (else each group's layers count apart).
+                let sites = [((0, 2), 0), ((1, 1), 0)];
+                let pass = ok(DeltaPass::grouped(&gm, ok(Batch::new(&[vec![3, 1, 4, 1, 5], vec![9, 2, 6]]))?, layer, &sites, 1, usize::MAX))?;
+                let terms = [Term::Nll { row: 4, token: 7, weight: 1.0 }, Term::Nll { row: 7, token: 2, weight: 0.5 }];
+                let prepared = ok(pass.prepare_terms(&terms))?;
+                let before = gpu.runtime_stats();
+                ok(pass.loss_and_grad_with(&vec![0.01; d], &prepared))?;
+                Ok((gpu.runtime_stats() - before).dispatches)
+            };
+            let per_layer = step(0)? as i64 - step(1)? as i64;
+            if per_layer != want {
+                return Err(format!("stacked {stacked}: {per_layer} dispatches per upper layer, want {want}"));
+            }
+        }
+        Ok(())
+    });
+}
