@@ -68,25 +68,45 @@ pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// product with the gate and up weights stacked, then this, is one dispatch fewer than two
 /// products and `silu_mul`, with the same arithmetic per element.
 pub fn silu_mul_halves(gpu: &Gpu, gate_up: &Tensor) -> Result<Tensor> {
-    let (Some((&both, outer)), true) = (gate_up.shape().split_last(), gate_up.shape().last().is_some_and(|&c| c % 2 == 0)) else {
-        return Err(Error::shape("silu_mul_halves", format!("{:?} has no last dimension of even size", gate_up.shape())));
-    };
-    let cols = both / 2;
+    let (cols, outer) = halves("silu_mul_halves", gate_up)?;
     let out = gpu.empty(&[outer, &[cols]].concat())?;
-    let rows = outer.iter().product::<usize>();
-    if rows == 0 || cols == 0 {
-        return Ok(out);
+    run_halves(gpu, "silu_mul_halves", gate_up, cols, &[(&out, cols)])?;
+    Ok(out)
+}
+
+/// gate_up's [.., 2·F] checked: F and the leading dimensions.
+fn halves<'t>(op: &'static str, gate_up: &'t Tensor) -> Result<(usize, &'t [usize])> {
+    match gate_up.shape().split_last() {
+        Some((&both, outer)) if both % 2 == 0 => Ok((both / 2, outer)),
+        _ => Err(Error::shape(op, format!("gate_up {:?} has no last dimension of even size", gate_up.shape()))),
     }
-    // Pieces of whole rows, so that a piece's gate and up halves lie in its binding.
+}
+
+/// Runs `entry` over gate_up [rows, 2·F] (bound as both x and y) in pieces of whole rows, so
+/// that a piece's gate and up halves lie in its binding; `rest` (z, then out; each with its
+/// row width) is bound over the same rows.
+fn run_halves(gpu: &Gpu, entry: &'static str, gate_up: &Tensor, cols: usize, rest: &[(&Tensor, usize)]) -> Result<()> {
+    let both = 2 * cols;
+    let rows = gate_up.numel() / both.max(1);
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
     let rows_per = (max_elems_per_dispatch(gpu, WG) / cols).min(Tensor::max_binding_elems(gpu) / both).max(1);
     for (r0, r) in chunks(rows, rows_per) {
         let (xb, x_off) = gate_up.bind(gpu, r0 * both, r * both)?;
         let (yb, y_off) = gate_up.bind(gpu, r0 * both, r * both)?;
-        let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let meta = Meta { cols: cols as u32, ..Meta::elementwise(r * cols, x_off, y_off, out_off) };
-        gpu.dispatch(ACTIVATION, "silu_mul_halves", &[], bytemuck::bytes_of(&meta), &[xb, yb, ob], [groups(r * cols, WG), 1, 1])?;
+        let mut binds = vec![xb, yb];
+        let mut offs = vec![];
+        for (t, width) in rest {
+            let (b, off) = t.bind(gpu, r0 * width, r * width)?;
+            binds.push(b);
+            offs.push(off);
+        }
+        let z_off = if offs.len() > 1 { offs[0] } else { 0 };
+        let meta = Meta { cols: cols as u32, z_off, ..Meta::elementwise(r * cols, x_off, y_off, offs.last().copied().unwrap_or(0)) };
+        gpu.dispatch(ACTIVATION, entry, &[], bytemuck::bytes_of(&meta), &binds, [groups(r * cols, WG), 1, 1])?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `silu_mul_halves(gate_up)` · mᵀ for gate_up [rows, 2·F] and m [n, F], without storing the
@@ -188,29 +208,12 @@ pub fn silu_mul_bwd(gpu: &Gpu, gate: &Tensor, up: &Tensor, dy: &Tensor) -> Resul
 /// arithmetic per element as `silu_mul_bwd`.
 pub fn silu_mul_bwd_halves(gpu: &Gpu, gate_up: &Tensor, dy: &Tensor) -> Result<Tensor> {
     const OP: &str = "silu_mul_bwd_halves";
-    let shape = gate_up.shape();
-    let (Some((&both, outer)), true) = (shape.split_last(), shape.last().is_some_and(|&c| c % 2 == 0)) else {
-        return Err(Error::shape(OP, format!("gate_up {shape:?} has no last dimension of even size")));
-    };
-    let cols = both / 2;
+    let (cols, outer) = halves(OP, gate_up)?;
     if dy.shape() != [outer, &[cols]].concat() {
-        return Err(Error::shape(OP, format!("dy {:?} is not gate_up {shape:?} with half its last dimension", dy.shape())));
+        return Err(Error::shape(OP, format!("dy {:?} is not gate_up {:?} with half its last dimension", dy.shape(), gate_up.shape())));
     }
-    let out = gpu.empty(shape)?;
-    let rows = outer.iter().product::<usize>();
-    if rows == 0 || cols == 0 {
-        return Ok(out);
-    }
-    // Pieces of whole rows, as in silu_mul_halves.
-    let rows_per = (max_elems_per_dispatch(gpu, WG) / cols).min(Tensor::max_binding_elems(gpu) / both).max(1);
-    for (r0, r) in chunks(rows, rows_per) {
-        let (xb, x_off) = gate_up.bind(gpu, r0 * both, r * both)?;
-        let (yb, y_off) = gate_up.bind(gpu, r0 * both, r * both)?;
-        let (zb, z_off) = dy.bind(gpu, r0 * cols, r * cols)?;
-        let (ob, out_off) = out.bind(gpu, r0 * both, r * both)?;
-        let meta = Meta { cols: cols as u32, z_off, ..Meta::elementwise(r * cols, x_off, y_off, out_off) };
-        gpu.dispatch(ACTIVATION, OP, &[], bytemuck::bytes_of(&meta), &[xb, yb, zb, ob], [groups(r * cols, WG), 1, 1])?;
-    }
+    let out = gpu.empty(gate_up.shape())?;
+    run_halves(gpu, OP, gate_up, cols, &[(dy, cols), (&out, 2 * cols)])?;
     Ok(out)
 }
 
