@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use revive::gpu::SplitLimits;
 use revive::cpu::model::CpuModel;
 use revive::model::backward::{DeltaPass, Term};
 use revive::model::forward::{Batch, GpuModel};
@@ -247,6 +248,46 @@ fn an_adam_step_takes_19_dispatches_per_upper_layer() {
             let per_layer = step(0)? as i64 - step(1)? as i64;
             if per_layer != want {
                 return Err(format!("stacked {stacked}: {per_layer} dispatches per upper layer, want {want}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// The stacked products' way back gives the separate products' loss and gradient (to f32
+/// rounding) at every edited layer, in one group and in a group per span, with grouped-query
+/// heads, both rotation pairings and binding limits small enough to split every kernel.
+#[test]
+fn stacked_and_separate_products_give_the_same_gradient() {
+    for_each_gpu(|gpu| {
+        let mut gqa = Config::tiny_llama();
+        (gqa.n_heads, gqa.n_kv_heads, gqa.head_dim, gqa.ffn_hidden, gqa.rope_style) = (3, 1, 12, 40, RopeStyle::Adjacent);
+        for (ci, c) in [Config::tiny_llama(), gqa].iter().enumerate() {
+            let w = random_weights(c, 100 + ci as u64);
+            let (d, v) = (c.hidden, c.vocab_size as u32);
+            let seqs = vec![vec![5, 17, 3, 60 % v, 2, 9, 33, 4, 8], vec![7, 1, 88 % v], vec![4, 8, 15, 16, 23]];
+            let sites = [((0, 2), 0), ((1, 1), 0), ((2, 3), 0)];
+            // One term at a site, which alone depends on δ at the last layer.
+            let terms = [Term::Nll { row: 4, token: 11, weight: 0.5 }, Term::Nll { row: 8, token: 3, weight: 0.25 }, Term::Nll { row: 11, token: 40 % v, weight: 1.0 }, Term::Nll { row: 21, token: 41 % v, weight: 1.0 }];
+            let delta: Vec<f32> = random_vec(&mut rng(9), d).iter().map(|x| x * 0.5).collect();
+            for limits in [None, Some(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 })] {
+                let gpu = limits.map_or_else(|| gpu.clone(), |l| gpu.with_split_limits(l));
+                let stacked = ok(GpuModel::new(&gpu, &w))?;
+                let mut separate = ok(GpuModel::new(&gpu, &w))?;
+                separate.unstack();
+                for layer in 0..c.n_layers {
+                    for overhead in [0, usize::MAX] {
+                        let run = |gm: &GpuModel| -> Result<_, String> { ok(ok(DeltaPass::grouped(gm, ok(Batch::new(&seqs))?, layer, &sites, 1, overhead))?.loss_and_grad(&delta, &terms)) };
+                        let (a, b) = (run(&stacked)?, run(&separate)?);
+                        let diff = a.grad.iter().zip(&b.grad).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+                        let norm = b.grad.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+                        // Negated on purpose: a NaN must fail.
+                        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                        if !(diff <= 1e-5 * norm) || !((a.loss - b.loss).abs() <= 1e-6 * b.loss.abs()) || norm == 0.0 {
+                            return Err(format!("config {ci}, limits {limits:?}, layer {layer}, overhead {overhead}: loss {} vs {}, gradient off by {:e} relative", a.loss, b.loss, diff / norm));
+                        }
+                    }
+                }
             }
         }
         Ok(())

@@ -625,13 +625,16 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights() {
         // Uninterrupted, in this process.
         let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
         let mut s = session(&gm, &tok, &whole, &reqs, true)?;
+        let started = std::time::Instant::now();
         ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
+        // Half a batch at most (and at most 100 ms): a later wait could outlast the last batch.
+        let max_wait_ms = (started.elapsed().as_millis() as u64 / 6 / 2).clamp(1, 100);
         let want = down_values(&gm)?;
 
         // A child process runs the same session and is killed (SIGKILL) five times: once the
-        // journal holds 1, 2, 3, 4 and 5 batches, each after a further random 0–100 ms, so the
-        // kills land in different phases (targets, solves, a journal write). Each child resumes
-        // what the one before left.
+        // journal holds 1, 2, 3, 4 and 5 batches, each after a further random wait within half
+        // a batch, so the kills land in different phases (targets, solves, a journal write).
+        // Each child resumes what the one before left.
         let journal = killed.join("journal");
         let batches_written = || std::fs::read_dir(&journal).map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with("-batch.safetensors")).count()).unwrap_or(0);
         let mut r = rng(77);
@@ -654,7 +657,7 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights() {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            std::thread::sleep(std::time::Duration::from_millis(rand::Rng::random_range(&mut r, 0..100)));
+            std::thread::sleep(std::time::Duration::from_millis(rand::Rng::random_range(&mut r, 0..max_wait_ms)));
             child.kill().unwrap();
             if child.wait().unwrap().success() {
                 return Err(format!("round {round}: the child finished before the kill"));

@@ -299,8 +299,8 @@ impl<'m> DeltaPass<'m> {
 
     /// Log-probabilities of `rows` with δ added: no backward pass.
     pub fn logprobs(&self, delta: &[f32], rows: &[usize]) -> Result<Vec<Vec<f64>>> {
-        // The same products as `loss_and_grad` (the taped ones, not the stacked), so that a KL
-        // against these log-probabilities is 0 to the bit at this δ.
+        // The same passes as `loss_and_grad` (taped, as its are), so that a KL against these
+        // log-probabilities is 0 to the bit at this δ.
         let upper = self.upper(delta)?;
         let (logits, _) = self.head(&upper, &self.stacked_rows(rows)?)?;
         Ok(log_softmax(&self.model.host_logits(&logits)?, self.model.config.vocab_size))

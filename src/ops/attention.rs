@@ -352,7 +352,10 @@ pub fn attention_bwd_with(
 /// of D at element `k.1 + (b·L' + j)·tstride` of `k.0` (dk) and likewise in `v` (dv), L' the
 /// keys asked for. Dense [B, L', Hkv, D] tensors have tstride Hkv·D; a stacked q/k/v gradient
 /// [B·L', (Hq + 2·Hkv)·D] takes both at its rows' key and value columns, so that one product
-/// with the stacked weights follows.
+/// with the stacked weights follows. There dk and dv bind overlapping ranges of one buffer as
+/// two writable bindings (their rows interleave): wgpu allows it, and each element has one
+/// writer; the WebGPU specification's rule against aliased writable bindings, which wgpu does
+/// not enforce, would refuse it in a browser.
 pub struct KvGrads<'a> {
     pub k: (&'a Tensor, usize),
     pub v: (&'a Tensor, usize),
