@@ -23,7 +23,7 @@ hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
   speed) only=export,forward,forward-per-query,forward-nofold,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
-  batch) only=export,memit-100,memit-100-noprefix,memit-100-padded,torch-memit-100 ;;
+  batch) only=export,memit-100,memit-100-unstacked,memit-100-noprefix,memit-100-padded,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
   sweep) only=sweep ;;
@@ -36,8 +36,9 @@ case ${2:-speed} in
   # query-tiled attention of prefills (forward-per-query: the same bench on the old kernel),
   # the targets' time per kernel (memit-100-profile), and the targets' passes in groups of
   # similar length (memit-100-padded: the same batch padded as one), and the targets' prefixes
-  # computed once (memit-100-noprefix: whole prompts at every step).
-  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-noprefix,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
+  # computed once (memit-100-noprefix: whole prompts at every step), and the targets' backward
+  # through the stacked products (memit-100-unstacked: separate products everywhere).
+  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-unstacked,memit-100-noprefix,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
@@ -108,6 +109,10 @@ step memit-100-padded 150 env REVIVE_PADDED_TARGETS=1 $bin bench edit -m "$model
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-padded --json "$out/memit-100-padded.json"
 # The same batch with whole prompts at every Adam step of the targets (as before the prefixes
 # were computed once, 2026-12-05): what the split buys on this GPU, in the same call.
+# The same with q/k/v and gate/up as separate products (REVIVE_UNSTACKED=1): 26 dispatches per
+# upper layer and Adam step instead of 19, and three products instead of one in every pass.
+step memit-100-unstacked 150 env REVIVE_UNSTACKED=1 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
+  --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-unstacked --json "$out/memit-100-unstacked.json"
 step memit-100-noprefix 150 env REVIVE_NO_PREFIX=1 $bin bench edit -m "$model" --method memit --edits assets/facts/geo/edits.json.gz \
   --limit 100 --batch 100 --templates 0 --steps 12 --cov-tokens 4096 --out /tmp/bench-edit-noprefix --json "$out/memit-100-noprefix.json"
 # The targets' grouping on this GPU: a group costs the padding of REVIVE_GROUP_OVERHEAD tokens

@@ -296,9 +296,10 @@ impl GpuModel {
         let layer_names = |i: usize, parts: &[&str]| -> Vec<String> { parts.iter().map(|p| format!("layers.{i}.{p}")).collect() };
         let mut w = HashMap::new();
         let mut stacks = vec![];
-        // A stack is one buffer: where the largest would not fit one, the weights stay apart.
+        // A stack is one buffer: where the largest would not fit one, the weights stay apart
+        // (and with REVIVE_UNSTACKED=1, to measure what the stacked products buy).
         let largest_stack = 4 * c.hidden.max(1) as u64 * ((c.n_heads + 2 * c.n_kv_heads) * c.head_dim).max(2 * c.ffn_hidden) as u64;
-        if c.arch == Arch::Llama && largest_stack <= gpu.limits().max_buffer_size {
+        if c.arch == Arch::Llama && largest_stack <= gpu.limits().max_buffer_size && !crate::gpu::env_flag("REVIVE_UNSTACKED") {
             for i in 0..c.n_layers {
                 let qkv = Stack::upload(gpu, weights, layer_names(i, &["wq", "wk", "wv"]), &mut w)?;
                 let gate_up = Stack::upload(gpu, weights, layer_names(i, &["w_gate", "w_up"]), &mut w)?;
@@ -720,10 +721,13 @@ impl GpuModel {
                 }
             }
         };
+        // Only a tape keeps the activation's inputs: dropped here, their buffer can serve the
+        // down-projection.
+        let mlp = record.then_some(mlp);
         let x_mid_kept = record.then(|| x_mid.clone());
         let x_out = self.residual_linear(x_mid, &key, self.l(i, "w_down")?, bias("b_down")?)?;
-        let tape = match (x_in, x_mid_kept) {
-            (Some(x_in), Some(x_mid)) => Some(BlockTape { x_in, q, x_mid, mlp }),
+        let tape = match (x_in, x_mid_kept, mlp) {
+            (Some(x_in), Some(x_mid), Some(mlp)) => Some(BlockTape { x_in, q, x_mid, mlp }),
             _ => None,
         };
         Ok(BlockOut { x: x_out, key: (keep != Keep::Output).then_some(key), tape })
