@@ -211,6 +211,23 @@ fn attention_bwd_rejects_mismatched_shapes() {
         if !(err.contains("attention_bwd") && err.contains("keys from 2")) {
             return Err(format!("unexpected message: {err}"));
         }
-        Ok(())
+        // Outputs placed where they do not fit: rows narrower than the kv heads, a last row past
+        // the tensor's end, a dq unlike q.
+        let (dq, out) = (ok(gpu.empty(&[1, 2, 2, 4]))?, ok(gpu.empty(&[2, 16]))?);
+        let kernel = AttentionKernel::PerQuery;
+        let placed = |k_at: usize, v_at: usize, tstride: usize, dq: &revive::gpu::Tensor| {
+            attention_bwd_into(gpu, &q, &kv, &kv, 0, 0, 0.5, &q, kernel, dq, KvGrads { k: (&out, k_at), v: (&out, v_at), tstride })
+        };
+        for (what, r, needle) in [
+            ("rows of 3 for heads of 4", placed(0, 8, 3, &dq), "dk"),
+            ("dv's last row past the end", placed(0, 13, 16, &dq), "dv"),
+            ("a dq unlike q", placed(0, 8, 16, &out), "dq"),
+        ] {
+            match r {
+                Err(e) if e.to_string().contains("attention_bwd") && e.to_string().contains(needle) => {}
+                other => return Err(format!("{what}: {:?}", other.map(|_| ()))),
+            }
+        }
+        ok(placed(0, 12, 16, &dq))
     });
 }
