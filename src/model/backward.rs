@@ -536,11 +536,11 @@ impl<'m> DeltaPass<'m> {
         let kernel = attention::kernel_for(gpu, &tape.q);
         let scale = 1.0 / (hd as f32).sqrt();
         let (rows, (hq, hkv)) = (b * t, (c.n_heads, c.n_kv_heads));
-        let dh = match (c.arch, m.stacked(i)) {
-            // Attention's backward writes dk and dv into their columns of one stacked gradient,
-            // the rotation's backward fills the queries' and turns the keys' back in place, and
-            // one product with the stacked weights follows.
-            (Arch::Llama, Some((qkv, _))) => {
+        let dh = match m.stacked(i) {
+            // (Llama's only.) Attention's backward writes dk and dv into their columns of one
+            // stacked gradient, the rotation's backward fills the queries' and turns the keys'
+            // back in place, and one product with the stacked weights follows.
+            Some((qkv, _)) => {
                 let dqkv = gpu.empty(&[rows, (hq + 2 * hkv) * hd])?;
                 let dq = gpu.empty(tape.q.shape())?;
                 let out = attention::KvGrads { k: (&dqkv, hq * hd), v: (&dqkv, (hq + hkv) * hd), tstride: (hq + 2 * hkv) * hd };
@@ -548,7 +548,7 @@ impl<'m> DeltaPass<'m> {
                 rope::rope_bwd_stacked(gpu, &dq, &dqkv, rope::Heads { q: hq, kv: hkv, dim: hd }, pos0, c.rope_theta, c.rope_style)?;
                 gemm(gpu, &dqkv, qkv, None, plain)?
             }
-            _ => {
+            None => {
                 let (dq, dk, dv) = attention::attention_bwd_with(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, scale, &d_o, kernel)?;
                 let (dq, dk) = match c.arch {
                     Arch::Gpt2 => (dq, dk),

@@ -666,13 +666,13 @@ impl GpuModel {
         // The stacked products serve every pass: the tape keeps the rotated queries, which the
         // rotation returns either way, and gate/up as the one product's halves.
         let qkv_stack = self.stacks.get(i);
+        let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
         // The queries as attention reads them, this layer's keys and values in the cache.
         let q = match (qkv_stack.filter(|_| !record), qkv_stack) {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
             (Some(s), _) if self.folds(b * t) => {
                 let g = self.tensor(&format!("{attn_norm}.weight"))?;
-                let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
                 let x2 = x.reshape(&[b * t, c.hidden])?;
                 rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
             }
@@ -680,7 +680,6 @@ impl GpuModel {
             // rows.
             (_, Some(s)) => {
                 let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, None)?;
-                let heads = rope::Heads { q: c.n_heads, kv: c.n_kv_heads, dim: hd };
                 rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
             }
             _ => {
