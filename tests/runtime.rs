@@ -221,6 +221,27 @@ fn steady_state_creates_nothing_and_shares_passes() {
     });
 }
 
+/// The bind-group cache tells ranges of one buffer apart (offset and length), also when a
+/// range is bound the second time and comes from the cache.
+#[test]
+fn bind_groups_are_told_apart_by_their_ranges() {
+    for_each_gpu(|gpu| {
+        let x: Vec<f32> = (0..4 * 256).map(|i| i as f32).collect();
+        let t = ok(gpu.upload(&x, &[4 * 256]))?;
+        for round in 0..2 {
+            for (first, len) in [(0, 256), (256, 256), (0, 512), (512, 511), (512, 512)] {
+                let y = ok(gpu.download(&ok(elementwise::scale(gpu, &ok(t.view(first, &[len]))?, 2.0))?))?;
+                let want: Vec<f32> = x[first..first + len].iter().map(|v| 2.0 * v).collect();
+                if y != want {
+                    let bad = y.iter().zip(&want).position(|(a, b)| a != b);
+                    return Err(format!("round {round}, elements {first}..{}: {} values, first wrong at {bad:?}", first + len, y.len()));
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn decoding_creates_no_buffers_or_bind_groups_in_steady_state() {
     // Each decoded token writes its keys and values one cache row further on: the write binds

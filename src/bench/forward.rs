@@ -21,6 +21,15 @@ pub struct ForwardReport {
     /// recording and submits included), median over the repetitions: (tokens, ms).
     pub prefill_wall_ms: Vec<(usize, f64)>,
     pub decode_wall_ms_per_token: f64,
+    /// The host's own part of those wall clocks (recording, checks, uploads: the wall clock
+    /// less the waits for the GPU and the queue's submits), median / mean the same way: a GPU
+    /// cannot run the work faster than this.
+    pub prefill_host_ms: Vec<(usize, f64)>,
+    pub decode_host_ms_per_token: f64,
+    /// The recording thread's CPU time over the same regions (0 where the platform does not
+    /// tell it).
+    pub prefill_host_cpu_ms: Vec<(usize, f64)>,
+    pub decode_host_cpu_ms_per_token: f64,
     pub decode_tokens: usize,
     /// What the runtime did for one decoded token (the mean over the decode steps, rounded
     /// down) and for one prefill of the first length.
@@ -55,12 +64,16 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
     let mut walls = vec![];
+    let mut hosts = vec![];
+    let mut host_cpus = vec![];
     let mut prefill_runtime = RuntimeStats::default();
     let mut prefill_profile = vec![];
     for (i, &n) in prefill.iter().enumerate() {
         let batch = Batch::new(&[tokens(n, v, n as u64)])?;
         let mut times = vec![];
         let mut wall = vec![];
+        let mut host = vec![];
+        let mut host_cpu = vec![];
         for rep in 0..reps {
             let before = gpu.runtime_stats();
             gpu.reset_profile();
@@ -71,10 +84,14 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
             }
             times.push(t.best());
             wall.push(t.wall);
+            host.push(t.host());
+            host_cpu.push(t.host_cpu.unwrap_or_default());
             bar.inc(1);
         }
         rates.push((n, n as f64 / median(times).as_secs_f64()));
         walls.push((n, median(wall).as_secs_f64() * 1e3));
+        hosts.push((n, median(host).as_secs_f64() * 1e3));
+        host_cpus.push((n, median(host_cpu).as_secs_f64() * 1e3));
     }
     let mut cache = model.new_cache(1, 17 + decode)?;
     model.forward(&Batch::new(&[tokens(16, v, 1)])?, &Probes::default(), LogitRows::Rows(vec![15]), Some(&mut cache))?;
@@ -84,12 +101,16 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     let steps: Vec<Batch> = tokens(decode, v, 2).into_iter().map(|t| Batch::new(&[vec![t]])).collect::<Result<_>>()?;
     let mut decode_time = Duration::ZERO;
     let mut decode_wall = Duration::ZERO;
+    let mut decode_host = Duration::ZERO;
+    let mut decode_host_cpu = Duration::ZERO;
     gpu.reset_profile();
     let before = gpu.runtime_stats();
     for step in &steps {
         let t = gpu.time(|| model.forward(step, &Probes::default(), LogitRows::All, Some(&mut cache)).map(|_| ()))?;
         decode_time += t.best();
         decode_wall += t.wall;
+        decode_host += t.host();
+        decode_host_cpu += t.host_cpu.unwrap_or_default();
     }
     let decode_runtime = per_step(gpu.runtime_stats() - before, decode);
     let decode_profile = profile_ms(gpu);
@@ -107,6 +128,10 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         decode_tokens_per_s: decode as f64 / decode_time.as_secs_f64(),
         prefill_wall_ms: walls,
         decode_wall_ms_per_token: decode_wall.as_secs_f64() * 1e3 / decode.max(1) as f64,
+        prefill_host_ms: hosts,
+        decode_host_ms_per_token: decode_host.as_secs_f64() * 1e3 / decode.max(1) as f64,
+        prefill_host_cpu_ms: host_cpus,
+        decode_host_cpu_ms_per_token: decode_host_cpu.as_secs_f64() * 1e3 / decode.max(1) as f64,
         decode_tokens: decode,
         decode_runtime,
         prefill_runtime,
@@ -132,6 +157,8 @@ fn per_step(total: RuntimeStats, steps: usize) -> RuntimeStats {
         bind_groups: per(total.bind_groups),
         readbacks: per(total.readbacks),
         readback_bytes: per(total.readback_bytes),
+        waited_ns: per(total.waited_ns),
+        submit_ns: per(total.submit_ns),
     }
 }
 
@@ -176,11 +203,20 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
             r.together_tokens_per_s / r.decode_tokens_per_s
         );
     }
-    s += "\n| wall clock (host work included) | ms |\n|---|---:|\n";
-    for (n, ms) in &r.prefill_wall_ms {
-        s += &format!("| prefill {n} tokens | {ms:.2} |\n");
+    s += "\n| wall clock (host work included) | ms | of it the host's own, ms | host thread CPU, ms | host CPU µs per dispatch |\n|---|---:|---:|---:|---:|\n";
+    let per_dispatch = |ms: f64, x: &RuntimeStats| if x.dispatches == 0 || ms == 0.0 { String::new() } else { format!("{:.1}", ms * 1e3 / x.dispatches as f64) };
+    for (((n, ms), (_, host)), (_, cpu)) in r.prefill_wall_ms.iter().zip(&r.prefill_host_ms).zip(&r.prefill_host_cpu_ms) {
+        // The counts are the first length's.
+        let per = if Some(n) == r.prefill.first().map(|p| &p.0) { per_dispatch(*cpu, &r.prefill_runtime) } else { String::new() };
+        s += &format!("| prefill {n} tokens | {ms:.2} | {host:.2} | {cpu:.2} | {per} |\n");
     }
-    s += &format!("| decode, per token | {:.2} |\n", r.decode_wall_ms_per_token);
+    s += &format!(
+        "| decode, per token | {:.2} | {:.2} | {:.2} | {} |\n",
+        r.decode_wall_ms_per_token,
+        r.decode_host_ms_per_token,
+        r.decode_host_cpu_ms_per_token,
+        per_dispatch(r.decode_host_cpu_ms_per_token, &r.decode_runtime)
+    );
     s += "\n| runtime work | dispatches | compute passes | submits | buffers created | bind groups created | readbacks |\n|---|---:|---:|---:|---:|---:|---:|\n";
     let row = |name: String, x: &RuntimeStats| format!("| {name} | {} | {} | {} | {} | {} | {} |\n", x.dispatches, x.passes, x.submits, x.buffers, x.bind_groups, x.readbacks);
     if let Some((n, _)) = r.prefill.first() {

@@ -14,7 +14,9 @@
 
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
+use foldhash::fast::FixedState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 /// The storage bindings 1..=n of an entry point: `true` where declared `read`.
 pub type Signature = Vec<bool>;
@@ -143,18 +145,45 @@ impl Layouts {
 
 /// What a bind group binds: the signature, whether the uniform arena is bound, and each storage
 /// range. Holding the buffers keeps them alive while the group may still be used.
-type GroupKey = (Signature, bool, Vec<(wgpu::Buffer, u64, u64)>);
+struct GroupKey {
+    signature: Signature,
+    arena: bool,
+    ranges: Vec<(wgpu::Buffer, u64, u64)>,
+}
+
+impl GroupKey {
+    fn matches(&self, sig: &[bool], arena: bool, binds: &[super::Bind<'_>]) -> bool {
+        self.arena == arena
+            && self.signature == sig
+            && self.ranges.len() == binds.len()
+            && self.ranges.iter().zip(binds).all(|((buffer, offset, size), b)| buffer == b.buffer && *offset == b.offset && *size == b.size)
+    }
+}
 
 /// Bind groups by what they bind. Pooled buffers come back with the same ranges, so in steady
-/// state every lookup hits. Bounded: past `CAPACITY` groups the cache starts over, so buffers
-/// that left the pool are not kept alive for long.
+/// state every lookup hits, and a hit allocates nothing and touches no reference count: it is
+/// on the path of every dispatch, where the host's time per dispatch bounds how fast a GPU can
+/// decode (`revive bench forward`, "host CPU µs per dispatch"). Bounded: past `CAPACITY`
+/// groups the cache starts over, so buffers that left the pool are not kept alive for long.
 #[derive(Default)]
 pub struct GroupCache {
-    groups: HashMap<GroupKey, wgpu::BindGroup>,
+    groups: hashbrown::HashTable<(GroupKey, wgpu::BindGroup)>,
     pub created: u64,
 }
 
 const CAPACITY: usize = 8192;
+
+fn group_hash(sig: &[bool], arena: bool, ranges: impl Iterator<Item = (impl Hash, u64, u64)>) -> u64 {
+    let mut h = FixedState::default().build_hasher();
+    sig.hash(&mut h);
+    arena.hash(&mut h);
+    for (buffer, offset, size) in ranges {
+        buffer.hash(&mut h);
+        h.write_u64(offset);
+        h.write_u64(size);
+    }
+    h.finish()
+}
 
 impl GroupCache {
     pub fn get(
@@ -166,8 +195,8 @@ impl GroupCache {
         binds: &[super::Bind<'_>],
         keep: bool,
     ) -> wgpu::BindGroup {
-        let key: GroupKey = (sig.clone(), arena.is_some(), binds.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect());
-        if let Some(g) = self.groups.get(&key) {
+        let hash = group_hash(sig, arena.is_some(), binds.iter().map(|b| (b.buffer, b.offset, b.size)));
+        if let Some((_, g)) = self.groups.find(hash, |(k, _)| k.matches(sig, arena.is_some(), binds)) {
             return g.clone();
         }
         let mut entries = vec![];
@@ -189,7 +218,9 @@ impl GroupCache {
             if self.groups.len() >= CAPACITY {
                 self.groups.clear();
             }
-            self.groups.insert(key, group.clone());
+            let key = GroupKey { signature: sig.clone(), arena: arena.is_some(), ranges: binds.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect() };
+            let rehash = |(k, _): &(GroupKey, wgpu::BindGroup)| group_hash(&k.signature, k.arena, k.ranges.iter().map(|(b, o, s)| (b, *o, *s)));
+            self.groups.insert_unique(hash, (key, group.clone()), rehash);
         }
         group
     }

@@ -39,7 +39,45 @@ pub struct AdapterSummary {
     pub lanes_kernels: bool,
 }
 
-type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+/// Pipelines by (shader, entry point, override constants as bits). A lookup allocates
+/// nothing: it runs for every dispatch.
+#[derive(Default)]
+struct PipelineCache {
+    table: hashbrown::HashTable<(PipelineKey, Arc<Kernel>)>,
+}
+
+struct PipelineKey {
+    shader: &'static str,
+    entry: &'static str,
+    constants: Vec<(&'static str, u64)>,
+}
+
+fn pipeline_hash(shader: &str, entry: &str, constants: impl Iterator<Item = (&'static str, u64)>) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    (shader, entry).hash(&mut h);
+    for (name, bits) in constants {
+        (name, bits).hash(&mut h);
+    }
+    h.finish()
+}
+
+impl PipelineCache {
+    fn find(&self, hash: u64, shader: &str, entry: &str, constants: &[(&'static str, f64)]) -> Option<&Arc<Kernel>> {
+        self.table
+            .find(hash, |(k, _)| {
+                k.shader == shader
+                    && k.entry == entry
+                    && k.constants.len() == constants.len()
+                    && k.constants.iter().zip(constants).all(|(a, b)| a.0 == b.0 && a.1 == b.1.to_bits())
+            })
+            .map(|(_, kernel)| kernel)
+    }
+
+    fn insert(&mut self, hash: u64, key: PipelineKey, kernel: Arc<Kernel>) {
+        self.table.insert_unique(hash, (key, kernel), |(k, _)| pipeline_hash(k.shader, k.entry, k.constants.iter().copied()));
+    }
+}
 
 /// A compute pipeline with the storage signature its bind groups follow and the layout they
 /// are built for (shared with every kernel of the same signature).
@@ -73,7 +111,7 @@ struct Shared {
     timestamps: bool,
     /// By shader name and whether it is the immediates variant.
     modules: Mutex<HashMap<(&'static str, bool), wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<PipelineKey, Kernel>>,
+    pipelines: Mutex<PipelineCache>,
     layouts: Mutex<Layouts>,
     groups: Mutex<GroupCache>,
     /// Every dispatch's parameters live here, one slot each, written once per submit.
@@ -131,6 +169,8 @@ struct Counters {
     buffers: AtomicU64,
     readbacks: AtomicU64,
     readback_bytes: AtomicU64,
+    waited_ns: AtomicU64,
+    submit_ns: AtomicU64,
 }
 
 /// What the runtime has done since the device was opened: compare two snapshots to see what a
@@ -146,6 +186,13 @@ pub struct RuntimeStats {
     /// Reads back to the host: each waits for the GPU to finish what was recorded before it.
     pub readbacks: u64,
     pub readback_bytes: u64,
+    /// Time the host spent blocked until the GPU finished (every wait goes through `sync`):
+    /// the rest of a piece of work's wall clock is the host's own (recording, shape checks,
+    /// uploads), which bounds how fast a GPU can run it.
+    pub waited_ns: u64,
+    /// Time inside the queue's submit calls: a driver's work on a GPU; on a software adapter
+    /// that runs the commands there (lavapipe), their execution.
+    pub submit_ns: u64,
 }
 
 /// One kernel's share of a profiled piece of work (`REVIVE_PROFILE=1`: every dispatch waited
@@ -167,6 +214,8 @@ impl std::ops::Sub for RuntimeStats {
             buffers: self.buffers - o.buffers,
             bind_groups: self.bind_groups - o.bind_groups,
             readbacks: self.readbacks - o.readbacks,
+            waited_ns: self.waited_ns - o.waited_ns,
+            submit_ns: self.submit_ns - o.submit_ns,
             readback_bytes: self.readback_bytes - o.readback_bytes,
         }
     }
@@ -379,6 +428,8 @@ impl Gpu {
             bind_groups: self.shared.groups.lock().unwrap().created,
             readbacks: c.readbacks.load(Ordering::Relaxed),
             readback_bytes: c.readback_bytes.load(Ordering::Relaxed),
+            waited_ns: c.waited_ns.load(Ordering::Relaxed),
+            submit_ns: c.submit_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -556,10 +607,9 @@ impl Gpu {
 
     /// The compute pipeline for (shader, entry point, override constants), built once, with
     /// the layout its signature shares with every other kernel of the same signature.
-    pub fn pipeline(&self, shader: Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Kernel> {
-        let key: PipelineKey =
-            (shader.name, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())).collect());
-        if let Some(p) = self.shared.pipelines.lock().unwrap().get(&key) {
+    pub fn pipeline(&self, shader: Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Arc<Kernel>> {
+        let hash = pipeline_hash(shader.name, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())));
+        if let Some(p) = self.shared.pipelines.lock().unwrap().find(hash, shader.name, entry, constants) {
             return Ok(p.clone());
         }
         let Reflection { signature, params_size, shader_params_max } = reflect(shader, entry)?;
@@ -582,8 +632,14 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
-        let kernel = Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params };
-        self.shared.pipelines.lock().unwrap().insert(key, kernel.clone());
+        let kernel = Arc::new(Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params });
+        let mut pipelines = self.shared.pipelines.lock().unwrap();
+        // Another thread may have built it meanwhile: one entry per key.
+        if let Some(p) = pipelines.find(hash, shader.name, entry, constants) {
+            return Ok(p.clone());
+        }
+        let key = PipelineKey { shader: shader.name, entry, constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect() };
+        pipelines.insert(hash, key, kernel.clone());
         Ok(kernel)
     }
 
@@ -713,7 +769,10 @@ impl Gpu {
             r.params.clear();
         }
         if let Some(enc) = r.encoder.take() {
-            self.shared.queue.submit(Some(enc.finish()));
+            let commands = enc.finish();
+            let start = Instant::now();
+            self.shared.queue.submit(Some(commands));
+            self.shared.counters.submit_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.shared.counters.submits.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -721,10 +780,10 @@ impl Gpu {
     /// Submits recorded work and waits until the GPU has finished it.
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
-        self.shared
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        let start = Instant::now();
+        let polled = self.shared.device.poll(wgpu::PollType::wait_indefinitely());
+        self.shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        polled.map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         self.check_errors()
     }
 
@@ -826,6 +885,10 @@ impl Gpu {
             }
         };
         let start = Instant::now();
+        let c = &self.shared.counters;
+        let blocked = || c.waited_ns.load(Ordering::Relaxed) + c.submit_ns.load(Ordering::Relaxed);
+        let blocked_before = blocked();
+        let cpu_start = cpu_time::ThreadTime::try_now().ok();
         mark(0);
         f()?;
         mark(1);
@@ -842,7 +905,9 @@ impl Gpu {
                 None
             }
         };
-        Ok(Timing { wall: start.elapsed(), gpu })
+        let waited = Duration::from_nanos(blocked() - blocked_before);
+        let host_cpu = cpu_start.map(|t| t.elapsed());
+        Ok(Timing { wall: start.elapsed(), gpu, waited, host_cpu })
     }
 }
 
@@ -851,9 +916,22 @@ impl Gpu {
 pub struct Timing {
     pub wall: Duration,
     pub gpu: Option<Duration>,
+    /// The part of `wall` the host spent waiting for the GPU or inside the queue's submits
+    /// (where a software adapter runs the commands).
+    pub waited: Duration,
+    /// CPU time of the calling thread over the region (where the platform tells it): the
+    /// host's cost without the time it was waiting or waiting for a core (on a machine whose
+    /// cores a software adapter shares, the wall clock's host part includes the latter).
+    pub host_cpu: Option<Duration>,
 }
 
 impl Timing {
+    /// The host's own part of the wall clock (recording, checks, uploads): where it is most of
+    /// `wall` on a GPU, a faster GPU cannot make the work faster.
+    pub fn host(&self) -> Duration {
+        self.wall.saturating_sub(self.waited)
+    }
+
     /// The best measure available: GPU time, else wall-clock.
     pub fn best(&self) -> Duration {
         self.gpu.unwrap_or(self.wall)
