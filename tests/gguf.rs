@@ -273,6 +273,10 @@ fn tiny_tokenizer_from_metadata() {
         assert_eq!(tok.decode(&tok.encode(text).unwrap()).unwrap(), text);
     }
     assert!(tok.decode(&[9999]).unwrap_err().to_string().contains(FILE));
+    // The last id decodes, the first past the vocabulary (added tokens counted) does not.
+    assert_eq!(tok.vocab_size(), tok.inner().get_vocab_size(true));
+    assert!(tok.decode(&[258]).is_ok());
+    assert!(tok.decode(&[259]).unwrap_err().to_string().contains("outside the vocabulary of 259"));
 }
 
 #[test]

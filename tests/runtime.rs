@@ -109,6 +109,24 @@ fn pipelines_are_cached_by_shader_entry_and_constants() {
     });
 }
 
+/// Building a pipeline is counted once, with its time; finding it again costs nothing.
+#[test]
+fn pipeline_builds_are_counted_once() {
+    // Counts: a device of its own, which no other test of this binary builds pipelines on.
+    for_each_fresh_gpu(false, |gpu| {
+        let s = revive::shaders::REDUCE;
+        let before = gpu.runtime_stats();
+        ok(gpu.pipeline(s, "reduce_rows", &[("OP", 0.0)]))?;
+        let built = gpu.runtime_stats() - before;
+        ok(gpu.pipeline(s, "reduce_rows", &[("OP", 0.0)]))?;
+        let again = gpu.runtime_stats() - before;
+        if built.pipelines != 1 || built.pipeline_ns == 0 || again.pipelines != 1 || again.pipeline_ns != built.pipeline_ns {
+            return Err(format!("built {} pipelines in {} ns, then {} in {} ns", built.pipelines, built.pipeline_ns, again.pipelines, again.pipeline_ns));
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn poison_marks_new_tensors_nan() {
     for_each_gpu(|gpu| {

@@ -159,6 +159,8 @@ fn per_step(total: RuntimeStats, steps: usize) -> RuntimeStats {
         readback_bytes: per(total.readback_bytes),
         waited_ns: per(total.waited_ns),
         submit_ns: per(total.submit_ns),
+        pipelines: per(total.pipelines),
+        pipeline_ns: per(total.pipeline_ns),
     }
 }
 

@@ -25,6 +25,14 @@ pub struct BatchBench {
     pub targets_dispatches: Option<u64>,
     pub targets_bind_groups: Option<u64>,
     pub targets_readbacks: Option<u64>,
+    /// The recording thread's CPU time in the targets, median seconds per batch: next to
+    /// `targets_seconds`, how much of the targets' time is the host's.
+    pub targets_host_cpu_seconds: Option<f64>,
+    /// Compute pipelines built during the targets and the seconds that took, median per batch:
+    /// a process's first batch builds (the driver compiles) every kernel of the backward pass
+    /// once, which `targets_seconds` includes; later batches build none.
+    pub targets_pipelines: Option<u64>,
+    pub targets_pipeline_seconds: Option<f64>,
     /// With `REVIVE_PROFILE=1`: the last batch's targets per kernel.
     pub targets_profile: Vec<crate::gpu::KernelTime>,
     /// One forward pass of a short prompt, measured in the same run (the baseline).
@@ -65,6 +73,8 @@ fn mean(xs: &[f64]) -> Option<f64> {
 /// The bench of a session's journal.
 pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_seconds: f64) -> BatchBench {
     let j = &session.journal;
+    let mut host_cpu = vec![];
+    let (mut pipelines, mut pipeline_seconds) = (vec![], vec![]);
     let (mut whole, mut targets, mut keys, mut solve, mut write, mut metrics) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut eff, mut para, mut neigh, mut kept) = (vec![], vec![], vec![], vec![]);
     let mut easyedit: [Vec<f64>; 4] = Default::default();
@@ -75,6 +85,9 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         let t = &h.method["timing"];
         let f = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
         targets.push(f("targets"));
+        host_cpu.extend(t["targets_host_cpu"].as_f64());
+        pipelines.extend(t["targets_work"]["pipelines"].as_u64());
+        pipeline_seconds.extend(t["targets_work"]["pipeline_ns"].as_u64().map(|ns| ns as f64 * 1e-9));
         keys.push(f("keys"));
         solve.push(f("solve"));
         write.push(f("write"));
@@ -111,6 +124,9 @@ pub fn summarize(arm: &str, session: &Session, statistics_seconds: f64, forward_
         targets_dispatches: median_of_counts(&work[0]),
         targets_bind_groups: median_of_counts(&work[1]),
         targets_readbacks: median_of_counts(&work[2]),
+        targets_host_cpu_seconds: (!host_cpu.is_empty()).then(|| median(host_cpu)),
+        targets_pipelines: median_of_counts(&pipelines),
+        targets_pipeline_seconds: (!pipeline_seconds.is_empty()).then(|| median(pipeline_seconds)),
         targets_profile,
         forward_seconds,
         edits_per_second: session.config.batch as f64 / batch_seconds,

@@ -174,6 +174,10 @@ pub struct Timing {
     /// What the targets cost the runtime (dispatches, bind groups, readbacks …): where a GPU
     /// spends the targets' time beside their arithmetic.
     pub targets_work: crate::gpu::RuntimeStats,
+    /// The recording thread's CPU time in the targets (where the platform tells it): close to
+    /// `targets` on a GPU, the host sets the pace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets_host_cpu: Option<f64>,
     /// With `REVIVE_PROFILE=1`: the targets' time per kernel (every dispatch waited for).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets_profile: Vec<crate::gpu::KernelTime>,
@@ -338,6 +342,7 @@ impl Method for BatchEditor<'_> {
         // Where the batch's time goes (each phase ends in a download, so the GPU work is in it).
         let mut timing = Timing::default();
         let clock = std::time::Instant::now();
+        let host_clock = cpu_time::ThreadTime::try_now().ok();
         let work = writer.model().gpu().runtime_stats();
         let profile = writer.model().gpu().profile();
         // 1. Targets at the last edited layer, all requests together (NSE: on the base weights).
@@ -365,6 +370,7 @@ impl Method for BatchEditor<'_> {
         let d = z0.nrows();
         let zstar = Mat::<f64>::from_fn(d, reqs.len(), |j, r| z0[(j, r)] + targets[r].delta[j] as f64);
         timing.targets = clock.elapsed().as_secs_f64();
+        timing.targets_host_cpu = host_clock.map(|t| t.elapsed().as_secs_f64());
         timing.targets_work = writer.model().gpu().runtime_stats() - work;
         timing.targets_profile = writer.model().gpu().profile_since(&profile);
 

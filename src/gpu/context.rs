@@ -171,6 +171,8 @@ struct Counters {
     readback_bytes: AtomicU64,
     waited_ns: AtomicU64,
     submit_ns: AtomicU64,
+    pipelines: AtomicU64,
+    pipeline_ns: AtomicU64,
 }
 
 /// What the runtime has done since the device was opened: compare two snapshots to see what a
@@ -193,6 +195,11 @@ pub struct RuntimeStats {
     /// Time inside the queue's submit calls: a driver's work on a GPU; on a software adapter
     /// that runs the commands there (lavapipe), their execution.
     pub submit_ns: u64,
+    /// Compute pipelines built (each kernel variant the first time it runs in a process: the
+    /// driver compiles it) and the time spent building them: a one-time cost that a timed
+    /// piece of work includes when it is the first to run those kernels.
+    pub pipelines: u64,
+    pub pipeline_ns: u64,
 }
 
 /// One kernel's share of a profiled piece of work (`REVIVE_PROFILE=1`: every dispatch waited
@@ -216,6 +223,8 @@ impl std::ops::Sub for RuntimeStats {
             readbacks: self.readbacks - o.readbacks,
             waited_ns: self.waited_ns - o.waited_ns,
             submit_ns: self.submit_ns - o.submit_ns,
+            pipelines: self.pipelines - o.pipelines,
+            pipeline_ns: self.pipeline_ns - o.pipeline_ns,
             readback_bytes: self.readback_bytes - o.readback_bytes,
         }
     }
@@ -430,6 +439,8 @@ impl Gpu {
             readback_bytes: c.readback_bytes.load(Ordering::Relaxed),
             waited_ns: c.waited_ns.load(Ordering::Relaxed),
             submit_ns: c.submit_ns.load(Ordering::Relaxed),
+            pipelines: c.pipelines.load(Ordering::Relaxed),
+            pipeline_ns: c.pipeline_ns.load(Ordering::Relaxed),
         }
     }
 
@@ -612,6 +623,22 @@ impl Gpu {
         if let Some(p) = self.shared.pipelines.lock().unwrap().find(hash, shader.name, entry, constants) {
             return Ok(p.clone());
         }
+        let start = Instant::now();
+        let built = self.build_pipeline(shader, entry, constants);
+        self.shared.counters.pipeline_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let kernel = Arc::new(built?);
+        self.shared.counters.pipelines.fetch_add(1, Ordering::Relaxed);
+        let mut pipelines = self.shared.pipelines.lock().unwrap();
+        // Another thread may have built it meanwhile: one entry per key.
+        if let Some(p) = pipelines.find(hash, shader.name, entry, constants) {
+            return Ok(p.clone());
+        }
+        let key = PipelineKey { shader: shader.name, entry, constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect() };
+        pipelines.insert(hash, key, kernel.clone());
+        Ok(kernel)
+    }
+
+    fn build_pipeline(&self, shader: Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Kernel> {
         let Reflection { signature, params_size, shader_params_max } = reflect(shader, entry)?;
         let params = if shader_params_max.div_ceil(4) * 4 <= self.shared.immediates { Params::Immediate(params_size.div_ceil(4) * 4) } else { Params::Arena };
         let module = self.module(shader, params != Params::Arena)?;
@@ -632,15 +659,7 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
-        let kernel = Arc::new(Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params });
-        let mut pipelines = self.shared.pipelines.lock().unwrap();
-        // Another thread may have built it meanwhile: one entry per key.
-        if let Some(p) = pipelines.find(hash, shader.name, entry, constants) {
-            return Ok(p.clone());
-        }
-        let key = PipelineKey { shader: shader.name, entry, constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect() };
-        pipelines.insert(hash, key, kernel.clone());
-        Ok(kernel)
+        Ok(Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params })
     }
 
     /// Records one dispatch: binding 0 is the metadata uniform, bindings 1.. the storage ranges.

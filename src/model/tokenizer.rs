@@ -22,6 +22,9 @@ const TOKEN_USER_DEFINED: i64 = 4;
 
 pub struct Tok {
     inner: Tokenizer,
+    /// Kept: the tokenizers crate counts its vocabulary by building the whole map (49,152
+    /// strings for SmolLM2), and decoding checks every id against it.
+    vocab_size: usize,
     eos: Option<u32>,
     /// Named in errors.
     source: String,
@@ -107,7 +110,7 @@ impl Tok {
                     .ok_or_else(|| err(file, format!("tokenizer.ggml.eos_token_id is {v:?}, not a token id")))?,
             ),
         };
-        Ok(Tok { inner, eos, source: file.into() })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into() })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token comes from a
@@ -130,7 +133,7 @@ impl Tok {
                 eos.as_str().or_else(|| eos["content"].as_str()).map(str::to_string)
             })
             .and_then(|s| inner.token_to_id(&s));
-        Ok(Tok { inner, eos, source: file })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file })
     }
 
     /// A word-level tokenizer over `words` (id = position; anything else is id 0, which
@@ -143,7 +146,7 @@ impl Tok {
         let model = WordLevel::builder().vocab(vocab).unk_token(words.first().copied().unwrap_or("[UNK]").to_string()).build().map_err(|e| err("word-level tokenizer", e.to_string()))?;
         let mut inner = Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
-        Ok(Tok { inner, eos: None, source: "word-level tokenizer".into() })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into() })
     }
 
     /// Token ids of `text`; no BOS or other special tokens are added.
@@ -154,7 +157,7 @@ impl Tok {
 
     /// The text of `ids`, special tokens included, so that decode(encode(s)) == s.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             return Err(err(&self.source, format!("token id {bad} is outside the vocabulary of {}", self.vocab_size())));
         }
         self.inner.decode(ids, false).map_err(|e| err(&self.source, format!("cannot decode {ids:?}: {e}")))
@@ -167,7 +170,7 @@ impl Tok {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn eos(&self) -> Option<u32> {

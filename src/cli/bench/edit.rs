@@ -234,6 +234,20 @@ fn print_batch_bench(b: &revive::bench::session::BatchBench) {
     );
     if let (Some(d), Some(g), Some(r)) = (b.targets_dispatches, b.targets_bind_groups, b.targets_readbacks) {
         println!("  targets' runtime work per batch: {d} dispatches, {g} bind groups created, {r} reads back");
+        if let (Some(n), Some(secs)) = (b.targets_pipelines, b.targets_pipeline_seconds) {
+            if n > 0 {
+                println!("  of the targets' time, building {n} pipelines (once per process; the driver compiles each kernel): {secs:.2} s");
+            }
+        }
+        if let Some(cpu) = b.targets_host_cpu_seconds {
+            // Building pipelines is host CPU too; per dispatch, the recording alone.
+            let recording = cpu - b.targets_pipeline_seconds.unwrap_or(0.0);
+            println!(
+                "  targets' host CPU (the recording thread): {cpu:.2} s of {:.2} s; without building pipelines {recording:.2} s, {:.1} µs per dispatch",
+                b.targets_seconds,
+                recording * 1e6 / d.max(1) as f64
+            );
+        }
     }
     if !b.targets_profile.is_empty() {
         println!("  targets by kernel (REVIVE_PROFILE, last batch; every dispatch waited for):");
