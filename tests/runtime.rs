@@ -152,6 +152,21 @@ fn timing_reports_a_positive_duration() {
         if t.wall.is_zero() || t.best().is_zero() {
             return Err(format!("zero duration: {t:?}"));
         }
+        // 30 ms of the host's own CPU inside the region, then a read (a wait): the host's part
+        // and its CPU time hold the work, the wait is apart from it.
+        let t = ok(gpu.time(|| {
+            let start = cpu_time::ThreadTime::now();
+            let mut spin = 0u64;
+            while start.elapsed() < std::time::Duration::from_millis(30) {
+                spin = std::hint::black_box(spin.wrapping_add(1));
+            }
+            gpu.download(&elementwise::scale(gpu, &x, 2.0)?).map(|_| ())
+        }))?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let cpu = t.host_cpu.ok_or("no thread CPU time on this platform")?;
+        if t.waited > t.wall || ms(t.host()) < 29.0 || ms(cpu) < 29.0 || ms(cpu) > ms(t.wall) + 1.0 {
+            return Err(format!("wall {:.1} ms, waited {:.1} ms, host {:.1} ms, host CPU {:.1} ms", ms(t.wall), ms(t.waited), ms(t.host()), ms(cpu)));
+        }
         Ok(())
     });
 }
