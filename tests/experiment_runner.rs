@@ -346,3 +346,24 @@ fn find_key(v: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
         _ => None,
     }
 }
+
+/// `--dry-run` times one batch and one checkpoint of the first arm, prints an estimate for the
+/// whole plan with the one-time pipeline builds set apart, and leaves no experiment behind.
+#[test]
+fn the_dry_run_estimates_the_plan_and_writes_no_experiment() {
+    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
+    let root = std::env::temp_dir().join(format!("revive-dry-run-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_inputs(&root);
+    let out = root.join("exp");
+    let printed = run_to_end(experiment(&root, &backend, &out, "cache", &["--dry-run"]), "revive experiment --dry-run").unwrap();
+    // 8 requests in batches of 2, a checkpoint every 4: 4 batches, checkpoints at 0, 4 and 8.
+    assert!(printed.contains("4 batches and 3 checkpoints per arm"), "{printed}");
+    assert!(printed.contains("for the 2 arms"), "{printed}");
+    let line = printed.lines().find(|l| l.starts_with("building pipelines: ")).unwrap_or_else(|| panic!("no pipeline line in:\n{printed}"));
+    // A fresh process: its first batch builds the kernels of the targets' backward pass.
+    let first: u64 = line["building pipelines: ".len()..].split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    assert!(first > 0, "{line}");
+    assert!(!out.join("memit-none").join("checkpoints.jsonl").exists() && !out.join("results.csv").exists(), "the dry run left an experiment in {}", out.display());
+    let _ = std::fs::remove_dir_all(&root);
+}

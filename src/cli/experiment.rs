@@ -433,18 +433,30 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     let _ = std::fs::remove_dir_all(&dir);
     let first = &requests[..a.batch.min(requests.len())];
     let t = Instant::now();
-    let (stats, batch_s, ckpt_s, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), None, |session, gm, tok, measure, stats, base| {
+    // The first batch and checkpoint of a process build (compile) the kernels they are the
+    // first to run: once per arm, not per batch, so they count with the setup.
+    let (stats, batch_s, ckpt_s, built, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), None, |session, gm, tok, measure, stats, base| {
         measure.scope = a.batch_metrics.scope();
         let m = measures(a, &dir, session, gm, tok, base, known)?;
+        let work = gm.gpu().runtime_stats();
         let t0 = Instant::now();
         session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: Some(1) }, |_| {})?;
         let batch_s = t0.elapsed().as_secs_f64();
+        let after_batch = gm.gpu().runtime_stats();
         let c = m.checkpoint(gm, tok, &arm.name, &session.requests, first.len(), 0, 1, batch_s)?;
+        let after_ckpt = gm.gpu().runtime_stats();
         let bytes: usize = base.tensors.values().map(|t| t.data.len() * 4).sum();
         if let Some(split) = c.measure_split {
             println!("checkpoint by measure: {split}");
         }
-        Ok((stats, batch_s, c.measure_seconds, bytes))
+        let secs = |ns: u64| ns as f64 * 1e-9;
+        let built = [(after_batch - work).pipelines, (after_ckpt - after_batch).pipelines];
+        let built_s = [secs((after_batch - work).pipeline_ns), secs((after_ckpt - after_batch).pipeline_ns)];
+        println!(
+            "building pipelines: {} in {:.1} s during the batch, {} in {:.1} s during the checkpoint (once per arm)",
+            built[0], built_s[0], built[1], built_s[1]
+        );
+        Ok((stats, batch_s - built_s[0], c.measure_seconds - built_s[1], built_s[0] + built_s[1], bytes))
     })?;
     let setup_s = t.elapsed().as_secs_f64() - batch_s - ckpt_s;
     let _ = std::fs::remove_dir_all(&dir);
@@ -452,7 +464,7 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     let ckpts = plan.requests / plan.every + 1 + usize::from(!plan.requests.is_multiple_of(plan.every));
     let per_arm = batches as f64 * batch_s + ckpts as f64 * ckpt_s;
     println!("dry run of arm {} on 1 batch of {} (C0 and bases now cached):", arm.name, first.len());
-    println!("  setup {setup_s:.0} s (C0 {stats:.0} s), one batch {batch_s:.1} s, one checkpoint {ckpt_s:.1} s");
+    println!("  setup {setup_s:.0} s (C0 {stats:.0} s, building pipelines {built:.1} s), one batch {batch_s:.1} s, one checkpoint {ckpt_s:.1} s");
     println!(
         "  estimate: {batches} batches and {ckpts} checkpoints per arm ≈ {:.1} h per arm, {:.1} h for the {} arms (one after another)",
         per_arm / 3600.0,
