@@ -116,6 +116,16 @@ fn write_inputs(root: &Path) {
     std::fs::write(root.join("memit.json"), serde_json::to_string(&hparams()).unwrap()).unwrap();
 }
 
+/// The first adapter's backend, and a fresh directory named `name` (per process) holding the
+/// inputs.
+fn scratch(name: &str) -> (String, PathBuf) {
+    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
+    let root = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    write_inputs(&root);
+    (backend, root)
+}
+
 /// `revive experiment` over the inputs in `root` into `out`: 8 edits in batches of 2, a
 /// checkpoint every 4, MEMIT without and with REVIVE, every measure on; C0 and the guards'
 /// bases cached in `root/<cache>`.
@@ -292,10 +302,7 @@ fn session_json(dir: &Path) -> serde_json::Value {
 /// session without it keeps the design's loss.
 #[test]
 fn the_target_loss_flag_reaches_the_session() {
-    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
-    let root = std::env::temp_dir().join(format!("revive-target-loss-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_inputs(&root);
+    let (backend, root) = scratch("revive-target-loss");
     for (flag, want) in [(Some("published"), Some("published")), (None, None)] {
         let out = root.join(format!("session-{}", flag.unwrap_or("default")));
         run_to_end(memit_session(&root, &backend, &out, &flag.map(|f| vec!["--target-loss", f]).unwrap_or_default()), "revive edit").unwrap();
@@ -310,10 +317,7 @@ fn the_target_loss_flag_reaches_the_session() {
 /// any work.
 #[test]
 fn targets_through_the_guard_reach_the_session() {
-    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
-    let root = std::env::temp_dir().join(format!("revive-through-guard-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_inputs(&root);
+    let (backend, root) = scratch("revive-through-guard");
     let path = |p: &str| root.join(p).display().to_string();
     let refused = memit_session(&root, &backend, &root.join("no-guard"), &["--targets-through-guard"]).output().unwrap();
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -351,10 +355,7 @@ fn find_key(v: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
 /// whole plan with the one-time pipeline builds set apart, and leaves no experiment behind.
 #[test]
 fn the_dry_run_estimates_the_plan_and_writes_no_experiment() {
-    let backend = format!("{:?}", gpus()[0].info().backend).to_lowercase();
-    let root = std::env::temp_dir().join(format!("revive-dry-run-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_inputs(&root);
+    let (backend, root) = scratch("revive-dry-run-test");
     let out = root.join("exp");
     let printed = run_to_end(experiment(&root, &backend, &out, "cache", &["--dry-run"]), "revive experiment --dry-run").unwrap();
     // 8 requests in batches of 2, a checkpoint every 4: 4 batches, checkpoints at 0, 4 and 8.
