@@ -449,9 +449,9 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
         if let Some(split) = c.measure_split {
             println!("checkpoint by measure: {split}");
         }
-        let secs = |ns: u64| ns as f64 * 1e-9;
-        let built = [(after_batch - work).pipelines, (after_ckpt - after_batch).pipelines];
-        let built_s = [secs((after_batch - work).pipeline_ns), secs((after_ckpt - after_batch).pipeline_ns)];
+        let (in_batch, in_ckpt) = (after_batch - work, after_ckpt - after_batch);
+        let built = [in_batch.pipelines, in_ckpt.pipelines];
+        let built_s = [in_batch.pipeline_ns, in_ckpt.pipeline_ns].map(|ns| ns as f64 * 1e-9);
         println!(
             "building pipelines: {} in {:.1} s during the batch, {} in {:.1} s during the checkpoint (once per arm)",
             built[0], built_s[0], built[1], built_s[1]

@@ -221,11 +221,11 @@ impl std::ops::Sub for RuntimeStats {
             buffers: self.buffers - o.buffers,
             bind_groups: self.bind_groups - o.bind_groups,
             readbacks: self.readbacks - o.readbacks,
+            readback_bytes: self.readback_bytes - o.readback_bytes,
             waited_ns: self.waited_ns - o.waited_ns,
             submit_ns: self.submit_ns - o.submit_ns,
             pipelines: self.pipelines - o.pipelines,
             pipeline_ns: self.pipeline_ns - o.pipeline_ns,
-            readback_bytes: self.readback_bytes - o.readback_bytes,
         }
     }
 }
