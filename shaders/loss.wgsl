@@ -11,13 +11,15 @@
 //                     ROME's and MEMIT's code optimise (torch's kl_div(log q, log p)), term by
 //                     term small where p is near q.
 //   token_logprob     out[row] = log_softmax(x)[token]  (a = x, b = each row's token id, as f32)
-//   row_argmax        out[row] = the first index of the row's largest value, as f32 (a = x), NaN
-//                     where the row holds a NaN or an infinity: teacher-forced predictions
-// Binding 2 is the output of log_softmax_rows and dlogp / t / tokens (read) in the others.
+//   row_top_k         out_fwd[row·k + n] = the index of the row's n-th largest value, as f32, and
+//                     out[loss_off + row·k + n] that value (a = x), NaN where the row holds a NaN or an
+//                     infinity: teacher-forced predictions (k = 1), a sampler's candidates
+// Binding 2 is the output of log_softmax_rows and row_top_k, and dlogp / t / tokens (read) in the
+// others.
 
 struct Meta {
     rows: u32, cols: u32, a_off: u32, b_off: u32,
-    out_off: u32, loss_off: u32, weight: f32, _pad: u32,
+    out_off: u32, loss_off: u32, weight: f32, k: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Meta;
@@ -154,36 +156,55 @@ fn token_logprob(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 
 var<workgroup> partial_index: array<u32, 256>;
 
-// torch.argmax's answer (the first of equal maxima), so that token accuracies match what
-// PyTorch-based tools report even where two logits tie.
+// The k largest values of a row in the order (value descending, lower index first among
+// equal values): k = 1 is torch.argmax's answer (the first of equal maxima), so that token
+// accuracies match what PyTorch-based tools report even where two logits tie, and a sampler
+// that reads the k candidates back draws the same token as one that sorts the whole row.
+// Pick n is the best value that comes after pick n − 1 in that order: k scans of the row,
+// nothing to sort.
 @compute @workgroup_size(256, 1, 1)
-fn row_argmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn row_top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ba = p.a_off + wg.x * p.cols;
-    var m = bitcast<f32>(0xff800000u); // -inf
-    var at = p.cols;
     var bad = 0.0;
-    // j grows, so a strict > keeps each thread's first maximum.
     for (var j = lid.x; j < p.cols; j += WG) {
-        let v = a[ba + j];
-        if (!(abs(v) <= 3.4028235e38)) { bad = 1.0; }
-        if (v > m) { m = v; at = j; }
+        if (!(abs(a[ba + j]) <= 3.4028235e38)) { bad = 1.0; }
     }
-    let row_bad = workgroup_max(lid.x, bad);
-    partial[lid.x] = m;
-    partial_index[lid.x] = at;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
-            let v = partial[lid.x + s];
-            let i = partial_index[lid.x + s];
-            if (v > partial[lid.x] || (v == partial[lid.x] && i < partial_index[lid.x])) {
-                partial[lid.x] = v;
-                partial_index[lid.x] = i;
-            }
+    let row_bad = workgroup_max(lid.x, bad) > 0.0;
+    // Before the first pick, "after the last pick" holds for every finite value.
+    var last_v = bitcast<f32>(0x7f800000u); // +inf
+    var last_i = 0u;
+    for (var n = 0u; n < p.k; n++) {
+        var m = bitcast<f32>(0xff800000u); // -inf
+        var at = p.cols;
+        // j grows, so a strict > keeps each thread's first maximum.
+        for (var j = lid.x; j < p.cols; j += WG) {
+            let v = a[ba + j];
+            if ((v < last_v || (v == last_v && j > last_i)) && (v > m || at == p.cols)) { m = v; at = j; }
         }
+        partial[lid.x] = m;
+        partial_index[lid.x] = at;
         workgroupBarrier();
-    }
-    if (lid.x == 0u) {
-        out_fwd[p.out_off + wg.x] = select(f32(partial_index[0]), bitcast<f32>(0x7fc00000u), row_bad > 0.0);
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid.x < s) {
+                let v = partial[lid.x + s];
+                let i = partial_index[lid.x + s];
+                let mine = partial_index[lid.x];
+                // A thread with no candidate left holds index cols and loses to any that has one.
+                if (i < p.cols && (mine == p.cols || v > partial[lid.x] || (v == partial[lid.x] && i < mine))) {
+                    partial[lid.x] = v;
+                    partial_index[lid.x] = i;
+                }
+            }
+            workgroupBarrier();
+        }
+        last_v = partial[0];
+        last_i = partial_index[0];
+        if (lid.x == 0u) {
+            let o = wg.x * p.k + n;
+            out_fwd[p.out_off + o] = select(f32(last_i), bitcast<f32>(0x7fc00000u), row_bad);
+            out[p.loss_off + o] = select(last_v, bitcast<f32>(0x7fc00000u), row_bad);
+        }
+        // The next pick overwrites `partial`: everyone must have read this one first.
+        workgroupBarrier();
     }
 }

@@ -188,6 +188,53 @@ fn sequences_at_their_own_positions_take_the_dispatches_of_one_position() {
     });
 }
 
+/// Sampling from candidates found on the GPU draws what sampling from whole rows read back
+/// draws, for every kind of setting (greedy, top-k of the GPU's size, top-k wider than it,
+/// the whole vocabulary), and reads back a few values a row where every setting allows it; a
+/// logit that is not finite is refused by name either way.
+#[test]
+fn sampling_from_gpu_candidates_draws_what_whole_rows_draw() {
+    use revive::model::generate::{generate_many_reading, Readback, GPU_TOP_K_MAX};
+    // Counts the bytes read back: a device of its own.
+    for_each_fresh_gpu(true, |gpu| {
+        for (name, w) in models() {
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let v = w.config.vocab_size;
+            let prompts: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3], vec![12], vec![5, 17, 3, 2, 8, 1, 30]];
+            let narrow = [
+                Sampling::default(),
+                Sampling { temperature: 1.0, top_k: 5, seed: 3 },
+                Sampling { temperature: 0.8, top_k: GPU_TOP_K_MAX, seed: 4 },
+            ];
+            let wide = [narrow[0], Sampling { temperature: 1.0, top_k: GPU_TOP_K_MAX + 1, seed: 6 }, Sampling { temperature: 0.7, top_k: 0, seed: 7 }];
+            for (settings, few) in [(&narrow, true), (&wide, false)] {
+                let before = gpu.runtime_stats();
+                let from_candidates = ok(generate_many_reading(&gm, &prompts, 5, settings, None, Readback::Candidates))?;
+                let read = (gpu.runtime_stats() - before).readback_bytes;
+                let from_rows = ok(generate_many_reading(&gm, &prompts, 5, settings, None, Readback::WholeRows))?;
+                if from_candidates != from_rows {
+                    return Err(format!("{name} {settings:?}: from candidates {from_candidates:?}, from whole rows {from_rows:?}"));
+                }
+                // Five steps of three rows: the top GPU_TOP_K_MAX tokens and their logits, or whole rows.
+                let want = if few { 5 * 3 * 2 * GPU_TOP_K_MAX.min(v) * 4 } else { 5 * 3 * v * 4 };
+                if read as usize != want {
+                    return Err(format!("{name} {settings:?}: read back {read} bytes, want {want}"));
+                }
+            }
+        }
+        let (name, mut w) = models().remove(0);
+        w.tensors.get_mut("final_norm.weight").ok_or("no final norm")?.data[3] = f32::NAN;
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        for readback in [Readback::Candidates, Readback::WholeRows] {
+            let e = generate_many_reading(&gm, &[vec![1, 2]], 3, &[Sampling::default()], None, readback).err().ok_or(format!("{name}: NaN logits sampled"))?;
+            if !e.to_string().contains("logits are not finite") {
+                return Err(format!("{name} {readback:?}: {e}"));
+            }
+        }
+        Ok(())
+    });
+}
+
 /// `generate_many` gives each prompt what `generate` gives it alone: greedy, and sampled with
 /// each prompt's own seed; a sequence that meets the end token stops there while the others
 /// go on; the sampling settings must match the prompts.

@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::loss::{log_softmax_bwd_row, log_softmax_row, softmax_bwd_row};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::loss::{kl_from_reference, log_softmax_bwd, log_softmax_rows, row_argmax, token_logprobs, weighted_nll};
+use revive::ops::loss::{kl_from_reference, log_softmax_bwd, log_softmax_rows, row_argmax, row_top_k, token_logprobs, weighted_nll};
 use revive::ops::softmax::{softmax_bwd, softmax_rows};
 
 /// Includes a vocabulary-wide row (49152) and one of 4099 (> 4096, not a multiple of 256).
@@ -77,7 +77,35 @@ fn check(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<(), String> {
 
     let got = ok(gpu.download(&ok(token_logprobs(gpu, &tx, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>()))?))?;
     compare(&format!("token_logprobs {shape:?}"), &got, &cpu::loss::token_logprobs(&x, &targets.iter().map(|&t| t as u32).collect::<Vec<_>>(), cols), tol(cols))?;
-    check_argmax(gpu, &x, shape)
+    check_argmax(gpu, &x, shape)?;
+    for k in [1, 2, 5, 37, cols] {
+        if k <= cols && k <= 300 {
+            check_top_k(gpu, &x, shape, k)?;
+        }
+    }
+    Ok(())
+}
+
+/// row_top_k against the oracle, exactly: indices and values are copied, never computed.
+fn check_top_k(gpu: &Gpu, x: &[f32], shape: &[usize], k: usize) -> Result<(), String> {
+    let cols = *shape.last().unwrap();
+    let top = ok(gpu.download(&ok(row_top_k(gpu, &ok(gpu.upload(x, shape))?, k))?))?;
+    let (indices, values) = top.split_at(top.len() / 2);
+    let want = cpu::loss::row_top_k(x, cols, k);
+    if indices.len() != want.len() * k || values.len() != indices.len() {
+        return Err(format!("row_top_k {shape:?} k {k}: {} indices and {} values for {} rows", indices.len(), values.len(), want.len()));
+    }
+    for (r, w) in want.iter().enumerate() {
+        let (gi, gv) = (&indices[r * k..(r + 1) * k], &values[r * k..(r + 1) * k]);
+        let same = match w {
+            Some(w) => w.iter().zip(gi.iter().zip(gv)).all(|(&(wi, wv), (&i, &v))| i == wi as f32 && v.to_bits() == wv.to_bits()),
+            None => gi.iter().chain(gv).all(|v| v.is_nan()),
+        };
+        if !same {
+            return Err(format!("row_top_k {shape:?} k {k}: row {r} gave {:?}, the oracle {w:?}", gi.iter().zip(gv).collect::<Vec<_>>()));
+        }
+    }
+    Ok(())
 }
 
 /// row_argmax against the oracle, exactly: an index is right or wrong.
@@ -118,6 +146,32 @@ fn row_argmax_takes_the_first_of_equal_maxima() {
         let got = ok(gpu.download(&ok(row_argmax(gpu, &ok(gpu.upload(&x, &[4, cols]))?))?))?;
         if got != [5.0, 260.0, 700.0, 0.0] {
             return Err(format!("row_argmax of rows with equal maxima: {got:?}"));
+        }
+        Ok(())
+    });
+}
+
+/// Rows of few distinct values (ties everywhere, across threads and strides), k crossing the
+/// groups of equal values; a row with a NaN and one with an infinity come back all NaN; k
+/// outside 1..=cols is refused.
+#[test]
+fn row_top_k_orders_ties_by_index_and_flags_bad_rows() {
+    for_each_gpu(|gpu| {
+        let cols = 1000;
+        let mut x: Vec<f32> = logits(4600, 5 * cols).into_iter().map(|v| (v / 3.0).round()).collect();
+        x[3 * cols + 517] = f32::NAN;
+        x[4 * cols + 3] = f32::NEG_INFINITY;
+        for k in [1, 7, 64, 333] {
+            check_top_k(gpu, &x, &[5, cols], k)?;
+        }
+        // Negative zero equals zero: the lower index first, whatever the sign.
+        let z = [0.0f32, -0.0, 0.0, -1.0, -0.0];
+        check_top_k(gpu, &z, &[1, 5], 5)?;
+        let t = ok(gpu.upload(&z, &[1, 5]))?;
+        for k in [0, 6] {
+            if row_top_k(gpu, &t, k).is_ok() {
+                return Err(format!("row_top_k accepted k = {k} for rows of 5"));
+            }
         }
         Ok(())
     });

@@ -45,10 +45,34 @@ pub struct ForwardReport {
     pub together: usize,
     pub together_tokens_per_s: f64,
     pub together_runtime: RuntimeStats,
+    /// `together` prompts sampled for `decode_tokens` tokens as fluency samples them (top 5 at
+    /// temperature 1, `generate_many`), reading each step's candidates back against reading
+    /// whole rows, alternating; None where `together` is 0.
+    pub sampled: Option<SampledGeneration>,
     /// The f64 oracle's prefill rate and the length it was measured on.
     pub cpu_tokens: usize,
     pub cpu_tokens_per_s: f64,
     pub timer: &'static str,
+}
+
+/// Sampled generation read back two ways, medians over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampledGeneration {
+    pub sequences: usize,
+    pub tokens: usize,
+    /// Each step's top-5 logits and their tokens, found on the GPU.
+    pub candidates: SampledRun,
+    /// Each step's whole rows of logits, the top 5 chosen on the host (the way before).
+    pub whole_rows: SampledRun,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SampledRun {
+    /// Tokens of all sequences per second of wall clock (prefill included).
+    pub tokens_per_s: f64,
+    /// The recording thread's CPU time per decode step (prefill included in the total).
+    pub host_cpu_ms_per_step: f64,
+    pub readback_bytes_per_step: u64,
 }
 
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
@@ -117,6 +141,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     bar.inc(1);
     let (together_tokens_per_s, together_runtime) = if together == 0 { (0.0, RuntimeStats::default()) } else { decode_together(model, together, decode)? };
     bar.inc(1);
+    let sampled = if together == 0 { None } else { Some(sampled_generation(model, together, decode, reps)?) };
     let cpu = CpuModel::new(weights);
     let seq = tokens(cpu_tokens, v, 3);
     let start = Instant::now();
@@ -140,6 +165,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         together,
         together_tokens_per_s,
         together_runtime,
+        sampled,
         cpu_tokens,
         cpu_tokens_per_s: cpu_tokens as f64 / cpu_time.as_secs_f64(),
         timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
@@ -186,6 +212,44 @@ fn decode_together(model: &GpuModel, n: usize, steps: usize) -> Result<(f64, Run
     Ok(((n * steps) as f64 / time.as_secs_f64(), per_step(gpu.runtime_stats() - before, steps)))
 }
 
+/// `n` prompts of 9 to 8 + n tokens sampled for `steps` tokens each as fluency samples them,
+/// with candidates and with whole rows read back, `reps` alternating rounds each; the two must
+/// draw the same tokens.
+fn sampled_generation(model: &GpuModel, n: usize, steps: usize, reps: usize) -> Result<SampledGeneration> {
+    use crate::model::generate::{generate_many_reading, Readback, Sampling};
+    let gpu = model.gpu();
+    let v = model.config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..n).map(|i| tokens(9 + i, v, 200 + i as u64)).collect();
+    let samplings: Vec<Sampling> = (0..n).map(|i| Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }).collect();
+    let mut rounds: [Vec<(f64, f64, u64)>; 2] = [vec![], vec![]];
+    let mut drawn: [Vec<Vec<u32>>; 2] = [vec![], vec![]];
+    for _ in 0..reps.max(1) {
+        for (i, readback) in [Readback::Candidates, Readback::WholeRows].into_iter().enumerate() {
+            let before = gpu.runtime_stats();
+            let t = gpu.time(|| {
+                drawn[i] = generate_many_reading(model, &prompts, steps, &samplings, None, readback)?;
+                Ok(())
+            })?;
+            let work = gpu.runtime_stats() - before;
+            let produced: usize = drawn[i].iter().map(Vec::len).sum();
+            let per_step = |x: f64| x / steps.max(1) as f64;
+            rounds[i].push((produced as f64 / t.wall.as_secs_f64(), per_step(t.host_cpu.unwrap_or_default().as_secs_f64() * 1e3), work.readback_bytes / steps.max(1) as u64));
+        }
+    }
+    if drawn[0] != drawn[1] {
+        return Err(crate::error::Error::Numeric("sampling from the GPU's candidates drew other tokens than sampling from whole rows".into()));
+    }
+    let summary = |r: &[(f64, f64, u64)]| {
+        let mid = |f: fn(&(f64, f64, u64)) -> f64| {
+            let mut x: Vec<f64> = r.iter().map(f).collect();
+            x.sort_by(f64::total_cmp);
+            x[x.len() / 2]
+        };
+        SampledRun { tokens_per_s: mid(|x| x.0), host_cpu_ms_per_step: mid(|x| x.1), readback_bytes_per_step: r[0].2 }
+    };
+    Ok(SampledGeneration { sequences: n, tokens: steps, candidates: summary(&rounds[0]), whole_rows: summary(&rounds[1]) })
+}
+
 fn profile_ms(gpu: &crate::gpu::Gpu) -> Vec<(String, u64, f64)> {
     gpu.profile().into_iter().map(|(e, n, t)| (e.to_string(), n, t.as_secs_f64() * 1e3)).collect()
 }
@@ -204,6 +268,15 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
             r.together_tokens_per_s,
             r.together_tokens_per_s / r.decode_tokens_per_s
         );
+    }
+    if let Some(g) = &r.sampled {
+        s += &format!(
+            "\n| {} prompts sampled for {} tokens (top 5, temperature 1: fluency's setting) | tokens/s | host thread CPU per step, ms | read back per step, bytes |\n|---|---:|---:|---:|\n",
+            g.sequences, g.tokens
+        );
+        for (what, x) in [("each row's top 5 found on the GPU", &g.candidates), ("whole rows read back, the top 5 found on the host", &g.whole_rows)] {
+            s += &format!("| {what} | {:.1} | {:.2} | {} |\n", x.tokens_per_s, x.host_cpu_ms_per_step, x.readback_bytes_per_step);
+        }
     }
     s += "\n| wall clock (host work included) | ms | of it the host's own, ms | host thread CPU, ms | host CPU µs per dispatch |\n|---|---:|---:|---:|---:|\n";
     let per_dispatch = |ms: f64, x: &RuntimeStats| if x.dispatches == 0 || ms == 0.0 { String::new() } else { format!("{:.1}", ms * 1e3 / x.dispatches as f64) };

@@ -81,6 +81,22 @@ pub fn row_argmax(x: &[f32], cols: usize) -> Vec<Option<u32>> {
         .collect()
 }
 
+/// The k largest values of each row with their indices, largest first and the lower index first
+/// among equal values (a stable sort of the whole row); None for a row holding a NaN or an
+/// infinity.
+pub fn row_top_k(x: &[f32], cols: usize, k: usize) -> Vec<Option<Vec<(u32, f32)>>> {
+    x.chunks(cols)
+        .map(|row| {
+            if row.iter().any(|v| !v.is_finite()) {
+                return None;
+            }
+            let mut order: Vec<usize> = (0..cols).collect();
+            order.sort_by(|&i, &j| row[j].partial_cmp(&row[i]).expect("finite"));
+            Some(order[..k].iter().map(|&i| (i as u32, row[i])).collect())
+        })
+        .collect()
+}
+
 fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }

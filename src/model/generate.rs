@@ -31,33 +31,105 @@ pub fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
-/// The next token: the argmax when greedy, else drawn from the softmax of the top-k logits at
-/// the temperature. Total on any input: a temperature that is not a positive finite number
-/// means greedy, and weights that do not sum to a positive finite number (NaN logits) fall
-/// back to the argmax instead of panicking in the draw.
-fn sample(logits: &[f32], s: &Sampling, rng: &mut impl Rng) -> u32 {
-    if !(s.temperature > 0.0 && s.temperature.is_finite()) {
-        return argmax(logits);
+/// Greedy settings and top-k up to this many read their candidates back (the largest logits of
+/// each row, found on the GPU); others read whole rows. The kernel scans a row once per
+/// candidate, so a wide top-k is cheaper sorted on the host.
+pub const GPU_TOP_K_MAX: usize = 64;
+
+/// How a decode step's logits come back to the sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readback {
+    /// Each row's largest logits with their tokens where every setting draws from at most
+    /// [`GPU_TOP_K_MAX`] (greedy: one), else whole rows.
+    Candidates,
+    /// Whole rows of the vocabulary, the candidates chosen on the host: what `Candidates`
+    /// replaces, kept to compare the two.
+    WholeRows,
+}
+
+/// What a setting draws from: its k largest logits (greedy: the largest), or the whole row.
+fn wanted(s: &Sampling) -> Option<usize> {
+    if is_greedy(s) {
+        Some(1)
+    } else if s.top_k > 0 {
+        Some(s.top_k)
+    } else {
+        None
     }
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    if s.top_k > 0 && s.top_k < idx.len() {
-        idx.select_nth_unstable_by(s.top_k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
-        idx.truncate(s.top_k);
+}
+
+/// A temperature that is not a positive finite number means greedy.
+fn is_greedy(s: &Sampling) -> bool {
+    !(s.temperature > 0.0 && s.temperature.is_finite())
+}
+
+/// The candidates a decode step reads back for these settings: the most any of them draws
+/// from, or None where one needs whole rows.
+fn candidates_for(settings: &[Sampling], readback: Readback) -> Option<usize> {
+    if readback == Readback::WholeRows {
+        return None;
     }
-    let m = idx.iter().map(|&i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
-    let w: Vec<f64> = idx.iter().map(|&i| (((logits[i] - m) / s.temperature) as f64).exp()).collect();
+    settings.iter().map(wanted).try_fold(1, |most, k| k.filter(|&k| k <= GPU_TOP_K_MAX).map(|k| most.max(k)))
+}
+
+/// A row's logits as the sampler sees them.
+enum Candidates<'a> {
+    /// The row's largest logits as (token, logit), largest first and the lower token first
+    /// among equal logits, at least as many as the setting draws from.
+    Top(&'a [(u32, f32)]),
+    /// The whole row.
+    Row(&'a [f32]),
+}
+
+/// A row's k largest logits in the order of [`Candidates::Top`]; the row is finite.
+fn top_of_row(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(row.len());
+    let order = |a: &u32, b: &u32| row[*b as usize].partial_cmp(&row[*a as usize]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b));
+    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, order);
+        idx.truncate(k);
+    }
+    idx.sort_unstable_by(order);
+    idx.into_iter().map(|i| (i, row[i as usize])).collect()
+}
+
+/// The next token: the argmax when greedy (the first of equal maxima), else drawn from the
+/// softmax of the top-k logits (all when k is 0) at the temperature, the candidates taken
+/// largest first (top-k) or in token order (all). Total on any input: weights that do not sum
+/// to a positive finite number fall back to the argmax instead of panicking in the draw.
+fn sample(c: Candidates<'_>, s: &Sampling, rng: &mut impl Rng) -> u32 {
+    let owned;
+    let cands: &[(u32, f32)] = match (c, wanted(s)) {
+        (Candidates::Top(top), Some(k)) => &top[..k.min(top.len())],
+        (Candidates::Row(row), Some(k)) => {
+            owned = top_of_row(row, k);
+            &owned
+        }
+        (Candidates::Row(row), None) => {
+            owned = row.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+            &owned
+        }
+        (Candidates::Top(_), None) => unreachable!("a setting that draws from whole rows reads whole rows"),
+    };
+    let first_max = || cands.iter().fold(cands[0], |best, &c| if c.1 > best.1 { c } else { best }).0;
+    if is_greedy(s) {
+        return first_max();
+    }
+    let m = cands.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.1));
+    let w: Vec<f64> = cands.iter().map(|c| (((c.1 - m) / s.temperature) as f64).exp()).collect();
     let total: f64 = w.iter().sum();
     if !(total > 0.0 && total.is_finite()) {
-        return argmax(logits);
+        return first_max();
     }
     let mut u = rng.random_range(0.0..total);
-    for (k, &wk) in w.iter().enumerate() {
+    for (c, &wk) in cands.iter().zip(&w) {
         if u < wk {
-            return idx[k] as u32;
+            return c.0;
         }
         u -= wk;
     }
-    idx[idx.len() - 1] as u32
+    cands[cands.len() - 1].0
 }
 
 /// Generates up to `n` tokens after `prompt`, stopping at `eos`; `on_token` sees each one.
@@ -70,7 +142,8 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
     let mut rng = crate::testing::rng(sampling.seed);
-    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, |_, row| sample(row, &sampling, &mut rng), |_, t| on_token(t))?;
+    let top = candidates_for(&[sampling], Readback::Candidates);
+    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, top, |_, c| sample(c, &sampling, &mut rng), |_, t| on_token(t))?;
     Ok(out.remove(0))
 }
 
@@ -84,27 +157,36 @@ const MAX_TOGETHER: usize = 16;
 /// rounding of products over several rows, in a fraction of the passes. Prompts of any
 /// lengths decode together, each at its own position, in groups of up to 16.
 pub fn generate_many(model: &GpuModel, prompts: &[Vec<u32>], n: usize, samplings: &[Sampling], eos: Option<u32>) -> Result<Vec<Vec<u32>>> {
+    generate_many_reading(model, prompts, n, samplings, eos, Readback::Candidates)
+}
+
+/// `generate_many` with the logits read back as `readback` says: the same tokens either way.
+pub fn generate_many_reading(model: &GpuModel, prompts: &[Vec<u32>], n: usize, samplings: &[Sampling], eos: Option<u32>, readback: Readback) -> Result<Vec<Vec<u32>>> {
     if samplings.len() != prompts.len() {
         return Err(Error::shape("generate", format!("{} prompts with {} sampling settings", prompts.len(), samplings.len())));
     }
     let mut out = Vec::with_capacity(prompts.len());
     for (group, settings) in prompts.chunks(MAX_TOGETHER).zip(samplings.chunks(MAX_TOGETHER)) {
         let mut rngs: Vec<_> = settings.iter().map(|s| crate::testing::rng(s.seed)).collect();
-        out.extend(decode_together(model, group, n, eos, |i, row| sample(row, &settings[i], &mut rngs[i]), |_, _| {})?);
+        let top = candidates_for(settings, readback);
+        out.extend(decode_together(model, group, n, eos, top, |i, c| sample(c, &settings[i], &mut rngs[i]), |_, _| {})?);
     }
     Ok(out)
 }
 
 /// Prefills every prompt in one right-padded pass, then feeds each sequence's last token at its
-/// own position until each has `n` tokens or has produced `eos`. `pick(i, logits)` chooses
-/// sequence i's next token, called in sequence order at every step; `on_token(i, token)` sees
-/// each token kept. A sequence that has stopped keeps its row (its tokens are not kept).
+/// own position until each has `n` tokens or has produced `eos`. `pick(i, candidates)` chooses
+/// sequence i's next token, called in sequence order at every step, from each row's `top`
+/// largest logits (found on the GPU: a few bytes a row come back) or, where `top` is None,
+/// from the whole row; `on_token(i, token)` sees each token kept. A sequence that has stopped
+/// keeps its row (its tokens are not kept).
 fn decode_together(
     model: &GpuModel,
     prompts: &[Vec<u32>],
     n: usize,
     eos: Option<u32>,
-    mut pick: impl FnMut(usize, &[f32]) -> u32,
+    top: Option<usize>,
+    mut pick: impl FnMut(usize, Candidates<'_>) -> u32,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
     let context = model.config.max_seq_len;
@@ -129,13 +211,26 @@ fn decode_together(
     let v = model.config.vocab_size;
     let mut running = vec![true; prompts.len()];
     let mut next = vec![0u32; prompts.len()];
+    let top = top.map(|k| k.min(v));
     for step in 0..n {
-        let rows = model.host_logits(&logits).map_err(|e| Error::Numeric(format!("at generated position {step}: {e}")))?;
-        for (i, row) in rows.chunks(v).enumerate() {
+        let at = |e: Error| Error::Numeric(format!("at generated position {step}: {e}"));
+        let rows = match top {
+            Some(k) => candidate_rows(model, &logits, k).map_err(at)?,
+            None => vec![],
+        };
+        let whole = match top {
+            Some(_) => vec![],
+            None => model.host_logits(&logits).map_err(at)?,
+        };
+        for i in 0..prompts.len() {
             if !running[i] {
                 continue;
             }
-            let tok = pick(i, row);
+            let candidates = match top {
+                Some(k) => Candidates::Top(&rows[i * k..(i + 1) * k]),
+                None => Candidates::Row(&whole[i * v..(i + 1) * v]),
+            };
+            let tok = pick(i, candidates);
             out[i].push(tok);
             on_token(i, tok);
             next[i] = tok;
@@ -148,6 +243,20 @@ fn decode_together(
         logits = model.decode_each(&next, &positions, &mut cache)?;
     }
     Ok(out)
+}
+
+/// Each row's `k` largest logits as (token, logit), found on the GPU: [rows · k]. A row that is
+/// not finite is named by reading the logits back (`host_logits`' error).
+fn candidate_rows(model: &GpuModel, logits: &Tensor, k: usize) -> Result<Vec<(u32, f32)>> {
+    let gpu = model.gpu();
+    let top = gpu.download(&crate::ops::loss::row_top_k(gpu, logits, k)?)?;
+    if top.iter().any(|x| !x.is_finite()) {
+        model.host_logits(logits)?;
+        return Err(Error::Numeric("the logits' largest values came back not finite though the logits are".into()));
+    }
+    let (indices, values) = top.split_at(top.len() / 2);
+    // Indices are exact in f32 below 2^24; row_top_k refuses wider rows.
+    Ok(indices.iter().zip(values).map(|(&i, &v)| (i as u32, v)).collect())
 }
 
 /// log p(x) for every entry of a row of logits, in f64.
@@ -190,7 +299,8 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
     for len in lengths {
         let group: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
         let seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
-        let tails = decode_together(model, &seqs, n, None, |_, row| sample(row, &sampling, &mut rng), |_, _| {})?;
+        let top = candidates_for(&[sampling], Readback::Candidates);
+        let tails = decode_together(model, &seqs, n, None, top, |_, c| sample(c, &sampling, &mut rng), |_, _| {})?;
         for (&i, tail) in group.iter().zip(tails) {
             out[i] = tail;
         }
@@ -299,14 +409,43 @@ mod tests {
         let mut rng = crate::testing::rng(1);
         let logits = [0.5f32, 2.0, -1.0];
         for t in [f32::NAN, f32::INFINITY, -1.0, 0.0] {
-            assert_eq!(sample(&logits, &Sampling { temperature: t, top_k: 0, seed: 0 }, &mut rng), 1, "temperature {t}");
+            assert_eq!(sample(Candidates::Row(&logits), &Sampling { temperature: t, top_k: 0, seed: 0 }, &mut rng), 1, "temperature {t}");
         }
         let bad = [f32::NAN, 1.0, f32::NAN];
-        let got = sample(&bad, &Sampling { temperature: 1.0, top_k: 2, seed: 0 }, &mut rng);
+        let got = sample(Candidates::Row(&bad), &Sampling { temperature: 1.0, top_k: 2, seed: 0 }, &mut rng);
         assert!(got < 3);
-        // An ordinary draw stays among the top k.
+        // An ordinary draw stays among the top k, from a whole row or from candidates.
+        let top = top_of_row(&logits, 3);
+        assert_eq!(top, [(1, 2.0), (0, 0.5), (2, -1.0)]);
         for _ in 0..50 {
-            assert_ne!(sample(&logits, &Sampling { temperature: 1.0, top_k: 2, seed: 0 }, &mut rng), 2);
+            let s = Sampling { temperature: 1.0, top_k: 2, seed: 0 };
+            assert_ne!(sample(Candidates::Row(&logits), &s, &mut rng), 2);
+            assert_ne!(sample(Candidates::Top(&top), &s, &mut rng), 2);
         }
+    }
+
+    /// The host's top-k orders as the GPU's: largest first, the lower token first among equal
+    /// logits (zero and negative zero equal), whatever k cuts through a run of ties.
+    #[test]
+    fn the_hosts_top_k_orders_ties_by_token() {
+        let row = [1.0f32, 3.0, 3.0, -0.0, 0.0, 3.0, 1.0];
+        assert_eq!(top_of_row(&row, 2), [(1, 3.0), (2, 3.0)]);
+        assert_eq!(top_of_row(&row, 4), [(1, 3.0), (2, 3.0), (5, 3.0), (0, 1.0)]);
+        let all: Vec<u32> = top_of_row(&row, 9).into_iter().map(|c| c.0).collect();
+        assert_eq!(all, [1, 2, 5, 0, 6, 3, 4]);
+    }
+
+    /// A setting reads candidates from the GPU when every setting of the group draws from at
+    /// most GPU_TOP_K_MAX, the most of them; else whole rows.
+    #[test]
+    fn candidates_are_read_where_every_setting_allows() {
+        let greedy = Sampling::default();
+        let top = |k| Sampling { temperature: 1.0, top_k: k, seed: 0 };
+        assert_eq!(candidates_for(&[greedy], Readback::Candidates), Some(1));
+        assert_eq!(candidates_for(&[greedy, top(5), top(3)], Readback::Candidates), Some(5));
+        assert_eq!(candidates_for(&[top(GPU_TOP_K_MAX)], Readback::Candidates), Some(GPU_TOP_K_MAX));
+        assert_eq!(candidates_for(&[greedy, top(GPU_TOP_K_MAX + 1)], Readback::Candidates), None);
+        assert_eq!(candidates_for(&[greedy, top(0)], Readback::Candidates), None);
+        assert_eq!(candidates_for(&[greedy], Readback::WholeRows), None);
     }
 }

@@ -19,7 +19,8 @@ struct Meta {
     loss_off: u32,
     /// kl_from_reference's w.
     weight: f32,
-    _pad: u32,
+    /// row_top_k's k.
+    k: u32,
 }
 
 /// log softmax over the last dimension of a tensor of any rank (max-subtracted).
@@ -66,7 +67,7 @@ fn run_rows(gpu: &Gpu, op: &'static str, a: &Tensor, b: Option<&Tensor>) -> Resu
     for (r0, r) in row_pieces(gpu, op, rows, cols)? {
         let (ab, a_off) = a.bind(gpu, r0 * cols, r * cols)?;
         let (ob, out_off) = out.bind(gpu, r0 * cols, r * cols)?;
-        let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, weight: 0.0, _pad: 0 };
+        let mut meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, weight: 0.0, k: 0 };
         let binds = match b {
             Some(b) => {
                 let (bb, b_off) = b.bind(gpu, r0 * cols, r * cols)?;
@@ -107,7 +108,7 @@ fn gradient_and_row_loss(gpu: &Gpu, op: &'static str, x: &Tensor, b: &Tensor, we
         let (bb, b_off) = b.bind(gpu, r0 * cols, r * cols)?;
         let (gb, out_off) = grad.bind(gpu, r0 * cols, r * cols)?;
         let (lb, loss_off) = loss.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight, _pad: 0 };
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off, weight, k: 0 };
         gpu.dispatch(LOSS, op, &[], bytemuck::bytes_of(&meta), &[xb, bb, gb, lb], [r as u32, 1, 1])?;
     }
     Ok((grad, loss))
@@ -132,21 +133,35 @@ pub fn kl_from_reference(gpu: &Gpu, x: &Tensor, log_q: &Tensor, weight: f32) -> 
 /// equal, as torch.argmax), as f32: [rows]; NaN for a row holding a NaN or an infinity. What a
 /// model predicts at each teacher-forced position, read back as one number a row.
 pub fn row_argmax(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-    const OP: &str = "row_argmax";
+    if x.numel() == 0 {
+        return gpu.empty(&[0]);
+    }
+    let top = row_top_k(gpu, x, 1)?;
+    top.view(0, &[top.shape()[1]])
+}
+
+/// The k largest values of each row of x [rows, cols], largest first and the lower index first
+/// among equal values: [2, rows, k], the indices (as f32) then the values, one tensor so that
+/// one read brings both back; NaN throughout a row holding a NaN or an infinity. A sampler
+/// reads these instead of a vocabulary a row. The kernel scans a row once per pick, so k is
+/// meant to be small (a few dozen).
+pub fn row_top_k(gpu: &Gpu, x: &Tensor, k: usize) -> Result<Tensor> {
+    const OP: &str = "row_top_k";
     let (cols, rows) = rows_of(OP, x)?;
+    if k == 0 || k > cols {
+        return Err(Error::shape(OP, format!("the top {k} of rows of {cols} values")));
+    }
     // Indices travel as f32, exact below 2^24.
     if cols > 1 << 24 {
         return Err(Error::TooLarge { op: OP, detail: format!("rows of {cols} values (indices must stay below 2^24)") });
     }
-    let out = gpu.empty(&[rows])?;
-    if rows == 0 {
-        return Ok(out);
-    }
+    let out = gpu.empty(&[2, rows, k])?;
     for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
-        let (ob, out_off) = out.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off: 0, weight: 0.0, _pad: 0 };
-        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ob], [r as u32, 1, 1])?;
+        let (ib, out_off) = out.bind(gpu, r0 * k, r * k)?;
+        let (vb, loss_off) = out.bind(gpu, (rows + r0) * k, r * k)?;
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off: 0, out_off, loss_off, weight: 0.0, k: k as u32 };
+        gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ib, vb], [r as u32, 1, 1])?;
     }
     Ok(out)
 }
@@ -175,7 +190,7 @@ pub fn token_logprobs(gpu: &Gpu, x: &Tensor, tokens: &[u32]) -> Result<Tensor> {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
         let (ib, b_off) = ids.bind(gpu, r0, r)?;
         let (ob, out_off) = out.bind(gpu, r0, r)?;
-        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off: 0, weight: 0.0, _pad: 0 };
+        let meta = Meta { rows: r as u32, cols: cols as u32, a_off, b_off, out_off, loss_off: 0, weight: 0.0, k: 0 };
         gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ib, ob], [r as u32, 1, 1])?;
     }
     Ok(out)
