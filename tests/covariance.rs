@@ -193,3 +193,44 @@ fn the_model_hash_follows_the_weights_the_keys_depend_on() {
     assert_ne!(base, hash(&changed("layers.1.w_up"), 1), "the layer's own up-projection does");
     assert_ne!(base, hash(&changed("embed"), 1), "the embeddings do");
 }
+
+/// The hashes of several layers taken together (each tensor read once where the layers share
+/// it) equal each layer's hash taken alone by the plain recipe written out here — the config,
+/// then every name the layer's keys depend on in sorted order with its shape and bytes — so
+/// C0 files cached before stay valid. Twelve layers, so that "layers.10" sorts between
+/// "layers.1" and "layers.2"; layers in any order, repeated.
+#[test]
+fn the_model_hashes_of_several_layers_equal_each_layers_own() {
+    use sha2::{Digest, Sha256};
+    let mut c = Config::tiny_llama();
+    c.n_layers = 12;
+    let w = random_weights(&c, 52);
+    let gpu = &gpus()[0];
+    let gm = GpuModel::new(gpu, &w).unwrap();
+    let plain = |layer: usize| {
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&w.config).unwrap());
+        let own = [format!("layers.{layer}.w_down"), format!("layers.{layer}.b_down")];
+        let mut names: Vec<&String> = w
+            .tensors
+            .keys()
+            .filter(|n| match n.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
+                Some((i, _)) => i.parse::<usize>().unwrap() <= layer && !own.contains(n),
+                None => *n == "embed" || *n == "pos_embed",
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            let t = &w.tensors[name];
+            h.update(name.as_bytes());
+            h.update(format!("{:?}", t.shape).as_bytes());
+            h.update(bytemuck::cast_slice::<f32, u8>(&t.data));
+        }
+        format!("{:x}", h.finalize())
+    };
+    for layers in [vec![3, 4, 5, 6, 7], vec![11, 1, 10, 2], vec![0], vec![9, 9, 0]] {
+        let want: Vec<String> = layers.iter().map(|&l| plain(l)).collect();
+        assert_eq!(cov_cache::model_hashes(&gm, &layers).unwrap(), want, "layers {layers:?}");
+    }
+    assert_eq!(cov_cache::model_hash(&gm, 10).unwrap(), plain(10));
+}

@@ -48,28 +48,59 @@ pub fn stats_dir() -> PathBuf {
 
 /// See the module comment for what it covers and why.
 pub fn model_hash(model: &GpuModel, layer: usize) -> Result<String> {
+    Ok(model_hashes(model, &[layer])?.remove(0))
+}
+
+/// `model_hash` of each of `layers`, each tensor read back and hashed once where the layers'
+/// hashes share it as a prefix: the embeddings and the lower layers come first in every
+/// layer's (sorted) list, and they are most of the bytes (MEMIT's five layers hashed one by one
+/// read the 113 MB embedding five times).
+pub fn model_hashes(model: &GpuModel, layers: &[usize]) -> Result<Vec<String>> {
     let c = &model.config;
-    let mut h = Sha256::new();
-    h.update(serde_json::to_vec(c).map_err(|e| Error::Edit(format!("config to JSON: {e}")))?);
-    let own_down = [down_name(layer), down_bias_name(layer)];
-    let mut names: Vec<String> = c
-        .tensor_names()
-        .into_iter()
-        .filter(|n| match n.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
-            Some((i, _)) => i.parse::<usize>().is_ok_and(|i| i <= layer) && !own_down.contains(n),
-            None => n == "embed" || n == "pos_embed",
-        })
-        .collect();
-    names.sort();
-    for name in names {
-        let t = model.tensor(&name)?;
-        h.update(name.as_bytes());
-        h.update(format!("{:?}", t.shape()).as_bytes());
-        // Host byte order, without a copy: the same bytes as little-endian on every platform
-        // revive runs on, and a big-endian host would only miss the cache, never misread it.
-        h.update(bytemuck::cast_slice::<f32, u8>(&model.gpu().download(t)?));
+    let config = serde_json::to_vec(c).map_err(|e| Error::Edit(format!("config to JSON: {e}")))?;
+    let all = c.tensor_names();
+    let names_of = |layer: usize| -> Vec<String> {
+        let own_down = [down_name(layer), down_bias_name(layer)];
+        let mut names: Vec<String> = all
+            .iter()
+            .filter(|n| match n.strip_prefix("layers.").and_then(|r| r.split_once('.')) {
+                Some((i, _)) => i.parse::<usize>().is_ok_and(|i| i <= layer) && !own_down.contains(n),
+                None => n.as_str() == "embed" || n.as_str() == "pos_embed",
+            })
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    };
+    // The hasher's state after each name of the last list hashed: a list that starts with the
+    // same names goes on from there.
+    let mut last: Vec<String> = vec![];
+    let mut states: Vec<Sha256> = vec![];
+    let mut out = vec![String::new(); layers.len()];
+    let mut order: Vec<usize> = (0..layers.len()).collect();
+    order.sort_by_key(|&i| layers[i]);
+    for i in order {
+        let names = names_of(layers[i]);
+        let shared = names.iter().zip(&last).take_while(|(a, b)| a == b).count();
+        states.truncate(shared);
+        let mut h = states.last().cloned().unwrap_or_else(|| {
+            let mut h = Sha256::new();
+            h.update(&config);
+            h
+        });
+        for name in &names[shared..] {
+            let t = model.tensor(name)?;
+            h.update(name.as_bytes());
+            h.update(format!("{:?}", t.shape()).as_bytes());
+            // Host byte order, without a copy: the same bytes as little-endian on every platform
+            // revive runs on, and a big-endian host would only miss the cache, never misread it.
+            h.update(bytemuck::cast_slice::<f32, u8>(&model.gpu().download(t)?));
+            states.push(h.clone());
+        }
+        out[i] = format!("{:x}", h.finalize());
+        last = names;
     }
-    Ok(format!("{:x}", h.finalize()))
+    Ok(out)
 }
 
 /// SHA-256 of the first `max_tokens` ids of the sequences, with the sequence boundaries.

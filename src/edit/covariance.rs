@@ -204,8 +204,9 @@ pub fn layers_second_moment(model: &GpuModel, tok: &Tok, layers: &[usize], token
     let dir = cov_cache::stats_dir();
     let mut keys = vec![];
     let mut found: Vec<Option<SecondMoment>> = vec![];
-    for &layer in layers {
-        let key = cov_cache::CacheKey { model_hash: cov_cache::model_hash(model, layer)?, layer, tokens, corpus_hash: cov_cache::tokens_hash(&seqs, tokens) };
+    let corpus_hash = cov_cache::tokens_hash(&seqs, tokens);
+    for (&layer, model_hash) in layers.iter().zip(cov_cache::model_hashes(model, layers)?) {
+        let key = cov_cache::CacheKey { model_hash, layer, tokens, corpus_hash: corpus_hash.clone() };
         let path = dir.join(key.file_name());
         found.push(if path.exists() {
             cov_cache::load(&path, &key, model.config.ffn_hidden).map_err(|e| log::warn!("{}: cached C0 rejected ({e}); rebuilding it", path.display())).ok()
