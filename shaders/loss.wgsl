@@ -165,20 +165,19 @@ var<workgroup> partial_index: array<u32, 256>;
 @compute @workgroup_size(256, 1, 1)
 fn row_top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let ba = p.a_off + wg.x * p.cols;
+    let first = wg.x * p.k;
     var bad = 0.0;
-    for (var j = lid.x; j < p.cols; j += WG) {
-        if (!(abs(a[ba + j]) <= 3.4028235e38)) { bad = 1.0; }
-    }
-    let row_bad = workgroup_max(lid.x, bad) > 0.0;
     // Before the first pick, "after the last pick" holds for every finite value.
     var last_v = bitcast<f32>(0x7f800000u); // +inf
     var last_i = 0u;
     for (var n = 0u; n < p.k; n++) {
         var m = bitcast<f32>(0xff800000u); // -inf
         var at = p.cols;
-        // j grows, so a strict > keeps each thread's first maximum.
+        // j grows, so a strict > keeps each thread's first maximum. A NaN is never picked (it
+        // fails every comparison); a row holding one or an infinity is overwritten below.
         for (var j = lid.x; j < p.cols; j += WG) {
             let v = a[ba + j];
+            if (!(abs(v) <= 3.4028235e38)) { bad = 1.0; }
             if ((v < last_v || (v == last_v && j > last_i)) && (v > m || at == p.cols)) { m = v; at = j; }
         }
         partial[lid.x] = m;
@@ -200,11 +199,16 @@ fn row_top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
         last_v = partial[0];
         last_i = partial_index[0];
         if (lid.x == 0u) {
-            let o = wg.x * p.k + n;
-            out_fwd[p.out_off + o] = select(f32(last_i), bitcast<f32>(0x7fc00000u), row_bad);
-            out[p.loss_off + o] = select(last_v, bitcast<f32>(0x7fc00000u), row_bad);
+            out_fwd[p.out_off + first + n] = f32(last_i);
+            out[p.loss_off + first + n] = last_v;
         }
         // The next pick overwrites `partial`: everyone must have read this one first.
         workgroupBarrier();
+    }
+    if (workgroup_max(lid.x, bad) > 0.0 && lid.x == 0u) {
+        for (var n = 0u; n < p.k; n++) {
+            out_fwd[p.out_off + first + n] = bitcast<f32>(0x7fc00000u);
+            out[p.loss_off + first + n] = bitcast<f32>(0x7fc00000u);
+        }
     }
 }

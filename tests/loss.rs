@@ -177,6 +177,25 @@ fn row_top_k_orders_ties_by_index_and_flags_bad_rows() {
     });
 }
 
+/// Long scans: the top 40 of a row of 300,000 values (1,172 strides of 256 a pick, 46,880
+/// iterations of the scan's loop per thread, near the 65,535 a software adapter runs) against
+/// the oracle; the top 64 there would pass that limit and is refused on a software adapter
+/// (whose invocation would stop without writing), taken on a GPU.
+#[test]
+fn row_top_k_scans_long_rows_within_the_adapters_loop_limit() {
+    for_each_gpu(|gpu| {
+        let cols = 300_000;
+        let x = logits(4700, cols);
+        check_top_k(gpu, &x, &[1, cols], 40)?;
+        let t = ok(gpu.upload(&x, &[1, cols]))?;
+        match (row_top_k(gpu, &t, 64), gpu.is_cpu()) {
+            (Err(e), true) if e.to_string().contains("iterations") => Ok(()),
+            (Ok(_), false) => check_top_k(gpu, &x, &[1, cols], 64),
+            (got, cpu) => Err(format!("the top 64 of {cols} on an adapter with is_cpu {cpu}: {:?}", got.map(|_| ()))),
+        }
+    });
+}
+
 #[test]
 fn loss_matches_oracle() {
     for_each_gpu(|gpu| {

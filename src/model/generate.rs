@@ -211,7 +211,7 @@ fn decode_together(
     let v = model.config.vocab_size;
     let mut running = vec![true; prompts.len()];
     let mut next = vec![0u32; prompts.len()];
-    let top = top.map(|k| k.min(v));
+    let top = top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
     for step in 0..n {
         let at = |e: Error| Error::Numeric(format!("at generated position {step}: {e}"));
         let rows = match top {

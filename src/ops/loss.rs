@@ -155,6 +155,9 @@ pub fn row_top_k(gpu: &Gpu, x: &Tensor, k: usize) -> Result<Tensor> {
     if cols > 1 << 24 {
         return Err(Error::TooLarge { op: OP, detail: format!("rows of {cols} values (indices must stay below 2^24)") });
     }
+    if !row_top_k_fits(gpu, cols, k) {
+        return Err(Error::TooLarge { op: OP, detail: format!("the top {k} of rows of {cols} values: {} iterations of one loop per thread, more than this adapter runs", k * cols.div_ceil(256)) });
+    }
     let out = gpu.empty(&[2, rows, k])?;
     for (r0, r) in row_pieces(gpu, OP, rows, cols)? {
         let (xb, a_off) = x.bind(gpu, r0 * cols, r * cols)?;
@@ -164,6 +167,15 @@ pub fn row_top_k(gpu: &Gpu, x: &Tensor, k: usize) -> Result<Tensor> {
         gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[xb, ib, vb], [r as u32, 1, 1])?;
     }
     Ok(out)
+}
+
+/// Whether `row_top_k` can take the top k of rows of `cols` values on this adapter. Each of a
+/// workgroup's 256 threads runs its strided scan of the row once per pick, k · ⌈cols / 256⌉
+/// iterations of one loop, and llvmpipe and lavapipe stop an invocation after 65,535 iterations
+/// of a loop (a guard against hung shaders; its outputs are then never written): a vocabulary
+/// of 49,152 allows k up to 341 there. GPUs have no such limit.
+pub fn row_top_k_fits(gpu: &Gpu, cols: usize, k: usize) -> bool {
+    !gpu.is_cpu() || k.saturating_mul(cols.div_ceil(256)) <= 65_535
 }
 
 /// log softmax(x)[token_r] of each row r of logits x [rows, cols], without the log-softmax
