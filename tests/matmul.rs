@@ -319,3 +319,19 @@ fn tuning_measures_each_unmeasured_class_once_and_auto_then_runs_the_winner() {
         Ok(())
     });
 }
+
+/// K past the 65,535 iterations of one loop a software adapter runs in an invocation (70,001:
+/// odd, not a multiple of any K step), every kernel and transpose: there the product runs in
+/// pieces of K, each adding onto the last (without them the 128 × 128 and 32-row kernels sum
+/// wrong from K = 65,536 on lavapipe and llvmpipe); a GPU runs it whole.
+#[test]
+fn products_longer_than_the_adapters_loop_limit() {
+    for_each_gpu(|gpu| {
+        for kernel in KERNELS.into_iter().filter(|k| k.runs_on(gpu)) {
+            for (ta, tb) in [(false, false), (true, true), (false, true)] {
+                check(gpu, case(1, 3, 5, 70_001), ta, tb, kernel, 1.0, 0.5, 78)?;
+            }
+        }
+        Ok(())
+    });
+}

@@ -33,6 +33,26 @@ fn reduce_rows_matches_oracle() {
     });
 }
 
+/// Rows longer than 65,535 strides of the workgroup's 256 threads (17,000,000 values): a
+/// software adapter stops an invocation after 65,535 iterations of one loop, so such rows are
+/// reduced in passes.
+#[test]
+fn reduce_rows_takes_rows_past_the_adapters_loop_limit() {
+    for_each_gpu(|gpu| {
+        let (rows, cols) = (2, 17_000_000);
+        let mut x = positive(random_vec(&mut rng(30), rows * cols));
+        // The largest value at each row's end, where a scan stopped early would not reach.
+        x[cols - 1] = 5.0;
+        x[rows * cols - 1] = 6.0;
+        let t = ok(gpu.upload(&x, &[rows, cols]))?;
+        for op in [ReduceOp::Max, ReduceOp::Sum] {
+            let got = ok(gpu.download(&ok(reduce_rows(gpu, &t, op))?))?;
+            compare(&format!("reduce_rows {op:?} {rows}x{cols}"), &got, &cpu::reduce_rows(&x, cols, op), Tolerance::F32)?;
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn reduce_all_matches_oracle() {
     for_each_gpu(|gpu| {

@@ -5,7 +5,7 @@
 
 use super::chunks;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Tensor, SOFTWARE_LOOP_LIMIT};
 use crate::shaders::LOSS;
 
 #[repr(C)]
@@ -171,11 +171,10 @@ pub fn row_top_k(gpu: &Gpu, x: &Tensor, k: usize) -> Result<Tensor> {
 
 /// Whether `row_top_k` can take the top k of rows of `cols` values on this adapter. Each of a
 /// workgroup's 256 threads runs its strided scan of the row once per pick, k · ⌈cols / 256⌉
-/// iterations of one loop, and llvmpipe and lavapipe stop an invocation after 65,535 iterations
-/// of a loop (a guard against hung shaders; its outputs are then never written): a vocabulary
+/// iterations of one loop, within [`SOFTWARE_LOOP_LIMIT`] on a software adapter: a vocabulary
 /// of 49,152 allows k up to 341 there. GPUs have no such limit.
 pub fn row_top_k_fits(gpu: &Gpu, cols: usize, k: usize) -> bool {
-    !gpu.is_cpu() || k.saturating_mul(cols.div_ceil(256)) <= 65_535
+    !gpu.is_cpu() || k.saturating_mul(cols.div_ceil(256)) <= SOFTWARE_LOOP_LIMIT
 }
 
 /// log softmax(x)[token_r] of each row r of logits x [rows, cols], without the log-softmax

@@ -430,6 +430,13 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     gemm(gpu, a, b, None, Gemm::default())
 }
 
+/// The longest K a product runs in one dispatch on a software adapter: the tiled kernels step
+/// their K loops one element at a time, so past [`SOFTWARE_LOOP_LIMIT`](crate::gpu::SOFTWARE_LOOP_LIMIT) (65,535) they return
+/// wrong sums there (measured on lavapipe and llvmpipe: the 128 × 128 and 32-row kernels right
+/// at K = 49,152 and wrong at 65,536, the others wrong from 131,072 to 400,000); longer
+/// products run in pieces of K, each adding onto the last.
+const SOFTWARE_MAX_K: usize = 32_768;
+
 fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Result<()> {
     let kernel = g.kernel.resolve_for(gpu, l);
     if !kernel.runs_on(gpu) {
@@ -443,6 +450,10 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
     let tile = kernel.tile(l);
     let max_elems = Tensor::max_binding_elems(gpu);
     let [sb, sm, sn, sk] = piece_sizes(l, tile, gpu.split_limits().max_workgroups as usize, max_elems)?;
+    // Some kernels' K loops step one element at a time: on a software adapter, K pieces that
+    // keep every kernel's loop within the adapter's limit (pieces of 8-multiples, as piece_sizes
+    // cuts K).
+    let sk = if gpu.is_cpu() { sk.min(SOFTWARE_MAX_K) } else { sk };
     let ranges = |total: usize, step: usize| super::chunks(total, step).map(|(s, n)| (s, s + n)).collect::<Vec<_>>();
     let lds_aligned = [l.lda, l.ldb, l.ldc, l.a_bs, l.b_bs, l.c_bs].iter().all(|x| x % 4 == 0);
     for bpart in ranges(l.batch, sb) {

@@ -2,7 +2,7 @@
 
 use super::max_elems_per_dispatch;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Tensor, SOFTWARE_LOOP_LIMIT};
 use crate::shaders::REDUCE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +92,13 @@ pub fn reduce_rows(gpu: &Gpu, x: &Tensor, op: ReduceOp) -> Result<Tensor> {
         return Err(Error::shape("reduce_rows", "rows of length 0 have no reduction"));
     }
     let out = gpu.empty(&[rows])?;
-    if cols <= Tensor::max_binding_elems(gpu) {
+    // One pass strides a row by the workgroup's 256 threads, within a software adapter's limit
+    // on one loop's iterations.
+    let strides_fit = !gpu.is_cpu() || cols.div_ceil(256) <= SOFTWARE_LOOP_LIMIT;
+    if cols <= Tensor::max_binding_elems(gpu) && strides_fit {
         reduce_segments(gpu, op, x, 0, rows * cols, cols, &out, 0)?;
     } else {
-        // A row longer than one binding: each row on its own, in passes.
+        // A row longer than one binding or than one pass's loop: each row on its own, in passes.
         for r in 0..rows {
             reduce_range(gpu, op, x, r * cols, cols, &out, r)?;
         }
