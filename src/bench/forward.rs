@@ -72,6 +72,7 @@ pub struct SampledRun {
     pub tokens_per_s: f64,
     /// The recording thread's CPU time per decode step (prefill included in the total).
     pub host_cpu_ms_per_step: f64,
+    /// Bytes read back per decode step (the prefill's read included in the total).
     pub readback_bytes_per_step: u64,
 }
 

@@ -110,7 +110,8 @@ fn sample(c: Candidates<'_>, s: &Sampling, rng: &mut impl Rng) -> u32 {
             owned = row.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
             &owned
         }
-        (Candidates::Top(_), None) => unreachable!("a setting that draws from whole rows reads whole rows"),
+        // Not reached: decode_together reads whole rows where a setting draws from them.
+        (Candidates::Top(top), None) => top,
     };
     let first_max = || cands.iter().fold(cands[0], |best, &c| if c.1 > best.1 { c } else { best }).0;
     if is_greedy(s) {
