@@ -1,7 +1,7 @@
 //! `revive bench forward`: prefill and decode tokens/s of the GPU forward, with the f64 CPU
 //! oracle's prefill measured in the same run for the ratio.
 
-use super::median;
+use super::{median, median_f64};
 use crate::cpu::model::CpuModel;
 use crate::error::Result;
 use crate::gpu::RuntimeStats;
@@ -240,13 +240,10 @@ fn sampled_generation(model: &GpuModel, n: usize, steps: usize, reps: usize) -> 
     if drawn[0] != drawn[1] {
         return Err(crate::error::Error::Numeric("sampling from the GPU's candidates drew other tokens than sampling from whole rows".into()));
     }
-    let summary = |r: &[(f64, f64, u64)]| {
-        let mid = |f: fn(&(f64, f64, u64)) -> f64| {
-            let mut x: Vec<f64> = r.iter().map(f).collect();
-            x.sort_by(f64::total_cmp);
-            x[x.len() / 2]
-        };
-        SampledRun { tokens_per_s: mid(|x| x.0), host_cpu_ms_per_step: mid(|x| x.1), readback_bytes_per_step: r[0].2 }
+    let summary = |r: &[(f64, f64, u64)]| SampledRun {
+        tokens_per_s: median_f64(r.iter().map(|x| x.0).collect()),
+        host_cpu_ms_per_step: median_f64(r.iter().map(|x| x.1).collect()),
+        readback_bytes_per_step: r[0].2,
     };
     Ok(SampledGeneration { sequences: n, tokens: steps, candidates: summary(&rounds[0]), whole_rows: summary(&rounds[1]) })
 }

@@ -2,6 +2,7 @@
 //! (targets, keys, solves, writes through the guard, metrics), next to one forward pass of a
 //! prompt measured in the same run, with the efficacy the batches reached.
 
+use super::median_f64 as median;
 use crate::edit::session::Session;
 use serde::Serialize;
 
@@ -51,14 +52,6 @@ pub struct BatchBench {
     pub known_total: Option<u64>,
     /// The REVIVE filter's kept share of ‖ΔW‖, mean over all writes.
     pub revive_kept: Option<f64>,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// The median of counts, as a count (none when there are none).

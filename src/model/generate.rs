@@ -215,13 +215,9 @@ fn decode_together(
     let top = top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
     for step in 0..n {
         let at = |e: Error| Error::Numeric(format!("at generated position {step}: {e}"));
-        let rows = match top {
-            Some(k) => candidate_rows(model, &logits, k).map_err(at)?,
-            None => vec![],
-        };
-        let whole = match top {
-            Some(_) => vec![],
-            None => model.host_logits(&logits).map_err(at)?,
+        let (rows, whole) = match top {
+            Some(k) => (candidate_rows(model, &logits, k).map_err(at)?, vec![]),
+            None => (vec![], model.host_logits(&logits).map_err(at)?),
         };
         for i in 0..prompts.len() {
             if !running[i] {
