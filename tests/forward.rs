@@ -215,6 +215,11 @@ fn sampling_from_gpu_candidates_draws_what_whole_rows_draw() {
                 if from_candidates != from_rows {
                     return Err(format!("{name} {settings:?}: from candidates {from_candidates:?}, from whole rows {from_rows:?}"));
                 }
+                // Mixed settings never run ahead: the same tokens from the default reading.
+                let ahead = ok(generate_many_reading(&gm, &prompts, 5, settings, None, Readback::Ahead))?;
+                if ahead != from_rows {
+                    return Err(format!("{name} {settings:?}: ahead {ahead:?}, from whole rows {from_rows:?}"));
+                }
                 // Five steps of three rows: the top GPU_TOP_K_MAX tokens and their logits, or whole rows.
                 let want = if few { 5 * 3 * 2 * GPU_TOP_K_MAX.min(v) * 4 } else { 5 * 3 * v * 4 };
                 if read as usize != want {
@@ -225,10 +230,62 @@ fn sampling_from_gpu_candidates_draws_what_whole_rows_draw() {
         let (name, mut w) = models().remove(0);
         w.tensors.get_mut("final_norm.weight").ok_or("no final norm")?.data[3] = f32::NAN;
         let gm = ok(GpuModel::new(gpu, &w))?;
-        for readback in [Readback::Candidates, Readback::WholeRows] {
+        for readback in [Readback::Ahead, Readback::Candidates, Readback::WholeRows] {
             let e = generate_many_reading(&gm, &[vec![1, 2]], 3, &[Sampling::default()], None, readback).err().ok_or(format!("{name}: NaN logits sampled"))?;
             if !e.to_string().contains("logits are not finite") {
                 return Err(format!("{name} {readback:?}: {e}"));
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Greedy generation that queues each step from the tokens the GPU chose, before they come
+/// back, gives the tokens of generation that waits for each step: one prompt (every sequence
+/// at the cache's length) and prompts of different lengths (each at its own position), with an
+/// end token that stops some sequences early and all of them; the same bytes come back.
+#[test]
+fn greedy_generation_running_ahead_gives_what_waiting_gives() {
+    use revive::model::generate::{generate_many_reading, Readback};
+    for_each_fresh_gpu(true, |gpu| {
+        for (name, w) in models() {
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let greedy = Sampling::default();
+            let one: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3]];
+            let several: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3], vec![12], vec![5, 17, 3, 2, 8, 1, 30], vec![7, 7]];
+            for prompts in [&one, &several] {
+                let settings = vec![greedy; prompts.len()];
+                let before = gpu.runtime_stats();
+                let waiting = ok(generate_many_reading(&gm, prompts, 9, &settings, None, Readback::Candidates))?;
+                let waited_bytes = (gpu.runtime_stats() - before).readback_bytes;
+                let before = gpu.runtime_stats();
+                let ahead = ok(generate_many_reading(&gm, prompts, 9, &settings, None, Readback::Ahead))?;
+                let ahead_bytes = (gpu.runtime_stats() - before).readback_bytes;
+                if ahead != waiting {
+                    return Err(format!("{name}: ahead {ahead:?}, waiting {waiting:?}"));
+                }
+                if ahead_bytes != waited_bytes {
+                    return Err(format!("{name}: ahead read back {ahead_bytes} bytes, waiting {waited_bytes}"));
+                }
+                // End tokens: one met early by the first sequence only, and the first token of
+                // every sequence (all stop at once, with a step already queued).
+                let firsts: Vec<u32> = waiting.iter().map(|t| t[0]).collect();
+                for eos in [waiting[0][2], firsts[0]] {
+                    let w = ok(generate_many_reading(&gm, prompts, 9, &settings, Some(eos), Readback::Candidates))?;
+                    let a = ok(generate_many_reading(&gm, prompts, 9, &settings, Some(eos), Readback::Ahead))?;
+                    if a != w {
+                        return Err(format!("{name}: end token {eos}: ahead {a:?}, waiting {w:?}"));
+                    }
+                    let stop = waiting[0].iter().position(|&t| t == eos).ok_or("the end token is not in the output")?;
+                    if a[0].len() != stop + 1 {
+                        return Err(format!("{name}: end token {eos} at {stop}, sequence 0 kept {:?}", a[0]));
+                    }
+                }
+                // One token only: nothing is queued past the prefill.
+                let a = ok(generate_many_reading(&gm, prompts, 1, &settings, None, Readback::Ahead))?;
+                if a != firsts.iter().map(|&t| vec![t]).collect::<Vec<_>>() {
+                    return Err(format!("{name}: one token ahead {a:?}, waiting {firsts:?}"));
+                }
             }
         }
         Ok(())

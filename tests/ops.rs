@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use revive::cpu;
 use revive::ops::elementwise::{self, View};
-use revive::ops::gather::{gather_rows, gather_rows_from};
+use revive::ops::gather::{gather_rows, gather_rows_at, gather_rows_from};
 use revive::ops::reduce::{reduce_all, reduce_rows, ReduceOp};
 use revive::ops::softmax::softmax_rows;
 
@@ -132,6 +132,62 @@ fn softmax_matches_oracle() {
             let t = ok(gpu.upload(&x, &[rows, cols]))?;
             let got = ok(gpu.download(&ok(softmax_rows(gpu, &t))?))?;
             compare(&format!("softmax {rows}x{cols}"), &got, &cpu::softmax_rows(&x, cols), Tolerance::F32)?;
+        }
+        Ok(())
+    });
+}
+
+/// Rows gathered at indices a kernel left on the GPU (f32, `stride` apart, as `row_top_k`
+/// writes them): the oracle's rows at valid indices, NaN rows wherever the index is not a whole
+/// number in range (NaN, ±∞, negative, fractional, the row count), bad calls refused.
+#[test]
+fn gather_at_found_indices_matches_oracle_and_poisons_bad_ones() {
+    for_each_gpu(|gpu| {
+        for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
+            for stride in [1, 2, 5] {
+                let mut r = rng(90 + i as u64);
+                let table = random_vec(&mut r, rows * cols);
+                let n = 2 * rows + 3;
+                let ids: Vec<u32> = (0..n).map(|j| ((j * 13 + i + stride) % rows) as u32).collect();
+                // The gaps hold values that are not indices, as row_top_k's other picks are.
+                let mut index = vec![-7.5f32; (n - 1) * stride + 1];
+                let mut want = cpu::gather_rows(&table, cols, &ids);
+                for (j, &id) in ids.iter().enumerate() {
+                    index[j * stride] = id as f32;
+                }
+                let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1.0, 0.5, rows as f32, 1e30];
+                for (b, &v) in bad.iter().enumerate() {
+                    let j = (b * 5 + 1) % n;
+                    index[j * stride] = v;
+                    want[j * cols..(j + 1) * cols].fill(f64::NAN);
+                }
+                let t = ok(gpu.upload(&table, &[rows, cols]))?;
+                let idx = ok(gpu.upload(&index, &[index.len()]))?;
+                // Without poison, over a pooled buffer that held finite values: rows the kernel
+                // left unwritten would come back finite.
+                let plain = gpu.with_poison(false);
+                drop(ok(plain.full(&[n, cols], 1.0))?);
+                let got = ok(plain.download(&ok(gather_rows_at(&plain, &t, &idx, stride, n))?))?;
+                for (j, row) in got.chunks(cols).enumerate() {
+                    let expect_nan = want[j * cols].is_nan();
+                    if row.iter().any(|x| x.is_nan() != expect_nan) {
+                        return Err(format!("gather_rows_at {rows}x{cols} stride {stride}: row {j} (index {}) NaN where it should {}be", index[j * stride], if expect_nan { "" } else { "not " }));
+                    }
+                }
+                let valid = |v: &[f64]| v.iter().map(|x| if x.is_nan() { 0.0 } else { *x }).collect::<Vec<f64>>();
+                let got_valid: Vec<f32> = got.iter().map(|x| if x.is_nan() { 0.0 } else { *x }).collect();
+                compare(&format!("gather_rows_at {rows}x{cols} stride {stride}"), &got_valid, &valid(&want), Tolerance::F32)?;
+                if gather_rows_at(gpu, &t, &idx, stride, n + 1).is_ok() {
+                    return Err("more indices than the tensor holds accepted".into());
+                }
+                if gather_rows_at(gpu, &t, &idx, 0, n).is_ok() {
+                    return Err("stride 0 accepted".into());
+                }
+                let ids_u32 = ok(gpu.upload_u32(&ids, &[n]))?;
+                if gather_rows_at(gpu, &t, &ids_u32, 1, n).is_ok() {
+                    return Err("u32 indices accepted as f32".into());
+                }
+            }
         }
         Ok(())
     });

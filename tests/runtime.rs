@@ -275,6 +275,45 @@ fn bind_groups_are_told_apart_by_their_ranges() {
     });
 }
 
+/// A read started without waiting returns the values of the moment it was started, though the
+/// buffer is overwritten before it finishes and reads finish out of order; its staging buffers
+/// are reused, so greedy generation running ahead creates no buffer in steady state.
+#[test]
+fn reads_started_early_return_the_values_of_their_moment() {
+    use revive::model::forward::GpuModel;
+    use revive::model::generate::{generate_many_reading, Readback, Sampling};
+    use revive::model::random::random_weights;
+    use revive::model::Config;
+    for_each_fresh_gpu(false, |gpu| {
+        gpu.pool().set_reuse(true);
+        for n in [1usize, 3, 1000, 65_537] {
+            let first_values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let later_values: Vec<f32> = (0..n).map(|i| -(i as f32) - 0.5).collect();
+            let a = ok(gpu.upload(&first_values, &[n]))?;
+            let b = ok(gpu.upload(&later_values, &[n]))?;
+            let first = ok(gpu.download_later(&a))?;
+            ok(gpu.copy_into(&b, &a))?;
+            let later = ok(gpu.download_later(&a))?;
+            let (got_later, got_first) = (ok(later.finish_f32())?, ok(first.finish_f32())?);
+            if got_first != first_values || got_later != later_values {
+                return Err(format!("{n} values: the early read or the later one came back wrong"));
+            }
+        }
+        let w = random_weights(&Config::tiny_llama(), 5);
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let prompts = vec![vec![3, 14, 15], vec![9]];
+        let greedy = [Sampling::default(); 2];
+        let warm = ok(generate_many_reading(&gm, &prompts, 12, &greedy, None, Readback::Ahead))?;
+        let before = gpu.runtime_stats();
+        let again = ok(generate_many_reading(&gm, &prompts, 12, &greedy, None, Readback::Ahead))?;
+        let d = gpu.runtime_stats() - before;
+        if again != warm || d.buffers != 0 || d.readbacks != 12 {
+            return Err(format!("greedy generation ahead, again: {again:?} (first {warm:?}), {} buffers created, {} reads", d.buffers, d.readbacks));
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn decoding_creates_no_buffers_or_bind_groups_in_steady_state() {
     // Each decoded token writes its keys and values one cache row further on: the write binds

@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::gpu::SplitLimits;
 use revive::ops::elementwise::{self, View};
-use revive::ops::gather::{gather_rows, gather_rows_from};
+use revive::ops::gather::{gather_rows, gather_rows_at, gather_rows_from};
 use revive::ops::matmul::{gemm, Gemm, KERNELS};
 use revive::ops::reduce::{reduce_all, reduce_rows, ReduceOp};
 use revive::ops::softmax::softmax_rows;
@@ -61,6 +61,19 @@ fn every_op_splits_under_tiny_limits() {
         // The table is larger than one binding: it is read in row ranges.
         let ids: Vec<u32> = (0..23).map(|i| (i * 17 % 50) as u32).collect();
         compare("split gather", &ok(gpu.download(&ok(gather_rows(gpu, &t, &ids))?))?, &cpu::gather_rows(&x, 37, &ids), Tolerance::F32)?;
+        // The same at indices found on the GPU, two apart, one of them NaN: its row is NaN,
+        // written once though the table is read in several ranges.
+        let mut found: Vec<f32> = ids.iter().flat_map(|&id| [id as f32, -1.0]).collect();
+        found[2 * 4] = f32::NAN;
+        let idx = ok(gpu.upload(&found, &[found.len()]))?;
+        let mut got = ok(gpu.download(&ok(gather_rows_at(gpu, &t, &idx, 2, ids.len()))?))?;
+        if got[4 * 37..5 * 37].iter().any(|v| !v.is_nan()) || got.iter().enumerate().any(|(j, v)| v.is_nan() != (j / 37 == 4)) {
+            return Err("split gather_rows_at: the NaN index's row is not exactly the NaN row".into());
+        }
+        got[4 * 37..5 * 37].fill(0.0);
+        let mut want = cpu::gather_rows(&x, 37, &ids);
+        want[4 * 37..5 * 37].fill(0.0);
+        compare("split gather_rows_at", &got, &want, Tolerance::F32)?;
         // Two tables, each larger than one binding, stacked: rows from both sides of the seam.
         let x2 = random_vec(&mut r, 45 * 37);
         let t2 = ok(gpu.upload(&x2, &[45, 37]))?;

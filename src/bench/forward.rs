@@ -49,6 +49,10 @@ pub struct ForwardReport {
     /// temperature 1, `generate_many`), reading each step's candidates back against reading
     /// whole rows, alternating; None where `together` is 0.
     pub sampled: Option<SampledGeneration>,
+    /// One prompt of 16 tokens continued greedily for `decode_tokens` tokens (`generate`), each
+    /// step queued from the token the GPU chose before it comes back, against each step waiting
+    /// for its token, alternating: the decode a user of `revive generate` sees.
+    pub greedy: GreedyGeneration,
     /// The f64 oracle's prefill rate and the length it was measured on.
     pub cpu_tokens: usize,
     pub cpu_tokens_per_s: f64,
@@ -61,15 +65,28 @@ pub struct SampledGeneration {
     pub sequences: usize,
     pub tokens: usize,
     /// Each step's top-5 logits and their tokens, found on the GPU.
-    pub candidates: SampledRun,
+    pub candidates: GenerationRun,
     /// Each step's whole rows of logits, the top 5 chosen on the host (the way before).
-    pub whole_rows: SampledRun,
+    pub whole_rows: GenerationRun,
+}
+
+/// Greedy generation two ways, medians over the rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct GreedyGeneration {
+    pub sequences: usize,
+    pub tokens: usize,
+    /// Each step queued from the GPU's choice before that comes back (`Readback::Ahead`).
+    pub ahead: GenerationRun,
+    /// Each step waiting for its token (`Readback::Candidates`).
+    pub waiting: GenerationRun,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct SampledRun {
+pub struct GenerationRun {
     /// Tokens of all sequences per second of wall clock (prefill included).
     pub tokens_per_s: f64,
+    /// Wall clock per decode step, ms (the prefill included in the total).
+    pub wall_ms_per_step: f64,
     /// The recording thread's CPU time per decode step (prefill included in the total).
     pub host_cpu_ms_per_step: f64,
     /// Bytes read back per decode step (the prefill's read included in the total).
@@ -85,7 +102,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize, together: usize, cpu_tokens: usize, reps: usize) -> Result<ForwardReport> {
     let gpu = model.gpu();
     let v = model.config.vocab_size;
-    let bar = crate::progress::bar((prefill.len() * reps + 3) as u64, "forward");
+    let bar = crate::progress::bar((prefill.len() * reps + 4) as u64, "forward");
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
     let mut walls = vec![];
@@ -143,6 +160,8 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     let (together_tokens_per_s, together_runtime) = if together == 0 { (0.0, RuntimeStats::default()) } else { decode_together(model, together, decode)? };
     bar.inc(1);
     let sampled = if together == 0 { None } else { Some(sampled_generation(model, together, decode, reps)?) };
+    bar.inc(1);
+    let greedy = greedy_generation(model, decode, reps)?;
     let cpu = CpuModel::new(weights);
     let seq = tokens(cpu_tokens, v, 3);
     let start = Instant::now();
@@ -167,6 +186,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         together_tokens_per_s,
         together_runtime,
         sampled,
+        greedy,
         cpu_tokens,
         cpu_tokens_per_s: cpu_tokens as f64 / cpu_time.as_secs_f64(),
         timer: if gpu.has_timestamps() { "gpu timestamps" } else { "wall clock" },
@@ -217,35 +237,63 @@ fn decode_together(model: &GpuModel, n: usize, steps: usize) -> Result<(f64, Run
 /// with candidates and with whole rows read back, `reps` alternating rounds each; the two must
 /// draw the same tokens.
 fn sampled_generation(model: &GpuModel, n: usize, steps: usize, reps: usize) -> Result<SampledGeneration> {
-    use crate::model::generate::{generate_many_reading, Readback, Sampling};
-    let gpu = model.gpu();
+    use crate::model::generate::{Readback, Sampling};
     let v = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = (0..n).map(|i| tokens(9 + i, v, 200 + i as u64)).collect();
     let samplings: Vec<Sampling> = (0..n).map(|i| Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }).collect();
-    let mut rounds: [Vec<(f64, f64, u64)>; 2] = [vec![], vec![]];
+    let [candidates, whole_rows] = generation_both_ways(model, &prompts, &samplings, steps, reps, [Readback::Candidates, Readback::WholeRows])?;
+    Ok(SampledGeneration { sequences: n, tokens: steps, candidates, whole_rows })
+}
+
+/// One prompt of 16 tokens continued greedily for `steps` tokens, running ahead and waiting.
+fn greedy_generation(model: &GpuModel, steps: usize, reps: usize) -> Result<GreedyGeneration> {
+    use crate::model::generate::{Readback, Sampling};
+    let prompts = vec![tokens(16, model.config.vocab_size, 300)];
+    let [ahead, waiting] = generation_both_ways(model, &prompts, &[Sampling::default()], steps, reps, [Readback::Ahead, Readback::Candidates])?;
+    Ok(GreedyGeneration { sequences: 1, tokens: steps, ahead, waiting })
+}
+
+/// `prompts` generated for `steps` tokens reading back as each of `ways` says, `reps`
+/// alternating rounds; both ways must give the same tokens.
+fn generation_both_ways(
+    model: &GpuModel,
+    prompts: &[Vec<u32>],
+    samplings: &[crate::model::generate::Sampling],
+    steps: usize,
+    reps: usize,
+    ways: [crate::model::generate::Readback; 2],
+) -> Result<[GenerationRun; 2]> {
+    let gpu = model.gpu();
+    let mut rounds: [Vec<(f64, f64, f64, u64)>; 2] = [vec![], vec![]];
     let mut drawn: [Vec<Vec<u32>>; 2] = [vec![], vec![]];
     for _ in 0..reps.max(1) {
-        for (i, readback) in [Readback::Candidates, Readback::WholeRows].into_iter().enumerate() {
+        for (i, readback) in ways.into_iter().enumerate() {
             let before = gpu.runtime_stats();
             let t = gpu.time(|| {
-                drawn[i] = generate_many_reading(model, &prompts, steps, &samplings, None, readback)?;
+                drawn[i] = crate::model::generate::generate_many_reading(model, prompts, steps, samplings, None, readback)?;
                 Ok(())
             })?;
             let work = gpu.runtime_stats() - before;
             let produced: usize = drawn[i].iter().map(Vec::len).sum();
             let per_step = |x: f64| x / steps.max(1) as f64;
-            rounds[i].push((produced as f64 / t.wall.as_secs_f64(), per_step(t.host_cpu.unwrap_or_default().as_secs_f64() * 1e3), work.readback_bytes / steps.max(1) as u64));
+            rounds[i].push((
+                produced as f64 / t.wall.as_secs_f64(),
+                per_step(t.wall.as_secs_f64() * 1e3),
+                per_step(t.host_cpu.unwrap_or_default().as_secs_f64() * 1e3),
+                work.readback_bytes / steps.max(1) as u64,
+            ));
         }
     }
     if drawn[0] != drawn[1] {
-        return Err(crate::error::Error::Numeric("sampling from the GPU's candidates drew other tokens than sampling from whole rows".into()));
+        return Err(crate::error::Error::Numeric(format!("generation reading back {:?} gave other tokens than reading back {:?}", ways[0], ways[1])));
     }
-    let summary = |r: &[(f64, f64, u64)]| SampledRun {
+    let summary = |r: &[(f64, f64, f64, u64)]| GenerationRun {
         tokens_per_s: median_f64(r.iter().map(|x| x.0).collect()),
-        host_cpu_ms_per_step: median_f64(r.iter().map(|x| x.1).collect()),
-        readback_bytes_per_step: r[0].2,
+        wall_ms_per_step: median_f64(r.iter().map(|x| x.1).collect()),
+        host_cpu_ms_per_step: median_f64(r.iter().map(|x| x.2).collect()),
+        readback_bytes_per_step: r[0].3,
     };
-    Ok(SampledGeneration { sequences: n, tokens: steps, candidates: summary(&rounds[0]), whole_rows: summary(&rounds[1]) })
+    Ok([summary(&rounds[0]), summary(&rounds[1])])
 }
 
 fn profile_ms(gpu: &crate::gpu::Gpu) -> Vec<(String, u64, f64)> {
@@ -275,6 +323,14 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         for (what, x) in [("each row's top 5 found on the GPU", &g.candidates), ("whole rows read back, the top 5 found on the host", &g.whole_rows)] {
             s += &format!("| {what} | {:.1} | {:.2} | {} |\n", x.tokens_per_s, x.host_cpu_ms_per_step, x.readback_bytes_per_step);
         }
+    }
+    let g = &r.greedy;
+    s += &format!(
+        "\n| {} prompt of 16 tokens continued greedily for {} tokens | tokens/s | wall clock per step, ms | host thread CPU per step, ms |\n|---|---:|---:|---:|\n",
+        g.sequences, g.tokens
+    );
+    for (what, x) in [("each step queued from the GPU's choice before it comes back", &g.ahead), ("each step waiting for its token", &g.waiting)] {
+        s += &format!("| {what} | {:.1} | {:.2} | {:.2} |\n", x.tokens_per_s, x.wall_ms_per_step, x.host_cpu_ms_per_step);
     }
     s += "\n| wall clock (host work included) | ms | of it the host's own, ms | host thread CPU, ms | host CPU µs per dispatch |\n|---|---:|---:|---:|---:|\n";
     let per_dispatch = |ms: f64, x: &RuntimeStats| if x.dispatches == 0 || ms == 0.0 { String::new() } else { format!("{:.1}", ms * 1e3 / x.dispatches as f64) };

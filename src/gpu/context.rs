@@ -120,6 +120,9 @@ struct Shared {
     pool: Arc<BufferPool>,
     recorder: Mutex<Recorder>,
     readback: Mutex<Option<wgpu::Buffer>>,
+    /// Staging buffers of reads started and not yet finished ([`Gpu::read_later`]), returned
+    /// here when finished.
+    staging: Mutex<Vec<wgpu::Buffer>>,
     timer: Mutex<Option<(wgpu::QuerySet, wgpu::Buffer)>>,
     counters: Counters,
     profile: Option<Mutex<HashMap<&'static str, (u64, Duration)>>>,
@@ -384,6 +387,7 @@ impl Gpu {
                 pool,
                 recorder: Mutex::default(),
                 readback: Mutex::default(),
+                staging: Mutex::default(),
                 timer: Mutex::default(),
                 counters: Counters::default(),
                 profile,
@@ -780,7 +784,7 @@ impl Gpu {
     /// taking the encoder and submitting it (it would run before the commands recorded earlier).
     /// The parameters go to their buffer first: a queue write lands after the work submitted
     /// before it, so the previous submit has read its parameters by then.
-    fn submit_pending(&self, r: &mut Recorder) {
+    fn submit_pending(&self, r: &mut Recorder) -> Option<wgpu::SubmissionIndex> {
         r.pending = 0;
         r.pass = None;
         if !r.params.is_empty() {
@@ -790,10 +794,12 @@ impl Gpu {
         if let Some(enc) = r.encoder.take() {
             let commands = enc.finish();
             let start = Instant::now();
-            self.shared.queue.submit(Some(commands));
+            let index = self.shared.queue.submit(Some(commands));
             self.shared.counters.submit_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.shared.counters.submits.fetch_add(1, Ordering::Relaxed);
+            return Some(index);
         }
+        None
     }
 
     /// Submits recorded work and waits until the GPU has finished it.
@@ -868,6 +874,40 @@ impl Gpu {
         Ok(bytes)
     }
 
+    /// Buffer -> host without waiting: the copy is recorded and submitted with the work before
+    /// it, and [`PendingRead::finish`] waits for that submission only, so work recorded in
+    /// between keeps the GPU busy meanwhile (a decode step queued while the last one's token
+    /// comes back).
+    pub fn read_later(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
+        self.shared.counters.readbacks.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.readback_bytes.fetch_add(size, Ordering::Relaxed);
+        let padded = (size.div_ceil(4) * 4).max(4);
+        let staging = {
+            let mut free = self.shared.staging.lock().unwrap();
+            match free.iter().position(|b| b.size() >= padded) {
+                Some(i) => free.swap_remove(i),
+                None => self.create_buffer("read later", padded.next_power_of_two(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+            }
+        };
+        let submission = {
+            let mut r = self.shared.recorder.lock().unwrap();
+            r.pass = None;
+            let enc = r.encoder.get_or_insert_with(|| {
+                self.shared.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("revive") })
+            });
+            if size > 0 {
+                enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
+            }
+            self.submit_pending(&mut r).expect("an encoder was just recorded into")
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..padded).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.check_errors()?;
+        Ok(PendingRead { gpu: self.clone(), staging: Some(staging), size, padded, submission, mapped: rx })
+    }
+
     /// Runs `f` and measures it: GPU time from timestamp queries where the adapter has them,
     /// and wall-clock time from submit to completion always.
     pub fn time(&self, f: impl FnOnce() -> Result<()>) -> Result<Timing> {
@@ -927,6 +967,51 @@ impl Gpu {
         let waited = Duration::from_nanos(blocked() - blocked_before);
         let host_cpu = cpu_start.map(|t| t.elapsed());
         Ok(Timing { wall: start.elapsed(), gpu, waited, host_cpu })
+    }
+}
+
+/// A read from the GPU started by [`Gpu::read_later`].
+pub struct PendingRead {
+    gpu: Gpu,
+    staging: Option<wgpu::Buffer>,
+    size: u64,
+    padded: u64,
+    submission: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl PendingRead {
+    /// The bytes, once the submission that copies them has finished; later submissions may
+    /// still be running.
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        let shared = &self.gpu.shared;
+        let start = Instant::now();
+        let polled = shared.device.poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None });
+        shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        polled.map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.gpu.check_errors()?;
+        self.mapped
+            .recv()
+            .map_err(|_| Error::Gpu("readback callback never ran".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
+        let staging = self.staging.take().expect("taken only here");
+        let bytes = staging
+            .slice(..self.padded)
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading the mapped buffer: {e}")))?[..self.size as usize]
+            .to_vec();
+        staging.unmap();
+        let mut free = shared.staging.lock().unwrap();
+        // A few buffers serve any depth of reads ahead; more would only hold memory.
+        if free.len() < 8 {
+            free.push(staging);
+        }
+        Ok(bytes)
+    }
+
+    /// [`finish`](Self::finish) as f32 values.
+    pub fn finish_f32(self) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.finish()?))
     }
 }
 

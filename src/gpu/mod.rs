@@ -9,7 +9,7 @@ mod tensor;
 
 pub use backend::BackendChoice;
 pub(crate) use context::env_flag;
-pub use context::{offers_cooperative_matrices, tuning_enabled, AdapterSummary, Bind, Gpu, Kernel, KernelModes, KernelTime, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
+pub use context::{offers_cooperative_matrices, tuning_enabled, AdapterSummary, Bind, Gpu, Kernel, KernelModes, KernelTime, PendingRead, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
 pub use pool::{BufferPool, PoolStats};
 pub use tensor::{DType, Tensor};
 

@@ -168,6 +168,14 @@ impl Gpu {
         Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), t.byte_start(), t.numel() as u64 * 4)?))
     }
 
+    /// `download` started without waiting ([`Gpu::read_later`]).
+    pub fn download_later(&self, t: &Tensor) -> Result<super::PendingRead> {
+        if t.dtype != DType::F32 {
+            return Err(Error::shape("download", format!("{t:?} is not f32")));
+        }
+        self.read_later(t.buffer(), t.byte_start(), t.numel() as u64 * 4)
+    }
+
     pub fn download_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         Ok(bytemuck::pod_collect_to_vec(&self.read(t.buffer(), t.byte_start(), t.numel() as u64 * 4)?))
     }

@@ -8,7 +8,8 @@ use super::probe::{Captured, Probes, Site};
 use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::{activation, attention, elementwise, gather::gather_rows, matmul, norm, rope, At};
+use crate::ops::gather::{self, gather_rows};
+use crate::ops::{activation, attention, elementwise, matmul, norm, rope, At};
 use std::collections::HashMap;
 
 /// Keys and values of every layer for a batch: [B, Hkv, capacity, D] each.
@@ -19,6 +20,13 @@ pub struct KvCache {
     pub len: usize,
     pub capacity: usize,
     pub batch: usize,
+}
+
+/// The tokens of a decode step: from the host, or chosen by a kernel and left on the GPU.
+enum StepTokens<'a> {
+    Host(&'a [u32]),
+    /// f32 indices `stride` apart (`row_top_k`'s index plane).
+    Chosen { index: &'a Tensor, stride: usize },
 }
 
 pub struct GpuModel {
@@ -605,12 +613,16 @@ impl GpuModel {
 
     /// The embeddings of `ids`, token i at position `pos[i]` (GPT-2 adds learned positions).
     fn embed_at(&self, ids: &[u32], pos: &[u32]) -> Result<Tensor> {
-        let gpu = &self.gpu;
-        let x = gather_rows(gpu, self.tensor("embed")?, ids)?;
+        self.add_positions(gather_rows(&self.gpu, self.tensor("embed")?, ids)?, pos)
+    }
+
+    /// Token embeddings x plus the learned embeddings of positions `pos` where the model has
+    /// them (GPT-2); Llama's positions enter through the rotation instead.
+    fn add_positions(&self, x: Tensor, pos: &[u32]) -> Result<Tensor> {
         if self.config.arch != Arch::Gpt2 {
             return Ok(x);
         }
-        elementwise::add(gpu, &x, &gather_rows(gpu, self.tensor("pos_embed")?, pos)?)
+        elementwise::add(&self.gpu, &x, &gather_rows(&self.gpu, self.tensor("pos_embed")?, pos)?)
     }
 
     /// One decoding step of sequences that stand at different positions: token s of `tokens`
@@ -620,23 +632,44 @@ impl GpuModel {
     /// a query sees only the rows up to its own position). Returns the logits [B, V]. Where
     /// every sequence is at the cache's length, this is `forward` of one token each.
     pub fn decode_each(&self, tokens: &[u32], positions: &[usize], cache: &mut KvCache) -> Result<Tensor> {
+        check_ids(&self.config, &Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?)?;
+        self.decode_step(StepTokens::Host(tokens), positions, cache)
+    }
+
+    /// `decode_each` of the tokens a kernel chose, never read back: row s's token is the f32
+    /// index at `chosen[s · stride]` (`row_top_k`'s index plane, stride k). A step can so be
+    /// queued before the last one's tokens reach the host. An index that is not a token (from
+    /// logits that held a NaN) makes its sequence's logits NaN; the caller names the fault when
+    /// the index comes back.
+    pub fn decode_chosen(&self, chosen: &Tensor, stride: usize, positions: &[usize], cache: &mut KvCache) -> Result<Tensor> {
+        self.decode_step(StepTokens::Chosen { index: chosen, stride }, positions, cache)
+    }
+
+    /// One token per sequence at its position. Where every sequence stands at the cache's
+    /// length the layers run as `forward` runs one token (the same kernels, the same bits).
+    fn decode_step(&self, tokens: StepTokens<'_>, positions: &[usize], cache: &mut KvCache) -> Result<Tensor> {
         let c = &self.config;
-        let b = tokens.len();
-        if b != cache.batch || positions.len() != b {
-            return Err(Error::shape("decode", format!("{b} tokens at {} positions for a cache of {} sequences", positions.len(), cache.batch)));
+        let b = positions.len();
+        if b != cache.batch {
+            return Err(Error::shape("decode", format!("{b} positions for a cache of {} sequences", cache.batch)));
         }
         if let Some(&p) = positions.iter().find(|&&p| p >= cache.capacity || p >= c.max_seq_len) {
             return Err(Error::shape("decode", format!("position {p} is past the cache's {} rows or the model's context of {}", cache.capacity, c.max_seq_len)));
         }
-        let step = Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?;
-        if positions.iter().all(|&p| p == cache.len) {
-            return Ok(self.forward(&step, &Probes::default(), LogitRows::All, Some(cache))?.0);
-        }
-        check_ids(c, &step)?;
         let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let mut x = self.embed_at(tokens, &pos)?;
+        let mut x = match tokens {
+            StepTokens::Host(ids) if ids.len() != b => {
+                return Err(Error::shape("decode", format!("{} tokens at {b} positions", ids.len())));
+            }
+            StepTokens::Host(ids) => self.embed_at(ids, &pos)?,
+            StepTokens::Chosen { index, stride } => {
+                let x = gather::gather_rows_at(&self.gpu, self.tensor("embed")?, index, stride, b)?;
+                self.add_positions(x, &pos)?
+            }
+        };
+        let at = if positions.iter().all(|&p| p == cache.len) { At::From(cache.len) } else { At::Each(positions) };
         for i in 0..c.n_layers {
-            x = self.block_at(i, x, cache, At::Each(positions), b, 1, Keep::Output)?.x;
+            x = self.block_at(i, x, cache, at, b, 1, Keep::Output)?.x;
         }
         cache.len = cache.len.max(positions.iter().max().map_or(0, |p| p + 1));
         self.norm_linear(&x, "final_norm", self.head()?)

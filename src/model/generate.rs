@@ -3,7 +3,7 @@
 use super::forward::{Batch, GpuModel, LogitRows, PassBudget};
 use super::probe::Probes;
 use crate::error::{Error, Result};
-use crate::gpu::Tensor;
+use crate::gpu::{PendingRead, Tensor};
 use rand::Rng;
 
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,12 @@ pub const GPU_TOP_K_MAX: usize = 64;
 /// How a decode step's logits come back to the sampler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readback {
+    /// Where every setting is greedy, each step is queued on the GPU from the tokens the last
+    /// step's kernel chose before those come back, so the host's recording of a step overlaps
+    /// the GPU's work on the one before instead of waiting for it; otherwise `Candidates`.
+    Ahead,
     /// Each row's largest logits with their tokens where every setting draws from at most
-    /// [`GPU_TOP_K_MAX`] (greedy: one), else whole rows.
+    /// [`GPU_TOP_K_MAX`] (greedy: one), else whole rows; every step waits for them.
     Candidates,
     /// Whole rows of the vocabulary, the candidates chosen on the host: what `Candidates`
     /// replaces, kept to compare the two.
@@ -70,6 +74,20 @@ fn candidates_for(settings: &[Sampling], readback: Readback) -> Option<usize> {
         return None;
     }
     settings.iter().map(wanted).try_fold(1, |most, k| k.filter(|&k| k <= GPU_TOP_K_MAX).map(|k| most.max(k)))
+}
+
+/// What a decode step reads back, and whether steps run ahead of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    /// Candidates per row, or None for whole rows (as [`candidates_for`]).
+    top: Option<usize>,
+    /// Queue each step from the tokens the GPU chose (every setting greedy).
+    ahead: bool,
+}
+
+fn reading(settings: &[Sampling], readback: Readback) -> Reading {
+    let top = candidates_for(settings, readback);
+    Reading { top, ahead: readback == Readback::Ahead && top == Some(1) }
 }
 
 /// A row's logits as the sampler sees them.
@@ -143,8 +161,8 @@ pub fn generate(
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
     let mut rng = crate::testing::rng(sampling.seed);
-    let top = candidates_for(&[sampling], Readback::Candidates);
-    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, top, |_, c| sample(c, &sampling, &mut rng), |_, t| on_token(t))?;
+    let read = reading(&[sampling], Readback::Ahead);
+    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, read, |_, c| sample(c, &sampling, &mut rng), |_, t| on_token(t))?;
     Ok(out.remove(0))
 }
 
@@ -158,7 +176,7 @@ const MAX_TOGETHER: usize = 16;
 /// rounding of products over several rows, in a fraction of the passes. Prompts of any
 /// lengths decode together, each at its own position, in groups of up to 16.
 pub fn generate_many(model: &GpuModel, prompts: &[Vec<u32>], n: usize, samplings: &[Sampling], eos: Option<u32>) -> Result<Vec<Vec<u32>>> {
-    generate_many_reading(model, prompts, n, samplings, eos, Readback::Candidates)
+    generate_many_reading(model, prompts, n, samplings, eos, Readback::Ahead)
 }
 
 /// `generate_many` with the logits read back as `readback` says: the same tokens either way.
@@ -169,24 +187,25 @@ pub fn generate_many_reading(model: &GpuModel, prompts: &[Vec<u32>], n: usize, s
     let mut out = Vec::with_capacity(prompts.len());
     for (group, settings) in prompts.chunks(MAX_TOGETHER).zip(samplings.chunks(MAX_TOGETHER)) {
         let mut rngs: Vec<_> = settings.iter().map(|s| crate::testing::rng(s.seed)).collect();
-        let top = candidates_for(settings, readback);
-        out.extend(decode_together(model, group, n, eos, top, |i, c| sample(c, &settings[i], &mut rngs[i]), |_, _| {})?);
+        let read = reading(settings, readback);
+        out.extend(decode_together(model, group, n, eos, read, |i, c| sample(c, &settings[i], &mut rngs[i]), |_, _| {})?);
     }
     Ok(out)
 }
 
 /// Prefills every prompt in one right-padded pass, then feeds each sequence's last token at its
 /// own position until each has `n` tokens or has produced `eos`. `pick(i, candidates)` chooses
-/// sequence i's next token, called in sequence order at every step, from each row's `top`
-/// largest logits (found on the GPU: a few bytes a row come back) or, where `top` is None,
-/// from the whole row; `on_token(i, token)` sees each token kept. A sequence that has stopped
-/// keeps its row (its tokens are not kept).
+/// sequence i's next token, called in sequence order at every step, from each row's `read.top`
+/// largest logits (found on the GPU: a few bytes a row come back) or, where that is None, from
+/// the whole row; `on_token(i, token)` sees each token kept. A sequence that has stopped keeps
+/// its row (its tokens are not kept). With `read.ahead` (greedy) each step is queued from the
+/// GPU's own choice before that choice comes back, and `pick` confirms it.
 fn decode_together(
     model: &GpuModel,
     prompts: &[Vec<u32>],
     n: usize,
     eos: Option<u32>,
-    top: Option<usize>,
+    read: Reading,
     mut pick: impl FnMut(usize, Candidates<'_>) -> u32,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
@@ -202,51 +221,102 @@ fn decode_together(
             ));
         }
     }
-    let mut out = vec![vec![]; prompts.len()];
+    let mut streams = Streams { out: vec![vec![]; prompts.len()], running: vec![true; prompts.len()], n, eos };
     if prompts.is_empty() || n == 0 {
-        return Ok(out);
+        return Ok(streams.out);
     }
     let batch = Batch::new(prompts)?;
     let mut cache = model.new_cache(prompts.len(), batch.t + n)?;
-    let (mut logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
+    let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
     let v = model.config.vocab_size;
-    let mut running = vec![true; prompts.len()];
+    let top = read.top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
+    let positions = |step: usize| -> Vec<usize> { prompts.iter().map(|p| p.len() + step).collect() };
+    if read.ahead && top == Some(1) {
+        // The step in flight: its logits (kept to name a fault), the tokens its kernel chose,
+        // and their way back.
+        let queue = |logits: Tensor| -> Result<(Tensor, Tensor, PendingRead)> {
+            let chosen = crate::ops::loss::row_top_k(model.gpu(), &logits, 1)?;
+            let back = model.gpu().download_later(&chosen)?;
+            Ok((logits, chosen, back))
+        };
+        let mut in_flight = queue(logits)?;
+        for step in 0..n {
+            let (logits, chosen, back) = in_flight;
+            // A stopped sequence's row decodes whatever was chosen for it; nothing reads it.
+            let next = if step + 1 < n { Some(queue(model.decode_chosen(&chosen, 1, &positions(step), &mut cache)?)?) } else { None };
+            let rows = candidates_from(model, &back.finish_f32()?, &logits).map_err(|e| at_step(step, e))?;
+            for (i, &(token, value)) in rows.iter().enumerate() {
+                if streams.running[i] {
+                    let tok = pick(i, Candidates::Top(&[(token, value)]));
+                    if tok != token {
+                        return Err(Error::Numeric(format!("generation ran ahead with token {token} where the sampler chose {tok}")));
+                    }
+                    streams.take(i, tok, &mut on_token);
+                }
+            }
+            match next {
+                Some(next) if streams.running.contains(&true) => in_flight = next,
+                _ => break,
+            }
+        }
+        return Ok(streams.out);
+    }
+    let mut logits = logits;
     let mut next = vec![0u32; prompts.len()];
-    let top = top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
     for step in 0..n {
-        let at = |e: Error| Error::Numeric(format!("at generated position {step}: {e}"));
         let (rows, whole) = match top {
-            Some(k) => (candidate_rows(model, &logits, k).map_err(at)?, vec![]),
-            None => (vec![], model.host_logits(&logits).map_err(at)?),
+            Some(k) => (candidate_rows(model, &logits, k).map_err(|e| at_step(step, e))?, vec![]),
+            None => (vec![], model.host_logits(&logits).map_err(|e| at_step(step, e))?),
         };
         for i in 0..prompts.len() {
-            if !running[i] {
+            if !streams.running[i] {
                 continue;
             }
             let candidates = match top {
                 Some(k) => Candidates::Top(&rows[i * k..(i + 1) * k]),
                 None => Candidates::Row(&whole[i * v..(i + 1) * v]),
             };
-            let tok = pick(i, candidates);
-            out[i].push(tok);
-            on_token(i, tok);
-            next[i] = tok;
-            running[i] = Some(tok) != eos && out[i].len() < n;
+            next[i] = pick(i, candidates);
+            streams.take(i, next[i], &mut on_token);
         }
-        if !running.contains(&true) {
+        if !streams.running.contains(&true) {
             break;
         }
-        let positions: Vec<usize> = prompts.iter().map(|p| p.len() + step).collect();
-        logits = model.decode_each(&next, &positions, &mut cache)?;
+        logits = model.decode_each(&next, &positions(step), &mut cache)?;
     }
-    Ok(out)
+    Ok(streams.out)
+}
+
+/// The tokens kept so far and which sequences still run.
+struct Streams {
+    out: Vec<Vec<u32>>,
+    running: Vec<bool>,
+    n: usize,
+    eos: Option<u32>,
+}
+
+impl Streams {
+    fn take(&mut self, i: usize, tok: u32, on_token: &mut impl FnMut(usize, u32)) {
+        self.out[i].push(tok);
+        on_token(i, tok);
+        self.running[i] = Some(tok) != self.eos && self.out[i].len() < self.n;
+    }
+}
+
+fn at_step(step: usize, e: Error) -> Error {
+    Error::Numeric(format!("at generated position {step}: {e}"))
 }
 
 /// Each row's `k` largest logits as (token, logit), found on the GPU: [rows · k]. A row that is
 /// not finite is named by reading the logits back (`host_logits`' error).
 fn candidate_rows(model: &GpuModel, logits: &Tensor, k: usize) -> Result<Vec<(u32, f32)>> {
     let gpu = model.gpu();
-    let top = gpu.download(&crate::ops::loss::row_top_k(gpu, logits, k)?)?;
+    candidates_from(model, &gpu.download(&crate::ops::loss::row_top_k(gpu, logits, k)?)?, logits)
+}
+
+/// `row_top_k`'s result as read back, (token, logit) pairs, the logits it came from read back
+/// to name a row that is not finite.
+fn candidates_from(model: &GpuModel, top: &[f32], logits: &Tensor) -> Result<Vec<(u32, f32)>> {
     if top.iter().any(|x| !x.is_finite()) {
         model.host_logits(logits)?;
         return Err(Error::Numeric("the logits' largest values came back not finite though the logits are".into()));
@@ -296,8 +366,8 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
     for len in lengths {
         let group: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
         let seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
-        let top = candidates_for(&[sampling], Readback::Candidates);
-        let tails = decode_together(model, &seqs, n, None, top, |_, c| sample(c, &sampling, &mut rng), |_, _| {})?;
+        let read = reading(&[sampling], Readback::Ahead);
+        let tails = decode_together(model, &seqs, n, None, read, |_, c| sample(c, &sampling, &mut rng), |_, _| {})?;
         for (&i, tail) in group.iter().zip(tails) {
             out[i] = tail;
         }
@@ -444,5 +514,21 @@ mod tests {
         assert_eq!(candidates_for(&[greedy, top(GPU_TOP_K_MAX + 1)], Readback::Candidates), None);
         assert_eq!(candidates_for(&[greedy, top(0)], Readback::Candidates), None);
         assert_eq!(candidates_for(&[greedy], Readback::WholeRows), None);
+        assert_eq!(candidates_for(&[greedy, top(5)], Readback::Ahead), Some(5));
+    }
+
+    #[test]
+    fn only_settings_that_take_the_top_token_run_ahead() {
+        let greedy = Sampling::default();
+        let top = |k| Sampling { temperature: 1.0, top_k: k, seed: 0 };
+        let ahead = |s: &[Sampling], r| reading(s, r).ahead;
+        assert!(ahead(&[greedy, greedy], Readback::Ahead));
+        // Top 1 at a temperature draws its one candidate: the GPU's choice.
+        assert!(ahead(&[greedy, top(1)], Readback::Ahead));
+        assert!(ahead(&[Sampling { temperature: f32::NAN, top_k: 0, seed: 0 }], Readback::Ahead));
+        assert!(!ahead(&[greedy, top(2)], Readback::Ahead));
+        assert!(!ahead(&[top(0)], Readback::Ahead));
+        assert!(!ahead(&[greedy], Readback::Candidates));
+        assert!(!ahead(&[greedy], Readback::WholeRows));
     }
 }

@@ -15,7 +15,9 @@ struct Meta {
     ids_off: u32,
     table_off: u32,
     out_off: u32,
-    _pad: u32,
+    ids_stride: u32,
+    total_rows: u32,
+    _pad: [u32; 3],
 }
 
 /// out[i, :] = table[ids[i], :]. Ids are checked on the host against the table's row count.
@@ -26,6 +28,36 @@ pub fn gather_rows(gpu: &Gpu, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
 /// out[i, :] = row ids[i] of the tables stacked one after another (without forming the
 /// stack): rows of several batches gathered into one tensor. Every table has the same columns.
 pub fn gather_rows_from(gpu: &Gpu, tables: &[&Tensor], ids: &[u32]) -> Result<Tensor> {
+    gather(gpu, tables, Ids::Host(ids))
+}
+
+/// out[i, :] = table[index[i · stride], :] with the indices a kernel wrote as f32 (the index
+/// plane of `row_top_k`: stride k), read on the GPU: a decode step takes the token the last
+/// step chose without waiting for it to come back. n rows; an index that is not a whole number
+/// in 0..rows (a NaN from logits that held one) gives a NaN row instead of an error, since the
+/// host cannot see it yet — the caller checks the indices when they come back.
+pub fn gather_rows_at(gpu: &Gpu, table: &Tensor, index: &Tensor, stride: usize, n: usize) -> Result<Tensor> {
+    if index.dtype() != DType::F32 {
+        return Err(Error::shape("gather_rows_at", format!("indices {index:?} are not f32")));
+    }
+    if stride == 0 || (n > 0 && (n - 1) * stride >= index.numel()) {
+        return Err(Error::shape("gather_rows_at", format!("{n} indices {stride} apart in {index:?}")));
+    }
+    if index.numel() >= 1 << 32 || (n > 0 && stride > u32::MAX as usize / n) {
+        return Err(Error::TooLarge { op: "gather_rows_at", detail: format!("{n} indices {stride} apart") });
+    }
+    gather(gpu, &[table], Ids::Found { index, stride, n })
+}
+
+/// Where a gather's ids come from.
+enum Ids<'a> {
+    /// From the host, checked against the tables' rows there.
+    Host(&'a [u32]),
+    /// Found by a kernel: n f32 indices `stride` apart.
+    Found { index: &'a Tensor, stride: usize, n: usize },
+}
+
+fn gather(gpu: &Gpu, tables: &[&Tensor], source: Ids<'_>) -> Result<Tensor> {
     let mut cols = None;
     let mut rows = 0;
     for (k, table) in tables.iter().enumerate() {
@@ -41,25 +73,41 @@ pub fn gather_rows_from(gpu: &Gpu, tables: &[&Tensor], ids: &[u32]) -> Result<Te
     let Some(cols) = cols else {
         return Err(Error::shape("gather_rows", "no table to gather from"));
     };
-    if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= rows) {
-        return Err(Error::shape("gather_rows", format!("id {bad} at position {i} is out of range for {rows} rows")));
+    let n_ids = match source {
+        Ids::Host(ids) => {
+            if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= rows) {
+                return Err(Error::shape("gather_rows", format!("id {bad} at position {i} is out of range for {rows} rows")));
+            }
+            ids.len()
+        }
+        Ids::Found { n, .. } => n,
+    };
+    // Indices found on the GPU are f32, whole numbers exact below 2^24.
+    if matches!(source, Ids::Found { .. }) && rows > 1 << 24 {
+        return Err(Error::TooLarge { op: "gather_rows_at", detail: format!("{rows} rows (indices as f32 must stay below 2^24)") });
     }
-    let out = gpu.empty(&[ids.len(), cols])?;
-    if ids.is_empty() || cols == 0 {
+    let out = gpu.empty(&[n_ids, cols])?;
+    if n_ids == 0 || cols == 0 {
         return Ok(out);
     }
     let max_elems = Tensor::max_binding_elems(gpu);
     if cols > max_elems {
         return Err(Error::TooLarge { op: "gather_rows", detail: format!("a row of {cols} values is larger than one binding") });
     }
-    let ids_t = gpu.upload_u32(ids, &[ids.len()])?;
-    debug_assert_eq!(ids_t.dtype(), DType::U32);
+    let uploaded;
+    let (ids_t, ids_stride, entry) = match source {
+        Ids::Host(ids) => {
+            uploaded = gpu.upload_u32(ids, &[ids.len()])?;
+            (&uploaded, 1, "gather_rows")
+        }
+        Ids::Found { index, stride, .. } => (index, stride, "gather_rows_at"),
+    };
     let limits = gpu.split_limits();
     let col_groups = groups(cols, 256);
     if col_groups > limits.max_workgroups {
         return Err(Error::TooLarge { op: "gather_rows", detail: format!("{cols} columns need more than one dispatch row") });
     }
-    let ids_per = (max_elems / cols).min(limits.max_workgroups as usize).max(1);
+    let ids_per = (max_elems / cols).min(max_elems / ids_stride).min(limits.max_workgroups as usize).max(1);
     let table_rows_per = (max_elems / cols).max(1);
     // Each dispatch sees one range of one table's rows and writes the output rows whose id
     // falls there, so every output row is written by exactly one dispatch.
@@ -68,8 +116,8 @@ pub fn gather_rows_from(gpu: &Gpu, tables: &[&Tensor], ids: &[u32]) -> Result<Te
         let table_rows = table.shape()[0];
         for (t0, tn) in chunks(table_rows, table_rows_per) {
             let (tb, table_off) = table.bind(gpu, t0 * cols, tn * cols)?;
-            for (i0, n) in chunks(ids.len(), ids_per) {
-                let (ib, ids_off) = ids_t.bind(gpu, i0, n)?;
+            for (i0, n) in chunks(n_ids, ids_per) {
+                let (ib, ids_off) = ids_t.bind(gpu, i0 * ids_stride, (n - 1) * ids_stride + 1)?;
                 let (ob, out_off) = out.bind(gpu, i0 * cols, n * cols)?;
                 let meta = Meta {
                     n_ids: n as u32,
@@ -79,9 +127,11 @@ pub fn gather_rows_from(gpu: &Gpu, tables: &[&Tensor], ids: &[u32]) -> Result<Te
                     ids_off,
                     table_off,
                     out_off,
-                    _pad: 0,
+                    ids_stride: ids_stride as u32,
+                    total_rows: rows as u32,
+                    _pad: [0; 3],
                 };
-                gpu.dispatch(GATHER, "gather_rows", &[], bytemuck::bytes_of(&meta), &[ib, tb, ob], [col_groups, n as u32, 1])?;
+                gpu.dispatch(GATHER, entry, &[], bytemuck::bytes_of(&meta), &[ib, tb, ob], [col_groups, n as u32, 1])?;
             }
         }
         first_row += table_rows;
@@ -155,7 +205,9 @@ pub fn scatter_add_rows(gpu: &Gpu, d_rows: &Tensor, ids: &[u32], vocab: usize) -
             ids_off,
             table_off,
             out_off,
-            _pad: 0,
+            ids_stride: 1,
+            total_rows: vocab as u32,
+            _pad: [0; 3],
         };
         gpu.dispatch(GATHER, OP, &[], bytemuck::bytes_of(&meta), &[ib, db, ob], [col_groups, part.len() as u32, 1])?;
         start = end;
