@@ -346,6 +346,37 @@ pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<V
 
 /// log p(tokens[r]) at each row r of `logits`, computed on the GPU: a vocabulary-wide row is
 /// never read back, except to name the bad logit where a result is not finite.
+/// A scoring pass recorded and not yet read back.
+struct ScoringPass {
+    /// The sequences it ran (indices into the deduplicated sequences), in batch order.
+    pass: Vec<usize>,
+    batch: Batch,
+    logit_rows: Vec<usize>,
+    logprobs: PendingRead,
+    top: PendingRead,
+}
+
+impl ScoringPass {
+    /// Each reader's scores into `out`.
+    fn finish(self, model: &GpuModel, readers: &[Vec<usize>], pairs: &[(Vec<u32>, Vec<u32>)], out: &mut [Vec<TokenScore>]) -> Result<()> {
+        let lp = self.logprobs.finish_f32()?;
+        let top = self.top.finish_f32()?;
+        if lp.iter().any(|v| !v.is_finite()) {
+            let (logits, _) = model.forward(&self.batch, &Probes::default(), LogitRows::Rows(self.logit_rows), None)?;
+            model.host_logits(&logits)?;
+            return Err(Error::Numeric(format!("a log-probability is not finite though the logits are: {lp:?}")));
+        }
+        // The log-probabilities are finite here, so the rows are: an index is exact in f32.
+        let mut scored = lp.into_iter().zip(top).map(|(logprob, top)| TokenScore { logprob: f64::from(logprob), top: top as u32 });
+        for &s in &self.pass {
+            for &i in &readers[s] {
+                out[i] = scored.by_ref().take(pairs[i].1.len()).collect();
+            }
+        }
+        Ok(())
+    }
+}
+
 fn token_logprobs(model: &GpuModel, logits: &Tensor, tokens: &[u32]) -> Result<Vec<f64>> {
     let lp = model.gpu().download(&crate::ops::loss::token_logprobs(model.gpu(), logits, tokens)?)?;
     if lp.iter().any(|v| !v.is_finite()) {
@@ -438,6 +469,10 @@ pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], bud
     let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
     let rows: Vec<usize> = readers.iter().map(|r| r.iter().map(|&i| pairs[i].1.len()).sum()).collect();
     let mut out = vec![vec![]; pairs.len()];
+    let gpu = model.gpu();
+    // Each pass is recorded before the one before it is read back, so the host's recording
+    // overlaps the GPU's work; one pass waits at a time.
+    let mut in_flight: Option<ScoringPass> = None;
     for pass in budget.plan(&lens, &rows) {
         let batch = Batch::new(&pass.iter().map(|&s| seqs[s].clone()).collect::<Vec<_>>())?;
         // Each reader's rows (a row two pairs read appears twice: one token per logit row).
@@ -450,16 +485,18 @@ pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], bud
                 tokens.extend_from_slice(c);
             }
         }
-        let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(logit_rows), None)?;
-        let lp = token_logprobs(model, &logits, &tokens)?;
-        let top = model.gpu().download(&crate::ops::loss::row_argmax(model.gpu(), &logits)?)?;
-        // The log-probabilities are finite here, so the rows are: an index is exact in f32.
-        let mut scored = lp.into_iter().zip(top).map(|(logprob, top)| TokenScore { logprob, top: top as u32 });
-        for &s in &pass {
-            for &i in &readers[s] {
-                out[i] = scored.by_ref().take(pairs[i].1.len()).collect();
-            }
+        let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(logit_rows.clone()), None)?;
+        let logprobs = gpu.download_later(&crate::ops::loss::token_logprobs(gpu, &logits, &tokens)?)?;
+        let top = gpu.download_later(&crate::ops::loss::row_argmax(gpu, &logits)?)?;
+        // The logits go back to the pool; a pass whose scores are not finite runs again to
+        // name the bad logit.
+        drop(logits);
+        if let Some(done) = in_flight.replace(ScoringPass { pass, batch, logit_rows, logprobs, top }) {
+            done.finish(model, &readers, pairs, &mut out)?;
         }
+    }
+    if let Some(done) = in_flight {
+        done.finish(model, &readers, pairs, &mut out)?;
     }
     for (i, first) in copies {
         out[i] = out[first].clone();
