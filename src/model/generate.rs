@@ -1,6 +1,6 @@
 //! Text generation with the KV cache, and scoring of a continuation.
 
-use super::forward::{Batch, GpuModel, LogitRows, PassBudget};
+use super::forward::{Batch, GpuModel, KvCache, LogitRows, PassBudget};
 use super::probe::Probes;
 use crate::error::{Error, Result};
 use crate::gpu::{PendingRead, Tensor};
@@ -230,36 +230,8 @@ fn decode_together(
     let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
     let v = model.config.vocab_size;
     let top = read.top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
-    let positions = |step: usize| -> Vec<usize> { prompts.iter().map(|p| p.len() + step).collect() };
     if read.ahead && top == Some(1) {
-        // The step in flight: its logits (kept to name a fault), the tokens its kernel chose,
-        // and their way back.
-        let queue = |logits: Tensor| -> Result<(Tensor, Tensor, PendingRead)> {
-            let chosen = crate::ops::loss::row_top_k(model.gpu(), &logits, 1)?;
-            let back = model.gpu().download_later(&chosen)?;
-            Ok((logits, chosen, back))
-        };
-        let mut in_flight = queue(logits)?;
-        for step in 0..n {
-            let (logits, chosen, back) = in_flight;
-            // A stopped sequence's row decodes whatever was chosen for it; nothing reads it.
-            let next = if step + 1 < n { Some(queue(model.decode_chosen(&chosen, 1, &positions(step), &mut cache)?)?) } else { None };
-            let rows = candidates_from(model, &back.finish_f32()?, &logits).map_err(|e| at_step(step, e))?;
-            for (i, &(token, value)) in rows.iter().enumerate() {
-                if streams.running[i] {
-                    let tok = pick(i, Candidates::Top(&[(token, value)]));
-                    if tok != token {
-                        return Err(Error::Numeric(format!("generation ran ahead with token {token} where the sampler chose {tok}")));
-                    }
-                    streams.take(i, tok, &mut on_token);
-                }
-            }
-            match next {
-                Some(next) if streams.running.contains(&true) => in_flight = next,
-                _ => break,
-            }
-        }
-        return Ok(streams.out);
+        return decode_ahead(model, prompts, logits, &mut cache, streams, pick, on_token);
     }
     let mut logits = logits;
     let mut next = vec![0u32; prompts.len()];
@@ -282,9 +254,56 @@ fn decode_together(
         if !streams.running.contains(&true) {
             break;
         }
-        logits = model.decode_each(&next, &positions(step), &mut cache)?;
+        logits = model.decode_each(&next, &positions(prompts, step), &mut cache)?;
     }
     Ok(streams.out)
+}
+
+/// `decode_together` for greedy settings, each step queued from the tokens the GPU chose at the
+/// step before, before they come back; `pick` confirms each one.
+fn decode_ahead(
+    model: &GpuModel,
+    prompts: &[Vec<u32>],
+    logits: Tensor,
+    cache: &mut KvCache,
+    mut streams: Streams,
+    mut pick: impl FnMut(usize, Candidates<'_>) -> u32,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>> {
+    let n = streams.n;
+    // The step in flight: its logits (kept to name a fault), the tokens its kernel chose, and
+    // their way back.
+    let queue = |logits: Tensor| -> Result<(Tensor, Tensor, PendingRead)> {
+        let chosen = crate::ops::loss::row_top_k(model.gpu(), &logits, 1)?;
+        let back = model.gpu().download_later(&chosen)?;
+        Ok((logits, chosen, back))
+    };
+    let mut in_flight = queue(logits)?;
+    for step in 0..n {
+        let (logits, chosen, back) = in_flight;
+        // A stopped sequence's row decodes whatever was chosen for it; nothing reads it.
+        let next = if step + 1 < n { Some(queue(model.decode_chosen(&chosen, 1, &positions(prompts, step), cache)?)?) } else { None };
+        let rows = candidates_from(model, &back.finish_f32()?, &logits).map_err(|e| at_step(step, e))?;
+        for (i, &(token, value)) in rows.iter().enumerate() {
+            if streams.running[i] {
+                let tok = pick(i, Candidates::Top(&[(token, value)]));
+                if tok != token {
+                    return Err(Error::Numeric(format!("generation ran ahead with token {token} where the sampler chose {tok}")));
+                }
+                streams.take(i, tok, &mut on_token);
+            }
+        }
+        match next {
+            Some(next) if streams.running.contains(&true) => in_flight = next,
+            _ => break,
+        }
+    }
+    Ok(streams.out)
+}
+
+/// Where each sequence's token of generation step `step` goes.
+fn positions(prompts: &[Vec<u32>], step: usize) -> Vec<usize> {
+    prompts.iter().map(|p| p.len() + step).collect()
 }
 
 /// The tokens kept so far and which sequences still run.
