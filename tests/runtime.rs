@@ -307,8 +307,11 @@ fn reads_started_early_return_the_values_of_their_moment() {
         let before = gpu.runtime_stats();
         let again = ok(generate_many_reading(&gm, &prompts, 12, &greedy, None, Readback::Ahead))?;
         let d = gpu.runtime_stats() - before;
-        if again != warm || d.buffers != 0 || d.readbacks != 12 {
-            return Err(format!("greedy generation ahead, again: {again:?} (first {warm:?}), {} buffers created, {} reads", d.buffers, d.readbacks));
+        if again != warm || d.buffers != 0 || d.bind_groups != 0 || d.readbacks != 12 {
+            return Err(format!(
+                "greedy generation ahead, again: {again:?} (first {warm:?}), {} buffers and {} bind groups created, {} reads",
+                d.buffers, d.bind_groups, d.readbacks
+            ));
         }
         Ok(())
     });
