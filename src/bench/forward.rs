@@ -79,6 +79,10 @@ pub struct GreedyGeneration {
     pub ahead: GenerationRun,
     /// Each step waiting for its token (`Readback::Candidates`).
     pub waiting: GenerationRun,
+    /// Wall clock per token after the first, ms, ahead and waiting: the difference between
+    /// generating `tokens` tokens and one (prefill and first token), over `tokens` − 1.
+    pub ahead_decode_ms_per_token: f64,
+    pub waiting_decode_ms_per_token: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -249,8 +253,20 @@ fn sampled_generation(model: &GpuModel, n: usize, steps: usize, reps: usize) -> 
 fn greedy_generation(model: &GpuModel, steps: usize, reps: usize) -> Result<GreedyGeneration> {
     use crate::model::generate::{Readback, Sampling};
     let prompts = vec![tokens(16, model.config.vocab_size, 300)];
-    let [ahead, waiting] = generation_both_ways(model, &prompts, &[Sampling::default()], steps, reps, [Readback::Ahead, Readback::Candidates])?;
-    Ok(GreedyGeneration { sequences: 1, tokens: steps, ahead, waiting })
+    let ways = [Readback::Ahead, Readback::Candidates];
+    let [ahead, waiting] = generation_both_ways(model, &prompts, &[Sampling::default()], steps, reps, ways)?;
+    let [ahead_first, waiting_first] = generation_both_ways(model, &prompts, &[Sampling::default()], 1, reps, ways)?;
+    let after_first = |all: &GenerationRun, first: &GenerationRun| {
+        if steps < 2 { f64::NAN } else { (all.wall_ms_per_step * steps as f64 - first.wall_ms_per_step) / (steps - 1) as f64 }
+    };
+    Ok(GreedyGeneration {
+        sequences: 1,
+        tokens: steps,
+        ahead_decode_ms_per_token: after_first(&ahead, &ahead_first),
+        waiting_decode_ms_per_token: after_first(&waiting, &waiting_first),
+        ahead,
+        waiting,
+    })
 }
 
 /// `prompts` generated for `steps` tokens reading back as each of `ways` says, `reps`
@@ -326,11 +342,14 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
     }
     let g = &r.greedy;
     s += &format!(
-        "\n| {} prompt of 16 tokens continued greedily for {} tokens | tokens/s | wall clock per step, ms | host thread CPU per step, ms |\n|---|---:|---:|---:|\n",
+        "\n| {} prompt of 16 tokens continued greedily for {} tokens | tokens/s | wall clock per step, ms | per token after the first, ms | host thread CPU per step, ms |\n|---|---:|---:|---:|---:|\n",
         g.sequences, g.tokens
     );
-    for (what, x) in [("each step queued from the GPU's choice before it comes back", &g.ahead), ("each step waiting for its token", &g.waiting)] {
-        s += &format!("| {what} | {:.1} | {:.2} | {:.2} |\n", x.tokens_per_s, x.wall_ms_per_step, x.host_cpu_ms_per_step);
+    for (what, x, decode) in [
+        ("each step queued from the GPU's choice before it comes back", &g.ahead, g.ahead_decode_ms_per_token),
+        ("each step waiting for its token", &g.waiting, g.waiting_decode_ms_per_token),
+    ] {
+        s += &format!("| {what} | {:.1} | {:.2} | {decode:.2} | {:.2} |\n", x.tokens_per_s, x.wall_ms_per_step, x.host_cpu_ms_per_step);
     }
     s += "\n| wall clock (host work included) | ms | of it the host's own, ms | host thread CPU, ms | host CPU µs per dispatch |\n|---|---:|---:|---:|---:|\n";
     let per_dispatch = |ms: f64, x: &RuntimeStats| if x.dispatches == 0 || ms == 0.0 { String::new() } else { format!("{:.1}", ms * 1e3 / x.dispatches as f64) };
