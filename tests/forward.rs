@@ -292,6 +292,33 @@ fn greedy_generation_running_ahead_gives_what_waiting_gives() {
     });
 }
 
+/// Scoring that reports its passes gives the scores of scoring that does not, and reports
+/// every pass once, in order, from 0 to all of them.
+#[test]
+fn scoring_reports_each_pass_as_it_comes_back() {
+    use revive::model::forward::PassBudget;
+    use revive::model::generate::{score_tokens_reporting, score_tokens_within};
+    let w = random_weights(&Config::tiny_llama(), 43);
+    // Enough tokens for several passes of the adapter's budget (256 tokens on a CPU adapter).
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = (0..300u32).map(|i| (vec![1 + i % 50, 2 + i % 7, 3, 4 + i % 11], vec![5 + i % 13, 6])).collect();
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let mut told = vec![];
+        let got = ok(score_tokens_reporting(&gm, &pairs, &mut |done, passes| told.push((done, passes))))?;
+        let want = ok(score_tokens_within(&gm, &pairs, PassBudget::for_gpu(gpu)))?;
+        let passes = told.first().map_or(0, |t| t.1);
+        let expected: Vec<(usize, usize)> = (0..=passes).map(|d| (d, passes)).collect();
+        if passes < 2 || told != expected {
+            return Err(format!("passes reported {told:?}"));
+        }
+        let lp = |x: &Vec<Vec<revive::model::generate::TokenScore>>| x.iter().map(|t| t.iter().map(|s| (s.logprob, s.top)).collect::<Vec<_>>()).collect::<Vec<_>>();
+        if lp(&got) != lp(&want) {
+            return Err("reported scoring gave other scores".into());
+        }
+        Ok(())
+    });
+}
+
 /// `generate_many` gives each prompt what `generate` gives it alone: greedy, and sampled with
 /// each prompt's own seed; a sequence that meets the end token stops there while the others
 /// go on; the sampling settings must match the prompts.

@@ -21,7 +21,12 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
-    let checks = revive::eval::retention::check_facts(&gm, &m.tok, &facts)?;
+    let bar = revive::progress::terminal_bar(0, "facts: scoring passes", true);
+    let checks = revive::eval::retention::check_facts_reporting(&gm, &m.tok, &facts, &mut |done, passes| {
+        bar.set_length(passes as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {

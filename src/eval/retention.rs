@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::forward::GpuModel;
-use crate::model::generate::score_tokens;
+use crate::model::generate::score_tokens_reporting;
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -47,6 +47,11 @@ pub fn load_facts(path: &Path) -> Result<Vec<Fact>> {
 /// Checks every fact in planned passes; the greedy token and the answer's log-probability
 /// come from the logits on the GPU (a vocabulary-wide row is never read back).
 pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<FactCheck>> {
+    check_facts_reporting(model, tok, facts, &mut |_, _| {})
+}
+
+/// `check_facts` telling `on_pass(done, passes)` as its scoring passes come back.
+pub fn check_facts_reporting(model: &GpuModel, tok: &Tok, facts: &[Fact], on_pass: &mut dyn FnMut(usize, usize)) -> Result<Vec<FactCheck>> {
     if facts.is_empty() {
         return Ok(vec![]);
     }
@@ -59,7 +64,7 @@ pub fn check_facts(model: &GpuModel, tok: &Tok, facts: &[Fact]) -> Result<Vec<Fa
         }
         pairs.push((prompt, vec![first]));
     }
-    let scored = score_tokens(model, &pairs)?;
+    let scored = score_tokens_reporting(model, &pairs, on_pass)?;
     facts
         .iter()
         .zip(pairs.iter().zip(scored))

@@ -450,6 +450,12 @@ pub fn score_tokens(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<
     score_tokens_within(model, pairs, PassBudget::for_gpu(model.gpu()))
 }
 
+/// `score_tokens` telling `on_pass(done, passes)` as each pass's scores come back (0 of them
+/// first), for a caller that shows progress.
+pub fn score_tokens_reporting(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], on_pass: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<TokenScore>>> {
+    score_tokens_planned(model, pairs, PassBudget::for_gpu(model.gpu()), on_pass)
+}
+
 /// Each (prompt, continuation) pair's tokens scored in context, in passes within `budget`;
 /// results in the order of `pairs`.
 ///
@@ -458,6 +464,10 @@ pub fn score_tokens(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)]) -> Result<
 /// prompt against two targets, most of them one token long: the same sequence twice), so the
 /// model runs each distinct sequence once and reads every pair's tokens from its rows.
 pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<TokenScore>>> {
+    score_tokens_planned(model, pairs, budget, &mut |_, _| {})
+}
+
+fn score_tokens_planned(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget, on_pass: &mut dyn FnMut(usize, usize)) -> Result<Vec<Vec<TokenScore>>> {
     if pairs.is_empty() {
         return Err(Error::shape("score", "no (prompt, continuation) pairs to score"));
     }
@@ -492,7 +502,10 @@ pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], bud
     // Each pass is recorded before the one before it is read back, so the host's recording
     // overlaps the GPU's work; one pass waits at a time.
     let mut in_flight: Option<ScoringPass> = None;
-    for pass in budget.plan(&lens, &rows) {
+    let plan = budget.plan(&lens, &rows);
+    let passes = plan.len();
+    on_pass(0, passes);
+    for (recorded, pass) in plan.into_iter().enumerate() {
         let batch = Batch::new(&pass.iter().map(|&s| seqs[s].clone()).collect::<Vec<_>>())?;
         // Each reader's rows (a row two pairs read appears twice: one token per logit row).
         let mut logit_rows = vec![];
@@ -512,10 +525,12 @@ pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], bud
         drop(logits);
         if let Some(done) = in_flight.replace(ScoringPass { pass, batch, logit_rows, logprobs, top }) {
             done.finish(model, &readers, pairs, &mut out)?;
+            on_pass(recorded, passes);
         }
     }
     if let Some(done) = in_flight {
         done.finish(model, &readers, pairs, &mut out)?;
+        on_pass(passes, passes);
     }
     for (i, first) in copies {
         out[i] = out[first].clone();
