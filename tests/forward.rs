@@ -144,6 +144,8 @@ fn sequences_decoded_together_at_their_own_positions_match_full_passes() {
                 gm.decode_each(&[1, 2], &[5, 6], &mut cache).err().ok_or("two tokens for a cache of four sequences accepted")?;
                 gm.decode_each(&[1, 2, 3, 4], &[5, 6, 7], &mut cache).err().ok_or("three positions for four tokens accepted")?;
                 gm.decode_each(&[1, 2, 3, 4], &[1, 2, batch.t + 3, 3], &mut cache).err().ok_or("a position past the cache accepted")?;
+                let oov = w.config.vocab_size as u32;
+                gm.decode_each(&[1, oov, 3, 4], &[1, 2, 3, 3], &mut cache).err().ok_or("a token outside the vocabulary accepted")?;
             }
         }
         Ok(())

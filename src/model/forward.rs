@@ -486,7 +486,7 @@ impl GpuModel {
         for site in probes.residual.iter().chain(&probes.down_in).chain(probes.add.iter().map(|(s, _)| s)) {
             check_site(c, batch, site)?;
         }
-        check_ids(c, batch)?;
+        check_ids(c, &batch.ids)?;
         let mut x = self.embed(batch, pos0)?;
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
@@ -602,7 +602,7 @@ impl GpuModel {
         if batch.t > c.max_seq_len {
             return Err(Error::shape("forward", format!("{} positions exceed the model's context of {}", batch.t, c.max_seq_len)));
         }
-        check_ids(c, batch)?;
+        check_ids(c, &batch.ids)?;
         Ok((self.embed(batch, 0)?, self.new_cache(batch.b(), batch.t)?))
     }
 
@@ -632,7 +632,7 @@ impl GpuModel {
     /// a query sees only the rows up to its own position). Returns the logits [B, V]. Where
     /// every sequence is at the cache's length, this is `forward` of one token each.
     pub fn decode_each(&self, tokens: &[u32], positions: &[usize], cache: &mut KvCache) -> Result<Tensor> {
-        check_ids(&self.config, &Batch::new(&tokens.iter().map(|&t| vec![t]).collect::<Vec<_>>())?)?;
+        check_ids(&self.config, tokens)?;
         self.decode_step(StepTokens::Host(tokens), positions, cache)
     }
 
@@ -835,8 +835,8 @@ fn fold_by_default(gpu: &Gpu) -> bool {
     }
 }
 
-fn check_ids(c: &Config, batch: &Batch) -> Result<()> {
-    if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+fn check_ids(c: &Config, ids: &[u32]) -> Result<()> {
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
         return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
     }
     Ok(())
