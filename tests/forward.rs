@@ -321,6 +321,27 @@ fn scoring_reports_each_pass_as_it_comes_back() {
     });
 }
 
+/// Generation that reports its tokens reports each token kept once, under its own prompt (past
+/// the 16 sequences one group decodes), in order, and gives what `generate_many` gives.
+#[test]
+fn generation_reports_every_token_under_its_prompt() {
+    use revive::model::generate::{generate_many, generate_many_reporting};
+    let w = random_weights(&Config::tiny_llama(), 44);
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let prompts: Vec<Vec<u32>> = (0..19u32).map(|i| (0..1 + i % 4).map(|j| 1 + (i * 7 + j * 3) % 60).collect()).collect();
+        let samplings: Vec<Sampling> = (0..19).map(|i| if i % 3 == 0 { Sampling::default() } else { Sampling { temperature: 0.9, top_k: 4, seed: i } }).collect();
+        let eos = Some(5);
+        let mut told: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
+        let got = ok(generate_many_reporting(&gm, &prompts, 6, &samplings, eos, &mut |i, t| told[i].push(t)))?;
+        let want = ok(generate_many(&gm, &prompts, 6, &samplings, eos))?;
+        if got != want || told != want {
+            return Err(format!("reported {told:?}, returned {got:?}, generate_many {want:?}"));
+        }
+        Ok(())
+    });
+}
+
 /// `generate_many` gives each prompt what `generate` gives it alone: greedy, and sampled with
 /// each prompt's own seed; a sequence that meets the end token stops there while the others
 /// go on; the sampling settings must match the prompts.

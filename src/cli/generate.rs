@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
-use revive::model::generate::{generate, generate_many, Sampling};
+use revive::model::generate::{generate, generate_many_reporting, Sampling};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -65,7 +65,9 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     }
     let ids: Vec<Vec<u32>> = prompt.iter().map(|p| m.tok.encode(p)).collect::<revive::Result<_>>()?;
     let samplings: Vec<Sampling> = (0..prompt.len()).map(|i| Sampling { seed: seed.wrapping_add(i as u64), ..sampling }).collect();
-    let outs = generate_many(&gm, &ids, tokens, &samplings, m.tok.eos())?;
+    let bar = revive::progress::terminal_bar((ids.len() * tokens) as u64, "generating: tokens", true);
+    let outs = generate_many_reporting(&gm, &ids, tokens, &samplings, m.tok.eos(), &mut |_, _| bar.inc(1))?;
+    bar.finish_and_clear();
     let mut rows = vec![];
     for (i, (p, out)) in prompt.iter().zip(&outs).enumerate() {
         let text = m.tok.decode(out)?;

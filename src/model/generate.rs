@@ -181,14 +181,40 @@ pub fn generate_many(model: &GpuModel, prompts: &[Vec<u32>], n: usize, samplings
 
 /// `generate_many` with the logits read back as `readback` says: the same tokens either way.
 pub fn generate_many_reading(model: &GpuModel, prompts: &[Vec<u32>], n: usize, samplings: &[Sampling], eos: Option<u32>, readback: Readback) -> Result<Vec<Vec<u32>>> {
+    generate_groups(model, prompts, n, samplings, eos, readback, &mut |_, _| {})
+}
+
+/// `generate_many` telling `on_token(prompt, token)` each token kept as it comes back, for a
+/// caller that shows progress.
+pub fn generate_many_reporting(
+    model: &GpuModel,
+    prompts: &[Vec<u32>],
+    n: usize,
+    samplings: &[Sampling],
+    eos: Option<u32>,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>> {
+    generate_groups(model, prompts, n, samplings, eos, Readback::Ahead, on_token)
+}
+
+fn generate_groups(
+    model: &GpuModel,
+    prompts: &[Vec<u32>],
+    n: usize,
+    samplings: &[Sampling],
+    eos: Option<u32>,
+    readback: Readback,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>> {
     if samplings.len() != prompts.len() {
         return Err(Error::shape("generate", format!("{} prompts with {} sampling settings", prompts.len(), samplings.len())));
     }
     let mut out = Vec::with_capacity(prompts.len());
-    for (group, settings) in prompts.chunks(MAX_TOGETHER).zip(samplings.chunks(MAX_TOGETHER)) {
+    for (g, (group, settings)) in prompts.chunks(MAX_TOGETHER).zip(samplings.chunks(MAX_TOGETHER)).enumerate() {
         let mut rngs: Vec<_> = settings.iter().map(|s| crate::testing::rng(s.seed)).collect();
         let read = reading(settings, readback);
-        out.extend(decode_together(model, group, n, eos, read, |i, c| sample(c, &settings[i], &mut rngs[i]), |_, _| {})?);
+        let first = g * MAX_TOGETHER;
+        out.extend(decode_together(model, group, n, eos, read, |i, c| sample(c, &settings[i], &mut rngs[i]), |i, t| on_token(first + i, t))?);
     }
     Ok(out)
 }
