@@ -166,6 +166,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     let sampled = if together == 0 { None } else { Some(sampled_generation(model, together, decode, reps)?) };
     bar.inc(1);
     let greedy = greedy_generation(model, decode, reps)?;
+    bar.inc(1);
     let cpu = CpuModel::new(weights);
     let seq = tokens(cpu_tokens, v, 3);
     let start = Instant::now();

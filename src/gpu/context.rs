@@ -119,9 +119,8 @@ struct Shared {
     params_align: u64,
     pool: Arc<BufferPool>,
     recorder: Mutex<Recorder>,
-    readback: Mutex<Option<wgpu::Buffer>>,
-    /// Staging buffers of reads started and not yet finished ([`Gpu::read_later`]), returned
-    /// here when finished.
+    /// Idle staging buffers of reads ([`Gpu::read_later`]): a read takes one, and gives it back
+    /// when finished.
     staging: Mutex<Vec<wgpu::Buffer>>,
     timer: Mutex<Option<(wgpu::QuerySet, wgpu::Buffer)>>,
     counters: Counters,
@@ -386,7 +385,6 @@ impl Gpu {
                 params_align,
                 pool,
                 recorder: Mutex::default(),
-                readback: Mutex::default(),
                 staging: Mutex::default(),
                 timer: Mutex::default(),
                 counters: Counters::default(),
@@ -841,37 +839,13 @@ impl Gpu {
         self.check_errors()
     }
 
-    /// Buffer -> host, waiting for all recorded work.
+    /// Buffer -> host, waiting for all recorded work: a read started and finished at once (the
+    /// copy goes in the last submission, after everything recorded before it).
     pub fn read(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
         if size == 0 {
             return Ok(vec![]);
         }
-        self.shared.counters.readbacks.fetch_add(1, Ordering::Relaxed);
-        self.shared.counters.readback_bytes.fetch_add(size, Ordering::Relaxed);
-        let padded = size.div_ceil(4) * 4;
-        // One staging buffer, grown to the largest read so far, serves every read.
-        let mut readback = self.shared.readback.lock().unwrap();
-        if readback.as_ref().is_none_or(|b| b.size() < padded) {
-            *readback = Some(self.create_buffer("readback", padded.next_power_of_two(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST));
-        }
-        let staging = readback.as_ref().expect("just made").clone();
-        self.record(|enc| enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded));
-        self.flush()?;
-        let slice = staging.slice(..padded);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.sync()?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("readback callback never ran".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
-        let bytes = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("reading the mapped buffer: {e}")))?[..size as usize]
-            .to_vec();
-        staging.unmap();
-        Ok(bytes)
+        self.read_later(buffer, offset, size)?.finish()
     }
 
     /// Buffer -> host without waiting: the copy is recorded and submitted with the work before
@@ -886,7 +860,13 @@ impl Gpu {
             let mut free = self.shared.staging.lock().unwrap();
             match free.iter().position(|b| b.size() >= padded) {
                 Some(i) => free.swap_remove(i),
-                None => self.create_buffer("read later", padded.next_power_of_two(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+                None => {
+                    // Grown to the largest read so far: the smaller idle ones go, so a few
+                    // large reads (a model's weights hashed) leave one buffer behind, not one
+                    // of each size.
+                    free.clear();
+                    self.create_buffer("readback", padded.next_power_of_two(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
+                }
             }
         };
         let submission = {
