@@ -1,5 +1,6 @@
-//! GGUF reader and tokenizer: a tiny model written with every supported tensor type and read back
-//! exactly; corrupt files give errors naming the file, never panics; the real SmolLM2 when present.
+//! GGUF reader and tokenizer: tiny models written with every supported tensor type and read back
+//! exactly; every quantised type decoded bit for bit as llama.cpp's own Python package decodes it;
+//! corrupt files give errors naming the file, never panics; the real SmolLM2 when present.
 
 use half::{bf16, f16};
 use rand::{Rng, RngCore};
@@ -18,6 +19,46 @@ const D: usize = 64;
 const FFN: usize = 96;
 const KV: usize = 32;
 const LAYERS: usize = 2;
+
+/// A tiny llama's widths and the types its matrices cycle through.
+struct Dims {
+    d: usize,
+    ffn: usize,
+    kv: usize,
+    types: &'static [GgmlType],
+}
+
+const SMALL: Dims = Dims { d: D, ffn: FFN, kv: KV, types: &TYPES };
+/// Rows 256 and 512 wide, so that every matrix can be a K-quant (super-blocks of 256), with the
+/// 32-element types a K-quant file falls back to.
+const WIDE: Dims = Dims {
+    d: 256,
+    ffn: 512,
+    kv: 128,
+    types: &[
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+    ],
+};
+
+/// Byte offsets of each type's f16 scale fields (llama.cpp's `ggml-common.h`): random bytes
+/// elsewhere, a random finite scale there.
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        _ => &[0],
+    }
+}
 
 /// Encodes random values of `ty` by hand from the format's definition (not with the crate's
 /// quantiser) and returns (bytes, the values they must decode to).
@@ -63,6 +104,17 @@ fn encode(ty: GgmlType, n: usize, rng: &mut impl Rng) -> (Vec<u8>, Vec<f32>) {
                 bytes.extend(q.iter().map(|&q| q as u8));
                 want.extend(q.iter().map(|&q| d.to_f32() * q as f32));
             }
+            // The other types' decoding is checked bit for bit against llama.cpp's package
+            // (`dequantisers_match_llamas_python_package`); here they test the file plumbing.
+            _ => {
+                let mut block = vec![0u8; ty.block().1];
+                rng.fill_bytes(&mut block);
+                for &at in f16_fields(ty) {
+                    block[at..at + 2].copy_from_slice(&scale(rng).to_le_bytes());
+                }
+                want.extend(dequantize(ty, &block));
+                bytes.extend(block);
+            }
         }
     }
     (bytes, want)
@@ -85,16 +137,21 @@ fn strs(v: &[String]) -> Value {
 
 /// A tiny llama GGUF with each matrix in a different type, and the canonical tensors it holds.
 fn tiny(seed: u64) -> (GgufWriter, BTreeMap<String, Vec<f32>>) {
+    tiny_of(seed, &SMALL)
+}
+
+fn tiny_of(seed: u64, dims: &Dims) -> (GgufWriter, BTreeMap<String, Vec<f32>>) {
+    let (d, ffn, kv) = (dims.d, dims.ffn, dims.kv);
     let mut rng = rng(seed);
     let (tokens, merges) = vocab();
     let vocab_size = tokens.len();
     let mut w = GgufWriter::default();
     w.kv("general.architecture", Value::Str("llama".into()))
-        .kv("llama.embedding_length", Value::U32(D as u32))
+        .kv("llama.embedding_length", Value::U32(d as u32))
         .kv("llama.block_count", Value::U32(LAYERS as u32))
         .kv("llama.attention.head_count", Value::U32(4))
         .kv("llama.attention.head_count_kv", Value::U32(2))
-        .kv("llama.feed_forward_length", Value::U32(FFN as u32))
+        .kv("llama.feed_forward_length", Value::U32(ffn as u32))
         .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
         .kv("llama.rope.freq_base", Value::F32(10000.0))
         .kv("llama.context_length", Value::U64(128))
@@ -106,29 +163,29 @@ fn tiny(seed: u64) -> (GgufWriter, BTreeMap<String, Vec<f32>>) {
         .kv("tokenizer.ggml.bos_token_id", Value::U32(0))
         .kv("tokenizer.ggml.eos_token_id", Value::U32(0));
     let mut want = BTreeMap::new();
-    let mut kinds = TYPES.iter().cycle();
+    let mut kinds = dims.types.iter().cycle();
     let mut add = |w: &mut GgufWriter, gguf: &str, canon: String, dims: &[usize], ty: GgmlType| {
         let (bytes, values) = encode(ty, dims.iter().product(), &mut rng);
         w.tensor(gguf, dims, ty, bytes);
         want.insert(canon, values);
     };
-    add(&mut w, "token_embd.weight", "embed".into(), &[D, vocab_size], GgmlType::F32);
+    add(&mut w, "token_embd.weight", "embed".into(), &[d, vocab_size], GgmlType::F32);
     for i in 0..LAYERS {
-        add(&mut w, &format!("blk.{i}.attn_norm.weight"), format!("layers.{i}.attn_norm.weight"), &[D], GgmlType::F32);
+        add(&mut w, &format!("blk.{i}.attn_norm.weight"), format!("layers.{i}.attn_norm.weight"), &[d], GgmlType::F32);
         for (g, c, dims) in [
-            ("attn_q", "wq", [D, D]),
-            ("attn_k", "wk", [D, KV]),
-            ("attn_v", "wv", [D, KV]),
-            ("attn_output", "wo", [D, D]),
-            ("ffn_gate", "w_gate", [D, FFN]),
-            ("ffn_up", "w_up", [D, FFN]),
-            ("ffn_down", "w_down", [FFN, D]),
+            ("attn_q", "wq", [d, d]),
+            ("attn_k", "wk", [d, kv]),
+            ("attn_v", "wv", [d, kv]),
+            ("attn_output", "wo", [d, d]),
+            ("ffn_gate", "w_gate", [d, ffn]),
+            ("ffn_up", "w_up", [d, ffn]),
+            ("ffn_down", "w_down", [ffn, d]),
         ] {
             add(&mut w, &format!("blk.{i}.{g}.weight"), format!("layers.{i}.{c}"), &dims, *kinds.next().unwrap());
         }
-        add(&mut w, &format!("blk.{i}.ffn_norm.weight"), format!("layers.{i}.mlp_norm.weight"), &[D], GgmlType::F16);
+        add(&mut w, &format!("blk.{i}.ffn_norm.weight"), format!("layers.{i}.mlp_norm.weight"), &[d], GgmlType::F16);
     }
-    add(&mut w, "output_norm.weight", "final_norm.weight".into(), &[D], GgmlType::BF16);
+    add(&mut w, "output_norm.weight", "final_norm.weight".into(), &[d], GgmlType::BF16);
     (w, want)
 }
 
@@ -176,8 +233,8 @@ fn expect_err(bytes: Vec<u8>, what: &str) -> String {
 
 #[test]
 fn tiny_model_round_trips_exactly() {
-    for (version, alignment) in [(2, None), (3, None), (3, Some(64u32)), (2, Some(128))] {
-        let (mut w, want) = tiny(1);
+    for (version, alignment, dims) in [(2, None, &SMALL), (3, None, &SMALL), (3, Some(64u32), &SMALL), (2, Some(128), &SMALL), (3, None, &WIDE), (2, Some(64), &WIDE)] {
+        let (mut w, want) = tiny_of(1, dims);
         for (k, v) in all_value_types() {
             w.kv(k, v);
         }
@@ -191,8 +248,8 @@ fn tiny_model_round_trips_exactly() {
             assert_eq!(meta.get(k), Some(&v), "metadata {k}");
         }
         let c = &weights.config;
-        assert_eq!((c.arch, c.hidden, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim), (Arch::Llama, D, LAYERS, 4, 2, 16));
-        assert_eq!((c.ffn_hidden, c.vocab_size, c.max_seq_len, c.rope_style), (FFN, 259, 128, RopeStyle::Adjacent));
+        assert_eq!((c.arch, c.hidden, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim), (Arch::Llama, dims.d, LAYERS, 4, 2, dims.d / 4));
+        assert_eq!((c.ffn_hidden, c.vocab_size, c.max_seq_len, c.rope_style), (dims.ffn, 259, 128, RopeStyle::Adjacent));
         assert_eq!((c.norm_eps, c.rope_theta, c.tied_embeddings), (1e-5, 10000.0, true));
         assert_eq!((c.bos_token_id, c.eos_token_id), (Some(0), Some(0)));
         assert_eq!(weights.tensors.len(), want.len());
@@ -202,9 +259,37 @@ fn tiny_model_round_trips_exactly() {
             // Exact: the reader must apply the format's formula, nothing else.
             assert!(t.data == *values, "{name}: dequantised values differ (v{version})");
         }
-        for ty in TYPES {
+        for &ty in dims.types {
             assert!(meta.tensors.iter().any(|t| t.ty == ty), "{ty:?} not exercised");
         }
+    }
+}
+
+/// Blocks of every quantised type, random but for finite scales, with the values llama.cpp's
+/// `gguf` package (0.19.0) decodes them to: `benches/baselines/gguf_quants.py` wrote the file.
+#[test]
+fn dequantisers_match_llamas_python_package() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gguf-quants.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hex = |s: &str| -> Vec<u8> { (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect() };
+    let mut seen = vec![];
+    for t in doc["types"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let ty = GgmlType::from_id(t["id"].as_u64().unwrap() as u32).unwrap_or_else(|| panic!("{name} is not read"));
+        assert_eq!(format!("{ty:?}"), name);
+        let bytes = hex(t["bytes"].as_str().unwrap());
+        let want: Vec<u32> = hex(t["values"].as_str().unwrap()).chunks(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+        let got: Vec<u32> = dequantize(ty, &bytes).iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got.len(), want.len(), "{name}: value count");
+        assert!(got.len() >= 2 * ty.block().0, "{name}: fewer than two blocks");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "{name} element {i}: {} where llama.cpp decodes {}", f32::from_bits(*g), f32::from_bits(*w));
+        }
+        seen.push(ty);
+    }
+    for ty in GgmlType::ALL {
+        let (elems, _) = ty.block();
+        assert!(elems == 1 || seen.contains(&ty), "{ty:?} has no reference blocks");
     }
 }
 
@@ -228,28 +313,48 @@ fn loads_from_a_file_and_names_it_in_errors() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Each block's values round-trip to within one quantisation step of its widest sub-block
+/// (the encoders choose scales from the extremes, without llama.cpp's search).
 #[test]
 fn quantisers_invert_the_dequantisers() {
     let mut r = rng(3);
-    let x: Vec<f32> = (0..32 * 64).map(|_| r.random_range(-2.0..2.0)).collect();
-    for ty in TYPES {
-        let y = dequantize(ty, &quantize(ty, &x));
-        assert_eq!(y.len(), x.len());
-        for (b, (xb, yb)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let step = match ty {
-                GgmlType::F32 => 0.0,
-                GgmlType::F16 => amax / 1024.0,
-                GgmlType::BF16 => amax / 128.0,
-                GgmlType::Q4_0 => amax / 8.0,
-                GgmlType::Q4_1 => 2.0 * amax / 15.0,
-                GgmlType::Q8_0 => amax / 127.0,
-            };
-            // Q4_0 maps the largest magnitude to -8, so the opposite extreme clamps at +7:
-            // up to a whole step off there, as in llama.cpp.
-            let tol = if ty == GgmlType::Q4_0 { step } else { step * 0.51 } + amax * 2e-3;
-            for (a, b2) in xb.iter().zip(yb) {
-                assert!((a - b2).abs() <= tol, "{ty:?} block {b}: {a} -> {b2}, step {step}");
+    let x: Vec<f32> = (0..256 * 16).map(|_| r.random_range(-2.0..2.0)).collect();
+    // Zeros and a constant block encode without dividing by zero.
+    let flat: Vec<f32> = (0..512).map(|i| if i < 256 { 0.0 } else { 0.75 }).collect();
+    for ty in GgmlType::ALL {
+        for x in [&x, &flat] {
+            let y = dequantize(ty, &quantize(ty, x));
+            assert_eq!(y.len(), x.len());
+            let block = ty.block().0.max(32);
+            for (b, (xb, yb)) in x.chunks(block).zip(y.chunks(block)).enumerate() {
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let range = xb.iter().fold(0f32, |m, &v| m.max(v)) - xb.iter().fold(0f32, |m, &v| m.min(v));
+                let step = match ty {
+                    GgmlType::F32 => 0.0,
+                    GgmlType::F16 => amax / 1024.0,
+                    GgmlType::BF16 => amax / 128.0,
+                    GgmlType::Q4_0 => amax / 8.0,
+                    GgmlType::Q4_1 => range / 15.0,
+                    GgmlType::Q5_0 => amax / 16.0,
+                    GgmlType::Q5_1 => range / 31.0,
+                    GgmlType::Q8_0 => amax / 127.0,
+                    GgmlType::Q2_K => range / 3.0,
+                    GgmlType::Q3_K => amax / 4.0,
+                    GgmlType::Q4_K => range / 15.0,
+                    GgmlType::Q5_K => range / 31.0,
+                    GgmlType::Q6_K => amax / 32.0,
+                    // The widest gap between IQ4's levels (89 to 113) of 127.
+                    GgmlType::IQ4_NL | GgmlType::IQ4_XS => amax * 24.0 / 127.0,
+                };
+                // The legacy types' one scale puts every value within half a step (Q4_0's and
+                // Q5_0's opposite extreme may clamp a whole step off, as in llama.cpp, and IQ4's
+                // levels reach 113 on one side, 127 on the other); a K-quant's scales, themselves
+                // quantised, may cost up to a whole step of the widest.
+                let half = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_0);
+                let tol = if half { step * 0.51 } else { step } + amax * 2e-3;
+                for (a, b2) in xb.iter().zip(yb) {
+                    assert!((a - b2).abs() <= tol, "{ty:?} block {b}: {a} -> {b2}, step {step}");
+                }
             }
         }
     }
@@ -371,6 +476,7 @@ fn inconsistent_models_are_errors() {
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "99"),
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "blk.0.attn_k.weight"),
+        ("a type this reader does not decode", Box::new(|w| w.tensors[3].type_id = 16), "IQ2_XXS"),
         ("missing tensor", Box::new(|w| w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight")), "layers.1.w_down"),
         ("transposed tensor", Box::new(|w| w.tensors.iter_mut().filter(|t| t.name == "blk.1.ffn_down.weight").for_each(|t| t.dims.reverse())), "blk.1.ffn_down.weight"),
         ("config disagrees", Box::new(set("llama.feed_forward_length", Value::U32(128))), "ffn_gate"),

@@ -16,9 +16,13 @@
 use super::config::{Arch, Config, RopeStyle};
 use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
-use half::{bf16, f16};
 use std::collections::BTreeMap;
 use std::path::Path;
+
+pub mod quant;
+pub mod write;
+
+pub use quant::{dequantize, GgmlType};
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -104,54 +108,6 @@ impl Value {
         match self {
             Value::Array(a) => Some(a),
             _ => None,
-        }
-    }
-}
-
-/// The tensor element types this reader dequantises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-pub enum GgmlType {
-    F32,
-    F16,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-    BF16,
-}
-
-impl GgmlType {
-    pub fn from_id(id: u32) -> Option<Self> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
-    }
-
-    pub fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q8_0 => 8,
-            GgmlType::BF16 => 30,
-        }
-    }
-
-    /// (elements, bytes) of one block; rows (ne[0]) are a whole number of blocks.
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q4_0 => (32, 18),
-            GgmlType::Q4_1 => (32, 20),
-            GgmlType::Q8_0 => (32, 34),
         }
     }
 }
@@ -385,7 +341,11 @@ impl GgufFile {
             let dims = dims.into_iter().collect::<Result<Vec<_>>>()?;
             let type_id = r.u32(&|| format!("type of tensor '{name}'"))?;
             let ty = GgmlType::from_id(type_id).ok_or_else(|| {
-                model_err(file, format!("tensor '{name}' has type {type_id}, which is not supported (F32 0, F16 1, Q4_0 2, Q4_1 3, Q8_0 8, BF16 30)"))
+                let known = quant::type_name(type_id).map_or("an unknown type".to_string(), |n| format!("ggml's {n}"));
+                model_err(
+                    file,
+                    format!("tensor '{name}' has type {type_id} ({known}), which this reader does not decode (it reads {})", quant::supported_list()),
+                )
             })?;
             let offset = r.u64(&|| format!("data offset of tensor '{name}'"))?;
             raw.push((name, dims, ty, offset));
@@ -427,41 +387,6 @@ impl GgufFile {
     pub fn dequantize(&self, t: &TensorInfo) -> Vec<f32> {
         dequantize(t.ty, &self.bytes[t.offset..t.offset + t.n_bytes])
     }
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
-/// Decodes `bytes` (a whole number of blocks of `ty`) to f32.
-pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
-    let (block_elems, block_bytes) = ty.block();
-    let mut out = Vec::with_capacity(bytes.len() / block_bytes * block_elems);
-    for b in bytes.chunks_exact(block_bytes) {
-        match ty {
-            GgmlType::F32 => out.push(f32::from_le_bytes(b.try_into().expect("4 bytes"))),
-            GgmlType::F16 => out.push(f16_at(b, 0)),
-            GgmlType::BF16 => out.push(bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            // Nibble order: byte j holds element j (low) and element j + 16 (high).
-            GgmlType::Q4_0 => {
-                let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                out.extend(qs.iter().map(|&q| d * ((q & 0xf) as i32 - 8) as f32));
-                out.extend(qs.iter().map(|&q| d * ((q >> 4) as i32 - 8) as f32));
-            }
-            GgmlType::Q4_1 => {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..20];
-                out.extend(qs.iter().map(|&q| d * (q & 0xf) as f32 + m));
-                out.extend(qs.iter().map(|&q| d * (q >> 4) as f32 + m));
-            }
-            GgmlType::Q8_0 => {
-                let d = f16_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| d * (q as i8) as f32));
-            }
-        }
-    }
-    out
 }
 
 /// The canonical name of a llama GGUF tensor (see the table in `model`).
@@ -624,143 +549,4 @@ fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
     let weights = Weights { config, tensors };
     weights.validate(file)?;
     Ok((weights, g.meta))
-}
-
-/// A GGUF writer: for tests and for tools that build small models. Tensors are given already
-/// encoded (see [`write::quantize`]) so tests can check the reader against hand-built blocks.
-pub mod write {
-    use super::{GgmlType, Value, MAGIC};
-    use half::{bf16, f16};
-
-    pub struct Tensor {
-        pub name: String,
-        /// ne[0] first, as stored in the file.
-        pub dims: Vec<usize>,
-        pub type_id: u32,
-        pub data: Vec<u8>,
-    }
-
-    #[derive(Default)]
-    pub struct GgufWriter {
-        pub kv: Vec<(String, Value)>,
-        pub tensors: Vec<Tensor>,
-    }
-
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend((s.len() as u64).to_le_bytes());
-        out.extend(s.as_bytes());
-    }
-
-    fn put_value(out: &mut Vec<u8>, v: &Value) {
-        match v {
-            Value::U8(x) => out.push(*x),
-            Value::I8(x) => out.push(*x as u8),
-            Value::U16(x) => out.extend(x.to_le_bytes()),
-            Value::I16(x) => out.extend(x.to_le_bytes()),
-            Value::U32(x) => out.extend(x.to_le_bytes()),
-            Value::I32(x) => out.extend(x.to_le_bytes()),
-            Value::F32(x) => out.extend(x.to_le_bytes()),
-            Value::Bool(x) => out.push(*x as u8),
-            Value::Str(s) => put_str(out, s),
-            Value::Array(items) => {
-                // An empty array's element type is unknowable here; u8 is as good as any.
-                out.extend(items.first().map_or(0, Value::type_id).to_le_bytes());
-                out.extend((items.len() as u64).to_le_bytes());
-                items.iter().for_each(|i| put_value(out, i));
-            }
-            Value::U64(x) => out.extend(x.to_le_bytes()),
-            Value::I64(x) => out.extend(x.to_le_bytes()),
-            Value::F64(x) => out.extend(x.to_le_bytes()),
-        }
-    }
-
-    impl GgufWriter {
-        pub fn kv(&mut self, key: &str, v: Value) -> &mut Self {
-            self.kv.push((key.into(), v));
-            self
-        }
-
-        pub fn tensor(&mut self, name: &str, dims: &[usize], ty: GgmlType, data: Vec<u8>) -> &mut Self {
-            self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), type_id: ty.id(), data });
-            self
-        }
-
-        /// The alignment written in `general.alignment`, else the default.
-        fn alignment(&self) -> usize {
-            self.kv
-                .iter()
-                .find(|(k, _)| k == "general.alignment")
-                .and_then(|(_, v)| v.as_u64())
-                .map_or(super::DEFAULT_ALIGNMENT as usize, |a| a as usize)
-        }
-
-        pub fn to_bytes(&self, version: u32) -> Vec<u8> {
-            let align = self.alignment();
-            let mut out = Vec::new();
-            out.extend(MAGIC);
-            out.extend(version.to_le_bytes());
-            out.extend((self.tensors.len() as u64).to_le_bytes());
-            out.extend((self.kv.len() as u64).to_le_bytes());
-            for (k, v) in &self.kv {
-                put_str(&mut out, k);
-                out.extend(v.type_id().to_le_bytes());
-                put_value(&mut out, v);
-            }
-            let mut offset = 0usize;
-            for t in &self.tensors {
-                put_str(&mut out, &t.name);
-                out.extend((t.dims.len() as u32).to_le_bytes());
-                t.dims.iter().for_each(|d| out.extend((*d as u64).to_le_bytes()));
-                out.extend(t.type_id.to_le_bytes());
-                out.extend((offset as u64).to_le_bytes());
-                offset = (offset + t.data.len()).next_multiple_of(align);
-            }
-            for t in &self.tensors {
-                out.resize(out.len().next_multiple_of(align), 0);
-                out.extend(&t.data);
-            }
-            out
-        }
-    }
-
-    /// Encodes f32 values (a whole number of blocks) with llama.cpp's reference quantisers.
-    pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let (block, _) = ty.block();
-        assert!(x.len().is_multiple_of(block), "{} values are not a whole number of {ty:?} blocks", x.len());
-        for b in x.chunks_exact(block) {
-            match ty {
-                GgmlType::F32 => out.extend(b[0].to_le_bytes()),
-                GgmlType::F16 => out.extend(f16::from_f32(b[0]).to_le_bytes()),
-                GgmlType::BF16 => out.extend(bf16::from_f32(b[0]).to_le_bytes()),
-                GgmlType::Q4_0 => {
-                    // The value of largest magnitude maps to -8.
-                    let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                    let d = max / -8.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    let q = |v: f32| ((v * id + 8.5) as u8).min(15);
-                    out.extend(f16::from_f32(d).to_le_bytes());
-                    out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
-                }
-                GgmlType::Q4_1 => {
-                    let min = b.iter().copied().fold(f32::INFINITY, f32::min);
-                    let max = b.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let d = (max - min) / 15.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    let q = |v: f32| (((v - min) * id + 0.5) as u8).min(15);
-                    out.extend(f16::from_f32(d).to_le_bytes());
-                    out.extend(f16::from_f32(min).to_le_bytes());
-                    out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
-                }
-                GgmlType::Q8_0 => {
-                    let amax = b.iter().fold(0f32, |m, &v| m.max(v.abs()));
-                    let d = amax / 127.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    out.extend(f16::from_f32(d).to_le_bytes());
-                    out.extend(b.iter().map(|&v| (v * id).round() as i8 as u8));
-                }
-            }
-        }
-        out
-    }
 }

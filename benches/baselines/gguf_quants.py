@@ -1,0 +1,69 @@
+"""The reference for revive's GGUF dequantisers: blocks of every quantised type revive reads,
+decoded by llama.cpp's own Python package (`gguf`, PyPI, MIT), written as the JSON that
+`tests/gguf.rs` compares `revive::model::gguf::dequantize` with, bit for bit.
+
+The blocks are random bytes, except that each f16 scale field holds a random finite value (a
+random bit pattern would often be NaN or infinite, which says nothing about the layout). The
+seed is fixed, so the file is the same on every run.
+
+    pip install gguf==0.19.0 numpy
+    python3 benches/baselines/gguf_quants.py tests/data/gguf-quants.json
+"""
+import json
+import sys
+
+import gguf
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+BLOCKS = 3
+
+# Byte offsets of each type's f16 scale fields (llama.cpp's block structs in ggml-common.h).
+F16_FIELDS = {
+    T.Q4_0: [0],
+    T.Q4_1: [0, 2],
+    T.Q5_0: [0],
+    T.Q5_1: [0, 2],
+    T.Q8_0: [0],
+    T.Q2_K: [80, 82],
+    T.Q3_K: [108],
+    T.Q4_K: [0, 2],
+    T.Q5_K: [0, 2],
+    T.Q6_K: [208],
+    T.IQ4_NL: [0],
+    T.IQ4_XS: [0],
+}
+
+
+def blocks_of(ty, rng):
+    elems, size = GGML_QUANT_SIZES[ty]
+    raw = rng.integers(0, 256, size=(BLOCKS, size), dtype=np.uint8)
+    for at in F16_FIELDS[ty]:
+        scales = rng.uniform(-0.05, 0.05, size=BLOCKS).astype(np.float16)
+        raw[:, at : at + 2] = scales.view(np.uint8).reshape(BLOCKS, 2)
+    return raw
+
+
+def main():
+    rng = np.random.default_rng(20261206)
+    out = {"generator": f"gguf 0.19.0 (llama.cpp's gguf-py), numpy {np.__version__}", "types": []}
+    for ty, fields in F16_FIELDS.items():
+        raw = blocks_of(ty, rng)
+        values = gguf.quants.dequantize(raw.reshape(-1), ty).astype(np.float32).reshape(-1)
+        assert np.all(np.isfinite(values)), ty.name
+        out["types"].append(
+            {
+                "name": ty.name,
+                "id": int(ty),
+                "bytes": raw.reshape(-1).tobytes().hex(),
+                # f32 bit patterns: the comparison is exact.
+                "values": values.view(np.uint32).tobytes().hex(),
+            }
+        )
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

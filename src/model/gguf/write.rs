@@ -1,0 +1,96 @@
+//! A GGUF writer: for tests and for tools that build small models. Tensors are given already
+//! encoded (see [`quantize`]) so tests can check the reader against hand-built blocks.
+
+use super::{GgmlType, Value, DEFAULT_ALIGNMENT, MAGIC};
+pub use super::quant::quantize;
+
+pub struct Tensor {
+    pub name: String,
+    /// ne[0] first, as stored in the file.
+    pub dims: Vec<usize>,
+    pub type_id: u32,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct GgufWriter {
+    pub kv: Vec<(String, Value)>,
+    pub tensors: Vec<Tensor>,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend(x.to_le_bytes()),
+        Value::I16(x) => out.extend(x.to_le_bytes()),
+        Value::U32(x) => out.extend(x.to_le_bytes()),
+        Value::I32(x) => out.extend(x.to_le_bytes()),
+        Value::F32(x) => out.extend(x.to_le_bytes()),
+        Value::Bool(x) => out.push(*x as u8),
+        Value::Str(s) => put_str(out, s),
+        Value::Array(items) => {
+            // An empty array's element type is unknowable here; u8 is as good as any.
+            out.extend(items.first().map_or(0, Value::type_id).to_le_bytes());
+            out.extend((items.len() as u64).to_le_bytes());
+            items.iter().for_each(|i| put_value(out, i));
+        }
+        Value::U64(x) => out.extend(x.to_le_bytes()),
+        Value::I64(x) => out.extend(x.to_le_bytes()),
+        Value::F64(x) => out.extend(x.to_le_bytes()),
+    }
+}
+
+impl GgufWriter {
+    pub fn kv(&mut self, key: &str, v: Value) -> &mut Self {
+        self.kv.push((key.into(), v));
+        self
+    }
+
+    pub fn tensor(&mut self, name: &str, dims: &[usize], ty: GgmlType, data: Vec<u8>) -> &mut Self {
+        self.tensors.push(Tensor { name: name.into(), dims: dims.to_vec(), type_id: ty.id(), data });
+        self
+    }
+
+    /// The alignment written in `general.alignment`, else the default.
+    fn alignment(&self) -> usize {
+        self.kv
+            .iter()
+            .find(|(k, _)| k == "general.alignment")
+            .and_then(|(_, v)| v.as_u64())
+            .map_or(DEFAULT_ALIGNMENT as usize, |a| a as usize)
+    }
+
+    pub fn to_bytes(&self, version: u32) -> Vec<u8> {
+        let align = self.alignment();
+        let mut out = Vec::new();
+        out.extend(MAGIC);
+        out.extend(version.to_le_bytes());
+        out.extend((self.tensors.len() as u64).to_le_bytes());
+        out.extend((self.kv.len() as u64).to_le_bytes());
+        for (k, v) in &self.kv {
+            put_str(&mut out, k);
+            out.extend(v.type_id().to_le_bytes());
+            put_value(&mut out, v);
+        }
+        let mut offset = 0usize;
+        for t in &self.tensors {
+            put_str(&mut out, &t.name);
+            out.extend((t.dims.len() as u32).to_le_bytes());
+            t.dims.iter().for_each(|d| out.extend((*d as u64).to_le_bytes()));
+            out.extend(t.type_id.to_le_bytes());
+            out.extend((offset as u64).to_le_bytes());
+            offset = (offset + t.data.len()).next_multiple_of(align);
+        }
+        for t in &self.tensors {
+            out.resize(out.len().next_multiple_of(align), 0);
+            out.extend(&t.data);
+        }
+        out
+    }
+}
