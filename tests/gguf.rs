@@ -5,7 +5,8 @@
 use half::{bf16, f16};
 use rand::{Rng, RngCore};
 use revive::model::gguf::write::{quantize, GgufWriter};
-use revive::model::gguf::{dequantize, load_gguf, load_gguf_bytes, GgmlType, GgufMeta, Value};
+use revive::model::gguf::export::{export_over, EditedType, EDITED_KEY};
+use revive::model::gguf::{dequantize, load_gguf, load_gguf_bytes, GgmlType, GgufFile, GgufMeta, Value};
 use revive::model::{Arch, RopeStyle, Tok, Weights};
 use revive::testing::rng;
 use std::collections::BTreeMap;
@@ -310,6 +311,123 @@ fn loads_from_a_file_and_names_it_in_errors() {
     let missing = dir.join("absent.gguf");
     let msg = load_gguf(&missing).unwrap_err().to_string();
     assert!(msg.contains("absent.gguf"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An edited model exported over its base GGUF: the edited down-projection in the type asked
+/// for (f32 exactly; f16, Q8_0 and the base's own type to within their rounding), every other
+/// tensor the base's bytes, the metadata the base's plus the list of what was rewritten; the
+/// file loads back. Unedited, nothing is rewritten. Another model, a NaN or a type whose blocks
+/// do not fit the rows is refused, naming it, and no file is left.
+#[test]
+fn an_edit_exports_over_its_base() {
+    let dir = std::env::temp_dir().join(format!("revive-gguf-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("base.gguf");
+    std::fs::write(&base, tiny_of(11, &WIDE).0.to_bytes(3)).unwrap();
+    let g = GgufFile::read(&base).unwrap();
+    let (orig, _) = load_gguf(&base).unwrap();
+    let mut edited = orig.clone();
+    // A rank-one change, as ROME writes one.
+    let down = edited.tensors.get_mut("layers.1.w_down").unwrap();
+    let cols = down.shape[1];
+    let mut r = rng(12);
+    let (u, v): (Vec<f32>, Vec<f32>) = ((0..down.shape[0]).map(|_| r.random_range(-1.0..1.0)).collect(), (0..cols).map(|_| r.random_range(-0.05..0.05)).collect());
+    down.data.iter_mut().enumerate().for_each(|(i, x)| *x += u[i / cols] * v[i % cols]);
+    let want = down.data.clone();
+    let amax = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let base_down = g.meta.tensor("blk.1.ffn_down.weight").unwrap().ty;
+
+    for (edited_type, ty, tol) in [
+        (EditedType::As(GgmlType::F32), GgmlType::F32, 0.0),
+        (EditedType::As(GgmlType::F16), GgmlType::F16, amax / 1024.0),
+        (EditedType::As(GgmlType::Q8_0), GgmlType::Q8_0, amax / 127.0),
+        (EditedType::Keep, base_down, amax / 2.0),
+    ] {
+        let out = dir.join(format!("{edited_type:?}.gguf"));
+        let e = export_over(&base, &edited, edited_type, &out).unwrap();
+        assert_eq!(e.rewritten, vec![("blk.1.ffn_down.weight".to_string(), ty)], "{edited_type:?}");
+        assert_eq!(e.copied, g.meta.tensors.len() - 1);
+        let back = GgufFile::read(&out).unwrap();
+        for t in &back.meta.tensors {
+            let was = g.meta.tensor(&t.name).unwrap();
+            if t.name == "blk.1.ffn_down.weight" {
+                assert_eq!(t.ty, ty);
+                let got = back.dequantize(t);
+                let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= tol, "{edited_type:?}: the edited tensor is {worst} off (allowed {tol})");
+            } else {
+                assert!(t.ty == was.ty && back.tensor_bytes(t) == g.tensor_bytes(was), "{edited_type:?}: {} is not the base's", t.name);
+            }
+        }
+        let mut kv = back.meta.kv.clone();
+        assert_eq!(kv.remove(EDITED_KEY), Some(Value::Array(vec![Value::Str("blk.1.ffn_down.weight".into())])));
+        assert_eq!(kv, g.meta.kv);
+        let (loaded, meta) = load_gguf(&out).unwrap();
+        Tok::from_gguf(&meta, "exported").unwrap();
+        if ty == GgmlType::F32 {
+            assert_eq!(loaded.tensors, edited.tensors);
+        }
+    }
+
+    // Unedited: the base's tensors and metadata, nothing rewritten.
+    let same = dir.join("same.gguf");
+    let e = export_over(&base, &orig, EditedType::As(GgmlType::F32), &same).unwrap();
+    assert!(e.rewritten.is_empty() && e.copied == g.meta.tensors.len());
+    let back = GgufFile::read(&same).unwrap();
+    assert_eq!(back.meta.kv, g.meta.kv);
+    assert!(back.meta.tensors.iter().zip(&g.meta.tensors).all(|(a, b)| a.name == b.name && back.tensor_bytes(a) == g.tensor_bytes(b)));
+
+    // Refusals, each naming what is wrong, and no file left behind.
+    let refused = dir.join("refused.gguf");
+    let (small, _) = load_gguf_bytes(tiny(11).0.to_bytes(3), "small.gguf").unwrap();
+    let mut nan = edited.clone();
+    nan.tensors.get_mut("layers.1.w_down").unwrap().data[5] = f32::NAN;
+    let small_base = dir.join("small.gguf");
+    std::fs::write(&small_base, tiny(11).0.to_bytes(3)).unwrap();
+    let mut untied = edited.clone();
+    untied.tensors.insert("lm_head".into(), edited.tensors["embed"].clone());
+    let mut small_edited = small.clone();
+    small_edited.tensors.get_mut("layers.0.wq").unwrap().data[0] += 1.0;
+    for (what, base, weights, ty, needle) in [
+        ("another model", &base, &small, EditedType::As(GgmlType::F32), "is this its base"),
+        ("a NaN", &base, &nan, EditedType::As(GgmlType::F32), "layers.1.w_down has a non-finite value at 5"),
+        ("a tensor the base lacks", &base, &untied, EditedType::As(GgmlType::F32), "has lm_head, which this base does not"),
+        ("blocks wider than the rows", &small_base, &small_edited, EditedType::As(GgmlType::Q4_K), "not a whole number of Q4_K blocks"),
+    ] {
+        let msg = export_over(base, weights, ty, &refused).unwrap_err().to_string();
+        assert!(msg.contains(needle), "{what}: {msg}");
+        assert!(!refused.exists(), "{what}: a file was left");
+    }
+    assert_eq!("q4_k".parse::<EditedType>(), Ok(EditedType::As(GgmlType::Q4_K)));
+    assert_eq!("keep".parse::<EditedType>(), Ok(EditedType::Keep));
+    assert!("q3".parse::<EditedType>().unwrap_err().contains("q8_0"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `revive export` writes a GGUF when --out ends in .gguf (a model without edits: every tensor
+/// the base's), a Hugging Face directory otherwise, and refuses a GGUF export of a model that
+/// came from a directory: there is no GGUF to write over.
+#[test]
+fn the_export_command_writes_gguf_over_a_gguf_only() {
+    let dir = std::env::temp_dir().join(format!("revive-gguf-export-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("base.gguf");
+    std::fs::write(&base, tiny_of(13, &WIDE).0.to_bytes(3)).unwrap();
+    let revive = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_revive")).arg("export").args(args).output().expect("runs");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (gguf, hf) = (dir.join("copy.gguf"), dir.join("hf"));
+    let out = revive(&["-m", &path(&base), "--out", &path(&gguf)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (GgufFile::read(&base).unwrap(), GgufFile::read(&gguf).unwrap());
+    assert!(a.meta.tensors.iter().zip(&b.meta.tensors).all(|(x, y)| a.tensor_bytes(x) == b.tensor_bytes(y)));
+    let out = revive(&["-m", &path(&base), "--out", &path(&hf)]);
+    assert!(out.status.success() && hf.join("model.safetensors").is_file(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = revive(&["-m", &path(&hf), "--out", &path(&dir.join("from-hf.gguf"))]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("convert_hf_to_gguf"), "{err}");
+    let out = revive(&["-m", &path(&base), "--out", &path(&gguf), "--edited-type", "q7"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("q4_k"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -12,6 +12,8 @@ pub struct LoadedModel {
     pub tok: Tok,
     /// The file or directory it came from.
     pub source: String,
+    /// The GGUF file it came from, if it did: an export to GGUF writes over it.
+    pub gguf: Option<std::path::PathBuf>,
 }
 
 pub fn load(spec: &str) -> Result<LoadedModel> {
@@ -20,12 +22,12 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
             let (weights, meta) = gguf::load_gguf(&path)?;
             let source = path.display().to_string();
             let tok = Tok::from_gguf(&meta, &source)?;
-            Ok(LoadedModel { weights, tok, source })
+            Ok(LoadedModel { weights, tok, source, gguf: Some(path) })
         }
         ModelSource::Safetensors(dir) => {
             let weights = load_dir(&dir)?;
             let tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"))?;
-            Ok(LoadedModel { weights, tok, source: dir.display().to_string() })
+            Ok(LoadedModel { weights, tok, source: dir.display().to_string(), gguf: None })
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub mod export;
 pub mod quant;
 pub mod write;
 
@@ -383,9 +384,14 @@ impl GgufFile {
         Ok(GgufFile { file: file.into(), meta, bytes })
     }
 
+    /// One tensor's bytes as stored, in its own type.
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.bytes[t.offset..t.offset + t.n_bytes]
+    }
+
     /// Dequantises one tensor to f32, in file order (ne[0] fastest).
     pub fn dequantize(&self, t: &TensorInfo) -> Vec<f32> {
-        dequantize(t.ty, &self.bytes[t.offset..t.offset + t.n_bytes])
+        dequantize(t.ty, self.tensor_bytes(t))
     }
 }
 

@@ -1,0 +1,110 @@
+//! An edited model written back as a GGUF over the file it came from, for llama.cpp, Ollama or
+//! LM Studio.
+//!
+//! Every tensor an edit left alone is copied from the base file byte for byte, in its own type:
+//! re-encoding would add quantisation noise to weights nobody changed. An edited tensor (its
+//! values differ from the base's decoding in any bit) is written in the type asked for: f32 by
+//! default, which keeps the edit exactly; f16 or q8_0 to stay small; `keep` re-encodes it in the
+//! base tensor's own type — with this program's simple encoders (`quant.rs`), so that what a
+//! low-bit file does to an edit can be measured. The metadata (tokenizer, architecture,
+//! alignment) is the base's, plus `revive.edited_tensors` naming what was rewritten.
+
+use super::quant::{quantize, GgmlType};
+use super::write::GgufWriter;
+use super::{canonical_name, model_err, GgufFile, Value};
+use crate::error::Result;
+use crate::model::Weights;
+use std::path::Path;
+
+/// The type an edited tensor is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditedType {
+    /// The base tensor's own type, re-encoded.
+    Keep,
+    As(GgmlType),
+}
+
+impl std::str::FromStr for EditedType {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("keep") {
+            return Ok(EditedType::Keep);
+        }
+        GgmlType::ALL
+            .into_iter()
+            .find(|t| format!("{t:?}").eq_ignore_ascii_case(s))
+            .map(EditedType::As)
+            .ok_or_else(|| format!("'{s}' is not a tensor type: keep, or one of {}", GgmlType::ALL.map(|t| format!("{t:?}").to_lowercase()).join(", ")))
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exported {
+    /// GGUF names of the tensors rewritten, with the type each was written in.
+    pub rewritten: Vec<(String, GgmlType)>,
+    /// Tensors copied from the base unchanged.
+    pub copied: usize,
+    pub bytes: usize,
+}
+
+/// Writes `weights` (the model loaded from `base`, edited or not) to `out` as a GGUF: the
+/// base's tensors where their values are unchanged, the rest in `edited`. Refuses weights that
+/// are not the base's model (another tensor set or shape) and non-finite values, naming the
+/// tensor; `out` is written whole or not at all.
+pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Path) -> Result<Exported> {
+    let g = GgufFile::read(base)?;
+    let file = g.file.as_str();
+    let mut canonical = std::collections::HashSet::new();
+    let mut w = GgufWriter::default();
+    // Keys in the base's order are not kept (the reader holds them sorted); readers look keys
+    // up by name.
+    for (k, v) in g.meta.kv.iter().filter(|(k, _)| k.as_str() != EDITED_KEY) {
+        w.kv(k, v.clone());
+    }
+    let (mut rewritten, mut copied) = (vec![], 0);
+    for t in &g.meta.tensors {
+        let name = canonical_name(&t.name).ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama model", t.name)))?;
+        let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
+        let ours = weights.tensors.get(&name).ok_or_else(|| model_err(file, format!("tensor '{}' ({name}) is not in the model being exported: is this its base?", t.name)))?;
+        if ours.shape != shape {
+            return Err(model_err(file, format!("tensor '{}' ({name}) is {shape:?} here but {:?} in the model being exported: is this its base?", t.name, ours.shape)));
+        }
+        canonical.insert(name.clone());
+        let unchanged = g.dequantize(t).iter().zip(&ours.data).all(|(a, b)| a.to_bits() == b.to_bits());
+        if unchanged {
+            w.tensor(&t.name, &t.dims, t.ty, g.tensor_bytes(t).to_vec());
+            copied += 1;
+            continue;
+        }
+        if let Some(i) = ours.data.iter().position(|v| !v.is_finite()) {
+            return Err(model_err(file, format!("the edited {name} has a non-finite value at {i} ({}): not exported", ours.data[i])));
+        }
+        let ty = match edited {
+            EditedType::Keep => t.ty,
+            EditedType::As(ty) => ty,
+        };
+        let (block, _) = ty.block();
+        if t.dims[0] % block != 0 {
+            return Err(model_err(
+                file,
+                format!("the edited {name} has rows of {} values, not a whole number of {ty:?} blocks of {block}: choose f32, f16 or q8_0", t.dims[0]),
+            ));
+        }
+        w.tensor(&t.name, &t.dims, ty, quantize(ty, &ours.data));
+        rewritten.push((t.name.clone(), ty));
+    }
+    if let Some(extra) = weights.tensors.keys().find(|n| !canonical.contains(*n)) {
+        return Err(model_err(file, format!("the model being exported has {extra}, which this base does not: is this its base?")));
+    }
+    if !rewritten.is_empty() {
+        w.kv(EDITED_KEY, Value::Array(rewritten.iter().map(|(n, _)| Value::Str(n.clone())).collect()));
+    }
+    let bytes = w.to_bytes(3);
+    crate::store::write_durable(out, &bytes)?;
+    Ok(Exported { rewritten, copied, bytes: bytes.len() })
+}
+
+/// The metadata key listing the tensors an export rewrote.
+pub const EDITED_KEY: &str = "revive.edited_tensors";
