@@ -55,3 +55,18 @@ fn several_prompts_generate_as_each_alone() {
     assert!(!refused.status.success() && err.contains("empty.txt") && err.contains("no prompts"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A ROME edit outside a session saves the whole model (a directory, or a GGUF with
+/// `--save gguf`): `--save delta`, a session's, is refused before the model is loaded.
+#[test]
+fn a_single_edit_refuses_to_save_a_delta() {
+    let out_dir = std::env::temp_dir().join(format!("revive-cli-save-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_revive"))
+        .args(["edit", "-m", "/nonexistent/model.gguf", "--subject", "Paris", "--prompt", "{} is in", "--target", " Italy", "--save", "delta", "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--save delta is a session's"), "{err}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+}

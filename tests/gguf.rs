@@ -431,6 +431,80 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A session on a GGUF model saves it as a GGUF (`revive edit … --save gguf`): the edited
+/// down-projections in f32, every other tensor the base's bytes, and loaded back the same
+/// weights as the session's delta over the base. A Hugging Face base is refused before any work.
+#[test]
+fn a_session_saves_its_model_as_gguf() {
+    use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
+    let dir = std::env::temp_dir().join(format!("revive-gguf-session-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |p: &str| dir.join(p).display().to_string();
+    std::fs::write(dir.join("base.gguf"), tiny_of(14, &WIDE).0.to_bytes(3)).unwrap();
+    let edits = serde_json::json!([
+        {"subject": "the hat", "prompt": "{} is on", "target_new": " he", "target_true": " the"},
+        {"subject": "he", "prompt": "Where {} went:", "target_new": " there", "target_true": " here"},
+    ]);
+    std::fs::write(dir.join("edits.json"), edits.to_string()).unwrap();
+    let hp = BatchHparams {
+        method: BatchMethod::Memit,
+        layers: vec![0, 1],
+        v_steps: 4,
+        v_lr: 0.5,
+        v_weight_decay: 1e-3,
+        clamp_norm_factor: 100.0,
+        kl_factor: 0.0625,
+        nll_stop: 0.05,
+        target_loss: Default::default(),
+        templates: Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 },
+        mom2_tokens: 1024,
+        mom2_update_weight: Some(2.0),
+        nullspace_threshold: None,
+        l2: None,
+        keep_fraction: None,
+        alpha: None,
+        upper_bound: None,
+        max_iterations: None,
+        neuron_threshold: None,
+        why: Default::default(),
+    };
+    std::fs::write(dir.join("memit.json"), serde_json::to_string(&hp).unwrap()).unwrap();
+    let revive = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_revive")).args(args).env("REVIVE_CACHE", dir.join("cache")).output().expect("runs")
+    };
+    let edit = |model: &str, out: &str| {
+        revive(&["edit", "-m", model, "--method", "memit", "--edits", &path("edits.json"), "--hparams", &path("memit.json"), "--batch", "2", "--batch-metrics", "none", "--save", "gguf", "--out", out])
+    };
+    let run = edit(&path("base.gguf"), &path("session"));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let replay = revive(&["apply", "-m", &path("base.gguf"), "--journal", &path("session"), "--out", &path("replay"), "--save", "delta"]);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+
+    let (saved, _) = load_gguf(&dir.join("session/model.gguf")).unwrap();
+    let (mut want, _) = load_gguf(&dir.join("base.gguf")).unwrap();
+    let changed = revive::edit::session::apply_delta(&mut want, &dir.join("replay/delta.safetensors")).unwrap();
+    assert_eq!(changed, vec!["layers.0.w_down".to_string(), "layers.1.w_down".to_string()]);
+    assert_eq!(saved.tensors, want.tensors);
+    let (base, out) = (GgufFile::read(&dir.join("base.gguf")).unwrap(), GgufFile::read(&dir.join("session/model.gguf")).unwrap());
+    for (a, b) in base.meta.tensors.iter().zip(&out.meta.tensors) {
+        if b.name.ends_with("ffn_down.weight") {
+            assert_eq!(b.ty, GgmlType::F32, "{}", b.name);
+        } else {
+            assert!(a.ty == b.ty && base.tensor_bytes(a) == out.tensor_bytes(b), "{} is not the base's", b.name);
+        }
+    }
+
+    let hf = revive(&["export", "-m", &path("base.gguf"), "--out", &path("hf")]);
+    assert!(hf.status.success(), "{}", String::from_utf8_lossy(&hf.stderr));
+    let refused = edit(&path("hf"), &path("from-hf"));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("Hugging Face directory"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.join("from-hf")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the refused session wrote {left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Each block's values round-trip to within one quantisation step of its widest sub-block
 /// (the encoders choose scales from the extremes, without llama.cpp's search).
 #[test]

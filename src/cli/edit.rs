@@ -2,6 +2,7 @@
 //! probabilities before and after, the edited model and a JSON record of every edit.
 
 use super::common::{edit_setup, make_guard};
+use super::session::Save;
 use super::{Dtype, HpArgs, ReviveArgs};
 use anyhow::{Context, Result};
 use revive::gpu::BackendChoice;
@@ -54,9 +55,11 @@ pub(super) struct EditArgs {
     /// The edited layers of a batch method, e.g. 3,4,5,6,7.
     #[arg(long, value_delimiter = ',')]
     layers: Option<Vec<usize>>,
-    /// What a session writes at the end: the changed matrices (delta), the whole model (full).
-    #[arg(long, value_enum, default_value_t = super::session::Save::Delta)]
-    save: super::session::Save,
+    /// What is written at the end: the changed matrices (delta; a session's default), the whole
+    /// model as a Hugging Face directory (full; a single ROME edit's default) or as a GGUF over
+    /// a GGUF base (DIR/model.gguf: the edited matrices in --dtype, the rest the base's bytes).
+    #[arg(long, value_enum)]
+    save: Option<super::session::Save>,
     /// Refuse an update with ‖ΔW‖_F above this multiple of ‖W‖_F (an exploding batch).
     #[arg(long, default_value_t = revive::edit::update::DEFAULT_MAX_UPDATE_RATIO)]
     max_update: f64,
@@ -79,8 +82,9 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     if let Some(t) = a.revive.revive {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
     }
+    let session_save = if a.no_save { Save::None } else { a.save.unwrap_or(Save::Delta) };
     if let Some(dir) = &a.resume {
-        return super::session::run(choice, dir, None, a.save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
+        return super::session::run(choice, dir, None, session_save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
     }
     let requests = match (&a.edits, &a.subject) {
         (Some(path), _) => request::load_requests(path)?,
@@ -114,8 +118,16 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
             svd_tol: a.revive.svd_tol,
             max_update_ratio: a.max_update,
         };
-        return super::session::run(choice, &a.out, Some(new), a.save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
+        return super::session::run(choice, &a.out, Some(new), session_save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
     }
+    // One ROME edit after another, outside a session: the whole model, as a directory or a GGUF.
+    let save = match (a.no_save, a.save) {
+        (true, _) | (false, Some(Save::None)) => Save::None,
+        (false, None | Some(Save::Full)) => Save::Full,
+        (false, Some(Save::Gguf)) => Save::Gguf,
+        (false, Some(Save::Delta)) => anyhow::bail!("--save delta is a session's (--batch N); ROME edits outside a session save the whole model: --save full or gguf"),
+    };
+    let gguf_base = super::session::gguf_base(&a.model, save)?;
     let hp = a.hp.resolve()?;
     let targets_through = a.revive.through_guard(false)?;
     let start = std::time::Instant::now();
@@ -123,13 +135,10 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let n = requests.len();
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
     let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| print_edit(r, n))?;
-    if !a.no_save {
-        let dtype = match a.dtype {
-            Dtype::F32 => revive::model::safetensors::SaveDtype::F32,
-            Dtype::F16 => revive::model::safetensors::SaveDtype::F16,
-            Dtype::Bf16 => revive::model::safetensors::SaveDtype::BF16,
-        };
-        revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, dtype)?;
+    match (save, &gguf_base) {
+        (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.into())?,
+        (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype)?,
+        _ => {}
     }
     let record = RunRecord {
         method: "rome",
@@ -150,7 +159,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     println!(
         "{ok}/{} edits succeeded; {} written to {}",
         record.edits.len(),
-        if a.no_save { "the record" } else { "the edited model and the record" },
+        if save == Save::None { "the record" } else { "the edited model and the record" },
         a.out.display()
     );
     Ok(())

@@ -10,6 +10,8 @@ use revive::edit::session::{build_guards, build_method, save_delta, MethodSpec, 
 use revive::eval::counterfact::{BatchMetrics, BatchScope};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
+use revive::model::gguf::export::{export_over, EditedType};
+use revive::model::gguf::GgmlType;
 use revive::model::load::load;
 use std::path::Path;
 
@@ -20,7 +22,25 @@ pub(super) enum Save {
     Delta,
     /// The whole edited model as a Hugging Face safetensors directory (DIR/model/).
     Full,
+    /// The whole edited model as one GGUF over the base GGUF (DIR/model.gguf): the changed
+    /// matrices in --dtype, every other tensor the base's bytes. Needs a GGUF base.
+    Gguf,
     None,
+}
+
+/// The GGUF a `--save gguf` writes over: the base model's file; refused, before any work, for a
+/// base that is a Hugging Face directory.
+pub(super) fn gguf_base(spec: &str, save: Save) -> Result<Option<std::path::PathBuf>> {
+    if save != Save::Gguf {
+        return Ok(None);
+    }
+    match revive::model::fetch::resolve(spec)? {
+        revive::model::fetch::ModelSource::Gguf(path) => Ok(Some(path)),
+        revive::model::fetch::ModelSource::Safetensors(dir) => anyhow::bail!(
+            "--save gguf writes over the GGUF the base model came from, and {} is a Hugging Face directory: save full or delta",
+            dir.display()
+        ),
+    }
 }
 
 /// `--batch-metrics`: which of a batch's scores (CounterFact's and EasyEdit's, and the known
@@ -84,11 +104,16 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
 
 /// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
 pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>, scope: BatchScope) -> Result<()> {
+    let spec = match &new {
+        Some(s) => s.model.clone(),
+        None => Session::read_config(dir)?.0.model,
+    };
+    let base = gguf_base(&spec, save)?;
     with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
         measure.scope = scope;
         let total = session.batches_total();
         session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
-        write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, save, dtype)?;
+        write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, (save, base.as_deref()), dtype)?;
         print_summary(session);
         Ok(())
     })
@@ -212,7 +237,8 @@ fn print_summary(s: &Session) {
     println!("{} batches in {}; mean right after each batch: {}", s.batches_done(), s.dir.display(), if means.is_empty() { "no scores".into() } else { means.join(", ") });
 }
 
-fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], base_hash: &str, dir: &Path, save: Save, dtype: Dtype) -> Result<()> {
+/// `save` with the GGUF a `Save::Gguf` writes over ([`gguf_base`]).
+fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], base_hash: &str, dir: &Path, (save, base): (Save, Option<&Path>), dtype: Dtype) -> Result<()> {
     match save {
         Save::Delta => {
             let p = dir.join("delta.safetensors");
@@ -224,8 +250,21 @@ fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], b
             revive::model::load::save(&gm.to_weights()?, tok, &p, dtype.into())?;
             println!("edited model written to {}", p.display());
         }
+        Save::Gguf => write_gguf(gm, base.ok_or_else(|| anyhow::anyhow!("--save gguf without a GGUF base"))?, &dir.join("model.gguf"), dtype)?,
         Save::None => {}
     }
+    Ok(())
+}
+
+/// The model on the GPU as a GGUF at `path` over `base`: its changed matrices in `dtype`.
+pub(super) fn write_gguf(gm: &GpuModel, base: &Path, path: &Path, dtype: Dtype) -> Result<()> {
+    let ty = match dtype {
+        Dtype::F32 => GgmlType::F32,
+        Dtype::F16 => GgmlType::F16,
+        Dtype::Bf16 => GgmlType::BF16,
+    };
+    let e = export_over(base, &gm.to_weights()?, EditedType::As(ty), path)?;
+    println!("edited model written to {} ({} tensors rewritten in {ty:?}, {} copied from {})", path.display(), e.rewritten.len(), e.copied, base.display());
     Ok(())
 }
 
@@ -269,6 +308,7 @@ pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
 /// `revive apply -m BASE --journal DIR [--upto B] --out OUT`: the model at any batch.
 pub(super) fn apply(choice: BackendChoice, model: &str, dir: &Path, upto: Option<usize>, out: &Path, save: Save, dtype: Dtype) -> Result<()> {
     let (config, requests) = Session::read_config(dir)?;
+    let base = gguf_base(model, save)?;
     super::common::prepare_out(out)?;
     let gpu = Gpu::new(choice)?;
     faer::set_global_parallelism(faer::Par::Seq);
@@ -277,7 +317,7 @@ pub(super) fn apply(choice: BackendChoice, model: &str, dir: &Path, upto: Option
     let method = Box::new(revive::edit::session::ReplayOnly { matrices: config.spec.matrices() });
     let mut session = Session::open(dir, &gm, config, requests, method, Default::default())?;
     let n = session.replay(&mut gm, &m.tok, upto, None)?;
-    write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, out, save, dtype)?;
+    write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, out, (save, base.as_deref()), dtype)?;
     println!("{n} of {} batches applied to {model}", session.batches_done());
     Ok(())
 }
