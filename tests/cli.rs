@@ -57,7 +57,8 @@ fn several_prompts_generate_as_each_alone() {
 }
 
 /// A ROME edit outside a session saves the whole model (a directory, or a GGUF with
-/// `--save gguf`): `--save delta`, a session's, is refused before the model is loaded.
+/// `--save gguf`): `--save delta`, a session's, is refused before the model is loaded, and so
+/// is `--no-save` beside `--save`.
 #[test]
 fn a_single_edit_refuses_to_save_a_delta() {
     let out_dir = std::env::temp_dir().join(format!("revive-cli-save-{}", std::process::id()));
@@ -68,5 +69,13 @@ fn a_single_edit_refuses_to_save_a_delta() {
         .expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--save delta is a session's"), "{err}");
+    // --no-save beside a --save that says otherwise is refused, not resolved quietly.
+    let out = Command::new(env!("CARGO_BIN_EXE_revive"))
+        .args(["edit", "--subject", "Paris", "--prompt", "{} is in", "--target", " Italy", "--save", "gguf", "--no-save", "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot be used with"), "{err}");
     let _ = std::fs::remove_dir_all(&out_dir);
 }

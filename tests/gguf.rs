@@ -324,7 +324,18 @@ fn an_edit_exports_over_its_base() {
     let dir = std::env::temp_dir().join(format!("revive-gguf-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base.gguf");
-    std::fs::write(&base, tiny_of(11, &WIDE).0.to_bytes(3)).unwrap();
+    let mut w = tiny_of(11, &WIDE).0;
+    // An empty array of strings: parsed, its element type is gone; the export must keep it.
+    let mut empty = vec![];
+    empty.extend(12u64.to_le_bytes());
+    empty.extend(b"t.empty_strs");
+    empty.extend(9u32.to_le_bytes());
+    empty.extend(8u32.to_le_bytes());
+    empty.extend(0u64.to_le_bytes());
+    w.raw_kv.push(empty);
+    // Wider than the last tensor (256 bf16 values), so that its padding shows.
+    w.kv("general.alignment", Value::U32(1024));
+    std::fs::write(&base, w.to_bytes(3)).unwrap();
     let g = GgufFile::read(&base).unwrap();
     let (orig, _) = load_gguf(&base).unwrap();
     let mut edited = orig.clone();
@@ -338,17 +349,26 @@ fn an_edit_exports_over_its_base() {
     let amax = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     let base_down = g.meta.tensor("blk.1.ffn_down.weight").unwrap().ty;
 
+    assert_eq!(base_down, GgmlType::Q6_K, "the cycle of WIDE's types moved");
     for (edited_type, ty, tol) in [
         (EditedType::As(GgmlType::F32), GgmlType::F32, 0.0),
         (EditedType::As(GgmlType::F16), GgmlType::F16, amax / 1024.0),
         (EditedType::As(GgmlType::Q8_0), GgmlType::Q8_0, amax / 127.0),
-        (EditedType::Keep, base_down, amax / 2.0),
+        // One Q6_K step of the widest sub-block, and its scale's rounding.
+        (EditedType::Keep, base_down, amax / 32.0 * (1.0 + 32.0 / 254.0)),
     ] {
         let out = dir.join(format!("{edited_type:?}.gguf"));
         let e = export_over(&base, &edited, edited_type, &out).unwrap();
         assert_eq!(e.rewritten, vec![("blk.1.ffn_down.weight".to_string(), ty)], "{edited_type:?}");
         assert_eq!(e.copied, g.meta.tensors.len() - 1);
         let back = GgufFile::read(&out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes.len() % 1024, 0, "the last tensor is not padded to the alignment");
+        assert_eq!(back.meta.tensors.len(), g.meta.tensors.len());
+        // The base's entries as stored, in its order, then the list of what was rewritten.
+        let raw: Vec<(&str, &[u8])> = back.raw_kv().collect();
+        assert_eq!(raw[..raw.len() - 1], g.raw_kv().collect::<Vec<_>>()[..]);
+        assert_eq!(raw.last().unwrap().0, EDITED_KEY);
         for t in &back.meta.tensors {
             let was = g.meta.tensor(&t.name).unwrap();
             if t.name == "blk.1.ffn_down.weight" {
@@ -375,7 +395,8 @@ fn an_edit_exports_over_its_base() {
     let e = export_over(&base, &orig, EditedType::As(GgmlType::F32), &same).unwrap();
     assert!(e.rewritten.is_empty() && e.copied == g.meta.tensors.len());
     let back = GgufFile::read(&same).unwrap();
-    assert_eq!(back.meta.kv, g.meta.kv);
+    assert_eq!(back.raw_kv().collect::<Vec<_>>(), g.raw_kv().collect::<Vec<_>>());
+    assert_eq!(back.meta.tensors.len(), g.meta.tensors.len());
     assert!(back.meta.tensors.iter().zip(&g.meta.tensors).all(|(a, b)| a.name == b.name && back.tensor_bytes(a) == g.tensor_bytes(b)));
 
     // Refusals, each naming what is wrong, and no file left behind.
@@ -385,6 +406,8 @@ fn an_edit_exports_over_its_base() {
     nan.tensors.get_mut("layers.1.w_down").unwrap().data[5] = f32::NAN;
     let small_base = dir.join("small.gguf");
     std::fs::write(&small_base, tiny(11).0.to_bytes(3)).unwrap();
+    let mut huge = edited.clone();
+    huge.tensors.get_mut("layers.1.w_down").unwrap().data[7] = 1e6;
     let mut untied = edited.clone();
     untied.tensors.insert("lm_head".into(), edited.tensors["embed"].clone());
     let mut small_edited = small.clone();
@@ -393,6 +416,7 @@ fn an_edit_exports_over_its_base() {
         ("another model", &base, &small, EditedType::As(GgmlType::F32), "is this its base"),
         ("a NaN", &base, &nan, EditedType::As(GgmlType::F32), "layers.1.w_down has a non-finite value at 5"),
         ("a tensor the base lacks", &base, &untied, EditedType::As(GgmlType::F32), "has lm_head, which this base does not"),
+        ("a value f16 cannot hold", &base, &huge, EditedType::As(GgmlType::F16), "does not fit F16: its value 1000000 at 7 becomes inf"),
         ("blocks wider than the rows", &small_base, &small_edited, EditedType::As(GgmlType::Q4_K), "not a whole number of Q4_K blocks"),
     ] {
         let msg = export_over(base, weights, ty, &refused).unwrap_err().to_string();
@@ -420,6 +444,7 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
     let out = revive(&["-m", &path(&base), "--out", &path(&gguf)]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (a, b) = (GgufFile::read(&base).unwrap(), GgufFile::read(&gguf).unwrap());
+    assert_eq!(a.meta.tensors.len(), b.meta.tensors.len());
     assert!(a.meta.tensors.iter().zip(&b.meta.tensors).all(|(x, y)| a.tensor_bytes(x) == b.tensor_bytes(y)));
     let out = revive(&["-m", &path(&base), "--out", &path(&hf)]);
     assert!(out.status.success() && hf.join("model.safetensors").is_file(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -428,6 +453,9 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
     assert!(!out.status.success() && err.contains("convert_hf_to_gguf"), "{err}");
     let out = revive(&["-m", &path(&base), "--out", &path(&gguf), "--edited-type", "q7"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("q4_k"));
+    let out = revive(&["-m", &path(&base), "--out", &path(&dir.join("hf2")), "--edited-type", "f16"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--edited-type is for a GGUF export"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -509,12 +537,15 @@ fn a_session_saves_its_model_as_gguf() {
 /// (the encoders choose scales from the extremes, without llama.cpp's search).
 #[test]
 fn quantisers_invert_the_dequantisers() {
-    let mut r = rng(3);
-    let x: Vec<f32> = (0..256 * 16).map(|_| r.random_range(-2.0..2.0)).collect();
-    // Zeros and a constant block encode without dividing by zero.
-    let flat: Vec<f32> = (0..512).map(|i| if i < 256 { 0.0 } else { 0.75 }).collect();
+    let mut blocks = vec![];
+    for seed in 0..12 {
+        let mut r = rng(300 + seed);
+        blocks.push((0..256 * 8).map(|_| r.random_range(-2.0..2.0)).collect::<Vec<f32>>());
+    }
+    // Zeros and constant blocks (of either sign) encode without dividing by zero.
+    blocks.push((0..768).map(|i| [0.0, 0.75, -0.75][i / 256]).collect());
     for ty in GgmlType::ALL {
-        for x in [&x, &flat] {
+        for x in &blocks {
             let y = dequantize(ty, &quantize(ty, x));
             assert_eq!(y.len(), x.len());
             let block = ty.block().0.max(32);
@@ -542,8 +573,16 @@ fn quantisers_invert_the_dequantisers() {
                 // Q5_0's opposite extreme may clamp a whole step off, as in llama.cpp, and IQ4's
                 // levels reach 113 on one side, 127 on the other); a K-quant's scales, themselves
                 // quantised, may cost up to a whole step of the widest.
+                // Q3_K's and Q6_K's largest level (−4, −32) also carries its sub-block scale's
+                // rounding, up to half a step of the super-block's scale (of 31, 127 steps).
                 let half = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_0);
-                let tol = if half { step * 0.51 } else { step } + amax * 2e-3;
+                let factor = match ty {
+                    GgmlType::Q3_K => 1.0 + 4.0 / 62.0,
+                    GgmlType::Q6_K => 1.0 + 32.0 / 254.0,
+                    _ if half => 0.51,
+                    _ => 1.0,
+                };
+                let tol = step * factor + amax * 2e-3;
                 for (a, b2) in xb.iter().zip(yb) {
                     assert!((a - b2).abs() <= tol, "{ty:?} block {b}: {a} -> {b2}, step {step}");
                 }

@@ -1,6 +1,6 @@
 """Reads a GGUF that `revive export --format gguf` wrote with llama.cpp's own reader (the `gguf`
-package, PyPI, MIT) and holds it against its base: every metadata value the same (plus
-`revive.edited_tensors`), every tensor not listed there byte for byte the base's, and the
+package, PyPI, MIT) and holds it against its base: every metadata value the same, in the same order
+and of the same types (plus `revive.edited_tensors`), every tensor not listed there byte for byte the base's, and the
 edited ones decoded by llama.cpp's dequantisers, with how far each moved from the base.
 
     pip install gguf==0.19.0 numpy
@@ -28,6 +28,10 @@ def main():
     base_kv, kv = fields(base), fields(exported)
     edited = kv.pop("revive.edited_tensors", [])
     assert base_kv == kv, [k for k in set(base_kv) | set(kv) if base_kv.get(k) != kv.get(k)]
+    # The same order and the same value types (an empty array's element type included).
+    order = [k for k in exported.fields if k != "revive.edited_tensors"]
+    assert order == list(base.fields), "metadata order differs"
+    assert all(exported.fields[k].types == base.fields[k].types for k in base.fields), "a metadata type differs"
     base_tensors = {t.name: t for t in base.tensors}
     assert [t.name for t in exported.tensors] == [t.name for t in base.tensors], "tensor order or names differ"
     report = {"metadata_keys_equal": len(kv), "copied": 0, "edited": []}

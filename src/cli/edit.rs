@@ -39,8 +39,8 @@ pub(super) struct EditArgs {
     /// Output directory: the edited model and edits.json.
     #[arg(long, default_value = "runs/edit")]
     out: std::path::PathBuf,
-    /// Do not write the edited weights (the record is still written).
-    #[arg(long)]
+    /// Do not write the edited weights (the record is still written); the same as --save none.
+    #[arg(long, conflicts_with = "save")]
     no_save: bool,
     /// Precision of the saved weights.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
@@ -58,6 +58,7 @@ pub(super) struct EditArgs {
     /// What is written at the end: the changed matrices (delta; a session's default), the whole
     /// model as a Hugging Face directory (full; a single ROME edit's default) or as a GGUF over
     /// a GGUF base (DIR/model.gguf: the edited matrices in --dtype, the rest the base's bytes).
+    /// A session resumed with --resume writes what that run's --save says.
     #[arg(long, value_enum)]
     save: Option<super::session::Save>,
     /// Refuse an update with ‖ΔW‖_F above this multiple of ‖W‖_F (an exploding batch).

@@ -22,15 +22,19 @@ pub(super) struct Args {
     /// Default: gguf when --out ends in .gguf, else hf.
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// GGUF only: the type of the tensors an edit changed (f32 keeps the edit exactly; f16,
-    /// q8_0, …; keep: the base tensor's own type). Unchanged tensors are copied as they are.
-    #[arg(long, default_value = "f32")]
-    edited_type: EditedType,
+    /// GGUF only: the type of the tensors an edit changed (default f32, which keeps the edit
+    /// exactly; f16, q8_0, …; keep: the base tensor's own type). Unchanged tensors are copied
+    /// as they are.
+    #[arg(long)]
+    edited_type: Option<EditedType>,
 }
 
 pub(super) fn run(a: Args) -> Result<()> {
     let Args { model, out, format, edited_type } = a;
     let format = format.unwrap_or(if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) { Format::Gguf } else { Format::Hf });
+    if format == Format::Hf && edited_type.is_some() {
+        bail!("--edited-type is for a GGUF export (--format gguf, or --out ending in .gguf); a Hugging Face directory is written in f32");
+    }
     let m = super::common::load_model(&model)?;
     match format {
         Format::Hf => revive::model::load::save(&m.weights, &m.tok, &out, revive::model::safetensors::SaveDtype::F32)?,
@@ -41,7 +45,7 @@ pub(super) fn run(a: Args) -> Result<()> {
                     m.source
                 );
             };
-            let e = export_over(base, &m.weights, edited_type, &out)?;
+            let e = export_over(base, &m.weights, edited_type.unwrap_or(EditedType::As(revive::model::gguf::GgmlType::F32)), &out)?;
             for (name, ty) in &e.rewritten {
                 eprintln!("rewritten: {name} ({ty:?})");
             }

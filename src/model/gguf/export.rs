@@ -57,12 +57,10 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
     let g = GgufFile::read(base)?;
     let file = g.file.as_str();
     let mut canonical = std::collections::HashSet::new();
-    let mut w = GgufWriter::default();
-    // Keys in the base's order are not kept (the reader holds them sorted); readers look keys
-    // up by name.
-    for (k, v) in g.meta.kv.iter().filter(|(k, _)| k.as_str() != EDITED_KEY) {
-        w.kv(k, v.clone());
-    }
+    // The base's metadata entries copied as stored: their order, and types the parsed values
+    // do not keep (an empty array's element type), stay the base's.
+    let mut w = GgufWriter { alignment: Some(g.meta.alignment), ..Default::default() };
+    w.raw_kv = g.raw_kv().filter(|(k, _)| *k != EDITED_KEY).map(|(_, bytes)| bytes.to_vec()).collect();
     let (mut rewritten, mut copied) = (vec![], 0);
     for t in &g.meta.tensors {
         let name = canonical_name(&t.name).ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama model", t.name)))?;
@@ -87,12 +85,15 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
         };
         let (block, _) = ty.block();
         if t.dims[0] % block != 0 {
-            return Err(model_err(
-                file,
-                format!("the edited {name} has rows of {} values, not a whole number of {ty:?} blocks of {block}: choose f32, f16 or q8_0", t.dims[0]),
-            ));
+            return Err(model_err(file, format!("the edited {name} has rows of {} values, not a whole number of {ty:?} blocks of {block}: choose f32 or f16", t.dims[0])));
         }
-        w.tensor(&t.name, &t.dims, ty, quantize(ty, &ours.data));
+        let encoded = quantize(ty, &ours.data);
+        // A finite value may still not fit the type (f16 overflows past 65504).
+        let back = super::quant::dequantize(ty, &encoded);
+        if let Some(i) = back.iter().position(|v| !v.is_finite()) {
+            return Err(model_err(file, format!("the edited {name} does not fit {ty:?}: its value {} at {i} becomes {}; choose f32", ours.data[i], back[i])));
+        }
+        w.tensor(&t.name, &t.dims, ty, encoded);
         rewritten.push((t.name.clone(), ty));
     }
     if let Some(extra) = weights.tensors.keys().find(|n| !canonical.contains(*n)) {

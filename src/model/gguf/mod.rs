@@ -180,6 +180,8 @@ pub struct GgufFile {
     pub file: String,
     pub meta: GgufMeta,
     bytes: Vec<u8>,
+    /// Each metadata entry's bytes in the file (key, type, value), in file order.
+    kv_spans: Vec<(String, std::ops::Range<usize>)>,
 }
 
 fn model_err(file: &str, detail: impl Into<String>) -> Error {
@@ -310,10 +312,13 @@ impl GgufFile {
         let n_kv = r.count(13, &|| "metadata count".into())?;
 
         let mut kv = BTreeMap::new();
+        let mut kv_spans = Vec::with_capacity(n_kv);
         for i in 0..n_kv {
+            let start = r.pos;
             let key = r.string(&|| format!("key of metadata entry {i}"))?;
             let ty = r.u32(&|| format!("type of metadata key '{key}'"))?;
             let value = r.value(ty, 0, &key)?;
+            kv_spans.push((key.clone(), start..r.pos));
             if kv.insert(key.clone(), value).is_some() {
                 return Err(model_err(file, format!("metadata key '{key}' appears twice")));
             }
@@ -381,7 +386,13 @@ impl GgufFile {
         }
 
         let meta = GgufMeta { version, alignment, kv, tensors };
-        Ok(GgufFile { file: file.into(), meta, bytes })
+        Ok(GgufFile { file: file.into(), meta, bytes, kv_spans })
+    }
+
+    /// The metadata entries as stored (key, type and value), in file order: copied into
+    /// another file they keep what the parsed values do not (an empty array's element type).
+    pub fn raw_kv(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.kv_spans.iter().map(|(k, span)| (k.as_str(), &self.bytes[span.clone()]))
     }
 
     /// One tensor's bytes as stored, in its own type.

@@ -4,8 +4,9 @@
 //! GGUF files on model hubs are mostly "K-quant" mixes (Q4_K_M, Q5_K_M, Q6_K, …): 256-element
 //! super-blocks for matrices whose rows are a multiple of 256 wide, and a legacy 32-element type
 //! (Q5_0, Q5_1, Q8_0, IQ4_NL) for the rest — SmolLM2's 576-wide rows among them. Every type such
-//! a mix uses is read here. The decoders follow the C reference's order of f32 operations, so they
-//! give the same bits as llama.cpp (checked against its Python package in `tests/gguf.rs`).
+//! a mix uses is read here. The decoders follow the order of f32 operations of llama.cpp's
+//! reference C code and of its Python package, and give the same bits as that package (checked in
+//! `tests/gguf.rs`; a compiled ggml that fuses a multiply-add may differ in the last bit).
 //!
 //! The encoders are simple — one scale per (sub-)block from its extremes, no search over scales
 //! as llama.cpp's quantisers do — so they round-trip to within a quantisation step, which is what
@@ -265,7 +266,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
     out
 }
 
-/// Encodes f32 values (a whole number of blocks) into `ty`'s layout.
+/// Encodes f32 values (a whole number of blocks) into `ty`'s layout. The values must be finite
+/// (a NaN takes some finite code); a caller that may hold others checks first, as the export does.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
     let (block, _) = ty.block();
     assert!(x.len().is_multiple_of(block), "{} values are not a whole number of {ty:?} blocks", x.len());

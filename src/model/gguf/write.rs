@@ -14,7 +14,13 @@ pub struct Tensor {
 
 #[derive(Default)]
 pub struct GgufWriter {
+    /// Metadata entries already encoded (key, type, value), written first and as they are:
+    /// another file's, copied whole.
+    pub raw_kv: Vec<Vec<u8>>,
     pub kv: Vec<(String, Value)>,
+    /// The tensor data alignment when the raw entries set `general.alignment` (the typed
+    /// entries are read for it otherwise).
+    pub alignment: Option<u64>,
     pub tensors: Vec<Tensor>,
 }
 
@@ -57,12 +63,10 @@ impl GgufWriter {
         self
     }
 
-    /// The alignment written in `general.alignment`, else the default.
+    /// The alignment set, else the one written in `general.alignment`, else the default.
     fn alignment(&self) -> usize {
-        self.kv
-            .iter()
-            .find(|(k, _)| k == "general.alignment")
-            .and_then(|(_, v)| v.as_u64())
+        self.alignment
+            .or_else(|| self.kv.iter().find(|(k, _)| k == "general.alignment").and_then(|(_, v)| v.as_u64()))
             .map_or(DEFAULT_ALIGNMENT as usize, |a| a as usize)
     }
 
@@ -72,7 +76,8 @@ impl GgufWriter {
         out.extend(MAGIC);
         out.extend(version.to_le_bytes());
         out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((self.kv.len() as u64).to_le_bytes());
+        out.extend(((self.raw_kv.len() + self.kv.len()) as u64).to_le_bytes());
+        self.raw_kv.iter().for_each(|entry| out.extend(entry));
         for (k, v) in &self.kv {
             put_str(&mut out, k);
             out.extend(v.type_id().to_le_bytes());
@@ -87,10 +92,13 @@ impl GgufWriter {
             out.extend((offset as u64).to_le_bytes());
             offset = (offset + t.data.len()).next_multiple_of(align);
         }
+        // Each tensor padded to the alignment, the last one too: llama.cpp reads the data
+        // section as the sum of the padded sizes.
         for t in &self.tensors {
             out.resize(out.len().next_multiple_of(align), 0);
             out.extend(&t.data);
         }
+        out.resize(out.len().next_multiple_of(align), 0);
         out
     }
 }
