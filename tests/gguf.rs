@@ -266,7 +266,7 @@ fn tiny_model_round_trips_exactly() {
     }
 }
 
-/// Blocks of every quantised type, random but for finite scales, with the values llama.cpp's
+/// Blocks of every quantised type, random but for finite scales (subnormal in the last block), with the values llama.cpp's
 /// `gguf` package (0.19.0) decodes them to: `benches/baselines/gguf_quants.py` wrote the file.
 #[test]
 fn dequantisers_match_llamas_python_package() {

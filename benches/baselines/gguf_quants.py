@@ -3,8 +3,8 @@ decoded by llama.cpp's own Python package (`gguf`, PyPI, MIT), written as the JS
 `tests/gguf.rs` compares `revive::model::gguf::dequantize` with, bit for bit.
 
 The blocks are random bytes, except that each f16 scale field holds a random finite value (a
-random bit pattern would often be NaN or infinite, which says nothing about the layout). The
-seed is fixed, so the file is the same on every run.
+random bit pattern would often be NaN or infinite, which says nothing about the layout), the
+last block's a subnormal one. The seed is fixed, so the file is the same on every run.
 
     pip install gguf==0.19.0 numpy
     python3 benches/baselines/gguf_quants.py tests/data/gguf-quants.json
@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-BLOCKS = 3
+BLOCKS = 4
 
 # Byte offsets of each type's f16 scale fields (llama.cpp's block structs in ggml-common.h).
 F16_FIELDS = {
@@ -40,6 +40,8 @@ def blocks_of(ty, rng):
     raw = rng.integers(0, 256, size=(BLOCKS, size), dtype=np.uint8)
     for at in F16_FIELDS[ty]:
         scales = rng.uniform(-0.05, 0.05, size=BLOCKS).astype(np.float16)
+        # The last block's scales are subnormal f16 (below 6.1e-5): small-weight tensors have them.
+        scales[-1] = np.float16(rng.uniform(-6e-5, 6e-5))
         raw[:, at : at + 2] = scales.view(np.uint8).reshape(BLOCKS, 2)
     return raw
 
