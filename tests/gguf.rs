@@ -266,8 +266,9 @@ fn tiny_model_round_trips_exactly() {
     }
 }
 
-/// Blocks of every quantised type, random but for finite scales (subnormal in the last block), with the values llama.cpp's
-/// `gguf` package (0.19.0) decodes them to: `benches/baselines/gguf_quants.py` wrote the file.
+/// Blocks of every quantised type, random but for finite scales (subnormal in the last block),
+/// with the values llama.cpp's `gguf` package (0.19.0) decodes them to:
+/// `benches/baselines/gguf_quants.py` wrote the file.
 #[test]
 fn dequantisers_match_llamas_python_package() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gguf-quants.json")).unwrap();
