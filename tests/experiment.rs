@@ -13,7 +13,8 @@ use revive::eval::experiment::Measures;
 use revive::eval::general::{agreement, next_token_logprobs, perplexity, ProseSet};
 use revive::eval::retention::Fact;
 use revive::linalg::svd::SvdOptions;
-use revive::model::forward::{GpuModel, PassBudget};
+use revive::model::batch::PassBudget;
+use revive::model::forward::GpuModel;
 use revive::model::random::random_weights;
 use revive::model::{Config, Tok};
 

@@ -5,7 +5,8 @@
 mod common;
 use common::*;
 use revive::cpu::model::CpuModel;
-use revive::model::forward::{Batch, GpuModel, LogitRows};
+use revive::model::batch::Batch;
+use revive::model::forward::{GpuModel, LogitRows};
 use revive::model::generate::{generate, Sampling};
 use revive::model::probe::{Probes, Site};
 use revive::model::random::random_weights;
@@ -298,7 +299,7 @@ fn greedy_generation_running_ahead_gives_what_waiting_gives() {
 /// every pass once, in order, from 0 to all of them.
 #[test]
 fn scoring_reports_each_pass_as_it_comes_back() {
-    use revive::model::forward::PassBudget;
+    use revive::model::batch::PassBudget;
     use revive::model::generate::{score_tokens_reporting, score_tokens_within};
     let w = random_weights(&Config::tiny_llama(), 43);
     // Enough tokens for several passes of the adapter's budget (256 tokens on a CPU adapter).
@@ -647,7 +648,7 @@ fn norms_folded_into_products_give_the_same_logits() {
 /// passes of any size.
 #[test]
 fn score_many_shares_sequences_and_matches_the_reference() {
-    use revive::model::forward::PassBudget;
+    use revive::model::batch::PassBudget;
     use revive::model::generate::{score_many_within, score_tokens_within};
     let w = random_weights(&Config::tiny_llama(), 41);
     let cpu = CpuModel::new(&w);

@@ -322,7 +322,8 @@ fn decoding_creates_no_buffers_or_bind_groups_in_steady_state() {
     // Each decoded token writes its keys and values one cache row further on: the write binds
     // the whole cache (not the moving row), so after the first one-token step every step reuses
     // the last step's buffers and bind groups. A tiny Llama, every adapter, a device each.
-    use revive::model::forward::{Batch, GpuModel, LogitRows};
+    use revive::model::batch::Batch;
+    use revive::model::forward::{GpuModel, LogitRows};
     use revive::model::probe::Probes;
     use revive::model::random::random_weights;
     use revive::model::Config;
@@ -470,7 +471,8 @@ fn a_batch_of_sequences_takes_one_attention_dispatch() {
 #[test]
 fn a_repeated_backward_pass_creates_no_bind_groups() {
     use revive::model::backward::{DeltaPass, Term};
-    use revive::model::forward::{Batch, GpuModel};
+    use revive::model::batch::Batch;
+    use revive::model::forward::GpuModel;
     use revive::model::random::random_weights;
     use revive::model::Config;
     let w = random_weights(&Config::tiny_llama(), 5);

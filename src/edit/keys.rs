@@ -4,7 +4,8 @@
 
 use super::hparams::Templates;
 use crate::error::{Error, Result};
-use crate::model::forward::{Batch, GpuModel};
+use crate::model::batch::Batch;
+use crate::model::forward::GpuModel;
 use crate::model::generate::{sample_batch, Sampling};
 use crate::model::Tok;
 use crate::ops::gather::gather_rows;

@@ -11,7 +11,7 @@ use super::keys::{subject_prompt, SubjectPrompt};
 use crate::error::{Error, Result};
 use crate::linalg::subspace::HostComplement;
 use crate::model::backward::{padded_targets, DeltaPass, Term};
-use crate::model::forward::Batch;
+use crate::model::batch::Batch;
 use crate::model::forward::GpuModel;
 use crate::model::Tok;
 use serde::Serialize;

@@ -4,7 +4,8 @@
 
 use crate::eval::word_tokenize::word_tokenize;
 use crate::error::{Error, Result};
-use crate::model::forward::{GpuModel, PassBudget};
+use crate::model::batch::PassBudget;
+use crate::model::forward::GpuModel;
 use crate::model::generate::{argmax, generate_many, log_softmax, score_many_within, Sampling};
 use crate::model::Tok;
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,8 @@
 //! step uploads δ and reads back one number per term and δ's gradient, nothing batch-sized.
 
 use super::config::Arch;
-use super::forward::{span_groups, Batch, BlockTape, GpuModel, Keep, KvCache, MlpTape};
+use super::batch::{span_groups, Batch};
+use super::forward::{BlockTape, GpuModel, Keep, KvCache, MlpTape};
 use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;

@@ -1,6 +1,7 @@
 //! Text generation with the KV cache, and scoring of a continuation.
 
-use super::forward::{Batch, GpuModel, KvCache, LogitRows, PassBudget};
+use super::batch::{Batch, PassBudget};
+use super::forward::{GpuModel, KvCache, LogitRows};
 use super::probe::Probes;
 use crate::error::{Error, Result};
 use crate::gpu::{PendingRead, Tensor};

@@ -23,6 +23,7 @@
 //! | `lm_head` | [vocab, d] | only when embeddings are not tied |
 
 pub mod backward;
+pub mod batch;
 pub mod config;
 pub mod fetch;
 pub mod forward;
