@@ -1,13 +1,17 @@
 //! The GPU context: adapter choice, device with the adapter's own limits, pipeline cache,
-//! command recording, host <-> device copies and timing.
+//! command recording, host <-> device copies and timing (the counters in stats.rs, the kernel
+//! modes in modes.rs, the measured kernel choices in choices.rs).
 
 use super::backend::BackendChoice;
 use super::binding::{immediate_source, reflect, GroupCache, Layouts, Params, Reflection, Signature};
+use super::choices::Choices;
+use super::modes::{env_flag, offers_cooperative_matrices, offers_lanes, KernelModes, COOPERATIVE_FEATURES};
 use super::pool::{BufferPool, PoolStats};
+use super::stats::{Counters, KernelTime, RuntimeStats, Timing};
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -162,75 +166,6 @@ pub const PARAMS_SIZE: u64 = 2048;
 const MAX_IMMEDIATES: usize = 256;
 /// The parameter buffer: when a submit's parameters would overflow it, the submit goes early.
 const PARAMS_ARENA: u64 = 64 * 1024;
-
-#[derive(Default)]
-struct Counters {
-    dispatches: AtomicU64,
-    passes: AtomicU64,
-    submits: AtomicU64,
-    buffers: AtomicU64,
-    readbacks: AtomicU64,
-    readback_bytes: AtomicU64,
-    waited_ns: AtomicU64,
-    submit_ns: AtomicU64,
-    pipelines: AtomicU64,
-    pipeline_ns: AtomicU64,
-}
-
-/// What the runtime has done since the device was opened: compare two snapshots to see what a
-/// piece of work cost (`revive bench forward` reports them per token).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RuntimeStats {
-    pub dispatches: u64,
-    pub passes: u64,
-    pub submits: u64,
-    /// Buffers created (tensors the pool could not serve, readback and parameter buffers).
-    pub buffers: u64,
-    pub bind_groups: u64,
-    /// Reads back to the host: each waits for the GPU to finish what was recorded before it.
-    pub readbacks: u64,
-    pub readback_bytes: u64,
-    /// Time the host spent blocked until the GPU finished (every wait goes through `sync`):
-    /// the rest of a piece of work's wall clock is the host's own (recording, shape checks,
-    /// uploads), which bounds how fast a GPU can run it.
-    pub waited_ns: u64,
-    /// Time inside the queue's submit calls: a driver's work on a GPU; on a software adapter
-    /// that runs the commands there (lavapipe), their execution.
-    pub submit_ns: u64,
-    /// Compute pipelines built (each kernel variant the first time it runs in a process: the
-    /// driver compiles it) and the time spent building them: a one-time cost that a timed
-    /// piece of work includes when it is the first to run those kernels.
-    pub pipelines: u64,
-    pub pipeline_ns: u64,
-}
-
-/// One kernel's share of a profiled piece of work (`REVIVE_PROFILE=1`: every dispatch waited
-/// for, so read the shares rather than the totals).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct KernelTime {
-    pub kernel: String,
-    pub dispatches: u64,
-    pub ms: f64,
-}
-
-impl std::ops::Sub for RuntimeStats {
-    type Output = RuntimeStats;
-    fn sub(self, o: RuntimeStats) -> RuntimeStats {
-        RuntimeStats {
-            dispatches: self.dispatches - o.dispatches,
-            passes: self.passes - o.passes,
-            submits: self.submits - o.submits,
-            buffers: self.buffers - o.buffers,
-            bind_groups: self.bind_groups - o.bind_groups,
-            readbacks: self.readbacks - o.readbacks,
-            readback_bytes: self.readback_bytes - o.readback_bytes,
-            waited_ns: self.waited_ns - o.waited_ns,
-            submit_ns: self.submit_ns - o.submit_ns,
-            pipelines: self.pipelines - o.pipelines,
-            pipeline_ns: self.pipeline_ns - o.pipeline_ns,
-        }
-    }
-}
 
 /// A handle to one device. Clones share the device, queue, caches and pool; each clone has its
 /// own split limits, poison switch and first-use measurement switch.
@@ -995,195 +930,6 @@ impl PendingRead {
     }
 }
 
-/// A measured region: `gpu` is None where the adapter has no usable timestamps.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub wall: Duration,
-    pub gpu: Option<Duration>,
-    /// The part of `wall` the host spent waiting for the GPU or inside the queue's submits
-    /// (where a software adapter runs the commands).
-    pub waited: Duration,
-    /// CPU time of the calling thread over the region (where the platform tells it): the
-    /// host's cost without the time it was waiting or waiting for a core (on a machine whose
-    /// cores a software adapter shares, the wall clock's host part includes the latter).
-    pub host_cpu: Option<Duration>,
-}
-
-impl Timing {
-    /// The host's own part of the wall clock (recording, checks, uploads): where it is most of
-    /// `wall` on a GPU, a faster GPU cannot make the work faster.
-    pub fn host(&self) -> Duration {
-        self.wall.saturating_sub(self.waited)
-    }
-
-    /// The best measure available: GPU time, else wall-clock.
-    pub fn best(&self) -> Duration {
-        self.gpu.unwrap_or(self.wall)
-    }
-}
-
-/// Kernel choices measured on one adapter and driver, kept in
-/// `<cache>/tune/<adapter>-<hash of name, driver, backend>.json`. `REVIVE_TUNE=0` ignores the
-/// file (the fixed rules apply), so a run can be compared with and without tuning.
-#[derive(Default)]
-struct Choices {
-    table: std::collections::BTreeMap<String, String>,
-}
-
-/// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
-/// added or changed, so that a table measured without it (or with its old form) is measured
-/// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
-/// the 32×32 and 64×64 tiles; 3: the block kernel at up to 8×16 outputs per thread, the lanes
-/// kernel; 4: the lanes dot kernel.
-const CHOICES_VERSION: u32 = 4;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ChoicesFile {
-    /// Absent in the first tables: version 1.
-    #[serde(default = "first_version")]
-    kernels_version: u32,
-    adapter: String,
-    driver: String,
-    backend: String,
-    choices: std::collections::BTreeMap<String, String>,
-}
-
-fn first_version() -> u32 {
-    1
-}
-
-impl Choices {
-    fn path(info: &wgpu::AdapterInfo) -> std::path::PathBuf {
-        use sha2::Digest;
-        let id = format!("{}|{}|{}|{:?}|{:x}|{:x}", info.name, info.driver, info.driver_info, info.backend, info.vendor, info.device);
-        let hash: String = sha2::Sha256::digest(id.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
-        let name: String = info.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
-        crate::model::fetch::cache_dir().join("tune").join(format!("{name}-{hash}.json"))
-    }
-
-    fn load(info: &wgpu::AdapterInfo) -> Choices {
-        if !tuning_enabled() {
-            return Choices::default();
-        }
-        Self::load_from(&Self::path(info))
-    }
-
-    fn load_from(path: &std::path::Path) -> Choices {
-        let Ok(text) = std::fs::read_to_string(path) else { return Choices::default() };
-        match serde_json::from_str::<ChoicesFile>(&text) {
-            Ok(f) if f.kernels_version == CHOICES_VERSION => Choices { table: f.choices },
-            Ok(f) => {
-                log::info!("the kernel choices in {} were measured for kernel family {}, this build has {CHOICES_VERSION}: measuring again", path.display(), f.kernels_version);
-                Choices::default()
-            }
-            Err(e) => {
-                // A damaged table only costs speed: say so and use the fixed rules.
-                log::warn!("ignoring the kernel choices in {}: {e}", path.display());
-                Choices::default()
-            }
-        }
-    }
-
-    fn save(&self, info: &wgpu::AdapterInfo) -> Result<std::path::PathBuf> {
-        let path = Self::path(info);
-        let file = ChoicesFile {
-            kernels_version: CHOICES_VERSION,
-            adapter: info.name.clone(),
-            driver: format!("{} {}", info.driver, info.driver_info),
-            backend: format!("{:?}", info.backend),
-            choices: self.table.clone(),
-        };
-        let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Gpu(format!("kernel choices: {e}")))?;
-        crate::store::write_durable(&path, text.as_bytes())?;
-        Ok(path)
-    }
-}
-
-#[cfg(test)]
-mod choices_tests {
-    use super::*;
-
-    fn table_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// A table is read only when measured with this build's kernel family: the first tables
-    /// (no version field, measured before the 32×32 tile), those of the family before this one
-    /// and damaged files are measured again.
-    #[test]
-    fn tables_of_another_kernel_family_or_damaged_are_not_read() {
-        let dir = std::env::temp_dir().join(format!("revive-choices-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let body = r#""adapter": "x", "driver": "y", "backend": "Vulkan", "choices": {"matmul/nt/m1/n1024/k1024": "dot"}"#;
-        let current = table_file(&dir, "current.json", &format!("{{\"kernels_version\": {CHOICES_VERSION}, {body}}}"));
-        let first = table_file(&dir, "first.json", &format!("{{{body}}}"));
-        let previous = table_file(&dir, "previous.json", &format!("{{\"kernels_version\": {}, {body}}}", CHOICES_VERSION - 1));
-        let damaged = table_file(&dir, "damaged.json", "{\"adapter\": ");
-        assert_eq!(Choices::load_from(&current).table.get("matmul/nt/m1/n1024/k1024").map(String::as_str), Some("dot"));
-        assert!(Choices::load_from(&first).table.is_empty());
-        assert!(Choices::load_from(&previous).table.is_empty());
-        assert!(Choices::load_from(&damaged).table.is_empty());
-        assert!(Choices::load_from(&dir.join("absent.json")).table.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-/// `REVIVE_TUNE=0` turns measured kernel choices off: none are read, none measured on first use.
-pub fn tuning_enabled() -> bool {
-    !std::env::var("REVIVE_TUNE").is_ok_and(|v| v == "0")
-}
-
-/// `REVIVE_CHECKED=1`: build shader modules with wgpu's runtime checks (bounds checks, loop
-/// bounding). Off by default: they cost speed and every kernel is in bounds by construction.
-pub fn checked_shaders() -> bool {
-    env_flag("REVIVE_CHECKED")
-}
-
-/// How kernels are built on a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelModes {
-    /// Keep wgpu's injected runtime checks in the shaders (see `checked_shaders`).
-    pub checked: bool,
-    /// Take parameters as immediates where the device has them and they fit; otherwise (and
-    /// with REVIVE_NO_IMMEDIATES=1) from the uniform arena.
-    pub immediates: bool,
-    /// Enable f16 cooperative matrices where the adapter offers them (REVIVE_COOPERATIVE=1): an
-    /// experimental wgpu feature, so never by default.
-    pub cooperative: bool,
-}
-
-impl KernelModes {
-    pub fn from_env() -> KernelModes {
-        KernelModes { checked: checked_shaders(), immediates: !env_flag("REVIVE_NO_IMMEDIATES"), cooperative: env_flag("REVIVE_COOPERATIVE") }
-    }
-}
-
-/// What shaders/matmul_coop.wgsl needs of a device.
-const COOPERATIVE_FEATURES: wgpu::Features =
-    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX.union(wgpu::Features::SHADER_F16).union(wgpu::Features::SUBGROUP);
-
-/// Whether the adapter can run shaders/matmul_coop.wgsl: cooperative matrices with an f16
-/// 16×16×16 configuration accumulating in f32, f16 arithmetic, and subgroups exactly 32 wide
-/// (the kernel gives each of the four subgroups of its 128 invocations one quadrant of the tile).
-pub fn offers_cooperative_matrices(adapter: &wgpu::Adapter) -> bool {
-    use wgpu::CooperativeScalarType::{F16, F32};
-    let info = adapter.get_info();
-    adapter.features().contains(COOPERATIVE_FEATURES)
-        && (info.subgroup_min_size, info.subgroup_max_size) == (32, 32)
-        && adapter.cooperative_matrix_properties().iter().any(|c| (c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type) == (16, 16, 16, F16, F32))
-}
-
-/// Whether the adapter can run shaders/matmul_lanes.wgsl and shaders/attention_lanes.wgsl:
-/// subgroups, always exactly 8 wide, so that a workgroup of 8 is one subgroup. Asked for only
-/// then: a GPU with other subgroup sizes opens its device as before. `REVIVE_NO_LANES=1` leaves
-/// them off (to compare with the block matmul and the tiled attention).
-pub fn offers_lanes(adapter: &wgpu::Adapter) -> bool {
-    let info = adapter.get_info();
-    adapter.features().contains(wgpu::Features::SUBGROUP) && (info.subgroup_min_size, info.subgroup_max_size) == (8, 8) && !env_flag("REVIVE_NO_LANES")
-}
-
 /// `REVIVE_MEMORY_LIMIT`: the most GPU memory the tensors may hold (e.g. `1.5GiB`).
 fn memory_limit() -> Result<Option<u64>> {
     match std::env::var("REVIVE_MEMORY_LIMIT") {
@@ -1192,11 +938,6 @@ fn memory_limit() -> Result<Option<u64>> {
             .ok_or_else(|| Error::Gpu(format!("REVIVE_MEMORY_LIMIT='{v}' is not a size (e.g. 2GiB, 512MiB or a number of bytes)"))),
         _ => Ok(None),
     }
-}
-
-/// A debugging switch: set to anything but empty or "0".
-pub(crate) fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 fn backend_names(choice: BackendChoice) -> String {

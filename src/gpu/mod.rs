@@ -3,13 +3,19 @@
 mod backend;
 mod binding;
 pub use binding::{immediate_source, reflect, Params, Reflection};
+mod choices;
 mod context;
+mod modes;
 mod pool;
+mod stats;
 mod tensor;
 
 pub use backend::BackendChoice;
-pub(crate) use context::env_flag;
-pub use context::{offers_cooperative_matrices, tuning_enabled, AdapterSummary, Bind, Gpu, Kernel, KernelModes, KernelTime, PendingRead, RuntimeStats, SplitLimits, Timing, PARAMS_SIZE};
+pub use choices::tuning_enabled;
+pub use context::{AdapterSummary, Bind, Gpu, Kernel, PendingRead, SplitLimits, PARAMS_SIZE};
+pub(crate) use modes::env_flag;
+pub use modes::{offers_cooperative_matrices, KernelModes};
+pub use stats::{KernelTime, RuntimeStats, Timing};
 pub use pool::{BufferPool, PoolStats};
 pub use tensor::{DType, Tensor};
 

@@ -1,0 +1,117 @@
+//! The kernel choices `revive tune` (or a first use) measured on one adapter and driver, kept
+//! on disk so that later runs start with them.
+
+use crate::error::{Error, Result};
+
+/// Kernel choices measured on one adapter and driver, kept in
+/// `<cache>/tune/<adapter>-<hash of name, driver, backend>.json`. `REVIVE_TUNE=0` ignores the
+/// file (the fixed rules apply), so a run can be compared with and without tuning.
+#[derive(Default)]
+pub(super) struct Choices {
+    pub(super) table: std::collections::BTreeMap<String, String>,
+}
+
+/// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
+/// added or changed, so that a table measured without it (or with its old form) is measured
+/// again rather than keeping a choice among the old kernels. 1: up to the 16×16 tile; 2: with
+/// the 32×32 and 64×64 tiles; 3: the block kernel at up to 8×16 outputs per thread, the lanes
+/// kernel; 4: the lanes dot kernel.
+const CHOICES_VERSION: u32 = 4;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChoicesFile {
+    /// Absent in the first tables: version 1.
+    #[serde(default = "first_version")]
+    kernels_version: u32,
+    adapter: String,
+    driver: String,
+    backend: String,
+    choices: std::collections::BTreeMap<String, String>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+impl Choices {
+    fn path(info: &wgpu::AdapterInfo) -> std::path::PathBuf {
+        use sha2::Digest;
+        let id = format!("{}|{}|{}|{:?}|{:x}|{:x}", info.name, info.driver, info.driver_info, info.backend, info.vendor, info.device);
+        let hash: String = sha2::Sha256::digest(id.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let name: String = info.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+        crate::model::fetch::cache_dir().join("tune").join(format!("{name}-{hash}.json"))
+    }
+
+    pub(super) fn load(info: &wgpu::AdapterInfo) -> Choices {
+        if !tuning_enabled() {
+            return Choices::default();
+        }
+        Self::load_from(&Self::path(info))
+    }
+
+    fn load_from(path: &std::path::Path) -> Choices {
+        let Ok(text) = std::fs::read_to_string(path) else { return Choices::default() };
+        match serde_json::from_str::<ChoicesFile>(&text) {
+            Ok(f) if f.kernels_version == CHOICES_VERSION => Choices { table: f.choices },
+            Ok(f) => {
+                log::info!("the kernel choices in {} were measured for kernel family {}, this build has {CHOICES_VERSION}: measuring again", path.display(), f.kernels_version);
+                Choices::default()
+            }
+            Err(e) => {
+                // A damaged table only costs speed: say so and use the fixed rules.
+                log::warn!("ignoring the kernel choices in {}: {e}", path.display());
+                Choices::default()
+            }
+        }
+    }
+
+    pub(super) fn save(&self, info: &wgpu::AdapterInfo) -> Result<std::path::PathBuf> {
+        let path = Self::path(info);
+        let file = ChoicesFile {
+            kernels_version: CHOICES_VERSION,
+            adapter: info.name.clone(),
+            driver: format!("{} {}", info.driver, info.driver_info),
+            backend: format!("{:?}", info.backend),
+            choices: self.table.clone(),
+        };
+        let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Gpu(format!("kernel choices: {e}")))?;
+        crate::store::write_durable(&path, text.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// `REVIVE_TUNE=0` turns measured kernel choices off: none are read, none measured on first use.
+pub fn tuning_enabled() -> bool {
+    !std::env::var("REVIVE_TUNE").is_ok_and(|v| v == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A table is read only when measured with this build's kernel family: the first tables
+    /// (no version field, measured before the 32×32 tile), those of the family before this one
+    /// and damaged files are measured again.
+    #[test]
+    fn tables_of_another_kernel_family_or_damaged_are_not_read() {
+        let dir = std::env::temp_dir().join(format!("revive-choices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = r#""adapter": "x", "driver": "y", "backend": "Vulkan", "choices": {"matmul/nt/m1/n1024/k1024": "dot"}"#;
+        let current = table_file(&dir, "current.json", &format!("{{\"kernels_version\": {CHOICES_VERSION}, {body}}}"));
+        let first = table_file(&dir, "first.json", &format!("{{{body}}}"));
+        let previous = table_file(&dir, "previous.json", &format!("{{\"kernels_version\": {}, {body}}}", CHOICES_VERSION - 1));
+        let damaged = table_file(&dir, "damaged.json", "{\"adapter\": ");
+        assert_eq!(Choices::load_from(&current).table.get("matmul/nt/m1/n1024/k1024").map(String::as_str), Some("dot"));
+        assert!(Choices::load_from(&first).table.is_empty());
+        assert!(Choices::load_from(&previous).table.is_empty());
+        assert!(Choices::load_from(&damaged).table.is_empty());
+        assert!(Choices::load_from(&dir.join("absent.json")).table.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
