@@ -317,9 +317,11 @@ fn loads_from_a_file_and_names_it_in_errors() {
 
 /// An edited model exported over its base GGUF: the edited down-projection in the type asked
 /// for (f32 exactly; f16, Q8_0 and the base's own type to within their rounding), every other
-/// tensor the base's bytes, the metadata the base's plus the list of what was rewritten; the
-/// file loads back. Unedited, nothing is rewritten. Another model, a NaN or a type whose blocks
-/// do not fit the rows is refused, naming it, and no file is left.
+/// tensor the base's bytes, the metadata entries the base's as stored (in order, an empty array
+/// of strings kept) plus the list of what was rewritten, the data padded to the alignment; the
+/// file loads back. Unedited, nothing is rewritten. Another model, a NaN, a tensor the base
+/// lacks, a value the type cannot hold or blocks wider than the rows is refused, naming it, and
+/// no file is left.
 #[test]
 fn an_edit_exports_over_its_base() {
     let dir = std::env::temp_dir().join(format!("revive-gguf-export-{}", std::process::id()));
@@ -476,28 +478,13 @@ fn a_session_saves_its_model_as_gguf() {
         {"subject": "he", "prompt": "Where {} went:", "target_new": " there", "target_true": " here"},
     ]);
     std::fs::write(dir.join("edits.json"), edits.to_string()).unwrap();
-    let hp = BatchHparams {
-        method: BatchMethod::Memit,
-        layers: vec![0, 1],
-        v_steps: 4,
-        v_lr: 0.5,
-        v_weight_decay: 1e-3,
-        clamp_norm_factor: 100.0,
-        kl_factor: 0.0625,
-        nll_stop: 0.05,
-        target_loss: Default::default(),
-        templates: Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 },
-        mom2_tokens: 1024,
-        mom2_update_weight: Some(2.0),
-        nullspace_threshold: None,
-        l2: None,
-        keep_fraction: None,
-        alpha: None,
-        upper_bound: None,
-        max_iterations: None,
-        neuron_threshold: None,
-        why: Default::default(),
-    };
+    // The shipped MEMIT settings, cut down to the tiny model: its two layers, a short target
+    // optimisation, no context templates, C0 from 1,024 tokens.
+    let mut hp = BatchHparams::smollm2(BatchMethod::Memit);
+    hp.layers = vec![0, 1];
+    hp.v_steps = 4;
+    hp.templates = Templates { prefixes: vec![], per_prefix: 0, length: 0, seed: 0 };
+    hp.mom2_tokens = 1024;
     std::fs::write(dir.join("memit.json"), serde_json::to_string(&hp).unwrap()).unwrap();
     let revive = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_revive")).args(args).env("REVIVE_CACHE", dir.join("cache")).output().expect("runs")
