@@ -464,7 +464,8 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
 
 /// A session on a GGUF model saves it as a GGUF (`revive edit … --save gguf`): the edited
 /// down-projections in f32, every other tensor the base's bytes, and loaded back the same
-/// weights as the session's delta over the base. A Hugging Face base is refused before any work.
+/// weights as the session's delta over the base; resumed, it writes a GGUF again, as its first
+/// run asked. A Hugging Face base is refused before any work.
 #[test]
 fn a_session_saves_its_model_as_gguf() {
     use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
@@ -510,6 +511,15 @@ fn a_session_saves_its_model_as_gguf() {
             assert!(a.ty == b.ty && base.tensor_bytes(a) == out.tensor_bytes(b), "{} is not the base's", b.name);
         }
     }
+
+    // Resumed without --save, the session writes what its first run asked for again.
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("session/session.json")).unwrap()).unwrap();
+    assert_eq!(config["output"], serde_json::json!({"save": "gguf", "dtype": "f32"}));
+    std::fs::remove_file(dir.join("session/model.gguf")).unwrap();
+    let resumed = revive(&["edit", "--resume", &path("session")]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(dir.join("session/model.gguf").is_file() && !dir.join("session/delta.safetensors").exists());
+    assert_eq!(load_gguf(&dir.join("session/model.gguf")).unwrap().0.tensors, want.tensors);
 
     let hf = revive(&["export", "-m", &path("base.gguf"), "--out", &path("hf")]);
     assert!(hf.status.success(), "{}", String::from_utf8_lossy(&hf.stderr));

@@ -42,9 +42,9 @@ pub(super) struct EditArgs {
     /// Do not write the edited weights (the record is still written); the same as --save none.
     #[arg(long, conflicts_with = "save")]
     no_save: bool,
-    /// Precision of the saved weights.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
-    dtype: Dtype,
+    /// Precision of the saved weights (default f32; a resumed session: its first run's).
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
     /// Edit in batches of N requests in a journaled session in --out (the batch methods —
     /// MEMIT, AlphaEdit, RECT, PRUNE, NSE — always run as sessions; default batch 1 for them).
     #[arg(long)]
@@ -58,7 +58,7 @@ pub(super) struct EditArgs {
     /// What is written at the end: the changed matrices (delta; a session's default), the whole
     /// model as a Hugging Face directory (full; a single ROME edit's default) or as a GGUF over
     /// a GGUF base (DIR/model.gguf: the edited matrices in --dtype, the rest the base's bytes).
-    /// A session resumed with --resume writes what that run's --save says.
+    /// A session resumed with --resume writes what its first run's --save said, unless given.
     #[arg(long, value_enum)]
     save: Option<super::session::Save>,
     /// Refuse an update with ‖ΔW‖_F above this multiple of ‖W‖_F (an exploding batch).
@@ -83,7 +83,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     if let Some(t) = a.revive.revive {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
     }
-    let session_save = if a.no_save { Save::None } else { a.save.unwrap_or(Save::Delta) };
+    let session_save = if a.no_save { Some(Save::None) } else { a.save };
     if let Some(dir) = &a.resume {
         return super::session::run(choice, dir, None, session_save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
     }
@@ -118,6 +118,10 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
             targets_through_guard: a.revive.through_guard(false)?,
             svd_tol: a.revive.svd_tol,
             max_update_ratio: a.max_update,
+            output: {
+                let (save, dtype) = super::session::output_of(session_save, a.dtype, None)?;
+                revive::edit::session::SessionOutput { save: super::session::name_of(&save), dtype: super::session::name_of(&dtype) }
+            },
         };
         return super::session::run(choice, &a.out, Some(new), session_save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
     }
@@ -137,8 +141,8 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
     let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| print_edit(r, n))?;
     match (save, &gguf_base) {
-        (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.into())?,
-        (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype)?,
+        (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?,
+        (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32))?,
         _ => {}
     }
     let record = RunRecord {

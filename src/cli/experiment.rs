@@ -255,6 +255,7 @@ fn new_session(a: &Args, arm: &Arm, requests: &[revive::edit::request::EditReque
         targets_through_guard: arm.targets_through_guard,
         svd_tol: revive::linalg::svd::SvdOptions::default().tol,
         max_update_ratio: a.max_update,
+        output: super::session::no_output(),
     }
 }
 

@@ -80,6 +80,8 @@ pub(super) struct NewSession {
     pub targets_through_guard: bool,
     pub svd_tol: f64,
     pub max_update_ratio: f64,
+    /// Kept in the session, so that a resume writes what the first run asked for.
+    pub output: revive::edit::session::SessionOutput,
 }
 
 pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
@@ -103,10 +105,35 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
 }
 
 /// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
-pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Save, dtype: Dtype, known: Option<&Path>, scope: BatchScope) -> Result<()> {
-    let spec = match &new {
-        Some(s) => s.model.clone(),
-        None => Session::read_config(dir)?.0.model,
+/// The output a session's run writes: what this run's command line says, else (resuming) what
+/// the session's first run said, else a delta in f32.
+pub(super) fn output_of(save: Option<Save>, dtype: Option<Dtype>, stored: Option<&revive::edit::session::SessionOutput>) -> Result<(Save, Dtype)> {
+    use clap::ValueEnum;
+    let parse = |name: &str, what: &str| anyhow::anyhow!("session.json: '{name}' is not a --{what} value");
+    let stored_save = stored.map(|o| Save::from_str(&o.save, true).map_err(|_| parse(&o.save, "save"))).transpose()?;
+    let stored_dtype = stored.map(|o| Dtype::from_str(&o.dtype, true).map_err(|_| parse(&o.dtype, "dtype"))).transpose()?;
+    Ok((save.or(stored_save).unwrap_or(Save::Delta), dtype.or(stored_dtype).unwrap_or(Dtype::F32)))
+}
+
+/// The command line's name of a value.
+pub(super) fn name_of(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// The output of a session that writes nothing at its end (a benchmark's, an experiment arm's).
+pub(super) fn no_output() -> revive::edit::session::SessionOutput {
+    revive::edit::session::SessionOutput { save: name_of(&Save::None), dtype: name_of(&Dtype::F32) }
+}
+
+/// Runs a new session (its output given in `new`) or resumes the one in `dir` (writing what
+/// `save` and `dtype` say, else what its first run said).
+pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Option<Save>, dtype: Option<Dtype>, known: Option<&Path>, scope: BatchScope) -> Result<()> {
+    let (spec, (save, dtype)) = match &new {
+        Some(s) => (s.model.clone(), output_of(None, None, Some(&s.output))?),
+        None => {
+            let config = Session::read_config(dir)?.0;
+            (config.model.clone(), output_of(save, dtype, config.output.as_ref())?)
+        }
     };
     let base = gguf_base(&spec, save)?;
     with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
@@ -138,7 +165,9 @@ pub(super) fn with_session<R>(
             let spec = spec_of(&s)?;
             let m = load(&s.model)?;
             let gm = GpuModel::new(&gpu, &m.weights)?;
-            let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?.with_targets_through_guard(s.targets_through_guard)?;
+            let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?
+                .with_targets_through_guard(s.targets_through_guard)?
+                .with_output(s.output.clone());
             Session::write_new(dir, &config, &s.requests)?;
             (config, s.requests, m)
         }

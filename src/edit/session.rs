@@ -97,9 +97,25 @@ pub struct SessionConfig {
     /// The context templates, sampled once from the base model.
     pub templates: Vec<String>,
     pub max_update_ratio: f64,
+    /// What the session writes at its end, as its first run asked: a resume writes the same
+    /// unless told otherwise. Absent in sessions written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<SessionOutput>,
+}
+
+/// A session's output, by the command line's names: `save` delta, full, gguf or none; `dtype`
+/// f32, f16 or bf16.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionOutput {
+    pub save: String,
+    pub dtype: String,
 }
 
 impl SessionConfig {
+    pub fn with_output(self, output: SessionOutput) -> SessionConfig {
+        SessionConfig { output: Some(output), ..self }
+    }
+
     /// Targets through the guards: only with REVIVE, which has the guards.
     pub fn with_targets_through_guard(self, on: bool) -> Result<SessionConfig> {
         if on && self.revive.is_none() {
@@ -308,6 +324,7 @@ impl<'a> Session<'a> {
             templates,
             max_update_ratio,
             spec,
+            output: None,
         })
     }
 

@@ -158,7 +158,7 @@ fn print_bench_edit(gpu: &Gpu, hp: &revive::edit::hparams::RomeHparams, cov: &re
 /// A batch method: one session per arm (plain, and with REVIVE under --both or --revive), each
 /// from the original weights, then where the batch time went.
 fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
-    use crate::cli::session::{print_batch, spec_of, with_session, NewSession};
+    use crate::cli::session::{no_output, print_batch, spec_of, with_session, NewSession};
     use revive::edit::guard::RankRule;
     let requests = revive::edit::request::load_requests(&a.edits)?;
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
@@ -184,6 +184,7 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
             targets_through_guard: through,
             svd_tol: a.revive.svd_tol,
             max_update_ratio: revive::edit::update::DEFAULT_MAX_UPDATE_RATIO,
+            output: no_output(),
         };
         spec_of(&new)?;
         println!("== {name} ==");
