@@ -104,7 +104,6 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
     })
 }
 
-/// Starts (`new`) or resumes a session in `dir`, runs it to the end, saves.
 /// The output a session's run writes: what this run's command line says, else (resuming) what
 /// the session's first run said, else a delta in f32.
 pub(super) fn output_of(save: Option<Save>, dtype: Option<Dtype>, stored: Option<&revive::edit::session::SessionOutput>) -> Result<(Save, Dtype)> {
@@ -125,8 +124,8 @@ pub(super) fn no_output() -> revive::edit::session::SessionOutput {
     revive::edit::session::SessionOutput { save: name_of(&Save::None), dtype: name_of(&Dtype::F32) }
 }
 
-/// Runs a new session (its output given in `new`) or resumes the one in `dir` (writing what
-/// `save` and `dtype` say, else what its first run said).
+/// Starts a session (`new`, its output given there) or resumes the one in `dir` (writing what
+/// `save` and `dtype` say, else what its first run said), runs it to the end, saves.
 pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Option<Save>, dtype: Option<Dtype>, known: Option<&Path>, scope: BatchScope) -> Result<()> {
     let (spec, (save, dtype)) = match &new {
         Some(s) => (s.model.clone(), output_of(None, None, Some(&s.output))?),
