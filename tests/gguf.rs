@@ -465,7 +465,8 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
 /// A session on a GGUF model saves it as a GGUF (`revive edit … --save gguf`): the edited
 /// down-projections in f32, every other tensor the base's bytes, and loaded back the same
 /// weights as the session's delta over the base; resumed, it writes a GGUF again, as its first
-/// run asked. A Hugging Face base is refused before any work.
+/// run asked, and `revive apply --save gguf` the same bytes. A Hugging Face base is refused
+/// before any work.
 #[test]
 fn a_session_saves_its_model_as_gguf() {
     use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
@@ -520,6 +521,10 @@ fn a_session_saves_its_model_as_gguf() {
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     assert!(dir.join("session/model.gguf").is_file() && !dir.join("session/delta.safetensors").exists());
     assert_eq!(load_gguf(&dir.join("session/model.gguf")).unwrap().0.tensors, want.tensors);
+    // `revive apply` rebuilds the same GGUF from the base and the journal.
+    let applied = revive(&["apply", "-m", &path("base.gguf"), "--journal", &path("session"), "--out", &path("applied"), "--save", "gguf"]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert_eq!(std::fs::read(dir.join("applied/model.gguf")).unwrap(), std::fs::read(dir.join("session/model.gguf")).unwrap());
 
     let hf = revive(&["export", "-m", &path("base.gguf"), "--out", &path("hf")]);
     assert!(hf.status.success(), "{}", String::from_utf8_lossy(&hf.stderr));
