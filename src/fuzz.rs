@@ -115,7 +115,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "gguf",
             file: "fuzz.gguf",
-            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?],
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, k_quant_gguf()?],
             load: Box::new(|_, bytes| {
                 let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
                 crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
@@ -298,6 +298,26 @@ fn cache_seed(work: &Path) -> Result<Vec<u8>> {
 /// A complete small llama GGUF of format `version` (byte-level BPE vocabulary of 259 tokens,
 /// F32 tensors), as llama.cpp lays one out.
 pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
+    tiny_gguf_typed(w, version, |_, _| GgmlType::F32)
+}
+
+/// A one-layer model 256 wide, its matrices in the K-quants and their 32-element fallbacks
+/// (the types of a llama.cpp Q4_K_M-like mix), so that mutations reach their blocks and scales.
+fn k_quant_gguf() -> Result<Vec<u8>> {
+    let config = Config { vocab_size: 259, hidden: 256, n_layers: 1, n_heads: 4, n_kv_heads: 2, head_dim: 64, ffn_hidden: 512, max_seq_len: 64, ..Config::tiny_llama() };
+    let types = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL];
+    let next = std::cell::Cell::new(0);
+    tiny_gguf_typed(&random_weights(&config, 5), 3, |name, dims| {
+        if dims.len() < 2 || name == "embed" {
+            return GgmlType::F32;
+        }
+        next.set(next.get() + 1);
+        types[next.get() % types.len()]
+    })
+}
+
+/// [`tiny_gguf`] with each tensor in the type `type_of(canonical name, GGUF dims)` gives.
+fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&str, &[usize]) -> GgmlType) -> Result<Vec<u8>> {
     let c = &w.config;
     let mut bytes: Vec<String> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().map(String::from).collect();
     bytes.sort();
@@ -346,8 +366,9 @@ pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
             }
         };
         let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
-        let data = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
-        g.tensors.push(GgufTensor { name: format!("{gguf}.weight"), dims, type_id: GgmlType::F32 as u32, data });
+        let ty = type_of(name, &dims);
+        let data = crate::model::gguf::quant::quantize(ty, &t.data);
+        g.tensors.push(GgufTensor { name: format!("{gguf}.weight"), dims, type_id: ty.id(), data });
     }
     Ok(g.to_bytes(version))
 }
