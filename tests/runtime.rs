@@ -503,3 +503,38 @@ fn a_repeated_backward_pass_creates_no_bind_groups() {
         Ok(())
     });
 }
+
+/// A device lost mid-run (destroyed here, as a driver reset or a watchdog takes it) makes every
+/// later call that waits on it an [`revive::Error::DeviceLost`] naming the adapter — not a
+/// panic, a hang or an error about something else — and raises the process's count of lost
+/// devices, which is what tells a journaled session to go on on a new device; a new device on
+/// the same adapter then computes as before.
+#[test]
+fn a_lost_device_is_reported_as_lost_and_a_new_one_works() {
+    for adapter in Gpu::adapters(BackendChoice::Auto) {
+        let gpu = Gpu::open(adapter.clone()).unwrap();
+        let name = gpu.info().name.clone();
+        let x = gpu.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+        let y = elementwise::add(&gpu, &x, &x).unwrap();
+        assert_eq!(gpu.download(&y).unwrap(), vec![2.0, 4.0, 6.0], "{name}");
+        assert!(!gpu.is_lost());
+        let before = revive::gpu::devices_lost();
+        gpu.destroy();
+        assert!(gpu.is_lost(), "{name}");
+        assert!(revive::gpu::devices_lost() > before, "{name}: the loss was not counted");
+        // Whatever step first meets the loss (a new buffer, the kernel, the read), the run ends
+        // with the loss, and so does every wait after it.
+        let got = elementwise::add(&gpu, &x, &y).and_then(|z| gpu.download(&z));
+        match got {
+            Err(revive::Error::DeviceLost { adapter, .. }) => assert_eq!(adapter, name),
+            other => panic!("{name}: a product on a lost device gave {other:?}"),
+        }
+        let e = gpu.sync().expect_err("a wait on a lost device succeeded");
+        assert!(e.to_string().contains("was lost") && e.to_string().contains("--resume"), "{name}: {e}");
+        drop((x, y, gpu));
+        let fresh = Gpu::open(adapter).unwrap();
+        let x = fresh.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+        let y = elementwise::add(&fresh, &x, &x).unwrap();
+        assert_eq!(fresh.download(&y).unwrap(), vec![2.0, 4.0, 6.0], "{name}: a new device after the loss");
+    }
+}

@@ -85,3 +85,26 @@ pub(super) fn ensure_writable(path: &std::path::Path, flag: &str) -> Result<()> 
     std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("{flag} {} cannot be written", path.display()))?;
     Ok(())
 }
+
+/// Retries after a lost GPU that `revive edit` sessions and experiment arms allow by default.
+pub(super) const GPU_RETRIES: u32 = 3;
+
+/// Runs `attempt` (given the number of retries so far) and, when it failed because this
+/// process lost its GPU, runs it again on a new device, up to `retries` times: for work that
+/// goes on from its journal, so a retry repeats at most the batch the loss cut short.
+pub(super) fn recovering<R>(what: &str, retries: u32, mut attempt: impl FnMut(u32) -> Result<R>) -> Result<R> {
+    let mut tried = 0;
+    loop {
+        let lost_before = revive::gpu::devices_lost();
+        match attempt(tried) {
+            Err(e) if revive::gpu::devices_lost() > lost_before && tried < retries => {
+                tried += 1;
+                eprintln!("{what}: {e:#}");
+                eprintln!("{what}: going on from the journal on a new device (retry {tried} of {retries})");
+                // A driver that has just reset may not offer the adapter again at once.
+                std::thread::sleep(std::time::Duration::from_secs(2 * tried as u64));
+            }
+            done => return done,
+        }
+    }
+}

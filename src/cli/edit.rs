@@ -71,6 +71,10 @@ pub(super) struct EditArgs {
     /// or none.
     #[arg(long, value_enum, default_value_t = super::session::BatchMetricsArg::Both)]
     batch_metrics: super::session::BatchMetricsArg,
+    /// When the GPU is lost during a session (a driver reset, a watchdog), go on from the
+    /// journal on a new device up to this many times.
+    #[arg(long, value_name = "N", default_value_t = super::common::GPU_RETRIES)]
+    gpu_retries: u32,
 }
 
 /// ROME and the batch methods' names, as `--method` accepts them.
@@ -85,7 +89,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     }
     let session_save = if a.no_save { Some(Save::None) } else { a.save };
     if let Some(dir) = &a.resume {
-        return super::session::run(choice, dir, None, session_save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
+        return super::session::run(choice, dir, None, (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries);
     }
     let requests = match (&a.edits, &a.subject) {
         (Some(path), _) => request::load_requests(path)?,
@@ -123,7 +127,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
                 revive::edit::session::SessionOutput { save: super::session::name_of(&save), dtype: super::session::name_of(&dtype) }
             },
         };
-        return super::session::run(choice, &a.out, Some(new), session_save, a.dtype, a.known.as_deref(), a.batch_metrics.scope());
+        return super::session::run(choice, &a.out, Some(new), (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries);
     }
     // One ROME edit after another, outside a session: the whole model, as a directory or a GGUF.
     let save = match (a.no_save, a.save) {

@@ -99,6 +99,10 @@ pub(super) struct Args {
     /// Not one of the experiment's settings: a resumed run may change it.
     #[arg(long, value_enum, default_value_t = super::session::BatchMetricsArg::Both)]
     batch_metrics: super::session::BatchMetricsArg,
+    /// When the GPU is lost during an arm (a driver reset, a watchdog), go on from its journal
+    /// on a new device up to this many times per arm.
+    #[arg(long, value_name = "N", default_value_t = super::common::GPU_RETRIES)]
+    gpu_retries: u32,
 }
 
 /// What fixes an experiment's results; written once to OUT/experiment.json and checked on
@@ -206,7 +210,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let mut finished = true;
     for arm in &selected {
         println!("== arm {} ({} requests, batches of {}, a checkpoint every {} edits) ==", arm.name, requests.len(), a.batch, a.every);
-        finished &= run_arm(choice, &a, arm, &requests, known.clone(), deadline)?;
+        finished &= super::common::recovering(&format!("arm {}", arm.name), a.gpu_retries, |_| run_arm(choice, &a, arm, &requests, known.clone(), deadline))?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }

@@ -67,6 +67,7 @@ impl BatchMetricsArg {
 }
 
 /// A new session's settings, from `revive edit`.
+#[derive(Clone)]
 pub(super) struct NewSession {
     pub model: String,
     pub method: String,
@@ -126,7 +127,8 @@ pub(super) fn no_output() -> revive::edit::session::SessionOutput {
 
 /// Starts a session (`new`, its output given there) or resumes the one in `dir` (writing what
 /// `save` and `dtype` say, else what its first run said), runs it to the end, saves.
-pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, save: Option<Save>, dtype: Option<Dtype>, known: Option<&Path>, scope: BatchScope) -> Result<()> {
+/// A GPU lost on the way (`--gpu-retries`): the run goes on from the journal on a new device.
+pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (save, dtype): (Option<Save>, Option<Dtype>), known: Option<&Path>, scope: BatchScope, gpu_retries: u32) -> Result<()> {
     let (spec, (save, dtype)) = match &new {
         Some(s) => (s.model.clone(), output_of(None, None, Some(&s.output))?),
         None => {
@@ -135,13 +137,18 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, sa
         }
     };
     let base = gguf_base(&spec, save)?;
-    with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
-        measure.scope = scope;
-        let total = session.batches_total();
-        session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
-        write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, (save, base.as_deref()), dtype)?;
-        print_summary(session);
-        Ok(())
+    super::common::recovering("revive edit", gpu_retries, |attempt| {
+        // A retry resumes what the first attempt wrote; one lost before it wrote the session
+        // starts it again.
+        let new = if attempt > 0 && Session::config_path(dir).exists() { None } else { new.clone() };
+        with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
+            measure.scope = scope;
+            let total = session.batches_total();
+            session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
+            write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, (save, base.as_deref()), dtype)?;
+            print_summary(session);
+            Ok(())
+        })
     })
 }
 

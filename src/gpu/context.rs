@@ -5,6 +5,7 @@
 use super::backend::BackendChoice;
 use super::binding::{immediate_source, reflect, GroupCache, Layouts, Params, Reflection, Signature};
 use super::choices::Choices;
+use super::lost::{self, LostState};
 use super::modes::{env_flag, offers_cooperative_matrices, offers_lanes, KernelModes, COOPERATIVE_FEATURES};
 use super::pool::{BufferPool, PoolStats};
 use super::stats::{Counters, KernelTime, RuntimeStats, Timing};
@@ -142,6 +143,10 @@ struct Shared {
     /// Kernel choices measured on this adapter (`revive tune`): key → choice.
     choices: Mutex<Choices>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// Set once the device is lost; every error after it is reported as the loss.
+    lost: LostState,
+    /// `REVIVE_LOSE_DEVICE_AFTER`: the submit after which to destroy this device (tests).
+    lose_after: Option<u64>,
 }
 
 #[derive(Default)]
@@ -289,6 +294,7 @@ impl Gpu {
             log::error!("wgpu: {e}");
             sink.lock().unwrap().push(e.to_string());
         }));
+        let lost = LostState::watch(&device);
         let reuse = !env_flag("REVIVE_NO_POOL");
         let pool = BufferPool::new(reuse);
         pool.set_budget(memory_limit()?);
@@ -330,6 +336,8 @@ impl Gpu {
                 lanes,
                 choices,
                 errors,
+                lost,
+                lose_after: lost::injection_point(),
             }),
             split,
             poison,
@@ -547,6 +555,9 @@ impl Gpu {
             unsafe { self.shared.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
+            if self.is_lost() {
+                return Err(self.gpu_error(e.to_string()));
+            }
             return Err(Error::Shader { shader: shader.name.into(), entry: "*".into(), reason: e.to_string() });
         }
         modules.insert((shader.name, immediate), module.clone());
@@ -594,6 +605,9 @@ impl Gpu {
             cache: None,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
+            if self.is_lost() {
+                return Err(self.gpu_error(e.to_string()));
+            }
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
         Ok(Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params })
@@ -729,7 +743,10 @@ impl Gpu {
             let start = Instant::now();
             let index = self.shared.queue.submit(Some(commands));
             self.shared.counters.submit_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.shared.counters.submits.fetch_add(1, Ordering::Relaxed);
+            let submits = self.shared.counters.submits.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.shared.lose_after == Some(submits) {
+                lost::destroy(&self.shared.device, &self.shared.lost, format!("destroyed after submit {submits} by REVIVE_LOSE_DEVICE_AFTER, an injected fault"));
+            }
             return Some(index);
         }
         None
@@ -741,12 +758,35 @@ impl Gpu {
         let start = Instant::now();
         let polled = self.shared.device.poll(wgpu::PollType::wait_indefinitely());
         self.shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        polled.map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        polled.map_err(|e| self.gpu_error(format!("waiting for the GPU: {e}")))?;
         self.check_errors()
+    }
+
+    /// An error of the device: the loss, once it is lost (whatever the call itself reported).
+    fn gpu_error(&self, message: String) -> Error {
+        match self.shared.lost.reason() {
+            Some(reason) => Error::DeviceLost { adapter: self.shared.info.name.clone(), reason },
+            None => Error::Gpu(message),
+        }
+    }
+
+    /// Destroys the device now, the way a driver reset takes it: every later call on this
+    /// context (and its clones) reports [`Error::DeviceLost`].
+    pub fn destroy(&self) {
+        lost::destroy(&self.shared.device, &self.shared.lost, "destroyed by this process (Gpu::destroy)".into());
+    }
+
+    /// Whether the device has been lost (a driver reset, a watchdog, [`lost`]'s injected fault).
+    pub fn is_lost(&self) -> bool {
+        self.shared.lost.reason().is_some()
     }
 
     fn check_errors(&self) -> Result<()> {
         let mut errs = self.shared.errors.lock().unwrap();
+        if let Some(reason) = self.shared.lost.reason() {
+            errs.clear();
+            return Err(Error::DeviceLost { adapter: self.shared.info.name.clone(), reason });
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -903,17 +943,17 @@ impl PendingRead {
         let start = Instant::now();
         let polled = shared.device.poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None });
         shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        polled.map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        polled.map_err(|e| self.gpu.gpu_error(format!("waiting for the GPU: {e}")))?;
         self.gpu.check_errors()?;
         self.mapped
             .recv()
-            .map_err(|_| Error::Gpu("readback callback never ran".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping the readback buffer: {e}")))?;
+            .map_err(|_| self.gpu.gpu_error("readback callback never ran".into()))?
+            .map_err(|e| self.gpu.gpu_error(format!("mapping the readback buffer: {e}")))?;
         let staging = self.staging.take().expect("taken only here");
         let bytes = staging
             .slice(..self.padded)
             .get_mapped_range()
-            .map_err(|e| Error::Gpu(format!("reading the mapped buffer: {e}")))?[..self.size as usize]
+            .map_err(|e| self.gpu.gpu_error(format!("reading the mapped buffer: {e}")))?[..self.size as usize]
             .to_vec();
         staging.unmap();
         let mut free = shared.staging.lock().unwrap();

@@ -5,6 +5,7 @@ mod binding;
 pub use binding::{immediate_source, reflect, Params, Reflection};
 mod choices;
 mod context;
+mod lost;
 mod modes;
 mod pool;
 mod stats;
@@ -12,6 +13,7 @@ mod tensor;
 
 pub use backend::BackendChoice;
 pub use choices::tuning_enabled;
+pub use lost::devices_lost;
 pub use context::{AdapterSummary, Bind, Gpu, Kernel, PendingRead, SplitLimits, PARAMS_SIZE};
 pub(crate) use modes::env_flag;
 pub use modes::{offers_cooperative_matrices, KernelModes};
