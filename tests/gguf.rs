@@ -49,6 +49,26 @@ const WIDE: Dims = Dims {
     ],
 };
 
+/// Rows 256 and 512 wide in the low-bit types: the lattice i-quants, the ternary types and
+/// MXFP4 (layer 1's down-projection, the 14th matrix, is IQ3_XXS).
+const LOW_BIT: Dims = Dims {
+    d: 256,
+    ffn: 512,
+    kv: 128,
+    types: &[
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
+    ],
+};
+
 /// Byte offsets of each type's f16 scale fields (llama.cpp's `ggml-common.h`): random bytes
 /// elsewhere, a random finite scale there.
 fn f16_fields(ty: GgmlType) -> &'static [usize] {
@@ -57,6 +77,10 @@ fn f16_fields(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q3_K => &[108],
         GgmlType::Q6_K => &[208],
         GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::TQ1_0 => &[52],
+        GgmlType::TQ2_0 => &[64],
+        // MXFP4's scale is an e8m0 byte, IQ1_M's f16 spread over nibbles (both set in `encode`).
+        GgmlType::MXFP4 | GgmlType::IQ1_M => &[],
         _ => &[0],
     }
 }
@@ -112,6 +136,17 @@ fn encode(ty: GgmlType, n: usize, rng: &mut impl Rng) -> (Vec<u8>, Vec<f32>) {
                 rng.fill_bytes(&mut block);
                 for &at in f16_fields(ty) {
                     block[at..at + 2].copy_from_slice(&scale(rng).to_le_bytes());
+                }
+                if ty == GgmlType::MXFP4 {
+                    // 2^(e − 127) around 2^-5; past e ≈ 140 the largest level overflows f32.
+                    block[0] = rng.random_range(115..130);
+                }
+                if ty == GgmlType::IQ1_M {
+                    // The top four bits of each of the last four 16-bit words, low nibble first.
+                    let d = scale(rng).to_bits();
+                    for k in 0..4 {
+                        block[49 + 2 * k] = (block[49 + 2 * k] & 0x0f) | ((((d >> (4 * k)) & 0xf) as u8) << 4);
+                    }
                 }
                 want.extend(dequantize(ty, &block));
                 bytes.extend(block);
@@ -234,7 +269,7 @@ fn expect_err(bytes: Vec<u8>, what: &str) -> String {
 
 #[test]
 fn tiny_model_round_trips_exactly() {
-    for (version, alignment, dims) in [(2, None, &SMALL), (3, None, &SMALL), (3, Some(64u32), &SMALL), (2, Some(128), &SMALL), (3, None, &WIDE), (2, Some(64), &WIDE)] {
+    for (version, alignment, dims) in [(2, None, &SMALL), (3, None, &SMALL), (3, Some(64u32), &SMALL), (2, Some(128), &SMALL), (3, None, &WIDE), (2, Some(64), &WIDE), (3, None, &LOW_BIT)] {
         let (mut w, want) = tiny_of(1, dims);
         for (k, v) in all_value_types() {
             w.kv(k, v);
@@ -432,6 +467,44 @@ fn an_edit_exports_over_its_base() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// An edit of a model from a low-bit file (its down-projection IQ3_XXS, a lattice type this
+/// program reads but does not write) exports in another type, every unchanged tensor still the
+/// base's bytes; `keep`, and naming a lattice type, are refused with what to choose.
+#[test]
+fn an_edit_of_a_lattice_quantised_model_exports_in_a_type_it_can_write() {
+    let dir = std::env::temp_dir().join(format!("revive-gguf-lattice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("base.gguf");
+    std::fs::write(&base, tiny_of(15, &LOW_BIT).0.to_bytes(3)).unwrap();
+    let g = GgufFile::read(&base).unwrap();
+    assert_eq!(g.meta.tensor("blk.1.ffn_down.weight").unwrap().ty, GgmlType::IQ3_XXS, "the cycle of LOW_BIT's types moved");
+    let (mut edited, _) = load_gguf(&base).unwrap();
+    edited.tensors.get_mut("layers.1.w_down").unwrap().data[3] += 0.25;
+    let want = edited.tensors["layers.1.w_down"].data.clone();
+
+    let refused = dir.join("refused.gguf");
+    let msg = export_over(&base, &edited, EditedType::Keep, &refused).unwrap_err().to_string();
+    assert!(msg.contains("IQ3_XXS") && msg.contains("does not write") && msg.contains("q8_0"), "{msg}");
+    assert!(!refused.exists(), "a refused export left a file");
+    assert!("iq2_xxs".parse::<EditedType>().unwrap_err().contains("q8_0"));
+    assert_eq!("tq2_0".parse::<EditedType>(), Ok(EditedType::As(GgmlType::TQ2_0)));
+
+    let out = dir.join("edited.gguf");
+    let e = export_over(&base, &edited, EditedType::As(GgmlType::F16), &out).unwrap();
+    assert_eq!(e.rewritten, vec![("blk.1.ffn_down.weight".to_string(), GgmlType::F16)]);
+    let back = GgufFile::read(&out).unwrap();
+    for t in &g.meta.tensors {
+        if t.name != "blk.1.ffn_down.weight" {
+            let o = back.meta.tensor(&t.name).unwrap();
+            assert_eq!((o.ty, back.tensor_bytes(o)), (t.ty, g.tensor_bytes(t)), "{} was not copied byte for byte", t.name);
+        }
+    }
+    let (loaded, _) = load_gguf(&out).unwrap();
+    let got = &loaded.tensors["layers.1.w_down"].data;
+    assert!(got.iter().zip(&want).all(|(a, b)| *a == f16::from_f32(*b).to_f32()), "the edited matrix is not its f16 rounding");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `revive export` writes a GGUF when --out ends in .gguf (a model without edits: every tensor
 /// the base's), a Hugging Face directory otherwise, and refuses a GGUF export of a model that
 /// came from a directory: there is no GGUF to write over.
@@ -547,7 +620,7 @@ fn quantisers_invert_the_dequantisers() {
     }
     // Zeros and constant blocks (of either sign) encode without dividing by zero.
     blocks.push((0..768).map(|i| [0.0, 0.75, -0.75][i / 256]).collect());
-    for ty in GgmlType::ALL {
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.encodable()) {
         for x in &blocks {
             let y = dequantize(ty, &quantize(ty, x));
             assert_eq!(y.len(), x.len());
@@ -571,6 +644,12 @@ fn quantisers_invert_the_dequantisers() {
                     GgmlType::Q6_K => amax / 32.0,
                     // The widest gap between IQ4's levels (89 to 113) of 127.
                     GgmlType::IQ4_NL | GgmlType::IQ4_XS => amax * 24.0 / 127.0,
+                    // Levels −d, 0, d with d the largest magnitude.
+                    GgmlType::TQ1_0 | GgmlType::TQ2_0 => amax,
+                    // The largest level, 1.5·2^⌊log2 max⌋, may fall short of the largest value
+                    // by up to half of it; the widest gap between levels is smaller.
+                    GgmlType::MXFP4 => amax / 2.0,
+                    other => unreachable!("{other:?} is read only"),
                 };
                 // The legacy types' one scale puts every value within half a step (Q4_0's and
                 // Q5_0's opposite extreme may clamp a whole step off, as in llama.cpp, and IQ4's
@@ -578,7 +657,7 @@ fn quantisers_invert_the_dequantisers() {
                 // quantised, may cost up to a whole step of the widest.
                 // Q3_K's and Q6_K's largest level (−4, −32) also carries its sub-block scale's
                 // rounding, up to half a step of the super-block's scale (of 31, 127 steps).
-                let half = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_0);
+                let half = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::TQ1_0 | GgmlType::TQ2_0);
                 let factor = match ty {
                     GgmlType::Q3_K => 1.0 + 4.0 / 62.0,
                     GgmlType::Q6_K => 1.0 + 32.0 / 254.0,
@@ -674,7 +753,7 @@ fn truncated_files_are_errors() {
 #[test]
 fn bit_flips_never_panic() {
     // The legacy types' model, and the K-quants' (whose flipped scales may decode to inf or NaN).
-    for (dims, n) in [(&SMALL, 3000), (&WIDE, 600)] {
+    for (dims, n) in [(&SMALL, 3000), (&WIDE, 600), (&LOW_BIT, 400)] {
         bit_flips_in(dims, n);
     }
 }
@@ -717,7 +796,7 @@ fn inconsistent_models_are_errors() {
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "99"),
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "blk.0.attn_k.weight"),
-        ("a type this reader does not decode", Box::new(|w| w.tensors[3].type_id = 16), "IQ2_XXS"),
+        ("a type this reader does not decode", Box::new(|w| w.tensors[3].type_id = 40), "type 40 (ggml's NVFP4), which this reader does not decode"),
         ("missing tensor", Box::new(|w| w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight")), "layers.1.w_down"),
         ("transposed tensor", Box::new(|w| w.tensors.iter_mut().filter(|t| t.name == "blk.1.ffn_down.weight").for_each(|t| t.dims.reverse())), "blk.1.ffn_down.weight"),
         ("config disagrees", Box::new(set("llama.feed_forward_length", Value::U32(128))), "ffn_gate"),

@@ -4,7 +4,7 @@ decoded by llama.cpp's own Python package (`gguf`, PyPI, MIT), written as the JS
 
 The blocks are random bytes, except that each f16 scale field holds a random finite value (a
 random bit pattern would often be NaN or infinite, which says nothing about the layout), the
-last block's a subnormal one. The seed is fixed, so the file is the same on every run.
+last block's a subnormal one (IQ1_M's, spread over four nibbles, too). The seed is fixed, so the file is the same on every run.
 
     pip install gguf==0.19.0 numpy
     python3 benches/baselines/gguf_quants.py tests/data/gguf-quants.json
@@ -32,6 +32,18 @@ F16_FIELDS = {
     T.Q6_K: [208],
     T.IQ4_NL: [0],
     T.IQ4_XS: [0],
+    T.IQ2_XXS: [0],
+    T.IQ2_XS: [0],
+    T.IQ2_S: [0],
+    T.IQ3_XXS: [0],
+    T.IQ3_S: [0],
+    T.IQ1_S: [0],
+    # IQ1_M's f16 scale is spread over the top nibbles of its last four 16-bit words (below).
+    T.IQ1_M: [],
+    T.TQ1_0: [52],
+    T.TQ2_0: [64],
+    # MXFP4's scale is one e8m0 byte (set below).
+    T.MXFP4: [],
 }
 
 
@@ -43,6 +55,18 @@ def blocks_of(ty, rng):
         # The last block's scales are subnormal f16 (below 6.1e-5): small-weight tensors have them.
         scales[-1] = np.float16(rng.uniform(-6e-5, 6e-5))
         raw[:, at : at + 2] = scales.view(np.uint8).reshape(BLOCKS, 2)
+    if ty == T.MXFP4:
+        # Scales 2^-9 and 2^0, and the two that ggml computes as subnormal bit patterns (e < 2);
+        # a random byte past 140 or so would overflow f32 at the largest level.
+        raw[:, 0] = [118, 127, 1, 0]
+    if ty == T.IQ1_M:
+        d = rng.uniform(-0.05, 0.05, size=BLOCKS).astype(np.float16)
+        d[-1] = np.float16(rng.uniform(-6e-5, 6e-5))
+        bits = d.view(np.uint16)
+        words = raw[:, 48:56].copy().view(np.uint16)
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((bits >> (4 * k)) & 0xF) << 12)
+        raw[:, 48:56] = words.view(np.uint8)
     return raw
 
 

@@ -31,11 +31,11 @@ impl std::str::FromStr for EditedType {
         if s.eq_ignore_ascii_case("keep") {
             return Ok(EditedType::Keep);
         }
-        GgmlType::ALL
-            .into_iter()
+        let writable = || GgmlType::ALL.into_iter().filter(|t| t.encodable());
+        writable()
             .find(|t| format!("{t:?}").eq_ignore_ascii_case(s))
             .map(EditedType::As)
-            .ok_or_else(|| format!("'{s}' is not a tensor type: keep, or one of {}", GgmlType::ALL.map(|t| format!("{t:?}").to_lowercase()).join(", ")))
+            .ok_or_else(|| format!("'{s}' is not a tensor type this program writes: keep, or one of {}", writable().map(|t| format!("{t:?}").to_lowercase()).collect::<Vec<_>>().join(", ")))
     }
 }
 
@@ -83,6 +83,9 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
             EditedType::Keep => t.ty,
             EditedType::As(ty) => ty,
         };
+        if !ty.encodable() {
+            return Err(model_err(file, format!("the edited {name} is {ty:?} in the base, a lattice type this program reads but does not write (llama.cpp chooses its grid points with an importance matrix): choose --edited-type f32, f16 or q8_0")));
+        }
         let (block, _) = ty.block();
         if t.dims[0] % block != 0 {
             return Err(model_err(file, format!("the edited {name} has rows of {} values, not a whole number of {ty:?} blocks of {block}: choose f32 or f16", t.dims[0])));

@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub mod export;
+mod iq_grids;
+mod iquant;
 pub mod quant;
 pub mod write;
 

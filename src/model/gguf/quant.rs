@@ -4,14 +4,16 @@
 //! GGUF files on model hubs are mostly "K-quant" mixes (Q4_K_M, Q5_K_M, Q6_K, …): 256-element
 //! super-blocks for matrices whose rows are a multiple of 256 wide, and a legacy 32-element type
 //! (Q5_0, Q5_1, Q8_0, IQ4_NL) for the rest — SmolLM2's 576-wide rows among them. Every type such
-//! a mix uses is read here. The decoders follow the order of f32 operations of llama.cpp's
+//! a mix uses is read here, and the lattice i-quants (IQ1–IQ3), ternary and MXFP4 types of the
+//! low-bit mixes (`iquant.rs`). The decoders follow the order of f32 operations of llama.cpp's
 //! reference C code and of its Python package, and give the same bits as that package (checked in
 //! `tests/gguf.rs`; a compiled ggml that fuses a multiply-add may differ in the last bit).
 //!
 //! The encoders are simple — one scale per (sub-)block from its extremes, no search over scales
 //! as llama.cpp's quantisers do — so they round-trip to within a quantisation step, which is what
-//! tests need; they are not meant to make good model files.
+//! tests need; they are not meant to make good model files. The lattice types are read only.
 
+use super::iquant;
 use half::{bf16, f16};
 
 /// The tensor element types this reader dequantises.
@@ -33,6 +35,16 @@ pub enum GgmlType {
     Q6_K,
     IQ4_NL,
     IQ4_XS,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ2_S,
+    IQ3_XXS,
+    IQ3_S,
+    IQ1_S,
+    IQ1_M,
+    TQ1_0,
+    TQ2_0,
+    MXFP4,
 }
 
 /// Elements of a K-quant super-block.
@@ -42,7 +54,7 @@ const QK_K: usize = 256;
 const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 15] = [
+    pub const ALL: [GgmlType; 25] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -58,6 +70,16 @@ impl GgmlType {
         GgmlType::Q6_K,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
     ];
 
     pub fn from_id(id: u32) -> Option<Self> {
@@ -80,8 +102,24 @@ impl GgmlType {
             GgmlType::Q6_K => 14,
             GgmlType::IQ4_NL => 20,
             GgmlType::IQ4_XS => 23,
+            GgmlType::IQ2_XXS => 16,
+            GgmlType::IQ2_XS => 17,
+            GgmlType::IQ3_XXS => 18,
+            GgmlType::IQ1_S => 19,
+            GgmlType::IQ3_S => 21,
+            GgmlType::IQ2_S => 22,
+            GgmlType::IQ1_M => 29,
             GgmlType::BF16 => 30,
+            GgmlType::TQ1_0 => 34,
+            GgmlType::TQ2_0 => 35,
+            GgmlType::MXFP4 => 39,
         }
+    }
+
+    /// Whether [`quantize`] writes this type: all but the lattice i-quants, whose grid points
+    /// llama.cpp chooses by a search with an importance matrix (`iquant`).
+    pub fn encodable(self) -> bool {
+        !matches!(self, GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ1_S | GgmlType::IQ1_M)
     }
 
     /// (elements, bytes) of one block; rows (ne[0]) are a whole number of blocks.
@@ -100,6 +138,16 @@ impl GgmlType {
             GgmlType::Q5_K => (QK_K, 176),
             GgmlType::Q6_K => (QK_K, 210),
             GgmlType::IQ4_XS => (QK_K, 136),
+            GgmlType::IQ2_XXS => (QK_K, 66),
+            GgmlType::IQ2_XS => (QK_K, 74),
+            GgmlType::IQ2_S => (QK_K, 82),
+            GgmlType::IQ3_XXS => (QK_K, 98),
+            GgmlType::IQ3_S => (QK_K, 110),
+            GgmlType::IQ1_S => (QK_K, 50),
+            GgmlType::IQ1_M => (QK_K, 56),
+            GgmlType::TQ1_0 => (QK_K, 54),
+            GgmlType::TQ2_0 => (QK_K, 66),
+            GgmlType::MXFP4 => (32, 17),
         }
     }
 }
@@ -253,6 +301,16 @@ fn dequantize_block(ty: GgmlType, b: &[u8], out: &mut Vec<f32>) {
                 out.push(dl * IQ4_LEVELS[q as usize] as f32);
             }
         }
+        GgmlType::IQ2_XXS => iquant::iq2_xxs(b, out),
+        GgmlType::IQ2_XS => iquant::iq2_xs(b, out),
+        GgmlType::IQ2_S => iquant::iq2_s(b, out),
+        GgmlType::IQ3_XXS => iquant::iq3_xxs(b, out),
+        GgmlType::IQ3_S => iquant::iq3_s(b, out),
+        GgmlType::IQ1_S => iquant::iq1_s(b, out),
+        GgmlType::IQ1_M => iquant::iq1_m(b, out),
+        GgmlType::TQ1_0 => iquant::tq1_0(b, out),
+        GgmlType::TQ2_0 => iquant::tq2_0(b, out),
+        GgmlType::MXFP4 => iquant::mxfp4(b, out),
     }
 }
 
@@ -269,6 +327,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
 /// Encodes f32 values (a whole number of blocks) into `ty`'s layout. The values must be finite
 /// (a NaN takes some finite code); a caller that may hold others checks first, as the export does.
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    assert!(ty.encodable(), "{ty:?} is read only: callers check GgmlType::encodable");
     let (block, _) = ty.block();
     assert!(x.len().is_multiple_of(block), "{} values are not a whole number of {ty:?} blocks", x.len());
     let mut out = Vec::new();
@@ -358,6 +417,11 @@ fn quantize_block(ty: GgmlType, b: &[f32], out: &mut Vec<u8>) {
         }
         GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K => quantize_k_with_min(ty, b, out),
         GgmlType::Q3_K | GgmlType::Q6_K | GgmlType::IQ4_XS => quantize_k_symmetric(ty, b, out),
+        GgmlType::TQ1_0 | GgmlType::TQ2_0 => iquant::quantize_ternary(ty == GgmlType::TQ1_0, b, out),
+        GgmlType::MXFP4 => iquant::quantize_mxfp4(b, out),
+        GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ1_S | GgmlType::IQ1_M => {
+            unreachable!("quantize refuses the read-only types first")
+        }
     }
 }
 
