@@ -115,7 +115,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "gguf",
             file: "fuzz.gguf",
-            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, k_quant_gguf()?],
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, k_quant_gguf()?, low_bit_gguf()?],
             load: Box::new(|_, bytes| {
                 let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
                 crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
@@ -304,8 +304,18 @@ pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
 /// A one-layer model 256 wide, its matrices in the K-quants and their 32-element fallbacks
 /// (the types of a llama.cpp Q4_K_M-like mix), so that mutations reach their blocks and scales.
 fn k_quant_gguf() -> Result<Vec<u8>> {
+    wide_gguf(&[GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL])
+}
+
+/// The same model in the ternary types and MXFP4 (the lattice i-quants have no encoder here;
+/// `tests/gguf.rs` flips bits in a model of them).
+fn low_bit_gguf() -> Result<Vec<u8>> {
+    wide_gguf(&[GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::MXFP4])
+}
+
+/// A one-layer model 256 wide, its matrices cycling through `types`.
+fn wide_gguf(types: &[GgmlType]) -> Result<Vec<u8>> {
     let config = Config { vocab_size: 259, hidden: 256, n_layers: 1, n_heads: 4, n_kv_heads: 2, head_dim: 64, ffn_hidden: 512, max_seq_len: 64, ..Config::tiny_llama() };
-    let types = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL];
     let next = std::cell::Cell::new(0);
     tiny_gguf_typed(&random_weights(&config, 5), 3, |name, dims| {
         if dims.len() < 2 || name == "embed" {
