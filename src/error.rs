@@ -29,8 +29,11 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
-    #[error("the GPU '{adapter}' was lost ({reason}): a driver reset, a watchdog that stopped a long kernel, or the device removed; what it held is gone. A journaled session (`revive edit --batch`, `revive experiment`) goes on from its last finished batch on a new device by itself (--gpu-retries), or with `revive edit --resume DIR` / the same `revive experiment` command")]
+    #[error("the GPU '{adapter}' was lost ({reason}): a driver reset, a watchdog that stopped a long kernel, or the device removed; what it held is gone. A journaled session (`revive edit --batch`, `revive experiment`) continues from its last finished batch on a new device: by itself up to --gpu-retries times, then with `revive edit --resume DIR` or the same `revive experiment` command")]
     DeviceLost { adapter: String, reason: String },
+
+    #[error("the GPU lost earlier, {adapter}, is not offered again (yet): work that goes on after a loss stays on its adapter, whose results it would otherwise mix with another's")]
+    LostAdapterAbsent { adapter: String },
 
     #[error("{file}: {detail}")]
     Model { file: String, detail: String },

@@ -487,6 +487,14 @@ fn an_edit_of_a_lattice_quantised_model_exports_in_a_type_it_can_write() {
     assert!(msg.contains("IQ3_XXS") && msg.contains("does not write") && msg.contains("q8_0"), "{msg}");
     assert!(!refused.exists(), "a refused export left a file");
     assert!("iq2_xxs".parse::<EditedType>().unwrap_err().contains("q8_0"));
+    // A small edit of a ternary matrix re-encoded in its own type rounds back to the base.
+    let (mut small, _) = load_gguf(&base).unwrap();
+    let wq = small.tensors.get_mut("layers.1.wq").unwrap();
+    let zero = wq.data.iter().position(|v| *v == 0.0).unwrap();
+    wq.data[zero] += 1e-4;
+    let msg = export_over(&base, &small, EditedType::Keep, &refused).unwrap_err().to_string();
+    assert!(msg.contains("does not survive TQ1_0"), "{msg}");
+    assert!(!refused.exists(), "a refused export left a file");
     assert_eq!("tq2_0".parse::<EditedType>(), Ok(EditedType::As(GgmlType::TQ2_0)));
 
     let out = dir.join("edited.gguf");

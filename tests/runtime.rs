@@ -532,9 +532,64 @@ fn a_lost_device_is_reported_as_lost_and_a_new_one_works() {
         let e = gpu.sync().expect_err("a wait on a lost device succeeded");
         assert!(e.to_string().contains("was lost") && e.to_string().contains("--resume"), "{name}: {e}");
         drop((x, y, gpu));
+        // Lost without this program's knowing: only wgpu's device-lost callback can tell (as
+        // with a driver's reset), and the wait after it must report the loss.
+        let gpu = Gpu::open(adapter.clone()).unwrap();
+        let x = gpu.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
+        let before = revive::gpu::devices_lost();
+        gpu.device().destroy();
+        let e = elementwise::add(&gpu, &x, &x).and_then(|z| gpu.download(&z)).expect_err("a read on a destroyed device succeeded");
+        assert!(matches!(e, revive::Error::DeviceLost { .. }), "{name}: the callback's loss came out as {e:?}");
+        assert!(gpu.is_lost() && revive::gpu::devices_lost() > before, "{name}: the callback did not count the loss");
+        drop((x, gpu));
         let fresh = Gpu::open(adapter).unwrap();
         let x = fresh.upload(&[1.0, 2.0, 3.0], &[3]).unwrap();
         let y = elementwise::add(&fresh, &x, &x).unwrap();
         assert_eq!(fresh.download(&y).unwrap(), vec![2.0, 4.0, 6.0], "{name}: a new device after the loss");
     }
+}
+
+/// Not a test of its own: the child process of `work_after_a_loss_stays_on_its_adapter`, run
+/// with `REVIVE_LOSE_DEVICE_AFTER=1`, so that the first device it opens is lost after its first
+/// submit, as by a fault.
+#[test]
+fn child_that_loses_its_first_device() {
+    let (Ok(lost), Ok(other)) = (std::env::var("REVIVE_TEST_LOSS_CHILD"), std::env::var("REVIVE_TEST_LOSS_OTHER")) else { return };
+    let (lost, other): (BackendChoice, BackendChoice) = (lost.parse().unwrap(), other.parse().unwrap());
+    let gpu = Gpu::new(lost).unwrap();
+    let x = gpu.upload(&[1.0, 2.0], &[2]).unwrap();
+    let e = elementwise::add(&gpu, &x, &x).and_then(|y| gpu.download(&y)).expect_err("the injected loss did not happen");
+    assert!(matches!(e, revive::Error::DeviceLost { .. }), "{e:?}");
+    drop((x, gpu));
+    match Gpu::new(other) {
+        Err(revive::Error::LostAdapterAbsent { adapter }) => println!("refused another adapter after the loss of {adapter}"),
+        Err(e) => panic!("another adapter after a loss: {e}"),
+        Ok(g) => panic!("a new device on {} after the loss of another adapter", g.label()),
+    }
+    let again = Gpu::new(lost).unwrap();
+    let x = again.upload(&[1.0, 2.0], &[2]).unwrap();
+    assert_eq!(again.download(&elementwise::add(&again, &x, &x).unwrap()).unwrap(), vec![2.0, 4.0]);
+    println!("the lost adapter works again");
+}
+
+/// After a device is lost by a fault, a new device opens on the same adapter only — work that
+/// goes on after a loss must not mix the bits of two adapters — and that device computes (in a
+/// child process: the loss is remembered for the life of the process).
+#[test]
+fn work_after_a_loss_stays_on_its_adapter() {
+    let mut backends: Vec<String> = gpus().iter().map(|g| format!("{:?}", g.info().backend).to_lowercase()).collect();
+    backends.dedup();
+    if backends.len() < 2 {
+        eprintln!("one backend only: nothing else to refuse");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_that_loses_its_first_device", "--nocapture", "--test-threads=1"])
+        .env("REVIVE_LOSE_DEVICE_AFTER", "1")
+        .env("REVIVE_TEST_LOSS_CHILD", &backends[0])
+        .env("REVIVE_TEST_LOSS_OTHER", &backends[1])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("refused another adapter") && said.contains("works again"), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
 }

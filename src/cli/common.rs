@@ -90,21 +90,45 @@ pub(super) fn ensure_writable(path: &std::path::Path, flag: &str) -> Result<()> 
 pub(super) const GPU_RETRIES: u32 = 3;
 
 /// Runs `attempt` (given the number of retries so far) and, when it failed because this
-/// process lost its GPU, runs it again on a new device, up to `retries` times: for work that
-/// goes on from its journal, so a retry repeats at most the batch the loss cut short.
+/// process lost its GPU, runs it again on a new device on the same adapter, up to `retries`
+/// times (an adapter not offered again yet takes a retry too, after a longer wait): for work
+/// that goes on from its journal, so a retry repeats at most the batch the loss cut short.
 pub(super) fn recovering<R>(what: &str, retries: u32, mut attempt: impl FnMut(u32) -> Result<R>) -> Result<R> {
     let mut tried = 0;
     loop {
         let lost_before = revive::gpu::devices_lost();
-        match attempt(tried) {
-            Err(e) if revive::gpu::devices_lost() > lost_before && tried < retries => {
-                tried += 1;
-                eprintln!("{what}: {e:#}");
-                eprintln!("{what}: going on from the journal on a new device (retry {tried} of {retries})");
-                // A driver that has just reset may not offer the adapter again at once.
-                std::thread::sleep(std::time::Duration::from_secs(2 * tried as u64));
-            }
-            done => return done,
+        let e = match attempt(tried) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        let lost = revive::gpu::devices_lost() > lost_before;
+        let absent = e.chain().any(|c| matches!(c.downcast_ref::<revive::Error>(), Some(revive::Error::LostAdapterAbsent { .. })));
+        if !(lost || absent && tried > 0) {
+            return Err(e);
         }
+        if tried == retries {
+            return Err(e.context(format!("{what}: gave up after {retries} retries on a new device (--gpu-retries)")));
+        }
+        tried += 1;
+        eprintln!("{what}: {e:#}");
+        eprintln!("{what}: going on from the journal on a new device (retry {tried} of {retries})");
+        // A driver that has just reset may take a while to offer the adapter again.
+        std::thread::sleep(std::time::Duration::from_secs(5 * tried as u64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recovering;
+
+    /// A failure that is not a lost GPU is not retried.
+    #[test]
+    fn only_a_lost_gpu_is_retried() {
+        let mut calls = 0;
+        let r: anyhow::Result<()> = recovering("test", 3, |_| {
+            calls += 1;
+            anyhow::bail!("an ordinary failure")
+        });
+        assert_eq!((calls, r.unwrap_err().to_string()), (1, "an ordinary failure".to_string()));
     }
 }

@@ -414,6 +414,10 @@ impl<'a> Session<'a> {
             let reqs = self.requests[range[0]..range[1]].to_vec();
             let batch_size = self.config.batch;
             let name = |e: Error| {
+                // A lost GPU is not this batch's fault: the caller may go on on a new device.
+                if matches!(e, Error::DeviceLost { .. }) {
+                    return e;
+                }
                 let ids: Vec<String> = reqs.iter().enumerate().map(|(i, r)| r.case_id.map_or(format!("#{}", range[0] + i), |c| format!("case {c}"))).collect();
                 let hint = match e {
                     Error::OutOfMemory { .. } | Error::TooLarge { .. } => format!(
@@ -428,8 +432,9 @@ impl<'a> Session<'a> {
             let (header, written, state) = self.edit_batch(model, b, range, &reqs, before, &bar).map_err(name)?;
             let gpu = model.gpu().clone();
             let updates: Vec<_> = written.iter().map(|w| w.update.clone()).collect();
-            self.journal.append_batch(&gpu, &header, &updates, &state).map_err(|e| {
-                Error::Edit(format!("batch {b} was not applied: its journal record could not be written ({e}); the weights and the journal are as they were, and --resume continues from here"))
+            self.journal.append_batch(&gpu, &header, &updates, &state).map_err(|e| match e {
+                Error::DeviceLost { .. } => e,
+                e => Error::Edit(format!("batch {b} was not applied: its journal record could not be written ({e}); the weights and the journal are as they were, and --resume continues from here")),
             })?;
             for u in &updates {
                 u.delta.add_to(&gpu, model.tensor(&u.matrix)?)?;

@@ -149,6 +149,13 @@ struct Shared {
     lose_after: Option<u64>,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // What a device did in its life, for tests that inject faults at a chosen submit.
+        log::debug!("device of '{}' closed after {} submits", self.info.name, self.counters.submits.load(Ordering::Relaxed));
+    }
+}
+
 #[derive(Default)]
 struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
@@ -230,6 +237,14 @@ impl Gpu {
                 return Err(Error::AdapterNotFound { want, found: found.join(", ") });
             }
         }
+        if let Some((name, backend)) = lost::lost_adapter() {
+            // Work that goes on after a loss stays on the adapter it started on: another would
+            // give other bits (and another speed).
+            adapters.retain(|a| a.get_info().name == name && a.get_info().backend == backend);
+            if adapters.is_empty() {
+                return Err(Error::LostAdapterAbsent { adapter: format!("{name} ({backend:?})") });
+            }
+        }
         let adapter = adapters.into_iter().next().ok_or_else(|| Error::NoAdapter {
             tried: backend_names(choice),
             hint: choice.install_hint().to_string(),
@@ -294,7 +309,7 @@ impl Gpu {
             log::error!("wgpu: {e}");
             sink.lock().unwrap().push(e.to_string());
         }));
-        let lost = LostState::watch(&device);
+        let lost = LostState::watch(&device, &info);
         let reuse = !env_flag("REVIVE_NO_POOL");
         let pool = BufferPool::new(reuse);
         pool.set_budget(memory_limit()?);
@@ -745,7 +760,7 @@ impl Gpu {
             self.shared.counters.submit_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let submits = self.shared.counters.submits.fetch_add(1, Ordering::Relaxed) + 1;
             if self.shared.lose_after == Some(submits) {
-                lost::destroy(&self.shared.device, &self.shared.lost, format!("destroyed after submit {submits} by REVIVE_LOSE_DEVICE_AFTER, an injected fault"));
+                lost::destroy(&self.shared.device, &self.shared.lost, format!("destroyed after submit {submits} by REVIVE_LOSE_DEVICE_AFTER, an injected fault"), true);
             }
             return Some(index);
         }
@@ -755,25 +770,45 @@ impl Gpu {
     /// Submits recorded work and waits until the GPU has finished it.
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
-        let start = Instant::now();
-        let polled = self.shared.device.poll(wgpu::PollType::wait_indefinitely());
-        self.shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        polled.map_err(|e| self.gpu_error(format!("waiting for the GPU: {e}")))?;
+        self.poll(wgpu::PollType::wait_indefinitely())?;
         self.check_errors()
     }
 
     /// An error of the device: the loss, once it is lost (whatever the call itself reported).
     fn gpu_error(&self, message: String) -> Error {
+        self.lost_or(Error::Gpu(message))
+    }
+
+    /// `e`, or the loss when the device is lost: after a loss any failure is the loss's.
+    pub(crate) fn lost_or(&self, e: Error) -> Error {
         match self.shared.lost.reason() {
             Some(reason) => Error::DeviceLost { adapter: self.shared.info.name.clone(), reason },
-            None => Error::Gpu(message),
+            None => e,
+        }
+    }
+
+    /// Waits for the device. wgpu 30 panics in `Device::poll` on a device error other than a
+    /// timeout or a wrong submission index — which a driver's VK_ERROR_DEVICE_LOST is, once its
+    /// callback has fired — so the panic is caught here and reported as the loss (or, on a
+    /// device still alive, as the GPU error it names).
+    fn poll(&self, poll: wgpu::PollType) -> Result<()> {
+        let start = Instant::now();
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.shared.device.poll(poll)));
+        self.shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match polled {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.gpu_error(format!("waiting for the GPU: {e}"))),
+            Err(panic) => {
+                let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                Err(self.gpu_error(format!("waiting for the GPU: {what}")))
+            }
         }
     }
 
     /// Destroys the device now, the way a driver reset takes it: every later call on this
     /// context (and its clones) reports [`Error::DeviceLost`].
     pub fn destroy(&self) {
-        lost::destroy(&self.shared.device, &self.shared.lost, "destroyed by this process (Gpu::destroy)".into());
+        lost::destroy(&self.shared.device, &self.shared.lost, "destroyed by this process (Gpu::destroy)".into(), false);
     }
 
     /// Whether the device has been lost (a driver reset, a watchdog, [`lost`]'s injected fault).
@@ -782,18 +817,17 @@ impl Gpu {
     }
 
     fn check_errors(&self) -> Result<()> {
-        let mut errs = self.shared.errors.lock().unwrap();
-        if let Some(reason) = self.shared.lost.reason() {
-            errs.clear();
-            return Err(Error::DeviceLost { adapter: self.shared.info.name.clone(), reason });
+        if self.shared.errors.lock().unwrap().is_empty() && !self.is_lost() {
+            return Ok(());
         }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            let msg = errs.join("; ");
-            errs.clear();
-            Err(Error::Gpu(msg))
+        // A device made invalid reports the loss only from a later maintenance pass, while the
+        // calls after it already fail as invalid objects: one pass without waiting lets the
+        // callback say whether these errors are the loss's.
+        if !self.is_lost() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.shared.device.poll(wgpu::PollType::Poll)));
         }
+        let msg = std::mem::take(&mut *self.shared.errors.lock().unwrap()).join("; ");
+        Err(self.lost_or(Error::Gpu(msg)))
     }
 
     /// Host -> buffer. Pending work is submitted first: `write_buffer` would otherwise run before
@@ -940,10 +974,7 @@ impl PendingRead {
     /// still be running.
     pub fn finish(mut self) -> Result<Vec<u8>> {
         let shared = &self.gpu.shared;
-        let start = Instant::now();
-        let polled = shared.device.poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None });
-        shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        polled.map_err(|e| self.gpu.gpu_error(format!("waiting for the GPU: {e}")))?;
+        self.gpu.poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None })?;
         self.gpu.check_errors()?;
         self.mapped
             .recv()

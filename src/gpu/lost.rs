@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex};
 
 /// Devices lost in this process since it started.
 static DEVICES_LOST: AtomicUsize = AtomicUsize::new(0);
+/// The adapter (name, backend) of the last device lost by a fault (not by this process's own
+/// `destroy`): work that goes on after the loss goes on there, or waits for it, so that its
+/// results stay those of one adapter.
+static LOST_ADAPTER: Mutex<Option<(String, wgpu::Backend)>> = Mutex::new(None);
 /// The injected loss happens once per process: a recovered run goes on on its new device.
 static INJECTION_TAKEN: AtomicBool = AtomicBool::new(false);
 
@@ -20,33 +24,47 @@ pub fn devices_lost() -> usize {
     DEVICES_LOST.load(Ordering::SeqCst)
 }
 
+/// The adapter a device was lost on by a fault, if one was: a new device must be opened there.
+pub fn lost_adapter() -> Option<(String, wgpu::Backend)> {
+    LOST_ADAPTER.lock().unwrap().clone()
+}
+
 /// Why a device was lost, once it is.
-#[derive(Clone, Default)]
-pub struct LostState(Arc<Mutex<Option<String>>>);
+#[derive(Clone)]
+pub struct LostState {
+    why: Arc<Mutex<Option<String>>>,
+    adapter: (String, wgpu::Backend),
+}
 
 impl LostState {
-    /// Watches `device`: wgpu calls back once when it is lost.
-    pub fn watch(device: &wgpu::Device) -> LostState {
-        let state = LostState::default();
+    /// Watches `device` of the adapter `info`: wgpu calls back once when it is lost (reason
+    /// `Unknown` for a driver's loss, `Destroyed` after `Device::destroy`, which only this
+    /// process calls).
+    pub fn watch(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> LostState {
+        let state = LostState { why: Arc::default(), adapter: (info.name.clone(), info.backend) };
         let inner = state.clone();
         device.set_device_lost_callback(move |reason, message| {
             let why = if message.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {message}") };
-            inner.mark(why);
+            inner.mark(why, reason == wgpu::DeviceLostReason::Unknown);
         });
         state
     }
 
     /// The first report wins: an injected loss is marked before wgpu's own callback follows.
-    fn mark(&self, why: String) {
-        let mut lost = self.0.lock().unwrap();
+    /// A loss by a fault (`pin`) ties the work that goes on to this adapter.
+    fn mark(&self, why: String, pin: bool) {
+        let mut lost = self.why.lock().unwrap();
         if lost.is_none() {
             DEVICES_LOST.fetch_add(1, Ordering::SeqCst);
             *lost = Some(why);
+            if pin {
+                *LOST_ADAPTER.lock().unwrap() = Some(self.adapter.clone());
+            }
         }
     }
 
     pub fn reason(&self) -> Option<String> {
-        self.0.lock().unwrap().clone()
+        self.why.lock().unwrap().clone()
     }
 }
 
@@ -58,9 +76,9 @@ pub fn injection_point() -> Option<u64> {
 }
 
 /// Destroys `device` as a reset would take it, and marks it lost at once with `why` (wgpu's own
-/// callback comes only once its queue has drained).
-pub fn destroy(device: &wgpu::Device, state: &LostState, why: String) {
+/// callback comes only once its queue has drained); `fault`: as a fault would (see `mark`).
+pub fn destroy(device: &wgpu::Device, state: &LostState, why: String, fault: bool) {
     log::warn!("destroying the device: {why}");
-    state.mark(why);
+    state.mark(why, fault);
     device.destroy();
 }

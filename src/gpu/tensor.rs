@@ -119,7 +119,7 @@ impl Gpu {
                 detail: format!("{shape:?} needs {bytes} bytes; this adapter's largest buffer is {}", self.limits().max_buffer_size),
             });
         }
-        let (buf, _) = self.pool().acquire(self.device(), bytes)?;
+        let (buf, _) = self.pool().acquire(self.device(), bytes).map_err(|e| self.lost_or(e))?;
         Ok(Tensor { buf: Arc::new(buf), start: 0, shape: shape.to_vec(), dtype })
     }
 

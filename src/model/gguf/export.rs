@@ -70,7 +70,8 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
             return Err(model_err(file, format!("tensor '{}' ({name}) is {shape:?} here but {:?} in the model being exported: is this its base?", t.name, ours.shape)));
         }
         canonical.insert(name.clone());
-        let unchanged = g.dequantize(t).iter().zip(&ours.data).all(|(a, b)| a.to_bits() == b.to_bits());
+        let base_values = g.dequantize(t);
+        let unchanged = base_values.iter().zip(&ours.data).all(|(a, b)| a.to_bits() == b.to_bits());
         if unchanged {
             w.tensor(&t.name, &t.dims, t.ty, g.tensor_bytes(t).to_vec());
             copied += 1;
@@ -95,6 +96,11 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
         let back = super::quant::dequantize(ty, &encoded);
         if let Some(i) = back.iter().position(|v| !v.is_finite()) {
             return Err(model_err(file, format!("the edited {name} does not fit {ty:?}: its value {} at {i} becomes {}; choose f32", ours.data[i], back[i])));
+        }
+        // A coarse type (ternary, 2-bit) can round a small edit back to the base's codes.
+        // (By value: a sign flipped with its scale turns a zero into −0.)
+        if back.iter().zip(&base_values).all(|(a, b)| a == b) {
+            return Err(model_err(file, format!("the edit of {name} does not survive {ty:?}: re-encoded, it decodes to the base's values exactly; choose a finer --edited-type (f32, f16 or q8_0)")));
         }
         w.tensor(&t.name, &t.dims, ty, encoded);
         rewritten.push((t.name.clone(), ty));
