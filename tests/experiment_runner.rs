@@ -382,8 +382,11 @@ fn the_dry_run_estimates_the_plan_and_writes_no_experiment() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// The tensors of a session's `delta.safetensors`: name → (shape, bytes).
-fn delta_tensors(dir: &Path) -> Result<std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>, String> {
+/// Tensors by name: (shape, bytes).
+type Tensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<u8>)>;
+
+/// The tensors of a session's `delta.safetensors`.
+fn delta_tensors(dir: &Path) -> Result<Tensors, String> {
     let path = dir.join("delta.safetensors");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;

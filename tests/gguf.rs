@@ -55,18 +55,9 @@ const LOW_BIT: Dims = Dims {
     d: 256,
     ffn: 512,
     kv: 128,
-    types: &[
-        GgmlType::IQ2_XXS,
-        GgmlType::IQ2_XS,
-        GgmlType::IQ2_S,
-        GgmlType::IQ3_XXS,
-        GgmlType::IQ3_S,
-        GgmlType::IQ1_S,
-        GgmlType::IQ1_M,
-        GgmlType::TQ1_0,
-        GgmlType::TQ2_0,
-        GgmlType::MXFP4,
-    ],
+    // The types after IQ4_XS in `GgmlType::ALL`: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S,
+    // IQ1_M, TQ1_0, TQ2_0, MXFP4.
+    types: GgmlType::ALL.split_at(15).1,
 };
 
 /// Byte offsets of each type's f16 scale fields (llama.cpp's `ggml-common.h`): random bytes

@@ -246,7 +246,7 @@ pub(super) fn quantize_ternary(tq1: bool, b: &[f32], out: &mut Vec<u8>) {
             (0..width)
                 .map(|j| {
                     let sum: u16 = powers.iter().enumerate().map(|(k, &p)| values[(powers.len() - 1 - k) * width + j] as u16 * p as u16).sum();
-                    ((sum * 256 + 242) / 243) as u8
+                    (sum * 256).div_ceil(243) as u8
                 })
                 .collect()
         };
