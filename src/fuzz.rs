@@ -307,10 +307,10 @@ fn k_quant_gguf() -> Result<Vec<u8>> {
     wide_gguf(&[GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL])
 }
 
-/// The same model in the ternary types and MXFP4 (the lattice i-quants have no encoder here;
+/// The same model in the ternary types, MXFP4 and NVFP4 (the lattice i-quants have no encoder here;
 /// `tests/gguf.rs` flips bits in a model of them).
 fn low_bit_gguf() -> Result<Vec<u8>> {
-    wide_gguf(&[GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::MXFP4])
+    wide_gguf(&[GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::MXFP4, GgmlType::NVFP4])
 }
 
 /// A one-layer model 256 wide, its matrices cycling through `types`.

@@ -49,14 +49,14 @@ const WIDE: Dims = Dims {
     ],
 };
 
-/// Rows 256 and 512 wide in the low-bit types: the lattice i-quants, the ternary types and
-/// MXFP4 (layer 1's down-projection, the 14th matrix, is IQ3_XXS).
+/// Rows 256 and 512 wide in the low-bit types: the lattice i-quants, the ternary types,
+/// MXFP4 and NVFP4 (layer 1's down-projection, the 14th matrix, is IQ2_S; its query TQ1_0).
 const LOW_BIT: Dims = Dims {
     d: 256,
     ffn: 512,
     kv: 128,
     // The types after IQ4_XS in `GgmlType::ALL`: IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S,
-    // IQ1_M, TQ1_0, TQ2_0, MXFP4.
+    // IQ1_M, TQ1_0, TQ2_0, MXFP4, NVFP4.
     types: GgmlType::ALL.split_at(15).1,
 };
 
@@ -70,8 +70,9 @@ fn f16_fields(ty: GgmlType) -> &'static [usize] {
         GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
         GgmlType::TQ1_0 => &[52],
         GgmlType::TQ2_0 => &[64],
-        // MXFP4's scale is an e8m0 byte, IQ1_M's f16 spread over nibbles (both set in `encode`).
-        GgmlType::MXFP4 | GgmlType::IQ1_M => &[],
+        // MXFP4's scale is an e8m0 byte, NVFP4's four e4m3 bytes, IQ1_M's f16 spread over nibbles
+        // (all set in `encode`).
+        GgmlType::MXFP4 | GgmlType::NVFP4 | GgmlType::IQ1_M => &[],
         _ => &[0],
     }
 }
@@ -127,6 +128,12 @@ fn encode(ty: GgmlType, n: usize, rng: &mut impl Rng) -> (Vec<u8>, Vec<f32>) {
                 rng.fill_bytes(&mut block);
                 for &at in f16_fields(ty) {
                     block[at..at + 2].copy_from_slice(&scale(rng).to_le_bytes());
+                }
+                if ty == GgmlType::NVFP4 {
+                    // Scales of 2^-6 to 2^1 (e4m3 with bias 7), below its top code.
+                    for s in &mut block[0..4] {
+                        *s = rng.random_range(0x08..0x48);
+                    }
                 }
                 if ty == GgmlType::MXFP4 {
                     // 2^(e − 127) around 2^-5; past e ≈ 140 the largest level overflows f32.
@@ -458,7 +465,7 @@ fn an_edit_exports_over_its_base() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// An edit of a model from a low-bit file (its down-projection IQ3_XXS, a lattice type this
+/// An edit of a model from a low-bit file (its down-projection IQ2_S, a lattice type this
 /// program reads but does not write) exports in another type, every unchanged tensor still the
 /// base's bytes; `keep`, and naming a lattice type, are refused with what to choose.
 #[test]
@@ -468,14 +475,14 @@ fn an_edit_of_a_lattice_quantised_model_exports_in_a_type_it_can_write() {
     let base = dir.join("base.gguf");
     std::fs::write(&base, tiny_of(15, &LOW_BIT).0.to_bytes(3)).unwrap();
     let g = GgufFile::read(&base).unwrap();
-    assert_eq!(g.meta.tensor("blk.1.ffn_down.weight").unwrap().ty, GgmlType::IQ3_XXS, "the cycle of LOW_BIT's types moved");
+    assert_eq!(g.meta.tensor("blk.1.ffn_down.weight").unwrap().ty, GgmlType::IQ2_S, "the cycle of LOW_BIT's types moved");
     let (mut edited, _) = load_gguf(&base).unwrap();
     edited.tensors.get_mut("layers.1.w_down").unwrap().data[3] += 0.25;
     let want = edited.tensors["layers.1.w_down"].data.clone();
 
     let refused = dir.join("refused.gguf");
     let msg = export_over(&base, &edited, EditedType::Keep, &refused).unwrap_err().to_string();
-    assert!(msg.contains("IQ3_XXS") && msg.contains("does not write") && msg.contains("q8_0"), "{msg}");
+    assert!(msg.contains("IQ2_S") && msg.contains("does not write") && msg.contains("q8_0"), "{msg}");
     assert!(!refused.exists(), "a refused export left a file");
     assert!("iq2_xxs".parse::<EditedType>().unwrap_err().contains("q8_0"));
     // A small edit of a ternary matrix re-encoded in its own type rounds back to the base.
@@ -648,6 +655,8 @@ fn quantisers_invert_the_dequantisers() {
                     // The largest level, 1.5·2^⌊log2 max⌋, may fall short of the largest value
                     // by up to half of it; the widest gap between levels is smaller.
                     GgmlType::MXFP4 => amax / 2.0,
+                    // The widest gap (levels 8 to 12) of a scale at most 1/8 above max/12.
+                    GgmlType::NVFP4 => amax * 0.375,
                     other => unreachable!("{other:?} is read only"),
                 };
                 // The legacy types' one scale puts every value within half a step (Q4_0's and
@@ -656,7 +665,7 @@ fn quantisers_invert_the_dequantisers() {
                 // quantised, may cost up to a whole step of the widest.
                 // Q3_K's and Q6_K's largest level (−4, −32) also carries its sub-block scale's
                 // rounding, up to half a step of the super-block's scale (of 31, 127 steps).
-                let half = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::TQ1_0 | GgmlType::TQ2_0);
+                let half = matches!(ty, GgmlType::F16 | GgmlType::BF16 | GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::TQ1_0 | GgmlType::TQ2_0 | GgmlType::NVFP4);
                 let factor = match ty {
                     GgmlType::Q3_K => 1.0 + 4.0 / 62.0,
                     GgmlType::Q6_K => 1.0 + 32.0 / 254.0,
@@ -795,7 +804,7 @@ fn inconsistent_models_are_errors() {
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "99"),
         ("unknown tensor type", Box::new(|w| w.tensors[3].type_id = 99), "blk.0.attn_k.weight"),
-        ("a type this reader does not decode", Box::new(|w| w.tensors[3].type_id = 40), "type 40 (ggml's NVFP4), which this reader does not decode"),
+        ("a type this reader does not decode", Box::new(|w| w.tensors[3].type_id = 41), "type 41 (ggml's Q1_0), which this reader does not decode"),
         ("missing tensor", Box::new(|w| w.tensors.retain(|t| t.name != "blk.1.ffn_down.weight")), "layers.1.w_down"),
         ("transposed tensor", Box::new(|w| w.tensors.iter_mut().filter(|t| t.name == "blk.1.ffn_down.weight").for_each(|t| t.dims.reverse())), "blk.1.ffn_down.weight"),
         ("config disagrees", Box::new(set("llama.feed_forward_length", Value::U32(128))), "ffn_gate"),

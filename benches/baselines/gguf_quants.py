@@ -42,8 +42,9 @@ F16_FIELDS = {
     T.IQ1_M: [],
     T.TQ1_0: [52],
     T.TQ2_0: [64],
-    # MXFP4's scale is one e8m0 byte (set below).
+    # MXFP4's scale is one e8m0 byte, NVFP4's four e4m3 bytes (set below).
     T.MXFP4: [],
+    T.NVFP4: [],
 }
 
 
@@ -59,6 +60,10 @@ def blocks_of(ty, rng):
         # Scales 2^-9 and 2^0, and the two that ggml computes as subnormal bit patterns (e < 2);
         # a random byte past 140 or so would overflow f32 at the largest level.
         raw[:, 0] = [118, 127, 1, 0]
+    if ty == T.NVFP4:
+        # Random e4m3 scales, the subnormal ones (below 8) and the two that decode to zero (0,
+        # 0x7f) among them; a set top bit is ignored.
+        raw[:, 0:4] = [[0x38, 0x05, 0x7F, 0xB1], [0x41, 0x00, 0x7E, 0x08], [0x01, 0x2A, 0x66, 0x10], [0x07, 0x30, 0x3F, 0x57]]
     if ty == T.IQ1_M:
         d = rng.uniform(-0.05, 0.05, size=BLOCKS).astype(np.float16)
         d[-1] = np.float16(rng.uniform(-6e-5, 6e-5))

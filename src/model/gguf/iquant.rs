@@ -1,6 +1,7 @@
 //! The lattice i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: groups of 4 or 8
-//! values looked up in a fixed grid, with signs), the ternary TQ1_0 and TQ2_0, and MXFP4 — the
-//! types of llama.cpp's low-bit mixes (IQ2_M, IQ3_M, IQ1_M …) and of gpt-oss. Decoded with the
+//! values looked up in a fixed grid, with signs), the ternary TQ1_0 and TQ2_0, MXFP4 and NVFP4
+//! — the types of llama.cpp's low-bit mixes (IQ2_M, IQ3_M, IQ1_M …), of gpt-oss and of NVIDIA's
+//! FP4 checkpoints. Decoded with the
 //! order of f32 operations of llama.cpp's Python package, which gives its bits (`tests/gguf.rs`).
 //! The lattice types are read only: choosing a grid point is a search llama.cpp does with an
 //! importance matrix, and an edited matrix is better written in a type that keeps it.
@@ -234,6 +235,56 @@ pub(super) fn mxfp4(b: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// Half of an unsigned e4m3 scale (bias 7; 0 and 0x7f are zero), as ggml decodes NVFP4's.
+fn ue4m3_half(x: u8) -> f32 {
+    let (exp, man) = ((x >> 3) & 0xf, (x & 7) as f32);
+    let raw = if exp == 0 { man * (1.0 / 512.0) } else { (1.0 + man / 8.0) * 2f32.powi(exp as i32 - 7) };
+    if x == 0 || x == 0x7f {
+        0.0
+    } else {
+        raw * 0.5
+    }
+}
+
+/// One NVFP4 block (36 bytes, 64 values): four e4m3 scales, one per 16 values, then their e2m1
+/// codes, eight bytes each: the first 8 values in the low nibbles, the next 8 in the high.
+pub(super) fn nvfp4(b: &[u8], out: &mut Vec<f32>) {
+    for (s, codes) in b[4..36].chunks_exact(8).enumerate() {
+        let d = ue4m3_half(b[s]);
+        for shift in [0, 4] {
+            out.extend(codes.iter().map(|&q| d * MXFP4_LEVELS[((q >> shift) & 0xf) as usize] as f32));
+        }
+    }
+}
+
+/// NVFP4 from f32 (64 values): per 16, the smallest e4m3 scale whose largest level reaches the
+/// largest magnitude (or the largest scale), each value the nearest code.
+pub(super) fn quantize_nvfp4(b: &[f32], out: &mut Vec<u8>) {
+    let mut codes = vec![];
+    for part in b.chunks_exact(16) {
+        let max = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // Codes 0x01..=0x7e rise with their value; 12 is the largest level.
+        let scale = (1..=0x7eu8).find(|&x| ue4m3_half(x) * 12.0 >= max).unwrap_or(0x7e);
+        let scale = if max == 0.0 { 0 } else { scale };
+        out.push(scale);
+        codes.extend(part.iter().map(|&v| nearest_level(ue4m3_half(scale), v)));
+    }
+    for c in codes.chunks_exact(16) {
+        out.extend((0..8).map(|j| c[j] | c[8 + j] << 4));
+    }
+}
+
+/// The code of MXFP4's and NVFP4's levels nearest `v` at scale `d` (the first of equals).
+fn nearest_level(d: f32, v: f32) -> u8 {
+    let mut best = 0;
+    for (k, &level) in MXFP4_LEVELS.iter().enumerate() {
+        if (d * level as f32 - v).abs() < (d * MXFP4_LEVELS[best] as f32 - v).abs() {
+            best = k;
+        }
+    }
+    best as u8
+}
+
 /// TQ1_0 and TQ2_0 from f32 (32 × 8 values): each value the nearest of −d, 0, d with d the
 /// block's largest magnitude, as llama.cpp's Python package encodes them.
 pub(super) fn quantize_ternary(tq1: bool, b: &[f32], out: &mut Vec<u8>) {
@@ -267,15 +318,7 @@ pub(super) fn quantize_mxfp4(b: &[f32], out: &mut Vec<u8>) {
     let max = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let e = if max > 0.0 { (max.log2().floor() - 2.0 + 127.0).clamp(0.0, 255.0) as u8 } else { 0 };
     let d = e8m0_half(e);
-    let code = |v: f32| -> u8 {
-        let mut best = 0;
-        for (k, &level) in MXFP4_LEVELS.iter().enumerate() {
-            if (d * level as f32 - v).abs() < (d * MXFP4_LEVELS[best] as f32 - v).abs() {
-                best = k;
-            }
-        }
-        best as u8
-    };
+    let code = |v: f32| nearest_level(d, v);
     out.push(e);
     out.extend((0..16).map(|j| code(b[j]) | code(b[16 + j]) << 4));
 }

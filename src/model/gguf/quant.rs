@@ -4,9 +4,9 @@
 //! GGUF files on model hubs are mostly "K-quant" mixes (Q4_K_M, Q5_K_M, Q6_K, …): 256-element
 //! super-blocks for matrices whose rows are a multiple of 256 wide, and a legacy 32-element type
 //! (Q5_0, Q5_1, Q8_0, IQ4_NL) for the rest — SmolLM2's 576-wide rows among them. Every type such
-//! a mix uses is read here, and the lattice i-quants (IQ1–IQ3), ternary and MXFP4 types of the
-//! low-bit mixes (`iquant.rs`). The decoders follow the order of f32 operations of llama.cpp's
-//! reference C code and of its Python package, and give the same bits as that package (checked in
+//! a mix uses is read here, and the lattice i-quants (IQ1–IQ3) and ternary types of the low-bit
+//! mixes, with MXFP4 and NVFP4 (`iquant.rs`). The decoders follow the order of f32 operations of
+//! llama.cpp's reference C code and of its Python package, and give the same bits as that package (checked in
 //! `tests/gguf.rs`; a compiled ggml that fuses a multiply-add may differ in the last bit).
 //!
 //! The encoders are simple — one scale per (sub-)block from its extremes, no search over scales
@@ -45,6 +45,7 @@ pub enum GgmlType {
     TQ1_0,
     TQ2_0,
     MXFP4,
+    NVFP4,
 }
 
 /// Elements of a K-quant super-block.
@@ -54,7 +55,7 @@ const QK_K: usize = 256;
 const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 25] = [
+    pub const ALL: [GgmlType; 26] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -80,6 +81,7 @@ impl GgmlType {
         GgmlType::TQ1_0,
         GgmlType::TQ2_0,
         GgmlType::MXFP4,
+        GgmlType::NVFP4,
     ];
 
     pub fn from_id(id: u32) -> Option<Self> {
@@ -113,6 +115,7 @@ impl GgmlType {
             GgmlType::TQ1_0 => 34,
             GgmlType::TQ2_0 => 35,
             GgmlType::MXFP4 => 39,
+            GgmlType::NVFP4 => 40,
         }
     }
 
@@ -148,6 +151,7 @@ impl GgmlType {
             GgmlType::TQ1_0 => (QK_K, 54),
             GgmlType::TQ2_0 => (QK_K, 66),
             GgmlType::MXFP4 => (32, 17),
+            GgmlType::NVFP4 => (64, 36),
         }
     }
 }
@@ -311,6 +315,7 @@ fn dequantize_block(ty: GgmlType, b: &[u8], out: &mut Vec<f32>) {
         GgmlType::TQ1_0 => iquant::tq1_0(b, out),
         GgmlType::TQ2_0 => iquant::tq2_0(b, out),
         GgmlType::MXFP4 => iquant::mxfp4(b, out),
+        GgmlType::NVFP4 => iquant::nvfp4(b, out),
     }
 }
 
@@ -419,6 +424,7 @@ fn quantize_block(ty: GgmlType, b: &[f32], out: &mut Vec<u8>) {
         GgmlType::Q3_K | GgmlType::Q6_K | GgmlType::IQ4_XS => quantize_k_symmetric(ty, b, out),
         GgmlType::TQ1_0 | GgmlType::TQ2_0 => iquant::quantize_ternary(ty == GgmlType::TQ1_0, b, out),
         GgmlType::MXFP4 => iquant::quantize_mxfp4(b, out),
+        GgmlType::NVFP4 => iquant::quantize_nvfp4(b, out),
         GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S | GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ1_S | GgmlType::IQ1_M => {
             unreachable!("quantize refuses the read-only types first")
         }
