@@ -448,6 +448,18 @@ fn a_session_that_loses_its_gpu_goes_on_to_the_same_weights() {
     resume.args(["--backend", &backend, "edit", "--resume", &path]).env("REVIVE_CACHE", root.join("cache")).env_remove("REVIVE_LOSE_DEVICE_AFTER");
     run_to_end(resume, "the resume after the loss").unwrap();
     assert_eq!(delta_tensors(&stopped).unwrap(), want, "the resumed session's weights differ from the uninterrupted run's");
+
+    // ROME edits one after another outside a session cannot go on: the error says so, and how.
+    let path = |p: &str| root.join(p).display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_revive"))
+        .args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "rome", "--edits", &path("edits.json"), "--limit", "2", "--layer", "0"])
+        .args(["--templates", "0", "--steps", "4", "--cov-tokens", "256", "--no-save", "--out", &path("rome")])
+        .env("REVIVE_CACHE", root.join("cache"))
+        .env("REVIVE_LOSE_DEVICE_AFTER", "40")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("was lost") && err.contains("`--batch 1`"), "ROME after a loss:\n{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -143,7 +143,16 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
     let n = requests.len();
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
-    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| print_edit(r, n))?;
+    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| print_edit(r, n)).map_err(|e| {
+        let lost = matches!(e, revive::Error::DeviceLost { .. });
+        let e = anyhow::Error::from(e);
+        // Edits one after another outside a session live only on the device.
+        if lost && n > 1 {
+            e.context("the edits done before the loss are gone with the device: run a sequence of edits as a journaled session (`--batch 1`), which keeps every finished edit and goes on by itself after a loss")
+        } else {
+            e
+        }
+    })?;
     match (save, &gguf_base) {
         (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?,
         (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32))?,
