@@ -1,16 +1,24 @@
-//! The GPU context: adapter choice, device with the adapter's own limits, pipeline cache,
-//! command recording, host <-> device copies and timing (the counters in stats.rs, the kernel
-//! modes in modes.rs, the measured kernel choices in choices.rs).
+//! The GPU context: adapter choice, device with the adapter's own limits, command recording
+//! and submission, errors and a lost device (the pipeline cache in context/pipelines.rs, host
+//! <-> device copies and timing in context/transfer.rs, the counters in stats.rs, the kernel
+//! modes in modes.rs, the measured kernel choices in choices.rs, the loss in lost.rs).
+
+mod pipelines;
+mod transfer;
+
+pub use pipelines::Kernel;
+pub use transfer::PendingRead;
 
 use super::backend::BackendChoice;
-use super::binding::{immediate_source, reflect, GroupCache, Layouts, Params, Reflection, Signature};
+use super::binding::{GroupCache, Layouts, Params};
 use super::choices::Choices;
 use super::lost::{self, LostState};
 use super::modes::{env_flag, offers_cooperative_matrices, offers_lanes, KernelModes, COOPERATIVE_FEATURES};
 use super::pool::{BufferPool, PoolStats};
-use super::stats::{Counters, KernelTime, RuntimeStats, Timing};
+use super::stats::{Counters, KernelTime, RuntimeStats};
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
+use pipelines::PipelineCache;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -42,70 +50,6 @@ pub struct AdapterSummary {
     pub cooperative_matmul: bool,
     /// Whether the lanes kernels (matmul, attention) run here ([`offers_lanes`]).
     pub lanes_kernels: bool,
-}
-
-/// Pipelines by (shader, entry point, override constants as bits). A lookup allocates
-/// nothing: it runs for every dispatch.
-#[derive(Default)]
-struct PipelineCache {
-    table: hashbrown::HashTable<(PipelineKey, Arc<Kernel>)>,
-}
-
-struct PipelineKey {
-    shader: &'static str,
-    entry: &'static str,
-    constants: Vec<(&'static str, u64)>,
-}
-
-fn pipeline_hash(shader: &str, entry: &str, constants: impl Iterator<Item = (&'static str, u64)>) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = foldhash::fast::FixedState::default().build_hasher();
-    (shader, entry).hash(&mut h);
-    for (name, bits) in constants {
-        (name, bits).hash(&mut h);
-    }
-    h.finish()
-}
-
-impl PipelineCache {
-    fn find(&self, hash: u64, shader: &str, entry: &str, constants: &[(&'static str, f64)]) -> Option<&Arc<Kernel>> {
-        self.table
-            .find(hash, |(k, _)| {
-                k.shader == shader
-                    && k.entry == entry
-                    && k.constants.len() == constants.len()
-                    && k.constants.iter().zip(constants).all(|(a, b)| a.0 == b.0 && a.1 == b.1.to_bits())
-            })
-            .map(|(_, kernel)| kernel)
-    }
-
-    fn insert(&mut self, hash: u64, key: PipelineKey, kernel: Arc<Kernel>) {
-        self.table.insert_unique(hash, (key, kernel), |(k, _)| pipeline_hash(k.shader, k.entry, k.constants.iter().copied()));
-    }
-}
-
-/// A compute pipeline with the storage signature its bind groups follow and the layout they
-/// are built for (shared with every kernel of the same signature).
-#[derive(Clone)]
-pub struct Kernel {
-    pipeline: Arc<wgpu::ComputePipeline>,
-    signature: Signature,
-    layout: wgpu::BindGroupLayout,
-    params: Params,
-}
-
-impl Kernel {
-    pub fn pipeline(&self) -> &Arc<wgpu::ComputePipeline> {
-        &self.pipeline
-    }
-    /// Storage bindings 1..=n: `true` where the kernel only reads.
-    pub fn signature(&self) -> &[bool] {
-        &self.signature
-    }
-    /// How it receives its parameters.
-    pub fn params(&self) -> Params {
-        self.params
-    }
 }
 
 struct Shared {
@@ -548,86 +492,6 @@ impl Gpu {
         self.shared.cooperative
     }
 
-    fn module(&self, shader: Shader, immediate: bool) -> Result<wgpu::ShaderModule> {
-        let mut modules = self.shared.modules.lock().unwrap();
-        if let Some(m) = modules.get(&(shader.name, immediate)) {
-            return Ok(m.clone());
-        }
-        let source = if immediate { immediate_source(shader.source).into() } else { std::borrow::Cow::Borrowed(shader.source) };
-        if let Ok(dir) = std::env::var("REVIVE_DUMP_WGSL") {
-            let _ = std::fs::create_dir_all(&dir);
-            let _ = std::fs::write(format!("{dir}/{}{}.wgsl", shader.name, if immediate { "-immediate" } else { "" }), source.as_ref());
-        }
-        let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(source) };
-        let module = if self.shared.checked {
-            self.shared.device.create_shader_module(desc)
-        } else {
-            // SAFETY: every kernel keeps its indices inside its bindings and its loops finite
-            // by construction (the host sizes each dispatch and binding from the same shapes
-            // it passes in the parameters); the kernel tests run in both modes in CI, and
-            // REVIVE_CHECKED=1 turns the checks back on when a kernel is in doubt.
-            unsafe { self.shared.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
-        };
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            if self.is_lost() {
-                return Err(self.gpu_error(e.to_string()));
-            }
-            return Err(Error::Shader { shader: shader.name.into(), entry: "*".into(), reason: e.to_string() });
-        }
-        modules.insert((shader.name, immediate), module.clone());
-        Ok(module)
-    }
-
-    /// The compute pipeline for (shader, entry point, override constants), built once, with
-    /// the layout its signature shares with every other kernel of the same signature.
-    pub fn pipeline(&self, shader: Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Arc<Kernel>> {
-        let hash = pipeline_hash(shader.name, entry, constants.iter().map(|(k, v)| (*k, v.to_bits())));
-        if let Some(p) = self.shared.pipelines.lock().unwrap().find(hash, shader.name, entry, constants) {
-            return Ok(p.clone());
-        }
-        let start = Instant::now();
-        let built = self.build_pipeline(shader, entry, constants);
-        self.shared.counters.pipeline_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let kernel = Arc::new(built?);
-        self.shared.counters.pipelines.fetch_add(1, Ordering::Relaxed);
-        let mut pipelines = self.shared.pipelines.lock().unwrap();
-        // Another thread may have built it meanwhile: one entry per key.
-        if let Some(p) = pipelines.find(hash, shader.name, entry, constants) {
-            return Ok(p.clone());
-        }
-        let key = PipelineKey { shader: shader.name, entry, constants: constants.iter().map(|(k, v)| (*k, v.to_bits())).collect() };
-        pipelines.insert(hash, key, kernel.clone());
-        Ok(kernel)
-    }
-
-    fn build_pipeline(&self, shader: Shader, entry: &'static str, constants: &[(&'static str, f64)]) -> Result<Kernel> {
-        let Reflection { signature, params_size, shader_params_max } = reflect(shader, entry)?;
-        let params = if shader_params_max.div_ceil(4) * 4 <= self.shared.immediates { Params::Immediate(params_size.div_ceil(4) * 4) } else { Params::Arena };
-        let module = self.module(shader, params != Params::Arena)?;
-        let (group_layout, layout) = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature, params).clone();
-        let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipeline = self.shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                // Every kernel writes its shared memory before reading it.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            if self.is_lost() {
-                return Err(self.gpu_error(e.to_string()));
-            }
-            return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
-        }
-        Ok(Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params })
-    }
-
     /// Records one dispatch: binding 0 is the metadata uniform, bindings 1.. the storage ranges.
     pub fn dispatch(
         &self,
@@ -828,176 +692,6 @@ impl Gpu {
         }
         let msg = std::mem::take(&mut *self.shared.errors.lock().unwrap()).join("; ");
         Err(self.lost_or(Error::Gpu(msg)))
-    }
-
-    /// Host -> buffer. Pending work is submitted first: `write_buffer` would otherwise run before
-    /// it and could overwrite a pooled buffer that recorded commands still read.
-    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
-        let mut r = self.shared.recorder.lock().unwrap();
-        self.submit_pending(&mut r);
-        self.shared.queue.write_buffer(buffer, offset, bytes);
-        drop(r);
-        self.check_errors()
-    }
-
-    /// Buffer -> buffer, recorded after the work before it.
-    pub(crate) fn copy_buffer(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, size: u64) -> Result<()> {
-        if size > 0 {
-            self.record(|enc| enc.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size));
-        }
-        self.check_errors()
-    }
-
-    /// Buffer -> host, waiting for all recorded work: a read started and finished at once (the
-    /// copy goes in the last submission, after everything recorded before it).
-    pub fn read(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
-        if size == 0 {
-            return Ok(vec![]);
-        }
-        self.read_later(buffer, offset, size)?.finish()
-    }
-
-    /// Buffer -> host without waiting: the copy is recorded and submitted with the work before
-    /// it, and [`PendingRead::finish`] waits for that submission only, so work recorded in
-    /// between keeps the GPU busy meanwhile (a decode step queued while the last one's token
-    /// comes back).
-    pub fn read_later(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> Result<PendingRead> {
-        self.shared.counters.readbacks.fetch_add(1, Ordering::Relaxed);
-        self.shared.counters.readback_bytes.fetch_add(size, Ordering::Relaxed);
-        let padded = (size.div_ceil(4) * 4).max(4);
-        let staging = {
-            let mut free = self.shared.staging.lock().unwrap();
-            match free.iter().position(|b| b.size() >= padded) {
-                Some(i) => free.swap_remove(i),
-                None => {
-                    // Grown to the largest read so far: the smaller idle ones go, so a few
-                    // large reads (a model's weights hashed) leave one buffer behind, not one
-                    // of each size.
-                    free.clear();
-                    self.create_buffer("readback", padded.next_power_of_two(), wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)
-                }
-            }
-        };
-        let submission = {
-            let mut r = self.shared.recorder.lock().unwrap();
-            r.pass = None;
-            let enc = r.encoder.get_or_insert_with(|| {
-                self.shared.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("revive") })
-            });
-            if size > 0 {
-                enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
-            }
-            self.submit_pending(&mut r).expect("an encoder was just recorded into")
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..padded).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.check_errors()?;
-        Ok(PendingRead { gpu: self.clone(), staging: Some(staging), size, padded, submission, mapped: rx })
-    }
-
-    /// Runs `f` and measures it: GPU time from timestamp queries where the adapter has them,
-    /// and wall-clock time from submit to completion always.
-    pub fn time(&self, f: impl FnOnce() -> Result<()>) -> Result<Timing> {
-        self.sync()?;
-        let timer = self.shared.timestamps.then(|| {
-            self.shared
-                .timer
-                .lock()
-                .unwrap()
-                .get_or_insert_with(|| {
-                    let q = self.shared.device.create_query_set(&wgpu::QuerySetDescriptor {
-                        label: Some("timing"),
-                        ty: wgpu::QueryType::Timestamp,
-                        count: 2,
-                    });
-                    (q, self.create_buffer("timestamps", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC))
-                })
-                .clone()
-        });
-        let queries = timer.as_ref().map(|t| &t.0);
-        let mark = |index: u32| {
-            if let Some(q) = &queries {
-                self.record(|enc| {
-                    let (begin, end) = if index == 0 { (Some(0), None) } else { (None, Some(1)) };
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("timestamp"),
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: q,
-                            beginning_of_pass_write_index: begin,
-                            end_of_pass_write_index: end,
-                        }),
-                    });
-                });
-            }
-        };
-        let start = Instant::now();
-        let c = &self.shared.counters;
-        let blocked = || c.waited_ns.load(Ordering::Relaxed) + c.submit_ns.load(Ordering::Relaxed);
-        let blocked_before = blocked();
-        let cpu_start = cpu_time::ThreadTime::try_now().ok();
-        mark(0);
-        f()?;
-        mark(1);
-        let gpu = match &queries {
-            Some(q) => {
-                let resolve = &timer.as_ref().expect("with queries").1;
-                self.record(|enc| enc.resolve_query_set(q, 0..2, resolve, 0));
-                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&self.read(resolve, 0, 16)?);
-                let period = self.shared.queue.get_timestamp_period() as f64;
-                (ticks[1] > ticks[0]).then(|| Duration::from_nanos(((ticks[1] - ticks[0]) as f64 * period) as u64))
-            }
-            None => {
-                self.sync()?;
-                None
-            }
-        };
-        let waited = Duration::from_nanos(blocked() - blocked_before);
-        let host_cpu = cpu_start.map(|t| t.elapsed());
-        Ok(Timing { wall: start.elapsed(), gpu, waited, host_cpu })
-    }
-}
-
-/// A read from the GPU started by [`Gpu::read_later`].
-pub struct PendingRead {
-    gpu: Gpu,
-    staging: Option<wgpu::Buffer>,
-    size: u64,
-    padded: u64,
-    submission: wgpu::SubmissionIndex,
-    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
-}
-
-impl PendingRead {
-    /// The bytes, once the submission that copies them has finished; later submissions may
-    /// still be running.
-    pub fn finish(mut self) -> Result<Vec<u8>> {
-        let shared = &self.gpu.shared;
-        self.gpu.poll(wgpu::PollType::Wait { submission_index: Some(self.submission.clone()), timeout: None })?;
-        self.gpu.check_errors()?;
-        self.mapped
-            .recv()
-            .map_err(|_| self.gpu.gpu_error("readback callback never ran".into()))?
-            .map_err(|e| self.gpu.gpu_error(format!("mapping the readback buffer: {e}")))?;
-        let staging = self.staging.take().expect("taken only here");
-        let bytes = staging
-            .slice(..self.padded)
-            .get_mapped_range()
-            .map_err(|e| self.gpu.gpu_error(format!("reading the mapped buffer: {e}")))?[..self.size as usize]
-            .to_vec();
-        staging.unmap();
-        let mut free = shared.staging.lock().unwrap();
-        // A few buffers serve any depth of reads ahead; more would only hold memory.
-        if free.len() < 8 {
-            free.push(staging);
-        }
-        Ok(bytes)
-    }
-
-    /// [`finish`](Self::finish) as f32 values.
-    pub fn finish_f32(self) -> Result<Vec<f32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.finish()?))
     }
 }
 
