@@ -653,24 +653,21 @@ impl Gpu {
 
     /// Waits for the device. wgpu 30 panics in `Device::poll` on a device error other than a
     /// timeout or a wrong submission index — which a driver's VK_ERROR_DEVICE_LOST is, once its
-    /// callback has fired — so the panic is caught here and reported as the loss (or, on a
-    /// device still alive, as the GPU error it names).
+    /// callback has fired — so the panic is caught here, without the panic hook's report, and
+    /// returned as the loss (or, on a device still alive, as the GPU error it names).
     fn poll(&self, poll: wgpu::PollType) -> Result<()> {
         let start = Instant::now();
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.shared.device.poll(poll)));
+        let polled = lost::caught(|| self.shared.device.poll(poll));
         self.shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match polled {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.gpu_error(format!("waiting for the GPU: {e}"))),
-            Err(panic) => {
-                let what = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                Err(self.gpu_error(format!("waiting for the GPU: {what}")))
-            }
+            Err(panic) => Err(self.gpu_error(format!("waiting for the GPU: {panic}"))),
         }
     }
 
-    /// Destroys the device now, the way a driver reset takes it: every later call on this
-    /// context (and its clones) reports [`Error::DeviceLost`].
+    /// Destroys the device now, the way a driver reset takes it: every later wait or read on
+    /// this context (and its clones) reports [`Error::DeviceLost`].
     pub fn destroy(&self) {
         lost::destroy(&self.shared.device, &self.shared.lost, "destroyed by this process (Gpu::destroy)".into(), false);
     }
@@ -688,7 +685,7 @@ impl Gpu {
         // calls after it already fail as invalid objects: one pass without waiting lets the
         // callback say whether these errors are the loss's.
         if !self.is_lost() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.shared.device.poll(wgpu::PollType::Poll)));
+            let _ = lost::caught(|| self.shared.device.poll(wgpu::PollType::Poll));
         }
         let msg = std::mem::take(&mut *self.shared.errors.lock().unwrap()).join("; ");
         Err(self.lost_or(Error::Gpu(msg)))

@@ -82,3 +82,45 @@ pub fn destroy(device: &wgpu::Device, state: &LostState, why: String, fault: boo
     state.mark(why, fault);
     device.destroy();
 }
+
+thread_local! {
+    /// Set while this thread runs [`caught`]: its panics are expected and reported as errors.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a wgpu call that panics on a device error, as `Device::poll` does on a driver's
+/// loss) and returns its panic as an error message instead of unwinding, without the panic
+/// hook's report on stderr: the caller reports the error itself. Other threads' panics, and
+/// this thread's outside `f`, go to the hook as before.
+pub fn caught<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CATCHING.with(|c| c.get()) {
+                log::debug!("caught: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    CATCHING.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(false));
+    result.map_err(|panic| panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic without a message".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught;
+
+    #[test]
+    fn a_panic_inside_is_an_error_and_the_thread_goes_on() {
+        assert_eq!(caught(|| 7), Ok(7));
+        assert_eq!(caught(|| -> u8 { panic!("device error {}", 3) }), Err("device error 3".to_string()));
+        assert_eq!(caught(|| -> u8 { panic!("static") }), Err("static".to_string()));
+        // A panic outside `caught` still unwinds as usual.
+        assert!(std::panic::catch_unwind(|| panic!("outside")).is_err());
+    }
+}
+
