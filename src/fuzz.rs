@@ -115,7 +115,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "gguf",
             file: "fuzz.gguf",
-            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, k_quant_gguf()?, low_bit_gguf()?],
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?],
             load: Box::new(|_, bytes| {
                 let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
                 crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
@@ -301,28 +301,49 @@ pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
     tiny_gguf_typed(w, version, |_, _| GgmlType::F32)
 }
 
-/// A one-layer model 256 wide, its matrices in the K-quants and their 32-element fallbacks
-/// (the types of a llama.cpp Q4_K_M-like mix), so that mutations reach their blocks and scales.
+/// A two-layer model 256 wide, its matrices in the K-quants and their 32-element fallbacks
+/// (the types of a llama.cpp Q4_K_M-like mix) and the legacy types, so that mutations reach
+/// their blocks and scales.
 fn k_quant_gguf() -> Result<Vec<u8>> {
-    wide_gguf(&[GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL])
+    use GgmlType::*;
+    wide_gguf(&[Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, Q5_0, Q5_1, IQ4_NL, Q4_0, Q4_1, Q8_0])
 }
 
-/// The same model in the ternary types, MXFP4 and NVFP4 (the lattice i-quants have no encoder here;
-/// `tests/gguf.rs` flips bits in a model of them).
+/// The same model in the seven lattice i-quants (random blocks: they have no encoder here), each
+/// on two matrices.
+fn lattice_gguf() -> Result<Vec<u8>> {
+    wide_gguf(&[GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ1_S, GgmlType::IQ1_M])
+}
+
+/// The same model in the ternary types, MXFP4 and NVFP4.
 fn low_bit_gguf() -> Result<Vec<u8>> {
     wide_gguf(&[GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::MXFP4, GgmlType::NVFP4])
 }
 
-/// A one-layer model 256 wide, its matrices cycling through `types`.
+/// Random blocks of `ty` for `n` values; a block that decodes to a non-finite value (a random
+/// f16 scale may be one) is zeroed, which every type decodes to zeros, so the seed loads.
+fn random_blocks(ty: GgmlType, n: usize, rng: &mut StdRng) -> Vec<u8> {
+    let (elems, size) = ty.block();
+    let mut out = vec![0u8; n / elems * size];
+    for block in out.chunks_exact_mut(size) {
+        rng.fill(block);
+        if crate::model::gguf::quant::dequantize(ty, block).iter().any(|v| !v.is_finite()) {
+            block.fill(0);
+        }
+    }
+    out
+}
+
+/// A two-layer model 256 wide, its 14 matrices cycling through `types`.
 fn wide_gguf(types: &[GgmlType]) -> Result<Vec<u8>> {
-    let config = Config { vocab_size: 259, hidden: 256, n_layers: 1, n_heads: 4, n_kv_heads: 2, head_dim: 64, ffn_hidden: 512, max_seq_len: 64, ..Config::tiny_llama() };
+    let config = Config { vocab_size: 259, hidden: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, head_dim: 64, ffn_hidden: 512, max_seq_len: 64, ..Config::tiny_llama() };
     let next = std::cell::Cell::new(0);
     tiny_gguf_typed(&random_weights(&config, 5), 3, |name, dims| {
         if dims.len() < 2 || name == "embed" {
             return GgmlType::F32;
         }
         next.set(next.get() + 1);
-        types[next.get() % types.len()]
+        types[(next.get() - 1) % types.len()]
     })
 }
 
@@ -338,6 +359,7 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
         return Err(Error::Edit(format!("tiny_gguf: {} tokens for a vocabulary of {}", tokens.len(), c.vocab_size)));
     }
     let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::Str(s.clone())).collect());
+    let mut rng = StdRng::seed_from_u64(41);
     let mut g = GgufWriter::default();
     g.kv("general.architecture", Value::Str("llama".into()))
         .kv("llama.embedding_length", Value::U32(c.hidden as u32))
@@ -377,7 +399,7 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
         };
         let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
         let ty = type_of(name, &dims);
-        let data = crate::model::gguf::quant::quantize(ty, &t.data);
+        let data = if ty.encodable() { crate::model::gguf::quant::quantize(ty, &t.data) } else { random_blocks(ty, t.data.len(), &mut rng) };
         g.tensors.push(GgufTensor { name: format!("{gguf}.weight"), dims, type_id: ty.id(), data });
     }
     Ok(g.to_bytes(version))
@@ -505,4 +527,21 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 
 fn io(path: &Path, e: std::io::Error) -> Error {
     Error::Model { file: path.display().to_string(), detail: e.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quantised seeds load, and between them hold a matrix of every quantised type.
+    #[test]
+    fn the_gguf_seeds_hold_every_quantised_type() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, seed) in [("k-quants", k_quant_gguf()), ("lattice", lattice_gguf()), ("low-bit", low_bit_gguf())] {
+            let (_, meta) = crate::model::gguf::load_gguf_bytes(seed.unwrap(), name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            seen.extend(meta.tensors.iter().map(|t| t.ty.id()));
+        }
+        let missing: Vec<_> = GgmlType::ALL.iter().filter(|t| t.block().0 > 1 && !seen.contains(&t.id())).collect();
+        assert!(missing.is_empty(), "no seed holds {missing:?}");
+    }
 }
