@@ -449,17 +449,26 @@ fn a_session_that_loses_its_gpu_goes_on_to_the_same_weights() {
     run_to_end(resume, "the resume after the loss").unwrap();
     assert_eq!(delta_tensors(&stopped).unwrap(), want, "the resumed session's weights differ from the uninterrupted run's");
 
-    // ROME edits one after another outside a session cannot go on: the error says so, and how.
+    // ROME edits one after another outside a session cannot go on: lost in the second of two
+    // (three quarters through a counted run's submits), the error says what went and how to
+    // keep such a sequence.
     let path = |p: &str| root.join(p).display().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_revive"))
-        .args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "rome", "--edits", &path("edits.json"), "--limit", "2", "--layer", "0"])
-        .args(["--templates", "0", "--steps", "4", "--cov-tokens", "256", "--no-save", "--out", &path("rome")])
-        .env("REVIVE_CACHE", root.join("cache"))
-        .env("REVIVE_LOSE_DEVICE_AFTER", "40")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("was lost") && err.contains("`--batch 1`"), "ROME after a loss:\n{err}");
+    let rome = |out: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+        c.args(["--backend", &backend, "edit", "-m", &path("model"), "--method", "rome", "--edits", &path("edits.json"), "--limit", "2", "--layer", "0"])
+            .args(["--templates", "0", "--steps", "4", "--cov-tokens", "256", "--no-save", "--out", &path(out)])
+            .env("REVIVE_CACHE", root.join("cache"))
+            .env_remove("REVIVE_LOSE_DEVICE_AFTER");
+        c
+    };
+    rome("rome-warm").output().unwrap();
+    let counted = rome("rome-counted").env("RUST_LOG", "revive::gpu=debug").output().unwrap();
+    let log = String::from_utf8_lossy(&counted.stderr);
+    let submits: u64 = log.lines().find_map(|l| l.split("closed after ").nth(1)?.strip_suffix(" submits")?.parse().ok()).unwrap_or_else(|| panic!("no submit count:\n{log}"));
+    let out = rome("rome").env("REVIVE_LOSE_DEVICE_AFTER", (submits * 3 / 4).to_string()).output().unwrap();
+    let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("[1/2]"), "the loss at submit {} of {submits} came before the first edit ended:\n{said}\n{err}", submits * 3 / 4);
+    assert!(!out.status.success() && err.contains("was lost") && err.contains("the 1 edit(s) finished before the loss") && err.contains("`--batch 1`"), "ROME after a loss:\n{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

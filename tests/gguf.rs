@@ -493,6 +493,12 @@ fn an_edit_of_a_lattice_quantised_model_exports_in_a_type_it_can_write() {
     let msg = export_over(&base, &small, EditedType::Keep, &refused).unwrap_err().to_string();
     assert!(msg.contains("does not survive TQ1_0"), "{msg}");
     assert!(!refused.exists(), "a refused export left a file");
+    // Past NVFP4's largest value (level 12 at the largest scale) a value would be clamped.
+    let mut big = edited.clone();
+    big.tensors.get_mut("layers.1.w_down").unwrap().data[9] = 3000.0;
+    let msg = export_over(&base, &big, EditedType::As(GgmlType::NVFP4), &refused).unwrap_err().to_string();
+    assert!(msg.contains("does not fit NVFP4: its value 3000 at 9"), "{msg}");
+    assert!(!refused.exists(), "a refused export left a file");
     assert_eq!("tq2_0".parse::<EditedType>(), Ok(EditedType::As(GgmlType::TQ2_0)));
 
     let out = dir.join("edited.gguf");
@@ -626,8 +632,11 @@ fn quantisers_invert_the_dequantisers() {
     }
     // Zeros and constant blocks (of either sign) encode without dividing by zero.
     blocks.push((0..768).map(|i| [0.0, 0.75, -0.75][i / 256]).collect());
+    // Weights' usual size, where NVFP4's e4m3 scales are subnormal (steps of 2^-10).
+    let mut r = rng(299);
+    let small: Vec<f32> = (0..256 * 8).map(|_| r.random_range(-0.05..0.05)).collect();
     for ty in GgmlType::ALL.into_iter().filter(|t| t.encodable()) {
-        for x in &blocks {
+        for x in blocks.iter().chain((ty == GgmlType::NVFP4).then_some(&small)) {
             let y = dequantize(ty, &quantize(ty, x));
             assert_eq!(y.len(), x.len());
             let block = ty.block().0.max(32);
@@ -655,7 +664,9 @@ fn quantisers_invert_the_dequantisers() {
                     // The largest level, 1.5·2^⌊log2 max⌋, may fall short of the largest value
                     // by up to half of it; the widest gap between levels is smaller.
                     GgmlType::MXFP4 => amax / 2.0,
-                    // The widest gap (levels 8 to 12) of a scale at most 1/8 above max/12.
+                    // The widest gap (levels 8 to 12) of a scale at most 1/8 above max/12 where
+                    // the scale is a normal e4m3 (plus a subnormal scale's step, 2^-10, times 4,
+                    // below).
                     GgmlType::NVFP4 => amax * 0.375,
                     other => unreachable!("{other:?} is read only"),
                 };
@@ -672,7 +683,8 @@ fn quantisers_invert_the_dequantisers() {
                     _ if half => 0.51,
                     _ => 1.0,
                 };
-                let tol = step * factor + amax * 2e-3;
+                let floor = if ty == GgmlType::NVFP4 { 4.0 / 1024.0 * 0.51 } else { 0.0 };
+                let tol = step * factor + amax * 2e-3 + floor;
                 for (a, b2) in xb.iter().zip(yb) {
                     assert!((a - b2).abs() <= tol, "{ty:?} block {b}: {a} -> {b2}, step {step}");
                 }
@@ -819,6 +831,7 @@ fn inconsistent_models_are_errors() {
         ("Llama 3.1 RoPE factors", Box::new(|w| { w.tensor("rope_freqs.weight", &[D / 8], GgmlType::F32, vec![0; D / 2]); }), "rope_freqs.weight' scales"),
         ("bad alignment", Box::new(|w| { w.kv("general.alignment", Value::U32(48)); }), "alignment"),
         ("unknown tensor name", Box::new(|w| w.tensors[1].name = "blk.0.attn_q.bias".into()), "attn_q.bias"),
+        ("an FP4 checkpoint's scale", Box::new(|w| { w.tensor("blk.0.attn_q.scale", &[1], GgmlType::F32, vec![0; 4]); }), "'blk.0.attn_q.scale': a per-tensor scale of an FP4 checkpoint"),
         ("layer out of range", Box::new(|w| w.tensors[1].name = "blk.7.attn_norm.weight".into()), "blk.7"),
         ("duplicate tensor", Box::new(|w| w.tensors[2].name = w.tensors[1].name.clone()), "twice"),
         ("duplicate key", Box::new(|w| { w.kv("llama.block_count", Value::U32(2)); }), "twice"),

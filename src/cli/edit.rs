@@ -143,21 +143,18 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;
     let n = requests.len();
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
-    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| print_edit(r, n)).map_err(|e| {
-        let lost = matches!(e, revive::Error::DeviceLost { .. });
-        let e = anyhow::Error::from(e);
-        // Edits one after another outside a session live only on the device.
-        if lost && n > 1 {
-            e.context("the edits done before the loss are gone with the device: run a sequence of edits as a journaled session (`--batch 1`), which keeps every finished edit and goes on by itself after a loss")
-        } else {
-            e
-        }
-    })?;
-    match (save, &gguf_base) {
-        (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?,
-        (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32))?,
-        _ => {}
-    }
+    let done = std::cell::Cell::new(0);
+    let (templates, edits) = run_rome(&gm, &m.tok, requests, &hp, &cov, guard.as_ref().map(|guard| Guarding { guard, targets_through }), true, |_| Ok(None), |r| {
+        done.set(done.get() + 1);
+        print_edit(r, n)
+    })
+    .map_err(|e| after_a_loss(e.into(), done.get()))?;
+    let saved = match (save, &gguf_base) {
+        (Save::Full, _) => gm.to_weights().map_err(anyhow::Error::from).and_then(|w| Ok(revive::model::load::save(&w, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?)),
+        (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32)),
+        _ => Ok(()),
+    };
+    saved.map_err(|e| after_a_loss(e, n))?;
     let record = RunRecord {
         method: "rome",
         model: m.source.clone(),
@@ -225,3 +222,14 @@ pub(super) fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
         r.edit_seconds
     );
 }
+
+/// `e`, and where it is a lost GPU after `done` ROME edits outside a session, what went with the
+/// device and how to keep a sequence across a loss.
+fn after_a_loss(e: anyhow::Error, done: usize) -> anyhow::Error {
+    let lost = e.chain().any(|c| matches!(c.downcast_ref::<revive::Error>(), Some(revive::Error::DeviceLost { .. })));
+    if !lost || done == 0 {
+        return e;
+    }
+    e.context(format!("the {done} edit(s) finished before the loss went with the device: run a sequence of edits as a journaled session (`--batch 1`), which keeps every finished edit and goes on by itself after a loss"))
+}
+

@@ -685,7 +685,9 @@ impl Gpu {
         // calls after it already fail as invalid objects: one pass without waiting lets the
         // callback say whether these errors are the loss's.
         if !self.is_lost() {
-            let _ = lost::caught(|| self.shared.device.poll(wgpu::PollType::Poll));
+            if let Err(panic) = lost::caught(|| self.shared.device.poll(wgpu::PollType::Poll)) {
+                self.shared.errors.lock().unwrap().push(panic);
+            }
         }
         let msg = std::mem::take(&mut *self.shared.errors.lock().unwrap()).join("; ");
         Err(self.lost_or(Error::Gpu(msg)))

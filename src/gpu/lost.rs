@@ -86,28 +86,37 @@ pub fn destroy(device: &wgpu::Device, state: &LostState, why: String, fault: boo
 thread_local! {
     /// Set while this thread runs [`caught`]: its panics are expected and reported as errors.
     static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The report of the last panic caught on this thread (message and location).
+    static CAUGHT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` (a wgpu call that panics on a device error, as `Device::poll` does on a driver's
-/// loss) and returns its panic as an error message instead of unwinding, without the panic
-/// hook's report on stderr: the caller reports the error itself. Other threads' panics, and
-/// this thread's outside `f`, go to the hook as before.
+/// loss) and returns its panic as an error — the panic's message and where it was raised — in
+/// place of unwinding, without the panic hook's report on stderr: the caller reports the error.
+/// Other threads' panics, and this thread's outside `f`, go to the hook as before.
 pub fn caught<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if CATCHING.with(|c| c.get()) {
-                log::debug!("caught: {info}");
-            } else {
-                previous(info);
-            }
-        }));
-    });
-    CATCHING.with(|c| c.set(true));
+    // Installing a hook panics on a thread that is already panicking (a poll from a `Drop`).
+    if !std::thread::panicking() {
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                // Under panic=abort nothing is caught: the report is all there will be.
+                if cfg!(panic = "unwind") && CATCHING.with(|c| c.get()) {
+                    CAUGHT.with(|c| *c.borrow_mut() = Some(info.to_string()));
+                } else {
+                    previous(info);
+                }
+            }));
+        });
+    }
+    let was = CATCHING.with(|c| c.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    CATCHING.with(|c| c.set(false));
-    result.map_err(|panic| panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "a panic without a message".into()))
+    CATCHING.with(|c| c.set(was));
+    result.map_err(|panic| {
+        let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        CAUGHT.with(|c| c.borrow_mut().take()).or(message).unwrap_or_else(|| "a panic without a message".into())
+    })
 }
 
 #[cfg(test)]
@@ -117,8 +126,16 @@ mod tests {
     #[test]
     fn a_panic_inside_is_an_error_and_the_thread_goes_on() {
         assert_eq!(caught(|| 7), Ok(7));
-        assert_eq!(caught(|| -> u8 { panic!("device error {}", 3) }), Err("device error 3".to_string()));
-        assert_eq!(caught(|| -> u8 { panic!("static") }), Err("static".to_string()));
+        // The message, and where it was raised (this file), for a panic of any origin.
+        let e = caught(|| -> u8 { panic!("device error {}", 3) }).unwrap_err();
+        assert!(e.contains("device error 3") && e.contains("lost.rs"), "{e}");
+        // Nested: the outer call still catches after the inner one returned.
+        let e = caught(|| -> u8 {
+            assert_eq!(caught(|| -> u8 { panic!("inner") }).map_err(|e| e.contains("inner")), Err(true));
+            panic!("outer")
+        })
+        .unwrap_err();
+        assert!(e.contains("outer"), "{e}");
         // A panic outside `caught` still unwinds as usual.
         assert!(std::panic::catch_unwind(|| panic!("outside")).is_err());
     }

@@ -91,6 +91,12 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
         if t.dims[0] % block != 0 {
             return Err(model_err(file, format!("the edited {name} has rows of {} values, not a whole number of {ty:?} blocks of {block}: choose f32 or f16", t.dims[0])));
         }
+        // NVFP4's scales top out: a larger value would be clamped, finite and wrong.
+        if ty == GgmlType::NVFP4 {
+            if let Some(i) = ours.data.iter().position(|v| v.abs() > super::iquant::NVFP4_LARGEST) {
+                return Err(model_err(file, format!("the edited {name} does not fit NVFP4: its value {} at {i} is past the largest it holds, {}; choose f32", ours.data[i], super::iquant::NVFP4_LARGEST)));
+            }
+        }
         let encoded = quantize(ty, &ours.data);
         // A finite value may still not fit the type (f16 overflows past 65504).
         let back = super::quant::dequantize(ty, &encoded);

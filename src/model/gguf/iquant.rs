@@ -1,7 +1,8 @@
 //! The lattice i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S: groups of 4 or 8
 //! values looked up in a fixed grid, with signs), the ternary TQ1_0 and TQ2_0, MXFP4 and NVFP4
-//! — the types of llama.cpp's low-bit mixes (IQ2_M, IQ3_M, IQ1_M …), of gpt-oss and of NVIDIA's
-//! FP4 checkpoints. Decoded with the
+//! blocks — the types of llama.cpp's low-bit mixes (IQ2_M, IQ3_M, IQ1_M …) and of gpt-oss (an
+//! NVFP4 file converted from an NVIDIA checkpoint also carries per-tensor `.scale` tensors, which
+//! the loader refuses by name). Decoded with the
 //! order of f32 operations of llama.cpp's Python package, which gives its bits (`tests/gguf.rs`).
 //! The lattice types are read only: choosing a grid point is a search llama.cpp does with an
 //! importance matrix, and an edited matrix is better written in a type that keeps it.
@@ -245,6 +246,9 @@ fn ue4m3_half(x: u8) -> f32 {
         raw * 0.5
     }
 }
+
+/// The largest magnitude NVFP4 holds: level 12 at the largest e4m3 scale (0x7e, 448 halved).
+pub(super) const NVFP4_LARGEST: f32 = 2688.0;
 
 /// One NVFP4 block (36 bytes, 64 values): four e4m3 scales, one per 16 values, then their e2m1
 /// codes, eight bytes each: the first 8 values in the low nibbles, the next 8 in the high.

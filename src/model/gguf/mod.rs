@@ -550,8 +550,14 @@ fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
     let config = llama_config(&g.meta, file)?;
     let mut tensors = BTreeMap::new();
     for t in &g.meta.tensors {
-        let name = canonical_name(&t.name)
-            .ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama model", t.name)))?;
+        let name = canonical_name(&t.name).ok_or_else(|| {
+            let why = if t.name.ends_with(".scale") || t.name.ends_with(".input_scale") {
+                "a per-tensor scale of an FP4 checkpoint (converted from ModelOpt), which llama.cpp applies at inference and this reader does not"
+            } else {
+                "no canonical name in a llama model"
+            };
+            model_err(file, format!("tensor '{}': {why}", t.name))
+        })?;
         // GGUF lists ne[0] (the input width) first; canonical matrices are [out, in].
         let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
         let want = config
