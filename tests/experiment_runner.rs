@@ -409,6 +409,13 @@ fn six_edits(root: &Path, backend: &str, out: &Path, lose_after: Option<u64>, ex
     c
 }
 
+/// The submits the device of `run` made in its life (the runtime's debug line when it closes).
+fn submits_of(mut run: Command) -> u64 {
+    let out = run.env("RUST_LOG", "revive::gpu=debug").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    log.lines().find_map(|l| l.split("closed after ").nth(1)?.strip_suffix(" submits")?.parse().ok()).unwrap_or_else(|| panic!("the device did not say how many submits it made:\n{log}"))
+}
+
 /// A session whose GPU is lost mid-run (`REVIVE_LOSE_DEVICE_AFTER` destroys the device after a
 /// submit, as a driver reset or a watchdog would) goes on from its journal on a new device by
 /// itself — the batches journaled before the loss are replayed, not edited again — and ends
@@ -424,9 +431,7 @@ fn a_session_that_loses_its_gpu_goes_on_to_the_same_weights() {
     assert!(!want.is_empty(), "the session saved no matrices");
     // The loss lands halfway through the submits of the same session with C0 and the guards
     // cached, as the runs below have them: in its second batch of three on any adapter.
-    let counted = six_edits(&root, &backend, &root.join("counted"), None, &[]).env("RUST_LOG", "revive::gpu=debug").output().unwrap();
-    let log = String::from_utf8_lossy(&counted.stderr);
-    let submits: u64 = log.lines().find_map(|l| l.split("closed after ").nth(1)?.strip_suffix(" submits")?.parse().ok()).unwrap_or_else(|| panic!("the session's device did not say how many submits it made:\n{log}"));
+    let submits = submits_of(six_edits(&root, &backend, &root.join("counted"), None, &[]));
     let lose_after = submits / 2;
 
     let lost = root.join("lost");
@@ -462,9 +467,7 @@ fn a_session_that_loses_its_gpu_goes_on_to_the_same_weights() {
         c
     };
     rome("rome-warm").output().unwrap();
-    let counted = rome("rome-counted").env("RUST_LOG", "revive::gpu=debug").output().unwrap();
-    let log = String::from_utf8_lossy(&counted.stderr);
-    let submits: u64 = log.lines().find_map(|l| l.split("closed after ").nth(1)?.strip_suffix(" submits")?.parse().ok()).unwrap_or_else(|| panic!("no submit count:\n{log}"));
+    let submits = submits_of(rome("rome-counted"));
     let out = rome("rome").env("REVIVE_LOSE_DEVICE_AFTER", (submits * 3 / 4).to_string()).output().unwrap();
     let (said, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("[1/2]"), "the loss at submit {} of {submits} came before the first edit ended:\n{said}\n{err}", submits * 3 / 4);
