@@ -86,6 +86,11 @@ pub(super) fn ensure_writable(path: &std::path::Path, flag: &str) -> Result<()> 
     Ok(())
 }
 
+/// Whether `e` or an error under it is a `revive::Error` that `is` accepts.
+pub(super) fn caused_by(e: &anyhow::Error, is: impl Fn(&revive::Error) -> bool) -> bool {
+    e.chain().any(|c| c.downcast_ref::<revive::Error>().is_some_and(&is))
+}
+
 /// Retries after a lost GPU that `revive edit` sessions and experiment arms allow by default.
 pub(super) const GPU_RETRIES: u32 = 3;
 
@@ -102,7 +107,7 @@ pub(super) fn recovering<R>(what: &str, retries: u32, mut attempt: impl FnMut(u3
             Err(e) => e,
         };
         let lost = revive::gpu::devices_lost() > lost_before;
-        let absent = e.chain().any(|c| matches!(c.downcast_ref::<revive::Error>(), Some(revive::Error::LostAdapterAbsent { .. })));
+        let absent = caused_by(&e, |c| matches!(c, revive::Error::LostAdapterAbsent { .. }));
         if !(lost || absent && tried > 0) {
             return Err(e);
         }

@@ -149,12 +149,15 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
         print_edit(r, n)
     })
     .map_err(|e| after_a_loss(e.into(), done.get()))?;
-    let saved = match (save, &gguf_base) {
-        (Save::Full, _) => gm.to_weights().map_err(anyhow::Error::from).and_then(|w| Ok(revive::model::load::save(&w, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?)),
-        (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32)),
-        _ => Ok(()),
+    let saved = || -> Result<()> {
+        match (save, &gguf_base) {
+            (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?,
+            (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32))?,
+            _ => {}
+        }
+        Ok(())
     };
-    saved.map_err(|e| after_a_loss(e, n))?;
+    saved().map_err(|e| after_a_loss(e, n))?;
     let record = RunRecord {
         method: "rome",
         model: m.source.clone(),
@@ -226,10 +229,8 @@ pub(super) fn print_edit(r: &revive::edit::run::EditRecord, n: usize) {
 /// `e`, and where it is a lost GPU after `done` ROME edits outside a session, what went with the
 /// device and how to keep a sequence across a loss.
 fn after_a_loss(e: anyhow::Error, done: usize) -> anyhow::Error {
-    let lost = e.chain().any(|c| matches!(c.downcast_ref::<revive::Error>(), Some(revive::Error::DeviceLost { .. })));
-    if !lost || done == 0 {
+    if done == 0 || !super::common::caused_by(&e, |c| matches!(c, revive::Error::DeviceLost { .. })) {
         return e;
     }
     e.context(format!("the {done} edit(s) finished before the loss went with the device: run a sequence of edits as a journaled session (`--batch 1`), which keeps every finished edit and goes on by itself after a loss"))
 }
-

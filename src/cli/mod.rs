@@ -219,6 +219,16 @@ impl From<Dtype> for revive::model::safetensors::SaveDtype {
     }
 }
 
+impl From<Dtype> for revive::model::gguf::GgmlType {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => Self::F32,
+            Dtype::F16 => Self::F16,
+            Dtype::Bf16 => Self::BF16,
+        }
+    }
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let choice = BackendChoice::resolve(cli.backend.as_deref())?;

@@ -293,11 +293,7 @@ fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], b
 
 /// The model on the GPU as a GGUF at `path` over `base`: its changed matrices in `dtype`.
 pub(super) fn write_gguf(gm: &GpuModel, base: &Path, path: &Path, dtype: Dtype) -> Result<()> {
-    let ty = match dtype {
-        Dtype::F32 => GgmlType::F32,
-        Dtype::F16 => GgmlType::F16,
-        Dtype::Bf16 => GgmlType::BF16,
-    };
+    let ty: GgmlType = dtype.into();
     let e = export_over(base, &gm.to_weights()?, EditedType::As(ty), path)?;
     println!("edited model written to {} ({} tensors rewritten in {ty:?}, {} copied from {})", path.display(), e.rewritten.len(), e.copied, base.display());
     Ok(())

@@ -657,13 +657,9 @@ impl Gpu {
     /// returned as the loss (or, on a device still alive, as the GPU error it names).
     fn poll(&self, poll: wgpu::PollType) -> Result<()> {
         let start = Instant::now();
-        let polled = lost::caught(|| self.shared.device.poll(poll));
+        let polled = lost::caught(|| self.shared.device.poll(poll)).and_then(|r| r.map_err(|e| e.to_string()));
         self.shared.counters.waited_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        match polled {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.gpu_error(format!("waiting for the GPU: {e}"))),
-            Err(panic) => Err(self.gpu_error(format!("waiting for the GPU: {panic}"))),
-        }
+        polled.map(|_| ()).map_err(|what| self.gpu_error(format!("waiting for the GPU: {what}")))
     }
 
     /// Destroys the device now, the way a driver reset takes it: every later wait or read on
@@ -685,8 +681,8 @@ impl Gpu {
         // calls after it already fail as invalid objects: one pass without waiting lets the
         // callback say whether these errors are the loss's.
         if !self.is_lost() {
-            if let Err(panic) = lost::caught(|| self.shared.device.poll(wgpu::PollType::Poll)) {
-                self.shared.errors.lock().unwrap().push(panic);
+            if let Err(e) = self.poll(wgpu::PollType::Poll) {
+                self.shared.errors.lock().unwrap().push(e.to_string());
             }
         }
         let msg = std::mem::take(&mut *self.shared.errors.lock().unwrap()).join("; ");

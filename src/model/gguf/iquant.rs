@@ -8,6 +8,7 @@
 //! importance matrix, and an edited matrix is better written in a type that keeps it.
 
 use super::iq_grids::{PackedGrid, KSIGNS};
+use super::quant::{abs_max, f16_at};
 use half::f16;
 use std::sync::OnceLock;
 
@@ -50,10 +51,6 @@ macro_rules! grid_of {
         static CELL: OnceLock<Grid> = OnceLock::new();
         grid(&CELL, &super::iq_grids::$name)
     }};
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 fn u16_at(b: &[u8], i: usize) -> u16 {
@@ -230,9 +227,14 @@ fn e8m0_half(e: u8) -> f32 {
 /// One MXFP4 block (17 bytes, 32 values): an e8m0 scale and 4-bit e2m1 codes, the first 16
 /// values in the low nibbles.
 pub(super) fn mxfp4(b: &[u8], out: &mut Vec<f32>) {
-    let d = e8m0_half(b[0]);
+    fp4_values(e8m0_half(b[0]), &b[1..17], out);
+}
+
+/// The e2m1 values of `codes` at scale `d`, MXFP4's and NVFP4's layout: the low nibbles' values
+/// first, then the high nibbles'.
+fn fp4_values(d: f32, codes: &[u8], out: &mut Vec<f32>) {
     for shift in [0, 4] {
-        out.extend(b[1..17].iter().map(|&q| d * MXFP4_LEVELS[((q >> shift) & 0xf) as usize] as f32));
+        out.extend(codes.iter().map(|&q| d * MXFP4_LEVELS[((q >> shift) & 0xf) as usize] as f32));
     }
 }
 
@@ -254,10 +256,7 @@ pub(super) const NVFP4_LARGEST: f32 = 2688.0;
 /// codes, eight bytes each: the first 8 values in the low nibbles, the next 8 in the high.
 pub(super) fn nvfp4(b: &[u8], out: &mut Vec<f32>) {
     for (s, codes) in b[4..36].chunks_exact(8).enumerate() {
-        let d = ue4m3_half(b[s]);
-        for shift in [0, 4] {
-            out.extend(codes.iter().map(|&q| d * MXFP4_LEVELS[((q >> shift) & 0xf) as usize] as f32));
-        }
+        fp4_values(ue4m3_half(b[s]), codes, out);
     }
 }
 
@@ -266,7 +265,7 @@ pub(super) fn nvfp4(b: &[u8], out: &mut Vec<f32>) {
 pub(super) fn quantize_nvfp4(b: &[f32], out: &mut Vec<u8>) {
     let mut codes = vec![];
     for part in b.chunks_exact(16) {
-        let max = part.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let max = abs_max(part);
         // Codes 0x01..=0x7e rise with their value; 12 is the largest level.
         let scale = (1..=0x7eu8).find(|&x| ue4m3_half(x) * 12.0 >= max).unwrap_or(0x7e);
         let scale = if max == 0.0 { 0 } else { scale };
@@ -292,7 +291,7 @@ fn nearest_level(d: f32, v: f32) -> u8 {
 /// TQ1_0 and TQ2_0 from f32 (32 × 8 values): each value the nearest of −d, 0, d with d the
 /// block's largest magnitude, as llama.cpp's Python package encodes them.
 pub(super) fn quantize_ternary(tq1: bool, b: &[f32], out: &mut Vec<u8>) {
-    let d = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = abs_max(b);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     // 0, 1 or 2 for −1, 0, 1.
     let q: Vec<u8> = b.iter().map(|&v| ((v * id).round().clamp(-1.0, 1.0) as i8 + 1) as u8).collect();
@@ -319,7 +318,7 @@ pub(super) fn quantize_ternary(tq1: bool, b: &[f32], out: &mut Vec<u8>) {
 
 /// MXFP4 from f32 (32 values): the scale 2^(⌊log2 max⌋ − 2), each value the nearest code.
 pub(super) fn quantize_mxfp4(b: &[f32], out: &mut Vec<u8>) {
-    let max = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max = abs_max(b);
     let e = if max > 0.0 { (max.log2().floor() - 2.0 + 127.0).clamp(0.0, 255.0) as u8 } else { 0 };
     let d = e8m0_half(e);
     let code = |v: f32| nearest_level(d, v);

@@ -171,7 +171,7 @@ pub fn supported_list() -> String {
     GgmlType::ALL.iter().map(|t| format!("{t:?} {}", t.id())).collect::<Vec<_>>().join(", ")
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -350,6 +350,11 @@ fn inverse(d: f32) -> f32 {
     }
 }
 
+/// The largest magnitude.
+pub(super) fn abs_max(b: &[f32]) -> f32 {
+    b.iter().fold(0f32, |m, &v| m.max(v.abs()))
+}
+
 /// The value of largest magnitude, with its sign.
 fn signed_max(b: &[f32]) -> f32 {
     b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
@@ -407,7 +412,7 @@ fn quantize_block(ty: GgmlType, b: &[f32], out: &mut Vec<u8>) {
             out.extend(nibbles(&q));
         }
         GgmlType::Q8_0 => {
-            let amax = b.iter().fold(0f32, |m, &v| m.max(v.abs()));
+            let amax = abs_max(b);
             let d = amax / 127.0;
             let id = inverse(d);
             out.extend(f16::from_f32(d).to_le_bytes());
@@ -515,7 +520,7 @@ fn quantize_k_symmetric(ty: GgmlType, b: &[f32], out: &mut Vec<u8>) {
         _ => (32, IQ4_LEVELS[0] as f32, 31.0),
     };
     let subs: Vec<f32> = b.chunks(sub).map(|c| signed_max(c) / most_negative).collect();
-    let (d, dv) = super_scale(subs.iter().fold(0f32, |m, s| m.max(s.abs())), scale_top);
+    let (d, dv) = super_scale(abs_max(&subs), scale_top);
     let ls: Vec<i32> = subs.iter().map(|s| ((s * inverse(dv)).round() as i32).clamp(-(scale_top as i32) - 1, scale_top as i32)).collect();
     let level = |e: usize, v: f32| -> u8 {
         let x = v * inverse(dv * ls[e / sub] as f32);
