@@ -14,8 +14,14 @@
 //   row_top_k         out_fwd[row·k + n] = the index of the row's n-th largest value, as f32, and
 //                     out[loss_off + row·k + n] that value (a = x), NaN where the row holds a NaN or an
 //                     infinity: teacher-forced predictions (k = 1), a sampler's candidates
-// Binding 2 is the output of log_softmax_rows and row_top_k, and dlogp / t / tokens (read) in the
-// others.
+//   sample_top_k      out[row] = the index drawn from row_top_k's k candidates of the row (a: the
+//                     indices at a_off, the values at loss_off; b at b_off: each row's
+//                     (temperature, k, u) with u uniform in [0, 1)): the softmax of its first k
+//                     values at the temperature, the first candidate whose running weight passes
+//                     u · Σ weights; the first candidate where the temperature is not a positive
+//                     finite number (greedy). NaN where the candidates are.
+// Binding 2 is the output of log_softmax_rows and row_top_k, and dlogp / t / tokens / the
+// sampler's draws (read) in the others.
 
 struct Meta {
     rows: u32, cols: u32, a_off: u32, b_off: u32,
@@ -211,4 +217,38 @@ fn row_top_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
             out[p.loss_off + first + n] = bitcast<f32>(0x7fc00000u);
         }
     }
+}
+
+// One thread a row: a decode step's sequences draw their next tokens on the GPU, so the step
+// after can be queued before the tokens reach the host. The host draws the same token in f64
+// from the candidates it reads back and redoes the step where a rounding made them differ.
+@compute @workgroup_size(64, 1, 1)
+fn sample_top_k(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= p.rows) { return; }
+    let setting = p.b_off + row * 3u;
+    let temperature = b[setting];
+    let k = min(u32(b[setting + 1u]), p.k);
+    let u = b[setting + 2u];
+    let indices = p.a_off + row * p.k;
+    let values = p.loss_off + row * p.k;
+    var chosen = 0u;
+    if (temperature > 0.0 && temperature <= 3.4028235e38 && k > 1u) {
+        var m = a[values];
+        for (var j = 1u; j < k; j++) { m = max(m, a[values + j]); }
+        var total = 0.0;
+        for (var j = 0u; j < k; j++) { total += exp((a[values + j] - m) / temperature); }
+        var left = u * total;
+        // Past every weight (u · Σ rounded up to Σ): the last candidate, as the host does.
+        chosen = k - 1u;
+        for (var j = 0u; j < k; j++) {
+            let w = exp((a[values + j] - m) / temperature);
+            if (left < w) {
+                chosen = j;
+                break;
+            }
+            left -= w;
+        }
+    }
+    out[p.out_off + row] = a[indices + chosen];
 }

@@ -7,7 +7,7 @@ use common::*;
 use revive::cpu;
 use revive::cpu::loss::{log_softmax_bwd_row, log_softmax_row, softmax_bwd_row};
 use revive::gpu::{Gpu, SplitLimits};
-use revive::ops::loss::{kl_from_reference, log_softmax_bwd, log_softmax_rows, row_argmax, row_top_k, token_logprobs, weighted_nll};
+use revive::ops::loss::{kl_from_reference, log_softmax_bwd, log_softmax_rows, row_argmax, row_top_k, sample_top_k, token_logprobs, weighted_nll};
 use revive::ops::softmax::{softmax_bwd, softmax_rows};
 
 /// Includes a vocabulary-wide row (49152) and one of 4099 (> 4096, not a multiple of 256).
@@ -193,6 +193,76 @@ fn row_top_k_scans_long_rows_within_the_adapters_loop_limit() {
             (Ok(_), false) => check_top_k(gpu, &x, &[1, cols], 64),
             (got, cpu) => Err(format!("the top 64 of {cols} on an adapter with is_cpu {cpu}: {:?}", got.map(|_| ()))),
         }
+    });
+}
+
+/// sample_top_k against the f64 oracle, on row_top_k's candidates of random logits: 1, 3, 7,
+/// 64 and 67 rows (two workgroups), k 1, 2, 5, 13 and 64, each row with its own temperature
+/// (greedy ones among them: 0, negative, NaN, infinite) and k (past the candidates found too),
+/// the draws read from a row past the table's first. The same candidate wherever the draw
+/// lies beyond f32 rounding of a boundary; a row of NaN candidates draws NaN; most draws pick
+/// a candidate other than the first, so a kernel that ignored the draw would fail.
+#[test]
+fn sample_top_k_draws_what_the_oracle_draws() {
+    for_each_gpu(|gpu| {
+        let temperatures = [1.0f32, 0.0, 0.7, -1.0, 2.5, f32::NAN, 0.3, f32::INFINITY, 1.3];
+        let (mut drawn, mut past_first) = (0, 0);
+        for (rows, k, seed) in [(1usize, 1usize, 1u64), (3, 2, 2), (7, 5, 3), (64, 13, 4), (67, 64, 5)] {
+            let cols = 301;
+            let mut x = logits(4800 + seed, rows * cols);
+            if rows >= 7 {
+                x[5 * cols + 17] = f32::NAN;
+            }
+            let cand = ok(row_top_k(gpu, &ok(gpu.upload(&x, &[rows, cols]))?, k))?;
+            let host = ok(gpu.download(&cand))?;
+            let (indices, values) = host.split_at(rows * k);
+            let first = 2;
+            let mut r = rng(4900 + seed);
+            let mut table = vec![f32::NAN; first * 3];
+            let mut settings = vec![];
+            for row in 0..rows {
+                let t = temperatures[row % temperatures.len()];
+                let ki = [k, 1, k + 3, (k / 2).max(1)][row % 4];
+                let u = (random_vec(&mut r, 1)[0] as f64 + 1.0) / 2.0;
+                table.extend([t, ki as f32, u as f32]);
+                settings.push((t, ki, u as f32 as f64));
+            }
+            let got = ok(gpu.download(&ok(sample_top_k(gpu, &cand, &ok(gpu.upload(&table, &[table.len()]))?, first))?))?;
+            if got.len() != rows {
+                return Err(format!("sample_top_k {rows}×{k}: {} results", got.len()));
+            }
+            for (row, &(t, ki, u)) in settings.iter().enumerate() {
+                let vals = &values[row * k..(row + 1) * k];
+                if vals.iter().any(|v| !v.is_finite()) {
+                    if !got[row].is_nan() {
+                        return Err(format!("sample_top_k {rows}×{k}: row {row} of NaN candidates drew {}", got[row]));
+                    }
+                    continue;
+                }
+                let (j, margin) = cpu::loss::sample_top_k(vals, t, ki, u);
+                let want = indices[row * k + j];
+                if got[row] != want && margin > 1e-5 {
+                    return Err(format!("sample_top_k {rows}×{k}: row {row} (temperature {t}, k {ki}, u {u}) drew {}, the oracle {want} (candidate {j}, {margin:.2e} from a boundary)", got[row]));
+                }
+                if t > 0.0 && t.is_finite() && ki.min(k) > 1 {
+                    drawn += 1;
+                    past_first += usize::from(j > 0);
+                }
+            }
+        }
+        if past_first * 3 < drawn {
+            return Err(format!("only {past_first} of {drawn} draws past the first candidate: the test does not exercise the draw"));
+        }
+        let cand = ok(row_top_k(gpu, &ok(gpu.upload(&[1.0, 2.0, 3.0], &[1, 3]))?, 2))?;
+        for (draws, first) in [(2, 0), (5, 1)] {
+            if sample_top_k(gpu, &cand, &ok(gpu.full(&[draws], 0.5))?, first).is_ok() {
+                return Err(format!("sample_top_k took a row's draws from {draws} values at row {first}"));
+            }
+        }
+        if sample_top_k(gpu, &ok(gpu.upload(&[1.0, 2.0, 3.0], &[3]))?, &ok(gpu.full(&[3], 0.5))?, 0).is_ok() {
+            return Err("sample_top_k took candidates that are not [2, rows, k]".into());
+        }
+        Ok(())
     });
 }
 

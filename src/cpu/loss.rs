@@ -97,6 +97,36 @@ pub fn row_top_k(x: &[f32], cols: usize, k: usize) -> Vec<Option<Vec<(u32, f32)>
         .collect()
 }
 
+/// The candidate a sampler draws from a row's candidate values (largest first) in f64: the
+/// softmax of the first k (at most all) at the temperature, the first whose running weight
+/// passes u · Σ weights (the last where rounding leaves u · Σ past them all); the first
+/// candidate where the temperature is not a positive finite number. With it, how far u · Σ lies
+/// from the nearest boundary between two candidates, as a fraction of Σ (infinite for greedy
+/// or one candidate): a draw in f32 may fall on the other side within its rounding.
+pub fn sample_top_k(values: &[f32], temperature: f32, k: usize, u: f64) -> (usize, f64) {
+    let k = k.min(values.len());
+    if !(temperature > 0.0 && temperature.is_finite()) || k <= 1 {
+        return (0, f64::INFINITY);
+    }
+    let m = values[..k].iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+    let w: Vec<f64> = values[..k].iter().map(|&v| ((v as f64 - m) / temperature as f64).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let target = u * total;
+    let mut boundary = 0.0;
+    let mut chosen = None;
+    let mut margin = f64::INFINITY;
+    for (j, wj) in w.iter().enumerate() {
+        boundary += wj;
+        if j + 1 < k {
+            margin = margin.min((target - boundary).abs() / total);
+        }
+        if chosen.is_none() && target < boundary {
+            chosen = Some(j);
+        }
+    }
+    (chosen.unwrap_or(k - 1), margin)
+}
+
 fn f64s(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }

@@ -40,9 +40,11 @@ pub const GPU_TOP_K_MAX: usize = 64;
 /// How a decode step's logits come back to the sampler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readback {
-    /// Where every setting is greedy, each step is queued on the GPU from the tokens the last
-    /// step's kernel chose before those come back, so the host's recording of a step overlaps
-    /// the GPU's work on the one before instead of waiting for it; otherwise `Candidates`.
+    /// Where every setting is greedy or draws from at most [`GPU_TOP_K_MAX`] candidates, each
+    /// step is queued on the GPU from the tokens the last step's kernels chose (drew, from the
+    /// host's own uniform values) before those come back, so the host's recording of a step
+    /// overlaps the GPU's work on the one before instead of waiting for it; the tokens are
+    /// the ones `Candidates` gives. Otherwise whole rows, as `Candidates`.
     Ahead,
     /// Each row's largest logits with their tokens where every setting draws from at most
     /// [`GPU_TOP_K_MAX`] (greedy: one), else whole rows; every step waits for them.
@@ -82,13 +84,13 @@ fn candidates_for(settings: &[Sampling], readback: Readback) -> Option<usize> {
 struct Reading {
     /// Candidates per row, or None for whole rows (as [`candidates_for`]).
     top: Option<usize>,
-    /// Queue each step from the tokens the GPU chose (every setting greedy).
+    /// Queue each step from the tokens the GPU chose (every setting reads candidates).
     ahead: bool,
 }
 
 fn reading(settings: &[Sampling], readback: Readback) -> Reading {
     let top = candidates_for(settings, readback);
-    Reading { top, ahead: readback == Readback::Ahead && top == Some(1) }
+    Reading { top, ahead: readback == Readback::Ahead && top.is_some() }
 }
 
 /// A row's logits as the sampler sees them.
@@ -113,11 +115,25 @@ fn top_of_row(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     idx.into_iter().map(|i| (i, row[i as usize])).collect()
 }
 
+/// A uniform draw in [0, 1) exactly as `rand`'s `random_range(0.0..x)` takes it before scaling
+/// (52 random bits under the exponent of 1, less 1), so that a draw made before the weights
+/// are known gives the token a draw made after them gave.
+fn uniform01(rng: &mut impl Rng) -> f64 {
+    f64::from_bits((rng.random::<u64>() >> 12) | 0x3FF0_0000_0000_0000) - 1.0
+}
+
 /// The next token: the argmax when greedy (the first of equal maxima), else drawn from the
 /// softmax of the top-k logits (all when k is 0) at the temperature, the candidates taken
 /// largest first (top-k) or in token order (all). Total on any input: weights that do not sum
 /// to a positive finite number fall back to the argmax instead of panicking in the draw.
+#[cfg(test)]
 fn sample(c: Candidates<'_>, s: &Sampling, rng: &mut impl Rng) -> u32 {
+    let u = (!is_greedy(s)).then(|| uniform01(rng));
+    sample_with(c, s, u)
+}
+
+/// [`sample`] with its uniform draw `u` in [0, 1) made beforehand (None when greedy).
+fn sample_with(c: Candidates<'_>, s: &Sampling, u: Option<f64>) -> u32 {
     let owned;
     let cands: &[(u32, f32)] = match (c, wanted(s)) {
         (Candidates::Top(top), Some(k)) => &top[..k.min(top.len())],
@@ -133,16 +149,16 @@ fn sample(c: Candidates<'_>, s: &Sampling, rng: &mut impl Rng) -> u32 {
         (Candidates::Top(top), None) => top,
     };
     let first_max = || cands.iter().fold(cands[0], |best, &c| if c.1 > best.1 { c } else { best }).0;
-    if is_greedy(s) {
+    let Some(u) = u.filter(|_| !is_greedy(s)) else {
         return first_max();
-    }
+    };
     let m = cands.iter().fold(f32::NEG_INFINITY, |a, c| a.max(c.1));
     let w: Vec<f64> = cands.iter().map(|c| (((c.1 - m) / s.temperature) as f64).exp()).collect();
     let total: f64 = w.iter().sum();
     if !(total > 0.0 && total.is_finite()) {
         return first_max();
     }
-    let mut u = rng.random_range(0.0..total);
+    let mut u = u * total;
     for (c, &wk) in cands.iter().zip(&w) {
         if u < wk {
             return c.0;
@@ -150,6 +166,30 @@ fn sample(c: Candidates<'_>, s: &Sampling, rng: &mut impl Rng) -> u32 {
         u -= wk;
     }
     cands[cands.len() - 1].0
+}
+
+/// Where a decode's uniform draws come from: one generator per sequence, or one shared by all,
+/// drawn in sequence order at every step. Greedy settings draw nothing.
+enum Draws<'a> {
+    Each(Vec<rand::rngs::StdRng>),
+    Shared(&'a mut rand::rngs::StdRng),
+}
+
+impl Draws<'_> {
+    fn next(&mut self, i: usize) -> f64 {
+        match self {
+            Draws::Each(rngs) => uniform01(&mut rngs[i]),
+            Draws::Shared(rng) => uniform01(*rng),
+        }
+    }
+
+    /// Whether drawing every sequence's value of every step beforehand takes the values drawing
+    /// them as the tokens come would: always with a generator per sequence or a single
+    /// sequence; with a shared one only where no sequence stops before the others (no end
+    /// token), since a stopped sequence draws no more.
+    fn can_draw_ahead(&self, sequences: usize, eos: Option<u32>) -> bool {
+        matches!(self, Draws::Each(_)) || sequences == 1 || eos.is_none()
+    }
 }
 
 /// Generates up to `n` tokens after `prompt`, stopping at `eos`; `on_token` sees each one.
@@ -161,9 +201,10 @@ pub fn generate(
     eos: Option<u32>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
-    let mut rng = crate::testing::rng(sampling.seed);
     let read = reading(&[sampling], Readback::Ahead);
-    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, read, |_, c| sample(c, &sampling, &mut rng), |_, t| on_token(t))?;
+    let mut rng = crate::testing::rng(sampling.seed);
+    let draws = Draws::Shared(&mut rng);
+    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, read, &[sampling], draws, |_, c, u| sample_with(c, &sampling, u), |_, t| on_token(t))?;
     Ok(out.remove(0))
 }
 
@@ -212,28 +253,54 @@ fn generate_groups(
     }
     let mut out = Vec::with_capacity(prompts.len());
     for (g, (group, settings)) in prompts.chunks(MAX_TOGETHER).zip(samplings.chunks(MAX_TOGETHER)).enumerate() {
-        let mut rngs: Vec<_> = settings.iter().map(|s| crate::testing::rng(s.seed)).collect();
+        let draws = Draws::Each(settings.iter().map(|s| crate::testing::rng(s.seed)).collect());
         let read = reading(settings, readback);
         let first = g * MAX_TOGETHER;
-        out.extend(decode_together(model, group, n, eos, read, |i, c| sample(c, &settings[i], &mut rngs[i]), |i, t| on_token(first + i, t))?);
+        out.extend(decode_together(model, group, n, eos, read, settings, draws, |i, c, u| sample_with(c, &settings[i], u), |i, t| on_token(first + i, t))?);
     }
     Ok(out)
 }
 
+/// Steps run again because the host's draw differed from the GPU's (see [`decode_together`]),
+/// by this process: a test reads it.
+static STEPS_REDONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many generation steps queued from the GPU's draw were run again with the host's token.
+pub fn steps_redone() -> usize {
+    STEPS_REDONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+thread_local! {
+    static SKEWED_DRAWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test hook: while on, this thread's generation hands the GPU u + ½ (mod 1) for each draw u
+/// the host makes, so that the GPU's token differs from the host's at most steps and the
+/// steps are run again: the path a rounding takes, made common enough to test.
+#[doc(hidden)]
+pub fn skew_gpu_draws(on: bool) {
+    SKEWED_DRAWS.with(|s| s.set(on));
+}
+
 /// Prefills every prompt in one right-padded pass, then feeds each sequence's last token at its
-/// own position until each has `n` tokens or has produced `eos`. `pick(i, candidates)` chooses
-/// sequence i's next token, called in sequence order at every step, from each row's `read.top`
-/// largest logits (found on the GPU: a few bytes a row come back) or, where that is None, from
-/// the whole row; `on_token(i, token)` sees each token kept. A sequence that has stopped keeps
-/// its row (its tokens are not kept). With `read.ahead` (greedy) each step is queued from the
-/// GPU's own choice before that choice comes back, and `pick` confirms it.
+/// own position until each has `n` tokens or has produced `eos`. `pick(i, candidates, u)`
+/// chooses sequence i's next token, called in sequence order at every step, from each row's
+/// `read.top` largest logits (found on the GPU: a few bytes a row come back) or, where that is
+/// None, from the whole row, with the uniform draw `u` that `draws` gave it (None where
+/// `settings[i]` is greedy); `on_token(i, token)` sees each token kept. A sequence that has
+/// stopped keeps its row (its tokens are not kept). With `read.ahead`, where the draws can be
+/// made beforehand, each step is queued from the GPU's own choice before that choice comes
+/// back (`decode_ahead`).
+#[allow(clippy::too_many_arguments)]
 fn decode_together(
     model: &GpuModel,
     prompts: &[Vec<u32>],
     n: usize,
     eos: Option<u32>,
     read: Reading,
-    mut pick: impl FnMut(usize, Candidates<'_>) -> u32,
+    settings: &[Sampling],
+    mut draws: Draws<'_>,
+    mut pick: impl FnMut(usize, Candidates<'_>, Option<f64>) -> u32,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
     let context = model.config.max_seq_len;
@@ -257,8 +324,10 @@ fn decode_together(
     let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
     let v = model.config.vocab_size;
     let top = read.top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
-    if read.ahead && top == Some(1) {
-        return decode_ahead(model, prompts, logits, &mut cache, streams, pick, on_token);
+    if let (true, Some(k)) = (read.ahead && draws.can_draw_ahead(prompts.len(), eos), top) {
+        // Every draw of every step, step by step in sequence order, as the loop below makes them.
+        let us: Vec<Option<f64>> = (0..n).flat_map(|_| 0..prompts.len()).map(|i| (!is_greedy(&settings[i])).then(|| draws.next(i))).collect();
+        return decode_ahead(model, prompts, logits, &mut cache, streams, Ahead { k, settings, us: &us }, pick, on_token);
     }
     let mut logits = logits;
     let mut next = vec![0u32; prompts.len()];
@@ -275,7 +344,8 @@ fn decode_together(
                 Some(k) => Candidates::Top(&rows[i * k..(i + 1) * k]),
                 None => Candidates::Row(&whole[i * v..(i + 1) * v]),
             };
-            next[i] = pick(i, candidates);
+            let u = (!is_greedy(&settings[i])).then(|| draws.next(i));
+            next[i] = pick(i, candidates, u);
             streams.take(i, next[i], &mut on_token);
         }
         if !streams.running.contains(&true) {
@@ -286,44 +356,105 @@ fn decode_together(
     Ok(streams.out)
 }
 
-/// `decode_together` for greedy settings, each step queued from the tokens the GPU chose at the
-/// step before, before they come back; `pick` confirms each one.
+/// What a decode that runs ahead draws from: k candidates a row, each sequence's setting, and
+/// every draw beforehand (`us[step · sequences + i]`, None for greedy settings).
+struct Ahead<'a> {
+    k: usize,
+    settings: &'a [Sampling],
+    us: &'a [Option<f64>],
+}
+
+/// A step queued and not yet read back: its logits (kept to name a fault), the tokens the GPU
+/// chose, and the ways back of its candidates and (where it drew) of those tokens.
+struct InFlight {
+    logits: Tensor,
+    chosen: Tensor,
+    candidates: PendingRead,
+    drawn: Option<PendingRead>,
+}
+
+/// `decode_together` with each step queued from the tokens the GPU chose at the step before,
+/// before they come back: the largest candidate where every setting is greedy (or draws from
+/// one), else a draw among the k candidates on the GPU (`ops::loss::sample_top_k`) from the
+/// same uniform values the host uses. `pick` sees every row's candidates and its draw; where
+/// its token differs from the GPU's — a draw within f32 rounding of a boundary between two
+/// candidates — the queued step is dropped and run again from the host's tokens, so the
+/// tokens are the ones waiting for each step gives.
+#[allow(clippy::too_many_arguments)]
 fn decode_ahead(
     model: &GpuModel,
     prompts: &[Vec<u32>],
     logits: Tensor,
     cache: &mut KvCache,
     mut streams: Streams,
-    mut pick: impl FnMut(usize, Candidates<'_>) -> u32,
+    ahead: Ahead<'_>,
+    mut pick: impl FnMut(usize, Candidates<'_>, Option<f64>) -> u32,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
-    let n = streams.n;
-    // The step in flight: its logits (kept to name a fault), the tokens its kernel chose, and
-    // their way back.
-    let queue = |logits: Tensor| -> Result<(Tensor, Tensor, PendingRead)> {
-        let chosen = crate::ops::loss::row_top_k(model.gpu(), &logits, 1)?;
-        let back = model.gpu().download_later(&chosen)?;
-        Ok((logits, chosen, back))
+    let (n, b, k) = (streams.n, prompts.len(), ahead.k);
+    let gpu = model.gpu();
+    // Each row's (temperature, k, u) at every step, for the GPU's draws; none where one
+    // candidate is all there is to take.
+    let skewed = SKEWED_DRAWS.with(|s| s.get());
+    let table = if k > 1 {
+        let rows: Vec<f32> = (0..n * b)
+            .flat_map(|r| {
+                let s = &ahead.settings[r % b];
+                let t = if is_greedy(s) { 0.0 } else { s.temperature };
+                let u = ahead.us[r].unwrap_or(0.0);
+                let u = if skewed { (u + 0.5).fract() } else { u };
+                [t, wanted(s).unwrap_or(k) as f32, u as f32]
+            })
+            .collect();
+        Some(gpu.upload(&rows, &[n * b, 3])?)
+    } else {
+        None
     };
-    let mut in_flight = queue(logits)?;
+    let queue = |logits: Tensor, step: usize| -> Result<InFlight> {
+        let top = crate::ops::loss::row_top_k(gpu, &logits, k)?;
+        let candidates = gpu.download_later(&top)?;
+        let (chosen, drawn) = match &table {
+            Some(table) => {
+                let chosen = crate::ops::loss::sample_top_k(gpu, &top, table, step * b)?;
+                let drawn = gpu.download_later(&chosen)?;
+                (chosen, Some(drawn))
+            }
+            // k = 1: the index plane is the tokens.
+            None => (top, None),
+        };
+        Ok(InFlight { logits, chosen, candidates, drawn })
+    };
+    let mut in_flight = queue(logits, 0)?;
     for step in 0..n {
-        let (logits, chosen, back) = in_flight;
+        let InFlight { logits, chosen, candidates, drawn } = in_flight;
         // A stopped sequence's row decodes whatever was chosen for it; nothing reads it.
-        let next = if step + 1 < n { Some(queue(model.decode_chosen(&chosen, 1, &positions(prompts, step), cache)?)?) } else { None };
-        let rows = candidates_from(model, &back.finish_f32()?, &logits).map_err(|e| at_step(step, e))?;
-        for (i, &(token, value)) in rows.iter().enumerate() {
+        let next = if step + 1 < n { Some(queue(model.decode_chosen(&chosen, 1, &positions(prompts, step), cache)?, step + 1)?) } else { None };
+        let rows = candidates_from(model, &candidates.finish_f32()?, &logits).map_err(|e| at_step(step, e))?;
+        let gpu_tokens: Vec<u32> = match drawn {
+            // Finite: the candidates were.
+            Some(drawn) => drawn.finish_f32()?.into_iter().map(|t| t as u32).collect(),
+            None => rows.iter().map(|c| c.0).collect(),
+        };
+        let mut tokens = gpu_tokens.clone();
+        for i in 0..b {
             if streams.running[i] {
-                let tok = pick(i, Candidates::Top(&[(token, value)]));
-                if tok != token {
-                    return Err(Error::Numeric(format!("generation ran ahead with token {token} where the sampler chose {tok}")));
-                }
-                streams.take(i, tok, &mut on_token);
+                tokens[i] = pick(i, Candidates::Top(&rows[i * k..(i + 1) * k]), ahead.us[step * b + i]);
+                streams.take(i, tokens[i], &mut on_token);
             }
         }
-        match next {
-            Some(next) if streams.running.contains(&true) => in_flight = next,
-            _ => break,
-        }
+        let Some(next) = next.filter(|_| streams.running.contains(&true)) else {
+            break;
+        };
+        in_flight = if tokens == gpu_tokens {
+            next
+        } else {
+            // The queued step took a token the host did not choose: its work is dropped unread
+            // and the step runs again, over the same cache positions, from the host's tokens.
+            STEPS_REDONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            log::debug!("generation step {step}: the GPU drew {gpu_tokens:?}, the host {tokens:?}; the next step runs again");
+            drop(next);
+            queue(model.decode_each(&tokens, &positions(prompts, step), cache)?, step + 1)?
+        };
     }
     Ok(streams.out)
 }
@@ -435,6 +566,11 @@ fn token_logprobs(model: &GpuModel, logits: &Tensor, tokens: &[u32]) -> Result<V
 /// Samples `n` tokens after each prompt with one generator shared by all, prompts of one
 /// length decoded together (shortest first), the draws of each step in prompt order.
 pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: Sampling) -> Result<Vec<Vec<u32>>> {
+    sample_batch_reading(model, prompts, n, sampling, Readback::Ahead)
+}
+
+/// `sample_batch` with the logits read back as `readback` says: the same tokens either way.
+pub fn sample_batch_reading(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: Sampling, readback: Readback) -> Result<Vec<Vec<u32>>> {
     let mut out = vec![vec![]; prompts.len()];
     let mut rng = crate::testing::rng(sampling.seed);
     let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
@@ -443,8 +579,8 @@ pub fn sample_batch(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sampling: 
     for len in lengths {
         let group: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
         let seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
-        let read = reading(&[sampling], Readback::Ahead);
-        let tails = decode_together(model, &seqs, n, None, read, |_, c| sample(c, &sampling, &mut rng), |_, _| {})?;
+        let read = reading(&[sampling], readback);
+        let tails = decode_together(model, &seqs, n, None, read, &vec![sampling; seqs.len()], Draws::Shared(&mut rng), |_, c, u| sample_with(c, &sampling, u), |_, _| {})?;
         for (&i, tail) in group.iter().zip(tails) {
             out[i] = tail;
         }
@@ -569,6 +705,19 @@ fn score_tokens_planned(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget
 mod tests {
     use super::*;
 
+    /// A draw made before the weights are known is the one `rand` makes for a range of them,
+    /// bit for bit, so that drawing ahead keeps every seed's tokens.
+    #[test]
+    fn a_draw_made_ahead_is_rands_draw_of_the_range() {
+        for seed in 0..20 {
+            let (mut a, mut b) = (crate::testing::rng(seed), crate::testing::rng(seed));
+            for total in [1.0, 1.5, 3.75, 1e-300, 2.0f64.powi(60), 7.123456789, f64::MIN_POSITIVE, 1.0 + f64::EPSILON] {
+                let want: f64 = a.random_range(0.0..total);
+                assert_eq!((uniform01(&mut b) * total).to_bits(), want.to_bits(), "seed {seed}, total {total}");
+            }
+        }
+    }
+
     #[test]
     fn sampling_is_total_on_nan_temperatures_and_logits() {
         let mut rng = crate::testing::rng(1);
@@ -616,15 +765,15 @@ mod tests {
     }
 
     #[test]
-    fn only_settings_that_take_the_top_token_run_ahead() {
+    fn only_settings_that_read_candidates_run_ahead() {
         let greedy = Sampling::default();
         let top = |k| Sampling { temperature: 1.0, top_k: k, seed: 0 };
         let ahead = |s: &[Sampling], r| reading(s, r).ahead;
         assert!(ahead(&[greedy, greedy], Readback::Ahead));
-        // Top 1 at a temperature draws its one candidate: the GPU's choice.
         assert!(ahead(&[greedy, top(1)], Readback::Ahead));
         assert!(ahead(&[Sampling { temperature: f32::NAN, top_k: 0, seed: 0 }], Readback::Ahead));
-        assert!(!ahead(&[greedy, top(2)], Readback::Ahead));
+        assert!(ahead(&[greedy, top(2), top(GPU_TOP_K_MAX)], Readback::Ahead));
+        assert!(!ahead(&[greedy, top(GPU_TOP_K_MAX + 1)], Readback::Ahead));
         assert!(!ahead(&[top(0)], Readback::Ahead));
         assert!(!ahead(&[greedy], Readback::Candidates));
         assert!(!ahead(&[greedy], Readback::WholeRows));

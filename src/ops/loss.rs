@@ -169,6 +169,39 @@ pub fn row_top_k(gpu: &Gpu, x: &Tensor, k: usize) -> Result<Tensor> {
     Ok(out)
 }
 
+/// One token drawn from each row's candidates as `row_top_k` found them ([2, rows, k]), as f32
+/// indices: [rows]. `draws` holds (temperature, k, u) for every row from row `first` on
+/// (`first · 3` values in): the softmax at the temperature of the row's first k candidates
+/// (at most the k found), the first candidate whose running weight passes u · Σ weights (u in
+/// [0, 1)); the largest where the temperature is not a positive finite number. NaN for a row
+/// whose candidates are. In f32 on the GPU: where a draw falls within rounding of a boundary
+/// between two candidates, an f64 draw can give the other, which is why a caller that needs
+/// the host's choice checks it.
+pub fn sample_top_k(gpu: &Gpu, candidates: &Tensor, draws: &Tensor, first: usize) -> Result<Tensor> {
+    const OP: &str = "sample_top_k";
+    let &[2, rows, k] = candidates.shape() else {
+        return Err(Error::shape(OP, format!("candidates {:?} are not row_top_k's [2, rows, k]", candidates.shape())));
+    };
+    if k == 0 || first.checked_add(rows).and_then(|n| n.checked_mul(3)).is_none_or(|n| n > draws.numel()) {
+        return Err(Error::shape(OP, format!("{rows} rows of {k} candidates with draws from row {first} of {:?}", draws.shape())));
+    }
+    let out = gpu.empty(&[rows])?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    if rows.div_ceil(64) > gpu.split_limits().max_workgroups as usize {
+        return Err(Error::TooLarge { op: OP, detail: format!("{rows} rows in one dispatch") });
+    }
+    // Both planes in one binding: the values start rows · k after the indices.
+    let (cb, a_off) = candidates.bind(gpu, 0, 2 * rows * k)?;
+    let (db, b_off) = draws.bind(gpu, first * 3, rows * 3)?;
+    let (ob, out_off) = out.bind(gpu, 0, rows)?;
+    let loss_off = a_off + (rows * k) as u32;
+    let meta = Meta { rows: rows as u32, cols: k as u32, a_off, b_off, out_off, loss_off, weight: 0.0, k: k as u32 };
+    gpu.dispatch(LOSS, OP, &[], bytemuck::bytes_of(&meta), &[cb, db, ob], [rows.div_ceil(64) as u32, 1, 1])?;
+    Ok(out)
+}
+
 /// Whether `row_top_k` can take the top k of rows of `cols` values on this adapter. Each of a
 /// workgroup's 256 threads runs its strided scan of the row once per pick, k · ⌈cols / 256⌉
 /// iterations of one loop, within [`SOFTWARE_LOOP_LIMIT`] on a software adapter: a vocabulary
