@@ -65,7 +65,10 @@ pub struct ForwardReport {
 pub struct SampledGeneration {
     pub sequences: usize,
     pub tokens: usize,
-    /// Each step's top-5 logits and their tokens, found on the GPU.
+    /// Each step queued from the tokens the GPU drew among the candidates, before they come
+    /// back (`Readback::Ahead`).
+    pub ahead: GenerationRun,
+    /// Each step's top-5 logits and their tokens, found on the GPU, waited for.
     pub candidates: GenerationRun,
     /// Each step's whole rows of logits, the top 5 chosen on the host (the way before).
     pub whole_rows: GenerationRun,
@@ -240,15 +243,15 @@ fn decode_together(model: &GpuModel, n: usize, steps: usize) -> Result<(f64, Run
 }
 
 /// `n` prompts of 9 to 8 + n tokens sampled for `steps` tokens each as fluency samples them,
-/// with candidates and with whole rows read back, `reps` alternating rounds each; the two must
-/// draw the same tokens.
+/// running ahead on the GPU's draws, waiting for candidates and waiting for whole rows, `reps`
+/// alternating rounds each; the three must draw the same tokens.
 fn sampled_generation(model: &GpuModel, n: usize, steps: usize, reps: usize) -> Result<SampledGeneration> {
     use crate::model::generate::{Readback, Sampling};
     let v = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = (0..n).map(|i| tokens(9 + i, v, 200 + i as u64)).collect();
     let samplings: Vec<Sampling> = (0..n).map(|i| Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }).collect();
-    let [candidates, whole_rows] = generation_both_ways(model, &prompts, &samplings, steps, reps, [Readback::Candidates, Readback::WholeRows])?;
-    Ok(SampledGeneration { sequences: n, tokens: steps, candidates, whole_rows })
+    let [ahead, candidates, whole_rows] = generation_ways(model, &prompts, &samplings, steps, reps, [Readback::Ahead, Readback::Candidates, Readback::WholeRows])?;
+    Ok(SampledGeneration { sequences: n, tokens: steps, ahead, candidates, whole_rows })
 }
 
 /// One prompt of 16 tokens continued greedily for `steps` tokens, running ahead and waiting.
@@ -256,8 +259,8 @@ fn greedy_generation(model: &GpuModel, steps: usize, reps: usize) -> Result<Gree
     use crate::model::generate::{Readback, Sampling};
     let prompts = vec![tokens(16, model.config.vocab_size, 300)];
     let ways = [Readback::Ahead, Readback::Candidates];
-    let [ahead, waiting] = generation_both_ways(model, &prompts, &[Sampling::default()], steps, reps, ways)?;
-    let [ahead_first, waiting_first] = generation_both_ways(model, &prompts, &[Sampling::default()], 1, reps, ways)?;
+    let [ahead, waiting] = generation_ways(model, &prompts, &[Sampling::default()], steps, reps, ways)?;
+    let [ahead_first, waiting_first] = generation_ways(model, &prompts, &[Sampling::default()], 1, reps, ways)?;
     let after_first = |all: &GenerationRun, first: &GenerationRun| {
         if steps < 2 { f64::NAN } else { (all.wall_ms_per_step * steps as f64 - first.wall_ms_per_step) / (steps - 1) as f64 }
     };
@@ -272,18 +275,18 @@ fn greedy_generation(model: &GpuModel, steps: usize, reps: usize) -> Result<Gree
 }
 
 /// `prompts` generated for `steps` tokens reading back as each of `ways` says, `reps`
-/// alternating rounds; both ways must give the same tokens.
-fn generation_both_ways(
+/// alternating rounds; every way must give the same tokens.
+fn generation_ways<const N: usize>(
     model: &GpuModel,
     prompts: &[Vec<u32>],
     samplings: &[crate::model::generate::Sampling],
     steps: usize,
     reps: usize,
-    ways: [crate::model::generate::Readback; 2],
-) -> Result<[GenerationRun; 2]> {
+    ways: [crate::model::generate::Readback; N],
+) -> Result<[GenerationRun; N]> {
     let gpu = model.gpu();
-    let mut rounds: [Vec<(f64, f64, f64, u64)>; 2] = [vec![], vec![]];
-    let mut drawn: [Vec<Vec<u32>>; 2] = [vec![], vec![]];
+    let mut rounds: [Vec<(f64, f64, f64, u64)>; N] = std::array::from_fn(|_| vec![]);
+    let mut drawn: [Vec<Vec<u32>>; N] = std::array::from_fn(|_| vec![]);
     for _ in 0..reps.max(1) {
         for (i, readback) in ways.into_iter().enumerate() {
             let before = gpu.runtime_stats();
@@ -302,8 +305,8 @@ fn generation_both_ways(
             ));
         }
     }
-    if drawn[0] != drawn[1] {
-        return Err(crate::error::Error::Numeric(format!("generation reading back {:?} gave other tokens than reading back {:?}", ways[0], ways[1])));
+    if let Some(i) = (1..N).find(|&i| drawn[i] != drawn[0]) {
+        return Err(crate::error::Error::Numeric(format!("generation reading back {:?} gave other tokens than reading back {:?}", ways[i], ways[0])));
     }
     let summary = |r: &[(f64, f64, f64, u64)]| GenerationRun {
         tokens_per_s: median_f64(r.iter().map(|x| x.0).collect()),
@@ -311,7 +314,7 @@ fn generation_both_ways(
         host_cpu_ms_per_step: median_f64(r.iter().map(|x| x.2).collect()),
         readback_bytes_per_step: r[0].3,
     };
-    Ok([summary(&rounds[0]), summary(&rounds[1])])
+    Ok(std::array::from_fn(|i| summary(&rounds[i])))
 }
 
 fn profile_ms(gpu: &crate::gpu::Gpu) -> Vec<(String, u64, f64)> {
@@ -338,7 +341,11 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
             "\n| {} prompts sampled for {} tokens (top 5, temperature 1: fluency's setting) | tokens/s | host thread CPU per step, ms | read back per step, bytes |\n|---|---:|---:|---:|\n",
             g.sequences, g.tokens
         );
-        for (what, x) in [("each row's top 5 found on the GPU", &g.candidates), ("whole rows read back, the top 5 found on the host", &g.whole_rows)] {
+        for (what, x) in [
+            ("each step queued from the GPU's draw among the top 5 before it comes back", &g.ahead),
+            ("each row's top 5 found on the GPU, waited for", &g.candidates),
+            ("whole rows read back, the top 5 found on the host", &g.whole_rows),
+        ] {
             s += &format!("| {what} | {:.1} | {:.2} | {} |\n", x.tokens_per_s, x.host_cpu_ms_per_step, x.readback_bytes_per_step);
         }
     }
