@@ -239,6 +239,8 @@ fn sample_top_k(@builtin(global_invocation_id) gid: vec3<u32>) {
         var total = 0.0;
         for (var j = 0u; j < k; j++) { total += exp((a[values + j] - m) / temperature); }
         var left = u * total;
+        // The weights are computed again rather than kept: k runs to 64, and a private array
+        // that long may spill to memory, which costs more than 64 exponentials.
         // Past every weight (u · Σ rounded up to Σ): the last candidate, as the host does.
         chosen = k - 1u;
         for (var j = 0u; j < k; j++) {

@@ -298,7 +298,8 @@ fn greedy_generation_running_ahead_gives_what_waiting_gives() {
 /// Sampled generation queued from the GPU's own draw among each row's candidates (top-k
 /// settings up to the GPU's size, mixed with a greedy one) gives the tokens of generation that
 /// waits for each step, reading back only the drawn tokens besides: with end tokens that stop
-/// some sequences early, and with one generator shared by all prompts (`sample_batch`). With
+/// some sequences early, prompts of one length (every sequence at the cache's length) and of
+/// several, and with one generator shared by the prompts of a length (`sample_batch`). With
 /// the GPU's draws skewed off the host's (a test hook), steps are run again from the host's
 /// tokens and the tokens are still the same.
 #[test]
@@ -308,38 +309,42 @@ fn sampled_generation_running_ahead_gives_what_waiting_gives() {
     for_each_fresh_gpu(true, |gpu| {
         for (name, w) in models() {
             let gm = ok(GpuModel::new(gpu, &w))?;
-            let prompts: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3], vec![12], vec![5, 17, 3, 2, 8, 1, 30], vec![7, 7]];
             let settings = [
                 Sampling { temperature: 1.0, top_k: 5, seed: 3 },
                 Sampling::default(),
                 Sampling { temperature: 1.5, top_k: GPU_TOP_K_MAX, seed: 4 },
                 Sampling { temperature: 0.7, top_k: 2, seed: 5 },
+                Sampling { temperature: 1.0, top_k: 5, seed: 6 },
+                Sampling::default(),
             ];
-            for skewed in [false, true] {
+            let several: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3], vec![12], vec![5, 17, 3, 2, 8, 1, 30], vec![7, 7], vec![12], vec![3, 5]];
+            let one_length: Vec<Vec<u32>> = vec![vec![9, 4, 21, 3], vec![1, 2, 3, 4], vec![30, 8, 8, 2]];
+            for (prompts, skewed) in [(&several, false), (&several, true), (&one_length, false), (&one_length, true)] {
+                let settings = &settings[..prompts.len()];
                 skew_gpu_draws(skewed);
                 let redone = steps_redone();
                 let before = gpu.runtime_stats();
-                let waiting = ok(generate_many_reading(&gm, &prompts, 9, &settings, None, Readback::Candidates))?;
+                let waiting = ok(generate_many_reading(&gm, prompts, 9, settings, None, Readback::Candidates))?;
                 let waited_bytes = (gpu.runtime_stats() - before).readback_bytes;
                 let before = gpu.runtime_stats();
-                let ahead = ok(generate_many_reading(&gm, &prompts, 9, &settings, None, Readback::Ahead))?;
+                let ahead = ok(generate_many_reading(&gm, prompts, 9, settings, None, Readback::Ahead))?;
                 let ahead_bytes = (gpu.runtime_stats() - before).readback_bytes;
                 if ahead != waiting {
-                    return Err(format!("{name} skewed {skewed}: ahead {ahead:?}, waiting {waiting:?}"));
+                    return Err(format!("{name} {prompts:?} skewed {skewed}: ahead {ahead:?}, waiting {waiting:?}"));
                 }
-                // Nine steps of four drawn tokens on top of the same candidates.
-                if !skewed && ahead_bytes != waited_bytes + 9 * 4 * 4 {
+                // Nine steps of a drawn token a sequence on top of the same candidates.
+                if !skewed && ahead_bytes != waited_bytes + 9 * 4 * prompts.len() as u64 {
                     return Err(format!("{name}: ahead read back {ahead_bytes} bytes, waiting {waited_bytes}"));
                 }
                 for eos in [waiting[0][2], waiting[1][0]] {
-                    let w = ok(generate_many_reading(&gm, &prompts, 9, &settings, Some(eos), Readback::Candidates))?;
-                    let a = ok(generate_many_reading(&gm, &prompts, 9, &settings, Some(eos), Readback::Ahead))?;
+                    let w = ok(generate_many_reading(&gm, prompts, 9, settings, Some(eos), Readback::Candidates))?;
+                    let a = ok(generate_many_reading(&gm, prompts, 9, settings, Some(eos), Readback::Ahead))?;
                     if a != w {
                         return Err(format!("{name} skewed {skewed}: end token {eos}: ahead {a:?}, waiting {w:?}"));
                     }
                 }
-                let w = ok(sample_batch_reading(&gm, &prompts, 7, settings[0], Readback::Candidates))?;
-                let a = ok(sample_batch_reading(&gm, &prompts, 7, settings[0], Readback::Ahead))?;
+                let w = ok(sample_batch_reading(&gm, prompts, 7, settings[0], Readback::Candidates))?;
+                let a = ok(sample_batch_reading(&gm, prompts, 7, settings[0], Readback::Ahead))?;
                 if a != w {
                     return Err(format!("{name} skewed {skewed}: sample_batch ahead {a:?}, waiting {w:?}"));
                 }
@@ -348,9 +353,10 @@ fn sampled_generation_running_ahead_gives_what_waiting_gives() {
                 if skewed && again < 10 {
                     return Err(format!("{name}: with the GPU's draws skewed only {again} steps ran again"));
                 }
-                // The GPU's f32 draw meets the host's f64 one but within rounding of a
-                // boundary: not on these seeds (a test of its own skews them).
-                if !skewed && again > 0 {
+                // The GPU's f32 draw misses the host's only within rounding of a boundary
+                // between two candidates: none on these seeds here, at most a rare one on an
+                // adapter whose exponential rounds otherwise.
+                if !skewed && again > 2 {
                     return Err(format!("{name}: {again} steps ran again with the GPU drawing from the host's values"));
                 }
             }

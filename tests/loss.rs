@@ -200,8 +200,9 @@ fn row_top_k_scans_long_rows_within_the_adapters_loop_limit() {
 /// 64 and 67 rows (two workgroups), k 1, 2, 5, 13 and 64, each row with its own temperature
 /// (greedy ones among them: 0, negative, NaN, infinite) and k (past the candidates found too),
 /// the draws read from a row past the table's first. The same candidate wherever the draw
-/// lies beyond f32 rounding of a boundary; a row of NaN candidates draws NaN; most draws pick
-/// a candidate other than the first, so a kernel that ignored the draw would fail.
+/// lies beyond f32 rounding of a boundary; a sampling row of NaN candidates draws NaN; most
+/// draws pick a candidate other than the first, so a kernel that ignored the draw would fail;
+/// a draw exactly on a boundary takes the candidate after it, as the host's does.
 #[test]
 fn sample_top_k_draws_what_the_oracle_draws() {
     for_each_gpu(|gpu| {
@@ -210,8 +211,9 @@ fn sample_top_k_draws_what_the_oracle_draws() {
         for (rows, k, seed) in [(1usize, 1usize, 1u64), (3, 2, 2), (7, 5, 3), (64, 13, 4), (67, 64, 5)] {
             let cols = 301;
             let mut x = logits(4800 + seed, rows * cols);
-            if rows >= 7 {
-                x[5 * cols + 17] = f32::NAN;
+            // Row 2 samples (temperature 0.7 from k + 3 candidates).
+            if rows >= 3 {
+                x[2 * cols + 17] = f32::NAN;
             }
             let cand = ok(row_top_k(gpu, &ok(gpu.upload(&x, &[rows, cols]))?, k))?;
             let host = ok(gpu.download(&cand))?;
@@ -252,6 +254,13 @@ fn sample_top_k_draws_what_the_oracle_draws() {
         }
         if past_first * 3 < drawn {
             return Err(format!("only {past_first} of {drawn} draws past the first candidate: the test does not exercise the draw"));
+        }
+        // A draw exactly on a boundary: two equal weights and u = ½ put u · Σ on the first
+        // one's end, which belongs to the second candidate (the host's `<`, not `<=`).
+        let tie = ok(row_top_k(gpu, &ok(gpu.upload(&[3.0, 0.0, 3.0], &[1, 3]))?, 3))?;
+        let got = ok(gpu.download(&ok(sample_top_k(gpu, &tie, &ok(gpu.upload(&[1.0, 2.0, 0.5], &[3]))?, 0))?))?;
+        if got != [2.0] || cpu::loss::sample_top_k(&[3.0, 3.0, 0.0], 1.0, 2, 0.5).0 != 1 {
+            return Err(format!("a draw on the boundary between tokens 0 and 2 gave {got:?}, want [2.0]"));
         }
         let cand = ok(row_top_k(gpu, &ok(gpu.upload(&[1.0, 2.0, 3.0], &[1, 3]))?, 2))?;
         for (draws, first) in [(2, 0), (5, 1)] {

@@ -102,7 +102,9 @@ pub fn row_top_k(x: &[f32], cols: usize, k: usize) -> Vec<Option<Vec<(u32, f32)>
 /// passes u · Σ weights (the last where rounding leaves u · Σ past them all); the first
 /// candidate where the temperature is not a positive finite number. With it, how far u · Σ lies
 /// from the nearest boundary between two candidates, as a fraction of Σ (infinite for greedy
-/// or one candidate): a draw in f32 may fall on the other side within its rounding.
+/// or one candidate): a draw in f32 may fall on the other side within its rounding. (The
+/// host's sampler rounds (v − m) / t to f32 before its f64 exponentials, the GPU's works in f32
+/// throughout; both stay within that margin of this.)
 pub fn sample_top_k(values: &[f32], temperature: f32, k: usize, u: f64) -> (usize, f64) {
     let k = k.min(values.len());
     if !(temperature > 0.0 && temperature.is_finite()) || k <= 1 {

@@ -197,12 +197,14 @@ impl Draws<'_> {
         }
     }
 
-    /// Whether drawing every sequence's value of every step beforehand takes the values drawing
-    /// them as the tokens come would: always with a generator per sequence or a single
-    /// sequence; with a shared one only where no sequence stops before the others (no end
-    /// token), since a stopped sequence draws no more.
-    fn can_draw_ahead(&self, sequences: usize, eos: Option<u32>) -> bool {
-        matches!(self, Draws::Each(_)) || sequences == 1 || eos.is_none()
+    /// Whether drawing every sequence's value of every step beforehand gives each sequence the
+    /// values drawing them as the tokens come would: where nothing draws, with a generator per
+    /// sequence or a single sequence; with one shared by several only where no sequence stops
+    /// before the others (no end token), since a stopped sequence draws no more. A shared
+    /// generator is left past all the values drawn beforehand, a sequence that stopped early
+    /// or not.
+    fn can_draw_ahead(&self, settings: &[Sampling], eos: Option<u32>) -> bool {
+        settings.iter().all(is_greedy) || matches!(self, Draws::Each(_)) || settings.len() == 1 || eos.is_none()
     }
 }
 
@@ -275,17 +277,17 @@ fn generate_groups(
     Ok(out)
 }
 
-/// Steps run again because the host's draw differed from the GPU's (see [`decode_together`]),
-/// by this process: a test reads it.
-static STEPS_REDONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// How many generation steps queued from the GPU's draw were run again with the host's token.
-pub fn steps_redone() -> usize {
-    STEPS_REDONE.load(std::sync::atomic::Ordering::Relaxed)
+thread_local! {
+    /// Steps this thread ran again because the host's draw differed from the GPU's (see
+    /// [`decode_ahead`]); per thread, so that a test counts its own.
+    static STEPS_REDONE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static SKEWED_DRAWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-thread_local! {
-    static SKEWED_DRAWS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// How many generation steps queued from the GPU's draw this thread ran again with the host's
+/// tokens.
+pub fn steps_redone() -> usize {
+    STEPS_REDONE.with(|n| n.get())
 }
 
 /// Test hook: while on, this thread's generation hands the GPU u + ½ (mod 1) for each draw u
@@ -338,7 +340,8 @@ fn decode_together(
     let (logits, _) = model.forward(&batch, &Probes::default(), LogitRows::Rows(batch.last_rows()), Some(&mut cache))?;
     let v = model.config.vocab_size;
     let top = read.top.map(|k| k.min(v)).filter(|&k| crate::ops::loss::row_top_k_fits(model.gpu(), v, k));
-    if let (true, Some(k)) = (read.ahead && draws.can_draw_ahead(prompts.len(), eos), top) {
+    let ahead = read.ahead && draws.can_draw_ahead(settings, eos);
+    if let Some(k) = top.filter(|_| ahead) {
         // Every draw of every step, step by step in sequence order, as the loop below makes them.
         let us: Vec<Option<f64>> = (0..n).flat_map(|_| 0..prompts.len()).map(|i| (!is_greedy(&settings[i])).then(|| draws.next(i))).collect();
         return decode_ahead(model, prompts, logits, &mut cache, streams, Ahead { k, settings, us: &us }, pick, on_token);
@@ -417,7 +420,8 @@ fn decode_ahead(
                 let t = if is_greedy(s) { 0.0 } else { s.temperature };
                 let u = ahead.us[r].unwrap_or(0.0);
                 let u = if skewed { (u + 0.5).fract() } else { u };
-                [t, wanted(s).unwrap_or(k) as f32, u as f32]
+                let drawn_from = wanted(s).expect("running ahead, every setting reads candidates");
+                [t, drawn_from as f32, u as f32]
             })
             .collect();
         Some(gpu.upload(&rows, &[n * b, 3])?)
@@ -442,6 +446,7 @@ fn decode_ahead(
     for step in 0..n {
         let InFlight { logits, chosen, candidates, drawn } = in_flight;
         // A stopped sequence's row decodes whatever was chosen for it; nothing reads it.
+        let filled = cache.len;
         let next = if step + 1 < n { Some(queue(model.decode_chosen(&chosen, 1, &positions(prompts, step), cache)?, step + 1)?) } else { None };
         let rows = candidates_from(model, &candidates.finish_f32()?, &logits).map_err(|e| at_step(step, e))?;
         let gpu_tokens: Vec<u32> = match drawn {
@@ -463,10 +468,13 @@ fn decode_ahead(
             next
         } else {
             // The queued step took a token the host did not choose: its work is dropped unread
-            // and the step runs again, over the same cache positions, from the host's tokens.
-            STEPS_REDONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // (its reads still count in the runtime's read-back bytes) and the step runs again
+            // from the host's tokens, over the same cache positions and with the cache's length
+            // as it was, so that it takes the path the waiting step takes.
+            STEPS_REDONE.with(|n| n.set(n.get() + 1));
             log::debug!("generation step {step}: the GPU drew {gpu_tokens:?}, the host {tokens:?}; the next step runs again");
             drop(next);
+            cache.len = filled;
             queue(model.decode_each(&tokens, &positions(prompts, step), cache)?, step + 1)?
         };
     }
