@@ -2,9 +2,11 @@
 """The forward pass `revive bench forward` measures, in Hugging Face transformers (PyTorch
 eager, float32, TF32 off), on the same weights and the same protocol: a single-sequence prefill
 of each length (the median of --reps runs), then --decode steps
-of one token each through the KV cache after a 16-token prompt, and a 16-token prompt continued
+of one token each through the KV cache after a 16-token prompt, a 16-token prompt continued
 greedily for --decode tokens with `generate` (revive's `greedy` row: the decode a user sees,
-prefill included, every token chosen on the device). Times are wall clock with the
+prefill included, every token chosen on the device), and --together prompts of 9, 10, …
+tokens sampled together for --decode tokens each, top 5 at temperature 1 (revive's sampled
+row, fluency's setting; left-padded, as transformers batches prompts of several lengths). Times are wall clock with the
 device synchronised before and after each measured call, as a user of either program sees them.
 
     revive export -m smollm2 --out /tmp/smollm2-hf
@@ -32,6 +34,7 @@ def args():
     p.add_argument("--prefill", type=int, nargs="+", default=[128, 512])
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--together", type=int, default=8, help="prompts sampled together (0: not measured)")
     add_device_and_json(p)
     return p.parse_args()
 
@@ -95,6 +98,24 @@ def main():
         except Exception as e:  # noqa: BLE001 - reported, the other rows kept
             greedy = {"error": repr(e)}
 
+        sampled = None
+        if a.together > 0:
+            try:
+                n = a.together
+                longest = 8 + n
+                batch = torch.zeros((n, longest), dtype=torch.long, device=a.device)
+                mask = torch.zeros_like(batch)
+                for i in range(n):
+                    batch[i, longest - 9 - i :] = ids(9 + i)[0]
+                    mask[i, longest - 9 - i :] = 1
+                torch.manual_seed(1000)
+                run = lambda: model.generate(batch, attention_mask=mask, max_new_tokens=a.decode, min_new_tokens=a.decode, do_sample=True, top_k=5, temperature=1.0, pad_token_id=0)
+                run()
+                t = statistics.median([timed(a.device, run)[0] for _ in range(a.reps)])
+                sampled = {"sequences": n, "tokens": a.decode, "tokens_per_s": n * a.decode / t, "ms_per_step": 1e3 * t / a.decode}
+            except Exception as e:  # noqa: BLE001 - reported, the other rows kept
+                sampled = {"error": repr(e)}
+
     report = {
         "framework": f"transformers (torch {torch.__version__}, eager attention, float32, TF32 off)",
         "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device,
@@ -104,6 +125,7 @@ def main():
         "decode_ms_per_token_median": 1e3 * statistics.median(per_token),
         "decode_tokens_per_s": len(per_token) / sum(per_token),
         "greedy": greedy,
+        "sampled": sampled,
     }
     print(json.dumps(report, indent=2))
     if a.json:

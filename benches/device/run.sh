@@ -40,7 +40,9 @@ case ${2:-speed} in
   # through the stacked products (memit-100-unstacked: separate products everywhere), and the
   # host's CPU time per decoded token (forward.json: decode_host_cpu_ms_per_token), and greedy
   # generation queued a step ahead of its tokens against waiting for each (forward.json:
-  # greedy; torch-forward.json: greedy, transformers' generate on the same protocol).
+  # greedy; torch-forward.json: greedy, transformers' generate on the same protocol), and top-5
+  # sampling of 8 prompts queued ahead on the GPU's draws (forward.json: sampled.ahead;
+  # torch-forward.json: sampled).
   remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-unstacked,memit-100-noprefix,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
