@@ -68,6 +68,10 @@ pub struct SampledGeneration {
     /// Each step queued from the tokens the GPU drew among the candidates, before they come
     /// back (`Readback::Ahead`).
     pub ahead: GenerationRun,
+    /// Steps of those runs queued from a GPU draw that the host's draw contradicted and run
+    /// again (`generate::steps_redone`): how often the f32 draw falls within rounding of a
+    /// boundary on this adapter.
+    pub ahead_steps_redone: usize,
     /// Each step's top-5 logits and their tokens, found on the GPU, waited for.
     pub candidates: GenerationRun,
     /// Each step's whole rows of logits, the top 5 chosen on the host (the way before).
@@ -250,8 +254,10 @@ fn sampled_generation(model: &GpuModel, n: usize, steps: usize, reps: usize) -> 
     let v = model.config.vocab_size;
     let prompts: Vec<Vec<u32>> = (0..n).map(|i| tokens(9 + i, v, 200 + i as u64)).collect();
     let samplings: Vec<Sampling> = (0..n).map(|i| Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }).collect();
+    let redone = crate::model::generate::steps_redone();
     let [ahead, candidates, whole_rows] = generation_ways(model, &prompts, &samplings, steps, reps, [Readback::Ahead, Readback::Candidates, Readback::WholeRows])?;
-    Ok(SampledGeneration { sequences: n, tokens: steps, ahead, candidates, whole_rows })
+    let ahead_steps_redone = crate::model::generate::steps_redone() - redone;
+    Ok(SampledGeneration { sequences: n, tokens: steps, ahead, ahead_steps_redone, candidates, whole_rows })
 }
 
 /// One prompt of 16 tokens continued greedily for `steps` tokens, running ahead and waiting.
@@ -348,6 +354,7 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
         ] {
             s += &format!("| {what} | {:.1} | {:.2} | {} |\n", x.tokens_per_s, x.host_cpu_ms_per_step, x.readback_bytes_per_step);
         }
+        s += &format!("\nsteps run again where the host's draw contradicted the GPU's: {}\n", g.ahead_steps_redone);
     }
     let g = &r.greedy;
     s += &format!(
