@@ -21,7 +21,7 @@ use revive::edit::method::{Method, Writer};
 use revive::edit::request::EditRequest;
 use revive::edit::rome::CovSolver;
 use revive::edit::session::{build_method, load_delta, save_delta, MethodSpec, NoMeasure, RunOptions, Session};
-use revive::edit::target::{optimise_targets, target_batch, TargetLoss, TargetParams};
+use revive::edit::target::{optimise_targets, target_batch, target_passes_built, TargetLoss, TargetParams};
 use revive::gpu::Gpu;
 use revive::model::batch::Batch;
 use revive::model::forward::GpuModel;
@@ -210,6 +210,19 @@ fn memit_matches_its_f64_reference() {
     });
 }
 
+/// The target batches of the first `n` test requests.
+fn target_batches(n: usize) -> Result<Vec<revive::edit::target::TargetBatch>, String> {
+    let tok = tok();
+    requests(n).iter().map(|q| ok(target_batch(&tok, &templates(), &q.prompt, &q.subject, &q.target_new))).collect()
+}
+
+/// ‖got − want‖ / ‖want‖ and ‖want‖, in f64.
+fn relative_difference(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+    let den: f64 = want.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    (num / den, den)
+}
+
 #[test]
 fn batched_targets_equal_one_request_at_a_time() {
     for_each_gpu(|gpu| {
@@ -231,11 +244,66 @@ fn batched_targets_equal_one_request_at_a_time() {
         let together = ok(optimise_targets(&gm, &tbs, &hs, &p, |_, _| {}))?;
         for r in 0..3 {
             let alone = ok(optimise_targets(&gm, &tbs[r..r + 1], &hs[r..r + 1], &p, |_, _| {}))?.remove(0);
-            let num: f64 = together[r].delta.iter().zip(&alone.delta).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
-            let den: f64 = alone.delta.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-            if !(den > 0.0 && num / den < 1e-4) {
-                return Err(format!("request {r}: batched δ differs from its own by {:.2e} (‖δ‖ {den:.3})", num / den));
+            let (off, den) = relative_difference(&together[r].delta, &alone.delta);
+            if !(den > 0.0 && off < 1e-4) {
+                return Err(format!("request {r}: batched δ differs from its own by {off:.2e} (‖δ‖ {den:.3})"));
             }
+        }
+        Ok(())
+    });
+}
+
+/// Requests of a batch that stop early leave its pass: once they hold a quarter of its rows and
+/// the steps to go make that a whole step's work, the pass is built again over the others, and
+/// every request still gets the δ, the steps and the stop it gets optimised alone. The
+/// threshold is chosen from the requests' own runs so that one stops within the first steps
+/// while another goes on.
+#[test]
+fn requests_that_stop_leave_the_pass_and_the_others_go_on_as_alone() {
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &weights(4)))?;
+        let tbs = target_batches(3)?;
+        // Rewritten vectors of different norms: δ's clamp lets the last move furthest.
+        let hs: Vec<Vec<f32>> = (0..3).map(|i| vec![0.3 + 1.5 * i as f32; gm.config.hidden]).collect();
+        let free = TargetParams { layer: 1, steps: 12, lr: 0.5, weight_decay: 0.1, clamp_norm_factor: 4.0, kl_factor: 0.0625, nll_stop: 1e-9, loss: Default::default() };
+        let alone_free: Vec<_> = (0..3).map(|r| ok(optimise_targets(&gm, &tbs[r..r + 1], &hs[r..r + 1], &free, |_, _| {})).map(|mut t| t.remove(0))).collect::<Result<_, _>>()?;
+        let nll = |r: usize, s: usize| alone_free[r].history[s].nll;
+        // A threshold well clear of every NLL seen (rounding cannot move a stop), below which
+        // one request falls with steps to go while another falls later or not at all.
+        let crossing = |stop: f64, r: usize| (0..12).find(|&s| nll(r, s) < stop);
+        let mut seen: Vec<f64> = (0..3).flat_map(|r| (0..12).map(move |s| nll(r, s))).collect();
+        seen.sort_by(f64::total_cmp);
+        let (stop, first, at) = seen
+            .windows(2)
+            .filter(|w| w[1] - w[0] > 1e-2)
+            .map(|w| 0.5 * (w[0] + w[1]))
+            .find_map(|stop| {
+                let (first, at) = (0..3).filter_map(|r| crossing(stop, r).map(|s| (r, s))).min_by_key(|&(_, s)| s)?;
+                let later = (0..3).any(|o| crossing(stop, o).is_none_or(|s| s > at));
+                (at <= 5 && later).then_some((stop, first, at))
+            })
+            .ok_or_else(|| format!("no threshold stops one request early and another later: {:?}", (0..3).map(|r| (0..12).map(|s| nll(r, s)).collect::<Vec<_>>()).collect::<Vec<_>>()))?;
+        let p = TargetParams { nll_stop: stop, ..free };
+        let built = target_passes_built();
+        let together = ok(optimise_targets(&gm, &tbs, &hs, &p, |_, _| {}))?;
+        if target_passes_built() - built < 2 {
+            return Err(format!("request {first} stopped at step {at} of 12, and the batch built {} pass(es), want a second without it", target_passes_built() - built));
+        }
+        for r in 0..3 {
+            let alone = ok(optimise_targets(&gm, &tbs[r..r + 1], &hs[r..r + 1], &p, |_, _| {}))?.remove(0);
+            let (off, den) = relative_difference(&together[r].delta, &alone.delta);
+            if !(den > 0.0 && off < 1e-4) || together[r].history.len() != alone.history.len() || together[r].stopped_early != alone.stopped_early {
+                return Err(format!(
+                    "request {r}: batched δ differs from its own by {off:.2e} (‖δ‖ {den:.3}); {} steps (stopped {}) against {} (stopped {})",
+                    together[r].history.len(),
+                    together[r].stopped_early,
+                    alone.history.len(),
+                    alone.stopped_early
+                ));
+            }
+        }
+        if !together[first].stopped_early || together[first].history.len() != at + 1 {
+            return Err(format!("request {first}: {} steps, stopped {}, want a stop at step {at}", together[first].history.len(), together[first].stopped_early));
         }
         Ok(())
     });
