@@ -255,16 +255,17 @@ fn batched_targets_equal_one_request_at_a_time() {
 
 /// Requests of a batch that stop early leave its pass: once they hold a quarter of its rows and
 /// the steps to go make that a whole step's work, the pass is built again over the others, and
-/// every request still gets the δ, the steps and the stop it gets optimised alone. The
-/// threshold is chosen from the requests' own runs so that one stops within the first steps
-/// while another goes on.
+/// every request still gets the δ, the steps (NLL and KL at each) and the stop it gets
+/// optimised alone. The threshold is chosen from the requests' own runs so that one (not the
+/// last, so that the others change places) stops within the first steps while another goes on.
 #[test]
 fn requests_that_stop_leave_the_pass_and_the_others_go_on_as_alone() {
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &weights(4)))?;
         let tbs = target_batches(3)?;
-        // Rewritten vectors of different norms: δ's clamp lets the last move furthest.
-        let hs: Vec<Vec<f32>> = (0..3).map(|i| vec![0.3 + 1.5 * i as f32; gm.config.hidden]).collect();
+        // Rewritten vectors of different norms: δ's clamp lets the first move furthest, so that
+        // an early stop leaves requests whose places in the second pass are not their own.
+        let hs: Vec<Vec<f32>> = (0..3).map(|i| vec![0.3 + 1.5 * (2 - i) as f32; gm.config.hidden]).collect();
         let free = TargetParams { layer: 1, steps: 12, lr: 0.5, weight_decay: 0.1, clamp_norm_factor: 4.0, kl_factor: 0.0625, nll_stop: 1e-9, loss: Default::default() };
         let alone_free: Vec<_> = (0..3).map(|r| ok(optimise_targets(&gm, &tbs[r..r + 1], &hs[r..r + 1], &free, |_, _| {})).map(|mut t| t.remove(0))).collect::<Result<_, _>>()?;
         let nll = |r: usize, s: usize| alone_free[r].history[s].nll;
@@ -280,9 +281,9 @@ fn requests_that_stop_leave_the_pass_and_the_others_go_on_as_alone() {
             .find_map(|stop| {
                 let (first, at) = (0..3).filter_map(|r| crossing(stop, r).map(|s| (r, s))).min_by_key(|&(_, s)| s)?;
                 let later = (0..3).any(|o| crossing(stop, o).is_none_or(|s| s > at));
-                (at <= 5 && later).then_some((stop, first, at))
+                (at <= 5 && later && first != 2).then_some((stop, first, at))
             })
-            .ok_or_else(|| format!("no threshold stops one request early and another later: {:?}", (0..3).map(|r| (0..12).map(|s| nll(r, s)).collect::<Vec<_>>()).collect::<Vec<_>>()))?;
+            .ok_or_else(|| format!("no threshold stops one request but the last early and another later: {:?}", (0..3).map(|r| (0..12).map(|s| nll(r, s)).collect::<Vec<_>>()).collect::<Vec<_>>()))?;
         let p = TargetParams { nll_stop: stop, ..free };
         let built = target_passes_built();
         let together = ok(optimise_targets(&gm, &tbs, &hs, &p, |_, _| {}))?;
@@ -292,7 +293,8 @@ fn requests_that_stop_leave_the_pass_and_the_others_go_on_as_alone() {
         for r in 0..3 {
             let alone = ok(optimise_targets(&gm, &tbs[r..r + 1], &hs[r..r + 1], &p, |_, _| {}))?.remove(0);
             let (off, den) = relative_difference(&together[r].delta, &alone.delta);
-            if !(den > 0.0 && off < 1e-4) || together[r].history.len() != alone.history.len() || together[r].stopped_early != alone.stopped_early {
+            let same_steps = together[r].history.iter().zip(&alone.history).all(|(a, b)| (a.nll - b.nll).abs() <= 1e-4 * b.nll.abs().max(1.0) && (a.kl - b.kl).abs() <= 1e-4 * b.kl.abs().max(1e-3));
+            if !(den > 0.0 && off < 1e-4 && same_steps) || together[r].history.len() != alone.history.len() || together[r].stopped_early != alone.stopped_early {
                 return Err(format!(
                     "request {r}: batched δ differs from its own by {off:.2e} (‖δ‖ {den:.3}); {} steps (stopped {}) against {} (stopped {})",
                     together[r].history.len(),
