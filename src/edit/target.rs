@@ -74,6 +74,13 @@ pub struct TargetBatch {
     pub prompt_lens: Vec<usize>,
 }
 
+impl TargetBatch {
+    /// The tokens of all its prompts.
+    fn tokens(&self) -> usize {
+        self.prompts.iter().map(|q| q.ids.len()).sum()
+    }
+}
+
 pub fn target_batch(tok: &Tok, templates: &[String], prompt: &str, subject: &str, target_new: &str) -> Result<TargetBatch> {
     let target = tok.encode(target_new)?;
     if target.is_empty() {
@@ -188,8 +195,8 @@ pub fn optimise_targets_within(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<
         let mut end = start;
         let mut rows = 0;
         while end < tbs.len() {
-            let lens = tbs[end].prompts.iter().map(|q| q.ids.len());
-            let r: usize = if padded_targets() { tbs[end].prompts.len() * lens.max().unwrap_or(0) } else { lens.sum() };
+            let tb = &tbs[end];
+            let r = if padded_targets() { tb.prompts.len() * tb.prompts.iter().map(|q| q.ids.len()).max().unwrap_or(0) } else { tb.tokens() };
             if end > start && rows + r > TARGET_PASS_ROWS {
                 break;
             }
@@ -239,7 +246,7 @@ fn active_pass<'m>(model: &'m GpuModel, tbs: &[TargetBatch], active: Vec<usize>,
         }
     }
     let batch = Batch::new(&seqs)?;
-    let rows: usize = seqs.iter().map(Vec::len).sum();
+    let rows: usize = active.iter().map(|&r| tbs[r].tokens()).sum();
     let kl_rows: Vec<usize> = active.iter().enumerate().map(|(a, &r)| {
         let n_ctx = tbs[r].prompt_lens.len();
         batch.row(first_seq[a] + n_ctx, tbs[r].prompts[n_ctx].subject_last)
@@ -384,7 +391,7 @@ fn optimise_chunk(model: &GpuModel, tbs: &[TargetBatch], hs: &[Vec<f32>], p: &Ta
         if !active {
             break;
         }
-        let stopped_rows: usize = cur.active.iter().filter(|&&r| runs[r].stopped).map(|&r| tbs[r].prompts.iter().map(|q| q.ids.len()).sum::<usize>()).sum();
+        let stopped_rows: usize = cur.active.iter().filter(|&&r| runs[r].stopped).map(|&r| tbs[r].tokens()).sum();
         if worth_rebuilding(stopped_rows, cur.rows, p.steps - step - 1) {
             let still: Vec<usize> = cur.active.iter().copied().filter(|&r| !runs[r].stopped).collect();
             log::debug!("targets: after step {step}, a pass of {} of the {} requests ({stopped_rows} of {} rows stopped)", still.len(), cur.active.len(), cur.rows);

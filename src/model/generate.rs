@@ -220,7 +220,7 @@ pub fn generate(
     let read = reading(&[sampling], Readback::default_for(model));
     let mut rng = crate::testing::rng(sampling.seed);
     let draws = Draws::Shared(&mut rng);
-    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, read, &[sampling], draws, |_, c, u| sample_with(c, &sampling, u), |_, t| on_token(t))?;
+    let mut out = decode_together(model, &[prompt.to_vec()], n, eos, read, &[sampling], draws, |_, t| on_token(t))?;
     Ok(out.remove(0))
 }
 
@@ -272,7 +272,7 @@ fn generate_groups(
         let draws = Draws::Each(settings.iter().map(|s| crate::testing::rng(s.seed)).collect());
         let read = reading(settings, readback);
         let first = g * MAX_TOGETHER;
-        out.extend(decode_together(model, group, n, eos, read, settings, draws, |i, c, u| sample_with(c, &settings[i], u), |i, t| on_token(first + i, t))?);
+        out.extend(decode_together(model, group, n, eos, read, settings, draws, |i, t| on_token(first + i, t))?);
     }
     Ok(out)
 }
@@ -299,11 +299,11 @@ pub fn skew_gpu_draws(on: bool) {
 }
 
 /// Prefills every prompt in one right-padded pass, then feeds each sequence's last token at its
-/// own position until each has `n` tokens or has produced `eos`. `pick(i, candidates, u)`
-/// chooses sequence i's next token, called in sequence order at every step, from each row's
-/// `read.top` largest logits (found on the GPU: a few bytes a row come back) or, where that is
-/// None, from the whole row, with the uniform draw `u` that `draws` gave it (None where
-/// `settings[i]` is greedy); `on_token(i, token)` sees each token kept. A sequence that has
+/// own position until each has `n` tokens or has produced `eos`. Sequence i's next token is
+/// drawn as `settings[i]` says (`sample_with`), in sequence order at every step, from each
+/// row's `read.top` largest logits (found on the GPU: a few bytes a row come back) or, where
+/// that is None, from the whole row, with the uniform draw that `draws` gives it (none where
+/// the setting is greedy); `on_token(i, token)` sees each token kept. A sequence that has
 /// stopped keeps its row (its tokens are not kept). With `read.ahead`, where the draws can be
 /// made beforehand, each step is queued from the GPU's own choice before that choice comes
 /// back (`decode_ahead`).
@@ -316,7 +316,6 @@ fn decode_together(
     read: Reading,
     settings: &[Sampling],
     mut draws: Draws<'_>,
-    mut pick: impl FnMut(usize, Candidates<'_>, Option<f64>) -> u32,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
     let context = model.config.max_seq_len;
@@ -344,7 +343,7 @@ fn decode_together(
     if let Some(k) = top.filter(|_| ahead) {
         // Every draw of every step, step by step in sequence order, as the loop below makes them.
         let us: Vec<Option<f64>> = (0..n).flat_map(|_| 0..prompts.len()).map(|i| (!is_greedy(&settings[i])).then(|| draws.next(i))).collect();
-        return decode_ahead(model, prompts, logits, &mut cache, streams, Ahead { k, settings, us: &us }, pick, on_token);
+        return decode_ahead(model, prompts, logits, &mut cache, streams, Ahead { k, settings, us: &us }, on_token);
     }
     let mut logits = logits;
     let mut next = vec![0u32; prompts.len()];
@@ -362,7 +361,7 @@ fn decode_together(
                 None => Candidates::Row(&whole[i * v..(i + 1) * v]),
             };
             let u = (!is_greedy(&settings[i])).then(|| draws.next(i));
-            next[i] = pick(i, candidates, u);
+            next[i] = sample_with(candidates, &settings[i], u);
             streams.take(i, next[i], &mut on_token);
         }
         if !streams.running.contains(&true) {
@@ -393,8 +392,8 @@ struct InFlight {
 /// `decode_together` with each step queued from the tokens the GPU chose at the step before,
 /// before they come back: the largest candidate where every setting is greedy (or draws from
 /// one), else a draw among the k candidates on the GPU (`ops::loss::sample_top_k`) from the
-/// same uniform values the host uses. `pick` sees every row's candidates and its draw; where
-/// its token differs from the GPU's — a draw within f32 rounding of a boundary between two
+/// same uniform values the host uses. The host draws each token too (`sample_with`) from the
+/// candidates it reads back; where its token differs from the GPU's — a draw within f32 rounding of a boundary between two
 /// candidates — the queued step is dropped and run again from the host's tokens, so the
 /// tokens are the ones waiting for each step gives.
 #[allow(clippy::too_many_arguments)]
@@ -405,7 +404,6 @@ fn decode_ahead(
     cache: &mut KvCache,
     mut streams: Streams,
     ahead: Ahead<'_>,
-    mut pick: impl FnMut(usize, Candidates<'_>, Option<f64>) -> u32,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>> {
     let (n, b, k) = (streams.n, prompts.len(), ahead.k);
@@ -457,7 +455,7 @@ fn decode_ahead(
         let mut tokens = gpu_tokens.clone();
         for i in 0..b {
             if streams.running[i] {
-                tokens[i] = pick(i, Candidates::Top(&rows[i * k..(i + 1) * k]), ahead.us[step * b + i]);
+                tokens[i] = sample_with(Candidates::Top(&rows[i * k..(i + 1) * k]), &ahead.settings[i], ahead.us[step * b + i]);
                 streams.take(i, tokens[i], &mut on_token);
             }
         }
@@ -602,7 +600,7 @@ pub fn sample_batch_reading(model: &GpuModel, prompts: &[Vec<u32>], n: usize, sa
         let group: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() == len).collect();
         let seqs: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
         let read = reading(&[sampling], readback);
-        let tails = decode_together(model, &seqs, n, None, read, &vec![sampling; seqs.len()], Draws::Shared(&mut rng), |_, c, u| sample_with(c, &sampling, u), |_, _| {})?;
+        let tails = decode_together(model, &seqs, n, None, read, &vec![sampling; seqs.len()], Draws::Shared(&mut rng), |_, _| {})?;
         for (&i, tail) in group.iter().zip(tails) {
             out[i] = tail;
         }
