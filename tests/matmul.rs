@@ -300,6 +300,11 @@ fn tuning_measures_each_unmeasured_class_once_and_auto_then_runs_the_winner() {
         if shapes.is_empty() {
             return Err("a fresh shape class counted as measured".into());
         }
+        // Auto's kernel per shape is remembered: resolved once before tuning, it must follow
+        // what tuning records.
+        for s in &shapes {
+            Kernel::auto_for(gpu, s, false);
+        }
         let measured = ok(tune(gpu, &shapes, 1, |_| {}))?;
         if measured.len() != shapes.len() {
             return Err(format!("{} classes measured for {} unmeasured ones", measured.len(), shapes.len()));
@@ -310,8 +315,17 @@ fn tuning_measures_each_unmeasured_class_once_and_auto_then_runs_the_winner() {
         for row in &measured {
             let s = row.shape;
             let auto = Kernel::auto_choice(gpu, &tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, false), s.m, s.n, s.trans_b);
-            if auto.name() != row.best {
-                return Err(format!("{}: Auto runs {} where {} was measured fastest", row.key, auto.name(), row.best));
+            let remembered = Kernel::auto_for(gpu, &s, false);
+            if auto.name() != row.best || remembered.name() != row.best {
+                return Err(format!("{}: Auto runs {} (remembered: {}) where {} was measured fastest", row.key, auto.name(), remembered.name(), row.best));
+            }
+            // A choice recorded later (another kernel) is what Auto runs from then on.
+            let other = if row.best == Kernel::Tile16.name() { Kernel::Tile32 } else { Kernel::Tile16 };
+            gpu.set_choice(&row.key, other.name());
+            let after = Kernel::auto_for(gpu, &s, false);
+            gpu.set_choice(&row.key, &row.best);
+            if after != other {
+                return Err(format!("{}: Auto still runs {} after {} was recorded", row.key, after.name(), other.name()));
             }
             // The winner computes the product right.
             check(gpu, case(1, s.m, s.n, s.k), s.trans_a, s.trans_b, Kernel::Auto, 1.0, 0.0, 900)?;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::shaders::Shader;
 use foldhash::fast::FixedState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 /// The storage bindings 1..=n of an entry point: `true` where declared `read`.
 pub type Signature = Vec<bool>;
@@ -91,8 +91,17 @@ pub enum Params {
 
 /// One layout per signature, shared by every pipeline with it.
 pub struct Layouts {
-    by_signature: HashMap<(Signature, Params), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    by_signature: HashMap<(Signature, Params), KernelLayout>,
     params_size: u64,
+}
+
+/// A bind-group layout, the pipeline layout over it, and its number among this device's
+/// layouts (what the bind-group cache keys on: comparing wgpu handles reads their shared state).
+#[derive(Clone)]
+pub struct KernelLayout {
+    pub group: wgpu::BindGroupLayout,
+    pub pipeline: wgpu::PipelineLayout,
+    pub id: u32,
 }
 
 impl Layouts {
@@ -101,8 +110,9 @@ impl Layouts {
         Layouts { by_signature: HashMap::new(), params_size }
     }
 
-    pub fn get(&mut self, device: &wgpu::Device, sig: &Signature, params: Params) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    pub fn get(&mut self, device: &wgpu::Device, sig: &Signature, params: Params) -> &KernelLayout {
         let params_size = self.params_size;
+        let id = self.by_signature.len() as u32;
         self.by_signature.entry((sig.clone(), params)).or_insert_with(|| {
             let mut entries = vec![];
             if params == Params::Arena {
@@ -138,66 +148,84 @@ impl Layouts {
                     Params::Immediate(size) => size,
                 },
             });
-            (bgl, pl)
+            KernelLayout { group: bgl, pipeline: pl, id }
         })
     }
 }
 
-/// What a bind group binds: the signature, whether the uniform arena is bound, and each storage
-/// range. Holding the buffers keeps them alive while the group may still be used.
+/// The most storage bindings a kernel has (WebGPU's default limit per shader stage).
+const MAX_BINDS: usize = 8;
+
+/// What a bind group binds: its layout's number (which stands for the kernel's signature and
+/// whether the uniform arena is bound) and each storage range as (the buffer's creation number
+/// in the device's pool, offset, size). Plain numbers, kept in the entry itself: a lookup runs
+/// for every dispatch, and comparing wgpu handles instead read each buffer's shared state
+/// (a cache miss each, after a kernel ran on the same cores), which made the lookup the largest
+/// item of the host's profile of a decoded token (`docs/results.md`, "The host's time per
+/// dispatch").
+#[derive(PartialEq, Eq)]
 struct GroupKey {
-    signature: Signature,
-    arena: bool,
-    ranges: Vec<(wgpu::Buffer, u64, u64)>,
+    layout: u32,
+    len: u8,
+    ranges: [(u64, u64, u64); MAX_BINDS],
 }
 
 impl GroupKey {
-    fn matches(&self, sig: &[bool], arena: bool, binds: &[super::Bind<'_>]) -> bool {
-        self.arena == arena
-            && self.signature == sig
-            && self.ranges.len() == binds.len()
-            && self.ranges.iter().zip(binds).all(|((buffer, offset, size), b)| buffer == b.buffer && *offset == b.offset && *size == b.size)
+    /// None past `MAX_BINDS` ranges (no such kernel; its group is then built every time).
+    fn new(layout: u32, binds: &[super::Bind<'_>]) -> Option<GroupKey> {
+        let mut ranges = [(0, 0, 0); MAX_BINDS];
+        for (slot, b) in ranges.iter_mut().zip(binds) {
+            *slot = (b.serial, b.offset, b.size);
+        }
+        (binds.len() <= MAX_BINDS).then_some(GroupKey { layout, len: binds.len() as u8, ranges })
+    }
+
+    fn hash(&self) -> u64 {
+        let mut h = FixedState::default().build_hasher();
+        h.write_u32(self.layout);
+        for &(serial, offset, size) in &self.ranges[..self.len as usize] {
+            h.write_u64(serial);
+            h.write_u64(offset);
+            h.write_u64(size);
+        }
+        h.finish()
     }
 }
 
+/// A cached bind group, with the buffers it binds: holding them keeps their creation numbers
+/// from being reused while the group may still be used.
+struct CachedGroup {
+    key: GroupKey,
+    group: wgpu::BindGroup,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
 /// Bind groups by what they bind. Pooled buffers come back with the same ranges, so in steady
-/// state every lookup hits, and a hit allocates nothing and touches no reference count: it is
-/// on the path of every dispatch, where the host's time per dispatch bounds how fast a GPU can
-/// decode (`revive bench forward`, "host CPU µs per dispatch"). Bounded: past `CAPACITY`
-/// groups the cache starts over, so buffers that left the pool are not kept alive for long.
+/// state every lookup hits, and a hit allocates nothing: it is on the path of every dispatch,
+/// where the host's time per dispatch bounds how fast a GPU can decode (`revive bench
+/// forward`, "host CPU µs per dispatch"). Bounded: past `CAPACITY` groups the cache starts
+/// over, so buffers that left the pool are not kept alive for long.
 #[derive(Default)]
 pub struct GroupCache {
-    groups: hashbrown::HashTable<(GroupKey, wgpu::BindGroup)>,
+    groups: hashbrown::HashTable<CachedGroup>,
     pub created: u64,
 }
 
 const CAPACITY: usize = 8192;
 
-fn group_hash(sig: &[bool], arena: bool, ranges: impl Iterator<Item = (impl Hash, u64, u64)>) -> u64 {
-    let mut h = FixedState::default().build_hasher();
-    sig.hash(&mut h);
-    arena.hash(&mut h);
-    for (buffer, offset, size) in ranges {
-        buffer.hash(&mut h);
-        h.write_u64(offset);
-        h.write_u64(size);
-    }
-    h.finish()
-}
-
 impl GroupCache {
     pub fn get(
         &mut self,
         device: &wgpu::Device,
-        layout: &wgpu::BindGroupLayout,
-        sig: &Signature,
+        layout: &KernelLayout,
         arena: Option<(&wgpu::Buffer, u64)>,
         binds: &[super::Bind<'_>],
         keep: bool,
     ) -> wgpu::BindGroup {
-        let hash = group_hash(sig, arena.is_some(), binds.iter().map(|b| (b.buffer, b.offset, b.size)));
-        if let Some((_, g)) = self.groups.find(hash, |(k, _)| k.matches(sig, arena.is_some(), binds)) {
-            return g.clone();
+        let key = GroupKey::new(layout.id, binds);
+        let hash = key.as_ref().map_or(0, GroupKey::hash);
+        if let Some(cached) = key.as_ref().and_then(|key| self.groups.find(hash, |c| c.key == *key)) {
+            return cached.group.clone();
         }
         let mut entries = vec![];
         if let Some((params, params_size)) = arena {
@@ -212,15 +240,14 @@ impl GroupCache {
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buffer, offset: b.offset, size: wgpu::BufferSize::new(b.size) }),
             });
         }
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("revive kernel"), layout, entries: &entries });
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("revive kernel"), layout: &layout.group, entries: &entries });
         self.created += 1;
-        if keep {
+        if let (true, Some(key)) = (keep, key) {
             if self.groups.len() >= CAPACITY {
                 self.groups.clear();
             }
-            let key = GroupKey { signature: sig.clone(), arena: arena.is_some(), ranges: binds.iter().map(|b| (b.buffer.clone(), b.offset, b.size)).collect() };
-            let rehash = |(k, _): &(GroupKey, wgpu::BindGroup)| group_hash(&k.signature, k.arena, k.ranges.iter().map(|(b, o, s)| (b, *o, *s)));
-            self.groups.insert_unique(hash, (key, group.clone()), rehash);
+            let cached = CachedGroup { key, group: group.clone(), _buffers: binds.iter().map(|b| b.buffer.clone()).collect() };
+            self.groups.insert_unique(hash, cached, |c| c.key.hash());
         }
         group
     }

@@ -9,7 +9,16 @@ use crate::error::{Error, Result};
 #[derive(Default)]
 pub(super) struct Choices {
     pub(super) table: std::collections::BTreeMap<String, String>,
+    /// Decisions derived from the table for exact keys (`Gpu::derived_choice`), forgotten
+    /// whenever a choice is recorded.
+    pub(super) derived: std::collections::HashMap<[u64; 4], u8, foldhash::fast::RandomState>,
+    /// Counts recorded choices, so that a decision derived while one was recorded is not kept.
+    pub(super) generation: u64,
 }
+
+/// Derived decisions kept at most: one per exact product shape, so a long run of prompts of
+/// every length cannot grow the table without bound.
+pub(super) const DERIVED_CAPACITY: usize = 4096;
 
 /// The kernel family a table of choices was measured with: raised whenever a matmul kernel is
 /// added or changed, so that a table measured without it (or with its old form) is measured
@@ -52,7 +61,7 @@ impl Choices {
     fn load_from(path: &std::path::Path) -> Choices {
         let Ok(text) = std::fs::read_to_string(path) else { return Choices::default() };
         match serde_json::from_str::<ChoicesFile>(&text) {
-            Ok(f) if f.kernels_version == CHOICES_VERSION => Choices { table: f.choices },
+            Ok(f) if f.kernels_version == CHOICES_VERSION => Choices { table: f.choices, ..Choices::default() },
             Ok(f) => {
                 log::info!("the kernel choices in {} were measured for kernel family {}, this build has {CHOICES_VERSION}: measuring again", path.display(), f.kernels_version);
                 Choices::default()

@@ -36,6 +36,8 @@ pub struct SplitLimits {
 #[derive(Clone, Copy)]
 pub struct Bind<'a> {
     pub buffer: &'a wgpu::Buffer,
+    /// The buffer's creation number in the device's pool: its identity for the bind-group cache.
+    pub serial: u64,
     pub offset: u64,
     pub size: u64,
 }
@@ -385,7 +387,34 @@ impl Gpu {
 
     /// Records a measured choice (kept in memory; `save_choices` writes the table).
     pub fn set_choice(&self, key: &str, value: &str) {
-        self.shared.choices.lock().unwrap().table.insert(key.to_string(), value.to_string());
+        let mut choices = self.shared.choices.lock().unwrap();
+        choices.table.insert(key.to_string(), value.to_string());
+        choices.derived.clear();
+        choices.generation += 1;
+    }
+
+    /// A decision derived from the measured choices for an exact key (the kernel `Auto` runs
+    /// for one product shape), remembered until the next recorded choice: deriving it formats
+    /// the shape class's key and searches the table, which for every dispatch showed in the
+    /// host's profile of a decoded token (`docs/results.md`, "The host's time per dispatch").
+    pub fn derived_choice(&self, key: [u64; 4], derive: impl FnOnce() -> u8) -> u8 {
+        let generation = {
+            let choices = self.shared.choices.lock().unwrap();
+            if let Some(&value) = choices.derived.get(&key) {
+                return value;
+            }
+            choices.generation
+        };
+        // Derived outside the lock: `derive` reads the choices itself.
+        let value = derive();
+        let mut choices = self.shared.choices.lock().unwrap();
+        if choices.generation == generation {
+            if choices.derived.len() >= super::choices::DERIVED_CAPACITY {
+                choices.derived.clear();
+            }
+            choices.derived.insert(key, value);
+        }
+        value
     }
 
     /// Writes this adapter's choices to its file (atomically) and returns the path.
@@ -530,7 +559,7 @@ impl Gpu {
             });
         }
         let arena = (kernel.params == Params::Arena).then_some((&self.shared.params, PARAMS_SIZE));
-        let group = self.shared.groups.lock().unwrap().get(&self.shared.device, &kernel.layout, &kernel.signature, arena, binds, self.shared.pool.reuse());
+        let group = self.shared.groups.lock().unwrap().get(&self.shared.device, &kernel.layout, arena, binds, self.shared.pool.reuse());
         let profile_start = self.shared.profile.as_ref().map(|_| Instant::now());
         let mut r = self.shared.recorder.lock().unwrap();
         // Arena parameters take a slot of the submit's arena (which may first have to go).

@@ -71,6 +71,10 @@ impl PooledBuffer {
     pub fn size(&self) -> u64 {
         self.size
     }
+    /// Its creation number in its pool: unique among the pool's buffers, never reused.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 impl Drop for PooledBuffer {

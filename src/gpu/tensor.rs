@@ -91,7 +91,7 @@ impl Tensor {
                 detail: format!("a range of {size} bytes of a {:?} tensor exceeds the {max}-byte binding limit", self.shape),
             });
         }
-        Ok((Bind { buffer: self.buf.buffer(), offset, size }, ((first - offset) / 4) as u32))
+        Ok((Bind { buffer: self.buf.buffer(), serial: self.buf.serial(), offset, size }, ((first - offset) / 4) as u32))
     }
 
     /// The largest element count a binding may cover here, leaving room for the alignment slack.

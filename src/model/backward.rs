@@ -12,6 +12,7 @@
 use super::config::Arch;
 use super::batch::{span_groups, Batch};
 use super::forward::{BlockTape, GpuModel, Keep, KvCache, MlpTape};
+use super::names::Name;
 use std::cell::RefCell;
 use crate::error::{Error, Result};
 use crate::gpu::Tensor;
@@ -497,7 +498,7 @@ impl<'m> DeltaPass<'m> {
             Arch::Llama => norm::NormKind::Rms,
             Arch::Gpt2 => norm::NormKind::Layer,
         };
-        norm::norm_bwd(m.gpu(), kind, x, m.tensor(&format!("{prefix}.weight"))?, dy, m.config.norm_eps, acc)
+        norm::norm_bwd(m.gpu(), kind, x, m.tensor(&Name::new(format_args!("{prefix}.weight")))?, dy, m.config.norm_eps, acc)
     }
 
     /// d(block output) → d(block input) for block `i` at a group's suffix rows: the residual
@@ -528,7 +529,7 @@ impl<'m> DeltaPass<'m> {
             }
             MlpTape::Gelu(up) => gemm(gpu, &activation::gelu_bwd(gpu, up, &dkey)?, w("w_up")?, None, plain)?,
         };
-        self.norm_bwd(&tape.x_mid, &format!("layers.{i}.mlp_norm"), &dh, Some(&dy))?;
+        self.norm_bwd(&tape.x_mid, &Name::new(format_args!("layers.{i}.mlp_norm")), &dh, Some(&dy))?;
         let dx_mid = dy;
 
         // Attention: x_mid = x_in + wo(attn(rope(q), rope(k), v)).
@@ -561,7 +562,7 @@ impl<'m> DeltaPass<'m> {
                 dh
             }
         };
-        self.norm_bwd(&tape.x_in, &format!("layers.{i}.attn_norm"), &dh, Some(&dx_mid))?;
+        self.norm_bwd(&tape.x_in, &Name::new(format_args!("layers.{i}.attn_norm")), &dh, Some(&dx_mid))?;
         Ok(dx_mid)
     }
 }

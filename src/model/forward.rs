@@ -11,7 +11,11 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::gather::{self, gather_rows};
 use crate::ops::{activation, attention, elementwise, matmul, norm, rope, At};
+use super::names::Name;
 use std::collections::HashMap;
+
+/// The model's tensors by name, hashed with foldhash: a lookup runs for every dispatch.
+type WeightMap = HashMap<String, Tensor, foldhash::fast::RandomState>;
 
 /// Keys and values of every layer for a batch: [B, Hkv, capacity, D] each.
 pub struct KvCache {
@@ -33,7 +37,7 @@ enum StepTokens<'a> {
 pub struct GpuModel {
     pub config: Config,
     gpu: Gpu,
-    w: HashMap<String, Tensor>,
+    w: WeightMap,
     /// Per layer (Llama): the projections that read the same input, stacked so that one
     /// product computes them; `w` holds views into these under the usual names.
     stacks: Vec<LayerStacks>,
@@ -61,7 +65,7 @@ struct LayerStacks {
 impl Stack {
     /// Uploads the named weights stacked by rows (they must share their column count) and
     /// puts a view of each into `w`.
-    fn upload(gpu: &Gpu, weights: &Weights, names: Vec<String>, w: &mut HashMap<String, Tensor>) -> Result<Stack> {
+    fn upload(gpu: &Gpu, weights: &Weights, names: Vec<String>, w: &mut WeightMap) -> Result<Stack> {
         let model_err = |detail: String| Error::Model { file: "model".into(), detail };
         let mut parts = vec![];
         let mut data = vec![];
@@ -82,7 +86,7 @@ impl Stack {
     }
 
     /// Puts a view of each part into `w` under its name.
-    fn publish(&self, w: &mut HashMap<String, Tensor>) -> Result<()> {
+    fn publish(&self, w: &mut WeightMap) -> Result<()> {
         for (name, first, shape) in &self.parts {
             w.insert(name.clone(), self.tensor.view(*first, shape)?);
         }
@@ -91,7 +95,7 @@ impl Stack {
 
     /// Replaces one part: into a copy of the stack, so that a tensor someone still holds (the
     /// old stack or one of its views) keeps the values it had.
-    fn replace(&mut self, gpu: &Gpu, name: &str, t: &Tensor, w: &mut HashMap<String, Tensor>) -> Result<bool> {
+    fn replace(&mut self, gpu: &Gpu, name: &str, t: &Tensor, w: &mut WeightMap) -> Result<bool> {
         let Some((_, first, shape)) = self.parts.iter().find(|(n, _, _)| n == name) else { return Ok(false) };
         let fresh = gpu.empty(self.tensor.shape())?;
         gpu.copy_into(&self.tensor, &fresh)?;
@@ -156,7 +160,7 @@ impl GpuModel {
     pub fn new(gpu: &Gpu, weights: &Weights) -> Result<GpuModel> {
         let c = &weights.config;
         let layer_names = |i: usize, parts: &[&str]| -> Vec<String> { parts.iter().map(|p| format!("layers.{i}.{p}")).collect() };
-        let mut w = HashMap::new();
+        let mut w = WeightMap::default();
         let mut stacks = vec![];
         // A stack is one buffer: where the largest would not fit one, the weights stay apart
         // (and with REVIVE_UNSTACKED=1, to measure what the stacked products buy).
@@ -200,7 +204,7 @@ impl GpuModel {
     fn norm_linear(&self, x: &Tensor, prefix: &str, w: &Tensor) -> Result<Tensor> {
         let rows = x.numel() / self.config.hidden.max(1);
         if self.folds(rows) {
-            let g = self.tensor(&format!("{prefix}.weight"))?;
+            let g = self.tensor(&Name::new(format_args!("{prefix}.weight")))?;
             return norm::rms_norm_matvec(&self.gpu, &x.reshape(&[rows, self.config.hidden])?, g, w, self.config.norm_eps);
         }
         self.linear(&self.norm(x, prefix)?, w, None)
@@ -268,7 +272,7 @@ impl GpuModel {
     }
 
     pub(crate) fn l(&self, i: usize, name: &str) -> Result<&Tensor> {
-        self.tensor(&format!("layers.{i}.{name}"))
+        self.tensor(&Name::new(format_args!("layers.{i}.{name}")))
     }
 
     /// x · Wᵀ (+ b): every canonical matrix is [out, in].
@@ -303,10 +307,10 @@ impl GpuModel {
 
     pub(crate) fn norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let eps = self.config.norm_eps;
-        let w = self.tensor(&format!("{prefix}.weight"))?;
+        let w = self.tensor(&Name::new(format_args!("{prefix}.weight")))?;
         match self.config.arch {
             Arch::Llama => norm::rms_norm(&self.gpu, x, w, eps),
-            Arch::Gpt2 => norm::layer_norm(&self.gpu, x, w, self.tensor(&format!("{prefix}.bias"))?, eps),
+            Arch::Gpt2 => norm::layer_norm(&self.gpu, x, w, self.tensor(&Name::new(format_args!("{prefix}.bias")))?, eps),
         }
     }
 
@@ -548,7 +552,7 @@ impl GpuModel {
         let hd = c.head_dim;
         let gpt2 = c.arch == Arch::Gpt2;
         let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
-        let attn_norm = format!("layers.{i}.attn_norm");
+        let attn_norm = Name::new(format_args!("layers.{i}.attn_norm"));
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
         // The stacked products serve every pass: the tape keeps the rotated queries, which the
         // rotation returns either way, and gate/up as the one product's halves.
@@ -559,7 +563,7 @@ impl GpuModel {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
             (Some(s), _) if self.folds(b * t) => {
-                let g = self.tensor(&format!("{attn_norm}.weight"))?;
+                let g = self.tensor(&Name::new(format_args!("{}.weight", &*attn_norm)))?;
                 let x2 = x.reshape(&[b * t, c.hidden])?;
                 rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
             }
@@ -584,7 +588,7 @@ impl GpuModel {
         let x_in = record.then(|| x.clone());
         let x_mid = self.residual_linear(x, &o, self.l(i, "wo")?, bias("bo")?)?;
 
-        let mlp_norm = format!("layers.{i}.mlp_norm");
+        let mlp_norm = Name::new(format_args!("layers.{i}.mlp_norm"));
         let (key, mlp) = match qkv_stack {
             Some(s) => {
                 let gate_up = self.norm_linear(&x_mid, &mlp_norm, &s.gate_up.tensor)?;

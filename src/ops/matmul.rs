@@ -162,7 +162,18 @@ impl Kernel {
         if self != Kernel::Auto {
             return self;
         }
-        Kernel::auto_choice(gpu, &tune_key(l.m, l.n, l.k, l.trans_a, l.trans_b, l.batch > 1), l.m, l.n, l.trans_b)
+        Kernel::auto_for(gpu, &Shape { m: l.m, n: l.n, k: l.k, trans_a: l.trans_a, trans_b: l.trans_b }, l.batch > 1)
+    }
+
+    /// What `Auto` runs for this product shape (`auto_choice` of its class), remembered per
+    /// shape by the device until a new choice is recorded.
+    pub fn auto_for(gpu: &Gpu, s: &Shape, batched: bool) -> Kernel {
+        let flags = s.trans_a as u64 | (s.trans_b as u64) << 1 | (batched as u64) << 2;
+        let index = gpu.derived_choice([s.m as u64, s.n as u64, s.k as u64, flags], || {
+            let kernel = Kernel::auto_choice(gpu, &tune_key(s.m, s.n, s.k, s.trans_a, s.trans_b, batched), s.m, s.n, s.trans_b);
+            KERNELS.iter().position(|&k| k == kernel).expect("Auto resolves to a measured or ruled kernel, all in KERNELS") as u8
+        });
+        KERNELS[index as usize]
     }
 
     /// What `Auto` runs for the shape class `key` (see `tune_key`) of an m×n output. A measured
@@ -454,12 +465,12 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
     // keep every kernel's loop within the adapter's limit (pieces of 8-multiples, as piece_sizes
     // cuts K).
     let sk = if gpu.is_cpu() { sk.min(SOFTWARE_MAX_K) } else { sk };
-    let ranges = |total: usize, step: usize| super::chunks(total, step).map(|(s, n)| (s, s + n)).collect::<Vec<_>>();
+    let ranges = |total: usize, step: usize| super::chunks(total, step).map(|(s, n)| (s, s + n));
     let lds_aligned = [l.lda, l.ldb, l.ldc, l.a_bs, l.b_bs, l.c_bs].iter().all(|x| x % 4 == 0);
     for bpart in ranges(l.batch, sb) {
         for mpart in ranges(l.m, sm) {
             for npart in ranges(l.n, sn) {
-                for (ki, kpart) in ranges(l.k, sk).into_iter().enumerate() {
+                for (ki, kpart) in ranges(l.k, sk).enumerate() {
                     let piece = Piece { b: bpart, m: mpart, n: npart, k: kpart };
                     let [sa, sbb, sc] = piece.spans(l);
                     let (a_bind, a_off) = a.bind(gpu, sa.0, sa.1 - sa.0 + 1)?;
@@ -489,18 +500,24 @@ fn run(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, l: &Layout, g: Gemm) -> Re
                         _pad2: 0,
                         _pad3: [0; 2],
                     };
-                    let mut constants = vec![("TRANS_A", g.trans_a as u8 as f64), ("TRANS_B", g.trans_b as u8 as f64)];
+                    // On the stack: this runs for every product of a forward pass.
+                    let mut constants = [("TRANS_A", g.trans_a as u8 as f64), ("TRANS_B", g.trans_b as u8 as f64), ("", 0.0), ("", 0.0)];
+                    let mut count = 2;
+                    let mut add = |name: &'static str, value: f64| {
+                        constants[count] = (name, value);
+                        count += 1;
+                    };
                     if aligned_constant {
-                        constants.push(("ALIGNED", aligned as u8 as f64));
+                        add("ALIGNED", aligned as u8 as f64);
                     }
                     if kernel == Kernel::Block {
-                        constants.push(("ROWS", tile.0 as f64));
+                        add("ROWS", tile.0 as f64);
                     }
                     if kernel == Kernel::DotLanes {
-                        constants.push(("DOT_ROWS", tile.0 as f64));
+                        add("DOT_ROWS", tile.0 as f64);
                     }
                     let groups = [pn.div_ceil(tile.1) as u32, pm.div_ceil(tile.0) as u32, pb as u32];
-                    gpu.dispatch(shader, kernel.entry(), &constants, bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
+                    gpu.dispatch(shader, kernel.entry(), &constants[..count], bytemuck::bytes_of(&meta), &[a_bind, b_bind, c_bind], groups)?;
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::gpu::binding::{immediate_source, reflect, Params, Reflection, Signature};
+use crate::gpu::binding::{immediate_source, reflect, KernelLayout, Params, Reflection, Signature};
 use crate::shaders::Shader;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ impl PipelineCache {
 pub struct Kernel {
     pub(super) pipeline: Arc<wgpu::ComputePipeline>,
     pub(super) signature: Signature,
-    pub(super) layout: wgpu::BindGroupLayout,
+    pub(super) layout: KernelLayout,
     pub(super) params: Params,
 }
 
@@ -132,11 +132,11 @@ impl Gpu {
         let Reflection { signature, params_size, shader_params_max } = reflect(shader, entry)?;
         let params = if shader_params_max.div_ceil(4) * 4 <= self.shared.immediates { Params::Immediate(params_size.div_ceil(4) * 4) } else { Params::Arena };
         let module = self.module(shader, params != Params::Arena)?;
-        let (group_layout, layout) = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature, params).clone();
+        let layout = self.shared.layouts.lock().unwrap().get(&self.shared.device, &signature, params).clone();
         let scope = self.shared.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let pipeline = self.shared.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
-            layout: Some(&layout),
+            layout: Some(&layout.pipeline),
             module: &module,
             entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
@@ -152,6 +152,6 @@ impl Gpu {
             }
             return Err(Error::Shader { shader: shader.name.into(), entry: entry.into(), reason: e.to_string() });
         }
-        Ok(Kernel { pipeline: Arc::new(pipeline), signature, layout: group_layout, params })
+        Ok(Kernel { pipeline: Arc::new(pipeline), signature, layout, params })
     }
 }
