@@ -22,7 +22,7 @@ bin=.device/bin/revive
 hf=/tmp/smollm2-hf
 mkdir -p "$out"
 case ${2:-speed} in
-  speed) only=export,forward,forward-per-query,forward-nofold,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
+  speed) only=export,forward,forward-thin,forward-per-query,forward-nofold,forward-profile,torch-forward,matmul,matmul-coop,torch-matmul,svd,torch-svd,rome-full ;;
   batch) only=export,memit-100,memit-100-unstacked,memit-100-noprefix,memit-100-padded,torch-memit-100 ;;
   experiment) only=experiment ;;
   table) only=exp200,experiment-dry ;;
@@ -42,8 +42,9 @@ case ${2:-speed} in
   # generation queued a step ahead of its tokens against waiting for each (forward.json:
   # greedy; torch-forward.json: greedy, transformers' generate on the same protocol), and top-5
   # sampling of 8 prompts queued ahead on the GPU's draws (forward.json: sampled.ahead;
-  # torch-forward.json: sampled).
-  remeasure) only=export,forward,forward-per-query,torch-forward,memit-100,memit-100-unstacked,memit-100-noprefix,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
+  # torch-forward.json: sampled), and the host's own time per dispatch on this GPU's driver
+  # (forward-thin.json).
+  remeasure) only=export,forward,forward-thin,forward-per-query,torch-forward,memit-100,memit-100-unstacked,memit-100-noprefix,memit-100-padded,memit-100-profile,torch-memit-100,svd,torch-svd,experiment-dry ;;
   all) only=all ;;
   *) only=$2 ;;
 esac
@@ -74,6 +75,11 @@ step export 60 $bin export -m "$model" --out $hf
 step forward 90 $bin bench forward -m "$model" --json "$out/forward.json"
 # What the first model load measured: the kernel chosen per product class.
 { [ "$only" = all ] || [[ ",$only," == *",forward,"* ]]; } && cp "${REVIVE_CACHE:-$HOME/.cache/revive}"/tune/*.json "$out/" 2>/dev/null
+# The host's own share on this GPU's driver: a model with SmolLM2's dispatches and almost no
+# arithmetic (benches/baselines/thin_smollm2.py), so its decode's wall clock is nearly all
+# recording and submitting (REVIVE_TUNE=0: its shapes are not SmolLM2's, nothing to measure).
+step forward-thin 45 sh -c "python3 benches/baselines/thin_smollm2.py --from $hf --out /tmp/thin-smollm2 \
+  && REVIVE_TUNE=0 $bin bench forward -m /tmp/thin-smollm2 --decode 32 --together 0 --cpu-tokens 1 --json $out/forward-thin.json"
 # The same with the per-query attention kernel for prefills too: the query-tiled kernel's gain
 # (prefill 128 and 512) measured in the same call.
 step forward-per-query 60 env REVIVE_PER_QUERY_ATTENTION=1 $bin bench forward -m "$model" --decode 8 --json "$out/forward-per-query.json"
