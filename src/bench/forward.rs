@@ -19,8 +19,13 @@ pub struct ForwardReport {
     pub prefill: Vec<(usize, f64)>,
     pub decode_tokens_per_s: f64,
     /// The same as a user sees them: wall clock from the call to the finished GPU work (host
-    /// recording and submits included), median over the repetitions: (tokens, ms).
+    /// recording and submits included), median over the repetitions: (tokens, ms). The
+    /// repetitions follow one untimed pass at the length, as later prompts of a run do.
     pub prefill_wall_ms: Vec<(usize, f64)>,
+    /// The wall clock of that first pass at each length (tokens, ms): shapes met for the first
+    /// time — the kernels' first use at them, new buffers and bind groups — as a run's first
+    /// prompt of a length pays once.
+    pub prefill_first_wall_ms: Vec<(usize, f64)>,
     pub decode_wall_ms_per_token: f64,
     /// The host's own part of those wall clocks (recording, checks, uploads: the wall clock
     /// less the waits for the GPU and the queue's submits), median / mean the same way: a GPU
@@ -122,8 +127,13 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
     let mut host_cpus = vec![];
     let mut prefill_runtime = RuntimeStats::default();
     let mut prefill_profile = vec![];
+    let mut first_walls = vec![];
     for (i, &n) in prefill.iter().enumerate() {
         let batch = Batch::new(&[tokens(n, v, n as u64)])?;
+        // Timed apart: with it among the repetitions, the median of two (the larger) was the
+        // cold pass (2026-12-07, docs/results.md "The host's time per dispatch").
+        let first = gpu.time(|| model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![n - 1]), None).map(|_| ()))?;
+        first_walls.push((n, first.wall.as_secs_f64() * 1e3));
         let mut times = vec![];
         let mut wall = vec![];
         let mut host = vec![];
@@ -185,6 +195,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         prefill: rates,
         decode_tokens_per_s: decode as f64 / decode_time.as_secs_f64(),
         prefill_wall_ms: walls,
+        prefill_first_wall_ms: first_walls,
         decode_wall_ms_per_token: decode_wall.as_secs_f64() * 1e3 / decode.max(1) as f64,
         prefill_host_ms: hosts,
         decode_host_ms_per_token: decode_host.as_secs_f64() * 1e3 / decode.max(1) as f64,
@@ -367,15 +378,15 @@ pub fn table(label: &str, model_name: &str, r: &ForwardReport) -> String {
     ] {
         s += &format!("| {what} | {:.1} | {:.2} | {decode:.2} | {:.2} |\n", x.tokens_per_s, x.wall_ms_per_step, x.host_cpu_ms_per_step);
     }
-    s += "\n| wall clock (host work included) | ms | of it the host's own, ms | host thread CPU, ms | host CPU µs per dispatch |\n|---|---:|---:|---:|---:|\n";
+    s += "\n| wall clock (host work included) | ms | of it the host's own, ms | host thread CPU, ms | host CPU µs per dispatch | first pass at the length, ms |\n|---|---:|---:|---:|---:|---:|\n";
     let per_dispatch = |ms: f64, x: &RuntimeStats| if x.dispatches == 0 || ms == 0.0 { String::new() } else { format!("{:.1}", ms * 1e3 / x.dispatches as f64) };
-    for (((n, ms), (_, host)), (_, cpu)) in r.prefill_wall_ms.iter().zip(&r.prefill_host_ms).zip(&r.prefill_host_cpu_ms) {
+    for ((((n, ms), (_, host)), (_, cpu)), (_, first)) in r.prefill_wall_ms.iter().zip(&r.prefill_host_ms).zip(&r.prefill_host_cpu_ms).zip(&r.prefill_first_wall_ms) {
         // The counts are the first length's.
         let per = if Some(n) == r.prefill.first().map(|p| &p.0) { per_dispatch(*cpu, &r.prefill_runtime) } else { String::new() };
-        s += &format!("| prefill {n} tokens | {ms:.2} | {host:.2} | {cpu:.2} | {per} |\n");
+        s += &format!("| prefill {n} tokens | {ms:.2} | {host:.2} | {cpu:.2} | {per} | {first:.2} |\n");
     }
     s += &format!(
-        "| decode, per token | {:.2} | {:.2} | {:.2} | {} |\n",
+        "| decode, per token | {:.2} | {:.2} | {:.2} | {} | |\n",
         r.decode_wall_ms_per_token,
         r.decode_host_ms_per_token,
         r.decode_host_cpu_ms_per_token,
