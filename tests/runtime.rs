@@ -275,6 +275,64 @@ fn bind_groups_are_told_apart_by_their_ranges() {
     });
 }
 
+/// A cached bind group holds the buffers it binds: when the pool gives its idle buffers back
+/// (a memory budget reached, an allocation the device refused), the cache lets its groups go
+/// too, or the memory would stay taken.
+#[test]
+fn cached_bind_groups_go_when_the_pool_drops_its_idle_buffers() {
+    for_each_fresh_gpu(false, |gpu| {
+        let x = ok(gpu.upload(&[1.0, 2.0, 3.0], &[3]))?;
+        let y = ok(gpu.upload(&[0.0; 3], &[3]))?;
+        // y += 2x on live tensors: no buffer comes from the pool, so only the cache decides.
+        let groups_made = || -> Result<u64, String> {
+            let before = gpu.runtime_stats();
+            ok(elementwise::axpy(gpu, 2.0, &x, &y))?;
+            ok(gpu.sync())?;
+            Ok((gpu.runtime_stats() - before).bind_groups)
+        };
+        groups_made()?;
+        if groups_made()? != 0 {
+            return Err("the same dispatch on the same tensors created a bind group again".into());
+        }
+        // Nothing idle: nothing is dropped and the cache stays.
+        gpu.pool().trim();
+        gpu.pool().trim();
+        if groups_made()? != 0 {
+            return Err("a trim that dropped nothing cleared the cache".into());
+        }
+        drop(ok(gpu.empty(&[5]))?);
+        gpu.pool().trim();
+        if gpu.pool().reuse() && groups_made()? != 1 {
+            return Err("after the pool dropped its idle buffers the cached group was reused".into());
+        }
+        if ok(gpu.download(&y))? != [8.0, 16.0, 24.0] {
+            return Err("y += 2x four times came out wrong".into());
+        }
+        Ok(())
+    });
+}
+
+/// Bind groups are cached by each buffer's number in its device's pool, so a tensor of another
+/// device (its numbers count from zero too) is refused rather than matched to this device's.
+#[test]
+fn a_tensor_of_another_device_is_refused() {
+    for_each_gpu(|gpu| {
+        let adapter = Gpu::adapters(BackendChoice::Auto).into_iter().find(|a| a.get_info().name == gpu.info().name && a.get_info().backend == gpu.info().backend);
+        let other = ok(Gpu::open(adapter.ok_or("the adapter is not offered again")?))?;
+        let mine = ok(gpu.upload(&[1.0, 2.0], &[2]))?;
+        let theirs = ok(other.upload(&[3.0, 4.0], &[2]))?;
+        match elementwise::scale(gpu, &theirs, 2.0) {
+            Err(e) if e.to_string().contains("another device") => {}
+            Err(e) => return Err(format!("refused, but saying: {e}")),
+            Ok(_) => return Err("another device's tensor was bound".into()),
+        }
+        if ok(gpu.download(&ok(elementwise::scale(gpu, &mine, 2.0))?))? != [2.0, 4.0] {
+            return Err("the device's own tensor came out wrong after the refusal".into());
+        }
+        Ok(())
+    });
+}
+
 /// A read started without waiting returns the values of the moment it was started, though the
 /// buffer is overwritten before it finishes and reads finish out of order; its staging buffers
 /// are reused, so greedy generation running ahead creates no buffer in steady state.

@@ -192,28 +192,35 @@ impl GroupKey {
     }
 }
 
-/// A cached bind group, with the buffers it binds: holding them keeps their creation numbers
-/// from being reused while the group may still be used.
+/// A cached bind group (which holds the buffers it binds; creation numbers are never reused).
 struct CachedGroup {
     key: GroupKey,
     group: wgpu::BindGroup,
-    _buffers: Vec<wgpu::Buffer>,
 }
 
 /// Bind groups by what they bind. Pooled buffers come back with the same ranges, so in steady
 /// state every lookup hits, and a hit allocates nothing: it is on the path of every dispatch,
 /// where the host's time per dispatch bounds how fast a GPU can decode (`revive bench
-/// forward`, "host CPU µs per dispatch"). Bounded: past `CAPACITY` groups the cache starts
-/// over, so buffers that left the pool are not kept alive for long.
+/// forward`, "host CPU µs per dispatch"). A group holds its buffers, so the cache starts over
+/// when the pool drops its idle buffers (their memory is wanted back) and past `CAPACITY`
+/// groups (buffers that left the pool are not kept alive for long).
 #[derive(Default)]
 pub struct GroupCache {
     groups: hashbrown::HashTable<CachedGroup>,
     pub created: u64,
+    /// The pool's count of idle drops when the cache last looked (`BufferPool::idle_drops`).
+    pool_drops: u64,
 }
 
 const CAPACITY: usize = 8192;
 
 impl GroupCache {
+    /// Lets every cached group (and the buffers it holds) go.
+    pub fn clear(&mut self) {
+        self.groups.clear();
+    }
+
+    /// `pool_drops`: the pool's `idle_drops` now.
     pub fn get(
         &mut self,
         device: &wgpu::Device,
@@ -221,7 +228,12 @@ impl GroupCache {
         arena: Option<(&wgpu::Buffer, u64)>,
         binds: &[super::Bind<'_>],
         keep: bool,
+        pool_drops: u64,
     ) -> wgpu::BindGroup {
+        if pool_drops != self.pool_drops {
+            self.pool_drops = pool_drops;
+            self.clear();
+        }
         let key = GroupKey::new(layout.id, binds);
         let hash = key.as_ref().map_or(0, GroupKey::hash);
         if let Some(cached) = key.as_ref().and_then(|key| self.groups.find(hash, |c| c.key == *key)) {
@@ -246,7 +258,7 @@ impl GroupCache {
             if self.groups.len() >= CAPACITY {
                 self.groups.clear();
             }
-            let cached = CachedGroup { key, group: group.clone(), _buffers: binds.iter().map(|b| b.buffer.clone()).collect() };
+            let cached = CachedGroup { key, group: group.clone() };
             self.groups.insert_unique(hash, cached, |c| c.key.hash());
         }
         group

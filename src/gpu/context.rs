@@ -36,8 +36,9 @@ pub struct SplitLimits {
 #[derive(Clone, Copy)]
 pub struct Bind<'a> {
     pub buffer: &'a wgpu::Buffer,
-    /// The buffer's creation number in the device's pool: its identity for the bind-group cache.
-    pub serial: u64,
+    /// The buffer's creation number in the device's pool: its identity for the bind-group
+    /// cache, so only `Tensor::bind` makes one.
+    pub(crate) serial: u64,
     pub offset: u64,
     pub size: u64,
 }
@@ -559,7 +560,8 @@ impl Gpu {
             });
         }
         let arena = (kernel.params == Params::Arena).then_some((&self.shared.params, PARAMS_SIZE));
-        let group = self.shared.groups.lock().unwrap().get(&self.shared.device, &kernel.layout, arena, binds, self.shared.pool.reuse());
+        let pool = &self.shared.pool;
+        let group = self.shared.groups.lock().unwrap().get(&self.shared.device, &kernel.layout, arena, binds, pool.reuse(), pool.idle_drops());
         let profile_start = self.shared.profile.as_ref().map(|_| Instant::now());
         let mut r = self.shared.recorder.lock().unwrap();
         // Arena parameters take a slot of the submit's arena (which may first have to go).
@@ -658,6 +660,14 @@ impl Gpu {
             return Some(index);
         }
         None
+    }
+
+    /// Drops the cached bind groups and the pool's idle buffers, and waits until the device has
+    /// finished the work that used them, so that their memory is the device's again.
+    pub fn release_cached_groups(&self) -> Result<()> {
+        self.shared.groups.lock().unwrap().clear();
+        self.shared.pool.trim();
+        self.sync()
     }
 
     /// Submits recorded work and waits until the GPU has finished it.

@@ -35,9 +35,12 @@ struct PoolState {
 }
 
 impl PoolState {
-    fn drop_idle(&mut self) {
+    /// Whether there were any to drop.
+    fn drop_idle(&mut self) -> bool {
+        let any = !self.free.is_empty();
         self.free.clear();
         self.pooled_bytes = 0;
+        any
     }
 }
 
@@ -47,6 +50,9 @@ pub struct BufferPool {
     created: std::sync::atomic::AtomicU64,
     /// Bytes the pool may hold (live and idle together); `u64::MAX` when unbounded.
     budget: std::sync::atomic::AtomicU64,
+    /// How many times idle buffers were dropped. Cached bind groups still hold them (and their
+    /// memory), so the device's bind-group cache lets its groups go when this changes.
+    drops: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -75,6 +81,10 @@ impl PooledBuffer {
     pub fn serial(&self) -> u64 {
         self.serial
     }
+    /// Whether it came from `pool` (a device's buffers are bound on that device only).
+    pub fn is_from(&self, pool: &Arc<BufferPool>) -> bool {
+        Arc::ptr_eq(&self.pool, pool)
+    }
 }
 
 impl Drop for PooledBuffer {
@@ -92,6 +102,7 @@ impl BufferPool {
             reuse: std::sync::atomic::AtomicBool::new(reuse),
             created: std::sync::atomic::AtomicU64::new(0),
             budget: std::sync::atomic::AtomicU64::new(u64::MAX),
+            drops: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -102,7 +113,14 @@ impl BufferPool {
 
     /// Drops the idle buffers, giving their memory back to the device.
     pub fn trim(&self) {
-        self.state.lock().unwrap().drop_idle();
+        let dropped = self.state.lock().unwrap().drop_idle();
+        self.count_drop(dropped);
+    }
+
+    fn count_drop(&self, dropped: bool) {
+        if dropped {
+            self.drops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Sizes are rounded to 16 bytes so every buffer can be bound as `array<vec4<f32>>`.
@@ -135,7 +153,8 @@ impl BufferPool {
         }
         let budget = self.budget.load(std::sync::atomic::Ordering::SeqCst);
         if s.live_bytes.saturating_add(s.pooled_bytes).saturating_add(size) > budget {
-            s.drop_idle();
+            let dropped = s.drop_idle();
+            self.count_drop(dropped);
         }
         if s.live_bytes.saturating_add(size) > budget {
             return Err(out_of_memory(size, s.live_bytes, format!("the memory budget of {} (REVIVE_MEMORY_LIMIT) is reached", mib(budget))));
@@ -190,6 +209,11 @@ impl BufferPool {
             s.pooled_bytes += size;
             s.free.entry(size).or_default().insert(serial, buffer);
         }
+    }
+
+    /// How many times the pool has dropped idle buffers (see `PoolState::drops`).
+    pub fn idle_drops(&self) -> u64 {
+        self.drops.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Buffers this pool has had to create.

@@ -79,6 +79,11 @@ impl Tensor {
     /// Binds elements `[start, start + len)`: the binding starts at the aligned offset at or
     /// below `start`, and the returned residual (in elements) says where `start` lies in it.
     pub fn bind(&self, gpu: &Gpu, start: usize, len: usize) -> Result<(Bind<'_>, u32)> {
+        // Bind groups are cached by each buffer's number in its device's pool: another device's
+        // buffer would match one of this device's.
+        if !self.buf.is_from(gpu.pool()) {
+            return Err(Error::Gpu(format!("a {:?} tensor of another device was bound on {}", self.shape, gpu.label())));
+        }
         let align = gpu.binding_alignment();
         let first = (self.start + start) as u64 * 4;
         let offset = first - first % align;
@@ -119,7 +124,16 @@ impl Gpu {
                 detail: format!("{shape:?} needs {bytes} bytes; this adapter's largest buffer is {}", self.limits().max_buffer_size),
             });
         }
-        let (buf, _) = self.pool().acquire(self.device(), bytes).map_err(|e| self.lost_or(e))?;
+        let buf = match self.pool().acquire(self.device(), bytes) {
+            // The idle buffers the pool gave back live on in cached bind groups: let those go,
+            // wait until the device has destroyed them, and try once more.
+            Err(Error::OutOfMemory { .. }) => {
+                self.release_cached_groups()?;
+                self.pool().acquire(self.device(), bytes)
+            }
+            other => other,
+        };
+        let (buf, _) = buf.map_err(|e| self.lost_or(e))?;
         Ok(Tensor { buf: Arc::new(buf), start: 0, shape: shape.to_vec(), dtype })
     }
 
