@@ -119,7 +119,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize, together: usize, cpu_tokens: usize, reps: usize) -> Result<ForwardReport> {
     let gpu = model.gpu();
     let v = model.config.vocab_size;
-    let bar = crate::progress::bar((prefill.len() * reps + 4) as u64, "forward");
+    let bar = crate::progress::bar((prefill.len() * (reps + 1) + 4) as u64, "forward");
     model.last_logits(&[tokens(8, v, 0)])?; // builds every pipeline once
     let mut rates = vec![];
     let mut walls = vec![];
@@ -134,6 +134,7 @@ pub fn run(model: &GpuModel, weights: &Weights, prefill: &[usize], decode: usize
         // cold pass (2026-12-07, docs/results.md "The host's time per dispatch").
         let first = gpu.time(|| model.forward(&batch, &Probes::default(), LogitRows::Rows(vec![n - 1]), None).map(|_| ()))?;
         first_walls.push((n, first.wall.as_secs_f64() * 1e3));
+        bar.inc(1);
         let mut times = vec![];
         let mut wall = vec![];
         let mut host = vec![];
