@@ -159,10 +159,8 @@ const MAX_BINDS: usize = 8;
 /// What a bind group binds: its layout's number (which stands for the kernel's signature and
 /// whether the uniform arena is bound) and each storage range as (the buffer's creation number
 /// in the device's pool, offset, size). Plain numbers, kept in the entry itself: a lookup runs
-/// for every dispatch, and comparing wgpu handles instead read each buffer's shared state
-/// (a cache miss each, after a kernel ran on the same cores), which made the lookup the largest
-/// item of the host's profile of a decoded token (`docs/results.md`, "The host's time per
-/// dispatch").
+/// for every dispatch, and hashing or comparing wgpu handles reads each buffer's shared state
+/// behind its reference count (`docs/results.md`, "The host's time per dispatch").
 #[derive(PartialEq, Eq)]
 struct GroupKey {
     layout: u32,
