@@ -2,8 +2,8 @@
 //! size. Reuse can be switched off (`REVIVE_NO_POOL=1`) to rule it out when debugging.
 //!
 //! Running out of memory is an error of the allocation that caused it, not a log line: buffers
-//! are created inside an out-of-memory error scope (a failure first drops the idle pooled
-//! buffers and tries once more), and an optional budget (`REVIVE_MEMORY_LIMIT`, e.g. `2GiB`)
+//! are created inside an out-of-memory error scope (on a failure `Gpu::alloc` drops the idle
+//! pooled buffers and the bind groups holding them, and tries once more), and an optional budget (`REVIVE_MEMORY_LIMIT`, e.g. `2GiB`)
 //! caps what the pool holds, for a GPU shared with other work.
 //!
 //! A freed buffer goes back under its creation number, and a request takes the lowest-numbered
@@ -161,23 +161,15 @@ impl BufferPool {
         }
         s.live_bytes += size;
         drop(s);
-        let (serial, buffer) = match self.create(device, size) {
-            Some(b) => b,
-            None => {
-                // The device may still hold our idle buffers: give them back and try once more.
-                self.trim();
-                match self.create(device, size) {
-                    Some(b) => b,
-                    None => {
-                        let live = {
-                            let mut s = self.state.lock().unwrap();
-                            s.live_bytes -= size;
-                            s.live_bytes
-                        };
-                        return Err(out_of_memory(size, live, "the device is out of memory".into()));
-                    }
-                }
-            }
+        // Where the device refuses, the caller (`Gpu::alloc`) gives back the idle buffers and
+        // the bind groups that hold them, and asks once more.
+        let Some((serial, buffer)) = self.create(device, size) else {
+            let live = {
+                let mut s = self.state.lock().unwrap();
+                s.live_bytes -= size;
+                s.live_bytes
+            };
+            return Err(out_of_memory(size, live, "the device is out of memory".into()));
         };
         Ok((PooledBuffer { buffer: Some(buffer), size, serial, pool: self.clone() }, false))
     }

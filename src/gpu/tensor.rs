@@ -125,8 +125,9 @@ impl Gpu {
             });
         }
         let buf = match self.pool().acquire(self.device(), bytes) {
-            // The idle buffers the pool gave back live on in cached bind groups: let those go,
-            // wait until the device has destroyed them, and try once more.
+            // Refused: give back the idle buffers and the cached bind groups that hold them (a
+            // trim alone leaves them alive there), wait until the device has destroyed them,
+            // and try once more.
             Err(Error::OutOfMemory { .. }) => {
                 self.release_cached_groups()?;
                 self.pool().acquire(self.device(), bytes)
