@@ -498,7 +498,7 @@ impl<'m> DeltaPass<'m> {
             Arch::Llama => norm::NormKind::Rms,
             Arch::Gpt2 => norm::NormKind::Layer,
         };
-        norm::norm_bwd(m.gpu(), kind, x, m.tensor(&Name::new(format_args!("{prefix}.weight")))?, dy, m.config.norm_eps, acc)
+        norm::norm_bwd(m.gpu(), kind, x, m.norm_weight(prefix)?, dy, m.config.norm_eps, acc)
     }
 
     /// d(block output) → d(block input) for block `i` at a group's suffix rows: the residual

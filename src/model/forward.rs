@@ -204,7 +204,7 @@ impl GpuModel {
     fn norm_linear(&self, x: &Tensor, prefix: &str, w: &Tensor) -> Result<Tensor> {
         let rows = x.numel() / self.config.hidden.max(1);
         if self.folds(rows) {
-            let g = self.tensor(&Name::new(format_args!("{prefix}.weight")))?;
+            let g = self.norm_weight(prefix)?;
             return norm::rms_norm_matvec(&self.gpu, &x.reshape(&[rows, self.config.hidden])?, g, w, self.config.norm_eps);
         }
         self.linear(&self.norm(x, prefix)?, w, None)
@@ -271,6 +271,11 @@ impl GpuModel {
         Ok(KvCache { k, v, len: 0, capacity, batch })
     }
 
+    /// The scale of the norm named `prefix` ("layers.3.attn_norm", "final_norm").
+    pub(crate) fn norm_weight(&self, prefix: &str) -> Result<&Tensor> {
+        self.tensor(&Name::new(format_args!("{prefix}.weight")))
+    }
+
     pub(crate) fn l(&self, i: usize, name: &str) -> Result<&Tensor> {
         self.tensor(&Name::new(format_args!("layers.{i}.{name}")))
     }
@@ -307,7 +312,7 @@ impl GpuModel {
 
     pub(crate) fn norm(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let eps = self.config.norm_eps;
-        let w = self.tensor(&Name::new(format_args!("{prefix}.weight")))?;
+        let w = self.norm_weight(prefix)?;
         match self.config.arch {
             Arch::Llama => norm::rms_norm(&self.gpu, x, w, eps),
             Arch::Gpt2 => norm::layer_norm(&self.gpu, x, w, self.tensor(&Name::new(format_args!("{prefix}.bias")))?, eps),
@@ -563,7 +568,7 @@ impl GpuModel {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
             (Some(s), _) if self.folds(b * t) => {
-                let g = self.tensor(&Name::new(format_args!("{}.weight", &*attn_norm)))?;
+                let g = self.norm_weight(&attn_norm)?;
                 let x2 = x.reshape(&[b * t, c.hidden])?;
                 rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
             }
