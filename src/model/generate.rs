@@ -544,6 +544,73 @@ pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<V
 /// log p(tokens[r]) at each row r of `logits`, computed on the GPU: a vocabulary-wide row is
 /// never read back, except to name the bad logit where a result is not finite.
 /// A scoring pass recorded and not yet read back.
+/// The sequences a scoring run needs: `seqs[s]` is read by the pairs `readers[s]` (every pair's
+/// prompt and continuation are the start of the sequence it reads), `copies` are (pair, pair
+/// scored in its place) for pairs asked for twice.
+struct ScoringPlan {
+    seqs: Vec<Vec<u32>>,
+    readers: Vec<Vec<usize>>,
+    copies: Vec<(usize, usize)>,
+}
+
+impl ScoringPlan {
+    /// A pair's own sequence is its prompt and its continuation without the last token. A pair
+    /// asked for twice (EasyEdit's locality reads the neighbourhood prompts with the true answer,
+    /// which CounterFact's scores read too) is scored once and copied; pairs with the same
+    /// sequence share it; and a sequence that begins another runs inside it, since causal
+    /// attention gives its rows the same values there: CounterFact scores each prompt against a
+    /// one-token and, for a third of the geography requests, a longer target, whose sequence
+    /// starts with the prompt.
+    fn of(pairs: &[(Vec<u32>, Vec<u32>)]) -> ScoringPlan {
+        let mut own: Vec<Vec<u32>> = vec![];
+        let mut readers: Vec<Vec<usize>> = vec![];
+        let mut index = std::collections::HashMap::new();
+        let mut first_of = std::collections::HashMap::new();
+        let mut copies = vec![];
+        for (i, pair @ (p, c)) in pairs.iter().enumerate() {
+            if let Some(&first) = first_of.get(pair) {
+                copies.push((i, first));
+                continue;
+            }
+            first_of.insert(pair, i);
+            let seq: Vec<u32> = p.iter().chain(&c[..c.len() - 1]).copied().collect();
+            let s = *index.entry(seq.clone()).or_insert_with(|| {
+                own.push(seq);
+                readers.push(vec![]);
+                own.len() - 1
+            });
+            readers[s].push(i);
+        }
+        // In lexicographic order the sequences a sequence begins follow it directly, so it
+        // begins another exactly when it begins the next one; following that chain from the
+        // end gives each sequence the longest one it runs inside.
+        let mut order: Vec<usize> = (0..own.len()).collect();
+        order.sort_by(|&a, &b| own[a].cmp(&own[b]));
+        let mut host: Vec<usize> = (0..own.len()).collect();
+        for j in (0..order.len().saturating_sub(1)).rev() {
+            let (s, next) = (order[j], order[j + 1]);
+            if own[next].starts_with(&own[s]) {
+                host[s] = host[next];
+            }
+        }
+        let mut seqs = vec![];
+        let mut merged: Vec<Vec<usize>> = vec![];
+        let mut place = vec![usize::MAX; own.len()];
+        for s in 0..own.len() {
+            let h = host[s];
+            if place[h] == usize::MAX {
+                place[h] = seqs.len();
+                seqs.push(own[h].clone());
+                merged.push(vec![]);
+            }
+        }
+        for (s, r) in readers.into_iter().enumerate() {
+            merged[place[host[s]]].extend(r);
+        }
+        ScoringPlan { seqs, readers: merged, copies }
+    }
+}
+
 struct ScoringPass {
     /// The sequences it ran (indices into the deduplicated sequences), in batch order.
     pass: Vec<usize>,
@@ -644,8 +711,9 @@ pub fn score_tokens_reporting(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], 
 ///
 /// A pair's sequence is its prompt and its continuation without the last token: nothing reads
 /// past the last row scored. Pairs with the same sequence share one (CounterFact scores each
-/// prompt against two targets, most of them one token long: the same sequence twice), so the
-/// model runs each distinct sequence once and reads every pair's tokens from its rows.
+/// prompt against two targets, most of them one token long: the same sequence twice), and a
+/// sequence that begins another is read from that one's rows (`ScoringPlan::of`), so the
+/// model runs each sequence no other contains once and reads every pair's tokens from its rows.
 pub fn score_tokens_within(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget: PassBudget) -> Result<Vec<Vec<TokenScore>>> {
     score_tokens_planned(model, pairs, budget, &mut |_, _| {})
 }
@@ -657,27 +725,7 @@ fn score_tokens_planned(model: &GpuModel, pairs: &[(Vec<u32>, Vec<u32>)], budget
     if pairs.iter().any(|(p, c)| p.is_empty() || c.is_empty()) {
         return Err(Error::shape("score", "prompt and continuation need at least one token each"));
     }
-    let mut seqs: Vec<Vec<u32>> = vec![];
-    let mut readers: Vec<Vec<usize>> = vec![];
-    let mut index = std::collections::HashMap::new();
-    // A pair asked for twice (EasyEdit's locality reads the neighbourhood prompts with the true
-    // answer, which CounterFact's scores read too) is scored once and copied.
-    let mut first_of = std::collections::HashMap::new();
-    let mut copies = vec![];
-    for (i, pair @ (p, c)) in pairs.iter().enumerate() {
-        if let Some(&first) = first_of.get(pair) {
-            copies.push((i, first));
-            continue;
-        }
-        first_of.insert(pair, i);
-        let seq: Vec<u32> = p.iter().chain(&c[..c.len() - 1]).copied().collect();
-        let s = *index.entry(seq.clone()).or_insert_with(|| {
-            seqs.push(seq);
-            readers.push(vec![]);
-            seqs.len() - 1
-        });
-        readers[s].push(i);
-    }
+    let ScoringPlan { seqs, readers, copies } = ScoringPlan::of(pairs);
     let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
     let rows: Vec<usize> = readers.iter().map(|r| r.iter().map(|&i| pairs[i].1.len()).sum()).collect();
     let mut out = vec![vec![]; pairs.len()];
@@ -736,6 +784,48 @@ mod tests {
                 assert_eq!((uniform01(&mut b) * total).to_bits(), want.to_bits(), "seed {seed}, total {total}");
             }
         }
+    }
+
+    /// Every pair is read from exactly one planned sequence that begins with its own (or copied
+    /// from an identical pair scored earlier), and no planned sequence begins another: on
+    /// random pairs over a few tokens, where prefixes abound, and on CounterFact's shape.
+    #[test]
+    fn a_scoring_plan_runs_only_sequences_no_other_contains() {
+        let mut rng = crate::testing::rng(5);
+        let mut cases: Vec<Vec<(Vec<u32>, Vec<u32>)>> = (0..300)
+            .map(|_| {
+                let n = rng.random_range(1..25);
+                let mut draw = |lo: usize, hi: usize| (0..rng.random_range(lo..hi)).map(|_| rng.random_range(0..3u32)).collect::<Vec<u32>>();
+                (0..n).map(|_| (draw(1, 5), draw(1, 4))).collect()
+            })
+            .collect();
+        // A prompt against a one-token and a two-token target: one sequence, the longer.
+        cases.push(vec![(vec![5, 6], vec![7]), (vec![5, 6], vec![8, 9])]);
+        for (case, pairs) in cases.iter().enumerate() {
+            let plan = ScoringPlan::of(pairs);
+            let mut read = vec![0; pairs.len()];
+            for (s, readers) in plan.readers.iter().enumerate() {
+                assert!(!readers.is_empty(), "case {case}: sequence {s} has no reader");
+                for &i in readers {
+                    read[i] += 1;
+                    let (p, c) = &pairs[i];
+                    let own: Vec<u32> = p.iter().chain(&c[..c.len() - 1]).copied().collect();
+                    assert!(plan.seqs[s].starts_with(&own), "case {case}: pair {i} {own:?} read from {:?}", plan.seqs[s]);
+                }
+            }
+            for &(i, first) in &plan.copies {
+                assert_eq!(pairs[i], pairs[first], "case {case}");
+                assert!(first < i, "case {case}: a copy of a later pair");
+                read[i] += 1;
+            }
+            assert!(read.iter().all(|&r| r == 1), "case {case}: {read:?}");
+            for (a, x) in plan.seqs.iter().enumerate() {
+                for (b, y) in plan.seqs.iter().enumerate() {
+                    assert!(a == b || !y.starts_with(x), "case {case}: planned {x:?} begins planned {y:?}");
+                }
+            }
+        }
+        assert_eq!(ScoringPlan::of(cases.last().unwrap()).seqs, vec![vec![5, 6, 8]]);
     }
 
     #[test]
