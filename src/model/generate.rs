@@ -596,8 +596,7 @@ impl ScoringPlan {
         let mut seqs = vec![];
         let mut merged: Vec<Vec<usize>> = vec![];
         let mut place = vec![usize::MAX; own.len()];
-        for s in 0..own.len() {
-            let h = host[s];
+        for &h in &host {
             if place[h] == usize::MAX {
                 place[h] = seqs.len();
                 seqs.push(own[h].clone());
