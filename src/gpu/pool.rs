@@ -203,7 +203,7 @@ impl BufferPool {
         }
     }
 
-    /// How many times the pool has dropped idle buffers (see `PoolState::drops`).
+    /// How many times the pool has dropped idle buffers (see `BufferPool::drops`).
     pub fn idle_drops(&self) -> u64 {
         self.drops.load(std::sync::atomic::Ordering::SeqCst)
     }

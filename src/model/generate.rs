@@ -541,9 +541,6 @@ pub fn score(model: &GpuModel, prompt: &[u32], continuation: &[u32]) -> Result<V
     token_logprobs(model, &logits, continuation)
 }
 
-/// log p(tokens[r]) at each row r of `logits`, computed on the GPU: a vocabulary-wide row is
-/// never read back, except to name the bad logit where a result is not finite.
-/// A scoring pass recorded and not yet read back.
 /// The sequences a scoring run needs: `seqs[s]` is read by the pairs `readers[s]` (every pair's
 /// prompt and continuation are the start of the sequence it reads), `copies` are (pair, pair
 /// scored in its place) for pairs asked for twice.
@@ -599,7 +596,7 @@ impl ScoringPlan {
         for &h in &host {
             if place[h] == usize::MAX {
                 place[h] = seqs.len();
-                seqs.push(own[h].clone());
+                seqs.push(std::mem::take(&mut own[h]));
                 merged.push(vec![]);
             }
         }
@@ -610,6 +607,7 @@ impl ScoringPlan {
     }
 }
 
+/// A scoring pass recorded and not yet read back.
 struct ScoringPass {
     /// The sequences it ran (indices into the deduplicated sequences), in batch order.
     pass: Vec<usize>,
@@ -640,6 +638,8 @@ impl ScoringPass {
     }
 }
 
+/// log p(tokens[r]) at each row r of `logits`, computed on the GPU: a vocabulary-wide row is
+/// never read back, except to name the bad logit where a result is not finite.
 fn token_logprobs(model: &GpuModel, logits: &Tensor, tokens: &[u32]) -> Result<Vec<f64>> {
     let lp = model.gpu().download(&crate::ops::loss::token_logprobs(model.gpu(), logits, tokens)?)?;
     if lp.iter().any(|v| !v.is_finite()) {
