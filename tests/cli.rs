@@ -79,3 +79,31 @@ fn a_single_edit_refuses_to_save_a_delta() {
     assert!(!out.status.success() && err.contains("cannot be used with"), "{err}");
     let _ = std::fs::remove_dir_all(&out_dir);
 }
+
+/// With `--json`, `revive facts` and `revive score` write one JSON document to standard output
+/// and nothing else (the summary line goes to standard error), so their output pipes into a
+/// parser. On the real model (CI fetches it).
+#[test]
+fn json_output_is_one_document() {
+    let Some(model) = revive::testing::smollm2_for_tests() else { return };
+    let dir = std::env::temp_dir().join(format!("revive-cli-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let facts = dir.join("facts.json");
+    std::fs::write(&facts, r#"[{"prompt": "The capital of France is", "answer": " Paris"}, {"prompt": "Water boils at", "answer": " 100"}]"#).unwrap();
+    let runs: [&[&str]; 2] = [&["facts", "--facts", facts.to_str().unwrap(), "--json"], &["score", "-p", "The capital of France is", "-c", " Paris", "--json"]];
+    for args in runs {
+        let out = Command::new(env!("CARGO_BIN_EXE_revive")).args(&args[..1]).args(["-m", model.to_str().unwrap()]).args(&args[1..]).output().expect("runs");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: stdout is not one JSON document ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        match args[0] {
+            "facts" => {
+                let rows = doc.as_array().unwrap();
+                assert_eq!(rows.len(), 2, "{doc}");
+                assert!(rows.iter().all(|r| r["logp"].as_f64().is_some_and(|l| l.is_finite() && l <= 0.0)), "{doc}");
+                assert!(String::from_utf8_lossy(&out.stderr).contains("/2 correct"));
+            }
+            _ => assert!(doc["sum"].as_f64().is_some_and(|s| s.is_finite() && s < 0.0), "{doc}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

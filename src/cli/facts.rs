@@ -27,13 +27,16 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    let summary = format!("{}/{} correct", checks.iter().filter(|c| c.correct).count(), checks.len());
     if json {
+        // Standard output stays one JSON document, for whatever reads it.
         println!("{}", serde_json::to_string_pretty(&checks)?);
+        eprintln!("{summary}");
     } else {
         for c in &checks {
             println!("{} {}{:?} (expected {:?}, log p {:.2})", if c.correct { "ok  " } else { "MISS" }, c.prompt, c.got, c.answer, c.logp);
         }
+        println!("{summary}");
     }
-    println!("{}/{} correct", checks.iter().filter(|c| c.correct).count(), checks.len());
     Ok(())
 }
