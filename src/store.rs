@@ -95,6 +95,25 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_extension(format!("partial.{}.{n}", std::process::id()))
 }
 
+/// An exclusive lock on `dir`, held while the returned file lives: two processes writing one
+/// journal or one experiment's files would interleave their records. The lock is the
+/// operating system's (flock on Unix), so a killed process leaves none behind. `wait`: block
+/// until it is free instead of refusing.
+pub fn lock_dir(dir: &Path, wait: bool) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
+    let path = dir.join(".revive.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| err(&path, format!("cannot open the lock: {e}")))?;
+    if wait {
+        file.lock().map_err(|e| err(&path, format!("cannot lock: {e}")))?;
+        return Ok(file);
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err(dir, format!("in use by another revive process (it holds {}); wait for it to end or stop it", path.display()))),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(&path, format!("cannot lock: {e}"))),
+    }
+}
+
 /// Writes bytes atomically and durably (a temporary file, flushed, then renamed).
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -213,6 +232,26 @@ mod tests {
         let back: Vec<f64> = serde_json::from_str(&text).unwrap();
         let differ = values.iter().zip(&back).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differ, 0, "{differ} of {} values changed through JSON", values.len());
+    }
+
+    /// A directory locked by one holder is refused to a second, with the directory named, and
+    /// free again once the first lets go; a waiting holder gets it then.
+    #[test]
+    fn a_locked_directory_is_refused_until_it_is_free() {
+        let dir = std::env::temp_dir().join(format!("revive-lock-{}", std::process::id()));
+        let first = lock_dir(&dir, false).unwrap();
+        let refused = lock_dir(&dir, false).unwrap_err().to_string();
+        assert!(refused.contains(&dir.display().to_string()) && refused.contains("in use"), "{refused}");
+        let waiter = std::thread::spawn({
+            let dir = dir.clone();
+            move || lock_dir(&dir, true).map(|_| ())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!waiter.is_finished(), "a waiting lock was granted while the first was held");
+        drop(first);
+        waiter.join().unwrap().unwrap();
+        drop(lock_dir(&dir, false).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A cache that cannot be written (here: its directory would have to be inside a file)

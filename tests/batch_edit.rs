@@ -20,6 +20,7 @@ use revive::edit::nse::{BaseWeights, NseSolver};
 use revive::edit::method::{Method, Writer};
 use revive::edit::request::EditRequest;
 use revive::edit::rome::CovSolver;
+use revive::edit::update::{Delta, Update};
 use revive::edit::session::{build_method, load_delta, save_delta, MethodSpec, NoMeasure, RunOptions, Session};
 use revive::edit::target::{optimise_targets, target_batch, target_passes_built, TargetLoss, TargetParams};
 use revive::gpu::Gpu;
@@ -545,6 +546,56 @@ fn the_guard_filters_every_memit_layer() {
             if !(leak.left <= 1e-5 && leak.right <= 1e-5) || f.before.left < 1e-3 {
                 return Err(format!("{}: leak after {:.2e} / {:.2e} (before {:.2e})", w.update.matrix, leak.left, leak.right, f.before.left));
             }
+        }
+        Ok(())
+    });
+}
+
+/// The writer refuses an update that is not finite or larger than its bound × ‖W‖, naming the
+/// matrix and leaving the weights as they were; with REVIVE the size judged is the filtered
+/// update's: a proposal far past the bound that lies almost wholly in the protected directions
+/// is written as the small remainder the guard leaves, with its proposed size recorded.
+#[test]
+fn the_writer_refuses_non_finite_and_exploding_updates() {
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &weights(12)))?;
+        let name = "layers.0.w_down";
+        let w = ok(gm.tensor(name))?;
+        let shape = w.shape().to_vec();
+        let w0 = ok(gpu.download(w))?;
+        let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let ratio = 2.0;
+        let update = |data: &[f32]| -> Result<Update, String> { Ok(Update { matrix: name.to_string(), delta: Delta::Dense(ok(gpu.upload(data, &shape))?) }) };
+        let none = BTreeMap::new();
+        let mut guards = BTreeMap::new();
+        guards.insert(name.to_string(), ok(SpectralGuard::compute(gpu, w, name, RankRule::Rank(6), &Default::default()))?);
+        let unchanged = |what: &str| -> Result<(), String> { if ok(gpu.download(ok(gm.tensor(name))?))? == w0 { Ok(()) } else { Err(format!("{what} changed the weights")) } };
+        let mut nan = vec![0.01f32; w0.len()];
+        nan[w0.len() / 2] = f32::NAN;
+        let three_w: Vec<f32> = w0.iter().map(|x| 3.0 * x).collect();
+        for (what, data, g) in [("a NaN update", &nan, &none), ("a NaN update under REVIVE", &nan, &guards), ("3·W", &three_w, &none)] {
+            match Writer::new(&gm, g, ratio).write(update(data)?) {
+                Ok(_) => return Err(format!("{what} was written")),
+                Err(e) if e.to_string().contains(name) && (e.to_string().contains("not finite") || e.to_string().contains("explodes")) => unchanged(what)?,
+                Err(e) => return Err(format!("{what}: the error does not say why or where: {e}")),
+            }
+        }
+        // W's part in the protected directions, ten times over, plus a little noise.
+        let (filtered, _) = ok(guards[name].filter_delta(gpu, &Delta::Dense(ok(gpu.upload(&w0, &shape))?)))?;
+        let f = ok(gpu.download(&ok(filtered.dense(gpu))?))?;
+        let noise = random_vec(&mut rng(13), w0.len());
+        let inside: Vec<f32> = w0.iter().zip(&f).zip(&noise).map(|((w, f), r)| 10.0 * (w - f) + 1e-3 * r).collect();
+        if !(norm(&inside) > ratio * norm(&w0)) {
+            return Err(format!("the proposal is not past the bound: ‖ΔW‖ {} against ‖W‖ {}", norm(&inside), norm(&w0)));
+        }
+        if Writer::new(&gm, &none, ratio).write(update(&inside)?).is_ok() {
+            return Err("without the guard the oversized update was written".into());
+        }
+        unchanged("the oversized update without the guard")?;
+        let mut writer = Writer::new(&gm, &guards, ratio);
+        let written = ok(writer.write(update(&inside)?))?;
+        if !(written.norm < 0.01 * norm(&w0) && (written.proposed_norm - norm(&inside)).abs() < 1e-3 * norm(&inside)) {
+            return Err(format!("under REVIVE: written ‖ΔW‖ {}, proposed {} (the update's {})", written.norm, written.proposed_norm, norm(&inside)));
         }
         Ok(())
     });

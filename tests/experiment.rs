@@ -186,6 +186,12 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
         if again.fluency != before.fluency || again.perplexity != before.perplexity {
             return Err("two measures of one model differ".into());
         }
+        // Fluency reads the same prompts at every checkpoint: the model at 0 edits, measured
+        // then, gives the same value (a curve that moves with its prompts would not).
+        let at_start = ok(m.checkpoint(&gm, &tok, "arm", &requests, 0, 0, 0, 0.0))?;
+        if at_start.fluency != before.fluency {
+            return Err(format!("fluency of one model at 0 and at 5 edits: {:?} and {:?}", at_start.fluency, before.fluency));
+        }
         // A change of the edited matrix shows in drift, agreement and perplexity.
         let delta = ok(gpu.upload(&random_vec(&mut rng(9), w.tensors[&name].data.len()), &w.tensors[&name].shape))?;
         ok(revive::ops::elementwise::axpy(gpu, 0.5, &delta, gm.tensor(&name).map_err(|e| e.to_string())?))?;

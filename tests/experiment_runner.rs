@@ -290,7 +290,50 @@ fn kill_and_resume(backend: &str) -> Result<(), String> {
     if got != want {
         return Err(format!("the merged CSV differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));
     }
+    refusals(&root, backend, &whole, &split)?;
     let _ = std::fs::remove_dir_all(&root);
+    Ok(())
+}
+
+/// What must not run or merge: an arm another process holds (a relaunch while the first still
+/// runs), the same arm from two places, arms run with other settings.
+fn refusals(root: &Path, backend: &str, whole: &Path, split: &Path) -> Result<(), String> {
+    let refused = |c: &mut Command, what: &str, says: &[&str]| -> Result<(), String> {
+        let out = c.output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !says.iter().all(|s| err.contains(s)) {
+            return Err(format!("{what}: not refused with {says:?} ({}):\n{err}", out.status));
+        }
+        Ok(())
+    };
+    let held = revive::store::lock_dir(&whole.join("memit-none"), false).map_err(|e| e.to_string())?;
+    refused(&mut experiment(root, backend, whole, "cache", &["--arm", "memit/none"]), "an arm in use", &["in use by another revive process"])?;
+    drop(held);
+    let twice = root.join("merged-twice");
+    refused(&mut experiment(root, backend, &twice, "cache", &["--merge", &whole.display().to_string(), &split.display().to_string()]), "one arm from two places", &["arm memit-0.5 is in both"])?;
+    // The split arm's experiment as if it had sampled other requests for its scores.
+    let other = root.join("other");
+    std::fs::create_dir_all(&other).map_err(|e| e.to_string())?;
+    copy_dir(&split.join("memit-0.5"), &other.join("memit-0.5"))?;
+    let mut plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(split.join("experiment.json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    plan["sample"] = serde_json::json!(3);
+    std::fs::write(other.join("experiment.json"), plan.to_string()).map_err(|e| e.to_string())?;
+    let mixed = root.join("merged-mixed");
+    refused(&mut experiment(root, backend, &mixed, "cache", &["--merge", &whole.join("memit-none").display().to_string(), &other.display().to_string()]), "arms of other settings", &["ran with other settings", "sample: 0 against 3"])?;
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    for e in std::fs::read_dir(from).map_err(|e| e.to_string())? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest)?;
+        } else {
+            std::fs::copy(&p, &dest).map_err(|e| e.to_string())?;
+        }
+    }
     Ok(())
 }
 
@@ -309,6 +352,24 @@ fn memit_session(root: &Path, backend: &str, out: &Path, extra: &[&str]) -> Comm
 /// The `session.json` a session wrote in `dir`.
 fn session_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("session.json")).unwrap()).unwrap()
+}
+
+/// A batch whose update is past `--max-update` is refused naming why, nothing is journaled, and
+/// the same session resumed with a looser bound writes it.
+#[test]
+fn a_refused_batch_goes_through_on_resume_with_a_looser_bound() {
+    let (backend, root) = scratch("revive-max-update");
+    let out = root.join("session");
+    let first = memit_session(&root, &backend, &out, &["--max-update", "1e-9"]).output().unwrap();
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(!first.status.success() && err.contains("explodes") && err.contains("w_down"), "{err}");
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_revive"));
+    resume.args(["--backend", &backend, "edit", "--resume", &out.display().to_string(), "--max-update", "2"]).env("REVIVE_CACHE", root.join("cache"));
+    let again = resume.output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && err.contains("updates bounded at 2"), "{err}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("[batch 1/1]"), "{}", String::from_utf8_lossy(&again.stdout));
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// `--target-loss` reaches the hyper-parameters a session records (and so its resume), and a

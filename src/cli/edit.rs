@@ -61,9 +61,11 @@ pub(super) struct EditArgs {
     /// A session resumed with --resume writes what its first run's --save said, unless given.
     #[arg(long, value_enum)]
     save: Option<super::session::Save>,
-    /// Refuse an update with ‖ΔW‖_F above this multiple of ‖W‖_F (an exploding batch).
-    #[arg(long, default_value_t = revive::edit::update::DEFAULT_MAX_UPDATE_RATIO)]
-    max_update: f64,
+    /// Refuse an update with ‖ΔW‖_F (as written, after REVIVE's filter) above this multiple of
+    /// ‖W‖_F, an exploding batch (default 2). With --resume it replaces the session's bound
+    /// from then on: the batches already written passed under the old one.
+    #[arg(long, value_name = "RATIO")]
+    max_update: Option<f64>,
     /// Known facts checked after every batch of a session (retention).
     #[arg(long)]
     known: Option<std::path::PathBuf>,
@@ -87,9 +89,12 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     if let Some(t) = a.revive.revive {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
     }
+    if let Some(r) = a.max_update {
+        anyhow::ensure!(r > 0.0, "--max-update {r}: a positive multiple of ‖W‖_F");
+    }
     let session_save = if a.no_save { Some(Save::None) } else { a.save };
     if let Some(dir) = &a.resume {
-        return super::session::run(choice, dir, None, (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries);
+        return super::session::run(choice, dir, None, (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries, a.max_update);
     }
     let requests = match (&a.edits, &a.subject) {
         (Some(path), _) => request::load_requests(path)?,
@@ -121,13 +126,13 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
             revive: a.revive.rule(),
             targets_through_guard: a.revive.through_guard(false)?,
             svd_tol: a.revive.svd_tol,
-            max_update_ratio: a.max_update,
+            max_update_ratio: a.max_update.unwrap_or(revive::edit::update::DEFAULT_MAX_UPDATE_RATIO),
             output: {
                 let (save, dtype) = super::session::output_of(session_save, a.dtype, None)?;
                 revive::edit::session::SessionOutput { save: super::session::name_of(&save), dtype: super::session::name_of(&dtype) }
             },
         };
-        return super::session::run(choice, &a.out, Some(new), (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries);
+        return super::session::run(choice, &a.out, Some(new), (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries, None);
     }
     // One ROME edit after another, outside a session: the whole model, as a directory or a GGUF.
     let save = match (a.no_save, a.save) {

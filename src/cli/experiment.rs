@@ -40,9 +40,10 @@ pub(super) struct Args {
     /// A checkpoint every N edits (a multiple of --batch); one at 0 and one at the end too.
     #[arg(long, default_value_t = 500)]
     every: usize,
-    /// The experiment's directory: one subdirectory per arm, the table and the plots.
-    #[arg(long, default_value = "runs/experiment")]
-    out: PathBuf,
+    /// The experiment's directory: one subdirectory per arm, the table and the plots (default
+    /// runs/experiment; with --merge of one experiment directory, that directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Run only this arm, e.g. memit/0.5 or alphaedit/none (one process per arm).
     #[arg(long)]
     arm: Option<String>,
@@ -92,8 +93,10 @@ pub(super) struct Args {
     /// No spectral diagnostics (they take a top-k SVD per edited matrix per checkpoint).
     #[arg(long)]
     no_spectral: bool,
-    #[arg(long, default_value_t = revive::edit::update::DEFAULT_MAX_UPDATE_RATIO)]
-    max_update: f64,
+    /// Refuse an update with ‖ΔW‖_F (after REVIVE's filter) above this multiple of ‖W‖_F
+    /// (default 2); given again on a later call, it applies from there on to every arm.
+    #[arg(long, value_name = "RATIO")]
+    max_update: Option<f64>,
     /// Which scores each batch records besides the checkpoints: its requests before and after
     /// the edit, after only, or none (the checkpoints score their own samples either way).
     /// Not one of the experiment's settings: a resumed run may change it.
@@ -129,6 +132,37 @@ struct Plan {
     fluency_prompts: usize,
     fluency_tokens: usize,
     spectral_tau: Option<f64>,
+    // Settings recorded since 2026-12-07; a plan written before lacks them, and they then
+    // compare as equal when absent (the edited layer, target loss and prose were the defaults
+    // unless given) or are not compared (the known facts' hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layer: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_loss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prose: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    known_sha256: Option<String>,
+}
+
+impl Plan {
+    /// The settings in which `other` differs from this plan, as "field: this against other";
+    /// `same_arms`: whether the lists of methods and REVIVE settings count (not when merging
+    /// arms that separate calls listed differently).
+    fn differences(&self, other: &Plan, same_arms: bool) -> Vec<String> {
+        let strip = |p: &Plan, known: Option<String>| {
+            let arms = if same_arms { (p.methods.clone(), p.revive.clone()) } else { (vec![], vec![]) };
+            serde_json::to_value(Plan { methods: arms.0, revive: arms.1, known_sha256: known, ..p.clone() }).expect("a plan serialises")
+        };
+        let both = self.known_sha256.is_some() && other.known_sha256.is_some();
+        let (a, b) = (strip(self, self.known_sha256.clone().filter(|_| both)), strip(other, other.known_sha256.clone().filter(|_| both)));
+        let (a, b) = (a.as_object().expect("an object"), b.as_object().expect("an object"));
+        let null = serde_json::Value::Null;
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("{k}: {} against {}", a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null))).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,10 +194,17 @@ fn arms(methods: &[String], revive: &[String]) -> Result<Vec<Arm>> {
     Ok(out)
 }
 
-pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
+pub(super) fn run(choice: BackendChoice, mut a: Args) -> Result<()> {
     if let Some(dirs) = &a.merge {
-        return merge(dirs, &a.out);
+        return merge(dirs, a.out.as_deref());
     }
+    if let Some(r) = a.max_update {
+        ensure!(r > 0.0, "--max-update {r}: a positive multiple of ‖W‖_F");
+    }
+    if let Some(m) = a.stop_after {
+        ensure!(m.is_finite() && m >= 0.0 && m < 1e9, "--stop-after {m}: a number of minutes, 0 or more");
+    }
+    let out = a.out.get_or_insert_with(|| PathBuf::from("runs/experiment")).clone();
     ensure!(a.batch > 0 && a.every > 0 && a.every.is_multiple_of(a.batch), "--every {} must be a positive multiple of --batch {}", a.every, a.batch);
     let arms = arms(&a.methods, &a.revive)?;
     let selected: Vec<Arm> = match &a.arm {
@@ -199,24 +240,41 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         fluency_prompts: a.fluency_prompts,
         fluency_tokens: a.fluency_tokens,
         spectral_tau: (!a.no_spectral).then_some(a.spectral_tau),
+        layer: a.hp.layer,
+        target_loss: a.hp.target_loss.map(|t| super::session::name_of(&t)),
+        prose: a.prose.as_ref().map(|p| p.display().to_string()),
+        known_sha256: Some(revive::store::sha256_hex(&serde_json::to_vec(&known)?)),
     };
     if a.dry_run {
         return dry_run(choice, &a, &plan, &arms, &selected[0], &requests, known);
     }
-    super::common::prepare_out(&a.out)?;
-    check_plan(&a.out, &plan)?;
+    super::common::prepare_out(&out)?;
+    check_plan(&out, &plan)?;
     let started = Instant::now();
     let deadline = a.stop_after.map(|m| started + std::time::Duration::from_secs_f64(m * 60.0));
-    let mut finished = true;
+    let (mut finished, mut failed) = (0, vec![]);
     for arm in &selected {
-        println!("== arm {} ({} requests, batches of {}, a checkpoint every {} edits) ==", arm.name, requests.len(), a.batch, a.every);
-        finished &= super::common::recovering(&format!("arm {}", arm.name), a.gpu_retries, |_| run_arm(choice, &a, arm, &requests, known.clone(), deadline))?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
+        println!("== arm {} ({} requests, batches of {}, a checkpoint every {} edits) ==", arm.name, requests.len(), a.batch, a.every);
+        // An arm that fails (a batch refused as exploding, say) ends there; the others are
+        // independent of it and still run.
+        match super::common::recovering(&format!("arm {}", arm.name), a.gpu_retries, |_| run_arm(choice, &a, arm, &requests, known.clone(), deadline)) {
+            Ok(done) => finished += usize::from(done),
+            Err(e) => {
+                eprintln!("arm {} stopped: {e:#}", arm.name);
+                failed.push((arm.name.clone(), e));
+            }
+        }
     }
-    merge(std::slice::from_ref(&a.out), &a.out)?;
-    if !finished || selected.len() < arms.len() && a.arm.is_none() {
+    if arms.iter().any(|x| revive::eval::experiment::checkpoints_path(&out.join(&x.name)).exists()) {
+        merge(std::slice::from_ref(&out), Some(&out))?;
+    }
+    if let Some((name, e)) = failed.into_iter().next() {
+        return Err(e.context(format!("arm {name} stopped before its end (the other arms' results are merged in {})", out.display())));
+    }
+    if finished < selected.len() {
         println!("stopped before the end: run the same command again to continue");
     }
     Ok(())
@@ -233,13 +291,9 @@ fn check_plan(out: &Path, plan: &Plan) -> Result<()> {
     if path.exists() {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let old: Plan = serde_json::from_str(&text).with_context(|| format!("{}: not an experiment plan", path.display()))?;
-        if &old != plan {
-            bail!(
-                "{} holds an experiment with other settings:\n  there: {}\n  now:   {}\nuse another --out, or the same settings to continue it",
-                out.display(),
-                serde_json::to_string(&old)?,
-                serde_json::to_string(plan)?
-            );
+        let differ = old.differences(plan, true);
+        if !differ.is_empty() {
+            bail!("{} holds an experiment with other settings (there against now: {}); use another --out, or the same settings to continue it", out.display(), differ.join("; "));
         }
         return Ok(());
     }
@@ -258,7 +312,7 @@ fn new_session(a: &Args, arm: &Arm, requests: &[revive::edit::request::EditReque
         revive: arm.revive.map(RankRule::Energy),
         targets_through_guard: arm.targets_through_guard,
         svd_tol: revive::linalg::svd::SvdOptions::default().tol,
-        max_update_ratio: a.max_update,
+        max_update_ratio: a.max_update.unwrap_or(revive::edit::update::DEFAULT_MAX_UPDATE_RATIO),
         output: super::session::no_output(),
     }
 }
@@ -402,10 +456,11 @@ fn print_checkpoint(c: &Checkpoint) {
 
 /// Runs (or continues) one arm; true when it reached the end.
 fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit::request::EditRequest], known: Vec<revive::eval::retention::Fact>, deadline: Option<Instant>) -> Result<bool> {
-    let dir = a.out.join(&arm.name);
+    let dir = a.out.as_ref().expect("set by run").join(&arm.name);
     let new = (!Session::config_path(&dir).exists()).then(|| new_session(a, arm, requests));
     with_session(choice, &dir, new, None, |session, gm, tok, measure, _, base| {
         measure.scope = a.batch_metrics.scope();
+        super::session::bound_updates(session, a.max_update);
         let m = measures(a, &dir, session, gm, tok, base, known)?;
         let per_ckpt = a.every / a.batch;
         let total = session.batches_total();
@@ -484,33 +539,88 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     Ok(())
 }
 
-/// Collects the checkpoints of every arm under `dirs` (experiment directories or arm
-/// directories) and writes results.csv, results.json, table.md and the plots into `out`.
-fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
-    let mut rows: Vec<Checkpoint> = vec![];
+/// The settings an arm ran with: the plan of the experiment directory that holds it (None for
+/// an arm directory copied away from its experiment.json).
+fn plan_of(experiment_dir: &Path) -> Result<Option<Plan>> {
+    let path = experiment_dir.join("experiment.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not an experiment plan", path.display()))?))
+}
+
+/// The arm directories under `dirs` (experiment directories or arm directories), each with the
+/// plan it ran under.
+fn arm_dirs(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<Plan>)>> {
+    let mut found = vec![];
     for d in dirs {
-        let mut arm_dirs = vec![];
         if revive::eval::experiment::checkpoints_path(d).exists() {
-            arm_dirs.push(d.clone());
-        } else {
-            let entries = std::fs::read_dir(d).with_context(|| format!("reading {}", d.display()))?;
-            for e in entries {
-                let p = e?.path();
-                if revive::eval::experiment::checkpoints_path(&p).exists() {
-                    arm_dirs.push(p);
-                }
+            found.push((d.clone(), plan_of(d.parent().unwrap_or(Path::new(".")))?));
+            continue;
+        }
+        let plan = plan_of(d)?;
+        let mut arms = vec![];
+        for e in std::fs::read_dir(d).with_context(|| format!("reading {}", d.display()))? {
+            let p = e?.path();
+            if revive::eval::experiment::checkpoints_path(&p).exists() {
+                arms.push(p);
             }
         }
-        arm_dirs.sort();
-        for ad in arm_dirs {
-            rows.extend(read_checkpoints(&ad)?);
+        arms.sort();
+        found.extend(arms.into_iter().map(|p| (p, plan.clone())));
+    }
+    Ok(found)
+}
+
+/// Arms merged into one table must have run the same experiment: the same requests, batches,
+/// checkpoints and measures (which methods and REVIVE settings each call listed may differ),
+/// and each arm must come from one place only.
+fn check_mergeable(arms: &[(PathBuf, Option<Plan>)]) -> Result<()> {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    for (i, (a, _)) in arms.iter().enumerate() {
+        if let Some((b, _)) = arms[..i].iter().find(|(b, _)| name(b) == name(a)) {
+            bail!("arm {} is in both {} and {}: merge one of them", name(a), b.display(), a.display());
         }
+    }
+    let mut first: Option<(&Path, &Plan)> = None;
+    for (dir, plan) in arms {
+        let Some(plan) = plan else {
+            eprintln!("warning: {} has no experiment.json beside it: its settings cannot be checked against the other arms'", dir.display());
+            continue;
+        };
+        match first {
+            None => first = Some((dir, plan)),
+            Some((d0, p0)) => {
+                let differ = p0.differences(plan, false);
+                ensure!(differ.is_empty(), "{} and {} ran with other settings ({}): their results do not belong in one table", d0.display(), dir.display(), differ.join("; "));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Collects the checkpoints of every arm under `dirs` (experiment directories or arm
+/// directories) and writes results.csv, results.json, table.md and the plots into `out`
+/// (default: the one experiment directory merged).
+fn merge(dirs: &[PathBuf], out: Option<&Path>) -> Result<()> {
+    let out = match (out, dirs) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, [d]) if !revive::eval::experiment::checkpoints_path(d).exists() => d.clone(),
+        _ => bail!("--merge of {} directories: say with --out where the table and plots go", dirs.len()),
+    };
+    let arms = arm_dirs(dirs)?;
+    check_mergeable(&arms)?;
+    let mut rows: Vec<Checkpoint> = vec![];
+    for (dir, _) in &arms {
+        rows.extend(read_checkpoints(dir)?);
     }
     ensure!(!rows.is_empty(), "no checkpoints under {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
     rows.sort_by(|x, y| x.arm.cmp(&y.arm).then(x.edits.cmp(&y.edits)));
     rows.dedup_by(|x, y| x.arm == y.arm && x.edits == y.edits);
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let write = |name: &str, text: String| std::fs::write(out.join(name), text).with_context(|| format!("writing {}", out.join(name).display()));
+    // Arms run in parallel into one directory each merge it when they end.
+    let _lock = revive::store::lock_dir(&out, true)?;
+    let write = |name: &str, text: String| revive::store::write_durable(&out.join(name), text.as_bytes());
     write("results.csv", revive::eval::experiment::csv(&rows))?;
     write("results.json", serde_json::to_string_pretty(&rows)?)?;
     let table = revive::eval::experiment::table(&rows);

@@ -128,7 +128,7 @@ pub(super) fn no_output() -> revive::edit::session::SessionOutput {
 /// Starts a session (`new`, its output given there) or resumes the one in `dir` (writing what
 /// `save` and `dtype` say, else what its first run said), runs it to the end, saves.
 /// A GPU lost on the way (`--gpu-retries`): the run goes on from the journal on a new device.
-pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (save, dtype): (Option<Save>, Option<Dtype>), known: Option<&Path>, scope: BatchScope, gpu_retries: u32) -> Result<()> {
+pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (save, dtype): (Option<Save>, Option<Dtype>), known: Option<&Path>, scope: BatchScope, gpu_retries: u32, max_update: Option<f64>) -> Result<()> {
     let (spec, (save, dtype)) = match &new {
         Some(s) => (s.model.clone(), output_of(None, None, Some(&s.output))?),
         None => {
@@ -143,6 +143,7 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (s
         let new = if attempt > 0 && Session::config_path(dir).exists() { None } else { new.clone() };
         with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
             measure.scope = scope;
+            bound_updates(session, max_update);
             let total = session.batches_total();
             session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
             write_outputs(gm, tok, &session.matrices(), &session.config.base_hash, dir, (save, base.as_deref()), dtype)?;
@@ -150,6 +151,16 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (s
             Ok(())
         })
     })
+}
+
+/// A bound on the updates given again for a resumed session: it applies to the batches still to
+/// come (a batch refused under the old bound can then be written), and the journal keeps the
+/// session's first setting.
+pub(super) fn bound_updates(session: &mut Session, max_update: Option<f64>) {
+    if let Some(r) = max_update.filter(|&r| r != session.config.max_update_ratio) {
+        eprintln!("updates bounded at {r} × ‖W‖_F from here on (the session began with {})", session.config.max_update_ratio);
+        session.config.max_update_ratio = r;
+    }
 }
 
 /// Opens the session in `dir` (new or resumed), replays its journal, and hands it to `body`
@@ -164,6 +175,9 @@ pub(super) fn with_session<R>(
 ) -> Result<R> {
     let gpu = Gpu::new(choice)?;
     super::common::prepare_out(dir)?;
+    // A second process on the same session (a relaunch while the first still runs) would
+    // write the same journal records and checkpoints as the first.
+    let _lock = revive::store::lock_dir(dir, false)?;
     // Bit-identical resumes need the host solves to add in the same order every time.
     faer::set_global_parallelism(faer::Par::Seq);
     let (config, requests, m) = match new {

@@ -183,9 +183,11 @@ impl Measures {
             _ => None,
         };
         lap_into(&mut split.agreement);
-        // A request without generation prompts (zsRE's, EasyEdit's records) generates after its
-        // rewrite prompt, as EasyEdit's fluency does.
-        let prompts: Vec<String> = spread(edits.max(1).min(requests.len()), self.fluency_prompts)
+        // The same prompts at every checkpoint, spread over the run's requests (all edited by
+        // its end), so that the curve moves with the model and not with its prompts. A request
+        // without generation prompts (zsRE's, EasyEdit's records) generates after its rewrite
+        // prompt, as EasyEdit's fluency does.
+        let prompts: Vec<String> = spread(requests.len(), self.fluency_prompts)
             .into_iter()
             .take(self.fluency_prompts)
             .map(|i| requests[i].generation_prompts.first().cloned().unwrap_or_else(|| requests[i].full_prompt()))
