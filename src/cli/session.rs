@@ -141,8 +141,7 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (s
         // A retry resumes what the first attempt wrote; one lost before it wrote the session
         // starts it again.
         let new = if attempt > 0 && Session::config_path(dir).exists() { None } else { new.clone() };
-        with_session(choice, dir, new, known, |session, gm, tok, measure, _, _| {
-            measure.scope = scope;
+        with_session(choice, dir, new, (known, scope), |session, gm, tok, measure, _, _| {
             bound_updates(session, max_update);
             let total = session.batches_total();
             session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
@@ -170,7 +169,7 @@ pub(super) fn with_session<R>(
     choice: BackendChoice,
     dir: &Path,
     new: Option<NewSession>,
-    known: Option<&Path>,
+    (known, scope): (Option<&Path>, BatchScope),
     body: impl FnOnce(&mut Session, &mut GpuModel, &revive::model::Tok, &mut BatchMetrics, f64, &revive::model::Weights) -> Result<R>,
 ) -> Result<R> {
     let gpu = Gpu::new(choice)?;
@@ -222,6 +221,8 @@ pub(super) fn with_session<R>(
         None => vec![],
     };
     let mut measure = BatchMetrics::new(known);
+    // Before the replay: a batch journaled without its scores is scored there, as asked.
+    measure.scope = scope;
     let replayed = session.replay(&mut gm, &m.tok, None, Some(&mut measure))?;
     if replayed > 0 {
         eprintln!("resumed: {replayed} batches replayed from {}", revive::edit::journal::Journal::dir_of(dir).display());

@@ -188,7 +188,7 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
         };
         spec_of(&new)?;
         println!("== {name} ==");
-        let b = with_session(choice, &dir, Some(new), Some(&a.known), |session, gm, tok, measure, stats, _| {
+        let b = with_session(choice, &dir, Some(new), (Some(&a.known), Default::default()), |session, gm, tok, measure, stats, _| {
             let forward = revive::bench::edit::forward_pass_seconds(gm, tok, &session.requests[0].full_prompt())?;
             let total = session.batches_total();
             session.run(gm, tok, measure, &revive::edit::session::RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
