@@ -202,7 +202,7 @@ pub(super) fn run(choice: BackendChoice, mut a: Args) -> Result<()> {
         ensure!(r > 0.0, "--max-update {r}: a positive multiple of ‖W‖_F");
     }
     if let Some(m) = a.stop_after {
-        ensure!(m.is_finite() && m >= 0.0 && m < 1e9, "--stop-after {m}: a number of minutes, 0 or more");
+        ensure!((0.0..1e9).contains(&m), "--stop-after {m}: a number of minutes, 0 or more");
     }
     let out = a.out.get_or_insert_with(|| PathBuf::from("runs/experiment")).clone();
     ensure!(a.batch > 0 && a.every > 0 && a.every.is_multiple_of(a.batch), "--every {} must be a positive multiple of --batch {}", a.every, a.batch);
