@@ -597,6 +597,13 @@ fn the_writer_refuses_non_finite_and_exploding_updates() {
         if !(written.norm < 0.01 * norm(&w0) && (written.proposed_norm - norm(&inside)).abs() < 1e-3 * norm(&inside)) {
             return Err(format!("under REVIVE: written ‖ΔW‖ {}, proposed {} (the update's {})", written.norm, written.proposed_norm, norm(&inside)));
         }
+        // A zero update (a batch with nothing left to do) passes the guard with a finite
+        // report: nothing removed, no leak (not 0/0, which the journal could not store).
+        let zero = ok(writer.write(update(&vec![0.0; w0.len()])?))?;
+        let f = zero.filter.ok_or("no filter report")?;
+        if !(f.kept == 1.0 && f.before.left == 0.0 && f.after.right == 0.0 && zero.norm == 0.0) {
+            return Err(format!("a zero update under REVIVE: {f:?}"));
+        }
         Ok(())
     });
 }
@@ -1099,6 +1106,38 @@ fn a_damaged_last_record_is_redone_and_an_earlier_one_refused() {
         }
         drop(s);
 
+        // A byte of the last batch's values damaged, its header intact: a reader (`revive
+        // journal`, `revive apply`, perhaps while the session writes) reads the batches before
+        // it and changes nothing, not even a writer's temporary file; the session sets it
+        // aside when it opens the journal and redoes it.
+        let all = records();
+        let last_batch = all.iter().rposition(|p| p.to_string_lossy().ends_with("-batch.safetensors")).unwrap();
+        for later in &all[last_batch + 1..] {
+            std::fs::remove_file(later).unwrap();
+        }
+        let mut bytes = std::fs::read(&all[last_batch]).unwrap();
+        *bytes.last_mut().unwrap() ^= 0x01;
+        std::fs::write(&all[last_batch], &bytes).unwrap();
+        let partial = dir.join("journal").join("000009-batch.partial.1.safetensors");
+        std::fs::write(&partial, b"being written").unwrap();
+        let listing = || std::fs::read_dir(dir.join("journal")).unwrap().count();
+        let before = listing();
+        let read = ok(revive::edit::journal::Journal::read(&dir))?;
+        if read.n_batches() != 2 || listing() != before || std::fs::read(&all[last_batch]).unwrap() != bytes || !partial.exists() {
+            return Err(format!("the reader saw {} batches or changed the journal", read.n_batches()));
+        }
+        std::fs::remove_file(&partial).unwrap();
+        let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
+        let mut s = session(&gm, &tok, &dir, &reqs, false)?;
+        if ok(s.replay(&mut gm, &tok, None, None))? != 2 {
+            return Err("the batch with damaged values was replayed".into());
+        }
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
+        if s.batches_done() != 3 || down_values(&gm)? != want {
+            return Err(format!("after redoing the batch with damaged values: {} batches, weights equal: {}", s.batches_done(), down_values(&gm)? == want));
+        }
+        drop(s);
+
         // A bit flipped in the first record's header: refused when the journal is opened,
         // naming it (its tensors' checksums are checked when a replay reads them).
         let first = records()[0].clone();
@@ -1109,6 +1148,13 @@ fn a_damaged_last_record_is_redone_and_an_earlier_one_refused() {
         let e = session(&gm, &tok, &dir, &reqs, false).err().ok_or("a damaged first record accepted")?;
         if !e.contains(&first.file_name().unwrap().to_string_lossy().to_string()) {
             return Err(format!("the error does not name the record: {e}"));
+        }
+        // The journal left without its session.json: a new session there is refused (the old
+        // records would replay as its first batches).
+        std::fs::remove_file(dir.join("session.json")).unwrap();
+        let e = session(&gm, &tok, &dir, &reqs, false).err().ok_or("a new session over an old journal accepted")?;
+        if !e.contains("holds the records of another session") {
+            return Err(format!("a new session over an old journal: {e}"));
         }
         let _ = std::fs::remove_dir_all(&root);
         Ok(())

@@ -583,6 +583,10 @@ fn a_session_saves_its_model_as_gguf() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let replay = revive(&["apply", "-m", &path("base.gguf"), "--journal", &path("session"), "--out", &path("replay"), "--save", "delta"]);
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    // A batch the journal does not hold is refused, not quietly taken as its last.
+    let past = revive(&["apply", "-m", &path("base.gguf"), "--journal", &path("session"), "--upto", "9", "--out", &path("past"), "--save", "delta"]);
+    let err = String::from_utf8_lossy(&past.stderr);
+    assert!(!past.status.success() && err.contains("--upto 9") && err.contains("holds 1 batch"), "{err}");
 
     let (saved, _) = load_gguf(&dir.join("session/model.gguf")).unwrap();
     let (mut want, _) = load_gguf(&dir.join("base.gguf")).unwrap();

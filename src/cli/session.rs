@@ -317,7 +317,7 @@ pub(super) fn write_gguf(gm: &GpuModel, base: &Path, path: &Path, dtype: Dtype) 
 /// `revive journal DIR`: the batches of a session.
 pub(super) fn journal(dir: &Path, json: bool) -> Result<()> {
     let (config, requests) = Session::read_config(dir)?;
-    let j = revive::edit::journal::Journal::open(dir)?;
+    let j = revive::edit::journal::Journal::read(dir)?;
     if json {
         let rows: Vec<_> = j.batches().map(|(e, h)| serde_json::json!({ "file": e.path, "header": h, "after": j.metrics_of(h.batch).map(|m| &m.after) })).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -361,7 +361,11 @@ pub(super) fn apply(choice: BackendChoice, model: &str, dir: &Path, upto: Option
     let m = load(model)?;
     let mut gm = GpuModel::new(&gpu, &m.weights)?;
     let method = Box::new(revive::edit::session::ReplayOnly { matrices: config.spec.matrices() });
-    let mut session = Session::open(dir, &gm, config, requests, method, Default::default())?;
+    let mut session = Session::open_to_read(dir, &gm, config, requests, method)?;
+    if let Some(b) = upto.filter(|&b| b > session.batches_done()) {
+        let n = session.batches_done();
+        anyhow::bail!("--upto {b}: the journal in {} holds {n} batch{}", dir.display(), if n == 1 { "" } else { "es" });
+    }
     let n = session.replay(&mut gm, &m.tok, upto, None)?;
     write_outputs(&gm, &m.tok, &session.matrices(), &session.config.base_hash, out, (save, base.as_deref()), dtype)?;
     println!("{n} of {} batches applied to {model}", session.batches_done());

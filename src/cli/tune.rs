@@ -38,7 +38,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     bar.finish_and_clear();
     println!("{}", table(&gpu.label(), &rows));
     if !a.dry_run {
-        let path = gpu.save_choices()?;
+        let path = gpu.save_choices(false)?;
         println!("choices kept in {}", path.display());
     }
     if let Some(path) = &a.json {

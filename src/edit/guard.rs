@@ -175,7 +175,8 @@ impl SpectralGuard {
         let safe = complement(gpu, dw, Some(&self.u), Some(&self.v))?;
         let safe_norm = frobenius(gpu, &safe)?;
         let after = Leak::of(gpu, &self.u, &self.v, &safe, safe_norm)?;
-        let kept = safe_norm / norm;
+        // A zero update loses nothing to the filter (not 0/0).
+        let kept = if norm == 0.0 { 1.0 } else { safe_norm / norm };
         if !kept.is_finite() {
             return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
         }
@@ -202,7 +203,8 @@ impl SpectralGuard {
                 let safe_dense = safe.dense(gpu)?;
                 let safe_norm = frobenius(gpu, &safe_dense)?;
                 let after = Leak::of(gpu, &self.u, &self.v, &safe_dense, safe_norm)?;
-                let kept = safe_norm / norm;
+                // A zero update loses nothing to the filter (not 0/0).
+                let kept = if norm == 0.0 { 1.0 } else { safe_norm / norm };
                 if !kept.is_finite() {
                     return Err(Error::Numeric(format!("the filtered update of {} is not finite", self.info.matrix)));
                 }

@@ -118,18 +118,37 @@ impl Journal {
         session.join("journal")
     }
 
-    /// Opens (or starts) the journal of a session directory, checking every record and the
-    /// chain. Leftovers of a write that was interrupted (temporary files) are removed.
+    /// Opens (or starts) the journal of a session directory to write it, checking every record
+    /// and the chain. Leftovers of a write that was interrupted (temporary files) are removed,
+    /// and a damaged last record (its header, or the values of the last batch) is set aside to
+    /// be redone. Only the process that holds the session's lock may do this.
     pub fn open(session: &Path) -> Result<Journal> {
+        Self::load(session, true)
+    }
+
+    /// The journal as it stands, to read (`revive journal`, `revive apply`) while a session
+    /// may be writing it: nothing is removed or moved; a temporary file is not a record, and a
+    /// damaged last record is left out with a warning.
+    pub fn read(session: &Path) -> Result<Journal> {
+        Self::load(session, false)
+    }
+
+    fn load(session: &Path, write: bool) -> Result<Journal> {
         let dir = Self::dir_of(session);
-        std::fs::create_dir_all(&dir).map_err(|e| bad(&dir, format!("cannot create: {e}")))?;
+        if write {
+            std::fs::create_dir_all(&dir).map_err(|e| bad(&dir, format!("cannot create: {e}")))?;
+        } else if !dir.exists() {
+            return Ok(Journal { dir, entries: vec![] });
+        }
         let mut files = vec![];
         for e in std::fs::read_dir(&dir).map_err(|e| bad(&dir, format!("cannot list: {e}")))? {
             let path = e.map_err(|e| bad(&dir, format!("cannot list: {e}")))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             if name.contains(".partial.") {
-                log::warn!("{}: removing an interrupted write", path.display());
-                let _ = std::fs::remove_file(&path);
+                if write {
+                    log::warn!("{}: removing an interrupted write", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
                 continue;
             }
             if name.ends_with(".torn") {
@@ -148,16 +167,21 @@ impl Journal {
             if seq != i + 1 {
                 return Err(bad(&path, format!("record {seq} follows record {i}: a record is missing")));
             }
-            match Self::read_record(&entries, &kind, seq, &path) {
+            let last = i + 1 == n;
+            // The last batch's values are checked here too, not first at its replay: a record
+            // whose header reads but whose values were damaged is set aside like any other.
+            let read = Self::read_record(&entries, &kind, seq, &path).and_then(|e| if last && kind == "batch" { Self::read_values(&e).map(|_| e) } else { Ok(e) });
+            match read {
                 Ok(e) => entries.push(e),
                 // The last record alone may be damaged (a disk that lost the end of a write):
                 // it is set aside and its batch done again, which gives the same bits. A damaged
                 // record anywhere else means the history is not trustworthy.
-                Err(e) if i + 1 == n => {
+                Err(e) if last && write => {
                     let aside = path.with_extension("safetensors.torn");
                     log::warn!("{}: the last journal record is damaged ({e}); it is moved to {} and redone", path.display(), aside.display());
                     std::fs::rename(&path, &aside).map_err(|e| bad(&path, format!("cannot move a damaged record aside: {e}")))?;
                 }
+                Err(e) if last => log::warn!("{}: the last journal record is damaged or still being written ({e}); read without it", path.display()),
                 Err(e) => return Err(e),
             }
         }
@@ -230,12 +254,15 @@ impl Journal {
     fn append(&mut self, kind: &str, record: String, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
         let seq = self.entries.len() + 1;
         let prev = self.entries.last().map_or(String::new(), |e| e.chain.clone());
-        let (path, chain) = write_record(&self.dir, seq, kind, &prev, &record, tensors)?;
+        // Read back before it is written: a record that would not parse (a NaN written as
+        // null) must not reach the disk, where every resume would set it aside and redo it.
         let parsed = match kind {
             "batch" => serde_json::from_str(&record).map(Record::Batch),
             _ => serde_json::from_str(&record).map(Record::Metrics),
         };
-        let record = parsed.map_err(|e| bad(&path, format!("header field 'record': {e}")))?;
+        let record_parsed = parsed.map_err(|e| Error::Edit(format!("journal: record {seq} ({kind}) would not read back ({e}): {record}")))?;
+        let (path, chain) = write_record(&self.dir, seq, kind, &prev, &record, tensors)?;
+        let record = record_parsed;
         self.entries.push(Entry { seq, path, chain, record });
         Ok(())
     }
@@ -283,6 +310,10 @@ impl Journal {
     /// A batch's updates (matrix name and values) and state tensors, read back and checked
     /// against the header's shapes and checksums.
     pub fn read_batch(&self, entry: &Entry) -> Result<(Vec<(String, HostDelta)>, StateTensors)> {
+        Self::read_values(entry)
+    }
+
+    fn read_values(entry: &Entry) -> Result<(Vec<(String, HostDelta)>, StateTensors)> {
         let Record::Batch(h) = &entry.record else { return Err(bad(&entry.path, "not a batch record")) };
         let st = store::load(&entry.path, &[("format", FORMAT.to_string()), ("chain", entry.chain.clone())])?;
         let take = |name: String, shape: [usize; 2]| -> Result<HostTensor> { Ok(HostTensor::new(shape.to_vec(), st.tensor(&name, &shape)?)) };
@@ -314,4 +345,25 @@ pub enum HostDelta {
 
 fn shape_of(st: &store::Stored, path: &Path, name: &str) -> Result<Vec<usize>> {
     st.shape(name).ok_or_else(|| bad(path, format!("tensor '{name}' is missing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record whose JSON would not read back (serde_json writes a NaN as null) is refused
+    /// before anything reaches the disk: on disk it would be set aside and redone, the same
+    /// way, at every resume.
+    #[test]
+    fn a_record_that_would_not_read_back_is_not_written() {
+        let session = std::env::temp_dir().join(format!("revive-journal-nan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&session);
+        let mut j = Journal::open(&session).unwrap();
+        let e = j.append_metrics(&MetricsHeader { batch: 0, after: serde_json::Value::Null, seconds: f64::NAN }).unwrap_err().to_string();
+        assert!(e.contains("would not read back"), "{e}");
+        assert_eq!(std::fs::read_dir(Journal::dir_of(&session)).unwrap().count(), 0, "a file was written");
+        j.append_metrics(&MetricsHeader { batch: 0, after: serde_json::Value::Null, seconds: 1.5 }).unwrap();
+        assert_eq!(std::fs::read_dir(Journal::dir_of(&session)).unwrap().count(), 1, "a finite record was not written");
+        let _ = std::fs::remove_dir_all(&session);
+    }
 }

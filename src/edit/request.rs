@@ -153,7 +153,8 @@ fn prompt_answer(prompt: String, answer: &str, file: &str, index: usize, fields:
 fn own_pairs(v: &Value, file: &str, index: usize, field: &str) -> Result<Vec<PromptAnswer>> {
     let Some(list) = v.get(field) else { return Ok(vec![]) };
     let pairs: Vec<PromptAnswer> = serde_json::from_value(list.clone()).map_err(|e| field_err(file, index, field, format!("expected a list of {{\"prompt\", \"answer\"}}: {e}")))?;
-    pairs.into_iter().enumerate().map(|(i, l)| prompt_answer(l.prompt, &l.answer, file, index, [field, field], i)).collect()
+    // The category stays: a request file this program wrote reads back scored as it was.
+    pairs.into_iter().enumerate().map(|(i, l)| Ok(PromptAnswer { category: l.category, ..prompt_answer(l.prompt, &l.answer, file, index, [field, field], i)? })).collect()
 }
 
 /// The first answer of a KnowEdit `ground_truth`: a string, a list of answers, or a list of
@@ -177,6 +178,20 @@ fn empty_list(v: &Value) -> bool {
 /// skipped, as EasyEdit's KnowEdit runner skips it, and counted in `skipped`.
 fn nested_pairs(v: &Value, file: &str, index: usize, field: &str, skipped: &mut usize) -> Result<Vec<PromptAnswer>> {
     let Some(Value::Object(categories)) = v.get(field) else { return Ok(vec![]) };
+    // EasyEdit's zsRE portability file (zsre_mend_eval_portability_gpt4.json) gives one
+    // two-hop question per record, `{"New Question", "New Answer"}`, which its runner scores
+    // as the category one_hop.
+    if let (Some(q), Some(a)) = (categories.get("New Question"), categories.get("New Answer")) {
+        let (q, a) = (first_answer(q), first_answer(a));
+        let q = q.ok_or_else(|| field_err(file, index, &format!("{field}.New Question"), "expected a string"))?;
+        let a = a.ok_or_else(|| field_err(file, index, &format!("{field}.New Answer"), "expected a string"))?;
+        if a.trim().is_empty() {
+            *skipped += 1;
+            return Ok(vec![]);
+        }
+        let pair = prompt_answer(q.to_string(), a, file, index, [&format!("{field}.New Question"), &format!("{field}.New Answer")], 0)?;
+        return Ok(vec![PromptAnswer { category: Some("one_hop".into()), ..pair }]);
+    }
     let mut out = vec![];
     for (category, items) in categories {
         let list = format!("{field}.{category}");
@@ -214,9 +229,11 @@ struct FlatKeys {
     locality: [&'static str; 2],
 }
 
-/// A zsRE record (MEND's layout, as ROME and EasyEdit read it): the question `src` holds the
-/// subject, `alt` is the new answer, `answers[0]` the true one, `rephrase` a paraphrase, and
-/// `loc` a question from Natural Questions with its answer `loc_ans` (locality).
+/// A zsRE record (MEND's layout, as EasyEdit reads it): the question `src` holds the subject,
+/// `alt` is the new answer, `answers[0]` the true one, `rephrase` a paraphrase, and `loc` a
+/// question from Natural Questions with its answer `loc_ans` (locality). ROME's and MEMIT's
+/// own zsRE evaluation reads the same file differently (it edits toward `answers[0]`, keeps
+/// records without `alt`, and asks `loc + "?"`); numbers from here compare with EasyEdit's.
 const ZSRE: FlatKeys = FlatKeys { prompt: "src", target_new: "alt", target_true: "answers", paraphrases: "rephrase", locality: ["loc", "loc_ans"] };
 
 /// EasyEdit's flat record: `prompt` is the whole prompt with the subject written in,
@@ -255,13 +272,24 @@ fn parse_flat(v: &Value, file: &str, index: usize, keys: &FlatKeys, skipped: &mu
         subject,
         target_new,
         target_true,
-        paraphrase_prompts: one_or_many(v, file, index, keys.paraphrases)?,
+        // KnowEdit's recent set names its paraphrase `rephrase` in some records, as zsRE does.
+        paraphrase_prompts: one_or_many(v, file, index, if v.get(keys.paraphrases).is_none() && v.get("rephrase").is_some() { "rephrase" } else { keys.paraphrases })?,
         neighborhood_prompts: vec![],
         generation_prompts: vec![],
         relation_id: None,
         locality,
         portability: nested_pairs(v, file, index, "portability", skipped)?,
     })
+}
+
+/// zsRE's keys or EasyEdit's (and KnowEdit's), where the record is in one of those layouts.
+fn flat_layout(v: &Value) -> Option<&'static FlatKeys> {
+    if v.get("src").is_some() && v.get("alt").is_some() {
+        return Some(&ZSRE);
+    }
+    let nested = |k: &str| v.get(k).is_some_and(Value::is_object);
+    let easyedit = v.get("requested_rewrite").is_none() && (["ground_truth", "rephrase_prompt", "rephrase", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) || nested("locality") || nested("portability"));
+    easyedit.then_some(&EASYEDIT)
 }
 
 /// One record; `skipped` counts KnowEdit pairs with a blank answer left out.
@@ -272,12 +300,12 @@ fn parse_record(v: &Value, file: &str, index: usize, skipped: &mut usize) -> Res
     if v.get("concept").is_some() && v.get("labels").is_some() {
         return Err(field_err(file, index, "concept", "a WikiBio record (a passage to continue) is not a fact to edit; only KnowEdit's ZsRE, WikiData counterfact and recent sets are read"));
     }
-    if v.get("src").is_some() && v.get("alt").is_some() {
-        return parse_flat(v, file, index, &ZSRE, skipped);
-    }
-    let nested = |k: &str| v.get(k).is_some_and(Value::is_object);
-    if v.get("requested_rewrite").is_none() && (["ground_truth", "rephrase_prompt", "locality_prompt"].iter().any(|k| v.get(*k).is_some()) || nested("locality") || nested("portability")) {
-        return parse_flat(v, file, index, &EASYEDIT, skipped);
+    match flat_layout(v) {
+        Some(keys) => return parse_flat(v, file, index, keys, skipped),
+        None if v.get("requested_rewrite").is_some_and(Value::is_array) => {
+            return Err(field_err(file, index, "requested_rewrite", "a list of rewrites (MQuAKE's multi-hop layout) is not read: one rewrite per record, as CounterFact writes it"));
+        }
+        None => {}
     }
     // CounterFact keeps the rewrite itself in "requested_rewrite".
     let rw = v.get("requested_rewrite").unwrap_or(v);
@@ -321,14 +349,15 @@ pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
     let v: Value = serde_json::from_str(text).map_err(|e| Error::Model { file: file.into(), detail: format!("not valid JSON: {e}") })?;
     match v {
         Value::Array(records) => {
-            // EasyEdit drops zsRE records without a new answer (MEND's files hold some); so does
-            // this, saying which, rather than refusing the whole file.
-            let no_answer = |r: &Value| r.get("src").is_some() && r.get("alt").and_then(Value::as_str).is_some_and(|a| a.trim().is_empty());
+            // EasyEdit drops zsRE and KnowEdit records without a new answer (MEND's zsRE files
+            // and KnowEdit's recent set hold some); so does this, saying which, rather than
+            // refusing the whole file.
+            let no_answer = |r: &Value| flat_layout(r).is_some_and(|k| r.get(k.target_new).and_then(Value::as_str).is_some_and(|a| a.trim().is_empty()));
             let skipped: Vec<usize> = records.iter().enumerate().filter(|(_, r)| no_answer(r)).map(|(i, _)| i).collect();
             if !skipped.is_empty() {
                 let shown: Vec<String> = skipped.iter().take(10).map(usize::to_string).collect();
                 let more = if skipped.len() > 10 { ", …" } else { "" };
-                log::warn!("{file}: {} zsRE records with an empty 'alt' skipped, as EasyEdit does (records {}{more})", skipped.len(), shown.join(", "));
+                log::warn!("{file}: {} records with an empty new answer ('alt' or 'target_new') skipped, as EasyEdit does (records {}{more})", skipped.len(), shown.join(", "));
             }
             let mut blank = 0;
             let out = records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i, &mut blank)).collect::<Result<Vec<_>>>()?;
@@ -431,6 +460,36 @@ mod tests {
         assert_eq!(parse_requests(ours, "o.json").unwrap()[0].locality, vec![PromptAnswer::new("T is", " b")]);
         let err = parse_requests(&ours.replace(r#""answer": "b""#, r#""answer": 2"#), "o.json").unwrap_err().to_string();
         assert!(err.contains("'locality'"), "{err}");
+    }
+
+    /// Shapes found in the files EasyEdit ships and reads: the zsRE portability file's one
+    /// question per record, KnowEdit recent's `rephrase` and its records without a new answer,
+    /// this program's own request file read back with its categories; MQuAKE's list of
+    /// rewrites is refused by name.
+    #[test]
+    fn reads_the_variants_of_real_files() {
+        let z = r#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "rephrase": "r",
+            "alt": "University of Michigan", "answers": ["Illinois Institute of Technology"], "loc": "nq question: q", "loc_ans": "a",
+            "portability": {"Recalled Relation": "(University of Michigan, located in, Ann Arbor)",
+            "New Question": "In which city did Watts Humphrey go to university?", "New Answer": "Ann Arbor"}}]"#;
+        let r = &parse_requests(z, "zsre_portability.json").unwrap()[0];
+        assert_eq!(r.portability, vec![PromptAnswer { category: Some("one_hop".into()), ..PromptAnswer::new("In which city did Watts Humphrey go to university?", " Ann Arbor") }]);
+        let err = parse_requests(&z.replace(r#""New Answer": "Ann Arbor""#, r#""New Answer": 3"#), "zsre_portability.json").unwrap_err().to_string();
+        assert!(err.contains("'portability.New Answer'"), "{err}");
+        let recent = r#"[{"subject": "Leo Arons", "prompt": "The place of death of Leo Arons is", "target_new": "Berlin",
+            "rephrase": "Leo Arons died in", "portability": {"Logical_Generalization": [{"prompt": "Is Leo Arons still alive?", "ground_truth": [["no"]]}]}},
+            {"subject": "A", "prompt": "A is in", "target_new": "", "rephrase": "A lies in"}]"#;
+        let got = parse_requests(recent, "recent.json").unwrap();
+        assert_eq!(got.len(), 1, "the record without a new answer is skipped");
+        assert_eq!(got[0].paraphrase_prompts, ["Leo Arons died in"]);
+        // Written by this program and read back: the same requests, categories included.
+        let mut ours = got[0].clone();
+        ours.locality = vec![PromptAnswer { category: Some("Forgetfulness".into()), ..PromptAnswer::new("T is", " b") }];
+        let text = serde_json::to_string(&vec![ours.clone()]).unwrap();
+        assert_eq!(parse_requests(&text, "requests.json").unwrap(), vec![ours]);
+        let mquake = r#"[{"case_id": 1, "requested_rewrite": [{"prompt": "{} is a citizen of", "subject": "Ann", "target_new": {"str": "Italy"}, "target_true": {"str": "France"}}]}]"#;
+        let err = parse_requests(mquake, "mquake.json").unwrap_err().to_string();
+        assert!(err.contains("'requested_rewrite'") && err.contains("MQuAKE"), "{err}");
     }
 
     #[test]

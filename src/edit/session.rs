@@ -334,6 +334,10 @@ impl<'a> Session<'a> {
         if path.exists() {
             return Err(io_err(&path, "a session is already there: resume it with --resume, or choose another --out"));
         }
+        // A journal without its session.json would replay as the first batches of the new one.
+        if Journal::dir_of(dir).read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            return Err(io_err(&Journal::dir_of(dir), "holds the records of another session but no session.json: choose another --out, or move the journal away"));
+        }
         let bytes = serde_json::to_vec(requests).map_err(|e| Error::Edit(format!("requests to JSON: {e}")))?;
         store::write_durable(&dir.join("requests.json"), &bytes)?;
         let text = serde_json::to_string_pretty(config).map_err(|e| Error::Edit(format!("session to JSON: {e}")))?;
@@ -348,12 +352,24 @@ impl<'a> Session<'a> {
     /// Opens the session in `dir` on the base `model`, with its method and guards built
     /// (from the base weights), ready to replay.
     pub fn open(dir: &Path, model: &GpuModel, config: SessionConfig, requests: Vec<EditRequest>, method: Box<dyn Method + 'a>, guards: BTreeMap<String, SpectralGuard>) -> Result<Self> {
-        let matrices = method.matrices();
-        if base_hash(model, &matrices)? != config.base_hash {
-            return Err(Error::Edit(format!("the model '{}' is not the base this session in {} started from (its edited matrices differ)", config.model, dir.display())));
-        }
+        Self::check_base(dir, model, &config, method.as_ref())?;
         let journal = Journal::open(dir)?;
         Ok(Session { dir: dir.to_path_buf(), config, requests, journal, method, guards })
+    }
+
+    /// The session in `dir` to replay and read only (`revive apply`): its journal as it
+    /// stands, even while another process writes it, which this leaves alone.
+    pub fn open_to_read(dir: &Path, model: &GpuModel, config: SessionConfig, requests: Vec<EditRequest>, method: Box<dyn Method + 'a>) -> Result<Self> {
+        Self::check_base(dir, model, &config, method.as_ref())?;
+        let journal = Journal::read(dir)?;
+        Ok(Session { dir: dir.to_path_buf(), config, requests, journal, method, guards: Default::default() })
+    }
+
+    fn check_base(dir: &Path, model: &GpuModel, config: &SessionConfig, method: &dyn Method) -> Result<()> {
+        if base_hash(model, &method.matrices())? != config.base_hash {
+            return Err(Error::Edit(format!("the model '{}' is not the base this session in {} started from (its edited matrices differ)", config.model, dir.display())));
+        }
+        Ok(())
     }
 
     /// The matrices the method writes.

@@ -74,18 +74,46 @@ impl Choices {
         }
     }
 
-    pub(super) fn save(&self, info: &wgpu::AdapterInfo) -> Result<std::path::PathBuf> {
-        let path = Self::path(info);
-        let file = ChoicesFile {
+    /// Writes the table into the adapter's file, merged with what the file holds now.
+    /// `keep_file`: a choice the file already has stays, and this table takes it too — two
+    /// processes that measured on first use at once (experiment arms started together) then
+    /// run the same kernels, as every later process reading the file will, so that a resumed
+    /// session gives the bits it gave before. Otherwise (`revive tune`) this table's choices
+    /// replace the file's.
+    pub(super) fn save(&mut self, info: &wgpu::AdapterInfo, keep_file: bool) -> Result<std::path::PathBuf> {
+        let header = ChoicesFile {
             kernels_version: CHOICES_VERSION,
             adapter: info.name.clone(),
             driver: format!("{} {}", info.driver, info.driver_info),
             backend: format!("{:?}", info.backend),
-            choices: self.table.clone(),
+            choices: Default::default(),
         };
+        self.save_to(&Self::path(info), header, keep_file)
+    }
+
+    fn save_to(&mut self, path: &std::path::Path, mut file: ChoicesFile, keep_file: bool) -> Result<std::path::PathBuf> {
+        let dir = path.parent().ok_or_else(|| Error::Gpu(format!("kernel choices: {} has no folder", path.display())))?;
+        // Read, merge and write as one step among the processes sharing the cache.
+        let _lock = crate::store::lock_dir(dir, true)?;
+        let on_disk = Self::load_from(path).table;
+        let merged = if keep_file {
+            let mut m = self.table.clone();
+            m.extend(on_disk);
+            m
+        } else {
+            let mut m = on_disk;
+            m.extend(self.table.clone());
+            m
+        };
+        file.choices = merged.clone();
         let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Gpu(format!("kernel choices: {e}")))?;
-        crate::store::write_durable(&path, text.as_bytes())?;
-        Ok(path)
+        crate::store::write_durable(path, text.as_bytes())?;
+        if merged != self.table {
+            self.table = merged;
+            self.derived.clear();
+            self.generation += 1;
+        }
+        Ok(path.to_path_buf())
     }
 }
 
@@ -121,6 +149,31 @@ mod tests {
         assert!(Choices::load_from(&previous).table.is_empty());
         assert!(Choices::load_from(&damaged).table.is_empty());
         assert!(Choices::load_from(&dir.join("absent.json")).table.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two processes that measured the same shapes on first use end with one table: the
+    /// second to save keeps the first's choices where both measured (and runs them from then
+    /// on) and adds its own elsewhere; `revive tune` (not keeping the file) replaces them.
+    #[test]
+    fn first_use_saves_converge_on_one_table() {
+        let dir = std::env::temp_dir().join(format!("revive-choices-merge-{}", std::process::id()));
+        let path = dir.join("adapter.json");
+        let header = || ChoicesFile { kernels_version: CHOICES_VERSION, adapter: "x".into(), driver: "y".into(), backend: "Vulkan".into(), choices: Default::default() };
+        let table = |pairs: &[(&str, &str)]| Choices { table: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Choices::default() };
+        let mut first = table(&[("a", "tile16"), ("b", "dot")]);
+        first.save_to(&path, header(), true).unwrap();
+        let mut second = table(&[("a", "tile32"), ("c", "block")]);
+        let generation = second.generation;
+        second.save_to(&path, header(), true).unwrap();
+        let want = table(&[("a", "tile16"), ("b", "dot"), ("c", "block")]).table;
+        assert_eq!(second.table, want);
+        assert!(second.generation > generation, "the adopted choices did not reset the derived decisions");
+        assert_eq!(Choices::load_from(&path).table, want);
+        let mut tuned = table(&[("a", "tile64")]);
+        tuned.save_to(&path, header(), false).unwrap();
+        assert_eq!(Choices::load_from(&path).table.get("a").map(String::as_str), Some("tile64"));
+        assert_eq!(Choices::load_from(&path).table.len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

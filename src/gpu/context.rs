@@ -418,9 +418,12 @@ impl Gpu {
         value
     }
 
-    /// Writes this adapter's choices to its file (atomically) and returns the path.
-    pub fn save_choices(&self) -> Result<std::path::PathBuf> {
-        self.shared.choices.lock().unwrap().save(&self.shared.info)
+    /// Writes this adapter's choices to its file (atomically, merged with the file's under a
+    /// lock) and returns the path. `keep_file` (a first use): where the file already has a
+    /// choice this process also measured, the file's stays and this process runs it from now
+    /// on, so that processes sharing the cache run the same kernels and give the same bits.
+    pub fn save_choices(&self, keep_file: bool) -> Result<std::path::PathBuf> {
+        self.shared.choices.lock().unwrap().save(&self.shared.info, keep_file)
     }
 
     pub fn split_limits(&self) -> SplitLimits {

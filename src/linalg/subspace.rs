@@ -27,6 +27,10 @@ impl Leak {
     /// The shares of `x` (‖x‖_F = `norm`) in the column span of `u` and the row span of `vᵀ`:
     /// ‖uᵀx‖_F / norm and ‖x v‖_F / norm.
     pub fn of(gpu: &Gpu, u: &Tensor, v: &Tensor, x: &Tensor, norm: f64) -> Result<Leak> {
+        // A zero update (all of it filtered out) has nothing anywhere: no share, not 0/0.
+        if norm == 0.0 {
+            return Ok(Leak { left: 0.0, right: 0.0 });
+        }
         let left = frobenius(gpu, &gemm(gpu, u, x, None, Gemm { trans_a: true, ..Gemm::default() })?)? / norm;
         let right = frobenius(gpu, &gemm(gpu, x, v, None, Gemm::default())?)? / norm;
         Ok(Leak { left, right })

@@ -100,7 +100,8 @@ pub fn measure_before_use(gpu: &Gpu, shapes: Vec<Shape>) -> Result<Vec<TuneRow>>
     })?;
     bar.finish_and_clear();
     // Losing the file costs only a second measurement next time, never this run.
-    if let Err(e) = gpu.save_choices() {
+    // Choices another process saved first win, here too: see `Gpu::save_choices`.
+    if let Err(e) = gpu.save_choices(true) {
         log::warn!("the measured kernel choices were not kept: {e}");
     }
     Ok(rows)
