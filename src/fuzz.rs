@@ -102,7 +102,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
     if let Ok(b) = std::fs::read(&real_tok) {
         tok_seeds.push(b);
     }
-    let zsre = br#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "alt": "University of Michigan", "answers": ["Trinity College"], "rephrase": "What university did Watts Humphrey take part in?", "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving"}]"#.to_vec();
+    let zsre = br#"[{"subject": "Watts Humphrey", "src": "What university did Watts Humphrey attend?", "alt": "University of Michigan", "answers": ["Trinity College"], "rephrase": "What university did Watts Humphrey take part in?", "loc": "nq question: who played desmond doss father in hacksaw ridge", "loc_ans": "Hugo Weaving", "portability": {"Recalled Relation": "(University of Michigan, located in, Ann Arbor)", "New Question": "In which city did Watts Humphrey study?", "New Answer": "Ann Arbor"}}]"#.to_vec();
 
     let easyedit = br#"[{"case_id": 0, "prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux", "target_new": "English", "ground_truth": "French", "rephrase_prompt": ["Danielle Darrieux was born speaking"], "locality_prompt": "The mother tongue of Leon Blum is", "locality_ground_truth": "French"}]"#.to_vec();
 
