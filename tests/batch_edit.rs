@@ -910,6 +910,45 @@ fn a_bad_batch_is_refused_and_changes_nothing() {
     });
 }
 
+/// A journal replays only onto the batches it was written for: a session.json whose batch size
+/// changed, or requests in another order, are refused naming the record, before any update is
+/// added to the weights.
+#[test]
+fn a_journal_replays_only_onto_its_own_batches() {
+    for_each_gpu(|gpu| {
+        let tok = tok();
+        let reqs = requests(3);
+        let dir = std::env::temp_dir().join(format!("revive-other-batches-{}-{:?}", std::process::id(), gpu.info().backend));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut gm = ok(GpuModel::new(gpu, &weights(10)))?;
+        let mut s = session(&gm, &tok, &dir, &reqs, false)?;
+        ok(s.run(&mut gm, &tok, &mut NoMeasure, &RunOptions { progress: false, max_batches: None }, |_| {}))?;
+        drop(s);
+        let mo = moments(&gm)?;
+        let mut reversed = reqs.clone();
+        reversed.reverse();
+        for (what, batch, reqs) in [("a batch size changed", 2, &reqs), ("requests reordered", 1, &reversed)] {
+            let mut fresh = ok(GpuModel::new(gpu, &weights(10)))?;
+            let before = down_values(&fresh)?;
+            let (mut c, _) = ok(Session::read_config(&dir))?;
+            c.batch = batch;
+            let (method, _) = ok(build_method(&fresh, &tok, &c.spec, &c.templates, &mo))?;
+            let mut s = ok(Session::open(&dir, &fresh, c, reqs.clone(), method, BTreeMap::new()))?;
+            match s.replay(&mut fresh, &tok, None, None) {
+                Ok(n) => return Err(format!("{what}: {n} batches replayed")),
+                Err(e) if e.to_string().contains("changed after the journal was written") && e.to_string().contains("000001-batch") => {}
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+            if down_values(&fresh)? != before {
+                return Err(format!("{what}: the refused replay changed the weights"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    });
+}
+
 /// Not a test of its own: the child of the full-disk test, resuming a session under a file-size
 /// limit. It prints what the session said rather than panicking.
 #[test]

@@ -391,6 +391,23 @@ impl<'a> Session<'a> {
     pub fn replay(&mut self, model: &mut GpuModel, tok: &Tok, upto: Option<usize>, mut measure: Option<&mut dyn Measure>) -> Result<usize> {
         let gpu = model.gpu().clone();
         let entries: Vec<_> = self.journal.batches().map(|(e, h)| (e.clone(), h.clone())).collect();
+        // Each record must be the batch this session's batch size and requests put at its place:
+        // a session.json or requests.json changed since would replay updates onto other requests.
+        for (entry, h) in &entries {
+            let range = [h.batch * self.config.batch, ((h.batch + 1) * self.config.batch).min(self.requests.len())];
+            let ids: Option<Vec<Option<u64>>> = self.requests.get(range[0]..range[1]).map(|r| r.iter().map(|r| r.case_id).collect());
+            if h.requests != range || ids.as_ref() != Some(&h.case_ids) {
+                return Err(Error::Edit(format!(
+                    "{}: batch {} edited requests {}..{}, but this session puts requests {}..{} there: its session.json or requests.json changed after the journal was written",
+                    entry.path.display(),
+                    h.batch,
+                    h.requests[0],
+                    h.requests[1],
+                    range[0],
+                    range[1]
+                )));
+            }
+        }
         let mut n = 0;
         for (entry, header) in entries.into_iter().take(upto.unwrap_or(usize::MAX)) {
             let (updates, state) = self.journal.load_batch(&gpu, &entry)?;
