@@ -132,17 +132,24 @@ struct Plan {
     fluency_prompts: usize,
     fluency_tokens: usize,
     spectral_tau: Option<f64>,
-    // Settings recorded since 2026-12-07; a plan written before lacks them, and they then
-    // compare as equal when absent (the edited layer, target loss and prose were the defaults
-    // unless given) or are not compared (the known facts' hash).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 2 since 2026-12-07, when the four settings below were first recorded; a plan written
+    /// before (1) lacks them, so they are compared only between plans that both record them.
+    #[serde(default = "first_plan_version")]
+    version: u32,
+    #[serde(default)]
     layer: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     target_loss: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     prose: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     known_sha256: Option<String>,
+}
+
+const PLAN_VERSION: u32 = 2;
+
+fn first_plan_version() -> u32 {
+    1
 }
 
 impl Plan {
@@ -150,12 +157,18 @@ impl Plan {
     /// `same_arms`: whether the lists of methods and REVIVE settings count (not when merging
     /// arms that separate calls listed differently).
     fn differences(&self, other: &Plan, same_arms: bool) -> Vec<String> {
-        let strip = |p: &Plan, known: Option<String>| {
-            let arms = if same_arms { (p.methods.clone(), p.revive.clone()) } else { (vec![], vec![]) };
-            serde_json::to_value(Plan { methods: arms.0, revive: arms.1, known_sha256: known, ..p.clone() }).expect("a plan serialises")
+        let both_record = self.version >= PLAN_VERSION && other.version >= PLAN_VERSION;
+        let strip = |p: &Plan| {
+            let mut p = p.clone();
+            if !same_arms {
+                (p.methods, p.revive) = (vec![], vec![]);
+            }
+            if !both_record {
+                (p.version, p.layer, p.target_loss, p.prose, p.known_sha256) = (0, None, None, None, None);
+            }
+            serde_json::to_value(p).expect("a plan serialises")
         };
-        let both = self.known_sha256.is_some() && other.known_sha256.is_some();
-        let (a, b) = (strip(self, self.known_sha256.clone().filter(|_| both)), strip(other, other.known_sha256.clone().filter(|_| both)));
+        let (a, b) = (strip(self), strip(other));
         let (a, b) = (a.as_object().expect("an object"), b.as_object().expect("an object"));
         let null = serde_json::Value::Null;
         let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -240,6 +253,7 @@ pub(super) fn run(choice: BackendChoice, mut a: Args) -> Result<()> {
         fluency_prompts: a.fluency_prompts,
         fluency_tokens: a.fluency_tokens,
         spectral_tau: (!a.no_spectral).then_some(a.spectral_tau),
+        version: PLAN_VERSION,
         layer: a.hp.layer,
         target_loss: a.hp.target_loss.map(|t| super::session::name_of(&t)),
         prose: a.prose.as_ref().map(|p| p.display().to_string()),
@@ -268,11 +282,22 @@ pub(super) fn run(choice: BackendChoice, mut a: Args) -> Result<()> {
             }
         }
     }
-    if arms.iter().any(|x| revive::eval::experiment::checkpoints_path(&out.join(&x.name)).exists()) {
-        merge(std::slice::from_ref(&out), Some(&out))?;
-    }
+    let merged = if arms.iter().any(|x| revive::eval::experiment::checkpoints_path(&out.join(&x.name)).exists()) {
+        match merge(std::slice::from_ref(&out), Some(&out)) {
+            Ok(()) => true,
+            // An arm's own error says more than the merge's; it goes first.
+            Err(e) if !failed.is_empty() => {
+                eprintln!("the table and plots were not written: {e:#}");
+                false
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        false
+    };
     if let Some((name, e)) = failed.into_iter().next() {
-        return Err(e.context(format!("arm {name} stopped before its end (the other arms' results are merged in {})", out.display())));
+        let merged = if merged { format!("; the checkpoints so far are merged in {}", out.display()) } else { String::new() };
+        return Err(e.context(format!("arm {name} did not run to its end{merged}")));
     }
     if finished < selected.len() {
         println!("stopped before the end: run the same command again to continue");
@@ -628,4 +653,39 @@ fn merge(dirs: &[PathBuf], out: Option<&Path>) -> Result<()> {
     revive::eval::plot::png_from_svg(&svg, &out.join("curves.png"))?;
     println!("\n{table}\nresults.csv, results.json, table.md, curves.svg and curves.png in {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(json: &str) -> Plan {
+        let base = serde_json::json!({"model": "smollm2", "methods": ["memit"], "revive": ["none"], "edits": "e.json", "edits_sha256": "x",
+            "requests": 8, "batch": 2, "every": 4, "layers": null, "steps": 12, "templates": 0, "cov_tokens": 4096, "hparams": null,
+            "known_facts": 4, "sample": 0, "ppl_tokens": 256, "agreement_prompts": 4, "fluency_prompts": 2, "fluency_tokens": 8, "spectral_tau": 0.5});
+        let mut v = base;
+        for (k, x) in serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json).unwrap() {
+            v[k] = x;
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// A plan written before the edited layer, target loss, prose and known facts were recorded
+    /// still continues under the same command (whatever those flags were); between plans that
+    /// record them, each counts; the lists of arms count only when asked.
+    #[test]
+    fn plans_differ_only_in_what_both_record() {
+        let old = plan("{}");
+        let new = plan(r#"{"version": 2, "layer": 5, "target_loss": "published", "prose": "p.txt", "known_sha256": "k"}"#);
+        assert_eq!(old.version, 1);
+        assert!(old.differences(&new, true).is_empty(), "{:?}", old.differences(&new, true));
+        let default = plan(r#"{"version": 2, "known_sha256": "k"}"#);
+        let differ = new.differences(&default, true);
+        assert_eq!(differ.len(), 3, "{differ:?}");
+        assert!(differ.iter().any(|d| d.starts_with("layer: 5 against null")), "{differ:?}");
+        let other_arms = plan(r#"{"version": 2, "known_sha256": "k", "methods": ["alphaedit"]}"#);
+        assert_eq!(default.differences(&other_arms, true).len(), 1);
+        assert!(default.differences(&other_arms, false).is_empty());
+        assert_eq!(old.differences(&plan(r#"{"sample": 3}"#), false), ["sample: 0 against 3"]);
+    }
 }

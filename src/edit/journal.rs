@@ -168,10 +168,7 @@ impl Journal {
                 return Err(bad(&path, format!("record {seq} follows record {i}: a record is missing")));
             }
             let last = i + 1 == n;
-            // The last batch's values are checked here too, not first at its replay: a record
-            // whose header reads but whose values were damaged is set aside like any other.
-            let read = Self::read_record(&entries, &kind, seq, &path).and_then(|e| if last && kind == "batch" { Self::read_values(&e).map(|_| e) } else { Ok(e) });
-            match read {
+            match Self::read_record(&entries, &kind, seq, &path) {
                 Ok(e) => entries.push(e),
                 // The last record alone may be damaged (a disk that lost the end of a write):
                 // it is set aside and its batch done again, which gives the same bits. A damaged
@@ -183,6 +180,24 @@ impl Journal {
                 }
                 Err(e) if last => log::warn!("{}: the last journal record is damaged or still being written ({e}); read without it", path.display()),
                 Err(e) => return Err(e),
+            }
+        }
+        // The last batch's values are checked here too, not first at its replay: a batch whose
+        // header reads but whose values were damaged is set aside, with the metrics record that
+        // may follow it, and done again.
+        if let Some(pos) = entries.iter().rposition(|e| matches!(e.record, Record::Batch(_))) {
+            if let Err(e) = Self::read_values(&entries[pos]) {
+                let last = &entries[pos].path;
+                if write {
+                    log::warn!("{}: the values of the last batch are damaged ({e}); it is set aside and redone", last.display());
+                    for later in &entries[pos..] {
+                        let aside = later.path.with_extension("safetensors.torn");
+                        std::fs::rename(&later.path, &aside).map_err(|e| bad(&later.path, format!("cannot move a damaged record aside: {e}")))?;
+                    }
+                } else {
+                    log::warn!("{}: the values of the last batch are damaged ({e}); read without it", last.display());
+                }
+                entries.truncate(pos);
             }
         }
         let j = Journal { dir, entries };
