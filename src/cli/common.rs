@@ -57,6 +57,15 @@ pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::
     Ok((m, gpu, gm, cov, start.elapsed().as_secs_f64()))
 }
 
+/// `--max-update`: a positive multiple of ‖W‖_F (one parser for every command that
+/// takes it).
+pub(super) fn positive_ratio(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 => Ok(r),
+        _ => Err(format!("{s}: a positive multiple of ‖W‖_F")),
+    }
+}
+
 /// Creates the output directory and proves it can be written, before any expensive step: an
 /// --out that is a file or read-only must fail at once, not after the edits ran.
 pub(super) fn prepare_out(dir: &std::path::Path) -> Result<()> {

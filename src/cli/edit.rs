@@ -64,7 +64,7 @@ pub(super) struct EditArgs {
     /// Refuse an update with ‖ΔW‖_F (as written, after REVIVE's filter) above this multiple of
     /// ‖W‖_F, an exploding batch (default 2). With --resume it replaces the session's bound
     /// from then on: the batches already written passed under the old one.
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", value_parser = super::common::positive_ratio)]
     max_update: Option<f64>,
     /// Known facts checked after every batch of a session (retention).
     #[arg(long)]
@@ -88,9 +88,6 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     use revive::edit::{request, run::{run_rome, Guarding, RunRecord}};
     if let Some(t) = a.revive.revive {
         anyhow::ensure!(t > 0.0 && t <= 1.0, "--revive {t}: τ is a fraction of the energy, in (0, 1]");
-    }
-    if let Some(r) = a.max_update {
-        anyhow::ensure!(r > 0.0, "--max-update {r}: a positive multiple of ‖W‖_F");
     }
     let session_save = if a.no_save { Some(Save::None) } else { a.save };
     if let Some(dir) = &a.resume {

@@ -95,7 +95,7 @@ pub(super) struct Args {
     no_spectral: bool,
     /// Refuse an update with ‖ΔW‖_F (after REVIVE's filter) above this multiple of ‖W‖_F
     /// (default 2); given again on a later call, it applies from there on to every arm.
-    #[arg(long, value_name = "RATIO")]
+    #[arg(long, value_name = "RATIO", value_parser = super::common::positive_ratio)]
     max_update: Option<f64>,
     /// Which scores each batch records besides the checkpoints: its requests before and after
     /// the edit, after only, or none (the checkpoints score their own samples either way).
@@ -207,17 +207,21 @@ fn arms(methods: &[String], revive: &[String]) -> Result<Vec<Arm>> {
     Ok(out)
 }
 
-pub(super) fn run(choice: BackendChoice, mut a: Args) -> Result<()> {
+impl Args {
+    /// Where the experiment lives (merges choose their own default).
+    fn out(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from("runs/experiment"))
+    }
+}
+
+pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     if let Some(dirs) = &a.merge {
         return merge(dirs, a.out.as_deref());
-    }
-    if let Some(r) = a.max_update {
-        ensure!(r > 0.0, "--max-update {r}: a positive multiple of ‖W‖_F");
     }
     if let Some(m) = a.stop_after {
         ensure!((0.0..1e9).contains(&m), "--stop-after {m}: a number of minutes, 0 or more");
     }
-    let out = a.out.get_or_insert_with(|| PathBuf::from("runs/experiment")).clone();
+    let out = a.out();
     ensure!(a.batch > 0 && a.every > 0 && a.every.is_multiple_of(a.batch), "--every {} must be a positive multiple of --batch {}", a.every, a.batch);
     let arms = arms(&a.methods, &a.revive)?;
     let selected: Vec<Arm> = match &a.arm {
@@ -312,17 +316,14 @@ fn load_known(a: &Args) -> Result<Vec<revive::eval::retention::Fact>> {
 }
 
 fn check_plan(out: &Path, plan: &Plan) -> Result<()> {
-    let path = out.join("experiment.json");
-    if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let old: Plan = serde_json::from_str(&text).with_context(|| format!("{}: not an experiment plan", path.display()))?;
+    if let Some(old) = plan_of(out)? {
         let differ = old.differences(plan, true);
         if !differ.is_empty() {
             bail!("{} holds an experiment with other settings (there against now: {}); use another --out, or the same settings to continue it", out.display(), differ.join("; "));
         }
         return Ok(());
     }
-    revive::store::write_durable(&path, serde_json::to_string_pretty(plan)?.as_bytes())?;
+    revive::store::write_durable(&out.join("experiment.json"), serde_json::to_string_pretty(plan)?.as_bytes())?;
     Ok(())
 }
 
@@ -481,7 +482,7 @@ fn print_checkpoint(c: &Checkpoint) {
 
 /// Runs (or continues) one arm; true when it reached the end.
 fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit::request::EditRequest], known: Vec<revive::eval::retention::Fact>, deadline: Option<Instant>) -> Result<bool> {
-    let dir = a.out.as_ref().expect("set by run").join(&arm.name);
+    let dir = a.out().join(&arm.name);
     let new = (!Session::config_path(&dir).exists()).then(|| new_session(a, arm, requests));
     with_session(choice, &dir, new, (None, a.batch_metrics.scope()), |session, gm, tok, measure, _, base| {
         super::session::bound_updates(session, a.max_update);

@@ -174,9 +174,8 @@ impl Journal {
                 // it is set aside and its batch done again, which gives the same bits. A damaged
                 // record anywhere else means the history is not trustworthy.
                 Err(e) if last && write => {
-                    let aside = path.with_extension("safetensors.torn");
-                    log::warn!("{}: the last journal record is damaged ({e}); it is moved to {} and redone", path.display(), aside.display());
-                    std::fs::rename(&path, &aside).map_err(|e| bad(&path, format!("cannot move a damaged record aside: {e}")))?;
+                    log::warn!("{}: the last journal record is damaged ({e}); it is set aside (.torn) and redone", path.display());
+                    set_aside(&path)?;
                 }
                 Err(e) if last => log::warn!("{}: the last journal record is damaged or still being written ({e}); read without it", path.display()),
                 Err(e) => return Err(e),
@@ -189,10 +188,9 @@ impl Journal {
             if let Err(e) = Self::read_values(&entries[pos]) {
                 let last = &entries[pos].path;
                 if write {
-                    log::warn!("{}: the values of the last batch are damaged ({e}); it is set aside and redone", last.display());
+                    log::warn!("{}: the values of the last batch are damaged ({e}); it is set aside (.torn) with what follows it and redone", last.display());
                     for later in &entries[pos..] {
-                        let aside = later.path.with_extension("safetensors.torn");
-                        std::fs::rename(&later.path, &aside).map_err(|e| bad(&later.path, format!("cannot move a damaged record aside: {e}")))?;
+                        set_aside(&later.path)?;
                     }
                 } else {
                     log::warn!("{}: the values of the last batch are damaged ({e}); read without it", last.display());
@@ -275,10 +273,9 @@ impl Journal {
             "batch" => serde_json::from_str(&record).map(Record::Batch),
             _ => serde_json::from_str(&record).map(Record::Metrics),
         };
-        let record_parsed = parsed.map_err(|e| Error::Edit(format!("journal: record {seq} ({kind}) would not read back ({e}): {record}")))?;
+        let parsed = parsed.map_err(|e| Error::Edit(format!("journal: record {seq} ({kind}) would not read back ({e}): {record}")))?;
         let (path, chain) = write_record(&self.dir, seq, kind, &prev, &record, tensors)?;
-        let record = record_parsed;
-        self.entries.push(Entry { seq, path, chain, record });
+        self.entries.push(Entry { seq, path, chain, record: parsed });
         Ok(())
     }
 
@@ -356,6 +353,11 @@ pub enum HostDelta {
     Dense(HostTensor),
     /// ΔW = left · rightᵀ.
     LowRank { left: HostTensor, right: HostTensor },
+}
+
+/// Moves a damaged record out of the journal (kept beside it as `.torn`, for a look).
+fn set_aside(path: &Path) -> Result<()> {
+    std::fs::rename(path, path.with_extension("safetensors.torn")).map_err(|e| bad(path, format!("cannot move a damaged record aside: {e}")))
 }
 
 fn shape_of(st: &store::Stored, path: &Path, name: &str) -> Result<Vec<usize>> {

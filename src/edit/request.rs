@@ -182,14 +182,14 @@ fn nested_pairs(v: &Value, file: &str, index: usize, field: &str, skipped: &mut 
     // two-hop question per record, `{"New Question", "New Answer"}`, which its runner scores
     // as the category one_hop.
     if let (Some(q), Some(a)) = (categories.get("New Question"), categories.get("New Answer")) {
-        let (q, a) = (first_answer(q), first_answer(a));
-        let q = q.ok_or_else(|| field_err(file, index, &format!("{field}.New Question"), "expected a string"))?;
-        let a = a.ok_or_else(|| field_err(file, index, &format!("{field}.New Answer"), "expected a string"))?;
+        let (q_field, a_field) = (format!("{field}.New Question"), format!("{field}.New Answer"));
+        let q = first_answer(q).ok_or_else(|| field_err(file, index, &q_field, "expected a string"))?;
+        let a = first_answer(a).ok_or_else(|| field_err(file, index, &a_field, "expected a string"))?;
         if a.trim().is_empty() {
             *skipped += 1;
             return Ok(vec![]);
         }
-        let pair = prompt_answer(q.to_string(), a, file, index, [&format!("{field}.New Question"), &format!("{field}.New Answer")], 0)?;
+        let pair = prompt_answer(q.to_string(), a, file, index, [&q_field, &a_field], 0)?;
         return Ok(vec![PromptAnswer { category: Some("one_hop".into()), ..pair }]);
     }
     let mut out = vec![];

@@ -394,7 +394,7 @@ impl<'a> Session<'a> {
         // Each record must be the batch this session's batch size and requests put at its place:
         // a session.json or requests.json changed since would replay updates onto other requests.
         for (entry, h) in &entries {
-            let range = [h.batch * self.config.batch, ((h.batch + 1) * self.config.batch).min(self.requests.len())];
+            let range = self.batch_range(h.batch);
             let ids: Option<Vec<Option<u64>>> = self.requests.get(range[0]..range[1]).map(|r| r.iter().map(|r| r.case_id).collect());
             if h.requests != range || ids.as_ref() != Some(&h.case_ids) {
                 return Err(Error::Edit(format!(
@@ -428,6 +428,12 @@ impl<'a> Session<'a> {
         Ok(n)
     }
 
+    /// The requests of batch `b`, [start, end) (empty past the last batch).
+    fn batch_range(&self, b: usize) -> [usize; 2] {
+        let n = self.requests.len();
+        [(b * self.config.batch).min(n), ((b + 1) * self.config.batch).min(n)]
+    }
+
     /// Runs the remaining batches; `on_batch` sees each as it completes.
     pub fn run(&mut self, model: &mut GpuModel, tok: &Tok, measure: &mut dyn Measure, opts: &RunOptions, mut on_batch: impl FnMut(&BatchDone)) -> Result<()> {
         if self.config.revive.is_some() && self.method.matrices().iter().any(|m| !self.guards.contains_key(m)) {
@@ -443,7 +449,7 @@ impl<'a> Session<'a> {
                 break;
             }
             let t0 = Instant::now();
-            let range = [b * self.config.batch, ((b + 1) * self.config.batch).min(self.requests.len())];
+            let range = self.batch_range(b);
             let reqs = self.requests[range[0]..range[1]].to_vec();
             let batch_size = self.config.batch;
             let name = |e: Error| {

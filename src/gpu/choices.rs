@@ -96,15 +96,9 @@ impl Choices {
         // Read, merge and write as one step among the processes sharing the cache.
         let _lock = crate::store::lock_dir(dir, true)?;
         let on_disk = Self::load_from(path).table;
-        let merged = if keep_file {
-            let mut m = self.table.clone();
-            m.extend(on_disk);
-            m
-        } else {
-            let mut m = on_disk;
-            m.extend(self.table.clone());
-            m
-        };
+        // The later of the two wins each key.
+        let (mut merged, winners) = if keep_file { (self.table.clone(), on_disk) } else { (on_disk, self.table.clone()) };
+        merged.extend(winners);
         file.choices = merged.clone();
         let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Gpu(format!("kernel choices: {e}")))?;
         crate::store::write_durable(path, text.as_bytes())?;
