@@ -144,7 +144,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
             name: "tokenizer",
             file: "tokenizer.json",
             seeds: tok_seeds,
-            load: file_loader(work, "tokenizer.json", |p| crate::model::Tok::from_tokenizer_json(p).map(|_| ())),
+            load: file_loader(work, "tokenizer.json", |p| crate::model::Tok::from_tokenizer_json(p, None).map(|_| ())),
         },
         Target {
             name: "requests",

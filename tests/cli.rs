@@ -107,3 +107,39 @@ fn json_output_is_one_document() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `-m smollm2` runs the cached file only if it is the published one (a flipped byte ran with
+/// changed logits before); the hash is remembered beside it, and forgotten when the file changes.
+/// Other paths: a safetensors file is pointed to its directory, a device is not "missing".
+#[test]
+fn the_cached_model_is_the_published_one() {
+    let cache = std::env::temp_dir().join(format!("revive-cli-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&cache).unwrap();
+    let file = cache.join(revive::model::fetch::SMOLLM2_FILE);
+    let info = |model: &str| Command::new(env!("CARGO_BIN_EXE_revive")).args(["score", "-m", model, "--prompt", "The capital of France is", "--continuation", " Paris"]).env("REVIVE_CACHE", &cache).output().expect("runs");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    std::fs::write(&file, b"GGUF not the model").unwrap();
+    let out = info("smollm2");
+    assert!(!out.status.success() && stderr(&out).contains("is not the published file's") && stderr(&out).contains("revive setup"), "{}", stderr(&out));
+    if let Some(real) = revive::testing::smollm2_for_tests() {
+        std::fs::copy(&real, &file).unwrap();
+        let out = info("smollm2");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(cache.join(format!("{}.verified", revive::model::fetch::SMOLLM2_FILE)).exists());
+        // Damaged after it was verified: the stamp no longer matches its size and time.
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() - 1000;
+        bytes[at] ^= 0x10;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, &bytes).unwrap();
+        let out = info("smollm2");
+        assert!(!out.status.success() && stderr(&out).contains("is not the published file's"), "{}", stderr(&out));
+    }
+    let st = cache.join("model.safetensors");
+    std::fs::write(&st, b"x").unwrap();
+    let out = info(st.to_str().unwrap());
+    assert!(!out.status.success() && stderr(&out).contains("give the directory"), "{}", stderr(&out));
+    let out = info("/dev/null");
+    assert!(!out.status.success() && stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&cache).unwrap();
+}

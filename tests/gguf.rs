@@ -721,6 +721,34 @@ fn tiny_tokenizer_from_metadata() {
     assert!(tok.decode(&[259]).unwrap_err().to_string().contains("outside the vocabulary of 259"));
 }
 
+/// Tokenizer metadata that used to load quietly as something else: a token-type list that is
+/// short or not numbers (control tokens were then split into bytes), a splitter name that is
+/// not a string (the default splitter was used).
+#[test]
+fn tokenizer_metadata_of_the_wrong_kind_is_refused() {
+    let with = |key: &str, v: Value| {
+        let (mut w, _) = tiny(5);
+        w.kv.iter_mut().filter(|(k, _)| k == key).for_each(|(_, x)| *x = v.clone());
+        let (_, meta) = load(w.to_bytes(3)).unwrap();
+        Tok::from_gguf(&meta, FILE).err().map(|e| e.to_string())
+    };
+    let n = vocab().0.len();
+    for (key, v, needle) in [
+        ("tokenizer.ggml.token_type", Value::Array(vec![Value::I32(3)]), format!("has 1 entries for {n} tokens")),
+        ("tokenizer.ggml.token_type", Value::Array((0..n).map(|_| Value::Str("3".into())).collect()), "token_type[0]".to_string()),
+        ("tokenizer.ggml.token_type", Value::Array((0..n).map(|i| Value::I32(if i == 7 { -1 } else { 1 })).collect()), "token_type[7]".to_string()),
+        ("tokenizer.ggml.pre", Value::U32(3), "tokenizer.ggml.pre".to_string()),
+    ] {
+        let e = with(key, v.clone()).unwrap_or_else(|| panic!("{key} = {v:?} accepted"));
+        assert!(e.contains(&needle) && e.contains(FILE), "{key}: {e}");
+    }
+    // Types as any unsigned width load as the same tokenizer.
+    let (mut w, _) = tiny(5);
+    w.kv.iter_mut().filter(|(k, _)| k == "tokenizer.ggml.token_type").for_each(|(_, x)| *x = Value::Array((0..n).map(|i| Value::U8(if i == 0 { 3 } else { 1 })).collect()));
+    let (_, meta) = load(w.to_bytes(3)).unwrap();
+    assert_eq!(Tok::from_gguf(&meta, FILE).unwrap().encode("<|endoftext|>").unwrap(), vec![0]);
+}
+
 #[test]
 fn corrupt_headers_are_errors() {
     let (w, _) = tiny(5);
@@ -838,6 +866,14 @@ fn inconsistent_models_are_errors() {
         ("an FP4 checkpoint's scale", Box::new(|w| { w.tensor("blk.0.attn_q.scale", &[1], GgmlType::F32, vec![0; 4]); }), "'blk.0.attn_q.scale': a per-tensor scale of an FP4 checkpoint"),
         ("layer out of range", Box::new(|w| w.tensors[1].name = "blk.7.attn_norm.weight".into()), "blk.7"),
         ("duplicate tensor", Box::new(|w| w.tensors[2].name = w.tensors[1].name.clone()), "twice"),
+        // Two spellings of one layer would fill one slot, the later silently winning.
+        ("layer with a leading zero", Box::new(|w| w.tensors[1].name = w.tensors[1].name.replace("blk.0.", "blk.00.")), "blk.00."),
+        ("layer with a sign", Box::new(|w| w.tensors[1].name = w.tensors[1].name.replace("blk.0.", "blk.+0.")), "blk.+0."),
+        ("layer spelled twice", Box::new(|w| {
+            let t = w.tensors.iter().find(|t| t.name == "blk.1.attn_q.weight").unwrap();
+            let copy = revive::model::gguf::write::Tensor { name: "blk.01.attn_q.weight".into(), dims: t.dims.clone(), type_id: t.type_id, data: t.data.clone() };
+            w.tensors.push(copy);
+        }), "blk.01.attn_q.weight"),
         ("duplicate key", Box::new(|w| { w.kv("llama.block_count", Value::U32(2)); }), "twice"),
         ("not a multiple of the block", Box::new(|w| w.tensors[0].dims = vec![D + 1, 259]), "token_embd"),
         ("non-finite weight", Box::new(|w| w.tensors[0].data[4..8].copy_from_slice(&f32::NAN.to_le_bytes())), "non-finite"),
@@ -846,6 +882,9 @@ fn inconsistent_models_are_errors() {
         ("NaN RoPE base", Box::new(set("llama.rope.freq_base", Value::F32(f32::NAN))), "freq_base"),
         ("zero RoPE base", Box::new(set("llama.rope.freq_base", Value::F32(0.0))), "freq_base"),
         ("zero context", Box::new(set("llama.context_length", Value::U64(0))), "context_length"),
+        ("zero width", Box::new(set("llama.embedding_length", Value::U32(0))), "'llama.embedding_length': is 0"),
+        ("head width that wraps", Box::new(|w| { w.kv("llama.attention.key_length", Value::U64((1 << 62) + 8)); }), "'llama.attention.key_length'"),
+        ("head wider than the kernel", Box::new(|w| { w.kv("llama.attention.key_length", Value::U32(512)); }), "above the attention kernel's 256"),
         ("deeply nested array", Box::new(|w| {
             let mut v = Value::Array(vec![Value::U8(1)]);
             for _ in 0..10 { v = Value::Array(vec![v]); }
@@ -916,9 +955,28 @@ fn smollm2_real_model() {
     // Saved as tokenizer.json and loaded back, it encodes the same.
     let json = std::env::temp_dir().join(format!("revive-tok-{}.json", std::process::id()));
     tok.inner().save(&json, false).unwrap();
-    let back = Tok::from_tokenizer_json(&json).unwrap();
-    std::fs::remove_file(&json).unwrap();
+    let back = Tok::from_tokenizer_json(&json, None).unwrap();
+    assert_eq!(back.eos(), None, "no tokenizer_config.json and no config.json's id");
     assert_eq!(back.encode(chat).unwrap(), ids);
+    // The end token: from config.json's id when nothing else says, from a tokenizer_config.json
+    // beside it (as a string or an added token's record) when there is one, which is checked.
+    let im_end = tok.encode("<|im_end|>").unwrap()[0];
+    assert_eq!(Tok::from_tokenizer_json(&json, Some(im_end)).unwrap().eos(), Some(im_end));
+    let dir = std::env::temp_dir().join(format!("revive-tokcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_in = dir.join("tokenizer.json");
+    std::fs::rename(&json, &json_in).unwrap();
+    let cfg = dir.join("tokenizer_config.json");
+    tok.save_tokenizer_config(&cfg).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json_in, None).unwrap().eos(), tok.eos());
+    std::fs::write(&cfg, r#"{"eos_token": {"content": "<|im_end|>", "special": true}}"#).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json_in, Some(0)).unwrap().eos(), Some(im_end));
+    for (bad, needle) in [("{ not json", "not valid JSON"), (r#"{"eos_token": "<|nope|>"}"#, "'<|nope|>' is not a token"), (r#"{"eos_token": 7}"#, "eos_token is 7")] {
+        std::fs::write(&cfg, bad).unwrap();
+        let e = Tok::from_tokenizer_json(&json_in, None).err().expect(bad).to_string();
+        assert!(e.contains("tokenizer_config.json") && e.contains(needle), "{bad}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(back.encode("In 2024, 17 cats").unwrap(), tok.encode("In 2024, 17 cats").unwrap());
     assert_eq!(back.vocab_size(), 49152);
 }

@@ -144,6 +144,9 @@ fn inconsistent_settings_are_refused_naming_the_key() {
         ("mlp_bias", serde_json::json!(true)),
         ("sliding_window", serde_json::json!(16)),
         ("sliding_window", serde_json::json!("4096")),
+        ("hidden_size", serde_json::json!(0)),
+        ("head_dim", serde_json::json!(512)),
+        ("head_dim", serde_json::json!((1u64 << 62) + 8)),
     ] {
         let e = with(key, v.clone()).expect_err(&format!("{key} = {v} accepted"));
         assert!(e.contains(key) && e.contains("config.json"), "{key} = {v}: {e}");
@@ -249,5 +252,64 @@ fn a_full_disk_during_a_save_keeps_the_previous_model() {
     let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     left.sort();
     assert_eq!(left, ["config.json", "model.safetensors"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Rewrites one tensor of a saved checkpoint as f32 `data` of `shape` (the other tensors as they were).
+fn replace_tensor(file: &std::path::Path, name: &str, shape: &[usize], data: &[f32]) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let slot = owned.iter_mut().find(|t| t.0 == name).unwrap_or_else(|| panic!("no tensor {name}"));
+    slot.2 = shape.to_vec();
+    slot.3 = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        owned.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, file).unwrap();
+}
+
+/// A GPT-2 checkpoint whose fused Q/K/V bias is short or a scalar: split into three, it panicked.
+#[test]
+fn gpt2_fused_bias_of_the_wrong_shape_is_refused() {
+    let w = random_weights(&Config::tiny_gpt2(), 8);
+    let d = w.config.hidden;
+    let dir = tmp("gpt2-bias");
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let model = dir.join("model.safetensors");
+    let name = safetensors::SafeTensors::deserialize(&std::fs::read(&model).unwrap()).unwrap().names().into_iter().find(|n| n.ends_with("h.1.attn.c_attn.bias")).unwrap().to_string();
+    let clean = std::fs::read(&model).unwrap();
+    for shape in [vec![3 * d - 1], vec![], vec![1, 3 * d]] {
+        std::fs::write(&model, &clean).unwrap();
+        replace_tensor(&model, &name, &shape, &vec![0.5; shape.iter().product()]);
+        let r = std::panic::catch_unwind(|| load_dir(&dir));
+        let e = r.expect("loader panicked").expect_err(&format!("bias of shape {shape:?} accepted")).to_string();
+        assert!(e.contains("h.1.attn.c_attn.bias") && e.contains("expected"), "{shape:?}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `-m DIR`: the tokenizer beside the weights must fit the embedding (a token without a row
+/// failed in the middle of a forward pass, naming no file), and the end token comes from
+/// config.json when no tokenizer_config.json names it; a save writes that file for the next load.
+#[test]
+fn a_directorys_tokenizer_fits_its_model_and_keeps_its_end_token() {
+    use revive::model::{load, Tok};
+    let w = random_weights(&Config::tiny_llama(), 9);
+    let dir = tmp("tokenizer");
+    let words: Vec<String> = (0..w.config.vocab_size).map(|i| format!("w{i}")).collect();
+    let tok = Tok::word_level(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    load::save(&w, &tok, &dir, SaveDtype::F32).unwrap();
+    // word_level has no end token: tokenizer_config.json says none, config.json's id is used.
+    let back = load::load(dir.to_str().unwrap()).unwrap();
+    assert_eq!(back.tok.eos(), w.config.eos_token_id);
+    std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
+    assert_eq!(load::load(dir.to_str().unwrap()).unwrap().tok.eos(), w.config.eos_token_id);
+
+    let more: Vec<String> = (0..w.config.vocab_size + 3).map(|i| format!("w{i}")).collect();
+    let big = Tok::word_level(&more.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    big.inner().save(dir.join("tokenizer.json"), false).unwrap();
+    let e = load::load(dir.to_str().unwrap()).err().expect("a tokenizer larger than the embedding accepted").to_string();
+    assert!(e.contains("tokenizer.json") && e.contains(&format!("{} tokens", w.config.vocab_size + 3)) && e.contains("97 rows"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -52,10 +52,17 @@ impl Config {
         if self.arch == Arch::Llama && !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(("rope_theta", format!("the RoPE base is {}; expected a finite number above 1", self.rope_theta)));
         }
-        for (field, v) in [("vocab_size", self.vocab_size), ("n_layers", self.n_layers), ("ffn_hidden", self.ffn_hidden), ("head_dim", self.head_dim), ("max_seq_len", self.max_seq_len)] {
+        for (field, v) in [("hidden", self.hidden), ("vocab_size", self.vocab_size), ("n_layers", self.n_layers), ("ffn_hidden", self.ffn_hidden), ("head_dim", self.head_dim), ("max_seq_len", self.max_seq_len)] {
             if v == 0 {
                 return Err((field, "is 0".into()));
             }
+        }
+        // A corrupt head width can wrap heads × width round to the real tensors' size.
+        if self.n_heads.checked_mul(self.head_dim).is_none() || self.n_kv_heads.checked_mul(self.head_dim).is_none() {
+            return Err(("head_dim", format!("is {}: times {} heads it overflows", self.head_dim, self.n_heads)));
+        }
+        if self.head_dim > crate::ops::attention::MAX_HEAD_DIM {
+            return Err(("head_dim", format!("is {}, above the attention kernel's {}", self.head_dim, crate::ops::attention::MAX_HEAD_DIM)));
         }
         if self.arch == Arch::Llama && !self.head_dim.is_multiple_of(2) {
             return Err(("head_dim", format!("is {}; RoPE needs an even head width", self.head_dim)));

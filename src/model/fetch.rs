@@ -122,14 +122,43 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
         if !p.exists() {
             return Err(err(&p, "SmolLM2 is not in the cache: run `revive setup` first"));
         }
+        verify_cached(&p)?;
         return Ok(ModelSource::Gguf(p));
     }
     let p = PathBuf::from(spec);
     if p.is_dir() {
         Ok(ModelSource::Safetensors(p))
+    } else if p.is_file() && p.extension().is_some_and(|e| e == "safetensors") {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Err(err(&p, format!("a safetensors file is read with its config.json and tokenizer.json: give the directory ({})", dir.display())))
     } else if p.is_file() {
         Ok(ModelSource::Gguf(p))
+    } else if p.exists() {
+        Err(err(&p, "not a regular file or directory (expected 'smollm2', a .gguf file or a safetensors directory)"))
     } else {
         Err(err(&p, "no such file or directory (expected 'smollm2', a .gguf file or a safetensors directory)"))
     }
+}
+
+/// The cached SmolLM2 is the published file: a damaged copy runs without a word otherwise. Its
+/// hash is taken once and remembered beside it with the size and modification time it had, so
+/// later runs do not read 100 MB again.
+fn verify_cached(path: &Path) -> Result<()> {
+    let stamp_path = path.with_extension("gguf.verified");
+    let meta = std::fs::metadata(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let stamp = format!("{} {mtime} {SMOLLM2_SHA256}\n", meta.len());
+    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+        return Ok(());
+    }
+    let sum = sha256_file(path)?;
+    if sum != SMOLLM2_SHA256 {
+        return Err(err(path, format!("sha256 {sum} is not the published file's {SMOLLM2_SHA256}: damaged or replaced; `revive setup` fetches it again")));
+    }
+    // Where the cache is read-only the hash is taken at every run instead.
+    let tmp = stamp_path.with_extension(format!("verified.{}", std::process::id()));
+    if std::fs::write(&tmp, &stamp).is_ok() && std::fs::rename(&tmp, &stamp_path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(())
 }

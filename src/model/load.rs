@@ -22,21 +22,37 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
             let (weights, meta) = gguf::load_gguf(&path)?;
             let source = path.display().to_string();
             let tok = Tok::from_gguf(&meta, &source)?;
+            check_vocabularies(&weights, &tok, &source)?;
             Ok(LoadedModel { weights, tok, source, gguf: Some(path) })
         }
         ModelSource::Safetensors(dir) => {
             let weights = load_dir(&dir)?;
-            let tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"))?;
+            let tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"), weights.config.eos_token_id)?;
+            check_vocabularies(&weights, &tok, &format!("{} (its config.json)", dir.join("tokenizer.json").display()))?;
             Ok(LoadedModel { weights, tok, source: dir.display().to_string(), gguf: None })
         }
     }
 }
 
-/// Writes model.safetensors, config.json and tokenizer.json into `dir`.
+/// A token id the embedding has no row for fails only in the middle of a forward pass, naming
+/// neither file: refused here instead.
+fn check_vocabularies(weights: &Weights, tok: &Tok, source: &str) -> Result<()> {
+    let rows = weights.config.vocab_size;
+    if tok.vocab_size() > rows {
+        return Err(Error::Model {
+            file: source.into(),
+            detail: format!("the tokenizer has {} tokens but the model's embedding only {rows} rows", tok.vocab_size()),
+        });
+    }
+    Ok(())
+}
+
+/// Writes model.safetensors, config.json, tokenizer.json and tokenizer_config.json into `dir`.
 pub fn save(weights: &Weights, tok: &Tok, dir: &Path, dtype: SaveDtype) -> Result<()> {
     save_dir(weights, dir, dtype, None)?;
     let path = dir.join("tokenizer.json");
     tok.inner()
         .save(&path, true)
-        .map_err(|e| Error::Model { file: path.display().to_string(), detail: format!("cannot write the tokenizer: {e}") })
+        .map_err(|e| Error::Model { file: path.display().to_string(), detail: format!("cannot write the tokenizer: {e}") })?;
+    tok.save_tokenizer_config(&dir.join("tokenizer_config.json"))
 }

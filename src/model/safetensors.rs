@@ -189,7 +189,10 @@ pub fn parse_config(path: &Path) -> Result<Config> {
             }
         }
     };
-    if config.n_heads == 0 || config.n_kv_heads == 0 || config.n_heads % config.n_kv_heads != 0 || config.hidden == 0 {
+    if config.hidden == 0 {
+        return Err(err(path, format!("field '{}' is 0", if config.arch == Arch::Gpt2 { "n_embd" } else { "hidden_size" })));
+    }
+    if config.n_heads == 0 || config.n_kv_heads == 0 || config.n_heads % config.n_kv_heads != 0 {
         return Err(err(path, format!("inconsistent head counts: {} query heads, {} key/value heads", config.n_heads, config.n_kv_heads)));
     }
     let key = |field: &str| match (field, config.arch) {
@@ -201,6 +204,8 @@ pub fn parse_config(path: &Path) -> Result<Config> {
         ("vocab_size", _) => "vocab_size",
         ("n_layers", _) => "num_hidden_layers",
         ("ffn_hidden", _) => "intermediate_size",
+        ("hidden", Arch::Gpt2) => "n_embd",
+        ("hidden", _) => "hidden_size",
         (_, _) => "head_dim",
     };
     config.check().map_err(|(field, detail)| err(path, format!("field '{}': {detail}", key(field))))?;
@@ -425,6 +430,9 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
                 let c_attn_b = take(&n(&format!("{p}attn.c_attn.bias")))?;
                 if c_attn_w.shape != [d, 3 * d] {
                     return Err(err(dir, format!("tensor '{p}attn.c_attn.weight' has shape {:?}, expected {:?}", c_attn_w.shape, [d, 3 * d])));
+                }
+                if c_attn_b.shape != [3 * d] {
+                    return Err(err(dir, format!("tensor '{p}attn.c_attn.bias' has shape {:?}, expected {:?}", c_attn_b.shape, [3 * d])));
                 }
                 for (j, (w, b)) in [("wq", "bq"), ("wk", "bk"), ("wv", "bv")].into_iter().enumerate() {
                     t.insert(layer(w), c_attn_w.cols(j * d, (j + 1) * d).transpose());

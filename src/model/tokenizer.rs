@@ -58,17 +58,26 @@ impl Tok {
                     .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] '{m}' is not two tokens separated by a space")))
             })
             .collect::<Result<Vec<_>>>()?;
+        // One integer a token: a short or mistyped list would quietly split control tokens
+        // (<|im_end|>) into bytes, and generation would no longer stop at them.
         let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
             None => vec![],
-            Some(_) => meta
-                .array("tokenizer.ggml.token_type", file)?
-                .iter()
-                .map(|v| match v {
-                    Value::I32(t) => i64::from(*t),
-                    other => other.as_f64().map_or(0, |f| f as i64),
-                })
-                .collect(),
+            Some(_) => {
+                let key = "tokenizer.ggml.token_type";
+                let types = meta.array(key, file)?;
+                if types.len() != tokens.len() {
+                    return Err(err(file, format!("{key} has {} entries for {} tokens", types.len(), tokens.len())));
+                }
+                types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v.as_u64().and_then(|t| i64::try_from(t).ok()).ok_or_else(|| err(file, format!("{key}[{i}] is {v:?}, not a token type"))))
+                    .collect::<Result<_>>()?
+            }
         };
+        if matches!(meta.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))) {
+            log::warn!("{file}: tokenizer.ggml.add_bos_token is true, but this program does not put a start token before its sequences: outputs will differ from llama.cpp's");
+        }
 
         let mut vocab = Vocab::with_capacity(tokens.len());
         for (id, t) in tokens.iter().enumerate() {
@@ -82,7 +91,11 @@ impl Tok {
             .map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
 
         let byte_level = ByteLevel::new(false, true, true);
-        let pre: PreTokenizerWrapper = match meta.get("tokenizer.ggml.pre").and_then(Value::as_str) {
+        let pre_name = match meta.get("tokenizer.ggml.pre") {
+            None => None,
+            Some(_) => Some(meta.str("tokenizer.ggml.pre", file)?),
+        };
+        let pre: PreTokenizerWrapper = match pre_name {
             Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
             None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
             Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, default)"))),
@@ -113,27 +126,30 @@ impl Tok {
         Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into() })
     }
 
-    /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token comes from a
-    /// `tokenizer_config.json` beside it when there is one.
-    pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
+    /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token is the `eos_token` of a
+    /// `tokenizer_config.json` beside it, else `config_eos` (config.json's `eos_token_id`).
+    pub fn from_tokenizer_json(path: &Path, config_eos: Option<u32>) -> Result<Self> {
         let file = path.display().to_string();
         // tokenizers 0.22 panics (an `expect` in its decoder deserialiser) on some malformed
         // files instead of returning an error; the fuzz harness found it.
         let inner = std::panic::catch_unwind(|| Tokenizer::from_file(path))
             .map_err(|_| err(&file, "cannot load tokenizer: its 'decoder' (or another part) is malformed"))?
             .map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
-        let eos = path
-            .with_file_name("tokenizer_config.json")
-            .exists()
-            .then(|| std::fs::read_to_string(path.with_file_name("tokenizer_config.json")).ok())
-            .flatten()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|cfg| {
-                let eos = &cfg["eos_token"];
-                eos.as_str().or_else(|| eos["content"].as_str()).map(str::to_string)
-            })
-            .and_then(|s| inner.token_to_id(&s));
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file })
+        let vocab_size = inner.get_vocab_size(true);
+        let eos = match eos_of_tokenizer_config(&path.with_file_name("tokenizer_config.json"), &inner)? {
+            Some(id) => Some(id),
+            None => config_eos.filter(|&id| (id as usize) < vocab_size),
+        };
+        Ok(Tok { vocab_size, inner, eos, source: file })
+    }
+
+    /// Writes the end-of-sequence token where [`Tok::from_tokenizer_json`] (and transformers)
+    /// look for it: without it a saved model's generations run past the end of a turn.
+    pub fn save_tokenizer_config(&self, path: &Path) -> Result<()> {
+        let eos = self.eos.and_then(|id| self.inner.id_to_token(id));
+        let json = serde_json::json!({ "eos_token": eos });
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default())
+            .map_err(|e| err(&path.display().to_string(), format!("cannot write: {e}")))
     }
 
     /// A word-level tokenizer over `words` (id = position; anything else is id 0, which
@@ -181,4 +197,23 @@ impl Tok {
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
+}
+
+/// The `eos_token` of a `tokenizer_config.json` (a string or an added token's `content`), as an
+/// id of `inner`; None when there is no such file or it names none.
+fn eos_of_tokenizer_config(path: &Path, inner: &Tokenizer) -> Result<Option<u32>> {
+    let file = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(&file, format!("cannot read: {e}"))),
+    };
+    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&file, format!("not valid JSON: {e}")))?;
+    let eos = &cfg["eos_token"];
+    let name = match eos {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::String(s) => s.as_str(),
+        other => other["content"].as_str().ok_or_else(|| err(&file, format!("eos_token is {other}, neither a token nor an added token's record")))?,
+    };
+    inner.token_to_id(name).map(Some).ok_or_else(|| err(&file, format!("eos_token '{name}' is not a token of tokenizer.json")))
 }

@@ -421,6 +421,11 @@ pub fn canonical_name(gguf: &str) -> Option<String> {
         return Some(f.into());
     }
     let (idx, field) = base.strip_prefix("blk.")?.split_once('.')?;
+    // Plain decimal as llama.cpp writes it: `parse` would also take "01" and "+1", and two
+    // spellings of one layer would then fill one slot.
+    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
+        return None;
+    }
     let idx: usize = idx.parse().ok()?;
     let field = match field {
         "attn_norm" => "attn_norm.weight",
@@ -527,6 +532,8 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         "ffn_hidden" => "llama.feed_forward_length",
         "n_layers" => "llama.block_count",
         "vocab_size" => "tokenizer.ggml.tokens",
+        "hidden" => "llama.embedding_length",
+        "head_dim" if meta.get("llama.attention.key_length").is_some() => "llama.attention.key_length",
         _ => "llama.embedding_length / llama.attention.head_count",
     };
     config.check().map_err(|(field, detail)| model_err(file, format!("metadata key '{}': {detail}", key(field))))?;
@@ -568,6 +575,9 @@ fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
                 file,
                 format!("tensor '{}' ({name}) has shape {shape:?}, the config implies {want:?}", t.name),
             ));
+        }
+        if tensors.contains_key(&name) {
+            return Err(model_err(file, format!("tensor '{}' is {name}, which an earlier tensor already is", t.name)));
         }
         tensors.insert(name, HostTensor::new(shape, g.dequantize(t)));
     }
