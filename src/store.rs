@@ -51,6 +51,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// The header field that holds [`fields_digest`]; files written before it existed have none.
+const FIELDS_SUM: &str = "sha256.fields";
+
+/// A checksum of the header's own fields (all but the checksums), in key order: a changed σ
+/// or token count in a cache's header is as wrong as a changed tensor.
+fn fields_digest(fields: &HashMap<String, String>) -> String {
+    let mut keys: Vec<&String> = fields.keys().filter(|k| !k.starts_with("sha256.")).collect();
+    keys.sort();
+    let mut h = Sha256::new();
+    for k in keys {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(fields[k].as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())
+}
+
 /// Writes f32 tensors (name, shape, values) with the header fields and their checksums.
 pub fn save(path: &Path, fields: &[(&str, String)], tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -58,6 +76,7 @@ pub fn save(path: &Path, fields: &[(&str, String)], tensors: &[(&str, Vec<usize>
     }
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| f32_bytes(v)).collect();
     let mut meta: HashMap<String, String> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    meta.insert(FIELDS_SUM.into(), fields_digest(&meta));
     let mut views = vec![];
     for ((name, shape, _), b) in tensors.iter().zip(&bytes) {
         meta.insert(format!("sha256.{name}"), sha256_hex(b));
@@ -176,6 +195,11 @@ pub fn load(path: &Path, expect: &[(&str, String)]) -> Result<Stored> {
     SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("unreadable header: {e}")))?;
     let fields = header.metadata().clone().unwrap_or_default();
+    if let Some(want) = fields.get(FIELDS_SUM) {
+        if *want != fields_digest(&fields) {
+            return Err(err(path, format!("the header fields do not match their checksum '{FIELDS_SUM}'")));
+        }
+    }
     let stored = Stored { path: path.to_path_buf(), fields, bytes };
     for (name, want) in expect {
         let got = stored.field(name)?;
@@ -232,6 +256,35 @@ mod tests {
         let back: Vec<f64> = serde_json::from_str(&text).unwrap();
         let differ = values.iter().zip(&back).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differ, 0, "{differ} of {} values changed through JSON", values.len());
+    }
+
+    /// A header field changed after the save (a σ, a token count) is refused like a changed
+    /// tensor; a file from before the fields' checksum existed still loads.
+    #[test]
+    fn changed_header_fields_are_refused() {
+        let dir = std::env::temp_dir().join(format!("revive-store-fields-{}", std::process::id()));
+        let path = dir.join("c.safetensors");
+        save(&path, &[("key", "a".into()), ("info", r#"{"sigma":[2.5,1.0]}"#.into())], &[("t", vec![2], &[1.0, 2.0])]).unwrap();
+        assert_eq!(load(&path, &[("key", "a".into())]).unwrap().tensor("t", &[2]).unwrap(), [1.0, 2.0]);
+        let rewrite = |edit: &dyn Fn(&mut HashMap<String, String>)| {
+            let bytes = std::fs::read(&path).unwrap();
+            let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+            let mut meta = header.metadata().clone().unwrap();
+            edit(&mut meta);
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            let t = st.tensor("t").unwrap();
+            safetensors::serialize_to_file([("t", t)], Some(meta), &path).unwrap();
+        };
+        rewrite(&|m| {
+            m.insert("info".into(), r#"{"sigma":[2.6,1.0]}"#.into());
+        });
+        let e = load(&path, &[("key", "a".into())]).err().expect("changed field accepted").to_string();
+        assert!(e.contains("sha256.fields") && e.contains("c.safetensors"), "{e}");
+        rewrite(&|m| {
+            m.remove(FIELDS_SUM);
+        });
+        assert!(load(&path, &[("key", "a".into())]).is_ok(), "a file without the fields' checksum");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A directory locked by one holder is refused to a second, with the directory named, and

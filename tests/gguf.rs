@@ -882,6 +882,7 @@ fn inconsistent_models_are_errors() {
         ("NaN RoPE base", Box::new(set("llama.rope.freq_base", Value::F32(f32::NAN))), "freq_base"),
         ("zero RoPE base", Box::new(set("llama.rope.freq_base", Value::F32(0.0))), "freq_base"),
         ("zero context", Box::new(set("llama.context_length", Value::U64(0))), "context_length"),
+        ("start token outside the vocabulary", Box::new(set("tokenizer.ggml.bos_token_id", Value::U32(259))), "'tokenizer.ggml.bos_token_id': is 259, outside the vocabulary of 259"),
         ("zero width", Box::new(set("llama.embedding_length", Value::U32(0))), "'llama.embedding_length': is 0"),
         ("head width that wraps", Box::new(|w| { w.kv("llama.attention.key_length", Value::U64((1 << 62) + 8)); }), "'llama.attention.key_length'"),
         ("head wider than the kernel", Box::new(|w| { w.kv("llama.attention.key_length", Value::U32(512)); }), "above the attention kernel's 256"),

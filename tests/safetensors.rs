@@ -105,7 +105,7 @@ fn broken_checkpoints_are_errors_naming_the_file() {
     assert!(e.contains("mamba") && e.contains("config.json"), "{e}");
     std::fs::write(&cfg_path, cfg.replace("\"intermediate_size\": 75", "\"intermediate_size\": 76")).unwrap();
     let e = load_dir(&dir).unwrap_err().to_string();
-    assert!(e.contains("has shape") && e.contains("[76, 48]"), "{e}");
+    assert!(e.contains("has shape") && e.contains("[76, 48]") && e.contains("'model.layers.0.mlp.up_proj.weight' (read as layers.0.w_up)"), "{e}");
     std::fs::write(&cfg_path, cfg.replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 4")).unwrap();
     let e = load_dir(&dir).unwrap_err().to_string();
     assert!(e.contains("missing") && e.contains("layers.3"), "{e}");
@@ -145,6 +145,8 @@ fn inconsistent_settings_are_refused_naming_the_key() {
         ("sliding_window", serde_json::json!(16)),
         ("sliding_window", serde_json::json!("4096")),
         ("hidden_size", serde_json::json!(0)),
+        ("eos_token_id", serde_json::json!(97)),
+        ("bos_token_id", serde_json::json!(1000)),
         ("head_dim", serde_json::json!(512)),
         ("head_dim", serde_json::json!((1u64 << 62) + 8)),
     ] {

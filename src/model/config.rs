@@ -57,6 +57,11 @@ impl Config {
                 return Err((field, "is 0".into()));
             }
         }
+        for (field, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] {
+            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
+                return Err((field, format!("is {id}, outside the vocabulary of {}", self.vocab_size)));
+            }
+        }
         // A corrupt head width can wrap heads × width round to the real tensors' size.
         if self.n_heads.checked_mul(self.head_dim).is_none() || self.n_kv_heads.checked_mul(self.head_dim).is_none() {
             return Err(("head_dim", format!("is {}: times {} heads it overflows", self.head_dim, self.n_heads)));

@@ -206,6 +206,8 @@ pub fn parse_config(path: &Path) -> Result<Config> {
         ("ffn_hidden", _) => "intermediate_size",
         ("hidden", Arch::Gpt2) => "n_embd",
         ("hidden", _) => "hidden_size",
+        ("bos_token_id", _) => "bos_token_id",
+        ("eos_token_id", _) => "eos_token_id",
         (_, _) => "head_dim",
     };
     config.check().map_err(|(field, detail)| err(path, format!("field '{}': {detail}", key(field))))?;
@@ -379,6 +381,62 @@ fn check_unused(dir: &Path, config: &Config, left: HashMap<String, HostTensor>, 
     Err(err(dir, format!("{} tensors are not used by the configuration ({hint}): {}{}", unused.len(), unused.iter().take(4).cloned().collect::<Vec<_>>().join(", "), if unused.len() > 4 { ", …" } else { "" })))
 }
 
+/// A Llama layer's tensors: (checkpoint name after `model.layers.N.`, canonical name after
+/// `layers.N.`), shared by the loader and the saver.
+const LLAMA_LAYER: [(&str, &str); 9] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.q_proj.weight", "wq"),
+    ("self_attn.k_proj.weight", "wk"),
+    ("self_attn.v_proj.weight", "wv"),
+    ("self_attn.o_proj.weight", "wo"),
+    ("post_attention_layernorm.weight", "mlp_norm.weight"),
+    ("mlp.gate_proj.weight", "w_gate"),
+    ("mlp.up_proj.weight", "w_up"),
+    ("mlp.down_proj.weight", "w_down"),
+];
+
+/// A GPT-2 layer's tensors other than the fused Q/K/V (checkpoint name after `h.N.`, canonical
+/// name, stored transposed as Conv1D [in, out]).
+const GPT2_LAYER: [(&str, &str, bool); 10] = [
+    ("attn.c_proj.weight", "wo", true),
+    ("attn.c_proj.bias", "bo", false),
+    ("mlp.c_fc.weight", "w_up", true),
+    ("mlp.c_fc.bias", "b_up", false),
+    ("mlp.c_proj.weight", "w_down", true),
+    ("mlp.c_proj.bias", "b_down", false),
+    ("ln_1.weight", "attn_norm.weight", false),
+    ("ln_1.bias", "attn_norm.bias", false),
+    ("ln_2.weight", "mlp_norm.weight", false),
+    ("ln_2.bias", "mlp_norm.bias", false),
+];
+
+/// The checkpoint tensor a canonical one comes from, for errors: a user knows their file's
+/// names, not this program's.
+fn checkpoint_name(arch: Arch, canon: &str) -> Option<String> {
+    let fixed = match (arch, canon) {
+        (Arch::Llama, "embed") => Some("model.embed_tokens.weight"),
+        (Arch::Llama, "final_norm.weight") => Some("model.norm.weight"),
+        (_, "lm_head") => Some("lm_head.weight"),
+        (Arch::Gpt2, "embed") => Some("wte.weight"),
+        (Arch::Gpt2, "pos_embed") => Some("wpe.weight"),
+        (Arch::Gpt2, "final_norm.weight") => Some("ln_f.weight"),
+        (Arch::Gpt2, "final_norm.bias") => Some("ln_f.bias"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.into());
+    }
+    let (i, field) = canon.strip_prefix("layers.")?.split_once('.')?;
+    match arch {
+        Arch::Llama => LLAMA_LAYER.iter().find(|(_, c)| *c == field).map(|(hf, _)| format!("model.layers.{i}.{hf}")),
+        Arch::Gpt2 => match field {
+            "wq" | "wk" | "wv" => Some(format!("h.{i}.attn.c_attn.weight")),
+            "bq" | "bk" | "bv" => Some(format!("h.{i}.attn.c_attn.bias")),
+            _ => GPT2_LAYER.iter().find(|(_, c, _)| *c == field).map(|(hf, _, _)| format!("h.{i}.{hf}")),
+        },
+    }
+}
+
 /// Loads a Hugging Face checkpoint directory into canonical weights.
 pub fn load_dir(dir: &Path) -> Result<Weights> {
     let config = parse_config(&dir.join("config.json"))?;
@@ -398,17 +456,7 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
             t.insert("embed".into(), take(&n("model.embed_tokens.weight"))?);
             for i in 0..config.n_layers {
                 let p = format!("model.layers.{i}.");
-                for (hf_name, canon) in [
-                    ("input_layernorm.weight", "attn_norm.weight"),
-                    ("self_attn.q_proj.weight", "wq"),
-                    ("self_attn.k_proj.weight", "wk"),
-                    ("self_attn.v_proj.weight", "wv"),
-                    ("self_attn.o_proj.weight", "wo"),
-                    ("post_attention_layernorm.weight", "mlp_norm.weight"),
-                    ("mlp.gate_proj.weight", "w_gate"),
-                    ("mlp.up_proj.weight", "w_up"),
-                    ("mlp.down_proj.weight", "w_down"),
-                ] {
+                for (hf_name, canon) in LLAMA_LAYER {
                     t.insert(format!("layers.{i}.{canon}"), take(&n(&format!("{p}{hf_name}")))?);
                 }
             }
@@ -445,16 +493,10 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
                     }
                     Ok(w.transpose())
                 };
-                t.insert(layer("wo"), conv("attn.c_proj.weight", &mut take)?);
-                t.insert(layer("bo"), take(&n(&format!("{p}attn.c_proj.bias")))?);
-                t.insert(layer("w_up"), conv("mlp.c_fc.weight", &mut take)?);
-                t.insert(layer("b_up"), take(&n(&format!("{p}mlp.c_fc.bias")))?);
-                t.insert(layer("w_down"), conv("mlp.c_proj.weight", &mut take)?);
-                t.insert(layer("b_down"), take(&n(&format!("{p}mlp.c_proj.bias")))?);
-                t.insert(layer("attn_norm.weight"), take(&n(&format!("{p}ln_1.weight")))?);
-                t.insert(layer("attn_norm.bias"), take(&n(&format!("{p}ln_1.bias")))?);
-                t.insert(layer("mlp_norm.weight"), take(&n(&format!("{p}ln_2.weight")))?);
-                t.insert(layer("mlp_norm.bias"), take(&n(&format!("{p}ln_2.bias")))?);
+                for (hf_name, canon, transposed) in GPT2_LAYER {
+                    let x = if transposed { conv(hf_name, &mut take)? } else { take(&n(&format!("{p}{hf_name}")))? };
+                    t.insert(layer(canon), x);
+                }
             }
             t.insert("final_norm.weight".into(), take(&n("ln_f.weight"))?);
             t.insert("final_norm.bias".into(), take(&n("ln_f.bias"))?);
@@ -465,8 +507,13 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
     }
     check_unused(dir, &config, hf, &t["embed"])?;
     let weights = Weights { config, tensors: t };
-    // Shapes are what config.json implies: a disagreement names it.
-    weights.validate(&dir.join("config.json").display().to_string())?;
+    // Shapes are what config.json implies: a disagreement names it, and the tensor as the
+    // checkpoint calls it.
+    let arch = weights.config.arch;
+    weights.validate_named(&dir.join("config.json").display().to_string(), &|canon| match checkpoint_name(arch, canon) {
+        Some(hf) => format!("'{hf}' (read as {canon})"),
+        None => format!("'{canon}'"),
+    })?;
     Ok(weights)
 }
 
@@ -524,15 +571,10 @@ pub fn to_hf(w: &Weights) -> Vec<(String, HostTensor)> {
                     if c.rope_style == RopeStyle::Adjacent { permute_rope_rows(&x, c.head_dim, true) } else { x }
                 };
                 let p = format!("model.layers.{i}.");
-                out.push((format!("{p}input_layernorm.weight"), l("attn_norm.weight")));
-                out.push((format!("{p}self_attn.q_proj.weight"), qk("wq")));
-                out.push((format!("{p}self_attn.k_proj.weight"), qk("wk")));
-                out.push((format!("{p}self_attn.v_proj.weight"), l("wv")));
-                out.push((format!("{p}self_attn.o_proj.weight"), l("wo")));
-                out.push((format!("{p}post_attention_layernorm.weight"), l("mlp_norm.weight")));
-                out.push((format!("{p}mlp.gate_proj.weight"), l("w_gate")));
-                out.push((format!("{p}mlp.up_proj.weight"), l("w_up")));
-                out.push((format!("{p}mlp.down_proj.weight"), l("w_down")));
+                for (hf_name, canon) in LLAMA_LAYER {
+                    let x = if matches!(canon, "wq" | "wk") { qk(canon) } else { l(canon) };
+                    out.push((format!("{p}{hf_name}"), x));
+                }
             }
             out.push(("model.norm.weight".into(), t("final_norm.weight")));
             if !c.tied_embeddings {
@@ -557,16 +599,9 @@ pub fn to_hf(w: &Weights) -> Vec<(String, HostTensor)> {
                 let bias: Vec<f32> = [l("bq"), l("bk"), l("bv")].into_iter().flat_map(|b| b.data).collect();
                 out.push((format!("{p}attn.c_attn.weight"), HostTensor::new(vec![d, 3 * d], c_attn)));
                 out.push((format!("{p}attn.c_attn.bias"), HostTensor::new(vec![3 * d], bias)));
-                out.push((format!("{p}attn.c_proj.weight"), l("wo").transpose()));
-                out.push((format!("{p}attn.c_proj.bias"), l("bo")));
-                out.push((format!("{p}mlp.c_fc.weight"), l("w_up").transpose()));
-                out.push((format!("{p}mlp.c_fc.bias"), l("b_up")));
-                out.push((format!("{p}mlp.c_proj.weight"), l("w_down").transpose()));
-                out.push((format!("{p}mlp.c_proj.bias"), l("b_down")));
-                out.push((format!("{p}ln_1.weight"), l("attn_norm.weight")));
-                out.push((format!("{p}ln_1.bias"), l("attn_norm.bias")));
-                out.push((format!("{p}ln_2.weight"), l("mlp_norm.weight")));
-                out.push((format!("{p}ln_2.bias"), l("mlp_norm.bias")));
+                for (hf_name, canon, transposed) in GPT2_LAYER {
+                    out.push((format!("{p}{hf_name}"), if transposed { l(canon).transpose() } else { l(canon) }));
+                }
             }
             out.push(("transformer.ln_f.weight".into(), t("final_norm.weight")));
             out.push(("transformer.ln_f.bias".into(), t("final_norm.bias")));

@@ -27,22 +27,28 @@ impl Weights {
     /// Checks that every tensor the configuration needs is present with the right shape and
     /// finite values; `source` (a file or directory) is named in the error.
     pub fn validate(&self, source: &str) -> Result<()> {
+        self.validate_named(source, &|name| format!("'{name}'"))
+    }
+
+    /// [`Weights::validate`], with each tensor named in errors by `describe` (a loader names
+    /// it as its file does).
+    pub fn validate_named(&self, source: &str, describe: &dyn Fn(&str) -> String) -> Result<()> {
         for name in self.config.tensor_names() {
             let want = self.config.expected_shape(&name).expect("names come from the config");
             let t = self.tensors.get(&name).ok_or_else(|| Error::Model {
                 file: source.into(),
-                detail: format!("tensor '{name}' is missing"),
+                detail: format!("tensor {} is missing", describe(&name)),
             })?;
             if t.shape != want {
                 return Err(Error::Model {
                     file: source.into(),
-                    detail: format!("tensor '{name}' has shape {:?}, the config implies {want:?}", t.shape),
+                    detail: format!("tensor {} has shape {:?}, the config implies {want:?}", describe(&name), t.shape),
                 });
             }
             if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
                 return Err(Error::Model {
                     file: source.into(),
-                    detail: format!("tensor '{name}' holds a non-finite value at element {i}"),
+                    detail: format!("tensor {} holds a non-finite value at element {i}", describe(&name)),
                 });
             }
         }

@@ -533,6 +533,8 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         "n_layers" => "llama.block_count",
         "vocab_size" => "tokenizer.ggml.tokens",
         "hidden" => "llama.embedding_length",
+        "bos_token_id" => "tokenizer.ggml.bos_token_id",
+        "eos_token_id" => "tokenizer.ggml.eos_token_id",
         "head_dim" if meta.get("llama.attention.key_length").is_some() => "llama.attention.key_length",
         _ => "llama.embedding_length / llama.attention.head_count",
     };
