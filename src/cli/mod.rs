@@ -44,7 +44,7 @@ enum Command {
     Generate(generate::Args),
     /// Per-token log-probabilities of a continuation after a prompt.
     Score(score::Args),
-    /// Save a model as Hugging Face safetensors + config.json + tokenizer.json (loads in transformers).
+    /// Save a model as Hugging Face safetensors + config.json + tokenizer.json + tokenizer_config.json (loads in transformers).
     Export(export::Args),
     /// Last-token logits of each prompt in a file (one per line), as JSON, for comparisons
     /// with other implementations (benches/baselines/compare_transformers.py).
