@@ -22,7 +22,7 @@ use std::time::Instant;
 pub(super) struct Args {
     #[arg(short, long, default_value = "smollm2")]
     model: String,
-    /// Methods, comma-separated: memit, alphaedit, rect, prune, rome.
+    /// Methods, comma-separated: memit, alphaedit, rect, prune, nse, rome.
     #[arg(long, value_delimiter = ',', default_value = "memit,alphaedit")]
     methods: Vec<String>,
     /// REVIVE settings, comma-separated: none, τ (energy fraction), or τ+through (targets

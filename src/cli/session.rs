@@ -20,7 +20,7 @@ use std::path::Path;
 pub(super) enum Save {
     /// Only the changed matrices (DIR/delta.safetensors), loadable over the base.
     Delta,
-    /// The whole edited model as a Hugging Face safetensors directory (DIR/model/).
+    /// The whole edited model as a Hugging Face safetensors directory (DIR/model/ for a session; DIR itself for single ROME edits).
     Full,
     /// The whole edited model as one GGUF over the base GGUF (DIR/model.gguf): the changed
     /// matrices in --dtype, every other tensor the base's bytes. Needs a GGUF base.
