@@ -32,6 +32,10 @@ pub(super) struct EditArgs {
     /// Apply only the first N edits of the file.
     #[arg(long)]
     limit: Option<usize>,
+    /// Leave out the records of --edits that are not well-formed (counted and named in a
+    /// warning) instead of refusing the file.
+    #[arg(long, requires = "edits")]
+    skip_bad: bool,
     #[command(flatten)]
     hp: HpArgs,
     #[command(flatten)]
@@ -94,7 +98,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
         return super::session::run(choice, dir, None, (session_save, a.dtype), a.known.as_deref(), a.batch_metrics.scope(), a.gpu_retries, a.max_update);
     }
     let requests = match (&a.edits, &a.subject) {
-        (Some(path), _) => request::load_requests(path)?,
+        (Some(path), _) => request::load_requests_with(path, a.skip_bad)?,
         (None, Some(subject)) => {
             // Through the same parser as a file, so the same checks apply.
             let record = serde_json::json!({

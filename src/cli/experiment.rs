@@ -38,6 +38,10 @@ pub(super) struct Args {
     /// Only the first N requests.
     #[arg(long)]
     limit: Option<usize>,
+    /// Leave out the records of --edits that are not well-formed (counted and named in a
+    /// warning) instead of refusing the file; the plan's hash is of the requests kept.
+    #[arg(long)]
+    skip_bad: bool,
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// A checkpoint every N edits (a multiple of --batch); one at 0 and one at the end too.
@@ -237,7 +241,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         }
         None => arms.clone(),
     };
-    let requests = revive::edit::request::load_requests(&a.edits)?;
+    let requests = revive::edit::request::load_requests_with(&a.edits, a.skip_bad)?;
     let requests = requests[..a.limit.unwrap_or(requests.len()).min(requests.len())].to_vec();
     ensure!(!requests.is_empty(), "{}: no edit requests to run", a.edits.display());
     let known = load_known(&a)?;

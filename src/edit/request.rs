@@ -346,6 +346,14 @@ fn parse_record(v: &Value, file: &str, index: usize, skipped: &mut usize) -> Res
 
 /// Parses a JSON array of records (or a single record); `file` names the source in errors.
 pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
+    parse_requests_with(text, file, false)
+}
+
+/// [`parse_requests`]; with `skip_bad`, records that are not well-formed are left out with a
+/// warning that counts them and names the first few and why, instead of refusing the file (a
+/// large third-party file with a few odd records stays usable). A file with no good record is
+/// still an error.
+pub fn parse_requests_with(text: &str, file: &str, skip_bad: bool) -> Result<Vec<EditRequest>> {
     let v: Value = serde_json::from_str(text).map_err(|e| Error::Model { file: file.into(), detail: format!("not valid JSON: {e}") })?;
     match v {
         Value::Array(records) => {
@@ -360,7 +368,22 @@ pub fn parse_requests(text: &str, file: &str) -> Result<Vec<EditRequest>> {
                 log::warn!("{file}: {} records with an empty new answer ('alt' or 'target_new') skipped, as EasyEdit does (records {}{more})", skipped.len(), shown.join(", "));
             }
             let mut blank = 0;
-            let out = records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i, &mut blank)).collect::<Result<Vec<_>>>()?;
+            let parsed = records.iter().enumerate().filter(|(_, r)| !no_answer(r)).map(|(i, r)| parse_record(r, file, i, &mut blank));
+            let out = if skip_bad {
+                let (good, bad): (Vec<_>, Vec<_>) = parsed.partition(Result::is_ok);
+                let bad: Vec<Error> = bad.into_iter().filter_map(Result::err).collect();
+                if !bad.is_empty() {
+                    let shown: Vec<String> = bad.iter().take(5).map(|e| e.to_string()).collect();
+                    let more = if bad.len() > 5 { "; …" } else { "" };
+                    log::warn!("{file}: {} of {} records left out (--skip-bad): {}{more}", bad.len(), records.len(), shown.join("; "));
+                }
+                if good.is_empty() {
+                    return Err(Error::Model { file: file.into(), detail: format!("none of its {} records is a well-formed edit request", records.len()) });
+                }
+                good.into_iter().collect::<Result<Vec<_>>>()?
+            } else {
+                parsed.collect::<Result<Vec<_>>>()?
+            };
             warn_blank(file, blank);
             Ok(out)
         }
@@ -381,14 +404,34 @@ fn warn_blank(file: &str, blank: usize) {
 }
 
 pub fn load_requests(path: &Path) -> Result<Vec<EditRequest>> {
+    load_requests_with(path, false)
+}
+
+/// [`load_requests`], leaving out bad records with `skip_bad` ([`parse_requests_with`]).
+pub fn load_requests_with(path: &Path, skip_bad: bool) -> Result<Vec<EditRequest>> {
     let file = path.display().to_string();
     let text = crate::store::read_text(path)?;
-    parse_requests(&text, &file)
+    parse_requests_with(&text, &file, skip_bad)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One odd record refuses the file, naming it; with skip_bad the others are read, and a
+    /// file of bad records only is still refused.
+    #[test]
+    fn bad_records_refuse_the_file_unless_skipped() {
+        let good = |s: &str| format!(r#"{{"subject": "{s}", "prompt": "{{}} is in", "target_new": "Rome", "target_true": "Paris"}}"#);
+        let text = format!("[{}, {}, {}]", good("Louvre"), r#"{"subject": "Eiffel Tower", "prompt": "It is in", "target_new": "Rome"}"#, good("Orsay"));
+        let e = parse_requests(&text, "odd.json").unwrap_err().to_string();
+        assert!(e.contains("odd.json") && e.contains("record 1") && e.contains("exactly one {}"), "{e}");
+        let kept = parse_requests_with(&text, "odd.json", true).unwrap();
+        assert_eq!(kept.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>(), ["Louvre", "Orsay"]);
+        let bad = r#"[{"subject": "A", "prompt": "no slot", "target_new": "B"}]"#;
+        let e = parse_requests_with(bad, "bad.json", true).unwrap_err().to_string();
+        assert!(e.contains("bad.json") && e.contains("none of its 1 records"), "{e}");
+    }
 
     #[test]
     fn reads_both_layouts() {
