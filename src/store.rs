@@ -52,12 +52,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The header field that holds [`fields_digest`]; files written before it existed have none.
-const FIELDS_SUM: &str = "sha256.fields";
+/// Outside the tensors' `sha256.<name>` keys, so no tensor name can collide with it.
+const FIELDS_SUM: &str = "fields.sha256";
 
 /// A checksum of the header's own fields (all but the checksums), in key order: a changed σ
 /// or token count in a cache's header is as wrong as a changed tensor.
 fn fields_digest(fields: &HashMap<String, String>) -> String {
-    let mut keys: Vec<&String> = fields.keys().filter(|k| !k.starts_with("sha256.")).collect();
+    let mut keys: Vec<&String> = fields.keys().filter(|k| !k.starts_with("sha256.") && *k != FIELDS_SUM).collect();
     keys.sort();
     let mut h = Sha256::new();
     for k in keys {
@@ -279,7 +280,7 @@ mod tests {
             m.insert("info".into(), r#"{"sigma":[2.6,1.0]}"#.into());
         });
         let e = load(&path, &[("key", "a".into())]).err().expect("changed field accepted").to_string();
-        assert!(e.contains("sha256.fields") && e.contains("c.safetensors"), "{e}");
+        assert!(e.contains(FIELDS_SUM) && e.contains("c.safetensors"), "{e}");
         rewrite(&|m| {
             m.remove(FIELDS_SUM);
         });

@@ -954,25 +954,23 @@ fn smollm2_real_model() {
     assert_eq!(tok.encode("<|im_start|>").unwrap().len(), 1);
 
     // Saved as tokenizer.json and loaded back, it encodes the same.
-    let json = std::env::temp_dir().join(format!("revive-tok-{}.json", std::process::id()));
-    tok.inner().save(&json, false).unwrap();
-    let back = Tok::from_tokenizer_json(&json, None).unwrap();
+    let dir = std::env::temp_dir().join(format!("revive-tokcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_in = dir.join("tokenizer.json");
+    tok.inner().save(&json_in, false).unwrap();
+    let back = Tok::from_tokenizer_json(&json_in, None).unwrap();
     assert_eq!(back.eos(), None, "no tokenizer_config.json and no config.json's id");
     assert_eq!(back.encode(chat).unwrap(), ids);
     // The end token: from config.json's id when nothing else says, from a tokenizer_config.json
     // beside it (as a string or an added token's record) when there is one, which is checked.
     let im_end = tok.encode("<|im_end|>").unwrap()[0];
-    assert_eq!(Tok::from_tokenizer_json(&json, Some(im_end)).unwrap().eos(), Some(im_end));
-    let dir = std::env::temp_dir().join(format!("revive-tokcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json_in = dir.join("tokenizer.json");
-    std::fs::rename(&json, &json_in).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json_in, Some(im_end)).unwrap().eos(), Some(im_end));
     let cfg = dir.join("tokenizer_config.json");
     tok.save_tokenizer_config(&cfg).unwrap();
     assert_eq!(Tok::from_tokenizer_json(&json_in, None).unwrap().eos(), tok.eos());
     std::fs::write(&cfg, r#"{"eos_token": {"content": "<|im_end|>", "special": true}}"#).unwrap();
     assert_eq!(Tok::from_tokenizer_json(&json_in, Some(0)).unwrap().eos(), Some(im_end));
-    for (bad, needle) in [("{ not json", "not valid JSON"), (r#"{"eos_token": "<|nope|>"}"#, "'<|nope|>' is not a token"), (r#"{"eos_token": 7}"#, "eos_token is 7")] {
+    for (bad, needle) in [("{ not json", "not valid JSON"), ("[1]", "expected a JSON object"), (r#"{"eos_token": "<|nope|>"}"#, "'<|nope|>' is not a token"), (r#"{"eos_token": 7}"#, "eos_token is 7")] {
         std::fs::write(&cfg, bad).unwrap();
         let e = Tok::from_tokenizer_json(&json_in, None).err().expect(bad).to_string();
         assert!(e.contains("tokenizer_config.json") && e.contains(needle), "{bad}: {e}");

@@ -291,27 +291,37 @@ fn gpt2_fused_bias_of_the_wrong_shape_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `-m DIR`: the tokenizer beside the weights must fit the embedding (a token without a row
-/// failed in the middle of a forward pass, naming no file), and the end token comes from
-/// config.json when no tokenizer_config.json names it; a save writes that file for the next load.
+/// `-m DIR`: the end token comes from config.json when no tokenizer_config.json names it, and a
+/// save writes that file for the next load, keeping what else it held; a tokenizer with more
+/// tokens than the embedding has rows loads (fine-tunes that added a token without resizing),
+/// and a text using such a token is refused naming the tokenizer (it failed mid-forward).
 #[test]
-fn a_directorys_tokenizer_fits_its_model_and_keeps_its_end_token() {
+fn a_directorys_tokenizer_keeps_its_end_token_and_fits_its_model() {
     use revive::model::{load, Tok};
     let w = random_weights(&Config::tiny_llama(), 9);
     let dir = tmp("tokenizer");
     let words: Vec<String> = (0..w.config.vocab_size).map(|i| format!("w{i}")).collect();
     let tok = Tok::word_level(&words.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     load::save(&w, &tok, &dir, SaveDtype::F32).unwrap();
-    // word_level has no end token: tokenizer_config.json says none, config.json's id is used.
+    // word_level has no end token: tokenizer_config.json names none, config.json's id is used.
     let back = load::load(dir.to_str().unwrap()).unwrap();
     assert_eq!(back.tok.eos(), w.config.eos_token_id);
     std::fs::remove_file(dir.join("tokenizer_config.json")).unwrap();
     assert_eq!(load::load(dir.to_str().unwrap()).unwrap().tok.eos(), w.config.eos_token_id);
+    // A tokenizer_config.json of its own: a save over the directory keeps its other settings.
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "w5", "chat_template": "{{ x }}", "model_max_length": 64}"#).unwrap();
+    let m = load::load(dir.to_str().unwrap()).unwrap();
+    assert_eq!(m.tok.eos(), Some(5));
+    load::save(&m.weights, &m.tok, &dir, SaveDtype::F32).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg, serde_json::json!({"eos_token": "w5", "chat_template": "{{ x }}", "model_max_length": 64}));
 
     let more: Vec<String> = (0..w.config.vocab_size + 3).map(|i| format!("w{i}")).collect();
     let big = Tok::word_level(&more.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     big.inner().save(dir.join("tokenizer.json"), false).unwrap();
-    let e = load::load(dir.to_str().unwrap()).err().expect("a tokenizer larger than the embedding accepted").to_string();
-    assert!(e.contains("tokenizer.json") && e.contains(&format!("{} tokens", w.config.vocab_size + 3)) && e.contains("97 rows"), "{e}");
+    let m = load::load(dir.to_str().unwrap()).expect("a tokenizer with tokens past the embedding loads");
+    assert_eq!(m.tok.encode("w3 w96").unwrap(), [3, 96]);
+    let e = m.tok.encode("w3 w98").unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("token 98") && e.contains("97 embedding rows"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

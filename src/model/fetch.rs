@@ -140,25 +140,72 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
     }
 }
 
-/// The cached SmolLM2 is the published file: a damaged copy runs without a word otherwise. Its
-/// hash is taken once and remembered beside it with the size and modification time it had, so
-/// later runs do not read 100 MB again.
+/// The cached SmolLM2 is the published file: a changed copy runs without a word otherwise. Its
+/// hash is taken once and remembered beside it with what identifies this version of the file
+/// (size, modification and change times, inode), so later runs do not read 100 MB again.
 fn verify_cached(path: &Path) -> Result<()> {
+    verify_against(path, SMOLLM2_SHA256)
+}
+
+fn verify_against(path: &Path, want: &str) -> Result<()> {
     let stamp_path = path.with_extension("gguf.verified");
-    let meta = std::fs::metadata(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let stamp = format!("{} {mtime} {SMOLLM2_SHA256}\n", meta.len());
+    let stamp = format!("{} {want}\n", file_version(path)?);
     if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
         return Ok(());
     }
     let sum = sha256_file(path)?;
-    if sum != SMOLLM2_SHA256 {
-        return Err(err(path, format!("sha256 {sum} is not the published file's {SMOLLM2_SHA256}: damaged or replaced; `revive setup` fetches it again")));
+    if sum != want {
+        return Err(err(path, format!("sha256 {sum} is not the published file's {want}: damaged or replaced; `revive setup` fetches it again")));
     }
     // Where the cache is read-only the hash is taken at every run instead.
-    let tmp = stamp_path.with_extension(format!("verified.{}", std::process::id()));
-    if std::fs::write(&tmp, &stamp).is_ok() && std::fs::rename(&tmp, &stamp_path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let _ = crate::store::write_durable(&stamp_path, stamp.as_bytes());
     Ok(())
+}
+
+/// What changes whenever the file's bytes are written: size and modification time, and on Unix
+/// the change time and inode, which no tool sets back (`touch -d` restores only the first).
+fn file_version(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    #[cfg(unix)]
+    let more = {
+        use std::os::unix::fs::MetadataExt;
+        format!(" {}.{:09} {}", meta.ctime(), meta.ctime_nsec(), meta.ino())
+    };
+    #[cfg(not(unix))]
+    let more = String::new();
+    Ok(format!("{} {mtime}{more}", meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A remembered hash spares the next run the reading (a file that is not the model passes
+    /// while its stamp matches), and any write to the file voids it, its modification time set
+    /// back or not.
+    #[test]
+    fn a_stamp_stands_for_one_version_of_the_file() {
+        let dir = std::env::temp_dir().join(format!("revive-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("m.gguf");
+        std::fs::write(&file, b"the published bytes").unwrap();
+        let want = sha256_file(&file).unwrap();
+        verify_against(&file, &want).unwrap();
+        assert!(dir.join("m.gguf.verified").exists());
+        // Swapped for other bytes behind the stamp's back: only the stamp vouches for it now.
+        let stamp = std::fs::read_to_string(dir.join("m.gguf.verified")).unwrap();
+        let other = dir.join("other.gguf");
+        std::fs::write(&other, b"not the published bytes").unwrap();
+        std::fs::write(dir.join("other.gguf.verified"), stamp.replace(&file_version(&file).unwrap(), &file_version(&other).unwrap())).unwrap();
+        verify_against(&other, &want).expect("a matching stamp is trusted without reading the file");
+        // A write with the modification time put back is still a new version.
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&file, b"the published byteZ").unwrap();
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+        let e = verify_against(&file, &want).unwrap_err().to_string();
+        assert!(e.contains("is not the published file's"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -21,30 +21,28 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
         ModelSource::Gguf(path) => {
             let (weights, meta) = gguf::load_gguf(&path)?;
             let source = path.display().to_string();
-            let tok = Tok::from_gguf(&meta, &source)?;
-            check_vocabularies(&weights, &tok, &source)?;
+            let mut tok = Tok::from_gguf(&meta, &source)?;
+            check_vocabularies(&weights, &mut tok, &source);
             Ok(LoadedModel { weights, tok, source, gguf: Some(path) })
         }
         ModelSource::Safetensors(dir) => {
             let weights = load_dir(&dir)?;
-            let tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"), weights.config.eos_token_id)?;
-            check_vocabularies(&weights, &tok, &format!("{} (its config.json)", dir.join("tokenizer.json").display()))?;
+            let mut tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"), weights.config.eos_token_id)?;
+            check_vocabularies(&weights, &mut tok, &dir.join("tokenizer.json").display().to_string());
             Ok(LoadedModel { weights, tok, source: dir.display().to_string(), gguf: None })
         }
     }
 }
 
-/// A token id the embedding has no row for fails only in the middle of a forward pass, naming
-/// neither file: refused here instead.
-fn check_vocabularies(weights: &Weights, tok: &Tok, source: &str) -> Result<()> {
+/// A tokenizer with tokens the embedding has no row for (tokens added to a fine-tune's
+/// tokenizer, the embedding not resized): it loads, as in transformers, and a text that encodes
+/// to such a token is refused naming the tokenizer, instead of failing inside a forward pass.
+fn check_vocabularies(weights: &Weights, tok: &mut Tok, source: &str) {
     let rows = weights.config.vocab_size;
     if tok.vocab_size() > rows {
-        return Err(Error::Model {
-            file: source.into(),
-            detail: format!("the tokenizer has {} tokens but the model's embedding only {rows} rows", tok.vocab_size()),
-        });
+        log::warn!("{source}: the tokenizer has {} tokens but the model's embedding only {rows} rows; texts that use the others are refused", tok.vocab_size());
+        tok.limit_to_rows(rows);
     }
-    Ok(())
 }
 
 /// Writes model.safetensors, config.json, tokenizer.json and tokenizer_config.json into `dir`.

@@ -189,26 +189,33 @@ pub fn parse_config(path: &Path) -> Result<Config> {
             }
         }
     };
+    // The key the file gave, of the aliases read.
+    let given = |keys: &[&'static str]| keys.iter().copied().find(|k| cfg.get(*k).is_some()).unwrap_or(keys[0]);
+    let hidden_key = if config.arch == Arch::Gpt2 { given(&["n_embd", "hidden_size"]) } else { "hidden_size" };
     if config.hidden == 0 {
-        return Err(err(path, format!("field '{}' is 0", if config.arch == Arch::Gpt2 { "n_embd" } else { "hidden_size" })));
+        return Err(err(path, format!("field '{hidden_key}' is 0")));
     }
     if config.n_heads == 0 || config.n_kv_heads == 0 || config.n_heads % config.n_kv_heads != 0 {
         return Err(err(path, format!("inconsistent head counts: {} query heads, {} key/value heads", config.n_heads, config.n_kv_heads)));
     }
-    let key = |field: &str| match (field, config.arch) {
+    let key = |field: &'static str| match (field, config.arch) {
         ("norm_eps", Arch::Gpt2) => "layer_norm_epsilon",
         ("norm_eps", _) => "rms_norm_eps",
         ("rope_theta", _) => "rope_theta",
         ("max_seq_len", Arch::Gpt2) => "n_positions",
         ("max_seq_len", _) => "max_position_embeddings",
         ("vocab_size", _) => "vocab_size",
+        ("n_layers", Arch::Gpt2) => given(&["n_layer", "num_hidden_layers"]),
         ("n_layers", _) => "num_hidden_layers",
+        ("ffn_hidden", Arch::Gpt2) => "n_inner",
         ("ffn_hidden", _) => "intermediate_size",
-        ("hidden", Arch::Gpt2) => "n_embd",
-        ("hidden", _) => "hidden_size",
+        ("hidden", _) => hidden_key,
+        ("head_dim", Arch::Llama) if cfg.get("head_dim").is_some_and(|v| !v.is_null()) => "head_dim",
+        ("head_dim", Arch::Llama) => "hidden_size / num_attention_heads",
+        ("head_dim", Arch::Gpt2) => if hidden_key == "n_embd" { "n_embd / n_head" } else { "hidden_size / n_head" },
         ("bos_token_id", _) => "bos_token_id",
         ("eos_token_id", _) => "eos_token_id",
-        (_, _) => "head_dim",
+        (other, _) => other,
     };
     config.check().map_err(|(field, detail)| err(path, format!("field '{}': {detail}", key(field))))?;
     Ok(config)
@@ -410,29 +417,31 @@ const GPT2_LAYER: [(&str, &str, bool); 10] = [
     ("ln_2.bias", "mlp_norm.bias", false),
 ];
 
-/// The checkpoint tensor a canonical one comes from, for errors: a user knows their file's
-/// names, not this program's.
-fn checkpoint_name(arch: Arch, canon: &str) -> Option<String> {
+/// The checkpoint tensor a canonical one comes from and how it was read, for errors: a user
+/// knows their file's names, not this program's.
+fn checkpoint_name(arch: Arch, canon: &str) -> Option<(String, &'static str)> {
+    // GPT-2 checkpoints name tensors with or without "transformer.".
+    let gpt2 = |s: &str| format!("[transformer.]{s}");
     let fixed = match (arch, canon) {
-        (Arch::Llama, "embed") => Some("model.embed_tokens.weight"),
-        (Arch::Llama, "final_norm.weight") => Some("model.norm.weight"),
-        (_, "lm_head") => Some("lm_head.weight"),
-        (Arch::Gpt2, "embed") => Some("wte.weight"),
-        (Arch::Gpt2, "pos_embed") => Some("wpe.weight"),
-        (Arch::Gpt2, "final_norm.weight") => Some("ln_f.weight"),
-        (Arch::Gpt2, "final_norm.bias") => Some("ln_f.bias"),
+        (Arch::Llama, "embed") => Some("model.embed_tokens.weight".to_string()),
+        (Arch::Llama, "final_norm.weight") => Some("model.norm.weight".into()),
+        (_, "lm_head") => Some("lm_head.weight".into()),
+        (Arch::Gpt2, "embed") => Some(gpt2("wte.weight")),
+        (Arch::Gpt2, "pos_embed") => Some(gpt2("wpe.weight")),
+        (Arch::Gpt2, "final_norm.weight") => Some(gpt2("ln_f.weight")),
+        (Arch::Gpt2, "final_norm.bias") => Some(gpt2("ln_f.bias")),
         _ => None,
     };
     if let Some(f) = fixed {
-        return Some(f.into());
+        return Some((f, "read as"));
     }
     let (i, field) = canon.strip_prefix("layers.")?.split_once('.')?;
     match arch {
-        Arch::Llama => LLAMA_LAYER.iter().find(|(_, c)| *c == field).map(|(hf, _)| format!("model.layers.{i}.{hf}")),
+        Arch::Llama => LLAMA_LAYER.iter().find(|(_, c)| *c == field).map(|(hf, _)| (format!("model.layers.{i}.{hf}"), "read as")),
         Arch::Gpt2 => match field {
-            "wq" | "wk" | "wv" => Some(format!("h.{i}.attn.c_attn.weight")),
-            "bq" | "bk" | "bv" => Some(format!("h.{i}.attn.c_attn.bias")),
-            _ => GPT2_LAYER.iter().find(|(_, c, _)| *c == field).map(|(hf, _, _)| format!("h.{i}.{hf}")),
+            "wq" | "wk" | "wv" => Some((gpt2(&format!("h.{i}.attn.c_attn.weight")), "a third of it, transposed, read as")),
+            "bq" | "bk" | "bv" => Some((gpt2(&format!("h.{i}.attn.c_attn.bias")), "a third of it read as")),
+            _ => GPT2_LAYER.iter().find(|(_, c, _)| *c == field).map(|(hf, _, t)| (gpt2(&format!("h.{i}.{hf}")), if *t { "transposed, read as" } else { "read as" })),
         },
     }
 }
@@ -511,7 +520,7 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
     // checkpoint calls it.
     let arch = weights.config.arch;
     weights.validate_named(&dir.join("config.json").display().to_string(), &|canon| match checkpoint_name(arch, canon) {
-        Some(hf) => format!("'{hf}' (read as {canon})"),
+        Some((hf, how)) => format!("'{hf}' ({how} {canon})"),
         None => format!("'{canon}'"),
     })?;
     Ok(weights)

@@ -28,6 +28,12 @@ pub struct Tok {
     eos: Option<u32>,
     /// Named in errors.
     source: String,
+    /// The tokenizer_config.json read with a Hugging Face tokenizer: a save keeps its other
+    /// settings (chat template, …).
+    hf_config: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The model's embedding rows, when fewer than the tokens: an id past them is refused at
+    /// encoding, naming the tokenizer, instead of failing inside a forward pass.
+    rows: Option<usize>,
 }
 
 fn err(file: &str, detail: impl Into<String>) -> Error {
@@ -123,7 +129,7 @@ impl Tok {
                     .ok_or_else(|| err(file, format!("tokenizer.ggml.eos_token_id is {v:?}, not a token id")))?,
             ),
         };
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into() })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token is the `eos_token` of a
@@ -136,20 +142,32 @@ impl Tok {
             .map_err(|_| err(&file, "cannot load tokenizer: its 'decoder' (or another part) is malformed"))?
             .map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);
-        let eos = match eos_of_tokenizer_config(&path.with_file_name("tokenizer_config.json"), &inner)? {
-            Some(id) => Some(id),
-            None => config_eos.filter(|&id| (id as usize) < vocab_size),
+        let hf_config = read_tokenizer_config(&path.with_file_name("tokenizer_config.json"))?;
+        let eos = match &hf_config {
+            Some(cfg) => eos_of_tokenizer_config(cfg, &path.with_file_name("tokenizer_config.json"), &inner)?,
+            None => None,
         };
-        Ok(Tok { vocab_size, inner, eos, source: file })
+        let eos = eos.or(config_eos.filter(|&id| (id as usize) < vocab_size));
+        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None })
     }
 
     /// Writes the end-of-sequence token where [`Tok::from_tokenizer_json`] (and transformers)
-    /// look for it: without it a saved model's generations run past the end of a turn.
+    /// look for it: without it a saved model's generations run past the end of a turn. The
+    /// tokenizer_config.json the tokenizer was read with is kept, but for its `eos_token`.
     pub fn save_tokenizer_config(&self, path: &Path) -> Result<()> {
-        let eos = self.eos.and_then(|id| self.inner.id_to_token(id));
-        let json = serde_json::json!({ "eos_token": eos });
-        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap_or_default())
-            .map_err(|e| err(&path.display().to_string(), format!("cannot write: {e}")))
+        let mut cfg = self.hf_config.clone().unwrap_or_default();
+        match self.eos.and_then(|id| self.inner.id_to_token(id)) {
+            Some(eos) => cfg.insert("eos_token".into(), serde_json::Value::String(eos)),
+            None => cfg.remove("eos_token"),
+        };
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg)).expect("JSON of JSON values");
+        crate::store::write_durable(path, text.as_bytes())
+    }
+
+    /// Refuses, at encoding, ids past the model's `rows` embedding rows (a tokenizer with tokens
+    /// added after the model was trained, and the embedding not resized).
+    pub fn limit_to_rows(&mut self, rows: usize) {
+        self.rows = (rows < self.vocab_size).then_some(rows);
     }
 
     /// A word-level tokenizer over `words` (id = position; anything else is id 0, which
@@ -162,12 +180,18 @@ impl Tok {
         let model = WordLevel::builder().vocab(vocab).unk_token(words.first().copied().unwrap_or("[UNK]").to_string()).build().map_err(|e| err("word-level tokenizer", e.to_string()))?;
         let mut inner = Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into() })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None })
     }
 
     /// Token ids of `text`; no BOS or other special tokens are added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| err(&self.source, format!("cannot encode {text:?}: {e}")))?;
+        if let (Some(rows), Some(&id)) = (self.rows, enc.get_ids().iter().max()) {
+            if id as usize >= rows {
+                let piece = self.inner.id_to_token(id).unwrap_or_default();
+                return Err(err(&self.source, format!("{text:?} has token {id} ({piece:?}), past the model's {rows} embedding rows: the tokenizer has tokens the model was not trained with")));
+            }
+        }
         Ok(enc.get_ids().to_vec())
     }
 
@@ -199,21 +223,28 @@ impl Tok {
     }
 }
 
-/// The `eos_token` of a `tokenizer_config.json` (a string or an added token's `content`), as an
-/// id of `inner`; None when there is no such file or it names none.
-fn eos_of_tokenizer_config(path: &Path, inner: &Tokenizer) -> Result<Option<u32>> {
+/// A `tokenizer_config.json` as a JSON object; None when there is none.
+fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
     let file = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err(&file, format!("cannot read: {e}"))),
     };
-    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(&file, format!("not valid JSON: {e}")))?;
-    let eos = &cfg["eos_token"];
-    let name = match eos {
-        serde_json::Value::Null => return Ok(None),
-        serde_json::Value::String(s) => s.as_str(),
-        other => other["content"].as_str().ok_or_else(|| err(&file, format!("eos_token is {other}, neither a token nor an added token's record")))?,
+    match serde_json::from_str(&text).map_err(|e| err(&file, format!("not valid JSON: {e}")))? {
+        serde_json::Value::Object(m) => Ok(Some(m)),
+        other => Err(err(&file, format!("expected a JSON object, found {other}"))),
+    }
+}
+
+/// The `eos_token` of a tokenizer_config.json (a string or an added token's `content`), as an
+/// id of `inner`; None when it names none.
+fn eos_of_tokenizer_config(cfg: &serde_json::Map<String, serde_json::Value>, path: &Path, inner: &Tokenizer) -> Result<Option<u32>> {
+    let file = path.display().to_string();
+    let name = match cfg.get("eos_token") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.as_str(),
+        Some(other) => other["content"].as_str().ok_or_else(|| err(&file, format!("eos_token is {other}, neither a token nor an added token's record")))?,
     };
     inner.token_to_id(name).map(Some).ok_or_else(|| err(&file, format!("eos_token '{name}' is not a token of tokenizer.json")))
 }

@@ -422,7 +422,8 @@ pub fn canonical_name(gguf: &str) -> Option<String> {
     }
     let (idx, field) = base.strip_prefix("blk.")?.split_once('.')?;
     // Plain decimal as llama.cpp writes it: `parse` would also take "01" and "+1", and two
-    // spellings of one layer would then fill one slot.
+    // spellings of one layer would then fill one slot, the later silently winning (names are
+    // otherwise unique: a name found twice is refused when the file is read).
     if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
         return None;
     }
@@ -577,9 +578,6 @@ fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
                 file,
                 format!("tensor '{}' ({name}) has shape {shape:?}, the config implies {want:?}", t.name),
             ));
-        }
-        if tensors.contains_key(&name) {
-            return Err(model_err(file, format!("tensor '{}' is {name}, which an earlier tensor already is", t.name)));
         }
         tensors.insert(name, HostTensor::new(shape, g.dequantize(t)));
     }
