@@ -233,11 +233,15 @@ fn kill_and_resume(backend: &str) -> Result<(), String> {
     let killed = root.join("killed");
     let mut r = rng(5);
     for (round, at) in [0usize, 1, 3, 6, 9, 11].into_iter().enumerate() {
-        let mut child = experiment(&root, backend, &killed, "cache-killed", &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
+        // What a run that ends on its own said: the failure is then readable.
+        let log = root.join(format!("round-{round}.log"));
+        let stderr = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut child = experiment(&root, backend, &killed, "cache-killed", &[]).stdout(Stdio::null()).stderr(stderr).spawn().map_err(|e| e.to_string())?;
         let deadline = Instant::now() + Duration::from_secs(600);
         while progress(&killed) < at {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("round {round}: the run ended ({status}) before progress {at}"));
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("round {round}: the run ended ({status}) before progress {at}:\n{said}"));
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
