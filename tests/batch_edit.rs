@@ -1160,15 +1160,21 @@ fn a_damaged_last_record_is_redone_and_an_earlier_one_refused() {
         std::fs::write(&all[last_batch], &bytes).unwrap();
         let partial = dir.join("journal").join("000009-batch.partial.1.safetensors");
         std::fs::write(&partial, b"being written").unwrap();
+        // The safetensors crate's own temporary file, left by a kill inside its write.
+        let crate_tmp = dir.join("journal").join(".tmpAbC123");
+        std::fs::write(&crate_tmp, b"being written too").unwrap();
         let listing = || std::fs::read_dir(dir.join("journal")).unwrap().count();
         let before = listing();
         let read = ok(revive::edit::journal::Journal::read(&dir))?;
-        if read.n_batches() != 2 || listing() != before || std::fs::read(&all[last_batch]).unwrap() != bytes || !partial.exists() {
+        if read.n_batches() != 2 || listing() != before || std::fs::read(&all[last_batch]).unwrap() != bytes || !partial.exists() || !crate_tmp.exists() {
             return Err(format!("the reader saw {} batches or changed the journal", read.n_batches()));
         }
         std::fs::remove_file(&partial).unwrap();
         let mut gm = ok(GpuModel::new(gpu, &weights(9)))?;
         let mut s = session(&gm, &tok, &dir, &reqs, false)?;
+        if crate_tmp.exists() {
+            return Err("the writer left the interrupted write's temporary file".into());
+        }
         if ok(s.replay(&mut gm, &tok, None, None))? != 2 {
             return Err("the batch with damaged values was replayed".into());
         }

@@ -144,7 +144,10 @@ impl Journal {
         for e in std::fs::read_dir(&dir).map_err(|e| bad(&dir, format!("cannot list: {e}")))? {
             let path = e.map_err(|e| bad(&dir, format!("cannot list: {e}")))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            if name.contains(".partial.") {
+            // Our temporary names, and the safetensors crate's own (`.tmpXXXXXX`: its
+            // serialize_to_file writes a sibling temporary file and renames it): a write a
+            // kill interrupted.
+            if name.contains(".partial.") || name.starts_with(".tmp") {
                 if write {
                     log::warn!("{}: removing an interrupted write", path.display());
                     let _ = std::fs::remove_file(&path);
