@@ -938,6 +938,7 @@ fn smollm2_real_model() {
     let tok = Tok::from_gguf(&meta, &path.display().to_string()).unwrap();
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!(tok.eos(), c.eos_token_id);
+    assert!(tok.start().is_empty(), "SmolLM2 asks for no start token (its add_bos_token is false)");
     for (text, ids) in [
         ("The capital of France is", vec![504, 3575, 282, 4649, 314]),
         (" Paris", vec![7042]),
@@ -978,4 +979,117 @@ fn smollm2_real_model() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(back.encode("In 2024, 17 cats").unwrap(), tok.encode("In 2024, 17 cats").unwrap());
     assert_eq!(back.vocab_size(), 49152);
+}
+
+/// A start token (BOS) goes before every sequence where the model asks for one and nowhere
+/// else: GGUF's `tokenizer.ggml.add_bos_token` (llama.cpp's default for byte-level BPE is none);
+/// in a Hugging Face directory a tokenizer.json post-processor that puts one first (Llama 3's
+/// template), overridden by tokenizer_config.json's `add_bos_token` as transformers' Llama
+/// tokenizers do. A save keeps it. A key of the wrong kind, or a start token that names no token,
+/// is refused naming it.
+#[test]
+fn the_start_token_is_put_where_the_model_asks_for_it() {
+    use tokenizers::processors::template::TemplateProcessing;
+    let gguf_tok = |set: &[(&str, Option<Value>)]| {
+        let (mut w, _) = tiny(6);
+        for (key, v) in set {
+            w.kv.retain(|(k, _)| k != key);
+            if let Some(v) = v {
+                w.kv(key, v.clone());
+            }
+        }
+        load(w.to_bytes(3)).and_then(|(_, meta)| Tok::from_gguf(&meta, FILE))
+    };
+    let add_bos = "tokenizer.ggml.add_bos_token";
+    let plain = gguf_tok(&[]).unwrap();
+    assert!(plain.start().is_empty());
+    assert_eq!(plain.encode_prompt("he the").unwrap(), plain.encode("he the").unwrap());
+    assert!(gguf_tok(&[(add_bos, Some(Value::Bool(false)))]).unwrap().start().is_empty());
+    let tok = gguf_tok(&[(add_bos, Some(Value::Bool(true))), ("tokenizer.ggml.bos_token_id", Some(Value::U32(258)))]).unwrap();
+    assert_eq!(tok.start(), &[258]);
+    assert_eq!(tok.encode_prompt("he").unwrap(), vec![258, 257]);
+    assert_eq!(tok.encode("he").unwrap(), vec![257], "a piece has no start token");
+    assert_eq!(tok.begin(&[5, 6]), vec![258, 5, 6]);
+    for (set, needle) in [
+        (vec![(add_bos, Some(Value::Bool(true))), ("tokenizer.ggml.bos_token_id", None)], "no tokenizer.ggml.bos_token_id"),
+        (vec![(add_bos, Some(Value::U32(1)))], "tokenizer.ggml.add_bos_token is"),
+        (vec![(add_bos, Some(Value::Bool(true))), ("tokenizer.ggml.bos_token_id", Some(Value::U32(9999)))], "tokenizer.ggml.bos_token_id"),
+    ] {
+        let e = gguf_tok(&set).err().unwrap_or_else(|| panic!("{set:?} accepted")).to_string();
+        assert!(e.contains(needle) && e.contains(FILE), "{set:?}: {e}");
+    }
+
+    // Hugging Face: the post-processor's template, the config's override, a save's round trip.
+    let dir = std::env::temp_dir().join(format!("revive-start-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, cfg) = (dir.join("tokenizer.json"), dir.join("tokenizer_config.json"));
+    let template = TemplateProcessing::builder().try_single("<|endoftext|> $A").unwrap().special_tokens(vec![("<|endoftext|>", 0)]).build().unwrap();
+    let mut inner = plain.inner().clone();
+    inner.with_post_processor(Some(template));
+    inner.save(&json, false).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().encode_prompt("he").unwrap(), vec![0, 257]);
+    std::fs::write(&cfg, r#"{"add_bos_token": false}"#).unwrap();
+    assert!(Tok::from_tokenizer_json(&json, None).unwrap().start().is_empty());
+    plain.inner().save(&json, false).unwrap();
+    assert!(Tok::from_tokenizer_json(&json, None).unwrap().start().is_empty(), "ByteLevel-free tokenizer.json with add_bos_token false");
+    std::fs::write(&cfg, r#"{"add_bos_token": true, "bos_token": {"content": "Ġt"}}"#).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().start(), &[258]);
+    for (bad, needle) in [(r#"{"add_bos_token": true}"#, "no bos_token"), (r#"{"add_bos_token": "yes"}"#, "add_bos_token is \"yes\""), (r#"{"add_bos_token": true, "bos_token": "<s>"}"#, "bos_token '<s>' is not a token")] {
+        std::fs::write(&cfg, bad).unwrap();
+        let e = Tok::from_tokenizer_json(&json, None).err().expect(bad).to_string();
+        assert!(e.contains("tokenizer_config.json") && e.contains(needle), "{bad}: {e}");
+    }
+    // A GGUF tokenizer with a start token, saved as a directory, keeps it; one without leaves an
+    // add_bos_token it was read with as false.
+    tok.inner().save(&json, false).unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+    tok.save_tokenizer_config(&cfg).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().start(), &[258]);
+    std::fs::write(&cfg, r#"{"add_bos_token": true, "bos_token": "Ġt"}"#).unwrap();
+    let read = Tok::from_tokenizer_json(&json, None).unwrap();
+    plain.save_tokenizer_config(&cfg).unwrap();
+    assert!(Tok::from_tokenizer_json(&json, None).unwrap().start().is_empty());
+    read.save_tokenizer_config(&cfg).unwrap();
+    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().start(), &[258]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `revive logits` on a model that asks for a start token reads the ids and logits the same
+/// model without one reads when the prompt begins with the token's text; exported as a Hugging
+/// Face directory, the model still asks for it.
+#[test]
+fn logits_of_a_model_with_a_start_token() {
+    let dir = std::env::temp_dir().join(format!("revive-start-logits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut w, _) = tiny_of(15, &WIDE);
+    std::fs::write(dir.join("plain.gguf"), w.to_bytes(3)).unwrap();
+    w.kv("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    std::fs::write(dir.join("bos.gguf"), w.to_bytes(3)).unwrap();
+    let path = |p: &str| dir.join(p).display().to_string();
+    let revive = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_revive")).args(args).output().expect("runs");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let logits = |model: &str, prompt: &str| -> serde_json::Value {
+        std::fs::write(dir.join("prompts.txt"), format!("{prompt}\n")).unwrap();
+        revive(&["logits", "-m", &path(model), "--prompts", &path("prompts.txt"), "--out", &path("logits.json")]);
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("logits.json")).unwrap()).unwrap();
+        doc["rows"][0].clone()
+    };
+    let with = logits("bos.gguf", "he the he");
+    let spelled = logits("plain.gguf", "<|endoftext|>he the he");
+    let without = logits("plain.gguf", "he the he");
+    assert_eq!(with["ids"][0], 0, "{with}");
+    assert_eq!(with["ids"], spelled["ids"]);
+    assert_eq!(with["logits"], spelled["logits"]);
+    assert_ne!(with["logits"], without["logits"]);
+    revive(&["export", "-m", &path("bos.gguf"), "--out", &path("hf")]);
+    let hf = logits("hf", "he the he");
+    assert_eq!(hf["ids"], with["ids"]);
+    let (a, b) = (hf["logits"].as_array().unwrap(), with["logits"].as_array().unwrap());
+    let err = a.iter().zip(b).map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+    assert!(err < 1e-3, "logits from the exported directory differ by {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

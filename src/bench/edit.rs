@@ -55,7 +55,7 @@ pub struct EditBench {
 #[allow(clippy::too_many_arguments)]
 /// The median of three forward passes of `prompt`: the baseline an edit's time is read against.
 pub fn forward_pass_seconds(model: &GpuModel, tok: &Tok, prompt: &str) -> Result<f64> {
-    let ids = tok.encode(prompt)?;
+    let ids = tok.encode_prompt(prompt)?;
     let mut passes = vec![];
     for _ in 0..3 {
         let t = Instant::now();

@@ -47,7 +47,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let sampling = Sampling { temperature, top_k: top_k.map_or(0, |k| k as usize), seed };
     if let ([prompt], None) = (prompt.as_slice(), &json) {
-        let ids = m.tok.encode(prompt)?;
+        let ids = m.tok.encode_prompt(prompt)?;
         let mut shown = String::new();
         print!("{prompt}");
         let mut out = vec![];
@@ -63,7 +63,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         println!();
         return Ok(());
     }
-    let ids: Vec<Vec<u32>> = prompt.iter().map(|p| m.tok.encode(p)).collect::<revive::Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompt.iter().map(|p| m.tok.encode_prompt(p)).collect::<revive::Result<_>>()?;
     let samplings: Vec<Sampling> = (0..prompt.len()).map(|i| Sampling { seed: seed.wrapping_add(i as u64), ..sampling }).collect();
     let bar = revive::progress::terminal_bar((ids.len() * tokens) as u64, "generating: tokens", true);
     let outs = generate_many_reporting(&gm, &ids, tokens, &samplings, m.tok.eos(), &mut |_, _| bar.inc(1))?;

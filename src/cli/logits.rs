@@ -23,7 +23,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let mut rows = vec![];
     for prompt in &lines {
-        let ids = m.tok.encode(prompt)?;
+        let ids = m.tok.encode_prompt(prompt)?;
         let logits = gm.last_logits(std::slice::from_ref(&ids))?.remove(0);
         rows.push(serde_json::json!({ "prompt": prompt, "ids": ids, "logits": logits }));
     }

@@ -22,7 +22,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let m = super::common::load_model(&model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
-    let (p, c) = (m.tok.encode(&prompt)?, m.tok.encode(&continuation)?);
+    let (p, c) = (m.tok.encode_prompt(&prompt)?, m.tok.encode(&continuation)?);
     let lp = score(&gm, &p, &c)?;
     let total: f64 = lp.iter().sum();
     if json {

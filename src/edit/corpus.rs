@@ -48,7 +48,7 @@ pub fn shuffle<T>(items: &mut [T], seed: Option<u64>) {
 }
 
 /// The token stream of `text`'s lines (shuffled by `seed`, each line ending in a newline), cut
-/// into sequences of `seq_len` tokens, `max_tokens` tokens in all (fewer when the text runs
+/// into sequences of `seq_len` tokens (start tokens included), `max_tokens` tokens of text in all (fewer when the text runs
 /// out); only the last sequence may be shorter. Lines are shuffled before tokenizing, not the
 /// sequences after, so a small budget tokenizes only the lines it needs and still samples the
 /// whole corpus (the file is in part-of-speech order).
@@ -67,7 +67,10 @@ pub fn sequences(tok: &Tok, text: &str, seq_len: usize, seed: Option<u64>, max_t
         stream.extend(tok.encode(&format!("{line}\n"))?);
     }
     stream.truncate(max_tokens);
-    Ok(stream.chunks(seq_len).map(<[u32]>::to_vec).collect())
+    // Each sequence begins as the model's sequences do (a start token where it has one), and
+    // the start tokens count in its length.
+    let body = seq_len.checked_sub(tok.start().len()).filter(|&b| b > 0).ok_or_else(|| Error::Edit(format!("corpus: sequences of {seq_len} tokens leave no room after the {} start tokens", tok.start().len())))?;
+    Ok(stream.chunks(body).map(|c| tok.begin(c)).collect())
 }
 
 /// The WordNet corpus with the defaults the cached statistics use.
@@ -100,5 +103,23 @@ mod tests {
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
         // Pinned: a change here changes every cache key of the corpus statistics.
         assert_eq!(SplitMix(0).next(), 0xE220_A839_7B1D_CDAF);
+    }
+
+    /// With a start token every sequence begins with it and keeps its length; the text between
+    /// is the same stream, in the same order, as without.
+    #[test]
+    fn sequences_begin_with_the_start_token() {
+        let words: Vec<String> = (0..50).map(|i| format!("w{i}")).collect();
+        let text: String = (0..40).map(|i| format!("w{} w{}\n", i % 50, (i * 7) % 50)).collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let plain = Tok::word_level(&words).unwrap();
+        let with = Tok::word_level(&words).unwrap().with_start(vec![3]).unwrap();
+        let a = sequences(&plain, &text, 7, Some(1), 60).unwrap();
+        let b = sequences(&with, &text, 7, Some(1), 60).unwrap();
+        assert!(b.iter().all(|s| s[0] == 3), "{b:?}");
+        assert!(b[..b.len() - 1].iter().all(|s| s.len() == 7));
+        let stream = |seqs: &[Vec<u32>], skip: usize| seqs.iter().flat_map(|s| s[skip..].to_vec()).collect::<Vec<_>>();
+        assert_eq!(stream(&a, 0), stream(&b, 1));
+        assert!(sequences(&with, &text, 1, Some(1), 60).unwrap_err().to_string().contains("no room"));
     }
 }

@@ -22,13 +22,14 @@ pub fn context_templates(model: &GpuModel, tok: &Tok, spec: &Templates) -> Resul
         if ids.is_empty() {
             return Err(Error::Edit(format!("template prefix {p:?} has no tokens")));
         }
-        prompts.extend(std::iter::repeat_n(ids, spec.per_prefix));
+        prompts.extend(std::iter::repeat_n(tok.begin(&ids), spec.per_prefix));
     }
     // ROME samples from the top 5 tokens; the seed makes the templates reproducible.
     let sampling = Sampling { temperature: 1.0, top_k: 5, seed: spec.seed };
     let tails = sample_batch(model, &prompts, spec.length, sampling)?;
     for (prompt, tail) in prompts.iter().zip(tails) {
-        let ids: Vec<u32> = prompt.iter().chain(&tail).copied().collect();
+        // The start tokens begin the sequence a template is put into, not the template's text.
+        let ids: Vec<u32> = prompt[tok.start().len()..].iter().chain(&tail).copied().collect();
         // Braces would read as placeholders; ROME blanks them the same way.
         let text = tok.decode(&ids)?.replace(['{', '}'], " ");
         templates.push(format!("{}. {{}}", text.trim_end()));
@@ -56,9 +57,9 @@ pub fn subject_prompt(tok: &Tok, template: &str, prompt: &str, subject: &str) ->
     let at = text.find("{}").ok_or_else(|| Error::Edit(format!("the template {template:?} has no '{{}}'")))?;
     let prefix = format!("{}{subject}", &text[..at]);
     let full = format!("{prefix}{}", &text[at + 2..]);
-    let ids = tok.encode(&full)?;
-    let upto = tok.encode(&prefix)?.len();
-    if upto == 0 || upto > ids.len() {
+    let ids = tok.encode_prompt(&full)?;
+    let upto = tok.encode_prompt(&prefix)?.len();
+    if upto <= tok.start().len() || upto > ids.len() {
         return Err(Error::Edit(format!("cannot locate the subject {subject:?} in the tokens of {full:?}")));
     }
     Ok(SubjectPrompt { ids, subject_last: upto - 1 })
@@ -87,4 +88,24 @@ pub fn subject_keys(model: &GpuModel, prompts: &[SubjectPrompt], layer: usize) -
 pub fn mean_key(keys: &[Vec<f32>]) -> Vec<f32> {
     let n = keys.len() as f64;
     (0..keys[0].len()).map(|j| (keys.iter().map(|k| k[j] as f64).sum::<f64>() / n) as f32).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start token begins the prompt and moves the subject's last token by one.
+    #[test]
+    fn the_subject_is_found_after_a_start_token() {
+        let words = ["?", "<s>", "Paris", "is", "in", "the", "city"];
+        let plain = Tok::word_level(&words).unwrap();
+        let with = Tok::word_level(&words).unwrap().with_start(vec![1]).unwrap();
+        let a = subject_prompt(&plain, "{}", "the city {} is in", "Paris").unwrap();
+        let b = subject_prompt(&with, "{}", "the city {} is in", "Paris").unwrap();
+        assert_eq!(a.ids, vec![5, 6, 2, 3, 4]);
+        assert_eq!(b.ids, vec![1, 5, 6, 2, 3, 4]);
+        assert_eq!((a.subject_last, b.subject_last), (2, 3));
+        assert_eq!(b.ids[b.subject_last], 2);
+        assert_eq!(b.up_to_subject(), vec![1, 5, 6, 2]);
+    }
 }

@@ -117,7 +117,7 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
             .chain(req.neighborhood_prompts.iter().cloned())
             .collect();
         for p in &prompts {
-            let ids = tok.encode(p)?;
+            let ids = tok.encode_prompt(p)?;
             pairs.push((ids.clone(), new.clone()));
             if let Some(t) = &truth {
                 pairs.push((ids, t.clone()));
@@ -127,7 +127,7 @@ pub fn facts_metrics_against(model: &GpuModel, tok: &Tok, reqs: &[EditRequest], 
         let mut answers = vec![];
         for p in &req.portability {
             answers.push(tok.encode(&p.answer)?);
-            pairs.push((tok.encode(&p.prompt)?, answers.last().expect("pushed").clone()));
+            pairs.push((tok.encode_prompt(&p.prompt)?, answers.last().expect("pushed").clone()));
         }
         layout.push((prompts.len(), new, n_locality, answers));
     }
@@ -167,7 +167,7 @@ fn locality_pairs(req: &EditRequest) -> Vec<(&str, &str, Option<&str>)> {
 fn push_locality_pairs(tok: &Tok, req: &EditRequest, pairs: &mut Vec<(Vec<u32>, Vec<u32>)>) -> Result<usize> {
     let locality = locality_pairs(req);
     for (prompt, answer, _) in &locality {
-        pairs.push((tok.encode(prompt)?, tok.encode(answer)?));
+        pairs.push((tok.encode_prompt(prompt)?, tok.encode(answer)?));
     }
     Ok(locality.len())
 }

@@ -39,16 +39,20 @@ pub fn prose_set(tok: &Tok, text: Option<&Path>, ppl_tokens: usize, seq_len: usi
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         ids.extend(tok.encode(&format!("{line}\n"))?);
     }
-    let seq_len = seq_len.max(2);
+    // Sequences and prompts begin as the model's do (a start token where it has one): the text
+    // fills the rest of each.
+    let start = tok.start().len();
+    let seq_len = seq_len.max(start + 2);
+    let prompt_len = prompt_len.max(start + 1);
     let n_seqs = ppl_tokens.div_ceil(seq_len);
-    let need = n_seqs * seq_len + n_prompts * prompt_len;
+    let need = n_seqs * (seq_len - start) + n_prompts * (prompt_len - start);
     if ids.len() < need {
         return Err(Error::Model { file: name, detail: format!("{} tokens; {need} needed ({n_seqs} sequences of {seq_len} and {n_prompts} prompts of {prompt_len})", ids.len()) });
     }
-    let (ppl, rest) = ids.split_at(n_seqs * seq_len);
+    let (ppl, rest) = ids.split_at(n_seqs * (seq_len - start));
     Ok(ProseSet {
-        perplexity: ppl.chunks(seq_len).map(<[u32]>::to_vec).collect(),
-        agreement: rest.chunks(prompt_len).take(n_prompts).map(<[u32]>::to_vec).collect(),
+        perplexity: ppl.chunks(seq_len - start).map(|c| tok.begin(c)).collect(),
+        agreement: rest.chunks(prompt_len - start).take(n_prompts).map(|c| tok.begin(c)).collect(),
     })
 }
 
@@ -133,7 +137,7 @@ pub fn fluency(model: &GpuModel, tok: &Tok, prompts: &[String], tokens: usize) -
     if prompts.is_empty() || tokens == 0 {
         return Ok(None);
     }
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode_prompt(p)).collect::<Result<_>>()?;
     let samplings: Vec<Sampling> = (0..prompts.len()).map(|i| Sampling { temperature: 1.0, top_k: 5, seed: 1000 + i as u64 }).collect();
     let mut sum = 0.0;
     for (p, out) in prompts.iter().zip(generate_many(model, &ids, tokens, &samplings, tok.eos())?) {
@@ -145,6 +149,28 @@ pub fn fluency(model: &GpuModel, tok: &Tok, prompts: &[String], tokens: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With a start token the perplexity sequences and agreement prompts begin with it and keep
+    /// their lengths; the text is the same stream as without.
+    #[test]
+    fn prose_begins_with_the_start_token() {
+        let words: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let dir = std::env::temp_dir().join(format!("revive-prose-start-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("prose.txt");
+        std::fs::write(&file, (0..100).map(|i| format!("w{} w{}\n", i % 30, (i * 11) % 30)).collect::<String>()).unwrap();
+        let plain = prose_set(&Tok::word_level(&words).unwrap(), Some(&file), 20, 5, 3, 4).unwrap();
+        let with = prose_set(&Tok::word_level(&words).unwrap().with_start(vec![0]).unwrap(), Some(&file), 20, 5, 3, 4).unwrap();
+        assert_eq!(plain.perplexity.len(), 4);
+        for set in [&with.perplexity, &with.agreement] {
+            assert!(set.iter().all(|s| s[0] == 0), "{set:?}");
+        }
+        assert!(with.perplexity.iter().all(|s| s.len() == 5) && with.agreement.iter().all(|s| s.len() == 4));
+        let text = |seqs: &[Vec<u32>], skip: usize| seqs.iter().flat_map(|s| s[skip..].to_vec()).collect::<Vec<_>>();
+        assert_eq!(text(&with.perplexity, 1), text(&plain.perplexity, 0)[..text(&with.perplexity, 1).len()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn entropy_reference(tokens: &[&str], n: usize) -> f64 {
         // Independent count: every n-gram as a joined string.

@@ -3,7 +3,13 @@
 //!
 //! From GGUF only byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported. The pre-tokenizer
 //! is chosen by `tokenizer.ggml.pre`: SmolLM2's `smollm` splits every digit on its own before the
-//! GPT-2 byte-level split (as its tokenizer.json does); no BOS is added and no space is prefixed.
+//! GPT-2 byte-level split (as its tokenizer.json does); no space is prefixed.
+//!
+//! A start token (BOS) goes before every sequence where the model asks for one, as llama.cpp and
+//! transformers put it: GGUF's `tokenizer.ggml.add_bos_token`, a tokenizer.json post-processor
+//! that adds one, or tokenizer_config.json's `add_bos_token` (which transformers' Llama-family
+//! tokenizers let override the post-processor). SmolLM2 has none. [`Tok::encode`] is for pieces
+//! (answers, targets, continuations), [`Tok::encode_prompt`] for the beginning of a sequence.
 
 use super::gguf::{GgufMeta, Value};
 use crate::error::{Error, Result};
@@ -34,6 +40,8 @@ pub struct Tok {
     /// The model's embedding rows, when fewer than the tokens: an id past them is refused at
     /// encoding, naming the tokenizer, instead of failing inside a forward pass.
     rows: Option<usize>,
+    /// Put before every sequence (a BOS token); empty when the model wants none.
+    start: Vec<u32>,
 }
 
 fn err(file: &str, detail: impl Into<String>) -> Error {
@@ -81,9 +89,12 @@ impl Tok {
                     .collect::<Result<_>>()?
             }
         };
-        if matches!(meta.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true))) {
-            log::warn!("{file}: tokenizer.ggml.add_bos_token is true, but this program does not put a start token before its sequences: outputs will differ from llama.cpp's");
-        }
+        // llama.cpp's default for byte-level BPE is no start token.
+        let add_bos = match meta.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(err(file, format!("tokenizer.ggml.add_bos_token is {v:?}, not a boolean"))),
+        };
 
         let mut vocab = Vocab::with_capacity(tokens.len());
         for (id, t) in tokens.iter().enumerate() {
@@ -120,16 +131,24 @@ impl Tok {
             .collect();
         inner.add_tokens(&added);
 
-        let eos = match meta.get("tokenizer.ggml.eos_token_id") {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .filter(|&v| (v as usize) < tokens.len())
-                    .ok_or_else(|| err(file, format!("tokenizer.ggml.eos_token_id is {v:?}, not a token id")))?,
-            ),
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            match meta.get(key) {
+                None => Ok(None),
+                Some(v) => Ok(Some(
+                    v.as_u64()
+                        .and_then(|v| u32::try_from(v).ok())
+                        .filter(|&v| (v as usize) < tokens.len())
+                        .ok_or_else(|| err(file, format!("{key} is {v:?}, not a token id")))?,
+                )),
+            }
         };
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None })
+        let eos = token_id("tokenizer.ggml.eos_token_id")?;
+        let start = match (add_bos, token_id("tokenizer.ggml.bos_token_id")?) {
+            (false, _) => vec![],
+            (true, Some(bos)) => vec![bos],
+            (true, None) => return Err(err(file, "tokenizer.ggml.add_bos_token is true, but there is no tokenizer.ggml.bos_token_id")),
+        };
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None, start })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token is the `eos_token` of a
@@ -142,24 +161,46 @@ impl Tok {
             .map_err(|_| err(&file, "cannot load tokenizer: its 'decoder' (or another part) is malformed"))?
             .map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
         let vocab_size = inner.get_vocab_size(true);
-        let hf_config = read_tokenizer_config(&path.with_file_name("tokenizer_config.json"))?;
-        let eos = match &hf_config {
-            Some(cfg) => eos_of_tokenizer_config(cfg, &path.with_file_name("tokenizer_config.json"), &inner)?,
-            None => None,
+        let cfg_path = path.with_file_name("tokenizer_config.json");
+        let cfg_file = cfg_path.display().to_string();
+        let hf_config = read_tokenizer_config(&cfg_path)?;
+        let (eos, start) = match &hf_config {
+            Some(cfg) => (token_of_config(cfg, "eos_token", &cfg_file, &inner)?, start_of_tokenizer_config(cfg, &cfg_file, &inner)?),
+            None => (None, None),
         };
         let eos = eos.or(config_eos.filter(|&id| (id as usize) < vocab_size));
-        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None })
+        let start = match start {
+            Some(start) => start,
+            None => start_of_post_processor(&inner, &file)?,
+        };
+        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None, start })
     }
 
-    /// Writes the end-of-sequence token where [`Tok::from_tokenizer_json`] (and transformers)
-    /// look for it: without it a saved model's generations run past the end of a turn. The
-    /// tokenizer_config.json the tokenizer was read with is kept, but for its `eos_token`.
+    /// Writes the end-of-sequence and start tokens where [`Tok::from_tokenizer_json`] (and
+    /// transformers) look for them: without the first a saved model's generations run past the
+    /// end of a turn; without the second a model read from a GGUF file that asks for a start
+    /// token would lose it. The tokenizer_config.json the tokenizer was read with is kept, but
+    /// for these keys.
     pub fn save_tokenizer_config(&self, path: &Path) -> Result<()> {
         let mut cfg = self.hf_config.clone().unwrap_or_default();
         match self.eos.and_then(|id| self.inner.id_to_token(id)) {
             Some(eos) => cfg.insert("eos_token".into(), serde_json::Value::String(eos)),
             None => cfg.remove("eos_token"),
         };
+        match self.start.as_slice() {
+            [] if cfg.contains_key("add_bos_token") => {
+                cfg.insert("add_bos_token".into(), false.into());
+            }
+            [] => {}
+            [bos] => {
+                let bos = self.inner.id_to_token(*bos).ok_or_else(|| err(&self.source, format!("the start token {bos} has no text")))?;
+                cfg.insert("add_bos_token".into(), true.into());
+                cfg.insert("bos_token".into(), bos.into());
+            }
+            // Only a tokenizer.json post-processor gives more than one; the saved tokenizer.json
+            // keeps it.
+            _ => {}
+        }
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg)).expect("JSON of JSON values");
         crate::store::write_durable(path, text.as_bytes())
     }
@@ -180,10 +221,37 @@ impl Tok {
         let model = WordLevel::builder().vocab(vocab).unk_token(words.first().copied().unwrap_or("[UNK]").to_string()).build().map_err(|e| err("word-level tokenizer", e.to_string()))?;
         let mut inner = Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None, start: vec![] })
     }
 
-    /// Token ids of `text`; no BOS or other special tokens are added.
+    /// The same tokenizer putting `start` before every sequence (a model trained with a BOS
+    /// token); tests give tiny models one this way.
+    pub fn with_start(mut self, start: Vec<u32>) -> Result<Self> {
+        if let Some(&bad) = start.iter().find(|&&id| id as usize >= self.vocab_size) {
+            return Err(err(&self.source, format!("start token {bad} is outside the vocabulary of {}", self.vocab_size)));
+        }
+        self.start = start;
+        Ok(self)
+    }
+
+    /// The tokens put before every sequence (a BOS token); empty when the model wants none.
+    pub fn start(&self) -> &[u32] {
+        &self.start
+    }
+
+    /// Token ids of `text` as the beginning of a sequence: the start tokens, then
+    /// [`Tok::encode`]'s.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.begin(&self.encode(text)?))
+    }
+
+    /// `ids` as the beginning of a sequence: the start tokens before them.
+    pub fn begin(&self, ids: &[u32]) -> Vec<u32> {
+        self.start.iter().chain(ids).copied().collect()
+    }
+
+    /// Token ids of `text` as a piece of a sequence (an answer, a target, a continuation): no
+    /// start or other special tokens are added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| err(&self.source, format!("cannot encode {text:?}: {e}")))?;
         if let (Some(rows), Some(&id)) = (self.rows, enc.get_ids().iter().max()) {
@@ -237,14 +305,40 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
     }
 }
 
-/// The `eos_token` of a tokenizer_config.json (a string or an added token's `content`), as an
-/// id of `inner`; None when it names none.
-fn eos_of_tokenizer_config(cfg: &serde_json::Map<String, serde_json::Value>, path: &Path, inner: &Tokenizer) -> Result<Option<u32>> {
-    let file = path.display().to_string();
-    let name = match cfg.get("eos_token") {
+/// The start tokens tokenizer_config.json's `add_bos_token` asks for (transformers' Llama-family
+/// tokenizers rebuild their post-processor from it); None when it does not say.
+fn start_of_tokenizer_config(cfg: &serde_json::Map<String, serde_json::Value>, file: &str, inner: &Tokenizer) -> Result<Option<Vec<u32>>> {
+    match cfg.get("add_bos_token") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(false)) => Ok(Some(vec![])),
+        Some(serde_json::Value::Bool(true)) => match token_of_config(cfg, "bos_token", file, inner)? {
+            Some(bos) => Ok(Some(vec![bos])),
+            None => Err(err(file, "add_bos_token is true, but there is no bos_token")),
+        },
+        Some(other) => Err(err(file, format!("add_bos_token is {other}, not a boolean"))),
+    }
+}
+
+/// The tokens tokenizer.json's post-processor puts before a sequence (a template such as
+/// Llama 3's `<|begin_of_text|> $A`); those it puts after (an end token some templates add) are
+/// left out: this program scores and continues sequences, it never ends one.
+fn start_of_post_processor(inner: &Tokenizer, file: &str) -> Result<Vec<u32>> {
+    use tokenizers::{Encoding, Token};
+    // A marker no vocabulary holds, to see where the template puts the text.
+    const MARK: u32 = u32::MAX;
+    let text = Encoding::from_tokens(vec![Token::new(MARK, String::new(), (0, 0))], 0);
+    let done = inner.post_process(text, None, true).map_err(|e| err(file, format!("post_processor: {e}")))?;
+    let at = done.get_ids().iter().position(|&id| id == MARK).ok_or_else(|| err(file, "post_processor drops the text it is given"))?;
+    Ok(done.get_ids()[..at].to_vec())
+}
+
+/// The token a tokenizer_config.json names under `key` (a string or an added token's
+/// `content`), as an id of `inner`; None when it names none.
+fn token_of_config(cfg: &serde_json::Map<String, serde_json::Value>, key: &str, file: &str, inner: &Tokenizer) -> Result<Option<u32>> {
+    let name = match cfg.get(key) {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::String(s)) => s.as_str(),
-        Some(other) => other["content"].as_str().ok_or_else(|| err(&file, format!("eos_token is {other}, neither a token nor an added token's record")))?,
+        Some(other) => other["content"].as_str().ok_or_else(|| err(file, format!("{key} is {other}, neither a token nor an added token's record")))?,
     };
-    inner.token_to_id(name).map(Some).ok_or_else(|| err(&file, format!("eos_token '{name}' is not a token of tokenizer.json")))
+    inner.token_to_id(name).map(Some).ok_or_else(|| err(file, format!("{key} '{name}' is not a token of tokenizer.json")))
 }
