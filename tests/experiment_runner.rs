@@ -275,6 +275,10 @@ fn kill_and_resume(backend: &str) -> Result<(), String> {
     if !out.status.success() || !err.contains("going on from the journal on a new device (retry 1 of 3)") {
         return Err(format!("the run that lost its GPU did not go on by itself ({}):\n{err}", out.status));
     }
+    // The hyper-parameters' C0 of 2,048 tokens over four batches: warned, as --cov-tokens is.
+    if !err.contains("C0 from 2048 corpus tokens") {
+        return Err(format!("a small C0 from --hparams was not warned:\n{err}"));
+    }
     let got = csv_without_time(&lost)?;
     if got != want {
         return Err(format!("the CSV of the run that lost its GPU differs:\n{}\nuninterrupted:\n{}", got.join("\n"), want.join("\n")));

@@ -18,9 +18,6 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Corpus tokens below which a C0 measurably costs retention (docs/experiment.md).
-const SMALL_C0: usize = 16_384;
-
 #[derive(clap::Args)]
 pub(super) struct Args {
     #[arg(short, long, default_value = "smollm2")]
@@ -245,9 +242,6 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let requests = requests[..a.limit.unwrap_or(requests.len()).min(requests.len())].to_vec();
     ensure!(!requests.is_empty(), "{}: no edit requests to run", a.edits.display());
     let known = load_known(&a)?;
-    if let Some(n) = a.hp.cov_tokens.filter(|&n| n < SMALL_C0) {
-        log::warn!("--cov-tokens {n}: a C0 from fewer than {SMALL_C0} tokens costs retention in long runs (docs/experiment.md, \"How much of the lost retention is the small C0\"); it is cheap to compute once and cached");
-    }
     let plan = Plan {
         model: a.model.clone(),
         methods: a.methods.clone(),

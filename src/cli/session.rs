@@ -15,6 +15,10 @@ use revive::model::gguf::GgmlType;
 use revive::model::load::load;
 use std::path::Path;
 
+/// Corpus tokens below which a C0 measurably costs retention in sequential batches
+/// (docs/experiment.md: at 500 edits, 4,096 tokens kept 171 of 228 controls, 16k 196).
+const SMALL_C0: usize = 16_384;
+
 /// What a session writes when it ends.
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 pub(super) enum Save {
@@ -198,6 +202,10 @@ pub(super) fn with_session<R>(
     };
     let mut gm = GpuModel::new(&gpu, &m.weights)?;
     eprintln!("model {} on {}; {} on layers {:?}, {} requests in batches of {}", m.source, gpu.label(), config.spec.name(), config.spec.layers(), requests.len(), config.batch);
+    let tokens = config.spec.mom2_tokens();
+    if tokens < SMALL_C0 && requests.len() > config.batch {
+        log::warn!("C0 from {tokens} corpus tokens (--cov-tokens, or the hyper-parameters' mom2_tokens): below {SMALL_C0} it costs retention over many batches (docs/experiment.md, \"How much of the lost retention is the small C0\"); it is computed once and cached");
+    }
     let t = std::time::Instant::now();
     let moments = Session::statistics(&gm, &m.tok, &config.spec, true)?;
     let stats_seconds = t.elapsed().as_secs_f64();

@@ -66,7 +66,8 @@ impl MethodSpec {
             MethodSpec::Batch { hparams } => &hparams.templates,
         }
     }
-    fn mom2_tokens(&self) -> usize {
+    /// The corpus tokens C0 is taken from.
+    pub fn mom2_tokens(&self) -> usize {
         match self {
             MethodSpec::Rome { hparams } => hparams.mom2_tokens,
             MethodSpec::Batch { hparams } => hparams.mom2_tokens,

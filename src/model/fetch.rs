@@ -58,7 +58,8 @@ pub fn setup_smollm2(progress: &dyn Fn(&str)) -> Result<PathBuf> {
     let cache = cache_dir();
     let target = cache.join(SMOLLM2_FILE);
     if target.exists() {
-        if sha256_file(&target)? == SMOLLM2_SHA256 {
+        // The stamp a run left spares setup the reading too.
+        if verify_cached(&target).is_ok() {
             progress(&format!("{} is already there (sha256 ok)", target.display()));
             return Ok(target);
         }
@@ -91,6 +92,7 @@ pub fn setup_smollm2(progress: &dyn Fn(&str)) -> Result<PathBuf> {
         let _ = std::fs::remove_file(&target);
         return Err(err(&target, format!("sha256 {sum} does not match {SMOLLM2_SHA256}")));
     }
+    remember_verified(&target, SMOLLM2_SHA256)?;
     progress(&format!("{} (sha256 ok)", target.display()));
     Ok(target)
 }
@@ -148,18 +150,29 @@ fn verify_cached(path: &Path) -> Result<()> {
 }
 
 fn verify_against(path: &Path, want: &str) -> Result<()> {
-    let stamp_path = path.with_extension("gguf.verified");
-    let stamp = format!("{} {want}\n", file_version(path)?);
-    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
+    if std::fs::read_to_string(stamp_path(path)).is_ok_and(|s| s == stamp(path, want).unwrap_or_default()) {
         return Ok(());
     }
     let sum = sha256_file(path)?;
     if sum != want {
         return Err(err(path, format!("sha256 {sum} is not the published file's {want}: damaged or replaced; `revive setup` fetches it again")));
     }
-    // Where the cache is read-only the hash is taken at every run instead.
-    let _ = crate::store::write_durable(&stamp_path, stamp.as_bytes());
+    remember_verified(path, want)
+}
+
+/// Remembers that this version of `path` hashes to `want`. Where the cache is read-only the
+/// hash is taken at every run instead.
+fn remember_verified(path: &Path, want: &str) -> Result<()> {
+    let _ = crate::store::write_durable(&stamp_path(path), stamp(path, want)?.as_bytes());
     Ok(())
+}
+
+fn stamp_path(path: &Path) -> PathBuf {
+    path.with_extension("gguf.verified")
+}
+
+fn stamp(path: &Path, want: &str) -> Result<String> {
+    Ok(format!("{} {want}\n", file_version(path)?))
 }
 
 /// What changes whenever the file's bytes are written: size and modification time, and on Unix
