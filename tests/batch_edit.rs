@@ -824,6 +824,14 @@ fn a_session_killed_mid_run_resumes_to_the_same_weights() {
         if down_values(&gm)? != at2 {
             return Err("the journal rolled back to batch 2 differs from a run stopped there".into());
         }
+        // Read with a tokenizer that puts a start token first, the session's batches would not
+        // be the keys it edited: refused.
+        let bos = self::tok().with_start(vec![1]).unwrap();
+        let mut gm2 = ok(GpuModel::new(gpu, &weights(9)))?;
+        match session(&gm2, &bos, &whole, &reqs, true)?.replay(&mut gm2, &bos, None, None) {
+            Err(e) if e.to_string().contains("start tokens [], the tokenizer now puts [1]") => {}
+            other => return Err(format!("a session replayed under another tokenizer's start tokens: {:?}", other.map_err(|e| e.to_string()))),
+        }
 
         // The delta file: the changed matrices, loadable over the base.
         let delta = root.join("delta.safetensors");

@@ -56,7 +56,7 @@ fn perplexity_matches_the_f64_reference() {
         let gm = ok(GpuModel::new(gpu, &w))?;
         // One sequence per pass and all in one pass: the same number.
         for budget in [PassBudget { tokens: 1, logit_rows: 1 }, PassBudget { tokens: 4096, logit_rows: 1024 }] {
-            let got = ok(perplexity(&gm, &seqs, budget))?;
+            let got = ok(perplexity(&gm, &seqs, 1, budget))?;
             if !((got - want).abs() <= 1e-4 * want) {
                 return Err(format!("perplexity {got} ({budget:?}), f64 reference {want}"));
             }
@@ -123,7 +123,7 @@ fn a_checkpoint_measures_everything_and_sees_a_weight_change() {
     for_each_gpu(|gpu| {
         let mut gm = ok(GpuModel::new(gpu, &w))?;
         let seqs = sequences();
-        let prose = ProseSet { perplexity: seqs.clone(), agreement: seqs.clone() };
+        let prose = ProseSet { perplexity: seqs.clone(), agreement: seqs.clone(), unscored: 1 };
         let reference = ok(next_token_logprobs(&gm, &prose.agreement))?;
         let w0 = gm.tensor(&name).map_err(|e| e.to_string())?.clone();
         let w0 = ok(revive::ops::elementwise::scale(gpu, &w0, 1.0))?;
@@ -468,6 +468,59 @@ fn known_facts_match_the_f64_reference() {
         }
         if !got[1].correct || got.iter().all(|g| g.correct) {
             return Err(format!("the test needs a fact the model gives and one it does not: {got:?}"));
+        }
+        Ok(())
+    });
+}
+
+/// With a start token (w9 here) every measure reads what the same model reads without one when
+/// each prompt's text begins with w9: CounterFact scores (prompts, paraphrases,
+/// neighbourhoods, locality) and known facts; the pieces (targets, answers) get none, and a
+/// context template's text holds none.
+#[test]
+fn measures_put_the_start_token_before_each_prompt() {
+    use revive::edit::keys::context_templates;
+    use revive::edit::target::target_batch;
+    use revive::eval::counterfact::facts_metrics;
+    use revive::eval::retention::check_facts;
+    let w = random_weights(&config(), 6);
+    let (plain, with) = (tok(), tok().with_start(vec![9]).unwrap());
+    let spell = |p: &String| format!("w9 {p}");
+    let requests: Vec<EditRequest> = (0..3).map(request).collect();
+    let spelled: Vec<EditRequest> = requests
+        .iter()
+        .map(|r| EditRequest {
+            prompt: spell(&r.prompt),
+            paraphrase_prompts: r.paraphrase_prompts.iter().map(spell).collect(),
+            neighborhood_prompts: r.neighborhood_prompts.iter().map(spell).collect(),
+            ..r.clone()
+        })
+        .collect();
+    let facts: Vec<Fact> = (0..4).map(|i| Fact { prompt: format!("w{} w61", 20 + i), answer: format!(" w{}", 3 + i), relation_id: None }).collect();
+    let spelled_facts: Vec<Fact> = facts.iter().map(|f| Fact { prompt: spell(&f.prompt), ..f.clone() }).collect();
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        let (a, b) = (ok(facts_metrics(&gm, &with, &requests))?, ok(facts_metrics(&gm, &plain, &spelled))?);
+        if a != b {
+            return Err(format!("CounterFact scores with a start token {a:?}\nspelled out {b:?}"));
+        }
+        if a == ok(facts_metrics(&gm, &plain, &requests))? {
+            return Err("the start token changed no CounterFact score: the test sees nothing".into());
+        }
+        let strip = |c: Vec<revive::eval::retention::FactCheck>| c.into_iter().map(|c| (c.got, c.correct, c.logp)).collect::<Vec<_>>();
+        let (a, b) = (strip(ok(check_facts(&gm, &with, &facts))?), strip(ok(check_facts(&gm, &plain, &spelled_facts))?));
+        if a != b {
+            return Err(format!("known facts with a start token {a:?}\nspelled out {b:?}"));
+        }
+        let spec = revive::edit::hparams::Templates { prefixes: vec!["w3".into(), "w4 w5".into()], per_prefix: 2, length: 4, seed: 1 };
+        for t in ok(context_templates(&gm, &with, &spec))?.iter().skip(1) {
+            if !(t.starts_with("w3") || t.starts_with("w4 w5")) {
+                return Err(format!("a context template holds the start token: {t:?}"));
+            }
+        }
+        let batch = ok(target_batch(&with, &["{}".to_string()], "{} w60 w61", "w10", " w70 w71"))?;
+        if batch.target != vec![70, 71] || batch.prompts[0].ids[0] != 9 {
+            return Err(format!("target {:?}, prompt {:?}", batch.target, batch.prompts[0].ids));
         }
         Ok(())
     });

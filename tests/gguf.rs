@@ -1019,39 +1019,72 @@ fn the_start_token_is_put_where_the_model_asks_for_it() {
         assert!(e.contains(needle) && e.contains(FILE), "{set:?}: {e}");
     }
 
-    // Hugging Face: the post-processor's template, the config's override, a save's round trip.
+    // Hugging Face: the post-processor's template, the config's override (for the classes that
+    // read it), a save's round trip.
     let dir = std::env::temp_dir().join(format!("revive-start-token-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (json, cfg) = (dir.join("tokenizer.json"), dir.join("tokenizer_config.json"));
+    let load = || Tok::from_tokenizer_json(&json, None);
     let template = TemplateProcessing::builder().try_single("<|endoftext|> $A").unwrap().special_tokens(vec![("<|endoftext|>", 0)]).build().unwrap();
-    let mut inner = plain.inner().clone();
-    inner.with_post_processor(Some(template));
-    inner.save(&json, false).unwrap();
-    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().encode_prompt("he").unwrap(), vec![0, 257]);
-    std::fs::write(&cfg, r#"{"add_bos_token": false}"#).unwrap();
-    assert!(Tok::from_tokenizer_json(&json, None).unwrap().start().is_empty());
-    plain.inner().save(&json, false).unwrap();
-    assert!(Tok::from_tokenizer_json(&json, None).unwrap().start().is_empty(), "ByteLevel-free tokenizer.json with add_bos_token false");
-    std::fs::write(&cfg, r#"{"add_bos_token": true, "bos_token": {"content": "Ġt"}}"#).unwrap();
-    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().start(), &[258]);
+    let mut templated = plain.inner().clone();
+    templated.with_post_processor(Some(template));
+    templated.save(&json, false).unwrap();
+    assert_eq!(load().unwrap().encode_prompt("he").unwrap(), vec![0, 257]);
+    // A template that only ends a sequence gives no start token.
+    let after = TemplateProcessing::builder().try_single("$A <|endoftext|>").unwrap().special_tokens(vec![("<|endoftext|>", 0)]).build().unwrap();
+    let mut ending = plain.inner().clone();
+    ending.with_post_processor(Some(after));
+    ending.save(&json, false).unwrap();
+    assert!(load().unwrap().start().is_empty());
+    // A training setup's padding and truncation in tokenizer.json neither pad nor cut a text,
+    // nor read as start tokens.
+    let mut padded = templated.clone();
+    padded.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(6), direction: tokenizers::PaddingDirection::Left, pad_id: 7, ..Default::default() }));
+    padded.with_truncation(Some(tokenizers::TruncationParams { max_length: 1, ..Default::default() })).unwrap();
+    padded.save(&json, false).unwrap();
+    let read = load().unwrap();
+    assert_eq!((read.start(), read.encode("he the").unwrap()), (&[0u32][..], plain.encode("he the").unwrap()));
+    templated.save(&json, false).unwrap();
+    for (config, want) in [
+        (r#"{"add_bos_token": false}"#, vec![]),
+        (r#"{"add_bos_token": false, "tokenizer_class": "LlamaTokenizerFast"}"#, vec![]),
+        (r#"{"add_bos_token": false, "tokenizer_class": "GemmaTokenizer"}"#, vec![]),
+        // GPT-2's and the generic class ignore the key: the template decides.
+        (r#"{"add_bos_token": false, "tokenizer_class": "GPT2Tokenizer"}"#, vec![0]),
+        (r#"{"add_bos_token": true, "bos_token": "Ġt", "tokenizer_class": "PreTrainedTokenizerFast"}"#, vec![0]),
+        (r#"{"add_bos_token": true, "bos_token": {"content": "Ġt"}}"#, vec![258]),
+    ] {
+        std::fs::write(&cfg, config).unwrap();
+        let read = load().unwrap();
+        assert_eq!(read.start(), want.as_slice(), "{config}");
+        // Saved and read back (tokenizer.json alone, then with the config), the same.
+        let (json2, cfg2) = (dir.join("saved/tokenizer.json"), dir.join("saved/tokenizer_config.json"));
+        std::fs::create_dir_all(dir.join("saved")).unwrap();
+        let _ = std::fs::remove_file(&cfg2);
+        read.save_tokenizer_json(&json2).unwrap();
+        assert_eq!(Tok::from_tokenizer_json(&json2, None).unwrap().start(), want.as_slice(), "{config}: tokenizer.json alone");
+        read.save_tokenizer_config(&cfg2).unwrap();
+        assert_eq!(Tok::from_tokenizer_json(&json2, None).unwrap().start(), want.as_slice(), "{config}: saved");
+        let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg2).unwrap()).unwrap();
+        assert_eq!(saved["add_bos_token"], !want.is_empty(), "{config}: {saved}");
+    }
     for (bad, needle) in [(r#"{"add_bos_token": true}"#, "no bos_token"), (r#"{"add_bos_token": "yes"}"#, "add_bos_token is \"yes\""), (r#"{"add_bos_token": true, "bos_token": "<s>"}"#, "bos_token '<s>' is not a token")] {
         std::fs::write(&cfg, bad).unwrap();
-        let e = Tok::from_tokenizer_json(&json, None).err().expect(bad).to_string();
+        let e = load().err().expect(bad).to_string();
         assert!(e.contains("tokenizer_config.json") && e.contains(needle), "{bad}: {e}");
     }
-    // A GGUF tokenizer with a start token, saved as a directory, keeps it; one without leaves an
-    // add_bos_token it was read with as false.
-    tok.inner().save(&json, false).unwrap();
+    // A GGUF tokenizer with a start token, saved as a directory, keeps it; one without says so
+    // (transformers' Llama tokenizer, which reads such a directory, would put `<s>` first).
     std::fs::remove_file(&cfg).unwrap();
+    tok.save_tokenizer_json(&json).unwrap();
+    assert_eq!(load().unwrap().start(), &[258]);
     tok.save_tokenizer_config(&cfg).unwrap();
-    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().start(), &[258]);
-    std::fs::write(&cfg, r#"{"add_bos_token": true, "bos_token": "Ġt"}"#).unwrap();
-    let read = Tok::from_tokenizer_json(&json, None).unwrap();
+    assert_eq!(load().unwrap().start(), &[258]);
+    plain.save_tokenizer_json(&json).unwrap();
     plain.save_tokenizer_config(&cfg).unwrap();
-    assert!(Tok::from_tokenizer_json(&json, None).unwrap().start().is_empty());
-    read.save_tokenizer_config(&cfg).unwrap();
-    assert_eq!(Tok::from_tokenizer_json(&json, None).unwrap().start(), &[258]);
+    assert!(load().unwrap().start().is_empty());
+    assert!(std::fs::read_to_string(&cfg).unwrap().contains("\"add_bos_token\": false"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -314,7 +314,8 @@ fn a_directorys_tokenizer_keeps_its_end_token_and_fits_its_model() {
     assert_eq!(m.tok.eos(), Some(5));
     load::save(&m.weights, &m.tok, &dir, SaveDtype::F32).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap();
-    assert_eq!(cfg, serde_json::json!({"eos_token": "w5", "chat_template": "{{ x }}", "model_max_length": 64}));
+    // (And says it puts no start token: transformers' Llama tokenizer would put `<s>`.)
+    assert_eq!(cfg, serde_json::json!({"eos_token": "w5", "chat_template": "{{ x }}", "model_max_length": 64, "add_bos_token": false}));
 
     let more: Vec<String> = (0..w.config.vocab_size + 3).map(|i| format!("w{i}")).collect();
     let big = Tok::word_level(&more.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();

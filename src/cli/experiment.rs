@@ -408,7 +408,11 @@ fn locality_reference(dir: &Path, unedited: &Unedited, tok: &revive::model::Tok,
     }
     let path = dir.join("reference-locality.json");
     let chosen: Vec<(usize, &revive::edit::request::EditRequest)> = wanted.iter().map(|&i| (i, &requests[i])).collect();
-    let key = revive::store::sha256_hex(&serde_json::to_vec(&chosen)?);
+    // The start tokens are part of what was measured (keys of arms without any are unchanged).
+    let key = match tok.start() {
+        [] => revive::store::sha256_hex(&serde_json::to_vec(&chosen)?),
+        start => revive::store::sha256_hex(&serde_json::to_vec(&(&chosen, start))?),
+    };
     if let Ok(text) = std::fs::read_to_string(&path) {
         match serde_json::from_str::<Cached>(&text) {
             Ok(c) if c.requests_sha256 == key => return Ok(c.tops),

@@ -102,6 +102,11 @@ pub struct SessionConfig {
     /// unless told otherwise. Absent in sessions written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<SessionOutput>,
+    /// The tokenizer's start tokens (BOS) that began every sequence of the session (its
+    /// prompts, C0's corpus): a resume under a tokenizer that puts others would edit the later
+    /// batches from other keys. Empty, and not written, for models without (SmolLM2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_tokens: Vec<u32>,
 }
 
 /// A session's output, by the command line's names: `save` delta, full, gguf or none; `dtype`
@@ -326,6 +331,7 @@ impl<'a> Session<'a> {
             max_update_ratio,
             spec,
             output: None,
+            start_tokens: tok.start().to_vec(),
         })
     }
 
@@ -373,6 +379,18 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    fn check_tokenizer(&self, tok: &Tok) -> Result<()> {
+        if tok.start() != self.config.start_tokens.as_slice() {
+            return Err(Error::Edit(format!(
+                "the session in {} began its sequences with the start tokens {:?}, the tokenizer now puts {:?}: resume it with the program version and model files it was started with",
+                self.dir.display(),
+                self.config.start_tokens,
+                tok.start()
+            )));
+        }
+        Ok(())
+    }
+
     /// The matrices the method writes.
     pub fn matrices(&self) -> Vec<String> {
         self.method.matrices()
@@ -390,6 +408,7 @@ impl<'a> Session<'a> {
     /// added to the weights and shown to the method. A batch whose metrics record is missing
     /// (the run stopped between the two) gets it measured now, when `measure` is given.
     pub fn replay(&mut self, model: &mut GpuModel, tok: &Tok, upto: Option<usize>, mut measure: Option<&mut dyn Measure>) -> Result<usize> {
+        self.check_tokenizer(tok)?;
         let gpu = model.gpu().clone();
         let entries: Vec<_> = self.journal.batches().map(|(e, h)| (e.clone(), h.clone())).collect();
         // Each record must be the batch this session's batch size and requests put at its place:
@@ -437,6 +456,7 @@ impl<'a> Session<'a> {
 
     /// Runs the remaining batches; `on_batch` sees each as it completes.
     pub fn run(&mut self, model: &mut GpuModel, tok: &Tok, measure: &mut dyn Measure, opts: &RunOptions, mut on_batch: impl FnMut(&BatchDone)) -> Result<()> {
+        self.check_tokenizer(tok)?;
         if self.config.revive.is_some() && self.method.matrices().iter().any(|m| !self.guards.contains_key(m)) {
             return Err(Error::Edit("REVIVE is on but not every edited matrix has a guard".into()));
         }

@@ -174,7 +174,7 @@ impl Measures {
         let known_loss = known_checks.map(|c| known_loss(tok, &c, &requests[..edits.min(requests.len())])).transpose()?;
         lap_into(&mut split.known);
         let perplexity = match &self.prose {
-            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, PassBudget::for_gpu(model.gpu()))?),
+            Some(p) if !p.perplexity.is_empty() => Some(perplexity(model, &p.perplexity, p.unscored, PassBudget::for_gpu(model.gpu()))?),
             _ => None,
         };
         lap_into(&mut split.perplexity);

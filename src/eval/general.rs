@@ -22,6 +22,9 @@ pub const PROSE: &str = include_str!("../../assets/corpus/heldout/persuasion.txt
 pub struct ProseSet {
     pub perplexity: Vec<Vec<u32>>,
     pub agreement: Vec<Vec<u32>>,
+    /// The tokens at the head of each perplexity sequence that are its context, not scored:
+    /// the start tokens, at least one.
+    pub unscored: usize,
 }
 
 /// Tokenizes `text` (the shipped prose when None) and cuts it into `ppl_tokens` tokens of
@@ -53,14 +56,16 @@ pub fn prose_set(tok: &Tok, text: Option<&Path>, ppl_tokens: usize, seq_len: usi
     Ok(ProseSet {
         perplexity: ppl.chunks(seq_len - start).map(|c| tok.begin(c)).collect(),
         agreement: rest.chunks(prompt_len - start).take(n_prompts).map(|c| tok.begin(c)).collect(),
+        unscored: start.max(1),
     })
 }
 
-/// exp of the mean NLL of every token after the first of each sequence, scored in passes within
-/// `budget`.
-pub fn perplexity(model: &GpuModel, seqs: &[Vec<u32>], budget: PassBudget) -> Result<f64> {
+/// exp of the mean NLL of every token after the first `unscored` (at least one) of each
+/// sequence, scored in passes within `budget`.
+pub fn perplexity(model: &GpuModel, seqs: &[Vec<u32>], unscored: usize, budget: PassBudget) -> Result<f64> {
     let (mut nll, mut n) = (0.0, 0usize);
-    let pairs: Vec<(Vec<u32>, Vec<u32>)> = seqs.iter().filter(|s| s.len() > 1).map(|s| (s[..1].to_vec(), s[1..].to_vec())).collect();
+    let unscored = unscored.max(1);
+    let pairs: Vec<(Vec<u32>, Vec<u32>)> = seqs.iter().filter(|s| s.len() > unscored).map(|s| (s[..unscored].to_vec(), s[unscored..].to_vec())).collect();
     if !pairs.is_empty() {
         for lp in score_many_within(model, &pairs, budget)? {
             nll -= lp.iter().sum::<f64>();

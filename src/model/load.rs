@@ -4,7 +4,7 @@
 use super::fetch::{resolve, ModelSource};
 use super::safetensors::{load_dir, save_dir, SaveDtype};
 use super::{gguf, Tok, Weights};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::path::Path;
 
 pub struct LoadedModel {
@@ -22,13 +22,13 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
             let (weights, meta) = gguf::load_gguf(&path)?;
             let source = path.display().to_string();
             let mut tok = Tok::from_gguf(&meta, &source)?;
-            check_vocabularies(&weights, &mut tok, &source);
+            check_vocabularies(&weights, &mut tok, &source)?;
             Ok(LoadedModel { weights, tok, source, gguf: Some(path) })
         }
         ModelSource::Safetensors(dir) => {
             let weights = load_dir(&dir)?;
             let mut tok = Tok::from_tokenizer_json(&dir.join("tokenizer.json"), weights.config.eos_token_id)?;
-            check_vocabularies(&weights, &mut tok, &dir.join("tokenizer.json").display().to_string());
+            check_vocabularies(&weights, &mut tok, &dir.join("tokenizer.json").display().to_string())?;
             Ok(LoadedModel { weights, tok, source: dir.display().to_string(), gguf: None })
         }
     }
@@ -37,20 +37,17 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
 /// A tokenizer with tokens the embedding has no row for (tokens added to a fine-tune's
 /// tokenizer, the embedding not resized): it loads, as in transformers, and a text that encodes
 /// to such a token is refused naming the tokenizer, instead of failing inside a forward pass.
-fn check_vocabularies(weights: &Weights, tok: &mut Tok, source: &str) {
+fn check_vocabularies(weights: &Weights, tok: &mut Tok, source: &str) -> Result<()> {
     let rows = weights.config.vocab_size;
     if tok.vocab_size() > rows {
         log::warn!("{source}: the tokenizer has {} tokens but the model's embedding only {rows} rows; texts that use the others are refused", tok.vocab_size());
-        tok.limit_to_rows(rows);
     }
+    tok.limit_to_rows(rows)
 }
 
 /// Writes model.safetensors, config.json, tokenizer.json and tokenizer_config.json into `dir`.
 pub fn save(weights: &Weights, tok: &Tok, dir: &Path, dtype: SaveDtype) -> Result<()> {
     save_dir(weights, dir, dtype, None)?;
-    let path = dir.join("tokenizer.json");
-    tok.inner()
-        .save(&path, true)
-        .map_err(|e| Error::Model { file: path.display().to_string(), detail: format!("cannot write the tokenizer: {e}") })?;
+    tok.save_tokenizer_json(&dir.join("tokenizer.json"))?;
     tok.save_tokenizer_config(&dir.join("tokenizer_config.json"))
 }

@@ -5,10 +5,12 @@
 //! is chosen by `tokenizer.ggml.pre`: SmolLM2's `smollm` splits every digit on its own before the
 //! GPT-2 byte-level split (as its tokenizer.json does); no space is prefixed.
 //!
-//! A start token (BOS) goes before every sequence where the model asks for one, as llama.cpp and
-//! transformers put it: GGUF's `tokenizer.ggml.add_bos_token`, a tokenizer.json post-processor
-//! that adds one, or tokenizer_config.json's `add_bos_token` (which transformers' Llama-family
-//! tokenizers let override the post-processor). SmolLM2 has none. [`Tok::encode`] is for pieces
+//! A start token (BOS) goes before every sequence where the model asks for one: GGUF's
+//! `tokenizer.ggml.add_bos_token` (as llama.cpp reads it, but that a `true` without
+//! `tokenizer.ggml.bos_token_id` is refused rather than given llama.cpp's fallback id), the
+//! tokens a tokenizer.json post-processor puts before the text, or, for the tokenizer classes
+//! whose post-processor transformers rebuilds from it (Llama, Code Llama, Gemma),
+//! tokenizer_config.json's `add_bos_token`. SmolLM2 has none. [`Tok::encode`] is for pieces
 //! (answers, targets, continuations), [`Tok::encode_prompt`] for the beginning of a sequence.
 
 use super::gguf::{GgufMeta, Value};
@@ -157,9 +159,13 @@ impl Tok {
         let file = path.display().to_string();
         // tokenizers 0.22 panics (an `expect` in its decoder deserialiser) on some malformed
         // files instead of returning an error; the fuzz harness found it.
-        let inner = std::panic::catch_unwind(|| Tokenizer::from_file(path))
+        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_file(path))
             .map_err(|_| err(&file, "cannot load tokenizer: its 'decoder' (or another part) is malformed"))?
             .map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
+        // A training setup's truncation or padding would cut or pad every text this program
+        // encodes (and pad ids would read as start tokens); a save writes none.
+        inner.with_truncation(None).map_err(|e| err(&file, format!("truncation: {e}")))?;
+        inner.with_padding(None);
         let vocab_size = inner.get_vocab_size(true);
         let cfg_path = path.with_file_name("tokenizer_config.json");
         let cfg_file = cfg_path.display().to_string();
@@ -176,11 +182,25 @@ impl Tok {
         Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None, start })
     }
 
+    /// Writes tokenizer.json with a post-processor that puts the start tokens first where the
+    /// one it was read with does not (a GGUF's `add_bos_token`, a tokenizer_config.json's
+    /// override): tools that read only tokenizer.json then agree.
+    pub fn save_tokenizer_json(&self, path: &Path) -> Result<()> {
+        let file = path.display().to_string();
+        let mut inner = self.inner.clone();
+        if start_of_post_processor(&inner, &self.source)? != self.start {
+            let template = start_template(&inner, &self.start).map_err(|e| err(&file, format!("the start tokens' template: {e}")))?;
+            inner.with_post_processor(Some(template));
+        }
+        inner.save(path, true).map_err(|e| err(&file, format!("cannot write the tokenizer: {e}")))
+    }
+
     /// Writes the end-of-sequence and start tokens where [`Tok::from_tokenizer_json`] (and
     /// transformers) look for them: without the first a saved model's generations run past the
     /// end of a turn; without the second a model read from a GGUF file that asks for a start
-    /// token would lose it. The tokenizer_config.json the tokenizer was read with is kept, but
-    /// for these keys.
+    /// token would lose it, and one that asks for none would get `<s>` from transformers'
+    /// Llama tokenizer, whose default is a start token. The tokenizer_config.json the tokenizer
+    /// was read with is kept, but for these keys.
     pub fn save_tokenizer_config(&self, path: &Path) -> Result<()> {
         let mut cfg = self.hf_config.clone().unwrap_or_default();
         match self.eos.and_then(|id| self.inner.id_to_token(id)) {
@@ -188,27 +208,34 @@ impl Tok {
             None => cfg.remove("eos_token"),
         };
         match self.start.as_slice() {
-            [] if cfg.contains_key("add_bos_token") => {
+            [] => {
                 cfg.insert("add_bos_token".into(), false.into());
             }
-            [] => {}
             [bos] => {
                 let bos = self.inner.id_to_token(*bos).ok_or_else(|| err(&self.source, format!("the start token {bos} has no text")))?;
                 cfg.insert("add_bos_token".into(), true.into());
                 cfg.insert("bos_token".into(), bos.into());
             }
             // Only a tokenizer.json post-processor gives more than one; the saved tokenizer.json
-            // keeps it.
-            _ => {}
+            // holds them, and the config leaves it to it.
+            _ => {
+                cfg.remove("add_bos_token");
+            }
         }
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg)).expect("JSON of JSON values");
         crate::store::write_durable(path, text.as_bytes())
     }
 
     /// Refuses, at encoding, ids past the model's `rows` embedding rows (a tokenizer with tokens
-    /// added after the model was trained, and the embedding not resized).
-    pub fn limit_to_rows(&mut self, rows: usize) {
+    /// added after the model was trained, and the embedding not resized); a start token past
+    /// them is refused now.
+    pub fn limit_to_rows(&mut self, rows: usize) -> Result<()> {
+        if let Some(&bad) = self.start.iter().find(|&&id| id as usize >= rows) {
+            let piece = self.inner.id_to_token(bad).unwrap_or_default();
+            return Err(err(&self.source, format!("the start token {bad} ({piece:?}) is past the model's {rows} embedding rows")));
+        }
         self.rows = (rows < self.vocab_size).then_some(rows);
+        Ok(())
     }
 
     /// A word-level tokenizer over `words` (id = position; anything else is id 0, which
@@ -305,9 +332,19 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
     }
 }
 
-/// The start tokens tokenizer_config.json's `add_bos_token` asks for (transformers' Llama-family
-/// tokenizers rebuild their post-processor from it); None when it does not say.
+/// The tokenizer classes whose post-processor transformers rebuilds from `add_bos_token`; the
+/// others (GPT-2's, the generic fast tokenizer, Qwen's, …) leave it to tokenizer.json's.
+const CLASSES_READING_ADD_BOS: [&str; 3] = ["LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer"];
+
+/// The start tokens tokenizer_config.json's `add_bos_token` asks for; None when it does not say
+/// or its tokenizer class does not read it. Without a `tokenizer_class` the key is taken as
+/// meant (this program's saves write it, and no class).
 fn start_of_tokenizer_config(cfg: &serde_json::Map<String, serde_json::Value>, file: &str, inner: &Tokenizer) -> Result<Option<Vec<u32>>> {
+    if let Some(class) = cfg.get("tokenizer_class").and_then(|c| c.as_str()) {
+        if !CLASSES_READING_ADD_BOS.contains(&class.trim_end_matches("Fast")) {
+            return Ok(None);
+        }
+    }
     match cfg.get("add_bos_token") {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::Bool(false)) => Ok(Some(vec![])),
@@ -324,12 +361,26 @@ fn start_of_tokenizer_config(cfg: &serde_json::Map<String, serde_json::Value>, f
 /// left out: this program scores and continues sequences, it never ends one.
 fn start_of_post_processor(inner: &Tokenizer, file: &str) -> Result<Vec<u32>> {
     use tokenizers::{Encoding, Token};
-    // A marker no vocabulary holds, to see where the template puts the text.
+    // A marker no vocabulary holds, to see where the template puts the text. (`inner` has no
+    // truncation or padding, which post_process would apply too.)
     const MARK: u32 = u32::MAX;
     let text = Encoding::from_tokens(vec![Token::new(MARK, String::new(), (0, 0))], 0);
     let done = inner.post_process(text, None, true).map_err(|e| err(file, format!("post_processor: {e}")))?;
     let at = done.get_ids().iter().position(|&id| id == MARK).ok_or_else(|| err(file, "post_processor drops the text it is given"))?;
     Ok(done.get_ids()[..at].to_vec())
+}
+
+/// A post-processor that puts `start` before a text (and before the first of a pair).
+fn start_template(inner: &Tokenizer, start: &[u32]) -> std::result::Result<tokenizers::processors::template::TemplateProcessing, String> {
+    use tokenizers::processors::template::TemplateProcessing;
+    let names: Vec<String> = start.iter().map(|&id| inner.id_to_token(id).ok_or_else(|| format!("token {id} has no text"))).collect::<std::result::Result<_, _>>()?;
+    let pieces = |tail: &[&str]| names.iter().map(String::as_str).chain(tail.iter().copied()).map(String::from).collect::<Vec<String>>();
+    TemplateProcessing::builder()
+        .try_single(pieces(&["$A"]))?
+        .try_pair(pieces(&["$A", "$B:1"]))?
+        .special_tokens(names.iter().zip(start).map(|(n, &id)| (n.clone(), id)).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The token a tokenizer_config.json names under `key` (a string or an added token's
