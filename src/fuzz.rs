@@ -93,11 +93,22 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         })
     };
 
-    let tok_json = crate::model::Tok::word_level(&(0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>())?
-        .inner()
-        .to_string(false)
+    let word = crate::model::Tok::word_level(&(0..40).map(|i| format!("w{i}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>())?;
+    let tok_json = word.inner().to_string(false).map_err(|e| Error::Edit(e.to_string()))?;
+    // A template that puts a start token first, and a training setup's padding and truncation:
+    // what the loader probes and drops.
+    let mut templated = word.inner().clone();
+    let template = tokenizers::processors::template::TemplateProcessing::builder()
+        .try_single("w1 $A w2")
+        .and_then(|b| b.try_pair("w1 $A w2 $B:1 w2"))
+        .map_err(Error::Edit)?
+        .special_tokens(vec![("w1", 1), ("w2", 2)])
+        .build()
         .map_err(|e| Error::Edit(e.to_string()))?;
-    let mut tok_seeds = vec![tok_json.into_bytes()];
+    templated.with_post_processor(Some(template));
+    templated.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(12), ..Default::default() }));
+    templated.with_truncation(Some(tokenizers::TruncationParams { max_length: 3, ..Default::default() })).map_err(|e| Error::Edit(e.to_string()))?;
+    let mut tok_seeds = vec![tok_json.into_bytes(), templated.to_string(false).map_err(|e| Error::Edit(e.to_string()))?.into_bytes()];
     let real_tok = crate::model::fetch::cache_dir().join("fuzz-seed-tokenizer.json");
     if let Ok(b) = std::fs::read(&real_tok) {
         tok_seeds.push(b);

@@ -365,7 +365,10 @@ fn start_of_post_processor(inner: &Tokenizer, file: &str) -> Result<Vec<u32>> {
     // truncation or padding, which post_process would apply too.)
     const MARK: u32 = u32::MAX;
     let text = Encoding::from_tokens(vec![Token::new(MARK, String::new(), (0, 0))], 0);
-    let done = inner.post_process(text, None, true).map_err(|e| err(file, format!("post_processor: {e}")))?;
+    // As at loading: a malformed part may panic inside the tokenizers crate.
+    let done = std::panic::catch_unwind(|| inner.post_process(text, None, true))
+        .map_err(|_| err(file, "post_processor: malformed"))?
+        .map_err(|e| err(file, format!("post_processor: {e}")))?;
     let at = done.get_ids().iter().position(|&id| id == MARK).ok_or_else(|| err(file, "post_processor drops the text it is given"))?;
     Ok(done.get_ids()[..at].to_vec())
 }
