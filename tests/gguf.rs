@@ -1126,3 +1126,66 @@ fn logits_of_a_model_with_a_start_token() {
     assert!(err < 1e-3, "logits from the exported directory differ by {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`: Llama 2, TinyLlama, Mistral)
+/// encodes as sentencepiece itself does: tests/data/spm-bpe.json is a small BPE model with byte
+/// fallback trained by sentencepiece (tests/data/spm_fixture.py), with its encodings of awkward
+/// texts (leading, doubled and trailing spaces, digits, newlines and tabs, characters only bytes
+/// hold, the empty text). A prompt gets the dummy prefix and, by llama.cpp's default, the start
+/// token; a piece gets neither (" Anne" is "▁Anne"); decoding gives the text back.
+#[test]
+fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("data/spm-bpe.json")).unwrap();
+    let strs = |key: &str| fixture[key].as_array().unwrap().iter().map(|v| Value::Str(v.as_str().unwrap().into())).collect::<Vec<_>>();
+    let build = |extra: &[(&str, Value)], drop: &[&str]| {
+        let mut w = GgufWriter::default();
+        w.kv("general.architecture", Value::Str("llama".into()))
+            .kv("tokenizer.ggml.model", Value::Str("llama".into()))
+            .kv("tokenizer.ggml.tokens", Value::Array(strs("pieces")))
+            .kv("tokenizer.ggml.scores", Value::Array(fixture["scores"].as_array().unwrap().iter().map(|v| Value::F32(v.as_f64().unwrap() as f32)).collect()))
+            .kv("tokenizer.ggml.token_type", Value::Array(fixture["types"].as_array().unwrap().iter().map(|v| Value::I32(v.as_i64().unwrap() as i32)).collect()))
+            .kv("tokenizer.ggml.bos_token_id", Value::U32(fixture["bos"].as_u64().unwrap() as u32))
+            .kv("tokenizer.ggml.eos_token_id", Value::U32(fixture["eos"].as_u64().unwrap() as u32));
+        w.kv.retain(|(k, _)| !drop.contains(&k.as_str()) && !extra.iter().any(|(e, _)| e == k));
+        for (k, v) in extra {
+            w.kv(k, v.clone());
+        }
+        let meta = GgufFile::parse(w.to_bytes(3), FILE).unwrap().meta;
+        Tok::from_gguf(&meta, FILE)
+    };
+    let tok = build(&[], &[]).unwrap();
+    let bos = fixture["bos"].as_u64().unwrap() as u32;
+    assert_eq!(tok.start(), &[bos], "llama.cpp's default for SentencePiece is a start token");
+    for case in fixture["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got = tok.encode_prompt(text).unwrap();
+        assert_eq!(got[1..], want[..], "{text:?}");
+        assert_eq!(tok.decode_prompt(&got).unwrap(), text, "{text:?}");
+    }
+    // A piece: no dummy prefix, no start token; it continues a prompt as the whole text would.
+    let anne = tok.encode(" Anne").unwrap();
+    assert_eq!(anne.iter().map(|&id| tok.token_str(id).unwrap()).collect::<Vec<_>>(), ["▁Anne"]);
+    let whole = tok.encode_prompt("Sir Walter Elliot, of Kellynch Hall").unwrap();
+    let split = [tok.encode_prompt("Sir Walter Elliot, of").unwrap(), tok.encode(" Kellynch Hall").unwrap()].concat();
+    assert_eq!(whole, split);
+    assert_eq!(tok.decode(&anne).unwrap(), " Anne", "a piece decodes with its space");
+    // The control tokens match whole in a text; add_bos_token false and add_space_prefix false
+    // are honoured; scores that do not fit are refused, naming the key.
+    assert_eq!(tok.encode("</s>").unwrap(), vec![fixture["eos"].as_u64().unwrap() as u32]);
+    let plain = build(&[("tokenizer.ggml.add_bos_token", Value::Bool(false)), ("tokenizer.ggml.add_space_prefix", Value::Bool(false))], &[]).unwrap();
+    assert!(plain.start().is_empty());
+    assert_eq!(plain.encode_prompt("Anne").unwrap(), plain.encode("Anne").unwrap());
+    assert_ne!(plain.encode_prompt("Anne").unwrap(), tok.encode_prompt("Anne").unwrap()[1..]);
+    for (extra, drop, needle) in [
+        (vec![], vec!["tokenizer.ggml.scores"], "tokenizer.ggml.scores"),
+        (vec![("tokenizer.ggml.scores", Value::Array(vec![Value::F32(0.0)]))], vec![], "tokenizer.ggml.scores has 1 entries"),
+        (vec![], vec!["tokenizer.ggml.bos_token_id"], "no tokenizer.ggml.bos_token_id"),
+    ] {
+        let e = match build(&extra, &drop) {
+            Ok(_) => panic!("{extra:?} {drop:?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(needle) && e.contains(FILE), "{needle}: {e}");
+    }
+}

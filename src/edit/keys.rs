@@ -22,16 +22,17 @@ pub fn context_templates(model: &GpuModel, tok: &Tok, spec: &Templates) -> Resul
         if ids.is_empty() {
             return Err(Error::Edit(format!("template prefix {p:?} has no tokens")));
         }
-        prompts.extend(std::iter::repeat_n(tok.begin(&ids), spec.per_prefix));
+        prompts.extend(std::iter::repeat_n(tok.encode_prompt(p)?, spec.per_prefix));
     }
     // ROME samples from the top 5 tokens; the seed makes the templates reproducible.
     let sampling = Sampling { temperature: 1.0, top_k: 5, seed: spec.seed };
     let tails = sample_batch(model, &prompts, spec.length, sampling)?;
     for (prompt, tail) in prompts.iter().zip(tails) {
-        // The start tokens begin the sequence a template is put into, not the template's text.
-        let ids: Vec<u32> = prompt[tok.start().len()..].iter().chain(&tail).copied().collect();
+        // The start tokens (and SentencePiece's dummy prefix) begin the sequence a template is
+        // put into, not the template's text.
+        let ids: Vec<u32> = prompt.iter().chain(&tail).copied().collect();
         // Braces would read as placeholders; ROME blanks them the same way.
-        let text = tok.decode(&ids)?.replace(['{', '}'], " ");
+        let text = tok.decode_prompt(&ids)?.replace(['{', '}'], " ");
         templates.push(format!("{}. {{}}", text.trim_end()));
     }
     Ok(templates)

@@ -62,7 +62,7 @@ pub fn check_facts_reporting(model: &GpuModel, tok: &Tok, facts: &[Fact], on_pas
         if prompt.is_empty() {
             return Err(Error::Edit(format!("known fact {i}: the prompt {:?} has no tokens", f.prompt)));
         }
-        pairs.push((tok.begin(&prompt), vec![first]));
+        pairs.push((tok.encode_prompt(&f.prompt)?, vec![first]));
     }
     let scored = score_tokens_reporting(model, &pairs, on_pass)?;
     facts

@@ -1,9 +1,11 @@
 //! Tokenizer: a Hugging Face `tokenizers::Tokenizer`, built either from GGUF metadata or from a
 //! `tokenizer.json`.
 //!
-//! From GGUF only byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported. The pre-tokenizer
-//! is chosen by `tokenizer.ggml.pre`: SmolLM2's `smollm` splits every digit on its own before the
-//! GPT-2 byte-level split (as its tokenizer.json does); no space is prefixed.
+//! From GGUF: byte-level BPE (`tokenizer.ggml.model = gpt2`), whose pre-tokenizer is chosen by
+//! `tokenizer.ggml.pre` (SmolLM2's `smollm` splits every digit on its own before the GPT-2
+//! byte-level split, as its tokenizer.json does; no space is prefixed), and SentencePiece BPE
+//! (`llama`: Llama 2, TinyLlama, Mistral) from its pieces and scores, with byte fallback and
+//! the dummy prefix before a sequence's text (not before a piece's).
 //!
 //! A start token (BOS) goes before every sequence where the model asks for one: GGUF's
 //! `tokenizer.ggml.add_bos_token` (as llama.cpp reads it, but that a `true` without
@@ -44,6 +46,10 @@ pub struct Tok {
     rows: Option<usize>,
     /// Put before every sequence (a BOS token); empty when the model wants none.
     start: Vec<u32>,
+    /// SentencePiece's dummy prefix: a space before the text that begins a sequence (so its
+    /// first word is "▁word" as everywhere else), and none before a piece (" Paris" is "▁Paris",
+    /// not "▁▁Paris").
+    space_prefix: bool,
 }
 
 fn err(file: &str, detail: impl Into<String>) -> Error {
@@ -54,8 +60,8 @@ impl Tok {
     /// Builds the tokenizer stored in a GGUF file's metadata; `file` names it in errors.
     pub fn from_gguf(meta: &GgufMeta, file: &str) -> Result<Self> {
         let model = meta.str("tokenizer.ggml.model", file)?;
-        if model != "gpt2" {
-            return Err(err(file, format!("tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) is supported")));
+        if model != "gpt2" && model != "llama" {
+            return Err(err(file, format!("tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) and 'llama' (SentencePiece BPE) are supported")));
         }
         let strings = |key: &str| -> Result<Vec<&str>> {
             meta.array(key, file)?
@@ -65,15 +71,6 @@ impl Tok {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] '{m}' is not two tokens separated by a space")))
-            })
-            .collect::<Result<Vec<_>>>()?;
         // One integer a token: a short or mistyped list would quietly split control tokens
         // (<|im_end|>) into bytes, and generation would no longer stop at them.
         let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
@@ -91,12 +88,17 @@ impl Tok {
                     .collect::<Result<_>>()?
             }
         };
-        // llama.cpp's default for byte-level BPE is no start token.
-        let add_bos = match meta.get("tokenizer.ggml.add_bos_token") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(v) => return Err(err(file, format!("tokenizer.ggml.add_bos_token is {v:?}, not a boolean"))),
+        let flag = |key: &str, default: bool| -> Result<bool> {
+            match meta.get(key) {
+                None => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(v) => Err(err(file, format!("{key} is {v:?}, not a boolean"))),
+            }
         };
+        // llama.cpp's defaults: a start token for SentencePiece, none for byte-level BPE.
+        let spm = model == "llama";
+        let add_bos = flag("tokenizer.ggml.add_bos_token", spm)?;
+        let space_prefix = spm && flag("tokenizer.ggml.add_space_prefix", true)?;
 
         let mut vocab = Vocab::with_capacity(tokens.len());
         for (id, t) in tokens.iter().enumerate() {
@@ -104,24 +106,7 @@ impl Tok {
                 return Err(err(file, format!("tokenizer.ggml.tokens holds '{t}' twice")));
             }
         }
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
-
-        let byte_level = ByteLevel::new(false, true, true);
-        let pre_name = match meta.get("tokenizer.ggml.pre") {
-            None => None,
-            Some(_) => Some(meta.str("tokenizer.ggml.pre", file)?),
-        };
-        let pre: PreTokenizerWrapper = match pre_name {
-            Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-            None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
-            Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, default)"))),
-        };
-        let mut inner = Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre));
-        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut inner = if spm { sentencepiece_bpe(meta, file, &tokens, &types, vocab)? } else { byte_level_bpe(meta, file, vocab)? };
 
         // Control tokens (<|im_start|>, ...) must match whole in the text rather than be split
         // into bytes; they already have ids in the vocabulary, so adding them reuses those.
@@ -148,9 +133,9 @@ impl Tok {
         let start = match (add_bos, token_id("tokenizer.ggml.bos_token_id")?) {
             (false, _) => vec![],
             (true, Some(bos)) => vec![bos],
-            (true, None) => return Err(err(file, "tokenizer.ggml.add_bos_token is true, but there is no tokenizer.ggml.bos_token_id")),
+            (true, None) => return Err(err(file, "a start token is asked for (tokenizer.ggml.add_bos_token, or a SentencePiece vocabulary's default), but there is no tokenizer.ggml.bos_token_id")),
         };
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None, start })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None, start, space_prefix })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token is the `eos_token` of a
@@ -179,7 +164,7 @@ impl Tok {
             Some(start) => start,
             None => start_of_post_processor(&inner, &file)?,
         };
-        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None, start })
+        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None, start, space_prefix: false })
     }
 
     /// Writes tokenizer.json with a post-processor that puts the start tokens first where the
@@ -248,7 +233,7 @@ impl Tok {
         let model = WordLevel::builder().vocab(vocab).unk_token(words.first().copied().unwrap_or("[UNK]").to_string()).build().map_err(|e| err("word-level tokenizer", e.to_string()))?;
         let mut inner = Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None, start: vec![] })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None, start: vec![], space_prefix: false })
     }
 
     /// The same tokenizer putting `start` before every sequence (a model trained with a BOS
@@ -269,6 +254,9 @@ impl Tok {
     /// Token ids of `text` as the beginning of a sequence: the start tokens, then
     /// [`Tok::encode`]'s.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        if self.space_prefix && !text.is_empty() {
+            return Ok(self.begin(&self.encode(&format!(" {text}"))?));
+        }
         Ok(self.begin(&self.encode(text)?))
     }
 
@@ -288,6 +276,17 @@ impl Tok {
             }
         }
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of a sequence's `ids` (start tokens left out), so that
+    /// decode_prompt(encode_prompt(s)) == s: SentencePiece's dummy prefix is taken off.
+    pub fn decode_prompt(&self, ids: &[u32]) -> Result<String> {
+        let ids = ids.strip_prefix(self.start.as_slice()).unwrap_or(ids);
+        let text = self.decode(ids)?;
+        Ok(match text.strip_prefix(' ') {
+            Some(rest) if self.space_prefix => rest.to_string(),
+            _ => text,
+        })
     }
 
     /// The text of `ids`, special tokens included, so that decode(encode(s)) == s.
@@ -330,6 +329,80 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
         serde_json::Value::Object(m) => Ok(Some(m)),
         other => Err(err(&file, format!("expected a JSON object, found {other}"))),
     }
+}
+
+/// GPT-2's byte-level BPE from its merges, with the pre-tokenizer `tokenizer.ggml.pre` names.
+fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer> {
+    let merges = meta
+        .array("tokenizer.ggml.merges", file)?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            m.as_str()
+                .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] is not a string")))?
+                .split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] is not two tokens separated by a space")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
+    let byte_level = ByteLevel::new(false, true, true);
+    let pre_name = match meta.get("tokenizer.ggml.pre") {
+        None => None,
+        Some(_) => Some(meta.str("tokenizer.ggml.pre", file)?),
+    };
+    let pre: PreTokenizerWrapper = match pre_name {
+        Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
+        Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, default)"))),
+    };
+    let mut inner = Tokenizer::new(bpe);
+    inner.with_pre_tokenizer(Some(pre));
+    inner.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(inner)
+}
+
+/// A SentencePiece BPE vocabulary (Llama 2, TinyLlama, Mistral) from its pieces and scores, as
+/// transformers converts one: a merge for every split of a piece into two pieces, ranked by
+/// the merged piece's score (ties by the halves' ids), bytes for what no piece holds, spaces
+/// as "▁". The dummy prefix is [`Tok::encode_prompt`]'s, not the normaliser's, so that a
+/// piece gets none.
+fn sentencepiece_bpe(meta: &GgufMeta, file: &str, tokens: &[&str], types: &[i64], vocab: Vocab) -> Result<Tokenizer> {
+    use tokenizers::decoders::{byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as Decoders};
+    use tokenizers::normalizers::replace::Replace;
+    let key = "tokenizer.ggml.scores";
+    let scores = meta.array(key, file)?;
+    if scores.len() != tokens.len() {
+        return Err(err(file, format!("{key} has {} entries for {} tokens", scores.len(), tokens.len())));
+    }
+    let scores: Vec<f64> = scores.iter().enumerate().map(|(i, v)| v.as_f64().filter(|s| s.is_finite()).ok_or_else(|| err(file, format!("{key}[{i}] is {v:?}, not a score")))).collect::<Result<_>>()?;
+    // Normal pieces only (type 1, or no types): control, unknown and byte pieces merge nothing.
+    let normal = |id: usize| types.get(id).is_none_or(|&t| t == 1);
+    let mut merges: Vec<(f64, String, String)> = vec![];
+    for (id, piece) in tokens.iter().enumerate().filter(|&(id, _)| normal(id)) {
+        let mut local: Vec<(u32, u32, &str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*vocab.get(l)?, *vocab.get(r)?, l, r))
+            })
+            .collect();
+        local.sort();
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (scores[id], l.to_string(), r.to_string())));
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let unk = types.iter().position(|&t| t == 2).map(|i| tokens[i].to_string());
+    let mut bpe = BPE::builder().vocab_and_merges(vocab, merges.into_iter().map(|(_, l, r)| (l, r)).collect()).byte_fallback(true).fuse_unk(true);
+    if let Some(unk) = unk {
+        bpe = bpe.unk_token(unk);
+    }
+    let bpe = bpe.build().map_err(|e| err(file, format!("SentencePiece vocabulary: {e}")))?;
+    let mut inner = Tokenizer::new(bpe);
+    inner.with_normalizer(Some(Replace::new(" ", "▁").map_err(|e| err(file, e.to_string()))?));
+    let spaces = Replace::new("▁", " ").map_err(|e| err(file, e.to_string()))?;
+    inner.with_decoder(Some(Decoders::new(vec![spaces.into(), ByteFallback::new().into(), Fuse::new().into()])));
+    Ok(inner)
 }
 
 /// The tokenizer classes whose post-processor transformers rebuilds from `add_bos_token`; the
