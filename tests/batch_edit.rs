@@ -1091,6 +1091,18 @@ fn empty_and_overlong_requests_are_refused_up_front() {
         if !(msg.contains("request 2") && msg.contains("case_id 2") && msg.contains("context")) {
             return Err(format!("overlong prompt: {msg}"));
         }
+        // The rewriting sequence (prompt, then target) at exactly the context is accepted, one
+        // token more refused.
+        for extra in [0, 1] {
+            let mut edge = requests(3);
+            let r = &edge[0];
+            let used = ok(tok.encode_prompt(&r.full_prompt()))?.len() + ok(tok.encode(&r.target_new))?.len().max(ok(tok.encode(r.target_true.as_deref().unwrap_or("")))?.len());
+            edge[0].prompt = format!("{}{}", "w7 ".repeat(config().max_seq_len - used + extra), edge[0].prompt);
+            let got = Session::config_for(&gm, &tok, "tiny", spec.clone(), &edge, 2, None, 2e-5, 2.0);
+            if got.is_ok() != (extra == 0) {
+                return Err(format!("a rewrite {extra} token(s) past the context: {:?}", got.map(|_| ()).map_err(|e| e.to_string())));
+            }
+        }
         // A locality question and its answer are read as one sequence too.
         let mut long = requests(3);
         long[1].locality = vec![revive::edit::request::PromptAnswer::new("w7 ".repeat(config().max_seq_len - 1), " w8 w9")];

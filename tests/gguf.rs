@@ -1170,9 +1170,28 @@ fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
     let split = [tok.encode_prompt("Sir Walter Elliot, of").unwrap(), tok.encode(" Kellynch Hall").unwrap()].concat();
     assert_eq!(whole, split);
     assert_eq!(tok.decode(&anne).unwrap(), " Anne", "a piece decodes with its space");
-    // The control tokens match whole in a text; add_bos_token false and add_space_prefix false
-    // are honoured; scores that do not fit are refused, naming the key.
-    assert_eq!(tok.encode("</s>").unwrap(), vec![fixture["eos"].as_u64().unwrap() as u32]);
+    // The control tokens match whole in a text, and the text after one gets the dummy prefix
+    // again (llama.cpp, transformers); add_bos_token false and add_space_prefix false are
+    // honoured; scores that do not fit are refused, naming the key.
+    let eos = fixture["eos"].as_u64().unwrap() as u32;
+    assert_eq!(tok.encode("</s>").unwrap(), vec![eos]);
+    let after = tok.encode_prompt("</s>Anne").unwrap();
+    assert_eq!(after[..2], [bos, eos]);
+    assert_eq!(tok.token_str(after[2]).as_deref(), Some("▁Anne"), "{after:?}");
+    // Saved as tokenizer.json (transformers' Llama layout) and read back: the same prompts and
+    // pieces.
+    let dir = std::env::temp_dir().join(format!("revive-spm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    tok.save_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
+    let back = Tok::from_tokenizer_json(&dir.join("tokenizer.json"), None).unwrap();
+    for case in fixture["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(back.encode_prompt(text).unwrap(), tok.encode_prompt(text).unwrap(), "{text:?} read back");
+        assert_eq!(back.encode(text).unwrap(), tok.encode(text).unwrap(), "{text:?} read back, as a piece");
+    }
+    assert_eq!(back.encode(" Anne").unwrap(), anne);
+    assert_eq!(back.encode_prompt("</s>Anne").unwrap(), after);
+    std::fs::remove_dir_all(&dir).unwrap();
     let plain = build(&[("tokenizer.ggml.add_bos_token", Value::Bool(false)), ("tokenizer.ggml.add_space_prefix", Value::Bool(false))], &[]).unwrap();
     assert!(plain.start().is_empty());
     assert_eq!(plain.encode_prompt("Anne").unwrap(), plain.encode("Anne").unwrap());

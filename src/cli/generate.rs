@@ -53,14 +53,20 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         let mut out = vec![];
         generate(&gm, &ids, tokens, sampling, m.tok.eos(), |t| {
             out.push(t);
-            // Decode the whole continuation each time: a token may be half a character.
+            // Decode the whole continuation each time: a token may be half a character, which
+            // decodes as U+FFFD until the rest comes, so only text that extends what was shown
+            // and does not end in one is printed.
             if let Ok(text) = m.tok.decode(&out) {
-                print!("{}", &text[shown.len().min(text.len())..]);
-                shown = text;
-                let _ = std::io::Write::flush(&mut std::io::stdout());
+                if let Some(new) = text.strip_prefix(shown.as_str()).filter(|_| !text.ends_with('\u{FFFD}')) {
+                    print!("{new}");
+                    shown = text;
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
             }
         })?;
-        println!();
+        // What a last, unfinished character left unshown.
+        let text = m.tok.decode(&out)?;
+        println!("{}", text.strip_prefix(shown.as_str()).unwrap_or_default());
         return Ok(());
     }
     let ids: Vec<Vec<u32>> = prompt.iter().map(|p| m.tok.encode_prompt(p)).collect::<revive::Result<_>>()?;

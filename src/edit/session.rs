@@ -600,13 +600,15 @@ pub fn apply_delta(weights: &mut crate::model::Weights, path: &Path) -> Result<V
 /// one of its paraphrase and neighbourhood prompts, or a locality or portability prompt and its
 /// answer) does not fit the model's context, naming it, before any statistics or GPU work.
 fn check_lengths(context: usize, tok: &Tok, requests: &[EditRequest], templates: &[String]) -> Result<()> {
-    // The start tokens count once, with the template.
-    let template = templates.iter().map(|t| tok.encode_prompt(&t.replace("{}", "")).map(|ids| ids.len())).try_fold(0, |m, n| n.map(|n| m.max(n)))?;
     for (i, r) in requests.iter().enumerate() {
         let targets = [Some(&r.target_new), r.target_true.as_ref()].into_iter().flatten();
         let mut longest = 0;
+        // As the rewriting sequences are built: each template around the prompt, then the target.
         for target in targets {
-            longest = longest.max(template + tok.encode(&format!("{} {}", r.full_prompt(), target.trim_start()))?.len());
+            let target = tok.encode(target)?.len();
+            for t in templates {
+                longest = longest.max(tok.encode_prompt(&t.replacen("{}", &r.full_prompt(), 1))?.len() + target);
+            }
         }
         for p in r.paraphrase_prompts.iter().chain(&r.neighborhood_prompts) {
             longest = longest.max(tok.encode_prompt(p)?.len() + tok.encode(&r.target_new)?.len().max(1));

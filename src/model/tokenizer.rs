@@ -46,10 +46,11 @@ pub struct Tok {
     rows: Option<usize>,
     /// Put before every sequence (a BOS token); empty when the model wants none.
     start: Vec<u32>,
-    /// SentencePiece's dummy prefix: a space before the text that begins a sequence (so its
-    /// first word is "▁word" as everywhere else), and none before a piece (" Paris" is "▁Paris",
-    /// not "▁▁Paris").
-    space_prefix: bool,
+    /// SentencePiece's dummy prefix: the tokenizer for the text that begins a sequence, which
+    /// puts "▁" before it and before each stretch of text after a control token (so a first
+    /// word is "▁word" as everywhere else), as llama.cpp and transformers' Llama tokenizer do;
+    /// `inner` then has none, so a piece gets none (" Paris" is "▁Paris", not "▁▁Paris").
+    prompt_inner: Option<Tokenizer>,
 }
 
 fn err(file: &str, detail: impl Into<String>) -> Error {
@@ -107,6 +108,7 @@ impl Tok {
             }
         }
         let mut inner = if spm { sentencepiece_bpe(meta, file, &tokens, &types, vocab)? } else { byte_level_bpe(meta, file, vocab)? };
+        let mut prompt_inner = space_prefix.then(|| with_dummy_prefix(&inner)).transpose().map_err(|e| err(file, e))?;
 
         // Control tokens (<|im_start|>, ...) must match whole in the text rather than be split
         // into bytes; they already have ids in the vocabulary, so adding them reuses those.
@@ -117,6 +119,9 @@ impl Tok {
             .map(|(s, &t)| AddedToken::from(s.to_string(), t == TOKEN_CONTROL))
             .collect();
         inner.add_tokens(&added);
+        if let Some(p) = &mut prompt_inner {
+            p.add_tokens(&added);
+        }
 
         let token_id = |key: &str| -> Result<Option<u32>> {
             match meta.get(key) {
@@ -135,7 +140,7 @@ impl Tok {
             (true, Some(bos)) => vec![bos],
             (true, None) => return Err(err(file, "a start token is asked for (tokenizer.ggml.add_bos_token, or a SentencePiece vocabulary's default), but there is no tokenizer.ggml.bos_token_id")),
         };
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None, start, space_prefix })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None, start, prompt_inner })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token is the `eos_token` of a
@@ -144,13 +149,16 @@ impl Tok {
         let file = path.display().to_string();
         // tokenizers 0.22 panics (an `expect` in its decoder deserialiser) on some malformed
         // files instead of returning an error; the fuzz harness found it.
-        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_file(path))
+        let inner = std::panic::catch_unwind(|| Tokenizer::from_file(path))
             .map_err(|_| err(&file, "cannot load tokenizer: its 'decoder' (or another part) is malformed"))?
             .map_err(|e| err(&file, format!("cannot load tokenizer: {e}")))?;
+        let (mut inner, mut prompt_inner) = split_dummy_prefix(inner).map_err(|e| err(&file, e))?;
         // A training setup's truncation or padding would cut or pad every text this program
         // encodes (and pad ids would read as start tokens); a save writes none.
-        inner.with_truncation(None).map_err(|e| err(&file, format!("truncation: {e}")))?;
-        inner.with_padding(None);
+        for t in std::iter::once(&mut inner).chain(prompt_inner.as_mut()) {
+            t.with_truncation(None).map_err(|e| err(&file, format!("truncation: {e}")))?;
+            t.with_padding(None);
+        }
         let vocab_size = inner.get_vocab_size(true);
         let cfg_path = path.with_file_name("tokenizer_config.json");
         let cfg_file = cfg_path.display().to_string();
@@ -164,7 +172,7 @@ impl Tok {
             Some(start) => start,
             None => start_of_post_processor(&inner, &file)?,
         };
-        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None, start, space_prefix: false })
+        Ok(Tok { vocab_size, inner, eos, source: file, hf_config, rows: None, start, prompt_inner })
     }
 
     /// Writes tokenizer.json with a post-processor that puts the start tokens first where the
@@ -172,7 +180,7 @@ impl Tok {
     /// override): tools that read only tokenizer.json then agree.
     pub fn save_tokenizer_json(&self, path: &Path) -> Result<()> {
         let file = path.display().to_string();
-        let mut inner = self.inner.clone();
+        let mut inner = self.prompt_inner.as_ref().unwrap_or(&self.inner).clone();
         if start_of_post_processor(&inner, &self.source)? != self.start {
             let template = start_template(&inner, &self.start).map_err(|e| err(&file, format!("the start tokens' template: {e}")))?;
             inner.with_post_processor(Some(template));
@@ -233,7 +241,7 @@ impl Tok {
         let model = WordLevel::builder().vocab(vocab).unk_token(words.first().copied().unwrap_or("[UNK]").to_string()).build().map_err(|e| err("word-level tokenizer", e.to_string()))?;
         let mut inner = Tokenizer::new(model);
         inner.with_pre_tokenizer(Some(WhitespaceSplit));
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None, start: vec![], space_prefix: false })
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos: None, source: "word-level tokenizer".into(), hf_config: None, rows: None, start: vec![], prompt_inner: None })
     }
 
     /// The same tokenizer putting `start` before every sequence (a model trained with a BOS
@@ -254,10 +262,7 @@ impl Tok {
     /// Token ids of `text` as the beginning of a sequence: the start tokens, then
     /// [`Tok::encode`]'s.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        if self.space_prefix && !text.is_empty() {
-            return Ok(self.begin(&self.encode(&format!(" {text}"))?));
-        }
-        Ok(self.begin(&self.encode(text)?))
+        Ok(self.begin(&self.encode_with(self.prompt_inner.as_ref().unwrap_or(&self.inner), text)?))
     }
 
     /// `ids` as the beginning of a sequence: the start tokens before them.
@@ -268,7 +273,11 @@ impl Tok {
     /// Token ids of `text` as a piece of a sequence (an answer, a target, a continuation): no
     /// start or other special tokens are added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| err(&self.source, format!("cannot encode {text:?}: {e}")))?;
+        self.encode_with(&self.inner, text)
+    }
+
+    fn encode_with(&self, inner: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+        let enc = inner.encode(text, false).map_err(|e| err(&self.source, format!("cannot encode {text:?}: {e}")))?;
         if let (Some(rows), Some(&id)) = (self.rows, enc.get_ids().iter().max()) {
             if id as usize >= rows {
                 let piece = self.inner.id_to_token(id).unwrap_or_default();
@@ -284,7 +293,7 @@ impl Tok {
         let ids = ids.strip_prefix(self.start.as_slice()).unwrap_or(ids);
         let text = self.decode(ids)?;
         Ok(match text.strip_prefix(' ') {
-            Some(rest) if self.space_prefix => rest.to_string(),
+            Some(rest) if self.prompt_inner.is_some() => rest.to_string(),
             _ => text,
         })
     }
@@ -362,6 +371,9 @@ fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer
     Ok(inner)
 }
 
+/// Bytes of the longest piece merges are made for: SentencePiece's own limit is 16 characters.
+const MAX_MERGED_PIECE: usize = 256;
+
 /// A SentencePiece BPE vocabulary (Llama 2, TinyLlama, Mistral) from its pieces and scores, as
 /// transformers converts one: a merge for every split of a piece into two pieces, ranked by
 /// the merged piece's score (ties by the halves' ids), bytes for what no piece holds, spaces
@@ -379,7 +391,8 @@ fn sentencepiece_bpe(meta: &GgufMeta, file: &str, tokens: &[&str], types: &[i64]
     // Normal pieces only (type 1, or no types): control, unknown and byte pieces merge nothing.
     let normal = |id: usize| types.get(id).is_none_or(|&t| t == 1);
     let mut merges: Vec<(f64, String, String)> = vec![];
-    for (id, piece) in tokens.iter().enumerate().filter(|&(id, _)| normal(id)) {
+    // (A piece longer than any real one, from a damaged file, would cost its length squared.)
+    for (id, piece) in tokens.iter().enumerate().filter(|&(id, p)| normal(id) && p.len() <= MAX_MERGED_PIECE) {
         let mut local: Vec<(u32, u32, &str, &str)> = piece
             .char_indices()
             .skip(1)
@@ -403,6 +416,42 @@ fn sentencepiece_bpe(meta: &GgufMeta, file: &str, tokens: &[&str], types: &[i64]
     let spaces = Replace::new("▁", " ").map_err(|e| err(file, e.to_string()))?;
     inner.with_decoder(Some(Decoders::new(vec![spaces.into(), ByteFallback::new().into(), Fuse::new().into()])));
     Ok(inner)
+}
+
+/// `inner` with SentencePiece's dummy prefix, as transformers' Llama tokenizer.json has it: "▁"
+/// put before each stretch of text (the normaliser runs on each stretch between added tokens),
+/// and taken off the front again when a whole sequence is decoded.
+fn with_dummy_prefix(inner: &Tokenizer) -> std::result::Result<Tokenizer, String> {
+    use tokenizers::normalizers::{prepend::Prepend, Sequence as Normalizers, NormalizerWrapper};
+    let mut json: serde_json::Value = serde_json::to_value(inner).map_err(|e| e.to_string())?;
+    let replace = serde_json::to_value(inner.get_normalizer()).map_err(|e| e.to_string())?;
+    let normalizer = Normalizers::new(vec![NormalizerWrapper::Prepend(Prepend::new("▁".into())), serde_json::from_value(replace).map_err(|e| e.to_string())?]);
+    json["normalizer"] = serde_json::to_value(NormalizerWrapper::Sequence(normalizer)).map_err(|e| e.to_string())?;
+    let mut decoders = json["decoder"]["decoders"].as_array().cloned().unwrap_or_default();
+    decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    json["decoder"]["decoders"] = decoders.into();
+    serde_json::from_value(json).map_err(|e| e.to_string())
+}
+
+/// A tokenizer.json in transformers' Llama layout (a normaliser Sequence that begins with
+/// Prepend("▁"), a decoder Sequence that ends with Strip(" ", 1, 0)) parted into the tokenizer
+/// for pieces (neither) and the one for the text that begins a sequence (as read); any other
+/// tokenizer is both.
+fn split_dummy_prefix(inner: Tokenizer) -> std::result::Result<(Tokenizer, Option<Tokenizer>), String> {
+    let mut json: serde_json::Value = serde_json::to_value(&inner).map_err(|e| e.to_string())?;
+    let prepends = |n: &serde_json::Value| n["type"] == "Prepend" && n["prepend"] == "▁";
+    let norms = json["normalizer"]["normalizers"].as_array().cloned().unwrap_or_default();
+    if json["normalizer"]["type"] != "Sequence" || !norms.first().is_some_and(prepends) {
+        return Ok((inner, None));
+    }
+    json["normalizer"]["normalizers"] = norms[1..].to_vec().into();
+    let mut decoders = json["decoder"]["decoders"].as_array().cloned().unwrap_or_default();
+    if decoders.last().is_some_and(|d| d["type"] == "Strip" && d["content"] == " " && d["start"] == 1 && d["stop"] == 0) {
+        decoders.pop();
+        json["decoder"]["decoders"] = decoders.into();
+    }
+    let pieces: Tokenizer = serde_json::from_value(json).map_err(|e| format!("its normaliser without the dummy prefix: {e}"))?;
+    Ok((pieces, Some(inner)))
 }
 
 /// The tokenizer classes whose post-processor transformers rebuilds from `add_bos_token`; the
