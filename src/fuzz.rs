@@ -108,7 +108,12 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
     templated.with_post_processor(Some(template));
     templated.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(12), ..Default::default() }));
     templated.with_truncation(Some(tokenizers::TruncationParams { max_length: 3, ..Default::default() })).map_err(|e| Error::Edit(e.to_string()))?;
-    let mut tok_seeds = vec![tok_json.into_bytes(), templated.to_string(false).map_err(|e| Error::Edit(e.to_string()))?.into_bytes()];
+    // transformers' Llama layout, whose dummy prefix the loader parts from the pieces'
+    // tokenizer.
+    let mut llama: serde_json::Value = serde_json::from_str(&tok_json).map_err(|e| Error::Edit(e.to_string()))?;
+    llama["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+    llama["decoder"] = serde_json::json!({"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
+    let mut tok_seeds = vec![tok_json.into_bytes(), templated.to_string(false).map_err(|e| Error::Edit(e.to_string()))?.into_bytes(), llama.to_string().into_bytes()];
     let real_tok = crate::model::fetch::cache_dir().join("fuzz-seed-tokenizer.json");
     if let Ok(b) = std::fs::read(&real_tok) {
         tok_seeds.push(b);
