@@ -131,7 +131,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "gguf",
             file: "fuzz.gguf",
-            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?],
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, sentencepiece_gguf(&weights)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?],
             load: Box::new(|_, bytes| {
                 let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
                 crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
@@ -314,7 +314,13 @@ fn cache_seed(work: &Path) -> Result<Vec<u8>> {
 /// A complete small llama GGUF of format `version` (byte-level BPE vocabulary of 259 tokens,
 /// F32 tensors), as llama.cpp lays one out.
 pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
-    tiny_gguf_typed(w, version, |_, _| GgmlType::F32)
+    tiny_gguf_typed(w, version, |_, _| GgmlType::F32, false)
+}
+
+/// [`tiny_gguf`] with its vocabulary as SentencePiece's (`tokenizer.ggml.model = llama`: pieces,
+/// scores, token types), so that mutations reach that reader.
+fn sentencepiece_gguf(w: &crate::model::Weights) -> Result<Vec<u8>> {
+    tiny_gguf_typed(w, 3, |_, _| GgmlType::F32, true)
 }
 
 /// A two-layer model 256 wide, its matrices in the K-quants and their 32-element fallbacks
@@ -360,11 +366,12 @@ fn wide_gguf(types: &[GgmlType]) -> Result<Vec<u8>> {
         }
         next.set(next.get() + 1);
         types[(next.get() - 1) % types.len()]
-    })
+    }, false)
 }
 
-/// [`tiny_gguf`] with each tensor in the type `type_of(canonical name, GGUF dims)` gives.
-fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&str, &[usize]) -> GgmlType) -> Result<Vec<u8>> {
+/// [`tiny_gguf`] with each tensor in the type `type_of(canonical name, GGUF dims)` gives, its
+/// vocabulary byte-level BPE or (`spm`) SentencePiece's.
+fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&str, &[usize]) -> GgmlType, spm: bool) -> Result<Vec<u8>> {
     let c = &w.config;
     let mut bytes: Vec<String> = tokenizers::pre_tokenizers::byte_level::ByteLevel::alphabet().into_iter().map(String::from).collect();
     bytes.sort();
@@ -391,6 +398,13 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
         .kv("tokenizer.ggml.tokens", strs(&tokens))
         .kv("tokenizer.ggml.merges", strs(&["h e".into(), "Ġ t".into()]))
         .kv("tokenizer.ggml.eos_token_id", Value::U32(0));
+    if spm {
+        g.kv.retain(|(k, _)| !matches!(k.as_str(), "tokenizer.ggml.model" | "tokenizer.ggml.pre" | "tokenizer.ggml.merges"));
+        g.kv("tokenizer.ggml.model", Value::Str("llama".into()))
+            .kv("tokenizer.ggml.scores", Value::Array((0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect()))
+            .kv("tokenizer.ggml.token_type", Value::Array((0..tokens.len()).map(|i| Value::I32(if i == 0 { 3 } else { 1 })).collect()))
+            .kv("tokenizer.ggml.bos_token_id", Value::U32(0));
+    }
     for (name, t) in &w.tensors {
         let gguf = match name.as_str() {
             "embed" => "token_embd".to_string(),
@@ -559,5 +573,17 @@ mod tests {
         }
         let missing: Vec<_> = GgmlType::ALL.iter().filter(|t| t.block().0 > 1 && !seen.contains(&t.id())).collect();
         assert!(missing.is_empty(), "no seed holds {missing:?}");
+    }
+
+    /// The SentencePiece seed loads with its tokenizer, which is SentencePiece's (a start token
+    /// by default; "he" a piece of its own).
+    #[test]
+    fn the_sentencepiece_seed_loads() {
+        let tiny = Config { vocab_size: 259, ..Config::tiny_llama() };
+        let (w, meta) = crate::model::gguf::load_gguf_bytes(sentencepiece_gguf(&random_weights(&tiny, 3)).unwrap(), "spm").unwrap();
+        let tok = crate::model::Tok::from_gguf(&meta, "spm").unwrap();
+        assert_eq!(tok.start(), &[0]);
+        assert_eq!(tok.vocab_size(), w.config.vocab_size);
+        assert_eq!(tok.encode("he").unwrap(), vec![257]);
     }
 }
