@@ -48,9 +48,9 @@ pub fn shuffle<T>(items: &mut [T], seed: Option<u64>) {
 }
 
 /// The token stream of `text`'s lines (shuffled by `seed`, each line ending in a newline), cut
-/// into sequences of `seq_len` tokens (start tokens included), `max_tokens` tokens of text in all
-/// (C0 then counts `max_tokens` of these sequences' tokens, start tokens included) (fewer when the text runs
-/// out); only the last sequence may be shorter. Lines are shuffled before tokenizing, not the
+/// into sequences of `seq_len` tokens, each beginning with the tokenizer's start tokens (counted
+/// in its length), `max_tokens` tokens of text in all (fewer when the text runs out); only the
+/// last sequence may be shorter. Lines are shuffled before tokenizing, not the
 /// sequences after, so a small budget tokenizes only the lines it needs and still samples the
 /// whole corpus (the file is in part-of-speech order).
 pub fn sequences(tok: &Tok, text: &str, seq_len: usize, seed: Option<u64>, max_tokens: usize) -> Result<Vec<Vec<u32>>> {

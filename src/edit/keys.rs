@@ -18,11 +18,11 @@ pub fn context_templates(model: &GpuModel, tok: &Tok, spec: &Templates) -> Resul
     }
     let mut prompts = vec![];
     for p in &spec.prefixes {
-        let ids = tok.encode(p)?;
-        if ids.is_empty() {
+        let ids = tok.encode_prompt(p)?;
+        if ids.len() == tok.start().len() {
             return Err(Error::Edit(format!("template prefix {p:?} has no tokens")));
         }
-        prompts.extend(std::iter::repeat_n(tok.encode_prompt(p)?, spec.per_prefix));
+        prompts.extend(std::iter::repeat_n(ids, spec.per_prefix));
     }
     // ROME samples from the top 5 tokens; the seed makes the templates reproducible.
     let sampling = Sampling { temperature: 1.0, top_k: 5, seed: spec.seed };

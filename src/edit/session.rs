@@ -601,17 +601,16 @@ pub fn apply_delta(weights: &mut crate::model::Weights, path: &Path) -> Result<V
 /// answer) does not fit the model's context, naming it, before any statistics or GPU work.
 fn check_lengths(context: usize, tok: &Tok, requests: &[EditRequest], templates: &[String]) -> Result<()> {
     for (i, r) in requests.iter().enumerate() {
-        let targets = [Some(&r.target_new), r.target_true.as_ref()].into_iter().flatten();
-        let mut longest = 0;
-        // As the rewriting sequences are built: each template around the prompt, then the target.
-        for target in targets {
-            let target = tok.encode(target)?.len();
-            for t in templates {
-                longest = longest.max(tok.encode_prompt(&t.replacen("{}", &r.full_prompt(), 1))?.len() + target);
-            }
+        // As the rewriting sequences are built: each template around the prompt, then a target.
+        let mut prompt = 0;
+        for t in templates {
+            prompt = prompt.max(tok.encode_prompt(&t.replacen("{}", &r.full_prompt(), 1))?.len());
         }
+        let new = tok.encode(&r.target_new)?.len();
+        let truth = r.target_true.as_deref().map(|t| tok.encode(t)).transpose()?.map_or(0, |t| t.len());
+        let mut longest = prompt + new.max(truth);
         for p in r.paraphrase_prompts.iter().chain(&r.neighborhood_prompts) {
-            longest = longest.max(tok.encode_prompt(p)?.len() + tok.encode(&r.target_new)?.len().max(1));
+            longest = longest.max(tok.encode_prompt(p)?.len() + new.max(1));
         }
         for l in r.locality.iter().chain(&r.portability) {
             longest = longest.max(tok.encode_prompt(&l.prompt)?.len() + tok.encode(&l.answer)?.len());

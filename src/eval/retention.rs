@@ -58,11 +58,11 @@ pub fn check_facts_reporting(model: &GpuModel, tok: &Tok, facts: &[Fact], on_pas
     let mut pairs = vec![];
     for (i, f) in facts.iter().enumerate() {
         let first = *tok.encode(&f.answer)?.first().ok_or_else(|| Error::Edit(format!("known fact {i}: the answer {:?} has no tokens", f.answer)))?;
-        let prompt = tok.encode(&f.prompt)?;
-        if prompt.is_empty() {
+        let prompt = tok.encode_prompt(&f.prompt)?;
+        if prompt.len() == tok.start().len() {
             return Err(Error::Edit(format!("known fact {i}: the prompt {:?} has no tokens", f.prompt)));
         }
-        pairs.push((tok.encode_prompt(&f.prompt)?, vec![first]));
+        pairs.push((prompt, vec![first]));
     }
     let scored = score_tokens_reporting(model, &pairs, on_pass)?;
     facts

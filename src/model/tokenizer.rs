@@ -291,19 +291,19 @@ impl Tok {
     /// decode_prompt(encode_prompt(s)) == s: SentencePiece's dummy prefix is taken off.
     pub fn decode_prompt(&self, ids: &[u32]) -> Result<String> {
         let ids = ids.strip_prefix(self.start.as_slice()).unwrap_or(ids);
-        let text = self.decode(ids)?;
-        Ok(match text.strip_prefix(' ') {
-            Some(rest) if self.prompt_inner.is_some() => rest.to_string(),
-            _ => text,
-        })
+        self.decode_with(self.prompt_inner.as_ref().unwrap_or(&self.inner), ids)
     }
 
     /// The text of `ids`, special tokens included, so that decode(encode(s)) == s.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.decode_with(&self.inner, ids)
+    }
+
+    fn decode_with(&self, inner: &Tokenizer, ids: &[u32]) -> Result<String> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             return Err(err(&self.source, format!("token id {bad} is outside the vocabulary of {}", self.vocab_size())));
         }
-        self.inner.decode(ids, false).map_err(|e| err(&self.source, format!("cannot decode {ids:?}: {e}")))
+        inner.decode(ids, false).map_err(|e| err(&self.source, format!("cannot decode {ids:?}: {e}")))
     }
 
     /// The vocabulary entry of `id` in its byte-level form (" Paris" is "ĠParis"); use
