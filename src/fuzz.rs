@@ -16,7 +16,7 @@ use crate::model::gguf::write::{GgufWriter, Tensor as GgufTensor};
 use crate::model::gguf::{GgmlType, Value};
 use crate::model::random::random_weights;
 use crate::model::safetensors::{save_dir, SaveDtype};
-use crate::model::Config;
+use crate::model::{Config, RopeScaling};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -312,7 +312,7 @@ fn cache_seed(work: &Path) -> Result<Vec<u8>> {
 }
 
 /// A complete small llama GGUF of format `version` (byte-level BPE vocabulary of 259 tokens,
-/// F32 tensors), as llama.cpp lays one out.
+/// F32 tensors, the config's RoPE scaling), as llama.cpp lays one out.
 pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
     tiny_gguf_typed(w, version, |_, _| GgmlType::F32, false)
 }
@@ -404,6 +404,23 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
             .kv("tokenizer.ggml.scores", Value::Array((0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect()))
             .kv("tokenizer.ggml.token_type", Value::Array((0..tokens.len()).map(|i| Value::I32(if i == 0 { 3 } else { 1 })).collect()))
             .kv("tokenizer.ggml.bos_token_id", Value::U32(0));
+    }
+    // RoPE scaling as llama.cpp's converter writes it: linear as keys, any other rule as the
+    // divisors of its frequencies.
+    match &c.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            g.kv("llama.rope.scaling.type", Value::Str("linear".into())).kv("llama.rope.scaling.factor", Value::F32(*factor as f32));
+        }
+        _ => {
+            let plain = Config { rope_scaling: RopeScaling::None, ..c.clone() }.rope().inv_freq;
+            let divisors: Vec<f32> = match &c.rope_scaling {
+                RopeScaling::Divisors(d) => d.clone(),
+                _ => plain.iter().zip(c.rope().inv_freq).map(|(p, s)| (p / s) as f32).collect(),
+            };
+            let data = divisors.iter().flat_map(|d| d.to_le_bytes()).collect();
+            g.tensors.push(GgufTensor { name: crate::model::gguf::ROPE_FREQS.into(), dims: vec![divisors.len()], type_id: GgmlType::F32.id(), data });
+        }
     }
     for (name, t) in &w.tensors {
         let gguf = match name.as_str() {

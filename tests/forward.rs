@@ -11,7 +11,7 @@ use revive::model::generate::{generate, Sampling};
 use revive::model::probe::{Probes, Site};
 use revive::model::random::random_weights;
 use revive::model::safetensors::{load_dir, save_dir, SaveDtype};
-use revive::model::{Config, RopeStyle, Weights};
+use revive::model::{Config, RopeScaling, RopeStyle, Weights};
 
 /// Logits are sums over many f32 products; 1e-4 relative to the largest logit is the bound the
 /// issue sets for a whole forward pass.
@@ -39,8 +39,83 @@ fn models() -> Vec<(&'static str, Weights)> {
         ("llama", through_disk(&random_weights(&Config::tiny_llama(), 11), "llama")),
         ("gpt2", through_disk(&random_weights(&Config::tiny_gpt2(), 12), "gpt2")),
         // GGUF's RoPE pairing and tied embeddings, as SmolLM2 has them.
-        ("llama-adjacent", random_weights(&adjacent, 13)),
+        ("llama-adjacent", random_weights(&adjacent.clone(), 13)),
+        // Scaled RoPE: Llama 3.1's rule (through config.json), and a GGUF's divisors.
+        ("llama-llama3", through_disk(&random_weights(&Config { rope_scaling: LLAMA3.clone(), ..Config::tiny_llama() }, 14), "llama3")),
+        ("llama-divisors", random_weights(&Config { rope_scaling: RopeScaling::Divisors(vec![1.0, 2.5, 0.5, 7.0, 3.0, 1.25, 9.0, 4.0][..Config::tiny_llama().head_dim / 2].to_vec()), ..adjacent }, 15)),
     ]
+}
+
+/// Llama 3.1's rule as tiny models' heads see it: of tiny_llama's frequencies, some kept, some
+/// blended, some divided.
+const LLAMA3: RopeScaling = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64.0 };
+
+/// transformers' own logits (tests/data/rope_scaling_fixture.py) of one tiny Llama with 8 RoPE
+/// frequencies under Llama 3.1's scaling (frequencies in all three of its bands), linear
+/// scaling and none, over 40 positions. The config as transformers 5 writes it
+/// (`rope_parameters`) and in the older top-level form (`rope_theta`, `rope_scaling`) loads to
+/// the same model, whose logits on every adapter and in the f64 reference are transformers';
+/// a scaled model's logits are far from the unscaled one's, so the scaling is what is seen;
+/// a save and reload keeps it.
+#[test]
+fn scaled_rope_gives_the_logits_transformers_gives() {
+    use serde_json::Value;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rope-scaling");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = expected["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want = |name: &str| -> Vec<Vec<f64>> {
+        expected["logits"][name].as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+    };
+    let unscaled = want("none");
+    for name in ["llama3", "linear"] {
+        let apart = want(name).iter().flatten().zip(unscaled.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(apart > 0.1, "{name}: transformers' logits within {apart} of the unscaled model's");
+    }
+    for name in ["llama3", "linear", "none"] {
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join(format!("config-{name}.json"))).unwrap()).unwrap();
+        let mut legacy = config.clone();
+        let params = legacy.as_object_mut().unwrap().remove("rope_parameters").unwrap();
+        legacy["rope_theta"] = params["rope_theta"].clone();
+        if params["rope_type"] != "default" {
+            let mut scaling = params.clone();
+            scaling.as_object_mut().unwrap().remove("rope_theta");
+            legacy["rope_scaling"] = scaling;
+        }
+        let loaded: Vec<Weights> = [("parameters", &config), ("top-level", &legacy)]
+            .iter()
+            .map(|(form, cfg)| {
+                let dir = std::env::temp_dir().join(format!("revive-rope-{}-{name}-{form}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(fixture.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+                std::fs::write(dir.join("config.json"), serde_json::to_string(cfg).unwrap()).unwrap();
+                let w = load_dir(&dir).unwrap_or_else(|e| panic!("{name} ({form}): {e}"));
+                std::fs::remove_dir_all(&dir).unwrap();
+                w
+            })
+            .collect();
+        let w = &loaded[0];
+        assert_eq!(w.config, loaded[1].config, "{name}: the two forms of the config read differently");
+        let is_scaled = !matches!(w.config.rope_scaling, RopeScaling::None);
+        assert_eq!(is_scaled, name != "none", "{name}: read as {:?}", w.config.rope_scaling);
+        let want = want(name);
+        let (cpu, _) = CpuModel::new(w).forward(std::slice::from_ref(&ids), &Probes::default());
+        for (p, row) in want.iter().enumerate() {
+            let got: Vec<f32> = cpu[0][p].iter().map(|&x| x as f32).collect();
+            compare(&format!("{name} reference, position {p}"), &got, row, logit_tol(row)).unwrap();
+        }
+        for_each_gpu(|gpu| {
+            let gm = ok(GpuModel::new(gpu, w))?;
+            let batch = ok(Batch::new(std::slice::from_ref(&ids)))?;
+            let (logits, _) = ok(gm.forward(&batch, &Probes::default(), LogitRows::All, None))?;
+            let got = ok(gpu.download(&logits))?;
+            let v = w.config.vocab_size;
+            for (p, row) in want.iter().enumerate() {
+                compare(&format!("{name} on {}, position {p}", gpu.label()), &got[p * v..(p + 1) * v], row, logit_tol(row))?;
+            }
+            Ok(())
+        });
+        assert_eq!(through_disk(w, name).config, w.config, "{name}: the scaling did not survive a save");
+    }
 }
 
 #[test]

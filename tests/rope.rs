@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use revive::cpu;
 use revive::gpu::{Gpu, SplitLimits};
-use revive::model::RopeStyle;
+use revive::model::{Rope, RopeStyle};
 use revive::ops::rope::{rope, rope_pair};
 
 fn check(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64) -> Result<(), String> {
@@ -12,15 +12,26 @@ fn check(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64) -> Re
 }
 
 fn check_tol(gpu: &Gpu, shape: [usize; 4], pos0: usize, theta: f32, seed: u64, tol: Tolerance) -> Result<(), String> {
+    check_freqs(gpu, shape, pos0, &Rope::plain(theta as f64, shape[3], RopeStyle::Half).inv_freq, seed, tol)
+}
+
+/// The kernel against the oracle with these frequencies, both pairings.
+fn check_freqs(gpu: &Gpu, shape: [usize; 4], pos0: usize, inv_freq: &[f64], seed: u64, tol: Tolerance) -> Result<(), String> {
     let mut r = rng(seed);
     let x = random_vec(&mut r, shape.iter().product());
     let tx = ok(gpu.upload(&x, &shape))?;
     for style in [RopeStyle::Adjacent, RopeStyle::Half] {
-        let got = ok(gpu.download(&ok(rope(gpu, &tx, pos0, theta, style))?))?;
-        let want = cpu::rope(&x, shape, pos0, theta as f64, style);
+        let rot = Rope { style, inv_freq: inv_freq.to_vec() };
+        let got = ok(gpu.download(&ok(rope(gpu, &tx, pos0, &rot))?))?;
+        let want = cpu::rope(&x, shape, pos0, &rot);
         compare(&format!("rope {style:?} {shape:?} pos0={pos0}"), &got, &want, tol)?;
     }
     Ok(())
+}
+
+/// Unscaled RoPE with SmolLM2's base over heads of d.
+fn plain(d: usize, style: RopeStyle) -> Rope {
+    Rope::plain(10_000.0, d, style)
 }
 
 #[test]
@@ -47,6 +58,32 @@ fn rope_matches_oracle() {
     });
 }
 
+/// Scaled frequencies (Llama 3.1's rule, linear, a GGUF's divisors) are what the kernels get
+/// from the host: any table turns each pair at its own rate. A table of the wrong length is
+/// refused, naming the count.
+#[test]
+fn scaled_frequencies_match_the_oracle() {
+    use revive::model::{Config, RopeScaling};
+    let llama3 = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64.0 };
+    let divisors = RopeScaling::Divisors((0..32).map(|i| 1.0 + (i % 5) as f32 * 0.75).collect());
+    for_each_gpu(|gpu| {
+        for (i, scaling) in [llama3.clone(), RopeScaling::Linear { factor: 4.0 }, divisors.clone()].into_iter().enumerate() {
+            let config = Config { head_dim: 64, rope_theta: 500_000.0, rope_scaling: scaling.clone(), ..Config::tiny_llama() };
+            let freqs = config.rope().inv_freq;
+            if freqs == Rope::plain(500_000.0, 64, RopeStyle::Half).inv_freq {
+                return Err(format!("{scaling:?} left the frequencies as they were"));
+            }
+            check_freqs(gpu, [2, 7, 3, 64], 9, &freqs, 700 + i as u64, Tolerance::F32)?;
+        }
+        let x = ok(gpu.upload(&[0.0; 8], &[1, 1, 1, 8]))?;
+        let err = rope(gpu, &x, 0, &plain(6, RopeStyle::Half)).err().ok_or("3 frequencies for heads of 8 accepted")?.to_string();
+        if !err.contains("3 RoPE frequencies") {
+            return Err(format!("unexpected message: {err}"));
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn rope_splits_rows_across_dispatches() {
     for_each_gpu(|gpu| {
@@ -62,7 +99,7 @@ fn rope_splits_rows_across_dispatches() {
 fn rope_rejects_odd_head_dim() {
     for_each_gpu(|gpu| {
         let x = ok(gpu.upload(&[0.0; 15], &[1, 1, 3, 5]))?;
-        let err = rope(gpu, &x, 0, 10_000.0, RopeStyle::Half).err().ok_or("odd head dim accepted")?;
+        let err = rope(gpu, &x, 0, &plain(5, RopeStyle::Half)).err().ok_or("odd head dim accepted")?;
         if !err.to_string().contains("even") {
             return Err(format!("unexpected message: {err}"));
         }
@@ -83,12 +120,12 @@ fn queries_and_keys_rotated_together_match_the_oracle() {
                 let (q, k) = (random_vec(&mut r, b * t * hq * d), random_vec(&mut r, b * t * hk * d));
                 let (tq, tk) = (ok(g.upload(&q, &[b, t, hq, d]))?, ok(g.upload(&k, &[b, t, hk, d]))?);
                 for style in [RopeStyle::Adjacent, RopeStyle::Half] {
-                    let (qo, ko) = ok(rope_pair(g, &tq, &tk, pos0, 10_000.0, style))?;
+                    let (qo, ko) = ok(rope_pair(g, &tq, &tk, pos0, &plain(d, style)))?;
                     for (name, x, h, got, alone) in [("q", &q, hq, &qo, &tq), ("k", &k, hk, &ko, &tk)] {
                         let got = ok(g.download(got))?;
                         let label = format!("rope_pair {name} {style:?} [{b}, {t}, {h}, {d}] pos0={pos0} ({})", g.label());
-                        compare(&label, &got, &cpu::rope(x, [b, t, h, d], pos0, 10_000.0, style), Tolerance::F32)?;
-                        let one = ok(g.download(&ok(rope(g, alone, pos0, 10_000.0, style))?))?;
+                        compare(&label, &got, &cpu::rope(x, [b, t, h, d], pos0, &plain(d, style)), Tolerance::F32)?;
+                        let one = ok(g.download(&ok(rope(g, alone, pos0, &plain(d, style)))?))?;
                         if got.iter().zip(&one).any(|(a, b)| a.to_bits() != b.to_bits()) {
                             return Err(format!("{label}: not the bits of rope alone"));
                         }
@@ -126,9 +163,9 @@ fn rope_kv_rotates_into_the_caches_like_the_oracle() {
                         let label = format!("rope_kv {style:?} {layout} [{b}, {t}, {hq}/{hk}, {d}] pos0={pos0} ({})", g.label());
                         let kc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
                         let vc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
-                        let qo = ok(rope_kv(g, tq, tk, tv, &kc, &vc, pos0, 10_000.0, style))?;
-                        compare(&format!("{label} q"), &ok(g.download(&qo))?, &cpu::rope(q, [b, t, hq, d], pos0, 10_000.0, style), Tolerance::F32)?;
-                        let rk = cpu::rope(k, [b, t, hk, d], pos0, 10_000.0, style);
+                        let qo = ok(rope_kv(g, tq, tk, tv, &kc, &vc, pos0, &plain(d, style)))?;
+                        compare(&format!("{label} q"), &ok(g.download(&qo))?, &cpu::rope(q, [b, t, hq, d], pos0, &plain(d, style)), Tolerance::F32)?;
+                        let rk = cpu::rope(k, [b, t, hk, d], pos0, &plain(d, style));
                         let vv: Vec<f64> = v.iter().map(|&x| x as f64).collect();
                         for (name, cache, want) in [("k cache", &kc, &rk), ("v cache", &vc, &vv)] {
                             let got = ok(g.download(cache))?;
@@ -180,12 +217,12 @@ fn rope_kv_at_each_sequences_own_position_matches_the_oracle() {
                     let label = format!("rope_kv_at each {style:?} [{b}, 1, {hq}/{hk}, {d}] cap {cap} ({})", g.label());
                     let kc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
                     let vc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
-                    let qo = ok(g.download(&ok(rope_kv_at(g, &tq, &tk, &tv, &kc, &vc, At::Each(&positions), 10_000.0, style))?))?;
+                    let qo = ok(g.download(&ok(rope_kv_at(g, &tq, &tk, &tv, &kc, &vc, At::Each(&positions), &plain(d, style)))?))?;
                     let (gk, gv) = (ok(g.download(&kc))?, ok(g.download(&vc))?);
                     for (s, &pos) in positions.iter().enumerate() {
-                        let want_q = cpu::rope(&q[s * hq * d..(s + 1) * hq * d], [1, 1, hq, d], pos, 10_000.0, style);
+                        let want_q = cpu::rope(&q[s * hq * d..(s + 1) * hq * d], [1, 1, hq, d], pos, &plain(d, style));
                         compare(&format!("{label} q of seq {s} at {pos}"), &qo[s * hq * d..(s + 1) * hq * d], &want_q, Tolerance::F32)?;
-                        let want_k = cpu::rope(&k[s * hk * d..(s + 1) * hk * d], [1, 1, hk, d], pos, 10_000.0, style);
+                        let want_k = cpu::rope(&k[s * hk * d..(s + 1) * hk * d], [1, 1, hk, d], pos, &plain(d, style));
                         for (name, got, want) in [("k", &gk, want_k), ("v", &gv, v[s * hk * d..(s + 1) * hk * d].iter().map(|&x| x as f64).collect())] {
                             let block = &got[s * hk * cap * d..(s + 1) * hk * cap * d];
                             let mut written = vec![];
@@ -203,8 +240,8 @@ fn rope_kv_at_each_sequences_own_position_matches_the_oracle() {
                 let kc = ok(g.full(&[b, hk, cap, d], 0.0))?;
                 let mut past = positions.clone();
                 past[b - 1] = cap;
-                rope_kv_at(g, &tq, &tk, &tv, &kc, &kc, At::Each(&past), 10_000.0, RopeStyle::Half).err().ok_or(format!("{b} sequences: a position past the cache accepted"))?;
-                rope_kv_at(g, &tq, &tk, &tv, &kc, &kc, At::Each(&positions[1..]), 10_000.0, RopeStyle::Half).err().ok_or(format!("{b} sequences: {} positions accepted", b - 1))?;
+                rope_kv_at(g, &tq, &tk, &tv, &kc, &kc, At::Each(&past), &plain(d, RopeStyle::Half)).err().ok_or(format!("{b} sequences: a position past the cache accepted"))?;
+                rope_kv_at(g, &tq, &tk, &tv, &kc, &kc, At::Each(&positions[1..]), &plain(d, RopeStyle::Half)).err().ok_or(format!("{b} sequences: {} positions accepted", b - 1))?;
             }
         }
         Ok(())
@@ -250,16 +287,16 @@ fn norm_qkv_rope_kv_matches_the_composed_oracle() {
                         let kc = ok(g_.full(&[b, hk, cap, d], f32::NAN))?;
                         let vc = ok(g_.full(&[b, hk, cap, d], f32::NAN))?;
                         let heads = Heads { q: hq, kv: hk, dim: d };
-                        let q = ok(g_.download(&ok(norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &vc, *at, theta, style))?))?;
+                        let q = ok(g_.download(&ok(norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &vc, *at, &Rope::plain(theta as f64, d, style)))?))?;
                         check_placed(&label, &stacked, &q, (&ok(g_.download(&kc))?, &ok(g_.download(&vc))?), [b, t, hq, hk, d, cap], *at, style)?;
                     }
                 }
                 // Refused: a matrix of the wrong height, positions past the caches.
                 let kc = ok(g_.full(&[b, hk, cap, d], 0.0))?;
                 let heads = Heads { q: hq, kv: hk + 1, dim: d };
-                norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(0), theta, RopeStyle::Half).err().ok_or(format!("{hq} + 2 × {} heads of {d} accepted for a matrix of {n} rows", hk + 1))?;
+                norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(0), &Rope::plain(theta as f64, d, RopeStyle::Half)).err().ok_or(format!("{hq} + 2 × {} heads of {d} accepted for a matrix of {n} rows", hk + 1))?;
                 let heads = Heads { q: hq, kv: hk, dim: d };
-                norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(cap - t + 1), theta, RopeStyle::Half).err().ok_or("positions past the caches accepted")?;
+                norm_qkv_rope_kv(g_, &tx, &tg, eps, &tm, heads, &kc, &kc, At::From(cap - t + 1), &Rope::plain(theta as f64, d, RopeStyle::Half)).err().ok_or("positions past the caches accepted")?;
             }
         }
         Ok(())
@@ -283,7 +320,7 @@ fn check_placed(label: &str, stacked: &[Vec<f64>], q: &[f32], (gk, gv): (&[f32],
         for (h, head) in out.chunks(d).enumerate() {
             let mut head = head.to_vec();
             if h < hq + hk {
-                cpu::rope::rope_head(&mut head, pos, 10_000.0, style);
+                cpu::rope::rope_head(&mut head, pos, &plain(d, style));
             }
             if h < hq {
                 want_q.extend(head);
@@ -340,13 +377,13 @@ fn rope_kv_stacked_matches_the_oracle() {
                         let label = format!("rope_kv_stacked {style:?} b={b} t={t} {hq}/{hk}x{d} {at_label} ({})", g.label());
                         let kc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
                         let vc = ok(g.full(&[b, hk, cap, d], f32::NAN))?;
-                        let q = ok(g.download(&ok(rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk, dim: d }, &kc, &vc, *at, 10_000.0, style))?))?;
+                        let q = ok(g.download(&ok(rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk, dim: d }, &kc, &vc, *at, &plain(d, style)))?))?;
                         check_placed(&label, &stacked, &q, (&ok(g.download(&kc))?, &ok(g.download(&vc))?), [b, t, hq, hk, d, cap], *at, style)?;
                     }
                 }
                 let kc = ok(g.full(&[b, hk, cap, d], 0.0))?;
-                rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk + 1, dim: d }, &kc, &kc, At::From(0), 10_000.0, RopeStyle::Half).err().ok_or("a stacked product of the wrong width accepted")?;
-                rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk, dim: d }, &kc, &kc, At::From(cap - t + 1), 10_000.0, RopeStyle::Half).err().ok_or("positions past the caches accepted")?;
+                rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk + 1, dim: d }, &kc, &kc, At::From(0), &plain(d, RopeStyle::Half)).err().ok_or("a stacked product of the wrong width accepted")?;
+                rope_kv_stacked(g, &tx, Heads { q: hq, kv: hk, dim: d }, &kc, &kc, At::From(cap - t + 1), &plain(d, RopeStyle::Half)).err().ok_or("positions past the caches accepted")?;
             }
         }
         Ok(())

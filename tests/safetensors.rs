@@ -136,9 +136,18 @@ fn inconsistent_settings_are_refused_naming_the_key() {
         ("num_key_value_heads", serde_json::json!("2")),
         ("max_position_embeddings", serde_json::json!(-5)),
         ("eos_token_id", serde_json::json!("2")),
-        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
-        ("rope_scaling", serde_json::json!({"type": "linear", "factor": 2.0})),
-        ("rope_scaling", serde_json::json!("yarn")),
+        // Scalings this runtime does not apply, and ones it does, given wrong.
+        ("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096})),
+        ("rope_scaling", serde_json::json!({"type": "dynamic", "factor": 2.0})),
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0})),
+        ("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 8192})),
+        ("rope_scaling", serde_json::json!({"type": "linear", "factor": 0.0})),
+        ("rope_scaling", serde_json::json!({"type": "linear", "factor": "2"})),
+        ("rope_scaling", serde_json::json!({"rope_type": 3})),
+        ("rope_parameters", serde_json::json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})),
+        ("rope_parameters", serde_json::json!("default")),
+        ("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": 500000.0})),
+        ("rope_parameters", serde_json::json!({"full_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
         ("hidden_act", serde_json::json!("gelu")),
         ("attention_bias", serde_json::json!(true)),
         ("mlp_bias", serde_json::json!(true)),
@@ -162,10 +171,36 @@ fn inconsistent_settings_are_refused_naming_the_key() {
     c["head_dim"] = serde_json::Value::Null;
     // Settings that say what this runtime does anyway load too.
     c["rope_scaling"] = serde_json::json!({"rope_type": "default"});
+    c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 10000});
     c["sliding_window"] = serde_json::Value::Null;
     c["mlp_bias"] = serde_json::json!(false);
     std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(load_dir(&dir).unwrap().config.rope_theta, 10000.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// transformers 5 writes RoPE's base only inside `rope_parameters` (its config.json has no
+/// top-level `rope_theta`): read from there, not taken as the default 10,000 (Llama 3's base is
+/// 500,000, SmolLM2's 100,000). Each scaling saves in the form transformers reads and loads back.
+#[test]
+fn rope_settings_are_read_from_either_form_and_saved() {
+    use revive::model::RopeScaling;
+    let w = random_weights(&Config::tiny_llama(), 7);
+    let dir = tmp("rope-parameters");
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("rope_theta");
+    cfg["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    std::fs::write(&cfg_path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let c = load_dir(&dir).unwrap().config;
+    assert_eq!(c.rope_theta, 500000.0);
+    assert_eq!(c.rope_scaling, RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 });
+    for scaling in [RopeScaling::None, RopeScaling::Linear { factor: 2.5 }, c.rope_scaling.clone()] {
+        let scaled = revive::model::Weights { config: Config { rope_scaling: scaling.clone(), ..w.config.clone() }, tensors: w.tensors.clone() };
+        save_dir(&scaled, &dir, SaveDtype::F32, None).unwrap();
+        assert_eq!(load_dir(&dir).unwrap().config.rope_scaling, scaling);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

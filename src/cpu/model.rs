@@ -65,6 +65,7 @@ impl CpuModel {
         let (d, hd) = (c.hidden, c.head_dim);
         let eps = c.norm_eps as f64;
         let gpt2 = c.arch == Arch::Gpt2;
+        let rope = c.rope();
         let norm = |x: &[f64], name: &str| -> Vec<f64> {
             if gpt2 {
                 layer_norm(x, self.t(&format!("{name}.weight")), self.t(&format!("{name}.bias")), eps)
@@ -95,9 +96,8 @@ impl CpuModel {
                 let mut q = linear(self.l(i, "wq"), bias(i, "bq"), &h, c.n_heads * hd);
                 let mut k = linear(self.l(i, "wk"), bias(i, "bk"), &h, c.n_kv_heads * hd);
                 if !gpt2 {
-                    let theta = c.rope_theta as f64;
-                    q.chunks_mut(hd).for_each(|head| rope_head(head, p, theta, c.rope_style));
-                    k.chunks_mut(hd).for_each(|head| rope_head(head, p, theta, c.rope_style));
+                    q.chunks_mut(hd).for_each(|head| rope_head(head, p, &rope));
+                    k.chunks_mut(hd).for_each(|head| rope_head(head, p, &rope));
                 }
                 qs.push(q);
                 ks.push(k);

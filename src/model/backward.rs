@@ -547,14 +547,14 @@ impl<'m> DeltaPass<'m> {
                 let dq = gpu.empty(tape.q.shape())?;
                 let out = attention::KvGrads { k: (&dqkv, hq * hd), v: (&dqkv, (hq + hkv) * hd), tstride: (hq + 2 * hkv) * hd };
                 attention::attention_bwd_into(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, scale, &d_o, kernel, &dq, out)?;
-                rope::rope_bwd_stacked(gpu, &dq, &dqkv, rope::Heads { q: hq, kv: hkv, dim: hd }, pos0, c.rope_theta, c.rope_style)?;
+                rope::rope_bwd_stacked(gpu, &dq, &dqkv, rope::Heads { q: hq, kv: hkv, dim: hd }, pos0, m.rope())?;
                 gemm(gpu, &dqkv, qkv, None, plain)?
             }
             None => {
                 let (dq, dk, dv) = attention::attention_bwd_with(gpu, &tape.q, &cache.k[i], &cache.v[i], pos0, pos0, scale, &d_o, kernel)?;
                 let (dq, dk) = match c.arch {
                     Arch::Gpt2 => (dq, dk),
-                    Arch::Llama => (rope::rope_bwd(gpu, &dq, pos0, c.rope_theta, c.rope_style)?, rope::rope_bwd(gpu, &dk, pos0, c.rope_theta, c.rope_style)?),
+                    Arch::Llama => (rope::rope_bwd(gpu, &dq, pos0, m.rope())?, rope::rope_bwd(gpu, &dk, pos0, m.rope())?),
                 };
                 let dh = gemm(gpu, &dq.reshape(&[rows, hq * hd])?, w("wq")?, None, plain)?;
                 gemm(gpu, &dk.reshape(&[rows, hkv * hd])?, w("wk")?, Some(&dh), acc)?;

@@ -19,6 +19,70 @@ pub enum RopeStyle {
     Half,
 }
 
+/// How a model stretches RoPE's frequencies past the context it was first trained on. Every
+/// kind changes the rotation at every position, a short prompt's included, so a model that
+/// asks for one and runs without it gives wrong logits from the first token on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (positions interpolated): Hugging Face's "linear",
+    /// GGUF's `rope.scaling.type = linear`.
+    Linear { factor: f64 },
+    /// Llama 3.1's rule (Hugging Face's "llama3"): frequencies whose wavelength is under
+    /// original_max_position_embeddings / high_freq_factor are kept, those over
+    /// … / low_freq_factor divided by `factor`, and those between blended smoothly.
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    /// One divisor per frequency, as GGUF stores them (`rope_freqs.weight`, llama.cpp's
+    /// freq_factors: its converter writes Llama 3.1's rule this way).
+    Divisors(Vec<f32>),
+}
+
+impl RopeScaling {
+    pub fn is_none(&self) -> bool {
+        *self == RopeScaling::None
+    }
+}
+
+/// RoPE as the kernels apply it: how a head's dimensions pair up, and each pair's frequency
+/// (radians per position, in f64: the kernels round each once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub style: RopeStyle,
+    pub inv_freq: Vec<f64>,
+}
+
+impl Rope {
+    /// Unscaled RoPE over heads of `head_dim`: frequency i is theta^(−2i/head_dim).
+    pub fn plain(theta: f64, head_dim: usize, style: RopeStyle) -> Rope {
+        let inv_freq = (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64)).collect();
+        Rope { style, inv_freq }
+    }
+}
+
+/// Llama 3.1's rule fitted to divisors d_i of base frequencies f_i, the largest divisor being
+/// `factor`: a frequency between the kept (d = 1) and the divided (d = factor) is blended by
+/// s = (C/λ − low)/(high − low), λ = 2π/f, which is linear in 1/λ; with high − low = 1 (only
+/// the thresholds C/low and C/high matter) a line through those frequencies' s gives C and
+/// low. Needs two blended frequencies; None otherwise.
+fn llama3_fit(base: &[f64], divisors: &[f32], factor: f64) -> Option<RopeScaling> {
+    let blended: Vec<(f64, f64)> = base
+        .iter()
+        .zip(divisors)
+        .filter(|(_, &d)| (d as f64 - 1.0).abs() > 1e-6 && (d as f64 - factor).abs() > 1e-6 * factor)
+        .map(|(&f, &d)| (f / (2.0 * std::f64::consts::PI), (1.0 / d as f64 - 1.0 / factor) / (1.0 - 1.0 / factor)))
+        .collect();
+    if blended.len() < 2 || factor <= 1.0 {
+        return None;
+    }
+    let n = blended.len() as f64;
+    let (mx, my) = (blended.iter().map(|p| p.0).sum::<f64>() / n, blended.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = blended.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let context = blended.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let low = context * mx - my;
+    (context > 0.0 && low > 0.0).then_some(RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: low + 1.0, original_max_position_embeddings: context })
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub arch: Arch,
@@ -34,6 +98,10 @@ pub struct Config {
     pub norm_eps: f32,
     pub rope_theta: f32,
     pub rope_style: RopeStyle,
+    /// Left out of the serialised form when there is none, so that an unscaled model's
+    /// config (which keys caches and sessions) reads as it always did.
+    #[serde(default, skip_serializing_if = "RopeScaling::is_none")]
+    pub rope_scaling: RopeScaling,
     /// Longest sequence the model was trained for.
     pub max_seq_len: usize,
     pub tied_embeddings: bool,
@@ -52,6 +120,7 @@ impl Config {
         if self.arch == Arch::Llama && !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(("rope_theta", format!("the RoPE base is {}; expected a finite number above 1", self.rope_theta)));
         }
+        self.check_rope_scaling().map_err(|detail| ("rope_scaling", detail))?;
         for (field, v) in [("hidden", self.hidden), ("vocab_size", self.vocab_size), ("n_layers", self.n_layers), ("ffn_hidden", self.ffn_hidden), ("head_dim", self.head_dim), ("max_seq_len", self.max_seq_len)] {
             if v == 0 {
                 return Err((field, "is 0".into()));
@@ -73,6 +142,74 @@ impl Config {
             return Err(("head_dim", format!("is {}; RoPE needs an even head width", self.head_dim)));
         }
         Ok(())
+    }
+
+    fn check_rope_scaling(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f64| if v.is_finite() && v > 0.0 { Ok(()) } else { Err(format!("{name} is {v}; expected a finite number above 0")) };
+        match &self.rope_scaling {
+            RopeScaling::None => Ok(()),
+            RopeScaling::Linear { factor } => positive("factor", *factor),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                positive("factor", *factor)?;
+                positive("low_freq_factor", *low_freq_factor)?;
+                positive("high_freq_factor", *high_freq_factor)?;
+                positive("original_max_position_embeddings", *original_max_position_embeddings)?;
+                // The blend divides by their difference.
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!("high_freq_factor {high_freq_factor} is not above low_freq_factor {low_freq_factor}"));
+                }
+                Ok(())
+            }
+            RopeScaling::Divisors(d) => {
+                if d.len() != self.head_dim / 2 {
+                    return Err(format!("{} frequency divisors for heads of {} (expected {})", d.len(), self.head_dim, self.head_dim / 2));
+                }
+                match d.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
+                    Some(i) => Err(format!("frequency divisor {i} is {}; expected a finite number above 0", d[i])),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// RoPE of this model: its pairing and every pair's frequency, scaled as the model asks
+    /// (the rules as transformers' `rope_utils` and llama.cpp apply them).
+    pub fn rope(&self) -> Rope {
+        let mut rope = Rope::plain(self.rope_theta as f64, self.head_dim, self.rope_style);
+        match &self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => rope.inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Divisors(d) => rope.inv_freq.iter_mut().zip(d).for_each(|(f, &d)| *f /= d as f64),
+            &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: context } => {
+                let (low_wavelen, high_wavelen) = (context / low_freq_factor, context / high_freq_factor);
+                for f in &mut rope.inv_freq {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        rope
+    }
+
+    /// This model's RoPE scaling in a form Hugging Face's config.json can say: a GGUF's
+    /// per-frequency divisors as the rule they were made by (none, linear, or Llama 3.1's, its
+    /// parameters fitted to the divisors and the fit checked to reproduce every frequency to
+    /// 1e-6), None where no such rule gives them.
+    pub fn rope_scaling_by_rule(&self) -> Option<RopeScaling> {
+        let RopeScaling::Divisors(divisors) = &self.rope_scaling else { return Some(self.rope_scaling.clone()) };
+        let factor = divisors.iter().fold(0.0f64, |m, &d| m.max(d as f64));
+        let candidates = [RopeScaling::None, RopeScaling::Linear { factor }];
+        let llama3 = llama3_fit(&Rope::plain(self.rope_theta as f64, self.head_dim, self.rope_style).inv_freq, divisors, factor);
+        let wanted = self.rope().inv_freq;
+        candidates.into_iter().chain(llama3).find(|rule| {
+            let by_rule = Config { rope_scaling: rule.clone(), ..self.clone() }.rope().inv_freq;
+            by_rule.iter().zip(&wanted).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs())
+        })
     }
 
     /// Query heads per key/value head.

@@ -4,7 +4,7 @@
 //! causal attention, real tokens never see the padding after them, so no mask is needed.
 
 use super::batch::{Batch, PassBudget};
-use super::config::{Arch, Config};
+use super::config::{Arch, Config, Rope};
 use super::probe::{Captured, Probes, Site};
 use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
@@ -46,6 +46,8 @@ pub struct GpuModel {
     /// GPUs, where each dispatch has a fixed cost; not on software adapters, whose fastest
     /// decode product is another kernel (the block kernel).
     fold_into_products: bool,
+    /// The config's RoPE frequencies, worked out once (scaling included).
+    rope: Rope,
 }
 
 /// Weights stacked by rows, each part a view under its own name in `GpuModel::w`.
@@ -182,13 +184,18 @@ impl GpuModel {
         if let Err(e) = crate::model::tuning::tune_on_first_use(gpu, c) {
             log::warn!("measuring the matmul kernels on {} failed ({e}); the fixed rule applies where nothing was measured", gpu.label());
         }
-        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, fold_into_products: fold_by_default(gpu) })
+        Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, fold_into_products: fold_by_default(gpu), rope: c.rope() })
     }
 
     /// Whether, for a few rows (a decoded token), RMS norms and the SwiGLU activation fold into
     /// the products that read them (`norm::rms_norm_matvec`, `activation::silu_mul_matvec`):
     /// by default on hardware adapters only, where a dispatch costs more than its arithmetic;
     /// the result differs only by f32 rounding.
+    /// RoPE as this model applies it (its config's, scaling included).
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     pub fn set_fold_into_products(&mut self, on: bool) {
         self.fold_into_products = on;
     }
@@ -570,13 +577,13 @@ impl GpuModel {
             (Some(s), _) if self.folds(b * t) => {
                 let g = self.norm_weight(&attn_norm)?;
                 let x2 = x.reshape(&[b * t, c.hidden])?;
-                rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
+                rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, &self.rope)?
             }
             // One product for the queries, keys and values, which the rotation reads from its
             // rows.
             (_, Some(s)) => {
                 let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, None)?;
-                rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, c.rope_theta, c.rope_style)?
+                rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, &self.rope)?
             }
             _ => {
                 let h = self.norm(&x, &attn_norm)?;
@@ -636,7 +643,7 @@ impl GpuModel {
         let c = &self.config;
         let (k_cache, v_cache) = (&cache.k[i], &cache.v[i]);
         if c.arch != Arch::Gpt2 {
-            return rope::rope_kv_at(&self.gpu, &q, k, v, k_cache, v_cache, at, c.rope_theta, c.rope_style);
+            return rope::rope_kv_at(&self.gpu, &q, k, v, k_cache, v_cache, at, &self.rope);
         }
         match at {
             At::From(pos0) => attention::write_kv_pair(&self.gpu, k, v, k_cache, v_cache, pos0)?,

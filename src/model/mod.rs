@@ -38,7 +38,7 @@ pub mod tokenizer;
 pub mod tuning;
 pub mod weights;
 
-pub use config::{Arch, Config, RopeStyle};
+pub use config::{Arch, Config, Rope, RopeScaling, RopeStyle};
 pub use gguf::{load_gguf, GgufMeta};
 pub use tokenizer::Tok;
 pub use weights::{HostTensor, Weights};

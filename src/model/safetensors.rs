@@ -3,7 +3,7 @@
 //! layout, i.e. [in, out]) families, in f32, f16 or bf16. The saver writes the same names plus
 //! config.json, so an edited model loads in transformers.
 
-use super::config::{Arch, Config, RopeStyle};
+use super::config::{Arch, Config, RopeScaling, RopeStyle};
 use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
@@ -104,12 +104,6 @@ fn get_id(cfg: &Value, file: &Path, key: &str) -> Result<Option<u32>> {
 /// give wrong logits, so it is refused, naming the key.
 fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
     let present = |key: &str| cfg.get(key).filter(|v| !v.is_null());
-    if let Some(v) = present("rope_scaling") {
-        let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str);
-        if kind != Some("default") {
-            return Err(err(path, format!("rope_scaling is {v}: scaled RoPE (linear, dynamic, YaRN, Llama 3.1's) is not supported, only unscaled")));
-        }
-    }
     if let Some(v) = present("hidden_act") {
         if v.as_str() != Some("silu") {
             return Err(err(path, format!("hidden_act is {v}: the Llama MLP here is SwiGLU with SiLU")));
@@ -132,6 +126,68 @@ fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// RoPE's base and scaling. transformers before 5 writes `rope_theta` and `rope_scaling` at the
+/// top level; transformers 5 one `rope_parameters` object that holds both (`rope_type`
+/// "default" for none). Either is read; a base given both ways and differing is refused, as is
+/// a scaling this runtime does not apply (dynamic NTK and YaRN change with the sequence's length
+/// or the attention's scale as well as the frequencies). Returns the keys they came from too.
+fn rope_settings(cfg: &Value, path: &Path) -> Result<(f32, RopeScaling, [&'static str; 2])> {
+    let present = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
+    let params = present(cfg.get("rope_parameters"));
+    if let Some(p) = &params {
+        if !p.is_object() {
+            return Err(err(path, format!("field 'rope_parameters' is {p}; expected an object")));
+        }
+        if p.get("rope_type").is_none() && p.as_object().is_some_and(|o| o.values().any(Value::is_object)) {
+            return Err(err(path, format!("field 'rope_parameters' is {p}: RoPE settings per layer type are not supported")));
+        }
+    }
+    let top = present(cfg.get("rope_theta"));
+    let nested = params.as_ref().and_then(|p| present(p.get("rope_theta")));
+    if let (Some(t), Some(n)) = (&top, &nested) {
+        if t.as_f64() != n.as_f64() {
+            return Err(err(path, format!("field 'rope_parameters.rope_theta' is {n} but field 'rope_theta' is {t}: which RoPE base is meant?")));
+        }
+    }
+    let (theta, theta_key) = match (top, nested) {
+        (Some(v), _) => (Some(v), "rope_theta"),
+        (None, Some(v)) => (Some(v), "rope_parameters.rope_theta"),
+        (None, None) => (None, "rope_theta"),
+    };
+    let theta = match theta {
+        None => 10000.0,
+        Some(v) => v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| err(path, format!("field '{theta_key}' is {v}; expected a finite number")))?,
+    };
+    let (scaling, scaling_key) = match present(cfg.get("rope_scaling")) {
+        Some(v) => (v, "rope_scaling"),
+        None => match params {
+            Some(p) => (p, "rope_parameters"),
+            None => return Ok((theta, RopeScaling::None, [theta_key, "rope_scaling"])),
+        },
+    };
+    let bad = |detail: String| err(path, format!("field '{scaling_key}' is {scaling}: {detail}"));
+    let kind = match scaling.get("rope_type").or_else(|| scaling.get("type")) {
+        None => "default",
+        Some(k) => k.as_str().ok_or_else(|| bad("its rope_type is not a string".into()))?,
+    };
+    let number = |key: &str| -> Result<f64> {
+        let v = scaling.get(key).filter(|v| !v.is_null()).ok_or_else(|| bad(format!("it has no '{key}'")))?;
+        v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| bad(format!("its '{key}' is {v}, not a finite number")))
+    };
+    let rope_scaling = match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: number("factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_position_embeddings: number("original_max_position_embeddings")?,
+        },
+        other => return Err(bad(format!("RoPE scaling '{other}' is not supported (default, linear and llama3 are)"))),
+    };
+    Ok((theta, rope_scaling, [theta_key, scaling_key]))
+}
+
 /// Reads config.json into a `Config`.
 pub fn parse_config(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
@@ -142,8 +198,12 @@ pub fn parse_config(path: &Path) -> Result<Config> {
         "gpt2" => Arch::Gpt2,
         other => return Err(err(path, format!("model_type '{other}' is not supported (llama, gpt2)"))),
     };
+    let mut rope_keys = ["rope_theta", "rope_scaling"];
+    let mut rope = (10000.0, RopeScaling::None);
     if arch == Arch::Llama {
         refuse_unsupported_llama_settings(&cfg, path)?;
+        let (theta, scaling, keys) = rope_settings(&cfg, path)?;
+        (rope, rope_keys) = ((theta, scaling), keys);
     }
     let config = match arch {
         Arch::Llama => {
@@ -159,8 +219,9 @@ pub fn parse_config(path: &Path) -> Result<Config> {
                 head_dim: opt_usize(&cfg, path, &["head_dim"])?.unwrap_or(hidden / n_heads.max(1)),
                 ffn_hidden: get_usize(&cfg, path, &["intermediate_size"])?,
                 norm_eps: get_f32(&cfg, path, "rms_norm_eps", 1e-6)?,
-                rope_theta: get_f32(&cfg, path, "rope_theta", 10000.0)?,
+                rope_theta: rope.0,
                 rope_style: RopeStyle::Half,
+                rope_scaling: rope.1,
                 max_seq_len: opt_usize(&cfg, path, &["max_position_embeddings"])?.unwrap_or(2048),
                 tied_embeddings: get_bool(&cfg, path, "tie_word_embeddings", false)?,
                 bos_token_id: get_id(&cfg, path, "bos_token_id")?,
@@ -182,6 +243,7 @@ pub fn parse_config(path: &Path) -> Result<Config> {
                 norm_eps: get_f32(&cfg, path, "layer_norm_epsilon", 1e-5)?,
                 rope_theta: 0.0,
                 rope_style: RopeStyle::Half,
+                rope_scaling: RopeScaling::None,
                 max_seq_len: get_usize(&cfg, path, &["n_positions", "n_ctx"])?,
                 tied_embeddings: get_bool(&cfg, path, "tie_word_embeddings", true)?,
                 bos_token_id: get_id(&cfg, path, "bos_token_id")?,
@@ -201,7 +263,8 @@ pub fn parse_config(path: &Path) -> Result<Config> {
     let key = |field: &'static str| match (field, config.arch) {
         ("norm_eps", Arch::Gpt2) => "layer_norm_epsilon",
         ("norm_eps", _) => "rms_norm_eps",
-        ("rope_theta", _) => "rope_theta",
+        ("rope_theta", _) => rope_keys[0],
+        ("rope_scaling", _) => rope_keys[1],
         ("max_seq_len", Arch::Gpt2) => "n_positions",
         ("max_seq_len", _) => "max_position_embeddings",
         ("vocab_size", _) => "vocab_size",
@@ -228,45 +291,71 @@ fn short(x: f32) -> f64 {
 
 pub fn config_json(c: &Config) -> Value {
     match c.arch {
-        Arch::Llama => json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": c.hidden,
-            "intermediate_size": c.ffn_hidden,
-            "num_attention_heads": c.n_heads,
-            "num_key_value_heads": c.n_kv_heads,
-            "num_hidden_layers": c.n_layers,
-            "head_dim": c.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": short(c.norm_eps),
-            "rope_theta": short(c.rope_theta),
-            "max_position_embeddings": c.max_seq_len,
-            "vocab_size": c.vocab_size,
-            "tie_word_embeddings": c.tied_embeddings,
-            "bos_token_id": c.bos_token_id,
-            "eos_token_id": c.eos_token_id,
-            "attention_bias": false,
-            "mlp_bias": false,
-            "torch_dtype": "float32",
-        }),
-        Arch::Gpt2 => json!({
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "n_embd": c.hidden,
-            "n_head": c.n_heads,
-            "n_layer": c.n_layers,
-            "n_inner": c.ffn_hidden,
-            "n_positions": c.max_seq_len,
-            "n_ctx": c.max_seq_len,
-            "vocab_size": c.vocab_size,
-            "layer_norm_epsilon": short(c.norm_eps),
-            "activation_function": "gelu_new",
-            "tie_word_embeddings": c.tied_embeddings,
-            "bos_token_id": c.bos_token_id,
-            "eos_token_id": c.eos_token_id,
-            "torch_dtype": "float32",
-        }),
+        Arch::Llama => {
+            let mut cfg = llama_config_json(c);
+            // The form both transformers 4 and 5 read (5 folds it into `rope_parameters`).
+            let scaling = match &c.rope_scaling {
+                RopeScaling::None | RopeScaling::Divisors(_) => None,
+                RopeScaling::Linear { factor } => Some(json!({"rope_type": "linear", "factor": factor})),
+                RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => Some(json!({
+                    "rope_type": "llama3",
+                    "factor": factor,
+                    "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                })),
+            };
+            if let Some(scaling) = scaling {
+                cfg["rope_scaling"] = scaling;
+            }
+            cfg
+        }
+        Arch::Gpt2 => gpt2_config_json(c),
     }
+}
+
+fn llama_config_json(c: &Config) -> Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": c.hidden,
+        "intermediate_size": c.ffn_hidden,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "num_hidden_layers": c.n_layers,
+        "head_dim": c.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": short(c.norm_eps),
+        "rope_theta": short(c.rope_theta),
+        "max_position_embeddings": c.max_seq_len,
+        "vocab_size": c.vocab_size,
+        "tie_word_embeddings": c.tied_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": "float32",
+    })
+}
+
+fn gpt2_config_json(c: &Config) -> Value {
+    json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_embd": c.hidden,
+        "n_head": c.n_heads,
+        "n_layer": c.n_layers,
+        "n_inner": c.ffn_hidden,
+        "n_positions": c.max_seq_len,
+        "n_ctx": c.max_seq_len,
+        "vocab_size": c.vocab_size,
+        "layer_norm_epsilon": short(c.norm_eps),
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": c.tied_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_id,
+        "torch_dtype": "float32",
+    })
 }
 
 fn to_f32(file: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
@@ -637,6 +726,9 @@ pub fn save_dir(w: &Weights, dir: &Path, dtype: SaveDtype, extra: Option<HashMap
     }
     let mut config = w.config.clone();
     config.rope_style = RopeStyle::Half;
+    config.rope_scaling = config.rope_scaling_by_rule().ok_or_else(|| {
+        err(&cfg_path, "the model's RoPE frequency divisors (a GGUF's rope_freqs) follow no rule a Hugging Face config can state (linear or Llama 3.1's): not saved in this format; a delta or a GGUF export keeps them".to_string())
+    })?;
     let cfg_text = serde_json::to_string_pretty(&config_json(&config)).expect("JSON of plain values");
     let owned: Vec<(String, Owned)> = to_hf(w).into_iter().map(|(n, t)| (n, encode(&t, dtype))).collect();
     let mut meta = extra.unwrap_or_default();

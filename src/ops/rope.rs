@@ -3,7 +3,7 @@
 use super::{attention, chunks, each_positions, groups, At, EACH, EACH_PER_DISPATCH, WG};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
-use crate::model::RopeStyle;
+use crate::model::{Rope, RopeStyle};
 use crate::shaders::ROPE;
 use super::elementwise::{copy_strided, View};
 use super::norm;
@@ -41,39 +41,39 @@ struct Meta {
     inv_freq: [f32; MAX_HEAD_DIM / 2],
 }
 
-/// Rotates x: [B, T, H, D] into a new tensor; token t is at position pos0 + t and frequency i
-/// is theta^(−2i/D). Angles are f32 products pos · inv_freq (see shaders/rope.wgsl).
-pub fn rope(gpu: &Gpu, x: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
-    rotate(gpu, "rope", "x", x, pos0, theta, style)
+/// Rotates x: [B, T, H, D] into a new tensor; token t is at position pos0 + t and pair i turns
+/// at `rot.inv_freq[i]` (D/2 of them). Angles are f32 products pos · inv_freq (see shaders/rope.wgsl).
+pub fn rope(gpu: &Gpu, x: &Tensor, pos0: usize, rot: &Rope) -> Result<Tensor> {
+    rotate(gpu, "rope", "x", x, pos0, rot)
 }
 
 /// The gradient of `rope` w.r.t. its input: dy: [B, T, H, D] rotated by the negated angles
 /// (the rotation's transpose), same layout and pairing.
-pub fn rope_bwd(gpu: &Gpu, dy: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
-    rotate(gpu, "rope_bwd", "dy", dy, pos0, theta, style)
+pub fn rope_bwd(gpu: &Gpu, dy: &Tensor, pos0: usize, rot: &Rope) -> Result<Tensor> {
+    rotate(gpu, "rope_bwd", "dy", dy, pos0, rot)
 }
 
 /// `rope` of a layer's queries q: [B, T, Hq, D] and keys k: [B, T, Hkv, D] at once: one
 /// dispatch where both fit one binding and their pairs one dispatch, else one each. The same
 /// bits as two `rope` calls.
-pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<(Tensor, Tensor)> {
+pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, rot: &Rope) -> Result<(Tensor, Tensor)> {
     let [bq, tq, hq, dq] = check("rope", "q", q.shape(), pos0)?;
     let [bk, tk, hk, dk] = check("rope", "k", k.shape(), pos0)?;
     let max_elems = Tensor::max_binding_elems(gpu);
     let pairs = (q.numel() + k.numel()) / 2;
     let fits = q.numel() <= max_elems && k.numel() <= max_elems && pairs <= gpu.split_limits().max_workgroups as usize * WG;
     if (bq, tq, dq) != (bk, tk, dk) || !fits || q.numel() == 0 || k.numel() == 0 {
-        return Ok((rope(gpu, q, pos0, theta, style)?, rope(gpu, k, pos0, theta, style)?));
+        return Ok((rope(gpu, q, pos0, rot)?, rope(gpu, k, pos0, rot)?));
     }
     let (qo, ko) = (gpu.empty(q.shape())?, gpu.empty(k.shape())?);
-    let meta = Meta { pairs: (q.numel() / 2) as u32, pairs2: (k.numel() / 2) as u32, heads2: hk as u32, ..meta("rope", tq, hq, dq, pos0, theta, style) };
+    let meta = Meta { pairs: (q.numel() / 2) as u32, pairs2: (k.numel() / 2) as u32, heads2: hk as u32, ..meta("rope", tq, hq, dq, pos0, rot)? };
     let mut binds = Vec::with_capacity(4);
     for t in [q, &qo, k, &ko] {
         // The paired kernel takes no offsets: a view off the binding alignment goes the
         // separate way.
         match t.bind(gpu, 0, t.numel())? {
             (b, 0) => binds.push(b),
-            _ => return Ok((rope(gpu, q, pos0, theta, style)?, rope(gpu, k, pos0, theta, style)?)),
+            _ => return Ok((rope(gpu, q, pos0, rot)?, rope(gpu, k, pos0, rot)?)),
         }
     }
     gpu.dispatch(ROPE, "rope_pair", &[], bytemuck::bytes_of(&meta), &binds, [groups(pairs, WG), 1, 1])?;
@@ -87,15 +87,15 @@ pub fn rope_pair(gpu: &Gpu, q: &Tensor, k: &Tensor, pos0: usize, theta: f32, sty
 /// `attention::write_kv_pair`. The same values either way: the rotation's arithmetic is the
 /// same, the copies exact.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_kv(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
-    rope_kv_at(gpu, q, k, v, k_cache, v_cache, At::From(pos0), theta, style)
+pub fn rope_kv(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, rot: &Rope) -> Result<Tensor> {
+    rope_kv_at(gpu, q, k, v, k_cache, v_cache, At::From(pos0), rot)
 }
 
 /// `rope_kv` with the tokens' positions: from one position for all sequences, or one token per
 /// sequence (q, k, v: [B, 1, H, D]), sequence s at `positions[s]`, its key and value written
 /// to that row of its caches. Those take one dispatch per `EACH_PER_DISPATCH` sequences.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, at: At, theta: f32, style: RopeStyle) -> Result<Tensor> {
+pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, at: At, rot: &Rope) -> Result<Tensor> {
     const OP: &str = "rope_kv";
     let t = q.shape().get(1).copied().unwrap_or(0);
     let last = at.end(t).saturating_sub(t);
@@ -103,7 +103,7 @@ pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tenso
     let [bk, tk, hk, dk] = check(OP, "k", k.shape(), last)?;
     attention::check_kv_write(k, v, k_cache, v_cache, last)?;
     let ps = match at {
-        At::From(pos0) => return rope_kv_from(gpu, q, k, v, k_cache, v_cache, pos0, theta, style),
+        At::From(pos0) => return rope_kv_from(gpu, q, k, v, k_cache, v_cache, pos0, rot),
         At::Each(ps) => ps,
     };
     if tq != 1 || ps.len() != bq {
@@ -123,12 +123,12 @@ pub fn rope_kv_at(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tenso
         let (k_part, v_part) = (part(k, kv_seq, b0, bn, ks)?, part(v, kv_seq, b0, bn, ks)?);
         let (kc_part, vc_part) = (part(k_cache, cache_seq, b0, bn, cs)?, part(v_cache, cache_seq, b0, bn, cs)?);
         let ins = KvIn { q: (&q_part, 0), k: (&k_part, 0), v: (&v_part, 0), tstride: 0 };
-        if !rope_kv_dispatch(gpu, &ins, [bn, 1, hq, hk, dq], [&kc_part, &vc_part], &o_part, EACH as usize, each_positions(ps, b0, bn), theta, style)? {
+        if !rope_kv_dispatch(gpu, &ins, [bn, 1, hq, hk, dq], [&kc_part, &vc_part], &o_part, EACH as usize, each_positions(ps, b0, bn), rot)? {
             // Too large for one dispatch: a sequence at a time at its own position.
             for (s, &pos) in ps.iter().enumerate().skip(b0).take(bn) {
                 let one = |t: &Tensor, per: usize, shape: [usize; 4]| part(t, per, s, 1, shape);
                 let [q1, k1, v1] = [one(q, q_seq, qs)?, one(k, kv_seq, ks)?, one(v, kv_seq, ks)?];
-                let q1 = rope_kv_from(gpu, &q1, &k1, &v1, &one(k_cache, cache_seq, cs)?, &one(v_cache, cache_seq, cs)?, pos, theta, style)?;
+                let q1 = rope_kv_from(gpu, &q1, &k1, &v1, &one(k_cache, cache_seq, cs)?, &one(v_cache, cache_seq, cs)?, pos, rot)?;
                 gpu.copy_into(&q1, &one(&qo, q_seq, qs)?)?;
             }
         }
@@ -163,8 +163,7 @@ pub fn norm_qkv_rope_kv(
     k_cache: &Tensor,
     v_cache: &Tensor,
     at: At,
-    theta: f32,
-    style: RopeStyle,
+    rot: &Rope,
 ) -> Result<Tensor> {
     const OP: &str = "norm_qkv_rope_kv";
     let (&[rows, cols], &[n, m_cols]) = (x.shape(), qkv.shape()) else {
@@ -189,7 +188,7 @@ pub fn norm_qkv_rope_kv(
     if !fits {
         // The general kernels, which split to any limits.
         let stacked = super::matmul::gemm(gpu, &norm::rms_norm(gpu, x, norm_w, eps)?, qkv, None, super::matmul::Gemm { trans_b: true, ..Default::default() })?;
-        return rope_kv_stacked(gpu, &stacked, heads, k_cache, v_cache, at, theta, style);
+        return rope_kv_stacked(gpu, &stacked, heads, k_cache, v_cache, at, rot);
     }
     let qo = gpu.empty(&[b, t, hq, d])?;
     let (xb, in_off) = x.bind(gpu, 0, x.numel())?;
@@ -202,7 +201,7 @@ pub fn norm_qkv_rope_kv(
         Some(ps) => (EACH as usize, each_positions(ps, 0, b)),
         None => (at.end(t) - t, [0; EACH_PER_DISPATCH]),
     };
-    let meta = Meta { heads2: hk as u32, cap: cap as u32, in_off, out_off, in2_off, out2_off, v_off, vc_off, cols: cols as u32, eps, each, ..meta("rope", t, hq, d, pos0, theta, style) };
+    let meta = Meta { heads2: hk as u32, cap: cap as u32, in_off, out_off, in2_off, out2_off, v_off, vc_off, cols: cols as u32, eps, each, ..meta("rope", t, hq, d, pos0, rot)? };
     let threads = [("RWG", gpu.row_threads() as f64)];
     gpu.dispatch(ROPE, OP, &threads, bytemuck::bytes_of(&meta), &[xb, ob, mb, kcb, wb, vcb], [pairs as u32, rows as u32, 1])?;
     Ok(qo)
@@ -243,13 +242,13 @@ fn check_stacked<'a>(op: &'static str, rows: usize, n: usize, heads: Heads, k_ca
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rope_kv_from(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
+fn rope_kv_from(gpu: &Gpu, q: &Tensor, k: &Tensor, v: &Tensor, k_cache: &Tensor, v_cache: &Tensor, pos0: usize, rot: &Rope) -> Result<Tensor> {
     let (qs, ks) = (q.shape(), k.shape());
     let qo = gpu.empty(qs)?;
     let ins = KvIn { q: (q, 0), k: (k, 0), v: (v, 0), tstride: 0 };
     let dims = [qs[0], qs[1], qs[2], ks[2], qs[3]];
-    if (qs[0], qs[1], qs[3]) != (ks[0], ks[1], ks[3]) || !rope_kv_dispatch(gpu, &ins, dims, [k_cache, v_cache], &qo, pos0, [0; EACH_PER_DISPATCH], theta, style)? {
-        let (qo, ko) = rope_pair(gpu, q, k, pos0, theta, style)?;
+    if (qs[0], qs[1], qs[3]) != (ks[0], ks[1], ks[3]) || !rope_kv_dispatch(gpu, &ins, dims, [k_cache, v_cache], &qo, pos0, [0; EACH_PER_DISPATCH], rot)? {
+        let (qo, ko) = rope_pair(gpu, q, k, pos0, rot)?;
         attention::write_kv_pair(gpu, &ko, v, k_cache, v_cache, pos0)?;
         return Ok(qo);
     }
@@ -271,7 +270,7 @@ struct KvIn<'a> {
 /// pos0 is EACH); false, with nothing done, where the tensors do not fit one binding each or
 /// the work one dispatch.
 #[allow(clippy::too_many_arguments)]
-fn rope_kv_dispatch(gpu: &Gpu, ins: &KvIn, dims: [usize; 5], [k_cache, v_cache]: [&Tensor; 2], qo: &Tensor, pos0: usize, each: [u32; EACH_PER_DISPATCH], theta: f32, style: RopeStyle) -> Result<bool> {
+fn rope_kv_dispatch(gpu: &Gpu, ins: &KvIn, dims: [usize; 5], [k_cache, v_cache]: [&Tensor; 2], qo: &Tensor, pos0: usize, each: [u32; EACH_PER_DISPATCH], rot: &Rope) -> Result<bool> {
     let [b, t, hq, hk, d] = dims;
     let (nq, nk) = (b * t * hq * d, b * t * hk * d);
     let max_elems = Tensor::max_binding_elems(gpu);
@@ -300,7 +299,7 @@ fn rope_kv_dispatch(gpu: &Gpu, ins: &KvIn, dims: [usize; 5], [k_cache, v_cache]:
         vc_off,
         tstride: ins.tstride as u32,
         each,
-        ..meta("rope", t, hq, d, pos0, theta, style)
+        ..meta("rope", t, hq, d, pos0, rot)?
     };
     gpu.dispatch(ROPE, "rope_kv", &[], bytemuck::bytes_of(&meta), &[qb, ob, kb, kcb, vb, vcb], [groups(threads, WG), 1, 1])?;
     Ok(true)
@@ -311,7 +310,7 @@ fn rope_kv_dispatch(gpu: &Gpu, ins: &KvIn, dims: [usize; 5], [k_cache, v_cache]:
 /// [B, Hkv, S, D] giving B. One dispatch (per `EACH_PER_DISPATCH` sequences at their own
 /// positions) where it fits; else the parts are copied out and go through `rope_kv_at`.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, v_cache: &Tensor, at: At, theta: f32, style: RopeStyle) -> Result<Tensor> {
+pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, v_cache: &Tensor, at: At, rot: &Rope) -> Result<Tensor> {
     const OP: &str = "rope_kv_stacked";
     let &[rows, n] = qkv.shape() else {
         return Err(Error::shape(OP, format!("the stacked product {:?} is not 2-D", qkv.shape())));
@@ -332,7 +331,7 @@ pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, 
             None => (at.end(t) - t, [0; EACH_PER_DISPATCH], at),
         };
         let ins = KvIn { q: (&part, 0), k: (&part, nq), v: (&part, nq + nkv), tstride: n };
-        if !rope_kv_dispatch(gpu, &ins, [bn, t, hq, hk, d], [&kc, &vc], &q_out, pos0, each_part, theta, style)? {
+        if !rope_kv_dispatch(gpu, &ins, [bn, t, hq, hk, d], [&kc, &vc], &q_out, pos0, each_part, rot)? {
             // Too large for one dispatch: the parts copied out, then the kernels that split.
             let dense = |from: usize, h: usize| -> Result<Tensor> {
                 let shape = [bn, t, h, d];
@@ -340,7 +339,7 @@ pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, 
                 copy_strided(gpu, &part, View { offset: from, strides: [t * n, n, d, 1] }, &out, View::dense(&shape), &shape)?;
                 Ok(out)
             };
-            let q1 = rope_kv_at(gpu, &dense(0, hq)?, &dense(nq, hk)?, &dense(nq + nkv, hk)?, &kc, &vc, at_part, theta, style)?;
+            let q1 = rope_kv_at(gpu, &dense(0, hq)?, &dense(nq, hk)?, &dense(nq + nkv, hk)?, &kc, &vc, at_part, rot)?;
             gpu.copy_into(&q1, &q_out)?;
         }
     }
@@ -354,7 +353,7 @@ pub fn rope_kv_stacked(gpu: &Gpu, qkv: &Tensor, heads: Heads, k_cache: &Tensor, 
 /// left as they are. One product of dqkv with the stacked weights then gives the gradient at
 /// the projections' input. One dispatch where both fit a binding and the pairs a dispatch;
 /// else `rope_bwd` on dense copies.
-pub fn rope_bwd_stacked(gpu: &Gpu, dq: &Tensor, dqkv: &Tensor, heads: Heads, pos0: usize, theta: f32, style: RopeStyle) -> Result<()> {
+pub fn rope_bwd_stacked(gpu: &Gpu, dq: &Tensor, dqkv: &Tensor, heads: Heads, pos0: usize, rot: &Rope) -> Result<()> {
     const OP: &str = "rope_bwd_stacked";
     let Heads { q: hq, kv: hk, dim: d } = heads;
     let [b, t, _, _] = check(OP, "dq", dq.shape(), pos0)?;
@@ -371,11 +370,11 @@ pub fn rope_bwd_stacked(gpu: &Gpu, dq: &Tensor, dqkv: &Tensor, heads: Heads, pos
     if !fits {
         let part = |from: usize, h: usize| (View { offset: from, strides: [t * n, n, d, 1] }, [b, t, h, d]);
         let (q_view, q_shape) = part(0, hq);
-        copy_strided(gpu, &rope_bwd(gpu, dq, pos0, theta, style)?, View::dense(&q_shape), dqkv, q_view, &q_shape)?;
+        copy_strided(gpu, &rope_bwd(gpu, dq, pos0, rot)?, View::dense(&q_shape), dqkv, q_view, &q_shape)?;
         let (k_view, k_shape) = part(hq * d, hk);
         let dk = gpu.empty(&k_shape)?;
         copy_strided(gpu, dqkv, k_view, &dk, View::dense(&k_shape), &k_shape)?;
-        return copy_strided(gpu, &rope_bwd(gpu, &dk, pos0, theta, style)?, View::dense(&k_shape), dqkv, k_view, &k_shape);
+        return copy_strided(gpu, &rope_bwd(gpu, &dk, pos0, rot)?, View::dense(&k_shape), dqkv, k_view, &k_shape);
     }
     let (xb, in_off) = dq.bind(gpu, 0, dq.numel())?;
     let (ob, out_off) = dqkv.bind(gpu, 0, dqkv.numel())?;
@@ -387,7 +386,7 @@ pub fn rope_bwd_stacked(gpu: &Gpu, dq: &Tensor, dqkv: &Tensor, heads: Heads, pos
         out_off,
         in2_off: out_off + (hq * d) as u32,
         tstride: n as u32,
-        ..meta("rope_bwd", t, hq, d, pos0, theta, style)
+        ..meta("rope_bwd", t, hq, d, pos0, rot)?
     };
     gpu.dispatch(ROPE, OP, &[], bytemuck::bytes_of(&meta), &[xb, ob], [groups((nq + nk) / 2, WG), 1, 1])
 }
@@ -409,8 +408,11 @@ fn check(op: &'static str, name: &str, shape: &[usize], pos0: usize) -> Result<[
 
 /// The parameters of a rotation of T tokens of H heads of width D from position pos0 (pairs,
 /// the row range and offsets are set per dispatch).
-fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: RopeStyle) -> Meta {
+fn meta(op: &'static str, t: usize, h: usize, d: usize, pos0: usize, rot: &Rope) -> Result<Meta> {
     let half = d / 2;
+    if rot.inv_freq.len() != half {
+        return Err(Error::shape(op, format!("{} RoPE frequencies for heads of {d}", rot.inv_freq.len())));
+    }
     let mut meta = Meta {
         pairs: 0,
         half: half as u32,
@@ -420,7 +422,7 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
         pos0: pos0 as u32,
         in_off: 0,
         out_off: 0,
-        adjacent: (style == RopeStyle::Adjacent) as u32,
+        adjacent: (rot.style == RopeStyle::Adjacent) as u32,
         inverse: (op == "rope_bwd") as u32,
         pairs2: 0,
         heads2: 0,
@@ -435,20 +437,20 @@ fn meta(op: &str, t: usize, h: usize, d: usize, pos0: usize, theta: f32, style: 
         each: [0; EACH_PER_DISPATCH],
         inv_freq: [0.0; MAX_HEAD_DIM / 2],
     };
-    for (i, f) in meta.inv_freq[..half].iter_mut().enumerate() {
-        *f = (theta as f64).powf(-2.0 * i as f64 / d as f64) as f32;
+    for (f, &exact) in meta.inv_freq[..half].iter_mut().zip(&rot.inv_freq) {
+        *f = exact as f32;
     }
-    meta
+    Ok(meta)
 }
 
-fn rotate(gpu: &Gpu, op: &'static str, name: &str, x: &Tensor, pos0: usize, theta: f32, style: RopeStyle) -> Result<Tensor> {
+fn rotate(gpu: &Gpu, op: &'static str, name: &str, x: &Tensor, pos0: usize, rot: &Rope) -> Result<Tensor> {
     let [_, t, h, d] = check(op, name, x.shape(), pos0)?;
     let out = gpu.empty(x.shape())?;
     if x.numel() == 0 {
         return Ok(out);
     }
     let half = d / 2;
-    let mut meta = meta(op, t, h, d, pos0, theta, style);
+    let mut meta = meta(op, t, h, d, pos0, rot)?;
     let rows = x.numel() / d;
     let max_elems = Tensor::max_binding_elems(gpu);
     if d > max_elems {

@@ -11,7 +11,7 @@
 
 use super::quant::{quantize, GgmlType};
 use super::write::GgufWriter;
-use super::{canonical_name, model_err, GgufFile, Value};
+use super::{canonical_name, model_err, GgufFile, Value, ROPE_FREQS};
 use crate::error::Result;
 use crate::model::Weights;
 use std::path::Path;
@@ -63,6 +63,12 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
     w.raw_kv = g.raw_kv().filter(|(k, _)| *k != EDITED_KEY).map(|(_, bytes)| bytes.to_vec()).collect();
     let (mut rewritten, mut copied) = (vec![], 0);
     for t in &g.meta.tensors {
+        // RoPE's frequency divisors are a setting no edit changes.
+        if t.name == ROPE_FREQS {
+            w.tensor(&t.name, &t.dims, t.ty, g.tensor_bytes(t).to_vec());
+            copied += 1;
+            continue;
+        }
         let name = canonical_name(&t.name).ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama model", t.name)))?;
         let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
         let ours = weights.tensors.get(&name).ok_or_else(|| model_err(file, format!("tensor '{}' ({name}) is not in the model being exported: is this its base?", t.name)))?;

@@ -13,7 +13,7 @@
 //! u64 offset), padding to `general.alignment` (default 32), then the tensor data; each tensor's
 //! offset is relative to the start of the data section.
 
-use super::config::{Arch, Config, RopeStyle};
+use super::config::{Arch, Config, RopeScaling, RopeStyle};
 use super::weights::{HostTensor, Weights};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -477,17 +477,17 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
             return Err(model_err(file, format!("llama.rope.dimension_count is {rot}, but only RoPE over the whole head ({head_dim}) is supported")));
         }
     }
-    // Scaled RoPE (linear, YaRN, or Llama 3.1's per-frequency factors in `rope_freqs.weight`)
-    // rotates positions differently even in short prompts: refused rather than run unscaled.
-    if meta.get("llama.rope.scaling.type").is_some() {
-        let kind = meta.str("llama.rope.scaling.type", file)?;
-        if kind != "none" {
-            return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled RoPE is supported")));
-        }
-    }
-    if meta.tensor("rope_freqs.weight").is_some() {
-        return Err(model_err(file, "tensor 'rope_freqs.weight' scales RoPE's frequencies (Llama 3.1 and later); only unscaled RoPE is supported".to_string()));
-    }
+    // Scaled RoPE rotates positions differently even in short prompts: what this runtime does
+    // not apply (YaRN, LongRoPE) is refused rather than run unscaled. Per-frequency divisors
+    // (`rope_freqs.weight`) are tensor data, read with the weights.
+    let rope_scaling = match meta.get("llama.rope.scaling.type").map(|_| meta.str("llama.rope.scaling.type", file)).transpose()? {
+        None | Some("none") => match meta.get("llama.rope.scale_linear") {
+            Some(_) => RopeScaling::Linear { factor: meta.f64("llama.rope.scale_linear", file)? },
+            None => RopeScaling::None,
+        },
+        Some("linear") => RopeScaling::Linear { factor: meta.f64("llama.rope.scaling.factor", file)? },
+        Some(kind) => return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled, linear and per-frequency (rope_freqs) RoPE are supported"))),
+    };
     let vocab_size = match meta.get("tokenizer.ggml.tokens") {
         Some(_) => meta.array("tokenizer.ggml.tokens", file)?.len(),
         None => meta.usize("llama.vocab_size", file)?,
@@ -521,6 +521,7 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         },
         // llama.cpp's converter permutes Q/K rows so that RoPE rotates adjacent pairs.
         rope_style: RopeStyle::Adjacent,
+        rope_scaling,
         max_seq_len: meta.usize("llama.context_length", file)?,
         tied_embeddings: meta.tensor("output.weight").is_none(),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
@@ -529,6 +530,8 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
     let key = |field: &str| match field {
         "norm_eps" => "llama.attention.layer_norm_rms_epsilon",
         "rope_theta" => "llama.rope.freq_base",
+        "rope_scaling" if meta.get("llama.rope.scale_linear").is_some() => "llama.rope.scale_linear",
+        "rope_scaling" => "llama.rope.scaling.factor",
         "max_seq_len" => "llama.context_length",
         "ffn_hidden" => "llama.feed_forward_length",
         "n_layers" => "llama.block_count",
@@ -541,6 +544,28 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
     };
     config.check().map_err(|(field, detail)| model_err(file, format!("metadata key '{}': {detail}", key(field))))?;
     Ok(config)
+}
+
+/// The tensor in which llama.cpp keeps RoPE's per-frequency divisors (Llama 3.1 and later): a
+/// setting of the model, not a weight.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// `rope_freqs.weight` as the model's RoPE scaling: one divisor per frequency (times a linear
+/// factor where the file gives both, as llama.cpp applies both), checked.
+fn rope_divisors(g: &GgufFile, t: &TensorInfo, config: &Config) -> Result<RopeScaling> {
+    let file = g.file.as_str();
+    let half = config.head_dim / 2;
+    if t.dims != [half] {
+        return Err(model_err(file, format!("tensor '{ROPE_FREQS}' has dims {:?}; RoPE over heads of {} needs [{half}]", t.dims, config.head_dim)));
+    }
+    let linear = match config.rope_scaling {
+        RopeScaling::Linear { factor } => factor,
+        _ => 1.0,
+    };
+    let divisors = g.dequantize(t).into_iter().map(|d| (d as f64 * linear) as f32).collect();
+    let scaled = Config { rope_scaling: RopeScaling::Divisors(divisors), ..config.clone() };
+    scaled.check().map_err(|(_, detail)| model_err(file, format!("tensor '{ROPE_FREQS}': {detail}")))?;
+    Ok(scaled.rope_scaling)
 }
 
 /// Loads a llama-architecture GGUF as canonical f32 weights, plus its metadata (for the
@@ -557,9 +582,13 @@ pub fn load_gguf_bytes(bytes: Vec<u8>, file: &str) -> Result<(Weights, GgufMeta)
 
 fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
     let file = g.file.as_str();
-    let config = llama_config(&g.meta, file)?;
+    let mut config = llama_config(&g.meta, file)?;
     let mut tensors = BTreeMap::new();
     for t in &g.meta.tensors {
+        if t.name == ROPE_FREQS {
+            config.rope_scaling = rope_divisors(&g, t, &config)?;
+            continue;
+        }
         let name = canonical_name(&t.name).ok_or_else(|| {
             let why = if t.name.ends_with(".scale") || t.name.ends_with(".input_scale") {
                 "a per-tensor scale of an FP4 checkpoint (converted from ModelOpt), which llama.cpp applies at inference and this reader does not"
