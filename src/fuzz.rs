@@ -127,11 +127,19 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
     let journal_seed = work.join("journal-seed");
     write_journal(&journal_seed, &journal_record_text())?;
 
+    // Llama 3.1's RoPE scaling: as GGUF divisors (`rope_freqs.weight`), and as transformers 5's
+    // `rope_parameters`.
+    let llama3 = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64.0 };
+    let scaled = crate::model::Weights { config: Config { rope_scaling: llama3, ..tiny.clone() }, tensors: weights.tensors.clone() };
+    let mut scaled_cfg: serde_json::Value = serde_json::from_slice(&cfg_bytes).map_err(|e| Error::Edit(e.to_string()))?;
+    scaled_cfg["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": tiny.rope_theta, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    let scaled_cfg = scaled_cfg.to_string().into_bytes();
+
     let out = vec![
         Target {
             name: "gguf",
             file: "fuzz.gguf",
-            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, sentencepiece_gguf(&weights)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?],
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, sentencepiece_gguf(&weights)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?, tiny_gguf(&scaled, 3)?],
             load: Box::new(|_, bytes| {
                 let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
                 crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
@@ -147,7 +155,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
         Target {
             name: "config",
             file: "config.json",
-            seeds: vec![cfg_bytes.clone()],
+            seeds: vec![cfg_bytes.clone(), scaled_cfg],
             load: dir_loader(cfg_dir, "config.json", vec![("model.safetensors", st_bytes.clone())]),
         },
         Target {
@@ -404,6 +412,9 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
             .kv("tokenizer.ggml.scores", Value::Array((0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect()))
             .kv("tokenizer.ggml.token_type", Value::Array((0..tokens.len()).map(|i| Value::I32(if i == 0 { 3 } else { 1 })).collect()))
             .kv("tokenizer.ggml.bos_token_id", Value::U32(0));
+    }
+    if c.head_dim * c.n_heads != c.hidden {
+        g.kv("llama.attention.key_length", Value::U32(c.head_dim as u32)).kv("llama.attention.value_length", Value::U32(c.head_dim as u32));
     }
     // RoPE scaling as llama.cpp's converter writes it: linear as keys, any other rule as the
     // divisors of its frequencies.

@@ -1208,3 +1208,98 @@ fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
         assert!(e.contains(needle) && e.contains(FILE), "{needle}: {e}");
     }
 }
+
+/// Llama 3.1's RoPE scaling as llama.cpp's converter stores it: `rope_freqs.weight`, one
+/// divisor per frequency (computed here as convert_hf_to_gguf.py computes them, frequencies in
+/// all three of the rule's bands). Read, the model gives the logits of the same weights under
+/// the rule itself, far from the unscaled model's; a Hugging Face save states the rule, fitted
+/// to the divisors, and reloads to the same logits; an export over the file keeps the tensor.
+/// Linear scaling is read from its keys. Damaged divisors, a scaling not applied here, and a
+/// save of divisors no rule gives are refused, naming the tensor, key or file.
+#[test]
+fn rope_frequency_scaling_is_read_as_llama_cpp_writes_it() {
+    use revive::cpu::model::CpuModel;
+    use revive::fuzz::tiny_gguf;
+    use revive::model::probe::Probes;
+    use revive::model::random::random_weights;
+    use revive::model::safetensors::{load_dir, save_dir, SaveDtype};
+    use revive::model::{Config, RopeScaling};
+    let (factor, low, high, context) = (8.0f64, 1.0f64, 8.0f64, 256.0f64);
+    let config = Config { vocab_size: 259, head_dim: 16, rope_style: RopeStyle::Adjacent, ..Config::tiny_llama() };
+    let (theta, hd) = (config.rope_theta as f64, config.head_dim);
+    let mut bands = [0; 3];
+    let divisors: Vec<f32> = (0..hd / 2)
+        .map(|i| {
+            let wavelen = 2.0 * std::f64::consts::PI * theta.powf(2.0 * i as f64 / hd as f64);
+            let (band, d) = if wavelen < context / high {
+                (0, 1.0)
+            } else if wavelen > context / low {
+                (2, factor)
+            } else {
+                let smooth = (context / wavelen - low) / (high - low);
+                (1, 1.0 / ((1.0 - smooth) / factor + smooth))
+            };
+            bands[band] += 1;
+            d as f32
+        })
+        .collect();
+    assert!(bands.iter().all(|&n| n >= 2), "frequencies per band: {bands:?}");
+    let rule = RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: high, original_max_position_embeddings: context };
+    let w = random_weights(&Config { rope_scaling: RopeScaling::Divisors(divisors.clone()), ..config.clone() }, 21);
+    let bytes = tiny_gguf(&w, 3).unwrap();
+    let (read, _) = load(bytes.clone()).unwrap();
+    assert_eq!(read.config.rope_scaling, RopeScaling::Divisors(divisors.clone()));
+    let seqs = vec![(0..40).map(|i| (i * 37 + 5) % 259).collect::<Vec<u32>>()];
+    let logits = |w: &Weights| CpuModel::new(w).forward(&seqs, &Probes::default()).0;
+    let apart = |a: &Weights, b: &Weights| logits(a).iter().flatten().flatten().zip(logits(b).iter().flatten().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let with = |scaling: RopeScaling| Weights { config: Config { rope_scaling: scaling, ..read.config.clone() }, tensors: read.tensors.clone() };
+    let by_rule = with(rule.clone());
+    assert!(apart(&read, &by_rule) < 1e-5, "the divisors' logits are {} from the rule's", apart(&read, &by_rule));
+    assert!(apart(&read, &with(RopeScaling::None)) > 1e-2, "the divisors changed nothing");
+
+    // The rule recovered for a Hugging Face config, and the saved model's logits.
+    let fitted = read.config.rope_scaling_by_rule().expect("Llama 3.1's divisors fit its rule");
+    assert!(matches!(fitted, RopeScaling::Llama3 { factor: f, .. } if (f - factor).abs() < 1e-6), "{fitted:?}");
+    let dir = std::env::temp_dir().join(format!("revive-gguf-rope-{}", std::process::id()));
+    save_dir(&read, &dir, SaveDtype::F32, None).unwrap();
+    let saved = load_dir(&dir).unwrap();
+    assert_eq!(saved.config.rope_scaling, fitted);
+    assert!(apart(&read, &saved) < 1e-5, "saved and read back, logits {} away", apart(&read, &saved));
+    // Divisors that follow no rule are not saved as if they did.
+    let odd = with(RopeScaling::Divisors(vec![1.0, 2.5, 0.5, 7.0, 3.0, 1.25, 9.0, 4.0]));
+    let e = save_dir(&odd, &dir, SaveDtype::F32, None).unwrap_err().to_string();
+    assert!(e.contains("rope_freqs") && e.contains("config.json"), "{e}");
+
+    // An export over the file keeps the divisors.
+    let base = dir.join("base.gguf");
+    std::fs::write(&base, &bytes).unwrap();
+    let out = dir.join("out.gguf");
+    let mut edited = read.clone();
+    edited.tensors.get_mut("layers.1.w_down").unwrap().data[3] += 0.5;
+    export_over(&base, &edited, EditedType::As(GgmlType::F32), &out).unwrap();
+    assert_eq!(load_gguf(&out).unwrap().0.config.rope_scaling, read.config.rope_scaling);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Linear scaling from its keys.
+    let linear = random_weights(&Config { rope_scaling: RopeScaling::Linear { factor: 2.0 }, ..config.clone() }, 22);
+    assert_eq!(load(tiny_gguf(&linear, 3).unwrap()).unwrap().0.config.rope_scaling, RopeScaling::Linear { factor: 2.0 });
+
+    // Refused: damaged divisors, a factor of 0, a scaling this runtime does not apply.
+    let mut zero = divisors.clone();
+    zero[3] = 0.0;
+    let mut nan = divisors.clone();
+    nan[5] = f32::NAN;
+    for (bad, why) in [(zero, "divisor 3"), (nan, "divisor 5"), (divisors[..5].to_vec(), "needs [8]")] {
+        let w = Weights { config: Config { rope_scaling: RopeScaling::Divisors(bad), ..w.config.clone() }, tensors: w.tensors.clone() };
+        let e = load(tiny_gguf(&w, 3).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("rope_freqs.weight") && e.contains(why) && e.contains(FILE), "{why}: {e}");
+    }
+    let zero_factor = Weights { config: Config { rope_scaling: RopeScaling::Linear { factor: 0.0 }, ..linear.config.clone() }, tensors: linear.tensors.clone() };
+    let e = load(tiny_gguf(&zero_factor, 3).unwrap()).unwrap_err().to_string();
+    assert!(e.contains("llama.rope.scaling.factor"), "{e}");
+    let mut yarn = tiny_gguf(&linear, 3).unwrap();
+    let at = yarn.windows(6).position(|w| w == b"linear").unwrap();
+    yarn[at..at + 6].copy_from_slice(b"yarn__");
+    let e = load(yarn).unwrap_err().to_string();
+    assert!(e.contains("llama.rope.scaling.type") && e.contains("yarn__"), "{e}");
+}
