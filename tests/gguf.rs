@@ -1303,3 +1303,55 @@ fn rope_frequency_scaling_is_read_as_llama_cpp_writes_it() {
     let e = load(yarn).unwrap_err().to_string();
     assert!(e.contains("llama.rope.scaling.type") && e.contains("yarn__"), "{e}");
 }
+
+/// Llama 3's vocabulary as GGUF stores it (`tokenizer.ggml.pre = llama-bpe`): a byte-level BPE
+/// trained with Llama 3's split (tests/data/llama3_bpe_fixture.py) encodes awkward texts
+/// (contractions in capitals, digit runs, line breaks, tabs, punctuation runs, characters
+/// only bytes hold, the empty text) as the tokenizers library does, split into the same
+/// pre-tokens, and decodes them back;
+/// GPT-2's split, given the same vocabulary, does not (the split is what is tested); saved as
+/// tokenizer.json and read back, it encodes the same.
+#[test]
+fn a_llama3_vocabulary_encodes_as_its_tokenizer_does() {
+    let fixture: serde_json::Value = serde_json::from_str(include_str!("data/llama3-bpe.json")).unwrap();
+    let strs = |key: &str| Value::Array(fixture[key].as_array().unwrap().iter().map(|v| Value::Str(v.as_str().unwrap().into())).collect());
+    let special: Vec<u64> = fixture["special"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let n = fixture["tokens"].as_array().unwrap().len();
+    let build = |pre: &str| {
+        let mut w = GgufWriter::default();
+        w.kv("general.architecture", Value::Str("llama".into()))
+            .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+            .kv("tokenizer.ggml.pre", Value::Str(pre.into()))
+            .kv("tokenizer.ggml.tokens", strs("tokens"))
+            .kv("tokenizer.ggml.merges", strs("merges"))
+            .kv("tokenizer.ggml.token_type", Value::Array((0..n as u64).map(|i| Value::I32(if special.contains(&i) { 3 } else { 1 })).collect()))
+            .kv("tokenizer.ggml.bos_token_id", Value::U32(special[0] as u32))
+            .kv("tokenizer.ggml.eos_token_id", Value::U32(special[1] as u32));
+        Tok::from_gguf(&GgufFile::parse(w.to_bytes(3), FILE).unwrap().meta, FILE).unwrap()
+    };
+    let tok = build("llama-bpe");
+    let gpt2 = build("gpt2");
+    let mut differ = 0;
+    for case in fixture["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+        assert_eq!(tok.decode(&want).unwrap(), text, "{text:?}");
+        differ += (gpt2.encode(text).unwrap() != want) as usize;
+        let want_split: Vec<&str> = case["split"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut split = tokenizers::PreTokenizedString::from(text);
+        tokenizers::PreTokenizer::pre_tokenize(tok.inner().get_pre_tokenizer().unwrap(), &mut split).unwrap();
+        let split: Vec<String> = split.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char).into_iter().map(|(s, _, _)| s.to_string()).collect();
+        assert_eq!(split, want_split, "{text:?} split");
+    }
+    assert!(differ >= 2, "GPT-2's split gives the same ids for all but {differ} texts");
+    let dir = std::env::temp_dir().join(format!("revive-llama3-bpe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    tok.save_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
+    let back = Tok::from_tokenizer_json(&dir.join("tokenizer.json"), None).unwrap();
+    for case in fixture["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(back.encode(text).unwrap(), tok.encode(text).unwrap(), "{text:?} read back");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,7 +3,8 @@
 //!
 //! From GGUF: byte-level BPE (`tokenizer.ggml.model = gpt2`), whose pre-tokenizer is chosen by
 //! `tokenizer.ggml.pre` (SmolLM2's `smollm` splits every digit on its own before the GPT-2
-//! byte-level split, as its tokenizer.json does; no space is prefixed), and SentencePiece BPE
+//! byte-level split, as its tokenizer.json does; no space is prefixed; Llama 3's `llama-bpe`
+//! splits by its own regex, [`LLAMA3_SPLIT`]), and SentencePiece BPE
 //! (`llama`: Llama 2, TinyLlama, Mistral) from its pieces and scores, with byte fallback and
 //! the dummy prefix before a sequence's text (not before a piece's).
 //!
@@ -23,8 +24,9 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_CONTROL: i64 = 3;
@@ -340,6 +342,11 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
     }
 }
 
+/// Llama 3's pre-tokenizer split (its tokenizer.json's, llama.cpp's `llama-bpe`): contractions in
+/// any case, a letter run with one leading non-letter, digits in groups of up to three,
+/// punctuation runs with the line breaks after them, line breaks, spaces.
+pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// GPT-2's byte-level BPE from its merges, with the pre-tokenizer `tokenizer.ggml.pre` names.
 fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer> {
     let merges = meta
@@ -363,7 +370,11 @@ fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer
     let pre: PreTokenizerWrapper = match pre_name {
         Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
         None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
-        Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, default)"))),
+        Some("llama-bpe" | "llama3") => {
+            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| err(file, format!("Llama 3's split pattern: {e}")))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+        }
+        Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, llama-bpe, default)"))),
     };
     let mut inner = Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(pre));
