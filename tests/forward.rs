@@ -41,9 +41,63 @@ fn models() -> Vec<(&'static str, Weights)> {
         // GGUF's RoPE pairing and tied embeddings, as SmolLM2 has them.
         ("llama-adjacent", random_weights(&adjacent.clone(), 13)),
         // Scaled RoPE: Llama 3.1's rule (through config.json), and a GGUF's divisors.
+        // Qwen2: q/k/v biases, through its own config.json and names.
+        ("qwen2", through_disk(&random_weights(&Config { qkv_bias: true, ..Config::tiny_llama() }, 16), "qwen2")),
         ("llama-llama3", through_disk(&random_weights(&Config { rope_scaling: LLAMA3.clone(), ..Config::tiny_llama() }, 14), "llama3")),
         ("llama-divisors", random_weights(&Config { rope_scaling: RopeScaling::Divisors(vec![1.0, 2.5, 0.5, 7.0, 3.0, 1.25, 9.0, 4.0][..Config::tiny_llama().head_dim / 2].to_vec()), ..adjacent }, 15)),
     ]
+}
+
+/// transformers' own logits (tests/data/qwen2_fixture.py) of a tiny Qwen2 — the Llama block
+/// with biases on the query, key and value projections, its RoPE base only inside
+/// `rope_parameters` — on every adapter (one pass, and decoding token by token with the cache,
+/// which takes the stacked product's other paths) and in the f64 reference; the same model
+/// with its biases zeroed gives transformers' logits for that too, far from the first (the
+/// biases are what is seen); a save and reload keeps the layout.
+#[test]
+fn qwen2_gives_the_logits_transformers_gives() {
+    use serde_json::Value;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = expected["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let rows = |key: &str| -> Vec<Vec<f64>> { expected[key].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect() };
+    let w = load_dir(&fixture).unwrap();
+    assert!(w.config.qkv_bias && w.config.rope_theta == 1_000_000.0, "{:?}", w.config);
+    let mut unbiased = w.clone();
+    for (name, t) in unbiased.tensors.iter_mut() {
+        if name.ends_with(".bq") || name.ends_with(".bk") || name.ends_with(".bv") {
+            t.data.iter_mut().for_each(|x| *x = 0.0);
+        }
+    }
+    let (with, without) = (rows("logits"), rows("logits_without_biases"));
+    let apart = with.iter().flatten().zip(without.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(apart > 0.1, "the biases move transformers' logits by only {apart}");
+    for (label, model, want) in [("qwen2", &w, &with), ("qwen2 without biases", &unbiased, &without)] {
+        let (cpu, _) = CpuModel::new(model).forward(std::slice::from_ref(&ids), &Probes::default());
+        for (p, row) in want.iter().enumerate() {
+            let got: Vec<f32> = cpu[0][p].iter().map(|&x| x as f32).collect();
+            compare(&format!("{label} reference, position {p}"), &got, row, logit_tol(row)).unwrap();
+        }
+        for_each_gpu(|gpu| {
+            let gm = ok(GpuModel::new(gpu, model))?;
+            let (logits, _) = ok(gm.forward(&ok(Batch::new(std::slice::from_ref(&ids)))?, &Probes::default(), LogitRows::All, None))?;
+            let got = ok(gpu.download(&logits))?;
+            let v = model.config.vocab_size;
+            for (p, row) in want.iter().enumerate() {
+                compare(&format!("{label} on {}, position {p}", gpu.label()), &got[p * v..(p + 1) * v], row, logit_tol(row))?;
+            }
+            // Token by token through the cache.
+            let mut cache = ok(gm.new_cache(1, ids.len()))?;
+            for (p, &tok) in ids.iter().enumerate() {
+                let (l, _) = ok(gm.forward(&ok(Batch::new(&[vec![tok]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                compare(&format!("{label} decoded on {}, position {p}", gpu.label()), &ok(gpu.download(&l))?, &want[p], logit_tol(&want[p]))?;
+            }
+            Ok(())
+        });
+    }
+    let back = through_disk(&w, "qwen2");
+    assert_eq!(back.config, w.config);
+    assert_eq!(back.tensors, w.tensors);
 }
 
 /// Llama 3.1's rule as tiny models' heads see it: of tiny_llama's frequencies, some kept, some
@@ -778,7 +832,10 @@ fn norms_folded_into_products_give_the_same_logits() {
                 Ok((gpu.runtime_stats() - before).dispatches)
             };
             let (a, f) = (per_token(&apart)?, per_token(&folded)?);
-            let saved = if w.config.arch == revive::model::Arch::Llama { 4 * w.config.n_layers as u64 + 1 } else { 0 };
+            // (With q/k/v biases — Qwen2 — the attention's norm, product and rotation stay
+            // apart: the one-dispatch kernel adds no bias.)
+            let per_layer = if w.config.qkv_bias { 2 } else { 4 };
+            let saved = if w.config.arch == revive::model::Arch::Llama { per_layer * w.config.n_layers as u64 + 1 } else { 0 };
             if a - f != saved {
                 return Err(format!("{name}: {a} dispatches per token apart, {f} folded (want {saved} fewer)"));
             }

@@ -38,6 +38,10 @@ pub enum RopeScaling {
     Divisors(Vec<f32>),
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl RopeScaling {
     pub fn is_none(&self) -> bool {
         *self == RopeScaling::None
@@ -102,6 +106,11 @@ pub struct Config {
     /// config (which keys caches and sessions) reads as it always did.
     #[serde(default, skip_serializing_if = "RopeScaling::is_none")]
     pub rope_scaling: RopeScaling,
+    /// Biases on the query, key and value projections (`layers.{i}.bq`, `.bk`, `.bv`) of a
+    /// Llama-family model: Qwen2's. (GPT-2 has them always.) Left out of the serialised form
+    /// when false, as `rope_scaling` is.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qkv_bias: bool,
     /// Longest sequence the model was trained for.
     pub max_seq_len: usize,
     pub tied_embeddings: bool,
@@ -239,8 +248,8 @@ impl Config {
                     "attn_norm.bias" | "mlp_norm.bias" | "bo" | "b_down" if gpt2 => vec![d],
                     "wq" => vec![q, d],
                     "wk" | "wv" => vec![kv, d],
-                    "bq" if gpt2 => vec![q],
-                    "bk" | "bv" if gpt2 => vec![kv],
+                    "bq" if gpt2 || self.qkv_bias => vec![q],
+                    "bk" | "bv" if gpt2 || self.qkv_bias => vec![kv],
                     "wo" => vec![d, q],
                     "w_gate" if !gpt2 => vec![f, d],
                     "w_up" => vec![f, d],
@@ -266,6 +275,9 @@ impl Config {
                 fields.extend(["attn_norm.bias", "bq", "bk", "bv", "bo", "mlp_norm.bias", "b_up", "b_down"]);
             } else {
                 fields.push("w_gate");
+                if self.qkv_bias {
+                    fields.extend(["bq", "bk", "bv"]);
+                }
             }
             names.extend(fields.into_iter().map(|f| format!("layers.{i}.{f}")));
         }

@@ -62,6 +62,8 @@ struct LayerStacks {
     qkv: Stack,
     /// w_gate, w_up: one product gives both halves of SwiGLU's input.
     gate_up: Stack,
+    /// bq, bk, bv stacked as the product's rows are (Qwen2); the one product adds them.
+    qkv_bias: Option<Tensor>,
 }
 
 impl Stack {
@@ -171,7 +173,15 @@ impl GpuModel {
             for i in 0..c.n_layers {
                 let qkv = Stack::upload(gpu, weights, layer_names(i, &["wq", "wk", "wv"]), &mut w)?;
                 let gate_up = Stack::upload(gpu, weights, layer_names(i, &["w_gate", "w_up"]), &mut w)?;
-                stacks.push(LayerStacks { qkv, gate_up });
+                let qkv_bias = match c.qkv_bias {
+                    false => None,
+                    true => {
+                        let parts = layer_names(i, &["bq", "bk", "bv"]).iter().map(|n| weights.tensors.get(n).map(|t| t.data.clone()).ok_or_else(|| Error::Model { file: "model".into(), detail: format!("no tensor '{n}'") })).collect::<Result<Vec<_>>>()?;
+                        let data = parts.concat();
+                        Some(gpu.upload(&data, &[data.len()])?)
+                    }
+                };
+                stacks.push(LayerStacks { qkv, gate_up, qkv_bias });
             }
         }
         for (name, t) in &weights.tensors {
@@ -187,15 +197,15 @@ impl GpuModel {
         Ok(GpuModel { config: c.clone(), gpu: gpu.clone(), w, stacks, fold_into_products: fold_by_default(gpu), rope: c.rope() })
     }
 
-    /// Whether, for a few rows (a decoded token), RMS norms and the SwiGLU activation fold into
-    /// the products that read them (`norm::rms_norm_matvec`, `activation::silu_mul_matvec`):
-    /// by default on hardware adapters only, where a dispatch costs more than its arithmetic;
-    /// the result differs only by f32 rounding.
     /// RoPE as this model applies it (its config's, scaling included).
     pub fn rope(&self) -> &Rope {
         &self.rope
     }
 
+    /// Whether, for a few rows (a decoded token), RMS norms and the SwiGLU activation fold into
+    /// the products that read them (`norm::rms_norm_matvec`, `activation::silu_mul_matvec`):
+    /// by default on hardware adapters only, where a dispatch costs more than its arithmetic;
+    /// the result differs only by f32 rounding.
     pub fn set_fold_into_products(&mut self, on: bool) {
         self.fold_into_products = on;
     }
@@ -563,7 +573,8 @@ impl GpuModel {
         let gpu = &self.gpu;
         let hd = c.head_dim;
         let gpt2 = c.arch == Arch::Gpt2;
-        let bias = |name: &str| -> Result<Option<&Tensor>> { if gpt2 { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
+        let has_bias = |name: &str| gpt2 || (c.qkv_bias && matches!(name, "bq" | "bk" | "bv"));
+        let bias = |name: &str| -> Result<Option<&Tensor>> { if has_bias(name) { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
         let attn_norm = Name::new(format_args!("layers.{i}.attn_norm"));
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
         // The stacked products serve every pass: the tape keeps the rotated queries, which the
@@ -574,7 +585,7 @@ impl GpuModel {
         let q = match (qkv_stack.filter(|_| !record), qkv_stack) {
             // A few rows (a decoded token, where folding pays): the norm, the stacked product,
             // the rotation and the cache write in one dispatch.
-            (Some(s), _) if self.folds(b * t) => {
+            (Some(s), _) if self.folds(b * t) && s.qkv_bias.is_none() => {
                 let g = self.norm_weight(&attn_norm)?;
                 let x2 = x.reshape(&[b * t, c.hidden])?;
                 rope::norm_qkv_rope_kv(gpu, &x2, g, c.norm_eps, &s.qkv.tensor, heads, &cache.k[i], &cache.v[i], at, &self.rope)?
@@ -582,7 +593,7 @@ impl GpuModel {
             // One product for the queries, keys and values, which the rotation reads from its
             // rows.
             (_, Some(s)) => {
-                let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, None)?;
+                let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, s.qkv_bias.as_ref())?;
                 rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, &self.rope)?
             }
             _ => {

@@ -116,7 +116,19 @@ fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
             }
         }
     }
-    if let Some(v) = present("sliding_window") {
+    // transformers 5 names each layer's attention; a windowed one is not run here.
+    if let Some(v) = present("layer_types") {
+        let all_full = v.as_array().is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
+        if !all_full {
+            return Err(err(path, format!("field 'layer_types' is {v}: only full attention in every layer is supported")));
+        }
+    }
+    // Qwen2 writes a window and turns it off with `use_sliding_window: false`.
+    let windowed = match present("use_sliding_window") {
+        None => true,
+        Some(v) => v.as_bool().ok_or_else(|| err(path, format!("field 'use_sliding_window' is {v}; expected true or false")))?,
+    };
+    if let Some(v) = present("sliding_window").filter(|_| windowed) {
         let window = v.as_u64().ok_or_else(|| err(path, format!("sliding_window is {v}, expected a token count or null")))?;
         let longest = cfg.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(u64::MAX);
         if window < longest {
@@ -194,9 +206,9 @@ pub fn parse_config(path: &Path) -> Result<Config> {
     let cfg: Value = serde_json::from_str(&text).map_err(|e| err(path, format!("not valid JSON: {e}")))?;
     let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
     let arch = match model_type {
-        "llama" | "mistral" => Arch::Llama,
+        "llama" | "mistral" | "qwen2" => Arch::Llama,
         "gpt2" => Arch::Gpt2,
-        other => return Err(err(path, format!("model_type '{other}' is not supported (llama, gpt2)"))),
+        other => return Err(err(path, format!("model_type '{other}' is not supported (llama, mistral, qwen2, gpt2)"))),
     };
     let mut rope_keys = ["rope_theta", "rope_scaling"];
     let mut rope = (10000.0, RopeScaling::None);
@@ -222,6 +234,7 @@ pub fn parse_config(path: &Path) -> Result<Config> {
                 rope_theta: rope.0,
                 rope_style: RopeStyle::Half,
                 rope_scaling: rope.1,
+                qkv_bias: model_type == "qwen2",
                 max_seq_len: opt_usize(&cfg, path, &["max_position_embeddings"])?.unwrap_or(2048),
                 tied_embeddings: get_bool(&cfg, path, "tie_word_embeddings", false)?,
                 bos_token_id: get_id(&cfg, path, "bos_token_id")?,
@@ -244,6 +257,7 @@ pub fn parse_config(path: &Path) -> Result<Config> {
                 rope_theta: 0.0,
                 rope_style: RopeStyle::Half,
                 rope_scaling: RopeScaling::None,
+                qkv_bias: false,
                 max_seq_len: get_usize(&cfg, path, &["n_positions", "n_ctx"])?,
                 tied_embeddings: get_bool(&cfg, path, "tie_word_embeddings", true)?,
                 bos_token_id: get_id(&cfg, path, "bos_token_id")?,
@@ -293,6 +307,15 @@ pub fn config_json(c: &Config) -> Value {
     match c.arch {
         Arch::Llama => {
             let mut cfg = llama_config_json(c);
+            if c.qkv_bias {
+                // Qwen2's layout: biases on q/k/v only, which Llama's `attention_bias` (all
+                // four projections) cannot say.
+                cfg["architectures"] = json!(["Qwen2ForCausalLM"]);
+                cfg["model_type"] = json!("qwen2");
+                cfg.as_object_mut().expect("an object").remove("attention_bias");
+                cfg.as_object_mut().expect("an object").remove("mlp_bias");
+                cfg["use_sliding_window"] = json!(false);
+            }
             // The form both transformers 4 and 5 read (5 folds it into `rope_parameters`).
             let scaling = match &c.rope_scaling {
                 RopeScaling::None | RopeScaling::Divisors(_) => None,
@@ -491,6 +514,9 @@ const LLAMA_LAYER: [(&str, &str); 9] = [
     ("mlp.down_proj.weight", "w_down"),
 ];
 
+/// Qwen2's projection biases (checkpoint name after `model.layers.N.`, canonical name).
+const QKV_BIAS: [(&str, &str); 3] = [("self_attn.q_proj.bias", "bq"), ("self_attn.k_proj.bias", "bk"), ("self_attn.v_proj.bias", "bv")];
+
 /// A GPT-2 layer's tensors other than the fused Q/K/V (checkpoint name after `h.N.`, canonical
 /// name, stored transposed as Conv1D [in, out]).
 const GPT2_LAYER: [(&str, &str, bool); 10] = [
@@ -526,7 +552,7 @@ fn checkpoint_name(arch: Arch, canon: &str) -> Option<(String, &'static str)> {
     }
     let (i, field) = canon.strip_prefix("layers.")?.split_once('.')?;
     match arch {
-        Arch::Llama => LLAMA_LAYER.iter().find(|(_, c)| *c == field).map(|(hf, _)| (format!("model.layers.{i}.{hf}"), "read as")),
+        Arch::Llama => LLAMA_LAYER.iter().chain(&QKV_BIAS).find(|(_, c)| *c == field).map(|(hf, _)| (format!("model.layers.{i}.{hf}"), "read as")),
         Arch::Gpt2 => match field {
             "wq" | "wk" | "wv" => Some((gpt2(&format!("h.{i}.attn.c_attn.weight")), "a third of it, transposed, read as")),
             "bq" | "bk" | "bv" => Some((gpt2(&format!("h.{i}.attn.c_attn.bias")), "a third of it read as")),
@@ -556,6 +582,11 @@ pub fn load_dir(dir: &Path) -> Result<Weights> {
                 let p = format!("model.layers.{i}.");
                 for (hf_name, canon) in LLAMA_LAYER {
                     t.insert(format!("layers.{i}.{canon}"), take(&n(&format!("{p}{hf_name}")))?);
+                }
+                if config.qkv_bias {
+                    for (hf_name, canon) in QKV_BIAS {
+                        t.insert(format!("layers.{i}.{canon}"), take(&n(&format!("{p}{hf_name}")))?);
+                    }
                 }
             }
             t.insert("final_norm.weight".into(), take(&n("model.norm.weight"))?);
@@ -664,14 +695,24 @@ pub fn to_hf(w: &Weights) -> Vec<(String, HostTensor)> {
             out.push(("model.embed_tokens.weight".into(), t("embed")));
             for i in 0..c.n_layers {
                 let l = |s: &str| t(&format!("layers.{i}.{s}"));
-                let qk = |s: &str| {
-                    let x = l(s);
-                    if c.rope_style == RopeStyle::Adjacent { permute_rope_rows(&x, c.head_dim, true) } else { x }
-                };
+                let qk_rows = |x: &HostTensor| if c.rope_style == RopeStyle::Adjacent { permute_rope_rows(x, c.head_dim, true) } else { x.clone() };
+                let qk = |s: &str| qk_rows(&l(s));
                 let p = format!("model.layers.{i}.");
                 for (hf_name, canon) in LLAMA_LAYER {
                     let x = if matches!(canon, "wq" | "wk") { qk(canon) } else { l(canon) };
                     out.push((format!("{p}{hf_name}"), x));
+                }
+                if c.qkv_bias {
+                    for (hf_name, canon) in QKV_BIAS {
+                        // A bias is a column: its rows are reordered as the weight's are.
+                        let x = if matches!(canon, "bq" | "bk") {
+                            let column = HostTensor::new(vec![l(canon).data.len(), 1], l(canon).data);
+                            HostTensor::new(vec![column.data.len()], qk_rows(&column).data)
+                        } else {
+                            l(canon)
+                        };
+                        out.push((format!("{p}{hf_name}"), x));
+                    }
                 }
             }
             out.push(("model.norm.weight".into(), t("final_norm.weight")));

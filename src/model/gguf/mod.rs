@@ -522,6 +522,7 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         // llama.cpp's converter permutes Q/K rows so that RoPE rotates adjacent pairs.
         rope_style: RopeStyle::Adjacent,
         rope_scaling,
+        qkv_bias: false,
         max_seq_len: meta.usize("llama.context_length", file)?,
         tied_embeddings: meta.tensor("output.weight").is_none(),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
