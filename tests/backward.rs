@@ -24,6 +24,9 @@ fn models() -> Vec<(&'static str, Weights, bool)> {
         ("llama-unstacked", random_weights(&Config::tiny_llama(), 21), false),
         ("llama-adjacent-tied", random_weights(&adjacent, 22), true),
         ("gpt2", random_weights(&Config::tiny_gpt2(), 23), true),
+        // Qwen2's q/k/v biases, stacked and apart.
+        ("qwen2", random_weights(&Config { qkv_bias: true, ..Config::tiny_llama() }, 24), true),
+        ("qwen2-unstacked", random_weights(&Config { qkv_bias: true, ..Config::tiny_llama() }, 24), false),
     ]
 }
 

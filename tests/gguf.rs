@@ -859,8 +859,8 @@ fn inconsistent_models_are_errors() {
         ("bad heads", Box::new(set("llama.attention.head_count_kv", Value::U32(3))), "head_count_kv"),
         ("partial rotary", Box::new(|w| { w.kv("llama.rope.dimension_count", Value::U32(8)); }), "dimension_count"),
         ("vocab size disagrees", Box::new(|w| { w.kv("llama.vocab_size", Value::U32(300)); }), "vocab_size"),
-        ("scaled RoPE", Box::new(|w| { w.kv("llama.rope.scaling.type", Value::Str("linear".into())); }), "llama.rope.scaling.type is 'linear'"),
-        ("Llama 3.1 RoPE factors", Box::new(|w| { w.tensor("rope_freqs.weight", &[D / 8], GgmlType::F32, vec![0; D / 2]); }), "rope_freqs.weight' scales"),
+        ("YaRN RoPE", Box::new(|w| { w.kv("llama.rope.scaling.type", Value::Str("yarn".into())); }), "llama.rope.scaling.type is 'yarn'"),
+        ("zero RoPE divisors", Box::new(|w| { w.tensor("rope_freqs.weight", &[D / 8], GgmlType::F32, vec![0; D / 2]); }), "rope_freqs.weight': frequency divisor 0 is 0"),
         ("bad alignment", Box::new(|w| { w.kv("general.alignment", Value::U32(48)); }), "alignment"),
         ("unknown tensor name", Box::new(|w| w.tensors[1].name = "blk.0.attn_q.bias".into()), "attn_q.bias"),
         ("an FP4 checkpoint's scale", Box::new(|w| { w.tensor("blk.0.attn_q.scale", &[1], GgmlType::F32, vec![0; 4]); }), "'blk.0.attn_q.scale': a per-tensor scale of an FP4 checkpoint"),
@@ -1214,8 +1214,9 @@ fn a_sentencepiece_vocabulary_encodes_as_sentencepiece_does() {
 /// all three of the rule's bands). Read, the model gives the logits of the same weights under
 /// the rule itself, far from the unscaled model's; a Hugging Face save states the rule, fitted
 /// to the divisors, and reloads to the same logits; an export over the file keeps the tensor.
-/// Linear scaling is read from its keys. Damaged divisors, a scaling not applied here, and a
-/// save of divisors no rule gives are refused, naming the tensor, key or file.
+/// Linear scaling is read from its keys as llama.cpp reads them (a factor of 0 is 1). Damaged
+/// divisors, a negative factor, a scaling not applied here, and a save of divisors no rule
+/// gives are refused, naming the tensor, key or file.
 #[test]
 fn rope_frequency_scaling_is_read_as_llama_cpp_writes_it() {
     use revive::cpu::model::CpuModel;
@@ -1259,7 +1260,7 @@ fn rope_frequency_scaling_is_read_as_llama_cpp_writes_it() {
 
     // The rule recovered for a Hugging Face config, and the saved model's logits.
     let fitted = read.config.rope_scaling_by_rule().expect("Llama 3.1's divisors fit its rule");
-    assert!(matches!(fitted, RopeScaling::Llama3 { factor: f, .. } if (f - factor).abs() < 1e-6), "{fitted:?}");
+    assert_eq!(fitted, rule, "the rule fitted to the divisors");
     let dir = std::env::temp_dir().join(format!("revive-gguf-rope-{}", std::process::id()));
     save_dir(&read, &dir, SaveDtype::F32, None).unwrap();
     let saved = load_dir(&dir).unwrap();
@@ -1294,9 +1295,11 @@ fn rope_frequency_scaling_is_read_as_llama_cpp_writes_it() {
         let e = load(tiny_gguf(&w, 3).unwrap()).unwrap_err().to_string();
         assert!(e.contains("rope_freqs.weight") && e.contains(why) && e.contains(FILE), "{why}: {e}");
     }
-    let zero_factor = Weights { config: Config { rope_scaling: RopeScaling::Linear { factor: 0.0 }, ..linear.config.clone() }, tensors: linear.tensors.clone() };
-    let e = load(tiny_gguf(&zero_factor, 3).unwrap()).unwrap_err().to_string();
+    let with_linear = |factor: f64| Weights { config: Config { rope_scaling: RopeScaling::Linear { factor }, ..linear.config.clone() }, tensors: linear.tensors.clone() };
+    let e = load(tiny_gguf(&with_linear(-2.0), 3).unwrap()).unwrap_err().to_string();
     assert!(e.contains("llama.rope.scaling.factor"), "{e}");
+    // A factor of 0 means 1, as llama.cpp reads it.
+    assert_eq!(load(tiny_gguf(&with_linear(0.0), 3).unwrap()).unwrap().0.config.rope_scaling, RopeScaling::None);
     let mut yarn = tiny_gguf(&linear, 3).unwrap();
     let at = yarn.windows(6).position(|w| w == b"linear").unwrap();
     yarn[at..at + 6].copy_from_slice(b"yarn__");
@@ -1307,8 +1310,9 @@ fn rope_frequency_scaling_is_read_as_llama_cpp_writes_it() {
 /// Llama 3's vocabulary as GGUF stores it (`tokenizer.ggml.pre = llama-bpe`): a byte-level BPE
 /// trained with Llama 3's split (tests/data/llama3_bpe_fixture.py) encodes awkward texts
 /// (contractions in capitals, digit runs, line breaks, tabs, punctuation runs, characters
-/// only bytes hold, the empty text) as the tokenizers library does, split into the same
-/// pre-tokens, and decodes them back;
+/// only bytes hold, the empty text, a piece only `ignore_merges` finds) as the tokenizers
+/// library does, split into the same pre-tokens, and decodes them back; a start token by
+/// default, as llama.cpp gives Llama 3;
 /// GPT-2's split, given the same vocabulary, does not (the split is what is tested); saved as
 /// tokenizer.json and read back, it encodes the same.
 #[test]
@@ -1331,6 +1335,10 @@ fn a_llama3_vocabulary_encodes_as_its_tokenizer_does() {
     };
     let tok = build("llama-bpe");
     let gpt2 = build("gpt2");
+    // llama.cpp's default for Llama 3 (and none for GPT-2's split): a start token.
+    assert_eq!(tok.start(), &[special[0] as u32]);
+    assert!(gpt2.start().is_empty());
+    assert_eq!(build("llama-v3").encode("an unmergeable word").unwrap(), tok.encode("an unmergeable word").unwrap());
     let mut differ = 0;
     for case in fixture["encodings"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();

@@ -144,6 +144,8 @@ fn inconsistent_settings_are_refused_naming_the_key() {
         ("rope_scaling", serde_json::json!({"type": "linear", "factor": 0.0})),
         ("rope_scaling", serde_json::json!({"type": "linear", "factor": "2"})),
         ("rope_scaling", serde_json::json!({"rope_type": 3})),
+        ("rope_scaling", serde_json::json!("yarn")),
+        ("rope_scaling", serde_json::json!(["linear", 2.0])),
         ("rope_parameters", serde_json::json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})),
         ("rope_parameters", serde_json::json!("default")),
         ("rope_parameters", serde_json::json!({"rope_type": "default", "rope_theta": 500000.0})),

@@ -68,8 +68,9 @@ impl Rope {
 /// `factor`: a frequency between the kept (d = 1) and the divided (d = factor) is blended by
 /// s = (C/λ − low)/(high − low), λ = 2π/f, which is linear in 1/λ; with high − low = 1 (only
 /// the thresholds C/low and C/high matter) a line through those frequencies' s gives C and
-/// low. Needs two blended frequencies; None otherwise.
-fn llama3_fit(base: &[f64], divisors: &[f32], factor: f64) -> Option<RopeScaling> {
+/// low. Needs two blended frequencies; None otherwise. Returns the rounded parameters, then the
+/// exact ones.
+fn llama3_fit(base: &[f64], divisors: &[f32], factor: f64) -> Option<Vec<RopeScaling>> {
     let blended: Vec<(f64, f64)> = base
         .iter()
         .zip(divisors)
@@ -84,7 +85,18 @@ fn llama3_fit(base: &[f64], divisors: &[f32], factor: f64) -> Option<RopeScaling
     let sxx: f64 = blended.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let context = blended.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
     let low = context * mx - my;
-    (context > 0.0 && low > 0.0).then_some(RopeScaling::Llama3 { factor, low_freq_factor: low, high_freq_factor: low + 1.0, original_max_position_embeddings: context })
+    if !(context > 0.0 && low > 0.0) {
+        return None;
+    }
+    // The same thresholds with low = 1, the form Llama 3.1's configs take (low 1, high 4, a
+    // context of 8192): the fit's float noise rounded off where the caller's check still
+    // passes, since llama.cpp's converter reads the context as a whole number.
+    let (context, high) = (context / low, (low + 1.0) / low);
+    let round = |x: f64, step: f64| (x / step).round() * step;
+    Some(vec![
+        RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: round(high, 1e-3), original_max_position_embeddings: context.round() },
+        RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: high, original_max_position_embeddings: context },
+    ])
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,7 +227,7 @@ impl Config {
         let candidates = [RopeScaling::None, RopeScaling::Linear { factor }];
         let llama3 = llama3_fit(&Rope::plain(self.rope_theta as f64, self.head_dim, self.rope_style).inv_freq, divisors, factor);
         let wanted = self.rope().inv_freq;
-        candidates.into_iter().chain(llama3).find(|rule| {
+        candidates.into_iter().chain(llama3.into_iter().flatten()).find(|rule| {
             let by_rule = Config { rope_scaling: rule.clone(), ..self.clone() }.rope().inv_freq;
             by_rule.iter().zip(&wanted).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs())
         })
@@ -289,5 +301,24 @@ impl Config {
             names.push("lm_head".into());
         }
         names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The divisors llama.cpp's converter writes (in f32) for Llama 3.1 8B and Llama 3.2 1B
+    /// fit back to the published rule exactly, the form their configs state.
+    #[test]
+    fn real_llama3_divisors_fit_back_to_their_rule() {
+        for (factor, head_dim) in [(8.0, 128), (32.0, 64)] {
+            let rule = RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
+            let config = Config { head_dim, rope_theta: 500_000.0, rope_scaling: rule.clone(), ..Config::smollm2_135m() };
+            let plain = Rope::plain(500_000.0, head_dim, config.rope_style).inv_freq;
+            let divisors = plain.iter().zip(config.rope().inv_freq).map(|(p, s)| (p / s) as f32).collect();
+            let from_gguf = Config { rope_scaling: RopeScaling::Divisors(divisors), ..config.clone() };
+            assert_eq!(from_gguf.rope_scaling_by_rule(), Some(rule), "factor {factor}, heads of {head_dim}");
+        }
     }
 }

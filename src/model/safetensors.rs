@@ -145,38 +145,38 @@ fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
 /// or the attention's scale as well as the frequencies). Returns the keys they came from too.
 fn rope_settings(cfg: &Value, path: &Path) -> Result<(f32, RopeScaling, [&'static str; 2])> {
     let present = |v: Option<&Value>| v.filter(|v| !v.is_null()).cloned();
-    let params = present(cfg.get("rope_parameters"));
-    if let Some(p) = &params {
+    // As transformers 5 reads them: a `rope_scaling`, where there is one, replaces
+    // `rope_parameters` whole.
+    let (source, scaling_key, nested_key) = match (present(cfg.get("rope_scaling")), present(cfg.get("rope_parameters"))) {
+        (Some(s), _) => (Some(s), "rope_scaling", "rope_scaling.rope_theta"),
+        (None, Some(p)) => (Some(p), "rope_parameters", "rope_parameters.rope_theta"),
+        (None, None) => (None, "rope_scaling", "rope_theta"),
+    };
+    if let Some(p) = &source {
         if !p.is_object() {
-            return Err(err(path, format!("field 'rope_parameters' is {p}; expected an object")));
+            return Err(err(path, format!("field '{scaling_key}' is {p}; expected an object")));
         }
-        if p.get("rope_type").is_none() && p.as_object().is_some_and(|o| o.values().any(Value::is_object)) {
-            return Err(err(path, format!("field 'rope_parameters' is {p}: RoPE settings per layer type are not supported")));
+        if p.get("rope_type").is_none() && p.get("type").is_none() && p.as_object().is_some_and(|o| o.values().any(Value::is_object)) {
+            return Err(err(path, format!("field '{scaling_key}' is {p}: RoPE settings per layer type are not supported")));
         }
     }
     let top = present(cfg.get("rope_theta"));
-    let nested = params.as_ref().and_then(|p| present(p.get("rope_theta")));
+    let nested = source.as_ref().and_then(|p| present(p.get("rope_theta")));
     if let (Some(t), Some(n)) = (&top, &nested) {
         if t.as_f64() != n.as_f64() {
-            return Err(err(path, format!("field 'rope_parameters.rope_theta' is {n} but field 'rope_theta' is {t}: which RoPE base is meant?")));
+            return Err(err(path, format!("field '{nested_key}' is {n} but field 'rope_theta' is {t}: which RoPE base is meant?")));
         }
     }
     let (theta, theta_key) = match (top, nested) {
         (Some(v), _) => (Some(v), "rope_theta"),
-        (None, Some(v)) => (Some(v), "rope_parameters.rope_theta"),
+        (None, Some(v)) => (Some(v), nested_key),
         (None, None) => (None, "rope_theta"),
     };
     let theta = match theta {
         None => 10000.0,
         Some(v) => v.as_f64().map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| err(path, format!("field '{theta_key}' is {v}; expected a finite number")))?,
     };
-    let (scaling, scaling_key) = match present(cfg.get("rope_scaling")) {
-        Some(v) => (v, "rope_scaling"),
-        None => match params {
-            Some(p) => (p, "rope_parameters"),
-            None => return Ok((theta, RopeScaling::None, [theta_key, "rope_scaling"])),
-        },
-    };
+    let Some(scaling) = source else { return Ok((theta, RopeScaling::None, [theta_key, scaling_key])) };
     let bad = |detail: String| err(path, format!("field '{scaling_key}' is {scaling}: {detail}"));
     let kind = match scaling.get("rope_type").or_else(|| scaling.get("type")) {
         None => "default",
@@ -325,7 +325,8 @@ pub fn config_json(c: &Config) -> Value {
                     "factor": factor,
                     "low_freq_factor": low_freq_factor,
                     "high_freq_factor": high_freq_factor,
-                    "original_max_position_embeddings": original_max_position_embeddings,
+                    // A whole number as transformers and llama.cpp's converter expect (8192, not 8192.0).
+                    "original_max_position_embeddings": whole_or_not(*original_max_position_embeddings),
                 })),
             };
             if let Some(scaling) = scaling {
@@ -335,6 +336,11 @@ pub fn config_json(c: &Config) -> Value {
         }
         Arch::Gpt2 => gpt2_config_json(c),
     }
+}
+
+/// A number as an integer where it is one.
+fn whole_or_not(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 { json!(x as i64) } else { json!(x) }
 }
 
 fn llama_config_json(c: &Config) -> Value {

@@ -98,9 +98,11 @@ impl Tok {
                 Some(v) => Err(err(file, format!("{key} is {v:?}, not a boolean"))),
             }
         };
-        // llama.cpp's defaults: a start token for SentencePiece, none for byte-level BPE.
+        // llama.cpp's defaults: a start token for SentencePiece and for Llama 3's byte-level
+        // BPE, none for the other byte-level BPEs.
         let spm = model == "llama";
-        let add_bos = flag("tokenizer.ggml.add_bos_token", spm)?;
+        let llama3 = !spm && is_llama3_pre(meta, file)?;
+        let add_bos = flag("tokenizer.ggml.add_bos_token", spm || llama3)?;
         let space_prefix = spm && flag("tokenizer.ggml.add_space_prefix", true)?;
 
         let mut vocab = Vocab::with_capacity(tokens.len());
@@ -347,6 +349,19 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
 /// punctuation runs with the line breaks after them, line breaks, spaces.
 pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The names llama.cpp gives Llama 3's pre-tokenizer.
+const LLAMA3_PRE_A: &str = "llama-bpe";
+const LLAMA3_PRE_B: &str = "llama3";
+const LLAMA3_PRE_C: &str = "llama-v3";
+
+/// Whether `tokenizer.ggml.pre` names Llama 3's pre-tokenizer.
+fn is_llama3_pre(meta: &GgufMeta, file: &str) -> Result<bool> {
+    Ok(match meta.get("tokenizer.ggml.pre") {
+        None => false,
+        Some(_) => matches!(meta.str("tokenizer.ggml.pre", file)?, LLAMA3_PRE_A | LLAMA3_PRE_B | LLAMA3_PRE_C),
+    })
+}
+
 /// GPT-2's byte-level BPE from its merges, with the pre-tokenizer `tokenizer.ggml.pre` names.
 fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer> {
     let merges = meta
@@ -361,7 +376,13 @@ fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer
                 .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] is not two tokens separated by a space")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
+    // Llama 3's vocabulary holds pieces its merges do not build: a pre-token that is a piece
+    // is taken whole, as its tokenizer.json and llama.cpp do.
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(is_llama3_pre(meta, file)?)
+        .build()
+        .map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
     let byte_level = ByteLevel::new(false, true, true);
     let pre_name = match meta.get("tokenizer.ggml.pre") {
         None => None,
@@ -370,7 +391,7 @@ fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer
     let pre: PreTokenizerWrapper = match pre_name {
         Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
         None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
-        Some("llama-bpe" | "llama3") => {
+        Some(LLAMA3_PRE_A | LLAMA3_PRE_B | LLAMA3_PRE_C) => {
             let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| err(file, format!("Llama 3's split pattern: {e}")))?;
             Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
         }

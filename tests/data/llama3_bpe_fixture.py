@@ -28,6 +28,12 @@ trainer = trainers.BpeTrainer(vocab_size=700, initial_alphabet=pre_tokenizers.By
 drill = ["I'M SURE THEY'RE HERE, WE'LL SEE; YOU'VE SAID IT'S DONE\n", "O'DELL O'SULLIVAN O'MALLEY D'ARCY\n", "In 1814, 1815 and 12345678 or 3.14159 and 2024\n",
          "\tindented line\r\n", "Well!!! -- said he... (quietly)\n"] * 40
 tok.train_from_iterator(prose.splitlines(keepends=True) + drill, trainer)
+# As Llama 3's tokenizer.json: `ignore_merges` (a pre-token that is a piece is taken whole), and
+# a piece the merges do not build, which only that finds.
+spec = json.loads(tok.to_str())
+spec["model"]["ignore_merges"] = True
+spec["model"]["vocab"]["Ġunmergeable"] = len(spec["model"]["vocab"])
+tok = Tokenizer.from_str(json.dumps(spec))
 vocab = tok.get_vocab()
 tokens = [None] * len(vocab)
 for piece, i in vocab.items():
@@ -44,6 +50,7 @@ texts = [
     "Well!!! -- said he... (quietly)\n",
     "Ünïcödé, naïve café — “quotes” ✓ 漢字 🙂",
     "ab123cd x1y22z333",
+    "an unmergeable word",
     "",
     " ",
     "x",

@@ -478,15 +478,26 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         }
     }
     // Scaled RoPE rotates positions differently even in short prompts: what this runtime does
-    // not apply (YaRN, LongRoPE) is refused rather than run unscaled. Per-frequency divisors
-    // (`rope_freqs.weight`) are tensor data, read with the weights.
-    let rope_scaling = match meta.get("llama.rope.scaling.type").map(|_| meta.str("llama.rope.scaling.type", file)).transpose()? {
-        None | Some("none") => match meta.get("llama.rope.scale_linear") {
-            Some(_) => RopeScaling::Linear { factor: meta.f64("llama.rope.scale_linear", file)? },
-            None => RopeScaling::None,
-        },
-        Some("linear") => RopeScaling::Linear { factor: meta.f64("llama.rope.scaling.factor", file)? },
-        Some(kind) => return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled, linear and per-frequency (rope_freqs) RoPE are supported"))),
+    // not apply (YaRN, LongRoPE) is refused rather than run unscaled. Read as llama.cpp reads
+    // it: the type defaults to linear; the factor is `rope.scaling.factor`, else the older
+    // `rope.scale_linear`, and 0 (or none given) means 1; type none turns any factor off.
+    // Per-frequency divisors (`rope_freqs.weight`) are tensor data, read with the weights.
+    let kind = match meta.get("llama.rope.scaling.type") {
+        None => "linear",
+        Some(_) => meta.str("llama.rope.scaling.type", file)?,
+    };
+    let mut factor = (0.0, "llama.rope.scaling.factor");
+    for key in ["llama.rope.scaling.factor", "llama.rope.scale_linear"] {
+        if factor.0 == 0.0 && meta.get(key).is_some() {
+            factor = (meta.f64(key, file)?, key);
+        }
+    }
+    let (factor, factor_key) = factor;
+    let rope_scaling = match kind {
+        "none" => RopeScaling::None,
+        "linear" if factor == 0.0 || factor == 1.0 => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor },
+        kind => return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled, linear and per-frequency (rope_freqs) RoPE are supported"))),
     };
     let vocab_size = match meta.get("tokenizer.ggml.tokens") {
         Some(_) => meta.array("tokenizer.ggml.tokens", file)?.len(),
@@ -531,8 +542,7 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
     let key = |field: &str| match field {
         "norm_eps" => "llama.attention.layer_norm_rms_epsilon",
         "rope_theta" => "llama.rope.freq_base",
-        "rope_scaling" if meta.get("llama.rope.scale_linear").is_some() => "llama.rope.scale_linear",
-        "rope_scaling" => "llama.rope.scaling.factor",
+        "rope_scaling" => factor_key,
         "max_seq_len" => "llama.context_length",
         "ffn_hidden" => "llama.feed_forward_length",
         "n_layers" => "llama.block_count",
