@@ -436,13 +436,13 @@ fn paired_ops_take_one_dispatch_where_they_fit() {
         let k = ok(gpu.upload(&random_vec(&mut rng(2), 3 * 64), &[1, 1, 3, 64]))?;
         let cache = [ok(gpu.full(&[1, 3, 8, 64], 0.0))?, ok(gpu.full(&[1, 3, 8, 64], 0.0))?];
         let before = gpu.runtime_stats();
-        ok(rope_pair(gpu, &q, &k, 5, 10_000.0, RopeStyle::Half))?;
+        ok(rope_pair(gpu, &q, &k, 5, &revive::model::Rope::plain(10_000.0, 64, RopeStyle::Half)))?;
         let rope = (gpu.runtime_stats() - before).dispatches;
         let before = gpu.runtime_stats();
         ok(write_kv_pair(gpu, &k, &k, &cache[0], &cache[1], 5))?;
         let write = (gpu.runtime_stats() - before).dispatches;
         let before = gpu.runtime_stats();
-        ok(revive::ops::rope::rope_kv(gpu, &q, &k, &k, &cache[0], &cache[1], 6, 10_000.0, RopeStyle::Half))?;
+        ok(revive::ops::rope::rope_kv(gpu, &q, &k, &k, &cache[0], &cache[1], 6, &revive::model::Rope::plain(10_000.0, 64, RopeStyle::Half)))?;
         let fused = (gpu.runtime_stats() - before).dispatches;
         if (rope, write, fused) != (1, 1, 1) {
             return Err(format!("rope_pair took {rope} dispatches, write_kv_pair {write}, rope_kv {fused} (want 1 each)"));
@@ -474,8 +474,8 @@ fn ops_read_views_that_start_off_a_binding_boundary() {
             }
             Ok(())
         };
-        let (rq, rk) = ok(rope_pair(gpu, &q, &k, 5, 10000.0, RopeStyle::Half))?;
-        let (rqc, rkc) = ok(rope_pair(gpu, &qc, &kc, 5, 10000.0, RopeStyle::Half))?;
+        let (rq, rk) = ok(rope_pair(gpu, &q, &k, 5, &revive::model::Rope::plain(10_000.0, d, RopeStyle::Half)))?;
+        let (rqc, rkc) = ok(rope_pair(gpu, &qc, &kc, 5, &revive::model::Rope::plain(10_000.0, d, RopeStyle::Half)))?;
         bits("rope_pair q", &rq, &rqc)?;
         bits("rope_pair k", &rk, &rkc)?;
         let caches = || -> Result<[revive::Tensor; 2], String> { Ok([ok(gpu.full(&[1, hk, 4, d], 0.0))?, ok(gpu.full(&[1, hk, 4, d], 0.0))?]) };
