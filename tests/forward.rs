@@ -48,6 +48,35 @@ fn models() -> Vec<(&'static str, Weights)> {
     ]
 }
 
+/// The logits of `ids` from `w`, each position's, are `want` (an independent implementation's):
+/// in the f64 reference and on every adapter in one pass, and with `decoded`, token by token
+/// through the cache too.
+fn gives_logits(label: &str, w: &Weights, ids: &[u32], want: &[Vec<f64>], decoded: bool) {
+    let seqs = [ids.to_vec()];
+    let (cpu, _) = CpuModel::new(w).forward(&seqs, &Probes::default());
+    for (p, row) in want.iter().enumerate() {
+        let got: Vec<f32> = cpu[0][p].iter().map(|&x| x as f32).collect();
+        compare(&format!("{label} reference, position {p}"), &got, row, logit_tol(row)).unwrap();
+    }
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, w))?;
+        let (logits, _) = ok(gm.forward(&ok(Batch::new(&seqs))?, &Probes::default(), LogitRows::All, None))?;
+        let got = ok(gpu.download(&logits))?;
+        let v = w.config.vocab_size;
+        for (p, row) in want.iter().enumerate() {
+            compare(&format!("{label} on {}, position {p}", gpu.label()), &got[p * v..(p + 1) * v], row, logit_tol(row))?;
+        }
+        if decoded {
+            let mut cache = ok(gm.new_cache(1, ids.len()))?;
+            for (p, &tok) in ids.iter().enumerate() {
+                let (l, _) = ok(gm.forward(&ok(Batch::new(&[vec![tok]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                compare(&format!("{label} decoded on {}, position {p}", gpu.label()), &ok(gpu.download(&l))?, &want[p], logit_tol(&want[p]))?;
+            }
+        }
+        Ok(())
+    });
+}
+
 /// transformers' own logits (tests/data/qwen2_fixture.py) of a tiny Qwen2 — the Llama block
 /// with biases on the query, key and value projections, its RoPE base only inside
 /// `rope_parameters` — on every adapter (one pass, and decoding token by token with the cache,
@@ -73,27 +102,7 @@ fn qwen2_gives_the_logits_transformers_gives() {
     let apart = with.iter().flatten().zip(without.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     assert!(apart > 0.1, "the biases move transformers' logits by only {apart}");
     for (label, model, want) in [("qwen2", &w, &with), ("qwen2 without biases", &unbiased, &without)] {
-        let (cpu, _) = CpuModel::new(model).forward(std::slice::from_ref(&ids), &Probes::default());
-        for (p, row) in want.iter().enumerate() {
-            let got: Vec<f32> = cpu[0][p].iter().map(|&x| x as f32).collect();
-            compare(&format!("{label} reference, position {p}"), &got, row, logit_tol(row)).unwrap();
-        }
-        for_each_gpu(|gpu| {
-            let gm = ok(GpuModel::new(gpu, model))?;
-            let (logits, _) = ok(gm.forward(&ok(Batch::new(std::slice::from_ref(&ids)))?, &Probes::default(), LogitRows::All, None))?;
-            let got = ok(gpu.download(&logits))?;
-            let v = model.config.vocab_size;
-            for (p, row) in want.iter().enumerate() {
-                compare(&format!("{label} on {}, position {p}", gpu.label()), &got[p * v..(p + 1) * v], row, logit_tol(row))?;
-            }
-            // Token by token through the cache.
-            let mut cache = ok(gm.new_cache(1, ids.len()))?;
-            for (p, &tok) in ids.iter().enumerate() {
-                let (l, _) = ok(gm.forward(&ok(Batch::new(&[vec![tok]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
-                compare(&format!("{label} decoded on {}, position {p}", gpu.label()), &ok(gpu.download(&l))?, &want[p], logit_tol(&want[p]))?;
-            }
-            Ok(())
-        });
+        gives_logits(label, model, &ids, want, true);
     }
     let back = through_disk(&w, "qwen2");
     assert_eq!(back.config, w.config);
@@ -151,23 +160,7 @@ fn scaled_rope_gives_the_logits_transformers_gives() {
         assert_eq!(w.config, loaded[1].config, "{name}: the two forms of the config read differently");
         let is_scaled = !matches!(w.config.rope_scaling, RopeScaling::None);
         assert_eq!(is_scaled, name != "none", "{name}: read as {:?}", w.config.rope_scaling);
-        let want = want(name);
-        let (cpu, _) = CpuModel::new(w).forward(std::slice::from_ref(&ids), &Probes::default());
-        for (p, row) in want.iter().enumerate() {
-            let got: Vec<f32> = cpu[0][p].iter().map(|&x| x as f32).collect();
-            compare(&format!("{name} reference, position {p}"), &got, row, logit_tol(row)).unwrap();
-        }
-        for_each_gpu(|gpu| {
-            let gm = ok(GpuModel::new(gpu, w))?;
-            let batch = ok(Batch::new(std::slice::from_ref(&ids)))?;
-            let (logits, _) = ok(gm.forward(&batch, &Probes::default(), LogitRows::All, None))?;
-            let got = ok(gpu.download(&logits))?;
-            let v = w.config.vocab_size;
-            for (p, row) in want.iter().enumerate() {
-                compare(&format!("{name} on {}, position {p}", gpu.label()), &got[p * v..(p + 1) * v], row, logit_tol(row))?;
-            }
-            Ok(())
-        });
+        gives_logits(name, w, &ids, &want(name), false);
         assert_eq!(through_disk(w, name).config, w.config, "{name}: the scaling did not survive a save");
     }
 }
