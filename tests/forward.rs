@@ -722,23 +722,25 @@ fn the_residual_is_one_product_and_a_shared_x_is_left_as_it_was() {
     });
 }
 
-/// Replacing a weight that lives in a stacked projection (q/k/v, gate/up) changes every path
+/// Replacing a weight that lives in a stacked projection (q/k/v, gate/up, Qwen2's q/k/v
+/// biases) changes every path
 /// that reads it — a full pass, a decoded token through the stacked product, the weights saved
 /// back — exactly as a model loaded with the new weight, and a handle on the old tensor keeps
 /// its values.
 #[test]
 fn replacing_a_stacked_weight_reaches_every_path() {
     for_each_gpu(|gpu| {
-        let w = random_weights(&Config::tiny_llama(), 31);
+        // Qwen2's: its q/k/v biases are stacked too.
+        let w = random_weights(&Config { qkv_bias: true, ..Config::tiny_llama() }, 31);
         let mut edited = w.clone();
         let mut r = rng(32);
-        for name in ["layers.1.wk", "layers.2.w_up"] {
+        for name in ["layers.1.wk", "layers.2.w_up", "layers.0.bk"] {
             let t = edited.tensors.get_mut(name).ok_or("no such weight")?;
             t.data = random_vec(&mut r, t.data.len());
         }
         let mut gm = ok(GpuModel::new(gpu, &w))?;
         let old_wk = ok(gm.tensor("layers.1.wk"))?.clone();
-        for name in ["layers.1.wk", "layers.2.w_up"] {
+        for name in ["layers.1.wk", "layers.2.w_up", "layers.0.bk"] {
             let t = &edited.tensors[name];
             ok(gm.set_tensor(name, ok(gpu.upload(&t.data, &t.shape))?))?;
         }

@@ -206,6 +206,49 @@ fn rope_settings_are_read_from_either_form_and_saved() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Qwen2's sliding window as transformers reads it: off unless `use_sliding_window` (a window
+/// in the file then changes nothing), on for the layers from `max_window_layers` on or those
+/// `layer_types` names; refused only where some layer would attend through a window shorter
+/// than the context.
+#[test]
+fn qwen2_windows_are_read_as_transformers_reads_them() {
+    let w = random_weights(&Config { qkv_bias: true, ..Config::tiny_llama() }, 8);
+    let dir = tmp("qwen2-window");
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let cfg_path = dir.join("config.json");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    assert_eq!(saved["model_type"], "qwen2");
+    let with = |changes: serde_json::Value| {
+        let mut c = saved.clone();
+        for (k, v) in changes.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
+        load_dir(&dir).map(|w| assert!(w.config.qkv_bias)).map_err(|e| e.to_string())
+    };
+    let full = ["full_attention"; 3];
+    let one_sliding = ["full_attention", "full_attention", "sliding_attention"];
+    for accepted in [
+        serde_json::json!({"use_sliding_window": null, "sliding_window": 16}),
+        serde_json::json!({"use_sliding_window": false, "sliding_window": 16, "max_window_layers": 0}),
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 16, "max_window_layers": 3}),
+        serde_json::json!({"use_sliding_window": true, "sliding_window": null, "max_window_layers": 0}),
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 16, "max_window_layers": 0, "layer_types": full}),
+    ] {
+        with(accepted.clone()).unwrap_or_else(|e| panic!("{accepted} refused: {e}"));
+    }
+    for refused in [
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 16, "max_window_layers": 2, "layer_types": null}),
+        serde_json::json!({"use_sliding_window": true, "sliding_window": 16, "max_window_layers": 3, "layer_types": one_sliding}),
+    ] {
+        let e = with(refused.clone()).expect_err(&format!("{refused} accepted"));
+        assert!(e.contains("sliding_window is 16") && e.contains("config.json"), "{refused}: {e}");
+    }
+    let e = with(serde_json::json!({"layer_types": ["full_attention", "chunked_attention", "full_attention"]})).unwrap_err();
+    assert!(e.contains("layer_types"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A second, stale shard that repeats tensors is refused; an index is followed (a file it does
 /// not name is not read) and checked.
 #[test]

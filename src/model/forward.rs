@@ -63,28 +63,37 @@ struct LayerStacks {
     /// w_gate, w_up: one product gives both halves of SwiGLU's input.
     gate_up: Stack,
     /// bq, bk, bv stacked as the product's rows are (Qwen2); the one product adds them.
-    qkv_bias: Option<Tensor>,
+    qkv_bias: Option<Stack>,
 }
 
 impl Stack {
-    /// Uploads the named weights stacked by rows (they must share their column count) and
-    /// puts a view of each into `w`.
+    /// Uploads the named weights stacked by rows (matrices that share their column count, or
+    /// vectors — biases — end to end) and puts a view of each into `w`.
     fn upload(gpu: &Gpu, weights: &Weights, names: Vec<String>, w: &mut WeightMap) -> Result<Stack> {
         let model_err = |detail: String| Error::Model { file: "model".into(), detail };
         let mut parts = vec![];
         let mut data = vec![];
-        let mut cols = None;
+        // Columns of the matrices; None for vectors.
+        let mut cols: Option<Option<usize>> = None;
         for name in names {
             let t = weights.tensors.get(&name).ok_or_else(|| model_err(format!("no tensor '{name}'")))?;
-            if t.shape.len() != 2 || cols.is_some_and(|c| c != t.shape[1]) {
+            let t_cols = match t.shape.len() {
+                1 => None,
+                2 => Some(t.shape[1]),
+                _ => return Err(model_err(format!("'{name}' is {:?}; only matrices and vectors stack", t.shape))),
+            };
+            if cols.is_some_and(|c| c != t_cols) {
                 return Err(model_err(format!("'{name}' is {:?}; the projections of one input must share their columns", t.shape)));
             }
-            cols = Some(t.shape[1]);
+            cols = Some(t_cols);
             parts.push((name, data.len(), t.shape.clone()));
             data.extend_from_slice(&t.data);
         }
-        let cols = cols.unwrap_or(0);
-        let stack = Stack { tensor: gpu.upload(&data, &[data.len() / cols.max(1), cols])?, parts };
+        let shape = match cols.flatten() {
+            Some(c) => vec![data.len() / c.max(1), c],
+            None => vec![data.len()],
+        };
+        let stack = Stack { tensor: gpu.upload(&data, &shape)?, parts };
         stack.publish(w)?;
         Ok(stack)
     }
@@ -173,14 +182,7 @@ impl GpuModel {
             for i in 0..c.n_layers {
                 let qkv = Stack::upload(gpu, weights, layer_names(i, &["wq", "wk", "wv"]), &mut w)?;
                 let gate_up = Stack::upload(gpu, weights, layer_names(i, &["w_gate", "w_up"]), &mut w)?;
-                let qkv_bias = match c.qkv_bias {
-                    false => None,
-                    true => {
-                        let parts = layer_names(i, &["bq", "bk", "bv"]).iter().map(|n| weights.tensors.get(n).map(|t| t.data.clone()).ok_or_else(|| Error::Model { file: "model".into(), detail: format!("no tensor '{n}'") })).collect::<Result<Vec<_>>>()?;
-                        let data = parts.concat();
-                        Some(gpu.upload(&data, &[data.len()])?)
-                    }
-                };
+                let qkv_bias = c.qkv_bias.then(|| Stack::upload(gpu, weights, layer_names(i, &["bq", "bk", "bv"]), &mut w)).transpose()?;
                 stacks.push(LayerStacks { qkv, gate_up, qkv_bias });
             }
         }
@@ -256,6 +258,11 @@ impl GpuModel {
         for layer in &mut self.stacks {
             if layer.qkv.replace(&self.gpu, name, &t, &mut self.w)? || layer.gate_up.replace(&self.gpu, name, &t, &mut self.w)? {
                 return Ok(());
+            }
+            if let Some(bias) = &mut layer.qkv_bias {
+                if bias.replace(&self.gpu, name, &t, &mut self.w)? {
+                    return Ok(());
+                }
             }
         }
         self.w.insert(name.to_string(), t);
@@ -593,7 +600,7 @@ impl GpuModel {
             // One product for the queries, keys and values, which the rotation reads from its
             // rows.
             (_, Some(s)) => {
-                let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, s.qkv_bias.as_ref())?;
+                let qkv = self.linear(&self.norm(&x, &attn_norm)?, &s.qkv.tensor, s.qkv_bias.as_ref().map(|b| &b.tensor))?;
                 rope::rope_kv_stacked(gpu, &qkv, heads, &cache.k[i], &cache.v[i], at, &self.rope)?
             }
             _ => {

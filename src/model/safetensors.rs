@@ -102,7 +102,7 @@ fn get_id(cfg: &Value, file: &Path, key: &str) -> Result<Option<u32>> {
 
 /// Llama-family settings this runtime does not implement. Each would run without an error and
 /// give wrong logits, so it is refused, naming the key.
-fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
+fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path, qwen2: bool) -> Result<()> {
     let present = |key: &str| cfg.get(key).filter(|v| !v.is_null());
     if let Some(v) = present("hidden_act") {
         if v.as_str() != Some("silu") {
@@ -116,23 +116,37 @@ fn refuse_unsupported_llama_settings(cfg: &Value, path: &Path) -> Result<()> {
             }
         }
     }
-    // transformers 5 names each layer's attention; a windowed one is not run here.
-    if let Some(v) = present("layer_types") {
-        let all_full = v.as_array().is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
-        if !all_full {
-            return Err(err(path, format!("field 'layer_types' is {v}: only full attention in every layer is supported")));
-        }
-    }
-    // Qwen2 writes a window and turns it off with `use_sliding_window: false`.
-    let windowed = match present("use_sliding_window") {
-        None => true,
+    // Windowed attention is not run here: refused where a layer would attend through a window
+    // shorter than the context, decided as transformers decides it. A window is on where
+    // `use_sliding_window` says so (Qwen2's default: off; Mistral's configs have no such key);
+    // Qwen2's window defaults to 4,096. Which layers use it: transformers 5's `layer_types`
+    // where given, else Qwen2's layers from `max_window_layers` (28) on, else every layer.
+    let use_window = match present("use_sliding_window") {
+        None => !qwen2,
         Some(v) => v.as_bool().ok_or_else(|| err(path, format!("field 'use_sliding_window' is {v}; expected true or false")))?,
     };
-    if let Some(v) = present("sliding_window").filter(|_| windowed) {
-        let window = v.as_u64().ok_or_else(|| err(path, format!("sliding_window is {v}, expected a token count or null")))?;
+    let window = match present("sliding_window").filter(|_| use_window) {
+        Some(v) => Some(v.as_u64().ok_or_else(|| err(path, format!("sliding_window is {v}, expected a token count or null")))?),
+        None => (use_window && qwen2).then_some(4096),
+    };
+    let windowed_layers = match present("layer_types") {
+        Some(v) => {
+            let kinds = v.as_array().map(|a| a.iter().map(Value::as_str).collect::<Vec<_>>()).unwrap_or_default();
+            if kinds.is_empty() || kinds.iter().any(|k| !matches!(k, Some("full_attention" | "sliding_attention"))) {
+                return Err(err(path, format!("field 'layer_types' is {v}: expected full_attention or sliding_attention per layer")));
+            }
+            kinds.contains(&Some("sliding_attention"))
+        }
+        None if qwen2 => {
+            let layers = cfg.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0);
+            cfg.get("max_window_layers").and_then(Value::as_u64).unwrap_or(28) < layers
+        }
+        None => true,
+    };
+    if let Some(window) = window.filter(|_| windowed_layers) {
         let longest = cfg.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(u64::MAX);
         if window < longest {
-            return Err(err(path, format!("sliding_window is {window} (under max_position_embeddings {longest}): windowed attention is not supported")));
+            return Err(err(path, format!("sliding_window is {window} (under max_position_embeddings {longest}) and layers attend through it: windowed attention is not supported")));
         }
     }
     Ok(())
@@ -213,7 +227,7 @@ pub fn parse_config(path: &Path) -> Result<Config> {
     let mut rope_keys = ["rope_theta", "rope_scaling"];
     let mut rope = (10000.0, RopeScaling::None);
     if arch == Arch::Llama {
-        refuse_unsupported_llama_settings(&cfg, path)?;
+        refuse_unsupported_llama_settings(&cfg, path, model_type == "qwen2")?;
         let (theta, scaling, keys) = rope_settings(&cfg, path)?;
         (rope, rope_keys) = ((theta, scaling), keys);
     }
@@ -315,6 +329,8 @@ pub fn config_json(c: &Config) -> Value {
                 cfg.as_object_mut().expect("an object").remove("attention_bias");
                 cfg.as_object_mut().expect("an object").remove("mlp_bias");
                 cfg["use_sliding_window"] = json!(false);
+                cfg["sliding_window"] = Value::Null;
+                cfg["max_window_layers"] = json!(c.n_layers);
             }
             // The form both transformers 4 and 5 read (5 folds it into `rope_parameters`).
             let scaling = match &c.rope_scaling {
