@@ -424,10 +424,10 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
             g.kv("llama.rope.scaling.type", Value::Str("linear".into())).kv("llama.rope.scaling.factor", Value::F32(*factor as f32));
         }
         _ => {
-            let plain = Config { rope_scaling: RopeScaling::None, ..c.clone() }.rope().inv_freq;
-            let divisors: Vec<f32> = match &c.rope_scaling {
+            // Given divisors as they are, damaged ones included (the tests write those).
+            let divisors = match &c.rope_scaling {
                 RopeScaling::Divisors(d) => d.clone(),
-                _ => plain.iter().zip(c.rope().inv_freq).map(|(p, s)| (p / s) as f32).collect(),
+                _ => c.rope_divisors(),
             };
             let data = divisors.iter().flat_map(|d| d.to_le_bytes()).collect();
             g.tensors.push(GgufTensor { name: crate::model::gguf::ROPE_FREQS.into(), dims: vec![divisors.len()], type_id: GgmlType::F32.id(), data });

@@ -85,7 +85,7 @@ impl CpuModel {
                 e
             })
             .collect();
-        let bias = |i: usize, name: &str| if gpt2 || (c.qkv_bias && matches!(name, "bq" | "bk" | "bv")) { Some(self.l(i, name)) } else { None };
+        let bias = |i: usize, name: &str| if c.has_bias(name) { Some(self.l(i, name)) } else { None };
         for i in 0..c.n_layers {
             let ln = format!("layers.{i}.attn_norm");
             let mut qs = vec![];

@@ -233,6 +233,19 @@ impl Config {
         })
     }
 
+    /// The per-frequency divisors this model's RoPE scaling amounts to, as a GGUF stores them
+    /// (`rope_freqs.weight`): each unscaled frequency over its scaled one.
+    pub fn rope_divisors(&self) -> Vec<f32> {
+        let plain = Rope::plain(self.rope_theta as f64, self.head_dim, self.rope_style).inv_freq;
+        plain.iter().zip(self.rope().inv_freq).map(|(p, s)| (p / s) as f32).collect()
+    }
+
+    /// Whether this model's layers carry the bias `field` (bq, bk, bv, bo, b_up, b_down):
+    /// GPT-2's carry all of them, Qwen2's those of q, k and v.
+    pub fn has_bias(&self, field: &str) -> bool {
+        self.arch == Arch::Gpt2 || (self.qkv_bias && matches!(field, "bq" | "bk" | "bv"))
+    }
+
     /// Query heads per key/value head.
     pub fn group_size(&self) -> usize {
         self.n_heads / self.n_kv_heads.max(1)
@@ -260,8 +273,8 @@ impl Config {
                     "attn_norm.bias" | "mlp_norm.bias" | "bo" | "b_down" if gpt2 => vec![d],
                     "wq" => vec![q, d],
                     "wk" | "wv" => vec![kv, d],
-                    "bq" if gpt2 || self.qkv_bias => vec![q],
-                    "bk" | "bv" if gpt2 || self.qkv_bias => vec![kv],
+                    "bq" if self.has_bias("bq") => vec![q],
+                    "bk" | "bv" if self.has_bias(field) => vec![kv],
                     "wo" => vec![d, q],
                     "w_gate" if !gpt2 => vec![f, d],
                     "w_up" => vec![f, d],
@@ -315,9 +328,7 @@ mod tests {
         for (factor, head_dim) in [(8.0, 128), (32.0, 64)] {
             let rule = RopeScaling::Llama3 { factor, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
             let config = Config { head_dim, rope_theta: 500_000.0, rope_scaling: rule.clone(), ..Config::smollm2_135m() };
-            let plain = Rope::plain(500_000.0, head_dim, config.rope_style).inv_freq;
-            let divisors = plain.iter().zip(config.rope().inv_freq).map(|(p, s)| (p / s) as f32).collect();
-            let from_gguf = Config { rope_scaling: RopeScaling::Divisors(divisors), ..config.clone() };
+            let from_gguf = Config { rope_scaling: RopeScaling::Divisors(config.rope_divisors()), ..config.clone() };
             assert_eq!(from_gguf.rope_scaling_by_rule(), Some(rule), "factor {factor}, heads of {head_dim}");
         }
     }

@@ -580,8 +580,7 @@ impl GpuModel {
         let gpu = &self.gpu;
         let hd = c.head_dim;
         let gpt2 = c.arch == Arch::Gpt2;
-        let has_bias = |name: &str| gpt2 || (c.qkv_bias && matches!(name, "bq" | "bk" | "bv"));
-        let bias = |name: &str| -> Result<Option<&Tensor>> { if has_bias(name) { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
+        let bias = |name: &str| -> Result<Option<&Tensor>> { if c.has_bias(name) { Ok(Some(self.l(i, name)?)) } else { Ok(None) } };
         let attn_norm = Name::new(format_args!("layers.{i}.attn_norm"));
         let (q_shape, kv_shape) = ([b, t, c.n_heads, hd], [b, t, c.n_kv_heads, hd]);
         // The stacked products serve every pass: the tape keeps the rotated queries, which the

@@ -350,16 +350,16 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
 pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The names llama.cpp gives Llama 3's pre-tokenizer.
-const LLAMA3_PRE_A: &str = "llama-bpe";
-const LLAMA3_PRE_B: &str = "llama3";
-const LLAMA3_PRE_C: &str = "llama-v3";
+const LLAMA3_PRES: [&str; 3] = ["llama-bpe", "llama3", "llama-v3"];
+
+/// `tokenizer.ggml.pre`, where the file names one.
+fn gguf_pre<'m>(meta: &'m GgufMeta, file: &str) -> Result<Option<&'m str>> {
+    meta.get("tokenizer.ggml.pre").map(|_| meta.str("tokenizer.ggml.pre", file)).transpose()
+}
 
 /// Whether `tokenizer.ggml.pre` names Llama 3's pre-tokenizer.
 fn is_llama3_pre(meta: &GgufMeta, file: &str) -> Result<bool> {
-    Ok(match meta.get("tokenizer.ggml.pre") {
-        None => false,
-        Some(_) => matches!(meta.str("tokenizer.ggml.pre", file)?, LLAMA3_PRE_A | LLAMA3_PRE_B | LLAMA3_PRE_C),
-    })
+    Ok(gguf_pre(meta, file)?.is_some_and(|p| LLAMA3_PRES.contains(&p)))
 }
 
 /// GPT-2's byte-level BPE from its merges, with the pre-tokenizer `tokenizer.ggml.pre` names.
@@ -376,22 +376,20 @@ fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer
                 .ok_or_else(|| err(file, format!("tokenizer.ggml.merges[{i}] is not two tokens separated by a space")))
         })
         .collect::<Result<Vec<_>>>()?;
+    let pre_name = gguf_pre(meta, file)?;
+    let llama3 = pre_name.is_some_and(|p| LLAMA3_PRES.contains(&p));
     // Llama 3's vocabulary holds pieces its merges do not build: a pre-token that is a piece
     // is taken whole, as its tokenizer.json and llama.cpp do.
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
-        .ignore_merges(is_llama3_pre(meta, file)?)
+        .ignore_merges(llama3)
         .build()
         .map_err(|e| err(file, format!("tokenizer.ggml.merges: {e}")))?;
     let byte_level = ByteLevel::new(false, true, true);
-    let pre_name = match meta.get("tokenizer.ggml.pre") {
-        None => None,
-        Some(_) => Some(meta.str("tokenizer.ggml.pre", file)?),
-    };
     let pre: PreTokenizerWrapper = match pre_name {
         Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
         None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
-        Some(LLAMA3_PRE_A | LLAMA3_PRE_B | LLAMA3_PRE_C) => {
+        Some(_) if llama3 => {
             let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| err(file, format!("Llama 3's split pattern: {e}")))?;
             Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
         }
