@@ -16,7 +16,7 @@ use crate::model::gguf::write::{GgufWriter, Tensor as GgufTensor};
 use crate::model::gguf::{GgmlType, Value};
 use crate::model::random::random_weights;
 use crate::model::safetensors::{save_dir, SaveDtype};
-use crate::model::{Config, RopeScaling};
+use crate::model::{Config, RopeScaling, RopeStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -134,12 +134,13 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
     let mut scaled_cfg: serde_json::Value = serde_json::from_slice(&cfg_bytes).map_err(|e| Error::Edit(e.to_string()))?;
     scaled_cfg["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": tiny.rope_theta, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
     let scaled_cfg = scaled_cfg.to_string().into_bytes();
+    let qwen2 = random_weights(&Config { qkv_bias: true, rope_style: RopeStyle::Half, ..tiny.clone() }, 6);
 
     let out = vec![
         Target {
             name: "gguf",
             file: "fuzz.gguf",
-            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, sentencepiece_gguf(&weights)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?, tiny_gguf(&scaled, 3)?],
+            seeds: vec![tiny_gguf(&weights, 2)?, tiny_gguf(&weights, 3)?, sentencepiece_gguf(&weights)?, k_quant_gguf()?, lattice_gguf()?, low_bit_gguf()?, tiny_gguf(&scaled, 3)?, tiny_gguf(&qwen2, 3)?],
             load: Box::new(|_, bytes| {
                 let (_, meta) = crate::model::gguf::load_gguf_bytes(bytes.to_vec(), "fuzz.gguf")?;
                 crate::model::Tok::from_gguf(&meta, "fuzz.gguf").map(|_| ())
@@ -320,7 +321,8 @@ fn cache_seed(work: &Path) -> Result<Vec<u8>> {
 }
 
 /// A complete small llama GGUF of format `version` (byte-level BPE vocabulary of 259 tokens,
-/// F32 tensors, the config's RoPE scaling), as llama.cpp lays one out.
+/// F32 tensors, the config's RoPE scaling), as llama.cpp lays one out; a qwen2 GGUF where the
+/// model has q/k/v biases.
 pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
     tiny_gguf_typed(w, version, |_, _| GgmlType::F32, false)
 }
@@ -391,18 +393,23 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
     }
     let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::Str(s.clone())).collect());
     let mut rng = StdRng::seed_from_u64(41);
+    // A model with q/k/v biases is a qwen2 to llama.cpp. The rows are written as they are: the
+    // file reads back rotating the pairs its architecture implies (a llama's adjacent, a
+    // qwen2's halves), whatever the model rotated.
+    let arch = if c.qkv_bias { "qwen2" } else { "llama" };
+    let key = |k: &str| format!("{arch}.{k}");
     let mut g = GgufWriter::default();
-    g.kv("general.architecture", Value::Str("llama".into()))
-        .kv("llama.embedding_length", Value::U32(c.hidden as u32))
-        .kv("llama.block_count", Value::U32(c.n_layers as u32))
-        .kv("llama.attention.head_count", Value::U32(c.n_heads as u32))
-        .kv("llama.attention.head_count_kv", Value::U32(c.n_kv_heads as u32))
-        .kv("llama.feed_forward_length", Value::U32(c.ffn_hidden as u32))
-        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(c.norm_eps))
-        .kv("llama.rope.freq_base", Value::F32(c.rope_theta))
-        .kv("llama.context_length", Value::U64(c.max_seq_len as u64))
+    g.kv("general.architecture", Value::Str(arch.into()))
+        .kv(&key("embedding_length"), Value::U32(c.hidden as u32))
+        .kv(&key("block_count"), Value::U32(c.n_layers as u32))
+        .kv(&key("attention.head_count"), Value::U32(c.n_heads as u32))
+        .kv(&key("attention.head_count_kv"), Value::U32(c.n_kv_heads as u32))
+        .kv(&key("feed_forward_length"), Value::U32(c.ffn_hidden as u32))
+        .kv(&key("attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps))
+        .kv(&key("rope.freq_base"), Value::F32(c.rope_theta))
+        .kv(&key("context_length"), Value::U64(c.max_seq_len as u64))
         .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
-        .kv("tokenizer.ggml.pre", Value::Str("smollm".into()))
+        .kv("tokenizer.ggml.pre", Value::Str(if c.qkv_bias { "qwen2" } else { "smollm" }.into()))
         .kv("tokenizer.ggml.tokens", strs(&tokens))
         .kv("tokenizer.ggml.merges", strs(&["h e".into(), "Ġ t".into()]))
         .kv("tokenizer.ggml.eos_token_id", Value::U32(0));
@@ -414,14 +421,14 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
             .kv("tokenizer.ggml.bos_token_id", Value::U32(0));
     }
     if c.head_dim * c.n_heads != c.hidden {
-        g.kv("llama.attention.key_length", Value::U32(c.head_dim as u32)).kv("llama.attention.value_length", Value::U32(c.head_dim as u32));
+        g.kv(&key("attention.key_length"), Value::U32(c.head_dim as u32)).kv(&key("attention.value_length"), Value::U32(c.head_dim as u32));
     }
     // RoPE scaling as llama.cpp's converter writes it: linear as keys, any other rule as the
     // divisors of its frequencies.
     match &c.rope_scaling {
         RopeScaling::None => {}
         RopeScaling::Linear { factor } => {
-            g.kv("llama.rope.scaling.type", Value::Str("linear".into())).kv("llama.rope.scaling.factor", Value::F32(*factor as f32));
+            g.kv(&key("rope.scaling.type"), Value::Str("linear".into())).kv(&key("rope.scaling.factor"), Value::F32(*factor as f32));
         }
         _ => {
             // Given divisors as they are, damaged ones included (the tests write those).
@@ -434,6 +441,7 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
         }
     }
     for (name, t) in &w.tensors {
+        let suffix = if matches!(name.rsplit('.').next(), Some("bq" | "bk" | "bv")) { "bias" } else { "weight" };
         let gguf = match name.as_str() {
             "embed" => "token_embd".to_string(),
             "final_norm.weight" => "output_norm".to_string(),
@@ -450,6 +458,9 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
                     "w_gate" => "ffn_gate",
                     "w_up" => "ffn_up",
                     "w_down" => "ffn_down",
+                    "bq" => "attn_q",
+                    "bk" => "attn_k",
+                    "bv" => "attn_v",
                     f => return Err(Error::Edit(format!("tiny_gguf: field {f}"))),
                 };
                 format!("blk.{i}.{f}")
@@ -458,7 +469,7 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
         let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
         let ty = type_of(name, &dims);
         let data = if ty.encodable() { crate::model::gguf::quant::quantize(ty, &t.data) } else { random_blocks(ty, t.data.len(), &mut rng) };
-        g.tensors.push(GgufTensor { name: format!("{gguf}.weight"), dims, type_id: ty.id(), data });
+        g.tensors.push(GgufTensor { name: format!("{gguf}.{suffix}"), dims, type_id: ty.id(), data });
     }
     Ok(g.to_bytes(version))
 }

@@ -109,6 +109,22 @@ fn qwen2_gives_the_logits_transformers_gives() {
     assert_eq!(back.tensors, w.tensors);
 }
 
+/// A Qwen2 GGUF laid out as llama.cpp's converter lays one out (tests/data/qwen2_gguf_fixture.py:
+/// `qwen2.*` keys, q/k/v biases, Q/K rows unpermuted, tied embeddings) gives transformers' own
+/// logits of the same model in the f64 reference and on every adapter, in one pass and decoded
+/// token by token; saved as a Hugging Face directory it gives them again.
+#[test]
+fn a_qwen2_gguf_gives_the_logits_transformers_gives() {
+    use serde_json::Value;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-gguf");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    let ids: Vec<u32> = expected["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let want: Vec<Vec<f64>> = expected["logits"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    let (w, _) = revive::model::gguf::load_gguf(&fixture.join("model.gguf")).unwrap();
+    gives_logits("qwen2 gguf", &w, &ids, &want, true);
+    gives_logits("qwen2 gguf saved as safetensors", &through_disk(&w, "qwen2-gguf"), &ids, &want, false);
+}
+
 /// Llama 3.1's rule as tiny models' heads see it: of tiny_llama's frequencies, some kept, some
 /// blended, some divided.
 const LLAMA3: RopeScaling = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64.0 };

@@ -1363,3 +1363,105 @@ fn a_llama3_vocabulary_encodes_as_its_tokenizer_does() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A Qwen2 GGUF as llama.cpp's converter writes one (tests/data/qwen2_gguf_fixture.py: keys and
+/// tensor names from gguf-py, `qwen2.*` keys, q/k/v biases, Q/K rows in Hugging Face's order, a
+/// vocabulary padded with unused pieces) reads as the Llama block with those biases and halves
+/// rotated; its `qwen2` tokenizer gives the tokenizers library's ids and pre-token pieces
+/// (every digit on its own, contractions in any case, control tokens whole), no start token
+/// (the file says none), `<|im_end|>` as its end; an edit exports over it with the biases
+/// copied, and it saves as a Hugging Face Qwen2 that reads back as the same model. (Its
+/// logits against transformers': tests/forward.rs.)
+#[test]
+fn a_qwen2_gguf_reads_as_llama_cpp_writes_it() {
+    use revive::model::safetensors::{load_dir, save_dir, SaveDtype};
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-gguf");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    let base = fixture.join("model.gguf");
+    let (w, meta) = load_gguf(&base).unwrap();
+    let c = &w.config;
+    assert_eq!((c.arch, c.rope_style, c.qkv_bias, c.tied_embeddings, c.rope_theta, c.n_heads, c.n_kv_heads), (Arch::Llama, RopeStyle::Half, true, true, 1e6, 4, 2), "{c:?}");
+    assert!(w.tensors["layers.1.bv"].data.iter().any(|&b| b != 0.0));
+
+    let tok = Tok::from_gguf(&meta, "model.gguf").unwrap();
+    let tokens = meta.array("tokenizer.ggml.tokens", "model.gguf").unwrap();
+    let id_of = |piece: &str| tokens.iter().position(|t| t.as_str() == Some(piece)).unwrap() as u32;
+    assert!(tok.start().is_empty());
+    assert_eq!(tok.eos(), Some(id_of("<|im_end|>")));
+    for case in expected["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+        assert_eq!(tok.decode(&want).unwrap(), text, "{text:?}");
+        let want_split: Vec<&str> = case["split"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut split = tokenizers::PreTokenizedString::from(text);
+        tokenizers::PreTokenizer::pre_tokenize(tok.inner().get_pre_tokenizer().unwrap(), &mut split).unwrap();
+        let split: Vec<String> = split.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char).into_iter().map(|(s, _, _)| s.to_string()).collect();
+        assert_eq!(split, want_split, "{text:?} split");
+    }
+    assert!(tok.encode("<|im_start|>user").unwrap().starts_with(&[id_of("<|im_start|>")]));
+
+    let dir = std::env::temp_dir().join(format!("revive-qwen2-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut edited = w.clone();
+    edited.tensors.get_mut("layers.1.w_down").unwrap().data[5] += 0.25;
+    let out = dir.join("edited.gguf");
+    let e = export_over(&base, &edited, EditedType::As(GgmlType::F32), &out).unwrap();
+    assert_eq!(e.rewritten, vec![("blk.1.ffn_down.weight".to_string(), GgmlType::F32)]);
+    let (back, _) = load_gguf(&out).unwrap();
+    assert_eq!(back.config, edited.config);
+    assert!(back.tensors == edited.tensors, "the exported tensors differ from the edited model's");
+
+    save_dir(&w, &dir.join("hf"), SaveDtype::F32, None).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("hf/config.json")).unwrap()).unwrap();
+    assert_eq!(saved["model_type"], "qwen2");
+    let hf = load_dir(&dir.join("hf")).unwrap();
+    assert_eq!(hf.config, w.config);
+    assert!(hf.tensors == w.tensors, "the saved tensors differ from the GGUF's");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A qwen2 GGUF from this repository's writer (the fuzz seed's) reads back exactly; biases
+/// where the architecture has none, or on a projection that has none, are refused naming the
+/// tensor, as is another architecture naming itself.
+#[test]
+fn qwen2_biases_are_read_where_the_architecture_has_them() {
+    use revive::fuzz::tiny_gguf;
+    use revive::model::random::random_weights;
+    use revive::model::Config;
+    let w = random_weights(&Config { vocab_size: 259, qkv_bias: true, rope_style: RopeStyle::Half, ..Config::tiny_llama() }, 31);
+    let bytes = tiny_gguf(&w, 3).unwrap();
+    let (read, meta) = load(bytes.clone()).unwrap();
+    // The writer's vocabulary ends sequences with its token 0 and names no start token.
+    assert_eq!(read.config, Config { bos_token_id: None, eos_token_id: Some(0), ..w.config.clone() });
+    assert!(read.tensors == w.tensors, "the tensors differ after a round trip");
+    assert!(Tok::from_gguf(&meta, FILE).is_ok());
+    // The same bytes said to be a llama: its q/k/v biases are not part of that model.
+    let as_llama = replace_all(&bytes, b"qwen2", b"llama");
+    let e = expect_err(as_llama, "biases in a llama");
+    assert!(e.contains("blk.") && e.contains(".bias") && e.contains("not part of this configuration"), "{e}");
+    // A bias on the output projection (same length as attn_q's name, so the layout holds).
+    let e = expect_err(replace_all(&bytes, b"blk.0.attn_q.bias", b"blk.0.attn_o.bias"), "an output bias");
+    assert!(e.contains("blk.0.attn_o.bias") && e.contains("no canonical name"), "{e}");
+    let e = expect_err(replace_all(&bytes, b"qwen2", b"qwen3"), "another architecture");
+    assert!(e.contains("'qwen3'") && e.contains("qwen2"), "{e}");
+}
+
+/// `bytes` with every occurrence of `from` replaced by `to` (of the same length).
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let mut found = 0;
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            found += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(found > 0, "{:?} not found", String::from_utf8_lossy(from));
+    out
+}

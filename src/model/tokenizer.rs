@@ -4,7 +4,7 @@
 //! From GGUF: byte-level BPE (`tokenizer.ggml.model = gpt2`), whose pre-tokenizer is chosen by
 //! `tokenizer.ggml.pre` (SmolLM2's `smollm` splits every digit on its own before the GPT-2
 //! byte-level split, as its tokenizer.json does; no space is prefixed; Llama 3's `llama-bpe`
-//! splits by its own regex, [`LLAMA3_SPLIT`]), and SentencePiece BPE
+//! splits by its own regex, [`LLAMA3_SPLIT`], Qwen2's `qwen2` by [`QWEN2_SPLIT`]), and SentencePiece BPE
 //! (`llama`: Llama 2, TinyLlama, Mistral) from its pieces and scores, with byte fallback and
 //! the dummy prefix before a sequence's text (not before a piece's).
 //!
@@ -349,8 +349,13 @@ fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Map<String, s
 /// punctuation runs with the line breaks after them, line breaks, spaces.
 pub const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's (Qwen2.5's) split, llama.cpp's `qwen2`: Llama 3's with every digit on its own.
+pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The names llama.cpp gives Llama 3's pre-tokenizer.
 const LLAMA3_PRES: [&str; 3] = ["llama-bpe", "llama3", "llama-v3"];
+/// The names llama.cpp gives Qwen2's (DeepSeek-R1's distillations into Qwen keep it).
+const QWEN2_PRES: [&str; 2] = ["qwen2", "deepseek-r1-qwen"];
 
 /// `tokenizer.ggml.pre`, where the file names one.
 fn gguf_pre<'m>(meta: &'m GgufMeta, file: &str) -> Result<Option<&'m str>> {
@@ -389,11 +394,12 @@ fn byte_level_bpe(meta: &GgufMeta, file: &str, vocab: Vocab) -> Result<Tokenizer
     let pre: PreTokenizerWrapper = match pre_name {
         Some("smollm") => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
         None | Some("default") | Some("gpt2") | Some("gpt-2") => byte_level.into(),
-        Some(_) if llama3 => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| err(file, format!("Llama 3's split pattern: {e}")))?;
+        Some(p) if llama3 || QWEN2_PRES.contains(&p) => {
+            let pattern = if llama3 { LLAMA3_SPLIT } else { QWEN2_SPLIT };
+            let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false).map_err(|e| err(file, format!("the split pattern of '{p}': {e}")))?;
             Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
         }
-        Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, llama-bpe, default)"))),
+        Some(p) => return Err(err(file, format!("tokenizer.ggml.pre '{p}' is not supported (smollm, gpt2, llama-bpe, qwen2, default)"))),
     };
     let mut inner = Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(pre));

@@ -8,10 +8,11 @@
 # C0 from COV corpus tokens: 4,096 in the first run (/work/exp2000/out), 100,000 in the second
 # (/work/exp2000-c0/out), after docs/bench/c0-probe-lavapipe/ showed the small C0 costing
 # retention.
-#   BIN=target/release/revive OUT=/work/exp2000/out DEADLINE=$(date -d 09:10 +%s) [COV=100000] bash run.sh
+#   BIN=target/release/revive OUT=/work/exp2000/out DEADLINE=$(date -d 09:10 +%s) [COV=100000] [ARMS="memit/none"] bash run.sh
+# ARMS picks the arms (default all four, in this order); a machine that lost OUT runs the rest.
 set -u
 BIN=${BIN:-target/release/revive}; OUT=${OUT:?the experiment directory}; DEADLINE=${DEADLINE:?epoch seconds}; COV=${COV:-4096}
-for arm in alphaedit/0.5 memit/0.5 alphaedit/none memit/none; do
+for arm in ${ARMS:-alphaedit/0.5 memit/0.5 alphaedit/none memit/none}; do
   left=$(( (DEADLINE - $(date +%s)) / 60 ))
   [ $left -lt 5 ] && { echo "deadline: stop before $arm"; break; }
   echo "=== $arm, $left min left, $(date)"

@@ -69,7 +69,7 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
             copied += 1;
             continue;
         }
-        let name = canonical_name(&t.name).ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama model", t.name)))?;
+        let name = canonical_name(&t.name).ok_or_else(|| model_err(file, format!("tensor '{}' has no canonical name in a llama or qwen2 model", t.name)))?;
         let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
         let ours = weights.tensors.get(&name).ok_or_else(|| model_err(file, format!("tensor '{}' ({name}) is not in the model being exported: is this its base?", t.name)))?;
         if ours.shape != shape {

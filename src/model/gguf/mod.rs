@@ -1,4 +1,4 @@
-//! GGUF reader (versions 2 and 3) and a loader for llama-architecture models.
+//! GGUF reader (versions 2 and 3) and a loader for llama- and qwen2-architecture models.
 //!
 //! Weights are dequantised to f32 on the host at load time: knowledge edits rewrite matrices in
 //! f32 anyway, the model is small (135M parameters, about 540 MB as f32), and the GPU kernels then
@@ -408,8 +408,20 @@ impl GgufFile {
     }
 }
 
-/// The canonical name of a llama GGUF tensor (see the table in `model`).
+/// The canonical name of a GGUF tensor of a llama or qwen2 model (see the table in `model`).
 pub fn canonical_name(gguf: &str) -> Option<String> {
+    // Qwen2's biases on the query, key and value projections: the only biases either
+    // architecture has.
+    if let Some(base) = gguf.strip_suffix(".bias") {
+        let (idx, field) = layer_field(base)?;
+        let field = match field {
+            "attn_q" => "bq",
+            "attn_k" => "bk",
+            "attn_v" => "bv",
+            _ => return None,
+        };
+        return Some(format!("layers.{idx}.{field}"));
+    }
     let base = gguf.strip_suffix(".weight")?;
     let fixed = match base {
         "token_embd" => Some("embed"),
@@ -420,14 +432,7 @@ pub fn canonical_name(gguf: &str) -> Option<String> {
     if let Some(f) = fixed {
         return Some(f.into());
     }
-    let (idx, field) = base.strip_prefix("blk.")?.split_once('.')?;
-    // Plain decimal as llama.cpp writes it: `parse` would also take "01" and "+1", and two
-    // spellings of one layer would then fill one slot, the later silently winning (names are
-    // otherwise unique: a name found twice is refused when the file is read).
-    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
-        return None;
-    }
-    let idx: usize = idx.parse().ok()?;
+    let (idx, field) = layer_field(base)?;
     let field = match field {
         "attn_norm" => "attn_norm.weight",
         "attn_q" => "wq",
@@ -443,17 +448,34 @@ pub fn canonical_name(gguf: &str) -> Option<String> {
     Some(format!("layers.{idx}.{field}"))
 }
 
-/// The configuration of a llama-architecture GGUF, from its `llama.*` and tokenizer keys.
-pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
-    let arch = meta.str("general.architecture", file)?;
-    if arch != "llama" {
-        return Err(model_err(file, format!("general.architecture is '{arch}'; only 'llama' GGUF models are supported")));
+/// `blk.{i}.{field}` split into the layer and the field.
+fn layer_field(base: &str) -> Option<(usize, &str)> {
+    let (idx, field) = base.strip_prefix("blk.")?.split_once('.')?;
+    // Plain decimal as llama.cpp writes it: `parse` would also take "01" and "+1", and two
+    // spellings of one layer would then fill one slot, the later silently winning (names are
+    // otherwise unique: a name found twice is refused when the file is read).
+    if idx.is_empty() || !idx.bytes().all(|b| b.is_ascii_digit()) || (idx.len() > 1 && idx.starts_with('0')) {
+        return None;
     }
-    let hidden = meta.usize("llama.embedding_length", file)?;
-    let n_layers = meta.usize("llama.block_count", file)?;
-    let n_heads = meta.usize("llama.attention.head_count", file)?;
-    let n_kv_heads = match meta.get("llama.attention.head_count_kv") {
-        Some(_) => meta.usize("llama.attention.head_count_kv", file)?,
+    Some((idx.parse().ok()?, field))
+}
+
+/// The configuration of a GGUF model from its `general.architecture`, that architecture's keys
+/// (`llama.*`, `qwen2.*`) and the tokenizer's. Two architectures run here: `llama` (Llama,
+/// SmolLM2, Mistral) and `qwen2` (Qwen2, Qwen2.5: the Llama block with biases on q/k/v).
+pub fn gguf_config(meta: &GgufMeta, file: &str) -> Result<Config> {
+    let arch = meta.str("general.architecture", file)?;
+    let qwen2 = match arch {
+        "llama" => false,
+        "qwen2" => true,
+        _ => return Err(model_err(file, format!("general.architecture is '{arch}'; only 'llama' and 'qwen2' GGUF models are supported"))),
+    };
+    let k = |key: &str| format!("{arch}.{key}");
+    let hidden = meta.usize(&k("embedding_length"), file)?;
+    let n_layers = meta.usize(&k("block_count"), file)?;
+    let n_heads = meta.usize(&k("attention.head_count"), file)?;
+    let n_kv_heads = match meta.get(&k("attention.head_count_kv")) {
+        Some(_) => meta.usize(&k("attention.head_count_kv"), file)?,
         None => n_heads,
     };
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || hidden % n_heads != 0 {
@@ -464,17 +486,17 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
     }
     // A corrupt block_count must not make us enumerate billions of tensor names.
     if n_layers.saturating_mul(9) > meta.tensors.len() {
-        return Err(model_err(file, format!("llama.block_count is {n_layers} but the file holds only {} tensors", meta.tensors.len())));
+        return Err(model_err(file, format!("{} is {n_layers} but the file holds only {} tensors", k("block_count"), meta.tensors.len())));
     }
-    let head_dim = match meta.get("llama.attention.key_length") {
-        Some(_) => meta.usize("llama.attention.key_length", file)?,
+    let head_dim = match meta.get(&k("attention.key_length")) {
+        Some(_) => meta.usize(&k("attention.key_length"), file)?,
         None => hidden / n_heads,
     };
     // Partial rotary embeddings are not implemented: RoPE must cover the whole head.
-    if meta.get("llama.rope.dimension_count").is_some() {
-        let rot = meta.usize("llama.rope.dimension_count", file)?;
+    if meta.get(&k("rope.dimension_count")).is_some() {
+        let rot = meta.usize(&k("rope.dimension_count"), file)?;
         if rot != head_dim {
-            return Err(model_err(file, format!("llama.rope.dimension_count is {rot}, but only RoPE over the whole head ({head_dim}) is supported")));
+            return Err(model_err(file, format!("{} is {rot}, but only RoPE over the whole head ({head_dim}) is supported", k("rope.dimension_count"))));
         }
     }
     // Scaled RoPE rotates positions differently even in short prompts: what this runtime does
@@ -482,14 +504,14 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
     // it: the type defaults to linear; the factor is `rope.scaling.factor`, else the older
     // `rope.scale_linear`, and 0 (or none given) means 1; type none turns any factor off.
     // Per-frequency divisors (`rope_freqs.weight`) are tensor data, read with the weights.
-    let kind = match meta.get("llama.rope.scaling.type") {
+    let kind = match meta.get(&k("rope.scaling.type")) {
         None => "linear",
-        Some(_) => meta.str("llama.rope.scaling.type", file)?,
+        Some(_) => meta.str(&k("rope.scaling.type"), file)?,
     };
-    let mut factor = (0.0, "llama.rope.scaling.factor");
-    for key in ["llama.rope.scaling.factor", "llama.rope.scale_linear"] {
-        if factor.0 == 0.0 && meta.get(key).is_some() {
-            factor = (meta.f64(key, file)?, key);
+    let mut factor = (0.0, k("rope.scaling.factor"));
+    for key in [k("rope.scaling.factor"), k("rope.scale_linear")] {
+        if factor.0 == 0.0 && meta.get(&key).is_some() {
+            factor = (meta.f64(&key, file)?, key);
         }
     }
     let (factor, factor_key) = factor;
@@ -497,14 +519,14 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         "none" => RopeScaling::None,
         "linear" if factor == 0.0 || factor == 1.0 => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor },
-        kind => return Err(model_err(file, format!("llama.rope.scaling.type is '{kind}'; only unscaled, linear and per-frequency (rope_freqs) RoPE are supported"))),
+        kind => return Err(model_err(file, format!("{} is '{kind}'; only unscaled, linear and per-frequency (rope_freqs) RoPE are supported", k("rope.scaling.type")))),
     };
     let vocab_size = match meta.get("tokenizer.ggml.tokens") {
         Some(_) => meta.array("tokenizer.ggml.tokens", file)?.len(),
-        None => meta.usize("llama.vocab_size", file)?,
+        None => meta.usize(&k("vocab_size"), file)?,
     };
-    if meta.get("llama.vocab_size").is_some() && meta.usize("llama.vocab_size", file)? != vocab_size {
-        return Err(model_err(file, format!("llama.vocab_size disagrees with the {vocab_size} tokens of tokenizer.ggml.tokens")));
+    if meta.get(&k("vocab_size")).is_some() && meta.usize(&k("vocab_size"), file)? != vocab_size {
+        return Err(model_err(file, format!("{} disagrees with the {vocab_size} tokens of tokenizer.ggml.tokens", k("vocab_size"))));
     }
     let token_id = |key: &str| -> Result<Option<u32>> {
         match meta.get(key) {
@@ -524,34 +546,36 @@ pub fn llama_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         n_heads,
         n_kv_heads,
         head_dim,
-        ffn_hidden: meta.usize("llama.feed_forward_length", file)?,
-        norm_eps: meta.f64("llama.attention.layer_norm_rms_epsilon", file)? as f32,
-        rope_theta: match meta.get("llama.rope.freq_base") {
-            Some(_) => meta.f64("llama.rope.freq_base", file)? as f32,
+        ffn_hidden: meta.usize(&k("feed_forward_length"), file)?,
+        norm_eps: meta.f64(&k("attention.layer_norm_rms_epsilon"), file)? as f32,
+        rope_theta: match meta.get(&k("rope.freq_base")) {
+            Some(_) => meta.f64(&k("rope.freq_base"), file)? as f32,
             None => 10000.0,
         },
-        // llama.cpp's converter permutes Q/K rows so that RoPE rotates adjacent pairs.
-        rope_style: RopeStyle::Adjacent,
+        // llama.cpp's converter permutes a llama's Q/K rows so that RoPE rotates adjacent
+        // pairs; a qwen2's it keeps as Hugging Face stores them, and llama.cpp rotates halves
+        // (its NEOX RoPE).
+        rope_style: if qwen2 { RopeStyle::Half } else { RopeStyle::Adjacent },
         rope_scaling,
-        qkv_bias: false,
-        max_seq_len: meta.usize("llama.context_length", file)?,
+        qkv_bias: qwen2,
+        max_seq_len: meta.usize(&k("context_length"), file)?,
         tied_embeddings: meta.tensor("output.weight").is_none(),
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: token_id("tokenizer.ggml.eos_token_id")?,
     };
     let key = |field: &str| match field {
-        "norm_eps" => "llama.attention.layer_norm_rms_epsilon",
-        "rope_theta" => "llama.rope.freq_base",
-        "rope_scaling" => factor_key,
-        "max_seq_len" => "llama.context_length",
-        "ffn_hidden" => "llama.feed_forward_length",
-        "n_layers" => "llama.block_count",
-        "vocab_size" => "tokenizer.ggml.tokens",
-        "hidden" => "llama.embedding_length",
-        "bos_token_id" => "tokenizer.ggml.bos_token_id",
-        "eos_token_id" => "tokenizer.ggml.eos_token_id",
-        "head_dim" if meta.get("llama.attention.key_length").is_some() => "llama.attention.key_length",
-        _ => "llama.embedding_length / llama.attention.head_count",
+        "norm_eps" => k("attention.layer_norm_rms_epsilon"),
+        "rope_theta" => k("rope.freq_base"),
+        "rope_scaling" => factor_key.clone(),
+        "max_seq_len" => k("context_length"),
+        "ffn_hidden" => k("feed_forward_length"),
+        "n_layers" => k("block_count"),
+        "vocab_size" => "tokenizer.ggml.tokens".into(),
+        "hidden" => k("embedding_length"),
+        "bos_token_id" => "tokenizer.ggml.bos_token_id".into(),
+        "eos_token_id" => "tokenizer.ggml.eos_token_id".into(),
+        "head_dim" if meta.get(&k("attention.key_length")).is_some() => k("attention.key_length"),
+        _ => format!("{} / {}", k("embedding_length"), k("attention.head_count")),
     };
     config.check().map_err(|(field, detail)| model_err(file, format!("metadata key '{}': {detail}", key(field))))?;
     Ok(config)
@@ -579,7 +603,7 @@ fn rope_divisors(g: &GgufFile, t: &TensorInfo, config: &Config) -> Result<RopeSc
     Ok(scaled.rope_scaling)
 }
 
-/// Loads a llama-architecture GGUF as canonical f32 weights, plus its metadata (for the
+/// Loads a llama- or qwen2-architecture GGUF as canonical f32 weights, plus its metadata (for the
 /// tokenizer). Every tensor is checked against the configuration before it is dequantised.
 pub fn load_gguf(path: &Path) -> Result<(Weights, GgufMeta)> {
     let g = GgufFile::read(path)?;
@@ -593,7 +617,7 @@ pub fn load_gguf_bytes(bytes: Vec<u8>, file: &str) -> Result<(Weights, GgufMeta)
 
 fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
     let file = g.file.as_str();
-    let mut config = llama_config(&g.meta, file)?;
+    let mut config = gguf_config(&g.meta, file)?;
     let mut tensors = BTreeMap::new();
     for t in &g.meta.tensors {
         if t.name == ROPE_FREQS {
@@ -604,7 +628,7 @@ fn weights_from(g: GgufFile) -> Result<(Weights, GgufMeta)> {
             let why = if t.name.ends_with(".scale") || t.name.ends_with(".input_scale") {
                 "a per-tensor scale of an FP4 checkpoint (converted from ModelOpt), which llama.cpp applies at inference and this reader does not"
             } else {
-                "no canonical name in a llama model"
+                "no canonical name in a llama or qwen2 model"
             };
             model_err(file, format!("tensor '{}': {why}", t.name))
         })?;
