@@ -145,3 +145,41 @@ fn the_cached_model_is_the_published_one() {
     assert!(!out.status.success() && stderr(&out).contains("not a regular file"), "{}", stderr(&out));
     std::fs::remove_dir_all(&cache).unwrap();
 }
+
+/// Layers are checked against the model before anything runs: the shipped hyper-parameters are
+/// SmolLM2's (layers 3–7 of 30), and a two-layer model given them is refused with the way out;
+/// ROME takes one layer from `--layers` as from `--layer`, and refuses two. With its layer
+/// given, a ROME edit of a Qwen2 GGUF (tests/data/qwen2-gguf) runs end to end and writes a
+/// GGUF over it that reads back as the same architecture with that one matrix changed.
+#[test]
+fn edits_refuse_layers_the_model_does_not_have() {
+    use revive::model::gguf::load_gguf;
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-gguf/model.gguf");
+    let dir = std::env::temp_dir().join(format!("revive-cli-layers-{}", std::process::id()));
+    let revive = |method: &str, extra: &[&str], out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_revive"))
+            .args(["edit", "-m", model.to_str().unwrap(), "--method", method, "--subject", "Walter", "--prompt", "Sir {} Elliot of", "--target", " Hall"])
+            .args(["--templates", "0", "--steps", "4", "--cov-tokens", "2048", "--out", dir.join(out).to_str().unwrap()])
+            .args(extra)
+            .output()
+            .expect("runs")
+    };
+    for (method, extra, want) in [
+        ("rome", &[][..], "layer 5"),
+        ("memit", &["--batch", "1"][..], "layer 3"),
+        ("rome", &["--layers", "0,1"][..], "ROME edits one layer"),
+    ] {
+        let out = revive(method, extra, "refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{method} {extra:?} ran");
+        assert!(err.contains(want) && (want.starts_with("ROME edits one") || err.contains("2 layers") && err.contains("--layers")), "{method} {extra:?}: {err}");
+    }
+    let out = revive("rome", &["--layers", "1", "--revive", "0.5", "--save", "gguf"], "edited");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (base, _) = load_gguf(&model).unwrap();
+    let (edited, _) = load_gguf(&dir.join("edited/model.gguf")).unwrap();
+    assert_eq!(edited.config, base.config);
+    let changed: Vec<&String> = base.tensors.iter().filter(|(n, t)| edited.tensors[*n] != **t).map(|(n, _)| n).collect();
+    assert_eq!(changed, ["layers.1.w_down"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

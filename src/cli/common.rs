@@ -49,6 +49,7 @@ pub(super) fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard:
 pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::hparams::RomeHparams) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
     let m = load(model)?;
     let gpu = Gpu::new(choice)?;
+    revive::edit::hparams::check_layers("ROME", &[hp.layer], m.weights.config.n_layers)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     eprintln!("model {} on {}; ROME at layer {}", m.source, gpu.label(), hp.layer);
     let start = std::time::Instant::now();

@@ -56,7 +56,7 @@ pub(super) struct EditArgs {
     /// Continue the session in DIR after a crash or kill (its settings come from DIR).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["subject", "edits", "batch"])]
     resume: Option<std::path::PathBuf>,
-    /// The edited layers of a batch method, e.g. 3,4,5,6,7.
+    /// The edited layers of a batch method, e.g. 3,4,5,6,7 (ROME's one layer, as --layer).
     #[arg(long, value_delimiter = ',')]
     layers: Option<Vec<usize>>,
     /// What is written at the end: the changed matrices (delta; a session's default), the whole
@@ -143,7 +143,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
         (false, Some(Save::Delta)) => anyhow::bail!("--save delta is a session's (--batch N); ROME edits outside a session save the whole model: --save full or gguf"),
     };
     let gguf_base = super::session::gguf_base(&a.model, save)?;
-    let hp = a.hp.resolve()?;
+    let hp = a.hp.resolve_with(a.layers.clone())?;
     let targets_through = a.revive.through_guard(false)?;
     let start = std::time::Instant::now();
     let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp)?;

@@ -184,8 +184,11 @@ impl HpArgs {
         self.resolve_with(None)
     }
 
-    /// [`Self::resolve`] with a batch method's `--layers` as well (ROME takes the first).
+    /// [`Self::resolve`] with `--layers` as well: ROME edits one layer, so it takes one.
     fn resolve_with(&self, layers: Option<Vec<usize>>) -> Result<revive::edit::hparams::RomeHparams> {
+        if let Some(layers) = layers.as_ref().filter(|l| l.len() != 1) {
+            anyhow::bail!("ROME edits one layer, and --layers names {}: give one (--layers L or --layer L)", layers.len());
+        }
         let hp = match &self.hparams {
             Some(path) => revive::edit::hparams::RomeHparams::load(path)?,
             None => revive::edit::hparams::RomeHparams::smollm2(),

@@ -119,6 +119,19 @@ fn is_design(loss: &TargetLoss) -> bool {
     *loss == TargetLoss::Design
 }
 
+/// Refuses layers the model does not have, before anything is computed: the shipped
+/// hyper-parameters are SmolLM2's (layers 3–7 of 30), and a smaller model given them would
+/// otherwise fail deep inside the first forward pass.
+pub fn check_layers(method: &str, layers: &[usize], n_layers: usize) -> Result<()> {
+    match layers.iter().find(|&&l| l >= n_layers) {
+        None => Ok(()),
+        Some(l) => Err(Error::Edit(format!(
+            "{method} edits layer {l} (of {layers:?}), but this model has {n_layers} layers (0–{}); the shipped hyper-parameters are SmolLM2's: choose this model's with --layers (ROME: --layer) or --hparams FILE",
+            n_layers.saturating_sub(1)
+        ))),
+    }
+}
+
 fn field_error(file: &str, field: &str, why: &str) -> Error {
     Error::Model { file: file.into(), detail: format!("field '{field}': {why}") }
 }

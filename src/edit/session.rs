@@ -313,6 +313,7 @@ impl<'a> Session<'a> {
         if requests.is_empty() {
             return Err(Error::Edit("there are no requests to edit (the list is empty)".into()));
         }
+        super::hparams::check_layers(spec.name(), &spec.layers(), model.config.n_layers)?;
         let matrices: Vec<String> = spec.layers().iter().map(|&l| crate::model::names::down_name(l)).collect();
         let templates = context_templates(model, tok, spec.templates())?;
         check_lengths(model.config.max_seq_len, tok, requests, &templates)?;
