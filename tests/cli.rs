@@ -150,7 +150,8 @@ fn the_cached_model_is_the_published_one() {
 /// SmolLM2's (layers 3–7 of 30), and a two-layer model given them is refused with the way out;
 /// ROME takes one layer from `--layers` as from `--layer`, and refuses two. With its layer
 /// given, a ROME edit of a Qwen2 GGUF (tests/data/qwen2-gguf) runs end to end and writes a
-/// GGUF over it that reads back as the same architecture with that one matrix changed.
+/// GGUF over it that reads back as the same architecture with that one matrix changed, and
+/// says it ran with SmolLM2's hyper-parameters.
 #[test]
 fn edits_refuse_layers_the_model_does_not_have() {
     use revive::model::gguf::load_gguf;
@@ -175,7 +176,10 @@ fn edits_refuse_layers_the_model_does_not_have() {
         assert!(err.contains(want) && (want.starts_with("ROME edits one") || err.contains("2 layers") && err.contains("--layers")), "{method} {extra:?}: {err}");
     }
     let out = revive("rome", &["--layers", "1", "--revive", "0.5", "--save", "gguf"], "edited");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // It runs with SmolLM2's other settings, and says so.
+    assert!(err.contains("SmolLM2-135M's hyper-parameters") && err.contains("--hparams"), "{err}");
     let (base, _) = load_gguf(&model).unwrap();
     let (edited, _) = load_gguf(&dir.join("edited/model.gguf")).unwrap();
     assert_eq!(edited.config, base.config);

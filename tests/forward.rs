@@ -220,6 +220,41 @@ fn logits_and_probes_match_the_oracle() {
     });
 }
 
+/// Every matrix past one binding and every dispatch past the adapter's workgroup count, as a
+/// large vocabulary's embedding is on an adapter with small limits (Llama 3's 128,256 × 4,096
+/// f32 is 2 GiB, past many adapters' largest binding): limits of 4 KiB and 3 workgroups make a
+/// tiny model's every tensor split, and the logits of a pass and of a decode through the cache
+/// stay the f64 reference's.
+#[test]
+fn a_model_past_the_binding_and_dispatch_limits_runs_split() {
+    use revive::gpu::SplitLimits;
+    for_each_gpu(|gpu| {
+        let small = gpu.with_split_limits(SplitLimits { max_workgroups: 3, max_binding_bytes: 4096 });
+        for (name, w) in models() {
+            let gm = ok(GpuModel::new(&small, &w))?;
+            let v = w.config.vocab_size;
+            assert!(w.tensors["embed"].data.len() * 4 > 4096, "{name}: the embedding fits one binding");
+            let seqs = vec![vec![5, 17, 3, 9, 2], vec![7, 1]];
+            let batch = ok(Batch::new(&seqs))?;
+            let (logits, _) = ok(gm.forward(&batch, &Probes::default(), LogitRows::All, None))?;
+            let got = ok(small.download(&logits))?;
+            let (want, _) = CpuModel::new(&w).forward(&seqs, &Probes::default());
+            for (s, seq) in seqs.iter().enumerate() {
+                for (p, want_p) in want[s].iter().enumerate().take(seq.len()) {
+                    let r = batch.row(s, p) * v;
+                    compare(&format!("{name} split, seq {s} pos {p}"), &got[r..r + v], want_p, logit_tol(want_p))?;
+                }
+            }
+            let mut cache = ok(gm.new_cache(1, 8))?;
+            for (p, &tok) in seqs[0].iter().enumerate() {
+                let (l, _) = ok(gm.forward(&ok(Batch::new(&[vec![tok]]))?, &Probes::default(), LogitRows::All, Some(&mut cache)))?;
+                compare(&format!("{name} split, decoded position {p}"), &ok(small.download(&l))?, &want[0][p], logit_tol(&want[0][p]))?;
+            }
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn decoding_with_the_cache_matches_a_full_pass() {
     for_each_gpu(|gpu| {

@@ -46,16 +46,31 @@ pub(super) fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard:
 }
 
 /// The model on the GPU with C0 of the edited layer, factorised.
-pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::hparams::RomeHparams) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
+pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::hparams::RomeHparams, hp_given: bool) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
     let m = load(model)?;
     let gpu = Gpu::new(choice)?;
     revive::edit::hparams::check_layers("ROME", &[hp.layer], m.weights.config.n_layers)?;
+    note_shipped_hparams(&m.weights.config, hp_given);
     let gm = GpuModel::new(&gpu, &m.weights)?;
     eprintln!("model {} on {}; ROME at layer {}", m.source, gpu.label(), hp.layer);
     let start = std::time::Instant::now();
     let c0 = revive::edit::covariance::layer_second_moment(&gm, &m.tok, hp.layer, hp.mom2_tokens, true)?;
     let cov = revive::edit::rome::CovSolver::new(hp.layer, c0.tokens, &c0.c0, c0.dim)?;
     Ok((m, gpu, gm, cov, start.elapsed().as_secs_f64()))
+}
+
+/// Says so where the shipped hyper-parameters (SmolLM2's: its layers, λ and thresholds were
+/// measured on SmolLM2-135M) are about to edit a model of another shape, as EasyEdit keeps a
+/// file per model: the edit runs, but the user should know whose settings it runs with.
+pub(super) fn note_shipped_hparams(config: &revive::model::Config, given: bool) {
+    let s = revive::model::Config::smollm2_135m();
+    let shape = |c: &revive::model::Config| (c.hidden, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden, c.vocab_size);
+    if !given && shape(config) != shape(&s) {
+        eprintln!(
+            "note: editing with SmolLM2-135M's hyper-parameters (assets/hparams/), measured on a model of {} layers of width {}; this one has {} of {}: give --hparams FILE for its own (--layers changes only the layers)",
+            s.n_layers, s.hidden, config.n_layers, config.hidden
+        );
+    }
 }
 
 /// `--max-update`: a positive multiple of ‖W‖_F (one parser for every command that

@@ -187,6 +187,7 @@ pub(super) fn with_session<R>(
         Some(s) => {
             let spec = spec_of(&s)?;
             let m = load(&s.model)?;
+            super::common::note_shipped_hparams(&m.weights.config, s.hp.hparams.is_some());
             let gm = GpuModel::new(&gpu, &m.weights)?;
             let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?
                 .with_targets_through_guard(s.targets_through_guard)?

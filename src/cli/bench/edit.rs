@@ -63,7 +63,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let known = revive::eval::retention::load_facts(&a.known)?;
     let hp = a.hp.resolve()?;
-    let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &a.model, &hp)?;
+    let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &a.model, &hp, a.hp.hparams.is_some())?;
     let rule = a.revive.rule();
     let opts = a.revive.svd();
     // The guard doubles as the original's top-k basis for the diagnostics.
