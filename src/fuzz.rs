@@ -329,7 +329,7 @@ pub fn tiny_gguf(w: &crate::model::Weights, version: u32) -> Result<Vec<u8>> {
 
 /// [`tiny_gguf`] with its vocabulary as SentencePiece's (`tokenizer.ggml.model = llama`: pieces,
 /// scores, token types), so that mutations reach that reader.
-fn sentencepiece_gguf(w: &crate::model::Weights) -> Result<Vec<u8>> {
+pub fn sentencepiece_gguf(w: &crate::model::Weights) -> Result<Vec<u8>> {
     tiny_gguf_typed(w, 3, |_, _| GgmlType::F32, true)
 }
 
@@ -441,35 +441,11 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
         }
     }
     for (name, t) in &w.tensors {
-        let suffix = if matches!(name.rsplit('.').next(), Some("bq" | "bk" | "bv")) { "bias" } else { "weight" };
-        let gguf = match name.as_str() {
-            "embed" => "token_embd".to_string(),
-            "final_norm.weight" => "output_norm".to_string(),
-            "lm_head" => "output".to_string(),
-            other => {
-                let (i, field) = other.strip_prefix("layers.").and_then(|r| r.split_once('.')).ok_or_else(|| Error::Edit(format!("tiny_gguf: tensor {other}")))?;
-                let f = match field {
-                    "attn_norm.weight" => "attn_norm",
-                    "mlp_norm.weight" => "ffn_norm",
-                    "wq" => "attn_q",
-                    "wk" => "attn_k",
-                    "wv" => "attn_v",
-                    "wo" => "attn_output",
-                    "w_gate" => "ffn_gate",
-                    "w_up" => "ffn_up",
-                    "w_down" => "ffn_down",
-                    "bq" => "attn_q",
-                    "bk" => "attn_k",
-                    "bv" => "attn_v",
-                    f => return Err(Error::Edit(format!("tiny_gguf: field {f}"))),
-                };
-                format!("blk.{i}.{f}")
-            }
-        };
+        let gguf = crate::model::gguf::gguf_name(name).ok_or_else(|| Error::Edit(format!("tiny_gguf: tensor {name}")))?;
         let dims: Vec<usize> = t.shape.iter().rev().copied().collect();
         let ty = type_of(name, &dims);
         let data = if ty.encodable() { crate::model::gguf::quant::quantize(ty, &t.data) } else { random_blocks(ty, t.data.len(), &mut rng) };
-        g.tensors.push(GgufTensor { name: format!("{gguf}.{suffix}"), dims, type_id: ty.id(), data });
+        g.tensors.push(GgufTensor { name: gguf, dims, type_id: ty.id(), data });
     }
     Ok(g.to_bytes(version))
 }

@@ -148,7 +148,8 @@ fn the_cached_model_is_the_published_one() {
 
 /// Layers are checked against the model before anything runs: the shipped hyper-parameters are
 /// SmolLM2's (layers 3–7 of 30), and a two-layer model given them is refused with the way out;
-/// ROME takes one layer from `--layers` as from `--layer`, and refuses two. With its layer
+/// ROME takes one layer from `--layers` as from `--layer`, and refuses two; `--layer` with
+/// `--layers` is refused. With its layer
 /// given, a ROME edit of a Qwen2 GGUF (tests/data/qwen2-gguf) runs end to end and writes a
 /// GGUF over it that reads back as the same architecture with that one matrix changed, and
 /// says it ran with SmolLM2's hyper-parameters.
@@ -169,11 +170,13 @@ fn edits_refuse_layers_the_model_does_not_have() {
         ("rome", &[][..], "layer 5"),
         ("memit", &["--batch", "1"][..], "layer 3"),
         ("rome", &["--layers", "0,1"][..], "ROME edits one layer"),
+        ("rome", &["--layers", "1", "--layer", "0"][..], "both name"),
+        ("memit", &["--batch", "1", "--layers", "1", "--layer", "0"][..], "both name"),
     ] {
         let out = revive(method, extra, "refused");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{method} {extra:?} ran");
-        assert!(err.contains(want) && (want.starts_with("ROME edits one") || err.contains("2 layers") && err.contains("--layers")), "{method} {extra:?}: {err}");
+        assert!(err.contains(want) && (want.starts_with("layer ") == (err.contains("2 layers") && err.contains("--layers"))), "{method} {extra:?}: {err}");
     }
     let out = revive("rome", &["--layers", "1", "--revive", "0.5", "--save", "gguf"], "edited");
     let err = String::from_utf8_lossy(&out.stderr);

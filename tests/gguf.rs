@@ -518,10 +518,10 @@ fn an_edit_of_a_lattice_quantised_model_exports_in_a_type_it_can_write() {
 }
 
 /// `revive export` writes a GGUF when --out ends in .gguf (a model without edits: every tensor
-/// the base's), a Hugging Face directory otherwise, and refuses a GGUF export of a model that
-/// came from a directory: there is no GGUF to write over.
+/// the base's), a Hugging Face directory otherwise; from a directory it writes a GGUF whole
+/// (the base's values again, in f32), and refuses to keep base types it does not have.
 #[test]
-fn the_export_command_writes_gguf_over_a_gguf_only() {
+fn the_export_command_writes_gguf_over_a_gguf_or_whole() {
     let dir = std::env::temp_dir().join(format!("revive-gguf-export-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base.gguf");
@@ -536,9 +536,16 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
     assert!(a.meta.tensors.iter().zip(&b.meta.tensors).all(|(x, y)| a.tensor_bytes(x) == b.tensor_bytes(y)));
     let out = revive(&["-m", &path(&base), "--out", &path(&hf)]);
     assert!(out.status.success() && hf.join("model.safetensors").is_file(), "{}", String::from_utf8_lossy(&out.stderr));
+    // From the directory, a GGUF is written whole: the base's values, now in f32.
     let out = revive(&["-m", &path(&hf), "--out", &path(&dir.join("from-hf.gguf"))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (whole, _) = load_gguf(&dir.join("from-hf.gguf")).unwrap();
+    let (base_w, _) = load_gguf(&base).unwrap();
+    assert_eq!(whole.config, base_w.config);
+    assert!(whole.tensors == base_w.tensors, "the GGUF written from the directory is not the base's model");
+    let out = revive(&["-m", &path(&hf), "--out", &path(&dir.join("keep.gguf")), "--edited-type", "keep"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("convert_hf_to_gguf"), "{err}");
+    assert!(!out.status.success() && err.contains("Hugging Face directory"), "{err}");
     let out = revive(&["-m", &path(&base), "--out", &path(&gguf), "--edited-type", "q7"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("q4_k"));
     let out = revive(&["-m", &path(&base), "--out", &path(&dir.join("hf2")), "--edited-type", "f16"]);
@@ -550,8 +557,8 @@ fn the_export_command_writes_gguf_over_a_gguf_only() {
 /// A session on a GGUF model saves it as a GGUF (`revive edit … --save gguf`): the edited
 /// down-projections in f32, every other tensor the base's bytes, and loaded back the same
 /// weights as the session's delta over the base; resumed, it writes a GGUF again, as its first
-/// run asked, and `revive apply --save gguf` the same bytes. A Hugging Face base is refused
-/// before any work.
+/// run asked, and `revive apply --save gguf` the same bytes. From a Hugging Face base the GGUF
+/// is written whole.
 #[test]
 fn a_session_saves_its_model_as_gguf() {
     use revive::edit::hparams::{BatchHparams, BatchMethod, Templates};
@@ -617,11 +624,16 @@ fn a_session_saves_its_model_as_gguf() {
 
     let hf = revive(&["export", "-m", &path("base.gguf"), "--out", &path("hf")]);
     assert!(hf.status.success(), "{}", String::from_utf8_lossy(&hf.stderr));
-    let refused = edit(&path("hf"), &path("from-hf"));
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && err.contains("Hugging Face directory"), "{err}");
-    let left: Vec<_> = std::fs::read_dir(dir.join("from-hf")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
-    assert!(left.is_empty(), "the refused session wrote {left:?}");
+    // From a Hugging Face base the GGUF is written whole: the base's values but the edited
+    // down-projections.
+    let from_hf = edit(&path("hf"), &path("from-hf"));
+    assert!(from_hf.status.success(), "{}", String::from_utf8_lossy(&from_hf.stderr));
+    let (whole, _) = load_gguf(&dir.join("from-hf/model.gguf")).unwrap();
+    let (base_w, _) = load_gguf(&dir.join("base.gguf")).unwrap();
+    assert_eq!(whole.config, base_w.config);
+    for (name, t) in &base_w.tensors {
+        assert_eq!(whole.tensors[name] != *t, name.ends_with("w_down"), "{name}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -1435,7 +1447,16 @@ fn qwen2_biases_are_read_where_the_architecture_has_them() {
     // The writer's vocabulary ends sequences with its token 0 and names no start token.
     assert_eq!(read.config, Config { bos_token_id: None, eos_token_id: Some(0), ..w.config.clone() });
     assert!(read.tensors == w.tensors, "the tensors differ after a round trip");
-    assert!(Tok::from_gguf(&meta, FILE).is_ok());
+    // No add_bos_token in the file: llama.cpp's default for qwen2 is no start token (Llama 3's
+    // is one).
+    let tok = Tok::from_gguf(&meta, FILE).unwrap();
+    assert!(tok.start().is_empty());
+    // Qwen2's split by hand: every digit apart, contractions in any case, a space before
+    // punctuation kept with it.
+    let mut split = tokenizers::PreTokenizedString::from("It'S 1814 'tis (x)");
+    tokenizers::PreTokenizer::pre_tokenize(tok.inner().get_pre_tokenizer().unwrap(), &mut split).unwrap();
+    let split: Vec<String> = split.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char).into_iter().map(|(s, _, _)| s.to_string()).collect();
+    assert_eq!(split, ["It", "'S", "Ġ", "1", "8", "1", "4", "Ġ'", "tis", "Ġ(", "x", ")"]);
     // The same bytes said to be a llama: its q/k/v biases are not part of that model.
     let as_llama = replace_all(&bytes, b"qwen2", b"llama");
     let e = expect_err(as_llama, "biases in a llama");
@@ -1445,6 +1466,13 @@ fn qwen2_biases_are_read_where_the_architecture_has_them() {
     assert!(e.contains("blk.0.attn_o.bias") && e.contains("no canonical name"), "{e}");
     let e = expect_err(replace_all(&bytes, b"qwen2", b"qwen3"), "another architecture");
     assert!(e.contains("'qwen3'") && e.contains("qwen2"), "{e}");
+    // An embedding model (a key of the same length as tokenizer.ggml.pre).
+    let e = expect_err(replace_all(&bytes, b"tokenizer.ggml.pre", b"qwen2.pooling_type"), "a pooling type");
+    assert!(e.contains("qwen2.pooling_type") && e.contains("embedding model"), "{e}");
+    // RoPE divisors, which llama.cpp reads for a llama only.
+    let scaled = Weights { config: Config { rope_scaling: revive::model::RopeScaling::Divisors(vec![1.0, 2.0, 3.0, 4.0]), ..w.config.clone() }, tensors: w.tensors.clone() };
+    let e = expect_err(tiny_gguf(&scaled, 3).unwrap(), "divisors in a qwen2");
+    assert!(e.contains("rope_freqs.weight") && e.contains("qwen2"), "{e}");
 }
 
 /// `bytes` with every occurrence of `from` replaced by `to` (of the same length).
@@ -1464,4 +1492,122 @@ fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     }
     assert!(found > 0, "{:?} not found", String::from_utf8_lossy(from));
     out
+}
+
+/// The metadata entries of a GGUF whose values are arrays or strings, by key (for comparing two
+/// files' tokenizers).
+fn meta_of(meta: &GgufMeta, keys: &[&str]) -> Vec<Option<Value>> {
+    keys.iter().map(|k| meta.get(k).cloned()).collect()
+}
+
+/// A model that came from no GGUF is written as a new one as llama.cpp's converter writes it:
+/// the Qwen2 fixture (written by gguf-py) saved as a Hugging Face directory and written back
+/// gives the same configuration, the same tensors bit for bit, the same tokenizer metadata
+/// (pieces, types — the converter's unused padding included — merges, split, start and end)
+/// and the same ids; a llama whose Q/K rows the directory holds in rotate-half order gets them
+/// permuted back for adjacent pairs; f16 matrices are the values rounded once, norms and biases
+/// f32; GPT-2 and a SentencePiece vocabulary are refused naming why.
+#[test]
+fn a_hugging_face_model_is_written_as_a_new_gguf() {
+    use revive::fuzz::tiny_gguf;
+    use revive::model::gguf::convert::write_new;
+    use revive::model::load::{load, save};
+    use revive::model::random::random_weights;
+    use revive::model::safetensors::SaveDtype;
+    use revive::model::Config;
+    let dir = std::env::temp_dir().join(format!("revive-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokenizer_keys = ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token"];
+    // Through a Hugging Face directory and back; returns the new file's model and metadata.
+    let round_trip = |gguf: &std::path::Path, tag: &str, ty: GgmlType| {
+        let m = load(gguf.to_str().unwrap()).unwrap();
+        let hf = dir.join(format!("{tag}-hf"));
+        save(&m.weights, &m.tok, &hf, SaveDtype::F32).unwrap();
+        let from_hf = load(hf.to_str().unwrap()).unwrap();
+        assert!(from_hf.gguf.is_none());
+        let out = dir.join(format!("{tag}.gguf"));
+        write_new(&from_hf.weights, &from_hf.tok, ty, tag, &out).unwrap();
+        let (w, meta) = load_gguf(&out).unwrap();
+        let tok = Tok::from_gguf(&meta, tag).unwrap();
+        (m, w, meta, tok)
+    };
+
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-gguf");
+    let (_, base_meta) = load_gguf(&fixture.join("model.gguf")).unwrap();
+    let (m, w, meta, tok) = round_trip(&fixture.join("model.gguf"), "qwen2", GgmlType::F32);
+    assert_eq!(meta.str("general.architecture", "qwen2").unwrap(), "qwen2");
+    assert_eq!(w.config, m.weights.config);
+    assert!(w.tensors == m.weights.tensors, "the tensors changed on the way");
+    assert_eq!(meta_of(&meta, &tokenizer_keys), meta_of(&base_meta, &tokenizer_keys));
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    for case in expected["encodings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+    }
+
+    // A llama: the directory holds its Q/K rows as Hugging Face does, the new file as llama.cpp.
+    let llama = random_weights(&Config { vocab_size: 259, rope_style: RopeStyle::Adjacent, ..Config::tiny_llama() }, 32);
+    let base = dir.join("llama-base.gguf");
+    std::fs::write(&base, tiny_gguf(&llama, 3).unwrap()).unwrap();
+    let (m, w, meta, _) = round_trip(&base, "llama", GgmlType::F32);
+    assert_eq!((w.config.rope_style, &w.config), (RopeStyle::Adjacent, &m.weights.config));
+    assert!(w.tensors == m.weights.tensors, "the llama's tensors changed on the way");
+    assert_eq!(meta.str("tokenizer.ggml.pre", "llama").unwrap(), "smollm");
+
+    // f16 matrices: each value rounded once; the norms stay f32.
+    let (m, w, meta, _) = round_trip(&base, "llama-f16", GgmlType::F16);
+    assert_eq!(meta.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::F16);
+    assert_eq!(meta.tensor("blk.0.ffn_norm.weight").unwrap().ty, GgmlType::F32);
+    for (name, t) in &m.weights.tensors {
+        let rounded: Vec<f32> = if t.shape.len() == 2 { t.data.iter().map(|&x| f16::from_f32(x).to_f32()).collect() } else { t.data.clone() };
+        assert!(w.tensors[name].data == rounded, "{name} in f16");
+    }
+
+    // Refused: GPT-2, a SentencePiece vocabulary.
+    let m = load(base.to_str().unwrap()).unwrap();
+    let gpt2 = random_weights(&Config::tiny_gpt2(), 3);
+    let e = write_new(&gpt2, &m.tok, GgmlType::F32, "x", &dir.join("gpt2.gguf")).unwrap_err().to_string();
+    assert!(e.contains("GPT-2") && e.contains("gpt2.gguf"), "{e}");
+    let spm = Tok::from_gguf(&load_gguf_bytes(revive::fuzz::sentencepiece_gguf(&llama).unwrap(), "spm.gguf").unwrap().1, "spm.gguf").unwrap();
+    let e = write_new(&llama, &spm, GgmlType::F32, "x", &dir.join("spm.gguf")).unwrap_err().to_string();
+    assert!(e.contains("SentencePiece"), "{e}");
+    assert!(!dir.join("gpt2.gguf").exists() && !dir.join("spm.gguf").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The real SmolLM2 (CI fetches it) through a Hugging Face directory and written back as a new
+/// GGUF: the same configuration, tensors (f32 now, the Q4_1/Q8_0 file's values exactly, its
+/// Q/K rows permuted back), pieces, types, merges, split, end token and chat template as the
+/// published file.
+#[test]
+fn smollm2_written_as_a_new_gguf_reads_back_the_same() {
+    use revive::model::gguf::convert::write_new;
+    use revive::model::load::{load, save};
+    use revive::model::safetensors::SaveDtype;
+    let Some(path) = revive::testing::smollm2_for_tests() else { return };
+    let dir = std::env::temp_dir().join(format!("revive-smollm2-convert-{}", std::process::id()));
+    let m = load(path.to_str().unwrap()).unwrap();
+    save(&m.weights, &m.tok, &dir.join("hf"), SaveDtype::F32).unwrap();
+    let hf = load(dir.join("hf").to_str().unwrap()).unwrap();
+    let out = dir.join("smollm2.gguf");
+    let written = write_new(&hf.weights, &hf.tok, GgmlType::F32, "smollm2", &out).unwrap();
+    drop(hf);
+    assert_eq!((written.architecture, written.kept_f32.len()), ("llama", 0));
+    let (w, meta) = load_gguf(&out).unwrap();
+    assert_eq!(w.config, m.weights.config);
+    for (name, t) in &m.weights.tensors {
+        assert!(w.tensors[name] == *t, "{name} differs");
+    }
+    let (_, base_meta) = load_gguf(&path).unwrap();
+    let keys = ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"];
+    assert_eq!(meta_of(&meta, &keys), meta_of(&base_meta, &keys));
+    // The chat template reached the directory's tokenizer_config.json, where transformers reads it.
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("hf/tokenizer_config.json")).unwrap()).unwrap();
+    assert!(matches!(base_meta.get("tokenizer.chat_template"), Some(Value::Str(t)) if cfg["chat_template"] == t.as_str()));
+    let tok = Tok::from_gguf(&meta, "smollm2.gguf").unwrap();
+    for text in ["The capital of France is", "In 1814, 12345 cats", "<|im_start|>user\nHi<|im_end|>"] {
+        assert_eq!(tok.encode_prompt(text).unwrap(), m.tok.encode_prompt(text).unwrap(), "{text:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -60,8 +60,9 @@ pub(super) struct EditArgs {
     #[arg(long, value_delimiter = ',')]
     layers: Option<Vec<usize>>,
     /// What is written at the end: the changed matrices (delta; a session's default), the whole
-    /// model as a Hugging Face directory (full; a single ROME edit's default) or as a GGUF over
-    /// a GGUF base (DIR/model.gguf: the edited matrices in --dtype, the rest the base's bytes).
+    /// model as a Hugging Face directory (full; a single ROME edit's default) or as a GGUF
+    /// (DIR/model.gguf: over a GGUF base the edited matrices in --dtype and the rest the base's
+    /// bytes; from a Hugging Face base written whole, its matrices in --dtype).
     /// A session resumed with --resume writes what its first run's --save said, unless given.
     #[arg(long, value_enum)]
     save: Option<super::session::Save>,
@@ -158,7 +159,7 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let saved = || -> Result<()> {
         match (save, &gguf_base) {
             (Save::Full, _) => revive::model::load::save(&gm.to_weights()?, &m.tok, &a.out, a.dtype.unwrap_or(Dtype::F32).into())?,
-            (Save::Gguf, Some(base)) => super::session::write_gguf(&gm, base, &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32))?,
+            (Save::Gguf, base) => super::session::write_gguf(&gm, &m.tok, base.as_deref(), &a.out.join("model.gguf"), a.dtype.unwrap_or(Dtype::F32))?,
             _ => {}
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! `revive export`: a model saved as Hugging Face safetensors + config.json + tokenizer.json,
-//! or as a GGUF over the GGUF it came from (for llama.cpp and the tools built on it).
+//! or as a GGUF (for llama.cpp and the tools built on it): over the GGUF it came from, or
+//! written whole from a Hugging Face directory.
 
 use anyhow::{bail, Result};
 use revive::model::gguf::export::{export_over, EditedType};
@@ -8,7 +9,9 @@ use revive::model::gguf::export::{export_over, EditedType};
 enum Format {
     /// A Hugging Face directory: model.safetensors (f32), config.json, tokenizer.json.
     Hf,
-    /// One .gguf file: the base GGUF's tensors and metadata, the edited tensors rewritten.
+    /// One .gguf file: over a GGUF base its tensors and metadata, the edited tensors rewritten;
+    /// from a Hugging Face directory written whole (the Llama block as llama, with q/k/v
+    /// biases as qwen2; a byte-level BPE tokenizer), as llama.cpp's converter writes one.
     Gguf,
 }
 
@@ -24,7 +27,8 @@ pub(super) struct Args {
     format: Option<Format>,
     /// GGUF only: the type of the tensors an edit changed (default f32, which keeps the edit
     /// exactly; f16, q8_0, …; keep: the base tensor's own type). Unchanged tensors are copied
-    /// as they are.
+    /// as they are. From a Hugging Face directory: the type of every matrix (f32, f16, bf16,
+    /// q8_0).
     #[arg(long)]
     edited_type: Option<EditedType>,
 }
@@ -40,10 +44,19 @@ pub(super) fn run(a: Args) -> Result<()> {
         Format::Hf => revive::model::load::save(&m.weights, &m.tok, &out, revive::model::safetensors::SaveDtype::F32)?,
         Format::Gguf => {
             let Some(base) = &m.gguf else {
-                bail!(
-                    "{}: a GGUF export is written over the GGUF the model came from (its tokenizer and metadata), and this model is a Hugging Face directory; export it as one (--format hf) and convert it with llama.cpp's convert_hf_to_gguf.py",
-                    m.source
-                );
+                // No base to copy: every tensor written, in the type asked for.
+                let ty = match edited_type.unwrap_or(EditedType::As(revive::model::gguf::GgmlType::F32)) {
+                    EditedType::As(ty) => ty,
+                    EditedType::Keep => bail!("--edited-type keep re-encodes in the base GGUF's types, and {} is a Hugging Face directory: give f32, f16, bf16 or q8_0", m.source),
+                };
+                let name = out.file_stem().map_or("revive".into(), |n| n.to_string_lossy().into_owned());
+                let w = revive::model::gguf::convert::write_new(&m.weights, &m.tok, ty, &name, &out)?;
+                for name in &w.kept_f32 {
+                    eprintln!("kept in f32 (its rows are not whole {ty:?} blocks): {name}");
+                }
+                eprintln!("a new {} GGUF: {} tensors, matrices in {ty:?}; {:.1} MB", w.architecture, w.tensors, w.bytes as f64 / 1e6);
+                println!("{}", out.display());
+                return Ok(());
             };
             let e = export_over(base, &m.weights, edited_type.unwrap_or(EditedType::As(revive::model::gguf::GgmlType::F32)), &out)?;
             for (name, ty) in &e.rewritten {

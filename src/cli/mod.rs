@@ -186,6 +186,7 @@ impl HpArgs {
 
     /// [`Self::resolve`] with `--layers` as well: ROME edits one layer, so it takes one.
     fn resolve_with(&self, layers: Option<Vec<usize>>) -> Result<revive::edit::hparams::RomeHparams> {
+        self.check_layer_flags(layers.as_deref())?;
         if let Some(layers) = layers.as_ref().filter(|l| l.len() != 1) {
             anyhow::bail!("ROME edits one layer, and --layers names {}: give one (--layers L or --layer L)", layers.len());
         }
@@ -194,6 +195,14 @@ impl HpArgs {
             None => revive::edit::hparams::RomeHparams::smollm2(),
         };
         Ok(hp.with_overrides(&self.overrides(layers)))
+    }
+
+    /// `--layer` and `--layers` both given: refused, rather than one silently winning.
+    fn check_layer_flags(&self, layers: Option<&[usize]>) -> Result<()> {
+        if let (Some(layer), Some(layers)) = (self.layer, layers) {
+            anyhow::bail!("--layer {layer} and --layers {layers:?} both name the edited layers: give one");
+        }
+        Ok(())
     }
 
     /// The single overrides; `layers` (a batch method's `--layers`) comes before `--layer`.

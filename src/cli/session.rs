@@ -26,24 +26,23 @@ pub(super) enum Save {
     Delta,
     /// The whole edited model as a Hugging Face safetensors directory (DIR/model/ for a session; DIR itself for single ROME edits).
     Full,
-    /// The whole edited model as one GGUF over the base GGUF (DIR/model.gguf): the changed
-    /// matrices in --dtype, every other tensor the base's bytes. Needs a GGUF base.
+    /// The whole edited model as one GGUF (DIR/model.gguf): over a GGUF base the changed
+    /// matrices in --dtype and every other tensor the base's bytes; from a Hugging Face base
+    /// written whole, its matrices in --dtype (f32, f16, bf16), as llama.cpp's converter writes one.
     Gguf,
     None,
 }
 
-/// The GGUF a `--save gguf` writes over: the base model's file; refused, before any work, for a
-/// base that is a Hugging Face directory.
+/// The GGUF a `--save gguf` writes over: the base model's file; none for a Hugging Face
+/// directory, whose GGUF is written whole.
 pub(super) fn gguf_base(spec: &str, save: Save) -> Result<Option<std::path::PathBuf>> {
     if save != Save::Gguf {
         return Ok(None);
     }
     match revive::model::fetch::resolve(spec)? {
         revive::model::fetch::ModelSource::Gguf(path) => Ok(Some(path)),
-        revive::model::fetch::ModelSource::Safetensors(dir) => anyhow::bail!(
-            "--save gguf writes over the GGUF the base model came from, and {} is a Hugging Face directory: save full or delta",
-            dir.display()
-        ),
+        // Written whole (revive::model::gguf::convert).
+        revive::model::fetch::ModelSource::Safetensors(_) => Ok(None),
     }
 }
 
@@ -102,6 +101,7 @@ pub(super) fn spec_of(s: &NewSession) -> Result<MethodSpec> {
                 None => BatchHparams::smollm2(m),
             };
             anyhow::ensure!(hp.method == m, "the hyper-parameters are for {}, not {}", hp.method.name(), m.name());
+            s.hp.check_layer_flags(s.layers.as_deref())?;
             let hp = hp.with_overrides(&s.hp.overrides(s.layers.clone()));
             hp.validate("the command line")?;
             MethodSpec::Batch { hparams: hp }
@@ -309,17 +309,28 @@ fn write_outputs(gm: &GpuModel, tok: &revive::model::Tok, matrices: &[String], b
             revive::model::load::save(&gm.to_weights()?, tok, &p, dtype.into())?;
             println!("edited model written to {}", p.display());
         }
-        Save::Gguf => write_gguf(gm, base.ok_or_else(|| anyhow::anyhow!("--save gguf without a GGUF base"))?, &dir.join("model.gguf"), dtype)?,
+        Save::Gguf => write_gguf(gm, tok, base, &dir.join("model.gguf"), dtype)?,
         Save::None => {}
     }
     Ok(())
 }
 
-/// The model on the GPU as a GGUF at `path` over `base`: its changed matrices in `dtype`.
-pub(super) fn write_gguf(gm: &GpuModel, base: &Path, path: &Path, dtype: Dtype) -> Result<()> {
+/// The model on the GPU as a GGUF at `path`: over its GGUF `base`, the changed matrices in
+/// `dtype` and the rest the base's bytes; without one (a Hugging Face base), written whole with
+/// its matrices in `dtype`.
+pub(super) fn write_gguf(gm: &GpuModel, tok: &revive::model::Tok, base: Option<&Path>, path: &Path, dtype: Dtype) -> Result<()> {
     let ty: GgmlType = dtype.into();
-    let e = export_over(base, &gm.to_weights()?, EditedType::As(ty), path)?;
-    println!("edited model written to {} ({} tensors rewritten in {ty:?}, {} copied from {})", path.display(), e.rewritten.len(), e.copied, base.display());
+    match base {
+        Some(base) => {
+            let e = export_over(base, &gm.to_weights()?, EditedType::As(ty), path)?;
+            println!("edited model written to {} ({} tensors rewritten in {ty:?}, {} copied from {})", path.display(), e.rewritten.len(), e.copied, base.display());
+        }
+        None => {
+            let name = path.parent().and_then(|d| d.file_name()).map_or("revive".into(), |n| n.to_string_lossy().into_owned());
+            let w = revive::model::gguf::convert::write_new(&gm.to_weights()?, tok, ty, &name, path)?;
+            println!("edited model written to {} (a new {} GGUF, its matrices in {ty:?}; {} tensors, {:.1} MB)", path.display(), w.architecture, w.tensors, w.bytes as f64 / 1e6);
+        }
+    }
     Ok(())
 }
 

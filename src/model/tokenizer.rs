@@ -144,7 +144,14 @@ impl Tok {
             (true, Some(bos)) => vec![bos],
             (true, None) => return Err(err(file, "a start token is asked for (tokenizer.ggml.add_bos_token, or a SentencePiece vocabulary's default), but there is no tokenizer.ggml.bos_token_id")),
         };
-        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config: None, rows: None, start, prompt_inner })
+        // The chat template, which a save writes into tokenizer_config.json (transformers'
+        // apply_chat_template reads it there) and a new GGUF back.
+        let hf_config = match meta.get("tokenizer.chat_template") {
+            None => None,
+            Some(Value::Str(t)) => Some(serde_json::Map::from_iter([("chat_template".to_string(), serde_json::Value::String(t.clone()))])),
+            Some(v) => return Err(err(file, format!("tokenizer.chat_template is {v:?}, not a string"))),
+        };
+        Ok(Tok { vocab_size: inner.get_vocab_size(true), inner, eos, source: file.into(), hf_config, rows: None, start, prompt_inner })
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The end-of-sequence token is the `eos_token` of a
@@ -328,6 +335,123 @@ impl Tok {
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
+
+    /// This tokenizer as GGUF metadata (`tokenizer.ggml.*`) for a model of `rows` embedding
+    /// rows, as llama.cpp's converter writes a byte-level BPE: the pieces in id order (ids the
+    /// tokenizer does not use as unused `[PAD{id}]` pieces, and such pieces unused), their types (added special tokens
+    /// control, other added tokens user-defined), the merges in rank order, the split
+    /// `tokenizer.ggml.pre` names, the start and end tokens, and the chat template of a
+    /// tokenizer_config.json. Refused, saying why: a split or normaliser llama.cpp would not
+    /// apply as this tokenizer does, a SentencePiece vocabulary (its scores are in
+    /// tokenizer.model, not tokenizer.json), pieces past the model's rows.
+    pub fn gguf_metadata(&self, rows: usize) -> Result<Vec<(String, Value)>> {
+        let refuse = |why: String| err(&self.source, format!("cannot be written as GGUF tokenizer metadata: {why}"));
+        if self.prompt_inner.is_some() {
+            return Err(refuse("a SentencePiece vocabulary, whose scores are in its tokenizer.model (llama.cpp's convert_hf_to_gguf.py reads them)".into()));
+        }
+        let spec: serde_json::Value = serde_json::from_str(&self.inner.to_string(false).map_err(|e| err(&self.source, e.to_string()))?).map_err(|e| err(&self.source, e.to_string()))?;
+        let model = &spec["model"];
+        if model["type"] != "BPE" || model["byte_fallback"] == true {
+            return Err(refuse(format!("a {} model; only byte-level BPE is written", model["type"])));
+        }
+        // Qwen2's tokenizer.json normalises to NFC, which llama.cpp leaves out.
+        if !(spec["normalizer"].is_null() || spec["normalizer"]["type"] == "NFC") {
+            return Err(refuse(format!("its normaliser {} (llama.cpp applies none)", spec["normalizer"])));
+        }
+        let pre = gguf_pre_of(&spec["pre_tokenizer"]).ok_or_else(|| refuse(format!("its pre-tokenizer {} is none of the splits llama.cpp names (gpt2, smollm, llama-bpe, qwen2)", spec["pre_tokenizer"])))?;
+        // llama.cpp takes a pre-token that is a piece whole for Llama 3 only.
+        if (model["ignore_merges"] == true) != LLAMA3_PRES.contains(&pre) {
+            return Err(refuse(format!("ignore_merges is {} with the split '{pre}'", model["ignore_merges"])));
+        }
+        let vocab = self.inner.get_vocab(true);
+        let n = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        if n > rows {
+            return Err(refuse(format!("it has pieces up to id {}, past the model's {rows} embedding rows", n - 1)));
+        }
+        let mut pieces = vec![None; rows];
+        for (piece, &id) in &vocab {
+            pieces[id as usize] = Some(piece.as_str());
+        }
+        let special: std::collections::HashMap<u32, bool> = self.inner.get_added_tokens_decoder().iter().map(|(&id, t)| (id, t.special)).collect();
+        const NORMAL: i32 = 1;
+        const UNUSED: i32 = 5;
+        let (tokens, types): (Vec<Value>, Vec<Value>) = pieces
+            .iter()
+            .enumerate()
+            .map(|(id, piece)| match piece {
+                None => (Value::Str(format!("[PAD{id}]")), Value::I32(UNUSED)),
+                Some(p) => {
+                    let ty = match special.get(&(id as u32)) {
+                        Some(true) => TOKEN_CONTROL as i32,
+                        Some(false) => TOKEN_USER_DEFINED as i32,
+                        // The converter's padding, read from a GGUF and saved: unused again.
+                        None if *p == format!("[PAD{id}]") => UNUSED,
+                        None => NORMAL,
+                    };
+                    (Value::Str(p.to_string()), Value::I32(ty))
+                }
+            })
+            .unzip();
+        let merges = model["merges"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| match m {
+                        serde_json::Value::String(s) => Some(Value::Str(s.clone())),
+                        serde_json::Value::Array(pair) => match pair.as_slice() {
+                            [serde_json::Value::String(a), serde_json::Value::String(b)] => Some(Value::Str(format!("{a} {b}"))),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or(Some(vec![]))
+            .ok_or_else(|| refuse("its merges are neither \"a b\" strings nor pairs".into()))?;
+        let mut kv = vec![
+            ("tokenizer.ggml.model".to_string(), Value::Str("gpt2".into())),
+            ("tokenizer.ggml.pre".to_string(), Value::Str(pre.into())),
+            ("tokenizer.ggml.tokens".to_string(), Value::Array(tokens)),
+            ("tokenizer.ggml.token_type".to_string(), Value::Array(types)),
+            ("tokenizer.ggml.merges".to_string(), Value::Array(merges)),
+        ];
+        match self.start.as_slice() {
+            [] => kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(false))),
+            [bos] => {
+                kv.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(*bos)));
+                kv.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)));
+            }
+            more => return Err(refuse(format!("it puts {} tokens before a sequence; GGUF says one start token or none", more.len()))),
+        }
+        if let Some(eos) = self.eos {
+            kv.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(eos)));
+        }
+        if let Some(template) = self.hf_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|t| t.as_str()) {
+            kv.push(("tokenizer.chat_template".into(), Value::Str(template.into())));
+        }
+        Ok(kv)
+    }
+}
+
+/// The `tokenizer.ggml.pre` name of a tokenizer.json pre-tokenizer, where llama.cpp has one
+/// that splits the same way: GPT-2's byte-level regex, SmolLM2's digits apart before it, Llama
+/// 3's and Qwen2's split regexes before a byte-level mapping.
+fn gguf_pre_of(pre: &serde_json::Value) -> Option<&'static str> {
+    let byte_level = |p: &serde_json::Value, regex: bool| p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex;
+    if byte_level(pre, true) {
+        return Some("gpt2");
+    }
+    match pre["pretokenizers"].as_array()?.as_slice() {
+        [digits, bl] if digits["type"] == "Digits" && digits["individual_digits"] == true && byte_level(bl, true) => Some("smollm"),
+        [split, bl] if split["type"] == "Split" && split["behavior"] == "Isolated" && split["invert"] == false && byte_level(bl, false) => {
+            match split["pattern"]["Regex"].as_str()? {
+                LLAMA3_SPLIT => Some(LLAMA3_PRES[0]),
+                QWEN2_SPLIT => Some(QWEN2_PRES[0]),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// A `tokenizer_config.json` as a JSON object; None when there is none.
@@ -354,8 +478,9 @@ pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\
 
 /// The names llama.cpp gives Llama 3's pre-tokenizer.
 const LLAMA3_PRES: [&str; 3] = ["llama-bpe", "llama3", "llama-v3"];
-/// The names llama.cpp gives Qwen2's (DeepSeek-R1's distillations into Qwen keep it).
-const QWEN2_PRES: [&str; 2] = ["qwen2", "deepseek-r1-qwen"];
+/// The names llama.cpp splits as Qwen2 (DeepSeek-R1's distillations into Qwen, KORMo, F2LLM v2
+/// and Megrez share the split; those whose decoding differs too are left out).
+const QWEN2_PRES: [&str; 5] = ["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"];
 
 /// `tokenizer.ggml.pre`, where the file names one.
 fn gguf_pre<'m>(meta: &'m GgufMeta, file: &str) -> Result<Option<&'m str>> {

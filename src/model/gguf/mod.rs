@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub mod convert;
 pub mod export;
 mod iq_grids;
 mod iquant;
@@ -408,49 +409,52 @@ impl GgufFile {
     }
 }
 
+/// GGUF names of the tensors outside the layers, with their canonical names.
+const FIXED_NAMES: [(&str, &str); 3] = [("token_embd.weight", "embed"), ("output_norm.weight", "final_norm.weight"), ("output.weight", "lm_head")];
+
+/// GGUF names of a layer's tensors after `blk.{i}.`, with their canonical names after
+/// `layers.{i}.`. The biases are Qwen2's on the query, key and value projections, the only ones
+/// this reader takes (llama.cpp also reads optional biases on a llama's projections and a
+/// qwen2's `output.bias`, which no converter of these models writes: refused, named).
+const LAYER_NAMES: [(&str, &str); 12] = [
+    ("attn_norm.weight", "attn_norm.weight"),
+    ("attn_q.weight", "wq"),
+    ("attn_k.weight", "wk"),
+    ("attn_v.weight", "wv"),
+    ("attn_output.weight", "wo"),
+    ("ffn_norm.weight", "mlp_norm.weight"),
+    ("ffn_gate.weight", "w_gate"),
+    ("ffn_up.weight", "w_up"),
+    ("ffn_down.weight", "w_down"),
+    ("attn_q.bias", "bq"),
+    ("attn_k.bias", "bk"),
+    ("attn_v.bias", "bv"),
+];
+
 /// The canonical name of a GGUF tensor of a llama or qwen2 model (see the table in `model`).
 pub fn canonical_name(gguf: &str) -> Option<String> {
-    // Qwen2's biases on the query, key and value projections: the only biases either
-    // architecture has.
-    if let Some(base) = gguf.strip_suffix(".bias") {
-        let (idx, field) = layer_field(base)?;
-        let field = match field {
-            "attn_q" => "bq",
-            "attn_k" => "bk",
-            "attn_v" => "bv",
-            _ => return None,
-        };
-        return Some(format!("layers.{idx}.{field}"));
+    if let Some((_, canonical)) = FIXED_NAMES.iter().find(|(g, _)| *g == gguf) {
+        return Some(canonical.to_string());
     }
-    let base = gguf.strip_suffix(".weight")?;
-    let fixed = match base {
-        "token_embd" => Some("embed"),
-        "output_norm" => Some("final_norm.weight"),
-        "output" => Some("lm_head"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.into());
-    }
-    let (idx, field) = layer_field(base)?;
-    let field = match field {
-        "attn_norm" => "attn_norm.weight",
-        "attn_q" => "wq",
-        "attn_k" => "wk",
-        "attn_v" => "wv",
-        "attn_output" => "wo",
-        "ffn_norm" => "mlp_norm.weight",
-        "ffn_gate" => "w_gate",
-        "ffn_up" => "w_up",
-        "ffn_down" => "w_down",
-        _ => return None,
-    };
-    Some(format!("layers.{idx}.{field}"))
+    let (idx, field) = layer_field(gguf.strip_prefix("blk.")?)?;
+    let (_, canonical) = LAYER_NAMES.iter().find(|(g, _)| *g == field)?;
+    Some(format!("layers.{idx}.{canonical}"))
 }
 
-/// `blk.{i}.{field}` split into the layer and the field.
-fn layer_field(base: &str) -> Option<(usize, &str)> {
-    let (idx, field) = base.strip_prefix("blk.")?.split_once('.')?;
+/// The GGUF name of a canonical tensor name of a llama or qwen2 model: [`canonical_name`]'s
+/// inverse.
+pub fn gguf_name(canonical: &str) -> Option<String> {
+    if let Some((gguf, _)) = FIXED_NAMES.iter().find(|(_, c)| *c == canonical) {
+        return Some(gguf.to_string());
+    }
+    let (idx, field) = layer_field(canonical.strip_prefix("layers.")?)?;
+    let (gguf, _) = LAYER_NAMES.iter().find(|(_, c)| *c == field)?;
+    Some(format!("blk.{idx}.{gguf}"))
+}
+
+/// `{i}.{field}` split into the layer and the field.
+fn layer_field(rest: &str) -> Option<(usize, &str)> {
+    let (idx, field) = rest.split_once('.')?;
     // Plain decimal as llama.cpp writes it: `parse` would also take "01" and "+1", and two
     // spellings of one layer would then fill one slot, the later silently winning (names are
     // otherwise unique: a name found twice is refused when the file is read).
@@ -471,6 +475,13 @@ pub fn gguf_config(meta: &GgufMeta, file: &str) -> Result<Config> {
         _ => return Err(model_err(file, format!("general.architecture is '{arch}'; only 'llama' and 'qwen2' GGUF models are supported"))),
     };
     let k = |key: &str| format!("{arch}.{key}");
+    // An embedding model (Qwen2's GTE and the like): its output is a pooled vector, not logits.
+    if meta.get(&k("pooling_type")).is_some() {
+        return Err(model_err(file, format!("{} is set: an embedding model, whose output is a pooled vector rather than the next token's logits this program edits", k("pooling_type"))));
+    }
+    if qwen2 && meta.tensor(ROPE_FREQS).is_some() {
+        return Err(model_err(file, format!("tensor '{ROPE_FREQS}' in a qwen2 model, where llama.cpp does not read it")));
+    }
     let hidden = meta.usize(&k("embedding_length"), file)?;
     let n_layers = meta.usize(&k("block_count"), file)?;
     let n_heads = meta.usize(&k("attention.head_count"), file)?;
