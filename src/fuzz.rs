@@ -393,22 +393,11 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
     }
     let strs = |v: &[String]| Value::Array(v.iter().map(|s| Value::Str(s.clone())).collect());
     let mut rng = StdRng::seed_from_u64(41);
-    // A model with q/k/v biases is a qwen2 to llama.cpp. The rows are written as they are: the
-    // file reads back rotating the pairs its architecture implies (a llama's adjacent, a
-    // qwen2's halves), whatever the model rotated.
-    let arch = if c.qkv_bias { "qwen2" } else { "llama" };
-    let key = |k: &str| format!("{arch}.{k}");
+    // The rows are written as they are: the file reads back rotating the pairs its
+    // architecture implies (a llama's adjacent, a qwen2's halves), whatever the model rotated.
     let mut g = GgufWriter::default();
-    g.kv("general.architecture", Value::Str(arch.into()))
-        .kv(&key("embedding_length"), Value::U32(c.hidden as u32))
-        .kv(&key("block_count"), Value::U32(c.n_layers as u32))
-        .kv(&key("attention.head_count"), Value::U32(c.n_heads as u32))
-        .kv(&key("attention.head_count_kv"), Value::U32(c.n_kv_heads as u32))
-        .kv(&key("feed_forward_length"), Value::U32(c.ffn_hidden as u32))
-        .kv(&key("attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps))
-        .kv(&key("rope.freq_base"), Value::F32(c.rope_theta))
-        .kv(&key("context_length"), Value::U64(c.max_seq_len as u64))
-        .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+    crate::model::gguf::convert::model_keys(&mut g, c);
+    g        .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
         .kv("tokenizer.ggml.pre", Value::Str(if c.qkv_bias { "qwen2" } else { "smollm" }.into()))
         .kv("tokenizer.ggml.tokens", strs(&tokens))
         .kv("tokenizer.ggml.merges", strs(&["h e".into(), "Ġ t".into()]))
@@ -419,26 +408,6 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
             .kv("tokenizer.ggml.scores", Value::Array((0..tokens.len()).map(|i| Value::F32(-(i as f32))).collect()))
             .kv("tokenizer.ggml.token_type", Value::Array((0..tokens.len()).map(|i| Value::I32(if i == 0 { 3 } else { 1 })).collect()))
             .kv("tokenizer.ggml.bos_token_id", Value::U32(0));
-    }
-    if c.head_dim * c.n_heads != c.hidden {
-        g.kv(&key("attention.key_length"), Value::U32(c.head_dim as u32)).kv(&key("attention.value_length"), Value::U32(c.head_dim as u32));
-    }
-    // RoPE scaling as llama.cpp's converter writes it: linear as keys, any other rule as the
-    // divisors of its frequencies.
-    match &c.rope_scaling {
-        RopeScaling::None => {}
-        RopeScaling::Linear { factor } => {
-            g.kv(&key("rope.scaling.type"), Value::Str("linear".into())).kv(&key("rope.scaling.factor"), Value::F32(*factor as f32));
-        }
-        _ => {
-            // Given divisors as they are, damaged ones included (the tests write those).
-            let divisors = match &c.rope_scaling {
-                RopeScaling::Divisors(d) => d.clone(),
-                _ => c.rope_divisors(),
-            };
-            let data = divisors.iter().flat_map(|d| d.to_le_bytes()).collect();
-            g.tensors.push(GgufTensor { name: crate::model::gguf::ROPE_FREQS.into(), dims: vec![divisors.len()], type_id: GgmlType::F32.id(), data });
-        }
     }
     for (name, t) in &w.tensors {
         let gguf = crate::model::gguf::gguf_name(name).ok_or_else(|| Error::Edit(format!("tiny_gguf: tensor {name}")))?;

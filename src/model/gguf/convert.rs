@@ -17,7 +17,7 @@ use super::write::GgufWriter;
 use super::{gguf_name, Value, ROPE_FREQS};
 use crate::error::{Error, Result};
 use crate::model::safetensors::permute_rope_rows;
-use crate::model::{Arch, HostTensor, RopeScaling, RopeStyle, Tok, Weights};
+use crate::model::{Arch, Config, HostTensor, RopeScaling, RopeStyle, Tok, Weights};
 use std::path::Path;
 
 /// What [`write_new`] wrote.
@@ -46,6 +46,41 @@ fn file_type(ty: GgmlType) -> Option<u32> {
     }
 }
 
+/// The architecture and its keys for the model `c` (`llama`, or `qwen2` where it has q/k/v
+/// biases) as the converter writes them, RoPE scaling included: linear as keys, any other rule
+/// as the divisors of its frequencies (given divisors as they are, so that tests can write
+/// damaged ones). Returns the architecture.
+pub fn model_keys(g: &mut GgufWriter, c: &Config) -> &'static str {
+    let arch = if c.qkv_bias { "qwen2" } else { "llama" };
+    let k = |key: &str| format!("{arch}.{key}");
+    g.kv("general.architecture", Value::Str(arch.into()))
+        .kv(&k("context_length"), Value::U32(c.max_seq_len as u32))
+        .kv(&k("embedding_length"), Value::U32(c.hidden as u32))
+        .kv(&k("block_count"), Value::U32(c.n_layers as u32))
+        .kv(&k("feed_forward_length"), Value::U32(c.ffn_hidden as u32))
+        .kv(&k("attention.head_count"), Value::U32(c.n_heads as u32))
+        .kv(&k("attention.head_count_kv"), Value::U32(c.n_kv_heads as u32))
+        .kv(&k("rope.freq_base"), Value::F32(c.rope_theta))
+        .kv(&k("attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps));
+    if c.head_dim * c.n_heads != c.hidden {
+        g.kv(&k("attention.key_length"), Value::U32(c.head_dim as u32)).kv(&k("attention.value_length"), Value::U32(c.head_dim as u32));
+    }
+    match &c.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            g.kv(&k("rope.scaling.type"), Value::Str("linear".into())).kv(&k("rope.scaling.factor"), Value::F32(*factor as f32));
+        }
+        other => {
+            let divisors = match other {
+                RopeScaling::Divisors(d) => d.clone(),
+                _ => c.rope_divisors(),
+            };
+            g.tensor(ROPE_FREQS, &[divisors.len()], GgmlType::F32, divisors.iter().flat_map(|d| d.to_le_bytes()).collect());
+        }
+    }
+    arch
+}
+
 /// Writes `w` with its tokenizer `tok` to `out` as one GGUF named `name`, its matrices in
 /// `ty`; `out` is written whole or not at all.
 pub fn write_new(w: &Weights, tok: &Tok, ty: GgmlType, name: &str, out: &Path) -> Result<Written> {
@@ -56,39 +91,18 @@ pub fn write_new(w: &Weights, tok: &Tok, ty: GgmlType, name: &str, out: &Path) -
     let Some(ftype) = file_type(ty) else {
         return Err(refuse(out, format!("{ty:?}: a new GGUF is written in f32, f16, bf16 or q8_0 (llama.cpp's llama-quantize makes the K-quant mixes from it)")));
     };
-    // A model with q/k/v biases is a qwen2 to llama.cpp.
-    let (arch, style) = if c.qkv_bias { ("qwen2", RopeStyle::Half) } else { ("llama", RopeStyle::Adjacent) };
-    let k = |key: &str| format!("{arch}.{key}");
+    // A model with q/k/v biases is a qwen2 to llama.cpp, whose rows it rotates by halves.
+    let style = if c.qkv_bias { RopeStyle::Half } else { RopeStyle::Adjacent };
+    if c.qkv_bias && !matches!(c.rope_scaling, RopeScaling::None | RopeScaling::Linear { .. }) {
+        return Err(refuse(out, format!("a qwen2 with RoPE scaling {:?}: llama.cpp reads per-frequency divisors for a llama only", c.rope_scaling)));
+    }
     let mut g = GgufWriter::default();
-    g.kv("general.architecture", Value::Str(arch.into()))
-        .kv("general.name", Value::Str(name.into()))
+    let arch = model_keys(&mut g, c);
+    g.kv("general.name", Value::Str(name.into()))
         .kv("general.file_type", Value::U32(ftype))
         .kv("general.quantization_version", Value::U32(2))
-        .kv(&k("vocab_size"), Value::U32(c.vocab_size as u32))
-        .kv(&k("context_length"), Value::U32(c.max_seq_len as u32))
-        .kv(&k("embedding_length"), Value::U32(c.hidden as u32))
-        .kv(&k("block_count"), Value::U32(c.n_layers as u32))
-        .kv(&k("feed_forward_length"), Value::U32(c.ffn_hidden as u32))
-        .kv(&k("attention.head_count"), Value::U32(c.n_heads as u32))
-        .kv(&k("attention.head_count_kv"), Value::U32(c.n_kv_heads as u32))
-        .kv(&k("rope.freq_base"), Value::F32(c.rope_theta))
-        .kv(&k("rope.dimension_count"), Value::U32(c.head_dim as u32))
-        .kv(&k("attention.layer_norm_rms_epsilon"), Value::F32(c.norm_eps));
-    if c.head_dim * c.n_heads != c.hidden {
-        g.kv(&k("attention.key_length"), Value::U32(c.head_dim as u32)).kv(&k("attention.value_length"), Value::U32(c.head_dim as u32));
-    }
-    match &c.rope_scaling {
-        RopeScaling::None => {}
-        RopeScaling::Linear { factor } => {
-            g.kv(&k("rope.scaling.type"), Value::Str("linear".into())).kv(&k("rope.scaling.factor"), Value::F32(*factor as f32));
-        }
-        // llama.cpp reads per-frequency divisors for a llama only.
-        _ if arch == "qwen2" => return Err(refuse(out, format!("a qwen2 with RoPE scaling {:?}: llama.cpp reads per-frequency divisors for a llama only", c.rope_scaling))),
-        _ => {
-            let divisors = c.rope_divisors();
-            g.tensor(ROPE_FREQS, &[divisors.len()], GgmlType::F32, divisors.iter().flat_map(|d| d.to_le_bytes()).collect());
-        }
-    }
+        .kv(&format!("{arch}.vocab_size"), Value::U32(c.vocab_size as u32))
+        .kv(&format!("{arch}.rope.dimension_count"), Value::U32(c.head_dim as u32));
     for (key, v) in tok.gguf_metadata(c.vocab_size)? {
         g.kv(&key, v);
     }
