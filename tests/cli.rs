@@ -190,3 +190,27 @@ fn edits_refuse_layers_the_model_does_not_have() {
     assert_eq!(changed, ["layers.1.w_down"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--save gguf` from a Hugging Face base whose tokenizer no GGUF can hold as llama.cpp reads it
+/// (a SentencePiece vocabulary, its scores in a tokenizer.model) is refused before the edit
+/// runs, not after: nothing is edited, nothing written.
+#[test]
+fn a_gguf_that_cannot_be_written_is_refused_before_the_edit() {
+    use revive::model::gguf::load_gguf_bytes;
+    use revive::model::random::random_weights;
+    use revive::model::{Config, RopeStyle, Tok};
+    let dir = std::env::temp_dir().join(format!("revive-cli-spm-{}", std::process::id()));
+    let w = random_weights(&Config { vocab_size: 259, rope_style: RopeStyle::Adjacent, ..Config::tiny_llama() }, 7);
+    let (w, meta) = load_gguf_bytes(revive::fuzz::sentencepiece_gguf(&w).unwrap(), "spm.gguf").unwrap();
+    let tok = Tok::from_gguf(&meta, "spm.gguf").unwrap();
+    revive::model::load::save(&w, &tok, &dir.join("hf"), revive::model::safetensors::SaveDtype::F32).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_revive"))
+        .args(["edit", "-m", dir.join("hf").to_str().unwrap(), "--method", "rome", "--layer", "1", "--subject", "he", "--prompt", "{} is", "--target", " t"])
+        .args(["--templates", "0", "--steps", "2", "--cov-tokens", "512", "--save", "gguf", "--out", dir.join("out").to_str().unwrap()])
+        .output()
+        .expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && stderr.contains("SentencePiece") && stderr.contains("tokenizer.json"), "{stderr}");
+    assert!(!stdout.contains("[1/1]") && !dir.join("out/model.gguf").exists(), "the edit ran: {stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

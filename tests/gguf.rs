@@ -1347,6 +1347,11 @@ fn a_llama3_vocabulary_encodes_as_its_tokenizer_does() {
     };
     let tok = build("llama-bpe");
     let gpt2 = build("gpt2");
+    // Written back as GGUF metadata, each split under the name llama.cpp knows it by (llama.cpp
+    // refuses "gpt2" for GPT-2's: its name is "gpt-2").
+    let pre_of = |t: &Tok| t.gguf_metadata(n).unwrap().into_iter().find(|(k, _)| k == "tokenizer.ggml.pre").map(|(_, v)| v);
+    assert_eq!(pre_of(&tok), Some(Value::Str("llama-bpe".into())));
+    assert_eq!(pre_of(&gpt2), Some(Value::Str("gpt-2".into())));
     // llama.cpp's default for Llama 3 (and none for GPT-2's split): a start token.
     assert_eq!(tok.start(), &[special[0] as u32]);
     assert!(gpt2.start().is_empty());
@@ -1563,6 +1568,13 @@ fn a_hugging_face_model_is_written_as_a_new_gguf() {
         let rounded: Vec<f32> = if t.shape.len() == 2 { t.data.iter().map(|&x| f16::from_f32(x).to_f32()).collect() } else { t.data.clone() };
         assert!(w.tensors[name].data == rounded, "{name} in f16");
     }
+
+    // A chat template in chat_template.jinja beside the tokenizer (newer checkpoints keep it
+    // there) reaches the GGUF.
+    std::fs::write(dir.join("qwen2-hf/chat_template.jinja"), "{% for m in messages %}{{ m['content'] }}{% endfor %}").unwrap();
+    let m = load(dir.join("qwen2-hf").to_str().unwrap()).unwrap();
+    let meta = m.tok.gguf_metadata(m.weights.config.vocab_size).unwrap();
+    assert!(meta.iter().any(|(k, v)| k == "tokenizer.chat_template" && *v == Value::Str("{% for m in messages %}{{ m['content'] }}{% endfor %}".into())));
 
     // Refused: GPT-2, a SentencePiece vocabulary.
     let m = load(base.to_str().unwrap()).unwrap();

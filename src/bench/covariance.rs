@@ -32,7 +32,7 @@ pub struct CovarianceReport {
 /// Checkpoints 1024, 2048, 4096, … up to `n_max` (always included), over the WordNet corpus
 /// in the order the cached statistics use.
 pub fn run(model: &GpuModel, tok: &Tok, layer: usize, n_max: usize, progress: bool) -> Result<CovarianceReport> {
-    let seqs = corpus::wordnet_sequences(tok, n_max)?;
+    let seqs = corpus::wordnet_sequences(tok, n_max, model.config.max_seq_len)?;
     let batch_tokens = 1024;
     let mut checkpoints: Vec<usize> = std::iter::successors(Some(batch_tokens), |n| Some(n * 2)).take_while(|&n| n < n_max).collect();
     checkpoints.push(n_max);
@@ -57,7 +57,7 @@ pub fn run(model: &GpuModel, tok: &Tok, layer: usize, n_max: usize, progress: bo
     bar.finish_and_clear();
     let last = snaps.last().expect("at least one snapshot").clone();
     let rows = snaps.iter().map(|s| ConvergenceRow { tokens: s.tokens, rel_diff: s.rel_diff(&last), mean_diag: s.mean_diag() }).collect();
-    Ok(CovarianceReport { layer, dim: last.dim, seq_len: corpus::SEQ_LEN, rows, secs_per_1k: secs * 1000.0 / last.tokens as f64 })
+    Ok(CovarianceReport { layer, dim: last.dim, seq_len: corpus::SEQ_LEN.min(model.config.max_seq_len), rows, secs_per_1k: secs * 1000.0 / last.tokens as f64 })
 }
 
 pub fn table(label: &str, model_name: &str, r: &CovarianceReport) -> String {

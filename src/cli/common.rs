@@ -45,9 +45,17 @@ pub(super) fn make_guard(gm: &GpuModel, layer: usize, rule: revive::edit::guard:
     Ok(g)
 }
 
-/// The model on the GPU with C0 of the edited layer, factorised.
-pub(super) fn edit_setup(choice: BackendChoice, model: &str, hp: &revive::edit::hparams::RomeHparams, hp_given: bool) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
+/// The model on the GPU with C0 of the edited layer, factorised; `check` sees the model first.
+pub(super) fn edit_setup(
+    choice: BackendChoice,
+    model: &str,
+    hp: &revive::edit::hparams::RomeHparams,
+    hp_given: bool,
+    check: impl FnOnce(&revive::model::load::LoadedModel) -> Result<()>,
+) -> Result<(revive::model::load::LoadedModel, Gpu, GpuModel, revive::edit::rome::CovSolver, f64)> {
     let m = load(model)?;
+    // What would refuse the result (the GGUF to write), before any work.
+    check(&m)?;
     let gpu = Gpu::new(choice)?;
     revive::edit::hparams::check_layers("ROME", &[hp.layer], m.weights.config.n_layers)?;
     note_shipped_hparams(&m.weights.config, hp_given);

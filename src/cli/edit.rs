@@ -147,7 +147,13 @@ pub(super) fn run(choice: BackendChoice, a: EditArgs) -> Result<()> {
     let hp = a.hp.resolve_with(a.layers.clone())?;
     let targets_through = a.revive.through_guard(false)?;
     let start = std::time::Instant::now();
-    let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp, a.hp.hparams.is_some())?;
+    let (m, gpu, gm, cov, covariance_seconds) = edit_setup(choice, &a.model, &hp, a.hp.hparams.is_some(), |m| {
+        if save == Save::Gguf && gguf_base.is_none() {
+            // What the new GGUF would refuse, refused before the edits run.
+            revive::model::gguf::convert::check_new(&m.weights.config, &m.tok, a.dtype.unwrap_or(Dtype::F32).into(), &a.out.join("model.gguf"))?;
+        }
+        Ok(())
+    })?;
     let n = requests.len();
     let guard = a.revive.rule().map(|rule| make_guard(&gm, hp.layer, rule, &a.revive.svd())).transpose()?;
     let done = std::cell::Cell::new(0);

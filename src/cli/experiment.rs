@@ -494,7 +494,7 @@ fn print_checkpoint(c: &Checkpoint) {
 fn run_arm(choice: BackendChoice, a: &Args, arm: &Arm, requests: &[revive::edit::request::EditRequest], known: Vec<revive::eval::retention::Fact>, deadline: Option<Instant>) -> Result<bool> {
     let dir = a.out().join(&arm.name);
     let new = (!Session::config_path(&dir).exists()).then(|| new_session(a, arm, requests));
-    with_session(choice, &dir, new, (None, a.batch_metrics.scope()), |session, gm, tok, measure, _, base| {
+    with_session(choice, &dir, new, (None, a.batch_metrics.scope()), |_| Ok(()), |session, gm, tok, measure, _, base| {
         super::session::bound_updates(session, a.max_update);
         let m = measures(a, &dir, session, gm, tok, base, known)?;
         let per_ckpt = a.every / a.batch;
@@ -530,7 +530,7 @@ fn dry_run(choice: BackendChoice, a: &Args, plan: &Plan, arms: &[Arm], arm: &Arm
     let t = Instant::now();
     // The first batch and checkpoint of a process build (compile) the kernels they are the
     // first to run: once per arm, not per batch, so they count with the setup.
-    let (stats, batch_s, ckpt_s, built, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), (None, a.batch_metrics.scope()), |session, gm, tok, measure, stats, base| {
+    let (stats, batch_s, ckpt_s, built, model_bytes) = with_session(choice, &dir, Some(new_session(a, arm, first)), (None, a.batch_metrics.scope()), |_| Ok(()), |session, gm, tok, measure, stats, base| {
         let m = measures(a, &dir, session, gm, tok, base, known)?;
         let work = gm.gpu().runtime_stats();
         let t0 = Instant::now();

@@ -145,7 +145,14 @@ pub(super) fn run(choice: BackendChoice, dir: &Path, new: Option<NewSession>, (s
         // A retry resumes what the first attempt wrote; one lost before it wrote the session
         // starts it again.
         let new = if attempt > 0 && Session::config_path(dir).exists() { None } else { new.clone() };
-        with_session(choice, dir, new, (known, scope), |session, gm, tok, measure, _, _| {
+        // What the new GGUF would refuse, refused before the batches run.
+        let check = |m: &revive::model::load::LoadedModel| -> Result<()> {
+            if save == Save::Gguf && base.is_none() {
+                revive::model::gguf::convert::check_new(&m.weights.config, &m.tok, dtype.into(), &dir.join("model.gguf"))?;
+            }
+            Ok(())
+        };
+        with_session(choice, dir, new, (known, scope), check, |session, gm, tok, measure, _, _| {
             bound_updates(session, max_update);
             let total = session.batches_total();
             session.run(gm, tok, measure, &RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;
@@ -168,12 +175,15 @@ pub(super) fn bound_updates(session: &mut Session, max_update: Option<f64>) {
 
 /// Opens the session in `dir` (new or resumed), replays its journal, and hands it to `body`
 /// with the model, the tokenizer, the metrics, the seconds the statistics (C0) took and the
-/// base weights as loaded (the model itself holds the replayed edits).
+/// base weights as loaded (the model itself holds the replayed edits). `check` sees the model
+/// as loaded, before anything is computed or a new session written, to refuse early what the
+/// end would refuse.
 pub(super) fn with_session<R>(
     choice: BackendChoice,
     dir: &Path,
     new: Option<NewSession>,
     (known, scope): (Option<&Path>, BatchScope),
+    check: impl Fn(&revive::model::load::LoadedModel) -> Result<()>,
     body: impl FnOnce(&mut Session, &mut GpuModel, &revive::model::Tok, &mut BatchMetrics, f64, &revive::model::Weights) -> Result<R>,
 ) -> Result<R> {
     let gpu = Gpu::new(choice)?;
@@ -187,6 +197,7 @@ pub(super) fn with_session<R>(
         Some(s) => {
             let spec = spec_of(&s)?;
             let m = load(&s.model)?;
+            check(&m)?;
             super::common::note_shipped_hparams(&m.weights.config, s.hp.hparams.is_some());
             let gm = GpuModel::new(&gpu, &m.weights)?;
             let config = Session::config_for(&gm, &m.tok, &s.model, spec, &s.requests, s.batch, s.revive, s.svd_tol, s.max_update_ratio)?
@@ -198,6 +209,7 @@ pub(super) fn with_session<R>(
         None => {
             let (config, requests) = Session::read_config(dir)?;
             let m = load(&config.model)?;
+            check(&m)?;
             (config, requests, m)
         }
     };

@@ -75,8 +75,10 @@ pub fn sequences(tok: &Tok, text: &str, seq_len: usize, seed: Option<u64>, max_t
 }
 
 /// The WordNet corpus with the defaults the cached statistics use.
-pub fn wordnet_sequences(tok: &Tok, max_tokens: usize) -> Result<Vec<Vec<u32>>> {
-    sequences(tok, WORDNET, SEQ_LEN, Some(SEED), max_tokens)
+pub fn wordnet_sequences(tok: &Tok, max_tokens: usize, context: usize) -> Result<Vec<Vec<u32>>> {
+    // A model with a context shorter than SEQ_LEN (a tiny test model) takes shorter sequences;
+    // every real model's is longer, so its cached statistics stay keyed as they were.
+    sequences(tok, WORDNET, SEQ_LEN.min(context), Some(SEED), max_tokens)
 }
 
 #[cfg(test)]
@@ -89,6 +91,17 @@ mod tests {
         assert_eq!(l.len(), WORDNET.lines().count(), "no empty lines");
         assert!(l.len() > 20_000, "{} lines", l.len());
         assert!(l.iter().all(|s| !s.contains('|') && s.trim() == *s), "a line keeps WordNet's pointer fields or blanks");
+    }
+
+    /// A model whose context is shorter than SEQ_LEN gets sequences that fit it (its C0 pass
+    /// failed on the first sequence before); a longer context keeps SEQ_LEN.
+    #[test]
+    fn sequences_fit_a_short_context() {
+        let tok = Tok::word_level(&["<unk>", "a", "the", "of"]).unwrap();
+        for (context, want) in [(64, 64), (100_000, SEQ_LEN)] {
+            let seqs = wordnet_sequences(&tok, 2000, context).unwrap();
+            assert!(seqs.iter().all(|s| s.len() <= want) && seqs.iter().any(|s| s.len() == want), "context {context}");
+        }
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub fn cached_second_moment(
 /// C0 of `layer` over `tokens` tokens of the WordNet corpus, cached under
 /// `cache_dir()/stats/`. The entry point for ROME, MEMIT and AlphaEdit.
 pub fn layer_second_moment(model: &GpuModel, tok: &Tok, layer: usize, tokens: usize, progress: bool) -> Result<SecondMoment> {
-    let seqs = corpus::wordnet_sequences(tok, tokens)?;
+    let seqs = corpus::wordnet_sequences(tok, tokens, model.config.max_seq_len)?;
     let got: usize = seqs.iter().map(Vec::len).sum();
     if got < tokens {
         log::warn!("the corpus has {got} tokens, fewer than the {tokens} asked for C0 of layer {layer}");
@@ -201,7 +201,7 @@ pub fn layer_second_moment(model: &GpuModel, tok: &Tok, layer: usize, tokens: us
 /// several layers): every layer's file is looked up in the cache, and the missing ones are
 /// computed together from one pass over the corpus (one forward up to the highest of them).
 pub fn layers_second_moment(model: &GpuModel, tok: &Tok, layers: &[usize], tokens: usize, progress: bool) -> Result<Vec<SecondMoment>> {
-    let seqs = corpus::wordnet_sequences(tok, tokens)?;
+    let seqs = corpus::wordnet_sequences(tok, tokens, model.config.max_seq_len)?;
     let dir = cov_cache::stats_dir();
     let mut keys = vec![];
     let mut found: Vec<Option<SecondMoment>> = vec![];

@@ -173,7 +173,13 @@ impl Tok {
         let vocab_size = inner.get_vocab_size(true);
         let cfg_path = path.with_file_name("tokenizer_config.json");
         let cfg_file = cfg_path.display().to_string();
-        let hf_config = read_tokenizer_config(&cfg_path)?;
+        let mut hf_config = read_tokenizer_config(&cfg_path)?;
+        // Newer checkpoints keep the chat template beside the config, in chat_template.jinja.
+        let jinja = path.with_file_name("chat_template.jinja");
+        if hf_config.as_ref().is_none_or(|c| !c.contains_key("chat_template")) && jinja.is_file() {
+            let template = std::fs::read_to_string(&jinja).map_err(|e| err(&jinja.display().to_string(), format!("cannot read: {e}")))?;
+            hf_config.get_or_insert_default().insert("chat_template".into(), serde_json::Value::String(template));
+        }
         let (eos, start) = match &hf_config {
             Some(cfg) => (token_of_config(cfg, "eos_token", &cfg_file, &inner)?, start_of_tokenizer_config(cfg, &cfg_file, &inner)?),
             None => (None, None),
@@ -358,7 +364,7 @@ impl Tok {
         if !(spec["normalizer"].is_null() || spec["normalizer"]["type"] == "NFC") {
             return Err(refuse(format!("its normaliser {} (llama.cpp applies none)", spec["normalizer"])));
         }
-        let pre = gguf_pre_of(&spec["pre_tokenizer"]).ok_or_else(|| refuse(format!("its pre-tokenizer {} is none of the splits llama.cpp names (gpt2, smollm, llama-bpe, qwen2)", spec["pre_tokenizer"])))?;
+        let pre = gguf_pre_of(&spec["pre_tokenizer"]).ok_or_else(|| refuse(format!("its pre-tokenizer {} is none of the splits llama.cpp names (gpt-2, smollm, llama-bpe, qwen2)", spec["pre_tokenizer"])))?;
         // llama.cpp takes a pre-token that is a piece whole for Llama 3 only.
         if (model["ignore_merges"] == true) != LLAMA3_PRES.contains(&pre) {
             return Err(refuse(format!("ignore_merges is {} with the split '{pre}'", model["ignore_merges"])));
@@ -383,6 +389,7 @@ impl Tok {
                 Some(p) => {
                     let ty = match special.get(&(id as u32)) {
                         Some(true) => TOKEN_CONTROL as i32,
+                        Some(false) if looks_special(p) => TOKEN_CONTROL as i32,
                         Some(false) => TOKEN_USER_DEFINED as i32,
                         // The converter's padding, read from a GGUF and saved: unused again.
                         None if *p == format!("[PAD{id}]") => UNUSED,
@@ -408,6 +415,11 @@ impl Tok {
             })
             .unwrap_or(Some(vec![]))
             .ok_or_else(|| refuse("its merges are neither \"a b\" strings nor pairs".into()))?;
+        // llama.cpp checks an array's element type even when it is empty, which an empty
+        // array here cannot state.
+        if merges.is_empty() {
+            return Err(refuse("it has no merges".into()));
+        }
         let mut kv = vec![
             ("tokenizer.ggml.model".to_string(), Value::Str("gpt2".into())),
             ("tokenizer.ggml.pre".to_string(), Value::Str(pre.into())),
@@ -433,13 +445,24 @@ impl Tok {
     }
 }
 
+/// Added tokens a model marks as not special that llama.cpp's converter writes as control
+/// tokens all the same (`does_token_look_special`: Qwen2.5's `<|fim_prefix|>`, DeepSeek's
+/// `<｜…｜>`, Gemma's `<unused…>`), so that llama.cpp neither matches them in text nor prints them.
+fn looks_special(piece: &str) -> bool {
+    matches!(piece, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
+        || (piece.starts_with("<|") && piece.ends_with("|>"))
+        || (piece.starts_with("<｜") && piece.ends_with("｜>"))
+        || (piece.starts_with("<unused") && piece.ends_with('>'))
+}
+
 /// The `tokenizer.ggml.pre` name of a tokenizer.json pre-tokenizer, where llama.cpp has one
 /// that splits the same way: GPT-2's byte-level regex, SmolLM2's digits apart before it, Llama
 /// 3's and Qwen2's split regexes before a byte-level mapping.
 fn gguf_pre_of(pre: &serde_json::Value) -> Option<&'static str> {
     let byte_level = |p: &serde_json::Value, regex: bool| p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == regex;
     if byte_level(pre, true) {
-        return Some("gpt2");
+        // llama.cpp's name for GPT-2's split (it refuses "gpt2").
+        return Some("gpt-2");
     }
     match pre["pretokenizers"].as_array()?.as_slice() {
         [digits, bl] if digits["type"] == "Digits" && digits["individual_digits"] == true && byte_level(bl, true) => Some("smollm"),
@@ -478,9 +501,9 @@ pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\
 
 /// The names llama.cpp gives Llama 3's pre-tokenizer.
 const LLAMA3_PRES: [&str; 3] = ["llama-bpe", "llama3", "llama-v3"];
-/// The names llama.cpp splits as Qwen2 (DeepSeek-R1's distillations into Qwen, KORMo, F2LLM v2
-/// and Megrez share the split; those whose decoding differs too are left out).
-const QWEN2_PRES: [&str; 5] = ["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"];
+/// The names llama.cpp splits and decodes as Qwen2 (DeepSeek-R1's distillations into Qwen,
+/// KORMo, F2LLM v2; those that share the split but clean spaces when decoding are left out).
+const QWEN2_PRES: [&str; 4] = ["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"];
 
 /// `tokenizer.ggml.pre`, where the file names one.
 fn gguf_pre<'m>(meta: &'m GgufMeta, file: &str) -> Result<Option<&'m str>> {
@@ -678,4 +701,21 @@ fn token_of_config(cfg: &serde_json::Map<String, serde_json::Value>, key: &str, 
         Some(other) => other["content"].as_str().ok_or_else(|| err(file, format!("{key} is {other}, neither a token nor an added token's record")))?,
     };
     inner.token_to_id(name).map(Some).ok_or_else(|| err(file, format!("{key} '{name}' is not a token of tokenizer.json")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_special;
+
+    /// The added tokens llama.cpp's converter writes as control tokens though not marked
+    /// special, and ones it does not.
+    #[test]
+    fn tokens_that_look_special_are_control_tokens() {
+        for p in ["<|fim_prefix|>", "<|file_sep|>", "<｜begin▁of▁sentence｜>", "<unused12>", "<pad>", "<mask>", "<2mass>", "[@BOS@]"] {
+            assert!(looks_special(p), "{p}");
+        }
+        for p in ["<|fim", "fim|>", "<unused", "<pad", "hello", "<|>", "<s>"] {
+            assert_eq!(looks_special(p), p == "<|>", "{p}");
+        }
+    }
 }

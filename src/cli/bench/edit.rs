@@ -63,7 +63,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let requests = &requests[..a.limit.unwrap_or(requests.len()).min(requests.len())];
     let known = revive::eval::retention::load_facts(&a.known)?;
     let hp = a.hp.resolve()?;
-    let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &a.model, &hp, a.hp.hparams.is_some())?;
+    let (m, gpu, gm, cov, cov_seconds) = edit_setup(choice, &a.model, &hp, a.hp.hparams.is_some(), |_| Ok(()))?;
     let rule = a.revive.rule();
     let opts = a.revive.svd();
     // The guard doubles as the original's top-k basis for the diagnostics.
@@ -188,7 +188,7 @@ fn run_batch(choice: BackendChoice, a: Args) -> Result<()> {
         };
         spec_of(&new)?;
         println!("== {name} ==");
-        let b = with_session(choice, &dir, Some(new), (Some(&a.known), Default::default()), |session, gm, tok, measure, stats, _| {
+        let b = with_session(choice, &dir, Some(new), (Some(&a.known), Default::default()), |_| Ok(()), |session, gm, tok, measure, stats, _| {
             let forward = revive::bench::edit::forward_pass_seconds(gm, tok, &session.requests[0].full_prompt())?;
             let total = session.batches_total();
             session.run(gm, tok, measure, &revive::edit::session::RunOptions { progress: true, max_batches: None }, |b| print_batch(b.header, b.after, b.seconds, total))?;

@@ -81,21 +81,30 @@ pub fn model_keys(g: &mut GgufWriter, c: &Config) -> &'static str {
     arch
 }
 
+/// What [`write_new`] refuses, checked before any work whose result it would write (an edit
+/// saved with `--save gguf`), so that nothing is computed only to be refused at the end;
+/// returns the tokenizer's metadata.
+pub fn check_new(c: &Config, tok: &Tok, ty: GgmlType, out: &Path) -> Result<Vec<(String, Value)>> {
+    if c.arch != Arch::Llama {
+        return Err(refuse(out, "a GPT-2 model is another GGUF architecture, which this program does not write: save it as a Hugging Face directory (--save full) and convert that with llama.cpp's convert_hf_to_gguf.py"));
+    }
+    if file_type(ty).is_none() {
+        return Err(refuse(out, format!("{ty:?}: a new GGUF is written in f32, f16, bf16 or q8_0 (llama.cpp's llama-quantize makes the K-quant mixes from it)")));
+    }
+    if c.qkv_bias && !matches!(c.rope_scaling, RopeScaling::None | RopeScaling::Linear { .. }) {
+        return Err(refuse(out, format!("a qwen2 with RoPE scaling {:?}: llama.cpp reads per-frequency divisors for a llama only", c.rope_scaling)));
+    }
+    tok.gguf_metadata(c.vocab_size)
+}
+
 /// Writes `w` with its tokenizer `tok` to `out` as one GGUF named `name`, its matrices in
 /// `ty`; `out` is written whole or not at all.
 pub fn write_new(w: &Weights, tok: &Tok, ty: GgmlType, name: &str, out: &Path) -> Result<Written> {
     let c = &w.config;
-    if c.arch != Arch::Llama {
-        return Err(refuse(out, "a GPT-2 model is another GGUF architecture, which this program does not write: save it as a Hugging Face directory (--save full) and convert that with llama.cpp's convert_hf_to_gguf.py"));
-    }
-    let Some(ftype) = file_type(ty) else {
-        return Err(refuse(out, format!("{ty:?}: a new GGUF is written in f32, f16, bf16 or q8_0 (llama.cpp's llama-quantize makes the K-quant mixes from it)")));
-    };
+    let tokenizer = check_new(c, tok, ty, out)?;
+    let ftype = file_type(ty).expect("checked");
     // A model with q/k/v biases is a qwen2 to llama.cpp, whose rows it rotates by halves.
     let style = if c.qkv_bias { RopeStyle::Half } else { RopeStyle::Adjacent };
-    if c.qkv_bias && !matches!(c.rope_scaling, RopeScaling::None | RopeScaling::Linear { .. }) {
-        return Err(refuse(out, format!("a qwen2 with RoPE scaling {:?}: llama.cpp reads per-frequency divisors for a llama only", c.rope_scaling)));
-    }
     let mut g = GgufWriter::default();
     let arch = model_keys(&mut g, c);
     g.kv("general.name", Value::Str(name.into()))
@@ -103,7 +112,7 @@ pub fn write_new(w: &Weights, tok: &Tok, ty: GgmlType, name: &str, out: &Path) -
         .kv("general.quantization_version", Value::U32(2))
         .kv(&format!("{arch}.vocab_size"), Value::U32(c.vocab_size as u32))
         .kv(&format!("{arch}.rope.dimension_count"), Value::U32(c.head_dim as u32));
-    for (key, v) in tok.gguf_metadata(c.vocab_size)? {
+    for (key, v) in tokenizer {
         g.kv(&key, v);
     }
     // The config's start token where the tokenizer puts none before a sequence (the file then
