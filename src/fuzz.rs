@@ -169,7 +169,13 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
             name: "tokenizer",
             file: "tokenizer.json",
             seeds: tok_seeds,
-            load: file_loader(work, "tokenizer.json", |p| crate::model::Tok::from_tokenizer_json(p, None).map(|_| ())),
+            load: file_loader(work, "tokenizer.json", |p| {
+                let tok = crate::model::Tok::from_tokenizer_json(p, None)?;
+                // Its GGUF form too (a new GGUF's tokenizer): refusing is its right (most seeds
+                // are no byte-level BPE), panicking is not.
+                let _ = tok.gguf_metadata(tok.vocab_size());
+                Ok(())
+            }),
         },
         Target {
             name: "requests",
