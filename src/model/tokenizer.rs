@@ -344,10 +344,10 @@ impl Tok {
 
     /// This tokenizer as GGUF metadata (`tokenizer.ggml.*`) for a model of `rows` embedding
     /// rows, as llama.cpp's converter writes a byte-level BPE: the pieces in id order (ids the
-    /// tokenizer does not use as unused `[PAD{id}]` pieces, and such pieces unused), their types (added special tokens
-    /// control, other added tokens user-defined), the merges in rank order, the split
-    /// `tokenizer.ggml.pre` names, the start and end tokens, and the chat template of a
-    /// tokenizer_config.json. Refused, saying why: a split or normaliser llama.cpp would not
+    /// tokenizer does not use as unused `[PAD{id}]` pieces, and such pieces unused), their
+    /// types (added tokens control where special or [`looks_special`], else user-defined), the
+    /// merges in rank order, the split's `tokenizer.ggml.pre` name, the start and end tokens,
+    /// and the chat template. Refused, saying why: a split or normaliser llama.cpp would not
     /// apply as this tokenizer does, a SentencePiece vocabulary (its scores are in
     /// tokenizer.model, not tokenizer.json), pieces past the model's rows.
     pub fn gguf_metadata(&self, rows: usize) -> Result<Vec<(String, Value)>> {
