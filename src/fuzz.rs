@@ -403,7 +403,7 @@ fn tiny_gguf_typed(w: &crate::model::Weights, version: u32, type_of: impl Fn(&st
     // architecture implies (a llama's adjacent, a qwen2's halves), whatever the model rotated.
     let mut g = GgufWriter::default();
     crate::model::gguf::convert::model_keys(&mut g, c);
-    g        .kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
+    g.kv("tokenizer.ggml.model", Value::Str("gpt2".into()))
         .kv("tokenizer.ggml.pre", Value::Str(if c.qkv_bias { "qwen2" } else { "smollm" }.into()))
         .kv("tokenizer.ggml.tokens", strs(&tokens))
         .kv("tokenizer.ggml.merges", strs(&["h e".into(), "Ġ t".into()]))

@@ -406,3 +406,23 @@ fn a_directorys_tokenizer_keeps_its_end_token_and_fits_its_model() {
     assert!(e.contains("tokenizer.json") && e.contains("token 98") && e.contains("97 embedding rows"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A model with q/k/v biases whose rows rotate adjacent pairs (as a GGUF's would) saves with its
+/// Q/K rows and the q/k biases reordered alike into rotate-half order: read back, it gives the
+/// same logits in the f64 reference.
+#[test]
+fn biases_are_reordered_with_their_rows() {
+    let w = random_weights(&Config { qkv_bias: true, rope_style: RopeStyle::Adjacent, ..Config::tiny_llama() }, 41);
+    let dir = tmp("bias-rows");
+    save_dir(&w, &dir, SaveDtype::F32, None).unwrap();
+    let back = load_dir(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(back.config.rope_style, RopeStyle::Half);
+    assert!(back.tensors["layers.0.bq"] != w.tensors["layers.0.bq"], "the bias kept its order");
+    let seqs = vec![vec![3, 9, 1, 27, 5, 11]];
+    let (a, _) = CpuModel::new(&w).forward(&seqs, &Probes::default());
+    let (b, _) = CpuModel::new(&back).forward(&seqs, &Probes::default());
+    for (x, y) in a[0].iter().flatten().zip(b[0].iter().flatten()) {
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{x} against {y}");
+    }
+}

@@ -56,9 +56,9 @@ pub(super) fn edit_setup(
     let m = load(model)?;
     // What would refuse the result (the GGUF to write), before any work.
     check(&m)?;
-    let gpu = Gpu::new(choice)?;
     revive::edit::hparams::check_layers("ROME", &[hp.layer], m.weights.config.n_layers)?;
     note_shipped_hparams(&m.weights.config, hp_given);
+    let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     eprintln!("model {} on {}; ROME at layer {}", m.source, gpu.label(), hp.layer);
     let start = std::time::Instant::now();

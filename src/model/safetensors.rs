@@ -39,9 +39,10 @@ impl HostTensor {
 }
 
 /// Reorders the rows of a Q or K projection between RoPE layouts: GGUF rotates adjacent pairs
-/// (row h·D + 2i + s), Hugging Face rotates halves (row h·D + s·D/2 + i).
+/// (row h·D + 2i + s), Hugging Face rotates halves (row h·D + s·D/2 + i). A bias (1-D) is one
+/// column, its entries reordered as the weight's rows.
 pub fn permute_rope_rows(w: &HostTensor, head_dim: usize, to_half: bool) -> HostTensor {
-    let cols = w.shape[1];
+    let cols = w.shape.get(1).copied().unwrap_or(1);
     let mut out = vec![0.0; w.data.len()];
     let half = head_dim / 2;
     for h in 0..w.shape[0] / head_dim {
@@ -717,8 +718,8 @@ pub fn to_hf(w: &Weights) -> Vec<(String, HostTensor)> {
             out.push(("model.embed_tokens.weight".into(), t("embed")));
             for i in 0..c.n_layers {
                 let l = |s: &str| t(&format!("layers.{i}.{s}"));
-                let qk_rows = |x: &HostTensor| if c.rope_style == RopeStyle::Adjacent { permute_rope_rows(x, c.head_dim, true) } else { x.clone() };
-                let qk = |s: &str| qk_rows(&l(s));
+                // Q and K rows (and their biases) in rotate-half order.
+                let qk = |s: &str| if c.rope_style == RopeStyle::Adjacent { permute_rope_rows(&l(s), c.head_dim, true) } else { l(s) };
                 let p = format!("model.layers.{i}.");
                 for (hf_name, canon) in LLAMA_LAYER {
                     let x = if matches!(canon, "wq" | "wk") { qk(canon) } else { l(canon) };
@@ -726,13 +727,7 @@ pub fn to_hf(w: &Weights) -> Vec<(String, HostTensor)> {
                 }
                 if c.qkv_bias {
                     for (hf_name, canon) in QKV_BIAS {
-                        // A bias is a column: its rows are reordered as the weight's are.
-                        let x = if matches!(canon, "bq" | "bk") {
-                            let column = HostTensor::new(vec![l(canon).data.len(), 1], l(canon).data);
-                            HostTensor::new(vec![column.data.len()], qk_rows(&column).data)
-                        } else {
-                            l(canon)
-                        };
+                        let x = if matches!(canon, "bq" | "bk") { qk(canon) } else { l(canon) };
                         out.push((format!("{p}{hf_name}"), x));
                     }
                 }

@@ -17,7 +17,7 @@ use super::write::GgufWriter;
 use super::{gguf_name, Value, ROPE_FREQS};
 use crate::error::{Error, Result};
 use crate::model::safetensors::permute_rope_rows;
-use crate::model::{Arch, Config, HostTensor, RopeScaling, RopeStyle, Tok, Weights};
+use crate::model::{Arch, Config, RopeScaling, RopeStyle, Tok, Weights};
 use std::path::Path;
 
 /// What [`write_new`] wrote.
@@ -130,11 +130,7 @@ pub fn write_new(w: &Weights, tok: &Tok, ty: GgmlType, name: &str, out: &Path) -
         let field = canonical.rsplit('.').next().unwrap_or_default();
         // Rows (and a bias's entries) as the file's RoPE pairs them.
         let data = if matches!(field, "wq" | "wk" | "bq" | "bk") && c.rope_style != style {
-            let (rows, cols) = match t.shape.as_slice() {
-                &[rows, cols] => (rows, cols),
-                _ => (t.data.len(), 1),
-            };
-            permute_rope_rows(&HostTensor::new(vec![rows, cols], t.data.clone()), c.head_dim, style == RopeStyle::Half).data
+            permute_rope_rows(t, c.head_dim, style == RopeStyle::Half).data
         } else {
             t.data.clone()
         };
