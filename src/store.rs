@@ -53,7 +53,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The header field that holds [`fields_digest`]; files written before it existed have none.
 /// Outside the tensors' `sha256.<name>` keys, so no tensor name can collide with it.
-const FIELDS_SUM: &str = "fields.sha256";
+pub const FIELDS_SUM: &str = "fields.sha256";
 
 /// A checksum of the header's own fields (all but the checksums), in key order: a changed σ
 /// or token count in a cache's header is as wrong as a changed tensor.
@@ -159,9 +159,21 @@ impl Stored {
         self.fields.get(name).map(String::as_str).ok_or_else(|| err(&self.path, format!("header field '{name}' is missing")))
     }
 
+    /// The names of every header field, the checksums' included.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.fields.keys().map(String::as_str)
+    }
+
     /// A header field parsed as a number.
     pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T> {
         self.field(name)?.parse().map_err(|_| err(&self.path, format!("header field '{name}' is not a number")))
+    }
+
+    /// The names of the stored tensors, sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = SafeTensors::deserialize(&self.bytes).map(|st| st.names().into_iter().map(str::to_string).collect()).unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// The shape of a stored tensor, if there is one by that name.

@@ -1204,11 +1204,28 @@ fn a_damaged_last_record_is_redone_and_an_earlier_one_refused() {
         }
         drop(s);
 
-        // A bit flipped in the first record's header: refused when the journal is opened,
-        // naming it (its tensors' checksums are checked when a replay reads them).
+        // A bit flipped anywhere in the first record's header: refused when the journal is
+        // read (its tensors' checksums are checked when a replay reads them). Every byte, as
+        // the header's fields come in no fixed order.
         let first = records()[0].clone();
-        let mut b = std::fs::read(&first).unwrap();
-        b[40] ^= 0x10;
+        let whole = std::fs::read(&first).unwrap();
+        let header_end = 8 + u64::from_le_bytes(whole[..8].try_into().unwrap()) as usize;
+        for at in 8..header_end {
+            for bit in [0x01, 0x10] {
+                let mut b = whole.clone();
+                b[at] ^= bit;
+                std::fs::write(&first, &b).unwrap();
+                if revive::edit::journal::Journal::read(&dir).is_ok() {
+                    let around = String::from_utf8_lossy(&whole[at.saturating_sub(40).max(8)..(at + 40).min(header_end)]).to_string();
+                    return Err(format!("the first record read with bit {bit:#x} of header byte {at} flipped ('{}' in …{around}…)", whole[at] as char));
+                }
+            }
+        }
+        // The session names the record; here the flip that once went through: in the name of
+        // the header's own checksum, which left the other fields whole and that one unchecked.
+        let mut b = whole.clone();
+        let key = b.windows(13).position(|w| w == b"fields.sha256").ok_or("no header checksum in the record")?;
+        b[key + 4] ^= 0x10;
         std::fs::write(&first, &b).unwrap();
         let gm = ok(GpuModel::new(gpu, &weights(9)))?;
         let e = session(&gm, &tok, &dir, &reqs, false).err().ok_or("a damaged first record accepted")?;

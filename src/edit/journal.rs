@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const FORMAT: &str = "revive-journal-v1";
+/// The header fields of a record besides the checksums, as [`write_record`] writes them.
+const RECORD_FIELDS: [&str; 6] = ["format", "kind", "prev", "chain", "record", "tensors"];
 
 /// How one update was written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,14 +101,8 @@ pub(crate) fn write_record(dir: &Path, seq: usize, kind: &str, prev: &str, recor
     let sums: Vec<(String, String)> = tensors.iter().map(|(n, _, v)| (n.clone(), store::sha256_hex(bytemuck::cast_slice(v)))).collect();
     let chain = chain_of(prev, kind, record, &sums);
     let names = serde_json::to_string(&tensors.iter().map(|t| t.0.clone()).collect::<Vec<_>>()).map_err(|e| bad(&path, format!("tensor names: {e}")))?;
-    let fields = vec![
-        ("format", FORMAT.to_string()),
-        ("kind", kind.to_string()),
-        ("prev", prev.to_string()),
-        ("chain", chain.clone()),
-        ("record", record.to_string()),
-        ("tensors", names),
-    ];
+    let values = [FORMAT.to_string(), kind.to_string(), prev.to_string(), chain.clone(), record.to_string(), names];
+    let fields: Vec<(&str, String)> = RECORD_FIELDS.into_iter().zip(values).collect();
     let views: Vec<(&str, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, v)| (n.as_str(), s.clone(), v.as_slice())).collect();
     store::save(&path, &fields, &views)?;
     Ok((path, chain))
@@ -213,6 +209,18 @@ impl Journal {
         let text = st.field("record")?.to_string();
         let names: Vec<String> = serde_json::from_str(st.field("tensors")?).map_err(|e| bad(path, format!("header field 'tensors': {e}")))?;
         let sums = names.iter().map(|n| Ok((n.clone(), st.field(&format!("sha256.{n}"))?.to_string()))).collect::<Result<Vec<_>>>()?;
+        // A field the writer never writes is damage too: one bit flipped in the name of the
+        // header's own checksum leaves a file whose other fields read, and that checksum
+        // unchecked (records written before it existed have none).
+        let known = |f: &str| RECORD_FIELDS.contains(&f) || f == store::FIELDS_SUM || f.strip_prefix("sha256.").is_some_and(|n| names.iter().any(|m| m == n));
+        if let Some(f) = st.field_names().find(|f| !known(f)) {
+            return Err(bad(path, format!("header field '{f}' is not one a journal record has: it was altered")));
+        }
+        let mut listed = names.clone();
+        listed.sort();
+        if st.tensor_names() != listed {
+            return Err(bad(path, "the tensors stored are not the ones header field 'tensors' lists: it was altered"));
+        }
         let chain = chain_of(&prev, kind, &text, &sums);
         if st.field("chain")? != chain {
             return Err(bad(path, "header field 'chain' does not match the record: it was altered"));
