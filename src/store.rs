@@ -169,13 +169,6 @@ impl Stored {
         self.field(name)?.parse().map_err(|_| err(&self.path, format!("header field '{name}' is not a number")))
     }
 
-    /// The names of the stored tensors, sorted.
-    pub fn tensor_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = SafeTensors::deserialize(&self.bytes).map(|st| st.names().into_iter().map(str::to_string).collect()).unwrap_or_default();
-        names.sort();
-        names
-    }
-
     /// The shape of a stored tensor, if there is one by that name.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let st = SafeTensors::deserialize(&self.bytes).ok()?;
@@ -205,9 +198,18 @@ impl Stored {
 /// taken ([`Stored::tensor`]).
 pub fn load(path: &Path, expect: &[(&str, String)]) -> Result<Stored> {
     let bytes = std::fs::read(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
-    SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a valid safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("unreadable header: {e}")))?;
     let fields = header.metadata().clone().unwrap_or_default();
+    // Every tensor has its checksum and every checksum its tensor: a name damaged in the
+    // header is found when the file is opened, not when that tensor is first taken.
+    let names = tensors.names();
+    if let Some(name) = names.iter().find(|n| !fields.contains_key(&format!("sha256.{n}"))) {
+        return Err(err(path, format!("tensor '{name}' has no header field 'sha256.{name}'")));
+    }
+    if let Some(key) = fields.keys().find(|k| k.strip_prefix("sha256.").is_some_and(|n| !names.contains(&n))) {
+        return Err(err(path, format!("header field '{key}' is the checksum of a tensor the file does not hold")));
+    }
     if let Some(want) = fields.get(FIELDS_SUM) {
         if *want != fields_digest(&fields) {
             return Err(err(path, format!("the header fields do not match their checksum '{FIELDS_SUM}'")));
@@ -297,6 +299,38 @@ mod tests {
             m.remove(FIELDS_SUM);
         });
         assert!(load(&path, &[("key", "a".into())]).is_ok(), "a file without the fields' checksum");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A tensor's name damaged in the header is refused when the file is opened, as is a
+    /// checksum whose key was damaged (its tensor has none), and a checksum of no tensor.
+    #[test]
+    fn tensors_and_their_checksums_pair_up() {
+        let dir = std::env::temp_dir().join(format!("revive-store-names-{}", std::process::id()));
+        let path = dir.join("n.safetensors");
+        save(&path, &[("key", "a".into())], &[("state.targets", vec![2], &[1.0, 2.0]), ("u0", vec![1], &[3.0])]).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        assert!(load(&path, &[]).is_ok());
+        let header_end = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        let find = |needle: &[u8], after: usize| after + good[after..header_end].windows(needle.len()).position(|w| w == needle).unwrap();
+        // The tensor's own name (its entry, not its checksum's key; 'a' becomes '`'), then the
+        // checksum's key.
+        let checksum_key = find(b"\"sha256.state.targets\"", 0);
+        let tensor_name = (0..header_end).find(|&i| good[i..].starts_with(b"\"state.targets\"") && !good[..i].ends_with(b"sha256.")).unwrap();
+        for (at, want) in [(tensor_name + 3, "tensor 'st`te.targets' has no header field"), (checksum_key + 10, "tensor 'state.targets' has no header field")] {
+            let mut b = good.clone();
+            b[at] ^= 0x01;
+            std::fs::write(&path, &b).unwrap();
+            let e = load(&path, &[]).err().expect("a damaged name accepted").to_string();
+            assert!(e.contains(want) && e.contains("n.safetensors"), "{e}");
+        }
+        let st = SafeTensors::deserialize(&good).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&good).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.insert("sha256.gone".into(), "00".into());
+        safetensors::serialize_to_file(st.tensors(), Some(meta), &path).unwrap();
+        let e = load(&path, &[]).err().expect("a checksum of no tensor accepted").to_string();
+        assert!(e.contains("'sha256.gone' is the checksum of a tensor the file does not hold"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
