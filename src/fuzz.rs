@@ -220,7 +220,7 @@ pub fn targets(work: &Path) -> Result<Vec<Target>> {
             name: "cache",
             file: "cache.safetensors",
             seeds: vec![cache_seed(work)?],
-            load: file_loader(work, "cache.safetensors", |p| crate::store::load(p, &cache_fields()).and_then(|s| s.tensor("c0", &[8, 8]).map(|_| ()))),
+            load: file_loader(work, "cache.safetensors", |p| crate::store::load_cache(p, &cache_fields()).and_then(|s| s.tensor("c0", &[8, 8]).map(|_| ()))),
         },
     ];
     Ok(out)

@@ -225,6 +225,16 @@ pub fn load(path: &Path, expect: &[(&str, String)]) -> Result<Stored> {
     Ok(stored)
 }
 
+/// Reads a cache file, which must carry the checksum of its header fields: one flipped bit in
+/// that checksum's own name would otherwise leave the fields unchecked. A cache from before the
+/// checksum existed is computed again; a journal or a delta, which cannot be, is read with
+/// [`load`].
+pub fn load_cache(path: &Path, expect: &[(&str, String)]) -> Result<Stored> {
+    let stored = load(path, expect)?;
+    stored.field(FIELDS_SUM)?;
+    Ok(stored)
+}
+
 /// The value cached at `path` if `read` accepts the file, else `compute`'s, written by `write`.
 pub fn load_or_compute<T>(
     path: &Path,
@@ -274,7 +284,8 @@ mod tests {
     }
 
     /// A header field changed after the save (a σ, a token count) is refused like a changed
-    /// tensor; a file from before the fields' checksum existed still loads.
+    /// tensor. A journal or delta from before the fields' checksum existed still loads; a cache
+    /// must have it (it is computed again).
     #[test]
     fn changed_header_fields_are_refused() {
         let dir = std::env::temp_dir().join(format!("revive-store-fields-{}", std::process::id()));
@@ -298,7 +309,9 @@ mod tests {
         rewrite(&|m| {
             m.remove(FIELDS_SUM);
         });
-        assert!(load(&path, &[("key", "a".into())]).is_ok(), "a file without the fields' checksum");
+        assert!(load(&path, &[("key", "a".into())]).is_ok(), "a journal or delta without the fields' checksum");
+        let e = load_cache(&path, &[("key", "a".into())]).err().expect("a cache without the fields' checksum accepted").to_string();
+        assert!(e.contains(FIELDS_SUM) && e.contains("missing"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -377,7 +377,7 @@ fn reference_logprobs(dir: &Path, unedited: &Unedited, prompts: &[Vec<u32>]) -> 
     let path = dir.join("reference-logprobs.safetensors");
     let key = revive::store::sha256_hex(&serde_json::to_vec(prompts)?);
     let fields = [("format", "revive-reference-v1".to_string()), ("prompts_sha256", key)];
-    if let Ok(st) = revive::store::load(&path, &fields) {
+    if let Ok(st) = revive::store::load_cache(&path, &fields) {
         let shape = st.shape("logprobs").context("reference file without logprobs")?;
         let flat = st.tensor("logprobs", &shape)?;
         return Ok(flat.chunks(shape[1]).map(<[f32]>::to_vec).collect());

@@ -139,7 +139,7 @@ pub fn save(path: &Path, key: &CacheKey, m: &SecondMoment) -> Result<()> {
 /// Reads a cached C0 and checks everything against the key and the expected width; the error
 /// says what did not match.
 pub fn load(path: &Path, key: &CacheKey, dim: usize) -> Result<SecondMoment> {
-    let st = store::load(path, &fields(key))?;
+    let st = store::load_cache(path, &fields(key))?;
     let seen: usize = st.number("tokens_seen")?;
     if seen == 0 || seen > key.tokens {
         return Err(Error::Model { file: path.display().to_string(), detail: format!("header field 'tokens_seen' is {seen}, outside 1..={}", key.tokens) });

@@ -147,7 +147,7 @@ impl SpectralGuard {
     }
 
     fn read(gpu: &Gpu, path: &Path, fields: &[(&str, String)], matrix: &str, rule: RankRule) -> Result<Self> {
-        let st = store::load(path, fields)?;
+        let st = store::load_cache(path, fields)?;
         let bad = |d: String| Error::Model { file: path.display().to_string(), detail: d };
         let mut info: GuardInfo = serde_json::from_str(st.field("info")?).map_err(|e| bad(format!("header field 'info': {e}")))?;
         if info.matrix != matrix || info.rule != rule || info.sigma.len() != info.k || info.k == 0 {
