@@ -30,7 +30,7 @@ fn keys_and_z(model: &CpuModel, reqs: &[RefRequest], layer: usize, last: usize) 
         let probes = Probes {
             down_in: q.contexts.iter().enumerate().map(|(s, c)| Site { layer, seq: s, pos: c.1 }).collect(),
             residual: vec![Site { layer: last, seq: 0, pos: q.contexts[0].1 }],
-            add: vec![],
+            ..Default::default()
         };
         let (_, cap) = model.forward(&seqs, &probes);
         // MEMIT's compute_ks: the mean within each kind of context (the plain prompt first, then

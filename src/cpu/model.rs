@@ -1,7 +1,7 @@
 //! The f64 oracle of the whole model (Llama and GPT-2 families): plain loops in the spirit of
 //! llm.c's train_gpt2.c. Slow and clear; the GPU forward is tested against it.
 
-use crate::model::probe::{Captured, Probes};
+use crate::model::probe::{Captured, Probes, Site};
 use super::activation::{gelu_scalar as gelu, silu};
 use super::norm::{layer_norm_row as layer_norm, rms_norm_row as rms_norm};
 use super::rope::rope_head;
@@ -48,6 +48,12 @@ impl CpuModel {
 
     /// Logits [T, V] for each sequence of the batch, plus what `probes` asked for.
     pub fn forward(&self, batch: &[Vec<u32>], probes: &Probes) -> (Vec<Vec<Vec<f64>>>, Captured) {
+        self.forward_with_keys(batch, probes, &[])
+    }
+
+    /// `forward` with the MLP keys (down-projection inputs) at some sites replaced: the direct
+    /// way to put back an MLP's output, against which causal tracing's correction is tested.
+    pub fn forward_with_keys(&self, batch: &[Vec<u32>], probes: &Probes, keys: &[(Site, Vec<f32>)]) -> (Vec<Vec<Vec<f64>>>, Captured) {
         let mut captured = Captured {
             residual: vec![vec![]; probes.residual.len()],
             down_in: vec![vec![]; probes.down_in.len()],
@@ -55,12 +61,12 @@ impl CpuModel {
         let logits = batch
             .iter()
             .enumerate()
-            .map(|(s, tokens)| self.forward_one(s, tokens, probes, &mut captured))
+            .map(|(s, tokens)| self.forward_one(s, tokens, probes, keys, &mut captured))
             .collect();
         (logits, captured)
     }
 
-    fn forward_one(&self, seq: usize, tokens: &[u32], probes: &Probes, cap: &mut Captured) -> Vec<Vec<f64>> {
+    fn forward_one(&self, seq: usize, tokens: &[u32], probes: &Probes, keys: &[(Site, Vec<f32>)], cap: &mut Captured) -> Vec<Vec<f64>> {
         let c = &self.config;
         let (d, hd) = (c.hidden, c.head_dim);
         let eps = c.norm_eps as f64;
@@ -81,6 +87,11 @@ impl CpuModel {
                 if gpt2 {
                     let pe = &self.t("pos_embed")[p * d..(p + 1) * d];
                     e.iter_mut().zip(pe).for_each(|(a, b)| *a += b);
+                }
+                for ((s, at), v) in &probes.add_to_embedding {
+                    if (*s, *at) == (seq, p) {
+                        e.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+                    }
                 }
                 e
             })
@@ -128,12 +139,15 @@ impl CpuModel {
             for (p, xt) in x.iter_mut().enumerate() {
                 let h = norm(xt, &mn);
                 let up = linear(self.l(i, "w_up"), bias(i, "b_up"), &h, c.ffn_hidden);
-                let key: Vec<f64> = if gpt2 {
+                let mut key: Vec<f64> = if gpt2 {
                     up.iter().map(|&u| gelu(u)).collect()
                 } else {
                     let gate = linear(self.l(i, "w_gate"), None, &h, c.ffn_hidden);
                     gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect()
                 };
+                if let Some((_, k)) = keys.iter().find(|(site, _)| (site.layer, site.seq, site.pos) == (i, seq, p)) {
+                    key = k.iter().map(|&v| v as f64).collect();
+                }
                 for (k, site) in probes.down_in.iter().enumerate() {
                     if (site.layer, site.seq, site.pos) == (i, seq, p) {
                         cap.down_in[k] = key.iter().map(|&v| v as f32).collect();
@@ -155,5 +169,34 @@ impl CpuModel {
         }
         let head = if c.tied_embeddings { self.t("embed") } else { self.t("lm_head") };
         x.iter().map(|xt| linear(head, None, &norm(xt, "final_norm"), c.vocab_size)).collect()
+    }
+}
+
+/// The oracle's side of causal tracing: the same algorithm over the f64 forward pass.
+impl crate::eval::trace::TraceRunner for CpuModel {
+    fn n_layers(&self) -> usize {
+        self.config.n_layers
+    }
+
+    fn hidden(&self) -> usize {
+        self.config.hidden
+    }
+
+    fn run(&self, seqs: &[Vec<u32>], probes: &Probes, target: u32) -> crate::error::Result<(Vec<f64>, Captured)> {
+        let (logits, cap) = self.forward(seqs, probes);
+        let p = logits
+            .iter()
+            .map(|rows| {
+                let last = rows.last().expect("a sequence has tokens");
+                let m = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = last.iter().map(|x| (x - m).exp()).sum();
+                (last[target as usize] - m).exp() / z
+            })
+            .collect();
+        Ok((p, cap))
+    }
+
+    fn down_proj(&self, layer: usize) -> crate::error::Result<Vec<f32>> {
+        Ok(self.l(layer, "w_down").iter().map(|&x| x as f32).collect())
     }
 }

@@ -9,3 +9,4 @@ pub mod retention;
 pub mod word_tokenize;
 pub mod plot;
 pub mod spectrum;
+pub mod trace;

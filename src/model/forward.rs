@@ -348,7 +348,7 @@ impl GpuModel {
     pub fn forward(&self, batch: &Batch, probes: &Probes, rows: LogitRows, cache: Option<&mut KvCache>) -> Result<(Tensor, Captured)> {
         let c = &self.config;
         let gpu = &self.gpu;
-        let (b, t, d) = (batch.b(), batch.t, c.hidden);
+        let (b, t) = (batch.b(), batch.t);
         // Before any allocation: a cache for a prompt past the context can be gigabytes.
         let pos0 = cache.as_ref().map_or(0, |c| c.len);
         if pos0 + t > c.max_seq_len {
@@ -374,7 +374,11 @@ impl GpuModel {
             check_site(c, batch, site)?;
         }
         check_ids(c, &batch.ids)?;
+        for ((seq, pos), _) in &probes.add_to_embedding {
+            check_site(c, batch, &Site { layer: 0, seq: *seq, pos: *pos })?;
+        }
         let mut x = self.embed(batch, pos0)?;
+        x = self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?;
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
         for i in 0..c.n_layers {
@@ -384,18 +388,7 @@ impl GpuModel {
             if let Some(key) = &out.key {
                 capture(gpu, key, batch, &probes.down_in, i, &mut down_caps)?;
             }
-            let adds: Vec<_> = probes.add.iter().filter(|(s, _)| s.layer == i).collect();
-            if !adds.is_empty() {
-                let mut delta = vec![0.0f32; b * t * d];
-                for (s, v) in adds {
-                    if v.len() != d {
-                        return Err(Error::shape("forward", format!("an added vector has {} values, the residual stream {d}", v.len())));
-                    }
-                    let r = batch.row(s.seq, s.pos);
-                    delta[r * d..(r + 1) * d].iter_mut().zip(v).for_each(|(a, b)| *a += b);
-                }
-                x = elementwise::add(gpu, &x, &gpu.upload(&delta, &[b * t, d])?)?;
-            }
+            x = self.add_at_rows(x, batch, probes.add.iter().filter(|(s, _)| s.layer == i).map(|(s, v)| (s.seq, s.pos, v.as_slice())))?;
             capture(gpu, &x, batch, &probes.residual, i, &mut residual_caps)?;
         }
         cache.len += t;
@@ -409,6 +402,24 @@ impl GpuModel {
             down_in: collect(gpu, probes.down_in.len(), down_caps)?,
         };
         Ok((logits, captured))
+    }
+
+    /// x plus each vector at its (sequence, position) row; x itself where there are none.
+    fn add_at_rows<'v>(&self, x: Tensor, batch: &Batch, adds: impl Iterator<Item = (usize, usize, &'v [f32])>) -> Result<Tensor> {
+        let d = self.config.hidden;
+        let mut delta: Option<Vec<f32>> = None;
+        for (seq, pos, v) in adds {
+            if v.len() != d {
+                return Err(Error::shape("forward", format!("an added vector has {} values, the residual stream {d}", v.len())));
+            }
+            let delta = delta.get_or_insert_with(|| vec![0.0f32; batch.b() * batch.t * d]);
+            let r = batch.row(seq, pos);
+            delta[r * d..(r + 1) * d].iter_mut().zip(v).for_each(|(a, b)| *a += b);
+        }
+        match delta {
+            Some(delta) => elementwise::add(&self.gpu, &x, &self.gpu.upload(&delta, &[batch.b() * batch.t, d])?),
+            None => Ok(x),
+        }
     }
 
     /// The MLP down-projection inputs (keys) of `layer` for every row of the batch:

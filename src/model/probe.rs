@@ -21,6 +21,9 @@ pub struct Probes {
     /// Add a vector (width d) to the residual stream after the block of `layer`, before any
     /// later layer reads it (ROME's and MEMIT's δ).
     pub add: Vec<(Site, Vec<f32>)>,
+    /// Add a vector (width d) to the input embedding of a (sequence, position), before the
+    /// first block reads it (causal tracing's noise on the subject's tokens).
+    pub add_to_embedding: Vec<((usize, usize), Vec<f32>)>,
 }
 
 /// What a forward pass captured, in the order of the requests.

@@ -1,0 +1,219 @@
+//! Causal tracing (Meng et al. 2022, ROME §2.1): which hidden states carry a fact. The subject's
+//! token embeddings are corrupted with Gaussian noise, which drops the probability of the answer;
+//! then one state of the clean run is put back at a time — the residual stream after a layer at
+//! one token (`hidden`), or one layer's MLP output at one token (`mlp`) — and the probability it
+//! brings back measures how much of the fact passes through there. Averaged over facts, the
+//! MLP's effect at the subject's last token is where ROME and MEMIT choose the layers they edit.
+//!
+//! One algorithm over any forward pass that takes probes ([`TraceRunner`]): the GPU model and
+//! the f64 CPU oracle, so the GPU trace is tested against the oracle's.
+
+use crate::error::{Error, Result};
+use crate::model::probe::{Captured, Probes, Site};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// What is put back from the clean run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceKind {
+    /// The residual stream after a layer (ROME's "hidden state", window 1).
+    Hidden,
+    /// One layer's MLP output. ROME restores a window of 10 layers around each; one layer
+    /// alone is exact here (its correction is known before the pass), a window is not.
+    Mlp,
+}
+
+impl std::str::FromStr for TraceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "hidden" => Ok(TraceKind::Hidden),
+            "mlp" => Ok(TraceKind::Mlp),
+            _ => Err(Error::Edit(format!("unknown trace kind '{s}' (hidden or mlp)"))),
+        }
+    }
+}
+
+/// A forward pass with probes: the probability of `target` at each sequence's last token.
+pub trait TraceRunner {
+    fn n_layers(&self) -> usize;
+    fn hidden(&self) -> usize;
+    fn run(&self, seqs: &[Vec<u32>], probes: &Probes, target: u32) -> Result<(Vec<f64>, Captured)>;
+    /// Layer `layer`'s MLP down-projection, [hidden, ffn] row-major.
+    fn down_proj(&self, layer: usize) -> Result<Vec<f32>>;
+}
+
+/// One fact to trace: its tokens, the subject's tokens [first, last] and the answer's first token.
+#[derive(Debug, Clone)]
+pub struct TraceInput {
+    pub ids: Vec<u32>,
+    pub subject: [usize; 2],
+    pub target: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceSettings {
+    pub samples: usize,
+    /// The noise's standard deviation (ROME: 3 × the std of subject embeddings).
+    pub noise: f64,
+    pub seed: u64,
+    /// At most this many sequences in one pass.
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Trace {
+    pub kind: TraceKind,
+    pub subject: [usize; 2],
+    pub target: u32,
+    /// P(target) of the clean run, and the mean over the corrupted runs.
+    pub clean: f64,
+    pub corrupted: f64,
+    /// Mean P(target) with the state of (layer, token) restored: [layer][token].
+    pub restored: Vec<Vec<f64>>,
+}
+
+impl Trace {
+    /// The restored probability at one token across the layers.
+    pub fn at_token(&self, token: usize) -> Vec<f64> {
+        self.restored.iter().map(|row| row[token]).collect()
+    }
+}
+
+/// The noise of each sample at each subject token: [sample][subject token][hidden], from the
+/// seed alone, so that every runner corrupts the same way.
+pub fn noise_of(input: &TraceInput, hidden: usize, s: &TraceSettings) -> Vec<Vec<Vec<f32>>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
+    let tokens = input.subject[1] - input.subject[0] + 1;
+    (0..s.samples).map(|_| (0..tokens).map(|_| (0..hidden).map(|_| (gaussian(&mut rng) * s.noise) as f32).collect()).collect()).collect()
+}
+
+/// A standard normal draw (Box–Muller): the one distribution needed, not worth a crate.
+fn gaussian(rng: &mut impl Rng) -> f64 {
+    let u: f64 = 1.0 - rng.random::<f64>();
+    let v: f64 = rng.random();
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+/// Traces one fact for each kind asked.
+pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], s: &TraceSettings) -> Result<Vec<Trace>> {
+    let (layers, d, t) = (runner.n_layers(), runner.hidden(), input.ids.len());
+    let [first, last] = input.subject;
+    if first > last || last >= t {
+        return Err(Error::Edit(format!("subject tokens {first}..={last} are outside the prompt's {t} tokens")));
+    }
+    if s.samples == 0 || s.max_batch == 0 || !s.noise.is_finite() {
+        return Err(Error::Edit("causal tracing needs samples ≥ 1, a batch ≥ 1 and a finite noise level".into()));
+    }
+    let noise = noise_of(input, d, s);
+    let noisy = |seq: usize, sample: usize| -> Vec<((usize, usize), Vec<f32>)> { noise[sample].iter().enumerate().map(|(j, v)| ((seq, first + j), v.clone())).collect() };
+    let everywhere = |seq: usize| -> Vec<Site> { (0..layers).flat_map(|layer| (0..t).map(move |pos| Site { layer, seq, pos })).collect() };
+    let wants_mlp = kinds.contains(&TraceKind::Mlp);
+    let wants_hidden = kinds.contains(&TraceKind::Hidden);
+
+    // The clean run, and every state of it that may be put back.
+    let probes = Probes { residual: if wants_hidden { everywhere(0) } else { vec![] }, down_in: if wants_mlp { everywhere(0) } else { vec![] }, ..Default::default() };
+    let (p, clean) = runner.run(std::slice::from_ref(&input.ids), &probes, input.target)?;
+    let clean_p = p[0];
+    // The corrupted runs, and the same states of each.
+    let mut corrupted = Captured::default();
+    let mut corrupted_p = vec![];
+    for chunk in (0..s.samples).collect::<Vec<_>>().chunks(s.max_batch.max(1)) {
+        let seqs = vec![input.ids.clone(); chunk.len()];
+        let mut probes = Probes::default();
+        for (seq, &sample) in chunk.iter().enumerate() {
+            probes.add_to_embedding.extend(noisy(seq, sample));
+            if wants_hidden {
+                probes.residual.extend(everywhere(seq));
+            }
+            if wants_mlp {
+                probes.down_in.extend(everywhere(seq));
+            }
+        }
+        let (p, cap) = runner.run(&seqs, &probes, input.target)?;
+        corrupted_p.extend(p);
+        corrupted.residual.extend(cap.residual);
+        corrupted.down_in.extend(cap.down_in);
+    }
+    let corrupted_mean = mean(&corrupted_p);
+    let at = |sample: usize, layer: usize, pos: usize| (sample * layers + layer) * t + pos;
+
+    let mut out = vec![];
+    for &kind in kinds {
+        let mut restored = vec![vec![0.0; t]; layers];
+        for layer in 0..layers {
+            // What restoring the state at (layer, pos) adds to the corrupted residual stream
+            // there, for each sample: the clean state minus the corrupted one, or for the MLP
+            // W_down (k_clean − k_corrupted) — the same MLP output difference (its bias cancels).
+            let w_down = if kind == TraceKind::Mlp { Some(runner.down_proj(layer)?) } else { None };
+            let correction = |sample: usize, pos: usize| -> Vec<f32> {
+                let (c, k) = (layer * t + pos, at(sample, layer, pos));
+                match &w_down {
+                    None => clean.residual[c].iter().zip(&corrupted.residual[k]).map(|(a, b)| a - b).collect(),
+                    Some(w) => {
+                        let dk: Vec<f64> = clean.down_in[c].iter().zip(&corrupted.down_in[k]).map(|(a, b)| *a as f64 - *b as f64).collect();
+                        w.chunks(dk.len()).map(|row| row.iter().zip(&dk).map(|(w, k)| *w as f64 * k).sum::<f64>() as f32).collect()
+                    }
+                }
+            };
+            let runs: Vec<(usize, usize)> = (0..t).flat_map(|pos| (0..s.samples).map(move |sample| (pos, sample))).collect();
+            let mut p_of = vec![];
+            for chunk in runs.chunks(s.max_batch) {
+                let mut probes = Probes::default();
+                for (seq, &(pos, sample)) in chunk.iter().enumerate() {
+                    probes.add_to_embedding.extend(noisy(seq, sample));
+                    probes.add.push((Site { layer, seq, pos }, correction(sample, pos)));
+                }
+                let (p, _) = runner.run(&vec![input.ids.clone(); chunk.len()], &probes, input.target)?;
+                p_of.extend(p);
+            }
+            for (pos, row) in p_of.chunks(s.samples).enumerate() {
+                restored[layer][pos] = mean(row);
+            }
+        }
+        out.push(Trace { kind, subject: input.subject, target: input.target, clean: clean_p, corrupted: corrupted_mean, restored });
+    }
+    Ok(out)
+}
+
+/// The standard deviation of the values of some embedding rows (ROME's noise unit: the
+/// subjects' token embeddings).
+pub fn embedding_std(rows: &[Vec<f32>]) -> f64 {
+    let values: Vec<f64> = rows.iter().flatten().map(|&x| x as f64).collect();
+    let m = mean(&values);
+    (values.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / values.len().max(1) as f64).sqrt()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// The probability of `target` from one row of logits, in f64.
+pub fn probability(logits: &[f32], target: u32) -> f64 {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let z: f64 = logits.iter().map(|&x| (x as f64 - m).exp()).sum();
+    (logits[target as usize] as f64 - m).exp() / z
+}
+
+impl TraceRunner for crate::model::forward::GpuModel {
+    fn n_layers(&self) -> usize {
+        self.config.n_layers
+    }
+
+    fn hidden(&self) -> usize {
+        self.config.hidden
+    }
+
+    fn run(&self, seqs: &[Vec<u32>], probes: &Probes, target: u32) -> Result<(Vec<f64>, Captured)> {
+        let batch = crate::model::batch::Batch::new(seqs)?;
+        let rows = seqs.iter().enumerate().map(|(s, ids)| batch.row(s, ids.len() - 1)).collect();
+        let (logits, cap) = self.forward(&batch, probes, crate::model::forward::LogitRows::Rows(rows), None)?;
+        let logits = self.host_logits(&logits)?;
+        Ok((logits.chunks(self.config.vocab_size).map(|row| probability(row, target)).collect(), cap))
+    }
+
+    fn down_proj(&self, layer: usize) -> Result<Vec<f32>> {
+        self.gpu().download(self.tensor(&format!("layers.{layer}.w_down"))?)
+    }
+}

@@ -1,0 +1,159 @@
+//! Causal tracing: the GPU trace against the f64 oracle's, and what restoring a state must give
+//! by construction.
+
+mod common;
+
+use common::*;
+use revive::cpu::model::CpuModel;
+use revive::eval::trace::{embedding_std, trace, Trace, TraceInput, TraceKind, TraceSettings};
+use revive::model::forward::GpuModel;
+use revive::model::random::random_weights;
+use revive::model::{Config, Weights};
+
+const KINDS: [TraceKind; 2] = [TraceKind::Hidden, TraceKind::Mlp];
+
+/// A prompt of 7 tokens whose subject is tokens 2..=4, traced toward the oracle's top token
+/// (a traced fact is one the model knows).
+fn input(w: &Weights) -> TraceInput {
+    let v = w.config.vocab_size as u32;
+    let ids = vec![3, 11 % v, 29 % v, 5, 47 % v, 8, 19 % v];
+    let (logits, _) = CpuModel::new(w).forward(std::slice::from_ref(&ids), &Default::default());
+    let last = logits[0].last().unwrap();
+    let target = (0..last.len()).max_by(|&a, &b| last[a].total_cmp(&last[b])).unwrap() as u32;
+    TraceInput { ids, subject: [2, 4], target }
+}
+
+fn settings(w: &Weights, max_batch: usize) -> TraceSettings {
+    let d = w.config.hidden;
+    let rows: Vec<Vec<f32>> = [11usize, 29, 5].iter().map(|&t| w.tensors["embed"].data[t * d..(t + 1) * d].to_vec()).collect();
+    TraceSettings { samples: 3, noise: 3.0 * embedding_std(&rows), seed: 7, max_batch }
+}
+
+fn models() -> Vec<(&'static str, Weights)> {
+    vec![
+        ("llama", random_weights(&Config::tiny_llama(), 31)),
+        ("gpt2", random_weights(&Config::tiny_gpt2(), 32)),
+        ("qwen2", random_weights(&Config { qkv_bias: true, ..Config::tiny_llama() }, 33)),
+    ]
+}
+
+fn close(what: &str, got: f64, want: f64) -> Result<(), String> {
+    if !got.is_finite() || (got - want).abs() > 2e-5 + 2e-3 * want.abs() {
+        return Err(format!("{what}: {got} against the oracle's {want}"));
+    }
+    Ok(())
+}
+
+/// The GPU's trace is the oracle's: the clean and corrupted probabilities and every restored
+/// one, for both kinds, with the passes split into batches of 4 sequences (the restoring runs
+/// of one layer do not fit one) and not split.
+#[test]
+fn the_gpu_trace_is_the_oracles() {
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let cpu = CpuModel::new(&w);
+            let input = input(&w);
+            let want = ok(trace(&cpu, &input, &KINDS, &settings(&w, 1000)))?;
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            for max_batch in [4, 1000] {
+                let got = ok(trace(&gm, &input, &KINDS, &settings(&w, max_batch)))?;
+                for (g, c) in got.iter().zip(&want) {
+                    let tag = format!("{name} {:?} batch {max_batch}", g.kind);
+                    close(&format!("{tag} clean"), g.clean, c.clean)?;
+                    close(&format!("{tag} corrupted"), g.corrupted, c.corrupted)?;
+                    for (layer, (gr, cr)) in g.restored.iter().zip(&c.restored).enumerate() {
+                        for (pos, (gp, cp)) in gr.iter().zip(cr).enumerate() {
+                            close(&format!("{tag} restored at layer {layer} token {pos}"), *gp, *cp)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
+/// By construction, on the oracle: before the subject nothing was corrupted, so restoring
+/// there gives the corrupted probability; the last layer's state at the last token is all the
+/// logits read, so restoring it gives the clean one; the noise moves the probability; without
+/// noise every run is the clean run.
+#[test]
+fn restoring_gives_what_it_must_by_construction() {
+    for (name, w) in models() {
+        let cpu = CpuModel::new(&w);
+        let input = input(&w);
+        let traces = trace(&cpu, &input, &KINDS, &settings(&w, 1000)).unwrap();
+        let last_layer = w.config.n_layers - 1;
+        for t in &traces {
+            let what = format!("{name} {:?}", t.kind);
+            assert!((t.clean - t.corrupted).abs() > 1e-4, "{what}: the noise did not move P ({} and {})", t.clean, t.corrupted);
+            for layer in 0..w.config.n_layers {
+                for pos in 0..input.subject[0] {
+                    assert_eq!(t.restored[layer][pos], t.corrupted, "{what}: restored before the subject at layer {layer} token {pos}");
+                }
+            }
+            if t.kind == TraceKind::Hidden {
+                let back = t.restored[last_layer][input.ids.len() - 1];
+                assert!((back - t.clean).abs() < 1e-6 * t.clean.max(1e-3), "{what}: the last state restored gives {back}, the clean run {}", t.clean);
+            }
+        }
+        let quiet = TraceSettings { noise: 0.0, ..settings(&w, 1000) };
+        for t in trace(&cpu, &input, &KINDS, &quiet).unwrap() {
+            let all: Vec<f64> = t.restored.iter().flatten().copied().chain([t.corrupted]).collect();
+            assert!(all.iter().all(|p| (p - t.clean).abs() < 1e-9), "{name} {:?} without noise: {all:?} against {}", t.kind, t.clean);
+        }
+    }
+}
+
+/// The MLP's restoration, a correction added after the block, is the oracle's forward pass
+/// with the clean key put in place of the corrupted one (the MLP's output itself put back), at
+/// every layer and token of the subject and after it.
+#[test]
+fn the_mlp_correction_is_the_clean_mlp_output_put_back() {
+    use revive::model::probe::{Probes, Site};
+    for (name, w) in models() {
+        let cpu = CpuModel::new(&w);
+        let input = input(&w);
+        let s = settings(&w, 1000);
+        let traced = trace(&cpu, &input, &[TraceKind::Mlp], &s).unwrap().remove(0);
+        let t = input.ids.len();
+        let everywhere: Vec<Site> = (0..w.config.n_layers).flat_map(|layer| (0..t).map(move |pos| Site { layer, seq: 0, pos })).collect();
+        let (_, clean) = cpu.forward(std::slice::from_ref(&input.ids), &Probes { down_in: everywhere, ..Default::default() });
+        // The same noise as the trace's: its samples are drawn from the seed in this order.
+        let noise = revive::eval::trace::noise_of(&input, w.config.hidden, &s);
+        for layer in 0..w.config.n_layers {
+            for pos in input.subject[0]..t {
+                let mut p = 0.0;
+                for sample_noise in &noise {
+                    let probes = Probes { add_to_embedding: sample_noise.iter().enumerate().map(|(j, v)| ((0, input.subject[0] + j), v.clone())).collect(), ..Default::default() };
+                    let key = clean.down_in[layer * t + pos].clone();
+                    let (logits, _) = cpu.forward_with_keys(std::slice::from_ref(&input.ids), &probes, &[(Site { layer, seq: 0, pos }, key)]);
+                    let last = logits[0].last().unwrap();
+                    let m = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    p += (last[input.target as usize] - m).exp() / last.iter().map(|x| (x - m).exp()).sum::<f64>();
+                }
+                p /= noise.len() as f64;
+                let got = traced.restored[layer][pos];
+                assert!((got - p).abs() < 1e-6 * p.max(1e-3), "{name}: MLP restored at layer {layer} token {pos}: {got}, directly {p}");
+            }
+        }
+    }
+}
+
+/// Bad settings and subjects are errors, not panics.
+#[test]
+fn bad_trace_inputs_are_refused() {
+    let w = random_weights(&Config::tiny_llama(), 31);
+    let cpu = CpuModel::new(&w);
+    let good = input(&w);
+    let s = settings(&w, 10);
+    for (what, inp, st) in [
+        ("subject past the prompt", TraceInput { subject: [5, 9], ..good.clone() }, s.clone()),
+        ("subject backwards", TraceInput { subject: [4, 2], ..good.clone() }, s.clone()),
+        ("no samples", good.clone(), TraceSettings { samples: 0, ..s.clone() }),
+        ("NaN noise", good.clone(), TraceSettings { noise: f64::NAN, ..s.clone() }),
+    ] {
+        let r: Result<Vec<Trace>, _> = trace(&cpu, &inp, &KINDS, &st);
+        assert!(r.is_err(), "{what} accepted");
+    }
+}
