@@ -195,6 +195,7 @@ fn logits_and_probes_match_the_oracle() {
                 down_in: vec![Site { layer: 1, seq: 0, pos: 7 }, Site { layer: 0, seq: 2, pos: 0 }],
                 add: vec![(Site { layer: 0, seq: 0, pos: 2 }, (0..w.config.hidden).map(|i| (i as f32 * 0.37).sin()).collect())],
                 add_to_embedding: vec![((0, 1), (0..w.config.hidden).map(|i| (i as f32 * 0.71).cos()).collect()), ((2, 0), vec![0.25; w.config.hidden])],
+                set_down_in: vec![(Site { layer: 1, seq: 0, pos: 4 }, (0..w.config.ffn_hidden).map(|i| (i as f32 * 0.53).sin()).collect()), (Site { layer: 0, seq: 1, pos: 2 }, vec![-0.5; w.config.ffn_hidden])],
             };
             let batch = ok(Batch::new(&seqs))?;
             let (logits, cap) = ok(gm.forward(&batch, &probes, LogitRows::All, None))?;

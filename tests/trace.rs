@@ -26,7 +26,7 @@ fn input(w: &Weights) -> TraceInput {
 fn settings(w: &Weights, max_batch: usize) -> TraceSettings {
     let d = w.config.hidden;
     let rows: Vec<Vec<f32>> = [11usize, 29, 5].iter().map(|&t| w.tensors["embed"].data[t * d..(t + 1) * d].to_vec()).collect();
-    TraceSettings { samples: 3, noise: 3.0 * embedding_std(&rows), seed: 7, max_batch }
+    TraceSettings { samples: 3, noise: 3.0 * embedding_std(&rows), seed: 7, max_batch, window: 2 }
 }
 
 fn models() -> Vec<(&'static str, Weights)> {
@@ -53,10 +53,10 @@ fn the_gpu_trace_is_the_oracles() {
         for (name, w) in models() {
             let cpu = CpuModel::new(&w);
             let input = input(&w);
-            let want = ok(trace(&cpu, &input, &KINDS, &settings(&w, 1000)))?;
+            let want = ok(trace(&cpu, &input, &KINDS, &settings(&w, 1000), &mut || {}))?;
             let gm = ok(GpuModel::new(gpu, &w))?;
             for max_batch in [4, 1000] {
-                let got = ok(trace(&gm, &input, &KINDS, &settings(&w, max_batch)))?;
+                let got = ok(trace(&gm, &input, &KINDS, &settings(&w, max_batch), &mut || {}))?;
                 for (g, c) in got.iter().zip(&want) {
                     let tag = format!("{name} {:?} batch {max_batch}", g.kind);
                     close(&format!("{tag} clean"), g.clean, c.clean)?;
@@ -82,14 +82,16 @@ fn restoring_gives_what_it_must_by_construction() {
     for (name, w) in models() {
         let cpu = CpuModel::new(&w);
         let input = input(&w);
-        let traces = trace(&cpu, &input, &KINDS, &settings(&w, 1000)).unwrap();
+        let traces = trace(&cpu, &input, &KINDS, &settings(&w, 1000), &mut || {}).unwrap();
         let last_layer = w.config.n_layers - 1;
         for t in &traces {
             let what = format!("{name} {:?}", t.kind);
             assert!((t.clean - t.corrupted).abs() > 1e-4, "{what}: the noise did not move P ({} and {})", t.clean, t.corrupted);
             for layer in 0..w.config.n_layers {
                 for pos in 0..input.subject[0] {
-                    assert_eq!(t.restored[layer][pos], t.corrupted, "{what}: restored before the subject at layer {layer} token {pos}");
+                    // Exact for the hidden state; the MLP's key goes through f32 as captured.
+                    let (got, want) = (t.restored[layer][pos], t.corrupted);
+                    assert!((got - want).abs() < 1e-7 * want, "{what}: restored before the subject at layer {layer} token {pos}: {got}, corrupted {want}");
                 }
             }
             if t.kind == TraceKind::Hidden {
@@ -98,45 +100,29 @@ fn restoring_gives_what_it_must_by_construction() {
             }
         }
         let quiet = TraceSettings { noise: 0.0, ..settings(&w, 1000) };
-        for t in trace(&cpu, &input, &KINDS, &quiet).unwrap() {
+        for t in trace(&cpu, &input, &KINDS, &quiet, &mut || {}).unwrap() {
             let all: Vec<f64> = t.restored.iter().flatten().copied().chain([t.corrupted]).collect();
-            assert!(all.iter().all(|p| (p - t.clean).abs() < 1e-9), "{name} {:?} without noise: {all:?} against {}", t.kind, t.clean);
+            assert!(all.iter().all(|p| (p - t.clean).abs() < 1e-7 * t.clean), "{name} {:?} without noise: {all:?} against {}", t.kind, t.clean);
         }
     }
 }
 
-/// The MLP's restoration, a correction added after the block, is the oracle's forward pass
-/// with the clean key put in place of the corrupted one (the MLP's output itself put back), at
-/// every layer and token of the subject and after it.
+/// The MLP kind restores a window of layers: with a window of 1 and one of all layers, the
+/// oracle's trace differs (the window matters), and a window of all layers restored at the
+/// last token puts back every MLP output there.
 #[test]
-fn the_mlp_correction_is_the_clean_mlp_output_put_back() {
-    use revive::model::probe::{Probes, Site};
+fn the_mlp_window_is_the_layers_around_each() {
     for (name, w) in models() {
         let cpu = CpuModel::new(&w);
         let input = input(&w);
-        let s = settings(&w, 1000);
-        let traced = trace(&cpu, &input, &[TraceKind::Mlp], &s).unwrap().remove(0);
-        let t = input.ids.len();
-        let everywhere: Vec<Site> = (0..w.config.n_layers).flat_map(|layer| (0..t).map(move |pos| Site { layer, seq: 0, pos })).collect();
-        let (_, clean) = cpu.forward(std::slice::from_ref(&input.ids), &Probes { down_in: everywhere, ..Default::default() });
-        // The same noise as the trace's: its samples are drawn from the seed in this order.
-        let noise = revive::eval::trace::noise_of(&input, w.config.hidden, &s);
-        for layer in 0..w.config.n_layers {
-            for pos in input.subject[0]..t {
-                let mut p = 0.0;
-                for sample_noise in &noise {
-                    let probes = Probes { add_to_embedding: sample_noise.iter().enumerate().map(|(j, v)| ((0, input.subject[0] + j), v.clone())).collect(), ..Default::default() };
-                    let key = clean.down_in[layer * t + pos].clone();
-                    let (logits, _) = cpu.forward_with_keys(std::slice::from_ref(&input.ids), &probes, &[(Site { layer, seq: 0, pos }, key)]);
-                    let last = logits[0].last().unwrap();
-                    let m = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    p += (last[input.target as usize] - m).exp() / last.iter().map(|x| (x - m).exp()).sum::<f64>();
-                }
-                p /= noise.len() as f64;
-                let got = traced.restored[layer][pos];
-                assert!((got - p).abs() < 1e-6 * p.max(1e-3), "{name}: MLP restored at layer {layer} token {pos}: {got}, directly {p}");
-            }
-        }
+        let n = w.config.n_layers;
+        let one = trace(&cpu, &input, &[TraceKind::Mlp], &TraceSettings { window: 1, ..settings(&w, 1000) }, &mut || {}).unwrap().remove(0);
+        let all = trace(&cpu, &input, &[TraceKind::Mlp], &TraceSettings { window: 2 * n, ..settings(&w, 1000) }, &mut || {}).unwrap().remove(0);
+        let last = input.ids.len() - 1;
+        // Every layer's window of 2n covers all layers: the same restoration at every layer.
+        let column = all.at_token(last);
+        assert!(column.iter().all(|p| (p - column[0]).abs() < 1e-12), "{name}: a window over all layers differs by layer: {column:?}");
+        assert!((0..n).any(|l| (one.restored[l][last] - column[0]).abs() > 1e-9), "{name}: one layer restores what all do");
     }
 }
 
@@ -152,8 +138,9 @@ fn bad_trace_inputs_are_refused() {
         ("subject backwards", TraceInput { subject: [4, 2], ..good.clone() }, s.clone()),
         ("no samples", good.clone(), TraceSettings { samples: 0, ..s.clone() }),
         ("NaN noise", good.clone(), TraceSettings { noise: f64::NAN, ..s.clone() }),
+        ("no window", good.clone(), TraceSettings { window: 0, ..s.clone() }),
     ] {
-        let r: Result<Vec<Trace>, _> = trace(&cpu, &inp, &KINDS, &st);
+        let r: Result<Vec<Trace>, _> = trace(&cpu, &inp, &KINDS, &st, &mut || {});
         assert!(r.is_err(), "{what} accepted");
     }
 }

@@ -14,6 +14,7 @@ mod score;
 mod session;
 mod setup;
 mod spectrum;
+mod trace;
 mod tune;
 
 use anyhow::Result;
@@ -44,6 +45,8 @@ enum Command {
     Generate(generate::Args),
     /// Per-token log-probabilities of a continuation after a prompt.
     Score(score::Args),
+    /// Causal tracing: which layers and tokens carry a fact (ROME §2.1), for one fact or the mean of many.
+    Trace(trace::Args),
     /// Save a model as Hugging Face safetensors + config.json + tokenizer.json + tokenizer_config.json (loads in transformers).
     Export(export::Args),
     /// Last-token logits of each prompt in a file (one per line), as JSON, for comparisons
@@ -247,7 +250,7 @@ impl From<Dtype> for revive::model::gguf::GgmlType {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let choice = BackendChoice::resolve(cli.backend.as_deref())?;
-    let reads_delta = matches!(cli.command, Command::Generate(_) | Command::Export(_) | Command::Logits(_) | Command::Score(_) | Command::Facts(_) | Command::Spectrum(_));
+    let reads_delta = matches!(cli.command, Command::Generate(_) | Command::Export(_) | Command::Logits(_) | Command::Score(_) | Command::Trace(_) | Command::Facts(_) | Command::Spectrum(_));
     if let (Some(path), false) = (&cli.delta, reads_delta) {
         // Accepting it would edit, apply or measure the base model while the user meant the
         // edited one; a session's edits go on with --resume, its model is rebuilt by apply.
@@ -264,6 +267,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Logits(args) => logits::run(choice, args),
         Command::Score(args) => score::run(choice, args),
+        Command::Trace(args) => trace::run(choice, args),
         Command::Edit(args) => edit::run(choice, *args),
         Command::Journal { dir, json } => session::journal(&dir, json),
         Command::Apply { model, journal, upto, out, save, dtype } => session::apply(choice, &model, &journal, upto, &out, save, dtype),

@@ -1,7 +1,7 @@
 //! The f64 oracle of the whole model (Llama and GPT-2 families): plain loops in the spirit of
 //! llm.c's train_gpt2.c. Slow and clear; the GPU forward is tested against it.
 
-use crate::model::probe::{Captured, Probes, Site};
+use crate::model::probe::{Captured, Probes};
 use super::activation::{gelu_scalar as gelu, silu};
 use super::norm::{layer_norm_row as layer_norm, rms_norm_row as rms_norm};
 use super::rope::rope_head;
@@ -48,12 +48,6 @@ impl CpuModel {
 
     /// Logits [T, V] for each sequence of the batch, plus what `probes` asked for.
     pub fn forward(&self, batch: &[Vec<u32>], probes: &Probes) -> (Vec<Vec<Vec<f64>>>, Captured) {
-        self.forward_with_keys(batch, probes, &[])
-    }
-
-    /// `forward` with the MLP keys (down-projection inputs) at some sites replaced: the direct
-    /// way to put back an MLP's output, against which causal tracing's correction is tested.
-    pub fn forward_with_keys(&self, batch: &[Vec<u32>], probes: &Probes, keys: &[(Site, Vec<f32>)]) -> (Vec<Vec<Vec<f64>>>, Captured) {
         let mut captured = Captured {
             residual: vec![vec![]; probes.residual.len()],
             down_in: vec![vec![]; probes.down_in.len()],
@@ -61,12 +55,12 @@ impl CpuModel {
         let logits = batch
             .iter()
             .enumerate()
-            .map(|(s, tokens)| self.forward_one(s, tokens, probes, keys, &mut captured))
+            .map(|(s, tokens)| self.forward_one(s, tokens, probes, &mut captured))
             .collect();
         (logits, captured)
     }
 
-    fn forward_one(&self, seq: usize, tokens: &[u32], probes: &Probes, keys: &[(Site, Vec<f32>)], cap: &mut Captured) -> Vec<Vec<f64>> {
+    fn forward_one(&self, seq: usize, tokens: &[u32], probes: &Probes, cap: &mut Captured) -> Vec<Vec<f64>> {
         let c = &self.config;
         let (d, hd) = (c.hidden, c.head_dim);
         let eps = c.norm_eps as f64;
@@ -145,13 +139,13 @@ impl CpuModel {
                     let gate = linear(self.l(i, "w_gate"), None, &h, c.ffn_hidden);
                     gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect()
                 };
-                if let Some((_, k)) = keys.iter().find(|(site, _)| (site.layer, site.seq, site.pos) == (i, seq, p)) {
-                    key = k.iter().map(|&v| v as f64).collect();
-                }
                 for (k, site) in probes.down_in.iter().enumerate() {
                     if (site.layer, site.seq, site.pos) == (i, seq, p) {
                         cap.down_in[k] = key.iter().map(|&v| v as f32).collect();
                     }
+                }
+                if let Some((_, k)) = probes.set_down_in.iter().find(|(site, _)| (site.layer, site.seq, site.pos) == (i, seq, p)) {
+                    key = k.iter().map(|&v| v as f64).collect();
                 }
                 let down = linear(self.l(i, "w_down"), bias(i, "b_down"), &key, d);
                 xt.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
@@ -196,7 +190,4 @@ impl crate::eval::trace::TraceRunner for CpuModel {
         Ok((p, cap))
     }
 
-    fn down_proj(&self, layer: usize) -> crate::error::Result<Vec<f32>> {
-        Ok(self.l(layer, "w_down").iter().map(|&x| x as f32).collect())
-    }
 }

@@ -220,6 +220,25 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
 }
 
 /// A PNG copy of an SVG file (resvg; text in the system's fonts, none drawn if it has none).
+/// Causal tracing averaged over facts: per kind (hidden state, MLP output), the probability a
+/// restored state brings back against the layer, at the subject's last token and the last token.
+pub fn trace_curves(kinds: &[(crate::eval::trace::TraceKind, Vec<f64>, Vec<f64>)], facts: usize, path: &Path) -> Result<()> {
+    let titles: Vec<String> = kinds.iter().map(|(k, _, _)| format!("{k:?} restored, mean of {facts} fact(s)")).collect();
+    let line = |v: &[f64]| v.iter().enumerate().map(|(l, &e)| (l as f64, e)).collect::<Vec<_>>();
+    let panels: Vec<Panel> = kinds
+        .iter()
+        .zip(&titles)
+        .map(|((_, subject_last, last), title)| Panel {
+            title,
+            x_desc: "layer",
+            y_desc: "P(answer) restored − corrupted",
+            log_y: false,
+            series: vec![("subject's last token".into(), line(subject_last), false), ("last token".into(), line(last), true)],
+        })
+        .collect();
+    draw_panels(&panels, panels.len(), path)
+}
+
 pub fn png_from_svg(svg: &Path, png: &Path) -> Result<()> {
     let data = std::fs::read(svg).map_err(|e| plot_err(svg, e))?;
     let mut opt = resvg::usvg::Options::default();

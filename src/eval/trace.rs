@@ -19,8 +19,7 @@ use serde::Serialize;
 pub enum TraceKind {
     /// The residual stream after a layer (ROME's "hidden state", window 1).
     Hidden,
-    /// One layer's MLP output. ROME restores a window of 10 layers around each; one layer
-    /// alone is exact here (its correction is known before the pass), a window is not.
+    /// The MLP outputs of a window of layers around each (ROME's 10), at one token.
     Mlp,
 }
 
@@ -40,8 +39,6 @@ pub trait TraceRunner {
     fn n_layers(&self) -> usize;
     fn hidden(&self) -> usize;
     fn run(&self, seqs: &[Vec<u32>], probes: &Probes, target: u32) -> Result<(Vec<f64>, Captured)>;
-    /// Layer `layer`'s MLP down-projection, [hidden, ffn] row-major.
-    fn down_proj(&self, layer: usize) -> Result<Vec<f32>>;
 }
 
 /// One fact to trace: its tokens, the subject's tokens [first, last] and the answer's first token.
@@ -60,6 +57,8 @@ pub struct TraceSettings {
     pub seed: u64,
     /// At most this many sequences in one pass.
     pub max_batch: usize,
+    /// The MLP kind restores layers l − window/2 ..< l + window − window/2 (ROME: 10).
+    pub window: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,15 +95,21 @@ fn gaussian(rng: &mut impl Rng) -> f64 {
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
+/// The passes [`trace`] makes for one fact: a clean one, the corrupted ones, and per kind and
+/// layer the restoring ones; `tick` is called after each layer of each kind.
+pub fn layers_to_trace(runner: &dyn TraceRunner, kinds: &[TraceKind]) -> usize {
+    runner.n_layers() * kinds.len()
+}
+
 /// Traces one fact for each kind asked.
-pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], s: &TraceSettings) -> Result<Vec<Trace>> {
+pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], s: &TraceSettings, tick: &mut dyn FnMut()) -> Result<Vec<Trace>> {
     let (layers, d, t) = (runner.n_layers(), runner.hidden(), input.ids.len());
     let [first, last] = input.subject;
     if first > last || last >= t {
         return Err(Error::Edit(format!("subject tokens {first}..={last} are outside the prompt's {t} tokens")));
     }
-    if s.samples == 0 || s.max_batch == 0 || !s.noise.is_finite() {
-        return Err(Error::Edit("causal tracing needs samples ≥ 1, a batch ≥ 1 and a finite noise level".into()));
+    if s.samples == 0 || s.max_batch == 0 || s.window == 0 || !s.noise.is_finite() {
+        return Err(Error::Edit("causal tracing needs samples ≥ 1, a batch ≥ 1, a window ≥ 1 and a finite noise level".into()));
     }
     let noise = noise_of(input, d, s);
     let noisy = |seq: usize, sample: usize| -> Vec<((usize, usize), Vec<f32>)> { noise[sample].iter().enumerate().map(|(j, v)| ((seq, first + j), v.clone())).collect() };
@@ -127,14 +132,10 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
             if wants_hidden {
                 probes.residual.extend(everywhere(seq));
             }
-            if wants_mlp {
-                probes.down_in.extend(everywhere(seq));
-            }
         }
         let (p, cap) = runner.run(&seqs, &probes, input.target)?;
         corrupted_p.extend(p);
         corrupted.residual.extend(cap.residual);
-        corrupted.down_in.extend(cap.down_in);
     }
     let corrupted_mean = mean(&corrupted_p);
     let at = |sample: usize, layer: usize, pos: usize| (sample * layers + layer) * t + pos;
@@ -143,27 +144,22 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
     for &kind in kinds {
         let mut restored = vec![vec![0.0; t]; layers];
         for layer in 0..layers {
-            // What restoring the state at (layer, pos) adds to the corrupted residual stream
-            // there, for each sample: the clean state minus the corrupted one, or for the MLP
-            // W_down (k_clean − k_corrupted) — the same MLP output difference (its bias cancels).
-            let w_down = if kind == TraceKind::Mlp { Some(runner.down_proj(layer)?) } else { None };
-            let correction = |sample: usize, pos: usize| -> Vec<f32> {
-                let (c, k) = (layer * t + pos, at(sample, layer, pos));
-                match &w_down {
-                    None => clean.residual[c].iter().zip(&corrupted.residual[k]).map(|(a, b)| a - b).collect(),
-                    Some(w) => {
-                        let dk: Vec<f64> = clean.down_in[c].iter().zip(&corrupted.down_in[k]).map(|(a, b)| *a as f64 - *b as f64).collect();
-                        w.chunks(dk.len()).map(|row| row.iter().zip(&dk).map(|(w, k)| *w as f64 * k).sum::<f64>() as f32).collect()
-                    }
-                }
-            };
+            let window = layer.saturating_sub(s.window / 2)..(layer + s.window - s.window / 2).min(layers);
             let runs: Vec<(usize, usize)> = (0..t).flat_map(|pos| (0..s.samples).map(move |sample| (pos, sample))).collect();
             let mut p_of = vec![];
             for chunk in runs.chunks(s.max_batch) {
                 let mut probes = Probes::default();
                 for (seq, &(pos, sample)) in chunk.iter().enumerate() {
                     probes.add_to_embedding.extend(noisy(seq, sample));
-                    probes.add.push((Site { layer, seq, pos }, correction(sample, pos)));
+                    match kind {
+                        // The clean state minus the corrupted one, added where it was.
+                        TraceKind::Hidden => {
+                            let (c, k) = (&clean.residual[layer * t + pos], &corrupted.residual[at(sample, layer, pos)]);
+                            probes.add.push((Site { layer, seq, pos }, c.iter().zip(k).map(|(a, b)| a - b).collect()));
+                        }
+                        // The clean keys: each MLP of the window writes its clean output.
+                        TraceKind::Mlp => probes.set_down_in.extend(window.clone().map(|l| (Site { layer: l, seq, pos }, clean.down_in[l * t + pos].clone()))),
+                    }
                 }
                 let (p, _) = runner.run(&vec![input.ids.clone(); chunk.len()], &probes, input.target)?;
                 p_of.extend(p);
@@ -171,10 +167,22 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
             for (pos, row) in p_of.chunks(s.samples).enumerate() {
                 restored[layer][pos] = mean(row);
             }
+            tick();
         }
         out.push(Trace { kind, subject: input.subject, target: input.target, clean: clean_p, corrupted: corrupted_mean, restored });
     }
     Ok(out)
+}
+
+/// A prompt with `{}` where the subject goes, as a fact to trace toward `target` (a token):
+/// its tokens and the subject's first and last token.
+pub fn trace_input(tok: &crate::model::Tok, prompt: &str, subject: &str, target: u32) -> Result<TraceInput> {
+    let sp = crate::edit::keys::subject_prompt(tok, "{}", prompt, subject)?;
+    let before = &prompt[..prompt.find("{}").expect("subject_prompt checked it")];
+    // The space before a word belongs to the word's token in byte-level BPE: the tokens of the
+    // text before the subject, without that space, end where the subject's begin.
+    let first = tok.encode_prompt(before.trim_end())?.len().clamp(tok.start().len(), sp.subject_last);
+    Ok(TraceInput { ids: sp.ids, subject: [first, sp.subject_last], target })
 }
 
 /// The standard deviation of the values of some embedding rows (ROME's noise unit: the
@@ -213,7 +221,4 @@ impl TraceRunner for crate::model::forward::GpuModel {
         Ok((logits.chunks(self.config.vocab_size).map(|row| probability(row, target)).collect(), cap))
     }
 
-    fn down_proj(&self, layer: usize) -> Result<Vec<f32>> {
-        self.gpu().download(self.tensor(&format!("layers.{layer}.w_down"))?)
-    }
 }

@@ -381,12 +381,19 @@ impl GpuModel {
         x = self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?;
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
+        for site in probes.set_down_in.iter().map(|(s, _)| s) {
+            check_site(c, batch, site)?;
+        }
         for i in 0..c.n_layers {
-            let keep = if probes.down_in.iter().any(|s| s.layer == i) { Keep::Key } else { Keep::Output };
+            let sets: Vec<&(Site, Vec<f32>)> = probes.set_down_in.iter().filter(|(s, _)| s.layer == i).collect();
+            let keep = if probes.down_in.iter().any(|s| s.layer == i) || !sets.is_empty() { Keep::Key } else { Keep::Output };
             let out = self.block(i, x, cache, pos0, b, t, keep)?;
             x = out.x;
             if let Some(key) = &out.key {
                 capture(gpu, key, batch, &probes.down_in, i, &mut down_caps)?;
+                if !sets.is_empty() {
+                    x = self.set_keys(x, key, batch, i, &sets)?;
+                }
             }
             x = self.add_at_rows(x, batch, probes.add.iter().filter(|(s, _)| s.layer == i).map(|(s, v)| (s.seq, s.pos, v.as_slice())))?;
             capture(gpu, &x, batch, &probes.residual, i, &mut residual_caps)?;
@@ -402,6 +409,26 @@ impl GpuModel {
             down_in: collect(gpu, probes.down_in.len(), down_caps)?,
         };
         Ok((logits, captured))
+    }
+
+    /// The block output x of layer i as it would be had the MLP read `sets`' keys at their
+    /// sites instead of `key`'s: x + W_down (k_set − k) at those rows (the MLP's bias cancels).
+    /// A host round trip, for probes only: the block's fused kernels stay as they are.
+    fn set_keys(&self, x: Tensor, key: &Tensor, batch: &Batch, i: usize, sets: &[&(Site, Vec<f32>)]) -> Result<Tensor> {
+        let ffn = self.config.ffn_hidden;
+        let rows: Vec<u32> = sets.iter().map(|(s, _)| batch.row(s.seq, s.pos) as u32).collect();
+        let current = self.gpu.download(&gather_rows(&self.gpu, key, &rows)?)?;
+        let w_down = self.gpu.download(self.l(i, "w_down")?)?;
+        let mut adds = vec![];
+        for ((site, set), now) in sets.iter().map(|p| (&p.0, &p.1)).zip(current.chunks(ffn)) {
+            if set.len() != ffn {
+                return Err(Error::shape("forward", format!("a key set at {site:?} has {} values, the MLP {ffn}", set.len())));
+            }
+            let dk: Vec<f64> = set.iter().zip(now).map(|(a, b)| *a as f64 - *b as f64).collect();
+            let v: Vec<f32> = w_down.chunks(ffn).map(|row| row.iter().zip(&dk).map(|(w, k)| *w as f64 * k).sum::<f64>() as f32).collect();
+            adds.push((site.seq, site.pos, v));
+        }
+        self.add_at_rows(x, batch, adds.iter().map(|(s, p, v)| (*s, *p, v.as_slice())))
     }
 
     /// x plus each vector at its (sequence, position) row; x itself where there are none.

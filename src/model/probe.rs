@@ -24,6 +24,11 @@ pub struct Probes {
     /// Add a vector (width d) to the input embedding of a (sequence, position), before the
     /// first block reads it (causal tracing's noise on the subject's tokens).
     pub add_to_embedding: Vec<((usize, usize), Vec<f32>)>,
+    /// Put this key (width ffn_hidden) in place of the down-projection input of `layer` at a
+    /// site, so that the MLP writes the output it would write for that key (causal tracing's
+    /// restored MLP state; the oracle replaces the key, the GPU adds the difference it makes).
+    /// A `down_in` read at the same site reads the key the layer computed.
+    pub set_down_in: Vec<(Site, Vec<f32>)>,
 }
 
 /// What a forward pass captured, in the order of the requests.

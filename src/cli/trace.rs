@@ -1,0 +1,200 @@
+//! `revive trace`: causal tracing of one fact or of many (src/eval/trace.rs) — where a model
+//! keeps its facts, and so which layers an edit of that model should rewrite.
+
+use anyhow::{bail, Context, Result};
+use revive::eval::trace::{embedding_std, layers_to_trace, trace, trace_input, Trace, TraceInput, TraceKind, TraceSettings};
+use revive::gpu::{BackendChoice, Gpu};
+use revive::model::forward::GpuModel;
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    /// The subject of one fact, with --prompt.
+    #[arg(long, requires = "prompt", conflicts_with = "edits")]
+    subject: Option<String>,
+    /// The relation with `{}` where the subject goes.
+    #[arg(long, requires = "subject")]
+    prompt: Option<String>,
+    /// The answer traced (its first token); by default the model's own top token.
+    #[arg(long)]
+    target: Option<String>,
+    /// Facts to trace and average (any layout `revive edit --edits` reads): each toward its
+    /// true answer, kept only where that is the model's top token (a fact it knows).
+    #[arg(long)]
+    edits: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// What is put back: hidden (the residual after a layer), mlp (the MLP outputs of --window
+    /// layers around it).
+    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp")]
+    kind: Vec<TraceKind>,
+    /// Corrupted runs per fact.
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    /// The noise's standard deviation in units of the std of the subjects' token embeddings
+    /// (ROME's 3).
+    #[arg(long, default_value_t = 3.0)]
+    noise: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The MLP kind restores this many layers around each (ROME's 10).
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Curves against the layer (SVG; a PNG beside it).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// One traced fact as written to the JSON.
+#[derive(Serialize)]
+struct Traced {
+    prompt: String,
+    subject: String,
+    tokens: Vec<String>,
+    target: String,
+    traces: Vec<Trace>,
+}
+
+/// The mean over facts, per kind, of the probability a restored state brings back beyond the
+/// corrupted one (ROME's average indirect effect), at the subject's last token and the last token.
+#[derive(Serialize)]
+struct Average {
+    kind: TraceKind,
+    facts: usize,
+    clean: f64,
+    corrupted: f64,
+    subject_last: Vec<f64>,
+    last_token: Vec<f64>,
+}
+
+pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
+    if a.kind.is_empty() {
+        bail!("--kind: give hidden, mlp or both");
+    }
+    let m = super::common::load_model(&a.model)?;
+    let gpu = Gpu::new(choice)?;
+    let gm = GpuModel::new(&gpu, &m.weights)?;
+    let top_token = |ids: &[u32]| -> Result<u32> {
+        let logits = gm.last_logits(&[ids.to_vec()])?.remove(0);
+        Ok((0..logits.len()).max_by(|&x, &y| logits[x].total_cmp(&logits[y])).expect("a vocabulary") as u32)
+    };
+    // The facts: (prompt, subject, input).
+    let mut facts: Vec<(String, String, TraceInput)> = vec![];
+    if let (Some(subject), Some(prompt)) = (&a.subject, &a.prompt) {
+        let probe = trace_input(&m.tok, prompt, subject, 0)?;
+        let target = match &a.target {
+            Some(t) => *m.tok.encode(t)?.first().with_context(|| format!("--target {t:?} has no tokens"))?,
+            None => top_token(&probe.ids)?,
+        };
+        facts.push((prompt.clone(), subject.clone(), TraceInput { target, ..probe }));
+    } else if let Some(path) = &a.edits {
+        let requests = revive::edit::request::load_requests(path)?;
+        let (mut unknown, mut no_answer) = (0, 0);
+        for r in requests.iter().take(a.limit) {
+            let Some(truth) = &r.target_true else {
+                no_answer += 1;
+                continue;
+            };
+            let Some(&target) = m.tok.encode(truth)?.first() else {
+                no_answer += 1;
+                continue;
+            };
+            let input = trace_input(&m.tok, &r.prompt, &r.subject, target).with_context(|| format!("{}: request {:?}", path.display(), r.subject))?;
+            if top_token(&input.ids)? != target {
+                unknown += 1;
+                continue;
+            }
+            facts.push((r.prompt.clone(), r.subject.clone(), input));
+        }
+        eprintln!("{} of the first {} facts traced ({unknown} the model does not answer with its true answer, {no_answer} without one)", facts.len(), a.limit.min(requests.len()));
+        if facts.is_empty() {
+            bail!("{}: no fact the model knows among the first {}", path.display(), a.limit);
+        }
+    } else {
+        bail!("give a fact (--subject S --prompt P) or facts (--edits FILE)");
+    }
+
+    // ROME's noise unit: the std of the traced subjects' token embeddings.
+    let d = m.weights.config.hidden;
+    let embed = &m.weights.tensors.get("embed").context("the model has no embedding")?.data;
+    let rows: Vec<Vec<f32>> = facts.iter().flat_map(|(_, _, f)| f.ids[f.subject[0]..=f.subject[1]].iter().map(|&t| embed[t as usize * d..(t as usize + 1) * d].to_vec())).collect();
+    let settings = TraceSettings { samples: a.samples, noise: a.noise * embedding_std(&rows), seed: a.seed, max_batch: a.max_batch, window: a.window };
+
+    let bar = revive::progress::terminal_bar((facts.len() * layers_to_trace(&gm, &a.kind)) as u64, "trace: layers", true);
+    let mut traced = vec![];
+    for (prompt, subject, input) in facts {
+        let traces = trace(&gm, &input, &a.kind, &settings, &mut || bar.inc(1))?;
+        let tokens = input.ids.iter().map(|&t| m.tok.decode(&[t])).collect::<revive::Result<Vec<_>>>()?;
+        traced.push(Traced { prompt, subject, tokens, target: m.tok.decode(&[input.target])?, traces });
+    }
+    bar.finish_and_clear();
+
+    let averages: Vec<Average> = (0..a.kind.len()).map(|k| average(&traced, k)).collect();
+    if let [one] = traced.as_slice() {
+        print_one(one);
+    }
+    print_averages(&averages, traced.len());
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({"model": m.source, "samples": a.samples, "noise": a.noise, "noise_std": settings.noise, "seed": a.seed, "window": a.window, "average": averages, "facts": traced});
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        revive::eval::plot::trace_curves(&averages.iter().map(|a| (a.kind, a.subject_last.clone(), a.last_token.clone())).collect::<Vec<_>>(), traced.len(), path)?;
+        let png = path.with_extension("png");
+        revive::eval::plot::png_from_svg(path, &png)?;
+        eprintln!("wrote {} and {}", path.display(), png.display());
+    }
+    Ok(())
+}
+
+fn average(traced: &[Traced], k: usize) -> Average {
+    let n = traced.len() as f64;
+    let traces: Vec<&Trace> = traced.iter().map(|t| &t.traces[k]).collect();
+    let layers = traces[0].restored.len();
+    let mean_effect = |token: &dyn Fn(&Trace) -> usize| -> Vec<f64> { (0..layers).map(|l| traces.iter().map(|t| t.restored[l][token(t)] - t.corrupted).sum::<f64>() / n).collect() };
+    Average {
+        kind: traces[0].kind,
+        facts: traced.len(),
+        clean: traces.iter().map(|t| t.clean).sum::<f64>() / n,
+        corrupted: traces.iter().map(|t| t.corrupted).sum::<f64>() / n,
+        subject_last: mean_effect(&|t| t.subject[1]),
+        last_token: mean_effect(&|t| t.restored[0].len() - 1),
+    }
+}
+
+/// One fact: each token's row — the restored P at every layer, the subject's tokens marked.
+fn print_one(t: &Traced) {
+    println!("{} → {:?}", t.prompt.replace("{}", &t.subject), t.target);
+    for trace in &t.traces {
+        println!("\n{:?}: P(target) clean {:.4}, corrupted {:.4}; restored at layer 0, 1, … (×100):", trace.kind, trace.clean, trace.corrupted);
+        for (pos, token) in t.tokens.iter().enumerate() {
+            let mark = if (trace.subject[0]..=trace.subject[1]).contains(&pos) { "*" } else { " " };
+            let row: Vec<String> = trace.at_token(pos).iter().map(|p| format!("{:>3.0}", p * 100.0)).collect();
+            println!("{mark}{:<14} {}", format!("{token:?}"), row.join(""));
+        }
+    }
+    println!();
+}
+
+fn print_averages(averages: &[Average], facts: usize) {
+    for a in averages {
+        let best = |v: &[f64]| (0..v.len()).max_by(|&x, &y| v[x].total_cmp(&v[y])).unwrap_or(0);
+        let (s, l) = (best(&a.subject_last), best(&a.last_token));
+        println!(
+            "{:?} over {facts} fact(s): P clean {:.3}, corrupted {:.3}; the largest effect at the subject's last token at layer {s} (+{:.3}), at the last token at layer {l} (+{:.3})",
+            a.kind, a.clean, a.corrupted, a.subject_last[s], a.last_token[l]
+        );
+        let row = |v: &[f64]| v.iter().map(|e| format!("{:>4.0}", e * 1000.0)).collect::<Vec<_>>().join("");
+        println!("  effect ×1000 at the subject's last token, layer 0…: {}", row(&a.subject_last));
+        println!("  effect ×1000 at the last token,           layer 0…: {}", row(&a.last_token));
+    }
+}
