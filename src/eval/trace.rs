@@ -145,7 +145,9 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
         let mut restored = vec![vec![0.0; t]; layers];
         for layer in 0..layers {
             let window = layer.saturating_sub(s.window / 2)..(layer + s.window - s.window / 2).min(layers);
-            let runs: Vec<(usize, usize)> = (0..t).flat_map(|pos| (0..s.samples).map(move |sample| (pos, sample))).collect();
+            // Before the subject no state was corrupted (attention looks back only): putting
+            // one back there gives the corrupted runs, which need no pass.
+            let runs: Vec<(usize, usize)> = (first..t).flat_map(|pos| (0..s.samples).map(move |sample| (pos, sample))).collect();
             let mut p_of = vec![];
             for chunk in runs.chunks(s.max_batch) {
                 let mut probes = Probes::default();
@@ -164,8 +166,9 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
                 let (p, _) = runner.run(&vec![input.ids.clone(); chunk.len()], &probes, input.target)?;
                 p_of.extend(p);
             }
+            restored[layer][..first].fill(corrupted_mean);
             for (pos, row) in p_of.chunks(s.samples).enumerate() {
-                restored[layer][pos] = mean(row);
+                restored[layer][first + pos] = mean(row);
             }
             tick();
         }
