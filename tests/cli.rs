@@ -214,3 +214,49 @@ fn a_gguf_that_cannot_be_written_is_refused_before_the_edit() {
     assert!(!stdout.contains("[1/1]") && !dir.join("out/model.gguf").exists(), "the edit ran: {stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `revive trace` on a model of two layers: one fact writes its token × layer table (JSON and
+/// the plot's SVG and PNG); `--edits` traces only the facts the model knows (its top token is
+/// the true answer) and refuses a file without one, naming it; a subject not in its prompt is
+/// an error.
+#[test]
+fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-gguf/model.gguf");
+    let dir = std::env::temp_dir().join(format!("revive-cli-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let revive = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_revive")).args(["trace", "-m", model.to_str().unwrap(), "--samples", "2", "--window", "2"]).args(args).output().expect("runs");
+    let (json, plot) = (dir.join("one.json"), dir.join("one.svg"));
+    let out = revive(&["--subject", "Walter", "--prompt", "Sir {} Elliot of", "--json", json.to_str().unwrap(), "--plot", plot.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(plot.exists() && plot.with_extension("png").exists());
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let fact = &doc["facts"][0];
+    let tokens = fact["tokens"].as_array().unwrap().len();
+    let traces = fact["traces"].as_array().unwrap();
+    assert_eq!(traces.iter().map(|t| t["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["hidden", "mlp"], "{doc}");
+    for t in traces {
+        let restored = t["restored"].as_array().unwrap();
+        assert_eq!(restored.len(), 2, "{t}");
+        assert!(restored.iter().all(|row| row.as_array().unwrap().len() == tokens && row.as_array().unwrap().iter().all(|p| p.as_f64().is_some_and(|p| (0.0..=1.0).contains(&p)))), "{t}");
+        // "Walter" is one or more tokens after "Sir": the subject starts at token 1 or later.
+        let [first, last] = [t["subject"][0].as_u64().unwrap(), t["subject"][1].as_u64().unwrap()];
+        assert!(first >= 1 && first <= last && (last as usize) < tokens, "{t}");
+    }
+    assert_eq!(doc["average"].as_array().unwrap().len(), 2);
+
+    // As a record, toward an answer the model does not give (a record's answer gets a leading
+    // space, and this random model's top token has none): nothing known to trace, and said so.
+    let record = |truth: &str| serde_json::json!({"subject": "Walter", "prompt": "Sir {} Elliot of", "target_new": " x", "target_true": truth});
+    let edits = dir.join("edits.json");
+    std::fs::write(&edits, serde_json::to_string(&vec![record(fact["target"].as_str().unwrap()), serde_json::json!({"subject": "Walter", "prompt": "Sir {} Elliot of", "target_new": " x"})]).unwrap()).unwrap();
+    let out = revive(&["--edits", edits.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("0 of the first 2 facts traced (1 the model does not answer with its true answer, 1 without one)") && err.contains("edits.json") && err.contains("no fact the model knows"), "{err}");
+    let out = revive(&["--subject", "Anne", "--prompt", "Sir {} Elliot of"]);
+    assert!(out.status.success(), "a subject in its prompt: {}", String::from_utf8_lossy(&out.stderr));
+    let out = revive(&["--subject", "Walter", "--prompt", "Sir Elliot of"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no '{}'"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
