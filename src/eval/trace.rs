@@ -142,7 +142,7 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
 
     let mut out = vec![];
     for &kind in kinds {
-        let mut restored = vec![vec![0.0; t]; layers];
+        let mut restored = Vec::with_capacity(layers);
         for layer in 0..layers {
             let window = layer.saturating_sub(s.window / 2)..(layer + s.window - s.window / 2).min(layers);
             // Before the subject no state was corrupted (attention looks back only): putting
@@ -166,10 +166,9 @@ pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], 
                 let (p, _) = runner.run(&vec![input.ids.clone(); chunk.len()], &probes, input.target)?;
                 p_of.extend(p);
             }
-            restored[layer][..first].fill(corrupted_mean);
-            for (pos, row) in p_of.chunks(s.samples).enumerate() {
-                restored[layer][first + pos] = mean(row);
-            }
+            let mut row = vec![corrupted_mean; first];
+            row.extend(p_of.chunks(s.samples).map(mean));
+            restored.push(row);
             tick();
         }
         out.push(Trace { kind, subject: input.subject, target: input.target, clean: clean_p, corrupted: corrupted_mean, restored });
