@@ -412,23 +412,22 @@ impl GpuModel {
     }
 
     /// The block output x of layer i as it would be had the MLP read `sets`' keys at their
-    /// sites instead of `key`'s: x + W_down (k_set − k) at those rows (the MLP's bias cancels).
-    /// A host round trip, for probes only: the block's fused kernels stay as they are.
+    /// sites instead of `key`'s: x + (k_set − k) W_downᵀ at those rows (the MLP's bias cancels).
+    /// One small read back, for probes only: the block's fused kernels stay as they are.
     fn set_keys(&self, x: Tensor, key: &Tensor, batch: &Batch, i: usize, sets: &[&(Site, Vec<f32>)]) -> Result<Tensor> {
-        let ffn = self.config.ffn_hidden;
-        let rows: Vec<u32> = sets.iter().map(|(s, _)| batch.row(s.seq, s.pos) as u32).collect();
-        let current = self.gpu.download(&gather_rows(&self.gpu, key, &rows)?)?;
-        let w_down = self.gpu.download(self.l(i, "w_down")?)?;
-        let mut adds = vec![];
-        for ((site, set), now) in sets.iter().map(|p| (&p.0, &p.1)).zip(current.chunks(ffn)) {
+        let (ffn, d) = (self.config.ffn_hidden, self.config.hidden);
+        let mut wanted = Vec::with_capacity(sets.len() * ffn);
+        for (site, set) in sets.iter().map(|p| (&p.0, &p.1)) {
             if set.len() != ffn {
                 return Err(Error::shape("forward", format!("a key set at {site:?} has {} values, the MLP {ffn}", set.len())));
             }
-            let dk: Vec<f64> = set.iter().zip(now).map(|(a, b)| *a as f64 - *b as f64).collect();
-            let v: Vec<f32> = w_down.chunks(ffn).map(|row| row.iter().zip(&dk).map(|(w, k)| *w as f64 * k).sum::<f64>() as f32).collect();
-            adds.push((site.seq, site.pos, v));
+            wanted.extend_from_slice(set);
         }
-        self.add_at_rows(x, batch, adds.iter().map(|(s, p, v)| (*s, *p, v.as_slice())))
+        let rows: Vec<u32> = sets.iter().map(|(s, _)| batch.row(s.seq, s.pos) as u32).collect();
+        let diff = self.gpu.upload(&wanted, &[sets.len(), ffn])?;
+        elementwise::axpy(&self.gpu, -1.0, &gather_rows(&self.gpu, key, &rows)?, &diff)?;
+        let change = self.gpu.download(&self.linear(&diff, self.l(i, "w_down")?, None)?)?;
+        self.add_at_rows(x, batch, sets.iter().zip(change.chunks(d)).map(|((s, _), v)| (s.seq, s.pos, v)))
     }
 
     /// x plus each vector at its (sequence, position) row; x itself where there are none.
