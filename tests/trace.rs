@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use revive::cpu::model::CpuModel;
-use revive::eval::trace::{embedding_std, trace, Trace, TraceInput, TraceKind, TraceSettings};
+use revive::eval::trace::{embedding_std, trace, trace_with_noise, Trace, TraceInput, TraceKind, TraceSettings};
 use revive::model::forward::GpuModel;
 use revive::model::probe::{Probes, Site};
 use revive::model::random::random_weights;
@@ -71,6 +71,42 @@ fn the_gpu_trace_is_the_oracles() {
             }
         }
         Ok(())
+    });
+}
+
+/// Against ROME's way of tracing, in transformers (tests/data/trace_fixture.py: hooks that add
+/// the noise to the embedding output and copy the clean row's state into the corrupted rows),
+/// with the same noise: the oracle's and the GPU's traces give its probabilities.
+#[test]
+fn traces_match_romes_procedure_in_transformers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/trace");
+    let w = revive::model::safetensors::load_dir(&dir).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let nums = |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let ids: Vec<u32> = nums(&want["ids"]).iter().map(|&x| x as u32).collect();
+    let subject = nums(&want["subject"]);
+    let input = TraceInput { ids, subject: [subject[0] as usize, subject[1] as usize], target: want["target"].as_u64().unwrap() as u32 };
+    let noise: Vec<Vec<Vec<f32>>> = want["noise"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|t| nums(t).iter().map(|&x| x as f32).collect()).collect()).collect();
+    let s = TraceSettings { samples: noise.len(), noise: 1.0, seed: 0, max_batch: 5, window: want["window"].as_u64().unwrap() as usize };
+    let check = |who: &str, traces: Vec<Trace>| -> Result<(), String> {
+        for t in traces {
+            let kind = format!("{:?}", t.kind).to_lowercase();
+            let near = |what: String, got: f64, want: f64| if (got - want).abs() <= 2e-6 + 2e-4 * want { Ok(()) } else { Err(format!("{who} {kind} {what}: {got}, transformers {want}")) };
+            near("clean".into(), t.clean, want["clean"].as_f64().unwrap())?;
+            near("corrupted".into(), t.corrupted, want["corrupted"].as_f64().unwrap())?;
+            for (layer, row) in want["restored"][&kind].as_array().unwrap().iter().enumerate() {
+                for (token, p) in nums(row).into_iter().enumerate() {
+                    near(format!("restored at layer {layer} token {token}"), t.restored[layer][token], p)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    let cpu = CpuModel::new(&w);
+    check("oracle", trace_with_noise(&cpu, &input, &KINDS, &s, &noise, &mut || {}).unwrap()).unwrap();
+    for_each_gpu(|gpu| {
+        let gm = ok(GpuModel::new(gpu, &w))?;
+        check("gpu", ok(trace_with_noise(&gm, &input, &KINDS, &s, &noise, &mut || {}))?)
     });
 }
 

@@ -101,17 +101,34 @@ pub fn layers_to_trace(runner: &dyn TraceRunner, kinds: &[TraceKind]) -> usize {
     runner.n_layers() * kinds.len()
 }
 
-/// Traces one fact for each kind asked.
+/// Traces one fact for each kind asked, with the noise drawn from the settings' seed.
 pub fn trace(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], s: &TraceSettings, tick: &mut dyn FnMut()) -> Result<Vec<Trace>> {
-    let (layers, d, t) = (runner.n_layers(), runner.hidden(), input.ids.len());
-    let [first, last] = input.subject;
+    check(input, s)?;
+    let noise = noise_of(input, runner.hidden(), s);
+    trace_with_noise(runner, input, kinds, s, &noise, tick)
+}
+
+fn check(input: &TraceInput, s: &TraceSettings) -> Result<()> {
+    let ([first, last], t) = (input.subject, input.ids.len());
     if first > last || last >= t {
         return Err(Error::Edit(format!("subject tokens {first}..={last} are outside the prompt's {t} tokens")));
     }
     if s.samples == 0 || s.max_batch == 0 || s.window == 0 || !s.noise.is_finite() {
         return Err(Error::Edit("causal tracing needs samples ≥ 1, a batch ≥ 1, a window ≥ 1 and a finite noise level".into()));
     }
-    let noise = noise_of(input, d, s);
+    Ok(())
+}
+
+/// [`trace`] with the noise given: [sample][subject token][hidden] (another implementation's,
+/// to compare with it).
+pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[TraceKind], s: &TraceSettings, noise: &[Vec<Vec<f32>>], tick: &mut dyn FnMut()) -> Result<Vec<Trace>> {
+    let (layers, d, t) = (runner.n_layers(), runner.hidden(), input.ids.len());
+    check(input, s)?;
+    let [first, last] = input.subject;
+    let tokens = last - first + 1;
+    if noise.len() != s.samples || noise.iter().any(|n| n.len() != tokens || n.iter().any(|v| v.len() != d)) {
+        return Err(Error::Edit(format!("the noise is not {} samples × {tokens} subject tokens × {d}", s.samples)));
+    }
     let noisy = |seq: usize, sample: usize| -> Vec<((usize, usize), Vec<f32>)> { noise[sample].iter().enumerate().map(|(j, v)| ((seq, first + j), v.clone())).collect() };
     let everywhere = |seq: usize| -> Vec<Site> { (0..layers).flat_map(|layer| (0..t).map(move |pos| Site { layer, seq, pos })).collect() };
     let wants_mlp = kinds.contains(&TraceKind::Mlp);
