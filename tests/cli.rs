@@ -258,5 +258,14 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     let out = revive(&["--subject", "Walter", "--prompt", "Sir Elliot of"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no '{}'"), "{err}");
+    for (flag, value, want) in [("--samples", "0", "--samples must be at least 1"), ("--window", "0", "--window must be"), ("--noise", "NaN", "--noise NaN"), ("--noise", "-1", "--noise -1"), ("--kind", "attn", "unknown trace kind 'attn'")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_revive")).args(["trace", "-m", model.to_str().unwrap(), "--subject", "Walter", "--prompt", "Sir {} Elliot of", &format!("{flag}={value}")]).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{flag} {value}: {err}");
+    }
+    std::fs::write(&edits, "[{\"subject\": ").unwrap();
+    let out = revive(&["--edits", edits.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("edits.json"), "bad JSON: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -79,6 +79,14 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     if a.kind.is_empty() {
         bail!("--kind: give hidden, mlp or both");
     }
+    for (flag, value) in [("--samples", a.samples), ("--window", a.window), ("--max-batch", a.max_batch), ("--limit", a.limit)] {
+        if value == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if !(a.noise.is_finite() && a.noise >= 0.0) {
+        bail!("--noise {} is not a non-negative number of embedding standard deviations", a.noise);
+    }
     let m = super::common::load_model(&a.model)?;
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
