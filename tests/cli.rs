@@ -182,7 +182,7 @@ fn edits_refuse_layers_the_model_does_not_have() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     // It runs with SmolLM2's other settings, and says so.
-    assert!(err.contains("SmolLM2-135M's hyper-parameters") && err.contains("--hparams"), "{err}");
+    assert!(err.contains("SmolLM2-135M's hyper-parameters") && err.contains("--hparams") && err.contains("revive trace"), "{err}");
     let (base, _) = load_gguf(&model).unwrap();
     let (edited, _) = load_gguf(&dir.join("edited/model.gguf")).unwrap();
     assert_eq!(edited.config, base.config);
