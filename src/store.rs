@@ -136,11 +136,26 @@ pub fn lock_dir(dir: &Path, wait: bool) -> Result<std::fs::File> {
 
 /// Writes bytes atomically and durably (a temporary file, flushed, then renamed).
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_durable_with(path, |w| std::io::Write::write_all(w, bytes).map(|_| bytes.len() as u64)).map(|_| ())
+}
+
+/// [`write_durable`] of what `write` writes as it goes (a file too large to build in memory
+/// first); returns what `write` returns, the bytes written.
+pub fn write_durable_with(path: &Path, write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<u64>) -> Result<u64> {
+    use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("cannot create: {e}")))?;
     }
     let tmp = temp_name(path);
-    let written = std::fs::write(&tmp, bytes).map_err(|e| err(&tmp, format!("cannot write: {e}"))).and_then(|_| sync_and_rename(&tmp, path));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|f| {
+            let mut w = std::io::BufWriter::new(f);
+            let n = write(&mut w)?;
+            w.flush()?;
+            Ok(n)
+        })
+        .map_err(|e| err(&tmp, format!("cannot write: {e}")))
+        .and_then(|n| sync_and_rename(&tmp, path).map(|_| n));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -154,7 +154,6 @@ pub fn write_new(w: &Weights, tok: &Tok, ty: GgmlType, name: &str, out: &Path) -
         }
         g.tensor(&gguf, &dims, this_ty, encoded);
     }
-    let bytes = g.to_bytes(3);
-    crate::store::write_durable(out, &bytes)?;
-    Ok(Written { architecture: arch, kept_f32, tensors: g.tensors.len(), bytes: bytes.len() })
+    let bytes = crate::store::write_durable_with(out, |f| g.write_to(f, 3))?;
+    Ok(Written { architecture: arch, kept_f32, tensors: g.tensors.len(), bytes: bytes as usize })
 }

@@ -123,9 +123,8 @@ pub fn export_over(base: &Path, weights: &Weights, edited: EditedType, out: &Pat
     if !rewritten.is_empty() {
         w.kv(EDITED_KEY, Value::Array(rewritten.iter().map(|(n, _)| Value::Str(n.clone())).collect()));
     }
-    let bytes = w.to_bytes(3);
-    crate::store::write_durable(out, &bytes)?;
-    Ok(Exported { rewritten, copied, bytes: bytes.len() })
+    let bytes = crate::store::write_durable_with(out, |f| w.write_to(f, 3))?;
+    Ok(Exported { rewritten, copied, bytes: bytes as usize })
 }
 
 /// The metadata key listing the tensors an export rewrote.

@@ -71,34 +71,53 @@ impl GgufWriter {
     }
 
     pub fn to_bytes(&self, version: u32) -> Vec<u8> {
-        let align = self.alignment();
         let mut out = Vec::new();
-        out.extend(MAGIC);
-        out.extend(version.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend(((self.raw_kv.len() + self.kv.len()) as u64).to_le_bytes());
-        self.raw_kv.iter().for_each(|entry| out.extend(entry));
+        self.write_to(&mut out, version).expect("writing to memory cannot fail");
+        out
+    }
+
+    /// Writes the file to `out` as it goes: the header, then each tensor's data after its
+    /// padding, so that the file is never held whole in memory beside its tensors (to_bytes
+    /// did, doubling an export's peak). Returns the bytes written.
+    pub fn write_to(&self, out: &mut impl std::io::Write, version: u32) -> std::io::Result<u64> {
+        let align = self.alignment();
+        let mut head = Vec::new();
+        head.extend(MAGIC);
+        head.extend(version.to_le_bytes());
+        head.extend((self.tensors.len() as u64).to_le_bytes());
+        head.extend(((self.raw_kv.len() + self.kv.len()) as u64).to_le_bytes());
+        self.raw_kv.iter().for_each(|entry| head.extend(entry));
         for (k, v) in &self.kv {
-            put_str(&mut out, k);
-            out.extend(v.type_id().to_le_bytes());
-            put_value(&mut out, v);
+            put_str(&mut head, k);
+            head.extend(v.type_id().to_le_bytes());
+            put_value(&mut head, v);
         }
         let mut offset = 0usize;
         for t in &self.tensors {
-            put_str(&mut out, &t.name);
-            out.extend((t.dims.len() as u32).to_le_bytes());
-            t.dims.iter().for_each(|d| out.extend((*d as u64).to_le_bytes()));
-            out.extend(t.type_id.to_le_bytes());
-            out.extend((offset as u64).to_le_bytes());
+            put_str(&mut head, &t.name);
+            head.extend((t.dims.len() as u32).to_le_bytes());
+            t.dims.iter().for_each(|d| head.extend((*d as u64).to_le_bytes()));
+            head.extend(t.type_id.to_le_bytes());
+            head.extend((offset as u64).to_le_bytes());
             offset = (offset + t.data.len()).next_multiple_of(align);
         }
+        out.write_all(&head)?;
+        let mut written = head.len();
+        let zeros = vec![0u8; align];
+        let pad = |out: &mut dyn std::io::Write, written: &mut usize| -> std::io::Result<()> {
+            let n = written.next_multiple_of(align) - *written;
+            out.write_all(&zeros[..n])?;
+            *written += n;
+            Ok(())
+        };
         // Each tensor padded to the alignment, the last one too: llama.cpp reads the data
         // section as the sum of the padded sizes.
         for t in &self.tensors {
-            out.resize(out.len().next_multiple_of(align), 0);
-            out.extend(&t.data);
+            pad(out, &mut written)?;
+            out.write_all(&t.data)?;
+            written += t.data.len();
         }
-        out.resize(out.len().next_multiple_of(align), 0);
-        out
+        pad(out, &mut written)?;
+        Ok(written as u64)
     }
 }
