@@ -169,13 +169,21 @@ fn the_mlp_window_is_the_layers_around_each() {
     }
 }
 
-/// Bad settings and subjects are errors, not panics.
+/// Bad settings, subjects, answers and tokens are errors, not panics.
 #[test]
 fn bad_trace_inputs_are_refused() {
     let w = random_weights(&Config::tiny_llama(), 31);
     let cpu = CpuModel::new(&w);
     let good = input(&w);
     let s = settings(&w, 10);
+    let gpu_refuses = |inp: &TraceInput| {
+        for gpu in gpus() {
+            let gm = GpuModel::new(gpu, &w).unwrap();
+            assert!(trace(&gm, inp, &KINDS, &settings(&w, 10), &mut || {}).is_err(), "{inp:?} accepted on the GPU");
+        }
+    };
+    gpu_refuses(&TraceInput { target: w.config.vocab_size as u32, ..good.clone() });
+    gpu_refuses(&TraceInput { ids: vec![w.config.vocab_size as u32; 7], ..good.clone() });
     for (what, inp, st) in [
         ("subject past the prompt", TraceInput { subject: [5, 9], ..good.clone() }, s.clone()),
         ("subject backwards", TraceInput { subject: [4, 2], ..good.clone() }, s.clone()),

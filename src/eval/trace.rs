@@ -95,8 +95,7 @@ fn gaussian(rng: &mut impl Rng) -> f64 {
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
-/// The passes [`trace`] makes for one fact: a clean one, the corrupted ones, and per kind and
-/// layer the restoring ones; `tick` is called after each layer of each kind.
+/// How many times [`trace`] calls its `tick` for one fact: after each layer of each kind.
 pub fn layers_to_trace(runner: &dyn TraceRunner, kinds: &[TraceKind]) -> usize {
     runner.n_layers() * kinds.len()
 }
@@ -233,6 +232,9 @@ impl TraceRunner for crate::model::forward::GpuModel {
     }
 
     fn run(&self, seqs: &[Vec<u32>], probes: &Probes, target: u32) -> Result<(Vec<f64>, Captured)> {
+        if target as usize >= self.config.vocab_size {
+            return Err(Error::Edit(format!("the traced answer is token {target}, outside the vocabulary of {}", self.config.vocab_size)));
+        }
         let batch = crate::model::batch::Batch::new(seqs)?;
         let rows = seqs.iter().enumerate().map(|(s, ids)| batch.row(s, ids.len() - 1)).collect();
         let (logits, cap) = self.forward(&batch, probes, crate::model::forward::LogitRows::Rows(rows), None)?;
