@@ -178,16 +178,7 @@ impl crate::eval::trace::TraceRunner for CpuModel {
 
     fn run(&self, seqs: &[Vec<u32>], probes: &Probes, target: u32) -> crate::error::Result<(Vec<f64>, Captured)> {
         let (logits, cap) = self.forward(seqs, probes);
-        let p = logits
-            .iter()
-            .map(|rows| {
-                let last = rows.last().expect("a sequence has tokens");
-                let m = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let z: f64 = last.iter().map(|x| (x - m).exp()).sum();
-                (last[target as usize] - m).exp() / z
-            })
-            .collect();
+        let p = logits.iter().map(|rows| super::loss::log_softmax_row(rows.last().expect("a sequence has tokens"))[target as usize].exp()).collect();
         Ok((p, cap))
     }
-
 }

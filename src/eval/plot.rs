@@ -219,7 +219,6 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
     draw_panels(&panels, 2, path)
 }
 
-/// A PNG copy of an SVG file (resvg; text in the system's fonts, none drawn if it has none).
 /// Causal tracing averaged over facts: per kind (hidden state, MLP output), the probability a
 /// restored state brings back against the layer, at the subject's last token and the last token.
 pub fn trace_curves(kinds: &[(crate::eval::trace::TraceKind, Vec<f64>, Vec<f64>)], facts: usize, path: &Path) -> Result<()> {
@@ -239,6 +238,7 @@ pub fn trace_curves(kinds: &[(crate::eval::trace::TraceKind, Vec<f64>, Vec<f64>)
     draw_panels(&panels, panels.len(), path)
 }
 
+/// A PNG copy of an SVG file (resvg; text in the system's fonts, none drawn if it has none).
 pub fn png_from_svg(svg: &Path, png: &Path) -> Result<()> {
     let data = std::fs::read(svg).map_err(|e| plot_err(svg, e))?;
     let mut opt = resvg::usvg::Options::default();

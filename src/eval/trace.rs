@@ -1,9 +1,10 @@
 //! Causal tracing (Meng et al. 2022, ROME §2.1): which hidden states carry a fact. The subject's
 //! token embeddings are corrupted with Gaussian noise, which drops the probability of the answer;
 //! then one state of the clean run is put back at a time — the residual stream after a layer at
-//! one token (`hidden`), or one layer's MLP output at one token (`mlp`) — and the probability it
-//! brings back measures how much of the fact passes through there. Averaged over facts, the
-//! MLP's effect at the subject's last token is where ROME and MEMIT choose the layers they edit.
+//! one token (`hidden`), or the MLP outputs of a window of layers at one token (`mlp`) — and the
+//! probability it brings back measures how much of the fact passes through there. Averaged over
+//! facts, the MLP's effect at the subject's last token is where ROME and MEMIT choose the layers
+//! they edit.
 //!
 //! One algorithm over any forward pass that takes probes ([`TraceRunner`]): the GPU model and
 //! the f64 CPU oracle, so the GPU trace is tested against the oracle's.
@@ -140,7 +141,7 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
     // The corrupted runs, and the same states of each.
     let mut corrupted = Captured::default();
     let mut corrupted_p = vec![];
-    for chunk in (0..s.samples).collect::<Vec<_>>().chunks(s.max_batch.max(1)) {
+    for chunk in (0..s.samples).collect::<Vec<_>>().chunks(s.max_batch) {
         let seqs = vec![input.ids.clone(); chunk.len()];
         let mut probes = Probes::default();
         for (seq, &sample) in chunk.iter().enumerate() {
@@ -215,13 +216,6 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-/// The probability of `target` from one row of logits, in f64.
-pub fn probability(logits: &[f32], target: u32) -> f64 {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let z: f64 = logits.iter().map(|&x| (x as f64 - m).exp()).sum();
-    (logits[target as usize] as f64 - m).exp() / z
-}
-
 impl TraceRunner for crate::model::forward::GpuModel {
     fn n_layers(&self) -> usize {
         self.config.n_layers
@@ -239,7 +233,6 @@ impl TraceRunner for crate::model::forward::GpuModel {
         let rows = seqs.iter().enumerate().map(|(s, ids)| batch.row(s, ids.len() - 1)).collect();
         let (logits, cap) = self.forward(&batch, probes, crate::model::forward::LogitRows::Rows(rows), None)?;
         let logits = self.host_logits(&logits)?;
-        Ok((logits.chunks(self.config.vocab_size).map(|row| probability(row, target)).collect(), cap))
+        Ok((logits.chunks(self.config.vocab_size).map(|row| crate::model::generate::log_softmax(row)[target as usize].exp()).collect(), cap))
     }
-
 }

@@ -377,13 +377,13 @@ impl GpuModel {
         for ((seq, pos), _) in &probes.add_to_embedding {
             check_site(c, batch, &Site { layer: 0, seq: *seq, pos: *pos })?;
         }
+        for site in probes.set_down_in.iter().map(|(s, _)| s) {
+            check_site(c, batch, site)?;
+        }
         let mut x = self.embed(batch, pos0)?;
         x = self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?;
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
-        for site in probes.set_down_in.iter().map(|(s, _)| s) {
-            check_site(c, batch, site)?;
-        }
         for i in 0..c.n_layers {
             let sets: Vec<&(Site, Vec<f32>)> = probes.set_down_in.iter().filter(|(s, _)| s.layer == i).collect();
             let keep = if probes.down_in.iter().any(|s| s.layer == i) || !sets.is_empty() { Keep::Key } else { Keep::Output };
