@@ -215,8 +215,9 @@ fn a_gguf_that_cannot_be_written_is_refused_before_the_edit() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `revive trace` on a model of two layers: one fact writes its token × layer table (JSON and
-/// the plot's SVG and PNG); `--edits` traces only the facts the model knows (its top token is
+/// `revive trace` on a model of two layers: one fact writes its token × layer table for each
+/// kind (JSON and the plot's SVG and PNG); `--suggest` writes hyper-parameters at the layers its
+/// MLP trace peaks at, which `revive edit --hparams` takes (and refuses without that trace); `--edits` traces only the facts the model knows (its top token is
 /// the true answer) and refuses a file without one, naming it; a subject not in its prompt is
 /// an error.
 #[test]
@@ -234,7 +235,7 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     let fact = &doc["facts"][0];
     let tokens = fact["tokens"].as_array().unwrap().len();
     let traces = fact["traces"].as_array().unwrap();
-    assert_eq!(traces.iter().map(|t| t["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["hidden", "mlp"], "{doc}");
+    assert_eq!(traces.iter().map(|t| t["kind"].as_str().unwrap()).collect::<Vec<_>>(), ["hidden", "mlp", "attn"], "{doc}");
     for t in traces {
         let restored = t["restored"].as_array().unwrap();
         assert_eq!(restored.len(), 2, "{t}");
@@ -243,7 +244,38 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
         let [first, last] = [t["subject"][0].as_u64().unwrap(), t["subject"][1].as_u64().unwrap()];
         assert!(first >= 1 && first <= last && (last as usize) < tokens, "{t}");
     }
-    assert_eq!(doc["average"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["average"].as_array().unwrap().len(), 3);
+    assert!(doc["suggested"].is_null(), "{doc}");
+
+    // --suggest: hyper-parameters at the layers the MLP trace points to, which an edit takes.
+    let mlp = doc["average"].as_array().unwrap().iter().find(|a| a["kind"] == "mlp").unwrap();
+    let effect: Vec<f64> = mlp["subject_last"].as_array().unwrap().iter().map(|e| e.as_f64().unwrap()).collect();
+    let best = effect.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let peak = effect.iter().position(|&e| e == best).unwrap();
+    let (memit, rome, json2) = (dir.join("memit.json"), dir.join("rome.json"), dir.join("suggested.json"));
+    let one_mlp = ["--subject", "Walter", "--prompt", "Sir {} Elliot of", "--kind", "mlp"];
+    let out = revive(&[&one_mlp[..], &["--suggest", memit.to_str().unwrap(), "--json", json2.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hp = revive::edit::hparams::BatchHparams::load(&memit).unwrap();
+    // MEMIT's defaults edit 5 layers; this model has 2: both.
+    assert_eq!(hp.layers, [0, 1]);
+    assert!(hp.why["layers"].contains("revive trace --suggest") && hp.why["layers"].contains("SmolLM2-135M's"), "{:?}", hp.why);
+    let doc2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json2).unwrap()).unwrap();
+    assert_eq!(doc2["suggested"]["layers"], serde_json::json!([0, 1]), "{doc2}");
+    let out = revive(&[&one_mlp[..], &["--suggest", rome.to_str().unwrap(), "--method", "rome"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hp = revive::edit::hparams::RomeHparams::load(&rome).unwrap();
+    assert_eq!(hp.layer, peak, "ROME's layer is the (first) peak of {effect:?}");
+    let edit = Command::new(env!("CARGO_BIN_EXE_revive"))
+        .args(["edit", "-m", model.to_str().unwrap(), "--method", "rome", "--hparams", rome.to_str().unwrap(), "--subject", "Walter", "--prompt", "Sir {} Elliot of", "--target", " Hall"])
+        .args(["--templates", "0", "--steps", "4", "--cov-tokens", "2048", "--out", dir.join("edited").to_str().unwrap()])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&edit.stderr);
+    assert!(edit.status.success() && !err.contains("SmolLM2-135M's hyper-parameters"), "{err}");
+    let out = revive(&["--subject", "Walter", "--prompt", "Sir {} Elliot of", "--kind", "hidden,attn", "--suggest", memit.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("add mlp to --kind"), "{err}");
 
     // As a record, toward an answer the model does not give (a record's answer gets a leading
     // space, and this random model's top token has none): nothing known to trace, and said so.
@@ -258,7 +290,7 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     let out = revive(&["--subject", "Walter", "--prompt", "Sir Elliot of"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no '{}'"), "{err}");
-    for (flag, value, want) in [("--samples", "0", "--samples must be at least 1"), ("--window", "0", "--window must be"), ("--noise", "NaN", "--noise NaN"), ("--noise", "-1", "--noise -1"), ("--kind", "attn", "unknown trace kind 'attn'")] {
+    for (flag, value, want) in [("--samples", "0", "--samples must be at least 1"), ("--window", "0", "--window must be"), ("--noise", "NaN", "--noise NaN"), ("--noise", "-1", "--noise -1"), ("--kind", "heads", "unknown trace kind 'heads'")] {
         let out = Command::new(env!("CARGO_BIN_EXE_revive")).args(["trace", "-m", model.to_str().unwrap(), "--subject", "Walter", "--prompt", "Sir {} Elliot of", &format!("{flag}={value}")]).output().expect("runs");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(want), "{flag} {value}: {err}");

@@ -190,12 +190,16 @@ fn logits_and_probes_match_the_oracle() {
             let v = w.config.vocab_size as u32;
             let seqs = vec![vec![5, 17, 3, 60 % v, 2, 9, 33, 41], vec![7, 1, 88 % v], vec![4]];
             let last = w.config.n_layers - 1;
+            let heads = w.config.n_heads * w.config.head_dim;
             let probes = Probes {
                 residual: vec![Site { layer: 0, seq: 0, pos: 3 }, Site { layer: last, seq: 1, pos: 2 }],
                 down_in: vec![Site { layer: 1, seq: 0, pos: 7 }, Site { layer: 0, seq: 2, pos: 0 }],
                 add: vec![(Site { layer: 0, seq: 0, pos: 2 }, (0..w.config.hidden).map(|i| (i as f32 * 0.37).sin()).collect())],
                 add_to_embedding: vec![((0, 1), (0..w.config.hidden).map(|i| (i as f32 * 0.71).cos()).collect()), ((2, 0), vec![0.25; w.config.hidden])],
                 set_down_in: vec![(Site { layer: 1, seq: 0, pos: 4 }, (0..w.config.ffn_hidden).map(|i| (i as f32 * 0.53).sin()).collect()), (Site { layer: 0, seq: 1, pos: 2 }, vec![-0.5; w.config.ffn_hidden])],
+                // Read where one is set (the read sees what the layer computed), and apart.
+                heads: vec![Site { layer: 0, seq: 0, pos: 5 }, Site { layer: last, seq: 1, pos: 1 }, Site { layer: 1, seq: 2, pos: 0 }],
+                set_heads: vec![(Site { layer: 0, seq: 0, pos: 5 }, (0..heads).map(|i| (i as f32 * 0.29).cos()).collect()), (Site { layer: last, seq: 2, pos: 0 }, vec![0.75; heads])],
             };
             let batch = ok(Batch::new(&seqs))?;
             let (logits, cap) = ok(gm.forward(&batch, &probes, LogitRows::All, None))?;
@@ -216,6 +220,11 @@ fn logits_and_probes_match_the_oracle() {
             for (k, (g, c)) in cap.down_in.iter().zip(&want_cap.down_in).enumerate() {
                 let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
                 compare(&format!("{name} down_in probe {k}"), g, &c, logit_tol(&c))?;
+            }
+            assert_eq!((cap.heads.len(), want_cap.heads.len()), (3, 3));
+            for (k, (g, c)) in cap.heads.iter().zip(&want_cap.heads).enumerate() {
+                let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+                compare(&format!("{name} heads probe {k}"), g, &c, logit_tol(&c))?;
             }
         }
         Ok(())

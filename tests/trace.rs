@@ -11,7 +11,7 @@ use revive::model::probe::{Probes, Site};
 use revive::model::random::random_weights;
 use revive::model::{Config, Weights};
 
-const KINDS: [TraceKind; 2] = [TraceKind::Hidden, TraceKind::Mlp];
+const KINDS: [TraceKind; 3] = [TraceKind::Hidden, TraceKind::Mlp, TraceKind::Attn];
 
 /// A prompt of 7 tokens whose subject is tokens 2..=4, traced toward the oracle's top token
 /// (a traced fact is one the model knows).
@@ -46,7 +46,7 @@ fn close(what: &str, got: f64, want: f64) -> Result<(), String> {
 }
 
 /// The GPU's trace is the oracle's: the clean and corrupted probabilities and every restored
-/// one, for both kinds, with the passes split into batches of 4 sequences (the restoring runs
+/// one, for every kind, with the passes split into batches of 4 sequences (the restoring runs
 /// of one layer do not fit one) and not split.
 #[test]
 fn the_gpu_trace_is_the_oracles() {
@@ -136,12 +136,27 @@ fn restoring_gives_what_it_must_by_construction() {
         }
         // Which is why those positions need no pass: their states are the clean run's.
         let before: Vec<Site> = (0..w.config.n_layers).flat_map(|layer| (0..input.subject[0]).map(move |pos| Site { layer, seq: 0, pos })).collect();
-        let probes = Probes { residual: before.clone(), down_in: before, ..Default::default() };
+        let probes = Probes { residual: before.clone(), down_in: before.clone(), heads: before, ..Default::default() };
         let noise = revive::eval::trace::noise_of(&input, w.config.hidden, &settings(&w, 1000));
         let noisy = Probes { add_to_embedding: noise[0].iter().enumerate().map(|(j, v)| ((0, input.subject[0] + j), v.clone())).collect(), ..probes.clone() };
         let (_, clean) = cpu.forward(std::slice::from_ref(&input.ids), &probes);
         let (_, corrupted) = cpu.forward(std::slice::from_ref(&input.ids), &noisy);
-        assert!(clean.residual == corrupted.residual && clean.down_in == corrupted.down_in, "{name}: a state before the subject moved with the noise");
+        assert!(clean.residual == corrupted.residual && clean.down_in == corrupted.down_in && clean.heads == corrupted.heads, "{name}: a state before the subject moved with the noise");
+        // After the subject, at a token that is not the subject's, the residual stream is the
+        // clean embedding plus every attention and MLP output: all of them put back there (with
+        // the noise on the subject) give the clean run's logits.
+        let last = input.ids.len() - 1;
+        let everywhere: Vec<Site> = (0..w.config.n_layers).map(|layer| Site { layer, seq: 0, pos: last }).collect();
+        let (clean_logits, states) = cpu.forward(std::slice::from_ref(&input.ids), &Probes { down_in: everywhere.clone(), heads: everywhere.clone(), ..Default::default() });
+        let restored = Probes {
+            set_down_in: everywhere.iter().copied().zip(states.down_in).collect(),
+            set_heads: everywhere.iter().copied().zip(states.heads).collect(),
+            ..noisy.clone()
+        };
+        let (back, _) = cpu.forward(std::slice::from_ref(&input.ids), &restored);
+        let (noisy_logits, _) = cpu.forward(std::slice::from_ref(&input.ids), &noisy);
+        let gap = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(gap(&back[0][last], &clean_logits[0][last]) < 1e-4 && gap(&noisy_logits[0][last], &clean_logits[0][last]) > 1e-3, "{name}: every attention and MLP output put back at the last token does not give the clean logits");
         let quiet = TraceSettings { noise: 0.0, ..settings(&w, 1000) };
         for t in trace(&cpu, &input, &KINDS, &quiet, &mut || {}).unwrap() {
             let all: Vec<f64> = t.restored.iter().flatten().copied().chain([t.corrupted]).collect();
@@ -150,22 +165,24 @@ fn restoring_gives_what_it_must_by_construction() {
     }
 }
 
-/// The MLP kind restores a window of layers: with a window of 1 and one of all layers, the
-/// oracle's trace differs (the window matters), and a window of all layers restored at the
-/// last token puts back every MLP output there.
+/// The MLP and attention kinds restore a window of layers: with a window of 1 and one of all
+/// layers, the oracle's trace differs (the window matters), and a window of all layers restores
+/// the same states whatever the layer.
 #[test]
-fn the_mlp_window_is_the_layers_around_each() {
+fn the_mlp_and_attention_windows_are_the_layers_around_each() {
     for (name, w) in models() {
         let cpu = CpuModel::new(&w);
         let input = input(&w);
         let n = w.config.n_layers;
-        let one = trace(&cpu, &input, &[TraceKind::Mlp], &TraceSettings { window: 1, ..settings(&w, 1000) }, &mut || {}).unwrap().remove(0);
-        let all = trace(&cpu, &input, &[TraceKind::Mlp], &TraceSettings { window: 2 * n, ..settings(&w, 1000) }, &mut || {}).unwrap().remove(0);
-        let last = input.ids.len() - 1;
-        // Every layer's window of 2n covers all layers: the same restoration at every layer.
-        let column = all.at_token(last);
-        assert!(column.iter().all(|p| (p - column[0]).abs() < 1e-12), "{name}: a window over all layers differs by layer: {column:?}");
-        assert!((0..n).any(|l| (one.restored[l][last] - column[0]).abs() > 1e-9), "{name}: one layer restores what all do");
+        for kind in [TraceKind::Mlp, TraceKind::Attn] {
+            let one = trace(&cpu, &input, &[kind], &TraceSettings { window: 1, ..settings(&w, 1000) }, &mut || {}).unwrap().remove(0);
+            let all = trace(&cpu, &input, &[kind], &TraceSettings { window: 2 * n, ..settings(&w, 1000) }, &mut || {}).unwrap().remove(0);
+            let last = input.ids.len() - 1;
+            // Every layer's window of 2n covers all layers: the same restoration at every layer.
+            let column = all.at_token(last);
+            assert!(column.iter().all(|p| (p - column[0]).abs() < 1e-12), "{name} {kind:?}: a window over all layers differs by layer: {column:?}");
+            assert!((0..n).any(|l| (one.restored[l][last] - column[0]).abs() > 1e-9), "{name} {kind:?}: one layer restores what all do");
+        }
     }
 }
 
@@ -194,4 +211,24 @@ fn bad_trace_inputs_are_refused() {
         let r: Result<Vec<Trace>, _> = trace(&cpu, &inp, &KINDS, &st, &mut || {});
         assert!(r.is_err(), "{what} accepted");
     }
+}
+
+/// The layers chosen from a trace: the run of consecutive layers whose effects sum the most,
+/// the earliest on a tie, all layers where the method wants more than the model has.
+#[test]
+fn layers_are_chosen_where_the_effect_peaks() {
+    use revive::eval::trace::choose_layers;
+    let effect = [0.1, 0.3, 0.2, 0.05, 0.4, 0.35, 0.0];
+    assert_eq!(choose_layers(&effect, 1), [4]);
+    assert_eq!(choose_layers(&effect, 2), [4, 5]);
+    assert_eq!(choose_layers(&effect, 3), [3, 4, 5]);
+    assert_eq!(choose_layers(&effect, 0), [4], "at least one layer");
+    assert_eq!(choose_layers(&effect, 9), (0..7).collect::<Vec<_>>());
+    assert_eq!(choose_layers(&[0.2, 0.2, 0.1, 0.2, 0.2], 2), [0, 1], "the earliest of equal runs");
+    assert_eq!(choose_layers(&[-0.1], 5), [0]);
+    assert!(choose_layers(&[], 5).is_empty());
+    // SmolLM2's mean MLP effect over 24 facts (docs/bench/trace-smollm2-lavapipe/trace.json,
+    // window 10, ×1000): MEMIT's five layers are 1–5, ROME's one layer 4.
+    let smollm2 = [387.0, 386.0, 393.0, 404.0, 407.0, 403.0, 108.0, 111.0, 95.0, 100.0, 115.0, 114.0, 88.0, 56.0, 36.0];
+    assert_eq!((choose_layers(&smollm2, 5), choose_layers(&smollm2, 1)), ((1..6).collect::<Vec<_>>(), vec![4]));
 }

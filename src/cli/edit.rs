@@ -85,7 +85,7 @@ pub(super) struct EditArgs {
 }
 
 /// ROME and the batch methods' names, as `--method` accepts them.
-fn method_names() -> clap::builder::PossibleValuesParser {
+pub(super) fn method_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(std::iter::once("rome").chain(revive::edit::hparams::BatchMethod::ALL.iter().map(|m| m.name())))
 }
 

@@ -2,7 +2,8 @@
 //! keeps its facts, and so which layers an edit of that model should rewrite.
 
 use anyhow::{bail, Context, Result};
-use revive::eval::trace::{embedding_std, layers_to_trace, trace, trace_input, Trace, TraceInput, TraceKind, TraceSettings};
+use revive::edit::hparams::{BatchHparams, BatchMethod, RomeHparams};
+use revive::eval::trace::{choose_layers, embedding_std, layers_to_trace, trace, trace_input, Trace, TraceInput, TraceKind, TraceSettings};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
 use serde::Serialize;
@@ -28,8 +29,8 @@ pub(super) struct Args {
     #[arg(long, default_value_t = 100)]
     limit: usize,
     /// What is put back: hidden (the residual after a layer), mlp (the MLP outputs of --window
-    /// layers around it).
-    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp")]
+    /// layers around it), attn (their attention outputs).
+    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp,attn")]
     kind: Vec<TraceKind>,
     /// Corrupted runs per fact.
     #[arg(long, default_value_t = 10)]
@@ -51,6 +52,23 @@ pub(super) struct Args {
     /// Curves against the layer (SVG; a PNG beside it).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Write hyper-parameters for this model to FILE (for `revive edit --hparams FILE`):
+    /// --method's shipped ones with the layers where restoring the MLP outputs at the subject's
+    /// last token brings back the most, on average — ROME's one layer, or as many consecutive
+    /// layers as the method's defaults edit. Needs the mlp kind.
+    #[arg(long, value_name = "FILE")]
+    suggest: Option<PathBuf>,
+    /// The method --suggest writes for.
+    #[arg(long, default_value = "memit", value_parser = super::edit::method_names())]
+    method: String,
+}
+
+/// What --suggest chose, as written to the JSON.
+#[derive(Serialize)]
+struct Suggested {
+    method: String,
+    layers: Vec<usize>,
+    file: PathBuf,
 }
 
 /// One traced fact as written to the JSON.
@@ -77,7 +95,10 @@ struct Average {
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     if a.kind.is_empty() {
-        bail!("--kind: give hidden, mlp or both");
+        bail!("--kind: give one or more of hidden, mlp and attn");
+    }
+    if a.suggest.is_some() && !a.kind.contains(&TraceKind::Mlp) {
+        bail!("--suggest chooses layers from the MLP trace: add mlp to --kind");
     }
     for (flag, value) in [("--samples", a.samples), ("--window", a.window), ("--max-batch", a.max_batch), ("--limit", a.limit)] {
         if value == 0 {
@@ -150,8 +171,17 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         print_one(one);
     }
     print_averages(&averages, traced.len());
+    let suggested = match &a.suggest {
+        Some(path) => {
+            let mlp = averages.iter().find(|a| a.kind == TraceKind::Mlp).expect("checked: the mlp kind was traced");
+            let s = suggest(path, &a.method, mlp, &m.source, a.window)?;
+            eprintln!("wrote {}: {} at layers {:?}; edit with `revive edit -m {} --method {} --hparams {}`", path.display(), s.method, s.layers, a.model, s.method, path.display());
+            Some(s)
+        }
+        None => None,
+    };
     if let Some(path) = &a.json {
-        let doc = serde_json::json!({"model": m.source, "samples": a.samples, "noise": a.noise, "noise_std": settings.noise, "seed": a.seed, "window": a.window, "average": averages, "facts": traced});
+        let doc = serde_json::json!({"model": m.source, "samples": a.samples, "noise": a.noise, "noise_std": settings.noise, "seed": a.seed, "window": a.window, "average": averages, "suggested": suggested, "facts": traced});
         std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -162,6 +192,40 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         eprintln!("wrote {} and {}", path.display(), png.display());
     }
     Ok(())
+}
+
+/// Writes --method's shipped hyper-parameters with the layers the MLP trace points to, and in
+/// their `why` how they were chosen and that the other values were measured on SmolLM2.
+fn suggest(path: &std::path::Path, method: &str, mlp: &Average, model: &str, window: usize) -> Result<Suggested> {
+    let effect = &mlp.subject_last;
+    let why = |layers: &[usize]| {
+        let effects: Vec<String> = layers.iter().map(|&l| format!("{l}: {:.3}", effect[l])).collect();
+        let peak = (0..effect.len()).max_by(|&x, &y| effect[x].total_cmp(&effect[y])).unwrap_or(0);
+        format!(
+            "chosen by `revive trace --suggest` on {model}: the {} consecutive layer(s) of {} where restoring the MLP outputs (a window of {window} layers around each) at the subject's last token brings back the most probability of the true answer, summed, on average over {} fact(s) (effect by layer: {}; the peak {:.3} at layer {peak}). The other values are SmolLM2-135M's (assets/hparams/{method}/smollm2.json), measured on that model, not this one",
+            layers.len(),
+            effect.len(),
+            mlp.facts,
+            effects.join(", "),
+            effect[peak],
+        )
+    };
+    let (layers, text) = match BatchMethod::from_name(method) {
+        None => {
+            let mut hp = RomeHparams::smollm2();
+            hp.layer = choose_layers(effect, 1)[0];
+            hp.why.insert("layer".into(), why(&[hp.layer]));
+            (vec![hp.layer], serde_json::to_string_pretty(&hp)?)
+        }
+        Some(m) => {
+            let mut hp = BatchHparams::smollm2(m);
+            hp.layers = choose_layers(effect, hp.layers.len());
+            hp.why.insert("layers".into(), why(&hp.layers));
+            (hp.layers.clone(), serde_json::to_string_pretty(&hp)?)
+        }
+    };
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Suggested { method: method.into(), layers, file: path.into() })
 }
 
 fn average(traced: &[Traced], k: usize) -> Average {

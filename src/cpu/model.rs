@@ -1,7 +1,7 @@
 //! The f64 oracle of the whole model (Llama and GPT-2 families): plain loops in the spirit of
 //! llm.c's train_gpt2.c. Slow and clear; the GPU forward is tested against it.
 
-use crate::model::probe::{Captured, Probes};
+use crate::model::probe::{Captured, Probes, Site};
 use super::activation::{gelu_scalar as gelu, silu};
 use super::norm::{layer_norm_row as layer_norm, rms_norm_row as rms_norm};
 use super::rope::rope_head;
@@ -51,6 +51,7 @@ impl CpuModel {
         let mut captured = Captured {
             residual: vec![vec![]; probes.residual.len()],
             down_in: vec![vec![]; probes.down_in.len()],
+            heads: vec![vec![]; probes.heads.len()],
         };
         let logits = batch
             .iter()
@@ -125,6 +126,15 @@ impl CpuModel {
                             o[h * hd + dd] += ej / z * vs[j][kvh * hd + dd];
                         }
                     }
+                }
+                let here = |site: &Site| (site.layer, site.seq, site.pos) == (i, seq, t);
+                for (k, site) in probes.heads.iter().enumerate() {
+                    if here(site) {
+                        cap.heads[k] = o.iter().map(|&v| v as f32).collect();
+                    }
+                }
+                if let Some((_, set)) = probes.set_heads.iter().find(|(site, _)| here(site)) {
+                    o = set.iter().map(|&v| v as f64).collect();
                 }
                 let proj = linear(self.l(i, "wo"), bias(i, "bo"), &o, d);
                 x[t].iter_mut().zip(&proj).for_each(|(a, b)| *a += b);

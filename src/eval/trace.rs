@@ -1,8 +1,9 @@
 //! Causal tracing (Meng et al. 2022, ROME §2.1): which hidden states carry a fact. The subject's
 //! token embeddings are corrupted with Gaussian noise, which drops the probability of the answer;
 //! then one state of the clean run is put back at a time — the residual stream after a layer at
-//! one token (`hidden`), or the MLP outputs of a window of layers at one token (`mlp`) — and the
-//! probability it brings back measures how much of the fact passes through there. Averaged over
+//! one token (`hidden`), or the MLP outputs (`mlp`) or the attention outputs (`attn`) of a
+//! window of layers at one token — and the probability it brings back measures how much of the
+//! fact passes through there. Averaged over
 //! facts, the MLP's effect at the subject's last token is where ROME and MEMIT choose the layers
 //! they edit.
 //!
@@ -22,6 +23,8 @@ pub enum TraceKind {
     Hidden,
     /// The MLP outputs of a window of layers around each (ROME's 10), at one token.
     Mlp,
+    /// The attention outputs of a window of layers around each, at one token.
+    Attn,
 }
 
 impl std::str::FromStr for TraceKind {
@@ -30,7 +33,8 @@ impl std::str::FromStr for TraceKind {
         match s {
             "hidden" => Ok(TraceKind::Hidden),
             "mlp" => Ok(TraceKind::Mlp),
-            _ => Err(Error::Edit(format!("unknown trace kind '{s}' (hidden or mlp)"))),
+            "attn" => Ok(TraceKind::Attn),
+            _ => Err(Error::Edit(format!("unknown trace kind '{s}' (hidden, mlp or attn)"))),
         }
     }
 }
@@ -58,7 +62,8 @@ pub struct TraceSettings {
     pub seed: u64,
     /// At most this many sequences in one pass.
     pub max_batch: usize,
-    /// The MLP kind restores layers l − window/2 ..< l + window − window/2 (ROME: 10).
+    /// The MLP and attention kinds restore layers l − window/2 ..< l + window − window/2
+    /// (ROME: 10).
     pub window: usize,
 }
 
@@ -133,9 +138,11 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
     let everywhere = |seq: usize| -> Vec<Site> { (0..layers).flat_map(|layer| (0..t).map(move |pos| Site { layer, seq, pos })).collect() };
     let wants_mlp = kinds.contains(&TraceKind::Mlp);
     let wants_hidden = kinds.contains(&TraceKind::Hidden);
+    let wants_attn = kinds.contains(&TraceKind::Attn);
 
     // The clean run, and every state of it that may be put back.
-    let probes = Probes { residual: if wants_hidden { everywhere(0) } else { vec![] }, down_in: if wants_mlp { everywhere(0) } else { vec![] }, ..Default::default() };
+    let all_if = |wanted: bool| if wanted { everywhere(0) } else { vec![] };
+    let probes = Probes { residual: all_if(wants_hidden), down_in: all_if(wants_mlp), heads: all_if(wants_attn), ..Default::default() };
     let (p, clean) = runner.run(std::slice::from_ref(&input.ids), &probes, input.target)?;
     let clean_p = p[0];
     // The corrupted runs, and the same states of each.
@@ -178,6 +185,9 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
                         }
                         // The clean keys: each MLP of the window writes its clean output.
                         TraceKind::Mlp => probes.set_down_in.extend(window.clone().map(|l| (Site { layer: l, seq, pos }, clean.down_in[l * t + pos].clone()))),
+                        // The clean heads' outputs: each attention of the window writes its
+                        // clean output.
+                        TraceKind::Attn => probes.set_heads.extend(window.clone().map(|l| (Site { layer: l, seq, pos }, clean.heads[l * t + pos].clone()))),
                     }
                 }
                 let (p, _) = runner.run(&vec![input.ids.clone(); chunk.len()], &probes, input.target)?;
@@ -191,6 +201,25 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
         out.push(Trace { kind, subject: input.subject, target: input.target, clean: clean_p, corrupted: corrupted_mean, restored });
     }
     Ok(out)
+}
+
+/// The layers an edit should rewrite, from the mean effect of restoring each layer's MLP
+/// outputs at the subject's last token (ROME §2.1, MEMIT §4): the `count` consecutive layers
+/// whose effects sum the largest (the earliest such run on a tie; all layers where the model
+/// has no more). ROME's one layer is the peak.
+pub fn choose_layers(effect: &[f64], count: usize) -> Vec<usize> {
+    let count = count.max(1).min(effect.len());
+    if count == 0 {
+        return vec![];
+    }
+    let mut best = (0, f64::NEG_INFINITY);
+    for (start, run) in effect.windows(count).enumerate() {
+        let sum: f64 = run.iter().sum();
+        if sum > best.1 {
+            best = (start, sum);
+        }
+    }
+    (best.0..best.0 + count).collect()
 }
 
 /// A prompt with `{}` where the subject goes, as a fact to trace toward `target` (a token):

@@ -120,6 +120,14 @@ impl Stack {
 }
 
 /// What one block hands on: its output, and when asked its MLP keys and its tape.
+/// What a probed pass asks of one layer's attention heads (`Probes::heads`, `set_heads`), and
+/// where their reads go.
+pub(crate) struct HeadsProbe<'p> {
+    batch: &'p Batch,
+    probes: &'p Probes,
+    caps: &'p mut Vec<(Vec<usize>, Tensor)>,
+}
+
 pub(crate) struct BlockOut {
     pub x: Tensor,
     pub key: Option<Tensor>,
@@ -377,17 +385,20 @@ impl GpuModel {
         for ((seq, pos), _) in &probes.add_to_embedding {
             check_site(c, batch, &Site { layer: 0, seq: *seq, pos: *pos })?;
         }
-        for site in probes.set_down_in.iter().map(|(s, _)| s) {
+        for site in probes.set_down_in.iter().chain(&probes.set_heads).map(|(s, _)| s).chain(&probes.heads) {
             check_site(c, batch, site)?;
         }
         let mut x = self.embed(batch, pos0)?;
         x = self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?;
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
+        let mut heads_caps = vec![];
         for i in 0..c.n_layers {
             let sets: Vec<&(Site, Vec<f32>)> = probes.set_down_in.iter().filter(|(s, _)| s.layer == i).collect();
             let keep = if probes.down_in.iter().any(|s| s.layer == i) || !sets.is_empty() { Keep::Key } else { Keep::Output };
-            let out = self.block(i, x, cache, pos0, b, t, keep)?;
+            let probes_heads = probes.heads.iter().chain(probes.set_heads.iter().map(|(s, _)| s)).any(|s| s.layer == i);
+            let heads = probes_heads.then_some(HeadsProbe { batch, probes, caps: &mut heads_caps });
+            let out = self.block_at(i, x, cache, At::From(pos0), b, t, keep, heads)?;
             x = out.x;
             if let Some(key) = &out.key {
                 capture(gpu, key, batch, &probes.down_in, i, &mut down_caps)?;
@@ -407,6 +418,7 @@ impl GpuModel {
         let captured = Captured {
             residual: collect(gpu, probes.residual.len(), residual_caps)?,
             down_in: collect(gpu, probes.down_in.len(), down_caps)?,
+            heads: collect(gpu, probes.heads.len(), heads_caps)?,
         };
         Ok((logits, captured))
     }
@@ -430,13 +442,38 @@ impl GpuModel {
         self.add_at_rows(x, batch, sets.iter().zip(change.chunks(d)).map(|((s, _), v)| (s.seq, s.pos, v)))
     }
 
-    /// x plus each vector at its (sequence, position) row; x itself where there are none.
+    /// Layer i's heads' outputs o ([B·T, n_heads·head_dim]) read at the probe's sites, then with
+    /// the set ones in place: their difference from what the layer computed is added at their
+    /// rows (one small read back, for probes only).
+    fn probe_heads(&self, o: Tensor, i: usize, p: HeadsProbe<'_>) -> Result<Tensor> {
+        capture(&self.gpu, &o, p.batch, &p.probes.heads, i, p.caps)?;
+        let sets: Vec<&(Site, Vec<f32>)> = p.probes.set_heads.iter().filter(|(s, _)| s.layer == i).collect();
+        if sets.is_empty() {
+            return Ok(o);
+        }
+        let width = o.shape()[1];
+        if let Some((site, set)) = sets.iter().map(|p| (&p.0, &p.1)).find(|(_, set)| set.len() != width) {
+            return Err(Error::shape("forward", format!("heads' outputs set at {site:?} have {} values, the attention {width}", set.len())));
+        }
+        let rows: Vec<u32> = sets.iter().map(|(s, _)| p.batch.row(s.seq, s.pos) as u32).collect();
+        let now = self.gpu.download(&gather_rows(&self.gpu, &o, &rows)?)?;
+        let diffs: Vec<Vec<f32>> = sets.iter().zip(now.chunks(width)).map(|((_, set), now)| set.iter().zip(now).map(|(a, b)| a - b).collect()).collect();
+        self.add_rows(o, p.batch, "the heads' outputs", sets.iter().zip(&diffs).map(|((s, _), v)| (s.seq, s.pos, v.as_slice())))
+    }
+
+    /// The residual stream x plus each vector at its (sequence, position) row.
     fn add_at_rows<'v>(&self, x: Tensor, batch: &Batch, adds: impl Iterator<Item = (usize, usize, &'v [f32])>) -> Result<Tensor> {
-        let d = self.config.hidden;
+        self.add_rows(x, batch, "the residual stream", adds)
+    }
+
+    /// x ([B·T, width]) plus each vector at its (sequence, position) row; x itself where there
+    /// are none.
+    fn add_rows<'v>(&self, x: Tensor, batch: &Batch, what: &str, adds: impl Iterator<Item = (usize, usize, &'v [f32])>) -> Result<Tensor> {
+        let d = x.shape()[x.shape().len() - 1];
         let mut delta: Option<Vec<f32>> = None;
         for (seq, pos, v) in adds {
             if v.len() != d {
-                return Err(Error::shape("forward", format!("an added vector has {} values, the residual stream {d}", v.len())));
+                return Err(Error::shape("forward", format!("a vector added to {what} has {} values, not {d}", v.len())));
             }
             let delta = delta.get_or_insert_with(|| vec![0.0f32; batch.b() * batch.t * d]);
             let r = batch.row(seq, pos);
@@ -593,7 +630,7 @@ impl GpuModel {
         };
         let at = if positions.iter().all(|&p| p == cache.len) { At::From(cache.len) } else { At::Each(positions) };
         for i in 0..c.n_layers {
-            x = self.block_at(i, x, cache, at, b, 1, Keep::Output)?.x;
+            x = self.block_at(i, x, cache, at, b, 1, Keep::Output, None)?.x;
         }
         cache.len = cache.len.max(positions.iter().max().map_or(0, |p| p + 1));
         self.norm_linear(&x, "final_norm", self.head()?)
@@ -602,13 +639,13 @@ impl GpuModel {
     /// One transformer block on x: [B·T, d] at positions pos0.., writing this layer's keys and
     /// values into the cache, keeping what `keep` asks for.
     pub(crate) fn block(&self, i: usize, x: Tensor, cache: &mut KvCache, pos0: usize, b: usize, t: usize, keep: Keep) -> Result<BlockOut> {
-        self.block_at(i, x, cache, At::From(pos0), b, t, keep)
+        self.block_at(i, x, cache, At::From(pos0), b, t, keep, None)
     }
 
     /// `block` with the tokens' positions: all sequences from one position, or one token per
-    /// sequence, each at its own.
+    /// sequence, each at its own; and with the heads' outputs probed where `heads_probe` asks.
     #[allow(clippy::too_many_arguments)]
-    fn block_at(&self, i: usize, x: Tensor, cache: &mut KvCache, at: At, b: usize, t: usize, keep: Keep) -> Result<BlockOut> {
+    fn block_at(&self, i: usize, x: Tensor, cache: &mut KvCache, at: At, b: usize, t: usize, keep: Keep, heads_probe: Option<HeadsProbe<'_>>) -> Result<BlockOut> {
         let record = keep == Keep::Tape;
         if matches!(at, At::Each(_)) && (t != 1 || record) {
             return Err(Error::shape("forward", format!("layer {i}: sequences at their own positions take one token each and keep no tape ({t} tokens asked)")));
@@ -650,6 +687,10 @@ impl GpuModel {
         let o = gpu.empty(q.shape())?;
         attention::attention_at_into(gpu, &q, &cache.k[i], &cache.v[i], at, 1.0 / (hd as f32).sqrt(), attention::kernel_for(gpu, &q), &o)?;
         let o = o.reshape(&[b * t, c.n_heads * hd])?;
+        let o = match heads_probe {
+            Some(p) => self.probe_heads(o, i, p)?,
+            None => o,
+        };
         // The tape's copy of x (and of x_mid below) keeps residual_linear from writing over it.
         let x_in = record.then(|| x.clone());
         let x_mid = self.residual_linear(x, &o, self.l(i, "wo")?, bias("bo")?)?;

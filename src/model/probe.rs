@@ -1,6 +1,7 @@
 //! What editing needs from a forward pass besides logits: reading the residual stream and the
 //! input of each MLP down-projection at chosen places, and adding a vector to the residual
-//! stream. Shared by the CPU oracle and the GPU forward.
+//! stream; for causal tracing also the attention heads' outputs, and states put in place.
+//! Shared by the CPU oracle and the GPU forward.
 
 /// A place in a batch: layer, sequence in the batch, token position in that sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +30,14 @@ pub struct Probes {
     /// restored MLP state; the oracle replaces the key, the GPU adds the difference it makes).
     /// A `down_in` read at the same site reads the key the layer computed.
     pub set_down_in: Vec<(Site, Vec<f32>)>,
+    /// Read the attention heads' outputs of `layer`, concatenated (the input of its output
+    /// projection wo, width n_heads·head_dim).
+    pub heads: Vec<Site>,
+    /// Put these heads' outputs (width n_heads·head_dim) in place of those `layer` computed at
+    /// a site, before the output projection reads them: the attention then writes what it
+    /// would write for them (causal tracing's restored attention state). A `heads` read at the
+    /// same site reads what the layer computed.
+    pub set_heads: Vec<(Site, Vec<f32>)>,
 }
 
 /// What a forward pass captured, in the order of the requests.
@@ -36,4 +45,5 @@ pub struct Probes {
 pub struct Captured {
     pub residual: Vec<Vec<f32>>,
     pub down_in: Vec<Vec<f32>>,
+    pub heads: Vec<Vec<f32>>,
 }

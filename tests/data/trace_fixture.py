@@ -3,7 +3,7 @@ traces of one prompt computed the way ROME's code computes them (rome/experiment
 `trace_with_patch`): one batch, the clean run first and the corrupted runs after it, noise added
 to the embedding output at the subject's tokens, and a restored state copied from the clean row
 into the corrupted rows by forward hooks — the residual after a layer (`hidden`), or the MLP
-outputs of the layers of a window around it (`mlp`); the score is the mean over the corrupted
+outputs (`mlp`) or the attention outputs (`attn`) of the layers of a window around it; the score is the mean over the corrupted
 rows of softmax(last logits)[target]. The noise is written out so that the Rust test corrupts
 with the same values: the independent reference src/eval/trace.rs is tested against
 (tests/trace.rs). Needs torch and transformers; the fixture is committed, so tests do not.
@@ -60,7 +60,8 @@ def run(patch_layers, kind, token):
 
     hooks.append(model.model.embed_tokens.register_forward_hook(embed_hook))
     for l in patch_layers:
-        module = model.model.layers[l] if kind == "hidden" else model.model.layers[l].mlp
+        layer = model.model.layers[l]
+        module = {"hidden": layer, "mlp": layer.mlp, "attn": layer.self_attn}[kind]
         hooks.append(module.register_forward_hook(restore_hook))
     with torch.no_grad():
         logits = model(batch).logits
@@ -70,7 +71,7 @@ def run(patch_layers, kind, token):
 
 
 traces = {}
-for kind in ("hidden", "mlp"):
+for kind in ("hidden", "mlp", "attn"):
     table = []
     for l in range(layers):
         patch = [l] if kind == "hidden" else list(range(max(0, l - window // 2), min(layers, l - (-window // 2))))
