@@ -75,7 +75,7 @@ pub(super) fn note_shipped_hparams(config: &revive::model::Config, given: bool) 
     let shape = |c: &revive::model::Config| (c.hidden, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden, c.vocab_size);
     if !given && shape(config) != shape(&s) {
         eprintln!(
-            "note: editing with SmolLM2-135M's hyper-parameters (assets/hparams/), measured on a model of {} layers of width {}; this one has {} of {}: give --hparams FILE for its own (--layers changes only the layers; `revive trace --edits FILE` shows where this model keeps its facts)",
+            "note: editing with SmolLM2-135M's hyper-parameters (assets/hparams/), measured on a model of {} layers of width {}; this one has {} of {}: give --hparams FILE for its own (--layers changes only the layers; `revive trace --edits FACTS --suggest FILE --method M` writes M's with the layers where this model keeps its facts)",
             s.n_layers, s.hidden, config.n_layers, config.hidden
         );
     }

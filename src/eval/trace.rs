@@ -3,9 +3,8 @@
 //! then one state of the clean run is put back at a time — the residual stream after a layer at
 //! one token (`hidden`), or the MLP outputs (`mlp`) or the attention outputs (`attn`) of a
 //! window of layers at one token — and the probability it brings back measures how much of the
-//! fact passes through there. Averaged over
-//! facts, the MLP's effect at the subject's last token is where ROME and MEMIT choose the layers
-//! they edit.
+//! fact passes through there. Averaged over facts, the MLP's effect at the subject's last token
+//! is where ROME and MEMIT choose the layers they edit ([`choose_layers`]).
 //!
 //! One algorithm over any forward pass that takes probes ([`TraceRunner`]): the GPU model and
 //! the f64 CPU oracle, so the GPU trace is tested against the oracle's.

@@ -119,7 +119,6 @@ impl Stack {
     }
 }
 
-/// What one block hands on: its output, and when asked its MLP keys and its tape.
 /// What a probed pass asks of one layer's attention heads (`Probes::heads`, `set_heads`), and
 /// where their reads go.
 pub(crate) struct HeadsProbe<'p> {
@@ -128,6 +127,7 @@ pub(crate) struct HeadsProbe<'p> {
     caps: &'p mut Vec<(Vec<usize>, Tensor)>,
 }
 
+/// What one block hands on: its output, and when asked its MLP keys and its tape.
 pub(crate) struct BlockOut {
     pub x: Tensor,
     pub key: Option<Tensor>,
