@@ -255,7 +255,10 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     let (memit, rome, json2) = (dir.join("memit.json"), dir.join("rome.json"), dir.join("suggested.json"));
     let one_mlp = ["--subject", "Walter", "--prompt", "Sir {} Elliot of", "--kind", "mlp"];
     let out = revive(&[&one_mlp[..], &["--suggest", memit.to_str().unwrap(), "--json", json2.to_str().unwrap()]].concat());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // This random model's MLPs carry nothing of the fact: said so.
+    assert_eq!(effect.iter().any(|&e| e > 0.05 * (mlp["clean"].as_f64().unwrap() - mlp["corrupted"].as_f64().unwrap())), !err.contains("hardly tells the layers apart"), "{effect:?}: {err}");
     let hp = revive::edit::hparams::BatchHparams::load(&memit).unwrap();
     // MEMIT's defaults edit 5 layers; this model has 2: both.
     assert_eq!(hp.layers, [0, 1]);
