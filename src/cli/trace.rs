@@ -49,7 +49,8 @@ pub(super) struct Args {
     max_batch: usize,
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Curves against the layer (SVG; a PNG beside it).
+    /// A plot (SVG; a PNG beside it): for one fact its token × layer maps, for several the
+    /// mean effects against the layer.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Write hyper-parameters for this model to FILE (for `revive edit --hparams FILE`):
@@ -186,7 +187,10 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &a.plot {
-        revive::eval::plot::trace_curves(&averages.iter().map(|a| (a.kind, a.subject_last.clone(), a.last_token.clone())).collect::<Vec<_>>(), traced.len(), path)?;
+        match traced.as_slice() {
+            [one] => revive::eval::plot::trace_maps(&one.tokens, &one.traces, path)?,
+            _ => revive::eval::plot::trace_curves(&averages.iter().map(|a| (a.kind, a.subject_last.clone(), a.last_token.clone())).collect::<Vec<_>>(), traced.len(), path)?,
+        }
         let png = path.with_extension("png");
         revive::eval::plot::png_from_svg(path, &png)?;
         eprintln!("wrote {} and {}", path.display(), png.display());

@@ -219,8 +219,70 @@ pub fn experiment(rows: &[crate::eval::experiment::Checkpoint], path: &Path) -> 
     draw_panels(&panels, 2, path)
 }
 
-/// Causal tracing averaged over facts: per kind (hidden state, MLP output), the probability a
-/// restored state brings back against the layer, at the subject's last token and the last token.
+/// Causal tracing of one fact as ROME draws it: per kind a token × layer map of the probability
+/// of the answer with that state restored, from the corrupted run's (white) to the panel's
+/// largest (full colour); the subject's tokens marked with `*`.
+pub fn trace_maps(tokens: &[String], traces: &[crate::eval::trace::Trace], path: &Path) -> Result<()> {
+    use crate::eval::trace::TraceKind;
+    let t = tokens.len();
+    let label_width = tokens.iter().map(|s| s.chars().count()).max().unwrap_or(1).min(24) as u32;
+    let root = SVGBackend::new(path, (360 * traces.len().max(1) as u32 + 8 * label_width, 80 + 26 * t.max(4) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    for (area, trace) in root.split_evenly((1, traces.len().max(1))).iter().zip(traces) {
+        let layers = trace.restored.len();
+        let colour = match trace.kind {
+            TraceKind::Hidden => RGBColor(94, 60, 153),
+            TraceKind::Mlp => RGBColor(0, 128, 64),
+            TraceKind::Attn => RGBColor(178, 24, 43),
+        };
+        let (low, high) = (trace.corrupted, trace.restored.iter().flatten().copied().fold(trace.corrupted, f64::max));
+        let shade = |p: f64| {
+            let a = if high > low { ((p - low) / (high - low)).clamp(0.0, 1.0) } else { 0.0 };
+            let mix = |c: u8| (255.0 - a * (255.0 - c as f64)).round() as u8;
+            RGBColor(mix(colour.0), mix(colour.1), mix(colour.2))
+        };
+        let mark = |pos: usize| if (trace.subject[0]..=trace.subject[1]).contains(&pos) { "*" } else { "" };
+        // Rows as segments, so that each token's label sits beside its row; the first token on
+        // top (row t − 1). A range a..b has b − a + 1 segments, and needs b > a.
+        let row_of = |pos: usize| (t - 1 - pos) as i32;
+        let label = |v: &SegmentValue<i32>| match v {
+            SegmentValue::CenterOf(r) | SegmentValue::Exact(r) if (0..t as i32).contains(r) => {
+                let pos = t - 1 - *r as usize;
+                format!("{}{}", mark(pos), tokens[pos].chars().take(24).collect::<String>())
+            }
+            _ => String::new(),
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{:?} restored: P(answer) {:.3}–{:.3}", trace.kind, low, high), ("sans-serif", 15))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(16 + 7 * label_width)
+            .build_cartesian_2d((0..(layers as i32 - 1).max(1)).into_segmented(), (0..(t as i32 - 1).max(1)).into_segmented())
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("layer")
+            .x_labels(layers.min(10))
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(l) | SegmentValue::Exact(l) if (*l as usize) < layers => l.to_string(),
+                _ => String::new(),
+            })
+            .y_labels(t)
+            .y_label_formatter(&label)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        let cells = trace.restored.iter().enumerate().flat_map(|(l, row)| row.iter().enumerate().map(move |(pos, &p)| (l as i32, pos, p)));
+        chart
+            .draw_series(cells.map(|(l, pos, p)| Rectangle::new([(SegmentValue::Exact(l), SegmentValue::Exact(row_of(pos))), (SegmentValue::Exact(l + 1), SegmentValue::Exact(row_of(pos) + 1))], shade(p).filled())))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// Causal tracing averaged over facts: per kind (hidden state, MLP or attention output), the
+/// probability a restored state brings back against the layer, at the subject's last token and
+/// the last token.
 pub fn trace_curves(kinds: &[(crate::eval::trace::TraceKind, Vec<f64>, Vec<f64>)], facts: usize, path: &Path) -> Result<()> {
     let titles: Vec<String> = kinds.iter().map(|(k, _, _)| format!("{k:?} restored, mean of {facts} fact(s)")).collect();
     let line = |v: &[f64]| v.iter().enumerate().map(|(l, &e)| (l as f64, e)).collect::<Vec<_>>();
@@ -262,6 +324,40 @@ pub fn png_from_svg(svg: &Path, png: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One fact's maps: every token's label beside its row (the subject's marked), one cell
+    /// per layer and token in each kind's panel, the shade from the corrupted P to the largest.
+    #[test]
+    fn trace_maps_label_every_row_and_fill_every_cell() {
+        use crate::eval::trace::{Trace, TraceKind};
+        let tokens: Vec<String> = ["The", " Eiff", "el", " Tower", " is", " in"].iter().map(|s| s.to_string()).collect();
+        let (layers, t) = (7, tokens.len());
+        let trace = |kind, peak: f64| Trace {
+            kind,
+            subject: [1, 3],
+            target: 0,
+            clean: 0.6,
+            corrupted: 0.05,
+            restored: (0..layers).map(|l| (0..t).map(|pos| if (l, pos) == (2, 3) { peak } else { 0.05 + 0.001 * (l * t + pos) as f64 }).collect()).collect(),
+        };
+        let traces = [trace(TraceKind::Hidden, 0.5), trace(TraceKind::Mlp, 0.3), trace(TraceKind::Attn, 0.1)];
+        let path = std::env::temp_dir().join(format!("revive-trace-maps-{}.svg", std::process::id()));
+        trace_maps(&tokens, &traces, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for (pos, token) in tokens.iter().enumerate() {
+            let label = if (1..=3).contains(&pos) { format!("*{token}") } else { token.clone() };
+            assert_eq!(svg.matches(&format!("\n{label}\n")).count(), traces.len(), "{label} once per panel");
+        }
+        assert_eq!(svg.matches("<rect").count() - 1, traces.len() * layers * t, "one cell per layer and token in each panel, and the background");
+        // The largest restored P in full colour (MLP: RGB 0, 128, 64), the corrupted one white.
+        assert!(svg.contains("#008040") && svg.contains("P(answer) 0.050–0.300"), "{svg}");
+        // One token, one layer.
+        let tiny = Trace { subject: [0, 0], restored: vec![vec![0.2]], ..traces[1].clone() };
+        trace_maps(&tokens[..1], &[tiny], &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("\n*The\n") && svg.matches("<rect").count() == 2 && !svg.contains("width=\"0\""), "{svg}");
+        std::fs::remove_file(&path).unwrap();
+    }
     use crate::edit::request::EditRequest;
     use crate::edit::rome::RomeReport;
     use crate::edit::target::Target;
