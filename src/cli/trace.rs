@@ -215,7 +215,7 @@ fn suggest(path: &std::path::Path, method: &str, mlp: &Average, model: &str, win
         )
     };
     let (peak, lost) = (effect[choose_layers(effect, 1)[0]], mlp.clean - mlp.corrupted);
-    if !(peak > 0.05 * lost) {
+    if peak <= 0.05 * lost {
         eprintln!("note: restoring MLP outputs brings back at most {peak:.4} of the {lost:.4} of P(answer) the corruption took: this trace hardly tells the layers apart (more facts or --samples may)");
     }
     let (layers, text) = match BatchMethod::from_name(method) {
