@@ -262,7 +262,7 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     let hp = revive::edit::hparams::BatchHparams::load(&memit).unwrap();
     // MEMIT's defaults edit 5 layers; this model has 2: both.
     assert_eq!(hp.layers, [0, 1]);
-    assert!(hp.why["layers"].contains("revive trace --suggest") && hp.why["layers"].contains("SmolLM2-135M's"), "{:?}", hp.why);
+    assert!(hp.why["layers"].contains("revive trace --suggest") && hp.why["layers"].contains("measured on SmolLM2-135M"), "{:?}", hp.why);
     let doc2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json2).unwrap()).unwrap();
     assert_eq!(doc2["suggested"]["layers"], serde_json::json!([0, 1]), "{doc2}");
     let out = revive(&[&one_mlp[..], &["--suggest", rome.to_str().unwrap(), "--method", "rome"]].concat());

@@ -206,7 +206,7 @@ fn suggest(path: &std::path::Path, method: &str, mlp: &Average, model: &str, win
         let effects: Vec<String> = layers.iter().map(|&l| format!("{l}: {:.3}", effect[l])).collect();
         let peak = choose_layers(effect, 1)[0];
         format!(
-            "chosen by `revive trace --suggest` on {model}: the {} consecutive layer(s) of {} where restoring the MLP outputs (a window of {window} layers around each) at the subject's last token brings back the most probability of the true answer, summed, on average over {} fact(s) (effect by layer: {}; the peak {:.3} at layer {peak}). The other values are SmolLM2-135M's (assets/hparams/{method}/smollm2.json), measured on that model, not this one",
+            "chosen by `revive trace --suggest` on {model}: the {} consecutive layer(s) of {} where restoring the MLP outputs (a window of {window} layers around each) at the subject's last token brings back the most probability of the true answer, summed, on average over {} fact(s) (effect by layer: {}; the peak {:.3} at layer {peak}). The other values are the shipped ones (assets/hparams/{method}/smollm2.json), measured on SmolLM2-135M",
             layers.len(),
             effect.len(),
             mlp.facts,
