@@ -304,3 +304,104 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     assert!(!out.status.success() && err.contains("edits.json"), "bad JSON: {err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `revive trace --json` keeps each fact as it is traced: a run stopped part way (its file cut
+/// back to the first fact, and a run killed with SIGKILL wherever it was) and resumed with
+/// `--resume` ends with the facts and means of a run that was not stopped, bit for bit. A
+/// resume with other settings, fewer facts or another fact first is refused, naming the file.
+#[test]
+fn an_interrupted_trace_resumes_to_the_same_tables() {
+    use revive::cpu::model::CpuModel;
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/qwen2-gguf/model.gguf");
+    let dir = std::env::temp_dir().join(format!("revive-cli-trace-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Facts this random model knows as a record states them: its top token, by a clear margin,
+    // a word with a leading space that encodes back to itself.
+    let m = revive::model::load::load(model.to_str().unwrap()).unwrap();
+    let cpu = CpuModel::new(&m.weights);
+    let mut records = vec![];
+    for subject in ["Walter", "Anne", "Mary", "Charles", "Elizabeth", "Russell", "Kellynch", "Bath", "Wentworth", "Musgrove"] {
+        for prompt in ["Sir {} Elliot of", "{} was", "The {} of", "Captain {} had", "{} Hall is in", "Lady {} said"] {
+            let input = revive::eval::trace::trace_input(&m.tok, prompt, subject, 0).unwrap();
+            let (logits, _) = cpu.forward(std::slice::from_ref(&input.ids), &Default::default());
+            let last = logits[0].last().unwrap();
+            let mut order: Vec<usize> = (0..last.len()).collect();
+            order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+            let answer = m.tok.decode(&[order[0] as u32]).unwrap();
+            if answer.starts_with(' ') && answer.trim().len() > 1 && last[order[0]] - last[order[1]] > 0.05 && m.tok.encode(&answer).unwrap().first() == Some(&(order[0] as u32)) {
+                records.push(serde_json::json!({"subject": subject, "prompt": prompt, "target_new": " x", "target_true": answer}));
+            }
+        }
+    }
+    assert!(records.len() >= 3, "too few facts the model knows: {records:?}");
+    records.truncate(5);
+    let n = records.len();
+    let edits = dir.join("edits.json");
+    std::fs::write(&edits, serde_json::to_string(&records).unwrap()).unwrap();
+    // The run's settings, each replaced where `extra` gives the flag again.
+    let trace = |json: &std::path::Path, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_revive"));
+        c.args(["trace", "-m", model.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+        for (flag, value) in [("--edits", edits.to_str().unwrap()), ("--samples", "24"), ("--window", "2")] {
+            if !extra.contains(&flag) {
+                c.args([flag, value]);
+            }
+        }
+        c.args(extra);
+        c
+    };
+    let read = |p: &std::path::Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let full = dir.join("full.json");
+    let out = trace(&full, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = read(&full);
+    assert_eq!(want["facts"].as_array().unwrap().len(), n, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Cut back to its first fact, as a run stopped after it leaves its file.
+    let part = dir.join("part.json");
+    let mut cut = want.clone();
+    cut["facts"].as_array_mut().unwrap().truncate(1);
+    std::fs::write(&part, serde_json::to_string(&cut).unwrap()).unwrap();
+    let out = trace(&part, &["--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains(&format!("1 of the {n} facts traced already, {} to go", n - 1)), "{err}");
+    assert_eq!((read(&part)["facts"].clone(), read(&part)["average"].clone()), (want["facts"].clone(), want["average"].clone()));
+
+    // Killed wherever it is: what it wrote reads, and resumes to the same tables.
+    let killed = dir.join("killed.json");
+    let mut child = trace(&killed, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while !killed.exists() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = read(&killed)["facts"].as_array().unwrap().len();
+    assert!((1..=n).contains(&kept), "{kept} facts kept");
+    let out = trace(&killed, &["--resume"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((read(&killed)["facts"].clone(), read(&killed)["average"].clone()), (want["facts"].clone(), want["average"].clone()), "{kept} facts kept, then resumed");
+
+    // Another trace is not resumed into this one.
+    std::fs::write(&part, serde_json::to_string(&cut).unwrap()).unwrap();
+    let other = dir.join("other.json");
+    std::fs::write(&other, serde_json::to_string(&records.iter().rev().collect::<Vec<_>>()).unwrap()).unwrap();
+    for (extra, why) in [
+        (&["--samples", "23"][..], "cannot resume, it traced with"),
+        (&["--window", "3"][..], "cannot resume, it traced with"),
+        (&["--kind", "mlp"][..], "cannot resume, it traced with"),
+        (&["--edits", other.to_str().unwrap()][..], "cannot resume, its fact 0"),
+    ] {
+        let out = trace(&part, &[&["--resume"][..], extra].concat()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why) && err.contains("part.json"), "{extra:?}: {err}");
+    }
+    std::fs::write(&part, serde_json::to_string(&want).unwrap()).unwrap();
+    let out = trace(&part, &["--resume", "--limit", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("it holds {n} facts and this run traces 1")), "{err}");
+    let out = trace(&dir.join("none.json"), &["--resume"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--resume: cannot read") && err.contains("none.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -6,7 +6,7 @@ use revive::edit::hparams::{BatchHparams, BatchMethod, RomeHparams};
 use revive::eval::trace::{choose_layers, embedding_std, layers_to_trace, trace, trace_input, Trace, TraceInput, TraceKind, TraceSettings};
 use revive::gpu::{BackendChoice, Gpu};
 use revive::model::forward::GpuModel;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -47,8 +47,13 @@ pub(super) struct Args {
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 256)]
     max_batch: usize,
+    /// The tables as JSON, written again after each fact (an interrupted run keeps its facts).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Go on from the facts --json already holds (a run stopped part way), tracing only the
+    /// rest; the settings and facts must be the same.
+    #[arg(long, requires = "json")]
+    resume: bool,
     /// A plot (SVG; a PNG beside it): for one fact its token × layer maps, for several the
     /// mean effects against the layer.
     #[arg(long)]
@@ -65,7 +70,7 @@ pub(super) struct Args {
 }
 
 /// What --suggest chose, as written to the JSON.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Suggested {
     method: String,
     layers: Vec<usize>,
@@ -73,7 +78,7 @@ struct Suggested {
 }
 
 /// One traced fact as written to the JSON.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Traced {
     prompt: String,
     subject: String,
@@ -84,7 +89,7 @@ struct Traced {
 
 /// The mean over facts, per kind, of the probability a restored state brings back beyond the
 /// corrupted one (ROME's average indirect effect), at the subject's last token and the last token.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Average {
     kind: TraceKind,
     facts: usize,
@@ -92,6 +97,44 @@ struct Average {
     corrupted: f64,
     subject_last: Vec<f64>,
     last_token: Vec<f64>,
+}
+
+/// What --json writes: the settings, the means, and every fact traced so far.
+#[derive(Serialize, Deserialize)]
+struct TraceDoc {
+    model: String,
+    samples: usize,
+    noise: f64,
+    noise_std: f64,
+    seed: u64,
+    window: usize,
+    /// The kinds traced (files written before 2026-12-08 lack it and cannot be resumed).
+    #[serde(default)]
+    kinds: Vec<TraceKind>,
+    average: Vec<Average>,
+    suggested: Option<Suggested>,
+    facts: Vec<Traced>,
+}
+
+impl TraceDoc {
+    /// The facts of an earlier run of the same trace that `--resume` keeps: refused where a
+    /// setting or a fact differs, which would mix two traces in one mean.
+    fn resumable(self, path: &std::path::Path, now: &TraceDoc, facts: &[(String, String, TraceInput)]) -> Result<Vec<Traced>> {
+        if self.facts.len() > facts.len() {
+            bail!("{}: cannot resume, it holds {} facts and this run traces {}", path.display(), self.facts.len(), facts.len());
+        }
+        if let Some((i, t)) = self.facts.iter().enumerate().find(|(i, t)| (&t.prompt, &t.subject) != (&facts[*i].0, &facts[*i].1)) {
+            bail!("{}: cannot resume, its fact {i} is {:?} / {:?} and this run's {:?} / {:?}", path.display(), t.prompt, t.subject, facts[i].0, facts[i].1);
+        }
+        // The noise's scale comes from all the facts' subjects, so a longer list than the
+        // earlier run's differs here too: its facts were corrupted on another scale.
+        let settings = |d: &TraceDoc| serde_json::json!({"model": d.model, "samples": d.samples, "noise": d.noise, "noise_std": d.noise_std, "seed": d.seed, "window": d.window, "kinds": d.kinds});
+        let (was, is) = (settings(&self), settings(now));
+        if was != is {
+            bail!("{}: cannot resume, it traced with {was} and this run with {is}", path.display());
+        }
+        Ok(self.facts)
+    }
 }
 
 pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
@@ -158,16 +201,28 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let rows: Vec<Vec<f32>> = facts.iter().flat_map(|(_, _, f)| f.ids[f.subject[0]..=f.subject[1]].iter().map(|&t| embed[t as usize * d..(t as usize + 1) * d].to_vec())).collect();
     let settings = TraceSettings { samples: a.samples, noise: a.noise * embedding_std(&rows), seed: a.seed, max_batch: a.max_batch, window: a.window };
 
-    let bar = revive::progress::terminal_bar((facts.len() * layers_to_trace(&gm, &a.kind)) as u64, "trace: layers", true);
-    let mut traced = vec![];
-    for (prompt, subject, input) in facts {
+    let mut doc = TraceDoc { model: m.source.clone(), samples: a.samples, noise: a.noise, noise_std: settings.noise, seed: a.seed, window: a.window, kinds: a.kind.clone(), average: vec![], suggested: None, facts: vec![] };
+    if let (true, Some(path)) = (a.resume, &a.json) {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--resume: cannot read {}", path.display()))?;
+        let earlier: TraceDoc = serde_json::from_str(&text).with_context(|| format!("--resume: {} is not a trace's JSON", path.display()))?;
+        doc.facts = earlier.resumable(path, &doc, &facts)?;
+        eprintln!("{}: {} of the {} facts traced already, {} to go", path.display(), doc.facts.len(), facts.len(), facts.len() - doc.facts.len());
+    }
+    let bar = revive::progress::terminal_bar(((facts.len() - doc.facts.len()) * layers_to_trace(&gm, &a.kind)) as u64, "trace: layers", true);
+    for (prompt, subject, input) in facts.into_iter().skip(doc.facts.len()) {
         let traces = trace(&gm, &input, &a.kind, &settings, &mut || bar.inc(1))?;
         let tokens = input.ids.iter().map(|&t| m.tok.decode(&[t])).collect::<revive::Result<Vec<_>>>()?;
-        traced.push(Traced { prompt, subject, tokens, target: m.tok.decode(&[input.target])?, traces });
+        doc.facts.push(Traced { prompt, subject, tokens, target: m.tok.decode(&[input.target])?, traces });
+        // What is traced is kept as it comes: a long trace stopped part way resumes from here.
+        if let Some(path) = &a.json {
+            doc.average = (0..a.kind.len()).map(|k| average(&doc.facts, k)).collect();
+            revive::store::write_durable(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        }
     }
     bar.finish_and_clear();
 
-    let averages: Vec<Average> = (0..a.kind.len()).map(|k| average(&traced, k)).collect();
+    let traced = &doc.facts;
+    let averages: Vec<Average> = (0..a.kind.len()).map(|k| average(traced, k)).collect();
     if let [one] = traced.as_slice() {
         print_one(one);
     }
@@ -181,11 +236,6 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         }
         None => None,
     };
-    if let Some(path) = &a.json {
-        let doc = serde_json::json!({"model": m.source, "samples": a.samples, "noise": a.noise, "noise_std": settings.noise, "seed": a.seed, "window": a.window, "average": averages, "suggested": suggested, "facts": traced});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
     if let Some(path) = &a.plot {
         match traced.as_slice() {
             [one] => revive::eval::plot::trace_maps(&one.tokens, &one.traces, path)?,
@@ -194,6 +244,11 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
         let png = path.with_extension("png");
         revive::eval::plot::png_from_svg(path, &png)?;
         eprintln!("wrote {} and {}", path.display(), png.display());
+    }
+    if let Some(path) = &a.json {
+        (doc.average, doc.suggested) = (averages, suggested);
+        revive::store::write_durable(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }

@@ -12,10 +12,10 @@
 use crate::error::{Error, Result};
 use crate::model::probe::{Captured, Probes, Site};
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What is put back from the clean run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TraceKind {
     /// The residual stream after a layer (ROME's "hidden state", window 1).
@@ -66,7 +66,7 @@ pub struct TraceSettings {
     pub window: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Trace {
     pub kind: TraceKind,
     pub subject: [usize; 2],
