@@ -653,6 +653,23 @@ fn bad_requests_are_errors() {
         let batch = ok(Batch::new(&[vec![1, 2, 3]]))?;
         let far = Probes { residual: vec![Site { layer: 0, seq: 0, pos: 3 }], ..Default::default() };
         gm.forward(&batch, &far, LogitRows::All, None).err().ok_or("probe past the sequence accepted")?;
+        // Probes that put states in place: past the sequence, twice at one site, of the wrong width.
+        let (ffn, heads) = (w.config.ffn_hidden, w.config.n_heads * w.config.head_dim);
+        let at = |pos| Site { layer: 1, seq: 0, pos };
+        let bad_sets = [
+            ("a key set past the sequence", Probes { set_down_in: vec![(at(3), vec![0.0; ffn])], ..Default::default() }),
+            ("heads set past the sequence", Probes { set_heads: vec![(at(3), vec![0.0; heads])], ..Default::default() }),
+            ("heads read past the sequence", Probes { heads: vec![at(3)], ..Default::default() }),
+            ("a key set twice", Probes { set_down_in: vec![(at(1), vec![0.0; ffn]), (at(1), vec![1.0; ffn])], ..Default::default() }),
+            ("heads set twice", Probes { set_heads: vec![(at(2), vec![0.0; heads]), (at(2), vec![1.0; heads])], ..Default::default() }),
+            ("a key of the wrong width", Probes { set_down_in: vec![(at(1), vec![0.0; ffn + 1])], ..Default::default() }),
+            ("heads of the wrong width", Probes { set_heads: vec![(at(1), vec![0.0; heads - 1])], ..Default::default() }),
+        ];
+        for (what, probes) in bad_sets {
+            gm.forward(&batch, &probes, LogitRows::All, None).err().ok_or(format!("{what} accepted"))?;
+        }
+        let fine = Probes { set_heads: vec![(at(1), vec![0.0; heads]), (Site { layer: 0, ..at(1) }, vec![0.0; heads])], ..Default::default() };
+        ok(gm.forward(&batch, &fine, LogitRows::All, None))?;
         let oov = ok(Batch::new(&[vec![1, 5000]]))?;
         gm.forward(&oov, &Probes::default(), LogitRows::All, None).err().ok_or("token outside the vocabulary accepted")?;
         let long = ok(Batch::new(&[vec![1; 40]]))?;

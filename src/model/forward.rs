@@ -388,6 +388,14 @@ impl GpuModel {
         for site in probes.set_down_in.iter().chain(&probes.set_heads).map(|(s, _)| s).chain(&probes.heads) {
             check_site(c, batch, site)?;
         }
+        // A state put in place twice at one site has no one meaning (the GPU would add both
+        // differences).
+        for (what, sets) in [("set_down_in", &probes.set_down_in), ("set_heads", &probes.set_heads)] {
+            let mut seen = std::collections::HashSet::new();
+            if let Some((site, _)) = sets.iter().find(|(s, _)| !seen.insert((s.layer, s.seq, s.pos))) {
+                return Err(Error::shape("forward", format!("{what} puts two states at {site:?}")));
+            }
+        }
         let mut x = self.embed(batch, pos0)?;
         x = self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?;
         let mut residual_caps = vec![];
