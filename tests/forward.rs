@@ -200,6 +200,8 @@ fn logits_and_probes_match_the_oracle() {
                 // Read where one is set (the read sees what the layer computed), and apart.
                 heads: vec![Site { layer: 0, seq: 0, pos: 5 }, Site { layer: last, seq: 1, pos: 1 }, Site { layer: 1, seq: 2, pos: 0 }],
                 set_heads: vec![(Site { layer: 0, seq: 0, pos: 5 }, (0..heads).map(|i| (i as f32 * 0.29).cos()).collect()), (Site { layer: last, seq: 2, pos: 0 }, vec![0.75; heads])],
+                // From the embedding (a_pass_started_at_a_layer_goes_on_as_the_full_pass).
+                start_at: None,
             };
             let batch = ok(Batch::new(&seqs))?;
             let (logits, cap) = ok(gm.forward(&batch, &probes, LogitRows::All, None))?;
@@ -225,6 +227,58 @@ fn logits_and_probes_match_the_oracle() {
             for (k, (g, c)) in cap.heads.iter().zip(&want_cap.heads).enumerate() {
                 let c: Vec<f64> = c.iter().map(|&x| x as f64).collect();
                 compare(&format!("{name} heads probe {k}"), g, &c, logit_tol(&c))?;
+            }
+        }
+        Ok(())
+    });
+}
+
+/// A pass started at a layer from the residual stream a full pass had there goes on as the full
+/// pass, on the GPU and in the oracle, from every layer (the layer count too: only the head
+/// then); a start the batch or the probes do not fit is refused.
+#[test]
+fn a_pass_started_at_a_layer_goes_on_as_the_full_pass() {
+    for_each_gpu(|gpu| {
+        for (name, w) in models() {
+            let cpu = CpuModel::new(&w);
+            let gm = ok(GpuModel::new(gpu, &w))?;
+            let seqs = vec![vec![5, 17, 3, 9, 2], vec![7, 1, 8]];
+            let batch = ok(Batch::new(&seqs))?;
+            let n = w.config.n_layers;
+            let every: Vec<Site> = (0..n).flat_map(|layer| seqs.iter().enumerate().flat_map(move |(seq, s)| (0..s.len()).map(move |pos| Site { layer, seq, pos }))).collect();
+            let (want, states) = cpu.forward(&seqs, &Probes { residual: every.clone(), ..Default::default() });
+            let entering = |start: usize| -> Vec<Vec<f32>> {
+                let after = |seq: usize, pos: usize| &states.residual[every.iter().position(|s| *s == Site { layer: start - 1, seq, pos }).unwrap()];
+                seqs.iter().enumerate().map(|(seq, s)| (0..s.len()).flat_map(|pos| after(seq, pos).iter().copied()).collect()).collect()
+            };
+            for start in 1..=n {
+                let probes = Probes { start_at: Some((start, entering(start))), ..Default::default() };
+                let (from_cpu, _) = cpu.forward(&seqs, &probes);
+                let (logits, _) = ok(gm.forward(&batch, &probes, LogitRows::All, None))?;
+                let got = ok(gpu.download(&logits))?;
+                for (s, seq) in seqs.iter().enumerate() {
+                    for (p, want_p) in want[s].iter().enumerate().take(seq.len()) {
+                        let r = batch.row(s, p) * w.config.vocab_size;
+                        compare(&format!("{name} from layer {start}, seq {s} pos {p}"), &got[r..r + w.config.vocab_size], want_p, logit_tol(want_p))?;
+                        // The oracle starts from f32 rows: its own logits to f32 rounding.
+                        let gap = from_cpu[s][p].iter().zip(want_p).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                        if gap > 1e-5 * want_p.iter().fold(1.0f64, |m, v| m.max(v.abs())) {
+                            return Err(format!("{name}: the oracle from layer {start} is {gap} from its full pass"));
+                        }
+                    }
+                }
+            }
+            let mut short = entering(1);
+            short[1].pop();
+            let refused = [
+                ("past the layers", Probes { start_at: Some((n + 1, entering(n))), ..Default::default() }),
+                ("rows of another batch", Probes { start_at: Some((1, entering(1)[..1].to_vec())), ..Default::default() }),
+                ("a row short", Probes { start_at: Some((1, short)), ..Default::default() }),
+                ("a probe before it", Probes { start_at: Some((2.min(n), entering(2.min(n)))), residual: vec![Site { layer: 0, seq: 0, pos: 0 }], ..Default::default() }),
+                ("noise on the embedding", Probes { start_at: Some((1, entering(1))), add_to_embedding: vec![((0, 0), vec![1.0; w.config.hidden])], ..Default::default() }),
+            ];
+            for (what, probes) in refused {
+                gm.forward(&batch, &probes, LogitRows::All, None).err().ok_or(format!("{name}: a start with {what} accepted"))?;
             }
         }
         Ok(())

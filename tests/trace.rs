@@ -27,7 +27,7 @@ fn input(w: &Weights) -> TraceInput {
 fn settings(w: &Weights, max_batch: usize) -> TraceSettings {
     let d = w.config.hidden;
     let rows: Vec<Vec<f32>> = [11usize, 29, 5].iter().map(|&t| w.tensors["embed"].data[t * d..(t + 1) * d].to_vec()).collect();
-    TraceSettings { samples: 3, noise: 3.0 * embedding_std(&rows), seed: 7, max_batch, window: 2 }
+    TraceSettings { samples: 3, noise: 3.0 * embedding_std(&rows), seed: 7, max_batch, window: 2, skip_unchanged_layers: false }
 }
 
 fn models() -> Vec<(&'static str, Weights)> {
@@ -47,19 +47,31 @@ fn close(what: &str, got: f64, want: f64) -> Result<(), String> {
 
 /// The GPU's trace is the oracle's: the clean and corrupted probabilities and every restored
 /// one, for every kind, with the passes split into batches of 4 sequences (the restoring runs
-/// of one layer do not fit one) and not split.
+/// of one layer do not fit one) and not split, each pass from the embedding or from the first
+/// layer it changes; and the oracle's from there is its own from the embedding.
 #[test]
 fn the_gpu_trace_is_the_oracles() {
+    for (name, w) in models() {
+        let cpu = CpuModel::new(&w);
+        let input = input(&w);
+        let full = trace(&cpu, &input, &KINDS, &settings(&w, 1000), &mut || {}).unwrap();
+        let skipping = trace(&cpu, &input, &KINDS, &TraceSettings { skip_unchanged_layers: true, ..settings(&w, 1000) }, &mut || {}).unwrap();
+        for (a, b) in full.iter().zip(&skipping) {
+            for (x, y) in a.restored.iter().flatten().zip(b.restored.iter().flatten()) {
+                assert!((x - y).abs() < 1e-6 * x.max(1e-3), "{name} {:?}: {x} from the embedding, {y} from the first layer changed", a.kind);
+            }
+        }
+    }
     for_each_gpu(|gpu| {
         for (name, w) in models() {
             let cpu = CpuModel::new(&w);
             let input = input(&w);
             let want = ok(trace(&cpu, &input, &KINDS, &settings(&w, 1000), &mut || {}))?;
             let gm = ok(GpuModel::new(gpu, &w))?;
-            for max_batch in [4, 1000] {
-                let got = ok(trace(&gm, &input, &KINDS, &settings(&w, max_batch), &mut || {}))?;
+            for (max_batch, skip) in [(4, false), (1000, false), (4, true), (1000, true)] {
+                let got = ok(trace(&gm, &input, &KINDS, &TraceSettings { skip_unchanged_layers: skip, ..settings(&w, max_batch) }, &mut || {}))?;
                 for (g, c) in got.iter().zip(&want) {
-                    let tag = format!("{name} {:?} batch {max_batch}", g.kind);
+                    let tag = format!("{name} {:?} batch {max_batch}, skipping layers {skip}", g.kind);
                     close(&format!("{tag} clean"), g.clean, c.clean)?;
                     close(&format!("{tag} corrupted"), g.corrupted, c.corrupted)?;
                     for (layer, (gr, cr)) in g.restored.iter().zip(&c.restored).enumerate() {
@@ -87,7 +99,7 @@ fn traces_match_romes_procedure_in_transformers() {
     let subject = nums(&want["subject"]);
     let input = TraceInput { ids, subject: [subject[0] as usize, subject[1] as usize], target: want["target"].as_u64().unwrap() as u32 };
     let noise: Vec<Vec<Vec<f32>>> = want["noise"].as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|t| nums(t).iter().map(|&x| x as f32).collect()).collect()).collect();
-    let s = TraceSettings { samples: noise.len(), noise: 1.0, seed: 0, max_batch: 5, window: want["window"].as_u64().unwrap() as usize };
+    let s = TraceSettings { samples: noise.len(), noise: 1.0, seed: 0, max_batch: 5, window: want["window"].as_u64().unwrap() as usize, skip_unchanged_layers: false };
     let check = |who: &str, traces: Vec<Trace>| -> Result<(), String> {
         for t in traces {
             let kind = format!("{:?}", t.kind).to_lowercase();
@@ -104,9 +116,11 @@ fn traces_match_romes_procedure_in_transformers() {
     };
     let cpu = CpuModel::new(&w);
     check("oracle", trace_with_noise(&cpu, &input, &KINDS, &s, &noise, &mut || {}).unwrap()).unwrap();
+    let skipping = TraceSettings { skip_unchanged_layers: true, ..s.clone() };
     for_each_gpu(|gpu| {
         let gm = ok(GpuModel::new(gpu, &w))?;
-        check("gpu", ok(trace_with_noise(&gm, &input, &KINDS, &s, &noise, &mut || {}))?)
+        check("gpu", ok(trace_with_noise(&gm, &input, &KINDS, &s, &noise, &mut || {}))?)?;
+        check("gpu skipping layers", ok(trace_with_noise(&gm, &input, &KINDS, &skipping, &noise, &mut || {}))?)
     });
 }
 

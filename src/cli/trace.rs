@@ -41,7 +41,7 @@ pub(super) struct Args {
     noise: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The MLP kind restores this many layers around each (ROME's 10).
+    /// The MLP and attention kinds restore this many layers around each (ROME's 10).
     #[arg(long, default_value_t = 10)]
     window: usize,
     /// Sequences per forward pass.
@@ -65,7 +65,7 @@ pub(super) struct Args {
     #[arg(long, value_name = "FILE")]
     suggest: Option<PathBuf>,
     /// The method --suggest writes for.
-    #[arg(long, default_value = "memit", value_parser = super::edit::method_names())]
+    #[arg(long, default_value = "memit", requires = "suggest", value_parser = super::edit::method_names())]
     method: String,
 }
 
@@ -123,8 +123,18 @@ impl TraceDoc {
         if self.facts.len() > facts.len() {
             bail!("{}: cannot resume, it holds {} facts and this run traces {}", path.display(), self.facts.len(), facts.len());
         }
-        if let Some((i, t)) = self.facts.iter().enumerate().find(|(i, t)| (&t.prompt, &t.subject) != (&facts[*i].0, &facts[*i].1)) {
-            bail!("{}: cannot resume, its fact {i} is {:?} / {:?} and this run's {:?} / {:?}", path.display(), t.prompt, t.subject, facts[i].0, facts[i].1);
+        let answer = |t: &Traced| t.traces.first().map(|trace| trace.target);
+        if let Some((i, t)) = self.facts.iter().enumerate().find(|(i, t)| (&t.prompt, &t.subject, answer(t)) != (&facts[*i].0, &facts[*i].1, Some(facts[*i].2.target))) {
+            bail!(
+                "{}: cannot resume, its fact {i} is {:?} / {:?} toward token {:?} and this run's {:?} / {:?} toward {}",
+                path.display(),
+                t.prompt,
+                t.subject,
+                answer(t),
+                facts[i].0,
+                facts[i].1,
+                facts[i].2.target
+            );
         }
         // The noise's scale comes from all the facts' subjects, so a longer list than the
         // earlier run's differs here too: its facts were corrupted on another scale.
@@ -199,7 +209,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let d = m.weights.config.hidden;
     let embed = &m.weights.tensors.get("embed").context("the model has no embedding")?.data;
     let rows: Vec<Vec<f32>> = facts.iter().flat_map(|(_, _, f)| f.ids[f.subject[0]..=f.subject[1]].iter().map(|&t| embed[t as usize * d..(t as usize + 1) * d].to_vec())).collect();
-    let settings = TraceSettings { samples: a.samples, noise: a.noise * embedding_std(&rows), seed: a.seed, max_batch: a.max_batch, window: a.window };
+    let settings = TraceSettings { samples: a.samples, noise: a.noise * embedding_std(&rows), seed: a.seed, max_batch: a.max_batch, window: a.window, skip_unchanged_layers: true };
 
     let mut doc = TraceDoc { model: m.source.clone(), samples: a.samples, noise: a.noise, noise_std: settings.noise, seed: a.seed, window: a.window, kinds: a.kind.clone(), average: vec![], suggested: None, facts: vec![] };
     if let (true, Some(path)) = (a.resume, &a.json) {
@@ -230,6 +240,9 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let suggested = match &a.suggest {
         Some(path) => {
             let mlp = averages.iter().find(|a| a.kind == TraceKind::Mlp).expect("checked: the mlp kind was traced");
+            if a.window >= m.weights.config.n_layers {
+                eprintln!("note: a window of {} layers covers all {} of this model's, so every layer restores the same MLPs and the trace cannot tell them apart: give a smaller --window", a.window, m.weights.config.n_layers);
+            }
             let s = suggest(path, &a.method, mlp, &m.source, a.window)?;
             eprintln!("wrote {}: {} at layers {:?}; edit with `revive edit -m {} --method {} --hparams {}`", path.display(), s.method, s.layers, a.model, s.method, path.display());
             Some(s)
@@ -257,9 +270,9 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
 /// their `why` how they were chosen and that the other values were measured on SmolLM2.
 fn suggest(path: &std::path::Path, method: &str, mlp: &Average, model: &str, window: usize) -> Result<Suggested> {
     let effect = &mlp.subject_last;
+    let peak = choose_layers(effect, 1)[0];
     let why = |layers: &[usize]| {
         let effects: Vec<String> = layers.iter().map(|&l| format!("{l}: {:.3}", effect[l])).collect();
-        let peak = choose_layers(effect, 1)[0];
         format!(
             "chosen by `revive trace --suggest` on {model}: the {} consecutive layer(s) of {} where restoring the MLP outputs (a window of {window} layers around each) at the subject's last token brings back the most probability of the true answer, summed, on average over {} fact(s) (effect by layer: {}; the peak {:.3} at layer {peak}). The other values are the shipped ones (assets/hparams/{method}/smollm2.json), measured on SmolLM2-135M",
             layers.len(),
@@ -269,14 +282,14 @@ fn suggest(path: &std::path::Path, method: &str, mlp: &Average, model: &str, win
             effect[peak],
         )
     };
-    let (peak, lost) = (effect[choose_layers(effect, 1)[0]], mlp.clean - mlp.corrupted);
-    if peak <= 0.05 * lost {
-        eprintln!("note: restoring MLP outputs brings back at most {peak:.4} of the {lost:.4} of P(answer) the corruption took: this trace hardly tells the layers apart (more facts or --samples may)");
+    let lost = mlp.clean - mlp.corrupted;
+    if effect[peak] <= 0.05 * lost {
+        eprintln!("note: restoring MLP outputs brings back at most {:.4} of the {lost:.4} of P(answer) the corruption took: this trace hardly tells the layers apart (more facts or --samples may)", effect[peak]);
     }
     let (layers, text) = match BatchMethod::from_name(method) {
         None => {
             let mut hp = RomeHparams::smollm2();
-            hp.layer = choose_layers(effect, 1)[0];
+            hp.layer = peak;
             hp.why.insert("layer".into(), why(&[hp.layer]));
             (vec![hp.layer], serde_json::to_string_pretty(&hp)?)
         }
@@ -287,7 +300,7 @@ fn suggest(path: &std::path::Path, method: &str, mlp: &Average, model: &str, win
             (hp.layers.clone(), serde_json::to_string_pretty(&hp)?)
         }
     };
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    revive::store::write_durable(path, (text + "\n").as_bytes())?;
     Ok(Suggested { method: method.into(), layers, file: path.into() })
 }
 
@@ -322,8 +335,7 @@ fn print_one(t: &Traced) {
 
 fn print_averages(averages: &[Average], facts: usize) {
     for a in averages {
-        let best = |v: &[f64]| (0..v.len()).max_by(|&x, &y| v[x].total_cmp(&v[y])).unwrap_or(0);
-        let (s, l) = (best(&a.subject_last), best(&a.last_token));
+        let (s, l) = (choose_layers(&a.subject_last, 1)[0], choose_layers(&a.last_token, 1)[0]);
         println!(
             "{:?} over {facts} fact(s): P clean {:.3}, corrupted {:.3}; the largest effect at the subject's last token at layer {s} (+{:.3}), at the last token at layer {l} (+{:.3})",
             a.kind, a.clean, a.corrupted, a.subject_last[s], a.last_token[l]

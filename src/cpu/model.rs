@@ -74,25 +74,33 @@ impl CpuModel {
                 rms_norm(x, self.t(&format!("{name}.weight")), eps)
             }
         };
-        let mut x: Vec<Vec<f64>> = tokens
-            .iter()
-            .enumerate()
-            .map(|(p, &tok)| {
-                let mut e = self.t("embed")[tok as usize * d..(tok as usize + 1) * d].to_vec();
-                if gpt2 {
-                    let pe = &self.t("pos_embed")[p * d..(p + 1) * d];
-                    e.iter_mut().zip(pe).for_each(|(a, b)| *a += b);
-                }
-                for ((s, at), v) in &probes.add_to_embedding {
-                    if (*s, *at) == (seq, p) {
-                        e.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+        // A pass started at a layer (Probes::start_at) from its rows, else from the embedding.
+        let (first_layer, started) = match &probes.start_at {
+            Some((layer, rows)) => (*layer, Some(rows[seq].chunks(d).map(|r| r.iter().map(|&v| v as f64).collect()).collect::<Vec<Vec<f64>>>())),
+            None => (0, None),
+        };
+        let embedded = || -> Vec<Vec<f64>> {
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(p, &tok)| {
+                    let mut e = self.t("embed")[tok as usize * d..(tok as usize + 1) * d].to_vec();
+                    if gpt2 {
+                        let pe = &self.t("pos_embed")[p * d..(p + 1) * d];
+                        e.iter_mut().zip(pe).for_each(|(a, b)| *a += b);
                     }
-                }
-                e
-            })
-            .collect();
+                    for ((s, at), v) in &probes.add_to_embedding {
+                        if (*s, *at) == (seq, p) {
+                            e.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+                        }
+                    }
+                    e
+                })
+                .collect()
+        };
+        let mut x = started.unwrap_or_else(embedded);
         let bias = |i: usize, name: &str| if c.has_bias(name) { Some(self.l(i, name)) } else { None };
-        for i in 0..c.n_layers {
+        for i in first_layer..c.n_layers {
             let ln = format!("layers.{i}.attn_norm");
             let mut qs = vec![];
             let mut ks = vec![];
@@ -134,6 +142,7 @@ impl CpuModel {
                     }
                 }
                 if let Some((_, set)) = probes.set_heads.iter().find(|(site, _)| here(site)) {
+                    assert_eq!(set.len(), o.len(), "heads' outputs set at layer {i}, token {t}: of the wrong width");
                     o = set.iter().map(|&v| v as f64).collect();
                 }
                 let proj = linear(self.l(i, "wo"), bias(i, "bo"), &o, d);
@@ -155,6 +164,7 @@ impl CpuModel {
                     }
                 }
                 if let Some((_, k)) = probes.set_down_in.iter().find(|(site, _)| (site.layer, site.seq, site.pos) == (i, seq, p)) {
+                    assert_eq!(k.len(), key.len(), "a key set at layer {i}, token {p}: of the wrong width");
                     key = k.iter().map(|&v| v as f64).collect();
                 }
                 let down = linear(self.l(i, "w_down"), bias(i, "b_down"), &key, d);

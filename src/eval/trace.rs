@@ -64,6 +64,10 @@ pub struct TraceSettings {
     /// The MLP and attention kinds restore layers l − window/2 ..< l + window − window/2
     /// (ROME: 10).
     pub window: usize,
+    /// Start each restoring pass at the first layer it changes, from the corrupted run's
+    /// residual stream there, instead of from the embedding: what it computes to f32 rounding
+    /// (the residual is kept in f32), in about half the layers.
+    pub skip_unchanged_layers: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,8 +147,10 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
     let all_if = |wanted: bool| if wanted { everywhere(0) } else { vec![] };
     let probes = Probes { residual: all_if(wants_hidden), down_in: all_if(wants_mlp), heads: all_if(wants_attn), ..Default::default() };
     let (p, clean) = runner.run(std::slice::from_ref(&input.ids), &probes, input.target)?;
+    finite(&p, "the clean run")?;
     let clean_p = p[0];
-    // The corrupted runs, and the same states of each.
+    // The corrupted runs, and the same states of each (every residual where passes start
+    // from them).
     let mut corrupted = Captured::default();
     let mut corrupted_p = vec![];
     for chunk in (0..s.samples).collect::<Vec<_>>().chunks(s.max_batch) {
@@ -152,16 +158,20 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
         let mut probes = Probes::default();
         for (seq, &sample) in chunk.iter().enumerate() {
             probes.add_to_embedding.extend(noisy(seq, sample));
-            if wants_hidden {
+            if wants_hidden || s.skip_unchanged_layers {
                 probes.residual.extend(everywhere(seq));
             }
         }
         let (p, cap) = runner.run(&seqs, &probes, input.target)?;
+        finite(&p, "a corrupted run")?;
         corrupted_p.extend(p);
         corrupted.residual.extend(cap.residual);
     }
     let corrupted_mean = mean(&corrupted_p);
     let at = |sample: usize, layer: usize, pos: usize| (sample * layers + layer) * t + pos;
+    // A corrupted run's residual stream after a layer, every token: where a pass that starts
+    // at the next layer starts from.
+    let corrupted_after = |sample: usize, layer: usize| -> Vec<f32> { (0..t).flat_map(|pos| corrupted.residual[at(sample, layer, pos)].iter().copied()).collect() };
 
     let mut out = vec![];
     for &kind in kinds {
@@ -172,11 +182,28 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
             // one back there gives the corrupted runs, which need no pass.
             let runs: Vec<(usize, usize)> = (first..t).flat_map(|pos| (0..s.samples).map(move |sample| (pos, sample))).collect();
             let mut p_of = vec![];
+            // The first layer these runs change: the passes may start there.
+            let start = match (s.skip_unchanged_layers, kind) {
+                (false, _) => 0,
+                (true, TraceKind::Hidden) => layer + 1,
+                (true, _) => window.start,
+            };
             for chunk in runs.chunks(s.max_batch) {
                 let mut probes = Probes::default();
+                if start > 0 {
+                    probes.start_at = Some((start, chunk.iter().map(|&(_, sample)| corrupted_after(sample, start - 1)).collect()));
+                }
                 for (seq, &(pos, sample)) in chunk.iter().enumerate() {
-                    probes.add_to_embedding.extend(noisy(seq, sample));
+                    if start == 0 {
+                        probes.add_to_embedding.extend(noisy(seq, sample));
+                    }
                     match kind {
+                        // The clean state in the corrupted run's place, as the next layer
+                        // reads it.
+                        TraceKind::Hidden if start > 0 => {
+                            let rows = &mut probes.start_at.as_mut().expect("set above").1[seq];
+                            rows[pos * d..(pos + 1) * d].copy_from_slice(&clean.residual[layer * t + pos]);
+                        }
                         // The clean state minus the corrupted one, added where it was.
                         TraceKind::Hidden => {
                             let (c, k) = (&clean.residual[layer * t + pos], &corrupted.residual[at(sample, layer, pos)]);
@@ -190,6 +217,7 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
                     }
                 }
                 let (p, _) = runner.run(&vec![input.ids.clone(); chunk.len()], &probes, input.target)?;
+                finite(&p, &format!("{kind:?} restored at layer {layer}"))?;
                 p_of.extend(p);
             }
             let mut row = vec![corrupted_mean; first];
@@ -200,6 +228,14 @@ pub fn trace_with_noise(runner: &dyn TraceRunner, input: &TraceInput, kinds: &[T
         out.push(Trace { kind, subject: input.subject, target: input.target, clean: clean_p, corrupted: corrupted_mean, restored });
     }
     Ok(out)
+}
+
+/// A probability that is not a number ends the trace: a mean with it would be one too.
+fn finite(p: &[f64], what: &str) -> Result<()> {
+    match p.iter().find(|p| !p.is_finite()) {
+        Some(bad) => Err(Error::Edit(format!("{what}: P(answer) is {bad}"))),
+        None => Ok(()),
+    }
 }
 
 /// The layers an edit should rewrite, from the mean effect of restoring each layer's MLP

@@ -388,6 +388,7 @@ impl GpuModel {
         for site in probes.set_down_in.iter().chain(&probes.set_heads).map(|(s, _)| s).chain(&probes.heads) {
             check_site(c, batch, site)?;
         }
+        let first_layer = check_start(c, batch, probes, pos0)?;
         // A state put in place twice at one site has no one meaning (the GPU would add both
         // differences).
         for (what, sets) in [("set_down_in", &probes.set_down_in), ("set_heads", &probes.set_heads)] {
@@ -396,12 +397,27 @@ impl GpuModel {
                 return Err(Error::shape("forward", format!("{what} puts two states at {site:?}")));
             }
         }
-        let mut x = self.embed(batch, pos0)?;
-        x = self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?;
+        let mut x = match &probes.start_at {
+            Some((_, rows)) => {
+                let d = c.hidden;
+                let mut host = vec![0.0f32; b * t * d];
+                for (s, seq) in rows.iter().enumerate() {
+                    for (p, row) in seq.chunks(d).enumerate() {
+                        let r = batch.row(s, p);
+                        host[r * d..(r + 1) * d].copy_from_slice(row);
+                    }
+                }
+                gpu.upload(&host, &[b * t, d])?
+            }
+            None => {
+                let x = self.embed(batch, pos0)?;
+                self.add_at_rows(x, batch, probes.add_to_embedding.iter().map(|((s, p), v)| (*s, *p, v.as_slice())))?
+            }
+        };
         let mut residual_caps = vec![];
         let mut down_caps = vec![];
         let mut heads_caps = vec![];
-        for i in 0..c.n_layers {
+        for i in first_layer..c.n_layers {
             let sets: Vec<&(Site, Vec<f32>)> = probes.set_down_in.iter().filter(|(s, _)| s.layer == i).collect();
             let keep = if probes.down_in.iter().any(|s| s.layer == i) || !sets.is_empty() { Keep::Key } else { Keep::Output };
             let probes_heads = probes.heads.iter().chain(probes.set_heads.iter().map(|(s, _)| s)).any(|s| s.layer == i);
@@ -813,6 +829,30 @@ fn check_ids(c: &Config, ids: &[u32]) -> Result<()> {
         return Err(Error::shape("forward", format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
     }
     Ok(())
+}
+
+/// The layer a pass starts at (0, or `Probes::start_at`'s), once its rows fit the batch and
+/// no probe reaches before it.
+fn check_start(c: &Config, batch: &Batch, probes: &Probes, pos0: usize) -> Result<usize> {
+    let Some((layer, rows)) = &probes.start_at else { return Ok(0) };
+    let bad = |why: String| Err(Error::shape("forward", format!("a pass started at layer {layer}: {why}")));
+    if *layer > c.n_layers {
+        return bad(format!("the model has {} layers", c.n_layers));
+    }
+    if pos0 > 0 {
+        return bad("it has no cache of the layers before it to go on from".into());
+    }
+    if rows.len() != batch.b() || rows.iter().zip(&batch.lens).any(|(r, &n)| r.len() != n * c.hidden) {
+        return bad(format!("its rows are not {} sequences of their lengths {:?} × {}", batch.b(), batch.lens, c.hidden));
+    }
+    let sites = probes.residual.iter().chain(&probes.down_in).chain(&probes.heads).chain(probes.add.iter().chain(&probes.set_down_in).chain(&probes.set_heads).map(|(s, _)| s));
+    if let Some(s) = sites.into_iter().find(|s| s.layer < *layer) {
+        return bad(format!("a probe at {s:?} is before it"));
+    }
+    if !probes.add_to_embedding.is_empty() {
+        return bad("it reads no embedding to add to".into());
+    }
+    Ok(*layer)
 }
 
 pub(crate) fn check_site(c: &Config, batch: &Batch, s: &Site) -> Result<()> {

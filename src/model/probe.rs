@@ -38,6 +38,13 @@ pub struct Probes {
     /// would write for them (causal tracing's restored attention state). A `heads` read at the
     /// same site reads what the layer computed.
     pub set_heads: Vec<(Site, Vec<f32>)>,
+    /// Start the pass at this layer from this residual stream — what enters the layer, one
+    /// row of width d per position of each sequence, [seq][pos·d + i] — in place of the
+    /// embedding and the layers before it (a pass that changes nothing before a layer need not
+    /// run them; causal tracing restores states from a layer on). The layer may be the layer
+    /// count: then only the final norm and the head run. No probe may read or change a layer
+    /// before it.
+    pub start_at: Option<(usize, Vec<Vec<f32>>)>,
 }
 
 /// What a forward pass captured, in the order of the requests.
