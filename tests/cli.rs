@@ -257,6 +257,8 @@ fn trace_writes_its_tables_and_refuses_facts_the_model_does_not_know() {
     let out = revive(&[&one_mlp[..], &["--suggest", memit.to_str().unwrap(), "--json", json2.to_str().unwrap()]].concat());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    // A window of 2 covers both layers: said so.
+    assert!(err.contains("a window of 2 layers covers all 2 of this model's"), "{err}");
     // Said exactly where the best layer brings back under 5 % of what the corruption took.
     assert_eq!(effect.iter().any(|&e| e > 0.05 * (mlp["clean"].as_f64().unwrap() - mlp["corrupted"].as_f64().unwrap())), !err.contains("hardly tells the layers apart"), "{effect:?}: {err}");
     let hp = revive::edit::hparams::BatchHparams::load(&memit).unwrap();
