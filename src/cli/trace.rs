@@ -166,8 +166,7 @@ pub(super) fn run(choice: BackendChoice, a: Args) -> Result<()> {
     let gpu = Gpu::new(choice)?;
     let gm = GpuModel::new(&gpu, &m.weights)?;
     let top_token = |ids: &[u32]| -> Result<u32> {
-        let logits = gm.last_logits(&[ids.to_vec()])?.remove(0);
-        Ok((0..logits.len()).max_by(|&x, &y| logits[x].total_cmp(&logits[y])).expect("a vocabulary") as u32)
+        Ok(revive::model::generate::argmax(&gm.last_logits(&[ids.to_vec()])?.remove(0)))
     };
     // The facts: (prompt, subject, input).
     let mut facts: Vec<(String, String, TraceInput)> = vec![];

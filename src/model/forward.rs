@@ -378,15 +378,12 @@ impl GpuModel {
                 &mut own_cache
             }
         };
-        for site in probes.residual.iter().chain(&probes.down_in).chain(probes.add.iter().map(|(s, _)| s)) {
+        for site in probes.sites() {
             check_site(c, batch, site)?;
         }
         check_ids(c, &batch.ids)?;
         for ((seq, pos), _) in &probes.add_to_embedding {
             check_site(c, batch, &Site { layer: 0, seq: *seq, pos: *pos })?;
-        }
-        for site in probes.set_down_in.iter().chain(&probes.set_heads).map(|(s, _)| s).chain(&probes.heads) {
-            check_site(c, batch, site)?;
         }
         let first_layer = check_start(c, batch, probes, pos0)?;
         // A state put in place twice at one site has no one meaning (the GPU would add both
@@ -845,8 +842,7 @@ fn check_start(c: &Config, batch: &Batch, probes: &Probes, pos0: usize) -> Resul
     if rows.len() != batch.b() || rows.iter().zip(&batch.lens).any(|(r, &n)| r.len() != n * c.hidden) {
         return bad(format!("its rows are not {} sequences of their lengths {:?} × {}", batch.b(), batch.lens, c.hidden));
     }
-    let sites = probes.residual.iter().chain(&probes.down_in).chain(&probes.heads).chain(probes.add.iter().chain(&probes.set_down_in).chain(&probes.set_heads).map(|(s, _)| s));
-    if let Some(s) = sites.into_iter().find(|s| s.layer < *layer) {
+    if let Some(s) = probes.sites().find(|s| s.layer < *layer) {
         return bad(format!("a probe at {s:?} is before it"));
     }
     if !probes.add_to_embedding.is_empty() {

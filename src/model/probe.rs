@@ -47,6 +47,14 @@ pub struct Probes {
     pub start_at: Option<(usize, Vec<Vec<f32>>)>,
 }
 
+impl Probes {
+    /// Every site a probe reads or changes in a layer (not the embedding's).
+    pub fn sites(&self) -> impl Iterator<Item = &Site> {
+        let sets = self.add.iter().chain(&self.set_down_in).chain(&self.set_heads).map(|(s, _)| s);
+        self.residual.iter().chain(&self.down_in).chain(&self.heads).chain(sets)
+    }
+}
+
 /// What a forward pass captured, in the order of the requests.
 #[derive(Debug, Clone, Default)]
 pub struct Captured {
